@@ -1,0 +1,93 @@
+"""The in-memory shape of a resource, independent of any store or wire format."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+# Labels every resource may carry; set by the control planes, never trusted from users on sync.
+ORIGIN_LABEL = "zonemesh.io/origin"
+ZONE_LABEL = "zonemesh.io/zone"
+DISPLAY_NAME_LABEL = "zonemesh.io/display-name"
+ORIGIN_GLOBAL = "global"
+ORIGIN_ZONE = "zone"
+
+
+class ResourceKey(NamedTuple):
+    """Identity of a resource. ``mesh`` is "" for global-scoped types."""
+
+    type: str
+    mesh: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.type}/{self.mesh}/{self.name}" if self.mesh else f"{self.type}/{self.name}"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_time(ts: datetime | None) -> str | None:
+    if ts is None:
+        return None
+    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@dataclass
+class Resource:
+    """One resource: identity, labels, a version for optimistic concurrency, and its spec.
+
+    ``spec`` holds the type's own fields: for targetRef policies the content of their
+    ``spec:`` key, for flat Kuma types (Mesh, Dataplane, ...) the fields beside type/name/mesh.
+    """
+
+    type: str
+    name: str
+    mesh: str = ""
+    spec: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    version: int = 0
+    creation_time: datetime | None = None
+    modification_time: datetime | None = None
+
+    @property
+    def key(self) -> ResourceKey:
+        return ResourceKey(self.type, self.mesh, self.name)
+
+    def copy(self) -> Resource:
+        return copy.deepcopy(self)
+
+    # The storage record: a plain JSON-able dict every backend writes verbatim.
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "name": self.name,
+            "mesh": self.mesh,
+            "spec": self.spec,
+            "labels": self.labels,
+            "version": self.version,
+            "creationTime": format_time(self.creation_time),
+            "modificationTime": format_time(self.modification_time),
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Resource:
+        return cls(
+            type=record["type"],
+            name=record["name"],
+            mesh=record.get("mesh") or "",
+            spec=record.get("spec") or {},
+            labels=record.get("labels") or {},
+            version=int(record.get("version") or 0),
+            creation_time=parse_time(record.get("creationTime")),
+            modification_time=parse_time(record.get("modificationTime")),
+        )

@@ -1,0 +1,138 @@
+"""The one place that declares every resource type.
+
+Each type is a frozen `ResourceType`: its scope, its KDS sync direction, the schema of its
+spec, and its REST path. The HTTP API, zmctl, the stores and KDS all read this registry;
+nothing else keeps a list of types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import Flag, StrEnum, auto
+from typing import TYPE_CHECKING
+
+from zonemesh.shared.resources.schema import FieldError, Node
+
+if TYPE_CHECKING:
+    from zonemesh.shared.resources.model import Resource
+
+
+class Scope(StrEnum):
+    GLOBAL = "global"  # one per control plane: Mesh, Zone, ZoneIngress, GlobalSecret, ...
+    MESH = "mesh"  # lives inside a mesh: Dataplane, policies, Secret, ...
+
+
+class Sync(Flag):
+    """Which way KDS carries a type between global and zones."""
+
+    LOCAL = 0
+    GLOBAL_TO_ZONES = auto()  # created on global, pushed to every zone; read-only on federated zones
+    ZONE_TO_GLOBAL = auto()  # created in a zone, uploaded to global; read-only on global
+    ACROSS_ZONES = auto()  # uploaded by a zone, then pushed by global to every *other* zone
+
+
+# A semantic check beyond the schema: gets the whole resource, returns field errors.
+SemanticCheck = Callable[["Resource"], list[FieldError]]
+
+
+@dataclass(frozen=True)
+class ResourceType:
+    name: str  # "MeshTimeout": the `type` field of the document
+    plural: str  # "meshtimeouts": REST path segment and zmctl name
+    scope: Scope
+    sync: Sync
+    spec: Node  # schema of the spec (see schema.py)
+    wrapped: bool = False  # True: spec lives under a `spec:` key (targetRef policies); False: flat fields
+    policy: bool = False  # a targetRef policy (listed under /policies, applied to proxies)
+    system: bool = False  # written only by control planes (insights): read-only through the API
+    short_name: str | None = None
+    aliases: tuple[str, ...] = ()  # more names zmctl accepts (e.g. "zone-ingresses")
+    semantic: SemanticCheck | None = None
+    rest_path: str | None = None  # overrides the path segment when Kuma's differs from `plural`
+
+    @property
+    def path(self) -> str:
+        return self.rest_path or self.plural
+
+    def collection_path(self, mesh: str = "") -> str:
+        return f"/meshes/{mesh}/{self.path}" if self.scope is Scope.MESH else f"/{self.path}"
+
+    def item_path(self, name: str, mesh: str = "") -> str:
+        return f"{self.collection_path(mesh)}/{name}"
+
+    @property
+    def synced_down(self) -> bool:
+        return bool(self.sync & Sync.GLOBAL_TO_ZONES)
+
+    @property
+    def synced_up(self) -> bool:
+        return bool(self.sync & (Sync.ZONE_TO_GLOBAL | Sync.ACROSS_ZONES))
+
+
+class UnknownType(KeyError):
+    pass
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._by_name: dict[str, ResourceType] = {}
+        self._by_cli: dict[str, ResourceType] = {}
+
+    def register(self, rtype: ResourceType) -> ResourceType:
+        if rtype.name in self._by_name:
+            raise ValueError(f"resource type {rtype.name} registered twice")
+        if rtype.sync & Sync.ACROSS_ZONES and not rtype.sync & Sync.ZONE_TO_GLOBAL:
+            raise ValueError(f"{rtype.name}: a type synced across zones must be provided by a zone")
+        names = {rtype.name.lower(), rtype.plural, rtype.path, *rtype.aliases}
+        if rtype.short_name:
+            names.add(rtype.short_name)
+        for cli_name in names:
+            other = self._by_cli.get(cli_name)
+            if other is not None and other is not rtype:
+                raise ValueError(f"name {cli_name!r} of {rtype.name} is already used by {other.name}")
+        self._by_name[rtype.name] = rtype
+        for cli_name in names:
+            self._by_cli[cli_name] = rtype
+        return rtype
+
+    def get(self, name: str) -> ResourceType:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise UnknownType(f"unknown resource type {name!r}") from None
+
+    def resolve(self, cli_name: str) -> ResourceType:
+        """Find a type by any name a user may type: MeshTimeout, meshtimeout, meshtimeouts, short name."""
+        rtype = self._by_name.get(cli_name) or self._by_cli.get(cli_name.lower())
+        if rtype is None:
+            raise UnknownType(f"unknown resource type {cli_name!r}; known: {', '.join(sorted(self._by_name))}")
+        return rtype
+
+    def by_path(self, segment: str, scope: Scope) -> ResourceType | None:
+        for rtype in self._by_name.values():
+            if rtype.path == segment and rtype.scope is scope:
+                return rtype
+        return None
+
+    def __iter__(self) -> Iterator[ResourceType]:
+        return iter(self._by_name.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def filter(self, predicate: Callable[[ResourceType], bool]) -> list[ResourceType]:
+        return [t for t in self._by_name.values() if predicate(t)]
+
+    def policies(self) -> list[ResourceType]:
+        return self.filter(lambda t: t.policy)
+
+    def mesh_scoped(self) -> list[ResourceType]:
+        return self.filter(lambda t: t.scope is Scope.MESH)
+
+
+REGISTRY = Registry()
+
+
+def register(rtype: ResourceType) -> ResourceType:
+    return REGISTRY.register(rtype)

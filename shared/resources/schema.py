@@ -1,0 +1,268 @@
+"""A small declarative schema language for resource specs.
+
+Every resource type describes its spec with these nodes; checking a document walks the
+schema and collects *every* problem as a (field path, reason) pair, so the API can report
+all of them at once in Kuma's `invalid_parameters` format. Unknown fields are errors.
+
+Paths look like Kuma's: ``spec.to[0].default.http.requestTimeout``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "reason": self.reason}
+
+
+class ValidationError(Exception):
+    """Raised with every problem found in a document, never just the first."""
+
+    def __init__(self, errors: Iterable[FieldError], title: str = "Resource is not valid") -> None:
+        self.errors = list(errors)
+        self.title = title
+        super().__init__(f"{title}: " + "; ".join(f"{e.field}: {e.reason}" for e in self.errors))
+
+
+def join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+class Errors(list[FieldError]):
+    """An error collector passed down the walk."""
+
+    def add(self, path: str, reason: str) -> None:
+        self.append(FieldError(path or "<root>", reason))
+
+
+class Node:
+    """A schema node. Subclasses check one JSON shape."""
+
+    def check(self, value: Any, path: str, errors: Errors) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class AnyValue(Node):
+    def check(self, value: Any, path: str, errors: Errors) -> None:
+        return None
+
+
+@dataclass
+class Str(Node):
+    min_len: int = 0
+    max_len: int | None = None
+    pattern: str | None = None
+    pattern_reason: str = "has an invalid format"
+    choices: tuple[str, ...] | None = None
+
+    def check(self, value: Any, path: str, errors: Errors) -> None:
+        if not isinstance(value, str):
+            errors.add(path, "must be a string")
+            return
+        if self.choices is not None and value not in self.choices:
+            errors.add(path, f"must be one of: {', '.join(self.choices)}")
+            return
+        if len(value) < self.min_len:
+            errors.add(path, "must not be empty" if self.min_len == 1 else f"must have at least {self.min_len} characters")
+        if self.max_len is not None and len(value) > self.max_len:
+            errors.add(path, f"must have at most {self.max_len} characters")
+        if self.pattern is not None and value and not re.fullmatch(self.pattern, value):
+            errors.add(path, self.pattern_reason)
+
+
+def Enum(*choices: str) -> Str:  # noqa: N802 - reads like a type in schemas
+    return Str(choices=tuple(choices))
+
+
+@dataclass
+class Int(Node):
+    min: int | None = None
+    max: int | None = None
+
+    def check(self, value: Any, path: str, errors: Errors) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            errors.add(path, "must be an integer")
+            return
+        if self.min is not None and value < self.min:
+            errors.add(path, f"must be greater than or equal to {self.min}")
+        if self.max is not None and value > self.max:
+            errors.add(path, f"must be less than or equal to {self.max}")
+
+
+@dataclass
+class Number(Node):
+    min: float | None = None
+    max: float | None = None
+
+    def check(self, value: Any, path: str, errors: Errors) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            errors.add(path, "must be a number")
+            return
+        if self.min is not None and value < self.min:
+            errors.add(path, f"must be greater than or equal to {self.min}")
+        if self.max is not None and value > self.max:
+            errors.add(path, f"must be less than or equal to {self.max}")
+
+
+@dataclass
+class Bool(Node):
+    def check(self, value: Any, path: str, errors: Errors) -> None:
+        if not isinstance(value, bool):
+            errors.add(path, "must be a boolean")
+
+
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Parse a Go duration ("1h30m", "500ms", "0s") into seconds. Raises ValueError."""
+    if text == "0":
+        return 0.0
+    if not _DURATION.fullmatch(text):
+        raise ValueError(f"invalid duration {text!r}")
+    return sum(float(num) * _UNIT_SECONDS[unit] for num, unit in _DURATION_PART.findall(text))
+
+
+@dataclass
+class Duration(Node):
+    """A Go-style duration string, as Kuma policies use them (e.g. ``15s``, ``500ms``, ``1h``)."""
+
+    positive: bool = False
+
+    def check(self, value: Any, path: str, errors: Errors) -> None:
+        if not isinstance(value, str):
+            errors.add(path, 'must be a duration string such as "5s" or "500ms"')
+            return
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            errors.add(path, f'invalid duration "{value}": use a number with a unit ns, us, ms, s, m or h, e.g. "5s"')
+            return
+        if self.positive and seconds <= 0:
+            errors.add(path, "must be greater than zero")
+
+
+@dataclass
+class List(Node):
+    item: Node
+    min_items: int = 0
+    max_items: int | None = None
+
+    def check(self, value: Any, path: str, errors: Errors) -> None:
+        if not isinstance(value, list):
+            errors.add(path, "must be a list")
+            return
+        if len(value) < self.min_items:
+            errors.add(path, "must not be empty" if self.min_items == 1 else f"must have at least {self.min_items} items")
+        if self.max_items is not None and len(value) > self.max_items:
+            errors.add(path, f"must have at most {self.max_items} items")
+        for i, item in enumerate(value):
+            self.item.check(item, f"{path}[{i}]", errors)
+
+
+@dataclass
+class Map(Node):
+    value: Node
+    key: Str = field(default_factory=Str)
+    min_items: int = 0
+
+    def check(self, value: Any, path: str, errors: Errors) -> None:
+        if not isinstance(value, dict):
+            errors.add(path, "must be an object")
+            return
+        if len(value) < self.min_items:
+            errors.add(path, "must not be empty")
+        for k, v in value.items():
+            self.key.check(k, f"{path}[{k}]", errors)
+            self.value.check(v, f'{path}["{k}"]', errors)
+
+
+Check = Callable[[Mapping[str, Any], str, Errors], None]
+
+
+@dataclass
+class Obj(Node):
+    """A JSON object with known fields. Unknown fields are rejected.
+
+    ``checks`` run after the field walk, for rules across fields (one-of, at-least-one, ...);
+    they receive the object, its path and the error collector.
+    """
+
+    fields: dict[str, Node]
+    required: tuple[str, ...] = ()
+    checks: tuple[Check, ...] = ()
+
+    def check(self, value: Any, path: str, errors: Errors) -> None:
+        if not isinstance(value, dict):
+            errors.add(path, "must be an object")
+            return
+        for key in value:
+            if key not in self.fields:
+                errors.add(join(path, str(key)), "unknown field")
+        for key in self.required:
+            if value.get(key) is None:
+                errors.add(join(path, key), "must be defined")
+        for key, node in self.fields.items():
+            if key in value and value[key] is not None:
+                node.check(value[key], join(path, key), errors)
+        for extra in self.checks:
+            extra(value, path, errors)
+
+
+@dataclass
+class Union(Node):
+    """The value must match one of the options (e.g. an int or a percentage string)."""
+
+    options: tuple[Node, ...]
+    reason: str
+
+    def check(self, value: Any, path: str, errors: Errors) -> None:
+        for option in self.options:
+            trial = Errors()
+            option.check(value, path, trial)
+            if not trial:
+                return
+        errors.add(path, self.reason)
+
+
+def one_of(*names: str) -> Check:
+    """At most one of the fields may be set."""
+
+    def check(value: Mapping[str, Any], path: str, errors: Errors) -> None:
+        present = [n for n in names if value.get(n) is not None]
+        if len(present) > 1:
+            errors.add(path, f"only one of {', '.join(names)} may be set")
+
+    return check
+
+
+def at_least_one(*names: str) -> Check:
+    def check(value: Mapping[str, Any], path: str, errors: Errors) -> None:
+        if not any(value.get(n) is not None for n in names):
+            errors.add(path, f"must have at least one of: {', '.join(names)}")
+
+    return check
+
+
+def validate(node: Node, value: Any, path: str = "") -> list[FieldError]:
+    errors = Errors()
+    node.check(value, path, errors)
+    return list(errors)
+
+
+# Names of resources follow Kuma's rule for universal names (DNS-1123-like, dots allowed).
+NAME_PATTERN = r"[a-z0-9]([-a-z0-9._]*[a-z0-9])?"
+NAME_REASON = "must consist of lower case alphanumeric characters, '-', '.' or '_', and start and end with an alphanumeric character"
+Name = Str(min_len=1, max_len=253, pattern=NAME_PATTERN, pattern_reason=NAME_REASON)

@@ -1,0 +1,105 @@
+"""Mesh: the tenant every other mesh-scoped resource belongs to."""
+
+from __future__ import annotations
+
+from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
+from zonemesh.shared.resources.schema import (
+    AnyValue,
+    Bool,
+    Duration,
+    Enum,
+    FieldError,
+    Int,
+    List,
+    Map,
+    Name,
+    Obj,
+    Str,
+)
+
+_TAG_SELECTOR = Obj({"tags": Map(Str(), key=Str(min_len=1))})
+
+MTLS_BACKEND = Obj(
+    {
+        "name": Name,
+        "type": Enum("builtin", "provided"),
+        "mode": Enum("STRICT", "PERMISSIVE"),
+        "dpCert": Obj(
+            {
+                "rotation": Obj({"expiration": Duration(positive=True)}),
+                "requestTimeout": Duration(),
+            }
+        ),
+        # builtin: caCert {RSAbits, expiration}; provided: cert/key data sources.
+        "conf": Obj(
+            {
+                "caCert": Obj({"RSAbits": Int(min=2048, max=8192), "expiration": Duration(positive=True)}),
+                "cert": Obj({"secret": Str(min_len=1), "file": Str(min_len=1), "inline": Str(min_len=1)}),
+                "key": Obj({"secret": Str(min_len=1), "file": Str(min_len=1), "inline": Str(min_len=1)}),
+            }
+        ),
+        "rootChain": Obj({"requestTimeout": Duration()}),
+    },
+    required=("name", "type"),
+)
+
+MESH_SPEC = Obj(
+    {
+        "mtls": Obj(
+            {
+                "enabledBackend": Str(),
+                "backends": List(MTLS_BACKEND),
+                "skipValidation": Bool(),
+            }
+        ),
+        "networking": Obj({"outbound": Obj({"passthrough": Bool()})}),
+        "routing": Obj(
+            {
+                "localityAwareLoadBalancing": Bool(),
+                "zoneEgress": Bool(),
+                "defaultForbidMeshExternalServiceAccess": Bool(),
+            }
+        ),
+        "constraints": Obj(
+            {
+                "dataplaneProxy": Obj(
+                    {"requirements": List(_TAG_SELECTOR), "restrictions": List(_TAG_SELECTOR)}
+                )
+            }
+        ),
+        "skipCreatingInitialPolicies": List(Str(min_len=1)),
+        "meshServices": Obj({"mode": Enum("Disabled", "Everywhere", "ReachableBackends", "Exclusive")}),
+        # Legacy observability backends: kept for Kuma YAML compatibility, not interpreted.
+        "logging": AnyValue(),
+        "tracing": AnyValue(),
+        "metrics": AnyValue(),
+    }
+)
+
+
+def _check_mesh(res: Resource) -> list[FieldError]:
+    errors: list[FieldError] = []
+    mtls = res.spec.get("mtls") or {}
+    backends = mtls.get("backends") or []
+    names = [b.get("name") for b in backends]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            errors.append(FieldError(f"mtls.backends[{i}].name", f"backend {name!r} is defined twice"))
+    enabled = mtls.get("enabledBackend")
+    if enabled and enabled not in names:
+        errors.append(FieldError("mtls.enabledBackend", f"has to be set to one of the backends in the mesh ({enabled!r} is not)"))
+    return errors
+
+
+MESH = register(
+    ResourceType(
+        name="Mesh",
+        plural="meshes",
+        short_name="m",
+        scope=Scope.GLOBAL,
+        sync=Sync.GLOBAL_TO_ZONES,
+        spec=MESH_SPEC,
+        semantic=_check_mesh,
+    )
+)

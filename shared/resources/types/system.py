@@ -1,0 +1,81 @@
+"""System types: secrets, zones and insights."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
+from zonemesh.shared.resources.schema import AnyValue, Bool, FieldError, Map, Obj, Str
+
+_SECRET_SPEC = Obj({"data": Str()}, required=("data",))
+
+
+def _check_base64(res: Resource) -> list[FieldError]:
+    try:
+        base64.b64decode(res.spec.get("data", ""), validate=True)
+    except (binascii.Error, ValueError):
+        return [FieldError("data", "must be base64-encoded")]
+    return []
+
+
+SECRET = register(
+    ResourceType(
+        name="Secret",
+        plural="secrets",
+        scope=Scope.MESH,
+        sync=Sync.GLOBAL_TO_ZONES,
+        spec=_SECRET_SPEC,
+        semantic=_check_base64,
+    )
+)
+
+GLOBAL_SECRET = register(
+    ResourceType(
+        name="GlobalSecret",
+        plural="globalsecrets",
+        rest_path="global-secrets",
+        scope=Scope.GLOBAL,
+        sync=Sync.LOCAL,
+        spec=_SECRET_SPEC,
+        semantic=_check_base64,
+    )
+)
+
+ZONE = register(
+    ResourceType(
+        name="Zone",
+        plural="zones",
+        scope=Scope.GLOBAL,
+        sync=Sync.LOCAL,
+        spec=Obj({"enabled": Bool()}),
+    )
+)
+
+# Insights are written by the control planes; their spec is whatever the writer records.
+_INSIGHT = Map(AnyValue())
+
+ZONE_INSIGHT = register(
+    ResourceType(
+        name="ZoneInsight",
+        plural="zoneinsights",
+        rest_path="zone-insights",
+        scope=Scope.GLOBAL,
+        sync=Sync.LOCAL,
+        system=True,
+        spec=_INSIGHT,
+    )
+)
+
+DATAPLANE_INSIGHT = register(
+    ResourceType(
+        name="DataplaneInsight",
+        plural="dataplaneinsights",
+        rest_path="dataplane-insights",
+        scope=Scope.MESH,
+        sync=Sync.ZONE_TO_GLOBAL,
+        system=True,
+        spec=_INSIGHT,
+    )
+)

@@ -1,0 +1,29 @@
+"""Stores: the async Store protocol and its backends (memory, sqlite, etcd)."""
+
+from zonemesh.shared.store.base import (
+    AlreadyExists,
+    Conflict,
+    Event,
+    EventKind,
+    InvalidOffset,
+    ListFilter,
+    ListResult,
+    NotFound,
+    Store,
+    StoreError,
+    Watch,
+)
+
+__all__ = [
+    "AlreadyExists",
+    "Conflict",
+    "Event",
+    "EventKind",
+    "InvalidOffset",
+    "ListFilter",
+    "ListResult",
+    "NotFound",
+    "Store",
+    "StoreError",
+    "Watch",
+]
