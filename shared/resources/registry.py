@@ -46,6 +46,7 @@ class ResourceType:
     wrapped: bool = False  # True: spec lives under a `spec:` key (targetRef policies); False: flat fields
     policy: bool = False  # a targetRef policy (listed under /policies, applied to proxies)
     system: bool = False  # written only by control planes (insights): read-only through the API
+    sensitive: bool = False  # reads need the admin token from non-loopback clients (secrets)
     short_name: str | None = None
     aliases: tuple[str, ...] = ()  # more names zmctl accepts (e.g. "zone-ingresses")
     semantic: SemanticCheck | None = None

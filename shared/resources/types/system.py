@@ -28,6 +28,7 @@ SECRET = register(
         sync=Sync.GLOBAL_TO_ZONES,
         spec=_SECRET_SPEC,
         semantic=_check_base64,
+        sensitive=True,
     )
 )
 
@@ -40,6 +41,7 @@ GLOBAL_SECRET = register(
         sync=Sync.LOCAL,
         spec=_SECRET_SPEC,
         semantic=_check_base64,
+        sensitive=True,
     )
 )
 

@@ -1,0 +1,172 @@
+"""REST routes for every registered resource type, built from the registry.
+
+Mesh-scoped types live under ``/meshes/{mesh}/<path>`` (plus a cross-mesh ``/<path>`` list),
+global-scoped under ``/<path>``. Items: GET, PUT (create 201 / update 200), DELETE.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from zonemesh.shared.api.auth import require_admin
+from zonemesh.shared.api.context import MANAGER
+from zonemesh.shared.resources.codec import from_universal, to_universal
+from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.resources.registry import Registry, ResourceType, Scope
+from zonemesh.shared.resources.schema import FieldError, ValidationError
+from zonemesh.shared.store import ListFilter, NotFound
+from zonemesh.shared.store.base import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+
+_LABEL_FILTER = re.compile(r"filter\[labels\.(.+)\]")
+
+
+def resource_routes(registry: Registry) -> list[web.RouteDef]:
+    routes: list[web.RouteDef] = []
+    for rtype in registry:
+        handlers = _Handlers(rtype)
+        if rtype.name == "Mesh":
+            coll, item = "/meshes", "/meshes/{name}"
+        elif rtype.scope is Scope.MESH:
+            coll, item = f"/meshes/{{mesh}}/{rtype.path}", f"/meshes/{{mesh}}/{rtype.path}/{{name}}"
+            routes.append(web.get(f"/{rtype.path}", handlers.list_all_meshes))
+        else:
+            coll, item = f"/{rtype.path}", f"/{rtype.path}/{{name}}"
+        routes += [
+            web.get(coll, handlers.list),
+            web.get(item, handlers.get),
+            web.put(item, handlers.put),
+            web.delete(item, handlers.delete),
+        ]
+    return routes
+
+
+def resource_tags(res: Resource) -> list[dict[str, str]]:
+    """Tag groups a resource carries (dataplane inbounds/gateway, external services), for ?tag= filters."""
+    spec = res.spec
+    networking = spec.get("networking") or {}
+    groups = [i.get("tags") or {} for i in networking.get("inbound") or []]
+    if networking.get("gateway"):
+        groups.append(networking["gateway"].get("tags") or {})
+    if isinstance(spec.get("tags"), dict):
+        groups.append(spec["tags"])
+    return groups
+
+
+def parse_list_query(request: web.Request) -> tuple[ListFilter, str | None, int]:
+    errors: list[FieldError] = []
+    size = DEFAULT_PAGE_SIZE
+    if "size" in request.query:
+        try:
+            size = int(request.query["size"])
+            if not 1 <= size <= MAX_PAGE_SIZE:
+                raise ValueError
+        except ValueError:
+            errors.append(FieldError("size", f"must be an integer between 1 and {MAX_PAGE_SIZE}"))
+    labels: dict[str, str] = {}
+    tags: list[tuple[str, str]] = []
+    for key, value in request.query.items():
+        if match := _LABEL_FILTER.fullmatch(key):
+            labels[match.group(1)] = value
+        elif key == "tag":
+            tag_key, sep, tag_value = value.partition(":")
+            if not sep or not tag_key:
+                errors.append(FieldError("tag", f"invalid tag filter {value!r}: use key:value"))
+            tags.append((tag_key, tag_value))
+    if errors:
+        raise ValidationError(errors, title="Could not retrieve resources")
+
+    def has_tags(res: Resource) -> bool:
+        groups = resource_tags(res)
+        return all(any(g.get(k) == v for g in groups) for k, v in tags)
+
+    flt = ListFilter(
+        labels=labels or None,
+        name_contains=request.query.get("name") or None,
+        predicate=has_tags if tags else None,
+    )
+    return flt, request.query.get("offset") or None, size
+
+
+async def read_document(request: web.Request) -> Any:
+    text = await request.text()
+    try:
+        return json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ValidationError([FieldError("<body>", f"invalid JSON/YAML: {exc}")], title="Invalid body") from None
+
+
+def _json(res: Resource, status: int = 200) -> web.Response:
+    response = web.json_response(to_universal(res), status=status)
+    response.headers["ETag"] = f'"{res.version}"'
+    return response
+
+
+class _Handlers:
+    def __init__(self, rtype: ResourceType) -> None:
+        self.rtype = rtype
+
+    async def _check_mesh(self, request: web.Request, mesh: str) -> None:
+        if mesh and await request.app[MANAGER].store.find("Mesh", mesh) is None:
+            raise NotFound(Resource(type="Mesh", name=mesh).key)
+
+    async def _guard_read(self, request: web.Request) -> None:
+        if self.rtype.sensitive:
+            await require_admin(request, request.app[MANAGER].store)
+
+    async def list(self, request: web.Request) -> web.Response:
+        mesh = request.match_info.get("mesh", "")
+        await self._guard_read(request)
+        await self._check_mesh(request, mesh)
+        return await self._list(request, mesh if self.rtype.scope is Scope.MESH else None)
+
+    async def list_all_meshes(self, request: web.Request) -> web.Response:
+        await self._guard_read(request)
+        return await self._list(request, None)
+
+    async def _list(self, request: web.Request, mesh: str | None) -> web.Response:
+        flt, offset, size = parse_list_query(request)
+        result = await request.app[MANAGER].list(self.rtype.name, mesh, filter=flt, offset=offset, size=size)
+        next_url = None
+        if result.next_offset is not None:
+            next_url = str(request.url.update_query({"offset": result.next_offset, "size": str(size)}))
+        return web.json_response(
+            {"total": result.total, "items": [to_universal(r) for r in result.items], "next": next_url}
+        )
+
+    async def get(self, request: web.Request) -> web.Response:
+        await self._guard_read(request)
+        mesh = request.match_info.get("mesh", "")
+        return _json(await request.app[MANAGER].get(self.rtype.name, request.match_info["name"], mesh))
+
+    async def put(self, request: web.Request) -> web.Response:
+        manager = request.app[MANAGER]
+        await require_admin(request, manager.store)
+        manager.check_writable(self.rtype)
+        mesh = request.match_info.get("mesh") if self.rtype.scope is Scope.MESH else None
+        doc = await read_document(request)
+        res, version = from_universal(doc, expected_type=self.rtype, mesh=mesh, name=request.match_info["name"])
+        if_match = request.headers.get("If-Match", "").strip('" ')
+        if version is None and if_match.isdigit():
+            version = int(if_match)
+        stored, created = await manager.apply(res, version)
+        return _json(stored, 201 if created else 200)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        manager = request.app[MANAGER]
+        await require_admin(request, manager.store)
+        manager.check_writable(self.rtype)
+        version_text = request.query.get("version") or request.headers.get("If-Match", "").strip('" ')
+        if version_text and not version_text.isdigit():
+            raise ValidationError([FieldError("version", "must be an integer")])
+        await manager.delete(
+            self.rtype.name,
+            request.match_info["name"],
+            request.match_info.get("mesh", ""),
+            version=int(version_text) if version_text else None,
+        )
+        return web.json_response({})

@@ -1,0 +1,150 @@
+"""Control plane configuration: defaults < YAML file < ZONEMESH_* environment < flags.
+
+Every setting is one field of `Config`; the YAML keys, the environment variable names
+(``ZONEMESH_<FIELD>``) and the command-line flags (``--field-name``) are all derived from
+it, so a new setting is added in one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MODES = ("standalone", "global", "zone")
+STORES = ("sqlite", "etcd", "memory")
+
+# Names the seeds (Kuma / Kong Mesh) use, honoured as aliases of ours.
+ENV_ALIASES = {
+    "KUMA_DEFAULTS_SKIP_MESH_CREATION": "defaults_skip_mesh_creation",
+}
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass
+class Config:
+    mode: str = field(default="standalone", metadata={"help": "standalone | global | zone"})
+    zone: str = field(default="", metadata={"help": "zone name (zone mode)"})
+    store: str = field(default="sqlite", metadata={"help": "sqlite | etcd | memory"})
+    data_dir: str = field(default="", metadata={"help": "where SQLite and generated files live (default ~/.zonemesh/<mode>)"})
+    store_path: str = field(default="", metadata={"help": "SQLite file (default <data-dir>/zonemesh.db)"})
+    etcd_endpoints: str = field(default="127.0.0.1:2379", metadata={"help": "host:port[,host:port]"})
+    etcd_prefix: str = field(default="/zonemesh", metadata={"help": "key prefix in etcd"})
+    api_address: str = field(default="0.0.0.0", metadata={"help": "HTTP API bind address"})
+    api_port: int = field(default=5681, metadata={"help": "HTTP API port"})
+    diagnostics_address: str = field(default="0.0.0.0", metadata={"help": "metrics/health bind address"})
+    diagnostics_port: int = field(default=5680, metadata={"help": "metrics/health port"})
+    log_format: str = field(default="json", metadata={"help": "json | console"})
+    log_level: str = field(default="info", metadata={"help": "debug | info | warning | error"})
+    defaults_skip_mesh_creation: bool = field(default=False, metadata={"help": "do not create the default mesh"})
+
+    def validate(self) -> None:
+        problems = []
+        if self.mode not in MODES:
+            problems.append(f"mode must be one of {', '.join(MODES)} (got {self.mode!r})")
+        if self.mode == "zone" and not self.zone:
+            problems.append("zone mode needs a zone name: --zone NAME")
+        if self.store not in STORES:
+            problems.append(f"store must be one of {', '.join(STORES)} (got {self.store!r})")
+        for name in ("api_port", "diagnostics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                problems.append(f"{name} must be a port number")
+        if self.log_format not in ("json", "console"):
+            problems.append("log_format must be json or console")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        if self.data_dir:
+            return Path(self.data_dir).expanduser()
+        suffix = f"zone-{self.zone}" if self.mode == "zone" else self.mode
+        return Path("~/.zonemesh").expanduser() / suffix
+
+    def store_url(self) -> str:
+        if self.store == "memory":
+            return "memory://"
+        if self.store == "etcd":
+            return f"etcd://{self.etcd_endpoints}?prefix={self.etcd_prefix}"
+        path = Path(self.store_path).expanduser() if self.store_path else self.resolved_data_dir / "zonemesh.db"
+        return f"sqlite://{path.resolve()}"
+
+    def view(self) -> dict[str, Any]:
+        """The configuration as GET /config shows it."""
+        return dataclasses.asdict(self)
+
+
+def _convert(name: str, raw: Any, kind: Any) -> Any:
+    if kind in (bool, "bool"):
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+    if kind in (int, "int"):
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
+    return str(raw)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", help="YAML config file (env ZONEMESH_CONFIG)")
+    for f in fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=f.metadata.get("help"))
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, help=f.metadata.get("help"))
+
+
+def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = None) -> Config:
+    env = dict(os.environ) if env is None else env
+    values: dict[str, Any] = {}
+    known = {f.name: f.type for f in fields(Config)}
+
+    config_file = (getattr(args, "config", None) if args else None) or env.get("ZONEMESH_CONFIG")
+    if config_file:
+        try:
+            doc = yaml.safe_load(Path(config_file).read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {config_file} is not valid YAML: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"config file {config_file} must be a YAML mapping")
+        for key, raw in doc.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"config file {config_file}: unknown setting {key!r}")
+            values[name] = _convert(name, raw, known[name])
+
+    for env_name, name in ENV_ALIASES.items():
+        if env_name in env:
+            values[name] = _convert(env_name, env[env_name], known[name])
+    for name, kind in known.items():
+        env_name = "ZONEMESH_" + name.upper()
+        if env_name in env:
+            values[name] = _convert(env_name, env[env_name], kind)
+
+    if args is not None:
+        for name, kind in known.items():
+            raw = getattr(args, name, None)
+            if raw is not None:
+                values[name] = _convert("--" + name.replace("_", "-"), raw, kind)
+
+    config = Config(**values)
+    config.validate()
+    return config

@@ -1,0 +1,156 @@
+"""The resource manager: the rules that sit between the API and the store.
+
+The store only stores. The manager knows the control plane's mode and enforces what a
+write means: the mesh must exist, origin labels are stamped, types synced from global are
+read-only on a federated zone (and zone-provided types on global), creating a mesh creates
+its default policies (seed 002), deleting a mesh deletes everything it owns.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import structlog
+
+from zonemesh.shared.resources.defaults import default_policies
+from zonemesh.shared.resources.model import (
+    ORIGIN_GLOBAL,
+    ORIGIN_LABEL,
+    ORIGIN_ZONE,
+    ZONE_LABEL,
+    Resource,
+    ResourceKey,
+)
+from zonemesh.shared.resources.registry import REGISTRY, ResourceType, Scope, Sync
+from zonemesh.shared.resources.schema import FieldError, ValidationError
+from zonemesh.shared.store import ListFilter, ListResult, NotFound, Store
+
+log = structlog.get_logger(__name__)
+
+
+class Mode(StrEnum):
+    GLOBAL = "global"
+    ZONE = "zone"
+    STANDALONE = "standalone"
+
+
+class ReadOnly(Exception):
+    """A write that this control plane must refuse (the resource is owned elsewhere)."""
+
+
+def _where(rtype: ResourceType) -> str:
+    return "the global control plane" if rtype.synced_down else "the zone control plane that owns it"
+
+
+class ResourceManager:
+    def __init__(self, store: Store, *, mode: Mode = Mode.STANDALONE, zone: str = "") -> None:
+        self.store = store
+        self.mode = mode
+        self.zone = zone
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def get(self, type: str, name: str, mesh: str = "") -> Resource:
+        return await self.store.get(type, name, mesh)
+
+    async def list(
+        self,
+        type: str,
+        mesh: str | None = None,
+        *,
+        filter: ListFilter | None = None,
+        offset: str | None = None,
+        size: int | None = None,
+    ) -> ListResult:
+        return await self.store.list(type, mesh, filter=filter or ListFilter(), offset=offset, size=size)
+
+    # -- write rules ---------------------------------------------------------------------
+
+    def check_writable(self, rtype: ResourceType) -> None:
+        """Refuse writes through the API that this control plane does not own."""
+        if rtype.system:
+            raise ReadOnly(f"{rtype.name} is written by the control plane itself and cannot be changed through the API")
+        if self.mode is Mode.ZONE and rtype.sync & Sync.GLOBAL_TO_ZONES and not rtype.sync & Sync.ZONE_TO_GLOBAL:
+            raise ReadOnly(
+                f"{rtype.name} is synced from the global control plane to this zone and is read-only here; "
+                "apply it on the global control plane"
+            )
+        if self.mode is Mode.GLOBAL and rtype.synced_up and not rtype.synced_down:
+            raise ReadOnly(
+                f"{rtype.name} is synced up from zones and is read-only on global; change it on {_where(rtype)}"
+            )
+
+    def _stamp(self, res: Resource) -> None:
+        """Stamp origin labels: they say where a resource was created, for KDS and for users."""
+        if self.mode is Mode.GLOBAL:
+            res.labels[ORIGIN_LABEL] = ORIGIN_GLOBAL
+            res.labels.pop(ZONE_LABEL, None)
+        elif self.mode is Mode.ZONE:
+            res.labels[ORIGIN_LABEL] = ORIGIN_ZONE
+            res.labels[ZONE_LABEL] = self.zone
+
+    async def _check_mesh_exists(self, res: Resource) -> None:
+        if REGISTRY.get(res.type).scope is Scope.MESH and await self.store.find("Mesh", res.mesh) is None:
+            raise ValidationError(
+                [FieldError("mesh", f"mesh {res.mesh!r} does not exist; create it first")],
+                title="Mesh not found",
+            )
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def create(self, res: Resource) -> Resource:
+        await self._check_mesh_exists(res)
+        self._stamp(res)
+        created = await self.store.create(res)
+        if created.type == "Mesh" and self.mode is not Mode.ZONE:
+            # On a federated zone the defaults arrive from global with the mesh.
+            await self._create_default_policies(created)
+        log.info("resource_created", resource=str(created.key), version=created.version)
+        return created
+
+    async def update(self, res: Resource) -> Resource:
+        await self._check_mesh_exists(res)
+        self._stamp(res)
+        updated = await self.store.update(res)
+        log.info("resource_updated", resource=str(updated.key), version=updated.version)
+        return updated
+
+    async def apply(self, res: Resource, version: int | None = None) -> tuple[Resource, bool]:
+        """Create or update. ``version`` (when given) is the version the caller read: a stale
+        one makes the update fail with Conflict. Returns (resource, created)."""
+        existing = await self.store.find(res.type, res.name, res.mesh)
+        if existing is None:
+            return await self.create(res), True
+        res.version = existing.version if version is None else version
+        return await self.update(res), False
+
+    async def delete(self, type: str, name: str, mesh: str = "", *, version: int | None = None) -> Resource:
+        if type == "Mesh":
+            await self._delete_mesh_contents(name)
+        deleted = await self.store.delete(type, name, mesh, version=version)
+        log.info("resource_deleted", resource=str(deleted.key))
+        return deleted
+
+    async def _create_default_policies(self, mesh: Resource) -> None:
+        skip = mesh.spec.get("skipCreatingInitialPolicies") or []
+        policies = [p for p in default_policies(mesh.name) if "*" not in skip and p.name not in skip]
+        for policy in policies:
+            self._stamp(policy)
+        await self.store.batch(upserts=policies)
+        log.info("mesh_defaults_created", mesh=mesh.name, policies=[p.name for p in policies])
+
+    async def _delete_mesh_contents(self, mesh: str) -> None:
+        if await self.store.find("Mesh", mesh) is None:
+            raise NotFound(ResourceKey("Mesh", "", mesh))
+        owned: list[ResourceKey] = []
+        for rtype in REGISTRY.mesh_scoped():
+            owned += [r.key for r in (await self.store.list(rtype.name, mesh)).items]
+        await self.store.batch(deletes=owned)
+        log.info("mesh_contents_deleted", mesh=mesh, count=len(owned))
+
+    async def ensure_default_mesh(self) -> bool:
+        """Create the `default` mesh (with its default policies) if missing. Returns True if created."""
+        if await self.store.find("Mesh", "default") is not None:
+            return False
+        await self.create(Resource(type="Mesh", name="default"))
+        return True

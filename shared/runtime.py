@@ -1,0 +1,120 @@
+"""A running control plane: the parts every mode has, assembled in order and torn down in reverse.
+
+Mode-specific parts (the KDS server on global, the KDS client and xDS server on a zone)
+are *components*: async context managers that receive the control plane and run while
+it runs. `run()` is what `zonemesh-cp run` calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from zonemesh import __version__
+from zonemesh.shared.api.app import build_api_app
+from zonemesh.shared.api.auth import ensure_admin_token
+from zonemesh.shared.config import Config
+from zonemesh.shared.diagnostics import build_diagnostics_app
+from zonemesh.shared.resources.manager import Mode, ResourceManager
+from zonemesh.shared.store import Store
+from zonemesh.shared.store.factory import open_store
+
+log = structlog.get_logger(__name__)
+
+Component = Callable[["ControlPlane"], AbstractAsyncContextManager[Any]]
+
+
+class ControlPlane:
+    def __init__(self, config: Config, components: list[Component] | None = None) -> None:
+        self.config = config
+        self.mode = Mode(config.mode)
+        self.components = components or []
+        self.instance_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.ready = False
+        self._stack = AsyncExitStack()
+        self.store: Store
+        self.manager: ResourceManager
+        self.api_app: web.Application
+
+    def index(self) -> dict[str, Any]:
+        return {
+            "hostname": socket.gethostname(),
+            "tagline": "zonemesh",
+            "product": "zonemesh",
+            "version": __version__,
+            "instanceId": self.instance_id,
+            "mode": self.mode.value,
+            "zone": self.config.zone or None,
+            "gui": "/gui",
+        }
+
+    async def start(self) -> None:
+        config = self.config
+        if config.store == "sqlite":
+            config.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = await open_store(config.store_url())
+        self._stack.push_async_callback(self.store.close)
+        self.manager = ResourceManager(self.store, mode=self.mode, zone=config.zone)
+
+        await ensure_admin_token(self.store)
+        # On a federated zone meshes (and their defaults) arrive from global.
+        if self.mode is not Mode.ZONE and not config.defaults_skip_mesh_creation:
+            if await self.manager.ensure_default_mesh():
+                log.info("default_mesh_created")
+
+        self.api_app = build_api_app(self.manager, self.index(), config.view())
+        await self._serve(self.api_app, config.api_address, config.api_port, "api")
+        await self._serve(
+            build_diagnostics_app(lambda: self.ready), config.diagnostics_address, config.diagnostics_port, "diagnostics"
+        )
+        for component in self.components:
+            await self._stack.enter_async_context(component(self))
+        self.ready = True
+        log.info(
+            "control_plane_started",
+            mode=self.mode.value,
+            zone=config.zone or None,
+            store=config.store,
+            api_port=config.api_port,
+            diagnostics_port=config.diagnostics_port,
+            pid=os.getpid(),
+        )
+
+    async def _serve(self, app: web.Application, host: str, port: int, name: str) -> None:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        log.info("listening", server=name, address=host, port=port)
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self._stack.aclose()
+        log.info("control_plane_stopped")
+
+
+async def run(config: Config, components: list[Component] | None = None) -> None:
+    """Start, serve until SIGTERM/SIGINT, then shut down cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    cp = ControlPlane(config, components)
+    try:
+        await cp.start()
+        await stop.wait()
+        log.info("shutdown_requested")
+    finally:
+        with contextlib.suppress(Exception):
+            await cp.stop()

@@ -1,0 +1,117 @@
+"""JWT issuing and validation (RS256 only), with revocation lists.
+
+The validator is strict on purpose: it accepts RS256 alone (so ``alg: none`` and HS256
+signed with the public key are refused), requires ``kid``, ``exp``, ``iat``, ``jti``,
+and says *why* a token is refused, since an operator reading the log needs the reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import jwt
+
+from zonemesh.shared.store import Store
+from zonemesh.shared.tokens.keys import SigningKeys, public_key_pem
+
+# Clock skew tolerated between the issuer and the validator, as Kuma does (iat = nbf = now - 5s).
+LEEWAY_SECONDS = 5
+
+
+class InvalidToken(Exception):
+    """The token is refused; ``reason`` is a short, loggable explanation (never the token)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+def sign(claims: Mapping[str, Any], private_pem: bytes, kid: int, valid_for_seconds: float) -> str:
+    now = int(time.time())
+    payload = {
+        **claims,
+        "jti": str(uuid.uuid4()),
+        "iat": now - LEEWAY_SECONDS,
+        "nbf": now - LEEWAY_SECONDS,
+        "exp": now + int(valid_for_seconds) + LEEWAY_SECONDS,
+    }
+    return jwt.encode(payload, private_pem, algorithm="RS256", headers={"kid": str(kid)})
+
+
+class TokenIssuer:
+    def __init__(self, keys: SigningKeys) -> None:
+        self.keys = keys
+
+    async def issue(self, claims: Mapping[str, Any], valid_for_seconds: float) -> str:
+        serial, pem = await self.keys.ensure()
+        return sign(claims, pem, serial, valid_for_seconds)
+
+
+class TokenValidator:
+    def __init__(self, keys: SigningKeys, revocations_secret: str | None = None) -> None:
+        self.keys = keys
+        self.revocations_secret = revocations_secret
+
+    async def revoked_ids(self) -> set[str]:
+        if self.revocations_secret is None:
+            return set()
+        res = await self.keys.store.find(self.keys.secret_type, self.revocations_secret, self.keys.mesh)
+        if res is None:
+            return set()
+        text = base64.b64decode(res.spec["data"]).decode().strip()
+        return {jti.strip() for jti in text.split(",") if jti.strip()}
+
+    async def validate(self, token: str) -> dict[str, Any]:
+        if not token:
+            raise InvalidToken("no token provided")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(f"malformed token: {exc}") from None
+        alg = header.get("alg")
+        if alg != "RS256":
+            raise InvalidToken(f"unsupported signing algorithm {alg!r}: only RS256 is accepted")
+        kid = header.get("kid")
+        if kid is None or not str(kid).isdigit():
+            raise InvalidToken("token has no valid kid header (the signing key serial)")
+        private_pem = await self.keys.private_key(int(kid))
+        if private_pem is None:
+            raise InvalidToken(f"signing key {kid} not found (rotated out or never existed)")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                public_key_pem(private_pem),
+                algorithms=["RS256"],
+                leeway=LEEWAY_SECONDS,
+                options={"require": ["exp", "iat", "jti"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidToken("token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise InvalidToken("token is not valid yet (nbf/iat in the future)") from None
+        except jwt.InvalidSignatureError:
+            raise InvalidToken("signature verification failed (forged or signed by another key)") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise InvalidToken(f"token misses the {exc.claim!r} claim") from None
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(f"invalid token: {exc}") from None
+        if claims["jti"] in await self.revoked_ids():
+            raise InvalidToken(f"token {claims['jti']} has been revoked")
+        return claims
+
+
+USER_TOKEN_KEYS = "user-token-signing-key"
+USER_TOKEN_REVOCATIONS = "user-token-revocations"
+ADMIN_TOKEN_SECRET = "admin-user-token"
+
+
+def user_token_keys(store: Store) -> SigningKeys:
+    return SigningKeys(store, USER_TOKEN_KEYS)
+
+
+def user_token_validator(store: Store) -> TokenValidator:
+    return TokenValidator(user_token_keys(store), USER_TOKEN_REVOCATIONS)

@@ -1,0 +1,48 @@
+"""`zonemesh-cp`: run a control plane (standalone, global or zone)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import structlog
+
+from zonemesh import __version__
+from zonemesh.shared import config as cfg
+from zonemesh.shared.logs import configure
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zonemesh-cp", description="zonemesh control plane")
+    parser.add_argument("--version", action="version", version=f"zonemesh-cp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run",
+        help="run a control plane",
+        description="Run a control plane. Settings: flags > ZONEMESH_* env > --config YAML > defaults.",
+    )
+    cfg.add_arguments(run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = cfg.load(args)
+    except cfg.ConfigError as exc:
+        print(f"zonemesh-cp: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    configure(config.log_format, config.log_level)
+    from zonemesh.shared.runtime import run  # imported late: nothing heavy before the config is valid
+
+    try:
+        asyncio.run(run(config))
+    except OSError as exc:
+        structlog.get_logger("zonemesh.cp").error("startup_failed", error=str(exc))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
