@@ -14,6 +14,7 @@ import signal
 import socket
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any
 
@@ -34,11 +35,20 @@ log = structlog.get_logger(__name__)
 Component = Callable[["ControlPlane"], AbstractAsyncContextManager[Any]]
 
 
+@dataclass
+class Assembly:
+    """What a mode adds to the common control plane: components that run alongside the API
+    (KDS server/client, xDS server, ...) and extra API routes (token issuance, insights, ...)."""
+
+    components: list[Component] = field(default_factory=list)
+    routes: list[web.RouteDef] = field(default_factory=list)
+
+
 class ControlPlane:
-    def __init__(self, config: Config, components: list[Component] | None = None) -> None:
+    def __init__(self, config: Config, assembly: Assembly | None = None) -> None:
         self.config = config
         self.mode = Mode(config.mode)
-        self.components = components or []
+        self.assembly = assembly or Assembly()
         self.instance_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.ready = False
         self._stack = AsyncExitStack()
@@ -72,12 +82,13 @@ class ControlPlane:
             if await self.manager.ensure_default_mesh():
                 log.info("default_mesh_created")
 
-        self.api_app = build_api_app(self.manager, self.index(), config.view())
+        self.api_app = build_api_app(self.manager, self.index(), config.view(), self.assembly.routes)
+        self.api_app[CONTROL_PLANE] = self
         await self._serve(self.api_app, config.api_address, config.api_port, "api")
         await self._serve(
             build_diagnostics_app(lambda: self.ready), config.diagnostics_address, config.diagnostics_port, "diagnostics"
         )
-        for component in self.components:
+        for component in self.assembly.components:
             await self._stack.enter_async_context(component(self))
         self.ready = True
         log.info(
@@ -104,13 +115,17 @@ class ControlPlane:
         log.info("control_plane_stopped")
 
 
-async def run(config: Config, components: list[Component] | None = None) -> None:
+# Handlers of mode-specific routes reach the running control plane through this key.
+CONTROL_PLANE = web.AppKey("control_plane", ControlPlane)
+
+
+async def run(config: Config, assembly: Assembly | None = None) -> None:
     """Start, serve until SIGTERM/SIGINT, then shut down cleanly."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    cp = ControlPlane(config, components)
+    cp = ControlPlane(config, assembly)
     try:
         await cp.start()
         await stop.wait()

@@ -34,10 +34,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zonemesh-cp: invalid configuration: {exc}", file=sys.stderr)
         return 2
     configure(config.log_format, config.log_level)
-    from zonemesh.shared.runtime import run  # imported late: nothing heavy before the config is valid
+    # Imported late: nothing heavy before the configuration is known to be valid.
+    from zonemesh.shared.runtime import run
 
+    if config.mode == "global":
+        from zonemesh.global_cp.app import assemble
+    else:
+        from zonemesh.zone_cp.app import assemble
     try:
-        asyncio.run(run(config))
+        asyncio.run(run(config, assemble(config)))
     except OSError as exc:
         structlog.get_logger("zonemesh.cp").error("startup_failed", error=str(exc))
         return 1

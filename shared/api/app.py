@@ -47,7 +47,12 @@ async def policies(request: web.Request) -> web.Response:
     return web.json_response({"policies": [d for d in _describe_types() if d["policy"]]})
 
 
-def build_api_app(manager: ResourceManager, index_doc: dict[str, Any], config_view: dict[str, Any]) -> web.Application:
+def build_api_app(
+    manager: ResourceManager,
+    index_doc: dict[str, Any],
+    config_view: dict[str, Any],
+    extra_routes: list[web.RouteDef] | None = None,
+) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=10 * 1024 * 1024)
     app[MANAGER] = manager
     app[INDEX] = index_doc
@@ -58,6 +63,7 @@ def build_api_app(manager: ResourceManager, index_doc: dict[str, Any], config_vi
             web.get("/config", config),
             web.get("/_resources", resources),
             web.get("/policies", policies),
+            *(extra_routes or []),
             *resource_routes(REGISTRY),
         ]
     )
