@@ -1,19 +1,18 @@
 """Maps the card's top-level folders under the one import package `zonemesh`.
 
-pyproject.toml holds all metadata; this file only computes the package list, so that a
-new sub-package is picked up without editing a hand-kept list.
+pyproject.toml holds all metadata and the folder mapping ([tool.zonemesh.packages]); this
+file only turns that mapping into setuptools' package list, so that a new sub-package is
+picked up without editing a hand-kept list.
 """
+
+import tomllib
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
-# import name -> folder in the repository
-ROOTS = {
-    "zonemesh": "zonemesh",
-    "zonemesh.shared": "shared",
-    "zonemesh.global_cp": "global_cp",
-    "zonemesh.zone_cp": "zone_cp",
-    "zonemesh.proto": "proto",
-}
+ROOTS: dict[str, str] = tomllib.loads(Path(__file__).with_name("pyproject.toml").read_text())["tool"]["zonemesh"][
+    "packages"
+]
 
 packages = []
 for name, folder in ROOTS.items():

@@ -34,7 +34,9 @@ class Config:
     mode: str = field(default="standalone", metadata={"help": "standalone | global | zone"})
     zone: str = field(default="", metadata={"help": "zone name (zone mode)"})
     store: str = field(default="sqlite", metadata={"help": "sqlite | etcd | memory"})
-    data_dir: str = field(default="", metadata={"help": "where SQLite and generated files live (default ~/.zonemesh/<mode>)"})
+    data_dir: str = field(
+        default="", metadata={"help": "where SQLite and generated files live (default ~/.zonemesh/<mode>)"}
+    )
     store_path: str = field(default="", metadata={"help": "SQLite file (default <data-dir>/zonemesh.db)"})
     etcd_endpoints: str = field(default="127.0.0.1:2379", metadata={"help": "host:port[,host:port]"})
     etcd_prefix: str = field(default="/zonemesh", metadata={"help": "key prefix in etcd"})
@@ -105,7 +107,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
         if f.type in (bool, "bool"):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=f.metadata.get("help"))
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=f.metadata.get("help")
+            )
         else:
             parser.add_argument(flag, dest=f.name, default=None, help=f.metadata.get("help"))
 

@@ -8,7 +8,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 ReadyCheck = Callable[[], bool]
-READY = web.AppKey("ready", ReadyCheck)
+READY: web.AppKey[ReadyCheck] = web.AppKey("ready")
 
 
 async def metrics(request: web.Request) -> web.Response:

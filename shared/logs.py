@@ -27,4 +27,6 @@ def configure(fmt: str = "json", level: str = "info") -> None:
         cache_logger_on_first_use=False,
     )
     # Libraries that log through the stdlib (aiohttp, grpc) end up in the same stream.
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
+    )

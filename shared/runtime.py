@@ -14,14 +14,12 @@ import signal
 import socket
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from aiohttp import web
-
-from zonemesh import __version__
 from zonemesh.shared.api.app import build_api_app
 from zonemesh.shared.api.auth import ensure_admin_token
 from zonemesh.shared.config import Config
@@ -29,6 +27,8 @@ from zonemesh.shared.diagnostics import build_diagnostics_app
 from zonemesh.shared.resources.manager import Mode, ResourceManager
 from zonemesh.shared.store import Store
 from zonemesh.shared.store.factory import open_store
+
+from zonemesh import __version__
 
 log = structlog.get_logger(__name__)
 
@@ -78,15 +78,18 @@ class ControlPlane:
 
         await ensure_admin_token(self.store)
         # On a federated zone meshes (and their defaults) arrive from global.
-        if self.mode is not Mode.ZONE and not config.defaults_skip_mesh_creation:
-            if await self.manager.ensure_default_mesh():
-                log.info("default_mesh_created")
+        wants_default_mesh = self.mode is not Mode.ZONE and not config.defaults_skip_mesh_creation
+        if wants_default_mesh and await self.manager.ensure_default_mesh():
+            log.info("default_mesh_created")
 
         self.api_app = build_api_app(self.manager, self.index(), config.view(), self.assembly.routes)
         self.api_app[CONTROL_PLANE] = self
         await self._serve(self.api_app, config.api_address, config.api_port, "api")
         await self._serve(
-            build_diagnostics_app(lambda: self.ready), config.diagnostics_address, config.diagnostics_port, "diagnostics"
+            build_diagnostics_app(lambda: self.ready),
+            config.diagnostics_address,
+            config.diagnostics_port,
+            "diagnostics",
         )
         for component in self.assembly.components:
             await self._stack.enter_async_context(component(self))

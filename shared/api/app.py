@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-
 from zonemesh.shared.api.context import CONFIG_VIEW, INDEX, MANAGER
 from zonemesh.shared.api.errors import error_middleware
 from zonemesh.shared.api.resources import resource_routes

@@ -13,7 +13,6 @@ import ipaddress
 
 import structlog
 from aiohttp import web
-
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store import Store
 from zonemesh.shared.tokens.tokens import (
@@ -65,7 +64,8 @@ async def require_admin(request: web.Request, store: Store) -> None:
     if scheme.lower() != "bearer" or not token:
         raise web.HTTPUnauthorized(
             reason="Unauthorized",
-            text="this operation needs the admin token from a non-loopback client: send 'Authorization: Bearer <token>'",
+            text="this operation needs the admin token from a non-loopback client: "
+            "send 'Authorization: Bearer <token>'",
         )
     try:
         claims = await user_token_validator(store).validate(token.strip())

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-
 from zonemesh.shared.resources.manager import ResourceManager
 
 MANAGER = web.AppKey("manager", ResourceManager)

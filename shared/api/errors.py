@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
 from aiohttp import web
-
 from zonemesh.shared.resources.manager import ReadOnly
 from zonemesh.shared.resources.registry import UnknownType
 from zonemesh.shared.resources.schema import FieldError, ValidationError
@@ -21,9 +20,7 @@ log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_response(
-    status: int, title: str, detail: str = "", invalid: Iterable[FieldError] = ()
-) -> web.Response:
+def error_response(status: int, title: str, detail: str = "", invalid: Iterable[FieldError] = ()) -> web.Response:
     body = {
         "type": "/std-errors",
         "status": status,
@@ -56,4 +53,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(exc.status, exc.reason, detail)
     except Exception:
         log.exception("api_internal_error", method=request.method, path=request.path)
-        return error_response(500, "Internal server error", "the control plane failed to handle the request; see its logs")
+        return error_response(
+            500, "Internal server error", "the control plane failed to handle the request; see its logs"
+        )

@@ -12,7 +12,6 @@ from typing import Any
 
 import yaml
 from aiohttp import web
-
 from zonemesh.shared.api.auth import require_admin
 from zonemesh.shared.api.context import MANAGER
 from zonemesh.shared.resources.codec import from_universal, to_universal

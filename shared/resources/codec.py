@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-
 from zonemesh.shared.resources.model import Resource, format_time
 from zonemesh.shared.resources.registry import REGISTRY, ResourceType, Scope, UnknownType
 from zonemesh.shared.resources.schema import (

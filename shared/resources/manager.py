@@ -11,7 +11,6 @@ from __future__ import annotations
 from enum import StrEnum
 
 import structlog
-
 from zonemesh.shared.resources.defaults import default_policies
 from zonemesh.shared.resources.model import (
     ORIGIN_GLOBAL,

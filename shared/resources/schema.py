@@ -73,14 +73,16 @@ class Str(Node):
             errors.add(path, f"must be one of: {', '.join(self.choices)}")
             return
         if len(value) < self.min_len:
-            errors.add(path, "must not be empty" if self.min_len == 1 else f"must have at least {self.min_len} characters")
+            errors.add(
+                path, "must not be empty" if self.min_len == 1 else f"must have at least {self.min_len} characters"
+            )
         if self.max_len is not None and len(value) > self.max_len:
             errors.add(path, f"must have at most {self.max_len} characters")
         if self.pattern is not None and value and not re.fullmatch(self.pattern, value):
             errors.add(path, self.pattern_reason)
 
 
-def Enum(*choices: str) -> Str:  # noqa: N802 - reads like a type in schemas
+def Enum(*choices: str) -> Str:
     return Str(choices=tuple(choices))
 
 
@@ -165,7 +167,9 @@ class List(Node):
             errors.add(path, "must be a list")
             return
         if len(value) < self.min_items:
-            errors.add(path, "must not be empty" if self.min_items == 1 else f"must have at least {self.min_items} items")
+            errors.add(
+                path, "must not be empty" if self.min_items == 1 else f"must have at least {self.min_items} items"
+            )
         if self.max_items is not None and len(value) > self.max_items:
             errors.add(path, f"must have at most {self.max_items} items")
         for i, item in enumerate(value):
@@ -264,5 +268,8 @@ def validate(node: Node, value: Any, path: str = "") -> list[FieldError]:
 
 # Names of resources follow Kuma's rule for universal names (DNS-1123-like, dots allowed).
 NAME_PATTERN = r"[a-z0-9]([-a-z0-9._]*[a-z0-9])?"
-NAME_REASON = "must consist of lower case alphanumeric characters, '-', '.' or '_', and start and end with an alphanumeric character"
+NAME_REASON = (
+    "must consist of lower case alphanumeric characters, '-', '.' or '_', "
+    "and start and end with an alphanumeric character"
+)
 Name = Str(min_len=1, max_len=253, pattern=NAME_PATTERN, pattern_reason=NAME_REASON)

@@ -41,7 +41,9 @@ class NotFound(StoreError):
 class AlreadyExists(StoreError):
     def __init__(self, key: ResourceKey) -> None:
         self.key = key
-        super().__init__(f"{key.type} {key.name!r}" + (f" in mesh {key.mesh!r}" if key.mesh else "") + " already exists")
+        super().__init__(
+            f"{key.type} {key.name!r}" + (f" in mesh {key.mesh!r}" if key.mesh else "") + " already exists"
+        )
 
 
 class Conflict(StoreError):

@@ -9,11 +9,11 @@ Zone tokens, dataplane tokens and the admin user token all use this.
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store import AlreadyExists, Store
 
@@ -29,9 +29,7 @@ def generate_private_key_pem() -> bytes:
 
 def public_key_pem(private_pem: bytes) -> bytes:
     key = serialization.load_pem_private_key(private_pem, password=None)
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 class SigningKeys:
@@ -83,10 +81,8 @@ class SigningKeys:
         newest = await self.newest()
         if newest is not None:
             return newest
-        try:
+        with contextlib.suppress(AlreadyExists):  # another replica created it first
             await self.add()
-        except AlreadyExists:
-            pass  # another replica created it first
         newest = await self.newest()
         assert newest is not None
         return newest

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import jwt
-
 from zonemesh.shared.store import Store
 from zonemesh.shared.tokens.keys import SigningKeys, public_key_pem
 

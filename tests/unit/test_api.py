@@ -1,0 +1,293 @@
+"""HTTP API behaviour over a real socket (aiohttp server on 127.0.0.1, memory store)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
+from zonemesh.shared.api.app import build_api_app
+from zonemesh.shared.api.auth import ensure_admin_token
+from zonemesh.shared.resources.defaults import DEFAULT_POLICY_NAMES
+from zonemesh.shared.resources.manager import Mode, ResourceManager
+from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.store.memory import MemoryStore
+
+TIMEOUT = {
+    "type": "MeshTimeout",
+    "name": "t1",
+    "mesh": "default",
+    "spec": {
+        "targetRef": {"kind": "Mesh"},
+        "to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": "3s"}}],
+    },
+}
+
+# Set by a test to make the server see the client as coming from another host: loopback
+# sockets cannot produce a non-loopback peer, so this one fault is injected.
+REMOTE_OVERRIDE = web.AppKey("remote_override", list[str])
+
+
+@web.middleware
+async def _fake_remote(request: web.Request, handler: Any) -> web.StreamResponse:
+    override = request.app[REMOTE_OVERRIDE]
+    if override:
+        request = request.clone(remote=override[0])
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
+async def make_client(mode: Mode = Mode.STANDALONE) -> tuple[TestClient[web.Request, web.Application], MemoryStore]:
+    store = MemoryStore()
+    manager = ResourceManager(store, mode=mode, zone="zone-1" if mode is Mode.ZONE else "")
+    await ensure_admin_token(store)
+    if mode is not Mode.ZONE:
+        await manager.ensure_default_mesh()
+    app = build_api_app(manager, {"tagline": "zonemesh"}, {"mode": mode.value})
+    app[REMOTE_OVERRIDE] = []
+    app.middlewares.insert(0, _fake_remote)
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    return client, store
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    client, _ = await make_client()
+    yield client
+    await client.close()
+
+
+async def test_default_mesh_and_default_policies(api: TestClient[web.Request, web.Application]) -> None:
+    meshes = await (await api.get("/meshes")).json()
+    assert [m["name"] for m in meshes["items"]] == ["default"]
+    timeouts = await (await api.get("/meshes/default/meshtimeouts")).json()
+    assert sorted(t["name"] for t in timeouts["items"]) == [
+        "mesh-gateways-timeout-all-default",
+        "mesh-timeout-all-default",
+    ]
+    sidecar = next(t for t in timeouts["items"] if t["name"] == "mesh-timeout-all-default")
+    assert sidecar["spec"]["to"][0]["default"]["http"]["requestTimeout"] == "15s"
+    assert sidecar["spec"]["from"][0]["default"]["http"]["maxStreamDuration"] == "0s"
+    retry = await (await api.get("/meshes/default/meshretries/mesh-retry-all-default")).json()
+    assert retry["spec"]["to"][0]["default"]["grpc"]["backOff"] == {"baseInterval": "25ms", "maxInterval": "250ms"}
+    cb = await (await api.get("/meshes/default/meshcircuitbreakers/mesh-circuit-breaker-all-default")).json()
+    assert cb["spec"]["to"][0]["default"]["connectionLimits"]["maxRetries"] == 3
+
+
+async def test_create_update_and_stale_version(api: TestClient[web.Request, web.Application]) -> None:
+    resp = await api.put("/meshes/default/meshtimeouts/t1", json=TIMEOUT)
+    assert resp.status == 201
+    created = await resp.json()
+    assert created["version"] == 1
+
+    changed = {**TIMEOUT, "version": 1}
+    changed["spec"] = {
+        **TIMEOUT["spec"],
+        "to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": "4s"}}],
+    }
+    resp = await api.put("/meshes/default/meshtimeouts/t1", json=changed)
+    assert resp.status == 200
+    assert (await resp.json())["version"] == 2
+
+    stale = {**changed, "version": 1}
+    stale["spec"] = {**TIMEOUT["spec"], "to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": "9s"}}]}
+    resp = await api.put("/meshes/default/meshtimeouts/t1", json=stale)
+    assert resp.status == 409
+    body = await resp.json()
+    assert "version 1" in body["detail"] and "version is 2" in body["detail"]
+    current = await (await api.get("/meshes/default/meshtimeouts/t1")).json()
+    assert current["spec"]["to"][0]["default"]["connectionTimeout"] == "4s"
+    assert current["version"] == 2
+
+
+@pytest.mark.parametrize(
+    ("doc_change", "field", "reason"),
+    [
+        ({"color": "blue"}, "color", "unknown field"),
+        ({"spec": {"to": [{"targetRef": {"kind": "Mesh"}, "default": {}}]}}, "spec.targetRef", "must be defined"),
+        (
+            {"spec": {**TIMEOUT["spec"], "to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": 5}}]}},
+            "spec.to[0].default.connectionTimeout",
+            "duration",
+        ),
+        (
+            {"spec": {**TIMEOUT["spec"], "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idle": "5s"}}]}},
+            "spec.to[0].default.idle",
+            "unknown field",
+        ),
+        ({"name": "Not_Valid!"}, "name", "lower case"),
+    ],
+)
+async def test_invalid_documents_are_refused_field_by_field(
+    api: TestClient[web.Request, web.Application], doc_change: dict[str, Any], field: str, reason: str
+) -> None:
+    doc = {**TIMEOUT, **doc_change}
+    resp = await api.put("/meshes/default/meshtimeouts/t1", json=doc)
+    assert resp.status == 400
+    body = await resp.json()
+    assert body["type"] == "/std-errors" and body["status"] == 400
+    matching = [p for p in body["invalid_parameters"] if p["field"] == field]
+    assert matching, body
+    assert reason in matching[0]["reason"]
+    # Nothing was written.
+    assert (await api.get("/meshes/default/meshtimeouts/t1")).status == 404
+
+
+async def test_invalid_yaml_body(api: TestClient[web.Request, web.Application]) -> None:
+    resp = await api.put(
+        "/meshes/default/meshtimeouts/t1", data="type: [unclosed", headers={"Content-Type": "application/yaml"}
+    )
+    assert resp.status == 400
+    assert "invalid JSON/YAML" in (await resp.json())["detail"]
+
+
+async def test_not_found_and_method_not_allowed(api: TestClient[web.Request, web.Application]) -> None:
+    resp = await api.get("/meshes/default/meshtimeouts/nope")
+    assert resp.status == 404
+    assert (await resp.json())["status"] == 404
+    resp = await api.get("/meshes/missing/meshtimeouts")
+    assert resp.status == 404
+    resp = await api.post("/meshes/default/meshtimeouts/t1", json=TIMEOUT)
+    assert resp.status == 405
+    assert (await resp.json())["type"] == "/std-errors"
+    resp = await api.get("/no-such-path")
+    assert resp.status == 404
+
+
+async def test_mismatched_path_and_body(api: TestClient[web.Request, web.Application]) -> None:
+    resp = await api.put("/meshes/default/meshtimeouts/other-name", json=TIMEOUT)
+    assert resp.status == 400
+    fields = {p["field"] for p in (await resp.json())["invalid_parameters"]}
+    assert "name" in fields
+    resp = await api.put("/meshes/default/meshretries/t1", json=TIMEOUT)
+    assert resp.status == 400
+    assert (await resp.json())["invalid_parameters"][0]["field"] == "type"
+
+
+async def test_policy_in_missing_mesh_is_refused(api: TestClient[web.Request, web.Application]) -> None:
+    resp = await api.put("/meshes/ghost/meshtimeouts/t1", json={**TIMEOUT, "mesh": "ghost"})
+    assert resp.status == 400
+    assert (await resp.json())["invalid_parameters"][0]["field"] == "mesh"
+
+
+async def test_pagination_walks_every_item_once(api: TestClient[web.Request, web.Application]) -> None:
+    for i in range(25):
+        doc = {**TIMEOUT, "name": f"p-{i:02d}"}
+        assert (await api.put(f"/meshes/default/meshtimeouts/p-{i:02d}", json=doc)).status == 201
+    seen: list[str] = []
+    url: str | None = "/meshes/default/meshtimeouts?size=10"
+    pages = 0
+    while url and pages < 10:
+        page = await (await api.get(url)).json()
+        assert page["total"] == 27  # 25 + the two defaults
+        seen += [i["name"] for i in page["items"]]
+        url = URL(page["next"]).path_qs if page["next"] else None
+        pages += 1
+    assert pages == 3
+    assert len(seen) == 27 == len(set(seen))
+    assert seen == sorted(seen)
+
+
+@pytest.mark.parametrize("size", ["0", "1001", "ten"])
+async def test_bad_page_size(api: TestClient[web.Request, web.Application], size: str) -> None:
+    resp = await api.get(f"/meshes/default/meshtimeouts?size={size}")
+    assert resp.status == 400
+    assert (await resp.json())["invalid_parameters"][0]["field"] == "size"
+
+
+async def test_label_and_name_filters(api: TestClient[web.Request, web.Application]) -> None:
+    await api.put("/meshes/default/meshtimeouts/a-team", json={**TIMEOUT, "name": "a-team", "labels": {"team": "a"}})
+    await api.put("/meshes/default/meshtimeouts/b-team", json={**TIMEOUT, "name": "b-team", "labels": {"team": "b"}})
+    page = await (await api.get("/meshes/default/meshtimeouts?filter[labels.team]=a")).json()
+    assert [i["name"] for i in page["items"]] == ["a-team"]
+    page = await (await api.get("/meshes/default/meshtimeouts?name=b-te")).json()
+    assert [i["name"] for i in page["items"]] == ["b-team"]
+
+
+async def test_meshes_are_isolated_and_mesh_delete_cascades(api: TestClient[web.Request, web.Application]) -> None:
+    assert (await api.put("/meshes/other", json={"type": "Mesh", "name": "other"})).status == 201
+    await api.put("/meshes/other/meshtimeouts/only-other", json={**TIMEOUT, "mesh": "other", "name": "only-other"})
+    default_names = [i["name"] for i in (await (await api.get("/meshes/default/meshtimeouts")).json())["items"]]
+    other_names = [i["name"] for i in (await (await api.get("/meshes/other/meshtimeouts")).json())["items"]]
+    assert "only-other" not in default_names
+    assert "only-other" in other_names
+    # Every mesh-scoped list across meshes still tells them apart.
+    everywhere = (await (await api.get("/meshtimeouts")).json())["items"]
+    assert {(i["mesh"], i["name"]) for i in everywhere} >= {
+        ("other", "only-other"),
+        ("default", "mesh-timeout-all-default"),
+    }
+
+    assert (await api.delete("/meshes/other")).status == 200
+    assert (await api.get("/meshes/other")).status == 404
+    leftovers = [i for i in (await (await api.get("/meshtimeouts")).json())["items"] if i["mesh"] == "other"]
+    assert leftovers == []
+    assert len((await (await api.get("/meshes/default/meshtimeouts")).json())["items"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("skip", "expected_missing"),
+    [(["*"], set(DEFAULT_POLICY_NAMES)), (["mesh-retry-all-default"], {"mesh-retry-all-default"})],
+)
+async def test_skip_creating_initial_policies(
+    api: TestClient[web.Request, web.Application], skip: list[str], expected_missing: set[str]
+) -> None:
+    await api.put("/meshes/lean", json={"type": "Mesh", "name": "lean", "skipCreatingInitialPolicies": skip})
+    names: set[str] = set()
+    for path in ("meshtimeouts", "meshretries", "meshcircuitbreakers"):
+        names |= {i["name"] for i in (await (await api.get(f"/meshes/lean/{path}")).json())["items"]}
+    assert names == set(DEFAULT_POLICY_NAMES) - expected_missing
+
+
+async def test_index_resources_and_config(api: TestClient[web.Request, web.Application]) -> None:
+    assert (await (await api.get("/")).json())["tagline"] == "zonemesh"
+    types = {t["name"]: t for t in (await (await api.get("/_resources")).json())["resources"]}
+    assert types["MeshTimeout"]["path"] == "meshtimeouts" and types["MeshTimeout"]["scope"] == "Mesh"
+    assert types["Mesh"]["scope"] == "Global"
+    assert (await (await api.get("/config")).json())["mode"] == "standalone"
+
+
+async def test_writes_from_other_hosts_need_the_admin_token() -> None:
+    client, store = await make_client()
+    try:
+        client.app[REMOTE_OVERRIDE].append("192.0.2.10")  # only the server's view of the peer changes
+        resp = await client.put("/meshes/default/meshtimeouts/t1", json=TIMEOUT)
+        assert resp.status == 401
+        assert "admin token" in (await resp.json())["detail"]
+        resp = await client.put(
+            "/meshes/default/meshtimeouts/t1", json=TIMEOUT, headers={"Authorization": "Bearer not-a-jwt"}
+        )
+        assert resp.status == 401
+        # Reads of ordinary resources stay open; secrets do not.
+        assert (await client.get("/meshes/default/meshtimeouts")).status == 200
+        assert (await client.get("/global-secrets/admin-user-token")).status == 401
+
+        secret = await store.get("GlobalSecret", "admin-user-token")
+        token = base64.b64decode(secret.spec["data"]).decode()
+        auth = {"Authorization": f"Bearer {token}"}
+        assert (await client.put("/meshes/default/meshtimeouts/t1", json=TIMEOUT, headers=auth)).status == 201
+        assert (await client.get("/global-secrets/admin-user-token", headers=auth)).status == 200
+    finally:
+        await client.close()
+
+
+async def test_zone_refuses_writes_to_types_synced_from_global() -> None:
+    client, store = await make_client(Mode.ZONE)
+    try:
+        await store.create(Resource(type="Mesh", name="default"))  # as if synced from global
+        resp = await client.put("/meshes/default/meshtimeouts/t1", json=TIMEOUT)
+        assert resp.status == 405
+        assert "global control plane" in (await resp.json())["detail"]
+        assert (await client.get("/meshes/default/meshtimeouts/t1")).status == 404
+    finally:
+        await client.close()
+
+
+async def test_system_types_are_read_only(api: TestClient[web.Request, web.Application]) -> None:
+    resp = await api.put("/zone-insights/z1", json={"type": "ZoneInsight", "name": "z1"})
+    assert resp.status == 405
