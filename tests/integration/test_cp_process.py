@@ -1,0 +1,109 @@
+"""`zonemesh-cp run` as a real process: defaults, persistence across restarts, config errors, shutdown."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zonemesh.testing import ControlPlaneProcess, http
+
+POLICY = {
+    "type": "MeshRetry",
+    "name": "retry-backend",
+    "mesh": "default",
+    "spec": {
+        "targetRef": {"kind": "Mesh"},
+        "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"http": {"numRetries": 2}}}],
+    },
+}
+
+pytestmark = pytest.mark.slow
+
+
+def test_sqlite_default_store_survives_restart(tmp_path: Path) -> None:
+    cp = ControlPlaneProcess(tmp_path / "cp", args=["--log-format", "json"]).start()
+    try:
+        status, meshes = cp.get("/meshes")
+        assert status == 200
+        assert [m["name"] for m in meshes["items"]] == ["default"]
+        status, _ = cp.put("/meshes/default/meshretries/retry-backend", POLICY)
+        assert status == 201
+        _, before = cp.get("/meshes/default/meshretries/retry-backend")
+        _, token_before = cp.get("/global-secrets/admin-user-token")
+        assert cp.stop() == 0, cp.logs()
+        assert '"event": "control_plane_stopped"' in cp.logs()
+
+        assert (tmp_path / "cp" / "zonemesh.db").exists()
+        cp.start()
+        status, after = cp.get("/meshes/default/meshretries/retry-backend")
+        assert status == 200
+        assert after == before
+        _, meshes = cp.get("/meshes")
+        assert meshes["total"] == 1  # the default mesh is not created twice
+        _, timeouts = cp.get("/meshes/default/meshtimeouts")
+        assert timeouts["total"] == 2
+        _, token_after = cp.get("/global-secrets/admin-user-token")
+        assert token_after["data"] == token_before["data"]
+    finally:
+        cp.kill()
+
+
+@pytest.mark.parametrize("env_name", ["ZONEMESH_DEFAULTS_SKIP_MESH_CREATION", "KUMA_DEFAULTS_SKIP_MESH_CREATION"])
+def test_skip_default_mesh(tmp_path: Path, env_name: str) -> None:
+    cp = ControlPlaneProcess(tmp_path / "cp", args=["--store", "memory"], env={env_name: "true"}).start()
+    try:
+        status, meshes = cp.get("/meshes")
+        assert status == 200 and meshes["total"] == 0
+    finally:
+        cp.kill()
+
+
+def test_metrics_and_health(tmp_path: Path) -> None:
+    cp = ControlPlaneProcess(tmp_path / "cp", args=["--store", "memory"]).start()
+    try:
+        base = f"http://127.0.0.1:{cp.diagnostics_port}"
+        assert http("GET", base + "/healthz")[0] == 200
+        assert http("GET", base + "/ready")[0] == 200
+        status, text = http("GET", base + "/metrics")
+        assert status == 200 and "python_info" in text
+    finally:
+        cp.kill()
+
+
+@pytest.mark.parametrize(
+    ("args", "config_text", "message"),
+    [
+        (["--mode", "bogus"], None, "mode must be one of"),
+        (["--mode", "zone"], None, "zone mode needs a zone name"),
+        (["--api-port", "http"], None, "--api-port: expected an integer"),
+        ([], "api_port: 5681\nno_such_setting: 1\n", "unknown setting 'no_such_setting'"),
+        ([], "api_port: [unclosed\n", "is not valid YAML"),
+    ],
+)
+def test_bad_configuration_is_refused_clearly(
+    tmp_path: Path, args: list[str], config_text: str | None, message: str
+) -> None:
+    if config_text is not None:
+        config = tmp_path / "config.yaml"
+        config.write_text(config_text)
+        args = [*args, "--config", str(config)]
+    result = subprocess.run(
+        [sys.executable, "-m", "zonemesh.cp", "run", *args], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_port_in_use_fails_with_a_clear_error(tmp_path: Path) -> None:
+    first = ControlPlaneProcess(tmp_path / "a", args=["--store", "memory"]).start()
+    try:
+        second = ControlPlaneProcess(tmp_path / "b", args=["--store", "memory"], api_port=first.api_port)
+        second.start(wait=False)
+        assert second.process is not None
+        assert second.process.wait(20) == 1
+        assert "startup_failed" in second.logs()
+    finally:
+        first.kill()
