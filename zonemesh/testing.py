@@ -62,7 +62,9 @@ def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.1, wha
         except Exception as exc:
             last_error = exc
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
+    raise TimeoutError(
+        f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_error})" if last_error else "")
+    )
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,3 +108,22 @@ def test_port_in_use_fails_with_a_clear_error(tmp_path: Path) -> None:
         assert "startup_failed" in second.logs()
     finally:
         first.kill()
+
+
+@pytest.mark.etcd
+def test_etcd_store_process_survives_restart(tmp_path: Path, etcd_server: Any) -> None:
+    store_args = ["--store", "etcd", "--etcd-endpoints", etcd_server.endpoint, "--etcd-prefix", "/process-test"]
+    cp = ControlPlaneProcess(tmp_path / "cp", args=store_args).start()
+    try:
+        assert [m["name"] for m in cp.get("/meshes")[1]["items"]] == ["default"]
+        assert cp.put("/meshes/default/meshretries/retry-backend", POLICY)[0] == 201
+        bad = {**POLICY, "spec": {**POLICY["spec"], "targetRef": {"kind": "Nope"}}}
+        status, body = cp.put("/meshes/default/meshretries/retry-backend", bad)
+        assert status == 400 and body["invalid_parameters"][0]["field"] == "spec.targetRef.kind"
+        assert cp.stop() == 0
+        cp.start()
+        status, after = cp.get("/meshes/default/meshretries/retry-backend")
+        assert status == 200 and after["spec"] == POLICY["spec"] and after["version"] == 1
+        assert cp.get("/meshes")[1]["total"] == 1
+    finally:
+        cp.kill()

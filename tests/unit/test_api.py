@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +17,8 @@ from zonemesh.shared.api.auth import ensure_admin_token
 from zonemesh.shared.resources.defaults import DEFAULT_POLICY_NAMES
 from zonemesh.shared.resources.manager import Mode, ResourceManager
 from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.store import Store
+from zonemesh.shared.store.factory import open_store
 from zonemesh.shared.store.memory import MemoryStore
 
 TIMEOUT = {
@@ -41,8 +45,10 @@ async def _fake_remote(request: web.Request, handler: Any) -> web.StreamResponse
     return response
 
 
-async def make_client(mode: Mode = Mode.STANDALONE) -> tuple[TestClient[web.Request, web.Application], MemoryStore]:
-    store = MemoryStore()
+async def make_client(
+    mode: Mode = Mode.STANDALONE, store: Store | None = None
+) -> tuple[TestClient[web.Request, web.Application], Store]:
+    store = store or MemoryStore()
     manager = ResourceManager(store, mode=mode, zone="zone-1" if mode is Mode.ZONE else "")
     await ensure_admin_token(store)
     if mode is not Mode.ZONE:
@@ -55,11 +61,23 @@ async def make_client(mode: Mode = Mode.STANDALONE) -> tuple[TestClient[web.Requ
     return client, store
 
 
-@pytest.fixture
-async def api() -> AsyncIterator[TestClient[web.Request, web.Application]]:
-    client, _ = await make_client()
+@pytest.fixture(params=["memory", "sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
+async def api(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    """The same API tests run on every store backend, etcd being a real etcd server."""
+    if request.param == "etcd":
+        etcd = request.getfixturevalue("etcd_server")
+        url = f"etcd://{etcd.endpoint}?prefix=/api-test-{uuid.uuid4().hex}"
+    elif request.param == "sqlite":
+        url = f"sqlite://{tmp_path / 'api.db'}"
+    else:
+        url = "memory://"
+    store = await open_store(url)
+    client, _ = await make_client(store=store)
     yield client
     await client.close()
+    await store.close()
 
 
 async def test_default_mesh_and_default_policies(api: TestClient[web.Request, web.Application]) -> None:
