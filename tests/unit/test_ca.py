@@ -1,0 +1,135 @@
+"""Builtin CA: CA stored as mesh secrets, workload certs chain to it with the SPIFFE SAN, rotation."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from zonemesh.shared.ca import BuiltinCA, MtlsNotEnabled
+from zonemesh.shared.ca.builtin import ca_cert_secret_name, ca_key_secret_name
+from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.store.memory import MemoryStore
+
+T0 = 1_800_000_000.0
+
+
+def mtls_mesh(name: str = "default", expiration: str = "1h", enabled: str = "ca-1") -> Resource:
+    return Resource(
+        type="Mesh",
+        name=name,
+        spec={
+            "mtls": {
+                "enabledBackend": enabled,
+                "backends": [
+                    {"name": "ca-1", "type": "builtin", "dpCert": {"rotation": {"expiration": expiration}}},
+                    {"name": "ca-2", "type": "builtin"},
+                ],
+            }
+        },
+    )
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def make_ca(mesh: Resource | None = None, clock: Clock | None = None) -> tuple[BuiltinCA, MemoryStore]:
+    store = MemoryStore()
+    await store.create(mesh or mtls_mesh())
+    return BuiltinCA(store, clock or Clock(T0)), store
+
+
+def verify_signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> None:
+    key = issuer.public_key()
+    assert isinstance(key, rsa.RSAPublicKey)
+    assert cert.signature_hash_algorithm is not None
+    key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), cert.signature_hash_algorithm)
+
+
+async def test_ca_is_generated_once_and_stored_as_mesh_secrets() -> None:
+    ca, store = await make_ca()
+    first = await ca.ensure_ca("default")
+    again = await BuiltinCA(store).ensure_ca("default")  # another replica reads the same CA
+    assert first == again
+    assert await store.find("Secret", ca_cert_secret_name("default", "ca-1"), "default") is not None
+    assert await store.find("Secret", ca_key_secret_name("default", "ca-1"), "default") is not None
+    root = x509.load_pem_x509_certificate(first.cert_pem)
+    constraints = root.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert constraints.ca is True
+    key = root.public_key()
+    assert isinstance(key, rsa.RSAPublicKey) and key.key_size == 2048
+
+
+async def test_workload_cert_chains_to_the_mesh_ca_with_spiffe_san() -> None:
+    ca, _ = await make_ca()
+    cert_pem, key_pem, ca_pem, not_after = await ca.workload_cert("default", "backend")
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    root = x509.load_pem_x509_certificate(ca_pem)
+    assert cert.issuer == root.subject
+    verify_signed_by(cert, root)
+    # The policy-aware verifier also checks validity, key usage and the SAN being present.
+    store = x509.verification.Store([root])
+    verifier = (
+        x509.verification.PolicyBuilder()
+        .store(store)
+        .time(dt.datetime.fromtimestamp(T0 + 10, dt.UTC))
+        .build_client_verifier()
+    )
+    verified = verifier.verify(cert, [])
+    assert x509.UniformResourceIdentifier("spiffe://default/backend") in verified.subjects
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
+        "spiffe://default/backend",
+        "kuma://kuma.io/service/backend",
+    ]
+    assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
+    assert not_after == dt.datetime.fromtimestamp(T0 + 3600, dt.UTC)
+    assert b"PRIVATE KEY" in key_pem
+
+
+async def test_cert_is_cached_then_rotated_before_expiry() -> None:
+    clock = Clock(T0)
+    ca, _ = await make_ca(clock=clock)
+    first = await ca.issue("default", "backend")
+    clock.now = T0 + 0.5 * 3600
+    assert await ca.issue("default", "backend") == first
+    clock.now = T0 + 0.85 * 3600  # past 80% of a 1h lifetime, still before expiry
+    rotated = await ca.issue("default", "backend")
+    assert rotated.cert_pem != first.cert_pem
+    assert dt.datetime.fromtimestamp(clock.now, dt.UTC) < first.not_after
+    assert rotated.not_after > first.not_after
+    assert rotated.ca_pem == first.ca_pem  # same root: connections keep verifying
+    assert ca.next_rotation() == rotated.rotate_after
+
+
+async def test_concurrent_requests_share_one_certificate() -> None:
+    ca, _ = await make_ca()
+    certs = await asyncio.gather(*(ca.issue("default", "web") for _ in range(5)))
+    assert len({c.cert_pem for c in certs}) == 1
+
+
+async def test_switching_backend_issues_from_the_new_ca() -> None:
+    ca, store = await make_ca()
+    before = await ca.issue("default", "web")
+    mesh = await store.get("Mesh", "default")
+    mesh.spec["mtls"]["enabledBackend"] = "ca-2"
+    await store.update(mesh)
+    after = await ca.issue("default", "web")
+    assert after.ca_pem != before.ca_pem
+    assert await store.find("Secret", ca_cert_secret_name("default", "ca-2"), "default") is not None
+
+
+async def test_no_builtin_backend_is_refused() -> None:
+    store = MemoryStore()
+    await store.create(Resource(type="Mesh", name="plain"))
+    with pytest.raises(MtlsNotEnabled):
+        await BuiltinCA(store).workload_cert("plain", "web")
+    with pytest.raises(MtlsNotEnabled):
+        await BuiltinCA(store).workload_cert("missing", "web")
