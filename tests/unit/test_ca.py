@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -12,6 +13,7 @@ from zonemesh.shared.ca import BuiltinCA, MtlsNotEnabled
 from zonemesh.shared.ca.builtin import ca_cert_secret_name, ca_key_secret_name
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store.memory import MemoryStore
+from zonemesh.shared.tls import ensure_self_signed
 
 T0 = 1_800_000_000.0
 
@@ -133,3 +135,18 @@ async def test_no_builtin_backend_is_refused() -> None:
         await BuiltinCA(store).workload_cert("plain", "web")
     with pytest.raises(MtlsNotEnabled):
         await BuiltinCA(store).workload_cert("missing", "web")
+
+
+def test_self_signed_server_cert_is_created_once_and_reused(tmp_path: Path) -> None:
+    cert_path, key_path = ensure_self_signed(tmp_path / "tls", "xds", ["127.0.0.1", "localhost"])
+    assert key_path.stat().st_mode & 0o777 == 0o600
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca  # its own CA file
+    before = cert_path.read_bytes()
+    assert ensure_self_signed(tmp_path / "tls", "xds", ["127.0.0.1"]) == (cert_path, key_path)
+    assert cert_path.read_bytes() == before  # reused
+    ensure_self_signed(tmp_path / "tls", "xds", ["127.0.0.1", "cp.example"])
+    assert cert_path.read_bytes() != before  # a new host needs a new certificate

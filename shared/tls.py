@@ -1,0 +1,120 @@
+"""Self-signed TLS server certificates for control plane ports (xDS :5678, KDS :5685).
+
+``ensure_self_signed(dir, name, hosts)`` writes ``<name>.crt`` and ``<name>.key`` into
+``dir`` once and reuses them on later starts while they cover ``hosts`` and stay valid for
+another 30 days. The certificate is its own CA (``CA:TRUE``), so clients pass the ``.crt``
+file itself as their CA file (``zonemesh-dp --ca-cert-file``). Operators with a real PKI
+configure their own certificate and key files instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import socket
+from collections.abc import Iterable
+from pathlib import Path
+
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+log = structlog.get_logger(__name__)
+
+VALIDITY = dt.timedelta(days=10 * 365)
+RENEW_BEFORE = dt.timedelta(days=30)
+
+
+def default_hosts() -> list[str]:
+    """Names a local client may dial: loopback, localhost and this host's name."""
+    return ["127.0.0.1", "::1", "localhost", socket.gethostname()]
+
+
+def _general_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def _covers(cert: x509.Certificate, hosts: Iterable[str]) -> bool:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    present = set(san)
+    return all(_general_name(h) in present for h in hosts)
+
+
+def generate_self_signed(name: str, hosts: Iterable[str]) -> tuple[bytes, bytes]:
+    """A self-signed ECDSA P-256 certificate for ``hosts`` and its key, as PEM."""
+    hosts = list(dict.fromkeys(hosts))
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "zonemesh"),
+            x509.NameAttribute(NameOID.COMMON_NAME, name),
+        ]
+    )
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=True,
+                key_cert_sign=True,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([_general_name(h) for h in hosts]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def ensure_self_signed(directory: str | Path, name: str, hosts: Iterable[str] | None = None) -> tuple[Path, Path]:
+    """Paths of ``<name>.crt``/``<name>.key`` in ``directory``, (re)generated when missing, expiring
+    within 30 days, or not covering ``hosts``. Blocking file and CPU work: call it at startup
+    or via ``asyncio.to_thread``."""
+    hosts = list(hosts) if hosts is not None else default_hosts()
+    directory = Path(directory).expanduser()
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    if cert_path.exists() and key_path.exists():
+        try:
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            fresh = cert.not_valid_after_utc - dt.datetime.now(dt.UTC) > RENEW_BEFORE
+            if fresh and _covers(cert, hosts):
+                return cert_path, key_path
+        except ValueError:
+            pass  # unreadable: replace it
+    cert_pem, key_pem = generate_self_signed(name, hosts)
+    # The key is written owner-only before any byte of it lands on disk.
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key_pem)
+    cert_path.write_bytes(cert_pem)
+    log.info("self_signed_certificate_created", cert=str(cert_path), hosts=hosts)
+    return cert_path, key_path
