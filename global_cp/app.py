@@ -7,4 +7,8 @@ from zonemesh.shared.runtime import Assembly
 
 
 def assemble(config: Config) -> Assembly:
-    return Assembly()
+    from zonemesh.global_cp.api import global_routes
+    from zonemesh.global_cp.kds_server import GlobalKds
+
+    kds = GlobalKds(config)
+    return Assembly(components=[kds.run], routes=global_routes(kds))

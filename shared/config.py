@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from zonemesh.shared.duration import parse_duration
 
 MODES = ("standalone", "global", "zone")
 STORES = ("sqlite", "etcd", "memory")
@@ -47,6 +48,25 @@ class Config:
     log_format: str = field(default="json", metadata={"help": "json | console"})
     log_level: str = field(default="info", metadata={"help": "debug | info | warning | error"})
     defaults_skip_mesh_creation: bool = field(default=False, metadata={"help": "do not create the default mesh"})
+    # KDS (global <-> zone sync), see docs/kds.md
+    kds_address: str = field(default="0.0.0.0", metadata={"help": "KDS gRPC bind address (global)"})
+    kds_port: int = field(default=5685, metadata={"help": "KDS gRPC port, TLS (global)"})
+    kds_tls_cert_file: str = field(
+        default="", metadata={"help": "KDS server certificate (global; default: self-signed in the data dir)"}
+    )
+    kds_tls_key_file: str = field(default="", metadata={"help": "KDS server private key (global)"})
+    global_address: str = field(
+        default="", metadata={"help": "grpcs://HOST:5685 of the global CP (zone; empty: not federated)"}
+    )
+    zone_token_file: str = field(default="", metadata={"help": "zone token file (zone, with --global-address)"})
+    global_ca_file: str = field(
+        default="", metadata={"help": "CA that signed global's KDS certificate (zone; empty: trust on first use)"}
+    )
+    kds_heartbeat_interval: str = field(default="1s", metadata={"help": "KDS heartbeat interval (global)"})
+    kds_zone_offline_timeout: str = field(
+        default="3s", metadata={"help": "silence after which a KDS stream is dropped and the zone is offline"}
+    )
+    kds_debounce: str = field(default="10ms", metadata={"help": "coalesce bursts of changes before pushing"})
 
     def validate(self) -> None:
         problems = []
@@ -61,6 +81,18 @@ class Config:
                 problems.append(f"{name} must be a port number")
         if self.log_format not in ("json", "console"):
             problems.append("log_format must be json or console")
+        if not 0 <= self.kds_port <= 65535:
+            problems.append("kds_port must be a port number")
+        for name in ("kds_heartbeat_interval", "kds_zone_offline_timeout", "kds_debounce"):
+            try:
+                parse_duration(getattr(self, name))
+            except ValueError as exc:
+                problems.append(f"{name}: {exc}")
+        if self.mode == "zone" and self.global_address:
+            if not self.global_address.startswith("grpcs://"):
+                problems.append("global_address must be grpcs://HOST:PORT (KDS always uses TLS)")
+            if not self.zone_token_file:
+                problems.append("a federated zone needs --zone-token-file (zmctl generate zone-token on global)")
         if problems:
             raise ConfigError("; ".join(problems))
 

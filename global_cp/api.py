@@ -1,0 +1,146 @@
+"""Global-only API routes: zone tokens, zones with their insights, the global insight, zone deletion.
+
+Zone-originated resources are stored at global as ``{zone}.{name}`` with labels
+``zonemesh.io/origin=zone``, ``zonemesh.io/zone=<zone>`` and ``zonemesh.io/display-name=<name>``;
+list them per zone with ``?filter[labels.zonemesh.io/zone]=zone-1``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from zonemesh.global_cp.kds_server import GlobalKds, upstream_types
+from zonemesh.global_cp.zones import zone_enabled
+from zonemesh.shared.api.auth import require_admin
+from zonemesh.shared.api.context import MANAGER
+from zonemesh.shared.api.resources import read_document
+from zonemesh.shared.duration import parse_duration
+from zonemesh.shared.resources.codec import to_universal
+from zonemesh.shared.resources.model import ORIGIN_LABEL, ORIGIN_ZONE, ZONE_LABEL, ResourceKey, format_time
+from zonemesh.shared.resources.registry import REGISTRY
+from zonemesh.shared.resources.schema import FieldError, ValidationError
+from zonemesh.shared.store import ListFilter, NotFound
+from zonemesh.shared.tokens.zone import ZoneTokenIssuer, check_scope
+
+
+def global_routes(kds: GlobalKds) -> list[web.RouteDef]:
+    async def issue_zone_token(request: web.Request) -> web.Response:
+        manager = request.app[MANAGER]
+        await require_admin(request, manager.store)
+        doc = await read_document(request)
+        if not isinstance(doc, dict):
+            raise ValidationError([FieldError("<body>", 'must be an object: {"zone": ..., "validFor": ...}')])
+        errors: list[FieldError] = []
+        zone = doc.get("zone")
+        if not isinstance(zone, str) or not zone:
+            errors.append(FieldError("zone", "must be a non-empty string"))
+        scope: list[str] = []
+        try:
+            scope = check_scope(doc.get("scope") or [])
+        except ValueError as exc:
+            errors.append(FieldError("scope", str(exc)))
+        valid_for = 0.0
+        try:
+            valid_for = parse_duration(str(doc.get("validFor") or "8760h"))
+            if valid_for <= 0:
+                raise ValueError("validFor must be positive")
+        except ValueError as exc:
+            errors.append(FieldError("validFor", str(exc)))
+        if errors:
+            raise ValidationError(errors, title="Invalid zone token request")
+        assert isinstance(zone, str)
+        token = await ZoneTokenIssuer(manager.store).issue(zone, scope, valid_for)
+        return web.Response(text=token, content_type="text/plain")
+
+    async def zones_insights(request: web.Request) -> web.Response:
+        manager = request.app[MANAGER]
+        zones = (await manager.store.list("Zone")).items
+        items = []
+        for zone in zones:
+            online = kds.zones is not None and kds.zones.is_online(zone.name)
+            insight = kds.zones.insight(zone.name) if kds.zones is not None else {}
+            items.append(
+                {
+                    "type": "ZoneOverview",
+                    "name": zone.name,
+                    "creationTime": format_time(zone.creation_time),
+                    "modificationTime": format_time(zone.modification_time),
+                    "zone": {"enabled": zone_enabled(zone)},
+                    "zoneInsight": insight,
+                    "state": "Online" if online else "Offline",
+                    "online": online,
+                }
+            )
+        return web.json_response({"total": len(items), "items": items, "next": None})
+
+    async def zone_insight(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        manager = request.app[MANAGER]
+        zone = await manager.store.get("Zone", name)
+        online = kds.zones is not None and kds.zones.is_online(name)
+        body = to_universal(zone) | {
+            "zoneInsight": kds.zones.insight(name) if kds.zones is not None else {},
+            "state": "Online" if online else "Offline",
+            "online": online,
+        }
+        return web.json_response(body)
+
+    async def global_insight(request: web.Request) -> web.Response:
+        store = request.app[MANAGER].store
+        resources: dict[str, dict[str, int]] = {}
+        for rtype in REGISTRY:
+            resources[rtype.name] = {"total": (await store.list(rtype.name, size=1)).total}
+        zones = (await store.list("Zone")).items
+        online = sum(1 for z in zones if kds.zones is not None and kds.zones.is_online(z.name))
+        policies = sum(resources[t.name]["total"] for t in REGISTRY.policies())
+        body: dict[str, Any] = {
+            "type": "GlobalInsight",
+            "createdAt": format_time(datetime.now(UTC)),
+            "zones": {
+                "controlPlanes": {"online": online, "total": len(zones)},
+                "zoneIngresses": {"total": resources.get("ZoneIngress", {}).get("total", 0)},
+                "zoneEgresses": {"total": resources.get("ZoneEgress", {}).get("total", 0)},
+            },
+            "meshes": {"total": resources["Mesh"]["total"]},
+            "dataplanes": {"total": resources.get("Dataplane", {}).get("total", 0)},
+            "policies": {"total": policies},
+            "resources": resources,
+        }
+        return web.json_response(body)
+
+    async def delete_zone(request: web.Request) -> web.Response:
+        """Refused while the zone is connected (Kuma's rule); then its synced resources go with it."""
+        manager = request.app[MANAGER]
+        await require_admin(request, manager.store)
+        name = request.match_info["name"]
+        if kds.zones is not None and kds.zones.is_online(name):
+            raise web.HTTPConflict(
+                reason="Conflict",
+                text=f"unable to delete Zone {name!r}, Zone CP is still connected; "
+                "stop the zone control plane (or disable the zone with enabled: false) and retry",
+            )
+        zone = await manager.store.find("Zone", name)
+        if zone is None:
+            raise NotFound(ResourceKey("Zone", "", name))
+        owned: list[ResourceKey] = []
+        for type in upstream_types():
+            found = await manager.store.list(
+                type, filter=ListFilter(labels={ORIGIN_LABEL: ORIGIN_ZONE, ZONE_LABEL: name})
+            )
+            owned += [r.key for r in found.items]
+        await manager.store.batch(deletes=[*owned, ResourceKey("ZoneInsight", "", name), zone.key])
+        if kds.zones is not None:
+            await kds.zones.forget(name)
+        return web.json_response({})
+
+    return [
+        web.post("/tokens/zone", issue_zone_token),
+        web.post("/tokens/zone/", issue_zone_token),
+        web.get("/zones+insights", zones_insights),
+        web.get("/zones+insights/{name}", zone_insight),
+        web.get("/global-insight", global_insight),
+        web.get("/global-insights", global_insight),
+        web.delete("/zones/{name}", delete_zone),
+    ]

@@ -1,0 +1,349 @@
+"""The global side of KDS: a grpc.aio server on :5685 (TLS) with one stream per zone.
+
+Per stream: authenticate the zone token (signature, expiry, revocation, kid, zone claim =
+``client-id``), register the zone, answer Hello with what global holds from that zone, then
+push the global snapshot's difference to what the zone said it holds, apply what the zone
+uploads (renamed ``{zone}.{name}``, labelled with origin, zone and display name), and keep
+the zone's insight current.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import structlog
+from zonemesh.global_cp.zones import Subscription, ZoneDisabled, ZoneRegistry, zone_enabled
+from zonemesh.proto import kds_pb2, kds_pb2_grpc
+from zonemesh.shared.config import Config
+from zonemesh.shared.duration import parse_duration
+from zonemesh.shared.kds import tls
+from zonemesh.shared.kds.codec import from_wire, key_str, resource_hash
+from zonemesh.shared.kds.metrics import ZONE_ACTIVE_CONNECTIONS
+from zonemesh.shared.kds.session import Outbox, Session, Stats
+from zonemesh.shared.kds.snapshot import Item, Snapshot
+from zonemesh.shared.resources.model import (
+    DISPLAY_NAME_LABEL,
+    ORIGIN_GLOBAL,
+    ORIGIN_LABEL,
+    ORIGIN_ZONE,
+    ZONE_LABEL,
+    Resource,
+    ResourceKey,
+)
+from zonemesh.shared.resources.registry import REGISTRY, Sync, UnknownType
+from zonemesh.shared.store import EventKind, ListFilter, Store
+from zonemesh.shared.tokens.tokens import InvalidToken
+from zonemesh.shared.tokens.zone import ZONE_TOKEN_KEYS, ZONE_TOKEN_REVOCATIONS, ZoneTokenValidator
+
+from zonemesh import __version__
+
+log = structlog.get_logger(__name__)
+
+FEATURES = ["zone-token", "zone-ping-health", "resume-by-hash"]
+HELLO_TIMEOUT = 10.0
+ZONE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def downstream_types() -> list[str]:
+    """Types global sends to zones: global→zones types, plus zone types synced across zones."""
+    return [t.name for t in REGISTRY if t.synced_down or t.sync & Sync.ACROSS_ZONES]
+
+
+def upstream_types() -> list[str]:
+    return [t.name for t in REGISTRY if t.synced_up]
+
+
+def select_downstream(res: Resource) -> Resource | None:
+    rtype = REGISTRY.get(res.type)
+    if res.labels.get(ORIGIN_LABEL) == ORIGIN_ZONE:
+        return res if rtype.sync & Sync.ACROSS_ZONES else None
+    if not rtype.synced_down:
+        return None
+    if res.labels.get(ORIGIN_LABEL) != ORIGIN_GLOBAL:
+        res = res.copy()
+        res.labels[ORIGIN_LABEL] = ORIGIN_GLOBAL
+    return res
+
+
+def global_name(zone: str, name: str) -> str:
+    return f"{zone}.{name}"
+
+
+class ZoneStream:
+    """One connected zone: its session, subscription and the token it authenticated with."""
+
+    def __init__(self, session: Session, sub: Subscription, token: str) -> None:
+        self.session = session
+        self.sub = sub
+        self.token = token
+
+
+class KdsServer:
+    """The KDS gRPC servicer (registered with kds_pb2_grpc.add_KDSServicer_to_server)."""
+
+    def __init__(
+        self,
+        store: Store,
+        zones: ZoneRegistry,
+        snapshot: Snapshot,
+        instance_id: str,
+        heartbeat_interval: float,
+        heartbeat_timeout: float,
+    ) -> None:
+        self.store = store
+        self.zones = zones
+        self.snapshot = snapshot
+        self.instance_id = instance_id
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.validator = ZoneTokenValidator(store)
+        self.streams: dict[str, ZoneStream] = {}
+
+    # -- the RPC ----------------------------------------------------------------------------
+
+    async def Sync(
+        self, request_iterator: AsyncIterator[kds_pb2.Message], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        zone = metadata.get("client-id", "")
+        peer = context.peer()
+        if not ZONE_NAME.fullmatch(zone):
+            log.warning("zone_refused", zone=zone, peer=peer, reason="invalid zone name")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"invalid zone name {zone!r} in client-id metadata: use a DNS label (a-z, 0-9, '-', at most 63)",
+            )
+        scheme, _, token = metadata.get("authorization", "").partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""
+        try:
+            await self.validator.validate(token, zone)
+        except InvalidToken as exc:
+            log.warning("zone_token_refused", zone=zone, peer=peer, reason=exc.reason)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"zone token refused: {exc.reason}")
+        try:
+            await self.zones.ensure_zone(zone)
+        except ZoneDisabled as exc:
+            log.warning("zone_refused", zone=zone, peer=peer, reason="disabled")
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+
+        try:
+            first = await asyncio.wait_for(context.read(), HELLO_TIMEOUT)
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no Hello within {HELLO_TIMEOUT:g}s")
+        if first is grpc.aio.EOF or first.WhichOneof("kind") != "hello":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a Hello")
+        hello = first.hello
+        if hello.zone != zone:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"Hello names zone {hello.zone!r} but client-id is {zone!r}"
+            )
+
+        stats = Stats()
+        sub = Subscription(
+            id=uuid.uuid4().hex,
+            zone=zone,
+            global_instance_id=self.instance_id,
+            zone_instance_id=hello.instance_id,
+            version=hello.version,
+            features=list(hello.features),
+            config=_json_object(hello.config),
+            stats=stats,
+        )
+        session = Session(
+            zone=zone,
+            read=context.read,
+            write=context.write,
+            apply=lambda changes: self._apply_upload(zone, changes),
+            stats=stats,
+            heartbeat_interval=self.heartbeat_interval,
+            heartbeat_timeout=self.heartbeat_timeout,
+            on_heartbeat=lambda hb: self.zones.heartbeat(sub, hb.status),
+        )
+        have = await self._held_from(zone)
+        await context.write(
+            kds_pb2.Message(
+                welcome=kds_pb2.Welcome(
+                    global_instance_id=self.instance_id,
+                    version=__version__,
+                    features=FEATURES,
+                    have=have,
+                    heartbeat_interval_ms=int(self.heartbeat_interval * 1000),
+                    heartbeat_timeout_ms=int(self.heartbeat_timeout * 1000),
+                )
+            )
+        )
+        session.outbox = Outbox(
+            self.snapshot, session.send, peer_has=dict(hello.have), accept=_not_from(zone), stats=stats, zone=zone
+        )
+        stream = ZoneStream(session, sub, token)
+        previous = self.streams.get(zone)
+        if previous is not None:
+            previous.session.close(grpc.StatusCode.ABORTED, "replaced by a newer stream of the same zone")
+        self.streams[zone] = stream
+        self.zones.connected(sub)
+        ZONE_ACTIVE_CONNECTIONS.labels(zone).inc()
+        log.info("zone_connected", zone=zone, peer=peer, version=hello.version, resumed=len(hello.have), held=len(have))
+        session.outbox.start()
+        try:
+            result = await session.run()
+        finally:
+            ZONE_ACTIVE_CONNECTIONS.labels(zone).dec()
+            if self.streams.get(zone) is stream:
+                del self.streams[zone]
+            self.zones.disconnected(sub)
+        log.info("zone_disconnected", zone=zone, reason=result.details, code=result.code.name)
+        if result.code is not grpc.StatusCode.OK:
+            with contextlib.suppress(Exception):
+                await context.abort(result.code, result.details)
+
+    # -- uploads ------------------------------------------------------------------------------
+
+    async def _held_from(self, zone: str) -> dict[str, str]:
+        """What global holds from ``zone``, keyed by the zone's own names: the zone resends only differences."""
+        have: dict[str, str] = {}
+        labels = {ORIGIN_LABEL: ORIGIN_ZONE, ZONE_LABEL: zone}
+        prefix = global_name(zone, "")
+        for type in upstream_types():
+            for res in (await self.store.list(type, filter=ListFilter(labels=labels))).items:
+                name = res.labels.get(DISPLAY_NAME_LABEL) or res.name.removeprefix(prefix)
+                have[key_str(res.type, res.mesh, name)] = resource_hash(res, drop_labels=(DISPLAY_NAME_LABEL,))
+        return have
+
+    async def _apply_upload(self, zone: str, changes: kds_pb2.Changes) -> None:
+        try:
+            rtype = REGISTRY.get(changes.type)
+        except UnknownType:
+            raise ValueError(f"unknown resource type {changes.type!r}: is global older than the zone?") from None
+        if not rtype.synced_up:
+            raise ValueError(f"{rtype.name} is not accepted from zones: it is not synced zone→global")
+        upserts: list[Resource] = []
+        for wire in changes.upserts:
+            if wire.type != rtype.name:
+                raise ValueError(f"a {changes.type} message carries a {wire.type}")
+            res = from_wire(wire)
+            original = res.name
+            res.name = global_name(zone, original)
+            res.labels.update({ORIGIN_LABEL: ORIGIN_ZONE, ZONE_LABEL: zone, DISPLAY_NAME_LABEL: original})
+            upserts.append(res)
+        deletes = [ResourceKey(rtype.name, k.mesh, global_name(zone, k.name)) for k in changes.removals]
+        await self.store.batch(upserts=upserts, deletes=deletes)
+
+    # -- closing streams from the outside -------------------------------------------------------
+
+    def close_zone(self, zone: str, code: grpc.StatusCode, reason: str) -> bool:
+        stream = self.streams.get(zone)
+        if stream is None:
+            return False
+        log.warning("zone_stream_closed", zone=zone, reason=reason)
+        stream.session.close(code, reason)
+        return True
+
+    async def revalidate_tokens(self) -> None:
+        """After a signing key or the revocation list changed: close streams whose token no longer passes."""
+        for zone, stream in list(self.streams.items()):
+            try:
+                await self.validator.validate(stream.token, zone)
+            except InvalidToken as exc:
+                log.warning("zone_token_refused", zone=zone, reason=exc.reason)
+                self.close_zone(zone, grpc.StatusCode.UNAUTHENTICATED, f"zone token refused: {exc.reason}")
+
+
+def _not_from(zone: str) -> Any:
+    def accept(item: Item) -> bool:
+        return not (item.labels.get(ORIGIN_LABEL) == ORIGIN_ZONE and item.labels.get(ZONE_LABEL) == zone)
+
+    return accept
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class GlobalKds:
+    """The KDS server component of the global control plane, and the state its API routes read."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.heartbeat_interval = parse_duration(config.kds_heartbeat_interval)
+        self.heartbeat_timeout = parse_duration(config.kds_zone_offline_timeout)
+        self.debounce = parse_duration(config.kds_debounce)
+        self.server: KdsServer | None = None
+        self.zones: ZoneRegistry | None = None
+        self.port: int = config.kds_port
+
+    @contextlib.asynccontextmanager
+    async def run(self, cp: Any) -> AsyncIterator[GlobalKds]:
+        store: Store = cp.store
+        cert, key, _ = await asyncio.to_thread(
+            tls.load_or_create, cp.config.resolved_data_dir, self.config.kds_tls_cert_file, self.config.kds_tls_key_file
+        )
+        self.zones = ZoneRegistry(store, cp.instance_id, self.heartbeat_timeout, flush_interval=self.heartbeat_interval)
+        await self.zones.start()
+        snapshot = Snapshot(store, downstream_types(), select_downstream, debounce=self.debounce)
+        await snapshot.start()
+        self.server = KdsServer(
+            store, self.zones, snapshot, cp.instance_id, self.heartbeat_interval, self.heartbeat_timeout
+        )
+        watcher = asyncio.create_task(self._watch_control(store), name="kds-control-watch")
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.keepalive_time_ms", 10_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ]
+        )
+        kds_pb2_grpc.add_KDSServicer_to_server(self.server, server)
+        credentials = grpc.ssl_server_credentials([(key, cert)])
+        address = f"{self.config.kds_address}:{self.config.kds_port}"
+        self.port = server.add_secure_port(address, credentials)
+        if self.port == 0:
+            raise OSError(f"cannot listen for KDS on {address}")
+        await server.start()
+        log.info("listening", server="kds", address=self.config.kds_address, port=self.port, tls=True)
+        try:
+            yield self
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            for zone in list(self.server.streams):
+                self.server.close_zone(zone, grpc.StatusCode.UNAVAILABLE, "global control plane is shutting down")
+            await server.stop(grace=2)
+            await snapshot.stop()
+            await self.zones.stop()
+
+    async def _watch_control(self, store: Store) -> None:
+        """Zones being disabled or deleted, and zone-token keys or revocations changing."""
+        assert self.server is not None
+        async with store.watch(["Zone", "GlobalSecret"]) as watch:
+            async for event in watch:
+                res = event.resource
+                if res.type == "Zone":
+                    if event.kind is EventKind.DELETED:
+                        self.server.close_zone(
+                            res.name, grpc.StatusCode.FAILED_PRECONDITION, "zone was deleted on global"
+                        )
+                    elif not zone_enabled(res):
+                        self.server.close_zone(
+                            res.name,
+                            grpc.StatusCode.FAILED_PRECONDITION,
+                            f"zone {res.name!r} was disabled on the global control plane (Zone.enabled=false)",
+                        )
+                elif res.name.startswith(ZONE_TOKEN_KEYS) or res.name == ZONE_TOKEN_REVOCATIONS:
+                    try:
+                        await self.server.revalidate_tokens()
+                    except Exception as exc:
+                        log.warning("zone_token_revalidation_failed", error=str(exc))

@@ -1,0 +1,1 @@
+"""KDS pieces both control planes use: the wire codec, a store snapshot, and the stream session."""

@@ -1,0 +1,316 @@
+"""The zone side of KDS: one stream to global, kept open for as long as the zone runs.
+
+Global → zone: what arrives is applied to the zone's store with one ``store.batch`` per
+message, labels as sent (``zonemesh.io/origin=global``, or ``zone`` for other zones'
+ingresses). Zone → global: resources of zone→global types that this zone owns are uploaded.
+On (re)connect Hello carries what the zone holds from global (key → hash) and Welcome what
+global holds from the zone, so each side sends only differences: nothing is deleted and
+recreated. While global is unreachable the zone keeps serving from its store and retries
+with bounded, jittered exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import grpc
+import structlog
+from aiohttp import web
+from zonemesh.proto import kds_pb2, kds_pb2_grpc
+from zonemesh.shared.config import Config
+from zonemesh.shared.duration import parse_duration
+from zonemesh.shared.kds import tls
+from zonemesh.shared.kds.codec import from_wire, key_str, resource_hash
+from zonemesh.shared.kds.metrics import ZONE_ACTIVE_CONNECTIONS
+from zonemesh.shared.kds.session import Outbox, Session, Stats
+from zonemesh.shared.kds.snapshot import Snapshot
+from zonemesh.shared.resources.model import ORIGIN_GLOBAL, ORIGIN_LABEL, ORIGIN_ZONE, ZONE_LABEL, Resource, ResourceKey
+from zonemesh.shared.resources.registry import REGISTRY, Sync, UnknownType
+from zonemesh.shared.store import Store
+
+from zonemesh import __version__
+
+log = structlog.get_logger(__name__)
+
+FEATURES = ["zone-token", "zone-ping-health", "resume-by-hash"]
+BACKOFF_BASE = 0.2
+BACKOFF_MAX = 5.0
+TOKEN_CHECK_INTERVAL = 1.0
+
+
+def downstream_types() -> list[str]:
+    return [t.name for t in REGISTRY if t.synced_down or t.sync & Sync.ACROSS_ZONES]
+
+
+def upstream_types() -> list[str]:
+    return [t.name for t in REGISTRY if t.synced_up]
+
+
+def backoff(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_MAX) -> float:
+    """Exponential, bounded by ``cap``, with jitter so that zones do not reconnect in lockstep."""
+    delay: float = min(cap, base * 2 ** min(attempt, 16))
+    return delay * random.uniform(0.5, 1.0)
+
+
+def owned_by(zone: str, res: Resource) -> bool:
+    """Created in this zone (or before it was federated), as opposed to received from global."""
+    return res.labels.get(ORIGIN_LABEL) != ORIGIN_GLOBAL and res.labels.get(ZONE_LABEL, zone) == zone
+
+
+def upload_selector(zone: str) -> Any:
+    def select(res: Resource) -> Resource | None:
+        if not owned_by(zone, res):
+            return None
+        if res.labels.get(ORIGIN_LABEL) == ORIGIN_ZONE and res.labels.get(ZONE_LABEL) == zone:
+            return res
+        res = res.copy()
+        res.labels.update({ORIGIN_LABEL: ORIGIN_ZONE, ZONE_LABEL: zone})
+        return res
+
+    return select
+
+
+@dataclass
+class ClientState:
+    """What GET /status/kds shows on a zone."""
+
+    global_address: str
+    connected: bool = False
+    global_instance_id: str = ""
+    connect_time: float | None = None
+    disconnect_time: float | None = None
+    last_error: str = ""
+    attempts: int = 0
+    stats: Stats = field(default_factory=Stats)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "globalAddress": self.global_address,
+            "connected": self.connected,
+            "globalInstanceId": self.global_instance_id or None,
+            "connectTime": self.connect_time,
+            "disconnectTime": self.disconnect_time,
+            "lastError": self.last_error or None,
+            "failedAttempts": self.attempts,
+            "stat": {t: s.as_dict() for t, s in sorted(self.stats.by_type.items())},
+        }
+
+
+class KdsClient:
+    def __init__(self, config: Config, store: Store, instance_id: str, debounce: float = 0.01) -> None:
+        self.config = config
+        self.zone = config.zone
+        self.store = store
+        self.instance_id = instance_id
+        parts = urlsplit(config.global_address)
+        if parts.scheme != "grpcs" or not parts.hostname:
+            raise ValueError(f"invalid global address {config.global_address!r}: use grpcs://HOST:PORT")
+        self.host = parts.hostname
+        self.port = parts.port or 5685
+        self.target = f"{self.host}:{self.port}"
+        self.token_path = Path(config.zone_token_file)
+        self.state = ClientState(config.global_address)
+        self.snapshot = Snapshot(store, upstream_types(), upload_selector(self.zone), debounce=debounce)
+        self.synced = asyncio.Event()  # set once the first exchange with global is complete
+        self._task: asyncio.Task[None] | None = None
+        self._session: Session | None = None
+
+    async def start(self) -> None:
+        await self.snapshot.start()
+        self._task = asyncio.create_task(self._run(), name="kds-client")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.snapshot.stop()
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                welcomed = await self._connect_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                welcomed = False
+                self.state.last_error = _describe(exc)
+                log.warning("global_connection_failed", zone=self.zone, target=self.target, error=self.state.last_error)
+            attempt = 0 if welcomed else attempt + 1
+            self.state.attempts = attempt
+            await asyncio.sleep(backoff(attempt))
+
+    async def _credentials(self) -> tuple[grpc.ChannelCredentials, list[tuple[str, Any]]]:
+        options: list[tuple[str, Any]] = []
+        if self.config.global_ca_file:
+            root = await asyncio.to_thread(Path(self.config.global_ca_file).read_bytes)
+        else:
+            # No CA given: trust the certificate global presents (the self-signed default). Encrypted, not verified.
+            root = (await asyncio.to_thread(ssl.get_server_certificate, (self.host, self.port), timeout=5)).encode()
+            name = tls.first_dns_name(root)
+            if name:
+                options.append(("grpc.ssl_target_name_override", name))
+        return grpc.ssl_channel_credentials(root_certificates=root), options
+
+    async def _held(self) -> dict[str, str]:
+        """What this zone holds from global: key -> content hash (sent in Hello to resume)."""
+        have: dict[str, str] = {}
+        for type in downstream_types():
+            for res in (await self.store.list(type)).items:
+                if not owned_by(self.zone, res):
+                    have[key_str(res.type, res.mesh, res.name)] = resource_hash(res)
+        return have
+
+    async def _connect_once(self) -> bool:
+        token = (await asyncio.to_thread(self.token_path.read_text)).strip()
+        credentials, options = await self._credentials()
+        options += [
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.keepalive_time_ms", 10_000),
+        ]
+        async with grpc.aio.secure_channel(self.target, credentials, options=options) as channel:
+            call = kds_pb2_grpc.KDSStub(channel).Sync(
+                metadata=(
+                    ("client-id", self.zone),
+                    ("authorization", f"Bearer {token}"),
+                    ("features", ",".join(FEATURES)),
+                )
+            )
+            try:
+                return await self._converse(call, token)
+            finally:
+                call.cancel()
+
+    async def _converse(self, call: Any, token: str) -> bool:
+        have = await self._held()
+        config = json.dumps({"zone": self.zone, "mode": "zone", "store": self.config.store}).encode()
+        hello = kds_pb2.Hello(
+            zone=self.zone,
+            version=__version__,
+            features=FEATURES,
+            instance_id=self.instance_id,
+            have=have,
+            config=config,
+        )
+        await call.write(kds_pb2.Message(hello=hello))
+        first = await call.read()
+        if first is grpc.aio.EOF or first.WhichOneof("kind") != "welcome":
+            raise ConnectionError("global did not answer Hello with Welcome")
+        welcome = first.welcome
+        stats = Stats()
+        self.state.stats = stats
+        session = Session(
+            zone=self.zone,
+            read=call.read,
+            write=call.write,
+            apply=self._apply_download,
+            stats=stats,
+            heartbeat_interval=(welcome.heartbeat_interval_ms or 1000) / 1000,
+            heartbeat_timeout=(welcome.heartbeat_timeout_ms or 3000) / 1000,
+            status=self._status,
+        )
+        session.outbox = Outbox(self.snapshot, session.send, peer_has=dict(welcome.have), stats=stats, zone=self.zone)
+        self.state.connected, self.state.connect_time = True, time.time()
+        self.state.global_instance_id, self.state.last_error = welcome.global_instance_id, ""
+        ZONE_ACTIVE_CONNECTIONS.labels(self.zone).inc()
+        log.info(
+            "global_connected",
+            zone=self.zone,
+            target=self.target,
+            global_instance=welcome.global_instance_id,
+            resumed=len(have),
+            held_by_global=len(welcome.have),
+        )
+        session.outbox.start()
+        self._session = session
+        watcher = asyncio.create_task(self._watch_token(session, token))
+        try:
+            result = await session.run()
+        finally:
+            watcher.cancel()
+            self._session = None
+            self.state.connected, self.state.disconnect_time = False, time.time()
+            ZONE_ACTIVE_CONNECTIONS.labels(self.zone).dec()
+        self.state.last_error = "" if result.code is grpc.StatusCode.OK else f"{result.code.name}: {result.details}"
+        log.warning("global_disconnected", zone=self.zone, code=result.code.name, reason=result.details)
+        return True
+
+    async def _watch_token(self, session: Session, token: str) -> None:
+        """A new token in the file (rotation) takes effect at once: reconnect with it."""
+        while True:
+            await asyncio.sleep(TOKEN_CHECK_INTERVAL)
+            with contextlib.suppress(OSError):
+                if (await asyncio.to_thread(self.token_path.read_text)).strip() != token:
+                    log.info("zone_token_changed", zone=self.zone)
+                    session.close(grpc.StatusCode.OK, "zone token file changed: reconnecting with the new token")
+                    return
+
+    def _status(self) -> bytes:
+        counts: dict[str, int] = {}
+        for item in self.snapshot.items.values():
+            counts[item.type] = counts.get(item.type, 0) + 1
+        return json.dumps({"resources": counts}).encode()
+
+    async def _apply_download(self, changes: kds_pb2.Changes) -> None:
+        try:
+            rtype = REGISTRY.get(changes.type)
+        except UnknownType:
+            raise ValueError(f"unknown resource type {changes.type!r}: is this zone older than global?") from None
+        if not (rtype.synced_down or rtype.sync & Sync.ACROSS_ZONES):
+            raise ValueError(f"{rtype.name} is not accepted from global: it is not synced to zones")
+        upserts: list[Resource] = []
+        for wire in changes.upserts:
+            if wire.type != rtype.name:
+                raise ValueError(f"a {changes.type} message carries a {wire.type}")
+            res = from_wire(wire)
+            if owned_by(self.zone, res):
+                raise ValueError(f"{res.key} is owned by this zone; global must not overwrite it")
+            upserts.append(res)
+        deletes = [ResourceKey(rtype.name, k.mesh, k.name) for k in changes.removals]
+        await self.store.batch(upserts=upserts, deletes=deletes)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class ZoneKds:
+    """The KDS client component of a federated zone, and the state its API route reads."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.client: KdsClient | None = None
+
+    @contextlib.asynccontextmanager
+    async def run(self, cp: Any) -> AsyncIterator[KdsClient]:
+        client = KdsClient(cp.config, cp.store, cp.instance_id, debounce=parse_duration(cp.config.kds_debounce))
+        await client.start()
+        self.client = client
+        try:
+            yield client
+        finally:
+            self.client = None
+            await client.stop()
+
+    async def status(self, request: web.Request) -> web.Response:
+        """GET /status/kds: is this zone connected to global, since when, what was exchanged."""
+        if self.client is None:
+            return web.json_response({"connected": False, "globalAddress": self.config.global_address})
+        return web.json_response({"zone": self.config.zone, **self.client.state.as_dict()})
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/status/kds", self.status)]
