@@ -45,6 +45,12 @@ class Config:
     api_port: int = field(default=5681, metadata={"help": "HTTP API port"})
     diagnostics_address: str = field(default="0.0.0.0", metadata={"help": "metrics/health bind address"})
     diagnostics_port: int = field(default=5680, metadata={"help": "metrics/health port"})
+    xds_address: str = field(default="0.0.0.0", metadata={"help": "xDS (ADS) gRPC bind address (zone)"})
+    xds_port: int = field(default=5678, metadata={"help": "xDS (ADS) gRPC port, TLS (zone)"})
+    xds_tls_cert_file: str = field(
+        default="", metadata={"help": "xDS server certificate (default: self-signed, <data-dir>/xds.crt)"}
+    )
+    xds_tls_key_file: str = field(default="", metadata={"help": "xDS server key (with --xds-tls-cert-file)"})
     log_format: str = field(default="json", metadata={"help": "json | console"})
     log_level: str = field(default="info", metadata={"help": "debug | info | warning | error"})
     defaults_skip_mesh_creation: bool = field(default=False, metadata={"help": "do not create the default mesh"})
@@ -76,9 +82,11 @@ class Config:
             problems.append("zone mode needs a zone name: --zone NAME")
         if self.store not in STORES:
             problems.append(f"store must be one of {', '.join(STORES)} (got {self.store!r})")
-        for name in ("api_port", "diagnostics_port"):
+        for name in ("api_port", "diagnostics_port", "xds_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 problems.append(f"{name} must be a port number")
+        if bool(self.xds_tls_cert_file) != bool(self.xds_tls_key_file):
+            problems.append("xds_tls_cert_file and xds_tls_key_file go together: give both or neither")
         if self.log_format not in ("json", "console"):
             problems.append("log_format must be json or console")
         if not 0 <= self.kds_port <= 65535:

@@ -1,0 +1,176 @@
+"""MeshContext: everything generation may read about one mesh, gathered once per round.
+
+Generation is pure: ``generate(ctx, proxy)`` reads only the context and the Dataplane. The
+reconciler builds one context per mesh per round (from its mirror of the store, plus the
+workload certificates it fetched), then generates every affected proxy of the mesh from it;
+``memo`` lets generators share identical pieces (per destination service) between those proxies.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+from zonemesh.shared.resources.model import Resource
+
+SERVICE_TAG = "kuma.io/service"
+PROTOCOL_TAG = "kuma.io/protocol"
+HTTP_PROTOCOLS = frozenset({"http", "http2", "grpc"})
+LOCALHOST = "127.0.0.1"
+
+MESH = "Mesh"
+DATAPLANE = "Dataplane"
+EXTERNAL_SERVICE = "ExternalService"
+SECRET = "Secret"
+
+
+class WorkloadCert(NamedTuple):
+    cert_pem: bytes
+    key_pem: bytes
+    ca_pem: bytes
+    not_after: dt.datetime
+
+
+class CertProvider(Protocol):
+    """Issues (and caches, and rotates) workload certificates: ``spiffe://<mesh>/<service>``."""
+
+    async def workload_cert(self, mesh: str, service: str) -> tuple[bytes, bytes, bytes, dt.datetime]: ...
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One place traffic for a service can go. Local dataplanes give their inbound
+    address:port; a later issue adds remote zones' ingress addresses here (with ``zone``)."""
+
+    address: str
+    port: int
+    tags: Mapping[str, str]
+    zone: str | None = None
+
+
+# --- reading a Dataplane spec -----------------------------------------------------------------
+
+
+def networking(dp: Resource) -> Mapping[str, Any]:
+    value = dp.spec.get("networking")
+    return value if isinstance(value, Mapping) else {}
+
+
+def inbounds(dp: Resource) -> list[Mapping[str, Any]]:
+    return list(networking(dp).get("inbound") or [])
+
+
+def outbounds(dp: Resource) -> list[Mapping[str, Any]]:
+    return list(networking(dp).get("outbound") or [])
+
+
+def is_gateway(dp: Resource) -> bool:
+    return networking(dp).get("gateway") is not None
+
+
+def tag_sets(dp: Resource) -> list[Mapping[str, str]]:
+    """The tag sets the proxy serves (one per inbound, or the gateway's); policies match on them."""
+    gateway = networking(dp).get("gateway")
+    if isinstance(gateway, Mapping):
+        return [gateway.get("tags") or {}]
+    return [inbound.get("tags") or {} for inbound in inbounds(dp)]
+
+
+def services(dp: Resource) -> list[str]:
+    """The services a proxy serves, in inbound order, without duplicates."""
+    seen: dict[str, None] = {}
+    for tags in tag_sets(dp):
+        if tags.get(SERVICE_TAG):
+            seen[tags[SERVICE_TAG]] = None
+    return list(seen)
+
+
+def outbound_services(dp: Resource) -> set[str]:
+    return {str(o["tags"][SERVICE_TAG]) for o in outbounds(dp) if (o.get("tags") or {}).get(SERVICE_TAG)}
+
+
+def inbound_address(dp: Resource, inbound: Mapping[str, Any]) -> str:
+    return str(inbound.get("address") or networking(dp).get("address") or LOCALHOST)
+
+
+def local_endpoints(dataplanes: Iterable[Resource]) -> dict[str, list[Endpoint]]:
+    """service -> endpoints of this zone's dataplanes (ready inbounds only), in a stable order."""
+    result: dict[str, list[Endpoint]] = {}
+    for dp in sorted(dataplanes, key=lambda d: d.name):
+        net = networking(dp)
+        for inbound in inbounds(dp):
+            tags = inbound.get("tags") or {}
+            service = tags.get(SERVICE_TAG)
+            if not service or inbound.get("state") in ("NotReady", "Ignored"):
+                continue
+            if (inbound.get("health") or {}).get("ready") is False:
+                continue
+            address = str(inbound.get("address") or net.get("advertisedAddress") or net.get("address"))
+            result.setdefault(service, []).append(Endpoint(address, int(inbound["port"]), tags))
+    return result
+
+
+@dataclass(frozen=True)
+class Mtls:
+    backend: str
+    mode: str  # STRICT | PERMISSIVE
+
+
+@dataclass
+class MeshContext:
+    mesh: Resource
+    dataplanes: Mapping[str, Resource]  # this zone's dataplanes of the mesh, by name
+    policies: Mapping[str, list[Resource]]  # by type name, each list sorted by name
+    external_services: Mapping[str, Resource] = field(default_factory=dict)  # by kuma.io/service
+    certs: Mapping[str, WorkloadCert] = field(default_factory=dict)  # by service
+    endpoints: Mapping[str, list[Endpoint]] = field(default_factory=dict)  # by service
+    memo: dict[Any, Any] = field(default_factory=dict)  # shared pieces within one round
+
+    @classmethod
+    def build(
+        cls,
+        mesh: Resource,
+        dataplanes: Iterable[Resource],
+        policies: Iterable[Resource] = (),
+        external_services: Iterable[Resource] = (),
+        certs: Mapping[str, WorkloadCert] | None = None,
+    ) -> MeshContext:
+        dps = {dp.name: dp for dp in dataplanes}
+        by_type: dict[str, list[Resource]] = {}
+        for policy in sorted(policies, key=lambda p: p.name):
+            by_type.setdefault(policy.type, []).append(policy)
+        externals: dict[str, Resource] = {}
+        for es in sorted(external_services, key=lambda e: e.name):
+            service = (es.spec.get("tags") or {}).get(SERVICE_TAG)
+            if service:
+                externals.setdefault(service, es)
+        return cls(mesh, dps, by_type, externals, dict(certs or {}), local_endpoints(dps.values()))
+
+    @property
+    def name(self) -> str:
+        return self.mesh.name
+
+    @property
+    def mtls(self) -> Mtls | None:
+        """The enabled mTLS backend, or None when mTLS is off."""
+        mtls = self.mesh.spec.get("mtls") or {}
+        enabled = mtls.get("enabledBackend")
+        if not enabled:
+            return None
+        for backend in mtls.get("backends") or []:
+            if backend.get("name") == enabled:
+                return Mtls(enabled, str(backend.get("mode") or "STRICT"))
+        return None
+
+    def protocol(self, service: str) -> str:
+        """A service's protocol, from the kuma.io/protocol tag of its endpoints (tcp when unknown)."""
+        external = self.external_services.get(service)
+        if external is not None:
+            return str((external.spec.get("tags") or {}).get(PROTOCOL_TAG) or "tcp")
+        for endpoint in self.endpoints.get(service, ()):
+            protocol = endpoint.tags.get(PROTOCOL_TAG)
+            if protocol:
+                return str(protocol)
+        return "tcp"

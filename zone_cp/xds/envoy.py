@@ -1,0 +1,127 @@
+"""Small builders of Envoy messages, and the pieces policies configure before they are packed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import address_pb2, config_source_pb2, protocol_pb2
+from envoy.config.listener.v3 import listener_components_pb2
+from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
+from envoy.type.matcher.v3 import string_pb2
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
+from zonemesh.shared.resources.schema import parse_duration
+from zonemesh.zone_cp.xds.context import Mtls
+
+HttpConnectionManager: TypeAlias = hcm_pb2.HttpConnectionManager
+TcpProxy: TypeAlias = tcp_proxy_pb2.TcpProxy
+
+
+def duration(text: str | float) -> duration_pb2.Duration:
+    seconds = parse_duration(text) if isinstance(text, str) else float(text)
+    whole = int(seconds)
+    return duration_pb2.Duration(seconds=whole, nanos=round((seconds - whole) * 1e9))
+
+
+def pack(message: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def socket_address(address: str, port: int) -> address_pb2.Address:
+    return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=address, port_value=port))
+
+
+def ads_source() -> config_source_pb2.ConfigSource:
+    return config_source_pb2.ConfigSource(ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=2)
+
+
+# --- names (Kuma's) ------------------------------------------------------------------------
+
+
+def identity_secret_name(service: str) -> str:
+    return f"identity_cert:secret:{service}"
+
+
+def ca_secret_name(mesh: str) -> str:
+    return f"mesh_ca:secret:{mesh}"
+
+
+def spiffe_id(mesh: str, service: str) -> str:
+    return f"spiffe://{mesh}/{service}"
+
+
+def sni(mesh: str, service: str) -> str:
+    """Kuma's legacy SNI for mesh traffic: ``backend{mesh=default}``."""
+    return f"{service}{{mesh={mesh}}}"
+
+
+def sds(name: str) -> secret_pb2.SdsSecretConfig:
+    return secret_pb2.SdsSecretConfig(name=name, sds_config=ads_source())
+
+
+def common_tls(mesh: str, identity: str, peer_san: str, *, exact: bool) -> tls_pb2.CommonTlsContext:
+    """Present our workload cert (SDS); validate the peer against the mesh CA and its SPIFFE ID."""
+    matcher = string_pb2.StringMatcher(exact=peer_san) if exact else string_pb2.StringMatcher(prefix=peer_san)
+    return tls_pb2.CommonTlsContext(
+        tls_certificate_sds_secret_configs=[sds(identity_secret_name(identity))],
+        combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+            default_validation_context=common_pb2.CertificateValidationContext(
+                match_typed_subject_alt_names=[
+                    common_pb2.SubjectAltNameMatcher(san_type=common_pb2.SubjectAltNameMatcher.URI, matcher=matcher)
+                ]
+            ),
+            validation_context_sds_secret_config=sds(ca_secret_name(mesh)),
+        ),
+    )
+
+
+def http2_options() -> protocol_pb2.Http2ProtocolOptions:
+    return protocol_pb2.Http2ProtocolOptions()
+
+
+# --- pieces policies configure ---------------------------------------------------------------
+
+
+@dataclass
+class OutboundPieces:
+    """One outbound (traffic to ``service``) before packing: policies edit these in place."""
+
+    mesh: str
+    service: str
+    protocol: str
+    cluster: cluster_pb2.Cluster
+    common_http: protocol_pb2.HttpProtocolOptions = field(default_factory=protocol_pb2.HttpProtocolOptions)
+    tcp_proxy: TcpProxy | None = None
+    hcm: HttpConnectionManager | None = None
+    route: route_components_pb2.Route | None = None
+
+    @property
+    def is_http(self) -> bool:
+        return self.hcm is not None
+
+
+@dataclass
+class InboundPieces:
+    """One inbound (traffic to ``service`` on this proxy) before packing."""
+
+    mesh: str
+    service: str
+    protocol: str
+    mtls: Mtls | None
+    cluster: cluster_pb2.Cluster
+    tcp_proxy: TcpProxy | None = None
+    hcm: HttpConnectionManager | None = None
+    route: route_components_pb2.Route | None = None
+    network_filters: list[listener_components_pb2.Filter] = field(default_factory=list)  # before the terminal one
+    http_filters: list[hcm_pb2.HttpFilter] = field(default_factory=list)  # before the router
+
+    @property
+    def is_http(self) -> bool:
+        return self.hcm is not None

@@ -1,0 +1,202 @@
+"""Outbound: a listener on each outbound's address:port (default 127.0.0.1) sending to a
+cluster per destination service; the cluster's endpoints come over EDS from the MeshContext.
+
+With mesh mTLS the cluster presents the proxy's workload certificate (SDS), checks the peer's
+SPIFFE ID ``spiffe://<mesh>/<destination>`` and sends Kuma's SNI ``<destination>{mesh=<mesh>}``.
+ExternalServices are reached directly (DNS cluster), with TLS when they ask for it.
+
+The pieces of an outbound depend only on (destination, the proxy's identity, which policies
+match the proxy), so proxies sharing those share the very same messages (``ctx.memo``): one
+build and one serialization per round, whatever the number of proxies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from zonemesh.shared.resources.model import Resource
+from zonemesh.zone_cp.xds import policies as policy_plugins
+from zonemesh.zone_cp.xds.context import HTTP_PROTOCOLS, LOCALHOST, SERVICE_TAG, MeshContext, outbounds, services
+from zonemesh.zone_cp.xds.envoy import (
+    OutboundPieces,
+    ads_source,
+    ca_secret_name,
+    common_tls,
+    identity_secret_name,
+    pack,
+    sni,
+    socket_address,
+    spiffe_id,
+)
+from zonemesh.zone_cp.xds.generators.common import http_protocol_options
+from zonemesh.zone_cp.xds.generators.inbound import ROUTER
+from zonemesh.zone_cp.xds.policies import MatchedPolicies, policy_signature
+from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, ResourceSet
+
+
+@dataclass(frozen=True)
+class _Built:
+    cluster: cluster_pb2.Cluster
+    terminal: listener_components_pb2.Filter
+    route: route_pb2.RouteConfiguration | None
+    endpoints: bool  # True: the cluster takes its endpoints over EDS
+
+
+def _tls_socket(context: tls_pb2.UpstreamTlsContext) -> base_pb2.TransportSocket:
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(context))
+
+
+def _mesh_cluster(ctx: MeshContext, service: str, identity: str | None) -> cluster_pb2.Cluster:
+    cluster = cluster_pb2.Cluster(name=service, type=cluster_pb2.Cluster.EDS)
+    cluster.eds_cluster_config.eds_config.CopyFrom(ads_source())
+    if ctx.mtls is not None:
+        if identity is None:
+            raise ValueError("mTLS is on but the proxy serves no service to take its identity from")
+        context = tls_pb2.UpstreamTlsContext(
+            common_tls_context=common_tls(ctx.name, identity, spiffe_id(ctx.name, service), exact=True),
+            sni=sni(ctx.name, service),
+        )
+        cluster.transport_socket.CopyFrom(_tls_socket(context))
+    return cluster
+
+
+def _split_host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _external_cluster(service: str, external: Resource) -> cluster_pb2.Cluster:
+    net: Mapping[str, Any] = external.spec.get("networking") or {}
+    host, port = _split_host_port(str(net.get("address")))
+    cluster = cluster_pb2.Cluster(
+        name=service,
+        type=cluster_pb2.Cluster.STRICT_DNS,
+        load_assignment=endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=service,
+            endpoints=[
+                endpoint_components_pb2.LocalityLbEndpoints(
+                    lb_endpoints=[
+                        endpoint_components_pb2.LbEndpoint(
+                            endpoint=endpoint_components_pb2.Endpoint(address=socket_address(host, port))
+                        )
+                    ]
+                )
+            ],
+        ),
+    )
+    tls = net.get("tls") or {}
+    if tls.get("enabled"):
+        context = tls_pb2.UpstreamTlsContext(sni=str(tls.get("serverName") or host))
+        context.allow_renegotiation = bool(tls.get("allowRenegotiation", False))
+        cluster.transport_socket.CopyFrom(_tls_socket(context))
+    return cluster
+
+
+def _build(ctx: MeshContext, service: str, identity: str | None, policies: MatchedPolicies) -> _Built:
+    external = ctx.external_services.get(service)
+    protocol = ctx.protocol(service)
+    cluster = _external_cluster(service, external) if external is not None else _mesh_cluster(ctx, service, identity)
+    pieces = OutboundPieces(ctx.name, service, protocol, cluster)
+    stat_prefix = service.replace(":", "_")
+    if protocol in HTTP_PROTOCOLS:
+        pieces.route = route_components_pb2.Route(
+            match=route_components_pb2.RouteMatch(prefix="/"), route=route_components_pb2.RouteAction(cluster=service)
+        )
+        pieces.hcm = hcm_pb2.HttpConnectionManager(stat_prefix=stat_prefix)
+    else:
+        pieces.tcp_proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix, cluster=service)
+
+    policy_plugins.configure_outbound(pieces, policies)
+
+    options = http_protocol_options(protocol, pieces.common_http)
+    if options is not None:
+        cluster.typed_extension_protocol_options[options[0]].CopyFrom(options[1])
+    route: route_pb2.RouteConfiguration | None = None
+    if pieces.hcm is not None:
+        assert pieces.route is not None
+        route_name = f"outbound:{service}"
+        route = route_pb2.RouteConfiguration(
+            name=route_name,
+            virtual_hosts=[route_components_pb2.VirtualHost(name=service, domains=["*"], routes=[pieces.route])],
+            validate_clusters={"value": False},
+        )
+        hcm = pieces.hcm
+        hcm.rds.config_source.CopyFrom(ads_source())
+        hcm.rds.route_config_name = route_name
+        hcm.http_filters.append(ROUTER)
+        terminal = listener_components_pb2.Filter(
+            name="envoy.filters.network.http_connection_manager", typed_config=pack(hcm)
+        )
+    else:
+        assert pieces.tcp_proxy is not None
+        terminal = listener_components_pb2.Filter(
+            name="envoy.filters.network.tcp_proxy", typed_config=pack(pieces.tcp_proxy)
+        )
+    return _Built(cluster, terminal, route, endpoints=external is None)
+
+
+def endpoints(ctx: MeshContext, service: str) -> endpoint_pb2.ClusterLoadAssignment:
+    """The service's endpoints: this zone's dataplanes (and, in a later issue, other zones' ingresses)."""
+    key = ("endpoints", service)
+    cached = ctx.memo.get(key)
+    if cached is None:
+        lb_endpoints = [
+            endpoint_components_pb2.LbEndpoint(
+                endpoint=endpoint_components_pb2.Endpoint(address=socket_address(e.address, e.port))
+            )
+            for e in ctx.endpoints.get(service, ())
+        ]
+        cached = endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=service, endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=lb_endpoints)]
+        )
+        ctx.memo[key] = cached
+    assert isinstance(cached, endpoint_pb2.ClusterLoadAssignment)
+    return cached
+
+
+def generate(ctx: MeshContext, proxy: Resource, policies: MatchedPolicies, resources: ResourceSet) -> None:
+    own = services(proxy)
+    identity = own[0] if own else None
+    signature = policy_signature(policies)
+    for outbound in outbounds(proxy):
+        tags = outbound.get("tags")
+        if not tags:
+            continue  # backendRef outbounds (MeshService resources) come with a later issue
+        service = str(tags[SERVICE_TAG])
+        address, port = str(outbound.get("address") or LOCALHOST), int(outbound["port"])
+
+        key = ("outbound", service, identity, signature)
+        built = ctx.memo.get(key)
+        if built is None:
+            built = ctx.memo[key] = _build(ctx, service, identity, policies)
+        assert isinstance(built, _Built)
+
+        listener_name = f"outbound:{address}:{port}"
+        listener_key = ("listener", listener_name, key)
+        listener = ctx.memo.get(listener_key)
+        if listener is None:
+            listener = ctx.memo[listener_key] = listener_pb2.Listener(
+                name=listener_name,
+                address=socket_address(address, port),
+                traffic_direction=base_pb2.OUTBOUND,
+                filter_chains=[listener_components_pb2.FilterChain(filters=[built.terminal])],
+            )
+        resources.add(LISTENER, listener_name, listener)
+        resources.add(CLUSTER, service, built.cluster)
+        if built.route is not None:
+            resources.add(ROUTE, built.route.name, built.route)
+        if built.endpoints:
+            resources.add(ENDPOINT, service, endpoints(ctx, service))
+        if ctx.mtls is not None and built.endpoints and identity is not None:
+            resources.require(SECRET, identity_secret_name(identity))
+            resources.require(SECRET, ca_secret_name(ctx.name))

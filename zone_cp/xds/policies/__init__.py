@@ -1,0 +1,73 @@
+"""One module per targetRef policy (Kuma's plugin idea, two levels deep).
+
+Each module has ``TYPE`` and ``apply_outbound(pieces, conf)`` (with the merged ``to`` conf
+for that destination) and/or ``apply_inbound(pieces, policies)`` (with the policies matching
+the proxy, to resolve ``from`` entries). They run in ``PLUGINS`` order on the pieces of an
+outbound/inbound before the generator packs them into Envoy resources.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from types import ModuleType
+from typing import Any
+
+from zonemesh.shared.resources.model import Resource
+from zonemesh.zone_cp.xds.context import MeshContext
+from zonemesh.zone_cp.xds.envoy import InboundPieces, OutboundPieces
+from zonemesh.zone_cp.xds.policies import (
+    meshcircuitbreaker,
+    meshhealthcheck,
+    meshretry,
+    meshtimeout,
+    meshtrafficpermission,
+)
+from zonemesh.zone_cp.xds.policies.matching import matched, signature, to_conf
+
+PLUGINS: tuple[ModuleType, ...] = (
+    meshtrafficpermission,
+    meshtimeout,
+    meshretry,
+    meshcircuitbreaker,
+    meshhealthcheck,
+)
+POLICY_TYPES = tuple(plugin.TYPE for plugin in PLUGINS)
+
+
+class PolicyError(Exception):
+    """A policy could not be applied; the message names the policy type."""
+
+
+MatchedPolicies = Mapping[str, Sequence[Resource]]
+
+
+def match_all(ctx: MeshContext, proxy: Resource) -> dict[str, list[Resource]]:
+    return {plugin.TYPE: matched(ctx, proxy, plugin.TYPE) for plugin in PLUGINS}
+
+
+def policy_signature(policies: MatchedPolicies) -> tuple[tuple[str, ...], ...]:
+    return tuple(signature(policies[t]) for t in POLICY_TYPES)
+
+
+def _run(plugin: ModuleType, fn: Callable[..., None], *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception as exc:
+        raise PolicyError(f"{plugin.TYPE}: {type(exc).__name__}: {exc}") from exc
+
+
+def configure_outbound(pieces: OutboundPieces, policies: MatchedPolicies) -> None:
+    for plugin in PLUGINS:
+        apply = getattr(plugin, "apply_outbound", None)
+        if apply is None:
+            continue
+        conf = to_conf(policies[plugin.TYPE], pieces.service)
+        if conf is not None:
+            _run(plugin, apply, pieces, conf)
+
+
+def configure_inbound(pieces: InboundPieces, policies: MatchedPolicies) -> None:
+    for plugin in PLUGINS:
+        apply = getattr(plugin, "apply_inbound", None)
+        if apply is not None:
+            _run(plugin, apply, pieces, policies[plugin.TYPE])

@@ -1,0 +1,124 @@
+"""MeshTrafficPermission: an RBAC filter on each inbound, by the client's SPIFFE identity.
+
+Like Kuma, it only acts with mTLS on (without mTLS there is no client identity to check).
+With mTLS on and no MeshTrafficPermission selecting the proxy, every request is denied
+(Kuma ≥ 2.x creates no allow-all policy with a new mesh; seed 002's default policies do not
+include one): allow traffic with a policy such as ``from: [{targetRef: {kind: Mesh},
+default: {action: Allow}}]``.
+
+Sources are resolved per service: a ``Mesh`` entry sets the action for every client, a
+``MeshService`` entry (or a ``MeshSubset`` entry naming ``kuma.io/service``) overrides it for
+that client service. ``AllowWithShadowDeny`` allows and records a shadow denial (Envoy's
+``shadow_rules``, visible in the ``rbac.shadow_denied`` stats). A MeshSubset entry without
+``kuma.io/service`` cannot be checked against the certificate (it carries only the SPIFFE ID)
+and is ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from envoy.config.listener.v3 import listener_components_pb2
+from envoy.config.rbac.v3 import rbac_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
+from envoy.type.matcher.v3 import string_pb2
+from zonemesh.shared.resources.model import Resource
+from zonemesh.zone_cp.xds.context import SERVICE_TAG
+from zonemesh.zone_cp.xds.envoy import InboundPieces, pack, spiffe_id
+from zonemesh.zone_cp.xds.policies.matching import MESH, MESH_SERVICE, MESH_SUBSET, entries
+
+TYPE = "MeshTrafficPermission"
+ALLOW, DENY, SHADOW = "Allow", "Deny", "AllowWithShadowDeny"
+
+
+def _source_service(target_ref: Mapping[str, Any]) -> str | None:
+    if target_ref.get("kind") == MESH_SERVICE:
+        return str(target_ref.get("name"))
+    if target_ref.get("kind") == MESH_SUBSET:
+        service = (target_ref.get("tags") or {}).get(SERVICE_TAG)
+        return str(service) if service else None
+    return None
+
+
+def actions(policies: Sequence[Resource]) -> tuple[str | None, dict[str, str]]:
+    """The action for any client (None: none set) and the per-client-service overrides."""
+    mesh_action: str | None = None
+    per_service: dict[str, str] = {}
+    for entry in entries(policies, "from"):
+        action = entry.conf.get("action")
+        if not isinstance(action, str):
+            continue
+        if entry.target_ref.get("kind") == MESH:
+            mesh_action = action
+            per_service.clear()  # entries are in merge order: a later Mesh entry overrides all
+        elif (service := _source_service(entry.target_ref)) is not None:
+            per_service[service] = action
+    return mesh_action, per_service
+
+
+def _principal(mesh: str, service: str) -> rbac_pb2.Principal:
+    return rbac_pb2.Principal(
+        authenticated=rbac_pb2.Principal.Authenticated(
+            principal_name=string_pb2.StringMatcher(exact=spiffe_id(mesh, service))
+        )
+    )
+
+
+def _policy(principals: list[rbac_pb2.Principal]) -> rbac_pb2.Policy:
+    return rbac_pb2.Policy(permissions=[rbac_pb2.Permission(any=True)], principals=principals)
+
+
+def _anyone_but(mesh: str, services: Sequence[str]) -> rbac_pb2.Principal:
+    if not services:
+        return rbac_pb2.Principal(any=True)
+    return rbac_pb2.Principal(
+        and_ids=rbac_pb2.Principal.Set(
+            ids=[rbac_pb2.Principal(any=True)] + [rbac_pb2.Principal(not_id=_principal(mesh, s)) for s in services]
+        )
+    )
+
+
+def rules(mesh: str, policies: Sequence[Resource]) -> tuple[rbac_pb2.RBAC, rbac_pb2.RBAC | None]:
+    """Enforced rules and shadow rules (denials recorded, not enforced)."""
+    mesh_action, per_service = actions(policies)
+    explicit = sorted(per_service)
+    if mesh_action in (ALLOW, SHADOW):
+        denied = [s for s in explicit if per_service[s] == DENY]
+        enforced = rbac_pb2.RBAC(action=rbac_pb2.RBAC.DENY)
+        if denied:
+            enforced.policies["MeshTrafficPermission-deny"].CopyFrom(_policy([_principal(mesh, s) for s in denied]))
+    else:  # Deny, or nothing set: only explicitly allowed clients get in
+        allowed = [s for s in explicit if per_service[s] in (ALLOW, SHADOW)]
+        enforced = rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW)
+        if allowed:
+            enforced.policies["MeshTrafficPermission-allow"].CopyFrom(_policy([_principal(mesh, s) for s in allowed]))
+    shadowed = [_principal(mesh, s) for s in explicit if per_service[s] == SHADOW]
+    if mesh_action == SHADOW:
+        shadowed.append(_anyone_but(mesh, explicit))
+    if not shadowed:
+        return enforced, None
+    shadow = rbac_pb2.RBAC(action=rbac_pb2.RBAC.DENY)
+    shadow.policies["MeshTrafficPermission-shadow-deny"].CopyFrom(_policy(shadowed))
+    return enforced, shadow
+
+
+def apply_inbound(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
+    if pieces.mtls is None:
+        return
+    enforced, shadow = rules(pieces.mesh, policies)
+    stat_prefix = f"inbound_{pieces.service}."
+    if pieces.is_http:
+        http = http_rbac_pb2.RBAC(rules=enforced, shadow_rules_stat_prefix=stat_prefix)
+        if shadow is not None:
+            http.shadow_rules.CopyFrom(shadow)
+        pieces.http_filters.append(hcm_pb2.HttpFilter(name="envoy.filters.http.rbac", typed_config=pack(http)))
+    else:
+        network = network_rbac_pb2.RBAC(rules=enforced, stat_prefix=stat_prefix)
+        if shadow is not None:
+            network.shadow_rules.CopyFrom(shadow)
+        pieces.network_filters.append(
+            listener_components_pb2.Filter(name="envoy.filters.network.rbac", typed_config=pack(network))
+        )
