@@ -1,10 +1,10 @@
-"""Regenerate the checked-in Python code of proto/kds.proto.
+"""Regenerate the checked-in Python code of proto/*.proto (kds.proto, dataplane.proto).
 
-    python proto/generate.py            # writes proto/kds_pb2.py, kds_pb2.pyi, kds_pb2_grpc.py
+    python proto/generate.py            # writes proto/<name>_pb2.py, <name>_pb2.pyi, <name>_pb2_grpc.py
     python proto/generate.py --out DIR  # writes into DIR instead (the staleness test uses this)
 
-The generated gRPC module imports ``kds_pb2`` as a top-level module; it is rewritten to
-``from zonemesh.proto import kds_pb2`` so that it works inside the installed package.
+A generated gRPC module imports ``<name>_pb2`` as a top-level module; it is rewritten to
+``from zonemesh.proto import <name>_pb2`` so that it works inside the installed package.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-OUTPUTS = ("kds_pb2.py", "kds_pb2.pyi", "kds_pb2_grpc.py")
+PROTOS = ("kds", "dataplane")
+OUTPUTS = tuple(f"{name}{suffix}" for name in PROTOS for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"))
 
 
 def generate(out: Path) -> list[Path]:
@@ -33,15 +34,21 @@ def generate(out: Path) -> list[Path]:
             f"--python_out={out}",
             f"--pyi_out={out}",
             f"--grpc_python_out={out}",
-            str(HERE / "kds.proto"),
+            *(str(HERE / f"{name}.proto") for name in PROTOS),
         ]
     )
     if code != 0:
         raise RuntimeError(f"protoc failed with exit code {code}")
-    grpc_module = out / "kds_pb2_grpc.py"
-    text = grpc_module.read_text()
-    text = re.sub(r"^import kds_pb2 as kds__pb2$", "from zonemesh.proto import kds_pb2 as kds__pb2", text, flags=re.M)
-    grpc_module.write_text(text)
+    for name in PROTOS:
+        grpc_module = out / f"{name}_pb2_grpc.py"
+        text = grpc_module.read_text()
+        text = re.sub(
+            rf"^import {name}_pb2 as {name}__pb2$",
+            f"from zonemesh.proto import {name}_pb2 as {name}__pb2",
+            text,
+            flags=re.M,
+        )
+        grpc_module.write_text(text)
     return [out / name for name in OUTPUTS]
 
 

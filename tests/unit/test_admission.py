@@ -1,0 +1,165 @@
+"""Admission over real gRPC + TLS on 127.0.0.1: registration and ADS streams need a valid dataplane token."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import structlog
+from envoy.service.discovery.v3 import discovery_pb2
+from zonemesh.proto import dataplane_pb2, dataplane_pb2_grpc
+from zonemesh.shared.config import Config
+from zonemesh.shared.resources.manager import ResourceManager
+from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.store.memory import MemoryStore
+from zonemesh.shared.tls import ensure_self_signed
+from zonemesh.shared.tokens import dataplane as dptokens
+from zonemesh.zone_cp.admission import DataplaneAuthenticator, RegistrationServicer
+from zonemesh.zone_cp.insights import InsightRecorder
+from zonemesh.zone_cp.xds.cache import SnapshotCache
+from zonemesh.zone_cp.xds.resources import CLUSTER
+from zonemesh.zone_cp.xds.server import Callbacks, TlsFiles, XdsServer
+
+DATAPLANE = {
+    "type": "Dataplane",
+    "mesh": "default",
+    "name": "web-1",
+    "networking": {"address": "127.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}]},
+}
+
+
+@dataclass
+class Zone:
+    store: MemoryStore
+    channel: grpc.aio.Channel
+    recorder: InsightRecorder
+
+    async def token(self, **claims: object) -> str:
+        fields = {"mesh": "default", "name": "web-1", **claims}
+        return await dptokens.issue(self.store, dptokens.DataplaneClaims(**fields), 3600)  # type: ignore[arg-type]
+
+    async def register(self, token: str, **overrides: str) -> dataplane_pb2.RegisterResponse:
+        stub = dataplane_pb2_grpc.DataplaneRegistrationStub(self.channel)
+        request = dataplane_pb2.RegisterRequest(
+            mesh="default", name="web-1", proxy_type="dataplane", dataplane_json=json.dumps(DATAPLANE)
+        )
+        for key, value in overrides.items():
+            setattr(request, key, value)
+        response: dataplane_pb2.RegisterResponse = await stub.Register(
+            request, metadata=(("authorization", f"Bearer {token}"),), timeout=5
+        )
+        return response
+
+    async def ads(self, token: str | None, node_id: str = "default.web-1") -> discovery_pb2.DiscoveryRequest:
+        """Open an ADS stream, send one request, wait briefly; returns nothing useful but raises on refusal."""
+        call = self.channel.stream_stream(
+            "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+            request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
+            response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
+        )(metadata=(("authorization", f"Bearer {token}"),) if token else ())
+        request = discovery_pb2.DiscoveryRequest(type_url=CLUSTER)
+        request.node.id = node_id
+        await call.write(request)
+        try:
+            await asyncio.wait_for(call.read(), timeout=0.5)
+        except TimeoutError:
+            pass  # admitted: no snapshot, so nothing to read
+        finally:
+            call.cancel()
+        return request
+
+
+@pytest.fixture
+async def zone(tmp_path: Path) -> AsyncIterator[Zone]:
+    store = MemoryStore()
+    manager = ResourceManager(store)
+    await manager.ensure_default_mesh()
+    cert, key = ensure_self_signed(tmp_path, "xds", ["127.0.0.1"])
+    recorder = InsightRecorder(manager, "cp-test", flush_interval=0.05)
+    callbacks = Callbacks()
+    recorder.install(callbacks)
+    authenticator = DataplaneAuthenticator(store)
+    registration = RegistrationServicer(manager, authenticator, recorder, "cp-test")
+    config = Config(xds_address="127.0.0.1", xds_port=0)
+    server = XdsServer(config, SnapshotCache(), authenticator, TlsFiles(cert, key), [registration.add_to], callbacks)
+    async with recorder.running(), server:
+        creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        async with grpc.aio.secure_channel(f"127.0.0.1:{server.port}", creds) as channel:
+            yield Zone(store, channel, recorder)
+
+
+async def test_register_creates_the_dataplane_and_unregister_deletes_it(zone: Zone) -> None:
+    token = await zone.token()
+    response = await zone.register(token)
+    assert response.created and response.control_plane_instance_id == "cp-test"
+    stored = await zone.store.get("Dataplane", "web-1", "default")
+    assert stored.spec["networking"]["inbound"][0]["tags"] == {"kuma.io/service": "web"}
+    assert not (await zone.register(token)).created  # re-registering updates
+
+    stub = dataplane_pb2_grpc.DataplaneRegistrationStub(zone.channel)
+    result = await stub.Unregister(
+        dataplane_pb2.UnregisterRequest(mesh="default", name="web-1"), metadata=(("authorization", f"Bearer {token}"),)
+    )
+    assert result.deleted
+    assert await zone.store.find("Dataplane", "web-1", "default") is None
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"name": "other"}, "issued for dataplane 'other'"),
+        ({"mesh": "nomesh"}, "issued for mesh 'nomesh'"),
+        ({"tags": {"kuma.io/service": ["db"]}}, "tag kuma.io/service='web' is not allowed"),
+    ],
+)
+async def test_register_refuses_tokens_for_someone_else(zone: Zone, claims: dict[str, object], reason: str) -> None:
+    if claims.get("mesh") == "nomesh":
+        await zone.store.create(Resource(type="Mesh", name="nomesh"))
+    token = await zone.token(**claims)
+    with structlog.testing.capture_logs() as logs, pytest.raises(grpc.aio.AioRpcError) as err:
+        await zone.register(token)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert reason in (err.value.details() or "")
+    refused = [e for e in logs if e["event"] == "dataplane_auth_refused"]
+    assert refused and reason in refused[0]["reason"]
+    assert token not in json.dumps(logs, default=str)  # the token is never logged
+    assert await zone.store.find("Dataplane", "web-1", "default") is None
+
+
+async def test_register_refuses_an_invalid_dataplane(zone: Zone) -> None:
+    token = await zone.token()
+    bad = {**DATAPLANE, "networking": {"address": "127.0.0.1"}}
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await zone.register(token, dataplane_json=json.dumps(bad))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at least one inbound" in (err.value.details() or "")
+
+
+async def test_ads_stream_without_or_with_forged_token_is_unauthenticated(zone: Zone) -> None:
+    for token in (None, "not-a-jwt"):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await zone.ads(token)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_admitted_stream_is_recorded_in_the_insight(zone: Zone) -> None:
+    token = await zone.token()
+    await zone.register(token)
+    await zone.ads(token)
+
+    async def insight_offline() -> Resource:
+        while True:
+            insight = await zone.store.find("DataplaneInsight", "web-1", "default")
+            if insight is not None and insight.spec["subscriptions"][-1].get("disconnectTime"):
+                return insight
+            await asyncio.sleep(0.05)
+
+    insight = await asyncio.wait_for(insight_offline(), timeout=5)
+    sub = insight.spec["subscriptions"][-1]
+    assert sub["controlPlaneInstanceId"] == "cp-test"
+    assert sub["connectTime"] <= sub["disconnectTime"]

@@ -1,0 +1,190 @@
+"""Who may join the zone: dataplane token checks for xDS streams and for registration.
+
+Two doors, one rule. A proxy agent first calls ``DataplaneRegistration.Register`` (gRPC, on the
+xDS port) with its Dataplane document; then Envoy opens the ADS stream. Both carry the
+dataplane token as ``authorization: Bearer <token>`` metadata, and both are refused unless the
+token is valid for the mesh and name the proxy claims (see shared/tokens/dataplane.py). A
+refusal is logged as ``dataplane_auth_refused`` with the reason (never the token) and answered
+with gRPC UNAUTHENTICATED.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+import structlog
+from envoy.config.core.v3 import base_pb2
+from google.protobuf import json_format
+from zonemesh.proto import dataplane_pb2, dataplane_pb2_grpc
+from zonemesh.shared.resources.codec import from_universal
+from zonemesh.shared.resources.manager import ResourceManager
+from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.resources.registry import REGISTRY
+from zonemesh.shared.resources.schema import ValidationError
+from zonemesh.shared.resources.types.dataplane import dataplane_tags
+from zonemesh.shared.store import NotFound, Store
+from zonemesh.shared.tokens import dataplane as dptokens
+from zonemesh.shared.tokens.tokens import InvalidToken
+from zonemesh.zone_cp.insights import InsightRecorder
+from zonemesh.zone_cp.xds.proxy import ProxyIdentity, ProxyType, parse_node_id
+
+log = structlog.get_logger(__name__)
+
+# Node metadata the agent sets in the Envoy bootstrap.
+NODE_PROXY_TYPE = "proxyType"
+SUPPORTED_PROXY_TYPES = (ProxyType.DATAPLANE,)
+
+Metadata = Sequence[tuple[str, str | bytes]]
+
+
+class AdmissionRefused(Exception):
+    """The proxy may not connect; the message is the reason it is told."""
+
+
+def bearer_token(metadata: Metadata) -> str:
+    for key, value in metadata:
+        if key.lower() == "authorization":
+            text = value.decode() if isinstance(value, bytes) else value
+            scheme, _, token = text.strip().partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else text.strip()
+    return ""
+
+
+def node_proxy_type(node: base_pb2.Node) -> str:
+    if node.HasField("metadata"):
+        meta: Mapping[str, Any] = json_format.MessageToDict(node.metadata)
+        value = meta.get(NODE_PROXY_TYPE)
+        if isinstance(value, str) and value:
+            return value
+    return ProxyType.DATAPLANE.value
+
+
+class DataplaneAuthenticator:
+    """The xDS server's Authenticator: the node id names the proxy, the token must admit it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def check(
+        self,
+        token: str,
+        mesh: str,
+        name: str,
+        proxy_type: str,
+        peer: str = "",
+        dataplane: Resource | None = None,
+    ) -> dptokens.DataplaneClaims:
+        """Validate ``token`` for the proxy; raise AdmissionRefused (logged) when it may not join.
+
+        The proxy's tags must be allowed by the token: those of ``dataplane`` (being registered)
+        or else of the stored Dataplane.
+        """
+        try:
+            if proxy_type not in {t.value for t in ProxyType}:
+                raise InvalidToken(f"unknown proxy type {proxy_type!r}")
+            if dataplane is None:
+                dataplane = await self.store.find("Dataplane", name, mesh)
+            tags = dataplane_tags(dataplane) if dataplane is not None else []
+            return await dptokens.validate(self.store, token, mesh=mesh, name=name, proxy_type=proxy_type, tags=tags)
+        except InvalidToken as exc:
+            log.warning(
+                "dataplane_auth_refused", mesh=mesh, name=name, proxy_type=proxy_type, peer=peer, reason=exc.reason
+            )
+            raise AdmissionRefused(f"dataplane token refused: {exc.reason}") from None
+
+    async def __call__(self, metadata: Metadata, node: base_pb2.Node) -> ProxyIdentity:
+        try:
+            mesh, name = parse_node_id(node.id)
+        except ValueError as exc:
+            log.warning("dataplane_auth_refused", node=node.id, reason=str(exc))
+            raise AdmissionRefused(str(exc)) from None
+        proxy_type = node_proxy_type(node)
+        await self.check(bearer_token(metadata), mesh, name, proxy_type)
+        return ProxyIdentity(mesh=mesh, name=name, proxy_type=ProxyType(proxy_type))
+
+
+class RegistrationServicer:
+    """Creates, updates and deletes the Dataplane of an authenticated proxy agent."""
+
+    def __init__(
+        self,
+        manager: ResourceManager,
+        authenticator: DataplaneAuthenticator,
+        insights: InsightRecorder | None,
+        instance_id: str,
+    ) -> None:
+        self.manager = manager
+        self.authenticator = authenticator
+        self.insights = insights
+        self.instance_id = instance_id
+
+    def add_to(self, server: grpc.aio.Server) -> None:
+        dataplane_pb2_grpc.add_DataplaneRegistrationServicer_to_server(self, server)
+
+    async def _admit(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        mesh: str,
+        name: str,
+        proxy_type: str,
+        dataplane: Resource | None = None,
+    ) -> None:
+        metadata = tuple((m.key, m.value) for m in (context.invocation_metadata() or ()))
+        try:
+            await self.authenticator.check(bearer_token(metadata), mesh, name, proxy_type, context.peer(), dataplane)
+        except AdmissionRefused as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+
+    async def Register(
+        self, request: dataplane_pb2.RegisterRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> dataplane_pb2.RegisterResponse:
+        proxy_type = request.proxy_type or ProxyType.DATAPLANE.value
+        if not request.mesh or not request.name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "mesh and name are required")
+        # Parse before admitting, so the token is checked against the tags being registered;
+        # but say nothing about the document to a caller whose token is refused.
+        try:
+            doc = json.loads(request.dataplane_json)
+            res, _ = from_universal(doc, expected_type=REGISTRY.get("Dataplane"), mesh=request.mesh, name=request.name)
+        except (ValueError, ValidationError) as exc:
+            await self._admit(context, request.mesh, request.name, proxy_type)
+            detail = (
+                "; ".join(f"{e.field}: {e.reason}" for e in exc.errors)
+                if isinstance(exc, ValidationError)
+                else f"not valid JSON: {exc}"
+            )
+            log.warning("dataplane_registration_invalid", mesh=request.mesh, name=request.name, errors=detail)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the Dataplane is not valid: {detail}")
+        await self._admit(context, request.mesh, request.name, proxy_type, res)
+        if proxy_type not in SUPPORTED_PROXY_TYPES:
+            await context.abort(
+                grpc.StatusCode.UNIMPLEMENTED, f"proxy type {proxy_type!r} is not yet supported: use dataplane"
+            )
+        stored, created = await self.manager.apply(res)
+        if self.insights is not None:
+            self.insights.registered(
+                request.mesh, request.name, agent_version=request.agent_version, envoy_version=request.envoy_version
+            )
+        log.info("dataplane_registered", mesh=request.mesh, name=request.name, created=created, version=stored.version)
+        return dataplane_pb2.RegisterResponse(
+            version=stored.version, created=created, control_plane_instance_id=self.instance_id
+        )
+
+    async def Unregister(
+        self, request: dataplane_pb2.UnregisterRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> dataplane_pb2.UnregisterResponse:
+        if not request.mesh or not request.name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "mesh and name are required")
+        await self._admit(context, request.mesh, request.name, ProxyType.DATAPLANE.value)
+        try:
+            await self.manager.delete("Dataplane", request.name, request.mesh)
+            deleted = True
+        except NotFound:
+            deleted = False
+        if self.insights is not None:
+            await self.insights.unregistered(request.mesh, request.name)
+        log.info("dataplane_unregistered", mesh=request.mesh, name=request.name, deleted=deleted)
+        return dataplane_pb2.UnregisterResponse(deleted=deleted)

@@ -1,0 +1,340 @@
+"""DataplaneInsight: what the zone knows about each proxy's connection, config and certificate.
+
+Fed by the xDS server's hooks (stream open/close, ACK, NACK) and by the certificate provider.
+State is kept in memory per proxy and written to the store as ``DataplaneInsight`` resources
+(Kuma's shape: ``subscriptions[]`` with connect/disconnect time, control plane instance id and
+per-type ACK/NACK counters, plus ``mTLS`` with the certificate expiry) at most once per flush
+interval per proxy, so a burst of ACKs costs one write.
+
+Read them at ``/meshes/{mesh}/dataplane-insights/{name}`` and, joined with the Dataplanes,
+at ``/meshes/{mesh}/dataplanes+insights``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aiohttp import web
+from zonemesh.shared.api.context import MANAGER
+from zonemesh.shared.ca.builtin import WorkloadCert
+from zonemesh.shared.resources.codec import to_universal
+from zonemesh.shared.resources.manager import ResourceManager
+from zonemesh.shared.resources.model import Resource, format_time, now
+from zonemesh.shared.resources.types.dataplane import dataplane_tags
+from zonemesh.shared.store import Conflict, ListFilter
+from zonemesh.shared.store.base import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from zonemesh.zone_cp.xds.resources import SHORT_NAMES
+
+log = structlog.get_logger(__name__)
+
+SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+MAX_SUBSCRIPTIONS = 5  # older connections of a proxy are dropped from its insight
+
+
+@dataclass
+class _TypeStats:
+    acked: int = 0
+    rejected: int = 0
+    last_error: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "responsesSent": str(self.acked + self.rejected),
+            "responsesAcknowledged": str(self.acked),
+            "responsesRejected": str(self.rejected),
+        }
+        if self.last_error:
+            out["lastError"] = self.last_error
+        return out
+
+
+@dataclass
+class _Subscription:
+    id: str
+    stream_id: int
+    connect_time: dt.datetime
+    disconnect_time: dt.datetime | None = None
+    last_update: dt.datetime | None = None
+    stats: dict[str, _TypeStats] = field(default_factory=dict)
+    acked_versions: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self, instance_id: str, versions: dict[str, Any]) -> dict[str, Any]:
+        total = _TypeStats(
+            acked=sum(s.acked for s in self.stats.values()), rejected=sum(s.rejected for s in self.stats.values())
+        )
+        status: dict[str, Any] = {"lastUpdateTime": format_time(self.last_update), "total": total.as_dict()}
+        for type_url, stats in self.stats.items():
+            status[SHORT_NAMES.get(type_url, type_url)] = stats.as_dict()
+        out: dict[str, Any] = {
+            "id": self.id,
+            "controlPlaneInstanceId": instance_id,
+            "connectTime": format_time(self.connect_time),
+            "status": status,
+            "version": versions,
+        }
+        if self.disconnect_time is not None:
+            out["disconnectTime"] = format_time(self.disconnect_time)
+        return out
+
+
+@dataclass
+class _ProxyState:
+    mesh: str
+    name: str
+    subscriptions: list[_Subscription] = field(default_factory=list)
+    versions: dict[str, Any] = field(default_factory=dict)
+    mtls: dict[str, Any] = field(default_factory=dict)
+
+    def subscription(self, stream_id: int) -> _Subscription | None:
+        return next((s for s in reversed(self.subscriptions) if s.stream_id == stream_id), None)
+
+
+class InsightRecorder:
+    """Collects per-proxy xDS facts and flushes them to DataplaneInsight resources."""
+
+    def __init__(self, manager: ResourceManager, instance_id: str, flush_interval: float = 1.0) -> None:
+        self.manager = manager
+        self.instance_id = instance_id
+        self.flush_interval = flush_interval
+        self._proxies: dict[tuple[str, str], _ProxyState] = {}
+        self._dirty: set[tuple[str, str]] = set()
+        self._wake = asyncio.Event()
+        self._certs: dict[tuple[str, str], tuple[WorkloadCert, int, str]] = {}  # (cert, regenerations, backend)
+
+    def _state(self, mesh: str, name: str) -> _ProxyState:
+        return self._proxies.setdefault((mesh, name), _ProxyState(mesh, name))
+
+    def _touch(self, mesh: str, name: str) -> None:
+        self._dirty.add((mesh, name))
+        self._wake.set()
+
+    # -- xDS hooks (signatures of zone_cp.xds.server.Callbacks) ---------------------------
+
+    async def stream_open(self, info: Any) -> None:
+        state = self._state(info.identity.mesh, info.identity.name)
+        state.subscriptions.append(_Subscription(id=str(uuid.uuid4()), stream_id=info.stream_id, connect_time=now()))
+        del state.subscriptions[:-MAX_SUBSCRIPTIONS]
+        envoy_version = _envoy_version(info.node)
+        if envoy_version:
+            state.versions.setdefault("envoy", {})["version"] = envoy_version
+        self._touch(state.mesh, state.name)
+
+    async def stream_close(self, info: Any) -> None:
+        state = self._state(info.identity.mesh, info.identity.name)
+        sub = state.subscription(info.stream_id)
+        if sub is not None and sub.disconnect_time is None:
+            sub.disconnect_time = now()
+        self._touch(state.mesh, state.name)
+
+    async def ack(self, info: Any, type_url: str, version: str) -> None:
+        state = self._state(info.identity.mesh, info.identity.name)
+        sub = state.subscription(info.stream_id)
+        if sub is None:
+            return
+        stats = sub.stats.setdefault(type_url, _TypeStats())
+        stats.acked += 1
+        sub.acked_versions[type_url] = version
+        sub.last_update = now()
+        if type_url == SECRET_TYPE_URL:
+            await self._record_mtls(state)
+        self._touch(state.mesh, state.name)
+
+    async def nack(self, info: Any, type_url: str, version: str, error: str) -> None:
+        state = self._state(info.identity.mesh, info.identity.name)
+        sub = state.subscription(info.stream_id)
+        if sub is None:
+            return
+        stats = sub.stats.setdefault(type_url, _TypeStats())
+        stats.rejected += 1
+        stats.last_error = error[:1000]
+        sub.last_update = now()
+        self._touch(state.mesh, state.name)
+
+    def install(self, callbacks: Any) -> None:
+        """Register the hooks on the xDS server's ``Callbacks``."""
+        callbacks.stream_open.append(self.stream_open)
+        callbacks.stream_close.append(self.stream_close)
+        callbacks.ack.append(self.ack)
+        callbacks.nack.append(self.nack)
+
+    # -- registration and certificates ----------------------------------------------------
+
+    def registered(self, mesh: str, name: str, *, agent_version: str = "", envoy_version: str = "") -> None:
+        state = self._state(mesh, name)
+        if agent_version:
+            state.versions["zonemeshDp"] = {"version": agent_version}
+        if envoy_version:
+            state.versions.setdefault("envoy", {})["version"] = envoy_version
+        self._touch(mesh, name)
+
+    async def unregistered(self, mesh: str, name: str) -> None:
+        """The agent is leaving: the proxy is offline from now on, whatever its stream does."""
+        state = self._state(mesh, name)
+        for sub in state.subscriptions:
+            if sub.disconnect_time is None:
+                sub.disconnect_time = now()
+        await self._flush_one((mesh, name))
+
+    def cert_issued(self, mesh: str, service: str, cert: WorkloadCert, backend: str) -> None:
+        previous = self._certs.get((mesh, service))
+        if previous is not None and previous[0].cert_pem == cert.cert_pem:
+            return
+        regenerations = previous[1] + 1 if previous is not None else 0
+        self._certs[(mesh, service)] = (cert, regenerations, backend)
+
+    async def _record_mtls(self, state: _ProxyState) -> None:
+        dataplane = await self.manager.store.find("Dataplane", state.name, state.mesh)
+        if dataplane is None:
+            return
+        for tags in dataplane_tags(dataplane):
+            found = self._certs.get((state.mesh, tags.get("kuma.io/service", "")))
+            if found is not None:
+                cert, regenerations, backend = found
+                state.mtls = {
+                    "certificateExpirationTime": format_time(cert.not_after),
+                    "lastCertificateRegeneration": format_time(cert.not_before),
+                    "certificateRegenerations": regenerations,
+                    "issuedBackend": backend,
+                    "supportedBackends": [backend],
+                }
+                return
+
+    # -- writing --------------------------------------------------------------------------
+
+    def document(self, mesh: str, name: str) -> dict[str, Any]:
+        state = self._state(mesh, name)
+        spec: dict[str, Any] = {
+            "subscriptions": [s.as_dict(self.instance_id, state.versions) for s in state.subscriptions]
+        }
+        if state.mtls:
+            spec["mTLS"] = state.mtls
+        return spec
+
+    async def _flush_one(self, key: tuple[str, str]) -> None:
+        self._dirty.discard(key)
+        mesh, name = key
+        spec = self.document(mesh, name)
+        for _ in range(3):  # Conflict: someone else (a previous CP instance) wrote it: read and retry
+            try:
+                await self.manager.apply(Resource(type="DataplaneInsight", name=name, mesh=mesh, spec=spec))
+                return
+            except Conflict:
+                continue
+            except Exception as exc:  # a missing mesh, a store outage: keep serving, retry next flush
+                log.warning("dataplane_insight_write_failed", mesh=mesh, name=name, error=str(exc))
+                return
+
+    async def flush(self) -> None:
+        for key in list(self._dirty):
+            await self._flush_one(key)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self.flush()
+            await asyncio.sleep(self.flush_interval)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[InsightRecorder]:
+        task = asyncio.create_task(self._run(), name="dataplane-insights")
+        try:
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            # This instance stops serving: every stream it held is disconnected.
+            for state in self._proxies.values():
+                for sub in state.subscriptions:
+                    if sub.disconnect_time is None:
+                        sub.disconnect_time = now()
+                        self._dirty.add((state.mesh, state.name))
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.flush(), timeout=5)
+
+
+def _envoy_version(node: Any) -> str:
+    try:
+        build = node.user_agent_build_version
+        if build.HasField("version"):
+            v = build.version
+            return f"{v.major_number}.{v.minor_number}.{v.patch}"
+    except AttributeError:
+        pass
+    return ""
+
+
+class RecordingCertProvider:
+    """Wraps the builtin CA's CertProvider to tell the recorder what was issued."""
+
+    def __init__(self, ca: Any, recorder: InsightRecorder) -> None:
+        self.ca = ca
+        self.recorder = recorder
+
+    async def workload_cert(self, mesh: str, service: str) -> tuple[bytes, bytes, bytes, dt.datetime]:
+        cert: WorkloadCert = await self.ca.issue(mesh, service)
+        settings = await self.ca.settings(mesh)
+        self.recorder.cert_issued(mesh, service, cert, settings.name)
+        return cert.as_tuple()
+
+
+# -- HTTP API: GET /meshes/{mesh}/dataplanes+insights ---------------------------------------
+
+
+def _overview(dataplane: Resource, insight: Resource | None) -> dict[str, Any]:
+    doc = to_universal(dataplane)
+    spec = {k: v for k, v in doc.items() if k not in ("type", "mesh", "name", "creationTime", "modificationTime")}
+    spec.pop("version", None)
+    return {
+        "type": "DataplaneOverview",
+        "mesh": dataplane.mesh,
+        "name": dataplane.name,
+        "creationTime": doc.get("creationTime"),
+        "modificationTime": doc.get("modificationTime"),
+        "labels": dataplane.labels,
+        "dataplane": {k: v for k, v in spec.items() if k != "labels"},
+        "dataplaneInsight": insight.spec if insight is not None else {"subscriptions": []},
+    }
+
+
+async def dataplanes_insights(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER]
+    mesh = request.match_info["mesh"]
+    try:
+        size = min(int(request.query.get("size", DEFAULT_PAGE_SIZE)), MAX_PAGE_SIZE)
+    except ValueError:
+        raise web.HTTPBadRequest(reason="Invalid page size", text="size must be an integer") from None
+    name = request.query.get("name")
+    page = await manager.list(
+        "Dataplane", mesh, filter=ListFilter(name_contains=name), offset=request.query.get("offset"), size=size
+    )
+    items = []
+    for dataplane in page.items:
+        insight = await manager.store.find("DataplaneInsight", dataplane.name, mesh)
+        items.append(_overview(dataplane, insight))
+    next_url = None
+    if page.next_offset is not None:
+        next_url = str(request.url.update_query({"offset": page.next_offset, "size": str(size)}))
+    return web.json_response({"total": page.total, "items": items, "next": next_url})
+
+
+async def dataplane_insight_overview(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER]
+    mesh, name = request.match_info["mesh"], request.match_info["name"]
+    dataplane = await manager.get("Dataplane", name, mesh)
+    return web.json_response(_overview(dataplane, await manager.store.find("DataplaneInsight", name, mesh)))
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/meshes/{mesh}/dataplanes+insights", dataplanes_insights),
+        web.get("/meshes/{mesh}/dataplanes+insights/{name}", dataplane_insight_overview),
+    ]

@@ -1,0 +1,1 @@
+"""`zonemesh-dp`: the data plane proxy agent (registers a Dataplane, runs and supervises Envoy)."""

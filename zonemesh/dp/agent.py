@@ -1,0 +1,327 @@
+"""The proxy agent's life: validate, register, bootstrap, supervise Envoy, drain, unregister."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import ssl
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import grpc
+import structlog
+import yaml
+
+from zonemesh import __version__
+from zonemesh.dp.bootstrap import BootstrapParams, build_bootstrap
+from zonemesh.dp.envoy import (
+    EnvoyCrashLoop,
+    EnvoyNotFound,
+    EnvoySupervisor,
+    SupervisorSettings,
+    envoy_version,
+    find_envoy,
+)
+from zonemesh.proto import dataplane_pb2, dataplane_pb2_grpc
+
+log = structlog.get_logger("zonemesh.dp")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_REFUSED = 3
+SUPPORTED_PROXY_TYPES = ("dataplane",)
+RESERVED_PROXY_TYPES = ("ingress", "egress")
+
+
+class AgentError(Exception):
+    """An expected failure: printed without a traceback, exits with ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+@dataclass
+class AgentOptions:
+    cp_address: str
+    name: str
+    mesh: str
+    token_file: str
+    dataplane_file: str | None = None
+    dataplane_inline: str | None = None
+    ca_cert_file: str | None = None
+    proxy_type: str = "dataplane"
+    admin_port: int = 9901
+    envoy_binary: str | None = None
+    work_dir: str | None = None
+    concurrency: int = 1
+    envoy_log_level: str = "warning"
+    drain_seconds: float = 5.0
+    connect_timeout: float = 30.0
+    supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+
+
+def parse_cp_address(address: str) -> tuple[str, int]:
+    parts = urlsplit(address if "://" in address else f"https://{address}")
+    if parts.scheme not in ("https", "grpcs"):
+        raise AgentError(
+            f"--cp-address {address!r}: the xDS port speaks TLS, use https://HOST:5678 (got {parts.scheme}://)",
+            EXIT_USAGE,
+        )
+    if not parts.hostname:
+        raise AgentError(f"--cp-address {address!r} has no host", EXIT_USAGE)
+    return parts.hostname, parts.port or 5678
+
+
+def load_dataplane(opts: AgentOptions) -> dict[str, Any]:
+    """Read the Dataplane document and validate it locally, with the name and mesh from the flags."""
+    from zonemesh.shared.resources import REGISTRY
+    from zonemesh.shared.resources.codec import from_universal, to_universal
+    from zonemesh.shared.resources.schema import ValidationError
+
+    if bool(opts.dataplane_file) == bool(opts.dataplane_inline):
+        raise AgentError("give exactly one of --dataplane-file and --dataplane-inline", EXIT_USAGE)
+    source = opts.dataplane_file or "--dataplane-inline"
+    try:
+        text = Path(opts.dataplane_file).read_text() if opts.dataplane_file else str(opts.dataplane_inline)
+        doc = yaml.safe_load(text)
+    except OSError as exc:
+        raise AgentError(f"cannot read {source}: {exc.strerror}", EXIT_USAGE) from None
+    except yaml.YAMLError as exc:
+        raise AgentError(f"{source} is not valid YAML: {exc}", EXIT_USAGE) from None
+    if isinstance(doc, dict):
+        doc.setdefault("type", "Dataplane")
+        doc.setdefault("mesh", opts.mesh)
+        doc.setdefault("name", opts.name)
+    try:
+        res, _ = from_universal(doc, expected_type=REGISTRY.get("Dataplane"), mesh=opts.mesh, name=opts.name)
+    except ValidationError as exc:
+        problems = "\n".join(f"  {e.field}: {e.reason}" for e in exc.errors)
+        raise AgentError(f"{source} is not a valid Dataplane:\n{problems}", EXIT_USAGE) from None
+    out = to_universal(res)
+    for key in ("creationTime", "modificationTime", "version"):
+        out.pop(key, None)
+    return out
+
+
+def first_service(dataplane: dict[str, Any]) -> str:
+    networking = dataplane.get("networking") or {}
+    gateway = networking.get("gateway")
+    tag_sets = (
+        [gateway.get("tags") or {}] if gateway else [i.get("tags") or {} for i in networking.get("inbound") or []]
+    )
+    for tags in tag_sets:
+        if tags.get("kuma.io/service"):
+            return str(tags["kuma.io/service"])
+    return "unknown"
+
+
+def fetch_server_ca(host: str, port: int) -> str:
+    """Trust on first use, when no --ca-cert-file is given: the certificate the CP presents."""
+    return ssl.get_server_certificate((host, port), timeout=10)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the agent reads and checks before it starts anything (blocking file work, done up front)."""
+
+    dataplane: dict[str, Any]
+    token: str
+    envoy_binary: str
+    envoy_version: str
+    work_dir: Path
+    ca_file: Path
+
+
+def read_token(path: str) -> str:
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise AgentError(f"cannot read --dataplane-token-file {path}: {exc.strerror}", EXIT_USAGE) from None
+    if not token:
+        raise AgentError(f"--dataplane-token-file {path} is empty", EXIT_USAGE)
+    return token
+
+
+def resolve_ca_file(opts: AgentOptions, host: str, port: int, work: Path) -> Path:
+    if opts.ca_cert_file:
+        path = Path(opts.ca_cert_file)
+        if not path.is_file():
+            raise AgentError(f"--ca-cert-file {path} does not exist", EXIT_USAGE)
+        return path.resolve()
+    log.warning(
+        "cp_certificate_trusted_on_first_use",
+        cp=f"{host}:{port}",
+        hint="pass --ca-cert-file to verify the control plane's certificate",
+    )
+    try:
+        pem = fetch_server_ca(host, port)
+    except OSError as exc:
+        raise AgentError(f"cannot reach the control plane at {host}:{port}: {exc}") from None
+    path = work / "cp-ca.pem"
+    path.write_text(pem)
+    return path
+
+
+def prepare(opts: AgentOptions, work_dir: Path) -> Prepared:
+    """Validate flags and files; raise AgentError (exit 2) before anything runs."""
+    if opts.proxy_type in RESERVED_PROXY_TYPES:
+        raise AgentError(f"--proxy-type {opts.proxy_type} is not yet supported: use dataplane", EXIT_USAGE)
+    if opts.proxy_type not in SUPPORTED_PROXY_TYPES:
+        raise AgentError(f"--proxy-type must be dataplane, ingress or egress (got {opts.proxy_type!r})", EXIT_USAGE)
+    host, port = parse_cp_address(opts.cp_address)
+    dataplane = load_dataplane(opts)
+    token = read_token(opts.token_file)
+    try:
+        binary = find_envoy(opts.envoy_binary)
+    except EnvoyNotFound as exc:
+        raise AgentError(str(exc), EXIT_USAGE) from None
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return Prepared(
+        dataplane=dataplane,
+        token=token,
+        envoy_binary=binary,
+        envoy_version=envoy_version(binary),
+        work_dir=work_dir,
+        ca_file=resolve_ca_file(opts, host, port, work_dir),
+    )
+
+
+def write_bootstrap(path: Path, params: BootstrapParams) -> None:
+    # The bootstrap holds the token: owner-only from the first byte.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(build_bootstrap(params), fh, indent=2)
+
+
+class Agent:
+    def __init__(self, opts: AgentOptions, prepared: Prepared) -> None:
+        self.opts = opts
+        self.prepared = prepared
+        self.host, self.port = parse_cp_address(opts.cp_address)
+        self.stop = asyncio.Event()
+        self.registered = False
+        self._channel: grpc.aio.Channel | None = None
+
+    def _channel_for(self, ca_pem: bytes) -> grpc.aio.Channel:
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem)
+        return grpc.aio.secure_channel(f"{self.host}:{self.port}", credentials)
+
+    # -- registration ---------------------------------------------------------------------
+
+    async def _call(self, method: str, request: Any, token: str) -> Any:
+        assert self._channel is not None
+        stub = dataplane_pb2_grpc.DataplaneRegistrationStub(self._channel)
+        metadata = (("authorization", f"Bearer {token}"),)
+        deadline = asyncio.get_running_loop().time() + self.opts.connect_timeout
+        delay = 0.2
+        while True:
+            try:
+                return await getattr(stub, method)(request, metadata=metadata, timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                if code == grpc.StatusCode.UNAUTHENTICATED:
+                    raise AgentError(f"the control plane refused this proxy: {exc.details()}", EXIT_REFUSED) from None
+                if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED):
+                    raise AgentError(f"the control plane refused the Dataplane: {exc.details()}", EXIT_USAGE) from None
+                if code != grpc.StatusCode.UNAVAILABLE or asyncio.get_running_loop().time() + delay > deadline:
+                    raise AgentError(f"{method} failed: {code.name}: {exc.details()}") from None
+                log.info("cp_unavailable_retrying", method=method, retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 3.0)
+
+    async def register(self, dataplane: dict[str, Any], token: str, envoy_ver: str) -> None:
+        request = dataplane_pb2.RegisterRequest(
+            mesh=self.opts.mesh,
+            name=self.opts.name,
+            proxy_type=self.opts.proxy_type,
+            dataplane_json=json.dumps(dataplane),
+            agent_version=__version__,
+            envoy_version=envoy_ver,
+        )
+        response = await self._call("Register", request, token)
+        self.registered = True
+        log.info(
+            "dataplane_registered",
+            mesh=self.opts.mesh,
+            name=self.opts.name,
+            created=response.created,
+            control_plane=response.control_plane_instance_id,
+        )
+
+    async def unregister(self, token: str) -> None:
+        if not self.registered:
+            return
+        request = dataplane_pb2.UnregisterRequest(mesh=self.opts.mesh, name=self.opts.name)
+        try:
+            response = await asyncio.wait_for(self._call("Unregister", request, token), timeout=10)
+            log.info("dataplane_unregistered", mesh=self.opts.mesh, name=self.opts.name, deleted=response.deleted)
+        except (AgentError, TimeoutError) as exc:
+            log.warning("dataplane_unregister_failed", error=str(exc))
+
+    # -- the whole life -------------------------------------------------------------------
+
+    async def run(self) -> int:
+        opts, prepared = self.opts, self.prepared
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        self._channel = self._channel_for(await asyncio.to_thread(prepared.ca_file.read_bytes))
+        try:
+            await self.register(prepared.dataplane, prepared.token, prepared.envoy_version)
+            bootstrap = prepared.work_dir / "bootstrap.json"
+            params = BootstrapParams(
+                mesh=opts.mesh,
+                name=opts.name,
+                service=first_service(prepared.dataplane),
+                cp_host=self.host,
+                cp_port=self.port,
+                ca_cert_file=str(prepared.ca_file),
+                token=prepared.token,
+                admin_port=opts.admin_port,
+                proxy_type=opts.proxy_type,
+                agent_version=__version__,
+                envoy_version=prepared.envoy_version,
+            )
+            await asyncio.to_thread(write_bootstrap, bootstrap, params)
+            settings = dataclasses.replace(opts.supervisor, drain_seconds=opts.drain_seconds)
+            supervisor = EnvoySupervisor(
+                prepared.envoy_binary,
+                bootstrap,
+                opts.admin_port,
+                concurrency=opts.concurrency,
+                log_level=opts.envoy_log_level,
+                settings=settings,
+            )
+            code = EXIT_OK
+            try:
+                await supervisor.run(self.stop)
+                log.info("shutdown_requested")
+            except EnvoyCrashLoop as exc:
+                log.error("envoy_crash_loop", error=str(exc))
+                code = EXIT_FAILURE
+            finally:
+                await supervisor.drain_and_stop()
+            return code
+        finally:
+            await self.unregister(prepared.token)
+            await self._channel.close()
+
+
+def run(opts: AgentOptions) -> int:
+    """Prepare (blocking checks), then run the agent's event loop until it stops."""
+    with contextlib.ExitStack() as cleanup:
+        if opts.work_dir:
+            work = Path(opts.work_dir)
+        else:
+            work = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="zonemesh-dp-")))
+        prepared = prepare(opts, work)
+        return asyncio.run(Agent(opts, prepared).run())

