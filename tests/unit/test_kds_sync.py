@@ -1,0 +1,170 @@
+"""KDS sync between a real global server and real zone clients, in one event loop (memory stores)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kds_harness import eventually, running_global, running_zone
+from zonemesh.global_cp.kds_server import KdsServer
+from zonemesh.shared.kds.session import Outbox
+from zonemesh.shared.resources.manager import Mode, ResourceManager
+from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.store import Store
+from zonemesh.shared.store.memory import MemoryStore
+from zonemesh.shared.tokens.zone import ZoneTokenIssuer
+
+DAY = 24 * 3600
+
+
+def retry(name: str, retries: int = 2) -> Resource:
+    return Resource(
+        type="MeshRetry",
+        name=name,
+        mesh="default",
+        spec={
+            "targetRef": {"kind": "Mesh"},
+            "to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"numRetries": retries}}}],
+        },
+    )
+
+
+def ingress(name: str) -> Resource:
+    return Resource(type="ZoneIngress", name=name, spec={"networking": {"address": "10.0.0.1", "port": 10001}})
+
+
+async def names(store: Store, type: str, mesh: str | None = None) -> set[str]:
+    return {r.name for r in (await store.list(type, mesh)).items}
+
+
+async def test_both_directions_resume_and_across_zones(tmp_path: Path) -> None:
+    global_store = MemoryStore()
+    global_manager = ResourceManager(global_store, mode=Mode.GLOBAL)
+    await global_manager.ensure_default_mesh()
+    await global_manager.create(retry("r1"))
+    zone1_store, zone2_store = MemoryStore(), MemoryStore()
+    zone1 = ResourceManager(zone1_store, mode=Mode.ZONE, zone="zone-1")
+    async with running_global(tmp_path, global_store) as (kds, _):
+        tokens = {z: await ZoneTokenIssuer(global_store).issue(z, None, DAY) for z in ("zone-1", "zone-2")}
+        async with running_zone(tmp_path, "zone-1", kds.port, tokens["zone-1"], zone1_store):
+            await eventually(lambda: _has(zone1_store, "MeshRetry", "r1", "default"), what="r1 in zone-1")
+            await zone1.create(ingress("zi-1"))
+            await eventually(lambda: _has(global_store, "ZoneIngress", "zone-1.zi-1"), what="zi-1 at global")
+            stored = await global_store.get("ZoneIngress", "zone-1.zi-1")
+            assert stored.labels == {
+                "zonemesh.io/origin": "zone",
+                "zonemesh.io/zone": "zone-1",
+                "zonemesh.io/display-name": "zi-1",
+            }
+            async with running_zone(tmp_path, "zone-2", kds.port, tokens["zone-2"], zone2_store):
+                # zone-1's ingress reaches zone-2 (synced across zones), never back to zone-1
+                await eventually(lambda: _has(zone2_store, "ZoneIngress", "zone-1.zi-1"), what="zi-1 in zone-2")
+                assert await names(zone1_store, "ZoneIngress") == {"zi-1"}
+                await global_manager.delete("MeshRetry", "r1", "default")
+                await eventually(lambda: _gone(zone2_store, "MeshRetry", "r1", "default"), what="r1 deleted in zone-2")
+                await eventually(lambda: _gone(zone1_store, "MeshRetry", "r1", "default"), what="r1 deleted in zone-1")
+
+        # Both zones are away: global changes, zone-1's store is untouched meanwhile.
+        versions_before = {r.name: r.version for r in (await zone1_store.list("MeshTimeout")).items}
+        await global_manager.create(retry("r2"))
+        await global_manager.update(_bump(await global_store.get("MeshRetry", "r2", "default")))
+        events = _Recorder(zone1_store)
+        async with running_zone(tmp_path, "zone-1", kds.port, tokens["zone-1"], zone1_store) as zone:
+            await eventually(lambda: _has(zone1_store, "MeshRetry", "r2", "default"), what="r2 in zone-1")
+            await eventually(lambda: zone.state.connected, what="zone-1 reconnected")
+            assert kds.server is not None
+            outbox = _outbox(kds.server, "zone-1")
+            await eventually(lambda: outbox.synced.is_set(), what="global's outbox to zone-1 synced")
+        changed = {(e.kind.value, e.resource.type, e.resource.name) for e in events.queue._queue}  # type: ignore[attr-defined]
+        events.close()
+        # Resumed, not recreated: only r2 was written; the meshes and default policies were left alone.
+        assert changed == {("Created", "MeshRetry", "r2")}, changed
+        after = {r.name: r.version for r in (await zone1_store.list("MeshTimeout")).items}
+        assert after == versions_before
+        assert (await global_store.get("ZoneIngress", "zone-1.zi-1")).version == stored.version
+
+
+async def test_zone_upload_is_diffed_on_reconnect(tmp_path: Path) -> None:
+    global_store, zone_store = MemoryStore(), MemoryStore()
+    await ResourceManager(global_store, mode=Mode.GLOBAL).ensure_default_mesh()
+    zone = ResourceManager(zone_store, mode=Mode.ZONE, zone="zone-1")
+    async with running_global(tmp_path, global_store) as (kds, _):
+        token = await ZoneTokenIssuer(global_store).issue("zone-1", None, DAY)
+        async with running_zone(tmp_path, "zone-1", kds.port, token, zone_store):
+            for i in range(3):
+                await zone.create(ingress(f"zi-{i}"))
+            await eventually(lambda: _count(global_store, "ZoneIngress", 3), what="3 ingresses at global")
+        # offline: one deleted, one changed, one added
+        await zone.delete("ZoneIngress", "zi-0")
+        changed = await zone_store.get("ZoneIngress", "zi-1")
+        changed.spec["networking"]["port"] = 10002
+        await zone.update(changed)
+        await zone.create(ingress("zi-3"))
+        untouched = (await global_store.get("ZoneIngress", "zone-1.zi-2")).version
+        async with running_zone(tmp_path, "zone-1", kds.port, token, zone_store):
+            await eventually(
+                lambda: _names_are(global_store, "ZoneIngress", {"zone-1.zi-1", "zone-1.zi-2", "zone-1.zi-3"}),
+                what="global converged",
+            )
+            await eventually(
+                lambda: _port_is(global_store, "zone-1.zi-1", 10002), what="changed ingress updated at global"
+            )
+        assert (await global_store.get("ZoneIngress", "zone-1.zi-2")).version == untouched
+
+
+async def test_disabled_zone_is_refused(tmp_path: Path) -> None:
+    async with running_global(tmp_path) as (kds, store):
+        token = await ZoneTokenIssuer(store).issue("zone-1", None, DAY)
+        async with running_zone(tmp_path, "zone-1", kds.port, token) as zone:
+            await eventually(lambda: zone.state.connected, what="zone-1 connected")
+            res = await store.get("Zone", "zone-1")
+            res.spec["enabled"] = False
+            await store.update(res)
+            await eventually(lambda: "disabled" in zone.state.last_error, what="zone-1 told it is disabled")
+            await eventually(lambda: "disabled" in zone.state.last_error and not zone.state.connected, what="refused")
+            assert kds.zones is not None and not kds.zones.is_online("zone-1")
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+async def _has(store: Store, type: str, name: str, mesh: str = "") -> bool:
+    return await store.find(type, name, mesh) is not None
+
+
+async def _gone(store: Store, type: str, name: str, mesh: str = "") -> bool:
+    return await store.find(type, name, mesh) is None
+
+
+async def _count(store: Store, type: str, n: int) -> bool:
+    return (await store.list(type)).total == n
+
+
+async def _names_are(store: Store, type: str, expected: set[str]) -> bool:
+    return await names(store, type) == expected
+
+
+async def _port_is(store: Store, name: str, port: int) -> bool:
+    res = await store.find("ZoneIngress", name)
+    return res is not None and res.spec["networking"]["port"] == port
+
+
+def _bump(res: Resource) -> Resource:
+    res.spec["to"][0]["default"]["http"]["numRetries"] = 5
+    return res
+
+
+class _Recorder:
+    """Every change event of a store, from now on."""
+
+    def __init__(self, store: Store) -> None:
+        self._watch = store.watch()
+        self.queue = self._watch.queue
+
+    def close(self) -> None:
+        self._watch.close()
+
+
+def _outbox(server: KdsServer, zone: str) -> Outbox:
+    stream = server.streams[zone]
+    assert stream.session.outbox is not None
+    return stream.session.outbox
