@@ -13,6 +13,7 @@ from zonemesh.shared.store.base import (
     StoreError,
     Watch,
 )
+from zonemesh.shared.store.factory import open_store
 
 __all__ = [
     "AlreadyExists",
@@ -26,4 +27,5 @@ __all__ = [
     "Store",
     "StoreError",
     "Watch",
+    "open_store",
 ]

@@ -1,0 +1,593 @@
+"""etcd store: for HA deployments, where several control-plane replicas share one etcd cluster.
+
+Key layout: ``{prefix}/resources/{type}/{mesh or "_"}/{name}``, value: the JSON record
+(``Resource.to_record()``). "_" cannot clash with a mesh: names start with [a-z0-9].
+
+Concurrency is etcd's own: create is a transaction on ``create_revision == 0``; update and
+delete-with-version read the key, check the record's version, then commit in a transaction
+guarded by the ``mod_revision`` they read, so a write in between turns into Conflict (or a
+retry, when the version still matches: the key was deleted and recreated).
+
+Events come only from an etcd watch on the whole prefix, never from our own writes, so every
+EtcdStore on the same cluster sees every change, its own and other replicas', exactly once.
+A write returns only once the watch has delivered it (bounded by WATCH_CATCH_UP), so, as with
+the other backends, a watcher subscribed after a write returned never gets that write's event
+and in-process caches fed by watch() are current when a write returns.
+
+aetcd is used for the connection and the watch only: its transaction() drops the response
+header (the revision, needed above) and its range calls cannot set limit or count_only, so
+reads and writes are raw etcd Txn requests.
+
+Known differences from the memory and SQLite stores:
+- ``list(mesh=None)`` orders by key, i.e. by ``mesh + "/"`` then name. That equals (mesh, name)
+  unless one mesh name is a prefix of another and the longer one continues with "-" or "."
+  (those sort before "/"): "default-2" then lists before "default".
+- ``batch`` is atomic per chunk of at most 128 keys / 1 MiB (etcd's default --max-txn-ops and
+  --max-request-bytes), not across chunks; a key repeated in one batch is applied once, in
+  its final state (delete wins over upsert).
+- Offsets are keyset tokens (the last key returned), so a page of 100 reads 100 keys however
+  deep it is, and a page does not shift when something before it is deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import heapq
+import ipaddress
+import itertools
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Self
+
+import aetcd
+import structlog
+from aetcd import rpc
+from zonemesh.shared.resources.model import Resource, ResourceKey, now
+from zonemesh.shared.store.base import (
+    NO_FILTER,
+    AlreadyExists,
+    Conflict,
+    Event,
+    EventHub,
+    EventKind,
+    InvalidOffset,
+    ListFilter,
+    ListResult,
+    NotFound,
+    Store,
+    StoreError,
+    Watch,
+)
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_PORT = 2379
+# etcd's defaults: --max-txn-ops 128 (per compare/success list), --max-request-bytes 1.5 MiB.
+MAX_TXN_OPS = 128
+MAX_TXN_BYTES = 1 << 20
+# Keys per range request when a list needs the whole range (size=None or a filter): bounds
+# the size of one gRPC message however large the collection grows.
+READ_CHUNK = 500
+# Optimistic loops (update, delete, batch) retry only when the key changed between our read
+# and our write while the caller's precondition still holds; a few rounds settle that.
+MAX_ATTEMPTS = 8
+# How long a write waits for the watch to deliver it before returning anyway (the watch is
+# reconnecting); the event still arrives, later.
+WATCH_CATCH_UP = 5.0
+_NO_MESH = "_"
+
+# One key of a batch in its final state: the resource to store, or None to delete it.
+_Change = tuple[ResourceKey, Resource | None]
+
+
+def _read(key: bytes) -> Any:
+    return rpc.RequestOp(request_range=rpc.RangeRequest(key=key))
+
+
+def _put(key: bytes, value: bytes) -> Any:
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value))
+
+
+def _delete(key: bytes) -> Any:
+    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key, prev_kv=True))
+
+
+def _absent(key: bytes) -> Any:
+    return rpc.Compare(key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0)
+
+
+def _unchanged(key: bytes, mod_revision: int) -> Any:
+    return rpc.Compare(key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=mod_revision)
+
+
+def _wrote(response: Any) -> bool:
+    """Whether a committed txn changed anything (a delete of a missing key changes nothing)."""
+    for item in response.responses:
+        kind = item.WhichOneof("response")
+        if kind == "response_put" or (kind == "response_delete_range" and item.response_delete_range.deleted):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int = DEFAULT_PORT
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_endpoints(endpoints: str | Sequence[str]) -> list[Endpoint]:
+    """``"h1:2379,h2:2379"`` or a list of ``host[:port]`` (IPv6 as ``[::1]:2379``)."""
+    items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
+    parsed: list[Endpoint] = []
+    for raw in (item.strip() for item in items):
+        if not raw:
+            continue
+        if raw.startswith("["):
+            host, sep, rest = raw[1:].partition("]")
+            port_text = rest.removeprefix(":") if sep else ""
+            if not sep or (rest and not rest.startswith(":")):
+                raise ValueError(f"invalid etcd endpoint {raw!r}: write IPv6 addresses as [::1]:2379")
+        else:
+            host, _, port_text = raw.partition(":")
+        try:
+            port = int(port_text) if port_text else DEFAULT_PORT
+        except ValueError:
+            raise ValueError(f"invalid etcd endpoint {raw!r}: the port must be a number") from None
+        if not host or not 0 < port < 65536:
+            raise ValueError(f"invalid etcd endpoint {raw!r}: expected host:port")
+        parsed.append(Endpoint(host, port))
+    if not parsed:
+        raise ValueError("no etcd endpoint given: expected host:port[,host:port]")
+    return parsed
+
+
+def _grpc_host_port(endpoints: list[Endpoint]) -> tuple[str, int]:
+    """What aetcd.Client(host, port) needs so that its ``f"{host}:{port}"`` is our gRPC target.
+
+    aetcd takes one host and port. Several endpoints become one gRPC ``ipv4:``/``ipv6:``
+    target listing every address, and gRPC fails over between them; that syntax exists for
+    IP literals only, so several endpoints must be IPs (or one DNS name resolving to all).
+    """
+    if len(endpoints) == 1:
+        only = endpoints[0]
+        return (f"[{only.host}]" if ":" in only.host else only.host), only.port
+    try:
+        families = {ipaddress.ip_address(e.host).version for e in endpoints}
+    except ValueError:
+        raise ValueError(
+            f"several etcd endpoints must be IP addresses (got {','.join(map(str, endpoints))}); "
+            "for host names, give one DNS name that resolves to every member"
+        ) from None
+    if len(families) != 1:
+        raise ValueError("several etcd endpoints must be all IPv4 or all IPv6")
+    scheme = "ipv4" if families == {4} else "ipv6"
+    *head, last = endpoints
+    last_host = f"[{last.host}]" if scheme == "ipv6" else last.host
+    return f"{scheme}:{','.join(str(e) for e in head)},{last_host}", last.port
+
+
+def _encode(res: Resource) -> bytes:
+    return json.dumps(res.to_record(), separators=(",", ":")).encode()
+
+
+def _decode(value: bytes) -> Resource:
+    return Resource.from_record(json.loads(value))
+
+
+class EtcdStore(Store):
+    """A Store in etcd. Open it with ``await EtcdStore.open(...)``: that checks the cluster
+    is reachable and starts the watch that feeds ``watch()``."""
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str] = f"127.0.0.1:{DEFAULT_PORT}",
+        *,
+        prefix: str = "/zonemesh",
+        rpc_timeout: float = 10.0,
+    ) -> None:
+        self.endpoints = parse_endpoints(endpoints)
+        self.prefix = prefix.rstrip("/")
+        self.rpc_timeout = rpc_timeout
+        self._root = f"{self.prefix}/resources/".encode()
+        host, port = _grpc_host_port(self.endpoints)
+        self._client = aetcd.Client(
+            host,
+            port,
+            timeout=rpc_timeout,
+            # Pages are bounded by READ_CHUNK, but a chunk of large records (Dataplane
+            # insights, secrets) can pass gRPC's default 4 MiB receive limit.
+            options={"grpc.max_receive_message_length": 64 << 20},
+        )
+        self._hub = EventHub()
+        self._watch_task: asyncio.Task[None] | None = None
+        self._closed = False
+        # The last revision the watch has published, and the writes waiting for theirs.
+        self._seen_revision = 0
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiter_ids = itertools.count()
+
+    @classmethod
+    async def open(
+        cls,
+        endpoints: str | Sequence[str] = f"127.0.0.1:{DEFAULT_PORT}",
+        *,
+        prefix: str = "/zonemesh",
+        rpc_timeout: float = 10.0,
+    ) -> Self:
+        store = cls(endpoints, prefix=prefix, rpc_timeout=rpc_timeout)
+        try:
+            await store.start()
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    @property
+    def client(self) -> Any:
+        """The aetcd client, for components that need more of etcd (leases, leader election)."""
+        return self._client
+
+    def _where(self) -> str:
+        return ",".join(map(str, self.endpoints))
+
+    async def start(self) -> None:
+        """Wait (up to ``rpc_timeout``) for etcd, then watch from the revision seen, so that no
+        change committed after start() returns can be missed by watch()."""
+        deadline = time.monotonic() + self.rpc_timeout
+        while True:
+            try:
+                await self._client.connect()
+                response = await self._client.kvstub.Range(
+                    rpc.RangeRequest(key=self._root, count_only=True),
+                    timeout=self.rpc_timeout,
+                    metadata=self._client.metadata,
+                )
+                break
+            except (aetcd.ClientError, rpc.AioRpcError) as exc:
+                if time.monotonic() >= deadline:
+                    raise StoreError(f"cannot reach etcd at {self._where()}: {_details(exc)}") from exc
+                await asyncio.sleep(0.2)
+        self._seen_revision = response.header.revision
+        self._watch_task = asyncio.create_task(
+            self._watch_loop(response.header.revision + 1), name=f"etcd-watch {self.prefix}"
+        )
+
+    # --- keys and offsets ----------------------------------------------------------------
+
+    def _key(self, key: ResourceKey) -> bytes:
+        return self._root + f"{key.type}/{key.mesh or _NO_MESH}/{key.name}".encode()
+
+    def _range(self, type: str, mesh: str | None) -> tuple[bytes, bytes]:
+        prefix = self._root + f"{type}/".encode()
+        if mesh is not None:
+            prefix += f"{mesh or _NO_MESH}/".encode()
+        return prefix, aetcd.utils.prefix_range_end(prefix)
+
+    def _parse_key(self, raw: bytes) -> ResourceKey:
+        type, mesh, name = raw[len(self._root) :].decode().split("/", 2)
+        return ResourceKey(type, "" if mesh == _NO_MESH else mesh, name)
+
+    def _offset_token(self, type: str, raw_key: bytes) -> str:
+        relative = raw_key[len(self._root) + len(type) + 1 :]
+        return base64.urlsafe_b64encode(relative).decode().rstrip("=")
+
+    def _offset_key(self, type: str, mesh: str | None, offset: str) -> bytes:
+        """The key a token stands for; it must lie in the range being listed."""
+        start, _ = self._range(type, mesh)
+        try:
+            relative = base64.urlsafe_b64decode(offset + "=" * (-len(offset) % 4))
+            raw = self._root + f"{type}/".encode() + relative
+            valid = raw.startswith(start) and len(raw) > len(start) and b"/" in relative
+        except (binascii.Error, ValueError):
+            valid = False
+        if not valid:
+            raise InvalidOffset(f"invalid offset {offset!r}: use the `next` link of the previous page")
+        return raw
+
+    # --- etcd calls ----------------------------------------------------------------------
+
+    async def _txn(self, success: list[Any], compare: Sequence[Any] = ()) -> Any:
+        if self._closed:
+            raise StoreError(f"the etcd store {self.prefix} is closed")
+        try:
+            await self._client.connect()
+            return await self._client.kvstub.Txn(
+                rpc.TxnRequest(compare=compare, success=success),
+                timeout=self.rpc_timeout,
+                metadata=self._client.metadata,
+            )
+        except (aetcd.ClientError, rpc.AioRpcError) as exc:
+            raise StoreError(f"etcd at {self._where()}: {_details(exc)}") from exc
+
+    async def _write(self, success: list[Any], compare: Sequence[Any] = ()) -> Any:
+        """A write txn; once it committed a change, wait until the watch has published it."""
+        response = await self._txn(success, compare)
+        if response.succeeded and _wrote(response):
+            await self._caught_up(response.header.revision)
+        return response
+
+    async def _caught_up(self, revision: int) -> None:
+        if revision <= self._seen_revision or self._closed:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (revision, next(self._waiter_ids), future))
+        try:
+            await asyncio.wait_for(asyncio.shield(future), WATCH_CATCH_UP)
+        except TimeoutError:
+            log.warning("etcd_watch_lagging", prefix=self.prefix, revision=revision, seen=self._seen_revision)
+
+    def _mark_seen(self, revision: int) -> None:
+        self._seen_revision = max(self._seen_revision, revision)
+        while self._waiters and self._waiters[0][0] <= self._seen_revision:
+            future = heapq.heappop(self._waiters)[2]
+            if not future.done():
+                future.set_result(None)
+
+    async def _get_kv(self, key: bytes) -> Any | None:
+        response = await self._txn([_read(key)])
+        kvs = response.responses[0].response_range.kvs
+        return kvs[0] if kvs else None
+
+    async def _range_all(self, start: bytes, end: bytes, revision: int = 0) -> tuple[list[Any], int]:
+        """Every kv in [start, end), read in chunks at one revision so the result is a snapshot."""
+        kvs: list[Any] = []
+        while True:
+            request = rpc.RangeRequest(key=start, range_end=end, limit=READ_CHUNK, revision=revision)
+            response = await self._txn([rpc.RequestOp(request_range=request)])
+            chunk = response.responses[0].response_range
+            revision = revision or response.header.revision
+            kvs.extend(chunk.kvs)
+            if not chunk.more:
+                return kvs, revision
+            start = chunk.kvs[-1].key + b"\0"
+
+    async def _count(self, start: bytes, end: bytes, revision: int) -> int:
+        request = rpc.RangeRequest(key=start, range_end=end, count_only=True, revision=revision)
+        response = await self._txn([rpc.RequestOp(request_range=request)])
+        return int(response.responses[0].response_range.count)
+
+    # --- Store API -----------------------------------------------------------------------
+
+    async def get(self, type: str, name: str, mesh: str = "") -> Resource:
+        key = ResourceKey(type, mesh, name)
+        kv = await self._get_kv(self._key(key))
+        if kv is None:
+            raise NotFound(key)
+        return _decode(kv.value)
+
+    async def list(
+        self,
+        type: str,
+        mesh: str | None = None,
+        *,
+        filter: ListFilter = NO_FILTER,
+        offset: str | None = None,
+        size: int | None = None,
+    ) -> ListResult:
+        range_start, range_end = self._range(type, mesh)
+        after = self._offset_key(type, mesh, offset) + b"\0" if offset else range_start
+
+        if not filter.is_empty():
+            # etcd cannot filter values: read the range once, filter, then page by key.
+            kvs, _ = await self._range_all(range_start, range_end)
+            matching = [(kv.key, res) for kv in kvs if filter.matches(res := _decode(kv.value))]
+            rest = [(key, res) for key, res in matching if key >= after]
+            page = rest if size is None else rest[:size]
+            more = size is not None and len(rest) > size
+            next_offset = self._offset_token(type, page[-1][0]) if more and page else None
+            return ListResult([res for _, res in page], len(matching), next_offset)
+
+        if size is None:
+            kvs, revision = await self._range_all(after, range_end)
+            total = len(kvs) + (await self._count(range_start, after, revision) if offset else 0)
+            return ListResult([_decode(kv.value) for kv in kvs], total, None)
+
+        # One read-only txn: the total and the page come from the same revision. A range's
+        # count ignores its limit, so the page's count also says whether more follow.
+        count = rpc.RangeRequest(key=range_start, range_end=range_end, count_only=True)
+        # limit=0 would mean "no limit" to etcd.
+        page_request = rpc.RangeRequest(key=after, range_end=range_end, limit=max(size, 1))
+        response = await self._txn([rpc.RequestOp(request_range=count), rpc.RequestOp(request_range=page_request)])
+        total = response.responses[0].response_range.count
+        page_range = response.responses[1].response_range
+        page_kvs = list(page_range.kvs)[:size]
+        more = page_range.count > size
+        next_offset = self._offset_token(type, page_kvs[-1].key) if more and page_kvs else None
+        return ListResult([_decode(kv.value) for kv in page_kvs], total, next_offset)
+
+    async def create(self, res: Resource) -> Resource:
+        stored = res.copy()
+        stored.version = 1
+        stored.creation_time = stored.modification_time = now()
+        key = self._key(res.key)
+        response = await self._write([_put(key, _encode(stored))], compare=[_absent(key)])
+        if not response.succeeded:
+            raise AlreadyExists(res.key)
+        return stored
+
+    async def update(self, res: Resource) -> Resource:
+        key = self._key(res.key)
+        for _ in range(MAX_ATTEMPTS):
+            kv = await self._get_kv(key)
+            if kv is None:
+                raise NotFound(res.key)
+            current = _decode(kv.value)
+            if current.version != res.version:
+                raise Conflict(res.key, res.version, current.version)
+            stored = res.copy()
+            stored.version = current.version + 1
+            stored.creation_time = current.creation_time
+            stored.modification_time = now()
+            response = await self._write([_put(key, _encode(stored))], compare=[_unchanged(key, kv.mod_revision)])
+            if response.succeeded:
+                return stored
+        raise Conflict(res.key, res.version, current.version)
+
+    async def delete(self, type: str, name: str, mesh: str = "", *, version: int | None = None) -> Resource:
+        rkey = ResourceKey(type, mesh, name)
+        key = self._key(rkey)
+        if version is None:
+            response = await self._write([_delete(key)])
+            gone = response.responses[0].response_delete_range.prev_kvs
+            if not gone:
+                raise NotFound(rkey)
+            return _decode(gone[0].value)
+        for _ in range(MAX_ATTEMPTS):
+            kv = await self._get_kv(key)
+            if kv is None:
+                raise NotFound(rkey)
+            current = _decode(kv.value)
+            if current.version != version:
+                raise Conflict(rkey, version, current.version)
+            response = await self._write([_delete(key)], compare=[_unchanged(key, kv.mod_revision)])
+            if response.succeeded:
+                return current
+        raise Conflict(rkey, version, current.version)
+
+    async def batch(self, upserts: Iterable[Resource] = (), deletes: Iterable[ResourceKey] = ()) -> None:
+        # etcd rejects a txn that touches one key twice: keep each key's final state only.
+        final: dict[ResourceKey, Resource | None] = {res.key: res for res in upserts}
+        final.update((key, None) for key in deletes)
+        changes = list(final.items())
+        for start in range(0, len(changes), MAX_TXN_OPS):
+            await self._batch_chunk(changes[start : start + MAX_TXN_OPS])
+
+    async def _batch_chunk(self, chunk: Sequence[_Change]) -> None:
+        upserts = [(self._key(key), res) for key, res in chunk if res is not None]
+        deletes = [self._key(key) for key, res in chunk if res is None]
+        for _ in range(MAX_ATTEMPTS):
+            # The new versions and creation times depend on what is stored: read all upserted
+            # keys in one txn, then write guarded by what was read.
+            current: dict[bytes, Any] = {}
+            if upserts:
+                response = await self._txn([_read(key) for key, _ in upserts])
+                current = {kv.key: kv for item in response.responses for kv in item.response_range.kvs}
+            ts = now()
+            compare, success, size = [], [], 0
+            for key, res in upserts:
+                stored = res.copy()
+                stored.modification_time = ts
+                kv = current.get(key)
+                if kv is None:
+                    stored.version, stored.creation_time = 1, ts
+                    compare.append(_absent(key))
+                else:
+                    previous = _decode(kv.value)
+                    stored.version, stored.creation_time = previous.version + 1, previous.creation_time
+                    compare.append(_unchanged(key, kv.mod_revision))
+                value = _encode(stored)
+                size += len(key) + len(value)
+                success.append(_put(key, value))
+            if size > MAX_TXN_BYTES and len(chunk) > 1:
+                # Too large for one etcd request: halve until each half fits.
+                half = len(chunk) // 2
+                await self._batch_chunk(chunk[:half])
+                await self._batch_chunk(chunk[half:])
+                return
+            # A delete needs no guard: deleting a missing key is a no-op, as batch promises.
+            success += [_delete(key) for key in deletes]
+            if (await self._write(success, compare)).succeeded:
+                return
+        raise StoreError(f"batch of {len(chunk)} resources kept conflicting with concurrent writes; retry it")
+
+    def watch(self, types: Iterable[str] | None = None) -> Watch:
+        return self._hub.subscribe(types)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._hub.close()
+        for _, _, future in self._waiters:
+            if not future.done():
+                future.set_result(None)
+        self._waiters.clear()
+        task = self._watch_task
+        if task is not None:
+            task.cancel()
+        # aetcd can swallow a cancellation that lands while it is creating the watch (its
+        # asyncio.wait_for, Python 3.11), and the task would then wait on the stream forever.
+        # Closing the client ends the stream in any case, and the loop sees _closed and stops.
+        await self._client.close()
+        if task is not None:
+            done, _ = await asyncio.wait([task], timeout=self.rpc_timeout)
+            if not done:
+                log.warning("etcd_watch_did_not_stop", prefix=self.prefix)
+            elif not task.cancelled() and task.exception() is not None:
+                log.warning("etcd_watch_crashed", prefix=self.prefix, error=repr(task.exception()))
+
+    # --- watch ---------------------------------------------------------------------------
+
+    async def _watch_loop(self, revision: int) -> None:
+        """Turn etcd watch events into Events, reconnecting after errors from where we were."""
+        backoff = 0.1
+        while not self._closed:
+            watch = None
+            try:
+                watch = await self._client.watch_prefix(self._root, start_revision=revision, prev_kv=True)
+                backoff = 0.1
+                async for etcd_event in watch:
+                    event = self._to_event(etcd_event)
+                    if event is not None:
+                        self._hub.publish([event])
+                    # aetcd queues a watch response's events all at once and errors only after
+                    # them, so the rest of this revision's events follow without a gap.
+                    revision = etcd_event.kv.mod_revision + 1
+                    self._mark_seen(etcd_event.kv.mod_revision)
+                # The stream ends quietly when the client closes; anything else is odd.
+                if not self._closed:
+                    log.warning("etcd_watch_ended", prefix=self.prefix, retry_in=backoff)
+                    await asyncio.sleep(backoff)
+            except aetcd.RevisionCompactedError as exc:
+                # The history we missed is gone; in-process watchers miss those changes too.
+                log.error(
+                    "etcd_watch_compacted",
+                    prefix=self.prefix,
+                    missed_from=revision,
+                    resume=exc.compacted_revision,
+                )
+                revision = exc.compacted_revision
+            except (aetcd.ClientError, rpc.AioRpcError) as exc:
+                if self._closed:
+                    return
+                log.warning("etcd_watch_failed", prefix=self.prefix, error=_details(exc), retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                if watch is not None:
+                    # After client.close() the watcher is gone: nothing left to cancel.
+                    with contextlib.suppress(Exception):
+                        await watch.cancel()
+
+    def _to_event(self, etcd_event: Any) -> Event | None:
+        kv = etcd_event.kv
+        try:
+            if etcd_event.kind == aetcd.EventKind.DELETE:
+                # aetcd always wraps prev_kv; an empty key means etcd had none (compacted).
+                prev = etcd_event.prev_kv
+                if prev is not None and prev.key:
+                    return Event(EventKind.DELETED, _decode(prev.value))
+                type, mesh, name = self._parse_key(kv.key)
+                return Event(EventKind.DELETED, Resource(type=type, name=name, mesh=mesh))
+            kind = EventKind.CREATED if kv.create_revision == kv.mod_revision else EventKind.UPDATED
+            return Event(kind, _decode(kv.value))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("etcd_watch_bad_record", key=kv.key.decode(errors="replace"), error=str(exc))
+            return None
+
+
+def _details(exc: BaseException) -> str:
+    if isinstance(exc, rpc.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    cause = exc.__cause__
+    if isinstance(cause, rpc.AioRpcError):
+        return f"{cause.code().name}: {cause.details()}"
+    return str(exc) or type(exc).__name__
