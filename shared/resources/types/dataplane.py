@@ -1,0 +1,216 @@
+"""Dataplane: one data plane proxy (a sidecar next to a workload, or a gateway).
+
+Dataplanes are created in a zone (by kuma-dp or the user) and uploaded to global, so the
+global control plane can compute cross-zone endpoints and insights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
+from zonemesh.shared.resources.schema import (
+    AnyValue,
+    Bool,
+    Duration,
+    Enum,
+    Errors,
+    Int,
+    List,
+    Map,
+    Obj,
+    Str,
+    one_of,
+)
+from zonemesh.shared.resources.types.common import PORT, PROTOCOLS, Address, Tags
+
+GATEWAY_DELEGATED = "DELEGATED"
+GATEWAY_BUILTIN = "BUILTIN"
+
+SERVICE_PROBE = Obj(
+    {
+        "interval": Duration(positive=True),
+        "timeout": Duration(positive=True),
+        "healthyThreshold": Int(min=1),
+        "unhealthyThreshold": Int(min=1),
+        "tcp": Obj({}),
+    }
+)
+
+INBOUND = Obj(
+    {
+        "port": PORT,
+        "servicePort": PORT,
+        "serviceAddress": Address(ip_only=True),
+        "address": Address(ip_only=True),
+        "tags": Tags(require_service=True),
+        "name": Str(min_len=1),
+        "protocol": Enum(*PROTOCOLS),
+        "state": Enum("Ready", "NotReady", "Ignored"),
+        "health": Obj({"ready": Bool()}),
+        "serviceProbe": SERVICE_PROBE,
+    },
+    required=("port", "tags"),
+)
+
+_LABELS = Map(Str(), key=Str(min_len=1))
+
+
+def _outbound_destination(value: Mapping[str, Any], path: str, errors: Errors) -> None:
+    if value.get("tags") is None and value.get("backendRef") is None:
+        errors.add(path, "must have tags (with kuma.io/service) or backendRef")
+
+
+OUTBOUND = Obj(
+    {
+        "address": Address(ip_only=True),
+        "port": PORT,
+        "tags": Tags(require_service=True),
+        "backendRef": Obj(
+            {"kind": Str(min_len=1), "name": Str(min_len=1), "labels": _LABELS, "port": PORT},
+            required=("kind",),
+        ),
+    },
+    required=("port",),
+    checks=(one_of("tags", "backendRef"), _outbound_destination),
+)
+
+GATEWAY = Obj(
+    {"type": Enum(GATEWAY_DELEGATED, GATEWAY_BUILTIN), "tags": Tags(require_service=True)},
+    required=("tags",),
+)
+
+TRANSPARENT_PROXYING = Obj(
+    {
+        "redirectPortInbound": PORT,
+        "redirectPortInboundV6": PORT,  # Kuma < 2.2 wrote a separate IPv6 port; still accepted
+        "redirectPortOutbound": PORT,
+        "directAccessServices": List(Str(min_len=1)),
+        "reachableServices": List(Str(min_len=1)),
+        "reachableBackends": Obj(
+            {
+                "refs": List(
+                    Obj(
+                        {
+                            "kind": Str(min_len=1),
+                            "name": Str(min_len=1),
+                            "namespace": Str(),
+                            "labels": _LABELS,
+                            "port": PORT,
+                        },
+                        required=("kind",),
+                    )
+                )
+            }
+        ),
+        "ipFamilyMode": Enum("DualStack", "IPv4", "IPv6"),
+    }
+)
+
+
+def _effective_address(inbound: Mapping[str, Any], networking: Mapping[str, Any]) -> Any:
+    return inbound.get("address") or networking.get("address")
+
+
+def _check_networking(value: Mapping[str, Any], path: str, errors: Errors) -> None:
+    """Rules across networking fields: Kuma's dataplane validator, minus the legacy model."""
+    inbounds = value.get("inbound")
+    gateway = value.get("gateway")
+    # A wrongly typed `inbound` is reported by its own node; don't also call it missing.
+    has_inbound = bool(inbounds) if isinstance(inbounds, list) else inbounds is not None
+    if not has_inbound and gateway is None:
+        errors.add(path, "has to contain at least one inbound interface or gateway")
+    if has_inbound and gateway is not None:
+        errors.add(path, "inbound cannot be defined both with gateway")
+    if not isinstance(inbounds, list):
+        return
+    # Two listeners on one address:port cannot both bind; Envoy would reject the whole config.
+    used: dict[tuple[Any, Any], int] = {}
+    for i, inbound in enumerate(inbounds):
+        if not isinstance(inbound, Mapping) or not isinstance(inbound.get("port"), int):
+            continue
+        where = f"{path}.inbound[{i}]"
+        port = inbound["port"]
+        key = (_effective_address(inbound, value), port)
+        if key in used:
+            errors.add(f"{where}.port", f"port {port} is already used by inbound[{used[key]}]")
+        else:
+            used[key] = i
+        service_address = inbound.get("serviceAddress")
+        if service_address and service_address == key[0] and inbound.get("servicePort", port) == port:
+            errors.add(f"{where}.serviceAddress", "serviceAddress and servicePort have to differ from address and port")
+
+
+NETWORKING = Obj(
+    {
+        "address": Address(),
+        "advertisedAddress": Address(),
+        "inbound": List(INBOUND),
+        "outbound": List(OUTBOUND),
+        "gateway": GATEWAY,
+        "admin": Obj({"port": PORT}),
+        "transparentProxying": TRANSPARENT_PROXYING,
+    },
+    required=("address",),
+    checks=(_check_networking,),
+)
+
+DATAPLANE_SPEC = Obj(
+    {
+        "networking": NETWORKING,
+        "probes": Obj(
+            {
+                "port": PORT,
+                "endpoints": List(
+                    Obj(
+                        {"inboundPort": PORT, "inboundPath": Str(min_len=1), "path": Str(min_len=1)},
+                        required=("inboundPort", "inboundPath", "path"),
+                    )
+                ),
+            }
+        ),
+        # A metrics backend override ({name, type, conf}); read by the metrics code, not here.
+        "metrics": AnyValue(),
+    },
+    required=("networking",),
+)
+
+DATAPLANE = register(
+    ResourceType(
+        name="Dataplane",
+        plural="dataplanes",
+        short_name="dp",
+        scope=Scope.MESH,
+        sync=Sync.ZONE_TO_GLOBAL,
+        spec=DATAPLANE_SPEC,
+    )
+)
+
+
+def _networking(res: Resource) -> Mapping[str, Any]:
+    networking = res.spec.get("networking")
+    return networking if isinstance(networking, Mapping) else {}
+
+
+def is_gateway(res: Resource) -> bool:
+    """True for a gateway dataplane (delegated or builtin), False for a sidecar."""
+    return _networking(res).get("gateway") is not None
+
+
+def is_builtin_gateway(res: Resource) -> bool:
+    gateway = _networking(res).get("gateway")
+    return isinstance(gateway, Mapping) and gateway.get("type") == GATEWAY_BUILTIN
+
+
+def dataplane_tags(res: Resource) -> list[dict[str, str]]:
+    """The tag sets this proxy serves: one per inbound, or the gateway's single set.
+
+    Policy matching (MeshSubset, MeshService) and service discovery work on these.
+    """
+    networking = _networking(res)
+    gateway = networking.get("gateway")
+    if isinstance(gateway, Mapping):
+        return [dict(gateway.get("tags") or {})]
+    return [dict(inbound.get("tags") or {}) for inbound in networking.get("inbound") or []]

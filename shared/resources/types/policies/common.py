@@ -1,0 +1,214 @@
+"""Pieces several targetRef policies share: value nodes (percentages, status codes, header
+matches, backend references) and semantic checks that depend on the top-level targetRef.
+
+The schema walk checks each place on its own; rules such as "with a MeshGateway
+top-level targetRef, `to` entries may only target Mesh" need the whole spec, so they run
+as the type's semantic check (after the spec is known to be well-formed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.resources.registry import SemanticCheck
+from zonemesh.shared.resources.schema import (
+    Check,
+    Enum,
+    Errors,
+    FieldError,
+    Int,
+    List,
+    Map,
+    Node,
+    Obj,
+    Str,
+    Union,
+    parse_duration,
+)
+from zonemesh.shared.resources.types.common import PORT
+from zonemesh.shared.resources.types.targetref import MESH, MESH_GATEWAY, MESH_SERVICE
+
+# Kuma accepts percentages as an int or a decimal string ("50", "50.5"); YAML floats are
+# refused like Kuma's IntOrString does, with a reason that says to quote them.
+PERCENTAGE = Union(
+    (Int(min=0, max=100), Str(pattern=r"(?:100(?:\.0+)?|\d{1,2}(?:\.\d+)?)")),
+    reason='must be a percentage from 0 to 100: an integer, or a decimal in quotes such as "50.5"',
+)
+
+HTTP_STATUS = Int(min=100, max=599)
+
+# RFC 7230 token, lower case: Envoy matches header names case-insensitively.
+HEADER_NAME = Str(
+    min_len=1,
+    max_len=256,
+    pattern=r"[a-z0-9!#$%&'*+\-.^_`|~]+",
+    pattern_reason="must be a lower-case HTTP header name",
+)
+
+_VALUELESS_MATCHES = ("Present", "Absent")
+
+
+def _header_match_value(value: Mapping[str, Any], path: str, errors: Errors) -> None:
+    if value.get("type") in _VALUELESS_MATCHES and value.get("value"):
+        errors.add(f"{path}.value", f"must not be set with type {value['type']}")
+
+
+HEADER_MATCH = Obj(
+    {
+        "type": Enum("Exact", "Present", "RegularExpression", "Absent", "Prefix"),
+        "name": HEADER_NAME,
+        "value": Str(),
+    },
+    required=("name",),
+    checks=(_header_match_value,),
+)
+
+HEADER_VALUE = Obj({"name": HEADER_NAME, "value": Str()}, required=("name", "value"))
+
+# Headers a policy adds to a request or response (health checks, rate-limit replies).
+HEADERS_ADD_SET = Obj({"add": List(HEADER_VALUE, max_items=16), "set": List(HEADER_VALUE, max_items=16)})
+
+MESH_SERVICE_SUBSET = "MeshServiceSubset"
+
+
+def _backend_ref_kind(value: Mapping[str, Any], path: str, errors: Errors) -> None:
+    kind = value.get("kind")
+    if kind not in (MESH_SERVICE, MESH_SERVICE_SUBSET):
+        return  # the Enum already reported it
+    if not value.get("name"):
+        errors.add(f"{path}.name", f"must be set with kind {kind}")
+    tags = value.get("tags")
+    if kind == MESH_SERVICE_SUBSET and not tags:
+        errors.add(f"{path}.tags", "must be set with kind MeshServiceSubset")
+    if kind == MESH_SERVICE and tags:
+        errors.add(f"{path}.tags", "must not be set with kind MeshService; use MeshServiceSubset")
+
+
+def backend_ref(*, weighted: bool) -> Obj:
+    """Where a route sends traffic. MeshServiceSubset (a service narrowed by tags) is allowed
+    here even though it is not a targetRef kind: it only names a destination, it is never
+    matched against proxies."""
+    fields: dict[str, Node] = {
+        "kind": Enum(MESH_SERVICE, MESH_SERVICE_SUBSET),
+        "name": Str(min_len=1),
+        "tags": Map(Str(min_len=1), key=Str(min_len=1)),
+        "mesh": Str(min_len=1),
+        "port": PORT,
+    }
+    if weighted:
+        fields["weight"] = Int(min=0)
+    return Obj(fields, required=("kind",), checks=(_backend_ref_kind,))
+
+
+def backoff_order(value: Mapping[str, Any], path: str, errors: Errors) -> None:
+    """``maxInterval`` below ``baseInterval`` would make Envoy reject the retry policy."""
+    base, top = value.get("baseInterval"), value.get("maxInterval")
+    if not (isinstance(base, str) and isinstance(top, str)):
+        return
+    try:
+        if parse_duration(top) < parse_duration(base):
+            errors.add(f"{path}.maxInterval", "must be greater than or equal to baseInterval")
+    except ValueError:
+        return  # the Duration nodes already reported it
+
+
+def blocks_not_empty(*names: str) -> Check:
+    """An empty ``http: {}`` block configures nothing; say so rather than ignore it."""
+
+    def check(value: Mapping[str, Any], path: str, errors: Errors) -> None:
+        for name in names:
+            block = value.get(name)
+            if isinstance(block, Mapping) and not block:
+                errors.add(f"{path}.{name}", "must not be empty")
+
+    return check
+
+
+def type_matches_field(fields: Mapping[str, str]) -> Check:
+    """For ``{type: X, <field for X>: {...}}`` unions: the field named by ``type`` must be set."""
+
+    def check(value: Mapping[str, Any], path: str, errors: Errors) -> None:
+        kind = value.get("type")
+        field = fields.get(kind) if isinstance(kind, str) else None
+        if field is not None and value.get(field) is None:
+            errors.add(f"{path}.{field}", f"must be defined with type {kind}")
+
+    return check
+
+
+# --- semantic checks across the whole policy spec ---------------------------------------
+
+SpecCheck = Callable[[Mapping[str, Any]], Iterable[FieldError]]
+
+
+def policy_semantic(*checks: SpecCheck) -> SemanticCheck:
+    """Run spec-level checks on a wrapped policy (paths are reported under ``spec.``)."""
+
+    def run(res: Resource) -> list[FieldError]:
+        errors: list[FieldError] = []
+        for check in checks:
+            errors.extend(check(res.spec))
+        return errors
+
+    return run
+
+
+def top_kind(spec: Mapping[str, Any]) -> str:
+    return str(spec["targetRef"]["kind"])
+
+
+def _entries(spec: Mapping[str, Any], direction: str) -> list[Mapping[str, Any]]:
+    return list(spec.get(direction) or [])
+
+
+def not_empty(*directions: str) -> SpecCheck:
+    """A policy with only empty direction lists does nothing; Kuma refuses it."""
+
+    def check(spec: Mapping[str, Any]) -> list[FieldError]:
+        present = [d for d in directions if d in spec and spec[d] is not None]
+        if present and not any(_entries(spec, d) for d in present):
+            return [FieldError(f"spec.{present[0]}", "needs at least one item")]
+        return []
+
+    return check
+
+
+def gateway_to_mesh_only(spec: Mapping[str, Any]) -> list[FieldError]:
+    """A gateway has no per-destination outbounds to select: its `to` can only be Mesh."""
+    if top_kind(spec) != MESH_GATEWAY:
+        return []
+    return [
+        FieldError(f"spec.to[{i}].targetRef.kind", "must be Mesh when the top-level targetRef is a MeshGateway")
+        for i, entry in enumerate(_entries(spec, "to"))
+        if entry["targetRef"]["kind"] != MESH
+    ]
+
+
+def sidecar_to_kinds(*kinds: str) -> SpecCheck:
+    """Kinds allowed in `to` when the top-level targetRef is not a MeshGateway."""
+
+    def check(spec: Mapping[str, Any]) -> list[FieldError]:
+        if top_kind(spec) == MESH_GATEWAY:
+            return []
+        return [
+            FieldError(
+                f"spec.to[{i}].targetRef.kind",
+                f"must be one of {', '.join(kinds)} unless the top-level targetRef is a MeshGateway",
+            )
+            for i, entry in enumerate(_entries(spec, "to"))
+            if entry["targetRef"]["kind"] not in kinds
+        ]
+
+    return check
+
+
+def to_only_for_gateway(spec: Mapping[str, Any]) -> list[FieldError]:
+    """Inbound-side policies configure a gateway through `to`, every other proxy through `from`."""
+    gateway = top_kind(spec) == MESH_GATEWAY
+    if gateway and _entries(spec, "from"):
+        return [FieldError("spec.from", "must not be defined when the top-level targetRef is a MeshGateway; use to")]
+    if not gateway and _entries(spec, "to"):
+        return [FieldError("spec.to", "can only be defined when the top-level targetRef is a MeshGateway; use from")]
+    return []

@@ -1,0 +1,78 @@
+"""MeshRateLimit: local (per-proxy) rate limits on inbound traffic (`from`; `to` on a
+MeshGateway)."""
+
+from collections.abc import Mapping
+from typing import Any
+
+from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
+from zonemesh.shared.resources.schema import Bool, Duration, Errors, Int, Obj, at_least_one, parse_duration
+from zonemesh.shared.resources.types.policies.common import (
+    HEADERS_ADD_SET,
+    HTTP_STATUS,
+    gateway_to_mesh_only,
+    not_empty,
+    policy_semantic,
+    to_only_for_gateway,
+)
+from zonemesh.shared.resources.types.targetref import MESH, MESH_GATEWAY, MESH_SERVICE, MESH_SUBSET, policy_spec
+
+_MIN_INTERVAL_SECONDS = 0.05
+
+
+def _interval_above_minimum(value: Mapping[str, Any], path: str, errors: Errors) -> None:
+    """Envoy's token bucket refills at most every 50ms; Kuma refuses shorter intervals."""
+    interval = value.get("interval")
+    if not isinstance(interval, str):
+        return
+    try:
+        seconds = parse_duration(interval)
+    except ValueError:
+        return  # the Duration node already reported it
+    if seconds <= _MIN_INTERVAL_SECONDS:
+        errors.add(f"{path}.interval", "must be greater than 50ms")
+
+
+RATE = Obj(
+    {"num": Int(min=1), "interval": Duration()},
+    required=("num", "interval"),
+    checks=(_interval_above_minimum,),
+)
+
+LOCAL = Obj(
+    {
+        "http": Obj(
+            {
+                "disabled": Bool(),
+                "requestRate": RATE,
+                "onRateLimit": Obj({"status": HTTP_STATUS, "headers": HEADERS_ADD_SET}),
+            },
+            checks=(at_least_one("disabled", "requestRate", "onRateLimit"),),
+        ),
+        "tcp": Obj(
+            {"disabled": Bool(), "connectionRate": RATE},
+            checks=(at_least_one("disabled", "connectionRate"),),
+        ),
+    },
+    checks=(at_least_one("http", "tcp"),),
+)
+
+CONF = Obj({"local": LOCAL}, required=("local",))
+
+MESH_RATE_LIMIT = register(
+    ResourceType(
+        name="MeshRateLimit",
+        plural="meshratelimits",
+        short_name="mrl",
+        scope=Scope.MESH,
+        sync=Sync.GLOBAL_TO_ZONES,
+        wrapped=True,
+        policy=True,
+        spec=policy_spec(
+            top=(MESH, MESH_SUBSET, MESH_SERVICE, MESH_GATEWAY),
+            to=(MESH,),
+            from_=(MESH,),
+            conf=CONF,
+        ),
+        semantic=policy_semantic(not_empty("to", "from"), to_only_for_gateway, gateway_to_mesh_only),
+    )
+)

@@ -1,0 +1,99 @@
+"""ZoneIngress and ZoneEgress: the per-zone proxies for cross-zone and external traffic.
+
+Both are global-scoped (one proxy serves every mesh) and are registered by the zone they
+run in, then uploaded to global. Ingresses are also pushed on to the other zones, which
+need their advertised addresses to reach this zone's services.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
+from zonemesh.shared.resources.schema import Bool, Errors, Int, List, Name, Obj, Str
+from zonemesh.shared.resources.types.common import PORT, Address, Tags
+
+_ADMIN = Obj({"port": PORT})
+
+
+def _advertised_pair(value: Mapping[str, Any], path: str, errors: Errors) -> None:
+    """Other zones dial advertisedAddress:advertisedPort; half of it is unusable."""
+    has_address = value.get("advertisedAddress") is not None
+    has_port = value.get("advertisedPort") is not None
+    if has_port and not has_address:
+        errors.add(f"{path}.advertisedAddress", "has to be defined with advertisedPort")
+    if has_address and not has_port:
+        errors.add(f"{path}.advertisedPort", "has to be defined with advertisedAddress")
+
+
+def _admin_port_differs(value: Mapping[str, Any], path: str, errors: Errors) -> None:
+    admin = value.get("admin")
+    if isinstance(admin, Mapping) and admin.get("port") is not None and admin.get("port") == value.get("port"):
+        errors.add(f"{path}.admin.port", "must differ from port")
+
+
+ZONE_INGRESS_SPEC = Obj(
+    {
+        "zone": Str(),  # filled in by the zone control plane when it uploads the resource
+        "networking": Obj(
+            {
+                "address": Address(),
+                "advertisedAddress": Address(),
+                "port": PORT,
+                "advertisedPort": PORT,
+                "admin": _ADMIN,
+            },
+            required=("port",),
+            checks=(_advertised_pair, _admin_port_differs),
+        ),
+        "availableServices": List(
+            Obj(
+                {
+                    "tags": Tags(require_service=True),
+                    "instances": Int(min=0),
+                    "mesh": Name,
+                    "externalService": Bool(),
+                },
+                required=("tags",),
+            )
+        ),
+    },
+    required=("networking",),
+)
+
+ZONE_EGRESS_SPEC = Obj(
+    {
+        "zone": Str(),
+        "networking": Obj(
+            {"address": Address(), "port": PORT, "admin": _ADMIN},
+            required=("port",),
+            checks=(_admin_port_differs,),
+        ),
+    },
+    required=("networking",),
+)
+
+ZONE_INGRESS = register(
+    ResourceType(
+        name="ZoneIngress",
+        plural="zoneingresses",
+        aliases=("zone-ingresses", "zone-ingress"),
+        short_name="zi",
+        scope=Scope.GLOBAL,
+        sync=Sync.ZONE_TO_GLOBAL | Sync.ACROSS_ZONES,
+        spec=ZONE_INGRESS_SPEC,
+    )
+)
+
+ZONE_EGRESS = register(
+    ResourceType(
+        name="ZoneEgress",
+        plural="zoneegresses",
+        aliases=("zone-egresses", "zone-egress"),
+        short_name="ze",
+        scope=Scope.GLOBAL,
+        sync=Sync.ZONE_TO_GLOBAL,
+        spec=ZONE_EGRESS_SPEC,
+    )
+)
