@@ -62,11 +62,7 @@ MESH_SPEC = Obj(
             }
         ),
         "constraints": Obj(
-            {
-                "dataplaneProxy": Obj(
-                    {"requirements": List(_TAG_SELECTOR), "restrictions": List(_TAG_SELECTOR)}
-                )
-            }
+            {"dataplaneProxy": Obj({"requirements": List(_TAG_SELECTOR), "restrictions": List(_TAG_SELECTOR)})}
         ),
         "skipCreatingInitialPolicies": List(Str(min_len=1)),
         "meshServices": Obj({"mode": Enum("Disabled", "Everywhere", "ReachableBackends", "Exclusive")}),
@@ -88,7 +84,9 @@ def _check_mesh(res: Resource) -> list[FieldError]:
             errors.append(FieldError(f"mtls.backends[{i}].name", f"backend {name!r} is defined twice"))
     enabled = mtls.get("enabledBackend")
     if enabled and enabled not in names:
-        errors.append(FieldError("mtls.enabledBackend", f"has to be set to one of the backends in the mesh ({enabled!r} is not)"))
+        errors.append(
+            FieldError("mtls.enabledBackend", f"has to be set to one of the backends in the mesh ({enabled!r} is not)")
+        )
     return errors
 
 
