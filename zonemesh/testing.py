@@ -50,8 +50,15 @@ def http(
         return status, text
 
 
+class ProcessExited(RuntimeError):
+    """A process a test waits on has died: waiting longer cannot help."""
+
+
 def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.1, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy; bounded by ``timeout``."""
+    """Poll ``predicate`` until it returns something truthy; bounded by ``timeout``.
+
+    Errors from the predicate count as "not yet", except ProcessExited, which ends the wait.
+    """
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
@@ -59,6 +66,8 @@ def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.1, wha
             result = predicate()
             if result:
                 return result
+        except ProcessExited:
+            raise
         except Exception as exc:
             last_error = exc
         time.sleep(interval)
@@ -115,7 +124,7 @@ class ControlPlaneProcess:
     def wait_ready(self, timeout: float = 30.0) -> None:
         def ready() -> bool:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"control plane exited with {self.process.returncode}:\n{self.logs()[-3000:]}")
+                raise ProcessExited(f"control plane exited with {self.process.returncode}:\n{self.logs()[-3000:]}")
             status, _ = http("GET", f"http://127.0.0.1:{self.diagnostics_port}/ready", timeout=1)
             return status == 200
 
