@@ -221,3 +221,15 @@ def test_connection_refused_is_clear(zmctl: ZmctlRunner) -> None:
     run = zmctl("get", "meshes", address=address)
     assert run.code == 1
     assert f"cannot reach the control plane at {address}: connection refused" in run.err
+
+
+def test_validation_example_in_docs_is_what_zmctl_prints(zmctl: ZmctlRunner, tmp_path: Path) -> None:
+    """docs/resources.md shows `cat bad.yaml` and `zmctl apply -f bad.yaml`: both must be real."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "resources.md").read_text()
+    example = docs.split("$ cat bad.yaml\n", 1)[1].split("```", 1)[0]
+    document, printed = example.split("$ zmctl apply -f bad.yaml\n")
+    (tmp_path / "bad.yaml").write_text(document)
+    run = zmctl("apply", "-f", str(tmp_path / "bad.yaml"))
+    assert run.code != 0
+    assert run.err.strip() == printed.strip()
+    assert zmctl("get", "meshtimeout", "t1", "-m", "default").code != 0  # nothing was applied

@@ -1,0 +1,101 @@
+"""Regenerate the tables in docs/ that are derived from code, so the docs cannot drift.
+
+    python scripts/render_docs.py          # rewrite the generated blocks in place
+    python scripts/render_docs.py --check  # exit 1 if a block is stale (tests/unit/test_docs.py)
+
+A generated block sits between ``<!-- BEGIN generated:NAME -->`` and ``<!-- END generated:NAME -->``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from zonemesh.shared.resources import REGISTRY
+from zonemesh.shared.resources.registry import ResourceType, Sync
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def _sync(rtype: ResourceType) -> str:
+    if rtype.sync == Sync.LOCAL:
+        return "local"
+    parts = []
+    if rtype.sync & Sync.GLOBAL_TO_ZONES:
+        parts.append("global → zones")
+    if rtype.sync & Sync.ZONE_TO_GLOBAL:
+        parts.append("zone → global")
+    if rtype.sync & Sync.ACROSS_ZONES:
+        parts.append("→ other zones")
+    return ", ".join(parts)
+
+
+def _notes(rtype: ResourceType) -> str:
+    notes = []
+    if rtype.policy:
+        notes.append("targetRef policy")
+    if rtype.system:
+        notes.append("written by control planes only")
+    if rtype.sensitive:
+        notes.append("reads need the admin token off-host")
+    return "; ".join(notes)
+
+
+def types_table() -> str:
+    rows = [
+        "| type | REST path | scope | KDS sync | zmctl names | notes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for rtype in sorted(REGISTRY, key=lambda t: (t.scope.value, not t.policy, t.name)):
+        names = ", ".join(dict.fromkeys(n for n in (rtype.plural, rtype.short_name, *rtype.aliases) if n))
+        rows.append(
+            f"| {rtype.name} | `{rtype.collection_path('{mesh}')}` | {rtype.scope.value} | {_sync(rtype)} "
+            f"| {names} | {_notes(rtype)} |"
+        )
+    return "\n".join(rows)
+
+
+BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
+    "types": ("resources.md", types_table),
+}
+
+
+def render(text: str, name: str, body: str) -> str:
+    pattern = re.compile(
+        rf"(<!-- BEGIN generated:{name} -->\n).*?(<!-- END generated:{name} -->)",
+        re.DOTALL,
+    )
+    if not pattern.search(text):
+        raise SystemExit(f"docs: no generated block {name!r}")
+    return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+
+
+def stale_blocks(write: bool) -> list[str]:
+    stale = []
+    for name, (filename, produce) in BLOCKS.items():
+        path = DOCS / filename
+        text = path.read_text()
+        new = render(text, name, produce())
+        if new != text:
+            stale.append(f"{filename}:{name}")
+            if write:
+                path.write_text(new)
+    return stale
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only report stale blocks")
+    args = parser.parse_args()
+    stale = stale_blocks(write=not args.check)
+    if stale and args.check:
+        print(f"stale generated docs: {', '.join(stale)}; run: python scripts/render_docs.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
