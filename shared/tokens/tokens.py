@@ -15,7 +15,7 @@ from typing import Any
 
 import jwt
 from zonemesh.shared.store import Store
-from zonemesh.shared.tokens.keys import SigningKeys, public_key_pem
+from zonemesh.shared.tokens.keys import SigningKeys, load_private_key, load_public_key
 
 # Clock skew tolerated between the issuer and the validator, as Kuma does (iat = nbf = now - 5s).
 LEEWAY_SECONDS = 5
@@ -38,7 +38,8 @@ def sign(claims: Mapping[str, Any], private_pem: bytes, kid: int, valid_for_seco
         "nbf": now - LEEWAY_SECONDS,
         "exp": now + int(valid_for_seconds) + LEEWAY_SECONDS,
     }
-    return jwt.encode(payload, private_pem, algorithm="RS256", headers={"kid": str(kid)})
+    key = load_private_key(private_pem)
+    return jwt.encode(payload, key, algorithm="RS256", headers={"kid": str(kid)})  # type: ignore[arg-type]
 
 
 class TokenIssuer:
@@ -83,7 +84,7 @@ class TokenValidator:
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
-                public_key_pem(private_pem),
+                load_public_key(private_pem),  # type: ignore[arg-type]
                 algorithms=["RS256"],
                 leeway=LEEWAY_SECONDS,
                 options={"require": ["exp", "iat", "jti"]},
