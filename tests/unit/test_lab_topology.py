@@ -1,0 +1,69 @@
+"""The local lab's plan, checked without starting anything."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from zonemesh.shared.resources.codec import from_universal
+
+from zonemesh.lab.supervisor import ALLOW_ALL, MESH_DOC
+from zonemesh.lab.topology import Topology, plan
+
+
+def all_ports(topo: Topology) -> list[int]:
+    ports = [topo.control]
+    for cp in (topo.global_cp, *topo.zones):
+        ports += [cp.api, cp.diagnostics, cp.grpc] + ([cp.kds_proxy] if cp.kds_proxy else [])
+    for proxy in topo.proxies:
+        ports += [proxy.port, proxy.admin]
+    for work in topo.workloads:
+        ports += [work.app_port, work.inbound, work.admin, *(p for _, p in work.outbounds)]
+    return ports
+
+
+@pytest.mark.parametrize("port_base", [0, 25000])
+def test_every_port_is_distinct(port_base: int, tmp_path: Path) -> None:
+    topo = plan(tmp_path, zones=3, port_base=port_base)
+    ports = all_ports(topo)
+    assert len(ports) == len(set(ports))
+    if port_base:
+        assert all(port_base <= p < port_base + 100 for p in ports)
+
+
+def test_fixed_base_gives_the_same_ports_every_time(tmp_path: Path) -> None:
+    assert all_ports(plan(tmp_path, port_base=25000)) == all_ports(plan(tmp_path, port_base=25000))
+
+
+def test_topology_has_the_documented_parts(tmp_path: Path) -> None:
+    topo = plan(tmp_path)
+    assert [z.name for z in topo.zones] == ["zone-1", "zone-2"]
+    assert sorted((p.name, p.kind) for p in topo.proxies) == [
+        ("egress-zone-1", "egress"),
+        ("ingress-zone-1", "ingress"),
+        ("ingress-zone-2", "ingress"),
+    ]
+    backends = {w.zone for w in topo.workloads if w.service == "backend"}
+    assert backends == {"zone-1", "zone-2"}  # the backend runs in both zones
+    front = topo.frontend()
+    assert front.zone == "zone-1"
+    assert front.upstream == f"http://127.0.0.1:{front.outbounds[0][1]}/"
+
+
+def test_resources_the_lab_writes_are_valid(tmp_path: Path) -> None:
+    """Every document the supervisor sends passes the same validation as the API's."""
+    topo = plan(tmp_path)
+    for doc in [MESH_DOC, ALLOW_ALL, *(w.dataplane() for w in topo.workloads)]:
+        res, _ = from_universal(json.loads(json.dumps(doc)))
+        assert res.name == doc["name"]
+
+
+def test_round_trips_through_json(tmp_path: Path) -> None:
+    topo = plan(tmp_path)
+    assert Topology.from_json(topo.to_json()) == topo
+
+
+def test_one_zone_is_not_a_multi_zone_lab(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at least 2 zones"):
+        plan(tmp_path, zones=1)

@@ -1,0 +1,1 @@
+"""The local multi-zone lab: `zonemesh-lab` (see main.py)."""
