@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from zonemesh.shared.store import Store
 from zonemesh.shared.tokens.keys import SigningKeys
 from zonemesh.shared.tokens.tokens import InvalidToken, TokenIssuer, TokenValidator, sign
@@ -51,7 +54,14 @@ class ZoneTokenIssuer:
 def issue_offline(
     zone: str, scope: Sequence[str] | None, valid_for_seconds: float, private_pem: bytes, kid: int
 ) -> str:
-    """Sign without a control plane, with a key that global also holds as key ``kid``."""
+    """Sign without a control plane, with a key that global also holds as key ``kid``.
+    Raises ValueError when ``private_pem`` is not an RSA private key."""
+    try:
+        key = serialization.load_pem_private_key(private_pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ValueError(str(exc).split("\n")[0] or "unreadable key") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("not an RSA key")
     return sign(zone_claims(zone, scope), private_pem, kid, valid_for_seconds)
 
 

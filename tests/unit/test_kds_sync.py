@@ -7,6 +7,7 @@ from pathlib import Path
 from kds_harness import eventually, running_global, running_zone
 from zonemesh.global_cp.kds_server import KdsServer
 from zonemesh.shared.kds.session import Outbox
+from zonemesh.shared.kds.snapshot import Snapshot
 from zonemesh.shared.resources.manager import Mode, ResourceManager
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store import Store
@@ -67,6 +68,10 @@ async def test_both_directions_resume_and_across_zones(tmp_path: Path) -> None:
         versions_before = {r.name: r.version for r in (await zone1_store.list("MeshTimeout")).items}
         await global_manager.create(retry("r2"))
         await global_manager.update(_bump(await global_store.get("MeshRetry", "r2", "default")))
+        # Let global's snapshot catch up with its own store first, so that r2 is sent once, as updated.
+        assert kds.server is not None
+        snapshot = kds.server.snapshot
+        await eventually(lambda: b'"numRetries":5' in _spec_of(snapshot, "MeshRetry/default/r2"), what="snapshot")
         events = _Recorder(zone1_store)
         async with running_zone(tmp_path, "zone-1", kds.port, tokens["zone-1"], zone1_store) as zone:
             await eventually(lambda: _has(zone1_store, "MeshRetry", "r2", "default"), what="r2 in zone-1")
@@ -162,6 +167,11 @@ class _Recorder:
 
     def close(self) -> None:
         self._watch.close()
+
+
+def _spec_of(snapshot: Snapshot, key: str) -> bytes:
+    item = snapshot.items.get(key)
+    return item.wire.spec if item is not None else b""
 
 
 def _outbox(server: KdsServer, zone: str) -> Outbox:

@@ -230,6 +230,14 @@ def test_zone_table_shows_online_status_when_insights_are_known() -> None:
     assert unknown.split()[:3] == ["z1", "true", "-"]
 
 
+def test_zone_table_prefers_the_state_global_reports() -> None:
+    """A zone that vanished without closing its stream still has an open subscription; global's
+    heartbeat-based state from /zones+insights says Offline, and that is what is shown."""
+    insights = {"z1": {"subscriptions": [{"connectTime": "t0"}], "state": "Offline"}}
+    row = output.resource_table(REGISTRY.get("Zone"), [{"name": "z1"}], output.TableContext(NOW, insights))
+    assert row.splitlines()[1].split()[:3] == ["z1", "true", "Offline"]
+
+
 def test_mesh_mtls() -> None:
     assert output.mesh_mtls({"name": "m"}) == "off"
     mesh = {"mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}}

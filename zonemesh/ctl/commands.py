@@ -223,7 +223,15 @@ def list_query(args: argparse.Namespace) -> dict[str, str | list[str]]:
 
 
 def _zone_insights(client: ApiClient) -> dict[str, Mapping[str, Any]] | None:
-    """Zone insights by zone name, or None when this control plane has none to offer (a zone CP)."""
+    """Zone insights by zone name, or None when this control plane has none to offer (a zone CP).
+
+    Global's ``/zones+insights`` adds its online verdict (``state``: last heartbeat younger than the
+    offline timeout), which stays right when a zone vanished without closing its stream."""
+    try:
+        overviews = client.list_all("/zones+insights")
+        return {str(o.get("name")): {**(o.get("zoneInsight") or {}), "state": o.get("state")} for o in overviews}
+    except ApiError:
+        pass
     try:
         return {str(i.get("name")): i for i in client.list_all(REGISTRY.get("ZoneInsight").collection_path())}
     except ApiError:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TypeAlias
 
 from zonemesh import __version__
-from zonemesh.ctl import commands
+from zonemesh.ctl import commands, generate
 from zonemesh.ctl.config import CONFIG_ENV, DEFAULT_ADDRESS
 from zonemesh.ctl.errors import EXIT_USAGE, CtlError, UsageError
 from zonemesh.shared.resources import REGISTRY
@@ -46,7 +46,7 @@ def _type_list() -> str:
     )
 
 
-class _Builder:
+class Builder:
     """Adds subcommands that all accept the global options, wherever they appear on the line."""
 
     def __init__(self) -> None:
@@ -96,7 +96,7 @@ def _add_output(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    b = _Builder()
+    b = Builder()
     parser = argparse.ArgumentParser(
         prog="zmctl",
         parents=[b.common],
@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     switch.add_argument("--name", required=True)
     remove = b.leaf(planes, "remove", "forget a control plane", commands.cmd_cp_remove)
     remove.add_argument("--name", required=True)
+
+    generate.add_commands(b, sub)
     return parser
 
 

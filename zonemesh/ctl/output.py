@@ -112,7 +112,10 @@ class TableContext:
     def zone_status(self, name: str) -> str:
         if self.zone_insights is None:
             return NONE
-        return connection_status(self.zone_insights.get(name, {}))[0]
+        insight = self.zone_insights.get(name, {})
+        # Global's own verdict (heartbeat-based, from /zones+insights) beats reading subscriptions.
+        state = insight.get("state")
+        return str(state) if state else connection_status(insight)[0]
 
 
 Cell = Callable[[Doc, TableContext], str]

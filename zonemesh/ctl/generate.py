@@ -1,0 +1,75 @@
+"""`zmctl generate ...`: credentials issued by the control plane.
+
+    zmctl generate dataplane-token --mesh default --name web-1 --valid-for 24h > web-1.token
+    zmctl generate zone-token --zone zone-1 --valid-for 720h > zone-1.token   (see zone_token.py)
+
+The token is printed on stdout only (nothing is logged), so it can be redirected to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from zonemesh.ctl import zone_token
+from zonemesh.ctl.errors import UsageError
+from zonemesh.shared.resources.schema import parse_duration
+
+if TYPE_CHECKING:
+    from zonemesh.ctl.commands import Env
+    from zonemesh.ctl.main import Builder, Subparsers
+
+PROXY_TYPES = ("dataplane", "ingress", "egress")
+
+
+def parse_tags(values: list[str] | None) -> dict[str, list[str]]:
+    """``--tag kuma.io/service=web --tag kuma.io/service=api`` -> ``{"kuma.io/service": ["web", "api"]}``."""
+    tags: dict[str, list[str]] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise UsageError(f"--tag {item!r}: expected KEY=VALUE, e.g. kuma.io/service=web")
+        tags.setdefault(key, []).append(value)
+    return tags
+
+
+def dataplane_token_request(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        if parse_duration(args.valid_for) <= 0:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"--valid-for {args.valid_for!r}: expected a positive duration such as 24h or 30m") from None
+    return {
+        "mesh": args.mesh,
+        "name": args.name or "",
+        "tags": parse_tags(args.tag),
+        "type": args.proxy_type,
+        "validFor": args.valid_for,
+    }
+
+
+def cmd_generate_dataplane_token(args: argparse.Namespace, env: Env) -> None:
+    _, token = env.client().request("POST", "/tokens/dataplane", body=dataplane_token_request(args))
+    print(str(token).strip())
+
+
+def add_commands(b: Builder, sub: Subparsers) -> None:
+    """The ``generate`` group and its subcommands."""
+    generate = b.group(sub, "generate", "generate tokens")
+    zone_token.add_command(b, generate)
+    token = b.leaf(
+        generate,
+        "dataplane-token",
+        "issue a dataplane token (admin only): a proxy presents it to join its mesh",
+        cmd_generate_dataplane_token,
+        epilog="  zmctl generate dataplane-token --mesh default --name web-1 --valid-for 24h > web-1.token\n"
+        "  zmctl generate dataplane-token --mesh default --tag kuma.io/service=web --valid-for 720h\n\n"
+        "Without --name the token admits any dataplane name in the mesh; --tag limits the\n"
+        "services (inbound tags) it may register. Revoke a token by adding its jti to the mesh\n"
+        "secret dataplane-token-revocations-MESH (comma-separated).",
+    )
+    token.add_argument("-m", "--mesh", default="default", help="mesh the proxy joins (default 'default')")
+    token.add_argument("--name", help="the Dataplane name the token is for (default: any name in the mesh)")
+    token.add_argument("--tag", action="append", metavar="KEY=VALUE", help="allowed inbound tag value (repeatable)")
+    token.add_argument("--proxy-type", choices=PROXY_TYPES, default="dataplane", help="default dataplane")
+    token.add_argument("--valid-for", required=True, metavar="DURATION", help="lifetime, e.g. 24h, 720h")
