@@ -89,11 +89,19 @@ class ResourceManager:
             res.labels[ZONE_LABEL] = self.zone
 
     async def _check_mesh_exists(self, res: Resource) -> None:
-        if REGISTRY.get(res.type).scope is Scope.MESH and await self.store.find("Mesh", res.mesh) is None:
+        rtype = REGISTRY.get(res.type)
+        if rtype.scope is not Scope.MESH:
+            return
+        mesh = await self.store.find("Mesh", res.mesh)
+        if mesh is None:
             raise ValidationError(
                 [FieldError("mesh", f"mesh {res.mesh!r} does not exist; create it first")],
                 title="Mesh not found",
             )
+        if rtype.mesh_check is not None:
+            errors = rtype.mesh_check(res, mesh)
+            if errors:
+                raise ValidationError(errors)
 
     # -- writes --------------------------------------------------------------------------
 

@@ -34,6 +34,9 @@ class Sync(Flag):
 
 # A semantic check beyond the schema: gets the whole resource, returns field errors.
 SemanticCheck = Callable[["Resource"], list[FieldError]]
+# A check that needs the resource's Mesh (None when missing), run by the resource manager on
+# API writes: e.g. a cross-mesh MeshGateway needs mTLS on its mesh.
+MeshCheck = Callable[["Resource", "Resource | None"], list[FieldError]]
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class ResourceType:
     aliases: tuple[str, ...] = ()  # more names zmctl accepts (e.g. "zone-ingresses")
     semantic: SemanticCheck | None = None
     rest_path: str | None = None  # overrides the path segment when Kuma's differs from `plural`
+    mesh_check: MeshCheck | None = None
 
     @property
     def path(self) -> str:

@@ -11,4 +11,5 @@ from zonemesh.shared.resources.types import policies  # noqa: F401
 from zonemesh.shared.resources.types import dataplane  # noqa: F401
 from zonemesh.shared.resources.types import externalservice  # noqa: F401
 from zonemesh.shared.resources.types import zoneproxy  # noqa: F401
+from zonemesh.shared.resources.types import gateway  # noqa: F401
 # isort: on
