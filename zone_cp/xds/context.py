@@ -11,9 +11,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from zonemesh.shared.resources.model import Resource
+
+if TYPE_CHECKING:
+    from zonemesh.zone_cp.xds.crosszone import CrossZone
 
 SERVICE_TAG = "kuma.io/service"
 PROTOCOL_TAG = "kuma.io/protocol"
@@ -42,12 +45,14 @@ class CertProvider(Protocol):
 @dataclass(frozen=True)
 class Endpoint:
     """One place traffic for a service can go. Local dataplanes give their inbound
-    address:port; a later issue adds remote zones' ingress addresses here (with ``zone``)."""
+    address:port; other zones' ingresses give their advertised address (with ``zone``, and
+    the number of instances behind them as ``weight``), see crosszone.py."""
 
     address: str
     port: int
     tags: Mapping[str, str]
     zone: str | None = None
+    weight: int = 1
 
 
 # --- reading a Dataplane spec -----------------------------------------------------------------
@@ -127,6 +132,7 @@ class MeshContext:
     certs: Mapping[str, WorkloadCert] = field(default_factory=dict)  # by service
     endpoints: Mapping[str, list[Endpoint]] = field(default_factory=dict)  # by service
     memo: dict[Any, Any] = field(default_factory=dict)  # shared pieces within one round
+    cross: CrossZone | None = None  # other zones' ingresses, this zone's egress (crosszone.py)
 
     @classmethod
     def build(
@@ -136,6 +142,7 @@ class MeshContext:
         policies: Iterable[Resource] = (),
         external_services: Iterable[Resource] = (),
         certs: Mapping[str, WorkloadCert] | None = None,
+        cross: CrossZone | None = None,
     ) -> MeshContext:
         dps = {dp.name: dp for dp in dataplanes}
         by_type: dict[str, list[Resource]] = {}
@@ -146,7 +153,7 @@ class MeshContext:
             service = (es.spec.get("tags") or {}).get(SERVICE_TAG)
             if service:
                 externals.setdefault(service, es)
-        return cls(mesh, dps, by_type, externals, dict(certs or {}), local_endpoints(dps.values()))
+        return cls(mesh, dps, by_type, externals, dict(certs or {}), local_endpoints(dps.values()), cross=cross)
 
     @property
     def name(self) -> str:
@@ -169,8 +176,16 @@ class MeshContext:
         external = self.external_services.get(service)
         if external is not None:
             return str((external.spec.get("tags") or {}).get(PROTOCOL_TAG) or "tcp")
-        for endpoint in self.endpoints.get(service, ()):
+        remote = self.cross.remote.get(service, []) if self.cross is not None else []
+        for endpoint in [*self.endpoints.get(service, ()), *remote]:
             protocol = endpoint.tags.get(PROTOCOL_TAG)
             if protocol:
                 return str(protocol)
         return "tcp"
+
+    @property
+    def via_egress(self) -> bool:
+        """Cross-zone and external traffic leaves through this zone's egress: the Mesh asks for
+        it (``routing.zoneEgress``), mTLS is on (the egress routes by SNI) and an egress exists."""
+        routing = self.mesh.spec.get("routing") or {}
+        return bool(routing.get("zoneEgress")) and self.mtls is not None and bool(self.cross and self.cross.egress)

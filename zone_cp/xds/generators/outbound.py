@@ -3,7 +3,15 @@ cluster per destination service; the cluster's endpoints come over EDS from the 
 
 With mesh mTLS the cluster presents the proxy's workload certificate (SDS), checks the peer's
 SPIFFE ID ``spiffe://<mesh>/<destination>`` and sends Kuma's SNI ``<destination>{mesh=<mesh>}``.
-ExternalServices are reached directly (DNS cluster), with TLS when they ask for it.
+ExternalServices are reached directly (static IPs the control plane resolved, or a DNS
+cluster with ``networking.disableHostDNSLookup``), with TLS when they ask for it.
+
+Cross-zone (crosszone.py): a service's endpoints are this zone's instances at priority 0 and,
+per other zone that has it, that zone's ingress (weighted by its instance count) at the next
+priority, so Envoy keeps traffic local while local instances are healthy. With the Mesh's
+``routing.zoneEgress`` the remote part is this zone's egress instead, and ExternalServices are
+reached through the egress too (mTLS to it, SNI naming the external service; the egress
+originates TLS to the real host).
 
 The pieces of an outbound depend only on (destination, the proxy's identity, which policies
 match the proxy), so proxies sharing those share the very same messages (``ctx.memo``): one
@@ -18,7 +26,7 @@ from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
@@ -26,7 +34,16 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds import policies as policy_plugins
-from zonemesh.zone_cp.xds.context import HTTP_PROTOCOLS, LOCALHOST, SERVICE_TAG, MeshContext, outbounds, services
+from zonemesh.zone_cp.xds.context import (
+    HTTP_PROTOCOLS,
+    LOCALHOST,
+    SERVICE_TAG,
+    Endpoint,
+    MeshContext,
+    outbounds,
+    services,
+)
+from zonemesh.zone_cp.xds.crosszone import EGRESS_SERVICE, external_load_assignment, external_tls, load_assignment
 from zonemesh.zone_cp.xds.envoy import (
     OutboundPieces,
     ads_source,
@@ -56,14 +73,15 @@ def _tls_socket(context: tls_pb2.UpstreamTlsContext) -> base_pb2.TransportSocket
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(context))
 
 
-def _mesh_cluster(ctx: MeshContext, service: str, identity: str | None) -> cluster_pb2.Cluster:
+def _mesh_cluster(ctx: MeshContext, service: str, identity: str | None, peer: str | None = None) -> cluster_pb2.Cluster:
+    """An EDS cluster; with mTLS it expects ``peer``'s SPIFFE ID (default: the destination's)."""
     cluster = cluster_pb2.Cluster(name=service, type=cluster_pb2.Cluster.EDS)
     cluster.eds_cluster_config.eds_config.CopyFrom(ads_source())
     if ctx.mtls is not None:
         if identity is None:
             raise ValueError("mTLS is on but the proxy serves no service to take its identity from")
         context = tls_pb2.UpstreamTlsContext(
-            common_tls_context=common_tls(ctx.name, identity, spiffe_id(ctx.name, service), exact=True),
+            common_tls_context=common_tls(ctx.name, identity, spiffe_id(ctx.name, peer or service), exact=True),
             sni=sni(ctx.name, service),
         )
         cluster.transport_socket.CopyFrom(_tls_socket(context))
@@ -75,37 +93,32 @@ def _split_host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _external_cluster(service: str, external: Resource) -> cluster_pb2.Cluster:
+def external_cluster(
+    service: str, external: Resource, resolved: Mapping[str, list[str]] | None = None, name: str | None = None
+) -> cluster_pb2.Cluster:
+    """A cluster straight to an ExternalService (also the zone egress's upstream side)."""
     net: Mapping[str, Any] = external.spec.get("networking") or {}
     host, port = _split_host_port(str(net.get("address")))
+    name = name or service
+    cla, dns = external_load_assignment(name, host, port, bool(net.get("disableHostDNSLookup")), resolved or {})
     cluster = cluster_pb2.Cluster(
-        name=service,
-        type=cluster_pb2.Cluster.STRICT_DNS,
-        load_assignment=endpoint_pb2.ClusterLoadAssignment(
-            cluster_name=service,
-            endpoints=[
-                endpoint_components_pb2.LocalityLbEndpoints(
-                    lb_endpoints=[
-                        endpoint_components_pb2.LbEndpoint(
-                            endpoint=endpoint_components_pb2.Endpoint(address=socket_address(host, port))
-                        )
-                    ]
-                )
-            ],
-        ),
+        name=name, type=cluster_pb2.Cluster.STRICT_DNS if dns else cluster_pb2.Cluster.STATIC, load_assignment=cla
     )
     tls = net.get("tls") or {}
     if tls.get("enabled"):
-        context = tls_pb2.UpstreamTlsContext(sni=str(tls.get("serverName") or host))
-        context.allow_renegotiation = bool(tls.get("allowRenegotiation", False))
-        cluster.transport_socket.CopyFrom(_tls_socket(context))
+        cluster.transport_socket.CopyFrom(_tls_socket(external_tls(tls, host)))
     return cluster
 
 
 def _build(ctx: MeshContext, service: str, identity: str | None, policies: MatchedPolicies) -> _Built:
     external = ctx.external_services.get(service)
     protocol = ctx.protocol(service)
-    cluster = _external_cluster(service, external) if external is not None else _mesh_cluster(ctx, service, identity)
+    if external is None:
+        cluster = _mesh_cluster(ctx, service, identity)
+    elif ctx.via_egress:
+        cluster = _mesh_cluster(ctx, service, identity, peer=EGRESS_SERVICE)
+    else:
+        cluster = external_cluster(service, external, ctx.cross.resolved if ctx.cross else None)
     pieces = OutboundPieces(ctx.name, service, protocol, cluster)
     stat_prefix = service.replace(":", "_")
     if protocol in HTTP_PROTOCOLS:
@@ -142,24 +155,25 @@ def _build(ctx: MeshContext, service: str, identity: str | None, policies: Match
         terminal = listener_components_pb2.Filter(
             name="envoy.filters.network.tcp_proxy", typed_config=pack(pieces.tcp_proxy)
         )
-    return _Built(cluster, terminal, route, endpoints=external is None)
+    return _Built(cluster, terminal, route, endpoints=external is None or ctx.via_egress)
 
 
 def endpoints(ctx: MeshContext, service: str) -> endpoint_pb2.ClusterLoadAssignment:
-    """The service's endpoints: this zone's dataplanes (and, in a later issue, other zones' ingresses)."""
+    """The service's endpoints: this zone's dataplanes first, then other zones' ingresses (or
+    this zone's egress); an ExternalService reached through the egress has only the egress."""
     key = ("endpoints", service)
     cached = ctx.memo.get(key)
     if cached is None:
-        lb_endpoints = [
-            endpoint_components_pb2.LbEndpoint(
-                endpoint=endpoint_components_pb2.Endpoint(address=socket_address(e.address, e.port))
-            )
-            for e in ctx.endpoints.get(service, ())
-        ]
-        cached = endpoint_pb2.ClusterLoadAssignment(
-            cluster_name=service, endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=lb_endpoints)]
-        )
-        ctx.memo[key] = cached
+        cross = ctx.cross
+        local: list[Endpoint] = list(ctx.endpoints.get(service, ()))
+        remote: list[Endpoint] = list(cross.remote.get(service, ())) if cross is not None else []
+        if service in ctx.external_services:
+            local, remote = [], []
+            if ctx.via_egress and cross is not None:
+                remote = list(cross.egress)
+        elif remote and ctx.via_egress and cross is not None:
+            remote = list(cross.egress)  # the egress forwards by SNI to the remote ingresses
+        cached = ctx.memo[key] = load_assignment(service, local, remote, cross.zone if cross else "")
     assert isinstance(cached, endpoint_pb2.ClusterLoadAssignment)
     return cached
 

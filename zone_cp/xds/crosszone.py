@@ -1,0 +1,300 @@
+"""Where traffic for another zone (or outside the mesh) goes: remote ingresses and the local egress.
+
+Pure functions over the ZoneIngress and ZoneEgress resources this zone holds (its own, and
+the other zones' ingresses that global pushed here):
+
+- ``remote_endpoints``: per service of a mesh, one endpoint per *remote* zone ingress that
+  advertises it, at the ingress's advertised address and weighted by its instance count;
+- ``egress_endpoints``: this zone's egresses, where a mesh with ``routing.zoneEgress: true``
+  sends its cross-zone and external traffic instead.
+
+An ingress's zone is its ``zone`` field (set by the zone control plane that registered it),
+else its ``zonemesh.io/zone`` label (set by KDS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from envoy.type.matcher.v3 import string_pb2
+from zonemesh.shared.resources.model import ZONE_LABEL, Resource
+from zonemesh.zone_cp.xds.context import SERVICE_TAG, Endpoint, MeshContext, WorkloadCert
+from zonemesh.zone_cp.xds.envoy import socket_address
+
+log = structlog.get_logger(__name__)
+
+ZONE_INGRESS = "ZoneIngress"
+ZONE_EGRESS = "ZoneEgress"
+# The identity (kuma.io/service) a zone egress presents to proxies of a mesh for external services.
+EGRESS_SERVICE = "zone-egress"
+
+
+def proxy_zone(res: Resource) -> str:
+    return str(res.spec.get("zone") or res.labels.get(ZONE_LABEL) or "")
+
+
+def _networking(res: Resource) -> Mapping[str, Any]:
+    value = res.spec.get("networking")
+    return value if isinstance(value, Mapping) else {}
+
+
+def advertised(ingress: Resource) -> tuple[str, int] | None:
+    """The address other zones dial: advertisedAddress:advertisedPort, else address:port."""
+    net = _networking(ingress)
+    address = net.get("advertisedAddress") or net.get("address")
+    port = net.get("advertisedPort") or net.get("port")
+    if not address or not port:
+        return None
+    return str(address), int(port)
+
+
+def remote_endpoints(zone: str, mesh: str, ingresses: Iterable[Resource]) -> dict[str, list[Endpoint]]:
+    """service -> one endpoint per remote ingress advertising it in ``mesh`` (weight: instances).
+
+    Several tag sets of one service behind one ingress add up; endpoints are sorted by zone,
+    then ingress name, so that generation is deterministic.
+    """
+    result: dict[str, list[Endpoint]] = {}
+    for ingress in sorted(ingresses, key=lambda r: (proxy_zone(r), r.name)):
+        remote_zone = proxy_zone(ingress)
+        target = advertised(ingress)
+        if not remote_zone or remote_zone == zone or target is None:
+            continue
+        weights: dict[str, int] = {}
+        tags_of: dict[str, dict[str, str]] = {}
+        for entry in ingress.spec.get("availableServices") or []:
+            tags = entry.get("tags") or {}
+            service = tags.get(SERVICE_TAG)
+            instances = int(entry.get("instances") or 0)
+            if entry.get("mesh") != mesh or not service or instances <= 0:
+                continue
+            weights[service] = weights.get(service, 0) + instances
+            # Tags every instance group shares (kuma.io/protocol in particular) describe the service.
+            known = tags_of.get(service)
+            tags_of[service] = dict(tags) if known is None else {k: v for k, v in known.items() if tags.get(k) == v}
+        for service, weight in weights.items():
+            result.setdefault(service, []).append(
+                Endpoint(target[0], target[1], tags_of[service], zone=remote_zone, weight=weight)
+            )
+    return result
+
+
+def egress_endpoints(zone: str, egresses: Iterable[Resource]) -> list[Endpoint]:
+    """This zone's egresses (address:port), sorted by name."""
+    result = []
+    for egress in sorted(egresses, key=lambda r: r.name):
+        net = _networking(egress)
+        egress_zone = proxy_zone(egress)
+        if egress_zone and egress_zone != zone:
+            continue
+        if net.get("port"):
+            result.append(Endpoint(str(net.get("address") or "127.0.0.1"), int(net["port"]), {}, zone=zone))
+    return result
+
+
+@dataclass(frozen=True)
+class CrossZone:
+    """What one mesh's generation needs to know beyond the zone: filled by the reconciler."""
+
+    zone: str = ""
+    remote: Mapping[str, list[Endpoint]] = field(default_factory=dict)  # service -> remote ingresses
+    egress: list[Endpoint] = field(default_factory=list)  # this zone's egresses
+    resolved: Mapping[str, list[str]] = field(default_factory=dict)  # ExternalService host -> IPs
+
+    @classmethod
+    def build(
+        cls,
+        zone: str,
+        mesh: str,
+        ingresses: Iterable[Resource] = (),
+        egresses: Iterable[Resource] = (),
+        resolved: Mapping[str, list[str]] | None = None,
+    ) -> CrossZone:
+        return cls(zone, remote_endpoints(zone, mesh, ingresses), egress_endpoints(zone, egresses), resolved or {})
+
+
+# --- Envoy endpoints ------------------------------------------------------------------------
+
+
+def _lb_endpoint(endpoint: Endpoint, weighted: bool) -> endpoint_components_pb2.LbEndpoint:
+    lb = endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(address=socket_address(endpoint.address, endpoint.port))
+    )
+    if weighted:
+        lb.load_balancing_weight.value = max(1, endpoint.weight)
+    return lb
+
+
+def zone_groups(endpoints: Iterable[Endpoint], priority: int) -> list[endpoint_components_pb2.LocalityLbEndpoints]:
+    """One locality per zone, at ``priority``; hosts weighted by instances, zones by their sum."""
+    by_zone: dict[str, list[Endpoint]] = {}
+    for endpoint in endpoints:
+        by_zone.setdefault(endpoint.zone or "", []).append(endpoint)
+    groups = []
+    for zone, members in sorted(by_zone.items()):
+        group = endpoint_components_pb2.LocalityLbEndpoints(
+            locality=base_pb2.Locality(zone=zone),
+            lb_endpoints=[_lb_endpoint(e, weighted=True) for e in members],
+            priority=priority,
+        )
+        group.load_balancing_weight.value = sum(max(1, e.weight) for e in members)
+        groups.append(group)
+    return groups
+
+
+def load_assignment(
+    name: str, local: list[Endpoint], remote: list[Endpoint], zone: str = ""
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """Local endpoints at priority 0, remote ones (ingresses or the egress) at the next priority.
+
+    Envoy sends everything to the lowest priority with healthy hosts: remote zones take traffic
+    only when this zone has no (healthy) instance, as Kuma's default locality awareness does.
+    Priorities start at 0 whatever is present (Envoy wants no gap).
+    """
+    groups = []
+    if local or not remote:
+        groups.append(endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[_lb_endpoint(e, False) for e in local]))
+        if zone and local:
+            groups[0].locality.zone = zone
+    groups.extend(zone_groups(remote, priority=1 if local else 0))
+    return endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=groups)
+
+
+def _data_source(value: Mapping[str, Any], field_path: str) -> base_pb2.DataSource:
+    if value.get("inline"):
+        return base_pb2.DataSource(inline_bytes=base64.b64decode(str(value["inline"])))
+    if value.get("inlineString"):
+        return base_pb2.DataSource(inline_string=str(value["inlineString"]))
+    if value.get("file"):
+        return base_pb2.DataSource(filename=str(value["file"]))
+    raise ValueError(f"{field_path}: only inline, inlineString and file are supported (mesh secrets are not yet)")
+
+
+def external_tls(tls: Mapping[str, Any], host: str) -> tls_pb2.UpstreamTlsContext:
+    """TLS origination to an ExternalService (``networking.tls``).
+
+    SNI: ``serverName``, else the host. With ``caCert`` the server certificate is verified
+    against it and (mode ``Secured``, the default) its SAN against ``verification.subjectAltNames``
+    or else the SNI (DNS SAN; IP SAN when it is an address); ``SkipSAN`` checks the CA only,
+    ``SkipCA``/``SkipAll`` nothing. ``clientCert``/``clientKey`` are presented when set.
+    """
+    verification = tls.get("verification") or {}
+    server_name = str(verification.get("serverName") or tls.get("serverName") or host)
+    context = tls_pb2.UpstreamTlsContext(sni=server_name)
+    context.allow_renegotiation = bool(tls.get("allowRenegotiation", False))
+    common = context.common_tls_context
+    if tls.get("clientCert") and tls.get("clientKey"):
+        common.tls_certificates.append(
+            common_pb2.TlsCertificate(
+                certificate_chain=_data_source(tls["clientCert"], "networking.tls.clientCert"),
+                private_key=_data_source(tls["clientKey"], "networking.tls.clientKey"),
+            )
+        )
+    mode = str(verification.get("mode") or "Secured")
+    if tls.get("caCert") and mode in ("Secured", "SkipSAN"):
+        validation = common.validation_context
+        validation.trusted_ca.CopyFrom(_data_source(tls["caCert"], "networking.tls.caCert"))
+        if mode == "Secured":
+            sans = verification.get("subjectAltNames") or [{"type": "Exact", "value": server_name}]
+            for san in sans:
+                value = str(san["value"])
+                matcher = (
+                    string_pb2.StringMatcher(prefix=value)
+                    if san.get("type") == "Prefix"
+                    else string_pb2.StringMatcher(exact=value)
+                )
+                san_type = (
+                    common_pb2.SubjectAltNameMatcher.IP_ADDRESS
+                    if is_ip(value)
+                    else common_pb2.SubjectAltNameMatcher.DNS
+                )
+                validation.match_typed_subject_alt_names.append(
+                    common_pb2.SubjectAltNameMatcher(san_type=san_type, matcher=matcher)
+                )
+    return context
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def external_load_assignment(
+    name: str, host: str, port: int, disable_dns: bool, resolved: Mapping[str, list[str]]
+) -> tuple[endpoint_pb2.ClusterLoadAssignment, bool]:
+    """The endpoints of an ExternalService and whether Envoy must resolve them (STRICT_DNS).
+
+    An IP is used as is; a hostname is replaced by the addresses the control plane resolved,
+    unless ``disableHostDNSLookup`` asks to leave the name to Envoy's own DNS resolution (or
+    the control plane could not resolve it).
+    """
+    if is_ip(host):
+        addresses, dns = [host], False
+    elif not disable_dns and resolved.get(host):
+        addresses, dns = sorted(resolved[host]), False
+    else:
+        addresses, dns = [host], True
+    lb_endpoints = [
+        endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(address=socket_address(a, port)))
+        for a in addresses
+    ]
+    cla = endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=name, endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=lb_endpoints)]
+    )
+    return cla, dns
+
+
+async def resolve_hosts(externals: Iterable[Resource], per_host_seconds: float = 2.0) -> dict[str, list[str]]:
+    """host -> IPv4/IPv6 addresses, for ExternalServices that let the control plane resolve them.
+
+    Bounded by ``per_host_seconds`` per host; a host that does not resolve is left out (Envoy then
+    resolves it itself), and said so in the log.
+    """
+    loop = asyncio.get_running_loop()
+    hosts = set()
+    for es in externals:
+        net = es.spec.get("networking") or {}
+        host = str(net.get("address") or "").rpartition(":")[0].strip("[]")
+        if host and not is_ip(host) and not net.get("disableHostDNSLookup"):
+            hosts.add(host)
+    result: dict[str, list[str]] = {}
+    for host in sorted(hosts):
+        try:
+            infos = await asyncio.wait_for(loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), per_host_seconds)
+        except (OSError, TimeoutError) as exc:
+            log.warning("external_service_unresolved", host=host, error=str(exc))
+            continue
+        result[host] = sorted({str(info[4][0]) for info in infos})
+    return result
+
+
+# --- what zone proxies (ingress, egress) are generated from -----------------------------------
+
+
+@dataclass
+class ZoneContext:
+    """Every mesh of the zone, for the zone proxies, which serve all meshes at once.
+
+    ``meshes`` holds one MeshContext per mesh (this zone's endpoints, the ExternalServices and
+    the CrossZone view); ``egress_certs`` the certificate a zone egress presents to the proxies
+    of each mesh (identity ``spiffe://<mesh>/zone-egress``) when it terminates their mTLS for
+    ExternalServices. A zone ingress gets no certificate at all.
+    """
+
+    zone: str
+    meshes: Mapping[str, MeshContext]
+    egress_certs: Mapping[str, WorkloadCert] = field(default_factory=dict)
+    memo: dict[Any, Any] = field(default_factory=dict)

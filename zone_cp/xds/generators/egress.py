@@ -1,0 +1,108 @@
+"""Zone egress: the one way out of the zone for meshes with ``routing.zoneEgress: true``.
+
+One listener on the egress's ``networking.address:port`` with a TLS inspector; per mesh with
+mTLS, filter chains by the SNI the proxies of this zone send (``sni.py``):
+
+- a service of another zone (``service{mesh=<mesh>}``): the TLS bytes are passed through
+  untouched to the remote zones' ingresses that advertise it (weighted by their instances,
+  one locality per zone), so mTLS stays end to end between the two proxies;
+- an ExternalService (``<its kuma.io/service>{mesh=<mesh>}``): the egress terminates the
+  proxy's mTLS with its own certificate for the mesh (``spiffe://<mesh>/zone-egress``,
+  requiring a client certificate of the mesh CA), then connects to the real host, originating
+  TLS when ``networking.tls.enabled`` asks for it.
+"""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
+from envoy.type.matcher.v3 import string_pb2
+from zonemesh.shared.resources.model import Resource
+from zonemesh.zone_cp.xds import sni
+from zonemesh.zone_cp.xds.crosszone import EGRESS_SERVICE, ZoneContext, load_assignment
+from zonemesh.zone_cp.xds.envoy import ca_secret_name, pack, sds, spiffe_id
+from zonemesh.zone_cp.xds.generators.ingress import eds_cluster, listener_address, sni_chain, sni_listener, stat_prefix
+from zonemesh.zone_cp.xds.generators.outbound import external_cluster
+from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER, SECRET, ResourceSet
+
+
+def egress_secret_name(mesh: str) -> str:
+    """The egress serves several meshes, so its identity secret is named per mesh."""
+    return f"identity_cert:secret:{EGRESS_SERVICE}:{mesh}"
+
+
+def _downstream_tls(mesh: str) -> base_pb2.TransportSocket:
+    common = tls_pb2.CommonTlsContext(
+        tls_certificate_sds_secret_configs=[sds(egress_secret_name(mesh))],
+        combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+            default_validation_context=common_pb2.CertificateValidationContext(
+                match_typed_subject_alt_names=[
+                    common_pb2.SubjectAltNameMatcher(
+                        san_type=common_pb2.SubjectAltNameMatcher.URI,
+                        matcher=string_pb2.StringMatcher(prefix=f"spiffe://{mesh}/"),
+                    )
+                ]
+            ),
+            validation_context_sds_secret_config=sds(ca_secret_name(mesh)),
+        ),
+    )
+    context = tls_pb2.DownstreamTlsContext(common_tls_context=common, require_client_certificate={"value": True})
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(context))
+
+
+def _secrets(zctx: ZoneContext, mesh: str, resources: ResourceSet) -> None:
+    cert = zctx.egress_certs.get(mesh)
+    if cert is None:
+        raise ValueError(f"no {spiffe_id(mesh, EGRESS_SERVICE)} certificate for the egress in mesh {mesh!r}")
+    resources.add(
+        SECRET,
+        egress_secret_name(mesh),
+        secret_pb2.Secret(
+            name=egress_secret_name(mesh),
+            tls_certificate=common_pb2.TlsCertificate(
+                certificate_chain=base_pb2.DataSource(inline_bytes=cert.cert_pem),
+                private_key=base_pb2.DataSource(inline_bytes=cert.key_pem),
+            ),
+        ),
+    )
+    resources.add(
+        SECRET,
+        ca_secret_name(mesh),
+        secret_pb2.Secret(
+            name=ca_secret_name(mesh),
+            validation_context=common_pb2.CertificateValidationContext(
+                trusted_ca=base_pb2.DataSource(inline_bytes=cert.ca_pem)
+            ),
+        ),
+    )
+
+
+def generate(zctx: ZoneContext, proxy: Resource) -> ResourceSet:
+    resources = ResourceSet()
+    chains = []
+    for mesh, mctx in sorted(zctx.meshes.items()):
+        if mctx.mtls is None:
+            continue
+        cross = mctx.cross
+        if cross is not None:
+            for service, endpoints in sorted(cross.remote.items()):
+                if service in mctx.external_services:
+                    continue
+                name = sni.encode(service, mesh)
+                chains.append(sni_chain(name, name, stat_prefix("egress", mesh, service)))
+                resources.add(CLUSTER, name, eds_cluster(name))
+                resources.add(ENDPOINT, name, load_assignment(name, [], endpoints, zctx.zone))
+        for service, external in sorted(mctx.external_services.items()):
+            name = sni.encode(service, mesh)
+            cluster = external_cluster(service, external, cross.resolved if cross else None, name=name)
+            chain = sni_chain(name, name, stat_prefix("egress", mesh, service))
+            chain.transport_socket.CopyFrom(_downstream_tls(mesh))
+            chains.append(chain)
+            resources.add(CLUSTER, name, cluster)
+        if mctx.external_services:
+            _secrets(zctx, mesh, resources)
+    if chains:
+        address, port = listener_address(proxy)
+        name = f"inbound:{address}:{port}"
+        resources.add(LISTENER, name, sni_listener(name, address, port, chains))
+    return resources
