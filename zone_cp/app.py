@@ -1,17 +1,129 @@
-"""Zone control plane assembly: what `zonemesh-cp run --mode zone|standalone` adds to the common parts."""
+"""Zone control plane assembly: what `zonemesh-cp run --mode zone|standalone` adds to the common parts.
+
+The data plane side, started in this order and stopped in reverse:
+- TLS for the xDS port: ``--xds-tls-cert-file/--xds-tls-key-file``, or a self-signed pair in the
+  data dir (``xds.crt`` is then the CA file proxies pass as ``--ca-cert-file``);
+- the builtin CA (workload certificates for SDS) and DataplaneInsight recording;
+- the xDS reconciler (store changes -> per-proxy snapshots);
+- the gRPC server on :5678: ADS (authenticated by dataplane tokens) and dataplane registration.
+
+API routes: ``POST /tokens/dataplane``, ``/meshes/{mesh}/dataplanes+insights``, and the xDS
+side's ``/meshes/{mesh}/dataplanes/{name}/_config``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+from zonemesh.shared.api.context import MANAGER
+from zonemesh.shared.ca import BuiltinCA
 from zonemesh.shared.config import Config
-from zonemesh.shared.runtime import Assembly
+from zonemesh.shared.resources.model import ResourceKey
+from zonemesh.shared.runtime import Assembly, ControlPlane
+from zonemesh.shared.store import NotFound
+from zonemesh.shared.tls import default_hosts, ensure_self_signed
+from zonemesh.shared.tokens import dataplane as dataplane_tokens
+from zonemesh.zone_cp import insights
+from zonemesh.zone_cp.admission import DataplaneAuthenticator, RegistrationServicer
+from zonemesh.zone_cp.xds.cache import SnapshotCache
+from zonemesh.zone_cp.xds.dump import dump
+from zonemesh.zone_cp.xds.generators import GenerationError
+from zonemesh.zone_cp.xds.proxy import node_key
+from zonemesh.zone_cp.xds.reconciler import Reconciler
+from zonemesh.zone_cp.xds.resources import SHORT_NAMES
+from zonemesh.zone_cp.xds.server import Callbacks, TlsFiles, XdsServer
+
+log = structlog.get_logger(__name__)
+
+
+def xds_tls_files(config: Config) -> TlsFiles:
+    """The operator's certificate, else a self-signed one kept in the data dir (blocking)."""
+    if config.xds_tls_cert_file:
+        return TlsFiles(Path(config.xds_tls_cert_file), Path(config.xds_tls_key_file))
+    hosts = default_hosts()
+    if config.xds_address not in ("0.0.0.0", "::", ""):
+        hosts.append(config.xds_address)
+    cert, key = ensure_self_signed(config.resolved_data_dir, "xds", hosts)
+    return TlsFiles(cert, key)
+
+
+class DataPlaneSide:
+    """The zone's data plane component, and the API routes that read from it while it runs."""
+
+    def __init__(self) -> None:
+        self.reconciler: Reconciler | None = None
+        self.cache: SnapshotCache | None = None
+
+    @contextlib.asynccontextmanager
+    async def run(self, cp: ControlPlane) -> AsyncIterator[None]:
+        tls = await asyncio.to_thread(xds_tls_files, cp.config)
+        recorder = insights.InsightRecorder(cp.manager, cp.instance_id)
+        certs = insights.RecordingCertProvider(BuiltinCA(cp.store), recorder)
+        authenticator = DataplaneAuthenticator(cp.store)
+        registration = RegistrationServicer(cp.manager, authenticator, recorder, cp.instance_id)
+        cache = SnapshotCache()
+        reconciler = Reconciler(cp.store, cache, certs)
+        callbacks = Callbacks()
+        callbacks.stream_open.append(reconciler.on_stream_open)
+        callbacks.stream_close.append(reconciler.on_stream_close)
+        recorder.install(callbacks)
+        server = XdsServer(cp.config, cache, authenticator, tls, [registration.add_to], callbacks)
+        async with recorder.running(), reconciler, server:
+            self.reconciler, self.cache = reconciler, cache
+            log.info("xds_ready", port=server.port, tls_cert=str(tls.cert_path))
+            try:
+                yield
+            finally:
+                self.reconciler = self.cache = None
+
+    async def config_handler(self, request: web.Request) -> web.Response:
+        """``GET /meshes/{mesh}/dataplanes/{name}/_config``: the xDS config generated for a proxy
+        now (Kuma's DataplaneXDSConfig: ``{"xds": ...}``), private keys redacted. ``versions``
+        are those of the snapshot last pushed to it (absent while it is not connected)."""
+        mesh, name = request.match_info["mesh"], request.match_info["name"]
+        reconciler, cache = self.reconciler, self.cache
+        if reconciler is None or cache is None:
+            raise web.HTTPServiceUnavailable(reason="the xDS server is not running")
+        if await request.app[MANAGER].store.find("Dataplane", name, mesh) is None:
+            raise NotFound(ResourceKey("Dataplane", mesh, name))
+        try:
+            resources = await reconciler.render(mesh, name)
+        except LookupError as exc:  # stored, but not yet seen by the reconciler's watch
+            raise web.HTTPServiceUnavailable(reason="not yet known to the xDS server", text=str(exc)) from None
+        except GenerationError as exc:
+            return web.json_response({"title": "Config generation failed", "detail": str(exc)}, status=500)
+        body: dict[str, Any] = {"xds": dump(resources)}
+        snapshot = cache.snapshot(node_key(mesh, name))
+        if snapshot is not None:
+            body["versions"] = {SHORT_NAMES[t]: typed.version for t, typed in snapshot.types.items()}
+        return web.json_response(body)
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/meshes/{mesh}/dataplanes/{name}/_config", self.config_handler)]
 
 
 def assemble(config: Config) -> Assembly:
-    assembly = Assembly()
+    side = DataPlaneSide()
+    assembly = Assembly(
+        components=[side.run],
+        routes=[*dataplane_tokens.routes(), *insights.routes(), *side.routes()],
+    )
     if config.mode == "zone" and config.global_address:  # federated: KDS stream to global (docs/kds.md)
         from zonemesh.zone_cp.kds_client import ZoneKds
 
         kds = ZoneKds(config)
         assembly.components.append(kds.run)
         assembly.routes += kds.routes()
+        # License (zone_cp/license.py): entered first, so no proxy joins before the quota gate runs.
+        from zonemesh.zone_cp.license import ZoneLicense
+
+        zone_license = ZoneLicense(config)
+        assembly.components.insert(0, zone_license.run)
+        assembly.routes += zone_license.routes()
     return assembly

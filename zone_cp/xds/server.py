@@ -5,6 +5,11 @@ watch with the version the proxy has, and sends what the watch answers. Per nonc
 ACKs from NACKs and ignores stale nonces (a reply to a response that was already superseded).
 A NACK keeps the proxy on its last good config: the refused version is not re-sent; the
 next snapshot is.
+
+Cluster warming: Envoy keeps an updated EDS cluster warming until it receives that cluster's
+endpoints again, even when they did not change (xDS protocol, "Resource warming"; Kuma patched
+go-control-plane the same way, kumahq/kuma#331). So after a CDS response the next EDS request
+is answered in full whatever version it names, unless an EDS response followed the CDS one.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from prometheus_client import Counter, Histogram
 from zonemesh.shared.config import Config
 from zonemesh.zone_cp.xds.cache import Cancel, ConfigWatcher, WatchRequest, WatchResponse
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity
-from zonemesh.zone_cp.xds.resources import PUSH_ORDER, SHORT_NAMES, encode_response
+from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, PUSH_ORDER, SHORT_NAMES, encode_response
 
 log = structlog.get_logger(__name__)
 
@@ -95,6 +100,7 @@ class _Stream:
         self.outbox: asyncio.Queue[bytes] = asyncio.Queue()
         self._nonces = itertools.count(1)
         self._delivered_stamp: float | None = None
+        self._endpoints_owed = False  # a CDS response went out with no EDS response after it
 
     async def handle(self, request: discovery_pb2.DiscoveryRequest) -> None:
         type_url = request.type_url
@@ -116,6 +122,8 @@ class _Stream:
         if state.cancel is not None:
             state.cancel()
         names = frozenset(request.resource_names)
+        if type_url == ENDPOINT and self._endpoints_owed:
+            version = ""  # answer even an unchanged version: updated clusters are warming on it
         watch = WatchRequest(self.info.identity.key, type_url, version, names, state.sent_names)
         state.cancel = self.watcher.create_watch(watch, lambda resp: self._send(state, resp))
 
@@ -127,6 +135,10 @@ class _Stream:
         state.sent_names = resp.names
         state.changed_at = resp.changed_at
         state.acked = False
+        if resp.type_url == CLUSTER:
+            self._endpoints_owed = True
+        elif resp.type_url == ENDPOINT:
+            self._endpoints_owed = False
         self.outbox.put_nowait(encode_response(resp.version, resp.resources, resp.type_url, nonce))
 
     async def _acked(self, type_url: str, state: _TypeState, version: str) -> None:

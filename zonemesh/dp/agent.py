@@ -174,7 +174,11 @@ def resolve_ca_file(opts: AgentOptions, host: str, port: int, work: Path) -> Pat
 def prepare(opts: AgentOptions, work_dir: Path) -> Prepared:
     """Validate flags and files; raise AgentError (exit 2) before anything runs."""
     if opts.proxy_type in RESERVED_PROXY_TYPES:
-        raise AgentError(f"--proxy-type {opts.proxy_type} is not yet supported: use dataplane", EXIT_USAGE)
+        raise AgentError(
+            f"--proxy-type {opts.proxy_type} is reserved for zone {opts.proxy_type} proxies, not yet supported: "
+            "use --proxy-type dataplane",
+            EXIT_USAGE,
+        )
     if opts.proxy_type not in SUPPORTED_PROXY_TYPES:
         raise AgentError(f"--proxy-type must be dataplane, ingress or egress (got {opts.proxy_type!r})", EXIT_USAGE)
     host, port = parse_cp_address(opts.cp_address)

