@@ -31,12 +31,14 @@ class RegisterResponse(_message.Message):
     def __init__(self, version: _Optional[int] = ..., created: _Optional[bool] = ..., control_plane_instance_id: _Optional[str] = ...) -> None: ...
 
 class UnregisterRequest(_message.Message):
-    __slots__ = ("mesh", "name")
+    __slots__ = ("mesh", "name", "proxy_type")
     MESH_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    PROXY_TYPE_FIELD_NUMBER: _ClassVar[int]
     mesh: str
     name: str
-    def __init__(self, mesh: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    proxy_type: str
+    def __init__(self, mesh: _Optional[str] = ..., name: _Optional[str] = ..., proxy_type: _Optional[str] = ...) -> None: ...
 
 class UnregisterResponse(_message.Message):
     __slots__ = ("deleted",)
