@@ -9,6 +9,9 @@ from zonemesh.shared.runtime import Assembly
 def assemble(config: Config) -> Assembly:
     from zonemesh.global_cp.api import global_routes
     from zonemesh.global_cp.kds_server import GlobalKds
+    from zonemesh.global_cp.license import LicenseAuthority
 
+    # Constructed first: an invalid, altered or expired license refuses the start before anything runs.
+    authority = LicenseAuthority(config)
     kds = GlobalKds(config)
-    return Assembly(components=[kds.run], routes=global_routes(kds))
+    return Assembly(components=[authority.run, kds.run], routes=[*global_routes(kds), *authority.routes()])

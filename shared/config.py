@@ -23,6 +23,8 @@ STORES = ("sqlite", "etcd", "memory")
 # Names the seeds (Kuma / Kong Mesh) use, honoured as aliases of ours.
 ENV_ALIASES = {
     "KUMA_DEFAULTS_SKIP_MESH_CREATION": "defaults_skip_mesh_creation",
+    "KMESH_LICENSE_PATH": "license_path",
+    "KMESH_LICENSE_INLINE": "license_inline",
 }
 
 
@@ -73,6 +75,15 @@ class Config:
         default="3s", metadata={"help": "silence after which a KDS stream is dropped and the zone is offline"}
     )
     kds_debounce: str = field(default="10ms", metadata={"help": "coalesce bursts of changes before pushing"})
+    # License (global only; zones receive it over KDS), see docs/license.md
+    license_path: str = field(default="", metadata={"help": "license file (global; none: the demo license)"})
+    license_inline: str = field(default="", metadata={"help": "license file contents (global; instead of a path)"})
+    license_trusted_keys: str = field(
+        default="", metadata={"help": "extra license issuer public keys: comma-separated Ed25519 PEM files (global)"}
+    )
+    license_quota_wait: str = field(
+        default="5s", metadata={"help": "how long a joining proxy waits for a quota grant in strict mode (zone)"}
+    )
 
     def validate(self) -> None:
         problems = []
@@ -91,7 +102,9 @@ class Config:
             problems.append("log_format must be json or console")
         if not 0 <= self.kds_port <= 65535:
             problems.append("kds_port must be a port number")
-        for name in ("kds_heartbeat_interval", "kds_zone_offline_timeout", "kds_debounce"):
+        if self.license_path and self.license_inline:
+            problems.append("give the license as a path or inline, not both (license_path, license_inline)")
+        for name in ("kds_heartbeat_interval", "kds_zone_offline_timeout", "kds_debounce", "license_quota_wait"):
             try:
                 parse_duration(getattr(self, name))
             except ValueError as exc:

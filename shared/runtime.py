@@ -35,6 +35,12 @@ log = structlog.get_logger(__name__)
 Component = Callable[["ControlPlane"], AbstractAsyncContextManager[Any]]
 
 
+class StartupRefused(Exception):
+    """A part of the control plane refuses to start (an invalid or expired license, ...).
+
+    ``zonemesh-cp`` prints the message and exits with status 1; it must say exactly why."""
+
+
 @dataclass
 class Assembly:
     """What a mode adds to the common control plane: components that run alongside the API

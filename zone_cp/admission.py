@@ -29,6 +29,7 @@ from zonemesh.shared.store import NotFound, Store
 from zonemesh.shared.tokens import dataplane as dptokens
 from zonemesh.shared.tokens.tokens import InvalidToken
 from zonemesh.zone_cp.insights import InsightRecorder
+from zonemesh.zone_cp.license import LicenseRefused, license_admission
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity, ProxyType, parse_node_id
 
 log = structlog.get_logger(__name__)
@@ -163,7 +164,13 @@ class RegistrationServicer:
             await context.abort(
                 grpc.StatusCode.UNIMPLEMENTED, f"proxy type {proxy_type!r} is not yet supported: use dataplane"
             )
-        stored, created = await self.manager.apply(res)
+        try:
+            # License: in strict mode a counted proxy joins only within this zone's quota (zone_cp/license.py).
+            async with license_admission(self.manager.store, res):
+                stored, created = await self.manager.apply(res)
+        except LicenseRefused as exc:
+            log.warning("dataplane_license_refused", mesh=request.mesh, name=request.name, reason=str(exc))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         if self.insights is not None:
             self.insights.registered(
                 request.mesh, request.name, agent_version=request.agent_version, envoy_version=request.envoy_version

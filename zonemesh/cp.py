@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure(config.log_format, config.log_level)
     # Imported late: nothing heavy before the configuration is known to be valid.
-    from zonemesh.shared.runtime import run
+    from zonemesh.shared.runtime import StartupRefused, run
 
     if config.mode == "global":
         from zonemesh.global_cp.app import assemble
@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         from zonemesh.zone_cp.app import assemble
     try:
         asyncio.run(run(config, assemble(config)))
+    except StartupRefused as exc:
+        structlog.get_logger("zonemesh.cp").error("startup_refused", reason=str(exc))
+        print(f"zonemesh-cp: refusing to start: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         structlog.get_logger("zonemesh.cp").error("startup_failed", error=str(exc))
         return 1

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TypeAlias
 
 from zonemesh import __version__
-from zonemesh.ctl import commands, generate
+from zonemesh.ctl import commands, generate, license
 from zonemesh.ctl.config import CONFIG_ENV, DEFAULT_ADDRESS
 from zonemesh.ctl.errors import EXIT_USAGE, CtlError, UsageError
 from zonemesh.shared.resources import REGISTRY
@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("--name", required=True)
 
     generate.add_commands(b, sub)
+    license.add_commands(b, sub)
     return parser
 
 

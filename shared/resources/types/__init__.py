@@ -11,5 +11,6 @@ from zonemesh.shared.resources.types import policies  # noqa: F401
 from zonemesh.shared.resources.types import dataplane  # noqa: F401
 from zonemesh.shared.resources.types import externalservice  # noqa: F401
 from zonemesh.shared.resources.types import zoneproxy  # noqa: F401
+from zonemesh.shared.resources.types import license  # noqa: F401
 from zonemesh.shared.resources.types import gateway  # noqa: F401
 # isort: on

@@ -1,0 +1,439 @@
+"""The license authority on the global control plane.
+
+- At start: the configured license (``--license-path`` / ``ZONEMESH_LICENSE_PATH`` / ``KMESH_LICENSE_PATH``,
+  or ``..._LICENSE_INLINE``), else one installed through the API earlier, else the pre-bundled demo
+  license (5 proxies, 30 days from the first start, which is recorded in the store). An invalid,
+  altered or expired license stops the start (`StartupRefused`) with the exact reason.
+- While running: a license that expires keeps the control plane running and logs errors; warnings
+  (fewer than 30 days left, more proxies than allowed) are logged and shown in ``GET /license``.
+  ``PUT /license`` or a change of the license file replaces the license without a restart.
+- It counts active proxies across all zones from the synced Dataplanes and DataplaneInsights
+  (gateways, ingresses and egresses excluded), publishes the ``License/default`` resource that KDS
+  carries to every zone, and grants zones proxy slots (``LicenseQuota``) in answer to their
+  ``LicenseQuotaRequest``s so that the sum of grants never exceeds the limit (docs/license.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+from zonemesh.shared.api.auth import require_admin
+from zonemesh.shared.api.context import MANAGER
+from zonemesh.shared.api.errors import error_response
+from zonemesh.shared.config import Config
+from zonemesh.shared.license import metrics
+from zonemesh.shared.license.counting import ActiveCount
+from zonemesh.shared.license.format import (
+    WARN_BEFORE,
+    License,
+    LicenseError,
+    check_expiry,
+    demo_license,
+    format_expiry,
+    parse,
+)
+from zonemesh.shared.license.keys import trusted_keys
+from zonemesh.shared.resources.model import ORIGIN_GLOBAL, ORIGIN_LABEL, ZONE_LABEL, Resource, ResourceKey
+from zonemesh.shared.runtime import StartupRefused
+from zonemesh.shared.store import EventKind, Store
+
+log = structlog.get_logger(__name__)
+
+LICENSE_NAME = "default"
+INSTALLED_SECRET = "zonemesh-license"  # GlobalSecret holding a license installed through the API
+TICK = 1.0  # file change and expiry checks
+EXPIRED_LOG_EVERY = 60.0
+PUBLISH_DEBOUNCE = 0.2
+
+
+@dataclass
+class Grant:
+    slots: int = 0
+    answered: int = 0  # the seq of the last request this grant answers
+
+
+@dataclass
+class Request:
+    want: int
+    seq: int
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def allocate(allowed: int, grants: dict[str, Grant], requests: dict[str, Request]) -> dict[str, Grant]:
+    """Answer quota requests without ever letting the sum of grants exceed ``allowed``.
+
+    Releases first (they free slots), then growth, oldest request first. A request asking for
+    fewer slots than granted is answered at once (the zone promised not to use more than it
+    asked for since it sent it). A request for more gets what is free; if that is not enough
+    it stays open and is served again when slots are freed. Returns the grants that changed.
+    """
+    free = allowed - sum(g.slots for g in grants.values())
+    changed: dict[str, Grant] = {}
+    order = sorted(requests.items(), key=lambda kv: (kv[1].want > grants.get(kv[0], Grant()).slots, kv[1].seq))
+    for zone, req in order:
+        grant = grants.get(zone, Grant())
+        if req.seq <= grant.answered and (req.want <= grant.slots or free <= 0):
+            continue  # answered already, and nothing more to give
+        slots = req.want if req.want <= grant.slots else grant.slots + max(0, min(req.want - grant.slots, free))
+        free -= slots - grant.slots
+        new = Grant(slots, max(req.seq, grant.answered))
+        if new != grant:
+            grants[zone] = changed[zone] = new
+    return changed
+
+
+class LicenseAuthority:
+    """Constructed by the global assembly (so that a bad configured license stops the start before
+    anything else), entered as a component of the running control plane."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.license_file = Path(config.license_path).expanduser() if config.license_path else None
+        try:
+            self.keys = trusted_keys(config.license_trusted_keys)
+            self.configured = self._load_configured()
+        except LicenseError as exc:
+            raise StartupRefused(f"invalid license: {exc}") from None
+        self.license: License = self.configured or demo_license(datetime.now(UTC))
+        self.first_start: datetime | None = None
+        self.store: Store | None = None
+        self.count = ActiveCount()
+        self.grants: dict[str, Grant] = {}
+        self.requests: dict[str, Request] = {}
+        self.warnings: list[str] = []
+        self._file_state: tuple[int, int] | None = None
+        self._dirty = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._expired_logged = 0.0
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def _load_configured(self) -> License | None:
+        config = self.config
+        if config.license_inline:
+            lic = parse(config.license_inline, self.keys, source="inline")
+        elif self.license_file is not None:
+            path = self.license_file
+            try:
+                data = path.read_bytes()
+                self._file_state = _stat(path)
+            except OSError as exc:
+                raise LicenseError(f"cannot read the license file {path}: {exc.strerror}") from None
+            try:
+                lic = parse(data, self.keys, source=str(path))
+            except LicenseError as exc:
+                raise LicenseError(f"{path}: {exc}") from None
+        else:
+            return None
+        check_expiry(lic, datetime.now(UTC))
+        return lic
+
+    async def _load_installed(self, store: Store) -> License | None:
+        secret = await store.find("GlobalSecret", INSTALLED_SECRET)
+        if secret is None:
+            return None
+        try:
+            text = base64.b64decode(secret.spec.get("data", ""), validate=True).decode()
+        except (binascii.Error, ValueError):
+            raise LicenseError(
+                f"the license installed through the API (GlobalSecret {INSTALLED_SECRET}) is not base64"
+            ) from None
+        lic = parse(text, self.keys, source="api")
+        check_expiry(lic, datetime.now(UTC))
+        return lic
+
+    # -- the component -----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def run(self, cp: Any) -> AsyncIterator[LicenseAuthority]:
+        store: Store = cp.store
+        self.store = store
+        existing = await store.find("License", LICENSE_NAME)
+        first = (existing.spec.get("firstStart") if existing is not None else None) or ""
+        try:
+            self.first_start = datetime.fromisoformat(first.replace("Z", "+00:00")) if first else None
+        except ValueError:
+            self.first_start = None
+        if self.first_start is None:  # recorded once, durably: the demo license runs 30 days from it
+            self.first_start = datetime.now(UTC).replace(microsecond=0)
+        try:
+            if self.configured is None:
+                installed = await self._load_installed(store)
+                self.license = installed or demo_license(self.first_start)
+                check_expiry(self.license, datetime.now(UTC))
+        except LicenseError as exc:
+            raise StartupRefused(f"invalid license: {exc}") from None
+        watch = store.watch(["Dataplane", "DataplaneInsight", "LicenseQuotaRequest", "LicenseQuota"])
+        for type in ("Dataplane", "DataplaneInsight"):
+            for res in (await store.list(type)).items:
+                self.count.upsert(res)
+        for res in (await store.list("LicenseQuota")).items:
+            self.grants[res.name] = Grant(_int(res.spec.get("slots")), _int(res.spec.get("answered")))
+        for res in (await store.list("LicenseQuotaRequest")).items:
+            self._take_request(res)
+        self._update_warnings(datetime.now(UTC))
+        await self._publish()
+        await self._allocate()
+        log.info(
+            "license_loaded",
+            source=self.license.source,
+            demo=self.license.demo,
+            customer=self.license.customer,
+            allowed=self.license.dataplanes,
+            expires=format_expiry(self.license.expires),
+            enforcement="strict" if self.license.strict else "warn",
+        )
+        tasks = [
+            asyncio.create_task(self._follow(watch), name="license-watch"),
+            asyncio.create_task(self._tick(), name="license-tick"),
+            asyncio.create_task(self._publisher(), name="license-publish"),
+        ]
+        try:
+            yield self
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            watch.close()
+
+    # -- replacing the license at runtime -------------------------------------------------------
+
+    async def replace(self, text: str, source: str) -> License:
+        """Verify and put in force a new license. Raises LicenseError (the old one stays)."""
+        lic = parse(text, self.keys, source=source)
+        check_expiry(lic, datetime.now(UTC))
+        if source == "api":
+            await self._persist(text)
+        previous, self.license = self.license, lic
+        log.info(
+            "license_replaced",
+            source=source,
+            customer=lic.customer,
+            allowed=lic.dataplanes,
+            expires=format_expiry(lic.expires),
+            previous_allowed=previous.dataplanes,
+            previous_demo=previous.demo,
+        )
+        self._update_warnings(datetime.now(UTC))
+        self._dirty.set()
+        await self._allocate()
+        return lic
+
+    async def _persist(self, text: str) -> None:
+        """Keep an API-installed license across restarts: in the license file when one is configured
+        (so that file and API agree), else in a GlobalSecret."""
+        if self.license_file is not None:
+            path = self.license_file
+            tmp = path.with_name(path.name + ".tmp")
+            await asyncio.to_thread(tmp.write_text, text)
+            await asyncio.to_thread(os.replace, tmp, path)
+            self._file_state = await asyncio.to_thread(_stat, path)
+            return
+        assert self.store is not None
+        data = base64.b64encode(text.encode()).decode()
+        await self.store.batch(upserts=[Resource(type="GlobalSecret", name=INSTALLED_SECRET, spec={"data": data})])
+
+    async def _check_file(self) -> None:
+        path = self.license_file
+        if path is None:
+            return
+        try:
+            state = await asyncio.to_thread(_stat, path)
+        except OSError as exc:
+            if self._file_state is not None:
+                log.error("license_file_unreadable", path=str(path), error=exc.strerror, keeping=self.license.source)
+                self._file_state = None
+            return
+        if state == self._file_state:
+            return
+        self._file_state = state
+        text = await asyncio.to_thread(path.read_text, errors="replace")
+        if text == self.license.text:
+            return
+        try:
+            await self.replace(text, str(path))
+        except LicenseError as exc:
+            log.error("license_file_invalid", path=str(path), reason=str(exc), keeping="the license in force")
+
+    # -- state, warnings, publishing ----------------------------------------------------------------
+
+    def _update_warnings(self, now: datetime) -> None:
+        lic = self.license
+        warnings: list[str] = []
+        expiry = format_expiry(lic.expires)
+        if lic.expired(now):
+            warnings.append(
+                f"the license expired at {expiry}: this control plane keeps running, "
+                "but it will refuse to start again until a valid license is installed"
+            )
+        elif lic.remaining(now) < WARN_BEFORE:
+            days = lic.remaining(now).days
+            warnings.append(f"the {'demo ' if lic.demo else ''}license expires in {days} days, at {expiry}")
+        active = self.count.active
+        if active > lic.dataplanes:
+            outcome = "new proxies are refused" if lic.strict else "proxies over the limit still join"
+            warnings.append(
+                f"{active} data plane proxies are active but the license allows {lic.dataplanes}: {outcome}"
+            )
+        if warnings != self.warnings:
+            for warning in warnings:
+                if warning not in self.warnings:
+                    log.warning("license_warning", warning=warning, active=active, allowed=lic.dataplanes)
+            self.warnings = warnings
+            self._dirty.set()
+        if lic.expired(now) and time.monotonic() - self._expired_logged >= EXPIRED_LOG_EVERY:
+            self._expired_logged = time.monotonic()
+            log.error("license_expired", expired_at=expiry, source=lic.source, customer=lic.customer)
+        metrics.DATAPLANES_ALLOWED.set(lic.dataplanes)
+        metrics.DATAPLANES_ACTIVE.set(active)
+        metrics.EXPIRY_SECONDS.set(lic.remaining(now).total_seconds())
+
+    def view(self) -> dict[str, Any]:
+        """GET /license, and the spec of the synced License resource (without local details)."""
+        lic = self.license
+        return {
+            "allowedDataplaneProxies": lic.dataplanes,
+            "activeDataplaneProxies": self.count.active,
+            "expirationDate": format_expiry(lic.expires),
+            "demo": lic.demo,
+            "enforcement": "strict" if lic.strict else "warn",
+            "customer": lic.customer,
+            "warnings": list(self.warnings),
+        }
+
+    def _spec(self) -> dict[str, Any]:
+        assert self.first_start is not None
+        return self.view() | {"firstStart": format_expiry(self.first_start)}
+
+    async def _publish(self) -> None:
+        assert self.store is not None
+        spec = self._spec()
+        current = await self.store.find("License", LICENSE_NAME)
+        if current is not None and current.spec == spec:
+            return
+        await self.store.batch(
+            upserts=[Resource(type="License", name=LICENSE_NAME, spec=spec, labels={ORIGIN_LABEL: ORIGIN_GLOBAL})]
+        )
+
+    async def _publisher(self) -> None:
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(PUBLISH_DEBOUNCE)
+            self._dirty.clear()
+            try:
+                await self._publish()
+            except Exception as exc:  # a store hiccup: retry with the next change or tick
+                log.warning("license_publish_failed", error=str(exc))
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                await self._check_file()
+                self._update_warnings(datetime.now(UTC))
+            except Exception as exc:
+                log.warning("license_check_failed", error=repr(exc))
+
+    # -- counting and quota ------------------------------------------------------------------
+
+    def _take_request(self, res: Resource) -> str:
+        zone = res.labels.get(ZONE_LABEL) or res.name.split(".", 1)[0]
+        self.requests[zone] = Request(_int(res.spec.get("want")), _int(res.spec.get("seq")))
+        return zone
+
+    async def _follow(self, watch: Any) -> None:
+        queue = watch.queue
+        while True:
+            event = await queue.get()
+            if event is None:
+                return
+            res = event.resource
+            if res.type in ("Dataplane", "DataplaneInsight"):
+                if event.kind is EventKind.DELETED:
+                    self.count.delete(res)
+                else:
+                    self.count.upsert(res)
+                self._update_warnings(datetime.now(UTC))
+                self._dirty.set()
+            elif res.type == "LicenseQuotaRequest":
+                if event.kind is EventKind.DELETED:  # the zone was deleted: its slots are free again
+                    zone = res.labels.get(ZONE_LABEL) or res.name.split(".", 1)[0]
+                    self.requests.pop(zone, None)
+                    if self.grants.pop(zone, None) is not None:
+                        assert self.store is not None
+                        await self.store.batch(deletes=[ResourceKey("LicenseQuota", "", zone)])
+                else:
+                    self._take_request(res)
+                await self._allocate()
+
+    async def _allocate(self) -> None:
+        async with self._lock:
+            changed = allocate(self.license.dataplanes, self.grants, self.requests)
+            if not changed:
+                return
+            assert self.store is not None
+            upserts = [
+                Resource(
+                    type="LicenseQuota",
+                    name=zone,
+                    spec={"zone": zone, "slots": grant.slots, "answered": grant.answered},
+                    labels={ORIGIN_LABEL: ORIGIN_GLOBAL},
+                )
+                for zone, grant in changed.items()
+            ]
+            await self.store.batch(upserts=upserts)
+            for zone, grant in changed.items():
+                log.info(
+                    "license_quota_granted",
+                    zone=zone,
+                    slots=grant.slots,
+                    wanted=self.requests[zone].want,
+                    granted_total=sum(g.slots for g in self.grants.values()),
+                    allowed=self.license.dataplanes,
+                )
+
+    # -- HTTP API ------------------------------------------------------------------------------
+
+    def routes(self) -> list[web.RouteDef]:
+        async def get_license(request: web.Request) -> web.Response:
+            zones = {
+                zone: {
+                    "grantedSlots": grant.slots,
+                    "wantedSlots": self.requests[zone].want if zone in self.requests else 0,
+                }
+                for zone, grant in sorted(self.grants.items())
+            }
+            return web.json_response(self.view() | {"source": self.license.source, "quota": zones})
+
+        async def put_license(request: web.Request) -> web.Response:
+            await require_admin(request, request.app[MANAGER].store)
+            text = await request.text()
+            try:
+                await self.replace(text, "api")
+            except LicenseError as exc:
+                return error_response(400, "Invalid license", str(exc))
+            return web.json_response(self.view() | {"source": self.license.source})
+
+        return [web.get("/license", get_license), web.put("/license", put_license)]
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return (st.st_mtime_ns, st.st_size)

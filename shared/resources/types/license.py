@@ -1,0 +1,51 @@
+"""License types: written by control planes only (system), carried by KDS like any other type.
+
+- License ``default`` (global → zones): the license in force as global sees it (allowed, expiry,
+  demo, strict, aggregate active count, warnings) and the first start time of global (the demo
+  license runs 30 days from it).
+- LicenseQuota ``<zone>`` (global → zones): the proxy slots global granted that zone (strict mode).
+- LicenseQuotaRequest ``request`` (zone → global, stored at global as ``<zone>.request``): how many
+  slots the zone wants, with a sequence number the grant answers. See docs/license.md.
+"""
+
+from __future__ import annotations
+
+from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
+from zonemesh.shared.resources.schema import AnyValue, Map
+
+_SYSTEM = Map(AnyValue())
+
+LICENSE = register(
+    ResourceType(
+        name="License",
+        plural="licenses",
+        scope=Scope.GLOBAL,
+        sync=Sync.GLOBAL_TO_ZONES,
+        system=True,
+        spec=_SYSTEM,
+    )
+)
+
+LICENSE_QUOTA = register(
+    ResourceType(
+        name="LicenseQuota",
+        plural="licensequotas",
+        rest_path="license-quotas",
+        scope=Scope.GLOBAL,
+        sync=Sync.GLOBAL_TO_ZONES,
+        system=True,
+        spec=_SYSTEM,
+    )
+)
+
+LICENSE_QUOTA_REQUEST = register(
+    ResourceType(
+        name="LicenseQuotaRequest",
+        plural="licensequotarequests",
+        rest_path="license-quota-requests",
+        scope=Scope.GLOBAL,
+        sync=Sync.ZONE_TO_GLOBAL,
+        system=True,
+        spec=_SYSTEM,
+    )
+)
