@@ -1,0 +1,253 @@
+"""The reconciler: which proxies a change affects (pure functions), debouncing, pushes to the
+snapshot cache, and workload certificate rotation. Real memory store, real builtin CA."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from google.protobuf import any_pb2
+from zonemesh.shared.ca import BuiltinCA
+from zonemesh.shared.resources.manager import ResourceManager
+from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.store.memory import MemoryStore
+from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotCache
+from zonemesh.zone_cp.xds.proxy import ProxyIdentity, node_key
+from zonemesh.zone_cp.xds.reconciler import (
+    Reconciler,
+    affected_by_dataplane,
+    affected_by_external_service,
+    affected_by_policy,
+)
+from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
+from zonemesh.zone_cp.xds.server import StreamInfo
+from zonemesh.zone_cp.xds.testing import load_resources
+
+
+def dataplane(name: str, service: str, outbounds: tuple[str, ...] = (), port: int = 8080, **tags: str) -> Resource:
+    net = {
+        "address": "127.0.0.1",
+        "inbound": [{"port": port, "servicePort": port + 1, "tags": {"kuma.io/service": service, **tags}}],
+        "outbound": [{"port": 20000 + i, "tags": {"kuma.io/service": s}} for i, s in enumerate(outbounds)],
+    }
+    return Resource(type="Dataplane", name=name, mesh="default", spec={"networking": net}, version=1)
+
+
+def policy(kind: str, name: str, target: dict[str, object]) -> Resource:
+    spec = {"targetRef": target, "to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": "3s"}}]}
+    return Resource(type=kind, name=name, mesh="default", spec=spec, version=1)
+
+
+WEB = dataplane("web-1", "web", ("backend", "db"), version="v1")
+BACKEND_1 = dataplane("backend-1", "backend", ("db",))
+BACKEND_2 = dataplane("backend-2", "backend", ())
+DB = dataplane("db-1", "db", ())
+ALL = [WEB, BACKEND_1, BACKEND_2, DB]
+CONSUMERS = {"backend": {"web-1"}, "db": {"web-1", "backend-1"}}
+
+
+# -- pure: which proxies a change affects --------------------------------------------------------
+
+
+def test_a_new_dataplane_affects_itself_and_the_consumers_of_its_service() -> None:
+    assert affected_by_dataplane(None, BACKEND_2, CONSUMERS) == {"backend-2", "web-1"}
+    assert affected_by_dataplane(None, DB, CONSUMERS) == {"db-1", "web-1", "backend-1"}
+
+
+def test_a_removed_dataplane_affects_the_consumers_of_what_it_served() -> None:
+    assert affected_by_dataplane(BACKEND_1, None, CONSUMERS) == {"backend-1", "web-1"}
+
+
+def test_a_dataplane_changing_service_affects_consumers_of_both() -> None:
+    moved = dataplane("backend-1", "db", ("db",))
+    assert affected_by_dataplane(BACKEND_1, moved, CONSUMERS) == {"backend-1", "web-1"}
+
+
+def test_a_dataplane_nobody_calls_affects_only_itself() -> None:
+    assert affected_by_dataplane(None, dataplane("lonely", "lonely"), CONSUMERS) == {"lonely"}
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ({"kind": "Mesh"}, {"web-1", "backend-1", "backend-2", "db-1"}),
+        ({"kind": "MeshService", "name": "backend"}, {"backend-1", "backend-2"}),
+        ({"kind": "MeshSubset", "tags": {"version": "v1"}}, {"web-1"}),
+        ({"kind": "MeshSubset", "tags": {"version": "v2"}}, set()),
+        ({"kind": "Mesh", "proxyTypes": ["Gateway"]}, set()),
+    ],
+)
+def test_a_policy_affects_the_proxies_its_target_ref_selects(target: dict[str, object], expected: set[str]) -> None:
+    assert affected_by_policy(None, policy("MeshTimeout", "p", target), ALL) == expected
+
+
+def test_a_retargeted_policy_affects_old_and_new_targets() -> None:
+    before = policy("MeshRetry", "p", {"kind": "MeshService", "name": "db"})
+    after = policy("MeshRetry", "p", {"kind": "MeshService", "name": "web"})
+    assert affected_by_policy(before, after, ALL) == {"db-1", "web-1"}
+    assert affected_by_policy(before, None, ALL) == {"db-1"}  # deleted
+
+
+def test_an_external_service_affects_its_consumers() -> None:
+    es = Resource(
+        type="ExternalService",
+        name="db-ext",
+        mesh="default",
+        spec={"tags": {"kuma.io/service": "db"}, "networking": {"address": "db.example:5432"}},
+    )
+    assert affected_by_external_service(None, es, CONSUMERS) == {"web-1", "backend-1"}
+    assert affected_by_external_service(es, None, {}) == set()
+
+
+# -- the reconciler over a real store --------------------------------------------------------------
+
+
+class RecordingCache(SnapshotCache):
+    """The real cache, remembering which proxies each push went to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pushes: list[str] = []
+
+    def set_snapshot(self, node: str, snapshot: Snapshot) -> None:
+        self.pushes.append(node)
+        super().set_snapshot(node, snapshot)
+
+
+@dataclass
+class Zone:
+    manager: ResourceManager
+    cache: RecordingCache
+    reconciler: Reconciler
+
+    async def connect(self, *names: str) -> None:
+        for i, name in enumerate(names):
+            identity = ProxyIdentity("default", name)
+            await self.reconciler.on_stream_open(StreamInfo(i, identity, base_pb2.Node(id=f"default.{name}"), "test"))
+
+    async def settle(self, pushes: int) -> list[str]:
+        """Wait (bounded) for at least ``pushes`` pushes, then for the reconciler to go quiet."""
+        for _ in range(200):
+            if len(self.cache.pushes) >= pushes:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # longer than the debounce window: nothing more is coming
+        pushed, self.cache.pushes = self.cache.pushes, []
+        return pushed
+
+
+MESH_YAML = """
+type: Mesh
+name: default
+skipCreatingInitialPolicies: ["*"]
+"""
+
+
+@pytest.fixture
+async def zone() -> AsyncIterator[Zone]:
+    store = MemoryStore()
+    manager = ResourceManager(store)
+    for res in load_resources(MESH_YAML):
+        await manager.apply(res)
+    for dp in ALL:
+        await manager.apply(dp)
+    cache = RecordingCache()
+    async with Reconciler(store, cache, None, debounce=0.05, max_delay=0.2) as reconciler:
+        yield Zone(manager, cache, reconciler)
+
+
+async def test_connecting_proxies_get_a_snapshot_each(zone: Zone) -> None:
+    await zone.connect(*[dp.name for dp in ALL])
+    pushed = await zone.settle(4)
+    assert sorted(pushed) == sorted(node_key("default", dp.name) for dp in ALL)
+    snapshot = zone.cache.snapshot(node_key("default", "web-1"))
+    assert snapshot is not None and {CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET} <= set(snapshot.types)
+
+
+async def test_a_service_policy_regenerates_only_its_proxies(zone: Zone) -> None:
+    await zone.connect(*[dp.name for dp in ALL])
+    await zone.settle(4)
+    await zone.manager.apply(policy("MeshTimeout", "backend-timeout", {"kind": "MeshService", "name": "backend"}))
+    assert sorted(await zone.settle(2)) == ["default/backend-1", "default/backend-2"]
+
+
+async def test_a_new_instance_regenerates_itself_and_its_consumers_only(zone: Zone) -> None:
+    await zone.connect(*[dp.name for dp in ALL], "db-2")
+    await zone.settle(4)
+    await zone.manager.apply(dataplane("db-2", "db", (), port=9090))
+    # db-2 (connected), and the consumers of db; backend-2 and db-1 are untouched.
+    assert sorted(await zone.settle(3)) == ["default/backend-1", "default/db-2", "default/web-1"]
+    snapshot = zone.cache.snapshot("default/web-1")
+    assert snapshot is not None
+    cla = endpoint_pb2.ClusterLoadAssignment()
+    any_pb2.Any.FromString(snapshot.types[ENDPOINT].resources["db"]).Unpack(cla)
+    ports = {e.endpoint.address.socket_address.port_value for group in cla.endpoints for e in group.lb_endpoints}
+    assert ports == {8080, 9090}  # web-1 now sees both db instances
+
+
+async def test_a_burst_of_changes_is_one_round(zone: Zone) -> None:
+    await zone.connect(*[dp.name for dp in ALL])
+    await zone.settle(4)
+    rounds = zone.reconciler.rounds
+    for i in range(20):
+        await zone.manager.apply(policy("MeshTimeout", f"burst-{i}", {"kind": "Mesh"}))
+    pushed = await zone.settle(4)
+    assert zone.reconciler.rounds - rounds <= 2  # debounced (max_delay may split a long burst once)
+    assert len(pushed) <= 2 * len(ALL)
+
+
+async def test_disconnected_proxies_are_not_generated(zone: Zone) -> None:
+    await zone.connect("web-1")
+    await zone.settle(1)
+    await zone.manager.apply(policy("MeshTimeout", "all", {"kind": "Mesh"}))
+    assert await zone.settle(1) == ["default/web-1"]
+
+
+# -- workload certificate rotation ---------------------------------------------------------------
+
+MTLS_MESH_YAML = """
+type: Mesh
+name: default
+skipCreatingInitialPolicies: ["*"]
+mtls:
+  enabledBackend: ca-1
+  backends:
+  - name: ca-1
+    type: builtin
+    # 16 s of validity, backdated 60 s by the CA: reissued 80% into 76 s, i.e. ~1 s after issue.
+    dpCert: {rotation: {expiration: 16s}}
+"""
+
+
+async def test_workload_certificates_rotate_before_expiry_touching_only_secrets() -> None:
+    store = MemoryStore()
+    manager = ResourceManager(store)
+    for res in load_resources(MTLS_MESH_YAML):
+        await manager.apply(res)
+    for dp in (WEB, BACKEND_1):
+        await manager.apply(dp)
+    cache = RecordingCache()
+    async with Reconciler(store, cache, BuiltinCA(store), debounce=0.02, max_delay=0.1) as reconciler:
+        zone = Zone(manager, cache, reconciler)
+        await zone.connect("web-1", "backend-1")
+        await zone.settle(2)
+        first = cache.snapshot("default/web-1")
+        assert first is not None and first.types[SECRET].resources
+
+        async def rotated() -> Snapshot:
+            for _ in range(100):  # bounded: 10 s
+                now = cache.snapshot("default/web-1")
+                if now is not None and now.version(SECRET) != first.version(SECRET):
+                    return now
+                await asyncio.sleep(0.1)
+            raise AssertionError("the workload certificate was not rotated within 10 s")
+
+        second = await rotated()
+        # Only the secrets changed: listeners and clusters are untouched, so Envoy swaps the
+        # certificate in place (SDS) without draining listeners or rebuilding connection pools.
+        for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE):
+            assert second.version(type_url) == first.version(type_url)
