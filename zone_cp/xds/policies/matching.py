@@ -46,9 +46,66 @@ def _rank(policy: Resource) -> tuple[int, str]:
     return PRECEDENCE.get(str(policy.spec.get("targetRef", {}).get("kind")), 0), policy.name
 
 
+@dataclass(frozen=True)
+class _Index:
+    """A mesh's policies of one type by the kind of their top-level targetRef: matching a proxy
+    then costs a look-up per service it serves instead of a test per policy (a mesh has a
+    policy per service or more, and a round matches every proxy of the mesh)."""
+
+    mesh: tuple[tuple[Resource, frozenset[str] | None], ...]  # (policy, proxyTypes or None)
+    subset: tuple[tuple[Resource, frozenset[str] | None, tuple[tuple[str, Any], ...]], ...]
+    by_service: Mapping[str, tuple[tuple[Resource, frozenset[str] | None], ...]]
+
+
+def _proxy_types(ref: Mapping[str, Any]) -> frozenset[str] | None:
+    types = ref.get("proxyTypes")
+    return frozenset(types) if types else None
+
+
+def _build_index(policies: Sequence[Resource]) -> _Index:
+    mesh: list[tuple[Resource, frozenset[str] | None]] = []
+    subset: list[tuple[Resource, frozenset[str] | None, tuple[tuple[str, Any], ...]]] = []
+    by_service: dict[str, list[tuple[Resource, frozenset[str] | None]]] = {}
+    for policy in policies:
+        ref = policy.spec.get("targetRef") or {}
+        kind, types = ref.get("kind"), _proxy_types(ref)
+        if kind == MESH:
+            mesh.append((policy, types))
+        elif kind == MESH_SUBSET:
+            subset.append((policy, types, tuple((ref.get("tags") or {}).items())))
+        elif kind == MESH_SERVICE:
+            by_service.setdefault(str(ref.get("name")), []).append((policy, types))
+    return _Index(tuple(mesh), tuple(subset), {k: tuple(v) for k, v in by_service.items()})
+
+
+def _index(ctx: MeshContext, policy_type: str) -> _Index:
+    key = ("policy-index", policy_type)
+    index = ctx.memo.get(key)
+    if index is None:
+        index = ctx.memo[key] = _build_index(ctx.policies.get(policy_type, ()))
+    assert isinstance(index, _Index)
+    return index
+
+
 def matched(ctx: MeshContext, dp: Resource, policy_type: str) -> list[Resource]:
-    """The policies of one type selecting ``dp``, least specific first."""
-    found = [p for p in ctx.policies.get(policy_type, ()) if selects(p.spec.get("targetRef") or {}, dp)]
+    """The policies of one type selecting ``dp``, least specific first (what ``selects`` says,
+    answered from an index of the mesh's policies)."""
+    index = _index(ctx, policy_type)
+    kind = proxy_type(dp)
+    sets = tag_sets(dp)
+    found = [p for p, types in index.mesh if types is None or kind in types]
+    found += [
+        p
+        for p, types, wanted in index.subset
+        if (types is None or kind in types) and any(all(tags.get(k) == v for k, v in wanted) for tags in sets)
+    ]
+    seen: set[str] = set()
+    for tags in sets:
+        service = tags.get(SERVICE_TAG)
+        if service is None or service in seen:
+            continue
+        seen.add(service)
+        found += [p for p, types in index.by_service.get(service, ()) if types is None or kind in types]
     return sorted(found, key=_rank)
 
 
