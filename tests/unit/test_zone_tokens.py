@@ -10,6 +10,7 @@ import grpc
 import jwt
 import pytest
 from kds_harness import eventually, running_global, running_zone
+from structlog.testing import capture_logs
 from zonemesh.proto import kds_pb2, kds_pb2_grpc
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store.memory import MemoryStore
@@ -32,8 +33,10 @@ async def _bad_tokens(store: MemoryStore) -> dict[str, str]:
     serial, pem = await keys.ensure()
     now = int(time.time())
     claims = {"Zone": "zone-1", "Scope": ["cp"], "jti": "j-1", "iat": now, "nbf": now}
-    revoked = sign({"Zone": "zone-1", "Scope": ["cp"]}, pem, serial, DAY)
-    revoked_jti = jwt.decode(revoked, options={"verify_signature": False})["jti"]
+    revoked = jwt.encode(
+        {**claims, "jti": "j-revoked", "exp": now + DAY}, pem, algorithm="RS256", headers={"kid": str(serial)}
+    )
+    revoked_jti = "j-revoked"
     await store.create(
         Resource(
             type="GlobalSecret",
@@ -75,20 +78,32 @@ def _hs256(payload: dict[str, object], key: bytes, kid: int) -> str:
     return f"{header}.{body}.{b64(signature)}"
 
 
-async def test_every_bad_token_has_its_own_reason() -> None:
+# Each bad token, and what the refusal must say (the validator's reason, also the gRPC details).
+EXPECTED_REASONS = {
+    "forged signature": "signature verification failed (forged or signed by another key)",
+    "alg none": "unsupported signing algorithm 'none': only RS256 is accepted",
+    "HS256 with the public key": "unsupported signing algorithm 'HS256': only RS256 is accepted",
+    "expired": "token expired",
+    "not yet valid": "token is not valid yet (nbf/iat in the future)",
+    "revoked": "token j-revoked has been revoked",
+    "unknown kid": "signing key 42 not found (rotated out or never existed)",
+    "for another zone": "token was issued for zone 'zone-2', not for zone 'zone-1'",
+    "without the cp scope": "token scope ['ingress'] does not include 'cp'",
+    "empty": "no token provided",
+}
+
+
+def test_every_reason_is_distinct() -> None:
+    assert len(set(EXPECTED_REASONS.values())) == len(EXPECTED_REASONS)
+
+
+@pytest.mark.parametrize("case", sorted(EXPECTED_REASONS))
+async def test_bad_token_refused_by_the_validator(case: str) -> None:
     store = MemoryStore()
-    validator = ZoneTokenValidator(store)
-    reasons = {}
-    for case, token in (await _bad_tokens(store)).items():
-        with pytest.raises(InvalidToken) as refused:
-            await validator.validate(token, "zone-1")
-        reasons[case] = refused.value.reason
-    assert len(set(reasons.values())) == len(reasons), reasons
-    assert "another" not in reasons["for another zone"] and "zone-2" in reasons["for another zone"]
-    assert "RS256" in reasons["alg none"] and "RS256" in reasons["HS256 with the public key"]
-    assert reasons["expired"] == "token expired"
-    assert "revoked" in reasons["revoked"]
-    assert "signing key 42 not found" in reasons["unknown kid"]
+    token = (await _bad_tokens(store))[case]
+    with pytest.raises(InvalidToken) as refused:
+        await ZoneTokenValidator(store).validate(token, "zone-1")
+    assert refused.value.reason == EXPECTED_REASONS[case]
 
 
 async def test_issued_and_offline_tokens_are_valid() -> None:
@@ -105,29 +120,34 @@ async def test_issued_and_offline_tokens_are_valid() -> None:
 
 
 async def _open_stream(port: int, ca: bytes, zone: str, token: str) -> grpc.aio.AioRpcError:
+    """Open a stream as ``zone``; global's refusal. (It may come while Hello is still being
+    written, since global refuses before reading anything.)"""
     credentials = grpc.ssl_channel_credentials(root_certificates=ca)
     async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
         call = kds_pb2_grpc.KDSStub(channel).Sync(metadata=(("client-id", zone), ("authorization", f"Bearer {token}")))
-        await call.write(kds_pb2.Message(hello=kds_pb2.Hello(zone=zone)))
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await call.read()
-        return refused.value
+        try:
+            await call.write(kds_pb2.Message(hello=kds_pb2.Hello(zone=zone)))
+            first = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            return exc
+        raise AssertionError(f"stream was accepted: {first}")
 
 
-async def test_bad_tokens_are_refused_on_the_stream(tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", sorted(EXPECTED_REASONS))
+async def test_bad_token_refused_on_the_stream(tmp_path: Path, case: str) -> None:
+    """A real KDS stream over TLS: UNAUTHENTICATED with the reason, and nothing registered."""
     async with running_global(tmp_path) as (kds, store):
         assert isinstance(store, MemoryStore)
-        bad = await _bad_tokens(store)
+        token = (await _bad_tokens(store))[case]
         ca = (tmp_path / "global" / "kds-tls.crt").read_bytes()
-        details = {}
-        for case in ("for another zone", "forged signature", "alg none", "expired", "revoked"):
-            error = await _open_stream(kds.port, ca, "zone-1", bad[case])
-            assert error.code() is grpc.StatusCode.UNAUTHENTICATED, (case, error)
-            details[case] = error.details()
-        assert "issued for zone 'zone-2', not for zone 'zone-1'" in details["for another zone"]
-        assert "signature verification failed" in details["forged signature"]
-        assert len(set(details.values())) == len(details)
+        with capture_logs() as logs:
+            error = await _open_stream(kds.port, ca, "zone-1", token)
+        refusals = [e for e in logs if e["event"] == "zone_token_refused"]
+        assert [(e["zone"], e["reason"]) for e in refusals] == [("zone-1", EXPECTED_REASONS[case])]
+        assert error.code() is grpc.StatusCode.UNAUTHENTICATED, error
+        assert error.details() == f"zone token refused: {EXPECTED_REASONS[case]}"
         assert await store.find("Zone", "zone-1") is None  # refused before the zone is registered
+        assert kds.zones is not None and not kds.zones.is_online("zone-1")
 
 
 async def test_rotation(tmp_path: Path) -> None:
