@@ -1,0 +1,158 @@
+"""The ADS servicer over real gRPC on 127.0.0.1, driven the way Envoy drives it: ACKs, NACKs,
+stale nonces, and the endpoints a warming cluster waits for."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from zonemesh.shared.config import Config
+from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotCache, TypeSnapshot
+from zonemesh.zone_cp.xds.proxy import ProxyIdentity
+from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, encode_any
+from zonemesh.zone_cp.xds.server import Callbacks, StreamInfo, XdsServer
+
+NODE = "default/web-1"
+
+
+def snapshot(cluster_timeout: int, endpoint_port: int) -> Snapshot:
+    cluster = cluster_pb2.Cluster(name="backend", type=cluster_pb2.Cluster.EDS)
+    cluster.connect_timeout.seconds = cluster_timeout
+    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name="backend")
+    cla.endpoints.add().lb_endpoints.add().endpoint.address.socket_address.port_value = endpoint_port
+    return Snapshot(
+        {
+            CLUSTER: TypeSnapshot(f"c{cluster_timeout}", {"backend": encode_any(CLUSTER, cluster)}),
+            ENDPOINT: TypeSnapshot(f"e{endpoint_port}", {"backend": encode_any(ENDPOINT, cla)}),
+        }
+    )
+
+
+async def admit(metadata: Any, node: base_pb2.Node) -> ProxyIdentity:
+    return ProxyIdentity("default", "web-1")
+
+
+class Envoyish:
+    """One ADS stream: send requests, read responses with a bounded wait."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.call = channel.stream_stream(
+            "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+            request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
+            response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
+        )()
+        # One reader for the stream's life: cancelling a pending read would cancel the RPC.
+        self.responses: asyncio.Queue[discovery_pb2.DiscoveryResponse] = asyncio.Queue()
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while (response := await self.call.read()) is not grpc.aio.EOF:
+            assert isinstance(response, discovery_pb2.DiscoveryResponse)
+            self.responses.put_nowait(response)
+
+    def close(self) -> None:
+        self.reader.cancel()
+        self.call.cancel()
+
+    async def send(self, type_url: str, version: str = "", nonce: str = "", error: str = "") -> None:
+        request = discovery_pb2.DiscoveryRequest(
+            type_url=type_url, version_info=version, response_nonce=nonce, resource_names=["backend"]
+        )
+        request.node.id = "default.web-1"
+        if type_url == CLUSTER:
+            del request.resource_names[:]  # wildcard
+        if error:
+            request.error_detail.message = error
+        await self.call.write(request)
+
+    async def receive(self) -> discovery_pb2.DiscoveryResponse:
+        async with asyncio.timeout(2.0):
+            return await self.responses.get()
+
+    async def nothing(self, within: float = 0.3) -> bool:
+        await asyncio.sleep(within)
+        return self.responses.empty()
+
+
+@pytest.fixture
+async def ads() -> AsyncIterator[tuple[SnapshotCache, Envoyish, list[tuple[str, str]]]]:
+    cache = SnapshotCache()
+    nacks: list[tuple[str, str]] = []
+
+    async def on_nack(info: StreamInfo, type_url: str, version: str, error: str) -> None:
+        nacks.append((version, error))
+
+    callbacks = Callbacks(nack=[on_nack])
+    server = XdsServer(Config(xds_address="127.0.0.1", xds_port=0), cache, admit, None, (), callbacks)
+    async with server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        envoy = Envoyish(channel)
+        yield cache, envoy, nacks
+        envoy.close()
+
+
+async def test_an_updated_cluster_gets_its_unchanged_endpoints_again(
+    ads: tuple[SnapshotCache, Envoyish, list[tuple[str, str]]],
+) -> None:
+    cache, envoy, _ = ads
+    cache.set_snapshot(NODE, snapshot(1, 8080))
+    await envoy.send(CLUSTER)
+    cds = await envoy.receive()
+    await envoy.send(ENDPOINT)
+    eds = await envoy.receive()
+    assert (cds.type_url, eds.type_url, eds.version_info) == (CLUSTER, ENDPOINT, "e8080")
+    await envoy.send(CLUSTER, cds.version_info, cds.nonce)
+    await envoy.send(ENDPOINT, eds.version_info, eds.nonce)
+    assert await envoy.nothing()
+
+    # The cluster changes, its endpoints do not: Envoy warms the new cluster on an EDS request
+    # naming the version it already has, and must get an answer.
+    cache.set_snapshot(NODE, snapshot(2, 8080))
+    cds = await envoy.receive()
+    assert (cds.type_url, cds.version_info) == (CLUSTER, "c2")
+    await envoy.send(ENDPOINT, eds.version_info, eds.nonce)
+    again = await envoy.receive()
+    assert (again.type_url, again.version_info) == (ENDPOINT, "e8080")
+    await envoy.send(CLUSTER, cds.version_info, cds.nonce)
+    await envoy.send(ENDPOINT, again.version_info, again.nonce)
+    assert await envoy.nothing()  # and only once
+
+
+async def test_a_nack_is_recorded_and_the_refused_version_not_resent(
+    ads: tuple[SnapshotCache, Envoyish, list[tuple[str, str]]],
+) -> None:
+    cache, envoy, nacks = ads
+    cache.set_snapshot(NODE, snapshot(1, 8080))
+    await envoy.send(CLUSTER)
+    good = await envoy.receive()
+    await envoy.send(CLUSTER, good.version_info, good.nonce)
+    cache.set_snapshot(NODE, snapshot(3, 8080))
+    bad = await envoy.receive()
+    await envoy.send(CLUSTER, good.version_info, bad.nonce, error="Proto constraint validation failed")
+    assert await envoy.nothing()  # the refused version is not pushed again
+    assert nacks == [("c3", "Proto constraint validation failed")]
+    cache.set_snapshot(NODE, snapshot(4, 8080))
+    fixed = await envoy.receive()
+    assert fixed.version_info == "c4"
+
+
+async def test_a_stale_nonce_is_ignored(ads: tuple[SnapshotCache, Envoyish, list[tuple[str, str]]]) -> None:
+    cache, envoy, nacks = ads
+    cache.set_snapshot(NODE, snapshot(1, 8080))
+    await envoy.send(CLUSTER)
+    first = await envoy.receive()
+    cache.set_snapshot(NODE, snapshot(2, 8080))  # the watch is answered only after the ACK
+    await envoy.send(CLUSTER, first.version_info, first.nonce)
+    second = await envoy.receive()
+    # A late NACK naming the first response's nonce: superseded, so neither counted nor answered.
+    await envoy.send(CLUSTER, "", first.nonce, error="late")
+    assert await envoy.nothing()
+    assert nacks == []
+    await envoy.send(CLUSTER, second.version_info, second.nonce)
+    assert await envoy.nothing()
