@@ -1,0 +1,115 @@
+"""zonemesh-dp without a control plane: flag and file checks (exit 2 with the reason, nothing
+started), the bootstrap, and the Envoy supervisor's restart backoff and crash-loop limit, with
+real child processes standing in for a crashing Envoy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from zonemesh.dp import main as dp_main
+from zonemesh.dp.agent import EXIT_USAGE
+from zonemesh.dp.bootstrap import BootstrapParams, build_bootstrap
+from zonemesh.dp.envoy import EnvoyCrashLoop, EnvoySupervisor, SupervisorSettings
+
+
+@pytest.fixture(autouse=True)
+def keep_log_config() -> Iterator[None]:
+    """``main`` configures structlog for the captured stream; put the suite's config back."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+DATAPLANE = "networking: {address: 127.0.0.1, inbound: [{port: 8080, tags: {kuma.io/service: web}}]}"
+
+
+def run(tmp_path: Path, *extra: str, token: str | None = "header.payload.signature") -> list[str]:
+    args = ["run", "--cp-address", "https://127.0.0.1:1", "--name", "web-1", "--mesh", "default"]
+    if token is not None:
+        (tmp_path / "token").write_text(token)
+    args += ["--dataplane-token-file", str(tmp_path / "token"), "--work-dir", str(tmp_path / "work"), *extra]
+    return args
+
+
+@pytest.mark.parametrize(
+    ("extra", "token", "message"),
+    [
+        (["--dataplane-inline", DATAPLANE, "--proxy-type", "ingress"], "t", "--proxy-type ingress is reserved"),
+        (["--dataplane-inline", DATAPLANE, "--proxy-type", "egress"], "t", "--proxy-type egress is reserved"),
+        (["--dataplane-inline", DATAPLANE], None, "cannot read --dataplane-token-file"),
+        (["--dataplane-inline", DATAPLANE], "", "is empty"),
+        (["--dataplane-inline", "networking: {inbound: [{port: 0}]}"], "t", "is not a valid Dataplane"),
+        (["--dataplane-inline", "networking: [unclosed"], "t", "is not valid YAML"),
+        (["--dataplane-file", "/nonexistent/dp.yaml"], "t", "cannot read /nonexistent/dp.yaml"),
+    ],
+)
+def test_bad_flags_and_files_exit_2_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], token: str | None, message: str
+) -> None:
+    assert dp_main.main(run(tmp_path, *extra, token=token)) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert not (tmp_path / "work" / "bootstrap.json").exists()
+
+
+def test_plaintext_control_plane_address_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = run(tmp_path, "--dataplane-inline", DATAPLANE)
+    args[args.index("https://127.0.0.1:1")] = "http://127.0.0.1:5678"
+    assert dp_main.main(args) == EXIT_USAGE
+    assert "the xDS port speaks TLS, use https://HOST:5678" in capsys.readouterr().err
+
+
+def test_unknown_proxy_type_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        dp_main.main(run(tmp_path, "--dataplane-inline", DATAPLANE, "--proxy-type", "gateway"))
+    assert exc.value.code == 2
+
+
+def test_bootstrap_names_the_node_and_carries_the_token_as_metadata() -> None:
+    params = BootstrapParams("default", "web-1", "web", "127.0.0.1", 5678, "/ca.pem", "tok", 9901)
+    boot = build_bootstrap(params)
+    text = json.dumps(boot)
+    assert boot["node"]["id"] == "default.web-1"
+    assert '"Bearer tok"' in text and "/ca.pem" in text
+    assert boot["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+
+
+def script(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "fake-envoy"
+    path.write_text(f"#!{sys.executable}\nimport sys, time\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+async def test_supervisor_restarts_with_backoff_then_gives_up_on_a_crash_loop(tmp_path: Path) -> None:
+    binary = script(tmp_path, "sys.exit(7)")
+    settings = SupervisorSettings(initial_backoff=0.05, max_backoff=0.2, max_restarts=3, healthy_after=30)
+    supervisor = EnvoySupervisor(binary, tmp_path / "bootstrap.json", 1, settings=settings)
+    started = time.monotonic()
+    with pytest.raises(EnvoyCrashLoop, match=r"exited 4 times in a row \(last exit code 7\)"):
+        await asyncio.wait_for(supervisor.run(asyncio.Event()), timeout=20)
+    assert supervisor.restarts == 3
+    assert time.monotonic() - started >= 0.05 + 0.1 + 0.2  # backoff doubled, capped
+
+
+async def test_supervisor_stops_a_running_child_when_asked(tmp_path: Path) -> None:
+    binary = script(tmp_path, "time.sleep(60)")
+    settings = SupervisorSettings(drain_seconds=0, stop_timeout=5)
+    supervisor = EnvoySupervisor(binary, tmp_path / "bootstrap.json", 1, settings=settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(supervisor.run(stop))
+    for _ in range(100):
+        if supervisor.process is not None:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(task, timeout=5)
+    assert await supervisor.drain_and_stop() == -15  # SIGTERM
