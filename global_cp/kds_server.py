@@ -23,7 +23,6 @@ from zonemesh.global_cp.zones import Subscription, ZoneDisabled, ZoneRegistry, z
 from zonemesh.proto import kds_pb2, kds_pb2_grpc
 from zonemesh.shared.config import Config
 from zonemesh.shared.duration import parse_duration
-from zonemesh.shared.kds import tls
 from zonemesh.shared.kds.codec import from_wire, key_str, resource_hash
 from zonemesh.shared.kds.metrics import ZONE_ACTIVE_CONNECTIONS
 from zonemesh.shared.kds.session import Outbox, Session, Stats
@@ -39,6 +38,7 @@ from zonemesh.shared.resources.model import (
 )
 from zonemesh.shared.resources.registry import REGISTRY, Sync, UnknownType
 from zonemesh.shared.store import EventKind, ListFilter, Store
+from zonemesh.shared.tls import server_material
 from zonemesh.shared.tokens.tokens import InvalidToken
 from zonemesh.shared.tokens.zone import ZONE_TOKEN_KEYS, ZONE_TOKEN_REVOCATIONS, ZoneTokenValidator
 
@@ -48,6 +48,8 @@ log = structlog.get_logger(__name__)
 
 FEATURES = ["zone-token", "zone-ping-health", "resume-by-hash"]
 HELLO_TIMEOUT = 10.0
+# The self-signed pair in the data dir: kds-tls.crt is also the CA file zones are given.
+KDS_TLS_NAME = "kds-tls"
 ZONE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
@@ -286,7 +288,11 @@ class GlobalKds:
     async def run(self, cp: Any) -> AsyncIterator[GlobalKds]:
         store: Store = cp.store
         cert, key, _ = await asyncio.to_thread(
-            tls.load_or_create, cp.config.resolved_data_dir, self.config.kds_tls_cert_file, self.config.kds_tls_key_file
+            server_material,
+            cp.config.resolved_data_dir,
+            KDS_TLS_NAME,
+            self.config.kds_tls_cert_file,
+            self.config.kds_tls_key_file,
         )
         self.zones = ZoneRegistry(store, cp.instance_id, self.heartbeat_timeout, flush_interval=self.heartbeat_interval)
         await self.zones.start()

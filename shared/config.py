@@ -102,6 +102,8 @@ class Config:
             problems.append("log_format must be json or console")
         if not 0 <= self.kds_port <= 65535:
             problems.append("kds_port must be a port number")
+        if bool(self.kds_tls_cert_file) != bool(self.kds_tls_key_file):
+            problems.append("kds_tls_cert_file and kds_tls_key_file go together: give both or neither")
         if self.license_path and self.license_inline:
             problems.append("give the license as a path or inline, not both (license_path, license_inline)")
         for name in ("kds_heartbeat_interval", "kds_zone_offline_timeout", "kds_debounce", "license_quota_wait"):

@@ -4,7 +4,7 @@
 ``dir`` once and reuses them on later starts while they cover ``hosts`` and stay valid for
 another 30 days. The certificate is its own CA (``CA:TRUE``), so clients pass the ``.crt``
 file itself as their CA file (``zonemesh-dp --ca-cert-file``). Operators with a real PKI
-configure their own certificate and key files instead.
+configure their own certificate and key files instead: ``server_credentials`` takes either.
 """
 
 from __future__ import annotations
@@ -118,3 +118,27 @@ def ensure_self_signed(directory: str | Path, name: str, hosts: Iterable[str] | 
     cert_path.write_bytes(cert_pem)
     log.info("self_signed_certificate_created", cert=str(cert_path), hosts=hosts)
     return cert_path, key_path
+
+
+def server_material(
+    directory: str | Path, name: str, cert_file: str = "", key_file: str = "", hosts: Iterable[str] | None = None
+) -> tuple[bytes, bytes, Path]:
+    """(certificate PEM, key PEM, certificate path) for a TLS port: the operator's files when given
+    (both or neither), else the self-signed pair of ``ensure_self_signed``. Blocking."""
+    if cert_file or key_file:
+        if not (cert_file and key_file):
+            raise ValueError(f"give both the {name} certificate file and key file, or neither")
+        return Path(cert_file).read_bytes(), Path(key_file).read_bytes(), Path(cert_file)
+    cert_path, key_path = ensure_self_signed(directory, name, hosts)
+    return cert_path.read_bytes(), key_path.read_bytes(), cert_path
+
+
+def first_dns_name(cert_pem: bytes) -> str | None:
+    """The first DNS name in a certificate's SAN: what a client pins when it trusts that certificate."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    names = san.get_values_for_type(x509.DNSName)
+    return names[0] if names else None

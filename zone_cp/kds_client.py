@@ -29,7 +29,6 @@ from aiohttp import web
 from zonemesh.proto import kds_pb2, kds_pb2_grpc
 from zonemesh.shared.config import Config
 from zonemesh.shared.duration import parse_duration
-from zonemesh.shared.kds import tls
 from zonemesh.shared.kds.codec import from_wire, key_str, resource_hash
 from zonemesh.shared.kds.metrics import ZONE_ACTIVE_CONNECTIONS
 from zonemesh.shared.kds.session import Outbox, Session, Stats
@@ -37,6 +36,7 @@ from zonemesh.shared.kds.snapshot import Snapshot
 from zonemesh.shared.resources.model import ORIGIN_GLOBAL, ORIGIN_LABEL, ORIGIN_ZONE, ZONE_LABEL, Resource, ResourceKey
 from zonemesh.shared.resources.registry import REGISTRY, Sync, UnknownType
 from zonemesh.shared.store import Store
+from zonemesh.shared.tls import first_dns_name
 
 from zonemesh import __version__
 
@@ -158,7 +158,7 @@ class KdsClient:
         else:
             # No CA given: trust the certificate global presents (the self-signed default). Encrypted, not verified.
             root = (await asyncio.to_thread(ssl.get_server_certificate, (self.host, self.port), timeout=5)).encode()
-            name = tls.first_dns_name(root)
+            name = first_dns_name(root)
             if name:
                 options.append(("grpc.ssl_target_name_override", name))
         return grpc.ssl_channel_credentials(root_certificates=root), options
