@@ -37,6 +37,7 @@ from zonemesh.shared.store import EventKind, Store
 log = structlog.get_logger(__name__)
 
 REQUEST_NAME = "request"
+RELEASE_DELAY = 5.0  # seconds a zone keeps slots it no longer uses before giving them back
 LICENSE_NAME = "default"
 
 # The running zone license of each store: how zone_cp/admission.py finds it without extra wiring.
@@ -66,6 +67,8 @@ class ZoneLicense:
         self.last_seq = 0
         self.waiting = 0
         self._changed = asyncio.Condition()
+        self._lower_since: float | None = None
+        self._release_timer: asyncio.Task[None] | None = None
         self._write = asyncio.Event()
 
     # -- state ------------------------------------------------------------------------------
@@ -85,16 +88,37 @@ class ZoneLicense:
         return self.last_seq
 
     def _ask(self) -> None:
-        """Tell global how many slots this zone wants now (strict mode only)."""
+        """Tell global how many slots this zone wants now (strict mode only).
+
+        More: at once. Fewer: only after RELEASE_DELAY, so that a proxy that re-registers (an agent
+        restart) takes its slot back without asking global, even while global is unreachable."""
         if not self.strict:
             return
         want = len(self.holders) + self.waiting
-        if want == self.last_want:
-            return
+        if want >= self.last_want:
+            self._lower_since = None
+            if want == self.last_want:
+                return
+        else:
+            now = time.monotonic()
+            if self._lower_since is None:
+                self._lower_since = now
+            if now - self._lower_since < RELEASE_DELAY:
+                self._schedule_release()
+                return
+            self._lower_since = None
         seq = self._next_seq()
         self.outstanding.append((seq, want))
         self.last_want = want
         self._write.set()
+
+    def _schedule_release(self) -> None:
+        if self._release_timer is None or self._release_timer.done():
+            self._release_timer = asyncio.get_running_loop().create_task(self._release_later())
+
+    async def _release_later(self) -> None:
+        await asyncio.sleep(RELEASE_DELAY)
+        self._ask()
 
     def _apply_grant(self, spec: dict[str, Any]) -> None:
         self.granted = _int(spec.get("slots"))
@@ -146,6 +170,8 @@ class ZoneLicense:
             yield self
         finally:
             _GATES.pop(store, None)
+            if self._release_timer is not None:
+                tasks.append(self._release_timer)
             for task in tasks:
                 task.cancel()
             for task in tasks:
