@@ -374,6 +374,28 @@ def test_traffic_permission_deny_then_allow_without_restarts(zone: Zone) -> None
     assert zone.a.process.poll() is None and zone.b.process.poll() is None  # type: ignore[union-attr]
 
 
+def test_permissive_mode_admits_plaintext_and_strict_refuses_it_again(zone: Zone) -> None:
+    inbound_b = f"http://127.0.0.1:{zone.b.inbound}/"
+    permissive = json.loads(json.dumps(MESH_MTLS))
+    permissive["mtls"]["backends"][0]["mode"] = "PERMISSIVE"
+    zone.put(permissive)
+    try:
+        wait_until(lambda: get(inbound_b) == (200, "app-b"), timeout=15, what="a plaintext client admitted by B")
+        assert get(zone.url_a_to_b) == (200, "app-b")  # mesh traffic keeps flowing (over mTLS)
+    finally:
+        zone.put(MESH_MTLS)
+
+    def refused() -> bool:
+        try:
+            get(inbound_b)
+        except OSError:
+            return True
+        return False
+
+    wait_until(refused, timeout=15, what="B to require TLS again (STRICT)")
+    assert get(zone.url_a_to_b) == (200, "app-b")
+
+
 def _cluster(dump: dict[str, Any], name: str) -> dict[str, Any]:
     for section in dump["configs"]:
         for entry in section.get("dynamic_active_clusters", []):
