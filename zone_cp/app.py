@@ -29,8 +29,8 @@ from zonemesh.shared.runtime import Assembly, ControlPlane
 from zonemesh.shared.store import NotFound
 from zonemesh.shared.tls import default_hosts, ensure_self_signed
 from zonemesh.shared.tokens import dataplane as dataplane_tokens
-from zonemesh.zone_cp import insights
-from zonemesh.zone_cp.admission import DataplaneAuthenticator, RegistrationServicer
+from zonemesh.zone_cp import ingress, insights, zoneproxies
+from zonemesh.zone_cp.admission import DataplaneAuthenticator
 from zonemesh.zone_cp.xds.cache import SnapshotCache
 from zonemesh.zone_cp.xds.dump import dump
 from zonemesh.zone_cp.xds.generators import GenerationError
@@ -65,16 +65,26 @@ class DataPlaneSide:
         tls = await asyncio.to_thread(xds_tls_files, cp.config)
         recorder = insights.InsightRecorder(cp.manager, cp.instance_id)
         certs = insights.RecordingCertProvider(BuiltinCA(cp.store), recorder)
-        authenticator = DataplaneAuthenticator(cp.store)
-        registration = RegistrationServicer(cp.manager, authenticator, recorder, cp.instance_id)
+        zone = cp.config.zone or "default"
+        dataplanes = DataplaneAuthenticator(cp.store)
+        zone_proxy_auth = zoneproxies.ZoneProxyAuthenticator(cp.store, zone)
+        authenticator = zoneproxies.Authenticator(dataplanes, zone_proxy_auth)
+        registration = zoneproxies.Registration(cp.manager, dataplanes, zone_proxy_auth, recorder, cp.instance_id)
         cache = SnapshotCache()
         reconciler = Reconciler(cp.store, cache, certs)
+        zone_proxies = zoneproxies.ZoneProxyReconciler(
+            cp.store, cache, certs, zone, on_cross_zone_change=reconciler.invalidate_mesh
+        )
+        reconciler.cross_zone = zone_proxies.cross_zone
         callbacks = Callbacks()
         callbacks.stream_open.append(reconciler.on_stream_open)
         callbacks.stream_close.append(reconciler.on_stream_close)
         recorder.install(callbacks)
+        zoneproxies.dataplanes_only(callbacks)  # DataplaneInsights are for dataplanes
+        callbacks.stream_open.append(zone_proxies.on_stream_open)
+        callbacks.stream_close.append(zone_proxies.on_stream_close)
         server = XdsServer(cp.config, cache, authenticator, tls, [registration.add_to], callbacks)
-        async with recorder.running(), reconciler, server:
+        async with recorder.running(), zone_proxies.running(), reconciler, server:
             self.reconciler, self.cache = reconciler, cache
             log.info("xds_ready", port=server.port, tls_cert=str(tls.cert_path))
             try:
@@ -111,8 +121,13 @@ class DataPlaneSide:
 def assemble(config: Config) -> Assembly:
     side = DataPlaneSide()
     assembly = Assembly(
-        components=[side.run],
-        routes=[*dataplane_tokens.routes(), *insights.routes(), *side.routes()],
+        components=[side.run, ingress.component],
+        routes=[
+            *dataplane_tokens.routes(),
+            *insights.routes(),
+            *side.routes(),
+            *zoneproxies.token_routes(config.zone or "default"),
+        ],
     )
     if config.mode == "zone" and config.global_address:  # federated: KDS stream to global (docs/kds.md)
         from zonemesh.zone_cp.kds_client import ZoneKds

@@ -23,11 +23,27 @@ class ProxyIdentity:
     @property
     def key(self) -> str:
         """The snapshot cache key. Resource names may contain dots but never a slash."""
-        return node_key(self.mesh, self.name)
+        if self.proxy_type is ProxyType.DATAPLANE:
+            return node_key(self.mesh, self.name)
+        return zone_proxy_key(self.proxy_type, self.name)
 
 
 def node_key(mesh: str, name: str) -> str:
     return f"{mesh}/{name}"
+
+
+def zone_proxy_key(proxy_type: str, name: str) -> str:
+    """Zone ingresses and egresses serve every mesh: keyed by type, never clashing with a mesh."""
+    return f"{proxy_type}:/{name}"
+
+
+def parse_zone_proxy_node_id(node_id: str) -> str:
+    """A zone proxy's Envoy node id is its ZoneIngress/ZoneEgress name (a leading dot, Kuma's
+    form for a proxy outside any mesh, is accepted)."""
+    name = node_id.removeprefix(".")
+    if not name:
+        raise ValueError(f"node id {node_id!r} names no zone proxy")
+    return name
 
 
 def parse_node_id(node_id: str) -> tuple[str, str]:

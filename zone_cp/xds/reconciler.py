@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass, field
 
 import structlog
@@ -49,10 +49,11 @@ from zonemesh.zone_cp.xds.context import (
     outbound_services,
     services,
 )
+from zonemesh.zone_cp.xds.crosszone import CrossZone
 from zonemesh.zone_cp.xds.generators import GenerationError, generate
 from zonemesh.zone_cp.xds.policies import POLICY_TYPES
 from zonemesh.zone_cp.xds.policies.matching import selects
-from zonemesh.zone_cp.xds.proxy import ProxyIdentity, node_key
+from zonemesh.zone_cp.xds.proxy import ProxyIdentity, ProxyType, node_key
 from zonemesh.zone_cp.xds.resources import ResourceSet, encode_any
 from zonemesh.zone_cp.xds.server import StreamInfo
 
@@ -166,6 +167,8 @@ class Reconciler:
         self._tasks: list[asyncio.Task[None]] = []
         self._watch: Watch | None = None
         self.rounds = 0
+        # Other zones' ingresses and this zone's egress per mesh (zone_cp/zoneproxies.py sets it).
+        self.cross_zone: Callable[[str], CrossZone | None] = lambda mesh: None
 
     # -- life ----------------------------------------------------------------------------
 
@@ -199,11 +202,15 @@ class Reconciler:
     # -- stream hooks (register on the xDS server's Callbacks) ---------------------------------
 
     async def on_stream_open(self, info: StreamInfo) -> None:
+        if info.identity.proxy_type is not ProxyType.DATAPLANE:
+            return  # zone ingress/egress: zone_cp/zoneproxies.py
         key = (info.identity.mesh, info.identity.name)
         self._connected[key] = self._connected.get(key, 0) + 1
         self._mark_nodes([key])
 
     async def on_stream_close(self, info: StreamInfo) -> None:
+        if info.identity.proxy_type is not ProxyType.DATAPLANE:
+            return
         key = (info.identity.mesh, info.identity.name)
         left = self._connected.get(key, 0) - 1
         if left > 0:
@@ -336,7 +343,7 @@ class Reconciler:
         certs = await self._certs(mesh, proxies)
         policies = [r for t in POLICY_TYPES for k, r in self._mirror[t].items() if k.mesh == mesh_name]
         externals = [r for k, r in self._mirror[EXTERNAL_SERVICE].items() if k.mesh == mesh_name]
-        ctx = MeshContext.build(mesh, dataplanes, policies, externals, certs)
+        ctx = MeshContext.build(mesh, dataplanes, policies, externals, certs, cross=self.cross_zone(mesh_name))
         encoder = _Encoder()
         for dp in proxies:
             started = time.perf_counter()
@@ -408,7 +415,8 @@ class Reconciler:
         policies = [r for t in POLICY_TYPES for k, r in self._mirror[t].items() if k.mesh == mesh_name]
         externals = [r for k, r in self._mirror[EXTERNAL_SERVICE].items() if k.mesh == mesh_name]
         certs = await self._certs(mesh, [dp])
-        return generate(MeshContext.build(mesh, dataplanes, policies, externals, certs), dp)
+        ctx = MeshContext.build(mesh, dataplanes, policies, externals, certs, cross=self.cross_zone(mesh_name))
+        return generate(ctx, dp)
 
     def connected(self) -> list[ProxyIdentity]:
         return [ProxyIdentity(mesh, name) for mesh, name in sorted(self._connected)]

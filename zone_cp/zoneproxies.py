@@ -1,0 +1,368 @@
+"""Zone ingress and zone egress proxies on the zone control plane: who may run one, how it
+registers, and the config it gets.
+
+``zonemesh-dp run --proxy-type ingress|egress`` registers a ZoneIngress/ZoneEgress (no mesh:
+one zone proxy serves every mesh) through the same ``DataplaneRegistration`` service as
+dataplanes, and opens ADS with node id ``<name>`` and node metadata ``proxyType``. Both carry a
+**zone token** whose ``Zone`` is this zone and whose ``Scope`` includes the proxy type
+(``shared/tokens/zone.py``), validated against the zone-token signing keys in this control
+plane's store. Tokens come from ``POST /tokens/zone`` on this zone control plane (admin only,
+restricted to this zone and to the ingress/egress scopes) or from ``zmctl generate zone-token
+--signing-key-path`` with a key the zone holds.
+
+``ZoneProxyReconciler`` generates their config (``generators/ingress.py``, ``egress.py``) from
+the zone's store whenever a mesh, dataplane, ExternalService, ZoneIngress or ZoneEgress
+changes, and gives the dataplane reconciler the per-mesh ``CrossZone`` view (other zones'
+ingresses, this zone's egress, resolved ExternalService hosts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import structlog
+from aiohttp import web
+from envoy.config.core.v3 import base_pb2
+from zonemesh.proto import dataplane_pb2
+from zonemesh.shared.api.auth import require_admin
+from zonemesh.shared.api.context import MANAGER
+from zonemesh.shared.api.resources import read_document
+from zonemesh.shared.duration import parse_duration
+from zonemesh.shared.resources.codec import from_universal
+from zonemesh.shared.resources.manager import ResourceManager
+from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.resources.registry import REGISTRY
+from zonemesh.shared.resources.schema import FieldError, ValidationError
+from zonemesh.shared.store import NotFound, Store
+from zonemesh.shared.tokens.tokens import InvalidToken
+from zonemesh.shared.tokens.zone import ZoneTokenIssuer, ZoneTokenValidator
+from zonemesh.zone_cp.admission import (
+    AdmissionRefused,
+    DataplaneAuthenticator,
+    Metadata,
+    RegistrationServicer,
+    bearer_token,
+    node_proxy_type,
+)
+from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotCache
+from zonemesh.zone_cp.xds.context import CertProvider, MeshContext, WorkloadCert
+from zonemesh.zone_cp.xds.crosszone import EGRESS_SERVICE, CrossZone, ZoneContext, resolve_hosts
+from zonemesh.zone_cp.xds.generators import egress as egress_generator
+from zonemesh.zone_cp.xds.generators import ingress as ingress_generator
+from zonemesh.zone_cp.xds.proxy import ProxyIdentity, ProxyType, parse_zone_proxy_node_id, zone_proxy_key
+from zonemesh.zone_cp.xds.resources import ResourceSet
+from zonemesh.zone_cp.xds.server import StreamInfo
+
+log = structlog.get_logger(__name__)
+
+RESOURCE_TYPES = {ProxyType.INGRESS.value: "ZoneIngress", ProxyType.EGRESS.value: "ZoneEgress"}
+WATCHED = ("Mesh", "Dataplane", "ExternalService", "ZoneIngress", "ZoneEgress")
+
+
+class ZoneProxyAuthenticator:
+    """A zone token for this zone, with the proxy type in its scope."""
+
+    def __init__(self, store: Store, zone: str) -> None:
+        self.validator = ZoneTokenValidator(store)
+        self.zone = zone
+
+    async def check(self, token: str, name: str, proxy_type: str, peer: str = "") -> dict[str, Any]:
+        try:
+            if not token:
+                raise InvalidToken("no token: pass a zone token (scope ingress or egress) with --dataplane-token-file")
+            return await self.validator.validate(token, self.zone, scope=proxy_type)
+        except InvalidToken as exc:
+            log.warning("zone_proxy_auth_refused", name=name, proxy_type=proxy_type, peer=peer, reason=exc.reason)
+            raise AdmissionRefused(f"zone token refused: {exc.reason}") from None
+
+
+class Authenticator:
+    """The xDS server's authenticator: zone proxies by zone token, dataplanes as before."""
+
+    def __init__(self, dataplanes: DataplaneAuthenticator, zone_proxies: ZoneProxyAuthenticator) -> None:
+        self.dataplanes = dataplanes
+        self.zone_proxies = zone_proxies
+
+    async def __call__(self, metadata: Metadata, node: base_pb2.Node) -> ProxyIdentity:
+        proxy_type = node_proxy_type(node)
+        if proxy_type not in RESOURCE_TYPES:
+            return await self.dataplanes(metadata, node)
+        try:
+            name = parse_zone_proxy_node_id(node.id)
+        except ValueError as exc:
+            raise AdmissionRefused(str(exc)) from None
+        await self.zone_proxies.check(bearer_token(metadata), name, proxy_type)
+        return ProxyIdentity(mesh="", name=name, proxy_type=ProxyType(proxy_type))
+
+
+class Registration(RegistrationServicer):
+    """DataplaneRegistration for every proxy type: zone proxies here, dataplanes as before."""
+
+    def __init__(
+        self,
+        manager: ResourceManager,
+        authenticator: DataplaneAuthenticator,
+        zone_proxies: ZoneProxyAuthenticator,
+        insights: Any,
+        instance_id: str,
+    ) -> None:
+        super().__init__(manager, authenticator, insights, instance_id)
+        self.zone_proxies = zone_proxies
+
+    async def _admit_zone_proxy(self, context: grpc.aio.ServicerContext[Any, Any], name: str, proxy_type: str) -> None:
+        metadata = tuple((m.key, m.value) for m in (context.invocation_metadata() or ()))
+        try:
+            await self.zone_proxies.check(bearer_token(metadata), name, proxy_type, context.peer())
+        except AdmissionRefused as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+
+    async def Register(
+        self, request: dataplane_pb2.RegisterRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> dataplane_pb2.RegisterResponse:
+        type_name = RESOURCE_TYPES.get(request.proxy_type)
+        if type_name is None:
+            return await super().Register(request, context)
+        if not request.name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name is required")
+        await self._admit_zone_proxy(context, request.name, request.proxy_type)
+        try:
+            doc = json.loads(request.dataplane_json)
+            if isinstance(doc, dict):
+                doc.pop("mesh", None)
+            res, _ = from_universal(doc, expected_type=REGISTRY.get(type_name), name=request.name)
+        except (ValueError, ValidationError) as exc:
+            detail = (
+                "; ".join(f"{e.field}: {e.reason}" for e in exc.errors)
+                if isinstance(exc, ValidationError)
+                else f"not valid JSON: {exc}"
+            )
+            log.warning("zone_proxy_registration_invalid", name=request.name, type=type_name, errors=detail)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the {type_name} is not valid: {detail}")
+        zone = self.zone_proxies.zone
+        res.spec["zone"] = zone
+        existing = await self.manager.store.find(type_name, request.name)
+        if type_name == "ZoneIngress":
+            # availableServices belong to the zone control plane (zone_cp/ingress.py), not the agent.
+            res.spec["availableServices"] = (existing.spec.get("availableServices") if existing else None) or []
+        stored, created = await self.manager.apply(res)
+        log.info("zone_proxy_registered", type=type_name, name=request.name, zone=zone, created=created)
+        return dataplane_pb2.RegisterResponse(
+            version=stored.version, created=created, control_plane_instance_id=self.instance_id
+        )
+
+    async def Unregister(
+        self, request: dataplane_pb2.UnregisterRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> dataplane_pb2.UnregisterResponse:
+        type_name = RESOURCE_TYPES.get(request.proxy_type)
+        if type_name is None:
+            return await super().Unregister(request, context)
+        await self._admit_zone_proxy(context, request.name, request.proxy_type)
+        try:
+            await self.manager.delete(type_name, request.name)
+            deleted = True
+        except NotFound:
+            deleted = False
+        log.info("zone_proxy_unregistered", type=type_name, name=request.name, deleted=deleted)
+        return dataplane_pb2.UnregisterResponse(deleted=deleted)
+
+
+# --- POST /tokens/zone on a zone control plane -------------------------------------------------
+
+
+def token_routes(zone: str) -> list[web.RouteDef]:
+    """Zone tokens for this zone's ingress/egress proxies (admin only)."""
+
+    async def issue(request: web.Request) -> web.Response:
+        manager = request.app[MANAGER]
+        await require_admin(request, manager.store)
+        doc = await read_document(request)
+        if not isinstance(doc, dict):
+            raise ValidationError([FieldError("<body>", 'must be an object: {"zone": ..., "scope": [...]}')])
+        errors: list[FieldError] = []
+        if doc.get("zone", zone) != zone:
+            errors.append(FieldError("zone", f"this control plane issues tokens for zone {zone!r} only"))
+        scope = doc.get("scope") or list(RESOURCE_TYPES)
+        if not isinstance(scope, list) or not scope or any(s not in RESOURCE_TYPES for s in scope):
+            errors.append(FieldError("scope", "a zone control plane issues only the scopes ingress and egress"))
+        valid_for = 0.0
+        try:
+            valid_for = parse_duration(str(doc.get("validFor") or "8760h"))
+            if valid_for <= 0:
+                raise ValueError("validFor must be positive")
+        except ValueError as exc:
+            errors.append(FieldError("validFor", str(exc)))
+        if errors:
+            raise ValidationError(errors, title="Invalid zone token request")
+        token = await ZoneTokenIssuer(manager.store).issue(zone, scope, valid_for)
+        return web.Response(text=token, content_type="text/plain")
+
+    return [web.post("/tokens/zone", issue), web.post("/tokens/zone/", issue)]
+
+
+# --- config of connected zone proxies ------------------------------------------------------------
+
+
+class ZoneProxyReconciler:
+    """Regenerates connected zone proxies from the store, and serves ``cross_zone(mesh)``.
+
+    Reads the store each round (zone proxies are few; rounds are debounced), so it keeps no
+    mirror of its own. ``on_cross_zone_change`` is called with a mesh's name when the set of
+    ingresses or egresses changes the view of a mesh: the dataplane reconciler regenerates it.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        cache: SnapshotCache,
+        certs: CertProvider | None,
+        zone: str,
+        *,
+        quiet: float = 0.1,
+        on_cross_zone_change: Callable[[str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.certs = certs
+        self.zone = zone
+        self.quiet = quiet
+        self.on_cross_zone_change = on_cross_zone_change
+        self._connected: dict[tuple[str, str], int] = {}  # (proxy type, name) -> open streams
+        self._cross: dict[str, CrossZone] = {}
+        self._wake = asyncio.Event()
+        self.rounds = 0
+
+    def cross_zone(self, mesh: str) -> CrossZone | None:
+        return self._cross.get(mesh)
+
+    async def on_stream_open(self, info: StreamInfo) -> None:
+        identity = info.identity
+        if identity.proxy_type is ProxyType.DATAPLANE:
+            return
+        key = (identity.proxy_type.value, identity.name)
+        self._connected[key] = self._connected.get(key, 0) + 1
+        self._wake.set()
+
+    async def on_stream_close(self, info: StreamInfo) -> None:
+        identity = info.identity
+        if identity.proxy_type is ProxyType.DATAPLANE:
+            return
+        key = (identity.proxy_type.value, identity.name)
+        left = self._connected.get(key, 0) - 1
+        if left > 0:
+            self._connected[key] = left
+            return
+        self._connected.pop(key, None)
+        self.cache.clear_snapshot(identity.key)
+
+    async def _all(self, rtype: str) -> list[Resource]:
+        return list((await self.store.list(rtype)).items)
+
+    async def _egress_certs(self, meshes: list[MeshContext]) -> dict[str, WorkloadCert]:
+        certs: dict[str, WorkloadCert] = {}
+        if self.certs is None:
+            return certs
+        for mctx in meshes:
+            if mctx.mtls is None or not mctx.external_services:
+                continue
+            try:
+                certs[mctx.name] = WorkloadCert(*await self.certs.workload_cert(mctx.name, EGRESS_SERVICE))
+            except Exception as exc:
+                log.error("zone_egress_cert_failed", mesh=mctx.name, error=str(exc))
+        return certs
+
+    async def context(self) -> ZoneContext:
+        """Everything zone proxies are generated from, read from the store now."""
+        meshes = await self._all("Mesh")
+        dataplanes = await self._all("Dataplane")
+        externals = await self._all("ExternalService")
+        ingresses = await self._all("ZoneIngress")
+        egresses = await self._all("ZoneEgress")
+        resolved = await resolve_hosts(externals)
+        contexts: dict[str, MeshContext] = {}
+        cross: dict[str, CrossZone] = {}
+        for mesh in meshes:
+            cross[mesh.name] = CrossZone.build(self.zone, mesh.name, ingresses, egresses, resolved)
+            contexts[mesh.name] = MeshContext.build(
+                mesh,
+                [d for d in dataplanes if d.mesh == mesh.name],
+                external_services=[e for e in externals if e.mesh == mesh.name],
+                cross=cross[mesh.name],
+            )
+        changed = [m for m in set(cross) | set(self._cross) if cross.get(m) != self._cross.get(m)]
+        self._cross = cross
+        if self.on_cross_zone_change is not None:
+            for mesh_name in sorted(changed):
+                self.on_cross_zone_change(mesh_name)
+        return ZoneContext(self.zone, contexts, await self._egress_certs(list(contexts.values())))
+
+    def generate(self, zctx: ZoneContext, proxy: Resource) -> ResourceSet:
+        if proxy.type == "ZoneIngress":
+            return ingress_generator.generate(zctx, proxy)
+        return egress_generator.generate(zctx, proxy)
+
+    async def reconcile(self) -> None:
+        self.rounds += 1
+        started = time.monotonic()
+        zctx = await self.context()
+        for (proxy_type, name), _ in sorted(self._connected.items()):
+            proxy = await self.store.find(RESOURCE_TYPES[proxy_type], name)
+            if proxy is None:
+                log.warning("zone_proxy_not_registered", type=proxy_type, name=name)
+                continue
+            try:
+                resources = self.generate(zctx, proxy)
+            except Exception as exc:
+                log.error("zone_proxy_generation_failed", type=proxy_type, name=name, error=str(exc))
+                continue
+            self.cache.set_snapshot(zone_proxy_key(proxy_type, name), Snapshot.from_resources(resources))
+        log.debug("zone_proxies_reconciled", proxies=len(self._connected), seconds=time.monotonic() - started)
+
+    async def _watch(self) -> None:
+        async with self.store.watch(WATCHED) as watch:
+            async for _ in watch:
+                self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(self.quiet)
+            self._wake.clear()
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("zone_proxy_reconcile_failed")
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[ZoneProxyReconciler]:
+        tasks = [
+            asyncio.create_task(self._watch(), name="zone-proxies-watch"),
+            asyncio.create_task(self._loop(), name="zone-proxies"),
+        ]
+        await self.context()  # the cross-zone view is there before the first dataplane is generated
+        try:
+            yield self
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def dataplanes_only(callbacks: Any) -> None:
+    """Wrap the hooks registered so far so that they see dataplane streams only."""
+
+    def wrap(hook: Callable[..., Any]) -> Callable[..., Any]:
+        async def only_dataplanes(info: StreamInfo, *args: Any) -> None:
+            if info.identity.proxy_type is ProxyType.DATAPLANE:
+                await hook(info, *args)
+
+        return only_dataplanes
+
+    for name in ("stream_open", "stream_close", "ack", "nack"):
+        hooks = getattr(callbacks, name)
+        hooks[:] = [wrap(h) for h in hooks]
