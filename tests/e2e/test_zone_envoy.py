@@ -29,6 +29,7 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml
 from envoy.service.discovery.v3 import discovery_pb2
 from zonemesh.shared.resources import REGISTRY
 
@@ -170,10 +171,14 @@ class Zone:
         ).strip()
 
     def start_dp(
-        self, name: str, dataplane: str, token: str, admin_port: int, *extra: str
+        self, name: str, dataplane: str, token: str, admin_port: int, *extra: str, as_file: bool = False
     ) -> tuple[subprocess.Popen[bytes], Path]:
         token_file = self.work / f"{name}.token"
         token_file.write_text(token)
+        source = ["--dataplane-inline", dataplane]
+        if as_file:
+            (self.work / f"{name}.yaml").write_text(yaml.safe_dump(json.loads(dataplane), sort_keys=False))
+            source = ["--dataplane-file", str(self.work / f"{name}.yaml")]
         log = self.work / f"{name}-dp.log"
         cmd = [
             sys.executable,
@@ -186,8 +191,7 @@ class Zone:
             name,
             "--mesh",
             "default",
-            "--dataplane-inline",
-            dataplane,
+            *source,
             "--dataplane-token-file",
             str(token_file),
             "--ca-cert-file",
@@ -531,17 +535,22 @@ def _bad_token(zone: Zone, kind: str, name: str) -> str:
         time.sleep(max(0.0, issued + 7 - time.monotonic()))  # 1 s validity + 5 s of leeway
         return token
     if kind == "revoked":
-        token = zone.token(name)
+        # Issued over the HTTP API, revoked with `zmctl apply` (docs/dataplane.md shows both).
+        status, token = http(
+            "POST", f"{zone.cp.api}/tokens/dataplane", {"mesh": "default", "name": name, "validFor": "24h"}
+        )
+        assert status == 200, token
         payload = token.split(".")[1]
         jti = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["jti"]
-        secret = {
-            "type": "Secret",
-            "mesh": "default",
-            "name": "dataplane-token-revocations-default",
-            "data": base64.b64encode(jti.encode()).decode(),
-        }
-        zone.put(secret)
-        return token
+        revocations = zone.work / "revocations.yaml"
+        revocations.write_text(
+            "type: Secret\n"
+            "mesh: default\n"
+            "name: dataplane-token-revocations-default\n"
+            f"data: {base64.b64encode(jti.encode()).decode()}\n"
+        )
+        zone.zmctl("apply", "-f", str(revocations))
+        return str(token)
     if kind == "wrong-mesh":
         return zone.token(name, mesh="other")
     assert kind == "wrong-name"
@@ -589,18 +598,19 @@ def test_proxy_with_a_bad_token_is_refused(zone: Zone, kind: str) -> None:
     assert http("GET", f"{zone.cp.api}/meshes/default/dataplanes/{name}")[0] == 404
 
 
-def test_reserved_proxy_types_are_accepted_and_refused_clearly(zone: Zone) -> None:
-    dataplane = dataplane_yaml("edge", free_port(), free_port(), None)
-    proc, log = zone.start_dp("edge", dataplane, zone.token("edge"), free_port(), "--proxy-type", "ingress")
-    assert proc.wait(timeout=30) == 2
-    assert "--proxy-type ingress is reserved" in log.read_text()
+def test_zone_proxy_with_a_dataplane_token_is_refused(zone: Zone) -> None:
+    """A zone ingress needs a zone token of scope ingress (tests/e2e/test_cross_zone.py runs real ones)."""
+    ingress = json.dumps({"type": "ZoneIngress", "networking": {"address": "127.0.0.1", "port": free_port()}})
+    proc, log = zone.start_dp("edge", ingress, zone.token("edge"), free_port(), "--proxy-type", "ingress")
+    assert proc.wait(timeout=30) == 3
+    assert "zone token refused" in log.read_text()
 
 
 def test_agent_restarts_crashed_envoy_then_drains_and_unregisters_on_sigterm(zone: Zone) -> None:
     name = "short-lived"
     admin = Proxy(name, free_port(), free_port(), free_port(), None)
     dataplane = dataplane_yaml(name, admin.inbound, admin.app_port, None)
-    proc, log = zone.start_dp(name, dataplane, zone.token(name), admin.admin_port)
+    proc, log = zone.start_dp(name, dataplane, zone.token(name), admin.admin_port, as_file=True)
     wait_until(lambda: zone.cp.get(f"/meshes/default/dataplanes/{name}")[0] == 200, timeout=20, what="registration")
     wait_until(lambda: admin.stat("listener_manager.total_listeners_active") >= 1, timeout=20, what="Envoy configured")
     first = _events(log, "envoy_started")[-1]["pid"]

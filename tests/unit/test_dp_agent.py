@@ -42,8 +42,9 @@ def run(tmp_path: Path, *extra: str, token: str | None = "header.payload.signatu
 @pytest.mark.parametrize(
     ("extra", "token", "message"),
     [
-        (["--dataplane-inline", DATAPLANE, "--proxy-type", "ingress"], "t", "--proxy-type ingress is reserved"),
-        (["--dataplane-inline", DATAPLANE, "--proxy-type", "egress"], "t", "--proxy-type egress is reserved"),
+        (["--dataplane-inline", DATAPLANE, "--proxy-type", "ingress"], "t", "is not a valid ZoneIngress"),
+        (["--dataplane-inline", DATAPLANE, "--proxy-type", "egress"], "t", "is not a valid ZoneEgress"),
+        (["--dataplane-inline", "networking: {port: 0}", "--proxy-type", "egress"], "t", "networking.port"),
         (["--dataplane-inline", DATAPLANE], None, "cannot read --dataplane-token-file"),
         (["--dataplane-inline", DATAPLANE], "", "is empty"),
         (["--dataplane-inline", "networking: {inbound: [{port: 0}]}"], "t", "is not a valid Dataplane"),

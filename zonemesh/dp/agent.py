@@ -37,8 +37,10 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_REFUSED = 3
-SUPPORTED_PROXY_TYPES = ("dataplane",)
-RESERVED_PROXY_TYPES = ("ingress", "egress")
+# The resource each proxy type registers; zone ingress/egress serve every mesh and have none.
+RESOURCE_TYPES = {"dataplane": "Dataplane", "ingress": "ZoneIngress", "egress": "ZoneEgress"}
+SUPPORTED_PROXY_TYPES = tuple(RESOURCE_TYPES)
+ZONE_PROXY_TYPES = ("ingress", "egress")
 
 
 class AgentError(Exception):
@@ -82,7 +84,8 @@ def parse_cp_address(address: str) -> tuple[str, int]:
 
 
 def load_dataplane(opts: AgentOptions) -> dict[str, Any]:
-    """Read the Dataplane document and validate it locally, with the name and mesh from the flags."""
+    """Read the Dataplane (or ZoneIngress/ZoneEgress) document and validate it locally, with the
+    name and mesh from the flags."""
     from zonemesh.shared.resources import REGISTRY
     from zonemesh.shared.resources.codec import from_universal, to_universal
     from zonemesh.shared.resources.schema import ValidationError
@@ -97,15 +100,20 @@ def load_dataplane(opts: AgentOptions) -> dict[str, Any]:
         raise AgentError(f"cannot read {source}: {exc.strerror}", EXIT_USAGE) from None
     except yaml.YAMLError as exc:
         raise AgentError(f"{source} is not valid YAML: {exc}", EXIT_USAGE) from None
+    type_name = RESOURCE_TYPES[opts.proxy_type]
+    zone_proxy = opts.proxy_type in ZONE_PROXY_TYPES
     if isinstance(doc, dict):
-        doc.setdefault("type", "Dataplane")
-        doc.setdefault("mesh", opts.mesh)
+        doc.setdefault("type", type_name)
+        if not zone_proxy:
+            doc.setdefault("mesh", opts.mesh)
         doc.setdefault("name", opts.name)
     try:
-        res, _ = from_universal(doc, expected_type=REGISTRY.get("Dataplane"), mesh=opts.mesh, name=opts.name)
+        res, _ = from_universal(
+            doc, expected_type=REGISTRY.get(type_name), mesh=None if zone_proxy else opts.mesh, name=opts.name
+        )
     except ValidationError as exc:
         problems = "\n".join(f"  {e.field}: {e.reason}" for e in exc.errors)
-        raise AgentError(f"{source} is not a valid Dataplane:\n{problems}", EXIT_USAGE) from None
+        raise AgentError(f"{source} is not a valid {type_name}:\n{problems}", EXIT_USAGE) from None
     out = to_universal(res)
     for key in ("creationTime", "modificationTime", "version"):
         out.pop(key, None)
@@ -173,14 +181,10 @@ def resolve_ca_file(opts: AgentOptions, host: str, port: int, work: Path) -> Pat
 
 def prepare(opts: AgentOptions, work_dir: Path) -> Prepared:
     """Validate flags and files; raise AgentError (exit 2) before anything runs."""
-    if opts.proxy_type in RESERVED_PROXY_TYPES:
-        raise AgentError(
-            f"--proxy-type {opts.proxy_type} is reserved for zone {opts.proxy_type} proxies, not yet supported: "
-            "use --proxy-type dataplane",
-            EXIT_USAGE,
-        )
     if opts.proxy_type not in SUPPORTED_PROXY_TYPES:
         raise AgentError(f"--proxy-type must be dataplane, ingress or egress (got {opts.proxy_type!r})", EXIT_USAGE)
+    if opts.proxy_type in ZONE_PROXY_TYPES:
+        opts.mesh = ""  # a zone proxy serves every mesh; its Envoy node id is ".<name>"
     host, port = parse_cp_address(opts.cp_address)
     dataplane = load_dataplane(opts)
     token = read_token(opts.token_file)
@@ -264,7 +268,9 @@ class Agent:
     async def unregister(self, token: str) -> None:
         if not self.registered:
             return
-        request = dataplane_pb2.UnregisterRequest(mesh=self.opts.mesh, name=self.opts.name)
+        request = dataplane_pb2.UnregisterRequest(
+            mesh=self.opts.mesh, name=self.opts.name, proxy_type=self.opts.proxy_type
+        )
         try:
             response = await asyncio.wait_for(self._call("Unregister", request, token), timeout=10)
             log.info("dataplane_unregistered", mesh=self.opts.mesh, name=self.opts.name, deleted=response.deleted)
@@ -285,7 +291,7 @@ class Agent:
             params = BootstrapParams(
                 mesh=opts.mesh,
                 name=opts.name,
-                service=first_service(prepared.dataplane),
+                service=first_service(prepared.dataplane) if opts.mesh else opts.name,
                 cp_host=self.host,
                 cp_port=self.port,
                 ca_cert_file=str(prepared.ca_file),

