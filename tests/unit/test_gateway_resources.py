@@ -269,7 +269,7 @@ CASES = [
             [{"redirect": {"scheme": "https", "hostname": "x.example.com", "statusCode": 200}}],
         ),
         "conf.http.rules[0].filters[0].redirect.statusCode",
-        "greater than or equal to 300",
+        "must be one of: 301, 302, 303, 307, 308",
     ),
     Case(
         "route-filter-two-kinds",

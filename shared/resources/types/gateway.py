@@ -257,6 +257,21 @@ MATCH = Obj(
     checks=(_match_not_empty,),
 )
 
+
+class _RedirectStatus(Int):
+    """Kuma allows 300-308; Envoy can only send these five."""
+
+    CODES = (301, 302, 303, 307, 308)
+
+    def check(self, value: Any, path: str, errors: Errors) -> None:
+        before = len(errors)
+        super().check(value, path, errors)
+        if len(errors) == before and value not in self.CODES:
+            errors.add(path, f"must be one of: {', '.join(map(str, self.CODES))}")
+
+
+_REDIRECT_STATUS = _RedirectStatus()
+
 HEADER_FILTER = Obj(
     {
         "set": List(Obj({"name": _HEADER_NAME, "value": Str()}, required=("name", "value"))),
@@ -280,7 +295,7 @@ FILTER = Obj(
                 "scheme": Enum("http", "https"),
                 "hostname": Str(min_len=1),
                 "port": Int(min=1, max=65534),
-                "statusCode": Int(min=300, max=308),
+                "statusCode": _REDIRECT_STATUS,
                 "path": REWRITE,
             },
             required=("scheme", "hostname", "statusCode"),

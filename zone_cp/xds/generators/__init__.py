@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds.context import MeshContext
-from zonemesh.zone_cp.xds.generators import inbound, outbound, secrets
+from zonemesh.zone_cp.xds.generators import gateway, inbound, outbound, secrets
 from zonemesh.zone_cp.xds.policies import MatchedPolicies, match_all
 from zonemesh.zone_cp.xds.resources import ResourceSet
 
@@ -21,6 +21,7 @@ Generator = Callable[[MeshContext, Resource, MatchedPolicies, ResourceSet], None
 GENERATORS: tuple[tuple[str, Generator], ...] = (
     ("inbound", inbound.generate),
     ("outbound", outbound.generate),
+    ("gateway", gateway.generate),
     ("secrets", secrets.generate),
 )
 

@@ -17,7 +17,9 @@ from zonemesh.zone_cp.xds.context import MeshContext
 from zonemesh.zone_cp.xds.envoy import InboundPieces, OutboundPieces
 from zonemesh.zone_cp.xds.policies import (
     meshcircuitbreaker,
+    meshfaultinjection,
     meshhealthcheck,
+    meshratelimit,
     meshretry,
     meshtimeout,
     meshtrafficpermission,
@@ -30,6 +32,9 @@ PLUGINS: tuple[ModuleType, ...] = (
     meshretry,
     meshcircuitbreaker,
     meshhealthcheck,
+    # Gateway-only so far (no apply_inbound/apply_outbound): the gateway generator uses them.
+    meshfaultinjection,
+    meshratelimit,
 )
 POLICY_TYPES = tuple(plugin.TYPE for plugin in PLUGINS)
 

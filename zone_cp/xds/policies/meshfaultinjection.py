@@ -1,0 +1,64 @@
+"""MeshFaultInjection: Envoy HTTP fault filters (abort, delay, response bandwidth).
+
+Applied on builtin gateways, where Kuma takes the merged ``to`` (kind Mesh) entries of the
+policies selecting the gateway: one fault filter per entry of ``http``, in order, before the
+router. (Sidecar inbounds, configured by ``from``, come with the policy's own issue.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from envoy.extensions.filters.common.fault.v3 import fault_pb2 as common_fault_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.type.v3 import percent_pb2
+from zonemesh.zone_cp.xds.envoy import duration, pack
+
+TYPE = "MeshFaultInjection"
+
+_BANDWIDTH_KBPS = {"kbps": 1, "Mbps": 1000, "Gbps": 1000_000}
+
+
+def _percent(value: Any) -> percent_pb2.FractionalPercent:
+    """Kuma's 0-100 percentage (int or decimal string) as a per-million fraction."""
+    return percent_pb2.FractionalPercent(
+        numerator=round(float(value) * 10_000), denominator=percent_pb2.FractionalPercent.MILLION
+    )
+
+
+def _kbps(limit: str) -> int:
+    number, unit = limit.replace(" ", "")[:-4], limit.replace(" ", "")[-4:]
+    return int(number) * _BANDWIDTH_KBPS[unit]
+
+
+def fault(entry: Mapping[str, Any]) -> fault_pb2.HTTPFault:
+    result = fault_pb2.HTTPFault()
+    abort = entry.get("abort")
+    if abort:
+        result.abort.http_status = int(abort["httpStatus"])
+        result.abort.percentage.CopyFrom(_percent(abort["percentage"]))
+    delay = entry.get("delay")
+    if delay:
+        result.delay.fixed_delay.CopyFrom(duration(delay["value"]))
+        result.delay.percentage.CopyFrom(_percent(delay["percentage"]))
+    bandwidth = entry.get("responseBandwidth")
+    if bandwidth:
+        result.response_rate_limit.CopyFrom(
+            common_fault_pb2.FaultRateLimit(
+                fixed_limit=common_fault_pb2.FaultRateLimit.FixedLimit(limit_kbps=_kbps(bandwidth["limit"])),
+                percentage=_percent(bandwidth["percentage"]),
+            )
+        )
+    return result
+
+
+def http_filters(conf: Mapping[str, Any] | None) -> list[hcm_pb2.HttpFilter]:
+    """The fault filters for a merged ``default`` conf (None or ``http: []``: none)."""
+    if not conf:
+        return []
+    return [
+        hcm_pb2.HttpFilter(name="envoy.filters.http.fault", typed_config=pack(fault(entry)))
+        for entry in conf.get("http") or []
+    ]

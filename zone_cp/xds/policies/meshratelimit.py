@@ -1,0 +1,78 @@
+"""MeshRateLimit: Envoy local (per-proxy) rate limits.
+
+Applied on builtin gateways from the merged ``to`` (kind Mesh) conf of the policies selecting
+the gateway, as Kuma does: ``local.http`` becomes an HTTP local_ratelimit filter on each HTTP
+listener, ``local.tcp`` a network local_ratelimit filter on each TCP/TLS listener. (Sidecar
+inbounds, configured by ``from``, come with the policy's own issue.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import listener_components_pb2
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2 as http_rl_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.local_ratelimit.v3 import local_rate_limit_pb2 as tcp_rl_pb2
+from envoy.type.v3 import http_status_pb2, percent_pb2, token_bucket_pb2
+from zonemesh.zone_cp.xds.envoy import duration, pack
+
+TYPE = "MeshRateLimit"
+DEFAULT_STATUS = 429
+
+
+def _bucket(rate: Mapping[str, Any]) -> token_bucket_pb2.TokenBucket:
+    num = int(rate["num"])
+    bucket = token_bucket_pb2.TokenBucket(max_tokens=num, fill_interval=duration(rate["interval"]))
+    bucket.tokens_per_fill.value = num
+    return bucket
+
+
+def _always() -> base_pb2.RuntimeFractionalPercent:
+    return base_pb2.RuntimeFractionalPercent(
+        default_value=percent_pb2.FractionalPercent(numerator=100, denominator=percent_pb2.FractionalPercent.HUNDRED),
+        runtime_key="local_rate_limit_enabled",
+    )
+
+
+def _header(item: Mapping[str, Any], append: bool) -> base_pb2.HeaderValueOption:
+    action = (
+        base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
+        if append
+        else base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+    )
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=item["name"], value=item["value"]), append_action=action
+    )
+
+
+def http_filters(conf: Mapping[str, Any] | None, stat_prefix: str) -> list[hcm_pb2.HttpFilter]:
+    http = ((conf or {}).get("local") or {}).get("http") or {}
+    if not http or http.get("disabled") or not http.get("requestRate"):
+        return []
+    limit = http_rl_pb2.LocalRateLimit(
+        stat_prefix=f"rate_limit_{stat_prefix}",
+        token_bucket=_bucket(http["requestRate"]),
+        filter_enabled=_always(),
+        filter_enforced=_always(),
+    )
+    on_limit = http.get("onRateLimit") or {}
+    status = int(on_limit.get("status", DEFAULT_STATUS))
+    # Envoy accepts only the status codes its enum defines.
+    limit.status.code = status if status in http_status_pb2.StatusCode.values() else DEFAULT_STATUS
+    headers = on_limit.get("headers") or {}
+    limit.response_headers_to_add.extend(_header(h, True) for h in headers.get("add") or [])
+    limit.response_headers_to_add.extend(_header(h, False) for h in headers.get("set") or [])
+    return [hcm_pb2.HttpFilter(name="envoy.filters.http.local_ratelimit", typed_config=pack(limit))]
+
+
+def network_filters(conf: Mapping[str, Any] | None, stat_prefix: str) -> list[listener_components_pb2.Filter]:
+    tcp = ((conf or {}).get("local") or {}).get("tcp") or {}
+    if not tcp or tcp.get("disabled") or not tcp.get("connectionRate"):
+        return []
+    limit = tcp_rl_pb2.LocalRateLimit(
+        stat_prefix=f"rate_limit_{stat_prefix}", token_bucket=_bucket(tcp["connectionRate"])
+    )
+    return [listener_components_pb2.Filter(name="envoy.filters.network.local_ratelimit", typed_config=pack(limit))]
