@@ -14,4 +14,8 @@ def assemble(config: Config) -> Assembly:
     # Constructed first: an invalid, altered or expired license refuses the start before anything runs.
     authority = LicenseAuthority(config)
     kds = GlobalKds(config)
-    return Assembly(components=[authority.run, kds.run], routes=[*global_routes(kds), *authority.routes()])
+    from zonemesh.global_cp import mesh_ca
+
+    return Assembly(
+        components=[authority.run, mesh_ca.component, kds.run], routes=[*global_routes(kds), *authority.routes()]
+    )

@@ -64,7 +64,8 @@ class DataPlaneSide:
     async def run(self, cp: ControlPlane) -> AsyncIterator[None]:
         tls = await asyncio.to_thread(xds_tls_files, cp.config)
         recorder = insights.InsightRecorder(cp.manager, cp.instance_id)
-        certs = insights.RecordingCertProvider(BuiltinCA(cp.store), recorder)
+        federated = cp.config.mode == "zone" and bool(cp.config.global_address)
+        certs = insights.RecordingCertProvider(BuiltinCA(cp.store, generate=not federated), recorder)
         zone = cp.config.zone or "default"
         dataplanes = DataplaneAuthenticator(cp.store)
         zone_proxy_auth = zoneproxies.ZoneProxyAuthenticator(cp.store, zone)

@@ -45,6 +45,10 @@ BACKDATE_SECONDS = 60  # tolerate a little clock skew between the CA and the pro
 _CA_RACE_WAIT_SECONDS = 5.0
 
 
+class CaNotYetSynced(Exception):
+    """A federated zone has no copy of global's mesh CA yet (it comes with the mesh over KDS)."""
+
+
 class MtlsNotEnabled(Exception):
     """The mesh has no enabled builtin mTLS backend, so there is nothing to issue."""
 
@@ -262,9 +266,12 @@ class BuiltinCA:
     concurrent proxies of one service get the same certificate, not one each.
     """
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time, *, generate: bool = True) -> None:
         self.store = store
         self.clock = clock
+        # False on a federated zone: the mesh CA is global's (one root for every zone, so that
+        # mTLS works across zones) and arrives as mesh Secrets over KDS; the zone never makes its own.
+        self.generate = generate
         self._certs: dict[tuple[str, str], tuple[str, WorkloadCert]] = {}  # value: (CA fingerprint, cert)
         self._cas: dict[tuple[str, str], tuple[int, int, CaBundle]] = {}  # value: (cert/key versions, CA)
         self._locks: dict[tuple[str, ...], asyncio.Lock] = {}
@@ -289,6 +296,10 @@ class BuiltinCA:
             found = await self._load_ca(mesh, backend)
             if found is not None:
                 return found
+            if not self.generate:
+                raise CaNotYetSynced(
+                    f"the CA of mesh {mesh!r} (backend {backend!r}) has not arrived from the global control plane yet"
+                )
             ca = await asyncio.to_thread(
                 generate_ca, mesh, backend, settings.rsa_bits, settings.ca_validity_seconds, self.clock()
             )
