@@ -83,22 +83,22 @@ def service_name(i: int) -> str:
     return f"svc-{i:04d}"
 
 
-def proxy_spec(index: int, services: int, outbounds: int, base_port: int) -> tuple[str, dict[str, Any]]:
-    """(name, Dataplane document) of proxy ``index``: one inbound of its own, a few outbounds."""
+def proxy_spec(index: int, services: int, outbounds: int) -> tuple[str, dict[str, Any]]:
+    """(name, Dataplane document) of proxy ``index``: its own address (a loopback IP, as a pod
+    has its own IP) with one inbound in front of the app's port 8080, and a few outbounds."""
     service = index % services
     name = f"dp-{index:05d}"
-    port = base_port + index
     targets = [(service + 1 + k) % services for k in range(min(outbounds, max(services - 1, 0)))]
     doc = {
         "type": "Dataplane",
         "mesh": MESH,
         "name": name,
         "networking": {
-            "address": "127.0.0.1",
+            "address": f"127.1.{index // 250}.{index % 250 + 1}",
             "inbound": [
                 {
-                    "port": port,
-                    "servicePort": 20000 + index,
+                    "port": 8080,
+                    "servicePort": 8080,
                     "tags": {"kuma.io/service": service_name(service), "kuma.io/protocol": "http", "replica": name},
                 }
             ],
@@ -570,7 +570,7 @@ class Worker:
         loop = asyncio.get_running_loop()
 
         async def one(index: int) -> None:
-            name, doc = proxy_spec(index, p["services"], p["outbounds"], p["base_port"])
+            name, doc = proxy_spec(index, p["services"], p["outbounds"])
             body = {"mesh": MESH, "name": name, "type": "dataplane", "validFor": "24h"}
             async with sem:
                 status, token = await loop.run_in_executor(
@@ -604,6 +604,7 @@ class Worker:
             "failures": sum(len(p.failures) for p in self.proxies),
             "last_ack_age": min((now - p.last_ack for p in self.proxies), default=0.0),
             "responses": sum(p.responses for p in self.proxies),
+            "cpu_s": time.process_time(),
         }
 
     async def cmd_configured(self, _: Any) -> dict[str, Any]:
@@ -635,6 +636,14 @@ class Worker:
 
 def worker_main(conn: Connection, params: dict[str, Any]) -> None:
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+    profile = params.get("profile_clients")
+    if profile:
+        import cProfile
+
+        with cProfile.Profile() as prof:
+            asyncio.run(Worker(conn, params).main())
+        prof.dump_stats(f"{profile}.{os.getpid()}")
+        return
     asyncio.run(Worker(conn, params).main())
 
 
@@ -726,7 +735,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "ca_file": str(tmp / "cp" / "xds.crt"),
                 "services": args.services,
                 "outbounds": args.outbounds,
-                "base_port": 40000,
+                "profile_clients": str(args.profile_clients) if args.profile_clients else None,
             }
             workers = Workers(args.workers, params)
             rss_base = cp.rss_kb()
@@ -770,10 +779,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for k in range(args.changes):
                 value = 6 + k
                 cpu_before = cp.cpu_s()
+                clients_before = sum(s["cpu_s"] for s in workers.broadcast("status", None))
                 t0 = time.monotonic()
                 cp.put(f"/meshes/{MESH}/meshtimeouts/{TIMEOUT_POLICY}", timeout_doc(value))
                 wait_for(workers, value, n, args.change_timeout, "with_value")
                 cpu = cp.cpu_s() - cpu_before
+                clients_cpu = sum(s["cpu_s"] for s in workers.broadcast("status", None)) - clients_before
                 results = workers.broadcast("delivery", (t0, value))
                 samples = [x for r in results for x in r["delivery_s"]]
                 missing = sum(r["missing"] for r in results)
@@ -786,11 +797,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "all_acked_s": round(max(samples), 4) if samples else None,
                     **summary_s(samples),
                     "cp_cpu_s": round(cpu, 3),
+                    "clients_cpu_s": round(clients_cpu, 3),
                 }
                 per_change.append(change)
                 print(
                     f"  change {k + 1}: {len(samples)}/{n} ACKed, p50 {change.get('p50_s')} s, "
-                    f"p99 {change.get('p99_s')} s, all {change['all_acked_s']} s, CP CPU {cpu:.2f} s",
+                    f"p99 {change.get('p99_s')} s, all {change['all_acked_s']} s, "
+                    f"CPU: CP {cpu:.2f} s, clients {clients_cpu:.2f} s",
                     flush=True,
                 )
                 time.sleep(args.pause)
@@ -913,6 +926,7 @@ def main() -> None:
     parser.add_argument("--change-timeout", type=float, default=60.0)
     parser.add_argument("--quick", action="store_true", help="smoke run: 50 proxies, 2 changes")
     parser.add_argument("--profile", type=Path, help="run the CP under cProfile, writing this file")
+    parser.add_argument("--profile-clients", type=Path, help="cProfile each worker, writing PATH.<pid>")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data dir (CP log)")
     parser.add_argument("--out", type=Path, help=f"JSON report (default {RESULTS}; --quick: *.quick.json)")
     args = parser.parse_args()

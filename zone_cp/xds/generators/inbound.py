@@ -39,7 +39,7 @@ from zonemesh.zone_cp.xds.envoy import (
     socket_address,
 )
 from zonemesh.zone_cp.xds.generators.common import http_protocol_options
-from zonemesh.zone_cp.xds.policies import MatchedPolicies
+from zonemesh.zone_cp.xds.policies import MatchedPolicies, policy_signature
 from zonemesh.zone_cp.xds.resources import CLUSTER, LISTENER, SECRET, ResourceSet
 
 ROUTER = hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
@@ -135,6 +135,28 @@ def _listener(
     return listener
 
 
+def _built(
+    ctx: MeshContext, service: str, protocol: str, service_address: str, service_port: int, policies: MatchedPolicies
+) -> tuple[cluster_pb2.Cluster, listener_pb2.Listener]:
+    """The local cluster and a listener without name or address: all an inbound's config but
+    where it listens. Replicas of a service share it (``ctx.memo``): built and policy-configured
+    once per round instead of once per proxy."""
+    key = ("inbound", service, protocol, service_address, service_port, policy_signature(policies))
+    built = ctx.memo.get(key)
+    if built is None:
+        host = "localhost" if service_address == LOCALHOST else service_address
+        cluster = _local_cluster(f"{host}:{service_port}", service_address, service_port)
+        pieces = _pieces(ctx, service, protocol, cluster)
+        policy_plugins.configure_inbound(pieces, policies)
+        options = http_protocol_options(protocol, None)
+        if options is not None:
+            cluster.typed_extension_protocol_options[options[0]].CopyFrom(options[1])
+        template = _listener("", "", 0, _filters(pieces), ctx.mtls, ctx.name, service)
+        template.ClearField("address")
+        built = ctx.memo[key] = (cluster, template)
+    return built  # type: ignore[no-any-return]
+
+
 def generate(ctx: MeshContext, proxy: Resource, policies: MatchedPolicies, resources: ResourceSet) -> None:
     mtls = ctx.mtls
     for inbound in inbounds(proxy):
@@ -146,17 +168,14 @@ def generate(ctx: MeshContext, proxy: Resource, policies: MatchedPolicies, resou
         address, port = inbound_address(proxy, inbound), int(inbound["port"])
         service_address = str(inbound.get("serviceAddress") or LOCALHOST)
         service_port = int(inbound.get("servicePort") or port)
-        host = "localhost" if service_address == LOCALHOST else service_address
-        cluster = _local_cluster(f"{host}:{service_port}", service_address, service_port)
-
-        pieces = _pieces(ctx, service, protocol, cluster)
-        policy_plugins.configure_inbound(pieces, policies)
-        options = http_protocol_options(protocol, None)
-        if options is not None:
-            cluster.typed_extension_protocol_options[options[0]].CopyFrom(options[1])
+        cluster, template = _built(ctx, service, protocol, service_address, service_port, policies)
 
         name = f"inbound:{address}:{port}"
-        resources.add(LISTENER, name, _listener(name, address, port, _filters(pieces), mtls, ctx.name, service))
+        listener = listener_pb2.Listener()
+        listener.CopyFrom(template)  # a C-level copy of the shared filter chains
+        listener.name = name
+        listener.address.CopyFrom(socket_address(address, port))
+        resources.add(LISTENER, name, listener)
         resources.add(CLUSTER, cluster.name, cluster)
         if mtls is not None:
             resources.require(SECRET, identity_secret_name(service))
