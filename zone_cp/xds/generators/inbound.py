@@ -154,7 +154,7 @@ def _built(
         template = _listener("", "", 0, _filters(pieces), ctx.mtls, ctx.name, service)
         template.ClearField("address")
         built = ctx.memo[key] = (cluster, template)
-    return built  # type: ignore[no-any-return]
+    return built
 
 
 def generate(ctx: MeshContext, proxy: Resource, policies: MatchedPolicies, resources: ResourceSet) -> None:
