@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -188,6 +190,12 @@ def federation(
             what=f"license synced to {zone.name}",
         )
     return glob, zones[0], zones[1]
+
+
+def zmctl(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "zonemesh.ctl", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
 
 
 def wait_exit(cp: ControlPlaneProcess, timeout: float = WAIT) -> int:
@@ -375,10 +383,14 @@ def test_replacing_the_license_reaches_zones_within_seconds(
     assert time.monotonic() - started < 10
     assert license_of(glob)["allowedDataplaneProxies"] == 7
 
-    # the API (PUT /license) — and the file follows, so a restart keeps it
+    # the API (PUT /license, as `zmctl license install` sends it) — and the file follows, so a restart keeps it
     issuer.license(tmp_path / "api.json", 9)
-    status, body = http("PUT", glob.api + "/license", json.loads((tmp_path / "api.json").read_text()))
-    assert status == 200 and body["allowedDataplaneProxies"] == 9, body
+    installed = zmctl(tmp_path, "license", "install", "-f", "api.json", "--cp-address", glob.api)
+    assert installed.returncode == 0, installed.stderr
+    assert json.loads(installed.stdout)["allowedDataplaneProxies"] == 9
+    shown = zmctl(tmp_path, "license", "show", "--cp-address", zone1.cp.api)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["zone"]["name"] == "zone-1"
     wait_until(lambda: license_of(zone1.cp)["allowedDataplaneProxies"] == 9, 10, what="API change on the zone")
     assert json.loads(lic.read_text())["license"]["payload"]["dataplanes"] == "9"
 
