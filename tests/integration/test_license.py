@@ -62,13 +62,15 @@ def issuer(tmp_path: Path) -> Issuer:
     return Issuer(load_private_key(private_pem, "test"), public_path)
 
 
-def global_process(data_dir: Path, issuer: Issuer, *extra: str, kds_port: int | None = None) -> ControlPlaneProcess:
+def global_process(
+    data_dir: Path, issuer: Issuer, *extra: str, kds_port: int | None = None, env: dict[str, str] | None = None
+) -> ControlPlaneProcess:
     args = [
         "--mode", "global", "--store", "sqlite",
         "--kds-address", "127.0.0.1", "--kds-port", str(kds_port or free_port()),
         "--license-trusted-keys", str(issuer.public_path), *extra,
     ]  # fmt: skip
-    return ControlPlaneProcess(data_dir, args=args)
+    return ControlPlaneProcess(data_dir, args=args, env=env or {})
 
 
 @dataclass
@@ -174,10 +176,14 @@ def processes() -> Iterator[list[ControlPlaneProcess]]:
 
 
 def federation(
-    tmp_path: Path, issuer: Issuer, processes: list[ControlPlaneProcess], *global_args: str
+    tmp_path: Path,
+    issuer: Issuer,
+    processes: list[ControlPlaneProcess],
+    *global_args: str,
+    env: dict[str, str] | None = None,
 ) -> tuple[ControlPlaneProcess, Zone, Zone]:
     kds_port = free_port()
-    glob = global_process(tmp_path / "global", issuer, *global_args, kds_port=kds_port)
+    glob = global_process(tmp_path / "global", issuer, *global_args, kds_port=kds_port, env=env)
     processes.append(glob.start())
     zones = [zone_process(tmp_path, name, glob, kds_port) for name in ("zone-1", "zone-2")]
     for zone in zones:
@@ -287,7 +293,9 @@ def test_issued_license_admits_everyone_and_warns(
     tmp_path: Path, issuer: Issuer, processes: list[ControlPlaneProcess]
 ) -> None:
     lic = issuer.license(tmp_path / "license.json", 3)
-    glob, zone1, zone2 = federation(tmp_path, issuer, processes, "--license-path", str(lic))
+    # given as the seed's environment variable, with the file's contents
+    glob, zone1, zone2 = federation(tmp_path, issuer, processes, env={"KMESH_LICENSE_INLINE": lic.read_text()})
+    assert license_of(glob)["source"] == "inline"
     tokens = {zone1.name: zone1.token(), zone2.name: zone2.token()}
     joins: list[tuple[Zone, str, str, str | None]] = [
         (zone, tokens[zone.name], f"{zone.name}-dp-{i}", None) for i in range(5) for zone in (zone1, zone2)
@@ -345,7 +353,7 @@ def test_global_refuses_to_start_with_an_altered_or_expired_license(tmp_path: Pa
 def test_license_expiring_while_running_keeps_running_and_the_next_start_fails(tmp_path: Path, issuer: Issuer) -> None:
     expires = (datetime.now(UTC) + timedelta(seconds=12)).strftime("%Y-%m-%dT%H:%M:%SZ")
     lic = issuer.license(tmp_path / "license.json", 3, expires=expires)
-    cp = global_process(tmp_path / "global", issuer, "--license-path", str(lic)).start()
+    cp = global_process(tmp_path / "global", issuer, env={"KMESH_LICENSE_PATH": str(lic)}).start()
     try:
         assert any("expires in 0 days" in w for w in license_of(cp)["warnings"])  # fewer than 30 days left
         assert "license_warning" in cp.logs()
@@ -422,6 +430,29 @@ def test_demo_license_without_configuration_is_durable(
     wait_until(lambda: license_of(zone.cp)["demo"] is True, WAIT, what="demo license on the zone")
     assert license_of(zone.cp)["expirationDate"] == body["expirationDate"]
     assert "license_ignored" in zone.cp.logs()
+
+    # the demo license refuses proxies over 5: seven join at once, five get in
+    wait_until(lambda: zone.cp.get("/meshes/default")[0] == 200, WAIT, what="mesh default in the zone")
+    token = zone.token()
+    results = join_all([(zone, token, f"dp-{i}", None) for i in range(7)])
+    assert sum(1 for r in results.values() if r == "") == 5, results
+    for reason in (r for r in results.values() if r):
+        assert "license limit reached: the demo license allows 5 data plane proxies" in reason, reason
+    # and a real proxy agent is told why it cannot join
+    (tmp_path / "dp.token").write_text(token)
+    agent = subprocess.run(
+        [
+            sys.executable, "-m", "zonemesh.dp.main", "run",
+            "--cp-address", f"https://127.0.0.1:{zone.xds_port}", "--name", "dp-agent", "--mesh", "default",
+            "--dataplane-inline", json.dumps(dataplane("dp-agent")),
+            "--dataplane-token-file", str(tmp_path / "dp.token"),
+            "--ca-cert-file", str(zone.cp.data_dir / "xds.crt"),
+            "--admin-port", str(free_port()), "--work-dir", str(tmp_path / "agent"),
+        ],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert agent.returncode != 0
+    assert "license limit reached" in agent.stdout + agent.stderr, agent.stdout + agent.stderr
 
     # the first start is recorded: a restart keeps the same expiry
     glob.stop()
