@@ -1,0 +1,399 @@
+"""Cross-zone traffic with real processes and real Envoys, all on 127.0.0.1.
+
+    global CP ──KDS── zone-1 CP                       zone-2 CP
+                       app-a + sidecar  ─┐             ingress-2 (Envoy, SNI passthrough)
+                       egress-1 (Envoy) ─┼─mTLS──────▶      │
+                       ingress-1                            ▼
+                                                       app-b + sidecar (the only app-b)
+
+app-a in zone-1 calls app-b, which runs only in zone-2: directly through zone-2's ingress,
+then (Mesh ``routing.zoneEgress: true``) through zone-1's egress; an ExternalService on
+127.0.0.1 is reached by name through the egress. Policies are created on global. The mesh
+CA is global's, so both zones' proxies trust each other; the ingress never holds a key.
+
+Every wait is bounded; every process is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zonemesh.testing import ControlPlaneProcess, free_port, http, wait_until
+
+pytestmark = pytest.mark.slow
+
+WAIT = 60.0  # two cores shared with other work: generous, still bounded
+
+MESH = {
+    "type": "Mesh",
+    "name": "default",
+    "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]},
+}
+ALLOW_ALL = {
+    "type": "MeshTrafficPermission",
+    "mesh": "default",
+    "name": "allow-all",
+    "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]},
+}
+DENY_A_TO_B = {
+    "type": "MeshTrafficPermission",
+    "mesh": "default",
+    "name": "deny-a-to-b",
+    "spec": {
+        "targetRef": {"kind": "MeshService", "name": "app-b"},
+        "from": [{"targetRef": {"kind": "MeshService", "name": "app-a"}, "default": {"action": "Deny"}}],
+    },
+}
+
+APP = textwrap.dedent(
+    """
+    import http.server, sys
+    name, port = sys.argv[1], int(sys.argv[2])
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = name.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *args):
+            pass
+    http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    """
+)
+
+
+def get(url: str, timeout: float = 5) -> tuple[int, str]:
+    try:
+        status, body = http("GET", url, timeout=timeout)
+    except OSError as exc:  # connection reset / refused while config converges
+        return 0, str(exc)
+    return status, body if isinstance(body, str) else json.dumps(body)
+
+
+@dataclass
+class Envoy:
+    name: str
+    admin_port: int
+
+    def admin(self, path: str) -> str:
+        return get(f"http://127.0.0.1:{self.admin_port}{path}")[1]
+
+    def stat(self, name: str) -> int:
+        for line in self.admin(f"/stats?filter={name}").splitlines():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return int(value)
+        return 0
+
+    def hosts(self, cluster: str) -> list[str]:
+        """The endpoints Envoy has for ``cluster`` (admin /clusters)."""
+        found = []
+        for line in self.admin("/clusters").splitlines():
+            parts = line.split("::")
+            if len(parts) >= 4 and parts[0] == cluster and parts[2] == "health_flags":
+                found.append(parts[1])
+        return found
+
+    def config_dump(self) -> dict[str, Any]:
+        return json.loads(self.admin("/config_dump?include_eds"))  # type: ignore[no-any-return]
+
+
+@dataclass
+class World:
+    work: Path
+    glob: ControlPlaneProcess
+    zones: dict[str, ControlPlaneProcess]
+    xds_ports: dict[str, int]
+    a_out: int = 0
+    ext_out: int = 0
+    ext_port: int = 0
+    ingress: dict[str, Envoy] = field(default_factory=dict)
+    egress: Envoy | None = None
+    a: Envoy | None = None
+    b: Envoy | None = None
+    b_proc: subprocess.Popen[bytes] | None = None
+    b_ports: tuple[int, int, int] = (0, 0, 0)  # inbound, app, admin
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    # -- control planes -------------------------------------------------------------------
+
+    def put_global(self, doc: dict[str, Any]) -> None:
+        rtype = {"Mesh": "meshes", "MeshTrafficPermission": "meshtrafficpermissions"}.get(
+            doc["type"], doc["type"].lower() + "s"
+        )
+        path = f"/meshes/{doc['name']}" if doc["type"] == "Mesh" else f"/meshes/{doc['mesh']}/{rtype}/{doc['name']}"
+        status, body = self.glob.put(path, doc)
+        assert status in (200, 201), body
+
+    def token(self, zone: str, path: str, body: dict[str, Any]) -> Path:
+        status, token = http("POST", self.zones[zone].api + path, body)
+        assert status == 200 and isinstance(token, str), token
+        name = body.get("name") or "-".join(body.get("scope") or [])
+        token_file = self.work / f"{zone}-{name}.token"
+        token_file.write_text(token)
+        return token_file
+
+    # -- proxies --------------------------------------------------------------------------
+
+    def start_agent(
+        self, zone: str, name: str, doc: dict[str, Any], token_file: Path, admin_port: int, proxy_type: str
+    ) -> subprocess.Popen[bytes]:
+        spec = self.work / f"{zone}-{name}.json"
+        spec.write_text(json.dumps(doc))
+        cmd = [
+            sys.executable, "-m", "zonemesh.dp.main", "run",
+            "--cp-address", f"https://127.0.0.1:{self.xds_ports[zone]}",
+            "--name", name, "--mesh", "default", "--proxy-type", proxy_type,
+            "--dataplane-file", str(spec), "--dataplane-token-file", str(token_file),
+            "--ca-cert-file", str(self.zones[zone].data_dir / "xds.crt"),
+            "--admin-port", str(admin_port), "--work-dir", str(self.work / f"{zone}-{name}"),
+            "--drain-time", "0.5",
+        ]  # fmt: skip
+        with (self.work / f"{zone}-{name}.log").open("ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def start_app(self, name: str, port: int) -> None:
+        self.procs.append(subprocess.Popen([sys.executable, "-c", APP, name, str(port)]))
+
+    def start_zone_proxy(self, zone: str, proxy_type: str) -> Envoy:
+        port, admin = free_port(), free_port()
+        networking: dict[str, Any] = {"address": "127.0.0.1", "port": port}
+        if proxy_type == "ingress":
+            networking.update(advertisedAddress="127.0.0.1", advertisedPort=port)
+        doc = {"type": "ZoneIngress" if proxy_type == "ingress" else "ZoneEgress", "networking": networking}
+        token = self.token(zone, "/tokens/zone", {"scope": [proxy_type], "validFor": "1h"})
+        self.start_agent(zone, f"{proxy_type}-{zone[-1]}", doc, token, admin, proxy_type)
+        envoy = Envoy(f"{proxy_type}-{zone}", admin)
+        envoy.port = port  # type: ignore[attr-defined]
+        return envoy
+
+    def start_b(self) -> None:
+        inbound, app, admin = self.b_ports
+        doc = {
+            "type": "Dataplane",
+            "networking": {
+                "address": "127.0.0.1",
+                "inbound": [
+                    {
+                        "port": inbound,
+                        "servicePort": app,
+                        "tags": {"kuma.io/service": "app-b", "kuma.io/protocol": "http"},
+                    }
+                ],
+            },
+        }
+        token = self.token("zone-2", "/tokens/dataplane", {"mesh": "default", "name": "b-1", "validFor": "1h"})
+        self.b_proc = self.start_agent("zone-2", "b-1", doc, token, admin, "dataplane")
+        self.b = Envoy("b-1", admin)
+
+    def logs(self) -> str:
+        parts = [f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.work.glob("*.log"))]
+        for name, cp in [("global", self.glob), *self.zones.items()]:
+            parts.append(f"--- {name} CP\n{cp.logs()[-4000:]}")
+        return "\n".join(parts)
+
+
+def start_zone(work: Path, zone: str, kds_port: int, token: str, xds_port: int) -> ControlPlaneProcess:
+    data = work / zone
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "zone.token").write_text(token)
+    args = [
+        "--mode", "zone", "--zone", zone, "--store", "memory",
+        "--xds-address", "127.0.0.1", "--xds-port", str(xds_port),
+        "--global-address", f"grpcs://127.0.0.1:{kds_port}",
+        "--zone-token-file", str(data / "zone.token"), "--global-ca-file", str(work / "global" / "kds-tls.crt"),
+    ]  # fmt: skip
+    return ControlPlaneProcess(data, args=args).start(timeout=WAIT)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    work = tmp_path_factory.mktemp("cross-zone")
+    kds_port = free_port()
+    glob = ControlPlaneProcess(
+        work / "global",
+        args=["--mode", "global", "--store", "memory", "--kds-address", "127.0.0.1", "--kds-port", str(kds_port)],
+    ).start(timeout=WAIT)
+    w = World(work, glob, {}, {"zone-1": free_port(), "zone-2": free_port()})
+    try:
+        for zone in ("zone-1", "zone-2"):
+            status, token = http("POST", glob.api + "/tokens/zone", {"zone": zone, "validFor": "24h"})
+            assert status == 200, token
+            w.zones[zone] = start_zone(work, zone, kds_port, str(token), w.xds_ports[zone])
+        w.put_global(MESH)
+        w.put_global(ALLOW_ALL)
+        for cp in w.zones.values():
+            wait_until(
+                lambda cp=cp: cp.get("/meshes/default/meshtrafficpermissions/allow-all")[0] == 200,
+                WAIT,
+                what="policies in zones",
+            )
+            ca = "/meshes/default/secrets/default.ca-builtin-cert-ca-1"
+            wait_until(lambda cp=cp, ca=ca: cp.get(ca)[0] == 200, WAIT, what="global's mesh CA in zones")
+
+        # zone-2: app-b and its sidecar, and the zone's ingress
+        w.b_ports = (free_port(), free_port(), free_port())
+        w.start_app("app-b", w.b_ports[1])
+        w.start_b()
+        w.ingress["zone-2"] = w.start_zone_proxy("zone-2", "ingress")
+        w.ingress["zone-1"] = w.start_zone_proxy("zone-1", "ingress")
+        w.egress = w.start_zone_proxy("zone-1", "egress")
+
+        # zone-1: app-a calling app-b and the external service by name
+        a_in, a_app, a_admin = free_port(), free_port(), free_port()
+        w.a_out, w.ext_out, w.ext_port = free_port(), free_port(), free_port()
+        w.start_app("app-a", a_app)
+        w.start_app("external", w.ext_port)
+        doc = {
+            "type": "Dataplane",
+            "networking": {
+                "address": "127.0.0.1",
+                "inbound": [
+                    {
+                        "port": a_in,
+                        "servicePort": a_app,
+                        "tags": {"kuma.io/service": "app-a", "kuma.io/protocol": "http"},
+                    }
+                ],
+                "outbound": [
+                    {"port": w.a_out, "tags": {"kuma.io/service": "app-b"}},
+                    {"port": w.ext_out, "tags": {"kuma.io/service": "ext-http"}},
+                ],
+            },
+        }
+        token = w.token("zone-1", "/tokens/dataplane", {"mesh": "default", "name": "a-1", "validFor": "1h"})
+        w.start_agent("zone-1", "a-1", doc, token, a_admin, "dataplane")
+        w.a = Envoy("a-1", a_admin)
+        yield w
+    except BaseException:
+        print(w.logs())
+        raise
+    finally:
+        for proc in reversed(w.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in w.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        for cp in w.zones.values():
+            cp.stop()
+        glob.stop()
+
+
+def call_b(w: World) -> tuple[int, str]:
+    return get(f"http://127.0.0.1:{w.a_out}/")
+
+
+def test_app_in_zone_1_reaches_a_service_only_in_zone_2_through_its_ingress(world: World) -> None:
+    w = world
+    assert w.a is not None and w.b is not None
+    ingress = w.ingress["zone-2"]
+    stat = "tcp.ingress_default_app-b.downstream_cx_rx_bytes_total"  # connections are reused: count bytes
+    try:
+        wait_until(lambda: call_b(w) == (200, "app-b"), WAIT, what="app-a -> app-b across zones")
+    except TimeoutError:
+        print(w.logs())
+        raise
+    before = ingress.stat(stat)
+    for _ in range(3):
+        assert call_b(w) == (200, "app-b")
+    assert ingress.stat(stat) > before  # the requests crossed zone-2's ingress
+    # zone-1's proxy sees zone-2's ingress as the endpoint of app-b, not app-b's own address
+    assert w.a.hosts("app-b") == [f"127.0.0.1:{ingress.port}"]  # type: ignore[attr-defined]
+    # mTLS end to end: app-b's sidecar terminated TLS for a client certificate of the mesh ...
+    assert w.b.stat(f"listener.127.0.0.1_{w.b_ports[0]}.ssl.handshake") >= 1
+    # ... while the ingress holds no secret at all and only passes bytes through
+    dump = ingress.config_dump()
+    text = json.dumps(dump)
+    assert "PRIVATE KEY" not in text and "dynamic_active_secrets" not in text
+    listeners = json.dumps([c for c in dump["configs"] if "ListenersConfigDump" in c["@type"]])
+    assert "tls_inspector" in listeners and "transport_socket" not in listeners
+
+
+def test_deny_policy_on_global_blocks_the_cross_zone_call_and_deleting_it_restores_it(world: World) -> None:
+    w = world
+    w.put_global(DENY_A_TO_B)
+    wait_until(lambda: call_b(w)[0] == 403, WAIT, what="deny applied in zone-2")
+    assert w.b is not None and w.b.stat("http.localhost_" + str(w.b_ports[1]) + ".rbac.denied") >= 1
+    assert w.glob.delete("/meshes/default/meshtrafficpermissions/deny-a-to-b")[0] == 200
+    wait_until(lambda: call_b(w) == (200, "app-b"), WAIT, what="deny removed")
+
+
+def test_through_zone_1_egress_with_routing_zone_egress(world: World) -> None:
+    w = world
+    assert w.a is not None and w.egress is not None
+    w.put_global({**MESH, "routing": {"zoneEgress": True}})
+    egress_port = w.egress.port  # type: ignore[attr-defined]
+    wait_until(lambda: w.a.hosts("app-b") == [f"127.0.0.1:{egress_port}"], WAIT, what="app-b via the egress")  # type: ignore[union-attr]
+    wait_until(lambda: call_b(w) == (200, "app-b"), WAIT, what="app-a -> egress -> ingress -> app-b")
+    stat = "tcp.egress_default_app-b.downstream_cx_rx_bytes_total"
+    ingress_stat = "tcp.ingress_default_app-b.downstream_cx_rx_bytes_total"
+    before, ingress_before = w.egress.stat(stat), w.ingress["zone-2"].stat(ingress_stat)
+    for _ in range(3):
+        assert call_b(w) == (200, "app-b")
+    assert w.egress.stat(stat) > before
+    assert w.ingress["zone-2"].stat(ingress_stat) > ingress_before
+    # the egress passes app-b's TLS through as well: it holds only its own zone-egress identity
+    assert "spiffe://default/app-b" not in json.dumps(w.egress.config_dump())
+
+
+def test_external_service_by_name_through_the_egress(world: World) -> None:
+    w = world
+    assert w.egress is not None
+    external = {
+        "type": "ExternalService",
+        "mesh": "default",
+        "name": "ext-http",
+        "tags": {"kuma.io/service": "ext-http", "kuma.io/protocol": "http"},
+        "networking": {"address": f"127.0.0.1:{w.ext_port}"},
+    }
+    status, body = w.glob.put("/meshes/default/externalservices/ext-http", external)
+    assert status == 201, body
+    url = f"http://127.0.0.1:{w.ext_out}/"
+    wait_until(lambda: get(url) == (200, "external"), WAIT, what="ExternalService via the egress")
+    assert w.egress.stat("tcp.egress_default_ext-http.downstream_cx_total") >= 1
+
+
+def test_stopping_zone_2s_service_removes_it_from_zone_1_within_seconds(world: World) -> None:
+    w = world
+    assert w.a is not None and w.b_proc is not None
+    w.put_global(MESH)  # straight to the remote ingress again: the endpoint to watch is zone-2's ingress
+    ingress_port = w.ingress["zone-2"].port  # type: ignore[attr-defined]
+    wait_until(lambda: w.a.hosts("app-b") == [f"127.0.0.1:{ingress_port}"], WAIT, what="direct again")  # type: ignore[union-attr]
+    w.b_proc.send_signal(signal.SIGTERM)  # the agent drains and unregisters its Dataplane
+    stopped = time.monotonic()
+    assert w.b_proc.wait(30) == 0
+    wait_until(lambda: w.a.hosts("app-b") == [], 30, interval=0.2, what="zone-2 gone from app-b's endpoints")  # type: ignore[union-attr]
+    print(f"zone-2 removed from zone-1's endpoints {time.monotonic() - stopped:.1f}s after SIGTERM to app-b's agent")
+    assert call_b(w)[0] != 200
+    w.start_b()  # back, for the next test
+    wait_until(lambda: call_b(w) == (200, "app-b"), WAIT, what="app-b back")
+
+
+def test_killing_global_keeps_existing_cross_zone_routes(world: World) -> None:
+    w = world
+    assert call_b(w) == (200, "app-b")
+    w.glob.kill()
+    time.sleep(3)  # well past the KDS heartbeat timeout: the zones know global is gone
+    for cp in w.zones.values():
+        status, body = cp.get("/status/kds")
+        assert status == 200 and body["connected"] is False, body
+    for _ in range(5):
+        assert call_b(w) == (200, "app-b")
