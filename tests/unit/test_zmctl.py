@@ -180,7 +180,8 @@ def test_table_columns_follow_the_registry() -> None:
         return [c.header for c in output.columns_for(REGISTRY.get(type_name))]
 
     assert headers("MeshTimeout") == ["MESH", "NAME", "TARGETREF", "AGE"]
-    assert headers("Dataplane") == ["MESH", "NAME", "TAGS", "ADDRESS", "AGE"]
+    assert headers("Dataplane") == ["MESH", "NAME", "TAGS", "ADDRESS", "KIND", "AGE"]
+    assert headers("MeshGateway") == ["MESH", "NAME", "LISTENERS", "AGE"]
     assert headers("Zone") == ["NAME", "ENABLED", "STATUS", "AGE"]
     assert headers("Mesh") == ["NAME", "MTLS", "AGE"]
     assert headers("GlobalSecret") == ["NAME", "AGE"]
@@ -204,9 +205,28 @@ def test_dataplane_table() -> None:
     }
     ctx = output.TableContext(now=NOW)
     lines = output.resource_table(REGISTRY.get("Dataplane"), [dp], ctx).splitlines()
-    assert lines[0].split() == ["MESH", "NAME", "TAGS", "ADDRESS", "AGE"]
+    assert lines[0].split() == ["MESH", "NAME", "TAGS", "ADDRESS", "KIND", "AGE"]
     assert "kuma.io/service=backend,backend-admin version=v1" in lines[1]
-    assert lines[1].split()[-2:] == ["10.0.0.1", "60s"]
+    assert lines[1].split()[-3:] == ["10.0.0.1", "sidecar", "60s"]
+
+
+def test_gateways_are_marked_in_the_dataplane_table() -> None:
+    def gateway(name: str, kind: str) -> dict[str, object]:
+        return {
+            "mesh": "default",
+            "name": name,
+            "networking": {"address": "127.0.0.1", "gateway": {"type": kind, "tags": {"kuma.io/service": name}}},
+        }
+
+    docs = [gateway("edge", "BUILTIN"), gateway("kong", "DELEGATED")]
+    rows = output.resource_table(REGISTRY.get("Dataplane"), docs, output.TableContext(now=NOW)).splitlines()[1:]
+    assert [r.split()[4] for r in rows] == ["gateway:builtin", "gateway:delegated"]
+    inspect = output.dataplane_inspect_table(docs).splitlines()[1:]
+    assert [r.split()[4] for r in inspect] == ["gateway:builtin", "gateway:delegated"]
+    listeners = {
+        "conf": {"listeners": [{"port": 8080, "protocol": "HTTP", "hostname": "a.com"}, {"port": 1, "protocol": "TCP"}]}
+    }
+    assert output.gateway_listeners(listeners) == "HTTP:8080/a.com TCP:1"
 
 
 def test_zone_table_shows_online_status_when_insights_are_known() -> None:
@@ -255,8 +275,8 @@ def test_dataplane_overview_accepts_both_list_shapes() -> None:
         "dataplaneInsight": {"subscriptions": [{"connectTime": "2026-01-10T10:00:00Z"}]},
     }
     table = output.dataplane_inspect_table([overview, flat]).splitlines()
-    assert table[1].split() == ["m", "dp", "-", "1.2.3.4", "Online", "2026-01-10T10:00:00Z"]
-    assert table[2].split() == ["m", "dp", "-", "1.2.3.4", "-", "-"]
+    assert table[1].split() == ["m", "dp", "-", "1.2.3.4", "sidecar", "Online", "2026-01-10T10:00:00Z"]
+    assert table[2].split() == ["m", "dp", "-", "1.2.3.4", "sidecar", "-", "-"]
 
 
 def test_mesh_summary_table_lists_only_present_policies() -> None:

@@ -51,6 +51,7 @@ from zonemesh.zone_cp.xds.context import (
 )
 from zonemesh.zone_cp.xds.crosszone import CrossZone
 from zonemesh.zone_cp.xds.generators import GenerationError, generate
+from zonemesh.zone_cp.xds.generators.gateway import MESH_GATEWAY_ROUTE_TYPE, MESH_GATEWAY_TYPE, is_builtin
 from zonemesh.zone_cp.xds.policies import POLICY_TYPES
 from zonemesh.zone_cp.xds.policies.matching import selects
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity, ProxyType, node_key
@@ -59,7 +60,11 @@ from zonemesh.zone_cp.xds.server import StreamInfo
 
 log = structlog.get_logger(__name__)
 
-WATCHED_TYPES = (MESH, DATAPLANE, SECRET, EXTERNAL_SERVICE, *POLICY_TYPES)
+GATEWAY_TYPES = (MESH_GATEWAY_TYPE, MESH_GATEWAY_ROUTE_TYPE)
+WATCHED_TYPES = (MESH, DATAPLANE, SECRET, EXTERNAL_SERVICE, *POLICY_TYPES, *GATEWAY_TYPES)
+# Mesh-scoped types generation reads through MeshContext.policies (by type): policies, the
+# builtin gateways' MeshGateways and routes, and Secrets (gateway listener certificates).
+CONTEXT_TYPES = (*POLICY_TYPES, *GATEWAY_TYPES, SECRET)
 
 XDS_GENERATION = Histogram(
     "xds_generation",
@@ -125,9 +130,21 @@ def affected_by_dataplane(before: Resource | None, after: Resource | None, consu
 
 
 def affected_by_policy(before: Resource | None, after: Resource | None, dataplanes: Iterable[Resource]) -> set[str]:
-    """A targetRef policy changed: the proxies its top-level targetRef selects, before or after."""
+    """A targetRef policy changed: the proxies its top-level targetRef selects, before or after
+    (a ``MeshGateway`` targetRef: the builtin gateways, which MeshGateway selects them is the
+    generator's business)."""
     refs = [(p.spec.get("targetRef") or {}) for p in (before, after) if p is not None]
-    return {dp.name for dp in dataplanes if any(selects(ref, dp) for ref in refs)}
+    return {
+        dp.name
+        for dp in dataplanes
+        if any(selects(ref, dp) or (ref.get("kind") == MESH_GATEWAY_TYPE and is_builtin(dp)) for ref in refs)
+    }
+
+
+def builtin_gateways(dataplanes: Iterable[Resource]) -> set[str]:
+    """Builtin gateways have no outbounds to index: any change to a MeshGateway, a route, or
+    a dataplane or external service they may route to regenerates them (they are few)."""
+    return {dp.name for dp in dataplanes if is_builtin(dp)}
 
 
 def affected_by_external_service(before: Resource | None, after: Resource | None, consumers: Consumers) -> set[str]:
@@ -261,10 +278,14 @@ class Reconciler:
         mesh = res.mesh or res.name  # a Mesh is named by itself
         if res.type == DATAPLANE:
             names = affected_by_dataplane(before, after, self._consumers.get(mesh, {}))
+            names |= builtin_gateways(self._dataplanes(mesh))
         elif res.type in POLICY_TYPES:
             names = affected_by_policy(before, after, self._dataplanes(mesh))
         elif res.type == EXTERNAL_SERVICE:
             names = affected_by_external_service(before, after, self._consumers.get(mesh, {}))
+            names |= builtin_gateways(self._dataplanes(mesh))
+        elif res.type in GATEWAY_TYPES:
+            names = builtin_gateways(self._dataplanes(mesh))
         else:
             self.invalidate_mesh(mesh)
             return
@@ -341,7 +362,7 @@ class Reconciler:
         targets = [self._mirror[DATAPLANE].get(ResourceKey(DATAPLANE, mesh_name, n)) for n in names]
         proxies = [dp for dp in targets if dp is not None]
         certs = await self._certs(mesh, proxies)
-        policies = [r for t in POLICY_TYPES for k, r in self._mirror[t].items() if k.mesh == mesh_name]
+        policies = [r for t in CONTEXT_TYPES for k, r in self._mirror[t].items() if k.mesh == mesh_name]
         externals = [r for k, r in self._mirror[EXTERNAL_SERVICE].items() if k.mesh == mesh_name]
         ctx = MeshContext.build(mesh, dataplanes, policies, externals, certs, cross=self.cross_zone(mesh_name))
         encoder = _Encoder()
@@ -412,7 +433,7 @@ class Reconciler:
         if mesh is None or dp is None:
             raise LookupError(f"dataplane {name!r} in mesh {mesh_name!r} not found")
         dataplanes = [r for k, r in self._mirror[DATAPLANE].items() if k.mesh == mesh_name]
-        policies = [r for t in POLICY_TYPES for k, r in self._mirror[t].items() if k.mesh == mesh_name]
+        policies = [r for t in CONTEXT_TYPES for k, r in self._mirror[t].items() if k.mesh == mesh_name]
         externals = [r for k, r in self._mirror[EXTERNAL_SERVICE].items() if k.mesh == mesh_name]
         certs = await self._certs(mesh, [dp])
         ctx = MeshContext.build(mesh, dataplanes, policies, externals, certs, cross=self.cross_zone(mesh_name))

@@ -146,6 +146,27 @@ def dataplane_tags(doc: Doc) -> str:
     return " ".join(f"{k}={','.join(sorted(v))}" for k, v in sorted(merged.items())) or NONE
 
 
+def dataplane_kind(doc: Doc) -> str:
+    """``sidecar``, or ``gateway:builtin`` / ``gateway:delegated`` (seed 004): gateways stand out."""
+    gateway = _networking(doc).get("gateway")
+    if not isinstance(gateway, Mapping):
+        return "sidecar"
+    return f"gateway:{str(gateway.get('type') or 'DELEGATED').lower()}"
+
+
+def gateway_listeners(doc: Doc) -> str:
+    """A MeshGateway's listeners: ``HTTP:8080/foo.example.com TCP:9090`` (crossMesh marked)."""
+    parts = []
+    for listener in (doc.get("conf") or {}).get("listeners") or []:
+        text = f"{listener.get('protocol')}:{listener.get('port')}"
+        if listener.get("hostname") not in (None, "", "*"):
+            text += f"/{listener['hostname']}"
+        if listener.get("crossMesh"):
+            text += "(cross-mesh)"
+        parts.append(text)
+    return " ".join(parts) or NONE
+
+
 def mesh_mtls(doc: Doc) -> str:
     """``builtin/ca-1`` for the enabled backend, ``off`` without mTLS."""
     mtls = doc.get("mtls") or {}
@@ -173,7 +194,9 @@ _TYPE_COLUMNS: dict[str, list[Column]] = {
     "Dataplane": [
         Column("TAGS", lambda d, c: dataplane_tags(d)),
         Column("ADDRESS", _field("networking", "address")),
+        Column("KIND", lambda d, c: dataplane_kind(d)),
     ],
+    "MeshGateway": [Column("LISTENERS", lambda d, c: gateway_listeners(d))],
     "Zone": [
         Column("ENABLED", lambda d, c: str(d.get("enabled", True)).lower()),
         Column("STATUS", lambda d, c: c.zone_status(str(d.get("name")))),
@@ -265,8 +288,9 @@ def dataplane_inspect_table(items: Iterable[Doc]) -> str:
                 str(dataplane.get("name") or NONE),
                 dataplane_tags(dataplane),
                 str(_networking(dataplane).get("address") or NONE),
+                dataplane_kind(dataplane),
                 status,
                 connected,
             ]
         )
-    return render_table(["MESH", "NAME", "TAGS", "ADDRESS", "STATUS", "LAST CONNECTED"], rows)
+    return render_table(["MESH", "NAME", "TAGS", "ADDRESS", "KIND", "STATUS", "LAST CONNECTED"], rows)
