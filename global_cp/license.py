@@ -55,6 +55,7 @@ LICENSE_NAME = "default"
 INSTALLED_SECRET = "zonemesh-license"  # GlobalSecret holding a license installed through the API
 TICK = 1.0  # file change and expiry checks
 EXPIRED_LOG_EVERY = 60.0
+WARNING_LOG_EVERY = 60.0
 PUBLISH_DEBOUNCE = 0.2
 
 
@@ -120,6 +121,7 @@ class LicenseAuthority:
         self._dirty = asyncio.Event()
         self._lock = asyncio.Lock()
         self._expired_logged = 0.0
+        self._logged: dict[str, float] = {}  # warning kind -> when it was last logged
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -276,26 +278,32 @@ class LicenseAuthority:
 
     def _update_warnings(self, now: datetime) -> None:
         lic = self.license
-        warnings: list[str] = []
+        found: dict[str, str] = {}  # kind -> text
         expiry = format_expiry(lic.expires)
         if lic.expired(now):
-            warnings.append(
+            found["expired"] = (
                 f"the license expired at {expiry}: this control plane keeps running, "
                 "but it will refuse to start again until a valid license is installed"
             )
         elif lic.remaining(now) < WARN_BEFORE:
             days = lic.remaining(now).days
-            warnings.append(f"the {'demo ' if lic.demo else ''}license expires in {days} days, at {expiry}")
+            found["expiring"] = f"the {'demo ' if lic.demo else ''}license expires in {days} days, at {expiry}"
         active = self.count.active
         if active > lic.dataplanes:
             outcome = "new proxies are refused" if lic.strict else "proxies over the limit still join"
-            warnings.append(
+            found["over-limit"] = (
                 f"{active} data plane proxies are active but the license allows {lic.dataplanes}: {outcome}"
             )
+        warnings = list(found.values())
         if warnings != self.warnings:
-            for warning in warnings:
-                if warning not in self.warnings:
+            # Logged when a kind of warning appears, then at most once a minute while it lasts
+            # (the over-limit text changes with every proxy that joins).
+            for kind, warning in found.items():
+                if kind not in self._logged or time.monotonic() - self._logged[kind] >= WARNING_LOG_EVERY:
+                    self._logged[kind] = time.monotonic()
                     log.warning("license_warning", warning=warning, active=active, allowed=lic.dataplanes)
+            for kind in set(self._logged) - set(found):
+                del self._logged[kind]
             self.warnings = warnings
             self._dirty.set()
         if lic.expired(now) and time.monotonic() - self._expired_logged >= EXPIRED_LOG_EVERY:
