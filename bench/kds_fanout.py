@@ -8,8 +8,9 @@ Measures:
 1. fan-out: a MeshRetry PUT on global's API → applied and ACKed by all M zones (p50/p99 over
    --rounds changes). "ACKed" = the zone applied the Changes to its store; its ACK is queued in
    the same step.
-2. zone → global: 10,000 Dataplanes written in one zone's store → all ACKed by global. Global
-   ACKs a Changes message after its SQLite transaction commits, so this is "durably stored".
+2. zone → global: 10,000 Dataplanes written in one zone's store (one batch) → all ACKed by
+   global, timed from the end of the zone's write. Global ACKs a Changes message after its SQLite
+   transaction commits, so this is "durably stored".
 3. offline detection: a zone process killed with SIGKILL (TCP closed by the kernel), and one
    frozen with SIGSTOP (socket open, silent: only the heartbeat timeout finds it) → global's
    /zones+insights says offline.
@@ -255,7 +256,9 @@ class Bench:
         return {
             "dataplanes": n,
             "zone_store_write_s": round(written - t0, 3),
-            "all_acked_by_global_s": round(acked - t0, 3),
+            # from the moment the zone's store holds them (the zone's own write is not KDS)
+            "all_acked_by_global_s": round(acked - written, 3),
+            "including_zone_write_s": round(acked - t0, 3),
             "changes_messages": stats.sent,
             "stored_at_global": body["total"],
         }

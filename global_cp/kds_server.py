@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import re
 import uuid
@@ -69,8 +70,7 @@ def select_downstream(res: Resource) -> Resource | None:
     if not rtype.synced_down:
         return None
     if res.labels.get(ORIGIN_LABEL) != ORIGIN_GLOBAL:
-        res = res.copy()
-        res.labels[ORIGIN_LABEL] = ORIGIN_GLOBAL
+        res = dataclasses.replace(res, labels={**res.labels, ORIGIN_LABEL: ORIGIN_GLOBAL})  # shallow: labels only
     return res
 
 

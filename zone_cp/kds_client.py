@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import random
 import ssl
@@ -73,9 +74,9 @@ def upload_selector(zone: str) -> Any:
             return None
         if res.labels.get(ORIGIN_LABEL) == ORIGIN_ZONE and res.labels.get(ZONE_LABEL) == zone:
             return res
-        res = res.copy()
-        res.labels.update({ORIGIN_LABEL: ORIGIN_ZONE, ZONE_LABEL: zone})
-        return res
+        # Only the labels differ from the stored resource: a shallow copy, not a deep one, since
+        # this runs once per resource (10,000 dataplanes on first connect).
+        return dataclasses.replace(res, labels={**res.labels, ORIGIN_LABEL: ORIGIN_ZONE, ZONE_LABEL: zone})
 
     return select
 

