@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 import structlog
 from cryptography import x509
 from google.protobuf.message import Message
-from prometheus_client import Histogram
 from zonemesh.shared.resources.model import Resource, ResourceKey
 from zonemesh.shared.store import Store
 from zonemesh.shared.store.base import Event, EventKind, Watch
@@ -52,6 +51,7 @@ from zonemesh.zone_cp.xds.context import (
 from zonemesh.zone_cp.xds.crosszone import CrossZone
 from zonemesh.zone_cp.xds.generators import GenerationError, generate
 from zonemesh.zone_cp.xds.generators.gateway import MESH_GATEWAY_ROUTE_TYPE, MESH_GATEWAY_TYPE, is_builtin
+from zonemesh.zone_cp.xds.metrics import XDS_GENERATION
 from zonemesh.zone_cp.xds.policies import POLICY_TYPES
 from zonemesh.zone_cp.xds.policies.matching import selects
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity, ProxyType, node_key
@@ -65,12 +65,6 @@ WATCHED_TYPES = (MESH, DATAPLANE, SECRET, EXTERNAL_SERVICE, *POLICY_TYPES, *GATE
 # Mesh-scoped types generation reads through MeshContext.policies (by type): policies, the
 # builtin gateways' MeshGateways and routes, and Secrets (gateway listener certificates).
 CONTEXT_TYPES = (*POLICY_TYPES, *GATEWAY_TYPES, SECRET)
-
-XDS_GENERATION = Histogram(
-    "xds_generation",
-    "Seconds to generate (and serialize) the config of one proxy",
-    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
-)
 
 
 ROTATE_AT_FRACTION = 0.8  # as the builtin CA: a certificate is reissued after 80% of its lifetime

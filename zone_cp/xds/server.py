@@ -26,22 +26,15 @@ import grpc
 import structlog
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
-from prometheus_client import Counter, Histogram
 from zonemesh.shared.config import Config
 from zonemesh.zone_cp.xds.cache import Cancel, ConfigWatcher, WatchRequest, WatchResponse
+from zonemesh.zone_cp.xds.metrics import XDS_DELIVERY, XDS_NACKS
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, PUSH_ORDER, SHORT_NAMES, encode_response
 
 log = structlog.get_logger(__name__)
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
-
-XDS_NACKS = Counter("xds_nack", "xDS responses refused by a proxy (NACK)", ["type_url"])
-XDS_DELIVERY = Histogram(
-    "xds_delivery",
-    "Seconds from a store change being detected to the proxy ACKing the config it caused",
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
-)
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 # Checks the stream's initial metadata (``authorization: Bearer <token>``) and the Envoy node;
