@@ -109,7 +109,10 @@ class InsightRecorder:
         self._certs: dict[tuple[str, str], tuple[WorkloadCert, int, str]] = {}  # (cert, regenerations, backend)
 
     def _state(self, mesh: str, name: str) -> _ProxyState:
-        return self._proxies.setdefault((mesh, name), _ProxyState(mesh, name))
+        state = self._proxies.get((mesh, name))  # every ACK comes here: build a state only when new
+        if state is None:
+            state = self._proxies[(mesh, name)] = _ProxyState(mesh, name)
+        return state
 
     def _touch(self, mesh: str, name: str) -> None:
         self._dirty.add((mesh, name))
@@ -238,9 +241,11 @@ class InsightRecorder:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
+            # Let the burst that woke us finish first: after a mesh-wide change every proxy ACKs
+            # within a second or so, and writing insights meanwhile would slow those very pushes.
+            await asyncio.sleep(self.flush_interval)
             self._wake.clear()
             await self.flush()
-            await asyncio.sleep(self.flush_interval)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[InsightRecorder]:
