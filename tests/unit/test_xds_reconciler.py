@@ -22,6 +22,7 @@ from zonemesh.zone_cp.xds.reconciler import (
     affected_by_dataplane,
     affected_by_external_service,
     affected_by_policy,
+    proxies_serving,
 )
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from zonemesh.zone_cp.xds.server import StreamInfo
@@ -101,6 +102,12 @@ def test_an_external_service_affects_its_consumers() -> None:
     )
     assert affected_by_external_service(None, es, CONSUMERS) == {"web-1", "backend-1"}
     assert affected_by_external_service(es, None, {}) == set()
+
+
+def test_a_rotated_certificate_affects_the_proxies_of_its_service() -> None:
+    assert proxies_serving(ALL, {"backend"}) == {"backend-1", "backend-2"}
+    assert proxies_serving(ALL, {"db", "web"}) == {"db-1", "web-1"}
+    assert proxies_serving(ALL, {"nobody"}) == set()
 
 
 # -- the reconciler over a real store --------------------------------------------------------------

@@ -12,7 +12,8 @@ affected proxies are regenerated:
 - an ExternalService change: the proxies with an outbound to its service;
 - a Dataplane change: that proxy, plus the proxies whose outbounds target a service it serves
   (before or after the change), whose endpoints changed;
-- a proxy connecting: that proxy; a workload certificate due for rotation: its mesh.
+- a proxy connecting: that proxy; a workload certificate due for rotation: the proxies of its
+  service (only their secrets change).
 
 The "which proxies" rules are the pure functions ``affected_by_*`` (unit-tested alone).
 
@@ -149,6 +150,11 @@ def affected_by_external_service(before: Resource | None, after: Resource | None
         if service:
             names.update(consumers.get(str(service), ()))
     return names
+
+
+def proxies_serving(dataplanes: Iterable[Resource], wanted: Set[str]) -> set[str]:
+    """The proxies holding the identity of one of ``wanted`` services (a certificate is per service)."""
+    return {dp.name for dp in dataplanes if any(service in wanted for service in services(dp))}
 
 
 class Reconciler:
@@ -395,7 +401,7 @@ class Reconciler:
             self._rotation_wake.set()
 
     async def _cert_refresh(self) -> None:
-        """Regenerate a mesh's proxies once a workload certificate they use is due for rotation:
+        """Regenerate the proxies of a service once its workload certificate is due for rotation:
         asked again, the CertProvider returns the reissued certificate, pushed over SDS (Envoy
         swaps it in for new handshakes; open connections stay up)."""
         while True:
@@ -410,13 +416,17 @@ class Reconciler:
                 )
                 continue
             now = dt.datetime.now(dt.UTC)
-            due_meshes = {mesh for (mesh, _), (_, due) in self._rotations.items() if due <= now}
-            for key in [k for k in self._rotations if k[0] in due_meshes]:
+            due = sorted(key for key, (_, at) in self._rotations.items() if at <= now)
+            for key in due:
                 del self._rotations[key]  # tracked again when the round fetches the new certificate
-            self._next_rotation = min((due for _, due in self._rotations.values()), default=None)
-            for mesh in sorted(due_meshes):
-                log.info("xds_cert_rotation", mesh=mesh)
-                self.invalidate_mesh(mesh)
+            self._next_rotation = min((at for _, at in self._rotations.values()), default=None)
+            by_mesh: dict[str, set[str]] = {}
+            for mesh, service in due:
+                by_mesh.setdefault(mesh, set()).add(service)
+            for mesh, due_services in by_mesh.items():
+                names = proxies_serving(self._dataplanes(mesh), due_services)
+                log.info("xds_cert_rotation", mesh=mesh, services=sorted(due_services), proxies=len(names))
+                self._mark_nodes((mesh, name) for name in names)
 
     # -- for the API -------------------------------------------------------------------------
 
