@@ -1,0 +1,373 @@
+"""Gateways end to end: a standalone control plane, real Envoys (zonemesh-dp) on 127.0.0.1.
+
+    client --> builtin gateway Envoy (MeshGateway listeners) ==mTLS==> backend-a / backend-b / echo sidecars
+    client --> delegated gateway's outbound 33033            ==mTLS==> backend-b
+
+Every MeshGateway, MeshGatewayRoute and Dataplane applied here is read from docs/gateways.md
+(only the ports are replaced with free ones), so the page shows exactly what is tested. Mesh
+``default`` has builtin mTLS and an allow-all MeshTrafficPermission. Every wait is bounded;
+every process is stopped at the end.
+
+The process helpers are a minimal copy of tests/e2e/test_zone_envoy.py's (that module keeps
+them private to itself).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from zonemesh.shared.resources import REGISTRY
+
+from zonemesh.testing import ControlPlaneProcess, free_port, http, wait_until
+
+pytestmark = pytest.mark.slow
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "gateways.md"
+REQUESTS = 300  # for the weighted split: bounded, and enough for a tight tolerance
+SPLIT_TOLERANCE = 0.08  # 90% +- 8 points: ~4.6 standard deviations of a binomial(300, 0.9)
+
+MESH = {
+    "type": "Mesh",
+    "name": "default",
+    "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]},
+}
+ALLOW_ALL = {
+    "type": "MeshTrafficPermission",
+    "mesh": "default",
+    "name": "allow-all",
+    "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]},
+}
+
+HTTP_APP = textwrap.dedent(
+    """
+    import http.server, sys
+    name, port = sys.argv[1], int(sys.argv[2])
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = name.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *args):
+            pass
+    http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    """
+)
+ECHO_APP = textwrap.dedent(
+    """
+    import socketserver, sys
+    class Echo(socketserver.BaseRequestHandler):
+        def handle(self):
+            while True:
+                data = self.request.recv(65536)
+                if not data:
+                    return
+                self.request.sendall(data)
+    socketserver.ThreadingTCPServer.allow_reuse_address = True
+    socketserver.ThreadingTCPServer(("127.0.0.1", int(sys.argv[1])), Echo).serve_forever()
+    """
+)
+
+
+def example(name: str) -> dict[str, Any]:
+    """The YAML block after ``<!-- example: name -->`` in docs/gateways.md."""
+    text = DOCS.read_text()
+    found = re.search(rf"<!-- example: {re.escape(name)} -->\n```yaml\n(.*?)```", text, re.S)
+    assert found, f"docs/gateways.md has no example {name!r}"
+    doc = yaml.safe_load(found.group(1))
+    assert isinstance(doc, dict)
+    return doc
+
+
+def sidecar(service: str, inbound: int, app: int, protocol: str) -> dict[str, Any]:
+    return {
+        "type": "Dataplane",
+        "networking": {
+            "address": "127.0.0.1",
+            "inbound": [
+                {
+                    "port": inbound,
+                    "servicePort": app,
+                    "tags": {"kuma.io/service": service, "kuma.io/protocol": protocol},
+                }
+            ],
+        },
+    }
+
+
+def request(url: str, host: str | None = None, timeout: float = 5) -> tuple[int, str, dict[str, str]]:
+    req = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return response.status, response.read().decode(), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(), dict(exc.headers)
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class Env:
+    cp: ControlPlaneProcess
+    xds_port: int
+    work: Path
+    http_port: int = field(default_factory=free_port)
+    tcp_port: int = field(default_factory=free_port)
+    gateway_admin: int = field(default_factory=free_port)
+    delegated_port: int = 33033
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: dict[str, Path] = field(default_factory=dict)
+    gateway_proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def zmctl(self, *args: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "zonemesh.ctl.main", "--cp-address", self.cp.api, *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    def put(self, doc: dict[str, Any]) -> tuple[int, Any]:
+        return self.cp.put(REGISTRY.get(doc["type"]).item_path(doc["name"], doc.get("mesh", "")), doc)
+
+    def apply(self, doc: dict[str, Any]) -> None:
+        status, body = self.put(doc)
+        assert status in (200, 201), body
+
+    def start(self, args: list[str], name: str) -> subprocess.Popen[bytes]:
+        log = self.work / f"{name}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        self.logs[name] = log
+        return proc
+
+    def start_dp(self, name: str, dataplane: dict[str, Any], admin_port: int) -> subprocess.Popen[bytes]:
+        token = self.zmctl("generate", "dataplane-token", "--mesh", "default", "--name", name, "--valid-for", "1h")
+        token_file = self.work / f"{name}.token"
+        token_file.write_text(token.strip())
+        spec = {k: v for k, v in dataplane.items() if k not in ("mesh", "name")}
+        cmd = [
+            sys.executable,
+            "-m",
+            "zonemesh.dp.main",
+            "run",
+            "--cp-address",
+            f"https://127.0.0.1:{self.xds_port}",
+            "--name",
+            name,
+            "--mesh",
+            "default",
+            "--dataplane-inline",
+            json.dumps(spec),
+            "--dataplane-token-file",
+            str(token_file),
+            "--ca-cert-file",
+            str(self.cp.data_dir / "xds.crt"),
+            "--admin-port",
+            str(admin_port),
+            "--work-dir",
+            str(self.work / name),
+            "--drain-time",
+            "0.5",
+        ]
+        return self.start(cmd, f"{name}-dp")
+
+    def gateway(self) -> dict[str, Any]:
+        doc = example("meshgateway")
+        for listener in doc["conf"]["listeners"]:
+            listener["port"] = {8080: self.http_port, 9090: self.tcp_port}[listener["port"]]
+        return doc
+
+    def envoy_uptime(self) -> int:
+        status, text = http("GET", f"http://127.0.0.1:{self.gateway_admin}/stats?filter=server.uptime")
+        assert status == 200
+        return int(str(text).split(": ")[1])
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    work = tmp_path_factory.mktemp("gateways")
+    xds_port = free_port()
+    cp = ControlPlaneProcess(
+        work / "cp",
+        args=["--mode", "standalone", "--store", "memory", "--xds-address", "127.0.0.1", "--xds-port", str(xds_port)],
+    )
+    env = Env(cp, xds_port, work)
+    if not port_is_free(env.delegated_port):  # the seed's port, unless something on this machine holds it
+        env.delegated_port = free_port()
+    try:
+        cp.start()
+        env.apply(MESH)
+        env.apply(ALLOW_ALL)
+        for service, protocol in (("backend-a", "http"), ("backend-b", "http"), ("echo", "tcp")):
+            app_port, inbound = free_port(), free_port()
+            code = ECHO_APP if protocol == "tcp" else HTTP_APP
+            args = [str(app_port)] if protocol == "tcp" else [service, str(app_port)]
+            env.start([sys.executable, "-c", code, *args], service)
+            env.start_dp(f"{service}-1", sidecar(service, inbound, app_port, protocol), free_port())
+        env.gateway_proc = env.start_dp("edge-gateway-1", example("builtin-dataplane"), env.gateway_admin)
+        env.apply(env.gateway())
+        for name in ("route-http", "route-host-b", "route-tcp"):
+            env.apply(example(name))
+        wait_until(
+            lambda: request(f"{env.gateway_url}/api")[:2] == (200, "backend-a"),
+            timeout=40,
+            what="the builtin gateway to route /api to backend-a",
+        )
+        yield env
+    except BaseException:
+        for name, log in env.logs.items():
+            if name.endswith("-dp"):
+                print(f"--- {name} log ---\n{log.read_text(errors='replace')[-3000:]}")
+        print(f"--- control plane log ---\n{cp.logs()[-6000:]}")
+        raise
+    finally:
+        for proc in reversed(env.procs):
+            _stop(proc)
+        cp.kill()
+
+
+def test_path_routing(env: Env) -> None:
+    for _ in range(10):
+        assert request(f"{env.gateway_url}/api")[:2] == (200, "backend-a")
+        assert request(f"{env.gateway_url}/api/users")[:2] == (200, "backend-a")
+    # A PREFIX matches whole segments: /apix is not /api, it falls to "/" (the split).
+    assert request(f"{env.gateway_url}/apix")[1] in ("backend-a", "backend-b")
+
+
+def test_weighted_split_90_10(env: Env) -> None:
+    counts = {"backend-a": 0, "backend-b": 0}
+    for i in range(REQUESTS):
+        status, body, _ = request(f"{env.gateway_url}/page/{i}")
+        assert status == 200, body
+        counts[body] += 1
+    share_b = counts["backend-b"] / REQUESTS
+    print(f"weighted split over {REQUESTS} requests: {counts} (backend-b {share_b:.3f}, configured 0.9)")
+    assert abs(share_b - 0.9) <= SPLIT_TOLERANCE, counts
+    assert counts["backend-a"] > 0  # the 10% is really sent somewhere
+
+
+def test_hostname_picks_the_listener(env: Env) -> None:
+    status, body, headers = request(f"{env.gateway_url}/api", host="b.example.com")
+    assert (status, body) == (200, "backend-b")
+    assert headers.get("x-served-by") == "host-b-route"
+    # With a port in the Host header too; and any other host keeps the catch-all listener's routes.
+    assert request(f"{env.gateway_url}/api", host=f"b.example.com:{env.http_port}")[1] == "backend-b"
+    status, body, headers = request(f"{env.gateway_url}/api", host="other.example.com")
+    assert (status, body) == (200, "backend-a")
+    assert "x-served-by" not in headers
+
+
+def test_tcp_listener_reaches_the_echo_service(env: Env) -> None:
+    for payload in (b"ping", b"x" * 10_000):
+        with socket.create_connection(("127.0.0.1", env.tcp_port), timeout=5) as sock:
+            sock.sendall(payload)
+            received = b""
+            while len(received) < len(payload):  # bounded by the payload and the socket timeout
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+        assert received == payload
+
+
+def test_route_change_takes_effect_without_restart(env: Env) -> None:
+    uptime = env.envoy_uptime()
+    changed = copy.deepcopy(example("route-http"))
+    changed["conf"]["http"]["rules"][0]["backends"][0]["destination"]["kuma.io/service"] = "backend-b"
+    try:
+        env.apply(changed)
+        wait_until(
+            lambda: request(f"{env.gateway_url}/api")[1] == "backend-b", timeout=20, what="/api to go to backend-b"
+        )
+        assert env.gateway_proc is not None and env.gateway_proc.poll() is None
+        assert env.envoy_uptime() >= uptime  # the same Envoy, not a restarted one
+    finally:
+        env.apply(example("route-http"))
+    wait_until(lambda: request(f"{env.gateway_url}/api")[1] == "backend-a", timeout=20, what="/api back to backend-a")
+
+
+def test_delegated_gateway_outbound_reaches_the_backend(env: Env) -> None:
+    doc = example("delegated-dataplane")
+    doc["networking"]["outbound"][0]["port"] = env.delegated_port
+    env.start_dp("kong-01", doc, free_port())
+    url = f"http://127.0.0.1:{env.delegated_port}/"
+    wait_until(lambda: request(url)[:2] == (200, "backend-b"), timeout=30, what="the delegated gateway's outbound")
+    for _ in range(5):
+        assert request(url)[:2] == (200, "backend-b")
+    # No inbound: the delegated proxy's Envoy has only the outbound listener.
+    kinds = env.zmctl("get", "dataplanes", "--mesh", "default")
+    rows = {line.split()[1]: line.split() for line in kinds.splitlines()[1:] if line.strip()}
+    assert "gateway:delegated" in rows["kong-01"]
+    assert "gateway:builtin" in rows["edge-gateway-1"]
+    assert "sidecar" in rows["backend-a-1"]
+
+
+def test_invalid_gateways_are_refused_field_by_field(env: Env) -> None:
+    bad = env.gateway()
+    bad["name"] = "bad-gateway"
+    bad["conf"]["listeners"][2]["port"] = env.http_port  # TCP on the HTTP port
+    status, body = env.put(bad)
+    assert status == 400, body
+    assert {"field": "conf.listeners[2].protocol", "reason": body["invalid_parameters"][0]["reason"]} in body[
+        "invalid_parameters"
+    ]
+    assert "already used with protocol HTTP" in body["invalid_parameters"][0]["reason"]
+
+    no_selector = env.gateway()
+    no_selector["name"] = "bad-gateway"
+    del no_selector["selectors"]
+    status, body = env.put(no_selector)
+    assert status == 400 and {"field": "selectors", "reason": "must be defined"} in body["invalid_parameters"]
+
+    cross_tcp = env.gateway()
+    cross_tcp["name"] = "bad-gateway"
+    cross_tcp["conf"]["listeners"] = [{"port": env.tcp_port, "protocol": "TCP", "crossMesh": True}]
+    status, body = env.put(cross_tcp)
+    assert status == 400
+    assert {
+        "field": "conf.listeners[0].crossMesh",
+        "reason": "cross-mesh listeners support only protocol HTTP, not TCP",
+    } in body["invalid_parameters"]
+    # Nothing was stored, and the running gateway is untouched.
+    assert env.cp.get(REGISTRY.get("MeshGateway").item_path("bad-gateway", "default"))[0] == 404
+    assert request(f"{env.gateway_url}/api")[:2] == (200, "backend-a")
