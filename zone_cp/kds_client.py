@@ -271,16 +271,32 @@ class KdsClient:
             raise ValueError(f"unknown resource type {changes.type!r}: is this zone older than global?") from None
         if not (rtype.synced_down or rtype.sync & Sync.ACROSS_ZONES):
             raise ValueError(f"{rtype.name} is not accepted from global: it is not synced to zones")
+        # What this zone uploads (its own resources, as the upload snapshot holds them) is never
+        # overwritten or deleted by what comes down: those keys are refused, the rest applied.
+        own = self.snapshot.items
+        refused: list[str] = []
         upserts: list[Resource] = []
         for wire in changes.upserts:
             if wire.type != rtype.name:
                 raise ValueError(f"a {changes.type} message carries a {wire.type}")
             res = from_wire(wire)
-            if owned_by(self.zone, res):
-                raise ValueError(f"{res.key} is owned by this zone; global must not overwrite it")
-            upserts.append(res)
-        deletes = [ResourceKey(rtype.name, k.mesh, k.name) for k in changes.removals]
+            if owned_by(self.zone, res) or key_str(res.type, res.mesh, res.name) in own:
+                refused.append(f"{res.mesh}/{res.name}" if res.mesh else res.name)
+            else:
+                upserts.append(res)
+        deletes: list[ResourceKey] = []
+        for k in changes.removals:
+            if key_str(rtype.name, k.mesh, k.name) in own:
+                refused.append(f"{k.mesh}/{k.name}" if k.mesh else k.name)
+            else:
+                deletes.append(ResourceKey(rtype.name, k.mesh, k.name))
         await self.store.batch(upserts=upserts, deletes=deletes)
+        if refused:
+            raise ValueError(
+                f"{rtype.name} {', '.join(sorted(refused)[:10])}{' ...' if len(refused) > 10 else ''}: "
+                f"this zone has its own resource of that name, which global must not overwrite or delete "
+                f"({len(changes.upserts) + len(changes.removals) - len(refused)} others applied)"
+            )
 
 
 def _describe(exc: Exception) -> str:

@@ -121,6 +121,15 @@ def test_global_and_two_zones(tmp_path: Path) -> None:
         assert glob.delete("/meshes/default/dataplanes/zone-1.dp-1")[0] == 405
         assert "dp-1" not in items(zone2, "/meshes/default/dataplanes")  # dataplanes are not synced across zones
 
+        # KDS metrics on global's diagnostics port (:5680)
+        status, metrics = http("GET", f"http://127.0.0.1:{glob.diagnostics_port}/metrics")
+        assert status == 200
+        for zone_name in ("zone-1", "zone-2"):
+            assert f'kds_zone_active_connections{{zone_name="{zone_name}"}} 1.0' in metrics
+            assert f'kds_delta_generation_count{{zone_name="{zone_name}"}}' in metrics
+        assert 'kds_resources_sync_count{zone_name="zone-1"}' in metrics  # dp-1 applied at global
+        assert "# TYPE kds_nack_total counter" in metrics
+
         # deletes on global reach the zones
         assert glob.delete("/meshes/default/meshretries/r1")[0] == 200
         for zone in zones:

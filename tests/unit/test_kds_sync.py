@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import prometheus_client
 from kds_harness import eventually, running_global, running_zone
 from zonemesh.global_cp.kds_server import KdsServer
 from zonemesh.shared.kds.session import Outbox
@@ -178,3 +180,59 @@ def _outbox(server: KdsServer, zone: str) -> Outbox:
     stream = server.streams[zone]
     assert stream.session.outbox is not None
     return stream.session.outbox
+
+
+async def test_zone_insight_records_the_stream_and_nacks(tmp_path: Path) -> None:
+    """ZoneInsight: one subscription per stream (connect/disconnect time, version, per-type
+    sent/ACKed/NACKed, last heartbeat); a NACK is counted there and in kds_nack_total."""
+    global_store, zone1_store, zone2_store = MemoryStore(), MemoryStore(), MemoryStore()
+    await ResourceManager(global_store, mode=Mode.GLOBAL).ensure_default_mesh()
+    # zone-1 has its own ingress that happens to be named like zone-2's ingress will be at global:
+    # global must not overwrite it, so zone-1 refuses (NACKs) that one.
+    await zone1_store.create(ingress("zone-2.zi"))
+    await zone2_store.create(ingress("zi"))
+    labels = {"zone_name": "zone-1", "resource_type": "ZoneIngress"}
+    nacks_before = _metric("kds_nack_total", labels)
+    async with running_global(tmp_path, global_store) as (kds, _):
+        tokens = {z: await ZoneTokenIssuer(global_store).issue(z, None, DAY) for z in ("zone-1", "zone-2")}
+        registry = kds.zones
+        assert registry is not None
+        async with (
+            running_zone(tmp_path, "zone-1", kds.port, tokens["zone-1"], zone1_store),
+            running_zone(tmp_path, "zone-2", kds.port, tokens["zone-2"], zone2_store),
+        ):
+            await eventually(lambda: _stat(registry.insight("zone-1"), "Mesh", "responsesAcknowledged"), what="ack")
+            await eventually(lambda: _stat(registry.insight("zone-1"), "ZoneIngress", "responsesRejected"), what="nack")
+            assert _metric("kds_nack_total", labels) > nacks_before
+            # both ends count their stream, and here both ends share one process (one registry)
+            assert _metric("kds_zone_active_connections", {"zone_name": "zone-1"}) == 2
+            insight = registry.insight("zone-1")
+            sub = insight["subscriptions"][-1]
+            assert sub["connectTime"] and sub["disconnectTime"] is None
+            assert sub["version"]["zonemeshCp"]["version"] and sub["zoneInstanceId"] == "zone-1-test"
+            mesh = sub["status"]["stat"]["Mesh"]
+            assert mesh["responsesSent"] >= mesh["responsesAcknowledged"] >= 1
+            assert insight["healthCheck"]["time"]
+            assert registry.is_online("zone-1")
+            # zone-1 kept its own ingress; zone-2's is at global under the qualified name
+            own = await zone1_store.get("ZoneIngress", "zone-2.zi")
+            assert own.labels == {} and (await global_store.find("ZoneIngress", "zone-2.zi")) is not None
+        await eventually(lambda: not registry.is_online("zone-1"), what="zone-1 offline after it left")
+        await eventually(
+            lambda: registry.insight("zone-1")["subscriptions"][-1]["disconnectTime"], what="disconnect time"
+        )
+        assert _metric("kds_zone_active_connections", {"zone_name": "zone-1"}) == 0
+        await registry.flush()
+        stored = await global_store.get("ZoneInsight", "zone-1")
+        assert stored.spec["subscriptions"][-1]["disconnectTime"] is not None
+
+
+def _stat(insight: dict[str, Any], type: str, counter: str) -> int:
+    subs = insight.get("subscriptions") or [{}]
+    value = (subs[-1].get("status") or {}).get("stat", {}).get(type, {}).get(counter, 0)
+    return int(value)
+
+
+def _metric(name: str, labels: dict[str, str]) -> float:
+    value = prometheus_client.REGISTRY.get_sample_value(name, labels)
+    return value or 0.0
