@@ -29,7 +29,7 @@ from zonemesh.shared.store import NotFound, Store
 from zonemesh.shared.tokens import dataplane as dptokens
 from zonemesh.shared.tokens.tokens import InvalidToken
 from zonemesh.zone_cp.insights import InsightRecorder
-from zonemesh.zone_cp.license import LicenseRefused, license_admission
+from zonemesh.zone_cp.license import LicenseRefused, license_admission, license_connection
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity, ProxyType, parse_node_id
 
 log = structlog.get_logger(__name__)
@@ -104,6 +104,12 @@ class DataplaneAuthenticator:
             raise AdmissionRefused(str(exc)) from None
         proxy_type = node_proxy_type(node)
         await self.check(bearer_token(metadata), mesh, name, proxy_type)
+        if proxy_type == ProxyType.DATAPLANE.value:
+            try:  # a Dataplane stored without a license slot (created through the API) needs one to connect
+                await license_connection(self.store, mesh, name)
+            except LicenseRefused as exc:
+                log.warning("dataplane_license_refused", mesh=mesh, name=name, reason=str(exc))
+                raise AdmissionRefused(str(exc)) from None
         return ProxyIdentity(mesh=mesh, name=name, proxy_type=ProxyType(proxy_type))
 
 

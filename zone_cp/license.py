@@ -59,7 +59,8 @@ class ZoneLicense:
         self.quota_wait = parse_duration(config.license_quota_wait)
         self.store: Store | None = None
         self.synced: dict[str, Any] | None = None  # spec of License/default from global
-        self.holders: set[tuple[str, str]] = set()  # counted proxies of this zone (mesh, name)
+        self.holders: set[tuple[str, str]] = set()  # counted proxies of this zone holding a slot (mesh, name)
+        self.unadmitted: set[tuple[str, str]] = set()  # counted Dataplanes stored without a slot (API-created)
         self.granted = 0
         self.answered = 0
         self.outstanding: list[tuple[int, int]] = []  # (seq, want) sent, not yet answered
@@ -201,6 +202,9 @@ class ZoneLicense:
                 if self.strict and not before:
                     self.last_want = -1  # now strict: tell global what this zone holds
                     self._ask()
+                if not self.strict:
+                    self.holders |= self.unadmitted
+                    self.unadmitted.clear()
                 self._update_metrics()
             elif res.type == "LicenseQuota" and res.name == self.zone:
                 self._apply_grant({} if deleted else res.spec)
@@ -209,8 +213,16 @@ class ZoneLicense:
                 key = (res.mesh, res.name)
                 if deleted or not counted(res):
                     self.holders.discard(key)
-                else:
-                    self.holders.add(key)
+                    self.unadmitted.discard(key)
+                elif key not in self.holders:
+                    # Not admitted through registration (created through the API): it holds a slot if one is
+                    # free; otherwise its proxy is refused when it connects (see `connection`).
+                    if not self.strict or len(self.holders) < self.limit():
+                        self.holders.add(key)
+                        self.unadmitted.discard(key)
+                    elif key not in self.unadmitted:
+                        self.unadmitted.add(key)
+                        log.warning("dataplane_over_license_quota", zone=self.zone, mesh=res.mesh, name=res.name)
                 self._ask()
             await self._notify()
 
@@ -264,6 +276,17 @@ class ZoneLicense:
                 self._ask()
                 await self._notify()
             raise
+
+    async def connection(self, mesh: str, name: str) -> None:
+        """An xDS stream opens for ``mesh/name``: a Dataplane stored without a slot needs one now."""
+        key = (mesh, name)
+        if key not in self.unadmitted:
+            return
+        if self.strict:
+            await self._reserve(key)
+        else:
+            self.holders.add(key)
+        self.unadmitted.discard(key)
 
     async def _reserve(self, key: tuple[str, str]) -> None:
         deadline = time.monotonic() + self.quota_wait
@@ -335,6 +358,13 @@ class ZoneLicense:
 
 def license_for(store: Store) -> ZoneLicense | None:
     return _GATES.get(store)
+
+
+async def license_connection(store: Store, mesh: str, name: str) -> None:
+    """What zone_cp/admission.py calls when a data plane proxy opens its xDS stream; raises LicenseRefused."""
+    gate = license_for(store)
+    if gate is not None:
+        await gate.connection(mesh, name)
 
 
 @contextlib.asynccontextmanager

@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from envoy.service.discovery.v3 import discovery_pb2
 from zonemesh.proto import dataplane_pb2, dataplane_pb2_grpc
 from zonemesh.shared.license.format import issue
 from zonemesh.shared.license.keys import generate_keypair, load_private_key
@@ -128,6 +129,29 @@ async def register(zone: Zone, token: str, name: str, gateway: str | None = None
             await stub.Register(request, metadata=(("authorization", f"Bearer {token}"),), timeout=30)
         except grpc.aio.AioRpcError as exc:
             return f"{exc.code().name}: {exc.details()}"
+    return ""
+
+
+async def ads_refusal(zone: Zone, token: str, name: str) -> str:
+    """Open an ADS stream as Envoy would for ``default.<name>``; returns why it was closed ("" if it was not)."""
+    credentials = grpc.ssl_channel_credentials(root_certificates=zone.ca)
+    async with grpc.aio.secure_channel(f"127.0.0.1:{zone.xds_port}", credentials) as channel:
+        call = channel.stream_stream(
+            "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+            request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
+            response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
+        )(metadata=(("authorization", f"Bearer {token}"),))
+        request = discovery_pb2.DiscoveryRequest(type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster")
+        request.node.id = f"default.{name}"
+        try:
+            await call.write(request)
+            await asyncio.wait_for(call.read(), timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            return f"{exc.code().name}: {exc.details()}"
+        except TimeoutError:
+            pass
+        finally:
+            call.cancel()
     return ""
 
 
@@ -275,6 +299,12 @@ def test_strict_license_admits_exactly_the_limit_across_zones(
     )
     wait_until(lambda: license_of(glob)["activeDataplaneProxies"] == 3, WAIT, what="still 3 active")
     assert asyncio.run(register(holder_zone, tokens[holder_zone.name], "one-too-many")).startswith("RESOURCE_EXHAUSTED")
+
+    # a Dataplane created through the zone's API gets no slot: its proxy is refused when it connects
+    assert holder_zone.cp.put("/meshes/default/dataplanes/api-dp", dataplane("api-dp"))[0] == 201
+    wait_until(lambda: "dataplane_over_license_quota" in holder_zone.cp.logs(), WAIT, what="API dataplane seen")
+    refusal = asyncio.run(ads_refusal(holder_zone, tokens[holder_zone.name], "api-dp"))
+    assert "license limit reached" in refusal, refusal
 
     # global gone: each zone keeps what it holds and admits nothing beyond
     glob.stop(signal.SIGKILL)
