@@ -58,8 +58,32 @@ def types_table() -> str:
     return "\n".join(rows)
 
 
+def kds_sync_table() -> str:
+    """What KDS carries, from the same helpers the KDS server and client use."""
+    from zonemesh.global_cp.kds_server import downstream_types, upstream_types
+
+    down, up = set(downstream_types()), set(upstream_types())
+    rows = [
+        "| type | global → zones | zone → global | to other zones | stored at global as |",
+        "|---|---|---|---|---|",
+    ]
+    for rtype in sorted(REGISTRY, key=lambda t: t.name):
+        if rtype.name not in down | up:
+            continue
+        across = bool(rtype.sync & Sync.ACROSS_ZONES)
+        rows.append(
+            f"| {rtype.name} | {'yes' if rtype.synced_down else ''} | {'yes' if rtype.name in up else ''} "
+            f"| {'yes, as `{zone}.{name}`' if across else ''} "
+            f"| {'`{zone}.{name}`, read-only' if rtype.name in up else 'its own name'} |"
+        )
+    local = sorted(t.name for t in REGISTRY if t.name not in down | up)
+    rows += ["", f"Not synced (local to each control plane): {', '.join(local)}."]
+    return "\n".join(rows)
+
+
 BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "types": ("resources.md", types_table),
+    "kds-sync": ("kds.md", kds_sync_table),
 }
 
 

@@ -25,10 +25,11 @@ from zonemesh.testing import ControlPlaneProcess, free_port, wait_until
 pytestmark = pytest.mark.slow
 
 
-def zmctl(address: str, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def zmctl(address: str, home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HOME": str(home), "ZMCTL_CONFIG": str(home / "zmctl.yaml")}
     proc = subprocess.run(
         [sys.executable, "-m", "zonemesh.ctl", "--cp-address", address, *args],
+        input=stdin,
         capture_output=True,
         text=True,
         env=env,
@@ -112,8 +113,10 @@ def test_zone_tokens_issued_by_zmctl_and_rotated(tmp_path: Path) -> None:
         pem = generate_private_key_pem()
         key_file = tmp_path / "key-2.pem"
         key_file.write_bytes(pem)
-        secret = {"type": "GlobalSecret", "name": "zone-token-signing-key-2", "data": base64.b64encode(pem).decode()}
-        assert glob.put("/global-secrets/zone-token-signing-key-2", secret)[0] == 201
+        # as docs/kds.md shows it
+        secret = f"type: GlobalSecret\nname: zone-token-signing-key-2\ndata: {base64.b64encode(pem).decode()}\n"
+        run = zmctl(glob.api, home, "apply", "-f", "-", stdin=secret)
+        assert run.returncode == 0, run.stderr
         run = zmctl(glob.api, home, "generate", "zone-token", "--zone", "zone-1", "--valid-for", "24h",
                     "--signing-key-path", str(key_file), "--kid", "2")  # fmt: skip
         assert run.returncode == 0, run.stderr
@@ -126,13 +129,27 @@ def test_zone_tokens_issued_by_zmctl_and_rotated(tmp_path: Path) -> None:
         assert jwt.get_unverified_header(run.stdout.strip())["kid"] == "2"
 
         # delete key 1: tokens signed by it stop working, the zone on key 2 keeps its stream
-        assert glob.delete("/global-secrets/zone-token-signing-key-1")[0] == 200
+        run = zmctl(glob.api, home, "delete", "global-secrets", "zone-token-signing-key-1")
+        assert run.returncode == 0, run.stderr
         refused = open_stream(kds_port, ca.read_bytes(), "zone-1", token1)
         assert refused is not None and refused.code() is grpc.StatusCode.UNAUTHENTICATED
         assert "signing key 1 not found" in (refused.details() or "")
         assert open_stream(kds_port, ca.read_bytes(), "zone-1", token2) is None
         wait_until(lambda: kds_connected(zone1), WAIT, what="zone-1 connected")
         assert "zone_token_refused" in glob.logs() and "signing key 1 not found" in glob.logs()
+
+        # revocation, as docs/kds.md shows it: the open stream on token 2 is closed, reconnects refused
+        jti = jwt.decode(token2, options={"verify_signature": False})["jti"]
+        revocations = (
+            f"type: GlobalSecret\nname: zone-token-revocations\ndata: {base64.b64encode(jti.encode()).decode()}\n"
+        )
+        run = zmctl(glob.api, home, "apply", "-f", "-", stdin=revocations)
+        assert run.returncode == 0, run.stderr
+        wait_until(lambda: "revoked" in (zone1.get("/status/kds")[1]["lastError"] or ""), WAIT, what="zone-1 refused")
+        wait_until(lambda: zone_states(glob, home) == {"zone-1": "Offline"}, WAIT, what="zone-1 Offline")
+        token3 = zmctl(glob.api, home, "generate", "zone-token", "--zone", "zone-1", "--valid-for", "1h").stdout
+        (tmp_path / "zone-1" / "zone.token").write_text(token3.strip())
+        wait_until(lambda: zone_states(glob, home) == {"zone-1": "Online"}, WAIT, what="zone-1 back with token 3")
 
         # a zone killed with -9 shows Offline
         zone1.stop(signal.SIGKILL)
