@@ -568,7 +568,7 @@ def _bad_token(zone: Zone, kind: str, name: str) -> str:
     return zone.token("app-a")
 
 
-def _ads_status(zone: Zone, token: str, node_id: str) -> grpc.StatusCode:
+def _ads_status(zone: Zone, token: str | None, node_id: str) -> grpc.StatusCode:
     """Open an ADS stream as Envoy would (TLS, bearer token, node id) and return how it ends."""
     credentials = grpc.ssl_channel_credentials(root_certificates=zone.ca_file.read_bytes())
     with grpc.secure_channel(f"127.0.0.1:{zone.xds_port}", credentials) as channel:
@@ -579,8 +579,9 @@ def _ads_status(zone: Zone, token: str, node_id: str) -> grpc.StatusCode:
         )
         request = discovery_pb2.DiscoveryRequest(type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster")
         request.node.id = node_id
+        metadata = (("authorization", f"Bearer {token}"),) if token is not None else ()
         try:
-            for _ in stream(iter([request]), metadata=(("authorization", f"Bearer {token}"),), timeout=10):
+            for _ in stream(iter([request]), metadata=metadata, timeout=10):
                 return grpc.StatusCode.OK
         except grpc.RpcError as exc:
             return exc.code()  # type: ignore[no-any-return]
@@ -607,6 +608,17 @@ def test_proxy_with_a_bad_token_is_refused(zone: Zone, kind: str) -> None:
     assert len(mine) >= 2 and all(BAD_TOKENS[kind] in r["reason"] for r in mine), mine  # one per door
     assert token not in logs  # tokens are never logged
     assert http("GET", f"{zone.cp.api}/meshes/default/dataplanes/{name}")[0] == 404
+
+
+def test_proxy_without_a_token_is_refused(zone: Zone) -> None:
+    assert _ads_status(zone, None, "default.intruder-none") == grpc.StatusCode.UNAUTHENTICATED
+    refusals = [json.loads(line) for line in zone.cp.logs().splitlines() if '"dataplane_auth_refused"' in line]
+    assert any(r.get("name") == "intruder-none" and r["reason"] == "no dataplane token provided" for r in refusals)
+    # The agent does not even try with an empty token file.
+    dataplane = dataplane_yaml("intruder-none", free_port(), free_port(), None)
+    proc, log = zone.start_dp("intruder-none", dataplane, "", free_port())
+    assert proc.wait(timeout=30) == 2
+    assert "is empty" in log.read_text()
 
 
 def test_zone_proxy_with_a_dataplane_token_is_refused(zone: Zone) -> None:
