@@ -8,9 +8,9 @@ list them per zone with ``?filter[labels.zonemesh.io/zone]=zone-1``.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from aiohttp import web
+from zonemesh.global_cp import insight
 from zonemesh.global_cp.kds_server import GlobalKds, upstream_types
 from zonemesh.global_cp.zones import zone_enabled
 from zonemesh.shared.api.auth import require_admin
@@ -18,7 +18,7 @@ from zonemesh.shared.api.context import MANAGER
 from zonemesh.shared.api.resources import read_document
 from zonemesh.shared.duration import parse_duration
 from zonemesh.shared.resources.codec import to_universal
-from zonemesh.shared.resources.model import ORIGIN_LABEL, ORIGIN_ZONE, ZONE_LABEL, ResourceKey, format_time
+from zonemesh.shared.resources.model import ORIGIN_LABEL, ORIGIN_ZONE, ZONE_LABEL, Resource, ResourceKey, format_time
 from zonemesh.shared.resources.registry import REGISTRY
 from zonemesh.shared.resources.schema import FieldError, ValidationError
 from zonemesh.shared.store import ListFilter, NotFound
@@ -89,25 +89,22 @@ def global_routes(kds: GlobalKds) -> list[web.RouteDef]:
 
     async def global_insight(request: web.Request) -> web.Response:
         store = request.app[MANAGER].store
-        resources: dict[str, dict[str, int]] = {}
-        for rtype in REGISTRY:
-            resources[rtype.name] = {"total": (await store.list(rtype.name, size=1)).total}
-        zones = (await store.list("Zone")).items
-        online = sum(1 for z in zones if kds.zones is not None and kds.zones.is_online(z.name))
-        policies = sum(resources[t.name]["total"] for t in REGISTRY.policies())
-        body: dict[str, Any] = {
-            "type": "GlobalInsight",
-            "createdAt": format_time(datetime.now(UTC)),
-            "zones": {
-                "controlPlanes": {"online": online, "total": len(zones)},
-                "zoneIngresses": {"total": resources.get("ZoneIngress", {}).get("total", 0)},
-                "zoneEgresses": {"total": resources.get("ZoneEgress", {}).get("total", 0)},
-            },
-            "meshes": {"total": resources["Mesh"]["total"]},
-            "dataplanes": {"total": resources.get("Dataplane", {}).get("total", 0)},
-            "policies": {"total": policies},
-            "resources": resources,
-        }
+
+        async def all_of(type: str) -> list[Resource]:
+            return (await store.list(type, size=None)).items
+
+        totals = {t.name: (await store.list(t.name, size=1)).total for t in REGISTRY}
+        body = insight.global_insight(
+            created_at=format_time(datetime.now(UTC)) or "",
+            zones=await all_of("Zone"),
+            zone_online=lambda name: kds.zones is not None and kds.zones.is_online(name),
+            dataplanes=await all_of("Dataplane"),
+            dataplane_insights=await all_of("DataplaneInsight"),
+            ingresses=await all_of("ZoneIngress"),
+            egresses=await all_of("ZoneEgress"),
+            totals=totals,
+            policy_types=[t.name for t in REGISTRY.policies()],
+        )
         return web.json_response(body)
 
     async def delete_zone(request: web.Request) -> web.Response:

@@ -121,6 +121,13 @@ def test_global_and_two_zones(tmp_path: Path) -> None:
         assert glob.delete("/meshes/default/dataplanes/zone-1.dp-1")[0] == 405
         assert "dp-1" not in items(zone2, "/meshes/default/dataplanes")  # dataplanes are not synced across zones
 
+        status, overview = glob.get("/global-insight")
+        assert status == 200, overview
+        assert overview["zones"]["controlPlanes"] == {"online": 2, "total": 2}
+        assert overview["dataplanes"]["standard"]["total"] == 1  # dp-1, no proxy connected: offline
+        assert overview["dataplanes"]["standard"]["offline"] == 1
+        assert overview["policies"]["total"] >= 1 and overview["meshes"] == {"total": 1}
+
         # KDS metrics on global's diagnostics port (:5680)
         status, metrics = http("GET", f"http://127.0.0.1:{glob.diagnostics_port}/metrics")
         assert status == 200
