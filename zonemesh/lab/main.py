@@ -98,8 +98,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     (directory / "state.json").unlink(missing_ok=True)
     (directory / "logs").mkdir(exist_ok=True)
     with (directory / "logs" / "supervisor.log").open("ab") as out:
-        subprocess.Popen(
-            [python(), "-m", "zonemesh.lab.main", "_supervise", "--dir", str(directory)],
+        supervisor = subprocess.Popen(
+            [python(), "-m", "zonemesh.lab.main", "--dir", str(directory), "_supervise"],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -115,6 +115,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         if state.get("phase") == "failed":
             print(f"the lab failed to start: {state.get('error')}", file=sys.stderr)
             cmd_down(args)
+            return 1
+        if supervisor.poll() is not None:
+            log = (directory / "logs" / "supervisor.log").read_text(errors="replace")[-2000:]
+            print(f"the lab supervisor exited with {supervisor.returncode}:\n{log}", file=sys.stderr)
             return 1
         time.sleep(0.5)
     print(f"the lab was not ready after {args.timeout:.0f}s; see {directory / 'logs'}", file=sys.stderr)
