@@ -234,7 +234,7 @@ class LicenseAuthority:
             previous_demo=previous.demo,
         )
         self._update_warnings(datetime.now(UTC))
-        self._dirty.set()
+        await self._publish()  # at once: zones see a new license without the count's debounce
         await self._allocate()
         return lic
 
