@@ -25,6 +25,10 @@ from zonemesh.shared.store import Store
 log = structlog.get_logger(__name__)
 
 MAX_SUBSCRIPTIONS = 5  # ZoneInsight keeps the last few streams, newest last
+# Heartbeats and counters of open streams are persisted this often (Kuma: zoneInsightFlushInterval
+# 10s); connects and disconnects at the next flush tick. The API reads live values regardless:
+# writing every zone's insight on every heartbeat only stalled the streams of a 50-zone global.
+INSIGHT_PERSIST_INTERVAL = 5.0
 
 
 class ZoneDisabled(Exception):
@@ -108,7 +112,8 @@ class ZoneRegistry:
         insight = self._insights[zone]
         last = parse_time((insight.get("healthCheck") or {}).get("time"))
         for sub in insight.get("subscriptions") or []:
-            if sub.get("disconnectTime") is None and (last is None or _age(last) > self.heartbeat_timeout):
+            stale = last is None or _age(last) > self.heartbeat_timeout + INSIGHT_PERSIST_INTERVAL
+            if sub.get("disconnectTime") is None and stale:
                 sub["disconnectTime"] = format_time(last) or sub.get("connectTime")
                 self._dirty.add(zone)
 
@@ -139,7 +144,8 @@ class ZoneRegistry:
         if not subs or subs[-1].get("disconnectTime") is not None:
             return False
         last = parse_time((insight.get("healthCheck") or {}).get("time"))
-        return last is not None and _age(last) <= self.heartbeat_timeout
+        # Another replica's stream: its heartbeats reach the store every INSIGHT_PERSIST_INTERVAL.
+        return last is not None and _age(last) <= self.heartbeat_timeout + INSIGHT_PERSIST_INTERVAL
 
     def insight(self, zone: str) -> dict[str, Any]:
         spec = self._insights.get(zone)
@@ -159,6 +165,11 @@ class ZoneRegistry:
         self.active[sub.zone] = sub
         insight = self._insights.setdefault(sub.zone, {})
         subs = [s for s in insight.get("subscriptions") or [] if s.get("id") != sub.id]
+        # A zone holds one stream at a time: a new one means any older one has ended (e.g. its
+        # global died before recording the disconnect).
+        for old in subs:
+            if old.get("disconnectTime") is None:
+                old["disconnectTime"] = format_time(sub.connect_time)
         subs.append(sub.as_dict())
         insight["subscriptions"] = subs[-MAX_SUBSCRIPTIONS:]
         insight["healthCheck"] = {"time": _ts(sub.last_heartbeat)}
@@ -171,7 +182,6 @@ class ZoneRegistry:
         if status:
             with contextlib.suppress(ValueError):
                 sub.status = json.loads(status)
-        self._dirty.add(sub.zone)
 
     def disconnected(self, sub: Subscription) -> None:
         sub.disconnect_time = datetime.now(UTC)
@@ -207,8 +217,12 @@ class ZoneRegistry:
             await self.store.batch(upserts=upserts)
 
     async def _flush_loop(self) -> None:
+        last_persist = time.monotonic()
         while True:
             await asyncio.sleep(self.flush_interval)
+            if time.monotonic() - last_persist >= INSIGHT_PERSIST_INTERVAL:
+                last_persist = time.monotonic()
+                self._dirty.update(self.active)
             try:
                 await self.flush()
             except Exception as exc:  # a store hiccup must not end insight recording
