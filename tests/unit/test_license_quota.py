@@ -194,3 +194,79 @@ async def test_concurrent_joins_and_leaves_never_overshoot(
                 assert "license limit reached" in str(exc)
         assert len(joined) == limit - 2
         assert total() <= LIMIT
+
+
+def _authority(tmp_path: Path, dataplanes: int) -> LicenseAuthority:
+    key = Ed25519PrivateKey.generate()
+    pub = tmp_path / f"issuer-{dataplanes}.pub"
+    pub.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    text = issue(key, customer="t", dataplanes=dataplanes, expires="2099-01-01", license_key="k", enforcement="strict")
+    return LicenseAuthority(Config(mode="global", license_inline=text, license_trusted_keys=str(pub)))
+
+
+def _request(zone: str, want: int, seq: int) -> Resource:
+    return Resource(
+        type="LicenseQuotaRequest",
+        name=f"{zone}.request",
+        spec={"want": want, "seq": seq},
+        labels={ORIGIN_LABEL: ORIGIN_ZONE, ZONE_LABEL: zone},
+    )
+
+
+async def _grant(store: MemoryStore, zone: str, slots: int) -> None:
+    for _ in range(200):
+        res = await store.find("LicenseQuota", zone)
+        if res is not None and res.spec["slots"] == slots:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{zone} never got {slots} slots: {await store.find('LicenseQuota', zone)}")
+
+
+async def test_grants_survive_a_global_restart_and_a_deleted_zone_frees_its_slots(tmp_path: Path) -> None:
+    store = MemoryStore()
+    async with _authority(tmp_path, 3).run(FakeCP(store)):
+        await store.batch(upserts=[_request("zone-a", 2, 1), _request("zone-b", 5, 2)])
+        await _grant(store, "zone-a", 2)
+        await _grant(store, "zone-b", 1)
+    # a new global instance on the same store: the grants stand, nothing is handed out twice
+    async with _authority(tmp_path, 3).run(FakeCP(store)) as authority:
+        assert {z: g.slots for z, g in authority.grants.items()} == {"zone-a": 2, "zone-b": 1}
+        await store.batch(upserts=[_request("zone-c", 1, 3)])
+        await asyncio.sleep(0.1)
+        assert authority.grants.get("zone-c") is None or authority.grants["zone-c"].slots == 0
+        # zone-a is deleted at global (DELETE /zones/zone-a removes what it synced up): its slots go to others
+        await store.delete("LicenseQuotaRequest", "zone-a.request")
+        await _grant(store, "zone-b", 3)
+        await _grant(store, "zone-c", 0)
+        assert await store.find("LicenseQuota", "zone-a") is None
+        assert sum(g.slots for g in authority.grants.values()) == 3
+
+
+async def test_a_restarted_zone_with_an_unanswered_request_admits_no_more_than_it_holds(tmp_path: Path) -> None:
+    store = MemoryStore()
+    # before the restart: granted 3 (answering seq 5), then asked at seq 9 for 1 (a release not yet answered)
+    await store.batch(
+        upserts=[
+            Resource(type="LicenseQuota", name="zone-a", spec={"slots": 3, "answered": 5}),
+            Resource(type="LicenseQuotaRequest", name="request", spec={"want": 1, "seq": 9}),
+            Resource(type="License", name="default", spec={"enforcement": "strict", "allowedDataplaneProxies": 3}),
+            dataplane("zone-a", 1),
+        ]
+    )
+    gate = ZoneLicense(Config(mode="zone", zone="zone-a", license_quota_wait="0.1s"))
+    async with gate.run(FakeCP(store)):
+        assert gate.holders == {("default", "zone-a-dp-1")}
+        assert gate.limit() == 1  # not 3: global may already have given the other two away
+        with pytest.raises(LicenseRefused, match="license limit reached"):
+            async with gate.admission(dataplane("zone-a", 2)):
+                pass
+        # global answers (a grant answering every request sent): the new grant is in force
+        await store.batch(upserts=[Resource(type="LicenseQuota", name="zone-a", spec={"slots": 2, "answered": 99})])
+        for _ in range(100):
+            if gate.limit() == 2:
+                break
+            await asyncio.sleep(0.01)
+        async with gate.admission(dataplane("zone-a", 2)):
+            await store.create(dataplane("zone-a", 2))
