@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from zonemesh.zone_cp.xds.testing import self_signed_server_cert
 
 from zonemesh.testing import ControlPlaneProcess, free_port, http, wait_until
 
@@ -70,6 +71,28 @@ APP = textwrap.dedent(
         def log_message(self, *args):
             pass
     http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    """
+)
+
+
+TLS_APP = textwrap.dedent(
+    """
+    import http.server, ssl, sys
+    name, port, cert, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = name.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *args):
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.serve_forever()
     """
 )
 
@@ -119,6 +142,9 @@ class World:
     a_out: int = 0
     ext_out: int = 0
     ext_port: int = 0
+    tls_out: int = 0
+    tls_port: int = 0
+    tls_ca: str = ""
     ingress: dict[str, Envoy] = field(default_factory=dict)
     egress: Envoy | None = None
     a: Envoy | None = None
@@ -258,6 +284,24 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         w.a_out, w.ext_out, w.ext_port = free_port(), free_port(), free_port()
         w.start_app("app-a", a_app)
         w.start_app("external", w.ext_port)
+        w.tls_out, w.tls_port = free_port(), free_port()
+        cert, key = self_signed_server_cert("127.0.0.1")  # SANs: IP 127.0.0.1, DNS localhost
+        (work / "ext-tls.crt").write_bytes(cert)
+        (work / "ext-tls.key").write_bytes(key)
+        w.tls_ca = cert.decode()
+        w.procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    TLS_APP,
+                    "external-tls",
+                    str(w.tls_port),
+                    str(work / "ext-tls.crt"),
+                    str(work / "ext-tls.key"),
+                ]
+            )
+        )
         doc = {
             "type": "Dataplane",
             "networking": {
@@ -272,6 +316,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 "outbound": [
                     {"port": w.a_out, "tags": {"kuma.io/service": "app-b"}},
                     {"port": w.ext_out, "tags": {"kuma.io/service": "ext-http"}},
+                    {"port": w.tls_out, "tags": {"kuma.io/service": "ext-tls"}},
                 ],
             },
         }
@@ -385,6 +430,68 @@ def test_stopping_zone_2s_service_removes_it_from_zone_1_within_seconds(world: W
     assert call_b(w)[0] != 200
     w.start_b()  # back, for the next test
     wait_until(lambda: call_b(w) == (200, "app-b"), WAIT, what="app-b back")
+
+
+def test_external_service_with_tls_origination_directly_and_through_the_egress(world: World) -> None:
+    """The app speaks plain HTTP to its outbound; the proxy (directly) or the egress originates
+    TLS to localhost, verifying the server against the ExternalService's caCert."""
+    w = world
+    assert w.egress is not None
+    external: dict[str, Any] = {
+        "type": "ExternalService",
+        "mesh": "default",
+        "name": "ext-tls",
+        "tags": {"kuma.io/service": "ext-tls", "kuma.io/protocol": "http"},
+        "networking": {
+            "address": f"localhost:{w.tls_port}",
+            "disableHostDNSLookup": True,  # Envoy resolves "localhost" itself
+            "tls": {"enabled": True, "caCert": {"inlineString": w.tls_ca}},
+        },
+    }
+    assert w.glob.put("/meshes/default/externalservices/ext-tls", external)[0] == 201
+    url = f"http://127.0.0.1:{w.tls_out}/"
+    wait_until(lambda: get(url) == (200, "external-tls"), WAIT, what="TLS ExternalService, direct")
+    assert w.egress.stat("tcp.egress_default_ext-tls.downstream_cx_total") == 0  # not via the egress
+
+    # Through the egress, the control plane resolving the host this time.
+    external["networking"]["disableHostDNSLookup"] = False
+    assert w.glob.put("/meshes/default/externalservices/ext-tls", external)[0] == 200
+    w.put_global({**MESH, "routing": {"zoneEgress": True}})
+    wait_until(lambda: w.a.hosts("ext-tls") == [f"127.0.0.1:{w.egress.port}"], WAIT, what="via egress")  # type: ignore[union-attr]
+    wait_until(lambda: get(url) == (200, "external-tls"), WAIT, what="TLS ExternalService through the egress")
+    assert w.egress.stat("tcp.egress_default_ext-tls.downstream_cx_total") >= 1
+
+    # A CA that did not sign the server's certificate: the origination fails, nothing leaks through.
+    other_ca, _ = self_signed_server_cert("127.0.0.1")
+    external["networking"]["tls"]["caCert"] = {"inlineString": other_ca.decode()}
+    assert w.glob.put("/meshes/default/externalservices/ext-tls", external)[0] == 200
+    wait_until(lambda: get(url)[0] == 503, WAIT, what="untrusted server refused")
+    w.put_global(MESH)
+
+
+@pytest.mark.parametrize(
+    ("scope", "zone", "reason"),
+    [
+        (["egress"], "zone-1", "does not include 'ingress'"),
+        (["ingress"], "zone-2", "signature verification failed"),  # each zone signs with its own key
+    ],
+)
+def test_zone_proxy_with_a_wrong_zone_token_is_refused(world: World, scope: list[str], zone: str, reason: str) -> None:
+    w = world
+    token = w.token(zone, "/tokens/zone", {"scope": scope, "validFor": "1h"})
+    doc = {"type": "ZoneIngress", "networking": {"address": "127.0.0.1", "port": free_port()}}
+    proc = w.start_agent("zone-1", f"bad-{zone}-{scope[0]}", doc, token, free_port(), "ingress")
+    assert proc.wait(30) == 3  # refused: no Envoy started, nothing registered
+    assert reason in (w.work / f"zone-1-bad-{zone}-{scope[0]}.log").read_text()
+    assert w.zones["zone-1"].get(f"/zoneingresses/bad-{zone}-{scope[0]}")[0] == 404
+
+
+def test_a_zone_issues_zone_proxy_tokens_for_itself_only(world: World) -> None:
+    api = world.zones["zone-1"].api
+    status, body = http("POST", api + "/tokens/zone", {"zone": "zone-2", "scope": ["ingress"]})
+    assert status == 400 and "for zone 'zone-1' only" in json.dumps(body)
+    status, body = http("POST", api + "/tokens/zone", {"scope": ["cp"]})
+    assert status == 400 and "only the scopes ingress and egress" in json.dumps(body)
 
 
 def test_killing_global_keeps_existing_cross_zone_routes(world: World) -> None:

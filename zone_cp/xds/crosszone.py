@@ -260,7 +260,7 @@ def external_load_assignment(
 async def resolve_hosts(externals: Iterable[Resource], per_host_seconds: float = 2.0) -> dict[str, list[str]]:
     """host -> IPv4/IPv6 addresses, for ExternalServices that let the control plane resolve them.
 
-    Bounded by ``per_host_seconds`` per host; a host that does not resolve is left out (Envoy then
+    IPv4 addresses when the host has any. Bounded by ``per_host_seconds`` per host; a host that does not resolve is left out (Envoy then
     resolves it itself), and said so in the log.
     """
     loop = asyncio.get_running_loop()
@@ -277,7 +277,9 @@ async def resolve_hosts(externals: Iterable[Resource], per_host_seconds: float =
         except (OSError, TimeoutError) as exc:
             log.warning("external_service_unresolved", host=host, error=str(exc))
             continue
-        result[host] = sorted({str(info[4][0]) for info in infos})
+        addresses = sorted({str(info[4][0]) for info in infos})
+        # IPv4 first, as Envoy's V4_PREFERRED: "localhost" is often also ::1, where a server may not listen.
+        result[host] = [a for a in addresses if ":" not in a] or addresses
     return result
 
 

@@ -104,6 +104,8 @@ def external_cluster(
     cluster = cluster_pb2.Cluster(
         name=name, type=cluster_pb2.Cluster.STRICT_DNS if dns else cluster_pb2.Cluster.STATIC, load_assignment=cla
     )
+    if dns:
+        cluster.dns_lookup_family = cluster_pb2.Cluster.V4_PREFERRED  # as the control plane's own lookup
     tls = net.get("tls") or {}
     if tls.get("enabled"):
         cluster.transport_socket.CopyFrom(_tls_socket(external_tls(tls, host)))
@@ -186,6 +188,8 @@ def generate(ctx: MeshContext, proxy: Resource, policies: MatchedPolicies, resou
         tags = outbound.get("tags")
         if not tags:
             continue  # backendRef outbounds (MeshService resources) come with a later issue
+        if tags.get("kuma.io/mesh", ctx.name) != ctx.name:
+            continue  # another mesh's cross-mesh gateway: generators/crossmesh.py
         service = str(tags[SERVICE_TAG])
         address, port = str(outbound.get("address") or LOCALHOST), int(outbound["port"])
 
