@@ -171,6 +171,19 @@ class World:
         token_file.write_text(token)
         return token_file
 
+    def zmctl_zone_token(self, zone: str, scope: str) -> Path:
+        """As docs/cross-zone.md shows: the zone control plane issues its zone proxies' tokens."""
+        out = subprocess.run(
+            [
+                sys.executable, "-m", "zonemesh.ctl.main", "--cp-address", self.zones[zone].api,
+                "generate", "zone-token", "--zone", zone, "--scope", scope, "--valid-for", "1h",
+            ],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        token_file = self.work / f"{zone}-{scope}.token"
+        token_file.write_text(out.stdout.strip())
+        return token_file
+
     # -- proxies --------------------------------------------------------------------------
 
     def start_agent(
@@ -201,7 +214,7 @@ class World:
         if proxy_type == "ingress":
             networking.update(advertisedAddress="127.0.0.1", advertisedPort=port)
         doc = {"type": "ZoneIngress" if proxy_type == "ingress" else "ZoneEgress", "networking": networking}
-        token = self.token(zone, "/tokens/zone", {"scope": [proxy_type], "validFor": "1h"})
+        token = self.zmctl_zone_token(zone, proxy_type)
         self.start_agent(zone, f"{proxy_type}-{zone[-1]}", doc, token, admin, proxy_type)
         envoy = Envoy(f"{proxy_type}-{zone}", admin)
         envoy.port = port  # type: ignore[attr-defined]
