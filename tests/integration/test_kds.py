@@ -116,6 +116,8 @@ def test_global_and_two_zones(tmp_path: Path) -> None:
             "zonemesh.io/display-name": "dp-1",
         }
         assert items(glob, "/meshes/default/dataplanes?filter[labels.zonemesh.io/zone]=zone-2") == {}
+        by_original_name = "/meshes/default/dataplanes?filter[labels.zonemesh.io/display-name]=dp-1"
+        assert set(items(glob, by_original_name)) == {"zone-1.dp-1"}
         status, refused = glob.put("/meshes/default/dataplanes/zone-1.dp-1", dataplane("zone-1.dp-1"))
         assert status == 405 and "read-only on global" in refused["detail"]
         assert glob.delete("/meshes/default/dataplanes/zone-1.dp-1")[0] == 405
