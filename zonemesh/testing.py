@@ -85,6 +85,7 @@ class ControlPlaneProcess:
     env: dict[str, str] = field(default_factory=dict)
     api_port: int = field(default_factory=free_port)
     diagnostics_port: int = field(default_factory=free_port)
+    xds_port: int = field(default_factory=free_port)  # used unless ``args`` name one
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -114,6 +115,8 @@ class ControlPlaneProcess:
             str(self.diagnostics_port),
             *self.args,
         ]
+        if "--xds-port" not in self.args:  # zone and standalone serve xDS: loopback, a port of their own
+            cmd += ["--xds-address", "127.0.0.1", "--xds-port", str(self.xds_port)]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
         log.close()
