@@ -122,6 +122,7 @@ class LicenseAuthority:
         self._lock = asyncio.Lock()
         self._expired_logged = 0.0
         self._logged: dict[str, float] = {}  # warning kind -> when it was last logged
+        self._unwritten: set[str] = set()  # zones whose latest grant is not stored yet
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -180,7 +181,7 @@ class LicenseAuthority:
                 check_expiry(self.license, datetime.now(UTC))
         except LicenseError as exc:
             raise StartupRefused(f"invalid license: {exc}") from None
-        watch = store.watch(["Dataplane", "DataplaneInsight", "LicenseQuotaRequest", "LicenseQuota"])
+        watch = store.watch(["Dataplane", "DataplaneInsight", "LicenseQuotaRequest"])
         for type in ("Dataplane", "DataplaneInsight"):
             for res in (await store.list(type)).items:
                 self.count.upsert(res)
@@ -356,6 +357,8 @@ class LicenseAuthority:
             try:
                 await self._check_file()
                 self._update_warnings(datetime.now(UTC))
+                if self._unwritten:
+                    await self._allocate()
             except Exception as exc:
                 log.warning("license_check_failed", error=repr(exc))
 
@@ -372,31 +375,42 @@ class LicenseAuthority:
             event = await queue.get()
             if event is None:
                 return
-            res = event.resource
-            if res.type in ("Dataplane", "DataplaneInsight"):
-                if event.kind is EventKind.DELETED:
-                    self.count.delete(res)
-                else:
-                    self.count.upsert(res)
-                self._update_warnings(datetime.now(UTC))
-                self._dirty.set()
-            elif res.type == "LicenseQuotaRequest":
-                if event.kind is EventKind.DELETED:  # the zone was deleted: its slots are free again
-                    zone = res.labels.get(ZONE_LABEL) or res.name.split(".", 1)[0]
-                    self.requests.pop(zone, None)
-                    if self.grants.pop(zone, None) is not None:
-                        assert self.store is not None
-                        await self.store.batch(deletes=[ResourceKey("LicenseQuota", "", zone)])
-                else:
-                    self._take_request(res)
-                await self._allocate()
+            try:
+                await self._on_event(event)
+            except Exception as exc:  # a store hiccup must not end counting and granting; the tick retries grants
+                log.warning("license_event_failed", resource=str(event.resource.key), error=repr(exc))
+
+    async def _on_event(self, event: Any) -> None:
+        res = event.resource
+        if res.type in ("Dataplane", "DataplaneInsight"):
+            if event.kind is EventKind.DELETED:
+                self.count.delete(res)
+            else:
+                self.count.upsert(res)
+            self._update_warnings(datetime.now(UTC))
+            self._dirty.set()
+        elif res.type == "LicenseQuotaRequest":
+            if event.kind is EventKind.DELETED:  # the zone was deleted: its slots are free again
+                zone = res.labels.get(ZONE_LABEL) or res.name.split(".", 1)[0]
+                self.requests.pop(zone, None)
+                if self.grants.pop(zone, None) is not None:
+                    assert self.store is not None
+                    await self.store.batch(deletes=[ResourceKey("LicenseQuota", "", zone)])
+            else:
+                self._take_request(res)
+            await self._allocate()
 
     async def _allocate(self) -> None:
         async with self._lock:
             changed = allocate(self.license.dataplanes, self.grants, self.requests)
+            if self._unwritten:  # grants decided earlier whose write failed
+                changed = {zone: self.grants[zone] for zone in self._unwritten if zone in self.grants} | changed
             if not changed:
                 return
             assert self.store is not None
+            # Decided in memory first: if the write fails, the zone just does not learn of the grant yet
+            # (it never uses slots it was not told about), and the next tick writes it again.
+            self._unwritten |= set(changed)
             upserts = [
                 Resource(
                     type="LicenseQuota",
@@ -407,6 +421,7 @@ class LicenseAuthority:
                 for zone, grant in changed.items()
             ]
             await self.store.batch(upserts=upserts)
+            self._unwritten.clear()
             for zone, grant in changed.items():
                 log.info(
                     "license_quota_granted",

@@ -135,8 +135,11 @@ class Config:
         return f"sqlite://{path.resolve()}"
 
     def view(self) -> dict[str, Any]:
-        """The configuration as GET /config shows it."""
-        return dataclasses.asdict(self)
+        """The configuration as GET /config shows it (not the license itself)."""
+        view = dataclasses.asdict(self)
+        if self.license_inline:
+            view["license_inline"] = f"<inline license, {len(self.license_inline)} characters>"
+        return view
 
 
 def _convert(name: str, raw: Any, kind: Any) -> Any:

@@ -13,6 +13,7 @@ import contextlib
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from zonemesh.global_cp.license import LicenseAuthority
 from zonemesh.shared.config import Config
 from zonemesh.shared.license.format import issue
 from zonemesh.shared.resources.model import ORIGIN_LABEL, ORIGIN_ZONE, ZONE_LABEL, Resource, ResourceKey
+from zonemesh.shared.runtime import StartupRefused
 from zonemesh.shared.store import EventKind
 from zonemesh.shared.store.memory import MemoryStore
 from zonemesh.zone_cp import license as zone_license
@@ -270,3 +272,24 @@ async def test_a_restarted_zone_with_an_unanswered_request_admits_no_more_than_i
             await asyncio.sleep(0.01)
         async with gate.admission(dataplane("zone-a", 2)):
             await store.create(dataplane("zone-a", 2))
+
+
+async def test_the_demo_license_runs_from_the_recorded_first_start(tmp_path: Path) -> None:
+    store = MemoryStore()
+    demo = LicenseAuthority(Config(mode="global"))
+    async with demo.run(FakeCP(store)):
+        first = (await store.get("License", "default")).spec["firstStart"]
+        assert demo.license.demo and demo.license.dataplanes == 5
+    # 31 days later (the recorded first start moved back): the next start is refused, with the reason
+    old = (datetime.now(UTC) - timedelta(days=31)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    res = await store.get("License", "default")
+    await store.batch(upserts=[Resource(type="License", name="default", spec={**res.spec, "firstStart": old})])
+    with pytest.raises(StartupRefused, match="the demo license expired at"):
+        async with LicenseAuthority(Config(mode="global")).run(FakeCP(store)):
+            pass
+    assert first != old
+
+
+def test_get_config_does_not_show_an_inline_license() -> None:
+    view = Config(license_inline='{"license": {"signature": "secret"}}').view()
+    assert "secret" not in str(view) and view["license_inline"].startswith("<inline license")
