@@ -341,6 +341,9 @@ def test_insights_show_connected_proxies(zone: Zone) -> None:
         assert sub["connectTime"] and sub["controlPlaneInstanceId"]
         assert sub["version"]["envoy"]["version"]
         assert {"clusters", "listeners", "secrets"} <= set(sub["status"])
+    table = zone.zmctl("inspect", "dataplanes", "-m", "default").splitlines()
+    for name in ("app-a", "app-b"):
+        assert any(line.split()[1] == name and "Online" in line.split() for line in table[1:]), table
     status, insight = zone.cp.get("/meshes/default/dataplane-insights/app-a")
     assert status == 200
     assert insight["mTLS"]["certificateExpirationTime"]
