@@ -263,6 +263,11 @@ class XdsServer:
                 ("grpc.max_concurrent_streams", 1 << 20),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+                # A zone's proxies reconnect together (a CP restart, a network blip): gRPC core
+                # keeps at most 1,000 streams waiting for the servicer to pick them up and fails
+                # the rest; let all of them wait for the (busy) event loop instead.
+                ("grpc.server.max_pending_requests", 1 << 16),
+                ("grpc.server.max_pending_requests_hard_limit", 1 << 17),
             ]
         )
         self.servicer.register(server)
