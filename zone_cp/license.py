@@ -148,9 +148,12 @@ class ZoneLicense:
         grant = await store.find("LicenseQuota", self.zone)
         if grant is not None:
             self._apply_grant(grant.spec)
-        for res in (await store.list("Dataplane")).items:
-            if counted(res):
-                self.holders.add((res.mesh, res.name))
+        stored = sorted((r for r in (await store.list("Dataplane")).items if counted(r)), key=_created)
+        # Strict: at most the grant holds slots (oldest first); any excess was created through the API
+        # beyond the quota and stays without a slot, as before the restart.
+        keep = self.granted if self.strict else len(stored)
+        self.holders = {(r.mesh, r.name) for r in stored[:keep]}
+        self.unadmitted = {(r.mesh, r.name) for r in stored[keep:]}
         mine = await store.find("LicenseQuotaRequest", REQUEST_NAME)
         if mine is not None:
             seq, want = _int(mine.spec.get("seq")), _int(mine.spec.get("want"))
@@ -354,6 +357,10 @@ class ZoneLicense:
             return web.json_response(self.view())
 
         return [web.get("/license", get_license)]
+
+
+def _created(res: Resource) -> tuple[float, str]:
+    return (res.creation_time.timestamp() if res.creation_time else 0.0, res.name)
 
 
 def license_for(store: Store) -> ZoneLicense | None:
