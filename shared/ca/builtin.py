@@ -21,6 +21,7 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -181,12 +182,22 @@ def generate_ca(mesh: str, backend: str, rsa_bits: int, validity_seconds: float,
     )
 
 
-def issue_workload_cert(ca: CaBundle, service: str, validity_seconds: float, now: float) -> WorkloadCert:
-    """Sign an ECDSA P-256 workload certificate for ``service`` with the mesh CA."""
-    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
-    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
+@functools.lru_cache(maxsize=64)
+def _load_ca(
+    cert_pem: bytes, key_pem: bytes
+) -> tuple[x509.Certificate, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey]:
+    """The parsed CA, once per CA: loading an RSA key checks it (tens of ms), and a zone whose
+    proxies connect at once issues a certificate per service in a row."""
+    ca_cert = x509.load_pem_x509_certificate(cert_pem)
+    ca_key = serialization.load_pem_private_key(key_pem, password=None)
     if not isinstance(ca_key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         raise TypeError(f"unsupported CA key type {type(ca_key).__name__}")
+    return ca_cert, ca_key
+
+
+def issue_workload_cert(ca: CaBundle, service: str, validity_seconds: float, now: float) -> WorkloadCert:
+    """Sign an ECDSA P-256 workload certificate for ``service`` with the mesh CA."""
+    ca_cert, ca_key = _load_ca(ca.cert_pem, ca.key_pem)
     key = ec.generate_private_key(ec.SECP256R1())
     not_before = _utc(now - BACKDATE_SECONDS)
     not_after = _utc(now + validity_seconds)
