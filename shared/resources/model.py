@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -67,7 +66,16 @@ class Resource:
     def copy(self) -> Resource:
         # Specs are JSON data (dicts, lists, scalars): copied by hand, ~5x faster than
         # copy.deepcopy, which matters as stores copy every resource they write (KDS: 10,000 at once).
-        return dataclasses.replace(self, spec=_copy_json(self.spec), labels=dict(self.labels))
+        return Resource(
+            type=self.type,
+            name=self.name,
+            mesh=self.mesh,
+            spec=_copy_json(self.spec),
+            labels=dict(self.labels),
+            version=self.version,
+            creation_time=self.creation_time,
+            modification_time=self.modification_time,
+        )
 
     # The storage record: a plain JSON-able dict every backend writes verbatim.
     def to_record(self) -> dict[str, Any]:
@@ -96,11 +104,16 @@ class Resource:
         )
 
 
+_ATOMIC = frozenset({str, int, float, bool, type(None)})
+
+
 def _copy_json(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _copy_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy_json(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
+    # Leaves are returned without a call: most values in a spec are leaves.
+    kind = type(value)
+    if kind is dict:
+        return {k: v if type(v) in _ATOMIC else _copy_json(v) for k, v in value.items()}
+    if kind is list:
+        return [v if type(v) in _ATOMIC else _copy_json(v) for v in value]
+    if kind in _ATOMIC:
         return value
     return copy.deepcopy(value)  # anything else (not JSON): be safe
