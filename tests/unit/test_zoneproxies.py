@@ -1,0 +1,224 @@
+"""Zone ingress/egress on the zone control plane over real gRPC + TLS on 127.0.0.1: zone-token
+admission (registration and ADS), ZoneIngress/ZoneEgress registration, and the config the
+zone proxy reconciler pushes (read back from the snapshot cache)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import structlog
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import struct_pb2
+from zonemesh.proto import dataplane_pb2, dataplane_pb2_grpc
+from zonemesh.shared.config import Config
+from zonemesh.shared.resources.manager import Mode, ResourceManager
+from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.store.memory import MemoryStore
+from zonemesh.shared.tls import ensure_self_signed
+from zonemesh.shared.tokens.zone import ZoneTokenIssuer
+from zonemesh.zone_cp import zoneproxies
+from zonemesh.zone_cp.admission import DataplaneAuthenticator
+from zonemesh.zone_cp.xds.cache import SnapshotCache
+from zonemesh.zone_cp.xds.resources import CLUSTER, LISTENER
+from zonemesh.zone_cp.xds.server import Callbacks, TlsFiles, XdsServer
+from zonemesh.zone_cp.xds.testing import TestCA
+
+ZONE = "zone-1"
+INGRESS = {"type": "ZoneIngress", "networking": {"address": "127.0.0.1", "port": 10001}}
+MESH = Resource(
+    type="Mesh",
+    name="default",
+    spec={"mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}},
+)
+
+
+@dataclass
+class Zone:
+    store: MemoryStore
+    channel: grpc.aio.Channel
+    cache: SnapshotCache
+    proxies: zoneproxies.ZoneProxyReconciler
+
+    async def token(self, scope: list[str], zone: str = ZONE) -> str:
+        return await ZoneTokenIssuer(self.store).issue(zone, scope, 3600)
+
+    async def register(
+        self, token: str, doc: Any = INGRESS, proxy_type: str = "ingress"
+    ) -> dataplane_pb2.RegisterResponse:
+        stub = dataplane_pb2_grpc.DataplaneRegistrationStub(self.channel)
+        request = dataplane_pb2.RegisterRequest(
+            name="ingress-1", proxy_type=proxy_type, dataplane_json=json.dumps(doc) if not isinstance(doc, str) else doc
+        )
+        response: dataplane_pb2.RegisterResponse = await stub.Register(
+            request, metadata=(("authorization", f"Bearer {token}"),), timeout=5
+        )
+        return response
+
+    def ads(self, token: str, proxy_type: str = "ingress") -> Any:
+        call = self.channel.stream_stream(
+            "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+            request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
+            response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
+        )(metadata=(("authorization", f"Bearer {token}"),))
+        return call
+
+    @staticmethod
+    def request(proxy_type: str = "ingress", type_url: str = LISTENER) -> discovery_pb2.DiscoveryRequest:
+        request = discovery_pb2.DiscoveryRequest(type_url=type_url)
+        request.node.id = ".ingress-1"
+        request.node.metadata.CopyFrom(struct_pb2.Struct())
+        request.node.metadata.update({"proxyType": proxy_type})
+        return request
+
+
+@pytest.fixture
+async def zone(tmp_path: Path) -> AsyncIterator[Zone]:
+    store = MemoryStore()
+    manager = ResourceManager(store, mode=Mode.ZONE, zone=ZONE)
+    await store.create(MESH.copy())
+    cert, key = ensure_self_signed(tmp_path, "xds", ["127.0.0.1"])
+    cache = SnapshotCache()
+    dataplanes = DataplaneAuthenticator(store)
+    zone_auth = zoneproxies.ZoneProxyAuthenticator(store, ZONE)
+    registration = zoneproxies.Registration(manager, dataplanes, zone_auth, None, "cp-test")
+    proxies = zoneproxies.ZoneProxyReconciler(store, cache, TestCA(), ZONE, quiet=0.01)
+    callbacks = Callbacks()
+    callbacks.stream_open.append(proxies.on_stream_open)
+    callbacks.stream_close.append(proxies.on_stream_close)
+    config = Config(xds_address="127.0.0.1", xds_port=0)
+    authenticator = zoneproxies.Authenticator(dataplanes, zone_auth)
+    server = XdsServer(config, cache, authenticator, TlsFiles(cert, key), [registration.add_to], callbacks)
+    async with proxies.running(), server:
+        creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        async with grpc.aio.secure_channel(f"127.0.0.1:{server.port}", creds) as channel:
+            yield Zone(store, channel, cache, proxies)
+
+
+async def test_register_with_a_zone_token_then_unregister(zone: Zone) -> None:
+    token = await zone.token(["ingress"])
+    # availableServices sent by an agent are ignored: the zone control plane owns them
+    doc = {**INGRESS, "availableServices": [{"tags": {"kuma.io/service": "x"}, "instances": 9, "mesh": "default"}]}
+    response = await zone.register(token, doc)
+    assert response.created
+    stored = await zone.store.get("ZoneIngress", "ingress-1")
+    assert stored.spec["zone"] == ZONE and stored.spec["availableServices"] == []
+    assert stored.labels["zonemesh.io/zone"] == ZONE  # stamped: KDS uploads it as this zone's
+    stub = dataplane_pb2_grpc.DataplaneRegistrationStub(zone.channel)
+    result = await stub.Unregister(
+        dataplane_pb2.UnregisterRequest(name="ingress-1", proxy_type="ingress"),
+        metadata=(("authorization", f"Bearer {token}"),),
+    )
+    assert result.deleted and await zone.store.find("ZoneIngress", "ingress-1") is None
+
+
+@pytest.mark.parametrize(
+    ("scope", "token_zone", "proxy_type", "reason"),
+    [
+        (["egress"], ZONE, "ingress", "does not include 'ingress'"),
+        (["ingress"], ZONE, "egress", "does not include 'egress'"),
+        (["ingress"], "zone-2", "ingress", "issued for zone 'zone-2', not for zone 'zone-1'"),
+    ],
+)
+async def test_wrong_zone_tokens_are_refused_at_both_doors(
+    zone: Zone, scope: list[str], token_zone: str, proxy_type: str, reason: str
+) -> None:
+    token = await zone.token(scope, token_zone)
+    doc = INGRESS if proxy_type == "ingress" else {"type": "ZoneEgress", "networking": {"port": 10002}}
+    with structlog.testing.capture_logs() as logs, pytest.raises(grpc.aio.AioRpcError) as err:
+        await zone.register(token, doc, proxy_type)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and reason in (err.value.details() or "")
+    assert any(e["event"] == "zone_proxy_auth_refused" and reason in e["reason"] for e in logs)
+    assert token not in json.dumps(logs, default=str)
+    assert not (await zone.store.list("ZoneIngress")).items and not (await zone.store.list("ZoneEgress")).items
+
+    call = zone.ads(token)
+    await call.write(zone.request(proxy_type))
+    with pytest.raises(grpc.aio.AioRpcError) as ads_err:
+        await asyncio.wait_for(call.read(), timeout=5)
+    assert ads_err.value.code() == grpc.StatusCode.UNAUTHENTICATED and reason in (ads_err.value.details() or "")
+
+
+async def test_a_dataplane_token_is_no_zone_token(zone: Zone) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await zone.register("not.a.token")
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize(
+    ("doc", "reason"),
+    [
+        ("{not json", "not valid JSON"),
+        ({"type": "ZoneIngress", "networking": {"address": "127.0.0.1"}}, "networking.port"),
+        ({"type": "ZoneIngress", "networking": {"port": 1, "advertisedPort": 2}}, "networking.advertisedAddress"),
+        ({"type": "Dataplane", "networking": {"port": 1}}, "ZoneIngress"),
+    ],
+)
+async def test_an_invalid_zone_ingress_is_refused_field_by_field(zone: Zone, doc: Any, reason: str) -> None:
+    token = await zone.token(["ingress"])
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await zone.register(token, doc)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the ZoneIngress is not valid" in (err.value.details() or "") and reason in (err.value.details() or "")
+    assert await zone.store.find("ZoneIngress", "ingress-1") is None
+
+
+async def test_connected_ingress_gets_sni_chains_for_local_services(zone: Zone) -> None:
+    token = await zone.token(["ingress"])
+    await zone.register(token)
+    await zone.store.create(
+        Resource(
+            type="Dataplane",
+            name="b-1",
+            mesh="default",
+            spec={
+                "networking": {"address": "127.0.0.1", "inbound": [{"port": 9000, "tags": {"kuma.io/service": "b"}}]}
+            },
+        )
+    )
+    call = zone.ads(token)
+    await call.write(zone.request("ingress", CLUSTER))
+    response = await asyncio.wait_for(call.read(), timeout=5)
+    names = sorted(r.value for r in response.resources)  # packed clusters: names appear in their bytes
+    assert any(b"b{mesh=default}" in n for n in names)
+    snapshot = zone.cache.snapshot("ingress:/ingress-1")
+    assert snapshot is not None and "b{mesh=default}" in snapshot.types[CLUSTER].resources
+    call.cancel()
+    # the stream closed: the snapshot goes
+    for _ in range(100):
+        if zone.cache.snapshot("ingress:/ingress-1") is None:
+            break
+        await asyncio.sleep(0.02)
+    assert zone.cache.snapshot("ingress:/ingress-1") is None
+
+
+async def test_cross_zone_view_follows_remote_ingresses(zone: Zone) -> None:
+    changed: list[str] = []
+    zone.proxies.on_cross_zone_change = changed.append
+    remote = Resource(
+        type="ZoneIngress",
+        name="zone-2.ingress",
+        labels={"zonemesh.io/origin": "zone", "zonemesh.io/zone": "zone-2"},
+        spec={
+            "zone": "zone-2",
+            "networking": {"address": "10.2.0.1", "port": 10001},
+            "availableServices": [{"tags": {"kuma.io/service": "b"}, "instances": 2, "mesh": "default"}],
+        },
+    )
+    await zone.store.create(remote)
+    for _ in range(200):
+        cross = zone.proxies.cross_zone("default")
+        if cross is not None and cross.remote.get("b"):
+            break
+        await asyncio.sleep(0.02)
+    cross = zone.proxies.cross_zone("default")
+    assert cross is not None and [(e.address, e.weight, e.zone) for e in cross.remote["b"]] == [
+        ("10.2.0.1", 2, "zone-2")
+    ]
+    assert changed == ["default"]
