@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,15 @@ async def test_disabled_zone_is_refused(tmp_path: Path) -> None:
             await eventually(lambda: "disabled" in zone.state.last_error, what="zone-1 told it is disabled")
             await eventually(lambda: "disabled" in zone.state.last_error and not zone.state.connected, what="refused")
             assert kds.zones is not None and not kds.zones.is_online("zone-1")
+            # while disabled nothing reaches the zone; enabled again, it reconnects and catches up
+            await store.create(retry("while-disabled"))
+            await asyncio.sleep(0.5)
+            assert zone.store is not None and await zone.store.find("MeshRetry", "while-disabled", "default") is None
+            res = await store.get("Zone", "zone-1")
+            res.spec["enabled"] = True
+            await store.update(res)
+            await eventually(lambda: zone.state.connected, within=15, what="zone-1 reconnected after enabling")
+            await eventually(lambda: _has(zone.store, "MeshRetry", "while-disabled", "default"), what="caught up")
 
 
 # -- helpers ---------------------------------------------------------------------------------
