@@ -26,9 +26,11 @@ class FakeCP:
 
 
 @contextlib.asynccontextmanager
-async def running_global(tmp_path: Path, store: Store | None = None) -> AsyncIterator[tuple[GlobalKds, Store]]:
+async def running_global(
+    tmp_path: Path, store: Store | None = None, **options: Any
+) -> AsyncIterator[tuple[GlobalKds, Store]]:
     store = store or MemoryStore()
-    config = Config(mode="global", kds_address="127.0.0.1", kds_port=0, data_dir=str(tmp_path / "global"))
+    config = Config(mode="global", kds_address="127.0.0.1", kds_port=0, data_dir=str(tmp_path / "global"), **options)
     kds = GlobalKds(config)
     async with kds.run(FakeCP(config, store, "global-test")):
         yield kds, store
@@ -36,8 +38,9 @@ async def running_global(tmp_path: Path, store: Store | None = None) -> AsyncIte
 
 @contextlib.asynccontextmanager
 async def running_zone(
-    tmp_path: Path, zone: str, port: int, token: str, store: Store | None = None
+    tmp_path: Path, zone: str, port: int, token: str, store: Store | None = None, ca_file: str | None = None
 ) -> AsyncIterator[KdsClient]:
+    """``ca_file``: default global's self-signed certificate; "" trusts what global presents."""
     store = store or MemoryStore()
     token_file = tmp_path / f"{zone}.token"
     token_file.write_text(token)
@@ -46,7 +49,7 @@ async def running_zone(
         zone=zone,
         global_address=f"grpcs://127.0.0.1:{port}",
         zone_token_file=str(token_file),
-        global_ca_file=str(tmp_path / "global" / "kds-tls.crt"),
+        global_ca_file=str(tmp_path / "global" / "kds-tls.crt") if ca_file is None else ca_file,
         data_dir=str(tmp_path / zone),
     )
     client = KdsClient(config, store, f"{zone}-test", debounce=0.0)

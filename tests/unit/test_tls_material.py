@@ -29,3 +29,28 @@ def test_operator_files_win(tmp_path: Path) -> None:
 def test_half_a_pair_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="give both the kds-tls certificate file and key file"):
         server_material(tmp_path, "kds-tls", cert_file=str(tmp_path / "c.pem"))
+
+
+async def test_kds_with_the_operators_certificate(tmp_path: Path) -> None:
+    """Global serves the given cert/key; a zone with that CA connects, one trusting on first use
+    connects, one with another CA is refused with a TLS error it reports."""
+    from kds_harness import eventually, running_global, running_zone
+    from zonemesh.shared.tokens.zone import ZoneTokenIssuer
+
+    cert, key = generate_self_signed("global-kds", ["127.0.0.1", "global.example"])
+    (tmp_path / "kds.crt").write_bytes(cert)
+    (tmp_path / "kds.key").write_bytes(key)
+    other, _ = generate_self_signed("someone-else", ["127.0.0.1"])
+    (tmp_path / "other.crt").write_bytes(other)
+    options = {"kds_tls_cert_file": str(tmp_path / "kds.crt"), "kds_tls_key_file": str(tmp_path / "kds.key")}
+    async with running_global(tmp_path, **options) as (kds, store):
+        assert not (tmp_path / "global" / "kds-tls.crt").exists()  # nothing self-signed was made
+        token = await ZoneTokenIssuer(store).issue("zone-1", None, 3600)
+        async with running_zone(tmp_path, "zone-1", kds.port, token, ca_file=str(tmp_path / "kds.crt")) as zone:
+            await eventually(lambda: zone.state.connected, what="zone-1 connected with the CA file")
+        async with running_zone(tmp_path, "zone-1", kds.port, token, ca_file="") as zone:
+            await eventually(lambda: zone.state.connected, what="zone-1 connected trusting on first use")
+        async with running_zone(tmp_path, "zone-1", kds.port, token, ca_file=str(tmp_path / "other.crt")) as zone:
+            await eventually(lambda: zone.state.last_error, what="zone-1 refused by TLS")
+            assert not zone.state.connected
+            assert "CERTIFICATE_VERIFY_FAILED" in zone.state.last_error, zone.state.last_error
