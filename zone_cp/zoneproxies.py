@@ -224,6 +224,7 @@ class ZoneProxyReconciler:
         zone: str,
         *,
         quiet: float = 0.1,
+        dns_ttl: float = 30.0,
         on_cross_zone_change: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
@@ -231,9 +232,11 @@ class ZoneProxyReconciler:
         self.certs = certs
         self.zone = zone
         self.quiet = quiet
+        self.dns_ttl = dns_ttl
         self.on_cross_zone_change = on_cross_zone_change
         self._connected: dict[tuple[str, str], int] = {}  # (proxy type, name) -> open streams
         self._cross: dict[str, CrossZone] = {}
+        self._resolved: dict[str, tuple[list[str], float]] = {}  # host -> (addresses, when looked up)
         self._wake = asyncio.Event()
         self.rounds = 0
 
@@ -276,29 +279,45 @@ class ZoneProxyReconciler:
                 log.error("zone_egress_cert_failed", mesh=mctx.name, error=str(exc))
         return certs
 
+    async def _resolve(self, externals: list[Resource]) -> dict[str, list[str]]:
+        """ExternalService hosts -> addresses, looked up again once ``dns_ttl`` has passed."""
+        now = time.monotonic()
+        stale = [
+            es
+            for es in externals
+            if (host := _host(es)) and (host not in self._resolved or now - self._resolved[host][1] > self.dns_ttl)
+        ]
+        if stale:
+            for host, addresses in (await resolve_hosts(stale)).items():
+                self._resolved[host] = (addresses, now)
+        wanted = {_host(es) for es in externals}
+        return {host: addresses for host, (addresses, _) in self._resolved.items() if host in wanted}
+
     async def context(self) -> ZoneContext:
-        """Everything zone proxies are generated from, read from the store now."""
+        """Everything zone proxies are generated from, read from the store now. The per-mesh
+        cross-zone view is always refreshed; the zone's dataplanes are read only when a zone
+        proxy is connected to be generated from them."""
         meshes = await self._all("Mesh")
-        dataplanes = await self._all("Dataplane")
         externals = await self._all("ExternalService")
         ingresses = await self._all("ZoneIngress")
         egresses = await self._all("ZoneEgress")
-        resolved = await resolve_hosts(externals)
-        contexts: dict[str, MeshContext] = {}
-        cross: dict[str, CrossZone] = {}
-        for mesh in meshes:
-            cross[mesh.name] = CrossZone.build(self.zone, mesh.name, ingresses, egresses, resolved)
-            contexts[mesh.name] = MeshContext.build(
-                mesh,
-                [d for d in dataplanes if d.mesh == mesh.name],
-                external_services=[e for e in externals if e.mesh == mesh.name],
-                cross=cross[mesh.name],
-            )
+        resolved = await self._resolve(externals)
+        cross = {m.name: CrossZone.build(self.zone, m.name, ingresses, egresses, resolved) for m in meshes}
         changed = [m for m in set(cross) | set(self._cross) if cross.get(m) != self._cross.get(m)]
         self._cross = cross
         if self.on_cross_zone_change is not None:
             for mesh_name in sorted(changed):
                 self.on_cross_zone_change(mesh_name)
+        contexts: dict[str, MeshContext] = {}
+        if self._connected:
+            dataplanes = await self._all("Dataplane")
+            for mesh in meshes:
+                contexts[mesh.name] = MeshContext.build(
+                    mesh,
+                    [d for d in dataplanes if d.mesh == mesh.name],
+                    external_services=[e for e in externals if e.mesh == mesh.name],
+                    cross=cross[mesh.name],
+                )
         return ZoneContext(self.zone, contexts, await self._egress_certs(list(contexts.values())))
 
     def generate(self, zctx: ZoneContext, proxy: Resource) -> ResourceSet:
@@ -330,7 +349,9 @@ class ZoneProxyReconciler:
 
     async def _loop(self) -> None:
         while True:
-            await self._wake.wait()
+            # Also every dns_ttl without changes: ExternalService addresses may have moved.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.dns_ttl)
             await asyncio.sleep(self.quiet)
             self._wake.clear()
             try:
@@ -351,6 +372,10 @@ class ZoneProxyReconciler:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _host(es: Resource) -> str:
+    return str((es.spec.get("networking") or {}).get("address") or "").rpartition(":")[0].strip("[]")
 
 
 def dataplanes_only(callbacks: Any) -> None:
