@@ -221,6 +221,12 @@ def histogram_delta(
     return [(le, c - old.get(le, 0.0)) for le, c in after[0]], after[1] - before[1], after[2] - before[2]
 
 
+def gc_collections(text: str) -> dict[str, float]:
+    """The CP's garbage collections by generation (prometheus_client's default collector)."""
+    found = re.findall(r'^python_gc_collections_total\{generation="(\d)"\} ([0-9.e+]+)$', text, re.M)
+    return {gen: float(count) for gen, count in found}
+
+
 def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
     """Prometheus' histogram_quantile: linear interpolation inside the bucket holding rank q."""
     if not buckets or buckets[-1][1] <= 0:
@@ -452,6 +458,7 @@ class SimProxy:
                 if stop.is_set():
                     return
                 self.failures.append(f"{exc.code().name}: {exc.details()}")
+                self.worker.failure_debug.append(str(exc.debug_error_string())[:400])
                 self.failed_at.append(time.monotonic() - (self.connect_started or 0.0))
             except Exception as exc:
                 if stop.is_set():
@@ -549,6 +556,7 @@ class Worker:
         self.stop = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
         self.credentials: Any = None
+        self.failure_debug: list[str] = []
 
     async def main(self) -> None:
         import grpc
@@ -628,6 +636,7 @@ class Worker:
             "failures": [f for p in self.proxies for f in p.failures],
             "failed_proxies": sum(bool(p.failures) for p in self.proxies),
             "failed_at": [t for p in self.proxies for t in p.failed_at],
+            "failure_debug": self.failure_debug[:5],
             "cpu_s": time.process_time(),
         }
 
@@ -716,6 +725,24 @@ def wait_for(workers: Workers, expected: int | None, n: int, timeout: float, key
     return time.monotonic()
 
 
+def start_spy(cp: ControlPlane, path: Path | None, phase: str) -> subprocess.Popen[bytes] | None:
+    """py-spy the CP during one phase (collapsed stacks in PATH.<phase>); None without --spy."""
+    if path is None:
+        return None
+    assert cp.process is not None
+    out = f"{path}.{phase}"
+    cmd = ["py-spy", "record", "--pid", str(cp.process.pid), "--format", "raw", "--nonblocking", "--output", out]
+    spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    return spy
+
+
+def stop_spy(spy: subprocess.Popen[bytes] | None) -> None:
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
+
+
 @contextlib.contextmanager
 def temp_dir(keep: bool) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="zonemesh-bench-xds-"))
@@ -761,12 +788,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rss_registered = cp.rss_kb()
 
             print(f"connecting {n} ADS streams at once ...", flush=True)
+            storm_spy = start_spy(cp, args.spy, "storm")
             cpu_before = cp.cpu_s()
             clients_cpu_before = sum(s["cpu_s"] for s in workers.broadcast("status", None))
             at = time.monotonic() + 0.5
             workers.broadcast("connect", at)
             wait_for(workers, None, n, args.storm_timeout, "configured")
             configured = workers.broadcast("configured")
+            stop_spy(storm_spy)
             storm_cpu = cp.cpu_s() - cpu_before
             configure_s = [x for c in configured for x in c["configure_s"]]
             all_at = max((x for c in configured for x in c["configured_at"]), default=at)
@@ -778,6 +807,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "proxies_with_failed_stream": sum(c["failed_proxies"] for c in configured),
                 "failure_examples": sorted(set(failures))[:5],
                 "failed_after_s": summary_s([t for c in configured for t in c["failed_at"]]),
+                "failure_debug": [d for c in configured for d in c["failure_debug"]][:6],
                 "clients_cpu_s": round(sum(c["cpu_s"] for c in configured) - clients_cpu_before, 2),
                 "time_to_all_configured_s": round(all_at - at, 3),
                 "configure_s": summary_s(configure_s),
@@ -788,6 +818,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             metrics_storm = cp.metrics()
 
             print(f"{args.changes} mesh-wide policy changes (PUT MeshTimeout {TIMEOUT_POLICY}) ...", flush=True)
+            spy = start_spy(cp, args.spy, "changes")
             deliveries: dict[str, list[float]] = {kind: [] for kind in args.change_kinds}
             per_change: list[dict[str, Any]] = []
             missing_total = 0
@@ -830,6 +861,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         flush=True,
                     )
                     time.sleep(args.pause)
+            stop_spy(spy)
             rss_end = cp.rss_kb()
             metrics_end = cp.metrics()
         finally:
@@ -857,6 +889,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "responses_per_proxy": mine[0]["responses_per_proxy"] if mine else None,
         }
     delivery["cp_metric_xds_delivery"] = histogram_summary(delivery_metric)
+    gc_before, gc_after = gc_collections(metrics_storm), gc_collections(metrics_end)
+    delivery["cp_gc_collections"] = {g: gc_after[g] - gc_before.get(g, 0.0) for g in gc_after}
     kb_per_proxy = (rss_connected - rss_base) / n
     return {
         "memory": {
@@ -961,6 +995,7 @@ def main() -> None:
     parser.add_argument("--change-timeout", type=float, default=60.0)
     parser.add_argument("--quick", action="store_true", help="smoke run: 50 proxies, 2 changes")
     parser.add_argument("--profile", type=Path, help="run the CP under cProfile, writing this file")
+    parser.add_argument("--spy", type=Path, help="py-spy the CP during the policy changes (collapsed stacks)")
     parser.add_argument("--profile-clients", type=Path, help="cProfile each worker, writing PATH.<pid>")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data dir (CP log)")
     parser.add_argument("--out", type=Path, help=f"JSON report (default {RESULTS}; --quick: *.quick.json)")
@@ -992,7 +1027,9 @@ def main() -> None:
             "mtls": "builtin",
         },
     }
+    load_before = os.getloadavg()
     report.update(run(args))
+    report["machine"]["load_average_1m"] = {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)}
     report["verdicts"] = verdicts(report)
     report["wall_s"] = round(time.monotonic() - started, 1)
     print_table(report)
