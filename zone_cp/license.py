@@ -38,6 +38,7 @@ log = structlog.get_logger(__name__)
 
 REQUEST_NAME = "request"
 RELEASE_DELAY = 5.0  # seconds a zone keeps slots it no longer uses before giving them back
+OVER_QUOTA_LOG_EVERY = 10.0
 LICENSE_NAME = "default"
 
 # The running zone license of each store: how zone_cp/admission.py finds it without extra wiring.
@@ -69,6 +70,7 @@ class ZoneLicense:
         self.waiting = 0
         self._changed = asyncio.Condition()
         self._lower_since: float | None = None
+        self._over_logged = -OVER_QUOTA_LOG_EVERY
         self._release_timer: asyncio.Task[None] | None = None
         self._write = asyncio.Event()
 
@@ -189,45 +191,61 @@ class ZoneLicense:
             event = await queue.get()
             if event is None:
                 return
-            res = event.resource
-            deleted = event.kind is EventKind.DELETED
-            if res.type == "License" and res.name == LICENSE_NAME:
-                before = self.strict
-                self.synced = None if deleted else res.spec
-                if not deleted:
-                    log.info(
-                        "license_synced",
-                        zone=self.zone,
-                        allowed=res.spec.get("allowedDataplaneProxies"),
-                        demo=res.spec.get("demo"),
-                        enforcement=res.spec.get("enforcement"),
-                    )
-                if self.strict and not before:
-                    self.last_want = -1  # now strict: tell global what this zone holds
-                    self._ask()
-                if not self.strict:
-                    self.holders |= self.unadmitted
-                    self.unadmitted.clear()
-                self._update_metrics()
-            elif res.type == "LicenseQuota" and res.name == self.zone:
-                self._apply_grant({} if deleted else res.spec)
-                self._update_metrics()
-            elif res.type == "Dataplane":
-                key = (res.mesh, res.name)
-                if deleted or not counted(res):
-                    self.holders.discard(key)
-                    self.unadmitted.discard(key)
-                elif key not in self.holders:
-                    # Not admitted through registration (created through the API): it holds a slot if one is
-                    # free; otherwise its proxy is refused when it connects (see `connection`).
-                    if not self.strict or len(self.holders) < self.limit():
-                        self.holders.add(key)
-                        self.unadmitted.discard(key)
-                    elif key not in self.unadmitted:
-                        self.unadmitted.add(key)
-                        log.warning("dataplane_over_license_quota", zone=self.zone, mesh=res.mesh, name=res.name)
-                self._ask()
+            try:
+                self._on_event(event)
+            except Exception as exc:  # never stop following the license and the quota
+                log.warning("zone_license_event_failed", resource=str(event.resource.key), error=repr(exc))
             await self._notify()
+
+    def _on_event(self, event: Any) -> None:
+        res = event.resource
+        deleted = event.kind is EventKind.DELETED
+        if res.type == "License" and res.name == LICENSE_NAME:
+            before = self.strict
+            self.synced = None if deleted else res.spec
+            if not deleted:
+                log.info(
+                    "license_synced",
+                    zone=self.zone,
+                    allowed=res.spec.get("allowedDataplaneProxies"),
+                    demo=res.spec.get("demo"),
+                    enforcement=res.spec.get("enforcement"),
+                )
+            if self.strict and not before:
+                self.last_want = -1  # now strict: tell global what this zone holds
+                self._ask()
+            if not self.strict:
+                self.holders |= self.unadmitted
+                self.unadmitted.clear()
+            self._update_metrics()
+        elif res.type == "LicenseQuota" and res.name == self.zone:
+            self._apply_grant({} if deleted else res.spec)
+            self._update_metrics()
+        elif res.type == "Dataplane":
+            key = (res.mesh, res.name)
+            if deleted or not counted(res):
+                self.holders.discard(key)
+                self.unadmitted.discard(key)
+            elif key not in self.holders:
+                # Not admitted through registration (created through the API): it holds a slot if one is
+                # free; otherwise its proxy is refused when it connects (see `connection`).
+                if not self.strict or len(self.holders) < self.limit():
+                    self.holders.add(key)
+                    self.unadmitted.discard(key)
+                elif key not in self.unadmitted:
+                    self.unadmitted.add(key)
+                    if time.monotonic() - self._over_logged >= OVER_QUOTA_LOG_EVERY:  # not one line per proxy
+                        self._over_logged = time.monotonic()
+                        log.warning(
+                            "dataplane_over_license_quota",
+                            zone=self.zone,
+                            mesh=res.mesh,
+                            name=res.name,
+                            without_slot=len(self.unadmitted),
+                            reason="created without registration while every slot of this zone is in use: "
+                            "its proxy is refused when it connects unless a slot frees up",
+                        )
+            self._ask()
 
     async def _writer(self) -> None:
         """Writes the latest request; KDS uploads it. Intermediate requests may be coalesced away: safe,
