@@ -59,6 +59,7 @@ class DataPlaneSide:
     def __init__(self) -> None:
         self.reconciler: Reconciler | None = None
         self.cache: SnapshotCache | None = None
+        self.zone_proxies: zoneproxies.ZoneProxyReconciler | None = None
 
     @contextlib.asynccontextmanager
     async def run(self, cp: ControlPlane) -> AsyncIterator[None]:
@@ -86,12 +87,12 @@ class DataPlaneSide:
         callbacks.stream_close.append(zone_proxies.on_stream_close)
         server = XdsServer(cp.config, cache, authenticator, tls, [registration.add_to], callbacks)
         async with recorder.running(), zone_proxies.running(), reconciler, server:
-            self.reconciler, self.cache = reconciler, cache
+            self.reconciler, self.cache, self.zone_proxies = reconciler, cache, zone_proxies
             log.info("xds_ready", port=server.port, tls_cert=str(tls.cert_path))
             try:
                 yield
             finally:
-                self.reconciler = self.cache = None
+                self.reconciler = self.cache = self.zone_proxies = None
 
     async def config_handler(self, request: web.Request) -> web.Response:
         """``GET /meshes/{mesh}/dataplanes/{name}/_config``: the xDS config generated for a proxy
@@ -116,7 +117,10 @@ class DataPlaneSide:
         return web.json_response(body)
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get("/meshes/{mesh}/dataplanes/{name}/_config", self.config_handler)]
+        return [
+            web.get("/meshes/{mesh}/dataplanes/{name}/_config", self.config_handler),
+            *zoneproxies.config_routes(lambda: self.zone_proxies),
+        ]
 
 
 def assemble(config: Config) -> Assembly:

@@ -293,7 +293,7 @@ class ZoneProxyReconciler:
         wanted = {_host(es) for es in externals}
         return {host: addresses for host, (addresses, _) in self._resolved.items() if host in wanted}
 
-    async def context(self) -> ZoneContext:
+    async def context(self, *, with_dataplanes: bool = False) -> ZoneContext:
         """Everything zone proxies are generated from, read from the store now. The per-mesh
         cross-zone view is always refreshed; the zone's dataplanes are read only when a zone
         proxy is connected to be generated from them."""
@@ -309,7 +309,7 @@ class ZoneProxyReconciler:
             for mesh_name in sorted(changed):
                 self.on_cross_zone_change(mesh_name)
         contexts: dict[str, MeshContext] = {}
-        if self._connected:
+        if self._connected or with_dataplanes:
             dataplanes = await self._all("Dataplane")
             for mesh in meshes:
                 contexts[mesh.name] = MeshContext.build(
@@ -319,6 +319,13 @@ class ZoneProxyReconciler:
                     cross=cross[mesh.name],
                 )
         return ZoneContext(self.zone, contexts, await self._egress_certs(list(contexts.values())))
+
+    async def render(self, proxy_type: str, name: str) -> ResourceSet:
+        """A zone proxy's config generated now (the ``_config`` API); LookupError when unknown."""
+        proxy = await self.store.find(RESOURCE_TYPES[proxy_type], name)
+        if proxy is None:
+            raise LookupError(f"{RESOURCE_TYPES[proxy_type]} {name!r} not found")
+        return self.generate(await self.context(with_dataplanes=True), proxy)
 
     def generate(self, zctx: ZoneContext, proxy: Resource) -> ResourceSet:
         if proxy.type == "ZoneIngress":
@@ -372,6 +379,33 @@ class ZoneProxyReconciler:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def config_routes(reconciler: Callable[[], ZoneProxyReconciler | None]) -> list[web.RouteDef]:
+    """``GET /zoneingresses/{name}/_config`` and ``/zoneegresses/{name}/_config``: the xDS config
+    generated for a zone proxy now (``{"xds": ...}``, private keys redacted)."""
+    from zonemesh.zone_cp.xds.dump import dump
+
+    def handler(proxy_type: str) -> Callable[[web.Request], Any]:
+        async def config(request: web.Request) -> web.Response:
+            current = reconciler()
+            if current is None:
+                raise web.HTTPServiceUnavailable(reason="the xDS server is not running")
+            name = request.match_info["name"]
+            try:
+                resources = await current.render(proxy_type, name)
+            except LookupError as exc:
+                return web.json_response({"title": "Not found", "detail": str(exc)}, status=404)
+            except Exception as exc:
+                return web.json_response({"title": "Config generation failed", "detail": str(exc)}, status=500)
+            return web.json_response({"xds": dump(resources)})
+
+        return config
+
+    return [
+        web.get("/zoneingresses/{name}/_config", handler(ProxyType.INGRESS.value)),
+        web.get("/zoneegresses/{name}/_config", handler(ProxyType.EGRESS.value)),
+    ]
 
 
 def _host(es: Resource) -> str:

@@ -383,6 +383,13 @@ def test_app_in_zone_1_reaches_a_service_only_in_zone_2_through_its_ingress(worl
     assert "PRIVATE KEY" not in text and "dynamic_active_secrets" not in text
     listeners = json.dumps([c for c in dump["configs"] if "ListenersConfigDump" in c["@type"]])
     assert "tls_inspector" in listeners and "transport_socket" not in listeners
+    # the zone control plane shows what it generates for the ingress
+    status, config = w.zones["zone-2"].get("/zoneingresses/ingress-2/_config")
+    assert status == 200, config
+    chains = config["xds"]["listeners"][0]["filterChains"]
+    assert "app-b{mesh=default}" in [c["filterChainMatch"]["serverNames"][0] for c in chains]
+    assert not config["xds"]["secrets"]
+    assert w.zones["zone-2"].get("/zoneingresses/nope/_config")[0] == 404
 
 
 def test_deny_policy_on_global_blocks_the_cross_zone_call_and_deleting_it_restores_it(world: World) -> None:

@@ -260,8 +260,8 @@ def external_load_assignment(
 async def resolve_hosts(externals: Iterable[Resource], per_host_seconds: float = 2.0) -> dict[str, list[str]]:
     """host -> IPv4/IPv6 addresses, for ExternalServices that let the control plane resolve them.
 
-    IPv4 addresses when the host has any. Bounded by ``per_host_seconds`` per host; a host that does not resolve is left out (Envoy then
-    resolves it itself), and said so in the log.
+    IPv4 addresses when the host has any. Bounded by ``per_host_seconds`` per host; a host that
+    does not resolve is left out (Envoy then resolves it itself), and said so in the log.
     """
     loop = asyncio.get_running_loop()
     hosts = set()
