@@ -45,6 +45,7 @@ MESH = {
     "name": "default",
     "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]},
 }
+CROSS_MESHES = ("mesh-a", "mesh-b")
 ALLOW_ALL = {
     "type": "MeshTrafficPermission",
     "mesh": "default",
@@ -94,9 +95,10 @@ def example(name: str) -> dict[str, Any]:
     return doc
 
 
-def sidecar(service: str, inbound: int, app: int, protocol: str) -> dict[str, Any]:
+def sidecar(service: str, inbound: int, app: int, protocol: str, mesh: str = "default") -> dict[str, Any]:
     return {
         "type": "Dataplane",
+        "mesh": mesh,
         "networking": {
             "address": "127.0.0.1",
             "inbound": [
@@ -171,7 +173,8 @@ class Env:
         return proc
 
     def start_dp(self, name: str, dataplane: dict[str, Any], admin_port: int) -> subprocess.Popen[bytes]:
-        token = self.zmctl("generate", "dataplane-token", "--mesh", "default", "--name", name, "--valid-for", "1h")
+        mesh = str(dataplane.get("mesh") or "default")
+        token = self.zmctl("generate", "dataplane-token", "--mesh", mesh, "--name", name, "--valid-for", "1h")
         token_file = self.work / f"{name}.token"
         token_file.write_text(token.strip())
         spec = {k: v for k, v in dataplane.items() if k not in ("mesh", "name")}
@@ -185,7 +188,7 @@ class Env:
             "--name",
             name,
             "--mesh",
-            "default",
+            mesh,
             "--dataplane-inline",
             json.dumps(spec),
             "--dataplane-token-file",
@@ -371,3 +374,50 @@ def test_invalid_gateways_are_refused_field_by_field(env: Env) -> None:
     # Nothing was stored, and the running gateway is untouched.
     assert env.cp.get(REGISTRY.get("MeshGateway").item_path("bad-gateway", "default"))[0] == 404
     assert request(f"{env.gateway_url}/api")[:2] == (200, "backend-a")
+
+
+def test_cross_mesh_gateway_reachable_from_another_mesh(env: Env) -> None:
+    for mesh in CROSS_MESHES:
+        env.apply({**MESH, "name": mesh})
+    env.apply({**ALLOW_ALL, "mesh": "mesh-a"})
+    app_port, inbound = free_port(), free_port()
+    env.start([sys.executable, "-c", HTTP_APP, "backend-x", str(app_port)], "backend-x")
+    env.start_dp("backend-x-1", sidecar("backend-x", inbound, app_port, "http", mesh="mesh-a"), free_port())
+
+    gateway_port = free_port()
+    gateway = example("crossmesh-gateway")
+    gateway["conf"]["listeners"][0]["port"] = gateway_port
+    env.apply(gateway)
+    env.apply(example("crossmesh-route"))
+    gateway_admin = free_port()
+    env.start_dp("cross-mesh-gateway-1", example("crossmesh-gateway-dataplane"), gateway_admin)
+    client = example("crossmesh-client-dataplane")
+    client["networking"]["inbound"][0].update(port=free_port(), servicePort=free_port())
+    client["networking"]["outbound"][0]["port"] = gateway_port  # the listener's port, as the docs say
+    client["networking"]["outbound"][0]["address"] = "127.0.0.2"  # the gateway itself binds 127.0.0.1:port
+    client_admin = free_port()
+    env.start_dp("client-b-1", client, client_admin)
+
+    url = f"http://127.0.0.2:{gateway_port}/hello"
+    host = "internal.cross-mesh-gateway.mesh-a.mesh"
+    try:
+        wait_until(
+            lambda: request(url, host=host)[:2] == (200, "backend-x"),
+            timeout=40,
+            what="mesh-b's client to reach mesh-a's cross-mesh gateway",
+        )
+    except TimeoutError:
+        for admin in (client_admin, gateway_admin):  # what each Envoy holds
+            for path in ("/listeners", "/clusters"):
+                print(f"--- :{admin}{path} ---\n{str(http('GET', f'http://127.0.0.1:{admin}{path}')[1])[:3000]}")
+        for name in ("client-b-1-dp", "cross-mesh-gateway-1-dp"):
+            print(f"--- {name} log ---\n{env.logs[name].read_text(errors='replace')[-3000:]}")
+        print(f"--- control plane log ---\n{env.cp.logs()[-8000:]}")
+        raise
+    # Another Host is not this listener's: the gateway answers 404 (the request did reach it).
+    assert request(url, host="elsewhere.example.com")[0] == 404
+    # The listener is mTLS only: a plaintext client going straight to the gateway is refused.
+    with pytest.raises(OSError):
+        urllib.request.urlopen(
+            urllib.request.Request(f"http://127.0.0.1:{gateway_port}/", headers={"Host": host}), timeout=3
+        )

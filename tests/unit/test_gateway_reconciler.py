@@ -171,3 +171,24 @@ def test_pure_rules_for_gateways() -> None:
         type="MeshRetry", name="p", mesh="default", spec={"targetRef": {"kind": "MeshGateway", "name": "x"}}
     )
     assert affected_by_policy(None, policy, dps) == {"gw-1"}
+
+
+def test_cross_mesh_rules() -> None:
+    from zonemesh.zone_cp.xds.generators import crossmesh
+
+    client = Resource(
+        type="Dataplane",
+        name="c",
+        mesh="mesh-b",
+        spec={"networking": {"outbound": [{"port": 1, "tags": {"kuma.io/service": "g", "kuma.io/mesh": "mesh-a"}}]}},
+    )
+    local = Resource(
+        type="Dataplane",
+        name="l",
+        mesh="mesh-b",
+        spec={"networking": {"outbound": [{"port": 1, "tags": {"kuma.io/service": "g", "kuma.io/mesh": "mesh-b"}}]}},
+    )
+    assert crossmesh.cross_mesh_clients([client, local, *docs(SETUP)[1:]]) == {("mesh-b", "c")}
+    assert crossmesh.changes_trust(Resource(type="Secret", name="mesh-b.ca-builtin-cert-ca-1", mesh="mesh-b"))
+    assert not crossmesh.changes_trust(Resource(type="Secret", name="my-listener-cert", mesh="mesh-b"))
+    assert crossmesh.changes_trust(Resource(type="Mesh", name="mesh-b"))

@@ -332,3 +332,126 @@ def test_golden_cases_exist() -> None:
 
 def _unused(_: Any) -> None:  # keep imports honest for mypy in one place
     return None
+
+
+# --- cross-mesh ------------------------------------------------------------------------------------------
+
+CROSS_MESH = """
+type: Mesh
+name: mesh-a
+mtls: {enabledBackend: ca-1, backends: [{name: ca-1, type: builtin}]}
+---
+type: Mesh
+name: mesh-b
+mtls: {enabledBackend: ca-1, backends: [{name: ca-1, type: builtin}]}
+---
+type: MeshGateway
+mesh: mesh-a
+name: cross-gw
+selectors: [{match: {kuma.io/service: cross-gw}}]
+conf:
+  listeners: [{port: 8080, protocol: HTTP, crossMesh: true}]
+---
+type: Dataplane
+mesh: mesh-a
+name: cross-gw-1
+networking:
+  address: 10.1.0.1
+  gateway: {type: BUILTIN, tags: {kuma.io/service: cross-gw}}
+---
+type: Dataplane
+mesh: mesh-b
+name: client-1
+networking:
+  address: 10.2.0.1
+  inbound: [{port: 80, tags: {kuma.io/service: client}}]
+  outbound: [{port: 8080, tags: {kuma.io/service: cross-gw, kuma.io/mesh: mesh-a}}]
+---
+type: MeshGatewayRoute
+mesh: mesh-a
+name: cross-route
+selectors: [{match: {kuma.io/service: cross-gw}}]
+conf:
+  http:
+    rules: [{matches: [{path: {match: PREFIX, value: /}}], backends: [{destination: {kuma.io/service: x}}]}]
+"""
+
+
+def _ca_secret(mesh: str, pem: bytes) -> Resource:
+    return Resource(
+        type="Secret", name=f"{mesh}.ca-builtin-cert-ca-1", mesh=mesh, spec={"data": base64.b64encode(pem).decode()}
+    )
+
+
+async def test_cross_mesh_gateway_and_client() -> None:
+    from zonemesh.zone_cp.xds.generators import crossmesh
+
+    resources = load(CROSS_MESH)
+    meshes = {r.name: r for r in resources if r.type == "Mesh"}
+    dataplanes = [r for r in resources if r.type == "Dataplane"]
+    gateways = [r for r in resources if r.type == "MeshGateway"]
+    ca = TestCA()
+    pems = {m: ca.ca_pem(m) for m in ("mesh-a", "mesh-b")}
+    secrets = [_ca_secret(m, pem) for m, pem in pems.items()]
+
+    # mesh-b learns about mesh-a's cross-mesh gateway (its instance addresses and ports) and both CAs.
+    extra_b = crossmesh.context_resources("mesh-b", meshes.values(), gateways, dataplanes, secrets)
+    target = next(r for r in extra_b if r.type == crossmesh.CROSS_MESH_GATEWAY)
+    assert target.spec == {
+        "mesh": "mesh-a",
+        "gateway": "cross-gw",
+        "service": "cross-gw",
+        "hosts": ["internal.cross-gw.mesh-a.mesh"],
+        "ports": [8080],
+        "addresses": ["10.1.0.1"],
+    }
+    assert sorted(r.name for r in extra_b if r.type == crossmesh.MESH_CA) == ["mesh-a", "mesh-b"]
+    # A mesh does not list its own cross-mesh gateways as foreign ones.
+    extra_a = crossmesh.context_resources("mesh-a", meshes.values(), gateways, dataplanes, secrets)
+    assert not [r for r in extra_a if r.type == crossmesh.CROSS_MESH_GATEWAY]
+
+    client = next(d for d in dataplanes if d.name == "client-1")
+    cert_b = WorkloadCert(*await ca.workload_cert("mesh-b", "client"))
+    ctx_b = MeshContext.build(meshes["mesh-b"], [client], extra_b, (), {"client": cert_b})
+    out = generate(ctx_b, client)
+    assert "outbound:127.0.0.1:8080" in out.names(LISTENER)
+    cluster = out.get(CLUSTER, "crossmesh:mesh-a:cross-gw:8080")
+    assert cluster is not None
+    from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+
+    upstream = tls_pb2.UpstreamTlsContext()
+    cluster.transport_socket.typed_config.Unpack(upstream)  # type: ignore[attr-defined]
+    tls = upstream.common_tls_context
+    # Our mesh-b identity, the gateway's mesh-a SPIFFE ID checked with mesh-a's CA.
+    assert tls.tls_certificate_sds_secret_configs[0].name == "identity_cert:secret:client"
+    validation = tls.combined_validation_context
+    assert validation.default_validation_context.match_typed_subject_alt_names[0].matcher.exact == (
+        "spiffe://mesh-a/cross-gw"
+    )
+    assert validation.validation_context_sds_secret_config.name == "mesh_ca:secret:mesh-a"
+    ca_a = out.get(SECRET, "mesh_ca:secret:mesh-a")
+    assert ca_a is not None and ca_a.validation_context.trusted_ca.inline_bytes == pems["mesh-a"]  # type: ignore[union-attr]
+    assert not [n for n in out.names(CLUSTER) if n == "cross-gw"]  # not treated as a mesh-b service
+
+    # The gateway side: mTLS required, every mesh's CA trusted, the internal host served.
+    gateway_dp = next(d for d in dataplanes if d.name == "cross-gw-1")
+    cert_a = WorkloadCert(*await ca.workload_cert("mesh-a", "cross-gw"))
+    routes_a = [r for r in resources if r.type == "MeshGatewayRoute"]
+    ctx_a = MeshContext.build(
+        meshes["mesh-a"], [gateway_dp], [*gateways, *routes_a, *extra_a], (), {"cross-gw": cert_a}
+    )
+    out_a = generate(ctx_a, gateway_dp)
+    listener = out_a.get(LISTENER, "cross-gw:HTTP:8080")
+    assert isinstance(listener, listener_pb2.Listener)
+    downstream = tls_pb2.DownstreamTlsContext()
+    listener.filter_chains[0].transport_socket.typed_config.Unpack(downstream)
+    assert downstream.require_client_certificate.value is True
+    trusted = out_a.get(SECRET, "cross_mesh_ca:secret:all")
+    assert trusted is not None
+    bundle = trusted.validation_context.trusted_ca.inline_bytes  # type: ignore[union-attr]
+    assert pems["mesh-a"] in bundle and pems["mesh-b"] in bundle
+    routes = out_a.get(ROUTE, "cross-gw:HTTP:8080")
+    assert isinstance(routes, route_pb2.RouteConfiguration)
+    assert [list(v.domains) for v in routes.virtual_hosts] == [
+        ["internal.cross-gw.mesh-a.mesh", "internal.cross-gw.mesh-a.mesh:*"]
+    ]

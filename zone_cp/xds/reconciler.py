@@ -50,7 +50,7 @@ from zonemesh.zone_cp.xds.context import (
     services,
 )
 from zonemesh.zone_cp.xds.crosszone import CrossZone
-from zonemesh.zone_cp.xds.generators import GenerationError, generate
+from zonemesh.zone_cp.xds.generators import GenerationError, crossmesh, generate
 from zonemesh.zone_cp.xds.generators.gateway import MESH_GATEWAY_ROUTE_TYPE, MESH_GATEWAY_TYPE, is_builtin
 from zonemesh.zone_cp.xds.metrics import XDS_GENERATION
 from zonemesh.zone_cp.xds.policies import POLICY_TYPES
@@ -279,6 +279,9 @@ class Reconciler:
         if res.type == DATAPLANE:
             names = affected_by_dataplane(before, after, self._consumers.get(mesh, {}))
             names |= builtin_gateways(self._dataplanes(mesh))
+            if any(is_builtin(dp) for dp in (before, after) if dp is not None):
+                # Another mesh's proxies may reach it as a cross-mesh gateway.
+                self._mark_nodes(crossmesh.cross_mesh_clients(self._mirror[DATAPLANE].values()))
         elif res.type in POLICY_TYPES:
             names = affected_by_policy(before, after, self._dataplanes(mesh))
         elif res.type == EXTERNAL_SERVICE:
@@ -286,10 +289,24 @@ class Reconciler:
             names |= builtin_gateways(self._dataplanes(mesh))
         elif res.type in GATEWAY_TYPES:
             names = builtin_gateways(self._dataplanes(mesh))
+            self._mark_nodes(crossmesh.cross_mesh_clients(self._mirror[DATAPLANE].values()))
         else:
             self.invalidate_mesh(mesh)
+            if crossmesh.changes_trust(res):
+                # Cross-mesh listeners of every mesh trust this mesh's CA.
+                self._mark_nodes((dp.mesh, dp.name) for dp in self._mirror[DATAPLANE].values() if is_builtin(dp))
             return
         self._mark_nodes((mesh, name) for name in names)
+
+    def _cross_mesh(self, mesh_name: str) -> list[Resource]:
+        """What a mesh's generation needs to know about the others (cross-mesh gateways, CAs)."""
+        return crossmesh.context_resources(
+            mesh_name,
+            self._mirror[MESH].values(),
+            self._mirror[MESH_GATEWAY_TYPE].values(),
+            self._mirror[DATAPLANE].values(),
+            self._mirror[SECRET].values(),
+        )
 
     def _dataplanes(self, mesh: str) -> list[Resource]:
         return [r for k, r in self._mirror[DATAPLANE].items() if k.mesh == mesh]
@@ -364,6 +381,7 @@ class Reconciler:
         certs = await self._certs(mesh, proxies)
         policies = [r for t in CONTEXT_TYPES for k, r in self._mirror[t].items() if k.mesh == mesh_name]
         externals = [r for k, r in self._mirror[EXTERNAL_SERVICE].items() if k.mesh == mesh_name]
+        policies += self._cross_mesh(mesh_name)
         ctx = MeshContext.build(mesh, dataplanes, policies, externals, certs, cross=self.cross_zone(mesh_name))
         encoder = _Encoder()
         for dp in proxies:
@@ -440,6 +458,7 @@ class Reconciler:
         policies = [r for t in CONTEXT_TYPES for k, r in self._mirror[t].items() if k.mesh == mesh_name]
         externals = [r for k, r in self._mirror[EXTERNAL_SERVICE].items() if k.mesh == mesh_name]
         certs = await self._certs(mesh, [dp])
+        policies += self._cross_mesh(mesh_name)
         ctx = MeshContext.build(mesh, dataplanes, policies, externals, certs, cross=self.cross_zone(mesh_name))
         return generate(ctx, dp)
 

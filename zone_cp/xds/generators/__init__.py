@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds.context import MeshContext
-from zonemesh.zone_cp.xds.generators import gateway, inbound, outbound, secrets
+from zonemesh.zone_cp.xds.generators import crossmesh, gateway, inbound, outbound, secrets
 from zonemesh.zone_cp.xds.policies import MatchedPolicies, match_all
 from zonemesh.zone_cp.xds.resources import ResourceSet
 
@@ -22,6 +22,7 @@ GENERATORS: tuple[tuple[str, Generator], ...] = (
     ("inbound", inbound.generate),
     ("outbound", outbound.generate),
     ("gateway", gateway.generate),
+    ("crossmesh", crossmesh.generate),
     ("secrets", secrets.generate),
 )
 

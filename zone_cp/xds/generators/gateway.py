@@ -72,6 +72,7 @@ from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, S
 MESH_GATEWAY_TYPE = "MeshGateway"
 MESH_GATEWAY_ROUTE_TYPE = "MeshGatewayRoute"
 SECRET_TYPE = "Secret"
+MESH_CA_TYPE = "_MeshCA"  # context-only, see crossmesh.py
 BUILTIN = "BUILTIN"
 HTTP_PROTOCOLS = ("HTTP", "HTTPS")
 TLS_PROTOCOLS = ("HTTPS", "TLS")
@@ -598,7 +599,11 @@ def _cross_mesh_tls(gen: _Gen) -> base_pb2.TransportSocket:
         require_client_certificate={"value": True},
     )
     gen.resources.require(SECRET, identity_secret_name(gen.identity))
-    gen.resources.require(SECRET, CROSS_MESH_CA_SECRET)
+    if gen.resources.get(SECRET, CROSS_MESH_CA_SECRET) is None:
+        cas = [bytes(r.spec["pem"]) for r in gen.ctx.policies.get(MESH_CA_TYPE, ())]
+        if not cas:
+            raise ValueError("cross-mesh listener: no mesh CA known yet")
+        gen.resources.add(SECRET, CROSS_MESH_CA_SECRET, cross_mesh_ca_secret(cas))
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(context))
 
 
