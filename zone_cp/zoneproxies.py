@@ -62,7 +62,7 @@ from zonemesh.zone_cp.xds.server import StreamInfo
 log = structlog.get_logger(__name__)
 
 RESOURCE_TYPES = {ProxyType.INGRESS.value: "ZoneIngress", ProxyType.EGRESS.value: "ZoneEgress"}
-WATCHED = ("Mesh", "Dataplane", "ExternalService", "ZoneIngress", "ZoneEgress")
+WATCHED = ("Mesh", "Dataplane", "ExternalService", "ZoneIngress", "ZoneEgress", "MeshTrafficPermission")
 
 
 class ZoneProxyAuthenticator:
@@ -311,10 +311,12 @@ class ZoneProxyReconciler:
         contexts: dict[str, MeshContext] = {}
         if self._connected or with_dataplanes:
             dataplanes = await self._all("Dataplane")
+            permissions = await self._all("MeshTrafficPermission")  # the egress checks them for ExternalServices
             for mesh in meshes:
                 contexts[mesh.name] = MeshContext.build(
                     mesh,
                     [d for d in dataplanes if d.mesh == mesh.name],
+                    [p for p in permissions if p.mesh == mesh.name],
                     external_services=[e for e in externals if e.mesh == mesh.name],
                     cross=cross[mesh.name],
                 )

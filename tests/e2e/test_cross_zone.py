@@ -435,6 +435,22 @@ def test_external_service_by_name_through_the_egress(world: World) -> None:
     wait_until(lambda: get(url) == (200, "external"), WAIT, what="ExternalService via the egress")
     assert w.egress.stat("tcp.egress_default_ext-http.downstream_cx_total") >= 1
 
+    # The egress checks MeshTrafficPermission for external services, by the caller's SPIFFE ID.
+    deny = {
+        "type": "MeshTrafficPermission",
+        "mesh": "default",
+        "name": "no-ext-for-a",
+        "spec": {
+            "targetRef": {"kind": "MeshService", "name": "ext-http"},
+            "from": [{"targetRef": {"kind": "MeshService", "name": "app-a"}, "default": {"action": "Deny"}}],
+        },
+    }
+    w.put_global(deny)
+    wait_until(lambda: get(url)[0] not in (0, 200), WAIT, what="egress denies app-a -> ext-http")
+    assert w.egress.stat("egress_default_ext-http.rbac.denied") >= 1
+    assert w.glob.delete("/meshes/default/meshtrafficpermissions/no-ext-for-a")[0] == 200
+    wait_until(lambda: get(url) == (200, "external"), WAIT, what="allowed again")
+
 
 def test_stopping_zone_2s_service_removes_it_from_zone_1_within_seconds(world: World) -> None:
     w = world
