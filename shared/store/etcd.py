@@ -1,7 +1,9 @@
 """etcd store: for HA deployments, where several control-plane replicas share one etcd cluster.
 
-Key layout: ``{prefix}/resources/{type}/{mesh or "_"}/{name}``, value: the JSON record
-(``Resource.to_record()``). "_" cannot clash with a mesh: names start with [a-z0-9].
+Key layout: ``{prefix}/resources/{type}/{mesh or "_"},{name}``, value: the JSON record
+(``Resource.to_record()``). "_" cannot clash with a mesh: names start with [a-z0-9]. The ","
+between mesh and name sorts before every character a name may hold ([a-z0-9.-]), so etcd's key
+order is (mesh, name) order, as in the other backends: "default,x" lists before "default-2,a".
 
 Concurrency is etcd's own: create is a transaction on ``create_revision == 0``; update and
 delete-with-version read the key, check the record's version, then commit in a transaction
@@ -19,9 +21,6 @@ header (the revision, needed above) and its range calls cannot set limit or coun
 reads and writes are raw etcd Txn requests.
 
 Known differences from the memory and SQLite stores:
-- ``list(mesh=None)`` orders by key, i.e. by ``mesh + "/"`` then name. That equals (mesh, name)
-  unless one mesh name is a prefix of another and the longer one continues with "-" or "."
-  (those sort before "/"): "default-2" then lists before "default".
 - ``batch`` is atomic per chunk of at most 128 keys / 1 MiB (etcd's default --max-txn-ops and
   --max-request-bytes), not across chunks; a key repeated in one batch is applied once, in
   its final state (delete wins over upsert).
@@ -80,6 +79,7 @@ MAX_ATTEMPTS = 8
 # reconnecting); the event still arrives, later.
 WATCH_CATCH_UP = 5.0
 _NO_MESH = "_"
+_MESH_SEP = ","  # sorts before [a-z0-9.-]: see the key layout above
 
 # One key of a batch in its final state: the resource to store, or None to delete it.
 _Change = tuple[ResourceKey, Resource | None]
@@ -263,16 +263,17 @@ class EtcdStore(Store):
     # --- keys and offsets ----------------------------------------------------------------
 
     def _key(self, key: ResourceKey) -> bytes:
-        return self._root + f"{key.type}/{key.mesh or _NO_MESH}/{key.name}".encode()
+        return self._root + f"{key.type}/{key.mesh or _NO_MESH}{_MESH_SEP}{key.name}".encode()
 
     def _range(self, type: str, mesh: str | None) -> tuple[bytes, bytes]:
         prefix = self._root + f"{type}/".encode()
         if mesh is not None:
-            prefix += f"{mesh or _NO_MESH}/".encode()
+            prefix += f"{mesh or _NO_MESH}{_MESH_SEP}".encode()
         return prefix, aetcd.utils.prefix_range_end(prefix)
 
     def _parse_key(self, raw: bytes) -> ResourceKey:
-        type, mesh, name = raw[len(self._root) :].decode().split("/", 2)
+        type, rest = raw[len(self._root) :].decode().split("/", 1)
+        mesh, name = rest.split(_MESH_SEP, 1)
         return ResourceKey(type, "" if mesh == _NO_MESH else mesh, name)
 
     def _offset_token(self, type: str, raw_key: bytes) -> str:
@@ -285,7 +286,7 @@ class EtcdStore(Store):
         try:
             relative = base64.urlsafe_b64decode(offset + "=" * (-len(offset) % 4))
             raw = self._root + f"{type}/".encode() + relative
-            valid = raw.startswith(start) and len(raw) > len(start) and b"/" in relative
+            valid = raw.startswith(start) and len(raw) > len(start) and _MESH_SEP.encode() in relative
         except (binascii.Error, ValueError):
             valid = False
         if not valid:
