@@ -455,3 +455,63 @@ async def test_cross_mesh_gateway_and_client() -> None:
     assert [list(v.domains) for v in routes.virtual_hosts] == [
         ["internal.cross-gw.mesh-a.mesh", "internal.cross-gw.mesh-a.mesh:*"]
     ]
+
+
+# --- a gateway in zone-1 reaching a backend that only runs in zone-2 -------------------------------------
+
+CROSS_ZONE = """
+type: Mesh
+name: default
+mtls: {enabledBackend: ca-1, backends: [{name: ca-1, type: builtin}]}
+---
+type: ZoneIngress
+name: zone-2.ingress
+labels: {zonemesh.io/origin: zone, zonemesh.io/zone: zone-2}
+zone: zone-2
+networking: {address: 10.2.0.100, port: 10001, advertisedAddress: 192.0.2.2, advertisedPort: 20001}
+availableServices:
+  - tags: {kuma.io/service: api, kuma.io/protocol: http}
+    instances: 2
+    mesh: default
+---
+type: MeshGateway
+mesh: default
+name: edge-gateway
+selectors: [{match: {kuma.io/service: edge-gateway}}]
+conf:
+  listeners: [{port: 8080, protocol: HTTP}]
+---
+type: MeshGatewayRoute
+mesh: default
+name: to-api
+selectors: [{match: {kuma.io/service: edge-gateway}}]
+conf:
+  http:
+    rules: [{matches: [{path: {match: PREFIX, value: /}}], backends: [{destination: {kuma.io/service: api}}]}]
+"""
+
+
+async def test_gateway_routes_to_a_backend_in_another_zone_through_its_ingress() -> None:
+    from zonemesh.zone_cp.xds.crosszone import CrossZone
+    from zonemesh.zone_cp.xds.testing import load_resources
+
+    everything = load_resources(CROSS_ZONE)  # ZoneIngress as KDS delivers it (no API validation)
+    mesh = everything[0]
+    gateway_dp = load((TESTDATA / "_base.yaml").read_text())[-1]
+    assert gateway_dp.name == "gateway-1"
+    config = [from_universal(d)[0] for d in load_documents(CROSS_ZONE) if d["type"].startswith("MeshGateway")]
+    ingresses = [r for r in everything if r.type == "ZoneIngress"]
+    cross = CrossZone.build("zone-1", "default", ingresses, [], {})
+    cert = WorkloadCert(*await TestCA().workload_cert("default", "edge-gateway"))
+    ctx = MeshContext.build(mesh, [gateway_dp], config, (), {"edge-gateway": cert}, cross=cross)
+    out = generate(ctx, gateway_dp)
+    cla = out.get(ENDPOINT, "api")
+    assert cla is not None
+    remote = [
+        (e.endpoint.address.socket_address.address, e.endpoint.address.socket_address.port_value)
+        for group in cla.endpoints  # type: ignore[attr-defined]
+        for e in group.lb_endpoints
+    ]
+    assert remote == [("192.0.2.2", 20001)]  # zone-2's ingress, advertised address
+    cluster = out.get(CLUSTER, "api")
+    assert cluster is not None and cluster.transport_socket.name == "envoy.transport_sockets.tls"  # mTLS end to end
