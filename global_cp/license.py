@@ -218,12 +218,12 @@ class LicenseAuthority:
 
     # -- replacing the license at runtime -------------------------------------------------------
 
-    async def replace(self, text: str, source: str) -> License:
+    async def replace(self, text: str | bytes, source: str) -> License:
         """Verify and put in force a new license. Raises LicenseError (the old one stays)."""
         lic = parse(text, self.keys, source=source)
         check_expiry(lic, datetime.now(UTC))
         if source == "api":
-            await self._persist(text)
+            await self._persist(lic.text)
         previous, self.license = self.license, lic
         log.info(
             "license_replaced",
@@ -267,11 +267,11 @@ class LicenseAuthority:
         if state == self._file_state:
             return
         self._file_state = state
-        text = await asyncio.to_thread(path.read_text, errors="replace")
-        if text == self.license.text:
+        data = await asyncio.to_thread(path.read_bytes)
+        if data.decode(errors="replace") == self.license.text:
             return
         try:
-            await self.replace(text, str(path))
+            await self.replace(data, str(path))
         except LicenseError as exc:
             log.error("license_file_invalid", path=str(path), reason=str(exc), keeping="the license in force")
 

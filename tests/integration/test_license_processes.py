@@ -493,3 +493,13 @@ def test_demo_license_without_configuration_is_durable(
     except ProcessExited:
         pytest.fail(glob.logs()[-2000:])
     assert license_of(glob)["expirationDate"] == body["expirationDate"]
+
+    # a license installed through the API (no license file configured) is kept across restarts
+    issuer.license(tmp_path / "installed.json", 8)
+    installed = zmctl(tmp_path, "license", "install", "-f", "installed.json", "--cp-address", glob.api)
+    assert installed.returncode == 0, installed.stderr
+    wait_until(lambda: license_of(zone.cp)["allowedDataplaneProxies"] == 8, WAIT, what="installed license on zone")
+    glob.stop()
+    glob.start()
+    after = license_of(glob)
+    assert (after["allowedDataplaneProxies"], after["demo"], after["source"]) == (8, False, "api")
