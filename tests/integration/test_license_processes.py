@@ -337,6 +337,9 @@ def test_issued_license_admits_everyone_and_warns(
     expected = "10 data plane proxies are active but the license allows 3: proxies over the limit still join"
     wait_until(lambda: expected in license_of(glob)["warnings"], WAIT, what="over-limit warning on global")
     wait_until(lambda: expected in license_of(zone2.cp)["warnings"], WAIT, what="over-limit warning on a zone")
+    # a proxy whose xDS streams have all closed is not active any more (its DataplaneInsight says so)
+    assert asyncio.run(ads_refusal(zone1, tokens[zone1.name], "zone-1-dp-0")) == ""
+    wait_until(lambda: license_of(glob)["activeDataplaneProxies"] == 9, WAIT, what="disconnected proxy not counted")
     warned = [line for line in glob.logs().splitlines() if "license_warning" in line]
     # logged when the limit is first exceeded, not once per proxy
     assert len([w for w in warned if "proxies over the limit still join" in w]) == 1, warned
