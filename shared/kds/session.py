@@ -30,8 +30,11 @@ log = structlog.get_logger(__name__)
 CHUNK = 1000
 # Changes messages in flight (sent, not yet ACKed) per stream.
 WINDOW = 16
-# After a NACK, wait this long before sending the rejected resources again.
+# After a NACK, wait before sending the rejected resources again: 1 s, doubling with each NACK
+# in a row up to 30 s (a resource the peer keeps refusing is not resent every second), back to
+# 1 s after an ACK.
 NACK_BACKOFF = 1.0
+NACK_BACKOFF_MAX = 30.0
 
 Reader = Callable[[], Awaitable[Any]]
 Writer = Callable[[kds_pb2.Message], Awaitable[None]]
@@ -107,6 +110,7 @@ class Outbox:
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._retries: set[asyncio.Task[None]] = set()
+        self.nacks_in_a_row = 0
         self.synced = asyncio.Event()  # set when nothing is pending and every sent message is answered
 
     def start(self) -> None:
@@ -196,11 +200,11 @@ class Outbox:
         self.stats.last_update = time.time()
         if not ack.nack:
             stats.acked += 1
+            self.nacks_in_a_row = 0
             self._check_synced()
             return
         stats.nacked += 1
         NACK_TOTAL.labels(self.zone, entry.type).inc()
-        log.warning("kds_nack_received", zone=self.zone, type=entry.type, error=ack.error)
         # Forget what the peer refused, so that the retry sends it again.
         for key, sent_hash in entry.upserts.items():
             if self.peer_has.get(key) == sent_hash:
@@ -208,12 +212,15 @@ class Outbox:
         for key in entry.removals:
             self.peer_has.setdefault(key, "")
         retry = [*entry.upserts, *entry.removals]
-        task = asyncio.create_task(self._retry_later(retry))
+        delay = min(NACK_BACKOFF_MAX, NACK_BACKOFF * 2**self.nacks_in_a_row)
+        self.nacks_in_a_row = min(self.nacks_in_a_row + 1, 16)
+        log.warning("kds_nack_received", zone=self.zone, type=entry.type, error=ack.error, retry_in=delay)
+        task = asyncio.create_task(self._retry_later(retry, delay))
         self._retries.add(task)
         task.add_done_callback(self._retries.discard)
 
-    async def _retry_later(self, keys: list[str]) -> None:
-        await asyncio.sleep(NACK_BACKOFF)
+    async def _retry_later(self, keys: list[str], delay: float) -> None:
+        await asyncio.sleep(delay)
         self.notify(keys)
 
 
