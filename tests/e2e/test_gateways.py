@@ -14,11 +14,14 @@ them private to itself).
 
 from __future__ import annotations
 
+import base64
 import copy
+import datetime as dt
 import json
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -119,6 +122,53 @@ def request(url: str, host: str | None = None, timeout: float = 5) -> tuple[int,
             return response.status, response.read().decode(), dict(response.headers)
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode(), dict(exc.headers)
+
+
+def server_cert(hostname: str) -> tuple[bytes, bytes]:
+    """A self-signed certificate for ``hostname``: (certificate PEM, certificate + key PEM)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert_pem, cert_pem + key_pem
+
+
+def https_get(port: int, sni: str, ca_pem: bytes, path: str = "/") -> tuple[str, str]:
+    """GET over TLS to 127.0.0.1 with ``sni``, verifying against ``ca_pem``: (status line, body)."""
+    context = ssl.create_default_context(cadata=ca_pem.decode())
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=sni) as tls,
+    ):
+        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        for _ in range(1000):  # bounded; the server closes the connection
+            chunk = tls.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.decode(errors="replace").partition("\r\n\r\n")
+    return head.splitlines()[0], body
 
 
 def port_is_free(port: int) -> bool:
@@ -421,3 +471,31 @@ def test_cross_mesh_gateway_reachable_from_another_mesh(env: Env) -> None:
         urllib.request.urlopen(
             urllib.request.Request(f"http://127.0.0.1:{gateway_port}/", headers={"Host": host}), timeout=3
         )
+
+
+def test_https_listener_terminates_tls_with_a_secret_certificate(env: Env) -> None:
+    cert_pem, bundle = server_cert("secure.example.com")
+    secret = example("https-secret")
+    secret["data"] = base64.b64encode(bundle).decode()
+    env.apply(secret)
+    https_port = free_port()
+    gateway = env.gateway()
+    listener = example("https-listener")
+    listener["port"] = https_port
+    gateway["conf"]["listeners"].append(listener)
+    env.apply(example("route-https"))
+    env.apply(gateway)
+    try:
+        wait_until(
+            lambda: https_get(https_port, "secure.example.com", cert_pem) == ("HTTP/1.1 200 OK", "backend-a"),
+            timeout=30,
+            what="the HTTPS listener to answer with backend-a",
+        )
+        # The certificate is checked for real: a client trusting another CA refuses the handshake.
+        other_ca, _ = server_cert("secure.example.com")
+        with pytest.raises(ssl.SSLCertVerificationError):
+            https_get(https_port, "secure.example.com", other_ca)
+        # The plain HTTP listeners keep working meanwhile.
+        assert request(f"{env.gateway_url}/api")[:2] == (200, "backend-a")
+    finally:
+        env.apply(env.gateway())
