@@ -28,7 +28,7 @@ from zonemesh.shared.tokens import dataplane as dptokens
 from zonemesh.zone_cp.admission import DataplaneAuthenticator
 from zonemesh.zone_cp.xds.cache import SnapshotCache
 from zonemesh.zone_cp.xds.reconciler import Reconciler
-from zonemesh.zone_cp.xds.resources import CLUSTER
+from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT
 from zonemesh.zone_cp.xds.server import Callbacks, TlsFiles, XdsServer
 
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
@@ -52,6 +52,15 @@ async def wait_for_count(name: str, at_least: float) -> None:
         if sample(name) >= at_least:
             return
         await asyncio.sleep(0.02)
+
+
+def ack(response: discovery_pb2.DiscoveryResponse, names: list[str] | None = None) -> discovery_pb2.DiscoveryRequest:
+    return discovery_pb2.DiscoveryRequest(
+        type_url=response.type_url,
+        version_info=response.version_info,
+        response_nonce=response.nonce,
+        resource_names=names or [],
+    )
 
 
 def connect_timeout(response: discovery_pb2.DiscoveryResponse) -> int:
@@ -91,28 +100,38 @@ async def test_generation_and_delivery_histograms_fill_after_an_ads_exchange(tmp
             first = discovery_pb2.DiscoveryRequest(type_url=CLUSTER)
             first.node.id = "default.web-1"
             await call.write(first)
-            response = await asyncio.wait_for(call.read(), timeout=10)
-            assert connect_timeout(response) == 5  # the default MeshTimeout
-            ack = dict(type_url=CLUSTER, version_info=response.version_info, response_nonce=response.nonce)
-            await call.write(discovery_pb2.DiscoveryRequest(**ack))
+            clusters = await asyncio.wait_for(call.read(), timeout=10)
+            assert connect_timeout(clusters) == 5  # the default MeshTimeout
+            await call.write(ack(clusters))
+            await call.write(discovery_pb2.DiscoveryRequest(type_url=ENDPOINT, resource_names=["backend"]))
+            endpoints = await asyncio.wait_for(call.read(), timeout=10)
+            assert endpoints.type_url == ENDPOINT
+            await call.write(ack(endpoints, ["backend"]))
             assert sample("xds_generation_count") > generations
-            # The first config was caused by the stream opening: its ACK is a delivery too.
+            # The first config was caused by the stream opening: its ACKs are a delivery too.
             await wait_for_count("xds_delivery_count", deliveries + 1)
             deliveries = sample("xds_delivery_count")
+            delivered_seconds = sample("xds_delivery_sum")
 
-            # A mesh-wide policy change: a new CDS response, whose ACK is one delivery.
+            # A mesh-wide policy change: new clusters, then (as Envoy does for warming clusters)
+            # EDS again; delivered once both are ACKed, and only once.
             timeout = await manager.get("MeshTimeout", "mesh-timeout-all-default", "default")
             timeout.spec["to"][0]["default"]["connectionTimeout"] = "7s"
             await manager.update(timeout)
-            response = await asyncio.wait_for(call.read(), timeout=10)
-            assert connect_timeout(response) == 7
-            assert sample("xds_delivery_count") == deliveries  # not before the ACK
-            ack = dict(type_url=CLUSTER, version_info=response.version_info, response_nonce=response.nonce)
-            await call.write(discovery_pb2.DiscoveryRequest(**ack))
+            clusters = await asyncio.wait_for(call.read(), timeout=10)
+            assert connect_timeout(clusters) == 7
+            await call.write(ack(clusters))
+            resubscribe = ack(endpoints, ["backend"])  # the previous EDS nonce: not a delivery
+            await call.write(resubscribe)
+            endpoints = await asyncio.wait_for(call.read(), timeout=10)
+            assert endpoints.type_url == ENDPOINT
+            assert sample("xds_delivery_count") == deliveries  # EDS not ACKed yet
+            await call.write(ack(endpoints, ["backend"]))
             await wait_for_count("xds_delivery_count", deliveries + 1)
+            await asyncio.sleep(0.2)  # nothing else comes in late
             call.cancel()
     assert sample("xds_delivery_count") == deliveries + 1
-    assert 0 < sample("xds_delivery_sum") < 10
+    assert 0 < sample("xds_delivery_sum") - delivered_seconds < 10
 
     # Both are on the diagnostics app's /metrics, as histograms with buckets.
     async with (

@@ -135,9 +135,13 @@ class _Stream:
         self.outbox.put_nowait(encode_response(resp.version, resp.resources, resp.type_url, nonce))
 
     async def _acked(self, type_url: str, state: _TypeState, version: str) -> None:
+        # A change is delivered when every response it caused is ACKed: all types sent with its
+        # stamp, and the EDS response owed after a CDS one (Envoy re-subscribes to EDS then, and
+        # that request also "ACKs" the previous, older EDS response: not a delivery).
         stamp = state.changed_at
-        delivered = stamp is not None and stamp != self._delivered_stamp
-        if delivered and all(s.acked or s.changed_at != stamp for s in self.types.values()):
+        newer = stamp is not None and (self._delivered_stamp is None or stamp > self._delivered_stamp)
+        owed = self._endpoints_owed and ENDPOINT in self.types
+        if newer and not owed and all(s.acked or s.changed_at != stamp for s in self.types.values()):
             assert stamp is not None
             self._delivered_stamp = stamp
             XDS_DELIVERY.observe(time.monotonic() - stamp)
