@@ -138,13 +138,20 @@ def permission_doc(service: int, services: int) -> dict[str, Any]:
     }
 
 
-# What a change edits: "connect" the connectionTimeout only (clusters change: CDS, then EDS
-# again for the warming clusters); "timeouts" also the requestTimeout (routes change too: RDS).
-CHANGE_KINDS = ("connect", "timeouts")
+# What a change edits in the default MeshTimeout's `to`: "request" the requestTimeout (routes
+# change: one RDS response per proxy); "connect" the connectionTimeout (clusters change: CDS,
+# then EDS again for the warming clusters); "timeouts" both (CDS, EDS and RDS).
+CHANGE_KINDS = ("request", "connect", "timeouts")
+DEFAULT_TIMEOUTS = (5, 15)  # the default policy's (connectionTimeout, requestTimeout) seconds
 
 
-def timeout_doc(connect_seconds: int, kind: str) -> dict[str, Any]:
-    request = f"{connect_seconds * 3}s" if kind == "timeouts" else "15s"
+def next_timeouts(current: tuple[int, int], kind: str) -> tuple[int, int]:
+    connect, request = current
+    return (connect + 1 if kind != "request" else connect, request + 1 if kind != "connect" else request)
+
+
+def timeout_doc(timeouts: tuple[int, int]) -> dict[str, Any]:
+    connect_seconds, request = timeouts[0], f"{timeouts[1]}s"
     return {
         "type": "MeshTimeout",
         "mesh": MESH,
@@ -360,9 +367,10 @@ Facts = tuple[str, tuple[tuple[str, frozenset[str]], ...], int | None]
 
 @functools.lru_cache(maxsize=50_000)
 def resource_facts(type_url: str, value: bytes) -> Facts:
-    """(name, names of other types it refers to, connect timeout) of one resource, as Envoy finds
-    them: EDS clusters -> endpoints, HCMs with RDS -> routes, TLS contexts -> SDS secrets. The
-    connect timeout (seconds) of an EDS cluster is what the MeshTimeout changes. Memoized by the
+    """(name, names of other types it refers to, timeout) of one resource, as Envoy finds them:
+    EDS clusters -> endpoints, HCMs with RDS -> routes, TLS contexts -> SDS secrets. The timeout
+    (seconds) is what the MeshTimeout changes: an EDS cluster's connect timeout, an outbound
+    route's request timeout. Memoized by the
     resource bytes: proxies share most resources, and a cheap client leaves the CPU to the CP."""
     from envoy.config.cluster.v3 import cluster_pb2
     from envoy.config.endpoint.v3 import endpoint_pb2
@@ -408,7 +416,12 @@ def resource_facts(type_url: str, value: bytes) -> Facts:
     elif type_url == ENDPOINT:
         name = endpoint_pb2.ClusterLoadAssignment.FromString(value).cluster_name
     elif type_url == ROUTE:
-        name = route_pb2.RouteConfiguration.FromString(value).name
+        route_config = route_pb2.RouteConfiguration.FromString(value)
+        name = route_config.name
+        for vhost in route_config.virtual_hosts:
+            for route in vhost.routes:
+                if route.route.HasField("timeout"):
+                    timeout = int(route.route.timeout.seconds)
     else:
         name = secret_pb2.Secret.FromString(value).name
     return name, tuple((t, frozenset(n)) for t, n in refs.items() if n), timeout
@@ -435,9 +448,13 @@ class SimProxy:
         self.connect_started: float | None = None
         self.last_ack: float = 0.0
         self.connect_timeout: int | None = None
+        self.request_timeout: int | None = None
         self.failures: list[str] = []
         self.failed_at: list[float] = []  # seconds after the connect storm started
         self.responses = 0
+
+    def has(self, expected: tuple[int, int] | None) -> bool:
+        return expected is None or (self.connect_timeout, self.request_timeout) == tuple(expected)
 
     def is_configured(self) -> bool:
         if not self.subs or CLUSTER not in self.subs or LISTENER not in self.subs:
@@ -507,6 +524,8 @@ class SimProxy:
         facts = [resource_facts(type_url, r.value) for r in response.resources]
         self.responses += 1
         sub.received = {name for name, _, _ in facts}
+        if type_url == ROUTE:
+            self.request_timeout = next((t for _, _, t in facts if t is not None), None)
         # ACK (Envoy ACKs with the version and nonce it was sent, naming what it wants).
         ack = discovery_pb2.DiscoveryRequest(
             type_url=type_url, version_info=sub.version, response_nonce=sub.nonce, resource_names=sorted(sub.names)
@@ -612,13 +631,11 @@ class Worker:
             self.tasks.append(asyncio.create_task(proxy.run(self.stop)))
         return {"started": len(self.tasks)}
 
-    async def cmd_status(self, expected_timeout: int | None) -> dict[str, Any]:
+    async def cmd_status(self, expected: tuple[int, int] | None) -> dict[str, Any]:
         now = time.monotonic()
         return {
             "configured": sum(p.configured_at is not None for p in self.proxies),
-            "with_value": sum(
-                p.connect_timeout == expected_timeout and p.configured_at is not None for p in self.proxies
-            ),
+            "with_value": sum(p.has(expected) and p.configured_at is not None for p in self.proxies),
             "failures": sum(len(p.failures) for p in self.proxies),
             "last_ack_age": min((now - p.last_ack for p in self.proxies), default=0.0),
             "responses": sum(p.responses for p in self.proxies),
@@ -643,8 +660,8 @@ class Worker:
     async def cmd_delivery(self, arg: tuple[float, int]) -> dict[str, Any]:
         t0, expected = arg
         return {
-            "delivery_s": [p.last_ack - t0 for p in self.proxies if p.connect_timeout == expected and p.last_ack > t0],
-            "missing": sum(p.connect_timeout != expected for p in self.proxies),
+            "delivery_s": [p.last_ack - t0 for p in self.proxies if p.has(expected) and p.last_ack > t0],
+            "missing": sum(not p.has(expected) for p in self.proxies),
         }
 
     async def cmd_stop(self, _: Any) -> dict[str, Any]:
@@ -708,7 +725,7 @@ class Workers:
 # --- the run ------------------------------------------------------------------------------
 
 
-def wait_for(workers: Workers, expected: int | None, n: int, timeout: float, key: str) -> float:
+def wait_for(workers: Workers, expected: tuple[int, int] | None, n: int, timeout: float, key: str) -> float:
     """Wait until all n proxies satisfy ``key``; then until no ACK for a quiet moment. Returns when."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -822,22 +839,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             deliveries: dict[str, list[float]] = {kind: [] for kind in args.change_kinds}
             per_change: list[dict[str, Any]] = []
             missing_total = 0
-            value = 5  # the default policy's connectionTimeout; every change sets a new one
+            timeouts = DEFAULT_TIMEOUTS  # every change sets new ones
             for kind in args.change_kinds:
                 for k in range(args.changes):
-                    value += 1
+                    timeouts = next_timeouts(timeouts, kind)
                     cpu_before = cp.cpu_s()
                     status_before = workers.broadcast("status", None)
                     clients_before = sum(s["cpu_s"] for s in status_before)
                     responses_before = sum(s["responses"] for s in status_before)
                     t0 = time.monotonic()
-                    cp.put(f"/meshes/{MESH}/meshtimeouts/{TIMEOUT_POLICY}", timeout_doc(value, kind))
-                    wait_for(workers, value, n, args.change_timeout, "with_value")
+                    cp.put(f"/meshes/{MESH}/meshtimeouts/{TIMEOUT_POLICY}", timeout_doc(timeouts))
+                    wait_for(workers, timeouts, n, args.change_timeout, "with_value")
                     cpu = cp.cpu_s() - cpu_before
                     status_after = workers.broadcast("status", None)
                     clients_cpu = sum(s["cpu_s"] for s in status_after) - clients_before
                     responses = sum(s["responses"] for s in status_after) - responses_before
-                    results = workers.broadcast("delivery", (t0, value))
+                    results = workers.broadcast("delivery", (t0, timeouts))
                     samples = [x for r in results for x in r["delivery_s"]]
                     missing = sum(r["missing"] for r in results)
                     missing_total += missing
