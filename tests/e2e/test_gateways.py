@@ -499,3 +499,156 @@ def test_https_listener_terminates_tls_with_a_secret_certificate(env: Env) -> No
         assert request(f"{env.gateway_url}/api")[:2] == (200, "backend-a")
     finally:
         env.apply(env.gateway())
+
+
+def _delete(env: Env, doc: dict[str, Any]) -> None:
+    status, body = env.cp.delete(REGISTRY.get(doc["type"]).item_path(doc["name"], doc.get("mesh", "")))
+    assert status == 200, body
+
+
+def test_gateway_policies_fault_injection_and_rate_limit(env: Env) -> None:
+    url = f"{env.gateway_url}/api"
+    fault = example("policy-fault")
+    env.apply(fault)
+    try:
+        wait_until(lambda: request(url)[0] == 418, timeout=20, what="the gateway to inject aborts")
+        assert all(request(url)[0] == 418 for _ in range(5))
+    finally:
+        _delete(env, fault)
+    wait_until(lambda: request(url)[:2] == (200, "backend-a"), timeout=20, what="aborts to stop")
+
+    limit = example("policy-rate-limit")
+    env.apply(limit)
+    try:
+        # Three requests per 10 s: a burst of ten sees 429s with the configured header.
+        def limited() -> bool:
+            statuses = [request(url) for _ in range(10)]
+            return any(s == 429 and h.get("x-rate-limited") == "true" for s, _, h in statuses)
+
+        wait_until(limited, timeout=30, interval=0.5, what="the gateway to rate-limit")
+    finally:
+        _delete(env, limit)
+    wait_until(lambda: all(request(url)[0] == 200 for _ in range(5)), timeout=30, what="rate limiting to stop")
+
+
+GATEWAY_POLICIES = [
+    {
+        "type": "MeshTimeout",
+        "mesh": "default",
+        "name": "gw-timeouts",
+        "spec": {
+            "targetRef": {"kind": "MeshGateway", "name": "edge-gateway"},
+            "to": [
+                {
+                    "targetRef": {"kind": "Mesh"},
+                    "default": {"connectionTimeout": "2s", "idleTimeout": "30m", "http": {"requestTimeout": "7s"}},
+                }
+            ],
+            "from": [
+                {
+                    "targetRef": {"kind": "Mesh"},
+                    "default": {
+                        "idleTimeout": "10m",
+                        "http": {"streamIdleTimeout": "20s", "requestHeadersTimeout": "1s"},
+                    },
+                }
+            ],
+        },
+    },
+    {
+        "type": "MeshRetry",
+        "mesh": "default",
+        "name": "gw-retry",
+        "spec": {
+            "targetRef": {"kind": "MeshGateway", "name": "edge-gateway"},
+            "to": [
+                {
+                    "targetRef": {"kind": "Mesh"},
+                    "default": {"http": {"numRetries": 2, "retryOn": ["5xx"]}, "tcp": {"maxConnectAttempt": 3}},
+                }
+            ],
+        },
+    },
+    {
+        "type": "MeshCircuitBreaker",
+        "mesh": "default",
+        "name": "gw-cb",
+        "spec": {
+            "targetRef": {"kind": "MeshGateway", "name": "edge-gateway"},
+            "to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionLimits": {"maxConnections": 77}}}],
+        },
+    },
+    {
+        "type": "MeshHealthCheck",
+        "mesh": "default",
+        "name": "gw-hc",
+        "spec": {
+            "targetRef": {"kind": "MeshGateway", "name": "edge-gateway"},
+            "to": [
+                {
+                    "targetRef": {"kind": "Mesh"},
+                    "default": {"interval": "10s", "timeout": "2s", "http": {"path": "/health"}},
+                }
+            ],
+        },
+    },
+    {
+        "type": "MeshRateLimit",
+        "mesh": "default",
+        "name": "gw-tcp-rate",
+        "spec": {
+            "targetRef": {"kind": "MeshGateway", "name": "edge-gateway"},
+            "to": [
+                {
+                    "targetRef": {"kind": "Mesh"},
+                    "default": {"local": {"tcp": {"connectionRate": {"num": 100, "interval": "1s"}}}},
+                }
+            ],
+        },
+    },
+]
+
+
+def test_every_gateway_policy_is_accepted_by_envoy(env: Env) -> None:
+    """Timeouts, retries, circuit breaker, health check, TCP rate limit and a connection limit on
+    the real gateway Envoy: every update accepted (no NACK), the settings visible in its config."""
+
+    def stat(name: str) -> int:
+        text = str(http("GET", f"http://127.0.0.1:{env.gateway_admin}/stats?filter={name}")[1])
+        return sum(int(line.rsplit(": ", 1)[1]) for line in text.splitlines() if line.split(":")[0] == name)
+
+    limited = env.gateway()
+    limited["conf"]["listeners"][0]["resources"] = {"connectionLimit": 500}
+    try:
+        for doc in GATEWAY_POLICIES:
+            env.apply(doc)
+        env.apply(limited)
+
+        def applied() -> bool:
+            dump = json.dumps(http("GET", f"http://127.0.0.1:{env.gateway_admin}/config_dump")[1])
+            return (
+                all(
+                    marker in dump
+                    for marker in (
+                        '"max_connections": 77',
+                        '"num_retries": 2',
+                        "connection_limit",
+                        "rate_limit_",
+                        "/health",
+                    )
+                )
+                and '"timeout": "7s"' in dump
+            )
+
+        wait_until(applied, timeout=30, interval=0.5, what="the gateway Envoy to hold every policy")
+        assert stat("listener_manager.lds.update_success") > 0  # the counters are really read
+        assert stat("listener_manager.lds.update_rejected") == 0
+        assert stat("cluster_manager.cds.update_rejected") == 0
+        assert request(f"{env.gateway_url}/api")[:2] == (200, "backend-a")
+        with socket.create_connection(("127.0.0.1", env.tcp_port), timeout=5) as sock:
+            sock.sendall(b"still echoing")
+            assert sock.recv(100) == b"still echoing"
+    finally:
+        for doc in GATEWAY_POLICIES:
+            _delete(env, doc)
+        env.apply(env.gateway())
