@@ -508,3 +508,41 @@ async def test_gateway_routes_to_a_backend_in_another_zone_through_its_ingress()
     assert remote == [("192.0.2.2", 20001)]  # zone-2's ingress, advertised address
     cluster = out.get(CLUSTER, "api")
     assert cluster is not None and cluster.transport_socket.name == "envoy.transport_sockets.tls"  # mTLS end to end
+
+
+async def test_external_service_backend() -> None:
+    resources = load(
+        """
+type: Mesh
+name: default
+---
+type: ExternalService
+mesh: default
+name: httpbin
+networking: {address: "httpbin.example:443", tls: {enabled: true}}
+tags: {kuma.io/service: httpbin, kuma.io/protocol: http}
+---
+type: MeshGateway
+mesh: default
+name: edge-gateway
+selectors: [{match: {kuma.io/service: edge-gateway}}]
+conf:
+  listeners: [{port: 8080, protocol: HTTP}]
+---
+type: MeshGatewayRoute
+mesh: default
+name: to-httpbin
+selectors: [{match: {kuma.io/service: edge-gateway}}]
+conf:
+  http:
+    rules: [{matches: [{path: {match: PREFIX, value: /}}], backends: [{destination: {kuma.io/service: httpbin}}]}]
+"""
+    )
+    ctx = await context_for(resources)
+    out = generate(ctx, ctx.dataplanes["gateway-1"])
+    cluster = out.get(CLUSTER, "httpbin")
+    assert cluster is not None
+    # Reached directly (no EDS, no mesh mTLS), with TLS originated to the external host.
+    assert cluster.type != cluster.EDS  # type: ignore[attr-defined]
+    assert cluster.transport_socket.name == "envoy.transport_sockets.tls"  # type: ignore[attr-defined]
+    assert "httpbin" not in out.names(ENDPOINT)
