@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from zonemesh.zone_cp.xds.resources import SHORT_NAMES
 log = structlog.get_logger(__name__)
 
 SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+QUIET_SECONDS = 0.2  # no ACK for this long: a burst of pushes is over, insights may be written
 MAX_SUBSCRIPTIONS = 5  # older connections of a proxy are dropped from its insight
 
 
@@ -106,6 +108,7 @@ class InsightRecorder:
         self._proxies: dict[tuple[str, str], _ProxyState] = {}
         self._dirty: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
+        self._last_touch = 0.0
         self._certs: dict[tuple[str, str], tuple[WorkloadCert, int, str]] = {}  # (cert, regenerations, backend)
 
     def _state(self, mesh: str, name: str) -> _ProxyState:
@@ -116,6 +119,7 @@ class InsightRecorder:
 
     def _touch(self, mesh: str, name: str) -> None:
         self._dirty.add((mesh, name))
+        self._last_touch = time.monotonic()
         self._wake.set()
 
     # -- xDS hooks (signatures of zone_cp.xds.server.Callbacks) ---------------------------
@@ -242,8 +246,13 @@ class InsightRecorder:
         while True:
             await self._wake.wait()
             # Let the burst that woke us finish first: after a mesh-wide change every proxy ACKs
-            # within a second or so, and writing insights meanwhile would slow those very pushes.
+            # within a few seconds, and writing insights meanwhile would slow those very pushes.
+            # So wait for the interval, then for a quiet moment (bounded: 5 intervals in all).
             await asyncio.sleep(self.flush_interval)
+            for _ in range(40):
+                if time.monotonic() - self._last_touch >= QUIET_SECONDS:
+                    break
+                await asyncio.sleep(self.flush_interval / 10)
             self._wake.clear()
             await self.flush()
 
