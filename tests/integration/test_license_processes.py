@@ -103,7 +103,7 @@ def zone_process(root: Path, name: str, glob: ControlPlaneProcess, kds_port: int
         "--global-address", f"grpcs://127.0.0.1:{kds_port}",
         "--zone-token-file", str(data_dir / "zone.token"),
         "--global-ca-file", str(glob.data_dir / "kds-tls.crt"),
-        "--license-quota-wait", "2s", *extra,
+        "--license-quota-wait", "4s", *extra,
     ]  # fmt: skip
     return Zone(ControlPlaneProcess(data_dir, args=args), name, xds_port)
 
