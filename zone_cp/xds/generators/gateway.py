@@ -98,7 +98,8 @@ def is_builtin(dp: Resource) -> bool:
 
 def selector_matches(selectors: Iterable[Mapping[str, Any]], tags: Mapping[str, str]) -> bool:
     """Kuma's ``selectors: [{match: {...}}]``: some selector's tags are all in ``tags``."""
-    return any(all(tags.get(k) == v for k, v in (s.get("match") or {}).items()) for s in selectors)
+    items = tags.items()
+    return any((s.get("match") or {}).items() <= items for s in selectors)
 
 
 def _specificity(gateway: Resource) -> int:
@@ -400,11 +401,17 @@ class _Gen:
     policies: Mapping[str, Sequence[Resource]]
     resources: ResourceSet
     identity: str
+    signature: tuple[tuple[str, ...], ...] = ()
+    # services a route sends to -> a scratch route holding the policies' route-level settings
+    route_templates: dict[frozenset[str], route_components_pb2.Route] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.signature = _signature(self.policies)
 
     def cluster(self, dest: Destination) -> str:
         """Add the destination's cluster (and endpoints) and return its name."""
         ctx, service = self.ctx, dest.service
-        key = ("outbound", service, self.identity, _signature(self.policies))
+        key = ("outbound", service, self.identity, self.signature)
         built = ctx.memo.get(key)
         if built is None:
             built = ctx.memo[key] = outbound._build(ctx, service, self.identity, self.policies)
@@ -433,7 +440,18 @@ class _Gen:
 
     def route_policies(self, route: route_components_pb2.Route, services: set[str]) -> None:
         """MeshRetry / MeshTimeout ``to`` conf on a route: the destination's when all backends are
-        one service, the Mesh-wide (wildcard) entries otherwise."""
+        one service, the Mesh-wide (wildcard) entries otherwise. Computed once per set of services."""
+        key = frozenset(services)
+        template = self.route_templates.get(key)
+        if template is None:
+            template = self.route_templates[key] = route_components_pb2.Route()
+            self._route_policies(template, services)
+        if template.route.HasField("retry_policy"):
+            route.route.retry_policy.CopyFrom(template.route.retry_policy)
+        if template.route.HasField("timeout"):
+            route.route.timeout.CopyFrom(template.route.timeout)
+
+    def _route_policies(self, route: route_components_pb2.Route, services: set[str]) -> None:
         service = next(iter(services)) if len(services) == 1 else ""
         protocol = self.ctx.protocol(service) if service else "http"
         pieces = OutboundPieces(
