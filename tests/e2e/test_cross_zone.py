@@ -383,6 +383,18 @@ def test_app_in_zone_1_reaches_a_service_only_in_zone_2_through_its_ingress(worl
     assert "PRIVATE KEY" not in text and "dynamic_active_secrets" not in text
     listeners = json.dumps([c for c in dump["configs"] if "ListenersConfigDump" in c["@type"]])
     assert "tls_inspector" in listeners and "transport_socket" not in listeners
+    # the ingress went zone-2 -> global -> zone-1, with zone-2's instances of app-b
+    for cp in (w.glob, w.zones["zone-1"]):
+        status, synced = cp.get("/zoneingresses/zone-2.ingress-2")
+        assert status == 200, synced
+        assert synced["zone"] == "zone-2" and synced["labels"]["zonemesh.io/zone"] == "zone-2"
+        assert {
+            "tags": {"kuma.io/service": "app-b", "kuma.io/protocol": "http"},
+            "instances": 1,
+            "mesh": "default",
+        } in (synced["availableServices"])
+    assert w.zones["zone-2"].get("/zoneingresses/zone-1.ingress-1")[0] == 200  # and the other way round
+    assert w.zones["zone-2"].get("/zoneingresses/zone-2.ingress-2")[0] == 404  # not its own back
     # the zone control plane shows what it generates for the ingress
     status, config = w.zones["zone-2"].get("/zoneingresses/ingress-2/_config")
     assert status == 200, config
@@ -528,6 +540,35 @@ def test_a_zone_issues_zone_proxy_tokens_for_itself_only(world: World) -> None:
     assert status == 400 and "for zone 'zone-1' only" in json.dumps(body)
     status, body = http("POST", api + "/tokens/zone", {"scope": ["cp"]})
     assert status == 400 and "only the scopes ingress and egress" in json.dumps(body)
+
+
+def test_local_instances_first_remote_zone_when_none_is_left(world: World) -> None:
+    """Locality: with app-b also in zone-1, zone-1's calls stay in zone-1; zone-2 takes over
+    when the local instance goes."""
+    w = world
+    assert w.a is not None
+    inbound, app, admin = free_port(), free_port(), free_port()
+    w.start_app("app-b@zone-1", app)
+    doc = {
+        "type": "Dataplane",
+        "networking": {
+            "address": "127.0.0.1",
+            "inbound": [
+                {"port": inbound, "servicePort": app, "tags": {"kuma.io/service": "app-b", "kuma.io/protocol": "http"}}
+            ],
+        },
+    }
+    token = w.token("zone-1", "/tokens/dataplane", {"mesh": "default", "name": "b-local", "validFor": "1h"})
+    local = w.start_agent("zone-1", "b-local", doc, token, admin, "dataplane")
+    ingress = f"127.0.0.1:{w.ingress['zone-2'].port}"  # type: ignore[attr-defined]
+    wait_until(lambda: sorted(w.a.hosts("app-b")) == sorted([f"127.0.0.1:{inbound}", ingress]), WAIT, what="both")  # type: ignore[union-attr]
+    wait_until(lambda: call_b(w) == (200, "app-b@zone-1"), WAIT, what="local instance serving")
+    answers = {call_b(w)[1] for _ in range(20)}
+    assert answers == {"app-b@zone-1"}  # priority 0 healthy: nothing crosses zones
+    local.send_signal(signal.SIGTERM)
+    assert local.wait(30) == 0
+    wait_until(lambda: call_b(w) == (200, "app-b"), WAIT, what="zone-2 takes over")
+    assert {call_b(w)[1] for _ in range(5)} == {"app-b"}
 
 
 def test_killing_global_keeps_existing_cross_zone_routes(world: World) -> None:
