@@ -393,6 +393,8 @@ def test_delegated_gateway_outbound_reaches_the_backend(env: Env) -> None:
     assert "gateway:delegated" in rows["kong-01"]
     assert "gateway:builtin" in rows["edge-gateway-1"]
     assert "sidecar" in rows["backend-a-1"]
+    gateways = env.zmctl("get", "meshgateways", "--mesh", "default")
+    assert f"HTTP:{env.http_port}/b.example.com" in gateways and f"TCP:{env.tcp_port}" in gateways
 
 
 def test_invalid_gateways_are_refused_field_by_field(env: Env) -> None:
