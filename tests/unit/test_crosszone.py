@@ -167,6 +167,14 @@ async def test_ingress_passes_tls_through_and_holds_no_key() -> None:
     assert _groups(out, "backend{mesh=default}") == [(0, ZONE, [("10.1.0.2", 9000, 0)])]
 
 
+async def test_without_mtls_no_remote_endpoints() -> None:
+    zctx = await contexts((TESTDATA / "egress-without-mtls.input.yaml").read_text())
+    mctx = zctx.meshes["default"]
+    out = generate(mctx, mctx.dataplanes["web-1"])
+    assert _groups(out, "backend") == [(0, ZONE, [("10.1.0.2", 9000, 0)])]
+    assert _groups(out, "api") == [(0, "", [])]
+
+
 async def test_ingress_without_mtls_or_instances_has_no_listener() -> None:
     zctx = await contexts((TESTDATA / "egress-without-mtls.input.yaml").read_text())
     assert not ingress_gen.generate(zctx, zctx.memo["proxies"]["ingress-1"]).by_type[LISTENER]

@@ -168,7 +168,8 @@ def endpoints(ctx: MeshContext, service: str) -> endpoint_pb2.ClusterLoadAssignm
     if cached is None:
         cross = ctx.cross
         local: list[Endpoint] = list(ctx.endpoints.get(service, ()))
-        remote: list[Endpoint] = list(cross.remote.get(service, ())) if cross is not None else []
+        # Other zones are reached through their ingress, which routes by the SNI of mesh mTLS only.
+        remote: list[Endpoint] = list(cross.remote.get(service, ())) if cross is not None and ctx.mtls else []
         if service in ctx.external_services:
             local, remote = [], []
             if ctx.via_egress and cross is not None:
