@@ -181,17 +181,12 @@ class LicenseAuthority:
                 check_expiry(self.license, datetime.now(UTC))
         except LicenseError as exc:
             raise StartupRefused(f"invalid license: {exc}") from None
-        watch = store.watch(["Dataplane", "DataplaneInsight", "LicenseQuotaRequest"])
-        for type in ("Dataplane", "DataplaneInsight"):
-            for res in (await store.list(type)).items:
-                self.count.upsert(res)
-        for res in (await store.list("LicenseQuota")).items:
-            self.grants[res.name] = Grant(_int(res.spec.get("slots")), _int(res.spec.get("answered")))
-        for res in (await store.list("LicenseQuotaRequest")).items:
-            self._take_request(res)
-        self._update_warnings(datetime.now(UTC))
-        await self._publish()
-        await self._allocate()
+        watch = store.watch(["Dataplane", "DataplaneInsight", "LicenseQuotaRequest"])  # before listing: no gap
+        try:
+            await self._load_state(store)
+        except BaseException:
+            watch.close()
+            raise
         log.info(
             "license_loaded",
             source=self.license.source,
@@ -215,6 +210,18 @@ class LicenseAuthority:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             watch.close()
+
+    async def _load_state(self, store: Store) -> None:
+        for type in ("Dataplane", "DataplaneInsight"):
+            for res in (await store.list(type)).items:
+                self.count.upsert(res)
+        for res in (await store.list("LicenseQuota")).items:
+            self.grants[res.name] = Grant(_int(res.spec.get("slots")), _int(res.spec.get("answered")))
+        for res in (await store.list("LicenseQuotaRequest")).items:
+            self._take_request(res)
+        self._update_warnings(datetime.now(UTC))
+        await self._publish()
+        await self._allocate()
 
     # -- replacing the license at runtime -------------------------------------------------------
 

@@ -144,26 +144,12 @@ class ZoneLicense:
             )
         store: Store = cp.store
         self.store = store
-        watch = store.watch(["License", "LicenseQuota", "Dataplane"])
-        lic = await store.find("License", LICENSE_NAME)
-        self.synced = lic.spec if lic is not None else None
-        grant = await store.find("LicenseQuota", self.zone)
-        if grant is not None:
-            self._apply_grant(grant.spec)
-        stored = sorted((r for r in (await store.list("Dataplane")).items if counted(r)), key=_created)
-        # Strict: at most the grant holds slots (oldest first); any excess was created through the API
-        # beyond the quota and stays without a slot, as before the restart.
-        keep = self.granted if self.strict else len(stored)
-        self.holders = {(r.mesh, r.name) for r in stored[:keep]}
-        self.unadmitted = {(r.mesh, r.name) for r in stored[keep:]}
-        mine = await store.find("LicenseQuotaRequest", REQUEST_NAME)
-        if mine is not None:
-            seq, want = _int(mine.spec.get("seq")), _int(mine.spec.get("want"))
-            self.last_seq, self.last_want = seq, want
-            if seq > self.answered:
-                # Requests sent before the restart may still be unanswered and one of them may have released
-                # slots: until global answers, use no more than what is held now (never more than any of them).
-                self.outstanding = [(seq, min(want, len(self.holders)))]
+        watch = store.watch(["License", "LicenseQuota", "Dataplane"])  # before loading: no gap
+        try:
+            await self._load(store)
+        except BaseException:
+            watch.close()
+            raise
         self._ask()
         self._update_metrics()
         _GATES[store] = self
@@ -184,6 +170,27 @@ class ZoneLicense:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             watch.close()
+
+    async def _load(self, store: Store) -> None:
+        lic = await store.find("License", LICENSE_NAME)
+        self.synced = lic.spec if lic is not None else None
+        grant = await store.find("LicenseQuota", self.zone)
+        if grant is not None:
+            self._apply_grant(grant.spec)
+        stored = sorted((r for r in (await store.list("Dataplane")).items if counted(r)), key=_created)
+        # Strict: at most the grant holds slots (oldest first); any excess was created through the API
+        # beyond the quota and stays without a slot, as before the restart.
+        keep = self.granted if self.strict else len(stored)
+        self.holders = {(r.mesh, r.name) for r in stored[:keep]}
+        self.unadmitted = {(r.mesh, r.name) for r in stored[keep:]}
+        mine = await store.find("LicenseQuotaRequest", REQUEST_NAME)
+        if mine is not None:
+            seq, want = _int(mine.spec.get("seq")), _int(mine.spec.get("want"))
+            self.last_seq, self.last_want = seq, want
+            if seq > self.answered:
+                # Requests sent before the restart may still be unanswered and one of them may have released
+                # slots: until global answers, use no more than what is held now (never more than any of them).
+                self.outstanding = [(seq, min(want, len(self.holders)))]
 
     async def _follow(self, watch: Any) -> None:
         queue = watch.queue
