@@ -259,9 +259,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@pytest.fixture(scope="module")
-def zone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zone]:
-    work = tmp_path_factory.mktemp("zone-envoy")
+@contextlib.contextmanager
+def running_zone(work: Path) -> Iterator[Zone]:
+    """The control plane, both apps and both sidecars, A -> B answering; everything stopped after
+    (also used by bench/dataplane_e2e.py)."""
     xds_port = free_port()
     cp = ControlPlaneProcess(
         work / "cp",
@@ -300,6 +301,12 @@ def zone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zone]:
         for proc in reversed(zone.procs):
             _stop(proc)
         cp.kill()
+
+
+@pytest.fixture(scope="module")
+def zone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zone]:
+    with running_zone(tmp_path_factory.mktemp("zone-envoy")) as zone:
+        yield zone
 
 
 def test_request_crosses_two_envoys_over_mtls(zone: Zone) -> None:
