@@ -39,6 +39,7 @@ log = structlog.get_logger(__name__)
 REQUEST_NAME = "request"
 RELEASE_DELAY = 5.0  # seconds a zone keeps slots it no longer uses before giving them back
 OVER_QUOTA_LOG_EVERY = 10.0
+METRICS_TICK = 5.0
 LICENSE_NAME = "default"
 
 # The running zone license of each store: how zone_cp/admission.py finds it without extra wiring.
@@ -71,6 +72,7 @@ class ZoneLicense:
         self._changed = asyncio.Condition()
         self._lower_since: float | None = None
         self._over_logged = -OVER_QUOTA_LOG_EVERY
+        self._expires: datetime | None = None
         self._release_timer: asyncio.Task[None] | None = None
         self._write = asyncio.Event()
 
@@ -156,6 +158,7 @@ class ZoneLicense:
         tasks = [
             asyncio.create_task(self._follow(watch), name="zone-license-watch"),
             asyncio.create_task(self._writer(), name="zone-license-request"),
+            asyncio.create_task(self._metrics_tick(), name="zone-license-metrics"),
         ]
         log.info("zone_license_ready", zone=self.zone, synced=self.synced is not None, granted=self.granted)
         try:
@@ -279,8 +282,15 @@ class ZoneLicense:
         expiry = spec.get("expirationDate")
         if isinstance(expiry, str):
             with contextlib.suppress(ValueError):
-                expires = datetime.fromisoformat(expiry.replace("Z", "+00:00"))
-                metrics.EXPIRY_SECONDS.set((expires - datetime.now(UTC)).total_seconds())
+                self._expires = datetime.fromisoformat(expiry.replace("Z", "+00:00"))
+        if self._expires is not None:
+            metrics.EXPIRY_SECONDS.set((self._expires - datetime.now(UTC)).total_seconds())
+
+    async def _metrics_tick(self) -> None:
+        """The expiry countdown moves with time, not only when global sends something."""
+        while True:
+            await asyncio.sleep(METRICS_TICK)
+            self._update_metrics()
 
     # -- admission ------------------------------------------------------------------------------
 
