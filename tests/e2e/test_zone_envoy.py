@@ -669,6 +669,33 @@ def test_agent_restarts_crashed_envoy_then_drains_and_unregisters_on_sigterm(zon
     assert not (zone.work / name / "bootstrap.json").stat().st_mode & 0o077  # it holds the token
 
 
+def test_endpoints_follow_instances_coming_and_going(zone: Zone) -> None:
+    def hosts() -> set[str]:
+        lines = zone.a.admin("/clusters").splitlines()
+        return {line.split("::")[1] for line in lines if line.startswith("app-b::") and "::cx_total::" in line}
+
+    assert len(hosts()) == 1
+    second = Proxy("app-b-2", free_port(), free_port(), free_port(), None)
+    second.app = subprocess.Popen([sys.executable, "-c", APP, second.name, str(second.app_port)])
+    zone.procs.append(second.app)
+    # Another instance of service app-b (its own Dataplane name and token).
+    dataplane = dataplane_yaml("app-b", second.inbound, second.app_port, None)
+    proc, log = zone.start_dp(second.name, dataplane, zone.token(second.name), second.admin_port)
+    try:
+        wait_until(lambda: len(hosts()) == 2, timeout=20, what="A's cluster app-b to have two endpoints")
+        bodies = wait_until(
+            lambda: {get(zone.url_a_to_b)[1] for _ in range(6)} == {"app-b", "app-b-2"},
+            timeout=20,
+            what="requests spread over both instances",
+        )
+        assert bodies
+    finally:
+        assert _stop(proc) == 0, log.read_text()  # unregisters: its endpoint goes away
+        _stop(second.app)
+    wait_until(lambda: len(hosts()) == 1, timeout=20, what="A's cluster app-b back to one endpoint")
+    assert all(get(zone.url_a_to_b) == (200, "app-b") for _ in range(4))
+
+
 def test_proxies_keep_serving_through_a_control_plane_restart(zone: Zone) -> None:
     _, before = zone.cp.get("/meshes/default/dataplane-insights/app-a")
     old_instance = before["subscriptions"][-1]["controlPlaneInstanceId"]
