@@ -75,7 +75,12 @@ class DataPlaneSide:
         cache = SnapshotCache()
         reconciler = Reconciler(cp.store, cache, certs)
         zone_proxies = zoneproxies.ZoneProxyReconciler(
-            cp.store, cache, certs, zone, on_cross_zone_change=reconciler.invalidate_mesh
+            cp.store,
+            cache,
+            certs,
+            zone,
+            on_cross_zone_change=reconciler.invalidate_mesh,
+            on_remote_services_change=reconciler.invalidate_services,
         )
         reconciler.cross_zone = zone_proxies.cross_zone
         callbacks = Callbacks()

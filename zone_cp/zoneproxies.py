@@ -212,8 +212,9 @@ class ZoneProxyReconciler:
     """Regenerates connected zone proxies from the store, and serves ``cross_zone(mesh)``.
 
     Reads the store each round (zone proxies are few; rounds are debounced), so it keeps no
-    mirror of its own. ``on_cross_zone_change`` is called with a mesh's name when the set of
-    ingresses or egresses changes the view of a mesh: the dataplane reconciler regenerates it.
+    mirror of its own. When the cross-zone view of a mesh changes, the dataplane side is told:
+    ``on_remote_services_change(mesh, services)`` when only some services' remote endpoints
+    moved (instances coming and going in other zones), else ``on_cross_zone_change(mesh)``.
     """
 
     def __init__(
@@ -226,6 +227,7 @@ class ZoneProxyReconciler:
         quiet: float = 0.1,
         dns_ttl: float = 30.0,
         on_cross_zone_change: Callable[[str], None] | None = None,
+        on_remote_services_change: Callable[[str, set[str]], None] | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -234,6 +236,7 @@ class ZoneProxyReconciler:
         self.quiet = quiet
         self.dns_ttl = dns_ttl
         self.on_cross_zone_change = on_cross_zone_change
+        self.on_remote_services_change = on_remote_services_change
         self._connected: dict[tuple[str, str], int] = {}  # (proxy type, name) -> open streams
         self._cross: dict[str, CrossZone] = {}
         self._resolved: dict[str, tuple[list[str], float]] = {}  # host -> (addresses, when looked up)
@@ -303,11 +306,8 @@ class ZoneProxyReconciler:
         egresses = await self._all("ZoneEgress")
         resolved = await self._resolve(externals)
         cross = {m.name: CrossZone.build(self.zone, m.name, ingresses, egresses, resolved) for m in meshes}
-        changed = [m for m in set(cross) | set(self._cross) if cross.get(m) != self._cross.get(m)]
-        self._cross = cross
-        if self.on_cross_zone_change is not None:
-            for mesh_name in sorted(changed):
-                self.on_cross_zone_change(mesh_name)
+        previous, self._cross = self._cross, cross
+        self._notify(previous, cross)
         contexts: dict[str, MeshContext] = {}
         if self._connected or with_dataplanes:
             dataplanes = await self._all("Dataplane")
@@ -321,6 +321,27 @@ class ZoneProxyReconciler:
                     cross=cross[mesh.name],
                 )
         return ZoneContext(self.zone, contexts, await self._egress_certs(list(contexts.values())))
+
+    def _notify(self, before: dict[str, CrossZone], after: dict[str, CrossZone]) -> None:
+        """Tell the dataplane side what changed: only the services whose remote endpoints moved
+        when that is all (an instance count in another zone), else the whole mesh."""
+        for mesh in sorted(set(before) | set(after)):
+            old, new = before.get(mesh), after.get(mesh)
+            if old == new:
+                continue
+            if (
+                old is None
+                or new is None
+                or (old.zone, old.egress, old.resolved) != (new.zone, new.egress, new.resolved)
+            ):
+                if self.on_cross_zone_change is not None:
+                    self.on_cross_zone_change(mesh)
+                continue
+            services = {s for s in set(old.remote) | set(new.remote) if old.remote.get(s) != new.remote.get(s)}
+            if self.on_remote_services_change is not None:
+                self.on_remote_services_change(mesh, services)
+            elif self.on_cross_zone_change is not None:
+                self.on_cross_zone_change(mesh)
 
     async def render(self, proxy_type: str, name: str) -> ResourceSet:
         """A zone proxy's config generated now (the ``_config`` API); LookupError when unknown."""

@@ -200,7 +200,9 @@ async def test_connected_ingress_gets_sni_chains_for_local_services(zone: Zone) 
 
 async def test_cross_zone_view_follows_remote_ingresses(zone: Zone) -> None:
     changed: list[str] = []
+    services: list[tuple[str, set[str]]] = []
     zone.proxies.on_cross_zone_change = changed.append
+    zone.proxies.on_remote_services_change = lambda mesh, names: services.append((mesh, names))
     remote = Resource(
         type="ZoneIngress",
         name="zone-2.ingress",
@@ -221,4 +223,13 @@ async def test_cross_zone_view_follows_remote_ingresses(zone: Zone) -> None:
     assert cross is not None and [(e.address, e.weight, e.zone) for e in cross.remote["b"]] == [
         ("10.2.0.1", 2, "zone-2")
     ]
+    assert services == [("default", {"b"})] and changed == []  # only b's consumers need regenerating
+    # an egress appearing changes every outbound of the mesh (with routing.zoneEgress)
+    await zone.store.create(
+        Resource(type="ZoneEgress", name="egress-1", spec={"zone": ZONE, "networking": {"port": 1}})
+    )
+    for _ in range(200):
+        if changed:
+            break
+        await asyncio.sleep(0.02)
     assert changed == ["default"]

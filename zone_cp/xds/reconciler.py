@@ -246,6 +246,14 @@ class Reconciler:
     def invalidate_proxy(self, mesh: str, name: str) -> None:
         self._mark_nodes([(mesh, name)])
 
+    def invalidate_services(self, mesh: str, services: Iterable[str]) -> None:
+        """Regenerate the proxies of ``mesh`` calling any of ``services`` (their other-zone
+        endpoints changed: zone_cp/zoneproxies.py), and its builtin gateways."""
+        consumers = self._consumers.get(mesh, {})
+        names = {name for service in services for name in consumers.get(service, ())}
+        names |= builtin_gateways(self._dataplanes(mesh))
+        self._mark_nodes((mesh, name) for name in names)
+
     def _mark_nodes(self, keys: Iterable[tuple[str, str]]) -> None:
         added = False
         for key in keys:
