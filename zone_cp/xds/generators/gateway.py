@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import base_pb2
+from envoy.config.core.v3 import base_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
@@ -78,6 +78,7 @@ HTTP_PROTOCOLS = ("HTTP", "HTTPS")
 TLS_PROTOCOLS = ("HTTPS", "TLS")
 # Every mesh's CA, trusted by cross-mesh listeners (see cross_mesh_ca_secret).
 CROSS_MESH_CA_SECRET = "cross_mesh_ca:secret:all"
+EDGE_BUFFER_LIMIT = 32768  # bytes per connection: Envoy's edge recommendation
 
 _REDIRECT_CODES = {
     301: route_components_pb2.RedirectAction.MOVED_PERMANENTLY,
@@ -652,6 +653,15 @@ def _network_limits(item_specs: Iterable[Listener], stat_prefix: str) -> list[li
 
 def _hcm(gen: _Gen, route_name: str, stat_prefix: str) -> listener_components_pb2.Filter:
     hcm = hcm_pb2.HttpConnectionManager(stat_prefix=stat_prefix, use_remote_address={"value": True})
+    # Envoy's edge proxy best practices (seed 004: "configured with the Envoy best practices for
+    # edge proxies"): normalized paths, no header-name ambiguity, bounded HTTP/2 streams.
+    hcm.normalize_path.value = True
+    hcm.merge_slashes = True
+    hcm.path_with_escaped_slashes_action = hcm.UNESCAPE_AND_REDIRECT
+    hcm.common_http_protocol_options.headers_with_underscores_action = protocol_pb2.HttpProtocolOptions.REJECT_REQUEST
+    hcm.http2_protocol_options.max_concurrent_streams.value = 100
+    hcm.http2_protocol_options.initial_stream_window_size.value = 65536
+    hcm.http2_protocol_options.initial_connection_window_size.value = 1048576
     hcm.rds.config_source.CopyFrom(ads_source())
     hcm.rds.route_config_name = route_name
     # Listener-side timeouts: MeshTimeout `from` (mesh-gateways-timeout-all-default by default).
@@ -701,6 +711,7 @@ def _listener(gen: _Gen, address: str, port: int, items: Sequence[Listener]) -> 
     listener = listener_pb2.Listener(
         name=name, address=socket_address(address, port), traffic_direction=base_pb2.INBOUND
     )
+    listener.per_connection_buffer_limit_bytes.value = EDGE_BUFFER_LIMIT
     limits = _network_limits(items, stat_prefix)
     rate_limits = meshratelimit.network_filters(to_conf(gen.policies.get(meshratelimit.TYPE, ()), ""), stat_prefix)
     if protocol in HTTP_PROTOCOLS:
