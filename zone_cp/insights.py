@@ -95,7 +95,10 @@ class _ProxyState:
     mtls: dict[str, Any] = field(default_factory=dict)
 
     def subscription(self, stream_id: int) -> _Subscription | None:
-        return next((s for s in reversed(self.subscriptions) if s.stream_id == stream_id), None)
+        for sub in reversed(self.subscriptions):  # a plain loop: this runs on every ACK
+            if sub.stream_id == stream_id:
+                return sub
+        return None
 
 
 class InsightRecorder:
