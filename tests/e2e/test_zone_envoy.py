@@ -6,8 +6,8 @@ app with a ``zonemesh-dp`` sidecar running the real Envoy binary:
     client --> app-a's Envoy (outbound :a_out) ==mTLS==> app-b's Envoy (inbound :b_in) --> app B
 
 Mesh ``default`` has builtin mTLS. Every wait is bounded; every process is killed in the end.
-The one artificial fault: none. The NACK test uses a policy our validation accepts but Envoy
-refuses (a timeout beyond protobuf's Duration range).
+No fault is simulated: the NACK test uses a policy our validation accepts but Envoy refuses (a
+timeout beyond protobuf's Duration range), crashes are real signals to real processes.
 """
 
 from __future__ import annotations
@@ -326,6 +326,10 @@ def test_request_crosses_two_envoys_over_mtls(zone: Zone) -> None:
     )
     assert zone.a.identity_cert("spiffe://default/app-a")
     assert zone.b.identity_cert("spiffe://default/app-b")
+    # A checks the server's SAN (the SPIFFE ID of app-b) and no handshake failed that check.
+    tls = json.dumps(_cluster(zone.a.config_dump(), "app-b")["transport_socket"])
+    assert '"exact": "spiffe://default/app-b"' in tls, tls
+    assert zone.a.stat("cluster.app-b.ssl.fail_verify_san") == 0
     # A plaintext client is refused by B's inbound (mode STRICT): TLS is required.
     with pytest.raises(OSError):
         get(f"http://127.0.0.1:{zone.b.inbound}/")
