@@ -25,26 +25,39 @@ def offline(insight_spec: Mapping[str, Any] | None) -> bool:
 
 
 class ActiveCount:
-    """Incremental count of active proxies from Dataplane and DataplaneInsight events."""
+    """Incremental count of active proxies from Dataplane and DataplaneInsight events.
+
+    ``active`` is kept as a number, adjusted per event: reading it is O(1), so a zone uploading
+    10,000 Dataplanes costs 10,000 small updates, not 10,000 recounts.
+    """
 
     def __init__(self) -> None:
         self._counted: set[tuple[str, str]] = set()
         self._offline: set[tuple[str, str]] = set()
+        self._active = 0
+
+    def _is_active(self, key: tuple[str, str]) -> bool:
+        return key in self._counted and key not in self._offline
+
+    def _apply(self, key: tuple[str, str], members: set[tuple[str, str]], present: bool) -> None:
+        before = self._is_active(key)
+        (members.add if present else members.discard)(key)
+        self._active += int(self._is_active(key)) - int(before)
 
     def upsert(self, res: Resource) -> None:
         key = (res.mesh, res.name)
         if res.type == "Dataplane":
-            (self._counted.add if counted(res) else self._counted.discard)(key)
+            self._apply(key, self._counted, counted(res))
         elif res.type == "DataplaneInsight":
-            (self._offline.add if offline(res.spec) else self._offline.discard)(key)
+            self._apply(key, self._offline, offline(res.spec))
 
     def delete(self, res: Resource) -> None:
         key = (res.mesh, res.name)
         if res.type == "Dataplane":
-            self._counted.discard(key)
+            self._apply(key, self._counted, False)
         elif res.type == "DataplaneInsight":
-            self._offline.discard(key)
+            self._apply(key, self._offline, False)
 
     @property
     def active(self) -> int:
-        return len(self._counted - self._offline)
+        return self._active

@@ -226,3 +226,32 @@ def test_allocate_random_requests_keep_the_sum_within_the_limit() -> None:
         for z, g in grants.items():  # an answered request never gets more than it asked for
             if g.answered == requests[z].seq:
                 assert g.slots <= requests[z].want
+
+
+def test_active_count_matches_a_recount_after_any_sequence_of_events() -> None:
+    """The incremental count equals counting from scratch, whatever the order of events."""
+    import random
+
+    rng = random.Random(7)
+    count = ActiveCount()
+    dataplanes: dict[str, Resource] = {}
+    offline_names: set[str] = set()
+    for _ in range(2000):
+        name = f"p{rng.randrange(30)}"
+        action = rng.randrange(5)
+        if action == 0:
+            res = dp(name, rng.choice([None, None, "BUILTIN"]))
+            dataplanes[name] = res
+            count.upsert(res)
+        elif action == 1 and name in dataplanes:
+            count.delete(dataplanes.pop(name))
+        elif action == 2:
+            disconnected = rng.random() < 0.5
+            spec = {"subscriptions": [{"disconnectTime": "t"} if disconnected else {"connectTime": "t"}]}
+            (offline_names.add if disconnected else offline_names.discard)(name)
+            count.upsert(Resource(type="DataplaneInsight", mesh="default", name=name, spec=spec))
+        elif action == 3:
+            offline_names.discard(name)
+            count.delete(Resource(type="DataplaneInsight", mesh="default", name=name))
+        expected = sum(1 for n, r in dataplanes.items() if counted(r) and n not in offline_names)
+        assert count.active == expected
