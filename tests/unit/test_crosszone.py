@@ -125,6 +125,22 @@ async def test_local_first_then_remote_ingresses_weighted_by_instances() -> None
     assert _groups(out, "api") == [(0, "zone-2", [("192.0.2.2", 20001, 1)])]
 
 
+async def test_mesh_without_locality_awareness_spreads_over_zones_by_instances() -> None:
+    """``routing.localityAwareLoadBalancing: false``: one priority, hosts weighted by instances."""
+    zctx = await contexts((TESTDATA / "remote-direct.input.yaml").read_text())
+    mctx = zctx.meshes["default"]
+    mctx.mesh.spec.setdefault("routing", {})["localityAwareLoadBalancing"] = False
+    out = generate(mctx, mctx.dataplanes["web-1"])
+    assert _groups(out, "backend") == [
+        (0, ZONE, [("10.1.0.2", 9000, 1)]),
+        (0, "zone-2", [("192.0.2.2", 20001, 3)]),
+        (0, "zone-3", [("10.3.0.100", 10001, 1)]),
+    ]
+    mctx.mesh.spec["routing"]["localityAwareLoadBalancing"] = True  # explicit true: local first, as by default
+    mctx.memo.clear()
+    assert [g[0] for g in _groups(generate(mctx, mctx.dataplanes["web-1"]), "backend")] == [0, 1, 1]
+
+
 async def test_via_egress_remote_part_and_external_services_go_to_the_egress() -> None:
     zctx = await contexts((TESTDATA / "remote-via-egress.input.yaml").read_text())
     mctx = zctx.meshes["default"]

@@ -153,20 +153,25 @@ def zone_groups(endpoints: Iterable[Endpoint], priority: int) -> list[endpoint_c
 
 
 def load_assignment(
-    name: str, local: list[Endpoint], remote: list[Endpoint], zone: str = ""
+    name: str, local: list[Endpoint], remote: list[Endpoint], zone: str = "", prefer_local: bool = True
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """Local endpoints at priority 0, remote ones (ingresses or the egress) at the next priority.
 
     Envoy sends everything to the lowest priority with healthy hosts: remote zones take traffic
     only when this zone has no (healthy) instance, as Kuma's default locality awareness does.
+    With ``prefer_local=False`` (the Mesh sets ``routing.localityAwareLoadBalancing: false``)
+    every zone shares priority 0 and traffic spreads by instance count across zones.
     Priorities start at 0 whatever is present (Envoy wants no gap).
     """
     groups = []
     if local or not remote:
-        groups.append(endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[_lb_endpoint(e, False) for e in local]))
+        weighted = bool(remote) and not prefer_local  # instance weights only mean something beside remote ones
+        groups.append(
+            endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[_lb_endpoint(e, weighted) for e in local])
+        )
         if zone and local:
             groups[0].locality.zone = zone
-    groups.extend(zone_groups(remote, priority=1 if local else 0))
+    groups.extend(zone_groups(remote, priority=1 if local and prefer_local else 0))
     return endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=groups)
 
 

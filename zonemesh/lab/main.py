@@ -178,6 +178,9 @@ def check(topo: Topology) -> list[tuple[str, bool, str]]:
             failures += 1
     detail = f"{CHECK_REQUESTS - failures}/{CHECK_REQUESTS} OK, answered by {zones_seen}"
     results.append(("traffic frontend -> backend", failures == 0, detail))
+    remote = sorted(z for z in zones_seen if z != front.zone)
+    detail = f"answered from {remote or 'no other zone'}"
+    results.append(("cross-zone: a backend in another zone", bool(remote), detail))
     g = topo.global_cp
     try:
         status, body = http("GET", g.api_url + "/zones+insights", timeout=5)
@@ -209,7 +212,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     topo = _topology(args.dir)
     results = check(topo)
     for what, ok, detail in results:
-        print(f"{'ok  ' if ok else 'FAIL'}  {what:<34} {detail}")
+        print(f"{'ok  ' if ok else 'FAIL'}  {what:<38} {detail}")
     return 0 if all(ok for _, ok, _ in results) else 1
 
 

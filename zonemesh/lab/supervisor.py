@@ -45,6 +45,9 @@ MESH_DOC = {
     "name": MESH,
     # Cross-zone traffic is mTLS end to end, so the lab's mesh has the builtin CA on.
     "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]},
+    # Spread calls over both zones' backends (instead of local first) so that the lab's curl
+    # visibly crosses zones; see docs/cross-zone.md, "Locality".
+    "routing": {"localityAwareLoadBalancing": False},
 }
 ALLOW_ALL = {
     "type": "MeshTrafficPermission",

@@ -176,7 +176,10 @@ def endpoints(ctx: MeshContext, service: str) -> endpoint_pb2.ClusterLoadAssignm
                 remote = list(cross.egress)
         elif remote and ctx.via_egress and cross is not None:
             remote = list(cross.egress)  # the egress forwards by SNI to the remote ingresses
-        cached = ctx.memo[key] = load_assignment(service, local, remote, cross.zone if cross else "")
+        # Kuma's Mesh switch: local-first unless the mesh turns locality awareness off explicitly.
+        prefer_local = (ctx.mesh.spec.get("routing") or {}).get("localityAwareLoadBalancing") is not False
+        zone = cross.zone if cross else ""
+        cached = ctx.memo[key] = load_assignment(service, local, remote, zone, prefer_local)
     assert isinstance(cached, endpoint_pb2.ClusterLoadAssignment)
     return cached
 
