@@ -207,6 +207,17 @@ async def test_a_burst_of_changes_is_one_round(zone: Zone) -> None:
     assert len(pushed) <= 2 * len(ALL)
 
 
+async def test_a_malformed_resource_does_not_stop_the_watch(zone: Zone) -> None:
+    await zone.connect(*[dp.name for dp in ALL])
+    await zone.settle(4)
+    # Written past validation (straight into the store): an inbound that is not an object.
+    broken = Resource(type="Dataplane", name="broken", mesh="default", spec={"networking": {"inbound": ["oops"]}})
+    await zone.manager.store.create(broken)
+    await zone.manager.apply(policy("MeshTimeout", "after-broken", {"kind": "MeshService", "name": "db"}))
+    pushed = await zone.settle(1)
+    assert "default/db-1" in pushed  # the change after the bad one was still seen
+
+
 async def test_disconnected_proxies_are_not_generated(zone: Zone) -> None:
     await zone.connect("web-1")
     await zone.settle(1)

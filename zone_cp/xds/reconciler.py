@@ -33,7 +33,9 @@ from dataclasses import dataclass, field
 import structlog
 from cryptography import x509
 from google.protobuf.message import Message
+from zonemesh.shared.resources import REGISTRY
 from zonemesh.shared.resources.model import Resource, ResourceKey
+from zonemesh.shared.resources.schema import Errors
 from zonemesh.shared.store import Store
 from zonemesh.shared.store.base import Event, EventKind, Watch
 from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotCache
@@ -152,6 +154,18 @@ def affected_by_external_service(before: Resource | None, after: Resource | None
     return names
 
 
+def usable_dataplane(dp: Resource) -> bool:
+    """Does the Dataplane pass its schema? The API and KDS validate what they write; a document
+    written to the store some other way is left out of generation (and logged) rather than
+    breaking every round of its mesh."""
+    errors = Errors()
+    REGISTRY.get(DATAPLANE).spec.check(dp.spec, "", errors)
+    if errors:
+        problems = "; ".join(f"{e.field}: {e.reason}" for e in errors)
+        log.warning("xds_dataplane_ignored", mesh=dp.mesh, name=dp.name, errors=problems)
+    return not errors
+
+
 def proxies_serving(dataplanes: Iterable[Resource], wanted: Set[str]) -> set[str]:
     """The proxies holding the identity of one of ``wanted`` services (a certificate is per service)."""
     return {dp.name for dp in dataplanes if any(service in wanted for service in services(dp))}
@@ -268,7 +282,12 @@ class Reconciler:
 
     async def _consume(self, watch: Watch) -> None:
         async for event in watch:
-            self._apply(event)
+            try:
+                self._apply(event)
+            except Exception:  # one bad resource must not end the watch: every later change would be lost
+                res = event.resource
+                log.exception("xds_change_failed", resource=f"{res.type}/{res.mesh}/{res.name}")
+                self.invalidate_mesh(res.mesh or res.name)
 
     def _apply(self, event: Event) -> None:
         res = event.resource
@@ -282,7 +301,7 @@ class Reconciler:
             if before is not None and res.version and before.version > res.version:
                 return  # older than what the initial list already gave
             self._upsert(res)
-            after = res
+            after = self._mirror[res.type].get(res.key)  # None: an unusable Dataplane, left out
         mesh = res.mesh or res.name  # a Mesh is named by itself
         if res.type == DATAPLANE:
             names = affected_by_dataplane(before, after, self._consumers.get(mesh, {}))
@@ -320,6 +339,9 @@ class Reconciler:
         return [r for k, r in self._mirror[DATAPLANE].items() if k.mesh == mesh]
 
     def _upsert(self, res: Resource) -> None:
+        if res.type == DATAPLANE and not usable_dataplane(res):
+            self._remove(res)  # as if absent: one broken document must not break its mesh's rounds
+            return
         if res.type == DATAPLANE:
             old = self._mirror[DATAPLANE].get(res.key)
             if old is not None:
