@@ -6,23 +6,25 @@ each running an asyncio loop with its share of gRPC clients. Every simulated pro
 the zone knows: a dataplane token issued by ``POST /tokens/dataplane``, its Dataplane
 registered over the DataplaneRegistration service (as ``zonemesh-dp`` does), then one ADS
 stream on its own HTTP/2 connection, subscribing as Envoy does: clusters and listeners as
-wildcards, endpoints/routes/secrets by the names the clusters and listeners refer to, ACKing
-every response with its version and nonce.
+wildcards, endpoints/routes/secrets by the names the clusters and listeners refer to, EDS again
+after every CDS update (Envoy's cluster warming), ACKing every response with its version and nonce.
 
-Workload: ``--services`` services (default N/10), each proxy with its own inbound (own port,
-so its own listener and snapshot), ``--outbounds`` outbounds to other services (mTLS
-clusters, EDS endpoints, RDS routes), builtin mTLS (SDS certificates per service), the mesh's
-default policies plus a MeshTrafficPermission per service.
+Workload: ``--services`` services (default N/10), each proxy with its own address (a loopback IP,
+so its own inbound listener and snapshot) in front of port 8080, ``--outbounds`` outbounds to
+other services (mTLS clusters, EDS endpoints, RDS routes), builtin mTLS (SDS certificates per
+service), the mesh's default policies plus a MeshTrafficPermission per service.
 
 Measured:
 - CP memory per proxy: RSS of the CP with all N configured minus its RSS before any
   Dataplane existed, divided by N;
 - config generation time per proxy: the CP's ``xds_generation`` histogram (p50/p99
   interpolated within buckets) over the connect storm and the policy changes;
-- delivery: ``--changes`` times, the MeshTimeout ``mesh-timeout-all-default`` is updated through
-  the HTTP API (a new connectionTimeout); per proxy, the time from just before the PUT until
-  the proxy sent its last ACK for the new config (it checks the new value is in its clusters);
-  p50/p99 over all proxies and changes, and per change the time until all N had ACKed;
+- delivery: ``--changes`` times per kind, the MeshTimeout ``mesh-timeout-all-default`` is updated
+  through the HTTP API: ``request`` (its requestTimeout: one RDS response per proxy), ``connect``
+  (its connectionTimeout: CDS, then the EDS warming clusters wait for), ``timeouts`` (both). Per
+  proxy, the time from just before the PUT until it sent its last ACK for the new config (it
+  checks the new values are in its clusters and routes); p50/p99 over all proxies and changes of
+  a kind, and per change the time until all N had ACKed; CP and client CPU per change;
 - the connect storm: all N streams opened at the same instant; how many were configured,
   how many streams failed (and were retried with backoff, as Envoy does), and how long it took.
 
@@ -32,6 +34,7 @@ contention (and any other load on the machine).
     python bench/xds_zone.py --proxies 2000
     python bench/xds_zone.py --quick
     python bench/xds_zone.py --proxies 500 --profile /tmp/cp.prof   # cProfile of the CP process
+    python bench/xds_zone.py --proxies 2000 --spy /tmp/cp   # py-spy of the CP: /tmp/cp.storm, .changes
 """
 
 from __future__ import annotations
@@ -905,7 +908,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "all_acked": summary_s([c["all_acked_s"] for c in mine if c["all_acked_s"] is not None]),
             "responses_per_proxy": mine[0]["responses_per_proxy"] if mine else None,
         }
-    delivery["cp_metric_xds_delivery"] = histogram_summary(delivery_metric)
+    delivery["cp_metric_xds_delivery"] = {
+        **histogram_summary(delivery_metric),
+        "buckets": [[le, int(count)] for le, count in delivery_metric[0]],
+    }
     gc_before, gc_after = gc_collections(metrics_storm), gc_collections(metrics_end)
     delivery["cp_gc_collections"] = {g: gc_after[g] - gc_before.get(g, 0.0) for g in gc_after}
     kb_per_proxy = (rss_connected - rss_base) / n
