@@ -104,3 +104,21 @@ def test_unknown_chaos_target_is_a_clear_error(running_lab: tuple[Path, Topology
     result = lab(directory, "chaos", "partition", "zone-9")
     assert result.returncode == 1
     assert "no zone 'zone-9'" in result.stderr
+
+
+def test_expired_zone_token_is_refused_and_a_renewed_one_reconnects(running_lab: tuple[Path, Topology]) -> None:
+    directory, topo = running_lab
+    result = lab(directory, "chaos", "expire-token", "zone-2")
+    assert result.returncode == 0, result.stderr
+    wait_until(
+        lambda: "zone-2 online at global: " in " ".join(failures(topo)), timeout=40, what="zone-2 offline at global"
+    )
+
+    def refused_as_expired() -> bool:
+        lines = (directory / "logs" / "global.log").read_text(errors="replace").splitlines()
+        return any("zone_token_refused" in line and "expired" in line for line in lines)
+
+    wait_until(refused_as_expired, timeout=20, what="global to refuse zone-2's expired token")
+    assert "zone-2 online at global: " in " ".join(failures(topo))  # still out while its token is expired
+    assert lab(directory, "chaos", "renew-token", "zone-2").returncode == 0
+    wait_until(lambda: not failures(topo), timeout=40, what="zone-2 back online with its renewed token")

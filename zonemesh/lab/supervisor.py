@@ -31,6 +31,7 @@ from aiohttp import web
 from zonemesh.lab.chaos_proxy import ChaosProxy
 from zonemesh.lab.topology import MESH, ControlPlane, Topology, Workload, ZoneProxy, python
 from zonemesh.shared.duration import parse_duration
+from zonemesh.shared.tokens.tokens import LEEWAY_SECONDS
 
 log = structlog.get_logger(__name__)
 
@@ -115,6 +116,7 @@ class Supervisor:
         self.error = ""
         self._http: aiohttp.ClientSession | None = None
         self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -254,13 +256,11 @@ class Supervisor:
         ]  # fmt: skip
 
     async def start_zone_proxy(self, proxy: ZoneProxy) -> None:
-        """Ingress and egress authenticate with a zone token of their scope, issued by their zone."""
+        """Ingress and egress authenticate with a zone token of their scope, issued by global (as in
+        Kuma): the zone checks it with the public keys global publishes to it."""
         cp = self.topo.zone(proxy.zone)
-        body = {"scope": [proxy.kind], "validFor": ZONE_TOKEN_VALIDITY}
-        status, token = await self.request("POST", cp.api_url + "/tokens/zone", body)
-        if status != 200 or not isinstance(token, str):
-            raise LabError(f"{cp.name} refused a zone token for its {proxy.kind}: {token}")
-        token_file = self.write_secret(f"{proxy.name}.token", token.strip())
+        token = await self.issue_zone_token(proxy.zone, [proxy.kind])
+        token_file = self.write_secret(f"{proxy.name}.token", token)
         networking: dict[str, Any] = {"address": "127.0.0.1", "port": proxy.port}
         if proxy.kind == "ingress":
             networking |= {"advertisedAddress": "127.0.0.1", "advertisedPort": proxy.port}
@@ -313,17 +313,22 @@ class Supervisor:
             return f"{target} killed (SIGKILL); it restarts in {seconds:g}s"
         if action == "expire-token":
             cp = self.topo.zone(target)
-            # A token that expires in 1s replaces the zone's token; the cut forces a reconnect
-            # with it, which global refuses once it has expired. `renew-token` ends the scenario.
+            # The zone's token is replaced by one valid for 1 s; once it is expired (validators
+            # allow LEEWAY_SECONDS of clock skew on each side) the link is reset, so the zone
+            # reconnects with it and global refuses it. `renew-token` ends the scenario.
             self.write_secret(f"{cp.name}.token", await self.issue_zone_token(cp.name, valid_for="1s"))
-            await asyncio.sleep(1.5)
-            self.proxies[cp.name].partition(0.1)
-            return f"{target} now holds an expired zone token; global refuses it (see: zonemesh-lab check)"
+            expires_in = 1 + 2 * LEEWAY_SECONDS + 0.5
+            self._tasks.add(asyncio.create_task(self._reset_link_later(cp.name, expires_in)))
+            return f"{target} now holds a zone token that expires in {expires_in:g}s; then global refuses it"
         if action == "renew-token":
             cp = self.topo.zone(target)
             self.write_secret(f"{cp.name}.token", await self.issue_zone_token(cp.name))
             return f"{target} has a fresh zone token; it reconnects on its next attempt"
         raise LabError(f"unknown chaos action {action!r}")
+
+    async def _reset_link_later(self, zone: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self.proxies[zone].partition(0.1)
 
     # --- control API and supervision ------------------------------------------------------
 
