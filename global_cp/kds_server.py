@@ -41,7 +41,7 @@ from zonemesh.shared.resources.registry import REGISTRY, Sync, UnknownType
 from zonemesh.shared.store import EventKind, ListFilter, Store
 from zonemesh.shared.tls import server_material
 from zonemesh.shared.tokens.tokens import InvalidToken
-from zonemesh.shared.tokens.zone import ZONE_TOKEN_KEYS, ZONE_TOKEN_REVOCATIONS, ZoneTokenValidator
+from zonemesh.shared.tokens.zone import ZONE_TOKEN_KEYS, ZONE_TOKEN_REVOCATIONS, ZoneTokenValidator, publish_trust
 
 from zonemesh import __version__
 
@@ -296,6 +296,8 @@ class GlobalKds:
         )
         self.zones = ZoneRegistry(store, cp.instance_id, self.heartbeat_timeout, flush_interval=self.heartbeat_interval)
         await self.zones.start()
+        # Zones check their zone proxies' tokens with what global publishes (public keys only).
+        await publish_trust(store)
         snapshot = Snapshot(store, downstream_types(), select_downstream, debounce=self.debounce)
         await snapshot.start()
         self.server = KdsServer(
@@ -335,6 +337,7 @@ class GlobalKds:
         """Zones being disabled or deleted, and zone-token keys or revocations changing."""
         assert self.server is not None
         async with store.watch(["Zone", "GlobalSecret"]) as watch:
+            await publish_trust(store)  # again: a key may have come between the first publish and this watch
             async for event in watch:
                 res = event.resource
                 if res.type == "Zone":
@@ -349,6 +352,11 @@ class GlobalKds:
                             f"zone {res.name!r} was disabled on the global control plane (Zone.enabled=false)",
                         )
                 elif res.name.startswith(ZONE_TOKEN_KEYS) or res.name == ZONE_TOKEN_REVOCATIONS:
+                    try:
+                        if await publish_trust(store):
+                            log.info("zone_token_trust_published", secret=res.name, change=event.kind.value)
+                    except Exception as exc:
+                        log.error("zone_token_trust_publish_failed", error=str(exc))
                     try:
                         await self.server.revalidate_tokens()
                     except Exception as exc:

@@ -69,7 +69,7 @@ class DataPlaneSide:
         certs = insights.RecordingCertProvider(BuiltinCA(cp.store, generate=not federated), recorder)
         zone = cp.config.zone or "default"
         dataplanes = DataplaneAuthenticator(cp.store)
-        zone_proxy_auth = zoneproxies.ZoneProxyAuthenticator(cp.store, zone)
+        zone_proxy_auth = zoneproxies.ZoneProxyAuthenticator(cp.store, zone, federated=federated)
         authenticator = zoneproxies.Authenticator(dataplanes, zone_proxy_auth)
         registration = zoneproxies.Registration(cp.manager, dataplanes, zone_proxy_auth, recorder, cp.instance_id)
         cache = SnapshotCache()
@@ -136,7 +136,9 @@ def assemble(config: Config) -> Assembly:
             *dataplane_tokens.routes(),
             *insights.routes(),
             *side.routes(),
-            *zoneproxies.token_routes(config.zone or "default"),
+            *zoneproxies.token_routes(
+                config.zone or "default", federated=config.mode == "zone" and bool(config.global_address)
+            ),
         ],
     )
     if config.mode == "zone" and config.global_address:  # federated: KDS stream to global (docs/kds.md)

@@ -6,9 +6,12 @@ one zone proxy serves every mesh) through the same ``DataplaneRegistration`` ser
 dataplanes, and opens ADS with node id ``<name>`` and node metadata ``proxyType``. Both carry a
 **zone token** whose ``Zone`` is this zone and whose ``Scope`` includes the proxy type
 (``shared/tokens/zone.py``), validated against the zone-token signing keys in this control
-plane's store. Tokens come from ``POST /tokens/zone`` on this zone control plane (admin only,
-restricted to this zone and to the ingress/egress scopes) or from ``zmctl generate zone-token
---signing-key-path`` with a key the zone holds.
+plane's store. On a federated zone (as in Kuma) they are issued by GLOBAL (``zmctl generate
+zone-token --zone Z --scope ingress`` against global's API) and checked against the public keys
+and revoked jti global publishes (ZoneTokenTrust, synced by KDS; ``shared/tokens/zone.py``); such
+a zone holds no signing key and refuses ``POST /tokens/zone``, pointing to global. A standalone
+control plane issues them itself (``POST /tokens/zone``: admin only, restricted to its zone and
+to the ingress/egress scopes) and checks them with its own keys.
 
 ``ZoneProxyReconciler`` generates their config (``generators/ingress.py``, ``egress.py``) from
 the zone's store whenever a mesh, dataplane, ExternalService, ZoneIngress or ZoneEgress
@@ -32,6 +35,7 @@ from envoy.config.core.v3 import base_pb2
 from zonemesh.proto import dataplane_pb2
 from zonemesh.shared.api.auth import require_admin
 from zonemesh.shared.api.context import MANAGER
+from zonemesh.shared.api.errors import error_response
 from zonemesh.shared.api.resources import read_document
 from zonemesh.shared.duration import parse_duration
 from zonemesh.shared.resources.codec import from_universal
@@ -68,8 +72,8 @@ WATCHED = ("Mesh", "Dataplane", "ExternalService", "ZoneIngress", "ZoneEgress", 
 class ZoneProxyAuthenticator:
     """A zone token for this zone, with the proxy type in its scope."""
 
-    def __init__(self, store: Store, zone: str) -> None:
-        self.validator = ZoneTokenValidator(store)
+    def __init__(self, store: Store, zone: str, *, federated: bool = False) -> None:
+        self.validator = ZoneTokenValidator(store, published=federated)
         self.zone = zone
 
     async def check(self, token: str, name: str, proxy_type: str, peer: str = "") -> dict[str, Any]:
@@ -175,12 +179,21 @@ class Registration(RegistrationServicer):
 # --- POST /tokens/zone on a zone control plane -------------------------------------------------
 
 
-def token_routes(zone: str) -> list[web.RouteDef]:
-    """Zone tokens for this zone's ingress/egress proxies (admin only)."""
+def token_routes(zone: str, federated: bool = False) -> list[web.RouteDef]:
+    """Zone tokens for this zone's ingress/egress proxies (admin only); a federated zone refuses:
+    global issues them, since only global's keys are trusted in every zone."""
 
     async def issue(request: web.Request) -> web.Response:
         manager = request.app[MANAGER]
         await require_admin(request, manager.store)
+        if federated:
+            return error_response(
+                400,
+                "Zone tokens are issued by the global control plane",
+                f"zone {zone!r} is federated: its zone proxies' tokens come from global "
+                f"(zmctl --cp-address <global API> generate zone-token --zone {zone} --scope ingress); "
+                "this zone checks them with the public keys global publishes",
+            )
         doc = await read_document(request)
         if not isinstance(doc, dict):
             raise ValidationError([FieldError("<body>", 'must be an object: {"zone": ..., "scope": [...]}')])

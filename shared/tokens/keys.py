@@ -43,6 +43,12 @@ def load_public_key(private_pem: bytes) -> PublicKeyTypes:
     return load_private_key(private_pem).public_key()
 
 
+@functools.lru_cache(maxsize=64)
+def load_public_pem(public_pem: bytes) -> PublicKeyTypes:
+    """A public key published as PEM (e.g. global's zone-token keys, as zones receive them)."""
+    return serialization.load_pem_public_key(public_pem)
+
+
 def public_key_pem(private_pem: bytes) -> bytes:
     key = load_public_key(private_pem)
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from zonemesh.shared.store import Store
 from zonemesh.shared.tokens.keys import SigningKeys, load_private_key, load_public_key
 
@@ -65,6 +66,11 @@ class TokenValidator:
         text = base64.b64decode(res.spec["data"]).decode().strip()
         return {jti.strip() for jti in text.split(",") if jti.strip()}
 
+    async def public_key(self, kid: int) -> PublicKeyTypes | None:
+        """The key that verifies tokens signed with key ``kid``; None when there is none."""
+        private_pem = await self.keys.private_key(kid)
+        return load_public_key(private_pem) if private_pem is not None else None
+
     async def validate(self, token: str) -> dict[str, Any]:
         if not token:
             raise InvalidToken("no token provided")
@@ -78,13 +84,13 @@ class TokenValidator:
         kid = header.get("kid")
         if kid is None or not str(kid).isdigit():
             raise InvalidToken("token has no valid kid header (the signing key serial)")
-        private_pem = await self.keys.private_key(int(kid))
-        if private_pem is None:
+        public_key = await self.public_key(int(kid))
+        if public_key is None:
             raise InvalidToken(f"signing key {kid} not found (rotated out or never existed)")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
-                load_public_key(private_pem),  # type: ignore[arg-type]
+                public_key,  # type: ignore[arg-type]
                 algorithms=["RS256"],
                 leeway=LEEWAY_SECONDS,
                 options={"require": ["exp", "iat", "jti"]},

@@ -4,22 +4,32 @@ JWT RS256 signed with the newest global secret ``zone-token-signing-key-<N>`` (`
 any stored key verifies. Claims: ``{"Zone": name, "Scope": [...], jti, iat, nbf, exp}``.
 Revocation: the global secret ``zone-token-revocations`` holds comma-separated jti values.
 Rotation: add key N+1 (``POST /global-secrets`` or first issuance), reissue tokens, delete key N.
+
+Zones check the tokens of their ingress/egress proxies against what global publishes, never
+against private keys: global keeps the ZoneTokenTrust ``zone-token`` (the public half of every
+signing key, by kid, and the revoked jti) current (``publish_trust``), and KDS syncs it to every
+zone, where ``ZoneTokenValidator(store, published=True)`` reads it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from zonemesh.shared.store import Store
-from zonemesh.shared.tokens.keys import SigningKeys
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.store import AlreadyExists, Conflict, Store
+from zonemesh.shared.tokens.keys import SigningKeys, load_public_pem, public_key_pem
 from zonemesh.shared.tokens.tokens import InvalidToken, TokenIssuer, TokenValidator, sign
 
 ZONE_TOKEN_KEYS = "zone-token-signing-key"
 ZONE_TOKEN_REVOCATIONS = "zone-token-revocations"
+TRUST_TYPE = "ZoneTokenTrust"
+TRUST_NAME = "zone-token"
 
 # "cp": the zone control plane's KDS stream; "ingress"/"egress": the zone's proxies (Kuma's scopes).
 SCOPES = ("cp", "ingress", "egress")
@@ -65,9 +75,65 @@ def issue_offline(
     return sign(zone_claims(zone, scope), private_pem, kid, valid_for_seconds)
 
 
+async def trust_spec(store: Store) -> dict[str, Any]:
+    """The public keys (by kid) and revoked jti of the zone tokens global issues."""
+    keys = zone_token_keys(store)
+    public = []
+    for serial in await keys.serials():
+        pem = await keys.private_key(serial)
+        if pem is not None:
+            public.append({"kid": serial, "key": public_key_pem(pem).decode()})
+    revoked = await TokenValidator(keys, ZONE_TOKEN_REVOCATIONS).revoked_ids()
+    return {"publicKeys": public, "revoked": sorted(revoked)}
+
+
+async def publish_trust(store: Store) -> bool:
+    """Bring global's ZoneTokenTrust in line with its keys and revocations; True when it changed.
+    Written straight to the store: it is a system type, read-only through the API."""
+    spec = await trust_spec(store)
+    for _ in range(5):  # bounded: only a concurrent writer of the same resource makes it retry
+        current = await store.find(TRUST_TYPE, TRUST_NAME)
+        try:
+            if current is None:
+                await store.create(Resource(type=TRUST_TYPE, name=TRUST_NAME, spec=spec))
+            elif current.spec != spec:
+                await store.update(dataclasses.replace(current, spec=spec))
+            else:
+                return False
+            return True
+        except (AlreadyExists, Conflict):
+            continue
+    raise RuntimeError("ZoneTokenTrust kept changing under publish_trust")
+
+
+class PublishedKeysValidator(TokenValidator):
+    """Verifies with the ZoneTokenTrust global published (a federated zone holds no signing key)."""
+
+    async def _trust(self) -> dict[str, Any]:
+        res = await self.keys.store.find(TRUST_TYPE, TRUST_NAME)
+        return res.spec if res is not None else {}
+
+    async def public_key(self, kid: int) -> PublicKeyTypes | None:
+        for entry in (await self._trust()).get("publicKeys") or []:
+            if entry.get("kid") == kid:
+                return load_public_pem(str(entry["key"]).encode())
+        return None
+
+    async def revoked_ids(self) -> set[str]:
+        return set((await self._trust()).get("revoked") or [])
+
+
 class ZoneTokenValidator:
-    def __init__(self, store: Store) -> None:
-        self._validator = TokenValidator(zone_token_keys(store), ZONE_TOKEN_REVOCATIONS)
+    """``published=True`` (federated zone): global's published public keys and revocations;
+    otherwise the signing keys in ``store`` (global, standalone)."""
+
+    def __init__(self, store: Store, *, published: bool = False) -> None:
+        keys = zone_token_keys(store)
+        self._validator = (
+            PublishedKeysValidator(keys, ZONE_TOKEN_REVOCATIONS)
+            if published
+            else TokenValidator(keys, ZONE_TOKEN_REVOCATIONS)
+        )
 
     async def validate(self, token: str, zone: str, scope: str = "cp") -> dict[str, Any]:
         """Claims of a valid token for ``zone``; raises InvalidToken with the reason otherwise."""

@@ -16,6 +16,7 @@ Every wait is bounded; every process is stopped at the end.
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import subprocess
@@ -27,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
+from zonemesh.shared.tokens.keys import generate_private_key_pem
 from zonemesh.zone_cp.xds.testing import self_signed_server_cert
 
 from zonemesh.testing import ControlPlaneProcess, free_port, http, wait_until
@@ -171,16 +174,15 @@ class World:
         token_file.write_text(token)
         return token_file
 
-    def zmctl_zone_token(self, zone: str, scope: str) -> Path:
-        """As docs/cross-zone.md shows: the zone control plane issues its zone proxies' tokens."""
-        out = subprocess.run(
-            [
-                sys.executable, "-m", "zonemesh.ctl.main", "--cp-address", self.zones[zone].api,
-                "generate", "zone-token", "--zone", zone, "--scope", scope, "--valid-for", "1h",
-            ],
-            capture_output=True, text=True, timeout=30, check=True,
-        )  # fmt: skip
-        token_file = self.work / f"{zone}-{scope}.token"
+    def zmctl(self, api: str, *args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "zonemesh.ctl.main", "--cp-address", api, *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+
+    def zmctl_zone_token(self, zone: str, scope: str, suffix: str = "") -> Path:
+        """As docs/cross-zone.md shows: GLOBAL issues the zone proxies' tokens (as in Kuma)."""
+        out = self.zmctl(self.glob.api, "generate", "zone-token", "--zone", zone, "--scope", scope, "--valid-for", "1h")
+        assert out.returncode == 0, out.stderr
+        token_file = self.work / f"{zone}-{scope}{suffix}.token"
         token_file.write_text(out.stdout.strip())
         return token_file
 
@@ -517,29 +519,86 @@ def test_external_service_with_tls_origination_directly_and_through_the_egress(w
     w.put_global(MESH)
 
 
+def start_bad_ingress(w: World, name: str, token: Path) -> str:
+    """An ingress agent in zone-1 with ``token``: refused before anything is registered."""
+    doc = {"type": "ZoneIngress", "networking": {"address": "127.0.0.1", "port": free_port()}}
+    proc = w.start_agent("zone-1", name, doc, token, free_port(), "ingress")
+    assert proc.wait(30) == 3  # refused: no Envoy started
+    assert w.zones["zone-1"].get(f"/zoneingresses/{name}")[0] == 404
+    return (w.work / f"zone-1-{name}.log").read_text()
+
+
 @pytest.mark.parametrize(
     ("scope", "zone", "reason"),
     [
-        (["egress"], "zone-1", "does not include 'ingress'"),
-        (["ingress"], "zone-2", "signature verification failed"),  # each zone signs with its own key
+        ("egress", "zone-1", "does not include 'ingress'"),
+        ("ingress", "zone-2", "token was issued for zone 'zone-2', not for zone 'zone-1'"),
     ],
 )
-def test_zone_proxy_with_a_wrong_zone_token_is_refused(world: World, scope: list[str], zone: str, reason: str) -> None:
-    w = world
-    token = w.token(zone, "/tokens/zone", {"scope": scope, "validFor": "1h"})
-    doc = {"type": "ZoneIngress", "networking": {"address": "127.0.0.1", "port": free_port()}}
-    proc = w.start_agent("zone-1", f"bad-{zone}-{scope[0]}", doc, token, free_port(), "ingress")
-    assert proc.wait(30) == 3  # refused: no Envoy started, nothing registered
-    assert reason in (w.work / f"zone-1-bad-{zone}-{scope[0]}.log").read_text()
-    assert w.zones["zone-1"].get(f"/zoneingresses/bad-{zone}-{scope[0]}")[0] == 404
+def test_zone_proxy_with_a_wrong_zone_token_is_refused(world: World, scope: str, zone: str, reason: str) -> None:
+    token = world.zmctl_zone_token(zone, scope, suffix="-wrong")
+    assert reason in start_bad_ingress(world, f"bad-{zone}-{scope}", token)
 
 
-def test_a_zone_issues_zone_proxy_tokens_for_itself_only(world: World) -> None:
+def test_a_token_signed_by_a_key_global_does_not_hold_is_refused(world: World) -> None:
+    key = world.work / "stranger.pem"
+    key.write_bytes(generate_private_key_pem())
+    out = world.zmctl(
+        world.glob.api, "generate", "zone-token", "--zone", "zone-1", "--scope", "ingress",
+        "--valid-for", "1h", "--signing-key-path", str(key), "--kid", "1",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    token = world.work / "stranger.token"
+    token.write_text(out.stdout.strip())
+    assert "signature verification failed" in start_bad_ingress(world, "bad-stranger", token)
+
+
+def test_a_federated_zone_refuses_to_issue_zone_tokens_and_points_to_global(world: World) -> None:
     api = world.zones["zone-1"].api
-    status, body = http("POST", api + "/tokens/zone", {"zone": "zone-2", "scope": ["ingress"]})
-    assert status == 400 and "for zone 'zone-1' only" in json.dumps(body)
-    status, body = http("POST", api + "/tokens/zone", {"scope": ["cp"]})
-    assert status == 400 and "only the scopes ingress and egress" in json.dumps(body)
+    status, body = http("POST", api + "/tokens/zone", {"zone": "zone-1", "scope": ["ingress"]})
+    assert status == 400 and "issued by the global control plane" in json.dumps(body)
+    out = world.zmctl(api, "generate", "zone-token", "--zone", "zone-1", "--scope", "ingress")
+    assert out.returncode != 0 and "generate zone-token --zone zone-1" in out.stderr + out.stdout
+    # the zone holds no zone-token signing key, only the public keys global published
+    status, secrets = world.zones["zone-1"].get("/global-secrets")
+    assert status == 200 and not [s for s in secrets["items"] if s["name"].startswith("zone-token-signing-key")]
+    status, trust = world.zones["zone-1"].get("/zone-token-trusts/zone-token")
+    assert status == 200 and trust["publicKeys"] and "PRIVATE" not in json.dumps(trust)
+
+
+def test_rotated_key_on_global_reaches_the_zone_and_a_revoked_token_is_refused_there(world: World) -> None:
+    w = world
+    key = w.work / "key-2.pem"
+    key.write_bytes(generate_private_key_pem())
+    secret = {
+        "type": "GlobalSecret",
+        "name": "zone-token-signing-key-2",
+        "data": base64.b64encode(key.read_bytes()).decode(),
+    }
+    assert w.glob.put("/global-secrets/zone-token-signing-key-2", secret)[0] == 201
+    token = w.zmctl_zone_token("zone-1", "ingress", suffix="-kid-2")
+    claims = jwt.decode(token.read_text(), options={"verify_signature": False})
+    assert jwt.get_unverified_header(token.read_text())["kid"] == "2"
+    doc = {"type": "ZoneIngress", "networking": {"address": "127.0.0.1", "port": free_port()}}
+    proc = w.start_agent("zone-1", "ingress-kid-2", doc, token, free_port(), "ingress")
+    wait_until(
+        lambda: w.zones["zone-1"].get("/zoneingresses/ingress-kid-2")[0] == 200, WAIT, what="kid-2 ingress admitted"
+    )
+    proc.send_signal(signal.SIGTERM)  # unregisters
+    assert proc.wait(30) == 0
+    revocations = {
+        "type": "GlobalSecret",
+        "name": "zone-token-revocations",
+        "data": base64.b64encode(claims["jti"].encode()).decode(),
+    }
+    assert w.glob.put("/global-secrets/zone-token-revocations", revocations)[0] == 201
+
+    def refused() -> bool:
+        status, trust = w.zones["zone-1"].get("/zone-token-trusts/zone-token")
+        return status == 200 and claims["jti"] in trust["revoked"]
+
+    wait_until(refused, WAIT, what="revocation published to zone-1")
+    assert f"token {claims['jti']} has been revoked" in start_bad_ingress(w, "ingress-revoked", token)
 
 
 def test_local_instances_first_remote_zone_when_none_is_left(world: World) -> None:

@@ -7,7 +7,7 @@ import binascii
 
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
-from zonemesh.shared.resources.schema import AnyValue, Bool, FieldError, Map, Obj, Str
+from zonemesh.shared.resources.schema import AnyValue, Bool, FieldError, Int, List, Map, Obj, Str
 
 _SECRET_SPEC = Obj({"data": Str()}, required=("data",))
 
@@ -79,5 +79,25 @@ DATAPLANE_INSIGHT = register(
         sync=Sync.ZONE_TO_GLOBAL,
         system=True,
         spec=_INSIGHT,
+    )
+)
+
+# What a zone needs to check zone tokens issued by global, and nothing more: global derives it
+# from its zone-token signing keys (public halves only) and revocation list whenever they change
+# (shared/tokens/zone.py `publish_trust`), and KDS carries it to every zone like any other type.
+ZONE_TOKEN_TRUST = register(
+    ResourceType(
+        name="ZoneTokenTrust",
+        plural="zonetokentrusts",
+        rest_path="zone-token-trusts",
+        scope=Scope.GLOBAL,
+        sync=Sync.GLOBAL_TO_ZONES,
+        system=True,
+        spec=Obj(
+            {
+                "publicKeys": List(Obj({"kid": Int(), "key": Str()}, required=("kid", "key"))),
+                "revoked": List(Str()),
+            }
+        ),
     )
 )
