@@ -1,0 +1,134 @@
+"""Config generation alone: ``generate(ctx, proxy)`` + serialization for N proxies, in-process.
+
+The pure part of what the zone CP does per proxy in a round (no servers, no store), on the same
+workload as bench/xds_zone.py: N/10 services, every proxy with its own address, one inbound,
+three outbounds, builtin-style mTLS (certificates from the test CA), the mesh's default policies
+plus a MeshTrafficPermission per service. One round builds one MeshContext and generates every
+proxy from it, as the reconciler does; the first round warms up, the next ``--rounds`` are timed.
+
+    python bench/xds_generation.py --proxies 2000
+    python bench/xds_generation.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from zonemesh.shared.resources.defaults import default_policies
+from zonemesh.shared.resources.model import Resource
+from zonemesh.zone_cp.xds.cache import Snapshot
+from zonemesh.zone_cp.xds.context import MeshContext, WorkloadCert
+from zonemesh.zone_cp.xds.generators import generate
+from zonemesh.zone_cp.xds.resources import encode_any
+from zonemesh.zone_cp.xds.testing import TestCA
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import xds_zone  # the workload of the end-to-end benchmark
+
+RESULTS = Path(__file__).resolve().parent / "results" / "xds_generation.json"
+
+
+def resource(doc: dict[str, Any]) -> Resource:
+    doc = dict(doc)
+    rtype, name, mesh = doc.pop("type"), doc.pop("name"), doc.pop("mesh", "")
+    spec = doc.get("spec", doc)
+    return Resource(type=rtype, name=name, mesh=mesh, spec=spec, version=1)
+
+
+class Encoder:
+    """Serializes each message object once per round, as the reconciler's encoder does."""
+
+    def __init__(self) -> None:
+        self.done: dict[int, tuple[Any, bytes]] = {}
+
+    def __call__(self, type_url: str, message: Any) -> bytes:
+        hit = self.done.get(id(message))
+        if hit is None:
+            hit = self.done[id(message)] = (message, encode_any(type_url, message))
+        return hit[1]
+
+
+def run(proxies: int, rounds: int) -> dict[str, Any]:
+    services = max(2, proxies // 10)
+    mesh = resource(xds_zone.mesh_doc())
+    dataplanes = [resource(xds_zone.proxy_spec(i, services, 3)[1]) for i in range(proxies)]
+    policies = [resource(xds_zone.permission_doc(s, services)) for s in range(services)]
+    policies += default_policies(xds_zone.MESH)
+    ca = TestCA()
+    names = [xds_zone.service_name(s) for s in range(services)]
+    certs = {n: WorkloadCert(*asyncio.run(ca.workload_cert(xds_zone.MESH, n))) for n in names}
+
+    samples: list[float] = []
+    rounds_s: list[float] = []
+    digest = hashlib.blake2b(digest_size=8)
+    for r in range(rounds + 1):
+        started = time.perf_counter()
+        ctx = MeshContext.build(mesh, dataplanes, policies, [], certs)
+        encoder = Encoder()
+        times = []
+        for dp in dataplanes:
+            t = time.perf_counter()
+            snapshot = Snapshot.from_resources(generate(ctx, dp), encoded=encoder)
+            times.append(time.perf_counter() - t)
+            if r == 0:
+                for typed in snapshot.types.values():
+                    digest.update(typed.version.encode())
+        if r > 0:  # round 0 warms up (imports, caches)
+            samples += times
+            rounds_s.append(time.perf_counter() - started)
+    samples_ms = [s * 1000 for s in samples]
+    return {
+        "per_proxy_ms": {
+            "count": len(samples_ms),
+            "p50": round(xds_zone.percentile(samples_ms, 50), 4),
+            "p99": round(xds_zone.percentile(samples_ms, 99), 4),
+            "max": round(max(samples_ms), 4),
+        },
+        "round_s": {"min": round(min(rounds_s), 3), "max": round(max(rounds_s), 3)},
+        "config_digest": digest.hexdigest(),  # the same workload gives the same versions
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--proxies", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds (after one warm-up round)")
+    parser.add_argument("--quick", action="store_true", help="200 proxies, 1 round")
+    parser.add_argument("--out", type=Path, help=f"JSON report (default {RESULTS}; --quick: *.quick.json)")
+    args = parser.parse_args()
+    if args.quick:
+        args.proxies, args.rounds = 200, 1
+        args.out = args.out or RESULTS.with_suffix(".quick.json")
+    if not 1 <= args.proxies <= xds_zone.MAX_PROXIES or args.rounds < 1:
+        parser.error(f"--proxies must be in 1..{xds_zone.MAX_PROXIES} and --rounds at least 1")
+    args.out = args.out or RESULTS
+    report = {
+        "benchmark": "xds_generation",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_average_1m": os.getloadavg()[0]},
+        "params": {"proxies": args.proxies, "services": max(2, args.proxies // 10), "rounds": args.rounds},
+        **run(args.proxies, args.rounds),
+    }
+    per = report["per_proxy_ms"]
+    print(
+        f"generation + serialization, {args.proxies} proxies: p50 {per['p50']} ms, p99 {per['p99']} ms, "
+        f"max {per['max']} ms; a round of all proxies {report['round_s']['min']}-{report['round_s']['max']} s"
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
