@@ -557,7 +557,7 @@ def test_a_federated_zone_refuses_to_issue_zone_tokens_and_points_to_global(worl
     api = world.zones["zone-1"].api
     status, body = http("POST", api + "/tokens/zone", {"zone": "zone-1", "scope": ["ingress"]})
     assert status == 400 and "issued by the global control plane" in json.dumps(body)
-    out = world.zmctl(api, "generate", "zone-token", "--zone", "zone-1", "--scope", "ingress")
+    out = world.zmctl(api, "generate", "zone-token", "--zone", "zone-1", "--scope", "ingress", "--valid-for", "1h")
     assert out.returncode != 0 and "generate zone-token --zone zone-1" in out.stderr + out.stdout
     # the zone holds no zone-token signing key, only the public keys global published
     status, secrets = world.zones["zone-1"].get("/global-secrets")
