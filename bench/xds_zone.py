@@ -340,6 +340,21 @@ class ControlPlane:
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def thread_cpu_s(self) -> dict[str, float]:
+        """CPU seconds by thread name (the main thread is "python"; gRPC core's threads are named)."""
+        assert self.process is not None
+        tick = os.sysconf("SC_CLK_TCK")
+        out: dict[str, float] = {}
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            try:
+                head, _, rest = (task / "stat").read_text().rpartition(")")
+            except OSError:
+                continue  # the thread ended meanwhile
+            name = head.partition("(")[2]
+            fields = rest.split()
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        return out
+
     def metrics(self) -> str:
         url = f"http://127.0.0.1:{self.diagnostics_port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as response:
@@ -847,6 +862,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for k in range(args.changes):
                     timeouts = next_timeouts(timeouts, kind)
                     cpu_before = cp.cpu_s()
+                    threads_before = cp.thread_cpu_s()
                     status_before = workers.broadcast("status", None)
                     clients_before = sum(s["cpu_s"] for s in status_before)
                     responses_before = sum(s["responses"] for s in status_before)
@@ -854,6 +870,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     cp.put(f"/meshes/{MESH}/meshtimeouts/{TIMEOUT_POLICY}", timeout_doc(timeouts))
                     wait_for(workers, timeouts, n, args.change_timeout, "with_value")
                     cpu = cp.cpu_s() - cpu_before
+                    threads = {k: round(v - threads_before.get(k, 0.0), 2) for k, v in cp.thread_cpu_s().items()}
                     status_after = workers.broadcast("status", None)
                     clients_cpu = sum(s["cpu_s"] for s in status_after) - clients_before
                     responses = sum(s["responses"] for s in status_after) - responses_before
@@ -871,6 +888,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         **summary_s(samples),
                         "cp_cpu_s": round(cpu, 3),
                         "clients_cpu_s": round(clients_cpu, 3),
+                        "cp_threads_cpu_s": {k: v for k, v in threads.items() if v > 0},
                         "responses_per_proxy": round(responses / n, 2),
                     }
                     per_change.append(change)
