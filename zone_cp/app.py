@@ -72,6 +72,9 @@ class DataPlaneSide:
         zone_proxy_auth = zoneproxies.ZoneProxyAuthenticator(cp.store, zone, federated=federated)
         authenticator = zoneproxies.Authenticator(dataplanes, zone_proxy_auth)
         registration = zoneproxies.Registration(cp.manager, dataplanes, zone_proxy_auth, recorder, cp.instance_id)
+        zone_insights = zoneproxies.ZoneProxyInsights(cp.store, cp.instance_id, zone)
+        await zone_insights.close_stale()
+        registration.zone_insights = zone_insights
         cache = SnapshotCache()
         reconciler = Reconciler(cp.store, cache, certs)
         zone_proxies = zoneproxies.ZoneProxyReconciler(
@@ -90,6 +93,7 @@ class DataPlaneSide:
         zoneproxies.dataplanes_only(callbacks)  # DataplaneInsights are for dataplanes
         callbacks.stream_open.append(zone_proxies.on_stream_open)
         callbacks.stream_close.append(zone_proxies.on_stream_close)
+        zone_insights.install(callbacks)  # ZoneIngressInsight/ZoneEgressInsight: liveness of zone proxies
         server = XdsServer(cp.config, cache, authenticator, tls, [registration.add_to], callbacks)
         async with recorder.running(), zone_proxies.running(), reconciler, server:
             self.reconciler, self.cache, self.zone_proxies = reconciler, cache, zone_proxies

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -40,10 +42,10 @@ from zonemesh.shared.api.resources import read_document
 from zonemesh.shared.duration import parse_duration
 from zonemesh.shared.resources.codec import from_universal
 from zonemesh.shared.resources.manager import ResourceManager
-from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.resources.model import Resource, format_time, now
 from zonemesh.shared.resources.registry import REGISTRY
 from zonemesh.shared.resources.schema import FieldError, ValidationError
-from zonemesh.shared.store import NotFound, Store
+from zonemesh.shared.store import AlreadyExists, Conflict, NotFound, Store
 from zonemesh.shared.tokens.tokens import InvalidToken
 from zonemesh.shared.tokens.zone import ZoneTokenIssuer, ZoneTokenValidator
 from zonemesh.zone_cp.admission import (
@@ -54,9 +56,10 @@ from zonemesh.zone_cp.admission import (
     bearer_token,
     node_proxy_type,
 )
+from zonemesh.zone_cp.ingress import is_local
 from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotCache
 from zonemesh.zone_cp.xds.context import CertProvider, MeshContext, WorkloadCert
-from zonemesh.zone_cp.xds.crosszone import EGRESS_SERVICE, CrossZone, ZoneContext, resolve_hosts
+from zonemesh.zone_cp.xds.crosszone import EGRESS_SERVICE, CrossZone, ZoneContext, online, resolve_hosts
 from zonemesh.zone_cp.xds.generators import egress as egress_generator
 from zonemesh.zone_cp.xds.generators import ingress as ingress_generator
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity, ProxyType, parse_zone_proxy_node_id, zone_proxy_key
@@ -66,7 +69,18 @@ from zonemesh.zone_cp.xds.server import StreamInfo
 log = structlog.get_logger(__name__)
 
 RESOURCE_TYPES = {ProxyType.INGRESS.value: "ZoneIngress", ProxyType.EGRESS.value: "ZoneEgress"}
-WATCHED = ("Mesh", "Dataplane", "ExternalService", "ZoneIngress", "ZoneEgress", "MeshTrafficPermission")
+INSIGHT_TYPES = {ProxyType.INGRESS.value: "ZoneIngressInsight", ProxyType.EGRESS.value: "ZoneEgressInsight"}
+WATCHED = (
+    "Mesh",
+    "Dataplane",
+    "ExternalService",
+    "ZoneIngress",
+    "ZoneEgress",
+    "ZoneIngressInsight",
+    "ZoneEgressInsight",
+    "MeshTrafficPermission",
+)
+MAX_SUBSCRIPTIONS = 5  # older streams of a zone proxy are dropped from its insight
 
 
 class ZoneProxyAuthenticator:
@@ -118,6 +132,7 @@ class Registration(RegistrationServicer):
     ) -> None:
         super().__init__(manager, authenticator, insights, instance_id)
         self.zone_proxies = zone_proxies
+        self.zone_insights: ZoneProxyInsights | None = None
 
     async def _admit_zone_proxy(self, context: grpc.aio.ServicerContext[Any, Any], name: str, proxy_type: str) -> None:
         metadata = tuple((m.key, m.value) for m in (context.invocation_metadata() or ()))
@@ -172,8 +187,94 @@ class Registration(RegistrationServicer):
             deleted = True
         except NotFound:
             deleted = False
+        if self.zone_insights is not None:
+            await self.zone_insights.forget(request.proxy_type, request.name)
         log.info("zone_proxy_unregistered", type=type_name, name=request.name, deleted=deleted)
         return dataplane_pb2.UnregisterResponse(deleted=deleted)
+
+
+# --- ZoneIngressInsight / ZoneEgressInsight ------------------------------------------------------
+
+
+class ZoneProxyInsights:
+    """One subscription per ADS stream of a zone proxy, written at once on open and close.
+
+    Zone proxies are few and their streams long-lived, so there is no batching. The insight is
+    uploaded by KDS (ZoneIngressInsight on to the other zones, which use an ingress only while
+    its last subscription is open: ``crosszone.online``).
+    """
+
+    def __init__(self, store: Store, instance_id: str, zone: str) -> None:
+        self.store = store
+        self.instance_id = instance_id
+        self.zone = zone
+        self._ids: dict[int, str] = {}  # xDS stream id -> subscription id
+
+    async def _change(
+        self, proxy_type: str, name: str, change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+    ) -> None:
+        rtype = INSIGHT_TYPES[proxy_type]
+        for _ in range(5):  # bounded: only a concurrent write of the same insight makes it retry
+            current = await self.store.find(rtype, name)
+            subscriptions = change(list((current.spec.get("subscriptions") if current else None) or []))
+            subscriptions = subscriptions[-MAX_SUBSCRIPTIONS:]
+            try:
+                if current is None:
+                    await self.store.create(Resource(type=rtype, name=name, spec={"subscriptions": subscriptions}))
+                else:
+                    spec = {**current.spec, "subscriptions": subscriptions}
+                    await self.store.update(dataclasses.replace(current, spec=spec))
+                return
+            except (AlreadyExists, Conflict):
+                continue
+        log.warning("zone_proxy_insight_not_written", type=rtype, name=name)
+
+    async def stream_open(self, info: StreamInfo) -> None:
+        identity = info.identity
+        if identity.proxy_type is ProxyType.DATAPLANE:
+            return
+        sub_id = str(uuid.uuid4())
+        self._ids[info.stream_id] = sub_id
+        subscription = {"id": sub_id, "controlPlaneInstanceId": self.instance_id, "connectTime": format_time(now())}
+        await self._change(identity.proxy_type.value, identity.name, lambda subs: [*subs, subscription])
+        log.info("zone_proxy_online", type=identity.proxy_type.value, name=identity.name, peer=info.peer)
+
+    async def stream_close(self, info: StreamInfo) -> None:
+        identity = info.identity
+        sub_id = self._ids.pop(info.stream_id, None)
+        if identity.proxy_type is ProxyType.DATAPLANE or sub_id is None:
+            return
+        closed = format_time(now())
+
+        def close(subs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [{**s, "disconnectTime": closed} if s.get("id") == sub_id else s for s in subs]
+
+        await self._change(identity.proxy_type.value, identity.name, close)
+        log.info("zone_proxy_offline", type=identity.proxy_type.value, name=identity.name)
+
+    async def close_stale(self) -> None:
+        """At start: subscriptions of this zone still open in the store are of streams that died
+        with the previous run of this control plane (the proxies reconnect with new ones)."""
+        closed = format_time(now())
+        for proxy_type, rtype in INSIGHT_TYPES.items():
+            for insight in (await self.store.list(rtype)).items:
+                subs = insight.spec.get("subscriptions") or []
+                if not is_local(insight, self.zone) or not subs or subs[-1].get("disconnectTime"):
+                    continue
+                await self._change(
+                    proxy_type,
+                    insight.name,
+                    lambda subs: [s if s.get("disconnectTime") else {**s, "disconnectTime": closed} for s in subs],
+                )
+
+    async def forget(self, proxy_type: str, name: str) -> None:
+        """The proxy unregistered: its insight goes with its resource."""
+        with contextlib.suppress(NotFound):
+            await self.store.delete(INSIGHT_TYPES[proxy_type], name)
+
+    def install(self, callbacks: Any) -> None:
+        callbacks.stream_open.append(self.stream_open)
+        callbacks.stream_close.append(self.stream_close)
 
 
 # --- POST /tokens/zone on a zone control plane -------------------------------------------------
@@ -315,8 +416,9 @@ class ZoneProxyReconciler:
         proxy is connected to be generated from them."""
         meshes = await self._all("Mesh")
         externals = await self._all("ExternalService")
-        ingresses = await self._all("ZoneIngress")
-        egresses = await self._all("ZoneEgress")
+        # Only proxies holding an xDS stream now: a killed ingress/egress stays registered.
+        ingresses = online(await self._all("ZoneIngress"), await self._all("ZoneIngressInsight"))
+        egresses = online(await self._all("ZoneEgress"), await self._all("ZoneEgressInsight"))
         resolved = await self._resolve(externals)
         cross = {m.name: CrossZone.build(self.zone, m.name, ingresses, egresses, resolved) for m in meshes}
         previous, self._cross = self._cross, cross

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -210,16 +211,17 @@ class World:
     def start_app(self, name: str, port: int) -> None:
         self.procs.append(subprocess.Popen([sys.executable, "-c", APP, name, str(port)]))
 
-    def start_zone_proxy(self, zone: str, proxy_type: str) -> Envoy:
-        port, admin = free_port(), free_port()
+    def start_zone_proxy(self, zone: str, proxy_type: str, port: int = 0) -> Envoy:
+        port, admin = port or free_port(), free_port()
         networking: dict[str, Any] = {"address": "127.0.0.1", "port": port}
         if proxy_type == "ingress":
             networking.update(advertisedAddress="127.0.0.1", advertisedPort=port)
         doc = {"type": "ZoneIngress" if proxy_type == "ingress" else "ZoneEgress", "networking": networking}
         token = self.zmctl_zone_token(zone, proxy_type)
-        self.start_agent(zone, f"{proxy_type}-{zone[-1]}", doc, token, admin, proxy_type)
+        proc = self.start_agent(zone, f"{proxy_type}-{zone[-1]}", doc, token, admin, proxy_type)
         envoy = Envoy(f"{proxy_type}-{zone}", admin)
         envoy.port = port  # type: ignore[attr-defined]
+        envoy.proc = proc  # type: ignore[attr-defined]
         return envoy
 
     def start_b(self) -> None:
@@ -628,6 +630,49 @@ def test_local_instances_first_remote_zone_when_none_is_left(world: World) -> No
     assert local.wait(30) == 0
     wait_until(lambda: call_b(w) == (200, "app-b"), WAIT, what="zone-2 takes over")
     assert {call_b(w)[1] for _ in range(5)} == {"app-b"}
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def test_a_killed_ingress_is_dropped_by_other_zones_and_used_again_once_back(world: World) -> None:
+    """SIGKILL zone-2's ingress (agent and Envoy: nothing unregisters it): its ADS stream closes,
+    its ZoneIngressInsight goes offline and reaches zone-1, which stops routing to it."""
+    w = world
+    assert w.a is not None
+    ingress = w.ingress["zone-2"]
+    port = ingress.port  # type: ignore[attr-defined]
+    wait_until(lambda: w.a.hosts("app-b") == [f"127.0.0.1:{port}"], WAIT, what="zone-2's ingress in use")  # type: ignore[union-attr]
+    wait_until(lambda: call_b(w) == (200, "app-b"), WAIT, what="app-b through zone-2's ingress")
+    agent: subprocess.Popen[bytes] = ingress.proc  # type: ignore[attr-defined]
+    envoys = children(agent.pid)
+    assert envoys, "the ingress agent runs Envoy as its child"
+    killed = time.monotonic()
+    for pid in [agent.pid, *envoys]:
+        os.kill(pid, signal.SIGKILL)
+    agent.wait(10)
+    wait_until(lambda: w.a.hosts("app-b") == [], 30, interval=0.2, what="zone-2's dead ingress dropped by zone-1")  # type: ignore[union-attr]
+    print(f"zone-1 dropped zone-2's killed ingress {time.monotonic() - killed:.1f}s after SIGKILL")
+    assert call_b(w)[0] != 200
+    # still registered (nobody unregistered it), but offline everywhere
+    assert w.zones["zone-1"].get("/zoneingresses/zone-2.ingress-2")[0] == 200
+    for cp, name in (
+        (w.zones["zone-2"], "ingress-2"),
+        (w.glob, "zone-2.ingress-2"),
+        (w.zones["zone-1"], "zone-2.ingress-2"),
+    ):
+        status, insight = cp.get(f"/zone-ingress-insights/{name}")
+        assert status == 200 and insight["subscriptions"][-1].get("disconnectTime"), insight
+
+    w.ingress["zone-2"] = w.start_zone_proxy("zone-2", "ingress", port=port)  # restarted, same address
+    wait_until(lambda: w.a.hosts("app-b") == [f"127.0.0.1:{port}"], WAIT, what="zone-2's ingress back in zone-1")  # type: ignore[union-attr]
+    wait_until(lambda: call_b(w) == (200, "app-b"), WAIT, what="traffic back through zone-2's ingress")
+    status, insight = w.zones["zone-1"].get("/zone-ingress-insights/zone-2.ingress-2")
+    assert status == 200 and not insight["subscriptions"][-1].get("disconnectTime")
 
 
 def test_killing_global_keeps_existing_cross_zone_routes(world: World) -> None:

@@ -26,6 +26,7 @@ from zonemesh.shared.tokens.zone import ZoneTokenIssuer
 from zonemesh.zone_cp import zoneproxies
 from zonemesh.zone_cp.admission import DataplaneAuthenticator
 from zonemesh.zone_cp.xds.cache import SnapshotCache
+from zonemesh.zone_cp.xds.crosszone import is_online
 from zonemesh.zone_cp.xds.resources import CLUSTER, LISTENER
 from zonemesh.zone_cp.xds.server import Callbacks, TlsFiles, XdsServer
 from zonemesh.zone_cp.xds.testing import TestCA
@@ -88,10 +89,12 @@ async def zone(tmp_path: Path) -> AsyncIterator[Zone]:
     dataplanes = DataplaneAuthenticator(store)
     zone_auth = zoneproxies.ZoneProxyAuthenticator(store, ZONE)
     registration = zoneproxies.Registration(manager, dataplanes, zone_auth, None, "cp-test")
+    registration.zone_insights = zoneproxies.ZoneProxyInsights(store, "cp-test", ZONE)
     proxies = zoneproxies.ZoneProxyReconciler(store, cache, TestCA(), ZONE, quiet=0.01)
     callbacks = Callbacks()
     callbacks.stream_open.append(proxies.on_stream_open)
     callbacks.stream_close.append(proxies.on_stream_close)
+    registration.zone_insights.install(callbacks)
     config = Config(xds_address="127.0.0.1", xds_port=0)
     authenticator = zoneproxies.Authenticator(dataplanes, zone_auth)
     server = XdsServer(config, cache, authenticator, TlsFiles(cert, key), [registration.add_to], callbacks)
@@ -214,6 +217,10 @@ async def test_cross_zone_view_follows_remote_ingresses(zone: Zone) -> None:
         },
     )
     await zone.store.create(remote)
+    await asyncio.sleep(0.3)
+    cross = zone.proxies.cross_zone("default")
+    assert cross is not None and not cross.remote  # no insight: it never held a stream, not used
+    await zone.store.create(insight("ZoneIngressInsight", "zone-2.ingress", online=True))
     for _ in range(200):
         cross = zone.proxies.cross_zone("default")
         if cross is not None and cross.remote.get("b"):
@@ -224,12 +231,78 @@ async def test_cross_zone_view_follows_remote_ingresses(zone: Zone) -> None:
         ("10.2.0.1", 2, "zone-2")
     ]
     assert services == [("default", {"b"})] and changed == []  # only b's consumers need regenerating
-    # an egress appearing changes every outbound of the mesh (with routing.zoneEgress)
+    # the remote ingress's stream closed (killed, never unregistered): it is no endpoint any more
+    await zone.store.update(insight("ZoneIngressInsight", "zone-2.ingress", online=False, version=1))
+    for _ in range(200):
+        cross = zone.proxies.cross_zone("default")
+        if cross is not None and not cross.remote.get("b"):
+            break
+        await asyncio.sleep(0.02)
+    assert cross is not None and not cross.remote.get("b")
+    assert services[-1] == ("default", {"b"})
+    # an egress appearing changes every outbound of the mesh (with routing.zoneEgress), once online
     await zone.store.create(
         Resource(type="ZoneEgress", name="egress-1", spec={"zone": ZONE, "networking": {"port": 1}})
     )
+    await asyncio.sleep(0.3)
+    assert changed == [] and not zone.proxies.cross_zone("default").egress  # type: ignore[union-attr]
+    await zone.store.create(insight("ZoneEgressInsight", "egress-1", online=True))
     for _ in range(200):
         if changed:
             break
         await asyncio.sleep(0.02)
     assert changed == ["default"]
+
+
+def insight(rtype: str, name: str, *, online: bool, version: int = 0) -> Resource:
+    subscription = {"id": "s-1", "controlPlaneInstanceId": "cp", "connectTime": "2026-01-01T00:00:00Z"}
+    if not online:
+        subscription["disconnectTime"] = "2026-01-01T00:01:00Z"
+    return Resource(type=rtype, name=name, spec={"subscriptions": [subscription]}, version=version)
+
+
+async def test_zone_proxy_streams_are_tracked_in_its_insight(zone: Zone) -> None:
+    token = await zone.token(["ingress"])
+    await zone.register(token)
+    call = zone.ads(token)
+    await call.write(zone.request("ingress", CLUSTER))
+    await asyncio.wait_for(call.read(), timeout=5)
+
+    async def stored() -> Resource | None:
+        return await zone.store.find("ZoneIngressInsight", "ingress-1")
+
+    first = await stored()
+    assert first is not None and is_online(first)
+    assert first.spec["subscriptions"][-1]["controlPlaneInstanceId"] == "cp-test"
+    call.cancel()  # what a SIGKILLed Envoy's stream looks like to the server
+    for _ in range(100):
+        if not is_online(await stored()):
+            break
+        await asyncio.sleep(0.02)
+    closed = await stored()
+    assert closed is not None and not is_online(closed) and closed.spec["subscriptions"][-1]["disconnectTime"]
+    # reconnect: a new open subscription after the closed one
+    call = zone.ads(token)
+    await call.write(zone.request("ingress", CLUSTER))
+    await asyncio.wait_for(call.read(), timeout=5)
+    again = await stored()
+    assert again is not None and is_online(again) and len(again.spec["subscriptions"]) == 2
+    call.cancel()
+    # unregistering removes the insight with the ZoneIngress
+    stub = dataplane_pb2_grpc.DataplaneRegistrationStub(zone.channel)
+    await stub.Unregister(
+        dataplane_pb2.UnregisterRequest(name="ingress-1", proxy_type="ingress"),
+        metadata=(("authorization", f"Bearer {token}"),),
+    )
+    assert await stored() is None
+
+
+async def test_open_subscriptions_left_by_a_previous_run_are_closed_at_start() -> None:
+    store = MemoryStore()
+    await store.create(insight("ZoneIngressInsight", "ingress-1", online=True))
+    remote = insight("ZoneIngressInsight", "zone-2.ingress", online=True)
+    remote.labels = {"zonemesh.io/origin": "global", "zonemesh.io/zone": "zone-2"}
+    await store.create(remote)
+    await zoneproxies.ZoneProxyInsights(store, "cp-2", ZONE).close_stale()
+    assert not is_online(await store.get("ZoneIngressInsight", "ingress-1"))
+    assert is_online(await store.get("ZoneIngressInsight", "zone-2.ingress"))  # another zone's: not ours to close

@@ -9,7 +9,8 @@ the other zones' ingresses that global pushed here):
   sends its cross-zone and external traffic instead.
 
 An ingress's zone is its ``zone`` field (set by the zone control plane that registered it),
-else its ``zonemesh.io/zone`` label (set by KDS).
+else its ``zonemesh.io/zone`` label (set by KDS). Only proxies that are ``online`` (their
+ZoneIngressInsight/ZoneEgressInsight has an open subscription) are given to these functions.
 """
 
 from __future__ import annotations
@@ -56,6 +57,23 @@ def advertised(ingress: Resource) -> tuple[str, int] | None:
     if not address or not port:
         return None
     return str(address), int(port)
+
+
+def is_online(insight: Resource | None) -> bool:
+    """A zone proxy is online while the last xDS subscription in its insight is open."""
+    subscriptions = (insight.spec.get("subscriptions") if insight is not None else None) or []
+    return bool(subscriptions) and not subscriptions[-1].get("disconnectTime")
+
+
+def online(proxies: Iterable[Resource], insights: Iterable[Resource]) -> list[Resource]:
+    """The zone proxies (ZoneIngress/ZoneEgress) whose insight of the same name says online.
+
+    Without an insight a proxy has never held an xDS stream: not a place to send traffic. A
+    killed ingress keeps its ZoneIngress (nobody unregistered it) but its stream closes, so
+    other zones stop using it as soon as the closed subscription reaches them.
+    """
+    by_name = {i.name: i for i in insights}
+    return [p for p in proxies if is_online(by_name.get(p.name))]
 
 
 def remote_endpoints(zone: str, mesh: str, ingresses: Iterable[Resource]) -> dict[str, list[Endpoint]]:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
-from zonemesh.shared.resources.schema import Bool, Errors, Int, List, Name, Obj, Str
+from zonemesh.shared.resources.schema import AnyValue, Bool, Errors, Int, List, Map, Name, Obj, Str
 from zonemesh.shared.resources.types.common import PORT, Address, Tags
 
 _ADMIN = Obj({"port": PORT})
@@ -95,5 +95,37 @@ ZONE_EGRESS = register(
         scope=Scope.GLOBAL,
         sync=Sync.ZONE_TO_GLOBAL,
         spec=ZONE_EGRESS_SPEC,
+    )
+)
+
+# Insights: the xDS subscriptions of each zone proxy (Kuma's shape: ``subscriptions[]`` with
+# id, controlPlaneInstanceId, connectTime, disconnectTime), written by the zone control plane
+# on stream open/close (zone_cp/zoneproxies.py). A proxy is online while its last subscription
+# has no disconnectTime. Kuma syncs ZoneIngressInsight zone→global only; here it also goes on to
+# the other zones, which send cross-zone traffic only to ingresses that are online (an ingress
+# killed without unregistering would otherwise stay an endpoint for ever).
+_INSIGHT = Map(AnyValue())
+
+ZONE_INGRESS_INSIGHT = register(
+    ResourceType(
+        name="ZoneIngressInsight",
+        plural="zoneingressinsights",
+        rest_path="zone-ingress-insights",
+        scope=Scope.GLOBAL,
+        sync=Sync.ZONE_TO_GLOBAL | Sync.ACROSS_ZONES,
+        system=True,
+        spec=_INSIGHT,
+    )
+)
+
+ZONE_EGRESS_INSIGHT = register(
+    ResourceType(
+        name="ZoneEgressInsight",
+        plural="zoneegressinsights",
+        rest_path="zone-egress-insights",
+        scope=Scope.GLOBAL,
+        sync=Sync.ZONE_TO_GLOBAL,
+        system=True,
+        spec=_INSIGHT,
     )
 )
