@@ -5,7 +5,8 @@ xDS port) with its Dataplane document; then Envoy opens the ADS stream. Both car
 dataplane token as ``authorization: Bearer <token>`` metadata, and both are refused unless the
 token is valid for the mesh and name the proxy claims (see shared/tokens/dataplane.py). A
 refusal is logged as ``dataplane_auth_refused`` with the reason (never the token) and answered
-with gRPC UNAUTHENTICATED.
+with gRPC UNAUTHENTICATED. A proxy refused for the license (strict quota) gets RESOURCE_EXHAUSTED
+instead, on registration and on its ADS stream alike.
 """
 
 from __future__ import annotations
@@ -42,7 +43,12 @@ Metadata = Sequence[tuple[str, str | bytes]]
 
 
 class AdmissionRefused(Exception):
-    """The proxy may not connect; the message is the reason it is told."""
+    """The proxy may not connect; the message is the reason it is told, ``status_code`` the gRPC
+    status its ADS stream ends with (UNAUTHENTICATED, or RESOURCE_EXHAUSTED for the license)."""
+
+    def __init__(self, message: str, status_code: grpc.StatusCode = grpc.StatusCode.UNAUTHENTICATED) -> None:
+        super().__init__(message)
+        self.status_code = status_code
 
 
 def bearer_token(metadata: Metadata) -> str:
@@ -109,7 +115,7 @@ class DataplaneAuthenticator:
                 await license_connection(self.store, mesh, name)
             except LicenseRefused as exc:
                 log.warning("dataplane_license_refused", mesh=mesh, name=name, reason=str(exc))
-                raise AdmissionRefused(str(exc)) from None
+                raise AdmissionRefused(str(exc), grpc.StatusCode.RESOURCE_EXHAUSTED) from None
         return ProxyIdentity(mesh=mesh, name=name, proxy_type=ProxyType(proxy_type))
 
 

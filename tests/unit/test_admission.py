@@ -21,6 +21,7 @@ from zonemesh.shared.tls import ensure_self_signed
 from zonemesh.shared.tokens import dataplane as dptokens
 from zonemesh.zone_cp.admission import DataplaneAuthenticator, RegistrationServicer
 from zonemesh.zone_cp.insights import InsightRecorder
+from zonemesh.zone_cp.license import ZoneLicense
 from zonemesh.zone_cp.xds.cache import SnapshotCache
 from zonemesh.zone_cp.xds.resources import CLUSTER
 from zonemesh.zone_cp.xds.server import Callbacks, TlsFiles, XdsServer
@@ -163,3 +164,33 @@ async def test_admitted_stream_is_recorded_in_the_insight(zone: Zone) -> None:
     sub = insight.spec["subscriptions"][-1]
     assert sub["controlPlaneInstanceId"] == "cp-test"
     assert sub["connectTime"] <= sub["disconnectTime"]
+
+
+@dataclass
+class _LicenseCP:
+    store: MemoryStore
+
+
+async def test_ads_stream_refused_for_the_license_is_resource_exhausted(zone: Zone) -> None:
+    """Strict license, the zone's one slot held: a Dataplane created through the API (so without a
+    slot) opening its ADS stream is refused with RESOURCE_EXHAUSTED, as registration is."""
+    await zone.store.create(
+        Resource(type="License", name="default", spec={"enforcement": "strict", "allowedDataplaneProxies": 1})
+    )
+    await zone.store.create(Resource(type="LicenseQuota", name="zone-a", spec={"slots": 1, "answered": 1}))
+    spec = {k: v for k, v in DATAPLANE.items() if k not in ("type", "mesh", "name")}
+    await zone.store.create(Resource(type="Dataplane", mesh="default", name="old-1", spec=spec))
+    await asyncio.sleep(0.01)  # the older one holds the slot
+    await zone.store.create(Resource(type="Dataplane", mesh="default", name="web-1", spec=spec))
+    gate = ZoneLicense(Config(mode="zone", zone="zone-a", license_quota_wait="0.1s"))
+    async with gate.run(_LicenseCP(zone.store)):
+        assert ("default", "web-1") in gate.unadmitted
+        with structlog.testing.capture_logs() as logs, pytest.raises(grpc.aio.AioRpcError) as err:
+            await zone.ads(await zone.token())
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "license limit reached" in (err.value.details() or "")
+        assert any(e["event"] == "xds_refused" and e["code"] == "RESOURCE_EXHAUSTED" for e in logs)
+        # a token problem is still UNAUTHENTICATED
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await zone.ads("not-a-jwt")
+        assert bad.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -190,8 +190,16 @@ class AdsServicer:
         try:
             identity = await self.authenticator(metadata, first.node)
         except Exception as exc:
-            log.warning("xds_unauthenticated", node=first.node.id, peer=context.peer(), reason=str(exc))
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc) or "authentication failed")
+            # A refusal may carry its own status (the license: RESOURCE_EXHAUSTED, as registration
+            # answers); anything else is an authentication failure.
+            code = getattr(exc, "status_code", None)
+            if not isinstance(code, grpc.StatusCode):
+                code = grpc.StatusCode.UNAUTHENTICATED
+            if code is grpc.StatusCode.UNAUTHENTICATED:
+                log.warning("xds_unauthenticated", node=first.node.id, peer=context.peer(), reason=str(exc))
+            else:
+                log.warning("xds_refused", node=first.node.id, peer=context.peer(), code=code.name, reason=str(exc))
+            await context.abort(code, str(exc) or "authentication failed")
             return
         info = StreamInfo(next(self._ids), identity, first.node, context.peer())
         stream = _Stream(info, self.watcher, self.callbacks)
