@@ -18,10 +18,10 @@ else
   echo "compose/test.sh: neither 'docker compose' nor 'docker-compose' is installed" >&2
   exit 1
 fi
-FRONTEND="http://127.0.0.1:${ZONEMESH_FRONTEND_PORT:-38080}/"
-GLOBAL="http://127.0.0.1:${ZONEMESH_GLOBAL_API_PORT:-35681}"
-ZONE1="http://127.0.0.1:${ZONEMESH_ZONE1_API_PORT:-35682}"
-ZONE2="http://127.0.0.1:${ZONEMESH_ZONE2_API_PORT:-35683}"
+FRONTEND="http://127.0.0.1:${ZONEMESH_FRONTEND_PORT:-17080}/"
+GLOBAL="http://127.0.0.1:${ZONEMESH_GLOBAL_API_PORT:-17681}"
+ZONE1="http://127.0.0.1:${ZONEMESH_ZONE1_API_PORT:-17682}"
+ZONE2="http://127.0.0.1:${ZONEMESH_ZONE2_API_PORT:-17683}"
 PY=${PYTHON:-python3}
 
 log() { printf '[compose/test.sh %s] %s\n' "$(date -u +%T)" "$*"; }
@@ -35,6 +35,7 @@ dump_logs() {
 }
 cleanup() {
   local code=$?
+  rm -f "$LAST_ANSWER"
   if [ "$code" -ne 0 ]; then dump_logs; fi
   if [ "$code" -ne 0 ] || [ "${KEEP_LAB:-0}" != 1 ]; then
     log "tearing down: ${compose[*]} down -v"
@@ -57,11 +58,20 @@ wait_for() {
 }
 
 # served_by ZONE|any: the documented curl answers 200 with a backend's answer, from a backend in ZONE.
+# The answer is kept in $LAST_ANSWER, to show it.
+LAST_ANSWER=$(mktemp)
 served_by() {
   local body
   body=$(curl -fsS --max-time 10 "$FRONTEND") || return 1
+  printf '%s\n' "$body" >"$LAST_ANSWER"
   "$PY" -c 'import json, sys; z = json.loads(sys.argv[1])["upstream"]["zone"]; sys.exit(sys.argv[2] not in (z, "any"))' \
     "$body" "$1"
+}
+
+# only_from ZONE N: N calls in a row are all answered by a backend in ZONE.
+only_from() {
+  local i
+  for i in $(seq "$2"); do served_by "$1" || return 1; done
 }
 
 # zones_online: global sees both zones online (their KDS streams are up).
@@ -91,15 +101,14 @@ snapshot() {
   done
 }
 
-# cross_zone: with zone-1's backend stopped, zone-1's frontend reaches the backend in zone-2
-# (through zone-2's ingress); then zone-1's backend comes back and takes the calls again.
+# cross_zone (fail-over): with zone-1's backend stopped, every call from zone-1's frontend goes to
+# the backend in zone-2 (through zone-2's ingress); then zone-1's backend comes back and answers again.
 cross_zone() {
   "${compose[@]}" stop backend-zone-1
-  wait_for 90 "frontend (zone-1) -> backend in zone-2" served_by zone-2
-  curl -fsS --max-time 10 "$FRONTEND"
-  echo
+  wait_for 90 "every call from zone-1's frontend answered by zone-2 (5 in a row)" only_from zone-2 5
+  cat "$LAST_ANSWER"
   "${compose[@]}" start backend-zone-1
-  wait_for 90 "frontend -> backend in zone-1 again (local first)" served_by zone-1
+  wait_for 90 "frontend -> backend in zone-1 again" served_by zone-1
 }
 
 log "building the wheelhouse on the host"
@@ -137,10 +146,12 @@ timeout 600 "${compose[@]}" up -d
 log "up -d returned after $(since "$start")s"
 wait_for 120 "the documented curl to answer" served_by any
 log "first successful curl $(since "$start")s after up -d"
-curl -fsS --max-time 10 "$FRONTEND"
-echo
+cat "$LAST_ANSWER"
+# The lab's mesh spreads calls over the zones (routing.localityAwareLoadBalancing: false).
+wait_for 60 "a backend in zone-2 to answer zone-1's frontend" served_by zone-2
+log "first answer from the backend in zone-2 $(since "$start")s after up -d"
+cat "$LAST_ANSWER"
 cross_zone
-log "first answer from zone-2 (zone-1's backend stopped) $(since "$start")s after up -d"
 wait_for 60 "zone-1 and zone-2 online at global" zones_online
 for url in "$GLOBAL" "$ZONE1" "$ZONE2"; do license_ok "$url"; done
 log "traffic across zones and /license on global and both zones: OK"

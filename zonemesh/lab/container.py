@@ -13,7 +13,8 @@ way, through the real API and tokens. Containers share two volumes:
 
 - ``/admin`` (CPs and init only): each control plane exports its admin token (the global secret
   ``admin-user-token``, readable on its own loopback only) as ``<cp>.token``, so the one-shot
-  init service may write to the CPs from another container.
+  init service may write to the CPs from another container: zone and zone-proxy tokens from
+  global, dataplane tokens from each zone.
 - ``/secrets`` (everyone): public CA certificates (``ca/global-kds.crt``, ``ca/<zone>-xds.crt``;
   never a key) and the tokens init issued (``tokens/<name>.token``).
 
@@ -379,13 +380,15 @@ class Init:
         for zone in zones:
             body = {"zone": zone, "validFor": ZONE_TOKEN_VALIDITY}
             self.issue(zone, "global", self.global_url, "/tokens/zone", body)
+        # Zone proxies' tokens come from global too (as in Kuma): zones check them with the public
+        # keys global publishes to them, and refuse to issue them when federated.
+        for kind, zone in zone_proxies:
+            scoped = {"zone": zone, "scope": [kind], "validFor": ZONE_TOKEN_VALIDITY}
+            self.issue(f"{kind}-{zone}", "global", self.global_url, "/tokens/zone", scoped)
         for zone in zones:
             url = f"http://{zone}:{API_PORT}"
             self.admin(zone)  # the zone is up and serving its API
             wait_until(f"{zone} to receive mesh {MESH} from global", functools.partial(self.zone_synced, zone))
-            for kind, _ in (p for p in zone_proxies if p[1] == zone):
-                scoped = {"scope": [kind], "validFor": ZONE_TOKEN_VALIDITY}
-                self.issue(f"{kind}-{zone}", zone, url, "/tokens/zone", scoped)
             for name, _ in (d for d in dataplanes if d[1] == zone):
                 dp_body = {"mesh": MESH, "name": name, "validFor": DATAPLANE_TOKEN_VALIDITY}
                 self.issue(name, zone, url, "/tokens/dataplane", dp_body)
