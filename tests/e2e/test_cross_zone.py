@@ -578,6 +578,14 @@ def test_rotated_key_on_global_reaches_the_zone_and_a_revoked_token_is_refused_t
         "data": base64.b64encode(key.read_bytes()).decode(),
     }
     assert w.glob.put("/global-secrets/zone-token-signing-key-2", secret)[0] == 201
+    added = time.monotonic()
+
+    def has_key_2() -> bool:
+        status, trust = w.zones["zone-1"].get("/zone-token-trusts/zone-token")
+        return status == 200 and 2 in [k["kid"] for k in trust["publicKeys"]]
+
+    wait_until(has_key_2, WAIT, interval=0.05, what="global's key 2 published to zone-1")
+    print(f"global's new zone-token key reached zone-1 {time.monotonic() - added:.2f}s after it was added")
     token = w.zmctl_zone_token("zone-1", "ingress", suffix="-kid-2")
     claims = jwt.decode(token.read_text(), options={"verify_signature": False})
     assert jwt.get_unverified_header(token.read_text())["kid"] == "2"
@@ -594,12 +602,14 @@ def test_rotated_key_on_global_reaches_the_zone_and_a_revoked_token_is_refused_t
         "data": base64.b64encode(claims["jti"].encode()).decode(),
     }
     assert w.glob.put("/global-secrets/zone-token-revocations", revocations)[0] == 201
+    revoked = time.monotonic()
 
     def refused() -> bool:
         status, trust = w.zones["zone-1"].get("/zone-token-trusts/zone-token")
         return status == 200 and claims["jti"] in trust["revoked"]
 
-    wait_until(refused, WAIT, what="revocation published to zone-1")
+    wait_until(refused, WAIT, interval=0.05, what="revocation published to zone-1")
+    print(f"a revocation on global reached zone-1 {time.monotonic() - revoked:.2f}s after it was written")
     assert f"token {claims['jti']} has been revoked" in start_bad_ingress(w, "ingress-revoked", token)
 
 
