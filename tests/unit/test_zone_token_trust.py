@@ -10,7 +10,10 @@ from pathlib import Path
 
 import jwt
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from kds_harness import eventually, running_global, running_zone
+from zonemesh.shared.api.app import build_api_app
+from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store.memory import MemoryStore
 from zonemesh.shared.tokens.tokens import InvalidToken
@@ -24,6 +27,7 @@ from zonemesh.shared.tokens.zone import (
     publish_trust,
     zone_token_keys,
 )
+from zonemesh.zone_cp import zoneproxies
 
 DAY = 24 * 3600
 
@@ -111,3 +115,28 @@ async def test_global_issued_zone_proxy_tokens_are_checked_in_the_zone(tmp_path:
             )
             await eventually(lambda: refused(rotated), what="revocation in zone-1")
             assert "has been revoked" in await _refusal(validator, rotated)
+
+
+async def _post_zone_token(store: MemoryStore, federated: bool, body: dict[str, object]) -> tuple[int, str]:
+    app = build_api_app(ResourceManager(store), {}, {}, zoneproxies.token_routes("zone-1", federated=federated))
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        resp = await client.post("/tokens/zone", json=body)
+        return resp.status, await resp.text()
+
+
+async def test_a_standalone_cp_issues_zone_proxy_tokens_for_itself_and_a_federated_zone_refuses() -> None:
+    store = MemoryStore()
+    status, token = await _post_zone_token(store, False, {"scope": ["ingress"], "validFor": "1h"})
+    assert status == 200
+    claims = await ZoneTokenValidator(store).validate(token, "zone-1", "ingress")  # its own keys
+    assert claims["Scope"] == ["ingress"]
+    status, body = await _post_zone_token(store, False, {"zone": "zone-2", "scope": ["ingress"]})
+    assert status == 400 and "for zone 'zone-1' only" in body
+    status, body = await _post_zone_token(store, False, {"scope": ["cp"]})
+    assert status == 400 and "only the scopes ingress and egress" in body
+
+    federated = MemoryStore()
+    status, body = await _post_zone_token(federated, True, {"scope": ["ingress"], "validFor": "1h"})
+    assert status == 400 and "issued by the global control plane" in body
+    assert "generate zone-token --zone zone-1 --scope ingress" in body
+    assert not (await federated.list("GlobalSecret")).items  # no signing key was created on the zone
