@@ -191,6 +191,10 @@ class KdsClient:
             )
             try:
                 return await self._converse(call, token)
+            except asyncio.InvalidStateError:
+                # grpc.aio's write/read on a call that already ended (global unreachable, or gone
+                # mid-handshake) raises "RPC already finished": the reason is the call's status.
+                raise CallEnded(f"{(await call.code()).name}: {await call.details()}") from None
             finally:
                 call.cancel()
 
@@ -299,9 +303,15 @@ class KdsClient:
             )
 
 
+class CallEnded(Exception):
+    """The KDS call ended before or while we used it; the message is its gRPC status."""
+
+
 def _describe(exc: Exception) -> str:
     if isinstance(exc, grpc.aio.AioRpcError):
         return f"{exc.code().name}: {exc.details()}"
+    if isinstance(exc, CallEnded):
+        return str(exc)
     return f"{type(exc).__name__}: {exc}"
 
 

@@ -16,10 +16,11 @@ FOLDERS = ("shared", "global_cp", "zone_cp", "zonemesh")
 # Messages written by gRPC, OpenSSL, the OS or Envoy, not by zonemesh: not looked up in the source.
 FOREIGN = (
     "failed to connect to all addresses",  # gRPC, global unreachable
+    "Stream removed",  # gRPC, the peer went away mid-stream
+    "Handshake read failed",  # gRPC, the peer closed during the TLS handshake
     "CERTIFICATE_VERIFY_FAILED",  # BoringSSL via gRPC, wrong --global-ca-file
     "address already in use",  # the OS
     "Connection refused",  # the OS, via gRPC or Python
-    "RPC already finished",  # grpc.aio, a stream ended under the zone
     "Not enough segments",  # PyJWT
     "upstream connect error",  # Envoy
     "RBAC: access denied",  # Envoy's RBAC filter
