@@ -104,8 +104,11 @@ snapshot() {
 # cross_zone (fail-over): with zone-1's backend stopped, every call from zone-1's frontend goes to
 # the backend in zone-2 (through zone-2's ingress); then zone-1's backend comes back and answers again.
 cross_zone() {
+  local stopped
   "${compose[@]}" stop backend-zone-1
+  stopped=$(now)
   wait_for 90 "every call from zone-1's frontend answered by zone-2 (5 in a row)" only_from zone-2 5
+  log "fail-over: 5 calls in a row answered by zone-2 $(since "$stopped")s after backend-zone-1 stopped"
   cat "$LAST_ANSWER"
   "${compose[@]}" start backend-zone-1
   wait_for 90 "frontend -> backend in zone-1 again" served_by zone-1
@@ -166,6 +169,7 @@ wait_for 120 "global /license after restart" license_ok "$GLOBAL"
 wait_for 120 "traffic after restart global" served_by any
 log "traffic back $(since "$start")s after restart global"
 wait_for 120 "zones online at global after restart global" zones_online
+log "both zones online at global $(since "$start")s after restart global"
 cross_zone
 wait_for 60 "the same resources after restart global" test "$(snapshot)" = "$before"
 
@@ -177,6 +181,7 @@ wait_for 120 "zone-1 /license after kill" license_ok "$ZONE1"
 wait_for 120 "traffic after kill zone-1" served_by any
 log "traffic back $(since "$start")s after kill zone-1"
 wait_for 120 "zone-1 online at global after kill" zones_online
+log "both zones online at global $(since "$start")s after kill zone-1"
 cross_zone
 wait_for 60 "the same resources after kill zone-1" test "$(snapshot)" = "$before"
 
