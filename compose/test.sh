@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The compose lab end to end, with exactly the commands docs/compose.md gives:
 #   wheelhouse on the host -> image (offline-capable) -> up -d -> cross-zone traffic + /license
-#   -> restart global -> kill zone-1 && up -d zone-1 -> down -v.
+#   -> restart global -> kill zone-1 && up -d zone-1 -> down && up -d (volumes kept) -> down -v.
 # Every wait is bounded. Needs a working docker daemon and docker compose v2 or docker-compose v1.
 # Env: ZONEMESH_BASE_IMAGE (default: python:3.11-slim if present or pullable, else a debootstrap
 # image built here), ZONEMESH_FRONTEND_PORT / ZONEMESH_GLOBAL_API_PORT (published on 127.0.0.1),
@@ -185,4 +185,14 @@ log "both zones online at global $(since "$start")s after kill zone-1"
 cross_zone
 wait_for 60 "the same resources after kill zone-1" test "$(snapshot)" = "$before"
 
-log "PASS: compose lab (up, cross-zone traffic, /license, restart global, kill zone-1)"
+log "down (volumes kept) && up -d"
+start=$(now)
+timeout 180 "${compose[@]}" down
+timeout 600 "${compose[@]}" up -d
+wait_for 120 "traffic after down && up -d" served_by any
+log "traffic back $(since "$start")s after down && up -d"
+wait_for 120 "zones online at global after down && up -d" zones_online
+cross_zone
+wait_for 60 "the same resources after down && up -d" test "$(snapshot)" = "$before"
+
+log "PASS: compose lab (up, cross-zone traffic, /license, restart global, kill zone-1, down && up -d)"
