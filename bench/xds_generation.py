@@ -26,10 +26,9 @@ from typing import Any
 
 from zonemesh.shared.resources.defaults import default_policies
 from zonemesh.shared.resources.model import Resource
-from zonemesh.zone_cp.xds.cache import Snapshot
+from zonemesh.zone_cp.xds.cache import SnapshotBuilder
 from zonemesh.zone_cp.xds.context import MeshContext, WorkloadCert
 from zonemesh.zone_cp.xds.generators import generate
-from zonemesh.zone_cp.xds.resources import encode_any
 from zonemesh.zone_cp.xds.testing import TestCA
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,19 +42,6 @@ def resource(doc: dict[str, Any]) -> Resource:
     rtype, name, mesh = doc.pop("type"), doc.pop("name"), doc.pop("mesh", "")
     spec = doc.get("spec", doc)
     return Resource(type=rtype, name=name, mesh=mesh, spec=spec, version=1)
-
-
-class Encoder:
-    """Serializes each message object once per round, as the reconciler's encoder does."""
-
-    def __init__(self) -> None:
-        self.done: dict[int, tuple[Any, bytes]] = {}
-
-    def __call__(self, type_url: str, message: Any) -> bytes:
-        hit = self.done.get(id(message))
-        if hit is None:
-            hit = self.done[id(message)] = (message, encode_any(type_url, message))
-        return hit[1]
 
 
 def run(proxies: int, rounds: int) -> dict[str, Any]:
@@ -74,11 +60,11 @@ def run(proxies: int, rounds: int) -> dict[str, Any]:
     for r in range(rounds + 1):
         started = time.perf_counter()
         ctx = MeshContext.build(mesh, dataplanes, policies, [], certs)
-        encoder = Encoder()
+        builder = SnapshotBuilder()  # as the reconciler: one per round
         times = []
         for dp in dataplanes:
             t = time.perf_counter()
-            snapshot = Snapshot.from_resources(generate(ctx, dp), encoded=encoder)
+            snapshot = builder.build(generate(ctx, dp))
             times.append(time.perf_counter() - t)
             if r == 0:
                 for typed in snapshot.types.values():

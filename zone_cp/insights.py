@@ -63,7 +63,7 @@ class _Subscription:
     stream_id: int
     connect_time: dt.datetime
     disconnect_time: dt.datetime | None = None
-    last_update: dt.datetime | None = None
+    last_update: float | None = None  # time.time(): an ACK stores a float, the document formats it
     stats: dict[str, _TypeStats] = field(default_factory=dict)
     acked_versions: dict[str, str] = field(default_factory=dict)
 
@@ -71,7 +71,8 @@ class _Subscription:
         total = _TypeStats(
             acked=sum(s.acked for s in self.stats.values()), rejected=sum(s.rejected for s in self.stats.values())
         )
-        status: dict[str, Any] = {"lastUpdateTime": format_time(self.last_update), "total": total.as_dict()}
+        last_update = None if self.last_update is None else dt.datetime.fromtimestamp(self.last_update, dt.UTC)
+        status: dict[str, Any] = {"lastUpdateTime": format_time(last_update), "total": total.as_dict()}
         for type_url, stats in self.stats.items():
             status[SHORT_NAMES.get(type_url, type_url)] = stats.as_dict()
         out: dict[str, Any] = {
@@ -122,7 +123,7 @@ class InsightRecorder:
 
     def _touch(self, mesh: str, name: str) -> None:
         self._dirty.add((mesh, name))
-        self._last_touch = time.monotonic()
+        self._last_touch = time.time()
         self._wake.set()
 
     # -- xDS hooks (signatures of zone_cp.xds.server.Callbacks) ---------------------------
@@ -144,17 +145,23 @@ class InsightRecorder:
         self._touch(state.mesh, state.name)
 
     async def ack(self, info: Any, type_url: str, version: str) -> None:
-        state = self._state(info.identity.mesh, info.identity.name)
+        # Every ACK of every proxy comes here (2,000 per mesh-wide change): counters only, no
+        # allocation unless something is new; the document is built when it is written.
+        key = (info.identity.mesh, info.identity.name)
+        state = self._proxies.get(key) or self._state(*key)
         sub = state.subscription(info.stream_id)
         if sub is None:
             return
-        stats = sub.stats.setdefault(type_url, _TypeStats())
+        stats = sub.stats.get(type_url)
+        if stats is None:
+            stats = sub.stats[type_url] = _TypeStats()
         stats.acked += 1
         sub.acked_versions[type_url] = version
-        sub.last_update = now()
+        sub.last_update = self._last_touch = time.time()
         if type_url == SECRET_TYPE_URL:
             await self._record_mtls(state)
-        self._touch(state.mesh, state.name)
+        self._dirty.add(key)
+        self._wake.set()
 
     async def nack(self, info: Any, type_url: str, version: str, error: str) -> None:
         state = self._state(info.identity.mesh, info.identity.name)
@@ -164,7 +171,7 @@ class InsightRecorder:
         stats = sub.stats.setdefault(type_url, _TypeStats())
         stats.rejected += 1
         stats.last_error = error[:1000]
-        sub.last_update = now()
+        sub.last_update = time.time()
         self._touch(state.mesh, state.name)
 
     def install(self, callbacks: Any) -> None:
@@ -245,6 +252,14 @@ class InsightRecorder:
         for key in list(self._dirty):
             await self._flush_one(key)
 
+    async def _quiet(self, limit: float) -> None:
+        """Wait until no ACK came for QUIET_SECONDS, at most ``limit`` seconds."""
+        step = self.flush_interval / 10
+        for _ in range(max(1, round(limit / step))):
+            if time.time() - self._last_touch >= QUIET_SECONDS:
+                return
+            await asyncio.sleep(step)
+
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
@@ -252,12 +267,15 @@ class InsightRecorder:
             # within a few seconds, and writing insights meanwhile would slow those very pushes.
             # So wait for the interval, then for a quiet moment (bounded: 5 intervals in all).
             await asyncio.sleep(self.flush_interval)
-            for _ in range(40):
-                if time.monotonic() - self._last_touch >= QUIET_SECONDS:
-                    break
-                await asyncio.sleep(self.flush_interval / 10)
+            await self._quiet(4 * self.flush_interval)
             self._wake.clear()
-            await self.flush()
+            # Writing 2,000 insights takes seconds; a push that starts meanwhile (the next
+            # change) gets the loop back: pause between writes while ACKs flow, each pause
+            # bounded so insights still reach the store during a long stream of changes.
+            for key in list(self._dirty):
+                await self._quiet(self.flush_interval)
+                if key in self._dirty:  # not written meanwhile (an unregistration)
+                    await self._flush_one(key)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[InsightRecorder]:

@@ -9,13 +9,21 @@ has gets nothing re-sent.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from functools import cached_property
+from typing import NamedTuple, Protocol
 
 import structlog
 from google.protobuf.message import Message
-from zonemesh.zone_cp.xds.resources import PUSH_ORDER, SHORT_NAMES, WILDCARD_TYPES, ResourceSet, encode_any
+from zonemesh.zone_cp.xds.resources import (
+    PUSH_ORDER,
+    SHORT_NAMES,
+    WILDCARD_TYPES,
+    ResourceSet,
+    encode_any,
+    encode_response,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -24,6 +32,24 @@ log = structlog.get_logger(__name__)
 class TypeSnapshot:
     version: str
     resources: Mapping[str, bytes]  # name -> encoded google.protobuf.Any
+    _bodies: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
+
+    def response_body(self, type_url: str) -> bytes:
+        """A DiscoveryResponse with all the resources, but for its nonce, encoded once: proxies
+        share TypeSnapshots, so a push to the next proxy is this plus its nonce."""
+        body = self._bodies.get(type_url)
+        if body is None:
+            body = self._bodies[type_url] = encode_response(self.version, self.ordered, type_url, None)
+        return body
+
+    @cached_property
+    def ordered(self) -> tuple[bytes, ...]:
+        """All resources by name: a wildcard response. Computed once; proxies share TypeSnapshots."""
+        return tuple(self.resources[name] for name in sorted(self.resources))
+
+    @cached_property
+    def names(self) -> frozenset[str]:
+        return frozenset(self.resources)
 
 
 def _version(resources: Mapping[str, bytes]) -> str:
@@ -63,11 +89,41 @@ class Snapshot:
         return self.types[type_url].version
 
 
+class SnapshotBuilder:
+    """Builds the snapshots of one round. Generation shares identical message objects between
+    proxies (a service's clusters, routes, endpoints, secrets): each is serialized once, and a
+    type whose resources are the very same objects as another proxy's gets the same
+    ``TypeSnapshot`` (no re-hashing, and one copy in memory). Messages are held for the round
+    so that their ids stay unique."""
+
+    def __init__(self) -> None:
+        self._encoded: dict[int, tuple[Message, bytes]] = {}
+        self._typed: dict[tuple[str, tuple[str, ...], tuple[int, ...]], TypeSnapshot] = {}
+
+    def encode(self, type_url: str, message: Message) -> bytes:
+        hit = self._encoded.get(id(message))
+        if hit is None:
+            hit = self._encoded[id(message)] = (message, encode_any(type_url, message))
+        return hit[1]
+
+    def build(self, resources: ResourceSet, changed_at: float | None = None) -> Snapshot:
+        types: dict[str, TypeSnapshot] = {}
+        for type_url in PUSH_ORDER:
+            by_name = resources.by_type[type_url]
+            key = (type_url, tuple(by_name), tuple(map(id, by_name.values())))
+            typed = self._typed.get(key)
+            if typed is None:
+                items = {name: self.encode(type_url, msg) for name, msg in by_name.items()}
+                typed = self._typed[key] = TypeSnapshot(_version(items), items)
+            types[type_url] = typed
+        return Snapshot(types, changed_at)
+
+
 # --- the watch protocol the servicer speaks ------------------------------------------------
 
 
-@dataclass(frozen=True)
-class WatchRequest:
+# NamedTuples: one of each per request and response on every stream.
+class WatchRequest(NamedTuple):
     node: str  # cache key of the proxy
     type_url: str
     version: str  # what the proxy has (acked), or what it refused (nacked): no resend of that
@@ -75,13 +131,13 @@ class WatchRequest:
     sent_names: frozenset[str] | None = None  # names the last response on this stream answered
 
 
-@dataclass(frozen=True)
-class WatchResponse:
+class WatchResponse(NamedTuple):
     type_url: str
     version: str
-    resources: list[bytes]
+    resources: Sequence[bytes]
     names: frozenset[str]
     changed_at: float | None
+    body: bytes = b""  # when not empty: the encoded response without its nonce (resources included)
 
 
 Respond = Callable[[WatchResponse], None]
@@ -159,12 +215,13 @@ class SnapshotCache:
         names_changed = not wildcard and request.sent_names is not None and request.names != request.sent_names
         if typed.version == request.version and not names_changed:
             return False
-        if wildcard:
-            names = frozenset(typed.resources)
-            payload = [typed.resources[name] for name in sorted(typed.resources)]
+        log.debug("xds_respond", node=request.node, type=SHORT_NAMES.get(request.type_url), version=typed.version)
+        if wildcard or request.names == typed.names:  # all of the type: the shared, pre-encoded response
+            body = typed.response_body(request.type_url)
+            changed_at = snapshot.changed_at
+            respond(WatchResponse(request.type_url, typed.version, typed.ordered, typed.names, changed_at, body))
         else:
             names = request.names
             payload = [typed.resources[name] for name in sorted(request.names) if name in typed.resources]
-        log.debug("xds_respond", node=request.node, type=SHORT_NAMES.get(request.type_url), version=typed.version)
-        respond(WatchResponse(request.type_url, typed.version, payload, names, snapshot.changed_at))
+            respond(WatchResponse(request.type_url, typed.version, payload, names, snapshot.changed_at))
         return True

@@ -143,7 +143,9 @@ class MeshContext:
         external_services: Iterable[Resource] = (),
         certs: Mapping[str, WorkloadCert] | None = None,
         cross: CrossZone | None = None,
+        endpoints: Mapping[str, list[Endpoint]] | None = None,
     ) -> MeshContext:
+        """``endpoints``: ``local_endpoints(dataplanes)`` when the caller keeps it between rounds."""
         dps = {dp.name: dp for dp in dataplanes}
         by_type: dict[str, list[Resource]] = {}
         for policy in sorted(policies, key=lambda p: p.name):
@@ -153,7 +155,8 @@ class MeshContext:
             service = (es.spec.get("tags") or {}).get(SERVICE_TAG)
             if service:
                 externals.setdefault(service, es)
-        return cls(mesh, dps, by_type, externals, dict(certs or {}), local_endpoints(dps.values()), cross=cross)
+        local = local_endpoints(dps.values()) if endpoints is None else endpoints
+        return cls(mesh, dps, by_type, externals, dict(certs or {}), local, cross=cross)
 
     @property
     def name(self) -> str:

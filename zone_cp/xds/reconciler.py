@@ -32,13 +32,12 @@ from dataclasses import dataclass, field
 
 import structlog
 from cryptography import x509
-from google.protobuf.message import Message
 from zonemesh.shared.resources import REGISTRY
 from zonemesh.shared.resources.model import Resource, ResourceKey
 from zonemesh.shared.resources.schema import Errors
 from zonemesh.shared.store import Store
 from zonemesh.shared.store.base import Event, EventKind, Watch
-from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotCache
+from zonemesh.zone_cp.xds.cache import SnapshotBuilder, SnapshotCache
 from zonemesh.zone_cp.xds.context import (
     DATAPLANE,
     EXTERNAL_SERVICE,
@@ -46,8 +45,10 @@ from zonemesh.zone_cp.xds.context import (
     SECRET,
     SERVICE_TAG,
     CertProvider,
+    Endpoint,
     MeshContext,
     WorkloadCert,
+    local_endpoints,
     outbound_services,
     services,
 )
@@ -58,7 +59,7 @@ from zonemesh.zone_cp.xds.metrics import XDS_GENERATION
 from zonemesh.zone_cp.xds.policies import POLICY_TYPES
 from zonemesh.zone_cp.xds.policies.matching import selects
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity, ProxyType, node_key
-from zonemesh.zone_cp.xds.resources import ResourceSet, encode_any
+from zonemesh.zone_cp.xds.resources import ResourceSet
 from zonemesh.zone_cp.xds.server import StreamInfo
 
 log = structlog.get_logger(__name__)
@@ -79,20 +80,6 @@ def rotation_due(cert: WorkloadCert) -> dt.datetime:
     """When a workload certificate should be replaced: 80% into its validity period."""
     not_before = x509.load_pem_x509_certificate(cert.cert_pem).not_valid_before_utc
     return not_before + (cert.not_after - not_before) * ROTATE_AT_FRACTION
-
-
-class _Encoder:
-    """Serializes each message object once per round (generation shares objects between
-    proxies); holds the messages so their ids stay unique while the round runs."""
-
-    def __init__(self) -> None:
-        self._done: dict[int, tuple[Message, bytes]] = {}
-
-    def __call__(self, type_url: str, message: Message) -> bytes:
-        hit = self._done.get(id(message))
-        if hit is None:
-            hit = self._done[id(message)] = (message, encode_any(type_url, message))
-        return hit[1]
 
 
 @dataclass
@@ -188,6 +175,13 @@ class Reconciler:
         self.max_delay = max_delay
         self._mirror: dict[str, dict[ResourceKey, Resource]] = {t: {} for t in WATCHED_TYPES}
         self._consumers: dict[str, dict[str, set[str]]] = {}  # mesh -> service -> dataplanes with outbounds to it
+        # mesh -> name -> Dataplane, and mesh -> names of its builtin gateways: a Dataplane event
+        # must not scan every Dataplane of the zone (registering 1,000 proxies was quadratic).
+        self._by_mesh: dict[str, dict[str, Resource]] = {}
+        self._gateways: dict[str, set[str]] = {}
+        # mesh -> (dataplanes generation, local endpoints): recomputed only after a Dataplane change.
+        self._dp_generation: dict[str, int] = {}
+        self._endpoints: dict[str, tuple[int, dict[str, list[Endpoint]]]] = {}
         self._connected: dict[tuple[str, str], int] = {}  # (mesh, name) -> open streams
         self._pending = _Pending()
         self._wake = asyncio.Event()
@@ -265,7 +259,7 @@ class Reconciler:
         endpoints changed: zone_cp/zoneproxies.py), and its builtin gateways."""
         consumers = self._consumers.get(mesh, {})
         names = {name for service in services for name in consumers.get(service, ())}
-        names |= builtin_gateways(self._dataplanes(mesh))
+        names |= self._gateways.get(mesh, set())
         self._mark_nodes((mesh, name) for name in names)
 
     def _mark_nodes(self, keys: Iterable[tuple[str, str]]) -> None:
@@ -305,7 +299,7 @@ class Reconciler:
         mesh = res.mesh or res.name  # a Mesh is named by itself
         if res.type == DATAPLANE:
             names = affected_by_dataplane(before, after, self._consumers.get(mesh, {}))
-            names |= builtin_gateways(self._dataplanes(mesh))
+            names |= self._gateways.get(mesh, set())
             if any(is_builtin(dp) for dp in (before, after) if dp is not None):
                 # Another mesh's proxies may reach it as a cross-mesh gateway.
                 self._mark_nodes(crossmesh.cross_mesh_clients(self._mirror[DATAPLANE].values()))
@@ -313,9 +307,9 @@ class Reconciler:
             names = affected_by_policy(before, after, self._dataplanes(mesh))
         elif res.type == EXTERNAL_SERVICE:
             names = affected_by_external_service(before, after, self._consumers.get(mesh, {}))
-            names |= builtin_gateways(self._dataplanes(mesh))
+            names |= self._gateways.get(mesh, set())
         elif res.type in GATEWAY_TYPES:
-            names = builtin_gateways(self._dataplanes(mesh))
+            names = set(self._gateways.get(mesh, ()))
             self._mark_nodes(crossmesh.cross_mesh_clients(self._mirror[DATAPLANE].values()))
         else:
             self.invalidate_mesh(mesh)
@@ -336,7 +330,16 @@ class Reconciler:
         )
 
     def _dataplanes(self, mesh: str) -> list[Resource]:
-        return [r for k, r in self._mirror[DATAPLANE].items() if k.mesh == mesh]
+        return list(self._by_mesh.get(mesh, {}).values())
+
+    def _local_endpoints(self, mesh: str) -> dict[str, list[Endpoint]]:
+        """The mesh's local endpoints, recomputed only when one of its Dataplanes changed (a
+        policy change regenerates every proxy but moves no endpoint)."""
+        generation = self._dp_generation.get(mesh, 0)
+        cached = self._endpoints.get(mesh)
+        if cached is None or cached[0] != generation:
+            cached = self._endpoints[mesh] = (generation, local_endpoints(self._dataplanes(mesh)))
+        return cached[1]
 
     def _upsert(self, res: Resource) -> None:
         if res.type == DATAPLANE and not usable_dataplane(res):
@@ -345,14 +348,27 @@ class Reconciler:
         if res.type == DATAPLANE:
             old = self._mirror[DATAPLANE].get(res.key)
             if old is not None:
-                self._index_consumers(old, remove=True)
-            self._index_consumers(res, remove=False)
+                self._index_dataplane(old, remove=True)
+            self._index_dataplane(res, remove=False)
         self._mirror[res.type][res.key] = res
 
     def _remove(self, res: Resource) -> None:
         old = self._mirror[res.type].pop(res.key, None)
         if old is not None and res.type == DATAPLANE:
-            self._index_consumers(old, remove=True)
+            self._index_dataplane(old, remove=True)
+
+    def _index_dataplane(self, dp: Resource, *, remove: bool) -> None:
+        self._index_consumers(dp, remove=remove)
+        self._dp_generation[dp.mesh] = self._dp_generation.get(dp.mesh, 0) + 1
+        by_name = self._by_mesh.setdefault(dp.mesh, {})
+        gateways = self._gateways.setdefault(dp.mesh, set())
+        if remove:
+            by_name.pop(dp.name, None)
+            gateways.discard(dp.name)
+        else:
+            by_name[dp.name] = dp
+            if is_builtin(dp):
+                gateways.add(dp.name)
 
     def _index_consumers(self, dp: Resource, *, remove: bool) -> None:
         by_service = self._consumers.setdefault(dp.mesh, {})
@@ -405,19 +421,27 @@ class Reconciler:
         if mesh is None:
             log.warning("xds_mesh_missing", mesh=mesh_name, proxies=len(names))
             return
-        dataplanes = [r for k, r in self._mirror[DATAPLANE].items() if k.mesh == mesh_name]
-        targets = [self._mirror[DATAPLANE].get(ResourceKey(DATAPLANE, mesh_name, n)) for n in names]
-        proxies = [dp for dp in targets if dp is not None]
+        dataplanes = self._dataplanes(mesh_name)
+        by_name = self._by_mesh.get(mesh_name, {})
+        proxies = [dp for dp in (by_name.get(n) for n in names) if dp is not None]
         certs = await self._certs(mesh, proxies)
         policies = [r for t in CONTEXT_TYPES for k, r in self._mirror[t].items() if k.mesh == mesh_name]
         externals = [r for k, r in self._mirror[EXTERNAL_SERVICE].items() if k.mesh == mesh_name]
         policies += self._cross_mesh(mesh_name)
-        ctx = MeshContext.build(mesh, dataplanes, policies, externals, certs, cross=self.cross_zone(mesh_name))
-        encoder = _Encoder()
+        ctx = MeshContext.build(
+            mesh,
+            dataplanes,
+            policies,
+            externals,
+            certs,
+            cross=self.cross_zone(mesh_name),
+            endpoints=self._local_endpoints(mesh_name),
+        )
+        builder = SnapshotBuilder()
         for dp in proxies:
             started = time.perf_counter()
             try:
-                snapshot = Snapshot.from_resources(generate(ctx, dp), changed_at=changed_at, encoded=encoder)
+                snapshot = builder.build(generate(ctx, dp), changed_at)
             except GenerationError as exc:
                 log.error("xds_generation_failed", proxy=f"{dp.mesh}/{dp.name}", error=str(exc))
                 continue
@@ -484,7 +508,7 @@ class Reconciler:
         dp = self._mirror[DATAPLANE].get(ResourceKey(DATAPLANE, mesh_name, name))
         if mesh is None or dp is None:
             raise LookupError(f"dataplane {name!r} in mesh {mesh_name!r} not found")
-        dataplanes = [r for k, r in self._mirror[DATAPLANE].items() if k.mesh == mesh_name]
+        dataplanes = self._dataplanes(mesh_name)
         policies = [r for t in CONTEXT_TYPES for k, r in self._mirror[t].items() if k.mesh == mesh_name]
         externals = [r for k, r in self._mirror[EXTERNAL_SERVICE].items() if k.mesh == mesh_name]
         certs = await self._certs(mesh, [dp])

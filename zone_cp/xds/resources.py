@@ -7,7 +7,7 @@ push to a proxy costs a join, not a re-serialization.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
@@ -90,10 +90,17 @@ def encode_any(type_url: str, message: Message) -> bytes:
 RESPONSE_VERSION, RESPONSE_RESOURCES, RESPONSE_TYPE_URL, RESPONSE_NONCE = 1, 2, 4, 5
 
 
-def encode_response(version: str, resources: list[bytes], type_url: str, nonce: str) -> bytes:
-    """A serialized DiscoveryResponse from pre-encoded ``Any`` resources."""
+def encode_response(version: str, resources: Sequence[bytes], type_url: str, nonce: str | None) -> bytes:
+    """A serialized DiscoveryResponse from pre-encoded ``Any`` resources (``nonce`` None: without
+    it, for ``with_nonce`` to complete; a field may come in any order on the wire)."""
     parts = [length_delimited(RESPONSE_VERSION, version.encode())]
     parts.extend(length_delimited(RESPONSE_RESOURCES, item) for item in resources)
     parts.append(length_delimited(RESPONSE_TYPE_URL, type_url.encode()))
-    parts.append(length_delimited(RESPONSE_NONCE, nonce.encode()))
+    if nonce is not None:
+        parts.append(length_delimited(RESPONSE_NONCE, nonce.encode()))
     return b"".join(parts)
+
+
+def with_nonce(body: bytes, nonce: str) -> bytes:
+    """A response encoded by ``encode_response(..., nonce=None)``, completed with its nonce."""
+    return body + length_delimited(RESPONSE_NONCE, nonce.encode())

@@ -30,7 +30,7 @@ from zonemesh.shared.config import Config
 from zonemesh.zone_cp.xds.cache import Cancel, ConfigWatcher, WatchRequest, WatchResponse
 from zonemesh.zone_cp.xds.metrics import XDS_DELIVERY, XDS_NACKS
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity
-from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, PUSH_ORDER, SHORT_NAMES, encode_response
+from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, PUSH_ORDER, SHORT_NAMES, encode_response, with_nonce
 
 log = structlog.get_logger(__name__)
 
@@ -100,7 +100,9 @@ class _Stream:
         if type_url not in SHORT_NAMES:
             log.warning("xds_unknown_type", proxy=self.info.identity.key, type_url=type_url)
             return
-        state = self.types.setdefault(type_url, _TypeState())
+        state = self.types.get(type_url)
+        if state is None:
+            state = self.types[type_url] = _TypeState()
         if request.response_nonce and request.response_nonce != state.nonce:
             log.debug("xds_stale_nonce", proxy=self.info.identity.key, type_url=type_url)
             return
@@ -132,7 +134,10 @@ class _Stream:
             self._endpoints_owed = True
         elif resp.type_url == ENDPOINT:
             self._endpoints_owed = False
-        self.outbox.put_nowait(encode_response(resp.version, resp.resources, resp.type_url, nonce))
+        if resp.body:  # shared by every proxy with the same resources: only the nonce is its own
+            self.outbox.put_nowait(with_nonce(resp.body, nonce))
+        else:
+            self.outbox.put_nowait(encode_response(resp.version, resp.resources, resp.type_url, nonce))
 
     async def _acked(self, type_url: str, state: _TypeState, version: str) -> None:
         # A change is delivered when every response it caused is ACKed: all types sent with its

@@ -13,7 +13,7 @@ from types import ModuleType
 from typing import Any
 
 from zonemesh.shared.resources.model import Resource
-from zonemesh.zone_cp.xds.context import MeshContext
+from zonemesh.zone_cp.xds.context import MeshContext, tag_sets
 from zonemesh.zone_cp.xds.envoy import InboundPieces, OutboundPieces
 from zonemesh.zone_cp.xds.policies import (
     meshcircuitbreaker,
@@ -24,7 +24,7 @@ from zonemesh.zone_cp.xds.policies import (
     meshtimeout,
     meshtrafficpermission,
 )
-from zonemesh.zone_cp.xds.policies.matching import matched, signature, to_conf
+from zonemesh.zone_cp.xds.policies.matching import matched, proxy_type, signature, to_conf
 
 PLUGINS: tuple[ModuleType, ...] = (
     meshtrafficpermission,
@@ -47,7 +47,14 @@ MatchedPolicies = Mapping[str, Sequence[Resource]]
 
 
 def match_all(ctx: MeshContext, proxy: Resource) -> dict[str, list[Resource]]:
-    return {plugin.TYPE: matched(ctx, proxy, plugin.TYPE) for plugin in PLUGINS}
+    """The policies of every type selecting ``proxy``. Matching reads only the proxy's type and
+    tag sets, so proxies sharing them (a service's replicas) share the answer within a round;
+    the caller gets its own dict (the lists are shared: read them, do not change them)."""
+    key = ("match-all", proxy_type(proxy), tuple(tuple(sorted(tags.items())) for tags in tag_sets(proxy)))
+    found = ctx.memo.get(key)
+    if found is None:
+        found = ctx.memo[key] = {plugin.TYPE: matched(ctx, proxy, plugin.TYPE) for plugin in PLUGINS}
+    return dict(found)
 
 
 def policy_signature(policies: MatchedPolicies) -> tuple[tuple[str, ...], ...]:
