@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e.test_zone_envoy import DENY_A_TO_B, Zone, _cluster, _events, get, running_zone  # noqa: E402
+from tests.e2e.test_zone_envoy import DENY_A_TO_B, Zone, _events, get, running_zone  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "dataplane_e2e.json"
 
@@ -81,7 +81,7 @@ def timeout_change(zone: Zone, seconds: int) -> float:
         },
     }
     zone.put(policy)
-    return timed(lambda: _cluster(zone.a.config_dump(), "app-b").get("connect_timeout") == f"{seconds}s")
+    return timed(lambda: zone.a.cluster("app-b").get("connect_timeout") == f"{seconds}s")
 
 
 def envoy_restart(zone: Zone) -> float:

@@ -2,7 +2,8 @@
 
 Used by the project's own integration and e2e tests, and usable by anyone testing against
 a real control plane: free loopback ports, a control plane subprocess with bounded waits,
-and a small JSON HTTP client.
+a small JSON HTTP client, and the pieces of a mesh on 127.0.0.1 (a demo HTTP app, sidecar
+Dataplane documents, ``zonemesh-dp`` agents, zmctl, Envoy's admin API).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,3 +163,166 @@ class ControlPlaneProcess:
 
     def delete(self, path: str) -> tuple[int, Any]:
         return http("DELETE", self.api + path)
+
+
+# --- a mesh on 127.0.0.1 ---------------------------------------------------------------------
+
+# ``python -c HTTP_APP <name> <port>``: answers every GET on 127.0.0.1:<port> with its name.
+HTTP_APP = textwrap.dedent(
+    """
+    import http.server, sys
+    name, port = sys.argv[1], int(sys.argv[2])
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = name.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *args):
+            pass
+    http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    """
+)
+
+
+def start_http_app(name: str, port: int) -> subprocess.Popen[bytes]:
+    """The demo app (HTTP_APP) as ``name`` on 127.0.0.1:``port``."""
+    return subprocess.Popen([sys.executable, "-c", HTTP_APP, name, str(port)])
+
+
+def sidecar_dataplane(
+    service: str,
+    inbound: int,
+    app: int,
+    protocol: str = "http",
+    outbound: Sequence[tuple[str, int]] = (),
+    mesh: str | None = None,
+) -> dict[str, Any]:
+    """A Dataplane on 127.0.0.1: one inbound for ``service`` in front of ``app``, and an outbound
+    port per (service, port) in ``outbound``."""
+    networking: dict[str, Any] = {
+        "address": "127.0.0.1",
+        "inbound": [
+            {"port": inbound, "servicePort": app, "tags": {"kuma.io/service": service, "kuma.io/protocol": protocol}}
+        ],
+    }
+    if outbound:
+        networking["outbound"] = [{"port": port, "tags": {"kuma.io/service": name}} for name, port in outbound]
+    doc: dict[str, Any] = {"type": "Dataplane"}
+    if mesh is not None:
+        doc["mesh"] = mesh
+    doc["networking"] = networking
+    return doc
+
+
+def dp_run_command(
+    *,
+    xds_port: int,
+    ca_file: Path,
+    name: str,
+    mesh: str,
+    dataplane: Sequence[str],
+    token_file: Path,
+    admin_port: int,
+    work_dir: Path,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """``zonemesh-dp run`` against a control plane's xDS port on 127.0.0.1. ``dataplane`` names the
+    proxy's document (``--dataplane-inline ...`` or ``--dataplane-file ...``)."""
+    return [
+        sys.executable, "-m", "zonemesh.dp.main", "run",
+        "--cp-address", f"https://127.0.0.1:{xds_port}",
+        "--name", name, "--mesh", mesh,
+        *dataplane,
+        "--dataplane-token-file", str(token_file),
+        "--ca-cert-file", str(ca_file),
+        "--admin-port", str(admin_port),
+        "--work-dir", str(work_dir),
+        # Short drain: tests stop and restart agents often.
+        "--drain-time", "0.5",
+        *extra,
+    ]  # fmt: skip
+
+
+def zmctl(api: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``zmctl --cp-address <api> ...``, bounded; the caller checks the outcome."""
+    cmd = [sys.executable, "-m", "zonemesh.ctl.main", "--cp-address", api, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+
+
+def zmctl_ok(api: str, *args: str) -> str:
+    """``zmctl`` that must succeed: its standard output."""
+    out = zmctl(api, *args)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+    """Signal ``proc`` and wait for it; killed if it outlives ``timeout``. Its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
+
+
+def stop_processes(procs: Iterable[subprocess.Popen[bytes]], timeout: float = 15) -> None:
+    """SIGTERM to all (last started first), then wait for each: they shut down side by side."""
+    procs = list(procs)
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@dataclass
+class EnvoyAdmin:
+    """An Envoy's admin API on 127.0.0.1."""
+
+    name: str
+    admin_port: int
+
+    def admin(self, path: str) -> str:
+        _, body = http("GET", f"http://127.0.0.1:{self.admin_port}{path}", timeout=5)
+        return body if isinstance(body, str) else json.dumps(body)
+
+    def stat(self, name: str) -> int:
+        """The counter or gauge ``name`` exactly; 0 if Envoy has none by that name."""
+        for line in self.admin(f"/stats?filter={name}").splitlines():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return int(value)
+        return 0
+
+    def hosts(self, cluster: str) -> list[str]:
+        """The endpoints Envoy has for ``cluster`` (admin /clusters)."""
+        found = []
+        for line in self.admin("/clusters").splitlines():
+            parts = line.split("::")
+            if len(parts) >= 4 and parts[0] == cluster and parts[2] == "health_flags":
+                found.append(parts[1])
+        return found
+
+    def config_dump(self, query: str = "") -> dict[str, Any]:
+        return json.loads(self.admin("/config_dump" + query))  # type: ignore[no-any-return]
+
+    def cluster(self, name: str) -> dict[str, Any]:
+        """Dynamic cluster ``name`` from the config dump."""
+        return dynamic_cluster(self.config_dump(), name)
+
+
+def dynamic_cluster(dump: dict[str, Any], name: str) -> dict[str, Any]:
+    for section in dump["configs"]:
+        for entry in section.get("dynamic_active_clusters", []):
+            if entry["cluster"]["name"] == name:
+                return entry["cluster"]  # type: ignore[no-any-return]
+    raise AssertionError(f"cluster {name} not in the config dump")

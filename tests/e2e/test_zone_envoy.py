@@ -19,8 +19,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,7 +31,19 @@ import yaml
 from envoy.service.discovery.v3 import discovery_pb2
 from zonemesh.shared.resources import REGISTRY
 
-from zonemesh.testing import ControlPlaneProcess, free_port, http, wait_until
+from zonemesh.testing import (
+    ControlPlaneProcess,
+    EnvoyAdmin,
+    dp_run_command,
+    free_port,
+    http,
+    sidecar_dataplane,
+    start_http_app,
+    stop_process,
+    stop_processes,
+    wait_until,
+    zmctl_ok,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -64,38 +74,6 @@ DENY_A_TO_B = {
     },
 }
 
-APP = textwrap.dedent(
-    """
-    import http.server, sys
-    name, port = sys.argv[1], int(sys.argv[2])
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = name.encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        def log_message(self, *args):
-            pass
-    http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
-    """
-)
-
-
-def dataplane_yaml(service: str, inbound: int, app: int, outbound: tuple[str, int] | None) -> str:
-    doc: dict[str, Any] = {
-        "type": "Dataplane",
-        "networking": {
-            "address": "127.0.0.1",
-            "inbound": [
-                {"port": inbound, "servicePort": app, "tags": {"kuma.io/service": service, "kuma.io/protocol": "http"}}
-            ],
-        },
-    }
-    if outbound is not None:
-        doc["networking"]["outbound"] = [{"port": outbound[1], "tags": {"kuma.io/service": outbound[0]}}]
-    return json.dumps(doc)
-
 
 def get(url: str, timeout: float = 3) -> tuple[int, str]:
     status, body = http("GET", url, timeout=timeout)
@@ -103,28 +81,13 @@ def get(url: str, timeout: float = 3) -> tuple[int, str]:
 
 
 @dataclass
-class Proxy:
-    name: str
-    admin_port: int
+class Proxy(EnvoyAdmin):
     inbound: int
     app_port: int
     outbound: int | None
     process: subprocess.Popen[bytes] | None = None
     app: subprocess.Popen[bytes] | None = None
     log: Path = field(default_factory=Path)
-
-    def admin(self, path: str) -> str:
-        return get(f"http://127.0.0.1:{self.admin_port}{path}")[1]
-
-    def stat(self, name: str) -> int:
-        for line in self.admin(f"/stats?filter={name}").splitlines():
-            key, _, value = line.partition(": ")
-            if key == name:
-                return int(value)
-        return 0
-
-    def config_dump(self) -> dict[str, Any]:
-        return json.loads(self.admin("/config_dump"))  # type: ignore[no-any-return]
 
     def identity_cert(self, spiffe: str) -> dict[str, Any]:
         """The certificate Envoy holds for ``spiffe`` (admin ``/certs``)."""
@@ -155,14 +118,7 @@ class Zone:
         return f"http://127.0.0.1:{self.a.outbound}/"
 
     def zmctl(self, *args: str) -> str:
-        out = subprocess.run(
-            [sys.executable, "-m", "zonemesh.ctl.main", "--cp-address", self.cp.api, *args],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert out.returncode == 0, out.stderr
-        return out.stdout
+        return zmctl_ok(self.cp.api, *args)
 
     def token(self, name: str, valid_for: str = "1h", mesh: str = "default") -> str:
         """Issued through zmctl, as an operator would."""
@@ -171,39 +127,26 @@ class Zone:
         ).strip()
 
     def start_dp(
-        self, name: str, dataplane: str, token: str, admin_port: int, *extra: str, as_file: bool = False
+        self, name: str, dataplane: dict[str, Any], token: str, admin_port: int, *extra: str, as_file: bool = False
     ) -> tuple[subprocess.Popen[bytes], Path]:
         token_file = self.work / f"{name}.token"
         token_file.write_text(token)
-        source = ["--dataplane-inline", dataplane]
+        source = ["--dataplane-inline", json.dumps(dataplane)]
         if as_file:
-            (self.work / f"{name}.yaml").write_text(yaml.safe_dump(json.loads(dataplane), sort_keys=False))
+            (self.work / f"{name}.yaml").write_text(yaml.safe_dump(dataplane, sort_keys=False))
             source = ["--dataplane-file", str(self.work / f"{name}.yaml")]
         log = self.work / f"{name}-dp.log"
-        cmd = [
-            sys.executable,
-            "-m",
-            "zonemesh.dp.main",
-            "run",
-            "--cp-address",
-            f"https://127.0.0.1:{self.xds_port}",
-            "--name",
-            name,
-            "--mesh",
-            "default",
-            *source,
-            "--dataplane-token-file",
-            str(token_file),
-            "--ca-cert-file",
-            str(self.ca_file),
-            "--admin-port",
-            str(admin_port),
-            "--work-dir",
-            str(self.work / name),
-            "--drain-time",
-            "0.5",
-            *extra,
-        ]
+        cmd = dp_run_command(
+            xds_port=self.xds_port,
+            ca_file=self.ca_file,
+            name=name,
+            mesh="default",
+            dataplane=source,
+            token_file=token_file,
+            admin_port=admin_port,
+            work_dir=self.work / name,
+            extra=extra,
+        )
         with log.open("wb") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         self.procs.append(proc)
@@ -226,17 +169,6 @@ class Zone:
             if line.startswith(name + ("{" if labels else "")) and labels in line.split(" ")[0]:
                 total += float(line.rsplit(" ", 1)[1])
         return total
-
-
-def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10) -> int:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    return proc.returncode
 
 
 def _events(log: Path, event: str) -> list[dict[str, Any]]:
@@ -280,10 +212,10 @@ def running_zone(work: Path) -> Iterator[Zone]:
         # Issued now, used by the token tests once it has expired (1 s + the validator's 5 s of leeway).
         zone.expired_token = (zone.token("intruder-expired", valid_for="1s"), time.monotonic())
         for proxy in (a, b):
-            proxy.app = subprocess.Popen([sys.executable, "-c", APP, proxy.name, str(proxy.app_port)])
+            proxy.app = start_http_app(proxy.name, proxy.app_port)
             zone.procs.append(proxy.app)
-            outbound = ("app-b", proxy.outbound) if proxy.outbound else None
-            dataplane = dataplane_yaml(proxy.name, proxy.inbound, proxy.app_port, outbound)
+            outbound = [("app-b", proxy.outbound)] if proxy.outbound else []
+            dataplane = sidecar_dataplane(proxy.name, proxy.inbound, proxy.app_port, outbound=outbound)
             proxy.process, proxy.log = zone.start_dp(proxy.name, dataplane, zone.token(proxy.name), proxy.admin_port)
         wait_until(
             lambda: get(zone.url_a_to_b) == (200, "app-b"),
@@ -298,8 +230,7 @@ def running_zone(work: Path) -> Iterator[Zone]:
         print(f"--- control plane log ---\n{cp.logs()[-6000:]}")
         raise
     finally:
-        for proc in reversed(zone.procs):
-            _stop(proc)
+        stop_processes(zone.procs)
         cp.kill()
 
 
@@ -327,7 +258,7 @@ def test_request_crosses_two_envoys_over_mtls(zone: Zone) -> None:
     assert zone.a.identity_cert("spiffe://default/app-a")
     assert zone.b.identity_cert("spiffe://default/app-b")
     # A checks the server's SAN (the SPIFFE ID of app-b) and no handshake failed that check.
-    tls = json.dumps(_cluster(zone.a.config_dump(), "app-b")["transport_socket"])
+    tls = json.dumps(zone.a.cluster("app-b")["transport_socket"])
     assert '"exact": "spiffe://default/app-b"' in tls, tls
     assert zone.a.stat("cluster.app-b.ssl.fail_verify_san") == 0
     # A plaintext client is refused by B's inbound (mode STRICT): TLS is required.
@@ -415,14 +346,6 @@ def test_permissive_mode_admits_plaintext_and_strict_refuses_it_again(zone: Zone
     assert get(zone.url_a_to_b) == (200, "app-b")
 
 
-def _cluster(dump: dict[str, Any], name: str) -> dict[str, Any]:
-    for section in dump["configs"]:
-        for entry in section.get("dynamic_active_clusters", []):
-            if entry["cluster"]["name"] == name:
-                return entry["cluster"]  # type: ignore[no-any-return]
-    raise AssertionError(f"cluster {name} not in the config dump")
-
-
 def test_timeout_and_retry_changes_reach_the_config_dump(zone: Zone) -> None:
     timeout = {
         "type": "MeshTimeout",
@@ -446,7 +369,7 @@ def test_timeout_and_retry_changes_reach_the_config_dump(zone: Zone) -> None:
     zone.put(retry)
     try:
         wait_until(
-            lambda: _cluster(zone.a.config_dump(), "app-b").get("connect_timeout") == "7s",
+            lambda: zone.a.cluster("app-b").get("connect_timeout") == "7s",
             timeout=15,
             what="connect_timeout 7s on cluster app-b",
         )
@@ -460,7 +383,7 @@ def test_timeout_and_retry_changes_reach_the_config_dump(zone: Zone) -> None:
         zone.delete(timeout)
         zone.delete(retry)
     wait_until(
-        lambda: _cluster(zone.a.config_dump(), "app-b").get("connect_timeout") == "5s",
+        lambda: zone.a.cluster("app-b").get("connect_timeout") == "5s",
         timeout=15,
         what="the default policy's connect_timeout 5s back on cluster app-b",
     )
@@ -487,7 +410,7 @@ def test_policy_envoy_rejects_is_nacked_and_last_good_config_keeps_serving(zone:
 
     before = int(clusters_status()["responsesRejected"])
     nacks_before = zone.metric("xds_nack_total", "Cluster")
-    good = _cluster(zone.a.config_dump(), "app-b")
+    good = zone.a.cluster("app-b")
     zone.put(bad)
     try:
         status = wait_until(
@@ -504,7 +427,7 @@ def test_policy_envoy_rejects_is_nacked_and_last_good_config_keeps_serving(zone:
         for _ in range(5):
             assert get(zone.url_a_to_b) == (200, "app-b")
         assert zone.a.stat("cluster_manager.cds.update_rejected") > 0
-        assert _cluster(zone.a.config_dump(), "app-b") == good
+        assert zone.a.cluster("app-b") == good
     finally:
         zone.delete(bad)
     wait_until(lambda: get(zone.url_a_to_b) == (200, "app-b"), timeout=15, what="200 after removing the bad policy")
@@ -609,7 +532,7 @@ def test_proxy_with_a_bad_token_is_refused(zone: Zone, kind: str) -> None:
     # Envoy's own door: the ADS stream is refused with UNAUTHENTICATED.
     assert _ads_status(zone, token, f"default.{name}") == grpc.StatusCode.UNAUTHENTICATED
     # The agent's door: registration is refused, the agent says so and exits 3 without starting Envoy.
-    dataplane = dataplane_yaml(name, free_port(), free_port(), None)
+    dataplane = sidecar_dataplane(name, free_port(), free_port())
     proc, log = zone.start_dp(name, dataplane, token, free_port())
     code = proc.wait(timeout=30)
     text = log.read_text()
@@ -629,7 +552,7 @@ def test_proxy_without_a_token_is_refused(zone: Zone) -> None:
     refusals = [json.loads(line) for line in zone.cp.logs().splitlines() if '"dataplane_auth_refused"' in line]
     assert any(r.get("name") == "intruder-none" and r["reason"] == "no dataplane token provided" for r in refusals)
     # The agent does not even try with an empty token file.
-    dataplane = dataplane_yaml("intruder-none", free_port(), free_port(), None)
+    dataplane = sidecar_dataplane("intruder-none", free_port(), free_port())
     proc, log = zone.start_dp("intruder-none", dataplane, "", free_port())
     assert proc.wait(timeout=30) == 2
     assert "is empty" in log.read_text()
@@ -637,7 +560,7 @@ def test_proxy_without_a_token_is_refused(zone: Zone) -> None:
 
 def test_zone_proxy_with_a_dataplane_token_is_refused(zone: Zone) -> None:
     """A zone ingress needs a zone token of scope ingress (tests/e2e/test_cross_zone.py runs real ones)."""
-    ingress = json.dumps({"type": "ZoneIngress", "networking": {"address": "127.0.0.1", "port": free_port()}})
+    ingress = {"type": "ZoneIngress", "networking": {"address": "127.0.0.1", "port": free_port()}}
     proc, log = zone.start_dp("edge", ingress, zone.token("edge"), free_port(), "--proxy-type", "ingress")
     assert proc.wait(timeout=30) == 3
     assert "zone token refused" in log.read_text()
@@ -646,7 +569,7 @@ def test_zone_proxy_with_a_dataplane_token_is_refused(zone: Zone) -> None:
 def test_agent_restarts_crashed_envoy_then_drains_and_unregisters_on_sigterm(zone: Zone) -> None:
     name = "short-lived"
     admin = Proxy(name, free_port(), free_port(), free_port(), None)
-    dataplane = dataplane_yaml(name, admin.inbound, admin.app_port, None)
+    dataplane = sidecar_dataplane(name, admin.inbound, admin.app_port)
     proc, log = zone.start_dp(name, dataplane, zone.token(name), admin.admin_port, as_file=True)
     wait_until(lambda: zone.cp.get(f"/meshes/default/dataplanes/{name}")[0] == 200, timeout=20, what="registration")
     wait_until(lambda: admin.stat("listener_manager.total_listeners_active") >= 1, timeout=20, what="Envoy configured")
@@ -663,7 +586,7 @@ def test_agent_restarts_crashed_envoy_then_drains_and_unregisters_on_sigterm(zon
     assert proc.poll() is None
 
     # SIGTERM: drain, stop Envoy, unregister, exit 0.
-    assert _stop(proc) == 0, log.read_text()
+    assert stop_process(proc) == 0, log.read_text()
     assert not _alive(second["pid"])
     assert zone.cp.get(f"/meshes/default/dataplanes/{name}")[0] == 404
     _, insight = zone.cp.get(f"/meshes/default/dataplane-insights/{name}")
@@ -680,10 +603,10 @@ def test_endpoints_follow_instances_coming_and_going(zone: Zone) -> None:
 
     assert len(hosts()) == 1
     second = Proxy("app-b-2", free_port(), free_port(), free_port(), None)
-    second.app = subprocess.Popen([sys.executable, "-c", APP, second.name, str(second.app_port)])
+    second.app = start_http_app(second.name, second.app_port)
     zone.procs.append(second.app)
     # Another instance of service app-b (its own Dataplane name and token).
-    dataplane = dataplane_yaml("app-b", second.inbound, second.app_port, None)
+    dataplane = sidecar_dataplane("app-b", second.inbound, second.app_port)
     proc, log = zone.start_dp(second.name, dataplane, zone.token(second.name), second.admin_port)
     try:
         wait_until(lambda: len(hosts()) == 2, timeout=20, what="A's cluster app-b to have two endpoints")
@@ -694,8 +617,8 @@ def test_endpoints_follow_instances_coming_and_going(zone: Zone) -> None:
         )
         assert bodies
     finally:
-        assert _stop(proc) == 0, log.read_text()  # unregisters: its endpoint goes away
-        _stop(second.app)
+        assert stop_process(proc) == 0, log.read_text()  # unregisters: its endpoint goes away
+        stop_process(second.app)
     wait_until(lambda: len(hosts()) == 1, timeout=20, what="A's cluster app-b back to one endpoint")
     assert all(get(zone.url_a_to_b) == (200, "app-b") for _ in range(4))
 
