@@ -34,7 +34,19 @@ import pytest
 from zonemesh.shared.tokens.keys import generate_private_key_pem
 from zonemesh.zone_cp.xds.testing import self_signed_server_cert
 
-from zonemesh.testing import ControlPlaneProcess, free_port, http, wait_until
+from zonemesh.testing import (
+    ControlPlaneProcess,
+    EnvoyAdmin,
+    dp_run_command,
+    free_port,
+    http,
+    sidecar_dataplane,
+    start_http_app,
+    stop_processes,
+    wait_until,
+    zmctl,
+    zmctl_ok,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -60,24 +72,6 @@ DENY_A_TO_B = {
         "from": [{"targetRef": {"kind": "MeshService", "name": "app-a"}, "default": {"action": "Deny"}}],
     },
 }
-
-APP = textwrap.dedent(
-    """
-    import http.server, sys
-    name, port = sys.argv[1], int(sys.argv[2])
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = name.encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        def log_message(self, *args):
-            pass
-    http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
-    """
-)
-
 
 TLS_APP = textwrap.dedent(
     """
@@ -109,32 +103,9 @@ def get(url: str, timeout: float = 5) -> tuple[int, str]:
     return status, body if isinstance(body, str) else json.dumps(body)
 
 
-@dataclass
-class Envoy:
-    name: str
-    admin_port: int
-
-    def admin(self, path: str) -> str:
-        return get(f"http://127.0.0.1:{self.admin_port}{path}")[1]
-
-    def stat(self, name: str) -> int:
-        for line in self.admin(f"/stats?filter={name}").splitlines():
-            key, _, value = line.partition(": ")
-            if key == name:
-                return int(value)
-        return 0
-
-    def hosts(self, cluster: str) -> list[str]:
-        """The endpoints Envoy has for ``cluster`` (admin /clusters)."""
-        found = []
-        for line in self.admin("/clusters").splitlines():
-            parts = line.split("::")
-            if len(parts) >= 4 and parts[0] == cluster and parts[2] == "health_flags":
-                found.append(parts[1])
-        return found
-
-    def config_dump(self) -> dict[str, Any]:
-        return json.loads(self.admin("/config_dump?include_eds"))  # type: ignore[no-any-return]
+class Envoy(EnvoyAdmin):
+    def config_dump(self, query: str = "?include_eds") -> dict[str, Any]:
+        return super().config_dump(query)
 
 
 @dataclass
@@ -175,16 +146,11 @@ class World:
         token_file.write_text(token)
         return token_file
 
-    def zmctl(self, api: str, *args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "zonemesh.ctl.main", "--cp-address", api, *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-
     def zmctl_zone_token(self, zone: str, scope: str, suffix: str = "") -> Path:
         """As docs/cross-zone.md shows: GLOBAL issues the zone proxies' tokens (as in Kuma)."""
-        out = self.zmctl(self.glob.api, "generate", "zone-token", "--zone", zone, "--scope", scope, "--valid-for", "1h")
-        assert out.returncode == 0, out.stderr
+        out = zmctl_ok(self.glob.api, "generate", "zone-token", "--zone", zone, "--scope", scope, "--valid-for", "1h")
         token_file = self.work / f"{zone}-{scope}{suffix}.token"
-        token_file.write_text(out.stdout.strip())
+        token_file.write_text(out.strip())
         return token_file
 
     # -- proxies --------------------------------------------------------------------------
@@ -194,22 +160,24 @@ class World:
     ) -> subprocess.Popen[bytes]:
         spec = self.work / f"{zone}-{name}.json"
         spec.write_text(json.dumps(doc))
-        cmd = [
-            sys.executable, "-m", "zonemesh.dp.main", "run",
-            "--cp-address", f"https://127.0.0.1:{self.xds_ports[zone]}",
-            "--name", name, "--mesh", "default", "--proxy-type", proxy_type,
-            "--dataplane-file", str(spec), "--dataplane-token-file", str(token_file),
-            "--ca-cert-file", str(self.zones[zone].data_dir / "xds.crt"),
-            "--admin-port", str(admin_port), "--work-dir", str(self.work / f"{zone}-{name}"),
-            "--drain-time", "0.5",
-        ]  # fmt: skip
+        cmd = dp_run_command(
+            xds_port=self.xds_ports[zone],
+            ca_file=self.zones[zone].data_dir / "xds.crt",
+            name=name,
+            mesh="default",
+            dataplane=["--dataplane-file", str(spec)],
+            token_file=token_file,
+            admin_port=admin_port,
+            work_dir=self.work / f"{zone}-{name}",
+            extra=["--proxy-type", proxy_type],
+        )
         with (self.work / f"{zone}-{name}.log").open("ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         self.procs.append(proc)
         return proc
 
     def start_app(self, name: str, port: int) -> None:
-        self.procs.append(subprocess.Popen([sys.executable, "-c", APP, name, str(port)]))
+        self.procs.append(start_http_app(name, port))
 
     def start_zone_proxy(self, zone: str, proxy_type: str, port: int = 0) -> Envoy:
         port, admin = port or free_port(), free_port()
@@ -226,19 +194,7 @@ class World:
 
     def start_b(self) -> None:
         inbound, app, admin = self.b_ports
-        doc = {
-            "type": "Dataplane",
-            "networking": {
-                "address": "127.0.0.1",
-                "inbound": [
-                    {
-                        "port": inbound,
-                        "servicePort": app,
-                        "tags": {"kuma.io/service": "app-b", "kuma.io/protocol": "http"},
-                    }
-                ],
-            },
-        }
+        doc = sidecar_dataplane("app-b", inbound, app)
         token = self.token("zone-2", "/tokens/dataplane", {"mesh": "default", "name": "b-1", "validFor": "1h"})
         self.b_proc = self.start_agent("zone-2", "b-1", doc, token, admin, "dataplane")
         self.b = Envoy("b-1", admin)
@@ -319,24 +275,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 ]
             )
         )
-        doc = {
-            "type": "Dataplane",
-            "networking": {
-                "address": "127.0.0.1",
-                "inbound": [
-                    {
-                        "port": a_in,
-                        "servicePort": a_app,
-                        "tags": {"kuma.io/service": "app-a", "kuma.io/protocol": "http"},
-                    }
-                ],
-                "outbound": [
-                    {"port": w.a_out, "tags": {"kuma.io/service": "app-b"}},
-                    {"port": w.ext_out, "tags": {"kuma.io/service": "ext-http"}},
-                    {"port": w.tls_out, "tags": {"kuma.io/service": "ext-tls"}},
-                ],
-            },
-        }
+        outbound = [("app-b", w.a_out), ("ext-http", w.ext_out), ("ext-tls", w.tls_out)]
+        doc = sidecar_dataplane("app-a", a_in, a_app, outbound=outbound)
         token = w.token("zone-1", "/tokens/dataplane", {"mesh": "default", "name": "a-1", "validFor": "1h"})
         w.start_agent("zone-1", "a-1", doc, token, a_admin, "dataplane")
         w.a = Envoy("a-1", a_admin)
@@ -345,15 +285,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         print(w.logs())
         raise
     finally:
-        for proc in reversed(w.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in w.procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_processes(w.procs)
         for cp in w.zones.values():
             cp.stop()
         glob.stop()
@@ -545,7 +477,7 @@ def test_zone_proxy_with_a_wrong_zone_token_is_refused(world: World, scope: str,
 def test_a_token_signed_by_a_key_global_does_not_hold_is_refused(world: World) -> None:
     key = world.work / "stranger.pem"
     key.write_bytes(generate_private_key_pem())
-    out = world.zmctl(
+    out = zmctl(
         world.glob.api, "generate", "zone-token", "--zone", "zone-1", "--scope", "ingress",
         "--valid-for", "1h", "--signing-key-path", str(key), "--kid", "1",
     )  # fmt: skip
@@ -559,7 +491,7 @@ def test_a_federated_zone_refuses_to_issue_zone_tokens_and_points_to_global(worl
     api = world.zones["zone-1"].api
     status, body = http("POST", api + "/tokens/zone", {"zone": "zone-1", "scope": ["ingress"]})
     assert status == 400 and "issued by the global control plane" in json.dumps(body)
-    out = world.zmctl(api, "generate", "zone-token", "--zone", "zone-1", "--scope", "ingress", "--valid-for", "1h")
+    out = zmctl(api, "generate", "zone-token", "--zone", "zone-1", "--scope", "ingress", "--valid-for", "1h")
     assert out.returncode != 0 and "generate zone-token --zone zone-1" in out.stderr + out.stdout
     # the zone holds no zone-token signing key, only the public keys global published
     status, secrets = world.zones["zone-1"].get("/global-secrets")
