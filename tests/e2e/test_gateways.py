@@ -7,9 +7,6 @@ Every MeshGateway, MeshGatewayRoute and Dataplane applied here is read from docs
 (only the ports are replaced with free ones), so the page shows exactly what is tested. Mesh
 ``default`` has builtin mTLS and an allow-all MeshTrafficPermission. Every wait is bounded;
 every process is stopped at the end.
-
-The process helpers are a minimal copy of tests/e2e/test_zone_envoy.py's (that module keeps
-them private to itself).
 """
 
 from __future__ import annotations
@@ -19,7 +16,6 @@ import copy
 import datetime as dt
 import json
 import re
-import signal
 import socket
 import ssl
 import subprocess
@@ -35,7 +31,18 @@ import pytest
 import yaml
 from zonemesh.shared.resources import REGISTRY
 
-from zonemesh.testing import ControlPlaneProcess, free_port, http, wait_until
+from zonemesh.testing import (
+    HTTP_APP,
+    ControlPlaneProcess,
+    EnvoyAdmin,
+    dp_run_command,
+    free_port,
+    http,
+    sidecar_dataplane,
+    stop_processes,
+    wait_until,
+    zmctl_ok,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -56,22 +63,6 @@ ALLOW_ALL = {
     "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]},
 }
 
-HTTP_APP = textwrap.dedent(
-    """
-    import http.server, sys
-    name, port = sys.argv[1], int(sys.argv[2])
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = name.encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        def log_message(self, *args):
-            pass
-    http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
-    """
-)
 ECHO_APP = textwrap.dedent(
     """
     import socketserver, sys
@@ -96,23 +87,6 @@ def example(name: str) -> dict[str, Any]:
     doc = yaml.safe_load(found.group(1))
     assert isinstance(doc, dict)
     return doc
-
-
-def sidecar(service: str, inbound: int, app: int, protocol: str, mesh: str = "default") -> dict[str, Any]:
-    return {
-        "type": "Dataplane",
-        "mesh": mesh,
-        "networking": {
-            "address": "127.0.0.1",
-            "inbound": [
-                {
-                    "port": inbound,
-                    "servicePort": app,
-                    "tags": {"kuma.io/service": service, "kuma.io/protocol": protocol},
-                }
-            ],
-        },
-    }
 
 
 def request(url: str, host: str | None = None, timeout: float = 5) -> tuple[int, str, dict[str, str]]:
@@ -198,14 +172,7 @@ class Env:
         return f"http://127.0.0.1:{self.http_port}"
 
     def zmctl(self, *args: str) -> str:
-        out = subprocess.run(
-            [sys.executable, "-m", "zonemesh.ctl.main", "--cp-address", self.cp.api, *args],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert out.returncode == 0, out.stderr
-        return out.stdout
+        return zmctl_ok(self.cp.api, *args)
 
     def put(self, doc: dict[str, Any]) -> tuple[int, Any]:
         return self.cp.put(REGISTRY.get(doc["type"]).item_path(doc["name"], doc.get("mesh", "")), doc)
@@ -228,30 +195,16 @@ class Env:
         token_file = self.work / f"{name}.token"
         token_file.write_text(token.strip())
         spec = {k: v for k, v in dataplane.items() if k not in ("mesh", "name")}
-        cmd = [
-            sys.executable,
-            "-m",
-            "zonemesh.dp.main",
-            "run",
-            "--cp-address",
-            f"https://127.0.0.1:{self.xds_port}",
-            "--name",
-            name,
-            "--mesh",
-            mesh,
-            "--dataplane-inline",
-            json.dumps(spec),
-            "--dataplane-token-file",
-            str(token_file),
-            "--ca-cert-file",
-            str(self.cp.data_dir / "xds.crt"),
-            "--admin-port",
-            str(admin_port),
-            "--work-dir",
-            str(self.work / name),
-            "--drain-time",
-            "0.5",
-        ]
+        cmd = dp_run_command(
+            xds_port=self.xds_port,
+            ca_file=self.cp.data_dir / "xds.crt",
+            name=name,
+            mesh=mesh,
+            dataplane=["--dataplane-inline", json.dumps(spec)],
+            token_file=token_file,
+            admin_port=admin_port,
+            work_dir=self.work / name,
+        )
         return self.start(cmd, f"{name}-dp")
 
     def gateway(self) -> dict[str, Any]:
@@ -260,20 +213,9 @@ class Env:
             listener["port"] = {8080: self.http_port, 9090: self.tcp_port}[listener["port"]]
         return doc
 
-    def envoy_uptime(self) -> int:
-        status, text = http("GET", f"http://127.0.0.1:{self.gateway_admin}/stats?filter=server.uptime")
-        assert status == 200
-        return int(str(text).split(": ")[1])
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    @property
+    def gateway_envoy(self) -> EnvoyAdmin:
+        return EnvoyAdmin("edge-gateway-1", self.gateway_admin)
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +238,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             code = ECHO_APP if protocol == "tcp" else HTTP_APP
             args = [str(app_port)] if protocol == "tcp" else [service, str(app_port)]
             env.start([sys.executable, "-c", code, *args], service)
-            env.start_dp(f"{service}-1", sidecar(service, inbound, app_port, protocol), free_port())
+            env.start_dp(f"{service}-1", sidecar_dataplane(service, inbound, app_port, protocol), free_port())
         env.gateway_proc = env.start_dp("edge-gateway-1", example("builtin-dataplane"), env.gateway_admin)
         env.apply(env.gateway())
         for name in ("route-http", "route-host-b", "route-tcp"):
@@ -314,8 +256,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         print(f"--- control plane log ---\n{cp.logs()[-6000:]}")
         raise
     finally:
-        for proc in reversed(env.procs):
-            _stop(proc)
+        stop_processes(env.procs)
         cp.kill()
 
 
@@ -364,7 +305,7 @@ def test_tcp_listener_reaches_the_echo_service(env: Env) -> None:
 
 
 def test_route_change_takes_effect_without_restart(env: Env) -> None:
-    uptime = env.envoy_uptime()
+    uptime = env.gateway_envoy.stat("server.uptime")
     changed = copy.deepcopy(example("route-http"))
     changed["conf"]["http"]["rules"][0]["backends"][0]["destination"]["kuma.io/service"] = "backend-b"
     try:
@@ -373,7 +314,7 @@ def test_route_change_takes_effect_without_restart(env: Env) -> None:
             lambda: request(f"{env.gateway_url}/api")[1] == "backend-b", timeout=20, what="/api to go to backend-b"
         )
         assert env.gateway_proc is not None and env.gateway_proc.poll() is None
-        assert env.envoy_uptime() >= uptime  # the same Envoy, not a restarted one
+        assert env.gateway_envoy.stat("server.uptime") >= uptime  # the same Envoy, not a restarted one
     finally:
         env.apply(example("route-http"))
     wait_until(lambda: request(f"{env.gateway_url}/api")[1] == "backend-a", timeout=20, what="/api back to backend-a")
@@ -434,7 +375,7 @@ def test_cross_mesh_gateway_reachable_from_another_mesh(env: Env) -> None:
     env.apply({**ALLOW_ALL, "mesh": "mesh-a"})
     app_port, inbound = free_port(), free_port()
     env.start([sys.executable, "-c", HTTP_APP, "backend-x", str(app_port)], "backend-x")
-    env.start_dp("backend-x-1", sidecar("backend-x", inbound, app_port, "http", mesh="mesh-a"), free_port())
+    env.start_dp("backend-x-1", sidecar_dataplane("backend-x", inbound, app_port, mesh="mesh-a"), free_port())
 
     gateway_port = free_port()
     gateway = example("crossmesh-gateway")
@@ -615,10 +556,7 @@ def test_every_gateway_policy_is_accepted_by_envoy(env: Env) -> None:
     """Timeouts, retries, circuit breaker, health check, TCP rate limit and a connection limit on
     the real gateway Envoy: every update accepted (no NACK), the settings visible in its config."""
 
-    def stat(name: str) -> int:
-        text = str(http("GET", f"http://127.0.0.1:{env.gateway_admin}/stats?filter={name}")[1])
-        return sum(int(line.rsplit(": ", 1)[1]) for line in text.splitlines() if line.split(":")[0] == name)
-
+    stat = env.gateway_envoy.stat
     limited = env.gateway()
     limited["conf"]["listeners"][0]["resources"] = {"connectionLimit": 500}
     try:
@@ -627,7 +565,7 @@ def test_every_gateway_policy_is_accepted_by_envoy(env: Env) -> None:
         env.apply(limited)
 
         def applied() -> bool:
-            dump = json.dumps(http("GET", f"http://127.0.0.1:{env.gateway_admin}/config_dump")[1])
+            dump = env.gateway_envoy.admin("/config_dump")
             return (
                 all(
                     marker in dump
