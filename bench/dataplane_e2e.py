@@ -34,7 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e.test_zone_envoy import DENY_A_TO_B, Zone, _events, get, running_zone  # noqa: E402
+from tests.e2e.test_zone_envoy import Zone, _events, get, running_zone  # noqa: E402
+from zonemesh.testing import DENY_A_TO_B  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "dataplane_e2e.json"
 

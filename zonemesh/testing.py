@@ -167,10 +167,11 @@ class ControlPlaneProcess:
 
 # --- a mesh on 127.0.0.1 ---------------------------------------------------------------------
 
-# ``python -c HTTP_APP <name> <port>``: answers every GET on 127.0.0.1:<port> with its name.
+# ``python -c HTTP_APP <name> <port> [<cert file> <key file>]``: answers every GET on
+# 127.0.0.1:<port> with its name; over TLS when given a certificate and key.
 HTTP_APP = textwrap.dedent(
     """
-    import http.server, sys
+    import http.server, ssl, sys
     name, port = sys.argv[1], int(sys.argv[2])
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -181,14 +182,42 @@ HTTP_APP = textwrap.dedent(
             self.wfile.write(body)
         def log_message(self, *args):
             pass
-    http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    if len(sys.argv) > 3:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(sys.argv[3], sys.argv[4])
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.serve_forever()
     """
 )
 
 
-def start_http_app(name: str, port: int) -> subprocess.Popen[bytes]:
-    """The demo app (HTTP_APP) as ``name`` on 127.0.0.1:``port``."""
-    return subprocess.Popen([sys.executable, "-c", HTTP_APP, name, str(port)])
+def start_http_app(name: str, port: int, tls: tuple[Path, Path] | None = None) -> subprocess.Popen[bytes]:
+    """The demo app (HTTP_APP) as ``name`` on 127.0.0.1:``port``; ``tls``: (cert file, key file)."""
+    return subprocess.Popen([sys.executable, "-c", HTTP_APP, name, str(port), *map(str, tls or ())])
+
+
+# A mesh with builtin mTLS, and traffic permissions on it: allow everything, deny app-a -> app-b.
+MTLS_MESH: dict[str, Any] = {
+    "type": "Mesh",
+    "name": "default",
+    "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]},
+}
+ALLOW_ALL: dict[str, Any] = {
+    "type": "MeshTrafficPermission",
+    "mesh": "default",
+    "name": "allow-all",
+    "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]},
+}
+DENY_A_TO_B: dict[str, Any] = {
+    "type": "MeshTrafficPermission",
+    "mesh": "default",
+    "name": "deny-a-to-b",
+    "spec": {
+        "targetRef": {"kind": "MeshService", "name": "app-b"},
+        "from": [{"targetRef": {"kind": "MeshService", "name": "app-a"}, "default": {"action": "Deny"}}],
+    },
+}
 
 
 def sidecar_dataplane(

@@ -21,8 +21,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,6 +33,9 @@ from zonemesh.shared.tokens.keys import generate_private_key_pem
 from zonemesh.zone_cp.xds.testing import self_signed_server_cert
 
 from zonemesh.testing import (
+    ALLOW_ALL,
+    DENY_A_TO_B,
+    MTLS_MESH,
     ControlPlaneProcess,
     EnvoyAdmin,
     dp_run_command,
@@ -51,48 +52,6 @@ from zonemesh.testing import (
 pytestmark = pytest.mark.slow
 
 WAIT = 60.0  # two cores shared with other work: generous, still bounded
-
-MESH = {
-    "type": "Mesh",
-    "name": "default",
-    "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]},
-}
-ALLOW_ALL = {
-    "type": "MeshTrafficPermission",
-    "mesh": "default",
-    "name": "allow-all",
-    "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]},
-}
-DENY_A_TO_B = {
-    "type": "MeshTrafficPermission",
-    "mesh": "default",
-    "name": "deny-a-to-b",
-    "spec": {
-        "targetRef": {"kind": "MeshService", "name": "app-b"},
-        "from": [{"targetRef": {"kind": "MeshService", "name": "app-a"}, "default": {"action": "Deny"}}],
-    },
-}
-
-TLS_APP = textwrap.dedent(
-    """
-    import http.server, ssl, sys
-    name, port, cert, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = name.encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        def log_message(self, *args):
-            pass
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    server.serve_forever()
-    """
-)
 
 
 def get(url: str, timeout: float = 5) -> tuple[int, str]:
@@ -233,7 +192,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             status, token = http("POST", glob.api + "/tokens/zone", {"zone": zone, "validFor": "24h"})
             assert status == 200, token
             w.zones[zone] = start_zone(work, zone, kds_port, str(token), w.xds_ports[zone])
-        w.put_global(MESH)
+        w.put_global(MTLS_MESH)
         w.put_global(ALLOW_ALL)
         for cp in w.zones.values():
             wait_until(
@@ -262,19 +221,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         (work / "ext-tls.crt").write_bytes(cert)
         (work / "ext-tls.key").write_bytes(key)
         w.tls_ca = cert.decode()
-        w.procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    TLS_APP,
-                    "external-tls",
-                    str(w.tls_port),
-                    str(work / "ext-tls.crt"),
-                    str(work / "ext-tls.key"),
-                ]
-            )
-        )
+        w.procs.append(start_http_app("external-tls", w.tls_port, tls=(work / "ext-tls.crt", work / "ext-tls.key")))
         outbound = [("app-b", w.a_out), ("ext-http", w.ext_out), ("ext-tls", w.tls_out)]
         doc = sidecar_dataplane("app-a", a_in, a_app, outbound=outbound)
         token = w.token("zone-1", "/tokens/dataplane", {"mesh": "default", "name": "a-1", "validFor": "1h"})
@@ -352,7 +299,7 @@ def test_deny_policy_on_global_blocks_the_cross_zone_call_and_deleting_it_restor
 def test_through_zone_1_egress_with_routing_zone_egress(world: World) -> None:
     w = world
     assert w.a is not None and w.egress is not None
-    w.put_global({**MESH, "routing": {"zoneEgress": True}})
+    w.put_global({**MTLS_MESH, "routing": {"zoneEgress": True}})
     egress_port = w.egress.port  # type: ignore[attr-defined]
     wait_until(lambda: w.a.hosts("app-b") == [f"127.0.0.1:{egress_port}"], WAIT, what="app-b via the egress")  # type: ignore[union-attr]
     wait_until(lambda: call_b(w) == (200, "app-b"), WAIT, what="app-a -> egress -> ingress -> app-b")
@@ -403,7 +350,7 @@ def test_external_service_by_name_through_the_egress(world: World) -> None:
 def test_stopping_zone_2s_service_removes_it_from_zone_1_within_seconds(world: World) -> None:
     w = world
     assert w.a is not None and w.b_proc is not None
-    w.put_global(MESH)  # straight to the remote ingress again: the endpoint to watch is zone-2's ingress
+    w.put_global(MTLS_MESH)  # straight to the remote ingress again: the endpoint to watch is zone-2's ingress
     ingress_port = w.ingress["zone-2"].port  # type: ignore[attr-defined]
     wait_until(lambda: w.a.hosts("app-b") == [f"127.0.0.1:{ingress_port}"], WAIT, what="direct again")  # type: ignore[union-attr]
     w.b_proc.send_signal(signal.SIGTERM)  # the agent drains and unregisters its Dataplane
@@ -440,7 +387,7 @@ def test_external_service_with_tls_origination_directly_and_through_the_egress(w
     # Through the egress, the control plane resolving the host this time.
     external["networking"]["disableHostDNSLookup"] = False
     assert w.glob.put("/meshes/default/externalservices/ext-tls", external)[0] == 200
-    w.put_global({**MESH, "routing": {"zoneEgress": True}})
+    w.put_global({**MTLS_MESH, "routing": {"zoneEgress": True}})
     wait_until(lambda: w.a.hosts("ext-tls") == [f"127.0.0.1:{w.egress.port}"], WAIT, what="via egress")  # type: ignore[union-attr]
     wait_until(lambda: get(url) == (200, "external-tls"), WAIT, what="TLS ExternalService through the egress")
     assert w.egress.stat("tcp.egress_default_ext-tls.downstream_cx_total") >= 1
@@ -450,7 +397,7 @@ def test_external_service_with_tls_origination_directly_and_through_the_egress(w
     external["networking"]["tls"]["caCert"] = {"inlineString": other_ca.decode()}
     assert w.glob.put("/meshes/default/externalservices/ext-tls", external)[0] == 200
     wait_until(lambda: get(url)[0] == 503, WAIT, what="untrusted server refused")
-    w.put_global(MESH)
+    w.put_global(MTLS_MESH)
 
 
 def start_bad_ingress(w: World, name: str, token: Path) -> str:

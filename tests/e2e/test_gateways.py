@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import datetime as dt
 import json
 import re
 import socket
@@ -30,9 +29,12 @@ from typing import Any
 import pytest
 import yaml
 from zonemesh.shared.resources import REGISTRY
+from zonemesh.zone_cp.xds.testing import self_signed_server_cert
 
 from zonemesh.testing import (
+    ALLOW_ALL,
     HTTP_APP,
+    MTLS_MESH,
     ControlPlaneProcess,
     EnvoyAdmin,
     dp_run_command,
@@ -50,18 +52,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "gateways.md"
 REQUESTS = 300  # for the weighted split: bounded, and enough for a tight tolerance
 SPLIT_TOLERANCE = 0.08  # 90% +- 8 points: ~4.6 standard deviations of a binomial(300, 0.9)
 
-MESH = {
-    "type": "Mesh",
-    "name": "default",
-    "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]},
-}
 CROSS_MESHES = ("mesh-a", "mesh-b")
-ALLOW_ALL = {
-    "type": "MeshTrafficPermission",
-    "mesh": "default",
-    "name": "allow-all",
-    "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]},
-}
 
 ECHO_APP = textwrap.dedent(
     """
@@ -96,35 +87,6 @@ def request(url: str, host: str | None = None, timeout: float = 5) -> tuple[int,
             return response.status, response.read().decode(), dict(response.headers)
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode(), dict(exc.headers)
-
-
-def server_cert(hostname: str) -> tuple[bytes, bytes]:
-    """A self-signed certificate for ``hostname``: (certificate PEM, certificate + key PEM)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert_pem, cert_pem + key_pem
 
 
 def https_get(port: int, sni: str, ca_pem: bytes, path: str = "/") -> tuple[str, str]:
@@ -231,7 +193,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         env.delegated_port = free_port()
     try:
         cp.start()
-        env.apply(MESH)
+        env.apply(MTLS_MESH)
         env.apply(ALLOW_ALL)
         for service, protocol in (("backend-a", "http"), ("backend-b", "http"), ("echo", "tcp")):
             app_port, inbound = free_port(), free_port()
@@ -371,7 +333,7 @@ def test_invalid_gateways_are_refused_field_by_field(env: Env) -> None:
 
 def test_cross_mesh_gateway_reachable_from_another_mesh(env: Env) -> None:
     for mesh in CROSS_MESHES:
-        env.apply({**MESH, "name": mesh})
+        env.apply({**MTLS_MESH, "name": mesh})
     env.apply({**ALLOW_ALL, "mesh": "mesh-a"})
     app_port, inbound = free_port(), free_port()
     env.start([sys.executable, "-c", HTTP_APP, "backend-x", str(app_port)], "backend-x")
@@ -417,7 +379,8 @@ def test_cross_mesh_gateway_reachable_from_another_mesh(env: Env) -> None:
 
 
 def test_https_listener_terminates_tls_with_a_secret_certificate(env: Env) -> None:
-    cert_pem, bundle = server_cert("secure.example.com")
+    cert_pem, key_pem = self_signed_server_cert("secure.example.com")
+    bundle = cert_pem + key_pem
     secret = example("https-secret")
     secret["data"] = base64.b64encode(bundle).decode()
     env.apply(secret)
@@ -435,7 +398,7 @@ def test_https_listener_terminates_tls_with_a_secret_certificate(env: Env) -> No
             what="the HTTPS listener to answer with backend-a",
         )
         # The certificate is checked for real: a client trusting another CA refuses the handshake.
-        other_ca, _ = server_cert("secure.example.com")
+        other_ca, _ = self_signed_server_cert("secure.example.com")
         with pytest.raises(ssl.SSLCertVerificationError):
             https_get(https_port, "secure.example.com", other_ca)
         # The plain HTTP listeners keep working meanwhile.

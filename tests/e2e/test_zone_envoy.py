@@ -32,6 +32,8 @@ from envoy.service.discovery.v3 import discovery_pb2
 from zonemesh.shared.resources import REGISTRY
 
 from zonemesh.testing import (
+    ALLOW_ALL,
+    DENY_A_TO_B,
     ControlPlaneProcess,
     EnvoyAdmin,
     dp_run_command,
@@ -58,21 +60,6 @@ MESH_MTLS = {
     },
 }
 OTHER_MESH = {"type": "Mesh", "name": "other"}
-ALLOW_ALL = {
-    "type": "MeshTrafficPermission",
-    "mesh": "default",
-    "name": "allow-all",
-    "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]},
-}
-DENY_A_TO_B = {
-    "type": "MeshTrafficPermission",
-    "mesh": "default",
-    "name": "deny-a-to-b",
-    "spec": {
-        "targetRef": {"kind": "MeshService", "name": "app-b"},
-        "from": [{"targetRef": {"kind": "MeshService", "name": "app-a"}, "default": {"action": "Deny"}}],
-    },
-}
 
 
 def get(url: str, timeout: float = 3) -> tuple[int, str]:

@@ -109,10 +109,19 @@ class TestCA:
         return self._certs[(mesh, service)]
 
 
-def self_signed_server_cert(host: str = "127.0.0.1") -> tuple[bytes, bytes]:
-    """(cert PEM, key PEM) for a TLS server on ``host`` (tests of the gRPC server)."""
+def self_signed_server_cert(host: str = "127.0.0.1", *more_hosts: str) -> tuple[bytes, bytes]:
+    """(cert PEM, key PEM) for a TLS server on ``host`` (and ``more_hosts``): IP addresses (then
+    DNS localhost too) or DNS names. The certificate is its own CA, so clients can trust it directly."""
     import ipaddress
 
+    sans: list[x509.GeneralName] = []
+    for entry in (host, *more_hosts):
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(entry)))
+        except ValueError:
+            sans.append(x509.DNSName(entry))
+    if any(isinstance(san, x509.IPAddress) for san in sans):
+        sans.append(x509.DNSName("localhost"))
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
     now = dt.datetime.now(dt.UTC)
@@ -124,10 +133,7 @@ def self_signed_server_cert(host: str = "127.0.0.1") -> tuple[bytes, bytes]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host)), x509.DNSName("localhost")]),
-            critical=False,
-        )
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
