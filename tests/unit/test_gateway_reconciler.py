@@ -3,23 +3,19 @@ changes regenerate the gateway proxies (real memory store, real snapshot cache).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_pb2
 from google.protobuf import any_pb2
 from zonemesh.shared.resources.codec import from_universal, load_documents
 from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store.memory import MemoryStore
-from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotCache
-from zonemesh.zone_cp.xds.proxy import ProxyIdentity
 from zonemesh.zone_cp.xds.reconciler import Reconciler, affected_by_policy, builtin_gateways
 from zonemesh.zone_cp.xds.resources import LISTENER, ROUTE
-from zonemesh.zone_cp.xds.server import StreamInfo
+from zonemesh.zone_cp.xds.testing import RecordingCache, stream_infos
 
 SETUP = """
 type: Mesh
@@ -76,29 +72,13 @@ def docs(text: str) -> list[Resource]:
     return [from_universal(d)[0] for d in load_documents(text)]
 
 
-class RecordingCache(SnapshotCache):
-    def __init__(self) -> None:
-        super().__init__()
-        self.pushes: list[str] = []
-
-    def set_snapshot(self, node: str, snapshot: Snapshot) -> None:
-        self.pushes.append(node)
-        super().set_snapshot(node, snapshot)
-
-
 @dataclass
 class Zone:
     manager: ResourceManager
     cache: RecordingCache
 
     async def settle(self, pushes: int) -> list[str]:
-        for _ in range(200):  # bounded: 2 s
-            if len(self.cache.pushes) >= pushes:
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)
-        pushed, self.cache.pushes = self.cache.pushes, []
-        return sorted(set(pushed))
+        return sorted(set(await self.cache.settle(pushes)))
 
     def routes(self, node: str) -> route_pb2.RouteConfiguration:
         snapshot = self.cache.snapshot(node)
@@ -116,9 +96,8 @@ async def zone() -> AsyncIterator[Zone]:
         await manager.apply(res)
     cache = RecordingCache()
     async with Reconciler(store, cache, None, debounce=0.05, max_delay=0.2) as reconciler:
-        for i, name in enumerate(("gw-1", "b-1", "kong-1")):
-            identity = ProxyIdentity("default", name)
-            await reconciler.on_stream_open(StreamInfo(i, identity, base_pb2.Node(id=f"default.{name}"), "test"))
+        for info in stream_infos("gw-1", "b-1", "kong-1"):
+            await reconciler.on_stream_open(info)
         yield Zone(manager, cache)
 
 

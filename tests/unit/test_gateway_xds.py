@@ -9,20 +9,15 @@ Golden cases: ``testdata/gateway/<case>.input.yaml`` plus the workloads of ``_ba
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import os
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from zonemesh.shared.resources.codec import from_universal, load_documents
 from zonemesh.shared.resources.model import Resource
-from zonemesh.zone_cp.xds.context import MeshContext, WorkloadCert, services
+from zonemesh.zone_cp.xds.context import MeshContext, WorkloadCert
 from zonemesh.zone_cp.xds.dump import dump
 from zonemesh.zone_cp.xds.generators import GenerationError, generate
 from zonemesh.zone_cp.xds.generators.gateway import (
@@ -32,7 +27,7 @@ from zonemesh.zone_cp.xds.generators.gateway import (
     virtual_hosts,
 )
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
-from zonemesh.zone_cp.xds.testing import TestCA, yaml_dump
+from zonemesh.zone_cp.xds.testing import TestCA, mesh_context, self_signed_server_cert, yaml_dump
 
 TESTDATA = Path(__file__).parent / "testdata" / "gateway"
 CASES = sorted(p.name.removesuffix(".input.yaml") for p in TESTDATA.glob("*.input.yaml"))
@@ -43,44 +38,8 @@ def load(text: str) -> list[Resource]:
     return [from_universal(doc)[0] for doc in load_documents(text)]
 
 
-def server_cert(*hostnames: str) -> bytes:
-    """A self-signed certificate and key for ``hostnames``, as one PEM (what a listener Secret holds)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hostnames]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM) + key_pem
-
-
 async def context_for(resources: list[Resource], ca: TestCA | None = None) -> MeshContext:
-    dataplanes = {r.name: r for r in load((TESTDATA / "_base.yaml").read_text())}
-    for res in resources:
-        if res.type == "Dataplane":
-            dataplanes[res.name] = res
-    mesh = next(r for r in resources if r.type == "Mesh")
-    # Everything else generation reads (policies, gateways, routes, secrets) goes in by type.
-    others = [r for r in resources if r.type not in ("Mesh", "Dataplane", "ExternalService")]
-    externals = [r for r in resources if r.type == "ExternalService"]
-    certs = {}
-    if (mesh.spec.get("mtls") or {}).get("enabledBackend"):
-        ca = ca or TestCA()
-        for dp in dataplanes.values():
-            for service in services(dp):
-                certs[service] = WorkloadCert(*await ca.workload_cert(mesh.name, service))
-    return MeshContext.build(mesh, dataplanes.values(), others, externals, certs)
+    return await mesh_context(resources, load((TESTDATA / "_base.yaml").read_text()), ca)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -166,7 +125,7 @@ async def test_weighted_split_and_subset_cluster() -> None:
 
 
 async def test_https_terminates_with_a_secret_certificate() -> None:
-    pem = server_cert("secure.example.com")
+    pem = b"".join(self_signed_server_cert("secure.example.com"))
     resources = load(
         f"""
 type: Mesh

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 from zonemesh.shared.resources.model import Resource
-from zonemesh.zone_cp.xds.context import MeshContext, WorkloadCert, services
+from zonemesh.zone_cp.xds.context import MeshContext
 from zonemesh.zone_cp.xds.dump import dump
 from zonemesh.zone_cp.xds.generators import GenerationError, generate
 from zonemesh.zone_cp.xds.policies import meshtrafficpermission
 from zonemesh.zone_cp.xds.policies.matching import matched, to_conf
 from zonemesh.zone_cp.xds.resources import CLUSTER, LISTENER, SECRET
-from zonemesh.zone_cp.xds.testing import TestCA, load_resources, yaml_dump
+from zonemesh.zone_cp.xds.testing import TestCA, load_resources, mesh_context, yaml_dump
 
 TESTDATA = Path(__file__).parent / "testdata" / "xds"
 CASES = sorted(p.name.removesuffix(".input.yaml") for p in TESTDATA.glob("*.input.yaml"))
@@ -28,21 +28,8 @@ POLICY_TYPES = {"MeshTrafficPermission", "MeshTimeout", "MeshRetry", "MeshCircui
 
 
 async def context_for(case_text: str, ca: TestCA | None = None) -> MeshContext:
-    base = {r.name: r for r in load_resources((TESTDATA / "_base.yaml").read_text())}
-    resources = load_resources(case_text)
-    for res in resources:
-        if res.type == "Dataplane":
-            base[res.name] = res
-    mesh = next(r for r in resources if r.type == "Mesh")
-    policies = [r for r in resources if r.type in POLICY_TYPES]
-    externals = [r for r in resources if r.type == "ExternalService"]
-    ca = ca or TestCA()
-    certs = {}
-    if (mesh.spec.get("mtls") or {}).get("enabledBackend"):
-        for dp in base.values():
-            for service in services(dp):
-                certs[service] = WorkloadCert(*await ca.workload_cert(mesh.name, service))
-    return MeshContext.build(mesh, base.values(), policies, externals, certs)
+    base = load_resources((TESTDATA / "_base.yaml").read_text())
+    return await mesh_context(load_resources(case_text), base, ca, POLICY_TYPES)
 
 
 @pytest.mark.parametrize("case", CASES)

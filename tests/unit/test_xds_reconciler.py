@@ -8,15 +8,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf import any_pb2
 from zonemesh.shared.ca import BuiltinCA
 from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store.memory import MemoryStore
-from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotCache
-from zonemesh.zone_cp.xds.proxy import ProxyIdentity, node_key
+from zonemesh.zone_cp.xds.cache import Snapshot
+from zonemesh.zone_cp.xds.proxy import node_key
 from zonemesh.zone_cp.xds.reconciler import (
     Reconciler,
     affected_by_dataplane,
@@ -25,8 +24,7 @@ from zonemesh.zone_cp.xds.reconciler import (
     proxies_serving,
 )
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
-from zonemesh.zone_cp.xds.server import StreamInfo
-from zonemesh.zone_cp.xds.testing import load_resources
+from zonemesh.zone_cp.xds.testing import RecordingCache, load_resources, stream_infos
 
 
 def dataplane(name: str, service: str, outbounds: tuple[str, ...] = (), port: int = 8080, **tags: str) -> Resource:
@@ -113,18 +111,6 @@ def test_a_rotated_certificate_affects_the_proxies_of_its_service() -> None:
 # -- the reconciler over a real store --------------------------------------------------------------
 
 
-class RecordingCache(SnapshotCache):
-    """The real cache, remembering which proxies each push went to."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.pushes: list[str] = []
-
-    def set_snapshot(self, node: str, snapshot: Snapshot) -> None:
-        self.pushes.append(node)
-        super().set_snapshot(node, snapshot)
-
-
 @dataclass
 class Zone:
     manager: ResourceManager
@@ -132,19 +118,11 @@ class Zone:
     reconciler: Reconciler
 
     async def connect(self, *names: str) -> None:
-        for i, name in enumerate(names):
-            identity = ProxyIdentity("default", name)
-            await self.reconciler.on_stream_open(StreamInfo(i, identity, base_pb2.Node(id=f"default.{name}"), "test"))
+        for info in stream_infos(*names):
+            await self.reconciler.on_stream_open(info)
 
     async def settle(self, pushes: int) -> list[str]:
-        """Wait (bounded) for at least ``pushes`` pushes, then for the reconciler to go quiet."""
-        for _ in range(200):
-            if len(self.cache.pushes) >= pushes:
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)  # longer than the debounce window: nothing more is coming
-        pushed, self.cache.pushes = self.cache.pushes, []
-        return pushed
+        return await self.cache.settle(pushes)
 
 
 MESH_YAML = """

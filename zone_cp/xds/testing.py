@@ -1,9 +1,12 @@
 """Helpers for tests of the xDS side (and for users testing their own hooks): a tiny CA that
-issues SPIFFE workload certificates, and a loader of universal YAML into Resources."""
+issues SPIFFE workload certificates, a loader of universal YAML into Resources, and a
+MeshContext built from such Resources."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+from collections.abc import Container, Iterable
 from typing import Any
 
 import yaml
@@ -11,7 +14,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from envoy.config.core.v3 import base_pb2
 from zonemesh.shared.resources.model import Resource
+from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotCache
+from zonemesh.zone_cp.xds.context import MeshContext, WorkloadCert, services
+from zonemesh.zone_cp.xds.proxy import ProxyIdentity
+from zonemesh.zone_cp.xds.server import StreamInfo
 
 # Types whose spec is under `spec:` (targetRef policies); the others are flat (Mesh, Dataplane, ...).
 _FLAT = {"Mesh", "Dataplane", "ExternalService", "Secret", "ZoneIngress", "ZoneEgress"}
@@ -29,6 +37,35 @@ def load_resources(text: str) -> list[Resource]:
         spec = doc if rtype in _FLAT else (doc.get("spec") or {})
         resources.append(Resource(type=rtype, name=name, mesh=mesh, spec=spec, labels=labels, version=1))
     return resources
+
+
+async def mesh_context(
+    resources: Iterable[Resource],
+    base_dataplanes: Iterable[Resource] = (),
+    ca: TestCA | None = None,
+    policy_types: Container[str] | None = None,
+) -> MeshContext:
+    """The MeshContext of the one Mesh in ``resources``: ``base_dataplanes`` (overridden by name
+    by the Dataplanes in ``resources``), ExternalServices, the other resources (those of
+    ``policy_types`` if given) as policies, and with mTLS a certificate from ``ca`` (a new TestCA
+    unless given) for every service."""
+    resources = list(resources)
+    dataplanes = {r.name: r for r in base_dataplanes}
+    dataplanes.update((r.name, r) for r in resources if r.type == "Dataplane")
+    mesh = next(r for r in resources if r.type == "Mesh")
+    others = [
+        r
+        for r in resources
+        if r.type not in ("Mesh", "Dataplane", "ExternalService") and (policy_types is None or r.type in policy_types)
+    ]
+    externals = [r for r in resources if r.type == "ExternalService"]
+    certs = {}
+    if (mesh.spec.get("mtls") or {}).get("enabledBackend"):
+        ca = ca or TestCA()
+        for dp in dataplanes.values():
+            for service in services(dp):
+                certs[service] = WorkloadCert(*await ca.workload_cert(mesh.name, service))
+    return MeshContext.build(mesh, dataplanes.values(), others, externals, certs)
 
 
 def _pem_cert(cert: x509.Certificate) -> bytes:
@@ -141,6 +178,37 @@ def self_signed_server_cert(host: str = "127.0.0.1", *more_hosts: str) -> tuple[
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     return _pem_cert(cert), key_pem
+
+
+class RecordingCache(SnapshotCache):
+    """The real cache, remembering which proxies each push went to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pushes: list[str] = []
+
+    def set_snapshot(self, node: str, snapshot: Snapshot) -> None:
+        self.pushes.append(node)
+        super().set_snapshot(node, snapshot)
+
+    async def settle(self, pushes: int) -> list[str]:
+        """Wait (bounded: 2 s) for at least ``pushes`` pushes, then for the reconciler to go quiet;
+        the nodes pushed to since the last call, in order."""
+        for _ in range(200):
+            if len(self.pushes) >= pushes:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # longer than the tests' debounce window: nothing more is coming
+        pushed, self.pushes = self.pushes, []
+        return pushed
+
+
+def stream_infos(*names: str, mesh: str = "default") -> list[StreamInfo]:
+    """What the xDS server hands the reconciler when proxies ``names`` of ``mesh`` open streams."""
+    return [
+        StreamInfo(i, ProxyIdentity(mesh, name), base_pb2.Node(id=f"{mesh}.{name}"), "test")
+        for i, name in enumerate(names)
+    ]
 
 
 def yaml_dump(value: Any) -> str:
