@@ -63,7 +63,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from zonemesh.testing import free_port, http, wait_until
+from zonemesh.testing import ControlPlaneProcess, http
 
 RESULTS = Path(__file__).resolve().parent / "results" / "xds_zone.json"
 MAX_PROXIES = 2000
@@ -269,64 +269,15 @@ def histogram_summary(hist: tuple[list[tuple[float, float]], float, float]) -> d
 
 
 @dataclass
-class ControlPlane:
-    data_dir: Path
+class ControlPlane(ControlPlaneProcess):
+    """A standalone control plane (SQLite store, warnings only), under cProfile if ``profile``."""
+
     profile: Path | None = None
-    api_port: int = field(default_factory=free_port)
-    diagnostics_port: int = field(default_factory=free_port)
-    xds_port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def api(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
-
-    def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        prefix = [sys.executable]
+    def __post_init__(self) -> None:
+        self.args = ["--mode", "standalone", "--store", "sqlite", "--log-level", "warning"]
         if self.profile is not None:
-            prefix += ["-m", "cProfile", "-o", str(self.profile)]
-        cmd = [
-            *prefix,
-            "-m",
-            "zonemesh.cp",
-            "run",
-            "--mode",
-            "standalone",
-            "--store",
-            "sqlite",
-            "--log-level",
-            "warning",
-            "--data-dir",
-            str(self.data_dir),
-            "--api-address",
-            "127.0.0.1",
-            "--api-port",
-            str(self.api_port),
-            "--diagnostics-address",
-            "127.0.0.1",
-            "--diagnostics-port",
-            str(self.diagnostics_port),
-            "--xds-address",
-            "127.0.0.1",
-            "--xds-port",
-            str(self.xds_port),
-        ]
-        with (self.data_dir / "cp.log").open("ab") as log:
-            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-
-        def ready() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"control plane exited with {self.process.returncode}: {self.logs()[-2000:]}")
-            status, _ = http("GET", f"http://127.0.0.1:{self.diagnostics_port}/ready", timeout=1)
-            return status == 200
-
-        wait_until(ready, 60, what="control plane ready")
-
-    def logs(self) -> str:
-        path = self.data_dir / "cp.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+            self.python_args = ["-m", "cProfile", "-o", str(self.profile)]
 
     def rss_kb(self) -> int:
         assert self.process is not None
@@ -361,20 +312,14 @@ class ControlPlane:
             text: str = response.read().decode()
             return text
 
-    def put(self, path: str, body: Any) -> None:
+    def apply(self, path: str, body: Any) -> None:
         status, answer = http("PUT", self.api + path, body, timeout=30)
         if status not in (200, 201):
             raise RuntimeError(f"PUT {path}: {status} {answer}")
 
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(60 if self.profile else 15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+    def stop(self, sig: int = signal.SIGTERM, timeout: float | None = None) -> int | None:
+        # cProfile writes its profile on the way out: give it time.
+        return super().stop(sig, timeout or (60 if self.profile else 15))
 
 
 # --- the simulated proxies (worker processes) --------------------------------------------------
@@ -795,13 +740,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with temp_dir(args.keep) as tmp:
         cp = ControlPlane(tmp / "cp", profile=args.profile)
         print(f"starting zone control plane (sqlite) in {tmp} ...", flush=True)
-        cp.start()
+        cp.start(timeout=60)
         workers: Workers | None = None
         try:
-            cp.put(f"/meshes/{MESH}", mesh_doc())
+            cp.apply(f"/meshes/{MESH}", mesh_doc())
             for s in range(args.services):
                 doc = permission_doc(s, args.services)
-                cp.put(f"/meshes/{MESH}/meshtrafficpermissions/{doc['name']}", doc)
+                cp.apply(f"/meshes/{MESH}/meshtrafficpermissions/{doc['name']}", doc)
             time.sleep(1.0)
             params = {
                 "xds_port": cp.xds_port,
@@ -867,7 +812,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     clients_before = sum(s["cpu_s"] for s in status_before)
                     responses_before = sum(s["responses"] for s in status_before)
                     t0 = time.monotonic()
-                    cp.put(f"/meshes/{MESH}/meshtimeouts/{TIMEOUT_POLICY}", timeout_doc(timeouts))
+                    cp.apply(f"/meshes/{MESH}/meshtimeouts/{TIMEOUT_POLICY}", timeout_doc(timeouts))
                     wait_for(workers, timeouts, n, args.change_timeout, "with_value")
                     cpu = cp.cpu_s() - cpu_before
                     threads = {k: round(v - threads_before.get(k, 0.0), 2) for k, v in cp.thread_cpu_s().items()}

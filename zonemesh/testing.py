@@ -88,6 +88,7 @@ class ControlPlaneProcess:
     api_port: int = field(default_factory=free_port)
     diagnostics_port: int = field(default_factory=free_port)
     xds_port: int = field(default_factory=free_port)  # used unless ``args`` name one
+    python_args: Sequence[str] = ()  # before ``-m zonemesh.cp``: e.g. ``-m cProfile -o <file>``
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -102,6 +103,7 @@ class ControlPlaneProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
             sys.executable,
+            *self.python_args,
             "-m",
             "zonemesh.cp",
             "run",
