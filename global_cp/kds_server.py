@@ -22,6 +22,7 @@ import grpc
 import structlog
 from zonemesh.global_cp.zones import Subscription, ZoneDisabled, ZoneRegistry, zone_enabled
 from zonemesh.proto import kds_pb2, kds_pb2_grpc
+from zonemesh.shared.aio import cancel_and_wait
 from zonemesh.shared.config import Config
 from zonemesh.shared.duration import parse_duration
 from zonemesh.shared.kds.codec import from_wire, key_str, resource_hash
@@ -324,9 +325,7 @@ class GlobalKds:
         try:
             yield self
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await cancel_and_wait([watcher])
             for zone in list(self.server.streams):
                 self.server.close_zone(zone, grpc.StatusCode.UNAVAILABLE, "global control plane is shutting down")
             await server.stop(grace=2)

@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from zonemesh.shared.aio import cancel_and_wait
 from zonemesh.shared.api.auth import require_admin
 from zonemesh.shared.api.context import MANAGER
 from zonemesh.shared.api.errors import error_response
@@ -204,11 +205,7 @@ class LicenseAuthority:
         try:
             yield self
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(tasks)
             watch.close()
 
     async def _load_state(self, store: Store) -> None:

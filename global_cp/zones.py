@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from zonemesh.shared.aio import cancel_and_wait
 from zonemesh.shared.kds.session import Stats
 from zonemesh.shared.resources.model import Resource, format_time, parse_time
 from zonemesh.shared.store import Store
@@ -99,10 +100,7 @@ class ZoneRegistry:
         self._task = asyncio.create_task(self._flush_loop(), name="zone-insight-flush")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait([self._task])
         for sub in list(self.active.values()):
             self.disconnected(sub)
         await self.flush()

@@ -28,6 +28,7 @@ import grpc
 import structlog
 from aiohttp import web
 from zonemesh.proto import kds_pb2, kds_pb2_grpc
+from zonemesh.shared.aio import cancel_and_wait
 from zonemesh.shared.config import Config
 from zonemesh.shared.duration import parse_duration
 from zonemesh.shared.kds.codec import from_wire, key_str, resource_hash
@@ -131,10 +132,7 @@ class KdsClient:
         self._task = asyncio.create_task(self._run(), name="kds-client")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait([self._task])
         await self.snapshot.stop()
 
     async def _run(self) -> None:

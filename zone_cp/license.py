@@ -27,6 +27,7 @@ from weakref import WeakKeyDictionary
 
 import structlog
 from aiohttp import web
+from zonemesh.shared.aio import cancel_and_wait
 from zonemesh.shared.config import Config
 from zonemesh.shared.duration import parse_duration
 from zonemesh.shared.license import metrics
@@ -167,11 +168,7 @@ class ZoneLicense:
             _GATES.pop(store, None)
             if self._release_timer is not None:
                 tasks.append(self._release_timer)
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(tasks)
             watch.close()
 
     async def _load(self, store: Store) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import structlog
 from zonemesh.proto import kds_pb2
+from zonemesh.shared.aio import cancel_and_wait
 from zonemesh.shared.kds.codec import parse_key
 from zonemesh.shared.kds.metrics import DELTA_GENERATION, NACK_TOTAL, RESOURCES_SYNC
 from zonemesh.shared.kds.snapshot import Item, Snapshot
@@ -121,11 +122,7 @@ class Outbox:
     async def stop(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
-        for task in [self._task, *self._retries]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait([self._task, *self._retries])
 
     def notify(self, keys: Iterable[str], resync: bool = False) -> None:
         self._pending.update(keys)

@@ -9,12 +9,12 @@ peer has. Wire form and hash are computed once per change, not once per peer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import structlog
 from zonemesh.proto import kds_pb2
+from zonemesh.shared.aio import cancel_and_wait
 from zonemesh.shared.kds.codec import key_str, to_wire
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store import EventKind, Store
@@ -61,10 +61,7 @@ class Snapshot:
         self._task = asyncio.create_task(self._follow(watch), name="kds-snapshot")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait([self._task])
 
     def _put(self, res: Resource) -> str:
         key = key_str(res.type, res.mesh, res.name)
