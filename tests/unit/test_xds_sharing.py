@@ -1,0 +1,113 @@
+"""What proxies share within a round: TypeSnapshots, pre-encoded responses, policy matches; and
+the reconciler's per-mesh Dataplane indexes. All pure or in-memory (no servers)."""
+
+from __future__ import annotations
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.store.base import Event, EventKind
+from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotBuilder, SnapshotCache, WatchRequest, WatchResponse
+from zonemesh.zone_cp.xds.context import MeshContext
+from zonemesh.zone_cp.xds.policies import match_all
+from zonemesh.zone_cp.xds.policies.matching import matched
+from zonemesh.zone_cp.xds.reconciler import Reconciler
+from zonemesh.zone_cp.xds.resources import CLUSTER, ROUTE, ResourceSet, encode_any, encode_response, with_nonce
+
+
+def _set(cluster: cluster_pb2.Cluster, route: route_pb2.RouteConfiguration) -> ResourceSet:
+    resources = ResourceSet()
+    resources.add(CLUSTER, cluster.name, cluster)
+    resources.add(ROUTE, route.name, route)
+    return resources
+
+
+def test_with_nonce_completes_a_response_encoded_without_one() -> None:
+    items = [encode_any(CLUSTER, cluster_pb2.Cluster(name=n)) for n in ("a", "b")]
+    body = encode_response("v1", items, CLUSTER, None)
+    assert with_nonce(body, "7") == encode_response("v1", items, CLUSTER, "7")
+    parsed = discovery_pb2.DiscoveryResponse.FromString(with_nonce(body, "7"))
+    assert (parsed.version_info, parsed.nonce, parsed.type_url) == ("v1", "7", CLUSTER)
+    assert [cluster_pb2.Cluster.FromString(r.value).name for r in parsed.resources] == ["a", "b"]
+
+
+def test_proxies_with_the_same_messages_share_a_type_snapshot() -> None:
+    cluster, route = cluster_pb2.Cluster(name="c"), route_pb2.RouteConfiguration(name="r")
+    other_route = route_pb2.RouteConfiguration(name="r", validate_clusters={"value": False})
+    builder = SnapshotBuilder()
+    one, two = builder.build(_set(cluster, route)), builder.build(_set(cluster, route))
+    three = builder.build(_set(cluster, other_route))
+    assert one.types[CLUSTER] is two.types[CLUSTER] is three.types[CLUSTER]
+    assert one.types[ROUTE] is two.types[ROUTE]
+    assert three.types[ROUTE] is not one.types[ROUTE]
+    assert three.version(ROUTE) != one.version(ROUTE)
+    # The same versions and bytes as serializing each proxy on its own.
+    alone = Snapshot.from_resources(_set(cluster, other_route))
+    for type_url, typed in three.types.items():
+        assert typed.version == alone.version(type_url)
+        assert dict(typed.resources) == dict(alone.types[type_url].resources)
+
+
+def test_a_full_type_response_is_the_shared_body_and_a_subset_is_assembled() -> None:
+    cache = SnapshotCache()
+    routes = ResourceSet()
+    for name in ("r1", "r2"):
+        routes.add(ROUTE, name, route_pb2.RouteConfiguration(name=name))
+    cache.set_snapshot("default/p", SnapshotBuilder().build(routes))
+    got: list[WatchResponse] = []
+    cache.create_watch(WatchRequest("default/p", ROUTE, "", frozenset({"r1", "r2"})), got.append)
+    cache.create_watch(WatchRequest("default/p", ROUTE, "", frozenset({"r2"})), got.append)
+    full, subset = got
+    assert full.body and full.names == {"r1", "r2"}
+    parsed = discovery_pb2.DiscoveryResponse.FromString(with_nonce(full.body, "1"))
+    assert [route_pb2.RouteConfiguration.FromString(r.value).name for r in parsed.resources] == ["r1", "r2"]
+    assert parsed.version_info == full.version
+    assert not subset.body and subset.names == {"r2"} and len(subset.resources) == 1
+
+
+def _dp(name: str, service: str, *, gateway: bool = False, version: int = 1) -> Resource:
+    tags = {"kuma.io/service": service}
+    networking: dict[str, object] = {"address": "10.0.0.1"}
+    if gateway:
+        networking["gateway"] = {"type": "BUILTIN", "tags": tags}
+    else:
+        networking["inbound"] = [{"port": 8080, "tags": tags}]
+    return Resource(type="Dataplane", name=name, mesh="default", spec={"networking": networking}, version=version)
+
+
+def test_policy_matches_are_shared_by_proxies_with_the_same_tags_and_stay_correct() -> None:
+    mesh = Resource(type="Mesh", name="default")
+    policy = Resource(
+        type="MeshTimeout",
+        name="t",
+        mesh="default",
+        spec={"targetRef": {"kind": "MeshService", "name": "a"}, "to": [{"targetRef": {"kind": "Mesh"}}]},
+    )
+    dps = [_dp("a-1", "a"), _dp("a-2", "a"), _dp("b-1", "b")]
+    ctx = MeshContext.build(mesh, dps, [policy])
+    fresh = MeshContext.build(mesh, dps, [policy])
+    for dp in dps:
+        assert match_all(ctx, dp)["MeshTimeout"] == matched(fresh, dp, "MeshTimeout")
+    assert match_all(ctx, dps[0])["MeshTimeout"] == [policy]
+    assert match_all(ctx, dps[2])["MeshTimeout"] == []
+    # Each caller gets its own dict: changing it does not change another proxy's answer.
+    match_all(ctx, dps[0]).clear()
+    assert match_all(ctx, dps[1])["MeshTimeout"] == [policy]
+
+
+def test_the_builtin_gateway_index_follows_dataplane_changes() -> None:
+    reconciler = Reconciler(None, SnapshotCache(), None)  # type: ignore[arg-type]  # _apply reads no store
+    reconciler._apply(Event(EventKind.CREATED, Resource(type="Mesh", name="default", version=1)))
+    reconciler._apply(Event(EventKind.CREATED, _dp("gw", "edge", gateway=True)))
+    reconciler._apply(Event(EventKind.CREATED, _dp("a-1", "a")))
+    assert reconciler._gateways["default"] == {"gw"}
+    assert {dp.name for dp in reconciler._dataplanes("default")} == {"gw", "a-1"}
+    assert set(reconciler._local_endpoints("default")) == {"a"}
+    # No longer a gateway: out of the index; a new instance shows in the endpoints at once.
+    reconciler._apply(Event(EventKind.UPDATED, _dp("gw", "edge", version=2)))
+    assert reconciler._gateways["default"] == set()
+    assert set(reconciler._local_endpoints("default")) == {"a", "edge"}
+    reconciler._apply(Event(EventKind.DELETED, _dp("gw", "edge", version=2)))
+    assert {dp.name for dp in reconciler._dataplanes("default")} == {"a-1"}
+    assert set(reconciler._local_endpoints("default")) == {"a"}
