@@ -32,6 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from zonemesh.shared.certs import key_usage, private_key_pem, self_signed_ca
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.resources.schema import parse_duration
 from zonemesh.shared.store import AlreadyExists, Store
@@ -143,42 +144,19 @@ def generate_ca(mesh: str, backend: str, rsa_bits: int, validity_seconds: float,
             x509.NameAttribute(NameOID.COMMON_NAME, f"{mesh} builtin CA ({backend})"),
         ]
     )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(_utc(now - BACKDATE_SECONDS))
-        .not_valid_after(_utc(now + validity_seconds))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{mesh}")]), critical=False
-        )
-        .sign(key, hashes.SHA256())
+    cert = self_signed_ca(
+        key,
+        name,
+        _utc(now - BACKDATE_SECONDS),
+        _utc(now + validity_seconds),
+        key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True),
+        [x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{mesh}")])],
     )
     return CaBundle(
         mesh=mesh,
         backend=backend,
         cert_pem=cert.public_bytes(serialization.Encoding.PEM),
-        key_pem=key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ),
+        key_pem=private_key_pem(key),
     )
 
 
@@ -217,20 +195,7 @@ def issue_workload_cert(ca: CaBundle, service: str, validity_seconds: float, now
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=True,
-                data_encipherment=False,
-                key_agreement=True,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(key_usage(digital_signature=True, key_encipherment=True, key_agreement=True), critical=True)
         .add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
         )
@@ -252,9 +217,7 @@ def issue_workload_cert(ca: CaBundle, service: str, validity_seconds: float, now
     lifetime = not_after - not_before
     return WorkloadCert(
         cert_pem=cert.public_bytes(serialization.Encoding.PEM),
-        key_pem=key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ),
+        key_pem=private_key_pem(key),
         ca_pem=ca.cert_pem,
         not_before=not_before,
         not_after=not_after,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from zonemesh.shared.certs import private_key_pem
 from zonemesh.shared.license.format import LicenseError
 
 # The zonemesh release issuer. Its private half is not in this repository.
@@ -51,9 +52,7 @@ def trusted_keys(paths: str) -> list[Ed25519PublicKey]:
 def generate_keypair() -> tuple[bytes, bytes]:
     """A new issuer pair as (private PEM, public PEM)."""
     private = Ed25519PrivateKey.generate()
-    private_pem = private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    private_pem = private_key_pem(private)
     public_pem = private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )

@@ -16,6 +16,7 @@ import re
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
+from zonemesh.shared.certs import private_key_pem
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store import AlreadyExists, Store
 
@@ -24,9 +25,7 @@ RSA_BITS = 2048
 
 def generate_private_key_pem() -> bytes:
     key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    return private_key_pem(key)
 
 
 # Loading an RSA private key checks it (~20 ms of CPU): every token issued or validated used to
