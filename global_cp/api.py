@@ -16,13 +16,12 @@ from zonemesh.global_cp.zones import zone_enabled
 from zonemesh.shared.api.auth import require_admin
 from zonemesh.shared.api.context import MANAGER
 from zonemesh.shared.api.resources import read_document
-from zonemesh.shared.duration import parse_duration
 from zonemesh.shared.resources.codec import to_universal
 from zonemesh.shared.resources.model import ORIGIN_LABEL, ORIGIN_ZONE, ZONE_LABEL, Resource, ResourceKey, format_time
 from zonemesh.shared.resources.registry import REGISTRY
 from zonemesh.shared.resources.schema import FieldError, ValidationError
 from zonemesh.shared.store import ListFilter, NotFound
-from zonemesh.shared.tokens.zone import ZoneTokenIssuer, check_scope
+from zonemesh.shared.tokens.zone import check_scope, issue_requested
 
 
 def global_routes(kds: GlobalKds) -> list[web.RouteDef]:
@@ -36,22 +35,13 @@ def global_routes(kds: GlobalKds) -> list[web.RouteDef]:
         zone = doc.get("zone")
         if not isinstance(zone, str) or not zone:
             errors.append(FieldError("zone", "must be a non-empty string"))
+            zone = ""
         scope: list[str] = []
         try:
             scope = check_scope(doc.get("scope") or [])
         except ValueError as exc:
             errors.append(FieldError("scope", str(exc)))
-        valid_for = 0.0
-        try:
-            valid_for = parse_duration(str(doc.get("validFor") or "8760h"))
-            if valid_for <= 0:
-                raise ValueError("validFor must be positive")
-        except ValueError as exc:
-            errors.append(FieldError("validFor", str(exc)))
-        if errors:
-            raise ValidationError(errors, title="Invalid zone token request")
-        assert isinstance(zone, str)
-        token = await ZoneTokenIssuer(manager.store).issue(zone, scope, valid_for)
+        token = await issue_requested(manager.store, zone, scope, doc, errors)
         return web.Response(text=token, content_type="text/plain")
 
     async def zones_insights(request: web.Request) -> web.Response:

@@ -39,7 +39,6 @@ from zonemesh.shared.api.auth import require_admin
 from zonemesh.shared.api.context import MANAGER
 from zonemesh.shared.api.errors import error_response
 from zonemesh.shared.api.resources import read_document
-from zonemesh.shared.duration import parse_duration
 from zonemesh.shared.resources.codec import from_universal
 from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.model import Resource, format_time, now
@@ -47,7 +46,7 @@ from zonemesh.shared.resources.registry import REGISTRY
 from zonemesh.shared.resources.schema import FieldError, ValidationError
 from zonemesh.shared.store import AlreadyExists, Conflict, NotFound, Store
 from zonemesh.shared.tokens.tokens import InvalidToken
-from zonemesh.shared.tokens.zone import ZoneTokenIssuer, ZoneTokenValidator
+from zonemesh.shared.tokens.zone import ZoneTokenValidator, issue_requested
 from zonemesh.zone_cp.admission import (
     AdmissionRefused,
     DataplaneAuthenticator,
@@ -304,16 +303,7 @@ def token_routes(zone: str, federated: bool = False) -> list[web.RouteDef]:
         scope = doc.get("scope") or list(RESOURCE_TYPES)
         if not isinstance(scope, list) or not scope or any(s not in RESOURCE_TYPES for s in scope):
             errors.append(FieldError("scope", "a zone control plane issues only the scopes ingress and egress"))
-        valid_for = 0.0
-        try:
-            valid_for = parse_duration(str(doc.get("validFor") or "8760h"))
-            if valid_for <= 0:
-                raise ValueError("validFor must be positive")
-        except ValueError as exc:
-            errors.append(FieldError("validFor", str(exc)))
-        if errors:
-            raise ValidationError(errors, title="Invalid zone token request")
-        token = await ZoneTokenIssuer(manager.store).issue(zone, scope, valid_for)
+        token = await issue_requested(manager.store, zone, scope, doc, errors)
         return web.Response(text=token, content_type="text/plain")
 
     return [web.post("/tokens/zone", issue), web.post("/tokens/zone/", issue)]

@@ -14,14 +14,16 @@ zone, where ``ZoneTokenValidator(store, published=True)`` reads it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from zonemesh.shared.duration import parse_duration
 from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.resources.schema import FieldError, ValidationError
 from zonemesh.shared.store import AlreadyExists, Conflict, Store
 from zonemesh.shared.tokens.keys import SigningKeys, load_public_pem, public_key_pem
 from zonemesh.shared.tokens.tokens import InvalidToken, TokenIssuer, TokenValidator, sign
@@ -59,6 +61,24 @@ class ZoneTokenIssuer:
         if not zone:
             raise ValueError("zone must be given")
         return await self._issuer.issue(zone_claims(zone, scope), valid_for_seconds)
+
+
+async def issue_requested(
+    store: Store, zone: str, scope: Sequence[str], doc: Mapping[str, Any], errors: list[FieldError]
+) -> str:
+    """The end of a ``POST /tokens/zone`` (on global and on a standalone zone): ``validFor`` from
+    ``doc`` (a year unless given) is checked too, every problem found so far is raised together as
+    one ValidationError, else a token for ``zone`` and ``scope`` is issued."""
+    valid_for = 0.0
+    try:
+        valid_for = parse_duration(str(doc.get("validFor") or "8760h"))
+        if valid_for <= 0:
+            raise ValueError("validFor must be positive")
+    except ValueError as exc:
+        errors.append(FieldError("validFor", str(exc)))
+    if errors:
+        raise ValidationError(errors, title="Invalid zone token request")
+    return await ZoneTokenIssuer(store).issue(zone, scope, valid_for)
 
 
 def issue_offline(

@@ -140,3 +140,14 @@ async def test_a_standalone_cp_issues_zone_proxy_tokens_for_itself_and_a_federat
     assert status == 400 and "issued by the global control plane" in body
     assert "generate zone-token --zone zone-1 --scope ingress" in body
     assert not (await federated.list("GlobalSecret")).items  # no signing key was created on the zone
+
+
+async def test_a_bad_zone_token_request_names_every_field_and_issues_nothing() -> None:
+    store = MemoryStore()
+    status, body = await _post_zone_token(store, False, {"zone": "zone-2", "scope": ["cp"], "validFor": "-1h"})
+    assert status == 400
+    for field in ('"zone"', '"scope"', '"validFor"'):  # all three reported at once
+        assert field in body, body
+    status, body = await _post_zone_token(store, False, {"validFor": "soon"})
+    assert status == 400 and '"validFor"' in body
+    assert not (await store.list("GlobalSecret")).items  # no signing key was created for a refused request
