@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from envoy.config.core.v3 import base_pb2
+from zonemesh.shared.certs import key_usage, private_key_pem, self_signed_ca
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotCache
 from zonemesh.zone_cp.xds.context import MeshContext, WorkloadCert, services
@@ -89,21 +90,8 @@ class TestCA:
             key = ec.generate_private_key(ec.SECP256R1())
             name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"test CA {mesh}")])
             now = dt.datetime.now(dt.UTC)
-            cert = (
-                x509.CertificateBuilder()
-                .subject_name(name)
-                .issuer_name(name)
-                .public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - dt.timedelta(minutes=5))
-                .not_valid_after(now + dt.timedelta(days=3650))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                .add_extension(
-                    x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-                )
-                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-                .sign(key, hashes.SHA256())
-            )
+            usage = key_usage(key_cert_sign=True, crl_sign=True)
+            cert = self_signed_ca(key, name, now - dt.timedelta(minutes=5), now + dt.timedelta(days=3650), usage)
             self._cas[mesh] = (key, cert)
         return self._cas[mesh]
 
@@ -134,9 +122,7 @@ class TestCA:
             )
             .sign(ca_key, hashes.SHA256())
         )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key_pem = private_key_pem(key)
         self.issued += 1
         return _pem_cert(cert), key_pem, self.ca_pem(mesh), not_after
 
@@ -174,9 +160,7 @@ def self_signed_server_cert(host: str = "127.0.0.1", *more_hosts: str) -> tuple[
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    key_pem = private_key_pem(key)
     return _pem_cert(cert), key_pem
 
 
