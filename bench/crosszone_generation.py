@@ -23,12 +23,11 @@ import argparse
 import asyncio
 import json
 import platform
-import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchlib import timed_rounds
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds.context import MeshContext, WorkloadCert
 from zonemesh.zone_cp.xds.crosszone import EGRESS_SERVICE, CrossZone, ZoneContext
@@ -106,20 +105,6 @@ def workload(services: int, instances: int, zones: int, outbounds: int) -> dict[
     }
 
 
-def timed(fn: Callable[[], Any], rounds: int) -> dict[str, float]:
-    samples = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - started)
-    samples.sort()
-    return {
-        "median_ms": round(statistics.median(samples) * 1000, 3),
-        "p90_ms": round(samples[min(len(samples) - 1, int(len(samples) * 0.9))] * 1000, 3),
-        "rounds": rounds,
-    }
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--services", type=int, default=200)
@@ -163,12 +148,12 @@ async def main() -> None:
                 for lst in egress_set.by_type["type.googleapis.com/envoy.config.listener.v3.Listener"].values()
             ),  # type: ignore[attr-defined]
         },
-        "cross_build": timed(cross, args.rounds),
+        "cross_build": timed_rounds(cross, args.rounds),
         # each round builds its context, as a reconciler round does; the context build is included
-        "sidecar": timed(lambda: generate(mesh_ctx(), w["caller"]), args.rounds),
-        "ingress": timed(lambda: ingress.generate(zone_ctx(), w["local_ingress"]), args.rounds),
-        "egress": timed(lambda: egress.generate(zone_ctx(), w["local_egress"]), args.rounds),
-        "context_only": timed(zone_ctx, args.rounds),
+        "sidecar": timed_rounds(lambda: generate(mesh_ctx(), w["caller"]), args.rounds),
+        "ingress": timed_rounds(lambda: ingress.generate(zone_ctx(), w["local_ingress"]), args.rounds),
+        "egress": timed_rounds(lambda: egress.generate(zone_ctx(), w["local_egress"]), args.rounds),
+        "context_only": timed_rounds(zone_ctx, args.rounds),
     }
     print(json.dumps(result, indent=2))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -23,12 +23,10 @@ import argparse
 import asyncio
 import json
 import platform
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchlib import timed_rounds
 from zonemesh.shared.resources.defaults import default_policies
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds.context import MeshContext, WorkloadCert
@@ -126,20 +124,6 @@ def workload(services: int, instances: int, hosts: int, routes: int, rules: int)
     }
 
 
-def timed(fn: Callable[[], Any], rounds: int) -> dict[str, float]:
-    samples = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - started)
-    samples.sort()
-    return {
-        "median_ms": round(statistics.median(samples) * 1000, 3),
-        "p90_ms": round(samples[min(len(samples) - 1, int(len(samples) * 0.9))] * 1000, 3),
-        "rounds": rounds,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--services", type=int, default=50)
@@ -165,8 +149,8 @@ def main() -> None:
         for type_url, _, message in last[0].items():
             encode_any(type_url, message)
 
-    results: dict[str, Any] = {"generate": timed(run_generate, args.rounds)}
-    results["serialize"] = timed(run_serialize, args.rounds)
+    results: dict[str, Any] = {"generate": timed_rounds(run_generate, args.rounds)}
+    results["serialize"] = timed_rounds(run_serialize, args.rounds)
     out = last[0]
     counts = {t.rsplit(".", 1)[-1]: len(out.by_type[t]) for t in out.by_type}
     size = sum(len(encode_any(t, m)) for t, _, m in out.items())

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from benchlib import percentile
 from zonemesh.proto import kds_pb2
 from zonemesh.shared.config import Config
 from zonemesh.shared.resources.model import Resource
@@ -83,11 +84,6 @@ def dataplane(i: int) -> Resource:
             }
         },
     )
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
 def ms(seconds: float) -> float:

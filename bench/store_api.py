@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchlib import percentile
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store import ListFilter, Store
 from zonemesh.shared.store.etcd import EtcdStore
@@ -90,13 +91,6 @@ def meshtimeout(i: int) -> Resource:
 
 
 # --- statistics ----------------------------------------------------------------------------
-
-
-def percentile(samples: list[float], pct: float) -> float:
-    """Nearest-rank percentile: a value that was actually measured."""
-    ordered = sorted(samples)
-    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 def summary(samples_ms: list[float], wall_s: float | None = None) -> dict[str, float]:

@@ -63,6 +63,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from benchlib import percentile
+
 from zonemesh.testing import ControlPlaneProcess, http
 
 RESULTS = Path(__file__).resolve().parent / "results" / "xds_zone.json"
@@ -186,13 +188,6 @@ def timeout_doc(timeouts: tuple[int, int]) -> dict[str, Any]:
 
 
 # --- statistics ----------------------------------------------------------------------------
-
-
-def percentile(samples: list[float], pct: float) -> float:
-    """Nearest-rank percentile: a value that was actually measured."""
-    ordered = sorted(samples)
-    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 def summary_s(samples: list[float]) -> dict[str, float]:
