@@ -109,3 +109,17 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    """A failed test shows what its processes logged, when a fixture left a ``failure_logs``
+    callable on the test item: CI keeps the report, not the files."""
+    report: pytest.TestReport = yield
+    logs = getattr(item, "failure_logs", None)
+    if report.failed and callable(logs):
+        try:
+            report.sections.append(("process logs", logs()))
+        except Exception as exc:  # the report matters more than its logs
+            report.sections.append(("process logs", f"(could not read the logs: {exc!r})"))
+    return report

@@ -158,10 +158,18 @@ class World:
         self.b_proc = self.start_agent("zone-2", "b-1", doc, token, admin, "dataplane")
         self.b = Envoy("b-1", admin)
 
-    def logs(self) -> str:
+    def control_planes(self) -> dict[str, ControlPlaneProcess]:
+        return {"global": self.glob, **self.zones}
+
+    def logs(self, since: dict[str, int] | None = None) -> str:
+        """The proxies' log tails, and what each control plane logged since the offsets in
+        ``since`` (warnings and errors in full, the rest as its last 4,000 characters)."""
         parts = [f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.work.glob("*.log"))]
-        for name, cp in [("global", self.glob), *self.zones.items()]:
-            parts.append(f"--- {name} CP\n{cp.logs()[-4000:]}")
+        for name, cp in self.control_planes().items():
+            text = cp.logs()[(since or {}).get(name, 0) :]
+            notable = [line for line in text.splitlines() if '"warning"' in line or '"error"' in line]
+            parts.append(f"--- {name} CP warnings/errors\n" + "\n".join(notable[-200:]))
+            parts.append(f"--- {name} CP\n{text[-4000:]}")
         return "\n".join(parts)
 
 
@@ -236,6 +244,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for cp in w.zones.values():
             cp.stop()
         glob.stop()
+
+
+@pytest.fixture(autouse=True)
+def logs_on_failure(request: pytest.FixtureRequest, world: World) -> None:
+    """A failed test shows what the control planes logged while it ran (tests/conftest.py)."""
+    since = {name: len(cp.logs()) for name, cp in world.control_planes().items()}
+    request.node.failure_logs = lambda: world.logs(since)
 
 
 def call_b(w: World) -> tuple[int, str]:
@@ -544,18 +559,24 @@ def test_a_killed_ingress_is_dropped_by_other_zones_and_used_again_once_back(wor
     for pid in [agent.pid, *envoys]:
         os.kill(pid, signal.SIGKILL)
     agent.wait(10)
-    wait_until(lambda: w.a.hosts("app-b") == [], 30, interval=0.2, what="zone-2's dead ingress dropped by zone-1")  # type: ignore[union-attr]
-    print(f"zone-1 dropped zone-2's killed ingress {time.monotonic() - killed:.1f}s after SIGKILL")
+
+    def offline(cp: ControlPlaneProcess, name: str) -> bool:
+        status, insight = cp.get(f"/zone-ingress-insights/{name}")
+        return status == 200 and bool(insight["subscriptions"][-1].get("disconnectTime"))
+
+    # Hop by hop (zone-2 -> global -> zone-1 -> app-a's Envoy), so that a failure names the hop.
+    hops = [
+        ("zone-2 closes its killed ingress's subscription", lambda: offline(w.zones["zone-2"], "ingress-2")),
+        ("global has it offline", lambda: offline(w.glob, "zone-2.ingress-2")),
+        ("zone-1 has it offline", lambda: offline(w.zones["zone-1"], "zone-2.ingress-2")),
+        ("zone-1's app-a no longer routes to it", lambda: w.a.hosts("app-b") == []),  # type: ignore[union-attr]
+    ]
+    for what, reached in hops:
+        wait_until(reached, 30, interval=0.1, what=what)
+        print(f"{what}: {time.monotonic() - killed:.2f}s after SIGKILL")
     assert call_b(w)[0] != 200
     # still registered (nobody unregistered it), but offline everywhere
     assert w.zones["zone-1"].get("/zoneingresses/zone-2.ingress-2")[0] == 200
-    for cp, name in (
-        (w.zones["zone-2"], "ingress-2"),
-        (w.glob, "zone-2.ingress-2"),
-        (w.zones["zone-1"], "zone-2.ingress-2"),
-    ):
-        status, insight = cp.get(f"/zone-ingress-insights/{name}")
-        assert status == 200 and insight["subscriptions"][-1].get("disconnectTime"), insight
 
     w.ingress["zone-2"] = w.start_zone_proxy("zone-2", "ingress", port=port)  # restarted, same address
     wait_until(lambda: w.a.hosts("app-b") == [f"127.0.0.1:{port}"], WAIT, what="zone-2's ingress back in zone-1")  # type: ignore[union-attr]

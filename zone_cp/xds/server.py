@@ -26,6 +26,7 @@ import grpc
 import structlog
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+from zonemesh.shared.aio import run_to_completion
 from zonemesh.shared.config import Config
 from zonemesh.zone_cp.xds.cache import Cancel, ConfigWatcher, WatchRequest, WatchResponse
 from zonemesh.zone_cp.xds.metrics import XDS_DELIVERY, XDS_NACKS
@@ -216,13 +217,18 @@ class AdsServicer:
         try:
             await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (reader, writer):
-                task.cancel()
-            await asyncio.gather(reader, writer, return_exceptions=True)
-            stream.close()
-            self.open_streams -= 1
-            log.info("xds_stream_closed", proxy=identity.key, stream=info.stream_id)
-            await self.callbacks.run(self.callbacks.stream_close, info)
+            await run_to_completion(self._closed(info, stream, reader, writer))
+
+    async def _closed(
+        self, info: StreamInfo, stream: _Stream, reader: asyncio.Task[None], writer: asyncio.Task[None]
+    ) -> None:
+        for task in (reader, writer):
+            task.cancel()
+        await asyncio.gather(reader, writer, return_exceptions=True)
+        stream.close()
+        self.open_streams -= 1
+        log.info("xds_stream_closed", proxy=info.identity.key, stream=info.stream_id)
+        await self.callbacks.run(self.callbacks.stream_close, info)
 
     @staticmethod
     async def _read(
