@@ -706,7 +706,10 @@ def start_spy(cp: ControlPlane, path: Path | None, phase: str) -> subprocess.Pop
         return None
     assert cp.process is not None
     out = f"{path}.{phase}"
-    cmd = ["py-spy", "record", "--pid", str(cp.process.pid), "--format", "raw", "--nonblocking", "--output", out]
+    # py-spy installed in this venv need not be on PATH (the bench run as venv/bin/python)
+    beside = Path(sys.executable).parent / "py-spy"
+    spy_bin = str(beside) if beside.exists() else shutil.which("py-spy") or "py-spy"
+    cmd = [spy_bin, "record", "--pid", str(cp.process.pid), "--format", "raw", "--nonblocking", "--output", out]
     spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)
     return spy

@@ -9,6 +9,7 @@ Paths look like Kuma's: ``spec.to[0].default.http.requestTimeout``.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -128,8 +129,11 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_duration(text: str) -> float:
-    """Parse a Go duration ("1h30m", "500ms", "0s") into seconds. Raises ValueError."""
+    """Parse a Go duration ("1h30m", "500ms", "0s") into seconds. Raises ValueError.
+
+    Cached: generation parses the same few policy durations for every proxy it regenerates."""
     if text == "0":
         return 0.0
     if not _DURATION.fullmatch(text):
