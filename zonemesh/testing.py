@@ -357,3 +357,10 @@ def dynamic_cluster(dump: dict[str, Any], name: str) -> dict[str, Any]:
             if entry["cluster"]["name"] == name:
                 return entry["cluster"]  # type: ignore[no-any-return]
     raise AssertionError(f"cluster {name} not in the config dump")
+
+
+def log_excerpt(name: str, text: str, tail: int = 4000) -> str:
+    """A control plane's JSON log for a failure report: its warnings and errors in full (the
+    last 200), then its last ``tail`` characters."""
+    notable = [line for line in text.splitlines() if '"level": "warning"' in line or '"level": "error"' in line]
+    return f"--- {name}: warnings and errors\n" + "\n".join(notable[-200:]) + f"\n--- {name}: log tail\n{text[-tail:]}"

@@ -41,6 +41,7 @@ from zonemesh.testing import (
     dp_run_command,
     free_port,
     http,
+    log_excerpt,
     sidecar_dataplane,
     start_http_app,
     stop_processes,
@@ -166,10 +167,7 @@ class World:
         ``since`` (warnings and errors in full, the rest as its last 4,000 characters)."""
         parts = [f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.work.glob("*.log"))]
         for name, cp in self.control_planes().items():
-            text = cp.logs()[(since or {}).get(name, 0) :]
-            notable = [line for line in text.splitlines() if '"warning"' in line or '"error"' in line]
-            parts.append(f"--- {name} CP warnings/errors\n" + "\n".join(notable[-200:]))
-            parts.append(f"--- {name} CP\n{text[-4000:]}")
+            parts.append(log_excerpt(f"{name} CP", cp.logs()[(since or {}).get(name, 0) :]))
         return "\n".join(parts)
 
 

@@ -40,6 +40,7 @@ from zonemesh.testing import (
     dp_run_command,
     free_port,
     http,
+    log_excerpt,
     sidecar_dataplane,
     stop_processes,
     wait_until,
@@ -220,6 +221,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     finally:
         stop_processes(env.procs)
         cp.kill()
+
+
+@pytest.fixture(autouse=True)
+def logs_on_failure(request: pytest.FixtureRequest, env: Env) -> None:
+    """A failed test shows what the control plane logged while it ran (tests/conftest.py)."""
+    since = len(env.cp.logs())
+    request.node.failure_logs = lambda: log_excerpt("control plane", env.cp.logs()[since:])
 
 
 def test_path_routing(env: Env) -> None:

@@ -39,6 +39,7 @@ from zonemesh.testing import (
     dp_run_command,
     free_port,
     http,
+    log_excerpt,
     sidecar_dataplane,
     start_http_app,
     stop_process,
@@ -225,6 +226,13 @@ def running_zone(work: Path) -> Iterator[Zone]:
 def zone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zone]:
     with running_zone(tmp_path_factory.mktemp("zone-envoy")) as zone:
         yield zone
+
+
+@pytest.fixture(autouse=True)
+def logs_on_failure(request: pytest.FixtureRequest, zone: Zone) -> None:
+    """A failed test shows what the control plane logged while it ran (tests/conftest.py)."""
+    since = len(zone.cp.logs())
+    request.node.failure_logs = lambda: log_excerpt("control plane", zone.cp.logs()[since:])
 
 
 def test_request_crosses_two_envoys_over_mtls(zone: Zone) -> None:
