@@ -111,3 +111,94 @@ def test_the_builtin_gateway_index_follows_dataplane_changes() -> None:
     reconciler._apply(Event(EventKind.DELETED, _dp("gw", "edge", version=2)))
     assert {dp.name for dp in reconciler._dataplanes("default")} == {"a-1"}
     assert set(reconciler._local_endpoints("default")) == {"a"}
+
+
+# --- shapes: replicas share their config but for their inbound listeners -------------------------
+
+REPLICAS_YAML = """
+type: Mesh
+name: default
+mtls: {enabledBackend: ca-1, backends: [{name: ca-1, type: builtin}]}
+---
+type: MeshTimeout
+name: v2-slow
+mesh: default
+spec:
+  targetRef: {kind: MeshSubset, tags: {version: v2}}
+  to: [{targetRef: {kind: Mesh}, default: {http: {requestTimeout: 42s}}}]
+---
+type: MeshTrafficPermission
+name: web-from-api
+mesh: default
+spec:
+  targetRef: {kind: MeshService, name: web}
+  from: [{targetRef: {kind: MeshService, name: api}, default: {action: Allow}}]
+"""
+
+
+def _replica(name: str, address: str, version: str, *, inbound_address: str | None = None) -> Resource:
+    inbound: dict[str, object] = {
+        "port": 8080,
+        "servicePort": 9090,
+        "tags": {"kuma.io/service": "web", "kuma.io/protocol": "http", "version": version, "pod": name},
+    }
+    if inbound_address:
+        inbound["address"] = inbound_address
+    spec = {
+        "networking": {
+            "address": address,
+            "inbound": [inbound],
+            "outbound": [{"port": 30001, "tags": {"kuma.io/service": "api"}}],
+        }
+    }
+    return Resource(type="Dataplane", name=name, mesh="default", spec=spec, version=1)
+
+
+async def test_replicas_share_their_shape_and_get_what_each_alone_would() -> None:
+    from zonemesh.zone_cp.xds.dump import dump
+    from zonemesh.zone_cp.xds.generators import generate
+    from zonemesh.zone_cp.xds.resources import LISTENER, SECRET
+    from zonemesh.zone_cp.xds.testing import TestCA, load_resources, mesh_context
+
+    replicas = [
+        _replica("web-1", "10.0.0.1", "v1"),
+        _replica("web-2", "10.0.0.2", "v1"),  # differs only in its address and its `pod` tag
+        _replica("web-3", "10.0.0.3", "v2"),  # a tag a MeshSubset policy selects on
+        _replica("web-4", "10.0.0.4", "v1", inbound_address="10.9.9.4"),
+    ]
+    api = Resource(
+        type="Dataplane",
+        name="api-1",
+        mesh="default",
+        spec={
+            "networking": {
+                "address": "10.0.1.1",
+                "inbound": [{"port": 80, "tags": {"kuma.io/service": "api", "kuma.io/protocol": "http"}}],
+            }
+        },
+    )
+    resources = [*load_resources(REPLICAS_YAML), *replicas, api]
+    ca = TestCA()
+    shared = await mesh_context(resources, ca=ca)
+    together = {dp.name: generate(shared, dp) for dp in replicas}
+    for dp in replicas:
+        alone = await mesh_context(resources, ca=ca)  # a round of its own: nothing shared
+        assert dump(together[dp.name]) == dump(generate(alone, dp)), dp.name
+
+    one, two, three, four = (together[dp.name] for dp in replicas)
+    # Everything but the inbound listener is the very same messages for web-1 and web-2 ...
+    for type_url, by_name in one.by_type.items():
+        for name, message in by_name.items():
+            if type_url == LISTENER and name.startswith("inbound:"):
+                continue
+            assert two.by_type[type_url][name] is message, (type_url, name)
+    assert one.names(LISTENER) == ["inbound:10.0.0.1:8080", "outbound:127.0.0.1:30001"]
+    assert two.names(LISTENER) == ["inbound:10.0.0.2:8080", "outbound:127.0.0.1:30001"]
+    assert four.names(LISTENER) == ["inbound:10.9.9.4:8080", "outbound:127.0.0.1:30001"]
+    assert one.get(SECRET, "identity_cert:secret:web") is four.get(SECRET, "identity_cert:secret:web")
+    # ... but web-3's version tag is one a policy matches: its routes have the policy's timeout.
+    timeouts = [r.get(ROUTE, "outbound:api").virtual_hosts[0].routes[0].route.timeout.seconds for r in (one, three)]
+    assert timeouts[0] != 42 and timeouts[1] == 42
+    # A caller may change its set without changing another proxy's.
+    one.by_type[LISTENER].clear()
+    assert generate(shared, replicas[1]).names(LISTENER) == two.names(LISTENER)

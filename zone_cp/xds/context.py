@@ -9,7 +9,8 @@ workload certificates it fetched), then generates every affected proxy of the me
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
 SERVICE_TAG = "kuma.io/service"
 PROTOCOL_TAG = "kuma.io/protocol"
+READ_TAGS = frozenset({SERVICE_TAG, PROTOCOL_TAG})  # the inbound tags generators read themselves
 HTTP_PROTOCOLS = frozenset({"http", "http2", "grpc"})
 LOCALHOST = "127.0.0.1"
 
@@ -90,6 +92,29 @@ def services(dp: Resource) -> list[str]:
         if tags.get(SERVICE_TAG):
             seen[tags[SERVICE_TAG]] = None
     return list(seen)
+
+
+# Where a sidecar listens: read by the inbound listeners only (inbound.place).
+ADDRESS_FIELDS = ("address", "advertisedAddress")
+
+
+def shape(dp: Resource, tag_keys: Set[str] = frozenset()) -> str:
+    """What a sidecar's config depends on but for where it listens (generators/__init__.py):
+    the Dataplane without its addresses, and of its inbound tags only those generation reads:
+    kuma.io/service and kuma.io/protocol, and ``tag_keys`` (those policies match on, see
+    ``policies.tag_keys``). Replicas of a service share it. A gateway's listeners carry its
+    address: each gateway is a shape of its own."""
+    if is_gateway(dp):
+        return f"gateway/{dp.name}"
+    net = {k: v for k, v in networking(dp).items() if k not in ADDRESS_FIELDS}
+    net["inbound"] = [
+        {
+            **{k: v for k, v in inbound.items() if k not in ("address", "tags")},
+            "tags": {k: v for k, v in (inbound.get("tags") or {}).items() if k in READ_TAGS or k in tag_keys},
+        }
+        for inbound in inbounds(dp)
+    ]
+    return json.dumps({**dp.spec, "networking": net}, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def outbound_services(dp: Resource) -> set[str]:

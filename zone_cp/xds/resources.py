@@ -49,6 +49,12 @@ class ResourceSet:
             f"{SHORT_NAMES[t]}/{name}" for t in PUSH_ORDER for name in sorted(self.required[t] - self.by_type[t].keys())
         ]
 
+    def copy(self) -> ResourceSet:
+        """Another set holding the same (shared, not copied) messages."""
+        return ResourceSet(
+            {t: dict(found) for t, found in self.by_type.items()}, {t: set(names) for t, names in self.required.items()}
+        )
+
     def get(self, type_url: str, name: str) -> Message | None:
         return self.by_type[type_url].get(name)
 

@@ -8,6 +8,8 @@ inspector and a plaintext filter chain next to the TLS one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
@@ -157,26 +159,44 @@ def _built(
     return built
 
 
-def generate(ctx: MeshContext, proxy: Resource, policies: MatchedPolicies, resources: ResourceSet) -> None:
-    mtls = ctx.mtls
-    for inbound in inbounds(proxy):
+def templates(
+    ctx: MeshContext, proxy: Resource, policies: MatchedPolicies, resources: ResourceSet
+) -> list[tuple[int, listener_pb2.Listener]]:
+    """All of the inbounds' config but where they listen: their local clusters go into
+    ``resources``; per inbound, (its index in ``networking.inbound``, its listener without name
+    or address) is returned for ``place``. Nothing here reads an address the proxy listens on,
+    so replicas of a service share the result (generators/__init__.py)."""
+    found: list[tuple[int, listener_pb2.Listener]] = []
+    for index, inbound in enumerate(inbounds(proxy)):
         if inbound.get("state") == "Ignored":
             continue
         tags = inbound.get("tags") or {}
         service = str(tags[SERVICE_TAG])
         protocol = str(tags.get(PROTOCOL_TAG) or "tcp")
-        address, port = inbound_address(proxy, inbound), int(inbound["port"])
         service_address = str(inbound.get("serviceAddress") or LOCALHOST)
-        service_port = int(inbound.get("servicePort") or port)
+        service_port = int(inbound.get("servicePort") or inbound["port"])
         cluster, template = _built(ctx, service, protocol, service_address, service_port, policies)
+        resources.add(CLUSTER, cluster.name, cluster)
+        if ctx.mtls is not None:
+            resources.require(SECRET, identity_secret_name(service))
+            resources.require(SECRET, ca_secret_name(ctx.name))
+        found.append((index, template))
+    return found
 
+
+def place(proxy: Resource, found: Sequence[tuple[int, listener_pb2.Listener]], resources: ResourceSet) -> None:
+    """The proxy's own inbound listeners: each template at its inbound's address:port."""
+    own = inbounds(proxy)
+    for index, template in found:
+        inbound = own[index]
+        address, port = inbound_address(proxy, inbound), int(inbound["port"])
         name = f"inbound:{address}:{port}"
         listener = listener_pb2.Listener()
         listener.CopyFrom(template)  # a C-level copy of the shared filter chains
         listener.name = name
         listener.address.CopyFrom(socket_address(address, port))
         resources.add(LISTENER, name, listener)
-        resources.add(CLUSTER, cluster.name, cluster)
-        if mtls is not None:
-            resources.require(SECRET, identity_secret_name(service))
-            resources.require(SECRET, ca_secret_name(ctx.name))
+
+
+def generate(ctx: MeshContext, proxy: Resource, policies: MatchedPolicies, resources: ResourceSet) -> None:
+    place(proxy, templates(ctx, proxy, policies, resources), resources)

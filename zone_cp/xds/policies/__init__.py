@@ -24,7 +24,7 @@ from zonemesh.zone_cp.xds.policies import (
     meshtimeout,
     meshtrafficpermission,
 )
-from zonemesh.zone_cp.xds.policies.matching import matched, proxy_type, signature, to_conf
+from zonemesh.zone_cp.xds.policies.matching import matched, proxy_type, signature, subset_tag_keys, to_conf
 
 PLUGINS: tuple[ModuleType, ...] = (
     meshtrafficpermission,
@@ -55,6 +55,17 @@ def match_all(ctx: MeshContext, proxy: Resource) -> dict[str, list[Resource]]:
     if found is None:
         found = ctx.memo[key] = {plugin.TYPE: matched(ctx, proxy, plugin.TYPE) for plugin in PLUGINS}
     return dict(found)
+
+
+def tag_keys(ctx: MeshContext) -> frozenset[str]:
+    """The tag keys the mesh's policies select proxies by (MeshSubset targetRefs): a proxy's
+    other tags (beyond its service and protocol) change nothing in its config."""
+    key = ("policy-tag-keys",)
+    found = ctx.memo.get(key)
+    if found is None:
+        found = ctx.memo[key] = frozenset(k for t in POLICY_TYPES for k in subset_tag_keys(ctx.policies.get(t, ())))
+    assert isinstance(found, frozenset)
+    return found
 
 
 def policy_signature(policies: MatchedPolicies) -> tuple[tuple[str, ...], ...]:

@@ -42,6 +42,16 @@ def selects(target_ref: Mapping[str, Any], dp: Resource) -> bool:
     return False  # MeshGateway: builtin gateways are a later issue
 
 
+def subset_tag_keys(policies: Iterable[Resource]) -> set[str]:
+    """The tag keys the MeshSubset targetRefs of ``policies`` select on."""
+    return {
+        str(k)
+        for p in policies
+        if (ref := p.spec.get("targetRef") or {}).get("kind") == MESH_SUBSET
+        for k in ref.get("tags") or {}
+    }
+
+
 def _rank(policy: Resource) -> tuple[int, str]:
     return PRECEDENCE.get(str(policy.spec.get("targetRef", {}).get("kind")), 0), policy.name
 
