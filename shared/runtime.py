@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -128,6 +129,22 @@ class ControlPlane:
 CONTROL_PLANE = web.AppKey("control_plane", ControlPlane)
 
 
+# The garbage collector's young generation threshold (CPython's default: 700). A zone with
+# 2,000 proxies holds ~450,000 tracked objects (mostly gRPC's and asyncio's per stream), and a
+# mesh-wide change allocates ~100,000 that survive (new snapshots, watches): with the defaults a
+# full collection (~0.3 s with the loop stopped) came every 2-3 changes and delayed one change's
+# delivery by as much. Collecting the young generation less often, and freezing what startup
+# made (modules, the app: alive as long as the process), keeps full collections rare.
+GC_THRESHOLDS = (10_000, 20, 10)
+
+
+def tune_gc() -> None:
+    """Once the control plane has started: freeze what exists, collect less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def run(config: Config, assembly: Assembly | None = None) -> None:
     """Start, serve until SIGTERM/SIGINT, then shut down cleanly."""
     stop = asyncio.Event()
@@ -137,6 +154,7 @@ async def run(config: Config, assembly: Assembly | None = None) -> None:
     cp = ControlPlane(config, assembly)
     try:
         await cp.start()
+        tune_gc()
         await stop.wait()
         log.info("shutdown_requested")
     finally:
