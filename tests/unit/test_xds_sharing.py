@@ -202,3 +202,19 @@ async def test_replicas_share_their_shape_and_get_what_each_alone_would() -> Non
     # A caller may change its set without changing another proxy's.
     one.by_type[LISTENER].clear()
     assert generate(shared, replicas[1]).names(LISTENER) == two.names(LISTENER)
+
+
+def test_a_copy_shares_the_dicts_of_its_original_until_it_adds_to_them() -> None:
+    cluster, route = cluster_pb2.Cluster(name="c"), route_pb2.RouteConfiguration(name="r")
+    original = _set(cluster, route)
+    copy = original.copy()
+    assert copy.by_type[CLUSTER] is original.by_type[CLUSTER]
+    copy.add(CLUSTER, "d", cluster_pb2.Cluster(name="d"))
+    assert original.names(CLUSTER) == ["c"] and copy.names(CLUSTER) == ["c", "d"]
+    assert copy.by_type[ROUTE] is original.by_type[ROUTE]  # untouched: still shared
+    # The builder recognizes a shared dict: one TypeSnapshot, the same as for equal content.
+    builder = SnapshotBuilder()
+    one, two = builder.build(original), builder.build(copy)
+    assert one.types[ROUTE] is two.types[ROUTE]
+    assert one.types[CLUSTER] is not two.types[CLUSTER]
+    assert builder.build(_set(cluster, route)).types[CLUSTER] is one.types[CLUSTER]

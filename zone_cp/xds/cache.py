@@ -52,12 +52,10 @@ class TypeSnapshot:
 
 
 def _version(resources: Mapping[str, bytes]) -> str:
-    digest = hashlib.blake2b(digest_size=8)
+    parts: list[bytes] = []
     for name in sorted(resources):
-        digest.update(name.encode())
-        digest.update(b"\0")
-        digest.update(resources[name])
-    return digest.hexdigest()
+        parts += (name.encode(), b"\0", resources[name])
+    return hashlib.blake2b(b"".join(parts), digest_size=8).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -92,12 +90,14 @@ class SnapshotBuilder:
     """Builds the snapshots of one round. Generation shares identical message objects between
     proxies (a service's clusters, routes, endpoints, secrets): each is serialized once, and a
     type whose resources are the very same objects as another proxy's gets the same
-    ``TypeSnapshot`` (no re-hashing, and one copy in memory). Messages are held for the round
-    so that their ids stay unique."""
+    ``TypeSnapshot`` (no re-hashing, and one copy in memory); replicas of a shape even share the
+    very dicts (``ResourceSet.copy``), recognized without looking inside. Messages and dicts are
+    held for the round so that their ids stay unique."""
 
     def __init__(self) -> None:
         self._encoded: dict[int, tuple[Message, bytes]] = {}
         self._typed: dict[tuple[str, tuple[str, ...], tuple[int, ...]], TypeSnapshot] = {}
+        self._by_dict: dict[tuple[str, int], tuple[dict[str, Message], TypeSnapshot]] = {}
 
     def encode(self, type_url: str, message: Message) -> bytes:
         hit = self._encoded.get(id(message))
@@ -105,17 +105,21 @@ class SnapshotBuilder:
             hit = self._encoded[id(message)] = (message, encode_any(type_url, message))
         return hit[1]
 
+    def _typed_snapshot(self, type_url: str, by_name: dict[str, Message]) -> TypeSnapshot:
+        shared = self._by_dict.get((type_url, id(by_name)))
+        if shared is not None:
+            return shared[1]
+        key = (type_url, tuple(by_name), tuple(map(id, by_name.values())))
+        typed = self._typed.get(key)
+        if typed is None:
+            items = {name: self.encode(type_url, msg) for name, msg in by_name.items()}
+            typed = self._typed[key] = TypeSnapshot(_version(items), items)
+        self._by_dict[(type_url, id(by_name))] = (by_name, typed)
+        return typed
+
     def build(self, resources: ResourceSet, changed_at: float | None = None) -> Snapshot:
-        types: dict[str, TypeSnapshot] = {}
-        for type_url in PUSH_ORDER:
-            by_name = resources.by_type[type_url]
-            key = (type_url, tuple(by_name), tuple(map(id, by_name.values())))
-            typed = self._typed.get(key)
-            if typed is None:
-                items = {name: self.encode(type_url, msg) for name, msg in by_name.items()}
-                typed = self._typed[key] = TypeSnapshot(_version(items), items)
-            types[type_url] = typed
-        return Snapshot(types, changed_at)
+        by_type = resources.by_type
+        return Snapshot({t: self._typed_snapshot(t, by_type[t]) for t in PUSH_ORDER}, changed_at)
 
 
 # --- the watch protocol the servicer speaks ------------------------------------------------

@@ -7,6 +7,7 @@ push to a proxy costs a join, not a re-serialization.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -28,17 +29,28 @@ WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
 
 @dataclass
 class ResourceSet:
-    """What generation produces for one proxy: per type URL, resources by name."""
+    """What generation produces for one proxy: per type URL, resources by name. Read ``by_type``;
+    change it through ``add`` only (a copy shares the dicts of its original until it adds)."""
 
     by_type: dict[str, dict[str, Message]] = field(default_factory=lambda: {t: {} for t in PUSH_ORDER})
     # Names other resources refer to (EDS cluster -> endpoints, listener -> routes, clusters, secrets).
     required: dict[str, set[str]] = field(default_factory=lambda: {t: set() for t in PUSH_ORDER})
+    _borrowed: set[str] = field(default_factory=set, repr=False, compare=False)  # dicts of the original
 
     def add(self, type_url: str, name: str, resource: Message) -> None:
         bucket = self.by_type[type_url]
         if name in bucket and bucket[name] is not resource:
             raise ValueError(f"two {SHORT_NAMES[type_url]} resources named {name!r}")
+        if type_url in self._borrowed:
+            bucket = self.by_type[type_url] = dict(bucket)
+            self._borrowed.discard(type_url)
         bucket[name] = resource
+
+    def copy(self) -> ResourceSet:
+        """Another set holding the same messages, sharing the original's dicts until it adds to
+        them (replicas of a shape share all types but their listeners: SnapshotBuilder then
+        recognizes a shared dict at once)."""
+        return ResourceSet(dict(self.by_type), {t: set(names) for t, names in self.required.items()}, set(self.by_type))
 
     def require(self, type_url: str, name: str) -> None:
         self.required[type_url].add(name)
@@ -48,12 +60,6 @@ class ResourceSet:
         return [
             f"{SHORT_NAMES[t]}/{name}" for t in PUSH_ORDER for name in sorted(self.required[t] - self.by_type[t].keys())
         ]
-
-    def copy(self) -> ResourceSet:
-        """Another set holding the same (shared, not copied) messages."""
-        return ResourceSet(
-            {t: dict(found) for t, found in self.by_type.items()}, {t: set(names) for t, names in self.required.items()}
-        )
 
     def get(self, type_url: str, name: str) -> Message | None:
         return self.by_type[type_url].get(name)
@@ -71,6 +77,8 @@ class ResourceSet:
 
 
 def varint(value: int) -> bytes:
+    if value < 0x80:
+        return _SMALL[value]
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -82,14 +90,22 @@ def varint(value: int) -> bytes:
             return bytes(out)
 
 
+_SMALL = [bytes((n,)) for n in range(0x80)]
+
+
 def length_delimited(field_number: int, payload: bytes) -> bytes:
     return varint(field_number << 3 | 2) + varint(len(payload)) + payload
 
 
+@functools.cache
+def _any_type_url(type_url: str) -> bytes:
+    return length_delimited(1, type_url.encode())
+
+
 def encode_any(type_url: str, message: Message) -> bytes:
     """``google.protobuf.Any{type_url, value}`` as bytes, deterministic."""
-    value = message.SerializeToString(deterministic=True)
-    return length_delimited(1, type_url.encode()) + length_delimited(2, value)
+    value: bytes = message.SerializeToString(deterministic=True)
+    return _any_type_url(type_url) + b"\x12" + varint(len(value)) + value  # field 2 (value), length-delimited
 
 
 # DiscoveryResponse field numbers (envoy.service.discovery.v3).
