@@ -17,8 +17,9 @@ affected proxies are regenerated:
 
 The "which proxies" rules are the pure functions ``affected_by_*`` (unit-tested alone).
 
-One MeshContext per mesh per round lets proxies share identical pieces; the loop yields to
-the event loop between proxies so that streams keep being served while a round runs.
+One MeshContext per mesh per round lets proxies share identical pieces; the round pushes its
+snapshots in slices of ~10 ms of generation and yields to the event loop between slices, so that
+streams, the API and KDS keep being served while a round runs.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from zonemesh.shared.resources.model import Resource, ResourceKey
 from zonemesh.shared.resources.schema import Errors
 from zonemesh.shared.store import Store
 from zonemesh.shared.store.base import Event, EventKind, Watch
-from zonemesh.zone_cp.xds.cache import SnapshotBuilder, SnapshotCache
+from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotBuilder, SnapshotCache
 from zonemesh.zone_cp.xds.context import (
     DATAPLANE,
     EXTERNAL_SERVICE,
@@ -73,6 +74,7 @@ CONTEXT_TYPES = (*POLICY_TYPES, *GATEWAY_TYPES, SECRET)
 
 ROTATE_AT_FRACTION = 0.8  # as the builtin CA: a certificate is reissued after 80% of its lifetime
 MIN_ROTATION_CHECK = 1.0
+YIELD_EVERY = 0.01  # seconds of generation in a slice (pushed together, then the loop runs)
 MAX_ROTATION_CHECK = 60.0
 
 
@@ -437,7 +439,14 @@ class Reconciler:
             cross=self.cross_zone(mesh_name),
             endpoints=self._local_endpoints(mesh_name),
         )
+        # Proxies are pushed in slices of YIELD_EVERY seconds of generation, then the loop runs:
+        # it starts the slice's writes, then handles the ACKs that came meanwhile. A yield after
+        # every proxy made each proxy's config wait for the ACK handling of all before it
+        # (bench/xds_zone.py, 2,000 proxies, 10 changes each: per-change p99 1.04-1.64 s with
+        # slices, 1.18-1.89 s with a yield per proxy; all pushed at the end, 20 changes: 1.00-1.83 s).
         builder = SnapshotBuilder()
+        ready: list[tuple[str, Snapshot]] = []
+        slice_started = time.perf_counter()
         for dp in proxies:
             started = time.perf_counter()
             try:
@@ -446,8 +455,17 @@ class Reconciler:
                 log.error("xds_generation_failed", proxy=f"{dp.mesh}/{dp.name}", error=str(exc))
                 continue
             XDS_GENERATION.observe(time.perf_counter() - started)
-            self.cache.set_snapshot(node_key(dp.mesh, dp.name), snapshot)
-            await asyncio.sleep(0)  # let streams run between proxies
+            ready.append((node_key(dp.mesh, dp.name), snapshot))
+            if started - slice_started >= YIELD_EVERY:
+                self._publish(ready)
+                await asyncio.sleep(0)  # the API, KDS and other streams keep being served
+                slice_started = time.perf_counter()
+        self._publish(ready)
+
+    def _publish(self, ready: list[tuple[str, Snapshot]]) -> None:
+        for node, snapshot in ready:
+            self.cache.set_snapshot(node, snapshot)
+        ready.clear()
 
     async def _certs(self, mesh: Resource, proxies: list[Resource]) -> dict[str, WorkloadCert]:
         if not (mesh.spec.get("mtls") or {}).get("enabledBackend") or self.cert_provider is None:
