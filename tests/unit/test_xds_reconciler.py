@@ -14,6 +14,7 @@ from zonemesh.shared.ca import BuiltinCA
 from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store.memory import MemoryStore
+from zonemesh.zone_cp.xds import reconciler as reconciler_module
 from zonemesh.zone_cp.xds.cache import Snapshot
 from zonemesh.zone_cp.xds.proxy import node_key
 from zonemesh.zone_cp.xds.reconciler import (
@@ -201,6 +202,32 @@ async def test_disconnected_proxies_are_not_generated(zone: Zone) -> None:
     await zone.settle(1)
     await zone.manager.apply(policy("MeshTimeout", "all", {"kind": "Mesh"}))
     assert await zone.settle(1) == ["default/web-1"]
+
+
+@pytest.mark.parametrize(("slice_seconds", "pushed_apart"), [(0.0, True), (60.0, False)])
+async def test_a_round_pushes_in_slices_and_the_loop_runs_between_them(
+    zone: Zone, monkeypatch: pytest.MonkeyPatch, slice_seconds: float, pushed_apart: bool
+) -> None:
+    await zone.connect(*[dp.name for dp in ALL])
+    await zone.settle(4)
+    monkeypatch.setattr(reconciler_module, "YIELD_EVERY", slice_seconds)
+    seen: list[int] = []  # pushes so far, each time another task got the loop during the round
+    done = False
+
+    async def observe() -> None:
+        while not done:
+            seen.append(len(zone.cache.pushes))
+            await asyncio.sleep(0)
+
+    observer = asyncio.create_task(observe())
+    await asyncio.sleep(0)
+    await zone.reconciler.reconcile(["default"], [])
+    done = True
+    await observer
+    assert len(zone.cache.pushes) == len(ALL)
+    # Slices of no time: the loop ran between proxies, each pushed before the next was generated.
+    # One long slice: all four were pushed together, after the whole round.
+    assert any(0 < n < len(ALL) for n in seen) is pushed_apart
 
 
 # -- workload certificate rotation ---------------------------------------------------------------
