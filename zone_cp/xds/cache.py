@@ -163,6 +163,13 @@ class _Watch:
     respond: Respond
 
 
+_PUSH_RANK = {type_url: rank for rank, type_url in enumerate(PUSH_ORDER)}
+
+
+def _push_rank(item: tuple[int, _Watch]) -> int:
+    return _PUSH_RANK.get(item[1].request.type_url, len(PUSH_ORDER))
+
+
 @dataclass
 class SnapshotCache:
     """Snapshots by node key, plus open watches. Single event loop: no locking."""
@@ -177,10 +184,9 @@ class SnapshotCache:
         if not watches:
             return
         # Answer in push order (clusters before listeners) so Envoy can warm them.
-        for type_url in PUSH_ORDER:
-            for watch_id, watch in list(watches.items()):
-                if watch.request.type_url == type_url and self._answer(watch.request, watch.respond, snapshot):
-                    del watches[watch_id]
+        for watch_id, watch in sorted(watches.items(), key=_push_rank):
+            if self._answer(watch.request, watch.respond, snapshot):
+                del watches[watch_id]
 
     def clear_snapshot(self, node: str) -> None:
         self._snapshots.pop(node, None)
@@ -215,9 +221,10 @@ class SnapshotCache:
         if typed is None:
             return False
         wildcard = request.type_url in WILDCARD_TYPES or not request.names
-        names_changed = not wildcard and request.sent_names is not None and request.names != request.sent_names
-        if typed.version == request.version and not names_changed:
-            return False
+        if typed.version == request.version and (
+            wildcard or request.sent_names is None or request.names == request.sent_names
+        ):
+            return False  # the proxy has it, and asks for nothing else
         # No per-response log line: with structlog's module-level proxy even a filtered debug
         # call binds a logger (~9 µs), once per response to every proxy.
         if wildcard or request.names == typed.names:  # all of the type: the shared, pre-encoded response
