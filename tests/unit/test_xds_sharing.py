@@ -218,3 +218,16 @@ def test_a_copy_shares_the_dicts_of_its_original_until_it_adds_to_them() -> None
     assert one.types[ROUTE] is two.types[ROUTE]
     assert one.types[CLUSTER] is not two.types[CLUSTER]
     assert builder.build(_set(cluster, route)).types[CLUSTER] is one.types[CLUSTER]
+
+
+def test_a_new_snapshot_answers_the_waiting_watches_in_push_order() -> None:
+    cache = SnapshotCache()
+    got: list[str] = []
+    for type_url in (ROUTE, CLUSTER):  # watches opened routes first
+        cache.create_watch(WatchRequest("default/p", type_url, ""), lambda resp: got.append(resp.type_url))
+    resources = _set(cluster_pb2.Cluster(name="c"), route_pb2.RouteConfiguration(name="r"))
+    cache.set_snapshot("default/p", SnapshotBuilder().build(resources))
+    assert got == [CLUSTER, ROUTE]  # clusters first, so that Envoy can warm them
+    # Answered watches are gone: the same snapshot again sends nothing.
+    cache.set_snapshot("default/p", SnapshotBuilder().build(resources))
+    assert got == [CLUSTER, ROUTE]
