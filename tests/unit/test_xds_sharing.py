@@ -231,3 +231,30 @@ def test_a_new_snapshot_answers_the_waiting_watches_in_push_order() -> None:
     # Answered watches are gone: the same snapshot again sends nothing.
     cache.set_snapshot("default/p", SnapshotBuilder().build(resources))
     assert got == [CLUSTER, ROUTE]
+
+
+async def test_callers_of_a_service_share_its_route_and_listener_but_not_their_identity() -> None:
+    from zonemesh.zone_cp.xds.generators import generate
+    from zonemesh.zone_cp.xds.resources import CLUSTER, LISTENER
+    from zonemesh.zone_cp.xds.testing import load_resources, mesh_context
+
+    web, admin = _replica("web-1", "10.0.0.1", "v1"), _replica("admin-1", "10.0.0.9", "v1")
+    admin.spec["networking"]["inbound"][0]["tags"]["kuma.io/service"] = "admin"
+    api = Resource(
+        type="Dataplane",
+        name="api-1",
+        mesh="default",
+        spec={
+            "networking": {
+                "address": "10.0.1.1",
+                "inbound": [{"port": 80, "tags": {"kuma.io/service": "api", "kuma.io/protocol": "http"}}],
+            }
+        },
+    )
+    ctx = await mesh_context([*load_resources(REPLICAS_YAML), web, admin, api])
+    one, two = generate(ctx, web), generate(ctx, admin)
+    assert one.get(ROUTE, "outbound:api") is not None
+    assert one.get(ROUTE, "outbound:api") is two.get(ROUTE, "outbound:api")
+    assert one.get(LISTENER, "outbound:127.0.0.1:30001") is two.get(LISTENER, "outbound:127.0.0.1:30001")
+    tls = [c.transport_socket.typed_config.value for c in (one.get(CLUSTER, "api"), two.get(CLUSTER, "api"))]
+    assert b"identity_cert:secret:web" in tls[0] and b"identity_cert:secret:admin" in tls[1]

@@ -21,7 +21,7 @@ build and one serialization per round, whatever the number of proxies.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -57,7 +57,7 @@ from zonemesh.zone_cp.xds.envoy import (
 )
 from zonemesh.zone_cp.xds.generators.common import http_protocol_options
 from zonemesh.zone_cp.xds.generators.inbound import ROUTER
-from zonemesh.zone_cp.xds.policies import MatchedPolicies, policy_signature
+from zonemesh.zone_cp.xds.policies import MatchedPolicies, outbound_signature
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, ResourceSet
 
 
@@ -73,18 +73,10 @@ def _tls_socket(context: tls_pb2.UpstreamTlsContext) -> base_pb2.TransportSocket
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(context))
 
 
-def _mesh_cluster(ctx: MeshContext, service: str, identity: str | None, peer: str | None = None) -> cluster_pb2.Cluster:
-    """An EDS cluster; with mTLS it expects ``peer``'s SPIFFE ID (default: the destination's)."""
+def _mesh_cluster(service: str) -> cluster_pb2.Cluster:
+    """An EDS cluster (without the TLS of a source identity: ``_build`` adds it)."""
     cluster = cluster_pb2.Cluster(name=service, type=cluster_pb2.Cluster.EDS)
     cluster.eds_cluster_config.eds_config.CopyFrom(ads_source())
-    if ctx.mtls is not None:
-        if identity is None:
-            raise ValueError("mTLS is on but the proxy serves no service to take its identity from")
-        context = tls_pb2.UpstreamTlsContext(
-            common_tls_context=common_tls(ctx.name, identity, spiffe_id(ctx.name, peer or service), exact=True),
-            sni=sni(ctx.name, service),
-        )
-        cluster.transport_socket.CopyFrom(_tls_socket(context))
     return cluster
 
 
@@ -113,12 +105,41 @@ def external_cluster(
 
 
 def _build(ctx: MeshContext, service: str, identity: str | None, policies: MatchedPolicies) -> _Built:
+    """An outbound's pieces for a proxy of ``identity``: the shared ones (``_shared``), with a
+    cluster presenting the identity's certificate and expecting the destination's SPIFFE ID
+    (the egress's, for an ExternalService reached through it) when mesh mTLS applies."""
+    shared = _shared(ctx, service, policies)
+    if ctx.mtls is None or not shared.endpoints:  # no mTLS, or an ExternalService reached directly
+        return shared
+    if identity is None:
+        raise ValueError("mTLS is on but the proxy serves no service to take its identity from")
+    peer = EGRESS_SERVICE if service in ctx.external_services else service
+    context = tls_pb2.UpstreamTlsContext(
+        common_tls_context=common_tls(ctx.name, identity, spiffe_id(ctx.name, peer), exact=True),
+        sni=sni(ctx.name, service),
+    )
+    cluster = cluster_pb2.Cluster()
+    cluster.CopyFrom(shared.cluster)
+    cluster.transport_socket.CopyFrom(_tls_socket(context))
+    return replace(shared, cluster=cluster)
+
+
+def _shared(ctx: MeshContext, service: str, policies: MatchedPolicies) -> _Built:
+    """What an outbound to ``service`` is whatever the source's identity: built once per
+    (destination, policies configuring outbounds) and shared by every proxy calling it."""
+    key = ("outbound-shared", service, outbound_signature(policies))
+    built = ctx.memo.get(key)
+    if built is None:
+        built = ctx.memo[key] = _build_shared(ctx, service, policies)
+    assert isinstance(built, _Built)
+    return built
+
+
+def _build_shared(ctx: MeshContext, service: str, policies: MatchedPolicies) -> _Built:
     external = ctx.external_services.get(service)
     protocol = ctx.protocol(service)
-    if external is None:
-        cluster = _mesh_cluster(ctx, service, identity)
-    elif ctx.via_egress:
-        cluster = _mesh_cluster(ctx, service, identity, peer=EGRESS_SERVICE)
+    if external is None or ctx.via_egress:
+        cluster = _mesh_cluster(service)
     else:
         cluster = external_cluster(service, external, ctx.cross.resolved if ctx.cross else None)
     pieces = OutboundPieces(ctx.name, service, protocol, cluster)
@@ -187,7 +208,7 @@ def endpoints(ctx: MeshContext, service: str) -> endpoint_pb2.ClusterLoadAssignm
 def generate(ctx: MeshContext, proxy: Resource, policies: MatchedPolicies, resources: ResourceSet) -> None:
     own = services(proxy)
     identity = own[0] if own else None
-    signature = policy_signature(policies)
+    signature = outbound_signature(policies)
     for outbound in outbounds(proxy):
         tags = outbound.get("tags")
         if not tags:
@@ -204,7 +225,7 @@ def generate(ctx: MeshContext, proxy: Resource, policies: MatchedPolicies, resou
         assert isinstance(built, _Built)
 
         listener_name = f"outbound:{address}:{port}"
-        listener_key = ("listener", listener_name, key)
+        listener_key = ("listener", listener_name, service, signature)  # no identity in it: shared
         listener = ctx.memo.get(listener_key)
         if listener is None:
             listener = ctx.memo[listener_key] = listener_pb2.Listener(

@@ -37,6 +37,7 @@ PLUGINS: tuple[ModuleType, ...] = (
     meshratelimit,
 )
 POLICY_TYPES = tuple(plugin.TYPE for plugin in PLUGINS)
+OUTBOUND_TYPES = tuple(plugin.TYPE for plugin in PLUGINS if hasattr(plugin, "apply_outbound"))
 
 
 class PolicyError(Exception):
@@ -70,6 +71,11 @@ def tag_keys(ctx: MeshContext) -> frozenset[str]:
 
 def policy_signature(policies: MatchedPolicies) -> tuple[tuple[str, ...], ...]:
     return tuple(signature(policies[t]) for t in POLICY_TYPES)
+
+
+def outbound_signature(policies: MatchedPolicies) -> tuple[tuple[str, ...], ...]:
+    """The part of ``policy_signature`` an outbound depends on (``configure_outbound``'s types)."""
+    return tuple(signature(policies[t]) for t in OUTBOUND_TYPES)
 
 
 def _run(plugin: ModuleType, fn: Callable[..., None], *args: Any) -> None:
