@@ -1,0 +1,189 @@
+"""The floor under bench/xds_zone.py: what grpc.aio itself costs per pushed message.
+
+The simplest ADS-shaped server there is: one bidirectional stream per client over TLS, a
+writer per stream sending one pre-serialized 2 KB payload when told, a reader counting the
+replies; no generation, no snapshots, no bookkeeping. The clients (two processes, on the same
+cores, as in bench/xds_zone.py) answer each message with a short reply, as Envoy ACKs. A round
+pushes one message to every stream and waits until every reply was read; measured per round:
+the server process's CPU per (message + reply) and the round's wall time.
+
+    python bench/grpc_floor.py --streams 1000
+    python bench/grpc_floor.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from multiprocessing.queues import Queue
+from pathlib import Path
+from typing import Any
+
+import grpc
+from zonemesh.zone_cp.xds.testing import self_signed_server_cert
+
+RESULTS = Path(__file__).resolve().parent / "results" / "grpc_floor.json"
+SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+METHOD = f"/{SERVICE}/StreamAggregatedResources"
+PAYLOAD_BYTES = 2000
+CLIENT_PROCESSES = 2
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # all threads: the event loop and gRPC's own
+    return usage.ru_utime + usage.ru_stime
+
+
+def _raw(data: bytes) -> bytes:
+    return data
+
+
+async def _serve(cert: bytes, key: bytes, streams: int, rounds: int, results: Queue[Any]) -> None:
+    outboxes: list[asyncio.Queue[bytes | None]] = []
+    replies = 0
+
+    async def handler(_requests: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        nonlocal replies
+        outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        outboxes.append(outbox)
+
+        async def read() -> None:
+            nonlocal replies
+            while await context.read() is not grpc.aio.EOF:
+                replies += 1
+
+        reader = asyncio.create_task(read())
+        while (item := await outbox.get()) is not None:
+            await context.write(item)
+        reader.cancel()
+
+    server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 1 << 20)])
+    handlers = {"StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(handler, _raw, _raw)}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)]))
+    await server.start()
+    results.put(port)
+    for _ in range(6000):  # bounded: 60 s for every client's first message
+        if replies >= streams:
+            break
+        await asyncio.sleep(0.01)
+    payload = os.urandom(PAYLOAD_BYTES)
+    measured = []
+    for _ in range(rounds):
+        await asyncio.sleep(0.5)  # let the previous round's stragglers settle
+        target = replies + len(outboxes)
+        cpu, started = _cpu_s(), time.perf_counter()
+        for outbox in outboxes:
+            outbox.put_nowait(payload)
+        for _ in range(30_000):  # bounded: 30 s
+            if replies >= target:
+                break
+            await asyncio.sleep(0.001)
+        measured.append((_cpu_s() - cpu, time.perf_counter() - started, replies >= target))
+    for outbox in outboxes:
+        outbox.put_nowait(None)
+    await server.stop(1)
+    results.put(measured)
+
+
+def _server_process(cert: bytes, key: bytes, streams: int, rounds: int, results: Queue[Any]) -> None:
+    asyncio.run(_serve(cert, key, streams, rounds, results))
+
+
+async def _clients(port: int, ca: bytes, count: int, rounds: int) -> None:
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca)
+
+    async def one() -> None:
+        channel = grpc.aio.secure_channel(
+            f"127.0.0.1:{port}", credentials, options=[("grpc.use_local_subchannel_pool", 1)]
+        )
+        try:
+            call = channel.stream_stream(METHOD, request_serializer=_raw, response_deserializer=_raw)()
+            await call.write(b"hello")
+            for _ in range(rounds):
+                if await call.read() is grpc.aio.EOF:
+                    return
+                await call.write(b"ack")
+            await call.read()  # until the server ends the stream
+        finally:
+            await channel.close()
+
+    await asyncio.wait_for(asyncio.gather(*(one() for _ in range(count))), timeout=60 + 40 * rounds)
+
+
+def _client_process(port: int, ca: bytes, count: int, rounds: int) -> None:
+    asyncio.run(_clients(port, ca, count, rounds))
+
+
+def run(streams: int, rounds: int) -> dict[str, Any]:
+    cert, key = self_signed_server_cert("127.0.0.1")
+    results: Queue[Any] = mp.Queue()
+    server = mp.Process(target=_server_process, args=(cert, key, streams, rounds, results))
+    server.start()
+    port = results.get(timeout=30)
+    share = streams // CLIENT_PROCESSES
+    clients = [mp.Process(target=_client_process, args=(port, cert, share, rounds)) for _ in range(CLIENT_PROCESSES)]
+    for client in clients:
+        client.start()
+    measured = results.get(timeout=120 + 40 * rounds)
+    for proc in (*clients, server):
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+    n = share * CLIENT_PROCESSES
+    per_message_us = [cpu / n * 1e6 for cpu, _, complete in measured if complete]
+    return {
+        "streams": n,
+        "rounds": len(measured),
+        "complete_rounds": len(per_message_us),
+        "server_cpu_us_per_message_and_reply": {
+            "median": round(statistics.median(per_message_us), 1) if per_message_us else None,
+            "all": [round(x, 1) for x in per_message_us],
+        },
+        "round_wall_s": [round(wall, 3) for _, wall, _ in measured],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="100 streams, 2 rounds")
+    parser.add_argument("--out", type=Path, help=f"JSON report (default {RESULTS}; --quick: *.quick.json)")
+    args = parser.parse_args()
+    streams, rounds = (100, 2) if args.quick else (args.streams, args.rounds)
+    out = args.out or (RESULTS.with_suffix(".quick.json") if args.quick else RESULTS)
+    load_before = os.getloadavg()[0]
+    result = run(streams, rounds)
+    report = {
+        "benchmark": "grpc_floor",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["bench/grpc_floor.py", *sys.argv[1:]]),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "grpcio": grpc.__version__,
+            "load_average_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+        },
+        "params": {"streams": streams, "rounds": rounds, "payload_bytes": PAYLOAD_BYTES},
+        **result,
+    }
+    median = result["server_cpu_us_per_message_and_reply"]["median"]
+    print(f"grpc.aio over TLS, {result['streams']} streams: server CPU per message + reply, median {median} µs")
+    print(f"  per round: {result['server_cpu_us_per_message_and_reply']['all']} µs; wall {result['round_wall_s']} s")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
