@@ -154,6 +154,17 @@ def _replica(name: str, address: str, version: str, *, inbound_address: str | No
     return Resource(type="Dataplane", name=name, mesh="default", spec=spec, version=1)
 
 
+def _api() -> Resource:
+    """The service the replicas call."""
+    spec = {
+        "networking": {
+            "address": "10.0.1.1",
+            "inbound": [{"port": 80, "tags": {"kuma.io/service": "api", "kuma.io/protocol": "http"}}],
+        }
+    }
+    return Resource(type="Dataplane", name="api-1", mesh="default", spec=spec)
+
+
 async def test_replicas_share_their_shape_and_get_what_each_alone_would() -> None:
     from zonemesh.zone_cp.xds.dump import dump
     from zonemesh.zone_cp.xds.generators import generate
@@ -166,17 +177,7 @@ async def test_replicas_share_their_shape_and_get_what_each_alone_would() -> Non
         _replica("web-3", "10.0.0.3", "v2"),  # a tag a MeshSubset policy selects on
         _replica("web-4", "10.0.0.4", "v1", inbound_address="10.9.9.4"),
     ]
-    api = Resource(
-        type="Dataplane",
-        name="api-1",
-        mesh="default",
-        spec={
-            "networking": {
-                "address": "10.0.1.1",
-                "inbound": [{"port": 80, "tags": {"kuma.io/service": "api", "kuma.io/protocol": "http"}}],
-            }
-        },
-    )
+    api = _api()
     resources = [*load_resources(REPLICAS_YAML), *replicas, api]
     ca = TestCA()
     shared = await mesh_context(resources, ca=ca)
@@ -240,17 +241,7 @@ async def test_callers_of_a_service_share_its_route_and_listener_but_not_their_i
 
     web, admin = _replica("web-1", "10.0.0.1", "v1"), _replica("admin-1", "10.0.0.9", "v1")
     admin.spec["networking"]["inbound"][0]["tags"]["kuma.io/service"] = "admin"
-    api = Resource(
-        type="Dataplane",
-        name="api-1",
-        mesh="default",
-        spec={
-            "networking": {
-                "address": "10.0.1.1",
-                "inbound": [{"port": 80, "tags": {"kuma.io/service": "api", "kuma.io/protocol": "http"}}],
-            }
-        },
-    )
+    api = _api()
     ctx = await mesh_context([*load_resources(REPLICAS_YAML), web, admin, api])
     one, two = generate(ctx, web), generate(ctx, admin)
     assert one.get(ROUTE, "outbound:api") is not None
