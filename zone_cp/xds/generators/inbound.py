@@ -194,10 +194,5 @@ def place(proxy: Resource, found: Sequence[tuple[int, listener_pb2.Listener]], r
         listener = listener_pb2.Listener()
         listener.CopyFrom(template)  # a C-level copy of the shared filter chains
         listener.name = name
-        where = listener.address.socket_address  # what socket_address() builds, set in place
-        where.address, where.port_value = address, port
+        listener.address.CopyFrom(socket_address(address, port))
         resources.add(LISTENER, name, listener)
-
-
-def generate(ctx: MeshContext, proxy: Resource, policies: MatchedPolicies, resources: ResourceSet) -> None:
-    place(proxy, templates(ctx, proxy, policies, resources), resources)
