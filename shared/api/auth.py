@@ -193,7 +193,7 @@ async def authorize(request: web.Request, need: Access, store: Store | None = No
         raise web.HTTPForbidden(
             reason="Forbidden",
             text=f"user {identity.name!r} (groups: {groups}) may not do this: "
-            f"it needs a user token of the {ADMIN_GROUP} group",
+            "it needs a user token of the mesh-system:admin group",
         )
     raise _unauthorized(
         "this operation needs an admin token (a user token of the mesh-system:admin group): "
