@@ -15,9 +15,10 @@ from typing import Any
 
 import jwt
 import pytest
+from doc_blocks import block
 from zonemesh.shared.tokens.keys import generate_private_key_pem
 
-from zonemesh.testing import ControlPlaneProcess, http
+from zonemesh.testing import ControlPlaneProcess, free_port, http
 
 pytestmark = pytest.mark.slow
 
@@ -162,6 +163,53 @@ def test_zmctl_works_through_a_control_plane_entry_with_a_token(cp: ControlPlane
     shown = zmctl(home, "config", "view").stdout + zmctl(home, "config", "control-planes", "list").stdout
     assert dev not in shown and dev.split(".")[2] not in shown
     assert "token: <redacted>" in shown
+
+
+def test_the_documented_path_runs_as_written(tmp_path: Path) -> None:
+    """docs/deployment.md, "Turning loopback admin off", against a real global with loopback admin off.
+    Only the data dir and the address move; `sudo -u zonemesh /opt/zonemesh/bin/` goes (the test
+    user owns the store, the venv's programs are on PATH)."""
+    kds_port = free_port()
+    args = [
+        "--mode",
+        "global",
+        "--no-api-localhost-is-admin",
+        "--kds-address",
+        "127.0.0.1",
+        "--kds-port",
+        str(kds_port),
+    ]
+    cp = ControlPlaneProcess(tmp_path / "global", args=args).start(timeout=30)
+    try:
+        script = block("deployment.md", "localhost-admin-off")
+        for documented, here in {
+            "sudo -u zonemesh /opt/zonemesh/bin/": "",
+            "/var/lib/zonemesh/global": str(cp.data_dir),
+            "http://10.0.0.10:5681": cp.api,
+        }.items():
+            assert documented in script, f"the docs no longer use {documented}"
+            script = script.replace(documented, here)
+        work = tmp_path / "operator"
+        work.mkdir()
+        (work / "mesh-timeout.yaml").write_text("type: MeshTimeout\nname: from-docs\nmesh: default\n" + _spec_yaml())
+        bindir = str(Path(sys.executable).parent)
+        env = {**os.environ, "HOME": str(work), "PATH": f"{bindir}:{os.environ['PATH']}"}
+        env.pop("ZMCTL_CONFIG", None)
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, f"{script}\n{proc.stdout}\n{proc.stderr}"
+        assert "default" in proc.stdout  # zmctl get meshes
+        assert put_timeout(cp, "anonymous", None)[0] == 401  # loopback without a token: still refused
+        status, body = http("GET", cp.api + "/meshes/default/meshtimeouts/from-docs")
+        assert status == 200, body
+        alice = (work / "alice.token").read_text().strip()
+        assert jwt.decode(alice, options={"verify_signature": False})["Name"] == "alice"
+        assert alice not in proc.stdout + proc.stderr
+        config = work / ".zmctl" / "config.yaml"
+        assert stat.S_IMODE(config.stat().st_mode) == 0o600 and alice in config.read_text()
+    finally:
+        cp.kill()
 
 
 def _spec_yaml() -> str:
