@@ -40,7 +40,7 @@ def _notes(rtype: ResourceType) -> str:
     if rtype.system:
         notes.append("written by control planes only")
     if rtype.sensitive:
-        notes.append("reads need the admin token off-host")
+        notes.append("reads need an admin")
     return "; ".join(notes)
 
 

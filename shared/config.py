@@ -25,6 +25,7 @@ ENV_ALIASES = {
     "KUMA_DEFAULTS_SKIP_MESH_CREATION": "defaults_skip_mesh_creation",
     "KMESH_LICENSE_PATH": "license_path",
     "KMESH_LICENSE_INLINE": "license_inline",
+    "KUMA_API_SERVER_AUTHN_LOCALHOST_IS_ADMIN": "api_localhost_is_admin",
 }
 
 
@@ -45,6 +46,13 @@ class Config:
     etcd_prefix: str = field(default="/zonemesh", metadata={"help": "key prefix in etcd"})
     api_address: str = field(default="0.0.0.0", metadata={"help": "HTTP API bind address"})
     api_port: int = field(default=5681, metadata={"help": "HTTP API port"})
+    api_localhost_is_admin: bool = field(
+        default=True,
+        metadata={
+            "help": "a direct loopback API client without a token is the admin (Kuma's localhostIsAdmin); "
+            "turn it off in production and use user tokens (docs/api.md)"
+        },
+    )
     diagnostics_address: str = field(default="0.0.0.0", metadata={"help": "metrics/health bind address"})
     diagnostics_port: int = field(default=5680, metadata={"help": "metrics/health port"})
     xds_address: str = field(default="0.0.0.0", metadata={"help": "xDS (ADS) gRPC bind address (zone)"})

@@ -89,7 +89,9 @@ class ControlPlane:
         if wants_default_mesh and await self.manager.ensure_default_mesh():
             log.info("default_mesh_created")
 
-        self.api_app = build_api_app(self.manager, self.index(), config.view(), self.assembly.routes)
+        self.api_app = build_api_app(
+            self.manager, self.index(), config.view(), self.assembly.routes, config.api_localhost_is_admin
+        )
         self.api_app[CONTROL_PLANE] = self
         await self._serve(self.api_app, config.api_address, config.api_port, "api")
         await self._serve(
@@ -107,6 +109,7 @@ class ControlPlane:
             zone=config.zone or None,
             store=config.store,
             api_port=config.api_port,
+            localhost_is_admin=config.api_localhost_is_admin,
             diagnostics_port=config.diagnostics_port,
             pid=os.getpid(),
         )

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+from zonemesh.shared.api.auth import LOCALHOST_IS_ADMIN, auth_middleware
 from zonemesh.shared.api.context import CONFIG_VIEW, INDEX, MANAGER
 from zonemesh.shared.api.errors import error_middleware
 from zonemesh.shared.api.resources import resource_routes
 from zonemesh.shared.resources import REGISTRY
 from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.registry import Scope
+from zonemesh.shared.tokens import user as user_tokens
 
 
 async def index(request: web.Request) -> web.Response:
@@ -51,9 +53,12 @@ def build_api_app(
     index_doc: dict[str, Any],
     config_view: dict[str, Any],
     extra_routes: list[web.RouteDef] | None = None,
+    localhost_is_admin: bool = True,
 ) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=10 * 1024 * 1024)
+    # error_middleware outside: a refused token becomes a Kuma-format 401 like any other error.
+    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=10 * 1024 * 1024)
     app[MANAGER] = manager
+    app[LOCALHOST_IS_ADMIN] = localhost_is_admin
     app[INDEX] = index_doc
     app[CONFIG_VIEW] = config_view
     app.router.add_routes(
@@ -62,6 +67,7 @@ def build_api_app(
             web.get("/config", config),
             web.get("/_resources", resources),
             web.get("/policies", policies),
+            *user_tokens.routes(),
             *(extra_routes or []),
             *resource_routes(REGISTRY),
         ]

@@ -50,7 +50,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
-        return error_response(exc.status, exc.reason, detail)
+        response = error_response(exc.status, exc.reason, detail)
+        if "WWW-Authenticate" in exc.headers:  # a 401 says how to authenticate (RFC 9110)
+            response.headers["WWW-Authenticate"] = exc.headers["WWW-Authenticate"]
+        return response
     except Exception:
         log.exception("api_internal_error", method=request.method, path=request.path)
         return error_response(

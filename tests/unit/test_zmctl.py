@@ -496,3 +496,83 @@ def test_malformed_config_file(isolated_config: Path, capsys: pytest.CaptureFixt
     assert main(["get", "meshes"]) == 1
     err = capsys.readouterr().err
     assert f"the zmctl config {isolated_config} is malformed" in err and "Traceback" not in err
+
+
+# -- control planes with a user token (--auth-type tokens, as kumactl) ----------------------
+
+# A syntactically valid JWT; its signature is never checked by zmctl.
+JWT = "eyJhbGciOiJSUzI1NiJ9.eyJOYW1lIjoiYWxpY2UifQ.c2lnbmF0dXJlLXMzY3JldA"
+
+
+def test_token_entries_are_stored_0600_sent_and_never_printed(
+    isolated_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    add = ["config", "control-planes", "add", "--name", "prod", "--address", "http://10.0.0.1:5681"]
+    assert main([*add, "--auth-type", "tokens", "--auth-conf", f"token={JWT}"]) == 0
+    assert stat.S_IMODE(isolated_config.stat().st_mode) == 0o600
+    plane = cfg.load(isolated_config).active()
+    assert (plane.auth_type, plane.auth_conf) == ("tokens", {"token": JWT})
+
+    from zonemesh.ctl.commands import Env
+
+    client = Env(build_parser().parse_args(["get", "meshes"])).client()
+    assert client.headers == {"Authorization": f"Bearer {JWT}"}
+    # A one-off address never gets the token.
+    assert (
+        Env(build_parser().parse_args(["get", "meshes", "--cp-address", "http://127.0.0.1:9"])).client().headers == {}
+    )
+
+    capsys.readouterr()
+    assert main(["config", "view"]) == 0
+    assert main(["config", "control-planes", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "c2lnbmF0dXJl" not in out and "eyJ" not in out
+    assert "authType: tokens" in out and "token: <redacted>" in out
+    assert "tokens" in out.splitlines()[-1]  # the list's AUTH column
+
+    token_file = tmp_path / "alice.token"
+    token_file.write_text(JWT + "\n")
+    assert main([*add, "--overwrite", "--auth-type", "tokens", "--auth-conf", f"token-file={token_file}"]) == 0
+    assert cfg.load(isolated_config).active().auth_conf == {"token": JWT}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--auth-conf", f"token={JWT}"], "--auth-conf needs --auth-type tokens"),
+        (["--auth-type", "tokens"], "exactly one of --auth-conf token=TOKEN or --auth-conf token-file=PATH"),
+        (["--auth-type", "tokens", "--auth-conf", f"token={JWT},token-file=x"], "exactly one of"),
+        (["--auth-type", "tokens", "--auth-conf", f"secret={JWT}"], "(unknown: secret)"),
+        (["--auth-type", "tokens", "--auth-conf", "token=s3cret-not-a-jwt"], "the token is not a JWT"),
+        (["--auth-type", "tokens", "--auth-conf", "token-file=/nonexistent/t"], "cannot read /nonexistent/t"),
+        (["--auth-type", "tokens", "--auth-conf", f"token={JWT}", "--headers", "Authorization=Bearer x"],
+         "not both"),
+        (["--auth-type", "tokens", "--auth-conf", "s3cret-without-a-name"], "invalid --auth-conf entry"),
+    ],
+)  # fmt: skip
+def test_bad_token_entries_are_refused_without_echoing_the_token(
+    extra: list[str], message: str, isolated_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    add = ["config", "control-planes", "add", "--name", "prod", "--address", "http://10.0.0.1:5681"]
+    assert main([*add, *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "s3cret" not in err and "c2lnbmF0dXJl" not in err
+    assert not isolated_config.exists()  # nothing was saved
+
+
+def test_unsupported_auth_type_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    add = ["config", "control-planes", "add", "--name", "p", "--address", "http://10.0.0.1:5681"]
+    assert main([*add, "--auth-type", "basic", "--auth-conf", "user=a"]) == 2
+    assert "invalid choice: 'basic'" in capsys.readouterr().err
+
+
+def test_a_token_entry_without_a_token_is_a_malformed_config(
+    isolated_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    isolated_config.parent.mkdir(parents=True)
+    isolated_config.write_text(
+        "currentControlPlane: p\ncontrolPlanes: [{name: p, address: 'http://h:1', authType: tokens, authConf: {}}]\n"
+    )
+    assert main(["get", "meshes"]) == 1
+    assert "authType must be tokens, with authConf.token" in capsys.readouterr().err

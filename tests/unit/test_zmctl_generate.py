@@ -17,7 +17,7 @@ from zonemesh.shared.tokens.zone import ZoneTokenValidator, zone_token_keys
 
 from zonemesh.ctl import config as cfg
 from zonemesh.ctl.errors import UsageError
-from zonemesh.ctl.generate import dataplane_token_request, parse_tags
+from zonemesh.ctl.generate import dataplane_token_request, parse_tags, user_token_request
 from zonemesh.ctl.main import build_parser, main
 
 
@@ -126,3 +126,34 @@ async def test_offline_zone_token_is_accepted_by_global(
         await ZoneTokenValidator(store).validate(wrong_kid, "zone-1")
     with pytest.raises(InvalidToken, match="issued for zone 'zone-1', not for zone 'zone-2'"):
         await ZoneTokenValidator(store).validate(token, "zone-2")
+
+
+def test_user_token_request() -> None:
+    args = build_parser().parse_args(
+        ["generate", "user-token", "--name", "alice", "--group", "mesh-system:admin", "--group", "team-a",
+         "--group", "team-a", "--valid-for", "24h"]
+    )  # fmt: skip
+    assert user_token_request(args) == {
+        "name": "alice",
+        "groups": ["mesh-system:admin", "team-a"],
+        "validFor": "24h",
+    }
+    no_group = build_parser().parse_args(["generate", "user-token", "--name", "ci", "--valid-for", "1h"])
+    assert user_token_request(no_group)["groups"] == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--name", "a", "--valid-for", "0s"], "--valid-for '0s': expected a positive duration"),
+        (["--name", "a", "--valid-for", "forever"], "--valid-for 'forever'"),
+        (["--name", " ", "--valid-for", "1h"], "--name must not be empty"),
+        (["--name", "a", "--group", "", "--valid-for", "1h"], "--group must not be empty"),
+    ],
+)
+def test_user_token_usage_errors(
+    argv: list[str], message: str, nowhere: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["generate", "user-token", *argv, *nowhere]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "connection refused" not in err.lower()

@@ -46,7 +46,7 @@ class Env:
             # A one-off address gets no configured headers: a token must not leak to another host.
             return ApiClient(cfg.check_address(address), timeout=timeout)
         cp = cfg.load(self.config_path).active()
-        return ApiClient(cp.address, cp.headers, timeout=timeout)
+        return ApiClient(cp.address, cp.request_headers(), timeout=timeout)
 
 
 def resolve_type(name: str) -> ResourceType:
@@ -61,12 +61,14 @@ def _mesh_of(rtype: ResourceType, args: argparse.Namespace) -> str:
 
 
 def _hints(exc: ApiError) -> list[str]:
-    if exc.status in (401, 403):
+    if exc.status == 401:
         return [
-            "from a non-loopback address, writes and secrets need the admin token: "
-            "zmctl config control-planes add --name NAME --address URL "
-            "--headers 'authorization=Bearer TOKEN' --overwrite"
+            "writes and secret reads need an admin user token (from loopback too when the control plane "
+            "runs with api_localhost_is_admin off): zmctl config control-planes add --name NAME --address URL "
+            "--auth-type tokens --auth-conf token-file=PATH --overwrite"
         ]
+    if exc.status == 403:
+        return ["the configured user token is not in the mesh-system:admin group; ask an admin for one that is"]
     return []
 
 
@@ -364,7 +366,9 @@ def cmd_inspect_dataplane(args: argparse.Namespace, env: Env) -> None:
 
 def cmd_cp_add(args: argparse.Namespace, env: Env) -> None:
     config = cfg.load(env.config_path)
-    cp = cfg.ControlPlane(args.name, cfg.check_address(args.address), cfg.parse_headers(args.headers or []))
+    headers = cfg.parse_headers(args.headers or [])
+    auth_conf = cfg.parse_auth(args.auth_type, args.auth_conf or [], headers)
+    cp = cfg.ControlPlane(args.name, cfg.check_address(args.address), headers, args.auth_type or "", auth_conf)
     config.add(cp, overwrite=args.overwrite)
     cfg.save(config, env.config_path)
     print(f'added control plane "{cp.name}" ({cp.address}); switched the active control plane to "{cp.name}"')
@@ -377,11 +381,12 @@ def cmd_cp_list(args: argparse.Namespace, env: Env) -> None:
             "*" if cp.name == config.current else "",
             cp.name,
             cp.address,
+            cp.auth_type or output.NONE,  # the type only: never the token
             ",".join(sorted(cp.headers)) or output.NONE,  # header names only: values may be tokens
         ]
         for cp in config.control_planes.values()
     ]
-    print(output.render_table(["ACTIVE", "NAME", "ADDRESS", "HEADERS"], rows))
+    print(output.render_table(["ACTIVE", "NAME", "ADDRESS", "AUTH", "HEADERS"], rows))
 
 
 def cmd_cp_switch(args: argparse.Namespace, env: Env) -> None:

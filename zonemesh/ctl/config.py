@@ -1,17 +1,23 @@
 """The control planes zmctl knows and which one is active, kept in a small YAML file.
 
-Location: ``$ZMCTL_CONFIG``, else ``~/.zmctl/config.yaml``. The file may hold bearer tokens
-(``--headers "authorization=Bearer ..."``), so it is written with mode 0600 and header values
-are never printed. Reading never writes: without a file, the built-in ``local`` control plane
-(http://127.0.0.1:5681) is active.
+Location: ``$ZMCTL_CONFIG``, else ``~/.zmctl/config.yaml``. The file may hold user tokens
+(``--auth-type tokens --auth-conf token=...``, as kumactl, or ``--headers "authorization=Bearer
+..."``), so it is written with mode 0600 and neither tokens nor header values are ever printed.
+Reading never writes: without a file, the built-in ``local`` control plane (http://127.0.0.1:5681)
+is active.
 
 Format::
 
-    currentControlPlane: local
+    currentControlPlane: prod
     controlPlanes:
     - name: local
       address: http://127.0.0.1:5681
       headers: {}
+    - name: prod
+      address: http://cp.example:5681
+      headers: {}
+      authType: tokens
+      authConf: {token: eyJhbGciOi...}
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ CONFIG_ENV = "ZMCTL_CONFIG"
 DEFAULT_NAME = "local"
 DEFAULT_ADDRESS = "http://127.0.0.1:5681"
 REDACTED = "<redacted>"
+# Kuma's --auth-type values zmctl supports: "tokens" sends a user token as a bearer token.
+AUTH_TYPES = ("tokens",)
+TOKEN_CONF_KEYS = ("token", "token-file")
 
 
 @dataclass
@@ -39,6 +48,14 @@ class ControlPlane:
     name: str
     address: str
     headers: dict[str, str] = field(default_factory=dict)
+    auth_type: str = ""
+    auth_conf: dict[str, str] = field(default_factory=dict)
+
+    def request_headers(self) -> dict[str, str]:
+        """What every request to this control plane carries: its headers, and its user token."""
+        if self.auth_type == "tokens":
+            return {**self.headers, "Authorization": f"Bearer {self.auth_conf['token']}"}
+        return dict(self.headers)
 
 
 @dataclass
@@ -83,15 +100,20 @@ class CtlConfig:
     def to_dict(self, *, redact: bool = True) -> dict[str, Any]:
         return {
             "currentControlPlane": self.current,
-            "controlPlanes": [
-                {
-                    "name": cp.name,
-                    "address": cp.address,
-                    "headers": {k: (REDACTED if redact else v) for k, v in cp.headers.items()},
-                }
-                for cp in self.control_planes.values()
-            ],
+            "controlPlanes": [_plane_dict(cp, redact) for cp in self.control_planes.values()],
         }
+
+
+def _plane_dict(cp: ControlPlane, redact: bool) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": cp.name,
+        "address": cp.address,
+        "headers": {k: (REDACTED if redact else v) for k, v in cp.headers.items()},
+    }
+    if cp.auth_type:
+        entry["authType"] = cp.auth_type
+        entry["authConf"] = {k: (REDACTED if redact else v) for k, v in cp.auth_conf.items()}
+    return entry
 
 
 def config_path(environ: Mapping[str, str] | None = None) -> Path:
@@ -128,7 +150,19 @@ def _from_dict(raw: Any) -> CtlConfig:
         headers = entry.get("headers") or {}
         if not isinstance(headers, dict):
             raise TypeError(f"headers of {entry.get('name')!r} must be a mapping")
-        cp = ControlPlane(str(entry["name"]), str(entry["address"]), {str(k): str(v) for k, v in headers.items()})
+        auth_type = str(entry.get("authType") or "")
+        auth_conf = entry.get("authConf") or {}
+        if not isinstance(auth_conf, dict):
+            raise TypeError(f"authConf of {entry.get('name')!r} must be a mapping")
+        if auth_type and (auth_type not in AUTH_TYPES or not auth_conf.get("token")):
+            raise ValueError(f"control plane {entry.get('name')!r}: authType must be tokens, with authConf.token")
+        cp = ControlPlane(
+            str(entry["name"]),
+            str(entry["address"]),
+            {str(k): str(v) for k, v in headers.items()},
+            auth_type,
+            {str(k): str(v) for k, v in auth_conf.items()},
+        )
         planes[cp.name] = cp
     return CtlConfig(current=str(raw.get("currentControlPlane") or DEFAULT_NAME), control_planes=planes)
 
@@ -147,16 +181,50 @@ def save(config: CtlConfig, path: Path) -> None:
         raise
 
 
-def parse_headers(values: Iterable[str]) -> dict[str, str]:
+def parse_headers(values: Iterable[str], flag: str = "--headers") -> dict[str, str]:
     """``--headers "k=v"`` (repeatable; also ``k=v,k2=v2`` as kumactl's stringToString accepts)."""
     headers: dict[str, str] = {}
     for value in values:
         for pair in value.split(","):
             key, sep, val = pair.partition("=")
             if not sep or not key.strip():
-                raise UsageError(f"invalid header {pair!r}: use --headers 'name=value'")
+                # Not echoed: a mistyped entry may be a token.
+                raise UsageError(f"invalid {flag} entry (no name=value): use {flag} 'name=value'")
             headers[key.strip()] = val.strip()
     return headers
+
+
+def parse_auth(auth_type: str | None, auth_conf: Iterable[str], headers: Mapping[str, str]) -> dict[str, str]:
+    """The stored ``authConf`` of ``--auth-type tokens --auth-conf token=T`` (or ``token-file=PATH``,
+    read now: a token on the command line is visible to other local users in the process list)."""
+    conf = parse_headers(auth_conf, flag="--auth-conf")
+    if not auth_type:
+        if conf:
+            raise UsageError("--auth-conf needs --auth-type tokens")
+        return {}
+    if auth_type not in AUTH_TYPES:
+        raise UsageError(f"--auth-type {auth_type!r} is not supported: use --auth-type tokens")
+    unknown = sorted(set(conf) - set(TOKEN_CONF_KEYS))
+    if unknown or len(conf) != 1:
+        raise UsageError(
+            "--auth-type tokens takes exactly one of --auth-conf token=TOKEN or --auth-conf token-file=PATH"
+            + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+        )
+    if any(name.lower() == "authorization" for name in headers):
+        raise UsageError("give the token with --auth-conf or as an authorization header, not both")
+    token = conf.get("token")
+    if token is None:
+        path = Path(conf["token-file"]).expanduser()
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise UsageError(f"--auth-conf token-file: cannot read {path}: {exc.strerror}") from None
+    parts = token.split(".")
+    if len(parts) != 3 or not all(parts):
+        raise UsageError(
+            "--auth-conf: the token is not a JWT (three dot-separated parts); see zmctl generate user-token"
+        )
+    return {"token": token}
 
 
 def check_address(address: str) -> str:

@@ -2,6 +2,7 @@
 
     zmctl generate dataplane-token --mesh default --name web-1 --valid-for 24h > web-1.token
     zmctl generate zone-token --zone zone-1 --valid-for 720h > zone-1.token   (see zone_token.py)
+    zmctl generate user-token --name alice --group mesh-system:admin --valid-for 24h > alice.token
 
 The token is printed on stdout only (nothing is logged), so it can be redirected to a file.
 """
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from zonemesh.ctl import zone_token
 from zonemesh.ctl.errors import UsageError
+from zonemesh.shared import duration
 from zonemesh.shared.resources.schema import parse_duration
 
 if TYPE_CHECKING:
@@ -53,6 +55,30 @@ def cmd_generate_dataplane_token(args: argparse.Namespace, env: Env) -> None:
     print(str(token).strip())
 
 
+def _positive_duration(flag: str, text: str) -> None:
+    """As the control plane checks a user token's validFor (shared.duration)."""
+    try:
+        if duration.parse_duration(text) <= 0:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: expected a positive duration such as 24h or 30m") from None
+
+
+def user_token_request(args: argparse.Namespace) -> dict[str, Any]:
+    _positive_duration("--valid-for", args.valid_for)
+    if not args.name.strip():
+        raise UsageError("--name must not be empty")
+    groups = list(dict.fromkeys(args.group or []))
+    if any(not g.strip() for g in groups):
+        raise UsageError("--group must not be empty")
+    return {"name": args.name, "groups": groups, "validFor": args.valid_for}
+
+
+def cmd_generate_user_token(args: argparse.Namespace, env: Env) -> None:
+    _, token = env.client().request("POST", "/tokens/user", body=user_token_request(args))
+    print(str(token).strip())
+
+
 def add_commands(b: Builder, sub: Subparsers) -> None:
     """The ``generate`` group and its subcommands."""
     generate = b.group(sub, "generate", "generate tokens")
@@ -73,3 +99,19 @@ def add_commands(b: Builder, sub: Subparsers) -> None:
     token.add_argument("--tag", action="append", metavar="KEY=VALUE", help="allowed inbound tag value (repeatable)")
     token.add_argument("--proxy-type", choices=PROXY_TYPES, default="dataplane", help="default dataplane")
     token.add_argument("--valid-for", required=True, metavar="DURATION", help="lifetime, e.g. 24h, 720h")
+
+    user = b.leaf(
+        generate,
+        "user-token",
+        "issue a user token (admin only): a person or a tool presents it to the API",
+        cmd_generate_user_token,
+        epilog="  zmctl generate user-token --name alice --group mesh-system:admin --valid-for 24h > alice.token\n"
+        "  zmctl generate user-token --name ci --group team-a --valid-for 720h > ci.token\n\n"
+        "The group mesh-system:admin is the admin (writes, tokens, secrets); other tokens may read\n"
+        "ordinary resources. Use it with: zmctl config control-planes add --name NAME --address URL\n"
+        "--auth-type tokens --auth-conf token-file=alice.token. Revoke a token by adding its jti to the\n"
+        "global secret user-token-revocations (comma-separated); rotation and the rest: docs/api.md.",
+    )
+    user.add_argument("--name", required=True, help="the user's name (the token's Name claim)")
+    user.add_argument("--group", action="append", metavar="GROUP", help="a group of the user (repeatable)")
+    user.add_argument("--valid-for", required=True, metavar="DURATION", help="lifetime, e.g. 24h, 720h")

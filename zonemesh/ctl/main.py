@@ -16,6 +16,7 @@ from typing import TypeAlias
 
 from zonemesh import __version__
 from zonemesh.ctl import commands, generate, license
+from zonemesh.ctl import config as cfg
 from zonemesh.ctl.config import CONFIG_ENV, DEFAULT_ADDRESS
 from zonemesh.ctl.errors import EXIT_USAGE, CtlError, UsageError
 from zonemesh.shared.resources import REGISTRY
@@ -163,9 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     config = b.group(sub, "config", "manage the control planes zmctl talks to")
-    b.leaf(config, "view", "show the zmctl config (header values redacted)", commands.cmd_config_view)
+    b.leaf(config, "view", "show the zmctl config (tokens and header values redacted)", commands.cmd_config_view)
     planes = b.group(config, "control-planes", "add, list, switch or remove control planes")
-    add = b.leaf(planes, "add", "add a control plane and make it the active one", commands.cmd_cp_add)
+    add = b.leaf(
+        planes,
+        "add",
+        "add a control plane and make it the active one",
+        commands.cmd_cp_add,
+        epilog="  zmctl config control-planes add --name prod --address http://cp.example:5681 \\\n"
+        "      --auth-type tokens --auth-conf token-file=admin.token\n\n"
+        "The file (mode 0600) keeps the token; zmctl never prints it.",
+    )
     add.add_argument("--name", required=True, help="a name for it")
     add.add_argument("--address", required=True, help=f"its API address, e.g. {DEFAULT_ADDRESS}")
     add.add_argument(
@@ -173,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NAME=VALUE",
         help="HTTP header sent with every request, e.g. 'authorization=Bearer TOKEN' (repeatable)",
+    )
+    add.add_argument(
+        "--auth-type", choices=cfg.AUTH_TYPES, help="how zmctl authenticates: tokens (a user token, with --auth-conf)"
+    )
+    add.add_argument(
+        "--auth-conf",
+        action="append",
+        metavar="KEY=VALUE",
+        help="with --auth-type tokens: token=TOKEN, or token-file=PATH (read now, and kept out of the process list)",
     )
     add.add_argument("--overwrite", action="store_true", help="replace a control plane of the same name")
     b.leaf(planes, "list", "list the control planes", commands.cmd_cp_list)
