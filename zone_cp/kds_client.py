@@ -7,6 +7,10 @@ On (re)connect Hello carries what the zone holds from global (key → hash) and 
 global holds from the zone, so each side sends only differences: nothing is deleted and
 recreated. While global is unreachable the zone keeps serving from its store and retries
 with bounded, jittered exponential backoff.
+
+Every connect verifies global's KDS certificate, host name included, before the zone token is
+sent: against --global-ca-file, else the system CA bundle; only --global-tls-skip-verify turns
+that off (docs/kds.md#tls).
 """
 
 from __future__ import annotations
