@@ -258,7 +258,10 @@ class Agent:
         """The registration channel, verifying the CP's certificate as Envoy will (same CA file)."""
         options: list[tuple[str, Any]] = []
         if self.prepared.ca_file is not None:
-            root = await asyncio.to_thread(self.prepared.ca_file.read_bytes)
+            try:
+                root = await asyncio.to_thread(self.prepared.ca_file.read_bytes)
+            except OSError as exc:
+                raise AgentError(f"cannot read {self.prepared.ca_source}: {exc.strerror}", EXIT_USAGE) from None
         else:
             # --tls-skip-verify: trust whatever certificate is presented now, under the name it gives.
             try:
