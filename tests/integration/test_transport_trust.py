@@ -131,8 +131,9 @@ def system_bundle_refusal(kds_port: int) -> str:
 
 
 def test_zone_without_a_ca_file_never_gives_its_token_to_an_impostor(tmp_path: Path, impostor: Impostor) -> None:
-    zone = zone_process(tmp_path / "zone-1", impostor.port, ZONE_TOKEN).start()
+    zone = zone_process(tmp_path / "zone-1", impostor.port, ZONE_TOKEN)
     try:
+        zone.start()
         status = refused_by_tls(zone)
         assert impostor.calls == []  # no call, so no token: TLS failed before the first byte of it
         assert status["connected"] is False
@@ -145,8 +146,9 @@ def test_zone_without_a_ca_file_never_gives_its_token_to_an_impostor(tmp_path: P
 
 def test_zone_told_to_skip_verification_hands_its_token_to_anyone(tmp_path: Path, impostor: Impostor) -> None:
     """What --global-tls-skip-verify gives away, shown: the impostor receives the zone token."""
-    zone = zone_process(tmp_path / "zone-1", impostor.port, ZONE_TOKEN, "--global-tls-skip-verify").start()
+    zone = zone_process(tmp_path / "zone-1", impostor.port, ZONE_TOKEN, "--global-tls-skip-verify")
     try:
+        zone.start()
         wait_until(impostor.tokens, WAIT, what="the impostor to receive a call")
         assert impostor.tokens()[0] == f"Bearer {ZONE_TOKEN}"
         assert impostor.calls[0][0] == "/zonemesh.kds.v1.KDS/Sync"
@@ -160,9 +162,10 @@ def test_zones_and_a_real_global(tmp_path: Path) -> None:
     why; with global's kds-tls.crt it does; with --global-tls-skip-verify it does, with a warning."""
     kds_port = free_port()
     args = ["--mode", "global", "--store", "memory", "--kds-address", "127.0.0.1", "--kds-port", str(kds_port)]
-    glob = ControlPlaneProcess(tmp_path / "global", args=args).start()
+    glob = ControlPlaneProcess(tmp_path / "global", args=args)
     zones: list[ControlPlaneProcess] = []
     try:
+        glob.start()
 
         def token(zone: str) -> str:
             status, body = http("POST", glob.api + "/tokens/zone", {"zone": zone, "validFor": "1h"})
@@ -173,7 +176,9 @@ def test_zones_and_a_real_global(tmp_path: Path) -> None:
         unverified = zone_process(tmp_path / "zone-1", kds_port, token("zone-1"))
         verified = zone_process(tmp_path / "zone-2", kds_port, token("zone-2"), "--global-ca-file", str(ca))
         skipping = zone_process(tmp_path / "zone-3", kds_port, token("zone-3"), "--global-tls-skip-verify")
-        zones += [unverified.start(), verified.start(), skipping.start()]
+        for zone in (unverified, verified, skipping):
+            zones.append(zone)  # before start: stopped below even if its start fails
+            zone.start()
 
         wait_until(lambda: kds_status(verified)["connected"], WAIT, what="zone-2 (CA file) connected")
         wait_until(lambda: kds_status(skipping)["connected"], WAIT, what="zone-3 (skip verify) connected")
@@ -242,9 +247,11 @@ def test_dp_that_trusts_the_impostor_sends_it_the_token(tmp_path: Path, impostor
 @pytest.fixture
 def cp(tmp_path: Path) -> Iterator[ControlPlaneProcess]:
     """A standalone control plane with its self-signed xDS certificate (<data dir>/xds.crt)."""
-    cp = ControlPlaneProcess(tmp_path / "cp", args=["--store", "memory"]).start()
-    yield cp
-    cp.stop()
+    cp = ControlPlaneProcess(tmp_path / "cp", args=["--store", "memory"])
+    try:
+        yield cp.start()
+    finally:
+        cp.stop()
 
 
 def start_dp(
