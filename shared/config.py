@@ -26,6 +26,8 @@ ENV_ALIASES = {
     "KMESH_LICENSE_PATH": "license_path",
     "KMESH_LICENSE_INLINE": "license_inline",
     "KUMA_API_SERVER_AUTHN_LOCALHOST_IS_ADMIN": "api_localhost_is_admin",
+    "KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE": "global_ca_file",
+    "KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY": "global_tls_skip_verify",
 }
 
 
@@ -76,7 +78,19 @@ class Config:
     )
     zone_token_file: str = field(default="", metadata={"help": "zone token file (zone, with --global-address)"})
     global_ca_file: str = field(
-        default="", metadata={"help": "CA that signed global's KDS certificate (zone; empty: trust on first use)"}
+        default="",
+        metadata={
+            "help": "CA that signed global's KDS certificate, e.g. global's <data-dir>/kds-tls.crt "
+            "(zone; empty: verify against the system CA bundle)"
+        },
+    )
+    global_tls_skip_verify: bool = field(
+        default=False,
+        metadata={
+            "help": "zone: connect to global WITHOUT verifying its KDS certificate. Anyone on the path to "
+            "global then receives the zone token and can impersonate global (push any policy, Secret or "
+            "license to this zone). For throwaway labs only; give --global-ca-file instead"
+        },
     )
     kds_heartbeat_interval: str = field(default="1s", metadata={"help": "KDS heartbeat interval (global)"})
     kds_zone_offline_timeout: str = field(
@@ -124,6 +138,11 @@ class Config:
                 problems.append("global_address must be grpcs://HOST:PORT (KDS always uses TLS)")
             if not self.zone_token_file:
                 problems.append("a federated zone needs --zone-token-file (zmctl generate zone-token on global)")
+        if self.global_tls_skip_verify:
+            if self.global_ca_file:
+                problems.append("give global_ca_file (verify) or global_tls_skip_verify (do not), not both")
+            if not (self.mode == "zone" and self.global_address):
+                problems.append("global_tls_skip_verify applies to a federated zone (mode zone with global_address)")
         if problems:
             raise ConfigError("; ".join(problems))
 

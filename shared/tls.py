@@ -5,6 +5,10 @@
 another 30 days. The certificate is its own CA (``CA:TRUE``), so clients pass the ``.crt``
 file itself as their CA file (``zonemesh-dp --ca-cert-file``). Operators with a real PKI
 configure their own certificate and key files instead: ``server_credentials`` takes either.
+
+The client side: ``system_ca_file`` is the trust store zones and proxies verify against when no
+CA file is given, and ``verification_failure`` recognises a gRPC error that means "the server's
+certificate did not verify", so that the caller can name the certificate and the fix.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import re
 import socket
+import ssl
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -123,3 +129,32 @@ def first_dns_name(cert_pem: bytes) -> str | None:
         return None
     names = san.get_values_for_type(x509.DNSName)
     return names[0] if names else None
+
+
+def system_ca_file() -> Path | None:
+    """The operating system's CA bundle (``$SSL_CERT_FILE``, else OpenSSL's default file such as
+    /etc/ssl/certs/ca-certificates.crt), or None when there is none as a single file.
+
+    Why not gRPC's own default (``root_certificates=None``): in grpcio that is the Mozilla bundle
+    shipped inside the wheel (or ``$GRPC_DEFAULT_SSL_ROOTS_FILE_PATH``), which ignores a CA the
+    operator installed in the OS, and Envoy, which dials the same xDS port, needs a file. Zones
+    and proxies read this one file for gRPC and give its path to Envoy: one trust store for all."""
+    cafile = ssl.get_default_verify_paths().cafile  # None unless it is an existing file
+    return Path(cafile) if cafile else None
+
+
+HOST_NAME_MISMATCH = "the certificate does not name the host dialled (host name verification failed)"
+_VERIFY_FAILED = re.compile(r"CERTIFICATE_VERIFY_FAILED(?::\s*([^:]+))?")
+
+
+def verification_failure(details: str) -> str | None:
+    """Why the server's certificate did not verify, from a gRPC error's details; None when the
+    error is something else (refused, reset, timed out). gRPC (BoringSSL) words it as
+    ``... CERTIFICATE_VERIFY_FAILED: self signed certificate`` (no CA vouches for it) or
+    ``... Hostname Verification Check failed.`` (it does not name the host dialled)."""
+    if "Hostname Verification Check failed" in details:
+        return HOST_NAME_MISMATCH
+    match = _VERIFY_FAILED.search(details)
+    if match is None:
+        return None
+    return (match.group(1) or "certificate verify failed").strip()

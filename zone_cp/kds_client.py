@@ -7,6 +7,10 @@ On (re)connect Hello carries what the zone holds from global (key → hash) and 
 global holds from the zone, so each side sends only differences: nothing is deleted and
 recreated. While global is unreachable the zone keeps serving from its store and retries
 with bounded, jittered exponential backoff.
+
+Every connect verifies global's KDS certificate, host name included, before the zone token is
+sent: against --global-ca-file, else the system CA bundle; only --global-tls-skip-verify turns
+that off (docs/kds.md#tls).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from zonemesh.shared.kds.snapshot import Snapshot
 from zonemesh.shared.resources.model import ORIGIN_GLOBAL, ORIGIN_LABEL, ORIGIN_ZONE, ZONE_LABEL, Resource, ResourceKey
 from zonemesh.shared.resources.registry import REGISTRY, Sync, UnknownType
 from zonemesh.shared.store import Store
-from zonemesh.shared.tls import first_dns_name
+from zonemesh.shared.tls import HOST_NAME_MISMATCH, first_dns_name, system_ca_file, verification_failure
 
 from zonemesh import __version__
 
@@ -126,8 +130,18 @@ class KdsClient:
         self.synced = asyncio.Event()  # set once the first exchange with global is complete
         self._task: asyncio.Task[None] | None = None
         self._session: Session | None = None
+        self._trusted = ""  # what global's certificate was last verified against, for messages
 
     async def start(self) -> None:
+        if self.config.global_tls_skip_verify:
+            log.warning(
+                "global_tls_verification_disabled",
+                zone=self.zone,
+                target=self.target,
+                risk="global's KDS certificate is not verified: anyone on the path to global receives the "
+                "zone token and can impersonate global (push any policy, Secret or license to this zone)",
+                fix="--global-ca-file with the CA of global's KDS certificate",
+            )
         await self.snapshot.start()
         self._task = asyncio.create_task(self._run(), name="kds-client")
 
@@ -144,23 +158,63 @@ class KdsClient:
                 raise
             except Exception as exc:
                 welcomed = False
-                self.state.last_error = _describe(exc)
+                self.state.last_error = self._explain(_describe(exc))
                 log.warning("global_connection_failed", zone=self.zone, target=self.target, error=self.state.last_error)
             attempt = 0 if welcomed else attempt + 1
             self.state.attempts = attempt
             await asyncio.sleep(backoff(attempt))
 
+    def _trust(self) -> tuple[Path | None, str]:
+        """The CA file global's KDS certificate must chain to, and how to name it in messages:
+        --global-ca-file, else the system CA bundle. (None, ...) with --global-tls-skip-verify."""
+        if self.config.global_tls_skip_verify:
+            return None, "nothing (--global-tls-skip-verify)"
+        if self.config.global_ca_file:
+            return Path(self.config.global_ca_file), f"--global-ca-file {self.config.global_ca_file}"
+        system = system_ca_file()
+        if system is None:
+            raise GlobalNotTrusted(
+                "no CA to verify global's KDS certificate with: give --global-ca-file (global's own "
+                "self-signed certificate is kds-tls.crt in global's data dir); no system CA bundle was "
+                "found either (SSL_CERT_FILE)"
+            )
+        return system, f"the system CA bundle {system}"
+
     async def _credentials(self) -> tuple[grpc.ChannelCredentials, list[tuple[str, Any]]]:
         options: list[tuple[str, Any]] = []
-        if self.config.global_ca_file:
-            root = await asyncio.to_thread(Path(self.config.global_ca_file).read_bytes)
+        ca_file, source = await asyncio.to_thread(self._trust)
+        self._trusted = source
+        if ca_file is not None:
+            try:
+                root = await asyncio.to_thread(ca_file.read_bytes)
+            except OSError as exc:
+                raise GlobalNotTrusted(f"cannot read {source}: {exc.strerror}") from None
         else:
-            # No CA given: trust the certificate global presents (the self-signed default). Encrypted, not verified.
+            # --global-tls-skip-verify: trust whatever certificate is presented at this connect,
+            # whoever presents it, under the name it gives. Encrypted, not authenticated.
             root = (await asyncio.to_thread(ssl.get_server_certificate, (self.host, self.port), timeout=5)).encode()
             name = first_dns_name(root)
             if name:
                 options.append(("grpc.ssl_target_name_override", name))
         return grpc.ssl_channel_credentials(root_certificates=root), options
+
+    def _explain(self, error: str) -> str:
+        """A failed TLS verification, said so that an operator knows which certificate and what to do."""
+        reason = verification_failure(error)
+        if reason is None:
+            return error
+        source = self._trusted
+        if reason == HOST_NAME_MISMATCH:
+            fix = (
+                f"dial global by a name or address its certificate holds (--global-address), or give global "
+                f"a certificate for {self.host} (--kds-tls-cert-file)"
+            )
+        else:
+            fix = (
+                "give the CA that signed it with --global-ca-file (global's own self-signed certificate is "
+                "kds-tls.crt in global's data dir)"
+            )
+        return f"global's KDS certificate at {self.target} did not verify against {source}: {reason}; {fix}"
 
     async def _held(self) -> dict[str, str]:
         """What this zone holds from global: key -> content hash (sent in Hello to resume)."""
@@ -301,6 +355,10 @@ class KdsClient:
             )
 
 
+class GlobalNotTrusted(Exception):
+    """No way to verify global's KDS certificate: no CA file readable, no system bundle."""
+
+
 class CallEnded(Exception):
     """The KDS call ended before or while we used it; the message is its gRPC status."""
 
@@ -308,7 +366,7 @@ class CallEnded(Exception):
 def _describe(exc: Exception) -> str:
     if isinstance(exc, grpc.aio.AioRpcError):
         return f"{exc.code().name}: {exc.details()}"
-    if isinstance(exc, CallEnded):
+    if isinstance(exc, (CallEnded, GlobalNotTrusted)):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
 

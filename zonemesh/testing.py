@@ -250,7 +250,7 @@ def sidecar_dataplane(
 def dp_run_command(
     *,
     xds_port: int,
-    ca_file: Path,
+    ca_file: Path | None,
     name: str,
     mesh: str,
     dataplane: Sequence[str],
@@ -259,15 +259,17 @@ def dp_run_command(
     work_dir: Path,
     extra: Sequence[str] = (),
 ) -> list[str]:
-    """``zonemesh-dp run`` against a control plane's xDS port on 127.0.0.1. ``dataplane`` names the
-    proxy's document (``--dataplane-inline ...`` or ``--dataplane-file ...``)."""
+    """``zonemesh-dp run`` against a control plane's xDS port on 127.0.0.1, verifying its certificate
+    against ``ca_file`` (the CP's ``<data dir>/xds.crt`` when self-signed; None: no --ca-cert-file,
+    the system CA bundle, or ``--tls-skip-verify`` in ``extra``). ``dataplane`` names the proxy's
+    document (``--dataplane-inline ...`` or ``--dataplane-file ...``)."""
     return [
         sys.executable, "-m", "zonemesh.dp.main", "run",
         "--cp-address", f"https://127.0.0.1:{xds_port}",
         "--name", name, "--mesh", mesh,
         *dataplane,
         "--dataplane-token-file", str(token_file),
-        "--ca-cert-file", str(ca_file),
+        *(["--ca-cert-file", str(ca_file)] if ca_file is not None else []),
         "--admin-port", str(admin_port),
         "--work-dir", str(work_dir),
         # Short drain: tests stop and restart agents often.

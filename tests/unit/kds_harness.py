@@ -38,9 +38,16 @@ async def running_global(
 
 @contextlib.asynccontextmanager
 async def running_zone(
-    tmp_path: Path, zone: str, port: int, token: str, store: Store | None = None, ca_file: str | None = None
+    tmp_path: Path,
+    zone: str,
+    port: int,
+    token: str,
+    store: Store | None = None,
+    ca_file: str | None = None,
+    skip_verify: bool = False,
 ) -> AsyncIterator[KdsClient]:
-    """``ca_file``: default global's self-signed certificate; "" trusts what global presents."""
+    """``ca_file``: default global's self-signed certificate; "" none (the system CA bundle, or
+    nothing with ``skip_verify``)."""
     store = store or MemoryStore()
     token_file = tmp_path / f"{zone}.token"
     token_file.write_text(token)
@@ -50,6 +57,7 @@ async def running_zone(
         global_address=f"grpcs://127.0.0.1:{port}",
         zone_token_file=str(token_file),
         global_ca_file=str(tmp_path / "global" / "kds-tls.crt") if ca_file is None else ca_file,
+        global_tls_skip_verify=skip_verify,
         data_dir=str(tmp_path / zone),
     )
     client = KdsClient(config, store, f"{zone}-test", debounce=0.0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -84,6 +85,37 @@ def test_bootstrap_names_the_node_and_carries_the_token_as_metadata() -> None:
     assert boot["node"]["id"] == "default.web-1"
     assert '"Bearer tok"' in text and "/ca.pem" in text
     assert boot["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+
+
+def test_bootstrap_verifies_the_control_plane_unless_told_not_to() -> None:
+    params = BootstrapParams("default", "web-1", "web", "127.0.0.1", 5678, "/ca.pem", "tok", 9901)
+    tls = build_bootstrap(params)["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]
+    assert tls["common_tls_context"]["validation_context"] == {
+        "trusted_ca": {"filename": "/ca.pem"},
+        "match_typed_subject_alt_names": [{"san_type": "IP_ADDRESS", "matcher": {"exact": "127.0.0.1"}}],
+    }
+    skip = dataclasses.replace(params, ca_cert_file=None)  # --tls-skip-verify
+    tls = build_bootstrap(skip)["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]
+    assert "validation_context" not in tls["common_tls_context"]
+
+
+def test_ca_file_and_skip_verify_together_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "ca.crt").write_text("x")
+    args = run(tmp_path, "--dataplane-inline", DATAPLANE, "--ca-cert-file", str(tmp_path / "ca.crt"))
+    with pytest.raises(SystemExit) as exc:
+        dp_main.main([*args, "--tls-skip-verify"])
+    assert exc.value.code == EXIT_USAGE
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_no_ca_file_and_no_system_bundle_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-bundle.pem"))
+    assert dp_main.main(run(tmp_path, "--dataplane-inline", DATAPLANE)) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "no CA to verify the control plane's xDS certificate with: pass --ca-cert-file" in err, err
+    assert not (tmp_path / "work" / "bootstrap.json").exists()
 
 
 def script(tmp_path: Path, body: str) -> str:

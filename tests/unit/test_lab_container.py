@@ -73,6 +73,30 @@ def test_sidecar_dials_its_zone_by_hostname_with_the_exported_ca(tmp_path: Path)
     assert json.loads(flag(argv, "--dataplane-inline")) == resource
 
 
+def test_every_zone_and_proxy_verifies_tls_with_the_exported_certificates(tmp_path: Path) -> None:
+    """Global exports the KDS certificate it generates and every zone verifies global with it; each
+    zone exports its xDS certificate and every proxy of that zone verifies it. No skip-verify."""
+    from zonemesh.global_cp.kds_server import KDS_TLS_NAME
+
+    paths = Paths(tmp_path / "data", tmp_path / "admin", tmp_path / "secrets")
+    generated, exported = container.exported_certificate("global", "", paths)
+    assert generated == paths.data / f"{KDS_TLS_NAME}.crt"
+    for zone in ("zone-1", "zone-2"):
+        argv = container.cp_argv("zone", paths, zone)
+        assert flag(argv, "--global-ca-file") == str(exported)
+        zone_generated, zone_exported = container.exported_certificate("zone", zone, paths)
+        assert zone_generated == paths.data / "xds.crt"  # zone_cp/app.py's self-signed xDS certificate
+        resource = container.dataplane_resource(f"backend-{zone}", zone, "backend", "172.18.0.5")
+        proxies = [container.dp_argv(zone, f"backend-{zone}", resource, paths)]
+        for kind in ("ingress", "egress"):
+            zone_proxy = container.zone_proxy_resource(kind, "172.18.0.6")
+            proxies.append(container.dp_argv(zone, f"{kind}-{zone}", zone_proxy, paths, proxy_type=kind))
+        for dp in proxies:
+            assert flag(dp, "--ca-cert-file") == str(zone_exported)
+            assert flag(dp, "--cp-address") == f"https://{zone}:5678"  # a name zone's certificate holds
+        assert not {"--global-tls-skip-verify", "--tls-skip-verify"} & {*argv, *(a for dp in proxies for a in dp)}
+
+
 def test_resources_the_containers_register_are_valid() -> None:
     """The same validation as the API's: a typo here would only show as a refused proxy in docker."""
     docs = [

@@ -67,3 +67,25 @@ def test_round_trips_through_json(tmp_path: Path) -> None:
 def test_one_zone_is_not_a_multi_zone_lab(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least 2 zones"):
         plan(tmp_path, zones=1)
+
+
+def test_the_lab_verifies_tls_with_the_certificates_its_control_planes_generate(tmp_path: Path) -> None:
+    """Each zone gets global's KDS certificate as --global-ca-file and each proxy its zone's xDS
+    certificate as --ca-cert-file: the files the control planes write (shared/tls.py), never a
+    skip-verify flag."""
+    from zonemesh.global_cp.kds_server import KDS_TLS_NAME
+
+    from zonemesh.lab.supervisor import Supervisor
+
+    topo = plan(tmp_path)
+    lab = Supervisor(topo)
+    (tmp_path / "global").mkdir()
+    (tmp_path / "global" / f"{KDS_TLS_NAME}.crt").write_text("global's self-signed certificate")
+    for zone in topo.zones:
+        argv = lab.cp_argv(zone)
+        assert argv[argv.index("--global-ca-file") + 1] == str(tmp_path / "global" / f"{KDS_TLS_NAME}.crt")
+        assert argv[argv.index("--global-address") + 1] == f"grpcs://127.0.0.1:{zone.kds_proxy}"
+        dp = lab.dp_argv(zone, "backend", tmp_path / "t", 1, {})
+        assert dp[dp.index("--ca-cert-file") + 1] == str(tmp_path / zone.name / "xds.crt")  # zone_cp/app.py's
+        assert dp[dp.index("--cp-address") + 1] == f"https://127.0.0.1:{zone.grpc}"
+        assert not {"--global-tls-skip-verify", "--tls-skip-verify"} & {*argv, *dp}

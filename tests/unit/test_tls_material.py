@@ -32,8 +32,8 @@ def test_half_a_pair_is_refused(tmp_path: Path) -> None:
 
 
 async def test_kds_with_the_operators_certificate(tmp_path: Path) -> None:
-    """Global serves the given cert/key; a zone with that CA connects, one trusting on first use
-    connects, one with another CA is refused with a TLS error it reports."""
+    """Global serves the given cert/key; a zone with that CA connects, one skipping verification
+    connects, one with another CA is refused with a message naming the certificate and the fix."""
     from kds_harness import eventually, running_global, running_zone
     from zonemesh.shared.tokens.zone import ZoneTokenIssuer
 
@@ -48,9 +48,65 @@ async def test_kds_with_the_operators_certificate(tmp_path: Path) -> None:
         token = await ZoneTokenIssuer(store).issue("zone-1", None, 3600)
         async with running_zone(tmp_path, "zone-1", kds.port, token, ca_file=str(tmp_path / "kds.crt")) as zone:
             await eventually(lambda: zone.state.connected, what="zone-1 connected with the CA file")
-        async with running_zone(tmp_path, "zone-1", kds.port, token, ca_file="") as zone:
-            await eventually(lambda: zone.state.connected, what="zone-1 connected trusting on first use")
+        async with running_zone(tmp_path, "zone-1", kds.port, token, ca_file="", skip_verify=True) as zone:
+            await eventually(lambda: zone.state.connected, what="zone-1 connected without verifying")
         async with running_zone(tmp_path, "zone-1", kds.port, token, ca_file=str(tmp_path / "other.crt")) as zone:
             await eventually(lambda: zone.state.last_error, what="zone-1 refused by TLS")
             assert not zone.state.connected
-            assert "CERTIFICATE_VERIFY_FAILED" in zone.state.last_error, zone.state.last_error
+            assert zone.state.last_error == (
+                f"global's KDS certificate at 127.0.0.1:{kds.port} did not verify against --global-ca-file "
+                f"{tmp_path / 'other.crt'}: self signed certificate; give the CA that signed it with "
+                "--global-ca-file (global's own self-signed certificate is kds-tls.crt in global's data dir)"
+            )
+
+
+async def test_kds_without_a_ca_file_verifies_against_the_system_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No --global-ca-file: global's certificate must chain to the system CA bundle (SSL_CERT_FILE
+    names it here); global's self-signed certificate does not, so the zone does not connect."""
+    from kds_harness import eventually, running_global, running_zone
+    from zonemesh.shared.tokens.zone import ZoneTokenIssuer
+
+    unrelated, _ = generate_self_signed("some public CA", ["ca.example"])
+    (tmp_path / "system.pem").write_bytes(unrelated)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "system.pem"))
+    async with running_global(tmp_path) as (kds, store):
+        token = await ZoneTokenIssuer(store).issue("zone-1", None, 3600)
+        async with running_zone(tmp_path, "zone-1", kds.port, token, ca_file="") as zone:
+            await eventually(lambda: zone.state.attempts >= 2, what="zone-1 refused twice")
+            assert not zone.state.connected
+            assert zone.state.last_error.startswith(
+                f"global's KDS certificate at 127.0.0.1:{kds.port} did not verify against the system CA "
+                f"bundle {tmp_path / 'system.pem'}: self signed certificate; give the CA that signed it with "
+                "--global-ca-file"
+            ), zone.state.last_error
+        # The operator's trust store holding global's CA is enough.
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "global" / "kds-tls.crt"))
+        async with running_zone(tmp_path, "zone-1", kds.port, token, ca_file="") as zone:
+            await eventually(lambda: zone.state.connected, what="zone-1 connected, verified by the system bundle")
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "nothing-here.pem"))
+        async with running_zone(tmp_path, "zone-1", kds.port, token, ca_file="") as zone:
+            await eventually(lambda: zone.state.last_error, what="zone-1 without any CA")
+            assert zone.state.last_error.startswith(
+                "no CA to verify global's KDS certificate with: give --global-ca-file"
+            ), zone.state.last_error
+
+
+async def test_kds_names_a_host_name_mismatch(tmp_path: Path) -> None:
+    """Host name verification stays on: a certificate for other names is refused, and said so."""
+    from kds_harness import eventually, running_global, running_zone
+    from zonemesh.shared.tokens.zone import ZoneTokenIssuer
+
+    cert, key = generate_self_signed("global-kds", ["global.example"])
+    (tmp_path / "kds.crt").write_bytes(cert)
+    (tmp_path / "kds.key").write_bytes(key)
+    options = {"kds_tls_cert_file": str(tmp_path / "kds.crt"), "kds_tls_key_file": str(tmp_path / "kds.key")}
+    async with running_global(tmp_path, **options) as (kds, store):
+        token = await ZoneTokenIssuer(store).issue("zone-1", None, 3600)
+        async with running_zone(tmp_path, "zone-1", kds.port, token, ca_file=str(tmp_path / "kds.crt")) as zone:
+            await eventually(lambda: zone.state.last_error, what="zone-1 refused by TLS")
+            assert not zone.state.connected
+            assert "the certificate does not name the host dialled (host name verification failed); dial " in (
+                zone.state.last_error
+            ), zone.state.last_error

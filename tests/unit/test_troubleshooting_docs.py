@@ -18,7 +18,6 @@ FOREIGN = (
     "failed to connect to all addresses",  # gRPC, global unreachable
     "Stream removed",  # gRPC, the peer went away mid-stream
     "Handshake read failed",  # gRPC, the peer closed during the TLS handshake
-    "CERTIFICATE_VERIFY_FAILED",  # BoringSSL via gRPC, wrong --global-ca-file
     "address already in use",  # the OS
     "Connection refused",  # the OS, via gRPC or Python
     "Not enough segments",  # PyJWT

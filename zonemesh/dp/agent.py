@@ -30,6 +30,7 @@ from zonemesh.dp.envoy import (
     find_envoy,
 )
 from zonemesh.proto import dataplane_pb2, dataplane_pb2_grpc
+from zonemesh.shared.tls import HOST_NAME_MISMATCH, first_dns_name, system_ca_file, verification_failure
 
 log = structlog.get_logger("zonemesh.dp")
 
@@ -37,6 +38,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_REFUSED = 3
+EXIT_UNTRUSTED = 4  # the control plane's certificate did not verify: nothing (no token) was sent
 # The resource each proxy type registers; zone ingress/egress serve every mesh and have none.
 RESOURCE_TYPES = {"dataplane": "Dataplane", "ingress": "ZoneIngress", "egress": "ZoneEgress"}
 SUPPORTED_PROXY_TYPES = tuple(RESOURCE_TYPES)
@@ -60,6 +62,7 @@ class AgentOptions:
     dataplane_file: str | None = None
     dataplane_inline: str | None = None
     ca_cert_file: str | None = None
+    tls_skip_verify: bool = False
     proxy_type: str = "dataplane"
     admin_port: int = 9901
     envoy_binary: str | None = None
@@ -132,8 +135,8 @@ def first_service(dataplane: dict[str, Any]) -> str:
     return "unknown"
 
 
-def fetch_server_ca(host: str, port: int) -> str:
-    """Trust on first use, when no --ca-cert-file is given: the certificate the CP presents."""
+def fetch_server_certificate(host: str, port: int) -> str:
+    """--tls-skip-verify: the certificate the CP presents right now, to be trusted unverified."""
     return ssl.get_server_certificate((host, port), timeout=10)
 
 
@@ -146,7 +149,8 @@ class Prepared:
     envoy_binary: str
     envoy_version: str
     work_dir: Path
-    ca_file: Path
+    ca_file: Path | None  # None: --tls-skip-verify
+    ca_source: str  # what the CP's certificate is verified against, for messages
 
 
 def read_token(path: str) -> str:
@@ -159,24 +163,53 @@ def read_token(path: str) -> str:
     return token
 
 
-def resolve_ca_file(opts: AgentOptions, host: str, port: int, work: Path) -> Path:
+def resolve_ca_file(opts: AgentOptions, host: str, port: int) -> tuple[Path | None, str]:
+    """The CA file the control plane's xDS certificate must chain to (for the registration call
+    and for Envoy), and how to name it: --ca-cert-file, else the system CA bundle; None with
+    --tls-skip-verify."""
+    if opts.ca_cert_file and opts.tls_skip_verify:
+        raise AgentError("give --ca-cert-file (verify) or --tls-skip-verify (do not), not both", EXIT_USAGE)
     if opts.ca_cert_file:
         path = Path(opts.ca_cert_file)
         if not path.is_file():
             raise AgentError(f"--ca-cert-file {path} does not exist", EXIT_USAGE)
-        return path.resolve()
-    log.warning(
-        "cp_certificate_trusted_on_first_use",
-        cp=f"{host}:{port}",
-        hint="pass --ca-cert-file to verify the control plane's certificate",
+        return path.resolve(), f"--ca-cert-file {path}"
+    if opts.tls_skip_verify:
+        log.warning(
+            "cp_tls_verification_disabled",
+            cp=f"{host}:{port}",
+            risk="the control plane's certificate is not verified: anyone on the path receives the proxy's "
+            "token and can impersonate the control plane (send this proxy any configuration)",
+            fix="--ca-cert-file with the CA of the control plane's xDS certificate",
+        )
+        return None, "nothing (--tls-skip-verify)"
+    system = system_ca_file()
+    if system is None:
+        raise AgentError(
+            "no CA to verify the control plane's xDS certificate with: pass --ca-cert-file (a zone control "
+            "plane's own self-signed certificate is xds.crt in its data dir); no system CA bundle was found "
+            "either (SSL_CERT_FILE)",
+            EXIT_USAGE,
+        )
+    return system, f"the system CA bundle {system}"
+
+
+def untrusted(host: str, port: int, source: str, reason: str) -> AgentError:
+    """The control plane's certificate did not verify: which one, against what, and the fix."""
+    if reason == HOST_NAME_MISMATCH:
+        fix = (
+            f"use a --cp-address name or address its certificate holds, or give the control plane a "
+            f"certificate for {host} (--xds-tls-cert-file)"
+        )
+    else:
+        fix = (
+            "pass --ca-cert-file with the CA that signed it (a zone control plane's own self-signed "
+            "certificate is xds.crt in its data dir)"
+        )
+    return AgentError(
+        f"the control plane's xDS certificate at {host}:{port} did not verify against {source}: {reason}; {fix}",
+        EXIT_UNTRUSTED,
     )
-    try:
-        pem = fetch_server_ca(host, port)
-    except OSError as exc:
-        raise AgentError(f"cannot reach the control plane at {host}:{port}: {exc}") from None
-    path = work / "cp-ca.pem"
-    path.write_text(pem)
-    return path
 
 
 def prepare(opts: AgentOptions, work_dir: Path) -> Prepared:
@@ -193,13 +226,15 @@ def prepare(opts: AgentOptions, work_dir: Path) -> Prepared:
     except EnvoyNotFound as exc:
         raise AgentError(str(exc), EXIT_USAGE) from None
     work_dir.mkdir(parents=True, exist_ok=True)
+    ca_file, ca_source = resolve_ca_file(opts, host, port)
     return Prepared(
         dataplane=dataplane,
         token=token,
         envoy_binary=binary,
         envoy_version=envoy_version(binary),
         work_dir=work_dir,
-        ca_file=resolve_ca_file(opts, host, port, work_dir),
+        ca_file=ca_file,
+        ca_source=ca_source,
     )
 
 
@@ -219,9 +254,26 @@ class Agent:
         self.registered = False
         self._channel: grpc.aio.Channel | None = None
 
-    def _channel_for(self, ca_pem: bytes) -> grpc.aio.Channel:
-        credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem)
-        return grpc.aio.secure_channel(f"{self.host}:{self.port}", credentials)
+    async def _open_channel(self) -> grpc.aio.Channel:
+        """The registration channel, verifying the CP's certificate as Envoy will (same CA file)."""
+        options: list[tuple[str, Any]] = []
+        if self.prepared.ca_file is not None:
+            try:
+                root = await asyncio.to_thread(self.prepared.ca_file.read_bytes)
+            except OSError as exc:
+                raise AgentError(f"cannot read {self.prepared.ca_source}: {exc.strerror}", EXIT_USAGE) from None
+        else:
+            # --tls-skip-verify: trust whatever certificate is presented now, under the name it gives.
+            try:
+                pem = await asyncio.to_thread(fetch_server_certificate, self.host, self.port)
+            except OSError as exc:
+                raise AgentError(f"cannot reach the control plane at {self.host}:{self.port}: {exc}") from None
+            root = pem.encode()
+            name = first_dns_name(root)
+            if name:
+                options.append(("grpc.ssl_target_name_override", name))
+        credentials = grpc.ssl_channel_credentials(root_certificates=root)
+        return grpc.aio.secure_channel(f"{self.host}:{self.port}", credentials, options=options)
 
     # -- registration ---------------------------------------------------------------------
 
@@ -236,6 +288,10 @@ class Agent:
                 return await getattr(stub, method)(request, metadata=metadata, timeout=10)
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
+                reason = verification_failure(exc.details() or "")
+                if code == grpc.StatusCode.UNAVAILABLE and reason is not None:
+                    # Refused before any byte of the request (the token) left: no use retrying.
+                    raise untrusted(self.host, self.port, self.prepared.ca_source, reason) from None
                 if code == grpc.StatusCode.UNAUTHENTICATED:
                     raise AgentError(f"the control plane refused this proxy: {exc.details()}", EXIT_REFUSED) from None
                 if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED):
@@ -284,7 +340,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
-        self._channel = self._channel_for(await asyncio.to_thread(prepared.ca_file.read_bytes))
+        self._channel = await self._open_channel()
         try:
             await self.register(prepared.dataplane, prepared.token, prepared.envoy_version)
             bootstrap = prepared.work_dir / "bootstrap.json"
@@ -294,7 +350,7 @@ class Agent:
                 service=first_service(prepared.dataplane) if opts.mesh else opts.name,
                 cp_host=self.host,
                 cp_port=self.port,
-                ca_cert_file=str(prepared.ca_file),
+                ca_cert_file=str(prepared.ca_file) if prepared.ca_file else None,
                 token=prepared.token,
                 admin_port=opts.admin_port,
                 proxy_type=opts.proxy_type,

@@ -2,8 +2,9 @@
 
 Everything else (listeners, clusters, routes, endpoints, certificates) arrives over ADS. The
 xDS cluster speaks HTTP/2 over TLS and verifies the control plane's certificate against the CA
-file, including its name (DNS or IP SAN); the dataplane token rides in the stream's initial
-metadata as ``authorization: Bearer <token>``.
+file (--ca-cert-file, else the system CA bundle), including its name (DNS or IP SAN); the
+dataplane token rides in the stream's initial metadata as ``authorization: Bearer <token>``.
+Only with ``zonemesh-dp --tls-skip-verify`` (no CA file) is the certificate not verified.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class BootstrapParams:
     service: str
     cp_host: str
     cp_port: int
-    ca_cert_file: str
+    ca_cert_file: str | None  # None: --tls-skip-verify, Envoy accepts any certificate
     token: str
     admin_port: int
     proxy_type: str = "dataplane"
@@ -46,15 +47,16 @@ def _is_ip(host: str) -> bool:
 def build_bootstrap(p: BootstrapParams) -> dict[str, Any]:
     ads_source = {"ads": {}, "resource_api_version": "V3"}
     san_type = "IP_ADDRESS" if _is_ip(p.cp_host) else "DNS"
+    common: dict[str, Any] = {"alpn_protocols": ["h2"]}
+    if p.ca_cert_file is not None:
+        # Without a validation context Envoy verifies nothing: only --tls-skip-verify leaves it out.
+        common["validation_context"] = {
+            "trusted_ca": {"filename": p.ca_cert_file},
+            "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": p.cp_host}}],
+        }
     tls: dict[str, Any] = {
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-        "common_tls_context": {
-            "alpn_protocols": ["h2"],
-            "validation_context": {
-                "trusted_ca": {"filename": p.ca_cert_file},
-                "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": p.cp_host}}],
-            },
-        },
+        "common_tls_context": common,
     }
     if not _is_ip(p.cp_host):
         tls["sni"] = p.cp_host

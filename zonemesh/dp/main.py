@@ -3,9 +3,12 @@
     zonemesh-dp run --cp-address https://ZONE-CP:5678 --name backend-1 --mesh default \\
         --dataplane-file dp.yaml --dataplane-token-file token --ca-cert-file xds.crt
 
+The control plane's certificate is verified against --ca-cert-file, else the system CA bundle
+(SSL_CERT_FILE or OpenSSL's default file); --tls-skip-verify turns verification off.
+
 Exit codes: 0 stopped cleanly (SIGTERM/SIGINT); 1 runtime failure (control plane unreachable,
 Envoy crash loop); 2 wrong flags or an invalid Dataplane; 3 the control plane refused the
-dataplane token.
+dataplane token; 4 the control plane's certificate did not verify (the token was not sent).
 """
 
 from __future__ import annotations
@@ -44,8 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--dataplane-file", help="Dataplane resource, universal YAML")
     source.add_argument("--dataplane-inline", help="Dataplane resource as a YAML string")
     run.add_argument("--dataplane-token-file", required=True, help="file holding the dataplane token")
-    run.add_argument(
-        "--ca-cert-file", help="CA that signed the control plane's xDS certificate (else trust on first use)"
+    trust = run.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--ca-cert-file",
+        help="CA that signed the control plane's xDS certificate, e.g. the zone CP's <data-dir>/xds.crt "
+        "(default: the system CA bundle)",
+    )
+    trust.add_argument(
+        "--tls-skip-verify",
+        action="store_true",
+        help="do NOT verify the control plane's certificate: anyone on the path receives this proxy's token "
+        "and can impersonate the control plane (send this proxy any configuration). Throwaway labs only",
     )
     run.add_argument(
         "--proxy-type",
@@ -76,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         dataplane_file=args.dataplane_file,
         dataplane_inline=args.dataplane_inline,
         ca_cert_file=args.ca_cert_file,
+        tls_skip_verify=args.tls_skip_verify,
         proxy_type=args.proxy_type,
         admin_port=args.admin_port,
         envoy_binary=args.envoy_binary,

@@ -283,15 +283,21 @@ def export_cp_material(name: str, cert: Path, cert_export: Path, paths: Paths) -
     print(f"zonemesh-container: {name} exported its admin token and {cert_export}", flush=True)
 
 
+def exported_certificate(mode: str, zone: str, paths: Paths) -> tuple[Path, Path]:
+    """The self-signed certificate a CP writes in its data dir (global: KDS ``kds-tls.crt``, a zone:
+    xDS ``xds.crt``) and where it is exported: the CA file its clients verify it with."""
+    if mode == "zone":
+        return paths.data / "xds.crt", paths.zone_ca(zone)
+    return paths.data / "kds-tls.crt", paths.global_ca()
+
+
 def run_cp(mode: str, zone: str, paths: Paths) -> int:
     name = zone if mode == "zone" else "global"
     if mode == "zone":
         # init issues the zone token from global; the zone starts once it is there.
         wait_until(f"zone token {paths.token(zone)}", paths.token(zone).exists)
         wait_until(f"global's CA {paths.global_ca()}", paths.global_ca().exists)
-        cert, cert_export = paths.data / "xds.crt", paths.zone_ca(zone)
-    else:
-        cert, cert_export = paths.data / "kds-tls.crt", paths.global_ca()
+    cert, cert_export = exported_certificate(mode, zone, paths)
     children = Children()
     children.install()
     children.start(cp_argv(mode, paths, zone))
