@@ -78,6 +78,7 @@ WATCHED = (
     "ZoneIngressInsight",
     "ZoneEgressInsight",
     "MeshTrafficPermission",
+    "Secret",  # ExternalService certificates and keys the egress presents (secret: references)
 )
 MAX_SUBSCRIPTIONS = 5  # older streams of a zone proxy are dropped from its insight
 
@@ -416,12 +417,14 @@ class ZoneProxyReconciler:
         contexts: dict[str, MeshContext] = {}
         if self._connected or with_dataplanes:
             dataplanes = await self._all("Dataplane")
-            permissions = await self._all("MeshTrafficPermission")  # the egress checks them for ExternalServices
+            # The egress checks MeshTrafficPermissions for ExternalServices, and reads the Secrets
+            # their TLS settings refer to.
+            context_types = [*await self._all("MeshTrafficPermission"), *await self._all("Secret")]
             for mesh in meshes:
                 contexts[mesh.name] = MeshContext.build(
                     mesh,
                     [d for d in dataplanes if d.mesh == mesh.name],
-                    [p for p in permissions if p.mesh == mesh.name],
+                    [p for p in context_types if p.mesh == mesh.name],
                     external_services=[e for e in externals if e.mesh == mesh.name],
                     cross=cross[mesh.name],
                 )
