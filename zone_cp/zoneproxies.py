@@ -514,11 +514,12 @@ class ZoneProxyReconciler:
 
 def config_routes(reconciler: Callable[[], ZoneProxyReconciler | None]) -> list[web.RouteDef]:
     """``GET /zoneingresses/{name}/_config`` and ``/zoneegresses/{name}/_config``: the xDS config
-    generated for a zone proxy now (``{"xds": ...}``, private keys redacted)."""
+    generated for a zone proxy now (``{"xds": ...}``, private keys redacted); admin only."""
     from zonemesh.zone_cp.xds.dump import dump
 
     def handler(proxy_type: str) -> Callable[[web.Request], Any]:
         async def config(request: web.Request) -> web.Response:
+            await require_admin(request, request.app[MANAGER].store)  # as a dataplane's _config
             current = reconciler()
             if current is None:
                 raise web.HTTPServiceUnavailable(reason="the xDS server is not running")
