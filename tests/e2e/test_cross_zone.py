@@ -439,14 +439,17 @@ def present_client(w: World, client: str) -> None:
     put_secret(w, "ext-mtls-key", key)
 
 
+def assert_no_key(w: World, text: str) -> None:
+    keys = [key for _, key in w.mtls_pems.values()]
+    assert "PRIVATE KEY" not in text and not any(base64.b64encode(k).decode() in text for k in keys)
+
+
 def assert_dump_has_the_secret_but_no_key(w: World, path: str) -> None:
     status, body = w.zones["zone-1"].get(path)
     assert status == 200, body
     (secret,) = [s for s in body["xds"]["secrets"] if s["name"] == "external_cert:secret:default:ext-mtls"]
     assert secret["tlsCertificate"]["privateKey"] == {"inlineBytes": "<redacted>"}
-    text = json.dumps(body)
-    keys = [key for _, key in w.mtls_pems.values()]
-    assert "PRIVATE KEY" not in text and not any(base64.b64encode(k).decode() in text for k in keys)
+    assert_no_key(w, json.dumps(body))
 
 
 def test_external_service_with_client_certificate_and_key_from_secrets(world: World) -> None:
@@ -508,6 +511,9 @@ def test_external_service_with_client_certificate_and_key_from_secrets(world: Wo
         wait_until(lambda: get(url) == (200, "external-mtls client-2"), WAIT, what="mTLS through the egress")
         assert w.egress.stat("tcp.egress_default_ext-mtls.downstream_cx_total") >= 1
         assert_dump_has_the_secret_but_no_key(w, "/zoneegresses/egress-1/_config")
+        # Nor in any control plane's log (a certificate/key mismatch mid-rotation made Envoy NACK).
+        for cp in w.control_planes().values():
+            assert_no_key(w, cp.logs())
     finally:
         w.put_global(MTLS_MESH)
 
