@@ -121,8 +121,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         env.put("/meshes/default/dataplanes/edge-1", edge)
         egress = {"type": "ZoneEgress", "name": "egress-1", "networking": {"address": "127.0.0.1", "port": 10010}}
         env.put("/zoneegresses/egress-1", egress)
-        # The xDS side sees the Dataplanes (its watch) before their config can be asked for.
-        wait_until(lambda: cp.get("/meshes/default/dataplanes/web-1/_config")[0] == 200, 30, what="web-1 config")
+        # The xDS side sees the Dataplanes (its watch) before their config can be asked for (503 until then).
+        for name in ("web-1", "edge-1"):
+            path = f"/meshes/default/dataplanes/{name}/_config"
+            wait_until(lambda path=path: cp.get(path)[0] != 503, 30, what=f"{name} known to the xDS server")
         yield env
     except BaseException:
         print(cp.logs()[-6000:])

@@ -181,6 +181,7 @@ def test_two_keys_each_come_back_to_their_own_place_when_listeners_are_reordered
         gateway({"inlineString": (CERT + KEY).decode()}, {"inline": b64(OTHER_CERT + OTHER_KEY)})
     )
     served = to_universal(redact(stored))
+    assert not leaks(json.dumps(served), KEY, OTHER_KEY)
     served["conf"]["listeners"].reverse()
     back = restore(from_universal(served)[0], stored)
     assert [listener["tls"]["certificates"][0] for listener in back.spec["conf"]["listeners"]] == [
