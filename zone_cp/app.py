@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from zonemesh.shared.api.auth import require_admin
 from zonemesh.shared.api.context import MANAGER
 from zonemesh.shared.ca import BuiltinCA
 from zonemesh.shared.config import Config
@@ -106,7 +107,9 @@ class DataPlaneSide:
     async def config_handler(self, request: web.Request) -> web.Response:
         """``GET /meshes/{mesh}/dataplanes/{name}/_config``: the xDS config generated for a proxy
         now (Kuma's DataplaneXDSConfig: ``{"xds": ...}``), private keys redacted. ``versions``
-        are those of the snapshot last pushed to it (absent while it is not connected)."""
+        are those of the snapshot last pushed to it (absent while it is not connected). Admin only:
+        it shows every endpoint, certificate and policy the proxy gets."""
+        await require_admin(request, request.app[MANAGER].store)
         mesh, name = request.match_info["mesh"], request.match_info["name"]
         reconciler, cache = self.reconciler, self.cache
         if reconciler is None or cache is None:

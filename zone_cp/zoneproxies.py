@@ -78,6 +78,7 @@ WATCHED = (
     "ZoneIngressInsight",
     "ZoneEgressInsight",
     "MeshTrafficPermission",
+    "Secret",  # ExternalService certificates and keys the egress presents (secret: references)
 )
 MAX_SUBSCRIPTIONS = 5  # older streams of a zone proxy are dropped from its insight
 
@@ -416,12 +417,14 @@ class ZoneProxyReconciler:
         contexts: dict[str, MeshContext] = {}
         if self._connected or with_dataplanes:
             dataplanes = await self._all("Dataplane")
-            permissions = await self._all("MeshTrafficPermission")  # the egress checks them for ExternalServices
+            # The egress checks MeshTrafficPermissions for ExternalServices, and reads the Secrets
+            # their TLS settings refer to.
+            context_types = [*await self._all("MeshTrafficPermission"), *await self._all("Secret")]
             for mesh in meshes:
                 contexts[mesh.name] = MeshContext.build(
                     mesh,
                     [d for d in dataplanes if d.mesh == mesh.name],
-                    [p for p in permissions if p.mesh == mesh.name],
+                    [p for p in context_types if p.mesh == mesh.name],
                     external_services=[e for e in externals if e.mesh == mesh.name],
                     cross=cross[mesh.name],
                 )
@@ -511,11 +514,12 @@ class ZoneProxyReconciler:
 
 def config_routes(reconciler: Callable[[], ZoneProxyReconciler | None]) -> list[web.RouteDef]:
     """``GET /zoneingresses/{name}/_config`` and ``/zoneegresses/{name}/_config``: the xDS config
-    generated for a zone proxy now (``{"xds": ...}``, private keys redacted)."""
+    generated for a zone proxy now (``{"xds": ...}``, private keys redacted); admin only."""
     from zonemesh.zone_cp.xds.dump import dump
 
     def handler(proxy_type: str) -> Callable[[web.Request], Any]:
         async def config(request: web.Request) -> web.Response:
+            await require_admin(request, request.app[MANAGER].store)  # as a dataplane's _config
             current = reconciler()
             if current is None:
                 raise web.HTTPServiceUnavailable(reason="the xDS server is not running")

@@ -18,9 +18,11 @@ import sys
 import textwrap
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from http.client import HTTPConnection  # the module name "http" is this module's http() below
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +35,20 @@ def free_port() -> int:
 
 
 def http(
-    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None, timeout: float = 10
+    method: str,
+    url: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10,
+    source: str | None = None,
 ) -> tuple[int, Any]:
-    """One JSON request; returns (status, decoded body or text). Never raises for HTTP errors."""
+    """One JSON request; returns (status, decoded body or text). Never raises for HTTP errors.
+
+    ``source``: the local address to connect from (``non_loopback_address()``), so that a
+    server on 127.0.0.1 sees a client that is not on loopback."""
     data = json.dumps(body).encode() if body is not None else None
+    if source is not None:
+        return _http_from(source, method, url, data, headers or {}, timeout)
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     for key, value in (headers or {}).items():
         request.add_header(key, value)
@@ -45,11 +57,57 @@ def http(
             status, raw = response.status, response.read()
     except urllib.error.HTTPError as exc:
         status, raw = exc.code, exc.read()
+    return status, _decoded(raw)
+
+
+def _decoded(raw: bytes) -> Any:
     text = raw.decode()
     try:
-        return status, json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError:
-        return status, text
+        return text
+
+
+def _http_from(
+    source: str, method: str, url: str, data: bytes | None, headers: dict[str, str], timeout: float
+) -> tuple[int, Any]:
+    parts = urllib.parse.urlsplit(url)
+    conn = HTTPConnection(parts.hostname or "", parts.port, timeout=timeout, source_address=(source, 0))
+    try:
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        conn.request(method, path or "/", body=data, headers={"Content-Type": "application/json", **headers})
+        response = conn.getresponse()
+        return response.status, _decoded(response.read())
+    finally:
+        conn.close()
+
+
+def non_loopback_address() -> str | None:
+    """An IPv4 address of one of this host's interfaces that is not loopback, or None.
+
+    Tests connect FROM it TO 127.0.0.1 (``http(..., source=...)``): the packets never leave the
+    host (the destination is loopback), yet the server sees a peer that is not on loopback, as
+    a client on the network would be. Linux only (SIOCGIFADDR)."""
+    import fcntl
+    import ipaddress
+    import struct
+
+    for _, name in socket.if_nameindex():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                packed = fcntl.ioctl(sock.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))  # SIOCGIFADDR
+            except OSError:
+                continue  # no IPv4 address on this interface
+        address = socket.inet_ntoa(packed[20:24])
+        if ipaddress.ip_address(address).is_loopback:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((address, 0))
+            except OSError:
+                continue
+        return address
+    return None
 
 
 class ProcessExited(RuntimeError):
@@ -169,15 +227,20 @@ class ControlPlaneProcess:
 
 # --- a mesh on 127.0.0.1 ---------------------------------------------------------------------
 
-# ``python -c HTTP_APP <name> <port> [<cert file> <key file>]``: answers every GET on
-# 127.0.0.1:<port> with its name; over TLS when given a certificate and key.
+# ``python -c HTTP_APP <name> <port> [<cert file> <key file> [<client CA file>]]``: answers every
+# GET on 127.0.0.1:<port> with its name; over TLS when given a certificate and key. With a client
+# CA it requires a client certificate signed by it, and answers "<name> <client's CN>".
 HTTP_APP = textwrap.dedent(
     """
     import http.server, ssl, sys
     name, port = sys.argv[1], int(sys.argv[2])
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            body = name.encode()
+            body = name
+            peer = self.connection.getpeercert() if hasattr(self.connection, "getpeercert") else None
+            if peer:
+                body += " " + dict(pair[0] for pair in peer["subject"]).get("commonName", "")
+            body = body.encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -188,15 +251,22 @@ HTTP_APP = textwrap.dedent(
     if len(sys.argv) > 3:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(sys.argv[3], sys.argv[4])
+        if len(sys.argv) > 5:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(sys.argv[5])
         server.socket = context.wrap_socket(server.socket, server_side=True)
     server.serve_forever()
     """
 )
 
 
-def start_http_app(name: str, port: int, tls: tuple[Path, Path] | None = None) -> subprocess.Popen[bytes]:
-    """The demo app (HTTP_APP) as ``name`` on 127.0.0.1:``port``; ``tls``: (cert file, key file)."""
-    return subprocess.Popen([sys.executable, "-c", HTTP_APP, name, str(port), *map(str, tls or ())])
+def start_http_app(
+    name: str, port: int, tls: tuple[Path, Path] | None = None, client_ca: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """The demo app (HTTP_APP) as ``name`` on 127.0.0.1:``port``; ``tls``: (cert file, key file);
+    ``client_ca``: require client certificates it signed (with ``tls``)."""
+    args = [*map(str, tls or ()), *([str(client_ca)] if tls and client_ca else [])]
+    return subprocess.Popen([sys.executable, "-c", HTTP_APP, name, str(port), *args])
 
 
 # A mesh with builtin mTLS, and traffic permissions on it: allow everything, deny app-a -> app-b.

@@ -16,6 +16,7 @@ from zonemesh.shared.api.auth import require_admin
 from zonemesh.shared.api.context import MANAGER
 from zonemesh.shared.resources.codec import from_universal, to_universal
 from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.resources.redaction import has_markers, redact, restore
 from zonemesh.shared.resources.registry import Registry, ResourceType, Scope
 from zonemesh.shared.resources.schema import FieldError, ValidationError
 from zonemesh.shared.store import ListFilter, NotFound
@@ -99,8 +100,13 @@ async def read_document(request: web.Request) -> Any:
         raise ValidationError([FieldError("<body>", f"invalid JSON/YAML: {exc}")], title="Invalid body") from None
 
 
+def served(res: Resource) -> dict[str, Any]:
+    """A resource as the API shows it: inline private keys redacted (shared/resources/redaction.py)."""
+    return to_universal(redact(res))
+
+
 def _json(res: Resource, status: int = 200) -> web.Response:
-    response = web.json_response(to_universal(res), status=status)
+    response = web.json_response(served(res), status=status)
     response.headers["ETag"] = f'"{res.version}"'
     return response
 
@@ -133,9 +139,7 @@ class _Handlers:
         next_url = None
         if result.next_offset is not None:
             next_url = str(request.url.update_query({"offset": result.next_offset, "size": str(size)}))
-        return web.json_response(
-            {"total": result.total, "items": [to_universal(r) for r in result.items], "next": next_url}
-        )
+        return web.json_response({"total": result.total, "items": [served(r) for r in result.items], "next": next_url})
 
     async def get(self, request: web.Request) -> web.Response:
         await self._guard_read(request)
@@ -149,6 +153,8 @@ class _Handlers:
         mesh = request.match_info.get("mesh") if self.rtype.scope is Scope.MESH else None
         doc = await read_document(request)
         res, version = from_universal(doc, expected_type=self.rtype, mesh=mesh, name=request.match_info["name"])
+        if has_markers(res):  # a key shown redacted (GET) and applied back stands for the stored one
+            res = restore(res, await manager.store.find(res.type, res.name, res.mesh))
         if_match = request.headers.get("If-Match", "").strip('" ')
         if version is None and if_match.isdigit():
             version = int(if_match)

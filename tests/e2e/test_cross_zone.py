@@ -80,6 +80,9 @@ class World:
     tls_out: int = 0
     tls_port: int = 0
     tls_ca: str = ""
+    mtls_out: int = 0  # a-1's outbound to ext-mtls, a server that requires a client certificate
+    mtls_port: int = 0
+    mtls_pems: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)  # server, client-1/2/3: (cert, key)
     ingress: dict[str, Envoy] = field(default_factory=dict)
     egress: Envoy | None = None
     a: Envoy | None = None
@@ -228,7 +231,18 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         (work / "ext-tls.key").write_bytes(key)
         w.tls_ca = cert.decode()
         w.procs.append(start_http_app("external-tls", w.tls_port, tls=(work / "ext-tls.crt", work / "ext-tls.key")))
-        outbound = [("app-b", w.a_out), ("ext-http", w.ext_out), ("ext-tls", w.tls_out)]
+        # ext-mtls: trusts the client certificates client-1 and client-2 (self-signed), not client-3.
+        w.mtls_out, w.mtls_port = free_port(), free_port()
+        w.mtls_pems = {name: self_signed_server_cert(host) for name, host in MTLS_NAMES.items()}
+        for name, (cert, key) in w.mtls_pems.items():
+            (work / f"{name}.crt").write_bytes(cert)
+            (work / f"{name}.key").write_bytes(key)
+        (work / "clients-ca.crt").write_bytes(w.mtls_pems["client-1"][0] + w.mtls_pems["client-2"][0])
+        server_files = (work / "ext-mtls.crt", work / "ext-mtls.key")
+        w.procs.append(
+            start_http_app("external-mtls", w.mtls_port, tls=server_files, client_ca=work / "clients-ca.crt")
+        )
+        outbound = [("app-b", w.a_out), ("ext-http", w.ext_out), ("ext-tls", w.tls_out), ("ext-mtls", w.mtls_out)]
         doc = sidecar_dataplane("app-a", a_in, a_app, outbound=outbound)
         token = w.token("zone-1", "/tokens/dataplane", {"mesh": "default", "name": "a-1", "validFor": "1h"})
         w.start_agent("zone-1", "a-1", doc, token, a_admin, "dataplane")
@@ -407,6 +421,101 @@ def test_external_service_with_tls_origination_directly_and_through_the_egress(w
     assert w.glob.put("/meshes/default/externalservices/ext-tls", external)[0] == 200
     wait_until(lambda: get(url)[0] == 503, WAIT, what="untrusted server refused")
     w.put_global(MTLS_MESH)
+
+
+MTLS_NAMES = {"ext-mtls": "127.0.0.1", "client-1": "client-1", "client-2": "client-2", "client-3": "client-3"}
+
+
+def put_secret(w: World, name: str, data: bytes) -> None:
+    doc = {"type": "Secret", "mesh": "default", "name": name, "data": base64.b64encode(data).decode()}
+    status, body = w.glob.put(f"/meshes/default/secrets/{name}", doc)
+    assert status in (200, 201), body
+
+
+def present_client(w: World, client: str) -> None:
+    """The Secrets ext-mtls's clientCert and clientKey refer to, holding ``client``'s pair."""
+    cert, key = w.mtls_pems[client]
+    put_secret(w, "ext-mtls-cert", cert)
+    put_secret(w, "ext-mtls-key", key)
+
+
+def assert_no_key(w: World, text: str) -> None:
+    keys = [key for _, key in w.mtls_pems.values()]
+    assert "PRIVATE KEY" not in text and not any(base64.b64encode(k).decode() in text for k in keys)
+
+
+def assert_dump_has_the_secret_but_no_key(w: World, path: str) -> None:
+    status, body = w.zones["zone-1"].get(path)
+    assert status == 200, body
+    (secret,) = [s for s in body["xds"]["secrets"] if s["name"] == "external_cert:secret:default:ext-mtls"]
+    assert secret["tlsCertificate"]["privateKey"] == {"inlineBytes": "<redacted>"}
+    assert_no_key(w, json.dumps(body))
+
+
+def test_external_service_with_client_certificate_and_key_from_secrets(world: World) -> None:
+    """A server on 127.0.0.1 that requires a client certificate (it answers with the client's CN):
+    the ExternalService's caCert, clientCert and clientKey are ``secret:`` references to Secrets
+    created on global. Missing first (a clear error, the proxy keeps its last config), then created,
+    rotated, replaced by a certificate the server refuses; directly from the sidecar and through
+    zone-1's egress. No config dump shows a key."""
+    w = world
+    assert w.a is not None and w.egress is not None
+    zone_1 = w.zones["zone-1"]
+    external: dict[str, Any] = {
+        "type": "ExternalService",
+        "mesh": "default",
+        "name": "ext-mtls",
+        "tags": {"kuma.io/service": "ext-mtls", "kuma.io/protocol": "http"},
+        "networking": {
+            "address": f"127.0.0.1:{w.mtls_port}",
+            "tls": {
+                "enabled": True,
+                "caCert": {"secret": "ext-mtls-ca"},
+                "clientCert": {"secret": "ext-mtls-cert"},
+                "clientKey": {"secret": "ext-mtls-key"},
+            },
+        },
+    }
+    url = f"http://127.0.0.1:{w.mtls_out}/"
+    log_start = len(zone_1.logs())
+    assert w.glob.put("/meshes/default/externalservices/ext-mtls", external)[0] == 201
+    missing = "ExternalService 'ext-mtls' networking.tls.clientCert: secret 'ext-mtls-cert' not found in mesh 'default'"
+
+    def config_error() -> str:
+        status, body = zone_1.get("/meshes/default/dataplanes/a-1/_config")
+        return str(body.get("detail")) if status == 500 and isinstance(body, dict) else ""
+
+    assert missing in wait_until(config_error, WAIT, what="a-1's generation to fail on the missing Secret")
+    wait_until(lambda: missing in zone_1.logs()[log_start:], WAIT, what="the error in zone-1's log")
+    assert '"event": "xds_generation_failed"' in zone_1.logs()[log_start:]
+    assert call_b(w) == (200, "app-b")  # a-1 keeps its last config meanwhile
+
+    try:
+        put_secret(w, "ext-mtls-ca", w.mtls_pems["ext-mtls"][0])
+        present_client(w, "client-1")
+        wait_until(lambda: get(url) == (200, "external-mtls client-1"), WAIT, what="mTLS with client-1 from Secrets")
+
+        # Rotation: the new pair reaches Envoy over SDS, no restart.
+        present_client(w, "client-2")
+        wait_until(lambda: get(url) == (200, "external-mtls client-2"), WAIT, what="client-2 after rotation")
+        # A certificate the server does not trust: refused, so Envoy presents what the Secret holds.
+        present_client(w, "client-3")
+        wait_until(lambda: get(url)[0] == 503, WAIT, what="client-3 refused by the server")
+        present_client(w, "client-2")
+        wait_until(lambda: get(url) == (200, "external-mtls client-2"), WAIT, what="client-2 again")
+        assert_dump_has_the_secret_but_no_key(w, "/meshes/default/dataplanes/a-1/_config")
+
+        # Through zone-1's egress: it reads the same Secrets and originates the mTLS itself.
+        w.put_global({**MTLS_MESH, "routing": {"zoneEgress": True}})
+        wait_until(lambda: w.a.hosts("ext-mtls") == [f"127.0.0.1:{w.egress.port}"], WAIT, what="via egress")  # type: ignore[union-attr]
+        wait_until(lambda: get(url) == (200, "external-mtls client-2"), WAIT, what="mTLS through the egress")
+        assert w.egress.stat("tcp.egress_default_ext-mtls.downstream_cx_total") >= 1
+        assert_dump_has_the_secret_but_no_key(w, "/zoneegresses/egress-1/_config")
+        # Nor in any control plane's log (a certificate/key mismatch mid-rotation made Envoy NACK).
+        for cp in w.control_planes().values():
+            assert_no_key(w, cp.logs())
+    finally:
+        w.put_global(MTLS_MESH)
 
 
 def start_bad_ingress(w: World, name: str, token: Path) -> str:

@@ -414,6 +414,56 @@ def test_https_listener_terminates_tls_with_a_secret_certificate(env: Env) -> No
         env.apply(env.gateway())
 
 
+def test_https_certificate_secret_rotation_reaches_envoy_and_a_missing_secret_is_named(env: Env) -> None:
+    """The Secret of an HTTPS listener changes: Envoy serves the new certificate (over SDS, no
+    restart). A listener naming a Secret that does not exist: the gateway's generation fails with
+    the MeshGateway, the field and the Secret in the error, and the gateway keeps serving."""
+    first, second = self_signed_server_cert("secure.example.com"), self_signed_server_cert("secure.example.com")
+    secret = example("https-secret")
+    secret["data"] = base64.b64encode(first[0] + first[1]).decode()
+    env.apply(secret)
+    https_port = free_port()
+    gateway = env.gateway()
+    listener = example("https-listener")
+    listener["port"] = https_port
+    gateway["conf"]["listeners"].append(listener)
+    env.apply(example("route-https"))
+    env.apply(gateway)
+    ok = ("HTTP/1.1 200 OK", "backend-a")
+    try:
+        wait_until(lambda: https_get(https_port, "secure.example.com", first[0]) == ok, 30, what="first cert")
+        secret["data"] = base64.b64encode(second[0] + second[1]).decode()
+        env.apply(secret)
+        wait_until(lambda: https_get(https_port, "secure.example.com", second[0]) == ok, 30, what="rotated cert")
+        with pytest.raises(ssl.SSLCertVerificationError):
+            https_get(https_port, "secure.example.com", first[0])
+
+        log_start = len(env.cp.logs())
+        broken = copy.deepcopy(listener)
+        broken["port"] = free_port()
+        broken["tls"]["certificates"] = [{"secret": "no-such-secret"}]
+        gateway["conf"]["listeners"].append(broken)
+        env.apply(gateway)
+        index = len(gateway["conf"]["listeners"]) - 1
+        expected = (
+            f"MeshGateway 'edge-gateway' conf.listeners[{index}].tls.certificates[0]: "
+            "secret 'no-such-secret' not found in mesh 'default'"
+        )
+
+        def config_error() -> str:
+            status, body = env.cp.get("/meshes/default/dataplanes/edge-gateway-1/_config")
+            return str(body.get("detail")) if status == 500 and isinstance(body, dict) else ""
+
+        assert expected in wait_until(config_error, 30, what="the gateway's generation to fail")
+        wait_until(lambda: expected in env.cp.logs()[log_start:], 30, what="the error in the log")
+        # The gateway keeps its last config; the other proxies are generated as ever.
+        assert https_get(https_port, "secure.example.com", second[0]) == ok
+        assert request(f"{env.gateway_url}/api")[:2] == (200, "backend-a")
+        assert env.cp.get("/meshes/default/dataplanes/backend-a-1/_config")[0] == 200
+    finally:
+        env.apply(env.gateway())
+
+
 def _delete(env: Env, doc: dict[str, Any]) -> None:
     status, body = env.cp.delete(REGISTRY.get(doc["type"]).item_path(doc["name"], doc.get("mesh", "")))
     assert status == 200, body

@@ -232,15 +232,6 @@ def test_external_endpoints_ip_resolved_or_dns() -> None:
     assert dns
 
 
-async def test_external_tls_secret_source_is_refused_by_name() -> None:
-    zctx = await contexts((TESTDATA / "remote-direct.input.yaml").read_text())
-    mctx = zctx.meshes["default"]
-    es = mctx.external_services["httpbin"]
-    es.spec["networking"]["tls"]["caCert"] = {"secret": "ca"}
-    with pytest.raises(Exception, match=r"networking.tls.caCert: only inline, inlineString and file"):
-        generate(mctx, mctx.dataplanes["web-1"])
-
-
 async def test_traffic_permission_checks_the_remote_callers_spiffe_id() -> None:
     """A proxy in zone-2 serving backend denies web (a caller in zone-1) by its SPIFFE ID: the
     identity travels in the client certificate through ingress passthrough, unchanged."""

@@ -631,7 +631,7 @@ CASES = [
     Case("es-cert-without-key", "es", {"networking.tls.clientCert": {"secret": "cert"}},
          "networking.tls.clientKey", "have to be defined together"),
     Case("es-two-sources", "es", {"networking.tls.caCert": {"secret": "ca", "file": "/ca.pem"}},
-         "networking.tls.caCert", "exactly one of: secret, file, inline, inlineString"),
+         "networking.tls.caCert", "exactly one of: secret, inline, inlineString, file"),
     Case("es-inline-not-base64", "es", {"networking.tls.caCert": {"inline": "not base64!"}},
          "networking.tls.caCert.inline", "must be base64-encoded"),
     Case("es-verification-mode", "es", {"networking.tls.verification": {"mode": "Trust"}},

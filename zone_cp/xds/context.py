@@ -199,6 +199,14 @@ class MeshContext:
                 return Mtls(enabled, str(backend.get("mode") or "STRICT"))
         return None
 
+    def secret(self, name: str) -> Resource | None:
+        """The mesh's Secret ``name`` (DataSources' ``secret:`` references), None when absent."""
+        by_name = self.memo.get("secrets")
+        if by_name is None:
+            by_name = self.memo["secrets"] = {s.name: s for s in self.policies.get(SECRET, ())}
+        found = by_name.get(name)
+        return found if isinstance(found, Resource) else None
+
     def protocol(self, service: str) -> str:
         """A service's protocol, from the kuma.io/protocol tag of its endpoints (tcp when unknown)."""
         external = self.external_services.get(service)

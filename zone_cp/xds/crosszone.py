@@ -16,7 +16,6 @@ ZoneIngressInsight/ZoneEgressInsight has an open subscription) are given to thes
 from __future__ import annotations
 
 import asyncio
-import base64
 import ipaddress
 import socket
 from collections.abc import Iterable, Mapping
@@ -26,11 +25,12 @@ from typing import Any
 import structlog
 from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 from zonemesh.shared.resources.model import ZONE_LABEL, Resource
 from zonemesh.zone_cp.xds.context import SERVICE_TAG, Endpoint, MeshContext, WorkloadCert
-from zonemesh.zone_cp.xds.envoy import socket_address
+from zonemesh.zone_cp.xds.datasource import envoy_data_source
+from zonemesh.zone_cp.xds.envoy import external_ca_secret_name, external_cert_secret_name, sds, socket_address
 
 log = structlog.get_logger(__name__)
 
@@ -193,41 +193,36 @@ def load_assignment(
     return endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=groups)
 
 
-def _data_source(value: Mapping[str, Any], field_path: str) -> base_pb2.DataSource:
-    if value.get("inline"):
-        return base_pb2.DataSource(inline_bytes=base64.b64decode(str(value["inline"])))
-    if value.get("inlineString"):
-        return base_pb2.DataSource(inline_string=str(value["inlineString"]))
-    if value.get("file"):
-        return base_pb2.DataSource(filename=str(value["file"]))
-    raise ValueError(f"{field_path}: only inline, inlineString and file are supported (mesh secrets are not yet)")
+def _presents_client_cert(tls: Mapping[str, Any]) -> bool:
+    return bool(tls.get("clientCert") and tls.get("clientKey"))
 
 
-def external_tls(tls: Mapping[str, Any], host: str) -> tls_pb2.UpstreamTlsContext:
+def _verifies_server(tls: Mapping[str, Any]) -> bool:
+    mode = str((tls.get("verification") or {}).get("mode") or "Secured")
+    return bool(tls.get("caCert")) and mode in ("Secured", "SkipSAN")
+
+
+def external_tls(tls: Mapping[str, Any], host: str, mesh: str, service: str) -> tls_pb2.UpstreamTlsContext:
     """TLS origination to an ExternalService (``networking.tls``).
 
     SNI: ``serverName``, else the host. With ``caCert`` the server certificate is verified
     against it and (mode ``Secured``, the default) its SAN against ``verification.subjectAltNames``
     or else the SNI (DNS SAN; IP SAN when it is an address); ``SkipSAN`` checks the CA only,
     ``SkipCA``/``SkipAll`` nothing. ``clientCert``/``clientKey`` are presented when set.
+    The certificates and the key come over SDS (``external_secrets``): none is in the cluster.
     """
     verification = tls.get("verification") or {}
     server_name = str(verification.get("serverName") or tls.get("serverName") or host)
     context = tls_pb2.UpstreamTlsContext(sni=server_name)
     context.allow_renegotiation = bool(tls.get("allowRenegotiation", False))
     common = context.common_tls_context
-    if tls.get("clientCert") and tls.get("clientKey"):
-        common.tls_certificates.append(
-            common_pb2.TlsCertificate(
-                certificate_chain=_data_source(tls["clientCert"], "networking.tls.clientCert"),
-                private_key=_data_source(tls["clientKey"], "networking.tls.clientKey"),
-            )
-        )
-    mode = str(verification.get("mode") or "Secured")
-    if tls.get("caCert") and mode in ("Secured", "SkipSAN"):
-        validation = common.validation_context
-        validation.trusted_ca.CopyFrom(_data_source(tls["caCert"], "networking.tls.caCert"))
-        if mode == "Secured":
+    if _presents_client_cert(tls):
+        common.tls_certificate_sds_secret_configs.append(sds(external_cert_secret_name(mesh, service)))
+    if _verifies_server(tls):
+        combined = common.combined_validation_context
+        combined.validation_context_sds_secret_config.CopyFrom(sds(external_ca_secret_name(mesh, service)))
+        validation = combined.default_validation_context
+        if str(verification.get("mode") or "Secured") == "Secured":
             sans = verification.get("subjectAltNames") or [{"type": "Exact", "value": server_name}]
             for san in sans:
                 value = str(san["value"])
@@ -245,6 +240,36 @@ def external_tls(tls: Mapping[str, Any], host: str) -> tls_pb2.UpstreamTlsContex
                     common_pb2.SubjectAltNameMatcher(san_type=san_type, matcher=matcher)
                 )
     return context
+
+
+def external_secrets(ctx: MeshContext, service: str, external: Resource) -> list[secret_pb2.Secret]:
+    """The SDS secrets ``external_tls`` refers to for ``external`` (serving ``service``), read
+    from its DataSources now. Raises MissingSecret naming the field of a Secret that is missing."""
+    tls = (external.spec.get("networking") or {}).get("tls") or {}
+    if not tls.get("enabled"):
+        return []
+    where = f"ExternalService {external.name!r} networking.tls"
+    secrets = []
+    if _presents_client_cert(tls):
+        secrets.append(
+            secret_pb2.Secret(
+                name=external_cert_secret_name(ctx.name, service),
+                tls_certificate=common_pb2.TlsCertificate(
+                    certificate_chain=envoy_data_source(ctx, tls["clientCert"], f"{where}.clientCert"),
+                    private_key=envoy_data_source(ctx, tls["clientKey"], f"{where}.clientKey"),
+                ),
+            )
+        )
+    if _verifies_server(tls):
+        secrets.append(
+            secret_pb2.Secret(
+                name=external_ca_secret_name(ctx.name, service),
+                validation_context=common_pb2.CertificateValidationContext(
+                    trusted_ca=envoy_data_source(ctx, tls["caCert"], f"{where}.caCert")
+                ),
+            )
+        )
+    return secrets
 
 
 def is_ip(host: str) -> bool:

@@ -53,6 +53,16 @@ def ca_secret_name(mesh: str) -> str:
     return f"mesh_ca:secret:{mesh}"
 
 
+def external_cert_secret_name(mesh: str, service: str) -> str:
+    """An ExternalService's client certificate and key (``networking.tls.clientCert/clientKey``)."""
+    return f"external_cert:secret:{mesh}:{service}"
+
+
+def external_ca_secret_name(mesh: str, service: str) -> str:
+    """The CA an ExternalService's server certificate is checked against (``networking.tls.caCert``)."""
+    return f"external_ca:secret:{mesh}:{service}"
+
+
 def spiffe_id(mesh: str, service: str) -> str:
     return f"spiffe://{mesh}/{service}"
 

@@ -3,31 +3,13 @@ it, optionally over TLS originated by the proxy."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
 from typing import Any
 
 from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
 from zonemesh.shared.resources.schema import Bool, Enum, Errors, List, Obj, Str, join
-from zonemesh.shared.resources.types.common import SERVICE_TAG, HostPort, Tags, exactly_one, split_host_port
-
-
-def _inline_is_base64(value: Mapping[str, Any], path: str, errors: Errors) -> None:
-    inline = value.get("inline")
-    if not isinstance(inline, str):
-        return
-    try:
-        base64.b64decode(inline, validate=True)
-    except (binascii.Error, ValueError):
-        errors.add(f"{path}.inline", "must be base64-encoded (use inlineString for PEM text)")
-
-
-# Where a certificate or key comes from: a mesh Secret, a file on the proxy's host, or inline.
-DATA_SOURCE = Obj(
-    {"secret": Str(min_len=1), "file": Str(min_len=1), "inline": Str(min_len=1), "inlineString": Str(min_len=1)},
-    checks=(exactly_one("secret", "file", "inline", "inlineString"), _inline_is_base64),
-)
+from zonemesh.shared.resources.types.common import SERVICE_TAG, HostPort, Tags, split_host_port
+from zonemesh.shared.resources.types.datasource import DATA_SOURCE, KEY_SOURCE
 
 
 def _client_cert_with_key(value: Mapping[str, Any], path: str, errors: Errors) -> None:
@@ -45,7 +27,7 @@ TLS = Obj(
         "serverName": Str(min_len=1),
         "caCert": DATA_SOURCE,
         "clientCert": DATA_SOURCE,
-        "clientKey": DATA_SOURCE,
+        "clientKey": KEY_SOURCE,
         "verification": Obj(
             {
                 "mode": Enum("Secured", "SkipSAN", "SkipCA", "SkipAll"),

@@ -34,7 +34,7 @@ from zonemesh.shared.resources.schema import (
     one_of,
 )
 from zonemesh.shared.resources.types.common import PORT, Tags, exactly_one, is_hostname
-from zonemesh.shared.resources.types.externalservice import DATA_SOURCE
+from zonemesh.shared.resources.types.datasource import KEY_SOURCE
 
 HTTP, HTTPS, TCP, TLS = "HTTP", "HTTPS", "TCP", "TLS"
 LISTENER_PROTOCOLS = (HTTP, HTTPS, TCP, TLS)
@@ -78,7 +78,7 @@ class Hostname(Str):
 LISTENER_TLS = Obj(
     {
         "mode": Enum(TLS_TERMINATE, TLS_PASSTHROUGH),
-        "certificates": List(DATA_SOURCE),
+        "certificates": List(KEY_SOURCE),  # each: a PEM certificate chain and its private key
         "options": Obj({}),
     }
 )

@@ -17,6 +17,7 @@ from zonemesh.shared.resources.schema import (
     Obj,
     Str,
 )
+from zonemesh.shared.resources.types.datasource import DATA_SOURCE, KEY_SOURCE
 
 _TAG_SELECTOR = Obj({"tags": Map(Str(), key=Str(min_len=1))})
 
@@ -35,8 +36,8 @@ MTLS_BACKEND = Obj(
         "conf": Obj(
             {
                 "caCert": Obj({"RSAbits": Int(min=2048, max=8192), "expiration": Duration(positive=True)}),
-                "cert": Obj({"secret": Str(min_len=1), "file": Str(min_len=1), "inline": Str(min_len=1)}),
-                "key": Obj({"secret": Str(min_len=1), "file": Str(min_len=1), "inline": Str(min_len=1)}),
+                "cert": DATA_SOURCE,
+                "key": KEY_SOURCE,
             }
         ),
         "rootChain": Obj({"requestTimeout": Duration()}),

@@ -16,6 +16,7 @@ mTLS, filter chains by the SNI the proxies of this zone send (``sni.py``):
 
 from __future__ import annotations
 
+import structlog
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
@@ -24,13 +25,15 @@ from envoy.type.matcher.v3 import string_pb2
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds import sni
 from zonemesh.zone_cp.xds.context import MeshContext
-from zonemesh.zone_cp.xds.crosszone import EGRESS_SERVICE, ZoneContext, load_assignment
+from zonemesh.zone_cp.xds.crosszone import EGRESS_SERVICE, ZoneContext, external_secrets, load_assignment
 from zonemesh.zone_cp.xds.envoy import ca_secret_name, pack, sds, spiffe_id
 from zonemesh.zone_cp.xds.generators.ingress import eds_cluster, listener_address, sni_chain, sni_listener, stat_prefix
 from zonemesh.zone_cp.xds.generators.outbound import external_cluster
 from zonemesh.zone_cp.xds.policies import meshtrafficpermission
 from zonemesh.zone_cp.xds.policies.matching import matched
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER, SECRET, ResourceSet
+
+log = structlog.get_logger(__name__)
 
 
 def egress_secret_name(mesh: str) -> str:
@@ -117,7 +120,16 @@ def generate(zctx: ZoneContext, proxy: Resource) -> ResourceSet:
                 resources.add(ENDPOINT, name, load_assignment(name, [], endpoints, zctx.zone))
         for service, external in sorted(mctx.external_services.items()):
             name = sni.encode(service, mesh)
-            cluster = external_cluster(service, external, cross.resolved if cross else None, name=name)
+            try:
+                tls_secrets = external_secrets(mctx, service, external)
+            except ValueError as exc:
+                # The egress serves every mesh: one ExternalService's missing Secret leaves that
+                # one unreachable through it (no chain: the caller's handshake fails), not the rest.
+                log.error("zone_egress_external_service_skipped", mesh=mesh, service=service, error=str(exc))
+                continue
+            for secret in tls_secrets:
+                resources.add(SECRET, secret.name, secret)
+            cluster = external_cluster(mesh, service, external, cross.resolved if cross else None, name=name)
             chain = sni_chain(name, name, stat_prefix("egress", mesh, service))
             chain.transport_socket.CopyFrom(_downstream_tls(mesh))
             chain.filters.insert(0, permissions(mctx, service, external))

@@ -32,7 +32,6 @@ different services one route gets the ``Mesh``-wide (wildcard) retry/timeout con
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -53,6 +52,7 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds.context import SERVICE_TAG, MeshContext, networking, tag_sets
+from zonemesh.zone_cp.xds.datasource import content
 from zonemesh.zone_cp.xds.envoy import (
     InboundPieces,
     OutboundPieces,
@@ -71,7 +71,6 @@ from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, S
 
 MESH_GATEWAY_TYPE = "MeshGateway"
 MESH_GATEWAY_ROUTE_TYPE = "MeshGatewayRoute"
-SECRET_TYPE = "Secret"
 MESH_CA_TYPE = "_MeshCA"  # context-only, see crossmesh.py
 BUILTIN = "BUILTIN"
 HTTP_PROTOCOLS = ("HTTP", "HTTPS")
@@ -434,6 +433,8 @@ class _Gen:
                 if cla is None:
                     cla = ctx.memo[("gateway-subset-endpoints", name)] = _subset_endpoints(ctx, name, dest)
                 self.resources.add(ENDPOINT, name, cla)
+        if not built.endpoints:
+            outbound.add_external_secrets(ctx, service, self.resources)
         if ctx.mtls is not None and built.endpoints:
             self.resources.require(SECRET, identity_secret_name(self.identity))
             self.resources.require(SECRET, ca_secret_name(ctx.name))
@@ -561,18 +562,10 @@ def _route_config(gen: _Gen, name: str, items: Sequence[Listener]) -> route_pb2.
 # --- TLS ---------------------------------------------------------------------------------------------
 
 
-def _certificate_secret(ctx: MeshContext, source: Mapping[str, Any], name: str) -> secret_pb2.Secret:
+def _certificate_secret(ctx: MeshContext, source: Mapping[str, Any], name: str, where: str) -> secret_pb2.Secret:
     """A listener certificate (PEM: the certificate chain and its private key) as an SDS secret."""
-    if source.get("secret"):
-        stored = {s.name: s for s in ctx.policies.get(SECRET_TYPE, ())}.get(str(source["secret"]))
-        if stored is None:
-            raise ValueError(f"listener certificate: secret {source['secret']!r} not found in mesh {ctx.name!r}")
-        pem = base64.b64decode(str(stored.spec.get("data") or ""))
-    elif source.get("inline"):
-        pem = base64.b64decode(str(source["inline"]))
-    elif source.get("inlineString"):
-        pem = str(source["inlineString"]).encode()
-    else:
+    pem = content(ctx, source, where)
+    if pem is None:  # a file on the gateway's host holding both
         return secret_pb2.Secret(
             name=name,
             tls_certificate=common_pb2.TlsCertificate(
@@ -583,7 +576,7 @@ def _certificate_secret(ctx: MeshContext, source: Mapping[str, Any], name: str) 
     text = pem.decode(errors="replace")
     key_blocks = re.findall(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----\s*", text, re.S)
     if not key_blocks or "-----BEGIN CERTIFICATE-----" not in text:
-        raise ValueError(f"listener certificate {name!r} must hold a PEM certificate chain and a private key")
+        raise ValueError(f"{where}: must hold a PEM certificate chain and its private key")
     chain = "".join(re.findall(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----\s*", text, re.S))
     return secret_pb2.Secret(
         name=name,
@@ -598,7 +591,8 @@ def _terminate(gen: _Gen, item: Listener) -> base_pb2.TransportSocket:
     names = []
     for i, source in enumerate((item.spec.get("tls") or {}).get("certificates") or []):
         name = f"gateway-cert:{gen.gateway.name}:{item.index}:{i}"
-        gen.resources.add(SECRET, name, _certificate_secret(gen.ctx, source, name))
+        where = f"MeshGateway {gen.gateway.name!r} conf.listeners[{item.index}].tls.certificates[{i}]"
+        gen.resources.add(SECRET, name, _certificate_secret(gen.ctx, source, name, where))
         names.append(name)
     context = tls_pb2.DownstreamTlsContext(
         common_tls_context=tls_pb2.CommonTlsContext(tls_certificate_sds_secret_configs=[sds(n) for n in names])

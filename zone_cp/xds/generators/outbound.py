@@ -43,7 +43,13 @@ from zonemesh.zone_cp.xds.context import (
     outbounds,
     services,
 )
-from zonemesh.zone_cp.xds.crosszone import EGRESS_SERVICE, external_load_assignment, external_tls, load_assignment
+from zonemesh.zone_cp.xds.crosszone import (
+    EGRESS_SERVICE,
+    external_load_assignment,
+    external_secrets,
+    external_tls,
+    load_assignment,
+)
 from zonemesh.zone_cp.xds.envoy import (
     OutboundPieces,
     ads_source,
@@ -86,9 +92,14 @@ def _split_host_port(text: str) -> tuple[str, int]:
 
 
 def external_cluster(
-    service: str, external: Resource, resolved: Mapping[str, list[str]] | None = None, name: str | None = None
+    mesh: str,
+    service: str,
+    external: Resource,
+    resolved: Mapping[str, list[str]] | None = None,
+    name: str | None = None,
 ) -> cluster_pb2.Cluster:
-    """A cluster straight to an ExternalService (also the zone egress's upstream side)."""
+    """A cluster straight to an ExternalService (also the zone egress's upstream side); its TLS
+    certificates and key come over SDS (``add_external_secrets``)."""
     net: Mapping[str, Any] = external.spec.get("networking") or {}
     host, port = _split_host_port(str(net.get("address")))
     name = name or service
@@ -100,8 +111,22 @@ def external_cluster(
         cluster.dns_lookup_family = cluster_pb2.Cluster.V4_PREFERRED  # as the control plane's own lookup
     tls = net.get("tls") or {}
     if tls.get("enabled"):
-        cluster.transport_socket.CopyFrom(_tls_socket(external_tls(tls, host)))
+        cluster.transport_socket.CopyFrom(_tls_socket(external_tls(tls, host, mesh, service)))
     return cluster
+
+
+def add_external_secrets(ctx: MeshContext, service: str, resources: ResourceSet) -> None:
+    """The SDS secrets an ExternalService's cluster refers to (``external_tls``), built once per
+    round; a missing Secret fails the proxy's generation with an error naming the field."""
+    external = ctx.external_services.get(service)
+    if external is None:
+        return
+    key = ("external-secrets", service)
+    secrets = ctx.memo.get(key)
+    if secrets is None:
+        secrets = ctx.memo[key] = external_secrets(ctx, service, external)
+    for secret in secrets:
+        resources.add(SECRET, secret.name, secret)
 
 
 def _build(ctx: MeshContext, service: str, identity: str | None, policies: MatchedPolicies) -> _Built:
@@ -141,7 +166,7 @@ def _build_shared(ctx: MeshContext, service: str, policies: MatchedPolicies) -> 
     if external is None or ctx.via_egress:
         cluster = _mesh_cluster(service)
     else:
-        cluster = external_cluster(service, external, ctx.cross.resolved if ctx.cross else None)
+        cluster = external_cluster(ctx.name, service, external, ctx.cross.resolved if ctx.cross else None)
     pieces = OutboundPieces(ctx.name, service, protocol, cluster)
     stat_prefix = service.replace(":", "_")
     if protocol in HTTP_PROTOCOLS:
@@ -240,6 +265,8 @@ def generate(ctx: MeshContext, proxy: Resource, policies: MatchedPolicies, resou
             resources.add(ROUTE, built.route.name, built.route)
         if built.endpoints:
             resources.add(ENDPOINT, service, endpoints(ctx, service))
+        else:
+            add_external_secrets(ctx, service, resources)
         if ctx.mtls is not None and built.endpoints and identity is not None:
             resources.require(SECRET, identity_secret_name(identity))
             resources.require(SECRET, ca_secret_name(ctx.name))
