@@ -126,13 +126,17 @@ class Config:
         suffix = f"zone-{self.zone}" if self.mode == "zone" else self.mode
         return Path("~/.zonemesh").expanduser() / suffix
 
+    @property
+    def sqlite_path(self) -> Path:
+        path = Path(self.store_path).expanduser() if self.store_path else self.resolved_data_dir / "zonemesh.db"
+        return path.resolve()
+
     def store_url(self) -> str:
         if self.store == "memory":
             return "memory://"
         if self.store == "etcd":
             return f"etcd://{self.etcd_endpoints}?prefix={self.etcd_prefix}"
-        path = Path(self.store_path).expanduser() if self.store_path else self.resolved_data_dir / "zonemesh.db"
-        return f"sqlite://{path.resolve()}"
+        return f"sqlite://{self.sqlite_path}"
 
     def view(self) -> dict[str, Any]:
         """The configuration as GET /config shows it (not the license itself)."""

@@ -25,6 +25,7 @@ from zonemesh.shared.api.app import build_api_app
 from zonemesh.shared.api.auth import ensure_admin_token
 from zonemesh.shared.config import Config
 from zonemesh.shared.diagnostics import build_diagnostics_app
+from zonemesh.shared.files import exposed
 from zonemesh.shared.resources.manager import Mode, ResourceManager
 from zonemesh.shared.store import Store
 from zonemesh.shared.store.factory import open_store
@@ -40,6 +41,25 @@ class StartupRefused(Exception):
     """A part of the control plane refuses to start (an invalid or expired license, ...).
 
     ``zonemesh-cp`` prints the message and exits with status 1; it must say exactly why."""
+
+
+def refuse_exposed_secrets(config: Config) -> None:
+    """Refuse to start while the data dir, the SQLite files or a private key in the data dir are
+    open to group or others (or owned by another user), as PostgreSQL refuses such a data dir.
+
+    Refused rather than fixed: the secrets were readable until now and may have been copied, which
+    the operator must know (to rotate the keys and tokens), and a mode someone chose or a tool
+    keeps setting would be silently overridden. Checked before anything is created or opened."""
+    data_dir = config.resolved_data_dir
+    # Every private key the control plane writes in its data dir is a *.key (shared/tls.py).
+    paths = [data_dir, *sorted(data_dir.glob("*.key"))]
+    if config.store == "sqlite":
+        db = config.sqlite_path
+        # Where SQLite creates its -wal and -shm files: the file's directory, even outside the data dir.
+        paths += [db.parent, db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")]
+    problems = [problem for problem in map(exposed, dict.fromkeys(paths)) if problem]
+    if problems:
+        raise StartupRefused("; ".join(problems))
 
 
 @dataclass
@@ -77,8 +97,9 @@ class ControlPlane:
 
     async def start(self) -> None:
         config = self.config
+        refuse_exposed_secrets(config)
         if config.store == "sqlite":
-            config.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+            config.resolved_data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.store = await open_store(config.store_url())
         self._stack.push_async_callback(self.store.close)
         self.manager = ResourceManager(self.store, mode=self.mode, zone=config.zone)

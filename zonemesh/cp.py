@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 import structlog
 
 from zonemesh import __version__
 from zonemesh.shared import config as cfg
+from zonemesh.shared.files import PRIVATE_UMASK
 from zonemesh.shared.logs import configure
 
 
@@ -34,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zonemesh-cp: invalid configuration: {exc}", file=sys.stderr)
         return 2
     configure(config.log_format, config.log_level)
+    os.umask(PRIVATE_UMASK)  # the data dir, the database and keys: owner-only from their first byte
     # Imported late: nothing heavy before the configuration is known to be valid.
     from zonemesh.shared.runtime import StartupRefused, run
 
