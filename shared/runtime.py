@@ -27,8 +27,8 @@ from zonemesh.shared.config import Config
 from zonemesh.shared.diagnostics import build_diagnostics_app
 from zonemesh.shared.files import exposed
 from zonemesh.shared.resources.manager import Mode, ResourceManager
-from zonemesh.shared.store import Store
-from zonemesh.shared.store.factory import open_store
+from zonemesh.shared.store import Store, StoreError
+from zonemesh.shared.store.factory import EtcdAccess, open_store
 
 from zonemesh import __version__
 
@@ -60,6 +60,17 @@ def refuse_exposed_secrets(config: Config) -> None:
     problems = [problem for problem in map(exposed, dict.fromkeys(paths)) if problem]
     if problems:
         raise StartupRefused("; ".join(problems))
+
+
+def etcd_access(config: Config) -> EtcdAccess:
+    return EtcdAccess(
+        ca_file=config.etcd_ca_file,
+        cert_file=config.etcd_cert_file,
+        key_file=config.etcd_key_file,
+        username=config.etcd_username,
+        password=config.etcd_password,
+        password_file=config.etcd_password_file,
+    )
 
 
 @dataclass
@@ -100,7 +111,10 @@ class ControlPlane:
         refuse_exposed_secrets(config)
         if config.store == "sqlite":
             config.resolved_data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.store = await open_store(config.store_url())
+        try:
+            self.store = await open_store(config.store_url(), etcd_access(config))
+        except StoreError as exc:  # etcd unreachable, or refusing our certificate or user
+            raise StartupRefused(str(exc)) from None
         self._stack.push_async_callback(self.store.close)
         self.manager = ResourceManager(self.store, mode=self.mode, zone=config.zone)
 
