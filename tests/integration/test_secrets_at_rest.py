@@ -1,17 +1,20 @@
 """Secrets at rest, with a real `zonemesh-cp`: what it creates is owner-only whatever the umask it
-is started with, and it refuses to start, touching nothing, while its secrets are open to others."""
+is started with, and it refuses to start, touching nothing, while its secrets are open to others.
+And `zonemesh-dp`: its work dir (the bootstrap holds the dataplane token) is owner-only."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from zonemesh.testing import ControlPlaneProcess
+from zonemesh.testing import ControlPlaneProcess, dp_run_command, free_port, http, stop_process, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -121,3 +124,38 @@ def test_store_path_outside_the_data_dir(tmp_path: Path) -> None:
         assert set(modes(own.parent).values()) == {"0o600"}, modes(own.parent)
     finally:
         assert cp.stop() == 0
+
+
+def test_dataplane_work_dir_is_owner_only(tmp_path: Path) -> None:
+    cp = ControlPlaneProcess(tmp_path / "cp").start()
+    proc = None
+    try:
+        body = {"mesh": "default", "name": "web-1", "validFor": "1h"}
+        status, token = http("POST", cp.api + "/tokens/dataplane", body)
+        assert status == 200, token
+        (tmp_path / "token").write_text(token)
+        inbound = {"port": free_port(), "servicePort": free_port(), "tags": {"kuma.io/service": "web"}}
+        dataplane = {"type": "Dataplane", "networking": {"address": "127.0.0.1", "inbound": [inbound]}}
+        admin = free_port()
+        work = tmp_path / "work" / "web-1"
+        cmd = dp_run_command(
+            xds_port=cp.xds_port,
+            ca_file=cp.data_dir / "xds.crt",
+            name="web-1",
+            mesh="default",
+            dataplane=["--dataplane-inline", json.dumps(dataplane)],
+            token_file=tmp_path / "token",
+            admin_port=admin,
+            work_dir=work,
+        )
+        with umask(0o022), (tmp_path / "dp.log").open("wb") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        envoy = f"http://127.0.0.1:{admin}/ready"
+        wait_until(lambda: http("GET", envoy, timeout=1)[0] == 200, 30, what="the sidecar's Envoy to be ready")
+        assert modes(work) == {"bootstrap.json": "0o600"}
+        assert oct(stat.S_IMODE(work.stat().st_mode)) == "0o700"
+        assert oct(stat.S_IMODE(work.parent.stat().st_mode)) == "0o700"
+    finally:
+        if proc is not None:
+            stop_process(proc)
+        cp.stop()
