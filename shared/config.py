@@ -47,7 +47,7 @@ class Config:
     # certificate for --client-cert-auth), and/or a user of etcd's auth.
     etcd_ca_file: str = field(default="", metadata={"help": "CA of etcd's server certificate (PEM): TLS to etcd"})
     etcd_cert_file: str = field(
-        default="", metadata={"help": "client certificate for etcd (PEM; with --etcd-key-file): TLS to etcd"}
+        default="", metadata={"help": "client certificate for etcd (PEM; with --etcd-key-file and --etcd-ca-file)"}
     )
     etcd_key_file: str = field(default="", metadata={"help": "private key of --etcd-cert-file (PEM)"})
     etcd_username: str = field(default="", metadata={"help": "etcd user (etcd auth; with a password)"})
@@ -148,7 +148,9 @@ class Config:
             problems.append(f"{', '.join(given)}: only with store etcd (store is {self.store})")
         if bool(self.etcd_cert_file) != bool(self.etcd_key_file):
             problems.append("etcd_cert_file and etcd_key_file go together: give both or neither")
-        if (self.etcd_ca_file or self.etcd_cert_file) and "," in self.etcd_endpoints:
+        if self.etcd_cert_file and not self.etcd_ca_file:
+            problems.append("etcd_cert_file needs etcd_ca_file: the CA of etcd's server certificate")
+        if self.etcd_ca_file and "," in self.etcd_endpoints:
             problems.append(
                 "etcd over TLS takes one endpoint: give one DNS name that resolves to every member "
                 "and that every member's certificate holds (etcd_endpoints)"

@@ -44,8 +44,19 @@ def _ca(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]
     return key, self_signed_ca(key, _name(common_name), now - dt.timedelta(hours=1), now + dt.timedelta(days=1), usage)
 
 
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 def _leaf(
-    ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, common_name: str, usage: x509.ObjectIdentifier
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca: x509.Certificate,
+    common_name: str,
+    usage: x509.ObjectIdentifier,
+    names: tuple[str, ...] = ("127.0.0.1", "localhost"),
 ) -> tuple[bytes, bytes]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
@@ -60,7 +71,7 @@ def _leaf(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            x509.SubjectAlternativeName([_general_name(name) for name in names]),
             critical=False,
         )
         .sign(ca_key, hashes.SHA256())
@@ -68,7 +79,7 @@ def _leaf(
     return cert.public_bytes(serialization.Encoding.PEM), private_key_pem(key)
 
 
-def make_pki(directory: Path) -> EtcdPki:
+def make_pki(directory: Path, server_names: tuple[str, ...] = ("127.0.0.1", "localhost")) -> EtcdPki:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     ca_key, ca = _ca("etcd test CA")
     other_key, other = _ca("another CA")
@@ -86,7 +97,7 @@ def make_pki(directory: Path) -> EtcdPki:
     pki.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     pki.other_ca.write_bytes(other.public_bytes(serialization.Encoding.PEM))
     leaves = [
-        (_leaf(ca_key, ca, "etcd", ExtendedKeyUsageOID.SERVER_AUTH), pki.server_cert, pki.server_key),
+        (_leaf(ca_key, ca, "etcd", ExtendedKeyUsageOID.SERVER_AUTH, server_names), pki.server_cert, pki.server_key),
         (_leaf(ca_key, ca, "zonemesh", ExtendedKeyUsageOID.CLIENT_AUTH), pki.client_cert, pki.client_key),
         (_leaf(other_key, other, "stranger", ExtendedKeyUsageOID.CLIENT_AUTH), pki.stranger_cert, pki.stranger_key),
     ]

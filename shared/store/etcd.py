@@ -191,7 +191,8 @@ _AUTHENTICATE = b"/etcdserverpb.Auth/Authenticate"
 _TOKEN_REFUSALS = ("invalid auth token", "revision in header is old", "revision of auth store is old")
 # Refusals that retrying cannot fix (found in gRPC's or etcd's message), and what to check.
 _REFUSALS = {
-    "CERTIFICATE_VERIFY_FAILED": "etcd's certificate is not signed by a CA we trust (etcd_ca_file)",
+    "CERTIFICATE_VERIFY_FAILED": "etcd's certificate is not signed by the CA of etcd_ca_file",
+    "Hostname Verification Check failed": "etcd's certificate does not name the host of etcd_endpoints",
     "BAD_CERTIFICATE": "etcd refused the client certificate (etcd_cert_file): it must be signed by etcd's "
     "--trusted-ca-file",
     "CERTIFICATE_REQUIRED": "etcd requires a client certificate (etcd_cert_file, etcd_key_file)",
@@ -209,12 +210,14 @@ def _read_file(path: str, what: str) -> bytes:
 
 
 def _tls_credentials(access: EtcdAccess) -> grpc.ChannelCredentials | None:
-    """TLS to etcd when a CA or a client certificate is given; without a CA, etcd's certificate is
-    checked against gRPC's default roots."""
-    if not (access.ca_file or access.cert_file):
+    """TLS to etcd when its CA is given (etcd's CA is a private one), with the client certificate
+    when one is given."""
+    if not access.ca_file:
+        if access.cert_file:
+            raise StoreError("an etcd client certificate needs etcd's CA file (etcd_ca_file) too")
         return None
     return grpc.ssl_channel_credentials(
-        root_certificates=_read_file(access.ca_file, "CA file") if access.ca_file else None,
+        root_certificates=_read_file(access.ca_file, "CA file"),
         private_key=_read_file(access.key_file, "key file") if access.key_file else None,
         certificate_chain=_read_file(access.cert_file, "certificate file") if access.cert_file else None,
     )

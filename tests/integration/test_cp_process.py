@@ -157,8 +157,8 @@ def test_etcd_over_tls_with_a_client_certificate(tmp_path: Path, etcd_tls_server
 
     wrong = ControlPlaneProcess(tmp_path / "wrong", args=[*store, "--etcd-ca-file", str(pki.other_ca), *client])
     assert (
-        f"zonemesh-cp: refusing to start: etcd at {server.endpoint}: etcd's certificate is not signed by a CA "
-        "we trust (etcd_ca_file)"
+        f"zonemesh-cp: refusing to start: etcd at {server.endpoint}: etcd's certificate is not signed by the CA "
+        "of etcd_ca_file"
     ) in refused(wrong)
 
 

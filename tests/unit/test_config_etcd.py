@@ -70,6 +70,10 @@ def test_view_never_shows_the_password() -> None:
     [
         ({"etcd_ca_file": "ca.crt"}, "etcd_ca_file: only with store etcd (store is sqlite)"),
         ({"store": "etcd", "etcd_cert_file": "c"}, "etcd_cert_file and etcd_key_file go together"),
+        (
+            {"store": "etcd", "etcd_cert_file": "c", "etcd_key_file": "k"},
+            "etcd_cert_file needs etcd_ca_file: the CA of etcd's server certificate",
+        ),
         ({"store": "etcd", "etcd_key_file": "k"}, "etcd_cert_file and etcd_key_file go together"),
         (
             {"store": "etcd", "etcd_ca_file": "ca", "etcd_endpoints": "10.0.0.5:2379,10.0.0.6:2379"},

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EtcdServer, etcdctl
-from etcd_secure import AUTH_PREFIX, PASSWORD, USER, EtcdPki
+from conftest import EtcdServer, etcdctl, run_etcd
+from etcd_secure import AUTH_PREFIX, PASSWORD, USER, EtcdPki, make_pki
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store.base import EventKind, StoreError
 from zonemesh.shared.store.etcd import EtcdStore
@@ -73,15 +73,23 @@ async def test_wrong_ca(etcd_tls_server: tuple[EtcdServer, EtcdPki]) -> None:
     server, pki = etcd_tls_server
     message = await refusal(server.endpoint, tls(pki, ca_file=str(pki.other_ca)))
     assert message.startswith(
-        f"etcd at {server.endpoint}: etcd's certificate is not signed by a CA we trust (etcd_ca_file) ("
+        f"etcd at {server.endpoint}: etcd's certificate is not signed by the CA of etcd_ca_file ("
     )
     assert "CERTIFICATE_VERIFY_FAILED" in message
 
 
-async def test_without_a_ca_grpcs_default_roots_decide(etcd_tls_server: tuple[EtcdServer, EtcdPki]) -> None:
+async def test_client_certificate_without_the_ca(etcd_tls_server: tuple[EtcdServer, EtcdPki]) -> None:
     server, pki = etcd_tls_server
     message = await refusal(server.endpoint, tls(pki, ca_file=""))
-    assert message.startswith(f"etcd at {server.endpoint}: etcd's certificate is not signed by a CA we trust")
+    assert message == "an etcd client certificate needs etcd's CA file (etcd_ca_file) too"
+
+
+async def test_certificate_for_another_name(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki", server_names=("localhost",))
+    member = [f"--cert-file={pki.server_cert}", f"--key-file={pki.server_key}", f"--trusted-ca-file={pki.ca}"]
+    with run_etcd(tmp_path / "etcd", "--client-cert-auth", *member, scheme="https") as server:
+        message = await refusal(server.endpoint, tls(pki))  # 127.0.0.1, which the certificate does not name
+    assert message.startswith(f"etcd at {server.endpoint}: etcd's certificate does not name the host of etcd_endpoints")
 
 
 async def test_no_client_certificate(etcd_tls_server: tuple[EtcdServer, EtcdPki]) -> None:
