@@ -16,22 +16,21 @@ from pathlib import Path
 PRIVATE_UMASK = 0o077
 
 
-def exposed(path: Path) -> str | None:
-    """Why ``path`` is not private to this process's user, with the command that fixes it; None
-    when it is private or does not exist (yet)."""
+def exposed(path: Path, fix: str = "") -> str | None:
+    """Why ``path`` is not private to this process's user, with ``fix`` or else the command that
+    fixes it; None when it is private or does not exist (yet)."""
     try:
         st = path.stat()
     except FileNotFoundError:
         return None
-    if st.st_uid != os.geteuid():
-        return (
-            f"{path} is owned by uid {st.st_uid}, not by the user running zonemesh (uid {os.geteuid()}): "
-            f"chown {os.geteuid()} {path}"
-        )
-    if st.st_mode & 0o077:
-        private = "700" if stat.S_ISDIR(st.st_mode) else "600"
-        return (
-            f"{path} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}) and holds the "
-            f"control plane's secrets: chmod {private} {path}"
-        )
-    return None
+    uid = os.geteuid()
+    if st.st_uid != uid:
+        why = f"is owned by uid {st.st_uid}, not by the user running zonemesh (uid {uid})"
+        command = f"chown {uid} {path}"
+    elif st.st_mode & 0o077:
+        mode = stat.S_IMODE(st.st_mode)
+        why = f"is accessible by group or others (mode {mode:04o}) and holds the control plane's secrets"
+        command = f"chmod {700 if stat.S_ISDIR(st.st_mode) else 600} {path}"
+    else:
+        return None
+    return f"{path} {why}: {fix or command}"

@@ -50,14 +50,17 @@ def refuse_exposed_secrets(config: Config) -> None:
     Refused rather than fixed: the secrets were readable until now and may have been copied, which
     the operator must know (to rotate the keys and tokens), and a mode someone chose or a tool
     keeps setting would be silently overridden. Checked before anything is created or opened."""
-    data_dir = config.resolved_data_dir
+    data_dir = config.resolved_data_dir.resolve()
     # Every private key the control plane writes in its data dir is a *.key (shared/tls.py).
-    paths = [data_dir, *sorted(data_dir.glob("*.key"))]
+    checks = {path: "" for path in [data_dir, *sorted(data_dir.glob("*.key"))]}
     if config.store == "sqlite":
         db = config.sqlite_path
-        # Where SQLite creates its -wal and -shm files: the file's directory, even outside the data dir.
-        paths += [db.parent, db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")]
-    problems = [problem for problem in map(exposed, dict.fromkeys(paths)) if problem]
+        # SQLite creates its -wal and -shm files in the database's directory: private too, even
+        # outside the data dir (store_path), where it may be a directory others use as well.
+        own = f"chmod 700 {db.parent} if only zonemesh uses it, else give store_path a directory of its own"
+        checks.setdefault(db.parent, own)
+        checks.update({db: "", db.with_name(db.name + "-wal"): "", db.with_name(db.name + "-shm"): ""})
+    problems = [problem for path, fix in checks.items() if (problem := exposed(path, fix))]
     if problems:
         raise StartupRefused("; ".join(problems))
 
