@@ -46,6 +46,19 @@ class Config:
     store_path: str = field(default="", metadata={"help": "SQLite file (default <data-dir>/zonemesh.db)"})
     etcd_endpoints: str = field(default="127.0.0.1:2379", metadata={"help": "host:port[,host:port]"})
     etcd_prefix: str = field(default="/zonemesh", metadata={"help": "key prefix in etcd"})
+    # A protected etcd, see docs/configuration.md#etcd: TLS with etcd's CA (and a client
+    # certificate for --client-cert-auth), and/or a user of etcd's auth.
+    etcd_ca_file: str = field(default="", metadata={"help": "CA of etcd's server certificate (PEM): TLS to etcd"})
+    etcd_cert_file: str = field(
+        default="", metadata={"help": "client certificate for etcd (PEM; with --etcd-key-file and --etcd-ca-file)"}
+    )
+    etcd_key_file: str = field(default="", metadata={"help": "private key of --etcd-cert-file (PEM)"})
+    etcd_username: str = field(default="", metadata={"help": "etcd user (etcd auth; with a password)"})
+    etcd_password: str = field(
+        default="",
+        metadata={"help": "the etcd user's password (env or YAML only, never a flag)", "secret": True},
+    )
+    etcd_password_file: str = field(default="", metadata={"help": "file holding the etcd user's password"})
     api_address: str = field(default="0.0.0.0", metadata={"help": "HTTP API bind address"})
     api_port: int = field(default=5681, metadata={"help": "HTTP API port"})
     api_localhost_is_admin: bool = field(
@@ -126,6 +139,7 @@ class Config:
             problems.append("kds_port must be a port number")
         if bool(self.kds_tls_cert_file) != bool(self.kds_tls_key_file):
             problems.append("kds_tls_cert_file and kds_tls_key_file go together: give both or neither")
+        problems += self._etcd_problems()
         if self.license_path and self.license_inline:
             problems.append("give the license as a path or inline, not both (license_path, license_inline)")
         for name in ("kds_heartbeat_interval", "kds_zone_offline_timeout", "kds_debounce", "license_quota_wait"):
@@ -146,6 +160,34 @@ class Config:
         if problems:
             raise ConfigError("; ".join(problems))
 
+    def _etcd_problems(self) -> list[str]:
+        problems = []
+        security = (
+            "etcd_ca_file",
+            "etcd_cert_file",
+            "etcd_key_file",
+            "etcd_username",
+            "etcd_password",
+            "etcd_password_file",
+        )
+        given = [name for name in security if getattr(self, name)]
+        if given and self.store != "etcd":
+            problems.append(f"{', '.join(given)}: only with store etcd (store is {self.store})")
+        if bool(self.etcd_cert_file) != bool(self.etcd_key_file):
+            problems.append("etcd_cert_file and etcd_key_file go together: give both or neither")
+        if self.etcd_cert_file and not self.etcd_ca_file:
+            problems.append("etcd_cert_file needs etcd_ca_file: the CA of etcd's server certificate")
+        if self.etcd_ca_file and "," in self.etcd_endpoints:
+            problems.append(
+                "etcd over TLS takes one endpoint: give one DNS name that resolves to every member "
+                "and that every member's certificate holds (etcd_endpoints)"
+            )
+        if self.etcd_password and self.etcd_password_file:
+            problems.append("give the etcd password inline or as a file, not both (etcd_password, etcd_password_file)")
+        if bool(self.etcd_username) != bool(self.etcd_password or self.etcd_password_file):
+            problems.append("etcd_username and a password (etcd_password or etcd_password_file) go together")
+        return problems
+
     @property
     def resolved_data_dir(self) -> Path:
         if self.data_dir:
@@ -153,17 +195,24 @@ class Config:
         suffix = f"zone-{self.zone}" if self.mode == "zone" else self.mode
         return Path("~/.zonemesh").expanduser() / suffix
 
+    @property
+    def sqlite_path(self) -> Path:
+        path = Path(self.store_path).expanduser() if self.store_path else self.resolved_data_dir / "zonemesh.db"
+        return path.resolve()
+
     def store_url(self) -> str:
         if self.store == "memory":
             return "memory://"
         if self.store == "etcd":
             return f"etcd://{self.etcd_endpoints}?prefix={self.etcd_prefix}"
-        path = Path(self.store_path).expanduser() if self.store_path else self.resolved_data_dir / "zonemesh.db"
-        return f"sqlite://{path.resolve()}"
+        return f"sqlite://{self.sqlite_path}"
 
     def view(self) -> dict[str, Any]:
         """The configuration as GET /config shows it (not the license itself)."""
         view = dataclasses.asdict(self)
+        for f in fields(self):
+            if f.metadata.get("secret") and view[f.name]:
+                view[f.name] = "<redacted>"
         if self.license_inline:
             view["license_inline"] = f"<inline license, {len(self.license_inline)} characters>"
         return view
@@ -187,11 +236,25 @@ def _convert(name: str, raw: Any, kind: Any) -> Any:
     return str(raw)
 
 
+class _SecretFlag(argparse.Action):
+    """A secret's flag, there only to refuse it: every local user can read a command line (ps),
+    and without it argparse would take ``--etcd-password`` for ``--etcd-password-file``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None) -> None:
+        name = self.dest
+        parser.error(
+            f"{option}: a secret is never taken from the command line (every local user can read it); "
+            f"set ZONEMESH_{name.upper()} or {name} in the --config file"
+        )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", help="YAML config file (env ZONEMESH_CONFIG)")
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
-        if f.type in (bool, "bool"):
+        if f.metadata.get("secret"):
+            parser.add_argument(flag, dest=f.name, action=_SecretFlag, default=None, help=argparse.SUPPRESS)
+        elif f.type in (bool, "bool"):
             parser.add_argument(
                 flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=f.metadata.get("help")
             )

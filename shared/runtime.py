@@ -25,9 +25,10 @@ from zonemesh.shared.api.app import build_api_app
 from zonemesh.shared.api.auth import ensure_admin_token
 from zonemesh.shared.config import Config
 from zonemesh.shared.diagnostics import build_diagnostics_app
+from zonemesh.shared.files import exposed
 from zonemesh.shared.resources.manager import Mode, ResourceManager
-from zonemesh.shared.store import Store
-from zonemesh.shared.store.factory import open_store
+from zonemesh.shared.store import Store, StoreError
+from zonemesh.shared.store.factory import EtcdAccess, open_store
 
 from zonemesh import __version__
 
@@ -40,6 +41,39 @@ class StartupRefused(Exception):
     """A part of the control plane refuses to start (an invalid or expired license, ...).
 
     ``zonemesh-cp`` prints the message and exits with status 1; it must say exactly why."""
+
+
+def refuse_exposed_secrets(config: Config) -> None:
+    """Refuse to start while the data dir, the SQLite files or a private key in the data dir are
+    open to group or others (or owned by another user), as PostgreSQL refuses such a data dir.
+
+    Refused rather than fixed: the secrets were readable until now and may have been copied, which
+    the operator must know (to rotate the keys and tokens), and a mode someone chose or a tool
+    keeps setting would be silently overridden. Checked before anything is created or opened."""
+    data_dir = config.resolved_data_dir.resolve()
+    # Every private key the control plane writes in its data dir is a *.key (shared/tls.py).
+    checks = {path: "" for path in [data_dir, *sorted(data_dir.glob("*.key"))]}
+    if config.store == "sqlite":
+        db = config.sqlite_path
+        # SQLite creates its -wal and -shm files in the database's directory: private too, even
+        # outside the data dir (store_path), where it may be a directory others use as well.
+        own = f"chmod 700 {db.parent} if only zonemesh uses it, else give store_path a directory of its own"
+        checks.setdefault(db.parent, own)
+        checks.update({db: "", db.with_name(db.name + "-wal"): "", db.with_name(db.name + "-shm"): ""})
+    problems = [problem for path, fix in checks.items() if (problem := exposed(path, fix))]
+    if problems:
+        raise StartupRefused("; ".join(problems))
+
+
+def etcd_access(config: Config) -> EtcdAccess:
+    return EtcdAccess(
+        ca_file=config.etcd_ca_file,
+        cert_file=config.etcd_cert_file,
+        key_file=config.etcd_key_file,
+        username=config.etcd_username,
+        password=config.etcd_password,
+        password_file=config.etcd_password_file,
+    )
 
 
 @dataclass
@@ -77,9 +111,13 @@ class ControlPlane:
 
     async def start(self) -> None:
         config = self.config
+        refuse_exposed_secrets(config)
         if config.store == "sqlite":
-            config.resolved_data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = await open_store(config.store_url())
+            config.resolved_data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            self.store = await open_store(config.store_url(), etcd_access(config))
+        except StoreError as exc:  # etcd unreachable, or refusing our certificate or user
+            raise StartupRefused(str(exc)) from None
         self._stack.push_async_callback(self.store.close)
         self.manager = ResourceManager(self.store, mode=self.mode, zone=config.zone)
 

@@ -87,7 +87,7 @@ def ensure_self_signed(directory: str | Path, name: str, hosts: Iterable[str] | 
     or via ``asyncio.to_thread``."""
     hosts = list(hosts) if hosts is not None else default_hosts()
     directory = Path(directory).expanduser()
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
     if cert_path.exists() and key_path.exists():
         try:

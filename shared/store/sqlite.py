@@ -16,7 +16,9 @@ read back into a Resource.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -95,7 +97,11 @@ class SqliteStore(Store):
 
     def _connect(self) -> None:
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # The file holds every secret of the mesh: created owner-only, whatever the umask.
+            # SQLite gives its -wal and -shm files the database file's mode.
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         # isolation_level=None: no implicit transactions; every write says BEGIN IMMEDIATE
         # itself, so the write lock is taken before the read that decides the write.
         conn = sqlite3.connect(self.path, isolation_level=None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,68 @@ def test_etcd_store_process_survives_restart(tmp_path: Path, etcd_server: Any) -
         assert cp.get("/meshes")[1]["total"] == 1
     finally:
         cp.kill()
+
+
+def refused(cp: ControlPlaneProcess) -> str:
+    """Start ``cp``, which must refuse to start: exit 1 within 30 s, with no traceback; its log."""
+    cp.start(wait=False)
+    try:
+        assert cp.process is not None
+        assert cp.process.wait(30) == 1, cp.logs()
+    finally:
+        cp.kill()
+    assert "Traceback" not in cp.logs()
+    return cp.logs()
+
+
+@pytest.mark.etcd
+def test_etcd_over_tls_with_a_client_certificate(tmp_path: Path, etcd_tls_server: Any) -> None:
+    server, pki = etcd_tls_server
+    store = ["--store", "etcd", "--etcd-endpoints", server.endpoint, "--etcd-prefix", f"/tls-{tmp_path.name}"]
+    client = ["--etcd-cert-file", str(pki.client_cert), "--etcd-key-file", str(pki.client_key)]
+    cp = ControlPlaneProcess(tmp_path / "cp", args=[*store, "--etcd-ca-file", str(pki.ca), *client]).start()
+    try:
+        assert cp.put("/meshes/default/meshretries/retry-backend", POLICY)[0] == 201
+        assert cp.get("/meshes/default/meshretries/retry-backend")[0] == 200
+        assert cp.get("/config")[1]["etcd_ca_file"] == str(pki.ca)
+    finally:
+        cp.kill()
+
+    wrong = ControlPlaneProcess(tmp_path / "wrong", args=[*store, "--etcd-ca-file", str(pki.other_ca), *client])
+    assert (
+        f"zonemesh-cp: refusing to start: etcd at {server.endpoint}: etcd's certificate is not signed by the CA "
+        "of etcd_ca_file"
+    ) in refused(wrong)
+
+
+@pytest.mark.etcd
+def test_etcd_with_auth(tmp_path: Path, etcd_auth_server: Any) -> None:
+    from etcd_secure import AUTH_PREFIX, PASSWORD, USER
+
+    store = ["--store", "etcd", "--etcd-endpoints", etcd_auth_server.endpoint]
+    store += ["--etcd-prefix", f"{AUTH_PREFIX}/{tmp_path.name}", "--etcd-username", USER]
+    cp = ControlPlaneProcess(tmp_path / "cp", args=store, env={"ZONEMESH_ETCD_PASSWORD": PASSWORD}).start()
+    try:
+        assert cp.put("/meshes/default/meshretries/retry-backend", POLICY)[0] == 201
+        _, config = cp.get("/config")
+        assert config["etcd_username"] == USER and config["etcd_password"] == "<redacted>"
+        assert PASSWORD not in json.dumps(config)
+    finally:
+        cp.kill()
+    assert PASSWORD not in cp.logs()
+
+    wrong = ControlPlaneProcess(tmp_path / "wrong", args=store, env={"ZONEMESH_ETCD_PASSWORD": "guessed"})
+    logs = refused(wrong)
+    assert (
+        f"zonemesh-cp: refusing to start: etcd at {etcd_auth_server.endpoint}: etcd refused the user or password "
+        "(etcd_username, etcd_password or etcd_password_file)"
+    ) in logs
+    assert "guessed" not in logs
+
+
+@pytest.mark.etcd
+def test_unreachable_etcd_is_refused_clearly(tmp_path: Path) -> None:
+    store = ["--store", "etcd", "--etcd-endpoints", "127.0.0.1:1"]
+    assert "zonemesh-cp: refusing to start: cannot reach etcd at 127.0.0.1:1: UNAVAILABLE" in refused(
+        ControlPlaneProcess(tmp_path / "cp", args=store)
+    )

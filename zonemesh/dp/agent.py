@@ -225,7 +225,7 @@ def prepare(opts: AgentOptions, work_dir: Path) -> Prepared:
         binary = find_envoy(opts.envoy_binary)
     except EnvoyNotFound as exc:
         raise AgentError(str(exc), EXIT_USAGE) from None
-    work_dir.mkdir(parents=True, exist_ok=True)
+    work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     ca_file, ca_source = resolve_ca_file(opts, host, port)
     return Prepared(
         dataplane=dataplane,

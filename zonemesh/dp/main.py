@@ -14,12 +14,14 @@ dataplane token; 4 the control plane's certificate did not verify (the token was
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import structlog
 
 from zonemesh import __version__
 from zonemesh.dp.agent import EXIT_USAGE, AgentError, AgentOptions, run
+from zonemesh.shared.files import PRIVATE_UMASK
 from zonemesh.shared.logs import configure
 
 
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure(args.log_format, args.log_level)
+    os.umask(PRIVATE_UMASK)  # the bootstrap (with the token) and the work dir: owner-only, Envoy's files too
     opts = AgentOptions(
         cp_address=args.cp_address,
         name=args.name,

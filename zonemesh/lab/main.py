@@ -92,7 +92,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     state = _state(directory)
     if _alive(state.get("pid")) and state.get("phase") not in ("stopped", None):
         raise LabCliError(f"a lab is already running from {directory} (pid {state['pid']}); `zonemesh-lab down` first")
-    directory.mkdir(parents=True, exist_ok=True)
+    # Control planes' data dirs, tokens and logs: owner-only, like everything the control planes write.
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     topo = plan(directory, zones=args.zones, port_base=args.port_base)
     (directory / "topology.json").write_text(topo.to_json())
     (directory / "state.json").unlink(missing_ok=True)

@@ -215,7 +215,7 @@ class Supervisor:
 
     def write_secret(self, name: str, value: str) -> Path:
         path = self.dir / "tokens" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         path.touch(mode=0o600)
         path.write_text(value)
         return path
