@@ -39,6 +39,9 @@ LICENSE_QUOTA = register(
     )
 )
 
+# The name of a zone's one request (stored at global as ``<zone>.request``).
+QUOTA_REQUEST_NAME = "request"
+
 # What zone_cp/license.py writes; global grants from ``want`` and ``seq`` (capped: global_cp/license.py).
 _REQUEST = Obj(
     {"zone": Str(), "want": Int(min=0), "seq": Int(min=0), "used": Int(min=0)},
