@@ -31,7 +31,6 @@ from envoy.type.matcher.v3 import string_pb2
 from zonemesh.shared.resources.model import ZONE_LABEL, Resource
 from zonemesh.zone_cp.xds.context import SERVICE_TAG, Endpoint, MeshContext, WorkloadCert
 from zonemesh.zone_cp.xds.envoy import socket_address
-from zonemesh.zone_cp.xds.metrics import XDS_RESOURCES_IGNORED
 
 log = structlog.get_logger(__name__)
 
@@ -89,9 +88,8 @@ def remote_endpoints(zone: str, mesh: str, ingresses: Iterable[Resource]) -> dic
         try:
             offered = _offered(zone, mesh, ingress)
         except (AttributeError, TypeError, ValueError) as exc:
-            # Ingresses are validated before they get here (zone_cp/xds/usable.py); should one
-            # still be malformed, it alone is left out, never the whole cross-zone view.
-            XDS_RESOURCES_IGNORED.labels(ingress.type).inc()
+            # Ingresses are validated (and a bad one counted) before they get here (zone_cp/xds/usable.py);
+            # should one still be malformed, it alone is left out, never the whole cross-zone view.
             log.warning("cross_zone_ingress_skipped", name=ingress.name, mesh=mesh, error=repr(exc))
             continue
         for service, endpoint in offered.items():
