@@ -219,6 +219,24 @@ def test_a_compromised_zone_cannot_poison_global_or_the_other_zones(tmp_path: Pa
         assert "127.0.0.66" not in config_text(zone2, "web") and "127.0.0.67" not in config_text(zone2, "web")
         assert names(zone2, "/zoneingresses") == {"zone-1.ingress"}
         assert "zone_proxy_reconcile_failed" not in zone2.logs()
+
+        # a real zone's own upload refused: the zone sees which resource and why, and resends only it
+        liar = dataplane("liar")
+        liar.spec["networking"]["inbound"][0]["tags"]["kuma.io/zone"] = "zone-9"
+        assert zone2.put("/meshes/default/dataplanes/liar", _doc(liar))[0] == 201
+        assert zone2.put("/meshes/default/dataplanes/honest", _doc(dataplane("honest")))[0] == 201
+
+        def dataplane_stat() -> dict[str, Any]:
+            status, body = zone2.get("/status/kds")
+            assert status == 200, body
+            return dict(body["stat"].get("Dataplane") or {})
+
+        wait_until(lambda: dataplane_stat().get("resourcesRejected"), WAIT, what="zone-2 sees its upload refused")
+        assert dataplane_stat()["lastRejection"].startswith("Dataplane/default/liar: networking.inbound[0].tags")
+        wait_until(lambda: "zone-2.honest" in names(glob, "/meshes/default/dataplanes"), WAIT, what="honest stored")
+        assert "zone-2.liar" not in names(glob, "/meshes/default/dataplanes")
+        refusals = events(zone2, "kds_resource_refused_by_peer")
+        assert refusals and all(e["resource"] == "Dataplane/default/liar" for e in refusals), refusals
     finally:
         for cp in (zone2, glob):
             if cp is not None:

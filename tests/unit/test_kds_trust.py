@@ -212,6 +212,36 @@ async def test_global_stores_the_valid_part_of_an_upload_and_names_the_rest(tmp_
         assert await store.find("Mesh", "default") is not None
 
 
+async def test_a_zone_cannot_reach_another_zones_resources_by_name_or_label(tmp_path: Path) -> None:
+    """Insights say whether another zone's ingress is online: one named like zone-2's, or labelled as
+    zone-2's, uploaded by zone-1 stays zone-1's and leaves zone-2's alone."""
+    store = MemoryStore()
+    theirs = Resource(type="ZoneIngressInsight", name="zone-2.ingress", spec={"subscriptions": [{"id": "s"}]})
+    theirs.labels = {"zonemesh.io/origin": "zone", "zonemesh.io/zone": "zone-2", "zonemesh.io/display-name": "ingress"}
+    await store.create(theirs)
+    async with running_global(tmp_path, store) as (kds, _):
+        assert kds.server is not None
+        offline = {"subscriptions": [{"id": "s", "disconnectTime": "2026-01-01T00:00:00Z"}]}
+        forged = Resource(
+            type="ZoneIngressInsight",
+            name="zone-2.ingress",
+            spec=offline,
+            labels={"zonemesh.io/origin": "global", "zonemesh.io/zone": "zone-2"},
+        )
+        assert await kds.server._apply_upload("zone-1", changes("ZoneIngressInsight", forged)) == []
+        stored = await store.get("ZoneIngressInsight", "zone-1.zone-2.ingress")
+        assert stored.spec == offline and stored.labels == {
+            "zonemesh.io/origin": "zone",
+            "zonemesh.io/zone": "zone-1",
+            "zonemesh.io/display-name": "zone-2.ingress",
+        }
+        removal = kds_pb2.ResourceKey(type="ZoneIngressInsight", name="zone-2.ingress")
+        assert await kds.server._apply_upload("zone-1", changes("ZoneIngressInsight", removals=(removal,))) == []
+        assert await store.find("ZoneIngressInsight", "zone-1.zone-2.ingress") is None  # its own copy only
+        untouched = await store.get("ZoneIngressInsight", "zone-2.ingress")
+        assert untouched.spec == theirs.spec and untouched.labels == theirs.labels
+
+
 # -- a zone: the download handler ------------------------------------------------------------------
 
 
