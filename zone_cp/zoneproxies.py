@@ -58,6 +58,7 @@ from zonemesh.zone_cp.admission import (
     node_proxy_type,
 )
 from zonemesh.zone_cp.ingress import is_local
+from zonemesh.zone_cp.xds import usable
 from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotCache
 from zonemesh.zone_cp.xds.context import CertProvider, MeshContext, WorkloadCert
 from zonemesh.zone_cp.xds.crosszone import EGRESS_SERVICE, CrossZone, ZoneContext, online, resolve_hosts
@@ -66,7 +67,6 @@ from zonemesh.zone_cp.xds.generators import ingress as ingress_generator
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity, ProxyType, parse_zone_proxy_node_id, zone_proxy_key
 from zonemesh.zone_cp.xds.resources import ResourceSet
 from zonemesh.zone_cp.xds.server import StreamInfo
-from zonemesh.zone_cp.xds.usable import UsableFilter
 
 log = structlog.get_logger(__name__)
 
@@ -348,7 +348,7 @@ class ZoneProxyReconciler:
         self._cross: dict[str, CrossZone] = {}
         self._resolved: dict[str, tuple[list[str], float]] = {}  # host -> (addresses, when looked up)
         self._wake = asyncio.Event()
-        self._usable = UsableFilter()
+        self._usable = usable.UsableFilter()
         self.rounds = 0
 
     def cross_zone(self, mesh: str) -> CrossZone | None:

@@ -56,9 +56,9 @@ class ResourceType:
     short_name: str | None = None
     aliases: tuple[str, ...] = ()  # more names zmctl accepts (e.g. "zone-ingresses")
     semantic: SemanticCheck | None = None
+    zone_refs: ZoneRefs | None = None  # zone-provided types whose content names a zone
     rest_path: str | None = None  # overrides the path segment when Kuma's differs from `plural`
     mesh_check: MeshCheck | None = None
-    zone_refs: ZoneRefs | None = None  # zone-provided types whose content names a zone
 
     @property
     def path(self) -> str:

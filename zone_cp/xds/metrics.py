@@ -5,9 +5,9 @@
 - ``xds_delivery`` (histogram, seconds): from the moment a store change was detected until a
   proxy ACKed every response that change caused (observed by the ADS server, once per proxy
   per change);
-- ``xds_nack`` (counter, by type URL): responses a proxy refused;
 - ``xds_resource_ignored`` (counter, by resource type): stored resources left out of generation
-  because they fail validation (zone_cp/xds/usable.py), once per version.
+  because they fail validation (zone_cp/xds/usable.py), once per version;
+- ``xds_nack`` (counter, by type URL): responses a proxy refused.
 
 The buckets are fine where the targets are (a generation well under a millisecond, a
 delivery under 1.3 s at 2,000 proxies) so that ``histogram_quantile`` p50/p99 are meaningful.
@@ -69,9 +69,9 @@ XDS_DELIVERY = Histogram(
     "Seconds from a store change being detected to the proxy ACKing the config it caused",
     buckets=DELIVERY_BUCKETS,
 )
-XDS_NACKS = Counter("xds_nack", "xDS responses refused by a proxy (NACK)", ["type_url"])
 XDS_RESOURCES_IGNORED = Counter(
     "xds_resource_ignored",
     "Stored resources left out of config generation because they fail validation (once per version)",
     ["resource_type"],
 )
+XDS_NACKS = Counter("xds_nack", "xDS responses refused by a proxy (NACK)", ["type_url"])
