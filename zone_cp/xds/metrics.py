@@ -2,11 +2,11 @@
 
 - ``xds_generation`` (histogram, seconds): generating and serializing one proxy's config
   (observed by the reconciler, once per proxy per round);
+- ``xds_resource_ignored`` (counter, by resource type): stored resources left out of generation
+  because they fail validation (zone_cp/xds/usable.py), once per version;
 - ``xds_delivery`` (histogram, seconds): from the moment a store change was detected until a
   proxy ACKed every response that change caused (observed by the ADS server, once per proxy
   per change);
-- ``xds_resource_ignored`` (counter, by resource type): stored resources left out of generation
-  because they fail validation (zone_cp/xds/usable.py), once per version;
 - ``xds_nack`` (counter, by type URL): responses a proxy refused.
 
 The buckets are fine where the targets are (a generation well under a millisecond, a
