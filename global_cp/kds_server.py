@@ -5,6 +5,11 @@ Per stream: authenticate the zone token (signature, expiry, revocation, kid, zon
 push the global snapshot's difference to what the zone said it holds, apply what the zone
 uploads (renamed ``{zone}.{name}``, labelled with origin, zone and display name), and keep
 the zone's insight current.
+
+An upload is checked resource by resource (``_apply_upload``): what an API write would be
+refused for, a mesh that does not exist here, a field naming another zone. Refused resources
+are NACKed by key with the reason (``kds_upload_refused`` in the log, ``kds_upload_refused_total``);
+the rest of the message is applied.
 """
 
 from __future__ import annotations
@@ -25,10 +30,22 @@ from zonemesh.proto import kds_pb2, kds_pb2_grpc
 from zonemesh.shared.aio import cancel_and_wait
 from zonemesh.shared.config import Config
 from zonemesh.shared.duration import parse_duration
-from zonemesh.shared.kds.codec import from_wire, key_str, resource_hash
-from zonemesh.shared.kds.metrics import ZONE_ACTIVE_CONNECTIONS
+from zonemesh.shared.kds.codec import key_str, resource_hash
+from zonemesh.shared.kds.metrics import UPLOAD_REFUSED, ZONE_ACTIVE_CONNECTIONS
 from zonemesh.shared.kds.session import Outbox, Session, Stats
 from zonemesh.shared.kds.snapshot import Item, Snapshot
+from zonemesh.shared.kds.trust import (
+    INVALID,
+    LOG_REFUSED,
+    MESH,
+    TYPE,
+    Refused,
+    check_received,
+    check_removal,
+    decode,
+    rejection,
+    wire_key,
+)
 from zonemesh.shared.resources.model import (
     DISPLAY_NAME_LABEL,
     ORIGIN_GLOBAL,
@@ -38,7 +55,8 @@ from zonemesh.shared.resources.model import (
     Resource,
     ResourceKey,
 )
-from zonemesh.shared.resources.registry import REGISTRY, Sync, UnknownType
+from zonemesh.shared.resources.registry import REGISTRY, ResourceType, Scope, Sync, UnknownType
+from zonemesh.shared.resources.schema import Name, ValidationError, validate
 from zonemesh.shared.store import EventKind, ListFilter, Store
 from zonemesh.shared.tls import server_material
 from zonemesh.shared.tokens.tokens import InvalidToken
@@ -219,24 +237,89 @@ class KdsServer:
                 have[key_str(res.type, res.mesh, name)] = resource_hash(res, drop_labels=(DISPLAY_NAME_LABEL,))
         return have
 
-    async def _apply_upload(self, zone: str, changes: kds_pb2.Changes) -> None:
+    async def _apply_upload(self, zone: str, changes: kds_pb2.Changes) -> list[kds_pb2.Rejected]:
+        """Store what ``zone`` uploads, resource by resource; returns the refused ones (NACKed by key).
+
+        A zone upserts and removes only its own resources: every key is qualified ``{zone}.{name}``
+        here, and zone names are DNS labels (no dot), so no zone's key can be another's; the
+        labels that say whose a resource is (origin, zone, display name) are set here, whatever
+        the zone sent; and the fields that name a zone must name this one (``check_received``).
+        """
+        refused: list[kds_pb2.Rejected] = []
+
+        def refuse(key: kds_pb2.ResourceKey, why: Refused) -> None:
+            UPLOAD_REFUSED.labels(zone, changes.type, why.kind).inc()
+            refused.append(rejection(key, why))
+            if len(refused) <= LOG_REFUSED:  # all counted; a flood does not flood the log
+                log.warning(
+                    "kds_upload_refused",
+                    zone=zone,
+                    type=key.type,
+                    mesh=key.mesh,
+                    name=key.name,
+                    kind=why.kind,
+                    reason=why.reason,
+                )
+
         try:
             rtype = REGISTRY.get(changes.type)
         except UnknownType:
-            raise ValueError(f"unknown resource type {changes.type!r}: is global older than the zone?") from None
-        if not rtype.synced_up:
-            raise ValueError(f"{rtype.name} is not accepted from zones: it is not synced zone→global")
+            rtype = None
+        if rtype is None or not rtype.synced_up:
+            why = Refused(
+                TYPE,
+                f"unknown resource type {changes.type!r}: is global older than the zone?"
+                if rtype is None
+                else f"{rtype.name} is not accepted from zones: it is not synced zone→global",
+            )
+            for key in [*map(wire_key, changes.upserts), *changes.removals]:
+                refuse(key, why)
+            return refused
+
+        meshes: dict[str, Resource | None] = {}
         upserts: list[Resource] = []
         for wire in changes.upserts:
-            if wire.type != rtype.name:
-                raise ValueError(f"a {changes.type} message carries a {wire.type}")
-            res = from_wire(wire)
+            try:
+                res = decode(wire, rtype.name)
+                check_received(res, zone)
+                await self._check_mesh(rtype, res, meshes)
+                stored_name = global_name(zone, res.name)
+                too_long = validate(Name, stored_name, "name")
+                if too_long:
+                    raise Refused(INVALID, f"name: {stored_name!r} (qualified with the zone) {too_long[0].reason}")
+            except Refused as why:
+                refuse(wire_key(wire), why)
+                continue
             original = res.name
-            res.name = global_name(zone, original)
+            res.name = stored_name
             res.labels.update({ORIGIN_LABEL: ORIGIN_ZONE, ZONE_LABEL: zone, DISPLAY_NAME_LABEL: original})
             upserts.append(res)
-        deletes = [ResourceKey(rtype.name, k.mesh, global_name(zone, k.name)) for k in changes.removals]
+        deletes: list[ResourceKey] = []
+        for key in changes.removals:
+            try:
+                check_removal(key, rtype.name)
+            except Refused as why:
+                refuse(key, why)
+                continue
+            deletes.append(ResourceKey(rtype.name, key.mesh, global_name(zone, key.name)))
+        if len(refused) > LOG_REFUSED:
+            log.warning("kds_upload_refused", zone=zone, type=changes.type, more=len(refused) - LOG_REFUSED)
         await self.store.batch(upserts=upserts, deletes=deletes)
+        return refused
+
+    async def _check_mesh(self, rtype: ResourceType, res: Resource, meshes: dict[str, Resource | None]) -> None:
+        """A mesh-scoped resource needs its mesh here, as an API write does (``meshes``: found so far)."""
+        if rtype.scope is not Scope.MESH:
+            return
+        if res.mesh not in meshes:
+            meshes[res.mesh] = await self.store.find("Mesh", res.mesh)
+        mesh = meshes[res.mesh]
+        if mesh is None:
+            raise Refused(MESH, f"mesh {res.mesh!r} does not exist on global")
+        if rtype.mesh_check is not None:
+            errors = rtype.mesh_check(res, mesh)
+            if errors:
+                raise Refused(INVALID, str(ValidationError(errors)))
 
     # -- closing streams from the outside -------------------------------------------------------
 

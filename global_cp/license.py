@@ -11,6 +11,9 @@
   (gateways, ingresses and egresses excluded), publishes the ``License/default`` resource that KDS
   carries to every zone, and grants zones proxy slots (``LicenseQuota``) in answer to their
   ``LicenseQuotaRequest``s so that the sum of grants never exceeds the limit (docs/license.md).
+- A zone gets no more slots than it can use (``quota_cap``): what it asks for is capped by the
+  counted proxies it has uploaded, so that a compromised zone asking for every slot cannot starve
+  the others.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import binascii
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +38,7 @@ from zonemesh.shared.api.context import MANAGER
 from zonemesh.shared.api.errors import error_response
 from zonemesh.shared.config import Config
 from zonemesh.shared.license import metrics
-from zonemesh.shared.license.counting import ActiveCount
+from zonemesh.shared.license.counting import ActiveCount, counted
 from zonemesh.shared.license.format import (
     WARN_BEFORE,
     License,
@@ -47,6 +50,7 @@ from zonemesh.shared.license.format import (
 )
 from zonemesh.shared.license.keys import trusted_keys
 from zonemesh.shared.resources.model import ORIGIN_GLOBAL, ORIGIN_LABEL, ZONE_LABEL, Resource, ResourceKey
+from zonemesh.shared.resources.types.license import QUOTA_REQUEST_NAME
 from zonemesh.shared.runtime import StartupRefused
 from zonemesh.shared.store import EventKind, Store
 
@@ -58,6 +62,10 @@ TICK = 1.0  # file change and expiry checks
 EXPIRED_LOG_EVERY = 60.0
 WARNING_LOG_EVERY = 60.0
 PUBLISH_DEBOUNCE = 0.2
+# A zone that asks for more slots than it holds gets at most twice the counted proxies (Dataplanes)
+# it has uploaded, and at least this many beyond them: room for proxies joining while their
+# Dataplanes are on their way to global (a burst of N from nothing takes about log2(N) rounds).
+QUOTA_HEADROOM = 2
 
 
 @dataclass
@@ -76,22 +84,39 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
-def allocate(allowed: int, grants: dict[str, Grant], requests: dict[str, Request]) -> dict[str, Grant]:
+def quota_cap(uploaded: int) -> int:
+    """The most slots a zone with ``uploaded`` counted proxies at global may grow to."""
+    return uploaded + max(uploaded, QUOTA_HEADROOM)
+
+
+def allocate(
+    allowed: int, grants: dict[str, Grant], requests: dict[str, Request], caps: Mapping[str, int] | None = None
+) -> dict[str, Grant]:
     """Answer quota requests without ever letting the sum of grants exceed ``allowed``.
 
     Releases first (they free slots), then growth, oldest request first. A request asking for
     fewer slots than granted is answered at once (the zone promised not to use more than it
-    asked for since it sent it). A request for more gets what is free; if that is not enough
-    it stays open and is served again when slots are freed. Returns the grants that changed.
+    asked for since it sent it). A request for more gets what is free, up to the zone's cap
+    (``caps``; never below what it holds, so a cap never takes back slots the zone did not
+    release); if that is not enough it stays open and is served again when slots are freed or
+    the cap grows. Returns the grants that changed.
     """
+
+    def wanted(zone: str, req: Request) -> int:
+        held = grants.get(zone, Grant()).slots
+        if caps is None or zone not in caps or req.want <= held:
+            return req.want
+        return min(req.want, max(held, caps[zone]))
+
     free = allowed - sum(g.slots for g in grants.values())
     changed: dict[str, Grant] = {}
-    order = sorted(requests.items(), key=lambda kv: (kv[1].want > grants.get(kv[0], Grant()).slots, kv[1].seq))
+    order = sorted(requests.items(), key=lambda kv: (wanted(*kv) > grants.get(kv[0], Grant()).slots, kv[1].seq))
     for zone, req in order:
         grant = grants.get(zone, Grant())
-        if req.seq <= grant.answered and (req.want <= grant.slots or free <= 0):
+        want = wanted(zone, req)
+        if req.seq <= grant.answered and (want <= grant.slots or free <= 0):
             continue  # answered already, and nothing more to give
-        slots = req.want if req.want <= grant.slots else grant.slots + max(0, min(req.want - grant.slots, free))
+        slots = want if want <= grant.slots else grant.slots + max(0, min(want - grant.slots, free))
         free -= slots - grant.slots
         new = Grant(slots, max(req.seq, grant.answered))
         if new != grant:
@@ -117,6 +142,7 @@ class LicenseAuthority:
         self.count = ActiveCount()
         self.grants: dict[str, Grant] = {}
         self.requests: dict[str, Request] = {}
+        self.uploaded: dict[str, set[tuple[str, str]]] = {}  # zone -> its counted Dataplanes here (mesh, name)
         self.warnings: list[str] = []
         self._file_state: tuple[int, int] | None = None
         self._dirty = asyncio.Event()
@@ -212,6 +238,7 @@ class LicenseAuthority:
         for type in ("Dataplane", "DataplaneInsight"):
             for res in (await store.list(type)).items:
                 self.count.upsert(res)
+                self._track_uploaded(res, deleted=False)
         for res in (await store.list("LicenseQuota")).items:
             self.grants[res.name] = Grant(_int(res.spec.get("slots")), _int(res.spec.get("answered")))
         for res in (await store.list("LicenseQuotaRequest")).items:
@@ -368,10 +395,25 @@ class LicenseAuthority:
 
     # -- counting and quota ------------------------------------------------------------------
 
-    def _take_request(self, res: Resource) -> str:
-        zone = res.labels.get(ZONE_LABEL) or res.name.split(".", 1)[0]
-        self.requests[zone] = Request(_int(res.spec.get("want")), _int(res.spec.get("seq")))
+    def _take_request(self, res: Resource) -> None:
+        zone = _request_zone(res)
+        if zone is not None:
+            self.requests[zone] = Request(_int(res.spec.get("want")), _int(res.spec.get("seq")))
+
+    def _track_uploaded(self, res: Resource, *, deleted: bool) -> str | None:
+        """Keep each zone's counted Dataplanes (what caps its quota); returns the zone."""
+        zone = res.labels.get(ZONE_LABEL)
+        if res.type != "Dataplane" or not zone:
+            return None
+        mine = self.uploaded.setdefault(zone, set())
+        if deleted or not counted(res):
+            mine.discard((res.mesh, res.name))
+        else:
+            mine.add((res.mesh, res.name))
         return zone
+
+    def caps(self) -> dict[str, int]:
+        return {zone: quota_cap(len(self.uploaded.get(zone, ()))) for zone in self.requests}
 
     async def _follow(self, watch: Any) -> None:
         queue = watch.queue
@@ -393,9 +435,15 @@ class LicenseAuthority:
                 self.count.upsert(res)
             self._update_warnings(datetime.now(UTC))
             self._dirty.set()
+            zone = self._track_uploaded(res, deleted=event.kind is EventKind.DELETED)
+            request = self.requests.get(zone or "")
+            if zone and request is not None and request.want > self.grants.get(zone, Grant()).slots:
+                await self._allocate()  # its cap may have grown: serve the rest of its request
         elif res.type == "LicenseQuotaRequest":
+            zone = _request_zone(res)
+            if zone is None:
+                return
             if event.kind is EventKind.DELETED:  # the zone was deleted: its slots are free again
-                zone = res.labels.get(ZONE_LABEL) or res.name.split(".", 1)[0]
                 self.requests.pop(zone, None)
                 if self.grants.pop(zone, None) is not None:
                     assert self.store is not None
@@ -406,7 +454,8 @@ class LicenseAuthority:
 
     async def _allocate(self) -> None:
         async with self._lock:
-            changed = allocate(self.license.dataplanes, self.grants, self.requests)
+            caps = self.caps()
+            changed = allocate(self.license.dataplanes, self.grants, self.requests, caps)
             if self._unwritten:  # grants decided earlier whose write failed
                 changed = {zone: self.grants[zone] for zone in self._unwritten if zone in self.grants} | changed
             if not changed:
@@ -432,6 +481,7 @@ class LicenseAuthority:
                     zone=zone,
                     slots=grant.slots,
                     wanted=self.requests[zone].want,
+                    cap=caps.get(zone),
                     granted_total=sum(g.slots for g in self.grants.values()),
                     allowed=self.license.dataplanes,
                 )
@@ -459,6 +509,17 @@ class LicenseAuthority:
             return web.json_response(self.view() | {"source": self.license.source})
 
         return [web.get("/license", get_license), web.put("/license", put_license)]
+
+
+def _request_zone(res: Resource) -> str | None:
+    """The zone of a LicenseQuotaRequest at global: each zone has one, ``<zone>.request``. Any other
+    a zone uploads is ignored (it would let a zone replace its request back and forth, or release
+    its grant by deleting it)."""
+    zone = res.labels.get(ZONE_LABEL) or res.name.split(".", 1)[0]
+    if res.name != f"{zone}.{QUOTA_REQUEST_NAME}":
+        log.warning("license_quota_request_ignored", name=res.name, zone=zone, reason="not the zone's request")
+        return None
+    return zone
 
 
 def _stat(path: Path) -> tuple[int, int]:

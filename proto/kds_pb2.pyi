@@ -116,14 +116,24 @@ class Changes(_message.Message):
     def __init__(self, nonce: _Optional[str] = ..., type: _Optional[str] = ..., upserts: _Optional[_Iterable[_Union[Resource, _Mapping]]] = ..., removals: _Optional[_Iterable[_Union[ResourceKey, _Mapping]]] = ..., resync: _Optional[bool] = ...) -> None: ...
 
 class Ack(_message.Message):
-    __slots__ = ("nonce", "nack", "error")
+    __slots__ = ("nonce", "nack", "error", "rejected")
     NONCE_FIELD_NUMBER: _ClassVar[int]
     NACK_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
     nonce: str
     nack: bool
     error: str
-    def __init__(self, nonce: _Optional[str] = ..., nack: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+    rejected: _containers.RepeatedCompositeFieldContainer[Rejected]
+    def __init__(self, nonce: _Optional[str] = ..., nack: _Optional[bool] = ..., error: _Optional[str] = ..., rejected: _Optional[_Iterable[_Union[Rejected, _Mapping]]] = ...) -> None: ...
+
+class Rejected(_message.Message):
+    __slots__ = ("key", "reason")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    key: ResourceKey
+    reason: str
+    def __init__(self, key: _Optional[_Union[ResourceKey, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("time_unix_ms", "status")

@@ -1,8 +1,10 @@
 """The zone side of KDS: one stream to global, kept open for as long as the zone runs.
 
-Global → zone: what arrives is applied to the zone's store with one ``store.batch`` per
-message, labels as sent (``zonemesh.io/origin=global``, or ``zone`` for other zones'
-ingresses). Zone → global: resources of zone→global types that this zone owns are uploaded.
+Global → zone: what arrives is checked resource by resource as global checks uploads
+(shared/kds/trust.py; refused ones are NACKed by key, logged ``kds_download_refused`` and
+counted) and the rest applied to the zone's store with one ``store.batch`` per message, labels
+as sent (``zonemesh.io/origin=global``, or ``zone`` for other zones' ingresses). Zone → global:
+resources of zone→global types that this zone owns are uploaded.
 On (re)connect Hello carries what the zone holds from global (key → hash) and Welcome what
 global holds from the zone, so each side sends only differences: nothing is deleted and
 recreated. While global is unreachable the zone keeps serving from its store and retries
@@ -35,12 +37,23 @@ from zonemesh.proto import kds_pb2, kds_pb2_grpc
 from zonemesh.shared.aio import cancel_and_wait
 from zonemesh.shared.config import Config
 from zonemesh.shared.duration import parse_duration
-from zonemesh.shared.kds.codec import from_wire, key_str, resource_hash
-from zonemesh.shared.kds.metrics import ZONE_ACTIVE_CONNECTIONS
+from zonemesh.shared.kds.codec import key_str, resource_hash
+from zonemesh.shared.kds.metrics import DOWNLOAD_REFUSED, ZONE_ACTIVE_CONNECTIONS
 from zonemesh.shared.kds.session import Outbox, Session, Stats
 from zonemesh.shared.kds.snapshot import Snapshot
+from zonemesh.shared.kds.trust import (
+    LOG_REFUSED,
+    OWNERSHIP,
+    TYPE,
+    Refused,
+    check_received,
+    check_removal,
+    decode,
+    rejection,
+    wire_key,
+)
 from zonemesh.shared.resources.model import ORIGIN_GLOBAL, ORIGIN_LABEL, ORIGIN_ZONE, ZONE_LABEL, Resource, ResourceKey
-from zonemesh.shared.resources.registry import REGISTRY, Sync, UnknownType
+from zonemesh.shared.resources.registry import REGISTRY, ResourceType, Sync, UnknownType
 from zonemesh.shared.store import Store
 from zonemesh.shared.tls import HOST_NAME_MISMATCH, first_dns_name, system_ca_file, verification_failure
 
@@ -320,39 +333,83 @@ class KdsClient:
             counts[item.type] = counts.get(item.type, 0) + 1
         return json.dumps({"resources": counts}).encode()
 
-    async def _apply_download(self, changes: kds_pb2.Changes) -> None:
+    async def _apply_download(self, changes: kds_pb2.Changes) -> list[kds_pb2.Rejected]:
+        """Store what global sends, resource by resource; returns the refused ones (NACKed by key).
+
+        Refused: what fails validation; another zone's resource (a ZoneIngress...) without that
+        zone's label, or naming a zone other than its own; and anything that would overwrite or
+        delete what this zone uploads itself (its own resources, as the upload snapshot holds them).
+        """
+        refused: list[kds_pb2.Rejected] = []
+
+        def refuse(key: kds_pb2.ResourceKey, why: Refused) -> None:
+            DOWNLOAD_REFUSED.labels(self.zone, changes.type, why.kind).inc()
+            refused.append(rejection(key, why))
+            if len(refused) <= LOG_REFUSED:
+                log.warning(
+                    "kds_download_refused",
+                    zone=self.zone,
+                    type=key.type,
+                    mesh=key.mesh,
+                    name=key.name,
+                    kind=why.kind,
+                    reason=why.reason,
+                )
+
         try:
             rtype = REGISTRY.get(changes.type)
         except UnknownType:
-            raise ValueError(f"unknown resource type {changes.type!r}: is this zone older than global?") from None
-        if not (rtype.synced_down or rtype.sync & Sync.ACROSS_ZONES):
-            raise ValueError(f"{rtype.name} is not accepted from global: it is not synced to zones")
-        # What this zone uploads (its own resources, as the upload snapshot holds them) is never
-        # overwritten or deleted by what comes down: those keys are refused, the rest applied.
+            rtype = None
+        if rtype is None or not (rtype.synced_down or rtype.sync & Sync.ACROSS_ZONES):
+            why = Refused(
+                TYPE,
+                f"unknown resource type {changes.type!r}: is this zone older than global?"
+                if rtype is None
+                else f"{rtype.name} is not accepted from global: it is not synced to zones",
+            )
+            for key in [*map(wire_key, changes.upserts), *changes.removals]:
+                refuse(key, why)
+            return refused
+
         own = self.snapshot.items
-        refused: list[str] = []
+        mine = Refused(
+            OWNERSHIP, "this zone has its own resource of that name, which global must not overwrite or delete"
+        )
         upserts: list[Resource] = []
         for wire in changes.upserts:
-            if wire.type != rtype.name:
-                raise ValueError(f"a {changes.type} message carries a {wire.type}")
-            res = from_wire(wire)
-            if owned_by(self.zone, res) or key_str(res.type, res.mesh, res.name) in own:
-                refused.append(f"{res.mesh}/{res.name}" if res.mesh else res.name)
-            else:
-                upserts.append(res)
+            try:
+                res = decode(wire, rtype.name)
+                if owned_by(self.zone, res) or key_str(res.type, res.mesh, res.name) in own:
+                    raise mine
+                check_received(res, self._provider(rtype, res))
+            except Refused as why:
+                refuse(wire_key(wire), why)
+                continue
+            upserts.append(res)
         deletes: list[ResourceKey] = []
-        for k in changes.removals:
-            if key_str(rtype.name, k.mesh, k.name) in own:
-                refused.append(f"{k.mesh}/{k.name}" if k.mesh else k.name)
-            else:
-                deletes.append(ResourceKey(rtype.name, k.mesh, k.name))
+        for key in changes.removals:
+            try:
+                check_removal(key, rtype.name)
+                if key_str(key.type, key.mesh, key.name) in own:
+                    raise mine
+            except Refused as why:
+                refuse(key, why)
+                continue
+            deletes.append(ResourceKey(rtype.name, key.mesh, key.name))
+        if len(refused) > LOG_REFUSED:
+            log.warning("kds_download_refused", zone=self.zone, type=changes.type, more=len(refused) - LOG_REFUSED)
         await self.store.batch(upserts=upserts, deletes=deletes)
-        if refused:
-            raise ValueError(
-                f"{rtype.name} {', '.join(sorted(refused)[:10])}{' ...' if len(refused) > 10 else ''}: "
-                f"this zone has its own resource of that name, which global must not overwrite or delete "
-                f"({len(changes.upserts) + len(changes.removals) - len(refused)} others applied)"
-            )
+        return refused
+
+    def _provider(self, rtype: ResourceType, res: Resource) -> str | None:
+        """The zone whose resource ``res`` is (every zone it names must be that one); None for
+        what global itself provides. Raises Refused for another zone's resource without its zone."""
+        if not rtype.sync & Sync.ACROSS_ZONES:
+            return None
+        zone = res.labels.get(ZONE_LABEL, "")
+        if res.labels.get(ORIGIN_LABEL) != ORIGIN_ZONE or not zone or zone == self.zone:
+            raise Refused(OWNERSHIP, f"{rtype.name} comes from a zone: it must carry the labels of another zone")
+        return zone
 
 
 class GlobalNotTrusted(Exception):

@@ -33,11 +33,12 @@ from zonemesh.shared.duration import parse_duration
 from zonemesh.shared.license import metrics
 from zonemesh.shared.license.counting import counted
 from zonemesh.shared.resources.model import ORIGIN_LABEL, ORIGIN_ZONE, ZONE_LABEL, Resource
+from zonemesh.shared.resources.types.license import QUOTA_REQUEST_NAME
 from zonemesh.shared.store import EventKind, Store
 
 log = structlog.get_logger(__name__)
 
-REQUEST_NAME = "request"
+REQUEST_NAME = QUOTA_REQUEST_NAME
 RELEASE_DELAY = 5.0  # seconds a zone keeps slots it no longer uses before giving them back
 OVER_QUOTA_LOG_EVERY = 10.0
 METRICS_TICK = 5.0

@@ -16,7 +16,9 @@ to the ingress/egress scopes) and checks them with its own keys.
 ``ZoneProxyReconciler`` generates their config (``generators/ingress.py``, ``egress.py``) from
 the zone's store whenever a mesh, dataplane, ExternalService, ZoneIngress or ZoneEgress
 changes, and gives the dataplane reconciler the per-mesh ``CrossZone`` view (other zones'
-ingresses, this zone's egress, resolved ExternalService hosts).
+ingresses, this zone's egress, resolved ExternalService hosts). What it reads goes through
+``UsableFilter`` (zone_cp/xds/usable.py): a resource that fails validation (another zone's
+ZoneIngress with a port that is not one...) is skipped, logged and counted, and the round goes on.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from zonemesh.zone_cp.admission import (
     node_proxy_type,
 )
 from zonemesh.zone_cp.ingress import is_local
+from zonemesh.zone_cp.xds import usable
 from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotCache
 from zonemesh.zone_cp.xds.context import CertProvider, MeshContext, WorkloadCert
 from zonemesh.zone_cp.xds.crosszone import EGRESS_SERVICE, CrossZone, ZoneContext, online, resolve_hosts
@@ -346,6 +349,7 @@ class ZoneProxyReconciler:
         self._cross: dict[str, CrossZone] = {}
         self._resolved: dict[str, tuple[list[str], float]] = {}  # host -> (addresses, when looked up)
         self._wake = asyncio.Event()
+        self._usable = usable.UsableFilter()
         self.rounds = 0
 
     def cross_zone(self, mesh: str) -> CrossZone | None:
@@ -372,7 +376,8 @@ class ZoneProxyReconciler:
         self.cache.clear_snapshot(identity.key)
 
     async def _all(self, rtype: str) -> list[Resource]:
-        return list((await self.store.list(rtype)).items)
+        """Every stored ``rtype`` that passes validation (the others are skipped and said so once)."""
+        return self._usable(rtype, (await self.store.list(rtype)).items)
 
     async def _egress_certs(self, meshes: list[MeshContext]) -> dict[str, WorkloadCert]:
         certs: dict[str, WorkloadCert] = {}

@@ -8,6 +8,17 @@ ZONE_ACTIVE_CONNECTIONS = Gauge(
     "kds_zone_active_connections", "Open KDS streams per zone (global) or to global (zone)", ["zone_name"]
 )
 NACK_TOTAL = Counter("kds_nack_total", "KDS Changes rejected by the receiver", ["zone_name", "resource_type"])
+# Resources refused one by one (shared/kds/trust.py); reason: type, invalid, mesh or ownership.
+UPLOAD_REFUSED = Counter(
+    "kds_upload_refused_total",
+    "Resources a zone uploaded that global refused (the rest of their Changes was applied)",
+    ["zone_name", "resource_type", "reason"],
+)
+DOWNLOAD_REFUSED = Counter(
+    "kds_download_refused_total",
+    "Resources global sent that this zone refused (the rest of their Changes was applied)",
+    ["zone_name", "resource_type", "reason"],
+)
 DELTA_GENERATION = Histogram(
     "kds_delta_generation",
     "Seconds to compute and queue one delta for a peer",

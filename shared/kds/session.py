@@ -1,6 +1,10 @@
 """One KDS stream, seen from either end: an Outbox that sends, an inbox callback that
 applies, ACKs per nonce, heartbeats both ways and a silence watchdog.
 
+The inbox callback returns the resources it refused (shared/kds/trust.py): the ACK is then a
+NACK naming them, the rest of the message having been applied, and the sending Outbox treats
+only those as undelivered.
+
 The handshake (Hello / Welcome) is done by the global server and the zone client before a
 Session starts; from then on both ends run the same code.
 """
@@ -20,7 +24,7 @@ import grpc
 import structlog
 from zonemesh.proto import kds_pb2
 from zonemesh.shared.aio import cancel_and_wait
-from zonemesh.shared.kds.codec import parse_key
+from zonemesh.shared.kds.codec import key_str, parse_key
 from zonemesh.shared.kds.metrics import DELTA_GENERATION, NACK_TOTAL, RESOURCES_SYNC
 from zonemesh.shared.kds.snapshot import Item, Snapshot
 
@@ -31,33 +35,45 @@ log = structlog.get_logger(__name__)
 CHUNK = 1000
 # Changes messages in flight (sent, not yet ACKed) per stream.
 WINDOW = 16
-# After a NACK, wait before sending the rejected resources again: 1 s, doubling with each NACK
-# in a row up to 30 s (a resource the peer keeps refusing is not resent every second), back to
-# 1 s after an ACK.
+# After a NACK, wait before sending a refused resource again: 1 s, doubling with each refusal of
+# that resource in a row up to 30 s (a resource the peer keeps refusing is not resent every
+# second, however busy the stream is), back to 1 s once the peer accepted it.
 NACK_BACKOFF = 1.0
 NACK_BACKOFF_MAX = 30.0
+# Refused resources logged one by one per NACK (all are counted); the NACK's line has the total.
+LOG_REFUSED = 10
 
 Reader = Callable[[], Awaitable[Any]]
 Writer = Callable[[kds_pb2.Message], Awaitable[None]]
-Applier = Callable[[kds_pb2.Changes], Awaitable[None]]
+# Applies one received Changes; returns the resources it refused (None or empty: all applied).
+# Raising refuses the whole message.
+Applier = Callable[[kds_pb2.Changes], Awaitable[list[kds_pb2.Rejected] | None]]
 
 
 @dataclass
 class TypeStats:
-    sent: int = 0
-    acked: int = 0
-    nacked: int = 0
-    received: int = 0
-    rejected: int = 0
+    sent: int = 0  # Changes this side sent...
+    acked: int = 0  # ...that the peer applied entirely
+    nacked: int = 0  # ...that the peer NACKed (all or some of their resources refused)
+    refused_by_peer: int = 0  # resources the peer refused
+    last_refusal: str = ""  # the last one: "Type/mesh/name: reason"
+    received: int = 0  # Changes this side received...
+    rejected: int = 0  # ...and NACKed
+    refused: int = 0  # resources this side refused
 
-    def as_dict(self) -> dict[str, int]:
-        return {
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "responsesSent": self.sent,
             "responsesAcknowledged": self.acked,
             "responsesRejected": self.nacked,
+            "resourcesRejected": self.refused_by_peer,
             "requestsReceived": self.received,
             "requestsRejected": self.rejected,
+            "requestResourcesRejected": self.refused,
         }
+        if self.last_refusal:
+            out["lastRejection"] = self.last_refusal
+        return out
 
 
 @dataclass
@@ -65,14 +81,16 @@ class Stats:
     by_type: dict[str, TypeStats] = field(default_factory=lambda: defaultdict(TypeStats))
     last_update: float = 0.0
 
-    def total(self) -> dict[str, int]:
+    def total(self) -> dict[str, Any]:
         out = TypeStats()
         for s in self.by_type.values():
             out.sent += s.sent
             out.acked += s.acked
             out.nacked += s.nacked
+            out.refused_by_peer += s.refused_by_peer
             out.received += s.received
             out.rejected += s.rejected
+            out.refused += s.refused
         return out.as_dict()
 
 
@@ -111,7 +129,7 @@ class Outbox:
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._retries: set[asyncio.Task[None]] = set()
-        self.nacks_in_a_row = 0
+        self._refusals: dict[str, int] = {}  # key -> refusals in a row by the peer (its retry backoff)
         self.synced = asyncio.Event()  # set when nothing is pending and every sent message is answered
 
     def start(self) -> None:
@@ -151,8 +169,11 @@ class Outbox:
             if item is not None and self.accept(item):
                 if self.peer_has.get(key) != item.hash:
                     by_type.setdefault(item.type, ([], []))[0].append(item.wire)
+                    continue
             elif key in self.peer_has:
                 by_type.setdefault(parse_key(key).type, ([], []))[1].append(key)
+                continue
+            self._refusals.pop(key, None)  # nothing to send: in step with the peer, or gone on both sides
         return by_type
 
     async def _push(self, keys: set[str], resync: bool) -> None:
@@ -195,26 +216,51 @@ class Outbox:
         self._window.release()
         stats = self.stats.by_type[entry.type]
         self.stats.last_update = time.time()
+        sent = [*entry.upserts, *entry.removals]
         if not ack.nack:
             stats.acked += 1
-            self.nacks_in_a_row = 0
+            for key in sent:
+                self._refusals.pop(key, None)
             self._check_synced()
             return
         stats.nacked += 1
         NACK_TOTAL.labels(self.zone, entry.type).inc()
+        # A NACK naming resources: only those were refused, the rest applied. Naming none (an older
+        # peer, or the whole message refused), or only keys this message did not carry: all refused.
+        reasons = {key_str(r.key.type, r.key.mesh, r.key.name): r.reason for r in ack.rejected}
+        refused = [key for key in sent if key in reasons] or sent
+        for key in set(sent) - set(refused):
+            self._refusals.pop(key, None)
         # Forget what the peer refused, so that the retry sends it again.
-        for key, sent_hash in entry.upserts.items():
-            if self.peer_has.get(key) == sent_hash:
+        removals = set(entry.removals)
+        for key in refused:
+            if key in removals:
+                self.peer_has.setdefault(key, "")
+            elif self.peer_has.get(key) == entry.upserts[key]:
                 del self.peer_has[key]
-        for key in entry.removals:
-            self.peer_has.setdefault(key, "")
-        retry = [*entry.upserts, *entry.removals]
-        delay = min(NACK_BACKOFF_MAX, NACK_BACKOFF * 2**self.nacks_in_a_row)
-        self.nacks_in_a_row = min(self.nacks_in_a_row + 1, 16)
-        log.warning("kds_nack_received", zone=self.zone, type=entry.type, error=ack.error, retry_in=delay)
-        task = asyncio.create_task(self._retry_later(retry, delay))
-        self._retries.add(task)
-        task.add_done_callback(self._retries.discard)
+        stats.refused_by_peer += len(refused)
+        stats.last_refusal = f"{refused[0]}: {reasons.get(refused[0]) or ack.error}"
+        by_delay: dict[float, list[str]] = {}
+        for key in refused:
+            count = self._refusals.get(key, 0)
+            by_delay.setdefault(min(NACK_BACKOFF_MAX, NACK_BACKOFF * 2**count), []).append(key)
+            self._refusals[key] = min(count + 1, 16)
+        log.warning(
+            "kds_nack_received",
+            zone=self.zone,
+            type=entry.type,
+            error=ack.error,
+            refused=len(refused),
+            applied=len(sent) - len(refused),
+            retry_in=min(by_delay),
+        )
+        for key in refused[:LOG_REFUSED] if reasons else ():
+            reason = reasons.get(key, ack.error)
+            log.warning("kds_resource_refused_by_peer", zone=self.zone, resource=key, reason=reason)
+        for delay, keys in by_delay.items():
+            task = asyncio.create_task(self._retry_later(keys, delay))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
 
     async def _retry_later(self, keys: list[str], delay: float) -> None:
         await asyncio.sleep(delay)
@@ -340,13 +386,29 @@ class Session:
         stats.received += 1
         self.stats.last_update = time.time()
         started = time.perf_counter()
+        total = len(changes.upserts) + len(changes.removals)
         try:
-            await self._apply(changes)
+            rejected = list(await self._apply(changes) or ())
         except Exception as exc:
             stats.rejected += 1
+            stats.refused += total
             NACK_TOTAL.labels(self.zone, changes.type).inc()
             log.warning("kds_nack_sent", zone=self.zone, type=changes.type, nonce=changes.nonce, error=str(exc))
             await self.send(kds_pb2.Message(ack=kds_pb2.Ack(nonce=changes.nonce, nack=True, error=str(exc))))
             return
         RESOURCES_SYNC.labels(self.zone).observe(time.perf_counter() - started)
-        await self.send(kds_pb2.Message(ack=kds_pb2.Ack(nonce=changes.nonce)))
+        if not rejected:
+            await self.send(kds_pb2.Message(ack=kds_pb2.Ack(nonce=changes.nonce)))
+            return
+        stats.rejected += 1
+        stats.refused += len(rejected)
+        NACK_TOTAL.labels(self.zone, changes.type).inc()
+        first = rejected[0]
+        error = (
+            f"{len(rejected)} of {total} resources refused, the others applied; "
+            f"{key_str(first.key.type, first.key.mesh, first.key.name)}: {first.reason}"
+        )
+        log.warning("kds_nack_sent", zone=self.zone, type=changes.type, nonce=changes.nonce, error=error)
+        await self.send(
+            kds_pb2.Message(ack=kds_pb2.Ack(nonce=changes.nonce, nack=True, error=error, rejected=rejected))
+        )

@@ -47,6 +47,37 @@ def to_universal(res: Resource) -> dict[str, Any]:
     return doc
 
 
+def check_resource(res: Resource, errors: Errors, *, names: bool = True) -> None:
+    """Add to ``errors`` every reason ``res`` may not be stored, whatever brought it: an API or
+    zmctl document (``from_universal``), a KDS upload at global, a KDS download at a zone, a
+    document read back from the store before generation uses it.
+
+    Checks the name rule (``names``; ``from_universal`` checks names itself, as they may come
+    from the URL), that only mesh-scoped types have a mesh, the labels, the type's schema and
+    then its semantic checks. Not the store-dependent rules (does the mesh exist): see
+    ``ResourceManager`` and the KDS upload path. Raises UnknownType for a type not in the registry.
+    """
+    rtype = REGISTRY.get(res.type)
+    if names:
+        Name.check(res.name, "name", errors)
+        if rtype.scope is Scope.MESH:
+            Name.check(res.mesh, "mesh", errors)
+    if rtype.scope is not Scope.MESH and res.mesh:
+        errors.add("mesh", f"{rtype.name} is not mesh-scoped: remove the mesh field")
+    _LABELS.check(res.labels, "labels", errors)
+    rtype.spec.check(res.spec, "spec" if rtype.wrapped else "", errors)
+    if not errors and rtype.semantic is not None:
+        errors.extend(rtype.semantic(res))
+
+
+def validate_resource(res: Resource) -> None:
+    """``check_resource`` with names: raises ValidationError listing every problem, or UnknownType."""
+    errors = Errors()
+    check_resource(res, errors)
+    if errors:
+        raise ValidationError(errors)
+
+
 def from_universal(
     doc: Any,
     *,
@@ -91,7 +122,9 @@ def from_universal(
         errors.add("mesh", f"{rtype.name} is not mesh-scoped: remove the mesh field")
 
     labels = doc.get("labels") or {}
-    _LABELS.check(labels, "labels", errors)
+    if not isinstance(labels, dict):
+        errors.add("labels", "must be an object")
+        labels = {}
     version = doc.get("version")
     if version is not None:
         _VERSION.check(version, "version", errors)
@@ -105,20 +138,16 @@ def from_universal(
         if spec is None:
             errors.add("spec", "must be defined")
             spec = {}
-        rtype.spec.check(spec, "spec", errors)
     else:
         spec = {k: v for k, v in doc.items() if k not in META_FIELDS}
-        rtype.spec.check(spec, "", errors)
 
-    res = Resource(
-        type=rtype.name,
-        name=res_name,
-        mesh=res_mesh,
-        spec=spec if isinstance(spec, dict) else {},
-        labels=labels if isinstance(labels, dict) else {},
-    )
-    if not errors and rtype.semantic is not None:
-        errors.extend(rtype.semantic(res))
+    res = Resource(type=rtype.name, name=res_name, mesh=res_mesh, spec=spec, labels=labels)
+    if isinstance(spec, dict):
+        # The name and mesh were checked above, with the document's own messages (URL vs body).
+        check_resource(res, errors, names=False)
+    else:
+        errors.add("spec", "must be an object")
+        _LABELS.check(labels, "labels", errors)
     if errors:
         raise ValidationError(errors)
     return res, version if isinstance(version, int) else None

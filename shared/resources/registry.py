@@ -34,6 +34,9 @@ class Sync(Flag):
 
 # A semantic check beyond the schema: gets the whole resource, returns field errors.
 SemanticCheck = Callable[["Resource"], list[FieldError]]
+# The fields of a resource that name a zone, as (field path, zone named there). A zone may upload
+# only resources whose every such field names itself (global checks on upload, zones on download).
+ZoneRefs = Callable[["Resource"], list[tuple[str, str]]]
 # A check that needs the resource's Mesh (None when missing), run by the resource manager on
 # API writes: e.g. a cross-mesh MeshGateway needs mTLS on its mesh.
 MeshCheck = Callable[["Resource", "Resource | None"], list[FieldError]]
@@ -53,6 +56,7 @@ class ResourceType:
     short_name: str | None = None
     aliases: tuple[str, ...] = ()  # more names zmctl accepts (e.g. "zone-ingresses")
     semantic: SemanticCheck | None = None
+    zone_refs: ZoneRefs | None = None  # zone-provided types whose content names a zone
     rest_path: str | None = None  # overrides the path segment when Kuma's differs from `plural`
     mesh_check: MeshCheck | None = None
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from zonemesh.global_cp.license import Grant, Request, allocate
+from zonemesh.global_cp.license import QUOTA_HEADROOM, Grant, Request, allocate, quota_cap
 from zonemesh.shared.config import ConfigError, load
 from zonemesh.shared.license.counting import ActiveCount, counted, offline
 from zonemesh.shared.license.format import (
@@ -212,6 +212,36 @@ def test_allocate_with_a_smaller_license_only_shrinks_by_release() -> None:
     requests["z1"] = Request(want=1, seq=4)
     allocate(2, grants, requests)
     assert grants["z1"].slots == 1 and grants["z2"].slots == 1
+
+
+def test_allocate_caps_what_a_zone_asks_beyond_what_it_can_use() -> None:
+    # z1 asks for every slot there is with nothing uploaded: it gets the headroom only
+    grants: dict[str, Grant] = {}
+    requests = {"z1": Request(want=10**9, seq=1), "z2": Request(want=3, seq=2)}
+    caps = {"z1": quota_cap(0), "z2": quota_cap(3)}
+    allocate(5, grants, requests, caps)
+    assert grants == {"z1": Grant(QUOTA_HEADROOM, 1), "z2": Grant(3, 2)}
+    # z1 uploads proxies: its open request is served further, up to what is free
+    caps["z1"] = quota_cap(2)
+    assert allocate(5, grants, requests, caps) == {}  # nothing free yet
+    requests["z2"] = Request(want=1, seq=3)  # z2 releases two
+    allocate(5, grants, requests, caps)
+    assert grants == {"z1": Grant(4, 1), "z2": Grant(1, 3)}
+
+
+def test_a_cap_never_takes_back_slots_a_zone_did_not_release() -> None:
+    # z1 holds 6 (granted before its proxies left); a cap below that is not a release
+    grants = {"z1": Grant(6, 1)}
+    requests = {"z1": Request(want=8, seq=2), "z2": Request(want=4, seq=3)}
+    allocate(10, grants, requests, {"z1": quota_cap(1), "z2": quota_cap(4)})
+    assert grants["z1"] == Grant(6, 2) and grants["z2"] == Grant(4, 3)
+    requests["z1"] = Request(want=2, seq=4)  # a release the zone asked for is honoured as before
+    allocate(10, grants, requests, {"z1": quota_cap(1), "z2": quota_cap(4)})
+    assert grants["z1"] == Grant(2, 4)
+
+
+def test_quota_cap_doubles_what_a_zone_uploaded() -> None:
+    assert [quota_cap(n) for n in (0, 1, 2, 3, 10)] == [2, 3, 4, 6, 20]
 
 
 def test_allocate_random_requests_keep_the_sum_within_the_limit() -> None:

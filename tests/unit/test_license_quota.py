@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from zonemesh.global_cp.license import LicenseAuthority
+from zonemesh.global_cp.license import Grant, LicenseAuthority
 from zonemesh.shared.config import Config
 from zonemesh.shared.license.format import issue
 from zonemesh.shared.resources.model import ORIGIN_LABEL, ORIGIN_ZONE, ZONE_LABEL, Resource, ResourceKey
@@ -75,14 +75,17 @@ class Relay:
         for name, store in zones.items():
 
             async def upload(batch: list[tuple[ResourceKey, Resource | None]], zone: str = name) -> None:
-                upserts = []
-                for _key, res in batch:
-                    if res is not None and res.type == "LicenseQuotaRequest":
-                        copy = res.copy()
-                        copy.name = f"{zone}.{res.name}"
-                        copy.labels = {ORIGIN_LABEL: ORIGIN_ZONE, ZONE_LABEL: zone}
-                        upserts.append(copy)
-                await glob.batch(upserts=upserts)
+                # As KDS stores uploads at global: renamed <zone>.<name>, labelled with the zone.
+                upserts, deletes = [], []
+                for key, res in batch:
+                    if res is None:
+                        deletes.append(ResourceKey(key.type, key.mesh, f"{zone}.{key.name}"))
+                        continue
+                    copy = res.copy()
+                    copy.name = f"{zone}.{res.name}"
+                    copy.labels = {ORIGIN_LABEL: ORIGIN_ZONE, ZONE_LABEL: zone}
+                    upserts.append(copy)
+                await glob.batch(upserts=upserts, deletes=deletes)
 
             async def download(batch: list[tuple[ResourceKey, Resource | None]], target: MemoryStore = store) -> None:
                 await target.batch(
@@ -90,7 +93,8 @@ class Relay:
                     deletes=[key for key, res in batch if res is None],
                 )
 
-            self.tasks.append(asyncio.create_task(self._pipe(store, ["LicenseQuotaRequest"], upload)))
+            # Dataplanes too: global caps a zone's quota by the counted proxies it uploaded.
+            self.tasks.append(asyncio.create_task(self._pipe(store, ["LicenseQuotaRequest", "Dataplane"], upload)))
             self.tasks.append(asyncio.create_task(self._pipe(glob, ["License", "LicenseQuota"], download)))
 
     async def stop(self) -> None:
@@ -217,6 +221,14 @@ def _request(zone: str, want: int, seq: int) -> Resource:
     )
 
 
+def _uploaded(zone: str, i: int) -> Resource:
+    """A Dataplane of ``zone`` as KDS stores it at global."""
+    res = dataplane(zone, i)
+    res.name = f"{zone}.{res.name}"
+    res.labels = {ORIGIN_LABEL: ORIGIN_ZONE, ZONE_LABEL: zone}
+    return res
+
+
 async def _grant(store: MemoryStore, zone: str, slots: int) -> None:
     for _ in range(200):
         res = await store.find("LicenseQuota", zone)
@@ -228,6 +240,8 @@ async def _grant(store: MemoryStore, zone: str, slots: int) -> None:
 
 async def test_grants_survive_a_global_restart_and_a_deleted_zone_frees_its_slots(tmp_path: Path) -> None:
     store = MemoryStore()
+    # zone-b has uploaded two proxies: it may be granted up to 4 (global_cp/license.py quota_cap)
+    await store.batch(upserts=[_uploaded("zone-b", 1), _uploaded("zone-b", 2)])
     async with _authority(tmp_path, 3).run(FakeCP(store)):
         await store.batch(upserts=[_request("zone-a", 2, 1), _request("zone-b", 5, 2)])
         await _grant(store, "zone-a", 2)
@@ -293,3 +307,29 @@ async def test_the_demo_license_runs_from_the_recorded_first_start(tmp_path: Pat
 def test_get_config_does_not_show_an_inline_license() -> None:
     view = Config(license_inline='{"license": {"signature": "secret"}}').view()
     assert "secret" not in str(view) and view["license_inline"].startswith("<inline license")
+
+
+async def test_a_zone_asking_for_every_slot_gets_only_what_it_can_use(tmp_path: Path) -> None:
+    """A compromised zone asks for 10^9 slots: global caps the request by the counted proxies the
+    zone uploaded (twice as many, at least 2 more), so another zone still gets its slots."""
+    store = MemoryStore()
+    async with _authority(tmp_path, 6).run(FakeCP(store)) as authority:
+        await store.batch(upserts=[_request("zone-a", 10**9, 1)])
+        await _grant(store, "zone-a", 2)
+        await store.batch(upserts=[_request("zone-b", 4, 2), *(_uploaded("zone-b", i) for i in range(4))])
+        await _grant(store, "zone-b", 4)
+        assert authority.requests["zone-a"].want == 10**9  # shown as wanted in GET /license, not granted
+        # a request under another name, or its deletion, does not change zone-a's grant
+        other = _request("zone-a", 10**9, 3)
+        other.name = "zone-a.another"
+        await store.batch(upserts=[other])
+        await store.delete("LicenseQuotaRequest", "zone-a.another")
+        await asyncio.sleep(0.1)
+        assert authority.grants["zone-a"] == Grant(2, 1) and (await store.find("LicenseQuota", "zone-a")) is not None
+        # zone-b lets two go; zone-a's open request grows with what it uploads, up to what is free
+        await store.batch(upserts=[_request("zone-b", 2, 4)])
+        await _grant(store, "zone-b", 2)
+        await store.batch(upserts=[_uploaded("zone-a", 1)])
+        await _grant(store, "zone-a", 3)  # 1 uploaded: cap 3
+        await store.batch(upserts=[_uploaded("zone-a", 2)])
+        await _grant(store, "zone-a", 4)  # 2 uploaded: cap 4, and 4 + 2 = 6 is the limit

@@ -197,6 +197,27 @@ async def test_a_malformed_resource_does_not_stop_the_watch(zone: Zone) -> None:
     assert "default/db-1" in pushed  # the change after the bad one was still seen
 
 
+async def test_a_stored_resource_that_fails_validation_is_left_out_and_later_changes_apply(zone: Zone) -> None:
+    """A policy and an ExternalService that no API or KDS write would accept (written straight into
+    the store) are ignored as if absent: the mesh's proxies keep getting every later change."""
+    await zone.connect(*[dp.name for dp in ALL])
+    await zone.settle(4)
+    bad_timeout = policy("MeshTimeout", "bad", {"kind": "Mesh"})
+    bad_timeout.spec["to"][0]["default"]["connectionTimeout"] = 5  # not a duration
+    bad_external = Resource(
+        type="ExternalService",
+        name="bad-es",
+        mesh="default",
+        spec={"networking": {"address": "not a host:port"}, "tags": {"kuma.io/service": "db"}},
+    )
+    await zone.manager.store.batch(upserts=[bad_timeout, bad_external])
+    await zone.manager.apply(policy("MeshTimeout", "after-bad", {"kind": "Mesh"}))
+    pushed = await zone.settle(4)
+    assert sorted(pushed) == sorted(node_key("default", dp.name) for dp in ALL)
+    snapshot = zone.cache.snapshot(node_key("default", "web-1"))
+    assert snapshot is not None and "bad-es" not in str(snapshot.types[CLUSTER].resources)
+
+
 async def test_disconnected_proxies_are_not_generated(zone: Zone) -> None:
     await zone.connect("web-1")
     await zone.settle(1)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import prometheus_client
 import pytest
 import structlog
 from envoy.service.discovery.v3 import discovery_pb2
@@ -252,6 +253,59 @@ async def test_cross_zone_view_follows_remote_ingresses(zone: Zone) -> None:
             break
         await asyncio.sleep(0.02)
     assert changed == ["default"]
+
+
+async def test_a_bad_remote_ingress_is_skipped_and_later_changes_still_apply(zone: Zone) -> None:
+    """Another zone's ingress that fails validation (here a port that is not one), or whose insight
+    is malformed, is left out alone: the rest of the cross-zone view is built, then and later."""
+    labels = {"zonemesh.io/origin": "zone"}
+
+    def remote(zone_name: str, service: str, port: Any = 10001) -> Resource:
+        return Resource(
+            type="ZoneIngress",
+            name=f"{zone_name}.ingress",
+            labels={**labels, "zonemesh.io/zone": zone_name},
+            spec={
+                "zone": zone_name,
+                "networking": {"address": "10.2.0.1", "port": 10001, "advertisedAddress": "10.9.0.1",
+                               "advertisedPort": port},
+                "availableServices": [{"tags": {"kuma.io/service": service}, "instances": 1, "mesh": "default"}],
+            },
+        )  # fmt: skip
+
+    ignored = prometheus_client.REGISTRY.get_sample_value(
+        "xds_resource_ignored_total", {"resource_type": "ZoneIngress"}
+    )
+    await zone.store.batch(
+        upserts=[
+            remote("zone-bad", "b", port="not-a-port"),
+            insight("ZoneIngressInsight", "zone-bad.ingress", online=True),
+            remote("zone-2", "b"),
+            insight("ZoneIngressInsight", "zone-2.ingress", online=True),
+            remote("zone-4", "d"),
+            Resource(type="ZoneIngressInsight", name="zone-4.ingress", spec={"subscriptions": ["not an object"]}),
+        ]
+    )
+    cross = await _cross_zone_with(zone, "b")
+    assert [(e.address, e.port, e.zone) for e in cross.remote["b"]] == [("10.9.0.1", 10001, "zone-2")]
+    assert "d" not in cross.remote
+    # a legitimate change after the bad ones still reaches the view
+    await zone.store.batch(
+        upserts=[remote("zone-3", "c"), insight("ZoneIngressInsight", "zone-3.ingress", online=True)]
+    )
+    cross = await _cross_zone_with(zone, "c")
+    assert [(e.address, e.zone) for e in cross.remote["c"]] == [("10.9.0.1", "zone-3")]
+    after = prometheus_client.REGISTRY.get_sample_value("xds_resource_ignored_total", {"resource_type": "ZoneIngress"})
+    assert (after or 0) == (ignored or 0) + 1  # once per version, not once per round
+
+
+async def _cross_zone_with(zone: Zone, service: str) -> Any:
+    for _ in range(200):
+        cross = zone.proxies.cross_zone("default")
+        if cross is not None and cross.remote.get(service):
+            return cross
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"service {service} never reached the cross-zone view: {zone.proxies.cross_zone('default')}")
 
 
 def insight(rtype: str, name: str, *, online: bool, version: int = 0) -> Resource:

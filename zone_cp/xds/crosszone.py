@@ -61,8 +61,9 @@ def advertised(ingress: Resource) -> tuple[str, int] | None:
 
 def is_online(insight: Resource | None) -> bool:
     """A zone proxy is online while the last xDS subscription in its insight is open."""
-    subscriptions = (insight.spec.get("subscriptions") if insight is not None else None) or []
-    return bool(subscriptions) and not subscriptions[-1].get("disconnectTime")
+    subscriptions = insight.spec.get("subscriptions") if insight is not None else None
+    last = subscriptions[-1] if isinstance(subscriptions, list) and subscriptions else None
+    return isinstance(last, Mapping) and not last.get("disconnectTime")
 
 
 def online(proxies: Iterable[Resource], insights: Iterable[Resource]) -> list[Resource]:
@@ -84,27 +85,40 @@ def remote_endpoints(zone: str, mesh: str, ingresses: Iterable[Resource]) -> dic
     """
     result: dict[str, list[Endpoint]] = {}
     for ingress in sorted(ingresses, key=lambda r: (proxy_zone(r), r.name)):
-        remote_zone = proxy_zone(ingress)
-        target = advertised(ingress)
-        if not remote_zone or remote_zone == zone or target is None:
+        try:
+            offered = _offered(zone, mesh, ingress)
+        except (AttributeError, TypeError, ValueError) as exc:
+            # Ingresses are validated (and a bad one counted) before they get here (zone_cp/xds/usable.py);
+            # should one still be malformed, it alone is left out, never the whole cross-zone view.
+            log.warning("cross_zone_ingress_skipped", name=ingress.name, mesh=mesh, error=repr(exc))
             continue
-        weights: dict[str, int] = {}
-        tags_of: dict[str, dict[str, str]] = {}
-        for entry in ingress.spec.get("availableServices") or []:
-            tags = entry.get("tags") or {}
-            service = tags.get(SERVICE_TAG)
-            instances = int(entry.get("instances") or 0)
-            if entry.get("mesh") != mesh or not service or instances <= 0:
-                continue
-            weights[service] = weights.get(service, 0) + instances
-            # Tags every instance group shares (kuma.io/protocol in particular) describe the service.
-            known = tags_of.get(service)
-            tags_of[service] = dict(tags) if known is None else {k: v for k, v in known.items() if tags.get(k) == v}
-        for service, weight in weights.items():
-            result.setdefault(service, []).append(
-                Endpoint(target[0], target[1], tags_of[service], zone=remote_zone, weight=weight)
-            )
+        for service, endpoint in offered.items():
+            result.setdefault(service, []).append(endpoint)
     return result
+
+
+def _offered(zone: str, mesh: str, ingress: Resource) -> dict[str, Endpoint]:
+    """service -> this remote ingress as its endpoint in ``mesh`` (nothing for this zone's own)."""
+    remote_zone = proxy_zone(ingress)
+    target = advertised(ingress)
+    if not remote_zone or remote_zone == zone or target is None:
+        return {}
+    weights: dict[str, int] = {}
+    tags_of: dict[str, dict[str, str]] = {}
+    for entry in ingress.spec.get("availableServices") or []:
+        tags = entry.get("tags") or {}
+        service = tags.get(SERVICE_TAG)
+        instances = int(entry.get("instances") or 0)
+        if entry.get("mesh") != mesh or not service or instances <= 0:
+            continue
+        weights[service] = weights.get(service, 0) + instances
+        # Tags every instance group shares (kuma.io/protocol in particular) describe the service.
+        known = tags_of.get(service)
+        tags_of[service] = dict(tags) if known is None else {k: v for k, v in known.items() if tags.get(k) == v}
+    return {
+        service: Endpoint(target[0], target[1], tags_of[service], zone=remote_zone, weight=weight)
+        for service, weight in weights.items()
+    }
 
 
 def egress_endpoints(zone: str, egresses: Iterable[Resource]) -> list[Endpoint]:

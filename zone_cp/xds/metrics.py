@@ -2,6 +2,8 @@
 
 - ``xds_generation`` (histogram, seconds): generating and serializing one proxy's config
   (observed by the reconciler, once per proxy per round);
+- ``xds_resource_ignored`` (counter, by resource type): stored resources left out of generation
+  because they fail validation (zone_cp/xds/usable.py), once per version;
 - ``xds_delivery`` (histogram, seconds): from the moment a store change was detected until a
   proxy ACKed every response that change caused (observed by the ADS server, once per proxy
   per change);
@@ -66,5 +68,10 @@ XDS_DELIVERY = Histogram(
     "xds_delivery",
     "Seconds from a store change being detected to the proxy ACKing the config it caused",
     buckets=DELIVERY_BUCKETS,
+)
+XDS_RESOURCES_IGNORED = Counter(
+    "xds_resource_ignored",
+    "Stored resources left out of config generation because they fail validation (once per version)",
+    ["resource_type"],
 )
 XDS_NACKS = Counter("xds_nack", "xDS responses refused by a proxy (NACK)", ["type_url"])

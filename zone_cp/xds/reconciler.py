@@ -17,6 +17,9 @@ affected proxies are regenerated:
 
 The "which proxies" rules are the pure functions ``affected_by_*`` (unit-tested alone).
 
+A mirrored resource that fails validation is left out, as if absent (``usable.py``): one bad
+document never fails a round.
+
 One MeshContext per mesh per round lets proxies share identical pieces; the round pushes its
 snapshots in slices of ~10 ms of generation and yields to the event loop between slices, so that
 streams, the API and KDS keep being served while a round runs.
@@ -33,9 +36,7 @@ from dataclasses import dataclass, field
 
 import structlog
 from cryptography import x509
-from zonemesh.shared.resources import REGISTRY
 from zonemesh.shared.resources.model import Resource, ResourceKey
-from zonemesh.shared.resources.schema import Errors
 from zonemesh.shared.store import Store
 from zonemesh.shared.store.base import Event, EventKind, Watch
 from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotBuilder, SnapshotCache
@@ -62,6 +63,7 @@ from zonemesh.zone_cp.xds.policies.matching import selects
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity, ProxyType, node_key
 from zonemesh.zone_cp.xds.resources import ResourceSet
 from zonemesh.zone_cp.xds.server import StreamInfo
+from zonemesh.zone_cp.xds.usable import usable
 
 log = structlog.get_logger(__name__)
 
@@ -141,18 +143,6 @@ def affected_by_external_service(before: Resource | None, after: Resource | None
         if service:
             names.update(consumers.get(str(service), ()))
     return names
-
-
-def usable_dataplane(dp: Resource) -> bool:
-    """Does the Dataplane pass its schema? The API and KDS validate what they write; a document
-    written to the store some other way is left out of generation (and logged) rather than
-    breaking every round of its mesh."""
-    errors = Errors()
-    REGISTRY.get(DATAPLANE).spec.check(dp.spec, "", errors)
-    if errors:
-        problems = "; ".join(f"{e.field}: {e.reason}" for e in errors)
-        log.warning("xds_dataplane_ignored", mesh=dp.mesh, name=dp.name, errors=problems)
-    return not errors
 
 
 def proxies_serving(dataplanes: Iterable[Resource], wanted: Set[str]) -> set[str]:
@@ -297,7 +287,7 @@ class Reconciler:
             if before is not None and res.version and before.version > res.version:
                 return  # older than what the initial list already gave
             self._upsert(res)
-            after = self._mirror[res.type].get(res.key)  # None: an unusable Dataplane, left out
+            after = self._mirror[res.type].get(res.key)  # None: an unusable resource, left out
         mesh = res.mesh or res.name  # a Mesh is named by itself
         if res.type == DATAPLANE:
             names = affected_by_dataplane(before, after, self._consumers.get(mesh, {}))
@@ -344,7 +334,7 @@ class Reconciler:
         return cached[1]
 
     def _upsert(self, res: Resource) -> None:
-        if res.type == DATAPLANE and not usable_dataplane(res):
+        if not usable(res):
             self._remove(res)  # as if absent: one broken document must not break its mesh's rounds
             return
         if res.type == DATAPLANE:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from zonemesh.shared.resources.schema import Check, Errors, Int, Node
+from zonemesh.shared.resources.schema import AnyValue, Check, Errors, Int, List, Map, Node, join
 
 SERVICE_TAG = "kuma.io/service"
 PROTOCOL_TAG = "kuma.io/protocol"
@@ -130,6 +130,18 @@ class Tags(Node):
             )
 
 
+def zone_field(spec: Mapping[str, Any], key: str = "zone") -> list[tuple[str, str]]:
+    """``spec[key]`` as a zone reference (see ``ResourceType.zone_refs``), when set."""
+    value = spec.get(key)
+    return [(key, value)] if isinstance(value, str) and value else []
+
+
+def tag_zone(tags: Any, path: str) -> list[tuple[str, str]]:
+    """The ``kuma.io/zone`` tag of a tag set as a zone reference, when set."""
+    value = tags.get(ZONE_TAG) if isinstance(tags, Mapping) else None
+    return [(f'{path}["{ZONE_TAG}"]', value)] if isinstance(value, str) else []
+
+
 def exactly_one(*names: str) -> Check:
     def check(value: Mapping[str, Any], path: str, errors: Errors) -> None:
         present = [n for n in names if value.get(n) is not None]
@@ -137,3 +149,17 @@ def exactly_one(*names: str) -> Check:
             errors.add(path, f"must have exactly one of: {', '.join(names)}")
 
     return check
+
+
+class InsightSpec(Node):
+    """An insight's spec: what the control plane that writes it records, except that
+    ``subscriptions`` (what readers walk to tell online from offline) is a list of objects."""
+
+    _SUBSCRIPTIONS = List(Map(AnyValue()))
+
+    def check(self, value: Any, path: str, errors: Errors) -> None:
+        if not isinstance(value, Mapping):
+            errors.add(path, "must be an object")
+            return
+        if value.get("subscriptions") is not None:
+            self._SUBSCRIPTIONS.check(value["subscriptions"], join(path, "subscriptions"), errors)

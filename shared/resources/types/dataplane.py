@@ -24,7 +24,7 @@ from zonemesh.shared.resources.schema import (
     Str,
     one_of,
 )
-from zonemesh.shared.resources.types.common import PORT, PROTOCOLS, Address, Tags
+from zonemesh.shared.resources.types.common import PORT, PROTOCOLS, Address, Tags, tag_zone
 
 GATEWAY_DELEGATED = "DELEGATED"
 GATEWAY_BUILTIN = "BUILTIN"
@@ -177,6 +177,19 @@ DATAPLANE_SPEC = Obj(
     required=("networking",),
 )
 
+
+def _dataplane_zones(res: Resource) -> list[tuple[str, str]]:
+    """The zone tag of what the proxy serves (inbounds, gateway): policies and routes select by it."""
+    networking = _networking(res)
+    gateway = networking.get("gateway")
+    refs = tag_zone(gateway.get("tags") if isinstance(gateway, Mapping) else None, "networking.gateway.tags")
+    inbounds = networking.get("inbound")
+    for i, inbound in enumerate(inbounds if isinstance(inbounds, list) else []):
+        if isinstance(inbound, Mapping):
+            refs += tag_zone(inbound.get("tags"), f"networking.inbound[{i}].tags")
+    return refs
+
+
 DATAPLANE = register(
     ResourceType(
         name="Dataplane",
@@ -185,6 +198,7 @@ DATAPLANE = register(
         scope=Scope.MESH,
         sync=Sync.ZONE_TO_GLOBAL,
         spec=DATAPLANE_SPEC,
+        zone_refs=_dataplane_zones,
     )
 )
 

@@ -11,7 +11,8 @@
 from __future__ import annotations
 
 from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
-from zonemesh.shared.resources.schema import AnyValue, Map
+from zonemesh.shared.resources.schema import AnyValue, Int, Map, Obj, Str
+from zonemesh.shared.resources.types.common import zone_field
 
 _SYSTEM = Map(AnyValue())
 
@@ -38,6 +39,15 @@ LICENSE_QUOTA = register(
     )
 )
 
+# The name of a zone's one request (stored at global as ``<zone>.request``).
+QUOTA_REQUEST_NAME = "request"
+
+# What zone_cp/license.py writes; global grants from ``want`` and ``seq`` (capped: global_cp/license.py).
+_REQUEST = Obj(
+    {"zone": Str(), "want": Int(min=0), "seq": Int(min=0), "used": Int(min=0)},
+    required=("want", "seq"),
+)
+
 LICENSE_QUOTA_REQUEST = register(
     ResourceType(
         name="LicenseQuotaRequest",
@@ -46,6 +56,7 @@ LICENSE_QUOTA_REQUEST = register(
         scope=Scope.GLOBAL,
         sync=Sync.ZONE_TO_GLOBAL,
         system=True,
-        spec=_SYSTEM,
+        spec=_REQUEST,
+        zone_refs=lambda res: zone_field(res.spec),
     )
 )

@@ -7,7 +7,8 @@ import binascii
 
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
-from zonemesh.shared.resources.schema import AnyValue, Bool, FieldError, Int, List, Map, Obj, Str
+from zonemesh.shared.resources.schema import Bool, FieldError, Int, List, Obj, Str
+from zonemesh.shared.resources.types.common import InsightSpec
 
 _SECRET_SPEC = Obj({"data": Str()}, required=("data",))
 
@@ -56,7 +57,7 @@ ZONE = register(
 )
 
 # Insights are written by the control planes; their spec is whatever the writer records.
-_INSIGHT = Map(AnyValue())
+_INSIGHT = InsightSpec()
 
 ZONE_INSIGHT = register(
     ResourceType(

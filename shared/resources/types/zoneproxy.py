@@ -8,11 +8,14 @@ need their advertised addresses to reach this zone's services.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
-from zonemesh.shared.resources.schema import AnyValue, Bool, Errors, Int, List, Map, Name, Obj, Str
-from zonemesh.shared.resources.types.common import PORT, Address, Tags
+from zonemesh.shared.resources.schema import Bool, Errors, Int, List, Name, Obj, Str
+from zonemesh.shared.resources.types.common import PORT, Address, InsightSpec, Tags, tag_zone, zone_field
+
+if TYPE_CHECKING:
+    from zonemesh.shared.resources.model import Resource
 
 _ADMIN = Obj({"port": PORT})
 
@@ -74,6 +77,17 @@ ZONE_EGRESS_SPEC = Obj(
     required=("networking",),
 )
 
+
+def _ingress_zones(res: Resource) -> list[tuple[str, str]]:
+    """Its zone, and the zone tag of every service it offers: other zones route by both."""
+    refs = zone_field(res.spec)
+    services = res.spec.get("availableServices")
+    for i, entry in enumerate(services if isinstance(services, list) else []):
+        if isinstance(entry, Mapping):
+            refs += tag_zone(entry.get("tags"), f"availableServices[{i}].tags")
+    return refs
+
+
 ZONE_INGRESS = register(
     ResourceType(
         name="ZoneIngress",
@@ -83,6 +97,7 @@ ZONE_INGRESS = register(
         scope=Scope.GLOBAL,
         sync=Sync.ZONE_TO_GLOBAL | Sync.ACROSS_ZONES,
         spec=ZONE_INGRESS_SPEC,
+        zone_refs=_ingress_zones,
     )
 )
 
@@ -95,6 +110,7 @@ ZONE_EGRESS = register(
         scope=Scope.GLOBAL,
         sync=Sync.ZONE_TO_GLOBAL,
         spec=ZONE_EGRESS_SPEC,
+        zone_refs=lambda res: zone_field(res.spec),
     )
 )
 
@@ -104,7 +120,7 @@ ZONE_EGRESS = register(
 # has no disconnectTime. Kuma syncs ZoneIngressInsight zone→global only; here it also goes on to
 # the other zones, which send cross-zone traffic only to ingresses that are online (an ingress
 # killed without unregistering would otherwise stay an endpoint for ever).
-_INSIGHT = Map(AnyValue())
+_INSIGHT = InsightSpec()
 
 ZONE_INGRESS_INSIGHT = register(
     ResourceType(
