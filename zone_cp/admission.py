@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
+import jwt
 import structlog
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format
@@ -129,7 +130,14 @@ class DataplaneAuthenticator:
                 raise AdmissionRefused(f"dataplane token refused: {exc.reason}") from None
 
         identity = ProxyIdentity(mesh=mesh, name=name, proxy_type=ProxyType(proxy_type))
-        return Admission(identity, "dataplane token", claims.exp + LEEWAY_SECONDS, recheck)
+        return Admission(
+            identity, "dataplane token", claims.exp + LEEWAY_SECONDS, recheck, claims.jti, signing_key_id(token)
+        )
+
+
+def signing_key_id(token: str) -> str:
+    """The ``kid`` of a token that passed validation (its header is covered by the signature)."""
+    return str(jwt.get_unverified_header(token).get("kid", ""))
 
 
 def dataplane_credentials(res: Resource) -> bool:

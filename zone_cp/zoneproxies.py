@@ -47,7 +47,8 @@ from zonemesh.shared.resources.model import Resource, format_time, now
 from zonemesh.shared.resources.registry import REGISTRY
 from zonemesh.shared.resources.schema import FieldError, ValidationError
 from zonemesh.shared.store import AlreadyExists, Conflict, NotFound, Store
-from zonemesh.shared.tokens.tokens import LEEWAY_SECONDS, InvalidToken
+from zonemesh.shared.tokens import dataplane as dptokens
+from zonemesh.shared.tokens.tokens import LEEWAY_SECONDS, InvalidToken, TokenValidator
 from zonemesh.shared.tokens.zone import (
     TRUST_TYPE,
     ZONE_TOKEN_KEYS,
@@ -64,6 +65,7 @@ from zonemesh.zone_cp.admission import (
     bearer_token,
     dataplane_credentials,
     node_proxy_type,
+    signing_key_id,
 )
 from zonemesh.zone_cp.ingress import is_local
 from zonemesh.zone_cp.xds import usable
@@ -151,14 +153,21 @@ class Authenticator:
             await self.zone_proxies.recheck(store, token, proxy_type)
 
         identity = ProxyIdentity(mesh="", name=name, proxy_type=ProxyType(proxy_type))
-        return Admission(identity, "zone token", float(claims["exp"]) + LEEWAY_SECONDS, recheck)
+        valid_until = float(claims["exp"]) + LEEWAY_SECONDS
+        return Admission(identity, "zone token", valid_until, recheck, str(claims["jti"]), signing_key_id(token))
 
 
 class CredentialWatch:
-    """Checks open xDS streams again whenever what their tokens are checked with changes: a mesh's
-    dataplane-token signing keys or revocations (that mesh's dataplane streams), zone-token keys,
-    revocations or the ZoneTokenTrust from global (every zone proxy stream). Streams that no
-    longer pass are closed by the xDS server."""
+    """Checks open xDS streams again when what their tokens are checked with changes, and the xDS
+    server closes those that no longer pass. Only the streams the change may affect are checked,
+    so that a revocation takes effect within a second however many proxies are connected:
+
+    - a mesh's ``dataplane-token-revocations-<mesh>``: that mesh's streams whose jti is now listed;
+    - a mesh's ``dataplane-token-signing-key-<mesh>-<N>`` (added, changed, deleted): that mesh's
+      streams whose token names key N;
+    - zone-token keys or revocations, or the ZoneTokenTrust global publishes: every zone proxy
+      stream (a zone has a few).
+    """
 
     WATCHED = ("Secret", "GlobalSecret", TRUST_TYPE)
 
@@ -170,23 +179,38 @@ class CredentialWatch:
         async with self.store.watch(self.WATCHED) as watch:
             async for event in watch:
                 res = event.resource
-                if dataplane_credentials(res):
-                    await self._pass({res.mesh}, zone_proxies=False)
-                elif zone_credentials(res):
-                    await self._pass(set(), zone_proxies=True)
+                try:
+                    if dataplane_credentials(res):
+                        await self._pass(res, await self._dataplanes_affected(res, ReadOnce(self.store)))
+                    elif zone_credentials(res):
+                        await self._pass(
+                            res, lambda admission: admission.identity.proxy_type is not ProxyType.DATAPLANE
+                        )
+                except Exception as exc:  # one failed pass must not end the watch: later changes would be missed
+                    log.warning("xds_revalidation_failed", secret=f"{res.type}/{res.mesh}/{res.name}", error=str(exc))
 
-    async def _pass(self, meshes: set[str], zone_proxies: bool) -> None:
-        def affected(identity: ProxyIdentity) -> bool:
-            if identity.proxy_type is ProxyType.DATAPLANE:
-                return identity.mesh in meshes
-            return zone_proxies
+    async def _dataplanes_affected(self, res: Resource, view: Store) -> Callable[[Admission], bool]:
+        mesh = res.mesh
+        keys = dptokens.signing_keys(view, mesh)
 
-        try:
-            closed = await self.servicer.revalidate(affected, ReadOnce(self.store))
-        except Exception as exc:
-            log.warning("xds_revalidation_failed", meshes=sorted(meshes), zone_proxies=zone_proxies, error=str(exc))
-            return
-        log.info("xds_streams_revalidated", meshes=sorted(meshes), zone_proxies=zone_proxies, closed=closed)
+        def in_mesh(admission: Admission) -> bool:
+            return admission.identity.proxy_type is ProxyType.DATAPLANE and admission.identity.mesh == mesh
+
+        if res.name == dptokens.revocations_secret(mesh):
+            revoked = await TokenValidator(keys, res.name).revoked_ids()  # as the validator reads it
+            return lambda admission: in_mesh(admission) and admission.token_id in revoked
+
+        def signed_by_it(admission: Admission) -> bool:
+            try:
+                return keys.secret_name(int(admission.key_id)) == res.name
+            except ValueError:
+                return True  # cannot tell: check it
+
+        return lambda admission: in_mesh(admission) and signed_by_it(admission)
+
+    async def _pass(self, res: Resource, affected: Callable[[Admission], bool]) -> None:
+        closed = await self.servicer.revalidate(affected, ReadOnce(self.store))
+        log.info("xds_streams_revalidated", secret=f"{res.type}/{res.mesh}/{res.name}", closed=closed)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[CredentialWatch]:

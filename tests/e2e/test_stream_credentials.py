@@ -270,7 +270,6 @@ def test_a_revoked_sidecar_gets_no_renewed_workload_certificate(zone: Zone) -> N
     serial = wait_until(lambda: revoked.cert_serial(spiffe), timeout=15, what="cert-1's workload certificate")
 
     zone.revoke(token)
-    wait_until(lambda: not revoked.connected(), timeout=10, interval=0.05, what="cert-1's Envoy disconnected")
     held = revoked.cert_serial(spiffe)
     # Two renewals at the valid proxy after the revocation: both issued after it.
     seen = {held, serial}

@@ -185,7 +185,7 @@ async def test_a_check_that_cannot_run_keeps_the_stream(zone: Zone, monkeypatch:
     view = ReadOnce(zone.store)
     monkeypatch.setattr(view, "get", store_down)  # the fault cannot be produced for real in memory
     with structlog.testing.capture_logs() as logs:
-        closed = await zone.server.servicer.revalidate(lambda identity: True, view)
+        closed = await zone.server.servicer.revalidate(lambda admission: True, view)
     assert closed == 0 and await still_open(call)
     assert any(e["event"] == "xds_revalidation_failed" for e in logs)
     call.cancel()

@@ -76,6 +76,9 @@ class Admission:
     credential: str  # what the proxy presented, for messages: "dataplane token", "zone token"
     valid_until: float  # unix time the credential stops being accepted (a token's exp + leeway)
     recheck: Recheck
+    # Which change may affect it: its token's id (jti) and signing key (kid); never the token.
+    token_id: str = ""
+    key_id: str = ""
 
 
 # Checks the stream's initial metadata (``authorization: Bearer <token>``) and the Envoy node;
@@ -381,11 +384,11 @@ class AdsServicer:
             f"{credential} expired: the stream closes at the token's exp; give the proxy a new token",
         )
 
-    async def revalidate(self, select: Callable[[ProxyIdentity], bool], store: Store) -> int:
+    async def revalidate(self, select: Callable[[Admission], bool], store: Store) -> int:
         """Check the credential of every open stream ``select`` picks again (after a signing key or
         a revocation changed), reading through ``store``; close those that no longer pass.
         Returns how many were closed."""
-        streams = [s for s in self._streams.values() if select(s.info.identity) and not s.ended.done()]
+        streams = [s for s in self._streams.values() if select(s.admission) and not s.ended.done()]
         results = await asyncio.gather(*(s.admission.recheck(store) for s in streams), return_exceptions=True)
         closed = 0
         for stream, result in zip(streams, results, strict=True):
@@ -408,7 +411,7 @@ class AdsServicer:
         reading through ``store``): what may receive a new workload certificate. Streams that
         fail are closed."""
         wanted = set(proxies)
-        await self.revalidate(lambda identity: identity in wanted, store)
+        await self.revalidate(lambda admission: admission.identity in wanted, store)
         return {s.info.identity for s in self._streams.values() if s.info.identity in wanted and not s.ended.done()}
 
     async def _closed(
