@@ -18,6 +18,7 @@ from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store.memory import MemoryStore
 from zonemesh.shared.tokens import dataplane as dptokens
+from zonemesh.shared.tokens import user
 from zonemesh.shared.tokens.keys import generate_private_key_pem
 from zonemesh.shared.tokens.tokens import ADMIN_TOKEN_SECRET
 from zonemesh.shared.tokens.zone import ZoneTokenIssuer, issue_offline
@@ -84,3 +85,7 @@ async def test_the_admin_user_token() -> None:
     assert secret is not None
     token = base64.b64decode(secret.spec["data"]).decode()
     assert lifetime(token) == (ADMIN_TOKEN_VALIDITY_SECONDS, 0)
+
+
+async def test_user_tokens() -> None:
+    assert lifetime(await user.issue(MemoryStore(), "ci", ["team-a"], 2 * 3600)) == (2 * 3600, 0)
