@@ -307,16 +307,12 @@ class _Stream:
 
 class AdsServicer:
     def __init__(
-        self,
-        watcher: ConfigWatcher,
-        authenticator: Authenticator,
-        callbacks: Callbacks | None = None,
-        gate: PreAuthGate | None = None,
+        self, watcher: ConfigWatcher, authenticator: Authenticator, callbacks: Callbacks, gate: PreAuthGate
     ) -> None:
         self.watcher = watcher
         self.authenticator = authenticator
-        self.callbacks = callbacks or Callbacks()
-        self.gate = gate or PreAuthGate(timeout=10.0, limit=1000)
+        self.callbacks = callbacks
+        self.gate = gate
         self._ids = itertools.count(1)
         self._streams: dict[int, _Stream] = {}
 
@@ -470,7 +466,7 @@ class XdsServer:
         self.config = config
         self.auth_timeout = parse_duration(config.auth_timeout)
         self.gate = PreAuthGate(self.auth_timeout, config.xds_max_unauthenticated_streams)
-        self.servicer = AdsServicer(cache, authenticator, callbacks, self.gate)
+        self.servicer = AdsServicer(cache, authenticator, callbacks or Callbacks(), self.gate)
         self.tls = tls
         self.extra_servicers = list(extra_servicers)
         self.port = 0
