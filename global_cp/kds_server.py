@@ -1,7 +1,8 @@
 """The global side of KDS: a grpc.aio server on :5685 (TLS) with one stream per zone.
 
 Per stream: authenticate the zone token (signature, expiry, revocation, kid, zone claim =
-``client-id``), register the zone, answer Hello with what global holds from that zone, then
+``client-id``; the stream is closed when the token expires or a key or revocation change
+invalidates it), register the zone, answer Hello with what global holds from that zone, then
 push the global snapshot's difference to what the zone said it holds, apply what the zone
 uploads (renamed ``{zone}.{name}``, labelled with origin, zone and display name), and keep
 the zone's insight current.
@@ -19,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -59,7 +61,7 @@ from zonemesh.shared.resources.registry import REGISTRY, ResourceType, Scope, Sy
 from zonemesh.shared.resources.schema import Name, ValidationError, validate
 from zonemesh.shared.store import EventKind, ListFilter, Store
 from zonemesh.shared.tls import server_material
-from zonemesh.shared.tokens.tokens import InvalidToken
+from zonemesh.shared.tokens.tokens import LEEWAY_SECONDS, InvalidToken
 from zonemesh.shared.tokens.zone import ZONE_TOKEN_KEYS, ZONE_TOKEN_REVOCATIONS, ZoneTokenValidator, publish_trust
 
 from zonemesh import __version__
@@ -144,7 +146,7 @@ class KdsServer:
         scheme, _, token = metadata.get("authorization", "").partition(" ")
         token = token.strip() if scheme.lower() == "bearer" else ""
         try:
-            await self.validator.validate(token, zone)
+            claims = await self.validator.validate(token, zone)
         except InvalidToken as exc:
             log.warning("zone_token_refused", zone=zone, peer=peer, reason=exc.reason)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"zone token refused: {exc.reason}")
@@ -208,6 +210,10 @@ class KdsServer:
         if previous is not None:
             previous.session.close(grpc.StatusCode.ABORTED, "replaced by a newer stream of the same zone")
         self.streams[zone] = stream
+        # The token's end closes the stream, as a revocation does (revalidate_tokens).
+        expiry = asyncio.get_running_loop().call_later(
+            max(0.0, float(claims["exp"]) + LEEWAY_SECONDS - time.time()), self._token_expired, zone, stream
+        )
         self.zones.connected(sub)
         ZONE_ACTIVE_CONNECTIONS.labels(zone).inc()
         log.info("zone_connected", zone=zone, peer=peer, version=hello.version, resumed=len(hello.have), held=len(have))
@@ -215,6 +221,7 @@ class KdsServer:
         try:
             result = await session.run()
         finally:
+            expiry.cancel()
             ZONE_ACTIVE_CONNECTIONS.labels(zone).dec()
             if self.streams.get(zone) is stream:
                 del self.streams[zone]
@@ -331,6 +338,10 @@ class KdsServer:
         stream.session.close(code, reason)
         return True
 
+    def _token_expired(self, zone: str, stream: ZoneStream) -> None:
+        log.warning("zone_token_expired", zone=zone)
+        stream.session.close(grpc.StatusCode.UNAUTHENTICATED, "zone token refused: token expired")
+
     async def revalidate_tokens(self) -> None:
         """After a signing key or the revocation list changed: close streams whose token no longer passes."""
         for zone, stream in list(self.streams.items()):
@@ -395,6 +406,9 @@ class GlobalKds:
                 ("grpc.keepalive_time_ms", 10_000),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                # The token comes with the stream's headers: what a client may hold before it is
+                # checked is its TLS handshake, bounded too (gRPC's default: 120 s).
+                ("grpc.server_handshake_timeout_ms", int(parse_duration(self.config.auth_timeout) * 1000)),
             ]
         )
         kds_pb2_grpc.add_KDSServicer_to_server(self.server, server)

@@ -76,6 +76,21 @@ class Config:
         default="", metadata={"help": "xDS server certificate (default: self-signed, <data-dir>/xds.crt)"}
     )
     xds_tls_key_file: str = field(default="", metadata={"help": "xDS server key (with --xds-tls-cert-file)"})
+    auth_timeout: str = field(
+        default="10s",
+        metadata={
+            "help": "time a client has to finish its TLS handshake on the xDS port (zone) or the KDS port "
+            "(global), and an xDS client to send its first request (its node and token are checked then), "
+            "before it is dropped"
+        },
+    )
+    xds_max_unauthenticated_streams: int = field(
+        default=1000,
+        metadata={
+            "help": "xDS streams and calls still silent after 0.1 s that may wait for their first request at "
+            "once; more are refused with RESOURCE_EXHAUSTED (zone)"
+        },
+    )
     log_format: str = field(default="json", metadata={"help": "json | console"})
     log_level: str = field(default="info", metadata={"help": "debug | info | warning | error"})
     defaults_skip_mesh_creation: bool = field(default=False, metadata={"help": "do not create the default mesh"})
@@ -147,6 +162,13 @@ class Config:
                 parse_duration(getattr(self, name))
             except ValueError as exc:
                 problems.append(f"{name}: {exc}")
+        try:
+            if parse_duration(self.auth_timeout) <= 0:
+                problems.append("auth_timeout must be positive, e.g. 10s")
+        except ValueError as exc:
+            problems.append(f"auth_timeout: {exc}")
+        if self.xds_max_unauthenticated_streams < 1:
+            problems.append("xds_max_unauthenticated_streams must be at least 1")
         if self.mode == "zone" and self.global_address:
             if not self.global_address.startswith("grpcs://"):
                 problems.append("global_address must be grpcs://HOST:PORT (KDS always uses TLS)")

@@ -7,31 +7,39 @@ token is valid for the mesh and name the proxy claims (see shared/tokens/datapla
 refusal is logged as ``dataplane_auth_refused`` with the reason (never the token) and answered
 with gRPC UNAUTHENTICATED. A proxy refused for the license (strict quota) gets RESOURCE_EXHAUSTED
 instead, on registration and on its ADS stream alike.
+
+An admitted stream keeps its token: the xDS server closes it at the token's exp (plus the
+verification leeway), and checks it again whenever the mesh's signing keys or revocations change
+(``zoneproxies.CredentialWatch``), closing it when it no longer passes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
+import jwt
 import structlog
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format
 from zonemesh.proto import dataplane_pb2, dataplane_pb2_grpc
 from zonemesh.shared.resources.codec import from_universal
 from zonemesh.shared.resources.manager import ResourceManager
-from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.resources.model import Resource, ResourceKey
 from zonemesh.shared.resources.registry import REGISTRY
 from zonemesh.shared.resources.schema import ValidationError
 from zonemesh.shared.resources.types.dataplane import dataplane_tags
 from zonemesh.shared.store import NotFound, Store
+from zonemesh.shared.store.base import NO_FILTER, ListFilter, ListResult, Watch
 from zonemesh.shared.tokens import dataplane as dptokens
-from zonemesh.shared.tokens.tokens import InvalidToken
+from zonemesh.shared.tokens.tokens import LEEWAY_SECONDS, InvalidToken
 from zonemesh.zone_cp.insights import InsightRecorder
 from zonemesh.zone_cp.license import LicenseRefused, license_admission, license_connection
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity, ProxyType, parse_node_id
+from zonemesh.zone_cp.xds.server import Admission, CredentialRefused
 
 log = structlog.get_logger(__name__)
 
@@ -42,13 +50,9 @@ SUPPORTED_PROXY_TYPES = (ProxyType.DATAPLANE,)
 Metadata = Sequence[tuple[str, str | bytes]]
 
 
-class AdmissionRefused(Exception):
+class AdmissionRefused(CredentialRefused):
     """The proxy may not connect; the message is the reason it is told, ``status_code`` the gRPC
     status its ADS stream ends with (UNAUTHENTICATED, or RESOURCE_EXHAUSTED for the license)."""
-
-    def __init__(self, message: str, status_code: grpc.StatusCode = grpc.StatusCode.UNAUTHENTICATED) -> None:
-        super().__init__(message)
-        self.status_code = status_code
 
 
 def bearer_token(metadata: Metadata) -> str:
@@ -102,21 +106,100 @@ class DataplaneAuthenticator:
             )
             raise AdmissionRefused(f"dataplane token refused: {exc.reason}") from None
 
-    async def __call__(self, metadata: Metadata, node: base_pb2.Node) -> ProxyIdentity:
+    async def __call__(self, metadata: Metadata, node: base_pb2.Node) -> Admission:
         try:
             mesh, name = parse_node_id(node.id)
         except ValueError as exc:
             log.warning("dataplane_auth_refused", node=node.id, reason=str(exc))
             raise AdmissionRefused(str(exc)) from None
         proxy_type = node_proxy_type(node)
-        await self.check(bearer_token(metadata), mesh, name, proxy_type)
+        token = bearer_token(metadata)
+        claims = await self.check(token, mesh, name, proxy_type)
         if proxy_type == ProxyType.DATAPLANE.value:
             try:  # a Dataplane stored without a license slot (created through the API) needs one to connect
                 await license_connection(self.store, mesh, name)
             except LicenseRefused as exc:
                 log.warning("dataplane_license_refused", mesh=mesh, name=name, reason=str(exc))
                 raise AdmissionRefused(str(exc), grpc.StatusCode.RESOURCE_EXHAUSTED) from None
-        return ProxyIdentity(mesh=mesh, name=name, proxy_type=ProxyType(proxy_type))
+
+        async def recheck(store: Store) -> None:
+            # The token alone: its tags were checked against the Dataplane when it registered.
+            try:
+                await dptokens.validate(store, token, mesh=mesh, name=name, proxy_type=proxy_type)
+            except InvalidToken as exc:
+                raise AdmissionRefused(f"dataplane token refused: {exc.reason}") from None
+
+        identity = ProxyIdentity(mesh=mesh, name=name, proxy_type=ProxyType(proxy_type))
+        return Admission(
+            identity, "dataplane token", claims.exp + LEEWAY_SECONDS, recheck, claims.jti, signing_key_id(token)
+        )
+
+
+def signing_key_id(token: str) -> str:
+    """The ``kid`` of a token that passed validation (its header is covered by the signature)."""
+    return str(jwt.get_unverified_header(token).get("kid", ""))
+
+
+def dataplane_credentials(res: Resource) -> bool:
+    """Is ``res`` a signing key or the revocation list of its mesh's dataplane tokens?"""
+    return res.type == "Secret" and (
+        res.name == dptokens.revocations_secret(res.mesh)
+        or res.name.startswith(dptokens.signing_key_prefix(res.mesh) + "-")
+    )
+
+
+class ReadOnce(Store):
+    """A read-only view of ``store`` that reads each key (and each listing) once: one pass that
+    checks the tokens of thousands of open streams reads the mesh's keys and revocations once,
+    not once per stream. Create one per pass; it never sees later changes."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._reads: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
+
+    def _once(self, key: tuple[Any, ...], read: Callable[[], Awaitable[Any]]) -> asyncio.Future[Any]:
+        found = self._reads.get(key)
+        if found is None:  # concurrent readers of one key share the one read in flight
+            found = self._reads[key] = asyncio.ensure_future(read())
+        return found
+
+    async def get(self, type: str, name: str, mesh: str = "") -> Resource:
+        read = self._once(("get", type, name, mesh), lambda: self.store.get(type, name, mesh))
+        result: Resource = await asyncio.shield(read)
+        return result
+
+    async def list(
+        self,
+        type: str,
+        mesh: str | None = None,
+        *,
+        filter: ListFilter = NO_FILTER,
+        offset: str | None = None,
+        size: int | None = None,
+    ) -> ListResult:
+        if not filter.is_empty() or offset is not None or size is not None:
+            return await self.store.list(type, mesh, filter=filter, offset=offset, size=size)
+        read = self._once(("list", type, mesh), lambda: self.store.list(type, mesh))
+        result: ListResult = await asyncio.shield(read)
+        return result
+
+    async def create(self, res: Resource) -> Resource:
+        raise TypeError("ReadOnce is read-only")
+
+    async def update(self, res: Resource) -> Resource:
+        raise TypeError("ReadOnce is read-only")
+
+    async def delete(self, type: str, name: str, mesh: str = "", *, version: int | None = None) -> Resource:
+        raise TypeError("ReadOnce is read-only")
+
+    async def batch(self, upserts: Iterable[Resource] = (), deletes: Iterable[ResourceKey] = ()) -> None:
+        raise TypeError("ReadOnce is read-only")
+
+    def watch(self, types: Iterable[str] | None = None) -> Watch:
+        raise TypeError("ReadOnce does not watch: it is a view for one pass")
+
+    async def close(self) -> None:
+        """Nothing to close: the underlying store is not ours."""
 
 
 class RegistrationServicer:

@@ -5,7 +5,8 @@ The data plane side, started in this order and stopped in reverse:
   data dir (``xds.crt`` is then the CA file proxies pass as ``--ca-cert-file``);
 - the builtin CA (workload certificates for SDS) and DataplaneInsight recording;
 - the xDS reconciler (store changes -> per-proxy snapshots);
-- the gRPC server on :5678: ADS (authenticated by dataplane tokens) and dataplane registration.
+- the gRPC server on :5678: ADS (authenticated by dataplane tokens) and dataplane registration;
+- the credential watch: open streams whose token a key removal or revocation invalidates are closed.
 
 API routes: ``POST /tokens/dataplane``, ``/meshes/{mesh}/dataplanes+insights``, and the xDS
 side's ``/meshes/{mesh}/dataplanes/{name}/_config``.
@@ -31,7 +32,7 @@ from zonemesh.shared.store import NotFound
 from zonemesh.shared.tls import default_hosts, ensure_self_signed
 from zonemesh.shared.tokens import dataplane as dataplane_tokens
 from zonemesh.zone_cp import ingress, insights, zoneproxies
-from zonemesh.zone_cp.admission import DataplaneAuthenticator
+from zonemesh.zone_cp.admission import DataplaneAuthenticator, ReadOnce
 from zonemesh.zone_cp.xds.cache import SnapshotCache
 from zonemesh.zone_cp.xds.dump import dump
 from zonemesh.zone_cp.xds.generators import GenerationError
@@ -96,7 +97,11 @@ class DataPlaneSide:
         callbacks.stream_close.append(zone_proxies.on_stream_close)
         zone_insights.install(callbacks)  # ZoneIngressInsight/ZoneEgressInsight: liveness of zone proxies
         server = XdsServer(cp.config, cache, authenticator, tls, [registration.add_to], callbacks)
-        async with recorder.running(), zone_proxies.running(), reconciler, server:
+        # Open streams answer for their tokens: checked again when keys or revocations change,
+        # and before a renewed workload certificate goes out.
+        credentials = zoneproxies.CredentialWatch(cp.store, server.servicer)
+        reconciler.still_admitted = lambda proxies: server.servicer.still_admitted(proxies, ReadOnce(cp.store))
+        async with recorder.running(), zone_proxies.running(), reconciler, server, credentials.running():
             self.reconciler, self.cache, self.zone_proxies = reconciler, cache, zone_proxies
             log.info("xds_ready", port=server.port, tls_cert=str(tls.cert_path))
             try:

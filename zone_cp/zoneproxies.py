@@ -47,15 +47,25 @@ from zonemesh.shared.resources.model import Resource, format_time, now
 from zonemesh.shared.resources.registry import REGISTRY
 from zonemesh.shared.resources.schema import FieldError, ValidationError
 from zonemesh.shared.store import AlreadyExists, Conflict, NotFound, Store
-from zonemesh.shared.tokens.tokens import InvalidToken
-from zonemesh.shared.tokens.zone import ZoneTokenValidator, issue_requested
+from zonemesh.shared.tokens import dataplane as dptokens
+from zonemesh.shared.tokens.tokens import LEEWAY_SECONDS, InvalidToken, TokenValidator
+from zonemesh.shared.tokens.zone import (
+    TRUST_TYPE,
+    ZONE_TOKEN_KEYS,
+    ZONE_TOKEN_REVOCATIONS,
+    ZoneTokenValidator,
+    issue_requested,
+)
 from zonemesh.zone_cp.admission import (
     AdmissionRefused,
     DataplaneAuthenticator,
     Metadata,
+    ReadOnce,
     RegistrationServicer,
     bearer_token,
+    dataplane_credentials,
     node_proxy_type,
+    signing_key_id,
 )
 from zonemesh.zone_cp.ingress import is_local
 from zonemesh.zone_cp.xds import usable
@@ -66,7 +76,7 @@ from zonemesh.zone_cp.xds.generators import egress as egress_generator
 from zonemesh.zone_cp.xds.generators import ingress as ingress_generator
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity, ProxyType, parse_zone_proxy_node_id, zone_proxy_key
 from zonemesh.zone_cp.xds.resources import ResourceSet
-from zonemesh.zone_cp.xds.server import StreamInfo
+from zonemesh.zone_cp.xds.server import Admission, AdsServicer, StreamInfo
 
 log = structlog.get_logger(__name__)
 
@@ -92,6 +102,7 @@ class ZoneProxyAuthenticator:
     def __init__(self, store: Store, zone: str, *, federated: bool = False) -> None:
         self.validator = ZoneTokenValidator(store, published=federated)
         self.zone = zone
+        self.federated = federated
 
     async def check(self, token: str, name: str, proxy_type: str, peer: str = "") -> dict[str, Any]:
         try:
@@ -102,6 +113,23 @@ class ZoneProxyAuthenticator:
             log.warning("zone_proxy_auth_refused", name=name, proxy_type=proxy_type, peer=peer, reason=exc.reason)
             raise AdmissionRefused(f"zone token refused: {exc.reason}") from None
 
+    async def recheck(self, store: Store, token: str, proxy_type: str) -> None:
+        """The check of ``check`` again, reading keys and revocations through ``store``."""
+        try:
+            await ZoneTokenValidator(store, published=self.federated).validate(token, self.zone, scope=proxy_type)
+        except InvalidToken as exc:
+            raise AdmissionRefused(f"zone token refused: {exc.reason}") from None
+
+
+def zone_credentials(res: Resource) -> bool:
+    """Does ``res`` carry zone-token keys or revocations: what zone proxies' tokens are checked
+    with (global's published ZoneTokenTrust on a federated zone, this CP's own keys otherwise)?"""
+    if res.type == TRUST_TYPE:
+        return True
+    return res.type == "GlobalSecret" and (
+        res.name == ZONE_TOKEN_REVOCATIONS or res.name.startswith(ZONE_TOKEN_KEYS + "-")
+    )
+
 
 class Authenticator:
     """The xDS server's authenticator: zone proxies by zone token, dataplanes as before."""
@@ -110,7 +138,7 @@ class Authenticator:
         self.dataplanes = dataplanes
         self.zone_proxies = zone_proxies
 
-    async def __call__(self, metadata: Metadata, node: base_pb2.Node) -> ProxyIdentity:
+    async def __call__(self, metadata: Metadata, node: base_pb2.Node) -> Admission:
         proxy_type = node_proxy_type(node)
         if proxy_type not in RESOURCE_TYPES:
             return await self.dataplanes(metadata, node)
@@ -118,8 +146,80 @@ class Authenticator:
             name = parse_zone_proxy_node_id(node.id)
         except ValueError as exc:
             raise AdmissionRefused(str(exc)) from None
-        await self.zone_proxies.check(bearer_token(metadata), name, proxy_type)
-        return ProxyIdentity(mesh="", name=name, proxy_type=ProxyType(proxy_type))
+        token = bearer_token(metadata)
+        claims = await self.zone_proxies.check(token, name, proxy_type)
+
+        async def recheck(store: Store) -> None:
+            await self.zone_proxies.recheck(store, token, proxy_type)
+
+        identity = ProxyIdentity(mesh="", name=name, proxy_type=ProxyType(proxy_type))
+        valid_until = float(claims["exp"]) + LEEWAY_SECONDS
+        return Admission(identity, "zone token", valid_until, recheck, str(claims["jti"]), signing_key_id(token))
+
+
+class CredentialWatch:
+    """Checks open xDS streams again when what their tokens are checked with changes, and the xDS
+    server closes those that no longer pass. Only the streams the change may affect are checked,
+    so that a revocation takes effect within a second however many proxies are connected:
+
+    - a mesh's ``dataplane-token-revocations-<mesh>``: that mesh's streams whose jti is now listed;
+    - a mesh's ``dataplane-token-signing-key-<mesh>-<N>`` (added, changed, deleted): that mesh's
+      streams whose token names key N;
+    - zone-token keys or revocations, or the ZoneTokenTrust global publishes: every zone proxy
+      stream (a zone has a few).
+    """
+
+    WATCHED = ("Secret", "GlobalSecret", TRUST_TYPE)
+
+    def __init__(self, store: Store, servicer: AdsServicer) -> None:
+        self.store = store
+        self.servicer = servicer
+
+    async def _watch(self) -> None:
+        async with self.store.watch(self.WATCHED) as watch:
+            async for event in watch:
+                res = event.resource
+                try:
+                    if dataplane_credentials(res):
+                        await self._pass(res, await self._dataplanes_affected(res, ReadOnce(self.store)))
+                    elif zone_credentials(res):
+                        await self._pass(
+                            res, lambda admission: admission.identity.proxy_type is not ProxyType.DATAPLANE
+                        )
+                except Exception as exc:  # one failed pass must not end the watch: later changes would be missed
+                    log.warning("xds_revalidation_failed", secret=f"{res.type}/{res.mesh}/{res.name}", error=str(exc))
+
+    async def _dataplanes_affected(self, res: Resource, view: Store) -> Callable[[Admission], bool]:
+        mesh = res.mesh
+        keys = dptokens.signing_keys(view, mesh)
+
+        def in_mesh(admission: Admission) -> bool:
+            return admission.identity.proxy_type is ProxyType.DATAPLANE and admission.identity.mesh == mesh
+
+        if res.name == dptokens.revocations_secret(mesh):
+            revoked = await TokenValidator(keys, res.name).revoked_ids()  # as the validator reads it
+            return lambda admission: in_mesh(admission) and admission.token_id in revoked
+
+        def signed_by_it(admission: Admission) -> bool:
+            try:
+                return keys.secret_name(int(admission.key_id)) == res.name
+            except ValueError:
+                return True  # cannot tell: check it
+
+        return lambda admission: in_mesh(admission) and signed_by_it(admission)
+
+    async def _pass(self, res: Resource, affected: Callable[[Admission], bool]) -> None:
+        closed = await self.servicer.revalidate(affected, ReadOnce(self.store))
+        log.info("xds_streams_revalidated", secret=f"{res.type}/{res.mesh}/{res.name}", closed=closed)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[CredentialWatch]:
+        task = asyncio.create_task(self._watch(), name="xds-credential-watch")
+        try:
+            yield self
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 class Registration(RegistrationServicer):

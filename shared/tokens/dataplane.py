@@ -47,6 +47,7 @@ class DataplaneClaims:
     tags: Mapping[str, Sequence[str]] = field(default_factory=dict)
     proxy_type: str = "dataplane"
     jti: str = ""
+    exp: float = 0.0  # of a validated token: when it expires (unix time)
 
     def as_jwt_claims(self) -> dict[str, Any]:
         return {
@@ -98,6 +99,7 @@ async def validate(
         tags={str(k): [str(x) for x in v] for k, v in (raw.get("Tags") or {}).items()},
         proxy_type=str(raw.get("Type") or "dataplane"),
         jti=str(raw["jti"]),
+        exp=float(raw["exp"]),
     )
     if claims.mesh != mesh:
         raise InvalidToken(f"token was issued for mesh {claims.mesh!r}, the proxy belongs to mesh {mesh!r}")

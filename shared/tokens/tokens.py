@@ -8,6 +8,7 @@ and says *why* a token is refused, since an operator reading the log needs the r
 from __future__ import annotations
 
 import base64
+import math
 import time
 import uuid
 from collections.abc import Mapping
@@ -18,7 +19,9 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from zonemesh.shared.store import Store
 from zonemesh.shared.tokens.keys import SigningKeys, load_private_key, load_public_key
 
-# Clock skew tolerated between the issuer and the validator, as Kuma does (iat = nbf = now - 5s).
+# Clock skew tolerated between the issuer and the validator, applied when verifying only: a
+# token is accepted from iat - LEEWAY_SECONDS to exp + LEEWAY_SECONDS, and an open stream is
+# closed at exp + LEEWAY_SECONDS.
 LEEWAY_SECONDS = 5
 
 
@@ -31,13 +34,14 @@ class InvalidToken(Exception):
 
 
 def sign(claims: Mapping[str, Any], private_pem: bytes, kid: int, valid_for_seconds: float) -> str:
+    """A token valid for ``valid_for_seconds``: exp = iat + validFor (a fraction of a second rounds up)."""
     now = int(time.time())
     payload = {
         **claims,
         "jti": str(uuid.uuid4()),
-        "iat": now - LEEWAY_SECONDS,
-        "nbf": now - LEEWAY_SECONDS,
-        "exp": now + int(valid_for_seconds) + LEEWAY_SECONDS,
+        "iat": now,
+        "nbf": now,
+        "exp": now + math.ceil(valid_for_seconds),
     }
     key = load_private_key(private_pem)
     return jwt.encode(payload, key, algorithm="RS256", headers={"kid": str(kid)})  # type: ignore[arg-type]

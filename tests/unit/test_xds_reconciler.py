@@ -16,7 +16,7 @@ from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store.memory import MemoryStore
 from zonemesh.zone_cp.xds import reconciler as reconciler_module
 from zonemesh.zone_cp.xds.cache import Snapshot
-from zonemesh.zone_cp.xds.proxy import node_key
+from zonemesh.zone_cp.xds.proxy import ProxyIdentity, node_key
 from zonemesh.zone_cp.xds.reconciler import (
     Reconciler,
     affected_by_dataplane,
@@ -295,3 +295,46 @@ async def test_workload_certificates_rotate_before_expiry_touching_only_secrets(
         # certificate in place (SDS) without draining listeners or rebuilding connection pools.
         for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE):
             assert second.version(type_url) == first.version(type_url)
+
+
+async def test_a_renewed_certificate_goes_only_to_proxies_still_admitted() -> None:
+    """At a renewal the reconciler asks which of the proxies due the new certificate still hold a
+    valid credential (the xDS server checks the store then, zone_cp/app.py): the others get
+    nothing, not even the moment before their streams close."""
+    store = MemoryStore()
+    manager = ResourceManager(store)
+    for res in load_resources(MTLS_MESH_YAML):
+        await manager.apply(res)
+    for dp in (BACKEND_1, BACKEND_2):
+        await manager.apply(dp)
+    cache = RecordingCache()
+    asked: list[list[ProxyIdentity]] = []
+    revoked = ProxyIdentity("default", "backend-2")
+
+    async def still_admitted(proxies: list[ProxyIdentity]) -> set[ProxyIdentity]:
+        asked.append(proxies)
+        return set(proxies) - {revoked}
+
+    async with Reconciler(store, cache, BuiltinCA(store), debounce=0.02, max_delay=0.1) as reconciler:
+        reconciler.still_admitted = still_admitted
+        await Zone(manager, cache, reconciler).connect("backend-1", "backend-2")
+        await cache.settle(2)
+        assert not asked  # a service's first certificate: its proxies have just been admitted
+        first: dict[str, str] = {}
+        for name in ("backend-1", "backend-2"):
+            snapshot = cache.snapshot(f"default/{name}")
+            assert snapshot is not None and snapshot.types[SECRET].resources
+            first[name] = snapshot.version(SECRET)
+
+        def secret_version(name: str) -> str | None:
+            snapshot = cache.snapshot(f"default/{name}")
+            return snapshot.version(SECRET) if snapshot is not None else None
+
+        for _ in range(100):  # bounded: 10 s for a renewal (about 1 s after issue here)
+            if secret_version("backend-1") != first["backend-1"]:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the workload certificate was not renewed within 10 s")
+    assert asked and all(set(proxies) == {ProxyIdentity("default", "backend-1"), revoked} for proxies in asked)
+    assert secret_version("backend-2") == first["backend-2"], "the refused proxy got the renewal"

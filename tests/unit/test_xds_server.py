@@ -4,6 +4,7 @@ stale nonces, and the endpoints a warming cluster waits for."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,10 +15,11 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from zonemesh.shared.config import Config
+from zonemesh.shared.store import Store
 from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotCache, TypeSnapshot
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, encode_any
-from zonemesh.zone_cp.xds.server import Callbacks, StreamInfo, XdsServer
+from zonemesh.zone_cp.xds.server import Admission, Callbacks, StreamInfo, XdsServer
 
 NODE = "default/web-1"
 
@@ -35,8 +37,11 @@ def snapshot(cluster_timeout: int, endpoint_port: int) -> Snapshot:
     )
 
 
-async def admit(metadata: Any, node: base_pb2.Node) -> ProxyIdentity:
-    return ProxyIdentity("default", "web-1")
+async def admit(metadata: Any, node: base_pb2.Node) -> Admission:
+    async def still_valid(store: Store) -> None:
+        return None
+
+    return Admission(ProxyIdentity("default", "web-1"), "test token", time.time() + 3600, still_valid)
 
 
 class Envoyish:

@@ -7,7 +7,13 @@
 - ``xds_delivery`` (histogram, seconds): from the moment a store change was detected until a
   proxy ACKed every response that change caused (observed by the ADS server, once per proxy
   per change);
-- ``xds_nack`` (counter, by type URL): responses a proxy refused.
+- ``xds_nack`` (counter, by type URL): responses a proxy refused;
+- ``xds_stream_revoked`` (counter, by reason): open streams closed because their credential
+  stopped holding: ``expired`` (the token's exp passed) or ``refused`` (revoked, signing key
+  removed: found when the keys or revocations changed);
+- ``xds_unauthenticated_dropped`` (counter, by reason): streams and calls dropped before they
+  authenticated: ``deadline`` (no first message within ``auth_timeout``) or ``limit``
+  (``xds_max_unauthenticated_streams`` were already waiting).
 
 The buckets are fine where the targets are (a generation well under a millisecond, a
 delivery under 1.3 s at 2,000 proxies) so that ``histogram_quantile`` p50/p99 are meaningful.
@@ -75,3 +81,9 @@ XDS_RESOURCES_IGNORED = Counter(
     ["resource_type"],
 )
 XDS_NACKS = Counter("xds_nack", "xDS responses refused by a proxy (NACK)", ["type_url"])
+XDS_STREAMS_REVOKED = Counter(
+    "xds_stream_revoked", "Open xDS streams closed because their credential stopped holding", ["reason"]
+)
+XDS_UNAUTHENTICATED_DROPPED = Counter(
+    "xds_unauthenticated_dropped", "xDS streams and calls dropped before they authenticated", ["reason"]
+)

@@ -15,6 +15,9 @@ affected proxies are regenerated:
 - a proxy connecting: that proxy; a workload certificate due for rotation: the proxies of its
   service (only their secrets change).
 
+A renewed workload certificate goes only to proxies whose token still passes at that moment
+(``still_admitted``, checked against the store by the xDS server, which closes the others' streams).
+
 The "which proxies" rules are the pure functions ``affected_by_*`` (unit-tested alone).
 
 A mirrored resource that fails validation is left out, as if absent (``usable.py``): one bad
@@ -31,7 +34,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Callable, Iterable, Mapping, Set
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Set
 from dataclasses import dataclass, field
 
 import structlog
@@ -186,6 +189,10 @@ class Reconciler:
         self.rounds = 0
         # Other zones' ingresses and this zone's egress per mesh (zone_cp/zoneproxies.py sets it).
         self.cross_zone: Callable[[str], CrossZone | None] = lambda mesh: None
+        # Of the given proxies, those whose stream credential passes now (zone_cp/app.py sets it to
+        # the xDS server's check): a renewed workload certificate goes to those only.
+        self.still_admitted: Callable[[list[ProxyIdentity]], Awaitable[set[ProxyIdentity]]] | None = None
+        self._last_certs: dict[tuple[str, str], bytes] = {}  # (mesh, service) -> the certificate last handed out
 
     # -- life ----------------------------------------------------------------------------
 
@@ -417,6 +424,9 @@ class Reconciler:
         by_name = self._by_mesh.get(mesh_name, {})
         proxies = [dp for dp in (by_name.get(n) for n in names) if dp is not None]
         certs = await self._certs(mesh, proxies)
+        renewed = self._renewed(mesh_name, certs)
+        if renewed:
+            proxies = await self._admitted_for(renewed, proxies)
         policies = [r for t in CONTEXT_TYPES for k, r in self._mirror[t].items() if k.mesh == mesh_name]
         externals = [r for k, r in self._mirror[EXTERNAL_SERVICE].items() if k.mesh == mesh_name]
         policies += self._cross_mesh(mesh_name)
@@ -469,6 +479,29 @@ class Reconciler:
         for service, cert in certs.items():
             self._track_rotation(mesh.name, service, cert)
         return certs
+
+    def _renewed(self, mesh: str, certs: Mapping[str, WorkloadCert]) -> set[str]:
+        """The services whose certificate is not the one a round handed out before (rotated, or
+        a new CA); a service's first certificate goes to proxies that have just authenticated."""
+        renewed = set()
+        for service, cert in certs.items():
+            previous = self._last_certs.get((mesh, service))
+            if previous is not None and previous != cert.cert_pem:
+                renewed.add(service)
+            self._last_certs[(mesh, service)] = cert.cert_pem
+        return renewed
+
+    async def _admitted_for(self, renewed: set[str], proxies: list[Resource]) -> list[Resource]:
+        """``proxies`` without those due a renewed certificate whose token no longer passes (their
+        streams are being closed): a revoked proxy gets no new certificate, even in the moment
+        between the revocation and its stream's end."""
+        if self.still_admitted is None:
+            return proxies
+        receivers = [ProxyIdentity(dp.mesh, dp.name) for dp in proxies if renewed & set(services(dp))]
+        refused = set(receivers) - await self.still_admitted(receivers)
+        if refused:
+            log.info("xds_cert_withheld", proxies=sorted(p.key for p in refused), services=sorted(renewed))
+        return [dp for dp in proxies if ProxyIdentity(dp.mesh, dp.name) not in refused]
 
     def _track_rotation(self, mesh: str, service: str, cert: WorkloadCert) -> None:
         known = self._rotations.get((mesh, service))

@@ -10,6 +10,17 @@ Cluster warming: Envoy keeps an updated EDS cluster warming until it receives th
 endpoints again, even when they did not change (xDS protocol, "Resource warming"; Kuma patched
 go-control-plane the same way, kumahq/kuma#331). So after a CDS response the next EDS request
 is answered in full whatever version it names, unless an EDS response followed the CDS one.
+
+Credentials hold for the life of the stream, not only at its start. The Authenticator's
+``Admission`` says until when the proxy's token is accepted (its ``exp`` plus the verification
+leeway) and how to check it again: the stream is closed with UNAUTHENTICATED at that moment
+(``xds_token_expired``), and ``revalidate`` closes every stream whose credential no longer passes
+after a signing key or revocation change (``xds_stream_revoked``). From the moment a stream is
+found invalid nothing more is sent on it.
+
+Before authentication a stream costs the server and proves nothing: its first request (which
+names the proxy the token is checked against) must come within ``auth_timeout``, and at most
+``xds_max_unauthenticated_streams`` streams and calls may wait for it at once (``PreAuthGate``).
 """
 
 from __future__ import annotations
@@ -17,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +39,10 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from zonemesh.shared.aio import run_to_completion
 from zonemesh.shared.config import Config
+from zonemesh.shared.duration import parse_duration
+from zonemesh.shared.store import Store
 from zonemesh.zone_cp.xds.cache import Cancel, ConfigWatcher, WatchRequest, WatchResponse
-from zonemesh.zone_cp.xds.metrics import XDS_DELIVERY, XDS_NACKS
+from zonemesh.zone_cp.xds.metrics import XDS_DELIVERY, XDS_NACKS, XDS_STREAMS_REVOKED, XDS_UNAUTHENTICATED_DROPPED
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, PUSH_ORDER, SHORT_NAMES, encode_response, with_nonce
 
@@ -38,9 +51,121 @@ log = structlog.get_logger(__name__)
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 Metadata = tuple[tuple[str, str | bytes], ...]
+
+
+class CredentialRefused(Exception):
+    """A proxy's credential does not (or no longer) admit it; the message is the reason it is
+    told, ``status_code`` the gRPC status its stream ends with."""
+
+    def __init__(self, message: str, status_code: grpc.StatusCode = grpc.StatusCode.UNAUTHENTICATED) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+# Checks a stream's credential again, reading keys and revocations through ``store``; raises
+# CredentialRefused when it no longer holds (anything else: the check itself failed).
+Recheck = Callable[[Store], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the Authenticator found: who the proxy is, and for how long and on what condition
+    its stream may stay open."""
+
+    identity: ProxyIdentity
+    credential: str  # what the proxy presented, for messages: "dataplane token", "zone token"
+    valid_until: float  # unix time the credential stops being accepted (a token's exp + leeway)
+    recheck: Recheck
+    # Which change may affect it: its token's id (jti) and signing key (kid); never the token.
+    token_id: str = ""
+    key_id: str = ""
+
+
 # Checks the stream's initial metadata (``authorization: Bearer <token>``) and the Envoy node;
-# returns who the proxy is or raises (the message is the reason given to the proxy).
-Authenticator = Callable[[Metadata, base_pb2.Node], Awaitable[ProxyIdentity]]
+# returns the admission or raises (the message is the reason given to the proxy).
+Authenticator = Callable[[Metadata, base_pb2.Node], Awaitable[Admission]]
+
+# A proxy sends its first request as soon as its stream is open (Envoy: in the same packets).
+# A stream still silent after this long holds one of the unauthenticated slots while it waits.
+FIRST_MESSAGE_GRACE = 0.1
+
+
+class PreAuthGate:
+    """The wait for the first message of an xDS stream or call: bounded in time, and in how
+    many may wait at once."""
+
+    def __init__(self, timeout: float, limit: int) -> None:
+        self.timeout = timeout
+        self.limit = limit
+        self.waiting = 0
+
+    async def first_message(self, context: grpc.aio.ServicerContext[Any, Any], what: str) -> object:
+        """The first message (or ``grpc.aio.EOF``); aborts the call with RESOURCE_EXHAUSTED when
+        it is silent and every slot is taken, with DEADLINE_EXCEEDED when it stays silent."""
+        read = asyncio.ensure_future(context.read())
+        try:
+            done, _ = await asyncio.wait((read,), timeout=min(FIRST_MESSAGE_GRACE, self.timeout))
+            if done:
+                return read.result()
+            if self.waiting >= self.limit:
+                log.warning("xds_unauthenticated_limit", peer=context.peer(), limit=self.limit)
+                XDS_UNAUTHENTICATED_DROPPED.labels(reason="limit").inc()
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"too many xDS streams waiting to authenticate (xds_max_unauthenticated_streams={self.limit}): "
+                    "retry later",
+                )
+            self.waiting += 1
+            try:
+                done, _ = await asyncio.wait((read,), timeout=max(0.0, self.timeout - FIRST_MESSAGE_GRACE))
+            finally:
+                self.waiting -= 1
+            if done:
+                return read.result()
+            log.warning("xds_auth_timeout", peer=context.peer(), waited=self.timeout)
+            XDS_UNAUTHENTICATED_DROPPED.labels(reason="deadline").inc()
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no {what} within {self.timeout:g}s of opening the stream (auth_timeout)",
+            )
+            raise AssertionError("abort returns only by raising")  # pragma: no cover
+        finally:
+            if not read.done():
+                read.cancel()
+            # An aborted call fails the pending read (AbortError) rather than cancelling it: that is
+            # the abort we made, nothing to report.
+            read.add_done_callback(lambda task: task.cancelled() or task.exception())
+
+
+class _FirstMessageDeadline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Unary calls on the xDS port (dataplane registration) read their request under the same
+    gate as ADS streams: gRPC would otherwise wait for a silent caller's message forever. The
+    handler is served as stream-unary (the same frames on the wire) to read it ourselves."""
+
+    def __init__(self, gate: PreAuthGate) -> None:
+        self.gate = gate
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.request_streaming or handler.response_streaming:
+            return handler  # ADS reads its first request through the gate itself
+        unary = handler.unary_unary
+
+        async def gated(_requests: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            request = await self.gate.first_message(context, "request")
+            if request is grpc.aio.EOF:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call carried no request")
+            return await unary(request, context)
+
+        return grpc.stream_unary_rpc_method_handler(
+            gated,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
 
 @dataclass(frozen=True)
@@ -86,18 +211,29 @@ class _TypeState:
 class _Stream:
     """One ADS stream: per type, the last response sent and the watch waiting for the next."""
 
-    def __init__(self, info: StreamInfo, watcher: ConfigWatcher, callbacks: Callbacks) -> None:
+    def __init__(self, info: StreamInfo, admission: Admission, watcher: ConfigWatcher, callbacks: Callbacks) -> None:
         self.info = info
+        self.admission = admission
         self.watcher = watcher
         self.callbacks = callbacks
         self.types: dict[str, _TypeState] = {}
         self.outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        # Set (status, reason) when the stream must end from the outside: its credential no longer holds.
+        self.ended: asyncio.Future[tuple[grpc.StatusCode, str]] = asyncio.get_running_loop().create_future()
         self._nonces = itertools.count(1)
         self._delivered_stamp: float | None = None
         self._endpoints_owed = False  # a CDS response went out with no EDS response after it
 
+    def end(self, code: grpc.StatusCode, reason: str) -> None:
+        """Close the stream with ``code``; nothing more is sent on it from now on."""
+        if not self.ended.done():
+            self.ended.set_result((code, reason))
+        self.close()
+
     async def handle(self, request: discovery_pb2.DiscoveryRequest) -> None:
         type_url = request.type_url
+        if self.ended.done():
+            return
         if type_url not in SHORT_NAMES:
             log.warning("xds_unknown_type", proxy=self.info.identity.key, type_url=type_url)
             return
@@ -124,6 +260,8 @@ class _Stream:
         state.cancel = self.watcher.create_watch(watch, lambda resp: self._send(state, resp))
 
     def _send(self, state: _TypeState, resp: WatchResponse) -> None:
+        if self.ended.done():
+            return
         nonce = str(next(self._nonces))
         state.cancel = None
         state.nonce = nonce
@@ -169,13 +307,18 @@ class _Stream:
 
 class AdsServicer:
     def __init__(
-        self, watcher: ConfigWatcher, authenticator: Authenticator, callbacks: Callbacks | None = None
+        self, watcher: ConfigWatcher, authenticator: Authenticator, callbacks: Callbacks, gate: PreAuthGate
     ) -> None:
         self.watcher = watcher
         self.authenticator = authenticator
-        self.callbacks = callbacks or Callbacks()
+        self.callbacks = callbacks
+        self.gate = gate
         self._ids = itertools.count(1)
-        self.open_streams = 0
+        self._streams: dict[int, _Stream] = {}
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
 
     def register(self, server: grpc.aio.Server) -> None:
         handlers = {
@@ -188,36 +331,84 @@ class AdsServicer:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
 
     async def stream_aggregated_resources(self, _requests: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        first = await context.read()
+        first = await self.gate.first_message(context, "DiscoveryRequest")
         if first is grpc.aio.EOF:
             return
         assert isinstance(first, discovery_pb2.DiscoveryRequest)
         metadata: Metadata = tuple((m.key, m.value) for m in (context.invocation_metadata() or ()))
         try:
-            identity = await self.authenticator(metadata, first.node)
+            admission = await self.authenticator(metadata, first.node)
         except Exception as exc:
             # A refusal may carry its own status (the license: RESOURCE_EXHAUSTED, as registration
             # answers); anything else is an authentication failure.
-            code = getattr(exc, "status_code", None)
-            if not isinstance(code, grpc.StatusCode):
-                code = grpc.StatusCode.UNAUTHENTICATED
+            code = exc.status_code if isinstance(exc, CredentialRefused) else grpc.StatusCode.UNAUTHENTICATED
             if code is grpc.StatusCode.UNAUTHENTICATED:
                 log.warning("xds_unauthenticated", node=first.node.id, peer=context.peer(), reason=str(exc))
             else:
                 log.warning("xds_refused", node=first.node.id, peer=context.peer(), code=code.name, reason=str(exc))
             await context.abort(code, str(exc) or "authentication failed")
             return
+        identity = admission.identity
         info = StreamInfo(next(self._ids), identity, first.node, context.peer())
-        stream = _Stream(info, self.watcher, self.callbacks)
-        self.open_streams += 1
+        stream = _Stream(info, admission, self.watcher, self.callbacks)
+        self._streams[info.stream_id] = stream
+        # The credential's end closes the stream, whatever it is doing then.
+        expiry = asyncio.get_running_loop().call_later(
+            max(0.0, admission.valid_until - time.time()), self._expired, stream
+        )
         log.info("xds_stream_opened", proxy=identity.key, stream=info.stream_id, peer=info.peer)
         await self.callbacks.run(self.callbacks.stream_open, info)
         reader = asyncio.create_task(self._read(context, stream, first))
         writer = asyncio.create_task(self._write(context, stream))
         try:
-            await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((reader, writer, stream.ended), return_when=asyncio.FIRST_COMPLETED)
         finally:
+            expiry.cancel()
             await run_to_completion(self._closed(info, stream, reader, writer))
+        if stream.ended.done():
+            code, reason = stream.ended.result()
+            await context.abort(code, reason)
+
+    def _expired(self, stream: _Stream) -> None:
+        credential = stream.admission.credential
+        log.warning(
+            "xds_token_expired", proxy=stream.info.identity.key, stream=stream.info.stream_id, credential=credential
+        )
+        XDS_STREAMS_REVOKED.labels(reason="expired").inc()
+        stream.end(
+            grpc.StatusCode.UNAUTHENTICATED,
+            f"{credential} expired: the stream closes at the token's exp; give the proxy a new token",
+        )
+
+    async def revalidate(self, select: Callable[[Admission], bool], store: Store) -> int:
+        """Check the credential of every open stream ``select`` picks again (after a signing key or
+        a revocation changed), reading through ``store``; close those that no longer pass.
+        Returns how many were closed."""
+        streams = [s for s in self._streams.values() if select(s.admission) and not s.ended.done()]
+        results = await asyncio.gather(*(s.admission.recheck(store) for s in streams), return_exceptions=True)
+        closed = 0
+        for stream, result in zip(streams, results, strict=True):
+            if isinstance(result, CredentialRefused):
+                self._revoked(stream, str(result))
+                closed += 1
+            elif isinstance(result, Exception):
+                # The check could not run (the store failed): the stream stays until the next
+                # change or its exp; closing every stream on a store hiccup would help no one.
+                log.warning("xds_revalidation_failed", proxy=stream.info.identity.key, error=str(result))
+        return closed
+
+    def _revoked(self, stream: _Stream, reason: str) -> None:
+        log.warning("xds_stream_revoked", proxy=stream.info.identity.key, stream=stream.info.stream_id, reason=reason)
+        XDS_STREAMS_REVOKED.labels(reason="refused").inc()
+        stream.end(grpc.StatusCode.UNAUTHENTICATED, reason)
+
+    async def still_admitted(self, proxies: Iterable[ProxyIdentity], store: Store) -> set[ProxyIdentity]:
+        """Of ``proxies``, those with an open stream whose credential passes now (checked again,
+        reading through ``store``): what may receive a new workload certificate. Streams that
+        fail are closed."""
+        wanted = set(proxies)
+        await self.revalidate(lambda admission: admission.identity in wanted, store)
+        return {s.info.identity for s in self._streams.values() if s.info.identity in wanted and not s.ended.done()}
 
     async def _closed(
         self, info: StreamInfo, stream: _Stream, reader: asyncio.Task[None], writer: asyncio.Task[None]
@@ -226,7 +417,7 @@ class AdsServicer:
             task.cancel()
         await asyncio.gather(reader, writer, return_exceptions=True)
         stream.close()
-        self.open_streams -= 1
+        self._streams.pop(info.stream_id, None)
         log.info("xds_stream_closed", proxy=info.identity.key, stream=info.stream_id)
         await self.callbacks.run(self.callbacks.stream_close, info)
 
@@ -273,7 +464,9 @@ class XdsServer:
         callbacks: Callbacks | None = None,
     ) -> None:
         self.config = config
-        self.servicer = AdsServicer(cache, authenticator, callbacks)
+        self.auth_timeout = parse_duration(config.auth_timeout)
+        self.gate = PreAuthGate(self.auth_timeout, config.xds_max_unauthenticated_streams)
+        self.servicer = AdsServicer(cache, authenticator, callbacks or Callbacks(), self.gate)
         self.tls = tls
         self.extra_servicers = list(extra_servicers)
         self.port = 0
@@ -281,8 +474,11 @@ class XdsServer:
 
     async def start(self) -> None:
         server = grpc.aio.server(
+            interceptors=[_FirstMessageDeadline(self.gate)],
             options=[
                 ("grpc.so_reuseport", 0),
+                # A client that connects must finish TLS and HTTP/2 setup in time too (default 120 s).
+                ("grpc.server_handshake_timeout_ms", int(self.auth_timeout * 1000)),
                 ("grpc.max_concurrent_streams", 1 << 20),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
@@ -291,7 +487,7 @@ class XdsServer:
                 # the rest; let all of them wait for the (busy) event loop instead.
                 ("grpc.server.max_pending_requests", 1 << 16),
                 ("grpc.server.max_pending_requests_hard_limit", 1 << 17),
-            ]
+            ],
         )
         self.servicer.register(server)
         for add in self.extra_servicers:
@@ -321,4 +517,14 @@ class XdsServer:
         await self.stop()
 
 
-__all__ = ["PUSH_ORDER", "Authenticator", "Callbacks", "StreamInfo", "TlsFiles", "XdsServer"]
+__all__ = [
+    "PUSH_ORDER",
+    "Admission",
+    "Authenticator",
+    "Callbacks",
+    "CredentialRefused",
+    "PreAuthGate",
+    "StreamInfo",
+    "TlsFiles",
+    "XdsServer",
+]

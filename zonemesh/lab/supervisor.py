@@ -314,10 +314,10 @@ class Supervisor:
         if action == "expire-token":
             cp = self.topo.zone(target)
             # The zone's token is replaced by one valid for 1 s; once it is expired (validators
-            # allow LEEWAY_SECONDS of clock skew on each side) the link is reset, so the zone
+            # allow LEEWAY_SECONDS of clock skew past exp) the link is reset, so the zone
             # reconnects with it and global refuses it. `renew-token` ends the scenario.
             self.write_secret(f"{cp.name}.token", await self.issue_zone_token(cp.name, valid_for="1s"))
-            expires_in = 1 + 2 * LEEWAY_SECONDS + 0.5
+            expires_in = 1 + LEEWAY_SECONDS + 0.5
             self._tasks.add(asyncio.create_task(self._reset_link_later(cp.name, expires_in)))
             return f"{target} now holds a zone token that expires in {expires_in:g}s; then global refuses it"
         if action == "renew-token":
