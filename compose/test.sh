@@ -179,7 +179,10 @@ def version(with_cert: bool) -> bytes:
         with socket.create_connection(("etcd", 2379), timeout=5) as raw:
             with context.wrap_socket(raw, server_hostname="etcd") as tls:
                 tls.sendall(b"GET /version HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
-                return tls.recv(4096)
+                answer = b""
+                while len(answer) < 65536 and (chunk := tls.recv(4096)):  # until etcd closes
+                    answer += chunk
+                return answer
     except OSError as exc:  # ssl.SSLError is an OSError
         return repr(exc).encode()
 

@@ -381,17 +381,29 @@ async def test_real_etcd_with_the_lab_flags_takes_global_and_refuses_everyone_el
     with pytest.raises(StoreError, match="etcd refused the client certificate"):
         await open_etcd(endpoint, EtcdAccess(ca_file=ca, cert_file=str(stranger.stranger_cert),
                                              key_file=str(stranger.stranger_key)))  # fmt: skip
+    # At the HTTP level too, as compose/test.sh asks etcd from global's container: GET /version
+    # (served on the client port) with global's certificate, and without one.
+    assert b"etcdserver" in etcd_version(endpoint, ca, global_paths.etcd_client())
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        etcd_version(endpoint, ca, None)
+
+
+def etcd_version(endpoint: str, ca: str, client: tuple[Path, Path] | None) -> bytes:
     host, port = endpoint.rsplit(":", 1)
-    # TLS without a certificate, at the HTTP level too (etcd's /version is on the client port).
     context = ssl.create_default_context(cafile=ca)
+    if client:
+        context.load_cert_chain(*client)
     with (
-        pytest.raises((ssl.SSLError, ConnectionError)),
         socket.create_connection((host, int(port)), timeout=5) as raw,
         context.wrap_socket(raw, server_hostname="etcd") as tls,
     ):
-        tls.sendall(b"GET /version HTTP/1.1\r\nHost: etcd\r\n\r\n")
-        if not tls.recv(4096):
-            raise ConnectionError("closed")
+        tls.sendall(b"GET /version HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while len(answer) < 65536 and (chunk := tls.recv(4096)):  # until etcd closes (bounded)
+            answer += chunk
+    if not answer:
+        raise ConnectionError("etcd closed the connection")
+    return answer
 
 
 # --- files, waits, healthcheck ---------------------------------------------------------------
