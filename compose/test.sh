@@ -155,6 +155,8 @@ for name in ("etcd", "global", "zone-2"):
         problems.append(f"{name} resolves")
     except socket.gaierror:
         pass
+if len(sys.argv) < 1 + 1 + 2 + 2:  # at least one address each of etcd, global and zone-2, with their ports
+    problems.append(f"too few addresses to try: {sys.argv[1:]}")
 for target in sys.argv[1:]:
     host, port = target.rsplit(":", 1)
     try:
