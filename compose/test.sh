@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The compose lab end to end, with exactly the commands docs/compose.md gives:
 #   wheelhouse on the host -> image (offline-capable) -> up -d -> cross-zone traffic + /license
+#   -> isolation (what a container holds and reaches; etcd refuses a client without a certificate)
 #   -> restart global -> kill zone-1 && up -d zone-1 -> down && up -d (volumes kept) -> down -v.
 # Every wait is bounded. Needs a working docker daemon and docker compose v2 or docker-compose v1.
 # Env: ZONEMESH_BASE_IMAGE (default: python:3.11-slim if present or pullable, else a debootstrap
@@ -101,6 +102,98 @@ snapshot() {
   done
 }
 
+# volumes_of SERVICE: the compose volumes its container mounts, without the project prefix, sorted.
+volumes_of() {
+  local id project
+  id=$("${compose[@]}" ps -q "$1")
+  project=$(docker inspect --format '{{index .Config.Labels "com.docker.compose.project"}}' "$id")
+  docker inspect --format '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}} {{end}}{{end}}' "$id" |
+    "$PY" -c 'import sys; p = sys.argv[1] + "_"; print(" ".join(sorted(n.removeprefix(p) for n in sys.stdin.read().split())))' \
+      "$project"
+}
+
+# addresses_of SERVICE PORT...: ADDRESS:PORT for each of its container's addresses (one per network).
+addresses_of() {
+  local service=$1 ip port
+  shift
+  for ip in $(docker inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' \
+    "$("${compose[@]}" ps -q "$service")"); do
+    for port in "$@"; do printf '%s:%s ' "$ip" "$port"; done
+  done
+}
+
+# expect_volumes SERVICE "VOLUME ...": its container mounts exactly these volumes.
+expect_volumes() {
+  local got
+  got=$(volumes_of "$1")
+  if [ "$got" != "$2" ]; then
+    log "$1 mounts: $got; expected: $2"
+    return 1
+  fi
+}
+
+# isolation: what docs/compose.md says each container can read and reach, checked on the running lab.
+isolation() {
+  expect_volumes frontend "frontend-token zone-1-ca"
+  expect_volumes backend-zone-2 "backend-zone-2-token zone-2-ca"
+  expect_volumes zone-2 "global-ca zone-2-admin zone-2-ca zone-2-data zone-2-token"
+  expect_volumes etcd "etcd-data etcd-tls"
+  # From inside the frontend container: its own token and zone-1's certificate, nothing else; no
+  # name or address of etcd, global or zone-2's control plane answers; zone-1's xDS does.
+  # shellcheck disable=SC2046
+  "${compose[@]}" exec -T frontend python - $(addresses_of etcd 2379) $(addresses_of global 5681 5685) \
+    $(addresses_of zone-2 5681 5678) <<'EOF'
+import os, socket, sys
+problems = []
+dirs = ("/token", "/trust", "/admin", "/tokens", "/export", "/etcd-tls", "/certs/etcd", "/certs/global")
+found = sorted(os.path.join(d, f) for d in dirs if os.path.isdir(d) for f in os.listdir(d))
+if found != ["/token/token", "/trust/zone-1-xds.crt"]:
+    problems.append(f"files: {found}")
+for name in ("etcd", "global", "zone-2"):
+    try:
+        socket.getaddrinfo(name, None)
+        problems.append(f"{name} resolves")
+    except socket.gaierror:
+        pass
+if len(sys.argv) < 1 + 1 + 2 + 2:  # at least one address each of etcd, global and zone-2, with their ports
+    problems.append(f"too few addresses to try: {sys.argv[1:]}")
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+        problems.append(f"{target} answers")
+    except OSError:
+        pass
+socket.create_connection(("zone-1", 5678), timeout=5).close()  # what it must reach, it reaches
+print("; ".join(problems) or "frontend: only its own token; etcd, global and zone-2's control plane unreachable")
+sys.exit(bool(problems))
+EOF
+  # etcd takes global's client certificate and refuses a client without one (tried from global:
+  # no other container reaches etcd).
+  "${compose[@]}" exec -T global python - <<'EOF'
+import socket, ssl, sys
+
+def version(with_cert: bool) -> bytes:
+    context = ssl.create_default_context(cafile="/etcd-tls/ca.crt")
+    if with_cert:
+        context.load_cert_chain("/etcd-tls/client.crt", "/etcd-tls/client.key")
+    try:
+        with socket.create_connection(("etcd", 2379), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname="etcd") as tls:
+                tls.sendall(b"GET /version HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
+                answer = b""
+                while len(answer) < 65536 and (chunk := tls.recv(4096)):  # until etcd closes
+                    answer += chunk
+                return answer
+    except OSError as exc:  # ssl.SSLError is an OSError
+        return repr(exc).encode()
+
+with_cert, without = version(True), version(False)
+print(f"etcd with global's certificate: {with_cert[:60]!r}; without a certificate: {without[:80]!r}")
+sys.exit(not (b"etcdserver" in with_cert and b"etcdserver" not in without))
+EOF
+}
+
 # cross_zone (fail-over): with zone-1's backend stopped, every call from zone-1's frontend goes to
 # the backend in zone-2 (through zone-2's ingress); then zone-1's backend comes back and answers again.
 cross_zone() {
@@ -147,7 +240,8 @@ log "up -d"
 start=$(now)
 timeout 600 "${compose[@]}" up -d
 log "up -d returned after $(since "$start")s"
-wait_for 120 "the documented curl to answer" served_by any
+# up -d returns once every service has started; init then issues the tokens and the proxies start.
+wait_for 240 "the documented curl to answer" served_by any
 log "first successful curl $(since "$start")s after up -d"
 cat "$LAST_ANSWER"
 # The lab's mesh spreads calls over the zones (routing.localityAwareLoadBalancing: false).
@@ -158,6 +252,8 @@ cross_zone
 wait_for 60 "zone-1 and zone-2 online at global" zones_online
 for url in "$GLOBAL" "$ZONE1" "$ZONE2"; do license_ok "$url"; done
 log "traffic across zones and /license on global and both zones: OK"
+isolation
+log "isolation: each container holds only its own credentials, apps reach neither etcd nor global, etcd wants a client certificate: OK"
 before=$(snapshot)
 echo "$before"
 if grep -q unavailable <<<"$before"; then exit 1; fi
@@ -195,4 +291,4 @@ wait_for 120 "zones online at global after down && up -d" zones_online
 cross_zone
 wait_for 60 "the same resources after down && up -d" test "$(snapshot)" = "$before"
 
-log "PASS: compose lab (up, cross-zone traffic, /license, restart global, kill zone-1, down && up -d)"
+log "PASS: compose lab (up, cross-zone traffic, /license, isolation, restart global, kill zone-1, down && up -d)"

