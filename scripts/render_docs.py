@@ -60,7 +60,7 @@ def types_table() -> str:
 
 def kds_sync_table() -> str:
     """What KDS carries, from the same helpers the KDS server and client use."""
-    from zonemesh.global_cp.kds_server import downstream_types, upstream_types
+    from zonemesh.shared.resources.registry import downstream_types, upstream_types
 
     down, up = set(downstream_types()), set(upstream_types())
     rows = [

@@ -127,7 +127,11 @@ async def test_create_update_and_stale_version(api: TestClient[web.Request, web.
     ("doc_change", "field", "reason"),
     [
         ({"color": "blue"}, "color", "unknown field"),
-        ({"spec": {"to": [{"targetRef": {"kind": "Mesh"}, "default": {}}]}}, "spec.targetRef", "must be defined"),
+        (
+            {"spec": {"targetRef": {}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {}}]}},
+            "spec.targetRef.kind",
+            "must be defined",
+        ),
         (
             {"spec": {**TIMEOUT["spec"], "to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": 5}}]}},
             "spec.to[0].default.connectionTimeout",

@@ -97,7 +97,9 @@ async def test_precedence_mesh_subset_service_then_name() -> None:
         _policy("z-mesh", {"kind": "Mesh"}, [_to("Mesh", {"connectionTimeout": "1s", "idleTimeout": "1m"})]),
         _policy("a-service", {"kind": "MeshService", "name": "web"}, [_to("Mesh", {"connectionTimeout": "3s"})]),
         _policy(
-            "b-subset", {"kind": "MeshSubset", "tags": {"version": "v1"}}, [_to("Mesh", {"connectionTimeout": "2s"})]
+            "b-subset",
+            {"kind": "MeshSubset", "tags": {"version": "v1"}},
+            [_to("Mesh", {"connectionTimeout": "2s", "idleTimeout": "4m"})],
         ),
         _policy("a-subset", {"kind": "MeshSubset", "tags": {"version": "v1"}}, [_to("Mesh", {"idleTimeout": "5m"})]),
         _policy("other-service", {"kind": "MeshService", "name": "api"}, [_to("Mesh", {"connectionTimeout": "9s"})]),
@@ -109,8 +111,10 @@ async def test_precedence_mesh_subset_service_then_name() -> None:
     ctx = MeshContext.build(ctx.mesh, ctx.dataplanes.values(), policies)
     web = ctx.dataplanes["web-1"]
     found = matched(ctx, web, "MeshTimeout")
-    assert [p.name for p in found] == ["z-mesh", "a-subset", "b-subset", "a-service"]
-    # Merged in that order: the MeshService policy's connectionTimeout wins, the subset's idleTimeout stays.
+    # Least specific first; among equals the lexicographically smallest name last: it wins (Kuma).
+    assert [p.name for p in found] == ["z-mesh", "b-subset", "a-subset", "a-service"]
+    # Merged in that order: the MeshService policy's connectionTimeout wins, a-subset's idleTimeout
+    # beats b-subset's.
     assert to_conf(found, "backend") == {"connectionTimeout": "3s", "idleTimeout": "5m"}
 
 

@@ -122,8 +122,9 @@ class Zone:
         for info in stream_infos(*names):
             await self.reconciler.on_stream_open(info)
 
-    async def settle(self, pushes: int) -> list[str]:
-        return await self.cache.settle(pushes)
+    async def settle(self) -> list[str]:
+        """The proxies pushed to since the last call, once the reconciler has pushed every change."""
+        return await self.cache.settle(self.reconciler)
 
 
 MESH_YAML = """
@@ -148,7 +149,7 @@ async def zone() -> AsyncIterator[Zone]:
 
 async def test_connecting_proxies_get_a_snapshot_each(zone: Zone) -> None:
     await zone.connect(*[dp.name for dp in ALL])
-    pushed = await zone.settle(4)
+    pushed = await zone.settle()
     assert sorted(pushed) == sorted(node_key("default", dp.name) for dp in ALL)
     snapshot = zone.cache.snapshot(node_key("default", "web-1"))
     assert snapshot is not None and {CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET} <= set(snapshot.types)
@@ -156,17 +157,17 @@ async def test_connecting_proxies_get_a_snapshot_each(zone: Zone) -> None:
 
 async def test_a_service_policy_regenerates_only_its_proxies(zone: Zone) -> None:
     await zone.connect(*[dp.name for dp in ALL])
-    await zone.settle(4)
+    await zone.settle()
     await zone.manager.apply(policy("MeshTimeout", "backend-timeout", {"kind": "MeshService", "name": "backend"}))
-    assert sorted(await zone.settle(2)) == ["default/backend-1", "default/backend-2"]
+    assert sorted(await zone.settle()) == ["default/backend-1", "default/backend-2"]
 
 
 async def test_a_new_instance_regenerates_itself_and_its_consumers_only(zone: Zone) -> None:
     await zone.connect(*[dp.name for dp in ALL], "db-2")
-    await zone.settle(4)
+    await zone.settle()
     await zone.manager.apply(dataplane("db-2", "db", (), port=9090))
     # db-2 (connected), and the consumers of db; backend-2 and db-1 are untouched.
-    assert sorted(await zone.settle(3)) == ["default/backend-1", "default/db-2", "default/web-1"]
+    assert sorted(await zone.settle()) == ["default/backend-1", "default/db-2", "default/web-1"]
     snapshot = zone.cache.snapshot("default/web-1")
     assert snapshot is not None
     cla = endpoint_pb2.ClusterLoadAssignment()
@@ -177,23 +178,23 @@ async def test_a_new_instance_regenerates_itself_and_its_consumers_only(zone: Zo
 
 async def test_a_burst_of_changes_is_one_round(zone: Zone) -> None:
     await zone.connect(*[dp.name for dp in ALL])
-    await zone.settle(4)
+    await zone.settle()
     rounds = zone.reconciler.rounds
     for i in range(20):
         await zone.manager.apply(policy("MeshTimeout", f"burst-{i}", {"kind": "Mesh"}))
-    pushed = await zone.settle(4)
+    pushed = await zone.settle()
     assert zone.reconciler.rounds - rounds <= 2  # debounced (max_delay may split a long burst once)
     assert len(pushed) <= 2 * len(ALL)
 
 
 async def test_a_malformed_resource_does_not_stop_the_watch(zone: Zone) -> None:
     await zone.connect(*[dp.name for dp in ALL])
-    await zone.settle(4)
+    await zone.settle()
     # Written past validation (straight into the store): an inbound that is not an object.
     broken = Resource(type="Dataplane", name="broken", mesh="default", spec={"networking": {"inbound": ["oops"]}})
     await zone.manager.store.create(broken)
     await zone.manager.apply(policy("MeshTimeout", "after-broken", {"kind": "MeshService", "name": "db"}))
-    pushed = await zone.settle(1)
+    pushed = await zone.settle()
     assert "default/db-1" in pushed  # the change after the bad one was still seen
 
 
@@ -220,9 +221,9 @@ async def test_a_stored_resource_that_fails_validation_is_left_out_and_later_cha
 
 async def test_disconnected_proxies_are_not_generated(zone: Zone) -> None:
     await zone.connect("web-1")
-    await zone.settle(1)
+    await zone.settle()
     await zone.manager.apply(policy("MeshTimeout", "all", {"kind": "Mesh"}))
-    assert await zone.settle(1) == ["default/web-1"]
+    assert await zone.settle() == ["default/web-1"]
 
 
 @pytest.mark.parametrize(("slice_seconds", "pushed_apart"), [(0.0, True), (60.0, False)])
@@ -230,7 +231,7 @@ async def test_a_round_pushes_in_slices_and_the_loop_runs_between_them(
     zone: Zone, monkeypatch: pytest.MonkeyPatch, slice_seconds: float, pushed_apart: bool
 ) -> None:
     await zone.connect(*[dp.name for dp in ALL])
-    await zone.settle(4)
+    await zone.settle()
     monkeypatch.setattr(reconciler_module, "YIELD_EVERY", slice_seconds)
     seen: list[int] = []  # pushes so far, each time another task got the loop during the round
     done = False
@@ -278,7 +279,7 @@ async def test_workload_certificates_rotate_before_expiry_touching_only_secrets(
     async with Reconciler(store, cache, BuiltinCA(store), debounce=0.02, max_delay=0.1) as reconciler:
         zone = Zone(manager, cache, reconciler)
         await zone.connect("web-1", "backend-1")
-        await zone.settle(2)
+        await zone.settle()
         first = cache.snapshot("default/web-1")
         assert first is not None and first.types[SECRET].resources
 

@@ -336,7 +336,6 @@ def test_apply_reports_every_field_error_and_sends_nothing(
     assert 'document 2 (MeshTimeout "bad" in mesh "default")' in err
     for field, reason in [
         ("spec.bogus", "unknown field"),
-        ("spec.targetRef", "must be defined"),
         ("spec.to[0].targetRef", "must be defined"),
         ("spec.to[0].default.connectionTimeout", "must be a duration"),
     ]:

@@ -28,7 +28,14 @@ from zonemesh.shared.resources.schema import (
     parse_duration,
 )
 from zonemesh.shared.resources.types.common import PORT
-from zonemesh.shared.resources.types.targetref import MESH, MESH_GATEWAY, MESH_SERVICE
+from zonemesh.shared.resources.types.targetref import (
+    MESH,
+    MESH_GATEWAY,
+    MESH_SERVICE,
+    MESH_SERVICE_SUBSET,
+    includes_gateways,
+    top_level,
+)
 
 # Kuma accepts percentages as an int or a decimal string ("50", "50.5"); YAML floats are
 # refused like Kuma's IntOrString does, with a reason that says to quote them.
@@ -69,9 +76,6 @@ HEADER_VALUE = Obj({"name": HEADER_NAME, "value": Str()}, required=("name", "val
 
 # Headers a policy adds to a request or response (health checks, rate-limit replies).
 HEADERS_ADD_SET = Obj({"add": List(HEADER_VALUE, max_items=16), "set": List(HEADER_VALUE, max_items=16)})
-
-MESH_SERVICE_SUBSET = "MeshServiceSubset"
-
 
 def _backend_ref_kind(value: Mapping[str, Any], path: str, errors: Errors) -> None:
     kind = value.get("kind")
@@ -156,7 +160,7 @@ def policy_semantic(*checks: SpecCheck) -> SemanticCheck:
 
 
 def top_kind(spec: Mapping[str, Any]) -> str:
-    return str(spec["targetRef"]["kind"])
+    return str(top_level(spec)["kind"])
 
 
 def _entries(spec: Mapping[str, Any], direction: str) -> list[Mapping[str, Any]]:
@@ -205,10 +209,18 @@ def sidecar_to_kinds(*kinds: str) -> SpecCheck:
 
 
 def to_only_for_gateway(spec: Mapping[str, Any]) -> list[FieldError]:
-    """Inbound-side policies configure a gateway through `to`, every other proxy through `from`."""
-    gateway = top_kind(spec) == MESH_GATEWAY
-    if gateway and _entries(spec, "from"):
-        return [FieldError("spec.from", "must not be defined when the top-level targetRef is a MeshGateway; use to")]
-    if not gateway and _entries(spec, "to"):
-        return [FieldError("spec.to", "can only be defined when the top-level targetRef is a MeshGateway; use from")]
+    """Inbound-side policies (MeshFaultInjection, MeshRateLimit) configure builtin gateways
+    through `to` and sidecars through `from`; as in Kuma, `to` needs a top-level targetRef that
+    can select gateways and `from` one that cannot (proxyTypes: [Sidecar], or a service)."""
+    gateways = includes_gateways(top_level(spec))
+    if gateways and _entries(spec, "from"):
+        return [
+            FieldError(
+                "spec.from",
+                "must not be defined when the top-level targetRef includes gateways; "
+                "select only proxyTypes: [Sidecar], or select only gateways and use to",
+            )
+        ]
+    if not gateways and _entries(spec, "to"):
+        return [FieldError("spec.to", "can only be defined when the top-level targetRef includes gateways; use from")]
     return []

@@ -3,7 +3,7 @@
 from collections.abc import Mapping
 from typing import Any
 
-from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
+from zonemesh.shared.resources.registry import PolicySupport, ResourceType, Scope, Sync, register
 from zonemesh.shared.resources.schema import (
     Duration,
     Enum,
@@ -24,7 +24,13 @@ from zonemesh.shared.resources.types.policies.common import (
     not_empty,
     policy_semantic,
 )
-from zonemesh.shared.resources.types.targetref import MESH, MESH_GATEWAY, MESH_SERVICE, MESH_SUBSET, policy_spec
+from zonemesh.shared.resources.types.targetref import (
+    MESH,
+    MESH_HTTP_ROUTE,
+    MESH_SERVICE,
+    TOP_KINDS,
+    policy_spec,
+)
 
 # Conditions Kuma names; any HTTP status code ("503") is accepted too. Kuma defines "5xx"
 # but documents "5XX", so both spellings are taken.
@@ -154,8 +160,9 @@ MESH_RETRY = register(
         sync=Sync.GLOBAL_TO_ZONES,
         wrapped=True,
         policy=True,
+        support=PolicySupport(plugin="meshretry", sidecar=("to",), gateway=("to",)),
         spec=policy_spec(
-            top=(MESH, MESH_SUBSET, MESH_SERVICE, MESH_GATEWAY),
+            top=(*TOP_KINDS, MESH_HTTP_ROUTE),
             to=(MESH, MESH_SERVICE),
             conf=CONF,
         ),
