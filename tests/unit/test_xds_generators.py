@@ -7,7 +7,6 @@ may override by name) is generated for the proxy ``web-1`` and compared with
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -19,11 +18,10 @@ from zonemesh.zone_cp.xds.generators import GenerationError, generate
 from zonemesh.zone_cp.xds.policies import meshtrafficpermission
 from zonemesh.zone_cp.xds.policies.matching import matched, to_conf
 from zonemesh.zone_cp.xds.resources import CLUSTER, LISTENER, SECRET
-from zonemesh.zone_cp.xds.testing import TestCA, load_resources, mesh_context, yaml_dump
+from zonemesh.zone_cp.xds.testing import TestCA, assert_golden, load_resources, mesh_context, yaml_dump
 
 TESTDATA = Path(__file__).parent / "testdata" / "xds"
 CASES = sorted(p.name.removesuffix(".input.yaml") for p in TESTDATA.glob("*.input.yaml"))
-UPDATE = os.environ.get("UPDATE_GOLDEN_FILES", "").lower() in ("1", "true", "yes")
 POLICY_TYPES = {"MeshTrafficPermission", "MeshTimeout", "MeshRetry", "MeshCircuitBreaker", "MeshHealthCheck"}
 
 
@@ -36,12 +34,7 @@ async def context_for(case_text: str, ca: TestCA | None = None) -> MeshContext:
 async def test_golden(case: str) -> None:
     ctx = await context_for((TESTDATA / f"{case}.input.yaml").read_text())
     rendered = yaml_dump(dump(generate(ctx, ctx.dataplanes["web-1"]), hide_certificates=True))
-    golden = TESTDATA / f"{case}.golden.yaml"
-    if UPDATE or not golden.exists():
-        golden.write_text(rendered)
-        if not UPDATE:
-            pytest.fail(f"{golden.name} did not exist and was written: review it, then run again")
-    assert rendered == golden.read_text(), f"generated config differs from {golden.name} (UPDATE_GOLDEN_FILES=true)"
+    assert_golden(TESTDATA / f"{case}.golden.yaml", rendered)
 
 
 async def test_generation_is_deterministic_and_shares_pieces() -> None:

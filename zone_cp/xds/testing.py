@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import difflib
+import os
 from collections.abc import Container, Iterable
+from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
@@ -200,3 +203,31 @@ def stream_infos(*names: str, mesh: str = "default") -> list[StreamInfo]:
 
 def yaml_dump(value: Any) -> str:
     return yaml.safe_dump(value, sort_keys=False, default_flow_style=False, width=120)
+
+
+UPDATE_GOLDEN = "UPDATE_GOLDEN_FILES"
+
+
+class GoldenMismatch(AssertionError):
+    """Generated config differs from a golden file; the message is a unified diff."""
+
+
+def assert_golden(golden: Path, rendered: str) -> None:
+    """Compare ``rendered`` with the golden file; with ``UPDATE_GOLDEN_FILES=true`` (or when the
+    file does not exist yet) write it instead. A new golden file fails once, to be reviewed.
+    The failure shows a unified diff (golden → generated), which is what a review reads too."""
+    update = os.environ.get(UPDATE_GOLDEN, "").lower() in ("1", "true", "yes")
+    if update or not golden.exists():
+        golden.write_text(rendered)
+        if not update:
+            raise GoldenMismatch(f"{golden.name} did not exist and was written: review it, then run again")
+        return
+    expected = golden.read_text()
+    if rendered != expected:
+        diff = difflib.unified_diff(
+            expected.splitlines(keepends=True),
+            rendered.splitlines(keepends=True),
+            fromfile=f"{golden.name} (golden)",
+            tofile="generated",
+        )
+        raise GoldenMismatch(f"generated config differs ({UPDATE_GOLDEN}=true rewrites it):\n{''.join(diff)}")
