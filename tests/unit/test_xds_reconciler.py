@@ -4,10 +4,13 @@ snapshot cache, and workload certificate rotation. Real memory store, real built
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+import structlog
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf import any_pb2
 from zonemesh.shared.ca import BuiltinCA
@@ -79,10 +82,22 @@ def test_a_dataplane_nobody_calls_affects_only_itself() -> None:
         ({"kind": "MeshSubset", "tags": {"version": "v1"}}, {"web-1"}),
         ({"kind": "MeshSubset", "tags": {"version": "v2"}}, set()),
         ({"kind": "Mesh", "proxyTypes": ["Gateway"]}, set()),
+        ({"kind": "MeshServiceSubset", "name": "web", "tags": {"version": "v1"}}, {"web-1"}),
+        ({"kind": "Dataplane", "name": "db-1"}, {"db-1"}),
+        ({"kind": "Dataplane"}, {"web-1", "backend-1", "backend-2", "db-1"}),
+        ({"kind": "Dataplane", "labels": {"team": "db"}}, {"db-1"}),
+        ({"kind": "Dataplane", "sectionName": "9090"}, set()),  # no inbound on that port
     ],
 )
 def test_a_policy_affects_the_proxies_its_target_ref_selects(target: dict[str, object], expected: set[str]) -> None:
-    assert affected_by_policy(None, policy("MeshTimeout", "p", target), ALL) == expected
+    labelled = [dp if dp is not DB else dataclasses.replace(DB, labels={"team": "db"}) for dp in ALL]
+    assert affected_by_policy(None, policy("MeshTimeout", "p", target), labelled) == expected
+
+
+def test_a_policy_without_top_level_target_ref_affects_every_proxy() -> None:
+    mesh_wide = policy("MeshTimeout", "p", {})
+    del mesh_wide.spec["targetRef"]
+    assert affected_by_policy(None, mesh_wide, ALL) == {"web-1", "backend-1", "backend-2", "db-1"}
 
 
 def test_a_retargeted_policy_affects_old_and_new_targets() -> None:
@@ -319,7 +334,7 @@ async def test_a_renewed_certificate_goes_only_to_proxies_still_admitted() -> No
     async with Reconciler(store, cache, BuiltinCA(store), debounce=0.02, max_delay=0.1) as reconciler:
         reconciler.still_admitted = still_admitted
         await Zone(manager, cache, reconciler).connect("backend-1", "backend-2")
-        await cache.settle(2)
+        await cache.settle(reconciler)
         assert not asked  # a service's first certificate: its proxies have just been admitted
         first: dict[str, str] = {}
         for name in ("backend-1", "backend-2"):
@@ -339,3 +354,65 @@ async def test_a_renewed_certificate_goes_only_to_proxies_still_admitted() -> No
             raise AssertionError("the workload certificate was not renewed within 10 s")
     assert asked and all(set(proxies) == {ProxyIdentity("default", "backend-1"), revoked} for proxies in asked)
     assert secret_version("backend-2") == first["backend-2"], "the refused proxy got the renewal"
+
+
+# -- stored policies zonemesh refuses, and stopping -------------------------------------------------
+
+
+def cluster_connect_timeout(snapshot: Snapshot, name: str) -> int:
+    cluster = cluster_pb2.Cluster()
+    any_pb2.Any.FromString(snapshot.types[CLUSTER].resources[name]).Unpack(cluster)
+    return int(cluster.connect_timeout.seconds)
+
+
+async def test_stored_policies_zonemesh_refuses_are_logged_and_left_out() -> None:
+    """Stored before an upgrade refused them (or written past the API): nothing crashes, and
+    they do not take effect half-way."""
+    store = MemoryStore()
+    manager = ResourceManager(store)
+    for res in load_resources(MESH_YAML):
+        await manager.apply(res)
+    for dp in ALL:
+        await manager.apply(dp)
+    log = Resource(
+        type="MeshAccessLog",
+        name="log",
+        mesh="default",
+        spec={"from": [{"targetRef": {"kind": "Mesh"}, "default": {"backends": []}}]},
+    )
+    # A MeshService port (sectionName) cannot be resolved without MeshService resources: refused now.
+    on_a_port = policy("MeshTimeout", "on-a-port", {"kind": "MeshService", "name": "web", "sectionName": "http"})
+    on_a_port.spec["to"][0]["default"]["connectionTimeout"] = "42s"
+    await store.create(log)
+    await store.create(on_a_port)
+    cache = RecordingCache()
+    with structlog.testing.capture_logs() as logs:
+        async with Reconciler(store, cache, None, debounce=0.01, max_delay=0.05) as reconciler:
+            zone = Zone(manager, cache, reconciler)
+            await zone.connect("web-1")
+            assert await zone.settle() == ["default/web-1"]
+            # The same arriving through the watch is left out too.
+            later = policy("MeshTimeout", "later", {"kind": "MeshService", "name": "web", "labels": {"a": "b"}})
+            later.spec["to"][0]["default"]["connectionTimeout"] = "43s"
+            await store.create(later)
+            await zone.settle()
+            snapshot = cache.snapshot("default/web-1")
+            assert snapshot is not None and cluster_connect_timeout(snapshot, "backend") == 0  # no policy set it
+    ignored = {e["policy"] for e in logs if e["event"] == "xds_policy_ignored"}
+    assert ignored == {"MeshTimeout/default/on-a-port", "MeshTimeout/default/later"}
+    assert {"type": "MeshAccessLog", "stored": 1} in [
+        {k: e[k] for k in ("type", "stored")} for e in logs if e["event"] == "xds_policy_type_not_supported"
+    ]
+
+
+async def test_stop_returns_at_once_even_as_a_wake_up_comes() -> None:
+    """Python 3.11's wait_for swallows a cancellation that comes as its event is set: stop() then
+    waited for the next timeout (up to a minute) before the reconciler's tasks ended."""
+    for _ in range(5):
+        reconciler = Reconciler(MemoryStore(), RecordingCache(), None)
+        await reconciler.start()
+        await asyncio.sleep(0)  # the tasks wait on their events
+        reconciler.invalidate_mesh("default")  # wakes the round loop ...
+        reconciler._rotation_wake.set()  # ... and the certificate loop
+        async with asyncio.timeout(5):  # bounded: the bug made this wait 60 s
+            await reconciler.stop()

@@ -57,7 +57,7 @@ def _check(plugin: Plugin, sidecar: tuple[str, ...], gateway: tuple[str, ...]) -
     }
     for hook, needed in needs.items():
         if needed and getattr(plugin, hook) is None:
-            problems.append(f"it declares sections that need an {hook} hook, which its plugin lacks")
+            problems.append(f"it declares sections that need the {hook} hook, which its plugin lacks")
     if plugin.inbound is not None and "from" not in sidecar:
         problems.append("its plugin has an inbound hook but the type does not declare sidecar `from`")
     if plugin.outbound is not None and "to" not in (*sidecar, *gateway):
