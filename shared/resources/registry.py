@@ -37,6 +37,16 @@ class Sync(Flag):
     ACROSS_ZONES = auto()  # uploaded by a zone, then pushed by global to every *other* zone
 
 
+# A semantic check beyond the schema: gets the whole resource, returns field errors.
+SemanticCheck = Callable[["Resource"], list[FieldError]]
+# The fields of a resource that name a zone, as (field path, zone named there). A zone may upload
+# only resources whose every such field names itself (global checks on upload, zones on download).
+ZoneRefs = Callable[["Resource"], list[tuple[str, str]]]
+# A check that needs the resource's Mesh (None when missing), run by the resource manager on
+# API writes: e.g. a cross-mesh MeshGateway needs mTLS on its mesh.
+MeshCheck = Callable[["Resource", "Resource | None"], list[FieldError]]
+
+
 SIDECAR, GATEWAY = "Sidecar", "Gateway"  # Kuma's proxyTypes
 SECTIONS = ("to", "from")  # the sections of a targetRef policy that configure proxies
 
@@ -56,13 +66,17 @@ class PolicySupport:
     plugin: str | None
     sidecar: tuple[str, ...] = SECTIONS
     gateway: tuple[str, ...] = SECTIONS
+    # Fields of the type's schema (Kuma's) that its plugin does not apply yet: each error says
+    # "not supported yet". A plugin that starts applying one removes it from here.
+    not_yet: SemanticCheck | None = None
 
     def __post_init__(self) -> None:
         unknown = {*self.sidecar, *self.gateway} - set(SECTIONS)
         if unknown:
             raise ValueError(f"unknown policy sections {sorted(unknown)}; known: {', '.join(SECTIONS)}")
-        if self.plugin is None and (self.sidecar != SECTIONS or self.gateway != SECTIONS):
-            raise ValueError("a type that is not supported yet has no sections to narrow")
+        narrowed = self.sidecar != SECTIONS or self.gateway != SECTIONS or self.not_yet is not None
+        if self.plugin is None and narrowed:
+            raise ValueError("a type that is not supported yet has nothing to narrow")
 
     @property
     def supported(self) -> bool:
@@ -71,16 +85,6 @@ class PolicySupport:
 
 # Explicitly: zonemesh validates and refuses this type (its plugin does not exist yet).
 NOT_SUPPORTED_YET = PolicySupport(plugin=None)
-
-
-# A semantic check beyond the schema: gets the whole resource, returns field errors.
-SemanticCheck = Callable[["Resource"], list[FieldError]]
-# The fields of a resource that name a zone, as (field path, zone named there). A zone may upload
-# only resources whose every such field names itself (global checks on upload, zones on download).
-ZoneRefs = Callable[["Resource"], list[tuple[str, str]]]
-# A check that needs the resource's Mesh (None when missing), run by the resource manager on
-# API writes: e.g. a cross-mesh MeshGateway needs mTLS on its mesh.
-MeshCheck = Callable[["Resource", "Resource | None"], list[FieldError]]
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """What zonemesh does not apply yet, refused wherever a document enters.
 
 A targetRef policy type declares its ``PolicySupport`` in the registry. ``unsupported(res)``
-turns it into field errors for one document: a type that is not supported yet at all, or a
-section (``to`` / ``from``) whose top-level targetRef only reaches proxies on which zonemesh
-does not apply that section of that type. The API and zmctl (through ``codec``), KDS on both
+turns it into field errors for one document: a type that is not supported yet at all, fields
+its plugin does not apply yet (``PolicySupport.not_yet``), or a section (``to`` / ``from``) whose
+top-level targetRef only reaches proxies on which zonemesh does not apply that section of that
+type. The API and zmctl (through ``codec``), KDS on both
 sides, and the zone's reconciler (for documents stored before an upgrade) all ask this one
 function, so nothing is stored, synced or generated that would be silently ignored.
 """
@@ -43,7 +44,7 @@ def unsupported(res: Resource, registry: Registry = REGISTRY) -> list[FieldError
     if not support.supported:
         return type_not_supported(rtype)
     selectable = selectable_proxy_types(top_level(res.spec))
-    errors = []
+    errors = support.not_yet(res) if support.not_yet is not None else []
     for section in SECTIONS:
         if not res.spec.get(section):
             continue

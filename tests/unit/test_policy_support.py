@@ -220,3 +220,84 @@ def test_support_is_checked_on_stored_resources_too() -> None:
         spec=fault({"kind": "MeshService", "name": "b"}, "from")["spec"],
     )
     assert [e.field for e in unsupported(stored)] == ["spec.from"]
+
+
+# -- fields Kuma defines that a plugin does not apply yet are refused, not ignored -------------------
+
+
+def conf_policy(type_name: str, section: str, conf: dict[str, Any]) -> dict[str, Any]:
+    spec = {"targetRef": {"kind": "Mesh"}, section: [{"targetRef": {"kind": "Mesh"}, "default": conf}]}
+    return {"type": type_name, "mesh": "default", "name": "p", "spec": spec}
+
+
+NOT_YET_FIELDS = [
+    (
+        conf_policy(
+            "MeshRetry",
+            "to",
+            {"http": {"rateLimitedBackOff": {"resetHeaders": [{"name": "retry-after", "format": "Seconds"}]}}},
+        ),
+        "spec.to[0].default.http.rateLimitedBackOff",
+        "MeshRetry http.rateLimitedBackOff is not supported yet by zonemesh",
+    ),
+    (
+        conf_policy("MeshRetry", "to", {"http": {"retriableResponseHeaders": [{"name": "x-retry"}]}}),
+        "spec.to[0].default.http.retriableResponseHeaders",
+        "MeshRetry http.retriableResponseHeaders is not supported yet by zonemesh",
+    ),
+    (
+        conf_policy("MeshRetry", "to", {"http": {"retriableRequestHeaders": [{"name": "x-retry"}]}}),
+        "spec.to[0].default.http.retriableRequestHeaders",
+        "MeshRetry http.retriableRequestHeaders is not supported yet by zonemesh",
+    ),
+    (
+        conf_policy(
+            "MeshRetry",
+            "to",
+            {"grpc": {"rateLimitedBackOff": {"resetHeaders": [{"name": "retry-after", "format": "Seconds"}]}}},
+        ),
+        "spec.to[0].default.grpc.rateLimitedBackOff",
+        "MeshRetry grpc.rateLimitedBackOff is not supported yet by zonemesh",
+    ),
+    (
+        conf_policy(
+            "MeshRetry", "to", {"http": {"hostSelection": [{"predicate": "OmitHostsWithTags", "tags": {"a": "b"}}]}}
+        ),
+        "spec.to[0].default.http.hostSelection[0].predicate",
+        "MeshRetry host selection OmitHostsWithTags is not supported yet by zonemesh",
+    ),
+    (
+        conf_policy("MeshHealthCheck", "to", {"eventLogPath": "/tmp/hc.log", "tcp": {}}),
+        "spec.to[0].default.eventLogPath",
+        "MeshHealthCheck eventLogPath is not supported yet by zonemesh",
+    ),
+    (
+        {
+            **conf_policy("MeshTrafficPermission", "from", {"action": "Deny"}),
+            "spec": {
+                "from": [
+                    {
+                        "targetRef": {"kind": "MeshSubset", "tags": {"kuma.io/zone": "east"}},
+                        "default": {"action": "Deny"},
+                    }
+                ]
+            },
+        },
+        "spec.from[0].targetRef.tags",
+        "selecting MeshTrafficPermission clients by tags other than kuma.io/service is not supported yet by zonemesh",
+    ),
+]
+
+
+@pytest.mark.parametrize(("document", "field", "reason"), NOT_YET_FIELDS, ids=[f for _, f, _ in NOT_YET_FIELDS])
+def test_fields_a_plugin_does_not_apply_yet_are_refused(document: dict[str, Any], field: str, reason: str) -> None:
+    assert refused(document)[field].startswith(reason)
+    parse_universal(document)  # valid Kuma: the schema stays ready for the plugin that applies it
+
+
+def test_what_plugins_apply_is_accepted() -> None:
+    from_universal(conf_policy("MeshRetry", "to", {"http": {"hostSelection": [{"predicate": "OmitPreviousHosts"}]}}))
+    from_universal(conf_policy("MeshHealthCheck", "to", {"tcp": {}}))
+    mtp = conf_policy("MeshTrafficPermission", "from", {"action": "Deny"})
+    mtp["spec"]["from"][0]["targetRef"] = {"kind": "MeshSubset", "tags": {"kuma.io/service": "web"}}
+    from_universal(mtp)

@@ -34,6 +34,7 @@ from zonemesh.shared.resources.types.targetref import (
     MESH_SERVICE,
     MESH_SERVICE_SUBSET,
     includes_gateways,
+    not_supported,
     top_level,
 )
 
@@ -76,6 +77,7 @@ HEADER_VALUE = Obj({"name": HEADER_NAME, "value": Str()}, required=("name", "val
 
 # Headers a policy adds to a request or response (health checks, rate-limit replies).
 HEADERS_ADD_SET = Obj({"add": List(HEADER_VALUE, max_items=16), "set": List(HEADER_VALUE, max_items=16)})
+
 
 def _backend_ref_kind(value: Mapping[str, Any], path: str, errors: Errors) -> None:
     kind = value.get("kind")
@@ -140,6 +142,42 @@ def type_matches_field(fields: Mapping[str, str]) -> Check:
             errors.add(f"{path}.{field}", f"must be defined with type {kind}")
 
     return check
+
+
+# --- fields a plugin does not apply yet (PolicySupport.not_yet) -------------------------
+
+
+def _confs(spec: Mapping[str, Any]) -> Iterable[tuple[str, Mapping[str, Any]]]:
+    for direction in ("to", "from"):
+        for i, entry in enumerate(spec.get(direction) or []):
+            conf = entry.get("default") if isinstance(entry, Mapping) else None
+            if isinstance(conf, Mapping):
+                yield f"spec.{direction}[{i}].default", conf
+
+
+def fields_not_yet(type_name: str, *fields: str) -> Callable[[Resource], list[FieldError]]:
+    """A ``not_yet`` check refusing the dotted ``fields`` (e.g. ``http.rateLimitedBackOff``) in
+    any ``to``/``from`` entry's ``default``: valid Kuma, not applied by zonemesh yet."""
+
+    def check(res: Resource) -> list[FieldError]:
+        errors = []
+        for path, conf in _confs(res.spec):
+            for field in fields:
+                value: Any = conf
+                for part in field.split("."):
+                    value = value.get(part) if isinstance(value, Mapping) else None
+                if value is not None:
+                    errors.append(FieldError(f"{path}.{field}", not_supported(f"{type_name} {field}")))
+        return errors
+
+    return check
+
+
+def all_not_yet(*checks: Callable[[Resource], list[FieldError]]) -> Callable[[Resource], list[FieldError]]:
+    def run(res: Resource) -> list[FieldError]:
+        return [error for check in checks for error in check(res)]
+
+    return run
 
 
 # --- semantic checks across the whole policy spec ---------------------------------------

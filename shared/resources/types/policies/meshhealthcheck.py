@@ -6,6 +6,7 @@ from zonemesh.shared.resources.types.policies.common import (
     HEADERS_ADD_SET,
     HTTP_STATUS,
     PERCENTAGE,
+    fields_not_yet,
     not_empty,
     policy_semantic,
 )
@@ -55,7 +56,12 @@ MESH_HEALTH_CHECK = register(
         sync=Sync.GLOBAL_TO_ZONES,
         wrapped=True,
         policy=True,
-        support=PolicySupport(plugin="meshhealthcheck", sidecar=("to",), gateway=("to",)),
+        support=PolicySupport(
+            plugin="meshhealthcheck",
+            sidecar=("to",),
+            gateway=("to",),
+            not_yet=fields_not_yet("MeshHealthCheck", "eventLogPath"),
+        ),
         spec=policy_spec(
             top=TOP_KINDS,
             to=(MESH, MESH_SERVICE),

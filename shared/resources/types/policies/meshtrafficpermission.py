@@ -1,8 +1,6 @@
 """MeshTrafficPermission: which clients (`from`) may reach the selected proxies."""
 
-from collections.abc import Mapping
-from typing import Any
-
+from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.resources.registry import PolicySupport, ResourceType, Scope, Sync, register
 from zonemesh.shared.resources.schema import Enum, FieldError, Obj
 from zonemesh.shared.resources.types.policies.common import not_empty, policy_semantic
@@ -22,12 +20,12 @@ SERVICE_TAG = "kuma.io/service"
 CONF = Obj({"action": Enum("Allow", "Deny", "AllowWithShadowDeny")}, required=("action",))
 
 
-def sources_by_service_only(spec: Mapping[str, Any]) -> list[FieldError]:
+def sources_by_service_only(res: Resource) -> list[FieldError]:
     """A client is known by its certificate, which carries only its service (SPIFFE ID
     ``spiffe://<mesh>/<service>``): a `from` entry selecting clients by other tags could not be
     enforced."""
     errors = []
-    for i, entry in enumerate(spec.get("from") or []):
+    for i, entry in enumerate(res.spec.get("from") or []):
         ref = entry["targetRef"]
         tags = dict(ref.get("tags") or {})
         if ref["kind"] == MESH_SUBSET:
@@ -54,12 +52,14 @@ MESH_TRAFFIC_PERMISSION = register(
         policy=True,
         # Builtin gateways receive no mesh traffic to permit (the services behind them check
         # the gateway's identity), as in Kuma.
-        support=PolicySupport(plugin="meshtrafficpermission", sidecar=("from",), gateway=()),
+        support=PolicySupport(
+            plugin="meshtrafficpermission", sidecar=("from",), gateway=(), not_yet=sources_by_service_only
+        ),
         spec=policy_spec(
             top=(MESH, DATAPLANE, MESH_SUBSET, MESH_SERVICE, MESH_SERVICE_SUBSET),
             from_=(MESH, MESH_SUBSET, MESH_SERVICE, MESH_SERVICE_SUBSET),
             conf=CONF,
         ),
-        semantic=policy_semantic(not_empty("from"), sources_by_service_only),
+        semantic=policy_semantic(not_empty("from")),
     )
 )
