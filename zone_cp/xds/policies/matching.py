@@ -180,25 +180,33 @@ def selectors(policies: Iterable[Resource]) -> Selectors:
 
 
 @dataclass(frozen=True)
-class _Index:
-    """A mesh's policies of one type by the kind of their top-level targetRef: matching a proxy
-    then costs a look-up per service it serves instead of a test per policy (a mesh has a
-    policy per service or more, and a round matches every proxy of the mesh). The rest (Mesh,
-    MeshSubset, Dataplane) are tested one by one."""
+class _Candidate:
+    policy: Resource
+    ref: Mapping[str, Any]  # its top-level targetRef
+    position: int  # in ``ordered`` of all the type's policies: a later one wins
 
-    by_service: Mapping[str, tuple[Resource, ...]]  # MeshService / MeshServiceSubset, by service name
-    others: tuple[Resource, ...]
+
+@dataclass(frozen=True)
+class _Index:
+    """A mesh's policies of one type, in precedence order, by the kind of their top-level
+    targetRef: matching a proxy then costs a look-up per service it serves instead of a test per
+    policy (a mesh has a policy per service or more, and a round matches every proxy of the
+    mesh). The rest (Mesh, MeshSubset, Dataplane) are tested one by one."""
+
+    by_service: Mapping[str, tuple[_Candidate, ...]]  # MeshService / MeshServiceSubset, by service name
+    others: tuple[_Candidate, ...]
 
 
 def _build_index(policies: Sequence[Resource]) -> _Index:
-    by_service: dict[str, list[Resource]] = {}
-    others: list[Resource] = []
-    for policy in policies:
+    by_service: dict[str, list[_Candidate]] = {}
+    others: list[_Candidate] = []
+    for position, policy in enumerate(ordered(policies)):
         ref = top_level(policy.spec)
+        candidate = _Candidate(policy, ref, position)
         if ref.get("kind") in (MESH_SERVICE, MESH_SERVICE_SUBSET):
-            by_service.setdefault(str(ref.get("name")), []).append(policy)
+            by_service.setdefault(str(ref.get("name")), []).append(candidate)
         elif ref.get("kind") != MESH_GATEWAY:
-            others.append(policy)
+            others.append(candidate)
     return _Index({k: tuple(v) for k, v in by_service.items()}, tuple(others))
 
 
@@ -211,7 +219,7 @@ def _index(ctx: MeshContext, policy_type: str) -> _Index:
     return index
 
 
-def _candidates(ctx: MeshContext, dp: Resource, policy_type: str) -> list[Resource]:
+def _candidates(ctx: MeshContext, dp: Resource, policy_type: str) -> list[_Candidate]:
     index = _index(ctx, policy_type)
     found = list(index.others)
     for service in dict.fromkeys(str(tags[SERVICE_TAG]) for tags in tag_sets(dp) if tags.get(SERVICE_TAG)):
@@ -219,15 +227,19 @@ def _candidates(ctx: MeshContext, dp: Resource, policy_type: str) -> list[Resour
     return found
 
 
+def _in_order(found: Iterable[_Candidate]) -> list[Resource]:
+    return [c.policy for c in sorted(found, key=lambda c: c.position)]
+
+
 def matched(ctx: MeshContext, dp: Resource, policy_type: str) -> list[Resource]:
     """The policies of one type selecting ``dp``, least specific first (``selects``, answered
     from an index of the mesh's policies)."""
-    return ordered(p for p in _candidates(ctx, dp, policy_type) if selects(top_level(p.spec), dp))
+    return _in_order(c for c in _candidates(ctx, dp, policy_type) if selects(c.ref, dp))
 
 
 def matched_inbound(ctx: MeshContext, dp: Resource, inbound: Mapping[str, Any], policy_type: str) -> list[Resource]:
     """The policies of one type selecting one inbound of ``dp``, least specific first."""
-    return ordered(p for p in _candidates(ctx, dp, policy_type) if selects_inbound(top_level(p.spec), dp, inbound))
+    return _in_order(c for c in _candidates(ctx, dp, policy_type) if selects_inbound(c.ref, dp, inbound))
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
