@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import prometheus_client
-import pytest
 from kds_harness import eventually, running_global, running_zone
 from zonemesh.global_cp.kds_server import KdsServer
 from zonemesh.proto import kds_pb2
@@ -295,8 +294,8 @@ async def test_global_never_syncs_policies_it_refuses(tmp_path: Path) -> None:
 
 
 async def test_a_zone_refuses_per_item_what_it_would_not_apply(tmp_path: Path) -> None:
-    """What a global of another version may send: the zone stores the rest, refuses those (a NACK
-    naming them), and applies deletions of them."""
+    """What a global of another version may send: the zone stores the rest, refuses those (NACKed
+    by key with the reason), and applies deletions of them."""
     store = MemoryStore()
     token_file = tmp_path / "token"
     token_file.write_text("unused")
@@ -308,13 +307,14 @@ async def test_a_zone_refuses_per_item_what_it_would_not_apply(tmp_path: Path) -
     for res in (good, bad):
         res.labels = {ORIGIN_LABEL: ORIGIN_GLOBAL}  # as global sends them
     changes = kds_pb2.Changes(type="MeshFaultInjection", upserts=[to_wire(good), to_wire(bad)])
-    with pytest.raises(ValueError, match=r"MeshFaultInjection default/sidecar-faults \(spec.from: .*not supported yet"):
-        await client._apply_download(changes)
+    [refused] = await client._apply_download(changes)
+    assert refused.key.name == "sidecar-faults"
+    assert refused.reason.startswith("spec.from: MeshFaultInjection `from` is not supported yet on sidecars")
     assert await names(store, "MeshFaultInjection", "default") == {"gateway-faults"}
-    with pytest.raises(ValueError, match=r"MeshAccessLog default/log-all .*not supported yet by zonemesh"):
-        await client._apply_download(kds_pb2.Changes(type="MeshAccessLog", upserts=[to_wire(log)]))
+    [refused] = await client._apply_download(kds_pb2.Changes(type="MeshAccessLog", upserts=[to_wire(log)]))
+    assert refused.reason.startswith("type: MeshAccessLog is not supported yet by zonemesh")
     assert await names(store, "MeshAccessLog", "default") == set()
     await store.create(log)  # synced before this zone was upgraded
     removal = kds_pb2.ResourceKey(type="MeshAccessLog", mesh="default", name="log-all")
-    await client._apply_download(kds_pb2.Changes(type="MeshAccessLog", removals=[removal]))
+    assert await client._apply_download(kds_pb2.Changes(type="MeshAccessLog", removals=[removal])) == []
     assert await names(store, "MeshAccessLog", "default") == set()

@@ -217,7 +217,7 @@ async def test_a_stored_resource_that_fails_validation_is_left_out_and_later_cha
     """A policy and an ExternalService that no API or KDS write would accept (written straight into
     the store) are ignored as if absent: the mesh's proxies keep getting every later change."""
     await zone.connect(*[dp.name for dp in ALL])
-    await zone.settle(4)
+    await zone.settle()
     bad_timeout = policy("MeshTimeout", "bad", {"kind": "Mesh"})
     bad_timeout.spec["to"][0]["default"]["connectionTimeout"] = 5  # not a duration
     bad_external = Resource(
@@ -228,7 +228,7 @@ async def test_a_stored_resource_that_fails_validation_is_left_out_and_later_cha
     )
     await zone.manager.store.batch(upserts=[bad_timeout, bad_external])
     await zone.manager.apply(policy("MeshTimeout", "after-bad", {"kind": "Mesh"}))
-    pushed = await zone.settle(4)
+    pushed = await zone.settle()
     assert sorted(pushed) == sorted(node_key("default", dp.name) for dp in ALL)
     snapshot = zone.cache.snapshot(node_key("default", "web-1"))
     assert snapshot is not None and "bad-es" not in str(snapshot.types[CLUSTER].resources)
@@ -398,8 +398,8 @@ async def test_stored_policies_zonemesh_refuses_are_logged_and_left_out() -> Non
             await zone.settle()
             snapshot = cache.snapshot("default/web-1")
             assert snapshot is not None and cluster_connect_timeout(snapshot, "backend") == 0  # no policy set it
-    ignored = {e["policy"] for e in logs if e["event"] == "xds_policy_ignored"}
-    assert ignored == {"MeshTimeout/default/on-a-port", "MeshTimeout/default/later"}
+    ignored = {(e["type"], e["name"]) for e in logs if e["event"] == "xds_resource_ignored"}
+    assert ignored == {("MeshTimeout", "on-a-port"), ("MeshTimeout", "later")}
     assert {"type": "MeshAccessLog", "stored": 1} in [
         {k: e[k] for k in ("type", "stored")} for e in logs if e["event"] == "xds_policy_type_not_supported"
     ]

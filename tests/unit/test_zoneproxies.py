@@ -295,12 +295,10 @@ async def test_a_bad_remote_ingress_is_skipped_and_later_changes_still_apply(zon
 
 
 async def _cross_zone_with(zone: Zone, service: str) -> Any:
-    for _ in range(200):
-        cross = zone.proxies.cross_zone("default")
-        if cross is not None and cross.remote.get(service):
-            return cross
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"service {service} never reached the cross-zone view: {zone.proxies.cross_zone('default')}")
+    await zone.idle()
+    cross = zone.proxies.cross_zone("default")
+    assert cross is not None and cross.remote.get(service), f"service {service} is not in the cross-zone view: {cross}"
+    return cross
 
 
 def insight(rtype: str, name: str, *, online: bool, version: int = 0) -> Resource:
