@@ -4,9 +4,10 @@ A targetRef policy type declares its ``PolicySupport`` in the registry. ``unsupp
 turns it into field errors for one document: a type that is not supported yet at all, fields
 its plugin does not apply yet (``PolicySupport.not_yet``), or a section (``to`` / ``from``) whose
 top-level targetRef only reaches proxies on which zonemesh does not apply that section of that
-type. The API and zmctl (through ``codec``), KDS on both
-sides, and the zone's reconciler (for documents stored before an upgrade) all ask this one
-function, so nothing is stored, synced or generated that would be silently ignored.
+type. ``codec.check_resource`` asks it, and everything that validates a resource goes through
+that: the API and zmctl, KDS on both sides (shared/kds/trust.py; global also before sending), and
+the zone's generation (zone_cp/xds/usable.py, for documents stored before an upgrade): nothing
+is stored, synced or generated that would be silently ignored.
 """
 
 from __future__ import annotations
