@@ -11,14 +11,14 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 from zonemesh.global_cp import insight
-from zonemesh.global_cp.kds_server import GlobalKds, upstream_types
+from zonemesh.global_cp.kds_server import GlobalKds
 from zonemesh.global_cp.zones import zone_enabled
 from zonemesh.shared.api.auth import require_admin
 from zonemesh.shared.api.context import MANAGER
 from zonemesh.shared.api.resources import read_document
 from zonemesh.shared.resources.codec import to_universal
 from zonemesh.shared.resources.model import ORIGIN_LABEL, ORIGIN_ZONE, ZONE_LABEL, Resource, ResourceKey, format_time
-from zonemesh.shared.resources.registry import REGISTRY
+from zonemesh.shared.resources.registry import REGISTRY, upstream_types
 from zonemesh.shared.resources.schema import FieldError, ValidationError
 from zonemesh.shared.store import ListFilter, NotFound
 from zonemesh.shared.tokens.zone import check_scope, issue_requested

@@ -48,6 +48,7 @@ from zonemesh.shared.kds.trust import (
     rejection,
     wire_key,
 )
+from zonemesh.shared.resources.codec import check_resource
 from zonemesh.shared.resources.model import (
     DISPLAY_NAME_LABEL,
     ORIGIN_GLOBAL,
@@ -57,8 +58,16 @@ from zonemesh.shared.resources.model import (
     Resource,
     ResourceKey,
 )
-from zonemesh.shared.resources.registry import REGISTRY, ResourceType, Scope, Sync, UnknownType
-from zonemesh.shared.resources.schema import Name, ValidationError, validate
+from zonemesh.shared.resources.registry import (
+    REGISTRY,
+    ResourceType,
+    Scope,
+    Sync,
+    UnknownType,
+    downstream_types,
+    upstream_types,
+)
+from zonemesh.shared.resources.schema import Errors, Name, ValidationError, validate
 from zonemesh.shared.store import EventKind, ListFilter, Store
 from zonemesh.shared.tls import server_material
 from zonemesh.shared.tokens.tokens import LEEWAY_SECONDS, InvalidToken
@@ -75,21 +84,20 @@ KDS_TLS_NAME = "kds-tls"
 ZONE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
-def downstream_types() -> list[str]:
-    """Types global sends to zones: global→zones types, plus zone types synced across zones."""
-    return [t.name for t in REGISTRY if t.synced_down or t.sync & Sync.ACROSS_ZONES]
-
-
-def upstream_types() -> list[str]:
-    return [t.name for t in REGISTRY if t.synced_up]
-
-
 def select_downstream(res: Resource) -> Resource | None:
     rtype = REGISTRY.get(res.type)
     if res.labels.get(ORIGIN_LABEL) == ORIGIN_ZONE:
         return res if rtype.sync & Sync.ACROSS_ZONES else None
     if not rtype.synced_down:
         return None
+    if rtype.policy:
+        problems = Errors()
+        check_resource(res, problems, names=False)
+        if problems:
+            # Refused by this version (stored before an upgrade made it stricter): never synced.
+            errors = "; ".join(f"{e.field}: {e.reason}" for e in problems)
+            log.warning("kds_policy_not_synced", policy=str(res.key), errors=errors)
+            return None
     if res.labels.get(ORIGIN_LABEL) != ORIGIN_GLOBAL:
         res = dataclasses.replace(res, labels={**res.labels, ORIGIN_LABEL: ORIGIN_GLOBAL})  # shallow: labels only
     return res

@@ -60,7 +60,7 @@ def types_table() -> str:
 
 def kds_sync_table() -> str:
     """What KDS carries, from the same helpers the KDS server and client use."""
-    from zonemesh.global_cp.kds_server import downstream_types, upstream_types
+    from zonemesh.shared.resources.registry import downstream_types, upstream_types
 
     down, up = set(downstream_types()), set(upstream_types())
     rows = [
@@ -81,8 +81,33 @@ def kds_sync_table() -> str:
     return "\n".join(rows)
 
 
+def _sections(sections: tuple[str, ...]) -> str:
+    return ", ".join(f"`{s}`" for s in sections) or "—"
+
+
+def policy_support_table() -> str:
+    """Where zonemesh applies each targetRef policy type (PolicySupport in the registry)."""
+    rows = [
+        "| policy | on sidecars | on builtin gateways | details |",
+        "|---|---|---|---|",
+    ]
+    for rtype in sorted(REGISTRY.policies(), key=lambda t: t.name):
+        support = rtype.support
+        assert support is not None  # the registry refuses a policy type without one
+        if not support.supported:
+            rows.append(f"| {rtype.name} | **not supported yet**: refused | **not supported yet**: refused | |")
+            continue
+        anchor = rtype.name.lower()
+        rows.append(
+            f"| {rtype.name} | {_sections(support.sidecar)} | {_sections(support.gateway)} "
+            f"| [policies.md](policies.md#{anchor}) |"
+        )
+    return "\n".join(rows)
+
+
 BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "types": ("resources.md", types_table),
+    "policy-support": ("resources.md", policy_support_table),
     "kds-sync": ("kds.md", kds_sync_table),
 }
 

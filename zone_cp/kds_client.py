@@ -53,7 +53,14 @@ from zonemesh.shared.kds.trust import (
     wire_key,
 )
 from zonemesh.shared.resources.model import ORIGIN_GLOBAL, ORIGIN_LABEL, ORIGIN_ZONE, ZONE_LABEL, Resource, ResourceKey
-from zonemesh.shared.resources.registry import REGISTRY, ResourceType, Sync, UnknownType
+from zonemesh.shared.resources.registry import (
+    REGISTRY,
+    ResourceType,
+    Sync,
+    UnknownType,
+    downstream_types,
+    upstream_types,
+)
 from zonemesh.shared.store import Store
 from zonemesh.shared.tls import HOST_NAME_MISMATCH, first_dns_name, system_ca_file, verification_failure
 
@@ -65,14 +72,6 @@ FEATURES = ["zone-token", "zone-ping-health", "resume-by-hash"]
 BACKOFF_BASE = 0.2
 BACKOFF_MAX = 5.0
 TOKEN_CHECK_INTERVAL = 1.0
-
-
-def downstream_types() -> list[str]:
-    return [t.name for t in REGISTRY if t.synced_down or t.sync & Sync.ACROSS_ZONES]
-
-
-def upstream_types() -> list[str]:
-    return [t.name for t in REGISTRY if t.synced_up]
 
 
 def backoff(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_MAX) -> float:

@@ -47,6 +47,7 @@ from zonemesh.shared.resources.model import Resource, format_time, now
 from zonemesh.shared.resources.registry import REGISTRY
 from zonemesh.shared.resources.schema import FieldError, ValidationError
 from zonemesh.shared.store import AlreadyExists, Conflict, NotFound, Store
+from zonemesh.shared.store.base import Watch
 from zonemesh.shared.tokens import dataplane as dptokens
 from zonemesh.shared.tokens.tokens import LEEWAY_SECONDS, InvalidToken, TokenValidator
 from zonemesh.shared.tokens.zone import (
@@ -70,10 +71,19 @@ from zonemesh.zone_cp.admission import (
 from zonemesh.zone_cp.ingress import is_local
 from zonemesh.zone_cp.xds import usable
 from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotCache
-from zonemesh.zone_cp.xds.context import CertProvider, MeshContext, WorkloadCert
+from zonemesh.zone_cp.xds.context import (
+    DATAPLANE,
+    EXTERNAL_SERVICE,
+    MESH,
+    SECRET,
+    CertProvider,
+    MeshContext,
+    WorkloadCert,
+)
 from zonemesh.zone_cp.xds.crosszone import EGRESS_SERVICE, CrossZone, ZoneContext, online, resolve_hosts
 from zonemesh.zone_cp.xds.generators import egress as egress_generator
 from zonemesh.zone_cp.xds.generators import ingress as ingress_generator
+from zonemesh.zone_cp.xds.policies import EGRESS_TYPES
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity, ProxyType, parse_zone_proxy_node_id, zone_proxy_key
 from zonemesh.zone_cp.xds.resources import ResourceSet
 from zonemesh.zone_cp.xds.server import Admission, AdsServicer, StreamInfo
@@ -82,17 +92,11 @@ log = structlog.get_logger(__name__)
 
 RESOURCE_TYPES = {ProxyType.INGRESS.value: "ZoneIngress", ProxyType.EGRESS.value: "ZoneEgress"}
 INSIGHT_TYPES = {ProxyType.INGRESS.value: "ZoneIngressInsight", ProxyType.EGRESS.value: "ZoneEgressInsight"}
-WATCHED = (
-    "Mesh",
-    "Dataplane",
-    "ExternalService",
-    "ZoneIngress",
-    "ZoneEgress",
-    "ZoneIngressInsight",
-    "ZoneEgressInsight",
-    "MeshTrafficPermission",
-    "Secret",  # ExternalService certificates and keys the egress presents (secret: references)
-)
+# What zone proxies are generated from: the meshes and their workloads, the zone proxies, the
+# Secrets ExternalService TLS refers to (the egress presents them), and the policies with an
+# egress hook (policies/: MeshTrafficPermission checks ExternalService callers).
+INPUTS = (MESH, DATAPLANE, EXTERNAL_SERVICE, SECRET, *RESOURCE_TYPES.values(), *INSIGHT_TYPES.values())
+WATCHED = (*INPUTS, *EGRESS_TYPES)
 MAX_SUBSCRIPTIONS = 5  # older streams of a zone proxy are dropped from its insight
 
 
@@ -450,6 +454,9 @@ class ZoneProxyReconciler:
         self._resolved: dict[str, tuple[list[str], float]] = {}  # host -> (addresses, when looked up)
         self._wake = asyncio.Event()
         self._usable = usable.UsableFilter()
+        self._watch_queue: asyncio.Queue[Any] | None = None  # the store watch's, while running
+        self._rounding = False
+        self._progress = asyncio.Event()  # set when a round ended (idle())
         self.rounds = 0
 
     def cross_zone(self, mesh: str) -> CrossZone | None:
@@ -522,9 +529,9 @@ class ZoneProxyReconciler:
         contexts: dict[str, MeshContext] = {}
         if self._connected or with_dataplanes:
             dataplanes = await self._all("Dataplane")
-            # The egress checks MeshTrafficPermissions for ExternalServices, and reads the Secrets
-            # their TLS settings refer to.
-            context_types = [*await self._all("MeshTrafficPermission"), *await self._all("Secret")]
+            # The egress runs the egress hooks of policies (MeshTrafficPermission for ExternalServices),
+            # and reads the Secrets their TLS settings refer to.
+            context_types = [r for t in (*EGRESS_TYPES, SECRET) for r in await self._all(t)]
             for mesh in meshes:
                 contexts[mesh.name] = MeshContext.build(
                     mesh,
@@ -585,36 +592,58 @@ class ZoneProxyReconciler:
             self.cache.set_snapshot(zone_proxy_key(proxy_type, name), Snapshot.from_resources(resources))
         log.debug("zone_proxies_reconciled", proxies=len(self._connected), seconds=time.monotonic() - started)
 
-    async def _watch(self) -> None:
-        async with self.store.watch(WATCHED) as watch:
+    async def idle(self) -> None:
+        """Return once every change seen so far (store events received, zone proxies that
+        connected) has been generated and pushed, and the dataplane side told of cross-zone
+        changes (await its own ``idle()`` next). Same caveat as ``Reconciler.idle``."""
+        while self._busy():
+            self._progress.clear()
+            await self._progress.wait()
+
+    def _busy(self) -> bool:
+        queued = self._watch_queue is not None and not self._watch_queue.empty()
+        return queued or self._wake.is_set() or self._rounding
+
+    async def _watch(self, watch: Watch) -> None:
+        async with watch:
             async for _ in watch:
                 self._wake.set()
 
     async def _loop(self) -> None:
         while True:
             # Also every dns_ttl without changes: ExternalService addresses may have moved.
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.dns_ttl)
+                async with asyncio.timeout(self.dns_ttl):
+                    await self._wake.wait()
             await asyncio.sleep(self.quiet)
             self._wake.clear()
+            self._rounding = True  # with the clear, before any await: idle() sees no gap
             try:
                 await self.reconcile()
             except Exception:
                 log.exception("zone_proxy_reconcile_failed")
+            finally:
+                self._rounding = False
+                self._progress.set()
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[ZoneProxyReconciler]:
+        watch = self.store.watch(WATCHED)
+        self._watch_queue = watch.queue
         tasks = [
-            asyncio.create_task(self._watch(), name="zone-proxies-watch"),
+            asyncio.create_task(self._watch(watch), name="zone-proxies-watch"),
             asyncio.create_task(self._loop(), name="zone-proxies"),
         ]
-        await self.context()  # the cross-zone view is there before the first dataplane is generated
         try:
+            await self.context()  # the cross-zone view is there before the first dataplane is generated
             yield self
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            watch.close()
+            self._watch_queue = None
 
 
 def config_routes(reconciler: Callable[[], ZoneProxyReconciler | None]) -> list[web.RouteDef]:

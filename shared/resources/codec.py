@@ -4,7 +4,9 @@ A universal document is flat: ``type``, ``name``, ``mesh`` (mesh-scoped types on
 ``labels``, then either the spec fields (Mesh, Dataplane, ...) or a ``spec:`` key
 (targetRef policies). Read-only metadata (creation/modification time, version) is
 emitted on output and accepted back on input, so that ``zmctl get -o yaml`` output can be
-re-applied; ``version`` then acts as an optimistic-concurrency precondition.
+re-applied; ``version`` then acts as an optimistic-concurrency precondition. What Kuma's output
+carries and zonemesh does not keep (``kri``; a policy's ``status``) is accepted and dropped, so
+that Kuma's ``get -o yaml`` output applies too.
 """
 
 from __future__ import annotations
@@ -23,8 +25,13 @@ from zonemesh.shared.resources.schema import (
     Str,
     ValidationError,
 )
+from zonemesh.shared.resources.support import type_not_supported, unsupported
+from zonemesh.shared.resources.types.targetref import resource_checks
 
-META_FIELDS = ("type", "name", "mesh", "labels", "creationTime", "modificationTime", "version")
+META_FIELDS = ("type", "name", "mesh", "labels", "creationTime", "modificationTime", "version", "kri")
+# Read-only parts of Kuma's output of a targetRef policy, accepted and dropped (zonemesh
+# computes no policy status).
+POLICY_OUTPUT_FIELDS = ("status",)
 _LABELS = Map(Str(max_len=4096), key=Str(min_len=1, max_len=317))
 _VERSION = Int(min=0)
 
@@ -47,17 +54,24 @@ def to_universal(res: Resource) -> dict[str, Any]:
     return doc
 
 
-def check_resource(res: Resource, errors: Errors, *, names: bool = True) -> None:
+def check_resource(res: Resource, errors: Errors, *, names: bool = True, support: bool = True) -> None:
     """Add to ``errors`` every reason ``res`` may not be stored, whatever brought it: an API or
     zmctl document (``from_universal``), a KDS upload at global, a KDS download at a zone, a
     document read back from the store before generation uses it.
 
     Checks the name rule (``names``; ``from_universal`` checks names itself, as they may come
     from the URL), that only mesh-scoped types have a mesh, the labels, the type's schema and
-    then its semantic checks. Not the store-dependent rules (does the mesh exist): see
-    ``ResourceManager`` and the KDS upload path. Raises UnknownType for a type not in the registry.
+    then its semantic checks; for targetRef policies the targetRef rules that need the whole
+    policy and (``support``) what zonemesh does not apply yet (``support.py``: a type not
+    supported yet is then the only error). Not the store-dependent rules (does the mesh exist):
+    see ``ResourceManager`` and the KDS upload path. Raises UnknownType for a type not in the
+    registry.
     """
     rtype = REGISTRY.get(res.type)
+    not_yet = type_not_supported(rtype) if support else []
+    if not_yet:
+        errors.extend(not_yet)  # nothing else matters: it could not be applied whatever it says
+        return
     if names:
         Name.check(res.name, "name", errors)
         if rtype.scope is Scope.MESH:
@@ -68,6 +82,10 @@ def check_resource(res: Resource, errors: Errors, *, names: bool = True) -> None
     rtype.spec.check(res.spec, "spec" if rtype.wrapped else "", errors)
     if not errors and rtype.semantic is not None:
         errors.extend(rtype.semantic(res))
+    if not errors and rtype.policy:
+        errors.extend(resource_checks(res.mesh, res.spec))
+    if not errors and support:
+        errors.extend(unsupported(res))
 
 
 def validate_resource(res: Resource) -> None:
@@ -85,13 +103,33 @@ def from_universal(
     mesh: str | None = None,
     name: str | None = None,
 ) -> tuple[Resource, int | None]:
-    """Parse and validate one document. Returns the resource and the version it was read
-    at (None when the document carries no version). Raises ValidationError listing every
-    problem found.
+    """Parse and validate one document entering zonemesh (API, zmctl, registration). Returns the
+    resource and the version it was read at (None when the document carries no version). Raises
+    ValidationError listing every problem found, including what zonemesh does not apply yet
+    (support.py: a type not supported yet is the only error reported for its documents).
 
     ``expected_type``/``mesh``/``name`` come from the REST path; when the document states
     them too, they must agree.
     """
+    return _parse(doc, expected_type, mesh, name, support=True)
+
+
+def parse_universal(
+    doc: Any,
+    *,
+    expected_type: ResourceType | None = None,
+    mesh: str | None = None,
+    name: str | None = None,
+) -> tuple[Resource, int | None]:
+    """``from_universal`` without the refusals of ``support.py`` (a type not supported yet, a
+    section applied on none of the proxies its targetRef selects): for tests of the schemas of
+    types zonemesh does not apply yet. Fields zonemesh cannot apply are still refused."""
+    return _parse(doc, expected_type, mesh, name, support=False)
+
+
+def _parse(
+    doc: Any, expected_type: ResourceType | None, mesh: str | None, name: str | None, *, support: bool
+) -> tuple[Resource, int | None]:
     errors = Errors()
     if not isinstance(doc, dict):
         raise ValidationError([FieldError("<root>", "must be an object (a YAML mapping)")])
@@ -113,6 +151,10 @@ def from_universal(
             errors.add("type", f"unknown resource type {type_name!r} (known: {known})")
     if rtype is None:
         raise ValidationError(errors)
+    not_yet = type_not_supported(rtype) if support else []
+    if not_yet:
+        # Nothing else in the document matters: it could not be applied whatever it says.
+        raise ValidationError(not_yet, title=f"{rtype.name} is not supported yet by zonemesh")
 
     res_name = _meta_str(doc, "name", name, errors)
     res_mesh = ""
@@ -132,7 +174,7 @@ def from_universal(
     spec: Any
     if rtype.wrapped:
         for key in doc:
-            if key not in (*META_FIELDS, "spec"):
+            if key not in (*META_FIELDS, *POLICY_OUTPUT_FIELDS, "spec"):
                 errors.add(key, "unknown field")
         spec = doc.get("spec")
         if spec is None:
@@ -144,7 +186,7 @@ def from_universal(
     res = Resource(type=rtype.name, name=res_name, mesh=res_mesh, spec=spec, labels=labels)
     if isinstance(spec, dict):
         # The name and mesh were checked above, with the document's own messages (URL vs body).
-        check_resource(res, errors, names=False)
+        check_resource(res, errors, names=False, support=support)
     else:
         errors.add("spec", "must be an object")
         _LABELS.check(labels, "labels", errors)

@@ -3,6 +3,11 @@
 Each type is a frozen `ResourceType`: its scope, its KDS sync direction, the schema of its
 spec, and its REST path. The HTTP API, zmctl, the stores and KDS all read this registry;
 nothing else keeps a list of types.
+
+A targetRef policy type also says how far zonemesh applies it (``PolicySupport``): which
+module of ``zone_cp/xds/policies/`` holds its plugin, and on which proxies each of its sections
+takes effect. What a type's support does not cover is refused ("not supported yet") wherever a
+document enters (API, zmctl, KDS), never stored and ignored: see ``support.py``.
 """
 
 from __future__ import annotations
@@ -42,6 +47,46 @@ ZoneRefs = Callable[["Resource"], list[tuple[str, str]]]
 MeshCheck = Callable[["Resource", "Resource | None"], list[FieldError]]
 
 
+SIDECAR, GATEWAY = "Sidecar", "Gateway"  # Kuma's proxyTypes
+SECTIONS = ("to", "from")  # the sections of a targetRef policy that configure proxies
+
+
+@dataclass(frozen=True)
+class PolicySupport:
+    """How far zonemesh applies a targetRef policy type.
+
+    ``plugin`` names the module of ``zonemesh.zone_cp.xds.policies`` that applies it (its
+    ``PLUGIN``); None marks the type *not supported yet*: every document of it is refused.
+    ``sidecar`` / ``gateway`` list the sections (``to``, ``from``) that take effect on sidecars
+    (and delegated gateways) / on builtin gateways. A document whose section reaches none of the
+    proxies that section takes effect on (e.g. MeshFaultInjection ``from``, which only sidecars
+    read, while zonemesh applies it on gateways only) is refused as not supported yet.
+    """
+
+    plugin: str | None
+    sidecar: tuple[str, ...] = SECTIONS
+    gateway: tuple[str, ...] = SECTIONS
+    # Fields of the type's schema (Kuma's) that its plugin does not apply yet: each error says
+    # "not supported yet". A plugin that starts applying one removes it from here.
+    not_yet: SemanticCheck | None = None
+
+    def __post_init__(self) -> None:
+        unknown = {*self.sidecar, *self.gateway} - set(SECTIONS)
+        if unknown:
+            raise ValueError(f"unknown policy sections {sorted(unknown)}; known: {', '.join(SECTIONS)}")
+        narrowed = self.sidecar != SECTIONS or self.gateway != SECTIONS or self.not_yet is not None
+        if self.plugin is None and narrowed:
+            raise ValueError("a type that is not supported yet has nothing to narrow")
+
+    @property
+    def supported(self) -> bool:
+        return self.plugin is not None
+
+
+# Explicitly: zonemesh validates and refuses this type (its plugin does not exist yet).
+NOT_SUPPORTED_YET = PolicySupport(plugin=None)
+
+
 @dataclass(frozen=True)
 class ResourceType:
     name: str  # "MeshTimeout": the `type` field of the document
@@ -59,6 +104,7 @@ class ResourceType:
     zone_refs: ZoneRefs | None = None  # zone-provided types whose content names a zone
     rest_path: str | None = None  # overrides the path segment when Kuma's differs from `plural`
     mesh_check: MeshCheck | None = None
+    support: PolicySupport | None = None  # targetRef policies only: see PolicySupport
 
     @property
     def path(self) -> str:
@@ -93,6 +139,14 @@ class Registry:
             raise ValueError(f"resource type {rtype.name} registered twice")
         if rtype.sync & Sync.ACROSS_ZONES and not rtype.sync & Sync.ZONE_TO_GLOBAL:
             raise ValueError(f"{rtype.name}: a type synced across zones must be provided by a zone")
+        if rtype.policy and rtype.support is None:
+            # No silent acceptance: a policy type either has a plugin applying it or is refused.
+            raise ValueError(
+                f"{rtype.name} is a targetRef policy without support: give it "
+                "support=PolicySupport(plugin=<module of zone_cp/xds/policies>) or support=NOT_SUPPORTED_YET"
+            )
+        if not rtype.policy and rtype.support is not None:
+            raise ValueError(f"{rtype.name}: only targetRef policies have a PolicySupport")
         names = {rtype.name.lower(), rtype.plural, rtype.path, *rtype.aliases}
         if rtype.short_name:
             names.add(rtype.short_name)
@@ -139,9 +193,27 @@ class Registry:
     def mesh_scoped(self) -> list[ResourceType]:
         return self.filter(lambda t: t.scope is Scope.MESH)
 
+    def downstream(self) -> list[ResourceType]:
+        """Types global sends to zones: global→zones types, plus zone types synced across zones."""
+        return self.filter(lambda t: t.synced_down or bool(t.sync & Sync.ACROSS_ZONES))
+
+    def upstream(self) -> list[ResourceType]:
+        """Types zones upload to global."""
+        return self.filter(lambda t: t.synced_up)
+
 
 REGISTRY = Registry()
 
 
 def register(rtype: ResourceType) -> ResourceType:
     return REGISTRY.register(rtype)
+
+
+def downstream_types() -> list[str]:
+    """What KDS carries from global to zones (both sides read this)."""
+    return [t.name for t in REGISTRY.downstream()]
+
+
+def upstream_types() -> list[str]:
+    """What KDS carries from zones to global (both sides read this)."""
+    return [t.name for t in REGISTRY.upstream()]

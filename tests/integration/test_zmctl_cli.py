@@ -151,9 +151,13 @@ def test_apply_creates_then_updates_and_delete_removes(zmctl: ZmctlRunner, tmp_p
             "spec.to[0].default.connectionTimeout",
             "duration",
         ),
-        ("{to: [{targetRef: {kind: Mesh}, default: {connectionTimeout: 5s}}]}", "spec.targetRef", "must be defined"),
+        (
+            "{targetRef: {kind: MeshExternalService, name: x}, to: [{targetRef: {kind: Mesh}, default: {}}]}",
+            "spec.targetRef.kind",
+            "targetRef kind MeshExternalService is not supported yet by zonemesh",
+        ),
     ],
-    ids=["unknown-field", "wrong-type", "missing-targetRef"],
+    ids=["unknown-field", "wrong-type", "kind-not-supported-yet"],
 )
 def test_invalid_apply_names_the_field(zmctl: ZmctlRunner, spec: str, field: str, reason: str) -> None:
     doc = f"type: MeshTimeout\nname: invalid-one\nmesh: default\nspec: {spec}\n"

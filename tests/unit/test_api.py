@@ -127,7 +127,11 @@ async def test_create_update_and_stale_version(api: TestClient[web.Request, web.
     ("doc_change", "field", "reason"),
     [
         ({"color": "blue"}, "color", "unknown field"),
-        ({"spec": {"to": [{"targetRef": {"kind": "Mesh"}, "default": {}}]}}, "spec.targetRef", "must be defined"),
+        (
+            {"spec": {"targetRef": {}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {}}]}},
+            "spec.targetRef.kind",
+            "must be defined",
+        ),
         (
             {"spec": {**TIMEOUT["spec"], "to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": 5}}]}},
             "spec.to[0].default.connectionTimeout",
@@ -309,3 +313,130 @@ async def test_zone_refuses_writes_to_types_synced_from_global() -> None:
 async def test_system_types_are_read_only(api: TestClient[web.Request, web.Application]) -> None:
     resp = await api.put("/zone-insights/z1", json={"type": "ZoneInsight", "name": "z1"})
     assert resp.status == 405
+
+
+# -- what zonemesh does not apply yet is refused, never stored and ignored ----------------------------
+
+NOT_SUPPORTED_YET = [
+    {
+        "type": "MeshAccessLog",
+        "mesh": "default",
+        "name": "log-all",
+        "spec": {
+            "targetRef": {"kind": "Mesh"},
+            "from": [{"targetRef": {"kind": "Mesh"}, "default": {"backends": [{"file": {"path": "/dev/stdout"}}]}}],
+        },
+    },
+    # Kuma's canonical MeshHTTPRoute: /v2 of backend goes to its v2 instances.
+    {
+        "type": "MeshHTTPRoute",
+        "mesh": "default",
+        "name": "backend-v2",
+        "spec": {
+            "targetRef": {"kind": "Mesh"},
+            "to": [
+                {
+                    "targetRef": {"kind": "MeshService", "name": "backend"},
+                    "rules": [
+                        {
+                            "matches": [{"path": {"type": "PathPrefix", "value": "/v2"}}],
+                            "default": {
+                                "backendRefs": [
+                                    {"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v2"}}
+                                ]
+                            },
+                        }
+                    ],
+                }
+            ],
+        },
+    },
+    {
+        "type": "MeshTCPRoute",
+        "mesh": "default",
+        "name": "db-split",
+        "spec": {
+            "targetRef": {"kind": "Mesh"},
+            "to": [
+                {
+                    "targetRef": {"kind": "MeshService", "name": "db"},
+                    "rules": [{"default": {"backendRefs": [{"kind": "MeshService", "name": "db-v2", "weight": 1}]}}],
+                }
+            ],
+        },
+    },
+]
+
+
+@pytest.mark.parametrize("doc", NOT_SUPPORTED_YET, ids=[d["type"] for d in NOT_SUPPORTED_YET])
+async def test_types_not_supported_yet_are_refused_and_nothing_is_stored(
+    api: TestClient[web.Request, web.Application], doc: dict[str, Any]
+) -> None:
+    path = f"/meshes/default/{doc['type'].lower()}s/{doc['name']}"
+    resp = await api.put(path, json=doc)
+    assert resp.status == 400
+    body = await resp.json()
+    assert body["title"] == f"{doc['type']} is not supported yet by zonemesh"
+    reason = f"{doc['type']} is not supported yet by zonemesh: it would be stored but never applied to a proxy"
+    assert body["invalid_parameters"] == [{"field": "type", "reason": reason}]
+    assert (await api.get(path)).status == 404
+    assert (await (await api.get(f"/meshes/default/{doc['type'].lower()}s")).json())["total"] == 0
+
+
+FAULT = {
+    "type": "MeshFaultInjection",
+    "mesh": "default",
+    "name": "faults",
+    "spec": {
+        "to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": [{"abort": {"httpStatus": 503, "percentage": 5}}]}}]
+    },
+}
+
+
+async def test_fault_injection_on_sidecars_is_refused_on_gateways_applied(
+    api: TestClient[web.Request, web.Application],
+) -> None:
+    path = "/meshes/default/meshfaultinjections/faults"
+    sidecars = {**FAULT, "spec": {"targetRef": {"kind": "MeshService", "name": "backend"}, "from": FAULT["spec"]["to"]}}
+    resp = await api.put(path, json=sidecars)
+    assert resp.status == 400
+    [problem] = (await resp.json())["invalid_parameters"]
+    assert problem["field"] == "spec.from"
+    assert problem["reason"].startswith("MeshFaultInjection `from` is not supported yet on sidecars")
+    assert (await api.get(path)).status == 404
+    gateway = {**FAULT, "spec": {"targetRef": {"kind": "MeshGateway", "name": "edge"}, **FAULT["spec"]}}
+    assert (await api.put(path, json=gateway)).status == 201
+
+
+async def test_kuma_output_applies_as_is(api: TestClient[web.Request, web.Application]) -> None:
+    """What Kuma 2.14's `kumactl get meshtimeout -o yaml` prints: kri, times, Kuma's labels, a
+    status block; accepted, the read-only parts dropped."""
+    kuma_output = """
+type: MeshTimeout
+mesh: default
+name: timeout-on-backend
+creationTime: "2025-11-04T10:00:00Z"
+modificationTime: "2025-11-04T10:00:00Z"
+kri: kri_mt_default___timeout-on-backend_
+labels:
+  kuma.io/mesh: default
+  kuma.io/origin: global
+  kuma.io/env: universal
+  kuma.io/policy-role: system
+status: {}
+spec:
+  targetRef:
+    kind: Dataplane
+    labels:
+      app: backend
+  from:
+    - targetRef:
+        kind: Mesh
+      default:
+        idleTimeout: 20s
+"""
+    resp = await api.put("/meshes/default/meshtimeouts/timeout-on-backend", data=kuma_output)
+    assert resp.status == 201, await resp.text()
+    stored = await (await api.get("/meshes/default/meshtimeouts/timeout-on-backend")).json()
+    assert "kri" not in stored and "status" not in stored
+    assert stored["spec"]["targetRef"] == {"kind": "Dataplane", "labels": {"app": "backend"}}

@@ -10,7 +10,6 @@ ingresses as KDS delivers them) and generated for web-1, ingress-1 and egress-1 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +30,10 @@ from zonemesh.zone_cp.xds.generators import generate
 from zonemesh.zone_cp.xds.generators import ingress as ingress_gen
 from zonemesh.zone_cp.xds.policies import meshtrafficpermission
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER, SECRET, ResourceSet
-from zonemesh.zone_cp.xds.testing import TestCA, load_resources, yaml_dump
+from zonemesh.zone_cp.xds.testing import TestCA, assert_golden, load_resources, yaml_dump
 
 TESTDATA = Path(__file__).parent / "testdata" / "crosszone"
 CASES = sorted(p.name.removesuffix(".input.yaml") for p in TESTDATA.glob("*.input.yaml"))
-UPDATE = os.environ.get("UPDATE_GOLDEN_FILES", "").lower() in ("1", "true", "yes")
 ZONE = "zone-1"
 RESOLVED = {"httpbin.example": ["203.0.113.7"]}
 
@@ -84,12 +82,7 @@ async def test_golden(case: str) -> None:
             "egress-1": render(egress_gen.generate(zctx, proxies["egress-1"])),
         }
     )
-    golden = TESTDATA / f"{case}.golden.yaml"
-    if UPDATE or not golden.exists():
-        golden.write_text(rendered)
-        if not UPDATE:
-            pytest.fail(f"{golden.name} did not exist and was written: review it, then run again")
-    assert rendered == golden.read_text(), f"generated config differs from {golden.name} (UPDATE_GOLDEN_FILES=true)"
+    assert_golden(TESTDATA / f"{case}.golden.yaml", rendered)
 
 
 def _groups(resources: ResourceSet, name: str) -> list[tuple[int, str, list[tuple[str, int, int]]]]:

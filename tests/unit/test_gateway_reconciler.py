@@ -76,9 +76,11 @@ def docs(text: str) -> list[Resource]:
 class Zone:
     manager: ResourceManager
     cache: RecordingCache
+    reconciler: Reconciler
 
-    async def settle(self, pushes: int) -> list[str]:
-        return sorted(set(await self.cache.settle(pushes)))
+    async def settle(self) -> list[str]:
+        """The proxies pushed to since the last call, once the reconciler has pushed every change."""
+        return sorted(set(await self.cache.settle(self.reconciler)))
 
     def routes(self, node: str) -> route_pb2.RouteConfiguration:
         snapshot = self.cache.snapshot(node)
@@ -98,11 +100,11 @@ async def zone() -> AsyncIterator[Zone]:
     async with Reconciler(store, cache, None, debounce=0.05, max_delay=0.2) as reconciler:
         for info in stream_infos("gw-1", "b-1", "kong-1"):
             await reconciler.on_stream_open(info)
-        yield Zone(manager, cache)
+        yield Zone(manager, cache, reconciler)
 
 
 async def test_gateway_config_follows_gateway_routes_and_backends(zone: Zone) -> None:
-    assert await zone.settle(3) == ["default/b-1", "default/gw-1", "default/kong-1"]
+    assert await zone.settle() == ["default/b-1", "default/gw-1", "default/kong-1"]
     gateway = zone.cache.snapshot("default/gw-1")
     assert gateway is not None and not gateway.types[LISTENER].resources  # no MeshGateway yet
     delegated = zone.cache.snapshot("default/kong-1")
@@ -110,23 +112,23 @@ async def test_gateway_config_follows_gateway_routes_and_backends(zone: Zone) ->
 
     for res in docs(GATEWAY):
         await zone.manager.apply(res)
-    assert await zone.settle(1) == ["default/gw-1"]  # only the builtin gateway
+    assert await zone.settle() == ["default/gw-1"]  # only the builtin gateway
     gateway = zone.cache.snapshot("default/gw-1")
     assert gateway is not None and list(gateway.types[LISTENER].resources) == ["edge:HTTP:8080"]
 
     for res in docs(route("/api")):
         await zone.manager.apply(res)
-    assert await zone.settle(1) == ["default/gw-1"]
+    assert await zone.settle() == ["default/gw-1"]
     assert zone.routes("default/gw-1").virtual_hosts[0].routes[0].match.path_separated_prefix == "/api"
 
     for res in docs(route("/v2")):  # a route change: a new snapshot, same listener
         await zone.manager.apply(res)
-    assert await zone.settle(1) == ["default/gw-1"]
+    assert await zone.settle() == ["default/gw-1"]
     assert zone.routes("default/gw-1").virtual_hosts[0].routes[0].match.path_separated_prefix == "/v2"
 
     # A backend instance appearing regenerates the gateway (its endpoints changed) and the delegated consumer.
     await zone.manager.apply(docs(SETUP.split("---")[2].replace("b-1", "b-2").replace("port: 8080", "port: 8081"))[0])
-    assert await zone.settle(2) == ["default/gw-1", "default/kong-1"]
+    assert await zone.settle() == ["default/gw-1", "default/kong-1"]
 
     policy = docs(
         """
@@ -139,7 +141,7 @@ spec:
 """
     )[0]
     await zone.manager.apply(policy)
-    assert await zone.settle(1) == ["default/gw-1"]
+    assert await zone.settle() == ["default/gw-1"]
     assert zone.routes("default/gw-1").virtual_hosts[0].routes[0].route.timeout.seconds == 3
 
 

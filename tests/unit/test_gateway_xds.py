@@ -9,7 +9,6 @@ Golden cases: ``testdata/gateway/<case>.input.yaml`` plus the workloads of ``_ba
 from __future__ import annotations
 
 import base64
-import os
 from pathlib import Path
 
 import pytest
@@ -27,11 +26,10 @@ from zonemesh.zone_cp.xds.generators.gateway import (
     virtual_hosts,
 )
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
-from zonemesh.zone_cp.xds.testing import TestCA, mesh_context, self_signed_server_cert, yaml_dump
+from zonemesh.zone_cp.xds.testing import TestCA, assert_golden, mesh_context, self_signed_server_cert, yaml_dump
 
 TESTDATA = Path(__file__).parent / "testdata" / "gateway"
 CASES = sorted(p.name.removesuffix(".input.yaml") for p in TESTDATA.glob("*.input.yaml"))
-UPDATE = os.environ.get("UPDATE_GOLDEN_FILES", "").lower() in ("1", "true", "yes")
 
 
 def load(text: str) -> list[Resource]:
@@ -46,12 +44,7 @@ async def context_for(resources: list[Resource], ca: TestCA | None = None) -> Me
 async def test_golden(case: str) -> None:
     ctx = await context_for(load((TESTDATA / f"{case}.input.yaml").read_text()))
     rendered = yaml_dump(dump(generate(ctx, ctx.dataplanes["gateway-1"]), hide_certificates=True))
-    golden = TESTDATA / f"{case}.golden.yaml"
-    if UPDATE or not golden.exists():
-        golden.write_text(rendered)
-        if not UPDATE:
-            pytest.fail(f"{golden.name} did not exist and was written: review it, then run again")
-    assert rendered == golden.read_text(), f"generated config differs from {golden.name} (UPDATE_GOLDEN_FILES=true)"
+    assert_golden(TESTDATA / f"{case}.golden.yaml", rendered)
 
 
 # --- pieces --------------------------------------------------------------------------------------------

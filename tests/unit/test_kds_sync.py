@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import prometheus_client
 from kds_harness import eventually, running_global, running_zone
 from zonemesh.global_cp.kds_server import KdsServer
+from zonemesh.proto import kds_pb2
+from zonemesh.shared.config import Config
+from zonemesh.shared.kds.codec import to_wire
 from zonemesh.shared.kds.session import Outbox
 from zonemesh.shared.kds.snapshot import Snapshot
 from zonemesh.shared.resources.manager import Mode, ResourceManager
-from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.resources.model import ORIGIN_GLOBAL, ORIGIN_LABEL, Resource
 from zonemesh.shared.store import Store
 from zonemesh.shared.store.memory import MemoryStore
 from zonemesh.shared.tokens.zone import ZoneTokenIssuer
+from zonemesh.zone_cp.kds_client import KdsClient
 
 DAY = 24 * 3600
 
@@ -246,3 +251,70 @@ def _stat(insight: dict[str, Any], type: str, counter: str) -> int:
 def _metric(name: str, labels: dict[str, str]) -> float:
     value = prometheus_client.REGISTRY.get_sample_value(name, labels)
     return value or 0.0
+
+
+# -- policies zonemesh does not apply are never synced ------------------------------------------------
+
+ACCESS_LOG = Resource(
+    type="MeshAccessLog",
+    name="log-all",
+    mesh="default",
+    spec={
+        "targetRef": {"kind": "Mesh"},
+        "from": [{"targetRef": {"kind": "Mesh"}, "default": {"backends": [{"file": {"path": "/dev/stdout"}}]}}],
+    },
+)
+
+
+def fault(name: str, target: dict[str, Any], section: str) -> Resource:
+    conf = {"http": [{"abort": {"httpStatus": 503, "percentage": 5}}]}
+    spec = {"targetRef": target, section: [{"targetRef": {"kind": "Mesh"}, "default": conf}]}
+    return Resource(type="MeshFaultInjection", name=name, mesh="default", spec=spec)
+
+
+async def test_global_never_syncs_policies_it_refuses(tmp_path: Path) -> None:
+    global_store, zone_store = MemoryStore(), MemoryStore()
+    manager = ResourceManager(global_store, mode=Mode.GLOBAL)
+    await manager.ensure_default_mesh()
+    await manager.create(retry("r1"))
+    await manager.create(fault("gateway-faults", {"kind": "MeshGateway", "name": "edge"}, "to"))
+    # Stored before an upgrade made them "not supported yet" (the API refuses them now).
+    await global_store.create(ACCESS_LOG)
+    await global_store.create(fault("sidecar-faults", {"kind": "MeshService", "name": "backend"}, "from"))
+    async with running_global(tmp_path, global_store) as (kds, _):
+        token = await ZoneTokenIssuer(global_store).issue("zone-1", None, DAY)
+        async with running_zone(tmp_path, "zone-1", kds.port, token, zone_store):
+            assert kds.server is not None
+            await eventually(lambda: "zone-1" in kds.server.streams, what="zone-1 connected")  # type: ignore[union-attr]
+            outbox = _outbox(kds.server, "zone-1")
+            await eventually(lambda: outbox.synced.is_set(), what="global's outbox to zone-1 synced")
+            assert await names(zone_store, "MeshRetry", "default") >= {"r1"}
+            assert await names(zone_store, "MeshFaultInjection", "default") == {"gateway-faults"}
+            assert await names(zone_store, "MeshAccessLog", "default") == set()
+
+
+async def test_a_zone_refuses_per_item_what_it_would_not_apply(tmp_path: Path) -> None:
+    """What a global of another version may send: the zone stores the rest, refuses those (NACKed
+    by key with the reason), and applies deletions of them."""
+    store = MemoryStore()
+    token_file = tmp_path / "token"
+    token_file.write_text("unused")
+    config = Config(mode="zone", zone="zone-1", global_address="grpcs://127.0.0.1:1", zone_token_file=str(token_file))
+    client = KdsClient(config, store, "zone-1-test")
+    good = fault("gateway-faults", {"kind": "MeshGateway", "name": "edge"}, "to")
+    bad = fault("sidecar-faults", {"kind": "MeshService", "name": "backend"}, "from")
+    log = dataclasses.replace(ACCESS_LOG, labels={ORIGIN_LABEL: ORIGIN_GLOBAL})
+    for res in (good, bad):
+        res.labels = {ORIGIN_LABEL: ORIGIN_GLOBAL}  # as global sends them
+    changes = kds_pb2.Changes(type="MeshFaultInjection", upserts=[to_wire(good), to_wire(bad)])
+    [refused] = await client._apply_download(changes)
+    assert refused.key.name == "sidecar-faults"
+    assert refused.reason.startswith("spec.from: MeshFaultInjection `from` is not supported yet on sidecars")
+    assert await names(store, "MeshFaultInjection", "default") == {"gateway-faults"}
+    [refused] = await client._apply_download(kds_pb2.Changes(type="MeshAccessLog", upserts=[to_wire(log)]))
+    assert refused.reason.startswith("type: MeshAccessLog is not supported yet by zonemesh")
+    assert await names(store, "MeshAccessLog", "default") == set()
+    await store.create(log)  # synced before this zone was upgraded
+    removal = kds_pb2.ResourceKey(type="MeshAccessLog", mesh="default", name="log-all")
+    assert await client._apply_download(kds_pb2.Changes(type="MeshAccessLog", removals=[removal])) == []
+    assert await names(store, "MeshAccessLog", "default") == set()

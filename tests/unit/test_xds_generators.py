@@ -7,7 +7,6 @@ may override by name) is generated for the proxy ``web-1`` and compared with
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -19,11 +18,10 @@ from zonemesh.zone_cp.xds.generators import GenerationError, generate
 from zonemesh.zone_cp.xds.policies import meshtrafficpermission
 from zonemesh.zone_cp.xds.policies.matching import matched, to_conf
 from zonemesh.zone_cp.xds.resources import CLUSTER, LISTENER, SECRET
-from zonemesh.zone_cp.xds.testing import TestCA, load_resources, mesh_context, yaml_dump
+from zonemesh.zone_cp.xds.testing import TestCA, assert_golden, load_resources, mesh_context, yaml_dump
 
 TESTDATA = Path(__file__).parent / "testdata" / "xds"
 CASES = sorted(p.name.removesuffix(".input.yaml") for p in TESTDATA.glob("*.input.yaml"))
-UPDATE = os.environ.get("UPDATE_GOLDEN_FILES", "").lower() in ("1", "true", "yes")
 POLICY_TYPES = {"MeshTrafficPermission", "MeshTimeout", "MeshRetry", "MeshCircuitBreaker", "MeshHealthCheck"}
 
 
@@ -36,12 +34,7 @@ async def context_for(case_text: str, ca: TestCA | None = None) -> MeshContext:
 async def test_golden(case: str) -> None:
     ctx = await context_for((TESTDATA / f"{case}.input.yaml").read_text())
     rendered = yaml_dump(dump(generate(ctx, ctx.dataplanes["web-1"]), hide_certificates=True))
-    golden = TESTDATA / f"{case}.golden.yaml"
-    if UPDATE or not golden.exists():
-        golden.write_text(rendered)
-        if not UPDATE:
-            pytest.fail(f"{golden.name} did not exist and was written: review it, then run again")
-    assert rendered == golden.read_text(), f"generated config differs from {golden.name} (UPDATE_GOLDEN_FILES=true)"
+    assert_golden(TESTDATA / f"{case}.golden.yaml", rendered)
 
 
 async def test_generation_is_deterministic_and_shares_pieces() -> None:
@@ -97,7 +90,9 @@ async def test_precedence_mesh_subset_service_then_name() -> None:
         _policy("z-mesh", {"kind": "Mesh"}, [_to("Mesh", {"connectionTimeout": "1s", "idleTimeout": "1m"})]),
         _policy("a-service", {"kind": "MeshService", "name": "web"}, [_to("Mesh", {"connectionTimeout": "3s"})]),
         _policy(
-            "b-subset", {"kind": "MeshSubset", "tags": {"version": "v1"}}, [_to("Mesh", {"connectionTimeout": "2s"})]
+            "b-subset",
+            {"kind": "MeshSubset", "tags": {"version": "v1"}},
+            [_to("Mesh", {"connectionTimeout": "2s", "idleTimeout": "4m"})],
         ),
         _policy("a-subset", {"kind": "MeshSubset", "tags": {"version": "v1"}}, [_to("Mesh", {"idleTimeout": "5m"})]),
         _policy("other-service", {"kind": "MeshService", "name": "api"}, [_to("Mesh", {"connectionTimeout": "9s"})]),
@@ -109,8 +104,10 @@ async def test_precedence_mesh_subset_service_then_name() -> None:
     ctx = MeshContext.build(ctx.mesh, ctx.dataplanes.values(), policies)
     web = ctx.dataplanes["web-1"]
     found = matched(ctx, web, "MeshTimeout")
-    assert [p.name for p in found] == ["z-mesh", "a-subset", "b-subset", "a-service"]
-    # Merged in that order: the MeshService policy's connectionTimeout wins, the subset's idleTimeout stays.
+    # Least specific first; among equals the lexicographically smallest name last: it wins (Kuma).
+    assert [p.name for p in found] == ["z-mesh", "b-subset", "a-subset", "a-service"]
+    # Merged in that order: the MeshService policy's connectionTimeout wins, a-subset's idleTimeout
+    # beats b-subset's.
     assert to_conf(found, "backend") == {"connectionTimeout": "3s", "idleTimeout": "5m"}
 
 

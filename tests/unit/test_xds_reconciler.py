@@ -4,10 +4,13 @@ snapshot cache, and workload certificate rotation. Real memory store, real built
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+import structlog
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf import any_pb2
 from zonemesh.shared.ca import BuiltinCA
@@ -79,10 +82,22 @@ def test_a_dataplane_nobody_calls_affects_only_itself() -> None:
         ({"kind": "MeshSubset", "tags": {"version": "v1"}}, {"web-1"}),
         ({"kind": "MeshSubset", "tags": {"version": "v2"}}, set()),
         ({"kind": "Mesh", "proxyTypes": ["Gateway"]}, set()),
+        ({"kind": "MeshServiceSubset", "name": "web", "tags": {"version": "v1"}}, {"web-1"}),
+        ({"kind": "Dataplane", "name": "db-1"}, {"db-1"}),
+        ({"kind": "Dataplane"}, {"web-1", "backend-1", "backend-2", "db-1"}),
+        ({"kind": "Dataplane", "labels": {"team": "db"}}, {"db-1"}),
+        ({"kind": "Dataplane", "sectionName": "9090"}, set()),  # no inbound on that port
     ],
 )
 def test_a_policy_affects_the_proxies_its_target_ref_selects(target: dict[str, object], expected: set[str]) -> None:
-    assert affected_by_policy(None, policy("MeshTimeout", "p", target), ALL) == expected
+    labelled = [dp if dp is not DB else dataclasses.replace(DB, labels={"team": "db"}) for dp in ALL]
+    assert affected_by_policy(None, policy("MeshTimeout", "p", target), labelled) == expected
+
+
+def test_a_policy_without_top_level_target_ref_affects_every_proxy() -> None:
+    mesh_wide = policy("MeshTimeout", "p", {})
+    del mesh_wide.spec["targetRef"]
+    assert affected_by_policy(None, mesh_wide, ALL) == {"web-1", "backend-1", "backend-2", "db-1"}
 
 
 def test_a_retargeted_policy_affects_old_and_new_targets() -> None:
@@ -122,8 +137,9 @@ class Zone:
         for info in stream_infos(*names):
             await self.reconciler.on_stream_open(info)
 
-    async def settle(self, pushes: int) -> list[str]:
-        return await self.cache.settle(pushes)
+    async def settle(self) -> list[str]:
+        """The proxies pushed to since the last call, once the reconciler has pushed every change."""
+        return await self.cache.settle(self.reconciler)
 
 
 MESH_YAML = """
@@ -148,7 +164,7 @@ async def zone() -> AsyncIterator[Zone]:
 
 async def test_connecting_proxies_get_a_snapshot_each(zone: Zone) -> None:
     await zone.connect(*[dp.name for dp in ALL])
-    pushed = await zone.settle(4)
+    pushed = await zone.settle()
     assert sorted(pushed) == sorted(node_key("default", dp.name) for dp in ALL)
     snapshot = zone.cache.snapshot(node_key("default", "web-1"))
     assert snapshot is not None and {CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET} <= set(snapshot.types)
@@ -156,17 +172,17 @@ async def test_connecting_proxies_get_a_snapshot_each(zone: Zone) -> None:
 
 async def test_a_service_policy_regenerates_only_its_proxies(zone: Zone) -> None:
     await zone.connect(*[dp.name for dp in ALL])
-    await zone.settle(4)
+    await zone.settle()
     await zone.manager.apply(policy("MeshTimeout", "backend-timeout", {"kind": "MeshService", "name": "backend"}))
-    assert sorted(await zone.settle(2)) == ["default/backend-1", "default/backend-2"]
+    assert sorted(await zone.settle()) == ["default/backend-1", "default/backend-2"]
 
 
 async def test_a_new_instance_regenerates_itself_and_its_consumers_only(zone: Zone) -> None:
     await zone.connect(*[dp.name for dp in ALL], "db-2")
-    await zone.settle(4)
+    await zone.settle()
     await zone.manager.apply(dataplane("db-2", "db", (), port=9090))
     # db-2 (connected), and the consumers of db; backend-2 and db-1 are untouched.
-    assert sorted(await zone.settle(3)) == ["default/backend-1", "default/db-2", "default/web-1"]
+    assert sorted(await zone.settle()) == ["default/backend-1", "default/db-2", "default/web-1"]
     snapshot = zone.cache.snapshot("default/web-1")
     assert snapshot is not None
     cla = endpoint_pb2.ClusterLoadAssignment()
@@ -177,23 +193,23 @@ async def test_a_new_instance_regenerates_itself_and_its_consumers_only(zone: Zo
 
 async def test_a_burst_of_changes_is_one_round(zone: Zone) -> None:
     await zone.connect(*[dp.name for dp in ALL])
-    await zone.settle(4)
+    await zone.settle()
     rounds = zone.reconciler.rounds
     for i in range(20):
         await zone.manager.apply(policy("MeshTimeout", f"burst-{i}", {"kind": "Mesh"}))
-    pushed = await zone.settle(4)
+    pushed = await zone.settle()
     assert zone.reconciler.rounds - rounds <= 2  # debounced (max_delay may split a long burst once)
     assert len(pushed) <= 2 * len(ALL)
 
 
 async def test_a_malformed_resource_does_not_stop_the_watch(zone: Zone) -> None:
     await zone.connect(*[dp.name for dp in ALL])
-    await zone.settle(4)
+    await zone.settle()
     # Written past validation (straight into the store): an inbound that is not an object.
     broken = Resource(type="Dataplane", name="broken", mesh="default", spec={"networking": {"inbound": ["oops"]}})
     await zone.manager.store.create(broken)
     await zone.manager.apply(policy("MeshTimeout", "after-broken", {"kind": "MeshService", "name": "db"}))
-    pushed = await zone.settle(1)
+    pushed = await zone.settle()
     assert "default/db-1" in pushed  # the change after the bad one was still seen
 
 
@@ -201,7 +217,7 @@ async def test_a_stored_resource_that_fails_validation_is_left_out_and_later_cha
     """A policy and an ExternalService that no API or KDS write would accept (written straight into
     the store) are ignored as if absent: the mesh's proxies keep getting every later change."""
     await zone.connect(*[dp.name for dp in ALL])
-    await zone.settle(4)
+    await zone.settle()
     bad_timeout = policy("MeshTimeout", "bad", {"kind": "Mesh"})
     bad_timeout.spec["to"][0]["default"]["connectionTimeout"] = 5  # not a duration
     bad_external = Resource(
@@ -212,7 +228,7 @@ async def test_a_stored_resource_that_fails_validation_is_left_out_and_later_cha
     )
     await zone.manager.store.batch(upserts=[bad_timeout, bad_external])
     await zone.manager.apply(policy("MeshTimeout", "after-bad", {"kind": "Mesh"}))
-    pushed = await zone.settle(4)
+    pushed = await zone.settle()
     assert sorted(pushed) == sorted(node_key("default", dp.name) for dp in ALL)
     snapshot = zone.cache.snapshot(node_key("default", "web-1"))
     assert snapshot is not None and "bad-es" not in str(snapshot.types[CLUSTER].resources)
@@ -220,9 +236,9 @@ async def test_a_stored_resource_that_fails_validation_is_left_out_and_later_cha
 
 async def test_disconnected_proxies_are_not_generated(zone: Zone) -> None:
     await zone.connect("web-1")
-    await zone.settle(1)
+    await zone.settle()
     await zone.manager.apply(policy("MeshTimeout", "all", {"kind": "Mesh"}))
-    assert await zone.settle(1) == ["default/web-1"]
+    assert await zone.settle() == ["default/web-1"]
 
 
 @pytest.mark.parametrize(("slice_seconds", "pushed_apart"), [(0.0, True), (60.0, False)])
@@ -230,7 +246,7 @@ async def test_a_round_pushes_in_slices_and_the_loop_runs_between_them(
     zone: Zone, monkeypatch: pytest.MonkeyPatch, slice_seconds: float, pushed_apart: bool
 ) -> None:
     await zone.connect(*[dp.name for dp in ALL])
-    await zone.settle(4)
+    await zone.settle()
     monkeypatch.setattr(reconciler_module, "YIELD_EVERY", slice_seconds)
     seen: list[int] = []  # pushes so far, each time another task got the loop during the round
     done = False
@@ -278,7 +294,7 @@ async def test_workload_certificates_rotate_before_expiry_touching_only_secrets(
     async with Reconciler(store, cache, BuiltinCA(store), debounce=0.02, max_delay=0.1) as reconciler:
         zone = Zone(manager, cache, reconciler)
         await zone.connect("web-1", "backend-1")
-        await zone.settle(2)
+        await zone.settle()
         first = cache.snapshot("default/web-1")
         assert first is not None and first.types[SECRET].resources
 
@@ -318,7 +334,7 @@ async def test_a_renewed_certificate_goes_only_to_proxies_still_admitted() -> No
     async with Reconciler(store, cache, BuiltinCA(store), debounce=0.02, max_delay=0.1) as reconciler:
         reconciler.still_admitted = still_admitted
         await Zone(manager, cache, reconciler).connect("backend-1", "backend-2")
-        await cache.settle(2)
+        await cache.settle(reconciler)
         assert not asked  # a service's first certificate: its proxies have just been admitted
         first: dict[str, str] = {}
         for name in ("backend-1", "backend-2"):
@@ -338,3 +354,65 @@ async def test_a_renewed_certificate_goes_only_to_proxies_still_admitted() -> No
             raise AssertionError("the workload certificate was not renewed within 10 s")
     assert asked and all(set(proxies) == {ProxyIdentity("default", "backend-1"), revoked} for proxies in asked)
     assert secret_version("backend-2") == first["backend-2"], "the refused proxy got the renewal"
+
+
+# -- stored policies zonemesh refuses, and stopping -------------------------------------------------
+
+
+def cluster_connect_timeout(snapshot: Snapshot, name: str) -> int:
+    cluster = cluster_pb2.Cluster()
+    any_pb2.Any.FromString(snapshot.types[CLUSTER].resources[name]).Unpack(cluster)
+    return int(cluster.connect_timeout.seconds)
+
+
+async def test_stored_policies_zonemesh_refuses_are_logged_and_left_out() -> None:
+    """Stored before an upgrade refused them (or written past the API): nothing crashes, and
+    they do not take effect half-way."""
+    store = MemoryStore()
+    manager = ResourceManager(store)
+    for res in load_resources(MESH_YAML):
+        await manager.apply(res)
+    for dp in ALL:
+        await manager.apply(dp)
+    log = Resource(
+        type="MeshAccessLog",
+        name="log",
+        mesh="default",
+        spec={"from": [{"targetRef": {"kind": "Mesh"}, "default": {"backends": []}}]},
+    )
+    # A MeshService port (sectionName) cannot be resolved without MeshService resources: refused now.
+    on_a_port = policy("MeshTimeout", "on-a-port", {"kind": "MeshService", "name": "web", "sectionName": "http"})
+    on_a_port.spec["to"][0]["default"]["connectionTimeout"] = "42s"
+    await store.create(log)
+    await store.create(on_a_port)
+    cache = RecordingCache()
+    with structlog.testing.capture_logs() as logs:
+        async with Reconciler(store, cache, None, debounce=0.01, max_delay=0.05) as reconciler:
+            zone = Zone(manager, cache, reconciler)
+            await zone.connect("web-1")
+            assert await zone.settle() == ["default/web-1"]
+            # The same arriving through the watch is left out too.
+            later = policy("MeshTimeout", "later", {"kind": "MeshService", "name": "web", "labels": {"a": "b"}})
+            later.spec["to"][0]["default"]["connectionTimeout"] = "43s"
+            await store.create(later)
+            await zone.settle()
+            snapshot = cache.snapshot("default/web-1")
+            assert snapshot is not None and cluster_connect_timeout(snapshot, "backend") == 0  # no policy set it
+    ignored = {(e["type"], e["name"]) for e in logs if e["event"] == "xds_resource_ignored"}
+    assert ignored == {("MeshTimeout", "on-a-port"), ("MeshTimeout", "later")}
+    assert {"type": "MeshAccessLog", "stored": 1} in [
+        {k: e[k] for k in ("type", "stored")} for e in logs if e["event"] == "xds_policy_type_not_supported"
+    ]
+
+
+async def test_stop_returns_at_once_even_as_a_wake_up_comes() -> None:
+    """Python 3.11's wait_for swallows a cancellation that comes as its event is set: stop() then
+    waited for the next timeout (up to a minute) before the reconciler's tasks ended."""
+    for _ in range(5):
+        reconciler = Reconciler(MemoryStore(), RecordingCache(), None)
+        await reconciler.start()
+        await asyncio.sleep(0)  # the tasks wait on their events
+        reconciler.invalidate_mesh("default")  # wakes the round loop ...
+        reconciler._rotation_wake.set()  # ... and the certificate loop
+        async with asyncio.timeout(5):  # bounded: the bug made this wait 60 s
+            await reconciler.stop()

@@ -336,7 +336,6 @@ def test_apply_reports_every_field_error_and_sends_nothing(
     assert 'document 2 (MeshTimeout "bad" in mesh "default")' in err
     for field, reason in [
         ("spec.bogus", "unknown field"),
-        ("spec.targetRef", "must be defined"),
         ("spec.to[0].targetRef", "must be defined"),
         ("spec.to[0].default.connectionTimeout", "must be a duration"),
     ]:
@@ -344,6 +343,21 @@ def test_apply_reports_every_field_error_and_sends_nothing(
     assert 'document 3 (Mesh "m2")' in err and "mtls.enabledBackend" in err
     assert "document 1" not in err
     assert "connection refused" not in err  # validation failed before any request
+
+
+def test_apply_refuses_types_not_supported_yet_and_sends_nothing(
+    tmp_path: Path, nowhere: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "log.yaml"
+    path.write_text(
+        "type: MeshAccessLog\nmesh: default\nname: log\nspec:\n  targetRef: {kind: Mesh}\n"
+        "  from: [{targetRef: {kind: Mesh}, default: {backends: [{file: {path: /dev/stdout}}]}}]\n"
+    )
+    assert main(["apply", "-f", str(path), *nowhere]) == 1
+    err = capsys.readouterr().err
+    assert 'document 1 (MeshAccessLog "log" in mesh "default")' in err
+    assert "type: MeshAccessLog is not supported yet by zonemesh" in err
+    assert "connection refused" not in err  # refused before any request
 
 
 def test_apply_invalid_yaml(nowhere: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

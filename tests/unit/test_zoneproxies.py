@@ -63,6 +63,11 @@ class Zone:
         )
         return response
 
+    async def idle(self) -> None:
+        """Every store change so far has been seen by the zone proxies' reconciler (bounded: 10 s)."""
+        async with asyncio.timeout(10):
+            await self.proxies.idle()
+
     def ads(self, token: str, proxy_type: str = "ingress") -> Any:
         call = self.channel.stream_stream(
             "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
@@ -218,15 +223,11 @@ async def test_cross_zone_view_follows_remote_ingresses(zone: Zone) -> None:
         },
     )
     await zone.store.create(remote)
-    await asyncio.sleep(0.3)
+    await zone.idle()
     cross = zone.proxies.cross_zone("default")
     assert cross is not None and not cross.remote  # no insight: it never held a stream, not used
     await zone.store.create(insight("ZoneIngressInsight", "zone-2.ingress", online=True))
-    for _ in range(200):
-        cross = zone.proxies.cross_zone("default")
-        if cross is not None and cross.remote.get("b"):
-            break
-        await asyncio.sleep(0.02)
+    await zone.idle()
     cross = zone.proxies.cross_zone("default")
     assert cross is not None and [(e.address, e.weight, e.zone) for e in cross.remote["b"]] == [
         ("10.2.0.1", 2, "zone-2")
@@ -234,24 +235,18 @@ async def test_cross_zone_view_follows_remote_ingresses(zone: Zone) -> None:
     assert services == [("default", {"b"})] and changed == []  # only b's consumers need regenerating
     # the remote ingress's stream closed (killed, never unregistered): it is no endpoint any more
     await zone.store.update(insight("ZoneIngressInsight", "zone-2.ingress", online=False, version=1))
-    for _ in range(200):
-        cross = zone.proxies.cross_zone("default")
-        if cross is not None and not cross.remote.get("b"):
-            break
-        await asyncio.sleep(0.02)
+    await zone.idle()
+    cross = zone.proxies.cross_zone("default")
     assert cross is not None and not cross.remote.get("b")
     assert services[-1] == ("default", {"b"})
     # an egress appearing changes every outbound of the mesh (with routing.zoneEgress), once online
     await zone.store.create(
         Resource(type="ZoneEgress", name="egress-1", spec={"zone": ZONE, "networking": {"port": 1}})
     )
-    await asyncio.sleep(0.3)
+    await zone.idle()
     assert changed == [] and not zone.proxies.cross_zone("default").egress  # type: ignore[union-attr]
     await zone.store.create(insight("ZoneEgressInsight", "egress-1", online=True))
-    for _ in range(200):
-        if changed:
-            break
-        await asyncio.sleep(0.02)
+    await zone.idle()
     assert changed == ["default"]
 
 
@@ -300,12 +295,10 @@ async def test_a_bad_remote_ingress_is_skipped_and_later_changes_still_apply(zon
 
 
 async def _cross_zone_with(zone: Zone, service: str) -> Any:
-    for _ in range(200):
-        cross = zone.proxies.cross_zone("default")
-        if cross is not None and cross.remote.get(service):
-            return cross
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"service {service} never reached the cross-zone view: {zone.proxies.cross_zone('default')}")
+    await zone.idle()
+    cross = zone.proxies.cross_zone("default")
+    assert cross is not None and cross.remote.get(service), f"service {service} is not in the cross-zone view: {cross}"
+    return cross
 
 
 def insight(rtype: str, name: str, *, online: bool, version: int = 0) -> Resource:

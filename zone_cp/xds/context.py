@@ -98,12 +98,15 @@ def services(dp: Resource) -> list[str]:
 ADDRESS_FIELDS = ("address", "advertisedAddress")
 
 
-def shape(dp: Resource, tag_keys: Set[str] = frozenset()) -> str:
+def shape(
+    dp: Resource, tag_keys: Set[str] = frozenset(), label_keys: Set[str] = frozenset(), names: Set[str] = frozenset()
+) -> str:
     """What a sidecar's config depends on but for where it listens (generators/__init__.py):
     the Dataplane without its addresses, and of its inbound tags only those generation reads:
     kuma.io/service and kuma.io/protocol, and ``tag_keys`` (those policies match on, see
-    ``policies.tag_keys``). Replicas of a service share it. A gateway's listeners carry its
-    address: each gateway is a shape of its own."""
+    ``policies.policy_selectors``); of its labels those in ``label_keys``, and its name if in
+    ``names`` (Dataplane targetRefs select on them). Replicas of a service share it. A gateway's
+    listeners carry its address: each gateway is a shape of its own."""
     if is_gateway(dp):
         return f"gateway/{dp.name}"
     net = {k: v for k, v in networking(dp).items() if k not in ADDRESS_FIELDS}
@@ -114,7 +117,13 @@ def shape(dp: Resource, tag_keys: Set[str] = frozenset()) -> str:
         }
         for inbound in inbounds(dp)
     ]
-    return json.dumps({**dp.spec, "networking": net}, sort_keys=True, separators=(",", ":"), default=str)
+    selected = {
+        "name": dp.name if dp.name in names else "",
+        "labels": {k: v for k, v in dp.labels.items() if k in label_keys},
+    }
+    return json.dumps(
+        {**dp.spec, "networking": net, "selected": selected}, sort_keys=True, separators=(",", ":"), default=str
+    )
 
 
 def outbound_services(dp: Resource) -> set[str]:

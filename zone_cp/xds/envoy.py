@@ -119,7 +119,8 @@ class OutboundPieces:
 
 @dataclass
 class InboundPieces:
-    """One inbound (traffic to ``service`` on this proxy) before packing."""
+    """One inbound (traffic to ``service`` on this proxy) before packing; also a builtin gateway
+    listener (``service``: the gateway's), and an ExternalService's chain on the zone egress."""
 
     mesh: str
     service: str
@@ -131,6 +132,7 @@ class InboundPieces:
     route: route_components_pb2.Route | None = None
     network_filters: list[listener_components_pb2.Filter] = field(default_factory=list)  # before the terminal one
     http_filters: list[hcm_pb2.HttpFilter] = field(default_factory=list)  # before the router
+    stat_prefix: str = ""  # of the listener (chain) these pieces become: filters policies add name stats after it
 
     @property
     def is_http(self) -> bool:

@@ -39,7 +39,9 @@ from dataclasses import dataclass, field
 
 import structlog
 from cryptography import x509
+from zonemesh.shared.resources import REGISTRY
 from zonemesh.shared.resources.model import Resource, ResourceKey
+from zonemesh.shared.resources.types.targetref import top_level
 from zonemesh.shared.store import Store
 from zonemesh.shared.store.base import Event, EventKind, Watch
 from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotBuilder, SnapshotCache
@@ -71,6 +73,8 @@ from zonemesh.zone_cp.xds.usable import usable
 log = structlog.get_logger(__name__)
 
 GATEWAY_TYPES = (MESH_GATEWAY_TYPE, MESH_GATEWAY_ROUTE_TYPE)
+# What generation reads: meshes, dataplanes, secrets, external services, the builtin gateways'
+# MeshGateways and routes, and the policy types that have a plugin (policies/, from the registry).
 WATCHED_TYPES = (MESH, DATAPLANE, SECRET, EXTERNAL_SERVICE, *POLICY_TYPES, *GATEWAY_TYPES)
 # Mesh-scoped types generation reads through MeshContext.policies (by type): policies, the
 # builtin gateways' MeshGateways and routes, and Secrets (gateway listener certificates).
@@ -124,7 +128,7 @@ def affected_by_policy(before: Resource | None, after: Resource | None, dataplan
     """A targetRef policy changed: the proxies its top-level targetRef selects, before or after
     (a ``MeshGateway`` targetRef: the builtin gateways, which MeshGateway selects them is the
     generator's business)."""
-    refs = [(p.spec.get("targetRef") or {}) for p in (before, after) if p is not None]
+    refs = [top_level(p.spec) for p in (before, after) if p is not None]
     return {
         dp.name
         for dp in dataplanes
@@ -186,6 +190,8 @@ class Reconciler:
         self._rotation_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._watch: Watch | None = None
+        self._rounding = False  # a round is generating and pushing
+        self._progress = asyncio.Event()  # set each time a change was taken in or a round ended (idle())
         self.rounds = 0
         # Other zones' ingresses and this zone's egress per mesh (zone_cp/zoneproxies.py sets it).
         self.cross_zone: Callable[[str], CrossZone | None] = lambda mesh: None
@@ -201,12 +207,36 @@ class Reconciler:
         for rtype in WATCHED_TYPES:
             for res in (await self.store.list(rtype)).items:
                 self._upsert(res)
+        await self._warn_unsupported()
         self._tasks = [
             asyncio.create_task(self._consume(self._watch), name="xds-reconciler-watch"),
             asyncio.create_task(self._loop(), name="xds-reconciler"),
             asyncio.create_task(self._cert_refresh(), name="xds-cert-refresh"),
         ]
         log.info("xds_reconciler_started", dataplanes=len(self._mirror[DATAPLANE]))
+
+    async def _warn_unsupported(self) -> None:
+        """Policies of a type zonemesh does not apply (stored before an upgrade refused the type)
+        are not read at all: say so once, so that nobody wonders why they do nothing."""
+        for rtype in REGISTRY.policies():
+            if rtype.name in POLICY_TYPES:
+                continue
+            stored = await self.store.list(rtype.name, size=1)
+            if stored.total:
+                log.warning("xds_policy_type_not_supported", type=rtype.name, stored=stored.total)
+
+    async def idle(self) -> None:
+        """Return once every change seen so far has been generated and pushed: store events this
+        reconciler has received, proxies that connected, invalidations. (A store whose watch
+        delivers events after the write returns, as etcd's does, may still hold back a change
+        made just before: tests use the memory store, which delivers at once.)"""
+        while self._busy():
+            self._progress.clear()
+            await self._progress.wait()
+
+    def _busy(self) -> bool:
+        queued = self._watch is not None and not self._watch.queue.empty()
+        return queued or bool(self._pending) or self._rounding
 
     async def stop(self) -> None:
         if self._watch is not None:
@@ -281,6 +311,8 @@ class Reconciler:
                 res = event.resource
                 log.exception("xds_change_failed", resource=f"{res.type}/{res.mesh}/{res.name}")
                 self.invalidate_mesh(res.mesh or res.name)
+            finally:
+                self._progress.set()
 
     def _apply(self, event: Event) -> None:
         res = event.resource
@@ -390,17 +422,24 @@ class Reconciler:
                 remaining = self.max_delay - (time.monotonic() - since)
                 if remaining <= 0:
                     break
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that
+                # comes as the event is set, and stop() then waited for the next timeout.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=min(self.debounce, remaining))
+                    async with asyncio.timeout(min(self.debounce, remaining)):
+                        await self._wake.wait()
                     continue
                 break
             self._wake.clear()
             pending, self._pending = self._pending, _Pending()
+            self._rounding = bool(pending)  # before any await: idle() never sees the work in between
             if pending:
                 try:
                     await self.reconcile(pending.meshes, pending.nodes, pending.since)
                 except Exception:
                     log.exception("xds_reconcile_failed")
+                finally:
+                    self._rounding = False
+                    self._progress.set()
 
     async def reconcile(
         self, meshes: Iterable[str], nodes: Iterable[tuple[str, str]], changed_at: float | None = None
@@ -524,9 +563,9 @@ class Reconciler:
             with contextlib.suppress(TimeoutError):
                 # At least MIN_ROTATION_CHECK apart: a provider that keeps answering with a due
                 # certificate must not spin the loop.
-                await asyncio.wait_for(
-                    self._rotation_wake.wait(), timeout=min(max(wait, MIN_ROTATION_CHECK), MAX_ROTATION_CHECK)
-                )
+                # (asyncio.timeout rather than wait_for: see _loop.)
+                async with asyncio.timeout(min(max(wait, MIN_ROTATION_CHECK), MAX_ROTATION_CHECK)):
+                    await self._rotation_wake.wait()
                 continue
             now = dt.datetime.now(dt.UTC)
             due = sorted(key for key, (_, at) in self._rotations.items() if at <= now)

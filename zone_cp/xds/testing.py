@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import difflib
+import os
 from collections.abc import Container, Iterable
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import yaml
 from cryptography import x509
@@ -16,14 +19,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from envoy.config.core.v3 import base_pb2
 from zonemesh.shared.certs import key_usage, private_key_pem, self_signed_ca
+from zonemesh.shared.resources import REGISTRY
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotCache
 from zonemesh.zone_cp.xds.context import MeshContext, WorkloadCert, services
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity
 from zonemesh.zone_cp.xds.server import StreamInfo
-
-# Types whose spec is under `spec:` (targetRef policies); the others are flat (Mesh, Dataplane, ...).
-_FLAT = {"Mesh", "Dataplane", "ExternalService", "Secret", "ZoneIngress", "ZoneEgress"}
 
 
 def load_resources(text: str) -> list[Resource]:
@@ -35,7 +36,8 @@ def load_resources(text: str) -> list[Resource]:
         doc = dict(doc)
         rtype, name, mesh = doc.pop("type"), doc.pop("name"), doc.pop("mesh", "")
         labels = doc.pop("labels", {}) or {}
-        spec = doc if rtype in _FLAT else (doc.get("spec") or {})
+        # targetRef policies keep their spec under `spec:`; the other types are flat.
+        spec = (doc.get("spec") or {}) if REGISTRY.get(rtype).wrapped else doc
         resources.append(Resource(type=rtype, name=name, mesh=mesh, spec=spec, labels=labels, version=1))
     return resources
 
@@ -175,16 +177,20 @@ class RecordingCache(SnapshotCache):
         self.pushes.append(node)
         super().set_snapshot(node, snapshot)
 
-    async def settle(self, pushes: int) -> list[str]:
-        """Wait (bounded: 2 s) for at least ``pushes`` pushes, then for the reconciler to go quiet;
-        the nodes pushed to since the last call, in order."""
-        for _ in range(200):
-            if len(self.pushes) >= pushes:
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)  # longer than the tests' debounce window: nothing more is coming
+    async def settle(self, *reconcilers: Idle, within: float = 10.0) -> list[str]:
+        """Wait (bounded by ``within`` seconds) until ``reconcilers`` are idle, in order (every change they
+        have seen generated and pushed); the nodes pushed to since the last call, in order."""
+        async with asyncio.timeout(within):
+            for reconciler in reconcilers:
+                await reconciler.idle()
         pushed, self.pushes = self.pushes, []
         return pushed
+
+
+class Idle(Protocol):
+    """A reconciler's awaitable idle signal (xds.reconciler.Reconciler, zoneproxies.ZoneProxyReconciler)."""
+
+    async def idle(self) -> None: ...
 
 
 def stream_infos(*names: str, mesh: str = "default") -> list[StreamInfo]:
@@ -197,3 +203,31 @@ def stream_infos(*names: str, mesh: str = "default") -> list[StreamInfo]:
 
 def yaml_dump(value: Any) -> str:
     return yaml.safe_dump(value, sort_keys=False, default_flow_style=False, width=120)
+
+
+UPDATE_GOLDEN = "UPDATE_GOLDEN_FILES"
+
+
+class GoldenMismatch(AssertionError):
+    """Generated config differs from a golden file; the message is a unified diff."""
+
+
+def assert_golden(golden: Path, rendered: str) -> None:
+    """Compare ``rendered`` with the golden file; with ``UPDATE_GOLDEN_FILES=true`` (or when the
+    file does not exist yet) write it instead. A new golden file fails once, to be reviewed.
+    The failure shows a unified diff (golden → generated), which is what a review reads too."""
+    update = os.environ.get(UPDATE_GOLDEN, "").lower() in ("1", "true", "yes")
+    if update or not golden.exists():
+        golden.write_text(rendered)
+        if not update:
+            raise GoldenMismatch(f"{golden.name} did not exist and was written: review it, then run again")
+        return
+    expected = golden.read_text()
+    if rendered != expected:
+        diff = difflib.unified_diff(
+            expected.splitlines(keepends=True),
+            rendered.splitlines(keepends=True),
+            fromfile=f"{golden.name} (golden)",
+            tofile="generated",
+        )
+        raise GoldenMismatch(f"generated config differs ({UPDATE_GOLDEN}=true rewrites it):\n{''.join(diff)}")

@@ -21,7 +21,7 @@ from envoy.config.listener.v3 import listener_pb2
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds.context import MeshContext, shape
 from zonemesh.zone_cp.xds.generators import crossmesh, gateway, inbound, outbound, secrets
-from zonemesh.zone_cp.xds.policies import MatchedPolicies, match_all, tag_keys
+from zonemesh.zone_cp.xds.policies import MatchedPolicies, match_all, policy_selectors
 from zonemesh.zone_cp.xds.resources import ResourceSet
 
 T = TypeVar("T")
@@ -68,7 +68,8 @@ def _generate_shape(ctx: MeshContext, proxy: Resource) -> _Shaped:
 
 
 def generate(ctx: MeshContext, proxy: Resource) -> ResourceSet:
-    key = ("shape", shape(proxy, tag_keys(ctx)))
+    found = policy_selectors(ctx)
+    key = ("shape", shape(proxy, found.tag_keys, found.label_keys, found.names))
     shaped = ctx.memo.get(key)
     if shaped is None:
         shaped = ctx.memo[key] = _generate_shape(ctx, proxy)

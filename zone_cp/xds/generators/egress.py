@@ -9,27 +9,30 @@ mTLS, filter chains by the SNI the proxies of this zone send (``sni.py``):
 - an ExternalService (``<its kuma.io/service>{mesh=<mesh>}``): the egress terminates the
   proxy's mTLS with its own certificate for the mesh (``spiffe://<mesh>/zone-egress``,
   requiring a client certificate of the mesh CA), checks MeshTrafficPermission for the caller's
-  SPIFFE ID (policies selecting the external service as if it were a proxy serving it: ``Mesh``,
-  ``MeshSubset`` on its tags, ``MeshService`` with its name), then connects to the real host,
+  SPIFFE ID (the policies' ``egress`` hooks, with the policies selecting the external service as
+  if it were a proxy serving it: ``Mesh``, ``MeshSubset`` on its tags, ``MeshService`` with its
+  name), then connects to the real host,
   originating TLS when ``networking.tls.enabled`` asks for it.
 """
 
 from __future__ import annotations
 
 import structlog
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2
-from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.resources.types.targetref import DATAPLANE, top_level
 from zonemesh.zone_cp.xds import sni
 from zonemesh.zone_cp.xds.context import MeshContext
 from zonemesh.zone_cp.xds.crosszone import EGRESS_SERVICE, ZoneContext, external_secrets, load_assignment
-from zonemesh.zone_cp.xds.envoy import ca_secret_name, pack, sds, spiffe_id
+from zonemesh.zone_cp.xds.envoy import InboundPieces, ca_secret_name, pack, sds, spiffe_id
 from zonemesh.zone_cp.xds.generators.ingress import eds_cluster, listener_address, sni_chain, sni_listener, stat_prefix
 from zonemesh.zone_cp.xds.generators.outbound import external_cluster
-from zonemesh.zone_cp.xds.policies import meshtrafficpermission
+from zonemesh.zone_cp.xds.policies import EGRESS_TYPES, configure_egress
 from zonemesh.zone_cp.xds.policies.matching import matched
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER, SECRET, ResourceSet
 
@@ -87,20 +90,31 @@ def _secrets(zctx: ZoneContext, mesh: str, resources: ResourceSet) -> None:
     )
 
 
-def permissions(mctx: MeshContext, service: str, external: Resource) -> listener_components_pb2.Filter:
-    """The RBAC filter guarding an ExternalService on the egress (who may call it)."""
+def permissions(mctx: MeshContext, service: str, external: Resource) -> list[listener_components_pb2.Filter]:
+    """The filters guarding an ExternalService on the egress (who may call it): the ``egress``
+    hooks of the policies selecting the service as if it were a proxy serving it."""
+    tags = dict(external.spec.get("tags") or {})
     as_proxy = Resource(
         type="Dataplane",
         name=f"external:{service}",
         mesh=mctx.name,
-        spec={"networking": {"inbound": [{"port": 1, "tags": dict(external.spec.get("tags") or {})}]}},
+        spec={"networking": {"inbound": [{"port": 1, "tags": tags}]}},
     )
-    policies = matched(mctx, as_proxy, meshtrafficpermission.TYPE)
-    enforced, shadow = meshtrafficpermission.rules(mctx.name, policies)
-    rbac = network_rbac_pb2.RBAC(rules=enforced, stat_prefix=f"{stat_prefix('egress', mctx.name, service)}.")
-    if shadow is not None:
-        rbac.shadow_rules.CopyFrom(shadow)
-    return listener_components_pb2.Filter(name="envoy.filters.network.rbac", typed_config=pack(rbac))
+    pieces = InboundPieces(
+        mctx.name,
+        service,
+        "tcp",
+        mctx.mtls,
+        cluster_pb2.Cluster(),  # scratch: the chain's cluster is the external service's
+        tcp_proxy=tcp_proxy_pb2.TcpProxy(),  # scratch: the chain's TCP proxy is sni_chain's
+        stat_prefix=stat_prefix("egress", mctx.name, service),
+    )
+    # A Dataplane targetRef selects Dataplanes, never an ExternalService (as Kuma's egress matching).
+    configure_egress(
+        pieces,
+        {t: [p for p in matched(mctx, as_proxy, t) if top_level(p.spec)["kind"] != DATAPLANE] for t in EGRESS_TYPES},
+    )
+    return pieces.network_filters
 
 
 def generate(zctx: ZoneContext, proxy: Resource) -> ResourceSet:
@@ -132,7 +146,9 @@ def generate(zctx: ZoneContext, proxy: Resource) -> ResourceSet:
             cluster = external_cluster(mesh, service, external, cross.resolved if cross else None, name=name)
             chain = sni_chain(name, name, stat_prefix("egress", mesh, service))
             chain.transport_socket.CopyFrom(_downstream_tls(mesh))
-            chain.filters.insert(0, permissions(mctx, service, external))
+            filters = [*permissions(mctx, service, external), *chain.filters]
+            del chain.filters[:]
+            chain.filters.extend(filters)
             chains.append(chain)
             resources.add(CLUSTER, name, cluster)
         if mctx.external_services:

@@ -22,12 +22,14 @@ name) and the MeshGatewayRoutes selecting that gateway's listeners:
   mesh identity and trusts every mesh's CA) and answers ``internal.<gateway>.<mesh>.mesh`` or its
   hostname.
 
-Policies on the gateway (seed 004's table): MeshTimeout (``from``: listener timeouts; ``to``:
-route and cluster timeouts; ``mesh-gateways-timeout-all-default`` is the default), MeshRetry
-(route retry policy, TCP connect attempts), MeshCircuitBreaker and MeshHealthCheck (clusters),
-MeshFaultInjection and MeshRateLimit (listener filters, from ``to: Mesh``), MeshTrafficPermission
-(enforced by the destinations' inbounds against the gateway's identity). With backends of
-different services one route gets the ``Mesh``-wide (wildcard) retry/timeout conf, as Kuma does.
+Policies on the gateway (seed 004's table), through the plugins' hooks (``policies/``): the
+``gateway`` hook per listener (MeshTimeout ``from``: listener timeouts,
+``mesh-gateways-timeout-all-default`` is the default; MeshFaultInjection and MeshRateLimit:
+listener filters from ``to: Mesh``), the ``outbound`` hook per route and per cluster (MeshTimeout
+and MeshRetry ``to``: route timeouts and retries; MeshCircuitBreaker and MeshHealthCheck and
+MeshTimeout connect/idle: the clusters). MeshTrafficPermission is enforced by the destinations'
+inbounds against the gateway's identity. With backends of different services one route gets the
+``Mesh``-wide (wildcard) retry/timeout conf, as Kuma does.
 """
 
 from __future__ import annotations
@@ -65,8 +67,8 @@ from zonemesh.zone_cp.xds.envoy import (
 )
 from zonemesh.zone_cp.xds.generators import outbound
 from zonemesh.zone_cp.xds.generators.inbound import ROUTER
-from zonemesh.zone_cp.xds.policies import MatchedPolicies, meshfaultinjection, meshratelimit, meshretry, meshtimeout
-from zonemesh.zone_cp.xds.policies.matching import MESH_GATEWAY, to_conf
+from zonemesh.zone_cp.xds.policies import MatchedPolicies, configure_gateway_listener, configure_outbound
+from zonemesh.zone_cp.xds.policies.matching import MESH_GATEWAY, ordered
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, ResourceSet
 
 MESH_GATEWAY_TYPE = "MeshGateway"
@@ -117,7 +119,7 @@ def select_gateway(gateways: Iterable[Resource], dp: Resource) -> Resource | Non
 
 def gateway_policies(ctx: MeshContext, dp: Resource, policies: MatchedPolicies) -> dict[str, list[Resource]]:
     """The matched policies plus those whose top-level targetRef is ``MeshGateway`` naming the
-    gateway that selects ``dp`` (most specific last, as matching orders them)."""
+    gateway that selects ``dp``, least specific first (matching's order)."""
     gateway = select_gateway(ctx.policies.get(MESH_GATEWAY_TYPE, ()), dp)
     result: dict[str, list[Resource]] = {}
     for policy_type, matched in policies.items():
@@ -129,7 +131,7 @@ def gateway_policies(ctx: MeshContext, dp: Resource, policies: MatchedPolicies) 
                 if (p.spec.get("targetRef") or {}).get("kind") == MESH_GATEWAY
                 and (p.spec.get("targetRef") or {}).get("name") == gateway.name
             ]
-        result[policy_type] = [*matched, *sorted(extra, key=lambda p: p.name)]
+        result[policy_type] = ordered([*matched, *extra])
     return result
 
 
@@ -464,22 +466,13 @@ class _Gen:
             hcm=hcm_pb2.HttpConnectionManager(),  # scratch: listener timeouts come from `from`
             route=route,
         )
-        retry = to_conf(self.policies.get(meshretry.TYPE, ()), service)
-        if retry:
-            meshretry.apply_outbound(pieces, retry)
-        timeout = to_conf(self.policies.get(meshtimeout.TYPE, ()), service)
-        if timeout:
-            meshtimeout.apply_outbound(pieces, timeout)
+        configure_outbound(pieces, self.policies)
 
     def tcp_policies(self, proxy: tcp_proxy_pb2.TcpProxy, services: set[str]) -> None:
         service = next(iter(services)) if len(services) == 1 else ""
+        # The cluster is scratch: cluster settings come with the destination's cluster.
         pieces = OutboundPieces(self.ctx.name, service, "tcp", cluster_pb2.Cluster(), tcp_proxy=proxy)
-        retry = to_conf(self.policies.get(meshretry.TYPE, ()), service)
-        if retry:
-            meshretry.apply_outbound(pieces, retry)
-        timeout = to_conf(self.policies.get(meshtimeout.TYPE, ()), service)
-        if timeout:
-            meshtimeout.apply_outbound(pieces, timeout)
+        configure_outbound(pieces, self.policies)
 
 
 def _signature(policies: Mapping[str, Sequence[Resource]]) -> tuple[tuple[str, ...], ...]:
@@ -658,21 +651,17 @@ def _hcm(gen: _Gen, route_name: str, stat_prefix: str) -> listener_components_pb
     hcm.http2_protocol_options.initial_connection_window_size.value = 1048576
     hcm.rds.config_source.CopyFrom(ads_source())
     hcm.rds.route_config_name = route_name
-    # Listener-side timeouts: MeshTimeout `from` (mesh-gateways-timeout-all-default by default).
-    inbound = InboundPieces(gen.ctx.name, gen.identity, "http", None, cluster_pb2.Cluster(), hcm=hcm)
-    meshtimeout.apply_inbound(inbound, gen.policies.get(meshtimeout.TYPE, ()))
-    gateway_to = ""  # `to` entries of a gateway's policies target Mesh only
-    hcm.http_filters.extend(
-        meshfaultinjection.http_filters(to_conf(gen.policies.get(meshfaultinjection.TYPE, ()), gateway_to))
+    # Listener-side policies: timeouts (mesh-gateways-timeout-all-default by default), filters.
+    listener = InboundPieces(
+        gen.ctx.name, gen.identity, "http", None, cluster_pb2.Cluster(), hcm=hcm, stat_prefix=stat_prefix
     )
-    hcm.http_filters.extend(
-        meshratelimit.http_filters(to_conf(gen.policies.get(meshratelimit.TYPE, ()), gateway_to), stat_prefix)
-    )
-    hcm.http_filters.append(ROUTER)
+    configure_gateway_listener(listener, gen.policies)
+    hcm.http_filters.extend([*listener.http_filters, ROUTER])
     return listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager", typed_config=pack(hcm))
 
 
-def _tcp_filter(gen: _Gen, items: Sequence[Listener], stat_prefix: str) -> listener_components_pb2.Filter:
+def _tcp_filters(gen: _Gen, items: Sequence[Listener], stat_prefix: str) -> list[listener_components_pb2.Filter]:
+    """The TCP proxy, after the filters the listener's policies add (rate limits)."""
     proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix)
     rules = [
         rule
@@ -691,11 +680,14 @@ def _tcp_filter(gen: _Gen, items: Sequence[Listener], stat_prefix: str) -> liste
     else:
         for cluster, weight, _ in backends:
             proxy.weighted_clusters.clusters.add(name=cluster, weight=weight)
-    inbound = InboundPieces(gen.ctx.name, gen.identity, "tcp", None, cluster_pb2.Cluster(), tcp_proxy=proxy)
-    meshtimeout.apply_inbound(inbound, gen.policies.get(meshtimeout.TYPE, ()))
+    listener = InboundPieces(
+        gen.ctx.name, gen.identity, "tcp", None, cluster_pb2.Cluster(), tcp_proxy=proxy, stat_prefix=stat_prefix
+    )
+    configure_gateway_listener(listener, gen.policies)
     if backends:
         gen.tcp_policies(proxy, {service for _, _, service in backends})
-    return listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy", typed_config=pack(proxy))
+    terminal = listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy", typed_config=pack(proxy))
+    return [*listener.network_filters, terminal]
 
 
 def _listener(gen: _Gen, address: str, port: int, items: Sequence[Listener]) -> listener_pb2.Listener:
@@ -707,14 +699,11 @@ def _listener(gen: _Gen, address: str, port: int, items: Sequence[Listener]) -> 
     )
     listener.per_connection_buffer_limit_bytes.value = EDGE_BUFFER_LIMIT
     limits = _network_limits(items, stat_prefix)
-    rate_limits = meshratelimit.network_filters(to_conf(gen.policies.get(meshratelimit.TYPE, ()), ""), stat_prefix)
     if protocol in HTTP_PROTOCOLS:
         gen.resources.add(ROUTE, name, _route_config(gen, name, items))
-        terminal = _hcm(gen, name, stat_prefix)
+        filters = [*limits, _hcm(gen, name, stat_prefix)]
     else:
-        terminal = _tcp_filter(gen, items, stat_prefix)
-        limits += rate_limits
-    filters = [*limits, terminal]
+        filters = [*limits, *_tcp_filters(gen, items, stat_prefix)]
     if any(i.cross_mesh for i in items):
         listener.filter_chains.append(
             listener_components_pb2.FilterChain(filters=filters, transport_socket=_cross_mesh_tls(gen))

@@ -41,7 +41,7 @@ from zonemesh.zone_cp.xds.envoy import (
     socket_address,
 )
 from zonemesh.zone_cp.xds.generators.common import http_protocol_options
-from zonemesh.zone_cp.xds.policies import MatchedPolicies, policy_signature
+from zonemesh.zone_cp.xds.policies import MatchedPolicies, match_inbound, policy_signature
 from zonemesh.zone_cp.xds.resources import CLUSTER, LISTENER, SECRET, ResourceSet
 
 ROUTER = hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
@@ -61,7 +61,7 @@ def _local_cluster(name: str, address: str, port: int) -> cluster_pb2.Cluster:
 
 
 def _pieces(ctx: MeshContext, service: str, protocol: str, cluster: cluster_pb2.Cluster) -> InboundPieces:
-    pieces = InboundPieces(ctx.name, service, protocol, ctx.mtls, cluster)
+    pieces = InboundPieces(ctx.name, service, protocol, ctx.mtls, cluster, stat_prefix=f"inbound_{service}")
     if protocol in HTTP_PROTOCOLS:
         pieces.route = route_components_pb2.Route(
             match=route_components_pb2.RouteMatch(prefix="/"),
@@ -165,7 +165,8 @@ def templates(
     """All of the inbounds' config but where they listen: their local clusters go into
     ``resources``; per inbound, (its index in ``networking.inbound``, its listener without name
     or address) is returned for ``place``. Nothing here reads an address the proxy listens on,
-    so replicas of a service share the result (generators/__init__.py)."""
+    so replicas of a service share the result (generators/__init__.py). Each inbound gets the
+    policies selecting it (``policies``, those selecting the proxy, configure its outbounds)."""
     found: list[tuple[int, listener_pb2.Listener]] = []
     for index, inbound in enumerate(inbounds(proxy)):
         if inbound.get("state") == "Ignored":
@@ -175,7 +176,8 @@ def templates(
         protocol = str(tags.get(PROTOCOL_TAG) or "tcp")
         service_address = str(inbound.get("serviceAddress") or LOCALHOST)
         service_port = int(inbound.get("servicePort") or inbound["port"])
-        cluster, template = _built(ctx, service, protocol, service_address, service_port, policies)
+        selecting = match_inbound(ctx, proxy, index)
+        cluster, template = _built(ctx, service, protocol, service_address, service_port, selecting)
         resources.add(CLUSTER, cluster.name, cluster)
         if ctx.mtls is not None:
             resources.require(SECRET, identity_secret_name(service))

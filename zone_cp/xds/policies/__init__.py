@@ -1,102 +1,167 @@
-"""One module per targetRef policy (Kuma's plugin idea, two levels deep).
+"""Policy plugins: one module per targetRef policy type (Kuma's plugin idea, two levels deep).
 
-Each module has ``TYPE`` and ``apply_outbound(pieces, conf)`` (with the merged ``to`` conf
-for that destination) and/or ``apply_inbound(pieces, policies)`` (with the policies matching
-the proxy, to resolve ``from`` entries). They run in ``PLUGINS`` order on the pieces of an
-outbound/inbound before the generator packs them into Envoy resources.
+The registry says which module applies a type (``PolicySupport.plugin`` in
+``shared/resources/types/policies/<type>.py``); that module defines ``PLUGIN = Plugin(...)``
+with the hooks it needs, each optional:
+
+- ``outbound(pieces, conf)``: the merged ``to`` conf for one destination (``pieces.service``),
+  on the outbounds of sidecars and delegated gateways and on the clusters, routes and TCP
+  proxies of builtin gateways;
+- ``inbound(pieces, policies)``: the policies selecting one sidecar inbound, least specific
+  first (resolve ``from`` entries with ``matching.from_conf`` / ``entries``);
+- ``gateway(pieces, policies)``: one builtin gateway listener (HTTP: ``pieces.hcm`` and
+  ``pieces.http_filters``; TCP: ``pieces.tcp_proxy`` and ``pieces.network_filters``), with the
+  policies selecting the gateway;
+- ``egress(pieces, policies)``: one ExternalService's filter chain on the zone egress, seen as
+  an inbound of that service.
+
+``PLUGINS`` is built from the registry when this package is imported, in ``order``;
+``plugin_table`` refuses a supported type without a plugin, a plugin of another type, and hooks
+that disagree with the sections the type declares it applies (``PolicySupport.sidecar`` /
+``gateway``): what a type accepts is what its plugin applies. Hooks run in ``PLUGINS`` order on
+the pieces before a generator packs them into Envoy resources; they edit the pieces in place.
+
+To add a policy: declare its type with ``support=PolicySupport(plugin="<module>", ...)``, write
+``zone_cp/xds/policies/<module>.py`` with ``PLUGIN``, and a golden case under
+``tests/unit/testdata/policies/<module>/`` (see docs/policies.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from types import ModuleType
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from zonemesh.shared.resources import REGISTRY
 from zonemesh.shared.resources.model import Resource
-from zonemesh.zone_cp.xds.context import MeshContext, tag_sets
+from zonemesh.zone_cp.xds.context import MeshContext, inbounds, tag_sets
 from zonemesh.zone_cp.xds.envoy import InboundPieces, OutboundPieces
-from zonemesh.zone_cp.xds.policies import (
-    meshcircuitbreaker,
-    meshfaultinjection,
-    meshhealthcheck,
-    meshratelimit,
-    meshretry,
-    meshtimeout,
-    meshtrafficpermission,
+from zonemesh.zone_cp.xds.policies.matching import (
+    Selectors,
+    matched,
+    matched_inbound,
+    proxy_type,
+    section_name,
+    selectors,
+    signature,
+    to_conf,
 )
-from zonemesh.zone_cp.xds.policies.matching import matched, proxy_type, signature, subset_tag_keys, to_conf
+from zonemesh.zone_cp.xds.policies.plugin import InboundHook, Plugin, PluginError, Policies, plugin_table
 
-PLUGINS: tuple[ModuleType, ...] = (
-    meshtrafficpermission,
-    meshtimeout,
-    meshretry,
-    meshcircuitbreaker,
-    meshhealthcheck,
-    # Gateway-only so far (no apply_inbound/apply_outbound): the gateway generator uses them.
-    meshfaultinjection,
-    meshratelimit,
-)
-POLICY_TYPES = tuple(plugin.TYPE for plugin in PLUGINS)
-OUTBOUND_TYPES = tuple(plugin.TYPE for plugin in PLUGINS if hasattr(plugin, "apply_outbound"))
+__all__ = [
+    "EGRESS_TYPES",
+    "OUTBOUND_TYPES",
+    "PLUGINS",
+    "POLICY_TYPES",
+    "MatchedPolicies",
+    "Plugin",
+    "PluginError",
+    "PolicyError",
+    "configure_egress",
+    "configure_gateway_listener",
+    "configure_inbound",
+    "configure_outbound",
+    "match_all",
+    "match_inbound",
+    "outbound_signature",
+    "plugin_table",
+    "policy_selectors",
+    "policy_signature",
+]
+
+PLUGINS = plugin_table(REGISTRY)
+POLICY_TYPES = tuple(p.type for p in PLUGINS)
+OUTBOUND_TYPES = tuple(p.type for p in PLUGINS if p.outbound is not None)
+EGRESS_TYPES = tuple(p.type for p in PLUGINS if p.egress is not None)
 
 
 class PolicyError(Exception):
     """A policy could not be applied; the message names the policy type."""
 
 
-MatchedPolicies = Mapping[str, Sequence[Resource]]
+MatchedPolicies = Mapping[str, Policies]
+
+
+def _memo_key(ctx: MeshContext, proxy: Resource) -> tuple[Any, ...]:
+    """What matching reads of a proxy: proxies alike in it (a service's replicas) share the answer."""
+    found = policy_selectors(ctx)
+    return (
+        proxy_type(proxy),
+        tuple(tuple(sorted(tags.items())) for tags in tag_sets(proxy)),
+        tuple(section_name(i) for i in inbounds(proxy)),
+        proxy.name if proxy.name in found.names else "",
+        tuple(sorted((k, v) for k, v in proxy.labels.items() if k in found.label_keys)),
+    )
 
 
 def match_all(ctx: MeshContext, proxy: Resource) -> dict[str, list[Resource]]:
-    """The policies of every type selecting ``proxy``. Matching reads only the proxy's type and
-    tag sets, so proxies sharing them (a service's replicas) share the answer within a round;
-    the caller gets its own dict (the lists are shared: read them, do not change them)."""
-    key = ("match-all", proxy_type(proxy), tuple(tuple(sorted(tags.items())) for tags in tag_sets(proxy)))
+    """The policies of every type selecting ``proxy`` (its ``to`` and gateway config), shared
+    within a round by proxies alike in what matching reads; the caller gets its own dict (the
+    lists are shared: read them, do not change them)."""
+    key = ("match-all", _memo_key(ctx, proxy))
     found = ctx.memo.get(key)
     if found is None:
-        found = ctx.memo[key] = {plugin.TYPE: matched(ctx, proxy, plugin.TYPE) for plugin in PLUGINS}
+        found = ctx.memo[key] = {t: matched(ctx, proxy, t) for t in POLICY_TYPES}
     return dict(found)
 
 
-def tag_keys(ctx: MeshContext) -> frozenset[str]:
-    """The tag keys the mesh's policies select proxies by (MeshSubset targetRefs): a proxy's
-    other tags (beyond its service and protocol) change nothing in its config."""
-    key = ("policy-tag-keys",)
+def match_inbound(ctx: MeshContext, proxy: Resource, index: int) -> dict[str, list[Resource]]:
+    """The policies of every type selecting inbound ``index`` of ``proxy`` (its ``from`` config)."""
+    key = ("match-inbound", _memo_key(ctx, proxy), index)
     found = ctx.memo.get(key)
     if found is None:
-        found = ctx.memo[key] = frozenset(k for t in POLICY_TYPES for k in subset_tag_keys(ctx.policies.get(t, ())))
-    assert isinstance(found, frozenset)
+        inbound = inbounds(proxy)[index]
+        found = ctx.memo[key] = {t: matched_inbound(ctx, proxy, inbound, t) for t in POLICY_TYPES}
+    return dict(found)
+
+
+def policy_selectors(ctx: MeshContext) -> Selectors:
+    """What of a proxy the mesh's policies select on (tags, Dataplane labels and names): a
+    proxy's other tags and labels change nothing in its config."""
+    key = ("policy-selectors",)
+    found = ctx.memo.get(key)
+    if found is None:
+        found = ctx.memo[key] = selectors(p for t in POLICY_TYPES for p in ctx.policies.get(t, ()))
+    assert isinstance(found, Selectors)
     return found
 
 
 def policy_signature(policies: MatchedPolicies) -> tuple[tuple[str, ...], ...]:
-    return tuple(signature(policies[t]) for t in POLICY_TYPES)
+    return tuple(signature(policies.get(t, ())) for t in POLICY_TYPES)
 
 
 def outbound_signature(policies: MatchedPolicies) -> tuple[tuple[str, ...], ...]:
     """The part of ``policy_signature`` an outbound depends on (``configure_outbound``'s types)."""
-    return tuple(signature(policies[t]) for t in OUTBOUND_TYPES)
+    return tuple(signature(policies.get(t, ())) for t in OUTBOUND_TYPES)
 
 
-def _run(plugin: ModuleType, fn: Callable[..., None], *args: Any) -> None:
+def _run(plugin: Plugin, hook: Callable[..., None], *args: Any) -> None:
     try:
-        fn(*args)
+        hook(*args)
     except Exception as exc:
-        raise PolicyError(f"{plugin.TYPE}: {type(exc).__name__}: {exc}") from exc
+        raise PolicyError(f"{plugin.type}: {type(exc).__name__}: {exc}") from exc
 
 
 def configure_outbound(pieces: OutboundPieces, policies: MatchedPolicies) -> None:
     for plugin in PLUGINS:
-        apply = getattr(plugin, "apply_outbound", None)
-        if apply is None:
+        if plugin.outbound is None:
             continue
-        conf = to_conf(policies[plugin.TYPE], pieces.service)
+        conf = to_conf(policies.get(plugin.type, ()), pieces.service)
         if conf is not None:
-            _run(plugin, apply, pieces, conf)
+            _run(plugin, plugin.outbound, pieces, conf)
+
+
+def _configure(pieces: InboundPieces, policies: MatchedPolicies, hooks: Iterable[tuple[Plugin, InboundHook]]) -> None:
+    for plugin, hook in hooks:
+        _run(plugin, hook, pieces, policies.get(plugin.type, ()))
 
 
 def configure_inbound(pieces: InboundPieces, policies: MatchedPolicies) -> None:
-    for plugin in PLUGINS:
-        apply = getattr(plugin, "apply_inbound", None)
-        if apply is not None:
-            _run(plugin, apply, pieces, policies[plugin.TYPE])
+    _configure(pieces, policies, ((p, p.inbound) for p in PLUGINS if p.inbound is not None))
+
+
+def configure_gateway_listener(pieces: InboundPieces, policies: MatchedPolicies) -> None:
+    _configure(pieces, policies, ((p, p.gateway) for p in PLUGINS if p.gateway is not None))
+
+
+def configure_egress(pieces: InboundPieces, policies: MatchedPolicies) -> None:
+    _configure(pieces, policies, ((p, p.egress) for p in PLUGINS if p.egress is not None))

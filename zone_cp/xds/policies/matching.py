@@ -1,10 +1,24 @@
-"""targetRef matching: which policies select a proxy, and the merged conf per direction.
+"""targetRef matching: which policies select a proxy or one of its inbounds, and the merged conf
+per direction. Kuma 2.14's matcher (pkg/plugins/policies/core/matchers/dataplane.go), in universal:
 
-- The top-level ``targetRef`` selects proxies: ``Mesh`` (all), ``MeshSubset`` (tags are a subset
-  of one of the proxy's inbound tag sets), ``MeshService`` (the proxy serves that kuma.io/service);
-  ``proxyTypes`` narrows Mesh/MeshSubset to Sidecar or Gateway proxies.
-- Matched policies are ordered by specificity (Mesh < MeshSubset < MeshService), then by name;
-  a later policy overrides an earlier one.
+- The top-level ``targetRef`` (absent: ``Mesh``) selects proxies, and of a sidecar the inbounds
+  its ``from`` entries configure: ``Mesh`` every proxy and inbound; ``MeshSubset`` the inbounds
+  whose tags include its tags (a builtin or delegated gateway: its ``networking.gateway.tags``);
+  ``MeshService`` the inbounds whose ``kuma.io/service`` is its ``name`` (zonemesh has no
+  MeshService resources: the name is the service tag, as in Kuma's universal mode without them);
+  ``MeshServiceSubset`` those of them that also carry its tags; ``Dataplane`` the Dataplane named
+  ``name`` in this zone, or those whose labels include ``labels``, or every Dataplane when neither
+  is set (never a builtin gateway), and of it the inbound ``sectionName`` names (its ``name``, or
+  its port as a string) or every inbound. ``proxyTypes`` narrows Mesh/MeshSubset to sidecars
+  (incl. delegated gateways) or gateways. ``MeshGateway`` is resolved by the gateway generator
+  (``generators/gateway.py``: the MeshGateway selecting the builtin gateway).
+- A proxy is selected when any of its inbounds (or its gateway tags) is: its ``to`` entries then
+  configure all its outbounds, as in Kuma. ``from`` entries configure the selected inbounds only.
+- Matched policies are ordered least specific first, a later one overriding an earlier one: by
+  kind (``targetref.PRECEDENCE``: Mesh < Dataplane < MeshSubset < MeshGateway < MeshService <
+  MeshServiceSubset), a Dataplane naming the proxy over one selecting it by labels over one
+  selecting all, with ``sectionName`` over without; then by name, the lexicographically
+  *smallest* name winning (Kuma's order).
 - ``to`` entries are chosen per destination service (Mesh < MeshService), ``from`` entries per
   source; ``default`` confs are deep-merged in that order (objects merge, everything else replaces).
 """
@@ -16,76 +30,184 @@ from dataclasses import dataclass
 from typing import Any
 
 from zonemesh.shared.resources.model import Resource
-from zonemesh.zone_cp.xds.context import SERVICE_TAG, MeshContext, is_gateway, tag_sets
+from zonemesh.shared.resources.types.dataplane import is_builtin_gateway
+from zonemesh.shared.resources.types.targetref import (
+    DATAPLANE,
+    GATEWAY,
+    MESH,
+    MESH_GATEWAY,
+    MESH_SERVICE,
+    MESH_SERVICE_SUBSET,
+    MESH_SUBSET,
+    PRECEDENCE,
+    SIDECAR,
+    top_level,
+)
+from zonemesh.zone_cp.xds.context import SERVICE_TAG, MeshContext, inbounds, is_gateway, tag_sets
 
-MESH, MESH_SUBSET, MESH_SERVICE, MESH_GATEWAY = "Mesh", "MeshSubset", "MeshService", "MeshGateway"
-PRECEDENCE = {MESH: 0, MESH_SUBSET: 1, MESH_SERVICE: 2, MESH_GATEWAY: 2}
+__all__ = [
+    "MESH",
+    "MESH_GATEWAY",
+    "MESH_SERVICE",
+    "MESH_SUBSET",
+    "Entry",
+    "Selectors",
+    "deep_merge",
+    "entries",
+    "from_conf",
+    "matched",
+    "matched_inbound",
+    "merge_all",
+    "proxy_type",
+    "section_name",
+    "selectors",
+    "selects",
+    "selects_inbound",
+    "signature",
+    "to_conf",
+]
+
+Tags = Mapping[str, str]
 
 
 def proxy_type(dp: Resource) -> str:
-    return "Gateway" if is_gateway(dp) else "Sidecar"
+    return GATEWAY if is_gateway(dp) else SIDECAR
 
 
-def selects(target_ref: Mapping[str, Any], dp: Resource) -> bool:
-    """Does a top-level targetRef select this proxy?"""
-    kind = target_ref.get("kind")
-    proxy_types = target_ref.get("proxyTypes")
-    if proxy_types and proxy_type(dp) not in proxy_types:
-        return False
-    if kind == MESH:
-        return True
+def section_name(inbound: Mapping[str, Any]) -> str:
+    """How a targetRef's ``sectionName`` names an inbound: its ``name``, else its port."""
+    return str(inbound.get("name") or inbound.get("port"))
+
+
+def _has(tags: Tags, wanted: Iterable[tuple[str, Any]]) -> bool:
+    return all(tags.get(k) == v for k, v in wanted)
+
+
+def _types_allow(ref: Mapping[str, Any], dp: Resource) -> bool:
+    types = ref.get("proxyTypes")
+    return not types or proxy_type(dp) in types
+
+
+def _wanted_tags(ref: Mapping[str, Any]) -> tuple[tuple[str, Any], ...] | None:
+    """The tags a tag-based kind selects on (None: the kind does not select by tags)."""
+    kind = ref.get("kind")
     if kind == MESH_SUBSET:
-        wanted = (target_ref.get("tags") or {}).items()
-        return any(all(tags.get(k) == v for k, v in wanted) for tags in tag_sets(dp))
+        return tuple((ref.get("tags") or {}).items())
     if kind == MESH_SERVICE:
-        return any(tags.get(SERVICE_TAG) == target_ref.get("name") for tags in tag_sets(dp))
-    return False  # MeshGateway: builtin gateways are a later issue
+        return ((SERVICE_TAG, ref.get("name")),)
+    if kind == MESH_SERVICE_SUBSET:
+        return ((SERVICE_TAG, ref.get("name")), *(ref.get("tags") or {}).items())
+    return None
 
 
-def subset_tag_keys(policies: Iterable[Resource]) -> set[str]:
-    """The tag keys the MeshSubset targetRefs of ``policies`` select on."""
-    return {
-        str(k)
-        for p in policies
-        if (ref := p.spec.get("targetRef") or {}).get("kind") == MESH_SUBSET
-        for k in ref.get("tags") or {}
-    }
+def _dataplane_selected(ref: Mapping[str, Any], dp: Resource) -> bool:
+    """The Dataplane part of a ``Dataplane`` targetRef (sectionName aside)."""
+    if is_builtin_gateway(dp):
+        return False
+    if ref.get("name"):
+        return bool(dp.name == ref["name"])
+    labels: Mapping[str, str] | None = ref.get("labels")
+    return labels is None or _has(dp.labels, labels.items())
 
 
-def _rank(policy: Resource) -> tuple[int, str]:
-    return PRECEDENCE.get(str(policy.spec.get("targetRef", {}).get("kind")), 0), policy.name
+def selects_inbound(ref: Mapping[str, Any], dp: Resource, inbound: Mapping[str, Any]) -> bool:
+    """Does a top-level targetRef select this inbound of ``dp`` (for its ``from`` entries)?"""
+    kind = ref.get("kind")
+    if kind == MESH:
+        return _types_allow(ref, dp)
+    if kind == DATAPLANE:
+        section = ref.get("sectionName")
+        return _dataplane_selected(ref, dp) and (section is None or section_name(inbound) == section)
+    wanted = _wanted_tags(ref)
+    if wanted is None:
+        return False  # MeshGateway: gateways have no inbounds
+    return _types_allow(ref, dp) and _has(inbound.get("tags") or {}, wanted)
+
+
+def selects(ref: Mapping[str, Any], dp: Resource) -> bool:
+    """Does a top-level targetRef select the proxy ``dp`` (any of its inbounds, or its gateway)?"""
+    kind = ref.get("kind")
+    if kind == MESH:
+        return _types_allow(ref, dp)
+    if kind == DATAPLANE:
+        if not _dataplane_selected(ref, dp):
+            return False
+        section = ref.get("sectionName")
+        return section is None or any(section_name(i) == section for i in inbounds(dp))
+    wanted = _wanted_tags(ref)
+    if wanted is None:
+        return False  # MeshGateway: resolved by the gateway generator
+    return _types_allow(ref, dp) and any(_has(tags, wanted) for tags in tag_sets(dp))
+
+
+def _rank(policy: Resource) -> tuple[int, int, int]:
+    """Specificity of a policy's top-level targetRef (higher wins)."""
+    ref = top_level(policy.spec)
+    kind = str(ref.get("kind"))
+    by_dataplane = (2 if ref.get("name") else 1 if ref.get("labels") else 0) if kind == DATAPLANE else 0
+    return PRECEDENCE.get(kind, 0), by_dataplane, 1 if ref.get("sectionName") else 0
+
+
+def ordered(policies: Iterable[Resource]) -> list[Resource]:
+    """Least specific first; among equals the lexicographically smallest name last (it wins)."""
+    by_name = sorted(policies, key=lambda p: p.name, reverse=True)
+    return sorted(by_name, key=_rank)  # stable: keeps the name order within a rank
+
+
+@dataclass(frozen=True)
+class Selectors:
+    """What of a proxy the mesh's policies select on, beyond its services and protocols (which
+    generation reads anyway): tag keys (MeshSubset, MeshServiceSubset), Dataplane label keys, and
+    Dataplane names. Proxies alike in all of these get the same policies."""
+
+    tag_keys: frozenset[str]
+    label_keys: frozenset[str]
+    names: frozenset[str]
+
+
+def selectors(policies: Iterable[Resource]) -> Selectors:
+    tag_keys: set[str] = set()
+    label_keys: set[str] = set()
+    names: set[str] = set()
+    for policy in policies:
+        ref = top_level(policy.spec)
+        tag_keys.update(str(k) for k in ref.get("tags") or {})
+        if ref.get("kind") == DATAPLANE:
+            label_keys.update(str(k) for k in ref.get("labels") or {})
+            if ref.get("name"):
+                names.add(str(ref["name"]))
+    return Selectors(frozenset(tag_keys), frozenset(label_keys), frozenset(names))
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    policy: Resource
+    ref: Mapping[str, Any]  # its top-level targetRef
+    position: int  # in ``ordered`` of all the type's policies: a later one wins
 
 
 @dataclass(frozen=True)
 class _Index:
-    """A mesh's policies of one type by the kind of their top-level targetRef: matching a proxy
-    then costs a look-up per service it serves instead of a test per policy (a mesh has a
-    policy per service or more, and a round matches every proxy of the mesh)."""
+    """A mesh's policies of one type, in precedence order, by the kind of their top-level
+    targetRef: matching a proxy then costs a look-up per service it serves instead of a test per
+    policy (a mesh has a policy per service or more, and a round matches every proxy of the
+    mesh). The rest (Mesh, MeshSubset, Dataplane) are tested one by one."""
 
-    mesh: tuple[tuple[Resource, frozenset[str] | None], ...]  # (policy, proxyTypes or None)
-    subset: tuple[tuple[Resource, frozenset[str] | None, tuple[tuple[str, Any], ...]], ...]
-    by_service: Mapping[str, tuple[tuple[Resource, frozenset[str] | None], ...]]
-
-
-def _proxy_types(ref: Mapping[str, Any]) -> frozenset[str] | None:
-    types = ref.get("proxyTypes")
-    return frozenset(types) if types else None
+    by_service: Mapping[str, tuple[_Candidate, ...]]  # MeshService / MeshServiceSubset, by service name
+    others: tuple[_Candidate, ...]
 
 
 def _build_index(policies: Sequence[Resource]) -> _Index:
-    mesh: list[tuple[Resource, frozenset[str] | None]] = []
-    subset: list[tuple[Resource, frozenset[str] | None, tuple[tuple[str, Any], ...]]] = []
-    by_service: dict[str, list[tuple[Resource, frozenset[str] | None]]] = {}
-    for policy in policies:
-        ref = policy.spec.get("targetRef") or {}
-        kind, types = ref.get("kind"), _proxy_types(ref)
-        if kind == MESH:
-            mesh.append((policy, types))
-        elif kind == MESH_SUBSET:
-            subset.append((policy, types, tuple((ref.get("tags") or {}).items())))
-        elif kind == MESH_SERVICE:
-            by_service.setdefault(str(ref.get("name")), []).append((policy, types))
-    return _Index(tuple(mesh), tuple(subset), {k: tuple(v) for k, v in by_service.items()})
+    by_service: dict[str, list[_Candidate]] = {}
+    others: list[_Candidate] = []
+    for position, policy in enumerate(ordered(policies)):
+        ref = top_level(policy.spec)
+        candidate = _Candidate(policy, ref, position)
+        if ref.get("kind") in (MESH_SERVICE, MESH_SERVICE_SUBSET):
+            by_service.setdefault(str(ref.get("name")), []).append(candidate)
+        elif ref.get("kind") != MESH_GATEWAY:
+            others.append(candidate)
+    return _Index({k: tuple(v) for k, v in by_service.items()}, tuple(others))
 
 
 def _index(ctx: MeshContext, policy_type: str) -> _Index:
@@ -97,26 +219,27 @@ def _index(ctx: MeshContext, policy_type: str) -> _Index:
     return index
 
 
-def matched(ctx: MeshContext, dp: Resource, policy_type: str) -> list[Resource]:
-    """The policies of one type selecting ``dp``, least specific first (what ``selects`` says,
-    answered from an index of the mesh's policies)."""
+def _candidates(ctx: MeshContext, dp: Resource, policy_type: str) -> list[_Candidate]:
     index = _index(ctx, policy_type)
-    kind = proxy_type(dp)
-    sets = tag_sets(dp)
-    found = [p for p, types in index.mesh if types is None or kind in types]
-    found += [
-        p
-        for p, types, wanted in index.subset
-        if (types is None or kind in types) and any(all(tags.get(k) == v for k, v in wanted) for tags in sets)
-    ]
-    seen: set[str] = set()
-    for tags in sets:
-        service = tags.get(SERVICE_TAG)
-        if service is None or service in seen:
-            continue
-        seen.add(service)
-        found += [p for p, types in index.by_service.get(service, ()) if types is None or kind in types]
-    return sorted(found, key=_rank)
+    found = list(index.others)
+    for service in dict.fromkeys(str(tags[SERVICE_TAG]) for tags in tag_sets(dp) if tags.get(SERVICE_TAG)):
+        found += index.by_service.get(service, ())
+    return found
+
+
+def _in_order(found: Iterable[_Candidate]) -> list[Resource]:
+    return [c.policy for c in sorted(found, key=lambda c: c.position)]
+
+
+def matched(ctx: MeshContext, dp: Resource, policy_type: str) -> list[Resource]:
+    """The policies of one type selecting ``dp``, least specific first (``selects``, answered
+    from an index of the mesh's policies)."""
+    return _in_order(c for c in _candidates(ctx, dp, policy_type) if selects(c.ref, dp))
+
+
+def matched_inbound(ctx: MeshContext, dp: Resource, inbound: Mapping[str, Any], policy_type: str) -> list[Resource]:
+    """The policies of one type selecting one inbound of ``dp``, least specific first."""
+    return _in_order(c for c in _candidates(ctx, dp, policy_type) if selects_inbound(c.ref, dp, inbound))
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

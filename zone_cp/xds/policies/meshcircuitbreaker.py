@@ -10,6 +10,7 @@ from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_de
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds.envoy import InboundPieces, OutboundPieces, duration
 from zonemesh.zone_cp.xds.policies.matching import from_conf
+from zonemesh.zone_cp.xds.policies.plugin import Plugin
 
 TYPE = "MeshCircuitBreaker"
 
@@ -95,3 +96,6 @@ def apply_inbound(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
     conf = from_conf(policies)
     if conf is not None:
         configure_cluster(pieces.cluster, conf)
+
+
+PLUGIN = Plugin(TYPE, order=40, outbound=apply_outbound, inbound=apply_inbound)

@@ -2,19 +2,23 @@
 
 Applied on builtin gateways, where Kuma takes the merged ``to`` (kind Mesh) entries of the
 policies selecting the gateway: one fault filter per entry of ``http``, in order, before the
-router. (Sidecar inbounds, configured by ``from``, come with the policy's own issue.)
+router, on each HTTP listener. Sidecar inbounds (``from``) are not supported yet: the type's
+PolicySupport says so, and such documents are refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from envoy.extensions.filters.common.fault.v3 import fault_pb2 as common_fault_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.type.v3 import percent_pb2
-from zonemesh.zone_cp.xds.envoy import duration, pack
+from zonemesh.shared.resources.model import Resource
+from zonemesh.zone_cp.xds.envoy import InboundPieces, duration, pack
+from zonemesh.zone_cp.xds.policies.matching import to_conf
+from zonemesh.zone_cp.xds.policies.plugin import Plugin
 
 TYPE = "MeshFaultInjection"
 
@@ -62,3 +66,11 @@ def http_filters(conf: Mapping[str, Any] | None) -> list[hcm_pb2.HttpFilter]:
         hcm_pb2.HttpFilter(name="envoy.filters.http.fault", typed_config=pack(fault(entry)))
         for entry in conf.get("http") or []
     ]
+
+
+def apply_gateway(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
+    if pieces.is_http:
+        pieces.http_filters.extend(http_filters(to_conf(policies, "")))  # `to` targets Mesh only here
+
+
+PLUGIN = Plugin(TYPE, order=60, gateway=apply_gateway)

@@ -9,6 +9,7 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2, health_check_pb2
 from envoy.type.v3 import range_pb2
 from zonemesh.zone_cp.xds.envoy import OutboundPieces, duration
+from zonemesh.zone_cp.xds.policies.plugin import Plugin
 
 TYPE = "MeshHealthCheck"
 
@@ -84,3 +85,6 @@ def apply_outbound(pieces: OutboundPieces, conf: Mapping[str, Any]) -> None:
         pieces.cluster.common_lb_config.healthy_panic_threshold.value = float(conf["healthyPanicThreshold"])
     if conf.get("failTrafficOnPanic"):
         pieces.cluster.common_lb_config.zone_aware_lb_config.fail_traffic_on_panic = True
+
+
+PLUGIN = Plugin(TYPE, order=50, outbound=apply_outbound)

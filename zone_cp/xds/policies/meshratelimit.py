@@ -2,13 +2,14 @@
 
 Applied on builtin gateways from the merged ``to`` (kind Mesh) conf of the policies selecting
 the gateway, as Kuma does: ``local.http`` becomes an HTTP local_ratelimit filter on each HTTP
-listener, ``local.tcp`` a network local_ratelimit filter on each TCP/TLS listener. (Sidecar
-inbounds, configured by ``from``, come with the policy's own issue.)
+listener, ``local.tcp`` a network local_ratelimit filter on each TCP/TLS listener. Sidecar
+inbounds (``from``) are not supported yet: the type's PolicySupport says so, and such documents
+are refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
@@ -17,7 +18,10 @@ from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.local_ratelimit.v3 import local_rate_limit_pb2 as tcp_rl_pb2
 from envoy.type.v3 import http_status_pb2, percent_pb2, token_bucket_pb2
-from zonemesh.zone_cp.xds.envoy import duration, pack
+from zonemesh.shared.resources.model import Resource
+from zonemesh.zone_cp.xds.envoy import InboundPieces, duration, pack
+from zonemesh.zone_cp.xds.policies.matching import to_conf
+from zonemesh.zone_cp.xds.policies.plugin import Plugin
 
 TYPE = "MeshRateLimit"
 DEFAULT_STATUS = 429
@@ -76,3 +80,14 @@ def network_filters(conf: Mapping[str, Any] | None, stat_prefix: str) -> list[li
         stat_prefix=f"rate_limit_{stat_prefix}", token_bucket=_bucket(tcp["connectionRate"])
     )
     return [listener_components_pb2.Filter(name="envoy.filters.network.local_ratelimit", typed_config=pack(limit))]
+
+
+def apply_gateway(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
+    conf = to_conf(policies, "")  # `to` targets Mesh only here
+    if pieces.is_http:
+        pieces.http_filters.extend(http_filters(conf, pieces.stat_prefix))
+    else:
+        pieces.network_filters.extend(network_filters(conf, pieces.stat_prefix))
+
+
+PLUGIN = Plugin(TYPE, order=70, gateway=apply_gateway)

@@ -8,6 +8,7 @@ from typing import Any
 from envoy.config.route.v3 import route_components_pb2
 from envoy.type.matcher.v3 import string_pb2
 from zonemesh.zone_cp.xds.envoy import OutboundPieces, duration
+from zonemesh.zone_cp.xds.policies.plugin import Plugin
 
 TYPE = "MeshRetry"
 
@@ -94,3 +95,6 @@ def apply_outbound(pieces: OutboundPieces, conf: Mapping[str, Any]) -> None:
             pieces.route.route.retry_policy.CopyFrom(_retry_policy(section, grpc))
     elif pieces.tcp_proxy is not None and conf.get("tcp"):
         pieces.tcp_proxy.max_connect_attempts.value = int(conf["tcp"]["maxConnectAttempt"])
+
+
+PLUGIN = Plugin(TYPE, order=30, outbound=apply_outbound)

@@ -8,6 +8,7 @@ from typing import Any
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds.envoy import InboundPieces, OutboundPieces, duration
 from zonemesh.zone_cp.xds.policies.matching import from_conf
+from zonemesh.zone_cp.xds.policies.plugin import Plugin
 
 TYPE = "MeshTimeout"
 
@@ -61,3 +62,7 @@ def apply_inbound(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
             )
     elif pieces.tcp_proxy is not None and idle is not None:
         pieces.tcp_proxy.idle_timeout.CopyFrom(duration(idle))
+
+
+# On a builtin gateway listener `from` sets the same listener timeouts as on a sidecar inbound.
+PLUGIN = Plugin(TYPE, order=20, outbound=apply_outbound, inbound=apply_inbound, gateway=apply_inbound)

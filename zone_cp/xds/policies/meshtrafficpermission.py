@@ -29,6 +29,7 @@ from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds.context import SERVICE_TAG
 from zonemesh.zone_cp.xds.envoy import InboundPieces, pack, spiffe_id
 from zonemesh.zone_cp.xds.policies.matching import MESH, MESH_SERVICE, MESH_SUBSET, entries
+from zonemesh.zone_cp.xds.policies.plugin import Plugin
 
 TYPE = "MeshTrafficPermission"
 ALLOW, DENY, SHADOW = "Allow", "Deny", "AllowWithShadowDeny"
@@ -109,7 +110,7 @@ def apply_inbound(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
     if pieces.mtls is None:
         return
     enforced, shadow = rules(pieces.mesh, policies)
-    stat_prefix = f"inbound_{pieces.service}."
+    stat_prefix = f"{pieces.stat_prefix}."
     if pieces.is_http:
         http = http_rbac_pb2.RBAC(rules=enforced, shadow_rules_stat_prefix=stat_prefix)
         if shadow is not None:
@@ -122,3 +123,7 @@ def apply_inbound(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
         pieces.network_filters.append(
             listener_components_pb2.Filter(name="envoy.filters.network.rbac", typed_config=pack(network))
         )
+
+
+# The zone egress checks the callers of an ExternalService as its inbound would.
+PLUGIN = Plugin(TYPE, order=10, inbound=apply_inbound, egress=apply_inbound)

@@ -28,7 +28,15 @@ from zonemesh.shared.resources.schema import (
     parse_duration,
 )
 from zonemesh.shared.resources.types.common import PORT
-from zonemesh.shared.resources.types.targetref import MESH, MESH_GATEWAY, MESH_SERVICE
+from zonemesh.shared.resources.types.targetref import (
+    MESH,
+    MESH_GATEWAY,
+    MESH_SERVICE,
+    MESH_SERVICE_SUBSET,
+    includes_gateways,
+    not_supported,
+    top_level,
+)
 
 # Kuma accepts percentages as an int or a decimal string ("50", "50.5"); YAML floats are
 # refused like Kuma's IntOrString does, with a reason that says to quote them.
@@ -69,8 +77,6 @@ HEADER_VALUE = Obj({"name": HEADER_NAME, "value": Str()}, required=("name", "val
 
 # Headers a policy adds to a request or response (health checks, rate-limit replies).
 HEADERS_ADD_SET = Obj({"add": List(HEADER_VALUE, max_items=16), "set": List(HEADER_VALUE, max_items=16)})
-
-MESH_SERVICE_SUBSET = "MeshServiceSubset"
 
 
 def _backend_ref_kind(value: Mapping[str, Any], path: str, errors: Errors) -> None:
@@ -138,6 +144,42 @@ def type_matches_field(fields: Mapping[str, str]) -> Check:
     return check
 
 
+# --- fields a plugin does not apply yet (PolicySupport.not_yet) -------------------------
+
+
+def _confs(spec: Mapping[str, Any]) -> Iterable[tuple[str, Mapping[str, Any]]]:
+    for direction in ("to", "from"):
+        for i, entry in enumerate(spec.get(direction) or []):
+            conf = entry.get("default") if isinstance(entry, Mapping) else None
+            if isinstance(conf, Mapping):
+                yield f"spec.{direction}[{i}].default", conf
+
+
+def fields_not_yet(type_name: str, *fields: str) -> Callable[[Resource], list[FieldError]]:
+    """A ``not_yet`` check refusing the dotted ``fields`` (e.g. ``http.rateLimitedBackOff``) in
+    any ``to``/``from`` entry's ``default``: valid Kuma, not applied by zonemesh yet."""
+
+    def check(res: Resource) -> list[FieldError]:
+        errors = []
+        for path, conf in _confs(res.spec):
+            for field in fields:
+                value: Any = conf
+                for part in field.split("."):
+                    value = value.get(part) if isinstance(value, Mapping) else None
+                if value is not None:
+                    errors.append(FieldError(f"{path}.{field}", not_supported(f"{type_name} {field}")))
+        return errors
+
+    return check
+
+
+def all_not_yet(*checks: Callable[[Resource], list[FieldError]]) -> Callable[[Resource], list[FieldError]]:
+    def run(res: Resource) -> list[FieldError]:
+        return [error for check in checks for error in check(res)]
+
+    return run
+
+
 # --- semantic checks across the whole policy spec ---------------------------------------
 
 SpecCheck = Callable[[Mapping[str, Any]], Iterable[FieldError]]
@@ -156,7 +198,7 @@ def policy_semantic(*checks: SpecCheck) -> SemanticCheck:
 
 
 def top_kind(spec: Mapping[str, Any]) -> str:
-    return str(spec["targetRef"]["kind"])
+    return str(top_level(spec)["kind"])
 
 
 def _entries(spec: Mapping[str, Any], direction: str) -> list[Mapping[str, Any]]:
@@ -205,10 +247,18 @@ def sidecar_to_kinds(*kinds: str) -> SpecCheck:
 
 
 def to_only_for_gateway(spec: Mapping[str, Any]) -> list[FieldError]:
-    """Inbound-side policies configure a gateway through `to`, every other proxy through `from`."""
-    gateway = top_kind(spec) == MESH_GATEWAY
-    if gateway and _entries(spec, "from"):
-        return [FieldError("spec.from", "must not be defined when the top-level targetRef is a MeshGateway; use to")]
-    if not gateway and _entries(spec, "to"):
-        return [FieldError("spec.to", "can only be defined when the top-level targetRef is a MeshGateway; use from")]
+    """Inbound-side policies (MeshFaultInjection, MeshRateLimit) configure builtin gateways
+    through `to` and sidecars through `from`; as in Kuma, `to` needs a top-level targetRef that
+    can select gateways and `from` one that cannot (proxyTypes: [Sidecar], or a service)."""
+    gateways = includes_gateways(top_level(spec))
+    if gateways and _entries(spec, "from"):
+        return [
+            FieldError(
+                "spec.from",
+                "must not be defined when the top-level targetRef includes gateways; "
+                "select only proxyTypes: [Sidecar], or select only gateways and use to",
+            )
+        ]
+    if not gateways and _entries(spec, "to"):
+        return [FieldError("spec.to", "can only be defined when the top-level targetRef includes gateways; use from")]
     return []

@@ -1,7 +1,7 @@
 """MeshAccessLog: where proxies write access logs for outbound (`to`) and inbound (`from`)
 traffic: a file, a TCP collector or an OpenTelemetry collector."""
 
-from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
+from zonemesh.shared.resources.registry import NOT_SUPPORTED_YET, ResourceType, Scope, Sync, register
 from zonemesh.shared.resources.schema import AnyValue, Bool, Enum, List, Obj, Str
 from zonemesh.shared.resources.types.common import HostPort, exactly_one
 from zonemesh.shared.resources.types.policies.common import (
@@ -9,7 +9,12 @@ from zonemesh.shared.resources.types.policies.common import (
     policy_semantic,
     type_matches_field,
 )
-from zonemesh.shared.resources.types.targetref import MESH, MESH_GATEWAY, MESH_SERVICE, MESH_SUBSET, policy_spec
+from zonemesh.shared.resources.types.targetref import (
+    MESH,
+    MESH_SERVICE,
+    TOP_KINDS,
+    policy_spec,
+)
 
 # Kuma 2.4+ writes `type: File` beside `file: {...}`; older documents omit it. Both are
 # accepted, but a stated type must name the block that is actually given.
@@ -68,8 +73,9 @@ MESH_ACCESS_LOG = register(
         sync=Sync.GLOBAL_TO_ZONES,
         wrapped=True,
         policy=True,
+        support=NOT_SUPPORTED_YET,
         spec=policy_spec(
-            top=(MESH, MESH_SUBSET, MESH_SERVICE, MESH_GATEWAY),
+            top=TOP_KINDS,
             to=(MESH, MESH_SERVICE),
             from_=(MESH,),
             conf=CONF,

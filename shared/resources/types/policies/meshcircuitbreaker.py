@@ -4,10 +4,15 @@ for inbound traffic (`from`)."""
 from collections.abc import Mapping
 from typing import Any
 
-from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
+from zonemesh.shared.resources.registry import PolicySupport, ResourceType, Scope, Sync, register
 from zonemesh.shared.resources.schema import Bool, Duration, Errors, Int, Obj, Str, Union, at_least_one
 from zonemesh.shared.resources.types.policies.common import PERCENTAGE, not_empty, policy_semantic
-from zonemesh.shared.resources.types.targetref import MESH, MESH_GATEWAY, MESH_SERVICE, MESH_SUBSET, policy_spec
+from zonemesh.shared.resources.types.targetref import (
+    MESH,
+    MESH_SERVICE,
+    TOP_KINDS,
+    policy_spec,
+)
 
 _POSITIVE = Int(min=1)
 _CONSECUTIVE = Obj({"consecutive": _POSITIVE})
@@ -80,8 +85,9 @@ MESH_CIRCUIT_BREAKER = register(
         sync=Sync.GLOBAL_TO_ZONES,
         wrapped=True,
         policy=True,
+        support=PolicySupport(plugin="meshcircuitbreaker", gateway=("to",)),
         spec=policy_spec(
-            top=(MESH, MESH_SUBSET, MESH_SERVICE, MESH_GATEWAY),
+            top=TOP_KINDS,
             to=(MESH, MESH_SERVICE),
             from_=(MESH,),
             conf=CONF,

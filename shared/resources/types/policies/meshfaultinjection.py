@@ -1,7 +1,7 @@
 """MeshFaultInjection: injected aborts, delays and bandwidth limits on inbound HTTP traffic
 (`from`; `to` on a MeshGateway)."""
 
-from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
+from zonemesh.shared.resources.registry import PolicySupport, ResourceType, Scope, Sync, register
 from zonemesh.shared.resources.schema import Duration, List, Obj, Str, at_least_one
 from zonemesh.shared.resources.types.policies.common import (
     HTTP_STATUS,
@@ -11,7 +11,13 @@ from zonemesh.shared.resources.types.policies.common import (
     policy_semantic,
     to_only_for_gateway,
 )
-from zonemesh.shared.resources.types.targetref import MESH, MESH_GATEWAY, MESH_SERVICE, MESH_SUBSET, policy_spec
+from zonemesh.shared.resources.types.targetref import (
+    MESH,
+    MESH_SERVICE,
+    MESH_SUBSET,
+    TOP_KINDS,
+    policy_spec,
+)
 
 BANDWIDTH = Str(
     pattern=r"\d+\s?[kMG]bps", pattern_reason='must be a number with a unit kbps, Mbps or Gbps, e.g. "10Mbps"'
@@ -38,8 +44,9 @@ MESH_FAULT_INJECTION = register(
         sync=Sync.GLOBAL_TO_ZONES,
         wrapped=True,
         policy=True,
+        support=PolicySupport(plugin="meshfaultinjection", sidecar=(), gateway=("to",)),
         spec=policy_spec(
-            top=(MESH, MESH_SUBSET, MESH_SERVICE, MESH_GATEWAY),
+            top=TOP_KINDS,
             to=(MESH,),
             from_=(MESH, MESH_SUBSET, MESH_SERVICE),
             conf=CONF,

@@ -1,15 +1,21 @@
 """MeshHealthCheck: active health checks of the destinations (`to`) a proxy sends to."""
 
-from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
+from zonemesh.shared.resources.registry import PolicySupport, ResourceType, Scope, Sync, register
 from zonemesh.shared.resources.schema import Bool, Duration, Int, List, Obj, Str, at_least_one
 from zonemesh.shared.resources.types.policies.common import (
     HEADERS_ADD_SET,
     HTTP_STATUS,
     PERCENTAGE,
+    fields_not_yet,
     not_empty,
     policy_semantic,
 )
-from zonemesh.shared.resources.types.targetref import MESH, MESH_GATEWAY, MESH_SERVICE, MESH_SUBSET, policy_spec
+from zonemesh.shared.resources.types.targetref import (
+    MESH,
+    MESH_SERVICE,
+    TOP_KINDS,
+    policy_spec,
+)
 
 CONF = Obj(
     {
@@ -50,8 +56,14 @@ MESH_HEALTH_CHECK = register(
         sync=Sync.GLOBAL_TO_ZONES,
         wrapped=True,
         policy=True,
+        support=PolicySupport(
+            plugin="meshhealthcheck",
+            sidecar=("to",),
+            gateway=("to",),
+            not_yet=fields_not_yet("MeshHealthCheck", "eventLogPath"),
+        ),
         spec=policy_spec(
-            top=(MESH, MESH_SUBSET, MESH_SERVICE, MESH_GATEWAY),
+            top=TOP_KINDS,
             to=(MESH, MESH_SERVICE),
             conf=CONF,
         ),

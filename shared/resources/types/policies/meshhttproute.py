@@ -8,7 +8,7 @@ going through ``policy_spec``.
 from collections.abc import Mapping
 from typing import Any
 
-from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
+from zonemesh.shared.resources.registry import NOT_SUPPORTED_YET, ResourceType, Scope, Sync, register
 from zonemesh.shared.resources.schema import (
     Bool,
     Enum,
@@ -39,7 +39,7 @@ from zonemesh.shared.resources.types.targetref import (
     MESH,
     MESH_GATEWAY,
     MESH_SERVICE,
-    MESH_SUBSET,
+    TOP_KINDS,
     target_ref,
 )
 
@@ -228,8 +228,6 @@ RULE = Obj(
     checks=(_prefix_rewrite_needs_prefix_matches,),
 )
 
-TOP_KINDS = (MESH, MESH_SUBSET, MESH_SERVICE, MESH_GATEWAY)
-
 SPEC = Obj(
     {
         "targetRef": target_ref(TOP_KINDS, top_level=True),
@@ -244,7 +242,7 @@ SPEC = Obj(
             )
         ),
     },
-    required=("targetRef", "to"),
+    required=("to",),
 )
 
 
@@ -296,6 +294,7 @@ MESH_HTTP_ROUTE = register(
         sync=Sync.GLOBAL_TO_ZONES,
         wrapped=True,
         policy=True,
+        support=NOT_SUPPORTED_YET,
         spec=SPEC,
         semantic=policy_semantic(
             not_empty("to"), gateway_to_mesh_only, sidecar_to_kinds(MESH_SERVICE), _gateway_only_fields

@@ -4,7 +4,7 @@ MeshGateway)."""
 from collections.abc import Mapping
 from typing import Any
 
-from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
+from zonemesh.shared.resources.registry import PolicySupport, ResourceType, Scope, Sync, register
 from zonemesh.shared.resources.schema import Bool, Duration, Errors, Int, Obj, at_least_one, parse_duration
 from zonemesh.shared.resources.types.policies.common import (
     HEADERS_ADD_SET,
@@ -14,7 +14,12 @@ from zonemesh.shared.resources.types.policies.common import (
     policy_semantic,
     to_only_for_gateway,
 )
-from zonemesh.shared.resources.types.targetref import MESH, MESH_GATEWAY, MESH_SERVICE, MESH_SUBSET, policy_spec
+from zonemesh.shared.resources.types.targetref import (
+    MESH,
+    MESH_HTTP_ROUTE,
+    TOP_KINDS,
+    policy_spec,
+)
 
 _MIN_INTERVAL_SECONDS = 0.05
 
@@ -67,8 +72,9 @@ MESH_RATE_LIMIT = register(
         sync=Sync.GLOBAL_TO_ZONES,
         wrapped=True,
         policy=True,
+        support=PolicySupport(plugin="meshratelimit", sidecar=(), gateway=("to",)),
         spec=policy_spec(
-            top=(MESH, MESH_SUBSET, MESH_SERVICE, MESH_GATEWAY),
+            top=(*TOP_KINDS, MESH_HTTP_ROUTE),
             to=(MESH,),
             from_=(MESH,),
             conf=CONF,

@@ -3,11 +3,13 @@
 from collections.abc import Mapping
 from typing import Any
 
-from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
+from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.resources.registry import PolicySupport, ResourceType, Scope, Sync, register
 from zonemesh.shared.resources.schema import (
     Duration,
     Enum,
     Errors,
+    FieldError,
     Int,
     List,
     Map,
@@ -18,13 +20,22 @@ from zonemesh.shared.resources.schema import (
 from zonemesh.shared.resources.types.policies.common import (
     HEADER_MATCH,
     HEADER_NAME,
+    all_not_yet,
     backoff_order,
     blocks_not_empty,
+    fields_not_yet,
     gateway_to_mesh_only,
     not_empty,
     policy_semantic,
 )
-from zonemesh.shared.resources.types.targetref import MESH, MESH_GATEWAY, MESH_SERVICE, MESH_SUBSET, policy_spec
+from zonemesh.shared.resources.types.targetref import (
+    MESH,
+    MESH_HTTP_ROUTE,
+    MESH_SERVICE,
+    TOP_KINDS,
+    not_supported,
+    policy_spec,
+)
 
 # Conditions Kuma names; any HTTP status code ("503") is accepted too. Kuma defines "5xx"
 # but documents "5XX", so both spellings are taken.
@@ -102,6 +113,33 @@ def _host_selection(value: Mapping[str, Any], path: str, errors: Errors) -> None
             )
 
 
+def _host_selection_not_yet(res: Resource) -> list[FieldError]:
+    """The plugin applies the OmitPreviousHosts predicate only."""
+    errors = []
+    for i, entry in enumerate(res.spec.get("to") or []):
+        for j, predicate in enumerate(((entry.get("default") or {}).get("http") or {}).get("hostSelection") or []):
+            kind = predicate.get("predicate")
+            if kind != "OmitPreviousHosts":
+                errors.append(
+                    FieldError(
+                        f"spec.to[{i}].default.http.hostSelection[{j}].predicate",
+                        not_supported(f"MeshRetry host selection {kind}") + " (OmitPreviousHosts is)",
+                    )
+                )
+    return errors
+
+
+NOT_YET = all_not_yet(
+    fields_not_yet(
+        "MeshRetry",
+        "http.rateLimitedBackOff",
+        "http.retriableResponseHeaders",
+        "http.retriableRequestHeaders",
+        "grpc.rateLimitedBackOff",
+    ),
+    _host_selection_not_yet,
+)
+
 HTTP = Obj(
     {
         "numRetries": Int(min=0),
@@ -154,8 +192,9 @@ MESH_RETRY = register(
         sync=Sync.GLOBAL_TO_ZONES,
         wrapped=True,
         policy=True,
+        support=PolicySupport(plugin="meshretry", sidecar=("to",), gateway=("to",), not_yet=NOT_YET),
         spec=policy_spec(
-            top=(MESH, MESH_SUBSET, MESH_SERVICE, MESH_GATEWAY),
+            top=(*TOP_KINDS, MESH_HTTP_ROUTE),
             to=(MESH, MESH_SERVICE),
             conf=CONF,
         ),

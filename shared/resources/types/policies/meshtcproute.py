@@ -1,6 +1,6 @@
 """MeshTCPRoute: TCP traffic splitting/redirection per destination (`to[].rules[]`)."""
 
-from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
+from zonemesh.shared.resources.registry import NOT_SUPPORTED_YET, ResourceType, Scope, Sync, register
 from zonemesh.shared.resources.schema import List, Obj
 from zonemesh.shared.resources.types.policies.common import (
     backend_ref,
@@ -11,9 +11,8 @@ from zonemesh.shared.resources.types.policies.common import (
 )
 from zonemesh.shared.resources.types.targetref import (
     MESH,
-    MESH_GATEWAY,
     MESH_SERVICE,
-    MESH_SUBSET,
+    TOP_KINDS,
     target_ref,
 )
 
@@ -25,7 +24,7 @@ RULE = Obj(
 
 SPEC = Obj(
     {
-        "targetRef": target_ref((MESH, MESH_SUBSET, MESH_SERVICE, MESH_GATEWAY), top_level=True),
+        "targetRef": target_ref(TOP_KINDS, top_level=True),
         "to": List(
             Obj(
                 {"targetRef": target_ref((MESH, MESH_SERVICE)), "rules": List(RULE, min_items=1)},
@@ -33,7 +32,7 @@ SPEC = Obj(
             )
         ),
     },
-    required=("targetRef", "to"),
+    required=("to",),
 )
 
 MESH_TCP_ROUTE = register(
@@ -45,6 +44,7 @@ MESH_TCP_ROUTE = register(
         sync=Sync.GLOBAL_TO_ZONES,
         wrapped=True,
         policy=True,
+        support=NOT_SUPPORTED_YET,
         spec=SPEC,
         semantic=policy_semantic(not_empty("to"), gateway_to_mesh_only, sidecar_to_kinds(MESH_SERVICE)),
     )

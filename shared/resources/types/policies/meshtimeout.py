@@ -1,8 +1,14 @@
 """MeshTimeout: connection, idle and HTTP timeouts, inbound (`from`) and outbound (`to`)."""
 
-from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
+from zonemesh.shared.resources.registry import PolicySupport, ResourceType, Scope, Sync, register
 from zonemesh.shared.resources.schema import Duration, Obj
-from zonemesh.shared.resources.types.targetref import MESH, MESH_GATEWAY, MESH_SERVICE, MESH_SUBSET, policy_spec
+from zonemesh.shared.resources.types.targetref import (
+    MESH,
+    MESH_HTTP_ROUTE,
+    MESH_SERVICE,
+    TOP_KINDS,
+    policy_spec,
+)
 
 CONF = Obj(
     {
@@ -29,8 +35,9 @@ MESH_TIMEOUT = register(
         sync=Sync.GLOBAL_TO_ZONES,
         wrapped=True,
         policy=True,
+        support=PolicySupport(plugin="meshtimeout"),
         spec=policy_spec(
-            top=(MESH, MESH_SUBSET, MESH_SERVICE, MESH_GATEWAY),
+            top=(*TOP_KINDS, MESH_HTTP_ROUTE),
             to=(MESH, MESH_SERVICE),
             from_=(MESH,),
             conf=CONF,

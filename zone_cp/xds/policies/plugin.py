@@ -1,0 +1,87 @@
+"""The plugin interface every policy module implements (``PLUGIN = Plugin(...)``), and the
+table of plugins built from the registry. See the package's docstring for the hooks."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.resources.registry import Registry
+from zonemesh.zone_cp.xds.envoy import InboundPieces, OutboundPieces
+
+Conf = Mapping[str, Any]
+Policies = Sequence[Resource]
+OutboundHook = Callable[[OutboundPieces, Conf], None]
+InboundHook = Callable[[InboundPieces, Policies], None]
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """How one targetRef policy type configures proxies; every hook is optional."""
+
+    type: str  # the ResourceType's name
+    order: int  # hooks of all plugins run in this order (e.g. the HTTP filters they add)
+    outbound: OutboundHook | None = None
+    inbound: InboundHook | None = None
+    gateway: InboundHook | None = None
+    egress: InboundHook | None = None
+
+
+class PluginError(Exception):
+    """The registry and the plugins disagree (raised at import: a bug, not bad input)."""
+
+
+PACKAGE = "zonemesh.zone_cp.xds.policies"
+
+
+def _load(module: str) -> Plugin:
+    try:
+        found = getattr(importlib.import_module(f"{PACKAGE}.{module}"), "PLUGIN", None)
+    except ModuleNotFoundError as exc:
+        raise PluginError(f"plugin module {PACKAGE}.{module} does not exist ({exc})") from None
+    if not isinstance(found, Plugin):
+        raise PluginError(f"{PACKAGE}.{module} defines no PLUGIN = Plugin(...)")
+    return found
+
+
+def _check(plugin: Plugin, sidecar: tuple[str, ...], gateway: tuple[str, ...]) -> list[str]:
+    """Problems between the sections a type declares applied and its plugin's hooks."""
+    problems = []
+    needs = {
+        "outbound": "to" in sidecar or ("to" in gateway and plugin.gateway is None),
+        "inbound": "from" in sidecar,
+        "gateway": "from" in gateway,
+    }
+    for hook, needed in needs.items():
+        if needed and getattr(plugin, hook) is None:
+            problems.append(f"it declares sections that need the {hook} hook, which its plugin lacks")
+    if plugin.inbound is not None and "from" not in sidecar:
+        problems.append("its plugin has an inbound hook but the type does not declare sidecar `from`")
+    if plugin.outbound is not None and "to" not in (*sidecar, *gateway):
+        problems.append("its plugin has an outbound hook but the type declares no `to`")
+    if plugin.gateway is not None and not gateway:
+        problems.append("its plugin has a gateway hook but the type declares nothing on gateways")
+    return problems
+
+
+def plugin_table(registry: Registry, load: Callable[[str], Plugin] = _load) -> tuple[Plugin, ...]:
+    """The plugins of every supported policy type of ``registry``, in order."""
+    plugins = []
+    for rtype in registry.policies():
+        support = rtype.support
+        if support is None or support.plugin is None:
+            continue  # refused everywhere as not supported yet (the registry insists on the mark)
+        plugin = load(support.plugin)
+        if plugin.type != rtype.name:
+            raise PluginError(f"{rtype.name} names plugin {support.plugin!r}, which applies {plugin.type}")
+        problems = _check(plugin, support.sidecar, support.gateway)
+        if problems:
+            raise PluginError(f"{rtype.name}: " + "; ".join(problems))
+        plugins.append(plugin)
+    orders = [p.order for p in plugins]
+    if len(set(orders)) != len(orders):
+        raise PluginError(f"two plugins share an order: {sorted(orders)}")
+    return tuple(sorted(plugins, key=lambda p: p.order))
