@@ -149,6 +149,16 @@ def test_ciphers_with_a_tls13_minimum_are_refused_as_doing_nothing() -> None:
     assert "no effect" in found["spec.rules[0].default.tlsCiphers"]
 
 
+def test_a_tls13_minimum_for_sidecars_only_is_refused() -> None:
+    """Sidecar inbounds would require TLS 1.3 while builtin gateways' clusters keep Envoy's
+    client maximum of TLS 1.2: gateway traffic to every sidecar would fail."""
+    sidecars = {"kind": "Mesh", "proxyTypes": ["Sidecar"]}
+    found = errors(meshtls({"targetRef": sidecars, "rules": [{"default": {"tlsVersion": {"min": "TLS13"}}}]}))
+    assert list(found) == ["spec.rules[0].default.tlsVersion.min"]
+    assert "builtin gateways" in found["spec.rules[0].default.tlsVersion.min"]
+    from_universal(meshtls({"targetRef": sidecars, "rules": [{"default": {"tlsVersion": {"max": "TLS12"}}}]}))
+
+
 def test_a_mode_reaching_only_builtin_gateways_is_refused() -> None:
     gateways = {"kind": "Mesh", "proxyTypes": ["Gateway"]}
     found = errors(meshtls({"targetRef": gateways, "rules": [{"default": {"mode": "Permissive"}}]}))

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from zonemesh.shared.resources.model import Resource
-from zonemesh.shared.resources.registry import GATEWAY, PolicySupport, ResourceType, Scope, Sync, register
+from zonemesh.shared.resources.registry import GATEWAY, SIDECAR, PolicySupport, ResourceType, Scope, Sync, register
 from zonemesh.shared.resources.schema import Enum, Errors, FieldError, List, Obj, at_least_one
 from zonemesh.shared.resources.types.policies.common import not_empty, policy_semantic
 from zonemesh.shared.resources.types.targetref import (
@@ -101,13 +101,22 @@ def _versions_and_ciphers_mesh_wide(spec: Mapping[str, Any]) -> list[FieldError]
 
 
 def _usable_with_zonemesh_certificates(spec: Mapping[str, Any]) -> list[FieldError]:
-    """Settings valid in Kuma that would make every mesh handshake fail in zonemesh, whose
-    workload certificates are ECDSA (P-256) and whose proxies need TLS 1.2 or 1.3 between them:
-    refused here instead of breaking traffic."""
+    """Settings valid in Kuma that would make mesh handshakes fail in zonemesh, whose workload
+    certificates are ECDSA (P-256) and whose proxies need TLS 1.2 or 1.3 between them: refused
+    here instead of breaking traffic."""
     errors = []
+    sidecars_only = selectable_proxy_types(top_level(spec)) == {SIDECAR}
     for path, conf in _entries(spec):
         version = conf.get("tlsVersion") or {}
         ciphers = conf.get("tlsCiphers") or []
+        if sidecars_only and version.get("min") == "TLS13":
+            errors.append(
+                FieldError(
+                    f"{path}.tlsVersion.min",
+                    "TLS13 with proxyTypes [Sidecar] would cut builtin gateways off the sidecars: their "
+                    "clusters keep Envoy's client default (at most TLS 1.2); select every proxy type",
+                )
+            )
         if version.get("max") in ("TLS10", "TLS11"):
             errors.append(
                 FieldError(
