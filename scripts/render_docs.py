@@ -94,10 +94,11 @@ def policy_support_table() -> str:
     for rtype in sorted(REGISTRY.policies(), key=lambda t: t.name):
         support = rtype.support
         assert support is not None  # the registry refuses a policy type without one
-        if not support.supported:
-            rows.append(f"| {rtype.name} | **not supported yet**: refused | **not supported yet**: refused | |")
-            continue
         anchor = rtype.name.lower()
+        if not support.supported:
+            why = f" why: [policies.md](policies.md#{anchor}) " if support.reason else " "
+            rows.append(f"| {rtype.name} | **not supported yet**: refused | **not supported yet**: refused |{why}|")
+            continue
         rows.append(
             f"| {rtype.name} | {_sections(support.sidecar)} | {_sections(support.gateway)} "
             f"| [policies.md](policies.md#{anchor}) |"

@@ -69,6 +69,9 @@ class PolicySupport:
     # Fields of the type's schema (Kuma's) that its plugin does not apply yet: each error says
     # "not supported yet". A plugin that starts applying one removes it from here.
     not_yet: SemanticCheck | None = None
+    # A type not supported yet: why, when there is more to say than that its plugin does not
+    # exist yet (it ends the refusal, e.g. what zonemesh lacks for the type to take effect).
+    reason: str = ""
 
     def __post_init__(self) -> None:
         unknown = {*self.sidecar, *self.gateway} - set(SECTIONS)
@@ -77,6 +80,8 @@ class PolicySupport:
         narrowed = self.sidecar != SECTIONS or self.gateway != SECTIONS or self.not_yet is not None
         if self.plugin is None and narrowed:
             raise ValueError("a type that is not supported yet has nothing to narrow")
+        if self.plugin is not None and self.reason:
+            raise ValueError("only a type that is not supported yet has a reason")
 
     @property
     def supported(self) -> bool:

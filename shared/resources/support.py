@@ -32,7 +32,8 @@ def type_not_supported(rtype: ResourceType) -> list[FieldError]:
     """The error for a policy type zonemesh does not apply at all yet (empty otherwise)."""
     if rtype.support is None or rtype.support.supported:
         return []
-    return [FieldError("type", not_supported(rtype.name) + ": it would be stored but never applied to a proxy")]
+    why = rtype.support.reason or "it would be stored but never applied to a proxy"
+    return [FieldError("type", f"{not_supported(rtype.name)}: {why}")]
 
 
 def unsupported(res: Resource, registry: Registry = REGISTRY) -> list[FieldError]:

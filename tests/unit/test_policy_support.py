@@ -116,8 +116,29 @@ def test_the_table_is_in_plugin_order_and_orders_are_unique() -> None:
 def test_the_zone_applies_exactly_the_supported_types() -> None:
     supported = {t.name for t in REGISTRY.policies() if t.support is not None and t.support.supported}
     assert {p.type for p in PLUGINS} == supported
-    not_yet = {t.name for t in REGISTRY.policies() if t.support is NOT_SUPPORTED_YET}
-    assert not_yet == {"MeshHTTPRoute", "MeshTCPRoute", "MeshAccessLog"}
+    not_yet = {t.name for t in REGISTRY.policies() if t.support is not None and not t.support.supported}
+    assert not_yet == {"MeshHTTPRoute", "MeshTCPRoute", "MeshAccessLog", "MeshPassthrough"}
+
+
+def test_an_upstream_tls_hook_needs_a_from_section_and_stands_for_gateway_from() -> None:
+    """The client end of mesh mTLS comes from `from` confs (MeshTLS): on gateways it is what
+    `from` configures, without a listener (gateway) hook; a type without `from` cannot have one."""
+    registry = Registry()
+    registry.register(policy_type(support=PolicySupport(plugin="m", sidecar=("from",), gateway=("from",))))
+    tls_only = Plugin("MeshExample", 1, inbound=_ignore, upstream_tls=_ignore)
+    assert plugin_table(registry, load=lambda module: tls_only) == (tls_only,)
+    registry = Registry()
+    registry.register(policy_type(support=PolicySupport(plugin="m", sidecar=("to",), gateway=("to",))))
+    with pytest.raises(PluginError, match="upstream_tls hook but the type declares no `from`"):
+        plugin_table(registry, load=lambda module: Plugin("MeshExample", 1, outbound=_ignore, upstream_tls=_ignore))
+
+
+def test_only_a_type_not_supported_yet_has_a_reason() -> None:
+    with pytest.raises(ValueError, match="only a type that is not supported yet has a reason"):
+        PolicySupport(plugin="m", reason="why")
+    registry = Registry()
+    registry.register(policy_type(support=PolicySupport(plugin=None, reason="it needs a thing zonemesh lacks")))
+    assert plugin_table(registry) == ()
 
 
 # -- refusals where documents enter ------------------------------------------------------------

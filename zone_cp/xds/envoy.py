@@ -133,6 +133,8 @@ class InboundPieces:
     network_filters: list[listener_components_pb2.Filter] = field(default_factory=list)  # before the terminal one
     http_filters: list[hcm_pb2.HttpFilter] = field(default_factory=list)  # before the router
     stat_prefix: str = ""  # of the listener (chain) these pieces become: filters policies add name stats after it
+    # TLS versions and ciphers of the inbound's mesh mTLS (an empty message: Envoy's defaults)
+    tls_params: common_pb2.TlsParameters = field(default_factory=common_pb2.TlsParameters)
 
     @property
     def is_http(self) -> bool:

@@ -191,7 +191,8 @@ def target_ref(allowed: tuple[str, ...], *, top_level: bool = False) -> Node:
 def resource_checks(mesh: str, spec: Mapping[str, Any]) -> list[FieldError]:
     """targetRef rules that need the whole policy: ``mesh`` names the policy's own mesh (zonemesh
     has no cross-mesh policies), and a Dataplane ``sectionName`` (an inbound) only with ``from``
-    entries (Kuma: sectionName only on inbound policies; ``to`` configures the whole proxy)."""
+    entries or ``rules`` (Kuma: sectionName only on inbound policies; ``to`` configures the whole
+    proxy)."""
     errors: list[FieldError] = []
     refs: list[tuple[str, Any]] = [("spec.targetRef", spec.get("targetRef"))]
     for direction in ("to", "from"):
@@ -202,9 +203,12 @@ def resource_checks(mesh: str, spec: Mapping[str, Any]) -> list[FieldError]:
         if isinstance(ref, Mapping) and ref.get("mesh") is not None and ref.get("mesh") != mesh:
             errors.append(FieldError(f"{path}.mesh", not_supported("a targetRef to another mesh")))
     top = top_level(spec)
-    if top.get("kind") == DATAPLANE and top.get("sectionName") is not None and not spec.get("from"):
+    inbound = spec.get("from") or spec.get("rules")  # Kuma's AffectsInbounds (rules: e.g. MeshTLS)
+    if top.get("kind") == DATAPLANE and top.get("sectionName") is not None and not inbound:
         errors.append(
-            FieldError("spec.targetRef.sectionName", "can only be used with inbound policies (with from entries)")
+            FieldError(
+                "spec.targetRef.sectionName", "can only be used with inbound policies (with from entries or rules)"
+            )
         )
     return errors
 

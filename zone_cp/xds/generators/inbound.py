@@ -3,7 +3,10 @@
 HTTP protocols (kuma.io/protocol http, http2, grpc) get an HTTP connection manager, anything
 else a TCP proxy. With mesh mTLS the listener terminates TLS with the workload certificate
 (SDS) and requires a client certificate from the mesh CA (STRICT); PERMISSIVE adds a TLS
-inspector and a plaintext filter chain next to the TLS one.
+inspector and a plaintext filter chain next to the TLS one. The Mesh's backend sets the mode;
+MeshTLS may set another per inbound, and TLS versions and ciphers (``pieces.mtls``,
+``pieces.tls_params``). Both chains carry the same filters, MeshTrafficPermission's RBAC
+included: a plaintext client is a client without identity, not one that skips the checks.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds import policies as policy_plugins
 from zonemesh.zone_cp.xds.context import (
@@ -98,11 +101,13 @@ def _filters(pieces: InboundPieces) -> list[listener_components_pb2.Filter]:
     return [*pieces.network_filters, terminal]
 
 
-def _tls(mesh: str, service: str) -> base_pb2.TransportSocket:
+def _tls(mesh: str, service: str, params: common_pb2.TlsParameters) -> base_pb2.TransportSocket:
     context = tls_pb2.DownstreamTlsContext(
         common_tls_context=common_tls(mesh, service, f"spiffe://{mesh}/", exact=False),
         require_client_certificate={"value": True},
     )
+    if params.ByteSize():
+        context.common_tls_context.tls_params.CopyFrom(params)
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(context))
 
 
@@ -114,6 +119,7 @@ def _listener(
     mtls: Mtls | None,
     mesh: str,
     service: str,
+    tls_params: common_pb2.TlsParameters | None = None,
 ) -> listener_pb2.Listener:
     listener = listener_pb2.Listener(
         name=name, address=socket_address(address, port), traffic_direction=base_pb2.INBOUND
@@ -121,7 +127,8 @@ def _listener(
     if mtls is None:
         listener.filter_chains.append(listener_components_pb2.FilterChain(filters=filters))
         return listener
-    secure = listener_components_pb2.FilterChain(filters=filters, transport_socket=_tls(mesh, service))
+    params = tls_params if tls_params is not None else common_pb2.TlsParameters()
+    secure = listener_components_pb2.FilterChain(filters=filters, transport_socket=_tls(mesh, service, params))
     if mtls.mode != "PERMISSIVE":
         listener.filter_chains.append(secure)
         return listener
@@ -153,7 +160,8 @@ def _built(
         options = http_protocol_options(protocol, None)
         if options is not None:
             cluster.typed_extension_protocol_options[options[0]].CopyFrom(options[1])
-        template = _listener("", "", 0, _filters(pieces), ctx.mtls, ctx.name, service)
+        # pieces.mtls: the mesh's mTLS, in the mode policies (MeshTLS) may have changed
+        template = _listener("", "", 0, _filters(pieces), pieces.mtls, ctx.name, service, pieces.tls_params)
         template.ClearField("address")
         built = ctx.memo[key] = (cluster, template)
     return built

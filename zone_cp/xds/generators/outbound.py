@@ -2,7 +2,8 @@
 cluster per destination service; the cluster's endpoints come over EDS from the MeshContext.
 
 With mesh mTLS the cluster presents the proxy's workload certificate (SDS), checks the peer's
-SPIFFE ID ``spiffe://<mesh>/<destination>`` and sends Kuma's SNI ``<destination>{mesh=<mesh>}``.
+SPIFFE ID ``spiffe://<mesh>/<destination>`` and sends Kuma's SNI ``<destination>{mesh=<mesh>}``;
+policies may set its TLS versions and ciphers (MeshTLS, ``configure_upstream_tls``).
 ExternalServices are reached directly (static IPs the control plane resolved, or a DNS
 cluster with ``networking.disableHostDNSLookup``), with TLS when they ask for it.
 
@@ -143,6 +144,8 @@ def _build(ctx: MeshContext, service: str, identity: str | None, policies: Match
         common_tls_context=common_tls(ctx.name, identity, spiffe_id(ctx.name, peer), exact=True),
         sni=sni(ctx.name, service),
     )
+    if peer == service:  # the egress's side is not MeshTLS's (as in Kuma, ExternalServices are left alone)
+        policy_plugins.configure_upstream_tls(context, policies)
     cluster = cluster_pb2.Cluster()
     cluster.CopyFrom(shared.cluster)
     cluster.transport_socket.CopyFrom(_tls_socket(context))

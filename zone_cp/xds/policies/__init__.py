@@ -13,7 +13,10 @@ with the hooks it needs, each optional:
   ``pieces.http_filters``; TCP: ``pieces.tcp_proxy`` and ``pieces.network_filters``), with the
   policies selecting the gateway;
 - ``egress(pieces, policies)``: one ExternalService's filter chain on the zone egress, seen as
-  an inbound of that service.
+  an inbound of that service;
+- ``upstream_tls(context, policies)``: the client end of mesh mTLS (the ``UpstreamTlsContext``
+  of a cluster to a mesh service, on sidecars and builtin gateways), with the policies
+  selecting the proxy.
 
 ``PLUGINS`` is built from the registry when this package is imported, in ``order``;
 ``plugin_table`` refuses a supported type without a plugin, a plugin of another type, and hooks
@@ -31,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from zonemesh.shared.resources import REGISTRY
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds.context import MeshContext, inbounds, tag_sets
@@ -60,6 +64,7 @@ __all__ = [
     "configure_gateway_listener",
     "configure_inbound",
     "configure_outbound",
+    "configure_upstream_tls",
     "match_all",
     "match_inbound",
     "outbound_signature",
@@ -70,7 +75,8 @@ __all__ = [
 
 PLUGINS = plugin_table(REGISTRY)
 POLICY_TYPES = tuple(p.type for p in PLUGINS)
-OUTBOUND_TYPES = tuple(p.type for p in PLUGINS if p.outbound is not None)
+# What an outbound's pieces depend on: its `to` conf, and the client end of its mesh mTLS.
+OUTBOUND_TYPES = tuple(p.type for p in PLUGINS if p.outbound is not None or p.upstream_tls is not None)
 EGRESS_TYPES = tuple(p.type for p in PLUGINS if p.egress is not None)
 
 
@@ -165,3 +171,9 @@ def configure_gateway_listener(pieces: InboundPieces, policies: MatchedPolicies)
 
 def configure_egress(pieces: InboundPieces, policies: MatchedPolicies) -> None:
     _configure(pieces, policies, ((p, p.egress) for p in PLUGINS if p.egress is not None))
+
+
+def configure_upstream_tls(context: tls_pb2.UpstreamTlsContext, policies: MatchedPolicies) -> None:
+    for plugin in PLUGINS:
+        if plugin.upstream_tls is not None:
+            _run(plugin, plugin.upstream_tls, context, policies.get(plugin.type, ()))

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.resources.registry import Registry
 from zonemesh.zone_cp.xds.envoy import InboundPieces, OutboundPieces
@@ -16,6 +17,9 @@ Conf = Mapping[str, Any]
 Policies = Sequence[Resource]
 OutboundHook = Callable[[OutboundPieces, Conf], None]
 InboundHook = Callable[[InboundPieces, Policies], None]
+# The client end of mesh mTLS: a cluster's context towards a mesh service, with the policies
+# selecting the proxy (sidecar or builtin gateway) that connects.
+UpstreamTlsHook = Callable[[tls_pb2.UpstreamTlsContext, Policies], None]
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class Plugin:
     inbound: InboundHook | None = None
     gateway: InboundHook | None = None
     egress: InboundHook | None = None
+    upstream_tls: UpstreamTlsHook | None = None
 
 
 class PluginError(Exception):
@@ -53,7 +58,8 @@ def _check(plugin: Plugin, sidecar: tuple[str, ...], gateway: tuple[str, ...]) -
     needs = {
         "outbound": "to" in sidecar or ("to" in gateway and plugin.gateway is None),
         "inbound": "from" in sidecar,
-        "gateway": "from" in gateway,
+        # a gateway's `from` configures its listeners, or the client end of its mesh mTLS
+        "gateway": "from" in gateway and plugin.upstream_tls is None,
     }
     for hook, needed in needs.items():
         if needed and getattr(plugin, hook) is None:
@@ -64,6 +70,8 @@ def _check(plugin: Plugin, sidecar: tuple[str, ...], gateway: tuple[str, ...]) -
         problems.append("its plugin has an outbound hook but the type declares no `to`")
     if plugin.gateway is not None and not gateway:
         problems.append("its plugin has a gateway hook but the type declares nothing on gateways")
+    if plugin.upstream_tls is not None and "from" not in (*sidecar, *gateway):
+        problems.append("its plugin has an upstream_tls hook but the type declares no `from`")
     return problems
 
 

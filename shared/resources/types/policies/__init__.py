@@ -10,9 +10,11 @@ from zonemesh.shared.resources.types.policies import (  # noqa: F401
     meshfaultinjection,
     meshhealthcheck,
     meshhttproute,
+    meshpassthrough,
     meshratelimit,
     meshretry,
     meshtcproute,
     meshtimeout,
+    meshtls,
     meshtrafficpermission,
 )
