@@ -7,6 +7,7 @@ oversized numbers, offsets past SQLite's integers, non-UTF-8 bodies, YAML aliase
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.error
 import urllib.request
@@ -294,3 +295,18 @@ def test_zone_token_and_license_requests_that_used_to_crash(global_cp: ControlPl
         status, answer = send(global_cp, "PUT", "/license", license_body)
         assert status == 400, answer
         assert answer["title"] == "Invalid license"
+
+
+def test_a_body_over_10_mib_is_413(cp: ControlPlaneProcess) -> None:
+    status, answer = send(cp, "PUT", "/meshes/deep", b"a" * (10 * 1024 * 1024 + 1))
+    assert status == 413, answer
+    assert answer["status"] == 413
+
+
+def test_a_token_with_a_unicode_digit_kid_is_a_401_on_loopback_too(cp: ControlPlaneProcess) -> None:
+    """A presented token is checked from loopback too: int('²') in the validator used to be a 500."""
+    header = base64.urlsafe_b64encode(b'{"alg":"RS256","typ":"JWT","kid":"\xc2\xb2"}').rstrip(b"=").decode()
+    token = f"{header}.e30.c2ln"
+    status, answer = send(cp, "GET", "/meshes", headers={"Authorization": f"Bearer {token}"})
+    assert status == 401, answer
+    assert "no valid kid" in answer["detail"]
