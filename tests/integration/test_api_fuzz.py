@@ -44,7 +44,7 @@ from zonemesh.testing import ControlPlaneProcess, http
 pytestmark = pytest.mark.slow
 
 OPENAPI = Path(__file__).parent / "testdata" / "kuma-openapi-v2.14.3.yaml"
-EXAMPLES = 10  # per operation and generation mode (positive, negative)
+EXAMPLES = 8  # per operation and generation mode (positive, negative)
 SEED = 15
 METHODS = ("get", "put", "post", "delete", "patch")
 MODES = ("standalone", "global")  # an operation runs against the first that serves it
