@@ -17,7 +17,14 @@ from zonemesh.shared.resources.codec import MAX_VERSION, from_universal, parse_d
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.resources.redaction import has_markers, redact, restore
 from zonemesh.shared.resources.registry import Registry, ResourceType, Scope
-from zonemesh.shared.resources.schema import MESH_NAME, FieldError, ValidationError, check_name
+from zonemesh.shared.resources.schema import (
+    EARLIER_NAME,
+    MESH_NAME,
+    RESOURCE_NAME,
+    FieldError,
+    ValidationError,
+    check_name,
+)
 from zonemesh.shared.store import ListFilter, NotFound
 from zonemesh.shared.store.base import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
@@ -64,10 +71,11 @@ async def check_path_names(request: web.Request, handler: Handler) -> web.Stream
     (``..%2F..%2Fetc`` arrives as ``../../etc``): one the name rule refuses gets a 400 before any
     handler looks it up or stores it. Types with a stricter rule (Mesh, Zone) apply it on writes."""
     errors: list[FieldError] = []
+    deleting = request.method == "DELETE"  # a name stored before the rule was Kuma's can be removed
     if "mesh" in request.match_info:
-        errors += check_name(request.match_info["mesh"], "mesh", MESH_NAME)
+        errors += check_name(request.match_info["mesh"], "mesh", EARLIER_NAME if deleting else MESH_NAME)
     if "name" in request.match_info:
-        errors += check_name(request.match_info["name"], "name")
+        errors += check_name(request.match_info["name"], "name", EARLIER_NAME if deleting else RESOURCE_NAME)
     if errors:
         raise ValidationError(errors, title="Invalid resource name")
     return await handler(request)

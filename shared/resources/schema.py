@@ -331,6 +331,18 @@ DNS_LABEL = NameRule(
 MESH_NAME = DNS_LABEL
 ZONE_NAME = DNS_LABEL
 
+# What zonemesh accepted before it took Kuma's rule ('_' allowed, dots in mesh names). Only a
+# DELETE takes it, so that a resource stored under such a name can still be removed (Kuma let its
+# old names be updated and deleted the same way while it tightened its rule).
+EARLIER_NAME = NameRule(
+    pattern=r"[a-z0-9]([-a-z0-9._]*[a-z0-9])?",
+    max_len=253,
+    reason=(
+        "must consist of lower case alphanumeric characters, '-', '.' or '_', "
+        "and start and end with an alphanumeric character"
+    ),
+)
+
 
 def check_name(value: Any, field: str = "name", rule: NameRule = RESOURCE_NAME) -> list[FieldError]:
     """Every problem with ``value`` as a name (none: an empty list). ``field`` names it in the

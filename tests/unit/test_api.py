@@ -489,3 +489,22 @@ async def test_a_token_with_a_unicode_digit_kid_is_refused_with_401() -> None:
         assert "no valid kid" in (await resp.json())["detail"]
     finally:
         await client.close()
+
+
+async def test_a_resource_stored_under_an_earlier_name_can_still_be_deleted() -> None:
+    """zonemesh took '_' (and dotted mesh names) before it took Kuma's rule: such a resource is
+    refused by name on reads and writes, and DELETE still removes it."""
+    client, store = await make_client()
+    try:
+        await store.create(Resource(type="Mesh", name="old_mesh.a"))
+        await store.create(Resource(type="MeshTimeout", mesh="default", name="old_name", spec=TIMEOUT["spec"]))
+        assert (await client.get("/meshes/default/meshtimeouts/old_name")).status == 400
+        assert (await client.put("/meshes/default/meshtimeouts/old_name", json=TIMEOUT)).status == 400
+        assert (await client.delete("/meshes/default/meshtimeouts/old_name")).status == 200
+        assert await store.find("MeshTimeout", "old_name", "default") is None
+        assert (await client.delete("/meshes/old_mesh.a")).status == 200
+        assert await store.find("Mesh", "old_mesh.a") is None
+        # what was never a name is still refused
+        assert (await client.delete("/meshes/default/meshtimeouts/..%2Fx")).status == 400
+    finally:
+        await client.close()
