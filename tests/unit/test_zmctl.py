@@ -123,6 +123,7 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
         ["get", "meshtimeouts", "--mesh", "a/b"],
         ["get", "meshtimeouts", "--mesh", "team.a"],  # a mesh name holds no dot
         ["delete", "meshtimeouts", "a?b"],
+        ["delete", "meshtimeouts", "x", "--mesh", "a/b"],
         ["inspect", "dataplane", "Web 1"],
         ["inspect", "dataplanes", "--mesh", "x?y"],
         ["generate", "dataplane-token", "--mesh", "Bad Mesh", "--valid-for", "1h"],

@@ -20,7 +20,7 @@ from zonemesh.ctl import config as cfg
 from zonemesh.ctl.config import CONFIG_ENV, DEFAULT_ADDRESS
 from zonemesh.ctl.errors import EXIT_USAGE, CtlError, UsageError, name_type
 from zonemesh.shared.resources import REGISTRY
-from zonemesh.shared.resources.schema import MESH_NAME
+from zonemesh.shared.resources.schema import EARLIER_NAME, MESH_NAME, NameRule
 
 Handler = Callable[[argparse.Namespace, commands.Env], None]
 # The type argparse gives no public name; a string because it is only generic for type checkers.
@@ -89,8 +89,8 @@ class Builder:
         return parser
 
 
-def _add_mesh(parser: argparse.ArgumentParser, what: str = "the mesh") -> None:
-    parser.add_argument("-m", "--mesh", type=name_type(MESH_NAME), help=f"{what} (default {commands.DEFAULT_MESH!r})")
+def _add_mesh(parser: argparse.ArgumentParser, what: str = "the mesh", rule: NameRule = MESH_NAME) -> None:
+    parser.add_argument("-m", "--mesh", type=name_type(rule), help=f"{what} (default {commands.DEFAULT_MESH!r})")
 
 
 def _add_output(parser: argparse.ArgumentParser) -> None:
@@ -139,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     delete = b.leaf(sub, "delete", "delete a resource", commands.cmd_delete, epilog=_type_list())
     delete.add_argument("type", help="resource type, e.g. meshtimeouts")
-    delete.add_argument("name", type=name_type(), help="resource name")
-    _add_mesh(delete, "mesh of a mesh-scoped type; ignored for global types")
+    # as the API's DELETE: names of zonemesh's earlier rule too, so that such a resource can go
+    delete.add_argument("name", type=name_type(EARLIER_NAME), help="resource name")
+    _add_mesh(delete, "mesh of a mesh-scoped type; ignored for global types", EARLIER_NAME)
 
     inspect = b.group(sub, "inspect", "inspect meshes and data plane proxies")
     meshes = b.leaf(
