@@ -32,15 +32,19 @@ def global_routes(kds: GlobalKds) -> list[web.RouteDef]:
         if not isinstance(doc, dict):
             raise ValidationError([FieldError("<body>", 'must be an object: {"zone": ..., "validFor": ...}')])
         errors: list[FieldError] = []
-        zone = doc.get("zone")
-        if not isinstance(zone, str) or not zone:
-            errors.append(FieldError("zone", "must be a non-empty string"))
-            zone = ""
+        # The name the zone will connect with: the rule of the Zone type, as KDS checks it.
+        zone_errors = REGISTRY.get("Zone").name_errors(doc.get("zone"))
+        errors += [FieldError("zone", e.reason) for e in zone_errors]
+        zone = "" if zone_errors else str(doc["zone"])
         scope: list[str] = []
-        try:
-            scope = check_scope(doc.get("scope") or [])
-        except ValueError as exc:
-            errors.append(FieldError("scope", str(exc)))
+        requested = doc.get("scope") or []
+        if not isinstance(requested, list) or not all(isinstance(s, str) for s in requested):
+            errors.append(FieldError("scope", 'must be a list of scopes, e.g. ["cp"]'))
+        else:
+            try:
+                scope = check_scope(requested)
+            except ValueError as exc:
+                errors.append(FieldError("scope", str(exc)))
         token = await issue_requested(manager.store, zone, scope, doc, errors)
         return web.Response(text=token, content_type="text/plain")
 

@@ -501,9 +501,9 @@ class LicenseAuthority:
 
         async def put_license(request: web.Request) -> web.Response:
             await require_admin(request, request.app[MANAGER].store)
-            text = await request.text()
+            raw = await request.read()  # bytes: parse() says so when they are not UTF-8
             try:
-                await self.replace(text, "api")
+                await self.replace(raw, "api")
             except LicenseError as exc:
                 return error_response(400, "Invalid license", str(exc))
             return web.json_response(self.view() | {"source": self.license.source})

@@ -178,7 +178,7 @@ class ZoneRegistry:
         sub.last_heartbeat = time.time()
         sub.last_seen = time.monotonic()
         if status:
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError, RecursionError):  # a zone's status is informative only
                 sub.status = json.loads(status)
 
     def disconnected(self, sub: Subscription) -> None:

@@ -16,7 +16,6 @@ verification leeway), and checks it again whenever the mesh's signing keys or re
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -26,7 +25,7 @@ import structlog
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format
 from zonemesh.proto import dataplane_pb2, dataplane_pb2_grpc
-from zonemesh.shared.resources.codec import from_universal
+from zonemesh.shared.resources.codec import from_universal, parse_json
 from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.model import Resource, ResourceKey
 from zonemesh.shared.resources.registry import REGISTRY
@@ -73,6 +72,16 @@ def node_proxy_type(node: base_pb2.Node) -> str:
     return ProxyType.DATAPLANE.value
 
 
+async def check_names(context: grpc.aio.ServicerContext[Any, Any], type_name: str, name: str, mesh: str = "") -> None:
+    """Registration names follow the API's rule: a refused one ends the call with INVALID_ARGUMENT,
+    before its token is even looked at (nothing about a caller's token is told for a bad name)."""
+    errors = REGISTRY.get(type_name).name_errors(name, mesh)
+    if errors:
+        invalid = ValidationError(errors, title="Invalid resource name")
+        log.warning("registration_name_invalid", type=type_name, mesh=mesh, name=name, errors=str(invalid))
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(invalid))
+
+
 class DataplaneAuthenticator:
     """The xDS server's Authenticator: the node id names the proxy, the token must admit it."""
 
@@ -111,7 +120,7 @@ class DataplaneAuthenticator:
             mesh, name = parse_node_id(node.id)
         except ValueError as exc:
             log.warning("dataplane_auth_refused", node=node.id, reason=str(exc))
-            raise AdmissionRefused(str(exc)) from None
+            raise AdmissionRefused(str(exc), grpc.StatusCode.INVALID_ARGUMENT) from None
         proxy_type = node_proxy_type(node)
         token = bearer_token(metadata)
         claims = await self.check(token, mesh, name, proxy_type)
@@ -238,20 +247,15 @@ class RegistrationServicer:
         self, request: dataplane_pb2.RegisterRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> dataplane_pb2.RegisterResponse:
         proxy_type = request.proxy_type or ProxyType.DATAPLANE.value
-        if not request.mesh or not request.name:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "mesh and name are required")
+        await check_names(context, "Dataplane", request.name, request.mesh)
         # Parse before admitting, so the token is checked against the tags being registered;
         # but say nothing about the document to a caller whose token is refused.
         try:
-            doc = json.loads(request.dataplane_json)
+            doc = parse_json(request.dataplane_json, "dataplane_json")
             res, _ = from_universal(doc, expected_type=REGISTRY.get("Dataplane"), mesh=request.mesh, name=request.name)
-        except (ValueError, ValidationError) as exc:
+        except ValidationError as exc:
             await self._admit(context, request.mesh, request.name, proxy_type)
-            detail = (
-                "; ".join(f"{e.field}: {e.reason}" for e in exc.errors)
-                if isinstance(exc, ValidationError)
-                else f"not valid JSON: {exc}"
-            )
+            detail = "; ".join(f"{e.field}: {e.reason}" for e in exc.errors)
             log.warning("dataplane_registration_invalid", mesh=request.mesh, name=request.name, errors=detail)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the Dataplane is not valid: {detail}")
         await self._admit(context, request.mesh, request.name, proxy_type, res)
@@ -278,8 +282,7 @@ class RegistrationServicer:
     async def Unregister(
         self, request: dataplane_pb2.UnregisterRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> dataplane_pb2.UnregisterResponse:
-        if not request.mesh or not request.name:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "mesh and name are required")
+        await check_names(context, "Dataplane", request.name, request.mesh)
         await self._admit(context, request.mesh, request.name, ProxyType.DATAPLANE.value)
         try:
             await self.manager.delete("Dataplane", request.name, request.mesh)

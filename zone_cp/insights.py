@@ -24,13 +24,14 @@ from typing import Any
 import structlog
 from aiohttp import web
 from zonemesh.shared.api.context import MANAGER
+from zonemesh.shared.api.resources import page_query
 from zonemesh.shared.ca.builtin import WorkloadCert
 from zonemesh.shared.resources.codec import to_universal
 from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.model import Resource, format_time, now
+from zonemesh.shared.resources.schema import ValidationError
 from zonemesh.shared.resources.types.dataplane import dataplane_tags
 from zonemesh.shared.store import Conflict, ListFilter
-from zonemesh.shared.store.base import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from zonemesh.zone_cp.xds.resources import SHORT_NAMES
 
 log = structlog.get_logger(__name__)
@@ -343,14 +344,11 @@ def _overview(dataplane: Resource, insight: Resource | None) -> dict[str, Any]:
 async def dataplanes_insights(request: web.Request) -> web.Response:
     manager = request.app[MANAGER]
     mesh = request.match_info["mesh"]
-    try:
-        size = min(int(request.query.get("size", DEFAULT_PAGE_SIZE)), MAX_PAGE_SIZE)
-    except ValueError:
-        raise web.HTTPBadRequest(reason="Invalid page size", text="size must be an integer") from None
+    offset, size, errors = page_query(request)
+    if errors:
+        raise ValidationError(errors, title="Could not retrieve resources")
     name = request.query.get("name")
-    page = await manager.list(
-        "Dataplane", mesh, filter=ListFilter(name_contains=name), offset=request.query.get("offset"), size=size
-    )
+    page = await manager.list("Dataplane", mesh, filter=ListFilter(name_contains=name), offset=offset, size=size)
     items = []
     for dataplane in page.items:
         insight = await manager.store.find("DataplaneInsight", dataplane.name, mesh)

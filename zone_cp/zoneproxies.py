@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -41,7 +40,7 @@ from zonemesh.shared.api.auth import require_admin
 from zonemesh.shared.api.context import MANAGER
 from zonemesh.shared.api.errors import error_response
 from zonemesh.shared.api.resources import read_document
-from zonemesh.shared.resources.codec import from_universal
+from zonemesh.shared.resources.codec import from_universal, parse_json
 from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.model import Resource, format_time, now
 from zonemesh.shared.resources.registry import REGISTRY
@@ -64,6 +63,7 @@ from zonemesh.zone_cp.admission import (
     ReadOnce,
     RegistrationServicer,
     bearer_token,
+    check_names,
     dataplane_credentials,
     node_proxy_type,
     signing_key_id,
@@ -149,7 +149,7 @@ class Authenticator:
         try:
             name = parse_zone_proxy_node_id(node.id)
         except ValueError as exc:
-            raise AdmissionRefused(str(exc)) from None
+            raise AdmissionRefused(str(exc), grpc.StatusCode.INVALID_ARGUMENT) from None
         token = bearer_token(metadata)
         claims = await self.zone_proxies.check(token, name, proxy_type)
 
@@ -254,20 +254,15 @@ class Registration(RegistrationServicer):
         type_name = RESOURCE_TYPES.get(request.proxy_type)
         if type_name is None:
             return await super().Register(request, context)
-        if not request.name:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name is required")
+        await check_names(context, type_name, request.name)
         await self._admit_zone_proxy(context, request.name, request.proxy_type)
         try:
-            doc = json.loads(request.dataplane_json)
+            doc = parse_json(request.dataplane_json, "dataplane_json")
             if isinstance(doc, dict):
                 doc.pop("mesh", None)
             res, _ = from_universal(doc, expected_type=REGISTRY.get(type_name), name=request.name)
-        except (ValueError, ValidationError) as exc:
-            detail = (
-                "; ".join(f"{e.field}: {e.reason}" for e in exc.errors)
-                if isinstance(exc, ValidationError)
-                else f"not valid JSON: {exc}"
-            )
+        except ValidationError as exc:
+            detail = "; ".join(f"{e.field}: {e.reason}" for e in exc.errors)
             log.warning("zone_proxy_registration_invalid", name=request.name, type=type_name, errors=detail)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the {type_name} is not valid: {detail}")
         zone = self.zone_proxies.zone
@@ -288,6 +283,7 @@ class Registration(RegistrationServicer):
         type_name = RESOURCE_TYPES.get(request.proxy_type)
         if type_name is None:
             return await super().Unregister(request, context)
+        await check_names(context, type_name, request.name)
         await self._admit_zone_proxy(context, request.name, request.proxy_type)
         try:
             await self.manager.delete(type_name, request.name)
@@ -409,7 +405,11 @@ def token_routes(zone: str, federated: bool = False) -> list[web.RouteDef]:
         if doc.get("zone", zone) != zone:
             errors.append(FieldError("zone", f"this control plane issues tokens for zone {zone!r} only"))
         scope = doc.get("scope") or list(RESOURCE_TYPES)
-        if not isinstance(scope, list) or not scope or any(s not in RESOURCE_TYPES for s in scope):
+        if (
+            not isinstance(scope, list)
+            or not scope
+            or any(not isinstance(s, str) or s not in RESOURCE_TYPES for s in scope)
+        ):
             errors.append(FieldError("scope", "a zone control plane issues only the scopes ingress and egress"))
         token = await issue_requested(manager.store, zone, scope, doc, errors)
         return web.Response(text=token, content_type="text/plain")

@@ -8,7 +8,7 @@ from aiohttp import web
 from zonemesh.shared.api.auth import LOCALHOST_IS_ADMIN, auth_middleware
 from zonemesh.shared.api.context import CONFIG_VIEW, INDEX, MANAGER
 from zonemesh.shared.api.errors import error_middleware
-from zonemesh.shared.api.resources import resource_routes
+from zonemesh.shared.api.resources import check_path_names, resource_routes
 from zonemesh.shared.resources import REGISTRY
 from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.registry import Scope
@@ -55,8 +55,10 @@ def build_api_app(
     extra_routes: list[web.RouteDef] | None = None,
     localhost_is_admin: bool = True,
 ) -> web.Application:
-    # error_middleware outside: a refused token becomes a Kuma-format 401 like any other error.
-    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=10 * 1024 * 1024)
+    # error_middleware outside: a refused token or name becomes a Kuma-format 401/400 like any other error.
+    app = web.Application(
+        middlewares=[error_middleware, check_path_names, auth_middleware], client_max_size=10 * 1024 * 1024
+    )
     app[MANAGER] = manager
     app[LOCALHOST_IS_ADMIN] = localhost_is_admin
     app[INDEX] = index_doc

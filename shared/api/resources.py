@@ -6,23 +6,31 @@ global-scoped under ``/<path>``. Items: GET, PUT (create 201 / update 200), DELE
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
-import yaml
 from aiohttp import web
 from zonemesh.shared.api.auth import require_admin
 from zonemesh.shared.api.context import MANAGER
-from zonemesh.shared.resources.codec import from_universal, to_universal
+from zonemesh.shared.api.errors import Handler
+from zonemesh.shared.resources.codec import MAX_VERSION, from_universal, parse_document, to_universal
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.resources.redaction import has_markers, redact, restore
 from zonemesh.shared.resources.registry import Registry, ResourceType, Scope
-from zonemesh.shared.resources.schema import FieldError, ValidationError
+from zonemesh.shared.resources.schema import (
+    EARLIER_NAME,
+    MESH_NAME,
+    RESOURCE_NAME,
+    FieldError,
+    ValidationError,
+    check_name,
+)
 from zonemesh.shared.store import ListFilter, NotFound
 from zonemesh.shared.store.base import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 _LABEL_FILTER = re.compile(r"filter\[labels\.(.+)\]")
+# An ETag as responses send it ("3"), weak or bare forms too; 19 digits hold any int64.
+_ETAG = re.compile(r'(?:W/)?"?([0-9]{1,19})"?')
 
 
 def resource_routes(registry: Registry) -> list[web.RouteDef]:
@@ -57,16 +65,54 @@ def resource_tags(res: Resource) -> list[dict[str, str]]:
     return groups
 
 
-def parse_list_query(request: web.Request) -> tuple[ListFilter, str | None, int]:
+@web.middleware
+async def check_path_names(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every ``{mesh}`` and ``{name}`` of a route is a resource name, percent-decoded by the router
+    (``..%2F..%2Fetc`` arrives as ``../../etc``): one the name rule refuses gets a 400 before any
+    handler looks it up or stores it. Types with a stricter rule (Mesh, Zone) apply it on writes."""
+    errors: list[FieldError] = []
+    deleting = request.method == "DELETE"  # a name stored before the rule was Kuma's can be removed
+    if "mesh" in request.match_info:
+        errors += check_name(request.match_info["mesh"], "mesh", EARLIER_NAME if deleting else MESH_NAME)
+    if "name" in request.match_info:
+        errors += check_name(request.match_info["name"], "name", EARLIER_NAME if deleting else RESOURCE_NAME)
+    if errors:
+        raise ValidationError(errors, title="Invalid resource name")
+    return await handler(request)
+
+
+def page_query(request: web.Request) -> tuple[str | None, int, list[FieldError]]:
+    """``?offset=`` (an opaque token, checked by the store) and ``?size=`` of a list request,
+    with the problems found in them."""
     errors: list[FieldError] = []
     size = DEFAULT_PAGE_SIZE
     if "size" in request.query:
-        try:
-            size = int(request.query["size"])
-            if not 1 <= size <= MAX_PAGE_SIZE:
-                raise ValueError
-        except ValueError:
+        text = request.query["size"]
+        # ASCII digits only: int() also takes "+5", " 5", "1_0" and non-ASCII digits (fullwidth, Arabic-Indic).
+        if re.fullmatch(r"[0-9]{1,4}", text) and 1 <= int(text) <= MAX_PAGE_SIZE:
+            size = int(text)
+        else:
             errors.append(FieldError("size", f"must be an integer between 1 and {MAX_PAGE_SIZE}"))
+    return request.query.get("offset") or None, size, errors
+
+
+def parse_version(text: str, field: str) -> int | None:
+    """The version a write is conditional on, from ``If-Match`` or ``?version=``; None for "" and "*"
+    (no condition)."""
+    text = text.strip()
+    if not text or text == "*":
+        return None
+    match = _ETAG.fullmatch(text)
+    if match is None or int(match.group(1)) > MAX_VERSION:
+        raise ValidationError(
+            [FieldError(field, 'must be the version of the resource, as its ETag gives it (e.g. "3"), or *')],
+            title="Invalid precondition",
+        )
+    return int(match.group(1))
+
+
+def parse_list_query(request: web.Request) -> tuple[ListFilter, str | None, int]:
+    offset, size, errors = page_query(request)
     labels: dict[str, str] = {}
     tags: list[tuple[str, str]] = []
     for key, value in request.query.items():
@@ -89,15 +135,12 @@ def parse_list_query(request: web.Request) -> tuple[ListFilter, str | None, int]
         name_contains=request.query.get("name") or None,
         predicate=has_tags if tags else None,
     )
-    return flt, request.query.get("offset") or None, size
+    return flt, offset, size
 
 
 async def read_document(request: web.Request) -> Any:
-    text = await request.text()
-    try:
-        return json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ValidationError([FieldError("<body>", f"invalid JSON/YAML: {exc}")], title="Invalid body") from None
+    """The request body as one JSON or YAML document (UTF-8, within codec's bounds), else a 400."""
+    return parse_document(await request.read())
 
 
 def served(res: Resource) -> dict[str, Any]:
@@ -155,9 +198,8 @@ class _Handlers:
         res, version = from_universal(doc, expected_type=self.rtype, mesh=mesh, name=request.match_info["name"])
         if has_markers(res):  # a key shown redacted (GET) and applied back stands for the stored one
             res = restore(res, await manager.store.find(res.type, res.name, res.mesh))
-        if_match = request.headers.get("If-Match", "").strip('" ')
-        if version is None and if_match.isdigit():
-            version = int(if_match)
+        if version is None:
+            version = parse_version(request.headers.get("If-Match", ""), "If-Match")
         stored, created = await manager.apply(res, version)
         return _json(stored, 201 if created else 200)
 
@@ -165,13 +207,11 @@ class _Handlers:
         manager = request.app[MANAGER]
         await require_admin(request, manager.store)
         manager.check_writable(self.rtype)
-        version_text = request.query.get("version") or request.headers.get("If-Match", "").strip('" ')
-        if version_text and not version_text.isdigit():
-            raise ValidationError([FieldError("version", "must be an integer")])
+        if "version" in request.query:
+            version = parse_version(request.query["version"], "version")
+        else:
+            version = parse_version(request.headers.get("If-Match", ""), "If-Match")
         await manager.delete(
-            self.rtype.name,
-            request.match_info["name"],
-            request.match_info.get("mesh", ""),
-            version=int(version_text) if version_text else None,
+            self.rtype.name, request.match_info["name"], request.match_info.get("mesh", ""), version=version
         )
         return web.json_response({})

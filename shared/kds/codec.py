@@ -13,7 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from zonemesh.proto import kds_pb2
+from zonemesh.shared.resources.codec import parse_json
 from zonemesh.shared.resources.model import Resource, ResourceKey
+from zonemesh.shared.resources.schema import ValidationError
 
 
 def key_str(type: str, mesh: str, name: str) -> str:
@@ -56,7 +58,13 @@ def to_wire(res: Resource) -> kds_pb2.Resource:
 
 
 def from_wire(msg: kds_pb2.Resource) -> Resource:
-    spec = json.loads(msg.spec) if msg.spec else {}
+    """The resource a wire message carries. Raises ValueError when its spec is not JSON data within
+    the bounds every document has (codec.parse_json: a spec nested ~1000 deep raised RecursionError,
+    which no receiver caught)."""
+    try:
+        spec = parse_json(msg.spec, "spec") if msg.spec else {}
+    except ValidationError as exc:
+        raise ValueError("; ".join(f"{e.field}: {e.reason}" for e in exc.errors)) from None
     if not isinstance(spec, dict):
         raise ValueError(f"{msg.type} {msg.name!r}: spec must be a JSON object")
     return Resource(type=msg.type, name=msg.name, mesh=msg.mesh, spec=spec, labels=dict(msg.labels))

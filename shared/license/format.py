@@ -43,7 +43,8 @@ DEMO_DATAPLANES = 5
 DEMO_DAYS = 30
 WARN_BEFORE = timedelta(days=30)
 
-_DATE = re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})")
+_DATE = re.compile(r"([0-9]{4})-([0-9]{1,2})-([0-9]{1,2})")
+_COUNT = re.compile(r"[0-9]{1,18}")  # ASCII digits: "²".isdigit() is True and int("²") raises
 
 
 class LicenseError(ValueError):
@@ -139,6 +140,8 @@ def parse(text: str | bytes, trusted: Iterable[Ed25519PublicKey], source: str = 
         raise LicenseError(
             f"the license is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except (ValueError, RecursionError) as exc:  # integers of over 4300 digits, nesting ~1000 deep
+        raise LicenseError(f"the license is not valid JSON: {str(exc)[:200] or 'nested too deeply'}") from None
     top = _object(doc, "the license file", ("license",))
     if "license" not in top:
         raise LicenseError('the license file has no "license" object')
@@ -178,7 +181,7 @@ def _from_payload(payload: Mapping[str, Any], source: str, text: str) -> License
         if name != "dataplanes" and not isinstance(payload[name], str):
             raise LicenseError(f"license.payload.{name} must be a string")
     raw_count = payload["dataplanes"]
-    if isinstance(raw_count, bool) or not isinstance(raw_count, int | str) or not str(raw_count).isdigit():
+    if isinstance(raw_count, bool) or not isinstance(raw_count, int | str) or not _COUNT.fullmatch(str(raw_count)):
         raise LicenseError(f"license.payload.dataplanes must be a whole number, got {raw_count!r}")
     enforcement = payload.get("enforcement", "warn")
     if enforcement not in ENFORCEMENTS:

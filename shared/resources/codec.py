@@ -11,19 +11,23 @@ that Kuma's ``get -o yaml`` output applies too.
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 import yaml
 from zonemesh.shared.resources.model import Resource, format_time
 from zonemesh.shared.resources.registry import REGISTRY, ResourceType, Scope, UnknownType
 from zonemesh.shared.resources.schema import (
+    MESH_NAME,
     Errors,
     FieldError,
     Int,
     Map,
-    Name,
+    NameRule,
     Str,
     ValidationError,
+    check_name,
 )
 from zonemesh.shared.resources.support import type_not_supported, unsupported
 from zonemesh.shared.resources.types.targetref import resource_checks
@@ -33,7 +37,16 @@ META_FIELDS = ("type", "name", "mesh", "labels", "creationTime", "modificationTi
 # computes no policy status).
 POLICY_OUTPUT_FIELDS = ("status",)
 _LABELS = Map(Str(max_len=4096), key=Str(min_len=1, max_len=317))
-_VERSION = Int(min=0)
+MAX_VERSION = 2**63 - 1  # what every store can hold (SQLite INTEGER, etcd's int64 revisions)
+_VERSION = Int(min=0, max=MAX_VERSION)
+
+# Bounds on one document, whatever its source (API body, zmctl file, gRPC registration). Kuma's
+# resources nest about 10 levels deep and hold a few hundred values; the bounds are far above
+# that, and far below what would exhaust the interpreter's stack or the control plane's memory.
+MAX_DEPTH = 64
+# Counted with every YAML alias expanded: 9 aliases nested 9 deep ("billion laughs") parse in
+# microseconds into shared objects, and would expand into 10^9 values in anything that walks them.
+MAX_VALUES = 100_000
 
 
 def to_universal(res: Resource) -> dict[str, Any]:
@@ -73,9 +86,7 @@ def check_resource(res: Resource, errors: Errors, *, names: bool = True, support
         errors.extend(not_yet)  # nothing else matters: it could not be applied whatever it says
         return
     if names:
-        Name.check(res.name, "name", errors)
-        if rtype.scope is Scope.MESH:
-            Name.check(res.mesh, "mesh", errors)
+        errors.extend(rtype.name_errors(res.name, res.mesh))
     if rtype.scope is not Scope.MESH and res.mesh:
         errors.add("mesh", f"{rtype.name} is not mesh-scoped: remove the mesh field")
     _LABELS.check(res.labels, "labels", errors)
@@ -156,10 +167,10 @@ def _parse(
         # Nothing else in the document matters: it could not be applied whatever it says.
         raise ValidationError(not_yet, title=f"{rtype.name} is not supported yet by zonemesh")
 
-    res_name = _meta_str(doc, "name", name, errors)
+    res_name = _meta_name(doc, "name", name, rtype.name_rule, errors)
     res_mesh = ""
     if rtype.scope is Scope.MESH:
-        res_mesh = _meta_str(doc, "mesh", mesh, errors)
+        res_mesh = _meta_name(doc, "mesh", mesh, MESH_NAME, errors)
     elif doc.get("mesh") is not None:
         errors.add("mesh", f"{rtype.name} is not mesh-scoped: remove the mesh field")
 
@@ -195,32 +206,124 @@ def _parse(
     return res, version if isinstance(version, int) else None
 
 
-def _meta_str(doc: dict[str, Any], key: str, from_path: str | None, errors: Errors) -> str:
+def _meta_name(doc: dict[str, Any], key: str, from_path: str | None, rule: NameRule, errors: Errors) -> str:
+    """The name (or mesh) of the document, from its body or else from the URL; both are checked
+    by the same rule, and must agree when both are given."""
     value = doc.get(key)
     if value is None:
         if from_path is None:
             errors.add(key, "must be defined")
             return ""
+        errors.extend(check_name(from_path, key, rule))
         return from_path
-    Name.check(value, key, errors)
+    errors.extend(check_name(value, key, rule))
     if from_path is not None and value != from_path:
         errors.add(key, f"{key} from the URL ({from_path}) and from the body ({value}) must match")
     return value if isinstance(value, str) else ""
 
 
-def load_documents(text: str) -> list[Any]:
-    """Split a (multi-document) YAML or JSON text into documents, skipping empty ones.
+def parse_document(raw: str | bytes, where: str = "<body>") -> Any:
+    """One JSON or YAML document (an API body, a registration), checked to be plain data within
+    MAX_DEPTH and MAX_VALUES. Raises ValidationError (title "Invalid body") saying what is wrong."""
+    text = _text(raw, where)
+    if text.lstrip().startswith("{"):
+        return parse_json(text, where)
+    try:
+        doc = yaml.safe_load(text)
+    except RecursionError:
+        raise _invalid(where, f"nested more than {MAX_DEPTH} levels deep") from None
+    except (ValueError, yaml.YAMLError) as exc:  # ValueError: integers of over 4300 digits
+        raise _invalid(where, f"invalid JSON/YAML: {exc}") from None
+    check_plain(doc, where)
+    return doc
+
+
+def parse_json(raw: str | bytes, where: str = "<body>") -> Any:
+    """Like parse_document, for JSON only (a gRPC registration's dataplane_json)."""
+    try:
+        doc = json.loads(_text(raw, where))
+    except RecursionError:
+        raise _invalid(where, f"nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as exc:  # JSON syntax, integers of over 4300 digits
+        raise _invalid(where, f"not valid JSON: {exc}") from None
+    check_plain(doc, where)
+    return doc
+
+
+def check_plain(doc: Any, where: str = "<body>") -> None:
+    """Refuse what is not JSON data within the bounds: YAML's dates, binaries and sets, non-string
+    keys, NaN and infinities, nesting deeper than MAX_DEPTH, more than MAX_VALUES values. Iterative:
+    its own stack cannot overflow."""
+    stack: list[tuple[Any, int, str]] = [(doc, 1, "")]
+    values = 0
+    while stack:
+        value, depth, path = stack.pop()
+        values += 1
+        if values > MAX_VALUES:
+            raise _invalid(where, f"has more than {MAX_VALUES} values (YAML aliases count each time they are used)")
+        if depth > MAX_DEPTH:
+            raise _invalid(path or where, f"nested more than {MAX_DEPTH} levels deep")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise _invalid(
+                        f"{path}[{key!r}]" if path else repr(key),
+                        "keys must be strings (YAML reads unquoted on, off, yes, no, numbers and dates as "
+                        "other types: quote the key)",
+                    )
+                stack.append((item, depth + 1, f"{path}.{key}" if path else key))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1, f"{path}[{i}]") for i, item in enumerate(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise _invalid(path or where, "must be a finite number")
+        elif value is not None and not isinstance(value, str | int | float):  # bool is an int
+            raise _invalid(
+                path or where,
+                f"must be a string, number, boolean, null, list or object; YAML read a {type(value).__name__} "
+                "here (quote the value to keep it a string)",
+            )
+
+
+def _text(raw: str | bytes, where: str) -> str:
+    if isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _invalid(where, f"must be UTF-8 text: the byte at position {exc.start} is not valid UTF-8") from None
+
+
+def _invalid(where: str, reason: str) -> ValidationError:
+    return ValidationError([FieldError(where, reason)], title="Invalid body")
+
+
+def load_documents(text: str | bytes) -> list[Any]:
+    """Split a (multi-document) YAML or JSON text into documents, skipping empty ones; each is
+    checked like an API body (parse_document).
 
     Raises ValidationError with the line and column of a YAML syntax error.
     """
+    text = _text(text, "<input>")
     try:
         docs = list(yaml.safe_load_all(text))
+    except RecursionError:
+        raise ValidationError(
+            [FieldError("<input>", f"nested more than {MAX_DEPTH} levels deep")], title="Invalid YAML"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "<input>"
         problem = getattr(exc, "problem", None) or str(exc)
         raise ValidationError([FieldError(where, f"invalid YAML: {problem}")], title="Invalid YAML") from None
-    return [d for d in docs if d is not None]
+    except ValueError as exc:  # an integer of over 4300 digits
+        raise ValidationError([FieldError("<input>", f"invalid YAML: {exc}")], title="Invalid YAML") from None
+    docs = [d for d in docs if d is not None]
+    for i, doc in enumerate(docs):
+        try:
+            check_plain(doc)
+        except ValidationError as exc:
+            raise ValidationError(exc.errors, title=f"Invalid YAML (document {i + 1})") from None
+    return docs
 
 
 def dump_yaml(docs: list[dict[str, Any]]) -> str:

@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Flag, StrEnum, auto
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from zonemesh.shared.resources.schema import FieldError, Node
+from zonemesh.shared.resources.schema import MESH_NAME, RESOURCE_NAME, FieldError, NameRule, Node, check_name
 
 if TYPE_CHECKING:
     from zonemesh.shared.resources.model import Resource
@@ -110,6 +110,7 @@ class ResourceType:
     rest_path: str | None = None  # overrides the path segment when Kuma's differs from `plural`
     mesh_check: MeshCheck | None = None
     support: PolicySupport | None = None  # targetRef policies only: see PolicySupport
+    name_rule: NameRule = RESOURCE_NAME  # what its names may look like (Mesh and Zone: stricter)
 
     @property
     def path(self) -> str:
@@ -120,6 +121,14 @@ class ResourceType:
 
     def item_path(self, name: str, mesh: str = "") -> str:
         return f"{self.collection_path(mesh)}/{name}"
+
+    def name_errors(self, name: Any, mesh: Any = "") -> list[FieldError]:
+        """The name rule for this type's resources (and their mesh, when mesh-scoped): every
+        problem with ``name`` and ``mesh``, as fields "name" and "mesh"; none when both are fine."""
+        errors = check_name(name, "name", self.name_rule)
+        if self.scope is Scope.MESH:
+            errors += check_name(mesh, "mesh", MESH_NAME)
+        return errors
 
     @property
     def synced_down(self) -> bool:

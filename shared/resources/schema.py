@@ -79,7 +79,8 @@ class Str(Node):
             )
         if self.max_len is not None and len(value) > self.max_len:
             errors.add(path, f"must have at most {self.max_len} characters")
-        if self.pattern is not None and value and not re.fullmatch(self.pattern, value):
+        # re.ASCII: "\d" must not take "٣" (Arabic-Indic three), which float() and int() then accept.
+        if self.pattern is not None and value and not re.fullmatch(self.pattern, value, re.ASCII):
             errors.add(path, self.pattern_reason)
 
 
@@ -124,9 +125,12 @@ class Bool(Node):
             errors.add(path, "must be a boolean")
 
 
-_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ns|us|µs|ms|s|m|h))+")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Go's time.Duration is an int64 of nanoseconds (about 292 years): Kuma refuses longer durations,
+# and Envoy's protobuf Duration could not carry "1e400h" (float infinity) at all.
+MAX_DURATION_SECONDS = (2**63 - 1) / 1e9
 
 
 @functools.lru_cache(maxsize=1024)
@@ -138,7 +142,10 @@ def parse_duration(text: str) -> float:
         return 0.0
     if not _DURATION.fullmatch(text):
         raise ValueError(f"invalid duration {text!r}")
-    return sum(float(num) * _UNIT_SECONDS[unit] for num, unit in _DURATION_PART.findall(text))
+    seconds = sum(float(num) * _UNIT_SECONDS[unit] for num, unit in _DURATION_PART.findall(text))
+    if not seconds <= MAX_DURATION_SECONDS:  # also refuses inf and nan
+        raise ValueError(f"duration {text!r} is longer than Go's maximum (2562047h47m16.854775807s)")
+    return seconds
 
 
 @dataclass
@@ -270,10 +277,88 @@ def validate(node: Node, value: Any, path: str = "") -> list[FieldError]:
     return list(errors)
 
 
-# Names of resources follow Kuma's rule for universal names (DNS-1123-like, dots allowed).
-NAME_PATTERN = r"[a-z0-9]([-a-z0-9._]*[a-z0-9])?"
-NAME_REASON = (
-    "must consist of lower case alphanumeric characters, '-', '.' or '_', "
-    "and start and end with an alphanumeric character"
+# --- names ------------------------------------------------------------------------------
+#
+# One rule for every name that enters a control plane: the API body and URL path (percent-
+# decoded), the mesh segment of URLs, gRPC Register/Unregister, the xDS node id, KDS, zmctl.
+# Names become parts of keys ("Type/mesh/name" in KDS, "mesh/name" in the xDS cache, etcd keys)
+# and of Envoy node ids ("mesh.name"): a '/' or a space in one would break them.
+
+
+@dataclass(frozen=True)
+class NameRule:
+    """What a name of some kind may look like: a full-match pattern, a length bound and the
+    reason a refused name is given."""
+
+    pattern: str
+    max_len: int
+    reason: str
+
+    def errors(self, value: Any, field: str) -> list[FieldError]:
+        if not isinstance(value, str):
+            return [FieldError(field, "must be a string")]
+        if not value:
+            return [FieldError(field, "must not be empty")]
+        if len(value) > self.max_len:
+            return [FieldError(field, f"must have at most {self.max_len} characters")]
+        # re.ASCII: the classes are spelled out, but say it: no Unicode letter or digit gets in.
+        if not re.fullmatch(self.pattern, value, re.ASCII):
+            return [FieldError(field, self.reason)]
+        return []
+
+
+# Kuma's rule for resource names (pkg/core/resources/apis/mesh/meta_validator.go): a lowercase
+# RFC 1123 subdomain of at most 253 characters. No '_' (Kuma refuses it since 2.5), no "..".
+RESOURCE_NAME = NameRule(
+    pattern=r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*",
+    max_len=253,
+    reason=(
+        "must consist of lower case alphanumeric characters, '-' or '.' (a lowercase RFC 1123 subdomain), "
+        "and each dot-separated part must start and end with an alphanumeric character"
+    ),
 )
-Name = Str(min_len=1, max_len=253, pattern=NAME_PATTERN, pattern_reason=NAME_REASON)
+
+# Zones and meshes: an RFC 1123 label. A zone name is a DNS label in Kuma; a mesh name must hold
+# no dot because an Envoy node id is "<mesh>.<name>" and is split at its first dot (Kuma's form).
+DNS_LABEL = NameRule(
+    pattern=r"[a-z0-9]([-a-z0-9]*[a-z0-9])?",
+    max_len=63,
+    reason=(
+        "must consist of lower case alphanumeric characters or '-' (a lowercase RFC 1123 label, no '.'), "
+        "and must start and end with an alphanumeric character"
+    ),
+)
+MESH_NAME = DNS_LABEL
+ZONE_NAME = DNS_LABEL
+
+# What zonemesh accepted before it took Kuma's rule ('_' allowed, dots in mesh names). Only a
+# DELETE takes it, so that a resource stored under such a name can still be removed (Kuma let its
+# old names be updated and deleted the same way while it tightened its rule).
+EARLIER_NAME = NameRule(
+    pattern=r"[a-z0-9]([-a-z0-9._]*[a-z0-9])?",
+    max_len=253,
+    reason=(
+        "must consist of lower case alphanumeric characters, '-', '.' or '_', "
+        "and start and end with an alphanumeric character"
+    ),
+)
+
+
+def check_name(value: Any, field: str = "name", rule: NameRule = RESOURCE_NAME) -> list[FieldError]:
+    """Every problem with ``value`` as a name (none: an empty list). ``field`` names it in the
+    errors, as Kuma's invalid_parameters do ("name", "mesh", "spec.zone", ...)."""
+    return rule.errors(value, field)
+
+
+@dataclass
+class NameField(Node):
+    """A schema field holding a name (of a mesh, a backend, ...), checked by ``rule``."""
+
+    rule: NameRule = RESOURCE_NAME
+
+    def check(self, value: Any, path: str, errors: Errors) -> None:
+        errors.extend(self.rule.errors(value, path or "<root>"))
+
+
+Name = NameField(RESOURCE_NAME)
+MeshName = NameField(MESH_NAME)

@@ -209,13 +209,20 @@ class Store(ABC):
 
 
 def page_bounds(offset: str | None, size: int | None, total: int) -> tuple[int, int, str | None]:
-    """Turn an integer offset token and a size into a slice and the next token."""
-    try:
-        start = int(offset) if offset else 0
-    except ValueError:
-        raise InvalidOffset(f"invalid offset {offset!r}: use the `next` link of the previous page") from None
-    if start < 0:
-        raise InvalidOffset(f"invalid offset {offset!r}")
+    """Turn an integer offset token and a size into a slice and the next token.
+
+    The token is ASCII digits (int() would also take "+5", "1_0" or "٣"); one past the end gives an
+    empty page. Clamping matters beyond the slice: SQLite's OFFSET takes at most a 64-bit integer,
+    and "?offset=99999999999999999999" used to reach it."""
+    start = 0
+    if offset:
+        if not (offset.isascii() and offset.isdigit()):
+            raise InvalidOffset(f"invalid offset {offset!r}: use the `next` link of the previous page")
+        try:
+            start = int(offset)
+        except ValueError:  # more than 4300 digits
+            raise InvalidOffset("invalid offset: use the `next` link of the previous page") from None
+    start = min(start, total)
     if size is None:
         return start, total, None
     end = start + size

@@ -20,7 +20,8 @@ import jwt
 from aiohttp import web
 from zonemesh.shared.api.auth import require_admin
 from zonemesh.shared.api.context import MANAGER
-from zonemesh.shared.resources.schema import FieldError, ValidationError, parse_duration
+from zonemesh.shared.api.resources import read_document
+from zonemesh.shared.resources.schema import MESH_NAME, FieldError, ValidationError, check_name, parse_duration
 from zonemesh.shared.store import Store
 from zonemesh.shared.tokens.keys import SigningKeys
 from zonemesh.shared.tokens.tokens import InvalidToken, TokenIssuer, TokenValidator
@@ -67,7 +68,7 @@ def unverified_mesh(token: str) -> str | None:
     """The ``Mesh`` claim before any check, to pick the mesh's keys and explain a mismatch."""
     try:
         payload = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
+    except (jwt.PyJWTError, RecursionError):  # as in TokenValidator.validate
         return None
     mesh = payload.get("Mesh") if isinstance(payload, dict) else None
     return mesh if isinstance(mesh, str) else None
@@ -123,11 +124,10 @@ def parse_request(body: Any) -> tuple[DataplaneClaims, float]:
     if not isinstance(body, dict):
         raise ValidationError([FieldError("<root>", "must be a JSON object")], title="Invalid token request")
     mesh = body.get("mesh")
-    if not isinstance(mesh, str) or not mesh:
-        errors.append(FieldError("mesh", "must be a non-empty string"))
-    name = body.get("name") or ""
-    if not isinstance(name, str):
-        errors.append(FieldError("name", "must be a string"))
+    errors += check_name(mesh, "mesh", MESH_NAME)
+    name = body.get("name") or ""  # empty: any dataplane of the mesh
+    if name:
+        errors += check_name(name, "name")
     proxy_type = body.get("type") or "dataplane"
     if proxy_type not in PROXY_TYPES:
         errors.append(FieldError("type", f"must be one of {', '.join(PROXY_TYPES)}"))
@@ -156,11 +156,7 @@ def parse_request(body: Any) -> tuple[DataplaneClaims, float]:
 async def issue_handler(request: web.Request) -> web.Response:
     manager = request.app[MANAGER]
     await require_admin(request, manager.store)
-    try:
-        body = await request.json()
-    except ValueError:
-        raise ValidationError([FieldError("<root>", "must be JSON")], title="Invalid token request") from None
-    claims, seconds = parse_request(body)
+    claims, seconds = parse_request(await read_document(request))
     if await manager.store.find("Mesh", claims.mesh) is None:
         raise ValidationError(
             [FieldError("mesh", f"mesh {claims.mesh!r} does not exist")], title="Invalid token request"

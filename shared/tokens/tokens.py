@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -47,6 +48,15 @@ def sign(claims: Mapping[str, Any], private_pem: bytes, kid: int, valid_for_seco
     return jwt.encode(payload, key, algorithm="RS256", headers={"kid": str(kid)})  # type: ignore[arg-type]
 
 
+def parse_kid(kid: Any) -> int:
+    """The signing key serial a token's ``kid`` header names: ASCII digits (as ``sign`` writes it).
+    ``str.isdigit`` is not enough: "²" passes it, and int("²") raises."""
+    text = str(kid) if isinstance(kid, int) and not isinstance(kid, bool) else kid
+    if not isinstance(text, str) or not re.fullmatch(r"[0-9]{1,9}", text):
+        raise InvalidToken("token has no valid kid header (the signing key serial)")
+    return int(text)
+
+
 class TokenIssuer:
     def __init__(self, keys: SigningKeys) -> None:
         self.keys = keys
@@ -82,13 +92,13 @@ class TokenValidator:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
             raise InvalidToken(f"malformed token: {exc}") from None
+        except RecursionError:  # a header nested ~1000 deep: recent PyJWT says DecodeError, not every >=2.8 does
+            raise InvalidToken("malformed token: its header is nested too deeply") from None
         alg = header.get("alg")
         if alg != "RS256":
             raise InvalidToken(f"unsupported signing algorithm {alg!r}: only RS256 is accepted")
-        kid = header.get("kid")
-        if kid is None or not str(kid).isdigit():
-            raise InvalidToken("token has no valid kid header (the signing key serial)")
-        public_key = await self.public_key(int(kid))
+        kid = parse_kid(header.get("kid"))
+        public_key = await self.public_key(kid)
         if public_key is None:
             raise InvalidToken(f"signing key {kid} not found (rotated out or never existed)")
         try:
@@ -109,6 +119,8 @@ class TokenValidator:
             raise InvalidToken(f"token misses the {exc.claim!r} claim") from None
         except jwt.PyJWTError as exc:
             raise InvalidToken(f"invalid token: {exc}") from None
+        if not isinstance(claims["jti"], str):
+            raise InvalidToken("token's jti claim is not a string")
         if claims["jti"] in await self.revoked_ids():
             raise InvalidToken(f"token {claims['jti']} has been revoked")
         return claims

@@ -385,8 +385,10 @@ def test_timeout_and_retry_changes_reach_the_config_dump(zone: Zone) -> None:
 
 
 def test_policy_envoy_rejects_is_nacked_and_last_good_config_keeps_serving(zone: Zone) -> None:
-    # Valid for our schema (a positive duration), but beyond protobuf's Duration range
-    # (315,576,000,000 s): Envoy refuses the cluster, i.e. NACKs the CDS response.
+    # Valid for our schema (a positive duration), but below Envoy's resolution of a nanosecond:
+    # the cluster's connect_timeout becomes 0s, which Envoy refuses (it must be greater than 0),
+    # i.e. NACKs the CDS response. (Durations beyond protobuf's range, once used here, are refused
+    # by the API since they also exceed Go's, as Kuma's.)
     bad = {
         "type": "MeshTimeout",
         "mesh": "default",
@@ -394,7 +396,10 @@ def test_policy_envoy_rejects_is_nacked_and_last_good_config_keeps_serving(zone:
         "spec": {
             "targetRef": {"kind": "Mesh"},
             "to": [
-                {"targetRef": {"kind": "MeshService", "name": "app-b"}, "default": {"connectionTimeout": "100000000h"}}
+                {
+                    "targetRef": {"kind": "MeshService", "name": "app-b"},
+                    "default": {"connectionTimeout": "0.0000000001s"},
+                }
             ],
         },
     }
@@ -414,10 +419,16 @@ def test_policy_envoy_rejects_is_nacked_and_last_good_config_keeps_serving(zone:
             what="a NACK from app-a recorded in its insight",
         )
         # Counted and logged with Envoy's own words.
-        assert "Duration" in status["lastError"] or "duration" in status["lastError"], status
+        assert "connect_timeout" in status["lastError"], status
         assert zone.metric("xds_nack_total", "Cluster") > nacks_before
         nacks = [json.loads(line) for line in zone.cp.logs().splitlines() if '"event": "xds_nack"' in line]
-        assert any(n["proxy"] == "default/app-a" and n["error"] == status["lastError"] for n in nacks), nacks[-3:]
+        # the log has Envoy's whole message, the insight its first 1000 characters
+        assert any(
+            n["proxy"] == "default/app-a"
+            and n["error"].startswith(status["lastError"])
+            and "ConnectTimeout: value must be greater than 0s" in n["error"]
+            for n in nacks
+        ), nacks[-3:]
         # Still serving, with the last good cluster.
         for _ in range(5):
             assert get(zone.url_a_to_b) == (200, "app-b")

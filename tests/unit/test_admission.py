@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -194,3 +195,73 @@ async def test_ads_stream_refused_for_the_license_is_resource_exhausted(zone: Zo
         with pytest.raises(grpc.aio.AioRpcError) as bad:
             await zone.ads("not-a-jwt")
         assert bad.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+# --- issue 15: names and input that used to crash Register -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mesh", "name", "field"),
+    [
+        ("default", "Evil/Name \u00fc", "name"),  # used to be registered: the token admits any name
+        ("default", "..", "name"),
+        ("Bad Mesh", "web-1", "mesh"),
+        ("", "web-1", "mesh"),
+    ],
+)
+async def test_register_and_unregister_check_names_like_the_api(zone: Zone, mesh: str, name: str, field: str) -> None:
+    token = await zone.token(name="")  # valid for any dataplane of mesh "default"
+    doc = {**DATAPLANE, "mesh": mesh, "name": name}
+    with structlog.testing.capture_logs() as logs, pytest.raises(grpc.aio.AioRpcError) as err:
+        await zone.register(token, mesh=mesh, name=name, dataplane_json=json.dumps(doc))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith(f"Invalid resource name: {field}: ")
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["registration_name_invalid"]
+    assert (await zone.store.list("Dataplane")).items == []
+
+    stub = dataplane_pb2_grpc.DataplaneRegistrationStub(zone.channel)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Unregister(
+            dataplane_pb2.UnregisterRequest(mesh=mesh, name=name), metadata=(("authorization", f"Bearer {token}"),)
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    ("dataplane_json", "reason"),
+    [
+        ('{"type": "Dataplane", "x": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested more than 64 levels"),
+        ('{"type": "Dataplane", "x": ' + "1" * 5000 + "}", "4300 digits"),
+        ('{"type": "Dataplane", "x": NaN}', "finite"),
+    ],
+)
+async def test_register_refuses_documents_that_used_to_crash_it(zone: Zone, dataplane_json: str, reason: str) -> None:
+    """json.loads raised RecursionError (or ValueError) past the handler: the caller saw UNKNOWN."""
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await zone.register(await zone.token(), dataplane_json=dataplane_json)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason in (err.value.details() or "")
+
+
+async def test_register_with_a_unicode_digit_kid_is_unauthenticated(zone: Zone) -> None:
+    """int('²') in the token validator: Register answered UNKNOWN."""
+    real = await zone.token()
+    header = base64.urlsafe_b64encode(b'{"alg":"RS256","typ":"JWT","kid":"\xc2\xb2"}').rstrip(b"=").decode()
+    forged = ".".join([header, *real.split(".")[1:]])
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await zone.register(forged)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "no valid kid" in (err.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await zone.ads(forged)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("node_id", ["default.Evil/Name", "default.web 1", "Bad Mesh.web-1", "default..x"])
+async def test_an_ads_node_id_follows_the_name_rule(zone: Zone, node_id: str) -> None:
+    """The node id names the proxy as Register does: "mesh/name" keys must not be forgeable with a '/'."""
+    with structlog.testing.capture_logs() as logs, pytest.raises(grpc.aio.AioRpcError) as err:
+        await zone.ads(await zone.token(name=""), node_id=node_id)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is not <mesh>.<dataplane name>" in (err.value.details() or "")
+    assert any(e["event"] == "xds_refused" and e["code"] == "INVALID_ARGUMENT" for e in logs)

@@ -440,3 +440,71 @@ spec:
     stored = await (await api.get("/meshes/default/meshtimeouts/timeout-on-backend")).json()
     assert "kri" not in stored and "status" not in stored
     assert stored["spec"]["targetRef"] == {"kind": "Dataplane", "labels": {"app": "backend"}}
+
+
+# --- issue 15: names and input that used to get a 500 ---------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/meshes", "/zoneingresses", "/zoneegresses", "/meshes/default/meshtimeouts"])
+async def test_an_offset_past_any_integer_is_an_empty_page(
+    api: TestClient[web.Request, web.Application], path: str
+) -> None:
+    """?offset=99999999999999999999 overflowed SQLite's OFFSET (a 500); every store gives an empty
+    page now (the etcd store's offsets are key tokens: a number is refused as one)."""
+    resp = await api.get(f"{path}?offset=99999999999999999999")
+    body = await resp.json()
+    if resp.status == 400:  # etcd: not one of its tokens
+        assert body["invalid_parameters"][0]["field"] == "offset"
+        return
+    assert resp.status == 200, body
+    assert body["items"] == [] and body["next"] is None
+    assert body["total"] == (await (await api.get(path)).json())["total"]
+
+
+async def test_a_zone_name_follows_the_rule_kds_checks() -> None:
+    """A Zone is named as its control plane connects (a DNS label): "zone.one" could never connect."""
+    client, _ = await make_client()
+    try:
+        resp = await client.put("/zones/zone.one", json={"type": "Zone", "name": "zone.one"})
+        assert resp.status == 400
+        assert [p["field"] for p in (await resp.json())["invalid_parameters"]] == ["name"]
+        assert (await client.put("/zones/zone-1", json={"type": "Zone", "name": "zone-1"})).status == 201
+    finally:
+        await client.close()
+
+
+async def test_a_token_with_a_unicode_digit_kid_is_refused_with_401() -> None:
+    """'²'.isdigit() is True and int('²') raises: the admin check answered 500."""
+    client, store = await make_client()
+    try:
+        client.app[REMOTE_OVERRIDE].append("192.0.2.10")
+        secret = await store.get("GlobalSecret", "admin-user-token")
+        real = base64.b64decode(secret.spec["data"]).decode()
+        header = base64.urlsafe_b64encode(b'{"alg":"RS256","typ":"JWT","kid":"\xc2\xb2"}').rstrip(b"=").decode()
+        forged = ".".join([header, *real.split(".")[1:]])
+        resp = await client.put(
+            "/meshes/default/meshtimeouts/t1", json=TIMEOUT, headers={"Authorization": f"Bearer {forged}"}
+        )
+        assert resp.status == 401
+        assert "no valid kid" in (await resp.json())["detail"]
+    finally:
+        await client.close()
+
+
+async def test_a_resource_stored_under_an_earlier_name_can_still_be_deleted() -> None:
+    """zonemesh took '_' (and dotted mesh names) before it took Kuma's rule: such a resource is
+    refused by name on reads and writes, and DELETE still removes it."""
+    client, store = await make_client()
+    try:
+        await store.create(Resource(type="Mesh", name="old_mesh.a"))
+        await store.create(Resource(type="MeshTimeout", mesh="default", name="old_name", spec=TIMEOUT["spec"]))
+        assert (await client.get("/meshes/default/meshtimeouts/old_name")).status == 400
+        assert (await client.put("/meshes/default/meshtimeouts/old_name", json=TIMEOUT)).status == 400
+        assert (await client.delete("/meshes/default/meshtimeouts/old_name")).status == 200
+        assert await store.find("MeshTimeout", "old_name", "default") is None
+        assert (await client.delete("/meshes/old_mesh.a")).status == 200
+        assert await store.find("Mesh", "old_mesh.a") is None
+        # what was never a name is still refused
+        assert (await client.delete("/meshes/default/meshtimeouts/..%2Fx")).status == 400
+    finally:
+        await client.close()

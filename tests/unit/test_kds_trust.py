@@ -147,6 +147,23 @@ def test_wire_level_refusals() -> None:
         assert caught.value.kind == kind
 
 
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        (b'{"networking": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested more than 64 levels"),
+        (b'{"networking": {"port": NaN}}', "must be a finite number"),
+        (b'{"networking": {"port": ' + b"1" * 5000 + b"}}", "4300 digits"),
+    ],
+)
+def test_a_spec_no_api_body_could_carry_is_refused_not_raised(spec: bytes, reason: str) -> None:
+    """A spec nested ~1000 deep raised RecursionError out of the upload handler (issue 15, finding 9)."""
+    wire = to_wire(dataplane("dp"))
+    wire.spec = spec
+    with pytest.raises(Refused) as caught:
+        decode(wire, "Dataplane")
+    assert caught.value.kind == INVALID and reason in caught.value.reason
+
+
 # -- global: the upload handler ------------------------------------------------------------------
 
 

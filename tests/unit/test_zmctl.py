@@ -116,6 +116,31 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
     assert "usage: zmctl" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["get", "meshtimeouts", "../x"],
+        ["get", "meshtimeouts", "--mesh", "a/b"],
+        ["get", "meshtimeouts", "--mesh", "team.a"],  # a mesh name holds no dot
+        ["delete", "meshtimeouts", "a?b"],
+        ["delete", "meshtimeouts", "x", "--mesh", "a/b"],
+        ["inspect", "dataplane", "Web 1"],
+        ["inspect", "dataplanes", "--mesh", "x?y"],
+        ["generate", "dataplane-token", "--mesh", "Bad Mesh", "--valid-for", "1h"],
+        ["generate", "dataplane-token", "--name", "web_1", "--valid-for", "1h"],
+        ["generate", "zone-token", "--zone", "zone.1", "--valid-for", "1h"],
+    ],
+)
+def test_names_the_control_plane_would_refuse_are_usage_errors(
+    argv: list[str], nowhere: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The name rule of the API applies on the command line: a '/' or '?' in a name or mesh
+    would otherwise change the URL zmctl builds (the mesh is not percent-encoded)."""
+    assert main([*argv, *nowhere]) == 2
+    err = capsys.readouterr().err
+    assert "invalid name" in err and "lower case alphanumeric" in err
+
+
 def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     assert "apply" in capsys.readouterr().out

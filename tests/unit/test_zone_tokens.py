@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 from pathlib import Path
 
@@ -58,9 +59,21 @@ async def _bad_tokens(store: MemoryStore) -> dict[str, str]:
         "revoked": revoked,
         "unknown kid": sign({"Zone": "zone-1", "Scope": ["cp"]}, pem, 42, DAY),
         "for another zone": sign({"Zone": "zone-2", "Scope": ["cp"]}, pem, serial, DAY),
+        # '²'.isdigit() is True and int('²') raises: global answered UNKNOWN.
+        "kid superscript two": _with_header(sign({"Zone": "zone-1", "Scope": ["cp"]}, pem, serial, DAY), kid="\u00b2"),
         "without the cp scope": sign({"Zone": "zone-1", "Scope": ["ingress"]}, pem, serial, DAY),
         "empty": "",
     }
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _with_header(token: str, **fields: object) -> str:
+    """``token`` with its header changed (its signature no longer matters: it is refused before)."""
+    _, body, signature = token.split(".")
+    return ".".join([_b64(json.dumps({"alg": "RS256", "typ": "JWT", **fields}).encode()), body, signature])
 
 
 def _hs256(payload: dict[str, object], key: bytes, kid: int) -> str:
@@ -88,6 +101,7 @@ EXPECTED_REASONS = {
     "revoked": "token j-revoked has been revoked",
     "unknown kid": "signing key 42 not found (rotated out or never existed)",
     "for another zone": "token was issued for zone 'zone-2', not for zone 'zone-1'",
+    "kid superscript two": "token has no valid kid header (the signing key serial)",
     "without the cp scope": "token scope ['ingress'] does not include 'cp'",
     "empty": "no token provided",
 }

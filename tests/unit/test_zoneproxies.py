@@ -353,3 +353,33 @@ async def test_open_subscriptions_left_by_a_previous_run_are_closed_at_start() -
     await zoneproxies.ZoneProxyInsights(store, "cp-2", ZONE).close_stale()
     assert not is_online(await store.get("ZoneIngressInsight", "ingress-1"))
     assert is_online(await store.get("ZoneIngressInsight", "zone-2.ingress"))  # another zone's: not ours to close
+
+
+# --- issue 15: zone proxy names follow the API's rule ----------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["Evil/Name \u00fc", "a_b", ""])
+async def test_zone_proxy_register_and_unregister_check_names(zone: Zone, name: str) -> None:
+    token = await zone.token(["ingress"])
+    stub = dataplane_pb2_grpc.DataplaneRegistrationStub(zone.channel)
+    auth = (("authorization", f"Bearer {token}"),)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        request = dataplane_pb2.RegisterRequest(name=name, proxy_type="ingress", dataplane_json=json.dumps(INGRESS))
+        await stub.Register(request, metadata=auth, timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith("Invalid resource name: name: ")
+    assert (await zone.store.list("ZoneIngress")).items == []
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Unregister(dataplane_pb2.UnregisterRequest(name=name, proxy_type="ingress"), metadata=auth)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_zone_proxy_node_id_follows_the_name_rule(zone: Zone) -> None:
+    call = zone.ads(await zone.token(["ingress"]))
+    request = zone.request()
+    request.node.id = ".Evil/Name"
+    await call.write(request)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call.read()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "node id '.Evil/Name'" in (err.value.details() or "")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from zonemesh.shared.resources.schema import MESH_NAME, FieldError, check_name
+
 
 class ProxyType(StrEnum):
     DATAPLANE = "dataplane"
@@ -39,16 +41,32 @@ def zone_proxy_key(proxy_type: str, name: str) -> str:
 
 def parse_zone_proxy_node_id(node_id: str) -> str:
     """A zone proxy's Envoy node id is its ZoneIngress/ZoneEgress name (a leading dot, Kuma's
-    form for a proxy outside any mesh, is accepted)."""
+    form for a proxy outside any mesh, is accepted). Raises ValueError for an invalid name."""
     name = node_id.removeprefix(".")
     if not name:
-        raise ValueError(f"node id {node_id!r} names no zone proxy")
+        raise ValueError(f"node id {_shown(node_id)} names no zone proxy")
+    errors = check_name(name, "name")
+    if errors:
+        raise ValueError(f"node id {_shown(node_id)}: {_reasons(errors)}")
     return name
 
 
 def parse_node_id(node_id: str) -> tuple[str, str]:
-    """Kuma's Envoy node id format ``<mesh>.<name>`` (mesh names carry no dot in practice)."""
+    """Kuma's Envoy node id format ``<mesh>.<name>``, split at the first dot: mesh names hold no
+    dot (schema.MESH_NAME). Both parts follow the API's name rules; raises ValueError otherwise."""
     mesh, sep, name = node_id.partition(".")
     if not sep or not mesh or not name:
-        raise ValueError(f"node id {node_id!r} is not in the form <mesh>.<dataplane name>")
+        raise ValueError(f"node id {_shown(node_id)} is not in the form <mesh>.<dataplane name>")
+    errors = check_name(mesh, "mesh", MESH_NAME) + check_name(name, "name")
+    if errors:
+        raise ValueError(f"node id {_shown(node_id)} is not <mesh>.<dataplane name>: {_reasons(errors)}")
     return mesh, name
+
+
+def _shown(node_id: str) -> str:
+    """The node id as errors quote it: a client chooses its length, a gRPC status must stay small."""
+    return repr(node_id) if len(node_id) <= 300 else repr(node_id[:300]) + "..."
+
+
+def _reasons(errors: list[FieldError]) -> str:
+    return "; ".join(f"{e.field}: {e.reason}" for e in errors)

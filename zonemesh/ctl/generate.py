@@ -13,9 +13,9 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from zonemesh.ctl import zone_token
-from zonemesh.ctl.errors import UsageError
+from zonemesh.ctl.errors import UsageError, name_type
 from zonemesh.shared import duration
-from zonemesh.shared.resources.schema import parse_duration
+from zonemesh.shared.resources.schema import MESH_NAME, parse_duration
 
 if TYPE_CHECKING:
     from zonemesh.ctl.commands import Env
@@ -94,8 +94,12 @@ def add_commands(b: Builder, sub: Subparsers) -> None:
         "services (inbound tags) it may register. Revoke a token by adding its jti to the mesh\n"
         "secret dataplane-token-revocations-MESH (comma-separated).",
     )
-    token.add_argument("-m", "--mesh", default="default", help="mesh the proxy joins (default 'default')")
-    token.add_argument("--name", help="the Dataplane name the token is for (default: any name in the mesh)")
+    token.add_argument(
+        "-m", "--mesh", default="default", type=name_type(MESH_NAME), help="mesh the proxy joins (default 'default')"
+    )
+    token.add_argument(
+        "--name", type=name_type(), help="the Dataplane name the token is for (default: any name in the mesh)"
+    )
     token.add_argument("--tag", action="append", metavar="KEY=VALUE", help="allowed inbound tag value (repeatable)")
     token.add_argument("--proxy-type", choices=PROXY_TYPES, default="dataplane", help="default dataplane")
     token.add_argument("--valid-for", required=True, metavar="DURATION", help="lifetime, e.g. 24h, 720h")

@@ -18,8 +18,9 @@ from zonemesh import __version__
 from zonemesh.ctl import commands, generate, license
 from zonemesh.ctl import config as cfg
 from zonemesh.ctl.config import CONFIG_ENV, DEFAULT_ADDRESS
-from zonemesh.ctl.errors import EXIT_USAGE, CtlError, UsageError
+from zonemesh.ctl.errors import EXIT_USAGE, CtlError, UsageError, name_type
 from zonemesh.shared.resources import REGISTRY
+from zonemesh.shared.resources.schema import EARLIER_NAME, MESH_NAME, NameRule
 
 Handler = Callable[[argparse.Namespace, commands.Env], None]
 # The type argparse gives no public name; a string because it is only generic for type checkers.
@@ -88,8 +89,8 @@ class Builder:
         return parser
 
 
-def _add_mesh(parser: argparse.ArgumentParser, what: str = "the mesh") -> None:
-    parser.add_argument("-m", "--mesh", help=f"{what} (default {commands.DEFAULT_MESH!r})")
+def _add_mesh(parser: argparse.ArgumentParser, what: str = "the mesh", rule: NameRule = MESH_NAME) -> None:
+    parser.add_argument("-m", "--mesh", type=name_type(rule), help=f"{what} (default {commands.DEFAULT_MESH!r})")
 
 
 def _add_output(parser: argparse.ArgumentParser) -> None:
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     get = b.leaf(sub, "get", "show resources", commands.cmd_get, epilog=_type_list())
     get.add_argument("type", help="resource type, e.g. meshes, meshtimeouts, dataplanes, zones")
-    get.add_argument("name", nargs="?", help="one resource by name (default: list them)")
+    get.add_argument("name", nargs="?", type=name_type(), help="one resource by name (default: list them)")
     _add_mesh(get, "mesh of a mesh-scoped type; ignored for global types")
     _add_output(get)
     get.add_argument("--size", type=_positive(int), help="page size of a list")
@@ -138,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     delete = b.leaf(sub, "delete", "delete a resource", commands.cmd_delete, epilog=_type_list())
     delete.add_argument("type", help="resource type, e.g. meshtimeouts")
-    delete.add_argument("name", help="resource name")
-    _add_mesh(delete, "mesh of a mesh-scoped type; ignored for global types")
+    # as the API's DELETE: names of zonemesh's earlier rule too, so that such a resource can go
+    delete.add_argument("name", type=name_type(EARLIER_NAME), help="resource name")
+    _add_mesh(delete, "mesh of a mesh-scoped type; ignored for global types", EARLIER_NAME)
 
     inspect = b.group(sub, "inspect", "inspect meshes and data plane proxies")
     meshes = b.leaf(
@@ -154,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     dataplane = b.leaf(
         inspect, "dataplane", "one dataplane's data from its control plane", commands.cmd_inspect_dataplane
     )
-    dataplane.add_argument("name", help="dataplane name")
+    dataplane.add_argument("name", type=name_type(), help="dataplane name")
     _add_mesh(dataplane)
     dataplane.add_argument(
         "--type",

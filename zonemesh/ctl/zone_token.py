@@ -14,8 +14,9 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zonemesh.ctl.errors import UsageError
+from zonemesh.ctl.errors import UsageError, name_type
 from zonemesh.shared.duration import parse_duration
+from zonemesh.shared.resources.schema import ZONE_NAME
 from zonemesh.shared.tokens.zone import SCOPES, check_scope, issue_offline
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ def add_command(b: Builder, generate: Subparsers) -> None:
         "Revoke a token by adding its jti to the global secret zone-token-revocations\n"
         "(comma-separated); rotate keys as described in docs/kds.md.",
     )
-    cmd.add_argument("--zone", required=True, help="the zone the token is for")
+    cmd.add_argument("--zone", required=True, type=name_type(ZONE_NAME), help="the zone the token is for")
     cmd.add_argument("--valid-for", required=True, metavar="DURATION", help="lifetime, e.g. 24h, 720h")
     cmd.add_argument(
         "--scope", action="append", choices=SCOPES, help="what the token may be used for (repeatable; default all)"

@@ -56,7 +56,7 @@ def split_host_port(text: str) -> tuple[str, int]:
         raise ValueError('an IPv6 address must be written in brackets, e.g. "[::1]:443"')
     elif not (is_ip(host) or is_hostname(host)):
         raise ValueError(f"{host!r} has to be a valid IP address or a domain name")
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"port {port_text!r} must be a number in range 1-65535")
     return host, int(port_text)
 

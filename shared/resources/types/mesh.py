@@ -5,6 +5,7 @@ from __future__ import annotations
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
 from zonemesh.shared.resources.schema import (
+    MESH_NAME,
     AnyValue,
     Bool,
     Duration,
@@ -100,5 +101,6 @@ MESH = register(
         sync=Sync.GLOBAL_TO_ZONES,
         spec=MESH_SPEC,
         semantic=_check_mesh,
+        name_rule=MESH_NAME,
     )
 )

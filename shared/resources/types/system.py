@@ -7,7 +7,7 @@ import binascii
 
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
-from zonemesh.shared.resources.schema import Bool, FieldError, Int, List, Obj, Str
+from zonemesh.shared.resources.schema import ZONE_NAME, Bool, FieldError, Int, List, Obj, Str
 from zonemesh.shared.resources.types.common import InsightSpec
 
 _SECRET_SPEC = Obj({"data": Str()}, required=("data",))
@@ -53,6 +53,7 @@ ZONE = register(
         scope=Scope.GLOBAL,
         sync=Sync.LOCAL,
         spec=Obj({"enabled": Bool()}),
+        name_rule=ZONE_NAME,  # the name a zone control plane connects with (KDS client-id)
     )
 )
 

@@ -21,7 +21,7 @@ from zonemesh.shared.resources.schema import (
     FieldError,
     List,
     Map,
-    Name,
+    MeshName,
     Node,
     Obj,
     Str,
@@ -129,7 +129,7 @@ class _TargetRef(Node):
             "labels": Map(Str(), key=Str(min_len=1)),
             "sectionName": Str(min_len=1),
             "namespace": Str(),  # universal has no namespaces: accepted (Kuma's output carries it), ignored
-            "mesh": Name,  # must be the policy's own mesh (checked with the resource: resource_checks)
+            "mesh": MeshName,  # must be the policy's own mesh (checked with the resource: resource_checks)
         }
         if top_level:
             fields["proxyTypes"] = List(Enum(*PROXY_TYPES), min_items=1)

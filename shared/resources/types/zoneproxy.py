@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
-from zonemesh.shared.resources.schema import Bool, Errors, Int, List, Name, Obj, Str
+from zonemesh.shared.resources.schema import Bool, Errors, Int, List, MeshName, Obj, Str
 from zonemesh.shared.resources.types.common import PORT, Address, InsightSpec, Tags, tag_zone, zone_field
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ ZONE_INGRESS_SPEC = Obj(
                 {
                     "tags": Tags(require_service=True),
                     "instances": Int(min=0),
-                    "mesh": Name,
+                    "mesh": MeshName,
                     "externalService": Bool(),
                 },
                 required=("tags",),

@@ -1,5 +1,6 @@
 """MeshRetry: retries of outbound (`to`) TCP connections, HTTP requests and gRPC calls."""
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -85,7 +86,7 @@ def _http_retry_on(value: Mapping[str, Any], path: str, errors: Errors) -> None:
     for i, item in enumerate(items):
         if not isinstance(item, str) or item in HTTP_RETRY_ON:
             continue
-        if not (item.isdigit() and 100 <= int(item) <= 599):
+        if not (re.fullmatch(r"[0-9]{3}", item) and 100 <= int(item) <= 599):
             errors.add(
                 f"{path}.retryOn[{i}]",
                 f"unknown item {item!r}; use one of {', '.join(HTTP_RETRY_ON)} or an HTTP status code",
