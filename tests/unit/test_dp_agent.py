@@ -142,24 +142,22 @@ def test_bad_ports_are_usage_errors(tmp_path: Path, flags: list[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("flags", "message"),
-    [
-        (
-            [],
-            "the Dataplane sets networking.admin.port 9901, but Envoy's admin API is on its Unix socket "
-            "<work-dir>/envoy-admin.sock: remove networking.admin.port, or pass --admin-port 9901",
-        ),
-        (["--admin-port", "9905"], "sets networking.admin.port 9901, but Envoy's admin API is on --admin-port 9905"),
-    ],
+    ("flags", "where"),
+    [([], "its Unix socket {work}/envoy-admin.sock"), (["--admin-port", "9905"], "--admin-port 9905")],
 )
 def test_a_dataplane_admin_port_the_agent_would_not_open_is_refused(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], where: str
 ) -> None:
     """networking.admin.port is accepted only when it is what Envoy's admin listens on."""
     with_admin = (
         "networking: {address: 127.0.0.1, admin: {port: 9901}, inbound: [{port: 8080, tags: {kuma.io/service: web}}]}"
     )
     assert dp_main.main(run(tmp_path, "--dataplane-inline", with_admin, *flags)) == EXIT_USAGE
+    message = (
+        f"the Dataplane sets networking.admin.port 9901, but Envoy's admin API is on "
+        f"{where.format(work=tmp_path / 'work')}: remove networking.admin.port, or pass --admin-port 9901 to serve "
+        "the admin API on TCP 127.0.0.1:9901 (every local user can then read this proxy's token from it)"
+    )
     assert message in capsys.readouterr().err
     assert not (tmp_path / "work").exists()
 

@@ -228,14 +228,14 @@ def resolve_admin(opts: AgentOptions, work_dir: Path, dataplane: dict[str, Any])
     declared = ((dataplane.get("networking") or {}).get("admin") or {}).get("port")
     if declared is not None and declared != opts.admin_port:
         where = (
-            "is on its Unix socket <work-dir>/envoy-admin.sock"
+            f"its Unix socket {admin_socket_path(work_dir)}"
             if opts.admin_port is None
-            else f"is on --admin-port {opts.admin_port}"
+            else f"--admin-port {opts.admin_port}"
         )
         raise AgentError(
             f"the {RESOURCE_TYPES[opts.proxy_type]} sets networking.admin.port {declared}, but Envoy's admin API "
-            f"{where}: remove networking.admin.port, or pass --admin-port {declared} to serve the admin API on "
-            f"TCP 127.0.0.1:{declared} (every local user can then read this proxy's token from it)",
+            f"is on {where}: remove networking.admin.port, or pass --admin-port {declared} to serve the admin API "
+            f"on TCP 127.0.0.1:{declared} (every local user can then read this proxy's token from it)",
             EXIT_USAGE,
         )
     if opts.admin_port is not None:
@@ -398,8 +398,9 @@ class Agent:
         try:
             await server.start()
         except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise AgentError(
-                f"cannot serve the readiness endpoint on {READINESS_ADDRESS}:{port}: {exc.strerror or exc}; "
+                f"cannot serve the readiness endpoint on {READINESS_ADDRESS}:{port}: {reason}; "
                 "give a free port with --readiness-port (0: no readiness endpoint)"
             ) from None
         return server
