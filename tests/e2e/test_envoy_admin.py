@@ -399,7 +399,8 @@ def test_readiness_endpoint_answers_for_envoy_and_serves_nothing_else(agents: Ag
         status, body = agent.ready(path, method)
         assert status == 404, (method, path, status, body)
         assert agent.token not in body
-    assert agent.ready("/ready", "POST")[0] == 405
+    for method in ("POST", "PUT", "DELETE", "HEAD"):
+        assert agent.ready("/ready", method)[0] == 405, method
     assert agent.ready() == (200, "LIVE")
     assert agent.envoy_pid() == pid and len(agent.events("envoy_started")) == 1  # Envoy untouched
 

@@ -51,7 +51,7 @@ class ReadinessServer:
     async def start(self) -> None:
         """Listen; raises OSError when the port is taken."""
         app = web.Application()
-        app.router.add_get("/ready", self._ready)
+        app.router.add_get("/ready", self._ready, allow_head=False)
         # No access log: a probe every few seconds would drown the agent's own events.
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
