@@ -114,7 +114,7 @@ class EnvoySupervisor:
     ) -> None:
         self.binary = binary
         self.bootstrap = bootstrap
-        # An int is a TCP admin port (--admin-port), as before the socket was the default.
+        # An int is a TCP admin port (--admin-port).
         self.admin = admin if isinstance(admin, AdminAddress) else AdminAddress(port=admin)
         self.concurrency = concurrency
         self.log_level = log_level
