@@ -328,14 +328,21 @@ def dp_run_command(
     mesh: str,
     dataplane: Sequence[str],
     token_file: Path,
-    admin_port: int,
+    admin_port: int | None = None,
     work_dir: Path,
     extra: Sequence[str] = (),
+    readiness_port: int = 0,
 ) -> list[str]:
     """``zonemesh-dp run`` against a control plane's xDS port on 127.0.0.1, verifying its certificate
     against ``ca_file`` (the CP's ``<data dir>/xds.crt`` when self-signed; None: no --ca-cert-file,
     the system CA bundle, or ``--tls-skip-verify`` in ``extra``). ``dataplane`` names the proxy's
-    document (``--dataplane-inline ...`` or ``--dataplane-file ...``)."""
+    document (``--dataplane-inline ...`` or ``--dataplane-file ...``).
+
+    ``admin_port``: Envoy's admin API on TCP 127.0.0.1 (``--admin-port``, what ``EnvoyAdmin(name,
+    port)`` reads); None: on its Unix socket ``admin_socket(work_dir)`` (the default, what
+    ``EnvoyAdminSocket.of(name, work_dir)`` and ``envoy_admin`` read).
+    ``readiness_port``: ``--readiness-port``; 0 (here, not zonemesh-dp's default 9902) for none, so
+    that several agents on one host do not compete for 9902."""
     return [
         sys.executable, "-m", "zonemesh.dp.main", "run",
         "--cp-address", f"https://127.0.0.1:{xds_port}",
@@ -343,7 +350,8 @@ def dp_run_command(
         *dataplane,
         "--dataplane-token-file", str(token_file),
         *(["--ca-cert-file", str(ca_file)] if ca_file is not None else []),
-        "--admin-port", str(admin_port),
+        *(["--admin-port", str(admin_port)] if admin_port is not None else []),
+        "--readiness-port", str(readiness_port),
         "--work-dir", str(work_dir),
         # Short drain: tests stop and restart agents often.
         "--drain-time", "0.5",
@@ -390,16 +398,48 @@ def stop_processes(procs: Iterable[subprocess.Popen[bytes]], timeout: float = 15
             proc.wait(5)
 
 
-@dataclass
-class EnvoyAdmin:
-    """An Envoy's admin API on 127.0.0.1."""
+def admin_socket(work_dir: Path) -> Path:
+    """The Unix socket zonemesh-dp gives Envoy's admin API when it runs without ``--admin-port``."""
+    from zonemesh.dp.admin import admin_socket_path
 
-    name: str
-    admin_port: int
+    return admin_socket_path(Path(work_dir))
+
+
+class _UnixHTTPConnection(HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        from zonemesh.dp.admin import socket_connect_path
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(socket_connect_path(self.socket_path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def envoy_admin(socket_path: Path, path: str, method: str = "GET", timeout: float = 5) -> tuple[int, str]:
+    """One request to an Envoy admin API on a Unix socket: (status, body text). Raises OSError when
+    the socket cannot be opened (no Envoy, or not this user's socket)."""
+    conn = _UnixHTTPConnection(socket_path, timeout)
+    try:
+        conn.request(method, path)
+        response = conn.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+class _EnvoyAdminReads:
+    """Reads of an Envoy's admin API, over whatever ``admin(path)`` uses."""
 
     def admin(self, path: str) -> str:
-        _, body = http("GET", f"http://127.0.0.1:{self.admin_port}{path}", timeout=5)
-        return body if isinstance(body, str) else json.dumps(body)
+        raise NotImplementedError
 
     def stat(self, name: str) -> int:
         """The counter or gauge ``name`` exactly; 0 if Envoy has none by that name."""
@@ -424,6 +464,34 @@ class EnvoyAdmin:
     def cluster(self, name: str) -> dict[str, Any]:
         """Dynamic cluster ``name`` from the config dump."""
         return dynamic_cluster(self.config_dump(), name)
+
+
+@dataclass
+class EnvoyAdmin(_EnvoyAdminReads):
+    """An Envoy's admin API on TCP 127.0.0.1 (zonemesh-dp ``--admin-port``)."""
+
+    name: str
+    admin_port: int
+
+    def admin(self, path: str) -> str:
+        _, body = http("GET", f"http://127.0.0.1:{self.admin_port}{path}", timeout=5)
+        return body if isinstance(body, str) else json.dumps(body)
+
+
+@dataclass
+class EnvoyAdminSocket(_EnvoyAdminReads):
+    """An Envoy's admin API on its Unix socket: zonemesh-dp's default (no ``--admin-port``)."""
+
+    name: str
+    socket: Path
+
+    @classmethod
+    def of(cls, name: str, work_dir: Path) -> EnvoyAdminSocket:
+        """The admin API of the zonemesh-dp run with ``--work-dir work_dir`` and no ``--admin-port``."""
+        return cls(name, admin_socket(work_dir))
+
+    def admin(self, path: str) -> str:
+        return envoy_admin(self.socket, path)[1]
 
 
 def dynamic_cluster(dump: dict[str, Any], name: str) -> dict[str, Any]:

@@ -482,7 +482,7 @@ def test_demo_license_without_configuration_is_durable(
             "--dataplane-inline", json.dumps(dataplane("dp-agent")),
             "--dataplane-token-file", str(tmp_path / "dp.token"),
             "--ca-cert-file", str(zone.cp.data_dir / "xds.crt"),
-            "--admin-port", str(free_port()), "--work-dir", str(tmp_path / "agent"),
+            "--admin-port", str(free_port()), "--readiness-port", "0", "--work-dir", str(tmp_path / "agent"),
         ],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip

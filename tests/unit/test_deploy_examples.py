@@ -157,6 +157,25 @@ def test_global_units_use_the_stores_they_say() -> None:
     assert config.mode == "zone" and config.global_address.startswith("grpcs://") and config.global_ca_file
 
 
+def test_proxy_units_keep_envoy_admin_on_its_private_socket() -> None:
+    """No example opens Envoy's admin API on TCP (every local user could read the proxy's token
+    there); the work dir holding its socket is the unit's own 0700 runtime directory; each proxy
+    unit has its own readiness port, for health checks."""
+    readiness = []
+    for path in UNITS:
+        unit = parse_unit(path.read_text())
+        argv = exec_argv(unit, INSTANCE)
+        if Path(argv[0]).name != "zonemesh-dp":
+            continue
+        args = dp_parser().parse_args(argv[1:])
+        assert args.admin_port is None, path.name
+        runtime = unit["Service"]["RuntimeDirectory"][0].replace("%i", INSTANCE)
+        assert args.work_dir == f"/run/{runtime}", path.name
+        assert unit["Service"]["RuntimeDirectoryMode"] == ["0700"], path.name
+        readiness.append(args.readiness_port)
+    assert len(readiness) == 3 and len(set(readiness)) == 3 and 0 not in readiness, readiness
+
+
 # -- the checker itself must be able to fail ------------------------------------------------------
 
 GOOD = (EXAMPLES / "zonemesh-zone.service").read_text()

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +20,8 @@ import pytest
 import structlog
 
 from zonemesh.dp import main as dp_main
-from zonemesh.dp.agent import EXIT_USAGE
+from zonemesh.dp.admin import AdminAddress
+from zonemesh.dp.agent import EXIT_FAILURE, EXIT_USAGE
 from zonemesh.dp.bootstrap import BootstrapParams, build_bootstrap
 from zonemesh.dp.envoy import EnvoyCrashLoop, EnvoySupervisor, SupervisorSettings
 
@@ -85,6 +87,101 @@ def test_bootstrap_names_the_node_and_carries_the_token_as_metadata() -> None:
     assert boot["node"]["id"] == "default.web-1"
     assert '"Bearer tok"' in text and "/ca.pem" in text
     assert boot["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+
+
+def test_bootstrap_admin_is_a_0600_unix_socket_unless_a_tcp_port_is_asked_for() -> None:
+    socket_params = BootstrapParams(
+        "default", "web-1", "web", "127.0.0.1", 5678, "/ca.pem", "tok", None, admin_socket="/run/dp/envoy-admin.sock"
+    )
+    boot = build_bootstrap(socket_params)
+    assert boot["admin"] == {"address": {"pipe": {"path": "/run/dp/envoy-admin.sock", "mode": 0o600}}}
+    metadata = boot["node"]["metadata"]
+    assert metadata["dataplane.admin.socketPath"] == "/run/dp/envoy-admin.sock"
+    assert "dataplane.admin.port" not in metadata  # nothing listens on a port
+
+    tcp = build_bootstrap(dataclasses.replace(socket_params, admin_port=9905, admin_socket=None))
+    assert tcp["admin"] == {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9905}}}
+    assert tcp["node"]["metadata"]["dataplane.admin.port"] == "9905"
+    assert "dataplane.admin.socketPath" not in tcp["node"]["metadata"]
+
+    for both_or_neither in (
+        dataclasses.replace(socket_params, admin_port=9905),
+        dataclasses.replace(socket_params, admin_socket=None),
+    ):
+        with pytest.raises(ValueError, match="exactly one"):
+            build_bootstrap(both_or_neither)
+
+
+def test_a_socket_path_too_long_for_a_socket_address_is_bound_from_its_directory() -> None:
+    long_socket = "/" + "d" * 100 + "/envoy-admin.sock"
+    params = BootstrapParams(
+        "default", "web-1", "web", "127.0.0.1", 5678, "/ca.pem", "tok", None, admin_socket=long_socket
+    )
+    boot = build_bootstrap(params)
+    assert boot["admin"]["address"]["pipe"]["path"] == "envoy-admin.sock"  # Envoy runs in its directory
+    assert boot["node"]["metadata"]["dataplane.admin.socketPath"] == long_socket
+    supervisor = EnvoySupervisor("envoy", Path("/b.json"), AdminAddress(socket_path=Path(long_socket)))
+    assert supervisor.admin.socket_path == Path(long_socket)
+
+
+def test_admin_defaults_to_the_socket_and_readiness_to_9902() -> None:
+    args = dp_main.build_parser().parse_args(run(Path("/nonexistent"), "--dataplane-inline", DATAPLANE, token=None))
+    assert args.admin_port is None
+    assert args.readiness_port == 9902
+    args = dp_main.build_parser().parse_args(
+        [*run(Path("/x"), "--dataplane-inline", DATAPLANE, token=None), "--readiness-port", "0", "--admin-port", "9901"]
+    )
+    assert (args.readiness_port, args.admin_port) == (0, 9901)
+
+
+@pytest.mark.parametrize("flags", [["--readiness-port", "70000"], ["--admin-port", "0"], ["--readiness-port", "x"]])
+def test_bad_ports_are_usage_errors(tmp_path: Path, flags: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        dp_main.main(run(tmp_path, "--dataplane-inline", DATAPLANE, *flags))
+    assert exc.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("flags", "where"),
+    [([], "its Unix socket {work}/envoy-admin.sock"), (["--admin-port", "9905"], "--admin-port 9905")],
+)
+def test_a_dataplane_admin_port_the_agent_would_not_open_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], where: str
+) -> None:
+    """networking.admin.port is accepted only when it is what Envoy's admin listens on."""
+    with_admin = (
+        "networking: {address: 127.0.0.1, admin: {port: 9901}, inbound: [{port: 8080, tags: {kuma.io/service: web}}]}"
+    )
+    assert dp_main.main(run(tmp_path, "--dataplane-inline", with_admin, *flags)) == EXIT_USAGE
+    message = (
+        f"the Dataplane sets networking.admin.port 9901, but Envoy's admin API is on "
+        f"{where.format(work=tmp_path / 'work')}: remove networking.admin.port, or pass --admin-port 9901 to serve "
+        "the admin API on TCP 127.0.0.1:9901 (every local user can then read this proxy's token from it)"
+    )
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
+
+
+def test_readiness_and_admin_on_one_port_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = run(tmp_path, "--dataplane-inline", DATAPLANE, "--admin-port", "9950", "--readiness-port", "9950")
+    assert dp_main.main(args) == EXIT_USAGE
+    assert "--readiness-port and --admin-port are both 9950: give them different ports" in capsys.readouterr().err
+
+
+def test_a_taken_readiness_port_stops_the_agent_before_it_registers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "ca.crt").write_text("not used: the agent stops before it connects")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = run(tmp_path, "--dataplane-inline", DATAPLANE, "--ca-cert-file", str(tmp_path / "ca.crt"))
+        assert dp_main.main([*args, "--readiness-port", str(port)]) == EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert f"cannot serve the readiness endpoint on 127.0.0.1:{port}" in err, err
+    assert "give a free port with --readiness-port (0: no readiness endpoint)" in err
+    assert not (tmp_path / "work" / "bootstrap.json").exists()
 
 
 def test_bootstrap_verifies_the_control_plane_unless_told_not_to() -> None:

@@ -710,6 +710,19 @@ def test_compose_etcd_and_global_use_the_certs_role_s_files() -> None:
     assert flag(health, "--url") == f"http://127.0.0.1:{container.ETCD_METRICS_PORT}/health"
 
 
+def test_compose_proxy_healthchecks_read_the_agent_s_readiness_port_not_envoy_admin() -> None:
+    """Envoy's admin API is on a socket only its user can open; the healthcheck reads zonemesh-dp's
+    GET /ready, on the port every proxy's agent is given."""
+    argv = container.dp_argv("zone-1", "backend-zone-1", {}, IMAGE_PATHS)
+    assert flag(argv, "--readiness-port") == str(container.READINESS_PORT)
+    assert "--admin-port" not in argv
+    proxies = [(name, s) for name, s in compose_services().items() if role(s) in ("proxy", "app")]
+    assert proxies
+    for name, service in proxies:
+        url = flag(service["healthcheck"]["test"], "--url")
+        assert url == f"http://127.0.0.1:{container.READINESS_PORT}/ready", name
+
+
 def test_compose_publishes_on_loopback_only() -> None:
     for name, service in compose_services().items():
         for port in service.get("ports", []):

@@ -17,9 +17,9 @@ def all_ports(topo: Topology) -> list[int]:
     for cp in (topo.global_cp, *topo.zones):
         ports += [cp.api, cp.diagnostics, cp.grpc] + ([cp.kds_proxy] if cp.kds_proxy else [])
     for proxy in topo.proxies:
-        ports += [proxy.port, proxy.admin]
+        ports += [proxy.port, proxy.readiness]
     for work in topo.workloads:
-        ports += [work.app_port, work.inbound, work.admin, *(p for _, p in work.outbounds)]
+        ports += [work.app_port, work.inbound, work.readiness, *(p for _, p in work.outbounds)]
     return ports
 
 

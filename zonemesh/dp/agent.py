@@ -20,6 +20,7 @@ import structlog
 import yaml
 
 from zonemesh import __version__
+from zonemesh.dp.admin import AdminAddress, admin_socket_path
 from zonemesh.dp.bootstrap import BootstrapParams, build_bootstrap
 from zonemesh.dp.envoy import (
     EnvoyCrashLoop,
@@ -29,6 +30,7 @@ from zonemesh.dp.envoy import (
     envoy_version,
     find_envoy,
 )
+from zonemesh.dp.readiness import DEFAULT_READINESS_PORT, READINESS_ADDRESS, ReadinessServer
 from zonemesh.proto import dataplane_pb2, dataplane_pb2_grpc
 from zonemesh.shared.tls import HOST_NAME_MISMATCH, first_dns_name, system_ca_file, verification_failure
 
@@ -64,7 +66,10 @@ class AgentOptions:
     ca_cert_file: str | None = None
     tls_skip_verify: bool = False
     proxy_type: str = "dataplane"
-    admin_port: int = 9901
+    # None: Envoy's admin on the Unix socket <work-dir>/envoy-admin.sock; a port: on TCP 127.0.0.1
+    # (every local user can read the token from /config_dump there).
+    admin_port: int | None = None
+    readiness_port: int = DEFAULT_READINESS_PORT  # 0: no readiness endpoint
     envoy_binary: str | None = None
     work_dir: str | None = None
     concurrency: int = 1
@@ -151,6 +156,7 @@ class Prepared:
     work_dir: Path
     ca_file: Path | None  # None: --tls-skip-verify
     ca_source: str  # what the CP's certificate is verified against, for messages
+    admin: AdminAddress  # where Envoy's admin API listens
 
 
 def read_token(path: str) -> str:
@@ -212,6 +218,39 @@ def untrusted(host: str, port: int, source: str, reason: str) -> AgentError:
     )
 
 
+def resolve_admin(opts: AgentOptions, work_dir: Path, dataplane: dict[str, Any]) -> AdminAddress:
+    """Where Envoy's admin API listens: the Unix socket ``<work-dir>/envoy-admin.sock`` (only this
+    user can open it), or TCP 127.0.0.1:``--admin-port`` when the operator asks for it."""
+    if opts.readiness_port and opts.readiness_port == opts.admin_port:
+        raise AgentError(
+            f"--readiness-port and --admin-port are both {opts.admin_port}: give them different ports", EXIT_USAGE
+        )
+    declared = ((dataplane.get("networking") or {}).get("admin") or {}).get("port")
+    if declared is not None and declared != opts.admin_port:
+        where = (
+            f"its Unix socket {admin_socket_path(work_dir)}"
+            if opts.admin_port is None
+            else f"--admin-port {opts.admin_port}"
+        )
+        raise AgentError(
+            f"the {RESOURCE_TYPES[opts.proxy_type]} sets networking.admin.port {declared}, but Envoy's admin API "
+            f"is on {where}: remove networking.admin.port, or pass --admin-port {declared} to serve the admin API "
+            f"on TCP 127.0.0.1:{declared} (every local user can then read this proxy's token from it)",
+            EXIT_USAGE,
+        )
+    if opts.admin_port is not None:
+        log.warning(
+            "envoy_admin_tcp",
+            address=f"127.0.0.1:{opts.admin_port}",
+            risk="every local user and every process in this network namespace can read this proxy's dataplane "
+            "token (GET /config_dump) and stop or reconfigure the proxy (POST /quitquitquit, /runtime_modify, "
+            "/logging)",
+            fix="leave out --admin-port: the admin API is then on a Unix socket only this user can open",
+        )
+        return AdminAddress(port=opts.admin_port)
+    return AdminAddress(socket_path=admin_socket_path(work_dir))
+
+
 def prepare(opts: AgentOptions, work_dir: Path) -> Prepared:
     """Validate flags and files; raise AgentError (exit 2) before anything runs."""
     if opts.proxy_type not in SUPPORTED_PROXY_TYPES:
@@ -225,6 +264,8 @@ def prepare(opts: AgentOptions, work_dir: Path) -> Prepared:
         binary = find_envoy(opts.envoy_binary)
     except EnvoyNotFound as exc:
         raise AgentError(str(exc), EXIT_USAGE) from None
+    work_dir = work_dir.absolute()  # the admin socket's path is given to Envoy and printed for operators
+    admin = resolve_admin(opts, work_dir, dataplane)
     work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     ca_file, ca_source = resolve_ca_file(opts, host, port)
     return Prepared(
@@ -235,6 +276,7 @@ def prepare(opts: AgentOptions, work_dir: Path) -> Prepared:
         work_dir=work_dir,
         ca_file=ca_file,
         ca_source=ca_source,
+        admin=admin,
     )
 
 
@@ -336,10 +378,35 @@ class Agent:
     # -- the whole life -------------------------------------------------------------------
 
     async def run(self) -> int:
-        opts, prepared = self.opts, self.prepared
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
+        # Before registering: a port that is taken stops the agent with nothing registered. Once
+        # stop is set (SIGTERM), it answers 503 while Envoy drains.
+        readiness = await self._start_readiness()
+        try:
+            return await self._serve()
+        finally:
+            if readiness is not None:
+                await readiness.stop()
+
+    async def _start_readiness(self) -> ReadinessServer | None:
+        port = self.opts.readiness_port
+        if not port:
+            return None
+        server = ReadinessServer(port, self.prepared.admin, self.stop)
+        try:
+            await server.start()
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise AgentError(
+                f"cannot serve the readiness endpoint on {READINESS_ADDRESS}:{port}: {reason}; "
+                "give a free port with --readiness-port (0: no readiness endpoint)"
+            ) from None
+        return server
+
+    async def _serve(self) -> int:
+        opts, prepared = self.opts, self.prepared
         self._channel = await self._open_channel()
         try:
             await self.register(prepared.dataplane, prepared.token, prepared.envoy_version)
@@ -352,7 +419,8 @@ class Agent:
                 cp_port=self.port,
                 ca_cert_file=str(prepared.ca_file) if prepared.ca_file else None,
                 token=prepared.token,
-                admin_port=opts.admin_port,
+                admin_port=prepared.admin.port,
+                admin_socket=str(prepared.admin.socket_path) if prepared.admin.socket_path else None,
                 proxy_type=opts.proxy_type,
                 agent_version=__version__,
                 envoy_version=prepared.envoy_version,
@@ -362,7 +430,7 @@ class Agent:
             supervisor = EnvoySupervisor(
                 prepared.envoy_binary,
                 bootstrap,
-                opts.admin_port,
+                prepared.admin,
                 concurrency=opts.concurrency,
                 log_level=opts.envoy_log_level,
                 settings=settings,

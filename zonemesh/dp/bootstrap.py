@@ -5,13 +5,19 @@ xDS cluster speaks HTTP/2 over TLS and verifies the control plane's certificate 
 file (--ca-cert-file, else the system CA bundle), including its name (DNS or IP SAN); the
 dataplane token rides in the stream's initial metadata as ``authorization: Bearer <token>``.
 Only with ``zonemesh-dp --tls-skip-verify`` (no CA file) is the certificate not verified.
+
+Envoy's admin API listens on a Unix socket, mode 0600, in the agent's work dir (admin.py says
+why: ``/config_dump`` shows that token); on TCP 127.0.0.1 only with ``--admin-port``.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from zonemesh.dp.admin import ADMIN_SOCKET_MODE, ADMIN_TCP_ADDRESS, envoy_socket_path
 
 ADS_CLUSTER = "ads_cluster"
 
@@ -25,11 +31,12 @@ class BootstrapParams:
     cp_port: int
     ca_cert_file: str | None  # None: --tls-skip-verify, Envoy accepts any certificate
     token: str
-    admin_port: int
+    admin_port: int | None  # --admin-port: TCP on admin_address; None: the Unix socket admin_socket
     proxy_type: str = "dataplane"
     agent_version: str = ""
     envoy_version: str = ""
-    admin_address: str = "127.0.0.1"
+    admin_address: str = ADMIN_TCP_ADDRESS
+    admin_socket: str | None = None
 
     @property
     def node_id(self) -> str:
@@ -44,7 +51,19 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+def admin_config(p: BootstrapParams) -> tuple[dict[str, Any], dict[str, str]]:
+    """Envoy's ``admin`` section and the node metadata that describes it (Kuma's keys)."""
+    if (p.admin_port is None) == (p.admin_socket is None):
+        raise ValueError("Envoy's admin listens on a Unix socket or a TCP port: give exactly one")
+    if p.admin_socket is not None:
+        pipe = {"path": envoy_socket_path(Path(p.admin_socket)), "mode": ADMIN_SOCKET_MODE}
+        return {"address": {"pipe": pipe}}, {"dataplane.admin.socketPath": p.admin_socket}
+    address = {"socket_address": {"address": p.admin_address, "port_value": p.admin_port}}
+    return {"address": address}, {"dataplane.admin.port": str(p.admin_port), "dataplane.admin.address": p.admin_address}
+
+
 def build_bootstrap(p: BootstrapParams) -> dict[str, Any]:
+    admin, admin_metadata = admin_config(p)
     ads_source = {"ads": {}, "resource_api_version": "V3"}
     san_type = "IP_ADDRESS" if _is_ip(p.cp_host) else "DNS"
     common: dict[str, Any] = {"alpn_protocols": ["h2"]}
@@ -66,11 +85,11 @@ def build_bootstrap(p: BootstrapParams) -> dict[str, Any]:
             "cluster": p.service,
             "metadata": {
                 "proxyType": p.proxy_type,
-                "dataplane.admin.port": str(p.admin_port),
+                **admin_metadata,
                 "version": {"zonemeshDp": {"version": p.agent_version}, "envoy": {"version": p.envoy_version}},
             },
         },
-        "admin": {"address": {"socket_address": {"address": p.admin_address, "port_value": p.admin_port}}},
+        "admin": admin,
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "GRPC",

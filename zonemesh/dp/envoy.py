@@ -3,8 +3,8 @@
 The agent stays Envoy's parent for its whole life (an Envoy left behind by a short-lived
 launcher was seen to get SIGTERM when the launcher exited). Envoy is restarted when it dies
 on its own, with exponential backoff, and given up on after too many quick crashes. On
-shutdown the agent drains listeners through the admin API, then stops Envoy with SIGTERM and,
-if it lingers, SIGKILL.
+shutdown the agent drains listeners through the admin API (admin.py: a Unix socket unless
+``--admin-port``), then stops Envoy with SIGTERM and, if it lingers, SIGKILL.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ import shutil
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import structlog
+
+from zonemesh.dp.admin import AdminAddress, admin_request
 
 log = structlog.get_logger(__name__)
 
@@ -105,7 +106,7 @@ class EnvoySupervisor:
         self,
         binary: str,
         bootstrap: Path,
-        admin_port: int,
+        admin: AdminAddress | int,
         *,
         concurrency: int = 1,
         log_level: str = "warning",
@@ -113,7 +114,8 @@ class EnvoySupervisor:
     ) -> None:
         self.binary = binary
         self.bootstrap = bootstrap
-        self.admin_port = admin_port
+        # An int is a TCP admin port (--admin-port).
+        self.admin = admin if isinstance(admin, AdminAddress) else AdminAddress(port=admin)
         self.concurrency = concurrency
         self.log_level = log_level
         self.settings = settings or SupervisorSettings()
@@ -137,12 +139,19 @@ class EnvoySupervisor:
         ]
 
     async def _start(self) -> asyncio.subprocess.Process:
+        if self.admin.socket_path is not None:
+            # A killed Envoy leaves its socket behind (the next one replaces it when it binds): until
+            # then a client finds no socket rather than a dead one.
+            self.admin.socket_path.unlink(missing_ok=True)
         # Its own session: a signal to the agent's process group (Ctrl-C, `timeout`) reaches the
         # agent only, which then drains Envoy in order. The agent stays the parent throughout.
+        # In the socket's directory: Envoy binds a socket path too long for a socket address by
+        # its name alone (admin.envoy_socket_path).
+        workdir = self.admin.socket_path.parent if self.admin.socket_path is not None else None
         process = await asyncio.create_subprocess_exec(
-            *self.command(), start_new_session=True, preexec_fn=_die_with_parent()
+            *self.command(), start_new_session=True, preexec_fn=_die_with_parent(), cwd=workdir
         )
-        log.info("envoy_started", pid=process.pid, admin_port=self.admin_port, restarts=self.restarts)
+        log.info("envoy_started", pid=process.pid, admin=str(self.admin), restarts=self.restarts)
         return process
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -177,7 +186,7 @@ class EnvoySupervisor:
         process = self.process
         if process is None or process.returncode is not None:
             return process.returncode if process else None
-        if self.settings.drain_seconds > 0 and await asyncio.to_thread(self._admin_post, "/drain_listeners?graceful"):
+        if self.settings.drain_seconds > 0 and await self._admin_post("/drain_listeners?graceful"):
             log.info("envoy_draining", seconds=self.settings.drain_seconds)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(process.wait(), timeout=self.settings.drain_seconds)
@@ -194,11 +203,10 @@ class EnvoySupervisor:
         log.info("envoy_stopped", exit_code=process.returncode)
         return process.returncode
 
-    def _admin_post(self, path: str) -> bool:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", data=b"", method="POST")
+    async def _admin_post(self, path: str) -> bool:
         try:
-            with urllib.request.urlopen(request, timeout=2) as response:
-                return bool(200 <= response.status < 300)
-        except (urllib.error.URLError, OSError) as exc:
-            log.warning("envoy_admin_unreachable", path=path.split("?")[0], error=str(exc))
+            status, _ = await admin_request(self.admin, "POST", path, within=2)
+        except (OSError, aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("envoy_admin_unreachable", path=path.split("?")[0], admin=str(self.admin), error=str(exc))
             return False
+        return 200 <= status < 300

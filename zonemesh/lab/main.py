@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from zonemesh.dp.admin import admin_socket_path
 from zonemesh.lab.topology import DEFAULT_PORT_BASE, Topology, plan, python
 from zonemesh.testing import http
 
@@ -72,16 +73,18 @@ def summary(topo: Topology) -> str:
     for z in topo.zones:
         lines.append(f"{z.name:<11} API {z.api_url}   xDS :{z.grpc}")
     for p in topo.proxies:
-        lines.append(f"{p.name:<18} {p.kind} on :{p.port}   admin http://127.0.0.1:{p.admin}")
+        lines.append(f"{p.name:<18} {p.kind} on :{p.port}   ready http://127.0.0.1:{p.readiness}/ready")
     for w in topo.workloads:
-        lines.append(f"{w.name:<18} {w.service} ({w.zone}) app :{w.app_port}   envoy admin :{w.admin}")
+        lines.append(f"{w.name:<18} {w.service} ({w.zone}) app :{w.app_port}   ready :{w.readiness}")
     front = topo.frontend()
+    admin_socket = admin_socket_path(topo.work_dir(front.name))
     lines += [
         "",
         "Try:",
         f"  curl -s http://127.0.0.1:{front.app_port}/      # frontend in zone-1 -> backend (answer names its zone)",
         f"  zmctl --cp-address {g.api_url} get zones",
         "  zonemesh-lab check",
+        f"  curl -s --unix-socket {admin_socket} http://localhost/clusters   # its Envoy's admin (yours only)",
         f"Logs: {topo.directory / 'logs'}",
     ]
     return "\n".join(lines)

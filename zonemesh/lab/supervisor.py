@@ -242,7 +242,7 @@ class Supervisor:
             raise LabError(f"{cp.name} refused a dataplane token for {name}: {token}")
         return self.write_secret(f"{name}.token", token.strip())
 
-    def dp_argv(self, cp: ControlPlane, name: str, token: Path, admin: int, resource: dict[str, Any]) -> list[str]:
+    def dp_argv(self, cp: ControlPlane, name: str, token: Path, readiness: int, resource: dict[str, Any]) -> list[str]:
         return [
             python(), "-m", "zonemesh.dp.main", "run",
             "--cp-address", f"https://127.0.0.1:{cp.grpc}",
@@ -250,8 +250,8 @@ class Supervisor:
             "--dataplane-inline", json.dumps(resource),
             "--dataplane-token-file", str(token),
             "--ca-cert-file", str(self.dir / cp.name / "xds.crt"),
-            "--admin-port", str(admin),
-            "--work-dir", str(self.dir / "proxies" / name),
+            "--readiness-port", str(readiness),
+            "--work-dir", str(self.topo.work_dir(name)),
             "--drain-time", "1",
         ]  # fmt: skip
 
@@ -265,7 +265,7 @@ class Supervisor:
         if proxy.kind == "ingress":
             networking |= {"advertisedAddress": "127.0.0.1", "advertisedPort": proxy.port}
         resource = {"type": "ZoneIngress" if proxy.kind == "ingress" else "ZoneEgress", "networking": networking}
-        argv = self.dp_argv(cp, proxy.name, token_file, proxy.admin, resource)
+        argv = self.dp_argv(cp, proxy.name, token_file, proxy.readiness, resource)
         await self.launch(proxy.name, [*argv, "--proxy-type", proxy.kind])
 
     async def start_workload(self, work: Workload) -> None:
@@ -274,7 +274,7 @@ class Supervisor:
         app += ["--port", str(work.app_port)] + (["--upstream", work.upstream] if work.upstream else [])
         await self.launch(f"{work.name}-app", app)
         token = await self.dataplane_token(cp, work.name)
-        await self.launch(work.name, self.dp_argv(cp, work.name, token, work.admin, work.dataplane()))
+        await self.launch(work.name, self.dp_argv(cp, work.name, token, work.readiness, work.dataplane()))
 
     async def traffic_flows(self) -> bool:
         """The documented curl: frontend in zone-1 answers with a backend's answer nested."""

@@ -62,7 +62,7 @@ class Workload:
     service: str
     app_port: int
     inbound: int
-    admin: int
+    readiness: int  # zonemesh-dp --readiness-port: GET /ready (Envoy's admin is on a socket in its work dir)
     upstream: str = ""  # frontend: the URL of its sidecar's outbound listener
     outbounds: list[tuple[str, int]] = field(default_factory=list)  # (service, port)
 
@@ -90,7 +90,7 @@ class ZoneProxy:
     zone: str
     kind: str  # "ingress" | "egress"
     port: int
-    admin: int
+    readiness: int  # zonemesh-dp --readiness-port
 
 
 @dataclass
@@ -107,6 +107,10 @@ class Topology:
             if zone.name == name:
                 return zone
         raise KeyError(f"no zone {name!r} in the lab; zones: {', '.join(z.name for z in self.zones)}")
+
+    def work_dir(self, proxy: str) -> Path:
+        """A proxy's zonemesh-dp --work-dir: its bootstrap and Envoy's admin socket envoy-admin.sock."""
+        return self.directory / "proxies" / proxy
 
     def frontend(self) -> Workload:
         return next(w for w in self.workloads if w.service == "frontend")
