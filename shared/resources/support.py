@@ -16,7 +16,7 @@ from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.resources.registry import (
     GATEWAY,
     REGISTRY,
-    SECTIONS,
+    ALL_SECTIONS,
     SIDECAR,
     PolicySupport,
     Registry,
@@ -46,7 +46,7 @@ def unsupported(res: Resource, registry: Registry = REGISTRY) -> list[FieldError
         return type_not_supported(rtype)
     selectable = selectable_proxy_types(top_level(res.spec))
     errors = support.not_yet(res) if support.not_yet is not None else []
-    for section in SECTIONS:
+    for section in ALL_SECTIONS:
         if not res.spec.get(section):
             continue
         applied = {SIDECAR} if section in support.sidecar else set()

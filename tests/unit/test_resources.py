@@ -797,7 +797,8 @@ def test_policies_share_one_shape() -> None:
     for rtype in REGISTRY.policies():
         assert rtype.wrapped and rtype.scope is Scope.MESH and rtype.sync is Sync.GLOBAL_TO_ZONES, rtype.name
         lower = rtype.name.lower()
-        assert rtype.plural == (lower[:-1] + "ies" if lower.endswith("y") else lower + "s"), rtype.name
+        plural = lower[:-1] + "ies" if lower.endswith("y") else lower + "es" if lower.endswith("ch") else lower + "s"
+        assert rtype.plural == plural, rtype.name
 
 
 # --- dataplane helpers ---------------------------------------------------------------------

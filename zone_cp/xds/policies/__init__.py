@@ -13,7 +13,9 @@ with the hooks it needs, each optional:
   ``pieces.http_filters``; TCP: ``pieces.tcp_proxy`` and ``pieces.network_filters``), with the
   policies selecting the gateway;
 - ``egress(pieces, policies)``: one ExternalService's filter chain on the zone egress, seen as
-  an inbound of that service.
+  an inbound of that service;
+- ``proxy(ctx, proxy, resources, policies)``: the whole config of one sidecar or builtin gateway
+  (its own ResourceSet), after every generator and every other hook (MeshProxyPatch).
 
 ``PLUGINS`` is built from the registry when this package is imported, in ``order``;
 ``plugin_table`` refuses a supported type without a plugin, a plugin of another type, and hooks
@@ -35,6 +37,7 @@ from zonemesh.shared.resources import REGISTRY
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds.context import MeshContext, inbounds, tag_sets
 from zonemesh.zone_cp.xds.envoy import InboundPieces, OutboundPieces
+from zonemesh.zone_cp.xds.resources import ResourceSet
 from zonemesh.zone_cp.xds.policies.matching import (
     Selectors,
     matched,
@@ -60,6 +63,7 @@ __all__ = [
     "configure_gateway_listener",
     "configure_inbound",
     "configure_outbound",
+    "configure_proxy",
     "match_all",
     "match_inbound",
     "outbound_signature",
@@ -165,3 +169,10 @@ def configure_gateway_listener(pieces: InboundPieces, policies: MatchedPolicies)
 
 def configure_egress(pieces: InboundPieces, policies: MatchedPolicies) -> None:
     _configure(pieces, policies, ((p, p.egress) for p in PLUGINS if p.egress is not None))
+
+
+def configure_proxy(ctx: MeshContext, proxy: Resource, resources: ResourceSet, policies: MatchedPolicies) -> None:
+    """The ``proxy`` hooks, on the proxy's own config once everything else is generated."""
+    for plugin in PLUGINS:
+        if plugin.proxy is not None:
+            _run(plugin, plugin.proxy, ctx, proxy, resources, policies.get(plugin.type, ()))

@@ -9,13 +9,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from zonemesh.shared.resources.model import Resource
-from zonemesh.shared.resources.registry import Registry
+from zonemesh.shared.resources.registry import WHOLE, Registry
+from zonemesh.zone_cp.xds.context import MeshContext
 from zonemesh.zone_cp.xds.envoy import InboundPieces, OutboundPieces
+from zonemesh.zone_cp.xds.resources import ResourceSet
 
 Conf = Mapping[str, Any]
 Policies = Sequence[Resource]
 OutboundHook = Callable[[OutboundPieces, Conf], None]
 InboundHook = Callable[[InboundPieces, Policies], None]
+# The whole config of one proxy (its own copy), after every generator and every other hook.
+ProxyHook = Callable[[MeshContext, Resource, ResourceSet, Policies], None]
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class Plugin:
     inbound: InboundHook | None = None
     gateway: InboundHook | None = None
     egress: InboundHook | None = None
+    proxy: ProxyHook | None = None  # a policy whose ``default`` configures the whole proxy
 
 
 class PluginError(Exception):
@@ -54,6 +59,7 @@ def _check(plugin: Plugin, sidecar: tuple[str, ...], gateway: tuple[str, ...]) -
         "outbound": "to" in sidecar or ("to" in gateway and plugin.gateway is None),
         "inbound": "from" in sidecar,
         "gateway": "from" in gateway,
+        "proxy": WHOLE in (*sidecar, *gateway),
     }
     for hook, needed in needs.items():
         if needed and getattr(plugin, hook) is None:
@@ -64,6 +70,8 @@ def _check(plugin: Plugin, sidecar: tuple[str, ...], gateway: tuple[str, ...]) -
         problems.append("its plugin has an outbound hook but the type declares no `to`")
     if plugin.gateway is not None and not gateway:
         problems.append("its plugin has a gateway hook but the type declares nothing on gateways")
+    if plugin.proxy is not None and WHOLE not in (*sidecar, *gateway):
+        problems.append(f"its plugin has a proxy hook but the type declares no `{WHOLE}`")
     return problems
 
 
