@@ -76,7 +76,7 @@ def _parent(doc: Any, tokens: Sequence[str], *, create: bool) -> Any:
             if not create:
                 return None
             child = [] if _is_index(tokens[position + 1]) else {}
-            node[key] = child  # type: ignore[index]
+            node[key] = child
         node = child
     return node
 

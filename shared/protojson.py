@@ -50,7 +50,8 @@ def message_class(full_name: str) -> type[Message] | None:
     for attempt in range(2):
         try:
             descriptor = descriptor_pool.Default().FindMessageTypeByName(full_name)
-            return message_factory.GetMessageClass(descriptor)
+            found: type[Message] = message_factory.GetMessageClass(descriptor)
+            return found
         except KeyError:
             if attempt == 0:
                 _import_package(full_name.rpartition(".")[0])
@@ -86,12 +87,14 @@ def parse(cls: type[M], doc: Any) -> M:
         json_format.ParseDict(doc, message)
     except (json_format.ParseError, ValueError, TypeError, AttributeError) as exc:
         raise ProtoJsonError(_reason(exc)) from None
-    return message
+    result: M = message
+    return result
 
 
 def to_json(message: Message) -> dict[str, Any]:
     """The JSON form of ``message`` (camelCase names, as Envoy's config dump and Kuma write them)."""
-    return json_format.MessageToDict(message)
+    doc: dict[str, Any] = json_format.MessageToDict(message)
+    return doc
 
 
 def unpack(any_message: Any) -> Message:

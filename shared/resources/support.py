@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.resources.registry import (
+    ALL_SECTIONS,
     GATEWAY,
     REGISTRY,
-    ALL_SECTIONS,
     SIDECAR,
     PolicySupport,
     Registry,

@@ -37,7 +37,6 @@ from zonemesh.shared.resources import REGISTRY
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds.context import MeshContext, inbounds, tag_sets
 from zonemesh.zone_cp.xds.envoy import InboundPieces, OutboundPieces
-from zonemesh.zone_cp.xds.resources import ResourceSet
 from zonemesh.zone_cp.xds.policies.matching import (
     Selectors,
     matched,
@@ -49,6 +48,7 @@ from zonemesh.zone_cp.xds.policies.matching import (
     to_conf,
 )
 from zonemesh.zone_cp.xds.policies.plugin import InboundHook, Plugin, PluginError, Policies, plugin_table
+from zonemesh.zone_cp.xds.resources import ResourceSet
 
 __all__ = [
     "EGRESS_TYPES",

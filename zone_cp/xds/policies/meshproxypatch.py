@@ -50,7 +50,6 @@ from zonemesh.shared.resources.types.policies.meshproxypatch import (
     KINDS,
     LISTENER,
     NETWORK_FILTER,
-    PATCH,
     REMOVE,
     VIRTUAL_HOST,
     load_value,
@@ -220,7 +219,7 @@ class _Run:
         value = self.value(index, kind, mod)
         if operation == ADD:
             assert value is not None
-            self.put(type_url, str(getattr(value, "name")), value, ORIGIN)
+            self.put(type_url, str(value.name), value, ORIGIN)
             return
         for name, message in list(self.resources.by_type[type_url].items()):
             if kind == CLUSTER:
@@ -365,7 +364,7 @@ def _filters(filters: Any, mod: Mod, match: Mod, value: Message | None) -> bool:
             current.typed_config.CopyFrom(json_patched_any(current.typed_config, mod["jsonPatches"]))
             continue
         assert value is not None
-        typed = value.typed_config if value.HasField("typed_config") else None  # type: ignore[attr-defined]
+        typed = value.typed_config if value.HasField("typed_config") else None
         rest = type(value)()
         rest.CopyFrom(value)
         rest.ClearField("typed_config")
@@ -382,7 +381,7 @@ def _virtual_hosts(config: route_pb2.RouteConfiguration, mod: Mod, match: Mod, v
     operation, wanted = mod["operation"], match.get("name")
     if operation == ADD:
         assert value is not None
-        config.virtual_hosts.append(value)  # type: ignore[arg-type]
+        config.virtual_hosts.append(value)
         return True
     selected = [i for i, host in enumerate(config.virtual_hosts) if wanted is None or host.name == wanted]
     if not selected:

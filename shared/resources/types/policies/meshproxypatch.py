@@ -90,13 +90,12 @@ JSON_PATCH = Obj(
 
 _TAGS = Map(Str(), key=Str(min_len=1))
 _ORIGIN = Str(min_len=1)
+_FILTER_MATCH = Obj({"name": Str(min_len=1), "origin": _ORIGIN, "listenerName": Str(min_len=1), "listenerTags": _TAGS})
 _MATCHES: dict[str, Node] = {
     CLUSTER: Obj({"name": Str(min_len=1), "origin": _ORIGIN}),
     LISTENER: Obj({"name": Str(min_len=1), "origin": _ORIGIN, "tags": _TAGS}),
-    NETWORK_FILTER: Obj(
-        {"name": Str(min_len=1), "origin": _ORIGIN, "listenerName": Str(min_len=1), "listenerTags": _TAGS}
-    ),
-    HTTP_FILTER: Obj({"name": Str(min_len=1), "origin": _ORIGIN, "listenerName": Str(min_len=1), "listenerTags": _TAGS}),
+    NETWORK_FILTER: _FILTER_MATCH,
+    HTTP_FILTER: _FILTER_MATCH,
     VIRTUAL_HOST: Obj({"name": Str(min_len=1), "origin": _ORIGIN, "routeConfigurationName": Str(min_len=1)}),
 }
 
@@ -118,8 +117,7 @@ def _exactly_one_kind(value: Mapping[str, Any], path: str, errors: Errors) -> No
     if len(present) != 1:
         errors.add(
             path,
-            f"exactly one modification can be defined at a time ({', '.join(KINDS)}); "
-            f"{len(present)} are defined",
+            f"exactly one modification can be defined at a time ({', '.join(KINDS)}); {len(present)} are defined",
         )
 
 
