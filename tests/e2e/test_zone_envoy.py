@@ -413,11 +413,17 @@ def test_policy_envoy_rejects_is_nacked_and_last_good_config_keeps_serving(zone:
             timeout=15,
             what="a NACK from app-a recorded in its insight",
         )
-        # Counted and logged with Envoy's own words.
+        # Counted and logged with Envoy's own words, and the policy that changed that config.
         assert "Duration" in status["lastError"] or "duration" in status["lastError"], status
+        assert status["lastErrorPolicies"] == ["MeshTimeout/timeout-out-of-range"], status
         assert zone.metric("xds_nack_total", "Cluster") > nacks_before
         nacks = [json.loads(line) for line in zone.cp.logs().splitlines() if '"event": "xds_nack"' in line]
-        assert any(n["proxy"] == "default/app-a" and n["error"] == status["lastError"] for n in nacks), nacks[-3:]
+        assert any(
+            n["proxy"] == "default/app-a"
+            and n["error"] == status["lastError"]
+            and n["policies"] == ["MeshTimeout/timeout-out-of-range"]
+            for n in nacks
+        ), nacks[-3:]
         # Still serving, with the last good cluster.
         for _ in range(5):
             assert get(zone.url_a_to_b) == (200, "app-b")
