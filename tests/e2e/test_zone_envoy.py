@@ -399,11 +399,13 @@ def test_policy_envoy_rejects_is_nacked_and_last_good_config_keeps_serving(zone:
         },
     }
 
-    def clusters_status() -> dict[str, Any]:
-        _, insight = zone.cp.get("/meshes/default/dataplane-insights/app-a")
-        return insight["subscriptions"][-1]["status"]["clusters"]  # type: ignore[no-any-return]
+    def clusters_status() -> dict[str, Any] | None:
+        found, insight = zone.cp.get("/meshes/default/dataplane-insights/app-a")
+        subscriptions = insight.get("subscriptions") if found == 200 else None
+        return subscriptions[-1]["status"].get("clusters") if subscriptions else None
 
-    before = int(clusters_status()["responsesRejected"])
+    # Written asynchronously: run alone, this test may come before app-a's first insight.
+    before = int(wait_until(clusters_status, timeout=15, what="app-a's insight")["responsesRejected"])
     nacks_before = zone.metric("xds_nack_total", "Cluster")
     good = zone.a.cluster("app-b")
     zone.put(bad)
