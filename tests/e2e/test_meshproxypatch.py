@@ -42,6 +42,7 @@ def patch(name: str, target: dict[str, Any], *modifications: dict[str, Any]) -> 
     }
 
 
+TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 APP_A = {"kind": "Dataplane", "name": "app-a"}
 APP_B = {"kind": "Dataplane", "name": "app-b"}
 
@@ -189,7 +190,7 @@ def test_an_envoy_invalid_patch_is_nacked_named_and_the_last_good_config_keeps_s
                                     {
                                         "name": "envoy.filters.network.tcp_proxy",
                                         "typedConfig": {
-                                            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                                            "@type": TCP_PROXY,
                                             "statPrefix": "duplicate",
                                             "cluster": "app-b",
                                         },
