@@ -115,6 +115,20 @@ MOD = "spec.default.appendModifications[0]"
             f"{MOD}.cluster.value",
             "must set the name of the cluster it adds",
         ),
+        (
+            {
+                "listener": {
+                    "operation": "Patch",
+                    "value": (
+                        "filterChains: [{transportSocket: {name: tls, typedConfig: {'@type': type.googleapis.com/"
+                        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext, commonTlsContext: "
+                        "{tlsCertificates: [{privateKey: {inlineString: secret}}]}}}}]"
+                    ),
+                }
+            },
+            f"{MOD}.listener.value",
+            "must not hold private key material inline",
+        ),
     ],
 )
 def test_a_value_that_is_not_its_envoy_message_is_refused_naming_the_field(

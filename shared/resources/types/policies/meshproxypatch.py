@@ -131,6 +131,13 @@ SPEC = Obj({"targetRef": target_ref(TOP_KINDS, top_level=True), "default": CONF}
 # --- values: Envoy messages ------------------------------------------------------------------
 
 
+def _yaml_or_none(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None  # reported by load_value
+
+
 def load_value(kind: str, text: str) -> Message:
     """A modification's ``value`` (YAML or JSON text) as the Envoy message of its kind; raises
     ``protojson.ProtoJsonError`` saying what is wrong."""
@@ -141,10 +148,37 @@ def load_value(kind: str, text: str) -> Message:
     return protojson.parse(MESSAGES[kind], doc)
 
 
+# Fields of Envoy's TLS messages that hold key material, as a DataSource.
+_KEY_FIELDS = ("privateKey", "private_key", "pkcs12", "password")
+
+
+def _inline_keys(doc: Any) -> bool:
+    """Does ``doc`` (a value's JSON) hold private key material inline?"""
+    if isinstance(doc, Mapping):
+        for key, value in doc.items():
+            if key in _KEY_FIELDS and isinstance(value, Mapping) and set(value) - {"filename"}:
+                return True
+            if _inline_keys(value):
+                return True
+        return False
+    if isinstance(doc, list):
+        return any(_inline_keys(item) for item in doc)
+    return isinstance(doc, str) and "PRIVATE KEY-----" in doc
+
+
 def _check_value(kind: str, operation: str, mod: Mapping[str, Any], path: str) -> list[FieldError]:
     text = mod.get("value")
     if not isinstance(text, str):
         return []
+    if "PRIVATE KEY-----" in text or _inline_keys(_yaml_or_none(text)):
+        # A policy is readable by every API reader and synced to every zone: no secret in it.
+        return [
+            FieldError(
+                f"{path}.value",
+                "must not hold private key material inline: policies are not secret; refer to a file "
+                "(filename) or to an SDS secret the proxy already has",
+            )
+        ]
     try:
         message = load_value(kind, text)
     except protojson.ProtoJsonError as exc:
