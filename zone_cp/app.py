@@ -36,6 +36,7 @@ from zonemesh.zone_cp.admission import DataplaneAuthenticator, ReadOnce
 from zonemesh.zone_cp.xds.cache import SnapshotCache
 from zonemesh.zone_cp.xds.dump import dump
 from zonemesh.zone_cp.xds.generators import GenerationError
+from zonemesh.zone_cp.xds.nacks import NackAttribution
 from zonemesh.zone_cp.xds.proxy import node_key
 from zonemesh.zone_cp.xds.reconciler import Reconciler
 from zonemesh.zone_cp.xds.resources import SHORT_NAMES
@@ -66,7 +67,9 @@ class DataPlaneSide:
     @contextlib.asynccontextmanager
     async def run(self, cp: ControlPlane) -> AsyncIterator[None]:
         tls = await asyncio.to_thread(xds_tls_files, cp.config)
-        recorder = insights.InsightRecorder(cp.manager, cp.instance_id)
+        cache = SnapshotCache()
+        nacks = NackAttribution(cache)
+        recorder = insights.InsightRecorder(cp.manager, cp.instance_id, attribute=nacks.responsible)
         federated = cp.config.mode == "zone" and bool(cp.config.global_address)
         certs = insights.RecordingCertProvider(BuiltinCA(cp.store, generate=not federated), recorder)
         zone = cp.config.zone or "default"
@@ -77,7 +80,6 @@ class DataPlaneSide:
         zone_insights = zoneproxies.ZoneProxyInsights(cp.store, cp.instance_id, zone)
         await zone_insights.close_stale()
         registration.zone_insights = zone_insights
-        cache = SnapshotCache()
         reconciler = Reconciler(cp.store, cache, certs)
         zone_proxies = zoneproxies.ZoneProxyReconciler(
             cp.store,
@@ -91,6 +93,7 @@ class DataPlaneSide:
         callbacks = Callbacks()
         callbacks.stream_open.append(reconciler.on_stream_open)
         callbacks.stream_close.append(reconciler.on_stream_close)
+        nacks.install(callbacks)  # before the recorder's: an ACK is recorded before anything reads it
         recorder.install(callbacks)
         zoneproxies.dataplanes_only(callbacks)  # DataplaneInsights are for dataplanes
         callbacks.stream_open.append(zone_proxies.on_stream_open)

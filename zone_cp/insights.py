@@ -3,7 +3,8 @@
 Fed by the xDS server's hooks (stream open/close, ACK, NACK) and by the certificate provider.
 State is kept in memory per proxy and written to the store as ``DataplaneInsight`` resources
 (Kuma's shape: ``subscriptions[]`` with connect/disconnect time, control plane instance id and
-per-type ACK/NACK counters, plus ``mTLS`` with the certificate expiry) at most once per flush
+per-type ACK/NACK counters, the last NACK's error and the policies it is due to (``lastError``,
+``lastErrorPolicies``: zone_cp/xds/nacks.py), plus ``mTLS`` with the certificate expiry) at most once per flush
 interval per proxy, so a burst of ACKs costs one write.
 
 Read them at ``/meshes/{mesh}/dataplane-insights/{name}`` and, joined with the Dataplanes,
@@ -17,7 +18,7 @@ import contextlib
 import datetime as dt
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,7 @@ class _TypeStats:
     acked: int = 0
     rejected: int = 0
     last_error: str = ""
+    last_error_policies: list[str] = field(default_factory=list)  # the policies the last NACK is due to
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -55,6 +57,7 @@ class _TypeStats:
         }
         if self.last_error:
             out["lastError"] = self.last_error
+            out["lastErrorPolicies"] = list(self.last_error_policies)
         return out
 
 
@@ -106,8 +109,15 @@ class _ProxyState:
 class InsightRecorder:
     """Collects per-proxy xDS facts and flushes them to DataplaneInsight resources."""
 
-    def __init__(self, manager: ResourceManager, instance_id: str, flush_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        manager: ResourceManager,
+        instance_id: str,
+        flush_interval: float = 1.0,
+        attribute: Callable[[str, str, str], list[str]] | None = None,
+    ) -> None:
         self.manager = manager
+        self.attribute = attribute  # which policies a NACK is due to (zone_cp/xds/nacks.py)
         self.instance_id = instance_id
         self.flush_interval = flush_interval
         self._proxies: dict[tuple[str, str], _ProxyState] = {}
@@ -172,6 +182,8 @@ class InsightRecorder:
         stats = sub.stats.setdefault(type_url, _TypeStats())
         stats.rejected += 1
         stats.last_error = error[:1000]
+        if self.attribute is not None:
+            stats.last_error_policies = self.attribute(info.identity.key, type_url, version)
         sub.last_update = time.time()
         self._touch(state.mesh, state.name)
 

@@ -49,6 +49,9 @@ MeshCheck = Callable[["Resource", "Resource | None"], list[FieldError]]
 
 SIDECAR, GATEWAY = "Sidecar", "Gateway"  # Kuma's proxyTypes
 SECTIONS = ("to", "from")  # the sections of a targetRef policy that configure proxies
+# A policy without to/from whose one ``default`` conf applies to the whole proxy (MeshProxyPatch).
+WHOLE = "default"
+ALL_SECTIONS = (*SECTIONS, WHOLE)
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,8 @@ class PolicySupport:
 
     ``plugin`` names the module of ``zonemesh.zone_cp.xds.policies`` that applies it (its
     ``PLUGIN``); None marks the type *not supported yet*: every document of it is refused.
-    ``sidecar`` / ``gateway`` list the sections (``to``, ``from``) that take effect on sidecars
+    ``sidecar`` / ``gateway`` list the sections (``to``, ``from``; ``default`` for a policy that
+    configures the whole proxy, MeshProxyPatch) that take effect on sidecars
     (and delegated gateways) / on builtin gateways. A document whose section reaches none of the
     proxies that section takes effect on (e.g. MeshFaultInjection ``from``, which only sidecars
     read, while zonemesh applies it on gateways only) is refused as not supported yet.
@@ -74,9 +78,9 @@ class PolicySupport:
     reason: str = ""
 
     def __post_init__(self) -> None:
-        unknown = {*self.sidecar, *self.gateway} - set(SECTIONS)
+        unknown = {*self.sidecar, *self.gateway} - set(ALL_SECTIONS)
         if unknown:
-            raise ValueError(f"unknown policy sections {sorted(unknown)}; known: {', '.join(SECTIONS)}")
+            raise ValueError(f"unknown policy sections {sorted(unknown)}; known: {', '.join(ALL_SECTIONS)}")
         narrowed = self.sidecar != SECTIONS or self.gateway != SECTIONS or self.not_yet is not None
         if self.plugin is None and narrowed:
             raise ValueError("a type that is not supported yet has nothing to narrow")

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.resources.registry import (
+    ALL_SECTIONS,
     GATEWAY,
     REGISTRY,
-    SECTIONS,
     SIDECAR,
     PolicySupport,
     Registry,
@@ -47,7 +47,7 @@ def unsupported(res: Resource, registry: Registry = REGISTRY) -> list[FieldError
         return type_not_supported(rtype)
     selectable = selectable_proxy_types(top_level(res.spec))
     errors = support.not_yet(res) if support.not_yet is not None else []
-    for section in SECTIONS:
+    for section in ALL_SECTIONS:
         if not res.spec.get(section):
             continue
         applied = {SIDECAR} if section in support.sidecar else set()

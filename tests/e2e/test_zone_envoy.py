@@ -404,11 +404,13 @@ def test_policy_envoy_rejects_is_nacked_and_last_good_config_keeps_serving(zone:
         },
     }
 
-    def clusters_status() -> dict[str, Any]:
-        _, insight = zone.cp.get("/meshes/default/dataplane-insights/app-a")
-        return insight["subscriptions"][-1]["status"]["clusters"]  # type: ignore[no-any-return]
+    def clusters_status() -> dict[str, Any] | None:
+        found, insight = zone.cp.get("/meshes/default/dataplane-insights/app-a")
+        subscriptions = insight.get("subscriptions") if found == 200 else None
+        return subscriptions[-1]["status"].get("clusters") if subscriptions else None
 
-    before = int(clusters_status()["responsesRejected"])
+    # Written asynchronously: run alone, this test may come before app-a's first insight.
+    before = int(wait_until(clusters_status, timeout=15, what="app-a's insight")["responsesRejected"])
     nacks_before = zone.metric("xds_nack_total", "Cluster")
     good = zone.a.cluster("app-b")
     zone.put(bad)
@@ -418,8 +420,9 @@ def test_policy_envoy_rejects_is_nacked_and_last_good_config_keeps_serving(zone:
             timeout=15,
             what="a NACK from app-a recorded in its insight",
         )
-        # Counted and logged with Envoy's own words.
+        # Counted and logged with Envoy's own words, and the policy that changed that config.
         assert "connect_timeout" in status["lastError"], status
+        assert status["lastErrorPolicies"] == ["MeshTimeout/timeout-out-of-range"], status
         assert zone.metric("xds_nack_total", "Cluster") > nacks_before
         nacks = [json.loads(line) for line in zone.cp.logs().splitlines() if '"event": "xds_nack"' in line]
         # the log has Envoy's whole message, the insight its first 1000 characters
@@ -427,6 +430,7 @@ def test_policy_envoy_rejects_is_nacked_and_last_good_config_keeps_serving(zone:
             n["proxy"] == "default/app-a"
             and n["error"].startswith(status["lastError"])
             and "ConnectTimeout: value must be greater than 0s" in n["error"]
+            and n["policies"] == ["MeshTimeout/timeout-out-of-range"]
             for n in nacks
         ), nacks[-3:]
         # Still serving, with the last good cluster.

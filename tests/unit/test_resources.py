@@ -797,8 +797,11 @@ def test_policies_share_one_shape() -> None:
     for rtype in REGISTRY.policies():
         assert rtype.wrapped and rtype.scope is Scope.MESH and rtype.sync is Sync.GLOBAL_TO_ZONES, rtype.name
         lower = rtype.name.lower()
-        # Kuma's plurals: meshretries, meshtlses, meshtimeouts
-        plural = lower[:-1] + "ies" if lower.endswith("y") else lower + "es" if lower.endswith("s") else lower + "s"
+        # Kuma's plurals: meshretries, meshtlses, meshproxypatches, meshtimeouts
+        if lower.endswith("y"):
+            plural = lower[:-1] + "ies"
+        else:
+            plural = lower + ("es" if lower.endswith(("s", "ch")) else "s")
         assert rtype.plural == plural, rtype.name
 
 

@@ -65,6 +65,11 @@ class Snapshot:
 
     types: Mapping[str, TypeSnapshot]
     changed_at: float | None = None
+    # Where the config came from, to attribute a NACK (nacks.py): the policies selecting the proxy
+    # as (type, name, version), and per type URL the policies that changed its resources after
+    # generation (MeshProxyPatch), as "Type/name".
+    applied: frozenset[tuple[str, str, int]] = frozenset()
+    patched_by: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def from_resources(
@@ -80,10 +85,17 @@ class Snapshot:
         for type_url in PUSH_ORDER:
             items = {name: encoded(type_url, msg) for name, msg in resources.by_type[type_url].items()}
             types[type_url] = TypeSnapshot(_version(items), items)
-        return cls(types, changed_at)
+        return cls(types, changed_at, resources.applied, _patched_by(resources))
 
     def version(self, type_url: str) -> str:
         return self.types[type_url].version
+
+
+def _patched_by(resources: ResourceSet) -> dict[str, tuple[str, ...]]:
+    return {
+        type_url: tuple(sorted({who for names in by_name.values() for who in names}))
+        for type_url, by_name in resources.changed_by.items()
+    }
 
 
 class SnapshotBuilder:
@@ -119,7 +131,8 @@ class SnapshotBuilder:
 
     def build(self, resources: ResourceSet, changed_at: float | None = None) -> Snapshot:
         by_type = resources.by_type
-        return Snapshot({t: self._typed_snapshot(t, by_type[t]) for t in PUSH_ORDER}, changed_at)
+        types = {t: self._typed_snapshot(t, by_type[t]) for t in PUSH_ORDER}
+        return Snapshot(types, changed_at, resources.applied, _patched_by(resources))
 
 
 # --- the watch protocol the servicer speaks ------------------------------------------------

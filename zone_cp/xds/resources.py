@@ -30,27 +30,73 @@ WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
 @dataclass
 class ResourceSet:
     """What generation produces for one proxy: per type URL, resources by name. Read ``by_type``;
-    change it through ``add`` only (a copy shares the dicts of its original until it adds)."""
+    change it through ``add``, ``put`` and ``remove`` only (a copy shares the dicts of its original
+    until it changes them)."""
 
     by_type: dict[str, dict[str, Message]] = field(default_factory=lambda: {t: {} for t in PUSH_ORDER})
     # Names other resources refer to (EDS cluster -> endpoints, listener -> routes, clusters, secrets).
     required: dict[str, set[str]] = field(default_factory=lambda: {t: set() for t in PUSH_ORDER})
     _borrowed: set[str] = field(default_factory=set, repr=False, compare=False)  # dicts of the original
+    # Kuma's "origin" of each resource: which generator made it (inbound, outbound, gateway,
+    # secrets; mesh-proxy-patch for what a MeshProxyPatch added). ``add`` records ``origin``, which
+    # the generation pipeline sets before each generator (generators/__init__.py).
+    origin: str = ""
+    origins: dict[str, dict[str, str]] = field(default_factory=lambda: {t: {} for t in PUSH_ORDER})
+    _origins_borrowed: set[str] = field(default_factory=set, repr=False, compare=False)
+    # Per proxy, never carried by ``copy``: the policies selecting it (type, name, version), and per
+    # type URL and resource name the policies that changed that resource after generation
+    # (MeshProxyPatch). A NACK is attributed with them (nacks.py).
+    applied: frozenset[tuple[str, str, int]] = frozenset()
+    changed_by: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
+
+    def _bucket(self, type_url: str) -> dict[str, Message]:
+        """The proxy's own dict of ``type_url`` (copied from the original's on first change)."""
+        if type_url in self._borrowed:
+            self.by_type[type_url] = dict(self.by_type[type_url])
+            self._borrowed.discard(type_url)
+        return self.by_type[type_url]
+
+    def _origins(self, type_url: str) -> dict[str, str]:
+        if type_url in self._origins_borrowed:
+            self.origins[type_url] = dict(self.origins[type_url])
+            self._origins_borrowed.discard(type_url)
+        return self.origins[type_url]
 
     def add(self, type_url: str, name: str, resource: Message) -> None:
-        bucket = self.by_type[type_url]
-        if name in bucket and bucket[name] is not resource:
+        existing = self.by_type[type_url].get(name)
+        if existing is resource:
+            return
+        if existing is not None:
             raise ValueError(f"two {SHORT_NAMES[type_url]} resources named {name!r}")
-        if type_url in self._borrowed:
-            bucket = self.by_type[type_url] = dict(bucket)
-            self._borrowed.discard(type_url)
-        bucket[name] = resource
+        self._bucket(type_url)[name] = resource
+        self._origins(type_url)[name] = self.origin
+
+    def put(self, type_url: str, name: str, resource: Message, origin: str | None = None) -> None:
+        """Set ``name`` to ``resource``, replacing what is there (``origin``: give it that origin)."""
+        self._bucket(type_url)[name] = resource
+        if origin is not None or name not in self.origins[type_url]:
+            self._origins(type_url)[name] = self.origin if origin is None else origin
+
+    def remove(self, type_url: str, name: str) -> None:
+        if name in self.by_type[type_url]:
+            del self._bucket(type_url)[name]
+            self._origins(type_url).pop(name, None)
+
+    def origin_of(self, type_url: str, name: str) -> str:
+        return self.origins[type_url].get(name, "")
 
     def copy(self) -> ResourceSet:
         """Another set holding the same messages, sharing the original's dicts until it adds to
         them (replicas of a shape share all types but their listeners: SnapshotBuilder then
         recognizes a shared dict at once)."""
-        return ResourceSet(dict(self.by_type), {t: set(names) for t, names in self.required.items()}, set(self.by_type))
+        return ResourceSet(
+            dict(self.by_type),
+            {t: set(names) for t, names in self.required.items()},
+            set(self.by_type),
+            self.origin,
+            dict(self.origins),
+            set(self.origins),
+        )
 
     def require(self, type_url: str, name: str) -> None:
         self.required[type_url].add(name)

@@ -179,6 +179,8 @@ class StreamInfo:
 StreamHook = Callable[[StreamInfo], Awaitable[None]]
 AckHook = Callable[[StreamInfo, str, str], Awaitable[None]]  # type_url, version
 NackHook = Callable[[StreamInfo, str, str, str], Awaitable[None]]  # type_url, refused version, error
+# (node key, type_url, refused version) -> the policies the refusal is due to ("Type/name"; nacks.py)
+Attribute = Callable[[str, str, str], list[str]]
 
 
 @dataclass
@@ -189,6 +191,7 @@ class Callbacks:
     stream_close: list[StreamHook] = field(default_factory=list)
     ack: list[AckHook] = field(default_factory=list)
     nack: list[NackHook] = field(default_factory=list)
+    attribute: Attribute | None = None  # names the policies a NACK is due to in its log line
 
     async def run(self, hooks: Sequence[Callable[..., Awaitable[None]]], *args: Any) -> None:
         for hook in hooks:
@@ -293,8 +296,15 @@ class _Stream:
 
     async def _nacked(self, type_url: str, state: _TypeState, error: str) -> None:
         XDS_NACKS.labels(type_url=type_url).inc()
+        attribute = self.callbacks.attribute
+        policies = attribute(self.info.identity.key, type_url, state.sent_version) if attribute is not None else []
         log.warning(
-            "xds_nack", proxy=self.info.identity.key, type_url=type_url, version=state.sent_version, error=error
+            "xds_nack",
+            proxy=self.info.identity.key,
+            type_url=type_url,
+            version=state.sent_version,
+            error=error,
+            policies=policies,
         )
         await self.callbacks.run(self.callbacks.nack, self.info, type_url, state.sent_version, error)
 

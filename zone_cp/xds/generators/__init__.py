@@ -9,6 +9,13 @@ listeners is a function of its *shape* (``context.shape``: the Dataplane without
 addresses). Within a round (one MeshContext) each shape is generated once; each proxy then
 gets its own copy of the shape's ResourceSet plus its inbound listeners placed at its
 addresses. A mesh-wide change thus costs a generation per service shape, not per proxy.
+
+Last, per proxy, the policies that configure a whole proxy (``Plugin.proxy``: MeshProxyPatch)
+change its own copy: they may match what only that proxy has (its inbound listeners' names carry
+its address), so they never run on the shared shape; what they change is copied first, what they
+do not change stays shared. Each resource carries the origin of the generator that made it
+(``ResourceSet.origins``: Kuma's inbound, outbound, gateway, secrets), which MeshProxyPatch
+matches on.
 """
 
 from __future__ import annotations
@@ -19,9 +26,15 @@ from typing import TypeVar
 
 from envoy.config.listener.v3 import listener_pb2
 from zonemesh.shared.resources.model import Resource
-from zonemesh.zone_cp.xds.context import MeshContext, shape
+from zonemesh.zone_cp.xds.context import MeshContext, inbounds, shape
 from zonemesh.zone_cp.xds.generators import crossmesh, gateway, inbound, outbound, secrets
-from zonemesh.zone_cp.xds.policies import MatchedPolicies, match_all, policy_selectors
+from zonemesh.zone_cp.xds.policies import (
+    MatchedPolicies,
+    configure_proxy,
+    match_all,
+    match_inbound,
+    policy_selectors,
+)
 from zonemesh.zone_cp.xds.resources import ResourceSet
 
 T = TypeVar("T")
@@ -34,6 +47,10 @@ GENERATORS: tuple[tuple[str, Generator], ...] = (
     ("crossmesh", crossmesh.generate),
     ("secrets", secrets.generate),
 )
+# The origin (Kuma's name for what made a resource) of each generator's resources, when it is not
+# the generator's name: a sidecar's cross-mesh outbounds are outbounds.
+ORIGINS = {"crossmesh": "outbound"}
+INBOUND = "inbound"
 
 
 class GenerationError(Exception):
@@ -46,6 +63,8 @@ class _Shaped:
 
     resources: ResourceSet
     inbound_listeners: list[tuple[int, listener_pb2.Listener]]
+    policies: MatchedPolicies  # those configuring the whole proxy (a builtin gateway's: with MeshGateway ones)
+    applied: frozenset[tuple[str, str, int]]  # every policy selecting the proxy or one of its inbounds
 
 
 def _step(name: str, proxy: Resource, run: Callable[[], T]) -> T:
@@ -55,16 +74,26 @@ def _step(name: str, proxy: Resource, run: Callable[[], T]) -> T:
         raise GenerationError(f"generator {name!r} failed for {proxy.mesh}/{proxy.name}: {exc}") from exc
 
 
+def _applied(ctx: MeshContext, proxy: Resource, policies: MatchedPolicies) -> frozenset[tuple[str, str, int]]:
+    found = {(p.type, p.name, p.version) for matched in policies.values() for p in matched}
+    for index in range(len(inbounds(proxy))):
+        found.update((p.type, p.name, p.version) for ps in match_inbound(ctx, proxy, index).values() for p in ps)
+    return frozenset(found)
+
+
 def _generate_shape(ctx: MeshContext, proxy: Resource) -> _Shaped:
-    resources = ResourceSet()
+    resources = ResourceSet(origin=INBOUND)
     policies = match_all(ctx, proxy)
     templates = _step("inbound", proxy, lambda: inbound.templates(ctx, proxy, policies, resources))
     for name, generator in GENERATORS:
+        resources.origin = ORIGINS.get(name, name)
         _step(name, proxy, lambda: generator(ctx, proxy, policies, resources))  # noqa: B023 (called at once)
     missing = resources.missing()  # inbound listeners refer to nothing their templates do not
     if missing:
         raise GenerationError(f"inconsistent config for {proxy.mesh}/{proxy.name}: missing {', '.join(missing)}")
-    return _Shaped(resources, templates)
+    if gateway.is_builtin(proxy):
+        policies = gateway.gateway_policies(ctx, proxy, policies)
+    return _Shaped(resources, templates, policies, _applied(ctx, proxy, policies))
 
 
 def generate(ctx: MeshContext, proxy: Resource) -> ResourceSet:
@@ -75,5 +104,8 @@ def generate(ctx: MeshContext, proxy: Resource) -> ResourceSet:
         shaped = ctx.memo[key] = _generate_shape(ctx, proxy)
     assert isinstance(shaped, _Shaped)
     resources = shaped.resources.copy()
+    resources.origin = INBOUND
     _step("inbound", proxy, lambda: inbound.place(proxy, shaped.inbound_listeners, resources))
+    resources.applied = shaped.applied
+    _step("proxy policies", proxy, lambda: configure_proxy(ctx, proxy, resources, shaped.policies))
     return resources

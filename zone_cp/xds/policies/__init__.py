@@ -17,6 +17,8 @@ with the hooks it needs, each optional:
 - ``upstream_tls(context, policies)``: the client end of mesh mTLS (the ``UpstreamTlsContext``
   of a cluster to a mesh service, on sidecars and builtin gateways), with the policies
   selecting the proxy.
+- ``proxy(ctx, proxy, resources, policies)``: the whole config of one sidecar or builtin gateway
+  (its own ResourceSet), after every generator and every other hook (MeshProxyPatch).
 
 ``PLUGINS`` is built from the registry when this package is imported, in ``order``;
 ``plugin_table`` refuses a supported type without a plugin, a plugin of another type, and hooks
@@ -50,6 +52,7 @@ from zonemesh.zone_cp.xds.policies.matching import (
     to_conf,
 )
 from zonemesh.zone_cp.xds.policies.plugin import InboundHook, Plugin, PluginError, Policies, plugin_table
+from zonemesh.zone_cp.xds.resources import ResourceSet
 
 __all__ = [
     "EGRESS_TYPES",
@@ -64,6 +67,7 @@ __all__ = [
     "configure_gateway_listener",
     "configure_inbound",
     "configure_outbound",
+    "configure_proxy",
     "configure_upstream_tls",
     "match_all",
     "match_inbound",
@@ -177,3 +181,8 @@ def configure_upstream_tls(context: tls_pb2.UpstreamTlsContext, policies: Matche
     for plugin in PLUGINS:
         if plugin.upstream_tls is not None:
             _run(plugin, plugin.upstream_tls, context, policies.get(plugin.type, ()))
+def configure_proxy(ctx: MeshContext, proxy: Resource, resources: ResourceSet, policies: MatchedPolicies) -> None:
+    """The ``proxy`` hooks, on the proxy's own config once everything else is generated."""
+    for plugin in PLUGINS:
+        if plugin.proxy is not None:
+            _run(plugin, plugin.proxy, ctx, proxy, resources, policies.get(plugin.type, ()))

@@ -10,8 +10,10 @@ from typing import Any
 
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from zonemesh.shared.resources.model import Resource
-from zonemesh.shared.resources.registry import Registry
+from zonemesh.shared.resources.registry import WHOLE, Registry
+from zonemesh.zone_cp.xds.context import MeshContext
 from zonemesh.zone_cp.xds.envoy import InboundPieces, OutboundPieces
+from zonemesh.zone_cp.xds.resources import ResourceSet
 
 Conf = Mapping[str, Any]
 Policies = Sequence[Resource]
@@ -20,6 +22,8 @@ InboundHook = Callable[[InboundPieces, Policies], None]
 # The client end of mesh mTLS: a cluster's context towards a mesh service, with the policies
 # selecting the proxy (sidecar or builtin gateway) that connects.
 UpstreamTlsHook = Callable[[tls_pb2.UpstreamTlsContext, Policies], None]
+# The whole config of one proxy (its own copy), after every generator and every other hook.
+ProxyHook = Callable[[MeshContext, Resource, ResourceSet, Policies], None]
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class Plugin:
     gateway: InboundHook | None = None
     egress: InboundHook | None = None
     upstream_tls: UpstreamTlsHook | None = None
+    proxy: ProxyHook | None = None  # a policy whose ``default`` configures the whole proxy
 
 
 class PluginError(Exception):
@@ -60,6 +65,7 @@ def _check(plugin: Plugin, sidecar: tuple[str, ...], gateway: tuple[str, ...]) -
         "inbound": "from" in sidecar,
         # a gateway's `from` configures its listeners, or the client end of its mesh mTLS
         "gateway": "from" in gateway and plugin.upstream_tls is None,
+        "proxy": WHOLE in (*sidecar, *gateway),
     }
     for hook, needed in needs.items():
         if needed and getattr(plugin, hook) is None:
@@ -72,6 +78,8 @@ def _check(plugin: Plugin, sidecar: tuple[str, ...], gateway: tuple[str, ...]) -
         problems.append("its plugin has a gateway hook but the type declares nothing on gateways")
     if plugin.upstream_tls is not None and "from" not in (*sidecar, *gateway):
         problems.append("its plugin has an upstream_tls hook but the type declares no `from`")
+    if plugin.proxy is not None and WHOLE not in (*sidecar, *gateway):
+        problems.append(f"its plugin has a proxy hook but the type declares no `{WHOLE}`")
     return problems
 
 

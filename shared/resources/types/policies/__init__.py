@@ -11,6 +11,7 @@ from zonemesh.shared.resources.types.policies import (  # noqa: F401
     meshhealthcheck,
     meshhttproute,
     meshpassthrough,
+    meshproxypatch,
     meshratelimit,
     meshretry,
     meshtcproute,
