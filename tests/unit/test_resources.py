@@ -798,10 +798,8 @@ def test_policies_share_one_shape() -> None:
         assert rtype.wrapped and rtype.scope is Scope.MESH and rtype.sync is Sync.GLOBAL_TO_ZONES, rtype.name
         lower = rtype.name.lower()
         # Kuma's plurals: meshretries, meshtlses, meshproxypatches, meshtimeouts
-        if lower.endswith("y"):
-            plural = lower[:-1] + "ies"
-        else:
-            plural = lower + ("es" if lower.endswith(("s", "ch")) else "s")
+        suffix = "es" if lower.endswith(("s", "ch")) else "s"
+        plural = lower[:-1] + "ies" if lower.endswith("y") else lower + suffix
         assert rtype.plural == plural, rtype.name
 
 
