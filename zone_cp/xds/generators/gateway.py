@@ -454,6 +454,8 @@ class _Gen:
             route.route.retry_policy.CopyFrom(template.route.retry_policy)
         if template.route.HasField("timeout"):
             route.route.timeout.CopyFrom(template.route.timeout)
+        if template.route.HasField("idle_timeout"):
+            route.route.idle_timeout.CopyFrom(template.route.idle_timeout)
 
     def _route_policies(self, route: route_components_pb2.Route, services: set[str]) -> None:
         service = next(iter(services)) if len(services) == 1 else ""
@@ -467,6 +469,10 @@ class _Gen:
             route=route,
         )
         configure_outbound(pieces, self.policies)
+        assert pieces.hcm is not None
+        if pieces.hcm.HasField("stream_idle_timeout"):
+            # MeshTimeout `to` http.streamIdleTimeout: per route here, as Kuma does.
+            route.route.idle_timeout.CopyFrom(pieces.hcm.stream_idle_timeout)
 
     def tcp_policies(self, proxy: tcp_proxy_pb2.TcpProxy, services: set[str]) -> None:
         service = next(iter(services)) if len(services) == 1 else ""
