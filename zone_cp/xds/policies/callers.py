@@ -29,6 +29,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.matching.common_inputs.ssl.v3 import ssl_inputs_pb2
 from xds.core.v3 import extension_pb2 as xds_extension_pb2
 from xds.type.matcher.v3 import matcher_pb2
+from xds.type.matcher.v3 import regex_pb2 as xds_regex_pb2
 from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.resources.types.targetref import MESH_SERVICE_SUBSET
@@ -148,13 +149,23 @@ def service_match(mesh: str, service: str) -> Match:
 # --- Envoy matchers ------------------------------------------------------------------------
 
 
+def _regex_escape(text: str) -> str:
+    """``text`` as a literal in an RE2 regex (SPIFFE IDs: letters, digits, ``.-_/:``)."""
+    return "".join(c if c.isalnum() or c in "_-/:" else f"\\{c}" for c in text)
+
+
+
 def predicate(match: Match) -> Predicate:
-    """The caller's certificate URI SAN against a ``spiffeID`` match."""
+    """The caller's certificate URI SANs against a ``spiffeID`` match. Envoy's input joins a
+    certificate's URI SANs with commas (a mesh certificate also names ``kuma://...`` URIs): one
+    of them must be the SPIFFE ID (Exact) or start with it (Prefix)."""
     spiffe = match["spiffeID"]
-    value = (
-        xds_string_pb2.StringMatcher(exact=str(spiffe["value"]))
-        if spiffe["type"] == "Exact"
-        else xds_string_pb2.StringMatcher(prefix=str(spiffe["value"]))
+    tail = "" if spiffe["type"] == "Exact" else "[^,]*"
+    value = xds_string_pb2.StringMatcher(
+        safe_regex=xds_regex_pb2.RegexMatcher(
+            google_re2=xds_regex_pb2.RegexMatcher.GoogleRE2(),
+            regex=f"(?:.*,)?{_regex_escape(str(spiffe['value']))}{tail}(?:,.*)?",
+        )
     )
     return Predicate(
         single_predicate=Predicate.SinglePredicate(
@@ -217,10 +228,6 @@ def guarded(http_filter: hcm_pb2.HttpFilter, skip: Predicate | None) -> hcm_pb2.
 # into this header (``forward_client_cert_details: SANITIZE_SET``: a caller's own value is
 # dropped), routes match on it, and each route removes it before the request leaves.
 XFCC = "x-forwarded-client-cert"
-
-
-def _regex_escape(text: str) -> str:
-    return "".join(f"\\{c}" if not (c.isalnum() or c in "_-/:") else c for c in text)
 
 
 def caller_header_match(match: Match) -> route_components_pb2.HeaderMatcher:
