@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from envoy.config.core.v3 import extension_pb2
 from envoy.config.route.v3 import route_components_pb2
@@ -37,7 +37,7 @@ from zonemesh.zone_cp.xds.context import SERVICE_TAG
 from zonemesh.zone_cp.xds.envoy import pack, spiffe_id
 from zonemesh.zone_cp.xds.policies.matching import MESH, MESH_SERVICE, MESH_SUBSET, Entry, entries, merge_all
 
-Predicate = matcher_pb2.Matcher.MatcherList.Predicate
+Predicate: TypeAlias = matcher_pb2.Matcher.MatcherList.Predicate
 Match = Mapping[str, Any]  # one of Kuma's rule matches: {spiffeID: {type, value}}
 
 
