@@ -211,7 +211,7 @@ def _build_shared(ctx: MeshContext, service: str, policies: MatchedPolicies) -> 
     return _Built(cluster, terminal, route, endpoints=external is None or ctx.via_egress)
 
 
-def _host_tag_keys(ctx: MeshContext) -> frozenset[str]:
+def host_tag_keys(ctx: MeshContext) -> frozenset[str]:
     """The tags endpoints must carry as metadata this round (MeshRetry's OmitHostsWithTags)."""
     key = ("host-tag-keys",)
     found = ctx.memo.get(key)
@@ -240,7 +240,7 @@ def endpoints(ctx: MeshContext, service: str) -> endpoint_pb2.ClusterLoadAssignm
         # Kuma's Mesh switch: local-first unless the mesh turns locality awareness off explicitly.
         prefer_local = (ctx.mesh.spec.get("routing") or {}).get("localityAwareLoadBalancing") is not False
         zone = cross.zone if cross else ""
-        tag_keys = _host_tag_keys(ctx)
+        tag_keys = host_tag_keys(ctx)
         cached = ctx.memo[key] = load_assignment(service, local, remote, zone, prefer_local, tag_keys)
     assert isinstance(cached, endpoint_pb2.ClusterLoadAssignment)
     return cached
