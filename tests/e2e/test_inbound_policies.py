@@ -5,9 +5,10 @@
 
 The server's sidecar tells its callers apart by their certificates: MeshFaultInjection `from` and
 `rules`, MeshRateLimit `from` and `rules`, MeshTimeout `rules` and MeshTrafficPermission `rules`
-act on one caller and not the other. A MeshRetry field once refused (retriableResponseHeaders)
-is observed on client-a's outbound. Mesh `default` has builtin mTLS, no default policies (they
-would retry or time out around what is observed) and an allow-all MeshTrafficPermission.
+act on one caller and not the other. Fields once refused are observed on client-a's outbound:
+MeshRetry retriableResponseHeaders, MeshHealthCheck eventLogPath. Mesh `default` has builtin
+mTLS, no default policies (they would retry or time out around what is observed) and an
+allow-all MeshTrafficPermission.
 Every wait is bounded; every process is stopped at the end.
 """
 
@@ -451,3 +452,30 @@ def test_traffic_permission_rules_deny_then_allow(env: Env) -> None:
         assert env.get("client-b").status == 200
     finally:
         env.delete(permission)
+
+
+def test_health_check_events_go_to_the_event_log_path(env: Env) -> None:
+    """MeshHealthCheck eventLogPath (once refused as not supported yet): client-a's Envoy appends
+    its health check events for the server's endpoints to that file."""
+    log = env.work / "client-a-health.log"
+    check = policy(
+        "MeshHealthCheck",
+        "server-health",
+        {
+            "targetRef": {"kind": "MeshService", "name": "client-a"},
+            "to": [
+                {
+                    "targetRef": SERVER,
+                    "default": {"interval": "1s", "timeout": "1s", "eventLogPath": str(log), "http": {"path": "/"}},
+                }
+            ],
+        },
+    )
+    env.apply(check)
+    try:
+        text = wait_until(lambda: log.exists() and log.read_text(), timeout=30, what="health check events in the log")
+        event = json.loads(text.splitlines()[0])
+        assert event["cluster_name"] == "server" and event["health_checker_type"] == "HTTP", event
+        assert env.get("client-a").body == "server"  # the checked endpoint stays in use
+    finally:
+        env.delete(check)
