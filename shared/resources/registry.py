@@ -48,7 +48,10 @@ MeshCheck = Callable[["Resource", "Resource | None"], list[FieldError]]
 
 
 SIDECAR, GATEWAY = "Sidecar", "Gateway"  # Kuma's proxyTypes
-SECTIONS = ("to", "from")  # the sections of a targetRef policy that configure proxies
+# The sections of a targetRef policy that configure proxies: `to` (outbound, per destination),
+# `from` (inbound, per caller) and `rules` (Kuma 2.x's inbound section: every caller, or the
+# callers its `matches` select).
+SECTIONS = ("to", "from", "rules")
 # A policy without to/from whose one ``default`` conf applies to the whole proxy (MeshProxyPatch).
 WHOLE = "default"
 ALL_SECTIONS = (*SECTIONS, WHOLE)
@@ -60,8 +63,8 @@ class PolicySupport:
 
     ``plugin`` names the module of ``zonemesh.zone_cp.xds.policies`` that applies it (its
     ``PLUGIN``); None marks the type *not supported yet*: every document of it is refused.
-    ``sidecar`` / ``gateway`` list the sections (``to``, ``from``; ``default`` for a policy that
-    configures the whole proxy, MeshProxyPatch) that take effect on sidecars
+    ``sidecar`` / ``gateway`` list the sections (``to``, ``from``, ``rules``; ``default`` for a
+    policy that configures the whole proxy, MeshProxyPatch) that take effect on sidecars
     (and delegated gateways) / on builtin gateways. A document whose section reaches none of the
     proxies that section takes effect on (e.g. MeshFaultInjection ``from``, which only sidecars
     read, while zonemesh applies it on gateways only) is refused as not supported yet.

@@ -55,7 +55,7 @@ def test_a_policy_type_marked_not_supported_yet_registers_and_needs_no_plugin() 
 
 def test_support_names_known_sections_only() -> None:
     with pytest.raises(ValueError, match="unknown policy sections"):
-        PolicySupport(plugin="x", sidecar=("rules",))
+        PolicySupport(plugin="x", sidecar=("inbound",))
 
 
 def test_a_supported_type_needs_its_plugin_module() -> None:
@@ -86,7 +86,7 @@ def _ignore(pieces: Any, arg: Any) -> None:
         (
             PolicySupport(plugin="m", sidecar=(), gateway=("to",)),
             Plugin("MeshExample", 1, inbound=_ignore, gateway=_ignore),
-            "inbound hook but the type does not declare sidecar `from`",
+            "inbound hook but the type does not declare sidecar `from` or `rules`",
         ),
         (
             PolicySupport(plugin="m"),
@@ -194,14 +194,17 @@ def fault(target: Mapping[str, Any], section: str) -> dict[str, Any]:
     ],
 )
 @pytest.mark.parametrize("policy", ["MeshFaultInjection", "MeshRateLimit"])
-def test_inbound_side_policies_on_sidecars_are_not_supported_yet(policy: str, target: dict[str, Any]) -> None:
+def test_inbound_side_policies_on_sidecars_are_accepted(policy: str, target: dict[str, Any]) -> None:
+    """Once refused as not supported yet on sidecars; their `from` and rules apply there now."""
     document = fault(target, "from")
     if policy == "MeshRateLimit":
         document["type"] = policy
         document["spec"]["from"][0]["default"] = {"local": {"http": {"requestRate": {"num": 1, "interval": "1s"}}}}
-    reason = refused(document)["spec.from"]
-    assert reason.startswith(f"{policy} `from` is not supported yet on sidecars")
-    assert reason.endswith(f"zonemesh applies {policy} on builtin gateways (`to`)")
+    res, _ = from_universal(document)
+    assert unsupported(res) == []
+    rules = {**document, "spec": {"targetRef": target, "rules": [{"default": document["spec"]["from"][0]["default"]}]}}
+    res, _ = from_universal(rules)
+    assert unsupported(res) == []
 
 
 @pytest.mark.parametrize(
@@ -235,10 +238,13 @@ spec:
 def test_support_is_checked_on_stored_resources_too() -> None:
     """What KDS and the reconciler call for documents that did not come through the API."""
     stored = Resource(
-        type="MeshFaultInjection",
-        name="f",
+        type="MeshTrafficPermission",
+        name="p",
         mesh="default",
-        spec=fault({"kind": "MeshService", "name": "b"}, "from")["spec"],
+        spec={
+            "targetRef": {"kind": "Mesh", "proxyTypes": ["Gateway"]},
+            "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}],
+        },
     )
     assert [e.field for e in unsupported(stored)] == ["spec.from"]
 
@@ -251,47 +257,16 @@ def conf_policy(type_name: str, section: str, conf: dict[str, Any]) -> dict[str,
     return {"type": type_name, "mesh": "default", "name": "p", "spec": spec}
 
 
+def gateway_policy(type_name: str, section: str, conf: dict[str, Any]) -> dict[str, Any]:
+    document = conf_policy(type_name, section, conf)
+    document["spec"]["targetRef"] = {"kind": "MeshGateway", "name": "edge"}
+    return document
+
+
+SPIFFE_RULE = {"matches": [{"spiffeID": {"type": "Exact", "value": "spiffe://default/web"}}]}
+SNI_MATCH = {"sni": {"type": "Exact", "value": "backend.default.svc"}}
+
 NOT_YET_FIELDS = [
-    (
-        conf_policy(
-            "MeshRetry",
-            "to",
-            {"http": {"rateLimitedBackOff": {"resetHeaders": [{"name": "retry-after", "format": "Seconds"}]}}},
-        ),
-        "spec.to[0].default.http.rateLimitedBackOff",
-        "MeshRetry http.rateLimitedBackOff is not supported yet by zonemesh",
-    ),
-    (
-        conf_policy("MeshRetry", "to", {"http": {"retriableResponseHeaders": [{"name": "x-retry"}]}}),
-        "spec.to[0].default.http.retriableResponseHeaders",
-        "MeshRetry http.retriableResponseHeaders is not supported yet by zonemesh",
-    ),
-    (
-        conf_policy("MeshRetry", "to", {"http": {"retriableRequestHeaders": [{"name": "x-retry"}]}}),
-        "spec.to[0].default.http.retriableRequestHeaders",
-        "MeshRetry http.retriableRequestHeaders is not supported yet by zonemesh",
-    ),
-    (
-        conf_policy(
-            "MeshRetry",
-            "to",
-            {"grpc": {"rateLimitedBackOff": {"resetHeaders": [{"name": "retry-after", "format": "Seconds"}]}}},
-        ),
-        "spec.to[0].default.grpc.rateLimitedBackOff",
-        "MeshRetry grpc.rateLimitedBackOff is not supported yet by zonemesh",
-    ),
-    (
-        conf_policy(
-            "MeshRetry", "to", {"http": {"hostSelection": [{"predicate": "OmitHostsWithTags", "tags": {"a": "b"}}]}}
-        ),
-        "spec.to[0].default.http.hostSelection[0].predicate",
-        "MeshRetry host selection OmitHostsWithTags is not supported yet by zonemesh",
-    ),
-    (
-        conf_policy("MeshHealthCheck", "to", {"eventLogPath": "/tmp/hc.log", "tcp": {}}),
-        "spec.to[0].default.eventLogPath",
-        "MeshHealthCheck eventLogPath is not supported yet by zonemesh",
-    ),
     (
         {
             **conf_policy("MeshTrafficPermission", "from", {"action": "Deny"}),
@@ -307,6 +282,59 @@ NOT_YET_FIELDS = [
         "spec.from[0].targetRef.tags",
         "selecting MeshTrafficPermission clients by tags other than kuma.io/service is not supported yet by zonemesh",
     ),
+    (
+        {
+            **fault({"kind": "Mesh", "proxyTypes": ["Sidecar"]}, "from"),
+            "spec": {
+                "targetRef": {"kind": "Mesh", "proxyTypes": ["Sidecar"]},
+                "from": [
+                    {
+                        "targetRef": {"kind": "MeshServiceSubset", "name": "web", "tags": {"version": "v2"}},
+                        "default": FAULT_CONF,
+                    }
+                ],
+            },
+        },
+        "spec.from[0].targetRef.tags",
+        "selecting MeshFaultInjection clients by tags other than kuma.io/service is not supported yet by zonemesh",
+    ),
+    (
+        {
+            **conf_policy("MeshTrafficPermission", "from", {}),
+            "spec": {"rules": [{"default": {"allow": [SNI_MATCH]}}]},
+        },
+        "spec.rules[0].default.allow[0].sni",
+        "MeshTrafficPermission rules matching the sni is not supported yet by zonemesh (mesh traffic carries",
+    ),
+    (
+        {
+            **conf_policy("MeshTimeout", "from", {}),
+            "spec": {"rules": [{"matches": [SNI_MATCH], "default": {"http": {"requestTimeout": "1s"}}}]},
+        },
+        "spec.rules[0].matches[0].sni",
+        "MeshTimeout rules matching the sni is not supported yet by zonemesh",
+    ),
+    (
+        gateway_policy("MeshTimeout", "to", {"http": {"requestHeadersTimeout": "1s"}}),
+        "spec.to[0].default.http.requestHeadersTimeout",
+        "MeshTimeout to http.requestHeadersTimeout on builtin gateways is not supported yet by zonemesh",
+    ),
+    (
+        gateway_policy("MeshTimeout", "from", {"connectionTimeout": "1s"}),
+        "spec.from[0].default.connectionTimeout",
+        "MeshTimeout from connectionTimeout on builtin gateways is not supported yet by zonemesh",
+    ),
+    (
+        {
+            **conf_policy("MeshTimeout", "from", {}),
+            "spec": {
+                "targetRef": {"kind": "Mesh", "proxyTypes": ["Gateway"]},
+                "rules": [{**SPIFFE_RULE, "default": {"http": {"requestTimeout": "1s"}}}],
+            },
+        },
+        "spec.rules[0].matches",
+        "MeshTimeout rules with matches on builtin gateways is not supported yet by zonemesh",
+    ),
 ]
 
 
@@ -316,9 +344,34 @@ def test_fields_a_plugin_does_not_apply_yet_are_refused(document: dict[str, Any]
     parse_universal(document)  # valid Kuma: the schema stays ready for the plugin that applies it
 
 
+RESET_HEADERS = {"resetHeaders": [{"name": "retry-after", "format": "Seconds"}]}
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [
+        # Each of these was refused as not supported yet: the MeshRetry plugin applies them now.
+        {"http": {"rateLimitedBackOff": RESET_HEADERS}},
+        {"grpc": {"rateLimitedBackOff": RESET_HEADERS}},
+        {"http": {"retriableResponseHeaders": [{"name": "x-retry"}]}},
+        {"http": {"retriableRequestHeaders": [{"name": "x-retry"}]}},
+        {"http": {"hostSelection": [{"predicate": "OmitHostsWithTags", "tags": {"a": "b"}}]}},
+        {"http": {"hostSelection": [{"predicate": "OmitPreviousPriorities", "updateFrequency": 3}]}},
+    ],
+)
+def test_meshretry_fields_once_not_yet_are_accepted(conf: dict[str, Any]) -> None:
+    res, _ = from_universal(conf_policy("MeshRetry", "to", conf))
+    assert unsupported(res) == []
+
+
 def test_what_plugins_apply_is_accepted() -> None:
     from_universal(conf_policy("MeshRetry", "to", {"http": {"hostSelection": [{"predicate": "OmitPreviousHosts"}]}}))
     from_universal(conf_policy("MeshHealthCheck", "to", {"tcp": {}}))
+    from_universal(conf_policy("MeshHealthCheck", "to", {"eventLogPath": "/tmp/hc.log", "tcp": {}}))
+    # On a scope of sidecars and gateways, gateway-less fields apply to the sidecars.
+    from_universal(conf_policy("MeshTimeout", "to", {"http": {"requestHeadersTimeout": "1s"}}))
+    # The seed's default for gateways stays valid.
+    from_universal(gateway_policy("MeshTimeout", "to", {"idleTimeout": "1h", "http": {"streamIdleTimeout": "5s"}}))
     mtp = conf_policy("MeshTrafficPermission", "from", {"action": "Deny"})
     mtp["spec"]["from"][0]["targetRef"] = {"kind": "MeshSubset", "tags": {"kuma.io/service": "web"}}
     from_universal(mtp)

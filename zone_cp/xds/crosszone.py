@@ -158,12 +158,19 @@ class CrossZone:
 # --- Envoy endpoints ------------------------------------------------------------------------
 
 
-def _lb_endpoint(endpoint: Endpoint, weighted: bool) -> endpoint_components_pb2.LbEndpoint:
+def _lb_endpoint(
+    endpoint: Endpoint, weighted: bool, tag_keys: frozenset[str] = frozenset()
+) -> endpoint_components_pb2.LbEndpoint:
     lb = endpoint_components_pb2.LbEndpoint(
         endpoint=endpoint_components_pb2.Endpoint(address=socket_address(endpoint.address, endpoint.port))
     )
     if weighted:
         lb.load_balancing_weight.value = max(1, endpoint.weight)
+    tags = sorted((k, v) for k, v in endpoint.tags.items() if k in tag_keys)
+    if tags:  # what Envoy's load balancer (and MeshRetry's OmitHostsWithTags) reads of a host
+        lb_metadata = lb.metadata.filter_metadata["envoy.lb"]
+        for key, value in tags:
+            lb_metadata.fields[key].string_value = str(value)
     return lb
 
 
@@ -185,7 +192,12 @@ def zone_groups(endpoints: Iterable[Endpoint], priority: int) -> list[endpoint_c
 
 
 def load_assignment(
-    name: str, local: list[Endpoint], remote: list[Endpoint], zone: str = "", prefer_local: bool = True
+    name: str,
+    local: list[Endpoint],
+    remote: list[Endpoint],
+    zone: str = "",
+    prefer_local: bool = True,
+    tag_keys: frozenset[str] = frozenset(),
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """Local endpoints at priority 0, remote ones (ingresses or the egress) at the next priority.
 
@@ -193,13 +205,16 @@ def load_assignment(
     only when this zone has no (healthy) instance, as Kuma's default locality awareness does.
     With ``prefer_local=False`` (the Mesh sets ``routing.localityAwareLoadBalancing: false``)
     every zone shares priority 0 and traffic spreads by instance count across zones.
-    Priorities start at 0 whatever is present (Envoy wants no gap).
+    Priorities start at 0 whatever is present (Envoy wants no gap). Local endpoints carry their
+    tags named in ``tag_keys`` as ``envoy.lb`` metadata.
     """
     groups = []
     if local or not remote:
         weighted = bool(remote) and not prefer_local  # instance weights only mean something beside remote ones
         groups.append(
-            endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[_lb_endpoint(e, weighted) for e in local])
+            endpoint_components_pb2.LocalityLbEndpoints(
+                lb_endpoints=[_lb_endpoint(e, weighted, tag_keys) for e in local]
+            )
         )
         if zone and local:
             groups[0].locality.zone = zone

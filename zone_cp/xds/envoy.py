@@ -130,6 +130,9 @@ class InboundPieces:
     tcp_proxy: TcpProxy | None = None
     hcm: HttpConnectionManager | None = None
     route: route_components_pb2.Route | None = None
+    # Routes tried before ``route``: copies of it for some callers only (MeshTimeout rules with
+    # matches), made by a plugin from ``route`` as it is when that plugin runs.
+    caller_routes: list[route_components_pb2.Route] = field(default_factory=list)
     network_filters: list[listener_components_pb2.Filter] = field(default_factory=list)  # before the terminal one
     http_filters: list[hcm_pb2.HttpFilter] = field(default_factory=list)  # before the router
     stat_prefix: str = ""  # of the listener (chain) these pieces become: filters policies add name stats after it

@@ -221,8 +221,10 @@ def policy_spec(
     from_: tuple[str, ...] | None = None,
     extra: Mapping[str, Node] | None = None,
     require_default: bool = True,
+    rule: Node | None = None,
 ) -> Obj:
-    """The schema of a targetRef policy's spec: an optional targetRef + to[] and/or from[] with ``default``."""
+    """The schema of a targetRef policy's spec: an optional targetRef + to[] and/or from[] with
+    ``default``, and/or Kuma 2.x's inbound rules[] (``rule``: the schema of one rule)."""
     fields: dict[str, Node] = {"targetRef": target_ref(top, top_level=True)}
     directions = []
     entry_required = ("targetRef", "default") if require_default else ("targetRef",)
@@ -232,6 +234,9 @@ def policy_spec(
     if from_ is not None:
         fields["from"] = List(Obj({"targetRef": target_ref(from_), "default": conf}, required=entry_required))
         directions.append("from")
+    if rule is not None:
+        fields["rules"] = List(rule)
+        directions.append("rules")
     fields.update(extra or {})
     checks = (at_least_one(*directions),) if directions else ()
     return Obj(fields, checks=checks)

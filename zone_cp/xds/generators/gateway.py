@@ -42,7 +42,7 @@ from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2, protocol_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
@@ -54,6 +54,7 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds.context import SERVICE_TAG, MeshContext, networking, tag_sets
+from zonemesh.zone_cp.xds.crosszone import load_assignment
 from zonemesh.zone_cp.xds.datasource import content
 from zonemesh.zone_cp.xds.envoy import (
     InboundPieces,
@@ -454,6 +455,8 @@ class _Gen:
             route.route.retry_policy.CopyFrom(template.route.retry_policy)
         if template.route.HasField("timeout"):
             route.route.timeout.CopyFrom(template.route.timeout)
+        if template.route.HasField("idle_timeout"):
+            route.route.idle_timeout.CopyFrom(template.route.idle_timeout)
 
     def _route_policies(self, route: route_components_pb2.Route, services: set[str]) -> None:
         service = next(iter(services)) if len(services) == 1 else ""
@@ -467,6 +470,10 @@ class _Gen:
             route=route,
         )
         configure_outbound(pieces, self.policies)
+        assert pieces.hcm is not None
+        if pieces.hcm.HasField("stream_idle_timeout"):
+            # MeshTimeout `to` http.streamIdleTimeout: per route here, as Kuma does.
+            route.route.idle_timeout.CopyFrom(pieces.hcm.stream_idle_timeout)
 
     def tcp_policies(self, proxy: tcp_proxy_pb2.TcpProxy, services: set[str]) -> None:
         service = next(iter(services)) if len(services) == 1 else ""
@@ -481,16 +488,9 @@ def _signature(policies: Mapping[str, Sequence[Resource]]) -> tuple[tuple[str, .
 
 def _subset_endpoints(ctx: MeshContext, name: str, dest: Destination) -> endpoint_pb2.ClusterLoadAssignment:
     wanted = dict(dest.tags)
-    lb = [
-        endpoint_components_pb2.LbEndpoint(
-            endpoint=endpoint_components_pb2.Endpoint(address=socket_address(e.address, e.port))
-        )
-        for e in ctx.endpoints.get(dest.service, ())
-        if all(e.tags.get(k) == v for k, v in wanted.items())
-    ]
-    return endpoint_pb2.ClusterLoadAssignment(
-        cluster_name=name, endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=lb)]
-    )
+    local = [e for e in ctx.endpoints.get(dest.service, ()) if all(e.tags.get(k) == v for k, v in wanted.items())]
+    # With the tags MeshRetry's OmitHostsWithTags reads, as the service's own endpoints.
+    return load_assignment(name, local, [], tag_keys=outbound.host_tag_keys(ctx))
 
 
 def _weighted(gen: _Gen, backends: Iterable[Mapping[str, Any]]) -> list[tuple[str, int, str]]:

@@ -85,7 +85,9 @@ def _filters(pieces: InboundPieces) -> list[listener_components_pb2.Filter]:
             route_pb2.RouteConfiguration(
                 name=f"inbound:{pieces.service}",
                 virtual_hosts=[
-                    route_components_pb2.VirtualHost(name=pieces.service, domains=["*"], routes=[pieces.route])
+                    route_components_pb2.VirtualHost(
+                        name=pieces.service, domains=["*"], routes=[*pieces.caller_routes, pieces.route]
+                    )
                 ],
             )
         )

@@ -65,6 +65,8 @@ from zonemesh.zone_cp.xds.envoy import (
 from zonemesh.zone_cp.xds.generators.common import http_protocol_options
 from zonemesh.zone_cp.xds.generators.inbound import ROUTER
 from zonemesh.zone_cp.xds.policies import MatchedPolicies, outbound_signature
+from zonemesh.zone_cp.xds.policies.meshretry import TYPE as MESH_RETRY
+from zonemesh.zone_cp.xds.policies.meshretry import omit_host_tag_keys
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, ResourceSet
 
 
@@ -209,6 +211,16 @@ def _build_shared(ctx: MeshContext, service: str, policies: MatchedPolicies) -> 
     return _Built(cluster, terminal, route, endpoints=external is None or ctx.via_egress)
 
 
+def host_tag_keys(ctx: MeshContext) -> frozenset[str]:
+    """The tags endpoints must carry as metadata this round (MeshRetry's OmitHostsWithTags)."""
+    key = ("host-tag-keys",)
+    found = ctx.memo.get(key)
+    if found is None:
+        found = ctx.memo[key] = omit_host_tag_keys(ctx.policies.get(MESH_RETRY, ()))
+    assert isinstance(found, frozenset)
+    return found
+
+
 def endpoints(ctx: MeshContext, service: str) -> endpoint_pb2.ClusterLoadAssignment:
     """The service's endpoints: this zone's dataplanes first, then other zones' ingresses (or
     this zone's egress); an ExternalService reached through the egress has only the egress."""
@@ -228,7 +240,8 @@ def endpoints(ctx: MeshContext, service: str) -> endpoint_pb2.ClusterLoadAssignm
         # Kuma's Mesh switch: local-first unless the mesh turns locality awareness off explicitly.
         prefer_local = (ctx.mesh.spec.get("routing") or {}).get("localityAwareLoadBalancing") is not False
         zone = cross.zone if cross else ""
-        cached = ctx.memo[key] = load_assignment(service, local, remote, zone, prefer_local)
+        tag_keys = host_tag_keys(ctx)
+        cached = ctx.memo[key] = load_assignment(service, local, remote, zone, prefer_local, tag_keys)
     assert isinstance(cached, endpoint_pb2.ClusterLoadAssignment)
     return cached
 

@@ -8,7 +8,8 @@ with the hooks it needs, each optional:
   on the outbounds of sidecars and delegated gateways and on the clusters, routes and TCP
   proxies of builtin gateways;
 - ``inbound(pieces, policies)``: the policies selecting one sidecar inbound, least specific
-  first (resolve ``from`` entries with ``matching.from_conf`` / ``entries``);
+  first (resolve ``from`` entries with ``matching.from_conf`` / ``entries``, Kuma 2.x ``rules``
+  with ``callers.rules``);
 - ``gateway(pieces, policies)``: one builtin gateway listener (HTTP: ``pieces.hcm`` and
   ``pieces.http_filters``; TCP: ``pieces.tcp_proxy`` and ``pieces.network_filters``), with the
   policies selecting the gateway;

@@ -1,5 +1,6 @@
 """MeshCircuitBreaker: connection limits and outlier detection on the cluster of a
-destination (`to`) or of the local service (`from`)."""
+destination (`to`) or of the local service (`from` and Kuma 2.x's `rules`, merged in policy
+order)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds.envoy import InboundPieces, OutboundPieces, duration
-from zonemesh.zone_cp.xds.policies.matching import from_conf
+from zonemesh.zone_cp.xds.policies import callers
 from zonemesh.zone_cp.xds.policies.plugin import Plugin
 
 TYPE = "MeshCircuitBreaker"
@@ -93,7 +94,8 @@ def apply_outbound(pieces: OutboundPieces, conf: Mapping[str, Any]) -> None:
 
 
 def apply_inbound(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
-    conf = from_conf(policies)
+    # `from` entries and rules alike (Kuma's rules have no matches for this type).
+    conf = callers.catch_all(callers.rules(policies, from_as_rules=True))
     if conf is not None:
         configure_cluster(pieces.cluster, conf)
 

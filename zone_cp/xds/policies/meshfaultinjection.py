@@ -1,9 +1,21 @@
-"""MeshFaultInjection: Envoy HTTP fault filters (abort, delay, response bandwidth).
+"""MeshFaultInjection: Envoy HTTP fault filters (abort, delay, response bandwidth), one per
+entry of ``http``, in order, before the router.
 
-Applied on builtin gateways, where Kuma takes the merged ``to`` (kind Mesh) entries of the
-policies selecting the gateway: one fault filter per entry of ``http``, in order, before the
-router, on each HTTP listener. Sidecar inbounds (``from``) are not supported yet: the type's
-PolicySupport says so, and such documents are refused.
+On builtin gateways Kuma takes the merged ``to`` (kind Mesh) entries of the policies selecting
+the gateway, on each HTTP listener.
+
+On sidecar HTTP inbounds, as in Kuma:
+
+- ``rules`` (when a policy selecting the inbound has them): every rule adds its faults, for the
+  callers its match selects (every caller without one); rules with matches first, the most
+  specific first. The ``from`` entries of the policies are then not read on that inbound.
+- ``from`` otherwise: a caller named by an entry (its service: kind MeshService,
+  MeshServiceSubset, or MeshSubset by ``kuma.io/service``) gets the faults of the entries for
+  every caller merged with its own (a list replaces: its own ``http`` wins), any other caller
+  those of the entries of kind Mesh.
+
+Callers are told apart by their mTLS certificate's SPIFFE ID (``callers.py``); TCP inbounds get
+no fault (faults are HTTP).
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.type.v3 import percent_pb2
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds.envoy import InboundPieces, duration, pack
+from zonemesh.zone_cp.xds.policies import callers
 from zonemesh.zone_cp.xds.policies.matching import to_conf
 from zonemesh.zone_cp.xds.policies.plugin import Plugin
 
@@ -73,4 +86,30 @@ def apply_gateway(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
         pieces.http_filters.extend(http_filters(to_conf(policies, "")))  # `to` targets Mesh only here
 
 
-PLUGIN = Plugin(TYPE, order=60, gateway=apply_gateway)
+def inbound_filters(mesh: str, policies: Sequence[Resource]) -> list[hcm_pb2.HttpFilter]:
+    """The fault filters of one sidecar inbound (see the module's docstring)."""
+    found = callers.rules(policies, from_as_rules=False)
+    if found:
+        ordered = sorted(found, key=lambda r: callers.specificity(r.match), reverse=True)
+        return [
+            callers.guarded(f, callers.skip_unless(callers.predicate(r.match) if r.match else None))
+            for r in ordered
+            for f in http_filters(r.conf)
+        ]
+    every, per_service = callers.from_by_caller(policies)
+    named = [callers.service_match(mesh, service) for service in per_service]
+    result = []
+    for service, conf in per_service.items():
+        only = callers.predicate(callers.service_match(mesh, service))
+        result += [callers.guarded(f, callers.skip_unless(only)) for f in http_filters(conf)]
+    others = callers.skip_unless(None, unless_also=named)
+    result += [callers.guarded(f, others) for f in http_filters(every)]
+    return result
+
+
+def apply_inbound(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
+    if pieces.is_http:
+        pieces.http_filters.extend(inbound_filters(pieces.mesh, policies))
+
+
+PLUGIN = Plugin(TYPE, order=60, inbound=apply_inbound, gateway=apply_gateway)

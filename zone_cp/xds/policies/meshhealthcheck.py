@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2, health_check_pb2
+from envoy.extensions.health_check.event_sinks.file.v3 import file_pb2
 from envoy.type.v3 import range_pb2
 from zonemesh.zone_cp.xds.envoy import OutboundPieces, duration
 from zonemesh.zone_cp.xds.policies.plugin import Plugin
@@ -75,6 +76,11 @@ def apply_outbound(pieces: OutboundPieces, conf: Mapping[str, Any]) -> None:
         hc.no_traffic_interval.CopyFrom(duration(conf["noTrafficInterval"]))
     if "alwaysLogHealthCheckFailures" in conf:
         hc.always_log_health_check_failures = bool(conf["alwaysLogHealthCheckFailures"])
+    if "eventLogPath" in conf:
+        # Envoy appends its health check events (JSON lines) to this file on the proxy's host.
+        hc.event_logger.add(name="envoy.health_check.event_sinks.file").typed_config.Pack(
+            file_pb2.HealthCheckEventFileSink(event_log_path=str(conf["eventLogPath"]))
+        )
     if "reuseConnection" in conf:
         hc.reuse_connection.value = bool(conf["reuseConnection"])
     if not _checker(hc, conf, pieces.protocol):

@@ -1,10 +1,16 @@
-"""MeshRateLimit: Envoy local (per-proxy) rate limits.
+"""MeshRateLimit: Envoy local (per-proxy) rate limits: ``local.http`` becomes an HTTP
+local_ratelimit filter (a token bucket, the reply's status and headers), ``local.tcp`` a network
+local_ratelimit filter (connections).
 
-Applied on builtin gateways from the merged ``to`` (kind Mesh) conf of the policies selecting
-the gateway, as Kuma does: ``local.http`` becomes an HTTP local_ratelimit filter on each HTTP
-listener, ``local.tcp`` a network local_ratelimit filter on each TCP/TLS listener. Sidecar
-inbounds (``from``) are not supported yet: the type's PolicySupport says so, and such documents
-are refused.
+On builtin gateways: the merged ``to`` (kind Mesh) conf of the policies selecting the gateway,
+on each HTTP / TCP listener, as Kuma does.
+
+On sidecar inbounds: the ``from`` entries (kind Mesh) and the ``rules`` of the policies
+selecting the inbound, merged as Kuma's inbound rules (``callers.py``): the rules without
+matches (and ``from``) for every caller; rules with ``spiffeID`` matches give the callers they
+select a bucket of their own (the rules without matches merged with theirs), the most specific
+match winning. A TCP inbound gets the connection limit of the rules without matches (a rule with
+matches cannot set ``local.tcp``: connections are counted before a caller is known).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from envoy.extensions.filters.network.local_ratelimit.v3 import local_rate_limit
 from envoy.type.v3 import http_status_pb2, percent_pb2, token_bucket_pb2
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds.envoy import InboundPieces, duration, pack
+from zonemesh.zone_cp.xds.policies import callers
 from zonemesh.zone_cp.xds.policies.matching import to_conf
 from zonemesh.zone_cp.xds.policies.plugin import Plugin
 
@@ -90,4 +97,19 @@ def apply_gateway(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
         pieces.network_filters.extend(network_filters(conf, pieces.stat_prefix))
 
 
-PLUGIN = Plugin(TYPE, order=70, gateway=apply_gateway)
+def apply_inbound(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
+    found = callers.rules(policies, from_as_rules=True)
+    every = callers.catch_all(found)
+    if not pieces.is_http:
+        pieces.network_filters.extend(network_filters(every, pieces.stat_prefix))
+        return
+    classes = callers.classes(found)
+    for i, caller_class in enumerate(classes):
+        skip = callers.skip_unless(callers.predicate(caller_class.match), unless_also=[c.match for c in classes[:i]])
+        filters = http_filters(caller_class.conf, f"{pieces.stat_prefix}_match_{i}")
+        pieces.http_filters.extend(callers.guarded(f, skip) for f in filters)
+    others = callers.skip_unless(None, unless_also=[c.match for c in classes])
+    pieces.http_filters.extend(callers.guarded(f, others) for f in http_filters(every, pieces.stat_prefix))
+
+
+PLUGIN = Plugin(TYPE, order=70, inbound=apply_inbound, gateway=apply_gateway)

@@ -10,8 +10,14 @@ Sources are resolved per service: a ``Mesh`` entry sets the action for every cli
 ``MeshService`` entry (or a ``MeshSubset`` entry naming ``kuma.io/service``) overrides it for
 that client service. ``AllowWithShadowDeny`` allows and records a shadow denial (Envoy's
 ``shadow_rules``, visible in the ``rbac.shadow_denied`` stats). A MeshSubset entry without
-``kuma.io/service`` cannot be checked against the certificate (it carries only the SPIFFE ID)
-and is ignored.
+``kuma.io/service`` cannot be checked against the certificate (it carries only the SPIFFE ID):
+it is refused where documents enter.
+
+Kuma 2.x's ``rules`` (``default: {deny, allow, allowWithShadowDeny}``, each a list of SPIFFE ID
+matches) become the RBAC filter's ``matcher``, as Kuma builds it: every rule's denials first, then
+its allowances, anything else denied; the shadow matcher records what ``allowWithShadowDeny``
+would deny. As in Kuma, when a policy with ``rules`` selects an inbound, only rules configure it
+(the ``from`` entries of the other policies selecting it are not read there).
 """
 
 from __future__ import annotations
@@ -25,9 +31,12 @@ from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from envoy.type.matcher.v3 import string_pb2
+from xds.core.v3 import extension_pb2 as xds_extension_pb2
+from xds.type.matcher.v3 import matcher_pb2
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds.context import SERVICE_TAG
 from zonemesh.zone_cp.xds.envoy import InboundPieces, pack, spiffe_id
+from zonemesh.zone_cp.xds.policies import callers
 from zonemesh.zone_cp.xds.policies.matching import MESH, MESH_SERVICE, MESH_SUBSET, entries
 from zonemesh.zone_cp.xds.policies.plugin import Plugin
 
@@ -106,20 +115,75 @@ def rules(mesh: str, policies: Sequence[Resource]) -> tuple[rbac_pb2.RBAC, rbac_
     return enforced, shadow
 
 
+# --- Kuma 2.x rules ------------------------------------------------------------------------
+
+
+def _action(action: rbac_pb2.RBAC.Action.ValueType, name: str) -> matcher_pb2.Matcher.OnMatch:
+    return matcher_pb2.Matcher.OnMatch(
+        action=xds_extension_pb2.TypedExtensionConfig(
+            name="envoy.filters.rbac.action", typed_config=pack(rbac_pb2.Action(name=name, action=action))
+        )
+    )
+
+
+def _matcher(steps: list[tuple[list[callers.Match], rbac_pb2.RBAC.Action.ValueType, str]]) -> matcher_pb2.Matcher:
+    """The first step whose matches select the caller decides; no step: denied."""
+    field_matchers = [
+        matcher_pb2.Matcher.MatcherList.FieldMatcher(predicate=callers.any_of(matches), on_match=_action(action, name))
+        for matches, action, name in steps
+        if matches
+    ]
+    found = matcher_pb2.Matcher(on_no_match=_action(rbac_pb2.RBAC.DENY, "default"))
+    if field_matchers:
+        found.matcher_list.matchers.extend(field_matchers)
+    return found
+
+
+def rule_matchers(found: Sequence[callers.Rule]) -> tuple[matcher_pb2.Matcher, matcher_pb2.Matcher | None]:
+    """The enforced matcher (denials, then allowances, else deny) and the shadow one (the same
+    with ``allowWithShadowDeny`` denied), from the rules selecting an inbound."""
+    deny = [([*(r.conf.get("deny") or [])], rbac_pb2.RBAC.DENY, r.policy) for r in found]
+    allow = [
+        ([*(r.conf.get("allow") or []), *(r.conf.get("allowWithShadowDeny") or [])], rbac_pb2.RBAC.ALLOW, r.policy)
+        for r in found
+    ]
+    enforced = _matcher([*deny, *allow])
+    if not any(r.conf.get("allowWithShadowDeny") for r in found):
+        return enforced, None
+    shadowed = [([*(r.conf.get("allowWithShadowDeny") or [])], rbac_pb2.RBAC.DENY, r.policy) for r in found]
+    allowed = [([*(r.conf.get("allow") or [])], rbac_pb2.RBAC.ALLOW, r.policy) for r in found]
+    return enforced, _matcher([*deny, *shadowed, *allowed])
+
+
 def apply_inbound(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
     if pieces.mtls is None:
         return
-    enforced, shadow = rules(pieces.mesh, policies)
     stat_prefix = f"{pieces.stat_prefix}."
+    found = callers.rules(policies, from_as_rules=False)
+    # An RBAC filter without rules or matcher allows everything: exactly one is always set.
     if pieces.is_http:
-        http = http_rbac_pb2.RBAC(rules=enforced, shadow_rules_stat_prefix=stat_prefix)
-        if shadow is not None:
-            http.shadow_rules.CopyFrom(shadow)
+        if found:
+            matcher, shadow_matcher = rule_matchers(found)
+            http = http_rbac_pb2.RBAC(matcher=matcher, shadow_rules_stat_prefix=stat_prefix)
+            if shadow_matcher is not None:
+                http.shadow_matcher.CopyFrom(shadow_matcher)
+        else:
+            enforced, shadow = rules(pieces.mesh, policies)
+            http = http_rbac_pb2.RBAC(rules=enforced, shadow_rules_stat_prefix=stat_prefix)
+            if shadow is not None:
+                http.shadow_rules.CopyFrom(shadow)
         pieces.http_filters.append(hcm_pb2.HttpFilter(name="envoy.filters.http.rbac", typed_config=pack(http)))
     else:
-        network = network_rbac_pb2.RBAC(rules=enforced, stat_prefix=stat_prefix)
-        if shadow is not None:
-            network.shadow_rules.CopyFrom(shadow)
+        if found:
+            matcher, shadow_matcher = rule_matchers(found)
+            network = network_rbac_pb2.RBAC(matcher=matcher, stat_prefix=stat_prefix)
+            if shadow_matcher is not None:
+                network.shadow_matcher.CopyFrom(shadow_matcher)
+        else:
+            enforced, shadow = rules(pieces.mesh, policies)
+            network = network_rbac_pb2.RBAC(rules=enforced, stat_prefix=stat_prefix)
+            if shadow is not None:
+                network.shadow_rules.CopyFrom(shadow)
         pieces.network_filters.append(
             listener_components_pb2.Filter(name="envoy.filters.network.rbac", typed_config=pack(network))
         )

@@ -60,18 +60,19 @@ def _load(module: str) -> Plugin:
 def _check(plugin: Plugin, sidecar: tuple[str, ...], gateway: tuple[str, ...]) -> list[str]:
     """Problems between the sections a type declares applied and its plugin's hooks."""
     problems = []
+    inbound_sections = ("from", "rules")  # both configure what a proxy receives
     needs = {
         "outbound": "to" in sidecar or ("to" in gateway and plugin.gateway is None),
-        "inbound": "from" in sidecar,
-        # a gateway's `from` configures its listeners, or the client end of its mesh mTLS
-        "gateway": "from" in gateway and plugin.upstream_tls is None,
+        "inbound": any(s in sidecar for s in inbound_sections),
+        # a gateway's `from` / `rules` configure its listeners, or the client end of its mesh mTLS
+        "gateway": any(s in gateway for s in inbound_sections) and plugin.upstream_tls is None,
         "proxy": WHOLE in (*sidecar, *gateway),
     }
     for hook, needed in needs.items():
         if needed and getattr(plugin, hook) is None:
             problems.append(f"it declares sections that need the {hook} hook, which its plugin lacks")
-    if plugin.inbound is not None and "from" not in sidecar:
-        problems.append("its plugin has an inbound hook but the type does not declare sidecar `from`")
+    if plugin.inbound is not None and not any(s in sidecar for s in inbound_sections):
+        problems.append("its plugin has an inbound hook but the type does not declare sidecar `from` or `rules`")
     if plugin.outbound is not None and "to" not in (*sidecar, *gateway):
         problems.append("its plugin has an outbound hook but the type declares no `to`")
     if plugin.gateway is not None and not gateway:

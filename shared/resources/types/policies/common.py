@@ -25,16 +25,20 @@ from zonemesh.shared.resources.schema import (
     Obj,
     Str,
     Union,
+    at_least_one,
     parse_duration,
 )
 from zonemesh.shared.resources.types.common import PORT
 from zonemesh.shared.resources.types.targetref import (
+    GATEWAY,
     MESH,
     MESH_GATEWAY,
     MESH_SERVICE,
     MESH_SERVICE_SUBSET,
+    MESH_SUBSET,
     includes_gateways,
     not_supported,
+    selectable_proxy_types,
     top_level,
 )
 
@@ -148,7 +152,7 @@ def type_matches_field(fields: Mapping[str, str]) -> Check:
 
 
 def _confs(spec: Mapping[str, Any]) -> Iterable[tuple[str, Mapping[str, Any]]]:
-    for direction in ("to", "from"):
+    for direction in ("to", "from", "rules"):
         for i, entry in enumerate(spec.get(direction) or []):
             conf = entry.get("default") if isinstance(entry, Mapping) else None
             if isinstance(conf, Mapping):
@@ -157,7 +161,7 @@ def _confs(spec: Mapping[str, Any]) -> Iterable[tuple[str, Mapping[str, Any]]]:
 
 def fields_not_yet(type_name: str, *fields: str) -> Callable[[Resource], list[FieldError]]:
     """A ``not_yet`` check refusing the dotted ``fields`` (e.g. ``http.rateLimitedBackOff``) in
-    any ``to``/``from`` entry's ``default``: valid Kuma, not applied by zonemesh yet."""
+    any ``to``/``from`` entry's or rule's ``default``: valid Kuma, not applied by zonemesh yet."""
 
     def check(res: Resource) -> list[FieldError]:
         errors = []
@@ -262,3 +266,149 @@ def to_only_for_gateway(spec: Mapping[str, Any]) -> list[FieldError]:
     if not gateways and _entries(spec, "to"):
         return [FieldError("spec.to", "can only be defined when the top-level targetRef includes gateways; use from")]
     return []
+
+
+def to_only_for_gateway_rules(spec: Mapping[str, Any]) -> list[FieldError]:
+    """Kuma's MeshRateLimit: `rules` (inbound) only when the scope cannot include gateways,
+    which read `to`."""
+    if includes_gateways(top_level(spec)) and _entries(spec, "rules"):
+        return [
+            FieldError(
+                "spec.rules",
+                "must not be defined when the top-level targetRef includes gateways; "
+                "select only proxyTypes: [Sidecar], or select only gateways and use to",
+            )
+        ]
+    return []
+
+
+# --- Kuma 2.x inbound rules (`rules`) ----------------------------------------------------
+#
+# `rules: [{matches: [...], default: {...}}]` configure what the selected proxies receive: a rule
+# without matches applies to every caller, one with matches to the callers a match selects (by
+# the SPIFFE ID of their mTLS certificate, or the SNI they sent).
+
+SPIFFE_ID = Str(
+    pattern=r"spiffe://[a-z0-9._-]+(?:/(?!\.\.?(?:/|$))[A-Za-z0-9._-]+)*",
+    pattern_reason="must be a valid SPIFFE ID such as spiffe://<mesh>/<service> (no trailing slash)",
+)
+# Kuma: a DNS-1123 subdomain.
+DNS_SUBDOMAIN = Str(
+    max_len=253,
+    pattern=r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*",
+    pattern_reason="must be a lower-case DNS name (RFC 1123 subdomain)",
+)
+
+MATCH = Obj(
+    {
+        "spiffeID": Obj({"type": Enum("Exact", "Prefix"), "value": SPIFFE_ID}, required=("type", "value")),
+        "sni": Obj({"type": Enum("Exact"), "value": DNS_SUBDOMAIN}, required=("type", "value")),
+    },
+    checks=(at_least_one("spiffeID", "sni"),),
+)
+
+
+def inbound_rule(conf: Node, *, matches: bool = True) -> Obj:
+    """The schema of one entry of `rules`: its ``default`` (required: a rule without one configures
+    nothing) and, where Kuma has them, ``matches``."""
+    fields: dict[str, Node] = {"default": conf}
+    if matches:
+        fields["matches"] = List(MATCH)
+    return Obj(fields, required=("default",))
+
+
+def rules_alone(*others: str) -> SpecCheck:
+    """Kuma: a policy with `rules` has none of ``others`` (its `from`, and for some types `to`)."""
+    names = " and ".join(f"'{o}'" for o in others)
+    reason = f"field{'s' if len(others) > 1 else ''} {names} must be empty when 'rules' is defined"
+
+    def check(spec: Mapping[str, Any]) -> list[FieldError]:
+        if _entries(spec, "rules") and any(_entries(spec, o) for o in others):
+            return [FieldError("spec", reason)]
+        return []
+
+    return check
+
+
+def rule_matches(spec: Mapping[str, Any]) -> Iterable[tuple[str, Mapping[str, Any]]]:
+    """(path, match) of every match of every rule (well-formed documents only)."""
+    for i, rule in enumerate(_entries(spec, "rules")):
+        for j, match in enumerate(rule.get("matches") or []):
+            yield f"spec.rules[{i}].matches[{j}]", match
+
+
+SERVICE_TAG = "kuma.io/service"
+
+# zonemesh's mesh traffic carries Kuma's legacy SNI (``<service>{mesh=<mesh>}``, see
+# zone_cp/xds/envoy.py): a DNS name, as Kuma's `sni` matches take, never equals it.
+SNI_NOT_YET = " (mesh traffic carries the legacy SNI <service>{mesh=<mesh>}, which no DNS name matches)"
+
+
+def sni_not_yet(type_name: str) -> Callable[[Resource], list[FieldError]]:
+    """A ``not_yet`` check refusing `sni` matches in rules."""
+
+    def check(res: Resource) -> list[FieldError]:
+        return [
+            FieldError(f"{path}.sni", not_supported(f"{type_name} rules matching the sni") + SNI_NOT_YET)
+            for path, match in rule_matches(res.spec)
+            if match.get("sni") is not None
+        ]
+
+    return check
+
+
+def source_conditioned(fields: Iterable[str]) -> SpecCheck:
+    """Kuma: a rule whose matches select callers by SPIFFE ID cannot set ``fields`` (dotted paths
+    in its ``default``): they configure the listener or the connection, not one caller's requests."""
+    wanted = tuple(fields)
+
+    def check(spec: Mapping[str, Any]) -> list[FieldError]:
+        errors = []
+        for i, rule in enumerate(_entries(spec, "rules")):
+            if not any(m.get("spiffeID") for m in rule.get("matches") or []):
+                continue
+            for field in wanted:
+                value: Any = rule.get("default")
+                for part in field.split("."):
+                    value = value.get(part) if isinstance(value, Mapping) else None
+                if value is not None:
+                    errors.append(
+                        FieldError(
+                            f"spec.rules[{i}].default.{field}",
+                            "can't be specified when matches contain spiffeID because this field "
+                            "cannot be conditioned on source identity",
+                        )
+                    )
+        return errors
+
+    return check
+
+
+def callers_by_service_only(type_name: str) -> Callable[[Resource], list[FieldError]]:
+    """A ``not_yet`` check: zonemesh knows a caller by its certificate, which carries only its
+    service (SPIFFE ID ``spiffe://<mesh>/<service>``); a `from` entry selecting callers by other
+    tags could not be enforced."""
+
+    def check(res: Resource) -> list[FieldError]:
+        errors = []
+        for i, entry in enumerate(_entries(res.spec, "from")):
+            ref = entry["targetRef"]
+            tags = dict(ref.get("tags") or {})
+            if ref["kind"] == MESH_SUBSET:
+                tags.pop(SERVICE_TAG, None)
+            if ref["kind"] in (MESH_SUBSET, MESH_SERVICE_SUBSET) and tags:
+                errors.append(
+                    FieldError(
+                        f"spec.from[{i}].targetRef.tags",
+                        not_supported(f"selecting {type_name} clients by tags other than {SERVICE_TAG}")
+                        + " (a client certificate carries only its service)",
+                    )
+                )
+        return errors
+
+    return check
+
+
+def only_gateways(spec: Mapping[str, Any]) -> bool:
+    """Does the top-level targetRef select builtin gateways only?"""
+    return selectable_proxy_types(top_level(spec)) == frozenset({GATEWAY})

@@ -1,12 +1,18 @@
 """MeshCircuitBreaker: connection limits and outlier detection, per destination (`to`) and
-for inbound traffic (`from`)."""
+for inbound traffic (`from`, or Kuma 2.x's `rules`)."""
 
 from collections.abc import Mapping
 from typing import Any
 
 from zonemesh.shared.resources.registry import PolicySupport, ResourceType, Scope, Sync, register
 from zonemesh.shared.resources.schema import Bool, Duration, Errors, Int, Obj, Str, Union, at_least_one
-from zonemesh.shared.resources.types.policies.common import PERCENTAGE, not_empty, policy_semantic
+from zonemesh.shared.resources.types.policies.common import (
+    PERCENTAGE,
+    inbound_rule,
+    not_empty,
+    policy_semantic,
+    rules_alone,
+)
 from zonemesh.shared.resources.types.targetref import (
     MESH,
     MESH_SERVICE,
@@ -91,7 +97,9 @@ MESH_CIRCUIT_BREAKER = register(
             to=(MESH, MESH_SERVICE),
             from_=(MESH,),
             conf=CONF,
+            # Kuma's MeshCircuitBreaker rules have no matches: they configure the inbound's cluster.
+            rule=inbound_rule(CONF, matches=False),
         ),
-        semantic=policy_semantic(not_empty("to", "from")),
+        semantic=policy_semantic(not_empty("to", "from", "rules"), rules_alone("to", "from")),
     )
 )

@@ -1,19 +1,25 @@
 """MeshFaultInjection: injected aborts, delays and bandwidth limits on inbound HTTP traffic
-(`from`; `to` on a MeshGateway)."""
+(`from` and Kuma 2.x's `rules` on sidecars; `to` on builtin gateways)."""
 
 from zonemesh.shared.resources.registry import PolicySupport, ResourceType, Scope, Sync, register
 from zonemesh.shared.resources.schema import Duration, List, Obj, Str, at_least_one
 from zonemesh.shared.resources.types.policies.common import (
     HTTP_STATUS,
     PERCENTAGE,
+    all_not_yet,
+    callers_by_service_only,
     gateway_to_mesh_only,
+    inbound_rule,
     not_empty,
     policy_semantic,
+    rules_alone,
+    sni_not_yet,
     to_only_for_gateway,
 )
 from zonemesh.shared.resources.types.targetref import (
     MESH,
     MESH_SERVICE,
+    MESH_SERVICE_SUBSET,
     MESH_SUBSET,
     TOP_KINDS,
     policy_spec,
@@ -44,13 +50,23 @@ MESH_FAULT_INJECTION = register(
         sync=Sync.GLOBAL_TO_ZONES,
         wrapped=True,
         policy=True,
-        support=PolicySupport(plugin="meshfaultinjection", sidecar=(), gateway=("to",)),
+        # Callers are told apart by the SPIFFE ID of their mTLS certificate, which names only
+        # their service (see the plugin).
+        support=PolicySupport(
+            plugin="meshfaultinjection",
+            sidecar=("from", "rules"),
+            gateway=("to",),
+            not_yet=all_not_yet(callers_by_service_only("MeshFaultInjection"), sni_not_yet("MeshFaultInjection")),
+        ),
         spec=policy_spec(
             top=TOP_KINDS,
             to=(MESH,),
-            from_=(MESH, MESH_SUBSET, MESH_SERVICE),
+            from_=(MESH, MESH_SUBSET, MESH_SERVICE, MESH_SERVICE_SUBSET),
             conf=CONF,
+            rule=inbound_rule(CONF),
         ),
-        semantic=policy_semantic(not_empty("to", "from"), to_only_for_gateway, gateway_to_mesh_only),
+        semantic=policy_semantic(
+            not_empty("to", "from", "rules"), rules_alone("from"), to_only_for_gateway, gateway_to_mesh_only
+        ),
     )
 )

@@ -6,7 +6,6 @@ from zonemesh.shared.resources.types.policies.common import (
     HEADERS_ADD_SET,
     HTTP_STATUS,
     PERCENTAGE,
-    fields_not_yet,
     not_empty,
     policy_semantic,
 )
@@ -56,12 +55,7 @@ MESH_HEALTH_CHECK = register(
         sync=Sync.GLOBAL_TO_ZONES,
         wrapped=True,
         policy=True,
-        support=PolicySupport(
-            plugin="meshhealthcheck",
-            sidecar=("to",),
-            gateway=("to",),
-            not_yet=fields_not_yet("MeshHealthCheck", "eventLogPath"),
-        ),
+        support=PolicySupport(plugin="meshhealthcheck", sidecar=("to",), gateway=("to",)),
         spec=policy_spec(
             top=TOP_KINDS,
             to=(MESH, MESH_SERVICE),

@@ -1,5 +1,5 @@
-"""MeshRateLimit: local (per-proxy) rate limits on inbound traffic (`from`; `to` on a
-MeshGateway)."""
+"""MeshRateLimit: local (per-proxy) rate limits on inbound traffic (`from` and Kuma 2.x's `rules`
+on sidecars; `to` on builtin gateways)."""
 
 from collections.abc import Mapping
 from typing import Any
@@ -10,9 +10,14 @@ from zonemesh.shared.resources.types.policies.common import (
     HEADERS_ADD_SET,
     HTTP_STATUS,
     gateway_to_mesh_only,
+    inbound_rule,
     not_empty,
     policy_semantic,
+    rules_alone,
+    sni_not_yet,
+    source_conditioned,
     to_only_for_gateway,
+    to_only_for_gateway_rules,
 )
 from zonemesh.shared.resources.types.targetref import (
     MESH,
@@ -72,13 +77,24 @@ MESH_RATE_LIMIT = register(
         sync=Sync.GLOBAL_TO_ZONES,
         wrapped=True,
         policy=True,
-        support=PolicySupport(plugin="meshratelimit", sidecar=(), gateway=("to",)),
+        support=PolicySupport(
+            plugin="meshratelimit", sidecar=("from", "rules"), gateway=("to",), not_yet=sni_not_yet("MeshRateLimit")
+        ),
         spec=policy_spec(
             top=(*TOP_KINDS, MESH_HTTP_ROUTE),
             to=(MESH,),
             from_=(MESH,),
             conf=CONF,
+            rule=inbound_rule(CONF),
         ),
-        semantic=policy_semantic(not_empty("to", "from"), to_only_for_gateway, gateway_to_mesh_only),
+        semantic=policy_semantic(
+            not_empty("to", "from", "rules"),
+            rules_alone("to", "from"),
+            to_only_for_gateway,
+            to_only_for_gateway_rules,
+            gateway_to_mesh_only,
+            # A connection rate limit counts connections, before any caller is known.
+            source_conditioned(("local.tcp",)),
+        ),
     )
 )

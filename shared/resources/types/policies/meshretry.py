@@ -4,13 +4,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.resources.registry import PolicySupport, ResourceType, Scope, Sync, register
 from zonemesh.shared.resources.schema import (
     Duration,
     Enum,
     Errors,
-    FieldError,
     Int,
     List,
     Map,
@@ -21,10 +19,8 @@ from zonemesh.shared.resources.schema import (
 from zonemesh.shared.resources.types.policies.common import (
     HEADER_MATCH,
     HEADER_NAME,
-    all_not_yet,
     backoff_order,
     blocks_not_empty,
-    fields_not_yet,
     gateway_to_mesh_only,
     not_empty,
     policy_semantic,
@@ -34,7 +30,6 @@ from zonemesh.shared.resources.types.targetref import (
     MESH_HTTP_ROUTE,
     MESH_SERVICE,
     TOP_KINDS,
-    not_supported,
     policy_spec,
 )
 
@@ -114,33 +109,6 @@ def _host_selection(value: Mapping[str, Any], path: str, errors: Errors) -> None
             )
 
 
-def _host_selection_not_yet(res: Resource) -> list[FieldError]:
-    """The plugin applies the OmitPreviousHosts predicate only."""
-    errors = []
-    for i, entry in enumerate(res.spec.get("to") or []):
-        for j, predicate in enumerate(((entry.get("default") or {}).get("http") or {}).get("hostSelection") or []):
-            kind = predicate.get("predicate")
-            if kind != "OmitPreviousHosts":
-                errors.append(
-                    FieldError(
-                        f"spec.to[{i}].default.http.hostSelection[{j}].predicate",
-                        not_supported(f"MeshRetry host selection {kind}") + " (OmitPreviousHosts is)",
-                    )
-                )
-    return errors
-
-
-NOT_YET = all_not_yet(
-    fields_not_yet(
-        "MeshRetry",
-        "http.rateLimitedBackOff",
-        "http.retriableResponseHeaders",
-        "http.retriableRequestHeaders",
-        "grpc.rateLimitedBackOff",
-    ),
-    _host_selection_not_yet,
-)
-
 HTTP = Obj(
     {
         "numRetries": Int(min=0),
@@ -193,7 +161,7 @@ MESH_RETRY = register(
         sync=Sync.GLOBAL_TO_ZONES,
         wrapped=True,
         policy=True,
-        support=PolicySupport(plugin="meshretry", sidecar=("to",), gateway=("to",), not_yet=NOT_YET),
+        support=PolicySupport(plugin="meshretry", sidecar=("to",), gateway=("to",)),
         spec=policy_spec(
             top=(*TOP_KINDS, MESH_HTTP_ROUTE),
             to=(MESH, MESH_SERVICE),

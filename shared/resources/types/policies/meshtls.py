@@ -175,7 +175,7 @@ MESH_TLS = register(
         # Sidecars: inbound listeners (mode, versions, ciphers) and the client end of their
         # mesh clusters; builtin gateways: the client end of their mesh clusters. `rules` apply
         # where `from` does.
-        support=PolicySupport(plugin="meshtls", sidecar=("from",), gateway=("from",), not_yet=not_yet),
+        support=PolicySupport(plugin="meshtls", sidecar=("from", "rules"), gateway=("from", "rules"), not_yet=not_yet),
         spec=SPEC,
         semantic=policy_semantic(
             not_empty("from", "rules"),

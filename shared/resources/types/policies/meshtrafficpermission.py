@@ -1,9 +1,22 @@
-"""MeshTrafficPermission: which clients (`from`) may reach the selected proxies."""
+"""MeshTrafficPermission: which clients (`from`, or Kuma 2.x's `rules`) may reach the selected
+proxies."""
+
+from collections.abc import Mapping
+from typing import Any
 
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.resources.registry import PolicySupport, ResourceType, Scope, Sync, register
-from zonemesh.shared.resources.schema import Enum, FieldError, Obj
-from zonemesh.shared.resources.types.policies.common import not_empty, policy_semantic
+from zonemesh.shared.resources.schema import Enum, Errors, FieldError, List, Obj
+from zonemesh.shared.resources.types.policies.common import (
+    MATCH,
+    SNI_NOT_YET,
+    all_not_yet,
+    callers_by_service_only,
+    inbound_rule,
+    not_empty,
+    policy_semantic,
+    rules_alone,
+)
 from zonemesh.shared.resources.types.targetref import (
     DATAPLANE,
     MESH,
@@ -14,30 +27,33 @@ from zonemesh.shared.resources.types.targetref import (
     policy_spec,
 )
 
-SERVICE_TAG = "kuma.io/service"
-
 # An empty `default` would silently grant nothing and deny nothing: the action is required.
 CONF = Obj({"action": Enum("Allow", "Deny", "AllowWithShadowDeny")}, required=("action",))
 
+# A rule lists the callers (matches) it denies, allows, or allows while recording a shadow denial.
+RULE_ACTIONS = ("deny", "allow", "allowWithShadowDeny")
 
-def sources_by_service_only(res: Resource) -> list[FieldError]:
-    """A client is known by its certificate, which carries only its service (SPIFFE ID
-    ``spiffe://<mesh>/<service>``): a `from` entry selecting clients by other tags could not be
-    enforced."""
+
+def _some_action(value: Mapping[str, Any], path: str, errors: Errors) -> None:
+    if not any(value.get(action) for action in RULE_ACTIONS):
+        errors.add(path, "at least one of 'allow', 'allowWithShadowDeny', 'deny' has to be defined")
+
+
+RULE_CONF = Obj({action: List(MATCH) for action in RULE_ACTIONS}, checks=(_some_action,))
+
+
+def _sni_not_yet(res: Resource) -> list[FieldError]:
     errors = []
-    for i, entry in enumerate(res.spec.get("from") or []):
-        ref = entry["targetRef"]
-        tags = dict(ref.get("tags") or {})
-        if ref["kind"] == MESH_SUBSET:
-            tags.pop(SERVICE_TAG, None)
-        if ref["kind"] in (MESH_SUBSET, MESH_SERVICE_SUBSET) and tags:
-            errors.append(
-                FieldError(
-                    f"spec.from[{i}].targetRef.tags",
-                    not_supported(f"selecting MeshTrafficPermission clients by tags other than {SERVICE_TAG}")
-                    + " (a client certificate carries only its service)",
-                )
-            )
+    for i, rule in enumerate(res.spec.get("rules") or []):
+        for action in RULE_ACTIONS:
+            for j, match in enumerate(rule["default"].get(action) or []):
+                if match.get("sni") is not None:
+                    errors.append(
+                        FieldError(
+                            f"spec.rules[{i}].default.{action}[{j}].sni",
+                            not_supported("MeshTrafficPermission rules matching the sni") + SNI_NOT_YET,
+                        )
+                    )
     return errors
 
 
@@ -53,13 +69,17 @@ MESH_TRAFFIC_PERMISSION = register(
         # Builtin gateways receive no mesh traffic to permit (the services behind them check
         # the gateway's identity), as in Kuma.
         support=PolicySupport(
-            plugin="meshtrafficpermission", sidecar=("from",), gateway=(), not_yet=sources_by_service_only
+            plugin="meshtrafficpermission",
+            sidecar=("from", "rules"),
+            gateway=(),
+            not_yet=all_not_yet(callers_by_service_only("MeshTrafficPermission"), _sni_not_yet),
         ),
         spec=policy_spec(
             top=(MESH, DATAPLANE, MESH_SUBSET, MESH_SERVICE, MESH_SERVICE_SUBSET),
             from_=(MESH, MESH_SUBSET, MESH_SERVICE, MESH_SERVICE_SUBSET),
             conf=CONF,
+            rule=inbound_rule(RULE_CONF, matches=False),
         ),
-        semantic=policy_semantic(not_empty("from")),
+        semantic=policy_semantic(not_empty("from", "rules"), rules_alone("from")),
     )
 )
