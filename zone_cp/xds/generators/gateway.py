@@ -54,6 +54,7 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds.context import SERVICE_TAG, MeshContext, networking, tag_sets
+from zonemesh.zone_cp.xds.crosszone import load_assignment
 from zonemesh.zone_cp.xds.datasource import content
 from zonemesh.zone_cp.xds.envoy import (
     InboundPieces,
@@ -67,6 +68,7 @@ from zonemesh.zone_cp.xds.envoy import (
 )
 from zonemesh.zone_cp.xds.generators import outbound
 from zonemesh.zone_cp.xds.generators.inbound import ROUTER
+from zonemesh.zone_cp.xds.locality import LocalityPlan
 from zonemesh.zone_cp.xds.policies import MatchedPolicies, configure_gateway_listener, configure_outbound
 from zonemesh.zone_cp.xds.policies.matching import MESH_GATEWAY, ordered
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, ResourceSet
@@ -421,7 +423,7 @@ class _Gen:
         if name == service:
             self.resources.add(CLUSTER, service, built.cluster)
             if built.endpoints:
-                self.resources.add(ENDPOINT, service, outbound.endpoints(ctx, service))
+                self.resources.add(ENDPOINT, service, outbound.endpoints(ctx, service, built.locality, self.proxy))
         else:
             subset = ctx.memo.get(("gateway-subset", name, key))
             if subset is None:
@@ -431,9 +433,10 @@ class _Gen:
                 ctx.memo[("gateway-subset", name, key)] = subset
             self.resources.add(CLUSTER, name, subset)
             if built.endpoints:
-                cla = ctx.memo.get(("gateway-subset-endpoints", name))
+                plan = built.locality.for_proxy(tag_sets(self.proxy)) if built.locality is not None else None
+                cla = ctx.memo.get(("gateway-subset-endpoints", name, plan))
                 if cla is None:
-                    cla = ctx.memo[("gateway-subset-endpoints", name)] = _subset_endpoints(ctx, name, dest)
+                    cla = ctx.memo[("gateway-subset-endpoints", name, plan)] = _subset_endpoints(ctx, name, dest, plan)
                 self.resources.add(ENDPOINT, name, cla)
         if not built.endpoints:
             outbound.add_external_secrets(ctx, service, self.resources)
@@ -454,6 +457,8 @@ class _Gen:
             route.route.retry_policy.CopyFrom(template.route.retry_policy)
         if template.route.HasField("timeout"):
             route.route.timeout.CopyFrom(template.route.timeout)
+        if template.route.hash_policy:
+            route.route.hash_policy.extend(template.route.hash_policy)
 
     def _route_policies(self, route: route_components_pb2.Route, services: set[str]) -> None:
         service = next(iter(services)) if len(services) == 1 else ""
@@ -479,8 +484,14 @@ def _signature(policies: Mapping[str, Sequence[Resource]]) -> tuple[tuple[str, .
     return tuple(tuple(p.name for p in policies[t]) for t in sorted(policies))
 
 
-def _subset_endpoints(ctx: MeshContext, name: str, dest: Destination) -> endpoint_pb2.ClusterLoadAssignment:
+def _subset_endpoints(
+    ctx: MeshContext, name: str, dest: Destination, plan: LocalityPlan | None = None
+) -> endpoint_pb2.ClusterLoadAssignment:
     wanted = dict(dest.tags)
+    if plan is not None and plan.grouped:
+        # Laid out like the whole service's endpoints (affinity sub-localities, their weights).
+        local = [e for e in ctx.endpoints.get(dest.service, ()) if all(e.tags.get(k) == v for k, v in wanted.items())]
+        return load_assignment(name, local, [], ctx.cross.zone if ctx.cross else "", plan=plan)
     lb = [
         endpoint_components_pb2.LbEndpoint(
             endpoint=endpoint_components_pb2.Endpoint(address=socket_address(e.address, e.port))

@@ -34,17 +34,23 @@ To add a policy: declare its type with ``support=PolicySupport(plugin="<module>"
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from zonemesh.shared.resources import REGISTRY
 from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.resources.types.targetref import SIDECAR, top_level
 from zonemesh.zone_cp.xds.context import MeshContext, inbounds, tag_sets
 from zonemesh.zone_cp.xds.envoy import InboundPieces, OutboundPieces
+from zonemesh.zone_cp.xds.locality import LocalityPlan
 from zonemesh.zone_cp.xds.policies.matching import (
+    MESH,
     Selectors,
     matched,
     matched_inbound,
+    ordered,
     proxy_type,
     section_name,
     selectors,
@@ -55,6 +61,7 @@ from zonemesh.zone_cp.xds.policies.plugin import InboundHook, Plugin, PluginErro
 from zonemesh.zone_cp.xds.resources import ResourceSet
 
 __all__ = [
+    "EGRESS_LOCALITY_TYPES",
     "EGRESS_TYPES",
     "OUTBOUND_TYPES",
     "PLUGINS",
@@ -69,6 +76,7 @@ __all__ = [
     "configure_outbound",
     "configure_proxy",
     "configure_upstream_tls",
+    "egress_locality",
     "match_all",
     "match_inbound",
     "outbound_signature",
@@ -82,6 +90,7 @@ POLICY_TYPES = tuple(p.type for p in PLUGINS)
 # What an outbound's pieces depend on: its `to` conf, and the client end of its mesh mTLS.
 OUTBOUND_TYPES = tuple(p.type for p in PLUGINS if p.outbound is not None or p.upstream_tls is not None)
 EGRESS_TYPES = tuple(p.type for p in PLUGINS if p.egress is not None)
+EGRESS_LOCALITY_TYPES = tuple(p.type for p in PLUGINS if p.egress_locality)
 
 
 class PolicyError(Exception):
@@ -125,12 +134,19 @@ def match_inbound(ctx: MeshContext, proxy: Resource, index: int) -> dict[str, li
 
 
 def policy_selectors(ctx: MeshContext) -> Selectors:
-    """What of a proxy the mesh's policies select on (tags, Dataplane labels and names): a
-    proxy's other tags and labels change nothing in its config."""
+    """What of a proxy the mesh's policies select on (tags, Dataplane labels and names), and the
+    tags their confs read (``Plugin.tag_keys``: affinity tags): a proxy's other tags and labels
+    change nothing in its config."""
     key = ("policy-selectors",)
     found = ctx.memo.get(key)
     if found is None:
-        found = ctx.memo[key] = selectors(p for t in POLICY_TYPES for p in ctx.policies.get(t, ()))
+        found = selectors(p for t in POLICY_TYPES for p in ctx.policies.get(t, ()))
+        read = {
+            k for p in PLUGINS if p.tag_keys is not None for r in ctx.policies.get(p.type, ()) for k in p.tag_keys(r)
+        }
+        if read - found.tag_keys:
+            found = replace(found, tag_keys=found.tag_keys | read)
+        ctx.memo[key] = found
     assert isinstance(found, Selectors)
     return found
 
@@ -158,6 +174,32 @@ def configure_outbound(pieces: OutboundPieces, policies: MatchedPolicies) -> Non
         conf = to_conf(policies.get(plugin.type, ()), pieces.service)
         if conf is not None:
             _run(plugin, plugin.outbound, pieces, conf)
+
+
+def _selects_every_sidecar(policy: Resource) -> bool:
+    ref = top_level(policy.spec)
+    return ref.get("kind") == MESH and SIDECAR in (ref.get("proxyTypes") or (SIDECAR,))
+
+
+def egress_locality(ctx: MeshContext, service: str) -> LocalityPlan | None:
+    """How the zone egress lays out the other zones' endpoints of ``service``: the outbound
+    hooks of ``EGRESS_LOCALITY_TYPES`` with the policies selecting every sidecar (top-level
+    ``Mesh``), as Kuma's egress reads them. The egress serves all proxies of the zone alike:
+    it cannot follow a policy that selects only some of them."""
+    key = ("egress-locality", service)
+    if key not in ctx.memo:
+        pieces = OutboundPieces(ctx.name, service, ctx.protocol(service), cluster_pb2.Cluster())  # scratch
+        for plugin in PLUGINS:
+            if not plugin.egress_locality or plugin.outbound is None:
+                continue
+            policies = [p for p in ctx.policies.get(plugin.type, ()) if _selects_every_sidecar(p)]
+            conf = to_conf(ordered(policies), service)
+            if conf is not None:
+                _run(plugin, plugin.outbound, pieces, conf)
+        ctx.memo[key] = pieces.locality
+    found = ctx.memo[key]
+    assert found is None or isinstance(found, LocalityPlan)
+    return found
 
 
 def _configure(pieces: InboundPieces, policies: MatchedPolicies, hooks: Iterable[tuple[Plugin, InboundHook]]) -> None:
