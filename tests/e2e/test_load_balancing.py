@@ -307,6 +307,10 @@ def test_cross_zone_failover_order(lab: Lab) -> None:
     wait_until(lambda: lab.call() == (200, "b-2"), WAIT, what="zone-2 answers")
     assert lab.answers(8) == ["b-2"] * 8
     assert lab.priorities() == [(0, "zone-2", ["ingress-zone-2"]), (1, "zone-3", ["ingress-zone-3"])]
+    # localZone without crossZone: traffic stays in zone-1, which has no instance left.
+    lab.put_policy({"localityAwareness": {"localZone": {}}})
+    wait_until(lambda: lab.call()[0] == 503, WAIT, what="no zone to go to")
+    assert lab.call() == (503, "no healthy upstream")  # docs/troubleshooting.md
     # Without the policy, zonemesh's default: every other zone at one priority, by instance count.
     assert w.glob.delete(REGISTRY.get("MeshLoadBalancingStrategy").item_path(POLICY, "default"))[0] == 200
     wait_until(
