@@ -492,8 +492,9 @@ async def test_through_the_egress_the_sidecar_decides_whether_to_leave_and_the_e
 
 
 async def test_affinity_tags_split_this_zone_by_the_proxys_values() -> None:
-    """web-1 (version v1 here) prefers the backend of its version; web-2 (v2) the other: the two
-    proxies must not share a generated config (their tag is read by the policy)."""
+    """web-1 (version v1 here) prefers the backend of its version; web-2 (v2) the other. The two
+    differ in nothing else (testdata/crosszone/_base.yaml's web-1 but its version and address):
+    they must not share a generated config, since the policy reads that tag."""
     text = """
 type: Dataplane
 mesh: default
@@ -507,8 +508,14 @@ mesh: default
 name: web-2
 networking:
   address: 10.1.0.4
-  inbound: [{port: 8080, tags: {kuma.io/service: web, kuma.io/protocol: http, version: v2}}]
-  outbound: [{port: 10001, tags: {kuma.io/service: backend}}]
+  inbound:
+    - port: 8080
+      servicePort: 80
+      tags: {kuma.io/service: web, kuma.io/protocol: http, version: v2}
+  outbound:
+    - {port: 10001, tags: {kuma.io/service: backend}}
+    - {port: 10002, tags: {kuma.io/service: api}}
+    - {port: 10003, tags: {kuma.io/service: httpbin}}
 """
     affinity = {"localityAwareness": {"localZone": {"affinityTags": [{"key": "version"}]}}}
     zctx = await contexts("\n---\n".join([MTLS, text, yaml.safe_dump(policy([to_backend(affinity)]))]))

@@ -92,10 +92,6 @@ class LocalityPlan:
                 resolved.append(replace(entry, value=values[0]))
         return replace(self, affinity=tuple(resolved))
 
-    def proxy_values(self, tag_sets: Sequence[Mapping[str, str]]) -> tuple[tuple[str, str], ...]:
-        """What of a proxy this plan reads (its values of the affinity tags)."""
-        return tuple((a.key, str(a.value)) for a in self.for_proxy(tag_sets).affinity)
-
 
 def default_affinity_weight(position: int, count: int) -> int:
     """Kuma's weight for the affinity tag at ``position`` of ``count`` when none is given:
