@@ -20,6 +20,11 @@ with the hooks it needs, each optional:
 - ``proxy(ctx, proxy, resources, policies)``: the whole config of one sidecar or builtin gateway
   (its own ResourceSet), after every generator and every other hook (MeshProxyPatch).
 
+Two more optional fields: ``tag_keys(policy)``, the proxy tags a policy's conf reads (its
+affinity tags: proxies differing in them must not share a generated config), and
+``egress_locality``, whose outbound hook's ``pieces.locality`` (how endpoints are laid out over
+zones) the zone egress applies too (``egress_locality``).
+
 ``PLUGINS`` is built from the registry when this package is imported, in ``order``;
 ``plugin_table`` refuses a supported type without a plugin, a plugin of another type, and hooks
 that disagree with the sections the type declares it applies (``PolicySupport.sidecar`` /
