@@ -7,7 +7,8 @@
 Every backend instance answers its own name, so a call shows which instance served it. Policies
 are created on global. In order: RingHash with a header hash policy sends one header value to one
 instance every time while RoundRobin spreads; every load balancer type is ACKed by Envoy with the
-settings the policy gave; a failover order keeps traffic local while local instances exist, and
+settings the policy gave; affinity tags weigh zone-1's sub-localities (ACKed, traffic still local);
+a failover order keeps traffic local while local instances exist, and
 once they are gone sends it to the zone the order names first (Envoy's config_dump shows the
 priorities). The processes and helpers are test_cross_zone.py's (World, start_zone).
 
@@ -262,6 +263,28 @@ def test_envoy_takes_every_load_balancer_with_its_settings(
             got = cluster[key][inner]
             assert (got if not isinstance(expected, dict) else {k: got[k] for k in expected}) == expected
     assert lab.call()[0] == 200  # and traffic still flows
+
+
+def test_affinity_tags_weigh_localities_within_the_zone(lab: Lab) -> None:
+    """web and the backends share kuma.io/protocol=http: zone-1's instances form the sub-locality
+    of that tag (Kuma's default weight 9 for the second of two tags), balanced by locality weight."""
+    tags = [{"key": "team"}, {"key": "kuma.io/protocol"}]  # web has no `team` tag: only the second applies
+    lab.put_policy(
+        {
+            "localityAwareness": {
+                "localZone": {"affinityTags": tags},
+                "crossZone": {"failover": [{"to": {"type": "Any"}}]},
+            }
+        }
+    )
+    wait_until(
+        lambda: "locality_weighted_lb_config" in lab.backend_cluster().get("common_lb_config", {}),
+        WAIT,
+        what="locality-weighted balancing ACKed",
+    )
+    local = next(g for g in lab.backend_endpoints()["endpoints"] if g["locality"].get("zone") == "zone-1")
+    assert (local["locality"]["sub_zone"], local["load_balancing_weight"]) == ("kuma.io/protocol=http", 9)
+    assert set(lab.answers(6)) == {"b-1a", "b-1b"}
 
 
 FAILOVER = {
