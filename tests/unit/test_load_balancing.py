@@ -268,7 +268,8 @@ def test_to_kinds_follow_kuma() -> None:
     gateway = {"kind": "MeshGateway", "name": "edge"}
     # With a MeshGateway and a loadBalancer, `to` can only be Mesh (Kuma's validateTo).
     assert refused(policy([to_backend(lb)], top=gateway)) == {
-        "spec.to[0].targetRef.kind": "value 'MeshGateway' is not supported, only Mesh is allowed if loadBalancer is set"
+        "spec.to[0].targetRef.kind": "must be Mesh when the top-level targetRef is a MeshGateway and loadBalancer "
+        "is set (Kuma's rule: a gateway route may split over several services)"
     }
     from_universal(policy([to_backend(lb, kind="Mesh")], top=gateway))
     from_universal(policy([to_backend({"hashPolicies": [{"type": "SourceIP", "connection": {}}]})], top=gateway))

@@ -271,7 +271,8 @@ def _to_entries(spec: Mapping[str, Any]) -> list[FieldError]:
             errors.append(
                 FieldError(
                     f"spec.to[{i}].targetRef.kind",
-                    f"value '{MESH_GATEWAY}' is not supported, only {MESH} is allowed if loadBalancer is set",
+                    f"must be {MESH} when the top-level targetRef is a {MESH_GATEWAY} and loadBalancer is set "
+                    "(Kuma's rule: a gateway route may split over several services)",
                 )
             )
         elif gateway and kind == MESH_HTTP_ROUTE:
