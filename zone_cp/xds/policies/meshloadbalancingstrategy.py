@@ -60,9 +60,8 @@ def configure_load_balancer(cluster: cluster_pb2.Cluster, lb: Conf) -> None:
         if settings.get("choiceCount") is not None:
             config.choice_count.value = int(settings["choiceCount"])
         if settings.get("activeRequestBias") is not None:
+            # A runtime value without a runtime key: the default is the value.
             config.active_request_bias.default_value = float(settings["activeRequestBias"])
-            # Envoy reads a runtime override under this key first; none is ever set.
-            config.active_request_bias.runtime_key = "zonemesh.lb.active_request_bias"
     elif kind == "RingHash":
         settings = lb.get("ringHash") or {}
         ring = cluster.ring_hash_lb_config
