@@ -232,8 +232,20 @@ def _planned(
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """``localZone``/``crossZone`` given: this zone at priority 0 (in affinity sub-localities),
     other zones where the failover rules put them, the rest nowhere (locality.py)."""
+    local_parts = sorted(local_groups(local, plan.affinity), key=lambda part: part[0])
+    by_zone: dict[str, list[Endpoint]] = {}
+    if behind_egress:
+        # The egress forwards to the zones behind it: used when the rules admit one of them.
+        admitted = zone_priorities(zone, behind_egress, plan.failover)
+        priorities = {zone: min(admitted.values())} if admitted and remote else {}
+        by_zone[zone] = remote
+    else:
+        for endpoint in remote:
+            by_zone.setdefault(endpoint.zone or "", []).append(endpoint)
+        priorities = zone_priorities(zone, by_zone, plan.failover)
+    ranks = compact([0] * bool(local_parts) + list(priorities.values()))
     groups: list[endpoint_components_pb2.LocalityLbEndpoints] = []
-    for sub_zone, weight, members in local_groups(local, plan.affinity):
+    for sub_zone, weight, members in local_parts:
         group = endpoint_components_pb2.LocalityLbEndpoints(
             locality=base_pb2.Locality(zone=zone, sub_zone=sub_zone),
             lb_endpoints=[_lb_endpoint(e, weighted=False) for e in members],
@@ -241,19 +253,8 @@ def _planned(
         if plan.weighted_localities:
             group.load_balancing_weight.value = weight
         groups.append(group)
-    if behind_egress:
-        # The egress forwards to the zones behind it: used when the rules admit one of them.
-        admitted = zone_priorities(zone, behind_egress, plan.failover)
-        if admitted:
-            groups.extend(zone_groups(remote, priority=min(admitted.values())))
-    else:
-        by_zone = zone_priorities(zone, (e.zone or "" for e in remote), plan.failover)
-        for other, priority in sorted(by_zone.items()):
-            groups.extend(zone_groups([e for e in remote if e.zone == other], priority))
-    ranks = compact(g.priority for g in groups)
-    for group in groups:
-        group.priority = ranks[group.priority]
-    groups.sort(key=lambda g: (g.priority, g.locality.zone, g.locality.sub_zone))
+    for other, priority in sorted(priorities.items(), key=lambda item: (item[1], item[0])):
+        groups.extend(zone_groups(by_zone[other], ranks[priority]))
     if not groups:
         groups.append(endpoint_components_pb2.LocalityLbEndpoints())  # nowhere to go: no host, as without instances
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=groups)

@@ -191,15 +191,19 @@ def egress_locality(ctx: MeshContext, service: str) -> LocalityPlan | None:
     hooks of ``EGRESS_LOCALITY_TYPES`` with the policies selecting every sidecar (top-level
     ``Mesh``), as Kuma's egress reads them. The egress serves all proxies of the zone alike:
     it cannot follow a policy that selects only some of them."""
+    every_sidecar = ctx.memo.get(("egress-locality-policies",))
+    if every_sidecar is None:
+        every_sidecar = ctx.memo[("egress-locality-policies",)] = [
+            (plugin, ordered(p for p in ctx.policies.get(plugin.type, ()) if _selects_every_sidecar(p)))
+            for plugin in PLUGINS
+            if plugin.egress_locality and plugin.outbound is not None
+        ]
     key = ("egress-locality", service)
     if key not in ctx.memo:
         pieces = OutboundPieces(ctx.name, service, ctx.protocol(service), cluster_pb2.Cluster())  # scratch
-        for plugin in PLUGINS:
-            if not plugin.egress_locality or plugin.outbound is None:
-                continue
-            policies = [p for p in ctx.policies.get(plugin.type, ()) if _selects_every_sidecar(p)]
-            conf = to_conf(ordered(policies), service)
-            if conf is not None:
+        for plugin, policies in every_sidecar:
+            conf = to_conf(policies, service) if policies else None
+            if conf is not None and plugin.outbound is not None:
                 _run(plugin, plugin.outbound, pieces, conf)
         ctx.memo[key] = pieces.locality
     found = ctx.memo[key]
