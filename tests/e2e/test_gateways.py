@@ -612,3 +612,46 @@ def test_every_gateway_policy_is_accepted_by_envoy(env: Env) -> None:
         for doc in GATEWAY_POLICIES:
             _delete(env, doc)
         env.apply(env.gateway())
+
+
+def test_load_balancing_strategy_on_the_gateway(env: Env) -> None:
+    """MeshLoadBalancingStrategy on the gateway Envoy: its clusters' load balancer and its routes'
+    hash policies, accepted (no NACK) and visible in its config; traffic still flows."""
+    policy = {
+        "type": "MeshLoadBalancingStrategy",
+        "mesh": "default",
+        "name": "gw-sticky",
+        "spec": {
+            "targetRef": {"kind": "MeshGateway", "name": "edge-gateway"},
+            "to": [
+                {
+                    "targetRef": {"kind": "Mesh"},
+                    "default": {
+                        "loadBalancer": {"type": "RingHash", "ringHash": {"minRingSize": 128}},
+                        "hashPolicies": [{"type": "Header", "header": {"name": "x-user"}, "terminal": True}],
+                    },
+                }
+            ],
+        },
+    }
+    stat = env.gateway_envoy.stat
+    try:
+        env.apply(policy)
+
+        def applied() -> bool:
+            dump = env.gateway_envoy.config_dump()
+            cluster = next(
+                entry["cluster"]
+                for section in dump["configs"]
+                for entry in section.get("dynamic_active_clusters", [])
+                if entry["cluster"]["name"] == "backend-a"
+            )
+            return cluster.get("lb_policy") == "RING_HASH" and '"header_name": "x-user"' in json.dumps(dump)
+
+        # The config dump holds only what Envoy accepted: the cluster and the route's hash policy.
+        wait_until(applied, timeout=30, interval=0.5, what="the gateway Envoy to hold the load balancing strategy")
+        assert stat("cluster_manager.cds.update_rejected") == 0
+        for user in ("u1", "u2"):
+            assert http("GET", f"{env.gateway_url}/api", headers={"x-user": user}) == (200, "backend-a")
+    finally:
+        _delete(env, policy)

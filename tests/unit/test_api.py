@@ -393,19 +393,27 @@ FAULT = {
 }
 
 
-async def test_fault_injection_on_sidecars_is_refused_on_gateways_applied(
+async def test_fault_injection_by_caller_tags_is_refused_by_service_applied(
     api: TestClient[web.Request, web.Application],
 ) -> None:
+    """On sidecars a caller is known by its certificate's service only: a `from` entry selecting
+    callers by another tag could not be enforced, so it is refused and nothing is stored."""
     path = "/meshes/default/meshfaultinjections/faults"
-    sidecars = {**FAULT, "spec": {"targetRef": {"kind": "MeshService", "name": "backend"}, "from": FAULT["spec"]["to"]}}
-    resp = await api.put(path, json=sidecars)
+    faults = FAULT["spec"]["to"][0]["default"]
+    by_version = {"kind": "MeshSubset", "tags": {"kuma.io/service": "web", "version": "v2"}}
+    backend = {"kind": "MeshService", "name": "backend"}
+    spec = {"targetRef": backend, "from": [{"targetRef": by_version, "default": faults}]}
+    resp = await api.put(path, json={**FAULT, "spec": spec})
     assert resp.status == 400
     [problem] = (await resp.json())["invalid_parameters"]
-    assert problem["field"] == "spec.from"
-    assert problem["reason"].startswith("MeshFaultInjection `from` is not supported yet on sidecars")
+    assert problem["field"] == "spec.from[0].targetRef.tags"
+    assert "selecting MeshFaultInjection clients by tags other than kuma.io/service" in problem["reason"]
     assert (await api.get(path)).status == 404
+    by_service = {"kind": "MeshSubset", "tags": {"kuma.io/service": "web"}}
+    spec["from"] = [{"targetRef": by_service, "default": faults}]
+    assert (await api.put(path, json={**FAULT, "spec": spec})).status == 201
     gateway = {**FAULT, "spec": {"targetRef": {"kind": "MeshGateway", "name": "edge"}, **FAULT["spec"]}}
-    assert (await api.put(path, json=gateway)).status == 201
+    assert (await api.put(path, json=gateway)).status == 200
 
 
 async def test_kuma_output_applies_as_is(api: TestClient[web.Request, web.Application]) -> None:

@@ -50,7 +50,7 @@ async def contexts(case_text: str, ca: TestCA | None = None) -> ZoneContext:
     ingresses = [r for r in everything if r.type == "ZoneIngress"]
     egresses = [r for r in everything if r.type == "ZoneEgress"]
     externals = [r for r in everything if r.type == "ExternalService"]
-    policies = [r for r in everything if r.type == "MeshTrafficPermission"]
+    policies = [r for r in everything if r.type in ("MeshTrafficPermission", "MeshLoadBalancingStrategy")]
     ca = ca or TestCA()
     certs: dict[str, WorkloadCert] = {}
     egress_certs: dict[str, WorkloadCert] = {}

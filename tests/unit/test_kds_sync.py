@@ -266,10 +266,14 @@ ACCESS_LOG = Resource(
 )
 
 
-def fault(name: str, target: dict[str, Any], section: str) -> Resource:
+def fault(name: str, target: dict[str, Any], section: str, caller: dict[str, Any] | None = None) -> Resource:
     conf = {"http": [{"abort": {"httpStatus": 503, "percentage": 5}}]}
-    spec = {"targetRef": target, section: [{"targetRef": {"kind": "Mesh"}, "default": conf}]}
+    spec = {"targetRef": target, section: [{"targetRef": caller or {"kind": "Mesh"}, "default": conf}]}
     return Resource(type="MeshFaultInjection", name=name, mesh="default", spec=spec)
+
+
+# Callers selected by a tag a client certificate does not carry: refused as not supported yet.
+BY_VERSION = {"kind": "MeshSubset", "tags": {"version": "v2"}}
 
 
 async def test_global_never_syncs_policies_it_refuses(tmp_path: Path) -> None:
@@ -280,7 +284,7 @@ async def test_global_never_syncs_policies_it_refuses(tmp_path: Path) -> None:
     await manager.create(fault("gateway-faults", {"kind": "MeshGateway", "name": "edge"}, "to"))
     # Stored before an upgrade made them "not supported yet" (the API refuses them now).
     await global_store.create(ACCESS_LOG)
-    await global_store.create(fault("sidecar-faults", {"kind": "MeshService", "name": "backend"}, "from"))
+    await global_store.create(fault("sidecar-faults", {"kind": "MeshService", "name": "backend"}, "from", BY_VERSION))
     async with running_global(tmp_path, global_store) as (kds, _):
         token = await ZoneTokenIssuer(global_store).issue("zone-1", None, DAY)
         async with running_zone(tmp_path, "zone-1", kds.port, token, zone_store):
@@ -302,14 +306,14 @@ async def test_a_zone_refuses_per_item_what_it_would_not_apply(tmp_path: Path) -
     config = Config(mode="zone", zone="zone-1", global_address="grpcs://127.0.0.1:1", zone_token_file=str(token_file))
     client = KdsClient(config, store, "zone-1-test")
     good = fault("gateway-faults", {"kind": "MeshGateway", "name": "edge"}, "to")
-    bad = fault("sidecar-faults", {"kind": "MeshService", "name": "backend"}, "from")
+    bad = fault("sidecar-faults", {"kind": "MeshService", "name": "backend"}, "from", BY_VERSION)
     log = dataclasses.replace(ACCESS_LOG, labels={ORIGIN_LABEL: ORIGIN_GLOBAL})
     for res in (good, bad):
         res.labels = {ORIGIN_LABEL: ORIGIN_GLOBAL}  # as global sends them
     changes = kds_pb2.Changes(type="MeshFaultInjection", upserts=[to_wire(good), to_wire(bad)])
     [refused] = await client._apply_download(changes)
     assert refused.key.name == "sidecar-faults"
-    assert refused.reason.startswith("spec.from: MeshFaultInjection `from` is not supported yet on sidecars")
+    assert refused.reason.startswith("spec.from[0].targetRef.tags: selecting MeshFaultInjection clients by tags other")
     assert await names(store, "MeshFaultInjection", "default") == {"gateway-faults"}
     [refused] = await client._apply_download(kds_pb2.Changes(type="MeshAccessLog", upserts=[to_wire(log)]))
     assert refused.reason.startswith("type: MeshAccessLog is not supported yet by zonemesh")

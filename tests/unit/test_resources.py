@@ -744,6 +744,7 @@ TYPES = [
     TypeRow("MeshFaultInjection", "meshfaultinjections", "mfi", *_POLICY),
     TypeRow("MeshRateLimit", "meshratelimits", "mrl", *_POLICY),
     TypeRow("MeshAccessLog", "meshaccesslogs", "mal", *_POLICY),
+    TypeRow("MeshLoadBalancingStrategy", "meshloadbalancingstrategies", "mlbs", *_POLICY),
     TypeRow("Dataplane", "dataplanes", "dp", Scope.MESH, Sync.ZONE_TO_GLOBAL, False),
     TypeRow("ZoneIngress", "zoneingresses", "zi", Scope.GLOBAL, Sync.ZONE_TO_GLOBAL | Sync.ACROSS_ZONES, False),
     TypeRow("ZoneEgress", "zoneegresses", "ze", Scope.GLOBAL, Sync.ZONE_TO_GLOBAL, False),

@@ -22,6 +22,7 @@ FOREIGN = (
     "Connection refused",  # the OS, via gRPC or Python
     "Not enough segments",  # PyJWT
     "upstream connect error",  # Envoy
+    "no healthy upstream",  # Envoy, a cluster without a usable endpoint
     "RBAC: access denied",  # Envoy's RBAC filter
 )
 # Placeholders, elisions, values the code fills in (repr'd or quoted), and the ': ' between the

@@ -15,10 +15,12 @@ import grpc
 import prometheus_client
 import pytest
 import structlog
+from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf import struct_pb2
+from google.protobuf import any_pb2, struct_pb2
 from zonemesh.proto import dataplane_pb2, dataplane_pb2_grpc
 from zonemesh.shared.config import Config
+from zonemesh.shared.resources.codec import from_universal
 from zonemesh.shared.resources.manager import Mode, ResourceManager
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store.memory import MemoryStore
@@ -28,7 +30,7 @@ from zonemesh.zone_cp import zoneproxies
 from zonemesh.zone_cp.admission import DataplaneAuthenticator
 from zonemesh.zone_cp.xds.cache import SnapshotCache
 from zonemesh.zone_cp.xds.crosszone import is_online
-from zonemesh.zone_cp.xds.resources import CLUSTER, LISTENER
+from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER
 from zonemesh.zone_cp.xds.server import Callbacks, TlsFiles, XdsServer
 from zonemesh.zone_cp.xds.testing import TestCA
 
@@ -383,3 +385,64 @@ async def test_zone_proxy_node_id_follows_the_name_rule(zone: Zone) -> None:
         await call.read()
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "node id '.Evil/Name'" in (err.value.details() or "")
+
+
+async def test_the_egress_follows_a_load_balancing_strategy_change(zone: Zone) -> None:
+    """A MeshLoadBalancingStrategy selecting every sidecar orders the other zones behind the zone
+    egress: created, it regenerates the connected egress; its failover order reaches the egress's
+    endpoints (zone-3 first, then zone-2)."""
+    for remote in ("zone-2", "zone-3"):
+        name = f"{remote}.ingress"
+        await zone.store.create(
+            Resource(
+                type="ZoneIngress",
+                name=name,
+                labels={"zonemesh.io/origin": "zone", "zonemesh.io/zone": remote},
+                spec={
+                    "zone": remote,
+                    "networking": {"address": f"10.{remote[-1]}.0.1", "port": 10001},
+                    "availableServices": [{"tags": {"kuma.io/service": "b"}, "instances": 1, "mesh": "default"}],
+                },
+            )
+        )
+        await zone.store.create(insight("ZoneIngressInsight", name, online=True))
+    token = await zone.token(["egress"])
+    await zone.register(token, {"type": "ZoneEgress", "networking": {"address": "127.0.0.1", "port": 10002}}, "egress")
+    call = zone.ads(token, "egress")
+    await call.write(zone.request("egress", CLUSTER))
+    await asyncio.wait_for(call.read(), timeout=5)
+
+    def priorities() -> list[tuple[int, str]]:
+        snapshot = zone.cache.snapshot("egress:/ingress-1")
+        assert snapshot is not None
+        packed = any_pb2.Any.FromString(snapshot.types[ENDPOINT].resources["b{mesh=default}"])
+        cla = endpoint_pb2.ClusterLoadAssignment()
+        packed.Unpack(cla)
+        return [(g.priority, g.locality.zone) for g in cla.endpoints]
+
+    await zone.idle()
+    assert priorities() == [(0, "zone-2"), (0, "zone-3")]  # no policy: every other zone alike
+    policy = {
+        "type": "MeshLoadBalancingStrategy",
+        "mesh": "default",
+        "name": "zone-3-first",
+        "spec": {
+            "targetRef": {"kind": "Mesh"},
+            "to": [
+                {
+                    "targetRef": {"kind": "Mesh"},
+                    "default": {
+                        "localityAwareness": {
+                            "crossZone": {
+                                "failover": [{"to": {"type": "Only", "zones": ["zone-3"]}}, {"to": {"type": "Any"}}]
+                            }
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    await zone.store.create(from_universal(policy)[0])
+    await zone.idle()
+    assert priorities() == [(0, "zone-3"), (1, "zone-2")]
+    call.cancel()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ from zonemesh.shared.resources.model import ZONE_LABEL, Resource
 from zonemesh.zone_cp.xds.context import SERVICE_TAG, Endpoint, MeshContext, WorkloadCert
 from zonemesh.zone_cp.xds.datasource import envoy_data_source
 from zonemesh.zone_cp.xds.envoy import external_ca_secret_name, external_cert_secret_name, sds, socket_address
+from zonemesh.zone_cp.xds.locality import LocalityPlan, compact, local_groups, zone_priorities
 
 log = structlog.get_logger(__name__)
 
@@ -198,6 +199,8 @@ def load_assignment(
     zone: str = "",
     prefer_local: bool = True,
     tag_keys: frozenset[str] = frozenset(),
+    plan: LocalityPlan | None = None,
+    behind_egress: Sequence[str] = (),
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """Local endpoints at priority 0, remote ones (ingresses or the egress) at the next priority.
 
@@ -207,7 +210,15 @@ def load_assignment(
     every zone shares priority 0 and traffic spreads by instance count across zones.
     Priorities start at 0 whatever is present (Envoy wants no gap). Local endpoints carry their
     tags named in ``tag_keys`` as ``envoy.lb`` metadata.
+
+    ``plan``: a MeshLoadBalancingStrategy's locality awareness for this destination (locality.py),
+    which replaces the Mesh's switch. ``behind_egress``: ``remote`` is this zone's egress, in
+    front of these zones (the plan decides whether traffic may go there at all).
     """
+    if plan is not None:
+        prefer_local = plan.prefer_local
+        if plan.grouped:
+            return _planned(name, local, remote, zone, plan, behind_egress, tag_keys)
     groups = []
     if local or not remote:
         weighted = bool(remote) and not prefer_local  # instance weights only mean something beside remote ones
@@ -220,6 +231,48 @@ def load_assignment(
             groups[0].locality.zone = zone
     groups.extend(zone_groups(remote, priority=1 if local and prefer_local else 0))
     return endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=groups)
+
+
+def _planned(
+    name: str,
+    local: list[Endpoint],
+    remote: list[Endpoint],
+    zone: str,
+    plan: LocalityPlan,
+    behind_egress: Sequence[str],
+    tag_keys: frozenset[str] = frozenset(),
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """``localZone``/``crossZone`` given: this zone at priority 0 (in affinity sub-localities),
+    other zones where the failover rules put them, the rest nowhere (locality.py)."""
+    local_parts = sorted(local_groups(local, plan.affinity), key=lambda part: part[0])
+    by_zone: dict[str, list[Endpoint]] = {}
+    if behind_egress:
+        # The egress forwards to the zones behind it: used when the rules admit one of them.
+        admitted = zone_priorities(zone, behind_egress, plan.failover)
+        priorities = {zone: min(admitted.values())} if admitted and remote else {}
+        by_zone[zone] = remote
+    else:
+        for endpoint in remote:
+            by_zone.setdefault(endpoint.zone or "", []).append(endpoint)
+        priorities = zone_priorities(zone, by_zone, plan.failover)
+    ranks = compact([0] * bool(local_parts) + list(priorities.values()))
+    groups: list[endpoint_components_pb2.LocalityLbEndpoints] = []
+    for sub_zone, weight, members in local_parts:
+        group = endpoint_components_pb2.LocalityLbEndpoints(
+            locality=base_pb2.Locality(zone=zone, sub_zone=sub_zone),
+            lb_endpoints=[_lb_endpoint(e, False, tag_keys) for e in members],
+        )
+        if plan.weighted_localities:
+            group.load_balancing_weight.value = weight
+        groups.append(group)
+    for other, priority in sorted(priorities.items(), key=lambda item: (item[1], item[0])):
+        groups.extend(zone_groups(by_zone[other], ranks[priority]))
+    if not groups:
+        groups.append(endpoint_components_pb2.LocalityLbEndpoints())  # nowhere to go: no host, as without instances
+    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=groups)
+    if plan.overprovisioning_factor is not None:
+        cla.policy.overprovisioning_factor.value = plan.overprovisioning_factor
+    return cla
 
 
 def _presents_client_cert(tls: Mapping[str, Any]) -> bool:

@@ -17,6 +17,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from zonemesh.shared.resources.schema import parse_duration
 from zonemesh.zone_cp.xds.context import Mtls
+from zonemesh.zone_cp.xds.locality import LocalityPlan
 
 HttpConnectionManager: TypeAlias = hcm_pb2.HttpConnectionManager
 TcpProxy: TypeAlias = tcp_proxy_pb2.TcpProxy
@@ -111,6 +112,9 @@ class OutboundPieces:
     tcp_proxy: TcpProxy | None = None
     hcm: HttpConnectionManager | None = None
     route: route_components_pb2.Route | None = None
+    # How the endpoints are laid out over zones and priorities (MeshLoadBalancingStrategy's
+    # localityAwareness); None: the Mesh's default (crosszone.load_assignment).
+    locality: LocalityPlan | None = None
 
     @property
     def is_http(self) -> bool:

@@ -5,7 +5,8 @@ mTLS, filter chains by the SNI the proxies of this zone send (``sni.py``):
 
 - a service of another zone (``service{mesh=<mesh>}``): the TLS bytes are passed through
   untouched to the remote zones' ingresses that advertise it (weighted by their instances,
-  one locality per zone), so mTLS stays end to end between the two proxies;
+  one locality per zone), so mTLS stays end to end between the two proxies; a
+  MeshLoadBalancingStrategy selecting every sidecar orders those zones (``egress_locality``);
 - an ExternalService (``<its kuma.io/service>{mesh=<mesh>}``): the egress terminates the
   proxy's mTLS with its own certificate for the mesh (``spiffe://<mesh>/zone-egress``,
   requiring a client certificate of the mesh CA), checks MeshTrafficPermission for the caller's
@@ -32,7 +33,7 @@ from zonemesh.zone_cp.xds.crosszone import EGRESS_SERVICE, ZoneContext, external
 from zonemesh.zone_cp.xds.envoy import InboundPieces, ca_secret_name, pack, sds, spiffe_id
 from zonemesh.zone_cp.xds.generators.ingress import eds_cluster, listener_address, sni_chain, sni_listener, stat_prefix
 from zonemesh.zone_cp.xds.generators.outbound import external_cluster
-from zonemesh.zone_cp.xds.policies import EGRESS_TYPES, configure_egress
+from zonemesh.zone_cp.xds.policies import EGRESS_TYPES, configure_egress, egress_locality
 from zonemesh.zone_cp.xds.policies.matching import matched
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER, SECRET, ResourceSet
 
@@ -131,7 +132,8 @@ def generate(zctx: ZoneContext, proxy: Resource) -> ResourceSet:
                 name = sni.encode(service, mesh)
                 chains.append(sni_chain(name, name, stat_prefix("egress", mesh, service)))
                 resources.add(CLUSTER, name, eds_cluster(name))
-                resources.add(ENDPOINT, name, load_assignment(name, [], endpoints, zctx.zone))
+                plan = egress_locality(mctx, service)
+                resources.add(ENDPOINT, name, load_assignment(name, [], endpoints, zctx.zone, plan=plan))
         for service, external in sorted(mctx.external_services.items()):
             name = sni.encode(service, mesh)
             try:

@@ -68,6 +68,7 @@ from zonemesh.zone_cp.xds.envoy import (
 )
 from zonemesh.zone_cp.xds.generators import outbound
 from zonemesh.zone_cp.xds.generators.inbound import ROUTER
+from zonemesh.zone_cp.xds.locality import LocalityPlan
 from zonemesh.zone_cp.xds.policies import MatchedPolicies, configure_gateway_listener, configure_outbound
 from zonemesh.zone_cp.xds.policies.matching import MESH_GATEWAY, ordered
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, ResourceSet
@@ -422,7 +423,7 @@ class _Gen:
         if name == service:
             self.resources.add(CLUSTER, service, built.cluster)
             if built.endpoints:
-                self.resources.add(ENDPOINT, service, outbound.endpoints(ctx, service))
+                self.resources.add(ENDPOINT, service, outbound.endpoints(ctx, service, built.locality, self.proxy))
         else:
             subset = ctx.memo.get(("gateway-subset", name, key))
             if subset is None:
@@ -432,9 +433,10 @@ class _Gen:
                 ctx.memo[("gateway-subset", name, key)] = subset
             self.resources.add(CLUSTER, name, subset)
             if built.endpoints:
-                cla = ctx.memo.get(("gateway-subset-endpoints", name))
+                plan = built.locality.for_proxy(tag_sets(self.proxy)) if built.locality is not None else None
+                cla = ctx.memo.get(("gateway-subset-endpoints", name, plan))
                 if cla is None:
-                    cla = ctx.memo[("gateway-subset-endpoints", name)] = _subset_endpoints(ctx, name, dest)
+                    cla = ctx.memo[("gateway-subset-endpoints", name, plan)] = _subset_endpoints(ctx, name, dest, plan)
                 self.resources.add(ENDPOINT, name, cla)
         if not built.endpoints:
             outbound.add_external_secrets(ctx, service, self.resources)
@@ -457,6 +459,8 @@ class _Gen:
             route.route.timeout.CopyFrom(template.route.timeout)
         if template.route.HasField("idle_timeout"):
             route.route.idle_timeout.CopyFrom(template.route.idle_timeout)
+        if template.route.hash_policy:
+            route.route.hash_policy.extend(template.route.hash_policy)
 
     def _route_policies(self, route: route_components_pb2.Route, services: set[str]) -> None:
         service = next(iter(services)) if len(services) == 1 else ""
@@ -486,11 +490,17 @@ def _signature(policies: Mapping[str, Sequence[Resource]]) -> tuple[tuple[str, .
     return tuple(tuple(p.name for p in policies[t]) for t in sorted(policies))
 
 
-def _subset_endpoints(ctx: MeshContext, name: str, dest: Destination) -> endpoint_pb2.ClusterLoadAssignment:
+def _subset_endpoints(
+    ctx: MeshContext, name: str, dest: Destination, plan: LocalityPlan | None = None
+) -> endpoint_pb2.ClusterLoadAssignment:
     wanted = dict(dest.tags)
     local = [e for e in ctx.endpoints.get(dest.service, ()) if all(e.tags.get(k) == v for k, v in wanted.items())]
-    # With the tags MeshRetry's OmitHostsWithTags reads, as the service's own endpoints.
-    return load_assignment(name, local, [], tag_keys=outbound.host_tag_keys(ctx))
+    # With the tags MeshRetry's OmitHostsWithTags reads, as the service's own endpoints; laid out
+    # like the whole service's endpoints when a plan groups them (affinity sub-localities).
+    tag_keys = outbound.host_tag_keys(ctx)
+    if plan is not None and plan.grouped:
+        return load_assignment(name, local, [], ctx.cross.zone if ctx.cross else "", tag_keys=tag_keys, plan=plan)
+    return load_assignment(name, local, [], tag_keys=tag_keys)
 
 
 def _weighted(gen: _Gen, backends: Iterable[Mapping[str, Any]]) -> list[tuple[str, int, str]]:

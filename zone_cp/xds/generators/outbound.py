@@ -43,6 +43,7 @@ from zonemesh.zone_cp.xds.context import (
     MeshContext,
     outbounds,
     services,
+    tag_sets,
 )
 from zonemesh.zone_cp.xds.crosszone import (
     EGRESS_SERVICE,
@@ -64,6 +65,7 @@ from zonemesh.zone_cp.xds.envoy import (
 )
 from zonemesh.zone_cp.xds.generators.common import http_protocol_options
 from zonemesh.zone_cp.xds.generators.inbound import ROUTER
+from zonemesh.zone_cp.xds.locality import LocalityPlan
 from zonemesh.zone_cp.xds.policies import MatchedPolicies, outbound_signature
 from zonemesh.zone_cp.xds.policies.meshretry import TYPE as MESH_RETRY
 from zonemesh.zone_cp.xds.policies.meshretry import omit_host_tag_keys
@@ -76,6 +78,7 @@ class _Built:
     terminal: listener_components_pb2.Filter
     route: route_pb2.RouteConfiguration | None
     endpoints: bool  # True: the cluster takes its endpoints over EDS
+    locality: LocalityPlan | None = None  # how a policy lays the endpoints out (None: the Mesh's default)
 
 
 def _tls_socket(context: tls_pb2.UpstreamTlsContext) -> base_pb2.TransportSocket:
@@ -208,7 +211,7 @@ def _build_shared(ctx: MeshContext, service: str, policies: MatchedPolicies) -> 
         terminal = listener_components_pb2.Filter(
             name="envoy.filters.network.tcp_proxy", typed_config=pack(pieces.tcp_proxy)
         )
-    return _Built(cluster, terminal, route, endpoints=external is None or ctx.via_egress)
+    return _Built(cluster, terminal, route, endpoints=external is None or ctx.via_egress, locality=pieces.locality)
 
 
 def host_tag_keys(ctx: MeshContext) -> frozenset[str]:
@@ -221,27 +224,39 @@ def host_tag_keys(ctx: MeshContext) -> frozenset[str]:
     return found
 
 
-def endpoints(ctx: MeshContext, service: str) -> endpoint_pb2.ClusterLoadAssignment:
+def endpoints(
+    ctx: MeshContext, service: str, plan: LocalityPlan | None = None, proxy: Resource | None = None
+) -> endpoint_pb2.ClusterLoadAssignment:
     """The service's endpoints: this zone's dataplanes first, then other zones' ingresses (or
-    this zone's egress); an ExternalService reached through the egress has only the egress."""
-    key = ("endpoints", service)
+    this zone's egress); an ExternalService reached through the egress has only the egress.
+    ``plan`` (from the outbound's policies) lays them out over zones and priorities instead of
+    the Mesh's switch; its affinity tags take their values from ``proxy``'s tags."""
+    if service in ctx.external_services:
+        plan = None  # an ExternalService is in no zone: nothing to lay out by locality
+    if plan is not None and proxy is not None:
+        plan = plan.for_proxy(tag_sets(proxy))
+    key = ("endpoints", service, plan)
     cached = ctx.memo.get(key)
     if cached is None:
         cross = ctx.cross
         local: list[Endpoint] = list(ctx.endpoints.get(service, ()))
         # Other zones are reached through their ingress, which routes by the SNI of mesh mTLS only.
         remote: list[Endpoint] = list(cross.remote.get(service, ())) if cross is not None and ctx.mtls else []
+        behind_egress: list[str] = []
         if service in ctx.external_services:
             local, remote = [], []
             if ctx.via_egress and cross is not None:
                 remote = list(cross.egress)
         elif remote and ctx.via_egress and cross is not None:
+            behind_egress = sorted({e.zone or "" for e in remote})
             remote = list(cross.egress)  # the egress forwards by SNI to the remote ingresses
         # Kuma's Mesh switch: local-first unless the mesh turns locality awareness off explicitly.
         prefer_local = (ctx.mesh.spec.get("routing") or {}).get("localityAwareLoadBalancing") is not False
         zone = cross.zone if cross else ""
         tag_keys = host_tag_keys(ctx)
-        cached = ctx.memo[key] = load_assignment(service, local, remote, zone, prefer_local, tag_keys)
+        cached = ctx.memo[key] = load_assignment(
+            service, local, remote, zone, prefer_local, tag_keys, plan=plan, behind_egress=behind_egress
+        )
     assert isinstance(cached, endpoint_pb2.ClusterLoadAssignment)
     return cached
 
@@ -280,7 +295,7 @@ def generate(ctx: MeshContext, proxy: Resource, policies: MatchedPolicies, resou
         if built.route is not None:
             resources.add(ROUTE, built.route.name, built.route)
         if built.endpoints:
-            resources.add(ENDPOINT, service, endpoints(ctx, service))
+            resources.add(ENDPOINT, service, endpoints(ctx, service, built.locality, proxy))
         else:
             add_external_secrets(ctx, service, resources)
         if ctx.mtls is not None and built.endpoints and identity is not None:

@@ -21,6 +21,11 @@ with the hooks it needs, each optional:
 - ``proxy(ctx, proxy, resources, policies)``: the whole config of one sidecar or builtin gateway
   (its own ResourceSet), after every generator and every other hook (MeshProxyPatch).
 
+Two more optional fields: ``tag_keys(policy)``, the proxy tags a policy's conf reads (its
+affinity tags: proxies differing in them must not share a generated config), and
+``egress_locality``, whose outbound hook's ``pieces.locality`` (how endpoints are laid out over
+zones) the zone egress applies too (``egress_locality``).
+
 ``PLUGINS`` is built from the registry when this package is imported, in ``order``;
 ``plugin_table`` refuses a supported type without a plugin, a plugin of another type, and hooks
 that disagree with the sections the type declares it applies (``PolicySupport.sidecar`` /
@@ -35,17 +40,23 @@ To add a policy: declare its type with ``support=PolicySupport(plugin="<module>"
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from zonemesh.shared.resources import REGISTRY
 from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.resources.types.targetref import SIDECAR, top_level
 from zonemesh.zone_cp.xds.context import MeshContext, inbounds, tag_sets
 from zonemesh.zone_cp.xds.envoy import InboundPieces, OutboundPieces
+from zonemesh.zone_cp.xds.locality import LocalityPlan
 from zonemesh.zone_cp.xds.policies.matching import (
+    MESH,
     Selectors,
     matched,
     matched_inbound,
+    ordered,
     proxy_type,
     section_name,
     selectors,
@@ -56,6 +67,7 @@ from zonemesh.zone_cp.xds.policies.plugin import InboundHook, Plugin, PluginErro
 from zonemesh.zone_cp.xds.resources import ResourceSet
 
 __all__ = [
+    "EGRESS_LOCALITY_TYPES",
     "EGRESS_TYPES",
     "OUTBOUND_TYPES",
     "PLUGINS",
@@ -70,6 +82,7 @@ __all__ = [
     "configure_outbound",
     "configure_proxy",
     "configure_upstream_tls",
+    "egress_locality",
     "match_all",
     "match_inbound",
     "outbound_signature",
@@ -83,6 +96,7 @@ POLICY_TYPES = tuple(p.type for p in PLUGINS)
 # What an outbound's pieces depend on: its `to` conf, and the client end of its mesh mTLS.
 OUTBOUND_TYPES = tuple(p.type for p in PLUGINS if p.outbound is not None or p.upstream_tls is not None)
 EGRESS_TYPES = tuple(p.type for p in PLUGINS if p.egress is not None)
+EGRESS_LOCALITY_TYPES = tuple(p.type for p in PLUGINS if p.egress_locality)
 
 
 class PolicyError(Exception):
@@ -126,12 +140,19 @@ def match_inbound(ctx: MeshContext, proxy: Resource, index: int) -> dict[str, li
 
 
 def policy_selectors(ctx: MeshContext) -> Selectors:
-    """What of a proxy the mesh's policies select on (tags, Dataplane labels and names): a
-    proxy's other tags and labels change nothing in its config."""
+    """What of a proxy the mesh's policies select on (tags, Dataplane labels and names), and the
+    tags their confs read (``Plugin.tag_keys``: affinity tags): a proxy's other tags and labels
+    change nothing in its config."""
     key = ("policy-selectors",)
     found = ctx.memo.get(key)
     if found is None:
-        found = ctx.memo[key] = selectors(p for t in POLICY_TYPES for p in ctx.policies.get(t, ()))
+        found = selectors(p for t in POLICY_TYPES for p in ctx.policies.get(t, ()))
+        read = {
+            k for p in PLUGINS if p.tag_keys is not None for r in ctx.policies.get(p.type, ()) for k in p.tag_keys(r)
+        }
+        if read - found.tag_keys:
+            found = replace(found, tag_keys=found.tag_keys | read)
+        ctx.memo[key] = found
     assert isinstance(found, Selectors)
     return found
 
@@ -159,6 +180,36 @@ def configure_outbound(pieces: OutboundPieces, policies: MatchedPolicies) -> Non
         conf = to_conf(policies.get(plugin.type, ()), pieces.service)
         if conf is not None:
             _run(plugin, plugin.outbound, pieces, conf)
+
+
+def _selects_every_sidecar(policy: Resource) -> bool:
+    ref = top_level(policy.spec)
+    return ref.get("kind") == MESH and SIDECAR in (ref.get("proxyTypes") or (SIDECAR,))
+
+
+def egress_locality(ctx: MeshContext, service: str) -> LocalityPlan | None:
+    """How the zone egress lays out the other zones' endpoints of ``service``: the outbound
+    hooks of ``EGRESS_LOCALITY_TYPES`` with the policies selecting every sidecar (top-level
+    ``Mesh``), as Kuma's egress reads them. The egress serves all proxies of the zone alike:
+    it cannot follow a policy that selects only some of them."""
+    every_sidecar = ctx.memo.get(("egress-locality-policies",))
+    if every_sidecar is None:
+        every_sidecar = ctx.memo[("egress-locality-policies",)] = [
+            (plugin, ordered(p for p in ctx.policies.get(plugin.type, ()) if _selects_every_sidecar(p)))
+            for plugin in PLUGINS
+            if plugin.egress_locality and plugin.outbound is not None
+        ]
+    key = ("egress-locality", service)
+    if key not in ctx.memo:
+        pieces = OutboundPieces(ctx.name, service, ctx.protocol(service), cluster_pb2.Cluster())  # scratch
+        for plugin, policies in every_sidecar:
+            conf = to_conf(policies, service) if policies else None
+            if conf is not None and plugin.outbound is not None:
+                _run(plugin, plugin.outbound, pieces, conf)
+        ctx.memo[key] = pieces.locality
+    found = ctx.memo[key]
+    assert found is None or isinstance(found, LocalityPlan)
+    return found
 
 
 def _configure(pieces: InboundPieces, policies: MatchedPolicies, hooks: Iterable[tuple[Plugin, InboundHook]]) -> None:

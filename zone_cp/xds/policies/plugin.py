@@ -4,7 +4,7 @@ table of plugins built from the registry. See the package's docstring for the ho
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,12 @@ class Plugin:
     egress: InboundHook | None = None
     upstream_tls: UpstreamTlsHook | None = None
     proxy: ProxyHook | None = None  # a policy whose ``default`` configures the whole proxy
+    # The proxy tags a policy's conf reads beyond its targetRef (e.g. affinity tags): proxies that
+    # differ in them must not share a generated config (``policies.policy_selectors``).
+    tag_keys: Callable[[Resource], Iterable[str]] | None = None
+    # Its outbound hook's ``pieces.locality`` also lays out the zone egress's endpoints of other
+    # zones (``policies.egress_locality``: the policies that select every sidecar of the mesh).
+    egress_locality: bool = False
 
 
 class PluginError(Exception):
@@ -81,6 +87,8 @@ def _check(plugin: Plugin, sidecar: tuple[str, ...], gateway: tuple[str, ...]) -
         problems.append("its plugin has an upstream_tls hook but the type declares no `from`")
     if plugin.proxy is not None and WHOLE not in (*sidecar, *gateway):
         problems.append(f"its plugin has a proxy hook but the type declares no `{WHOLE}`")
+    if plugin.egress_locality and plugin.outbound is None:
+        problems.append("its plugin lays out the egress's endpoints (egress_locality) without an outbound hook")
     return problems
 
 

@@ -10,6 +10,7 @@ from zonemesh.shared.resources.types.policies import (  # noqa: F401
     meshfaultinjection,
     meshhealthcheck,
     meshhttproute,
+    meshloadbalancingstrategy,
     meshpassthrough,
     meshproxypatch,
     meshratelimit,
