@@ -11,7 +11,9 @@ affected proxies are regenerated:
   servers: either way only the selected proxies' config changes);
 - an ExternalService change: the proxies with an outbound to its service;
 - a Dataplane change: that proxy, plus the proxies whose outbounds target a service it serves
-  (before or after the change), whose endpoints changed;
+  (before or after the change), whose endpoints changed. Only the outbounds a proxy builds
+  count (``context.outbounds``: those to its ``reachableServices``), so in a large mesh a
+  service's changes regenerate the proxies that may reach it, not every proxy declaring it;
 - a proxy connecting: that proxy; a workload certificate due for rotation: the proxies of its
   service (only their secrets change).
 
