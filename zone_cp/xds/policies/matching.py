@@ -55,16 +55,20 @@ __all__ = [
     "deep_merge",
     "entries",
     "from_conf",
+    "from_entries",
     "matched",
     "matched_inbound",
     "merge_all",
+    "proxy_conf",
     "proxy_type",
     "section_name",
     "selectors",
     "selects",
     "selects_inbound",
     "signature",
+    "source_tags",
     "to_conf",
+    "to_entries",
 ]
 
 Tags = Mapping[str, str]
@@ -281,7 +285,7 @@ def entries(policies: Sequence[Resource], direction: str) -> list[Entry]:
     return sorted(found, key=lambda e: e.order)
 
 
-def _selects_destination(target_ref: Mapping[str, Any], service: str) -> bool:
+def _selects_destination(target_ref: Mapping[str, Any], service: str | None) -> bool:
     kind = target_ref.get("kind")
     if kind == MESH:
         return True
@@ -290,14 +294,53 @@ def _selects_destination(target_ref: Mapping[str, Any], service: str) -> bool:
     return False
 
 
-def to_conf(policies: Sequence[Resource], service: str) -> dict[str, Any] | None:
+def to_entries(policies: Sequence[Resource], service: str | None) -> list[Entry]:
+    """The ``to`` entries configuring traffic to ``service``, in merge order (None: to a service
+    no entry names). ``to_conf`` merges them; inspection (xds/inspection.py) names their policies."""
+    return [e for e in entries(policies, "to") if _selects_destination(e.target_ref, service)]
+
+
+def to_conf(policies: Sequence[Resource], service: str | None) -> dict[str, Any] | None:
     """The merged ``to`` conf for traffic to ``service`` (None: no entry applies)."""
-    return merge_all(e.conf for e in entries(policies, "to") if _selects_destination(e.target_ref, service))
+    return merge_all(e.conf for e in to_entries(policies, service))
 
 
-def from_conf(policies: Sequence[Resource]) -> dict[str, Any] | None:
-    """The merged ``from`` conf for inbound traffic from anywhere (entries targeting Mesh)."""
-    return merge_all(e.conf for e in entries(policies, "from") if e.target_ref.get("kind") == MESH)
+def source_tags(target_ref: Mapping[str, Any]) -> dict[str, str] | None:
+    """The client tags a ``from`` entry's targetRef selects ({}: every client; None: a kind that
+    selects no clients)."""
+    kind = target_ref.get("kind")
+    if kind == MESH:
+        return {}
+    tags = {str(k): str(v) for k, v in (target_ref.get("tags") or {}).items()}
+    if kind == MESH_SUBSET:
+        return tags
+    if kind in (MESH_SERVICE, MESH_SERVICE_SUBSET):
+        return {**tags, SERVICE_TAG: str(target_ref.get("name"))}
+    return None
+
+
+def from_entries(policies: Sequence[Resource], source: Mapping[str, str] | None = None) -> list[Entry]:
+    """The ``from`` entries applying to traffic from a client with the tags ``source``, in merge
+    order (None: from any client, i.e. the entries targeting Mesh). ``from_conf`` merges them."""
+    wanted = (source or {}).items()
+    found = []
+    for entry in entries(policies, "from"):
+        tags = source_tags(entry.target_ref)
+        if tags is not None and tags.items() <= wanted:
+            found.append(entry)
+    return found
+
+
+def from_conf(policies: Sequence[Resource], source: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """The merged ``from`` conf for inbound traffic from anywhere (entries targeting Mesh), or
+    from a client with the tags ``source``."""
+    return merge_all(e.conf for e in from_entries(policies, source))
+
+
+def proxy_conf(policies: Sequence[Resource]) -> dict[str, Any] | None:
+    """The merged top-level ``default`` of the policies (proxy-level conf, Kuma's single-item
+    rules: a policy without ``to``/``from``), least specific first."""
+    return merge_all(p.spec["default"] for p in policies if isinstance(p.spec.get("default"), Mapping))
 
 
 def signature(policies: Sequence[Resource]) -> tuple[str, ...]:
