@@ -216,6 +216,28 @@ async def test_meshtrafficpermission_rules_per_client_are_the_rbac_in_the_envoy_
     assert shadowed == {"spiffe://default/backend"}
 
 
+async def test_a_type_that_sets_nothing_in_the_mesh_says_so() -> None:
+    without_mtls = PERMISSIONS.split("---", 1)[1]
+    ctx = await context(BASE, without_mtls)
+    permission = by_type(rules(ctx, ctx.dataplanes["web-1"]), "MeshTrafficPermission")
+    assert permission["warnings"] == ["Mesh is not mTLS enabled: MeshTrafficPermission has no effect"]
+    config = dump(generate(ctx, ctx.dataplanes["web-1"]))
+    assert "rbac" not in str(hcm(listener(config, "inbound:10.0.0.1:8080"))["httpFilters"])
+    with_mtls = await context(BASE.replace("type: Mesh\nname: default\n", ""), PERMISSIONS)
+    assert by_type(rules(with_mtls, with_mtls.dataplanes["web-1"]), "MeshTrafficPermission")["warnings"] == []
+
+
+async def test_a_builtin_gateway_no_meshgateway_selects_gets_no_rules() -> None:
+    ctx = await context_for("meshtimeout", "gateway")
+    gateway = ctx.dataplanes["gateway-1"]
+    alone = MeshContext.build(
+        ctx.mesh, ctx.dataplanes.values(), [p for t, ps in ctx.policies.items() if t != "MeshGateway" for p in ps]
+    )
+    assert dump(generate(alone, gateway))["listeners"] == []
+    assert rules(alone, gateway)["rules"] == []
+    assert rules(ctx, gateway)["rules"]
+
+
 async def test_sections_zonemesh_does_not_apply_on_a_proxy_are_not_reported() -> None:
     # MeshFaultInjection `to` applies on builtin gateways only: a sidecar it selects gets nothing.
     ctx = await context_for("meshfaultinjection", "every-gateway")

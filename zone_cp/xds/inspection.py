@@ -18,9 +18,11 @@ each with ``origin``: the policies whose entries were merged, in merge order (th
 where they disagree). The policies are those generation matches (``policies.match_all``, plus a
 builtin gateway's MeshGateway-targeted ones, ``gateway.gateway_policies``), and only the sections
 zonemesh applies on that kind of proxy (``PolicySupport.sidecar`` / ``gateway``) are listed: a
-rule here is a value in the proxy's Envoy config. ``toResourceRules`` and ``inboundRules`` (Kuma's
-rules for MeshService resources and for the ``rules`` section) are empty: zonemesh has neither.
-``httpMatches`` is empty until MeshHTTPRoute is applied.
+rule here is a value in the proxy's Envoy config. ``warnings`` says when a type's policies set
+nothing in this mesh (``Plugin.inert``, e.g. MeshTrafficPermission without mTLS), as Kuma does. A
+builtin gateway no MeshGateway selects gets no config, and no rules. ``toResourceRules`` and
+``inboundRules`` (Kuma's rules for MeshService resources and for the ``rules`` section) are empty:
+zonemesh has neither. ``httpMatches`` is empty until MeshHTTPRoute is applied.
 
 ``proxy_policies(ctx, dp)`` is the body of ``GET .../_policies`` (Kuma's ``PoliciesList``): the
 proxy-level confs (``proxyRule``) with the KRIs of the policies they come from.
@@ -171,8 +173,10 @@ def _gateway_inbounds(ctx: MeshContext, dp: Resource) -> list[Json]:
 
 def rules(ctx: MeshContext, dp: Resource) -> Json:
     """Kuma's ``InspectRules`` for ``dp`` (see the module docstring)."""
-    selecting: Mapping[str, Sequence[Resource]] = match_all(ctx, dp)
     builtin = is_builtin(dp)
+    if builtin and select_gateway(ctx.policies.get(MESH_GATEWAY_TYPE, ()), dp) is None:
+        return {"resource": meta(dp), "rules": [], "httpMatches": []}  # no MeshGateway: no config at all
+    selecting: Mapping[str, Sequence[Resource]] = match_all(ctx, dp)
     if builtin:
         selecting = gateway_policies(ctx, dp, selecting)
     gateway_inbounds = _gateway_inbounds(ctx, dp) if builtin else []
@@ -183,11 +187,13 @@ def rules(ctx: MeshContext, dp: Resource) -> Json:
         assert support is not None  # a plugin's type declares its support (plugin_table)
         sections = _sections(dp, support)
         policies = selecting.get(plugin.type, ())
-        warnings: list[str] = []
+        reason = plugin.inert(ctx) if plugin.inert is not None else None
+        warnings: list[str] = [reason] if reason else []
         tos = to_rules(policies) if "to" in sections else []
         froms: list[Json] = []
         if "from" in sections and builtin:
-            inbound_rules, warnings = from_rules(policies)
+            inbound_rules, more = from_rules(policies)
+            warnings += more
             froms = [{"inbound": inbound, "rules": inbound_rules} for inbound in gateway_inbounds if inbound_rules]
         elif "from" in sections:
             for index, inbound in own:

@@ -34,7 +34,7 @@ from envoy.type.matcher.v3 import string_pb2
 from xds.core.v3 import extension_pb2 as xds_extension_pb2
 from xds.type.matcher.v3 import matcher_pb2
 from zonemesh.shared.resources.model import Resource
-from zonemesh.zone_cp.xds.context import SERVICE_TAG
+from zonemesh.zone_cp.xds.context import SERVICE_TAG, MeshContext
 from zonemesh.zone_cp.xds.envoy import InboundPieces, pack, spiffe_id
 from zonemesh.zone_cp.xds.policies import callers
 from zonemesh.zone_cp.xds.policies.matching import MESH, MESH_SERVICE, MESH_SUBSET, entries
@@ -189,5 +189,9 @@ def apply_inbound(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
         )
 
 
+def inert(ctx: MeshContext) -> str | None:
+    return None if ctx.mtls is not None else "Mesh is not mTLS enabled: MeshTrafficPermission has no effect"
+
+
 # The zone egress checks the callers of an ExternalService as its inbound would.
-PLUGIN = Plugin(TYPE, order=10, inbound=apply_inbound, egress=apply_inbound)
+PLUGIN = Plugin(TYPE, order=10, inbound=apply_inbound, egress=apply_inbound, inert=inert)
