@@ -127,6 +127,40 @@ def test_reachable_backends_zonemesh_cannot_resolve_are_refused(ref: dict[str, A
     assert from_universal(ok)[0].name == "web-1"
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("redirectPortInbound", 15006),
+        ("redirectPortInboundV6", 15010),
+        ("redirectPortOutbound", 15001),
+        ("directAccessServices", ["*"]),
+        ("ipFamilyMode", "DualStack"),
+    ],
+)
+def test_transparent_proxying_redirection_is_refused(field: str, value: Any) -> None:
+    """Kuma's transparent proxying fields tell iptables where to send the workload's traffic: without
+    transparent proxying in zonemesh, accepting them would leave that traffic at ports nothing listens on."""
+    doc = {
+        "type": "Dataplane",
+        "mesh": "default",
+        "name": "web-1",
+        "networking": {
+            "address": "127.0.0.1",
+            "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}],
+            "transparentProxying": {field: value, "reachableServices": ["backend"]},
+        },
+    }
+    with pytest.raises(ValidationError) as refused:
+        from_universal(doc)
+    assert [(e.field, e.reason) for e in refused.value.errors] == [
+        (
+            f"networking.transparentProxying.{field}",
+            "transparent proxying is not supported yet by zonemesh: declare outbounds in networking.outbound "
+            "(reachableServices and reachableBackends are applied)",
+        )
+    ]
+
+
 # -- the reconciler: a change to an unreachable service does not regenerate the proxy ----------------
 
 

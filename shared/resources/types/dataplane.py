@@ -104,6 +104,27 @@ def _reachable_backend(value: Mapping[str, Any], path: str, errors: Errors) -> N
         )
 
 
+# What only transparent proxying (iptables redirecting the workload's traffic to Envoy) reads.
+# zonemesh has none: refused rather than accepted while traffic goes to ports nothing listens on.
+_REDIRECT_FIELDS = (
+    "redirectPortInbound",
+    "redirectPortInboundV6",
+    "redirectPortOutbound",
+    "directAccessServices",
+    "ipFamilyMode",
+)
+
+
+def _no_redirection(value: Mapping[str, Any], path: str, errors: Errors) -> None:
+    for field in _REDIRECT_FIELDS:
+        if value.get(field) is not None:
+            errors.add(
+                f"{path}.{field}",
+                not_supported("transparent proxying")
+                + ": declare outbounds in networking.outbound (reachableServices and reachableBackends are applied)",
+            )
+
+
 TRANSPARENT_PROXYING = Obj(
     {
         "redirectPortInbound": PORT,
@@ -130,7 +151,8 @@ TRANSPARENT_PROXYING = Obj(
             }
         ),
         "ipFamilyMode": Enum("DualStack", "IPv4", "IPv6"),
-    }
+    },
+    checks=(_no_redirection,),
 )
 
 
