@@ -163,5 +163,5 @@ async def zone_data(request: web.Request) -> web.Response:
     raise web.HTTPBadRequest(
         reason="Bad Request",
         text=f"the {what} of a dataplane is computed by the zone control plane it is connected to, not by "
-        f"global: ask the API of zone {zone!r}'s control plane (GET /meshes/{mesh}/dataplanes/{local}/{what})",
+        f"global: ask the API of the control plane of zone {zone!r} (GET /meshes/{mesh}/dataplanes/{local}/{what})",
     )

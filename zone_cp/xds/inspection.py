@@ -39,6 +39,7 @@ from typing import Any
 
 from zonemesh.shared.resources import REGISTRY
 from zonemesh.shared.resources.model import DISPLAY_NAME_LABEL, ORIGIN_LABEL, ORIGIN_ZONE, ZONE_LABEL, Resource
+from zonemesh.shared.resources.redaction import redact
 from zonemesh.shared.resources.registry import PolicySupport
 from zonemesh.zone_cp.xds.context import SERVICE_TAG, MeshContext, inbounds, networking
 from zonemesh.zone_cp.xds.generators.gateway import (
@@ -81,6 +82,12 @@ def kri(res: Resource) -> str:
     zone = res.labels.get(ZONE_LABEL, "") if res.labels.get(ORIGIN_LABEL) == ORIGIN_ZONE else ""
     name = res.labels.get(DISPLAY_NAME_LABEL) or res.name
     return f"kri_{rtype.short_name or rtype.name.lower()}_{res.mesh}_{zone}__{name}_"
+
+
+def shown(policies: Iterable[Resource]) -> list[Resource]:
+    """The policies as the API shows them (private keys written inline redacted, as on GET): the
+    rules show nothing a read of the policies would not."""
+    return [redact(p) for p in policies]
 
 
 def _origin(policies: Sequence[Resource], found: Iterable[Entry]) -> list[Json]:
@@ -186,7 +193,7 @@ def rules(ctx: MeshContext, dp: Resource) -> Json:
         support = REGISTRY.get(plugin.type).support
         assert support is not None  # a plugin's type declares its support (plugin_table)
         sections = _sections(dp, support)
-        policies = selecting.get(plugin.type, ())
+        policies = shown(selecting.get(plugin.type, ()))
         reason = plugin.inert(ctx) if plugin.inert is not None else None
         warnings: list[str] = [reason] if reason else []
         tos = to_rules(policies) if "to" in sections else []
@@ -197,7 +204,7 @@ def rules(ctx: MeshContext, dp: Resource) -> Json:
             froms = [{"inbound": inbound, "rules": inbound_rules} for inbound in gateway_inbounds if inbound_rules]
         elif "from" in sections:
             for index, inbound in own:
-                inbound_rules, more = from_rules(match_inbound(ctx, dp, index).get(plugin.type, ()))
+                inbound_rules, more = from_rules(shown(match_inbound(ctx, dp, index).get(plugin.type, ())))
                 warnings += more
                 if inbound_rules:
                     froms.append({"inbound": _inbound(dp, inbound), "rules": inbound_rules})
@@ -234,7 +241,7 @@ def proxy_policies(ctx: MeshContext, dp: Resource) -> Json:
         selecting = gateway_policies(ctx, dp, selecting)
     found = []
     for plugin in PLUGINS:
-        policies = selecting.get(plugin.type, ())
+        policies = shown(selecting.get(plugin.type, ()))
         conf = proxy_conf(policies)
         if conf is None:
             continue
