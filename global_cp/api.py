@@ -1,4 +1,5 @@
-"""Global-only API routes: zone tokens, zones with their insights, the global insight, zone deletion.
+"""Global-only API routes: zone tokens, zones with their insights, the global insight, zone deletion,
+and a dataplane's ``_config`` / ``_rules`` / ``_policies``, answered with the zone to ask.
 
 Zone-originated resources are stored at global as ``{zone}.{name}`` with labels
 ``zonemesh.io/origin=zone``, ``zonemesh.io/zone=<zone>`` and ``zonemesh.io/display-name=<name>``;

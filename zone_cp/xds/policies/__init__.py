@@ -35,6 +35,12 @@ the pieces before a generator packs them into Envoy resources; they edit the pie
 To add a policy: declare its type with ``support=PolicySupport(plugin="<module>", ...)``, write
 ``zone_cp/xds/policies/<module>.py`` with ``PLUGIN``, and a golden case under
 ``tests/unit/testdata/policies/<module>/`` (see docs/policies.md).
+
+Inspection (``xds/inspection.py``, the ``_rules`` / ``_policies`` API) reports the confs
+``matching``'s ``to_conf`` / ``from_conf`` / ``proxy_conf`` merge; tests/unit/test_inspection.py
+checks, for every golden case, that those rules generate the same config as the policies. A
+plugin that merges its confs otherwise must make inspection report what it applies; one whose
+policies set nothing in some meshes says why in ``Plugin.inert`` (shown as a warning).
 """
 
 from __future__ import annotations
