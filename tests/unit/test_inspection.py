@@ -238,6 +238,28 @@ async def test_a_builtin_gateway_no_meshgateway_selects_gets_no_rules() -> None:
     assert rules(ctx, gateway)["rules"]
 
 
+async def test_a_type_with_rules_reports_inbound_rules_from_its_from_and_rules_entries() -> None:
+    ctx = await context_for("meshtls", "permissive-and-params")
+    tls = by_type(rules(ctx, ctx.dataplanes["web-1"]), "MeshTLS")
+    assert tls["fromRules"] == [] and tls["toRules"] == []
+    [inbound] = tls["inboundRules"]
+    assert inbound["inbound"]["port"] == 8080
+    [rule] = inbound["rules"]
+    assert rule["conf"] == [
+        {
+            "tlsVersion": {"min": "TLS12", "max": "TLS13"},
+            "tlsCiphers": ["ECDHE-ECDSA-AES256-GCM-SHA384"],
+            "mode": "Permissive",
+        }
+    ]
+    assert [(o["resourceMeta"]["name"], o["ruleIndex"]) for o in rule["origin"]] == [
+        ("mesh-tls-params", 0),
+        ("web-1-permissive", 0),
+    ]
+    chains = listener(dump(generate(ctx, ctx.dataplanes["web-1"])), "inbound:10.0.0.1:8080")["filterChains"]
+    assert [c["filterChainMatch"]["transportProtocol"] for c in chains] == ["tls", "raw_buffer"]  # Permissive
+
+
 async def test_sections_zonemesh_does_not_apply_on_a_proxy_are_not_reported() -> None:
     # MeshFaultInjection `to` applies on builtin gateways only: a sidecar it selects gets nothing.
     ctx = await context_for("meshfaultinjection", "every-gateway")
@@ -324,13 +346,22 @@ def _written_back(dp: Resource, found: Json) -> list[Resource]:
                 sources.append({"targetRef": source, "default": item["conf"]})
             spec = {"targetRef": ref, "from": sources}
             policies.append(Resource(type=kind, name=f"w{n}-{k}", mesh=dp.mesh, spec=spec))
+        for k, entry in enumerate(rule["inboundRules"]):
+            ref = dict(top)
+            if not gateway:
+                own = next(i for i in inbounds(dp) if i["port"] == entry["inbound"]["port"])
+                ref["sectionName"] = section_name(own)
+            [single] = entry["rules"]  # zonemesh merges every rule of an inbound into one
+            [conf] = single["conf"]
+            spec = {"targetRef": ref, "rules": [{"default": conf}]}
+            policies.append(Resource(type=kind, name=f"w{n}-r{k}", mesh=dp.mesh, spec=spec))
     return policies
 
 
 def assert_rules_generate_the_same_config(ctx: MeshContext, dp: Resource) -> None:
     found = rules(ctx, dp)
     assert found["rules"], "a case without rules would prove nothing"
-    assert all(not r["toResourceRules"] and not r["inboundRules"] and "proxyRule" not in r for r in found["rules"])
+    assert all(not r["toResourceRules"] and "proxyRule" not in r for r in found["rules"])
     applied = dump(generate(ctx, dp), hide_certificates=True)
     others = [p for t, of_type in ctx.policies.items() if t not in POLICY_TYPES for p in of_type]
     externals = list(ctx.external_services.values())

@@ -11,6 +11,10 @@
   client subset a ``from`` entry names (Kuma's subsets: each combination of the client tags the
   entries select on), merged by ``matching.from_conf`` from the policies selecting that inbound
   (``policies.match_inbound``);
+- ``inboundRules``: instead of ``fromRules`` for a type with a ``rules`` section (Kuma's "from as
+  rules", e.g. MeshTLS): per inbound, one rule with the merged ``from`` (Mesh) entries and
+  ``rules`` of the policies selecting it (``matching.rules_conf``), and each entry's policy and
+  index as its origin;
 - ``proxyRule``: the merged top-level ``default`` of policies without ``to``/``from``
   (``matching.proxy_conf``),
 
@@ -20,9 +24,9 @@ builtin gateway's MeshGateway-targeted ones, ``gateway.gateway_policies``), and 
 zonemesh applies on that kind of proxy (``PolicySupport.sidecar`` / ``gateway``) are listed: a
 rule here is a value in the proxy's Envoy config. ``warnings`` says when a type's policies set
 nothing in this mesh (``Plugin.inert``, e.g. MeshTrafficPermission without mTLS), as Kuma does. A
-builtin gateway no MeshGateway selects gets no config, and no rules. ``toResourceRules`` and
-``inboundRules`` (Kuma's rules for MeshService resources and for the ``rules`` section) are empty:
-zonemesh has neither. ``httpMatches`` is empty until MeshHTTPRoute is applied.
+builtin gateway no MeshGateway selects gets no config, and no rules. ``toResourceRules`` (Kuma's
+rules for MeshService resources) is empty: zonemesh has none. ``httpMatches`` is empty until
+MeshHTTPRoute is applied.
 
 ``proxy_policies(ctx, dp)`` is the body of ``GET .../_policies`` (Kuma's ``PoliciesList``): the
 proxy-level confs (``proxyRule``) with the KRIs of the policies they come from.
@@ -58,6 +62,8 @@ from zonemesh.zone_cp.xds.policies.matching import (
     from_conf,
     from_entries,
     proxy_conf,
+    rules_conf,
+    rules_entries,
     source_tags,
     to_conf,
     to_entries,
@@ -156,6 +162,23 @@ def from_rules(policies: Sequence[Resource]) -> tuple[list[Json], list[str]]:
     return rules, warnings
 
 
+def from_as_rules(policy_type: str) -> bool:
+    """Kuma's ``isFromAsRules``: the type has a ``rules`` section, which its ``from`` entries join
+    (``matching.rules_entries``); its inbound confs are ``inboundRules``, not ``fromRules``."""
+    return "rules" in getattr(REGISTRY.get(policy_type).spec, "fields", {})
+
+
+def inbound_rule(policies: Sequence[Resource]) -> list[Json]:
+    """Kuma's ``InboundRule`` list for one inbound: a single rule (zonemesh has no ``matches``)
+    with the merged conf and the (policy, rule index) of every entry merged into it."""
+    conf = rules_conf(policies)
+    if conf is None:
+        return []
+    by_name = {p.name: p for p in policies}
+    origin = [{"resourceMeta": meta(by_name[e.policy]), "ruleIndex": e.order[2]} for e in rules_entries(policies)]
+    return [{"conf": [conf], "origin": origin}]
+
+
 def _inbound(dp: Resource, inbound: Mapping[str, Any]) -> Json:
     found: Json = {"port": int(inbound["port"]), "tags": dict(inbound.get("tags") or {})}
     if inbound.get("name"):
@@ -197,27 +220,37 @@ def rules(ctx: MeshContext, dp: Resource) -> Json:
         reason = plugin.inert(ctx) if plugin.inert is not None else None
         warnings: list[str] = [reason] if reason else []
         tos = to_rules(policies) if "to" in sections else []
-        froms: list[Json] = []
+        # Per inbound (a builtin gateway: per listener port, all with the gateway's policies), the
+        # policies selecting it.
+        per_inbound: list[tuple[Json, list[Resource]]] = []
         if "from" in sections and builtin:
-            inbound_rules, more = from_rules(policies)
-            warnings += more
-            froms = [{"inbound": inbound, "rules": inbound_rules} for inbound in gateway_inbounds if inbound_rules]
+            per_inbound = [(inbound, policies) for inbound in gateway_inbounds]
         elif "from" in sections:
-            for index, inbound in own:
-                inbound_rules, more = from_rules(shown(match_inbound(ctx, dp, index).get(plugin.type, ())))
-                warnings += more
-                if inbound_rules:
-                    froms.append({"inbound": _inbound(dp, inbound), "rules": inbound_rules})
-            froms.sort(key=lambda r: r["inbound"]["port"])
+            per_inbound = [
+                (_inbound(dp, inbound), shown(match_inbound(ctx, dp, index).get(plugin.type, ())))
+                for index, inbound in sorted(own, key=lambda item: int(item[1]["port"]))
+            ]
+        froms: list[Json] = []
+        inbound_rules: list[Json] = []
+        for inbound, selecting_inbound in per_inbound:
+            if from_as_rules(plugin.type):
+                found_rules = inbound_rule(selecting_inbound)
+                if found_rules:
+                    inbound_rules.append({"inbound": inbound, "rules": found_rules})
+                continue
+            found_rules, more = from_rules(selecting_inbound)
+            warnings += more
+            if found_rules:
+                froms.append({"inbound": inbound, "rules": found_rules})
         proxy = proxy_rule(policies)
-        if not (tos or froms or proxy):
+        if not (tos or froms or inbound_rules or proxy):
             continue
         rule: Json = {
             "type": plugin.type,
             "toRules": tos,
             "toResourceRules": [],
             "fromRules": froms,
-            "inboundRules": [],
+            "inboundRules": inbound_rules,
             "warnings": list(dict.fromkeys(warnings)),
         }
         if proxy is not None:

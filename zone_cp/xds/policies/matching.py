@@ -61,6 +61,8 @@ __all__ = [
     "merge_all",
     "proxy_conf",
     "proxy_type",
+    "rules_conf",
+    "rules_entries",
     "section_name",
     "selectors",
     "selects",
@@ -335,6 +337,26 @@ def from_conf(policies: Sequence[Resource], source: Mapping[str, str] | None = N
     """The merged ``from`` conf for inbound traffic from anywhere (entries targeting Mesh), or
     from a client with the tags ``source``."""
     return merge_all(e.conf for e in from_entries(policies, source))
+
+
+def rules_entries(policies: Sequence[Resource]) -> list[Entry]:
+    """The inbound rules of ``policies`` in merge order, for a type with a ``rules`` section (Kuma's
+    "from as rules"): per policy, least specific first, its ``from`` entries targeting Mesh, then
+    its ``rules`` (all inbound traffic: zonemesh has no rule ``matches``)."""
+    found = []
+    for p_index, policy in enumerate(policies):
+        for e_index, entry in enumerate(policy.spec.get("from") or []):
+            ref = entry.get("targetRef") or {}
+            if ref.get("kind") == MESH:
+                found.append(Entry(ref, entry.get("default") or {}, policy.name, (0, p_index, e_index)))
+        for e_index, entry in enumerate(policy.spec.get("rules") or []):
+            found.append(Entry({"kind": MESH}, entry.get("default") or {}, policy.name, (0, p_index, e_index)))
+    return found
+
+
+def rules_conf(policies: Sequence[Resource]) -> dict[str, Any] | None:
+    """The merged inbound rules (``rules_entries``) of ``policies``; None when they have none."""
+    return merge_all(e.conf for e in rules_entries(policies))
 
 
 def proxy_conf(policies: Sequence[Resource]) -> dict[str, Any] | None:
