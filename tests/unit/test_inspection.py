@@ -286,34 +286,41 @@ async def test_a_proxy_no_policy_selects_has_no_rules() -> None:
     assert proxy_policies(ctx, ctx.dataplanes["web-1"]) == {"policies": []}
 
 
-async def test_proxy_level_confs_merge_least_specific_first_with_their_kris() -> None:
-    """No supported type has a top-level `default` yet (MeshProxyPatch, MeshPassthrough will):
-    the merge and the response are checked on raw documents of a supported type."""
+def patch(timeout: str) -> Json:
+    return {"cluster": {"operation": "Patch", "match": {"name": "api"}, "value": f"connectTimeout: {timeout}"}}
 
-    def proxy_level(name: str, target: Json, conf: Json, labels: dict[str, str] | None = None) -> Resource:
-        spec = {"targetRef": target, "default": conf}
-        return Resource(type="MeshTimeout", name=name, mesh="default", spec=spec, labels=labels or {})
+
+async def test_proxy_level_confs_add_up_in_the_order_they_run_with_their_kris() -> None:
+    """MeshProxyPatch: the modifications of every policy selecting the proxy, least specific
+    first (Kuma appends the lists), and the last one is what the proxy's cluster gets."""
+
+    def proxy_patch(name: str, target: Json, timeout: str, labels: dict[str, str] | None = None) -> Resource:
+        spec = {"targetRef": target, "default": {"appendModifications": [patch(timeout)]}}
+        return Resource(type="MeshProxyPatch", name=name, mesh="default", spec=spec, labels=labels or {})
 
     ctx = await context(BASE)
     zone_made = {ORIGIN_LABEL: "zone", ZONE_LABEL: "zone-1", DISPLAY_NAME_LABEL: "b"}
     policies = [
-        proxy_level("a", {"kind": "Mesh"}, {"x": {"keep": 1, "over": 1}, "list": [1, 2]}),
-        proxy_level("zone-1.b", {"kind": "Dataplane", "name": "web-1"}, {"x": {"over": 2}, "list": [3]}, zone_made),
+        proxy_patch("zone-1.b", {"kind": "Dataplane", "name": "web-1"}, "12s", zone_made),
+        proxy_patch("a", {"kind": "Mesh"}, "13s"),
     ]
     ctx = MeshContext.build(ctx.mesh, ctx.dataplanes.values(), policies)
-    found = proxy_policies(ctx, ctx.dataplanes["web-1"])
+    web = ctx.dataplanes["web-1"]
+    found = proxy_policies(ctx, web)
     assert found == {
         "policies": [
             {
-                "kind": "MeshTimeout",
-                "conf": {"x": {"keep": 1, "over": 2}, "list": [3]},
-                "origins": [{"kri": "kri_mt_default___a_"}, {"kri": "kri_mt_default_zone-1__b_"}],
+                "kind": "MeshProxyPatch",
+                "conf": {"appendModifications": [patch("13s"), patch("12s")]},
+                "origins": [{"kri": "kri_mpp_default___a_"}, {"kri": "kri_mpp_default_zone-1__b_"}],
             }
         ]
     }
-    proxy_rule = by_type(rules(ctx, ctx.dataplanes["web-1"]), "MeshTimeout")["proxyRule"]
+    proxy_rule = by_type(rules(ctx, web), "MeshProxyPatch")["proxyRule"]
     assert proxy_rule["conf"] == found["policies"][0]["conf"] and names(proxy_rule["origin"]) == ["a", "zone-1.b"]
-    assert kri(ctx.dataplanes["web-1"]) == "kri_dp_default___web-1_"
+    api = next(c for c in dump(generate(ctx, web))["clusters"] if c["name"] == "api")
+    assert api["connectTimeout"] == "12s"  # the last modification of the list
+    assert kri(web) == "kri_dp_default___web-1_"
 
 
 # -- every golden case: the rules, written back as policies, generate the same config ------------
@@ -355,13 +362,16 @@ def _written_back(dp: Resource, found: Json) -> list[Resource]:
             [conf] = single["conf"]
             spec = {"targetRef": ref, "rules": [{"default": conf}]}
             policies.append(Resource(type=kind, name=f"w{n}-r{k}", mesh=dp.mesh, spec=spec))
+        if "proxyRule" in rule:
+            spec = {"targetRef": top, "default": rule["proxyRule"]["conf"]}
+            policies.append(Resource(type=kind, name=f"w{n}-p", mesh=dp.mesh, spec=spec))
     return policies
 
 
 def assert_rules_generate_the_same_config(ctx: MeshContext, dp: Resource) -> None:
     found = rules(ctx, dp)
     assert found["rules"], "a case without rules would prove nothing"
-    assert all(not r["toResourceRules"] and "proxyRule" not in r for r in found["rules"])
+    assert all(not r["toResourceRules"] for r in found["rules"])
     applied = dump(generate(ctx, dp), hide_certificates=True)
     others = [p for t, of_type in ctx.policies.items() if t not in POLICY_TYPES for p in of_type]
     externals = list(ctx.external_services.values())

@@ -94,7 +94,31 @@ async def test_rules_are_served_in_kumas_shape(zone: Zone) -> None:
 async def test_policies_are_served_in_kumas_shape(zone: Zone) -> None:
     resp = await zone.client.get("/meshes/default/dataplanes/web-1/_policies")
     assert resp.status == 200
-    assert await resp.json() == {"policies": []}  # no supported type has proxy-level confs yet
+    assert await resp.json() == {"policies": []}  # no MeshProxyPatch yet
+    modification = {"cluster": {"operation": "Patch", "match": {"name": "backend"}, "value": "connectTimeout: 9s"}}
+    patch = {
+        "type": "MeshProxyPatch",
+        "mesh": "default",
+        "name": "web-patch",
+        "spec": {
+            "targetRef": {"kind": "Dataplane", "name": "web-1"},
+            "default": {"appendModifications": [modification]},
+        },
+    }
+    assert (await zone.client.put("/meshes/default/meshproxypatches/web-patch", json=patch)).status == 201
+    reconciler = zone.side.reconciler
+    assert reconciler is not None
+    await reconciler.idle()
+    resp = await zone.client.get("/meshes/default/dataplanes/web-1/_policies")
+    assert await resp.json() == {
+        "policies": [
+            {
+                "kind": "MeshProxyPatch",
+                "conf": {"appendModifications": [modification]},
+                "origins": [{"kri": "kri_mpp_default___web-patch_"}],
+            }
+        ]
+    }
 
 
 @pytest.mark.parametrize("what", ["_rules", "_policies"])

@@ -16,17 +16,18 @@
   ``rules`` of the policies selecting it (``matching.rules_conf``), and each entry's policy and
   index as its origin;
 - ``proxyRule``: the merged top-level ``default`` of policies without ``to``/``from``
-  (``matching.proxy_conf``),
+  (``matching.proxy_conf``; MeshProxyPatch: its ``appendModifications`` add up, in the order
+  they run),
 
 each with ``origin``: the policies whose entries were merged, in merge order (the last one wins
 where they disagree). The policies are those generation matches (``policies.match_all``, plus a
 builtin gateway's MeshGateway-targeted ones, ``gateway.gateway_policies``), and only the sections
 zonemesh applies on that kind of proxy (``PolicySupport.sidecar`` / ``gateway``) are listed: a
 rule here is a value in the proxy's Envoy config. ``warnings`` says when a type's policies set
-nothing in this mesh (``Plugin.inert``, e.g. MeshTrafficPermission without mTLS), as Kuma does. A
-builtin gateway no MeshGateway selects gets no config, and no rules. ``toResourceRules`` (Kuma's
-rules for MeshService resources) is empty: zonemesh has none. ``httpMatches`` is empty until
-MeshHTTPRoute is applied.
+nothing in this mesh (``Plugin.inert``, e.g. MeshTrafficPermission without mTLS), as Kuma does.
+A builtin gateway no MeshGateway selects gets proxy rules only: it has nothing else to
+configure. ``toResourceRules`` (Kuma's rules for MeshService resources) is empty: zonemesh has
+none. ``httpMatches`` is empty until MeshHTTPRoute is applied.
 
 ``proxy_policies(ctx, dp)`` is the body of ``GET .../_policies`` (Kuma's ``PoliciesList``): the
 proxy-level confs (``proxyRule``) with the KRIs of the policies they come from.
@@ -44,7 +45,7 @@ from typing import Any
 from zonemesh.shared.resources import REGISTRY
 from zonemesh.shared.resources.model import DISPLAY_NAME_LABEL, ORIGIN_LABEL, ORIGIN_ZONE, ZONE_LABEL, Resource
 from zonemesh.shared.resources.redaction import redact
-from zonemesh.shared.resources.registry import PolicySupport
+from zonemesh.shared.resources.registry import WHOLE, PolicySupport
 from zonemesh.zone_cp.xds.context import SERVICE_TAG, MeshContext, inbounds, networking
 from zonemesh.zone_cp.xds.generators.gateway import (
     MESH_GATEWAY_ROUTE_TYPE,
@@ -204,8 +205,9 @@ def _gateway_inbounds(ctx: MeshContext, dp: Resource) -> list[Json]:
 def rules(ctx: MeshContext, dp: Resource) -> Json:
     """Kuma's ``InspectRules`` for ``dp`` (see the module docstring)."""
     builtin = is_builtin(dp)
-    if builtin and select_gateway(ctx.policies.get(MESH_GATEWAY_TYPE, ()), dp) is None:
-        return {"resource": meta(dp), "rules": [], "httpMatches": []}  # no MeshGateway: no config at all
+    # A builtin gateway no MeshGateway selects gets no listeners, clusters or routes to configure:
+    # only the policies changing the whole proxy (MeshProxyPatch) apply.
+    unselected = builtin and select_gateway(ctx.policies.get(MESH_GATEWAY_TYPE, ()), dp) is None
     selecting: Mapping[str, Sequence[Resource]] = match_all(ctx, dp)
     if builtin:
         selecting = gateway_policies(ctx, dp, selecting)
@@ -216,6 +218,8 @@ def rules(ctx: MeshContext, dp: Resource) -> Json:
         support = REGISTRY.get(plugin.type).support
         assert support is not None  # a plugin's type declares its support (plugin_table)
         sections = _sections(dp, support)
+        if unselected:
+            sections = tuple(s for s in sections if s == WHOLE)
         policies = shown(selecting.get(plugin.type, ()))
         reason = plugin.inert(ctx) if plugin.inert is not None else None
         warnings: list[str] = [reason] if reason else []
@@ -242,7 +246,7 @@ def rules(ctx: MeshContext, dp: Resource) -> Json:
             warnings += more
             if found_rules:
                 froms.append({"inbound": inbound, "rules": found_rules})
-        proxy = proxy_rule(policies)
+        proxy = proxy_rule(policies, plugin.appends) if WHOLE in sections else None
         if not (tos or froms or inbound_rules or proxy):
             continue
         rule: Json = {
@@ -259,8 +263,8 @@ def rules(ctx: MeshContext, dp: Resource) -> Json:
     return {"resource": meta(dp), "rules": found, "httpMatches": []}
 
 
-def proxy_rule(policies: Sequence[Resource]) -> Json | None:
-    conf = proxy_conf(policies)
+def proxy_rule(policies: Sequence[Resource], appends: Sequence[str] = ()) -> Json | None:
+    conf = proxy_conf(policies, appends)
     if conf is None:
         return None
     return {"conf": conf, "origin": [meta(p) for p in policies if isinstance(p.spec.get("default"), Mapping)]}
@@ -274,8 +278,12 @@ def proxy_policies(ctx: MeshContext, dp: Resource) -> Json:
         selecting = gateway_policies(ctx, dp, selecting)
     found = []
     for plugin in PLUGINS:
+        support = REGISTRY.get(plugin.type).support
+        assert support is not None
+        if WHOLE not in _sections(dp, support):
+            continue
         policies = shown(selecting.get(plugin.type, ()))
-        conf = proxy_conf(policies)
+        conf = proxy_conf(policies, plugin.appends)
         if conf is None:
             continue
         origins = [{"kri": kri(p)} for p in policies if isinstance(p.spec.get("default"), Mapping)]

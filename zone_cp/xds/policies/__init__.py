@@ -239,6 +239,8 @@ def configure_upstream_tls(context: tls_pb2.UpstreamTlsContext, policies: Matche
     for plugin in PLUGINS:
         if plugin.upstream_tls is not None:
             _run(plugin, plugin.upstream_tls, context, policies.get(plugin.type, ()))
+
+
 def configure_proxy(ctx: MeshContext, proxy: Resource, resources: ResourceSet, policies: MatchedPolicies) -> None:
     """The ``proxy`` hooks, on the proxy's own config once everything else is generated."""
     for plugin in PLUGINS:

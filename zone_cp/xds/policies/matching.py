@@ -25,7 +25,7 @@ per direction. Kuma 2.14's matcher (pkg/plugins/policies/core/matchers/dataplane
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -359,10 +359,21 @@ def rules_conf(policies: Sequence[Resource]) -> dict[str, Any] | None:
     return merge_all(e.conf for e in rules_entries(policies))
 
 
-def proxy_conf(policies: Sequence[Resource]) -> dict[str, Any] | None:
+def proxy_conf(policies: Sequence[Resource], appends: Collection[str] = ()) -> dict[str, Any] | None:
     """The merged top-level ``default`` of the policies (proxy-level conf, Kuma's single-item
-    rules: a policy without ``to``/``from``), least specific first."""
-    return merge_all(p.spec["default"] for p in policies if isinstance(p.spec.get("default"), Mapping))
+    rules: a policy without ``to``/``from``), least specific first; the lists of the ``appends``
+    fields add up instead of replacing (Kuma's ``policyMerge:"append"``, ``Plugin.appends``)."""
+    result: dict[str, Any] | None = None
+    for policy in policies:
+        conf = policy.spec.get("default")
+        if not isinstance(conf, Mapping):
+            continue
+        merged = deep_merge(result or {}, conf)
+        for key in appends:
+            if isinstance(conf.get(key), list):
+                merged[key] = [*((result or {}).get(key) or []), *conf[key]]
+        result = merged
+    return result
 
 
 def signature(policies: Sequence[Resource]) -> tuple[str, ...]:

@@ -44,6 +44,9 @@ class Plugin:
     # Its outbound hook's ``pieces.locality`` also lays out the zone egress's endpoints of other
     # zones (``policies.egress_locality``: the policies that select every sidecar of the mesh).
     egress_locality: bool = False
+    # Fields of the whole-proxy ``default`` whose lists add up across the policies selecting a
+    # proxy instead of replacing (Kuma's ``policyMerge:"append"``): ``matching.proxy_conf``.
+    appends: tuple[str, ...] = ()
     # Why the type's policies set nothing at all in this mesh (None: they apply), for inspection's
     # warnings (xds/inspection.py): e.g. MeshTrafficPermission without mTLS.
     inert: Callable[[MeshContext], str | None] | None = None
