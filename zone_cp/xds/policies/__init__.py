@@ -37,10 +37,11 @@ To add a policy: declare its type with ``support=PolicySupport(plugin="<module>"
 ``tests/unit/testdata/policies/<module>/`` (see docs/policies.md).
 
 Inspection (``xds/inspection.py``, the ``_rules`` / ``_policies`` API) reports the confs
-``matching``'s ``to_conf`` / ``from_conf`` / ``proxy_conf`` merge; tests/unit/test_inspection.py
-checks, for every golden case, that those rules generate the same config as the policies. A
-plugin that merges its confs otherwise must make inspection report what it applies; one whose
-policies set nothing in some meshes says why in ``Plugin.inert`` (shown as a warning).
+``matching``'s ``to_conf`` / ``from_conf`` / ``rules_conf`` (a type with a ``rules`` section) /
+``proxy_conf`` (with ``Plugin.appends``) merge; tests/unit/test_inspection.py checks, for every
+golden case, that those rules generate the same config as the policies. A plugin that merges its
+confs otherwise must make inspection report what it applies; one whose policies set nothing in
+some meshes says why in ``Plugin.inert`` (shown as a warning).
 """
 
 from __future__ import annotations
