@@ -17,7 +17,7 @@ from zonemesh.zone_cp.xds.context import SERVICE_TAG, MeshContext, inbounds, is_
 from zonemesh.zone_cp.xds.dump import dump
 from zonemesh.zone_cp.xds.generators import generate
 from zonemesh.zone_cp.xds.inspection import kri, proxy_policies, rules
-from zonemesh.zone_cp.xds.policies import POLICY_TYPES
+from zonemesh.zone_cp.xds.policies import PLUGINS, POLICY_TYPES
 from zonemesh.zone_cp.xds.policies.matching import section_name
 from zonemesh.zone_cp.xds.testing import load_resources, mesh_context
 
@@ -260,6 +260,30 @@ async def test_a_type_with_rules_reports_inbound_rules_from_its_from_and_rules_e
     assert [c["filterChainMatch"]["transportProtocol"] for c in chains] == ["tls", "raw_buffer"]  # Permissive
 
 
+async def test_inbound_rules_per_caller_class_are_the_merged_rules_with_their_indexes() -> None:
+    ctx = await context_for("meshtimeout", "rules")
+    timeout = by_type(rules(ctx, ctx.dataplanes["web-1"]), "MeshTimeout")
+    assert timeout["fromRules"] == []  # a policy with rules selects the inbound: its rules say it all
+    [inbound] = timeout["inboundRules"]
+    found = {
+        (r.get("match") or {}).get("spiffeID", {}).get("value"): (
+            r["conf"][0],
+            [(o["resourceMeta"]["name"], o["ruleIndex"]) for o in r["origin"]],
+        )
+        for r in inbound["rules"]
+    }
+    every = {"connectionTimeout": "3s", "idleTimeout": "10m", "http": {"requestTimeout": "20s"}}
+    base = [("mesh-wide", 0), ("inbound-rules", 0)]  # the `from` of mesh-wide counts as a rule
+    assert found == {
+        None: (every, base),
+        "spiffe://default/backend": ({**every, "http": {"requestTimeout": "1s"}}, [*base, ("inbound-rules", 2)]),
+        "spiffe://default/ap": (
+            {**every, "http": {"requestTimeout": "20s", "streamIdleTimeout": "3s"}},
+            [*base, ("inbound-rules", 1)],
+        ),
+    }
+
+
 async def test_sections_zonemesh_does_not_apply_on_a_proxy_are_not_reported() -> None:
     # MeshFaultInjection `to` applies on builtin gateways only: a sidecar it selects gets nothing.
     ctx = await context_for("meshfaultinjection", "every-gateway")
@@ -326,13 +350,28 @@ async def test_proxy_level_confs_add_up_in_the_order_they_run_with_their_kris() 
 # -- every golden case: the rules, written back as policies, generate the same config ------------
 
 
-def _written_back(dp: Resource, found: Json) -> list[Resource]:
-    """One policy per type and section carrying the reported rules, selecting ``dp`` alone."""
+def _written_back(ctx: MeshContext, dp: Resource, found: Json) -> list[Resource]:
+    """The reported rules as policies selecting ``dp``: synthetic ones (one per type and section),
+    except a type whose inbound rules apply one by one (MeshTrafficPermission names its policies
+    in the RBAC matcher): those keep their policy's name and top-level targetRef."""
     gateway = is_gateway(dp)
     top = {"kind": "Mesh", "proxyTypes": ["Gateway"]} if gateway else {"kind": "Dataplane", "name": dp.name}
-    policies = []
+    policies: list[Resource] = []
+
+    def selecting(inbound: Json) -> dict[str, Any]:
+        ref = dict(top)
+        if not gateway:
+            own = next(i for i in inbounds(dp) if i["port"] == inbound["port"])
+            ref["sectionName"] = section_name(own)
+        return ref
+
+    def as_rule(item: Json) -> Json:
+        [conf] = item["conf"]
+        return {"default": conf, **({"matches": [item["match"]]} if "match" in item else {})}
+
     for rule in found["rules"]:
         kind, n = rule["type"], len(policies)
+        plugin = next(p for p in PLUGINS if p.type == kind)
         if rule["toRules"]:
             to = []
             for item in rule["toRules"]:  # merged Mesh first (entry precedence): a service's conf includes it
@@ -340,28 +379,33 @@ def _written_back(dp: Resource, found: Json) -> list[Resource]:
                 ref = {"kind": "MeshService", "name": positive[0]["value"]} if positive else {"kind": "Mesh"}
                 to.append({"targetRef": ref, "default": item["conf"]})
             policies.append(Resource(type=kind, name=f"w{n}", mesh=dp.mesh, spec={"targetRef": top, "to": to}))
+        with_rules = {entry["inbound"]["port"] for entry in rule["inboundRules"]}
         for k, entry in enumerate(rule["fromRules"]):
-            ref = dict(top)
-            if not gateway:
-                own = next(i for i in inbounds(dp) if i["port"] == entry["inbound"]["port"])
-                ref["sectionName"] = section_name(own)
+            if entry["inbound"]["port"] in with_rules:
+                continue  # the inbound rules say it all (a type that takes `from` as rules)
             sources = []
             for item in entry["rules"]:
                 positive = [m for m in item["matchers"] if not m["not"]]
                 assert all(m["key"] == SERVICE_TAG for m in positive) and len(positive) <= 1, item
                 source = {"kind": "MeshService", "name": positive[0]["value"]} if positive else {"kind": "Mesh"}
                 sources.append({"targetRef": source, "default": item["conf"]})
-            spec = {"targetRef": ref, "from": sources}
+            spec = {"targetRef": selecting(entry["inbound"]), "from": sources}
             policies.append(Resource(type=kind, name=f"w{n}-{k}", mesh=dp.mesh, spec=spec))
+        originals = {p.name: p for p in ctx.policies.get(kind, ())}
+        by_policy: dict[str, list[tuple[int, Any, Json]]] = {}
         for k, entry in enumerate(rule["inboundRules"]):
-            ref = dict(top)
-            if not gateway:
-                own = next(i for i in inbounds(dp) if i["port"] == entry["inbound"]["port"])
-                ref["sectionName"] = section_name(own)
-            [single] = entry["rules"]  # zonemesh merges every rule of an inbound into one
-            [conf] = single["conf"]
-            spec = {"targetRef": ref, "rules": [{"default": conf}]}
-            policies.append(Resource(type=kind, name=f"w{n}-r{k}", mesh=dp.mesh, spec=spec))
+            if plugin.from_as_rules:  # the effective rules, merged: one policy per inbound
+                spec = {"targetRef": selecting(entry["inbound"]), "rules": [as_rule(i) for i in entry["rules"]]}
+                policies.append(Resource(type=kind, name=f"w{n}-r{k}", mesh=dp.mesh, spec=spec))
+                continue
+            for item in entry["rules"]:  # each rule of its policy, in order
+                [origin] = item["origin"]
+                listed = by_policy.setdefault(origin["resourceMeta"]["name"], [])
+                if (origin["ruleIndex"], item.get("match")) not in [(i, m) for i, m, _ in listed]:
+                    listed.append((origin["ruleIndex"], item.get("match"), as_rule(item)))
+        for name, listed in by_policy.items():
+            spec = {"targetRef": originals[name].spec.get("targetRef"), "rules": [r for _, _, r in listed]}
+            policies.append(Resource(type=kind, name=name, mesh=dp.mesh, spec=spec))
         if "proxyRule" in rule:
             spec = {"targetRef": top, "default": rule["proxyRule"]["conf"]}
             policies.append(Resource(type=kind, name=f"w{n}-p", mesh=dp.mesh, spec=spec))
@@ -375,7 +419,7 @@ def assert_rules_generate_the_same_config(ctx: MeshContext, dp: Resource) -> Non
     applied = dump(generate(ctx, dp), hide_certificates=True)
     others = [p for t, of_type in ctx.policies.items() if t not in POLICY_TYPES for p in of_type]
     externals = list(ctx.external_services.values())
-    written = [*others, *_written_back(dp, found)]
+    written = [*others, *_written_back(ctx, dp, found)]
     rewritten = MeshContext.build(ctx.mesh, ctx.dataplanes.values(), written, externals, ctx.certs)
     assert dump(generate(rewritten, dp), hide_certificates=True) == applied
 

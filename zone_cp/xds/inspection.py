@@ -7,14 +7,16 @@
   ``kuma.io/service: <name>``), and a catch-all for every other service (the same matchers
   negated), each with the conf of ``matching.to_conf`` for that destination: what the outbound
   generator applies to an outbound to it;
-- ``fromRules``: per inbound of a sidecar (per listener port of a builtin gateway), a rule per
-  client subset a ``from`` entry names (Kuma's subsets: each combination of the client tags the
-  entries select on), merged by ``matching.from_conf`` from the policies selecting that inbound
-  (``policies.match_inbound``);
-- ``inboundRules``: instead of ``fromRules`` for a type with a ``rules`` section (Kuma's "from as
-  rules", e.g. MeshTLS): per inbound, one rule with the merged ``from`` (Mesh) entries and
-  ``rules`` of the policies selecting it (``matching.rules_conf``), and each entry's policy and
-  index as its origin;
+- ``fromRules``: per inbound of a sidecar (per listener port of a builtin gateway), from the
+  policies selecting it (``policies.match_inbound``): a rule per caller service a ``from`` entry
+  names and one for every other caller, merged by ``callers.from_by_caller``; not where a
+  policy selecting the inbound has ``rules`` (then `from` is not read, or read as rules);
+- ``inboundRules``: Kuma 2.x's inbound rules of the same policies (``callers.rules``): for a type
+  that merges them (``Plugin.from_as_rules``: MeshTimeout, MeshCircuitBreaker, MeshRateLimit,
+  MeshTLS, whose `from` entries count as rules without matches) the effective rules, one for
+  every caller and one per caller class (``callers.classes``); for the others (MeshTrafficPermission,
+  MeshFaultInjection) each rule as it applies, in order; origins name the policy and the rule's
+  index in it;
 - ``proxyRule``: the merged top-level ``default`` of policies without ``to``/``from``
   (``matching.proxy_conf``; MeshProxyPatch: its ``appendModifications`` add up, in the order
   they run),
@@ -32,13 +34,13 @@ none. ``httpMatches`` is empty until MeshHTTPRoute is applied.
 ``proxy_policies(ctx, dp)`` is the body of ``GET .../_policies`` (Kuma's ``PoliciesList``): the
 proxy-level confs (``proxyRule``) with the KRIs of the policies they come from.
 
-A plugin that merges its confs otherwise than ``matching``'s functions must make this module
-report what it applies.
+A plugin that merges its confs otherwise than ``matching`` / ``callers`` do must make this module
+report what it applies: tests/unit/test_inspection.py writes the reported rules of every golden
+case back as policies and checks that they generate the same config.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -55,26 +57,12 @@ from zonemesh.zone_cp.xds.generators.gateway import (
     listeners,
     select_gateway,
 )
-from zonemesh.zone_cp.xds.policies import PLUGINS, match_all, match_inbound
-from zonemesh.zone_cp.xds.policies.matching import (
-    MESH,
-    Entry,
-    entries,
-    from_conf,
-    from_entries,
-    proxy_conf,
-    rules_conf,
-    rules_entries,
-    source_tags,
-    to_conf,
-    to_entries,
-)
+from zonemesh.zone_cp.xds.policies import PLUGINS, callers, match_all, match_inbound
+from zonemesh.zone_cp.xds.policies.matching import MESH, Entry, entries, proxy_conf, to_conf, to_entries
+from zonemesh.zone_cp.xds.policies.plugin import Plugin
 
 Json = dict[str, Any]
-
-# Kuma lists every subset of the client tags `from` entries select on; past this many (a mesh
-# whose policies select clients by many tags at once) the rest are left out with a warning.
-MAX_SUBSETS = 1024
+RULES = "rules"  # Kuma 2.x's inbound rules: a section of its own (registry.SECTIONS)
 
 
 def meta(res: Resource) -> Json:
@@ -128,56 +116,49 @@ def to_rules(policies: Sequence[Resource]) -> list[Json]:
     return rules
 
 
-def _subsets(policies: Sequence[Resource]) -> tuple[list[tuple[dict[str, str], dict[str, list[str]]]], bool]:
-    """Kuma's client subsets: for each tag key some ``from`` entry selects on, either one of its
-    values or none of them. Returns (positive tags, negated tags) per subset, and whether the
-    list was cut at MAX_SUBSETS."""
-    values: dict[str, set[str]] = {}
-    for entry in entries(policies, "from"):
-        for key, value in (source_tags(entry.target_ref) or {}).items():
-            values.setdefault(key, set()).add(value)
-    keys = sorted(values)
-    choices = [[*sorted(values[k]), None] for k in keys]
-    subsets = []
-    for picked in itertools.islice(itertools.product(*choices), MAX_SUBSETS + 1):
-        positive = {k: v for k, v in zip(keys, picked, strict=True) if v is not None}
-        negated = {k: sorted(values[k]) for k, v in zip(keys, picked, strict=True) if v is None}
-        subsets.append((positive, negated))
-    return subsets[:MAX_SUBSETS], len(subsets) > MAX_SUBSETS
-
-
-def from_rules(policies: Sequence[Resource]) -> tuple[list[Json], list[str]]:
-    """The rules for one inbound, most specific client subset first; and warnings."""
-    subsets, cut = _subsets(policies)
+def from_rules(policies: Sequence[Resource]) -> list[Json]:
+    """The `from` rules of one inbound: per caller service an entry names, then for every other
+    caller, merged as ``callers.from_by_caller`` merges them for the plugins that read `from`."""
+    every, per_service = callers.from_by_caller(policies)
+    found = entries(policies, "from")
     rules = []
-    for positive, negated in sorted(subsets, key=lambda s: -len(s[0])):
-        conf = from_conf(policies, positive)
-        if conf is None:
-            continue
-        matchers = [_matcher(k, v) for k, v in sorted(positive.items())]
-        matchers += [_matcher(k, v, negated=True) for k, vs in sorted(negated.items()) for v in vs]
-        rules.append(
-            {"matchers": matchers, "conf": conf, "origin": _origin(policies, from_entries(policies, positive))}
-        )
-    warnings = [f"only the first {MAX_SUBSETS} client subsets are listed"] if cut else []
-    return rules, warnings
+    for service, conf in sorted(per_service.items()):
+        origin = _origin(policies, [e for e in found if callers.caller_service(e.target_ref) in (None, service)])
+        rules.append({"matchers": [_matcher(SERVICE_TAG, service)], "conf": conf, "origin": origin})
+    if every is not None:
+        others = [_matcher(SERVICE_TAG, service, negated=True) for service in sorted(per_service)]
+        origin = _origin(policies, [e for e in found if callers.caller_service(e.target_ref) is None])
+        rules.append({"matchers": others, "conf": every, "origin": origin})
+    return rules
 
 
-def from_as_rules(policy_type: str) -> bool:
-    """Kuma's ``isFromAsRules``: the type has a ``rules`` section, which its ``from`` entries join
-    (``matching.rules_entries``); its inbound confs are ``inboundRules``, not ``fromRules``."""
-    return "rules" in getattr(REGISTRY.get(policy_type).spec, "fields", {})
-
-
-def inbound_rule(policies: Sequence[Resource]) -> list[Json]:
-    """Kuma's ``InboundRule`` list for one inbound: a single rule (zonemesh has no ``matches``)
-    with the merged conf and the (policy, rule index) of every entry merged into it."""
-    conf = rules_conf(policies)
-    if conf is None:
-        return []
+def _rule_origin(policies: Sequence[Resource], rules: Iterable[callers.Rule]) -> list[Json]:
     by_name = {p.name: p for p in policies}
-    origin = [{"resourceMeta": meta(by_name[e.policy]), "ruleIndex": e.order[2]} for e in rules_entries(policies)]
-    return [{"conf": [conf], "origin": origin}]
+    return [{"resourceMeta": meta(by_name[r.policy]), "ruleIndex": r.index} for r in rules]
+
+
+def _inbound_rule(conf: Mapping[str, Any], match: callers.Match | None, origin: list[Json]) -> Json:
+    rule: Json = {"conf": [conf], "origin": origin}
+    if match is not None:
+        rule["match"] = dict(match)
+    return rule
+
+
+def inbound_rules(policies: Sequence[Resource], plugin: Plugin) -> list[Json]:
+    """Kuma's ``InboundRule`` list for one inbound, from ``callers.rules``. A type that merges
+    them (``Plugin.from_as_rules``): the effective rules, one for every caller (no ``match``) and
+    one per caller class (``callers.classes``), each with the rules merged into it. Another type
+    (MeshTrafficPermission, MeshFaultInjection) applies each rule on its own: one per rule, in order."""
+    found = callers.rules(policies, from_as_rules=plugin.from_as_rules)
+    if not plugin.from_as_rules:
+        return [_inbound_rule(r.conf, r.match, _rule_origin(policies, [r])) for r in found]
+    result = []
+    every = callers.catch_all(found)
+    if every is not None:
+        result.append(_inbound_rule(every, None, _rule_origin(policies, [r for r in found if r.match is None])))
+    for caller_class in callers.classes(found):
+        result.append(_inbound_rule(caller_class.conf, caller_class.match, _rule_origin(policies, caller_class.rules)))
+    return result
 
 
 def _inbound(dp: Resource, inbound: Mapping[str, Any]) -> Json:
@@ -226,35 +207,36 @@ def rules(ctx: MeshContext, dp: Resource) -> Json:
         tos = to_rules(policies) if "to" in sections else []
         # Per inbound (a builtin gateway: per listener port, all with the gateway's policies), the
         # policies selecting it.
+        reads_from, reads_rules = "from" in sections, RULES in sections
         per_inbound: list[tuple[Json, list[Resource]]] = []
-        if "from" in sections and builtin:
+        if (reads_from or reads_rules) and builtin:
             per_inbound = [(inbound, policies) for inbound in gateway_inbounds]
-        elif "from" in sections:
+        elif reads_from or reads_rules:
             per_inbound = [
                 (_inbound(dp, inbound), shown(match_inbound(ctx, dp, index).get(plugin.type, ())))
                 for index, inbound in sorted(own, key=lambda item: int(item[1]["port"]))
             ]
         froms: list[Json] = []
-        inbound_rules: list[Json] = []
-        for inbound, selecting_inbound in per_inbound:
-            if from_as_rules(plugin.type):
-                found_rules = inbound_rule(selecting_inbound)
+        inbound: list[Json] = []
+        for where, selecting_inbound in per_inbound:
+            with_rules = reads_rules and any(p.spec.get(RULES) for p in selecting_inbound)
+            if with_rules or (reads_from and plugin.from_as_rules):
+                found_rules = inbound_rules(selecting_inbound, plugin)
                 if found_rules:
-                    inbound_rules.append({"inbound": inbound, "rules": found_rules})
-                continue
-            found_rules, more = from_rules(selecting_inbound)
-            warnings += more
-            if found_rules:
-                froms.append({"inbound": inbound, "rules": found_rules})
+                    inbound.append({"inbound": where, "rules": found_rules})
+            # With rules, `from` is read as rules (Plugin.from_as_rules) or not at all.
+            found_from = from_rules(selecting_inbound) if reads_from and not with_rules else []
+            if found_from:
+                froms.append({"inbound": where, "rules": found_from})
         proxy = proxy_rule(policies, plugin.appends) if WHOLE in sections else None
-        if not (tos or froms or inbound_rules or proxy):
+        if not (tos or froms or inbound or proxy):
             continue
         rule: Json = {
             "type": plugin.type,
             "toRules": tos,
             "toResourceRules": [],
             "fromRules": froms,
-            "inboundRules": inbound_rules,
+            "inboundRules": inbound,
             "warnings": list(dict.fromkeys(warnings)),
         }
         if proxy is not None:

@@ -55,20 +55,16 @@ __all__ = [
     "deep_merge",
     "entries",
     "from_conf",
-    "from_entries",
     "matched",
     "matched_inbound",
     "merge_all",
     "proxy_conf",
     "proxy_type",
-    "rules_conf",
-    "rules_entries",
     "section_name",
     "selectors",
     "selects",
     "selects_inbound",
     "signature",
-    "source_tags",
     "to_conf",
     "to_entries",
 ]
@@ -307,56 +303,9 @@ def to_conf(policies: Sequence[Resource], service: str | None) -> dict[str, Any]
     return merge_all(e.conf for e in to_entries(policies, service))
 
 
-def source_tags(target_ref: Mapping[str, Any]) -> dict[str, str] | None:
-    """The client tags a ``from`` entry's targetRef selects ({}: every client; None: a kind that
-    selects no clients)."""
-    kind = target_ref.get("kind")
-    if kind == MESH:
-        return {}
-    tags = {str(k): str(v) for k, v in (target_ref.get("tags") or {}).items()}
-    if kind == MESH_SUBSET:
-        return tags
-    if kind in (MESH_SERVICE, MESH_SERVICE_SUBSET):
-        return {**tags, SERVICE_TAG: str(target_ref.get("name"))}
-    return None
-
-
-def from_entries(policies: Sequence[Resource], source: Mapping[str, str] | None = None) -> list[Entry]:
-    """The ``from`` entries applying to traffic from a client with the tags ``source``, in merge
-    order (None: from any client, i.e. the entries targeting Mesh). ``from_conf`` merges them."""
-    wanted = (source or {}).items()
-    found = []
-    for entry in entries(policies, "from"):
-        tags = source_tags(entry.target_ref)
-        if tags is not None and tags.items() <= wanted:
-            found.append(entry)
-    return found
-
-
-def from_conf(policies: Sequence[Resource], source: Mapping[str, str] | None = None) -> dict[str, Any] | None:
-    """The merged ``from`` conf for inbound traffic from anywhere (entries targeting Mesh), or
-    from a client with the tags ``source``."""
-    return merge_all(e.conf for e in from_entries(policies, source))
-
-
-def rules_entries(policies: Sequence[Resource]) -> list[Entry]:
-    """The inbound rules of ``policies`` in merge order, for a type with a ``rules`` section (Kuma's
-    "from as rules"): per policy, least specific first, its ``from`` entries targeting Mesh, then
-    its ``rules`` (all inbound traffic: zonemesh has no rule ``matches``)."""
-    found = []
-    for p_index, policy in enumerate(policies):
-        for e_index, entry in enumerate(policy.spec.get("from") or []):
-            ref = entry.get("targetRef") or {}
-            if ref.get("kind") == MESH:
-                found.append(Entry(ref, entry.get("default") or {}, policy.name, (0, p_index, e_index)))
-        for e_index, entry in enumerate(policy.spec.get("rules") or []):
-            found.append(Entry({"kind": MESH}, entry.get("default") or {}, policy.name, (0, p_index, e_index)))
-    return found
-
-
-def rules_conf(policies: Sequence[Resource]) -> dict[str, Any] | None:
-    """The merged inbound rules (``rules_entries``) of ``policies``; None when they have none."""
-    return merge_all(e.conf for e in rules_entries(policies))
+def from_conf(policies: Sequence[Resource]) -> dict[str, Any] | None:
+    """The merged ``from`` conf for inbound traffic from anywhere (entries targeting Mesh)."""
+    return merge_all(e.conf for e in entries(policies, "from") if e.target_ref.get("kind") == MESH)
 
 
 def proxy_conf(policies: Sequence[Resource], appends: Collection[str] = ()) -> dict[str, Any] | None:

@@ -25,7 +25,7 @@ from typing import Any
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds.envoy import InboundPieces
-from zonemesh.zone_cp.xds.policies.matching import rules_conf
+from zonemesh.zone_cp.xds.policies.matching import merge_all
 from zonemesh.zone_cp.xds.policies.plugin import Plugin
 
 TYPE = "MeshTLS"
@@ -40,9 +40,13 @@ VERSIONS: dict[str, common_pb2.TlsParameters.TlsProtocol.ValueType] = {
 
 
 def conf(policies: Sequence[Resource]) -> dict[str, Any] | None:
-    """The merged `from` / `rules` conf of ``policies`` (least specific first), None if none: the
-    merge inspection reports (``matching.rules_conf``)."""
-    return rules_conf(policies)
+    """The merged `from` / `rules` conf of ``policies`` (least specific first), None if none."""
+    return merge_all(
+        entry.get("default") or {}
+        for policy in policies
+        for section in ("from", "rules")
+        for entry in policy.spec.get(section) or []
+    )
 
 
 def tls_params(merged: Mapping[str, Any], *, client: bool) -> common_pb2.TlsParameters:
@@ -81,4 +85,5 @@ def apply_upstream(context: tls_pb2.UpstreamTlsContext, policies: Sequence[Resou
 
 
 # Before every other plugin: what an inbound speaks comes before the filters others add to it.
-PLUGIN = Plugin(TYPE, order=5, inbound=apply_inbound, upstream_tls=apply_upstream)
+# A policy has `from` (kind Mesh) or `rules` (without matches), merged alike: Kuma's IsFromAsRules.
+PLUGIN = Plugin(TYPE, order=5, inbound=apply_inbound, upstream_tls=apply_upstream, from_as_rules=True)

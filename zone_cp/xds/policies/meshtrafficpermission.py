@@ -41,6 +41,8 @@ from zonemesh.zone_cp.xds.policies.matching import MESH, MESH_SERVICE, MESH_SUBS
 from zonemesh.zone_cp.xds.policies.plugin import Plugin
 
 TYPE = "MeshTrafficPermission"
+# Not Kuma's IsFromAsRules: `from` is read on its own when no policy selecting an inbound has rules.
+FROM_AS_RULES = False
 ALLOW, DENY, SHADOW = "Allow", "Deny", "AllowWithShadowDeny"
 
 
@@ -159,7 +161,7 @@ def apply_inbound(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
     if pieces.mtls is None:
         return
     stat_prefix = f"{pieces.stat_prefix}."
-    found = callers.rules(policies, from_as_rules=False)
+    found = callers.rules(policies, from_as_rules=FROM_AS_RULES)
     # An RBAC filter without rules or matcher allows everything: exactly one is always set.
     if pieces.is_http:
         if found:
@@ -194,4 +196,4 @@ def inert(ctx: MeshContext) -> str | None:
 
 
 # The zone egress checks the callers of an ExternalService as its inbound would.
-PLUGIN = Plugin(TYPE, order=10, inbound=apply_inbound, egress=apply_inbound, inert=inert)
+PLUGIN = Plugin(TYPE, order=10, inbound=apply_inbound, egress=apply_inbound, inert=inert, from_as_rules=FROM_AS_RULES)
