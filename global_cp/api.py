@@ -1,4 +1,5 @@
-"""Global-only API routes: zone tokens, zones with their insights, the global insight, zone deletion.
+"""Global-only API routes: zone tokens, zones with their insights, the global insight, zone deletion,
+and a dataplane's ``_config`` / ``_rules`` / ``_policies``, answered with the zone to ask.
 
 Zone-originated resources are stored at global as ``{zone}.{name}`` with labels
 ``zonemesh.io/origin=zone``, ``zonemesh.io/zone=<zone>`` and ``zonemesh.io/display-name=<name>``;
@@ -17,7 +18,15 @@ from zonemesh.shared.api.auth import require_admin
 from zonemesh.shared.api.context import MANAGER
 from zonemesh.shared.api.resources import read_document
 from zonemesh.shared.resources.codec import to_universal
-from zonemesh.shared.resources.model import ORIGIN_LABEL, ORIGIN_ZONE, ZONE_LABEL, Resource, ResourceKey, format_time
+from zonemesh.shared.resources.model import (
+    DISPLAY_NAME_LABEL,
+    ORIGIN_LABEL,
+    ORIGIN_ZONE,
+    ZONE_LABEL,
+    Resource,
+    ResourceKey,
+    format_time,
+)
 from zonemesh.shared.resources.registry import REGISTRY, upstream_types
 from zonemesh.shared.resources.schema import FieldError, ValidationError
 from zonemesh.shared.store import ListFilter, NotFound
@@ -134,4 +143,26 @@ def global_routes(kds: GlobalKds) -> list[web.RouteDef]:
         web.get("/global-insight", global_insight),
         web.get("/global-insights", global_insight),
         web.delete("/zones/{name}", delete_zone),
+        *(web.get(f"/meshes/{{mesh}}/dataplanes/{{name}}/{what}", zone_data) for what in ZONE_DATA),
     ]
+
+
+# What a zone computes for its proxies from its own view (the config it generates, the policies it
+# applies). Global holds a copy of each Dataplane (named ``<zone>.<name>``) that may lag behind,
+# and does not generate config: it answers these with the zone to ask instead of a guess.
+ZONE_DATA = ("_config", "_rules", "_policies")
+
+
+async def zone_data(request: web.Request) -> web.Response:
+    mesh, name = request.match_info["mesh"], request.match_info["name"]
+    what = request.path.rsplit("/", 1)[-1]
+    dp = await request.app[MANAGER].store.find("Dataplane", name, mesh)
+    if dp is None:
+        raise NotFound(ResourceKey("Dataplane", mesh, name))
+    zone = dp.labels.get(ZONE_LABEL, "")
+    local = dp.labels.get(DISPLAY_NAME_LABEL) or name
+    raise web.HTTPBadRequest(
+        reason="Bad Request",
+        text=f"the {what} of a dataplane is computed by the zone control plane it is connected to, not by "
+        f"global: ask the API of the control plane of zone {zone!r} (GET /meshes/{mesh}/dataplanes/{local}/{what})",
+    )

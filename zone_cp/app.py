@@ -9,7 +9,7 @@ The data plane side, started in this order and stopped in reverse:
 - the credential watch: open streams whose token a key removal or revocation invalidates are closed.
 
 API routes: ``POST /tokens/dataplane``, ``/meshes/{mesh}/dataplanes+insights``, and the xDS
-side's ``/meshes/{mesh}/dataplanes/{name}/_config``.
+side's ``/meshes/{mesh}/dataplanes/{name}/_config``, ``_rules`` and ``_policies``.
 """
 
 from __future__ import annotations
@@ -26,14 +26,16 @@ from zonemesh.shared.api.auth import require_admin
 from zonemesh.shared.api.context import MANAGER
 from zonemesh.shared.ca import BuiltinCA
 from zonemesh.shared.config import Config
-from zonemesh.shared.resources.model import ResourceKey
+from zonemesh.shared.resources.model import Resource, ResourceKey
 from zonemesh.shared.runtime import Assembly, ControlPlane
 from zonemesh.shared.store import NotFound
 from zonemesh.shared.tls import default_hosts, ensure_self_signed
 from zonemesh.shared.tokens import dataplane as dataplane_tokens
 from zonemesh.zone_cp import ingress, insights, zoneproxies
 from zonemesh.zone_cp.admission import DataplaneAuthenticator, ReadOnce
+from zonemesh.zone_cp.xds import inspection
 from zonemesh.zone_cp.xds.cache import SnapshotCache
+from zonemesh.zone_cp.xds.context import MeshContext
 from zonemesh.zone_cp.xds.dump import dump
 from zonemesh.zone_cp.xds.generators import GenerationError
 from zonemesh.zone_cp.xds.nacks import NackAttribution
@@ -136,9 +138,38 @@ class DataPlaneSide:
             body["versions"] = {SHORT_NAMES[t]: typed.version for t, typed in snapshot.types.items()}
         return web.json_response(body)
 
+    async def _inspected(self, request: web.Request) -> tuple[MeshContext, Resource]:
+        """The proxy a ``_rules`` / ``_policies`` request names, and the context generation reads."""
+        mesh, name = request.match_info["mesh"], request.match_info["name"]
+        reconciler = self.reconciler
+        if reconciler is None:
+            raise web.HTTPServiceUnavailable(reason="the xDS server is not running")
+        if await request.app[MANAGER].store.find("Dataplane", name, mesh) is None:
+            raise NotFound(ResourceKey("Dataplane", mesh, name))
+        try:
+            return reconciler.inspection(mesh, name)
+        except LookupError as exc:  # stored, but not yet seen by the reconciler's watch (or invalid)
+            raise web.HTTPServiceUnavailable(reason="not yet known to the xDS server", text=str(exc)) from None
+
+    async def rules_handler(self, request: web.Request) -> web.Response:
+        """``GET /meshes/{mesh}/dataplanes/{name}/_rules``: per policy type, the conf each policy
+        sets for the proxy and which policies it comes from (Kuma's InspectRules, xds/inspection.py).
+        An ordinary read, open as reads of the Dataplane and the policies are: it shows their
+        content and nothing else (no certificate, key or endpoint)."""
+        ctx, dp = await self._inspected(request)
+        return web.json_response(inspection.rules(ctx, dp))
+
+    async def policies_handler(self, request: web.Request) -> web.Response:
+        """``GET /meshes/{mesh}/dataplanes/{name}/_policies``: the proxy-level confs (Kuma's
+        PoliciesList). An ordinary read, as ``_rules``."""
+        ctx, dp = await self._inspected(request)
+        return web.json_response(inspection.proxy_policies(ctx, dp))
+
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/meshes/{mesh}/dataplanes/{name}/_config", self.config_handler),
+            web.get("/meshes/{mesh}/dataplanes/{name}/_rules", self.rules_handler),
+            web.get("/meshes/{mesh}/dataplanes/{name}/_policies", self.policies_handler),
             *zoneproxies.config_routes(lambda: self.zone_proxies),
         ]
 

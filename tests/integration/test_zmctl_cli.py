@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from zonemesh.testing import ControlPlaneProcess, free_port
+from zonemesh.testing import ControlPlaneProcess, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -210,6 +210,67 @@ def test_inspect_config_dump_of_a_missing_dataplane(zmctl: ZmctlRunner) -> None:
     run = zmctl("inspect", "dataplane", "no-such-dp", "--type", "config-dump")
     assert run.code == 1
     assert 'Dataplane "no-such-dp" in mesh "default"' in run.err
+
+
+INSPECTED = """\
+type: Dataplane
+mesh: default
+name: inspected-1
+networking:
+  address: 127.0.0.1
+  inbound:
+  - port: 18080
+    servicePort: 18081
+    tags: {kuma.io/service: inspected, kuma.io/protocol: http}
+  outbound:
+  - port: 18001
+    tags: {kuma.io/service: backend}
+---
+type: MeshTimeout
+mesh: default
+name: inspected-backend
+spec:
+  targetRef: {kind: MeshService, name: inspected}
+  to:
+  - targetRef: {kind: MeshService, name: backend}
+    default: {connectionTimeout: 4s}
+"""
+
+
+def test_inspect_rules_and_policies_of_a_dataplane(zmctl: ZmctlRunner) -> None:
+    applied = zmctl("apply", "-f", "-", stdin=INSPECTED)
+    assert applied.code == 0, applied.err
+    try:
+        check_inspection(zmctl)
+    finally:  # the control plane is the module's: leave it as found (test_inspect_meshes counts dataplanes)
+        zmctl("delete", "dataplane", "inspected-1", "-m", "default")
+        zmctl("delete", "meshtimeout", "inspected-backend", "-m", "default")
+
+
+def check_inspection(zmctl: ZmctlRunner) -> None:
+
+    def rules() -> Run | None:  # 503 until the xDS side's watch has the Dataplane
+        run = zmctl("inspect", "dataplane", "inspected-1", "--type", "rules")
+        return run if run.code == 0 else None
+
+    run = wait_until(rules, 30, what="the rules of inspected-1")
+    body = json.loads(run.out)
+    assert body["resource"]["name"] == "inspected-1"
+    timeout = next(r for r in body["rules"] if r["type"] == "MeshTimeout")
+    backend = next(
+        r for r in timeout["toRules"] if {"key": "kuma.io/service", "value": "backend", "not": False} in r["matchers"]
+    )
+    assert backend["conf"]["connectionTimeout"] == "4s"
+    origin = [o["name"] for o in backend["origin"]]  # other tests of the module leave Mesh-wide timeouts
+    assert origin[0] == "mesh-timeout-all-default" and origin[-1] == "inspected-backend"  # the last one wins
+
+    policies = zmctl("inspect", "dataplane", "inspected-1", "--type", "policies")
+    assert policies.code == 0, policies.err
+    assert json.loads(policies.out) == {"policies": []}
+
+    missing = zmctl("inspect", "dataplane", "no-such-dp", "--type", "rules")
+    assert missing.code == 1
+    assert 'cannot get the rules of Dataplane "no-such-dp" in mesh "default"' in missing.err
 
 
 def test_configured_control_plane_is_used(zmctl: ZmctlRunner) -> None:

@@ -14,7 +14,7 @@ from zonemesh.shared.resources import REGISTRY
 from zonemesh.ctl import config as cfg
 from zonemesh.ctl import output
 from zonemesh.ctl.client import ApiClient, ApiError, ConnectionFailed, next_offset, quote_name
-from zonemesh.ctl.commands import expand_documents, parse_vars, substitute_vars
+from zonemesh.ctl.commands import DATAPLANE_INSPECT_TYPES, expand_documents, parse_vars, substitute_vars
 from zonemesh.ctl.errors import UsageError
 from zonemesh.ctl.main import build_parser, main
 
@@ -94,6 +94,13 @@ def test_get_arguments() -> None:
     assert (args.type, args.name, args.mesh, args.output, args.size, args.offset) == ("mt", "x", "demo", "yaml", 5, "a")
     defaults = build_parser().parse_args(["get", "meshes"])
     assert (defaults.name, defaults.mesh, defaults.output) == (None, None, "table")
+
+
+@pytest.mark.parametrize(("kind", "path"), [("config-dump", "_config"), ("rules", "_rules"), ("policies", "_policies")])
+def test_inspect_dataplane_types(kind: str, path: str) -> None:
+    args = build_parser().parse_args(["inspect", "dataplane", "dp-1", "--type", kind, "-m", "demo"])
+    assert (args.name, args.type, args.mesh) == ("dp-1", kind, "demo")
+    assert DATAPLANE_INSPECT_TYPES[kind] == path
 
 
 @pytest.mark.parametrize(

@@ -69,8 +69,42 @@ def inbounds(dp: Resource) -> list[Mapping[str, Any]]:
     return list(networking(dp).get("inbound") or [])
 
 
-def outbounds(dp: Resource) -> list[Mapping[str, Any]]:
+def declared_outbounds(dp: Resource) -> list[Mapping[str, Any]]:
+    """``networking.outbound`` as written, before ``reachable_services`` trims it."""
     return list(networking(dp).get("outbound") or [])
+
+
+def reachable_services(dp: Resource) -> frozenset[str] | None:
+    """The services a proxy may reach (``networking.transparentProxying``), None: all it declares.
+
+    ``reachableServices`` names services by their ``kuma.io/service`` tag; ``reachableBackends``
+    refs of kind MeshService name them too (zonemesh has no MeshService resources: the name is
+    the service tag, as in targetRefs; other kinds, labels and ports are refused by validation).
+    As in Kuma, an empty ``reachableServices`` restricts nothing, and ``reachableBackends``
+    present without refs reaches nothing. Kuma applies both to the outbounds transparent
+    proxying generates for every service of the mesh; zonemesh has no transparent proxying, so
+    they trim the outbounds the Dataplane declares."""
+    tp = networking(dp).get("transparentProxying")
+    if not isinstance(tp, Mapping):
+        return None
+    names = [str(s) for s in tp.get("reachableServices") or []]
+    backends = tp.get("reachableBackends")
+    if isinstance(backends, Mapping):
+        names += [str(ref.get("name")) for ref in backends.get("refs") or [] if ref.get("kind") == "MeshService"]
+    elif not names:
+        return None
+    return frozenset(names)
+
+
+def outbounds(dp: Resource) -> list[Mapping[str, Any]]:
+    """The outbounds generation builds: those declared, to the reachable services only. Every
+    reader of a proxy's outbounds (the generators, the reconciler's index of who calls whom)
+    goes through here, so a service a proxy cannot reach changes nothing in its config."""
+    declared = declared_outbounds(dp)
+    reachable = reachable_services(dp)
+    if reachable is None:
+        return declared
+    return [o for o in declared if (o.get("tags") or {}).get(SERVICE_TAG) in reachable]
 
 
 def is_gateway(dp: Resource) -> bool:

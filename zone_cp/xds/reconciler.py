@@ -11,7 +11,9 @@ affected proxies are regenerated:
   servers: either way only the selected proxies' config changes);
 - an ExternalService change: the proxies with an outbound to its service;
 - a Dataplane change: that proxy, plus the proxies whose outbounds target a service it serves
-  (before or after the change), whose endpoints changed;
+  (before or after the change), whose endpoints changed. Only the outbounds a proxy builds
+  count (``context.outbounds``: those to its ``reachableServices``), so in a large mesh a
+  service's changes regenerate the proxies that may reach it, not every proxy declaring it;
 - a proxy connecting: that proxy; a workload certificate due for rotation: the proxies of its
   service (only their secrets change).
 
@@ -584,17 +586,30 @@ class Reconciler:
 
     async def render(self, mesh_name: str, name: str) -> ResourceSet:
         """Generate a proxy's config now, from the mirror (the ``_config`` API)."""
+        mesh, dp = self._proxy(mesh_name, name)
+        return generate(self._context(mesh, await self._certs(mesh, [dp])), dp)
+
+    def inspection(self, mesh_name: str, name: str) -> tuple[MeshContext, Resource]:
+        """The context generation reads for a proxy, from the mirror, and the proxy (the
+        ``_rules`` and ``_policies`` API: which policies set what; no certificates)."""
+        mesh, dp = self._proxy(mesh_name, name)
+        return self._context(mesh, {}), dp
+
+    def _proxy(self, mesh_name: str, name: str) -> tuple[Resource, Resource]:
         mesh = self._mirror[MESH].get(ResourceKey(MESH, "", mesh_name))
         dp = self._mirror[DATAPLANE].get(ResourceKey(DATAPLANE, mesh_name, name))
         if mesh is None or dp is None:
             raise LookupError(f"dataplane {name!r} in mesh {mesh_name!r} not found")
-        dataplanes = self._dataplanes(mesh_name)
+        return mesh, dp
+
+    def _context(self, mesh: Resource, certs: Mapping[str, WorkloadCert]) -> MeshContext:
+        mesh_name = mesh.name
         policies = [r for t in CONTEXT_TYPES for k, r in self._mirror[t].items() if k.mesh == mesh_name]
         externals = [r for k, r in self._mirror[EXTERNAL_SERVICE].items() if k.mesh == mesh_name]
-        certs = await self._certs(mesh, [dp])
         policies += self._cross_mesh(mesh_name)
-        ctx = MeshContext.build(mesh, dataplanes, policies, externals, certs, cross=self.cross_zone(mesh_name))
-        return generate(ctx, dp)
+        return MeshContext.build(
+            mesh, self._dataplanes(mesh_name), policies, externals, certs, cross=self.cross_zone(mesh_name)
+        )
 
     def connected(self) -> list[ProxyIdentity]:
         return [ProxyIdentity(mesh, name) for mesh, name in sorted(self._connected)]

@@ -333,9 +333,11 @@ def cmd_inspect_dataplanes(args: argparse.Namespace, env: Env) -> None:
 
 
 # ``inspect dataplane NAME --type T``: T -> the sub-resource of the dataplane's item path that serves it.
-# Adding a type (stats, clusters, policies, ...) is one entry here plus its endpoint on the CP.
+# Adding a type (stats, clusters, ...) is one entry here plus its endpoint on the CP.
 DATAPLANE_INSPECT_TYPES: dict[str, str] = {
-    "config-dump": "_config",
+    "config-dump": "_config",  # the Envoy config generated for the proxy (admin)
+    "rules": "_rules",  # per policy type, the conf each policy sets and where it comes from
+    "policies": "_policies",  # the proxy-level confs (policies without to/from)
 }
 
 
@@ -356,7 +358,7 @@ def cmd_inspect_dataplane(args: argparse.Namespace, env: Env) -> None:
             client.get(item)
         raise CtlError(
             f"the control plane at {client.address} does not serve the {args.type} of {what} (GET {path}: 404)",
-            ["config dumps are served by the zone control plane the proxy is connected to"],
+            [f"the {args.type} of a dataplane is served by the zone control plane the proxy is connected to"],
         ) from None
     print(body if isinstance(body, str) else output.to_json(body))
 

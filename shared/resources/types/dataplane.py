@@ -25,6 +25,7 @@ from zonemesh.shared.resources.schema import (
     one_of,
 )
 from zonemesh.shared.resources.types.common import PORT, PROTOCOLS, Address, Tags, tag_zone
+from zonemesh.shared.resources.types.targetref import not_supported
 
 GATEWAY_DELEGATED = "DELEGATED"
 GATEWAY_BUILTIN = "BUILTIN"
@@ -82,31 +83,76 @@ GATEWAY = Obj(
     required=("tags",),
 )
 
+# Kuma's reachableBackends kinds. zonemesh has no MeshService resources: a MeshService ref names
+# a service by its kuma.io/service tag (as targetRefs do); what needs the resources is refused.
+BACKEND_KINDS = ("MeshService", "MeshExternalService", "MeshMultiZoneService")
+
+
+def _reachable_backend(value: Mapping[str, Any], path: str, errors: Errors) -> None:
+    """What zonemesh can resolve of a ``reachableBackends`` ref: a MeshService by name."""
+    kind = value.get("kind")
+    if kind in BACKEND_KINDS and kind != "MeshService":
+        errors.add(f"{path}.kind", not_supported(f"reachableBackends of kind {kind}") + "; use MeshService")
+    if value.get("labels") is not None:
+        errors.add(f"{path}.labels", not_supported("selecting reachableBackends by labels") + "; use name")
+    elif not value.get("name"):
+        errors.add(f"{path}.name", "must be defined (the service's kuma.io/service tag)")
+    if value.get("port") is not None:
+        errors.add(
+            f"{path}.port",
+            not_supported("reachableBackends port") + " (a service has no ports without MeshService resources)",
+        )
+
+
+# What only transparent proxying (iptables redirecting the workload's traffic to Envoy) reads.
+# zonemesh has none: refused rather than accepted while traffic goes to ports nothing listens on.
+_REDIRECT_FIELDS = (
+    "redirectPortInbound",
+    "redirectPortInboundV6",
+    "redirectPortOutbound",
+    "directAccessServices",
+    "ipFamilyMode",
+)
+
+
+def _no_redirection(value: Mapping[str, Any], path: str, errors: Errors) -> None:
+    for field in _REDIRECT_FIELDS:
+        if value.get(field) is not None:
+            errors.add(
+                f"{path}.{field}",
+                not_supported("transparent proxying")
+                + ": declare outbounds in networking.outbound (reachableServices and reachableBackends are applied)",
+            )
+
+
 TRANSPARENT_PROXYING = Obj(
     {
         "redirectPortInbound": PORT,
         "redirectPortInboundV6": PORT,  # Kuma < 2.2 wrote a separate IPv6 port; still accepted
         "redirectPortOutbound": PORT,
         "directAccessServices": List(Str(min_len=1)),
+        # Both trim the proxy's outbounds to the services they name (zone_cp/xds/context.py).
         "reachableServices": List(Str(min_len=1)),
         "reachableBackends": Obj(
             {
                 "refs": List(
                     Obj(
                         {
-                            "kind": Str(min_len=1),
+                            "kind": Enum(*BACKEND_KINDS),
                             "name": Str(min_len=1),
-                            "namespace": Str(),
+                            "namespace": Str(),  # ignored in universal, as in targetRefs
                             "labels": _LABELS,
                             "port": PORT,
                         },
                         required=("kind",),
+                        checks=(_reachable_backend,),
                     )
                 )
             }
         ),
         "ipFamilyMode": Enum("DualStack", "IPv4", "IPv6"),
-    }
+    },
+    checks=(_no_redirection,),
 )
 
 

@@ -35,6 +35,13 @@ the pieces before a generator packs them into Envoy resources; they edit the pie
 To add a policy: declare its type with ``support=PolicySupport(plugin="<module>", ...)``, write
 ``zone_cp/xds/policies/<module>.py`` with ``PLUGIN``, and a golden case under
 ``tests/unit/testdata/policies/<module>/`` (see docs/policies.md).
+
+Inspection (``xds/inspection.py``, the ``_rules`` / ``_policies`` API) reports the confs
+``matching``'s ``to_conf`` / ``from_conf`` / ``rules_conf`` (a type with a ``rules`` section) /
+``proxy_conf`` (with ``Plugin.appends``) merge; tests/unit/test_inspection.py checks, for every
+golden case, that those rules generate the same config as the policies. A plugin that merges its
+confs otherwise must make inspection report what it applies; one whose policies set nothing in
+some meshes says why in ``Plugin.inert`` (shown as a warning).
 """
 
 from __future__ import annotations
@@ -233,6 +240,8 @@ def configure_upstream_tls(context: tls_pb2.UpstreamTlsContext, policies: Matche
     for plugin in PLUGINS:
         if plugin.upstream_tls is not None:
             _run(plugin, plugin.upstream_tls, context, policies.get(plugin.type, ()))
+
+
 def configure_proxy(ctx: MeshContext, proxy: Resource, resources: ResourceSet, policies: MatchedPolicies) -> None:
     """The ``proxy`` hooks, on the proxy's own config once everything else is generated."""
     for plugin in PLUGINS:

@@ -46,6 +46,7 @@ class Rule:
     match: Match | None  # None: every caller
     conf: Mapping[str, Any]
     policy: str
+    index: int = 0  # its place in the policy's `rules` (or `from`): Kuma's ruleIndex, for inspection
 
 
 def rules(policies: Sequence[Resource], *, from_as_rules: bool) -> list[Rule]:
@@ -57,12 +58,14 @@ def rules(policies: Sequence[Resource], *, from_as_rules: bool) -> list[Rule]:
     found: list[Rule] = []
     for policy in policies:
         if policy.spec.get("rules"):
-            for rule in policy.spec["rules"]:
+            for index, rule in enumerate(policy.spec["rules"]):
                 for match in rule.get("matches") or [None]:
-                    found.append(Rule(match, rule.get("default") or {}, policy.name))
+                    found.append(Rule(match, rule.get("default") or {}, policy.name, index))
         elif from_as_rules:
             found += [
-                Rule(None, e.conf, policy.name) for e in entries([policy], "from") if e.target_ref.get("kind") == MESH
+                Rule(None, e.conf, policy.name, e.order[2])
+                for e in entries([policy], "from")
+                if e.target_ref.get("kind") == MESH
             ]
     return found
 
@@ -98,11 +101,12 @@ class CallerClass:
 
     match: Match
     conf: dict[str, Any]
+    rules: tuple[Rule, ...] = ()  # those merged into ``conf``, in merge order (for inspection)
 
 
 def classes(found: Sequence[Rule]) -> list[CallerClass]:
     """One class per distinct match, most specific first (the order Envoy must try them in)."""
-    base = [r.conf for r in found if r.match is None]
+    base = [r for r in found if r.match is None]
     matched = [r for r in found if r.match is not None]
     distinct = {_key(r.match): r.match for r in matched if r.match is not None}
     result = []
@@ -110,7 +114,8 @@ def classes(found: Sequence[Rule]) -> list[CallerClass]:
         covering = sorted(
             (r for r in matched if r.match is not None and _covers(r.match, match)), key=lambda r: specificity(r.match)
         )
-        result.append(CallerClass(match, merge_all([*base, *(r.conf for r in covering)]) or {}))
+        merged = [*base, *covering]
+        result.append(CallerClass(match, merge_all(r.conf for r in merged) or {}, tuple(merged)))
     return result
 
 
@@ -152,7 +157,6 @@ def service_match(mesh: str, service: str) -> Match:
 def _regex_escape(text: str) -> str:
     """``text`` as a literal in an RE2 regex (SPIFFE IDs: letters, digits, ``.-_/:``)."""
     return "".join(c if c.isalnum() or c in "_-/:" else f"\\{c}" for c in text)
-
 
 
 def predicate(match: Match) -> Predicate:

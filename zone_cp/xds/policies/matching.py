@@ -25,7 +25,7 @@ per direction. Kuma 2.14's matcher (pkg/plugins/policies/core/matchers/dataplane
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,7 @@ __all__ = [
     "matched",
     "matched_inbound",
     "merge_all",
+    "proxy_conf",
     "proxy_type",
     "section_name",
     "selectors",
@@ -65,6 +66,7 @@ __all__ = [
     "selects_inbound",
     "signature",
     "to_conf",
+    "to_entries",
 ]
 
 Tags = Mapping[str, str]
@@ -281,7 +283,7 @@ def entries(policies: Sequence[Resource], direction: str) -> list[Entry]:
     return sorted(found, key=lambda e: e.order)
 
 
-def _selects_destination(target_ref: Mapping[str, Any], service: str) -> bool:
+def _selects_destination(target_ref: Mapping[str, Any], service: str | None) -> bool:
     kind = target_ref.get("kind")
     if kind == MESH:
         return True
@@ -290,14 +292,37 @@ def _selects_destination(target_ref: Mapping[str, Any], service: str) -> bool:
     return False
 
 
-def to_conf(policies: Sequence[Resource], service: str) -> dict[str, Any] | None:
+def to_entries(policies: Sequence[Resource], service: str | None) -> list[Entry]:
+    """The ``to`` entries configuring traffic to ``service``, in merge order (None: to a service
+    no entry names). ``to_conf`` merges them; inspection (xds/inspection.py) names their policies."""
+    return [e for e in entries(policies, "to") if _selects_destination(e.target_ref, service)]
+
+
+def to_conf(policies: Sequence[Resource], service: str | None) -> dict[str, Any] | None:
     """The merged ``to`` conf for traffic to ``service`` (None: no entry applies)."""
-    return merge_all(e.conf for e in entries(policies, "to") if _selects_destination(e.target_ref, service))
+    return merge_all(e.conf for e in to_entries(policies, service))
 
 
 def from_conf(policies: Sequence[Resource]) -> dict[str, Any] | None:
     """The merged ``from`` conf for inbound traffic from anywhere (entries targeting Mesh)."""
     return merge_all(e.conf for e in entries(policies, "from") if e.target_ref.get("kind") == MESH)
+
+
+def proxy_conf(policies: Sequence[Resource], appends: Collection[str] = ()) -> dict[str, Any] | None:
+    """The merged top-level ``default`` of the policies (proxy-level conf, Kuma's single-item
+    rules: a policy without ``to``/``from``), least specific first; the lists of the ``appends``
+    fields add up instead of replacing (Kuma's ``policyMerge:"append"``, ``Plugin.appends``)."""
+    result: dict[str, Any] | None = None
+    for policy in policies:
+        conf = policy.spec.get("default")
+        if not isinstance(conf, Mapping):
+            continue
+        merged = deep_merge(result or {}, conf)
+        for key in appends:
+            if isinstance(conf.get(key), list):
+                merged[key] = [*((result or {}).get(key) or []), *conf[key]]
+        result = merged
+    return result
 
 
 def signature(policies: Sequence[Resource]) -> tuple[str, ...]:

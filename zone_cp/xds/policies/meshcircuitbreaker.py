@@ -14,6 +14,8 @@ from zonemesh.zone_cp.xds.policies import callers
 from zonemesh.zone_cp.xds.policies.plugin import Plugin
 
 TYPE = "MeshCircuitBreaker"
+# Kuma's IsFromAsRules: `from` entries count as inbound rules without matches (callers.rules).
+FROM_AS_RULES = True
 
 _LIMITS = {
     "maxConnections": "max_connections",
@@ -95,9 +97,9 @@ def apply_outbound(pieces: OutboundPieces, conf: Mapping[str, Any]) -> None:
 
 def apply_inbound(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
     # `from` entries and rules alike (Kuma's rules have no matches for this type).
-    conf = callers.catch_all(callers.rules(policies, from_as_rules=True))
+    conf = callers.catch_all(callers.rules(policies, from_as_rules=FROM_AS_RULES))
     if conf is not None:
         configure_cluster(pieces.cluster, conf)
 
 
-PLUGIN = Plugin(TYPE, order=40, outbound=apply_outbound, inbound=apply_inbound)
+PLUGIN = Plugin(TYPE, order=40, outbound=apply_outbound, inbound=apply_inbound, from_as_rules=FROM_AS_RULES)

@@ -34,6 +34,8 @@ from zonemesh.zone_cp.xds.policies.matching import to_conf
 from zonemesh.zone_cp.xds.policies.plugin import Plugin
 
 TYPE = "MeshFaultInjection"
+# Not Kuma's IsFromAsRules: `from` is read on its own when no policy selecting an inbound has rules.
+FROM_AS_RULES = False
 
 _BANDWIDTH_KBPS = {"kbps": 1, "Mbps": 1000, "Gbps": 1000_000}
 
@@ -88,7 +90,7 @@ def apply_gateway(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
 
 def inbound_filters(mesh: str, policies: Sequence[Resource]) -> list[hcm_pb2.HttpFilter]:
     """The fault filters of one sidecar inbound (see the module's docstring)."""
-    found = callers.rules(policies, from_as_rules=False)
+    found = callers.rules(policies, from_as_rules=FROM_AS_RULES)
     if found:
         ordered = sorted(found, key=lambda r: callers.specificity(r.match), reverse=True)
         return [
@@ -112,4 +114,4 @@ def apply_inbound(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
         pieces.http_filters.extend(inbound_filters(pieces.mesh, policies))
 
 
-PLUGIN = Plugin(TYPE, order=60, inbound=apply_inbound, gateway=apply_gateway)
+PLUGIN = Plugin(TYPE, order=60, inbound=apply_inbound, gateway=apply_gateway, from_as_rules=FROM_AS_RULES)

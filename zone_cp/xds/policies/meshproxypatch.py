@@ -413,4 +413,5 @@ def apply(ctx: MeshContext, proxy: Resource, resources: ResourceSet, policies: P
             by_name[name] = (*by_name.get(name, ()), who)
 
 
-PLUGIN = Plugin(type=TYPE, order=9999, proxy=apply)
+# The modifications of all the policies run in order: inspection shows them as one appended list.
+PLUGIN = Plugin(type=TYPE, order=9999, proxy=apply, appends=("appendModifications",))

@@ -31,6 +31,8 @@ from zonemesh.zone_cp.xds.policies.matching import to_conf
 from zonemesh.zone_cp.xds.policies.plugin import Plugin
 
 TYPE = "MeshRateLimit"
+# Kuma's IsFromAsRules: `from` entries count as inbound rules without matches (callers.rules).
+FROM_AS_RULES = True
 DEFAULT_STATUS = 429
 
 
@@ -98,7 +100,7 @@ def apply_gateway(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
 
 
 def apply_inbound(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
-    found = callers.rules(policies, from_as_rules=True)
+    found = callers.rules(policies, from_as_rules=FROM_AS_RULES)
     every = callers.catch_all(found)
     if not pieces.is_http:
         pieces.network_filters.extend(network_filters(every, pieces.stat_prefix))
@@ -112,4 +114,4 @@ def apply_inbound(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
     pieces.http_filters.extend(callers.guarded(f, others) for f in http_filters(every, pieces.stat_prefix))
 
 
-PLUGIN = Plugin(TYPE, order=70, inbound=apply_inbound, gateway=apply_gateway)
+PLUGIN = Plugin(TYPE, order=70, inbound=apply_inbound, gateway=apply_gateway, from_as_rules=FROM_AS_RULES)

@@ -26,6 +26,8 @@ from zonemesh.zone_cp.xds.policies import callers
 from zonemesh.zone_cp.xds.policies.plugin import Plugin
 
 TYPE = "MeshTimeout"
+# Kuma's IsFromAsRules: `from` entries count as inbound rules without matches (callers.rules).
+FROM_AS_RULES = True
 
 
 def _http(pieces: OutboundPieces | InboundPieces, http: Mapping[str, Any], idle: str | None) -> None:
@@ -102,7 +104,7 @@ def _caller_routes(pieces: InboundPieces, classes: Sequence[callers.CallerClass]
 
 
 def apply_inbound(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
-    found = callers.rules(policies, from_as_rules=True)
+    found = callers.rules(policies, from_as_rules=FROM_AS_RULES)
     conf = callers.catch_all(found)
     if conf is not None:
         _listener(pieces, conf)
@@ -114,9 +116,16 @@ def apply_inbound(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
 def apply_gateway(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
     # Rules with matches are refused on gateway-only scopes (a gateway's routes are not copied
     # per caller); with a scope of sidecars and gateways they apply on the sidecars.
-    conf = callers.catch_all(callers.rules(policies, from_as_rules=True))
+    conf = callers.catch_all(callers.rules(policies, from_as_rules=FROM_AS_RULES))
     if conf is not None:
         _listener(pieces, conf)
 
 
-PLUGIN = Plugin(TYPE, order=20, outbound=apply_outbound, inbound=apply_inbound, gateway=apply_gateway)
+PLUGIN = Plugin(
+    TYPE,
+    order=20,
+    outbound=apply_outbound,
+    inbound=apply_inbound,
+    gateway=apply_gateway,
+    from_as_rules=FROM_AS_RULES,
+)

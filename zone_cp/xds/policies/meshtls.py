@@ -85,4 +85,5 @@ def apply_upstream(context: tls_pb2.UpstreamTlsContext, policies: Sequence[Resou
 
 
 # Before every other plugin: what an inbound speaks comes before the filters others add to it.
-PLUGIN = Plugin(TYPE, order=5, inbound=apply_inbound, upstream_tls=apply_upstream)
+# A policy has `from` (kind Mesh) or `rules` (without matches), merged alike: Kuma's IsFromAsRules.
+PLUGIN = Plugin(TYPE, order=5, inbound=apply_inbound, upstream_tls=apply_upstream, from_as_rules=True)

@@ -34,13 +34,15 @@ from envoy.type.matcher.v3 import string_pb2
 from xds.core.v3 import extension_pb2 as xds_extension_pb2
 from xds.type.matcher.v3 import matcher_pb2
 from zonemesh.shared.resources.model import Resource
-from zonemesh.zone_cp.xds.context import SERVICE_TAG
+from zonemesh.zone_cp.xds.context import SERVICE_TAG, MeshContext
 from zonemesh.zone_cp.xds.envoy import InboundPieces, pack, spiffe_id
 from zonemesh.zone_cp.xds.policies import callers
 from zonemesh.zone_cp.xds.policies.matching import MESH, MESH_SERVICE, MESH_SUBSET, entries
 from zonemesh.zone_cp.xds.policies.plugin import Plugin
 
 TYPE = "MeshTrafficPermission"
+# Not Kuma's IsFromAsRules: `from` is read on its own when no policy selecting an inbound has rules.
+FROM_AS_RULES = False
 ALLOW, DENY, SHADOW = "Allow", "Deny", "AllowWithShadowDeny"
 
 
@@ -159,7 +161,7 @@ def apply_inbound(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
     if pieces.mtls is None:
         return
     stat_prefix = f"{pieces.stat_prefix}."
-    found = callers.rules(policies, from_as_rules=False)
+    found = callers.rules(policies, from_as_rules=FROM_AS_RULES)
     # An RBAC filter without rules or matcher allows everything: exactly one is always set.
     if pieces.is_http:
         if found:
@@ -189,5 +191,9 @@ def apply_inbound(pieces: InboundPieces, policies: Sequence[Resource]) -> None:
         )
 
 
+def inert(ctx: MeshContext) -> str | None:
+    return None if ctx.mtls is not None else "Mesh is not mTLS enabled: MeshTrafficPermission has no effect"
+
+
 # The zone egress checks the callers of an ExternalService as its inbound would.
-PLUGIN = Plugin(TYPE, order=10, inbound=apply_inbound, egress=apply_inbound)
+PLUGIN = Plugin(TYPE, order=10, inbound=apply_inbound, egress=apply_inbound, inert=inert, from_as_rules=FROM_AS_RULES)

@@ -44,6 +44,17 @@ class Plugin:
     # Its outbound hook's ``pieces.locality`` also lays out the zone egress's endpoints of other
     # zones (``policies.egress_locality``: the policies that select every sidecar of the mesh).
     egress_locality: bool = False
+    # Fields of the whole-proxy ``default`` whose lists add up across the policies selecting a
+    # proxy instead of replacing (Kuma's ``policyMerge:"append"``): ``matching.proxy_conf``.
+    appends: tuple[str, ...] = ()
+    # Kuma's IsFromAsRules: the type's `from` entries (kind Mesh) count as inbound rules without
+    # matches (``callers.rules``), merged per caller class; without it a type reads `from` itself
+    # when no policy selecting the inbound has `rules`, and its rules are not merged. Inspection
+    # shows the inbound side accordingly (xds/inspection.py).
+    from_as_rules: bool = False
+    # Why the type's policies set nothing at all in this mesh (None: they apply), for inspection's
+    # warnings (xds/inspection.py): e.g. MeshTrafficPermission without mTLS.
+    inert: Callable[[MeshContext], str | None] | None = None
 
 
 class PluginError(Exception):
