@@ -18,6 +18,11 @@ name) and the MeshGatewayRoutes selecting that gateway's listeners:
   ``kuma.io/service`` gets a subset cluster of just those endpoints.
 - Clusters are the sidecar outbound clusters (``outbound._build``: mTLS, endpoints, and the
   cluster-level policies: MeshCircuitBreaker, MeshHealthCheck, MeshTimeout connect/idle).
+- MeshHTTPRoutes / MeshTCPRoutes whose top-level targetRef is the MeshGateway (with ``tags``,
+  the listeners carrying them) route the listener ports they attach to instead of the
+  MeshGatewayRoutes (as Kuma, which skips MeshGatewayRoutes then): ``_mesh_http_hosts`` turns
+  their ``hostnames`` into virtual hosts and their merged rules into routes
+  (policies/meshhttproute.py), a TCP port's proxy takes their merged backends.
 - A ``crossMesh`` listener requires mTLS from clients of any mesh (the gateway presents its own
   mesh identity and trusts every mesh's CA) and answers ``internal.<gateway>.<mesh>.mesh`` or its
   hostname.
