@@ -87,6 +87,8 @@ def test_a_dataplane_nobody_calls_affects_only_itself() -> None:
         ({"kind": "Dataplane"}, {"web-1", "backend-1", "backend-2", "db-1"}),
         ({"kind": "Dataplane", "labels": {"team": "db"}}, {"db-1"}),
         ({"kind": "Dataplane", "sectionName": "9090"}, set()),  # no inbound on that port
+        # A policy for one MeshHTTPRoute's routes: wherever that route applies.
+        ({"kind": "MeshHTTPRoute", "name": "r"}, {"web-1", "backend-1", "backend-2", "db-1"}),
     ],
 )
 def test_a_policy_affects_the_proxies_its_target_ref_selects(target: dict[str, object], expected: set[str]) -> None:

@@ -43,7 +43,7 @@ import structlog
 from cryptography import x509
 from zonemesh.shared.resources import REGISTRY
 from zonemesh.shared.resources.model import Resource, ResourceKey
-from zonemesh.shared.resources.types.targetref import top_level
+from zonemesh.shared.resources.types.targetref import MESH_HTTP_ROUTE, top_level
 from zonemesh.shared.store import Store
 from zonemesh.shared.store.base import Event, EventKind, Watch
 from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotBuilder, SnapshotCache
@@ -129,8 +129,11 @@ def affected_by_dataplane(before: Resource | None, after: Resource | None, consu
 def affected_by_policy(before: Resource | None, after: Resource | None, dataplanes: Iterable[Resource]) -> set[str]:
     """A targetRef policy changed: the proxies its top-level targetRef selects, before or after
     (a ``MeshGateway`` targetRef: the builtin gateways, which MeshGateway selects them is the
-    generator's business)."""
+    generator's business; a ``MeshHTTPRoute`` targetRef, a policy for that route's routes: every
+    proxy, which the route selects is the generator's business too)."""
     refs = [top_level(p.spec) for p in (before, after) if p is not None]
+    if any(ref.get("kind") == MESH_HTTP_ROUTE for ref in refs):
+        return {dp.name for dp in dataplanes}
     return {
         dp.name
         for dp in dataplanes
