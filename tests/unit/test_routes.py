@@ -391,3 +391,17 @@ def test_a_policy_type_that_applies_nothing_per_route_refuses_a_mesh_http_route_
     assert reasons(doc)["spec.targetRef.kind"].startswith(
         "MeshRateLimit with a top-level MeshHTTPRoute targetRef (per-route MeshRateLimit) is not supported yet"
     )
+
+
+@pytest.mark.parametrize(
+    "top",
+    [
+        {"kind": "Mesh", "proxyTypes": ["Gateway"]},
+        {"kind": "MeshSubset", "tags": {"a": "b"}, "proxyTypes": ["Gateway"]},
+    ],
+)
+def test_a_route_selecting_only_gateways_needs_a_mesh_gateway_target_ref(top: dict[str, Any]) -> None:
+    """It would route nothing: on gateways routes apply with a top-level MeshGateway targetRef."""
+    doc = http_route({"backendRefs": backends("a")})
+    doc["spec"]["targetRef"] = top
+    assert reasons(doc)["spec.targetRef"].startswith("selects only gateways")

@@ -39,12 +39,15 @@ from zonemesh.shared.resources.types.policies.common import (
     type_matches_field,
 )
 from zonemesh.shared.resources.types.targetref import (
+    GATEWAY,
     MESH,
     MESH_GATEWAY,
     MESH_SERVICE,
     TOP_KINDS,
     not_supported,
+    selectable_proxy_types,
     target_ref,
+    top_level,
 )
 
 METHODS = ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")
@@ -291,6 +294,20 @@ def _gateway_only_fields(spec: Mapping[str, Any]) -> list[FieldError]:
     return errors
 
 
+def gateways_need_mesh_gateway(spec: Mapping[str, Any]) -> list[FieldError]:
+    """On builtin gateways a route applies with a top-level MeshGateway targetRef (its `to`
+    targets Mesh); one whose targetRef selects only gateways otherwise would route nothing."""
+    ref = top_level(spec)
+    if ref.get("kind") == MESH_GATEWAY or selectable_proxy_types(ref) != {GATEWAY}:
+        return []
+    return [
+        FieldError(
+            "spec.targetRef",
+            "selects only gateways, where routes apply with a top-level MeshGateway targetRef: use kind MeshGateway",
+        )
+    ]
+
+
 def _gateway_rules_need_backends(spec: Mapping[str, Any]) -> list[FieldError]:
     errors: list[FieldError] = []
     for i, entry in enumerate(spec["to"]):
@@ -359,7 +376,11 @@ MESH_HTTP_ROUTE = register(
         support=PolicySupport(plugin="meshhttproute", sidecar=("to",), gateway=("to",), not_yet=_not_yet),
         spec=SPEC,
         semantic=policy_semantic(
-            not_empty("to"), gateway_to_mesh_only, sidecar_to_kinds(MESH_SERVICE), _gateway_only_fields
+            not_empty("to"),
+            gateway_to_mesh_only,
+            sidecar_to_kinds(MESH_SERVICE),
+            _gateway_only_fields,
+            gateways_need_mesh_gateway,
         ),
     )
 )

@@ -16,7 +16,7 @@ from zonemesh.shared.resources.types.policies.common import (
     policy_semantic,
     sidecar_to_kinds,
 )
-from zonemesh.shared.resources.types.policies.meshhttproute import backend_refs_not_yet
+from zonemesh.shared.resources.types.policies.meshhttproute import backend_refs_not_yet, gateways_need_mesh_gateway
 from zonemesh.shared.resources.types.targetref import (
     MESH,
     MESH_SERVICE,
@@ -73,6 +73,8 @@ MESH_TCP_ROUTE = register(
             plugin="meshtcproute", sidecar=("to",), gateway=("to",), not_yet=backend_refs_not_yet
         ),
         spec=SPEC,
-        semantic=policy_semantic(not_empty("to"), gateway_to_mesh_only, sidecar_to_kinds(MESH_SERVICE)),
+        semantic=policy_semantic(
+            not_empty("to"), gateway_to_mesh_only, sidecar_to_kinds(MESH_SERVICE), gateways_need_mesh_gateway
+        ),
     )
 )
