@@ -357,4 +357,4 @@ def policy_destinations(policy: Resource) -> list[Destination]:
 
 
 # Runs before the policies that configure routes (their settings go on the template route).
-PLUGIN = Plugin(TYPE, order=5, outbound=apply_outbound, to_conf=route_conf, destinations=policy_destinations)
+PLUGIN = Plugin(TYPE, order=2, outbound=apply_outbound, to_conf=route_conf, destinations=policy_destinations)

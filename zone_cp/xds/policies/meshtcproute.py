@@ -57,4 +57,4 @@ def destinations(policy: Resource) -> list[Destination]:
     return policy_destinations(policy)
 
 
-PLUGIN = Plugin(TYPE, order=6, outbound=apply_outbound, to_conf=route_conf, destinations=destinations)
+PLUGIN = Plugin(TYPE, order=3, outbound=apply_outbound, to_conf=route_conf, destinations=destinations)
