@@ -212,7 +212,6 @@ class Mesh:
             mesh="default",
             dataplane=["--dataplane-inline", json.dumps(dataplane)],
             token_file=token_file,
-            admin_port=free_port(),
             work_dir=self.work / name,
         )
         self.start(cmd, f"{name}-dp")
@@ -313,7 +312,8 @@ def test_seed_002_route_applies_as_written_path_header_and_weighted_routing(mesh
     (m.work / "route-1.yaml").write_text(text)
     assert "route-1" in zmctl_ok(m.cp.api, "apply", "-f", str(m.work / "route-1.yaml"))
     try:
-        wait_until(lambda: m.api("/v2/orders").name == "api-v2", WAIT, what="route-1: /v2 to api's v2 instances")
+        # Before route-1 takes effect /v2 goes to either version: wait for a run of v2 only.
+        wait_until(lambda: set(names(m, "/v2/orders", 20)) == {"api-v2"}, WAIT, what="route-1: /v2 to api's v2")
         reply = m.api("/v2/orders")
         assert reply.json["path"] == "/v2/orders"  # no rewrite
         assert set(names(m, "/v2/x", 10)) == {"api-v2"}
@@ -327,12 +327,14 @@ def test_seed_002_route_applies_as_written_path_header_and_weighted_routing(mesh
         print(f"90/10 split over {REQUESTS} requests: {dict(counts)} (v2 {share:.3f}, configured 0.1)")
         assert set(counts) == {"api-v1", "api-v2"} and abs(share - 0.1) <= SPLIT_TOLERANCE, counts
 
-        # 100/0: every request to v1.
+        # 100/0: every request to v1. The same update sends /v2 to v1 too, which shows when it is in
+        # force (one route configuration: both change at once).
         all_v1 = copy.deepcopy(doc)
+        all_v1["spec"]["to"][0]["rules"][0]["default"]["backendRefs"][0]["tags"] = {"version": "v1"}
         refs = all_v1["spec"]["to"][0]["rules"][2]["default"]["backendRefs"]
         refs[0]["weight"], refs[1]["weight"] = 100, 0
         m.apply(all_v1)
-        wait_until(lambda: set(names(m, "/p", 20)) == {"api-v1"}, WAIT, what="100/0 to v1")
+        wait_until(lambda: m.api("/v2/x").name == "api-v1", WAIT, what="the 100/0 update in force")
         assert set(names(m, "/p", 50)) == {"api-v1"}
     finally:
         m.delete(doc)
@@ -397,7 +399,7 @@ def test_tcp_route_weighted_split(mesh: Mesh) -> None:
     only_v2["spec"]["to"][0]["rules"][0]["default"]["backendRefs"][0]["weight"] = 0
     m.apply(only_v2)
     try:
-        wait_until(lambda: {connect(m.db_out) for _ in range(10)} == {"db-v2"}, WAIT, what="0/100: db v2 only")
+        wait_until(lambda: {connect(m.db_out) for _ in range(20)} == {"db-v2"}, WAIT, what="0/100: db v2 only")
         assert {connect(m.db_out) for _ in range(30)} == {"db-v2"}
         m.apply(doc)  # 1/1
         wait_until(lambda: {connect(m.db_out) for _ in range(40)} == {"db-v1", "db-v2"}, WAIT, what="1/1 split")
@@ -424,7 +426,7 @@ def test_http_route_wins_over_tcp_route_for_an_http_service(mesh: Mesh) -> None:
     m.apply(route)
     m.apply(tcp)
     try:
-        wait_until(lambda: m.api("/v2/x").name == "api-v2", WAIT, what="route-1 in place")
+        wait_until(lambda: set(names(m, "/v2/x", 20)) == {"api-v2"}, WAIT, what="route-1 in place")
         assert set(names(m, "/v2/x", 10)) == {"api-v2"}  # the HTTP route wins
         m.delete(route)
         # Without an HTTP route the TCP route forwards api's connections (HTTP as bytes) to other.
