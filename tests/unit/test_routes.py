@@ -14,7 +14,15 @@ from zonemesh.shared.resources.codec import from_universal, parse_universal
 from zonemesh.shared.resources.schema import ValidationError
 from zonemesh.zone_cp.xds.envoy import Destination
 from zonemesh.zone_cp.xds.generators import generate
-from zonemesh.zone_cp.xds.policies.meshhttproute import build_routes, match_rank, merge_rules, route_conf
+from zonemesh.zone_cp.xds.inspection import RULE_MATCHES_HASH, rules
+from zonemesh.zone_cp.xds.policies.meshhttproute import (
+    build_routes,
+    match_rank,
+    matches_hash,
+    merge_rules,
+    origins,
+    route_conf,
+)
 from zonemesh.zone_cp.xds.resources import LISTENER, ROUTE
 from zonemesh.zone_cp.xds.testing import mesh_context
 
@@ -75,8 +83,8 @@ def test_the_more_specific_top_level_target_ref_wins_a_shared_rule() -> None:
     service["rules"][0]["default"]["backendRefs"] = backends("y")
     by_service = policy("z-service", {"kind": "MeshService", "name": "web"}, [service])
     conf = route_conf([mesh, by_service], "api")  # matching's order: least specific first
-    assert conf is not None
-    assert [(r.origin, r.default["backendRefs"]) for r in conf["rules"]] == [("z-service", backends("y"))]
+    assert conf == {"rules": [{"matches": [PREFIX], "default": {"backendRefs": backends("y")}}]}
+    assert origins([mesh, by_service], "api") == {matches_hash([PREFIX]): "z-service"}
     assert route_conf([mesh, by_service], "other") is None
 
 
@@ -112,10 +120,10 @@ def test_matches_are_ordered_most_specific_first() -> None:
 def test_a_catch_all_to_the_destination_comes_last_unless_a_rule_is_one() -> None:
     own = Destination.to("api")
     rules = merge_rules([("r", [rule({"method": "GET"}, backendRefs=backends("b"))])])
-    routes, _ = build_routes(rules, own)
+    routes, _ = build_routes([r.json for r in rules], own)
     assert [(r.match.prefix, r.route.cluster) for r in routes] == [("/", "b"), ("/", "api")]
     rules = merge_rules([("r", [rule({"path": {"type": "PathPrefix", "value": "/"}}, backendRefs=backends("b"))])])
-    routes, _ = build_routes(rules, own)
+    routes, _ = build_routes([r.json for r in rules], own)
     assert [r.route.cluster for r in routes] == ["b"]
 
 
@@ -129,7 +137,7 @@ def test_prefix_rewrite_keeps_whole_path_segments() -> None:
     rules = merge_rules(
         [("r", [rule({"path": {"type": "PathPrefix", "value": "/old"}}, filters=[rewrite], backendRefs=backends("a"))])]
     )
-    routes, _ = build_routes(rules, None)
+    routes, _ = build_routes([r.json for r in rules], None)
     exact, prefix = routes
     assert exact.match.path == "/old" and exact.route.regex_rewrite.substitution == "/new"
     assert prefix.match.prefix == "/old/" and prefix.route.prefix_rewrite == "/new/"
@@ -150,7 +158,7 @@ def test_weight_zero_drops_a_backend_and_a_rule_left_without_one() -> None:
             )
         ]
     )
-    routes, used = build_routes(rules, Destination.to("api"))
+    routes, used = build_routes([r.json for r in rules], Destination.to("api"))
     assert [r.route.cluster for r in routes] == ["c", "api"]
     assert used == [Destination.to("c"), Destination.to("api")]
 
@@ -405,3 +413,48 @@ def test_a_route_selecting_only_gateways_needs_a_mesh_gateway_target_ref(top: di
     doc = http_route({"backendRefs": backends("a")})
     doc["spec"]["targetRef"] = top
     assert reasons(doc)["spec.targetRef"].startswith("selects only gateways")
+
+
+PER_ROUTE_TIMEOUT = """
+type: MeshTimeout
+mesh: default
+name: http-timeout
+spec:
+  targetRef: {kind: MeshHTTPRoute, name: http}
+  to: [{targetRef: {kind: Mesh}, default: {http: {requestTimeout: 9s}}}]
+"""
+
+
+async def test_inspection_reports_the_merged_rules_their_hashes_and_per_route_confs() -> None:
+    """As Kuma's _rules: a MeshHTTPRoute's conf is its merged rules, httpMatches the hash naming
+    each rule's routes, a per-route MeshTimeout a `to` rule for that hash (what its routes get)."""
+    resources = [
+        from_universal(d)[0] for text in (WORKLOADS, HTTP_ROUTE, PER_ROUTE_TIMEOUT) for d in yaml.safe_load_all(text)
+    ]
+    ctx = await mesh_context(resources)
+    found = rules(ctx, ctx.dataplanes["web-1"])
+    by_type = {r["type"]: r for r in found["rules"]}
+    match = [{"path": {"type": "PathPrefix", "value": "/v1"}}]
+    digest = matches_hash(match)
+    [route_rule] = by_type["MeshHTTPRoute"]["toRules"]
+    assert route_rule["conf"] == {
+        "rules": [{"matches": match, "default": yaml.safe_load(HTTP_ROUTE)["spec"]["to"][0]["rules"][0]["default"]}]
+    }
+    assert [o["name"] for o in route_rule["origin"]] == ["http"]
+    assert found["httpMatches"] == [{"hash": digest, "match": match}]
+    per_route = [
+        r for r in by_type["MeshTimeout"]["toRules"] if any(m["key"] == RULE_MATCHES_HASH for m in r["matchers"])
+    ]
+    assert [(r["matchers"], r["conf"]["http"]["requestTimeout"]) for r in per_route] == [
+        (
+            [
+                {"key": RULE_MATCHES_HASH, "value": digest, "not": False},
+                {"key": "kuma.io/service", "value": "api", "not": False},
+            ],
+            "9s",
+        )
+    ]
+    routes = generate(ctx, ctx.dataplanes["web-1"]).get(ROUTE, "outbound:api")
+    assert routes is not None
+    timeouts = {(r.name, r.route.timeout.seconds) for r in routes.virtual_hosts[0].routes}  # type: ignore[attr-defined]
+    assert timeouts == {(digest, 9), ("", 0)}  # the catch-all is no route of `http`: no timeout for it

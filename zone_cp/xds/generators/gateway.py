@@ -580,12 +580,15 @@ def _mesh_http_hosts(gen: _Gen, items: Sequence[Listener]) -> dict[str, list[rou
             if vhost in hosts or any(host_covers(other, vhost) for other in served):
                 continue
             groups = sorted((h for h in by_host if host_covers(h, vhost)), key=_host_rank)
-            hosts[vhost] = _mesh_http_routes(gen, [rule for h in groups for rule in by_host[h]])
+            origins = meshhttproute.gateway_origins(item.http_routes)
+            hosts[vhost] = _mesh_http_routes(gen, [rule for h in groups for rule in by_host[h]], origins)
         served.append(item.hostname)
     return hosts
 
 
-def _mesh_http_routes(gen: _Gen, rules: Sequence[meshhttproute.Rule]) -> list[route_components_pb2.Route]:
+def _mesh_http_routes(
+    gen: _Gen, rules: Sequence[Mapping[str, Any]], origins: Mapping[str, str]
+) -> list[route_components_pb2.Route]:
     routes, destinations = meshhttproute.build_routes(rules, default=None)
     service_of = {dest.cluster_name: dest.service for dest in destinations}
     for dest in destinations:
@@ -599,7 +602,7 @@ def _mesh_http_routes(gen: _Gen, rules: Sequence[meshhttproute.Rule]) -> list[ro
         gen.route_policies(route, services)
         service = next(iter(services)) if len(services) == 1 else ""
         protocol = gen.ctx.protocol(service) if service else "http"
-        configure_route(gen.ctx, route, service, protocol, gen.policies)
+        configure_route(gen.ctx, route, service, protocol, gen.policies, origins.get(route.name))
     return routes
 
 
@@ -716,8 +719,8 @@ def _tcp_filters(gen: _Gen, items: Sequence[Listener], stat_prefix: str) -> list
     proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix)
     tcp_routes = ordered({p.name: p for item in items for p in item.tcp_routes}.values())
     if tcp_routes:  # MeshTCPRoutes replace the port's MeshGatewayRoutes
-        conf = meshtcproute.route_conf(tcp_routes, "") or {}
-        split = meshhttproute.split(conf.get("backendRefs") or [])
+        conf = meshtcproute.route_conf(tcp_routes, None) or {}
+        split = meshhttproute.split((conf.get("default") or {}).get("backendRefs") or [])
         backends = [(gen.cluster(dest), weight, dest.service) for dest, weight in split]
     else:
         rules = [

@@ -78,7 +78,7 @@ from zonemesh.zone_cp.xds.envoy import (
 from zonemesh.zone_cp.xds.generators.common import http_protocol_options
 from zonemesh.zone_cp.xds.generators.inbound import ROUTER
 from zonemesh.zone_cp.xds.locality import LocalityPlan
-from zonemesh.zone_cp.xds.policies import MatchedPolicies, outbound_signature
+from zonemesh.zone_cp.xds.policies import MatchedPolicies, meshhttproute, outbound_signature
 from zonemesh.zone_cp.xds.policies.meshretry import TYPE as MESH_RETRY
 from zonemesh.zone_cp.xds.policies.meshretry import omit_host_tag_keys
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, ResourceSet
@@ -215,7 +215,8 @@ def _build_shared(ctx: MeshContext, service: str, policies: MatchedPolicies) -> 
         assert pieces.route is not None
         routes = [pieces.route]
         if pieces.routes is not None:
-            routes = [_route(ctx, pieces, own, policies) for own in pieces.routes]
+            origins = meshhttproute.origins(policies.get(meshhttproute.TYPE, ()), service)
+            routes = [_route(ctx, pieces, own, policies, origins.get(own.name)) for own in pieces.routes]
         route_name = f"outbound:{service}"
         route = route_pb2.RouteConfiguration(
             name=route_name,
@@ -241,11 +242,15 @@ def _build_shared(ctx: MeshContext, service: str, policies: MatchedPolicies) -> 
 
 
 def _route(
-    ctx: MeshContext, pieces: OutboundPieces, own: route_components_pb2.Route, policies: MatchedPolicies
+    ctx: MeshContext,
+    pieces: OutboundPieces,
+    own: route_components_pb2.Route,
+    policies: MatchedPolicies,
+    origin: str | None,
 ) -> route_components_pb2.Route:
     """A MeshHTTPRoute route with the route-level settings the other policies put on the
     outbound's template route (timeouts, retries: they apply to every route of the outbound, as
-    in Kuma), then those of the policies targeting the MeshHTTPRoute it comes from."""
+    in Kuma), then those of the policies targeting ``origin``, the MeshHTTPRoute it comes from."""
     assert pieces.route is not None
     route = route_components_pb2.Route()
     route.CopyFrom(pieces.route)
@@ -261,7 +266,7 @@ def _route(
     route.request_headers_to_remove.extend(own.request_headers_to_remove)
     route.response_headers_to_add.extend(own.response_headers_to_add)
     route.response_headers_to_remove.extend(own.response_headers_to_remove)
-    policy_plugins.configure_route(ctx, route, pieces.service, pieces.protocol, policies)
+    policy_plugins.configure_route(ctx, route, pieces.service, pieces.protocol, policies, origin)
     return route
 
 

@@ -110,6 +110,7 @@ __all__ = [
     "plugin_table",
     "policy_selectors",
     "policy_signature",
+    "route_policies",
 ]
 
 PLUGINS = plugin_table(REGISTRY)
@@ -271,14 +272,19 @@ def route_policies(ctx: MeshContext, route_name: str) -> dict[str, list[Resource
 
 
 def configure_route(
-    ctx: MeshContext, route: route_components_pb2.Route, service: str, protocol: str, policies: MatchedPolicies
+    ctx: MeshContext,
+    route: route_components_pb2.Route,
+    service: str,
+    protocol: str,
+    policies: MatchedPolicies,
+    origin: str | None,
 ) -> None:
-    """Apply to one route (named after the MeshHTTPRoute it comes from) the policies targeting
-    that MeshHTTPRoute, their ``to`` conf merged over the destination's: e.g. a MeshTimeout's
-    request timeout for that route only. Redirects have no upstream request to configure."""
-    if not route.HasField("route"):
+    """Apply to one route the policies targeting ``origin``, the MeshHTTPRoute whose rule it comes
+    from, their ``to`` conf merged over the destination's: e.g. a MeshTimeout's request timeout
+    for that route only. Redirects have no upstream request to configure."""
+    if not route.HasField("route") or origin is None:
         return
-    targeting = route_policies(ctx, route.name)
+    targeting = route_policies(ctx, origin)
     for plugin in PER_ROUTE:
         extra = targeting.get(plugin.type)
         if not extra or plugin.outbound is None:

@@ -26,6 +26,8 @@ named ``<service>-<hash of the tags>`` (``envoy.Destination``), created by the g
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,11 +59,16 @@ _REDIRECT_CODES = {
 @dataclass(frozen=True)
 class Rule:
     """A merged rule: its matches, its merged ``default``, and the MeshHTTPRoute that had the
-    last word on it (routes are named after it: policies targeting that route find them)."""
+    last word on it (policies targeting that MeshHTTPRoute configure its routes)."""
 
     matches: tuple[Mapping[str, Any], ...]
     default: Mapping[str, Any]
     origin: str
+
+    @property
+    def json(self) -> dict[str, Any]:
+        """As Kuma shows a merged rule (inspection's ``conf.rules``)."""
+        return {"matches": list(self.matches), "default": dict(self.default)}
 
 
 # --- merging ------------------------------------------------------------------------------------
@@ -69,6 +76,12 @@ class Rule:
 
 def _key(matches: Sequence[Mapping[str, Any]]) -> str:
     return json.dumps(list(matches), sort_keys=True, separators=(",", ":"))
+
+
+def matches_hash(matches: Sequence[Mapping[str, Any]]) -> str:
+    """What names a rule's routes, as Kuma's ``HashMatches``: the same matches, the same name
+    (policies targeting a MeshHTTPRoute find its routes by it, inspection lists it)."""
+    return base64.b64encode(hashlib.sha256(_key(matches).encode()).digest()).decode()
 
 
 def merge_rules(contributions: Iterable[tuple[str, Sequence[Mapping[str, Any]]]]) -> list[Rule]:
@@ -95,22 +108,50 @@ def merge_rules(contributions: Iterable[tuple[str, Sequence[Mapping[str, Any]]]]
     return result
 
 
-def route_conf(policies: Policies, service: str) -> Conf | None:
-    """The merged rules for traffic to ``service`` (None: no entry selects it)."""
-    contributions = [(e.policy, e.item.get("rules") or []) for e in to_entries(policies, service)]
-    return {"rules": merge_rules(contributions)} if contributions else None
+def _merged(policies: Policies, service: str | None) -> list[Rule]:
+    return merge_rules((e.policy, e.item.get("rules") or []) for e in to_entries(policies, service))
 
 
-def gateway_rules(policies: Policies) -> dict[str, list[Rule]]:
-    """Hostname -> merged rules of the ``to`` entries (kind Mesh) of MeshHTTPRoutes on a builtin
-    gateway: an entry's rules count under each of its ``hostnames`` (``*`` without), merged per
-    hostname string exactly as Kuma does (``*.example.com`` rules do not merge into
-    ``a.example.com``'s: the gateway generator adds them after, see generators/gateway.py)."""
+def route_conf(policies: Policies, service: str | None) -> Conf | None:
+    """The merged rules for traffic to ``service`` in Kuma's shape, ``{"rules": [{"matches",
+    "default"}, ...]}`` (None: no entry selects it)."""
+    if not to_entries(policies, service):
+        return None
+    return {"rules": [rule.json for rule in _merged(policies, service)]}
+
+
+def origins(policies: Policies, service: str | None) -> dict[str, str]:
+    """Matches hash -> the MeshHTTPRoute whose rule decided the routes of that name."""
+    return {matches_hash(rule.matches): rule.origin for rule in _merged(policies, service)}
+
+
+def _by_host(policies: Policies) -> dict[str, list[Rule]]:
     by_host: dict[str, list[tuple[str, Sequence[Mapping[str, Any]]]]] = {}
     for entry in entries(policies, "to"):
         for host in entry.item.get("hostnames") or ["*"]:
             by_host.setdefault(str(host), []).append((entry.policy, entry.item.get("rules") or []))
     return {host: merge_rules(contributions) for host, contributions in by_host.items()}
+
+
+def gateway_rules(policies: Policies) -> dict[str, list[dict[str, Any]]]:
+    """Hostname -> merged rules of the ``to`` entries (kind Mesh) of MeshHTTPRoutes on a builtin
+    gateway: an entry's rules count under each of its ``hostnames`` (``*`` without), merged per
+    hostname string exactly as Kuma does (``*.example.com`` rules do not merge into
+    ``a.example.com``'s: the gateway generator adds them after, see generators/gateway.py)."""
+    return {host: [rule.json for rule in rules] for host, rules in _by_host(policies).items()}
+
+
+def gateway_origins(policies: Policies) -> dict[str, str]:
+    """Matches hash -> the MeshHTTPRoute that decided it on a gateway (where several hostnames
+    have rules with the same matches, the most specific hostname's)."""
+    found: dict[str, str] = {}
+    for _, rules in sorted(_by_host(policies).items(), key=lambda item: _host_rank(item[0]), reverse=True):
+        found.update((matches_hash(rule.matches), rule.origin) for rule in rules)
+    return found
+
+
+def _host_rank(host: str) -> tuple[bool, bool, int, str]:
+    return (host == "*", host.startswith("*"), -len(host), host)
 
 
 # --- Envoy routes -----------------------------------------------------------------------------------
@@ -312,19 +353,20 @@ def _forward(route: route_components_pb2.Route, backends: Sequence[tuple[Destina
 
 
 def build_routes(
-    rules: Sequence[Rule], default: Destination | None
+    rules: Sequence[Mapping[str, Any]], default: Destination | None
 ) -> tuple[list[route_components_pb2.Route], list[Destination]]:
-    """Envoy routes for merged rules, and every destination they send or mirror to. ``default``:
-    where rules without backendRefs and the catch-all route go (a sidecar's destination); None on
-    a gateway (every rule has backends or redirects, the schema insists)."""
-    items: list[tuple[Mapping[str, Any], Rule | None]] = [(m, r) for r in rules for m in r.matches]
+    """Envoy routes for merged rules (``route_conf``'s), each named by its rule's matches hash,
+    and every destination they send or mirror to. ``default``: where rules without backendRefs
+    and the catch-all route go (a sidecar's destination); None on a gateway (every rule has
+    backends or redirects, the schema insists)."""
+    items: list[tuple[Mapping[str, Any], Mapping[str, Any] | None]] = [(m, r) for r in rules for m in r["matches"]]
     items.sort(key=lambda item: match_rank(item[0]))
     if default is not None and not any(match == CATCH_ALL for match, _ in items):
         items.append((CATCH_ALL, None))
     routes: list[route_components_pb2.Route] = []
     used: dict[Destination, None] = {}
     for match, rule in items:
-        conf: Mapping[str, Any] = rule.default if rule is not None else {}
+        conf: Mapping[str, Any] = (rule.get("default") or {}) if rule is not None else {}
         filters = conf.get("filters") or []
         redirects = any(f["type"] == "RequestRedirect" for f in filters)
         refs = conf.get("backendRefs")
@@ -332,7 +374,8 @@ def build_routes(
         if not backends and not redirects:
             continue  # every backend weighs 0: the route is left out, the next one matches
         for envoy_match, prefix in route_matches(match):
-            route = route_components_pb2.Route(name=rule.origin if rule is not None else "", match=envoy_match)
+            name = matches_hash(rule["matches"]) if rule is not None else ""
+            route = route_components_pb2.Route(name=name, match=envoy_match)
             mirrors: list[Destination] = []
             if backends:
                 _forward(route, backends)

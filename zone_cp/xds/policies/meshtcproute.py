@@ -23,9 +23,10 @@ from zonemesh.zone_cp.xds.policies.plugin import Conf, Plugin, Policies
 TYPE = "MeshTCPRoute"
 
 
-def route_conf(policies: Policies, service: str) -> Conf | None:
-    """The merged ``default`` of the one rule of each entry selecting ``service``."""
-    return merge_all(e.item["rules"][0].get("default") or {} for e in to_entries(policies, service))
+def route_conf(policies: Policies, service: str | None) -> Conf | None:
+    """The one rule of each entry selecting ``service``, merged: Kuma's ``{"default":
+    {"backendRefs": [...]}}`` (None: no entry selects it)."""
+    return merge_all(e.item["rules"][0] for e in to_entries(policies, service))
 
 
 def configure(proxy: TcpProxy, backends: list[tuple[Destination, int]]) -> None:
@@ -40,7 +41,7 @@ def configure(proxy: TcpProxy, backends: list[tuple[Destination, int]]) -> None:
 def apply_outbound(pieces: OutboundPieces, conf: Conf) -> None:
     if pieces.routes is not None:
         return  # a MeshHTTPRoute routes this HTTP destination (its plugin runs first): it wins
-    backends = split(conf.get("backendRefs") or [])
+    backends = split((conf.get("default") or {}).get("backendRefs") or [])
     if pieces.hcm is not None:
         # Connections are forwarded as they are: the later policies see a TCP outbound.
         pieces.tcp_proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=pieces.hcm.stat_prefix)

@@ -24,7 +24,7 @@ InboundHook = Callable[[InboundPieces, Policies], None]
 UpstreamTlsHook = Callable[[tls_pb2.UpstreamTlsContext, Policies], None]
 # The whole config of one proxy (its own copy), after every generator and every other hook.
 ProxyHook = Callable[[MeshContext, Resource, ResourceSet, Policies], None]
-ConfHook = Callable[[Policies, str], Conf | None]
+ConfHook = Callable[[Policies, str | None], Conf | None]
 DestinationsHook = Callable[[Resource], Iterable[Destination]]
 
 
