@@ -83,7 +83,8 @@ from zonemesh.zone_cp.xds.context import (
 from zonemesh.zone_cp.xds.crosszone import EGRESS_SERVICE, CrossZone, ZoneContext, online, resolve_hosts
 from zonemesh.zone_cp.xds.generators import egress as egress_generator
 from zonemesh.zone_cp.xds.generators import ingress as ingress_generator
-from zonemesh.zone_cp.xds.policies import EGRESS_LOCALITY_TYPES, EGRESS_TYPES
+from zonemesh.zone_cp.xds.generators.gateway import MESH_GATEWAY_ROUTE_TYPE
+from zonemesh.zone_cp.xds.policies import EGRESS_LOCALITY_TYPES, EGRESS_TYPES, ROUTE_TYPES
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity, ProxyType, parse_zone_proxy_node_id, zone_proxy_key
 from zonemesh.zone_cp.xds.resources import ResourceSet
 from zonemesh.zone_cp.xds.server import Admission, AdsServicer, StreamInfo
@@ -93,11 +94,13 @@ log = structlog.get_logger(__name__)
 RESOURCE_TYPES = {ProxyType.INGRESS.value: "ZoneIngress", ProxyType.EGRESS.value: "ZoneEgress"}
 INSIGHT_TYPES = {ProxyType.INGRESS.value: "ZoneIngressInsight", ProxyType.EGRESS.value: "ZoneEgressInsight"}
 # What zone proxies are generated from: the meshes and their workloads, the zone proxies, the
-# Secrets ExternalService TLS refers to (the egress presents them), and the policies with an
+# Secrets ExternalService TLS refers to (the egress presents them), the policies with an
 # egress hook (policies/: MeshTrafficPermission checks ExternalService callers) or laying out the
-# egress's endpoints (MeshLoadBalancingStrategy's failover order).
+# egress's endpoints (MeshLoadBalancingStrategy's failover order), and the routes (the subsets
+# they send to get SNI filter chains of their own: ingress.routed_subsets).
 INPUTS = (MESH, DATAPLANE, EXTERNAL_SERVICE, SECRET, *RESOURCE_TYPES.values(), *INSIGHT_TYPES.values())
-WATCHED = (*INPUTS, *EGRESS_TYPES, *EGRESS_LOCALITY_TYPES)
+CONTEXT_POLICIES = tuple(dict.fromkeys((*EGRESS_TYPES, *EGRESS_LOCALITY_TYPES, *ROUTE_TYPES, MESH_GATEWAY_ROUTE_TYPE)))
+WATCHED = (*INPUTS, *CONTEXT_POLICIES)
 MAX_SUBSCRIPTIONS = 5  # older streams of a zone proxy are dropped from its insight
 
 
@@ -531,8 +534,8 @@ class ZoneProxyReconciler:
         if self._connected or with_dataplanes:
             dataplanes = await self._all("Dataplane")
             # The egress runs the egress hooks of policies (MeshTrafficPermission for ExternalServices),
-            # and reads the Secrets their TLS settings refer to.
-            context_types = [r for t in (*EGRESS_TYPES, *EGRESS_LOCALITY_TYPES, SECRET) for r in await self._all(t)]
+            # and reads the Secrets their TLS settings refer to; both read the routes' subsets.
+            context_types = [r for t in (*CONTEXT_POLICIES, SECRET) for r in await self._all(t)]
             for mesh in meshes:
                 contexts[mesh.name] = MeshContext.build(
                     mesh,

@@ -79,12 +79,21 @@ class PolicySupport:
     # A type not supported yet: why, when there is more to say than that its plugin does not
     # exist yet (it ends the refusal, e.g. what zonemesh lacks for the type to take effect).
     reason: str = ""
+    # With a top-level targetRef of kind MeshHTTPRoute the policy configures the routes that
+    # MeshHTTPRoute generates: the dotted ``to[].default`` fields (or whole blocks) its plugin
+    # applies to one route. None: such a targetRef is refused as not supported yet (support.py).
+    per_route: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         unknown = {*self.sidecar, *self.gateway} - set(ALL_SECTIONS)
         if unknown:
             raise ValueError(f"unknown policy sections {sorted(unknown)}; known: {', '.join(ALL_SECTIONS)}")
-        narrowed = self.sidecar != SECTIONS or self.gateway != SECTIONS or self.not_yet is not None
+        narrowed = (
+            self.sidecar != SECTIONS
+            or self.gateway != SECTIONS
+            or self.not_yet is not None
+            or self.per_route is not None
+        )
         if self.plugin is None and narrowed:
             raise ValueError("a type that is not supported yet has nothing to narrow")
         if self.plugin is not None and self.reason:

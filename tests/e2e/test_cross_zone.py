@@ -30,6 +30,7 @@ from typing import Any
 import jwt
 import pytest
 from zonemesh.shared.tokens.keys import generate_private_key_pem
+from zonemesh.zone_cp.xds.envoy import Destination
 from zonemesh.zone_cp.xds.testing import self_signed_server_cert
 
 from zonemesh.testing import (
@@ -608,6 +609,55 @@ def test_rotated_key_on_global_reaches_the_zone_and_a_revoked_token_is_refused_t
     wait_until(refused, WAIT, interval=0.05, what="revocation published to zone-1")
     print(f"a revocation on global reached zone-1 {time.monotonic() - revoked:.2f}s after it was written")
     assert f"token {claims['jti']} has been revoked" in start_bad_ingress(w, "ingress-revoked", token)
+
+
+def zone_split(zone_1: int, zone_2: int) -> dict[str, Any]:
+    """A MeshHTTPRoute splitting app-a's calls to app-b by zone (``kuma.io/zone`` subsets)."""
+    refs = [
+        {"kind": "MeshServiceSubset", "name": "app-b", "tags": {"kuma.io/zone": zone}, "weight": weight}
+        for zone, weight in (("zone-1", zone_1), ("zone-2", zone_2))
+    ]
+    rule = {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "default": {"backendRefs": refs}}
+    return {
+        "type": "MeshHTTPRoute",
+        "mesh": "default",
+        "name": "app-b-by-zone",
+        "spec": {"to": [{"targetRef": {"kind": "MeshService", "name": "app-b"}, "rules": [rule]}]},
+    }
+
+
+def test_mesh_http_route_splits_across_zones_by_weight(world: World) -> None:
+    """With app-b in both zones, locality keeps app-a's calls in zone-1; a MeshHTTPRoute created
+    on global sends them all to zone-2 (0/1, through zone-2's ingress, by the subset's SNI),
+    then both ways (1/1); deleting it gives locality back."""
+    w = world
+    assert w.a is not None
+    inbound, app, admin = free_port(), free_port(), free_port()
+    w.start_app("app-b@zone-1-split", app)
+    doc = sidecar_dataplane("app-b", inbound, app)
+    token = w.token("zone-1", "/tokens/dataplane", {"mesh": "default", "name": "b-split", "validFor": "1h"})
+    local = w.start_agent("zone-1", "b-split", doc, token, admin, "dataplane")
+    ingress = w.ingress["zone-2"]
+    try:
+        wait_until(lambda: call_b(w) == (200, "app-b@zone-1-split"), WAIT, what="locality: the zone-1 instance")
+        w.put_global(zone_split(0, 1))
+        wait_until(lambda: call_b(w) == (200, "app-b"), WAIT, what="the route: all to zone-2")
+        assert {call_b(w)[1] for _ in range(20)} == {"app-b"}
+        # app-a's Envoy reaches the zone-2 subset through zone-2's ingress only.
+        subset = Destination.to("app-b", {"kuma.io/zone": "zone-2"}).cluster_name
+        assert w.a.hosts(subset) == [f"127.0.0.1:{ingress.port}"]  # type: ignore[attr-defined]
+        sni = "app-b{kuma.io/zone=zone-2,mesh=default}"
+        assert sni in json.dumps(w.a.cluster(subset)) and sni in json.dumps(ingress.config_dump())
+        w.put_global(zone_split(1, 1))
+        wait_until(
+            lambda: {call_b(w)[1] for _ in range(40)} == {"app-b", "app-b@zone-1-split"}, WAIT, what="1/1 across zones"
+        )
+    finally:
+        assert w.glob.delete("/meshes/default/meshhttproutes/app-b-by-zone")[0] in (200, 404)
+        wait_until(lambda: call_b(w) == (200, "app-b@zone-1-split"), WAIT, what="locality again")
+        local.send_signal(signal.SIGTERM)
+        assert local.wait(30) == 0
+    wait_until(lambda: call_b(w) == (200, "app-b"), WAIT, what="zone-2 only again")
 
 
 def test_local_instances_first_remote_zone_when_none_is_left(world: World) -> None:

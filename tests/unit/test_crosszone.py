@@ -28,7 +28,7 @@ from zonemesh.zone_cp.xds.dump import dump
 from zonemesh.zone_cp.xds.generators import egress as egress_gen
 from zonemesh.zone_cp.xds.generators import generate
 from zonemesh.zone_cp.xds.generators import ingress as ingress_gen
-from zonemesh.zone_cp.xds.policies import meshtrafficpermission
+from zonemesh.zone_cp.xds.policies import POLICY_TYPES, meshtrafficpermission
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER, SECRET, ResourceSet
 from zonemesh.zone_cp.xds.testing import TestCA, assert_golden, load_resources, yaml_dump
 
@@ -50,7 +50,7 @@ async def contexts(case_text: str, ca: TestCA | None = None) -> ZoneContext:
     ingresses = [r for r in everything if r.type == "ZoneIngress"]
     egresses = [r for r in everything if r.type == "ZoneEgress"]
     externals = [r for r in everything if r.type == "ExternalService"]
-    policies = [r for r in everything if r.type in ("MeshTrafficPermission", "MeshLoadBalancingStrategy")]
+    policies = [r for r in everything if r.type in POLICY_TYPES]
     ca = ca or TestCA()
     certs: dict[str, WorkloadCert] = {}
     egress_certs: dict[str, WorkloadCert] = {}

@@ -16,7 +16,8 @@ from zonemesh.shared.resources.model import DISPLAY_NAME_LABEL, ORIGIN_LABEL, ZO
 from zonemesh.zone_cp.xds.context import SERVICE_TAG, MeshContext, inbounds, is_gateway
 from zonemesh.zone_cp.xds.dump import dump
 from zonemesh.zone_cp.xds.generators import generate
-from zonemesh.zone_cp.xds.inspection import kri, proxy_policies, rules
+from zonemesh.zone_cp.xds.generators.gateway import select_gateway
+from zonemesh.zone_cp.xds.inspection import RULE_MATCHES_HASH, kri, proxy_policies, rules
 from zonemesh.zone_cp.xds.policies import PLUGINS, POLICY_TYPES
 from zonemesh.zone_cp.xds.policies.matching import section_name
 from zonemesh.zone_cp.xds.testing import load_resources, mesh_context
@@ -369,13 +370,26 @@ def _written_back(ctx: MeshContext, dp: Resource, found: Json) -> list[Resource]
         [conf] = item["conf"]
         return {"default": conf, **({"matches": [item["match"]]} if "match" in item else {})}
 
+    routes_to: dict[str, str] = {}  # service -> the written-back MeshHTTPRoute routing to it
     for rule in found["rules"]:
         kind, n = rule["type"], len(policies)
         plugin = next(p for p in PLUGINS if p.type == kind)
-        if rule["toRules"]:
+        if rule["toRules"] and plugin.destinations is not None:  # the route types: rules, not a default
+            policies.append(_routes_written_back(ctx, dp, rule, f"w{n}", top, routes_to))
+        elif rule["toRules"]:
             to = []
             for item in rule["toRules"]:  # merged Mesh first (entry precedence): a service's conf includes it
                 positive = [m for m in item["matchers"] if not m["not"]]
+                if any(m["key"] == RULE_MATCHES_HASH for m in positive):
+                    # One route's conf: a policy for the MeshHTTPRoute written back for its service
+                    # (it decides every route of that service but the catch-all here).
+                    [service] = [m["value"] for m in positive if m["key"] == SERVICE_TAG]
+                    spec = {
+                        "targetRef": {"kind": "MeshHTTPRoute", "name": routes_to[service]},
+                        "to": [{"targetRef": {"kind": "Mesh"}, "default": item["conf"]}],
+                    }
+                    policies.append(Resource(type=kind, name=f"w{n}-route-{len(policies)}", mesh=dp.mesh, spec=spec))
+                    continue
                 ref = {"kind": "MeshService", "name": positive[0]["value"]} if positive else {"kind": "Mesh"}
                 to.append({"targetRef": ref, "default": item["conf"]})
             policies.append(Resource(type=kind, name=f"w{n}", mesh=dp.mesh, spec={"targetRef": top, "to": to}))
@@ -410,6 +424,34 @@ def _written_back(ctx: MeshContext, dp: Resource, found: Json) -> list[Resource]
             spec = {"targetRef": top, "default": rule["proxyRule"]["conf"]}
             policies.append(Resource(type=kind, name=f"w{n}-p", mesh=dp.mesh, spec=spec))
     return policies
+
+
+def _routes_written_back(
+    ctx: MeshContext, dp: Resource, rule: Json, name: str, top: Json, routes_to: dict[str, str]
+) -> Resource:
+    """A route type's reported rules as one route: per service (a sidecar) or per hostname (a
+    builtin gateway, whose routes name the MeshGateway), `to` entries carrying the merged rules."""
+    http = rule["type"] == "MeshHTTPRoute"
+    to = []
+    for item in rule["toRules"]:
+        rules = item["conf"]["rules"] if http else [item["conf"]]
+        if is_gateway(dp):
+            to.append(
+                {
+                    "targetRef": {"kind": "Mesh"},
+                    **{k: v for k, v in item["conf"].items() if k == "hostnames"},
+                    "rules": rules,
+                }
+            )
+            continue
+        [service] = [m["value"] for m in item["matchers"] if not m["not"]]
+        routes_to[service] = name
+        to.append({"targetRef": {"kind": "MeshService", "name": service}, "rules": rules})
+    if is_gateway(dp):
+        gateway = select_gateway(ctx.policies.get("MeshGateway", ()), dp)
+        assert gateway is not None
+        top = {"kind": "MeshGateway", "name": gateway.name}
+    return Resource(type=rule["type"], name=name, mesh=dp.mesh, spec={"targetRef": top, "to": to})
 
 
 def assert_rules_generate_the_same_config(ctx: MeshContext, dp: Resource) -> None:

@@ -276,7 +276,9 @@ def test_to_kinds_follow_kuma() -> None:
     # Kinds zonemesh cannot apply yet are refused as such.
     route = {"targetRef": {"kind": "MeshHTTPRoute", "name": "r"}, "default": {"hashPolicies": []}}
     assert refused(policy([route])) == {
-        "spec.to[0].targetRef.kind": "targetRef kind MeshHTTPRoute is not supported yet by zonemesh"
+        "spec.to[0].targetRef.kind": (
+            "MeshLoadBalancingStrategy `to` kind MeshHTTPRoute is not supported yet by zonemesh"
+        )
     }
     multi = {"targetRef": {"kind": "MeshMultiZoneService", "name": "b"}, "default": lb}
     assert refused(policy([multi])) == {

@@ -117,7 +117,7 @@ def test_the_zone_applies_exactly_the_supported_types() -> None:
     supported = {t.name for t in REGISTRY.policies() if t.support is not None and t.support.supported}
     assert {p.type for p in PLUGINS} == supported
     not_yet = {t.name for t in REGISTRY.policies() if t.support is not None and not t.support.supported}
-    assert not_yet == {"MeshHTTPRoute", "MeshTCPRoute", "MeshAccessLog", "MeshPassthrough"}
+    assert not_yet == {"MeshAccessLog", "MeshPassthrough"}
 
 
 def test_an_upstream_tls_hook_needs_a_from_section_and_stands_for_gateway_from() -> None:

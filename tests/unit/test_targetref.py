@@ -276,9 +276,11 @@ REFUSED = [
         "targetRef kind MeshMultiZoneService is not supported yet by zonemesh",
     ),
     (
+        # A MeshTimeout for one MeshHTTPRoute applies its request timeout only (a connect
+        # timeout is the destination cluster's).
         {"kind": "MeshHTTPRoute", "name": "route"},
-        "spec.targetRef.kind",
-        "targetRef kind MeshHTTPRoute is not supported yet by zonemesh",
+        "spec.to[0].default.connectionTimeout",
+        "MeshTimeout connectionTimeout on a single route is not supported yet by zonemesh",
     ),
     (
         {"kind": "MeshService", "labels": {"app": "web"}},

@@ -87,6 +87,8 @@ def test_a_dataplane_nobody_calls_affects_only_itself() -> None:
         ({"kind": "Dataplane"}, {"web-1", "backend-1", "backend-2", "db-1"}),
         ({"kind": "Dataplane", "labels": {"team": "db"}}, {"db-1"}),
         ({"kind": "Dataplane", "sectionName": "9090"}, set()),  # no inbound on that port
+        # A policy for one MeshHTTPRoute's routes: wherever that route applies.
+        ({"kind": "MeshHTTPRoute", "name": "r"}, {"web-1", "backend-1", "backend-2", "db-1"}),
     ],
 )
 def test_a_policy_affects_the_proxies_its_target_ref_selects(target: dict[str, object], expected: set[str]) -> None:
@@ -416,3 +418,33 @@ async def test_stop_returns_at_once_even_as_a_wake_up_comes() -> None:
         reconciler._rotation_wake.set()  # ... and the certificate loop
         async with asyncio.timeout(5):  # bounded: the bug made this wait 60 s
             await reconciler.stop()
+
+
+async def test_a_route_backend_changing_regenerates_the_proxies_the_route_applies_to(zone: Zone) -> None:
+    """web-1 has no outbound to db-only-by-route: a MeshTCPRoute sends its backend traffic there.
+    A new instance of it changes web-1's endpoints for that cluster: web-1 is regenerated."""
+    route = Resource(
+        type="MeshTCPRoute",
+        name="backend-to-archive",
+        mesh="default",
+        spec={
+            "targetRef": {"kind": "MeshService", "name": "web"},
+            "to": [
+                {
+                    "targetRef": {"kind": "MeshService", "name": "backend"},
+                    "rules": [{"default": {"backendRefs": [{"kind": "MeshService", "name": "archive"}]}}],
+                }
+            ],
+        },
+        version=1,
+    )
+    await zone.manager.apply(route)
+    await zone.connect(*[dp.name for dp in ALL], "archive-1")
+    await zone.settle()
+    await zone.manager.apply(dataplane("archive-1", "archive", (), port=7070))
+    assert sorted(await zone.settle()) == ["default/archive-1", "default/web-1"]
+    snapshot = zone.cache.snapshot("default/web-1")
+    assert snapshot is not None
+    cla = endpoint_pb2.ClusterLoadAssignment()
+    any_pb2.Any.FromString(snapshot.types[ENDPOINT].resources["archive"]).Unpack(cla)
+    assert [e.endpoint.address.socket_address.port_value for g in cla.endpoints for e in g.lb_endpoints] == [7070]

@@ -5,6 +5,8 @@ the other zones' ingresses that global pushed here):
 
 - ``remote_endpoints``: per service of a mesh, one endpoint per *remote* zone ingress that
   advertises it, at the ingress's advertised address and weighted by its instance count;
+  ``remote_groups`` the same per group of instances with the same tags, from which
+  ``remote_subset`` picks the ingresses that have instances of a subset (routes to a subset);
 - ``egress_endpoints``: this zone's egresses, where a mesh with ``routing.zoneEgress: true``
   sends its cross-zone and external traffic instead.
 
@@ -35,6 +37,7 @@ from zonemesh.zone_cp.xds.locality import LocalityPlan, compact, local_groups, z
 
 log = structlog.get_logger(__name__)
 
+ZONE_TAG = "kuma.io/zone"
 ZONE_INGRESS = "ZoneIngress"
 ZONE_EGRESS = "ZoneEgress"
 # The identity (kuma.io/service) a zone egress presents to proxies of a mesh for external services.
@@ -122,6 +125,49 @@ def _offered(zone: str, mesh: str, ingress: Resource) -> dict[str, Endpoint]:
     }
 
 
+def remote_groups(zone: str, mesh: str, ingresses: Iterable[Resource]) -> dict[str, list[Endpoint]]:
+    """service -> one endpoint per (remote ingress, group of instances it advertises): the
+    ingress's address, the group's tags, the group's instance count as weight."""
+    result: dict[str, list[Endpoint]] = {}
+    for ingress in sorted(ingresses, key=lambda r: (proxy_zone(r), r.name)):
+        remote_zone, target = proxy_zone(ingress), advertised(ingress)
+        if not remote_zone or remote_zone == zone or target is None:
+            continue
+        for entry in ingress.spec.get("availableServices") or []:
+            if not isinstance(entry, Mapping):
+                continue
+            tags = entry.get("tags") or {}
+            service, instances = tags.get(SERVICE_TAG), entry.get("instances") or 0
+            if entry.get("mesh") != mesh or not service or not isinstance(instances, int) or instances <= 0:
+                continue
+            result.setdefault(str(service), []).append(
+                Endpoint(target[0], target[1], dict(tags), zone=remote_zone, weight=instances)
+            )
+    return result
+
+
+def in_subset(tags: Mapping[str, str], zone: str | None, wanted: Mapping[str, str]) -> bool:
+    """Are instances with ``tags`` in zone ``zone`` part of the subset ``wanted``? A
+    ``kuma.io/zone`` in ``wanted`` is matched against the instances' zone when their tags do not
+    say it (zonemesh does not add that tag to Dataplanes, Kuma does)."""
+    for key, value in wanted.items():
+        have = tags.get(key) if key != ZONE_TAG else (tags.get(ZONE_TAG) or zone)
+        if have != value:
+            return False
+    return True
+
+
+def remote_subset(cross: CrossZone, service: str, wanted: Mapping[str, str]) -> list[Endpoint]:
+    """One endpoint per remote ingress that has instances of the subset ``wanted`` of
+    ``service``, weighted by how many (an ingress serves a subset by the SNI naming its tags)."""
+    weights: dict[tuple[str, int, str | None], int] = {}
+    for group in cross.remote_groups.get(service, ()):
+        if in_subset(group.tags, group.zone, wanted):
+            key = (group.address, group.port, group.zone)
+            weights[key] = weights.get(key, 0) + group.weight
+    return [Endpoint(address, port, {}, zone=zone, weight=weight) for (address, port, zone), weight in weights.items()]
+
+
 def egress_endpoints(zone: str, egresses: Iterable[Resource]) -> list[Endpoint]:
     """This zone's egresses (address:port), sorted by name."""
     result = []
@@ -143,6 +189,7 @@ class CrossZone:
     remote: Mapping[str, list[Endpoint]] = field(default_factory=dict)  # service -> remote ingresses
     egress: list[Endpoint] = field(default_factory=list)  # this zone's egresses
     resolved: Mapping[str, list[str]] = field(default_factory=dict)  # ExternalService host -> IPs
+    remote_groups: Mapping[str, list[Endpoint]] = field(default_factory=dict)  # per group of instances
 
     @classmethod
     def build(
@@ -153,7 +200,14 @@ class CrossZone:
         egresses: Iterable[Resource] = (),
         resolved: Mapping[str, list[str]] | None = None,
     ) -> CrossZone:
-        return cls(zone, remote_endpoints(zone, mesh, ingresses), egress_endpoints(zone, egresses), resolved or {})
+        ingresses = list(ingresses)
+        return cls(
+            zone,
+            remote_endpoints(zone, mesh, ingresses),
+            egress_endpoints(zone, egresses),
+            resolved or {},
+            remote_groups(zone, mesh, ingresses),
+        )
 
 
 # --- Envoy endpoints ------------------------------------------------------------------------

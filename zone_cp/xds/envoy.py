@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
@@ -16,7 +18,7 @@ from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from zonemesh.shared.resources.schema import parse_duration
-from zonemesh.zone_cp.xds.context import Mtls
+from zonemesh.zone_cp.xds.context import SERVICE_TAG, Mtls
 from zonemesh.zone_cp.xds.locality import LocalityPlan
 
 HttpConnectionManager: TypeAlias = hcm_pb2.HttpConnectionManager
@@ -100,6 +102,35 @@ def http2_options() -> protocol_pb2.Http2ProtocolOptions:
 # --- pieces policies configure ---------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Destination:
+    """Where a route sends traffic: a service, or the subset of its instances carrying tags."""
+
+    service: str
+    tags: tuple[tuple[str, str], ...]  # every destination tag (kuma.io/service included), sorted
+
+    @classmethod
+    def of(cls, tags: Mapping[str, str]) -> Destination:
+        return cls(str(tags[SERVICE_TAG]), tuple(sorted((str(k), str(v)) for k, v in tags.items())))
+
+    @classmethod
+    def to(cls, service: str, tags: Mapping[str, str] | None = None) -> Destination:
+        return cls.of({**(tags or {}), SERVICE_TAG: service})
+
+    @property
+    def subset(self) -> dict[str, str]:
+        """The tags narrowing the service (empty: all its instances)."""
+        return {k: v for k, v in self.tags if k != SERVICE_TAG}
+
+    @property
+    def cluster_name(self) -> str:
+        """The service's own (sidecar-shared) cluster, or a subset cluster named by a tag hash."""
+        if len(self.tags) == 1:
+            return self.service
+        digest = hashlib.sha256(repr(self.tags).encode()).hexdigest()[:10]
+        return f"{self.service}-{digest}"
+
+
 @dataclass
 class OutboundPieces:
     """One outbound (traffic to ``service``) before packing: policies edit these in place."""
@@ -115,6 +146,13 @@ class OutboundPieces:
     # How the endpoints are laid out over zones and priorities (MeshLoadBalancingStrategy's
     # localityAwareness); None: the Mesh's default (crosszone.load_assignment).
     locality: LocalityPlan | None = None
+    # Set by the route policies (MeshHTTPRoute): the outbound's routes in place of ``route``,
+    # which stays the template the other policies configure (the generator copies what they set
+    # there onto each route).
+    routes: list[route_components_pb2.Route] | None = None
+    # Where the routes (or the TCP proxy's weighted clusters) send traffic besides ``service``:
+    # the generator adds their clusters (named ``Destination.cluster_name``).
+    destinations: list[Destination] = field(default_factory=list)
 
     @property
     def is_http(self) -> bool:

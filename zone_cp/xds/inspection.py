@@ -29,7 +29,15 @@ rule here is a value in the proxy's Envoy config. ``warnings`` says when a type'
 nothing in this mesh (``Plugin.inert``, e.g. MeshTrafficPermission without mTLS), as Kuma does.
 A builtin gateway no MeshGateway selects gets proxy rules only: it has nothing else to
 configure. ``toResourceRules`` (Kuma's rules for MeshService resources) is empty: zonemesh has
-none. ``httpMatches`` is empty until MeshHTTPRoute is applied.
+none.
+
+The route types (MeshHTTPRoute, MeshTCPRoute) report their merged `to` conf as Kuma does
+(``Plugin.to_conf``: ``{"rules": [{"matches", "default"}]}``, ``{"default": {"backendRefs"}}``;
+on a builtin gateway one rule per route hostname, ``conf.hostnames`` naming it), and
+``httpMatches`` lists the hash naming each HTTP rule's routes (Kuma's ``HashMatches``). A policy
+applied per route (a top-level MeshHTTPRoute targetRef, ``PolicySupport.per_route``) adds a `to`
+rule for that route's hash (matcher ``__rule-matches-hash__``, as Kuma) with the conf its routes
+get; on builtin gateways those are not listed yet.
 
 ``proxy_policies(ctx, dp)`` is the body of ``GET .../_policies`` (Kuma's ``PoliciesList``): the
 proxy-level confs (``proxyRule``) with the KRIs of the policies they come from.
@@ -48,6 +56,7 @@ from zonemesh.shared.resources import REGISTRY
 from zonemesh.shared.resources.model import DISPLAY_NAME_LABEL, ORIGIN_LABEL, ORIGIN_ZONE, ZONE_LABEL, Resource
 from zonemesh.shared.resources.redaction import redact
 from zonemesh.shared.resources.registry import WHOLE, PolicySupport
+from zonemesh.shared.resources.types.targetref import top_level
 from zonemesh.zone_cp.xds.context import SERVICE_TAG, MeshContext, inbounds, networking
 from zonemesh.zone_cp.xds.generators.gateway import (
     MESH_GATEWAY_ROUTE_TYPE,
@@ -57,12 +66,21 @@ from zonemesh.zone_cp.xds.generators.gateway import (
     listeners,
     select_gateway,
 )
-from zonemesh.zone_cp.xds.policies import PLUGINS, callers, match_all, match_inbound
-from zonemesh.zone_cp.xds.policies.matching import MESH, Entry, entries, proxy_conf, to_conf, to_entries
+from zonemesh.zone_cp.xds.policies import (
+    PER_ROUTE,
+    PLUGINS,
+    callers,
+    match_all,
+    match_inbound,
+    meshhttproute,
+    route_policies,
+)
+from zonemesh.zone_cp.xds.policies.matching import MESH, Entry, entries, merge_all, proxy_conf, to_conf, to_entries
 from zonemesh.zone_cp.xds.policies.plugin import Plugin
 
 Json = dict[str, Any]
 RULES = "rules"  # Kuma 2.x's inbound rules: a section of its own (registry.SECTIONS)
+RULE_MATCHES_HASH = "__rule-matches-hash__"  # Kuma's matcher key for a per-route rule
 
 
 def meta(res: Resource) -> Json:
@@ -94,8 +112,10 @@ def _matcher(key: str, value: str, negated: bool = False) -> Json:
     return {"key": key, "value": value, "not": negated}
 
 
-def to_rules(policies: Sequence[Resource]) -> list[Json]:
-    """Per destination service a ``to`` entry names, then for every other service."""
+def to_rules(policies: Sequence[Resource], plugin: Plugin | None = None) -> list[Json]:
+    """Per destination service a ``to`` entry names, then for every other service (the conf as
+    the type merges it: ``Plugin.to_conf``, else ``matching.to_conf``)."""
+    merge = (plugin.to_conf if plugin is not None else None) or to_conf
     named = sorted(
         {
             str(e.target_ref["name"])
@@ -105,15 +125,69 @@ def to_rules(policies: Sequence[Resource]) -> list[Json]:
     )
     rules = []
     for service in named:
-        conf = to_conf(policies, service)
+        conf = merge(policies, service)
         if conf is not None:
             origin = _origin(policies, to_entries(policies, service))
             rules.append({"matchers": [_matcher(SERVICE_TAG, service)], "conf": conf, "origin": origin})
-    conf = to_conf(policies, None)
+    conf = merge(policies, None)
     if conf is not None:
         others = [_matcher(SERVICE_TAG, service, negated=True) for service in named]
         rules.append({"matchers": others, "conf": conf, "origin": _origin(policies, to_entries(policies, None))})
     return rules
+
+
+def gateway_route_rules(policies: Sequence[Resource], plugin: Plugin) -> list[Json]:
+    """A builtin gateway's route types: one `to` rule per route hostname (MeshHTTPRoute), or the
+    one merged rule (MeshTCPRoute), of the routes whose top-level targetRef is the gateway."""
+    attached = [p for p in policies if top_level(p.spec).get("kind") == MESH_GATEWAY_TYPE]
+    if not attached:
+        return []
+    if plugin.type != meshhttproute.TYPE:
+        tcp = plugin.to_conf(attached, None) if plugin.to_conf is not None else None
+        origin = _origin(attached, to_entries(attached, None))
+        return [{"matchers": [], "conf": tcp, "origin": origin}] if tcp is not None else []
+    found = []
+    for host, merged in meshhttproute.gateway_rules(attached).items():
+        conf: Json = {"rules": merged} if host == "*" else {"hostnames": [host], "rules": merged}
+        with_host = [e for e in entries(attached, "to") if host in (e.item.get("hostnames") or ["*"])]
+        found.append({"matchers": [], "conf": conf, "origin": _origin(attached, with_host)})
+    return found
+
+
+def per_route_rules(ctx: MeshContext, selecting: Mapping[str, Sequence[Resource]], plugin: Plugin) -> list[Json]:
+    """The routes configured by the policies of ``plugin`` whose top-level targetRef is the
+    MeshHTTPRoute that decided them: their conf merged over the destination's, per matches hash."""
+    routes = selecting.get(meshhttproute.TYPE, ())
+    policies = shown(selecting.get(plugin.type, ()))
+    named = sorted({str(e.target_ref["name"]) for e in entries(routes, "to") if e.target_ref.get("name")})
+    found = []
+    for service in named:
+        for digest, origin in meshhttproute.origins(routes, service).items():
+            extra = shown(route_policies(ctx, origin).get(plugin.type, ()))
+            if not extra:
+                continue
+            conf = merge_all(c for c in (to_conf(policies, service), to_conf(extra, service)) if c is not None)
+            from_entries = [*to_entries(policies, service), *to_entries(extra, service)]
+            found.append(
+                {
+                    "matchers": [_matcher(RULE_MATCHES_HASH, digest), _matcher(SERVICE_TAG, service)],
+                    "conf": conf,
+                    "origin": _origin([*policies, *extra], from_entries),
+                }
+            )
+    return found
+
+
+def http_matches(found: Iterable[Json]) -> list[Json]:
+    """Kuma's ``httpMatches``: the hash naming the routes of each reported MeshHTTPRoute rule."""
+    matches: dict[str, Any] = {}
+    for rule in found:
+        if rule["type"] != meshhttproute.TYPE:
+            continue
+        for item in rule["toRules"]:
+            for merged in item["conf"].get("rules") or []:
+                matches.setdefault(meshhttproute.matches_hash(merged["matches"]), merged["matches"])
+    return [{"hash": digest, "match": match} for digest, match in matches.items()]
 
 
 def from_rules(policies: Sequence[Resource]) -> list[Json]:
@@ -204,7 +278,13 @@ def rules(ctx: MeshContext, dp: Resource) -> Json:
         policies = shown(selecting.get(plugin.type, ()))
         reason = plugin.inert(ctx) if plugin.inert is not None else None
         warnings: list[str] = [reason] if reason else []
-        tos = to_rules(policies) if "to" in sections else []
+        tos = []
+        if "to" in sections and plugin.destinations is not None and builtin:
+            tos = gateway_route_rules(policies, plugin)  # a gateway's routes are its own
+        elif "to" in sections:
+            tos = to_rules(policies, plugin)
+            if plugin in PER_ROUTE and not builtin:
+                tos += per_route_rules(ctx, selecting, plugin)
         # Per inbound (a builtin gateway: per listener port, all with the gateway's policies), the
         # policies selecting it.
         reads_from, reads_rules = "from" in sections, RULES in sections
@@ -242,7 +322,7 @@ def rules(ctx: MeshContext, dp: Resource) -> Json:
         if proxy is not None:
             rule["proxyRule"] = proxy
         found.append(rule)
-    return {"resource": meta(dp), "rules": found, "httpMatches": []}
+    return {"resource": meta(dp), "rules": found, "httpMatches": http_matches(found)}
 
 
 def proxy_rule(policies: Sequence[Resource], appends: Sequence[str] = ()) -> Json | None:

@@ -36,14 +36,14 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Set
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
 import structlog
 from cryptography import x509
 from zonemesh.shared.resources import REGISTRY
 from zonemesh.shared.resources.model import Resource, ResourceKey
-from zonemesh.shared.resources.types.targetref import top_level
+from zonemesh.shared.resources.types.targetref import MESH_HTTP_ROUTE, top_level
 from zonemesh.shared.store import Store
 from zonemesh.shared.store.base import Event, EventKind, Watch
 from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotBuilder, SnapshotCache
@@ -65,7 +65,7 @@ from zonemesh.zone_cp.xds.crosszone import CrossZone
 from zonemesh.zone_cp.xds.generators import GenerationError, crossmesh, generate
 from zonemesh.zone_cp.xds.generators.gateway import MESH_GATEWAY_ROUTE_TYPE, MESH_GATEWAY_TYPE, is_builtin
 from zonemesh.zone_cp.xds.metrics import XDS_GENERATION
-from zonemesh.zone_cp.xds.policies import POLICY_TYPES
+from zonemesh.zone_cp.xds.policies import PLUGINS, POLICY_TYPES
 from zonemesh.zone_cp.xds.policies.matching import selects
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity, ProxyType, node_key
 from zonemesh.zone_cp.xds.resources import ResourceSet
@@ -81,6 +81,8 @@ WATCHED_TYPES = (MESH, DATAPLANE, SECRET, EXTERNAL_SERVICE, *POLICY_TYPES, *GATE
 # Mesh-scoped types generation reads through MeshContext.policies (by type): policies, the
 # builtin gateways' MeshGateways and routes, and Secrets (gateway listener certificates).
 CONTEXT_TYPES = (*POLICY_TYPES, *GATEWAY_TYPES, SECRET)
+# The route types, by name: what they send traffic to (Plugin.destinations) ties proxies to services.
+ROUTE_PLUGINS = {p.type: p for p in PLUGINS if p.destinations is not None}
 
 
 ROTATE_AT_FRACTION = 0.8  # as the builtin CA: a certificate is reissued after 80% of its lifetime
@@ -129,13 +131,31 @@ def affected_by_dataplane(before: Resource | None, after: Resource | None, consu
 def affected_by_policy(before: Resource | None, after: Resource | None, dataplanes: Iterable[Resource]) -> set[str]:
     """A targetRef policy changed: the proxies its top-level targetRef selects, before or after
     (a ``MeshGateway`` targetRef: the builtin gateways, which MeshGateway selects them is the
-    generator's business)."""
+    generator's business; a ``MeshHTTPRoute`` targetRef, a policy for that route's routes: every
+    proxy, which the route selects is the generator's business too)."""
     refs = [top_level(p.spec) for p in (before, after) if p is not None]
+    if any(ref.get("kind") == MESH_HTTP_ROUTE for ref in refs):
+        return {dp.name for dp in dataplanes}
     return {
         dp.name
         for dp in dataplanes
         if any(selects(ref, dp) or (ref.get("kind") == MESH_GATEWAY_TYPE and is_builtin(dp)) for ref in refs)
     }
+
+
+def affected_by_routes(
+    services: Set[str], routes: Iterable[Resource], dataplanes: Sequence[Resource]
+) -> set[str]:
+    """Where a route (MeshHTTPRoute, MeshTCPRoute) sends traffic to one of ``services`` (a
+    backend or mirror whose endpoints or settings changed): the proxies the route applies to,
+    which may have no outbound to that service."""
+    affected: set[str] = set()
+    for route in routes:
+        plugin = ROUTE_PLUGINS.get(route.type)
+        sends = plugin.destinations(route) if plugin is not None and plugin.destinations is not None else ()
+        if any(dest.service in services for dest in sends):
+            affected |= affected_by_policy(None, route, dataplanes)
+    return affected
 
 
 def builtin_gateways(dataplanes: Iterable[Resource]) -> set[str]:
@@ -333,6 +353,8 @@ class Reconciler:
         if res.type == DATAPLANE:
             names = affected_by_dataplane(before, after, self._consumers.get(mesh, {}))
             names |= self._gateways.get(mesh, set())
+            served = {*(services(before) if before else ()), *(services(after) if after else ())}
+            names |= affected_by_routes(served, self._routes(mesh), self._dataplanes(mesh))
             if any(is_builtin(dp) for dp in (before, after) if dp is not None):
                 # Another mesh's proxies may reach it as a cross-mesh gateway.
                 self._mark_nodes(crossmesh.cross_mesh_clients(self._mirror[DATAPLANE].values()))
@@ -341,6 +363,8 @@ class Reconciler:
         elif res.type == EXTERNAL_SERVICE:
             names = affected_by_external_service(before, after, self._consumers.get(mesh, {}))
             names |= self._gateways.get(mesh, set())
+            served = {str((es.spec.get("tags") or {}).get(SERVICE_TAG)) for es in (before, after) if es is not None}
+            names |= affected_by_routes(served, self._routes(mesh), self._dataplanes(mesh))
         elif res.type in GATEWAY_TYPES:
             names = set(self._gateways.get(mesh, ()))
             self._mark_nodes(crossmesh.cross_mesh_clients(self._mirror[DATAPLANE].values()))
@@ -361,6 +385,9 @@ class Reconciler:
             self._mirror[DATAPLANE].values(),
             self._mirror[SECRET].values(),
         )
+
+    def _routes(self, mesh: str) -> list[Resource]:
+        return [r for t in ROUTE_PLUGINS for r in self._mirror[t].values() if r.mesh == mesh]
 
     def _dataplanes(self, mesh: str) -> list[Resource]:
         return list(self._by_mesh.get(mesh, {}).values())

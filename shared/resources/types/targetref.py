@@ -53,10 +53,11 @@ KINDS = (
 )
 PRECEDENCE = {kind: rank for rank, kind in enumerate(KINDS)}
 
-# Kinds zonemesh validates but cannot apply yet: refused wherever they appear. (zonemesh has no
-# MeshExternalService / MeshMultiZoneService resources; targeting a MeshHTTPRoute waits for the
-# MeshHTTPRoute plugin: remove it from here when matching.py resolves it.)
-NOT_YET_KINDS = (MESH_EXTERNAL_SERVICE, MESH_MULTI_ZONE_SERVICE, MESH_HTTP_ROUTE)
+# Kinds zonemesh validates but cannot apply yet: refused wherever they appear (zonemesh has no
+# MeshExternalService / MeshMultiZoneService resources). A top-level MeshHTTPRoute is applied per
+# route by the types whose PolicySupport says which fields apply to one route (``per_route``),
+# and refused for the others (support.py).
+NOT_YET_KINDS = (MESH_EXTERNAL_SERVICE, MESH_MULTI_ZONE_SERVICE)
 
 # The top-level kinds most policies take (Kuma 2.14); some add MeshHTTPRoute, MeshTrafficPermission
 # drops MeshGateway.
@@ -121,7 +122,7 @@ def includes_gateways(ref: Mapping[str, Any]) -> bool:
 class _TargetRef(Node):
     """Checks kind against the kinds allowed at this place, and the fields each kind takes."""
 
-    def __init__(self, allowed: tuple[str, ...], top_level: bool) -> None:
+    def __init__(self, allowed: tuple[str, ...], top_level: bool, listener_tags: bool = False) -> None:
         fields: dict[str, Node] = {
             "kind": Str(),
             "name": Str(min_len=1),
@@ -135,6 +136,7 @@ class _TargetRef(Node):
             fields["proxyTypes"] = List(Enum(*PROXY_TYPES), min_items=1)
         self.allowed = allowed
         self.top_level = top_level
+        self.listener_tags = listener_tags
         self.obj = Obj(fields, required=("kind",))
 
     def check(self, value: Any, path: str, errors: Errors) -> None:
@@ -166,8 +168,7 @@ class _TargetRef(Node):
             _TAGS.check(value.get("tags", {}), f"{path}.tags", errors)
         self._not_yet(kind, value, path, errors)
 
-    @staticmethod
-    def _not_yet(kind: str, value: Mapping[str, Any], path: str, errors: Errors) -> None:
+    def _not_yet(self, kind: str, value: Mapping[str, Any], path: str, errors: Errors) -> None:
         """Fields Kuma reads that zonemesh cannot apply yet."""
         if kind == MESH_SERVICE and value.get("labels"):
             errors.add(
@@ -180,12 +181,14 @@ class _TargetRef(Node):
                 f"{path}.sectionName",
                 not_supported("a MeshService port (sectionName)") + " (it has no MeshService resources)",
             )
-        if kind == MESH_GATEWAY and value.get("tags"):
+        if kind == MESH_GATEWAY and value.get("tags") and not self.listener_tags:
             errors.add(f"{path}.tags", not_supported("selecting MeshGateway listeners by tags"))
 
 
-def target_ref(allowed: tuple[str, ...], *, top_level: bool = False) -> Node:
-    return _TargetRef(allowed, top_level)
+def target_ref(allowed: tuple[str, ...], *, top_level: bool = False, listener_tags: bool = False) -> Node:
+    """``listener_tags``: a MeshGateway targetRef may select listeners by ``tags`` (the route
+    types apply it; other policies refuse it as not supported yet)."""
+    return _TargetRef(allowed, top_level, listener_tags)
 
 
 def resource_checks(mesh: str, spec: Mapping[str, Any]) -> list[FieldError]:

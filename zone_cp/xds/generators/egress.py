@@ -7,6 +7,8 @@ mTLS, filter chains by the SNI the proxies of this zone send (``sni.py``):
   untouched to the remote zones' ingresses that advertise it (weighted by their instances,
   one locality per zone), so mTLS stays end to end between the two proxies; a
   MeshLoadBalancingStrategy selecting every sidecar orders those zones (``egress_locality``);
+  likewise a subset the mesh's routes send to (``service{...tags...,mesh=<mesh>}``), to the
+  ingresses that have instances of it;
 - an ExternalService (``<its kuma.io/service>{mesh=<mesh>}``): the egress terminates the
   proxy's mTLS with its own certificate for the mesh (``spiffe://<mesh>/zone-egress``,
   requiring a client certificate of the mesh CA), checks MeshTrafficPermission for the caller's
@@ -29,9 +31,22 @@ from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.resources.types.targetref import DATAPLANE, top_level
 from zonemesh.zone_cp.xds import sni
 from zonemesh.zone_cp.xds.context import MeshContext
-from zonemesh.zone_cp.xds.crosszone import EGRESS_SERVICE, ZoneContext, external_secrets, load_assignment
+from zonemesh.zone_cp.xds.crosszone import (
+    EGRESS_SERVICE,
+    ZoneContext,
+    external_secrets,
+    load_assignment,
+    remote_subset,
+)
 from zonemesh.zone_cp.xds.envoy import InboundPieces, ca_secret_name, pack, sds, spiffe_id
-from zonemesh.zone_cp.xds.generators.ingress import eds_cluster, listener_address, sni_chain, sni_listener, stat_prefix
+from zonemesh.zone_cp.xds.generators.ingress import (
+    eds_cluster,
+    listener_address,
+    routed_subsets,
+    sni_chain,
+    sni_listener,
+    stat_prefix,
+)
 from zonemesh.zone_cp.xds.generators.outbound import external_cluster
 from zonemesh.zone_cp.xds.policies import EGRESS_TYPES, configure_egress, egress_locality
 from zonemesh.zone_cp.xds.policies.matching import matched
@@ -134,6 +149,15 @@ def generate(zctx: ZoneContext, proxy: Resource) -> ResourceSet:
                 resources.add(CLUSTER, name, eds_cluster(name))
                 plan = egress_locality(mctx, service)
                 resources.add(ENDPOINT, name, load_assignment(name, [], endpoints, zctx.zone, plan=plan))
+            for dest in routed_subsets(mctx):
+                remote = remote_subset(cross, dest.service, dest.subset)
+                if not remote or dest.service in mctx.external_services:
+                    continue
+                name = sni.encode(dest.service, mesh, dest.subset)
+                chains.append(sni_chain(name, name, stat_prefix("egress", mesh, dest.service)))
+                resources.add(CLUSTER, name, eds_cluster(name))
+                plan = egress_locality(mctx, dest.service)
+                resources.add(ENDPOINT, name, load_assignment(name, [], remote, zctx.zone, plan=plan))
         for service, external in sorted(mctx.external_services.items()):
             name = sni.encode(service, mesh)
             try:

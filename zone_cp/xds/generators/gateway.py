@@ -18,6 +18,11 @@ name) and the MeshGatewayRoutes selecting that gateway's listeners:
   ``kuma.io/service`` gets a subset cluster of just those endpoints.
 - Clusters are the sidecar outbound clusters (``outbound._build``: mTLS, endpoints, and the
   cluster-level policies: MeshCircuitBreaker, MeshHealthCheck, MeshTimeout connect/idle).
+- MeshHTTPRoutes / MeshTCPRoutes whose top-level targetRef is the MeshGateway (with ``tags``,
+  the listeners carrying them) route the listener ports they attach to instead of the
+  MeshGatewayRoutes (as Kuma, which skips MeshGatewayRoutes then): ``_mesh_http_hosts`` turns
+  their ``hostnames`` into virtual hosts and their merged rules into routes
+  (policies/meshhttproute.py), a TCP port's proxy takes their merged backends.
 - A ``crossMesh`` listener requires mTLS from clients of any mesh (the gateway presents its own
   mesh identity and trusts every mesh's CA) and answers ``internal.<gateway>.<mesh>.mesh`` or its
   hostname.
@@ -34,7 +39,6 @@ inbounds against the gateway's identity. With backends of different services one
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +46,6 @@ from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2, protocol_pb2
-from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
@@ -53,14 +56,14 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tl
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.resources.types.targetref import top_level
 from zonemesh.zone_cp.xds.context import SERVICE_TAG, MeshContext, networking, tag_sets
-from zonemesh.zone_cp.xds.crosszone import load_assignment
 from zonemesh.zone_cp.xds.datasource import content
 from zonemesh.zone_cp.xds.envoy import (
+    Destination,
     InboundPieces,
     OutboundPieces,
     ads_source,
-    ca_secret_name,
     identity_secret_name,
     pack,
     sds,
@@ -68,10 +71,17 @@ from zonemesh.zone_cp.xds.envoy import (
 )
 from zonemesh.zone_cp.xds.generators import outbound
 from zonemesh.zone_cp.xds.generators.inbound import ROUTER
-from zonemesh.zone_cp.xds.locality import LocalityPlan
-from zonemesh.zone_cp.xds.policies import MatchedPolicies, configure_gateway_listener, configure_outbound
+from zonemesh.zone_cp.xds.policies import (
+    ROUTE_TYPES,
+    MatchedPolicies,
+    configure_gateway_listener,
+    configure_outbound,
+    configure_route,
+    meshhttproute,
+    meshtcproute,
+)
 from zonemesh.zone_cp.xds.policies.matching import MESH_GATEWAY, ordered
-from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, ResourceSet
+from zonemesh.zone_cp.xds.resources import CLUSTER, LISTENER, ROUTE, SECRET, ResourceSet
 
 MESH_GATEWAY_TYPE = "MeshGateway"
 MESH_GATEWAY_ROUTE_TYPE = "MeshGatewayRoute"
@@ -148,6 +158,10 @@ class Listener:
     tags: dict[str, str]
     spec: Mapping[str, Any]
     routes: list[Resource] = field(default_factory=list)
+    # MeshHTTPRoutes / MeshTCPRoutes whose top-level targetRef is this gateway (and whose
+    # listener tags, if any, are among the listener's), least specific first.
+    http_routes: list[Resource] = field(default_factory=list)
+    tcp_routes: list[Resource] = field(default_factory=list)
 
     @property
     def cross_mesh(self) -> bool:
@@ -377,24 +391,6 @@ def _apply_filters(
     return False
 
 
-@dataclass(frozen=True)
-class Destination:
-    service: str
-    tags: tuple[tuple[str, str], ...]  # every destination tag, sorted
-
-    @classmethod
-    def of(cls, tags: Mapping[str, str]) -> Destination:
-        return cls(str(tags[SERVICE_TAG]), tuple(sorted((str(k), str(v)) for k, v in tags.items())))
-
-    @property
-    def cluster_name(self) -> str:
-        """The service's own (sidecar-shared) cluster, or a subset cluster named by a tag hash."""
-        if len(self.tags) == 1:
-            return self.service
-        digest = hashlib.sha256(repr(self.tags).encode()).hexdigest()[:10]
-        return f"{self.service}-{digest}"
-
-
 @dataclass
 class _Gen:
     """State of one gateway proxy's generation."""
@@ -408,42 +404,19 @@ class _Gen:
     signature: tuple[tuple[str, ...], ...] = ()
     # services a route sends to -> a scratch route holding the policies' route-level settings
     route_templates: dict[frozenset[str], route_components_pb2.Route] = field(default_factory=dict)
+    # The policies configuring clusters and routes: the route types decide the gateway's
+    # routes themselves (attach_route_policies), they do not configure its destinations.
+    outbound_policies: Mapping[str, Sequence[Resource]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.signature = _signature(self.policies)
+        self.outbound_policies = {t: p for t, p in self.policies.items() if t not in ROUTE_TYPES}
+        self.signature = _signature(self.outbound_policies)
 
     def cluster(self, dest: Destination) -> str:
         """Add the destination's cluster (and endpoints) and return its name."""
-        ctx, service = self.ctx, dest.service
-        key = ("outbound", service, self.identity, self.signature)
-        built = ctx.memo.get(key)
-        if built is None:
-            built = ctx.memo[key] = outbound._build(ctx, service, self.identity, self.policies)
-        name = dest.cluster_name
-        if name == service:
-            self.resources.add(CLUSTER, service, built.cluster)
-            if built.endpoints:
-                self.resources.add(ENDPOINT, service, outbound.endpoints(ctx, service, built.locality, self.proxy))
-        else:
-            subset = ctx.memo.get(("gateway-subset", name, key))
-            if subset is None:
-                subset = cluster_pb2.Cluster()
-                subset.CopyFrom(built.cluster)
-                subset.name = name
-                ctx.memo[("gateway-subset", name, key)] = subset
-            self.resources.add(CLUSTER, name, subset)
-            if built.endpoints:
-                plan = built.locality.for_proxy(tag_sets(self.proxy)) if built.locality is not None else None
-                cla = ctx.memo.get(("gateway-subset-endpoints", name, plan))
-                if cla is None:
-                    cla = ctx.memo[("gateway-subset-endpoints", name, plan)] = _subset_endpoints(ctx, name, dest, plan)
-                self.resources.add(ENDPOINT, name, cla)
-        if not built.endpoints:
-            outbound.add_external_secrets(ctx, service, self.resources)
-        if ctx.mtls is not None and built.endpoints:
-            self.resources.require(SECRET, identity_secret_name(self.identity))
-            self.resources.require(SECRET, ca_secret_name(ctx.name))
-        return name
+        return outbound.destination_cluster(
+            self.ctx, dest, self.identity, self.outbound_policies, self.resources, self.signature, self.proxy
+        )
 
     def route_policies(self, route: route_components_pb2.Route, services: set[str]) -> None:
         """MeshRetry / MeshTimeout ``to`` conf on a route: the destination's when all backends are
@@ -473,7 +446,7 @@ class _Gen:
             hcm=hcm_pb2.HttpConnectionManager(),  # scratch: listener timeouts come from `from`
             route=route,
         )
-        configure_outbound(pieces, self.policies)
+        configure_outbound(pieces, self.outbound_policies)
         assert pieces.hcm is not None
         if pieces.hcm.HasField("stream_idle_timeout"):
             # MeshTimeout `to` http.streamIdleTimeout: per route here, as Kuma does.
@@ -483,24 +456,27 @@ class _Gen:
         service = next(iter(services)) if len(services) == 1 else ""
         # The cluster is scratch: cluster settings come with the destination's cluster.
         pieces = OutboundPieces(self.ctx.name, service, "tcp", cluster_pb2.Cluster(), tcp_proxy=proxy)
-        configure_outbound(pieces, self.policies)
+        configure_outbound(pieces, self.outbound_policies)
 
 
 def _signature(policies: Mapping[str, Sequence[Resource]]) -> tuple[tuple[str, ...], ...]:
     return tuple(tuple(p.name for p in policies[t]) for t in sorted(policies))
 
 
-def _subset_endpoints(
-    ctx: MeshContext, name: str, dest: Destination, plan: LocalityPlan | None = None
-) -> endpoint_pb2.ClusterLoadAssignment:
-    wanted = dict(dest.tags)
-    local = [e for e in ctx.endpoints.get(dest.service, ()) if all(e.tags.get(k) == v for k, v in wanted.items())]
-    # With the tags MeshRetry's OmitHostsWithTags reads, as the service's own endpoints; laid out
-    # like the whole service's endpoints when a plan groups them (affinity sub-localities).
-    tag_keys = outbound.host_tag_keys(ctx)
-    if plan is not None and plan.grouped:
-        return load_assignment(name, local, [], ctx.cross.zone if ctx.cross else "", tag_keys=tag_keys, plan=plan)
-    return load_assignment(name, local, [], tag_keys=tag_keys)
+def route_destinations(routes: Iterable[Resource]) -> set[Destination]:
+    """Every destination MeshGatewayRoutes send or mirror to (zone ingresses route subsets by SNI)."""
+    found: set[Destination] = set()
+    for route in routes:
+        conf = route.spec.get("conf") or {}
+        http_rules = (conf.get("http") or {}).get("rules") or []
+        tcp_rules = (conf.get("tcp") or {}).get("rules") or []
+        for rule in [*http_rules, *tcp_rules]:
+            for backend in rule.get("backends") or []:
+                found.add(Destination.of(backend["destination"]))
+            for item in rule.get("filters") or []:
+                if item.get("mirror"):
+                    found.add(Destination.of(item["mirror"]["backend"]["destination"]))
+    return found
 
 
 def _weighted(gen: _Gen, backends: Iterable[Mapping[str, Any]]) -> list[tuple[str, int, str]]:
@@ -551,15 +527,83 @@ def _http_routes(gen: _Gen, pairs: Sequence[tuple[Resource, Mapping[str, Any]]])
     return [e[4] for e in entries]
 
 
+def _host_rank(host: str) -> tuple[bool, bool, int, str]:
+    """Exact hostnames first, then wildcards (longer first), then ``*``."""
+    return (host == "*", host.startswith("*"), -len(host), host)
+
+
 def _route_config(gen: _Gen, name: str, items: Sequence[Listener]) -> route_pb2.RouteConfiguration:
     config = route_pb2.RouteConfiguration(name=name, validate_clusters={"value": False})
+    if any(i.http_routes for i in items):
+        hosts = _mesh_http_hosts(gen, items)  # MeshHTTPRoutes replace the port's MeshGatewayRoutes
+    else:
+        hosts = {host: _http_routes(gen, pairs) for host, pairs in virtual_hosts(items).items()}
     # Envoy matches exact domains, then the longest suffix wildcard, then "*": list them in that order too.
-    hosts = virtual_hosts(items)
-    for host in sorted(hosts, key=lambda h: (h == "*", h.startswith("*"), -len(h), h)):
+    for host in sorted(hosts, key=_host_rank):
         config.virtual_hosts.append(
-            route_components_pb2.VirtualHost(name=host, domains=_domains(host), routes=_http_routes(gen, hosts[host]))
+            route_components_pb2.VirtualHost(name=host, domains=_domains(host), routes=hosts[host])
         )
     return config
+
+
+def attach_route_policies(by_port: Mapping[int, Sequence[Listener]], policies: MatchedPolicies) -> None:
+    """Attach to each listener the MeshHTTPRoutes and MeshTCPRoutes whose top-level targetRef is
+    the gateway, with listener ``tags`` that are all among the listener's (or none)."""
+
+    def attached(policy: Resource, item: Listener) -> bool:
+        ref = top_level(policy.spec)
+        return ref.get("kind") == MESH_GATEWAY and (ref.get("tags") or {}).items() <= item.tags.items()
+
+    for items in by_port.values():
+        for item in items:
+            item.http_routes = [p for p in policies.get(meshhttproute.TYPE, ()) if attached(p, item)]
+            item.tcp_routes = [p for p in policies.get(meshtcproute.TYPE, ()) if attached(p, item)]
+
+
+def _mesh_http_hosts(gen: _Gen, items: Sequence[Listener]) -> dict[str, list[route_components_pb2.Route]]:
+    """Virtual hosts of a port from the MeshHTTPRoutes of its listeners (Kuma's gateway
+    routes). A listener serves its hostname and the route hostnames under it; a virtual host
+    gets the rules of every route hostname covering it, the most specific hostname's first
+    (``a.example.com`` before ``*.example.com`` before ``*``), then by match specificity. A host
+    that a listener with a more specific hostname serves is that listener's alone."""
+    hosts: dict[str, list[route_components_pb2.Route]] = {}
+    served: list[str] = []
+    for item in sorted(items, key=lambda i: _host_rank(i.hostname)):
+        by_host = meshhttproute.gateway_rules(item.http_routes)
+        wanted: dict[str, None] = {}
+        for host in by_host:
+            if host_covers(item.hostname, host):
+                wanted[host] = None
+            elif host_covers(host, item.hostname):
+                wanted[item.hostname] = None
+        for vhost in sorted(wanted, key=_host_rank):
+            if vhost in hosts or any(host_covers(other, vhost) for other in served):
+                continue
+            groups = sorted((h for h in by_host if host_covers(h, vhost)), key=_host_rank)
+            origins = meshhttproute.gateway_origins(item.http_routes)
+            hosts[vhost] = _mesh_http_routes(gen, [rule for h in groups for rule in by_host[h]], origins)
+        served.append(item.hostname)
+    return hosts
+
+
+def _mesh_http_routes(
+    gen: _Gen, rules: Sequence[Mapping[str, Any]], origins: Mapping[str, str]
+) -> list[route_components_pb2.Route]:
+    routes, destinations = meshhttproute.build_routes(rules, default=None)
+    service_of = {dest.cluster_name: dest.service for dest in destinations}
+    for dest in destinations:
+        gen.cluster(dest)
+    for route in routes:
+        if not route.HasField("route"):
+            continue  # a redirect
+        action = route.route
+        names = [action.cluster] if action.cluster else [c.name for c in action.weighted_clusters.clusters]
+        services = {service_of[n] for n in names}
+        gen.route_policies(route, services)
+        service = next(iter(services)) if len(services) == 1 else ""
+        protocol = gen.ctx.protocol(service) if service else "http"
+        configure_route(gen.ctx, route, service, protocol, gen.policies, origins.get(route.name))
+    return routes
 
 
 # --- TLS ---------------------------------------------------------------------------------------------
@@ -673,13 +717,19 @@ def _hcm(gen: _Gen, route_name: str, stat_prefix: str) -> listener_components_pb
 def _tcp_filters(gen: _Gen, items: Sequence[Listener], stat_prefix: str) -> list[listener_components_pb2.Filter]:
     """The TCP proxy, after the filters the listener's policies add (rate limits)."""
     proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix)
-    rules = [
-        rule
-        for item in items
-        for route in item.routes
-        for rule in ((route.spec.get("conf") or {}).get("tcp") or {}).get("rules") or []
-    ]
-    backends = _weighted(gen, rules[0].get("backends") or []) if rules else []
+    tcp_routes = ordered({p.name: p for item in items for p in item.tcp_routes}.values())
+    if tcp_routes:  # MeshTCPRoutes replace the port's MeshGatewayRoutes
+        conf = meshtcproute.route_conf(tcp_routes, None) or {}
+        split = meshhttproute.split((conf.get("default") or {}).get("backendRefs") or [])
+        backends = [(gen.cluster(dest), weight, dest.service) for dest, weight in split]
+    else:
+        rules = [
+            rule
+            for item in items
+            for route in item.routes
+            for rule in ((route.spec.get("conf") or {}).get("tcp") or {}).get("rules") or []
+        ]
+        backends = _weighted(gen, rules[0].get("backends") or []) if rules else []
     if not backends:
         # Nothing routed here yet: a cluster with no endpoints refuses connections cleanly.
         name = f"gateway-blackhole:{gen.gateway.name}"
@@ -745,6 +795,7 @@ def generate(ctx: MeshContext, proxy: Resource, policies: MatchedPolicies, resou
     gen = _Gen(ctx, proxy, gateway, gateway_policies(ctx, proxy, policies), resources, identity)
     address = str(networking(proxy).get("address"))
     by_port = listeners(gateway, proxy, ctx.policies.get(MESH_GATEWAY_ROUTE_TYPE, ()))
+    attach_route_policies(by_port, gen.policies)
     for port, items in by_port.items():
         if any(i.cross_mesh for i in items) and ctx.mtls is None:
             raise ValueError(f"MeshGateway {gateway.name!r}: cross-mesh listener on port {port} needs mesh mTLS")

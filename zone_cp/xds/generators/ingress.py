@@ -4,7 +4,10 @@ One listener on the ingress's ``networking.address:port`` with a TLS inspector. 
 mTLS and per service with instances here, a filter chain matches the SNI the calling proxy
 sends (``service{mesh=<mesh>}``, see ``sni.py``) and TCP-proxies the still-encrypted bytes to
 the service's instances; one more chain per distinct tag set of its instances matches
-``service{...tags...,mesh=<mesh>}`` and goes to those instances only. The ingress terminates no
+``service{...tags...,mesh=<mesh>}`` and goes to those instances only, and one per subset the
+mesh's routes send to (MeshHTTPRoute / MeshTCPRoute / MeshGatewayRoute backends:
+``routed_subsets``) that has instances here (a ``kuma.io/zone`` tag in it names this zone:
+``crosszone.in_subset``). The ingress terminates no
 TLS and holds no certificate: the mTLS session runs from the calling proxy in the other zone
 to the proxy of the instance here, which checks the caller's SPIFFE ID (MeshTrafficPermission).
 
@@ -14,7 +17,7 @@ A mesh without mTLS has no SNI to route by and is not served.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
@@ -23,9 +26,11 @@ from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds import sni
-from zonemesh.zone_cp.xds.context import SERVICE_TAG, Endpoint
-from zonemesh.zone_cp.xds.crosszone import ZoneContext, load_assignment
-from zonemesh.zone_cp.xds.envoy import ads_source, pack, socket_address
+from zonemesh.zone_cp.xds.context import SERVICE_TAG, Endpoint, MeshContext
+from zonemesh.zone_cp.xds.crosszone import ZoneContext, in_subset, load_assignment
+from zonemesh.zone_cp.xds.envoy import Destination, ads_source, pack, socket_address
+from zonemesh.zone_cp.xds.generators.gateway import MESH_GATEWAY_ROUTE_TYPE, route_destinations
+from zonemesh.zone_cp.xds.policies import destinations
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER, ResourceSet
 
 TLS_INSPECTOR = listener_components_pb2.ListenerFilter(
@@ -73,9 +78,16 @@ def sni_listener(
     )
 
 
-def targets(mesh: str, service: str, endpoints: list[Endpoint]) -> dict[str, list[Endpoint]]:
-    """SNI -> the instances it reaches: the whole service, and each distinct tag set of it."""
+def targets(
+    mesh: str, service: str, endpoints: list[Endpoint], subsets: Iterable[Mapping[str, str]] = (), zone: str = ""
+) -> dict[str, list[Endpoint]]:
+    """SNI -> the instances it reaches: the whole service, each distinct tag set of it, and each
+    of ``subsets`` (routes' destinations) that has instances here, in ``zone``."""
     result = {sni.encode(service, mesh): endpoints}
+    for wanted in subsets:
+        members = [e for e in endpoints if in_subset(e.tags, zone, wanted)]
+        if members:
+            result.setdefault(sni.encode(service, mesh, wanted), members)
     for endpoint in endpoints:
         tags: Mapping[str, str] = {k: v for k, v in endpoint.tags.items() if k != SERVICE_TAG}
         if not tags:
@@ -88,14 +100,24 @@ def targets(mesh: str, service: str, endpoints: list[Endpoint]) -> dict[str, lis
     return result
 
 
+def routed_subsets(mctx: MeshContext) -> list[Destination]:
+    """The subsets (destinations with tags) the mesh's routes send to, sorted."""
+    found = destinations(mctx) | route_destinations(mctx.policies.get(MESH_GATEWAY_ROUTE_TYPE, ()))
+    return sorted((d for d in found if d.subset), key=lambda d: d.tags)
+
+
 def generate(zctx: ZoneContext, proxy: Resource) -> ResourceSet:
     resources = ResourceSet()
     chains = []
     for mesh, mctx in sorted(zctx.meshes.items()):
         if mctx.mtls is None:
             continue
+        subsets: dict[str, list[Mapping[str, str]]] = {}
+        for dest in routed_subsets(mctx):
+            subsets.setdefault(dest.service, []).append(dest.subset)
         for service, endpoints in sorted(mctx.endpoints.items()):
-            for server_name, members in sorted(targets(mesh, service, endpoints).items()):
+            found = targets(mesh, service, endpoints, subsets.get(service, ()), zctx.zone)
+            for server_name, members in sorted(found.items()):
                 chains.append(sni_chain(server_name, server_name, stat_prefix("ingress", mesh, service)))
                 resources.add(CLUSTER, server_name, eds_cluster(server_name))
                 resources.add(ENDPOINT, server_name, load_assignment(server_name, members, [], zctx.zone))

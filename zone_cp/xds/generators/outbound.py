@@ -14,6 +14,14 @@ priority, so Envoy keeps traffic local while local instances are healthy. With t
 reached through the egress too (mTLS to it, SNI naming the external service; the egress
 originates TLS to the real host).
 
+Routes (MeshHTTPRoute, MeshTCPRoute: policies/meshhttproute.py) may send an outbound's traffic
+to other services and to subsets of them (instances carrying tags): each such destination gets
+a cluster (``destination_cluster``); a subset's cluster ``<service>-<hash>`` has the service's
+settings, only the matching endpoints (this zone's, then the other zones' ingresses that have
+matching instances, weighted by how many), and with mTLS an SNI carrying the tags, by which a
+zone ingress finds those instances. A ``kuma.io/zone`` tag selects by zone: this zone's instances
+when it names this zone (whether or not their Dataplanes carry the tag), else that zone's ingresses.
+
 The pieces of an outbound depend only on (destination, the proxy's identity, which policies
 match the proxy), so proxies sharing those share the very same messages (``ctx.memo``): one
 build and one serialization per round, whatever the number of proxies.
@@ -35,6 +43,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds import policies as policy_plugins
+from zonemesh.zone_cp.xds import sni as mesh_sni
 from zonemesh.zone_cp.xds.context import (
     HTTP_PROTOCOLS,
     LOCALHOST,
@@ -50,9 +59,12 @@ from zonemesh.zone_cp.xds.crosszone import (
     external_load_assignment,
     external_secrets,
     external_tls,
+    in_subset,
     load_assignment,
+    remote_subset,
 )
 from zonemesh.zone_cp.xds.envoy import (
+    Destination,
     OutboundPieces,
     ads_source,
     ca_secret_name,
@@ -66,7 +78,7 @@ from zonemesh.zone_cp.xds.envoy import (
 from zonemesh.zone_cp.xds.generators.common import http_protocol_options
 from zonemesh.zone_cp.xds.generators.inbound import ROUTER
 from zonemesh.zone_cp.xds.locality import LocalityPlan
-from zonemesh.zone_cp.xds.policies import MatchedPolicies, outbound_signature
+from zonemesh.zone_cp.xds.policies import MatchedPolicies, meshhttproute, outbound_signature
 from zonemesh.zone_cp.xds.policies.meshretry import TYPE as MESH_RETRY
 from zonemesh.zone_cp.xds.policies.meshretry import omit_host_tag_keys
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, ResourceSet
@@ -79,6 +91,7 @@ class _Built:
     route: route_pb2.RouteConfiguration | None
     endpoints: bool  # True: the cluster takes its endpoints over EDS
     locality: LocalityPlan | None = None  # how a policy lays the endpoints out (None: the Mesh's default)
+    destinations: tuple[Destination, ...] = ()  # where its routes send traffic (their clusters)
 
 
 def _tls_socket(context: tls_pb2.UpstreamTlsContext) -> base_pb2.TransportSocket:
@@ -142,19 +155,24 @@ def _build(ctx: MeshContext, service: str, identity: str | None, policies: Match
     shared = _shared(ctx, service, policies)
     if ctx.mtls is None or not shared.endpoints:  # no mTLS, or an ExternalService reached directly
         return shared
+    cluster = cluster_pb2.Cluster()
+    cluster.CopyFrom(shared.cluster)
+    cluster.transport_socket.CopyFrom(_mesh_tls(ctx, service, identity, sni(ctx.name, service), policies))
+    return replace(shared, cluster=cluster)
+
+
+def _mesh_tls(
+    ctx: MeshContext, service: str, identity: str | None, server_name: str, policies: MatchedPolicies
+) -> base_pb2.TransportSocket:
     if identity is None:
         raise ValueError("mTLS is on but the proxy serves no service to take its identity from")
     peer = EGRESS_SERVICE if service in ctx.external_services else service
     context = tls_pb2.UpstreamTlsContext(
-        common_tls_context=common_tls(ctx.name, identity, spiffe_id(ctx.name, peer), exact=True),
-        sni=sni(ctx.name, service),
+        common_tls_context=common_tls(ctx.name, identity, spiffe_id(ctx.name, peer), exact=True), sni=server_name
     )
     if peer == service:  # the egress's side is not MeshTLS's (as in Kuma, ExternalServices are left alone)
         policy_plugins.configure_upstream_tls(context, policies)
-    cluster = cluster_pb2.Cluster()
-    cluster.CopyFrom(shared.cluster)
-    cluster.transport_socket.CopyFrom(_tls_socket(context))
-    return replace(shared, cluster=cluster)
+    return _tls_socket(context)
 
 
 def _shared(ctx: MeshContext, service: str, policies: MatchedPolicies) -> _Built:
@@ -187,16 +205,22 @@ def _build_shared(ctx: MeshContext, service: str, policies: MatchedPolicies) -> 
 
     policy_plugins.configure_outbound(pieces, policies)
 
+    # The destination's own protocol: a MeshTCPRoute forwarding an HTTP service's connections
+    # leaves the cluster as other routes to it need it.
     options = http_protocol_options(protocol, pieces.common_http)
     if options is not None:
         cluster.typed_extension_protocol_options[options[0]].CopyFrom(options[1])
     route: route_pb2.RouteConfiguration | None = None
     if pieces.hcm is not None:
         assert pieces.route is not None
+        routes = [pieces.route]
+        if pieces.routes is not None:
+            origins = meshhttproute.origins(policies.get(meshhttproute.TYPE, ()), service)
+            routes = [_route(ctx, pieces, own, policies, origins.get(own.name)) for own in pieces.routes]
         route_name = f"outbound:{service}"
         route = route_pb2.RouteConfiguration(
             name=route_name,
-            virtual_hosts=[route_components_pb2.VirtualHost(name=service, domains=["*"], routes=[pieces.route])],
+            virtual_hosts=[route_components_pb2.VirtualHost(name=service, domains=["*"], routes=routes)],
             validate_clusters={"value": False},
         )
         hcm = pieces.hcm
@@ -211,7 +235,39 @@ def _build_shared(ctx: MeshContext, service: str, policies: MatchedPolicies) -> 
         terminal = listener_components_pb2.Filter(
             name="envoy.filters.network.tcp_proxy", typed_config=pack(pieces.tcp_proxy)
         )
-    return _Built(cluster, terminal, route, endpoints=external is None or ctx.via_egress, locality=pieces.locality)
+    return _Built(
+        cluster, terminal, route, endpoints=external is None or ctx.via_egress, destinations=tuple(pieces.destinations),
+        locality=pieces.locality,
+    )
+
+
+def _route(
+    ctx: MeshContext,
+    pieces: OutboundPieces,
+    own: route_components_pb2.Route,
+    policies: MatchedPolicies,
+    origin: str | None,
+) -> route_components_pb2.Route:
+    """A MeshHTTPRoute route with the route-level settings the other policies put on the
+    outbound's template route (timeouts, retries: they apply to every route of the outbound, as
+    in Kuma), then those of the policies targeting ``origin``, the MeshHTTPRoute it comes from."""
+    assert pieces.route is not None
+    route = route_components_pb2.Route()
+    route.CopyFrom(pieces.route)
+    route.name = own.name
+    route.match.CopyFrom(own.match)
+    if own.HasField("redirect"):
+        route.redirect.SetInParent()  # the action is a redirect: no upstream to time or retry
+        route.redirect.CopyFrom(own.redirect)
+    else:
+        route.route.ClearField("cluster")
+        route.route.MergeFrom(own.route)
+    route.request_headers_to_add.extend(own.request_headers_to_add)
+    route.request_headers_to_remove.extend(own.request_headers_to_remove)
+    route.response_headers_to_add.extend(own.response_headers_to_add)
+    route.response_headers_to_remove.extend(own.response_headers_to_remove)
+    policy_plugins.configure_route(ctx, route, pieces.service, pieces.protocol, policies, origin)
+    return route
 
 
 def host_tag_keys(ctx: MeshContext) -> frozenset[str]:
@@ -261,6 +317,89 @@ def endpoints(
     return cached
 
 
+def subset_endpoints(
+    ctx: MeshContext, dest: Destination, plan: LocalityPlan | None = None, proxy: Resource | None = None
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """A subset's endpoints, laid out as ``endpoints`` lays out the whole service's: this zone's
+    matching instances, then the other zones' ingresses that have matching instances (weighted
+    by how many), or this zone's egress in front of them."""
+    if dest.service in ctx.external_services:
+        plan = None
+    if plan is not None and proxy is not None:
+        plan = plan.for_proxy(tag_sets(proxy))
+    name = dest.cluster_name
+    key = ("subset-endpoints", name, plan)
+    cached = ctx.memo.get(key)
+    if cached is None:
+        cross = ctx.cross
+        zone = cross.zone if cross else ""
+        wanted = dest.subset
+        local = [e for e in ctx.endpoints.get(dest.service, ()) if in_subset(e.tags, zone, wanted)]
+        remote = remote_subset(cross, dest.service, wanted) if cross is not None and ctx.mtls else []
+        behind_egress: list[str] = []
+        if remote and ctx.via_egress and cross is not None:
+            behind_egress = sorted({e.zone or "" for e in remote})
+            remote = list(cross.egress)  # the egress forwards the subset's SNI to those ingresses
+        prefer_local = (ctx.mesh.spec.get("routing") or {}).get("localityAwareLoadBalancing") is not False
+        cached = ctx.memo[key] = load_assignment(
+            name, local, remote, zone, prefer_local, host_tag_keys(ctx), plan=plan, behind_egress=behind_egress
+        )
+    assert isinstance(cached, endpoint_pb2.ClusterLoadAssignment)
+    return cached
+
+
+def _subset_cluster(
+    ctx: MeshContext, built: _Built, dest: Destination, identity: str | None, policies: MatchedPolicies
+) -> cluster_pb2.Cluster:
+    """The service's cluster for a subset: its name, and with mTLS the SNI naming the tags."""
+    cluster = cluster_pb2.Cluster()
+    cluster.CopyFrom(built.cluster)
+    cluster.name = dest.cluster_name
+    if ctx.mtls is not None and built.endpoints:
+        server_name = mesh_sni.encode(dest.service, ctx.name, dest.subset)
+        cluster.transport_socket.CopyFrom(_mesh_tls(ctx, dest.service, identity, server_name, policies))
+    return cluster
+
+
+def destination_cluster(
+    ctx: MeshContext,
+    dest: Destination,
+    identity: str | None,
+    policies: MatchedPolicies,
+    resources: ResourceSet,
+    signature: Any = None,
+    proxy: Resource | None = None,
+) -> str:
+    """Add the cluster (with its endpoints and secrets) a route sends ``dest``'s traffic to, built
+    as the outbound to its service would be; return its name. ``signature`` identifies
+    ``policies`` within the round (default: ``outbound_signature``); ``proxy``'s tags give the
+    affinity tags of a locality plan their values."""
+    service = dest.service
+    key = ("outbound", service, identity, outbound_signature(policies) if signature is None else signature)
+    built = ctx.memo.get(key)
+    if built is None:
+        built = ctx.memo[key] = _build(ctx, service, identity, policies)
+    assert isinstance(built, _Built)
+    name = dest.cluster_name
+    if name == service:
+        resources.add(CLUSTER, service, built.cluster)
+        if built.endpoints:
+            resources.add(ENDPOINT, service, endpoints(ctx, service, built.locality, proxy))
+    else:
+        subset = ctx.memo.get(("subset-cluster", name, key))
+        if subset is None:
+            subset = ctx.memo[("subset-cluster", name, key)] = _subset_cluster(ctx, built, dest, identity, policies)
+        resources.add(CLUSTER, name, subset)
+        if built.endpoints:
+            resources.add(ENDPOINT, name, subset_endpoints(ctx, dest, built.locality, proxy))
+    if not built.endpoints:
+        add_external_secrets(ctx, service, resources)
+    elif ctx.mtls is not None and identity is not None:
+        resources.require(SECRET, identity_secret_name(identity))
+        resources.require(SECRET, ca_secret_name(ctx.name))
+    return name
+
+
 def generate(ctx: MeshContext, proxy: Resource, policies: MatchedPolicies, resources: ResourceSet) -> None:
     own = services(proxy)
     identity = own[0] if own else None
@@ -301,3 +440,5 @@ def generate(ctx: MeshContext, proxy: Resource, policies: MatchedPolicies, resou
         if ctx.mtls is not None and built.endpoints and identity is not None:
             resources.require(SECRET, identity_secret_name(identity))
             resources.require(SECRET, ca_secret_name(ctx.name))
+        for dest in built.destinations:
+            destination_cluster(ctx, dest, identity, policies, resources, signature, proxy)

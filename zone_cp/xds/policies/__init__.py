@@ -19,7 +19,15 @@ with the hooks it needs, each optional:
   of a cluster to a mesh service, on sidecars and builtin gateways), with the policies
   selecting the proxy.
 - ``proxy(ctx, proxy, resources, policies)``: the whole config of one sidecar or builtin gateway
-  (its own ResourceSet), after every generator and every other hook (MeshProxyPatch).
+  (its own ResourceSet), after every generator and every other hook (MeshProxyPatch);
+- ``to_conf(policies, service)``: how the ``to`` entries merge for one destination, when not
+  ``matching.to_conf``'s deep merge (MeshHTTPRoute merges rules by their matches);
+- ``destinations(policy)``: the services and subsets a policy sends traffic to, which zone
+  ingresses and egresses must route (the route types).
+
+A type whose ``PolicySupport.per_route`` is set is also applied to single routes: its
+``outbound`` hook runs on each route a MeshHTTPRoute generates with the conf of the policies
+whose top-level targetRef is that MeshHTTPRoute merged over the destination's (``configure_route``).
 
 Two more optional fields: ``tag_keys(policy)``, the proxy tags a policy's conf reads (its
 affinity tags: proxies differing in them must not share a generated config), and
@@ -51,18 +59,21 @@ from dataclasses import replace
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from zonemesh.shared.resources import REGISTRY
 from zonemesh.shared.resources.model import Resource
-from zonemesh.shared.resources.types.targetref import SIDECAR, top_level
+from zonemesh.shared.resources.types.targetref import MESH_HTTP_ROUTE, SIDECAR, top_level
 from zonemesh.zone_cp.xds.context import MeshContext, inbounds, tag_sets
-from zonemesh.zone_cp.xds.envoy import InboundPieces, OutboundPieces
+from zonemesh.zone_cp.xds.envoy import Destination, InboundPieces, OutboundPieces
 from zonemesh.zone_cp.xds.locality import LocalityPlan
 from zonemesh.zone_cp.xds.policies.matching import (
     MESH,
     Selectors,
     matched,
     matched_inbound,
+    merge_all,
     ordered,
     proxy_type,
     section_name,
@@ -79,6 +90,7 @@ __all__ = [
     "OUTBOUND_TYPES",
     "PLUGINS",
     "POLICY_TYPES",
+    "ROUTE_TYPES",
     "MatchedPolicies",
     "Plugin",
     "PluginError",
@@ -88,7 +100,9 @@ __all__ = [
     "configure_inbound",
     "configure_outbound",
     "configure_proxy",
+    "configure_route",
     "configure_upstream_tls",
+    "destinations",
     "egress_locality",
     "match_all",
     "match_inbound",
@@ -96,6 +110,7 @@ __all__ = [
     "plugin_table",
     "policy_selectors",
     "policy_signature",
+    "route_policies",
 ]
 
 PLUGINS = plugin_table(REGISTRY)
@@ -104,6 +119,17 @@ POLICY_TYPES = tuple(p.type for p in PLUGINS)
 OUTBOUND_TYPES = tuple(p.type for p in PLUGINS if p.outbound is not None or p.upstream_tls is not None)
 EGRESS_TYPES = tuple(p.type for p in PLUGINS if p.egress is not None)
 EGRESS_LOCALITY_TYPES = tuple(p.type for p in PLUGINS if p.egress_locality)
+# The route types: they say where traffic goes (Plugin.destinations).
+ROUTE_TYPES = tuple(p.type for p in PLUGINS if p.destinations is not None)
+
+
+def _per_route(plugin: Plugin) -> bool:
+    support = REGISTRY.get(plugin.type).support
+    return plugin.outbound is not None and support is not None and support.per_route is not None
+
+
+# Applied per route when their top-level targetRef is a MeshHTTPRoute (PolicySupport.per_route).
+PER_ROUTE = tuple(p for p in PLUGINS if _per_route(p))
 
 
 class PolicyError(Exception):
@@ -184,7 +210,7 @@ def configure_outbound(pieces: OutboundPieces, policies: MatchedPolicies) -> Non
     for plugin in PLUGINS:
         if plugin.outbound is None:
             continue
-        conf = to_conf(policies.get(plugin.type, ()), pieces.service)
+        conf = (plugin.to_conf or to_conf)(policies.get(plugin.type, ()), pieces.service)
         if conf is not None:
             _run(plugin, plugin.outbound, pieces, conf)
 
@@ -216,6 +242,77 @@ def egress_locality(ctx: MeshContext, service: str) -> LocalityPlan | None:
         ctx.memo[key] = pieces.locality
     found = ctx.memo[key]
     assert found is None or isinstance(found, LocalityPlan)
+    return found
+
+
+def _targets_route(ref: Mapping[str, Any], route: Resource) -> bool:
+    if ref.get("kind") != MESH_HTTP_ROUTE:
+        return False
+    if ref.get("name"):
+        return bool(ref["name"] == route.name)
+    labels: Mapping[str, str] = ref.get("labels") or {}
+    return bool(labels) and all(route.labels.get(k) == v for k, v in labels.items())
+
+
+def route_policies(ctx: MeshContext, route_name: str) -> dict[str, list[Resource]]:
+    """The policies applied per route (``PER_ROUTE`` types) whose top-level targetRef is the
+    MeshHTTPRoute ``route_name`` (by name, or by its labels), least specific first."""
+    key = ("route-policies", route_name)
+    found = ctx.memo.get(key)
+    if found is None:
+        route = next((r for r in ctx.policies.get(MESH_HTTP_ROUTE, ()) if r.name == route_name), None)
+        found = {}
+        if route is not None:
+            for plugin in PER_ROUTE:
+                hits = [p for p in ctx.policies.get(plugin.type, ()) if _targets_route(top_level(p.spec), route)]
+                if hits:
+                    found[plugin.type] = ordered(hits)
+        ctx.memo[key] = found
+    return dict(found)
+
+
+def configure_route(
+    ctx: MeshContext,
+    route: route_components_pb2.Route,
+    service: str,
+    protocol: str,
+    policies: MatchedPolicies,
+    origin: str | None,
+) -> None:
+    """Apply to one route the policies targeting ``origin``, the MeshHTTPRoute whose rule it comes
+    from, their ``to`` conf merged over the destination's: e.g. a MeshTimeout's request timeout
+    for that route only. Redirects have no upstream request to configure."""
+    if not route.HasField("route") or origin is None:
+        return
+    targeting = route_policies(ctx, origin)
+    for plugin in PER_ROUTE:
+        extra = targeting.get(plugin.type)
+        if not extra or plugin.outbound is None:
+            continue
+        confs = (to_conf(policies.get(plugin.type, ()), service), to_conf(extra, service))
+        conf = merge_all(c for c in confs if c is not None)
+        if conf is None:
+            continue
+        # Only the route is kept: cluster and listener settings are the destination's.
+        scratch = OutboundPieces(
+            ctx.name, service, protocol, cluster_pb2.Cluster(), hcm=hcm_pb2.HttpConnectionManager(), route=route
+        )
+        _run(plugin, plugin.outbound, scratch, conf)
+
+
+def destinations(ctx: MeshContext) -> set[Destination]:
+    """Every destination the mesh's policies send traffic to (``Plugin.destinations``)."""
+    key = ("policy-destinations",)
+    found = ctx.memo.get(key)
+    if found is None:
+        found = ctx.memo[key] = {
+            dest
+            for plugin in PLUGINS
+            if plugin.destinations is not None
+            for policy in ctx.policies.get(plugin.type, ())
+            for dest in plugin.destinations(policy)
+        }
+    assert isinstance(found, set)
     return found
 
 

@@ -26,7 +26,7 @@ per direction. Kuma 2.14's matcher (pkg/plugins/policies/core/matchers/dataplane
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from zonemesh.shared.resources.model import Resource
@@ -270,6 +270,7 @@ class Entry:
     conf: Mapping[str, Any]
     policy: str
     order: tuple[int, int, int]  # (entry specificity, policy position, entry position)
+    item: Mapping[str, Any] = field(default_factory=dict)  # the whole entry (route types read `rules`)
 
 
 def entries(policies: Sequence[Resource], direction: str) -> list[Entry]:
@@ -279,7 +280,7 @@ def entries(policies: Sequence[Resource], direction: str) -> list[Entry]:
         for e_index, entry in enumerate(policy.spec.get(direction) or []):
             ref = entry.get("targetRef") or {}
             order = (PRECEDENCE.get(str(ref.get("kind")), 0), p_index, e_index)
-            found.append(Entry(ref, entry.get("default") or {}, policy.name, order))
+            found.append(Entry(ref, entry.get("default") or {}, policy.name, order, entry))
     return sorted(found, key=lambda e: e.order)
 
 

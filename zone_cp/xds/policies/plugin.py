@@ -12,7 +12,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.resources.registry import WHOLE, Registry
 from zonemesh.zone_cp.xds.context import MeshContext
-from zonemesh.zone_cp.xds.envoy import InboundPieces, OutboundPieces
+from zonemesh.zone_cp.xds.envoy import Destination, InboundPieces, OutboundPieces
 from zonemesh.zone_cp.xds.resources import ResourceSet
 
 Conf = Mapping[str, Any]
@@ -24,6 +24,8 @@ InboundHook = Callable[[InboundPieces, Policies], None]
 UpstreamTlsHook = Callable[[tls_pb2.UpstreamTlsContext, Policies], None]
 # The whole config of one proxy (its own copy), after every generator and every other hook.
 ProxyHook = Callable[[MeshContext, Resource, ResourceSet, Policies], None]
+ConfHook = Callable[[Policies, str | None], Conf | None]
+DestinationsHook = Callable[[Resource], Iterable[Destination]]
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,12 @@ class Plugin:
     # Why the type's policies set nothing at all in this mesh (None: they apply), for inspection's
     # warnings (xds/inspection.py): e.g. MeshTrafficPermission without mTLS.
     inert: Callable[[MeshContext], str | None] | None = None
+    # How the matched policies' `to` entries become the conf for one destination (default:
+    # matching.to_conf, a deep merge of their `default`s); the route types merge their rules.
+    to_conf: ConfHook | None = None
+    # The destinations (a service, or a subset of it by tags) a policy sends traffic to: zone
+    # ingresses and egresses route each by its SNI (generators/ingress.py, egress.py).
+    destinations: DestinationsHook | None = None
 
 
 class PluginError(Exception):

@@ -32,7 +32,9 @@ from zonemesh.shared.resources.types.common import PORT
 from zonemesh.shared.resources.types.targetref import (
     GATEWAY,
     MESH,
+    MESH_EXTERNAL_SERVICE,
     MESH_GATEWAY,
+    MESH_MULTI_ZONE_SERVICE,
     MESH_SERVICE,
     MESH_SERVICE_SUBSET,
     MESH_SUBSET,
@@ -83,33 +85,82 @@ HEADER_VALUE = Obj({"name": HEADER_NAME, "value": Str()}, required=("name", "val
 HEADERS_ADD_SET = Obj({"add": List(HEADER_VALUE, max_items=16), "set": List(HEADER_VALUE, max_items=16)})
 
 
+# backendRef kinds Kuma 2.14 takes; zonemesh has no MeshExternalService / MeshMultiZoneService
+# resources yet: its route types refuse those as not supported yet (``backend_refs_not_yet``).
+BACKEND_KINDS = (MESH_SERVICE, MESH_SERVICE_SUBSET, MESH_EXTERNAL_SERVICE, MESH_MULTI_ZONE_SERVICE)
+BACKEND_KINDS_NOT_YET = (MESH_EXTERNAL_SERVICE, MESH_MULTI_ZONE_SERVICE)
+# Kuma reads these as a reference to a MeshService *resource* (its port, its labels): zonemesh
+# names services by their kuma.io/service tag only.
+BACKEND_FIELDS_NOT_YET = {
+    "port": "a backendRef port",
+    "sectionName": "a backendRef sectionName",
+    "labels": "selecting backends by labels",
+}
+
+
 def _backend_ref_kind(value: Mapping[str, Any], path: str, errors: Errors) -> None:
     kind = value.get("kind")
-    if kind not in (MESH_SERVICE, MESH_SERVICE_SUBSET):
-        return  # the Enum already reported it
-    if not value.get("name"):
+    if kind not in BACKEND_KINDS:
+        if isinstance(kind, str):
+            errors.add(f"{path}.kind", f"must be one of: {', '.join(BACKEND_KINDS)}")
+        return
+    if not value.get("name") and not value.get("labels"):
         errors.add(f"{path}.name", f"must be set with kind {kind}")
     tags = value.get("tags")
     if kind == MESH_SERVICE_SUBSET and not tags:
         errors.add(f"{path}.tags", "must be set with kind MeshServiceSubset")
-    if kind == MESH_SERVICE and tags:
-        errors.add(f"{path}.tags", "must not be set with kind MeshService; use MeshServiceSubset")
+    if kind != MESH_SERVICE_SUBSET and tags:
+        errors.add(f"{path}.tags", f"must not be set with kind {kind}; use MeshServiceSubset")
+    if value.get("proxyTypes"):
+        errors.add(f"{path}.proxyTypes", "must not be set in a backendRef")
+
+
+def backend_ref_not_yet(ref: Mapping[str, Any], path: str, mesh: str) -> list[FieldError]:
+    """What of a (valid) backendRef zonemesh cannot route to yet."""
+    errors = []
+    kind = ref.get("kind")
+    if kind in BACKEND_KINDS_NOT_YET:
+        errors.append(
+            FieldError(f"{path}.kind", not_supported(f"backendRef kind {kind}") + f" (it has no {kind} resources)")
+        )
+    for field, what in BACKEND_FIELDS_NOT_YET.items():
+        if ref.get(field) not in (None, {}, ""):
+            reason = not_supported(what) + " (it has no MeshService resources: use name, the kuma.io/service)"
+            errors.append(FieldError(f"{path}.{field}", reason))
+    if ref.get("mesh") not in (None, mesh):
+        errors.append(FieldError(f"{path}.mesh", not_supported("a backendRef to another mesh")))
+    return errors
+
+
+def _mirror_weight(value: Mapping[str, Any], path: str, errors: Errors) -> None:
+    weight = value.get("weight")
+    if isinstance(weight, int) and weight != 1:
+        errors.add(
+            f"{path}.weight",
+            "has no effect on a mirror (its percentage says how much is mirrored): only the default 1 is accepted",
+        )
 
 
 def backend_ref(*, weighted: bool) -> Obj:
-    """Where a route sends traffic. MeshServiceSubset (a service narrowed by tags) is allowed
-    here even though it is not a targetRef kind: it only names a destination, it is never
-    matched against proxies."""
+    """Where a route sends traffic (``weighted``) or mirrors it. MeshServiceSubset (a service
+    narrowed by tags) is allowed here even though it is not a targetRef kind: it only names a
+    destination, it is never matched against proxies. ``namespace`` is accepted and ignored, as
+    in a targetRef (universal has no namespaces); ``mesh`` must be the policy's own (checked
+    by the route types' ``not_yet``, with what zonemesh cannot route to yet: ``backend_ref_not_yet``)."""
     fields: dict[str, Node] = {
-        "kind": Enum(MESH_SERVICE, MESH_SERVICE_SUBSET),
+        "kind": Str(min_len=1),
         "name": Str(min_len=1),
         "tags": Map(Str(min_len=1), key=Str(min_len=1)),
         "mesh": Str(min_len=1),
+        "namespace": Str(),
         "port": PORT,
+        "sectionName": Str(min_len=1),
+        "labels": Map(Str(), key=Str(min_len=1)),
+        "proxyTypes": List(Str()),
+        "weight": Int(min=0),
     }
-    if weighted:
-        fields["weight"] = Int(min=0)
-    return Obj(fields, required=("kind",), checks=(_backend_ref_kind,))
+    checks: tuple[Check, ...] = (_backend_ref_kind,) if weighted else (_backend_ref_kind, _mirror_weight)
+    return Obj(fields, required=("kind",), checks=checks)
 
 
 def backoff_order(value: Mapping[str, Any], path: str, errors: Errors) -> None:

@@ -2,13 +2,15 @@
 
 Unlike other policies a `to` entry holds ``rules`` (each with ``matches`` and a
 ``default``) rather than a single ``default``, so the spec is written out here instead of
-going through ``policy_spec``.
+going through ``policy_spec``. Applied by ``zone_cp/xds/policies/meshhttproute.py`` on sidecar
+outbounds and, with a top-level MeshGateway targetRef, on builtin gateway listeners.
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from zonemesh.shared.resources.registry import NOT_SUPPORTED_YET, ResourceType, Scope, Sync, register
+from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.resources.registry import PolicySupport, ResourceType, Scope, Sync, register
 from zonemesh.shared.resources.schema import (
     Bool,
     Enum,
@@ -28,6 +30,7 @@ from zonemesh.shared.resources.types.policies.common import (
     HEADER_VALUE,
     PERCENTAGE,
     backend_ref,
+    backend_ref_not_yet,
     gateway_to_mesh_only,
     not_empty,
     policy_semantic,
@@ -36,11 +39,15 @@ from zonemesh.shared.resources.types.policies.common import (
     type_matches_field,
 )
 from zonemesh.shared.resources.types.targetref import (
+    GATEWAY,
     MESH,
     MESH_GATEWAY,
     MESH_SERVICE,
     TOP_KINDS,
+    not_supported,
+    selectable_proxy_types,
     target_ref,
+    top_level,
 )
 
 METHODS = ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")
@@ -219,10 +226,28 @@ def _prefix_rewrite_needs_prefix_matches(value: Mapping[str, Any], path: str, er
                 )
 
 
+def _redirect_alone(value: Mapping[str, Any], path: str, errors: Errors) -> None:
+    """A redirect answers the request itself: nothing is forwarded to rewrite or mirror (the
+    Gateway API forbids RequestRedirect with URLRewrite too)."""
+    filters = value.get("filters")
+    if not isinstance(filters, list):
+        return
+    kinds = [f.get("type") for f in filters if isinstance(f, Mapping)]
+    if "RequestRedirect" not in kinds:
+        return
+    for i, kind in enumerate(kinds):
+        if kind in ("URLRewrite", "RequestMirror"):
+            errors.add(f"{path}.filters[{i}].type", f"{kind} cannot be combined with RequestRedirect")
+    if kinds.count("RequestRedirect") > 1:
+        errors.add(f"{path}.filters", "must hold at most one RequestRedirect")
+
+
 RULE = Obj(
     {
         "matches": List(MATCH, min_items=1),
-        "default": Obj({"filters": List(FILTER), "backendRefs": List(backend_ref(weighted=True))}),
+        "default": Obj(
+            {"filters": List(FILTER), "backendRefs": List(backend_ref(weighted=True))}, checks=(_redirect_alone,)
+        ),
     },
     required=("matches", "default"),
     checks=(_prefix_rewrite_needs_prefix_matches,),
@@ -230,7 +255,7 @@ RULE = Obj(
 
 SPEC = Obj(
     {
-        "targetRef": target_ref(TOP_KINDS, top_level=True),
+        "targetRef": target_ref(TOP_KINDS, top_level=True, listener_tags=True),
         "to": List(
             Obj(
                 {
@@ -269,6 +294,20 @@ def _gateway_only_fields(spec: Mapping[str, Any]) -> list[FieldError]:
     return errors
 
 
+def gateways_need_mesh_gateway(spec: Mapping[str, Any]) -> list[FieldError]:
+    """On builtin gateways a route applies with a top-level MeshGateway targetRef (its `to`
+    targets Mesh); one whose targetRef selects only gateways otherwise would route nothing."""
+    ref = top_level(spec)
+    if ref.get("kind") == MESH_GATEWAY or selectable_proxy_types(ref) != {GATEWAY}:
+        return []
+    return [
+        FieldError(
+            "spec.targetRef",
+            "selects only gateways, where routes apply with a top-level MeshGateway targetRef: use kind MeshGateway",
+        )
+    ]
+
+
 def _gateway_rules_need_backends(spec: Mapping[str, Any]) -> list[FieldError]:
     errors: list[FieldError] = []
     for i, entry in enumerate(spec["to"]):
@@ -285,6 +324,44 @@ def _gateway_rules_need_backends(spec: Mapping[str, Any]) -> list[FieldError]:
     return errors
 
 
+def backend_refs(spec: Mapping[str, Any]) -> Iterable[tuple[str, Mapping[str, Any]]]:
+    """Every backendRef of a route spec (MeshHTTPRoute or MeshTCPRoute) with its path: the
+    rules' backends and the mirrors' backends."""
+    for i, entry in enumerate(spec.get("to") or []):
+        for j, rule in enumerate(entry.get("rules") or [] if isinstance(entry, Mapping) else []):
+            conf = rule.get("default") if isinstance(rule, Mapping) else None
+            if not isinstance(conf, Mapping):
+                continue
+            where = f"spec.to[{i}].rules[{j}].default"
+            for k, ref in enumerate(conf.get("backendRefs") or []):
+                yield f"{where}.backendRefs[{k}]", ref
+            for k, filt in enumerate(conf.get("filters") or []):
+                mirror = filt.get("requestMirror") if isinstance(filt, Mapping) else None
+                if isinstance(mirror, Mapping) and isinstance(mirror.get("backendRef"), Mapping):
+                    yield f"{where}.filters[{k}].requestMirror.backendRef", mirror["backendRef"]
+
+
+def backend_refs_not_yet(res: Resource) -> list[FieldError]:
+    """The backendRefs of a route that zonemesh cannot route to yet (``backend_ref_not_yet``)."""
+    return [error for path, ref in backend_refs(res.spec) for error in backend_ref_not_yet(ref, path, res.mesh)]
+
+
+def _not_yet(res: Resource) -> list[FieldError]:
+    errors = backend_refs_not_yet(res)
+    for i, entry in enumerate(res.spec.get("to") or []):
+        for j, rule in enumerate(entry.get("rules") or []):
+            for k, filt in enumerate((rule.get("default") or {}).get("filters") or []):
+                if (filt.get("urlRewrite") or {}).get("hostToBackendHostname") is not None:
+                    errors.append(
+                        FieldError(
+                            f"spec.to[{i}].rules[{j}].default.filters[{k}].urlRewrite.hostToBackendHostname",
+                            not_supported("MeshHTTPRoute urlRewrite.hostToBackendHostname")
+                            + " (the mesh's endpoints carry no hostname to rewrite to: use hostname)",
+                        )
+                    )
+    return errors
+
+
 MESH_HTTP_ROUTE = register(
     ResourceType(
         name="MeshHTTPRoute",
@@ -294,10 +371,16 @@ MESH_HTTP_ROUTE = register(
         sync=Sync.GLOBAL_TO_ZONES,
         wrapped=True,
         policy=True,
-        support=NOT_SUPPORTED_YET,
+        # Outbounds of sidecars (and delegated gateways); builtin gateway listeners with a
+        # top-level MeshGateway targetRef (generators/gateway.py).
+        support=PolicySupport(plugin="meshhttproute", sidecar=("to",), gateway=("to",), not_yet=_not_yet),
         spec=SPEC,
         semantic=policy_semantic(
-            not_empty("to"), gateway_to_mesh_only, sidecar_to_kinds(MESH_SERVICE), _gateway_only_fields
+            not_empty("to"),
+            gateway_to_mesh_only,
+            sidecar_to_kinds(MESH_SERVICE),
+            _gateway_only_fields,
+            gateways_need_mesh_gateway,
         ),
     )
 )

@@ -161,7 +161,8 @@ MESH_RETRY = register(
         sync=Sync.GLOBAL_TO_ZONES,
         wrapped=True,
         policy=True,
-        support=PolicySupport(plugin="meshretry", sidecar=("to",), gateway=("to",)),
+        # With a top-level MeshHTTPRoute: that route's retry policy (generators/outbound.py).
+        support=PolicySupport(plugin="meshretry", sidecar=("to",), gateway=("to",), per_route=("http", "grpc")),
         spec=policy_spec(
             top=(*TOP_KINDS, MESH_HTTP_ROUTE),
             to=(MESH, MESH_SERVICE),

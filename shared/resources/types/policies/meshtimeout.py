@@ -104,7 +104,12 @@ MESH_TIMEOUT = register(
         sync=Sync.GLOBAL_TO_ZONES,
         wrapped=True,
         policy=True,
-        support=PolicySupport(plugin="meshtimeout", not_yet=all_not_yet(sni_not_yet("MeshTimeout"), _not_on_gateways)),
+        # With a top-level MeshHTTPRoute: that route's request timeout (generators/outbound.py).
+        support=PolicySupport(
+            plugin="meshtimeout",
+            not_yet=all_not_yet(sni_not_yet("MeshTimeout"), _not_on_gateways),
+            per_route=("http.requestTimeout",),
+        ),
         spec=policy_spec(
             top=(*TOP_KINDS, MESH_HTTP_ROUTE),
             to=(MESH, MESH_SERVICE),
