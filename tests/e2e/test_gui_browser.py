@@ -63,6 +63,7 @@ if CHROMIUM is None:
 WAIT = 20_000  # ms: the longest any on-screen change may take here (an Envoy NACK crosses zone and KDS)
 OFFLINE_TIMEOUT = 3.0  # s: kds_zone_offline_timeout's default, which these control planes run with
 SCREENSHOTS = os.environ.get("ZONEMESH_GUI_SCREENSHOTS")
+TESTDATA = Path(__file__).parent / "testdata" / "gui"
 
 BAD_TIMEOUT = {
     # Valid for our schema, but below Envoy's resolution of a nanosecond: the cluster's
@@ -375,15 +376,56 @@ def test_dataplane_page_on_its_zone_shows_the_config_dump_redacted_and_the_polic
     )
 
 
+def test_policies_that_apply_are_drawn_from_kumas_inspect_answers(page: Page, deployment: Deployment) -> None:
+    """Kuma 2.14's InspectRules and PoliciesList, as zonemesh's _rules and _policies answer them
+    (testdata/gui: recorded from that API for web-1 with a MeshTimeout to backend and a
+    MeshProxyPatch): each conf as YAML, to whom it applies, and links to the policies it comes from."""
+    rules = json.loads((TESTDATA / "inspect_rules.json").read_text())
+    policies = json.loads((TESTDATA / "inspect_policies.json").read_text())
+    page.goto(deployment.gui(deployment.zones["zone-1"], "/meshes"))
+    expect(page.locator("table")).to_contain_text("default", timeout=WAIT)
+    page.evaluate(
+        """async ([rules, policies]) => {
+            const view = await import("/gui/js/views/dataplane.js");
+            const types = (await (await fetch("/_resources")).json()).resources;
+            const box = document.createElement("section");
+            box.id = "drawn";
+            box.append(...[view.renderRules({ types }, rules)].flat(), view.renderProxyPolicies({ types }, policies));
+            document.querySelector("main").replaceChildren(box);
+        }""",
+        [rules, policies],
+    )
+    drawn = page.locator("#drawn")
+    timeout = drawn.locator("section.rule", has=page.get_by_role("heading", name="MeshTimeout"))
+    outbound = timeout.locator("table", has_text="Outbound (to)")
+    expect(outbound.locator("tbody tr").first).to_contain_text("kuma.io/service=backend")
+    expect(outbound.locator("tbody tr").first).to_contain_text("requestTimeout: 7s")
+    expect(outbound.locator("tbody tr").nth(1)).to_contain_text("not kuma.io/service=backend")
+    link = outbound.get_by_role("link", name="MeshTimeout/backend-timeout")
+    expect(link).to_have_attribute("href", "#/meshes/default/policies/meshtimeouts/backend-timeout")
+    expect(timeout.locator("table", has_text="Inbound (from): inbound :8080 (web)")).to_contain_text("every client")
+    expect(timeout.locator("table", has_text="Inbound rules: inbound :8080 (web)")).to_contain_text("(rule 0)")
+    patch = drawn.locator("section.rule", has=page.get_by_role("heading", name="MeshProxyPatch"))
+    expect(patch).to_contain_text("Whole proxy")
+    expect(patch).to_contain_text("connectTimeout: 3s")
+    proxy_wide = drawn.locator("table", has_text="Proxy-wide configuration")
+    expect(proxy_wide.get_by_role("link", name="MeshProxyPatch/add-header")).to_have_attribute(
+        "href", "#/meshes/default/policies/meshproxypatches/add-header"
+    )
+
+
 def test_zone_is_disabled_and_enabled_from_the_gui(page: Page, deployment: Deployment) -> None:
     # Served from 127.0.0.1 with loopback admin on: the page's same-origin PUTs are the admin's.
     page.goto(deployment.gui(deployment.global_cp, "/zones/zone-2"))
     expect(page.locator(".actions")).to_contain_text("Online", timeout=WAIT)
+    # What global sent this zone on its stream, per type, and what the zone ACKed.
+    kds = page.locator("table", has_text="Resources refused by zone")
+    expect(kds.locator("tbody tr", has_text="MeshTimeout")).to_contain_text("1", timeout=WAIT)
+    screenshot(page, "zone")
     page.get_by_role("button", name="Disable zone zone-2").click()
     expect(page.locator(".actions")).to_contain_text("Disabled", timeout=WAIT)
     status, zone = deployment.global_cp.get("/zones/zone-2")
     assert status == 200 and zone["enabled"] is False, zone
-    screenshot(page, "zone-disabled")
     page.get_by_role("button", name="Enable zone zone-2").click()
     expect(page.locator(".actions")).to_contain_text("Online", timeout=WAIT)
     status, zone = deployment.global_cp.get("/zones/zone-2")
@@ -392,18 +434,14 @@ def test_zone_is_disabled_and_enabled_from_the_gui(page: Page, deployment: Deplo
     streams = page.locator("table", has_text="Streams (newest last)").locator("tbody tr")
     expect(streams.last).to_contain_text("open", timeout=WAIT)
     assert streams.count() >= 2
-    screenshot(page, "zone")
 
 
 def test_token_login_and_secrets_show_names_only(page: Page, deployment: Deployment) -> None:
     cp = deployment.standalone
     value = "c3VwZXItc2VjcmV0LXZhbHVl"  # base64 of "super-secret-value"
-    status, body = http(
-        "PUT",
-        cp.api + "/meshes/default/secrets/db-password",
-        {"type": "Secret", "mesh": "default", "name": "db-password", "data": value},
-        headers={"Authorization": f"Bearer {deployment.standalone_token}"},
-    )
+    admin = {"Authorization": f"Bearer {deployment.standalone_token}"}
+    secret = {"type": "Secret", "mesh": "default", "name": "db-password", "data": value}
+    status, body = http("PUT", cp.api + "/meshes/default/secrets/db-password", secret, headers=admin)
     assert status in (200, 201), body
     page.goto(deployment.gui(cp, "/meshes/default/secrets"))
     # Loopback admin is off here: without a token the API refuses, and the GUI says why and what to do.
@@ -427,6 +465,28 @@ def test_token_login_and_secrets_show_names_only(page: Page, deployment: Deploym
 
     page.get_by_role("button", name="Log out").click()
     expect(page.locator("#identity")).to_contain_text("Read-only", timeout=WAIT)
+    assert page.evaluate("sessionStorage.length") == 0
+
+    # A token revoked while the tab uses it: the next poll is refused, and the tab signs out, saying why.
+    status, carol = http("POST", cp.api + "/tokens/user", {"name": "carol", "validFor": "1h"}, headers=admin)
+    assert status == 200, carol
+    page.get_by_role("link", name="Log in with a token").first.click()
+    page.get_by_label("User token").fill(carol)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("#identity")).to_contain_text("Signed in as carol", timeout=WAIT)
+    expect(page.locator("#identity")).to_contain_text("read-only")
+    page.goto(deployment.gui(cp, "/meshes/default/policies/meshtimeouts"))
+    expect(page.locator("table")).to_contain_text("MeshTimeout in mesh default", timeout=WAIT)
+    jti = json.loads(base64.urlsafe_b64decode(carol.split(".")[1] + "=="))["jti"]
+    revocations = {
+        "type": "GlobalSecret",
+        "name": "user-token-revocations",
+        "data": base64.b64encode(jti.encode()).decode(),
+    }
+    status, body = http("PUT", cp.api + "/global-secrets/user-token-revocations", revocations, headers=admin)
+    assert status in (200, 201), body
+    expect(page.locator(".banner-bad")).to_contain_text(f"token {jti} has been revoked", timeout=WAIT)
+    expect(page.locator("#identity")).to_contain_text("Read-only")
     assert page.evaluate("sessionStorage.length") == 0
 
 

@@ -65,11 +65,19 @@ async def test_gui_is_served_with_headers_that_pin_what_it_may_do(client: Client
     assert module.headers["X-Frame-Options"] == "DENY"
 
 
-async def test_gui_files_are_revalidated_with_their_etag(client: Client) -> None:
-    first = await client.get("/gui/gui.css")
-    again = await client.get("/gui/gui.css", headers={"If-None-Match": first.headers["ETag"]})
+async def test_gui_files_are_revalidated_with_their_etag_and_sent_compressed(client: Client) -> None:
+    plain = {"Accept-Encoding": "identity"}
+    first = await client.get("/gui/gui.css", headers=plain)
+    body = (GUI_DIR / "gui.css").read_bytes()
+    assert await first.read() == body and "Content-Encoding" not in first.headers
+    again = await client.get("/gui/gui.css", headers={**plain, "If-None-Match": first.headers["ETag"]})
     assert again.status == 304 and await again.read() == b""
-    assert (await client.get("/gui/gui.css", headers={"If-None-Match": '"other"'})).status == 200
+    assert (await client.get("/gui/gui.css", headers={**plain, "If-None-Match": '"other"'})).status == 200
+    gzipped = await client.get("/gui/gui.css", headers={"Accept-Encoding": "gzip, deflate"})
+    assert gzipped.headers["Content-Encoding"] == "gzip" and gzipped.headers["Vary"] == "Accept-Encoding"
+    assert await gzipped.read() == body  # decompressed by the client
+    assert gzipped.headers["ETag"] != first.headers["ETag"]
+    assert int(gzipped.headers["Content-Length"]) < len(body) / 2
 
 
 @pytest.mark.parametrize(
@@ -167,7 +175,10 @@ RETRY = {
     "type": "MeshRetry",
     "mesh": "default",
     "name": "r1",
-    "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {"tcp": {"maxConnectAttempt": 3}}}]},
+    "spec": {
+        "targetRef": {"kind": "Mesh"},
+        "to": [{"targetRef": {"kind": "Mesh"}, "default": {"tcp": {"maxConnectAttempt": 3}}}],
+    },
 }
 
 
@@ -281,7 +292,7 @@ def test_the_latest_answer_is_told_apart_from_an_earlier_nack() -> None:
     stats.rejected, stats.last_rejected, stats.last_error = 1, True, "bad"
     assert stats.as_dict()["lastResponse"] == "NACK"
     stats.acked, stats.last_rejected = 2, False  # the next config taken: the error stays, as history
-    assert stats.as_dict() | {} == {
+    assert stats.as_dict() == {
         "responsesSent": "3",
         "responsesAcknowledged": "2",
         "responsesRejected": "1",
@@ -293,7 +304,9 @@ def test_the_latest_answer_is_told_apart_from_an_earlier_nack() -> None:
 
 def test_envoys_error_keeps_its_start_and_its_reason() -> None:
     """Envoy prints the refused resource first and the reason last: both survive the bound."""
-    reason = ": Proto constraint validation failed (ClusterValidationError.ConnectTimeout: value must be greater than 0s)"
+    reason = (
+        ": Proto constraint validation failed (ClusterValidationError.ConnectTimeout: value must be greater than 0s)"
+    )
     error = 'goo.gle/debugproto\nname: "backend"\n' + "circuit_breakers {\n}\n" * 300 + reason
     kept = bounded_error(error)
     assert len(kept) == MAX_ERROR

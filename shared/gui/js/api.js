@@ -5,6 +5,8 @@
 // API decides what this browser may do (loopback admin, or read-only).
 
 const TOKEN_KEY = "zonemesh.userToken";
+// Dispatched on window when the API refuses the stored token (event.detail: the API's reason).
+export const TOKEN_REFUSED = "zonemesh:token-refused";
 
 export function token() {
   return sessionStorage.getItem(TOKEN_KEY);
@@ -43,9 +45,10 @@ export class ApiError extends Error {
 }
 
 // One request; resolves to {status, etag, body} (body null on 304), rejects with ApiError.
-export async function request(method, path, { body, etag } = {}) {
+// candidate: a token to try instead of the stored one (the login form's).
+export async function request(method, path, { body, etag, candidate } = {}) {
   const headers = { Accept: "application/json" };
-  const bearer = token();
+  const bearer = candidate ?? token();
   if (bearer) headers.Authorization = `Bearer ${bearer}`;
   if (etag) headers["If-None-Match"] = etag;
   if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -73,6 +76,11 @@ export async function request(method, path, { body, etag } = {}) {
   if (!response.ok) {
     const title = data?.title ?? response.statusText;
     const detail = data?.detail ?? (typeof data === "string" ? data : "");
+    if (response.status === 401 && bearer && !candidate && detail.startsWith("invalid token")) {
+      // expired, revoked, its key rotated out: forget it; the shell signs the tab out and says why
+      clearToken();
+      window.dispatchEvent(new CustomEvent(TOKEN_REFUSED, { detail }));
+    }
     throw new ApiError(response.status, title, detail);
   }
   return { status: response.status, etag: response.headers.get("ETag"), body: data };

@@ -8,6 +8,10 @@ import { request } from "./api.js";
 export const FAST = 1000; // zones and their online state: a zone killed shows offline within a second or so
 export const NORMAL = 2000; // lists and details
 export const SLOW = 5000; // aggregates that read every proxy (global-insight), counts per policy type
+// A poll that took the control plane t ms waits at least COST_FACTOR * t before the next one: an
+// answer that reads every proxy (global-insight with 10,000 of them takes ~1 s) is polled less often,
+// so one open tab keeps a control plane busy at most about 1/COST_FACTOR of the time.
+export const COST_FACTOR = 10;
 
 const listeners = new Set();
 
@@ -44,9 +48,12 @@ export class Poller {
     clearTimeout(job.timer);
     if (document.hidden) return; // resumed by the visibility listener
     if (job.running) return job.running;
+    let took = 0;
     job.running = (async () => {
+      const started = performance.now();
       try {
         const answer = await request("GET", job.path, { etag: job.etag });
+        took = performance.now() - started;
         if (this.stopped) return;
         if (answer.status !== 304) {
           job.etag = answer.etag;
@@ -64,7 +71,7 @@ export class Poller {
         report({ ok: false, at: new Date(), error });
       } finally {
         job.running = null;
-        if (!this.stopped) job.timer = setTimeout(() => this.run(job), job.interval);
+        if (!this.stopped) job.timer = setTimeout(() => this.run(job), Math.max(job.interval, COST_FACTOR * took));
       }
     })();
     return job.running;

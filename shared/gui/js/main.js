@@ -1,7 +1,7 @@
 // The GUI's shell: which control plane this is, who the API takes us for, navigation, the license
 // banner, and a hash router that gives each view the main area and a fresh poller.
 
-import { clearToken, get, token } from "./api.js";
+import { clearToken, get, TOKEN_REFUSED } from "./api.js";
 import { badge, h, replace } from "./dom.js";
 import * as license from "./license.js";
 import { NORMAL, onPoll, Poller, SLOW } from "./live.js";
@@ -76,6 +76,7 @@ function identityView() {
 
 async function logout() {
   clearToken();
+  showBanner("token", null);
   await loadIdentity();
   route();
 }
@@ -83,17 +84,16 @@ async function logout() {
 async function loadIdentity() {
   try {
     state.identity = await get("/gui/identity");
-  } catch (error) {
-    // a token the API refuses (expired, revoked): forget it, carry on without
-    if (token() && error.status === 401) {
-      clearToken();
-      state.identity = await get("/gui/identity").catch(() => null);
-      showBanner("token", h("div", { class: "banner banner-bad", role: "alert" }, `Your token was refused (${error.message}); you are signed out.`));
-    } else {
-      state.identity = null;
-    }
+  } catch {
+    state.identity = null; // a refused token: TOKEN_REFUSED follows, which loads it again
   }
   replace(document.getElementById("identity"), identityView());
+}
+
+// The API refused the stored token on some request: api.js forgot it; say so, and who we are now.
+function onTokenRefused(event) {
+  showBanner("token", h("div", { class: "banner banner-bad", role: "alert" }, `The API refused your token (${event.detail}): you are signed out.`));
+  loadIdentity();
 }
 
 const banners = new Map();
@@ -176,6 +176,7 @@ async function start() {
   state.shell = new Poller();
   watchBanners(state.shell);
   window.addEventListener("hashchange", route);
+  window.addEventListener(TOKEN_REFUSED, onTokenRefused);
   route();
 }
 

@@ -85,7 +85,7 @@ export function renderRules(ctx, answer) {
   );
 }
 
-function renderProxyPolicies(ctx, answer) {
+export function renderProxyPolicies(ctx, answer) {
   const policies = answer.policies ?? [];
   if (!policies.length) return null;
   return table({
@@ -188,7 +188,8 @@ function xdsTable(last) {
       { title: "ACKed", cell: ([, s]) => count(Number(s.responsesAcknowledged ?? 0)), class: "num" },
       { title: "NACKed", cell: ([, s]) => (Number(s.responsesRejected) ? badge(count(Number(s.responsesRejected)), "bad") : "0"), class: "num" },
       { title: "Latest", cell: ([, s]) => (s.lastResponse === "NACK" ? badge("NACK", "bad") : s.lastResponse === "ACK" ? badge("ACK", "ok") : "—") },
-      { title: "Last error", cell: ([, s]) => (s.lastError ? h("span", { class: "error-text" }, s.lastError) : "—") },
+      { title: "Last error", cell: ([, s]) => (s.lastError ? h("span", { class: "error-text", title: s.lastError }, errorSummary(s.lastError)) : "—") },
+      { title: "Due to", cell: ([, s]) => (s.lastErrorPolicies ?? []).join(", ") || "—" },
     ],
     rows,
     empty: "No config sent on this stream yet.",
@@ -242,7 +243,9 @@ export default function dataplane(ctx, mesh, name) {
     replace(
       status,
       nackAlert(ctx, mesh, state),
-      facts([
+      section(
+        "Status",
+        facts([
         ["Status", onlineBadge(subscriptionOnline(insight), { zoneOffline: zoneOnline === false })],
         ["Kind", kind(overview.dataplane)],
         ["Address", overview.dataplane?.networking?.address],
@@ -253,11 +256,15 @@ export default function dataplane(ctx, mesh, name) {
         ["Certificate regenerations", insight.mTLS ? count(insight.mTLS.certificateRegenerations) : "—"],
         ["Connected", sub ? (sub.disconnectTime ? ["disconnected ", when(sub.disconnectTime)] : ["since ", when(sub.connectTime)]) : "never"],
         ["Control plane instance", sub?.controlPlaneInstanceId],
-        zone ? ["Stored here as", overview.name] : null,
-      ]),
-      inboundsTable(overview.dataplane),
-      xdsTable(sub),
-      h("details", {}, h("summary", {}, "Dataplane resource (YAML)"), pre(toYaml({ type: "Dataplane", mesh: overview.mesh, name: overview.name, labels: overview.labels, ...overview.dataplane }), "Dataplane as YAML")),
+        overview.name !== displayName(overview) ? ["Stored here as", overview.name] : null,
+        ]),
+      ),
+      section(
+        "Inbounds and Envoy's answers",
+        inboundsTable(overview.dataplane),
+        xdsTable(sub),
+        h("details", {}, h("summary", {}, "Dataplane resource (YAML)"), pre(toYaml({ type: "Dataplane", mesh: overview.mesh, name: overview.name, labels: overview.labels, ...overview.dataplane }), "Dataplane as YAML")),
+      ),
     );
   };
   ctx.poller.watch(meshPath(mesh, "dataplanes+insights", name), NORMAL, (body) => {

@@ -90,9 +90,9 @@ export default function dataplanes(ctx, mesh) {
 
   let last = null;
   const columns = [
-    { title: "Name", cell: (d) => link(href("meshes", mesh, "dataplanes", d.name), displayName(d)) },
-    global ? { title: "Zone", cell: (d) => zoneOf(d) ?? "—" } : null,
-    { title: "Kind", cell: (d) => kind(d.dataplane) },
+    { title: "Name", cell: (d) => link(href("meshes", mesh, "dataplanes", d.name), displayName(d)), class: "nowrap" },
+    global ? { title: "Zone", cell: (d) => zoneOf(d) ?? "—", class: "nowrap" } : null,
+    { title: "Kind", cell: (d) => kind(d.dataplane), class: "nowrap" },
     { title: "Tags", cell: (d) => tagChips(d.dataplane) },
     { title: "Address", cell: (d) => d.dataplane?.networking?.address ?? "—" },
     {

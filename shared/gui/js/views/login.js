@@ -1,7 +1,7 @@
-// Giving the GUI a user token: kept in this tab's sessionStorage, sent as a bearer token, checked
-// by the API at once (a refused token is forgotten and the API's reason shown).
+// Giving the GUI a user token: checked by the API first (a refused one is never kept, and the API's
+// reason is shown), then kept in this tab's sessionStorage and sent as a bearer token.
 
-import { clearToken, get, setToken } from "../api.js";
+import { request, setToken } from "../api.js";
 import { h, problem, replace } from "../dom.js";
 
 export default function login(ctx) {
@@ -15,16 +15,15 @@ export default function login(ctx) {
       class: "login",
       onsubmit: async (event) => {
         event.preventDefault();
-        setToken(input.value);
+        const candidate = input.value.trim();
         try {
-          const who = await get("/gui/identity");
+          const who = (await request("GET", "/gui/identity", { candidate })).body;
+          setToken(candidate);
           input.value = "";
           await ctx.refreshIdentity();
           replace(status, `Signed in as ${who.name}${who.admin ? " (admin)" : " (read-only: not in mesh-system:admin)"}.`);
           location.hash = back.startsWith("#/") && !back.startsWith("#/login") ? back : "#/";
         } catch (error) {
-          clearToken();
-          await ctx.refreshIdentity();
           replace(status, problem(error, "The token was refused"));
         }
       },
