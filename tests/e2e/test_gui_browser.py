@@ -222,10 +222,15 @@ def page(browser: Any, request: pytest.FixtureRequest, deployment: Deployment) -
     assert not errors, f"the GUI's scripts failed: {errors}"
 
 
-def screenshot(page: Page, name: str) -> None:
+def screenshot(page: Page | Any, name: str) -> None:
+    """The whole page, or one element of it (a Locator)."""
     if SCREENSHOTS:
         Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(SCREENSHOTS) / f"gui-{name}.png"), full_page=True)
+        path = str(Path(SCREENSHOTS) / f"gui-{name}.png")
+        if isinstance(page, Page):
+            page.screenshot(path=path, full_page=True)
+        else:
+            page.screenshot(path=path)
 
 
 def zone_row(page: Page, zone: str) -> Any:
@@ -354,25 +359,31 @@ def test_dataplane_page_on_its_zone_shows_the_config_dump_redacted_and_the_polic
         assert names, rules
         for name in names:
             expect(box).to_contain_text(name, timeout=WAIT)
+        screenshot(box, "policies-that-apply")
 
     page.get_by_role("button", name="Show the Envoy config dump").click()
     dump = page.locator("section.card", has_text="Envoy config dump")
     expect(dump.locator("summary", has_text="secrets")).to_be_visible(timeout=WAIT)
+    dump.locator("summary", has_text="secrets").click()
+    screenshot(dump, "config-dump")
     for summary in dump.locator("summary").all():
-        summary.click()
+        if "secrets" not in summary.inner_text():  # open already
+            summary.click()
     text = dump.inner_text()
     assert "privateKey" in text and "<redacted>" in text, text[:2000]
     # Certificates are shown (base64, as in Envoy's config), private keys nowhere.
     blobs = [base64.b64decode(b) for b in re.findall(r"[A-Za-z0-9+/]{40,}={0,2}", text) if len(b) % 4 == 0]
     assert any(b"BEGIN CERTIFICATE" in blob for blob in blobs)
     assert not any(b"PRIVATE KEY" in blob for blob in blobs) and "PRIVATE KEY" not in text
-    screenshot(page, "config-dump")
 
-    # Global generates no config: its page says so instead of failing.
+    # Global generates no config: its page says which zone control plane to ask, for both.
     page.goto(deployment.gui(deployment.global_cp, "/meshes/default/dataplanes/zone-1.web-1"))
+    expect(page.locator("section.card", has_text="Policies that apply")).to_contain_text(
+        "computed by the zone control plane it is connected to, not by global", timeout=WAIT
+    )
     page.get_by_role("button", name="Show the Envoy config dump").click()
     expect(page.locator("section.card", has_text="Envoy config dump")).to_contain_text(
-        "not available on this control plane", timeout=WAIT
+        "ask the API of the control plane of zone 'zone-1'", timeout=WAIT
     )
 
 
@@ -419,8 +430,11 @@ def test_zone_is_disabled_and_enabled_from_the_gui(page: Page, deployment: Deplo
     page.goto(deployment.gui(deployment.global_cp, "/zones/zone-2"))
     expect(page.locator(".actions")).to_contain_text("Online", timeout=WAIT)
     # What global sent this zone on its stream, per type, and what the zone ACKed.
-    kds = page.locator("table", has_text="Resources refused by zone")
-    expect(kds.locator("tbody tr", has_text="MeshTimeout")).to_contain_text("1", timeout=WAIT)
+    cells = (
+        page.locator("table", has_text="Resources refused by zone").locator("tr", has_text="MeshTimeout").locator("td")
+    )
+    expect(cells.nth(1)).not_to_have_text("0", timeout=WAIT)  # sent to the zone...
+    assert cells.nth(2).inner_text() == cells.nth(1).inner_text()  # ...and all ACKed
     screenshot(page, "zone")
     page.get_by_role("button", name="Disable zone zone-2").click()
     expect(page.locator(".actions")).to_contain_text("Disabled", timeout=WAIT)

@@ -37,6 +37,11 @@ function matchers(list, everything) {
   return list.map((m) => `${m.not ? "not " : ""}${m.key}=${m.value}`).join(" and ");
 }
 
+// A Kuma 2.x inbound rule's match (e.g. {spiffeID: {type: "Exact", value: "spiffe://default/web"}}).
+function callerMatch(match) {
+  return Object.entries(match).map(([key, value]) => h("div", {}, `${key}: ${typeof value === "object" ? Object.values(value).join(" ") : value}`));
+}
+
 function conf(value) {
   return pre(toYaml(value), "configuration");
 }
@@ -75,6 +80,7 @@ export function renderRules(ctx, answer) {
         table({
           caption: `Inbound rules: ${inboundName(entry.inbound)}`,
           columns: [
+            { title: "Callers", cell: (r) => (r.match ? callerMatch(r.match) : "every caller") },
             { title: "Configuration", cell: (r) => conf(r.conf) },
             { title: "From policies", cell: (r) => origins(ctx, r.origin) },
           ],
