@@ -105,18 +105,27 @@ export function renderProxyPolicies(ctx, answer) {
   });
 }
 
-// A request for an optional endpoint: 404 means this control plane does not serve it.
+// A request for an optional endpoint: 404 means this control plane does not serve it; 400 that
+// another one does (global names the zone control plane to ask).
 async function optional(path) {
   try {
     return { body: await get(path) };
   } catch (error) {
     if (error instanceof ApiError && error.status === 404) return { missing: true };
+    if (error instanceof ApiError && error.status === 400) return { elsewhere: error.detail };
     return { error };
   }
 }
 
 function notAvailable(what, path) {
   return h("p", { class: "not-available" }, `${what}: not available on this control plane (it does not serve GET ${path}).`);
+}
+
+function answer(what, path, found, draw) {
+  if (found.body) return draw(found.body);
+  if (found.missing) return notAvailable(what, path);
+  if (found.elsewhere) return h("p", { class: "not-available" }, `${what}: ${found.elsewhere}`);
+  return problem(found.error, what);
 }
 
 function watchPolicies(ctx, mesh, name, box) {
@@ -130,8 +139,8 @@ function watchPolicies(ctx, mesh, name, box) {
     drawn = key;
     replace(
       box,
-      rules.body ? renderRules(ctx, rules.body) : rules.missing ? notAvailable("Policies that apply", rulesPath) : problem(rules.error, "Policies that apply"),
-      policies.body ? renderProxyPolicies(ctx, policies.body) : policies.missing ? notAvailable("Proxy-wide policies", policiesPath) : problem(policies.error, "Proxy-wide policies"),
+      answer("Policies that apply", rulesPath, rules, (body) => renderRules(ctx, body)),
+      answer("Proxy-wide policies", policiesPath, policies, (body) => renderProxyPolicies(ctx, body)),
     );
   };
   // Not through the poller's ETags: these are computed answers and 404 is an answer here.
@@ -158,6 +167,7 @@ async function loadConfigDump(ctx, mesh, name, box) {
     );
   } catch (error) {
     if (error.status === 404) replace(box, notAvailable("Config dump", path));
+    else if (error.status === 400) replace(box, h("p", { class: "not-available" }, `Config dump: ${error.detail}`));
     else replace(box, problem(error, "Config dump"), error.hint ? h("a", { href: `#/login?back=${encodeURIComponent(location.hash)}` }, "Log in with a token") : null);
   }
 }
