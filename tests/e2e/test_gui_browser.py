@@ -559,6 +559,47 @@ def test_yaml_view_reads_back_as_the_same_document(page: Page, deployment: Deplo
         assert yaml.safe_load(text) == document, text
 
 
+def test_what_zones_upload_stays_text_and_no_other_page_can_frame_the_gui(page: Page, deployment: Deployment) -> None:
+    # A compromised zone controls what its insights say (Envoy's errors, the policies named) and
+    # its KDS status: whatever the GUI draws from them stays text, never markup that runs.
+    page.goto(deployment.gui(deployment.global_cp, "/meshes"))
+    expect(page.locator("table")).to_contain_text("default", timeout=WAIT)
+    hostile = '<img src=x onerror="window.__pwned = 1">'
+    drawn = page.evaluate(
+        """async (hostile) => {
+            const proxy = await import("/gui/js/proxy.js");
+            const zones = await import("/gui/js/views/zones.js");
+            const view = await import("/gui/js/views/dataplane.js");
+            const nack = { lastResponse: "NACK", lastError: hostile, lastErrorPolicies: [hostile] };
+            const insight = { subscriptions: [{ status: { clusters: nack } }] };
+            const origin = [{ type: hostile, mesh: "default", name: hostile }];
+            const box = document.createElement("div");
+            box.append(
+                proxy.configBadge(insight),
+                zones.zonesTable([{ name: hostile, online: true, zoneInsight: { subscriptions: [] } }]),
+                zones.kdsStats({ [hostile]: { lastRejection: hostile } }, hostile),
+                ...[view.renderRules({ types: [] }, { rules: [{ type: hostile, warnings: [hostile], toRules: [
+                    { matchers: [{ key: hostile, value: hostile }], conf: { x: hostile }, origin }] }] })].flat(),
+            );
+            document.querySelector("main").replaceChildren(box);
+            await new Promise((resolve) => setTimeout(resolve, 500));
+            return { images: box.querySelectorAll("img").length, text: box.textContent, pwned: window.__pwned ?? null };
+        }""",
+        hostile,
+    )
+    assert drawn["images"] == 0 and drawn["pwned"] is None, drawn
+    assert drawn["text"].count(hostile) >= 6, drawn["text"]
+
+    # Served from loopback, the GUI is the admin: a page of another origin must not frame it and
+    # lend its clicks (frame-ancestors 'none', X-Frame-Options: DENY).
+    page.set_content(f'<iframe id="gui" src="{deployment.gui(deployment.global_cp)}"></iframe>')
+    page.wait_for_timeout(1500)
+    framed = [frame for frame in page.frames if frame is not page.main_frame]
+    assert framed and all(not frame.url.startswith(deployment.global_cp.api) for frame in framed), [
+        frame.url for frame in framed
+    ]
+
+
 def test_a_killed_zone_turns_offline_on_screen_within_the_offline_timeout(page: Page, deployment: Deployment) -> None:
     # Last in this module: zone-2 does not come back.
     page.goto(deployment.gui(deployment.global_cp))
