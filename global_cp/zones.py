@@ -150,9 +150,10 @@ class ZoneRegistry:
         if spec is None:
             return {}
         sub = self.active.get(zone)
-        if sub is not None:  # counters of the open stream as of now
+        if sub is not None:  # counters and last heartbeat of the open stream as of now
             spec = dict(spec)
             spec["subscriptions"] = [*spec.get("subscriptions", [])[:-1], sub.as_dict()]
+            spec["healthCheck"] = {"time": _ts(sub.last_heartbeat)}
         return spec
 
     # -- subscriptions ------------------------------------------------------------------

@@ -11,6 +11,35 @@ fi
 .venv/bin/pip install --quiet --upgrade pip
 .venv/bin/pip install --quiet -e '.[dev]'
 
+# The GUI's browser tests (tests/e2e/test_gui_browser.py) drive the system's Chromium through
+# Playwright, never a browser Playwright downloads: install Debian's chromium when it is missing
+# and apt-get may run (as root, or with sudo that needs no password). Otherwise those tests are
+# skipped, and say why.
+have_chromium() {
+  [ -n "${ZONEMESH_CHROMIUM:-}" ] || command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1
+}
+if ! have_chromium; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "== no Chromium and no apt-get: the GUI's browser tests will be skipped (install Chromium, or set ZONEMESH_CHROMIUM)"
+  else
+    if [ "$(id -u)" = 0 ]; then
+      as_root=()
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+      as_root=(sudo -n)
+    else
+      as_root=(none)
+    fi
+    if [ "${as_root[*]}" = none ]; then
+      echo "== no Chromium, and apt-get needs root: the GUI's browser tests will be skipped (apt-get install chromium)"
+    else
+      echo "== installing Debian's chromium for the GUI's browser tests"
+      if ! { "${as_root[@]}" apt-get update -qq && "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; then
+        echo "== chromium could not be installed: the GUI's browser tests will be skipped"
+      fi
+    fi
+  fi
+fi
+
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== mypy"

@@ -26,6 +26,7 @@ ENV_ALIASES = {
     "KMESH_LICENSE_PATH": "license_path",
     "KMESH_LICENSE_INLINE": "license_inline",
     "KUMA_API_SERVER_AUTHN_LOCALHOST_IS_ADMIN": "api_localhost_is_admin",
+    "KUMA_API_SERVER_GUI_ENABLED": "api_gui_enabled",
     "KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE": "global_ca_file",
     "KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY": "global_tls_skip_verify",
 }
@@ -66,6 +67,13 @@ class Config:
         metadata={
             "help": "a direct loopback API client without a token is the admin (Kuma's localhostIsAdmin); "
             "turn it off in production and use user tokens (docs/api.md)"
+        },
+    )
+    api_gui_enabled: bool = field(
+        default=True,
+        metadata={
+            "help": "serve the web GUI at /gui on the API port (docs/gui.md); it uses the API with the "
+            "caller's own rights, so turning it off removes pages, not access"
         },
     )
     diagnostics_address: str = field(default="0.0.0.0", metadata={"help": "metrics/health bind address"})

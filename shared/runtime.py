@@ -106,8 +106,7 @@ class ControlPlane:
             "instanceId": self.instance_id,
             "mode": self.mode.value,
             "zone": self.config.zone or None,
-            "gui": "/gui",
-        }
+        } | ({"gui": "/gui"} if self.config.api_gui_enabled else {})
 
     async def start(self) -> None:
         config = self.config
@@ -128,7 +127,12 @@ class ControlPlane:
             log.info("default_mesh_created")
 
         self.api_app = build_api_app(
-            self.manager, self.index(), config.view(), self.assembly.routes, config.api_localhost_is_admin
+            self.manager,
+            self.index(),
+            config.view(),
+            self.assembly.routes,
+            config.api_localhost_is_admin,
+            gui=config.api_gui_enabled,
         )
         self.api_app[CONTROL_PLANE] = self
         await self._serve(self.api_app, config.api_address, config.api_port, "api")

@@ -8,8 +8,8 @@ The data plane side, started in this order and stopped in reverse:
 - the gRPC server on :5678: ADS (authenticated by dataplane tokens) and dataplane registration;
 - the credential watch: open streams whose token a key removal or revocation invalidates are closed.
 
-API routes: ``POST /tokens/dataplane``, ``/meshes/{mesh}/dataplanes+insights``, and the xDS
-side's ``/meshes/{mesh}/dataplanes/{name}/_config``, ``_rules`` and ``_policies``.
+API routes: ``POST /tokens/dataplane`` and the xDS side's ``/meshes/{mesh}/dataplanes/{name}/_config``,
+``_rules`` and ``_policies`` (``dataplanes+insights`` is on every control plane: shared/api/overview.py).
 """
 
 from __future__ import annotations
@@ -180,7 +180,6 @@ def assemble(config: Config) -> Assembly:
         components=[side.run, ingress.component],
         routes=[
             *dataplane_tokens.routes(),
-            *insights.routes(),
             *side.routes(),
             *zoneproxies.token_routes(
                 config.zone or "default", federated=config.mode == "zone" and bool(config.global_address)

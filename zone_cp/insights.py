@@ -8,7 +8,7 @@ per-type ACK/NACK counters, the last NACK's error and the policies it is due to 
 interval per proxy, so a burst of ACKs costs one write.
 
 Read them at ``/meshes/{mesh}/dataplane-insights/{name}`` and, joined with the Dataplanes,
-at ``/meshes/{mesh}/dataplanes+insights``.
+at ``/meshes/{mesh}/dataplanes+insights`` (shared/api/overview.py, on global too).
 """
 
 from __future__ import annotations
@@ -23,16 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from aiohttp import web
-from zonemesh.shared.api.context import MANAGER
-from zonemesh.shared.api.resources import page_query
 from zonemesh.shared.ca.builtin import WorkloadCert
-from zonemesh.shared.resources.codec import to_universal
 from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.model import Resource, format_time, now
-from zonemesh.shared.resources.schema import ValidationError
 from zonemesh.shared.resources.types.dataplane import dataplane_tags
-from zonemesh.shared.store import Conflict, ListFilter
+from zonemesh.shared.store import Conflict
 from zonemesh.zone_cp.xds.resources import SHORT_NAMES
 
 log = structlog.get_logger(__name__)
@@ -40,6 +35,19 @@ log = structlog.get_logger(__name__)
 SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 QUIET_SECONDS = 0.2  # no ACK for this long: a burst of pushes is over, insights may be written
 MAX_SUBSCRIPTIONS = 5  # older connections of a proxy are dropped from its insight
+MAX_ERROR = 1000  # characters of a NACK's error kept in the insight (the log has all of it)
+
+
+def bounded_error(error: str, limit: int = MAX_ERROR) -> str:
+    """Envoy's NACK message within ``limit`` characters, its start and its end: Envoy writes the
+    refused resource first (often thousands of characters of proto text) and the reason last
+    (``...: Proto constraint validation failed (...)``), so the end is what says what is wrong."""
+    if len(error) <= limit:
+        return error
+    head = limit // 4
+    marker = f"\n[... the middle of this {len(error)}-character error is left out ...]\n"
+    tail = limit - head - len(marker)
+    return error[:head] + marker + error[-tail:]
 
 
 @dataclass
@@ -48,6 +56,9 @@ class _TypeStats:
     rejected: int = 0
     last_error: str = ""
     last_error_policies: list[str] = field(default_factory=list)  # the policies the last NACK is due to
+    # Whether Envoy's latest answer was a NACK: it runs its previous config until an ACK clears this
+    # (the counters alone cannot tell a NACK an hour ago, since fixed, from one now).
+    last_rejected: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -55,6 +66,8 @@ class _TypeStats:
             "responsesAcknowledged": str(self.acked),
             "responsesRejected": str(self.rejected),
         }
+        if self.acked or self.rejected:
+            out["lastResponse"] = "NACK" if self.last_rejected else "ACK"
         if self.last_error:
             out["lastError"] = self.last_error
             out["lastErrorPolicies"] = list(self.last_error_policies)
@@ -73,7 +86,9 @@ class _Subscription:
 
     def as_dict(self, instance_id: str, versions: dict[str, Any]) -> dict[str, Any]:
         total = _TypeStats(
-            acked=sum(s.acked for s in self.stats.values()), rejected=sum(s.rejected for s in self.stats.values())
+            acked=sum(s.acked for s in self.stats.values()),
+            rejected=sum(s.rejected for s in self.stats.values()),
+            last_rejected=any(s.last_rejected for s in self.stats.values()),  # some type runs a rejected config
         )
         last_update = None if self.last_update is None else dt.datetime.fromtimestamp(self.last_update, dt.UTC)
         status: dict[str, Any] = {"lastUpdateTime": format_time(last_update), "total": total.as_dict()}
@@ -167,6 +182,7 @@ class InsightRecorder:
         if stats is None:
             stats = sub.stats[type_url] = _TypeStats()
         stats.acked += 1
+        stats.last_rejected = False
         sub.acked_versions[type_url] = version
         sub.last_update = self._last_touch = time.time()
         if type_url == SECRET_TYPE_URL:
@@ -181,7 +197,8 @@ class InsightRecorder:
             return
         stats = sub.stats.setdefault(type_url, _TypeStats())
         stats.rejected += 1
-        stats.last_error = error[:1000]
+        stats.last_rejected = True
+        stats.last_error = bounded_error(error)
         if self.attribute is not None:
             stats.last_error_policies = self.attribute(info.identity.key, type_url, version)
         sub.last_update = time.time()
@@ -332,54 +349,3 @@ class RecordingCertProvider:
         settings = await self.ca.settings(mesh)
         self.recorder.cert_issued(mesh, service, cert, settings.name)
         return cert.as_tuple()
-
-
-# -- HTTP API: GET /meshes/{mesh}/dataplanes+insights ---------------------------------------
-
-
-def _overview(dataplane: Resource, insight: Resource | None) -> dict[str, Any]:
-    doc = to_universal(dataplane)
-    spec = {k: v for k, v in doc.items() if k not in ("type", "mesh", "name", "creationTime", "modificationTime")}
-    spec.pop("version", None)
-    return {
-        "type": "DataplaneOverview",
-        "mesh": dataplane.mesh,
-        "name": dataplane.name,
-        "creationTime": doc.get("creationTime"),
-        "modificationTime": doc.get("modificationTime"),
-        "labels": dataplane.labels,
-        "dataplane": {k: v for k, v in spec.items() if k != "labels"},
-        "dataplaneInsight": insight.spec if insight is not None else {"subscriptions": []},
-    }
-
-
-async def dataplanes_insights(request: web.Request) -> web.Response:
-    manager = request.app[MANAGER]
-    mesh = request.match_info["mesh"]
-    offset, size, errors = page_query(request)
-    if errors:
-        raise ValidationError(errors, title="Could not retrieve resources")
-    name = request.query.get("name")
-    page = await manager.list("Dataplane", mesh, filter=ListFilter(name_contains=name), offset=offset, size=size)
-    items = []
-    for dataplane in page.items:
-        insight = await manager.store.find("DataplaneInsight", dataplane.name, mesh)
-        items.append(_overview(dataplane, insight))
-    next_url = None
-    if page.next_offset is not None:
-        next_url = str(request.url.update_query({"offset": page.next_offset, "size": str(size)}))
-    return web.json_response({"total": page.total, "items": items, "next": next_url})
-
-
-async def dataplane_insight_overview(request: web.Request) -> web.Response:
-    manager = request.app[MANAGER]
-    mesh, name = request.match_info["mesh"], request.match_info["name"]
-    dataplane = await manager.get("Dataplane", name, mesh)
-    return web.json_response(_overview(dataplane, await manager.store.find("DataplaneInsight", name, mesh)))
-
-
-def routes() -> list[web.RouteDef]:
-    return [
-        web.get("/meshes/{mesh}/dataplanes+insights", dataplanes_insights),
-        web.get("/meshes/{mesh}/dataplanes+insights/{name}", dataplane_insight_overview),
-    ]

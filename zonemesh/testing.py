@@ -3,7 +3,8 @@
 Used by the project's own integration and e2e tests, and usable by anyone testing against
 a real control plane: free loopback ports, a control plane subprocess with bounded waits,
 a small JSON HTTP client, and the pieces of a mesh on 127.0.0.1 (a demo HTTP app, sidecar
-Dataplane documents, ``zonemesh-dp`` agents, zmctl, Envoy's admin API).
+Dataplane documents, ``zonemesh-dp`` agents, zmctl, Envoy's admin API), and the system's
+Chromium for driving the GUI.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -507,3 +509,32 @@ def log_excerpt(name: str, text: str, tail: int = 4000) -> str:
     last 200), then its last ``tail`` characters."""
     notable = [line for line in text.splitlines() if '"level": "warning"' in line or '"level": "error"' in line]
     return f"--- {name}: warnings and errors\n" + "\n".join(notable[-200:]) + f"\n--- {name}: log tail\n{text[-tail:]}"
+
+
+# --- a real browser for the GUI ----------------------------------------------------------------
+
+# Flags for the system's Chromium in tests and benches: headless, no sandbox (root in CI
+# containers), and nothing that calls out to the internet.
+CHROMIUM_ARGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+
+
+def find_chromium() -> str | None:
+    """The system's Chromium (Debian's ``chromium`` package; ``scripts/test.sh`` installs it where
+    it can): ``$ZONEMESH_CHROMIUM``, else ``chromium`` or ``chromium-browser`` on the PATH. Never a
+    browser downloaded by ``playwright install``."""
+    configured = os.environ.get("ZONEMESH_CHROMIUM")
+    if configured:
+        return configured if os.access(configured, os.X_OK) else None
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None

@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+from zonemesh.shared.api import overview
 from zonemesh.shared.api.auth import LOCALHOST_IS_ADMIN, auth_middleware
+from zonemesh.shared.api.conditional import conditional_get
 from zonemesh.shared.api.context import CONFIG_VIEW, INDEX, MANAGER
 from zonemesh.shared.api.errors import error_middleware
+from zonemesh.shared.api.gui import gui_routes
 from zonemesh.shared.api.resources import check_path_names, resource_routes
 from zonemesh.shared.resources import REGISTRY
 from zonemesh.shared.resources.manager import ResourceManager
@@ -54,10 +57,12 @@ def build_api_app(
     config_view: dict[str, Any],
     extra_routes: list[web.RouteDef] | None = None,
     localhost_is_admin: bool = True,
+    gui: bool = True,
 ) -> web.Application:
     # error_middleware outside: a refused token or name becomes a Kuma-format 401/400 like any other error.
     app = web.Application(
-        middlewares=[error_middleware, check_path_names, auth_middleware], client_max_size=10 * 1024 * 1024
+        middlewares=[error_middleware, conditional_get, check_path_names, auth_middleware],
+        client_max_size=10 * 1024 * 1024,
     )
     app[MANAGER] = manager
     app[LOCALHOST_IS_ADMIN] = localhost_is_admin
@@ -70,6 +75,8 @@ def build_api_app(
             web.get("/_resources", resources),
             web.get("/policies", policies),
             *user_tokens.routes(),
+            *overview.routes(),
+            *(gui_routes() if gui else []),
             *(extra_routes or []),
             *resource_routes(REGISTRY),
         ]

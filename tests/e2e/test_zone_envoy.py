@@ -30,6 +30,7 @@ import pytest
 import yaml
 from envoy.service.discovery.v3 import discovery_pb2
 from zonemesh.shared.resources import REGISTRY
+from zonemesh.zone_cp.insights import bounded_error
 
 from zonemesh.testing import (
     ALLOW_ALL,
@@ -423,12 +424,14 @@ def test_policy_envoy_rejects_is_nacked_and_last_good_config_keeps_serving(zone:
         # Counted and logged with Envoy's own words, and the policy that changed that config.
         assert "connect_timeout" in status["lastError"], status
         assert status["lastErrorPolicies"] == ["MeshTimeout/timeout-out-of-range"], status
+        assert status["lastResponse"] == "NACK", status  # Envoy runs its previous config now
         assert zone.metric("xds_nack_total", "Cluster") > nacks_before
         nacks = [json.loads(line) for line in zone.cp.logs().splitlines() if '"event": "xds_nack"' in line]
-        # the log has Envoy's whole message, the insight its first 1000 characters
+        # the log has Envoy's whole message, the insight its start and its end, where Envoy says why
+        assert "ConnectTimeout: value must be greater than 0s" in status["lastError"], status
         assert any(
             n["proxy"] == "default/app-a"
-            and n["error"].startswith(status["lastError"])
+            and status["lastError"] == bounded_error(n["error"])
             and "ConnectTimeout: value must be greater than 0s" in n["error"]
             and n["policies"] == ["MeshTimeout/timeout-out-of-range"]
             for n in nacks
@@ -441,6 +444,13 @@ def test_policy_envoy_rejects_is_nacked_and_last_good_config_keeps_serving(zone:
     finally:
         zone.delete(bad)
     wait_until(lambda: get(zone.url_a_to_b) == (200, "app-b"), timeout=15, what="200 after removing the bad policy")
+    # The next config is ACKed: the NACK is history (lastError stays), no longer the present.
+    after = wait_until(
+        lambda: (s := clusters_status()) and s.get("lastResponse") == "ACK" and s,
+        timeout=15,
+        what="app-a's ACK of the config without the bad policy",
+    )
+    assert "ConnectTimeout" in after["lastError"], after
 
 
 def test_workload_certificate_rotation_keeps_connections_open(zone: Zone) -> None:
