@@ -90,6 +90,10 @@ class ResourceManager:
 
     async def _check_mesh_exists(self, res: Resource) -> None:
         rtype = REGISTRY.get(res.type)
+        if rtype.write_check is not None:
+            errors = rtype.write_check(res)
+            if errors:
+                raise ValidationError(errors)
         if rtype.scope is not Scope.MESH:
             return
         mesh = await self.store.find("Mesh", res.mesh)

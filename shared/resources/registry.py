@@ -125,6 +125,9 @@ class ResourceType:
     zone_refs: ZoneRefs | None = None  # zone-provided types whose content names a zone
     rest_path: str | None = None  # overrides the path segment when Kuma's differs from `plural`
     mesh_check: MeshCheck | None = None
+    # Run on API writes only, never on what is stored or synced: refusals of a value an earlier
+    # zonemesh accepted and ignored, so that what it stored keeps working after an upgrade.
+    write_check: SemanticCheck | None = None
     support: PolicySupport | None = None  # targetRef policies only: see PolicySupport
     name_rule: NameRule = RESOURCE_NAME  # what its names may look like (Mesh and Zone: stricter)
 

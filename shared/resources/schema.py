@@ -165,6 +165,9 @@ class Duration(Node):
             return
         if self.positive and seconds <= 0:
             errors.add(path, "must be greater than zero")
+        elif 0 < seconds < 1e-9:
+            # Go (Kuma) and Envoy count durations in nanoseconds: this one would become 0.
+            errors.add(path, f'invalid duration "{value}": shorter than 1ns, the smallest duration there is')
 
 
 @dataclass

@@ -386,22 +386,20 @@ def test_timeout_and_retry_changes_reach_the_config_dump(zone: Zone) -> None:
 
 
 def test_policy_envoy_rejects_is_nacked_and_last_good_config_keeps_serving(zone: Zone) -> None:
-    # Valid for our schema (a positive duration), but below Envoy's resolution of a nanosecond:
-    # the cluster's connect_timeout becomes 0s, which Envoy refuses (it must be greater than 0),
-    # i.e. NACKs the CDS response. (Durations beyond protobuf's range, once used here, are refused
-    # by the API since they also exceed Go's, as Kuma's.)
+    # Valid for the API (a Cluster message), refused by Envoy: a cluster's connect_timeout must be
+    # greater than 0s, a rule of Envoy's own that the control plane does not check. Envoy NACKs
+    # the CDS response; the control plane names the policy that made that config.
     bad = {
-        "type": "MeshTimeout",
+        "type": "MeshProxyPatch",
         "mesh": "default",
-        "name": "timeout-out-of-range",
+        "name": "connect-timeout-zero",
         "spec": {
-            "targetRef": {"kind": "Mesh"},
-            "to": [
-                {
-                    "targetRef": {"kind": "MeshService", "name": "app-b"},
-                    "default": {"connectionTimeout": "0.0000000001s"},
-                }
-            ],
+            "targetRef": {"kind": "Dataplane", "name": "app-a"},
+            "default": {
+                "appendModifications": [
+                    {"cluster": {"operation": "Patch", "match": {"name": "app-b"}, "value": "connectTimeout: 0s"}}
+                ]
+            },
         },
     }
 
@@ -423,7 +421,7 @@ def test_policy_envoy_rejects_is_nacked_and_last_good_config_keeps_serving(zone:
         )
         # Counted and logged with Envoy's own words, and the policy that changed that config.
         assert "connect_timeout" in status["lastError"], status
-        assert status["lastErrorPolicies"] == ["MeshTimeout/timeout-out-of-range"], status
+        assert status["lastErrorPolicies"] == ["MeshProxyPatch/connect-timeout-zero"], status
         assert status["lastResponse"] == "NACK", status  # Envoy runs its previous config now
         assert zone.metric("xds_nack_total", "Cluster") > nacks_before
         nacks = [json.loads(line) for line in zone.cp.logs().splitlines() if '"event": "xds_nack"' in line]
@@ -433,7 +431,7 @@ def test_policy_envoy_rejects_is_nacked_and_last_good_config_keeps_serving(zone:
             n["proxy"] == "default/app-a"
             and status["lastError"] == bounded_error(n["error"])
             and "ConnectTimeout: value must be greater than 0s" in n["error"]
-            and n["policies"] == ["MeshTimeout/timeout-out-of-range"]
+            and n["policies"] == ["MeshProxyPatch/connect-timeout-zero"]
             for n in nacks
         ), nacks[-3:]
         # Still serving, with the last good cluster.

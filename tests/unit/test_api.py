@@ -532,3 +532,48 @@ async def test_a_resource_stored_under_an_earlier_name_can_still_be_deleted() ->
         assert (await client.delete("/meshes/default/meshtimeouts/..%2Fx")).status == 400
     finally:
         await client.close()
+
+
+async def test_a_mesh_blocking_passthrough_is_refused_and_one_stored_earlier_keeps_working() -> None:
+    """`networking.outbound.passthrough: false` asks zonemesh to stop what it never sees (no
+    transparent proxying): refused on write; a Mesh an earlier version stored with it stays usable."""
+    from zonemesh.shared.resources.codec import validate_resource
+
+    store = MemoryStore()
+    client, _ = await make_client(store=store)
+    try:
+        blocked = {"type": "Mesh", "name": "closed", "networking": {"outbound": {"passthrough": False}}}
+        resp = await client.put("/meshes/closed", json=blocked)
+        assert resp.status == 400
+        [problem] = (await resp.json())["invalid_parameters"]
+        assert problem["field"] == "networking.outbound.passthrough"
+        assert problem["reason"].startswith("false is not supported yet by zonemesh")
+        assert (await client.get("/meshes/closed")).status == 404
+        open_mesh = {**blocked, "networking": {"outbound": {"passthrough": True}}}
+        assert (await client.put("/meshes/closed", json=open_mesh)).status == 201
+        # Stored before the upgrade: what is stored or synced is still valid (zones keep using it).
+        earlier = Resource(type="Mesh", name="earlier", spec={"networking": {"outbound": {"passthrough": False}}})
+        validate_resource(earlier)
+        await store.create(earlier)
+        assert (await client.get("/meshes/earlier")).status == 200
+    finally:
+        await client.close()
+
+
+async def test_an_outbound_by_backend_ref_is_refused_not_skipped(api: TestClient[web.Request, web.Application]) -> None:
+    dataplane = {
+        "type": "Dataplane",
+        "mesh": "default",
+        "name": "web-1",
+        "networking": {
+            "address": "127.0.0.1",
+            "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}],
+            "outbound": [{"port": 10001, "backendRef": {"kind": "MeshService", "name": "backend"}}],
+        },
+    }
+    resp = await api.put("/meshes/default/dataplanes/web-1", json=dataplane)
+    assert resp.status == 400
+    [problem] = (await resp.json())["invalid_parameters"]
+    assert problem["field"] == "networking.outbound[0].backendRef"
+    assert "not supported yet" in problem["reason"]
+    assert (await api.get("/meshes/default/dataplanes/web-1")).status == 404

@@ -160,3 +160,20 @@ async def test_a_token_header_nested_deeply_is_an_invalid_token() -> None:
     token = ".".join([b64(header), b64(json.dumps({"a": 1}).encode()), b64(b"sig")])
     with pytest.raises(InvalidToken, match="malformed token"):
         await user_token_validator(MemoryStore()).validate(token)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("0.0000000001s", 'invalid duration "0.0000000001s": shorter than 1ns, the smallest duration there is'),
+        ("0.5ns", 'invalid duration "0.5ns": shorter than 1ns, the smallest duration there is'),
+    ],
+)
+def test_a_duration_below_a_nanosecond_is_refused(text: str, reason: str) -> None:
+    """Envoy and Go count in nanoseconds: such a duration would silently become 0 (for a
+    timeout Envoy then NACKs, for others it means "none")."""
+    from zonemesh.shared.resources.schema import Duration, validate
+
+    assert [e.reason for e in validate(Duration(), text, "timeout")] == [reason]
+    assert validate(Duration(positive=True), "1ns", "timeout") == []
+    assert validate(Duration(), "0s", "timeout") == []

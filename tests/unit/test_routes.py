@@ -1,7 +1,7 @@
 """MeshHTTPRoute / MeshTCPRoute: how rules merge and order (Kuma's semantics), what a route
 becomes in Envoy, and what is refused as not supported yet. The golden files under
 testdata/policies/meshhttproute/ and meshtcproute/ show whole configs; the e2e test
-(tests/e2e/test_routes.py) runs them through a real Envoy."""
+(tests/e2e/test_routes_envoy.py) runs them through a real Envoy."""
 
 from __future__ import annotations
 

@@ -62,6 +62,14 @@ _LABELS = Map(Str(), key=Str(min_len=1))
 def _outbound_destination(value: Mapping[str, Any], path: str, errors: Errors) -> None:
     if value.get("tags") is None and value.get("backendRef") is None:
         errors.add(path, "must have tags (with kuma.io/service) or backendRef")
+    if value.get("backendRef") is not None:
+        # A backendRef names a MeshService resource, which zonemesh does not have yet: accepted,
+        # the outbound would never be generated.
+        errors.add(
+            f"{path}.backendRef",
+            not_supported("an outbound by backendRef (MeshService resources)")
+            + "; name the service with tags: {kuma.io/service: NAME}",
+        )
 
 
 OUTBOUND = Obj(

@@ -92,6 +92,21 @@ def _check_mesh(res: Resource) -> list[FieldError]:
     return errors
 
 
+def _refuse_ignored(res: Resource) -> list[FieldError]:
+    # Kuma's passthrough shapes what a transparent proxy lets through; zonemesh has no transparent
+    # proxying, so apps reach non-mesh destinations directly and `false` could not be enforced.
+    outbound = (res.spec.get("networking") or {}).get("outbound") or {}
+    if outbound.get("passthrough") is False:
+        return [
+            FieldError(
+                "networking.outbound.passthrough",
+                "false is not supported yet by zonemesh: without transparent proxying, applications reach "
+                "non-mesh destinations directly, and zonemesh cannot stop them (restrict egress at the network)",
+            )
+        ]
+    return []
+
+
 MESH = register(
     ResourceType(
         name="Mesh",
@@ -101,6 +116,7 @@ MESH = register(
         sync=Sync.GLOBAL_TO_ZONES,
         spec=MESH_SPEC,
         semantic=_check_mesh,
+        write_check=_refuse_ignored,
         name_rule=MESH_NAME,
     )
 )

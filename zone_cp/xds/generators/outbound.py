@@ -405,9 +405,7 @@ def generate(ctx: MeshContext, proxy: Resource, policies: MatchedPolicies, resou
     identity = own[0] if own else None
     signature = outbound_signature(policies)
     for outbound in outbounds(proxy):
-        tags = outbound.get("tags")
-        if not tags:
-            continue  # backendRef outbounds (MeshService resources) come with a later issue
+        tags = outbound["tags"]  # an outbound by backendRef is refused where Dataplanes enter
         if tags.get("kuma.io/mesh", ctx.name) != ctx.name:
             continue  # another mesh's cross-mesh gateway: generators/crossmesh.py
         service = str(tags[SERVICE_TAG])
