@@ -67,8 +67,8 @@ def _outbound_destination(value: Mapping[str, Any], path: str, errors: Errors) -
         # the outbound would never be generated.
         errors.add(
             f"{path}.backendRef",
-            not_supported("an outbound by backendRef (MeshService resources)")
-            + "; name the service with tags: {kuma.io/service: NAME}",
+            "an outbound by backendRef (MeshService resources) is not supported yet by zonemesh; "
+            "name the service with tags: {kuma.io/service: NAME}",
         )
 
 
