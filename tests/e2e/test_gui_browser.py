@@ -65,17 +65,19 @@ OFFLINE_TIMEOUT = 3.0  # s: kds_zone_offline_timeout's default, which these cont
 SCREENSHOTS = os.environ.get("ZONEMESH_GUI_SCREENSHOTS")
 TESTDATA = Path(__file__).parent / "testdata" / "gui"
 
-BAD_TIMEOUT = {
-    # Valid for our schema, but below Envoy's resolution of a nanosecond: the cluster's
-    # connect_timeout becomes 0s, which Envoy refuses (tests/e2e/test_zone_envoy.py).
-    "type": "MeshTimeout",
+BAD_PATCH = {
+    # Valid for the API (a Cluster message), refused by Envoy: a connect_timeout must be greater
+    # than 0s, a rule of Envoy's own (tests/e2e/test_zone_envoy.py).
+    "type": "MeshProxyPatch",
     "mesh": "default",
-    "name": "timeout-too-short",
+    "name": "connect-timeout-zero",
     "spec": {
-        "targetRef": {"kind": "Mesh"},
-        "to": [
-            {"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"connectionTimeout": "0.0000000001s"}}
-        ],
+        "targetRef": {"kind": "Dataplane", "name": "web-1"},
+        "default": {
+            "appendModifications": [
+                {"cluster": {"operation": "Patch", "match": {"name": "backend"}, "value": "connectTimeout: 0s"}}
+            ]
+        },
     },
 }
 
@@ -317,7 +319,7 @@ def test_nacked_config_shows_envoys_error_and_the_policy(page: Page, deployment:
     page.goto(deployment.gui(deployment.global_cp, "/meshes/default/dataplanes/zone-1.web-1"))
     expect(page.locator(".facts")).to_contain_text("ACK", timeout=WAIT)
     expect(page.locator(".facts")).to_contain_text("Online")
-    deployment.apply(deployment.global_cp, BAD_TIMEOUT)
+    deployment.apply(deployment.global_cp, BAD_PATCH)
     try:
         alert = page.locator(".nack-alert")
         expect(alert).to_contain_text("Envoy refused the latest configuration", timeout=WAIT)
@@ -325,14 +327,14 @@ def test_nacked_config_shows_envoys_error_and_the_policy(page: Page, deployment:
         expect(alert.locator(".nack-summary")).to_contain_text("ConnectTimeout: value must be greater than 0s")
         alert.locator("summary").click()
         expect(alert.locator("pre")).to_contain_text('name: "backend"')  # the refused cluster, as Envoy printed it
-        expect(alert.get_by_role("link", name="MeshTimeout/timeout-too-short")).to_be_visible()
+        expect(alert.get_by_role("link", name="MeshProxyPatch/connect-timeout-zero")).to_be_visible()
         screenshot(page, "dataplane-nack")
         page.goto(deployment.gui(deployment.global_cp, "/meshes/default/dataplanes"))
         row = page.locator("tbody tr", has=page.get_by_role("link", name="web-1", exact=True))
         expect(row.locator(".nack")).to_contain_text("ConnectTimeout: value must be greater than 0s", timeout=WAIT)
         screenshot(page, "dataplanes")
     finally:
-        deployment.zmctl(deployment.global_cp, "delete", "meshtimeout", BAD_TIMEOUT["name"], "-m", "default")
+        deployment.zmctl(deployment.global_cp, "delete", "meshproxypatch", BAD_PATCH["name"], "-m", "default")
     # Removing the policy: Envoy takes the next config, and the NACK is history, not the present.
     expect(row.locator(".nack")).to_have_count(0, timeout=WAIT)
     expect(row).to_contain_text("ACK")

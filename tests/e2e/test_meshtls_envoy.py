@@ -285,8 +285,13 @@ def test_tls13_minimum_refuses_a_tls12_client_and_the_mesh_talks_tls13(
     mesh: Mesh, probe_cert: tuple[Path, Path, Path]
 ) -> None:
     port = mesh.b_inbound
-    # Without MeshTLS a mesh client may use TLS 1.2.
-    assert tls_get(port, probe_cert, version=ssl.TLSVersion.TLSv1_2)[:3] == (200, "app-b", "TLSv1.2")
+    # Without MeshTLS a mesh client may use TLS 1.2 (waited for: an earlier test's permission may
+    # still be leaving app-b's Envoy).
+    wait_until(
+        lambda: tls_get(port, probe_cert, version=ssl.TLSVersion.TLSv1_2)[:3] == (200, "app-b", "TLSv1.2"),
+        timeout=15,
+        what="a TLS 1.2 mesh client admitted by app-b",
+    )
     policy = example("meshtls-tls13")
     mesh.put(policy)
     try:
