@@ -29,6 +29,7 @@ from typing import Any
 
 import jwt
 import pytest
+from zonemesh.shared.kds.naming import hashed_name
 from zonemesh.shared.tokens.keys import generate_private_key_pem
 from zonemesh.zone_cp.xds.envoy import Destination
 from zonemesh.zone_cp.xds.testing import self_signed_server_cert
@@ -52,6 +53,9 @@ from zonemesh.testing import (
 )
 
 pytestmark = pytest.mark.slow
+
+# global's allow-all as zones store it: under Kuma's hashed name (shared/kds/naming.py)
+ALLOW_ALL_ON_ZONES = f"/meshes/default/meshtrafficpermissions/{hashed_name('default', 'allow-all')}"
 
 WAIT = 60.0  # two cores shared with other work: generous, still bounded
 
@@ -206,7 +210,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         w.put_global(ALLOW_ALL)
         for cp in w.zones.values():
             wait_until(
-                lambda cp=cp: cp.get("/meshes/default/meshtrafficpermissions/allow-all")[0] == 200,
+                lambda cp=cp: cp.get(ALLOW_ALL_ON_ZONES)[0] == 200,
                 WAIT,
                 what="policies in zones",
             )
