@@ -324,6 +324,42 @@ def test_deny_policy_on_global_blocks_the_cross_zone_call_and_deleting_it_restor
     wait_until(lambda: call_b(w) == (200, "app-b"), WAIT, what="deny removed")
 
 
+def _timeout_to_b(seconds: int, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "type": "MeshTimeout",
+        "mesh": "default",
+        "name": "timeouts",
+        "labels": labels or {},
+        "spec": {
+            "targetRef": {"kind": "Mesh"},
+            "to": [
+                {"targetRef": {"kind": "MeshService", "name": "app-b"}, "default": {"connectionTimeout": f"{seconds}s"}}
+            ],
+        },
+    }
+
+
+def test_a_zone_policy_wins_in_its_zone_over_globals_of_the_same_name(world: World) -> None:
+    """Kuma 2.x: zone-1 creates its own MeshTimeout named like global's; zone-1's proxy takes the
+    zone's (Kuma's origin order), global shows it under its hashed name; deleted, global's is back."""
+    w, a = world, world.a
+    assert a is not None
+    timeouts = "/meshes/default/meshtimeouts/timeouts"
+    at_global = f"/meshes/default/meshtimeouts/{hashed_name('default', 'timeouts', 'zone-1')}"
+    globals_on_zone = f"/meshes/default/meshtimeouts/{hashed_name('default', 'timeouts')}"
+    w.put_global(_timeout_to_b(4))
+    wait_until(lambda: a.cluster("app-b").get("connect_timeout") == "4s", WAIT, what="global's timeout")
+    status, body = w.zones["zone-1"].put(timeouts, _timeout_to_b(7, {"kuma.io/origin": "zone"}))
+    assert status == 201, body
+    wait_until(lambda: a.cluster("app-b").get("connect_timeout") == "7s", WAIT, what="zone's timeout")
+    wait_until(lambda: w.glob.get(at_global)[0] == 200, WAIT, what="zone-1's timeout at global")
+    assert w.zones["zone-2"].get(timeouts)[0] == 404  # not in zone-2
+    assert w.zones["zone-1"].delete(timeouts)[0] == 200
+    wait_until(lambda: a.cluster("app-b").get("connect_timeout") == "4s", WAIT, what="global's again")
+    assert w.glob.delete(timeouts)[0] == 200
+    wait_until(lambda: w.zones["zone-1"].get(globals_on_zone)[0] == 404, WAIT, what="global's deleted in zone-1")
+
+
 def test_through_zone_1_egress_with_routing_zone_egress(world: World) -> None:
     w = world
     assert w.a is not None and w.egress is not None
