@@ -8,11 +8,12 @@ them, and every stored resource and every peer of an earlier version carries the
 are written beside them so that Kuma's tools and label filters work unchanged.
 
 Nobody gets to say these labels: the resource manager stamps origin and zone on every API write
-(``ResourceManager._stamp``), KDS sets them on what it stores (global: on every upload; a zone: on
-what it renames). What a document says in them is accepted only when it is the truth the control
-plane would stamp anyway (``write_errors``), so that Kuma documents carrying them apply unchanged
-and nothing written there is silently replaced. KDS refuses an upload or download whose labels
-claim another owner (``claimed_owner``).
+on global and on zones (``ResourceManager._stamp``), KDS sets them on what it stores (global: on
+every upload; a zone: on what it renames). What a document says in them is accepted only when it
+is the truth the control plane would stamp anyway (``write_errors``), so that Kuma documents
+carrying them apply unchanged and nothing written there is silently replaced. A standalone control
+plane stamps none and keeps a valid origin a document states, as Kuma does (nothing reads it
+there). KDS refuses an upload or download whose labels claim another owner (``claimed_owner``).
 """
 
 from __future__ import annotations
