@@ -4,13 +4,16 @@ Per stream: authenticate the zone token (signature, expiry, revocation, kid, zon
 ``client-id``; the stream is closed when the token expires or a key or revocation change
 invalidates it), register the zone, answer Hello with what global holds from that zone, then
 push the global snapshot's difference to what the zone said it holds, apply what the zone
-uploads (renamed ``{zone}.{name}``, labelled with origin, zone and display name), and keep
-the zone's insight current.
+uploads (renamed ``{zone}.{name}``, or Kuma's ``{name}-{hash}`` for the types global creates
+too: shared/kds/naming.py; labelled with origin, zone and display name), and keep the zone's
+insight current. A zone's own policies and MeshGateways are stored here to be shown, never
+sent to any zone: they apply in their zone only.
 
 An upload is checked resource by resource (``_apply_upload``): what an API write would be
-refused for, a mesh that does not exist here, a field naming another zone. Refused resources
-are NACKed by key with the reason (``kds_upload_refused`` in the log, ``kds_upload_refused_total``);
-the rest of the message is applied.
+refused for, a mesh that does not exist here, a field or label naming another zone or another
+origin, a name global or another zone holds. Refused resources are NACKed by key with the reason
+(``kds_upload_refused`` in the log, ``kds_upload_refused_total``); the rest of the message is
+applied.
 """
 
 from __future__ import annotations
@@ -33,12 +36,14 @@ from zonemesh.shared.config import Config
 from zonemesh.shared.duration import parse_duration
 from zonemesh.shared.kds.codec import key_str, resource_hash
 from zonemesh.shared.kds.metrics import UPLOAD_REFUSED, ZONE_ACTIVE_CONNECTIONS
+from zonemesh.shared.kds.naming import name_at_global
 from zonemesh.shared.kds.session import Outbox, Session, Stats
 from zonemesh.shared.kds.snapshot import Item, Snapshot
 from zonemesh.shared.kds.trust import (
     INVALID,
     LOG_REFUSED,
     MESH,
+    OWNERSHIP,
     TYPE,
     Refused,
     check_received,
@@ -48,8 +53,10 @@ from zonemesh.shared.kds.trust import (
     wire_key,
 )
 from zonemesh.shared.resources.codec import check_resource
+from zonemesh.shared.resources.labels import stamped
 from zonemesh.shared.resources.model import (
     DISPLAY_NAME_LABEL,
+    DISPLAY_NAME_LABELS,
     ORIGIN_GLOBAL,
     ORIGIN_LABEL,
     ORIGIN_ZONE,
@@ -83,6 +90,10 @@ KDS_TLS_NAME = "kds-tls"
 
 
 def select_downstream(res: Resource) -> Resource | None:
+    """What global sends zones of a stored resource: its own resources of global→zone types
+    (labelled origin global in both label sets, without zone or display-name labels, which zones
+    set), and other zones' resources of types synced across zones as stored. A zone's own
+    policies and MeshGateways stay here."""
     rtype = REGISTRY.get(res.type)
     if res.labels.get(ORIGIN_LABEL) == ORIGIN_ZONE:
         return res if rtype.sync & Sync.ACROSS_ZONES else None
@@ -96,13 +107,10 @@ def select_downstream(res: Resource) -> Resource | None:
             errors = "; ".join(f"{e.field}: {e.reason}" for e in problems)
             log.warning("kds_policy_not_synced", policy=str(res.key), errors=errors)
             return None
-    if res.labels.get(ORIGIN_LABEL) != ORIGIN_GLOBAL:
-        res = dataclasses.replace(res, labels={**res.labels, ORIGIN_LABEL: ORIGIN_GLOBAL})  # shallow: labels only
+    labels = stamped(res.labels, ORIGIN_GLOBAL)
+    if labels != res.labels:
+        res = dataclasses.replace(res, labels=labels)  # shallow: labels only
     return res
-
-
-def global_name(zone: str, name: str) -> str:
-    return f"{zone}.{name}"
 
 
 class ZoneStream:
@@ -243,20 +251,22 @@ class KdsServer:
         """What global holds from ``zone``, keyed by the zone's own names: the zone resends only differences."""
         have: dict[str, str] = {}
         labels = {ORIGIN_LABEL: ORIGIN_ZONE, ZONE_LABEL: zone}
-        prefix = global_name(zone, "")
+        prefix = f"{zone}."
         for type in upstream_types():
             for res in (await self.store.list(type, filter=ListFilter(labels=labels))).items:
                 name = res.labels.get(DISPLAY_NAME_LABEL) or res.name.removeprefix(prefix)
-                have[key_str(res.type, res.mesh, name)] = resource_hash(res, drop_labels=(DISPLAY_NAME_LABEL,))
+                have[key_str(res.type, res.mesh, name)] = resource_hash(res, drop_labels=DISPLAY_NAME_LABELS)
         return have
 
     async def _apply_upload(self, zone: str, changes: kds_pb2.Changes) -> list[kds_pb2.Rejected]:
         """Store what ``zone`` uploads, resource by resource; returns the refused ones (NACKed by key).
 
-        A zone upserts and removes only its own resources: every key is qualified ``{zone}.{name}``
-        here, and zone names are DNS labels (no dot), so no zone's key can be another's; the
-        labels that say whose a resource is (origin, zone, display name) are set here, whatever
-        the zone sent; and the fields that name a zone must name this one (``check_received``).
+        A zone upserts and removes only its own resources: every key is renamed for this zone here
+        (``naming.name_at_global``: ``{zone}.{name}``, zone names being DNS labels without dots, or
+        Kuma's hash of mesh, name and zone for the types global creates too), a key already held
+        by global or by another zone is refused (``_check_owner``), the labels that say whose a
+        resource is (origin, zone, display name) are set here, and a resource whose fields or
+        labels name another zone or origin is refused (``check_received``).
         """
         refused: list[kds_pb2.Rejected] = []
 
@@ -290,35 +300,65 @@ class KdsServer:
             return refused
 
         meshes: dict[str, Resource | None] = {}
+        held: dict[str, dict[str, Resource]] = {}
         upserts: list[Resource] = []
         for wire in changes.upserts:
             try:
                 res = decode(wire, rtype.name)
                 check_received(res, zone)
                 await self._check_mesh(rtype, res, meshes)
-                stored_name = global_name(zone, res.name)
+                stored_name = name_at_global(rtype, zone, res.mesh, res.name)
                 too_long = validate(Name, stored_name, "name")
                 if too_long:
                     raise Refused(INVALID, f"name: {stored_name!r} (qualified with the zone) {too_long[0].reason}")
+                await self._check_owner(rtype, zone, res.mesh, stored_name, held)
             except Refused as why:
                 refuse(wire_key(wire), why)
                 continue
             original = res.name
             res.name = stored_name
-            res.labels.update({ORIGIN_LABEL: ORIGIN_ZONE, ZONE_LABEL: zone, DISPLAY_NAME_LABEL: original})
+            res.labels = stamped(res.labels, ORIGIN_ZONE, zone, display_name=original)
             upserts.append(res)
         deletes: list[ResourceKey] = []
         for key in changes.removals:
             try:
                 check_removal(key, rtype.name)
+                stored_name = name_at_global(rtype, zone, key.mesh, key.name)
+                await self._check_owner(rtype, zone, key.mesh, stored_name, held)
             except Refused as why:
                 refuse(key, why)
                 continue
-            deletes.append(ResourceKey(rtype.name, key.mesh, global_name(zone, key.name)))
+            deletes.append(ResourceKey(rtype.name, key.mesh, stored_name))
         if len(refused) > LOG_REFUSED:
             log.warning("kds_upload_refused", zone=zone, type=changes.type, more=len(refused) - LOG_REFUSED)
         await self.store.batch(upserts=upserts, deletes=deletes)
         return refused
+
+    async def _check_owner(
+        self, rtype: ResourceType, zone: str, mesh: str, name: str, held: dict[str, dict[str, Resource]]
+    ) -> None:
+        """Refuse writing over (or deleting) what global holds under ``name`` unless it is ``zone``'s.
+
+        Only the types global creates too can meet one of global's names (a zone's ``{zone}.{name}``
+        of the other types is its own by construction); Kuma's hash is not made to resist a
+        chosen collision, so ownership is checked, not assumed. ``held``: the mesh's resources of
+        the type, listed once per message."""
+        if not rtype.provided_by_both:
+            return
+        if mesh not in held:
+            held[mesh] = {r.name: r for r in (await self.store.list(rtype.name, mesh)).items}
+        existing = held[mesh].get(name)
+        if existing is None:
+            return
+        if existing.labels.get(ORIGIN_LABEL) == ORIGIN_ZONE and existing.labels.get(ZONE_LABEL) == zone:
+            return
+        other = existing.labels.get(ZONE_LABEL) if existing.labels.get(ORIGIN_LABEL) == ORIGIN_ZONE else None
+        whose = "created on global" if other is None else f"from zone {other!r}"
+        raise Refused(
+            OWNERSHIP,
+            f"global holds a {rtype.name} named {name!r} that is not zone {zone!r}'s ({whose}): "
+            "it is neither overwritten nor deleted",
+        )
 
     async def _check_mesh(self, rtype: ResourceType, res: Resource, meshes: dict[str, Resource | None]) -> None:
         """A mesh-scoped resource needs its mesh here, as an API write does (``meshes``: found so far)."""

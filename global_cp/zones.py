@@ -20,7 +20,8 @@ from typing import Any
 import structlog
 from zonemesh.shared.aio import cancel_and_wait
 from zonemesh.shared.kds.session import Stats
-from zonemesh.shared.resources.model import Resource, format_time, parse_time
+from zonemesh.shared.resources.labels import stamped
+from zonemesh.shared.resources.model import ORIGIN_GLOBAL, Resource, format_time, parse_time
 from zonemesh.shared.store import Store
 
 log = structlog.get_logger(__name__)
@@ -121,7 +122,7 @@ class ZoneRegistry:
         """The Zone resource, created on first connect. Raises ZoneDisabled when disabled."""
         res = await self.store.find("Zone", zone)
         if res is None:
-            res = Resource(type="Zone", name=zone, spec={"enabled": True}, labels={"zonemesh.io/origin": "global"})
+            res = Resource(type="Zone", name=zone, spec={"enabled": True}, labels=stamped({}, ORIGIN_GLOBAL))
             with contextlib.suppress(Exception):  # created concurrently by another stream / replica
                 res = await self.store.create(res)
                 log.info("zone_created", zone=zone)

@@ -64,17 +64,22 @@ def kds_sync_table() -> str:
 
     down, up = set(downstream_types()), set(upstream_types())
     rows = [
-        "| type | global → zones | zone → global | to other zones | stored at global as |",
-        "|---|---|---|---|---|",
+        "| type | global → zones | zone → global | to other zones | stored at global as "
+        "| global's stored on zones as |",
+        "|---|---|---|---|---|---|",
     ]
     for rtype in sorted(REGISTRY, key=lambda t: t.name):
         if rtype.name not in down | up:
             continue
         across = bool(rtype.sync & Sync.ACROSS_ZONES)
+        # Types both sides create are renamed with Kuma's hash suffix (shared/kds/naming.py).
+        at_global = "`{name}-{hash(mesh, name, zone)}`" if rtype.provided_by_both else "`{zone}.{name}`"
+        at_zone = "`{name}-{hash(mesh, name)}`, read-only" if rtype.provided_by_both else "its own name, read-only"
         rows.append(
             f"| {rtype.name} | {'yes' if rtype.synced_down else ''} | {'yes' if rtype.name in up else ''} "
             f"| {'yes, as `{zone}.{name}`' if across else ''} "
-            f"| {'`{zone}.{name}`, read-only' if rtype.name in up else 'its own name'} |"
+            f"| {at_global + ', read-only' if rtype.name in up else 'its own name'} "
+            f"| {at_zone if rtype.synced_down else ''} |"
         )
     local = sorted(t.name for t in REGISTRY if t.name not in down | up)
     rows += ["", f"Not synced (local to each control plane): {', '.join(local)}."]

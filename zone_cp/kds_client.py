@@ -3,8 +3,11 @@
 Global → zone: what arrives is checked resource by resource as global checks uploads
 (shared/kds/trust.py; refused ones are NACKed by key, logged ``kds_download_refused`` and
 counted) and the rest applied to the zone's store with one ``store.batch`` per message, labels
-as sent (``zonemesh.io/origin=global``, or ``zone`` for other zones' ingresses). Zone → global:
-resources of zone→global types that this zone owns are uploaded.
+as sent (``zonemesh.io/origin=global``, or ``zone`` for other zones' ingresses). A resource of a
+type zones create too (policies, MeshGateway) is stored under Kuma's hash-suffixed name with its
+global name in its display-name labels (shared/kds/naming.py), so that it never meets one of the
+zone's own. Zone → global: resources of zone→global types that this zone owns are uploaded,
+labelled with this zone (both label sets).
 On (re)connect Hello carries what the zone holds from global (key → hash) and Welcome what
 global holds from the zone, so each side sends only differences: nothing is deleted and
 recreated. While global is unreachable the zone keeps serving from its store and retries
@@ -39,6 +42,7 @@ from zonemesh.shared.config import Config
 from zonemesh.shared.duration import parse_duration
 from zonemesh.shared.kds.codec import key_str, resource_hash
 from zonemesh.shared.kds.metrics import DOWNLOAD_REFUSED, ZONE_ACTIVE_CONNECTIONS
+from zonemesh.shared.kds.naming import name_at_zone
 from zonemesh.shared.kds.session import Outbox, Session, Stats
 from zonemesh.shared.kds.snapshot import Snapshot
 from zonemesh.shared.kds.trust import (
@@ -52,7 +56,18 @@ from zonemesh.shared.kds.trust import (
     rejection,
     wire_key,
 )
-from zonemesh.shared.resources.model import ORIGIN_GLOBAL, ORIGIN_LABEL, ORIGIN_ZONE, ZONE_LABEL, Resource, ResourceKey
+from zonemesh.shared.resources.labels import stamped
+from zonemesh.shared.resources.model import (
+    DISPLAY_NAME_LABEL,
+    DISPLAY_NAME_LABELS,
+    ORIGIN_GLOBAL,
+    ORIGIN_LABEL,
+    ORIGIN_ZONE,
+    ZONE_LABEL,
+    Resource,
+    ResourceKey,
+    set_label,
+)
 from zonemesh.shared.resources.registry import (
     REGISTRY,
     ResourceType,
@@ -89,13 +104,29 @@ def upload_selector(zone: str) -> Any:
     def select(res: Resource) -> Resource | None:
         if not owned_by(zone, res):
             return None
-        if res.labels.get(ORIGIN_LABEL) == ORIGIN_ZONE and res.labels.get(ZONE_LABEL) == zone:
+        labels = stamped(res.labels, ORIGIN_ZONE, zone)  # global sets the display name
+        if labels == res.labels:
             return res
         # Only the labels differ from the stored resource: a shallow copy, not a deep one, since
         # this runs once per resource (10,000 dataplanes on first connect).
-        return dataclasses.replace(res, labels={**res.labels, ORIGIN_LABEL: ORIGIN_ZONE, ZONE_LABEL: zone})
+        return dataclasses.replace(res, labels=labels)
 
     return select
+
+
+def global_key_name(rtype: ResourceType, res: Resource) -> str:
+    """The name global gave a resource this zone holds from it (the key global uses)."""
+    return res.display_name if rtype.provided_by_both else res.name
+
+
+def renamed(rtype: ResourceType, res: Resource) -> Resource:
+    """Global's ``res`` as this zone stores it: a type zones create too under Kuma's hashed name,
+    the name global gave it in the display-name labels (both sets)."""
+    if not rtype.provided_by_both:
+        return res
+    labels = dict(res.labels)
+    set_label(labels, DISPLAY_NAME_LABEL, res.name)
+    return dataclasses.replace(res, name=name_at_zone(rtype, res.mesh, res.name), labels=labels)
 
 
 @dataclass
@@ -229,13 +260,31 @@ class KdsClient:
         return f"global's KDS certificate at {self.target} did not verify against {source}: {reason}; {fix}"
 
     async def _held(self) -> dict[str, str]:
-        """What this zone holds from global: key -> content hash (sent in Hello to resume)."""
+        """What this zone holds from global: key (global's names) -> content hash (sent in Hello to resume)."""
         have: dict[str, str] = {}
         for type in downstream_types():
+            rtype = REGISTRY.get(type)
+            drop = DISPLAY_NAME_LABELS if rtype.provided_by_both else ()  # set here, not sent
             for res in (await self.store.list(type)).items:
                 if not owned_by(self.zone, res):
-                    have[key_str(res.type, res.mesh, res.name)] = resource_hash(res)
+                    key = key_str(res.type, res.mesh, global_key_name(rtype, res))
+                    have[key] = resource_hash(res, drop_labels=drop)
         return have
+
+    async def _rename_earlier_copies(self) -> None:
+        """Global's policies and MeshGateways that an earlier version stored under global's names:
+        renamed as they are now stored (``renamed``), before Hello says what the zone holds."""
+        upserts: list[Resource] = []
+        deletes: list[ResourceKey] = []
+        for rtype in REGISTRY.filter(lambda t: t.provided_by_both):
+            for res in (await self.store.list(rtype.name)).items:
+                earlier = res.name != name_at_zone(rtype, res.mesh, res.display_name)
+                if res.labels.get(ORIGIN_LABEL) == ORIGIN_GLOBAL and earlier:
+                    upserts.append(renamed(rtype, dataclasses.replace(res, name=res.display_name)))
+                    deletes.append(res.key)
+        if upserts:
+            await self.store.batch(upserts=upserts, deletes=deletes)
+            log.info("kds_copies_renamed", zone=self.zone, count=len(upserts))
 
     async def _connect_once(self) -> bool:
         token = (await asyncio.to_thread(self.token_path.read_text)).strip()
@@ -263,6 +312,7 @@ class KdsClient:
                 call.cancel()
 
     async def _converse(self, call: Any, token: str) -> bool:
+        await self._rename_earlier_copies()
         have = await self._held()
         config = json.dumps({"zone": self.zone, "mode": "zone", "store": self.config.store}).encode()
         hello = kds_pb2.Hello(
@@ -336,8 +386,10 @@ class KdsClient:
         """Store what global sends, resource by resource; returns the refused ones (NACKed by key).
 
         Refused: what fails validation; another zone's resource (a ZoneIngress...) without that
-        zone's label, or naming a zone other than its own; and anything that would overwrite or
-        delete what this zone uploads itself (its own resources, as the upload snapshot holds them).
+        zone's label, or naming a zone other than its own; a resource of another type labelled as
+        a zone's; and anything that would overwrite or delete what this zone uploads itself (its
+        own resources, as the upload snapshot holds them). Keys are global's names: a type zones
+        create too is stored under its hashed name (``renamed``).
         """
         refused: list[kds_pb2.Rejected] = []
 
@@ -378,23 +430,25 @@ class KdsClient:
         for wire in changes.upserts:
             try:
                 res = decode(wire, rtype.name)
-                if owned_by(self.zone, res) or key_str(res.type, res.mesh, res.name) in own:
+                stored_name = name_at_zone(rtype, res.mesh, res.name)
+                if owned_by(self.zone, res) or key_str(res.type, res.mesh, stored_name) in own:
                     raise mine
                 check_received(res, self._provider(rtype, res))
             except Refused as why:
                 refuse(wire_key(wire), why)
                 continue
-            upserts.append(res)
+            upserts.append(renamed(rtype, res))
         deletes: list[ResourceKey] = []
         for key in changes.removals:
             try:
                 check_removal(key, rtype.name)
-                if key_str(key.type, key.mesh, key.name) in own:
+                stored_name = name_at_zone(rtype, key.mesh, key.name)
+                if key_str(key.type, key.mesh, stored_name) in own:
                     raise mine
             except Refused as why:
                 refuse(key, why)
                 continue
-            deletes.append(ResourceKey(rtype.name, key.mesh, key.name))
+            deletes.append(ResourceKey(rtype.name, key.mesh, stored_name))
         if len(refused) > LOG_REFUSED:
             log.warning("kds_download_refused", zone=self.zone, type=changes.type, more=len(refused) - LOG_REFUSED)
         await self.store.batch(upserts=upserts, deletes=deletes)

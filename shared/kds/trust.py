@@ -2,9 +2,13 @@
 
 Neither end trusts what the other sends more than an API client. A received resource passes the
 checks an API document passes (``check_resource``: the name rule, a mesh exactly for mesh-scoped
-types, labels, the type's schema and semantic checks), and every field that names a zone
+types, labels, the type's schema and semantic checks), every field that names a zone
 (``ResourceType.zone_refs``: a ZoneIngress's ``zone``, a ``kuma.io/zone`` tag...) names the zone the
-resource comes from. Global adds what needs its store (the mesh exists: global_cp/kds_server.py).
+resource comes from, and its origin and zone labels (either label set: zonemesh.io or kuma.io) say
+no other owner than its sender (``labels.claimed_owner``: a zone's upload labelled as another zone's
+or as global's; a resource from global labelled as a zone's, for a type not synced across zones).
+Global adds what needs its store (the mesh exists, the name is not another owner's:
+global_cp/kds_server.py).
 
 A refused resource is named in the ACK (``Ack.rejected``, with the reason) and the rest of the
 ``Changes`` is applied; the sender retries only the refused ones (shared/kds/session.py).
@@ -17,7 +21,8 @@ import json
 from zonemesh.proto import kds_pb2
 from zonemesh.shared.kds.codec import from_wire
 from zonemesh.shared.resources.codec import check_resource
-from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.resources.labels import claimed_owner
+from zonemesh.shared.resources.model import ORIGIN_GLOBAL, ORIGIN_ZONE, Resource
 from zonemesh.shared.resources.registry import REGISTRY, Scope
 from zonemesh.shared.resources.schema import Errors
 
@@ -65,11 +70,15 @@ def decode(wire: kds_pb2.Resource, expected_type: str) -> Resource:
 
 
 def check_received(res: Resource, zone: str | None) -> None:
-    """Raise Refused unless ``res`` is valid and (``zone`` given) every zone it names is ``zone``."""
+    """Raise Refused unless ``res`` is valid and its owner is its sender: ``zone`` (given) is the
+    zone it comes from, and every zone it names is ``zone``; None: global's own resource."""
     errors = Errors()
     check_resource(res, errors)
     if errors:
         raise Refused(INVALID, describe(errors))
+    claim = claimed_owner(res, ORIGIN_GLOBAL) if zone is None else claimed_owner(res, ORIGIN_ZONE, zone)
+    if claim is not None:
+        raise Refused(OWNERSHIP, claim)
     rtype = REGISTRY.get(res.type)
     if zone is None or rtype.zone_refs is None:
         return

@@ -1,8 +1,10 @@
 """The resource manager: the rules that sit between the API and the store.
 
 The store only stores. The manager knows the control plane's mode and enforces what a
-write means: the mesh must exist, origin labels are stamped, types synced from global are
-read-only on a federated zone (and zone-provided types on global), creating a mesh creates
+write means: the mesh must exist, origin labels are stamped (both label sets, after checking what
+the document said in them: shared/resources/labels.py), types synced from global are read-only
+on a federated zone (and zone-provided types on global), and of the types both create
+(policies, MeshGateway) each copy is read-only where it was not created; creating a mesh creates
 its default policies (seed 002), deleting a mesh deletes everything it owns.
 """
 
@@ -12,6 +14,7 @@ from enum import StrEnum
 
 import structlog
 from zonemesh.shared.resources.defaults import default_policies
+from zonemesh.shared.resources.labels import write_errors
 from zonemesh.shared.resources.model import (
     ORIGIN_GLOBAL,
     ORIGIN_LABEL,
@@ -19,6 +22,8 @@ from zonemesh.shared.resources.model import (
     ZONE_LABEL,
     Resource,
     ResourceKey,
+    drop_label,
+    set_label,
 )
 from zonemesh.shared.resources.registry import REGISTRY, ResourceType, Scope, Sync
 from zonemesh.shared.resources.schema import FieldError, ValidationError
@@ -79,14 +84,40 @@ class ResourceManager:
                 f"{rtype.name} is synced up from zones and is read-only on global; change it on {_where(rtype)}"
             )
 
+    def check_owned(self, existing: Resource) -> None:
+        """Refuse an API write to a stored resource this control plane did not create: a copy KDS
+        keeps of a resource of the other side (a type both create), or of another zone's."""
+        rtype = REGISTRY.get(existing.type)
+        zone = existing.labels.get(ZONE_LABEL, "")
+        what = f"{existing.type} {existing.name!r}"
+        if existing.display_name != existing.name:
+            what += f" ({existing.display_name!r} where it was created)"
+        if self.mode is Mode.GLOBAL and existing.origin == ORIGIN_ZONE:
+            raise ReadOnly(
+                f"{what} was created on zone {zone!r} and is read-only on global: change or delete it "
+                f"on the control plane of zone {zone!r}"
+            )
+        if self.mode is Mode.ZONE and existing.origin == ORIGIN_GLOBAL and rtype.synced_down:
+            raise ReadOnly(
+                f"{what} is synced from the global control plane to this zone and is read-only here; "
+                "change it on the global control plane"
+            )
+        if self.mode is Mode.ZONE and existing.origin == ORIGIN_ZONE and zone not in ("", self.zone):
+            raise ReadOnly(f"{what} belongs to zone {zone!r} and is read-only here; change it on that zone")
+
+    def _check_labels(self, res: Resource) -> None:
+        errors = write_errors(res, REGISTRY.get(res.type), self.mode.value, self.zone)
+        if errors:
+            raise ValidationError(errors, title="Invalid labels")
+
     def _stamp(self, res: Resource) -> None:
-        """Stamp origin labels: they say where a resource was created, for KDS and for users."""
+        """Stamp origin labels (zonemesh.io and Kuma's): where a resource was created, for KDS and users."""
         if self.mode is Mode.GLOBAL:
-            res.labels[ORIGIN_LABEL] = ORIGIN_GLOBAL
-            res.labels.pop(ZONE_LABEL, None)
+            set_label(res.labels, ORIGIN_LABEL, ORIGIN_GLOBAL)
+            drop_label(res.labels, ZONE_LABEL)
         elif self.mode is Mode.ZONE:
-            res.labels[ORIGIN_LABEL] = ORIGIN_ZONE
-            res.labels[ZONE_LABEL] = self.zone
+            set_label(res.labels, ORIGIN_LABEL, ORIGIN_ZONE)
+            set_label(res.labels, ZONE_LABEL, self.zone)
 
     async def _check_mesh_exists(self, res: Resource) -> None:
         rtype = REGISTRY.get(res.type)
@@ -110,6 +141,7 @@ class ResourceManager:
     # -- writes --------------------------------------------------------------------------
 
     async def create(self, res: Resource) -> Resource:
+        self._check_labels(res)
         await self._check_mesh_exists(res)
         self._stamp(res)
         created = await self.store.create(res)
@@ -120,6 +152,7 @@ class ResourceManager:
         return created
 
     async def update(self, res: Resource) -> Resource:
+        self._check_labels(res)
         await self._check_mesh_exists(res)
         self._stamp(res)
         updated = await self.store.update(res)
@@ -132,10 +165,12 @@ class ResourceManager:
         existing = await self.store.find(res.type, res.name, res.mesh)
         if existing is None:
             return await self.create(res), True
+        self.check_owned(existing)
         res.version = existing.version if version is None else version
         return await self.update(res), False
 
     async def delete(self, type: str, name: str, mesh: str = "", *, version: int | None = None) -> Resource:
+        self.check_owned(await self.store.get(type, name, mesh))
         if type == "Mesh":
             await self._delete_mesh_contents(name)
         deleted = await self.store.delete(type, name, mesh, version=version)

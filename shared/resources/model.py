@@ -8,11 +8,37 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 # Labels every resource may carry; set by the control planes, never trusted from users on sync.
+# These zonemesh.io labels are the canonical ones: every control plane reads them, every stored
+# resource and every peer of an earlier version carries them.
 ORIGIN_LABEL = "zonemesh.io/origin"
 ZONE_LABEL = "zonemesh.io/zone"
 DISPLAY_NAME_LABEL = "zonemesh.io/display-name"
 ORIGIN_GLOBAL = "global"
 ORIGIN_ZONE = "zone"
+ORIGINS = (ORIGIN_GLOBAL, ORIGIN_ZONE)
+# Kuma's names of the same labels (mesh_proto.ResourceOriginLabel, ZoneTag, DisplayName): written
+# beside each zonemesh.io label with the same value, so that Kuma's tools, the GUI and label filters
+# (``?filter[labels.kuma.io/zone]=zone-1``) see what they see on Kuma; accepted on input when they
+# say what the zonemesh.io twin would (shared/resources/labels.py).
+KUMA_ORIGIN_LABEL = "kuma.io/origin"
+KUMA_ZONE_LABEL = "kuma.io/zone"
+KUMA_DISPLAY_NAME_LABEL = "kuma.io/display-name"
+KUMA_MESH_LABEL = "kuma.io/mesh"
+KUMA_ENV_LABEL = "kuma.io/env"
+TWINS = {ORIGIN_LABEL: KUMA_ORIGIN_LABEL, ZONE_LABEL: KUMA_ZONE_LABEL, DISPLAY_NAME_LABEL: KUMA_DISPLAY_NAME_LABEL}
+DISPLAY_NAME_LABELS = (DISPLAY_NAME_LABEL, KUMA_DISPLAY_NAME_LABEL)
+
+
+def set_label(labels: dict[str, str], key: str, value: str) -> None:
+    """Set a zonemesh.io label (a key of ``TWINS``) and its kuma.io twin."""
+    labels[key] = value
+    labels[TWINS[key]] = value
+
+
+def drop_label(labels: dict[str, str], key: str) -> None:
+    """Remove a zonemesh.io label (a key of ``TWINS``) and its kuma.io twin."""
+    labels.pop(key, None)
+    labels.pop(TWINS[key], None)
 
 
 class ResourceKey(NamedTuple):
@@ -62,6 +88,16 @@ class Resource:
     @property
     def key(self) -> ResourceKey:
         return ResourceKey(self.type, self.mesh, self.name)
+
+    @property
+    def origin(self) -> str:
+        """Where it was created: ``global``, ``zone``, or "" (a standalone control plane's)."""
+        return self.labels.get(ORIGIN_LABEL, "")
+
+    @property
+    def display_name(self) -> str:
+        """The name it was created with: a copy KDS renamed keeps it in its display-name label."""
+        return self.labels.get(DISPLAY_NAME_LABEL) or self.name
 
     def copy(self) -> Resource:
         # Specs are JSON data (dicts, lists, scalars): copied by hand, ~5x faster than

@@ -35,6 +35,9 @@ class Sync(Flag):
     GLOBAL_TO_ZONES = auto()  # created on global, pushed to every zone; read-only on federated zones
     ZONE_TO_GLOBAL = auto()  # created in a zone, uploaded to global; read-only on global
     ACROSS_ZONES = auto()  # uploaded by a zone, then pushed by global to every *other* zone
+    # Both of the first two (Kuma 2.x's policies and MeshGateway): created on global, applied in
+    # every zone; or created on a zone, applied in that zone only and uploaded to global, where it
+    # is shown read-only. Each copy is read-only where it was not created.
 
 
 # A semantic check beyond the schema: gets the whole resource, returns field errors.
@@ -156,6 +159,13 @@ class ResourceType:
     @property
     def synced_up(self) -> bool:
         return bool(self.sync & (Sync.ZONE_TO_GLOBAL | Sync.ACROSS_ZONES))
+
+    @property
+    def provided_by_both(self) -> bool:
+        """Created on global *and* on zones (GLOBAL_TO_ZONES | ZONE_TO_GLOBAL). A copy KDS stores
+        of such a resource is renamed with Kuma's hash suffix (shared/kds/naming.py): a zone's
+        ``foo`` and global's ``foo`` then never share a name where both are stored."""
+        return bool(self.sync & Sync.GLOBAL_TO_ZONES) and bool(self.sync & Sync.ZONE_TO_GLOBAL)
 
 
 class UnknownType(KeyError):

@@ -29,6 +29,7 @@ from typing import Any
 
 import jwt
 import pytest
+from zonemesh.shared.kds.naming import hashed_name
 from zonemesh.shared.tokens.keys import generate_private_key_pem
 from zonemesh.zone_cp.xds.envoy import Destination
 from zonemesh.zone_cp.xds.testing import self_signed_server_cert
@@ -52,6 +53,9 @@ from zonemesh.testing import (
 )
 
 pytestmark = pytest.mark.slow
+
+# global's allow-all as zones store it: under Kuma's hashed name (shared/kds/naming.py)
+ALLOW_ALL_ON_ZONES = f"/meshes/default/meshtrafficpermissions/{hashed_name('default', 'allow-all')}"
 
 WAIT = 60.0  # two cores shared with other work: generous, still bounded
 
@@ -206,7 +210,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         w.put_global(ALLOW_ALL)
         for cp in w.zones.values():
             wait_until(
-                lambda cp=cp: cp.get("/meshes/default/meshtrafficpermissions/allow-all")[0] == 200,
+                lambda cp=cp: cp.get(ALLOW_ALL_ON_ZONES)[0] == 200,
                 WAIT,
                 what="policies in zones",
             )
@@ -318,6 +322,42 @@ def test_deny_policy_on_global_blocks_the_cross_zone_call_and_deleting_it_restor
     assert w.b is not None and w.b.stat("http.localhost_" + str(w.b_ports[1]) + ".rbac.denied") >= 1
     assert w.glob.delete("/meshes/default/meshtrafficpermissions/deny-a-to-b")[0] == 200
     wait_until(lambda: call_b(w) == (200, "app-b"), WAIT, what="deny removed")
+
+
+def _timeout_to_b(seconds: int, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "type": "MeshTimeout",
+        "mesh": "default",
+        "name": "timeouts",
+        "labels": labels or {},
+        "spec": {
+            "targetRef": {"kind": "Mesh"},
+            "to": [
+                {"targetRef": {"kind": "MeshService", "name": "app-b"}, "default": {"connectionTimeout": f"{seconds}s"}}
+            ],
+        },
+    }
+
+
+def test_a_zone_policy_wins_in_its_zone_over_globals_of_the_same_name(world: World) -> None:
+    """Kuma 2.x: zone-1 creates its own MeshTimeout named like global's; zone-1's proxy takes the
+    zone's (Kuma's origin order), global shows it under its hashed name; deleted, global's is back."""
+    w, a = world, world.a
+    assert a is not None
+    timeouts = "/meshes/default/meshtimeouts/timeouts"
+    at_global = f"/meshes/default/meshtimeouts/{hashed_name('default', 'timeouts', 'zone-1')}"
+    globals_on_zone = f"/meshes/default/meshtimeouts/{hashed_name('default', 'timeouts')}"
+    w.put_global(_timeout_to_b(4))
+    wait_until(lambda: a.cluster("app-b").get("connect_timeout") == "4s", WAIT, what="global's timeout")
+    status, body = w.zones["zone-1"].put(timeouts, _timeout_to_b(7, {"kuma.io/origin": "zone"}))
+    assert status == 201, body
+    wait_until(lambda: a.cluster("app-b").get("connect_timeout") == "7s", WAIT, what="zone's timeout")
+    wait_until(lambda: w.glob.get(at_global)[0] == 200, WAIT, what="zone-1's timeout at global")
+    assert w.zones["zone-2"].get(timeouts)[0] == 404  # not in zone-2
+    assert w.zones["zone-1"].delete(timeouts)[0] == 200
+    wait_until(lambda: a.cluster("app-b").get("connect_timeout") == "4s", WAIT, what="global's again")
+    assert w.glob.delete(timeouts)[0] == 200
+    wait_until(lambda: w.zones["zone-1"].get(globals_on_zone)[0] == 404, WAIT, what="global's deleted in zone-1")
 
 
 def test_through_zone_1_egress_with_routing_zone_egress(world: World) -> None:

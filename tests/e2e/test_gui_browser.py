@@ -445,7 +445,8 @@ def test_zone_is_disabled_and_enabled_from_the_gui(page: Page, deployment: Deplo
     page.get_by_role("button", name="Enable zone zone-2").click()
     expect(page.locator(".actions")).to_contain_text("Online", timeout=WAIT)
     status, zone = deployment.global_cp.get("/zones/zone-2")
-    assert zone["enabled"] is True and zone["labels"] == {"zonemesh.io/origin": "global"}, zone
+    assert zone["enabled"] is True, zone
+    assert zone["labels"] == {"zonemesh.io/origin": "global", "kuma.io/origin": "global"}, zone
     # The disabled stream was closed; the zone reconnected on a new one.
     streams = page.locator("table", has_text="Streams (newest last)").locator("tbody tr")
     expect(streams.last).to_contain_text("open", timeout=WAIT)

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from test_cross_zone import WAIT, Envoy, World, start_zone
+from zonemesh.shared.kds.naming import hashed_name
 from zonemesh.shared.resources import REGISTRY
 
 from zonemesh.testing import (
@@ -40,6 +41,9 @@ from zonemesh.testing import (
 )
 
 pytestmark = pytest.mark.slow
+
+# global's allow-all as zones store it: under Kuma's hashed name (shared/kds/naming.py)
+ALLOW_ALL_ON_ZONES = f"/meshes/default/meshtrafficpermissions/{hashed_name('default', 'allow-all')}"
 
 ZONES = ("zone-1", "zone-2", "zone-3")
 BACKENDS = (("zone-1", "b-1a"), ("zone-1", "b-1b"), ("zone-2", "b-2"), ("zone-3", "b-3"))
@@ -137,7 +141,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             ca = "/meshes/default/secrets/default.ca-builtin-cert-ca-1"
             wait_until(lambda cp=cp, ca=ca: cp.get(ca)[0] == 200, WAIT, what="global's mesh CA in zones")
             wait_until(
-                lambda cp=cp: cp.get("/meshes/default/meshtrafficpermissions/allow-all")[0] == 200,
+                lambda cp=cp: cp.get(ALLOW_ALL_ON_ZONES)[0] == 200,
                 WAIT,
                 what="policies in zones",
             )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from zonemesh.shared.kds.naming import hashed_name
 
 from zonemesh.testing import ControlPlaneProcess, free_port, http, wait_until
 
@@ -30,6 +31,11 @@ def policy(name: str, retries: int = 2) -> dict[str, Any]:
             "to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"numRetries": retries}}}],
         },
     }
+
+
+def retry_on_zones(name: str) -> str:
+    """Where global's MeshRetry ``name`` is on a zone: under Kuma's hashed name."""
+    return f"/meshes/default/meshretries/{hashed_name('default', name)}"
 
 
 def dataplane(name: str, port: int = 8080) -> dict[str, Any]:
@@ -97,14 +103,16 @@ def test_global_and_two_zones(tmp_path: Path) -> None:
         wait_until(lambda: online(glob) == {"zone-1": True, "zone-2": True}, WAIT, what="both zones online")
 
         # global -> zones
+        # (zones store global's policies under Kuma's hashed names: shared/kds/naming.py)
         assert glob.put("/meshes/default/meshretries/r1", policy("r1"))[0] == 201
         for zone in zones:
-            wait_until(lambda z=zone: z.get("/meshes/default/meshretries/r1")[0] == 200, WAIT, what="r1 in zone")
-            _, synced = zone.get("/meshes/default/meshretries/r1")
+            wait_until(lambda z=zone: z.get(retry_on_zones("r1"))[0] == 200, WAIT, what="r1 in zone")
+            _, synced = zone.get(retry_on_zones("r1"))
             assert synced["labels"]["zonemesh.io/origin"] == "global"
-        status, refused = zone2.put("/meshes/default/meshretries/r1", policy("r1", 3))
+            assert synced["labels"]["kuma.io/display-name"] == "r1"
+        status, refused = zone2.put(retry_on_zones("r1"), policy(hashed_name("default", "r1"), 3))
         assert status == 405 and "read-only here" in refused["detail"]
-        assert zone2.delete("/meshes/default/meshretries/r1")[0] == 405
+        assert zone2.delete(retry_on_zones("r1"))[0] == 405
 
         # zone -> global: zone-qualified, labelled, read-only at global
         assert zone1.put("/meshes/default/dataplanes/dp-1", dataplane("dp-1"))[0] == 201
@@ -114,6 +122,9 @@ def test_global_and_two_zones(tmp_path: Path) -> None:
             "zonemesh.io/origin": "zone",
             "zonemesh.io/zone": "zone-1",
             "zonemesh.io/display-name": "dp-1",
+            "kuma.io/origin": "zone",
+            "kuma.io/zone": "zone-1",
+            "kuma.io/display-name": "dp-1",
         }
         assert items(glob, "/meshes/default/dataplanes?filter[labels.zonemesh.io/zone]=zone-2") == {}
         by_original_name = "/meshes/default/dataplanes?filter[labels.zonemesh.io/display-name]=dp-1"
@@ -142,10 +153,10 @@ def test_global_and_two_zones(tmp_path: Path) -> None:
         # deletes on global reach the zones
         assert glob.delete("/meshes/default/meshretries/r1")[0] == 200
         for zone in zones:
-            wait_until(lambda z=zone: z.get("/meshes/default/meshretries/r1")[0] == 404, WAIT, what="r1 deleted")
+            wait_until(lambda z=zone: z.get(retry_on_zones("r1"))[0] == 404, WAIT, what="r1 deleted")
         assert glob.put("/meshes/default/meshretries/r2", policy("r2"))[0] == 201
         for zone in zones:
-            wait_until(lambda z=zone: z.get("/meshes/default/meshretries/r2")[0] == 200, WAIT, what="r2 in zone")
+            wait_until(lambda z=zone: z.get(retry_on_zones("r2"))[0] == 200, WAIT, what="r2 in zone")
 
         # a connected zone cannot be deleted
         status, refused = glob.delete("/zones/zone-1")
@@ -157,7 +168,7 @@ def test_global_and_two_zones(tmp_path: Path) -> None:
         glob.kill()
         wait_until(lambda: not kds_connected(zone1) and not kds_connected(zone2), WAIT, what="zones see global gone")
         for zone in zones:
-            assert zone.get("/meshes/default/meshretries/r2")[0] == 200
+            assert zone.get(retry_on_zones("r2"))[0] == 200
         assert zone1.put("/meshes/default/dataplanes/dp-2", dataplane("dp-2", 8081))[0] == 201
 
         # restart global: zones reconnect, state converges, nothing duplicated or recreated
@@ -178,9 +189,11 @@ def test_global_and_two_zones(tmp_path: Path) -> None:
         zone1.start()
         wait_until(lambda: kds_connected(zone1), WAIT, what="zone-1 reconnected")
         assert glob.put("/meshes/default/meshretries/r3", policy("r3"))[0] == 201
-        wait_until(lambda: zone1.get("/meshes/default/meshretries/r3")[0] == 200, WAIT, what="r3 in zone-1")
+        wait_until(lambda: zone1.get(retry_on_zones("r3"))[0] == 200, WAIT, what="r3 in zone-1")
         assert versions(glob, "/meshes/default/dataplanes") == dps
-        assert {k: v for k, v in versions(zone1, "/meshes/default/meshretries").items() if k != "r3"} == zone1_policies
+        assert {
+            k: v for k, v in versions(zone1, "/meshes/default/meshretries").items() if k != hashed_name("default", "r3")
+        } == zone1_policies
 
         # a killed zone shows offline; then it can be deleted, with what it had uploaded
         zone1.stop(signal.SIGKILL)

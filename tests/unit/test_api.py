@@ -302,10 +302,32 @@ async def test_zone_refuses_writes_to_types_synced_from_global() -> None:
     client, store = await make_client(Mode.ZONE)
     try:
         await store.create(Resource(type="Mesh", name="default"))  # as if synced from global
-        resp = await client.put("/meshes/default/meshtimeouts/t1", json=TIMEOUT)
+        resp = await client.put("/meshes/default", json={"type": "Mesh", "name": "default"})
         assert resp.status == 405
         assert "global control plane" in (await resp.json())["detail"]
+    finally:
+        await client.close()
+
+
+async def test_zone_creates_its_own_policy_only_when_labelled_zone() -> None:
+    """Kuma 2.x: a federated zone creates policies that apply in it, labelled kuma.io/origin: zone
+    (Kuma's guard against creating on a zone what was meant for every zone)."""
+    client, store = await make_client(Mode.ZONE)
+    try:
+        await store.create(Resource(type="Mesh", name="default"))  # as if synced from global
+        resp = await client.put("/meshes/default/meshtimeouts/t1", json=TIMEOUT)
+        assert resp.status == 400
+        assert "kuma.io/origin" in await resp.text()
         assert (await client.get("/meshes/default/meshtimeouts/t1")).status == 404
+        labelled = {**TIMEOUT, "labels": {"kuma.io/origin": "zone"}}
+        assert (await client.put("/meshes/default/meshtimeouts/t1", json=labelled)).status == 201
+        stored = await store.get("MeshTimeout", "t1", "default")
+        assert stored.labels == {
+            "zonemesh.io/origin": "zone",
+            "zonemesh.io/zone": "zone-1",
+            "kuma.io/origin": "zone",
+            "kuma.io/zone": "zone-1",
+        }
     finally:
         await client.close()
 

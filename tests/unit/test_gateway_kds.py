@@ -1,12 +1,16 @@
 """MeshGateway / MeshGatewayRoute are created on global and synced to zones (real KDS server and
-client in one event loop, memory stores); on a federated zone they are read-only."""
+client in one event loop, memory stores): the MeshGateway under Kuma's hashed name (zones create
+MeshGateways too), the route under its own; global's copies are read-only on a federated zone, and
+MeshGatewayRoute is a global-only type there."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from kds_harness import eventually, running_global, running_zone
+from zonemesh.shared.kds.naming import hashed_name
 from zonemesh.shared.resources.codec import from_universal, load_documents
 from zonemesh.shared.resources.manager import Mode, ReadOnly, ResourceManager
 from zonemesh.shared.resources.registry import REGISTRY
@@ -47,7 +51,8 @@ async def test_gateways_sync_from_global_to_zones(tmp_path: Path) -> None:
         token = await ZoneTokenIssuer(global_store).issue("zone-1", None, 24 * 3600)
         async with running_zone(tmp_path, "zone-1", kds.port, token, zone_store):
             await eventually(
-                lambda: _has_spec(zone_store, "MeshGateway", "edge-gateway", gateway.spec), what="gateway in zone"
+                lambda: _has_spec(zone_store, "MeshGateway", hashed_name("default", "edge-gateway"), gateway.spec),
+                what="gateway in zone",
             )
             await global_manager.create(route.copy())
             await eventually(
@@ -57,7 +62,9 @@ async def test_gateways_sync_from_global_to_zones(tmp_path: Path) -> None:
             await eventually(lambda: _gone(zone_store, "MeshGatewayRoute", "edge-route"), what="route deleted in zone")
     zone = ResourceManager(zone_store, mode=Mode.ZONE, zone="zone-1")
     with pytest.raises(ReadOnly, match="apply it on the global control plane"):
-        zone.check_writable(REGISTRY.get("MeshGateway"))
+        zone.check_writable(REGISTRY.get("MeshGatewayRoute"))
+    with pytest.raises(ReadOnly, match="read-only here"):
+        await zone.apply(dataclasses.replace(gateway, name=hashed_name("default", "edge-gateway")))
 
 
 async def _has_spec(store: Store, type: str, name: str, spec: object) -> bool:

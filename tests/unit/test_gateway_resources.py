@@ -336,17 +336,16 @@ def test_every_listener_problem_is_reported_at_once() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "plural", "short"),
-    [("MeshGateway", "meshgateways", "mgw"), ("MeshGatewayRoute", "meshgatewayroutes", "mgwr")],
+    ("name", "plural", "short", "sync"),
+    [
+        # Kuma 2.14: zones create MeshGateways too (GlobalToZonesFlag | ZoneToGlobalFlag), routes global only
+        ("MeshGateway", "meshgateways", "mgw", Sync.GLOBAL_TO_ZONES | Sync.ZONE_TO_GLOBAL),
+        ("MeshGatewayRoute", "meshgatewayroutes", "mgwr", Sync.GLOBAL_TO_ZONES),
+    ],
 )
-def test_declared_types(name: str, plural: str, short: str) -> None:
+def test_declared_types(name: str, plural: str, short: str, sync: Sync) -> None:
     rtype = REGISTRY.get(name)
-    assert (rtype.plural, rtype.short_name, rtype.scope, rtype.sync) == (
-        plural,
-        short,
-        Scope.MESH,
-        Sync.GLOBAL_TO_ZONES,
-    )
+    assert (rtype.plural, rtype.short_name, rtype.scope, rtype.sync) == (plural, short, Scope.MESH, sync)
     assert not rtype.wrapped and not rtype.policy
     assert rtype.collection_path("default") == f"/meshes/default/{plural}"
     assert REGISTRY.resolve(short) is rtype

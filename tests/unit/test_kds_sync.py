@@ -13,6 +13,7 @@ from zonemesh.global_cp.kds_server import KdsServer
 from zonemesh.proto import kds_pb2
 from zonemesh.shared.config import Config
 from zonemesh.shared.kds.codec import to_wire
+from zonemesh.shared.kds.naming import hashed_name
 from zonemesh.shared.kds.session import Outbox
 from zonemesh.shared.kds.snapshot import Snapshot
 from zonemesh.shared.resources.manager import Mode, ResourceManager
@@ -41,6 +42,11 @@ def ingress(name: str) -> Resource:
     return Resource(type="ZoneIngress", name=name, spec={"networking": {"address": "10.0.0.1", "port": 10001}})
 
 
+def at_zone(name: str) -> str:
+    """The name on a zone of global's policy ``name`` of mesh default (Kuma's hash suffix)."""
+    return hashed_name("default", name)
+
+
 async def names(store: Store, type: str, mesh: str | None = None) -> set[str]:
     return {r.name for r in (await store.list(type, mesh)).items}
 
@@ -55,7 +61,7 @@ async def test_both_directions_resume_and_across_zones(tmp_path: Path) -> None:
     async with running_global(tmp_path, global_store) as (kds, _):
         tokens = {z: await ZoneTokenIssuer(global_store).issue(z, None, DAY) for z in ("zone-1", "zone-2")}
         async with running_zone(tmp_path, "zone-1", kds.port, tokens["zone-1"], zone1_store):
-            await eventually(lambda: _has(zone1_store, "MeshRetry", "r1", "default"), what="r1 in zone-1")
+            await eventually(lambda: _has(zone1_store, "MeshRetry", at_zone("r1"), "default"), what="r1 in zone-1")
             await zone1.create(ingress("zi-1"))
             await eventually(lambda: _has(global_store, "ZoneIngress", "zone-1.zi-1"), what="zi-1 at global")
             stored = await global_store.get("ZoneIngress", "zone-1.zi-1")
@@ -63,14 +69,21 @@ async def test_both_directions_resume_and_across_zones(tmp_path: Path) -> None:
                 "zonemesh.io/origin": "zone",
                 "zonemesh.io/zone": "zone-1",
                 "zonemesh.io/display-name": "zi-1",
+                "kuma.io/origin": "zone",
+                "kuma.io/zone": "zone-1",
+                "kuma.io/display-name": "zi-1",
             }
             async with running_zone(tmp_path, "zone-2", kds.port, tokens["zone-2"], zone2_store):
                 # zone-1's ingress reaches zone-2 (synced across zones), never back to zone-1
                 await eventually(lambda: _has(zone2_store, "ZoneIngress", "zone-1.zi-1"), what="zi-1 in zone-2")
                 assert await names(zone1_store, "ZoneIngress") == {"zi-1"}
                 await global_manager.delete("MeshRetry", "r1", "default")
-                await eventually(lambda: _gone(zone2_store, "MeshRetry", "r1", "default"), what="r1 deleted in zone-2")
-                await eventually(lambda: _gone(zone1_store, "MeshRetry", "r1", "default"), what="r1 deleted in zone-1")
+                await eventually(
+                    lambda: _gone(zone2_store, "MeshRetry", at_zone("r1"), "default"), what="r1 deleted in zone-2"
+                )
+                await eventually(
+                    lambda: _gone(zone1_store, "MeshRetry", at_zone("r1"), "default"), what="r1 deleted in zone-1"
+                )
 
         # Both zones are away: global changes, zone-1's store is untouched meanwhile.
         versions_before = {r.name: r.version for r in (await zone1_store.list("MeshTimeout")).items}
@@ -82,7 +95,7 @@ async def test_both_directions_resume_and_across_zones(tmp_path: Path) -> None:
         await eventually(lambda: b'"numRetries":5' in _spec_of(snapshot, "MeshRetry/default/r2"), what="snapshot")
         events = _Recorder(zone1_store)
         async with running_zone(tmp_path, "zone-1", kds.port, tokens["zone-1"], zone1_store) as zone:
-            await eventually(lambda: _has(zone1_store, "MeshRetry", "r2", "default"), what="r2 in zone-1")
+            await eventually(lambda: _has(zone1_store, "MeshRetry", at_zone("r2"), "default"), what="r2 in zone-1")
             await eventually(lambda: zone.state.connected, what="zone-1 reconnected")
             assert kds.server is not None
             outbox = _outbox(kds.server, "zone-1")
@@ -90,7 +103,7 @@ async def test_both_directions_resume_and_across_zones(tmp_path: Path) -> None:
         changed = {(e.kind.value, e.resource.type, e.resource.name) for e in events.queue._queue}  # type: ignore[attr-defined]
         events.close()
         # Resumed, not recreated: only r2 was written; the meshes and default policies were left alone.
-        assert changed == {("Created", "MeshRetry", "r2")}, changed
+        assert changed == {("Created", "MeshRetry", at_zone("r2"))}, changed
         after = {r.name: r.version for r in (await zone1_store.list("MeshTimeout")).items}
         assert after == versions_before
         assert (await global_store.get("ZoneIngress", "zone-1.zi-1")).version == stored.version
@@ -138,12 +151,17 @@ async def test_disabled_zone_is_refused(tmp_path: Path) -> None:
             # while disabled nothing reaches the zone; enabled again, it reconnects and catches up
             await store.create(retry("while-disabled"))
             await asyncio.sleep(0.5)
-            assert zone.store is not None and await zone.store.find("MeshRetry", "while-disabled", "default") is None
+            assert (
+                zone.store is not None
+                and await zone.store.find("MeshRetry", at_zone("while-disabled"), "default") is None
+            )
             res = await store.get("Zone", "zone-1")
             res.spec["enabled"] = True
             await store.update(res)
             await eventually(lambda: zone.state.connected, within=15, what="zone-1 reconnected after enabling")
-            await eventually(lambda: _has(zone.store, "MeshRetry", "while-disabled", "default"), what="caught up")
+            await eventually(
+                lambda: _has(zone.store, "MeshRetry", at_zone("while-disabled"), "default"), what="caught up"
+            )
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -292,8 +310,8 @@ async def test_global_never_syncs_policies_it_refuses(tmp_path: Path) -> None:
             await eventually(lambda: "zone-1" in kds.server.streams, what="zone-1 connected")  # type: ignore[union-attr]
             outbox = _outbox(kds.server, "zone-1")
             await eventually(lambda: outbox.synced.is_set(), what="global's outbox to zone-1 synced")
-            assert await names(zone_store, "MeshRetry", "default") >= {"r1"}
-            assert await names(zone_store, "MeshFaultInjection", "default") == {"gateway-faults"}
+            assert await names(zone_store, "MeshRetry", "default") >= {at_zone("r1")}
+            assert await names(zone_store, "MeshFaultInjection", "default") == {at_zone("gateway-faults")}
             assert await names(zone_store, "MeshAccessLog", "default") == set()
 
 
@@ -314,11 +332,13 @@ async def test_a_zone_refuses_per_item_what_it_would_not_apply(tmp_path: Path) -
     [refused] = await client._apply_download(changes)
     assert refused.key.name == "sidecar-faults"
     assert refused.reason.startswith("spec.from[0].targetRef.tags: selecting MeshFaultInjection clients by tags other")
-    assert await names(store, "MeshFaultInjection", "default") == {"gateway-faults"}
+    assert await names(store, "MeshFaultInjection", "default") == {at_zone("gateway-faults")}
     [refused] = await client._apply_download(kds_pb2.Changes(type="MeshAccessLog", upserts=[to_wire(log)]))
     assert refused.reason.startswith("type: MeshAccessLog is not supported yet by zonemesh")
     assert await names(store, "MeshAccessLog", "default") == set()
-    await store.create(log)  # synced before this zone was upgraded
+    await store.create(log)  # synced before this zone was upgraded, under global's name
+    await client._rename_earlier_copies()  # as every connect does, before Hello
+    assert await names(store, "MeshAccessLog", "default") == {at_zone("log-all")}
     removal = kds_pb2.ResourceKey(type="MeshAccessLog", mesh="default", name="log-all")
     assert await client._apply_download(kds_pb2.Changes(type="MeshAccessLog", removals=[removal])) == []
     assert await names(store, "MeshAccessLog", "default") == set()

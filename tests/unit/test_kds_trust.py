@@ -207,7 +207,7 @@ async def test_global_stores_the_valid_part_of_an_upload_and_names_the_rest(tmp_
 
         # a type not taken from zones: every resource of the message refused, nothing stored
         refused = await kds.server._apply_upload(
-            "zone-1", changes("MeshRetry", Resource(type="MeshRetry", name="r", mesh="default"))
+            "zone-1", changes("ExternalService", Resource(type="ExternalService", name="r", mesh="default"))
         )
         assert [r.key.name for r in refused] == ["r"] and "not accepted from zones" in refused[0].reason
 
@@ -230,8 +230,9 @@ async def test_global_stores_the_valid_part_of_an_upload_and_names_the_rest(tmp_
 
 
 async def test_a_zone_cannot_reach_another_zones_resources_by_name_or_label(tmp_path: Path) -> None:
-    """Insights say whether another zone's ingress is online: one named like zone-2's, or labelled as
-    zone-2's, uploaded by zone-1 stays zone-1's and leaves zone-2's alone."""
+    """Insights say whether another zone's ingress is online: one labelled as zone-2's (or as
+    global's) is refused; one named like zone-2's, uploaded by zone-1, stays zone-1's and leaves
+    zone-2's alone."""
     store = MemoryStore()
     theirs = Resource(type="ZoneIngressInsight", name="zone-2.ingress", spec={"subscriptions": [{"id": "s"}]})
     theirs.labels = {"zonemesh.io/origin": "zone", "zonemesh.io/zone": "zone-2", "zonemesh.io/display-name": "ingress"}
@@ -239,18 +240,29 @@ async def test_a_zone_cannot_reach_another_zones_resources_by_name_or_label(tmp_
     async with running_global(tmp_path, store) as (kds, _):
         assert kds.server is not None
         offline = {"subscriptions": [{"id": "s", "disconnectTime": "2026-01-01T00:00:00Z"}]}
-        forged = Resource(
-            type="ZoneIngressInsight",
-            name="zone-2.ingress",
-            spec=offline,
-            labels={"zonemesh.io/origin": "global", "zonemesh.io/zone": "zone-2"},
-        )
-        assert await kds.server._apply_upload("zone-1", changes("ZoneIngressInsight", forged)) == []
+        forged = [
+            Resource(type="ZoneIngressInsight", name="zone-2.ingress", spec=offline, labels=labels)
+            for labels in (
+                {"zonemesh.io/origin": "global"},
+                {"zonemesh.io/zone": "zone-2"},
+                {"kuma.io/zone": "zone-2"},
+                {"kuma.io/origin": "global", "zonemesh.io/origin": "zone"},
+            )
+        ]
+        for lie in forged:
+            [refused] = await kds.server._apply_upload("zone-1", changes("ZoneIngressInsight", lie))
+            assert "a resource from zone 'zone-1'" in refused.reason, refused
+        assert await store.find("ZoneIngressInsight", "zone-1.zone-2.ingress") is None
+        named_like_theirs = Resource(type="ZoneIngressInsight", name="zone-2.ingress", spec=offline)
+        assert await kds.server._apply_upload("zone-1", changes("ZoneIngressInsight", named_like_theirs)) == []
         stored = await store.get("ZoneIngressInsight", "zone-1.zone-2.ingress")
         assert stored.spec == offline and stored.labels == {
             "zonemesh.io/origin": "zone",
             "zonemesh.io/zone": "zone-1",
             "zonemesh.io/display-name": "zone-2.ingress",
+            "kuma.io/origin": "zone",
+            "kuma.io/zone": "zone-1",
+            "kuma.io/display-name": "zone-2.ingress",
         }
         removal = kds_pb2.ResourceKey(type="ZoneIngressInsight", name="zone-2.ingress")
         assert await kds.server._apply_upload("zone-1", changes("ZoneIngressInsight", removals=(removal,))) == []

@@ -736,7 +736,7 @@ class TypeRow(NamedTuple):
     wrapped: bool
 
 
-_POLICY = (Scope.MESH, Sync.GLOBAL_TO_ZONES, True)
+_POLICY = (Scope.MESH, Sync.GLOBAL_TO_ZONES | Sync.ZONE_TO_GLOBAL, True)
 TYPES = [
     TypeRow("MeshTimeout", "meshtimeouts", "mt", *_POLICY),
     TypeRow("MeshTrafficPermission", "meshtrafficpermissions", "mtp", *_POLICY),
@@ -800,7 +800,7 @@ def test_no_name_is_shared_between_types() -> None:
 
 def test_policies_share_one_shape() -> None:
     for rtype in REGISTRY.policies():
-        assert rtype.wrapped and rtype.scope is Scope.MESH and rtype.sync is Sync.GLOBAL_TO_ZONES, rtype.name
+        assert rtype.wrapped and rtype.scope is Scope.MESH and rtype.provided_by_both, rtype.name
         lower = rtype.name.lower()
         # Kuma's plurals: meshretries, meshtlses, meshproxypatches, meshtimeouts
         suffix = "es" if lower.endswith(("s", "ch")) else "s"

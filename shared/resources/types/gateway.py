@@ -175,7 +175,8 @@ MESH_GATEWAY = register(
         plural="meshgateways",
         short_name="mgw",
         scope=Scope.MESH,
-        sync=Sync.GLOBAL_TO_ZONES,
+        # As in Kuma 2.x: a zone may create its own MeshGateways (not MeshGatewayRoutes).
+        sync=Sync.GLOBAL_TO_ZONES | Sync.ZONE_TO_GLOBAL,
         spec=MESH_GATEWAY_SPEC,
         semantic=_check_mesh_gateway,
         mesh_check=lambda res, mesh: check_gateway_in_mesh(res, mesh),

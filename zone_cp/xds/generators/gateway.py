@@ -131,7 +131,8 @@ def select_gateway(gateways: Iterable[Resource], dp: Resource) -> Resource | Non
 
 def gateway_policies(ctx: MeshContext, dp: Resource, policies: MatchedPolicies) -> dict[str, list[Resource]]:
     """The matched policies plus those whose top-level targetRef is ``MeshGateway`` naming the
-    gateway that selects ``dp``, least specific first (matching's order)."""
+    gateway that selects ``dp`` (by the name it was created with: a MeshGateway from global is
+    stored renamed on zones), least specific first (matching's order)."""
     gateway = select_gateway(ctx.policies.get(MESH_GATEWAY_TYPE, ()), dp)
     result: dict[str, list[Resource]] = {}
     for policy_type, matched in policies.items():
@@ -141,7 +142,7 @@ def gateway_policies(ctx: MeshContext, dp: Resource, policies: MatchedPolicies) 
                 p
                 for p in ctx.policies.get(policy_type, ())
                 if (p.spec.get("targetRef") or {}).get("kind") == MESH_GATEWAY
-                and (p.spec.get("targetRef") or {}).get("name") == gateway.name
+                and (p.spec.get("targetRef") or {}).get("name") == gateway.display_name
             ]
         result[policy_type] = ordered([*matched, *extra])
     return result
@@ -169,7 +170,7 @@ class Listener:
 
 
 def cross_mesh_host(gateway: Resource) -> str:
-    return f"internal.{gateway.name}.{gateway.mesh}.mesh"
+    return f"internal.{gateway.display_name}.{gateway.mesh}.mesh"
 
 
 def listeners(gateway: Resource, dp: Resource, routes: Iterable[Resource]) -> dict[int, list[Listener]]:
@@ -637,8 +638,8 @@ def _certificate_secret(ctx: MeshContext, source: Mapping[str, Any], name: str, 
 def _terminate(gen: _Gen, item: Listener) -> base_pb2.TransportSocket:
     names = []
     for i, source in enumerate((item.spec.get("tls") or {}).get("certificates") or []):
-        name = f"gateway-cert:{gen.gateway.name}:{item.index}:{i}"
-        where = f"MeshGateway {gen.gateway.name!r} conf.listeners[{item.index}].tls.certificates[{i}]"
+        name = f"gateway-cert:{gen.gateway.display_name}:{item.index}:{i}"
+        where = f"MeshGateway {gen.gateway.display_name!r} conf.listeners[{item.index}].tls.certificates[{i}]"
         gen.resources.add(SECRET, name, _certificate_secret(gen.ctx, source, name, where))
         names.append(name)
     context = tls_pb2.DownstreamTlsContext(
@@ -732,7 +733,7 @@ def _tcp_filters(gen: _Gen, items: Sequence[Listener], stat_prefix: str) -> list
         backends = _weighted(gen, rules[0].get("backends") or []) if rules else []
     if not backends:
         # Nothing routed here yet: a cluster with no endpoints refuses connections cleanly.
-        name = f"gateway-blackhole:{gen.gateway.name}"
+        name = f"gateway-blackhole:{gen.gateway.display_name}"
         gen.resources.add(CLUSTER, name, cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.STATIC))
         proxy.cluster = name
     elif len(backends) == 1:
@@ -752,7 +753,7 @@ def _tcp_filters(gen: _Gen, items: Sequence[Listener], stat_prefix: str) -> list
 
 def _listener(gen: _Gen, address: str, port: int, items: Sequence[Listener]) -> listener_pb2.Listener:
     protocol = items[0].protocol
-    name = f"{gen.gateway.name}:{protocol}:{port}"
+    name = f"{gen.gateway.display_name}:{protocol}:{port}"
     stat_prefix = name.replace(":", "_")
     listener = listener_pb2.Listener(
         name=name, address=socket_address(address, port), traffic_direction=base_pb2.INBOUND

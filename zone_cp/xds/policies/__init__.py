@@ -249,7 +249,7 @@ def _targets_route(ref: Mapping[str, Any], route: Resource) -> bool:
     if ref.get("kind") != MESH_HTTP_ROUTE:
         return False
     if ref.get("name"):
-        return bool(ref["name"] == route.name)
+        return bool(ref["name"] == route.display_name)  # a copy from global is stored renamed
     labels: Mapping[str, str] = ref.get("labels") or {}
     return bool(labels) and all(route.labels.get(k) == v for k, v in labels.items())
 

@@ -17,8 +17,10 @@ per direction. Kuma 2.14's matcher (pkg/plugins/policies/core/matchers/dataplane
 - Matched policies are ordered least specific first, a later one overriding an earlier one: by
   kind (``targetref.PRECEDENCE``: Mesh < Dataplane < MeshSubset < MeshGateway < MeshService <
   MeshServiceSubset), a Dataplane naming the proxy over one selecting it by labels over one
-  selecting all, with ``sectionName`` over without; then by name, the lexicographically
-  *smallest* name winning (Kuma's order).
+  selecting all, with ``sectionName`` over without; then by origin, a policy created on this
+  zone over one without an origin over one from global (Kuma's ``ResourceOrigin.Compare``);
+  then by display name (the name it was created with: a copy from global is stored under a
+  hashed name), the lexicographically *smallest* winning (Kuma's order).
 - ``to`` entries are chosen per destination service (Mesh < MeshService), ``from`` entries per
   source; ``default`` confs are deep-merged in that order (objects merge, everything else replaces).
 """
@@ -29,7 +31,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.resources.model import ORIGIN_GLOBAL, ORIGIN_ZONE, Resource
 from zonemesh.shared.resources.types.dataplane import is_builtin_gateway
 from zonemesh.shared.resources.types.targetref import (
     DATAPLANE,
@@ -150,10 +152,20 @@ def _rank(policy: Resource) -> tuple[int, int, int]:
     return PRECEDENCE.get(kind, 0), by_dataplane, 1 if ref.get("sectionName") else 0
 
 
+# Kuma's ResourceOrigin order (api/mesh/v1alpha1 originOrder): a zone's own policy wins over
+# global's of the same specificity, one without an origin (a standalone control plane's) in between.
+_ORIGIN_RANK = {ORIGIN_GLOBAL: 1, ORIGIN_ZONE: 3}
+
+
+def _origin_rank(policy: Resource) -> int:
+    return _ORIGIN_RANK.get(policy.origin, 2)
+
+
 def ordered(policies: Iterable[Resource]) -> list[Resource]:
-    """Least specific first; among equals the lexicographically smallest name last (it wins)."""
-    by_name = sorted(policies, key=lambda p: p.name, reverse=True)
-    return sorted(by_name, key=_rank)  # stable: keeps the name order within a rank
+    """Least specific first; among equals global's before the zone's own, then the
+    lexicographically smallest display name last (it wins)."""
+    by_name = sorted(policies, key=lambda p: (p.display_name, p.name), reverse=True)
+    return sorted(by_name, key=lambda p: (_rank(p), _origin_rank(p)))  # stable: keeps the name order
 
 
 @dataclass(frozen=True)

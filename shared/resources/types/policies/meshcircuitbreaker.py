@@ -88,7 +88,7 @@ MESH_CIRCUIT_BREAKER = register(
         plural="meshcircuitbreakers",
         short_name="mcb",
         scope=Scope.MESH,
-        sync=Sync.GLOBAL_TO_ZONES,
+        sync=Sync.GLOBAL_TO_ZONES | Sync.ZONE_TO_GLOBAL,
         wrapped=True,
         policy=True,
         support=PolicySupport(plugin="meshcircuitbreaker", gateway=("to",)),

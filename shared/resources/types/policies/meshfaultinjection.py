@@ -47,7 +47,7 @@ MESH_FAULT_INJECTION = register(
         plural="meshfaultinjections",
         short_name="mfi",
         scope=Scope.MESH,
-        sync=Sync.GLOBAL_TO_ZONES,
+        sync=Sync.GLOBAL_TO_ZONES | Sync.ZONE_TO_GLOBAL,
         wrapped=True,
         policy=True,
         # Callers are told apart by the SPIFFE ID of their mTLS certificate, which names only

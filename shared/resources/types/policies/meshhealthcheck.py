@@ -52,7 +52,7 @@ MESH_HEALTH_CHECK = register(
         plural="meshhealthchecks",
         short_name="mhc",
         scope=Scope.MESH,
-        sync=Sync.GLOBAL_TO_ZONES,
+        sync=Sync.GLOBAL_TO_ZONES | Sync.ZONE_TO_GLOBAL,
         wrapped=True,
         policy=True,
         support=PolicySupport(plugin="meshhealthcheck", sidecar=("to",), gateway=("to",)),

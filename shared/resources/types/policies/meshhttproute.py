@@ -368,7 +368,7 @@ MESH_HTTP_ROUTE = register(
         plural="meshhttproutes",
         short_name="mhttpr",
         scope=Scope.MESH,
-        sync=Sync.GLOBAL_TO_ZONES,
+        sync=Sync.GLOBAL_TO_ZONES | Sync.ZONE_TO_GLOBAL,
         wrapped=True,
         policy=True,
         # Outbounds of sidecars (and delegated gateways); builtin gateway listeners with a

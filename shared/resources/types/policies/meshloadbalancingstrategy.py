@@ -312,7 +312,7 @@ MESH_LOAD_BALANCING_STRATEGY = register(
         plural="meshloadbalancingstrategies",
         short_name="mlbs",
         scope=Scope.MESH,
-        sync=Sync.GLOBAL_TO_ZONES,
+        sync=Sync.GLOBAL_TO_ZONES | Sync.ZONE_TO_GLOBAL,
         wrapped=True,
         policy=True,
         support=PolicySupport(plugin="meshloadbalancingstrategy", sidecar=("to",), gateway=("to",), not_yet=_not_yet),

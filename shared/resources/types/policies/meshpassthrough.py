@@ -104,7 +104,7 @@ MESH_PASSTHROUGH = register(
         plural="meshpassthroughs",
         short_name="mp",
         scope=Scope.MESH,
-        sync=Sync.GLOBAL_TO_ZONES,
+        sync=Sync.GLOBAL_TO_ZONES | Sync.ZONE_TO_GLOBAL,
         wrapped=True,
         policy=True,
         support=PolicySupport(plugin=None, reason=REASON),

@@ -247,7 +247,7 @@ MESH_PROXY_PATCH = register(
         plural="meshproxypatches",
         short_name="mpp",
         scope=Scope.MESH,
-        sync=Sync.GLOBAL_TO_ZONES,
+        sync=Sync.GLOBAL_TO_ZONES | Sync.ZONE_TO_GLOBAL,
         wrapped=True,
         policy=True,
         # Its one conf (``default``, no to/from) applies to the whole config of each selected proxy.

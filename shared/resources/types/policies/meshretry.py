@@ -158,7 +158,7 @@ MESH_RETRY = register(
         plural="meshretries",
         short_name="mr",
         scope=Scope.MESH,
-        sync=Sync.GLOBAL_TO_ZONES,
+        sync=Sync.GLOBAL_TO_ZONES | Sync.ZONE_TO_GLOBAL,
         wrapped=True,
         policy=True,
         # With a top-level MeshHTTPRoute: that route's retry policy (generators/outbound.py).

@@ -101,7 +101,7 @@ MESH_TIMEOUT = register(
         plural="meshtimeouts",
         short_name="mt",
         scope=Scope.MESH,
-        sync=Sync.GLOBAL_TO_ZONES,
+        sync=Sync.GLOBAL_TO_ZONES | Sync.ZONE_TO_GLOBAL,
         wrapped=True,
         policy=True,
         # With a top-level MeshHTTPRoute: that route's request timeout (generators/outbound.py).

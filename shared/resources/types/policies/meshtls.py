@@ -169,7 +169,7 @@ MESH_TLS = register(
         plural="meshtlses",
         short_name="mtls",
         scope=Scope.MESH,
-        sync=Sync.GLOBAL_TO_ZONES,
+        sync=Sync.GLOBAL_TO_ZONES | Sync.ZONE_TO_GLOBAL,
         wrapped=True,
         policy=True,
         # Sidecars: inbound listeners (mode, versions, ciphers) and the client end of their

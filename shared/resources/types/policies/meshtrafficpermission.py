@@ -63,7 +63,7 @@ MESH_TRAFFIC_PERMISSION = register(
         plural="meshtrafficpermissions",
         short_name="mtp",
         scope=Scope.MESH,
-        sync=Sync.GLOBAL_TO_ZONES,
+        sync=Sync.GLOBAL_TO_ZONES | Sync.ZONE_TO_GLOBAL,
         wrapped=True,
         policy=True,
         # Builtin gateways receive no mesh traffic to permit (the services behind them check
