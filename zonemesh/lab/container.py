@@ -52,6 +52,7 @@ from typing import Any
 
 # Light imports only: the healthcheck runs this module every few seconds in every container.
 from zonemesh.lab.topology import MESH
+from zonemesh.spawn import python_module
 
 API_PORT = 5681
 DIAGNOSTICS_PORT = 5680
@@ -125,7 +126,7 @@ def cp_argv(mode: str, paths: Paths, zone: str = "", global_host: str = "global"
     its data volume). Loopback is not admin: as in production (docs/api.md), the admin token
     comes from `zonemesh-cp admin-token` (``admin_token_argv``)."""
     argv = [
-        sys.executable, "-m", "zonemesh.cp", "run", "--mode", mode, "--data-dir", str(paths.data),
+        *python_module("zonemesh.cp"), "run", "--mode", mode, "--data-dir", str(paths.data),
         "--api-address", "0.0.0.0", "--api-port", str(API_PORT), "--no-api-localhost-is-admin",
         "--diagnostics-address", "0.0.0.0", "--diagnostics-port", str(DIAGNOSTICS_PORT),
         "--log-format", "json",
@@ -215,7 +216,7 @@ def zone_proxy_resource(kind: str, address: str) -> dict[str, Any]:
 
 def dp_argv(zone: str, name: str, resource: dict[str, Any], paths: Paths, proxy_type: str = "dataplane") -> list[str]:
     return [
-        sys.executable, "-m", "zonemesh.dp.main", "run",
+        *python_module("zonemesh.dp.main"), "run",
         "--cp-address", f"https://{zone}:{XDS_PORT}",
         "--name", name, "--mesh", MESH,
         "--dataplane-inline", json.dumps(resource),
@@ -442,7 +443,7 @@ def proxy_address(zone: str) -> str:
 def run_app(service: str, zone: str, name: str, upstream_service: str, listen: str, paths: Paths) -> int:
     outbounds = [(upstream_service, OUTBOUND_PORT)] if upstream_service else []
     resource = dataplane_resource(name, zone, service, proxy_address(zone), outbounds)
-    app = [sys.executable, "-m", "zonemesh.lab.demo_app", "--service", service, "--zone", zone]
+    app = python_module("zonemesh.lab.demo_app", "--service", service, "--zone", zone)
     app += ["--port", str(APP_PORT), "--address", listen]
     if upstream_service:
         app += ["--upstream", f"http://127.0.0.1:{OUTBOUND_PORT}/"]

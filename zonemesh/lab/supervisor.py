@@ -29,9 +29,10 @@ import structlog
 from aiohttp import web
 
 from zonemesh.lab.chaos_proxy import ChaosProxy
-from zonemesh.lab.topology import MESH, ControlPlane, Topology, Workload, ZoneProxy, python
+from zonemesh.lab.topology import MESH, ControlPlane, Topology, Workload, ZoneProxy
 from zonemesh.shared.duration import parse_duration
 from zonemesh.shared.tokens.tokens import LEEWAY_SECONDS
+from zonemesh.spawn import python_module
 
 log = structlog.get_logger(__name__)
 
@@ -167,7 +168,7 @@ class Supervisor:
 
     def cp_argv(self, cp: ControlPlane) -> list[str]:
         argv = [
-            python(), "-m", "zonemesh.cp", "run", "--mode", cp.mode, "--store", "sqlite",
+            *python_module("zonemesh.cp"), "run", "--mode", cp.mode, "--store", "sqlite",
             "--data-dir", str(self.dir / cp.name),
             "--api-address", "127.0.0.1", "--api-port", str(cp.api),
             "--diagnostics-address", "127.0.0.1", "--diagnostics-port", str(cp.diagnostics),
@@ -244,7 +245,7 @@ class Supervisor:
 
     def dp_argv(self, cp: ControlPlane, name: str, token: Path, readiness: int, resource: dict[str, Any]) -> list[str]:
         return [
-            python(), "-m", "zonemesh.dp.main", "run",
+            *python_module("zonemesh.dp.main"), "run",
             "--cp-address", f"https://127.0.0.1:{cp.grpc}",
             "--name", name, "--mesh", MESH,
             "--dataplane-inline", json.dumps(resource),
@@ -270,7 +271,7 @@ class Supervisor:
 
     async def start_workload(self, work: Workload) -> None:
         cp = self.topo.zone(work.zone)
-        app = [python(), "-m", "zonemesh.lab.demo_app", "--service", work.service, "--zone", work.zone]
+        app = python_module("zonemesh.lab.demo_app", "--service", work.service, "--zone", work.zone)
         app += ["--port", str(work.app_port)] + (["--upstream", work.upstream] if work.upstream else [])
         await self.launch(f"{work.name}-app", app)
         token = await self.dataplane_token(cp, work.name)
