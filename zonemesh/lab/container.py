@@ -137,6 +137,9 @@ def cp_argv(mode: str, paths: Paths, zone: str = "", global_host: str = "global"
             *argv, "--store", "etcd", "--etcd-endpoints", f"{etcd}:{ETCD_PORT}",
             "--etcd-ca-file", str(paths.etcd_ca()), "--etcd-cert-file", str(cert), "--etcd-key-file", str(key),
             "--kds-address", "0.0.0.0", "--kds-port", str(KDS_PORT),
+            # init creates the lab's mesh (with mTLS) when it is missing, and keeps it once there
+            # (supervisor.LAB_RESOURCES): a default mesh made by global would be kept without mTLS.
+            "--defaults-skip-mesh-creation",
         ]  # fmt: skip
     if mode == "zone":
         if not zone:
@@ -475,14 +478,15 @@ def run_zone_proxy(kind: str, zone: str, advertise_name: str, paths: Paths) -> i
 
 
 class Init:
-    """The one-shot init service: configures the mesh on global and issues every token through the
-    real API with the CPs' admin tokens, each into the token volume of the one service it is for.
-    Idempotent: a token already there is kept, so running it again (every `docker compose up`)
-    changes nothing."""
+    """The one-shot init service: creates the lab's mesh and allow-all policy on global and issues
+    every token through the real API with the CPs' admin tokens, each into the token volume of the
+    one service it is for. It only creates what is missing: a resource or token already there is
+    kept as it is (a user's change to the mesh included), so running it again (every `docker
+    compose up`) changes nothing."""
 
-    def __init__(self, paths: Paths, global_host: str = "global") -> None:
+    def __init__(self, paths: Paths, global_url: str = f"http://global:{API_PORT}") -> None:
         self.paths = paths
-        self.global_url = f"http://{global_host}:{API_PORT}"
+        self.global_url = global_url
 
     def admin(self, cp: str) -> str:
         path = self.paths.admin_token(cp)
@@ -494,6 +498,19 @@ class Init:
         if status not in (200, 201):
             raise ContainerError(f"{cp} refused {method} {path}: {status} {text[:300]}")
         return text
+
+    def ensure(self, cp: str, url: str, path: str, doc: dict[str, Any]) -> bool:
+        """Create ``doc`` at ``path`` unless ``cp`` has something there, which stays as it is.
+        True if it created it."""
+        status, text = request("GET", url + path, token=self.admin(cp))
+        if status == 200:
+            print(f"zonemesh-init: {doc['type']} {doc['name']} already on {cp}: kept as it is", flush=True)
+            return False
+        if status != 404:
+            raise ContainerError(f"{cp} answered GET {path}: {status} {text[:300]}")
+        self.call(cp, url, "PUT", path, doc)
+        print(f"zonemesh-init: created {doc['type']} {doc['name']} on {cp}", flush=True)
+        return True
 
     def issue(self, name: str, cp: str, url: str, path: str, body: dict[str, Any]) -> None:
         target = self.paths.issued_token(name)
@@ -511,16 +528,13 @@ class Init:
         return status == 200 and bool(json.loads(body).get("mtls"))
 
     def run(self, zones: list[str], zone_proxies: list[tuple[str, str]], dataplanes: list[tuple[str, str]]) -> None:
-        from zonemesh.lab.supervisor import ALLOW_ALL, DATAPLANE_TOKEN_VALIDITY, MESH_DOC, ZONE_TOKEN_VALIDITY
+        from zonemesh.lab.supervisor import DATAPLANE_TOKEN_VALIDITY, LAB_RESOURCES, ZONE_TOKEN_VALIDITY
 
         unknown = sorted({z for _, z in [*zone_proxies, *dataplanes]} - set(zones))
         if unknown:
             raise ContainerError(f"proxies in zones not in --zones: {', '.join(unknown)}")
-        for doc, path in (
-            (MESH_DOC, f"/meshes/{MESH}"),
-            (ALLOW_ALL, f"/meshes/{MESH}/meshtrafficpermissions/allow-all"),
-        ):
-            self.call("global", self.global_url, "PUT", path, doc)
+        for path, doc in LAB_RESOURCES:
+            self.ensure("global", self.global_url, path, doc)
         for zone in zones:
             body = {"zone": zone, "validFor": ZONE_TOKEN_VALIDITY}
             self.issue(zone, "global", self.global_url, "/tokens/zone", body)
