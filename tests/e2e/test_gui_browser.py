@@ -18,7 +18,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
+from zonemesh.spawn import python_module
 from zonemesh.testing import (
     CHROMIUM_ARGS,
     MTLS_MESH,
@@ -127,7 +127,7 @@ def _zone(work: Path, name: str, kds_port: int, token: str, ca: Path) -> Control
 def _admin_token(cp: ControlPlaneProcess) -> str:
     """What an operator of a CP with loopback admin off runs on its host: zonemesh-cp admin-token."""
     out = subprocess.run(
-        [sys.executable, "-m", "zonemesh.cp", "admin-token", "--mode", "standalone", "--data-dir", str(cp.data_dir)],
+        python_module("zonemesh.cp", "admin-token", "--mode", "standalone", "--data-dir", str(cp.data_dir)),
         capture_output=True,
         text=True,
         timeout=30,

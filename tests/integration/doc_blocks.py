@@ -7,10 +7,12 @@ import re
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
+README = DOCS.parent / "README.md"
 
 
-def block(page: str, name: str) -> str:
-    text = (DOCS / page).read_text()
+def block(page: str | Path, name: str) -> str:
+    """``page``: a file name in docs/, or a path (``README``)."""
+    text = (page if isinstance(page, Path) else DOCS / page).read_text()
     marker = f"<!-- tested: {name} -->"
     if marker not in text:
         raise AssertionError(f"docs/{page} has no {marker}")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from zonemesh.spawn import python_module
 from zonemesh.testing import ControlPlaneProcess, http
 
 POLICY = {
@@ -93,7 +93,7 @@ def test_bad_configuration_is_refused_clearly(
         config.write_text(config_text)
         args = [*args, "--config", str(config)]
     result = subprocess.run(
-        [sys.executable, "-m", "zonemesh.cp", "run", *args], capture_output=True, text=True, timeout=30
+        python_module("zonemesh.cp", "run", *args), capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 2
     assert message in result.stderr

@@ -10,7 +10,6 @@ import base64
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -20,6 +19,7 @@ from test_kds import WAIT, kds_connected, online, start_global, zone_process
 from zonemesh.proto import kds_pb2, kds_pb2_grpc
 from zonemesh.shared.tokens.keys import generate_private_key_pem
 
+from zonemesh.spawn import python_module
 from zonemesh.testing import ControlPlaneProcess, free_port, wait_until
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 def zmctl(address: str, home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HOME": str(home), "ZMCTL_CONFIG": str(home / "zmctl.yaml")}
     proc = subprocess.run(
-        [sys.executable, "-m", "zonemesh.ctl", "--cp-address", address, *args],
+        python_module("zonemesh.ctl", "--cp-address", address, *args),
         input=stdin,
         capture_output=True,
         text=True,

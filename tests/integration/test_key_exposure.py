@@ -13,7 +13,6 @@ import base64
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 from zonemesh.zone_cp.xds.testing import self_signed_server_cert
 
+from zonemesh.spawn import python_module
 from zonemesh.testing import ControlPlaneProcess, http, non_loopback_address, sidecar_dataplane, wait_until, zmctl_ok
 
 pytestmark = pytest.mark.slow
@@ -205,7 +205,7 @@ def test_zmctl_get_output_applied_back_keeps_the_keys(env: Env) -> None:
         shown = zmctl_ok(env.cp.api, "get", kind, name, "-m", "default", "-o", "yaml")
         assert not leaks(shown)
         applied = subprocess.run(
-            [sys.executable, "-m", "zonemesh.ctl.main", "--cp-address", env.cp.api, "apply", "-f", "-"],
+            python_module("zonemesh.ctl.main", "--cp-address", env.cp.api, "apply", "-f", "-"),
             input=shown,
             capture_output=True,
             text=True,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 
 from zonemesh.lab.main import check
 from zonemesh.lab.topology import Topology
+from zonemesh.spawn import python_module
 from zonemesh.testing import wait_until
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 def lab(directory: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "zonemesh.lab.main", "--dir", str(directory), *args],
+        python_module("zonemesh.lab.main", "--dir", str(directory), *args),
         capture_output=True,
         text=True,
         timeout=timeout,

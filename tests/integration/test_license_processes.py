@@ -14,7 +14,6 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from zonemesh.proto import dataplane_pb2, dataplane_pb2_grpc
 from zonemesh.shared.license.format import issue
 from zonemesh.shared.license.keys import generate_keypair, load_private_key
 
+from zonemesh.spawn import python_module
 from zonemesh.testing import ControlPlaneProcess, ProcessExited, free_port, http, wait_until
 
 pytestmark = pytest.mark.slow
@@ -224,7 +224,7 @@ def federation(
 
 def zmctl(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "zonemesh.ctl", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+        python_module("zonemesh.ctl", *args), cwd=cwd, capture_output=True, text=True, timeout=60
     )
 
 
@@ -477,7 +477,7 @@ def test_demo_license_without_configuration_is_durable(
     (tmp_path / "dp.token").write_text(token)
     agent = subprocess.run(
         [
-            sys.executable, "-m", "zonemesh.dp.main", "run",
+            *python_module("zonemesh.dp.main"), "run",
             "--cp-address", f"https://127.0.0.1:{zone.xds_port}", "--name", "dp-agent", "--mesh", "default",
             "--dataplane-inline", json.dumps(dataplane("dp-agent")),
             "--dataplane-token-file", str(tmp_path / "dp.token"),

@@ -18,6 +18,7 @@ import pytest
 from doc_blocks import block
 from zonemesh.shared.tokens.keys import generate_private_key_pem
 
+from zonemesh.spawn import python_module
 from zonemesh.testing import ControlPlaneProcess, free_port, http
 
 pytestmark = pytest.mark.slow
@@ -45,7 +46,7 @@ def cp(tmp_path: Path) -> Iterator[ControlPlaneProcess]:
 def admin_token_from_host(cp: ControlPlaneProcess) -> subprocess.CompletedProcess[str]:
     """What the operator runs on the CP host: the same settings as `run`, no API call."""
     return subprocess.run(
-        [sys.executable, "-m", "zonemesh.cp", "admin-token", "--data-dir", str(cp.data_dir), "--log-level", "error"],
+        python_module("zonemesh.cp", "admin-token", "--data-dir", str(cp.data_dir), "--log-level", "error"),
         capture_output=True,
         text=True,
         timeout=60,
@@ -124,7 +125,7 @@ def test_loopback_admin_off_user_tokens_revocation_and_rotation(cp: ControlPlane
 def zmctl(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HOME": str(home), "ZMCTL_CONFIG": str(home / "zmctl.yaml")}
     proc = subprocess.run(
-        [sys.executable, "-m", "zonemesh.ctl", *args], capture_output=True, text=True, env=env, timeout=60
+        python_module("zonemesh.ctl", *args), capture_output=True, text=True, env=env, timeout=60
     )
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc

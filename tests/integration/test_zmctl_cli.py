@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from zonemesh.spawn import python_module
 from zonemesh.testing import ControlPlaneProcess, free_port, wait_until
 
 pytestmark = pytest.mark.slow
@@ -63,7 +63,7 @@ class ZmctlRunner:
         """``address=None`` uses the zmctl config instead of --cp-address."""
         target = [] if address is None else ["--cp-address", address or self.address]
         proc = subprocess.run(
-            [sys.executable, "-m", "zonemesh.ctl", *target, *args],
+            python_module("zonemesh.ctl", *target, *args),
             input=stdin,
             capture_output=True,
             text=True,

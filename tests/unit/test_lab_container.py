@@ -44,6 +44,7 @@ from zonemesh.shared.store.factory import EtcdAccess, open_store
 from zonemesh import cp
 from zonemesh.lab import container, etcd_pki
 from zonemesh.lab.container import ContainerError, Paths
+from zonemesh.spawn import python_module
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose" / "docker-compose.yaml"
@@ -58,6 +59,13 @@ def compose_services() -> dict[str, Any]:
 
 def flag(command: list[str], name: str) -> str:
     return command[command.index(name) + 1]
+
+
+def cp_args(argv: list[str]) -> list[str]:
+    """The arguments after ``python -P -m zonemesh.cp``, as zonemesh-cp's parser receives them."""
+    head = python_module("zonemesh.cp")
+    assert argv[: len(head)] == head
+    return argv[len(head) :]
 
 
 def lab_paths(root: Path) -> Paths:
@@ -85,8 +93,7 @@ def test_control_planes_take_settings_zonemesh_cp_accepts_and_loopback_is_not_ad
     """The argv as zonemesh-cp parses it: a typo or a refused combination would only show as a
     container restarting in docker. Loopback admin is off, as docs/api.md advises for production."""
     run = container.cp_argv(mode, lab_paths(tmp_path), "zone-1")
-    assert run[1:3] == ["-m", "zonemesh.cp"]
-    config = cfg.load(cp.build_parser().parse_args(run[3:]), env={})
+    config = cfg.load(cp.build_parser().parse_args(cp_args(run)), env={})
     assert config.api_localhost_is_admin is False
     assert config.mode == mode
 
@@ -96,9 +103,9 @@ def test_admin_token_is_read_with_the_settings_of_run(tmp_path: Path) -> None:
     with the same store settings (global: etcd's TLS and client certificate)."""
     run = container.cp_argv("global", lab_paths(tmp_path))
     read = container.admin_token_argv(run)
-    args = cp.build_parser().parse_args(read[3:])
+    args = cp.build_parser().parse_args(cp_args(read))
     assert args.command == "admin-token"
-    same = cfg.load(cp.build_parser().parse_args(run[3:]), env={})
+    same = cfg.load(cp.build_parser().parse_args(cp_args(run)), env={})
     assert cfg.load(args, env={}) == dataclasses.replace(same, log_level="error")  # stdout: the token alone
     with pytest.raises(ContainerError, match="not a `zonemesh-cp run`"):
         container.admin_token_argv(read)
@@ -357,7 +364,7 @@ async def test_real_etcd_with_the_lab_flags_takes_global_and_refuses_everyone_el
     # what global stores on first start, and the lab's `zonemesh-cp admin-token` reads it back.
     run = container.cp_argv("global", global_paths)
     run[run.index("--etcd-endpoints") + 1] = endpoint
-    config = cfg.load(cp.build_parser().parse_args(run[3:]), env={})
+    config = cfg.load(cp.build_parser().parse_args(cp_args(run)), env={})
     store = await open_store(config.store_url(), etcd_access(config))
     try:
         assert await ensure_admin_token(store)

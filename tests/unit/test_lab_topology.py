@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,17 @@ def test_the_lab_verifies_tls_with_the_certificates_its_control_planes_generate(
         assert dp[dp.index("--ca-cert-file") + 1] == str(tmp_path / zone.name / "xds.crt")  # zone_cp/app.py's
         assert dp[dp.index("--cp-address") + 1] == f"https://127.0.0.1:{zone.grpc}"
         assert not {"--global-tls-skip-verify", "--tls-skip-verify"} & {*argv, *dp}
+
+
+def test_the_shipped_lab_does_not_import_the_test_helpers() -> None:
+    """zonemesh-lab is a product command: it must not need zonemesh.testing (helpers for tests)."""
+    probe = (
+        "import importlib, pkgutil, sys, zonemesh.lab\n"
+        "for m in pkgutil.iter_modules(zonemesh.lab.__path__): importlib.import_module('zonemesh.lab.' + m.name)\n"
+        "print(sorted(n for n in sys.modules if n.startswith('zonemesh.')))"
+    )
+    out = subprocess.run([sys.executable, "-P", "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    loaded = out.stdout
+    assert "'zonemesh.lab.supervisor'" in loaded and "'zonemesh.lab.container'" in loaded
+    assert "zonemesh.testing" not in loaded

@@ -6,8 +6,9 @@ import json
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
+
+from zonemesh.spawn import python_module
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,7 +22,7 @@ def doc_commands() -> list[str]:
 
 def zmctl(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "zonemesh.ctl", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+        python_module("zonemesh.ctl", *args), cwd=cwd, capture_output=True, text=True, timeout=60
     )
 
 

@@ -52,6 +52,7 @@ from typing import Any
 
 # Light imports only: the healthcheck runs this module every few seconds in every container.
 from zonemesh.lab.topology import MESH
+from zonemesh.spawn import python_module
 
 API_PORT = 5681
 DIAGNOSTICS_PORT = 5680
@@ -125,7 +126,7 @@ def cp_argv(mode: str, paths: Paths, zone: str = "", global_host: str = "global"
     its data volume). Loopback is not admin: as in production (docs/api.md), the admin token
     comes from `zonemesh-cp admin-token` (``admin_token_argv``)."""
     argv = [
-        sys.executable, "-m", "zonemesh.cp", "run", "--mode", mode, "--data-dir", str(paths.data),
+        *python_module("zonemesh.cp"), "run", "--mode", mode, "--data-dir", str(paths.data),
         "--api-address", "0.0.0.0", "--api-port", str(API_PORT), "--no-api-localhost-is-admin",
         "--diagnostics-address", "0.0.0.0", "--diagnostics-port", str(DIAGNOSTICS_PORT),
         "--log-format", "json",
@@ -136,6 +137,9 @@ def cp_argv(mode: str, paths: Paths, zone: str = "", global_host: str = "global"
             *argv, "--store", "etcd", "--etcd-endpoints", f"{etcd}:{ETCD_PORT}",
             "--etcd-ca-file", str(paths.etcd_ca()), "--etcd-cert-file", str(cert), "--etcd-key-file", str(key),
             "--kds-address", "0.0.0.0", "--kds-port", str(KDS_PORT),
+            # init creates the lab's mesh (with mTLS) when it is missing, and keeps it once there
+            # (supervisor.LAB_RESOURCES): a default mesh made by global would be kept without mTLS.
+            "--defaults-skip-mesh-creation",
         ]  # fmt: skip
     if mode == "zone":
         if not zone:
@@ -215,7 +219,7 @@ def zone_proxy_resource(kind: str, address: str) -> dict[str, Any]:
 
 def dp_argv(zone: str, name: str, resource: dict[str, Any], paths: Paths, proxy_type: str = "dataplane") -> list[str]:
     return [
-        sys.executable, "-m", "zonemesh.dp.main", "run",
+        *python_module("zonemesh.dp.main"), "run",
         "--cp-address", f"https://{zone}:{XDS_PORT}",
         "--name", name, "--mesh", MESH,
         "--dataplane-inline", json.dumps(resource),
@@ -442,7 +446,7 @@ def proxy_address(zone: str) -> str:
 def run_app(service: str, zone: str, name: str, upstream_service: str, listen: str, paths: Paths) -> int:
     outbounds = [(upstream_service, OUTBOUND_PORT)] if upstream_service else []
     resource = dataplane_resource(name, zone, service, proxy_address(zone), outbounds)
-    app = [sys.executable, "-m", "zonemesh.lab.demo_app", "--service", service, "--zone", zone]
+    app = python_module("zonemesh.lab.demo_app", "--service", service, "--zone", zone)
     app += ["--port", str(APP_PORT), "--address", listen]
     if upstream_service:
         app += ["--upstream", f"http://127.0.0.1:{OUTBOUND_PORT}/"]
@@ -474,14 +478,15 @@ def run_zone_proxy(kind: str, zone: str, advertise_name: str, paths: Paths) -> i
 
 
 class Init:
-    """The one-shot init service: configures the mesh on global and issues every token through the
-    real API with the CPs' admin tokens, each into the token volume of the one service it is for.
-    Idempotent: a token already there is kept, so running it again (every `docker compose up`)
-    changes nothing."""
+    """The one-shot init service: creates the lab's mesh and allow-all policy on global and issues
+    every token through the real API with the CPs' admin tokens, each into the token volume of the
+    one service it is for. It only creates what is missing: a resource or token already there is
+    kept as it is (a user's change to the mesh included), so running it again (every `docker
+    compose up`) changes nothing."""
 
-    def __init__(self, paths: Paths, global_host: str = "global") -> None:
+    def __init__(self, paths: Paths, global_url: str = f"http://global:{API_PORT}") -> None:
         self.paths = paths
-        self.global_url = f"http://{global_host}:{API_PORT}"
+        self.global_url = global_url
 
     def admin(self, cp: str) -> str:
         path = self.paths.admin_token(cp)
@@ -493,6 +498,19 @@ class Init:
         if status not in (200, 201):
             raise ContainerError(f"{cp} refused {method} {path}: {status} {text[:300]}")
         return text
+
+    def ensure(self, cp: str, url: str, path: str, doc: dict[str, Any]) -> bool:
+        """Create ``doc`` at ``path`` unless ``cp`` has something there, which stays as it is.
+        True if it created it."""
+        status, text = request("GET", url + path, token=self.admin(cp))
+        if status == 200:
+            print(f"zonemesh-init: {doc['type']} {doc['name']} already on {cp}: kept as it is", flush=True)
+            return False
+        if status != 404:
+            raise ContainerError(f"{cp} answered GET {path}: {status} {text[:300]}")
+        self.call(cp, url, "PUT", path, doc)
+        print(f"zonemesh-init: created {doc['type']} {doc['name']} on {cp}", flush=True)
+        return True
 
     def issue(self, name: str, cp: str, url: str, path: str, body: dict[str, Any]) -> None:
         target = self.paths.issued_token(name)
@@ -510,16 +528,13 @@ class Init:
         return status == 200 and bool(json.loads(body).get("mtls"))
 
     def run(self, zones: list[str], zone_proxies: list[tuple[str, str]], dataplanes: list[tuple[str, str]]) -> None:
-        from zonemesh.lab.supervisor import ALLOW_ALL, DATAPLANE_TOKEN_VALIDITY, MESH_DOC, ZONE_TOKEN_VALIDITY
+        from zonemesh.lab.supervisor import DATAPLANE_TOKEN_VALIDITY, LAB_RESOURCES, ZONE_TOKEN_VALIDITY
 
         unknown = sorted({z for _, z in [*zone_proxies, *dataplanes]} - set(zones))
         if unknown:
             raise ContainerError(f"proxies in zones not in --zones: {', '.join(unknown)}")
-        for doc, path in (
-            (MESH_DOC, f"/meshes/{MESH}"),
-            (ALLOW_ALL, f"/meshes/{MESH}/meshtrafficpermissions/allow-all"),
-        ):
-            self.call("global", self.global_url, "PUT", path, doc)
+        for path, doc in LAB_RESOURCES:
+            self.ensure("global", self.global_url, path, doc)
         for zone in zones:
             body = {"zone": zone, "validFor": ZONE_TOKEN_VALIDITY}
             self.issue(zone, "global", self.global_url, "/tokens/zone", body)

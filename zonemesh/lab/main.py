@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from zonemesh.dp.admin import admin_socket_path
-from zonemesh.lab.topology import DEFAULT_PORT_BASE, Topology, plan, python
-from zonemesh.testing import http
+from zonemesh.jsonhttp import http
+from zonemesh.lab.topology import DEFAULT_PORT_BASE, Topology, plan
+from zonemesh.spawn import python_module
 
 DEFAULT_DIR = Path("~/.zonemesh/lab")
 UP_TIMEOUT = 180.0
@@ -103,7 +104,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     (directory / "logs").mkdir(exist_ok=True)
     with (directory / "logs" / "supervisor.log").open("ab") as out:
         supervisor = subprocess.Popen(
-            [python(), "-m", "zonemesh.lab.main", "--dir", str(directory), "_supervise"],
+            python_module("zonemesh.lab.main", "--dir", str(directory), "_supervise"),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

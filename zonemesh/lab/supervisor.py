@@ -29,9 +29,10 @@ import structlog
 from aiohttp import web
 
 from zonemesh.lab.chaos_proxy import ChaosProxy
-from zonemesh.lab.topology import MESH, ControlPlane, Topology, Workload, ZoneProxy, python
+from zonemesh.lab.topology import MESH, ControlPlane, Topology, Workload, ZoneProxy
 from zonemesh.shared.duration import parse_duration
 from zonemesh.shared.tokens.tokens import LEEWAY_SECONDS
+from zonemesh.spawn import python_module
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +57,14 @@ ALLOW_ALL = {
     "name": "allow-all",
     "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]},
 }
+# What the lab puts on global, by API path. Created when missing, never overwritten: a change a user
+# made (to the mesh's mTLS, routing...) survives `down` and `up`, and a deleted one comes back. For
+# that, global starts without a default mesh of its own (--defaults-skip-mesh-creation): the
+# lab's mesh is the first one, with its mTLS.
+LAB_RESOURCES: tuple[tuple[str, dict[str, Any]], ...] = (
+    (f"/meshes/{MESH}", MESH_DOC),
+    (f"/meshes/{MESH}/meshtrafficpermissions/{ALLOW_ALL['name']}", ALLOW_ALL),
+)
 
 
 class LabError(Exception):
@@ -167,13 +176,13 @@ class Supervisor:
 
     def cp_argv(self, cp: ControlPlane) -> list[str]:
         argv = [
-            python(), "-m", "zonemesh.cp", "run", "--mode", cp.mode, "--store", "sqlite",
+            *python_module("zonemesh.cp"), "run", "--mode", cp.mode, "--store", "sqlite",
             "--data-dir", str(self.dir / cp.name),
             "--api-address", "127.0.0.1", "--api-port", str(cp.api),
             "--diagnostics-address", "127.0.0.1", "--diagnostics-port", str(cp.diagnostics),
         ]  # fmt: skip
         if cp.mode == "global":
-            return [*argv, "--kds-address", "127.0.0.1", "--kds-port", str(cp.grpc)]
+            return [*argv, "--kds-address", "127.0.0.1", "--kds-port", str(cp.grpc), "--defaults-skip-mesh-creation"]
         return [
             *argv,
             "--zone", cp.name,
@@ -198,11 +207,25 @@ class Supervisor:
         cp = self.topo.global_cp
         await self.launch(cp.name, self.cp_argv(cp))
         await self.wait_for("global to be ready", lambda: self.cp_ready(cp))
-        for doc in (MESH_DOC, ALLOW_ALL):
-            path = f"/meshes/{MESH}" if doc["type"] == "Mesh" else f"/meshes/{MESH}/meshtrafficpermissions/allow-all"
-            status, body = await self.request("PUT", cp.api_url + path, doc)
+        await self.ensure_lab_resources(cp.api_url)
+
+    async def ensure_lab_resources(self, api_url: str) -> list[str]:
+        """Create each of LAB_RESOURCES that global does not have; keep those it has, as they are.
+        Returns the API paths it created."""
+        created = []
+        for path, doc in LAB_RESOURCES:
+            status, body = await self.request("GET", api_url + path)
+            if status == 200:
+                log.info("lab_resource_kept", path=path)
+                continue
+            if status != 404:
+                raise LabError(f"global answered GET {path} with {status}: {body}")
+            status, body = await self.request("PUT", api_url + path, doc)
             if status not in (200, 201):
                 raise LabError(f"global refused {doc['type']} {doc['name']}: {body}")
+            log.info("lab_resource_created", path=path)
+            created.append(path)
+        return created
 
     async def issue_zone_token(self, zone: str, scope: list[str] | None = None, valid_for: str = "") -> str:
         body: dict[str, Any] = {"zone": zone, "validFor": valid_for or ZONE_TOKEN_VALIDITY}
@@ -244,7 +267,7 @@ class Supervisor:
 
     def dp_argv(self, cp: ControlPlane, name: str, token: Path, readiness: int, resource: dict[str, Any]) -> list[str]:
         return [
-            python(), "-m", "zonemesh.dp.main", "run",
+            *python_module("zonemesh.dp.main"), "run",
             "--cp-address", f"https://127.0.0.1:{cp.grpc}",
             "--name", name, "--mesh", MESH,
             "--dataplane-inline", json.dumps(resource),
@@ -270,7 +293,7 @@ class Supervisor:
 
     async def start_workload(self, work: Workload) -> None:
         cp = self.topo.zone(work.zone)
-        app = [python(), "-m", "zonemesh.lab.demo_app", "--service", work.service, "--zone", work.zone]
+        app = python_module("zonemesh.lab.demo_app", "--service", work.service, "--zone", work.zone)
         app += ["--port", str(work.app_port)] + (["--upstream", work.upstream] if work.upstream else [])
         await self.launch(f"{work.name}-app", app)
         token = await self.dataplane_token(cp, work.name)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -165,8 +164,3 @@ def plan(directory: Path, zones: int = 2, port_base: int = 0) -> Topology:
         ),
     )
     return Topology(directory, global_cp, zone_cps, proxies, workloads, control)
-
-
-def python() -> str:
-    """The interpreter that runs the lab runs its parts, so a venv install needs no PATH setup."""
-    return sys.executable
