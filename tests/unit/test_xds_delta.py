@@ -21,6 +21,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from prometheus_client import REGISTRY as METRICS
 from zonemesh.shared.config import Config
 from zonemesh.shared.store import Store
+from zonemesh.zone_cp.xds import server as server_module
 from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotCache, TypeSnapshot, resource_version
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, encode_any
@@ -381,3 +382,21 @@ async def test_state_of_the_world_and_delta_streams_side_by_side(ads: Ads) -> No
     assert len(again.resources) == 2  # State of the World: the whole type again
     assert set(sent(await delta.receive())) == {"b"}  # delta: what changed
     sotw.cancel()
+
+
+async def test_a_stream_that_subscribes_to_too_many_names_is_ended(ads: Ads, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each request is bounded by gRPC's message size; their sum is not: a (compromised) proxy
+    # adding names request after request would grow the server's memory without end.
+    monkeypatch.setattr(server_module, "MAX_SUBSCRIBED", 5)
+    ads.cache.set_snapshot(NODE, snapshot({}, {"x": 1}))
+    envoy = ads.envoy()
+    await envoy.send(ENDPOINT, subscribe=["x", "a1", "a2"])
+    await envoy.ack(await envoy.receive())
+    await envoy.send(ENDPOINT, subscribe=["a3", "a4"])  # 5: still within
+    with structlog.testing.capture_logs() as logs:
+        await envoy.send(ENDPOINT, subscribe=["a5"])
+        async with asyncio.timeout(2.0):
+            status = await envoy.call.code()
+    assert status is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "more than 5 resources of endpoints subscribed" in await envoy.call.details()
+    assert [e["count"] for e in logs if e["event"] == "xds_too_many_subscriptions"] == [6]

@@ -399,6 +399,11 @@ class _Stream(_StreamBase):
 # unanswered responses of one type, the oldest is forgotten (a late reply to it is ignored).
 MAX_UNANSWERED = 64
 
+# Subscriptions add up over a delta stream's requests (each is bounded by gRPC's message size,
+# their sum is not): a stream that subscribes to more names of one type than any proxy's config
+# holds, or names more resources it has, is ended rather than let the server's memory grow.
+MAX_SUBSCRIBED = 100_000
+
 # Subscribing to this name (or unsubscribing from it) turns the wildcard on (off).
 WILDCARD = "*"
 
@@ -469,6 +474,14 @@ class _DeltaStream(_StreamBase):
             if self.ended.done():
                 return
         self._subscribe(state, request, fresh)
+        if len(state.names) > MAX_SUBSCRIBED or len(state.known) > MAX_SUBSCRIBED:
+            count = max(len(state.names), len(state.known))
+            log.warning("xds_too_many_subscriptions", proxy=self.info.identity.key, type_url=type_url, count=count)
+            self.end(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"more than {MAX_SUBSCRIBED} resources of {SHORT_NAMES[type_url]} subscribed or held on one stream",
+            )
+            return
         if fresh and type_url == ENDPOINT and self._warming:
             state.owed = {name for name in self._warming if state.wildcard or name in state.names}
             self._warming.clear()
