@@ -124,7 +124,10 @@ async def test_a_mesh_wide_change_causes_no_insight_write_of_its_own(proxies: in
 
 
 async def test_the_ack_hook_never_touches_the_store() -> None:
-    store, recorder, streams = await recorder_with(20)
+    store = CountingStore()
+    await ResourceManager(store).ensure_default_mesh()
+    recorder = InsightRecorder(ResourceManager(store), "cp-test")
+    streams = [StreamInfo(i, ProxyIdentity("default", f"web-{i}"), base_pb2.Node(), "peer") for i in range(20)]
     await connect(recorder, streams)
     reads, writes = store.reads, len(store.writes)
     await change(recorder, streams, "v2")
