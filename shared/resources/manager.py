@@ -179,6 +179,7 @@ class ResourceManager:
         kept: builtins.list[Resource] = []  # (``list`` is a method of this class)
         homeless: builtins.list[Resource] = []
         for res in resources:
+            self._check_labels(res)
             rtype = REGISTRY.get(res.type)
             errors = rtype.write_check(res) if rtype.write_check is not None else []
             if errors:
