@@ -4,8 +4,16 @@ Fed by the xDS server's hooks (stream open/close, ACK, NACK) and by the certific
 State is kept in memory per proxy and written to the store as ``DataplaneInsight`` resources
 (Kuma's shape: ``subscriptions[]`` with connect/disconnect time, control plane instance id and
 per-type ACK/NACK counters, the last NACK's error and the policies it is due to (``lastError``,
-``lastErrorPolicies``: zone_cp/xds/nacks.py), plus ``mTLS`` with the certificate expiry) at most once per flush
-interval per proxy, so a burst of ACKs costs one write.
+``lastErrorPolicies``: zone_cp/xds/nacks.py), plus ``mTLS`` with the certificate expiry).
+
+Nothing proportional to the number of proxies happens after a change is delivered: an ACK only
+moves counters in memory (no store access: ACKs are never queued behind persistence). Insights
+are written in batches of at most ``batch_size`` (one store batch each, an etcd transaction), at
+most one batch per ``flush_interval``, and first after a burst of ACKs is over. What says
+something new about a proxy (a stream opened or closed, a NACK, the ACK that follows one, the
+first ACK of a type, a certificate) is written in the next batch; an ACK that only moves the
+counters waits up to ``refresh_interval``, so a mesh-wide change costs no insight write by
+itself, and however often changes come, insight writes stay within one batch per flush interval.
 
 Read them at ``/meshes/{mesh}/dataplane-insights/{name}`` and, joined with the Dataplanes,
 at ``/meshes/{mesh}/dataplanes+insights`` (shared/api/overview.py, on global too).
@@ -27,13 +35,14 @@ from zonemesh.shared.ca.builtin import WorkloadCert
 from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.model import Resource, format_time, now
 from zonemesh.shared.resources.types.dataplane import dataplane_tags
-from zonemesh.shared.store import Conflict
 from zonemesh.zone_cp.xds.resources import SHORT_NAMES
 
 log = structlog.get_logger(__name__)
 
 SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 QUIET_SECONDS = 0.2  # no ACK for this long: a burst of pushes is over, insights may be written
+BATCH_SIZE = 100  # insights per store write
+REFRESH_SECONDS = 10.0  # how long an ACK that only moves the counters may wait to be written
 MAX_SUBSCRIPTIONS = 5  # older connections of a proxy are dropped from its insight
 MAX_ERROR = 1000  # characters of a NACK's error kept in the insight (the log has all of it)
 
@@ -113,6 +122,7 @@ class _ProxyState:
     subscriptions: list[_Subscription] = field(default_factory=list)
     versions: dict[str, Any] = field(default_factory=dict)
     mtls: dict[str, Any] = field(default_factory=dict)
+    mtls_stale: bool = False  # a certificate was ACKed: read which one when the insight is written
 
     def subscription(self, stream_id: int) -> _Subscription | None:
         for sub in reversed(self.subscriptions):  # a plain loop: this runs on every ACK
@@ -121,8 +131,12 @@ class _ProxyState:
         return None
 
 
+Key = tuple[str, str]  # (mesh, name)
+
+
 class InsightRecorder:
-    """Collects per-proxy xDS facts and flushes them to DataplaneInsight resources."""
+    """Collects per-proxy xDS facts in memory and writes them to DataplaneInsight resources in
+    bounded batches at a bounded rate."""
 
     def __init__(
         self,
@@ -130,13 +144,22 @@ class InsightRecorder:
         instance_id: str,
         flush_interval: float = 1.0,
         attribute: Callable[[str, str, str], list[str]] | None = None,
+        batch_size: int = BATCH_SIZE,
+        refresh_interval: float = REFRESH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.manager = manager
         self.attribute = attribute  # which policies a NACK is due to (zone_cp/xds/nacks.py)
         self.instance_id = instance_id
         self.flush_interval = flush_interval
-        self._proxies: dict[tuple[str, str], _ProxyState] = {}
-        self._dirty: set[tuple[str, str]] = set()
+        self.batch_size = batch_size
+        self.refresh_interval = refresh_interval
+        self.clock = clock
+        self._proxies: dict[Key, _ProxyState] = {}
+        # To be written: in the next batch (in the order they came), or once due (``clock()`` time;
+        # in the order they came too, so the first is the first due).
+        self._urgent: dict[Key, None] = {}
+        self._deferred: dict[Key, float] = {}
         self._wake = asyncio.Event()
         self._last_touch = 0.0
         self._certs: dict[tuple[str, str], tuple[WorkloadCert, int, str]] = {}  # (cert, regenerations, backend)
@@ -148,9 +171,25 @@ class InsightRecorder:
         return state
 
     def _touch(self, mesh: str, name: str) -> None:
-        self._dirty.add((mesh, name))
+        """Something new about the proxy: written in the next batch."""
+        key = (mesh, name)
+        self._deferred.pop(key, None)
+        self._urgent[key] = None
         self._last_touch = time.time()
         self._wake.set()
+
+    def _defer(self, key: Key) -> None:
+        """Only counters moved: written within ``refresh_interval`` (or with something new before)."""
+        if key in self._urgent or key in self._deferred:
+            return
+        self._deferred[key] = self.clock() + self.refresh_interval
+        if len(self._deferred) == 1:
+            self._wake.set()  # the writer may be waiting with no due time
+
+    @property
+    def pending(self) -> int:
+        """Insights waiting to be written."""
+        return len(self._urgent) + len(self._deferred)
 
     # -- xDS hooks (signatures of zone_cp.xds.server.Callbacks) ---------------------------
 
@@ -171,14 +210,15 @@ class InsightRecorder:
         self._touch(state.mesh, state.name)
 
     async def ack(self, info: Any, type_url: str, version: str) -> None:
-        # Every ACK of every proxy comes here (2,000 per mesh-wide change): counters only, no
-        # allocation unless something is new; the document is built when it is written.
+        # Every ACK of every proxy comes here (2,000 per mesh-wide change): counters in memory
+        # only, no store access, no allocation unless something is new.
         key = (info.identity.mesh, info.identity.name)
         state = self._proxies.get(key) or self._state(*key)
         sub = state.subscription(info.stream_id)
         if sub is None:
             return
         stats = sub.stats.get(type_url)
+        news = stats is None or stats.last_rejected  # its first ACK of the type, or the end of a NACK
         if stats is None:
             stats = sub.stats[type_url] = _TypeStats()
         stats.acked += 1
@@ -186,9 +226,12 @@ class InsightRecorder:
         sub.acked_versions[type_url] = version
         sub.last_update = self._last_touch = time.time()
         if type_url == SECRET_TYPE_URL:
-            await self._record_mtls(state)
-        self._dirty.add(key)
-        self._wake.set()
+            state.mtls_stale = True
+            news = True
+        if news:
+            self._touch(*key)
+        else:
+            self._defer(key)
 
     async def nack(self, info: Any, type_url: str, version: str, error: str) -> None:
         state = self._state(info.identity.mesh, info.identity.name)
@@ -227,7 +270,7 @@ class InsightRecorder:
         for sub in state.subscriptions:
             if sub.disconnect_time is None:
                 sub.disconnect_time = now()
-        await self._flush_one((mesh, name))
+        await self._write([(mesh, name)])
 
     def cert_issued(self, mesh: str, service: str, cert: WorkloadCert, backend: str) -> None:
         previous = self._certs.get((mesh, service))
@@ -237,6 +280,7 @@ class InsightRecorder:
         self._certs[(mesh, service)] = (cert, regenerations, backend)
 
     async def _record_mtls(self, state: _ProxyState) -> None:
+        state.mtls_stale = False
         dataplane = await self.manager.store.find("Dataplane", state.name, state.mesh)
         if dataplane is None:
             return
@@ -264,23 +308,52 @@ class InsightRecorder:
             spec["mTLS"] = state.mtls
         return spec
 
-    async def _flush_one(self, key: tuple[str, str]) -> None:
-        self._dirty.discard(key)
-        mesh, name = key
-        spec = self.document(mesh, name)
-        for _ in range(3):  # Conflict: someone else (a previous CP instance) wrote it: read and retry
-            try:
-                await self.manager.apply(Resource(type="DataplaneInsight", name=name, mesh=mesh, spec=spec))
-                return
-            except Conflict:
-                continue
-            except Exception as exc:  # a missing mesh, a store outage: keep serving, retry next flush
-                log.warning("dataplane_insight_write_failed", mesh=mesh, name=name, error=str(exc))
-                return
+    def _take(self, everything: bool = False) -> list[Key]:
+        """The next batch: what is new first, then what is due (everything pending: all of it)."""
+        batch: list[Key] = []
+        while self._urgent and len(batch) < self.batch_size:
+            key = next(iter(self._urgent))
+            del self._urgent[key]
+            batch.append(key)
+        moment = self.clock()
+        while self._deferred and len(batch) < self.batch_size:
+            key, due = next(iter(self._deferred.items()))
+            if due > moment and not everything:
+                break
+            del self._deferred[key]
+            batch.append(key)
+        return batch
+
+    async def _write(self, keys: list[Key]) -> None:
+        """One store batch with the insights of ``keys``."""
+        for key in keys:  # no longer waiting (an unregistration writes at once)
+            self._urgent.pop(key, None)
+            self._deferred.pop(key, None)
+        resources = []
+        for mesh, name in keys:
+            state = self._state(mesh, name)
+            if state.mtls_stale:  # a certificate ACK: which certificate is on the Dataplane's services
+                await self._record_mtls(state)
+            resources.append(Resource(type="DataplaneInsight", name=name, mesh=mesh, spec=self.document(mesh, name)))
+        try:
+            for res in await self.manager.upsert_batch(resources):
+                log.debug("dataplane_insight_mesh_gone", mesh=res.mesh, name=res.name)
+        except Exception as exc:  # a store outage: keep serving, try again when they are due
+            log.warning("dataplane_insights_write_failed", count=len(keys), error=str(exc))
+            for key in keys:
+                self._defer(key)
+
+    async def flush_due(self) -> int:
+        """Write one batch of what is new or due; how many insights it held."""
+        batch = self._take()
+        if batch:
+            await self._write(batch)
+        return len(batch)
 
     async def flush(self) -> None:
-        for key in list(self._dirty):
-            await self._flush_one(key)
+        """Write everything pending now (in batches)."""
+        while batch := self._take(everything=True):
+            await self._write(batch)
 
     async def _quiet(self, limit: float) -> None:
         """Wait until no ACK came for QUIET_SECONDS, at most ``limit`` seconds."""
@@ -290,22 +363,30 @@ class InsightRecorder:
                 return
             await asyncio.sleep(step)
 
+    async def _until_due(self) -> None:
+        """Wait until something is new, or the first deferred insight is due."""
+        self._wake.clear()
+        if self._urgent:
+            return
+        timeout = None
+        if self._deferred:
+            timeout = max(0.0, next(iter(self._deferred.values())) - self.clock())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
+            await self._until_due()
             # Let the burst that woke us finish first: after a mesh-wide change every proxy ACKs
             # within a few seconds, and writing insights meanwhile would slow those very pushes.
             # So wait for the interval, then for a quiet moment (bounded: 5 intervals in all).
             await asyncio.sleep(self.flush_interval)
             await self._quiet(4 * self.flush_interval)
-            self._wake.clear()
-            # Writing 2,000 insights takes seconds; a push that starts meanwhile (the next
-            # change) gets the loop back: pause between writes while ACKs flow, each pause
-            # bounded so insights still reach the store during a long stream of changes.
-            for key in list(self._dirty):
+            # One batch per interval, each after a quiet moment (bounded: a long stream of changes
+            # still lets insights reach the store).
+            while await self.flush_due():
+                await asyncio.sleep(self.flush_interval)
                 await self._quiet(self.flush_interval)
-                if key in self._dirty:  # not written meanwhile (an unregistration)
-                    await self._flush_one(key)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[InsightRecorder]:
@@ -321,7 +402,7 @@ class InsightRecorder:
                 for sub in state.subscriptions:
                     if sub.disconnect_time is None:
                         sub.disconnect_time = now()
-                        self._dirty.add((state.mesh, state.name))
+                        self._touch(state.mesh, state.name)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.flush(), timeout=5)
 

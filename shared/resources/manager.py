@@ -10,6 +10,8 @@ its default policies (seed 002), deleting a mesh deletes everything it owns.
 
 from __future__ import annotations
 
+import builtins
+from collections.abc import Sequence
 from enum import StrEnum
 
 import structlog
@@ -168,6 +170,35 @@ class ResourceManager:
         self.check_owned(existing)
         res.version = existing.version if version is None else version
         return await self.update(res), False
+
+    async def upsert_batch(self, resources: Sequence[Resource]) -> Sequence[Resource]:
+        """Create or update ``resources`` in one store batch, without version checks: for what the
+        control plane alone writes (insights), many at a time. Each mesh is looked up once; the
+        resources whose mesh does not exist are left out and returned."""
+        meshes: dict[str, Resource | None] = {}
+        kept: builtins.list[Resource] = []  # (``list`` is a method of this class)
+        homeless: builtins.list[Resource] = []
+        for res in resources:
+            self._check_labels(res)
+            rtype = REGISTRY.get(res.type)
+            errors = rtype.write_check(res) if rtype.write_check is not None else []
+            if errors:
+                raise ValidationError(errors)
+            if rtype.scope is Scope.MESH:
+                if res.mesh not in meshes:
+                    meshes[res.mesh] = await self.store.find("Mesh", res.mesh)
+                mesh = meshes[res.mesh]
+                if mesh is None:
+                    homeless.append(res)
+                    continue
+                errors = rtype.mesh_check(res, mesh) if rtype.mesh_check is not None else []
+                if errors:
+                    raise ValidationError(errors)
+            self._stamp(res)
+            kept.append(res)
+        if kept:
+            await self.store.batch(upserts=kept)
+        return homeless
 
     async def delete(self, type: str, name: str, mesh: str = "", *, version: int | None = None) -> Resource:
         self.check_owned(await self.store.get(type, name, mesh))

@@ -21,7 +21,7 @@ import structlog
 
 from zonemesh.dp import main as dp_main
 from zonemesh.dp.admin import AdminAddress
-from zonemesh.dp.agent import EXIT_FAILURE, EXIT_USAGE
+from zonemesh.dp.agent import EXIT_FAILURE, EXIT_USAGE, AgentError, AgentOptions, prepare
 from zonemesh.dp.bootstrap import BootstrapParams, build_bootstrap
 from zonemesh.dp.envoy import EnvoyCrashLoop, EnvoySupervisor, SupervisorSettings
 
@@ -87,6 +87,24 @@ def test_bootstrap_names_the_node_and_carries_the_token_as_metadata() -> None:
     assert boot["node"]["id"] == "default.web-1"
     assert '"Bearer tok"' in text and "/ca.pem" in text
     assert boot["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+
+
+def test_bootstrap_speaks_delta_xds_unless_sotw_is_asked_for(tmp_path: Path) -> None:
+    params = BootstrapParams("default", "web-1", "web", "127.0.0.1", 5678, "/ca.pem", "tok", 9901)
+    assert build_bootstrap(params)["dynamic_resources"]["ads_config"]["api_type"] == "DELTA_GRPC"
+    sotw = dataclasses.replace(params, xds_protocol="sotw")
+    assert build_bootstrap(sotw)["dynamic_resources"]["ads_config"]["api_type"] == "GRPC"
+    args = dp_main.build_parser().parse_args(run(tmp_path, "--dataplane-inline", DATAPLANE))
+    assert args.xds_protocol == "delta"
+    with pytest.raises(SystemExit) as exc:
+        dp_main.main(run(tmp_path, "--dataplane-inline", DATAPLANE, "--xds-protocol", "rest"))
+    assert exc.value.code == EXIT_USAGE
+    with pytest.raises(ValueError, match="choose among delta, sotw"):
+        build_bootstrap(dataclasses.replace(params, xds_protocol="rest"))
+    options = AgentOptions("https://127.0.0.1:1", "web-1", "default", str(tmp_path / "token"), xds_protocol="rest")
+    with pytest.raises(AgentError, match="--xds-protocol must be delta or sotw") as refused:
+        prepare(options, tmp_path / "work")
+    assert refused.value.code == EXIT_USAGE
 
 
 def test_bootstrap_admin_is_a_0600_unix_socket_unless_a_tcp_port_is_asked_for() -> None:

@@ -1,6 +1,7 @@
 """Open xDS streams answer for their credential, over real gRPC + TLS on 127.0.0.1: a token's exp
 closes its stream, a revocation or a removed signing key closes the streams it affects (and only
-those), and before authentication a stream may neither stay silent for long nor pile up.
+those), and before authentication a stream may neither stay silent for long nor pile up. Every
+test runs with State of the World and with delta ADS streams.
 (tests/e2e/test_stream_credentials.py runs the same with real Envoys.)"""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -33,7 +35,12 @@ from zonemesh.zone_cp.xds.proxy import ProxyIdentity
 from zonemesh.zone_cp.xds.resources import CLUSTER
 from zonemesh.zone_cp.xds.server import Callbacks, TlsFiles, XdsServer
 
-ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
+# per protocol: the ADS method and its request type
+PROTOCOLS: dict[str, tuple[str, Any]] = {
+    "sotw": ("StreamAggregatedResources", discovery_pb2.DiscoveryRequest),
+    "delta": ("DeltaAggregatedResources", discovery_pb2.DeltaDiscoveryRequest),
+}
 REGISTER = "/zonemesh.dataplane.v1.DataplaneRegistration/Register"
 AUTH_TIMEOUT = 1.0
 LIMIT = 2
@@ -44,24 +51,32 @@ class Zone:
     store: MemoryStore
     server: XdsServer
     channel: grpc.aio.Channel
+    protocol: str
+
+    @property
+    def request_type(self) -> Any:
+        return PROTOCOLS[self.protocol][1]
+
+    def first_request(self, node_id: str) -> Any:
+        request = self.request_type(type_url=CLUSTER)
+        request.node.id = node_id
+        return request
 
     async def token(self, name: str, valid_for: float = 3600, mesh: str = "default") -> str:
         return await dptokens.issue(self.store, dptokens.DataplaneClaims(mesh=mesh, name=name), valid_for)
 
     def call(self, token: str | None = None) -> grpc.aio.StreamStreamCall:
         return self.channel.stream_stream(
-            ADS,
-            request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
-            response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
+            ADS + PROTOCOLS[self.protocol][0],
+            request_serializer=self.request_type.SerializeToString,
+            response_deserializer=bytes,
         )(metadata=(("authorization", f"Bearer {token}"),) if token else ())
 
     async def open(self, token: str, node_id: str) -> grpc.aio.StreamStreamCall:
         """An admitted ADS stream (its open hook ran)."""
         opened = len(self.server.servicer._streams)
         call = self.call(token)
-        request = discovery_pb2.DiscoveryRequest(type_url=CLUSTER)
-        request.node.id = node_id
-        await call.write(request)
+        await call.write(self.first_request(node_id))
         for _ in range(100):
             if len(self.server.servicer._streams) > opened:
                 return call
@@ -84,8 +99,8 @@ async def still_open(call: grpc.aio.StreamStreamCall, during: float = 0.5) -> bo
     return not call.done()
 
 
-@pytest.fixture
-async def zone(tmp_path: Path) -> AsyncIterator[Zone]:
+@pytest.fixture(params=tuple(PROTOCOLS))
+async def zone(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Zone]:
     store = MemoryStore()
     manager = ResourceManager(store)
     await manager.ensure_default_mesh()
@@ -103,7 +118,7 @@ async def zone(tmp_path: Path) -> AsyncIterator[Zone]:
     async with server, watch.running():
         creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
         async with grpc.aio.secure_channel(f"127.0.0.1:{server.port}", creds) as channel:
-            yield Zone(store, server, channel)
+            yield Zone(store, server, channel, request.param)
 
 
 def secret(mesh: str, name: str, data: bytes) -> Resource:
@@ -147,9 +162,7 @@ async def test_revocation_closes_that_stream_only(zone: Zone) -> None:
     ]
     # A new stream with the revoked token is refused at once.
     call = zone.call(revoked)
-    request = discovery_pb2.DiscoveryRequest(type_url=CLUSTER)
-    request.node.id = "default.web-1"
-    await call.write(request)
+    await call.write(zone.first_request("default.web-1"))
     assert (await ended(call, within=2))[0] is grpc.StatusCode.UNAUTHENTICATED
     calls["web-2"].cancel()
 
@@ -213,7 +226,8 @@ async def test_a_silent_stream_is_dropped_at_the_deadline(zone: Zone) -> None:
     with structlog.testing.capture_logs() as logs:
         code, details, took = await ended(call, within=AUTH_TIMEOUT + 2)
     assert code is grpc.StatusCode.DEADLINE_EXCEEDED
-    assert details == f"no DiscoveryRequest within {AUTH_TIMEOUT:g}s of opening the stream (auth_timeout)"
+    what = zone.request_type.__name__  # DiscoveryRequest, DeltaDiscoveryRequest
+    assert details == f"no {what} within {AUTH_TIMEOUT:g}s of opening the stream (auth_timeout)"
     assert took >= AUTH_TIMEOUT - 0.2
     assert any(e["event"] == "xds_auth_timeout" for e in logs)
 

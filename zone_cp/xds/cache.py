@@ -1,15 +1,21 @@
 """The snapshot cache: versioned, consistent per-proxy snapshots and the watches on them.
 
-As in go-control-plane, the gRPC servicer knows only ``create_watch`` (returning a cancel
-function); the reconciler only ``set_snapshot``. A version is a content hash, so it is
-stable across control plane restarts: an Envoy that reconnects with the version it already
-has gets nothing re-sent.
+As in go-control-plane, the gRPC servicer knows only ``create_watch`` (State of the World) and
+``create_delta_watch`` (incremental), each returning a cancel function; the reconciler only
+``set_snapshot``. Versions are content hashes, so they are stable across control plane restarts:
+an Envoy that reconnects with the versions it already has gets nothing re-sent.
+
+Each resource has its own version (a hash of its encoded bytes, computed once per round per
+message and shared by every proxy holding it); a type's version is a hash of its resources'
+names and versions. For delta xDS the cache answers a watch with the difference between the
+proxy's snapshot and what the proxy has (go-control-plane's ``createDeltaResponse``): the
+resources whose version differs, and the names it has that are gone.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import NamedTuple, Protocol
@@ -27,11 +33,32 @@ from zonemesh.zone_cp.xds.resources import (
 log = structlog.get_logger(__name__)
 
 
+def resource_version(encoded: bytes) -> str:
+    """The version of one resource (its encoded ``Any``) in delta xDS: a hash of its bytes."""
+    return hashlib.blake2b(encoded, digest_size=8).hexdigest()
+
+
 @dataclass(frozen=True)
 class TypeSnapshot:
     version: str
     resources: Mapping[str, bytes]  # name -> encoded google.protobuf.Any
     _bodies: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
+    # name -> resource_version(bytes), when whoever built this already knows them (SnapshotBuilder)
+    _versions: Mapping[str, str] | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, resources: Mapping[str, bytes], versions: Mapping[str, str] | None = None) -> TypeSnapshot:
+        """The snapshot of ``resources``, its version derived from theirs (``versions``, if known)."""
+        if versions is None:
+            versions = {name: resource_version(data) for name, data in resources.items()}
+        return cls(_version(versions), resources, _versions=versions)
+
+    @cached_property
+    def versions(self) -> Mapping[str, str]:
+        """Per resource name, its version (delta xDS). Computed once; proxies share TypeSnapshots."""
+        if self._versions is not None:
+            return self._versions
+        return {name: resource_version(data) for name, data in self.resources.items()}
 
     def response_body(self, type_url: str) -> bytes:
         """A DiscoveryResponse with all the resources, but for its nonce, encoded once: proxies
@@ -51,11 +78,12 @@ class TypeSnapshot:
         return frozenset(self.resources)
 
 
-def _version(resources: Mapping[str, bytes]) -> str:
-    parts: list[bytes] = []
-    for name in sorted(resources):
-        parts += (name.encode(), b"\0", resources[name])
-    return hashlib.blake2b(b"".join(parts), digest_size=8).hexdigest()
+def _version(versions: Mapping[str, str]) -> str:
+    """A type's version from its resources' (hashing their hashes, not their bytes again)."""
+    digest = hashlib.blake2b(digest_size=8)
+    for name in sorted(versions):
+        digest.update(f"{name}\0{versions[name]}\0".encode())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -84,7 +112,7 @@ class Snapshot:
         types: dict[str, TypeSnapshot] = {}
         for type_url in PUSH_ORDER:
             items = {name: encoded(type_url, msg) for name, msg in resources.by_type[type_url].items()}
-            types[type_url] = TypeSnapshot(_version(items), items)
+            types[type_url] = TypeSnapshot.of(items)
         return cls(types, changed_at, resources.applied, _patched_by(resources))
 
     def version(self, type_url: str) -> str:
@@ -107,15 +135,19 @@ class SnapshotBuilder:
     held for the round so that their ids stay unique."""
 
     def __init__(self) -> None:
-        self._encoded: dict[int, tuple[Message, bytes]] = {}
+        self._encoded: dict[int, tuple[Message, bytes, str]] = {}  # id -> (message, Any bytes, version)
         self._typed: dict[tuple[str, tuple[str, ...], tuple[int, ...]], TypeSnapshot] = {}
         self._by_dict: dict[tuple[str, int], tuple[dict[str, Message], TypeSnapshot]] = {}
 
-    def encode(self, type_url: str, message: Message) -> bytes:
+    def _encoded_once(self, type_url: str, message: Message) -> tuple[Message, bytes, str]:
         hit = self._encoded.get(id(message))
         if hit is None:
-            hit = self._encoded[id(message)] = (message, encode_any(type_url, message))
-        return hit[1]
+            data = encode_any(type_url, message)
+            hit = self._encoded[id(message)] = (message, data, resource_version(data))
+        return hit
+
+    def encode(self, type_url: str, message: Message) -> bytes:
+        return self._encoded_once(type_url, message)[1]
 
     def _typed_snapshot(self, type_url: str, by_name: dict[str, Message]) -> TypeSnapshot:
         shared = self._by_dict.get((type_url, id(by_name)))
@@ -124,8 +156,10 @@ class SnapshotBuilder:
         key = (type_url, tuple(by_name), tuple(map(id, by_name.values())))
         typed = self._typed.get(key)
         if typed is None:
-            items = {name: self.encode(type_url, msg) for name, msg in by_name.items()}
-            typed = self._typed[key] = TypeSnapshot(_version(items), items)
+            items, versions = {}, {}
+            for name, msg in by_name.items():
+                _, items[name], versions[name] = self._encoded_once(type_url, msg)
+            typed = self._typed[key] = TypeSnapshot.of(items, versions)
         self._by_dict[(type_url, id(by_name))] = (by_name, typed)
         return typed
 
@@ -156,13 +190,42 @@ class WatchResponse(NamedTuple):
     body: bytes = b""  # when not empty: the encoded response without its nonce (resources included)
 
 
+class DeltaWatchRequest(NamedTuple):
+    """What a delta (incremental) xDS stream has of one type, and wants."""
+
+    node: str  # cache key of the proxy
+    type_url: str
+    wildcard: bool  # all resources of the type (LDS, CDS), plus ``names``
+    names: frozenset[str]  # subscribed by name
+    # name -> version the proxy has (ACKed, sent and not answered yet, or refused): nothing is
+    # re-sent at that version. Read when the watch is answered; the stream replaces the watch
+    # whenever it changes this otherwise.
+    known: Mapping[str, str]
+    force: frozenset[str] = frozenset()  # send these even when unchanged (clusters warming on them)
+    reply_if_empty: bool = False  # answer at once even with nothing to send (a fresh wildcard waits for one)
+
+
+class DeltaWatchResponse(NamedTuple):
+    type_url: str
+    system_version: str  # the type's version in the snapshot the diff was taken from
+    resources: Sequence[tuple[str, str, bytes]]  # (name, version, encoded Any): new or changed
+    removed: Sequence[str]  # names the proxy has that are no longer there (or no longer subscribed)
+    changed_at: float | None
+
+
 Respond = Callable[[WatchResponse], None]
+DeltaRespond = Callable[[DeltaWatchResponse], None]
 Cancel = Callable[[], None]
 
 
 class ConfigWatcher(Protocol):
     def create_watch(self, request: WatchRequest, respond: Respond) -> Cancel:
         """Call ``respond`` (now, or when a newer snapshot is set) once; cancel to stop waiting."""
+        ...
+
+    def create_delta_watch(self, request: DeltaWatchRequest, respond: DeltaRespond) -> Cancel:
+        """Call ``respond`` once, as soon as the proxy's snapshot differs from what it has
+        (``request.known``), or at once when ``request.reply_if_empty``; cancel to stop waiting."""
         ...
 
 
@@ -176,10 +239,16 @@ class _Watch:
     respond: Respond
 
 
+@dataclass
+class _DeltaWatch:
+    request: DeltaWatchRequest
+    respond: DeltaRespond
+
+
 _PUSH_RANK = {type_url: rank for rank, type_url in enumerate(PUSH_ORDER)}
 
 
-def _push_rank(item: tuple[int, _Watch]) -> int:
+def _push_rank(item: tuple[int, _Watch | _DeltaWatch]) -> int:
     return _PUSH_RANK.get(item[1].request.type_url, len(PUSH_ORDER))
 
 
@@ -189,17 +258,28 @@ class SnapshotCache:
 
     _snapshots: dict[str, Snapshot] = field(default_factory=dict)
     _watches: dict[str, dict[int, _Watch]] = field(default_factory=dict)
+    _delta_watches: dict[str, dict[int, _DeltaWatch]] = field(default_factory=dict)
     _next_id: int = 0
 
     def set_snapshot(self, node: str, snapshot: Snapshot) -> None:
         self._snapshots[node] = snapshot
         watches = self._watches.get(node)
-        if not watches:
-            return
-        # Answer in push order (clusters before listeners) so Envoy can warm them.
-        for watch_id, watch in sorted(watches.items(), key=_push_rank):
-            if self._answer(watch.request, watch.respond, snapshot):
-                del watches[watch_id]
+        if watches:
+            # Answer in push order (clusters before listeners) so Envoy can warm them.
+            for watch_id, watch in sorted(watches.items(), key=_push_rank):
+                if self._answer(watch.request, watch.respond, snapshot):
+                    del watches[watch_id]
+        delta = self._delta_watches.get(node)
+        if delta:
+            # A response may make its stream replace another of its watches (the endpoints a
+            # cluster update leaves warming): answer only those still open when their turn comes.
+            for delta_id, delta_watch in sorted(delta.items(), key=_push_rank):
+                if delta.get(delta_id) is delta_watch and self._answer_delta(
+                    delta_watch.request, delta_watch.respond, snapshot
+                ):
+                    delta.pop(delta_id, None)
+            if not delta and self._delta_watches.get(node) is delta:
+                del self._delta_watches[node]
 
     def clear_snapshot(self, node: str) -> None:
         self._snapshots.pop(node, None)
@@ -226,6 +306,46 @@ class SnapshotCache:
                     del self._watches[request.node]
 
         return cancel
+
+    def create_delta_watch(self, request: DeltaWatchRequest, respond: DeltaRespond) -> Cancel:
+        snapshot = self._snapshots.get(request.node)
+        if snapshot is not None and self._answer_delta(request, respond, snapshot):
+            return _noop
+        self._next_id += 1
+        watch_id = self._next_id
+        self._delta_watches.setdefault(request.node, {})[watch_id] = _DeltaWatch(request, respond)
+
+        def cancel() -> None:
+            watches = self._delta_watches.get(request.node)
+            if watches is not None:
+                watches.pop(watch_id, None)
+                if not watches:
+                    del self._delta_watches[request.node]
+
+        return cancel
+
+    @staticmethod
+    def _answer_delta(request: DeltaWatchRequest, respond: DeltaRespond, snapshot: Snapshot) -> bool:
+        """Respond with what differs between the snapshot and what the proxy has, if anything does."""
+        typed = snapshot.types.get(request.type_url)
+        if typed is None:
+            return False
+        resources, versions, known, force = typed.resources, typed.versions, request.known, request.force
+        # A wildcard subscription wants every resource (its by-name subscriptions are among them).
+        wanted: Iterable[str] = resources if request.wildcard else request.names
+        changed = []
+        for name in wanted:
+            data = resources.get(name)
+            if data is not None:
+                version = versions[name]
+                if known.get(name) != version or name in force:
+                    changed.append((name, version, data))
+        # What it has that is gone, or that it no longer subscribes to (go-control-plane does the same).
+        removed = [name for name in known if name not in resources or not (request.wildcard or name in request.names)]
+        if not changed and not removed and not request.reply_if_empty:
+            return False
+        respond(DeltaWatchResponse(request.type_url, typed.version, changed, removed, snapshot.changed_at))
+        return True
 
     @staticmethod
     def _answer(request: WatchRequest, respond: Respond, snapshot: Snapshot) -> bool:

@@ -8,6 +8,10 @@
   proxy ACKed every response that change caused (observed by the ADS server, once per proxy
   per change);
 - ``xds_nack`` (counter, by type URL): responses a proxy refused;
+- ``xds_resources_sent`` (counter, by type URL and protocol, ``sotw`` or ``delta``): resources
+  carried by the responses sent to proxies (State of the World sends every resource of a type on
+  every change of it, delta only those that changed), and ``xds_response_bytes`` (counter, by
+  protocol): the bytes of those responses;
 - ``xds_stream_revoked`` (counter, by reason): open streams closed because their credential
   stopped holding: ``expired`` (the token's exp passed) or ``refused`` (revoked, signing key
   removed: found when the keys or revocations changed);
@@ -81,6 +85,10 @@ XDS_RESOURCES_IGNORED = Counter(
     ["resource_type"],
 )
 XDS_NACKS = Counter("xds_nack", "xDS responses refused by a proxy (NACK)", ["type_url"])
+XDS_RESOURCES_SENT = Counter(
+    "xds_resources_sent", "Resources carried by the xDS responses sent to proxies", ["type_url", "protocol"]
+)
+XDS_RESPONSE_BYTES = Counter("xds_response_bytes", "Bytes of the xDS responses sent to proxies", ["protocol"])
 XDS_STREAMS_REVOKED = Counter(
     "xds_stream_revoked", "Open xDS streams closed because their credential stopped holding", ["reason"]
 )

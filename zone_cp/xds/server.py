@@ -1,15 +1,29 @@
-"""The ADS gRPC server (State of the World; secrets over the same stream).
+"""The ADS gRPC server: State of the World and delta (incremental) xDS on the same port, secrets
+over the same stream.
 
 The servicer knows only the ``ConfigWatcher`` protocol of the cache: per type URL it opens a
-watch with the version the proxy has, and sends what the watch answers. Per nonce it tells
-ACKs from NACKs and ignores stale nonces (a reply to a response that was already superseded).
-A NACK keeps the proxy on its last good config: the refused version is not re-sent; the
-next snapshot is.
+watch with what the proxy has, and sends what the watch answers. State of the World
+(``StreamAggregatedResources``): a watch names the version of the type the proxy has; per nonce
+the servicer tells ACKs from NACKs and ignores stale nonces (a reply to a response that was
+already superseded). A NACK keeps the proxy on its last good config: the refused version is not
+re-sent; the next snapshot is.
+
+Delta (``DeltaAggregatedResources``, what zonemesh-dp's Envoy speaks by default): per type the
+stream keeps the subscription (wildcard for LDS and CDS, names for EDS, RDS and SDS, changed by
+``resource_names_subscribe``/``unsubscribe``) and, per resource, the version the proxy has; the
+cache answers a watch with only the resources whose version differs and the names that are gone
+(``removed_resources``). A reconnecting Envoy names what it has (``initial_resource_versions``):
+nothing of it is re-sent. Each response is remembered by nonce until answered: an ACK makes its
+versions the last ACKed ones; a NACK (Envoy refuses a whole response) leaves the last ACKed
+versions as they were and keeps the refused ones from being re-sent until they change, so the
+other resources of the type keep flowing.
 
 Cluster warming: Envoy keeps an updated EDS cluster warming until it receives that cluster's
 endpoints again, even when they did not change (xDS protocol, "Resource warming"; Kuma patched
 go-control-plane the same way, kumahq/kuma#331). So after a CDS response the next EDS request
 is answered in full whatever version it names, unless an EDS response followed the CDS one.
+With delta Envoy does not ask again (its subscription did not change): after a CDS response the
+endpoints of the clusters it carried are sent again, changed or not.
 
 Credentials hold for the life of the stream, not only at its start. The Authenticator's
 ``Admission`` says until when the proxy's token is accepted (its ``exp`` plus the verification
@@ -26,6 +40,7 @@ names the proxy the token is checked against) must come within ``auth_timeout``,
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -41,10 +56,32 @@ from zonemesh.shared.aio import run_to_completion
 from zonemesh.shared.config import Config
 from zonemesh.shared.duration import parse_duration
 from zonemesh.shared.store import Store
-from zonemesh.zone_cp.xds.cache import Cancel, ConfigWatcher, WatchRequest, WatchResponse
-from zonemesh.zone_cp.xds.metrics import XDS_DELIVERY, XDS_NACKS, XDS_STREAMS_REVOKED, XDS_UNAUTHENTICATED_DROPPED
+from zonemesh.zone_cp.xds.cache import (
+    Cancel,
+    ConfigWatcher,
+    DeltaWatchRequest,
+    DeltaWatchResponse,
+    WatchRequest,
+    WatchResponse,
+)
+from zonemesh.zone_cp.xds.metrics import (
+    XDS_DELIVERY,
+    XDS_NACKS,
+    XDS_RESOURCES_SENT,
+    XDS_RESPONSE_BYTES,
+    XDS_STREAMS_REVOKED,
+    XDS_UNAUTHENTICATED_DROPPED,
+)
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity
-from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, PUSH_ORDER, SHORT_NAMES, encode_response, with_nonce
+from zonemesh.zone_cp.xds.resources import (
+    CLUSTER,
+    ENDPOINT,
+    PUSH_ORDER,
+    SHORT_NAMES,
+    encode_delta_response,
+    encode_response,
+    with_nonce,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -211,27 +248,81 @@ class _TypeState:
     cancel: Cancel | None = None
 
 
-class _Stream:
-    """One ADS stream: per type, the last response sent and the watch waiting for the next."""
+@functools.cache
+def _sent_counters(type_url: str, protocol: str) -> tuple[Any, Any]:
+    """The metric children a response of ``type_url`` counts in (bound once: every response counts)."""
+    return XDS_RESOURCES_SENT.labels(type_url=type_url, protocol=protocol), XDS_RESPONSE_BYTES.labels(protocol)
+
+
+class _StreamBase:
+    """What an ADS stream has whichever its protocol: who it is, its outbox, how it ends."""
+
+    protocol = ""
 
     def __init__(self, info: StreamInfo, admission: Admission, watcher: ConfigWatcher, callbacks: Callbacks) -> None:
         self.info = info
         self.admission = admission
         self.watcher = watcher
         self.callbacks = callbacks
-        self.types: dict[str, _TypeState] = {}
         self.outbox: asyncio.Queue[bytes] = asyncio.Queue()
         # Set (status, reason) when the stream must end from the outside: its credential no longer holds.
         self.ended: asyncio.Future[tuple[grpc.StatusCode, str]] = asyncio.get_running_loop().create_future()
         self._nonces = itertools.count(1)
         self._delivered_stamp: float | None = None
-        self._endpoints_owed = False  # a CDS response went out with no EDS response after it
 
     def end(self, code: grpc.StatusCode, reason: str) -> None:
         """Close the stream with ``code``; nothing more is sent on it from now on."""
         if not self.ended.done():
             self.ended.set_result((code, reason))
         self.close()
+
+    async def handle(self, request: Any) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _put(self, type_url: str, resources: int, body: bytes) -> None:
+        """Queue a response for the writer, counted in the metrics."""
+        sent, size = _sent_counters(type_url, self.protocol)
+        sent.inc(resources)
+        size.inc(len(body))
+        self.outbox.put_nowait(body)
+
+    def _newer(self, stamp: float | None) -> bool:
+        """Whether ``stamp`` (a change's) is after the last change found delivered on this stream."""
+        return stamp is not None and (self._delivered_stamp is None or stamp > self._delivered_stamp)
+
+    def _delivered(self, stamp: float) -> None:
+        self._delivered_stamp = stamp
+        XDS_DELIVERY.observe(time.monotonic() - stamp)
+
+    async def _report_nack(self, type_url: str, version: str, error: str, **details: Any) -> None:
+        XDS_NACKS.labels(type_url=type_url).inc()
+        attribute = self.callbacks.attribute
+        policies = attribute(self.info.identity.key, type_url, version) if attribute is not None else []
+        log.warning(
+            "xds_nack",
+            proxy=self.info.identity.key,
+            type_url=type_url,
+            version=version,
+            error=error,
+            policies=policies,
+            **details,
+        )
+        await self.callbacks.run(self.callbacks.nack, self.info, type_url, version, error)
+
+
+class _Stream(_StreamBase):
+    """One State of the World ADS stream: per type, the last response sent and the watch waiting
+    for the next."""
+
+    protocol = "sotw"
+
+    def __init__(self, info: StreamInfo, admission: Admission, watcher: ConfigWatcher, callbacks: Callbacks) -> None:
+        super().__init__(info, admission, watcher, callbacks)
+        self.types: dict[str, _TypeState] = {}
+        self._endpoints_owed = False  # a CDS response went out with no EDS response after it
 
     async def handle(self, request: discovery_pb2.DiscoveryRequest) -> None:
         type_url = request.type_url
@@ -277,42 +368,225 @@ class _Stream:
         elif resp.type_url == ENDPOINT:
             self._endpoints_owed = False
         if resp.body:  # shared by every proxy with the same resources: only the nonce is its own
-            self.outbox.put_nowait(with_nonce(resp.body, nonce))
+            body = with_nonce(resp.body, nonce)
         else:
-            self.outbox.put_nowait(encode_response(resp.version, resp.resources, resp.type_url, nonce))
+            body = encode_response(resp.version, resp.resources, resp.type_url, nonce)
+        self._put(resp.type_url, len(resp.resources), body)
 
     async def _acked(self, type_url: str, state: _TypeState, version: str) -> None:
         # A change is delivered when every response it caused is ACKed: all types sent with its
         # stamp, and the EDS response owed after a CDS one (Envoy re-subscribes to EDS then, and
         # that request also "ACKs" the previous, older EDS response: not a delivery).
         stamp = state.changed_at
-        newer = stamp is not None and (self._delivered_stamp is None or stamp > self._delivered_stamp)
         owed = self._endpoints_owed and ENDPOINT in self.types
-        if newer and not owed and all(s.acked or s.changed_at != stamp for s in self.types.values()):
+        if self._newer(stamp) and not owed and all(s.acked or s.changed_at != stamp for s in self.types.values()):
             assert stamp is not None
-            self._delivered_stamp = stamp
-            XDS_DELIVERY.observe(time.monotonic() - stamp)
+            self._delivered(stamp)
         await self.callbacks.run(self.callbacks.ack, self.info, type_url, version)
 
     async def _nacked(self, type_url: str, state: _TypeState, error: str) -> None:
-        XDS_NACKS.labels(type_url=type_url).inc()
-        attribute = self.callbacks.attribute
-        policies = attribute(self.info.identity.key, type_url, state.sent_version) if attribute is not None else []
-        log.warning(
-            "xds_nack",
-            proxy=self.info.identity.key,
-            type_url=type_url,
-            version=state.sent_version,
-            error=error,
-            policies=policies,
-        )
-        await self.callbacks.run(self.callbacks.nack, self.info, type_url, state.sent_version, error)
+        await self._report_nack(type_url, state.sent_version, error)
 
     def close(self) -> None:
         for state in self.types.values():
             if state.cancel is not None:
                 state.cancel()
                 state.cancel = None
+
+
+# A delta stream answers each request with at most one response; a proxy that never answers
+# them could still make them pile up (subscribing and unsubscribing). Beyond this many
+# unanswered responses of one type, the oldest is forgotten (a late reply to it is ignored).
+MAX_UNANSWERED = 64
+
+# Subscriptions add up over a delta stream's requests (each is bounded by gRPC's message size,
+# their sum is not): a stream that subscribes to more names of one type than any proxy's config
+# holds, or names more resources it has, is ended rather than let the server's memory grow.
+MAX_SUBSCRIBED = 100_000
+
+# Subscribing to this name (or unsubscribing from it) turns the wildcard on (off).
+WILDCARD = "*"
+
+
+@dataclass
+class _Sent:
+    """One delta response until the proxy answers it: what it carried."""
+
+    versions: dict[str, str]  # name -> version of each resource sent
+    removed: tuple[str, ...]
+    system_version: str  # the type's version in the snapshot it came from (what hooks and logs name)
+    changed_at: float | None
+
+
+@dataclass
+class _DeltaTypeState:
+    wildcard: bool = False
+    names: frozenset[str] = frozenset()  # subscribed by name
+    # Per resource, the version the proxy has as far as the server knows: ACKed, sent and not
+    # answered yet, or refused (never re-sent at that version). What the diffs are taken against.
+    known: dict[str, str] = field(default_factory=dict)
+    acked: dict[str, str] = field(default_factory=dict)  # per resource, the last version the proxy ACKed
+    unanswered: dict[str, _Sent] = field(default_factory=dict)  # by nonce
+    owed: set[str] = field(default_factory=set)  # EDS: endpoints to send even unchanged (clusters warm on them)
+    forced: frozenset[str] = frozenset()  # the owed names the open watch was opened with
+    watching: bool = False  # a watch is open, waiting for a change
+    cancel: Cancel | None = None
+
+
+class _DeltaStream(_StreamBase):
+    """One delta (incremental) ADS stream: per type, the subscription, what the proxy has, and the
+    responses it has not answered yet."""
+
+    protocol = "delta"
+
+    def __init__(self, info: StreamInfo, admission: Admission, watcher: ConfigWatcher, callbacks: Callbacks) -> None:
+        super().__init__(info, admission, watcher, callbacks)
+        self.types: dict[str, _DeltaTypeState] = {}
+        # Clusters sent before the stream subscribed to endpoints (a reconnect's requests come in
+        # any order): their endpoints are owed once it does.
+        self._warming: set[str] = set()
+
+    async def handle(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        type_url = request.type_url
+        if self.ended.done():
+            return
+        if type_url not in SHORT_NAMES:
+            log.warning("xds_unknown_type", proxy=self.info.identity.key, type_url=type_url)
+            return
+        state = self.types.get(type_url)
+        fresh = state is None
+        if state is None:
+            # The first request of a type says what the proxy has (after a reconnect): not re-sent.
+            initial = dict(request.initial_resource_versions)
+            state = self.types[type_url] = _DeltaTypeState(known=initial, acked=dict(initial))
+        if request.response_nonce:
+            sent = state.unanswered.pop(request.response_nonce, None)
+            if sent is None:
+                log.debug("xds_stale_nonce", proxy=self.info.identity.key, type_url=type_url)
+            elif request.HasField("error_detail"):
+                await self._nacked(type_url, sent, request.error_detail.message)
+            else:
+                for name, version in sent.versions.items():
+                    state.acked[name] = version
+                for name in sent.removed:
+                    state.acked.pop(name, None)
+                await self._acked(type_url, sent)
+            if self.ended.done():
+                return
+        self._subscribe(state, request, fresh)
+        if len(state.names) > MAX_SUBSCRIBED or len(state.known) > MAX_SUBSCRIBED:
+            count = max(len(state.names), len(state.known))
+            log.warning("xds_too_many_subscriptions", proxy=self.info.identity.key, type_url=type_url, count=count)
+            self.end(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"more than {MAX_SUBSCRIBED} resources of {SHORT_NAMES[type_url]} subscribed or held on one stream",
+            )
+            return
+        if fresh and type_url == ENDPOINT and self._warming:
+            state.owed = {name for name in self._warming if state.wildcard or name in state.names}
+            self._warming.clear()
+        # A fresh wildcard subscription waits for a first response (Envoy's initialization), even
+        # an empty one; one that names what it has (a reconnect) only for what differs.
+        self._watch(type_url, state, reply_if_empty=fresh and state.wildcard and not request.initial_resource_versions)
+
+    @staticmethod
+    def _subscribe(state: _DeltaTypeState, request: discovery_pb2.DeltaDiscoveryRequest, fresh: bool) -> None:
+        subscribe, unsubscribe = request.resource_names_subscribe, request.resource_names_unsubscribe
+        if fresh and not subscribe:
+            state.wildcard = True  # "legacy" wildcard: how Envoy subscribes to LDS and CDS
+        if not subscribe and not unsubscribe:
+            return
+        names = set(state.names)
+        for name in subscribe:
+            if name == WILDCARD:
+                state.wildcard = True
+            else:
+                if not fresh and name in names:
+                    # Subscribed again: Envoy dropped its copy (its interest went and came back).
+                    state.known.pop(name, None)
+                names.add(name)
+        for name in unsubscribe:
+            if name == WILDCARD:
+                state.wildcard = False
+                continue
+            names.discard(name)
+            if state.wildcard:
+                state.known[name] = ""  # still wanted through the wildcard: sent again, or removed
+            else:
+                state.known.pop(name, None)
+                state.acked.pop(name, None)
+                state.owed.discard(name)
+        state.names = frozenset(names)
+
+    def _watch(self, type_url: str, state: _DeltaTypeState, reply_if_empty: bool = False) -> None:
+        if state.cancel is not None:
+            state.cancel()
+        state.forced = frozenset(state.owed)
+        request = DeltaWatchRequest(
+            self.info.identity.key, type_url, state.wildcard, state.names, state.known, state.forced, reply_if_empty
+        )
+        state.watching = True
+        state.cancel = self.watcher.create_delta_watch(request, functools.partial(self._send, type_url, state))
+
+    def _send(self, type_url: str, state: _DeltaTypeState, resp: DeltaWatchResponse) -> None:
+        state.watching = False
+        state.cancel = None
+        if self.ended.done():
+            return
+        nonce = str(next(self._nonces))
+        versions = {name: version for name, version, _ in resp.resources}
+        state.known.update(versions)
+        for name in resp.removed:
+            state.known.pop(name, None)
+        state.owed -= state.forced  # sent now, or no longer in the snapshot
+        if len(state.unanswered) >= MAX_UNANSWERED:
+            del state.unanswered[next(iter(state.unanswered))]
+        state.unanswered[nonce] = _Sent(versions, tuple(resp.removed), resp.system_version, resp.changed_at)
+        body = encode_delta_response(resp.system_version, resp.resources, resp.removed, type_url, nonce)
+        self._put(type_url, len(resp.resources), body)
+        if type_url == CLUSTER and versions:
+            self._owe_endpoints(versions)
+
+    def _owe_endpoints(self, clusters: Iterable[str]) -> None:
+        """The clusters just sent warm until their endpoints arrive again: send them after."""
+        state = self.types.get(ENDPOINT)
+        if state is None:
+            self._warming.update(clusters)
+            return
+        owed = {name for name in clusters if state.wildcard or name in state.names}
+        if not owed:
+            return
+        state.owed |= owed
+        if state.watching:  # else the next EDS request (the ACK of the one on its way) opens a watch
+            self._watch(ENDPOINT, state)
+
+    async def _acked(self, type_url: str, sent: _Sent) -> None:
+        # A change is delivered when every response it caused is ACKed, the endpoints owed after a
+        # CDS response included.
+        stamp = sent.changed_at
+        if self._newer(stamp) and not self._awaiting(stamp):
+            assert stamp is not None
+            self._delivered(stamp)
+        await self.callbacks.run(self.callbacks.ack, self.info, type_url, sent.system_version)
+
+    def _awaiting(self, stamp: float | None) -> bool:
+        for state in self.types.values():
+            if state.owed or any(sent.changed_at == stamp for sent in state.unanswered.values()):
+                return True
+        return False
+
+    async def _nacked(self, type_url: str, sent: _Sent, error: str) -> None:
+        # Envoy refused the response as a whole; its listener and cluster managers still apply the
+        # valid resources of it and refuse only the invalid ones. The refused versions stay in
+        # ``known`` (not re-sent until they change); the last ACKed versions stay as they were.
+        await self._report_nack(type_url, sent.system_version, error, resources=sorted(sent.versions))
+
+    def close(self) -> None:
+        for state in self.types.values():
+            if state.cancel is not None:
+                state.cancel()
+                state.cancel = None
+            state.watching = False
 
 
 class AdsServicer:
@@ -324,7 +598,7 @@ class AdsServicer:
         self.callbacks = callbacks
         self.gate = gate
         self._ids = itertools.count(1)
-        self._streams: dict[int, _Stream] = {}
+        self._streams: dict[int, _StreamBase] = {}
 
     @property
     def open_streams(self) -> int:
@@ -337,14 +611,34 @@ class AdsServicer:
                 request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
                 response_serializer=_identity,  # responses are assembled from pre-serialized bytes
             ),
+            "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                self.delta_aggregated_resources,
+                request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                response_serializer=_identity,
+            ),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
 
     async def stream_aggregated_resources(self, _requests: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        first = await self.gate.first_message(context, "DiscoveryRequest")
+        """State of the World ADS."""
+        await self._serve(context, _Stream, discovery_pb2.DiscoveryRequest)
+
+    async def delta_aggregated_resources(self, _requests: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Delta (incremental) ADS."""
+        await self._serve(context, _DeltaStream, discovery_pb2.DeltaDiscoveryRequest)
+
+    async def _serve(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        protocol: type[_StreamBase],
+        request_type: type[discovery_pb2.DiscoveryRequest] | type[discovery_pb2.DeltaDiscoveryRequest],
+    ) -> None:
+        """One ADS stream, whichever its protocol: authenticated by its first request, closed when
+        its credential stops holding."""
+        first = await self.gate.first_message(context, request_type.__name__)
         if first is grpc.aio.EOF:
             return
-        assert isinstance(first, discovery_pb2.DiscoveryRequest)
+        assert isinstance(first, request_type)
         metadata: Metadata = tuple((m.key, m.value) for m in (context.invocation_metadata() or ()))
         try:
             admission = await self.authenticator(metadata, first.node)
@@ -360,13 +654,15 @@ class AdsServicer:
             return
         identity = admission.identity
         info = StreamInfo(next(self._ids), identity, first.node, context.peer())
-        stream = _Stream(info, admission, self.watcher, self.callbacks)
+        stream = protocol(info, admission, self.watcher, self.callbacks)
         self._streams[info.stream_id] = stream
         # The credential's end closes the stream, whatever it is doing then.
         expiry = asyncio.get_running_loop().call_later(
             max(0.0, admission.valid_until - time.time()), self._expired, stream
         )
-        log.info("xds_stream_opened", proxy=identity.key, stream=info.stream_id, peer=info.peer)
+        log.info(
+            "xds_stream_opened", proxy=identity.key, stream=info.stream_id, peer=info.peer, protocol=protocol.protocol
+        )
         await self.callbacks.run(self.callbacks.stream_open, info)
         reader = asyncio.create_task(self._read(context, stream, first))
         writer = asyncio.create_task(self._write(context, stream))
@@ -379,7 +675,7 @@ class AdsServicer:
             code, reason = stream.ended.result()
             await context.abort(code, reason)
 
-    def _expired(self, stream: _Stream) -> None:
+    def _expired(self, stream: _StreamBase) -> None:
         credential = stream.admission.credential
         log.warning(
             "xds_token_expired", proxy=stream.info.identity.key, stream=stream.info.stream_id, credential=credential
@@ -407,7 +703,7 @@ class AdsServicer:
                 log.warning("xds_revalidation_failed", proxy=stream.info.identity.key, error=str(result))
         return closed
 
-    def _revoked(self, stream: _Stream, reason: str) -> None:
+    def _revoked(self, stream: _StreamBase, reason: str) -> None:
         log.warning("xds_stream_revoked", proxy=stream.info.identity.key, stream=stream.info.stream_id, reason=reason)
         XDS_STREAMS_REVOKED.labels(reason="refused").inc()
         stream.end(grpc.StatusCode.UNAUTHENTICATED, reason)
@@ -421,7 +717,7 @@ class AdsServicer:
         return {s.info.identity for s in self._streams.values() if s.info.identity in wanted and not s.ended.done()}
 
     async def _closed(
-        self, info: StreamInfo, stream: _Stream, reader: asyncio.Task[None], writer: asyncio.Task[None]
+        self, info: StreamInfo, stream: _StreamBase, reader: asyncio.Task[None], writer: asyncio.Task[None]
     ) -> None:
         for task in (reader, writer):
             task.cancel()
@@ -432,17 +728,14 @@ class AdsServicer:
         await self.callbacks.run(self.callbacks.stream_close, info)
 
     @staticmethod
-    async def _read(
-        context: grpc.aio.ServicerContext[Any, Any], stream: _Stream, first: discovery_pb2.DiscoveryRequest
-    ) -> None:
+    async def _read(context: grpc.aio.ServicerContext[Any, Any], stream: _StreamBase, first: object) -> None:
         request: object = first
         while request is not grpc.aio.EOF:
-            assert isinstance(request, discovery_pb2.DiscoveryRequest)
             await stream.handle(request)
             request = await context.read()
 
     @staticmethod
-    async def _write(context: grpc.aio.ServicerContext[Any, Any], stream: _Stream) -> None:
+    async def _write(context: grpc.aio.ServicerContext[Any, Any], stream: _StreamBase) -> None:
         while True:
             await context.write(await stream.outbox.get())
 

@@ -21,7 +21,7 @@ import yaml
 
 from zonemesh import __version__
 from zonemesh.dp.admin import AdminAddress, admin_socket_path
-from zonemesh.dp.bootstrap import BootstrapParams, build_bootstrap
+from zonemesh.dp.bootstrap import DEFAULT_XDS_PROTOCOL, XDS_PROTOCOLS, BootstrapParams, build_bootstrap
 from zonemesh.dp.envoy import (
     EnvoyCrashLoop,
     EnvoyNotFound,
@@ -75,6 +75,7 @@ class AgentOptions:
     concurrency: int = 1
     envoy_log_level: str = "warning"
     drain_seconds: float = 5.0
+    xds_protocol: str = DEFAULT_XDS_PROTOCOL  # delta or sotw (bootstrap.XDS_PROTOCOLS)
     connect_timeout: float = 30.0
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
 
@@ -255,6 +256,8 @@ def prepare(opts: AgentOptions, work_dir: Path) -> Prepared:
     """Validate flags and files; raise AgentError (exit 2) before anything runs."""
     if opts.proxy_type not in SUPPORTED_PROXY_TYPES:
         raise AgentError(f"--proxy-type must be dataplane, ingress or egress (got {opts.proxy_type!r})", EXIT_USAGE)
+    if opts.xds_protocol not in XDS_PROTOCOLS:
+        raise AgentError(f"--xds-protocol must be delta or sotw (got {opts.xds_protocol!r})", EXIT_USAGE)
     if opts.proxy_type in ZONE_PROXY_TYPES:
         opts.mesh = ""  # a zone proxy serves every mesh; its Envoy node id is ".<name>"
     host, port = parse_cp_address(opts.cp_address)
@@ -424,6 +427,7 @@ class Agent:
                 proxy_type=opts.proxy_type,
                 agent_version=__version__,
                 envoy_version=prepared.envoy_version,
+                xds_protocol=opts.xds_protocol,
             )
             await asyncio.to_thread(write_bootstrap, bootstrap, params)
             settings = dataclasses.replace(opts.supervisor, drain_seconds=opts.drain_seconds)

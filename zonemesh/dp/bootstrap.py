@@ -6,6 +6,10 @@ file (--ca-cert-file, else the system CA bundle), including its name (DNS or IP 
 dataplane token rides in the stream's initial metadata as ``authorization: Bearer <token>``.
 Only with ``zonemesh-dp --tls-skip-verify`` (no CA file) is the certificate not verified.
 
+ADS speaks delta (incremental) xDS by default: the control plane sends only the resources that
+changed. ``--xds-protocol sotw`` writes State of the World instead (every resource of a type on
+every change of it), for comparison or for a control plane that serves only that.
+
 Envoy's admin API listens on a Unix socket, mode 0600, in the agent's work dir (admin.py says
 why: ``/config_dump`` shows that token); on TCP 127.0.0.1 only with ``--admin-port``.
 """
@@ -20,6 +24,9 @@ from typing import Any
 from zonemesh.dp.admin import ADMIN_SOCKET_MODE, ADMIN_TCP_ADDRESS, envoy_socket_path
 
 ADS_CLUSTER = "ads_cluster"
+# zonemesh-dp's --xds-protocol: Envoy's ads_config.api_type for each
+XDS_PROTOCOLS = {"delta": "DELTA_GRPC", "sotw": "GRPC"}
+DEFAULT_XDS_PROTOCOL = "delta"
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,7 @@ class BootstrapParams:
     envoy_version: str = ""
     admin_address: str = ADMIN_TCP_ADDRESS
     admin_socket: str | None = None
+    xds_protocol: str = DEFAULT_XDS_PROTOCOL  # a key of XDS_PROTOCOLS
 
     @property
     def node_id(self) -> str:
@@ -64,6 +72,8 @@ def admin_config(p: BootstrapParams) -> tuple[dict[str, Any], dict[str, str]]:
 
 def build_bootstrap(p: BootstrapParams) -> dict[str, Any]:
     admin, admin_metadata = admin_config(p)
+    if p.xds_protocol not in XDS_PROTOCOLS:
+        raise ValueError(f"xDS protocol {p.xds_protocol!r}: choose among {', '.join(XDS_PROTOCOLS)}")
     ads_source = {"ads": {}, "resource_api_version": "V3"}
     san_type = "IP_ADDRESS" if _is_ip(p.cp_host) else "DNS"
     common: dict[str, Any] = {"alpn_protocols": ["h2"]}
@@ -92,7 +102,7 @@ def build_bootstrap(p: BootstrapParams) -> dict[str, Any]:
         "admin": admin,
         "dynamic_resources": {
             "ads_config": {
-                "api_type": "GRPC",
+                "api_type": XDS_PROTOCOLS[p.xds_protocol],
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
                 "grpc_services": [

