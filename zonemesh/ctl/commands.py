@@ -333,21 +333,35 @@ def cmd_inspect_dataplanes(args: argparse.Namespace, env: Env) -> None:
 
 
 # ``inspect dataplane NAME --type T``: T -> the sub-resource of the dataplane's item path that serves it.
-# Adding a type (stats, clusters, ...) is one entry here plus its endpoint on the CP.
+# Adding a type is one entry here plus its endpoint on the CP.
 DATAPLANE_INSPECT_TYPES: dict[str, str] = {
-    "config-dump": "_config",  # the Envoy config generated for the proxy (admin)
+    "config": "_config",  # kumactl's: the xDS config the control plane generates for the proxy (admin)
+    "config-dump": "_config",  # the same: zonemesh has no other (Envoy's own dump is on the proxy's host)
     "rules": "_rules",  # per policy type, the conf each policy sets and where it comes from
     "policies": "_policies",  # the proxy-level confs (policies without to/from)
 }
+# kumactl's types that only Envoy knows, which kuma-cp reads from Envoy's admin API: zonemesh-dp
+# serves that API on a Unix socket only the proxy's user can open (docs/dataplane.md), so no
+# control plane reaches it. The type -> Envoy's admin path to read on the proxy's host instead.
+ADMIN_ONLY_TYPES = {"stats": "stats", "clusters": "clusters"}
+ON_THE_PROXY_HOST = (
+    "the control plane does not reach Envoy's admin API: zonemesh-dp serves it on a Unix socket only the "
+    "proxy's user can open (docs/dataplane.md). On the proxy's host, as that user: curl --unix-socket "
+    "<work-dir>/envoy-admin.sock http://localhost/{what}"
+)
 
 
 def cmd_inspect_dataplane(args: argparse.Namespace, env: Env) -> None:
-    client = env.client()
     mesh = args.mesh or DEFAULT_MESH
+    what = output.describe("Dataplane", args.name, mesh)
+    if args.type in ADMIN_ONLY_TYPES:
+        raise CtlError(
+            f"cannot get the {args.type} of {what}", [ON_THE_PROXY_HOST.format(what=ADMIN_ONLY_TYPES[args.type])]
+        )
+    client = env.client()
     dataplanes = REGISTRY.get("Dataplane")
     item = dataplanes.item_path(quote_name(args.name), mesh)
     path = f"{item}/{DATAPLANE_INSPECT_TYPES[args.type]}"
-    what = output.describe("Dataplane", args.name, mesh)
     try:
         body = client.get(path)
     except ApiError as exc:

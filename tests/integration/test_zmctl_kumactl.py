@@ -1,0 +1,199 @@
+"""kumactl's commands in zmctl, as real processes against real control planes on 127.0.0.1: inspect
+zones / zoneingresses / zoneegresses / services / meshgateway / <policy>, inspect dataplane --type,
+export (and apply -f of its output on a fresh control plane), completion and version."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from zonemesh.shared.resources import REGISTRY
+
+from zonemesh.testing import ControlPlaneProcess, free_port, sidecar_dataplane
+
+pytestmark = pytest.mark.slow
+
+WAIT = 60.0
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+def zmctl(api: str, home: Path, *args: str, stdin: str | None = None) -> Run:
+    env = {**os.environ, "HOME": str(home), "ZMCTL_CONFIG": str(home / "zmctl.yaml")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "zonemesh.ctl", "--cp-address", api, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture(scope="module")
+def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlaneProcess]:
+    process = ControlPlaneProcess(tmp_path_factory.mktemp("kumactl") / "cp", args=["--store", "memory"])
+    try:
+        process.start(timeout=WAIT)
+        populate(process)
+        yield process
+    finally:
+        process.kill()
+
+
+def put(cp: ControlPlaneProcess, path: str, doc: dict[str, Any]) -> None:
+    status, body = cp.put(path, doc)
+    assert status in (200, 201), body
+
+
+def populate(cp: ControlPlaneProcess) -> None:
+    for name, service, extra in (("web-1", "web", {"version": "v2"}), ("web-2", "web", {}), ("api-1", "api", {})):
+        doc = {"name": name, **sidecar_dataplane(service, free_port(), free_port(), mesh="default")}
+        doc["networking"]["inbound"][0]["tags"].update(extra)
+        put(cp, f"/meshes/default/dataplanes/{name}", doc)
+    gateway = {"address": "127.0.0.1", "gateway": {"type": "BUILTIN", "tags": {"kuma.io/service": "edge"}}}
+    put(cp, "/meshes/default/dataplanes/gw-1", {"type": "Dataplane", "name": "gw-1", "networking": gateway})
+    put(
+        cp,
+        "/meshes/default/meshgateways/edge",
+        {
+            "type": "MeshGateway",
+            "name": "edge",
+            "selectors": [{"match": {"kuma.io/service": "edge"}}],
+            "conf": {"listeners": [{"port": 8080, "protocol": "HTTP"}]},
+        },
+    )
+    put(
+        cp,
+        "/meshes/default/meshtimeouts/web-timeout",
+        {
+            "type": "MeshTimeout",
+            "name": "web-timeout",
+            "spec": {
+                "targetRef": {"kind": "MeshSubset", "tags": {"kuma.io/service": "web", "version": "v2"}},
+                "to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": "3s"}}],
+            },
+        },
+    )
+    put(
+        cp,
+        REGISTRY.get("ExternalService").item_path("httpbin", "default"),
+        {
+            "type": "ExternalService",
+            "name": "httpbin",
+            "networking": {"address": "httpbin.org:443"},
+            "tags": {"kuma.io/service": "httpbin", "kuma.io/protocol": "http"},
+        },
+    )
+
+
+def table(text: str) -> list[list[str]]:
+    """kumactl's tables: columns separated by two spaces or more."""
+    import re
+
+    return [re.split(r"\s{2,}", line.strip()) for line in text.splitlines() if line.strip()]
+
+
+def test_inspect_services_lists_each_service_with_its_proxies(cp: ControlPlaneProcess, tmp_path: Path) -> None:
+    run = zmctl(cp.api, tmp_path, "inspect", "services", "--mesh", "default")
+    assert run.code == 0, run.err
+    rows = table(run.out)
+    assert rows[0] == ["SERVICE", "STATUS", "DATAPLANES"]
+    # No proxy runs: every one is offline, as kumactl shows it.
+    assert rows[1:] == [
+        ["api", "Offline", "0/1"],
+        ["edge", "Offline", "0/1"],
+        ["httpbin", "Offline", "0/0"],
+        ["web", "Offline", "0/2"],
+    ]
+
+
+def test_inspect_policy_lists_the_proxies_it_selects(cp: ControlPlaneProcess, tmp_path: Path) -> None:
+    run = zmctl(cp.api, tmp_path, "inspect", "meshtimeout", "web-timeout", "-m", "default")
+    assert run.code == 0, run.err
+    assert run.out.splitlines() == ["Affected data plane proxies:", "", "  web-1"]
+    run = zmctl(cp.api, tmp_path, "inspect", "meshtimeout", "web-timeout", "--new-api")
+    assert run.code == 0, run.err
+    assert table(run.out) == [["Type", "Mesh", "Name"], ["Dataplane", "default", "web-1"], ["Total: 1"]]
+    run = zmctl(cp.api, tmp_path, "inspect", "meshtimeout", "missing")
+    assert run.code != 0 and "missing" in run.err
+
+
+def test_inspect_meshgateway_names_its_builtin_proxies(cp: ControlPlaneProcess, tmp_path: Path) -> None:
+    run = zmctl(cp.api, tmp_path, "inspect", "meshgateway", "edge")
+    assert run.code == 0, run.err
+    assert run.out.split() == ["gw-1"]
+
+
+def test_inspect_zone_proxies_have_kumactls_columns(cp: ControlPlaneProcess, tmp_path: Path) -> None:
+    for command in ("zoneingresses", "zone-ingresses", "zoneegresses"):
+        run = zmctl(cp.api, tmp_path, "inspect", command)
+        assert run.code == 0, run.err
+        assert table(run.out)[0][:3] == ["NAME", "STATUS", "LAST CONNECTED AGO"], run.out
+
+
+def test_inspect_dataplane_types(cp: ControlPlaneProcess, tmp_path: Path) -> None:
+    run = zmctl(cp.api, tmp_path, "inspect", "dataplane", "web-1", "--type", "config")
+    assert run.code == 0, run.err
+    assert '"clusters"' in run.out
+    for kind in ("stats", "clusters"):
+        run = zmctl(cp.api, tmp_path, "inspect", "dataplane", "web-1", "--type", kind)
+        assert run.code == 1
+        assert "envoy-admin.sock" in run.err and f"http://localhost/{kind}" in run.err
+
+
+def test_inspect_zones_on_a_standalone_control_plane_says_where_to_ask(cp: ControlPlaneProcess, tmp_path: Path) -> None:
+    run = zmctl(cp.api, tmp_path, "inspect", "zones")
+    assert run.code == 1
+    assert "standalone mode" in run.err and "global control plane" in run.err
+
+
+def test_inspect_zones_and_policies_on_global(tmp_path: Path) -> None:
+    glob = ControlPlaneProcess(tmp_path / "global", args=["--mode", "global", "--store", "memory"])
+    try:
+        glob.start(timeout=WAIT)
+        run = zmctl(glob.api, tmp_path, "inspect", "zones", "-o", "json")
+        assert run.code == 0, run.err
+        run = zmctl(glob.api, tmp_path, "inspect", "zones")
+        assert run.code == 0, run.err
+        assert table(run.out)[0] == [
+            "NAME",
+            "STATUS",
+            "LAST CONNECTED AGO",
+            "LAST UPDATED AGO",
+            "TOTAL UPDATES",
+            "TOTAL ERRORS",
+            "ZONE-CP VERSION",
+            "BACKEND",
+        ]
+        # Which proxies a policy selects is the zones' to say: global names them.
+        put(
+            glob,
+            "/meshes/default/meshtimeouts/t1",
+            {
+                "type": "MeshTimeout",
+                "name": "t1",
+                "spec": {
+                    "targetRef": {"kind": "Mesh"},
+                    "to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": "3s"}}],
+                },
+            },
+        )
+        run = zmctl(glob.api, tmp_path, "inspect", "meshtimeout", "t1")
+        assert run.code == 1
+        assert "computed by the zone control planes" in run.err, run.err
+    finally:
+        glob.kill()
