@@ -4,6 +4,7 @@ export (and apply -f of its output on a fresh control plane), completion and ver
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -13,13 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from zonemesh.shared.resources import REGISTRY
+from zonemesh.zone_cp.xds.testing import self_signed_server_cert
 
 from zonemesh.testing import ControlPlaneProcess, free_port, sidecar_dataplane
 
 pytestmark = pytest.mark.slow
 
 WAIT = 60.0
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 @dataclass
@@ -197,3 +204,108 @@ def test_inspect_zones_and_policies_on_global(tmp_path: Path) -> None:
         assert "computed by the zone control planes" in run.err, run.err
     finally:
         glob.kill()
+
+
+# -- export ----------------------------------------------------------------------------------------
+
+
+def export_all(api: str, home: Path) -> str:
+    run = zmctl(api, home, "export", "--profile", "all", "--include-admin")
+    assert run.code == 0, run.err
+    assert "keep the file private" in run.err  # it holds Secrets
+    header, _, body = run.out.partition("\n")
+    assert header.startswith("# Product: ") and body.startswith("---\n"), run.out[:300]
+    return body
+
+
+def test_export_applied_on_a_fresh_control_plane_gives_identical_resources(
+    cp: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    key, cert = self_signed_server_cert("client.example")
+    put(cp, "/meshes/other", {"type": "Mesh", "name": "other"})
+    secret = REGISTRY.get("Secret")
+    put(cp, secret.item_path("ext-key", "other"), {"type": "Secret", "name": "ext-key", "data": b64(key)})
+    put(
+        cp,
+        REGISTRY.get("ExternalService").item_path("ext-tls", "other"),
+        {
+            "type": "ExternalService",
+            "name": "ext-tls",
+            "tags": {"kuma.io/service": "ext-tls", "kuma.io/protocol": "http"},
+            "networking": {
+                "address": "127.0.0.1:9443",
+                "tls": {"enabled": True, "clientCert": {"inline": b64(cert)}, "clientKey": {"secret": "ext-key"}},
+            },
+        },
+    )
+    # A default policy deleted on the source stays deleted on the restored control plane.
+    assert cp.delete("/meshes/other/meshretries/mesh-retry-all-default")[0] == 200
+    exported = export_all(cp.api, tmp_path)
+    docs = [d for d in yaml.safe_load_all(exported) if d]
+    keys = {(d["type"], d.get("mesh", ""), d["name"]) for d in docs}
+    for wanted in (
+        ("Dataplane", "default", "gw-1"),
+        ("MeshGateway", "default", "edge"),
+        ("MeshTimeout", "default", "web-timeout"),
+        ("ExternalService", "other", "ext-tls"),
+        ("Secret", "other", "ext-key"),
+    ):
+        assert wanted in keys, wanted
+    assert ("MeshRetry", "other", "mesh-retry-all-default") not in keys
+    assert not any("version" in d or "creationTime" in d for d in docs)
+    # apply's order: Meshes first (creating no default policies of their own), GlobalSecrets last
+    assert [d["type"] for d in docs[:2]] == ["Mesh", "Mesh"] and docs[-1]["type"] == "GlobalSecret"
+    assert all(d["skipCreatingInitialPolicies"] == ["*"] for d in docs[:2])
+
+    fresh = ControlPlaneProcess(tmp_path / "fresh", args=["--store", "memory"])
+    try:
+        fresh.start(timeout=WAIT)
+        run = zmctl(fresh.api, tmp_path, "apply", "-f", "-", stdin=exported)
+        assert run.code == 0, run.err
+        assert export_all(fresh.api, tmp_path) == exported
+        status, es = fresh.get(REGISTRY.get("ExternalService").item_path("ext-tls", "other"))
+        assert status == 200 and es["networking"]["tls"]["clientKey"] == {"secret": "ext-key"}, es
+        status, stored = fresh.get(secret.item_path("ext-key", "other"))
+        assert status == 200 and base64.b64decode(stored["data"]) == key
+        assert fresh.get("/meshes/other/meshretries/mesh-retry-all-default")[0] == 404
+    finally:
+        fresh.kill()
+
+
+def test_export_refuses_inline_keys_it_cannot_restore_and_leaves_secrets_out_by_default(tmp_path: Path) -> None:
+    key, cert = self_signed_server_cert("client.example")
+    source = ControlPlaneProcess(tmp_path / "source", args=["--store", "memory"])
+    try:
+        source.start(timeout=WAIT)
+        path = REGISTRY.get("ExternalService").item_path("ext-inline", "default")
+        tls = {"enabled": True, "clientCert": {"inline": b64(cert)}, "clientKey": {"inline": b64(key)}}
+        doc = {
+            "type": "ExternalService",
+            "name": "ext-inline",
+            "tags": {"kuma.io/service": "ext-inline", "kuma.io/protocol": "http"},
+            "networking": {"address": "127.0.0.1:9443", "tls": tls},
+        }
+        put(source, path, doc)
+        run = zmctl(source.api, tmp_path, "export", "--profile", "all")
+        assert run.code == 1 and run.out == ""
+        assert 'ExternalService "ext-inline" in mesh "default": networking.tls.clientKey' in run.err, run.err
+        assert "move each key into a Secret" in run.err
+        assert b64(key) not in run.err and "PRIVATE KEY" not in run.err
+        assert source.delete(path)[0] == 200
+        run = zmctl(source.api, tmp_path, "export", "--profile", "all")
+        assert run.code == 0, run.err
+        assert "type: Secret" not in run.out and "type: GlobalSecret" not in run.out
+        assert "PRIVATE KEY" not in run.out and "type: Mesh\n" in run.out
+        # kumactl's default profile (federation): what a global holds, without the targetRef policies.
+        put(source, "/meshes/default/dataplanes/web-1", {"name": "web-1", **sidecar_dataplane("web", 1, 2)})
+        run = zmctl(source.api, tmp_path, "export")
+        assert run.code == 0, run.err
+        types = {d["type"] for d in yaml.safe_load_all(run.out) if d}
+        assert "Mesh" in types and not types & {"MeshTimeout", "Dataplane", "GlobalSecret"}, types
+        run = zmctl(source.api, tmp_path, "export", "--profile", "federation-with-policies")
+        assert run.code == 0, run.err
+        assert "MeshTimeout" in {d["type"] for d in yaml.safe_load_all(run.out) if d}
+        run = zmctl(source.api, tmp_path, "export", "--format", "kubernetes")
+        assert run.code == 2 and "zonemesh has no Kubernetes mode" in run.err
+    finally:
+        source.kill()

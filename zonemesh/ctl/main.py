@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
 from zonemesh import __version__
-from zonemesh.ctl import commands, generate, inspect, license
+from zonemesh.ctl import commands, export, generate, inspect, license
 from zonemesh.ctl import config as cfg
 from zonemesh.ctl.config import CONFIG_ENV, DEFAULT_ADDRESS
 from zonemesh.ctl.errors import EXIT_USAGE, CtlError, UsageError, name_type
@@ -215,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     remove = b.leaf(planes, "remove", "forget a control plane", commands.cmd_cp_remove)
     remove.add_argument("--name", required=True)
 
+    export.add_commands(b, sub)
     generate.add_commands(b, sub)
     license.add_commands(b, sub)
     return parser
