@@ -309,3 +309,13 @@ def test_export_refuses_inline_keys_it_cannot_restore_and_leaves_secrets_out_by_
         assert run.code == 2 and "zonemesh has no Kubernetes mode" in run.err
     finally:
         source.kill()
+
+
+def test_version_names_client_and_server(cp: ControlPlaneProcess, tmp_path: Path) -> None:
+    from zonemesh import __version__
+
+    run = zmctl(cp.api, tmp_path, "version")
+    assert run.code == 0, run.err
+    assert run.out.splitlines() == [f"Client: zonemesh {__version__}", f"Server: zonemesh {__version__}"]
+    run = zmctl(cp.api, tmp_path, "version", "--detailed")
+    assert run.code == 0 and '"mode": "standalone"' in run.out, run.out

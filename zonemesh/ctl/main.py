@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
 from zonemesh import __version__
-from zonemesh.ctl import commands, export, generate, inspect, license
+from zonemesh.ctl import commands, export, generate, inspect, license, shell
 from zonemesh.ctl import config as cfg
 from zonemesh.ctl.config import CONFIG_ENV, DEFAULT_ADDRESS
 from zonemesh.ctl.errors import EXIT_USAGE, CtlError, UsageError, name_type
@@ -218,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_commands(b, sub)
     generate.add_commands(b, sub)
     license.add_commands(b, sub)
+    shell.add_commands(b, sub)
     return parser
 
 
