@@ -114,6 +114,30 @@ def table(text: str) -> list[list[str]]:
     return [re.split(r"\s{2,}", line.strip()) for line in text.splitlines() if line.strip()]
 
 
+def test_inspect_dataplanes_has_kumactls_columns_and_filters(cp: ControlPlaneProcess, tmp_path: Path) -> None:
+    run = zmctl(cp.api, tmp_path, "inspect", "dataplanes", "-m", "default")
+    assert run.code == 0, run.err
+    rows = table(run.out)
+    assert rows[0][:8] == [
+        "MESH",
+        "NAME",
+        "TAGS",
+        "STATUS",
+        "LAST CONNECTED AGO",
+        "LAST UPDATED AGO",
+        "TOTAL UPDATES",
+        "TOTAL ERRORS",
+    ]
+    assert rows[0][-3:] == ["ENVOY VERSION", "DEPENDENCIES VERSIONS", "NOTES"]
+    assert sorted(r[1] for r in rows[1:]) == ["api-1", "gw-1", "web-1", "web-2"]
+    run = zmctl(cp.api, tmp_path, "inspect", "dataplanes", "--tag", "version=v2")
+    assert [r[1] for r in table(run.out)[1:]] == ["web-1"], run.out
+    run = zmctl(cp.api, tmp_path, "inspect", "dataplanes", "--gateway")
+    assert [r[1] for r in table(run.out)[1:]] == ["gw-1"], run.out
+    run = zmctl(cp.api, tmp_path, "inspect", "dataplanes", "--ingress")
+    assert run.code == 2 and "zmctl inspect zoneingresses" in run.err
+
+
 def test_inspect_services_lists_each_service_with_its_proxies(cp: ControlPlaneProcess, tmp_path: Path) -> None:
     run = zmctl(cp.api, tmp_path, "inspect", "services", "--mesh", "default")
     assert run.code == 0, run.err

@@ -200,3 +200,59 @@ def test_every_policy_type_has_an_inspect_command() -> None:
     assert args.output == "json"
     args = parser.parse_args(["inspect", "dataplane", "web-1", "--type", "config", "--include-eds"])
     assert args.type == "config"
+
+
+def test_dataplane_row_has_kumactls_columns() -> None:
+    item = {
+        "mesh": "default",
+        "name": "web-1",
+        "dataplane": {
+            "networking": {
+                "inbound": [
+                    {"port": 8080, "tags": {"kuma.io/service": "web"}},
+                    {"port": 8081, "tags": {"kuma.io/service": "web"}, "health": {"ready": False}},
+                ]
+            }
+        },
+        "dataplaneInsight": {
+            "subscriptions": [
+                subscription(timedelta(minutes=2), zonemeshDp={"version": "0.1.0"}, envoy={"version": "1.31.2"})
+            ],
+            "mTLS": {
+                "lastCertificateRegeneration": stamp(timedelta(hours=1)),
+                "certificateExpirationTime": "2026-01-11T12:00:00Z",
+                "certificateRegenerations": 3,
+                "issuedBackend": "ca-1",
+                "supportedBackends": ["ca-1"],
+            },
+        },
+    }
+    row = dict(zip(inspect.DATAPLANE_HEADERS, inspect.dataplane_row(item, NOW), strict=True))
+    assert row == {
+        "MESH": "default",
+        "NAME": "web-1",
+        "TAGS": "kuma.io/service=web",
+        "STATUS": "Partially degraded",
+        "LAST CONNECTED AGO": "2m",
+        "LAST UPDATED AGO": "3s",
+        "TOTAL UPDATES": "7",
+        "TOTAL ERRORS": "0",
+        "CERT REGENERATED AGO": "1h",
+        "CERT EXPIRATION": "2026-01-11 12:00:00",
+        "CERT REGENERATIONS": "3",
+        "CERT BACKEND": "ca-1",
+        "SUPPORTED CERT BACKENDS": "ca-1",
+        "KUMA-DP VERSION": "0.1.0",
+        "ENVOY VERSION": "1.31.2",
+        "DEPENDENCIES VERSIONS": "-",
+        "NOTES": "inbound[port=8081] is not ready",
+    }
+
+
+def test_inspect_dataplanes_filters_as_kumactl() -> None:
+    web = {"name": "web-1", "networking": {"inbound": [{"tags": {"kuma.io/service": "web", "version": "v2"}}]}}
+    gw = {"name": "gw-1", "networking": {"gateway": {"type": "BUILTIN", "tags": {"kuma.io/service": "edge"}}}}
+    assert inspect.dataplane_selected(web, {"version": "v2"}, gateway=False)
+    assert not inspect.dataplane_selected(web, {"version": "v1"}, gateway=False)
+    assert not inspect.dataplane_selected(web, {}, gateway=True)
+    assert inspect.dataplane_selected(gw, {"kuma.io/service": "edge"}, gateway=True)

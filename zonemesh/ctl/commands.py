@@ -312,6 +312,13 @@ def cmd_inspect_meshes(args: argparse.Namespace, env: Env) -> None:
 
 
 def cmd_inspect_dataplanes(args: argparse.Namespace, env: Env) -> None:
+    from zonemesh.ctl import inspect  # inspect imports this module
+
+    if args.ingress:
+        # kumactl's --ingress lists zone ingresses among the dataplanes of old Kuma versions;
+        # zonemesh keeps them apart.
+        raise UsageError("--ingress: zone ingresses are not Dataplanes here: zmctl inspect zoneingresses")
+    tags = dict(parse_tag_filters(args.tag))
     client = env.client()
     mesh = args.mesh or DEFAULT_MESH
     path = REGISTRY.get("Dataplane").collection_path(mesh)
@@ -323,13 +330,27 @@ def cmd_inspect_dataplanes(args: argparse.Namespace, env: Env) -> None:
                 raise
             # No overview endpoint on this CP: list the dataplanes alone (status then shows "-").
             items = list(client.list_all(path))
+    items = [i for i in items if inspect.dataplane_selected(i, tags, args.gateway)]
     if args.output == "json":
         print(output.to_json({"total": len(items), "items": items}))
     elif args.output == "yaml":
         if items:
             print(output.to_yaml(items))
     else:
-        print(output.dataplane_inspect_table(items))
+        now = datetime.now(UTC)
+        print(output.render_table(inspect.DATAPLANE_HEADERS, (inspect.dataplane_row(i, now) for i in items)))
+
+
+def parse_tag_filters(values: list[str] | None) -> list[tuple[str, str]]:
+    """kumactl's ``--tag key=value`` (repeatable; ``a=1,b=2`` in one flag too)."""
+    pairs = []
+    for value in values or []:
+        for item in value.split(","):
+            key, sep, val = item.partition("=")
+            if not sep or not key:
+                raise UsageError(f"--tag {value!r}: use KEY=VALUE, e.g. --tag kuma.io/service=web")
+            pairs.append((key, val))
+    return pairs
 
 
 # ``inspect dataplane NAME --type T``: T -> the sub-resource of the dataplane's item path that serves it.

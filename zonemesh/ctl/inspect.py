@@ -180,6 +180,84 @@ def dataplane_status(dataplane: Doc, insight: Doc | None) -> str:
     return "Partially degraded" if ready < len(inbound) else "Online"
 
 
+DATAPLANE_HEADERS = [
+    "MESH",
+    "NAME",
+    "TAGS",
+    "STATUS",
+    "LAST CONNECTED AGO",
+    "LAST UPDATED AGO",
+    "TOTAL UPDATES",
+    "TOTAL ERRORS",
+    "CERT REGENERATED AGO",
+    "CERT EXPIRATION",
+    "CERT REGENERATIONS",
+    "CERT BACKEND",
+    "SUPPORTED CERT BACKENDS",
+    "KUMA-DP VERSION",
+    "ENVOY VERSION",
+    "DEPENDENCIES VERSIONS",
+    "NOTES",
+]
+
+
+def date(text: Any) -> str:
+    """kumactl's ``table.Date``: ``2006-01-02 15:04:05`` (UTC here), "-" without a time."""
+    then = parse_time(text)
+    return "-" if then is None else then.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def not_ready(dataplane: Doc) -> list[str]:
+    """kumactl's NOTES: the inbounds that are not ready."""
+    inbound = [i for i in (dataplane.get("networking") or {}).get("inbound") or [] if isinstance(i, Mapping)]
+    return [
+        f"inbound[port={i.get('port')}] is not ready"
+        for i in inbound
+        if (i.get("health") or {}).get("ready", True) is False
+    ]
+
+
+def dataplane_row(item: Doc, now: datetime) -> list[str]:
+    """One proxy of ``dataplanes+insights`` in kumactl's ``inspect dataplanes`` columns."""
+    dataplane, insight = output.dataplane_overview(item)
+    last = (subscriptions(insight) or [{}])[-1]
+    mtls = (insight or {}).get("mTLS") if isinstance((insight or {}).get("mTLS"), Mapping) else None
+    dependencies = (last.get("version") or {}).get("dependencies") or {}
+    # No insight at all: this control plane reported none (a plain list), so unknown, not offline.
+    status = "-" if insight is None else dataplane_status(dataplane, insight)
+    return [
+        str(dataplane.get("mesh") or ""),
+        str(dataplane.get("name") or ""),
+        output.dataplane_tags(dataplane),
+        status,
+        ago(last.get("connectTime"), now),
+        ago((last.get("status") or {}).get("lastUpdateTime"), now),
+        str(total(insight, "responsesSent")),
+        str(total(insight, "responsesRejected")),
+        ago((mtls or {}).get("lastCertificateRegeneration"), now),
+        date((mtls or {}).get("certificateExpirationTime")),
+        number((mtls or {}).get("certificateRegenerations")),
+        str(mtls.get("issuedBackend") or "") if mtls is not None else "-",
+        ",".join(map(str, (mtls or {}).get("supportedBackends") or [])),
+        component_version(last, "kumaDp", "zonemeshDp"),
+        component_version(last, "envoy"),
+        ", ".join(f"{k}: {v}" for k, v in sorted(dependencies.items())) or "-",
+        ";".join(not_ready(dataplane)) if status not in ("Online", "-") else "",
+    ]
+
+
+def dataplane_selected(item: Doc, tags: Mapping[str, str], gateway: bool) -> bool:
+    """kumactl's ``inspect dataplanes --tag K=V --gateway`` filters."""
+    dataplane, _ = output.dataplane_overview(item)
+    networking = dataplane.get("networking") or {}
+    if gateway and not networking.get("gateway"):
+        return False
+    groups = [i.get("tags") or {} for i in networking.get("inbound") or [] if isinstance(i, Mapping)]
+    if isinstance(networking.get("gateway"), Mapping):
+        groups.append(networking["gateway"].get("tags") or {})
+    return all(any(g.get(k) == v for g in groups) for k, v in tags.items())
+
+
 def service_overviews(overviews: Iterable[Doc], external: Iterable[Doc], mesh: str) -> list[dict[str, Any]]:
     """Kuma's ServiceInsight services from the mesh's dataplanes+insights and ExternalServices: per
     kuma.io/service, how many of its proxies are online; a partially degraded proxy counts offline."""

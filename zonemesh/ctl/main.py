@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_mesh(dataplanes)
     _add_output(dataplanes)
+    dataplanes.add_argument("--tag", action="append", metavar="KEY=VALUE", help="only proxies with this tag")
+    dataplanes.add_argument("--gateway", action="store_true", help="only gateway proxies")
+    dataplanes.add_argument("--ingress", action="store_true", help=argparse.SUPPRESS)
     dataplane = b.leaf(
         inspect_group, "dataplane", "one dataplane's data from its control plane", commands.cmd_inspect_dataplane
     )
