@@ -108,7 +108,10 @@ def _list(client: ApiClient, rtype: ResourceType, mesh: str = "") -> list[dict[s
             return []  # a type this control plane's mode does not serve (zones on a standalone one)
         hints = []
         if rtype.sensitive and exc.status in (401, 403):
-            hints.append(f"reading {rtype.plural} needs an admin; without --include-admin export leaves them out")
+            hints.append(
+                f"reading {rtype.plural} needs an admin user token; the federation profiles include them (a "
+                "migration needs them): --profile all or no-dataplanes without --include-admin leaves them out"
+            )
         raise CtlError(f"cannot export {rtype.plural}{where}: {exc.message}", [*exc.details, *hints]) from None
 
 
