@@ -18,7 +18,8 @@ import yaml
 from zonemesh.shared.resources import REGISTRY
 from zonemesh.zone_cp.xds.testing import self_signed_server_cert
 
-from zonemesh.testing import ControlPlaneProcess, free_port, sidecar_dataplane
+from zonemesh.spawn import python_module
+from zonemesh.testing import ControlPlaneProcess, free_port, http, sidecar_dataplane
 
 pytestmark = pytest.mark.slow
 
@@ -343,3 +344,46 @@ def test_version_names_client_and_server(cp: ControlPlaneProcess, tmp_path: Path
     assert run.out.splitlines() == [f"Client: zonemesh {__version__}", f"Server: zonemesh {__version__}"]
     run = zmctl(cp.api, tmp_path, "version", "--detailed")
     assert run.code == 0 and '"mode": "standalone"' in run.out, run.out
+
+
+def test_export_by_a_non_admin_never_reads_secrets(tmp_path: Path) -> None:
+    """Reading Secrets needs an admin: a reader's export without them works, one with them is refused."""
+    source = ControlPlaneProcess(tmp_path / "cp", args=["--no-api-localhost-is-admin"])  # sqlite: admin-token reads it
+    try:
+        source.start(timeout=WAIT)
+        admin = subprocess.run(
+            python_module("zonemesh.cp", "admin-token", "--data-dir", str(source.data_dir), "--log-level", "error"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert admin.returncode == 0, admin.stderr
+        status, reader = http(
+            "POST",
+            source.api + "/tokens/user",
+            {"name": "ci", "groups": ["readers"], "validFor": "1h"},
+            {"Authorization": f"Bearer {admin.stdout.strip()}"},
+        )
+        assert status == 200, reader
+        (tmp_path / "reader.token").write_text(str(reader))
+        add = zmctl(
+            source.api, tmp_path, "config", "control-planes", "add", "--name", "cp", "--address", source.api,
+            "--auth-type", "tokens", "--auth-conf", f"token-file={tmp_path / 'reader.token'}",
+        )  # fmt: skip
+        assert add.code == 0, add.err
+
+        def as_reader(*args: str) -> Run:
+            env = {**os.environ, "HOME": str(tmp_path), "ZMCTL_CONFIG": str(tmp_path / "zmctl.yaml")}
+            proc = subprocess.run(
+                [sys.executable, "-m", "zonemesh.ctl", *args], capture_output=True, text=True, env=env, timeout=60
+            )
+            return Run(proc.returncode, proc.stdout, proc.stderr)
+
+        run = as_reader("export", "--profile", "all")
+        assert run.code == 0, run.err
+        assert "type: Mesh\n" in run.out and "type: Secret" not in run.out
+        run = as_reader("export")  # federation: a migration needs the Secrets
+        assert run.code == 1 and run.out == ""
+        assert "reading secrets needs an admin user token" in run.err, run.err
+    finally:
+        source.kill()
