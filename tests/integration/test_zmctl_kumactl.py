@@ -171,10 +171,31 @@ def test_inspect_meshgateway_names_its_builtin_proxies(cp: ControlPlaneProcess, 
 
 
 def test_inspect_zone_proxies_have_kumactls_columns(cp: ControlPlaneProcess, tmp_path: Path) -> None:
+    networking = {"address": "127.0.0.1", "port": 10001, "advertisedAddress": "127.0.0.1", "advertisedPort": 10001}
+    put(
+        cp,
+        REGISTRY.get("ZoneIngress").item_path("ingress-1"),
+        {"type": "ZoneIngress", "name": "ingress-1", "networking": networking},
+    )
     for command in ("zoneingresses", "zone-ingresses", "zoneegresses"):
         run = zmctl(cp.api, tmp_path, "inspect", command)
         assert run.code == 0, run.err
-        assert table(run.out)[0][:3] == ["NAME", "STATUS", "LAST CONNECTED AGO"], run.out
+        assert table(run.out)[0] == [
+            "NAME",
+            "STATUS",
+            "LAST CONNECTED AGO",
+            "LAST UPDATED AGO",
+            "TOTAL UPDATES",
+            "TOTAL ERRORS",
+            "KUMA-DP VERSION",
+            "ENVOY VERSION",
+        ], run.out
+    rows = table(zmctl(cp.api, tmp_path, "inspect", "zoneingresses").out)
+    assert rows[1] == ["ingress-1", "Offline", "never", "never", "0", "0"]  # never connected: no versions
+    run = zmctl(cp.api, tmp_path, "inspect", "zoneingress", "ingress-1")
+    assert run.code == 0 and '"listeners"' in run.out, run.err
+    run = zmctl(cp.api, tmp_path, "inspect", "zoneingress", "ingress-1", "--type", "policies")
+    assert run.code == 1 and "Policies are not applied on ZoneIngress" in run.err
 
 
 def test_inspect_dataplane_types(cp: ControlPlaneProcess, tmp_path: Path) -> None:
