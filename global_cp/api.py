@@ -144,6 +144,8 @@ def global_routes(kds: GlobalKds) -> list[web.RouteDef]:
         web.get("/global-insights", global_insight),
         web.delete("/zones/{name}", delete_zone),
         *(web.get(f"/meshes/{{mesh}}/dataplanes/{{name}}/{what}", zone_data) for what in ZONE_DATA),
+        *(zones_select(t.name, "_resources/dataplanes") for t in REGISTRY.policies()),
+        zones_select("MeshGateway", "dataplanes"),
     ]
 
 
@@ -151,6 +153,27 @@ def global_routes(kds: GlobalKds) -> list[web.RouteDef]:
 # applies). Global holds a copy of each Dataplane (named ``<zone>.<name>``) that may lag behind,
 # and does not generate config: it answers these with the zone to ask instead of a guess.
 ZONE_DATA = ("_config", "_rules", "_policies")
+
+
+def zones_select(type_name: str, what: str) -> web.RouteDef:
+    """Which proxies a policy or a MeshGateway selects is computed by the zones, from the Dataplanes
+    they hold (zone_cp/inspect_api.py): global names the zones to ask."""
+    rtype = REGISTRY.get(type_name)
+    path = f"/meshes/{{mesh}}/{rtype.path}/{{name}}/{what}"
+
+    async def handler(request: web.Request) -> web.Response:
+        mesh, name = request.match_info["mesh"], request.match_info["name"]
+        store = request.app[MANAGER].store
+        await store.get(type_name, name, mesh)  # 404 for no such policy or gateway
+        zones = sorted(z.name for z in (await store.list("Zone")).items)
+        raise web.HTTPBadRequest(
+            reason="Bad Request",
+            text=f"the proxies a {type_name} selects are computed by the zone control planes, which hold them: "
+            f"ask the API of each zone's control plane (GET /meshes/{mesh}/{rtype.path}/{name}/{what}); zones: "
+            + (", ".join(zones) or "none yet"),
+        )
+
+    return web.get(path, handler)
 
 
 async def zone_data(request: web.Request) -> web.Response:

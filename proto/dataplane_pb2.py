@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0f\x64\x61taplane.proto\x12\x15zonemesh.dataplane.v1\"\x87\x01\n\x0fRegisterRequest\x12\x0c\n\x04mesh\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nproxy_type\x18\x03 \x01(\t\x12\x16\n\x0e\x64\x61taplane_json\x18\x04 \x01(\t\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x15\n\renvoy_version\x18\x06 \x01(\t\"W\n\x10RegisterResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12!\n\x19\x63ontrol_plane_instance_id\x18\x03 \x01(\t\"C\n\x11UnregisterRequest\x12\x0c\n\x04mesh\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nproxy_type\x18\x03 \x01(\t\"%\n\x12UnregisterResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x32\xd7\x01\n\x15\x44\x61taplaneRegistration\x12[\n\x08Register\x12&.zonemesh.dataplane.v1.RegisterRequest\x1a\'.zonemesh.dataplane.v1.RegisterResponse\x12\x61\n\nUnregister\x12(.zonemesh.dataplane.v1.UnregisterRequest\x1a).zonemesh.dataplane.v1.UnregisterResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0f\x64\x61taplane.proto\x12\x15zonemesh.dataplane.v1\"\x87\x01\n\x0fRegisterRequest\x12\x0c\n\x04mesh\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nproxy_type\x18\x03 \x01(\t\x12\x16\n\x0e\x64\x61taplane_json\x18\x04 \x01(\t\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x15\n\renvoy_version\x18\x06 \x01(\t\"o\n\x10RegisterResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12!\n\x19\x63ontrol_plane_instance_id\x18\x03 \x01(\t\x12\x16\n\x0e\x64\x61taplane_json\x18\x04 \x01(\t\"[\n\x11UnregisterRequest\x12\x0c\n\x04mesh\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nproxy_type\x18\x03 \x01(\t\x12\x16\n\x0ekeep_dataplane\x18\x04 \x01(\x08\"%\n\x12UnregisterResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x32\xd7\x01\n\x15\x44\x61taplaneRegistration\x12[\n\x08Register\x12&.zonemesh.dataplane.v1.RegisterRequest\x1a\'.zonemesh.dataplane.v1.RegisterResponse\x12\x61\n\nUnregister\x12(.zonemesh.dataplane.v1.UnregisterRequest\x1a).zonemesh.dataplane.v1.UnregisterResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,11 +34,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERREQUEST']._serialized_start=43
   _globals['_REGISTERREQUEST']._serialized_end=178
   _globals['_REGISTERRESPONSE']._serialized_start=180
-  _globals['_REGISTERRESPONSE']._serialized_end=267
-  _globals['_UNREGISTERREQUEST']._serialized_start=269
-  _globals['_UNREGISTERREQUEST']._serialized_end=336
-  _globals['_UNREGISTERRESPONSE']._serialized_start=338
-  _globals['_UNREGISTERRESPONSE']._serialized_end=375
-  _globals['_DATAPLANEREGISTRATION']._serialized_start=378
-  _globals['_DATAPLANEREGISTRATION']._serialized_end=593
+  _globals['_REGISTERRESPONSE']._serialized_end=291
+  _globals['_UNREGISTERREQUEST']._serialized_start=293
+  _globals['_UNREGISTERREQUEST']._serialized_end=384
+  _globals['_UNREGISTERRESPONSE']._serialized_start=386
+  _globals['_UNREGISTERRESPONSE']._serialized_end=423
+  _globals['_DATAPLANEREGISTRATION']._serialized_start=426
+  _globals['_DATAPLANEREGISTRATION']._serialized_end=641
 # @@protoc_insertion_point(module_scope)

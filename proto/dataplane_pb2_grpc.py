@@ -50,7 +50,9 @@ class DataplaneRegistrationServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Register(self, request, context):
-        """Create or update the Dataplane resource (universal JSON) in the zone store.
+        """Create or update the Dataplane resource (universal JSON) in the zone store; or, with an empty
+        `dataplane_json`, run the Dataplane already stored under `mesh`/`name` (kuma-dp's
+        `--name --mesh` form, for a Dataplane created beforehand with zmctl apply or the API).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -7,9 +7,13 @@ import sys
 
 import structlog
 
+# The levels a command line offers; "off" (kuma-dp's) logs nothing.
+LEVELS = ("debug", "info", "warning", "error", "off")
+_OFF = logging.CRITICAL + 10
+
 
 def configure(fmt: str = "json", level: str = "info") -> None:
-    numeric = logging.getLevelName(level.upper())
+    numeric = _OFF if level.lower() == "off" else logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         numeric = logging.INFO
     renderer: structlog.types.Processor = (

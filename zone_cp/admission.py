@@ -16,6 +16,7 @@ verification leeway), and checks it again whenever the mesh's signing keys or re
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -25,7 +26,7 @@ import structlog
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format
 from zonemesh.proto import dataplane_pb2, dataplane_pb2_grpc
-from zonemesh.shared.resources.codec import from_universal, parse_json
+from zonemesh.shared.resources.codec import from_universal, parse_json, to_universal
 from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.model import Resource, ResourceKey
 from zonemesh.shared.resources.registry import REGISTRY
@@ -248,6 +249,8 @@ class RegistrationServicer:
     ) -> dataplane_pb2.RegisterResponse:
         proxy_type = request.proxy_type or ProxyType.DATAPLANE.value
         await check_names(context, "Dataplane", request.name, request.mesh)
+        if not request.dataplane_json:
+            return await self._register_stored(request, context, proxy_type)
         # Parse before admitting, so the token is checked against the tags being registered;
         # but say nothing about the document to a caller whose token is refused.
         try:
@@ -276,7 +279,47 @@ class RegistrationServicer:
             )
         log.info("dataplane_registered", mesh=request.mesh, name=request.name, created=created, version=stored.version)
         return dataplane_pb2.RegisterResponse(
-            version=stored.version, created=created, control_plane_instance_id=self.instance_id
+            version=stored.version,
+            created=created,
+            control_plane_instance_id=self.instance_id,
+            dataplane_json=json.dumps(to_universal(stored)),
+        )
+
+    async def _register_stored(
+        self, request: dataplane_pb2.RegisterRequest, context: grpc.aio.ServicerContext[Any, Any], proxy_type: str
+    ) -> dataplane_pb2.RegisterResponse:
+        """kuma-dp's ``--name --mesh`` form: the proxy runs the Dataplane already stored under that
+        name (created with zmctl apply or the API). The token is checked against the stored
+        Dataplane's tags, before anything about it (even whether it exists) is told."""
+        await self._admit(context, request.mesh, request.name, proxy_type)
+        if proxy_type not in SUPPORTED_PROXY_TYPES:
+            await context.abort(
+                grpc.StatusCode.UNIMPLEMENTED, f"proxy type {proxy_type!r} is not yet supported: use dataplane"
+            )
+        stored = await self.manager.store.find("Dataplane", request.name, request.mesh)
+        if stored is None:
+            log.warning("dataplane_registration_not_found", mesh=request.mesh, name=request.name)
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no Dataplane {request.name!r} in mesh {request.mesh!r} on this control plane: create it first "
+                "(zmctl apply -f), or give the proxy its Dataplane document (--dataplane-file)",
+            )
+        assert stored is not None  # context.abort raised otherwise
+        try:  # a Dataplane stored without a license slot (created through the API) needs one to run
+            await license_connection(self.manager.store, request.mesh, request.name)
+        except LicenseRefused as exc:
+            log.warning("dataplane_license_refused", mesh=request.mesh, name=request.name, reason=str(exc))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        if self.insights is not None:
+            self.insights.registered(
+                request.mesh, request.name, agent_version=request.agent_version, envoy_version=request.envoy_version
+            )
+        log.info("dataplane_registered", mesh=request.mesh, name=request.name, created=False, stored=True)
+        return dataplane_pb2.RegisterResponse(
+            version=stored.version,
+            created=False,
+            control_plane_instance_id=self.instance_id,
+            dataplane_json=json.dumps(to_universal(stored)),
         )
 
     async def Unregister(
@@ -284,12 +327,16 @@ class RegistrationServicer:
     ) -> dataplane_pb2.UnregisterResponse:
         await check_names(context, "Dataplane", request.name, request.mesh)
         await self._admit(context, request.mesh, request.name, ProxyType.DATAPLANE.value)
-        try:
-            await self.manager.delete("Dataplane", request.name, request.mesh)
-            deleted = True
-        except NotFound:
-            deleted = False
+        deleted = False
+        if not request.keep_dataplane:  # kept: it was created beforehand, not by this proxy's Register
+            try:
+                await self.manager.delete("Dataplane", request.name, request.mesh)
+                deleted = True
+            except NotFound:
+                pass
         if self.insights is not None:
             await self.insights.unregistered(request.mesh, request.name)
-        log.info("dataplane_unregistered", mesh=request.mesh, name=request.name, deleted=deleted)
+        log.info(
+            "dataplane_unregistered", mesh=request.mesh, name=request.name, deleted=deleted, kept=request.keep_dataplane
+        )
         return dataplane_pb2.UnregisterResponse(deleted=deleted)

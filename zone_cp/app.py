@@ -31,7 +31,7 @@ from zonemesh.shared.runtime import Assembly, ControlPlane
 from zonemesh.shared.store import NotFound
 from zonemesh.shared.tls import default_hosts, ensure_self_signed
 from zonemesh.shared.tokens import dataplane as dataplane_tokens
-from zonemesh.zone_cp import ingress, insights, zoneproxies
+from zonemesh.zone_cp import ingress, insights, inspect_api, zoneproxies
 from zonemesh.zone_cp.admission import DataplaneAuthenticator, ReadOnce
 from zonemesh.zone_cp.xds import inspection
 from zonemesh.zone_cp.xds.cache import SnapshotCache
@@ -181,6 +181,7 @@ def assemble(config: Config) -> Assembly:
         routes=[
             *dataplane_tokens.routes(),
             *side.routes(),
+            *inspect_api.routes(),
             *zoneproxies.token_routes(
                 config.zone or "default", federated=config.mode == "zone" and bool(config.global_address)
             ),

@@ -15,6 +15,7 @@ import structlog
 from envoy.service.discovery.v3 import discovery_pb2
 from zonemesh.proto import dataplane_pb2, dataplane_pb2_grpc
 from zonemesh.shared.config import Config
+from zonemesh.shared.resources.codec import from_universal
 from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store.memory import MemoryStore
@@ -109,6 +110,58 @@ async def test_register_creates_the_dataplane_and_unregister_deletes_it(zone: Zo
     )
     assert result.deleted
     assert await zone.store.find("Dataplane", "web-1", "default") is None
+
+
+async def test_register_by_name_runs_the_stored_dataplane_and_leaves_it_stored(zone: Zone) -> None:
+    """kuma-dp's --name/--mesh form (seed 002): no document; the Dataplane was created beforehand,
+    the CP sends it back, and it stays when the proxy goes (its insight goes offline)."""
+    res, _ = from_universal(DATAPLANE)
+    await zone.store.create(res)
+    token = await zone.token()
+    response = await zone.register(token, dataplane_json="")
+    assert not response.created
+    sent = json.loads(response.dataplane_json)
+    assert (sent["name"], sent["networking"]["inbound"]) == ("web-1", DATAPLANE["networking"]["inbound"])
+
+    stub = dataplane_pb2_grpc.DataplaneRegistrationStub(zone.channel)
+    result = await stub.Unregister(
+        dataplane_pb2.UnregisterRequest(mesh="default", name="web-1", keep_dataplane=True),
+        metadata=(("authorization", f"Bearer {token}"),),
+    )
+    assert not result.deleted
+    assert await zone.store.find("Dataplane", "web-1", "default") is not None
+
+
+async def test_register_by_name_refuses_a_token_before_telling_whether_the_dataplane_exists(zone: Zone) -> None:
+    other = await zone.token(name="web-2")
+    answers = []
+    for stored in (False, True):
+        if stored:
+            await zone.store.create(from_universal(DATAPLANE)[0])
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await zone.register(other, dataplane_json="")
+        answers.append((err.value.code(), err.value.details()))
+    assert answers[0] == answers[1]  # the same refusal, stored or not
+    assert answers[0][0] == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_register_by_name_of_a_dataplane_that_does_not_exist_says_so(zone: Zone) -> None:
+    token = await zone.token()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await zone.register(token, dataplane_json="")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "no Dataplane 'web-1' in mesh 'default' on this control plane: create it first" in (
+        err.value.details() or ""
+    )
+
+
+async def test_register_by_name_checks_the_token_tags_against_the_stored_dataplane(zone: Zone) -> None:
+    await zone.store.create(from_universal(DATAPLANE)[0])
+    token = await zone.token(tags={"kuma.io/service": ["db"]})
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await zone.register(token, dataplane_json="")
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "tag kuma.io/service='web' is not allowed" in (err.value.details() or "")
 
 
 @pytest.mark.parametrize(

@@ -312,6 +312,13 @@ def cmd_inspect_meshes(args: argparse.Namespace, env: Env) -> None:
 
 
 def cmd_inspect_dataplanes(args: argparse.Namespace, env: Env) -> None:
+    from zonemesh.ctl import inspect  # inspect imports this module
+
+    if args.ingress:
+        # kumactl's --ingress lists zone ingresses among the dataplanes of old Kuma versions;
+        # zonemesh keeps them apart.
+        raise UsageError("--ingress: zone ingresses are not Dataplanes here: zmctl inspect zoneingresses")
+    tags = dict(parse_tag_filters(args.tag))
     client = env.client()
     mesh = args.mesh or DEFAULT_MESH
     path = REGISTRY.get("Dataplane").collection_path(mesh)
@@ -323,31 +330,59 @@ def cmd_inspect_dataplanes(args: argparse.Namespace, env: Env) -> None:
                 raise
             # No overview endpoint on this CP: list the dataplanes alone (status then shows "-").
             items = list(client.list_all(path))
+    items = [i for i in items if inspect.dataplane_selected(i, tags, args.gateway)]
     if args.output == "json":
         print(output.to_json({"total": len(items), "items": items}))
     elif args.output == "yaml":
         if items:
             print(output.to_yaml(items))
     else:
-        print(output.dataplane_inspect_table(items))
+        now = datetime.now(UTC)
+        print(output.render_table(inspect.DATAPLANE_HEADERS, (inspect.dataplane_row(i, now) for i in items)))
+
+
+def parse_tag_filters(values: list[str] | None) -> list[tuple[str, str]]:
+    """kumactl's ``--tag key=value`` (repeatable; ``a=1,b=2`` in one flag too)."""
+    pairs = []
+    for value in values or []:
+        for item in value.split(","):
+            key, sep, val = item.partition("=")
+            if not sep or not key:
+                raise UsageError(f"--tag {value!r}: use KEY=VALUE, e.g. --tag kuma.io/service=web")
+            pairs.append((key, val))
+    return pairs
 
 
 # ``inspect dataplane NAME --type T``: T -> the sub-resource of the dataplane's item path that serves it.
-# Adding a type (stats, clusters, ...) is one entry here plus its endpoint on the CP.
+# Adding a type is one entry here plus its endpoint on the CP.
 DATAPLANE_INSPECT_TYPES: dict[str, str] = {
-    "config-dump": "_config",  # the Envoy config generated for the proxy (admin)
+    "config": "_config",  # kumactl's: the xDS config the control plane generates for the proxy (admin)
+    "config-dump": "_config",  # the same: zonemesh has no other (Envoy's own dump is on the proxy's host)
     "rules": "_rules",  # per policy type, the conf each policy sets and where it comes from
     "policies": "_policies",  # the proxy-level confs (policies without to/from)
 }
+# kumactl's types that only Envoy knows, which kuma-cp reads from Envoy's admin API: zonemesh-dp
+# serves that API on a Unix socket only the proxy's user can open (docs/dataplane.md), so no
+# control plane reaches it. The type -> Envoy's admin path to read on the proxy's host instead.
+ADMIN_ONLY_TYPES = {"stats": "stats", "clusters": "clusters"}
+ON_THE_PROXY_HOST = (
+    "the control plane does not reach Envoy's admin API: zonemesh-dp serves it on a Unix socket only the "
+    "proxy's user can open (docs/dataplane.md). On the proxy's host, as that user: curl --unix-socket "
+    "<work-dir>/envoy-admin.sock http://localhost/{what}"
+)
 
 
 def cmd_inspect_dataplane(args: argparse.Namespace, env: Env) -> None:
-    client = env.client()
     mesh = args.mesh or DEFAULT_MESH
+    what = output.describe("Dataplane", args.name, mesh)
+    if args.type in ADMIN_ONLY_TYPES:
+        raise CtlError(
+            f"cannot get the {args.type} of {what}", [ON_THE_PROXY_HOST.format(what=ADMIN_ONLY_TYPES[args.type])]
+        )
+    client = env.client()
     dataplanes = REGISTRY.get("Dataplane")
     item = dataplanes.item_path(quote_name(args.name), mesh)
     path = f"{item}/{DATAPLANE_INSPECT_TYPES[args.type]}"
-    what = output.describe("Dataplane", args.name, mesh)
     try:
         body = client.get(path)
     except ApiError as exc:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from zonemesh.ctl import zone_token
+from zonemesh.ctl import offline, zone_token
 from zonemesh.ctl.errors import UsageError, name_type
 from zonemesh.shared import duration
 from zonemesh.shared.resources.schema import MESH_NAME, parse_duration
+from zonemesh.shared.tokens.dataplane import DataplaneClaims
+from zonemesh.shared.tokens.tokens import sign
 
 if TYPE_CHECKING:
     from zonemesh.ctl.commands import Env
@@ -31,7 +33,8 @@ def parse_tags(values: list[str] | None) -> dict[str, list[str]]:
         key, sep, value = item.partition("=")
         if not sep or not key or not value:
             raise UsageError(f"--tag {item!r}: expected KEY=VALUE, e.g. kuma.io/service=web")
-        tags.setdefault(key, []).append(value)
+        # kumactl's form too: several values of one tag split by commas (kuma.io/service=web,web-api)
+        tags.setdefault(key, []).extend(v for v in value.split(",") if v)
     return tags
 
 
@@ -51,7 +54,17 @@ def dataplane_token_request(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_generate_dataplane_token(args: argparse.Namespace, env: Env) -> None:
-    _, token = env.client().request("POST", "/tokens/dataplane", body=dataplane_token_request(args))
+    body = dataplane_token_request(args)
+    if args.signing_key_path or args.kid is not None:
+        # kumactl's offline form: signed here with a key the zone also holds as its mesh Secret
+        # dataplane-token-signing-key-<mesh>-<kid>; the control plane is not asked.
+        if not (args.signing_key_path and args.kid is not None):
+            raise UsageError("offline signing needs both --signing-key-path and --kid")
+        pem = offline.read_signing_key(args.signing_key_path)
+        claims = DataplaneClaims(mesh=body["mesh"], name=body["name"], tags=body["tags"], proxy_type=body["type"])
+        print(sign(claims.as_jwt_claims(), pem, args.kid, parse_duration(args.valid_for)))
+        return
+    _, token = env.client().request("POST", "/tokens/dataplane", body=body)
     print(str(token).strip())
 
 
@@ -81,8 +94,9 @@ def cmd_generate_user_token(args: argparse.Namespace, env: Env) -> None:
 
 def add_commands(b: Builder, sub: Subparsers) -> None:
     """The ``generate`` group and its subcommands."""
-    generate = b.group(sub, "generate", "generate tokens")
+    generate = b.group(sub, "generate", "generate tokens, signing keys and TLS certificates")
     zone_token.add_command(b, generate)
+    offline.add_commands(b, generate)
     token = b.leaf(
         generate,
         "dataplane-token",
@@ -103,6 +117,12 @@ def add_commands(b: Builder, sub: Subparsers) -> None:
     token.add_argument("--tag", action="append", metavar="KEY=VALUE", help="allowed inbound tag value (repeatable)")
     token.add_argument("--proxy-type", choices=PROXY_TYPES, default="dataplane", help="default dataplane")
     token.add_argument("--valid-for", required=True, metavar="DURATION", help="lifetime, e.g. 24h, 720h")
+    token.add_argument(
+        "--signing-key-path", help="sign offline with this PEM private key (with --kid); the CP is not asked"
+    )
+    token.add_argument(
+        "--kid", type=int, help="serial of that key on the zone (mesh Secret dataplane-token-signing-key-<mesh>-<kid>)"
+    )
 
     user = b.leaf(
         generate,

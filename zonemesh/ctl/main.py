@@ -11,11 +11,11 @@ import argparse
 import os
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
 from zonemesh import __version__
-from zonemesh.ctl import commands, generate, license
+from zonemesh.ctl import commands, export, generate, inspect, license, shell
 from zonemesh.ctl import config as cfg
 from zonemesh.ctl.config import CONFIG_ENV, DEFAULT_ADDRESS
 from zonemesh.ctl.errors import EXIT_USAGE, CtlError, UsageError, name_type
@@ -74,10 +74,18 @@ class Builder:
         return parser.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
 
     def leaf(
-        self, parent: Subparsers, name: str, help: str, handler: Handler, *, epilog: str | None = None
+        self,
+        parent: Subparsers,
+        name: str,
+        help: str,
+        handler: Handler,
+        *,
+        epilog: str | None = None,
+        aliases: Sequence[str] = (),
     ) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = parent.add_parser(
             name,
+            aliases=list(aliases),
             parents=[self.common],
             help=help,
             description=help,
@@ -143,27 +151,36 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("name", type=name_type(EARLIER_NAME), help="resource name")
     _add_mesh(delete, "mesh of a mesh-scoped type; ignored for global types", EARLIER_NAME)
 
-    inspect = b.group(sub, "inspect", "inspect meshes and data plane proxies")
+    inspect_group = b.group(sub, "inspect", "inspect meshes, zones, services and data plane proxies")
     meshes = b.leaf(
-        inspect, "meshes", "per mesh: mTLS backend, dataplane and policy counts", commands.cmd_inspect_meshes
+        inspect_group, "meshes", "per mesh: mTLS backend, dataplane and policy counts", commands.cmd_inspect_meshes
     )
     _add_output(meshes)
     dataplanes = b.leaf(
-        inspect, "dataplanes", "dataplanes with their connection status", commands.cmd_inspect_dataplanes
+        inspect_group, "dataplanes", "dataplanes with their connection status", commands.cmd_inspect_dataplanes
     )
     _add_mesh(dataplanes)
     _add_output(dataplanes)
+    dataplanes.add_argument("--tag", action="append", metavar="KEY=VALUE", help="only proxies with this tag")
+    dataplanes.add_argument("--gateway", action="store_true", help="only gateway proxies")
+    dataplanes.add_argument("--ingress", action="store_true", help=argparse.SUPPRESS)
     dataplane = b.leaf(
-        inspect, "dataplane", "one dataplane's data from its control plane", commands.cmd_inspect_dataplane
+        inspect_group, "dataplane", "one dataplane's data from its control plane", commands.cmd_inspect_dataplane
     )
     dataplane.add_argument("name", type=name_type(), help="dataplane name")
     _add_mesh(dataplane)
     dataplane.add_argument(
         "--type",
-        choices=sorted(commands.DATAPLANE_INSPECT_TYPES),
+        choices=sorted([*commands.DATAPLANE_INSPECT_TYPES, *commands.ADMIN_ONLY_TYPES]),
         default="config-dump",
-        help="what to show (default config-dump)",
+        help="what to show (default config-dump); stats and clusters are Envoy's own, read on the proxy's host",
     )
+    dataplane.add_argument(
+        "--include-eds",
+        action="store_true",
+        help="kumactl's: include endpoints in config-dump (zonemesh's always includes them)",
+    )
+    inspect.add_commands(b, inspect_group)
 
     config = b.group(sub, "config", "manage the control planes zmctl talks to")
     b.leaf(config, "view", "show the zmctl config (tokens and header values redacted)", commands.cmd_config_view)
@@ -201,8 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     remove = b.leaf(planes, "remove", "forget a control plane", commands.cmd_cp_remove)
     remove.add_argument("--name", required=True)
 
+    export.add_commands(b, sub)
     generate.add_commands(b, sub)
     license.add_commands(b, sub)
+    shell.add_commands(b, sub)
     return parser
 
 

@@ -275,22 +275,3 @@ def dataplane_overview(item: Doc) -> tuple[Doc, Doc | None]:
         insight = item.get("dataplaneInsight")
         return {**item, **dataplane}, insight if isinstance(insight, Mapping) else {}
     return item, None
-
-
-def dataplane_inspect_table(items: Iterable[Doc]) -> str:
-    rows = []
-    for item in items:
-        dataplane, insight = dataplane_overview(item)
-        status, connected = connection_status(insight)
-        rows.append(
-            [
-                str(dataplane.get("mesh") or NONE),
-                str(dataplane.get("name") or NONE),
-                dataplane_tags(dataplane),
-                str(_networking(dataplane).get("address") or NONE),
-                dataplane_kind(dataplane),
-                status,
-                connected,
-            ]
-        )
-    return render_table(["MESH", "NAME", "TAGS", "ADDRESS", "KIND", "STATUS", "LAST CONNECTED"], rows)

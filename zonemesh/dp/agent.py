@@ -7,8 +7,10 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import signal
 import ssl
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,11 +60,14 @@ class AgentError(Exception):
 @dataclass
 class AgentOptions:
     cp_address: str
-    name: str
-    mesh: str
+    # The proxy's name and mesh: from the flags, else from its document (``prepare`` fills them
+    # in). Without a document the proxy runs the Dataplane already stored under them.
+    name: str | None
+    mesh: str | None
     token_file: str
-    dataplane_file: str | None = None
+    dataplane_file: str | None = None  # "-": standard input
     dataplane_inline: str | None = None
+    dataplane_vars: dict[str, str] = field(default_factory=dict)  # {{ key }} in the document (kuma-dp -v)
     ca_cert_file: str | None = None
     tls_skip_verify: bool = False
     proxy_type: str = "dataplane"
@@ -74,6 +79,7 @@ class AgentOptions:
     work_dir: str | None = None
     concurrency: int = 1
     envoy_log_level: str = "warning"
+    envoy_component_log_level: str | None = None  # Envoy's --component-log-level
     drain_seconds: float = 5.0
     xds_protocol: str = DEFAULT_XDS_PROTOCOL  # delta or sotw (bootstrap.XDS_PROTOCOLS)
     connect_timeout: float = 30.0
@@ -92,30 +98,86 @@ def parse_cp_address(address: str) -> tuple[str, int]:
     return parts.hostname, parts.port or 5678
 
 
-def load_dataplane(opts: AgentOptions) -> dict[str, Any]:
-    """Read the Dataplane (or ZoneIngress/ZoneEgress) document and validate it locally, with the
-    name and mesh from the flags."""
+_VAR = re.compile(r"\{\{\s*([A-Za-z0-9_.-]+)\s*\}\}")
+DEFAULT_MESH = "default"
+
+
+def render_vars(text: str, variables: dict[str, str], source: str) -> str:
+    """kuma-dp's ``--dataplane-var KEY=VALUE``: replace ``{{ KEY }}`` in the document. A placeholder
+    without a value is refused (kuma-dp renders it empty, which would register a broken Dataplane)."""
+    missing = sorted({m.group(1) for m in _VAR.finditer(text)} - set(variables))
+    if missing:
+        flags = " ".join(f"--dataplane-var {name}=VALUE" for name in missing)
+        raise AgentError(f"{source} uses {{{{ {missing[0]} }}}} but no value was given: pass {flags}", EXIT_USAGE)
+    return _VAR.sub(lambda m: variables[m.group(1)], text)
+
+
+def read_document(opts: AgentOptions) -> tuple[Any, str] | None:
+    """The proxy's document as parsed YAML and where it came from; None when the agent was given
+    none (it then runs the Dataplane stored on the control plane under --name/--mesh)."""
+    if opts.dataplane_file and opts.dataplane_inline:
+        raise AgentError("give one of --dataplane-file and --dataplane-inline, not both", EXIT_USAGE)
+    if not opts.dataplane_file and not opts.dataplane_inline:
+        return None
+    source = opts.dataplane_file or "--dataplane-inline"
+    try:
+        if opts.dataplane_file == "-":
+            source, text = "the Dataplane on standard input", sys.stdin.read()
+        elif opts.dataplane_file:
+            text = Path(opts.dataplane_file).read_text()
+        else:
+            text = str(opts.dataplane_inline)
+    except OSError as exc:
+        raise AgentError(f"cannot read {source}: {exc.strerror}", EXIT_USAGE) from None
+    text = render_vars(text, opts.dataplane_vars, source)
+    try:
+        return yaml.safe_load(text), source
+    except yaml.YAMLError as exc:
+        raise AgentError(f"{source} is not valid YAML: {exc}", EXIT_USAGE) from None
+
+
+def load_dataplane(opts: AgentOptions) -> dict[str, Any] | None:
+    """Read the Dataplane (or ZoneIngress/ZoneEgress) document and validate it locally; settle the
+    proxy's name and mesh (``opts.name``/``opts.mesh``) from the flags and the document, which must
+    agree. None: no document, the proxy runs the Dataplane stored on the control plane."""
     from zonemesh.shared.resources import REGISTRY
     from zonemesh.shared.resources.codec import from_universal, to_universal
     from zonemesh.shared.resources.schema import ValidationError
 
-    if bool(opts.dataplane_file) == bool(opts.dataplane_inline):
-        raise AgentError("give exactly one of --dataplane-file and --dataplane-inline", EXIT_USAGE)
-    source = opts.dataplane_file or "--dataplane-inline"
-    try:
-        text = Path(opts.dataplane_file).read_text() if opts.dataplane_file else str(opts.dataplane_inline)
-        doc = yaml.safe_load(text)
-    except OSError as exc:
-        raise AgentError(f"cannot read {source}: {exc.strerror}", EXIT_USAGE) from None
-    except yaml.YAMLError as exc:
-        raise AgentError(f"{source} is not valid YAML: {exc}", EXIT_USAGE) from None
     type_name = RESOURCE_TYPES[opts.proxy_type]
     zone_proxy = opts.proxy_type in ZONE_PROXY_TYPES
+    read = read_document(opts)
+    if read is None:
+        if zone_proxy:
+            raise AgentError(
+                f"--proxy-type {opts.proxy_type} needs its {type_name} document: pass --dataplane-file", EXIT_USAGE
+            )
+        if not opts.name:
+            raise AgentError(
+                "give the proxy's Dataplane document (--dataplane-file), or --name (and --mesh) of a Dataplane "
+                "already created on the control plane",
+                EXIT_USAGE,
+            )
+        opts.mesh = opts.mesh or DEFAULT_MESH
+        return None
+    doc, source = read
     if isinstance(doc, dict):
+        for flag, key, given in (("--name", "name", opts.name), ("--mesh", "mesh", opts.mesh)):
+            stated = doc.get(key)
+            if given and stated is not None and stated != given and not (zone_proxy and key == "mesh"):
+                raise AgentError(
+                    f"{flag} {given} and the {key} in {source} ({stated}) differ: leave out {flag} (the document "
+                    f"names the proxy, as kuma-dp reads it) or make them agree",
+                    EXIT_USAGE,
+                )
         doc.setdefault("type", type_name)
+        opts.name = opts.name or (doc.get("name") if isinstance(doc.get("name"), str) else None)
         if not zone_proxy:
+            opts.mesh = opts.mesh or (doc.get("mesh") if isinstance(doc.get("mesh"), str) else None) or DEFAULT_MESH
             doc.setdefault("mesh", opts.mesh)
         doc.setdefault("name", opts.name)
+    if not opts.name:
+        raise AgentError(f"{source} does not name the proxy: give it a `name:`, or pass --name", EXIT_USAGE)
     try:
         res, _ = from_universal(
             doc, expected_type=REGISTRY.get(type_name), mesh=None if zone_proxy else opts.mesh, name=opts.name
@@ -150,7 +212,9 @@ def fetch_server_certificate(host: str, port: int) -> str:
 class Prepared:
     """What the agent reads and checks before it starts anything (blocking file work, done up front)."""
 
-    dataplane: dict[str, Any]
+    name: str
+    mesh: str  # "" for a zone proxy (it serves every mesh)
+    dataplane: dict[str, Any] | None  # None: the Dataplane stored on the control plane (name/mesh form)
     token: str
     envoy_binary: str
     envoy_version: str
@@ -219,26 +283,34 @@ def untrusted(host: str, port: int, source: str, reason: str) -> AgentError:
     )
 
 
-def resolve_admin(opts: AgentOptions, work_dir: Path, dataplane: dict[str, Any]) -> AdminAddress:
-    """Where Envoy's admin API listens: the Unix socket ``<work-dir>/envoy-admin.sock`` (only this
-    user can open it), or TCP 127.0.0.1:``--admin-port`` when the operator asks for it."""
-    if opts.readiness_port and opts.readiness_port == opts.admin_port:
-        raise AgentError(
-            f"--readiness-port and --admin-port are both {opts.admin_port}: give them different ports", EXIT_USAGE
-        )
+def check_declared_admin_port(opts: AgentOptions, admin: AdminAddress, dataplane: dict[str, Any]) -> None:
+    """A document's ``networking.admin.port`` must be where the agent serves Envoy's admin API:
+    otherwise the operator expects it on a port that nothing (or something else) listens on."""
     declared = ((dataplane.get("networking") or {}).get("admin") or {}).get("port")
     if declared is not None and declared != opts.admin_port:
-        where = (
-            f"its Unix socket {admin_socket_path(work_dir)}"
-            if opts.admin_port is None
-            else f"--admin-port {opts.admin_port}"
-        )
+        where = f"its Unix socket {admin.socket_path}" if opts.admin_port is None else f"--admin-port {opts.admin_port}"
         raise AgentError(
             f"the {RESOURCE_TYPES[opts.proxy_type]} sets networking.admin.port {declared}, but Envoy's admin API "
             f"is on {where}: remove networking.admin.port, or pass --admin-port {declared} to serve the admin API "
             f"on TCP 127.0.0.1:{declared} (every local user can then read this proxy's token from it)",
             EXIT_USAGE,
         )
+
+
+def resolve_admin(opts: AgentOptions, work_dir: Path, dataplane: dict[str, Any] | None) -> AdminAddress:
+    """Where Envoy's admin API listens: the Unix socket ``<work-dir>/envoy-admin.sock`` (only this
+    user can open it), or TCP 127.0.0.1:``--admin-port`` when the operator asks for it."""
+    if opts.readiness_port and opts.readiness_port == opts.admin_port:
+        raise AgentError(
+            f"--readiness-port and --admin-port are both {opts.admin_port}: give them different ports", EXIT_USAGE
+        )
+    admin = (
+        AdminAddress(socket_path=admin_socket_path(work_dir))
+        if opts.admin_port is None
+        else AdminAddress(port=opts.admin_port)
+    )
+    if dataplane is not None:
+        check_declared_admin_port(opts, admin, dataplane)
     if opts.admin_port is not None:
         log.warning(
             "envoy_admin_tcp",
@@ -248,8 +320,7 @@ def resolve_admin(opts: AgentOptions, work_dir: Path, dataplane: dict[str, Any])
             "/logging)",
             fix="leave out --admin-port: the admin API is then on a Unix socket only this user can open",
         )
-        return AdminAddress(port=opts.admin_port)
-    return AdminAddress(socket_path=admin_socket_path(work_dir))
+    return admin
 
 
 def prepare(opts: AgentOptions, work_dir: Path) -> Prepared:
@@ -271,7 +342,10 @@ def prepare(opts: AgentOptions, work_dir: Path) -> Prepared:
     admin = resolve_admin(opts, work_dir, dataplane)
     work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     ca_file, ca_source = resolve_ca_file(opts, host, port)
+    assert opts.name and opts.mesh is not None  # load_dataplane settled them or refused
     return Prepared(
+        name=opts.name,
+        mesh=opts.mesh,
         dataplane=dataplane,
         token=token,
         envoy_binary=binary,
@@ -294,9 +368,11 @@ class Agent:
     def __init__(self, opts: AgentOptions, prepared: Prepared) -> None:
         self.opts = opts
         self.prepared = prepared
+        self.name, self.mesh = prepared.name, prepared.mesh
         self.host, self.port = parse_cp_address(opts.cp_address)
         self.stop = asyncio.Event()
         self.registered = False
+        self.keep_dataplane = False
         self._channel: grpc.aio.Channel | None = None
 
     async def _open_channel(self) -> grpc.aio.Channel:
@@ -347,34 +423,48 @@ class Agent:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 3.0)
 
-    async def register(self, dataplane: dict[str, Any], token: str, envoy_ver: str) -> None:
+    async def register(self, dataplane: dict[str, Any] | None, token: str, envoy_ver: str) -> dict[str, Any]:
+        """Register the proxy's document, or (None) the Dataplane stored under its name; returns
+        the Dataplane the control plane holds for it."""
         request = dataplane_pb2.RegisterRequest(
-            mesh=self.opts.mesh,
-            name=self.opts.name,
+            mesh=self.mesh,
+            name=self.name,
             proxy_type=self.opts.proxy_type,
-            dataplane_json=json.dumps(dataplane),
+            dataplane_json="" if dataplane is None else json.dumps(dataplane),
             agent_version=__version__,
             envoy_version=envoy_ver,
         )
         response = await self._call("Register", request, token)
         self.registered = True
+        self.keep_dataplane = dataplane is None  # created beforehand: it stays when the proxy stops
         log.info(
             "dataplane_registered",
-            mesh=self.opts.mesh,
-            name=self.opts.name,
+            mesh=self.mesh,
+            name=self.name,
             created=response.created,
+            stored=dataplane is None,
             control_plane=response.control_plane_instance_id,
         )
+        if response.dataplane_json:
+            stored: dict[str, Any] = json.loads(response.dataplane_json)
+            return stored
+        if dataplane is None:  # a control plane that predates the name/mesh form ran nothing for it
+            raise AgentError(
+                "the control plane did not return the stored Dataplane: it does not support registering by "
+                "--name/--mesh; pass --dataplane-file",
+                EXIT_USAGE,
+            )
+        return dataplane
 
     async def unregister(self, token: str) -> None:
         if not self.registered:
             return
         request = dataplane_pb2.UnregisterRequest(
-            mesh=self.opts.mesh, name=self.opts.name, proxy_type=self.opts.proxy_type
+            mesh=self.mesh, name=self.name, proxy_type=self.opts.proxy_type, keep_dataplane=self.keep_dataplane
         )
         try:
             response = await asyncio.wait_for(self._call("Unregister", request, token), timeout=10)
-            log.info("dataplane_unregistered", mesh=self.opts.mesh, name=self.opts.name, deleted=response.deleted)
+            log.info("dataplane_unregistered", mesh=self.mesh, name=self.name, deleted=response.deleted)
         except (AgentError, TimeoutError) as exc:
             log.warning("dataplane_unregister_failed", error=str(exc))
 
@@ -412,12 +502,14 @@ class Agent:
         opts, prepared = self.opts, self.prepared
         self._channel = await self._open_channel()
         try:
-            await self.register(prepared.dataplane, prepared.token, prepared.envoy_version)
+            dataplane = await self.register(prepared.dataplane, prepared.token, prepared.envoy_version)
+            if prepared.dataplane is None:  # the stored Dataplane, seen only now
+                check_declared_admin_port(opts, prepared.admin, dataplane)
             bootstrap = prepared.work_dir / "bootstrap.json"
             params = BootstrapParams(
-                mesh=opts.mesh,
-                name=opts.name,
-                service=first_service(prepared.dataplane) if opts.mesh else opts.name,
+                mesh=self.mesh,
+                name=self.name,
+                service=first_service(dataplane) if self.mesh else self.name,
                 cp_host=self.host,
                 cp_port=self.port,
                 ca_cert_file=str(prepared.ca_file) if prepared.ca_file else None,
@@ -437,6 +529,7 @@ class Agent:
                 prepared.admin,
                 concurrency=opts.concurrency,
                 log_level=opts.envoy_log_level,
+                component_log_level=opts.envoy_component_log_level,
                 settings=settings,
             )
             code = EXIT_OK

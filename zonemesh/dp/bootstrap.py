@@ -119,7 +119,12 @@ def build_bootstrap(p: BootstrapParams) -> dict[str, Any]:
             "clusters": [
                 {
                     "name": ADS_CLUSTER,
-                    "type": "STATIC" if _is_ip(p.cp_host) else "STRICT_DNS",
+                    # A name (kuma-dp's docs write https://localhost:5678) may resolve to IPv6 and
+                    # IPv4 while the control plane listens on one: LOGICAL_DNS with ALL connects
+                    # to its addresses in turn (Happy Eyeballs), as the agent's own call does.
+                    **(
+                        {"type": "STATIC"} if _is_ip(p.cp_host) else {"type": "LOGICAL_DNS", "dns_lookup_family": "ALL"}
+                    ),
                     "connect_timeout": "1s",
                     "load_assignment": {
                         "cluster_name": ADS_CLUSTER,

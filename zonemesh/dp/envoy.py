@@ -110,6 +110,7 @@ class EnvoySupervisor:
         *,
         concurrency: int = 1,
         log_level: str = "warning",
+        component_log_level: str | None = None,
         settings: SupervisorSettings | None = None,
     ) -> None:
         self.binary = binary
@@ -118,6 +119,7 @@ class EnvoySupervisor:
         self.admin = admin if isinstance(admin, AdminAddress) else AdminAddress(port=admin)
         self.concurrency = concurrency
         self.log_level = log_level
+        self.component_log_level = component_log_level
         self.settings = settings or SupervisorSettings()
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0
@@ -136,6 +138,7 @@ class EnvoySupervisor:
             str(max(1, int(self.settings.drain_seconds))),
             "--drain-strategy",
             "immediate",
+            *(["--component-log-level", self.component_log_level] if self.component_log_level else []),
         ]
 
     async def _start(self) -> asyncio.subprocess.Process:
