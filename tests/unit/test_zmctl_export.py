@@ -53,3 +53,18 @@ def test_bad_export_flags_are_usage_errors(argv: list[str], capsys: pytest.Captu
     from zonemesh.ctl.main import main
 
     assert main(argv) == 2
+
+
+@pytest.mark.parametrize(
+    ("labels", "zones"),
+    [
+        ({"zonemesh.io/origin": "zone", "zonemesh.io/zone": "zone-1"}, True),
+        ({"kuma.io/origin": "zone", "kuma.io/zone": "zone-1"}, True),
+        ({"zonemesh.io/origin": "global"}, False),
+        ({}, False),
+        (None, False),
+    ],
+)
+def test_what_a_zone_synced_up_is_recognised_by_either_label_set(labels: object, zones: bool) -> None:
+    doc = {"type": "MeshTimeout", "mesh": "default", "name": "t-1a2b3c", "labels": labels}
+    assert export.from_a_zone(doc) is zones

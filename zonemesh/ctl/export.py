@@ -32,7 +32,7 @@ from zonemesh.ctl.client import ApiClient, ApiError
 from zonemesh.ctl.commands import failing_as
 from zonemesh.ctl.errors import CtlError, UsageError
 from zonemesh.shared.resources import REGISTRY, ResourceType
-from zonemesh.shared.resources.model import ORIGIN_LABEL
+from zonemesh.shared.resources.model import KUMA_ORIGIN_LABEL, ORIGIN_LABEL, ORIGIN_ZONE
 from zonemesh.shared.resources.redaction import MARKER_PREFIX
 from zonemesh.shared.resources.registry import Scope
 from zonemesh.shared.tokens.tokens import USER_TOKEN_KEYS
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
 PROFILES = ("federation", "federation-with-policies", "all", "no-dataplanes")
 MIGRATION_PROFILES = ("federation", "federation-with-policies")
-KUMA_ORIGIN_LABEL = "kuma.io/origin"
 # Written by the control plane at every write: a restore gets its own.
 SERVER_FIELDS = ("version", "creationTime", "modificationTime")
 # kumactl's order: Mesh first, then Secrets, then the rest, GlobalSecrets last.
@@ -95,6 +94,15 @@ def cleaned(doc: Mapping[str, Any], profile: str) -> dict[str, Any]:
     return out
 
 
+def from_a_zone(doc: Mapping[str, Any]) -> bool:
+    """Stored at global because a zone synced it up: it belongs to that zone, a global refuses it
+    on apply, and it comes back from its zone once that zone connects to the restored global."""
+    labels = doc.get("labels")
+    if not isinstance(labels, Mapping):
+        return False
+    return ORIGIN_ZONE in (labels.get(ORIGIN_LABEL), labels.get(KUMA_ORIGIN_LABEL))
+
+
 def _user_token_key(doc: Mapping[str, Any]) -> bool:
     return doc.get("type") == "GlobalSecret" and str(doc.get("name", "")).startswith(USER_TOKEN_KEYS)
 
@@ -115,7 +123,7 @@ def _list(client: ApiClient, rtype: ResourceType, mesh: str = "") -> list[dict[s
         raise CtlError(f"cannot export {rtype.plural}{where}: {exc.message}", [*exc.details, *hints]) from None
 
 
-def collect(client: ApiClient, profile: str, include_admin: bool) -> list[dict[str, Any]]:
+def collect(client: ApiClient, profile: str, include_admin: bool, mode: str = "") -> list[dict[str, Any]]:
     meshes_type = REGISTRY.get("Mesh")
     with failing_as("cannot list meshes"):
         meshes = [str(m.get("name")) for m in client.list_all(meshes_type.collection_path())]
@@ -126,6 +134,8 @@ def collect(client: ApiClient, profile: str, include_admin: bool) -> list[dict[s
                 docs += _list(client, rtype, mesh)
         else:
             docs += _list(client, rtype)
+    if mode == "global":
+        docs = [d for d in docs if not from_a_zone(d)]
     refused = [
         f"{output.describe(str(d.get('type')), str(d.get('name')), str(d.get('mesh') or ''))}: {field}"
         for d in docs
@@ -151,11 +161,12 @@ def cmd_export(args: argparse.Namespace, env: Env) -> None:
     if args.system_namespace is not None:
         raise UsageError("--system-namespace applies to --format kubernetes, which zonemesh has not")
     client = env.client()
-    docs = collect(client, args.profile, args.include_admin)
     try:
         index = client.get("/")
     except ApiError:
         index = {}
+    mode = str(index.get("mode", "")) if isinstance(index, Mapping) else ""
+    docs = collect(client, args.profile, args.include_admin, mode)
     if isinstance(index, Mapping):
         print(
             f"# Product: {index.get('product', 'zonemesh')}, Version: {index.get('version', '')}, "
