@@ -78,17 +78,25 @@ class ComponentManager:
         return [c for c in self.components if c.leader]
 
     async def start(self) -> None:
-        for component in self.components:
-            if not component.leader:
-                await self._stack.enter_async_context(component.run(self.cp))
+        # Campaigning (and, on etcd, registering as a live member) first: the leader must not take
+        # what this replica's components start writing for the work of a dead one.
         await self.elector.start()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(FIRST_ROUND):
-                await self.elector.settled()
-        term = self.elector.current()
-        if term is not None:
-            await self.elector.next_term()  # the same term: taken here, not by the follower
-            await self._lead(term)  # errors propagate: the start is refused
+        try:
+            for component in self.components:
+                if not component.leader:
+                    await self._stack.enter_async_context(component.run(self.cp))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FIRST_ROUND):
+                    await self.elector.settled()
+            term = self.elector.current()
+            if term is not None:
+                await self.elector.next_term()  # the same term: taken here, not by the follower
+                await self._lead(term)
+        except BaseException:  # the start is refused: leave what was entered, resign
+            await self._step_down("start refused")
+            await self.elector.stop()
+            await self._stack.aclose()
+            raise
         self._follow = asyncio.create_task(self._follow_leadership(term), name="leader-components")
 
     async def stop(self) -> None:
