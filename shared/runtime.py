@@ -113,6 +113,10 @@ class ControlPlane:
             raise RuntimeError("not the leader: leader components run only while this replica leads")
         return self.term.store
 
+    async def _leader_status(self, request: web.Request) -> web.Response:
+        """GET /status/leader: whether this replica leads, its term, the leader seen (docs/ha.md)."""
+        return web.json_response(self.elector.describe())
+
     def index(self) -> dict[str, Any]:
         return {
             "hostname": socket.gethostname(),
@@ -148,7 +152,7 @@ class ControlPlane:
             self.manager,
             self.index(),
             config.view(),
-            self.assembly.routes,
+            [*self.assembly.routes, web.get("/status/leader", self._leader_status)],
             config.api_localhost_is_admin,
             gui=config.api_gui_enabled,
         )

@@ -90,6 +90,17 @@ def replicas(
     for replica in (a, b):
         started.append(replica.cp.start())
     wait_until(lambda: a.leads() != b.leads(), WAIT, what="exactly one leader among two replicas")
+    leader, follower = (a, b) if a.leads() else (b, a)
+    status, led = leader.cp.get("/status/leader")
+    assert status == 200 and led["leader"] is True and led["leaseTtlSeconds"] == 3, led
+    wait_until(
+        lambda: (
+            follower.cp.get("/status/leader")[1]
+            == {**led, "leader": False, "term": None, "instanceId": follower.cp.get("/")[1]["instanceId"]}
+        ),
+        WAIT,
+        what="the follower naming the leader",
+    )
     return a, b
 
 
