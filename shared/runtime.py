@@ -89,6 +89,9 @@ class Assembly:
 
     components: list[Component | ComponentRun] = field(default_factory=list)
     routes: list[web.RouteDef] = field(default_factory=list)
+    # Refuse to start beside another replica of this control plane on the same etcd prefix (zones:
+    # several zone replicas are not supported yet, docs/ha.md).
+    single_replica: bool = False
 
 
 class ControlPlane:
@@ -164,7 +167,9 @@ class ControlPlane:
             config.diagnostics_port,
             "diagnostics",
         )
-        components = ComponentManager(self, self.assembly.components, self.elector)
+        components = ComponentManager(
+            self, self.assembly.components, self.elector, single_replica=self.assembly.single_replica
+        )
         await components.start()
         self.components = components
         self._stack.push_async_callback(components.stop)
