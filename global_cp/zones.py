@@ -154,7 +154,7 @@ class ZoneRegistry:
         sub = self.active.get(zone)
         if sub is not None:
             return time.monotonic() - sub.last_seen <= self.heartbeat_timeout
-        insight = self._insights.get(zone) or {}
+        insight = self.insight(zone)  # with the streams that ended here and are not written yet
         subs = insight.get("subscriptions") or []
         if not subs or subs[-1].get("disconnectTime") is not None:
             return False
