@@ -29,7 +29,7 @@ from typing import Any
 
 import grpc
 import structlog
-from zonemesh.global_cp.zones import Subscription, ZoneDisabled, ZoneRegistry, zone_enabled
+from zonemesh.global_cp.zones import Subscription, ZoneDisabled, ZoneInsightFinalizer, ZoneRegistry, zone_enabled
 from zonemesh.proto import kds_pb2, kds_pb2_grpc
 from zonemesh.shared.aio import cancel_and_wait
 from zonemesh.shared.config import Config
@@ -437,8 +437,6 @@ class GlobalKds:
         )
         self.zones = ZoneRegistry(store, cp.instance_id, self.heartbeat_timeout, flush_interval=self.heartbeat_interval)
         await self.zones.start()
-        # Zones check their zone proxies' tokens with what global publishes (public keys only).
-        await publish_trust(store)
         snapshot = Snapshot(store, downstream_types(), select_downstream, debounce=self.debounce)
         await snapshot.start()
         self.server = KdsServer(
@@ -476,10 +474,10 @@ class GlobalKds:
             await self.zones.stop()
 
     async def _watch_control(self, store: Store) -> None:
-        """Zones being disabled or deleted, and zone-token keys or revocations changing."""
+        """Zones being disabled or deleted, and zone-token keys or revocations changing (the streams of
+        this replica whose token no longer passes are closed; the leader publishes the new trust)."""
         assert self.server is not None
         async with store.watch(["Zone", "GlobalSecret"]) as watch:
-            await publish_trust(store)  # again: a key may have come between the first publish and this watch
             async for event in watch:
                 res = event.resource
                 if res.type == "Zone":
@@ -495,11 +493,44 @@ class GlobalKds:
                         )
                 elif res.name.startswith(ZONE_TOKEN_KEYS) or res.name == ZONE_TOKEN_REVOCATIONS:
                     try:
-                        if await publish_trust(store):
-                            log.info("zone_token_trust_published", secret=res.name, change=event.kind.value)
-                    except Exception as exc:
-                        log.error("zone_token_trust_publish_failed", error=str(exc))
-                    try:
                         await self.server.revalidate_tokens()
                     except Exception as exc:
                         log.warning("zone_token_revalidation_failed", error=str(exc))
+
+
+@contextlib.asynccontextmanager
+async def trust_publisher(cp: Any) -> AsyncIterator[None]:
+    """Leader-only: keep the ZoneTokenTrust zones check zone proxies' tokens with (public keys and
+    revoked jti of global's zone tokens) in line with the keys and revocations."""
+    store: Store = cp.leader_store
+
+    async def follow(watch: Any) -> None:
+        async for event in watch:
+            res = event.resource
+            if not (res.name.startswith(ZONE_TOKEN_KEYS) or res.name == ZONE_TOKEN_REVOCATIONS):
+                continue
+            try:
+                if await publish_trust(store):
+                    log.info("zone_token_trust_published", secret=res.name, change=event.kind.value)
+            except Exception as exc:
+                log.error("zone_token_trust_publish_failed", error=str(exc))
+
+    watch = store.watch(["GlobalSecret"])  # before the first publish: no key change falls in between
+    try:
+        await publish_trust(store)
+    except BaseException:
+        watch.close()
+        raise
+    task = asyncio.create_task(follow(watch), name="zone-token-trust")
+    try:
+        yield
+    finally:
+        await cancel_and_wait([task])
+        watch.close()
+
+
+@contextlib.asynccontextmanager
+async def zone_finalizer(cp: Any) -> AsyncIterator[ZoneInsightFinalizer]:
+    """Leader-only: close the zone subscriptions dead global replicas left open."""
+    async with ZoneInsightFinalizer(cp.leader_store, cp.elector.members).running() as finalizer:
+        yield finalizer

@@ -1,16 +1,18 @@
 """The license authority on the global control plane.
 
-- At start: the configured license (``--license-path`` / ``ZONEMESH_LICENSE_PATH`` / ``KMESH_LICENSE_PATH``,
-  or ``..._LICENSE_INLINE``), else one installed through the API earlier, else the pre-bundled demo
-  license (5 proxies, 30 days from the first start, which is recorded in the store). An invalid,
-  altered or expired license stops the start (`StartupRefused`) with the exact reason.
+- The license in force is the one in the store (GlobalSecret ``zonemesh-license``), the same for
+  every replica on one etcd. A replica puts its configured license there (``--license-path`` /
+  ``ZONEMESH_LICENSE_PATH`` / ``KMESH_LICENSE_PATH``, or ``..._LICENSE_INLINE``) when it starts, and
+  again when its file changes; ``PUT /license`` on any replica puts one there too. Without any, the
+  pre-bundled demo license (5 proxies, 30 days from the first start, recorded in the store). An
+  invalid, altered or expired license stops the start (`StartupRefused`) with the exact reason.
 - While running: a license that expires keeps the control plane running and logs errors; warnings
   (fewer than 30 days left, more proxies than allowed) are logged and shown in ``GET /license``.
-  ``PUT /license`` or a change of the license file replaces the license without a restart.
-- It counts active proxies across all zones from the synced Dataplanes and DataplaneInsights
-  (gateways, ingresses and egresses excluded), publishes the ``License/default`` resource that KDS
-  carries to every zone, and grants zones proxy slots (``LicenseQuota``) in answer to their
-  ``LicenseQuotaRequest``s so that the sum of grants never exceeds the limit (docs/license.md).
+- The leader (one replica at a time, shared/components.py) counts active proxies across all zones
+  from the synced Dataplanes and DataplaneInsights (gateways, ingresses and egresses excluded),
+  publishes the ``License/default`` resource that KDS carries to every zone, and grants zones proxy
+  slots (``LicenseQuota``) in answer to their ``LicenseQuotaRequest``s so that the sum of grants
+  never exceeds the limit (docs/license.md).
 - A zone gets no more slots than it can use (``quota_cap``): what it asks for is capped by the
   counted proxies it has uploaded, so that a compromised zone asking for every slot cannot starve
   the others.
@@ -57,7 +59,8 @@ from zonemesh.shared.store import EventKind, Store
 log = structlog.get_logger(__name__)
 
 LICENSE_NAME = "default"
-INSTALLED_SECRET = "zonemesh-license"  # GlobalSecret holding a license installed through the API
+INSTALLED_SECRET = "zonemesh-license"  # GlobalSecret holding the license in force (every replica reads it)
+SOURCE_LABEL = "zonemesh.io/license-source"  # where that license came from: a path, "inline" or "api"
 TICK = 1.0  # file change and expiry checks
 EXPIRED_LOG_EVERY = 60.0
 WARNING_LOG_EVERY = 60.0
@@ -126,7 +129,13 @@ def allocate(
 
 class LicenseAuthority:
     """Constructed by the global assembly (so that a bad configured license stops the start before
-    anything else), entered as a component of the running control plane."""
+    anything else). Two components (docs/ha.md):
+
+    - ``serve`` on every replica: puts this replica's configured license in force at start, watches
+      its file, answers ``GET``/``PUT /license``, and follows the license in force in the store (the
+      GlobalSecret ``zonemesh-license``), whichever replica put it there;
+    - ``run`` on the leader only: counts proxies, answers quota requests, publishes ``License/default``.
+    """
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -138,12 +147,18 @@ class LicenseAuthority:
             raise StartupRefused(f"invalid license: {exc}") from None
         self.license: License = self.configured or demo_license(datetime.now(UTC))
         self.first_start: datetime | None = None
-        self.store: Store | None = None
+        self.store: Store | None = None  # reads, and the license in force (every replica)
+        self.writer: Store | None = None  # what the leader writes grants and License/default through
+        self.leading = False
         self.count = ActiveCount()
         self.grants: dict[str, Grant] = {}
         self.requests: dict[str, Request] = {}
         self.uploaded: dict[str, set[tuple[str, str]]] = {}  # zone -> its counted Dataplanes here (mesh, name)
+        self._zone_of: dict[tuple[str, str], str] = {}  # uploaded Dataplane -> its zone (deletes carry a key only)
         self.warnings: list[str] = []
+        self.published: dict[str, Any] = {}  # License/default as the leader published it (any replica)
+        self.published_grants: dict[str, Grant] = {}
+        self.published_requests: dict[str, int] = {}
         self._file_state: tuple[int, int] | None = None
         self._dirty = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -173,44 +188,32 @@ class LicenseAuthority:
         check_expiry(lic, datetime.now(UTC))
         return lic
 
-    async def _load_installed(self, store: Store) -> License | None:
-        secret = await store.find("GlobalSecret", INSTALLED_SECRET)
-        if secret is None:
-            return None
+    @staticmethod
+    def _stored_text(secret: Resource) -> str:
         try:
-            text = base64.b64decode(secret.spec.get("data", ""), validate=True).decode()
+            return base64.b64decode(secret.spec.get("data", ""), validate=True).decode()
         except (binascii.Error, ValueError):
             raise LicenseError(
-                f"the license installed through the API (GlobalSecret {INSTALLED_SECRET}) is not base64"
+                f"the license in force in the store (GlobalSecret {INSTALLED_SECRET}) is not base64"
             ) from None
-        lic = parse(text, self.keys, source="api")
+
+    def _installed(self, secret: Resource) -> License:
+        """The license a GlobalSecret holds, verified (LicenseError when it does not verify)."""
+        source = secret.labels.get(SOURCE_LABEL) or "api"
+        lic = parse(self._stored_text(secret), self.keys, source=source)
         check_expiry(lic, datetime.now(UTC))
         return lic
 
-    # -- the component -----------------------------------------------------------------------
+    # -- every replica: the license in force --------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def run(self, cp: Any) -> AsyncIterator[LicenseAuthority]:
+    async def serve(self, cp: Any) -> AsyncIterator[LicenseAuthority]:
+        """The license in force on this replica: put there at start, followed from the store."""
         store: Store = cp.store
         self.store = store
-        existing = await store.find("License", LICENSE_NAME)
-        first = (existing.spec.get("firstStart") if existing is not None else None) or ""
+        watch = store.watch(["GlobalSecret", "License", "LicenseQuota", "LicenseQuotaRequest"])  # no gap
         try:
-            self.first_start = datetime.fromisoformat(first.replace("Z", "+00:00")) if first else None
-        except ValueError:
-            self.first_start = None
-        if self.first_start is None:  # recorded once, durably: the demo license runs 30 days from it
-            self.first_start = datetime.now(UTC).replace(microsecond=0)
-        try:
-            if self.configured is None:
-                installed = await self._load_installed(store)
-                self.license = installed or demo_license(self.first_start)
-                check_expiry(self.license, datetime.now(UTC))
-        except LicenseError as exc:
-            raise StartupRefused(f"invalid license: {exc}") from None
-        watch = store.watch(["Dataplane", "DataplaneInsight", "LicenseQuotaRequest"])  # before listing: no gap
-        try:
-            await self._load_state(store)
+            await self._adopt(store)
         except BaseException:
             watch.close()
             raise
@@ -224,9 +227,8 @@ class LicenseAuthority:
             enforcement="strict" if self.license.strict else "warn",
         )
         tasks = [
-            asyncio.create_task(self._follow(watch), name="license-watch"),
-            asyncio.create_task(self._tick(), name="license-tick"),
-            asyncio.create_task(self._publisher(), name="license-publish"),
+            asyncio.create_task(self._follow_store(watch), name="license-follow"),
+            asyncio.create_task(self._check_file_loop(), name="license-file"),
         ]
         try:
             yield self
@@ -234,55 +236,129 @@ class LicenseAuthority:
             await cancel_and_wait(tasks)
             watch.close()
 
-    async def _load_state(self, store: Store) -> None:
-        for type in ("Dataplane", "DataplaneInsight"):
-            for res in (await store.list(type)).items:
-                self.count.upsert(res)
-                self._track_uploaded(res, deleted=False)
+    async def _adopt(self, store: Store) -> None:
+        """At start: this replica's configured license goes in force for every replica (written to the
+        store when it is not there already); without one, the license in force in the store, else the
+        demo license. Refuses the start (StartupRefused) when the license in force does not verify or
+        has expired."""
+        published = await store.find("License", LICENSE_NAME)
+        if published is not None:
+            self._take_published(published.spec)
+        secret = await store.find("GlobalSecret", INSTALLED_SECRET)
+        self.first_start = self.first_start or datetime.now(UTC).replace(microsecond=0)
+        try:
+            if self.configured is not None:
+                self.license = self.configured
+                if secret is None or self._stored_text(secret) != self.configured.text:
+                    await self._persist_store(self.configured)
+            elif secret is not None:
+                self.license = self._installed(secret)
+            else:
+                self.license = demo_license(self.first_start)
+            check_expiry(self.license, datetime.now(UTC))
+        except LicenseError as exc:
+            raise StartupRefused(f"invalid license: {exc}") from None
         for res in (await store.list("LicenseQuota")).items:
-            self.grants[res.name] = Grant(_int(res.spec.get("slots")), _int(res.spec.get("answered")))
+            self.published_grants[res.name] = Grant(_int(res.spec.get("slots")), _int(res.spec.get("answered")))
         for res in (await store.list("LicenseQuotaRequest")).items:
-            self._take_request(res)
-        self._update_warnings(datetime.now(UTC))
-        await self._publish()
-        await self._allocate()
+            if (zone := _request_zone(res)) is not None:
+                self.published_requests[zone] = _int(res.spec.get("want"))
+        self._update_metrics()
 
-    # -- replacing the license at runtime -------------------------------------------------------
+    def _take_published(self, spec: dict[str, Any]) -> None:
+        self.published = dict(spec)
+        first = spec.get("firstStart") or ""
+        with contextlib.suppress(ValueError, AttributeError):
+            recorded = datetime.fromisoformat(first.replace("Z", "+00:00")) if first else None
+            if recorded is not None and recorded != self.first_start:
+                self.first_start = recorded
+                if self.license.demo:  # the demo license runs from the first start the leader recorded
+                    self.license = demo_license(recorded)
 
-    async def replace(self, text: str | bytes, source: str) -> License:
-        """Verify and put in force a new license. Raises LicenseError (the old one stays)."""
-        lic = parse(text, self.keys, source=source)
-        check_expiry(lic, datetime.now(UTC))
-        if source == "api":
-            await self._persist(lic.text)
+    async def _follow_store(self, watch: Any) -> None:
+        queue = watch.queue
+        while True:
+            event = await queue.get()
+            if event is None:
+                return
+            try:
+                await self._on_store_event(event)
+            except Exception as exc:  # never stop following the license in force
+                log.warning("license_event_failed", resource=str(event.resource.key), error=repr(exc))
+
+    async def _on_store_event(self, event: Any) -> None:
+        res = event.resource
+        deleted = event.kind is EventKind.DELETED
+        if res.type == "GlobalSecret" and res.name == INSTALLED_SECRET:
+            if deleted:
+                log.warning("license_secret_deleted", keeping=self.license.source, secret=INSTALLED_SECRET)
+                return
+            try:
+                lic = self._installed(res)
+            except LicenseError as exc:
+                log.error("license_in_store_invalid", reason=str(exc), keeping="the license in force")
+                return
+            if lic.text != self.license.text:
+                await self._put_in_force(lic)
+        elif res.type == "License" and res.name == LICENSE_NAME and not deleted:
+            self._take_published(res.spec)
+            self._update_metrics()
+        elif res.type == "LicenseQuota":
+            if deleted:
+                self.published_grants.pop(res.name, None)
+            else:
+                self.published_grants[res.name] = Grant(_int(res.spec.get("slots")), _int(res.spec.get("answered")))
+        elif res.type == "LicenseQuotaRequest":
+            zone = res.labels.get(ZONE_LABEL) or res.name.split(".", 1)[0]
+            if deleted:
+                self.published_requests.pop(zone, None)
+            elif res.name == f"{zone}.{QUOTA_REQUEST_NAME}":
+                self.published_requests[zone] = _int(res.spec.get("want"))
+
+    async def _put_in_force(self, lic: License) -> None:
         previous, self.license = self.license, lic
         log.info(
             "license_replaced",
-            source=source,
+            source=lic.source,
             customer=lic.customer,
             allowed=lic.dataplanes,
             expires=format_expiry(lic.expires),
             previous_allowed=previous.dataplanes,
             previous_demo=previous.demo,
         )
-        self._update_warnings(datetime.now(UTC))
-        await self._publish()  # at once: zones see a new license without the count's debounce
-        await self._allocate()
+        self._update_metrics()
+        if self.leading:
+            self._update_warnings(datetime.now(UTC))
+            await self._publish()  # at once: zones see a new license without the count's debounce
+            await self._allocate()
+
+    async def replace(self, text: str | bytes, source: str) -> License:
+        """Verify a new license and put it in force on every replica (through the store). Raises
+        LicenseError (the old one stays)."""
+        lic = parse(text, self.keys, source=source)
+        check_expiry(lic, datetime.now(UTC))
+        if source == "api" and self.license_file is not None:
+            await self._persist_file(lic.text)  # so that this replica's file and the API agree
+        await self._persist_store(lic)
+        await self._put_in_force(lic)
         return lic
 
-    async def _persist(self, text: str) -> None:
-        """Keep an API-installed license across restarts: in the license file when one is configured
-        (so that file and API agree), else in a GlobalSecret."""
-        if self.license_file is not None:
-            path = self.license_file
-            tmp = path.with_name(path.name + ".tmp")
-            await asyncio.to_thread(tmp.write_text, text)
-            await asyncio.to_thread(os.replace, tmp, path)
-            self._file_state = await asyncio.to_thread(_stat, path)
-            return
+    async def _persist_file(self, text: str) -> None:
+        assert self.license_file is not None
+        path = self.license_file
+        tmp = path.with_name(path.name + ".tmp")
+        await asyncio.to_thread(tmp.write_text, text)
+        await asyncio.to_thread(os.replace, tmp, path)
+        self._file_state = await asyncio.to_thread(_stat, path)
+
+    async def _persist_store(self, lic: License) -> None:
+        """The license in force for every replica: the GlobalSecret ``zonemesh-license`` (an ordinary
+        write: any replica may install a license, the leader then enforces it)."""
         assert self.store is not None
-        data = base64.b64encode(text.encode()).decode()
-        await self.store.batch(upserts=[Resource(type="GlobalSecret", name=INSTALLED_SECRET, spec={"data": data})])
+        data = base64.b64encode(lic.text.encode()).decode()
+        secret = Resource(type="GlobalSecret", name=INSTALLED_SECRET, spec={"data": data})
+        secret.labels[SOURCE_LABEL] = lic.source
+        await self.store.batch(upserts=[secret])
 
     async def _check_file(self) -> None:
         path = self.license_file
@@ -305,6 +381,81 @@ class LicenseAuthority:
             await self.replace(data, str(path))
         except LicenseError as exc:
             log.error("license_file_invalid", path=str(path), reason=str(exc), keeping="the license in force")
+
+    async def _check_file_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                await self._check_file()
+                if not self.leading:
+                    self._update_metrics()
+            except Exception as exc:
+                log.warning("license_check_failed", error=repr(exc))
+
+    def _update_metrics(self) -> None:
+        lic, now = self.license, datetime.now(UTC)
+        metrics.DATAPLANES_ALLOWED.set(lic.dataplanes)
+        metrics.DATAPLANES_ACTIVE.set(
+            self.count.active if self.leading else _int(self.published.get("activeDataplaneProxies"))
+        )
+        metrics.EXPIRY_SECONDS.set(lic.remaining(now).total_seconds())
+
+    @contextlib.asynccontextmanager
+    async def running(self, cp: Any) -> AsyncIterator[LicenseAuthority]:
+        """Both parts on one replica that leads (what the component manager does on a single process)."""
+        async with self.serve(cp), self.run(cp):
+            yield self
+
+    # -- leader: counting, grants, publishing ---------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def run(self, cp: Any) -> AsyncIterator[LicenseAuthority]:
+        """The leader's part: count proxies, grant quota, publish ``License/default``. Enter after
+        ``serve`` (the license in force)."""
+        assert self.store is not None, "LicenseAuthority.serve runs on every replica, before run"
+        self.writer = cp.leader_store
+        # A new term starts from what is stored, not from what an earlier term of this replica knew.
+        self.count, self.grants, self.requests, self.uploaded, self._zone_of = ActiveCount(), {}, {}, {}, {}
+        self._unwritten, self.warnings, self._logged = set(), [], {}
+        existing = await self.store.find("License", LICENSE_NAME)
+        first = (existing.spec.get("firstStart") if existing is not None else None) or ""
+        with contextlib.suppress(ValueError):
+            self.first_start = datetime.fromisoformat(first.replace("Z", "+00:00")) if first else self.first_start
+        if self.first_start is None:  # recorded once, durably: the demo license runs 30 days from it
+            self.first_start = datetime.now(UTC).replace(microsecond=0)
+        watch = self.store.watch(["Dataplane", "DataplaneInsight", "LicenseQuotaRequest"])  # before listing: no gap
+        try:
+            self.leading = True
+            await self._load_state(self.store)
+        except BaseException:
+            self.leading = False
+            watch.close()
+            raise
+        tasks = [
+            asyncio.create_task(self._follow(watch), name="license-watch"),
+            asyncio.create_task(self._tick(), name="license-tick"),
+            asyncio.create_task(self._publisher(), name="license-publish"),
+        ]
+        try:
+            yield self
+        finally:
+            self.leading = False
+            await cancel_and_wait(tasks)
+            watch.close()
+            self.writer = None
+
+    async def _load_state(self, store: Store) -> None:
+        for type in ("Dataplane", "DataplaneInsight"):
+            for res in (await store.list(type)).items:
+                self.count.upsert(res)
+                self._track_uploaded(res, deleted=False)
+        for res in (await store.list("LicenseQuota")).items:
+            self.grants[res.name] = Grant(_int(res.spec.get("slots")), _int(res.spec.get("answered")))
+        for res in (await store.list("LicenseQuotaRequest")).items:
+            self._take_request(res)
+        self._update_warnings(datetime.now(UTC))
+        await self._publish()
+        await self._allocate()
 
     # -- state, warnings, publishing ----------------------------------------------------------------
 
@@ -341,21 +492,35 @@ class LicenseAuthority:
         if lic.expired(now) and time.monotonic() - self._expired_logged >= EXPIRED_LOG_EVERY:
             self._expired_logged = time.monotonic()
             log.error("license_expired", expired_at=expiry, source=lic.source, customer=lic.customer)
-        metrics.DATAPLANES_ALLOWED.set(lic.dataplanes)
-        metrics.DATAPLANES_ACTIVE.set(active)
-        metrics.EXPIRY_SECONDS.set(lic.remaining(now).total_seconds())
+        self._update_metrics()
 
     def view(self) -> dict[str, Any]:
-        """GET /license, and the spec of the synced License resource (without local details)."""
+        """GET /license, and the spec of the synced License resource (without local details). On a
+        replica that does not lead, the count and warnings are those the leader published."""
         lic = self.license
+        if self.leading:
+            active, warnings = self.count.active, list(self.warnings)
+        else:
+            active = _int(self.published.get("activeDataplaneProxies"))
+            warnings = [w for w in self.published.get("warnings") or [] if isinstance(w, str)]
         return {
             "allowedDataplaneProxies": lic.dataplanes,
-            "activeDataplaneProxies": self.count.active,
+            "activeDataplaneProxies": active,
             "expirationDate": format_expiry(lic.expires),
             "demo": lic.demo,
             "enforcement": "strict" if lic.strict else "warn",
             "customer": lic.customer,
-            "warnings": list(self.warnings),
+            "warnings": warnings,
+        }
+
+    def quota_view(self) -> dict[str, dict[str, int]]:
+        if self.leading:
+            grants, wanted = self.grants, {zone: req.want for zone, req in self.requests.items()}
+        else:
+            grants, wanted = self.published_grants, self.published_requests
+        return {
+            zone: {"grantedSlots": grant.slots, "wantedSlots": wanted.get(zone, 0)}
+            for zone, grant in sorted(grants.items())
         }
 
     def _spec(self) -> dict[str, Any]:
@@ -363,12 +528,12 @@ class LicenseAuthority:
         return self.view() | {"firstStart": format_expiry(self.first_start)}
 
     async def _publish(self) -> None:
-        assert self.store is not None
+        assert self.store is not None and self.writer is not None
         spec = self._spec()
         current = await self.store.find("License", LICENSE_NAME)
         if current is not None and current.spec == spec:
             return
-        await self.store.batch(
+        await self.writer.batch(
             upserts=[Resource(type="License", name=LICENSE_NAME, spec=spec, labels={ORIGIN_LABEL: ORIGIN_GLOBAL})]
         )
 
@@ -386,7 +551,6 @@ class LicenseAuthority:
         while True:
             await asyncio.sleep(TICK)
             try:
-                await self._check_file()
                 self._update_warnings(datetime.now(UTC))
                 if self._unwritten:
                     await self._allocate()
@@ -402,14 +566,20 @@ class LicenseAuthority:
 
     def _track_uploaded(self, res: Resource, *, deleted: bool) -> str | None:
         """Keep each zone's counted Dataplanes (what caps its quota); returns the zone."""
-        zone = res.labels.get(ZONE_LABEL)
-        if res.type != "Dataplane" or not zone:
+        if res.type != "Dataplane":
+            return None
+        key = (res.mesh, res.name)
+        # A delete may carry the key only (etcd compacted its last value): the zone is remembered.
+        zone = res.labels.get(ZONE_LABEL) or self._zone_of.get(key)
+        if not zone:
             return None
         mine = self.uploaded.setdefault(zone, set())
         if deleted or not counted(res):
-            mine.discard((res.mesh, res.name))
+            mine.discard(key)
+            self._zone_of.pop(key, None)
         else:
-            mine.add((res.mesh, res.name))
+            mine.add(key)
+            self._zone_of[key] = zone
         return zone
 
     def caps(self) -> dict[str, int]:
@@ -446,8 +616,8 @@ class LicenseAuthority:
             if event.kind is EventKind.DELETED:  # the zone was deleted: its slots are free again
                 self.requests.pop(zone, None)
                 if self.grants.pop(zone, None) is not None:
-                    assert self.store is not None
-                    await self.store.batch(deletes=[ResourceKey("LicenseQuota", "", zone)])
+                    assert self.writer is not None
+                    await self.writer.batch(deletes=[ResourceKey("LicenseQuota", "", zone)])
             else:
                 self._take_request(res)
             await self._allocate()
@@ -460,9 +630,10 @@ class LicenseAuthority:
                 changed = {zone: self.grants[zone] for zone in self._unwritten if zone in self.grants} | changed
             if not changed:
                 return
-            assert self.store is not None
+            assert self.writer is not None
             # Decided in memory first: if the write fails, the zone just does not learn of the grant yet
-            # (it never uses slots it was not told about), and the next tick writes it again.
+            # (it never uses slots it was not told about), and the next tick writes it again. A write
+            # refused because this replica's term ended (NotLeader) is the next leader's to decide.
             self._unwritten |= set(changed)
             upserts = [
                 Resource(
@@ -473,7 +644,7 @@ class LicenseAuthority:
                 )
                 for zone, grant in changed.items()
             ]
-            await self.store.batch(upserts=upserts)
+            await self.writer.batch(upserts=upserts)
             self._unwritten.clear()
             for zone, grant in changed.items():
                 log.info(
@@ -490,14 +661,7 @@ class LicenseAuthority:
 
     def routes(self) -> list[web.RouteDef]:
         async def get_license(request: web.Request) -> web.Response:
-            zones = {
-                zone: {
-                    "grantedSlots": grant.slots,
-                    "wantedSlots": self.requests[zone].want if zone in self.requests else 0,
-                }
-                for zone, grant in sorted(self.grants.items())
-            }
-            return web.json_response(self.view() | {"source": self.license.source, "quota": zones})
+            return web.json_response(self.view() | {"source": self.license.source, "quota": self.quota_view()})
 
         async def put_license(request: web.Request) -> web.Response:
             await require_admin(request, request.app[MANAGER].store)

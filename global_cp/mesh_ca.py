@@ -55,7 +55,9 @@ class MeshCaKeeper:
 
 @contextlib.asynccontextmanager
 async def component(cp: Any) -> AsyncIterator[MeshCaKeeper]:
-    keeper = MeshCaKeeper(cp.store)
+    """Leader-only (global_cp/app.py): one replica creates CAs, its writes fenced by its term.
+    CA rotation belongs here too, for the same reason."""
+    keeper = MeshCaKeeper(cp.leader_store)
     task = asyncio.create_task(keeper._run(), name="global-mesh-ca")
     try:
         yield keeper

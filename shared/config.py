@@ -142,6 +142,15 @@ class Config:
     license_quota_wait: str = field(
         default="5s", metadata={"help": "how long a joining proxy waits for a quota grant in strict mode (zone)"}
     )
+    # Replicas on one etcd (docs/ha.md): the leader's lease. A leader that cannot renew it for half
+    # of it stops its leader-only work; another replica leads once it expires.
+    leader_lease_ttl: str = field(
+        default="3s",
+        metadata={
+            "help": "etcd lease of a replica (whole seconds, 2s to 60s): when a leader dies, another replica "
+            "takes over within about this time (store etcd; SQLite and memory have one process, always leader)"
+        },
+    )
 
     def validate(self) -> None:
         problems = []
@@ -170,6 +179,12 @@ class Config:
                 parse_duration(getattr(self, name))
             except ValueError as exc:
                 problems.append(f"{name}: {exc}")
+        try:
+            ttl = parse_duration(self.leader_lease_ttl)
+            if ttl != int(ttl) or not 2 <= ttl <= 60:
+                problems.append(f"leader_lease_ttl must be whole seconds from 2s to 60s (got {self.leader_lease_ttl})")
+        except ValueError as exc:
+            problems.append(f"leader_lease_ttl: {exc}")
         try:
             if parse_duration(self.auth_timeout) <= 0:
                 problems.append("auth_timeout must be positive, e.g. 10s")

@@ -2,7 +2,8 @@
 
 Mode-specific parts (the KDS server on global, the KDS client and xDS server on a zone)
 are *components*: async context managers that receive the control plane and run while
-it runs. `run()` is what `zonemesh-cp run` calls.
+it runs. Some run on every replica, others only on the leader (``shared/components.py``,
+``shared/leadership.py``). `run()` is what `zonemesh-cp run` calls.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ import structlog
 from aiohttp import web
 from zonemesh.shared.api.app import build_api_app
 from zonemesh.shared.api.auth import ensure_admin_token
+from zonemesh.shared.components import Component, ComponentManager
 from zonemesh.shared.config import Config
 from zonemesh.shared.diagnostics import build_diagnostics_app
+from zonemesh.shared.duration import parse_duration
 from zonemesh.shared.files import exposed
+from zonemesh.shared.leadership import Elector, Term, elector_for
 from zonemesh.shared.resources.manager import Mode, ResourceManager
 from zonemesh.shared.store import Store, StoreError
 from zonemesh.shared.store.factory import EtcdAccess, open_store
@@ -34,7 +38,9 @@ from zonemesh import __version__
 
 log = structlog.get_logger(__name__)
 
-Component = Callable[["ControlPlane"], AbstractAsyncContextManager[Any]]
+# A component factory; wrap it in ``components.Component(name, run, leader=True)`` when it must run
+# on one replica only. A plain factory runs on every replica.
+ComponentRun = Callable[["ControlPlane"], AbstractAsyncContextManager[Any]]
 
 
 class StartupRefused(Exception):
@@ -81,8 +87,11 @@ class Assembly:
     """What a mode adds to the common control plane: components that run alongside the API
     (KDS server/client, xDS server, ...) and extra API routes (token issuance, insights, ...)."""
 
-    components: list[Component] = field(default_factory=list)
+    components: list[Component | ComponentRun] = field(default_factory=list)
     routes: list[web.RouteDef] = field(default_factory=list)
+    # Refuse to start beside another replica of this control plane on the same etcd prefix (zones:
+    # several zone replicas are not supported yet, docs/ha.md).
+    single_replica: bool = False
 
 
 class ControlPlane:
@@ -96,6 +105,20 @@ class ControlPlane:
         self.store: Store
         self.manager: ResourceManager
         self.api_app: web.Application
+        self.elector: Elector
+        self.components: ComponentManager | None = None
+        self.term: Term | None = None  # set while this replica leads (the component manager)
+
+    @property
+    def leader_store(self) -> Store:
+        """What leader components write through: writes commit only while this replica's term lasts."""
+        if self.term is None:
+            raise RuntimeError("not the leader: leader components run only while this replica leads")
+        return self.term.store
+
+    async def _leader_status(self, request: web.Request) -> web.Response:
+        """GET /status/leader: whether this replica leads, its term, the leader seen (docs/ha.md)."""
+        return web.json_response(self.elector.describe())
 
     def index(self) -> dict[str, Any]:
         return {
@@ -119,6 +142,8 @@ class ControlPlane:
             raise StartupRefused(str(exc)) from None
         self._stack.push_async_callback(self.store.close)
         self.manager = ResourceManager(self.store, mode=self.mode, zone=config.zone)
+        info = {"mode": self.mode.value, "zone": config.zone or None}
+        self.elector = elector_for(self.store, self.instance_id, int(parse_duration(config.leader_lease_ttl)), info)
 
         await ensure_admin_token(self.store)
         # On a federated zone meshes (and their defaults) arrive from global.
@@ -130,7 +155,7 @@ class ControlPlane:
             self.manager,
             self.index(),
             config.view(),
-            self.assembly.routes,
+            [*self.assembly.routes, web.get("/status/leader", self._leader_status)],
             config.api_localhost_is_admin,
             gui=config.api_gui_enabled,
         )
@@ -142,8 +167,12 @@ class ControlPlane:
             config.diagnostics_port,
             "diagnostics",
         )
-        for component in self.assembly.components:
-            await self._stack.enter_async_context(component(self))
+        components = ComponentManager(
+            self, self.assembly.components, self.elector, single_replica=self.assembly.single_replica
+        )
+        await components.start()
+        self.components = components
+        self._stack.push_async_callback(components.stop)
         self.ready = True
         log.info(
             "control_plane_started",
@@ -154,6 +183,8 @@ class ControlPlane:
             localhost_is_admin=config.api_localhost_is_admin,
             diagnostics_port=config.diagnostics_port,
             pid=os.getpid(),
+            instance=self.instance_id,
+            leader=self.elector.is_leader(),
         )
 
     async def _serve(self, app: web.Application, host: str, port: int, name: str) -> None:

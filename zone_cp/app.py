@@ -186,6 +186,7 @@ def assemble(config: Config) -> Assembly:
                 config.zone or "default", federated=config.mode == "zone" and bool(config.global_address)
             ),
         ],
+        single_replica=True,  # one process per zone for now (docs/ha.md)
     )
     if config.mode == "zone" and config.global_address:  # federated: KDS stream to global (docs/kds.md)
         from zonemesh.zone_cp.kds_client import ZoneKds

@@ -38,7 +38,7 @@ from yarl import URL
 from zonemesh.shared.api.context import MANAGER
 from zonemesh.shared.api.errors import Handler
 from zonemesh.shared.resources.model import Resource
-from zonemesh.shared.store import Store
+from zonemesh.shared.store import AlreadyExists, Store
 from zonemesh.shared.tokens.tokens import (
     ADMIN_TOKEN_SECRET,
     InvalidToken,
@@ -220,9 +220,14 @@ async def ensure_admin_token(store: Store) -> bool:
     token = await TokenIssuer(user_token_keys(store)).issue(
         {"Name": "admin", "Groups": [ADMIN_GROUP, AUTHENTICATED_GROUP]}, ADMIN_TOKEN_VALIDITY_SECONDS
     )
-    await store.create(
-        Resource(type="GlobalSecret", name=ADMIN_TOKEN_SECRET, spec={"data": base64.b64encode(token.encode()).decode()})
-    )
+    try:
+        await store.create(
+            Resource(
+                type="GlobalSecret", name=ADMIN_TOKEN_SECRET, spec={"data": base64.b64encode(token.encode()).decode()}
+            )
+        )
+    except AlreadyExists:  # another replica on the same store started at the same moment: its token stands
+        return False
     log.info("admin_token_created", secret=ADMIN_TOKEN_SECRET, read_it_with="zonemesh-cp admin-token (on this host)")
     return True
 

@@ -13,7 +13,7 @@ from aiohttp import web
 from zonemesh.shared.resources.manager import ReadOnly
 from zonemesh.shared.resources.registry import UnknownType
 from zonemesh.shared.resources.schema import FieldError, ValidationError
-from zonemesh.shared.store import AlreadyExists, Conflict, InvalidOffset, NotFound
+from zonemesh.shared.store import AlreadyExists, Conflict, InvalidOffset, NotFound, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +46,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(405, "Method not allowed", str(exc))
     except InvalidOffset as exc:
         return error_response(400, "Invalid offset", str(exc), [FieldError("offset", str(exc))])
+    except StoreUnavailable as exc:
+        # etcd down or cut off: nothing can be read or written now; retrying later is the fix.
+        log.warning("api_store_unavailable", method=request.method, path=request.path, error=str(exc))
+        response = error_response(503, "Store unavailable", str(exc))
+        response.headers["Retry-After"] = "5"
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

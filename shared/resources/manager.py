@@ -29,7 +29,7 @@ from zonemesh.shared.resources.model import (
 )
 from zonemesh.shared.resources.registry import REGISTRY, ResourceType, Scope, Sync
 from zonemesh.shared.resources.schema import FieldError, ValidationError
-from zonemesh.shared.store import ListFilter, ListResult, NotFound, Store
+from zonemesh.shared.store import AlreadyExists, ListFilter, ListResult, NotFound, Store
 
 log = structlog.get_logger(__name__)
 
@@ -229,5 +229,8 @@ class ResourceManager:
         """Create the `default` mesh (with its default policies) if missing. Returns True if created."""
         if await self.store.find("Mesh", "default") is not None:
             return False
-        await self.create(Resource(type="Mesh", name="default"))
+        try:
+            await self.create(Resource(type="Mesh", name="default"))
+        except AlreadyExists:  # created by another replica on the same store meanwhile
+            return False
         return True

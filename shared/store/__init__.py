@@ -11,6 +11,7 @@ from zonemesh.shared.store.base import (
     NotFound,
     Store,
     StoreError,
+    StoreUnavailable,
     Watch,
 )
 from zonemesh.shared.store.factory import open_store
@@ -26,6 +27,7 @@ __all__ = [
     "NotFound",
     "Store",
     "StoreError",
+    "StoreUnavailable",
     "Watch",
     "open_store",
 ]

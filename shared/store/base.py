@@ -32,6 +32,11 @@ class StoreError(Exception):
     pass
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be reached (etcd down or cut off): nothing was read or written. The API
+    answers 503; the control plane keeps serving what it holds in memory meanwhile."""
+
+
 class NotFound(StoreError):
     def __init__(self, key: ResourceKey) -> None:
         self.key = key

@@ -62,6 +62,7 @@ from zonemesh.shared.store.base import (
     NotFound,
     Store,
     StoreError,
+    StoreUnavailable,
     Watch,
 )
 from zonemesh.shared.store.factory import EtcdAccess
@@ -115,6 +116,43 @@ def _wrote(response: Any) -> bool:
         if kind == "response_put" or (kind == "response_delete_range" and item.response_delete_range.deleted):
             return True
     return False
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """etcd did not answer at all (down, cut off, no leader): as opposed to refusing the request."""
+    cause = exc if isinstance(exc, rpc.AioRpcError) else exc.__cause__
+    if isinstance(exc, aetcd.ConnectionFailedError | aetcd.ConnectionTimeoutError):
+        return True
+    return isinstance(cause, rpc.AioRpcError) and cause.code() in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    )
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A leadership term in etcd: the leader key, and the creation revision it had when this
+    replica won it. A write guarded by it commits only while that same key still stands."""
+
+    key: bytes
+    revision: int
+
+    def compare(self) -> Any:
+        return rpc.Compare(
+            key=self.key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=self.revision
+        )
+
+
+class NotLeader(StoreError):
+    """A leader component's write was refused: the term it was made in has ended (the lease
+    expired or was revoked, another replica may lead now). Nothing was written."""
+
+    def __init__(self, fence: Fence) -> None:
+        self.fence = fence
+        super().__init__(
+            f"this control plane no longer leads (its term {fence.revision} ended): the write was not applied; "
+            "the current leader does this work"
+        )
 
 
 @dataclass(frozen=True)
@@ -365,6 +403,8 @@ class EtcdStore(Store):
         self._closed = False
         # The last revision the watch has published, and the writes waiting for theirs.
         self._seen_revision = 0
+        self._index: dict[bytes, int] = {}  # key -> mod revision of what the watch has published
+        self.resyncs = 0  # re-lists after a compaction (tests and logs)
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_ids = itertools.count()
 
@@ -390,6 +430,13 @@ class EtcdStore(Store):
         """The aetcd client, for components that need more of etcd (leases, leader election)."""
         return self._client
 
+    def fenced(self, fence: Fence) -> Store:
+        """This store, with every write guarded by ``fence`` (``NotLeader`` once the term ended)."""
+        return FencedEtcdStore(self, fence)
+
+    def where(self) -> str:
+        return self._where()
+
     def _where(self) -> str:
         return ",".join(map(str, self.endpoints))
 
@@ -414,10 +461,13 @@ class EtcdStore(Store):
                 if time.monotonic() >= deadline:
                     raise StoreError(f"cannot reach etcd at {self._where()}: {details}") from None
                 await asyncio.sleep(0.2)
-        self._seen_revision = response.header.revision
-        self._watch_task = asyncio.create_task(
-            self._watch_loop(response.header.revision + 1), name=f"etcd-watch {self.prefix}"
-        )
+        revision = response.header.revision
+        # What is stored now, key -> mod revision: a watch that falls behind a compaction re-lists
+        # and publishes the difference to it (_resync), so in-process watchers miss nothing.
+        kvs, _ = await self._range_all(self._root, aetcd.utils.prefix_range_end(self._root), revision, keys_only=True)
+        self._index = {kv.key: kv.mod_revision for kv in kvs}
+        self._seen_revision = revision
+        self._watch_task = asyncio.create_task(self._watch_loop(revision + 1), name=f"etcd-watch {self.prefix}")
 
     # --- keys and offsets ----------------------------------------------------------------
 
@@ -454,22 +504,38 @@ class EtcdStore(Store):
 
     # --- etcd calls ----------------------------------------------------------------------
 
-    async def _txn(self, success: list[Any], compare: Sequence[Any] = ()) -> Any:
+    async def _txn(self, success: list[Any], compare: Sequence[Any] = (), failure: Sequence[Any] = ()) -> Any:
         if self._closed:
             raise StoreError(f"the etcd store {self.prefix} is closed")
         try:
             await self._client.connect()
             return await self._client.kvstub.Txn(
-                rpc.TxnRequest(compare=compare, success=success),
+                rpc.TxnRequest(compare=compare, success=success, failure=failure),
                 timeout=self.rpc_timeout,
                 metadata=self._client.metadata,
             )
         except (aetcd.ClientError, rpc.AioRpcError) as exc:
+            if _unreachable(exc):
+                raise StoreUnavailable(
+                    f"etcd at {self._where()} is unavailable ({_details(exc)}): nothing was read or written; "
+                    "proxies keep the configuration they have, and writes succeed again once etcd answers"
+                ) from exc
             raise StoreError(f"etcd at {self._where()}: {_details(exc)}") from exc
 
-    async def _write(self, success: list[Any], compare: Sequence[Any] = ()) -> Any:
-        """A write txn; once it committed a change, wait until the watch has published it."""
-        response = await self._txn(success, compare)
+    async def _write(self, success: list[Any], compare: Sequence[Any] = (), fence: Fence | None = None) -> Any:
+        """A write txn; once it committed a change, wait until the watch has published it.
+
+        With ``fence``, the txn also requires that the leader key still has the creation revision
+        of the leadership term that makes the write (``NotLeader`` otherwise): a replica that lost
+        its lease cannot write as a leader any more, even before it noticed."""
+        if fence is None:
+            response = await self._txn(success, compare)
+        else:
+            response = await self._txn(success, [*compare, fence.compare()], failure=[_read(fence.key)])
+            if not response.succeeded:
+                kvs = response.responses[0].response_range.kvs if response.responses else []
+                if not kvs or kvs[0].create_revision != fence.revision:
+                    raise NotLeader(fence)
         if response.succeeded and _wrote(response):
             await self._caught_up(response.header.revision)
         return response
@@ -496,11 +562,15 @@ class EtcdStore(Store):
         kvs = response.responses[0].response_range.kvs
         return kvs[0] if kvs else None
 
-    async def _range_all(self, start: bytes, end: bytes, revision: int = 0) -> tuple[list[Any], int]:
+    async def _range_all(
+        self, start: bytes, end: bytes, revision: int = 0, *, keys_only: bool = False
+    ) -> tuple[list[Any], int]:
         """Every kv in [start, end), read in chunks at one revision so the result is a snapshot."""
         kvs: list[Any] = []
         while True:
-            request = rpc.RangeRequest(key=start, range_end=end, limit=READ_CHUNK, revision=revision)
+            request = rpc.RangeRequest(
+                key=start, range_end=end, limit=READ_CHUNK, revision=revision, keys_only=keys_only
+            )
             response = await self._txn([rpc.RequestOp(request_range=request)])
             chunk = response.responses[0].response_range
             revision = revision or response.header.revision
@@ -564,16 +634,22 @@ class EtcdStore(Store):
         return ListResult([_decode(kv.value) for kv in page_kvs], total, next_offset)
 
     async def create(self, res: Resource) -> Resource:
+        return await self._create(res, None)
+
+    async def _create(self, res: Resource, fence: Fence | None) -> Resource:
         stored = res.copy()
         stored.version = 1
         stored.creation_time = stored.modification_time = now()
         key = self._key(res.key)
-        response = await self._write([_put(key, _encode(stored))], compare=[_absent(key)])
+        response = await self._write([_put(key, _encode(stored))], compare=[_absent(key)], fence=fence)
         if not response.succeeded:
             raise AlreadyExists(res.key)
         return stored
 
     async def update(self, res: Resource) -> Resource:
+        return await self._update(res, None)
+
+    async def _update(self, res: Resource, fence: Fence | None) -> Resource:
         key = self._key(res.key)
         for _ in range(MAX_ATTEMPTS):
             kv = await self._get_kv(key)
@@ -586,16 +662,20 @@ class EtcdStore(Store):
             stored.version = current.version + 1
             stored.creation_time = current.creation_time
             stored.modification_time = now()
-            response = await self._write([_put(key, _encode(stored))], compare=[_unchanged(key, kv.mod_revision)])
+            response = await self._write(
+                [_put(key, _encode(stored))], compare=[_unchanged(key, kv.mod_revision)], fence=fence
+            )
             if response.succeeded:
                 return stored
         raise Conflict(res.key, res.version, current.version)
 
     async def delete(self, type: str, name: str, mesh: str = "", *, version: int | None = None) -> Resource:
-        rkey = ResourceKey(type, mesh, name)
+        return await self._delete(ResourceKey(type, mesh, name), version, None)
+
+    async def _delete(self, rkey: ResourceKey, version: int | None, fence: Fence | None) -> Resource:
         key = self._key(rkey)
         if version is None:
-            response = await self._write([_delete(key)])
+            response = await self._write([_delete(key)], fence=fence)
             gone = response.responses[0].response_delete_range.prev_kvs
             if not gone:
                 raise NotFound(rkey)
@@ -607,20 +687,23 @@ class EtcdStore(Store):
             current = _decode(kv.value)
             if current.version != version:
                 raise Conflict(rkey, version, current.version)
-            response = await self._write([_delete(key)], compare=[_unchanged(key, kv.mod_revision)])
+            response = await self._write([_delete(key)], compare=[_unchanged(key, kv.mod_revision)], fence=fence)
             if response.succeeded:
                 return current
         raise Conflict(rkey, version, current.version)
 
     async def batch(self, upserts: Iterable[Resource] = (), deletes: Iterable[ResourceKey] = ()) -> None:
+        await self._batch(upserts, deletes, None)
+
+    async def _batch(self, upserts: Iterable[Resource], deletes: Iterable[ResourceKey], fence: Fence | None) -> None:
         # etcd rejects a txn that touches one key twice: keep each key's final state only.
         final: dict[ResourceKey, Resource | None] = {res.key: res for res in upserts}
         final.update((key, None) for key in deletes)
         changes = list(final.items())
         for start in range(0, len(changes), MAX_TXN_OPS):
-            await self._batch_chunk(changes[start : start + MAX_TXN_OPS])
+            await self._batch_chunk(changes[start : start + MAX_TXN_OPS], fence)
 
-    async def _batch_chunk(self, chunk: Sequence[_Change]) -> None:
+    async def _batch_chunk(self, chunk: Sequence[_Change], fence: Fence | None) -> None:
         upserts = [(self._key(key), res) for key, res in chunk if res is not None]
         deletes = [self._key(key) for key, res in chunk if res is None]
         for _ in range(MAX_ATTEMPTS):
@@ -649,12 +732,12 @@ class EtcdStore(Store):
             if size > MAX_TXN_BYTES and len(chunk) > 1:
                 # Too large for one etcd request: halve until each half fits.
                 half = len(chunk) // 2
-                await self._batch_chunk(chunk[:half])
-                await self._batch_chunk(chunk[half:])
+                await self._batch_chunk(chunk[:half], fence)
+                await self._batch_chunk(chunk[half:], fence)
                 return
             # A delete needs no guard: deleting a missing key is a no-op, as batch promises.
             success += [_delete(key) for key in deletes]
-            if (await self._write(success, compare)).succeeded:
+            if (await self._write(success, compare, fence)).succeeded:
                 return
         raise StoreError(f"batch of {len(chunk)} resources kept conflicting with concurrent writes; retry it")
 
@@ -700,21 +783,29 @@ class EtcdStore(Store):
                         self._hub.publish([event])
                     # aetcd queues a watch response's events all at once and errors only after
                     # them, so the rest of this revision's events follow without a gap.
-                    revision = etcd_event.kv.mod_revision + 1
-                    self._mark_seen(etcd_event.kv.mod_revision)
+                    kv = etcd_event.kv
+                    if etcd_event.kind == aetcd.EventKind.DELETE:
+                        self._index.pop(kv.key, None)
+                    else:
+                        self._index[kv.key] = kv.mod_revision
+                    revision = kv.mod_revision + 1
+                    self._mark_seen(kv.mod_revision)
                 # The stream ends quietly when the client closes; anything else is odd.
                 if not self._closed:
                     log.warning("etcd_watch_ended", prefix=self.prefix, retry_in=backoff)
                     await asyncio.sleep(backoff)
             except aetcd.RevisionCompactedError as exc:
-                # The history we missed is gone; in-process watchers miss those changes too.
-                log.error(
-                    "etcd_watch_compacted",
-                    prefix=self.prefix,
-                    missed_from=revision,
-                    resume=exc.compacted_revision,
+                # The changes we missed are gone from etcd's history: read what is stored now and
+                # publish the difference, so that every in-process watcher is current again.
+                log.warning(
+                    "etcd_watch_compacted", prefix=self.prefix, missed_from=revision, compacted=exc.compacted_revision
                 )
-                revision = exc.compacted_revision
+                try:
+                    revision = await self._resync() + 1
+                except StoreError as failed:
+                    log.warning("etcd_resync_failed", prefix=self.prefix, error=str(failed), retry_in=backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
             except (aetcd.ClientError, rpc.AioRpcError) as exc:
                 if self._closed:
                     return
@@ -726,6 +817,34 @@ class EtcdStore(Store):
                     # After client.close() the watcher is gone: nothing left to cancel.
                     with contextlib.suppress(Exception):
                         await watch.cancel()
+
+    async def _resync(self) -> int:
+        """Re-list the whole prefix at one revision and publish, as ordinary events, what differs from
+        what the watch had published: created, changed (their mod revision moved) and deleted
+        resources (a deleted one carries its key only, as a delete whose previous value etcd
+        compacted away). Returns the revision listed."""
+        kvs, revision = await self._range_all(self._root, aetcd.utils.prefix_range_end(self._root))
+        listed = {kv.key: kv for kv in kvs}
+        events: list[Event] = []
+        for key, kv in listed.items():
+            known = self._index.get(key)
+            if known == kv.mod_revision:
+                continue
+            try:
+                res = _decode(kv.value)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("etcd_watch_bad_record", key=key.decode(errors="replace"), error=str(exc))
+                continue
+            events.append(Event(EventKind.CREATED if known is None else EventKind.UPDATED, res))
+        for key in self._index.keys() - listed.keys():
+            type, mesh, name = self._parse_key(key)
+            events.append(Event(EventKind.DELETED, Resource(type=type, name=name, mesh=mesh)))
+        self._index = {key: kv.mod_revision for key, kv in listed.items()}
+        self._hub.publish(events)
+        self._mark_seen(revision)
+        self.resyncs += 1
+        log.warning("etcd_watch_resynced", prefix=self.prefix, revision=revision, changes=len(events))
+        return revision
 
     def _to_event(self, etcd_event: Any) -> Event | None:
         kv = etcd_event.kv
@@ -742,6 +861,47 @@ class EtcdStore(Store):
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("etcd_watch_bad_record", key=kv.key.decode(errors="replace"), error=str(exc))
             return None
+
+
+class FencedEtcdStore(Store):
+    """An EtcdStore whose writes commit only within one leadership term (``Fence``): what leader
+    components write through. Reads and watches are the store's own."""
+
+    def __init__(self, base: EtcdStore, fence: Fence) -> None:
+        self.base = base
+        self.fence = fence
+
+    async def get(self, type: str, name: str, mesh: str = "") -> Resource:
+        return await self.base.get(type, name, mesh)
+
+    async def list(
+        self,
+        type: str,
+        mesh: str | None = None,
+        *,
+        filter: ListFilter = NO_FILTER,
+        offset: str | None = None,
+        size: int | None = None,
+    ) -> ListResult:
+        return await self.base.list(type, mesh, filter=filter, offset=offset, size=size)
+
+    async def create(self, res: Resource) -> Resource:
+        return await self.base._create(res, self.fence)
+
+    async def update(self, res: Resource) -> Resource:
+        return await self.base._update(res, self.fence)
+
+    async def delete(self, type: str, name: str, mesh: str = "", *, version: int | None = None) -> Resource:
+        return await self.base._delete(ResourceKey(type, mesh, name), version, self.fence)
+
+    async def batch(self, upserts: Iterable[Resource] = (), deletes: Iterable[ResourceKey] = ()) -> None:
+        await self.base._batch(upserts, deletes, self.fence)
+
+    def watch(self, types: Iterable[str] | None = None) -> Watch:
+        return self.base.watch(types)
+
+    async def close(self) -> None:
+        """Nothing to close: the store is the control plane's."""
 
 
 def _details(exc: BaseException) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zonemesh.global_cp.kds_server import GlobalKds
+from zonemesh.global_cp.kds_server import GlobalKds, trust_publisher
 from zonemesh.shared.config import Config
 from zonemesh.shared.store import Store
 from zonemesh.shared.store.memory import MemoryStore
@@ -24,6 +24,10 @@ class FakeCP:
     store: Store
     instance_id: str
 
+    @property
+    def leader_store(self) -> Store:  # one process: it leads
+        return self.store
+
 
 @contextlib.asynccontextmanager
 async def running_global(
@@ -32,7 +36,8 @@ async def running_global(
     store = store or MemoryStore()
     config = Config(mode="global", kds_address="127.0.0.1", kds_port=0, data_dir=str(tmp_path / "global"), **options)
     kds = GlobalKds(config)
-    async with kds.run(FakeCP(config, store, "global-test")):
+    cp = FakeCP(config, store, "global-test")
+    async with trust_publisher(cp), kds.run(cp):
         yield kds, store
 
 

@@ -38,6 +38,10 @@ ZONES = ("zone-a", "zone-b", "zone-c")
 class FakeCP:
     store: MemoryStore
 
+    @property
+    def leader_store(self) -> MemoryStore:  # one process: it leads
+        return self.store
+
 
 class Relay:
     """KDS in miniature: latest-value delivery with random delays, one task per direction and zone."""
@@ -121,7 +125,7 @@ async def federation(tmp_path: Path, rng: random.Random) -> AsyncIterator[tuple[
     gates = {name: ZoneLicense(Config(mode="zone", zone=name, license_quota_wait="0.3s")) for name in ZONES}
     relay = Relay(rng)
     async with contextlib.AsyncExitStack() as stack:
-        await stack.enter_async_context(authority.run(FakeCP(glob)))
+        await stack.enter_async_context(authority.running(FakeCP(glob)))
         for name in ZONES:
             await stack.enter_async_context(gates[name].run(FakeCP(stores[name])))
         relay.start(glob, stores)
@@ -242,12 +246,12 @@ async def test_grants_survive_a_global_restart_and_a_deleted_zone_frees_its_slot
     store = MemoryStore()
     # zone-b has uploaded two proxies: it may be granted up to 4 (global_cp/license.py quota_cap)
     await store.batch(upserts=[_uploaded("zone-b", 1), _uploaded("zone-b", 2)])
-    async with _authority(tmp_path, 3).run(FakeCP(store)):
+    async with _authority(tmp_path, 3).running(FakeCP(store)):
         await store.batch(upserts=[_request("zone-a", 2, 1), _request("zone-b", 5, 2)])
         await _grant(store, "zone-a", 2)
         await _grant(store, "zone-b", 1)
     # a new global instance on the same store: the grants stand, nothing is handed out twice
-    async with _authority(tmp_path, 3).run(FakeCP(store)) as authority:
+    async with _authority(tmp_path, 3).running(FakeCP(store)) as authority:
         assert {z: g.slots for z, g in authority.grants.items()} == {"zone-a": 2, "zone-b": 1}
         await store.batch(upserts=[_request("zone-c", 1, 3)])
         await asyncio.sleep(0.1)
@@ -291,7 +295,7 @@ async def test_a_restarted_zone_with_an_unanswered_request_admits_no_more_than_i
 async def test_the_demo_license_runs_from_the_recorded_first_start(tmp_path: Path) -> None:
     store = MemoryStore()
     demo = LicenseAuthority(Config(mode="global"))
-    async with demo.run(FakeCP(store)):
+    async with demo.running(FakeCP(store)):
         first = (await store.get("License", "default")).spec["firstStart"]
         assert demo.license.demo and demo.license.dataplanes == 5
     # 31 days later (the recorded first start moved back): the next start is refused, with the reason
@@ -299,7 +303,7 @@ async def test_the_demo_license_runs_from_the_recorded_first_start(tmp_path: Pat
     res = await store.get("License", "default")
     await store.batch(upserts=[Resource(type="License", name="default", spec={**res.spec, "firstStart": old})])
     with pytest.raises(StartupRefused, match="the demo license expired at"):
-        async with LicenseAuthority(Config(mode="global")).run(FakeCP(store)):
+        async with LicenseAuthority(Config(mode="global")).running(FakeCP(store)):
             pass
     assert first != old
 
@@ -313,7 +317,7 @@ async def test_a_zone_asking_for_every_slot_gets_only_what_it_can_use(tmp_path: 
     """A compromised zone asks for 10^9 slots: global caps the request by the counted proxies the
     zone uploaded (twice as many, at least 2 more), so another zone still gets its slots."""
     store = MemoryStore()
-    async with _authority(tmp_path, 6).run(FakeCP(store)) as authority:
+    async with _authority(tmp_path, 6).running(FakeCP(store)) as authority:
         await store.batch(upserts=[_request("zone-a", 10**9, 1)])
         await _grant(store, "zone-a", 2)
         await store.batch(upserts=[_request("zone-b", 4, 2), *(_uploaded("zone-b", i) for i in range(4))])

@@ -21,6 +21,7 @@ MESH = Resource(
 class _Cp:
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
+        self.leader_store = store  # one process: it leads
 
 
 async def test_global_creates_the_ca_of_meshes_with_builtin_mtls() -> None:
