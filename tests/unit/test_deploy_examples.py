@@ -204,7 +204,9 @@ def test_checker_refuses_a_bad_sidecar() -> None:
     with pytest.raises(UnitError, match="no example"):
         check_unit(text, instance="frontend-9")
     with pytest.raises(UnitError, match="not a valid ZoneIngress"):
-        bad = (EXAMPLES / "zonemesh-ingress.service").read_text().replace("ingress.yaml", "backend-1.yaml")
+        # A sidecar's document given to the ingress unit (the names agree, so the kind is what is wrong).
+        unit = (EXAMPLES / "zonemesh-ingress.service").read_text()
+        bad = unit.replace("ingress.yaml", "backend-1.yaml").replace("--name ingress-1", "--name backend-1")
         check_unit(bad)
 
 
