@@ -40,6 +40,7 @@ from zonemesh.shared.api.auth import require_admin
 from zonemesh.shared.api.context import MANAGER
 from zonemesh.shared.api.errors import error_response
 from zonemesh.shared.api.resources import read_document
+from zonemesh.shared.ca.state import STATE_TYPE
 from zonemesh.shared.resources.codec import from_universal, parse_json
 from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.model import Resource, format_time, now
@@ -97,8 +98,9 @@ INSIGHT_TYPES = {ProxyType.INGRESS.value: "ZoneIngressInsight", ProxyType.EGRESS
 # Secrets ExternalService TLS refers to (the egress presents them), the policies with an
 # egress hook (policies/: MeshTrafficPermission checks ExternalService callers) or laying out the
 # egress's endpoints (MeshLoadBalancingStrategy's failover order), and the routes (the subsets
-# they send to get SNI filter chains of their own: ingress.routed_subsets).
-INPUTS = (MESH, DATAPLANE, EXTERNAL_SERVICE, SECRET, *RESOURCE_TYPES.values(), *INSIGHT_TYPES.values())
+# they send to get SNI filter chains of their own: ingress.routed_subsets), and the meshes' CA
+# states (the egress's certificate and the roots it trusts follow a CA rotation).
+INPUTS = (MESH, DATAPLANE, EXTERNAL_SERVICE, SECRET, STATE_TYPE, *RESOURCE_TYPES.values(), *INSIGHT_TYPES.values())
 CONTEXT_POLICIES = tuple(dict.fromkeys((*EGRESS_TYPES, *EGRESS_LOCALITY_TYPES, *ROUTE_TYPES, MESH_GATEWAY_ROUTE_TYPE)))
 WATCHED = (*INPUTS, *CONTEXT_POLICIES)
 MAX_SUBSCRIPTIONS = 5  # older streams of a zone proxy are dropped from its insight
