@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
@@ -179,3 +180,41 @@ MESH_CA_STATE = register(
         ),
     )
 )
+
+
+# --- constraints.dataplaneProxy: which proxies may join the mesh ---------------------------------
+
+
+def _selects(selector: Mapping[str, Any], tags: Mapping[str, str]) -> bool:
+    """Kuma's tag selector: every tag it names is present with that value (``*``: any value)."""
+    wanted = selector.get("tags") or {}
+    return all(key in tags and (value == "*" or tags[key] == value) for key, value in wanted.items())
+
+
+def _shown(selector: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted((selector.get("tags") or {}).items())) or "(no tags)"
+
+
+def constraint_violation(mesh: Resource, tag_sets: Sequence[Mapping[str, str]]) -> str | None:
+    """Why a proxy serving ``tag_sets`` (one per inbound, or the gateway's) may not be part of
+    ``mesh``, or None. Each tag set must match at least one of ``requirements`` (when there are
+    any) and none of ``restrictions`` (Kuma's constraints.dataplaneProxy)."""
+    proxy = (mesh.spec.get("constraints") or {}).get("dataplaneProxy") or {}
+    requirements = proxy.get("requirements") or []
+    restrictions = proxy.get("restrictions") or []
+    for i, tags in enumerate(tag_sets):
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(tags.items()))
+        where = f"inbound[{i}] tags ({shown})" if len(tag_sets) > 1 else f"its tags ({shown})"
+        if requirements and not any(_selects(r, tags) for r in requirements):
+            wanted = "; ".join(_shown(r) for r in requirements)
+            return (
+                f"mesh {mesh.name!r} requires proxies to match one of constraints.dataplaneProxy.requirements "
+                f"[{wanted}], and {where} match none"
+            )
+        for j, restriction in enumerate(restrictions):
+            if _selects(restriction, tags):
+                return (
+                    f"mesh {mesh.name!r} refuses proxies that match constraints.dataplaneProxy.restrictions[{j}] "
+                    f"({_shown(restriction)}), and {where} match it"
+                )
+    return None
