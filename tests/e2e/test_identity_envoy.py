@@ -17,6 +17,8 @@ import copy
 import json
 import re
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -347,3 +349,98 @@ def test_a_constraint_change_disconnects_the_proxies_it_excludes_until_it_is_lif
     wait_until(lambda: env.a.stat("control_plane.connected_state") == 1, timeout=60, what="app-a to be admitted again")
     assert env.meshed() == (200, "app-b")
     assert zmctl(env.cp.api, "inspect", "dataplanes", "--mesh", MESH).returncode == 0
+
+
+# --- CA rotation (last: it changes the mesh's CA) ----------------------------------------------------
+
+
+class Traffic:
+    """A request through app-a's sidecar to app-b every 50 ms, on a thread, counting failures."""
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.sent = 0
+        self.failed: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            status, body = self.env.meshed()
+            self.sent += 1
+            if (status, body) != (200, "app-b"):
+                self.failed.append(f"{time.strftime('%H:%M:%S')} {status} {body[:200]}")
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def _ca_state(env: Env) -> dict[str, Any]:
+    status, body = env.cp.get(f"/meshes/{MESH}/mesh-ca-states/{MESH}")
+    assert status == 200, body
+    return body  # type: ignore[no-any-return]
+
+
+def _rotated_to(env: Env, backend: str) -> bool:
+    state = _ca_state(env)
+    return state["phase"] == "Stable" and state["target"]["backend"] == backend
+
+
+def _tls_failures(env: Env) -> dict[str, int]:
+    """TLS failures on both ends of app-a -> app-b (a retry would hide them from the client)."""
+    names = [
+        f"listener.127.0.0.1_{env.b_inbound}.ssl.fail_verify_error",
+        f"listener.127.0.0.1_{env.b_inbound}.ssl.connection_error",
+        "cluster.app-b.ssl.fail_verify_error",
+        "cluster.app-b.ssl.connection_error",
+    ]
+    return {name: (env.b if name.startswith("listener") else env.a).stat(name) for name in names}
+
+
+def test_a_ca_rotation_builtin_and_back_fails_no_request(env: Env) -> None:
+    builtin = {"name": "ca-builtin", "type": "builtin", "dpCert": {"rotation": {"expiration": "1h"}}}
+    both = copy.deepcopy(PROVIDED_MESH)
+    both["mtls"]["backends"].append(builtin)
+    assert _rotated_to(env, BACKEND)
+    # app-a's Envoy closes its connections to app-b after 200 ms, so requests keep making new mTLS
+    # handshakes through the rotation (a pooled connection would hide what each step trusts).
+    short_connections = {
+        "type": "MeshTimeout",
+        "mesh": MESH,
+        "name": "short-connections",
+        "spec": {
+            "targetRef": {"kind": "Mesh"},
+            "to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"maxConnectionDuration": "200ms"}}}],
+        },
+    }
+    env.put_ok(short_connections)
+    wait_until(
+        lambda: "max_connection_duration" in json.dumps(env.a.cluster("app-b")), timeout=15, what="app-a's timeout"
+    )
+    handshakes = env.b.stat(f"listener.127.0.0.1_{env.b_inbound}.ssl.handshake")
+    tls_failures = _tls_failures(env)
+    phases: set[str] = set()
+    with Traffic(env) as traffic:
+        time.sleep(0.5)
+        for target in ("ca-builtin", BACKEND):
+            both["mtls"]["enabledBackend"] = target
+            env.put_ok(both)
+            wait_until(
+                lambda target=target: phases.add(_ca_state(env)["phase"]) or _rotated_to(env, target),  # type: ignore[func-returns-value]
+                timeout=90,
+                what=f"the rotation to {target} to finish",
+            )
+            insight = env.cp.get(f"/meshes/{MESH}/dataplane-insights/app-b")[1]
+            assert insight["mTLS"]["issuedBackend"] == target
+        time.sleep(0.5)
+    assert traffic.sent > 40
+    assert env.b.stat(f"listener.127.0.0.1_{env.b_inbound}.ssl.handshake") - handshakes > traffic.sent // 8
+    assert not traffic.failed, traffic.failed[:10]
+    # Not even a retried handshake failed: no proxy ever met a certificate it did not trust.
+    assert _tls_failures(env) == tls_failures
+    assert {"Trusting", "Reissuing"} & phases  # it went through the steps, not a jump
