@@ -304,7 +304,7 @@ def test_a_proxy_outside_the_mesh_constraints_is_refused_when_it_registers(env: 
         finally:
             stop_process(outsider)
         said = (env.work / "outsider-dp.log").read_text(errors="replace")
-        assert code != 0
+        assert code == 2  # EXIT_USAGE: the Dataplane was refused
         assert "constraints.dataplaneProxy.requirements" in said and "match none" in said, said[-3000:]
         assert "dataplane_constraints_refused" in env.cp.logs()[since:]
         assert env.cp.get(f"/meshes/{MESH}/dataplanes/outsider")[0] == 404  # nothing registered
