@@ -221,3 +221,12 @@ def test_the_material_checks_name_the_certificate_of_the_chain(root: TestCaCert)
     with pytest.raises(CaProblem) as exc:
         load_signing_ca("ca", root.cert_pem, private_key_pem(small), time.time())
     assert exc.value.part == "key" and "secp521r1" in exc.value.reason
+
+
+async def test_the_certificate_may_be_written_in_the_mesh_the_key_never(root: TestCaCert) -> None:
+    manager = await manager_with(secret("ca-key", root.key_pem))
+    mesh = provided_mesh()
+    mesh.spec["mtls"]["backends"][1]["conf"]["cert"] = {"inlineString": root.cert_pem.decode()}
+    await manager.apply(mesh)
+    _, _, trusted_pem, _ = await MeshCA(manager.store).workload_cert("default", "web")
+    assert trusted_pem == root.cert_pem
