@@ -773,6 +773,15 @@ def test_a_ca_rotation_driven_by_global_fails_no_cross_zone_request(world: World
             for cp in (w.glob, *w.zones.values())
         )
 
+    assert w.a is not None and w.b is not None
+    listener = f"listener.127.0.0.1_{w.b_ports[0]}"
+    tls_stats = [
+        (w.b, f"{listener}.ssl.fail_verify_error"),
+        (w.b, f"{listener}.ssl.connection_error"),
+        (w.a, "cluster.app-b.ssl.fail_verify_error"),
+        (w.a, "cluster.app-b.ssl.connection_error"),
+    ]
+    tls_before = [envoy.stat(name) for envoy, name in tls_stats]
     sent, failed, phases = 0, [], set()
     stop = threading.Event()
 
@@ -803,6 +812,8 @@ def test_a_ca_rotation_driven_by_global_fails_no_cross_zone_request(world: World
         w.glob.delete("/meshes/default/meshtimeouts/short-connections")
     assert sent > 40
     assert not failed, failed[:10]
+    # Not even a handshake that a retry would hide failed, on either end.
+    assert [envoy.stat(name) for envoy, name in tls_stats] == tls_before
     assert {"Trusting", "Reissuing"} & phases
     w.put_global(MTLS_MESH)  # the provided backend goes once nothing uses it
 
