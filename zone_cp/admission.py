@@ -8,6 +8,12 @@ refusal is logged as ``dataplane_auth_refused`` with the reason (never the token
 with gRPC UNAUTHENTICATED. A proxy refused for the license (strict quota) gets RESOURCE_EXHAUSTED
 instead, on registration and on its ADS stream alike.
 
+A proxy must also meet its mesh's ``constraints.dataplaneProxy`` (requirements and restrictions
+by tags): a registration that does not is refused with FAILED_PRECONDITION (the agent exits and
+says why), an ADS stream with PERMISSION_DENIED; both are logged as ``dataplane_constraints_refused``.
+When a Mesh with constraints changes, the open streams of its proxies are checked again and those
+that no longer qualify are closed (``zoneproxies.CredentialWatch``); they are refused on reconnect.
+
 An admitted stream keeps its token: the xDS server closes it at the token's exp (plus the
 verification leeway), and checks it again whenever the mesh's signing keys or revocations change
 (``zoneproxies.CredentialWatch``), closing it when it no longer passes.
@@ -32,6 +38,7 @@ from zonemesh.shared.resources.model import Resource, ResourceKey
 from zonemesh.shared.resources.registry import REGISTRY
 from zonemesh.shared.resources.schema import ValidationError
 from zonemesh.shared.resources.types.dataplane import dataplane_tags
+from zonemesh.shared.resources.types.mesh import constraint_violation
 from zonemesh.shared.store import NotFound, Store
 from zonemesh.shared.store.base import NO_FILTER, ListFilter, ListResult, Watch
 from zonemesh.shared.tokens import dataplane as dptokens
@@ -83,6 +90,15 @@ async def check_names(context: grpc.aio.ServicerContext[Any, Any], type_name: st
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(invalid))
 
 
+async def constraints_refusal(store: Store, mesh: str, dataplane: Resource | None) -> str | None:
+    """Why the proxy of ``dataplane`` may not be in ``mesh`` now (its constraints), or None."""
+    if dataplane is None:
+        return None
+    found = await store.find("Mesh", mesh)
+    reason = constraint_violation(found, dataplane_tags(dataplane)) if found is not None else None
+    return f"the Dataplane does not meet the mesh's constraints: {reason}" if reason else None
+
+
 class DataplaneAuthenticator:
     """The xDS server's Authenticator: the node id names the proxy, the token must admit it."""
 
@@ -126,6 +142,7 @@ class DataplaneAuthenticator:
         token = bearer_token(metadata)
         claims = await self.check(token, mesh, name, proxy_type)
         if proxy_type == ProxyType.DATAPLANE.value:
+            await self._meets_constraints(self.store, mesh, name)
             try:  # a Dataplane stored without a license slot (created through the API) needs one to connect
                 await license_connection(self.store, mesh, name)
             except LicenseRefused as exc:
@@ -138,11 +155,20 @@ class DataplaneAuthenticator:
                 await dptokens.validate(store, token, mesh=mesh, name=name, proxy_type=proxy_type)
             except InvalidToken as exc:
                 raise AdmissionRefused(f"dataplane token refused: {exc.reason}") from None
+            if proxy_type == ProxyType.DATAPLANE.value:
+                await self._meets_constraints(store, mesh, name)
 
         identity = ProxyIdentity(mesh=mesh, name=name, proxy_type=ProxyType(proxy_type))
         return Admission(
             identity, "dataplane token", claims.exp + LEEWAY_SECONDS, recheck, claims.jti, signing_key_id(token)
         )
+
+    @staticmethod
+    async def _meets_constraints(store: Store, mesh: str, name: str) -> None:
+        reason = await constraints_refusal(store, mesh, await store.find("Dataplane", name, mesh))
+        if reason is not None:
+            log.warning("dataplane_constraints_refused", mesh=mesh, name=name, reason=reason)
+            raise AdmissionRefused(reason, grpc.StatusCode.PERMISSION_DENIED)
 
 
 def signing_key_id(token: str) -> str:
@@ -266,6 +292,10 @@ class RegistrationServicer:
             await context.abort(
                 grpc.StatusCode.UNIMPLEMENTED, f"proxy type {proxy_type!r} is not yet supported: use dataplane"
             )
+        refusal = await constraints_refusal(self.manager.store, request.mesh, res)
+        if refusal is not None:
+            log.warning("dataplane_constraints_refused", mesh=request.mesh, name=request.name, reason=refusal)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
         try:
             # License: in strict mode a counted proxy joins only within this zone's quota (zone_cp/license.py).
             async with license_admission(self.manager.store, res):

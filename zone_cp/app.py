@@ -3,7 +3,8 @@
 The data plane side, started in this order and stopped in reverse:
 - TLS for the xDS port: ``--xds-tls-cert-file/--xds-tls-key-file``, or a self-signed pair in the
   data dir (``xds.crt`` is then the CA file proxies pass as ``--ca-cert-file``);
-- the builtin CA (workload certificates for SDS) and DataplaneInsight recording;
+- the mesh CA (workload certificates and trusted roots for SDS: shared/ca), DataplaneInsight
+  recording (with what each proxy's certificates are) and the certificate expiry watch;
 - the xDS reconciler (store changes -> per-proxy snapshots);
 - the gRPC server on :5678: ADS (authenticated by dataplane tokens) and dataplane registration;
 - the credential watch: open streams whose token a key removal or revocation invalidates are closed.
@@ -24,7 +25,9 @@ import structlog
 from aiohttp import web
 from zonemesh.shared.api.auth import require_admin
 from zonemesh.shared.api.context import MANAGER
-from zonemesh.shared.ca import BuiltinCA
+from zonemesh.shared.ca import MeshCA
+from zonemesh.shared.ca import keeper as mesh_ca_keeper
+from zonemesh.shared.components import Component
 from zonemesh.shared.config import Config
 from zonemesh.shared.resources.model import Resource, ResourceKey
 from zonemesh.shared.runtime import Assembly, ControlPlane
@@ -33,6 +36,7 @@ from zonemesh.shared.tls import default_hosts, ensure_self_signed
 from zonemesh.shared.tokens import dataplane as dataplane_tokens
 from zonemesh.zone_cp import ingress, insights, inspect_api, zoneproxies
 from zonemesh.zone_cp.admission import DataplaneAuthenticator, ReadOnce
+from zonemesh.zone_cp.certificates import ExpiryWatch, HeldCertificates
 from zonemesh.zone_cp.xds import inspection
 from zonemesh.zone_cp.xds.cache import SnapshotCache
 from zonemesh.zone_cp.xds.context import MeshContext
@@ -71,9 +75,12 @@ class DataPlaneSide:
         tls = await asyncio.to_thread(xds_tls_files, cp.config)
         cache = SnapshotCache()
         nacks = NackAttribution(cache)
-        recorder = insights.InsightRecorder(cp.manager, cp.instance_id, attribute=nacks.responsible)
         federated = cp.config.mode == "zone" and bool(cp.config.global_address)
-        certs = insights.RecordingCertProvider(BuiltinCA(cp.store, generate=not federated), recorder)
+        certs = MeshCA(cp.store, generate=not federated)
+        recorder = insights.InsightRecorder(
+            cp.manager, cp.instance_id, attribute=nacks.responsible, held=HeldCertificates(cache, certs)
+        )
+        expiry = ExpiryWatch(certs, recorder.connected_held)
         zone = cp.config.zone or "default"
         dataplanes = DataplaneAuthenticator(cp.store)
         zone_proxy_auth = zoneproxies.ZoneProxyAuthenticator(cp.store, zone, federated=federated)
@@ -106,7 +113,14 @@ class DataPlaneSide:
         # and before a renewed workload certificate goes out.
         credentials = zoneproxies.CredentialWatch(cp.store, server.servicer)
         reconciler.still_admitted = lambda proxies: server.servicer.still_admitted(proxies, ReadOnce(cp.store))
-        async with recorder.running(), zone_proxies.running(), reconciler, server, credentials.running():
+        async with (
+            recorder.running(),
+            expiry.running(),
+            zone_proxies.running(),
+            reconciler,
+            server,
+            credentials.running(),
+        ):
             self.reconciler, self.cache, self.zone_proxies = reconciler, cache, zone_proxies
             log.info("xds_ready", port=server.port, tls_cert=str(tls.cert_path))
             try:
@@ -176,8 +190,15 @@ class DataPlaneSide:
 
 def assemble(config: Config) -> Assembly:
     side = DataPlaneSide()
+    federated = config.mode == "zone" and bool(config.global_address)
     assembly = Assembly(
-        components=[side.run, ingress.component],
+        # Without a global, this control plane makes its meshes' CAs and drives their rotations
+        # (leader-only: one replica writes them, fenced by its term).
+        components=[
+            *([] if federated else [Component("mesh-ca", mesh_ca_keeper.component, leader=True)]),
+            side.run,
+            ingress.component,
+        ],
         routes=[
             *dataplane_tokens.routes(),
             *side.routes(),
@@ -188,7 +209,7 @@ def assemble(config: Config) -> Assembly:
         ],
         single_replica=True,  # one process per zone for now (docs/ha.md)
     )
-    if config.mode == "zone" and config.global_address:  # federated: KDS stream to global (docs/kds.md)
+    if federated:  # KDS stream to global (docs/kds.md)
         from zonemesh.zone_cp.kds_client import ZoneKds
 
         kds = ZoneKds(config)

@@ -1,10 +1,13 @@
 """DataplaneInsight: what the zone knows about each proxy's connection, config and certificate.
 
-Fed by the xDS server's hooks (stream open/close, ACK, NACK) and by the certificate provider.
+Fed by the xDS server's hooks (stream open/close, ACK, NACK); an ACK of secrets tells which
+certificates and roots the proxy holds now (zone_cp/certificates.py, read when the insight is
+written).
 State is kept in memory per proxy and written to the store as ``DataplaneInsight`` resources
 (Kuma's shape: ``subscriptions[]`` with connect/disconnect time, control plane instance id and
 per-type ACK/NACK counters, the last NACK's error and the policies it is due to (``lastError``,
-``lastErrorPolicies``: zone_cp/xds/nacks.py), plus ``mTLS`` with the certificate expiry).
+``lastErrorPolicies``: zone_cp/xds/nacks.py), plus ``mTLS``: the expiry and issuing CA of the
+certificates the proxy ACKed, and the CAs it trusts).
 
 Nothing proportional to the number of proxies happens after a change is delivered: an ACK only
 moves counters in memory (no store access: ACKs are never queued behind persistence). Insights
@@ -31,10 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from zonemesh.shared.ca.builtin import WorkloadCert
 from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.model import Resource, format_time, now
-from zonemesh.shared.resources.types.dataplane import dataplane_tags
+from zonemesh.zone_cp.certificates import Held, HeldCertificates
 from zonemesh.zone_cp.xds.resources import SHORT_NAMES
 
 log = structlog.get_logger(__name__)
@@ -123,6 +125,13 @@ class _ProxyState:
     versions: dict[str, Any] = field(default_factory=dict)
     mtls: dict[str, Any] = field(default_factory=dict)
     mtls_stale: bool = False  # a certificate was ACKed: read which one when the insight is written
+    mtls_acked: tuple[str, str] = ("", "")  # (xDS node, secrets version) of that ACK
+    held: Held | None = None  # the certificates and roots of the secrets it last ACKed
+    regenerations: int = 0  # how often the certificates it holds changed
+
+    @property
+    def online(self) -> bool:
+        return bool(self.subscriptions) and self.subscriptions[-1].disconnect_time is None
 
     def subscription(self, stream_id: int) -> _Subscription | None:
         for sub in reversed(self.subscriptions):  # a plain loop: this runs on every ACK
@@ -147,8 +156,10 @@ class InsightRecorder:
         batch_size: int = BATCH_SIZE,
         refresh_interval: float = REFRESH_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        held: HeldCertificates | None = None,
     ) -> None:
         self.manager = manager
+        self.held_certificates = held  # what a secrets ACK holds (None: no mTLS section)
         self.attribute = attribute  # which policies a NACK is due to (zone_cp/xds/nacks.py)
         self.instance_id = instance_id
         self.flush_interval = flush_interval
@@ -162,7 +173,6 @@ class InsightRecorder:
         self._deferred: dict[Key, float] = {}
         self._wake = asyncio.Event()
         self._last_touch = 0.0
-        self._certs: dict[tuple[str, str], tuple[WorkloadCert, int, str]] = {}  # (cert, regenerations, backend)
 
     def _state(self, mesh: str, name: str) -> _ProxyState:
         state = self._proxies.get((mesh, name))  # every ACK comes here: build a state only when new
@@ -225,8 +235,9 @@ class InsightRecorder:
         stats.last_rejected = False
         sub.acked_versions[type_url] = version
         sub.last_update = self._last_touch = time.time()
-        if type_url == SECRET_TYPE_URL:
+        if type_url == SECRET_TYPE_URL and self.held_certificates is not None:
             state.mtls_stale = True
+            state.mtls_acked = (info.identity.key, version)
             news = True
         if news:
             self._touch(*key)
@@ -272,30 +283,22 @@ class InsightRecorder:
                 sub.disconnect_time = now()
         await self._write([(mesh, name)])
 
-    def cert_issued(self, mesh: str, service: str, cert: WorkloadCert, backend: str) -> None:
-        previous = self._certs.get((mesh, service))
-        if previous is not None and previous[0].cert_pem == cert.cert_pem:
-            return
-        regenerations = previous[1] + 1 if previous is not None else 0
-        self._certs[(mesh, service)] = (cert, regenerations, backend)
-
     async def _record_mtls(self, state: _ProxyState) -> None:
         state.mtls_stale = False
-        dataplane = await self.manager.store.find("Dataplane", state.name, state.mesh)
-        if dataplane is None:
+        assert self.held_certificates is not None
+        node, version = state.mtls_acked
+        held = await self.held_certificates.acked(state.mesh, node, version)
+        if held is None:  # the snapshot moved on: a newer secrets version is on its way, its ACK tells
             return
-        for tags in dataplane_tags(dataplane):
-            found = self._certs.get((state.mesh, tags.get("kuma.io/service", "")))
-            if found is not None:
-                cert, regenerations, backend = found
-                state.mtls = {
-                    "certificateExpirationTime": format_time(cert.not_after),
-                    "lastCertificateRegeneration": format_time(cert.not_before),
-                    "certificateRegenerations": regenerations,
-                    "issuedBackend": backend,
-                    "supportedBackends": [backend],
-                }
-                return
+        before = {c.leaf for c in state.held.certs} if state.held is not None else set()
+        if before and before != {c.leaf for c in held.certs}:
+            state.regenerations += 1
+        state.held = held
+        state.mtls = held.mtls(state.regenerations)
+
+    def connected_held(self) -> dict[tuple[str, str], Held]:
+        """(mesh, name) -> what each connected proxy holds (the expiry watch reads it)."""
+        return {key: state.held for key, state in self._proxies.items() if state.online and state.held is not None}
 
     # -- writing --------------------------------------------------------------------------
 
@@ -416,17 +419,3 @@ def _envoy_version(node: Any) -> str:
     except AttributeError:
         pass
     return ""
-
-
-class RecordingCertProvider:
-    """Wraps the builtin CA's CertProvider to tell the recorder what was issued."""
-
-    def __init__(self, ca: Any, recorder: InsightRecorder) -> None:
-        self.ca = ca
-        self.recorder = recorder
-
-    async def workload_cert(self, mesh: str, service: str) -> tuple[bytes, bytes, bytes, dt.datetime]:
-        cert: WorkloadCert = await self.ca.issue(mesh, service)
-        settings = await self.ca.settings(mesh)
-        self.recorder.cert_issued(mesh, service, cert, settings.name)
-        return cert.as_tuple()

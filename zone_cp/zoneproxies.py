@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -40,6 +41,7 @@ from zonemesh.shared.api.auth import require_admin
 from zonemesh.shared.api.context import MANAGER
 from zonemesh.shared.api.errors import error_response
 from zonemesh.shared.api.resources import read_document
+from zonemesh.shared.ca.state import STATE_TYPE
 from zonemesh.shared.resources.codec import from_universal, parse_json
 from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.model import Resource, format_time, now
@@ -97,8 +99,9 @@ INSIGHT_TYPES = {ProxyType.INGRESS.value: "ZoneIngressInsight", ProxyType.EGRESS
 # Secrets ExternalService TLS refers to (the egress presents them), the policies with an
 # egress hook (policies/: MeshTrafficPermission checks ExternalService callers) or laying out the
 # egress's endpoints (MeshLoadBalancingStrategy's failover order), and the routes (the subsets
-# they send to get SNI filter chains of their own: ingress.routed_subsets).
-INPUTS = (MESH, DATAPLANE, EXTERNAL_SERVICE, SECRET, *RESOURCE_TYPES.values(), *INSIGHT_TYPES.values())
+# they send to get SNI filter chains of their own: ingress.routed_subsets), and the meshes' CA
+# states (the egress's certificate and the roots it trusts follow a CA rotation).
+INPUTS = (MESH, DATAPLANE, EXTERNAL_SERVICE, SECRET, STATE_TYPE, *RESOURCE_TYPES.values(), *INSIGHT_TYPES.values())
 CONTEXT_POLICIES = tuple(dict.fromkeys((*EGRESS_TYPES, *EGRESS_LOCALITY_TYPES, *ROUTE_TYPES, MESH_GATEWAY_ROUTE_TYPE)))
 WATCHED = (*INPUTS, *CONTEXT_POLICIES)
 MAX_SUBSCRIPTIONS = 5  # older streams of a zone proxy are dropped from its insight
@@ -165,6 +168,10 @@ class Authenticator:
         return Admission(identity, "zone token", valid_until, recheck, str(claims["jti"]), signing_key_id(token))
 
 
+def _dataplane_of(admission: Admission, *, mesh: str) -> bool:
+    return admission.identity.proxy_type is ProxyType.DATAPLANE and admission.identity.mesh == mesh
+
+
 class CredentialWatch:
     """Checks open xDS streams again when what their tokens are checked with changes, and the xDS
     server closes those that no longer pass. Only the streams the change may affect are checked,
@@ -174,10 +181,12 @@ class CredentialWatch:
     - a mesh's ``dataplane-token-signing-key-<mesh>-<N>`` (added, changed, deleted): that mesh's
       streams whose token names key N;
     - zone-token keys or revocations, or the ZoneTokenTrust global publishes: every zone proxy
-      stream (a zone has a few).
+      stream (a zone has a few);
+    - a Mesh with ``constraints.dataplaneProxy``: that mesh's dataplane streams (a proxy that no
+      longer meets them is disconnected, and refused when it reconnects: admission.py).
     """
 
-    WATCHED = ("Secret", "GlobalSecret", TRUST_TYPE)
+    WATCHED = ("Secret", "GlobalSecret", TRUST_TYPE, "Mesh")
 
     def __init__(self, store: Store, servicer: AdsServicer) -> None:
         self.store = store
@@ -188,7 +197,10 @@ class CredentialWatch:
             async for event in watch:
                 res = event.resource
                 try:
-                    if dataplane_credentials(res):
+                    if res.type == "Mesh":
+                        if (res.spec.get("constraints") or {}).get("dataplaneProxy"):
+                            await self._pass(res, functools.partial(_dataplane_of, mesh=res.name))
+                    elif dataplane_credentials(res):
                         await self._pass(res, await self._dataplanes_affected(res, ReadOnce(self.store)))
                     elif zone_credentials(res):
                         await self._pass(

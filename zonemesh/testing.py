@@ -493,6 +493,88 @@ def log_excerpt(name: str, text: str, tail: int = 4000) -> str:
     return f"--- {name}: warnings and errors\n" + "\n".join(notable[-200:]) + f"\n--- {name}: log tail\n{text[-tail:]}"
 
 
+# --- CA certificates for provided mesh CAs --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TestCaCert:
+    """A CA certificate and its key (PEM), as an operator would store them in Secrets."""
+
+    __test__ = False  # not a pytest class
+
+    cert_pem: bytes
+    key_pem: bytes
+
+    def chain(self, *above: TestCaCert) -> bytes:
+        """This certificate followed by ``above`` (its issuers, up to the root): a provided CA's ``cert``."""
+        return self.cert_pem + b"".join(c.cert_pem for c in above)
+
+
+def make_ca_cert(
+    name: str,
+    *,
+    issuer: TestCaCert | None = None,
+    key_type: str = "ec",
+    is_ca: bool = True,
+    key_cert_sign: bool = True,
+    not_before: float | None = None,
+    valid_for: float = 365 * 24 * 3600,
+    path_length: int | None = None,
+) -> TestCaCert:
+    """A CA certificate named ``name``, self-signed or signed by ``issuer``. ``key_type``: "ec"
+    (P-256) or "rsa" (2048). ``is_ca``/``key_cert_sign`` False make a certificate that is not a
+    usable CA; ``not_before``/``valid_for`` (unix time, seconds) an expired or future one."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = (
+        ec.generate_private_key(ec.SECP256R1()) if key_type == "ec" else rsa.generate_private_key(65537, 2048)
+    )
+    start = time.time() - 60 if not_before is None else not_before
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "zonemesh tests"), x509.NameAttribute(NameOID.COMMON_NAME, name)]
+    )
+    if issuer is not None:
+        issuer_cert = x509.load_pem_x509_certificate(issuer.cert_pem)
+        signing_key = serialization.load_pem_private_key(issuer.key_pem, password=None)
+        assert isinstance(signing_key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey)
+        issuer_name = issuer_cert.subject
+    else:
+        signing_key, issuer_name = key, subject
+    usage = x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=key_cert_sign,
+        crl_sign=key_cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(dt.datetime.fromtimestamp(start, dt.UTC))
+        .not_valid_after(dt.datetime.fromtimestamp(start + valid_for, dt.UTC))
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=path_length if is_ca else None), critical=True)
+        .add_extension(usage, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(signing_key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return TestCaCert(cert.public_bytes(serialization.Encoding.PEM), key_pem)
+
+
 # --- a real browser for the GUI ----------------------------------------------------------------
 
 # Flags for the system's Chromium in tests and benches: headless, no sandbox (root in CI

@@ -121,22 +121,27 @@ class ResourceManager:
             set_label(res.labels, ORIGIN_LABEL, ORIGIN_ZONE)
             set_label(res.labels, ZONE_LABEL, self.zone)
 
-    async def _check_mesh_exists(self, res: Resource) -> None:
+    async def _check_write(self, res: Resource, stored: Resource | None) -> None:
+        """The type's write-time checks: its own (``write_check``), against its mesh
+        (``mesh_check``), then against what else is stored (``store_check``, reading the store)."""
         rtype = REGISTRY.get(res.type)
         if rtype.write_check is not None:
             errors = rtype.write_check(res)
             if errors:
                 raise ValidationError(errors)
-        if rtype.scope is not Scope.MESH:
-            return
-        mesh = await self.store.find("Mesh", res.mesh)
-        if mesh is None:
-            raise ValidationError(
-                [FieldError("mesh", f"mesh {res.mesh!r} does not exist; create it first")],
-                title="Mesh not found",
-            )
-        if rtype.mesh_check is not None:
-            errors = rtype.mesh_check(res, mesh)
+        if rtype.scope is Scope.MESH:
+            mesh = await self.store.find("Mesh", res.mesh)
+            if mesh is None:
+                raise ValidationError(
+                    [FieldError("mesh", f"mesh {res.mesh!r} does not exist; create it first")],
+                    title="Mesh not found",
+                )
+            if rtype.mesh_check is not None:
+                errors = rtype.mesh_check(res, mesh)
+                if errors:
+                    raise ValidationError(errors)
+        if rtype.store_check is not None:
+            errors = await rtype.store_check(res, stored, self.store)
             if errors:
                 raise ValidationError(errors)
 
@@ -144,7 +149,7 @@ class ResourceManager:
 
     async def create(self, res: Resource) -> Resource:
         self._check_labels(res)
-        await self._check_mesh_exists(res)
+        await self._check_write(res, None)
         self._stamp(res)
         created = await self.store.create(res)
         if created.type == "Mesh" and self.mode is not Mode.ZONE:
@@ -153,9 +158,14 @@ class ResourceManager:
         log.info("resource_created", resource=str(created.key), version=created.version)
         return created
 
-    async def update(self, res: Resource) -> Resource:
+    async def update(self, res: Resource, stored: Resource | None = None) -> Resource:
+        """``stored``: the version read before (``apply`` has it), else it is read here when the
+        type's store check needs it."""
         self._check_labels(res)
-        await self._check_mesh_exists(res)
+        rtype = REGISTRY.get(res.type)
+        if stored is None and rtype.store_check is not None:
+            stored = await self.store.find(res.type, res.name, res.mesh)
+        await self._check_write(res, stored)
         self._stamp(res)
         updated = await self.store.update(res)
         log.info("resource_updated", resource=str(updated.key), version=updated.version)
@@ -169,7 +179,7 @@ class ResourceManager:
             return await self.create(res), True
         self.check_owned(existing)
         res.version = existing.version if version is None else version
-        return await self.update(res), False
+        return await self.update(res, existing), False
 
     async def upsert_batch(self, resources: Sequence[Resource]) -> Sequence[Resource]:
         """Create or update ``resources`` in one store batch, without version checks: for what the
@@ -201,7 +211,13 @@ class ResourceManager:
         return homeless
 
     async def delete(self, type: str, name: str, mesh: str = "", *, version: int | None = None) -> Resource:
-        self.check_owned(await self.store.get(type, name, mesh))
+        stored = await self.store.get(type, name, mesh)
+        self.check_owned(stored)
+        check = REGISTRY.get(type).delete_check
+        if check is not None:
+            errors = await check(stored, self.store)
+            if errors:
+                raise ValidationError(errors, title=f"{type} {name!r} is in use")
         if type == "Mesh":
             await self._delete_mesh_contents(name)
         deleted = await self.store.delete(type, name, mesh, version=version)

@@ -12,7 +12,7 @@ document enters (API, zmctl, KDS), never stored and ignored: see ``support.py``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from enum import Flag, StrEnum, auto
 from typing import TYPE_CHECKING, Any
@@ -21,6 +21,7 @@ from zonemesh.shared.resources.schema import MESH_NAME, RESOURCE_NAME, FieldErro
 
 if TYPE_CHECKING:
     from zonemesh.shared.resources.model import Resource
+    from zonemesh.shared.store import Store
 
 
 class Scope(StrEnum):
@@ -48,6 +49,13 @@ ZoneRefs = Callable[["Resource"], list[tuple[str, str]]]
 # A check that needs the resource's Mesh (None when missing), run by the resource manager on
 # API writes: e.g. a cross-mesh MeshGateway needs mTLS on its mesh.
 MeshCheck = Callable[["Resource", "Resource | None"], list[FieldError]]
+# A check that reads other resources (e.g. the Secrets a Mesh's CA backend names), run by the
+# resource manager on API writes only: (the resource written, the version stored before it
+# or None, a store to read) -> field errors. Reads only: the write happens after it passes.
+StoreCheck = Callable[["Resource", "Resource | None", "Store"], Awaitable[list[FieldError]]]
+# The same for a delete through the API: (the stored resource, a store to read) -> field errors
+# (e.g. a Secret a Mesh's CA backend still reads).
+DeleteCheck = Callable[["Resource", "Store"], Awaitable[list[FieldError]]]
 
 
 SIDECAR, GATEWAY = "Sidecar", "Gateway"  # Kuma's proxyTypes
@@ -131,6 +139,8 @@ class ResourceType:
     # Run on API writes only, never on what is stored or synced: refusals of a value an earlier
     # zonemesh accepted and ignored, so that what it stored keeps working after an upgrade.
     write_check: SemanticCheck | None = None
+    store_check: StoreCheck | None = None  # API writes only, after the others passed: see StoreCheck
+    delete_check: DeleteCheck | None = None  # API deletes only: see DeleteCheck
     support: PolicySupport | None = None  # targetRef policies only: see PolicySupport
     name_rule: NameRule = RESOURCE_NAME  # what its names may look like (Mesh and Zone: stricter)
 

@@ -21,6 +21,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from zonemesh.testing import (
     free_port,
     http,
     log_excerpt,
+    make_ca_cert,
     sidecar_dataplane,
     start_http_app,
     stop_processes,
@@ -727,6 +729,93 @@ def test_local_instances_first_remote_zone_when_none_is_left(world: World) -> No
     assert local.wait(30) == 0
     wait_until(lambda: call_b(w) == (200, "app-b"), WAIT, what="zone-2 takes over")
     assert {call_b(w)[1] for _ in range(5)} == {"app-b"}
+
+
+def test_a_ca_rotation_driven_by_global_fails_no_cross_zone_request(world: World) -> None:
+    """builtin -> provided -> builtin on global while a-1 (zone-1) calls app-b (zone-2) every 50 ms,
+    its connections closed every 200 ms so that handshakes keep happening: global steps the
+    MeshCAState from the insights both zones upload, the zones follow it, nothing fails."""
+    w = world
+    w.put_global(MTLS_MESH)
+    wait_until(lambda: call_b(w) == (200, "app-b"), WAIT, what="app-b from a-1")
+    root = make_ca_cert("operator root", key_type="rsa")
+    intermediate = make_ca_cert("operator mesh CA", issuer=root)
+    put_secret(w, "rotation-ca-cert", intermediate.chain(root))
+    put_secret(w, "rotation-ca-key", intermediate.key_pem)
+    mesh = json.loads(json.dumps(MTLS_MESH))
+    mesh["mtls"]["backends"].append(
+        {
+            "name": "ca-provided",
+            "type": "provided",
+            "conf": {"cert": {"secret": "rotation-ca-cert"}, "key": {"secret": "rotation-ca-key"}},
+        }
+    )
+    w.put_global(mesh)
+    short = {
+        "type": "MeshTimeout",
+        "mesh": "default",
+        "name": "short-connections",
+        "spec": {
+            "targetRef": {"kind": "Mesh"},
+            "to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"maxConnectionDuration": "200ms"}}}],
+        },
+    }
+    status, body = w.glob.put("/meshes/default/meshtimeouts/short-connections", short)
+    assert status in (200, 201), body
+
+    def state(cp: ControlPlaneProcess) -> dict[str, Any]:
+        status, body = cp.get("/meshes/default/mesh-ca-states/default")
+        return body if status == 200 else {}
+
+    def stable_on(target: str) -> bool:
+        return all(
+            state(cp).get("phase") == "Stable" and state(cp)["target"]["backend"] == target
+            for cp in (w.glob, *w.zones.values())
+        )
+
+    assert w.a is not None and w.b is not None
+    listener = f"listener.127.0.0.1_{w.b_ports[0]}"
+    tls_stats = [
+        (w.b, f"{listener}.ssl.fail_verify_error"),
+        (w.b, f"{listener}.ssl.connection_error"),
+        (w.a, "cluster.app-b.ssl.fail_verify_error"),
+        (w.a, "cluster.app-b.ssl.connection_error"),
+    ]
+    tls_before = [envoy.stat(name) for envoy, name in tls_stats]
+    sent, failed, phases = 0, [], set()
+    stop = threading.Event()
+
+    def traffic() -> None:
+        nonlocal sent
+        while not stop.wait(0.05):
+            result = call_b(w)
+            sent += 1
+            if result != (200, "app-b"):
+                failed.append(f"{time.strftime('%H:%M:%S')} {result}")
+
+    thread = threading.Thread(target=traffic, daemon=True)
+    thread.start()
+    try:
+        time.sleep(1)
+        for target in ("ca-provided", "ca-1"):
+            mesh["mtls"]["enabledBackend"] = target
+            w.put_global(mesh)
+            wait_until(
+                lambda target=target: phases.add(state(w.glob).get("phase")) or stable_on(target),  # type: ignore[func-returns-value]
+                120,
+                what=f"the rotation to {target} in every zone",
+            )
+        time.sleep(1)
+    finally:
+        stop.set()
+        thread.join(10)
+        w.glob.delete("/meshes/default/meshtimeouts/short-connections")
+    assert sent > 40
+    assert not failed, failed[:10]
+    # Not even a handshake that a retry would hide failed, on either end.
+    assert [envoy.stat(name) for envoy, name in tls_stats] == tls_before
+    assert {"Trusting", "Reissuing"} & phases
+    w.put_global(MTLS_MESH)  # the provided backend goes once nothing uses it
 
 
 def children(pid: int) -> list[int]:

@@ -29,7 +29,9 @@ from typing import Any
 
 import pytest
 import yaml
-from zonemesh.shared.ca.builtin import CaBundle, generate_ca, issue_workload_cert
+from zonemesh.shared.ca.backend import issue_workload_cert
+from zonemesh.shared.ca.builtin import generate_ca
+from zonemesh.shared.ca.material import SigningCA, load_signing_ca
 from zonemesh.shared.resources import REGISTRY
 
 from zonemesh.testing import (
@@ -68,7 +70,7 @@ def example(name: str) -> dict[str, Any]:
 class Mesh:
     cp: ControlPlaneProcess
     work: Path
-    ca: CaBundle
+    ca: SigningCA
     a: EnvoyAdmin
     b: EnvoyAdmin
     a_outbound: int
@@ -122,14 +124,15 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     work = tmp_path_factory.mktemp("meshtls")
     cp = ControlPlaneProcess(work / "cp", args=["--mode", "standalone"])
     # The builtin CA uses the Secrets it finds (it generates them only when absent): the test's own.
-    ca = generate_ca(MESH, BACKEND, 2048, 24 * 3600, time.time())
+    ca_cert_pem, ca_key_pem = generate_ca(MESH, BACKEND, 2048, 24 * 3600, time.time())
+    ca = load_signing_ca(BACKEND, ca_cert_pem, ca_key_pem, time.time())
     a, b = EnvoyAdmin("app-a", free_port()), EnvoyAdmin("app-b", free_port())
     env = Mesh(cp, work, ca, a, b, a_outbound=free_port(), b_inbound=free_port())
     try:
         cp.start()
         env.put({"type": "Mesh", "name": MESH})
-        env.put(_secret(f"{MESH}.ca-builtin-cert-{BACKEND}", ca.cert_pem))
-        env.put(_secret(f"{MESH}.ca-builtin-key-{BACKEND}", ca.key_pem))
+        env.put(_secret(f"{MESH}.ca-builtin-cert-{BACKEND}", ca_cert_pem))
+        env.put(_secret(f"{MESH}.ca-builtin-key-{BACKEND}", ca_key_pem))
         env.put(MTLS_MESH)
         env.put(ALLOW_ALL)
         for proxy, outbound in ((a, [("app-b", env.a_outbound)]), (b, [])):
@@ -179,7 +182,7 @@ def logs_on_failure(request: pytest.FixtureRequest, mesh: Mesh) -> None:
 @pytest.fixture
 def probe_cert(mesh: Mesh, tmp_path: Path) -> tuple[Path, Path, Path]:
     """A client certificate of the mesh CA (``spiffe://default/tls-probe``): (cert, key, CA) files."""
-    cert = issue_workload_cert(mesh.ca, "tls-probe", 3600, time.time())
+    cert = issue_workload_cert(mesh.ca, MESH, "tls-probe", 3600, time.time())
     paths = tmp_path / "probe.crt", tmp_path / "probe.key", tmp_path / "ca.crt"
     for path, pem in zip(paths, (cert.cert_pem, cert.key_pem, mesh.ca.cert_pem), strict=True):
         path.write_bytes(pem)

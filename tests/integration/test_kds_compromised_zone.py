@@ -26,7 +26,8 @@ from test_kds import WAIT, start_global, zone_process, zone_token
 from test_license_processes import Issuer, global_process, issuer, join_all, license_of, register  # noqa: F401
 from test_license_processes import zone_process as licensed_zone
 from zonemesh.proto import kds_pb2, kds_pb2_grpc
-from zonemesh.shared.ca import BuiltinCA
+from zonemesh.shared.ca.backend import enabled_backend
+from zonemesh.shared.ca.builtin import BuiltinCaManager
 from zonemesh.shared.kds.codec import to_wire
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store.memory import MemoryStore
@@ -456,7 +457,9 @@ def test_a_bad_zone_ingress_does_not_stop_a_zones_later_changes(tmp_path: Path, 
 
 async def _make_ca(store: MemoryStore, mesh: Resource) -> None:
     await store.create(mesh.copy())
-    await BuiltinCA(store).ensure_ca("default")
+    backend = enabled_backend(mesh)
+    assert backend is not None
+    await BuiltinCaManager().ensure(backend, store)
 
 
 async def _write(data_dir: Path, resources: list[Resource]) -> None:

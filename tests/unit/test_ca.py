@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
+import time
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from zonemesh.shared.ca import BuiltinCA, MtlsNotEnabled
-from zonemesh.shared.ca.builtin import ca_cert_secret_name, ca_key_secret_name
+from zonemesh.shared.ca import MeshCA, MtlsNotEnabled
+from zonemesh.shared.ca.backend import enabled_backend
+from zonemesh.shared.ca.builtin import BuiltinCaManager, ca_cert_secret_name, ca_key_secret_name
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store.memory import MemoryStore
 from zonemesh.shared.tls import ensure_self_signed
@@ -42,10 +45,15 @@ class Clock:
         return self.now
 
 
-async def make_ca(mesh: Resource | None = None, clock: Clock | None = None) -> tuple[BuiltinCA, MemoryStore]:
+async def make_ca(mesh: Resource | None = None, clock: Clock | None = None) -> tuple[MeshCA, MemoryStore]:
     store = MemoryStore()
     await store.create(mesh or mtls_mesh())
-    return BuiltinCA(store, clock or Clock(T0)), store
+    return MeshCA(store, clock or Clock(T0)), store
+
+
+async def root_pem(store: MemoryStore, backend: str = "ca-1") -> bytes:
+    secret = await store.get("Secret", ca_cert_secret_name("default", backend), "default")
+    return base64.b64decode(secret.spec["data"])
 
 
 def verify_signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> None:
@@ -56,13 +64,15 @@ def verify_signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> None:
 
 
 async def test_ca_is_generated_once_and_stored_as_mesh_secrets() -> None:
-    ca, store = await make_ca()
-    first = await ca.ensure_ca("default")
-    again = await BuiltinCA(store).ensure_ca("default")  # another replica reads the same CA
-    assert first == again
-    assert await store.find("Secret", ca_cert_secret_name("default", "ca-1"), "default") is not None
+    _, store = await make_ca()
+    backend = enabled_backend(await store.get("Mesh", "default"))
+    assert backend is not None
+    await BuiltinCaManager(Clock(T0)).ensure(backend, store)
+    first = await root_pem(store)
+    await BuiltinCaManager(Clock(T0)).ensure(backend, store)  # another replica finds it
+    assert await root_pem(store) == first
     assert await store.find("Secret", ca_key_secret_name("default", "ca-1"), "default") is not None
-    root = x509.load_pem_x509_certificate(first.cert_pem)
+    root = x509.load_pem_x509_certificate(first)
     constraints = root.extensions.get_extension_for_class(x509.BasicConstraints).value
     assert constraints.ca is True
     key = root.public_key()
@@ -70,8 +80,9 @@ async def test_ca_is_generated_once_and_stored_as_mesh_secrets() -> None:
 
 
 async def test_workload_cert_chains_to_the_mesh_ca_with_spiffe_san() -> None:
-    ca, _ = await make_ca()
+    ca, store = await make_ca()
     cert_pem, key_pem, ca_pem, not_after = await ca.workload_cert("default", "backend")
+    assert ca_pem == await root_pem(store)  # the trusted roots: the builtin CA's
     cert = x509.load_pem_x509_certificate(cert_pem)
     root = x509.load_pem_x509_certificate(ca_pem)
     assert cert.issuer == root.subject
@@ -107,8 +118,7 @@ async def test_cert_is_cached_then_rotated_before_expiry() -> None:
     assert rotated.cert_pem != first.cert_pem
     assert dt.datetime.fromtimestamp(clock.now, dt.UTC) < first.not_after
     assert rotated.not_after > first.not_after
-    assert rotated.ca_pem == first.ca_pem  # same root: connections keep verifying
-    assert ca.next_rotation() == rotated.rotate_after
+    assert rotated.ca_fingerprint == first.ca_fingerprint  # same CA: connections keep verifying
 
 
 async def test_concurrent_requests_share_one_certificate() -> None:
@@ -117,24 +127,70 @@ async def test_concurrent_requests_share_one_certificate() -> None:
     assert len({c.cert_pem for c in certs}) == 1
 
 
-async def test_switching_backend_issues_from_the_new_ca() -> None:
+async def test_without_a_ca_state_switching_backend_issues_from_the_new_ca() -> None:
+    """Before the keeper wrote a MeshCAState (tests/unit/test_ca_rotation.py) the enabled backend issues."""
     ca, store = await make_ca()
     before = await ca.issue("default", "web")
     mesh = await store.get("Mesh", "default")
     mesh.spec["mtls"]["enabledBackend"] = "ca-2"
     await store.update(mesh)
     after = await ca.issue("default", "web")
-    assert after.ca_pem != before.ca_pem
+    assert after.ca_fingerprint != before.ca_fingerprint and after.backend == "ca-2"
     assert await store.find("Secret", ca_cert_secret_name("default", "ca-2"), "default") is not None
+
+
+async def test_a_workload_cert_never_outlives_its_ca() -> None:
+    mesh = mtls_mesh(expiration="48h")
+    mesh.spec["mtls"]["backends"][0]["conf"] = {"caCert": {"expiration": "24h"}}
+    ca, _ = await make_ca(mesh)
+    cert = await ca.issue("default", "web")
+    assert cert.not_after == dt.datetime.fromtimestamp(T0 + 24 * 3600, dt.UTC)  # the CA's end, not 48h
+
+
+async def test_root_chain_request_timeout_bounds_loading_the_ca() -> None:
+    """rootChain.requestTimeout takes effect: loading the CA (here slowed down, standing for a
+    slow backend) fails once it has passed."""
+    mesh = mtls_mesh()
+    mesh.spec["mtls"]["backends"][0]["rootChain"] = {"requestTimeout": "50ms"}
+    ca, _ = await make_ca(mesh)
+
+    class Slow(BuiltinCaManager):
+        async def signing_ca(self, *args: object) -> object:  # type: ignore[override]
+            await asyncio.sleep(1)
+            raise AssertionError("not reached")
+
+    ca.managers["builtin"] = Slow(Clock(T0))
+    with pytest.raises(TimeoutError):
+        await ca.issue("default", "web")
+
+
+async def test_dp_cert_request_timeout_bounds_issuance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dpCert.requestTimeout takes effect: signing a workload certificate that takes longer fails."""
+    mesh = mtls_mesh()
+    mesh.spec["mtls"]["backends"][0]["dpCert"]["requestTimeout"] = "50ms"
+    ca, _ = await make_ca(mesh)
+    from zonemesh.shared.ca import mesh as mesh_module
+
+    real = mesh_module.issue_workload_cert
+
+    def slow(*args: object) -> object:
+        time.sleep(0.3)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(mesh_module, "issue_workload_cert", slow)
+    with pytest.raises(TimeoutError):
+        await ca.issue("default", "web")
+    monkeypatch.setattr(mesh_module, "issue_workload_cert", real)
+    assert (await ca.issue("default", "web")).backend == "ca-1"
 
 
 async def test_no_builtin_backend_is_refused() -> None:
     store = MemoryStore()
     await store.create(Resource(type="Mesh", name="plain"))
     with pytest.raises(MtlsNotEnabled):
-        await BuiltinCA(store).workload_cert("plain", "web")
+        await MeshCA(store).workload_cert("plain", "web")
     with pytest.raises(MtlsNotEnabled):
-        await BuiltinCA(store).workload_cert("missing", "web")
+        await MeshCA(store).workload_cert("missing", "web")
 
 
 def test_self_signed_server_cert_is_created_once_and_reused(tmp_path: Path) -> None:

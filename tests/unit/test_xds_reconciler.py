@@ -13,7 +13,7 @@ import structlog
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf import any_pb2
-from zonemesh.shared.ca import BuiltinCA
+from zonemesh.shared.ca import MeshCA
 from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store.memory import MemoryStore
@@ -293,7 +293,7 @@ async def test_workload_certificates_rotate_before_expiry_touching_only_secrets(
     for dp in (WEB, BACKEND_1):
         await manager.apply(dp)
     cache = RecordingCache()
-    async with Reconciler(store, cache, BuiltinCA(store), debounce=0.02, max_delay=0.1) as reconciler:
+    async with Reconciler(store, cache, MeshCA(store), debounce=0.02, max_delay=0.1) as reconciler:
         zone = Zone(manager, cache, reconciler)
         await zone.connect("web-1", "backend-1")
         await zone.settle()
@@ -333,7 +333,7 @@ async def test_a_renewed_certificate_goes_only_to_proxies_still_admitted() -> No
         asked.append(proxies)
         return set(proxies) - {revoked}
 
-    async with Reconciler(store, cache, BuiltinCA(store), debounce=0.02, max_delay=0.1) as reconciler:
+    async with Reconciler(store, cache, MeshCA(store), debounce=0.02, max_delay=0.1) as reconciler:
         reconciler.still_admitted = still_admitted
         await Zone(manager, cache, reconciler).connect("backend-1", "backend-2")
         await cache.settle(reconciler)

@@ -5,7 +5,8 @@ ExternalService) from the store's watch, and keeps the set of connected proxies 
 of the xDS server). Changes are debounced (a burst of writes makes one round), then only the
 affected proxies are regenerated:
 
-- a Mesh or Secret change in mesh M: every connected proxy of M;
+- a Mesh, Secret or MeshCAState change in mesh M: every connected proxy of M (a MeshCAState
+  says which CA issues the mesh's certificates and which CAs its proxies trust: shared/ca/state.py);
 - a targetRef policy change: the proxies its top-level ``targetRef`` selects, before or after
   the change (``to`` entries configure the selected clients, ``from`` entries the selected
   servers: either way only the selected proxies' config changes);
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 
 import structlog
 from cryptography import x509
+from zonemesh.shared.ca.state import STATE_TYPE
 from zonemesh.shared.resources import REGISTRY
 from zonemesh.shared.resources.model import Resource, ResourceKey
 from zonemesh.shared.resources.types.targetref import MESH_HTTP_ROUTE, top_level
@@ -75,9 +77,11 @@ from zonemesh.zone_cp.xds.usable import usable
 log = structlog.get_logger(__name__)
 
 GATEWAY_TYPES = (MESH_GATEWAY_TYPE, MESH_GATEWAY_ROUTE_TYPE)
-# What generation reads: meshes, dataplanes, secrets, external services, the builtin gateways'
-# MeshGateways and routes, and the policy types that have a plugin (policies/, from the registry).
-WATCHED_TYPES = (MESH, DATAPLANE, SECRET, EXTERNAL_SERVICE, *POLICY_TYPES, *GATEWAY_TYPES)
+MESH_CA_STATE = STATE_TYPE
+# What generation reads: meshes, dataplanes, secrets, the meshes' CA states, external services,
+# the builtin gateways' MeshGateways and routes, and the policy types that have a plugin
+# (policies/, from the registry).
+WATCHED_TYPES = (MESH, DATAPLANE, SECRET, MESH_CA_STATE, EXTERNAL_SERVICE, *POLICY_TYPES, *GATEWAY_TYPES)
 # Mesh-scoped types generation reads through MeshContext.policies (by type): policies, the
 # builtin gateways' MeshGateways and routes, and Secrets (gateway listener certificates).
 CONTEXT_TYPES = (*POLICY_TYPES, *GATEWAY_TYPES, SECRET)
@@ -384,6 +388,7 @@ class Reconciler:
             self._mirror[MESH_GATEWAY_TYPE].values(),
             self._mirror[DATAPLANE].values(),
             self._mirror[SECRET].values(),
+            self._mirror[MESH_CA_STATE].values(),
         )
 
     def _routes(self, mesh: str) -> list[Resource]:

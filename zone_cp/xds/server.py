@@ -695,7 +695,7 @@ class AdsServicer:
         closed = 0
         for stream, result in zip(streams, results, strict=True):
             if isinstance(result, CredentialRefused):
-                self._revoked(stream, str(result))
+                self._revoked(stream, str(result), result.status_code)
                 closed += 1
             elif isinstance(result, Exception):
                 # The check could not run (the store failed): the stream stays until the next
@@ -703,10 +703,12 @@ class AdsServicer:
                 log.warning("xds_revalidation_failed", proxy=stream.info.identity.key, error=str(result))
         return closed
 
-    def _revoked(self, stream: _StreamBase, reason: str) -> None:
+    def _revoked(
+        self, stream: _StreamBase, reason: str, code: grpc.StatusCode = grpc.StatusCode.UNAUTHENTICATED
+    ) -> None:
         log.warning("xds_stream_revoked", proxy=stream.info.identity.key, stream=stream.info.stream_id, reason=reason)
         XDS_STREAMS_REVOKED.labels(reason="refused").inc()
-        stream.end(grpc.StatusCode.UNAUTHENTICATED, reason)
+        stream.end(code, reason)
 
     async def still_admitted(self, proxies: Iterable[ProxyIdentity], store: Store) -> set[ProxyIdentity]:
         """Of ``proxies``, those with an open stream whose credential passes now (checked again,

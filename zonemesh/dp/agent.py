@@ -415,7 +415,11 @@ class Agent:
                     raise untrusted(self.host, self.port, self.prepared.ca_source, reason) from None
                 if code == grpc.StatusCode.UNAUTHENTICATED:
                     raise AgentError(f"the control plane refused this proxy: {exc.details()}", EXIT_REFUSED) from None
-                if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED):
+                if code in (
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    grpc.StatusCode.FAILED_PRECONDITION,  # e.g. the mesh's constraints refuse its tags
+                ):
                     raise AgentError(f"the control plane refused the Dataplane: {exc.details()}", EXIT_USAGE) from None
                 if code != grpc.StatusCode.UNAVAILABLE or asyncio.get_running_loop().time() + delay > deadline:
                     raise AgentError(f"{method} failed: {code.name}: {exc.details()}") from None

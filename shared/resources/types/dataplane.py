@@ -17,6 +17,7 @@ from zonemesh.shared.resources.schema import (
     Duration,
     Enum,
     Errors,
+    FieldError,
     Int,
     List,
     Map,
@@ -25,6 +26,7 @@ from zonemesh.shared.resources.schema import (
     one_of,
 )
 from zonemesh.shared.resources.types.common import PORT, PROTOCOLS, Address, Tags, tag_zone
+from zonemesh.shared.resources.types.mesh import constraint_violation
 from zonemesh.shared.resources.types.targetref import not_supported
 
 GATEWAY_DELEGATED = "DELEGATED"
@@ -244,6 +246,14 @@ def _dataplane_zones(res: Resource) -> list[tuple[str, str]]:
     return refs
 
 
+def _check_constraints(res: Resource, mesh: Resource | None) -> list[FieldError]:
+    """A Dataplane written through the API or registered by its agent must meet its mesh's
+    constraints.dataplaneProxy (proxies already connected are checked again when they change:
+    zone_cp/admission.py)."""
+    reason = constraint_violation(mesh, dataplane_tags(res)) if mesh is not None else None
+    return [FieldError("networking", reason)] if reason else []
+
+
 DATAPLANE = register(
     ResourceType(
         name="Dataplane",
@@ -253,6 +263,7 @@ DATAPLANE = register(
         sync=Sync.ZONE_TO_GLOBAL,
         spec=DATAPLANE_SPEC,
         zone_refs=_dataplane_zones,
+        mesh_check=lambda res, mesh: _check_constraints(res, mesh),
     )
 )
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import TYPE_CHECKING
 
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.resources.registry import ResourceType, Scope, Sync, register
 from zonemesh.shared.resources.schema import ZONE_NAME, Bool, FieldError, Int, List, Obj, Str
 from zonemesh.shared.resources.types.common import InsightSpec
+
+if TYPE_CHECKING:
+    from zonemesh.shared.store import Store
 
 _SECRET_SPEC = Obj({"data": Str()}, required=("data",))
 
@@ -21,6 +25,20 @@ def _check_base64(res: Resource) -> list[FieldError]:
     return []
 
 
+async def _check_ca_secret(res: Resource, stored: Resource | None, store: Store) -> list[FieldError]:
+    """A Secret a mesh CA in use reads may not change (shared/ca/checks.py)."""
+    from zonemesh.shared.ca.checks import check_secret_write  # the CA code reads this module's types
+
+    return await check_secret_write(res, stored, store)
+
+
+async def _check_ca_secret_delete(res: Resource, store: Store) -> list[FieldError]:
+    """A Secret a mesh's CA backend reads may not be deleted (shared/ca/checks.py)."""
+    from zonemesh.shared.ca.checks import check_secret_delete
+
+    return await check_secret_delete(res, store)
+
+
 SECRET = register(
     ResourceType(
         name="Secret",
@@ -30,6 +48,8 @@ SECRET = register(
         spec=_SECRET_SPEC,
         semantic=_check_base64,
         sensitive=True,
+        store_check=_check_ca_secret,
+        delete_check=_check_ca_secret_delete,
     )
 )
 

@@ -16,7 +16,8 @@ their Host header: the listener answers ``internal.<gateway>.<mesh-a>.mesh`` (or
 Generation stays a function of one MeshContext: the reconciler, which sees every mesh, adds
 what a mesh needs to know about the others as two context-only kinds (never stored):
 ``CROSS_MESH_GATEWAY`` (a cross-mesh gateway of another mesh with its endpoints) and
-``MESH_CA`` (the CA certificate of each mesh with mTLS), built by ``context_resources``.
+``MESH_CA`` (the roots each mesh with mTLS trusts: its MeshCAState's, else its builtin CA),
+built by ``context_resources``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
+from zonemesh.shared.ca.state import STATE_TYPE, trusted_of
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds.context import LOCALHOST, SERVICE_TAG, MeshContext, networking, outbounds, services
 from zonemesh.zone_cp.xds.envoy import (
@@ -56,11 +58,18 @@ MESH_CA = MESH_CA_TYPE
 # --- what the reconciler puts in a mesh's context (pure) ----------------------------------------------
 
 
-def _ca_pem(mesh: Resource, secrets: Iterable[Resource]) -> bytes | None:
-    """The mesh's CA certificate, as the builtin CA stores it (``<mesh>.ca-builtin-cert-<backend>``)."""
+def _ca_pem(mesh: Resource, secrets: Iterable[Resource], states: Mapping[str, Resource]) -> bytes | None:
+    """The roots the mesh's proxies trust: those of its CA state (during a rotation, the old and
+    the new CA), else its builtin CA as stored (``<mesh>.ca-builtin-cert-<backend>``)."""
     backend = (mesh.spec.get("mtls") or {}).get("enabledBackend")
     if not backend:
         return None
+    state = states.get(mesh.name)
+    if state is not None:
+        roots: dict[str, str] = {}
+        for entry in trusted_of(state.spec):
+            roots.update(entry.anchor_pems())
+        return "".join(roots.values()).encode() or None
     wanted = f"{mesh.name}.ca-builtin-cert-{backend}"
     for secret in secrets:
         if secret.mesh == mesh.name and secret.name == wanted:
@@ -78,13 +87,15 @@ def context_resources(
     gateways: Iterable[Resource],
     dataplanes: Iterable[Resource],
     secrets: Iterable[Resource],
+    states: Iterable[Resource] = (),
 ) -> list[Resource]:
     """What mesh ``mesh_name`` needs to know about every mesh: their CAs (a cross-mesh listener
     trusts them all; a client checks the gateway's), and the cross-mesh gateways of the others."""
     secrets, dataplanes = list(secrets), list(dataplanes)
+    by_mesh = {s.mesh: s for s in states}
     result: list[Resource] = []
     for mesh in sorted(meshes, key=lambda m: m.name):
-        pem = _ca_pem(mesh, secrets)
+        pem = _ca_pem(mesh, secrets, by_mesh)
         if pem is not None:
             result.append(Resource(type=MESH_CA, name=mesh.name, mesh=mesh_name, spec={"pem": pem}))
     for gateway in sorted(gateways, key=lambda g: (g.mesh, g.name)):
@@ -127,8 +138,9 @@ def cross_mesh_clients(dataplanes: Iterable[Resource]) -> set[tuple[str, str]]:
 
 
 def changes_trust(res: Resource) -> bool:
-    """A Mesh (its mTLS backend) or a builtin CA certificate changed: cross-mesh trust changes."""
-    return res.type == "Mesh" or (res.type == "Secret" and ".ca-builtin-cert-" in res.name)
+    """A Mesh (its mTLS backend), its CA state or a builtin CA certificate changed: cross-mesh
+    trust changes."""
+    return res.type in ("Mesh", STATE_TYPE) or (res.type == "Secret" and ".ca-builtin-cert-" in res.name)
 
 
 def trusted_cas(ctx: MeshContext) -> list[bytes]:
