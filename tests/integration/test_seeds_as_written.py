@@ -17,13 +17,13 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from zonemesh.spawn import python_module
 from zonemesh.testing import (
     ControlPlaneProcess,
     free_port,
@@ -77,7 +77,7 @@ def argv(line: str) -> list[str]:
 def as_zonemesh_dp(args: list[str], xds_port: int, tmp: Path) -> list[str]:
     """The changes the module docstring lists, and nothing else."""
     assert args[:2] == ["kuma-dp", "run"], args
-    out = [sys.executable, "-m", "zonemesh.dp.main", "run"]
+    out = python_module("zonemesh.dp.main", "run")
     for arg in args[2:]:
         arg = re.sub(r"^(--cp-address=https://[^:/]+):5678", rf"\1:{xds_port}", arg)
         arg = arg.replace("=/tmp/", f"={tmp}/")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ class Run:
 def zmctl(api: str, home: Path, *args: str, stdin: str | None = None) -> Run:
     env = {**os.environ, "HOME": str(home), "ZMCTL_CONFIG": str(home / "zmctl.yaml")}
     proc = subprocess.run(
-        [sys.executable, "-m", "zonemesh.ctl", "--cp-address", api, *args],
+        python_module("zonemesh.ctl", "--cp-address", api, *args),
         input=stdin,
         capture_output=True,
         text=True,
@@ -396,7 +395,7 @@ def test_export_by_a_non_admin_never_reads_secrets(tmp_path: Path) -> None:
         def as_reader(*args: str) -> Run:
             env = {**os.environ, "HOME": str(tmp_path), "ZMCTL_CONFIG": str(tmp_path / "zmctl.yaml")}
             proc = subprocess.run(
-                [sys.executable, "-m", "zonemesh.ctl", *args], capture_output=True, text=True, env=env, timeout=60
+                python_module("zonemesh.ctl", *args), capture_output=True, text=True, env=env, timeout=60
             )
             return Run(proc.returncode, proc.stdout, proc.stderr)
 
