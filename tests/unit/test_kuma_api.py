@@ -254,3 +254,18 @@ async def test_global_serves_zones_as_kumas_zone_overviews(global_api: Client, s
         ], path
     one = await (await global_api.get("/zones/zone-1/_overview")).json()
     assert one["zoneInsight"] == {} and one["online"] is False
+
+
+async def test_every_path_of_a_sensitive_type_needs_an_admin(store: MemoryStore) -> None:
+    """Secrets under Kuma's path and the alias alike: no reader without a token."""
+    manager = ResourceManager(store, mode=Mode.STANDALONE)
+    await ensure_admin_token(store)
+    app = build_api_app(manager, {}, {}, localhost_is_admin=False)
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    try:
+        for path in ("/globalsecrets", "/global-secrets", "/globalsecrets/admin-user-token"):
+            resp = await client.get(path)
+            assert resp.status == 401 and resp.content_type == "application/problem+json", path
+    finally:
+        await client.close()
