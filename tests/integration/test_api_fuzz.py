@@ -89,37 +89,59 @@ def served_operations(mode: str) -> set[tuple[str, str]]:
     return {(route.method, _template(route.resource.canonical)) for route in app.router.routes() if route.resource}
 
 
-def _concrete(path: str, item: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Kuma's path, or one path per value of a path parameter with an ``enum`` (``{resourceType}``
-    of ``_rules`` is ``dataplanes`` or ``meshgateways``), that parameter written into the path:
-    zonemesh serves such paths one by one."""
-    for method, operation in item.items():
-        if method not in METHODS:
+def _concrete(path: str, operation: dict[str, Any], served: set[tuple[str, str]], method: str) -> Iterator[str]:
+    """Kuma's path as each served route writes it: where zonemesh serves one route per value of a
+    Kuma path parameter (``{resourceType}`` of ``_rules``, ``{policyType}`` of
+    ``_resources/dataplanes``), that value written into the path, once per route. A parameter with
+    an ``enum`` takes only its values. A path served as Kuma writes it is only that path (Kuma's
+    ``/zoneegresses/{name}`` is not ``/zoneegresses/_overview``)."""
+    if (method.upper(), _template(path)) in served:
+        yield path
+        return
+    kuma = path.strip("/").split("/")
+    enums = {
+        parameter["name"]: parameter["schema"]["enum"]
+        for parameter in operation.get("parameters", [])
+        if parameter.get("in") == "path" and "enum" in parameter.get("schema", {})
+    }
+    for served_method, template in sorted(served):
+        ours = template.strip("/").split("/")
+        if served_method != method.upper() or len(ours) != len(kuma):
             continue
-        enums = [
-            parameter
-            for parameter in operation.get("parameters", [])
-            if parameter.get("in") == "path" and "enum" in parameter.get("schema", {})
-        ]
-        if not enums:
-            yield path, {method: operation}
-            continue
-        parameter = enums[0]  # Kuma's document has no path with two
-        for value in parameter["schema"]["enum"]:
-            others = [p for p in operation["parameters"] if p is not parameter]
-            yield path.replace("{" + parameter["name"] + "}", value), {method: {**operation, "parameters": others}}
+        written = []
+        for theirs, mine in zip(kuma, ours, strict=True):
+            name = theirs[1:-1] if theirs.startswith("{") and theirs.endswith("}") else None
+            if name is not None and mine != "{}" and mine in enums.get(name, [mine]):
+                written.append(mine)  # zonemesh serves this value of the parameter as its own route
+            elif (name is not None and mine == "{}") or theirs == mine:
+                written.append(theirs)
+            else:
+                break
+        else:
+            yield "/" + "/".join(written)
+
+
+def _without_written(operation: dict[str, Any], concrete: str) -> dict[str, Any]:
+    """The operation without the path parameters ``concrete`` has written in."""
+    parameters = [
+        parameter
+        for parameter in operation.get("parameters", [])
+        if parameter.get("in") != "path" or "{" + parameter["name"] + "}" in concrete
+    ]
+    return {**operation, "parameters": parameters}
 
 
 def served_schema(served: set[tuple[str, str]]) -> dict[str, Any]:
-    """Kuma's document reduced to the ``served`` operations."""
+    """Kuma's document reduced to the ``served`` operations, each under the paths zonemesh serves it."""
     document = yaml.safe_load(OPENAPI.read_text())
     paths: dict[str, Any] = {}
     for path, item in document["paths"].items():
         shared = {key: value for key, value in item.items() if key not in METHODS}
-        for concrete, operations in _concrete(path, item):
-            for method, operation in operations.items():
-                if (method.upper(), _template(concrete)) in served:
-                    paths.setdefault(concrete, dict(shared))[method] = operation
+        for method, operation in item.items():
+            if method not in METHODS:
+                continue
+            for concrete in _concrete(path, operation, served, method):
+                paths.setdefault(concrete, dict(shared))[method] = _without_written(operation, concrete)
     document["paths"] = paths
     return document
 
