@@ -9,15 +9,16 @@ list them per zone with ``?filter[labels.zonemesh.io/zone]=zone-1``.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 from zonemesh.global_cp import insight
 from zonemesh.global_cp.kds_server import GlobalKds
 from zonemesh.global_cp.zones import zone_enabled
+from zonemesh.shared.api import overview
 from zonemesh.shared.api.auth import require_admin
 from zonemesh.shared.api.context import MANAGER
 from zonemesh.shared.api.resources import read_document
-from zonemesh.shared.resources.codec import to_universal
 from zonemesh.shared.resources.model import (
     DISPLAY_NAME_LABEL,
     ORIGIN_LABEL,
@@ -27,7 +28,7 @@ from zonemesh.shared.resources.model import (
     ResourceKey,
     format_time,
 )
-from zonemesh.shared.resources.registry import REGISTRY, upstream_types
+from zonemesh.shared.resources.registry import REGISTRY, Scope, upstream_types
 from zonemesh.shared.resources.schema import FieldError, ValidationError
 from zonemesh.shared.store import ListFilter, NotFound
 from zonemesh.shared.tokens.zone import check_scope, issue_requested
@@ -57,38 +58,29 @@ def global_routes(kds: GlobalKds) -> list[web.RouteDef]:
         token = await issue_requested(manager.store, zone, scope, doc, errors)
         return web.Response(text=token, content_type="text/plain")
 
-    async def zones_insights(request: web.Request) -> web.Response:
-        manager = request.app[MANAGER]
-        zones = (await manager.store.list("Zone")).items
-        items = []
-        for zone in zones:
-            online = kds.zones is not None and kds.zones.is_online(zone.name)
-            insight = kds.zones.insight(zone.name) if kds.zones is not None else {}
-            items.append(
-                {
-                    "type": "ZoneOverview",
-                    "name": zone.name,
-                    "creationTime": format_time(zone.creation_time),
-                    "modificationTime": format_time(zone.modification_time),
-                    "zone": {"enabled": zone_enabled(zone)},
-                    "zoneInsight": insight,
-                    "state": "Online" if online else "Offline",
-                    "online": online,
-                }
-            )
-        return web.json_response({"total": len(items), "items": items, "next": None})
-
-    async def zone_insight(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        manager = request.app[MANAGER]
-        zone = await manager.store.get("Zone", name)
-        online = kds.zones is not None and kds.zones.is_online(name)
-        body = to_universal(zone) | {
-            "zoneInsight": kds.zones.insight(name) if kds.zones is not None else {},
+    def zone_overview(zone: Resource, _stored_insight: Resource | None) -> dict[str, Any]:
+        """Kuma's ZoneOverview with global's live view of the zone (its insight as KDS keeps it,
+        and ``state``/``online``: a heartbeat younger than the offline timeout)."""
+        online = kds.zones is not None and kds.zones.is_online(zone.name)
+        return overview.overview(zone, None, "ZoneInsight") | {
+            "zone": {"enabled": zone_enabled(zone)},
+            "zoneInsight": kds.zones.insight(zone.name) if kds.zones is not None else {},
             "state": "Online" if online else "Offline",
             "online": online,
         }
-        return web.json_response(body)
+
+    async def global_insights(request: web.Request) -> web.Response:
+        """Kuma's ``/global-insights``: how many resources of each global-scoped type (insights
+        aside) this control plane holds."""
+        store = request.app[MANAGER].store
+        counts = {
+            t.name: {"total": (await store.list(t.name, size=1)).total}
+            for t in REGISTRY
+            if t.scope is Scope.GLOBAL and not t.name.endswith("Insight")
+        }
+        return web.json_response(
+            {"type": "GlobalInsights", "creationTime": format_time(datetime.now(UTC)), "resources": counts}
+        )
 
     async def global_insight(request: web.Request) -> web.Response:
         store = request.app[MANAGER].store
@@ -138,10 +130,9 @@ def global_routes(kds: GlobalKds) -> list[web.RouteDef]:
     return [
         web.post("/tokens/zone", issue_zone_token),
         web.post("/tokens/zone/", issue_zone_token),
-        web.get("/zones+insights", zones_insights),
-        web.get("/zones+insights/{name}", zone_insight),
+        *overview.Overviews(REGISTRY.get("Zone"), zone_overview).routes(),
         web.get("/global-insight", global_insight),
-        web.get("/global-insights", global_insight),
+        web.get("/global-insights", global_insights),
         web.delete("/zones/{name}", delete_zone),
         *(web.get(f"/meshes/{{mesh}}/dataplanes/{{name}}/{what}", zone_data) for what in ZONE_DATA),
         *(zones_select(t.name, "_resources/dataplanes") for t in REGISTRY.policies()),

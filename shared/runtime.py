@@ -9,6 +9,7 @@ it runs. Some run on every replica, others only on the leader (``shared/componen
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import gc
 import os
@@ -31,7 +32,8 @@ from zonemesh.shared.duration import parse_duration
 from zonemesh.shared.files import exposed
 from zonemesh.shared.leadership import Elector, Term, elector_for
 from zonemesh.shared.resources.manager import Mode, ResourceManager
-from zonemesh.shared.store import Store, StoreError
+from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.store import AlreadyExists, Store, StoreError
 from zonemesh.shared.store.factory import EtcdAccess, open_store
 
 from zonemesh import __version__
@@ -82,6 +84,23 @@ def etcd_access(config: Config) -> EtcdAccess:
     )
 
 
+CLUSTER_ID_SECRET = "cluster-id"
+
+
+async def ensure_cluster_id(store: Store) -> str:
+    """The control plane's cluster id (Kuma's ``clusterId``): a UUID made by the first replica to
+    start on the store and kept there (a GlobalSecret, never synced), so every replica and every
+    restart gives the same one. It names the control plane and holds nothing secret."""
+    for _ in range(2):  # a replica that loses the race to create it reads the winner's
+        found = await store.find("GlobalSecret", CLUSTER_ID_SECRET)
+        if found is not None:
+            return base64.b64decode(found.spec["data"]).decode()
+        with contextlib.suppress(AlreadyExists):
+            data = base64.b64encode(str(uuid.uuid4()).encode()).decode()
+            await store.create(Resource(type="GlobalSecret", name=CLUSTER_ID_SECRET, spec={"data": data}))
+    raise StartupRefused(f"global secret {CLUSTER_ID_SECRET} could not be created nor read")
+
+
 @dataclass
 class Assembly:
     """What a mode adds to the common control plane: components that run alongside the API
@@ -100,6 +119,7 @@ class ControlPlane:
         self.mode = Mode(config.mode)
         self.assembly = assembly or Assembly()
         self.instance_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.cluster_id = ""  # read from the store at start: ensure_cluster_id
         self.ready = False
         self._stack = AsyncExitStack()
         self.store: Store
@@ -121,15 +141,19 @@ class ControlPlane:
         return web.json_response(self.elector.describe())
 
     def index(self) -> dict[str, Any]:
+        """Kuma's index: ``instanceId`` names this process, ``clusterId`` the control plane (every
+        replica sharing its store), ``gui`` the GUI's path ("" when it is off)."""
         return {
             "hostname": socket.gethostname(),
             "tagline": "zonemesh",
             "product": "zonemesh",
             "version": __version__,
             "instanceId": self.instance_id,
+            "clusterId": self.cluster_id,
             "mode": self.mode.value,
             "zone": self.config.zone or None,
-        } | ({"gui": "/gui"} if self.config.api_gui_enabled else {})
+            "gui": "/gui" if self.config.api_gui_enabled else "",
+        }
 
     async def start(self) -> None:
         config = self.config
@@ -146,6 +170,7 @@ class ControlPlane:
         self.elector = elector_for(self.store, self.instance_id, int(parse_duration(config.leader_lease_ttl)), info)
 
         await ensure_admin_token(self.store)
+        self.cluster_id = await ensure_cluster_id(self.store)
         # On a federated zone meshes (and their defaults) arrive from global.
         wants_default_mesh = self.mode is not Mode.ZONE and not config.defaults_skip_mesh_creation
         if wants_default_mesh and await self.manager.ensure_default_mesh():

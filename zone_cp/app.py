@@ -25,6 +25,7 @@ import structlog
 from aiohttp import web
 from zonemesh.shared.api.auth import require_admin
 from zonemesh.shared.api.context import MANAGER
+from zonemesh.shared.api.errors import error_response
 from zonemesh.shared.ca import MeshCA
 from zonemesh.shared.ca import keeper as mesh_ca_keeper
 from zonemesh.shared.components import Component
@@ -145,7 +146,7 @@ class DataPlaneSide:
         except LookupError as exc:  # stored, but not yet seen by the reconciler's watch
             raise web.HTTPServiceUnavailable(reason="not yet known to the xDS server", text=str(exc)) from None
         except GenerationError as exc:
-            return web.json_response({"title": "Config generation failed", "detail": str(exc)}, status=500)
+            return error_response(500, "Config generation failed", str(exc))
         body: dict[str, Any] = {"xds": dump(resources)}
         snapshot = cache.snapshot(node_key(mesh, name))
         if snapshot is not None:

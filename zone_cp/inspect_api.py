@@ -24,7 +24,9 @@ def _offset(text: str | None) -> int:
     if text is None:
         return 0
     if not re.fullmatch(r"[0-9]{1,9}", text):
-        raise ValidationError([FieldError("offset", "must be a non-negative integer")], title="Invalid offset")
+        raise ValidationError(
+            [FieldError("offset", "must be a non-negative integer")], title="Invalid offset", source="query"
+        )
     return int(text)
 
 
@@ -35,7 +37,7 @@ def policy_dataplanes(policy_type: str) -> web.RouteDef:
         mesh, name = request.match_info["mesh"], request.match_info["name"]
         offset_text, size, errors = page_query(request)
         if errors:
-            raise ValidationError(errors, title="Could not retrieve resources")
+            raise ValidationError(errors, title="Could not retrieve resources", source="query")
         offset = _offset(offset_text)
         manager = request.app[MANAGER]
         policy = await manager.get(policy_type, name, mesh)  # 404 when there is no such policy

@@ -677,9 +677,9 @@ def config_routes(reconciler: Callable[[], ZoneProxyReconciler | None]) -> list[
             try:
                 resources = await current.render(proxy_type, name)
             except LookupError as exc:
-                return web.json_response({"title": "Not found", "detail": str(exc)}, status=404)
+                return error_response(404, "Not found", str(exc))
             except Exception as exc:
-                return web.json_response({"title": "Config generation failed", "detail": str(exc)}, status=500)
+                return error_response(500, "Config generation failed", str(exc))
             return web.json_response({"xds": dump(resources)})
 
         return config

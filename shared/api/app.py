@@ -13,8 +13,8 @@ from zonemesh.shared.api.errors import error_middleware
 from zonemesh.shared.api.gui import gui_routes
 from zonemesh.shared.api.resources import check_path_names, resource_routes
 from zonemesh.shared.resources import REGISTRY
-from zonemesh.shared.resources.manager import ResourceManager
-from zonemesh.shared.resources.registry import Scope
+from zonemesh.shared.resources.manager import ReadOnly, ResourceManager
+from zonemesh.shared.resources.registry import ResourceType, Scope
 from zonemesh.shared.tokens import user as user_tokens
 
 
@@ -26,29 +26,60 @@ async def config(request: web.Request) -> web.Response:
     return web.json_response(request.app[CONFIG_VIEW])
 
 
-def _describe_types() -> list[dict[str, Any]]:
-    return [
-        {
-            "name": t.name,
-            "path": t.path,
-            "singularDisplayName": t.name,
-            "pluralDisplayName": t.plural,
-            "scope": "Mesh" if t.scope is Scope.MESH else "Global",
-            "shortName": t.short_name,
-            "readOnly": t.system,
-            "includeInFederation": t.synced_down or t.synced_up,
-            "policy": {"isTargetRef": True} if t.policy else None,
+def _writable(manager: ResourceManager, rtype: ResourceType) -> bool:
+    try:
+        manager.check_writable(rtype)
+    except ReadOnly:
+        return False
+    return True
+
+
+def describe_type(rtype: ResourceType, manager: ResourceManager) -> dict[str, Any]:
+    """Kuma's ResourceTypeDescription of a type, as this control plane serves it."""
+    description: dict[str, Any] = {
+        "name": rtype.name,
+        "path": rtype.path,
+        "singularDisplayName": rtype.display_name,
+        "pluralDisplayName": rtype.plural_display_name,
+        "scope": "Mesh" if rtype.scope is Scope.MESH else "Global",
+        "shortName": rtype.short_name or "",
+        "readOnly": not _writable(manager, rtype),
+        # Kuma: what a federation export carries, the types global sends to zones that users write.
+        "includeInFederation": rtype.synced_down and not rtype.system,
+    }
+    if rtype.policy:
+        description["policy"] = {
+            "isTargetRef": True,
+            "hasToTargetRef": rtype.has_section("to"),
+            "hasFromTargetRef": rtype.has_section("from"),
+            "hasRulesTargetRef": rtype.has_section("rules"),
+            "isFromAsRules": rtype.from_as_rules,
         }
-        for t in REGISTRY
-    ]
+    return description
 
 
 async def resources(request: web.Request) -> web.Response:
-    return web.json_response({"resources": _describe_types()})
+    manager = request.app[MANAGER]
+    return web.json_response({"resources": [describe_type(t, manager) for t in sorted(REGISTRY, key=lambda t: t.name)]})
 
 
 async def policies(request: web.Request) -> web.Response:
-    return web.json_response({"policies": [d for d in _describe_types() if d["policy"]]})
+    """The targetRef policy types: each with its ResourceTypeDescription and the fields of Kuma's
+    ``/policies`` entries (``isTargetRefBased``, ``isInbound``, ``isOutbound``, ``isExperimental``)."""
+    manager = request.app[MANAGER]
+    entries = []
+    for rtype in sorted(REGISTRY.policies(), key=lambda t: t.name):
+        description = describe_type(rtype, manager)
+        entries.append(
+            description
+            | {
+                "isExperimental": False,
+                "isTargetRefBased": True,
+                "isInbound": description["policy"]["hasFromTargetRef"],
+                "isOutbound": description["policy"]["hasToTargetRef"],
+            }
+        )
+    return web.json_response({"policies": entries})
 
 
 def build_api_app(
@@ -75,7 +106,7 @@ def build_api_app(
             web.get("/_resources", resources),
             web.get("/policies", policies),
             *user_tokens.routes(),
-            *overview.routes(),
+            *overview.routes(REGISTRY),
             *(gui_routes() if gui else []),
             *(extra_routes or []),
             *resource_routes(REGISTRY),

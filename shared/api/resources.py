@@ -25,7 +25,7 @@ from zonemesh.shared.resources.schema import (
     ValidationError,
     check_name,
 )
-from zonemesh.shared.store import ListFilter, NotFound
+from zonemesh.shared.store import ListFilter
 from zonemesh.shared.store.base import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 _LABEL_FILTER = re.compile(r"filter\[labels\.(.+)\]")
@@ -34,22 +34,23 @@ _ETAG = re.compile(r'(?:W/)?"?([0-9]{1,19})"?')
 
 
 def resource_routes(registry: Registry) -> list[web.RouteDef]:
+    """The CRUD routes of every type, under its path and each of its ``path_aliases`` (as Kuma
+    serves a type's AlternativeWsPath)."""
     routes: list[web.RouteDef] = []
     for rtype in registry:
         handlers = _Handlers(rtype)
-        if rtype.name == "Mesh":
-            coll, item = "/meshes", "/meshes/{name}"
-        elif rtype.scope is Scope.MESH:
-            coll, item = f"/meshes/{{mesh}}/{rtype.path}", f"/meshes/{{mesh}}/{rtype.path}/{{name}}"
-            routes.append(web.get(f"/{rtype.path}", handlers.list_all_meshes))
-        else:
-            coll, item = f"/{rtype.path}", f"/{rtype.path}/{{name}}"
-        routes += [
-            web.get(coll, handlers.list),
-            web.get(item, handlers.get),
-            web.put(item, handlers.put),
-            web.delete(item, handlers.delete),
-        ]
+        for path in rtype.paths:
+            if rtype.scope is Scope.MESH:
+                coll, item = f"/meshes/{{mesh}}/{path}", f"/meshes/{{mesh}}/{path}/{{name}}"
+                routes.append(web.get(f"/{path}", handlers.list_all_meshes))
+            else:
+                coll, item = f"/{path}", f"/{path}/{{name}}"
+            routes += [
+                web.get(coll, handlers.list),
+                web.get(item, handlers.get),
+                web.put(item, handlers.put),
+                web.delete(item, handlers.delete),
+            ]
     return routes
 
 
@@ -77,7 +78,7 @@ async def check_path_names(request: web.Request, handler: Handler) -> web.Stream
     if "name" in request.match_info:
         errors += check_name(request.match_info["name"], "name", EARLIER_NAME if deleting else RESOURCE_NAME)
     if errors:
-        raise ValidationError(errors, title="Invalid resource name")
+        raise ValidationError(errors, title="Invalid resource name", source="path")
     return await handler(request)
 
 
@@ -107,6 +108,7 @@ def parse_version(text: str, field: str) -> int | None:
         raise ValidationError(
             [FieldError(field, 'must be the version of the resource, as its ETag gives it (e.g. "3"), or *')],
             title="Invalid precondition",
+            source="header" if field == "If-Match" else "query",
         )
     return int(match.group(1))
 
@@ -124,7 +126,7 @@ def parse_list_query(request: web.Request) -> tuple[ListFilter, str | None, int]
                 errors.append(FieldError("tag", f"invalid tag filter {value!r}: use key:value"))
             tags.append((tag_key, tag_value))
     if errors:
-        raise ValidationError(errors, title="Could not retrieve resources")
+        raise ValidationError(errors, title="Could not retrieve resources", source="query")
 
     def has_tags(res: Resource) -> bool:
         groups = resource_tags(res)
@@ -148,6 +150,16 @@ def served(res: Resource) -> dict[str, Any]:
     return to_universal(redact(res))
 
 
+def list_body(request: web.Request, total: int, items: list[Any], next_offset: str | None, size: int) -> dict[str, Any]:
+    """A page of a list as Kuma's schema gives it: ``total``, ``items`` and ``next``, the URL of the
+    next page, only while there is one (Kuma's schema types ``next`` as a string, never null; a
+    client that reads a missing ``next`` as Kuma's null sees the last page either way)."""
+    body: dict[str, Any] = {"total": total, "items": items}
+    if next_offset is not None:
+        body["next"] = str(request.url.update_query({"offset": next_offset, "size": str(size)}))
+    return body
+
+
 def _json(res: Resource, status: int = 200) -> web.Response:
     response = web.json_response(served(res), status=status)
     response.headers["ETag"] = f'"{res.version}"'
@@ -158,18 +170,14 @@ class _Handlers:
     def __init__(self, rtype: ResourceType) -> None:
         self.rtype = rtype
 
-    async def _check_mesh(self, request: web.Request, mesh: str) -> None:
-        if mesh and await request.app[MANAGER].store.find("Mesh", mesh) is None:
-            raise NotFound(Resource(type="Mesh", name=mesh).key)
-
     async def _guard_read(self, request: web.Request) -> None:
         if self.rtype.sensitive:
             await require_admin(request, request.app[MANAGER].store)
 
     async def list(self, request: web.Request) -> web.Response:
+        """A mesh that does not exist has nothing in it: an empty list (200), as Kuma answers."""
         mesh = request.match_info.get("mesh", "")
         await self._guard_read(request)
-        await self._check_mesh(request, mesh)
         return await self._list(request, mesh if self.rtype.scope is Scope.MESH else None)
 
     async def list_all_meshes(self, request: web.Request) -> web.Response:
@@ -179,10 +187,8 @@ class _Handlers:
     async def _list(self, request: web.Request, mesh: str | None) -> web.Response:
         flt, offset, size = parse_list_query(request)
         result = await request.app[MANAGER].list(self.rtype.name, mesh, filter=flt, offset=offset, size=size)
-        next_url = None
-        if result.next_offset is not None:
-            next_url = str(request.url.update_query({"offset": result.next_offset, "size": str(size)}))
-        return web.json_response({"total": result.total, "items": [served(r) for r in result.items], "next": next_url})
+        items = [served(r) for r in result.items]
+        return web.json_response(list_body(request, result.total, items, result.next_offset, size))
 
     async def get(self, request: web.Request) -> web.Response:
         await self._guard_read(request)

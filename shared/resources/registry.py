@@ -12,6 +12,7 @@ document enters (API, zmctl, KDS), never stored and ignored: see ``support.py``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from enum import Flag, StrEnum, auto
@@ -135,6 +136,16 @@ class ResourceType:
     semantic: SemanticCheck | None = None
     zone_refs: ZoneRefs | None = None  # zone-provided types whose content names a zone
     rest_path: str | None = None  # overrides the path segment when Kuma's differs from `plural`
+    # More REST path segments served like `path`: Kuma's AlternativeWsPath, and a path an earlier
+    # zonemesh served (so users' scripts keep working). zmctl accepts them as names too.
+    path_aliases: tuple[str, ...] = ()
+    # The type that holds what the control planes record about each resource of this one (its
+    # subscriptions), under the same mesh and name: Kuma's HasInsights. The API serves the pair as
+    # Kuma's overview (``<path>/_overview``, ``<path>/{name}/_overview``: shared/api/overview.py).
+    insight: str | None = None
+    # Kuma's IsFromAsRules (targetRef policies): a policy's `from` entries count as inbound rules
+    # without matches. The type's plugin must read them so (zone_cp/xds/policies/plugin.py checks).
+    from_as_rules: bool = False
     mesh_check: MeshCheck | None = None
     # Run on API writes only, never on what is stored or synced: refusals of a value an earlier
     # zonemesh accepted and ignored, so that what it stored keeps working after an upgrade.
@@ -147,6 +158,31 @@ class ResourceType:
     @property
     def path(self) -> str:
         return self.rest_path or self.plural
+
+    @property
+    def display_name(self) -> str:
+        """Kuma's singular display name: the words of the name (``MeshHTTPRoute`` -> ``Mesh HTTP Route``)."""
+        return " ".join(re.findall(r"[A-Z]+(?=[A-Z][a-z])|[A-Z][a-z]+|[A-Z]+|[a-z]+|[0-9]+", self.name))
+
+    @property
+    def plural_display_name(self) -> str:
+        """Kuma's plural display name: the display name with the plural's ending
+        (``Mesh Retry`` and ``meshretries`` -> ``Mesh Retries``; ``Mesh TLS`` -> ``Mesh TLSes``)."""
+        singular, plural = self.name.lower(), self.plural
+        common = 0
+        while common < min(len(singular), len(plural)) and singular[common] == plural[common]:
+            common += 1
+        return self.display_name[: len(self.display_name) - (len(singular) - common)] + plural[common:]
+
+    def has_section(self, section: str) -> bool:
+        """Whether the spec of this targetRef policy type has a top-level ``to``, ``from`` or ``rules``."""
+        fields = getattr(self.spec, "fields", {})
+        return section in fields
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Every path segment the API serves this type under: ``path`` first, then its aliases."""
+        return (self.path, *self.path_aliases)
 
     def collection_path(self, mesh: str = "") -> str:
         return f"/meshes/{mesh}/{self.path}" if self.scope is Scope.MESH else f"/{self.path}"
@@ -200,7 +236,7 @@ class Registry:
             )
         if not rtype.policy and rtype.support is not None:
             raise ValueError(f"{rtype.name}: only targetRef policies have a PolicySupport")
-        names = {rtype.name.lower(), rtype.plural, rtype.path, *rtype.aliases}
+        names = {rtype.name.lower(), rtype.plural, *rtype.paths, *rtype.aliases}
         if rtype.short_name:
             names.add(rtype.short_name)
         for cli_name in names:
@@ -227,7 +263,7 @@ class Registry:
 
     def by_path(self, segment: str, scope: Scope) -> ResourceType | None:
         for rtype in self._by_name.values():
-            if rtype.path == segment and rtype.scope is scope:
+            if segment in rtype.paths and rtype.scope is scope:
                 return rtype
         return None
 

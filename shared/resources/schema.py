@@ -25,12 +25,24 @@ class FieldError:
         return {"field": self.field, "reason": self.reason}
 
 
-class ValidationError(Exception):
-    """Raised with every problem found in a document, never just the first."""
+# Where the fields of a ValidationError come from (Kuma's error schema, ``invalid_parameters[].source``).
+SOURCES = ("body", "query", "header", "path")
 
-    def __init__(self, errors: Iterable[FieldError], title: str = "Resource is not valid") -> None:
+
+class ValidationError(Exception):
+    """Raised with every problem found in a document, never just the first.
+
+    ``source`` says where the fields are: the request ``body`` (documents, token requests), its
+    ``query`` (page size, filters), a ``header`` (If-Match) or the URL ``path`` (names)."""
+
+    def __init__(
+        self, errors: Iterable[FieldError], title: str = "Resource is not valid", source: str = "body"
+    ) -> None:
+        if source not in SOURCES:
+            raise ValueError(f"unknown source {source!r}; known: {', '.join(SOURCES)}")
         self.errors = list(errors)
         self.title = title
+        self.source = source
         super().__init__(f"{title}: " + "; ".join(f"{e.field}: {e.reason}" for e in self.errors))
 
 

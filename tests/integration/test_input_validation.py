@@ -216,7 +216,7 @@ def test_bodies_that_used_to_crash_are_refused(cp: ControlPlaneProcess, body: st
 def test_an_offset_past_any_integer_is_an_empty_page(cp: ControlPlaneProcess, path: str) -> None:
     status, page = send(cp, "GET", path + "?offset=99999999999999999999")
     assert status == 200, page
-    assert page["items"] == [] and page["next"] is None
+    assert page["items"] == [] and "next" not in page  # Kuma: no next past the last page
     assert page["total"] == send(cp, "GET", path)[1]["total"]
 
 

@@ -259,6 +259,7 @@ DATAPLANE = register(
         name="Dataplane",
         plural="dataplanes",
         short_name="dp",
+        insight="DataplaneInsight",
         scope=Scope.MESH,
         sync=Sync.ZONE_TO_GLOBAL,
         spec=DATAPLANE_SPEC,

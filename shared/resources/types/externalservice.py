@@ -72,6 +72,8 @@ EXTERNAL_SERVICE = register(
     ResourceType(
         name="ExternalService",
         plural="externalservices",
+        rest_path="external-services",  # Kuma's
+        path_aliases=("externalservices",),  # the path zonemesh served first
         scope=Scope.MESH,
         sync=Sync.GLOBAL_TO_ZONES,
         spec=EXTERNAL_SERVICE_SPEC,

@@ -57,7 +57,7 @@ GLOBAL_SECRET = register(
     ResourceType(
         name="GlobalSecret",
         plural="globalsecrets",
-        rest_path="global-secrets",
+        path_aliases=("global-secrets",),  # Kuma's alternative path, and the one zonemesh served first
         scope=Scope.GLOBAL,
         sync=Sync.LOCAL,
         spec=_SECRET_SPEC,
@@ -70,6 +70,7 @@ ZONE = register(
     ResourceType(
         name="Zone",
         plural="zones",
+        insight="ZoneInsight",
         scope=Scope.GLOBAL,
         sync=Sync.LOCAL,
         spec=Obj({"enabled": Bool()}),

@@ -122,6 +122,8 @@ def plugin_table(registry: Registry, load: Callable[[str], Plugin] = _load) -> t
         if plugin.type != rtype.name:
             raise PluginError(f"{rtype.name} names plugin {support.plugin!r}, which applies {plugin.type}")
         problems = _check(plugin, support.sidecar, support.gateway)
+        if plugin.from_as_rules != rtype.from_as_rules:
+            problems.append(f"from_as_rules: {plugin.from_as_rules} here, {rtype.from_as_rules} in the registry")
         if problems:
             raise PluginError(f"{rtype.name}: " + "; ".join(problems))
         plugins.append(plugin)

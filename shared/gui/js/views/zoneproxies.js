@@ -57,5 +57,5 @@ export default function zoneProxies(ctx) {
     section("Zone egresses", egresses),
   );
   watchPair(ctx, ingresses, { title: "Zone ingresses", path: "/zoneingresses", insights: "/zone-ingress-insights", advertised: true });
-  watchPair(ctx, egresses, { title: "Zone egresses", path: "/zoneegresses", insights: "/zone-egress-insights", advertised: false });
+  watchPair(ctx, egresses, { title: "Zone egresses", path: "/zoneegresses", insights: "/zoneegressinsights", advertised: false });
 }

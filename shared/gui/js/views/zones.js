@@ -120,7 +120,7 @@ export function zone(ctx, name) {
       const insight = z.zoneInsight ?? {};
       const subs = insight.subscriptions ?? [];
       const last = lastSubscription(insight);
-      const isEnabled = z.enabled !== false;
+      const isEnabled = enabled(z);
       replace(
         body,
         h(

@@ -73,6 +73,7 @@ MESH_ACCESS_LOG = register(
         sync=Sync.GLOBAL_TO_ZONES | Sync.ZONE_TO_GLOBAL,
         wrapped=True,
         policy=True,
+        from_as_rules=True,  # Kuma's IsFromAsRules
         support=NOT_SUPPORTED_YET,
         spec=policy_spec(
             top=TOP_KINDS,

@@ -91,6 +91,7 @@ MESH_CIRCUIT_BREAKER = register(
         sync=Sync.GLOBAL_TO_ZONES | Sync.ZONE_TO_GLOBAL,
         wrapped=True,
         policy=True,
+        from_as_rules=True,  # Kuma's IsFromAsRules
         support=PolicySupport(plugin="meshcircuitbreaker", gateway=("to",)),
         spec=policy_spec(
             top=TOP_KINDS,

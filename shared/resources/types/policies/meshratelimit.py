@@ -77,6 +77,7 @@ MESH_RATE_LIMIT = register(
         sync=Sync.GLOBAL_TO_ZONES | Sync.ZONE_TO_GLOBAL,
         wrapped=True,
         policy=True,
+        from_as_rules=True,  # Kuma's IsFromAsRules
         support=PolicySupport(
             plugin="meshratelimit", sidecar=("from", "rules"), gateway=("to",), not_yet=sni_not_yet("MeshRateLimit")
         ),

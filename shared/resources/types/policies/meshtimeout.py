@@ -104,6 +104,7 @@ MESH_TIMEOUT = register(
         sync=Sync.GLOBAL_TO_ZONES | Sync.ZONE_TO_GLOBAL,
         wrapped=True,
         policy=True,
+        from_as_rules=True,  # Kuma's IsFromAsRules
         # With a top-level MeshHTTPRoute: that route's request timeout (generators/outbound.py).
         support=PolicySupport(
             plugin="meshtimeout",

@@ -172,6 +172,7 @@ MESH_TLS = register(
         sync=Sync.GLOBAL_TO_ZONES | Sync.ZONE_TO_GLOBAL,
         wrapped=True,
         policy=True,
+        from_as_rules=True,  # Kuma's IsFromAsRules
         # Sidecars: inbound listeners (mode, versions, ciphers) and the client end of their
         # mesh clusters; builtin gateways: the client end of their mesh clusters. `rules` apply
         # where `from` does.
