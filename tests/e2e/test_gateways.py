@@ -314,16 +314,16 @@ def test_invalid_gateways_are_refused_field_by_field(env: Env) -> None:
     bad["conf"]["listeners"][2]["port"] = env.http_port  # TCP on the HTTP port
     status, body = env.put(bad)
     assert status == 400, body
-    assert {"field": "conf.listeners[2].protocol", "reason": body["invalid_parameters"][0]["reason"]} in body[
-        "invalid_parameters"
-    ]
-    assert "already used with protocol HTTP" in body["invalid_parameters"][0]["reason"]
+    first = body["invalid_parameters"][0]
+    assert (first["field"], first["source"]) == ("conf.listeners[2].protocol", "body")
+    assert "already used with protocol HTTP" in first["reason"]
 
     no_selector = env.gateway()
     no_selector["name"] = "bad-gateway"
     del no_selector["selectors"]
     status, body = env.put(no_selector)
-    assert status == 400 and {"field": "selectors", "reason": "must be defined"} in body["invalid_parameters"]
+    assert status == 400
+    assert {"field": "selectors", "reason": "must be defined", "source": "body"} in body["invalid_parameters"]
 
     cross_tcp = env.gateway()
     cross_tcp["name"] = "bad-gateway"
@@ -333,6 +333,7 @@ def test_invalid_gateways_are_refused_field_by_field(env: Env) -> None:
     assert {
         "field": "conf.listeners[0].crossMesh",
         "reason": "cross-mesh listeners support only protocol HTTP, not TCP",
+        "source": "body",
     } in body["invalid_parameters"]
     # Nothing was stored, and the running gateway is untouched.
     assert env.cp.get(REGISTRY.get("MeshGateway").item_path("bad-gateway", "default"))[0] == 404

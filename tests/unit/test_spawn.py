@@ -106,4 +106,6 @@ def test_the_tests_import_the_package_as_installed() -> None:
     direct_url = json.loads(metadata.distribution("zonemesh").read_text("direct_url.json") or "{}")
     if direct_url.get("dir_info", {}).get("editable"):
         pytest.skip("an editable install: the checkout is the package")
-    assert not Path(zonemesh.__file__).resolve().is_relative_to(ROOT), zonemesh.__file__
+    # The venv may sit inside the checkout (.venv/lib/.../site-packages): what must not be imported
+    # is the checkout's own zonemesh/ folder.
+    assert not Path(zonemesh.__file__).resolve().is_relative_to((ROOT / "zonemesh").resolve()), zonemesh.__file__
