@@ -34,7 +34,7 @@ class InvalidToken(Exception):
         super().__init__(reason)
 
 
-def sign(claims: Mapping[str, Any], private_pem: bytes, kid: int, valid_for_seconds: float) -> str:
+def sign(claims: Mapping[str, Any], private_pem: bytes, kid: int | str, valid_for_seconds: float) -> str:
     """A token valid for ``valid_for_seconds``: exp = iat + validFor (a fraction of a second rounds up)."""
     now = int(time.time())
     payload = {
@@ -80,6 +80,10 @@ class TokenValidator:
         text = base64.b64decode(res.spec["data"]).decode().strip()
         return {jti.strip() for jti in text.split(",") if jti.strip()}
 
+    def key_serial(self, kid: Any) -> int:
+        """The serial of the key a token's ``kid`` header names (InvalidToken if it names none)."""
+        return parse_kid(kid)
+
     async def public_key(self, kid: int) -> PublicKeyTypes | None:
         """The key that verifies tokens signed with key ``kid``; None when there is none."""
         private_pem = await self.keys.private_key(kid)
@@ -97,7 +101,7 @@ class TokenValidator:
         alg = header.get("alg")
         if alg != "RS256":
             raise InvalidToken(f"unsupported signing algorithm {alg!r}: only RS256 is accepted")
-        kid = parse_kid(header.get("kid"))
+        kid = self.key_serial(header.get("kid"))
         public_key = await self.public_key(kid)
         if public_key is None:
             raise InvalidToken(f"signing key {kid} not found (rotated out or never existed)")
