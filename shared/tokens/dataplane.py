@@ -141,6 +141,8 @@ class GlobalIssuedValidator(TokenValidator):
     """Checks a token global issued (kid ``global-<serial>``) with the public keys global published
     in the mesh's DataplaneTokenTrust; revocations as for every token of the mesh."""
 
+    key_name = "global signing key"
+
     def key_serial(self, kid: Any) -> int:
         if not isinstance(kid, str) or not kid.startswith(GLOBAL_KID_PREFIX):
             raise InvalidToken("token has no valid kid header (the signing key serial)")

@@ -67,6 +67,8 @@ class TokenIssuer:
 
 
 class TokenValidator:
+    key_name = "signing key"  # how refusals name the key a kid points to
+
     def __init__(self, keys: SigningKeys, revocations_secret: str | None = None) -> None:
         self.keys = keys
         self.revocations_secret = revocations_secret
@@ -104,7 +106,7 @@ class TokenValidator:
         kid = self.key_serial(header.get("kid"))
         public_key = await self.public_key(kid)
         if public_key is None:
-            raise InvalidToken(f"signing key {kid} not found (rotated out or never existed)")
+            raise InvalidToken(f"{self.key_name} {kid} not found (rotated out or never existed)")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,

@@ -75,7 +75,7 @@ async def test_a_global_kid_is_checked_against_the_published_keys_only() -> None
     # The zone's own key 1 must not verify a token whose kid says global-1: signed with it, refused.
     _, zone_pem = await dptokens.signing_keys(store, "default").ensure()
     forged = sign(WEB.as_jwt_claims(), zone_pem, "global-1", 3600)
-    assert "signing key 1 not found" in await refusal(store, forged)  # no trust yet
+    assert "global signing key 1 not found" in await refusal(store, forged)  # no trust yet
     await dptokens.issue_at_global(store, WEB, 3600)
     assert "signature verification failed" in await refusal(store, forged)
     assert "no valid kid" in await refusal(store, sign(WEB.as_jwt_claims(), zone_pem, "global-x", 3600))
@@ -95,7 +95,7 @@ async def test_publish_follows_key_changes_and_skips_meshes_without_keys() -> No
     assert jwt.get_unverified_header(second)["kid"] == "global-2"
     await store.delete("Secret", "dataplane-token-global-signing-key-default-1", "default")
     assert await dptokens.publish_trust(store, "default") is True
-    assert "signing key 1 not found" in await refusal(store, first)
+    assert "global signing key 1 not found" in await refusal(store, first)
     await dptokens.validate(store, second, mesh="default", name="web-1")
 
 
