@@ -6,7 +6,9 @@ federated zone, and sidecars run by ``zonemesh-dp`` (real Envoy) in that zone.
 - the zone never holds global's private key, only the public halves (DataplaneTokenTrust);
 - a forged token (kid ``global-1``, another key) and a token of another mesh are refused;
 - revoking the global token on global (the mesh's revocation list, synced down) closes its
-  stream in the zone; the zone-issued proxy keeps its stream.
+  stream in the zone; the zone-issued proxy keeps its stream;
+- rotating global's keys (add key 2, delete key 1 on global) closes the streams key 1 signed in
+  the zone, and only those.
 
 Every wait is bounded; every process is stopped at the end.
 """
@@ -219,3 +221,48 @@ def test_a_token_issued_on_global_admits_a_proxy_in_the_zone_until_global_revoke
     assert closed[0]["reason"] == f"dataplane token refused: token {jti} has been revoked"
     assert web2.connected()
     assert issued not in zone.logs() and issued not in world.glob.logs()
+
+
+def test_deleting_a_global_key_on_global_closes_the_streams_it_signed_in_the_zone(world: World) -> None:
+    """Rotation on global: key 2 added (the newest signs), key 1 deleted; global republishes the
+    trust, the zone closes the streams of key 1's tokens and keeps those of key 2 and its own."""
+    zone = world.zone
+    assert zone is not None
+    old = zmctl_ok(
+        world.glob.api, "generate", "dataplane-token", "--mesh", "default", "--name", "old-1", "--valid-for", "1h"
+    ).strip()
+    assert header(old)["kid"] == "global-1"
+    name = "dataplane-token-global-signing-key-default-2"
+    key = {
+        "type": "Secret",
+        "mesh": "default",
+        "name": name,
+        "data": base64.b64encode(generate_private_key_pem()).decode(),
+    }
+    status, body = world.glob.put(f"/meshes/default/secrets/{name}", key)
+    assert status == 201, body
+    new = zmctl_ok(
+        world.glob.api, "generate", "dataplane-token", "--mesh", "default", "--name", "new-1", "--valid-for", "1h"
+    ).strip()
+    assert header(new)["kid"] == "global-2"
+    status, own = http("POST", f"{zone.api}/tokens/dataplane", {"mesh": "default", "name": "own-1", "validFor": "1h"})
+    assert status == 200, own
+
+    def kids() -> list[int]:
+        status, trust = zone.get("/meshes/default/dataplane-token-trusts/dataplane-token")
+        return [k["kid"] for k in trust["publicKeys"]] if status == 200 else []
+
+    wait_until(lambda: kids() == [1, 2], WAIT, what="global's key 2 in zone-1's trust")
+    sidecars = [world.start_sidecar(n, t) for n, t in (("old-1", old), ("new-1", new), ("own-1", str(own)))]
+    for sidecar in sidecars:
+        wait_until(sidecar.connected, WAIT, what=f"{sidecar.name}'s Envoy connected to zone-1")
+
+    assert world.glob.delete("/meshes/default/secrets/dataplane-token-global-signing-key-default-1")[0] == 200
+    old_sidecar, new_sidecar, own_sidecar = sidecars
+    wait_until(lambda: not old_sidecar.connected(), 20, interval=0.05, what="old-1's Envoy disconnected")
+    closed = wait_until(lambda: world.zone_events("xds_stream_revoked", proxy="default/old-1"), 10)
+    assert (
+        closed[0]["reason"] == "dataplane token refused: global signing key 1 not found (rotated out or never existed)"
+    )
+    assert kids() == [2]
+    assert new_sidecar.connected() and own_sidecar.connected()
