@@ -22,6 +22,7 @@ zone's own keys. Revocation is one list for both: the mesh Secret
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -67,7 +68,8 @@ def global_signing_keys(store: Store, mesh: str) -> SigningKeys:
 
 def is_global_signing_key(res: Resource) -> bool:
     """Is ``res`` one of global's private dataplane token keys (which KDS must never send)?"""
-    return res.type == "Secret" and res.name.startswith(global_signing_key_prefix(res.mesh) + "-")
+    pattern = re.escape(global_signing_key_prefix(res.mesh)) + r"-(\d+)"  # as SigningKeys reads serials
+    return res.type == "Secret" and re.fullmatch(pattern, res.name) is not None
 
 
 @dataclass(frozen=True)

@@ -174,3 +174,18 @@ async def test_global_tokens_admit_in_a_zone_that_keeps_its_own(tmp_path: Path) 
             await eventually(lambda: refused(issued), what="revocation in zone-1")
             assert "has been revoked" in await refusal(zone_store, issued)
             assert await accepted(own)
+
+
+@pytest.mark.parametrize(
+    ("mesh", "name", "expected"),
+    [
+        ("default", "dataplane-token-global-signing-key-default-1", True),
+        ("default", "dataplane-token-global-signing-key-default-12", True),
+        ("default", "dataplane-token-global-signing-key-default-notes", False),  # an operator's Secret: synced
+        ("default", "dataplane-token-signing-key-default-1", False),  # the zone family
+        ("default-1", "dataplane-token-global-signing-key-default-1-2", True),
+        ("default", "dataplane-token-global-signing-key-default-1-2", False),  # mesh default-1's name pattern
+    ],
+)
+def test_which_secrets_are_global_private_keys(mesh: str, name: str, expected: bool) -> None:
+    assert dptokens.is_global_signing_key(Resource(type="Secret", name=name, mesh=mesh, spec={"data": ""})) is expected
