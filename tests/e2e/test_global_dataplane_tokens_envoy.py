@@ -219,6 +219,15 @@ def test_a_token_issued_on_global_admits_a_proxy_in_the_zone_until_global_revoke
     wait_until(lambda: not web1.connected(), 20, interval=0.05, what="web-1's Envoy disconnected")
     closed = wait_until(lambda: world.zone_events("xds_stream_revoked", proxy="default/web-1"), 10)
     assert closed[0]["reason"] == f"dataplane token refused: token {jti} has been revoked"
+    # Envoy retries: each new stream is checked again, and refused.
+    wait_until(
+        lambda: [
+            e for e in world.zone_events("dataplane_auth_refused", name="web-1") if "has been revoked" in e["reason"]
+        ],
+        20,
+        what="a reconnect of web-1 refused",
+    )
+    assert not web1.connected()
     assert web2.connected()
     assert issued not in zone.logs() and issued not in world.glob.logs()
 
