@@ -76,6 +76,7 @@ from zonemesh.shared.resources.registry import (
 from zonemesh.shared.resources.schema import Errors, Name, ValidationError, validate
 from zonemesh.shared.store import EventKind, ListFilter, Store
 from zonemesh.shared.tls import server_material
+from zonemesh.shared.tokens.dataplane import is_global_signing_key
 from zonemesh.shared.tokens.tokens import LEEWAY_SECONDS, InvalidToken
 from zonemesh.shared.tokens.zone import ZONE_TOKEN_KEYS, ZONE_TOKEN_REVOCATIONS, ZoneTokenValidator, publish_trust
 
@@ -99,6 +100,8 @@ def select_downstream(res: Resource) -> Resource | None:
         return res if rtype.sync & Sync.ACROSS_ZONES else None
     if not rtype.synced_down:
         return None
+    if is_global_signing_key(res):
+        return None  # zones check global's dataplane tokens with its DataplaneTokenTrust (public keys)
     if rtype.policy:
         problems = Errors()
         check_resource(res, problems, names=False)

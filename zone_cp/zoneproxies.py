@@ -180,13 +180,15 @@ class CredentialWatch:
     - a mesh's ``dataplane-token-revocations-<mesh>``: that mesh's streams whose jti is now listed;
     - a mesh's ``dataplane-token-signing-key-<mesh>-<N>`` (added, changed, deleted): that mesh's
       streams whose token names key N;
+    - a mesh's DataplaneTokenTrust (global's public keys, synced down): that mesh's streams whose
+      token global issued (kid ``global-<N>``);
     - zone-token keys or revocations, or the ZoneTokenTrust global publishes: every zone proxy
       stream (a zone has a few);
     - a Mesh with ``constraints.dataplaneProxy``: that mesh's dataplane streams (a proxy that no
       longer meets them is disconnected, and refused when it reconnects: admission.py).
     """
 
-    WATCHED = ("Secret", "GlobalSecret", TRUST_TYPE, "Mesh")
+    WATCHED = ("Secret", "GlobalSecret", TRUST_TYPE, dptokens.TRUST_TYPE, "Mesh")
 
     def __init__(self, store: Store, servicer: AdsServicer) -> None:
         self.store = store
@@ -202,6 +204,8 @@ class CredentialWatch:
                             await self._pass(res, functools.partial(_dataplane_of, mesh=res.name))
                     elif dataplane_credentials(res):
                         await self._pass(res, await self._dataplanes_affected(res, ReadOnce(self.store)))
+                    elif res.type == dptokens.TRUST_TYPE:
+                        await self._pass(res, functools.partial(_issued_by_global, mesh=res.mesh))
                     elif zone_credentials(res):
                         await self._pass(
                             res, lambda admission: admission.identity.proxy_type is not ProxyType.DATAPLANE
@@ -240,6 +244,15 @@ class CredentialWatch:
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def _issued_by_global(admission: Admission, *, mesh: str) -> bool:
+    """A dataplane stream of ``mesh`` whose token global signed (kid ``global-<N>``)."""
+    return (
+        admission.identity.proxy_type is ProxyType.DATAPLANE
+        and admission.identity.mesh == mesh
+        and admission.key_id.startswith(dptokens.GLOBAL_KID_PREFIX)
+    )
 
 
 class Registration(RegistrationServicer):

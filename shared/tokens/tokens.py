@@ -34,7 +34,7 @@ class InvalidToken(Exception):
         super().__init__(reason)
 
 
-def sign(claims: Mapping[str, Any], private_pem: bytes, kid: int, valid_for_seconds: float) -> str:
+def sign(claims: Mapping[str, Any], private_pem: bytes, kid: int | str, valid_for_seconds: float) -> str:
     """A token valid for ``valid_for_seconds``: exp = iat + validFor (a fraction of a second rounds up)."""
     now = int(time.time())
     payload = {
@@ -67,6 +67,8 @@ class TokenIssuer:
 
 
 class TokenValidator:
+    key_name = "signing key"  # how refusals name the key a kid points to
+
     def __init__(self, keys: SigningKeys, revocations_secret: str | None = None) -> None:
         self.keys = keys
         self.revocations_secret = revocations_secret
@@ -79,6 +81,10 @@ class TokenValidator:
             return set()
         text = base64.b64decode(res.spec["data"]).decode().strip()
         return {jti.strip() for jti in text.split(",") if jti.strip()}
+
+    def key_serial(self, kid: Any) -> int:
+        """The serial of the key a token's ``kid`` header names (InvalidToken if it names none)."""
+        return parse_kid(kid)
 
     async def public_key(self, kid: int) -> PublicKeyTypes | None:
         """The key that verifies tokens signed with key ``kid``; None when there is none."""
@@ -97,10 +103,10 @@ class TokenValidator:
         alg = header.get("alg")
         if alg != "RS256":
             raise InvalidToken(f"unsupported signing algorithm {alg!r}: only RS256 is accepted")
-        kid = parse_kid(header.get("kid"))
+        kid = self.key_serial(header.get("kid"))
         public_key = await self.public_key(kid)
         if public_key is None:
-            raise InvalidToken(f"signing key {kid} not found (rotated out or never existed)")
+            raise InvalidToken(f"{self.key_name} {kid} not found (rotated out or never existed)")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,

@@ -12,6 +12,7 @@ does not stop that zone's later cross-zone changes.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import threading
@@ -33,6 +34,7 @@ from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store.memory import MemoryStore
 from zonemesh.shared.store.sqlite import SqliteStore
 from zonemesh.shared.tls import ensure_self_signed
+from zonemesh.shared.tokens.keys import generate_private_key_pem, public_key_pem
 
 from zonemesh.testing import ControlPlaneProcess, free_port, http, wait_until
 
@@ -468,3 +470,37 @@ async def _write(data_dir: Path, resources: list[Resource]) -> None:
         await store.batch(upserts=resources)
     finally:
         await store.close()
+
+
+# -- dataplane token keys: a zone cannot make the other zones trust a key of its own -----------------
+
+
+def test_a_zone_cannot_publish_dataplane_token_keys_for_the_other_zones(tmp_path: Path) -> None:
+    """Zones admit tokens global issued with the public keys in global's DataplaneTokenTrust: a zone
+    that uploads a trust (or a global signing key) of its own is refused by type, and global keeps
+    none, so no other zone would admit the tokens that zone signs."""
+    kds_port = free_port()
+    glob = start_global(tmp_path / "global", kds_port)
+    try:
+        pem = generate_private_key_pem()
+        trust = Resource(
+            type="DataplaneTokenTrust",
+            name="dataplane-token",
+            mesh="default",
+            spec={"publicKeys": [{"kid": 1, "key": public_key_pem(pem).decode()}]},
+        )
+        key = Resource(
+            type="Secret",
+            name="dataplane-token-global-signing-key-default-1",
+            mesh="default",
+            spec={"data": base64.b64encode(pem).decode()},
+        )
+        acks = upload(glob, kds_port, "zone-1", [changes("DataplaneTokenTrust", trust), changes("Secret", key)])
+        assert refused(acks[0]) == {
+            "dataplane-token": "DataplaneTokenTrust is not accepted from zones: it is not synced zone→global"
+        }
+        assert refused(acks[1]) == {key.name: "Secret is not accepted from zones: it is not synced zone→global"}
+        assert glob.get("/meshes/default/dataplane-token-trusts/dataplane-token")[0] == 404
+        assert glob.get(f"/meshes/default/secrets/{key.name}")[0] == 404
+    finally:
+        glob.kill()

@@ -124,3 +124,18 @@ ZONE_TOKEN_TRUST = register(
         ),
     )
 )
+
+# What a zone needs to check the dataplane tokens global issues for one mesh, and nothing more:
+# global derives it from its mesh's global signing keys (public halves only, by kid) whenever they
+# change (shared/tokens/dataplane.py `publish_trust`); the private keys never leave global.
+DATAPLANE_TOKEN_TRUST = register(
+    ResourceType(
+        name="DataplaneTokenTrust",
+        plural="dataplanetokentrusts",
+        rest_path="dataplane-token-trusts",
+        scope=Scope.MESH,
+        sync=Sync.GLOBAL_TO_ZONES,
+        system=True,
+        spec=Obj({"publicKeys": List(Obj({"kid": Int(), "key": Str()}, required=("kid", "key")))}),
+    )
+)
