@@ -46,9 +46,11 @@ def corpus_type(path: Path) -> ResourceType:
 
 
 def applied_files() -> list[Path]:
-    """The corpus in the order a user applies it: by the registry's order (meshes first)."""
+    """The corpus in the order a user applies it: by the registry's order (meshes first), a Mesh
+    with mTLS after those without (a backend that issues the proxies' certificates cannot be
+    removed at once, so a page's Mesh without mTLS would be refused after one with it)."""
     order = {rtype.name: index for index, rtype in enumerate(REGISTRY)}
-    return sorted(CORPUS.glob("*.yaml"), key=lambda p: (order[corpus_type(p).name], p.name))
+    return sorted(CORPUS.glob("*.yaml"), key=lambda p: (order[corpus_type(p).name], "mtls" in document(p), p.name))
 
 
 def refused_files() -> list[Path]:
