@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from zonemesh.shared.ca.material import SigningCA
 from zonemesh.shared.certs import key_usage, private_key_pem
-from zonemesh.shared.resources.schema import FieldError, parse_duration
+from zonemesh.shared.resources.schema import FieldError, parse_cert_duration, parse_duration
 
 if TYPE_CHECKING:
     from zonemesh.shared.resources.model import Resource
@@ -60,6 +60,10 @@ def _seconds(text: Any, default: float) -> float:
     return parse_duration(str(text)) if text else default
 
 
+def _cert_seconds(text: Any, default: float) -> float:
+    return parse_cert_duration(str(text)) if text else default
+
+
 @dataclass(frozen=True)
 class Backend:
     """One entry of a Mesh's ``mtls.backends``, as the CA code reads it."""
@@ -86,7 +90,7 @@ class Backend:
             type=str(spec.get("type") or ""),
             conf=spec.get("conf") or {},
             index=index,
-            cert_validity_seconds=_seconds(
+            cert_validity_seconds=_cert_seconds(
                 (dp_cert.get("rotation") or {}).get("expiration"), DEFAULT_CERT_VALIDITY_SECONDS
             ),
             request_timeout=_seconds(dp_cert.get("requestTimeout"), DEFAULT_REQUEST_TIMEOUT_SECONDS),

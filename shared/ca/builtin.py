@@ -27,7 +27,7 @@ from zonemesh.shared.ca.backend import BACKDATE_SECONDS, Backend
 from zonemesh.shared.ca.material import CaProblem, SigningCA, load_signing_ca, split_pem
 from zonemesh.shared.certs import key_usage, private_key_pem, self_signed_ca
 from zonemesh.shared.resources.model import Resource
-from zonemesh.shared.resources.schema import FieldError, parse_duration
+from zonemesh.shared.resources.schema import FieldError, parse_cert_duration
 from zonemesh.shared.store import AlreadyExists, Store
 
 log = structlog.get_logger(__name__)
@@ -56,7 +56,7 @@ def rsa_bits(backend: Backend) -> int:
 
 def ca_validity_seconds(backend: Backend) -> float:
     text = (backend.conf.get("caCert") or {}).get("expiration")
-    return parse_duration(str(text)) if text else DEFAULT_CA_VALIDITY_SECONDS
+    return parse_cert_duration(str(text)) if text else DEFAULT_CA_VALIDITY_SECONDS
 
 
 def generate_ca(mesh: str, backend: str, bits: int, validity_seconds: float, now: float) -> tuple[bytes, bytes]:

@@ -160,20 +160,42 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+# Kuma's Mesh writes certificate lifetimes (``dpCert.rotation.expiration``, a builtin CA's
+# ``caCert.expiration``) with its own units too: a whole number of days, weeks or years ("1d",
+# "10y"; Kuma's mesh.ParseDuration, where a year is 365 days).
+_CERT_DURATION = re.compile(r"([0-9]+)(d|w|y)")
+_CERT_UNIT_SECONDS = {"d": 86400.0, "w": 7 * 86400.0, "y": 365 * 86400.0}
+
+
+def parse_cert_duration(text: str) -> float:
+    """Seconds in a Mesh certificate lifetime: a Go duration ("8760h") or Kuma's "1d", "2w", "10y".
+    Raises ValueError."""
+    match = _CERT_DURATION.fullmatch(text)
+    if match is None:
+        return parse_duration(text)
+    seconds = int(match.group(1)) * _CERT_UNIT_SECONDS[match.group(2)]
+    if not seconds <= MAX_DURATION_SECONDS:
+        raise ValueError(f"duration {text!r} is longer than Go's maximum (2562047h47m16.854775807s)")
+    return seconds
+
+
 @dataclass
 class Duration(Node):
-    """A Go-style duration string, as Kuma policies use them (e.g. ``15s``, ``500ms``, ``1h``)."""
+    """A Go-style duration string, as Kuma policies use them (e.g. ``15s``, ``500ms``, ``1h``).
+    ``cert``: a Mesh certificate lifetime, which Kuma also takes in days, weeks or years."""
 
     positive: bool = False
+    cert: bool = False
 
     def check(self, value: Any, path: str, errors: Errors) -> None:
         if not isinstance(value, str):
             errors.add(path, 'must be a duration string such as "5s" or "500ms"')
             return
         try:
-            seconds = parse_duration(value)
+            seconds = parse_cert_duration(value) if self.cert else parse_duration(value)
         except ValueError:
-            errors.add(path, f'invalid duration "{value}": use a number with a unit ns, us, ms, s, m or h, e.g. "5s"')
+            units = "ns, us, ms, s, m, h, or a whole number of d, w or y" if self.cert else "ns, us, ms, s, m or h"
+            errors.add(path, f'invalid duration "{value}": use a number with a unit {units}, e.g. "5s"')
             return
         if self.positive and seconds <= 0:
             errors.add(path, "must be greater than zero")

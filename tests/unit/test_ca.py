@@ -12,9 +12,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from zonemesh.shared.ca import MeshCA, MtlsNotEnabled
-from zonemesh.shared.ca.backend import enabled_backend
+from zonemesh.shared.ca.backend import BACKDATE_SECONDS, enabled_backend
 from zonemesh.shared.ca.builtin import BuiltinCaManager, ca_cert_secret_name, ca_key_secret_name
+from zonemesh.shared.resources.codec import validate_resource
 from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.resources.schema import ValidationError
 from zonemesh.shared.store.memory import MemoryStore
 from zonemesh.shared.tls import ensure_self_signed
 
@@ -206,3 +208,24 @@ def test_self_signed_server_cert_is_created_once_and_reused(tmp_path: Path) -> N
     assert cert_path.read_bytes() == before  # reused
     ensure_self_signed(tmp_path / "tls", "xds", ["127.0.0.1", "cp.example"])
     assert cert_path.read_bytes() != before  # a new host needs a new certificate
+
+
+async def test_kuma_day_and_year_lifetimes_are_taken_and_applied() -> None:
+    """Kuma's docs write ``dpCert.rotation.expiration: 1d`` and ``caCert.expiration: 10y`` (Kuma's
+    mesh.ParseDuration units): zonemesh validates them and the certificates last that long."""
+    mesh = mtls_mesh(expiration="1d")
+    mesh.spec["mtls"]["backends"][0]["conf"] = {"caCert": {"RSAbits": 2048, "expiration": "10y"}}
+    validate_resource(mesh)
+    ca, _ = await make_ca(mesh)
+    _, _, ca_pem, not_after = await ca.workload_cert("default", "backend")
+    assert not_after == dt.datetime.fromtimestamp(T0 + 86400, dt.UTC)
+    root = x509.load_pem_x509_certificate(ca_pem)
+    lifetime = root.not_valid_after_utc - root.not_valid_before_utc - dt.timedelta(seconds=BACKDATE_SECONDS)
+    assert lifetime == dt.timedelta(days=3650)
+
+
+@pytest.mark.parametrize("expiration", ["1.5d", "1d12h", "-1d", "10Y"])
+def test_cert_lifetimes_outside_kumas_forms_are_refused(expiration: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        validate_resource(mtls_mesh(expiration=expiration))
+    assert [e.field for e in refused.value.errors] == ["mtls.backends[0].dpCert.rotation.expiration"]

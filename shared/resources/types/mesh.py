@@ -36,14 +36,14 @@ MTLS_BACKEND = Obj(
         "mode": Enum("STRICT", "PERMISSIVE"),
         "dpCert": Obj(
             {
-                "rotation": Obj({"expiration": Duration(positive=True)}),
+                "rotation": Obj({"expiration": Duration(positive=True, cert=True)}),
                 "requestTimeout": Duration(),
             }
         ),
         # builtin: caCert {RSAbits, expiration}; provided: cert/key data sources.
         "conf": Obj(
             {
-                "caCert": Obj({"RSAbits": Int(min=2048, max=8192), "expiration": Duration(positive=True)}),
+                "caCert": Obj({"RSAbits": Int(min=2048, max=8192), "expiration": Duration(positive=True, cert=True)}),
                 "cert": DATA_SOURCE,
                 "key": KEY_SOURCE,
             }
