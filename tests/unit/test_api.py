@@ -582,6 +582,50 @@ async def test_a_mesh_blocking_passthrough_is_refused_and_one_stored_earlier_kee
         await client.close()
 
 
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"logging": {"backends": [{"name": "file", "type": "file", "conf": {"path": "/tmp/a.log"}}]}}, "logging"),
+        ({"tracing": {"backends": [{"name": "zipkin", "type": "zipkin"}]}}, "tracing"),
+        ({"metrics": {"enabledBackend": "prometheus-1", "backends": [{"name": "prometheus-1"}]}}, "metrics"),
+        ({"meshServices": {"mode": "Exclusive"}}, "meshServices.mode"),
+    ],
+)
+async def test_mesh_fields_that_would_do_nothing_are_refused_as_not_supported_yet(
+    extra: dict[str, Any], field: str
+) -> None:
+    client, store = await make_client(store=MemoryStore())
+    try:
+        resp = await client.put("/meshes/observed", json={"type": "Mesh", "name": "observed", **extra})
+        assert resp.status == 400
+        [problem] = (await resp.json())["invalid_parameters"]
+        assert problem["field"] == field
+        assert "not supported yet by zonemesh" in problem["reason"]
+        assert await store.find("Mesh", "observed") is None
+        # What asks for nothing is taken: an empty section, meshServices Disabled.
+        quiet = {"type": "Mesh", "name": "observed", "logging": {}, "meshServices": {"mode": "Disabled"}}
+        assert (await client.put("/meshes/observed", json=quiet)).status == 201
+    finally:
+        await client.close()
+
+
+async def test_a_dataplane_metrics_override_is_refused_as_not_supported_yet(
+    api: TestClient[web.Request, web.Application],
+) -> None:
+    dataplane = {
+        "type": "Dataplane",
+        "mesh": "default",
+        "name": "web-1",
+        "networking": {"address": "127.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}]},
+        "metrics": {"type": "prometheus", "conf": {"port": 5670}},
+    }
+    resp = await api.put("/meshes/default/dataplanes/web-1", json=dataplane)
+    assert resp.status == 400
+    [problem] = (await resp.json())["invalid_parameters"]
+    assert problem["field"] == "metrics"
+    assert "not supported yet" in problem["reason"]
+
+
 async def test_an_outbound_by_backend_ref_is_refused_not_skipped(api: TestClient[web.Request, web.Application]) -> None:
     dataplane = {
         "type": "Dataplane",

@@ -227,7 +227,7 @@ DATAPLANE_SPEC = Obj(
                 ),
             }
         ),
-        # A metrics backend override ({name, type, conf}); read by the metrics code, not here.
+        # Kuma's per-proxy metrics backend override: refused when set (_refuse_metrics).
         "metrics": AnyValue(),
     },
     required=("networking",),
@@ -265,8 +265,21 @@ DATAPLANE = register(
         spec=DATAPLANE_SPEC,
         zone_refs=_dataplane_zones,
         mesh_check=lambda res, mesh: _check_constraints(res, mesh),
+        semantic=lambda res: _refuse_metrics(res),
     )
 )
+
+
+def _refuse_metrics(res: Resource) -> list[FieldError]:
+    # No proxy exposes a metrics backend yet: an override would be stored and do nothing.
+    if res.spec.get("metrics"):
+        return [
+            FieldError(
+                "metrics",
+                "is not supported yet by zonemesh: proxies expose no metrics backend yet; leave it out",
+            )
+        ]
+    return []
 
 
 def _networking(res: Resource) -> Mapping[str, Any]:

@@ -75,7 +75,7 @@ MESH_SPEC = Obj(
         ),
         "skipCreatingInitialPolicies": List(Str(min_len=1)),
         "meshServices": Obj({"mode": Enum("Disabled", "Everywhere", "ReachableBackends", "Exclusive")}),
-        # Legacy observability backends: kept for Kuma YAML compatibility, not interpreted.
+        # Kuma's legacy observability backends: refused when set (_refuse_observability).
         "logging": AnyValue(),
         "tracing": AnyValue(),
         "metrics": AnyValue(),
@@ -100,7 +100,40 @@ def _check_mesh(res: Resource) -> list[FieldError]:
 
 
 def _refuse_ignored(res: Resource) -> list[FieldError]:
-    return _refuse_passthrough_false(res) + _refuse_zero_timeouts(res)
+    return (
+        _refuse_passthrough_false(res)
+        + _refuse_zero_timeouts(res)
+        + _refuse_observability(res)
+        + _refuse_mesh_services(res)
+    )
+
+
+def _refuse_observability(res: Resource) -> list[FieldError]:
+    # Access logs, traces and metrics are not generated for any proxy yet: a backend set here would
+    # be stored and do nothing. An empty section asks for nothing, so it is taken.
+    return [
+        FieldError(
+            section,
+            "is not supported yet by zonemesh: its proxies produce no access logs, traces or metrics "
+            "backends yet (nor do MeshAccessLog, MeshTrace and MeshMetric); leave it out",
+        )
+        for section in ("logging", "tracing", "metrics")
+        if res.spec.get(section)
+    ]
+
+
+def _refuse_mesh_services(res: Resource) -> list[FieldError]:
+    # Kuma's MeshService resources do not exist in zonemesh: services are the kuma.io/service tag.
+    mode = (res.spec.get("meshServices") or {}).get("mode")
+    if mode not in (None, "Disabled"):
+        return [
+            FieldError(
+                "meshServices.mode",
+                "is not supported yet by zonemesh other than Disabled: it has no MeshService resources "
+                "(services are named by the kuma.io/service tag); leave it out or set Disabled",
+            )
+        ]
+    return []
 
 
 def _refuse_zero_timeouts(res: Resource) -> list[FieldError]:

@@ -69,9 +69,7 @@ MESH_TCP_ROUTE = register(
         sync=Sync.GLOBAL_TO_ZONES | Sync.ZONE_TO_GLOBAL,
         wrapped=True,
         policy=True,
-        support=PolicySupport(
-            plugin="meshtcproute", sidecar=("to",), gateway=("to",), not_yet=backend_refs_not_yet
-        ),
+        support=PolicySupport(plugin="meshtcproute", sidecar=("to",), gateway=("to",), not_yet=backend_refs_not_yet),
         spec=SPEC,
         semantic=policy_semantic(
             not_empty("to"), gateway_to_mesh_only, sidecar_to_kinds(MESH_SERVICE), gateways_need_mesh_gateway
