@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import pytest
 from etcd_secure import AUTH_PREFIX, PASSWORD, ROOT_PASSWORD, USER, EtcdPki, jwt_keys, make_pki
+
+from zonemesh.testing import free_port
 
 
 @dataclass(frozen=True)
@@ -51,13 +52,6 @@ def find_etcd_binary() -> str | None:
     if os.access(beside_python, os.X_OK):
         return str(beside_python)
     return shutil.which("etcd")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _healthy(port: int) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -30,11 +31,44 @@ from zonemesh import jsonhttp
 from zonemesh.spawn import python_module
 
 
+def _ports_outside_the_ephemeral_range() -> tuple[int, int] | None:
+    # The kernel gives outgoing connections ports of its ephemeral range: a port picked there can
+    # be taken by any client before the test's server binds it ("address already in use").
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return None
+    if low >= 12_000:
+        return 10_000, low - 1
+    if high <= 63_000:
+        return high + 1, 65_535
+    return None
+
+
+_PORT_RANGE = _ports_outside_the_ephemeral_range()
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now: outside the ephemeral range where there is one, and never
+    the same twice in one test process (two servers of one test cannot be given one port)."""
+    if _PORT_RANGE is not None:
+        for _ in range(200):  # bounded: fall back to the kernel's choice
+            port = random.randint(*_PORT_RANGE)
+            if port in _HANDED_OUT:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+    _HANDED_OUT.add(chosen)
+    return chosen
 
 
 def http(
