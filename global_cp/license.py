@@ -276,11 +276,7 @@ class LicenseAuthority:
                     self.license = demo_license(recorded)
 
     async def _follow_store(self, watch: Any) -> None:
-        queue = watch.queue
-        while True:
-            event = await queue.get()
-            if event is None:
-                return
+        async for event in watch:
             try:
                 await self._on_store_event(event)
             except Exception as exc:  # never stop following the license in force
@@ -586,11 +582,7 @@ class LicenseAuthority:
         return {zone: quota_cap(len(self.uploaded.get(zone, ()))) for zone in self.requests}
 
     async def _follow(self, watch: Any) -> None:
-        queue = watch.queue
-        while True:
-            event = await queue.get()
-            if event is None:
-                return
+        async for event in watch:
             try:
                 await self._on_event(event)
             except Exception as exc:  # a store hiccup must not end counting and granting; the tick retries grants
