@@ -194,11 +194,7 @@ class ZoneLicense:
                 self.outstanding = [(seq, min(want, len(self.holders)))]
 
     async def _follow(self, watch: Any) -> None:
-        queue = watch.queue
-        while True:
-            event = await queue.get()
-            if event is None:
-                return
+        async for event in watch:
             try:
                 self._on_event(event)
             except Exception as exc:  # never stop following the license and the quota
