@@ -759,7 +759,11 @@ class EtcdStore(Store):
         # aetcd can swallow a cancellation that lands while it is creating the watch (its
         # asyncio.wait_for, Python 3.11), and the task would then wait on the stream forever.
         # Closing the client ends the stream in any case, and the loop sees _closed and stops.
-        await self._client.close()
+        try:
+            # Bounded: against a partitioned etcd the channel's close must not hold a shutdown.
+            await asyncio.wait_for(self._client.close(), timeout=self.rpc_timeout)
+        except TimeoutError:
+            log.warning("etcd_client_close_timed_out", prefix=self.prefix)
         if task is not None:
             done, _ = await asyncio.wait([task], timeout=self.rpc_timeout)
             if not done:
