@@ -138,11 +138,13 @@ class SnapshotBuilder:
         self._encoded: dict[int, tuple[Message, bytes, str]] = {}  # id -> (message, Any bytes, version)
         self._typed: dict[tuple[str, tuple[str, ...], tuple[int, ...]], TypeSnapshot] = {}
         self._by_dict: dict[tuple[str, int], tuple[dict[str, Message], TypeSnapshot]] = {}
+        self.encodes = 0  # messages serialized this round (bench/xds_generation.py, tests)
 
     def _encoded_once(self, type_url: str, message: Message) -> tuple[Message, bytes, str]:
         hit = self._encoded.get(id(message))
         if hit is None:
             data = encode_any(type_url, message)
+            self.encodes += 1
             hit = self._encoded[id(message)] = (message, data, resource_version(data))
         return hit
 
