@@ -481,3 +481,40 @@ async def test_a_template_naming_its_app_where_placing_does_not_look_is_built_fo
             f.SerializeToString() for f in direct_listener.filter_chains[0].filters
         ]
         assert not inbound._names_any_app(filters)
+
+
+async def _round(replicas: int, same_service_port: bool) -> tuple[SnapshotBuilder, list[Snapshot]]:
+    """One round over ``replicas`` proxies of each of three services, all on 127.0.0.1 with
+    their own inbound ports, each calling the next service."""
+    from zonemesh.zone_cp.xds.generators import generate
+    from zonemesh.zone_cp.xds.testing import TestCA, load_resources, mesh_context
+
+    names = ("web", "api", "db")
+    proxies = []
+    for i in range(replicas):
+        for s, service in enumerate(names):
+            port = 20000 + 10 * i + s
+            inbound = {"port": port, "servicePort": 8080 if same_service_port else port + 20000}
+            inbound["tags"] = {"kuma.io/service": service, "kuma.io/protocol": "http"}
+            outbound = [{"port": 30001, "tags": {"kuma.io/service": names[(s + 1) % 3]}}]
+            spec = {"networking": {"address": "127.0.0.1", "inbound": [inbound], "outbound": outbound}}
+            proxies.append(Resource(type="Dataplane", name=f"{service}-{i}", mesh="default", spec=spec, version=1))
+    ctx = await mesh_context([*load_resources(PORTS_YAML.split("---")[0]), *proxies], ca=TestCA())
+    builder = SnapshotBuilder()
+    return builder, [builder.build(generate(ctx, dp)) for dp in proxies]
+
+
+@pytest.mark.parametrize("same_service_port", [True, False], ids=["one-service-port", "own-service-ports"])
+async def test_a_round_serializes_each_distinct_resource_once_and_per_proxy_only_its_own(
+    same_service_port: bool,
+) -> None:
+    """Serialization per round is O(shapes), plus per proxy what is its own: its inbound listener
+    (its address and port), and its local cluster when its app's port is its own."""
+    encodes = {}
+    for replicas in (2, 6):
+        builder, snapshots = await _round(replicas, same_service_port)
+        distinct = {data for snap in snapshots for typed in snap.types.values() for data in typed.resources.values()}
+        assert builder.encodes == len(distinct)  # nothing equal serialized twice (the local clusters of 3 services)
+        encodes[replicas] = builder.encodes
+    own = 1 if same_service_port else 2
+    assert encodes[6] - encodes[2] == 3 * 4 * own  # 12 more proxies
