@@ -518,3 +518,31 @@ async def test_a_round_serializes_each_distinct_resource_once_and_per_proxy_only
         encodes[replicas] = builder.encodes
     own = 1 if same_service_port else 2
     assert encodes[6] - encodes[2] == 3 * 4 * own  # 12 more proxies
+
+
+def test_delta_responses_reuse_each_resources_encoded_head_across_proxies() -> None:
+    """A delta response is a join of pre-encoded pieces: per resource its head (name, version,
+    lengths), encoded once per round for every proxy holding it, and its shared body."""
+    from zonemesh.zone_cp.xds.cache import DeltaWatchRequest, DeltaWatchResponse
+    from zonemesh.zone_cp.xds.resources import encode_delta_response
+
+    shared = route_pb2.RouteConfiguration(name="shared", validate_clusters={"value": True})
+    cache, builder = SnapshotCache(), SnapshotBuilder()
+    for proxy in ("a", "b"):
+        routes = ResourceSet()
+        routes.add(ROUTE, "shared", shared)
+        routes.add(ROUTE, f"own-{proxy}", route_pb2.RouteConfiguration(name=f"own-{proxy}"))  # a TypeSnapshot each
+        cache.set_snapshot(f"default/{proxy}", builder.build(routes))
+    got: list[DeltaWatchResponse] = []
+    for proxy in ("a", "b"):
+        names = frozenset({"shared", f"own-{proxy}"})
+        cache.create_delta_watch(DeltaWatchRequest(f"default/{proxy}", ROUTE, False, names, {}), got.append)
+    one, two = ({name: head for (name, _, _), head in zip(r.resources, r.heads, strict=True)} for r in got)
+    assert one["shared"] is two["shared"]
+    for resp in got:
+        body = encode_delta_response(resp.system_version, resp.resources, resp.removed, ROUTE, "1", resp.heads)
+        assert body == encode_delta_response(resp.system_version, resp.resources, resp.removed, ROUTE, "1")
+        parsed = discovery_pb2.DeltaDiscoveryResponse.FromString(body)
+        assert sorted(r.name for r in parsed.resources) == sorted(name for name, _, _ in resp.resources)
+        for item, (name, version, data) in zip(parsed.resources, resp.resources, strict=True):
+            assert (item.name, item.version, item.resource.SerializeToString()) == (name, version, data)
