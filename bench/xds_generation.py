@@ -8,8 +8,8 @@ default) every proxy on 127.0.0.1 with its own inbound port and its own service 
 as simulated Envoys on one host register; ``addresses`` every proxy at its own loopback address,
 all on port 8080 in front of the app's 8080 (as pods). One round builds one MeshContext and
 generates every proxy from it, as the reconciler does; the first round warms up, the next
-``--rounds`` are timed (wall and process CPU time). It also reports what a round serializes: how many messages
-(``encodes``) and how many distinct encoded resources.
+``--rounds`` are timed (wall and process CPU time). It also reports what a round serializes:
+how many messages (``encodes``) and how many distinct encoded resources.
 
     python bench/xds_generation.py --proxies 2000
     python bench/xds_generation.py --proxies 2000 --workload addresses
