@@ -15,7 +15,15 @@ from zonemesh.zone_cp.xds.context import MeshContext
 from zonemesh.zone_cp.xds.policies import match_all
 from zonemesh.zone_cp.xds.policies.matching import matched
 from zonemesh.zone_cp.xds.reconciler import Reconciler
-from zonemesh.zone_cp.xds.resources import CLUSTER, ROUTE, ResourceSet, encode_any, encode_response, with_nonce
+from zonemesh.zone_cp.xds.resources import (
+    CLUSTER,
+    LISTENER,
+    ROUTE,
+    ResourceSet,
+    encode_any,
+    encode_response,
+    with_nonce,
+)
 
 
 def _set(cluster: cluster_pb2.Cluster, route: route_pb2.RouteConfiguration) -> ResourceSet:
@@ -546,3 +554,38 @@ def test_delta_responses_reuse_each_resources_encoded_head_across_proxies() -> N
         assert sorted(r.name for r in parsed.resources) == sorted(name for name, _, _ in resp.resources)
         for item, (name, version, data) in zip(parsed.resources, resp.resources, strict=True):
             assert (item.name, item.version, item.resource.SerializeToString()) == (name, version, data)
+
+
+async def test_a_patch_of_one_proxys_local_cluster_does_not_leak_to_those_sharing_it() -> None:
+    """Proxies whose apps are at the same address and port share their local cluster, across
+    replicas and across services alike; a MeshProxyPatch of one proxy changes its own only."""
+    from zonemesh.zone_cp.xds.generators import generate
+    from zonemesh.zone_cp.xds.testing import load_resources, mesh_context
+
+    patch = """
+type: MeshProxyPatch
+name: only-web-0
+mesh: default
+spec:
+  targetRef: {kind: Dataplane, name: web-0}
+  default:
+    appendModifications:
+      - cluster: {operation: Patch, match: {name: "localhost:40000"}, value: "connectTimeout: 9s"}
+      - listener:
+          operation: Patch
+          match: {name: "inbound:127.0.0.1:20000"}
+          value: "perConnectionBufferLimitBytes: 1024"
+"""
+    proxies = [
+        _web("web-0", "127.0.0.1", [20000], service_ports=[40000]),
+        _web("web-1", "127.0.0.2", [20000], service_ports=[40000]),
+    ]
+    other = _web("admin-0", "127.0.0.3", [20000], service_ports=[40000])
+    other.spec["networking"]["inbound"][0]["tags"]["kuma.io/service"] = "admin"
+    ctx = await mesh_context([*load_resources(PORTS_YAML.split("---")[0] + "---" + patch), *proxies, other, _api()])
+    web0, web1, admin = (generate(ctx, dp) for dp in [*proxies, other])
+    local = [r.get(CLUSTER, "localhost:40000") for r in (web0, web1, admin)]
+    assert local[1] is local[2]  # one message for web-1 and admin: their apps are at the same place
+    assert [c.connect_timeout.seconds for c in local] == [9, 0, 0]  # type: ignore[union-attr]
+    listeners = [r.get(LISTENER, f"inbound:127.0.0.{i}:20000") for i, r in ((1, web0), (2, web1), (3, admin))]
+    assert [x.per_connection_buffer_limit_bytes.value for x in listeners] == [1024, 0, 0]  # type: ignore[union-attr]
