@@ -1,12 +1,18 @@
 """Config generation alone: ``generate(ctx, proxy)`` + serialization for N proxies, in-process.
 
-The pure part of what the zone CP does per proxy in a round (no servers, no store), on the same
-workload as bench/xds_zone.py: N/10 services, every proxy with its own address, one inbound,
-three outbounds, builtin-style mTLS (certificates from the test CA), the mesh's default policies
-plus a MeshTrafficPermission per service. One round builds one MeshContext and generates every
-proxy from it, as the reconciler does; the first round warms up, the next ``--rounds`` are timed.
+The pure part of what the zone CP does per proxy in a round (no servers, no store), on
+bench/xds_zone.py's services and policies: N/10 services, one inbound and three outbounds per
+proxy, builtin-style mTLS (certificates from the test CA), the mesh's default policies plus a
+MeshTrafficPermission per service. Where the proxies listen (``--workload``): ``ports`` (the
+default) every proxy on 127.0.0.1 with its own inbound port and its own service port (its app's),
+as simulated Envoys on one host register; ``addresses`` every proxy at its own loopback address,
+all on port 8080 in front of the app's 8080 (as pods). One round builds one MeshContext and
+generates every proxy from it, as the reconciler does; the first round warms up, the next
+``--rounds`` are timed (wall and process CPU time). It also reports what a round serializes:
+how many messages (``encodes``) and how many distinct encoded resources.
 
     python bench/xds_generation.py --proxies 2000
+    python bench/xds_generation.py --proxies 2000 --workload addresses
     python bench/xds_generation.py --quick
 """
 
@@ -44,10 +50,27 @@ def resource(doc: dict[str, Any]) -> Resource:
     return Resource(type=rtype, name=name, mesh=mesh, spec=spec, version=1)
 
 
-def run(proxies: int, rounds: int) -> dict[str, Any]:
+WORKLOADS = ("ports", "addresses")
+
+
+def dataplane_doc(index: int, services: int, workload: str) -> dict[str, Any]:
+    """xds_zone's Dataplane of proxy ``index``, listening where ``workload`` says."""
+    doc = xds_zone.proxy_spec(index, services, 3)[1]
+    net = doc["networking"]
+    [inbound] = net["inbound"]
+    if workload == "ports":
+        net["address"] = "127.0.0.1"
+        inbound["port"], inbound["servicePort"] = 20000 + index, 40000 + index
+    else:
+        net["address"] = f"127.1.{index // 250}.{index % 250 + 1}"
+        inbound["port"], inbound["servicePort"] = 8080, 8080
+    return doc
+
+
+def run(proxies: int, rounds: int, workload: str = "ports") -> dict[str, Any]:
     services = max(2, proxies // 10)
     mesh = resource(xds_zone.mesh_doc())
-    dataplanes = [resource(xds_zone.proxy_spec(i, services, 3)[1]) for i in range(proxies)]
+    dataplanes = [resource(dataplane_doc(i, services, workload)) for i in range(proxies)]
     policies = [resource(xds_zone.permission_doc(s, services)) for s in range(services)]
     policies += default_policies(xds_zone.MESH)
     ca = TestCA()
@@ -56,12 +79,14 @@ def run(proxies: int, rounds: int) -> dict[str, Any]:
 
     samples: list[float] = []
     rounds_s: list[float] = []
+    rounds_cpu_s: list[float] = []  # the process's CPU: less sensitive than wall time to other load
     digest = hashlib.blake2b(digest_size=8)
     for r in range(rounds + 1):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         ctx = MeshContext.build(mesh, dataplanes, policies, [], certs)
         builder = SnapshotBuilder()  # as the reconciler: one per round
         times = []
+        distinct: set[bytes] = set()
         for dp in dataplanes:
             t = time.perf_counter()
             snapshot = builder.build(generate(ctx, dp))
@@ -69,9 +94,13 @@ def run(proxies: int, rounds: int) -> dict[str, Any]:
             if r == 0:
                 for typed in snapshot.types.values():
                     digest.update(typed.version.encode())
+                    distinct.update(typed.resources.values())
         if r > 0:  # round 0 warms up (imports, caches)
             samples += times
             rounds_s.append(time.perf_counter() - started)
+            rounds_cpu_s.append(time.process_time() - started_cpu)
+        else:
+            serialized = {"encodes": builder.encodes, "distinct_resources": len(distinct)}
     samples_ms = [s * 1000 for s in samples]
     return {
         "per_proxy_ms": {
@@ -81,6 +110,8 @@ def run(proxies: int, rounds: int) -> dict[str, Any]:
             "max": round(max(samples_ms), 4),
         },
         "round_s": {"min": round(min(rounds_s), 3), "max": round(max(rounds_s), 3)},
+        "round_cpu_s": {"min": round(min(rounds_cpu_s), 3), "max": round(max(rounds_cpu_s), 3)},
+        "serialized_per_round": serialized,
         "config_digest": digest.hexdigest(),  # the same workload gives the same versions
     }
 
@@ -89,6 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--proxies", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (after one warm-up round)")
+    parser.add_argument("--workload", choices=WORKLOADS, default="ports", help="where proxies listen (see above)")
     parser.add_argument("--quick", action="store_true", help="200 proxies, 1 round")
     parser.add_argument("--out", type=Path, help=f"JSON report (default {RESULTS}; --quick: *.quick.json)")
     args = parser.parse_args()
@@ -103,13 +135,22 @@ def main() -> None:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_average_1m": os.getloadavg()[0]},
-        "params": {"proxies": args.proxies, "services": max(2, args.proxies // 10), "rounds": args.rounds},
-        **run(args.proxies, args.rounds),
+        "params": {
+            "proxies": args.proxies,
+            "services": max(2, args.proxies // 10),
+            "rounds": args.rounds,
+            "workload": args.workload,
+        },
+        **run(args.proxies, args.rounds, args.workload),
     }
     per = report["per_proxy_ms"]
     print(
-        f"generation + serialization, {args.proxies} proxies: p50 {per['p50']} ms, p99 {per['p99']} ms, "
-        f"max {per['max']} ms; a round of all proxies {report['round_s']['min']}-{report['round_s']['max']} s"
+        f"generation + serialization, {args.proxies} proxies ({args.workload}): "
+        f"p50 {per['p50']} ms, p99 {per['p99']} ms, "
+        f"max {per['max']} ms; a round of all proxies {report['round_s']['min']}-{report['round_s']['max']} s "
+        f"(CPU {report['round_cpu_s']['min']}-{report['round_cpu_s']['max']} s); "
+        f"per round {report['serialized_per_round']['encodes']} messages serialized, "
+        f"{report['serialized_per_round']['distinct_resources']} distinct resources"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -23,6 +23,7 @@ from zonemesh.zone_cp.xds.context import MeshContext
 from zonemesh.zone_cp.xds.dump import dump
 from zonemesh.zone_cp.xds.generators import generate
 from zonemesh.zone_cp.xds.policies import PLUGINS
+from zonemesh.zone_cp.xds.resources import ResourceSet
 from zonemesh.zone_cp.xds.testing import TestCA, assert_golden, mesh_context, yaml_dump
 
 TESTDATA = Path(__file__).parent / "testdata" / "policies"
@@ -67,3 +68,33 @@ def test_every_golden_file_has_its_input() -> None:
         if (path.parent.name, path.name.split(".")[0]) not in inputs or path.name.split(".")[1] not in PROXIES
     ]
     assert not stale, f"golden files without an input case: {stale}"
+
+
+PLACES = [("127.0.0.1", 80), ("127.0.0.1", 41234), ("10.0.0.1", 8080), ("fd00::1", 9)]
+
+
+@pytest.mark.parametrize(("policy", "case"), CASES, ids=[f"{p}/{c}" for p, c in CASES])
+async def test_an_inbound_placed_from_its_template_is_what_building_it_for_its_app_gives(
+    policy: str, case: str
+) -> None:
+    """Replicas share an inbound's template (built once, policies applied) and each places it at
+    its app's address and port: for every case's policies, byte for byte what building the
+    inbound for that app gives, and without falling back to building it."""
+    from zonemesh.zone_cp.xds.generators import inbound
+
+    ctx = await context_for(policy, case)
+    web = ctx.dataplanes[PROXIES["sidecar"]]
+    for index, template in inbound.templates(ctx, web, {}, ResourceSet()):
+        assert not template.direct
+        for address, port in PLACES:
+            cluster, filters = inbound._at(ctx, template, address, port)
+            direct_cluster, direct_listener = inbound._direct(
+                ctx, template.service, template.protocol, address, port, template.policies
+            )
+            assert cluster.SerializeToString(deterministic=True) == direct_cluster.SerializeToString(deterministic=True)
+            for chain in direct_listener.filter_chains:
+                assert [f.SerializeToString(deterministic=True) for f in filters] == [
+                    f.SerializeToString(deterministic=True) for f in chain.filters
+                ], (index, address, port)
+            # Not the way out: placing found every mention of the local cluster.
+            assert not inbound._names_any_app([inbound._terminal(template, inbound.local_cluster_name(address, port))])

@@ -3,7 +3,9 @@ the reconciler's per-mesh Dataplane indexes. All pure or in-memory (no servers).
 
 from __future__ import annotations
 
+import pytest
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from zonemesh.shared.resources.model import Resource
@@ -13,7 +15,15 @@ from zonemesh.zone_cp.xds.context import MeshContext
 from zonemesh.zone_cp.xds.policies import match_all
 from zonemesh.zone_cp.xds.policies.matching import matched
 from zonemesh.zone_cp.xds.reconciler import Reconciler
-from zonemesh.zone_cp.xds.resources import CLUSTER, ROUTE, ResourceSet, encode_any, encode_response, with_nonce
+from zonemesh.zone_cp.xds.resources import (
+    CLUSTER,
+    LISTENER,
+    ROUTE,
+    ResourceSet,
+    encode_any,
+    encode_response,
+    with_nonce,
+)
 
 
 def _set(cluster: cluster_pb2.Cluster, route: route_pb2.RouteConfiguration) -> ResourceSet:
@@ -249,3 +259,333 @@ async def test_callers_of_a_service_share_its_route_and_listener_but_not_their_i
     assert one.get(LISTENER, "outbound:127.0.0.1:30001") is two.get(LISTENER, "outbound:127.0.0.1:30001")
     tls = [c.transport_socket.typed_config.value for c in (one.get(CLUSTER, "api"), two.get(CLUSTER, "api"))]
     assert b"identity_cert:secret:web" in tls[0] and b"identity_cert:secret:admin" in tls[1]
+
+
+# --- shapes whatever the ports: inbounds placed from the shape's templates ---------------------
+
+PORTS_YAML = """
+type: Mesh
+name: default
+mtls: {enabledBackend: ca-1, backends: [{name: ca-1, type: builtin}]}
+---
+type: MeshTrafficPermission
+name: web-from-api
+mesh: default
+spec:
+  targetRef: {kind: MeshService, name: web}
+  from: [{targetRef: {kind: MeshService, name: api}, default: {action: Allow}}]
+---
+type: MeshTimeout
+name: web-inbound
+mesh: default
+spec:
+  targetRef: {kind: MeshService, name: web}
+  from: [{targetRef: {kind: Mesh}, default: {http: {requestTimeout: 7s}, connectionTimeout: 3s}}]
+---
+type: MeshCircuitBreaker
+name: web-inbound-limits
+mesh: default
+spec:
+  targetRef: {kind: MeshService, name: web}
+  from: [{targetRef: {kind: Mesh}, default: {connectionLimits: {maxConnections: 11}}}]
+"""
+
+
+def _web(
+    name: str,
+    address: str,
+    ports: list[int],
+    *,
+    service_ports: list[int | None] | None = None,
+    service_address: str | None = None,
+) -> Resource:
+    """A web replica at ``address`` with an HTTP inbound and a TCP one (metrics) per pair of
+    ``ports``; ``service_ports`` None: the app's ports are the inbounds' (servicePort omitted)."""
+    inbound: list[dict[str, object]] = []
+    for i, port in enumerate(ports):
+        service = "web" if i % 2 == 0 else "web-metrics"
+        item: dict[str, object] = {
+            "port": port,
+            "tags": {"kuma.io/service": service, "kuma.io/protocol": "http" if i % 2 == 0 else "tcp", "pod": name},
+        }
+        if service_ports is not None and service_ports[i] is not None:
+            item["servicePort"] = service_ports[i]
+        if service_address is not None:
+            item["serviceAddress"] = service_address
+        inbound.append(item)
+    spec = {
+        "networking": {
+            "address": address,
+            "inbound": inbound,
+            "outbound": [{"port": 30001, "tags": {"kuma.io/service": "api"}}],
+        }
+    }
+    return Resource(type="Dataplane", name=name, mesh="default", spec=spec, version=1)
+
+
+def _encoded(resources: ResourceSet) -> dict[str, dict[str, bytes]]:
+    return {t: {name: encode_any(t, m) for name, m in by_name.items()} for t, by_name in resources.by_type.items()}
+
+
+async def _together_and_alone(extra_yaml: str, proxies: list[Resource]) -> tuple[MeshContext, dict[str, ResourceSet]]:
+    """Generate ``proxies`` in one round; check each gets, byte for byte, what it gets generated
+    alone (a round of its own: nothing shared). Returns the round's context and configs."""
+    from zonemesh.zone_cp.xds.generators import generate
+    from zonemesh.zone_cp.xds.testing import TestCA, load_resources, mesh_context
+
+    resources = [*load_resources(PORTS_YAML + extra_yaml), *proxies, _api()]
+    ca = TestCA()
+    shared = await mesh_context(resources, ca=ca)
+    together = {dp.name: generate(shared, dp) for dp in proxies}
+    for dp in proxies:
+        alone = await mesh_context(resources, ca=ca)
+        assert _encoded(together[dp.name]) == _encoded(generate(alone, dp)), dp.name
+    return shared, together
+
+
+def _shapes(ctx: MeshContext) -> int:
+    """How many shapes the round generated."""
+    return sum(1 for key in ctx.memo if isinstance(key, tuple) and key[0] == "shape")
+
+
+def _own(resources: ResourceSet) -> set[tuple[str, str]]:
+    """What a proxy has of its own: its inbounds' listeners and local clusters."""
+    from zonemesh.zone_cp.xds.resources import LISTENER
+
+    inbound = {(t, n) for t, n, _ in resources.items() if resources.origin_of(t, n) == "inbound"}
+    assert {t for t, _ in inbound} == {CLUSTER, LISTENER}
+    return inbound
+
+
+@pytest.mark.parametrize(
+    "replicas",
+    [
+        pytest.param(
+            [_web(f"web-{i}", "127.0.0.1", [20000 + 2 * i, 20001 + 2 * i]) for i in range(4)],
+            id="one-address-own-ports-implicit-service-ports",
+        ),
+        pytest.param(
+            [
+                _web(f"web-{i}", "127.0.0.1", [20000 + 2 * i, 20001 + 2 * i], service_ports=[40000 + i, None])
+                for i in range(4)
+            ],
+            id="one-address-own-ports-and-service-ports",
+        ),
+        pytest.param(
+            [_web(f"web-{i}", f"10.0.0.{i + 1}", [8080 + i, 9090 + i], service_ports=[80, 90]) for i in range(4)],
+            id="own-addresses-and-ports-one-service-port",
+        ),
+        pytest.param(
+            [
+                _web(f"web-{i}", f"10.0.0.{i + 1}", [8080 + i, 9090], service_address=f"10.0.0.{i + 1}")
+                for i in range(4)
+            ],
+            id="own-addresses-own-service-addresses",
+        ),
+    ],
+)
+async def test_replicas_differing_in_ports_share_their_shape_and_get_what_each_alone_would(
+    replicas: list[Resource],
+) -> None:
+    ctx, together = await _together_and_alone("", replicas)
+    assert _shapes(ctx) == 1  # generated once for all four
+    first, *others = (together[dp.name] for dp in replicas)
+    for other in others:
+        assert other.by_type[ROUTE] is first.by_type[ROUTE]  # a copy of the shape's set
+        # Each its own inbound listeners and local clusters, at its own ports ...
+        assert _own(other) != _own(first)
+        # ... and everything else the very same messages (the shape generated once).
+        for type_url, name, message in first.items():
+            if (type_url, name) not in _own(first):
+                assert other.get(type_url, name) is message, (type_url, name)
+    # The policies selecting the web inbound are on every replica's local cluster for it.
+    from zonemesh.zone_cp.xds.resources import CLUSTER
+
+    for dp in replicas:
+        web = dp.spec["networking"]["inbound"][0]
+        host = web.get("serviceAddress", "localhost")
+        local = together[dp.name].get(CLUSTER, f"{host}:{web.get('servicePort') or web['port']}")
+        assert isinstance(local, cluster_pb2.Cluster), dp.name
+        assert local.connect_timeout.seconds == 3
+        assert local.circuit_breakers.thresholds[0].max_connections.value == 11
+
+
+SECTION_YAML = """
+---
+type: MeshTimeout
+name: web-port-20002
+mesh: default
+spec:
+  targetRef: {kind: Dataplane, sectionName: "20002"}
+  from: [{targetRef: {kind: Mesh}, default: {http: {requestHeadersTimeout: 42s}}}]
+---
+type: MeshTimeout
+name: web-named-admin
+mesh: default
+spec:
+  targetRef: {kind: Dataplane, labels: {team: web}, sectionName: admin}
+  from: [{targetRef: {kind: Mesh}, default: {http: {requestHeadersTimeout: 43s}}}]
+"""
+
+
+def _headers_timeouts(resources: ResourceSet) -> dict[str, int]:
+    """Per inbound listener, its request headers timeout (0: none)."""
+    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+    from zonemesh.zone_cp.xds.resources import LISTENER
+
+    found = {}
+    for name in resources.names(LISTENER):
+        listener = resources.get(LISTENER, name)
+        if name.startswith("inbound:") and isinstance(listener, listener_pb2.Listener):
+            hcm = hcm_pb2.HttpConnectionManager()
+            assert listener.filter_chains[0].filters[-1].typed_config.Unpack(hcm)
+            found[name] = hcm.request_headers_timeout.seconds
+    return found
+
+
+async def test_a_policy_selecting_an_inbound_by_port_or_name_keeps_replicas_apart() -> None:
+    """sectionName names an unnamed inbound by its port: the replica listening on that port gets
+    the policy, the others do not, though they share everything else; a named inbound is named
+    by its name only."""
+    replicas = [_web(f"web-{i}", "127.0.0.1", [20000 + 2 * i]) for i in range(3)]  # 20000, 20002, 20004
+    spec = _web("web-8", "127.0.0.1", [20002]).spec
+    spec["networking"]["inbound"][0]["name"] = "admin"
+    named = Resource(type="Dataplane", name="web-8", mesh="default", spec=spec, labels={"team": "web"}, version=1)
+    unlabelled = Resource(type="Dataplane", name="web-9", mesh="default", spec=spec, version=1)
+    ctx, together = await _together_and_alone(SECTION_YAML, [*replicas, named, unlabelled])
+    assert {name: _headers_timeouts(together[name]) for name in together} == {
+        "web-0": {"inbound:127.0.0.1:20000": 0},
+        "web-1": {"inbound:127.0.0.1:20002": 42},
+        "web-2": {"inbound:127.0.0.1:20004": 0},
+        "web-8": {"inbound:127.0.0.1:20002": 43},  # named "admin": its port is not its section name
+        "web-9": {"inbound:127.0.0.1:20002": 0},  # named "admin", without the label
+    }
+    # web-0 and web-2 still share their shape; web-1's port and web-8's labels set theirs apart.
+    assert together["web-0"].by_type[ROUTE] is together["web-2"].by_type[ROUTE]
+    assert _shapes(ctx) == 4
+
+
+async def test_a_template_naming_its_app_where_placing_does_not_look_is_built_for_each_app() -> None:
+    """Should a policy put the local cluster's name somewhere placing does not rewrite, the
+    inbound is built for the app instead: a correct config, never one naming the placeholder."""
+    from dataclasses import replace
+
+    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+    from zonemesh.zone_cp.xds.generators import inbound
+    from zonemesh.zone_cp.xds.testing import load_resources, mesh_context
+
+    web = _web("web-0", "127.0.0.1", [20000])
+    ctx = await mesh_context([*load_resources(PORTS_YAML), web, _api()])
+    [(_, template)] = inbound.templates(ctx, web, {}, ResourceSet())
+    assert template.hcm is not None
+    odd = hcm_pb2.HttpConnectionManager()
+    odd.CopyFrom(template.hcm)
+    odd.server_name = inbound._ANY_APP  # as a policy reading the cluster's name might
+    for tricky in (replace(template, hcm=odd, key=("odd",)), replace(template, direct=True, key=("direct",))):
+        cluster, filters = inbound._at(ctx, tricky, "127.0.0.1", 40000)
+        direct_cluster, direct_listener = inbound._direct(ctx, "web", "http", "127.0.0.1", 40000, template.policies)
+        assert cluster.SerializeToString() == direct_cluster.SerializeToString()
+        assert [f.SerializeToString() for f in filters] == [
+            f.SerializeToString() for f in direct_listener.filter_chains[0].filters
+        ]
+        assert not inbound._names_any_app(filters)
+
+
+async def _round(replicas: int, same_service_port: bool) -> tuple[SnapshotBuilder, list[Snapshot]]:
+    """One round over ``replicas`` proxies of each of three services, all on 127.0.0.1 with
+    their own inbound ports, each calling the next service."""
+    from zonemesh.zone_cp.xds.generators import generate
+    from zonemesh.zone_cp.xds.testing import TestCA, load_resources, mesh_context
+
+    names = ("web", "api", "db")
+    proxies = []
+    for i in range(replicas):
+        for s, service in enumerate(names):
+            port = 20000 + 10 * i + s
+            inbound = {"port": port, "servicePort": 8080 if same_service_port else port + 20000}
+            inbound["tags"] = {"kuma.io/service": service, "kuma.io/protocol": "http"}
+            outbound = [{"port": 30001, "tags": {"kuma.io/service": names[(s + 1) % 3]}}]
+            spec = {"networking": {"address": "127.0.0.1", "inbound": [inbound], "outbound": outbound}}
+            proxies.append(Resource(type="Dataplane", name=f"{service}-{i}", mesh="default", spec=spec, version=1))
+    ctx = await mesh_context([*load_resources(PORTS_YAML.split("---")[0]), *proxies], ca=TestCA())
+    builder = SnapshotBuilder()
+    return builder, [builder.build(generate(ctx, dp)) for dp in proxies]
+
+
+@pytest.mark.parametrize("same_service_port", [True, False], ids=["one-service-port", "own-service-ports"])
+async def test_a_round_serializes_each_distinct_resource_once_and_per_proxy_only_its_own(
+    same_service_port: bool,
+) -> None:
+    """Serialization per round is O(shapes), plus per proxy what is its own: its inbound listener
+    (its address and port), and its local cluster when its app's port is its own."""
+    encodes = {}
+    for replicas in (2, 6):
+        builder, snapshots = await _round(replicas, same_service_port)
+        distinct = {data for snap in snapshots for typed in snap.types.values() for data in typed.resources.values()}
+        assert builder.encodes == len(distinct)  # nothing equal serialized twice (the local clusters of 3 services)
+        encodes[replicas] = builder.encodes
+    own = 1 if same_service_port else 2
+    assert encodes[6] - encodes[2] == 3 * 4 * own  # 12 more proxies
+
+
+def test_delta_responses_reuse_each_resources_encoded_head_across_proxies() -> None:
+    """A delta response is a join of pre-encoded pieces: per resource its head (name, version,
+    lengths), encoded once per round for every proxy holding it, and its shared body."""
+    from zonemesh.zone_cp.xds.cache import DeltaWatchRequest, DeltaWatchResponse
+    from zonemesh.zone_cp.xds.resources import encode_delta_response
+
+    shared = route_pb2.RouteConfiguration(name="shared", validate_clusters={"value": True})
+    cache, builder = SnapshotCache(), SnapshotBuilder()
+    for proxy in ("a", "b"):
+        routes = ResourceSet()
+        routes.add(ROUTE, "shared", shared)
+        routes.add(ROUTE, f"own-{proxy}", route_pb2.RouteConfiguration(name=f"own-{proxy}"))  # a TypeSnapshot each
+        cache.set_snapshot(f"default/{proxy}", builder.build(routes))
+    got: list[DeltaWatchResponse] = []
+    for proxy in ("a", "b"):
+        names = frozenset({"shared", f"own-{proxy}"})
+        cache.create_delta_watch(DeltaWatchRequest(f"default/{proxy}", ROUTE, False, names, {}), got.append)
+    one, two = ({name: head for (name, _, _), head in zip(r.resources, r.heads, strict=True)} for r in got)
+    assert one["shared"] is two["shared"]
+    for resp in got:
+        body = encode_delta_response(resp.system_version, resp.resources, resp.removed, ROUTE, "1", resp.heads)
+        assert body == encode_delta_response(resp.system_version, resp.resources, resp.removed, ROUTE, "1")
+        parsed = discovery_pb2.DeltaDiscoveryResponse.FromString(body)
+        assert sorted(r.name for r in parsed.resources) == sorted(name for name, _, _ in resp.resources)
+        for item, (name, version, data) in zip(parsed.resources, resp.resources, strict=True):
+            assert (item.name, item.version, item.resource.SerializeToString()) == (name, version, data)
+
+
+async def test_a_patch_of_one_proxys_local_cluster_does_not_leak_to_those_sharing_it() -> None:
+    """Proxies whose apps are at the same address and port share their local cluster, across
+    replicas and across services alike; a MeshProxyPatch of one proxy changes its own only."""
+    from zonemesh.zone_cp.xds.generators import generate
+    from zonemesh.zone_cp.xds.testing import load_resources, mesh_context
+
+    patch = """
+type: MeshProxyPatch
+name: only-web-0
+mesh: default
+spec:
+  targetRef: {kind: Dataplane, name: web-0}
+  default:
+    appendModifications:
+      - cluster: {operation: Patch, match: {name: "localhost:40000"}, value: "connectTimeout: 9s"}
+      - listener:
+          operation: Patch
+          match: {name: "inbound:127.0.0.1:20000"}
+          value: "perConnectionBufferLimitBytes: 1024"
+"""
+    proxies = [
+        _web("web-0", "127.0.0.1", [20000], service_ports=[40000]),
+        _web("web-1", "127.0.0.2", [20000], service_ports=[40000]),
+    ]
+    other = _web("admin-0", "127.0.0.3", [20000], service_ports=[40000])
+    other.spec["networking"]["inbound"][0]["tags"]["kuma.io/service"] = "admin"
+    ctx = await mesh_context([*load_resources(PORTS_YAML.split("---")[0] + "---" + patch), *proxies, other, _api()])
+    web0, web1, admin = (generate(ctx, dp) for dp in [*proxies, other])
+    local = [r.get(CLUSTER, "localhost:40000") for r in (web0, web1, admin)]
+    assert local[1] is local[2]  # one message for web-1 and admin: their apps are at the same place
+    assert [c.connect_timeout.seconds for c in local] == [9, 0, 0]  # type: ignore[union-attr]
+    listeners = [r.get(LISTENER, f"inbound:127.0.0.{i}:20000") for i, r in ((1, web0), (2, web1), (3, admin))]
+    assert [x.per_connection_buffer_limit_bytes.value for x in listeners] == [1024, 0, 0]  # type: ignore[union-attr]

@@ -26,6 +26,7 @@ from zonemesh.zone_cp.xds.resources import (
     PUSH_ORDER,
     WILDCARD_TYPES,
     ResourceSet,
+    delta_head,
     encode_any,
     encode_response,
 )
@@ -45,13 +46,29 @@ class TypeSnapshot:
     _bodies: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
     # name -> resource_version(bytes), when whoever built this already knows them (SnapshotBuilder)
     _versions: Mapping[str, str] | None = field(default=None, compare=False, repr=False)
+    # (name, version) -> delta_head: shared by the TypeSnapshots of one round (SnapshotBuilder)
+    _heads: dict[tuple[str, str], bytes] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def of(cls, resources: Mapping[str, bytes], versions: Mapping[str, str] | None = None) -> TypeSnapshot:
+    def of(
+        cls,
+        resources: Mapping[str, bytes],
+        versions: Mapping[str, str] | None = None,
+        heads: dict[tuple[str, str], bytes] | None = None,
+    ) -> TypeSnapshot:
         """The snapshot of ``resources``, its version derived from theirs (``versions``, if known)."""
         if versions is None:
             versions = {name: resource_version(data) for name, data in resources.items()}
-        return cls(_version(versions), resources, _versions=versions)
+        return cls(_version(versions), resources, _versions=versions, _heads={} if heads is None else heads)
+
+    def head(self, name: str) -> bytes:
+        """What precedes resource ``name`` in a delta response (``resources.delta_head``): encoded
+        once per round for every proxy holding that resource at that version."""
+        key = (name, self.versions[name])
+        head = self._heads.get(key)
+        if head is None:
+            head = self._heads[key] = delta_head(name, key[1], self.resources[name])
+        return head
 
     @cached_property
     def versions(self) -> Mapping[str, str]:
@@ -138,11 +155,14 @@ class SnapshotBuilder:
         self._encoded: dict[int, tuple[Message, bytes, str]] = {}  # id -> (message, Any bytes, version)
         self._typed: dict[tuple[str, tuple[str, ...], tuple[int, ...]], TypeSnapshot] = {}
         self._by_dict: dict[tuple[str, int], tuple[dict[str, Message], TypeSnapshot]] = {}
+        self.encodes = 0  # messages serialized this round (bench/xds_generation.py, tests)
+        self._heads: dict[tuple[str, str], bytes] = {}  # delta heads, shared by this round's TypeSnapshots
 
     def _encoded_once(self, type_url: str, message: Message) -> tuple[Message, bytes, str]:
         hit = self._encoded.get(id(message))
         if hit is None:
             data = encode_any(type_url, message)
+            self.encodes += 1
             hit = self._encoded[id(message)] = (message, data, resource_version(data))
         return hit
 
@@ -159,7 +179,7 @@ class SnapshotBuilder:
             items, versions = {}, {}
             for name, msg in by_name.items():
                 _, items[name], versions[name] = self._encoded_once(type_url, msg)
-            typed = self._typed[key] = TypeSnapshot.of(items, versions)
+            typed = self._typed[key] = TypeSnapshot.of(items, versions, self._heads)
         self._by_dict[(type_url, id(by_name))] = (by_name, typed)
         return typed
 
@@ -211,6 +231,7 @@ class DeltaWatchResponse(NamedTuple):
     resources: Sequence[tuple[str, str, bytes]]  # (name, version, encoded Any): new or changed
     removed: Sequence[str]  # names the proxy has that are no longer there (or no longer subscribed)
     changed_at: float | None
+    heads: Sequence[bytes] = ()  # per resource, its delta_head (TypeSnapshot.head): encoded once per round
 
 
 Respond = Callable[[WatchResponse], None]
@@ -344,7 +365,8 @@ class SnapshotCache:
         removed = [name for name in known if name not in resources or not (request.wildcard or name in request.names)]
         if not changed and not removed and not request.reply_if_empty:
             return False
-        respond(DeltaWatchResponse(request.type_url, typed.version, changed, removed, snapshot.changed_at))
+        heads = [typed.head(name) for name, _, _ in changed]
+        respond(DeltaWatchResponse(request.type_url, typed.version, changed, removed, snapshot.changed_at, heads))
         return True
 
     @staticmethod

@@ -128,26 +128,42 @@ def services(dp: Resource) -> list[str]:
     return list(seen)
 
 
+def section_name(inbound: Mapping[str, Any]) -> str:
+    """How a targetRef's ``sectionName`` names an inbound: its ``name``, else its port."""
+    return str(inbound.get("name") or inbound.get("port"))
+
+
 # Where a sidecar listens: read by the inbound listeners only (inbound.place).
 ADDRESS_FIELDS = ("address", "advertisedAddress")
+# Where an inbound listens and where its app is: read by inbound.place only (the inbound's local
+# cluster and listener), and by matching as the section name of an unnamed inbound (``sections``).
+INBOUND_PLACE_FIELDS = ("address", "port", "serviceAddress", "servicePort")
 
 
 def shape(
-    dp: Resource, tag_keys: Set[str] = frozenset(), label_keys: Set[str] = frozenset(), names: Set[str] = frozenset()
+    dp: Resource,
+    tag_keys: Set[str] = frozenset(),
+    label_keys: Set[str] = frozenset(),
+    names: Set[str] = frozenset(),
+    sections: Set[str] = frozenset(),
 ) -> str:
     """What a sidecar's config depends on but for where it listens (generators/__init__.py):
-    the Dataplane without its addresses, and of its inbound tags only those generation reads:
+    the Dataplane without its addresses, of its inbounds neither their addresses nor their ports
+    (``INBOUND_PLACE_FIELDS``), and of its inbound tags only those generation reads:
     kuma.io/service and kuma.io/protocol, and ``tag_keys`` (those policies match on, see
-    ``policies.policy_selectors``); of its labels those in ``label_keys``, and its name if in
-    ``names`` (Dataplane targetRefs select on them). Replicas of a service share it. A gateway's
-    listeners carry its address: each gateway is a shape of its own."""
+    ``policies.policy_selectors``); of its labels those in ``label_keys``, its name if in
+    ``names`` and an inbound's section name (its name, else its port) if in ``sections``
+    (Dataplane targetRefs select on them). Replicas of a service share it, whatever their
+    addresses and ports. A gateway's listeners carry its address: each gateway is a shape of
+    its own."""
     if is_gateway(dp):
         return f"gateway/{dp.name}"
     net = {k: v for k, v in networking(dp).items() if k not in ADDRESS_FIELDS}
     net["inbound"] = [
         {
-            **{k: v for k, v in inbound.items() if k not in ("address", "tags")},
+            **{k: v for k, v in inbound.items() if k not in INBOUND_PLACE_FIELDS and k != "tags"},
             "tags": {k: v for k, v in (inbound.get("tags") or {}).items() if k in READ_TAGS or k in tag_keys},
+            "section": section_name(inbound) if section_name(inbound) in sections else None,
         }
         for inbound in inbounds(dp)
     ]

@@ -179,26 +179,39 @@ DELTA_SYSTEM_VERSION, DELTA_RESOURCES, DELTA_TYPE_URL, DELTA_NONCE, DELTA_REMOVE
 RESOURCE_VERSION, RESOURCE_BODY, RESOURCE_NAME = 1, 2, 3
 
 
+_DELTA_RESOURCE_TAG = varint(DELTA_RESOURCES << 3 | 2)
+
+
+def delta_head(name: str, version: str, body: bytes) -> bytes:
+    """What comes before a resource's encoded ``Any`` in a DeltaDiscoveryResponse: the field's tag
+    and length, then the Resource's name, version and its body's tag and length."""
+    head = (
+        length_delimited(RESOURCE_NAME, name.encode())
+        + length_delimited(RESOURCE_VERSION, version.encode())
+        + varint(RESOURCE_BODY << 3 | 2)
+        + varint(len(body))
+    )
+    return _DELTA_RESOURCE_TAG + varint(len(head) + len(body)) + head
+
+
 def encode_delta_response(
     system_version: str,
     resources: Sequence[tuple[str, str, bytes]],
     removed: Sequence[str],
     type_url: str,
     nonce: str,
+    heads: Sequence[bytes] = (),
 ) -> bytes:
     """A serialized DeltaDiscoveryResponse from (name, version, encoded ``Any``) resources and
-    the names removed: a join of pre-encoded bytes, as ``encode_response``."""
+    the names removed: a join of pre-encoded bytes, as ``encode_response``. ``heads``: the
+    resources' ``delta_head`` in the same order, when the snapshot has them (each encoded once
+    per round and shared by the proxies holding the resource, ``TypeSnapshot.head``)."""
     parts = [length_delimited(DELTA_SYSTEM_VERSION, system_version.encode())]
-    resource_tag = varint(DELTA_RESOURCES << 3 | 2)
-    for name, version, body in resources:
+    if not heads:
+        heads = [delta_head(name, version, body) for name, version, body in resources]
+    for head, (_, _, body) in zip(heads, resources, strict=True):
         # The Resource's head, then its body as is: the join below is the only copy of the body.
-        head = (
-            length_delimited(RESOURCE_NAME, name.encode())
-            + length_delimited(RESOURCE_VERSION, version.encode())
-            + varint(RESOURCE_BODY << 3 | 2)
-            + varint(len(body))
-        )
-        parts += (resource_tag + varint(len(head) + len(body)) + head, body)
+        parts += (head, body)
     parts.append(length_delimited(DELTA_TYPE_URL, type_url.encode()))
     parts.extend(length_delimited(DELTA_REMOVED, name.encode()) for name in removed)
     parts.append(length_delimited(DELTA_NONCE, nonce.encode()))

@@ -542,7 +542,7 @@ class _DeltaStream(_StreamBase):
         if len(state.unanswered) >= MAX_UNANSWERED:
             del state.unanswered[next(iter(state.unanswered))]
         state.unanswered[nonce] = _Sent(versions, tuple(resp.removed), resp.system_version, resp.changed_at)
-        body = encode_delta_response(resp.system_version, resp.resources, resp.removed, type_url, nonce)
+        body = encode_delta_response(resp.system_version, resp.resources, resp.removed, type_url, nonce, resp.heads)
         self._put(type_url, len(resp.resources), body)
         if type_url == CLUSTER and versions:
             self._owe_endpoints(versions)

@@ -4,11 +4,14 @@ One ordered list of generators, each a pure function of (context, proxy, matched
 adding to the ResourceSet; policies are applied by the generators to the pieces they build
 (see ``policies/``). An error names the generator that failed.
 
-Replicas of a service differ only in where they listen: a sidecar's config but its inbound
-listeners is a function of its *shape* (``context.shape``: the Dataplane without its
-addresses). Within a round (one MeshContext) each shape is generated once; each proxy then
-gets its own copy of the shape's ResourceSet plus its inbound listeners placed at its
-addresses. A mesh-wide change thus costs a generation per service shape, not per proxy.
+Replicas of a service differ only in where they listen: a sidecar's config but its inbounds'
+listeners and local clusters is a function of its *shape* (``context.shape``: the Dataplane
+without its addresses and its inbounds' ports). Within a round (one MeshContext) each shape is
+generated once, with a template per inbound (``inbound.templates``: policies applied, no address
+or port); each proxy then gets its own copy of the shape's ResourceSet plus its inbounds placed
+from those templates (``inbound.place``): the local cluster at its app's address and port, the
+listener at its own address and port. A mesh-wide change thus costs a generation per service
+shape, not per proxy, whether replicas differ in their addresses or in their ports.
 
 Last, per proxy, the policies that configure a whole proxy (``Plugin.proxy``: MeshProxyPatch)
 change its own copy: they may match what only that proxy has (its inbound listeners' names carry
@@ -24,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from envoy.config.listener.v3 import listener_pb2
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds.context import MeshContext, inbounds, shape
 from zonemesh.zone_cp.xds.generators import crossmesh, gateway, inbound, outbound, secrets
@@ -59,10 +61,10 @@ class GenerationError(Exception):
 
 @dataclass(frozen=True)
 class _Shaped:
-    """A shape's config: everything but the inbound listeners, and their templates."""
+    """A shape's config: everything but the inbounds' local clusters and listeners, and their templates."""
 
     resources: ResourceSet
-    inbound_listeners: list[tuple[int, listener_pb2.Listener]]
+    inbound_templates: list[tuple[int, inbound.Template]]  # placed per proxy (inbound.place)
     policies: MatchedPolicies  # those configuring the whole proxy (a builtin gateway's: with MeshGateway ones)
     applied: frozenset[tuple[str, str, int]]  # every policy selecting the proxy or one of its inbounds
 
@@ -88,7 +90,7 @@ def _generate_shape(ctx: MeshContext, proxy: Resource) -> _Shaped:
     for name, generator in GENERATORS:
         resources.origin = ORIGINS.get(name, name)
         _step(name, proxy, lambda: generator(ctx, proxy, policies, resources))  # noqa: B023 (called at once)
-    missing = resources.missing()  # inbound listeners refer to nothing their templates do not
+    missing = resources.missing()  # placed inbounds refer to nothing their templates do not
     if missing:
         raise GenerationError(f"inconsistent config for {proxy.mesh}/{proxy.name}: missing {', '.join(missing)}")
     if gateway.is_builtin(proxy):
@@ -98,14 +100,14 @@ def _generate_shape(ctx: MeshContext, proxy: Resource) -> _Shaped:
 
 def generate(ctx: MeshContext, proxy: Resource) -> ResourceSet:
     found = policy_selectors(ctx)
-    key = ("shape", shape(proxy, found.tag_keys, found.label_keys, found.names))
+    key = ("shape", shape(proxy, found.tag_keys, found.label_keys, found.names, found.sections))
     shaped = ctx.memo.get(key)
     if shaped is None:
         shaped = ctx.memo[key] = _generate_shape(ctx, proxy)
     assert isinstance(shaped, _Shaped)
     resources = shaped.resources.copy()
     resources.origin = INBOUND
-    _step("inbound", proxy, lambda: inbound.place(proxy, shaped.inbound_listeners, resources))
+    _step("inbound", proxy, lambda: inbound.place(ctx, proxy, shaped.inbound_templates, resources))
     resources.applied = shaped.applied
     _step("proxy policies", proxy, lambda: configure_proxy(ctx, proxy, resources, shaped.policies))
     return resources

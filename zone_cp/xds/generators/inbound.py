@@ -12,6 +12,7 @@ included: a plaintext client is a client without identity, not one that skips th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
@@ -47,6 +48,8 @@ from zonemesh.zone_cp.xds.generators.common import http_protocol_options
 from zonemesh.zone_cp.xds.policies import MatchedPolicies, match_inbound, policy_signature
 from zonemesh.zone_cp.xds.resources import CLUSTER, LISTENER, SECRET, ResourceSet
 
+HCM = "envoy.filters.network.http_connection_manager"
+TCP_PROXY = "envoy.filters.network.tcp_proxy"
 ROUTER = hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
 
 
@@ -92,14 +95,10 @@ def _filters(pieces: InboundPieces) -> list[listener_components_pb2.Filter]:
             )
         )
         hcm.http_filters.extend([*pieces.http_filters, ROUTER])
-        terminal = listener_components_pb2.Filter(
-            name="envoy.filters.network.http_connection_manager", typed_config=pack(hcm)
-        )
+        terminal = listener_components_pb2.Filter(name=HCM, typed_config=pack(hcm))
     else:
         assert pieces.tcp_proxy is not None
-        terminal = listener_components_pb2.Filter(
-            name="envoy.filters.network.tcp_proxy", typed_config=pack(pieces.tcp_proxy)
-        )
+        terminal = listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(pieces.tcp_proxy))
     return [*pieces.network_filters, terminal]
 
 
@@ -146,65 +145,203 @@ def _listener(
     return listener
 
 
-def _built(
+def local_cluster_name(service_address: str, service_port: int) -> str:
+    """Kuma's name of an inbound's local cluster (the app next to the proxy)."""
+    host = "localhost" if service_address == LOCALHOST else service_address
+    return f"{host}:{service_port}"
+
+
+def _direct(
     ctx: MeshContext, service: str, protocol: str, service_address: str, service_port: int, policies: MatchedPolicies
 ) -> tuple[cluster_pb2.Cluster, listener_pb2.Listener]:
-    """The local cluster and a listener without name or address: all an inbound's config but
-    where it listens. Replicas of a service share it (``ctx.memo``): built and policy-configured
-    once per round instead of once per proxy."""
-    key = ("inbound", service, protocol, service_address, service_port, policy_signature(policies))
+    """An inbound's local cluster and its listener without name or address, built for its app's
+    address and port: what placing a template must give, and its way out when it cannot."""
+    cluster = _local_cluster(local_cluster_name(service_address, service_port), service_address, service_port)
+    pieces = _pieces(ctx, service, protocol, cluster)
+    policy_plugins.configure_inbound(pieces, policies)
+    options = http_protocol_options(protocol, None)
+    if options is not None:
+        cluster.typed_extension_protocol_options[options[0]].CopyFrom(options[1])
+    # pieces.mtls: the mesh's mTLS, in the mode policies (MeshTLS) may have changed
+    template = _listener("", "", 0, _filters(pieces), pieces.mtls, ctx.name, service, pieces.tls_params)
+    template.ClearField("address")
+    return cluster, template
+
+
+# The local cluster a template stands for: not a name a real one has (those are host:port with
+# a port from 1 to 65535), so placing can check that nothing of the template still names it.
+_ANY_APP = "<app>:0"
+_ANY_STAT = _ANY_APP.replace(":", "_")
+_MARKERS = (_ANY_APP.encode(), _ANY_STAT.encode())
+
+
+def _names_any_app(filters: Sequence[listener_components_pb2.Filter]) -> bool:
+    return any(marker in f.typed_config.value for f in filters for marker in _MARKERS)
+
+
+@dataclass(frozen=True)
+class Template:
+    """All of one inbound's config but where it listens and where its app is, with the policies
+    selecting it applied, at ``_ANY_APP``: its local cluster; its listener's filter chains without
+    filters; the network filters policies add (they name no cluster); the terminal filter's
+    message, whose route(s) and stat prefix name the local cluster. Built once per (service,
+    protocol, matched policies) per round; ``place`` puts it at a proxy's ports."""
+
+    service: str
+    protocol: str
+    policies: MatchedPolicies
+    cluster: cluster_pb2.Cluster
+    listener: listener_pb2.Listener
+    network_filters: tuple[listener_components_pb2.Filter, ...]
+    hcm: hcm_pb2.HttpConnectionManager | None  # complete (routes, HTTP filters), or ...
+    tcp_proxy: tcp_proxy_pb2.TcpProxy | None  # ... a TCP proxy
+    key: tuple[object, ...]
+    cluster_bytes: bytes  # ``cluster`` serialized: the same for every service whose policies leave it alike
+    direct: bool  # a policy named the local cluster where placing does not look: build it per app
+
+
+def _template(ctx: MeshContext, service: str, protocol: str, policies: MatchedPolicies) -> Template:
+    key = ("inbound-template", service, protocol, policy_signature(policies))
     built = ctx.memo.get(key)
     if built is None:
-        host = "localhost" if service_address == LOCALHOST else service_address
-        cluster = _local_cluster(f"{host}:{service_port}", service_address, service_port)
+        cluster = _local_cluster(_ANY_APP, "", 0)
         pieces = _pieces(ctx, service, protocol, cluster)
         policy_plugins.configure_inbound(pieces, policies)
         options = http_protocol_options(protocol, None)
         if options is not None:
             cluster.typed_extension_protocol_options[options[0]].CopyFrom(options[1])
-        # pieces.mtls: the mesh's mTLS, in the mode policies (MeshTLS) may have changed
-        template = _listener("", "", 0, _filters(pieces), pieces.mtls, ctx.name, service, pieces.tls_params)
-        template.ClearField("address")
-        built = ctx.memo[key] = (cluster, template)
+        filters = _filters(pieces)  # completes pieces.hcm: its route configuration and HTTP filters
+        # Its filter chains without filters: placing adds the filters naming the app's cluster.
+        listener = _listener("", "", 0, [], pieces.mtls, ctx.name, service, pieces.tls_params)
+        listener.ClearField("address")
+        network = tuple(filters[:-1])
+        built = ctx.memo[key] = Template(
+            service,
+            protocol,
+            policies,
+            cluster,
+            listener,
+            network,
+            pieces.hcm,
+            pieces.tcp_proxy,
+            key,
+            cluster_bytes=cluster.SerializeToString(deterministic=True),
+            direct=_names_any_app(network),
+        )
+    assert isinstance(built, Template)
     return built
+
+
+def _terminal(template: Template, cluster_name: str) -> listener_components_pb2.Filter:
+    """The template's terminal filter naming ``cluster_name``: the route(s) to the local cluster
+    (policies may have added copies for some callers) and the stat prefix derived from it."""
+    stat = cluster_name.replace(":", "_")
+    if template.hcm is not None:
+        hcm = hcm_pb2.HttpConnectionManager()
+        hcm.CopyFrom(template.hcm)
+        if hcm.stat_prefix == _ANY_STAT:
+            hcm.stat_prefix = stat
+        for host in hcm.route_config.virtual_hosts:
+            for route in host.routes:
+                if route.HasField("route") and route.route.cluster == _ANY_APP:
+                    route.route.cluster = cluster_name
+        return listener_components_pb2.Filter(name=HCM, typed_config=pack(hcm))
+    assert template.tcp_proxy is not None
+    tcp = tcp_proxy_pb2.TcpProxy()
+    tcp.CopyFrom(template.tcp_proxy)
+    if tcp.cluster == _ANY_APP:
+        tcp.cluster = cluster_name
+    if tcp.stat_prefix == _ANY_STAT:
+        tcp.stat_prefix = stat
+    return listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(tcp))
+
+
+def _local_cluster_at(
+    ctx: MeshContext, template: Template, name: str, service_address: str, service_port: int
+) -> cluster_pb2.Cluster:
+    """The template's local cluster for an app at ``service_address:service_port``. Inbounds of
+    other services whose policies leave their local cluster alike get the very same message
+    (serialized once per round): the key is the template cluster's content."""
+    key = ("inbound-cluster", template.cluster_bytes, service_address, service_port)
+    cluster = ctx.memo.get(key)
+    if cluster is None:
+        cluster = ctx.memo[key] = cluster_pb2.Cluster()
+        cluster.CopyFrom(template.cluster)
+        cluster.name = name
+        assignment = cluster.load_assignment
+        assignment.cluster_name = name
+        app = assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
+        app.address, app.port_value = service_address, service_port
+    assert isinstance(cluster, cluster_pb2.Cluster)
+    return cluster
+
+
+def _at(
+    ctx: MeshContext, template: Template, service_address: str, service_port: int
+) -> tuple[cluster_pb2.Cluster, list[listener_components_pb2.Filter]]:
+    """The template's local cluster and its listener's filters for an app at
+    ``service_address:service_port``: the very same as ``_direct`` builds, shared by the proxies
+    whose app is there (``ctx.memo``)."""
+    key = ("inbound-at", template.key, service_address, service_port)
+    placed = ctx.memo.get(key)
+    if placed is None:
+        name = local_cluster_name(service_address, service_port)
+        terminal = None if template.direct else _terminal(template, name)
+        if terminal is None or _names_any_app([terminal]):
+            # A policy put the local cluster's name where placing does not look: built for this
+            # app directly (correct, only slower).
+            cluster, listener = _direct(
+                ctx, template.service, template.protocol, service_address, service_port, template.policies
+            )
+            placed = (cluster, list(listener.filter_chains[0].filters))
+        else:
+            placed = (
+                _local_cluster_at(ctx, template, name, service_address, service_port),
+                [*template.network_filters, terminal],
+            )
+        ctx.memo[key] = placed
+    assert isinstance(placed, tuple)
+    return placed
 
 
 def templates(
     ctx: MeshContext, proxy: Resource, policies: MatchedPolicies, resources: ResourceSet
-) -> list[tuple[int, listener_pb2.Listener]]:
-    """All of the inbounds' config but where they listen: their local clusters go into
-    ``resources``; per inbound, (its index in ``networking.inbound``, its listener without name
-    or address) is returned for ``place``. Nothing here reads an address the proxy listens on,
-    so replicas of a service share the result (generators/__init__.py). Each inbound gets the
-    policies selecting it (``policies``, those selecting the proxy, configure its outbounds)."""
-    found: list[tuple[int, listener_pb2.Listener]] = []
+) -> list[tuple[int, Template]]:
+    """All of the inbounds' config but where they listen and where their apps are, one
+    ``Template`` per inbound for ``place``. Nothing here reads an address or a port, so replicas
+    of a service share the result, whatever their ports (generators/__init__.py). Each inbound
+    (its index in ``networking.inbound``) gets the policies selecting it (``policies``, those
+    selecting the proxy, configure its outbounds)."""
+    found: list[tuple[int, Template]] = []
     for index, inbound in enumerate(inbounds(proxy)):
         if inbound.get("state") == "Ignored":
             continue
         tags = inbound.get("tags") or {}
         service = str(tags[SERVICE_TAG])
         protocol = str(tags.get(PROTOCOL_TAG) or "tcp")
-        service_address = str(inbound.get("serviceAddress") or LOCALHOST)
-        service_port = int(inbound.get("servicePort") or inbound["port"])
-        selecting = match_inbound(ctx, proxy, index)
-        cluster, template = _built(ctx, service, protocol, service_address, service_port, selecting)
-        resources.add(CLUSTER, cluster.name, cluster)
+        found.append((index, _template(ctx, service, protocol, match_inbound(ctx, proxy, index))))
         if ctx.mtls is not None:
             resources.require(SECRET, identity_secret_name(service))
             resources.require(SECRET, ca_secret_name(ctx.name))
-        found.append((index, template))
     return found
 
 
-def place(proxy: Resource, found: Sequence[tuple[int, listener_pb2.Listener]], resources: ResourceSet) -> None:
-    """The proxy's own inbound listeners: each template at its inbound's address:port."""
+def place(ctx: MeshContext, proxy: Resource, found: Sequence[tuple[int, Template]], resources: ResourceSet) -> None:
+    """The proxy's own inbounds: each template's local cluster at the inbound's app
+    (``serviceAddress:servicePort``) and its listener at the inbound's address:port."""
     own = inbounds(proxy)
     for index, template in found:
         inbound = own[index]
+        service_address = str(inbound.get("serviceAddress") or LOCALHOST)
+        service_port = int(inbound.get("servicePort") or inbound["port"])
+        cluster, filters = _at(ctx, template, service_address, service_port)
+        resources.add(CLUSTER, cluster.name, cluster)
         address, port = inbound_address(proxy, inbound), int(inbound["port"])
         name = f"inbound:{address}:{port}"
         listener = listener_pb2.Listener()
-        listener.CopyFrom(template)  # a C-level copy of the shared filter chains
+        listener.CopyFrom(template.listener)  # a C-level copy of the shared filter chains
+        for chain in listener.filter_chains:
+            chain.filters.extend(filters)
         listener.name = name
         listener.address.CopyFrom(socket_address(address, port))
         resources.add(LISTENER, name, listener)

@@ -76,7 +76,6 @@ from zonemesh.zone_cp.xds.policies.matching import (
     merge_all,
     ordered,
     proxy_type,
-    section_name,
     selectors,
     signature,
     to_conf,
@@ -145,7 +144,7 @@ def _memo_key(ctx: MeshContext, proxy: Resource) -> tuple[Any, ...]:
     return (
         proxy_type(proxy),
         tuple(tuple(sorted(tags.items())) for tags in tag_sets(proxy)),
-        tuple(section_name(i) for i in inbounds(proxy)),
+        tuple(found.section(i) for i in inbounds(proxy)),
         proxy.name if proxy.name in found.names else "",
         tuple(sorted((k, v) for k, v in proxy.labels.items() if k in found.label_keys)),
     )

@@ -45,7 +45,7 @@ from zonemesh.shared.resources.types.targetref import (
     SIDECAR,
     top_level,
 )
-from zonemesh.zone_cp.xds.context import SERVICE_TAG, MeshContext, inbounds, is_gateway, tag_sets
+from zonemesh.zone_cp.xds.context import SERVICE_TAG, MeshContext, inbounds, is_gateway, section_name, tag_sets
 
 __all__ = [
     "MESH",
@@ -76,11 +76,6 @@ Tags = Mapping[str, str]
 
 def proxy_type(dp: Resource) -> str:
     return GATEWAY if is_gateway(dp) else SIDECAR
-
-
-def section_name(inbound: Mapping[str, Any]) -> str:
-    """How a targetRef's ``sectionName`` names an inbound: its ``name``, else its port."""
-    return str(inbound.get("name") or inbound.get("port"))
 
 
 def _has(tags: Tags, wanted: Iterable[tuple[str, Any]]) -> bool:
@@ -177,12 +172,21 @@ class Selectors:
     tag_keys: frozenset[str]
     label_keys: frozenset[str]
     names: frozenset[str]
+    sections: frozenset[str] = frozenset()  # Dataplane sectionNames: an inbound's name or port
+
+    def section(self, inbound: Mapping[str, Any]) -> str | None:
+        """What matching reads of an inbound's section name: the name, or None when no policy
+        names it (an unnamed inbound's section name is its port: replicas listening on other
+        ports are then alike)."""
+        name = section_name(inbound)
+        return name if name in self.sections else None
 
 
 def selectors(policies: Iterable[Resource]) -> Selectors:
     tag_keys: set[str] = set()
     label_keys: set[str] = set()
     names: set[str] = set()
+    sections: set[str] = set()
     for policy in policies:
         ref = top_level(policy.spec)
         tag_keys.update(str(k) for k in ref.get("tags") or {})
@@ -190,7 +194,9 @@ def selectors(policies: Iterable[Resource]) -> Selectors:
             label_keys.update(str(k) for k in ref.get("labels") or {})
             if ref.get("name"):
                 names.add(str(ref["name"]))
-    return Selectors(frozenset(tag_keys), frozenset(label_keys), frozenset(names))
+            if ref.get("sectionName") is not None:
+                sections.add(str(ref["sectionName"]))
+    return Selectors(frozenset(tag_keys), frozenset(label_keys), frozenset(names), frozenset(sections))
 
 
 @dataclass(frozen=True)
