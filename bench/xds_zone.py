@@ -530,8 +530,10 @@ class SimProxy:
         self.since.unchanged += old is not None and old[1] == value
         self.since.types.add(SHORT[type_url])
 
-    def _received(self, type_url: str) -> None:
-        if type_url == ROUTE and self.expect is not None and self.expect in self.timeouts():
+    def _received(self, type_url: str, values: list[bytes]) -> None:
+        """A response was taken: it carries the change if one of its routes has the expected value."""
+        expect = self.expect
+        if type_url == ROUTE and expect is not None and any(expect in resource_facts(ROUTE, v)[2] for v in values):
             self.since.value_at = time.monotonic()
 
     # -- State of the World ------------------------------------------------------------------
@@ -567,7 +569,7 @@ class SimProxy:
             await call.write(nack.SerializeToString())
             return
         self.sotw[type_url] = (response.version_info, response.nonce)
-        self._received(type_url)
+        self._received(type_url, [r.value for r in response.resources])
         ack = discovery_pb2.DiscoveryRequest(
             type_url=type_url,
             version_info=response.version_info,
@@ -641,7 +643,7 @@ class SimProxy:
             self.nacks += 1
             reply.error_detail.message = "; ".join(errors)
         else:
-            self._received(type_url)
+            self._received(type_url, [r.resource.value for r in response.resources])
         await call.write(reply.SerializeToString())
         self.last_ack = time.monotonic()
         if type_url not in (CLUSTER, LISTENER):
@@ -897,7 +899,7 @@ def wait_until(workers: Workers, key: str, count: int, timeout: float) -> bool:
     while time.monotonic() < deadline:
         if sum(s[key] for s in workers.broadcast("status")) >= count:
             return True
-        time.sleep(0.02)
+        time.sleep(0.05)
     return False
 
 
@@ -1334,6 +1336,7 @@ def main() -> None:
     parser.add_argument("--idle-timeout", type=float, default=120.0, help="longest wait for the server to go idle")
     parser.add_argument("--storm-timeout", type=float, default=180.0)
     parser.add_argument("--change-timeout", type=float, default=60.0)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 50 proxies, 2 changes, 3 s idle window")
     parser.add_argument("--no-floor", action="store_true", help="skip the floor (no ratios)")
     parser.add_argument("--profile", type=Path, help="run the CP under cProfile, writing this file")
     parser.add_argument("--spy", type=Path, help="py-spy the CP (collapsed stacks in PATH.storm, PATH.changes)")
@@ -1341,6 +1344,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary data dir (CP log)")
     parser.add_argument("--out", type=Path, help=f"JSON report (default {RESULTS})")
     args = parser.parse_args()
+    if args.quick:
+        args.proxies, args.changes, args.idle_window = min(args.proxies, 50), 2, 3.0
+        args.out = args.out or RESULTS.with_suffix(".quick.json")
     if not 1 <= args.proxies <= MAX_PROXIES:
         parser.error(f"--proxies must be between 1 and {MAX_PROXIES}")
     args.services = args.services or max(2, args.proxies // 10)
