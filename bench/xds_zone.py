@@ -1051,6 +1051,8 @@ def run_control_plane(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, An
         started = time.monotonic()
         workers.call("register", [list(range(w, n, args.workers)) for w in range(args.workers)])
         register_s = time.monotonic() - started
+        wait_idle(stats, args)
+        rss_registered = stats.rss_kb()
 
         print(f"connecting {n} {args.protocol} ADS streams at once ...", flush=True)
         spy = start_spy(cp, args.spy, "storm")
@@ -1112,9 +1114,13 @@ def run_control_plane(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, An
     return {
         "memory": {
             "rss_base_kb": rss_base,
+            "rss_registered_kb": rss_registered,
             "rss_connected_kb": rss_connected,
             "rss_end_kb": rss_end,
             "kb_per_proxy": round((rss_connected - rss_base) / n, 1),
+            # of which its Dataplane, token check and insight (registered, no stream yet) and its stream
+            "kb_per_proxy_registered": round((rss_registered - rss_base) / n, 1),
+            "kb_per_proxy_stream": round((rss_connected - rss_registered) / n, 1),
             "kb_per_proxy_end": round((rss_end - rss_base) / n, 1),
         },
         "registration_s": round(register_s, 2),
@@ -1244,7 +1250,9 @@ def print_table(report: dict[str, Any]) -> None:
     rows = [
         (
             "memory per proxy",
-            f"CP {cp['memory']['kb_per_proxy']} KB, floor {floor['memory']['kb_per_proxy']} KB ({r['kb_per_proxy']}x)",
+            f"CP {cp['memory']['kb_per_proxy']} KB (registered {cp['memory']['kb_per_proxy_registered']} KB + "
+            f"stream {cp['memory']['kb_per_proxy_stream']} KB), floor {floor['memory']['kb_per_proxy']} KB "
+            f"({r['kb_per_proxy']}x)",
         ),
         (
             "connect storm",
