@@ -9,12 +9,20 @@ the server process's CPU per (message + reply) and the round's wall time.
 
     python bench/grpc_floor.py --streams 1000
     python bench/grpc_floor.py --quick
+
+``AdsFloor`` is the floor bench/xds_zone.py runs in the same invocation as the control plane: the
+simplest grpc.aio ADS server (State of the World and delta, TLS) serving ONE pre-serialized
+snapshot (one proxy's resources as the control plane sent them) to every simulated proxy, the
+same clients and subscriptions as against the control plane. It answers a request that carries
+no response nonce (a subscription) with the whole type, ignores ACKs, and on a change serializes
+the changed routes once and writes the same bytes to every stream.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -29,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from benchlib import ProcessStats
 from zonemesh.zone_cp.xds.testing import self_signed_server_cert
 
 RESULTS = Path(__file__).resolve().parent / "results" / "grpc_floor.json"
@@ -151,6 +160,154 @@ def run(streams: int, rounds: int) -> dict[str, Any]:
         },
         "round_wall_s": [round(wall, 3) for _, wall, _ in measured],
     }
+
+
+# --- the ADS floor bench/xds_zone.py runs next to the control plane ---------------------------------
+
+DELTA_METHOD = "DeltaAggregatedResources"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+Snapshot = dict[str, list[tuple[str, str, bytes]]]  # type_url -> [(name, version, Any value bytes)]
+
+
+def _sotw_body(type_url: str, version: str, resources: list[tuple[str, str, bytes]]) -> bytes:
+    from envoy.service.discovery.v3 import discovery_pb2
+    from google.protobuf import any_pb2
+
+    response = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=version)
+    response.resources.extend(any_pb2.Any(type_url=type_url, value=value) for _, _, value in resources)
+    return response.SerializeToString()
+
+
+def _delta_body(type_url: str, version: str, resources: list[tuple[str, str, bytes]]) -> bytes:
+    from envoy.service.discovery.v3 import discovery_pb2
+
+    response = discovery_pb2.DeltaDiscoveryResponse(system_version_info=version, type_url=type_url, nonce=version)
+    for name, resource_version, value in resources:
+        item = response.resources.add(name=name, version=resource_version)
+        item.resource.type_url, item.resource.value = type_url, value
+    return response.SerializeToString()
+
+
+def _retimed_routes(routes: list[tuple[str, str, bytes]], old: int, new: int) -> list[tuple[str, str, bytes]]:
+    """The route configurations whose request timeout was ``old`` seconds, with ``new`` instead."""
+    from envoy.config.route.v3 import route_pb2
+
+    changed = []
+    for name, _, value in routes:
+        config = route_pb2.RouteConfiguration.FromString(value)
+        hit = False
+        for vhost in config.virtual_hosts:
+            for route in vhost.routes:
+                if route.route.HasField("timeout") and route.route.timeout.seconds == old:
+                    route.route.timeout.seconds, hit = new, True
+        if hit:
+            changed.append((name, f"floor-{new}", config.SerializeToString()))
+    return changed
+
+
+async def _serve_ads(conn: Any, cert: bytes, key: bytes, snapshot: Snapshot) -> None:
+    from envoy.service.discovery.v3 import discovery_pb2
+
+    sotw = {t: _sotw_body(t, "1", rs) for t, rs in snapshot.items()}
+    delta = {t: _delta_body(t, "1", rs) for t, rs in snapshot.items()}
+    routes = list(snapshot.get(ROUTE, []))
+    streams: list[tuple[bool, asyncio.Queue[bytes | None]]] = []  # (delta?, outbox)
+
+    def handler(is_delta: bool) -> Any:
+        parse = (
+            discovery_pb2.DeltaDiscoveryRequest.FromString if is_delta else discovery_pb2.DiscoveryRequest.FromString
+        )
+        bodies = delta if is_delta else sotw
+
+        async def serve(_requests: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+            streams.append((is_delta, outbox))
+
+            async def read() -> None:
+                while (raw := await context.read()) is not grpc.aio.EOF:
+                    request = parse(raw)
+                    if not request.response_nonce and request.type_url in bodies:  # a subscription, not an ACK
+                        outbox.put_nowait(bodies[request.type_url])
+                outbox.put_nowait(None)
+
+            reader = asyncio.create_task(read())
+            try:
+                while (item := await outbox.get()) is not None:
+                    await context.write(item)
+            finally:
+                reader.cancel()
+                streams.remove((is_delta, outbox))
+
+        return serve
+
+    server = grpc.aio.server(
+        options=[("grpc.max_concurrent_streams", 1 << 20), ("grpc.server.max_pending_requests", 1 << 20)]
+    )
+    handlers = {
+        "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(handler(False), _raw, _raw),
+        DELTA_METHOD: grpc.stream_stream_rpc_method_handler(handler(True), _raw, _raw),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)]))
+    await server.start()
+    loop = asyncio.get_running_loop()
+    conn.send(port)
+    while True:
+        command, arg = await loop.run_in_executor(None, conn.recv)
+        if command == "change":  # (old, new) request timeout, seconds
+            changed = _retimed_routes(routes, *arg)
+            names = {name for name, _, _ in changed}
+            routes = [r for r in routes if r[0] not in names] + changed
+            sotw_body, delta_body = _sotw_body(ROUTE, str(arg[1]), routes), _delta_body(ROUTE, str(arg[1]), changed)
+            for is_delta, outbox in streams:
+                outbox.put_nowait(delta_body if is_delta else sotw_body)
+            conn.send(len(changed))
+        elif command == "streams":
+            conn.send(len(streams))
+        else:
+            await server.stop(1)
+            conn.send("stopped")
+            return
+
+
+def _ads_floor_process(conn: Any, cert: bytes, key: bytes, snapshot: Snapshot) -> None:
+    asyncio.run(_serve_ads(conn, cert, key, snapshot))
+
+
+class AdsFloor:
+    """The floor ADS server in a process of its own (its CPU and memory read from /proc)."""
+
+    def __init__(self, snapshot: Snapshot, cert: bytes, key: bytes) -> None:
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_ads_floor_process, args=(child, cert, key, snapshot), daemon=True)
+        self.process.start()
+        if not self.conn.poll(60):
+            self.stop()
+            raise TimeoutError("the floor ADS server did not start within 60 s")
+        self.port: int = self.conn.recv()
+        assert self.process.pid is not None
+        self.stats = ProcessStats(self.process.pid)
+
+    def _ask(self, command: str, arg: Any = None, timeout: float = 60) -> Any:
+        self.conn.send((command, arg))
+        if not self.conn.poll(timeout):
+            raise TimeoutError(f"the floor ADS server did not answer {command!r} within {timeout} s")
+        return self.conn.recv()
+
+    def change(self, old: int, new: int) -> int:
+        """Push routes with request timeout ``new`` instead of ``old`` to every stream; how many changed."""
+        changed: int = self._ask("change", (old, new))
+        return changed
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            with contextlib.suppress(Exception):
+                self._ask("stop", timeout=15)
+        self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
 
 
 def main() -> None:

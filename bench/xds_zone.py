@@ -1,40 +1,50 @@
-"""Zone xDS benchmark: one real zone control plane, N simulated Envoys speaking ADS over TLS.
+"""Zone xDS benchmark: one real zone control plane and N simulated Envoys, side by side with the
+floor (the simplest grpc.aio ADS server) in the same invocation, every figure also a ratio to it.
 
 The control plane is a real ``zonemesh-cp run --mode standalone`` process (SQLite store, the
 self-signed xDS certificate it makes). The proxies are simulated by a few worker processes,
 each running an asyncio loop with its share of gRPC clients. Every simulated proxy is a proxy
 the zone knows: a dataplane token issued by ``POST /tokens/dataplane``, its Dataplane
 registered over the DataplaneRegistration service (as ``zonemesh-dp`` does), then one ADS
-stream on its own HTTP/2 connection, subscribing as Envoy does: clusters and listeners as
-wildcards, endpoints/routes/secrets by the names the clusters and listeners refer to, EDS again
-after every CDS update (Envoy's cluster warming), ACKing every response with its version and nonce.
+stream over TLS on its own HTTP/2 connection, subscribing as Envoy does: clusters and listeners
+as wildcards, endpoints, routes and SDS secrets by the names the clusters and listeners refer to.
+``--protocol delta`` (the default, as zonemesh-dp's bootstrap): DeltaAggregatedResources with
+initial_resource_versions on reconnect, per-resource ACK/NACK (a resource that does not parse is
+NACKed and the last good one kept), removals, subscribe/unsubscribe as the references change.
+``--protocol sotw``: StreamAggregatedResources, ACKing each response with its version and nonce,
+EDS asked again after every CDS update (Envoy's cluster warming).
 
-Workload: ``--services`` services (default N/10), each proxy with its own address (a loopback IP,
-so its own inbound listener and snapshot) in front of port 8080, ``--outbounds`` outbounds to
-other services (mTLS clusters, EDS endpoints, RDS routes), builtin mTLS (SDS certificates per
-service), the mesh's default policies plus a MeshTrafficPermission per service.
+Default workload (issue 19): 2,000 proxies, each with its own Dataplane and inbound on 127.0.0.1
+with ITS OWN PORT, 200 services (proxies/10), 3 outbounds per proxy (mTLS clusters, EDS, RDS),
+builtin mTLS (SDS certificates), the mesh's default policies plus a MeshTrafficPermission per
+service.
 
-Measured:
-- CP memory per proxy: RSS of the CP with all N configured minus its RSS before any
-  Dataplane existed, divided by N;
-- config generation time per proxy: the CP's ``xds_generation`` histogram (p50/p99
-  interpolated within buckets) over the connect storm and the policy changes;
-- delivery: ``--changes`` times per kind, the MeshTimeout ``mesh-timeout-all-default`` is updated
-  through the HTTP API: ``request`` (its requestTimeout: one RDS response per proxy), ``connect``
-  (its connectionTimeout: CDS, then the EDS warming clusters wait for), ``timeouts`` (both). Per
-  proxy, the time from just before the PUT until it sent its last ACK for the new config (it
-  checks the new values are in its clusters and routes); p50/p99 over all proxies and changes of
-  a kind, and per change the time until all N had ACKed; CP and client CPU per change;
-- the connect storm: all N streams opened at the same instant; how many were configured,
-  how many streams failed (and were retried with backoff, as Envoy does), and how long it took.
+Changes (``--changes`` of them, each timed from just BEFORE the PUT):
+- ``--change mesh-wide`` (default): a PUT of the mesh-wide MeshTimeout with a new requestTimeout;
+- ``--change one-service``: a PUT of a MeshTimeout whose ``to`` is one service (svc-0000): only
+  its callers (and its own proxies) may receive anything. Reported: how many proxies received
+  anything, whether any other did, which resources (with delta: only changed ones).
 
-Every wait is bounded. The clients run on the same 2 cores as the CP: figures include that
-contention (and any other load on the machine).
+Measured, for the control plane and then for the floor (same clients, same subscriptions; the
+floor serves one proxy's snapshot, captured from the control plane, to all):
+- per proxy, the time from just before the change until it received the response carrying it;
+  p50/p99 over all proxies and changes, and per change until all had it;
+- CPU per change until the server process is IDLE again (its CPU time grew by at most
+  ``--idle-cpu`` s over ``--idle-window`` s), split into the part until the last proxy received
+  the change and the part after; bytes and resources received per change;
+- memory per proxy: RSS with all N connected minus RSS before any (CP: before any Dataplane);
+- the connect storm: all N streams opened at the same instant; configured, failed streams.
+Targets are ratios to the floor (p99 <= 1.5x, CPU per change <= 2x) and absolutes (<= 100 KB
+per proxy, 0 failed streams, a one-service change reaching no unaffected proxy).
 
-    python bench/xds_zone.py --proxies 2000
-    python bench/xds_zone.py --quick
+Every wait is bounded; every process started is stopped. The clients run on the same 2 cores as
+the servers: figures include that contention (and any other load on the machine).
+
+    python bench/xds_zone.py                                   # the issue's workload, ~10 min
+    python bench/xds_zone.py --proxies 200 --changes 3         # development
+    python bench/xds_zone.py --protocol sotw --change one-service
     python bench/xds_zone.py --proxies 500 --profile /tmp/cp.prof   # cProfile of the CP process
-    python bench/xds_zone.py --proxies 2000 --spy /tmp/cp   # py-spy of the CP: /tmp/cp.storm, .changes
+    python bench/xds_zone.py --spy /tmp/cp   # py-spy of the CP: /tmp/cp.storm, /tmp/cp.changes
 """
 
 from __future__ import annotations
@@ -51,34 +61,40 @@ import random
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from benchlib import percentile
+from benchlib import ProcessStats, percentile
+from grpc_floor import AdsFloor
 
 from zonemesh.testing import ControlPlaneProcess, http
 
 RESULTS = Path(__file__).resolve().parent / "results" / "xds_zone.json"
 MAX_PROXIES = 2000
 MESH = "default"
-TIMEOUT_POLICY = "mesh-timeout-all-default"
-TARGETS = {"kb_per_proxy": 250.0, "delivery_p99_s": 1.3, "failed_streams": 0}
+TIMEOUT_POLICY = "mesh-timeout-all-default"  # the mesh's default MeshTimeout: the mesh-wide change
+ONE_SERVICE_POLICY = "timeout-to-svc-0000"  # the one-service change: requests to svc-0000
+INBOUND_PORT_BASE = 10000  # proxy i's inbound listens on 127.0.0.1:(10000 + i), its app on +30000
+# Targets of issue 19: ratios to the floor measured in the same run, and absolutes.
+TARGETS = {"p99_ratio": 1.5, "cpu_ratio": 2.0, "kb_per_proxy": 100.0, "failed_streams": 0}
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+SHORT = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", SECRET: "SDS"}
+ADS_SERVICE = "/envoy.service.discovery.v3.AggregatedDiscoveryService"
 HCM = "envoy.filters.network.http_connection_manager"
 
 
@@ -89,31 +105,45 @@ def service_name(i: int) -> str:
     return f"svc-{i:04d}"
 
 
-def proxy_spec(index: int, services: int, outbounds: int) -> tuple[str, dict[str, Any]]:
-    """(name, Dataplane document) of proxy ``index``: its own address (a loopback IP, as a pod
-    has its own IP) with one inbound in front of the app's port 8080, and a few outbounds."""
+def outbound_services(index: int, services: int, outbounds: int) -> list[int]:
     service = index % services
+    return [(service + 1 + k) % services for k in range(min(outbounds, max(services - 1, 0)))]
+
+
+def proxy_spec(index: int, services: int, outbounds: int) -> tuple[str, dict[str, Any]]:
+    """(name, Dataplane document) of proxy ``index``: on 127.0.0.1 with an inbound on its own
+    port (as many proxies on one host, or a zone where Envoys differ by port), a few outbounds."""
     name = f"dp-{index:05d}"
-    targets = [(service + 1 + k) % services for k in range(min(outbounds, max(services - 1, 0)))]
+    port = INBOUND_PORT_BASE + index
     doc = {
         "type": "Dataplane",
         "mesh": MESH,
         "name": name,
         "networking": {
-            "address": f"127.1.{index // 250}.{index % 250 + 1}",
+            "address": "127.0.0.1",
             "inbound": [
                 {
-                    "port": 8080,
-                    "servicePort": 8080,
-                    "tags": {"kuma.io/service": service_name(service), "kuma.io/protocol": "http", "replica": name},
+                    "port": port,
+                    "servicePort": port + 30000,
+                    "tags": {"kuma.io/service": service_name(index % services), "kuma.io/protocol": "http"},
                 }
             ],
             "outbound": [
-                {"port": 30000 + k, "tags": {"kuma.io/service": service_name(t)}} for k, t in enumerate(targets)
+                {"port": 30000 + k, "tags": {"kuma.io/service": service_name(t)}}
+                for k, t in enumerate(outbound_services(index, services, outbounds))
             ],
         },
     }
     return name, doc
+
+
+def affected_by_one_service(n: int, services: int, outbounds: int) -> tuple[set[str], set[str]]:
+    """(callers of svc-0000, its own proxies): who a policy on requests to svc-0000 may reach."""
+    callers = {
+        proxy_spec(i, services, outbounds)[0] for i in range(n) if 0 in outbound_services(i, services, outbounds)
+    }
+    own = {proxy_spec(i, services, outbounds)[0] for i in range(n) if i % services == 0}
+    return callers, own
 
 
 def mesh_doc() -> dict[str, Any]:
@@ -128,8 +158,8 @@ def mesh_doc() -> dict[str, Any]:
 
 
 def permission_doc(service: int, services: int) -> dict[str, Any]:
-    """Each service admits its two upstream neighbours (its consumers in this workload)."""
-    sources = sorted({service_name((service - k) % services) for k in (1, 2)})
+    """Each service admits its three upstream neighbours (its callers in this workload)."""
+    sources = sorted({service_name((service - k) % services) for k in (1, 2, 3)})
     return {
         "type": "MeshTrafficPermission",
         "mesh": MESH,
@@ -143,20 +173,11 @@ def permission_doc(service: int, services: int) -> dict[str, Any]:
     }
 
 
-# What a change edits in the default MeshTimeout's `to`: "request" the requestTimeout (routes
-# change: one RDS response per proxy); "connect" the connectionTimeout (clusters change: CDS,
-# then EDS again for the warming clusters); "timeouts" both (CDS, EDS and RDS).
-CHANGE_KINDS = ("request", "connect", "timeouts")
-DEFAULT_TIMEOUTS = (5, 15)  # the default policy's (connectionTimeout, requestTimeout) seconds
+DEFAULT_REQUEST_TIMEOUT = 15  # seconds: the default MeshTimeout's requestTimeout
 
 
-def next_timeouts(current: tuple[int, int], kind: str) -> tuple[int, int]:
-    connect, request = current
-    return (connect + 1 if kind != "request" else connect, request + 1 if kind != "connect" else request)
-
-
-def timeout_doc(timeouts: tuple[int, int]) -> dict[str, Any]:
-    connect_seconds, request = timeouts[0], f"{timeouts[1]}s"
+def mesh_timeout_doc(request_timeout: int) -> dict[str, Any]:
+    """The mesh's default MeshTimeout with another requestTimeout (every outbound route changes)."""
     return {
         "type": "MeshTimeout",
         "mesh": MESH,
@@ -167,9 +188,9 @@ def timeout_doc(timeouts: tuple[int, int]) -> dict[str, Any]:
                 {
                     "targetRef": {"kind": "Mesh"},
                     "default": {
-                        "connectionTimeout": f"{connect_seconds}s",
+                        "connectionTimeout": "5s",
                         "idleTimeout": "1h",
-                        "http": {"requestTimeout": request, "streamIdleTimeout": "30m"},
+                        "http": {"requestTimeout": f"{request_timeout}s", "streamIdleTimeout": "30m"},
                     },
                 }
             ],
@@ -181,6 +202,24 @@ def timeout_doc(timeouts: tuple[int, int]) -> dict[str, Any]:
                         "idleTimeout": "2h",
                         "http": {"requestTimeout": "0s", "streamIdleTimeout": "1h", "maxStreamDuration": "0s"},
                     },
+                }
+            ],
+        },
+    }
+
+
+def one_service_timeout_doc(request_timeout: int) -> dict[str, Any]:
+    """A MeshTimeout for requests to svc-0000 only: its callers' route to it changes."""
+    return {
+        "type": "MeshTimeout",
+        "mesh": MESH,
+        "name": ONE_SERVICE_POLICY,
+        "spec": {
+            "targetRef": {"kind": "Mesh", "proxyTypes": ["Sidecar"]},
+            "to": [
+                {
+                    "targetRef": {"kind": "MeshService", "name": service_name(0)},
+                    "default": {"http": {"requestTimeout": f"{request_timeout}s"}},
                 }
             ],
         },
@@ -274,32 +313,10 @@ class ControlPlane(ControlPlaneProcess):
         if self.profile is not None:
             self.python_args = ["-m", "cProfile", "-o", str(self.profile)]
 
-    def rss_kb(self) -> int:
+    @property
+    def stats(self) -> ProcessStats:
         assert self.process is not None
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
-
-    def cpu_s(self) -> float:
-        assert self.process is not None
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def thread_cpu_s(self) -> dict[str, float]:
-        """CPU seconds by thread name (the main thread is "python"; gRPC core's threads are named)."""
-        assert self.process is not None
-        tick = os.sysconf("SC_CLK_TCK")
-        out: dict[str, float] = {}
-        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
-            try:
-                head, _, rest = (task / "stat").read_text().rpartition(")")
-            except OSError:
-                continue  # the thread ended meanwhile
-            name = head.partition("(")[2]
-            fields = rest.split()
-            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
-        return out
+        return ProcessStats(self.process.pid)
 
     def metrics(self) -> str:
         url = f"http://127.0.0.1:{self.diagnostics_port}/metrics"
@@ -320,16 +337,16 @@ class ControlPlane(ControlPlaneProcess):
 # --- the simulated proxies (worker processes) --------------------------------------------------
 
 
-Facts = tuple[str, tuple[tuple[str, frozenset[str]], ...], int | None]
+Facts = tuple[str, tuple[tuple[str, frozenset[str]], ...], frozenset[int]]
 
 
 @functools.lru_cache(maxsize=50_000)
 def resource_facts(type_url: str, value: bytes) -> Facts:
-    """(name, names of other types it refers to, timeout) of one resource, as Envoy finds them:
-    EDS clusters -> endpoints, HCMs with RDS -> routes, TLS contexts -> SDS secrets. The timeout
-    (seconds) is what the MeshTimeout changes: an EDS cluster's connect timeout, an outbound
-    route's request timeout. Memoized by the
-    resource bytes: proxies share most resources, and a cheap client leaves the CPU to the CP."""
+    """(name, names of other types it refers to, route timeouts) of one resource, as Envoy finds
+    them: EDS clusters -> endpoints, HCMs with RDS -> routes, TLS contexts -> SDS secrets; the
+    request timeouts (seconds) of a route configuration's routes, what the MeshTimeout changes.
+    Memoized by the resource bytes: proxies share most resources, and a cheap client leaves the
+    CPU to the server. Raises on bytes that do not parse (the client NACKs them)."""
     from envoy.config.cluster.v3 import cluster_pb2
     from envoy.config.endpoint.v3 import endpoint_pb2
     from envoy.config.listener.v3 import listener_pb2
@@ -345,13 +362,12 @@ def resource_facts(type_url: str, value: bytes) -> Facts:
         if sds:
             refs[SECRET].add(sds)
 
-    timeout: int | None = None
+    timeouts: set[int] = set()
     if type_url == CLUSTER:
         cluster = cluster_pb2.Cluster.FromString(value)
         name = cluster.name
         if cluster.type == cluster_pb2.Cluster.EDS:
             refs[ENDPOINT].add(cluster.eds_cluster_config.service_name or cluster.name)
-            timeout = int(cluster.connect_timeout.seconds)
         if cluster.HasField("transport_socket"):
             tls_names(
                 tls_pb2.UpstreamTlsContext.FromString(cluster.transport_socket.typed_config.value).common_tls_context
@@ -379,45 +395,73 @@ def resource_facts(type_url: str, value: bytes) -> Facts:
         for vhost in route_config.virtual_hosts:
             for route in vhost.routes:
                 if route.route.HasField("timeout"):
-                    timeout = int(route.route.timeout.seconds)
-    else:
+                    timeouts.add(int(route.route.timeout.seconds))
+    elif type_url == SECRET:
         name = secret_pb2.Secret.FromString(value).name
-    return name, tuple((t, frozenset(n)) for t, n in refs.items() if n), timeout
+    else:
+        raise ValueError(f"unexpected type {type_url}")
+    return name, tuple((t, frozenset(n)) for t, n in refs.items() if n), frozenset(timeouts)
 
 
 @dataclass
-class _TypeSub:
-    names: set[str] = field(default_factory=set)
-    nonce: str = ""
-    version: str = ""
-    received: set[str] | None = None  # names in the last response; None: nothing yet
+class Since:
+    """What one proxy received since the coordinator's last mark (one change)."""
+
+    responses: int = 0
+    bytes: int = 0
+    resources: int = 0
+    unchanged: int = 0  # resources received with the very bytes the proxy already had
+    removed: int = 0
+    types: set[str] = field(default_factory=set)
+    value_at: float | None = None  # when the last response carrying the expected value arrived
+
+
+def _raw(data: bytes) -> bytes:
+    return data
 
 
 class SimProxy:
-    """One simulated Envoy: an ADS stream on its own connection, reconnecting with backoff."""
+    """One simulated Envoy: an ADS stream on its own connection (delta or SotW), reconnecting
+    with backoff. It keeps every resource it holds (name -> version, bytes) by type, as Envoy."""
 
     def __init__(self, name: str, token: str, worker: Worker) -> None:
         self.name = name
         self.token = token
         self.worker = worker
-        self.subs: dict[str, _TypeSub] = {}
-        self.refs: dict[str, dict[str, set[str]]] = {}  # CDS/LDS -> names of other types they need
+        self.delta = worker.params["protocol"] == "delta"
+        self.held: dict[str, dict[str, tuple[str, bytes]]] = {}
+        self.subscribed: dict[str, set[str]] = {}  # by-name types: the names asked for
+        self.sotw: dict[str, tuple[str, str]] = {}  # SotW: type -> (version, nonce) last received
         self.configured_at: float | None = None
         self.connect_started: float | None = None
         self.last_ack: float = 0.0
-        self.connect_timeout: int | None = None
-        self.request_timeout: int | None = None
         self.failures: list[str] = []
         self.failed_at: list[float] = []  # seconds after the connect storm started
+        self.nacks = 0
         self.responses = 0
+        self.expect: int | None = None  # the request timeout the current change sets
+        self.since = Since()
 
-    def has(self, expected: tuple[int, int] | None) -> bool:
-        return expected is None or (self.connect_timeout, self.request_timeout) == tuple(expected)
+    def timeouts(self) -> set[int]:
+        return {t for _, value in self.held.get(ROUTE, {}).values() for t in resource_facts(ROUTE, value)[2]}
+
+    def has(self, value: int | None) -> bool:
+        return value is None or value in self.timeouts()
 
     def is_configured(self) -> bool:
-        if not self.subs or CLUSTER not in self.subs or LISTENER not in self.subs:
+        if CLUSTER not in self.held or LISTENER not in self.held:
             return False
-        return all(sub.received is not None and sub.names <= sub.received for sub in self.subs.values())
+        return all(names <= self.held.get(t, {}).keys() for t, names in self.subscribed.items())
+
+    def wanted(self, dep_type: str) -> set[str]:
+        """The names of ``dep_type`` the held clusters and listeners refer to."""
+        names: set[str] = set()
+        for type_url in (CLUSTER, LISTENER):
+            for _, value in self.held.get(type_url, {}).values():
+                for ref_type, ref_names in resource_facts(type_url, value)[1]:
+                    if ref_type == dep_type:
+                        names |= ref_names
+        return names
 
     async def run(self, stop: asyncio.Event) -> None:
         import grpc
@@ -434,91 +478,192 @@ class SimProxy:
                     return
                 self.failures.append(f"{exc.code().name}: {exc.details()}")
                 self.worker.failure_debug.append(str(exc.debug_error_string())[:400])
-                self.failed_at.append(time.monotonic() - (self.connect_started or 0.0))
             except Exception as exc:
                 if stop.is_set():
                     return
                 self.failures.append(f"{type(exc).__name__}: {exc}")
-                self.failed_at.append(time.monotonic() - (self.connect_started or 0.0))
-            self.subs, self.refs = {}, {}
+            self.failed_at.append(time.monotonic() - (self.connect_started or 0.0))
+            if not self.delta:
+                self.held, self.subscribed = {}, {}  # SotW: everything is sent again
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, 4.0)
 
     async def _stream(self, stop: asyncio.Event) -> None:
         import grpc
         from envoy.config.core.v3 import base_pb2
-        from envoy.service.discovery.v3 import discovery_pb2
 
         channel = grpc.aio.secure_channel(
             f"127.0.0.1:{self.worker.xds_port}",
             self.worker.credentials,
             options=[("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 64 << 20)],
         )
+        method = "DeltaAggregatedResources" if self.delta else "StreamAggregatedResources"
         try:
             call = channel.stream_stream(
-                ADS_METHOD,
-                request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
-                response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
+                f"{ADS_SERVICE}/{method}", request_serializer=_raw, response_deserializer=_raw
             )(metadata=(("authorization", f"Bearer {self.token}"),))
             node = base_pb2.Node(id=f"{MESH}.{self.name}", cluster=self.name)
-            self.subs = {CLUSTER: _TypeSub(), LISTENER: _TypeSub()}
-            await call.write(discovery_pb2.DiscoveryRequest(node=node, type_url=CLUSTER))
-            await call.write(discovery_pb2.DiscoveryRequest(type_url=LISTENER))
+            if self.delta:
+                await self._delta_hello(call, node)
+            else:
+                await self._sotw_hello(call, node)
             while not stop.is_set():
-                response = await call.read()
-                if response is grpc.aio.EOF:
+                raw = await call.read()
+                if raw is grpc.aio.EOF:
                     code = await call.code()
                     raise RuntimeError(f"stream ended: {code}")
-                await self._on_response(call, response)
+                self.responses += 1
+                self.since.responses += 1
+                self.since.bytes += len(raw)
+                if self.delta:
+                    await self._on_delta(call, raw)
+                else:
+                    await self._on_sotw(call, raw)
+                if self.configured_at is None and self.is_configured():
+                    self.configured_at = time.monotonic()
         finally:
             await channel.close(grace=None)
 
-    async def _on_response(self, call: Any, response: Any) -> None:
+    def _took(self, type_url: str, old: tuple[str, bytes] | None, value: bytes) -> None:
+        """Count one received resource (and whether the proxy had the very same bytes)."""
+        self.since.resources += 1
+        self.since.unchanged += old is not None and old[1] == value
+        self.since.types.add(SHORT[type_url])
+
+    def _received(self, type_url: str, values: list[bytes]) -> None:
+        """A response was taken: it carries the change if one of its routes has the expected value."""
+        expect = self.expect
+        if type_url == ROUTE and expect is not None and any(expect in resource_facts(ROUTE, v)[2] for v in values):
+            self.since.value_at = time.monotonic()
+
+    # -- State of the World ------------------------------------------------------------------
+
+    async def _sotw_hello(self, call: Any, node: Any) -> None:
         from envoy.service.discovery.v3 import discovery_pb2
 
+        await call.write(discovery_pb2.DiscoveryRequest(node=node, type_url=CLUSTER).SerializeToString())
+        await call.write(discovery_pb2.DiscoveryRequest(type_url=LISTENER).SerializeToString())
+
+    async def _on_sotw(self, call: Any, raw: bytes) -> None:
+        from envoy.service.discovery.v3 import discovery_pb2
+
+        response = discovery_pb2.DiscoveryResponse.FromString(raw)
         type_url = response.type_url
-        sub = self.subs.setdefault(type_url, _TypeSub())
-        sub.nonce, sub.version = response.nonce, response.version_info
-        facts = [resource_facts(type_url, r.value) for r in response.resources]
-        self.responses += 1
-        sub.received = {name for name, _, _ in facts}
-        if type_url == ROUTE:
-            self.request_timeout = next((t for _, _, t in facts if t is not None), None)
-        # ACK (Envoy ACKs with the version and nonce it was sent, naming what it wants).
+        previous = self.held.get(type_url, {})
+        received: dict[str, tuple[str, bytes]] = {}
+        try:
+            for resource in response.resources:
+                name = resource_facts(type_url, resource.value)[0]
+                self._took(type_url, previous.get(name), resource.value)
+                received[name] = (response.version_info, resource.value)
+            self.held[type_url] = received  # State of the World: what is not in it is gone
+        except Exception as exc:  # Envoy refuses the response and keeps what it had
+            self.nacks += 1
+            nack = discovery_pb2.DiscoveryRequest(
+                type_url=type_url,
+                version_info=self.sotw.get(type_url, ("", ""))[0],
+                response_nonce=response.nonce,
+                resource_names=sorted(self.subscribed.get(type_url, ())),
+            )
+            nack.error_detail.message = f"{type(exc).__name__}: {exc}"
+            await call.write(nack.SerializeToString())
+            return
+        self.sotw[type_url] = (response.version_info, response.nonce)
+        self._received(type_url, [r.value for r in response.resources])
         ack = discovery_pb2.DiscoveryRequest(
-            type_url=type_url, version_info=sub.version, response_nonce=sub.nonce, resource_names=sorted(sub.names)
+            type_url=type_url,
+            version_info=response.version_info,
+            response_nonce=response.nonce,
+            resource_names=sorted(self.subscribed.get(type_url, ())),
         )
-        await call.write(ack)
+        await call.write(ack.SerializeToString())
         self.last_ack = time.monotonic()
-        # Subscriptions the clusters and listeners refer to (Envoy's warming), by name.
-        if type_url in (CLUSTER, LISTENER):
-            if type_url == CLUSTER:
-                self.connect_timeout = next((t for _, _, t in facts if t is not None), None)
-            required: dict[str, set[str]] = {}
-            for _, refs, _ in facts:
-                for dep_type, names in refs:
-                    required.setdefault(dep_type, set()).update(names)
-            self.refs[type_url] = required
-            for dep_type in (ENDPOINT, ROUTE, SECRET):
-                wanted = set().union(*(refs.get(dep_type, set()) for refs in self.refs.values()))
-                dep = self.subs.get(dep_type)
-                # Envoy re-subscribes to EDS whenever CDS updates clusters (their endpoints are
-                # owed again: cluster warming), even with the same names.
-                resubscribe = type_url == CLUSTER and dep_type == ENDPOINT and dep is not None and bool(wanted)
-                if (dep is None and not wanted) or (dep is not None and dep.names == wanted and not resubscribe):
-                    continue
-                dep = self.subs.setdefault(dep_type, _TypeSub())
-                dep.names = wanted
-                await call.write(
-                    discovery_pb2.DiscoveryRequest(
-                        type_url=dep_type,
-                        version_info=dep.version,
-                        response_nonce=dep.nonce,
-                        resource_names=sorted(wanted),
-                    )
+        if type_url not in (CLUSTER, LISTENER):
+            return
+        for dep_type in (ENDPOINT, ROUTE, SECRET):
+            wanted = self.wanted(dep_type)
+            current = self.subscribed.get(dep_type)
+            # Envoy asks for EDS again whenever CDS updates clusters (their endpoints are owed
+            # again: cluster warming), even with the same names.
+            warming = type_url == CLUSTER and dep_type == ENDPOINT and current is not None and bool(wanted)
+            if (current is None and not wanted) or (current == wanted and not warming):
+                continue
+            self.subscribed[dep_type] = wanted
+            version, nonce = self.sotw.get(dep_type, ("", ""))
+            request = discovery_pb2.DiscoveryRequest(
+                type_url=dep_type, version_info=version, response_nonce=nonce, resource_names=sorted(wanted)
+            )
+            await call.write(request.SerializeToString())
+
+    # -- delta -----------------------------------------------------------------------------
+
+    async def _delta_hello(self, call: Any, node: Any) -> None:
+        """Wildcard CDS and LDS, then the by-name types; each naming what the proxy holds (a
+        reconnect: the server sends only what differs)."""
+        from envoy.service.discovery.v3 import discovery_pb2
+
+        def initial(type_url: str) -> dict[str, str]:
+            return {name: version for name, (version, _) in self.held.get(type_url, {}).items()}
+
+        first = discovery_pb2.DeltaDiscoveryRequest(
+            node=node, type_url=CLUSTER, initial_resource_versions=initial(CLUSTER)
+        )
+        await call.write(first.SerializeToString())
+        lds = discovery_pb2.DeltaDiscoveryRequest(type_url=LISTENER, initial_resource_versions=initial(LISTENER))
+        await call.write(lds.SerializeToString())
+        for type_url, names in self.subscribed.items():
+            if names:
+                request = discovery_pb2.DeltaDiscoveryRequest(
+                    type_url=type_url,
+                    resource_names_subscribe=sorted(names),
+                    initial_resource_versions=initial(type_url),
                 )
-        if self.configured_at is None and self.is_configured():
-            self.configured_at = time.monotonic()
+                await call.write(request.SerializeToString())
+
+    async def _on_delta(self, call: Any, raw: bytes) -> None:
+        from envoy.service.discovery.v3 import discovery_pb2
+
+        response = discovery_pb2.DeltaDiscoveryResponse.FromString(raw)
+        type_url = response.type_url
+        self.held.setdefault(type_url, {})
+        errors = []
+        for resource in response.resources:
+            try:
+                resource_facts(type_url, resource.resource.value)
+            except Exception as exc:  # refused alone: the last good version stays
+                errors.append(f"{resource.name}: {type(exc).__name__}: {exc}")
+                continue
+            held = self.held[type_url]
+            self._took(type_url, held.get(resource.name), resource.resource.value)
+            held[resource.name] = (resource.version, resource.resource.value)
+        for name in response.removed_resources:
+            self.since.removed += self.held[type_url].pop(name, None) is not None
+        reply = discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, response_nonce=response.nonce)
+        if errors:
+            self.nacks += 1
+            reply.error_detail.message = "; ".join(errors)
+        else:
+            self._received(type_url, [r.resource.value for r in response.resources])
+        await call.write(reply.SerializeToString())
+        self.last_ack = time.monotonic()
+        if type_url not in (CLUSTER, LISTENER):
+            return
+        for dep_type in (ENDPOINT, ROUTE, SECRET):
+            wanted, current = self.wanted(dep_type), self.subscribed.get(dep_type)
+            if current is None and not wanted:
+                continue
+            current = current or set()
+            subscribe, unsubscribe = wanted - current, current - wanted
+            if dep_type not in self.subscribed or subscribe or unsubscribe:
+                self.subscribed[dep_type] = wanted
+                for name in unsubscribe:  # Envoy drops what it no longer refers to
+                    self.held.get(dep_type, {}).pop(name, None)
+                request = discovery_pb2.DeltaDiscoveryRequest(
+                    type_url=dep_type,
+                    resource_names_subscribe=sorted(subscribe),
+                    resource_names_unsubscribe=sorted(unsubscribe),
+                )
+                await call.write(request.SerializeToString())
 
 
 class Worker:
@@ -528,7 +673,6 @@ class Worker:
         self.conn = conn
         self.params = params
         self.xds_port: int = params["xds_port"]
-        self.api: str = params["api"]
         self.proxies: list[SimProxy] = []
         self.stop = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
@@ -567,7 +711,7 @@ class Worker:
             body = {"mesh": MESH, "name": name, "type": "dataplane", "validFor": "24h"}
             async with sem:
                 status, token = await loop.run_in_executor(
-                    None, lambda: http("POST", f"{self.api}/tokens/dataplane", body, timeout=60)
+                    None, lambda: http("POST", f"{p['api']}/tokens/dataplane", body, timeout=60)
                 )
                 if status != 200:
                     raise RuntimeError(f"token for {name}: {status} {token}")
@@ -581,6 +725,12 @@ class Worker:
         await channel.close()
         return {"registered": len(self.proxies)}
 
+    async def cmd_adopt(self, indices: list[int]) -> dict[str, Any]:
+        """The same proxies without a control plane to register with (the floor takes any stream)."""
+        p = self.params
+        self.proxies = [SimProxy(proxy_spec(i, p["services"], p["outbounds"])[0], "floor", self) for i in indices]
+        return {"adopted": len(self.proxies)}
+
     async def cmd_connect(self, at: float) -> dict[str, Any]:
         """Open every stream at monotonic time ``at`` (the same instant in every worker)."""
         await asyncio.sleep(max(0.0, at - time.monotonic()))
@@ -589,11 +739,11 @@ class Worker:
             self.tasks.append(asyncio.create_task(proxy.run(self.stop)))
         return {"started": len(self.tasks)}
 
-    async def cmd_status(self, expected: tuple[int, int] | None) -> dict[str, Any]:
+    async def cmd_status(self, expected: int | None) -> dict[str, Any]:
         now = time.monotonic()
         return {
             "configured": sum(p.configured_at is not None for p in self.proxies),
-            "with_value": sum(p.has(expected) and p.configured_at is not None for p in self.proxies),
+            "with_value": sum(p.since.value_at is not None for p in self.proxies),
             "failures": sum(len(p.failures) for p in self.proxies),
             "last_ack_age": min((now - p.last_ack for p in self.proxies), default=0.0),
             "responses": sum(p.responses for p in self.proxies),
@@ -612,15 +762,41 @@ class Worker:
             "failed_proxies": sum(bool(p.failures) for p in self.proxies),
             "failed_at": [t for p in self.proxies for t in p.failed_at],
             "failure_debug": self.failure_debug[:5],
+            "nacks": sum(p.nacks for p in self.proxies),
             "cpu_s": time.process_time(),
         }
 
-    async def cmd_delivery(self, arg: tuple[float, int]) -> dict[str, Any]:
-        t0, expected = arg
+    async def cmd_mark(self, expect: int) -> dict[str, Any]:
+        """A change is coming that sets request timeout ``expect``: count from here."""
+        for proxy in self.proxies:
+            proxy.expect, proxy.since = expect, Since()
+        return {"marked": len(self.proxies)}
+
+    async def cmd_report(self, _: Any) -> dict[str, Any]:
+        """What each proxy received since the mark (only those that received anything)."""
         return {
-            "delivery_s": [p.last_ack - t0 for p in self.proxies if p.has(expected) and p.last_ack > t0],
-            "missing": sum(not p.has(expected) for p in self.proxies),
+            "proxies": [
+                {
+                    "name": p.name,
+                    "responses": p.since.responses,
+                    "bytes": p.since.bytes,
+                    "resources": p.since.resources,
+                    "unchanged": p.since.unchanged,
+                    "removed": p.since.removed,
+                    "types": sorted(p.since.types),
+                    "value_at": p.since.value_at,
+                }
+                for p in self.proxies
+                if p.since.responses
+            ],
+            "nacks": sum(p.nacks for p in self.proxies),
+            "failures": sum(len(p.failures) for p in self.proxies),
         }
+
+    async def cmd_snapshot(self, _: Any) -> dict[str, list[tuple[str, str, bytes]]]:
+        """What the first proxy holds, by type: the floor serves it to everyone."""
+        proxy = self.proxies[0]
+        return {t: [(n, v, b) for n, (v, b) in sorted(held.items())] for t, held in proxy.held.items()}
 
     async def cmd_stop(self, _: Any) -> dict[str, Any]:
         self.stop.set()
@@ -655,7 +831,7 @@ class Workers:
             self.conns.append(parent)
             self.procs.append(proc)
 
-    def call(self, command: str, args: list[Any], timeout: float = 600) -> list[dict[str, Any]]:
+    def call(self, command: str, args: list[Any], timeout: float = 600) -> list[Any]:
         for conn, arg in zip(self.conns, args, strict=True):
             conn.send((command, arg))
         results = []
@@ -663,12 +839,12 @@ class Workers:
             if not conn.poll(timeout):
                 raise TimeoutError(f"worker did not answer {command!r} in {timeout}s")
             result = conn.recv()
-            if "error" in result:
+            if isinstance(result, dict) and "error" in result:
                 raise RuntimeError(f"worker {command}: {result['error']}")
             results.append(result)
         return results
 
-    def broadcast(self, command: str, arg: Any = None, timeout: float = 600) -> list[dict[str, Any]]:
+    def broadcast(self, command: str, arg: Any = None, timeout: float = 600) -> list[Any]:
         return self.call(command, [arg] * len(self.conns), timeout)
 
     def close(self) -> None:
@@ -678,26 +854,7 @@ class Workers:
             proc.join(10)
             if proc.is_alive():
                 proc.kill()
-
-
-# --- the run ------------------------------------------------------------------------------
-
-
-def wait_for(workers: Workers, expected: tuple[int, int] | None, n: int, timeout: float, key: str) -> float:
-    """Wait until all n proxies satisfy ``key``; then until no ACK for a quiet moment. Returns when."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = workers.broadcast("status", expected)
-        if sum(s[key] for s in status) >= n:
-            break
-        time.sleep(0.05)
-    quiet_deadline = time.monotonic() + 10
-    while time.monotonic() < quiet_deadline:
-        status = workers.broadcast("status", expected)
-        if min(s["last_ack_age"] for s in status) > 0.5:
-            break
-        time.sleep(0.1)
-    return time.monotonic()
+                proc.join(5)
 
 
 def start_spy(cp: ControlPlane, path: Path | None, phase: str) -> subprocess.Popen[bytes] | None:
@@ -733,124 +890,216 @@ def temp_dir(keep: bool) -> Iterator[Path]:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+# --- the run ------------------------------------------------------------------------------
+
+
+def wait_until(workers: Workers, key: str, count: int, timeout: float) -> bool:
+    """Poll the workers until ``count`` proxies satisfy ``key`` (bounded by ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sum(s[key] for s in workers.broadcast("status")) >= count:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def wait_idle(stats: ProcessStats, args: argparse.Namespace) -> tuple[float, float, bool]:
+    """Until the server's CPU grew by at most --idle-share of one core over --idle-window seconds."""
+    return stats.wait_idle(args.idle_window, args.idle_window * args.idle_share, args.idle_timeout)
+
+
+def connect_storm(workers: Workers, n: int, stats: ProcessStats, timeout: float) -> dict[str, Any]:
+    """Open all N streams at the same instant; wait until every proxy is configured."""
+    cpu_before = stats.cpu_s()
+    at = time.monotonic() + 0.5
+    workers.broadcast("connect", at)
+    complete = wait_until(workers, "configured", n, timeout)
+    configured = workers.broadcast("configured")
+    configure_s = [x for c in configured for x in c["configure_s"]]
+    failures = [f for c in configured for f in c["failures"]]
+    return {
+        "proxies": n,
+        "configured": len(configure_s),
+        "complete": complete,
+        "failed_streams": len(failures),
+        "proxies_with_failed_stream": sum(c["failed_proxies"] for c in configured),
+        "failure_examples": sorted(set(failures))[:5],
+        "failed_after_s": summary_s([t for c in configured for t in c["failed_at"]]),
+        "failure_debug": [d for c in configured for d in c["failure_debug"]][:6],
+        "nacks": sum(c["nacks"] for c in configured),
+        "time_to_all_configured_s": round(max((x for c in configured for x in c["configured_at"]), default=at) - at, 3),
+        "configure_s": summary_s(configure_s),
+        "server_cpu_s": round(stats.cpu_s() - cpu_before, 2),
+    }
+
+
+def measure_changes(
+    workers: Workers,
+    stats: ProcessStats,
+    change: Callable[[int, int], None],
+    values: list[tuple[int, int]],
+    must_receive: int,
+    allowed: set[str] | None,
+    args: argparse.Namespace,
+    label: str,
+) -> dict[str, Any]:
+    """Time each change (old -> new request timeout) from just before ``change`` is called until
+    ``must_receive`` proxies received the new value, then until the server is idle again.
+    ``allowed``: the proxies that may receive anything at all (None: every proxy)."""
+    per_change: list[dict[str, Any]] = []
+    samples: list[float] = []
+    _, _, idle_before = wait_idle(stats, args)  # each change then ends with the server idle again
+    for k, (old, new) in enumerate(values):
+        workers.broadcast("mark", new)
+        cpu0, t0 = stats.cpu_s(), time.monotonic()
+        change(old, new)
+        complete = wait_until(workers, "with_value", must_receive, args.change_timeout)
+        cpu_received = stats.cpu_s()
+        idle_at, cpu_idle, idle = wait_idle(stats, args)
+        time.sleep(0.3)  # the clients read what was still on its way
+        reports = workers.broadcast("report")
+        got = [p for r in reports for p in r["proxies"]]
+        delivery = [p["value_at"] - t0 for p in got if p["value_at"] is not None]
+        samples += delivery
+        outside = sorted(p["name"] for p in got if allowed is not None and p["name"] not in allowed)
+        record = {
+            "change": k + 1,
+            "request_timeout": new,
+            "received": len(delivery),
+            "complete": complete,
+            "all_received_s": round(max(delivery), 4) if delivery else None,
+            **summary_s(delivery),
+            "cpu_s": round(cpu_idle - cpu0, 3),
+            "cpu_until_last_received_s": round(cpu_received - cpu0, 3),
+            "cpu_after_last_received_s": round(cpu_idle - cpu_received, 3),
+            "idle_after_s": round(idle_at - t0, 2),
+            "idle": idle,
+            "idle_before": idle_before,
+            "proxies_received_anything": len(got),
+            "proxies_outside_allowed": len(outside),
+            "outside_examples": outside[:5],
+            "responses": sum(p["responses"] for p in got),
+            "bytes": sum(p["bytes"] for p in got),
+            "resources": sum(p["resources"] for p in got),
+            "unchanged_resources": sum(p["unchanged"] for p in got),
+            "removed_resources": sum(p["removed"] for p in got),
+            "types": sorted({t for p in got for t in p["types"]}),
+            "nacks_total": sum(r["nacks"] for r in reports),
+            "stream_failures_total": sum(r["failures"] for r in reports),
+        }
+        per_change.append(record)
+        print(
+            f"  {label} change {k + 1}: {len(delivery)}/{must_receive} received, p50 {record.get('p50_s')} s, "
+            f"p99 {record.get('p99_s')} s, all {record['all_received_s']} s; CPU {record['cpu_s']} s "
+            f"({record['cpu_until_last_received_s']} + {record['cpu_after_last_received_s']} after, idle after "
+            f"{record['idle_after_s']} s{'' if idle else ', NOT idle'}); {len(got)} proxies received "
+            f"{record['resources']} resources ({record['unchanged_resources']} unchanged, {record['types']}), "
+            f"{record['bytes']} bytes",
+            flush=True,
+        )
+    cpu = [c["cpu_s"] for c in per_change]
+    return {
+        "per_proxy": summary_s(samples),
+        "all_received": summary_s([c["all_received_s"] for c in per_change if c["all_received_s"] is not None]),
+        "cpu_s_median": round(statistics.median(cpu), 3) if cpu else None,
+        # Insight counters are written up to 10 s after the ACKs that moved them: that CPU may fall
+        # in the next change's count (every other change, at one change per ~12 s): the mean spreads it.
+        "cpu_s_mean": round(statistics.mean(cpu), 3) if cpu else None,
+        "cpu_until_last_received_s_mean": round(statistics.mean(c["cpu_until_last_received_s"] for c in per_change), 3),
+        "cpu_after_last_received_s_mean": round(statistics.mean(c["cpu_after_last_received_s"] for c in per_change), 3),
+        "bytes_median": statistics.median(c["bytes"] for c in per_change),
+        "complete": all(c["complete"] and c["idle"] for c in per_change),
+        "changes": per_change,
+    }
+
+
+def start_workers(args: argparse.Namespace, xds_port: int, ca_file: Path, api: str | None) -> Workers:
+    params = {
+        "xds_port": xds_port,
+        "api": api,
+        "ca_file": str(ca_file),
+        "services": args.services,
+        "outbounds": args.outbounds,
+        "protocol": args.protocol,
+        "profile_clients": str(args.profile_clients) if args.profile_clients else None,
+    }
+    return Workers(args.workers, params)
+
+
+def change_values(count: int, first: int) -> list[tuple[int, int]]:
+    return [(first + k, first + k + 1) for k in range(count)]
+
+
+def run_control_plane(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, Any], Any]:
+    """The zone control plane's figures, and the snapshot of one proxy (what the floor serves)."""
     n = args.proxies
-    with temp_dir(args.keep) as tmp:
-        cp = ControlPlane(tmp / "cp", profile=args.profile)
-        print(f"starting zone control plane (sqlite) in {tmp} ...", flush=True)
-        cp.start(timeout=60)
-        workers: Workers | None = None
-        try:
-            cp.apply(f"/meshes/{MESH}", mesh_doc())
-            for s in range(args.services):
-                doc = permission_doc(s, args.services)
-                cp.apply(f"/meshes/{MESH}/meshtrafficpermissions/{doc['name']}", doc)
-            time.sleep(1.0)
-            params = {
-                "xds_port": cp.xds_port,
-                "api": cp.api,
-                "ca_file": str(tmp / "cp" / "xds.crt"),
-                "services": args.services,
-                "outbounds": args.outbounds,
-                "profile_clients": str(args.profile_clients) if args.profile_clients else None,
-            }
-            workers = Workers(args.workers, params)
-            rss_base = cp.rss_kb()
-            metrics_start = cp.metrics()
-            print(f"registering {n} dataplanes (token + Register over gRPC) ...", flush=True)
-            started = time.monotonic()
-            shares = [list(range(w, n, args.workers)) for w in range(args.workers)]
-            workers.call("register", shares)
-            register_s = time.monotonic() - started
-            time.sleep(1.0)
-            rss_registered = cp.rss_kb()
+    cp = ControlPlane(tmp / "cp", profile=args.profile)
+    print(f"starting zone control plane (sqlite) in {tmp} ...", flush=True)
+    cp.start(timeout=60)
+    workers: Workers | None = None
+    try:
+        stats = cp.stats
+        cp.apply(f"/meshes/{MESH}", mesh_doc())
+        for s in range(args.services):
+            doc = permission_doc(s, args.services)
+            cp.apply(f"/meshes/{MESH}/meshtrafficpermissions/{doc['name']}", doc)
+        wait_idle(stats, args)
+        workers = start_workers(args, cp.xds_port, tmp / "cp" / "xds.crt", cp.api)
+        rss_base = stats.rss_kb()
+        metrics_start = cp.metrics()
+        print(f"registering {n} dataplanes (token + Register over gRPC) ...", flush=True)
+        started = time.monotonic()
+        workers.call("register", [list(range(w, n, args.workers)) for w in range(args.workers)])
+        register_s = time.monotonic() - started
+        wait_idle(stats, args)
+        rss_registered = stats.rss_kb()
 
-            print(f"connecting {n} ADS streams at once ...", flush=True)
-            storm_spy = start_spy(cp, args.spy, "storm")
-            cpu_before = cp.cpu_s()
-            clients_cpu_before = sum(s["cpu_s"] for s in workers.broadcast("status", None))
-            at = time.monotonic() + 0.5
-            workers.broadcast("connect", at)
-            wait_for(workers, None, n, args.storm_timeout, "configured")
-            configured = workers.broadcast("configured")
-            stop_spy(storm_spy)
-            storm_cpu = cp.cpu_s() - cpu_before
-            configure_s = [x for c in configured for x in c["configure_s"]]
-            all_at = max((x for c in configured for x in c["configured_at"]), default=at)
-            failures = [f for c in configured for f in c["failures"]]
-            storm = {
-                "proxies": n,
-                "configured": len(configure_s),
-                "failed_streams": len(failures),
-                "proxies_with_failed_stream": sum(c["failed_proxies"] for c in configured),
-                "failure_examples": sorted(set(failures))[:5],
-                "failed_after_s": summary_s([t for c in configured for t in c["failed_at"]]),
-                "failure_debug": [d for c in configured for d in c["failure_debug"]][:6],
-                "clients_cpu_s": round(sum(c["cpu_s"] for c in configured) - clients_cpu_before, 2),
-                "time_to_all_configured_s": round(all_at - at, 3),
-                "configure_s": summary_s(configure_s),
-                "cp_cpu_s": round(storm_cpu, 2),
-            }
-            time.sleep(2.0)  # insight flushes, allocator settling
-            rss_connected = cp.rss_kb()
-            metrics_storm = cp.metrics()
+        print(f"connecting {n} {args.protocol} ADS streams at once ...", flush=True)
+        spy = start_spy(cp, args.spy, "storm")
+        storm = connect_storm(workers, n, stats, args.storm_timeout)
+        stop_spy(spy)
+        if not storm["complete"]:
+            raise RuntimeError(f"connect storm: {storm['configured']}/{n} configured within {args.storm_timeout} s")
+        wait_idle(stats, args)  # insight batches, allocator
+        rss_connected = stats.rss_kb()
+        metrics_storm = cp.metrics()
+        snapshot = workers.call("snapshot", [None] * args.workers)[0]
 
-            print(f"{args.changes} mesh-wide policy changes (PUT MeshTimeout {TIMEOUT_POLICY}) ...", flush=True)
-            spy = start_spy(cp, args.spy, "changes")
-            deliveries: dict[str, list[float]] = {kind: [] for kind in args.change_kinds}
-            per_change: list[dict[str, Any]] = []
-            missing_total = 0
-            timeouts = DEFAULT_TIMEOUTS  # every change sets new ones
-            for kind in args.change_kinds:
-                for k in range(args.changes):
-                    timeouts = next_timeouts(timeouts, kind)
-                    cpu_before = cp.cpu_s()
-                    threads_before = cp.thread_cpu_s()
-                    status_before = workers.broadcast("status", None)
-                    clients_before = sum(s["cpu_s"] for s in status_before)
-                    responses_before = sum(s["responses"] for s in status_before)
-                    t0 = time.monotonic()
-                    cp.apply(f"/meshes/{MESH}/meshtimeouts/{TIMEOUT_POLICY}", timeout_doc(timeouts))
-                    wait_for(workers, timeouts, n, args.change_timeout, "with_value")
-                    cpu = cp.cpu_s() - cpu_before
-                    threads = {k: round(v - threads_before.get(k, 0.0), 2) for k, v in cp.thread_cpu_s().items()}
-                    status_after = workers.broadcast("status", None)
-                    clients_cpu = sum(s["cpu_s"] for s in status_after) - clients_before
-                    responses = sum(s["responses"] for s in status_after) - responses_before
-                    results = workers.broadcast("delivery", (t0, timeouts))
-                    samples = [x for r in results for x in r["delivery_s"]]
-                    missing = sum(r["missing"] for r in results)
-                    missing_total += missing
-                    deliveries[kind] += samples
-                    change = {
-                        "kind": kind,
-                        "change": k + 1,
-                        "acked": len(samples),
-                        "missing": missing,
-                        "all_acked_s": round(max(samples), 4) if samples else None,
-                        **summary_s(samples),
-                        "cp_cpu_s": round(cpu, 3),
-                        "clients_cpu_s": round(clients_cpu, 3),
-                        "cp_threads_cpu_s": {k: v for k, v in threads.items() if v > 0},
-                        "responses_per_proxy": round(responses / n, 2),
-                    }
-                    per_change.append(change)
-                    print(
-                        f"  {kind} change {k + 1}: {len(samples)}/{n} ACKed, p50 {change.get('p50_s')} s, "
-                        f"p99 {change.get('p99_s')} s, all {change['all_acked_s']} s, "
-                        f"CPU: CP {cpu:.2f} s, clients {clients_cpu:.2f} s, {responses / n:.1f} responses/proxy",
-                        flush=True,
-                    )
-                    time.sleep(args.pause)
-            stop_spy(spy)
-            rss_end = cp.rss_kb()
-            metrics_end = cp.metrics()
-        finally:
-            if workers is not None:
-                workers.close()
-            cp.stop()
-            if args.profile:
-                print(f"profile of the CP written to {args.profile}")
+        spy = start_spy(cp, args.spy, "changes")
+        changes: dict[str, Any] = {}
+        if "mesh-wide" in args.change:
+            print(f"{args.changes} mesh-wide changes (PUT MeshTimeout {TIMEOUT_POLICY}, requestTimeout) ...")
+
+            def mesh_wide(_old: int, new: int) -> None:
+                cp.apply(f"/meshes/{MESH}/meshtimeouts/{TIMEOUT_POLICY}", mesh_timeout_doc(new))
+
+            values = change_values(args.changes, DEFAULT_REQUEST_TIMEOUT)
+            changes["mesh-wide"] = measure_changes(workers, stats, mesh_wide, values, n, None, args, "CP mesh-wide")
+        if "one-service" in args.change:
+            callers, own = affected_by_one_service(n, args.services, args.outbounds)
+            print(
+                f"{args.changes} one-service changes (PUT MeshTimeout {ONE_SERVICE_POLICY}: requests to "
+                f"{service_name(0)}; {len(callers)} callers, {len(own)} own proxies) ..."
+            )
+
+            def one_service(_old: int, new: int) -> None:
+                cp.apply(f"/meshes/{MESH}/meshtimeouts/{ONE_SERVICE_POLICY}", one_service_timeout_doc(new))
+
+            one_service(0, 100)  # created first (not timed): each timed change then modifies it
+            values = change_values(args.changes, 100)
+            result = measure_changes(
+                workers, stats, one_service, values, len(callers), callers | own, args, "CP one-service"
+            )
+            changes["one-service"] = {"callers": len(callers), "own_proxies": len(own), **result}
+        stop_spy(spy)
+        rss_end = stats.rss_kb()
+        metrics_end = cp.metrics()
+    finally:
+        if workers is not None:
+            workers.close()
+        cp.stop()
+        if args.profile:
+            print(f"profile of the CP written to {args.profile}")
 
     gen_storm = histogram_delta(
         scrape_histogram(metrics_start, "xds_generation"), scrape_histogram(metrics_storm, "xds_generation")
@@ -861,107 +1110,214 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     delivery_metric = histogram_delta(
         scrape_histogram(metrics_storm, "xds_delivery"), scrape_histogram(metrics_end, "xds_delivery")
     )
-    delivery: dict[str, Any] = {"missing": missing_total, "changes": per_change}
-    for kind in args.change_kinds:
-        mine = [c for c in per_change if c["kind"] == kind]
-        delivery[kind] = {
-            "per_proxy": summary_s(deliveries[kind]),
-            "all_acked": summary_s([c["all_acked_s"] for c in mine if c["all_acked_s"] is not None]),
-            "responses_per_proxy": mine[0]["responses_per_proxy"] if mine else None,
-        }
-    delivery["cp_metric_xds_delivery"] = {
-        **histogram_summary(delivery_metric),
-        "buckets": [[le, int(count)] for le, count in delivery_metric[0]],
-    }
     gc_before, gc_after = gc_collections(metrics_storm), gc_collections(metrics_end)
-    delivery["cp_gc_collections"] = {g: gc_after[g] - gc_before.get(g, 0.0) for g in gc_after}
-    kb_per_proxy = (rss_connected - rss_base) / n
     return {
         "memory": {
             "rss_base_kb": rss_base,
             "rss_registered_kb": rss_registered,
             "rss_connected_kb": rss_connected,
             "rss_end_kb": rss_end,
-            "kb_per_proxy": round(kb_per_proxy, 1),
+            "kb_per_proxy": round((rss_connected - rss_base) / n, 1),
+            # of which its Dataplane, token check and insight (registered, no stream yet) and its stream
+            "kb_per_proxy_registered": round((rss_registered - rss_base) / n, 1),
+            "kb_per_proxy_stream": round((rss_connected - rss_registered) / n, 1),
             "kb_per_proxy_end": round((rss_end - rss_base) / n, 1),
         },
         "registration_s": round(register_s, 2),
-        "generation": {"connect_storm": histogram_summary(gen_storm), "policy_changes": histogram_summary(gen_changes)},
-        "delivery": delivery,
+        "generation": {"connect_storm": histogram_summary(gen_storm), "changes": histogram_summary(gen_changes)},
+        "cp_metric_xds_delivery": {
+            **histogram_summary(delivery_metric),
+            "buckets": [[le, int(count)] for le, count in delivery_metric[0]],
+        },
+        "gc_collections_during_changes": {g: gc_after[g] - gc_before.get(g, 0.0) for g in gc_after},
         "connect_storm": storm,
+        "changes": changes,
+    }, snapshot
+
+
+def run_floor(args: argparse.Namespace, tmp: Path, snapshot: Any) -> dict[str, Any]:
+    """The floor: the same clients against one pre-serialized snapshot, mesh-wide changes."""
+    from zonemesh.zone_cp.xds.testing import self_signed_server_cert
+
+    n = args.proxies
+    cert, key = self_signed_server_cert("127.0.0.1")
+    (tmp / "floor.crt").write_bytes(cert)
+    print(
+        f"starting the floor ADS server (one pre-serialized snapshot of {sum(map(len, snapshot.values()))} "
+        f"resources) ...",
+        flush=True,
+    )
+    floor = AdsFloor(snapshot, cert, key)
+    workers: Workers | None = None
+    try:
+        stats = floor.stats
+        workers = start_workers(args, floor.port, tmp / "floor.crt", None)
+        workers.call("adopt", [list(range(w, n, args.workers)) for w in range(args.workers)])
+        rss_base = stats.rss_kb()
+        print(f"connecting {n} {args.protocol} ADS streams to the floor at once ...", flush=True)
+        storm = connect_storm(workers, n, stats, args.storm_timeout)
+        if not storm["complete"]:
+            raise RuntimeError(f"floor connect storm: {storm['configured']}/{n} configured")
+        wait_idle(stats, args)
+        rss_connected = stats.rss_kb()
+        values = change_values(args.changes, DEFAULT_REQUEST_TIMEOUT)
+        changes = measure_changes(workers, stats, floor.change, values, n, None, args, "floor mesh-wide")
+    finally:
+        if workers is not None:
+            workers.close()
+        floor.stop()
+    return {
+        "memory": {
+            "rss_base_kb": rss_base,
+            "rss_connected_kb": rss_connected,
+            "kb_per_proxy": round((rss_connected - rss_base) / n, 1),
+        },
+        "connect_storm": storm,
+        "changes": {"mesh-wide": changes},
     }
+
+
+def ratio(value: float | None, floor: float | None) -> float | None:
+    return round(value / floor, 2) if value is not None and floor else None
+
+
+def ratios(cp: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"kb_per_proxy": ratio(cp["memory"]["kb_per_proxy"], floor["memory"]["kb_per_proxy"])}
+    mine, base = cp["changes"].get("mesh-wide"), floor["changes"]["mesh-wide"]
+    if mine is not None:
+        out.update(
+            {
+                "received_p50": ratio(mine["per_proxy"].get("p50_s"), base["per_proxy"].get("p50_s")),
+                "received_p99": ratio(mine["per_proxy"].get("p99_s"), base["per_proxy"].get("p99_s")),
+                "all_received_p50": ratio(mine["all_received"].get("p50_s"), base["all_received"].get("p50_s")),
+                "cpu_per_change": ratio(mine["cpu_s_mean"], base["cpu_s_mean"]),
+                "bytes_per_change": ratio(mine["bytes_median"], base["bytes_median"]),
+            }
+        )
+    return out
 
 
 def verdicts(report: dict[str, Any]) -> dict[str, Any]:
-    storm = report["connect_storm"]
-    result: dict[str, Any] = {
-        "kb_per_proxy": {
-            "measured": report["memory"]["kb_per_proxy"],
-            "target": TARGETS["kb_per_proxy"],
-            "ok": report["memory"]["kb_per_proxy"] <= TARGETS["kb_per_proxy"],
-        },
-    }
-    for kind in report["params"]["change_kinds"]:
-        p99 = report["delivery"][kind]["per_proxy"].get("p99_s")
-        result[f"delivery_p99_s ({kind})"] = {
-            "measured": p99,
-            "target": TARGETS["delivery_p99_s"],
-            "ok": p99 is not None and p99 <= TARGETS["delivery_p99_s"] and report["delivery"]["missing"] == 0,
+    cp, floor, r = report["control_plane"], report["floor"], report["ratios"]
+    storm = cp["connect_storm"]
+    result: dict[str, Any] = {}
+    mesh_wide = cp["changes"].get("mesh-wide")
+    if mesh_wide is not None:
+        result["mesh-wide change -> all received, p99 / floor"] = {
+            "measured": r["received_p99"],
+            "target": f"<= {TARGETS['p99_ratio']}",
+            "ok": r["received_p99"] is not None and r["received_p99"] <= TARGETS["p99_ratio"] and mesh_wide["complete"],
         }
-    result["connect_storm"] = {
+        result["CP CPU per change (until idle, mean) / floor"] = {
+            "measured": r["cpu_per_change"],
+            "target": f"<= {TARGETS['cpu_ratio']}",
+            "ok": r["cpu_per_change"] is not None and r["cpu_per_change"] <= TARGETS["cpu_ratio"],
+        }
+    result["CP memory per proxy, KB"] = {
+        "measured": cp["memory"]["kb_per_proxy"],
+        "target": f"<= {TARGETS['kb_per_proxy']}",
+        "ok": cp["memory"]["kb_per_proxy"] <= TARGETS["kb_per_proxy"],
+    }
+    result["connect storm, failed streams"] = {
         "measured": {"configured": storm["configured"], "failed_streams": storm["failed_streams"]},
         "target": {"configured": storm["proxies"], "failed_streams": TARGETS["failed_streams"]},
         "ok": storm["configured"] == storm["proxies"] and storm["failed_streams"] == 0,
     }
+    one = cp["changes"].get("one-service")
+    if one is not None:
+        outside = sum(c["proxies_outside_allowed"] for c in one["changes"])
+        result["one-service change: proxies outside its callers/own that received anything"] = {
+            "measured": outside,
+            "target": 0,
+            "ok": outside == 0 and one["complete"],
+        }
+        if report["params"]["protocol"] == "delta":
+            unchanged = sum(c["unchanged_resources"] for c in one["changes"])
+            result["one-service change over delta: unchanged resources sent"] = {
+                "measured": unchanged,
+                "target": 0,
+                "ok": unchanged == 0,
+            }
+    nacks = max((c["nacks_total"] for kind in cp["changes"].values() for c in kind["changes"]), default=0)
+    result["NACKs (simulated proxies refusing a resource)"] = {"measured": nacks, "target": 0, "ok": nacks == 0}
+    del floor
     return result
 
 
 def print_table(report: dict[str, Any]) -> None:
-    n = report["params"]["proxies"]
-    mem, gen, dl, storm = report["memory"], report["generation"], report["delivery"], report["connect_storm"]
+    cp, floor, r = report["control_plane"], report["floor"], report["ratios"]
+    p = report["params"]
     rows = [
         (
-            "CP memory per proxy",
-            f"{mem['kb_per_proxy']} KB  (RSS {mem['rss_base_kb']} -> {mem['rss_connected_kb']} KB)",
+            "memory per proxy",
+            f"CP {cp['memory']['kb_per_proxy']} KB (registered {cp['memory']['kb_per_proxy_registered']} KB + "
+            f"stream {cp['memory']['kb_per_proxy_stream']} KB), floor {floor['memory']['kb_per_proxy']} KB "
+            f"({r['kb_per_proxy']}x)",
         ),
         (
-            "generation per proxy (storm)",
-            f"p50 {gen['connect_storm']['p50_ms']} ms  p99 {gen['connect_storm']['p99_ms']} ms  "
-            f"({gen['connect_storm']['count']} generations)",
+            "connect storm",
+            f"CP {cp['connect_storm']['configured']}/{p['proxies']} configured in "
+            f"{cp['connect_storm']['time_to_all_configured_s']} s, {cp['connect_storm']['failed_streams']} failed "
+            f"streams; floor {floor['connect_storm']['time_to_all_configured_s']} s",
         ),
         (
             "generation per proxy (changes)",
-            f"p50 {gen['policy_changes']['p50_ms']} ms  p99 {gen['policy_changes']['p99_ms']} ms  "
-            f"({gen['policy_changes']['count']} generations)",
+            f"p50 {cp['generation']['changes']['p50_ms']} ms  p99 {cp['generation']['changes']['p99_ms']} ms",
         ),
     ]
-    for kind in report["params"]["change_kinds"]:
-        per_proxy, all_acked = dl[kind]["per_proxy"], dl[kind]["all_acked"]
+    base = floor["changes"]["mesh-wide"]
+    for kind, mine in cp["changes"].items():
         rows.append(
             (
-                f"change -> ACK ({kind}), per proxy",
-                f"p50 {per_proxy.get('p50_s')} s  p99 {per_proxy.get('p99_s')} s  max {per_proxy.get('max_s')} s  "
-                f"({per_proxy['count']} ACKs, {dl[kind]['responses_per_proxy']} responses/proxy/change)",
+                f"{kind}: change -> received, per proxy",
+                f"CP p50 {mine['per_proxy'].get('p50_s')} s p99 {mine['per_proxy'].get('p99_s')} s; floor p50 "
+                f"{base['per_proxy'].get('p50_s')} s p99 {base['per_proxy'].get('p99_s')} s"
+                + (f"  ({r['received_p50']}x / {r['received_p99']}x)" if kind == "mesh-wide" else ""),
             )
         )
         rows.append(
             (
-                f"change -> all N ACKed ({kind})",
-                f"p50 {all_acked.get('p50_s')} s  max {all_acked.get('max_s')} s over {all_acked['count']} changes",
+                f"{kind}: change -> all received",
+                f"CP p50 {mine['all_received'].get('p50_s')} s; floor {base['all_received'].get('p50_s')} s"
+                + (f"  ({r['all_received_p50']}x)" if kind == "mesh-wide" else ""),
             )
         )
-    rows.append(
-        (
-            "connect storm",
-            f"{storm['configured']}/{storm['proxies']} configured in {storm['time_to_all_configured_s']} s, "
-            f"{storm['failed_streams']} failed streams, configure p50 {storm['configure_s'].get('p50_s')} s "
-            f"p99 {storm['configure_s'].get('p99_s')} s",
+        rows.append(
+            (
+                f"{kind}: server CPU per change",
+                f"CP mean {mine['cpu_s_mean']} s, median {mine['cpu_s_median']} s (until last received "
+                f"{mine['cpu_until_last_received_s_mean']} s, after {mine['cpu_after_last_received_s_mean']} s, "
+                f"means); floor mean {base['cpu_s_mean']} s"
+                + (f"  ({r['cpu_per_change']}x)" if kind == "mesh-wide" else ""),
+            )
         )
-    )
-    print(f"\nzone xDS, {n} proxies, {report['params']['services']} services:")
+        first = mine["changes"][0] if mine["changes"] else {}
+        rows.append(
+            (
+                f"{kind}: sent per change",
+                f"CP {mine['bytes_median']} bytes to {first.get('proxies_received_anything')} proxies, "
+                f"{first.get('resources')} resources ({first.get('unchanged_resources')} unchanged); floor "
+                f"{base['bytes_median']} bytes",
+            )
+        )
+    one = cp["changes"].get("one-service")
+    if one is not None:
+        rows.append(
+            (
+                "one-service: who received",
+                f"{one['changes'][0]['proxies_received_anything'] if one['changes'] else None} proxies "
+                f"({one['callers']} callers + {one['own_proxies']} own allowed), outside them: "
+                f"{sum(c['proxies_outside_allowed'] for c in one['changes'])}",
+            )
+        )
+    print(f"\nzone xDS, {p['proxies']} proxies, {p['services']} services, {p['protocol']}:")
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"  {label:<{width}}  {value}")
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
 
 def main() -> None:
@@ -969,57 +1325,77 @@ def main() -> None:
     parser.add_argument("--proxies", type=int, default=MAX_PROXIES, help=f"simulated proxies (<= {MAX_PROXIES})")
     parser.add_argument("--services", type=int, help="services (default proxies/10, at least 2)")
     parser.add_argument("--outbounds", type=int, default=3, help="outbounds per proxy")
-    parser.add_argument("--workers", type=int, default=3, help="client worker processes")
-    parser.add_argument("--changes", type=int, default=5, help="mesh-wide policy changes to time, per kind")
+    parser.add_argument("--protocol", choices=("delta", "sotw"), default="delta", help="ADS protocol of the clients")
     parser.add_argument(
-        "--change-kinds", default=",".join(CHANGE_KINDS), help="connect (clusters) and/or timeouts (clusters+routes)"
+        "--change", default="mesh-wide", help="mesh-wide and/or one-service (comma-separated): what each change is"
     )
-    parser.add_argument("--pause", type=float, default=1.0, help="seconds between changes")
+    parser.add_argument("--changes", type=int, default=5, help="changes to time, per kind")
+    parser.add_argument("--workers", type=int, default=3, help="client worker processes")
+    parser.add_argument(
+        "--idle-window",
+        type=float,
+        default=12.0,
+        help="seconds the server's CPU must stay flat to call it idle (longer than the 10 s within which "
+        "the CP writes the insight counters an ACK moved)",
+    )
+    parser.add_argument(
+        "--idle-share", type=float, default=0.01, help="share of one core the server may use in that window"
+    )
+    parser.add_argument("--idle-timeout", type=float, default=120.0, help="longest wait for the server to go idle")
     parser.add_argument("--storm-timeout", type=float, default=180.0)
     parser.add_argument("--change-timeout", type=float, default=60.0)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 50 proxies, 2 changes")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 50 proxies, 2 changes, 3 s idle window")
+    parser.add_argument("--no-floor", action="store_true", help="skip the floor (no ratios)")
     parser.add_argument("--profile", type=Path, help="run the CP under cProfile, writing this file")
-    parser.add_argument("--spy", type=Path, help="py-spy the CP during the policy changes (collapsed stacks)")
+    parser.add_argument("--spy", type=Path, help="py-spy the CP (collapsed stacks in PATH.storm, PATH.changes)")
     parser.add_argument("--profile-clients", type=Path, help="cProfile each worker, writing PATH.<pid>")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data dir (CP log)")
-    parser.add_argument("--out", type=Path, help=f"JSON report (default {RESULTS}; --quick: *.quick.json)")
+    parser.add_argument("--out", type=Path, help=f"JSON report (default {RESULTS})")
     args = parser.parse_args()
     if args.quick:
-        args.proxies, args.changes, args.workers = min(args.proxies, 50), 2, 2
+        args.proxies, args.changes, args.idle_window = min(args.proxies, 50), 2, 3.0
         args.out = args.out or RESULTS.with_suffix(".quick.json")
     if not 1 <= args.proxies <= MAX_PROXIES:
         parser.error(f"--proxies must be between 1 and {MAX_PROXIES}")
     args.services = args.services or max(2, args.proxies // 10)
-    args.change_kinds = [k for k in args.change_kinds.split(",") if k]
-    if not set(args.change_kinds) <= set(CHANGE_KINDS):
-        parser.error(f"--change-kinds: choose among {', '.join(CHANGE_KINDS)}")
+    args.change = [k for k in args.change.split(",") if k]
+    if not args.change or not set(args.change) <= {"mesh-wide", "one-service"}:
+        parser.error("--change: mesh-wide and/or one-service")
     args.out = args.out or RESULTS
     started = time.monotonic()
     report: dict[str, Any] = {
         "benchmark": "xds_zone",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "shared": True},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "uptime_before": uptime()},
         "params": {
             "proxies": args.proxies,
             "services": args.services,
             "outbounds": args.outbounds,
-            "workers": args.workers,
+            "protocol": args.protocol,
+            "change": args.change,
             "changes": args.changes,
-            "change_kinds": args.change_kinds,
+            "workers": args.workers,
+            "idle": {"window_s": args.idle_window, "max_share_of_one_core": args.idle_share},
             "store": "sqlite",
             "mtls": "builtin",
+            "inbound": "127.0.0.1, one port per proxy",
         },
     }
-    load_before = os.getloadavg()
-    report.update(run(args))
-    report["machine"]["load_average_1m"] = {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)}
-    report["verdicts"] = verdicts(report)
+    with temp_dir(args.keep) as tmp:
+        report["control_plane"], snapshot = run_control_plane(args, tmp)
+        if not args.no_floor:
+            report["floor"] = run_floor(args, tmp, snapshot)
+    report["machine"]["uptime_after"] = uptime()
     report["wall_s"] = round(time.monotonic() - started, 1)
-    print_table(report)
-    for name, verdict in report["verdicts"].items():
-        status = "PASS" if verdict["ok"] else "FAIL"
-        print(f"target {name}: {verdict['measured']} (target {verdict['target']}): {status}")
+    if not args.no_floor:
+        report["ratios"] = ratios(report["control_plane"], report["floor"])
+        report["verdicts"] = verdicts(report)
+        print_table(report)
+        for name, verdict in report["verdicts"].items():
+            status = "PASS" if verdict["ok"] else "FAIL"
+            print(f"target {name}: {verdict['measured']} (target {verdict['target']}): {status}")
+    print(f"load: before {report['machine']['uptime_before']}; after {report['machine']['uptime_after']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.out}")
