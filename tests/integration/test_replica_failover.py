@@ -123,12 +123,13 @@ def test_a_zone_given_both_replicas_moves_to_the_other_when_its_own_is_killed(
     on, other = (a, b) if first["globalAddress"].endswith(f":{a.kds_port}") else (b, a)
     assert on.cp.process is not None
     on.cp.kill()
+    killed = time.monotonic()
     wait_until(
         lambda: (lambda s: s["connected"] and s["globalAddress"].endswith(f":{other.kds_port}"))(kds_status(zone)),
         WAIT,
         what=f"zone-1 connected to {other.name} after kill -9 of {on.name}",
     )
-    assert "global_connected" in zone.cp.logs()
+    print(f"\nzone-1 connected to {other.name} {time.monotonic() - killed:.2f}s after kill -9 of {on.name}")
     # what global changes now reaches the zone through the replica it moved to ...
     wait_until(lambda: put_mesh(other.cp, "after-kill") in (200, 201), WAIT, what="a mesh written on the survivor")
     wait_until(lambda: zone.cp.get("/meshes/after-kill")[0] == 200, WAIT, what="the new mesh in zone-1")
