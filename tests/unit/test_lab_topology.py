@@ -105,3 +105,27 @@ def test_the_shipped_lab_does_not_import_the_test_helpers() -> None:
     loaded = out.stdout
     assert "'zonemesh.lab.supervisor'" in loaded and "'zonemesh.lab.container'" in loaded
     assert "zonemesh.testing" not in loaded
+
+
+def test_replicas_add_global_replicas_an_etcd_cluster_and_a_kds_link_per_replica(tmp_path: Path) -> None:
+    single = plan(tmp_path, port_base=25000)
+    topo = plan(tmp_path, port_base=25000, replicas=2)
+    assert all_ports(topo) == all_ports(single)  # the documented ports stay where they were
+    assert [cp.name for cp in topo.globals] == ["global", "global-2"]
+    assert [m.name for m in topo.etcd] == ["etcd-1", "etcd-2", "etcd-3"]
+    assert all(len(z.more_kds_proxies) == 1 for z in topo.zones) and topo.zone_replicas == 1
+    ports = all_ports(topo) + [p for g in topo.more_globals for p in (g.api, g.diagnostics, g.grpc)]
+    ports += [p for z in topo.zones for p in z.more_kds_proxies] + [
+        p for m in topo.etcd for p in (m.client, m.peer, m.metrics)
+    ]
+    assert len(ports) == len(set(ports))
+    again = Topology.from_json(topo.to_json())
+    assert again == topo
+    assert Topology.from_json(single.to_json()).etcd == []  # a lab of one global has no etcd
+
+
+def test_zone_replicas_beyond_what_the_lab_can_run_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="zone-1 can run 1 replica"):
+        plan(tmp_path, replicas=2, zone_replicas=2)
+    with pytest.raises(ValueError, match="global replicas: 1 to 3"):
+        plan(tmp_path, replicas=4)
