@@ -82,6 +82,8 @@ def summary(topo: Topology) -> str:
     ]
     for replica in topo.more_globals:
         lines.append(f"{replica.name:<11} API {replica.api_url}   KDS :{replica.grpc}   (a replica of global)")
+    for replica in topo.more_zone_replicas:
+        lines.append(f"{replica.name:<11} API {replica.api_url}   xDS :{replica.grpc}   (a replica of {replica.zone})")
     for member in topo.etcd:
         lines.append(f"{member.name:<11} etcd 127.0.0.1:{member.client}   (the global replicas' store)")
     for z in topo.zones:

@@ -213,11 +213,10 @@ class Supervisor:
         ]  # fmt: skip
         if cp.mode == "global":
             argv += ["--kds-address", "127.0.0.1", "--kds-port", str(cp.grpc), "--defaults-skip-mesh-creation"]
-            if not self.topo.etcd:
-                return [*argv, "--store", "sqlite"]
-            endpoints = ",".join(f"127.0.0.1:{m.client}" for m in self.topo.etcd)
-            argv += ["--store", "etcd", "--etcd-endpoints", endpoints, "--etcd-prefix", ETCD_PREFIX]
-            if cp is not self.topo.global_cp:  # one KDS certificate for all replicas: the first one's
+            argv += self.store_argv(cp, ETCD_PREFIX)
+            if (
+                len(self.topo.globals) > 1 and cp is not self.topo.global_cp
+            ):  # one KDS certificate for all replicas: the first one's
                 first = self.dir / self.topo.global_cp.name
                 argv += [
                     "--kds-tls-cert-file",
@@ -227,14 +226,25 @@ class Supervisor:
                 ]
             return argv
         addresses = ",".join(f"grpcs://127.0.0.1:{port}" for port in (cp.kds_proxy, *cp.more_kds_proxies))
-        return [
-            *argv, "--store", "sqlite",
-            "--zone", cp.name,
+        argv += [
+            *self.store_argv(cp, f"{ETCD_PREFIX}-{cp.zone_name}"),
+            "--zone", cp.zone_name,
             "--xds-address", "127.0.0.1", "--xds-port", str(cp.grpc),
             "--global-address", addresses,
-            "--zone-token-file", str(self.dir / "tokens" / f"{cp.name}.token"),
+            "--zone-token-file", str(self.dir / "tokens" / f"{cp.zone_name}.token"),
             "--global-ca-file", str(self.global_ca()),
         ]  # fmt: skip
+        if cp.zone:  # a further replica of a zone: the first one's xDS certificate, which its proxies trust
+            first = self.dir / cp.zone
+            argv += ["--xds-tls-cert-file", str(first / "xds.crt"), "--xds-tls-key-file", str(first / "xds.key")]
+        return argv
+
+    def store_argv(self, cp: ControlPlane, prefix: str) -> list[str]:
+        """A control plane's store: the lab's etcd for replicas (``prefix``: one per control plane), else SQLite."""
+        if not self.topo.on_etcd(cp):
+            return ["--store", "sqlite"]
+        endpoints = ",".join(f"127.0.0.1:{m.client}" for m in self.topo.etcd)
+        return ["--store", "etcd", "--etcd-endpoints", endpoints, "--etcd-prefix", prefix]
 
     def global_ca(self) -> Path:
         """The certificate global generated for its KDS port on first start."""
@@ -325,8 +335,9 @@ class Supervisor:
             proxy = ChaosProxy(f"{cp.name}->{replica.name}", port, replica.grpc)
             await proxy.start()
             links.append(proxy)
-        self.proxies[cp.name] = links
-        self.write_secret(f"{cp.name}.token", await self.issue_zone_token(cp.name))
+        self.proxies.setdefault(cp.zone_name, []).extend(links)  # a partition of the zone cuts every replica
+        if not cp.zone:  # the zone's further replicas share its token (a new one would reset its link)
+            self.write_secret(f"{cp.name}.token", await self.issue_zone_token(cp.name))
         await self.launch(cp.name, self.cp_argv(cp))
         await self.wait_for(f"{cp.name} to be ready", lambda: self.cp_ready(cp))
 
@@ -345,9 +356,10 @@ class Supervisor:
         return self.write_secret(f"{name}.token", token.strip())
 
     def dp_argv(self, cp: ControlPlane, name: str, token: Path, readiness: int, resource: dict[str, Any]) -> list[str]:
+        addresses = ",".join(f"https://127.0.0.1:{replica.grpc}" for replica in self.topo.replicas_of(cp.name))
         return [
             *python_module("zonemesh.dp.main"), "run",
-            "--cp-address", f"https://127.0.0.1:{cp.grpc}",
+            "--cp-address", addresses,
             "--name", name, "--mesh", MESH,
             "--dataplane-inline", json.dumps(resource),
             "--dataplane-token-file", str(token),
@@ -385,7 +397,7 @@ class Supervisor:
 
     async def bring_up(self) -> None:
         await self.start_global()
-        for cp in self.topo.zones:
+        for cp in [*self.topo.zones, *self.topo.more_zone_replicas]:
             await self.start_zone(cp)
         for proxy in self.topo.proxies:
             await self.start_zone_proxy(proxy)

@@ -56,6 +56,11 @@ class ControlPlane:
     grpc: int  # KDS port on global, xDS port on zones
     kds_proxy: int = 0  # zones: the chaos proxy in front of global's KDS port
     more_kds_proxies: list[int] = field(default_factory=list)  # zones: one per further global replica
+    zone: str = ""  # a zone's further replica ("zone-1-2"): the zone it serves ("zone-1")
+
+    @property
+    def zone_name(self) -> str:
+        return self.zone or self.name
 
     @property
     def api_url(self) -> str:
@@ -123,6 +128,7 @@ class Topology:
     more_globals: list[ControlPlane] = field(default_factory=list)  # global replicas after global_cp
     etcd: list[EtcdMember] = field(default_factory=list)  # with several global replicas: their store
     zone_replicas: int = 1  # replicas of zone-1
+    more_zone_replicas: list[ControlPlane] = field(default_factory=list)  # zone-1's replicas after zone-1
 
     @property
     def globals(self) -> list[ControlPlane]:
@@ -131,7 +137,13 @@ class Topology:
 
     def replicas_of(self, name: str) -> list[ControlPlane]:
         """The processes of control plane ``name`` ("global" or a zone)."""
-        return self.globals if name == "global" else [self.zone(name)]
+        if name == "global":
+            return self.globals
+        return [self.zone(name), *(cp for cp in self.more_zone_replicas if cp.zone == name)]
+
+    def on_etcd(self, cp: ControlPlane) -> bool:
+        """Whether ``cp`` keeps its store in the lab's etcd: global's replicas, a zone's replicas."""
+        return len(self.replicas_of("global" if cp.mode == "global" else cp.zone_name)) > 1
 
     def zone(self, name: str) -> ControlPlane:
         for zone in self.zones:
@@ -162,6 +174,7 @@ class Topology:
             more_globals=[ControlPlane(**g) for g in raw.get("more_globals", [])],
             etcd=[EtcdMember(**m) for m in raw.get("etcd", [])],
             zone_replicas=raw.get("zone_replicas", 1),
+            more_zone_replicas=[ControlPlane(**z) for z in raw.get("more_zone_replicas", [])],
         )
 
 
@@ -178,8 +191,10 @@ def plan(directory: Path, zones: int = 2, port_base: int = 0, replicas: int = 1,
             f"zone-1 can run {ZONE_REPLICAS_AVAILABLE} replica(s) for now (got {zone_replicas}): several zone "
             "processes on one store are not available yet"
         )
-    extra = replicas - 1
-    needed = 5 + zones * 5 + 6 * (zones + 1) + (extra * (3 + zones) + 3 * ETCD_MEMBERS if extra else 0)
+    extra, zone_extra = replicas - 1, zone_replicas - 1
+    etcd = extra or zone_extra  # replicas of global or of zone-1 share the lab's etcd cluster
+    needed = 5 + zones * 5 + 6 * (zones + 1) + extra * (3 + zones) + zone_extra * (4 + extra)
+    needed += 3 * ETCD_MEMBERS if etcd else 0
     ports = _free_ports(needed) if port_base == 0 else iter(range(port_base, port_base + needed))
 
     control = next(ports)
@@ -214,5 +229,20 @@ def plan(directory: Path, zones: int = 2, port_base: int = 0, replicas: int = 1,
         ]
         for zone_cp in zone_cps:
             zone_cp.more_kds_proxies = [next(ports) for _ in range(extra)]
+    first = zone_cps[0]
+    topo.more_zone_replicas = [
+        ControlPlane(
+            f"{first.name}-{i}",
+            "zone",
+            next(ports),
+            next(ports),
+            next(ports),
+            kds_proxy=next(ports),
+            more_kds_proxies=[next(ports) for _ in range(extra)],
+            zone=first.name,
+        )
+        for i in range(2, zone_replicas + 1)
+    ]
+    if etcd:
         topo.etcd = [EtcdMember(f"etcd-{i}", next(ports), next(ports), next(ports)) for i in range(1, ETCD_MEMBERS + 1)]
     return topo
