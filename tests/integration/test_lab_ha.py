@@ -77,3 +77,11 @@ def test_kill_leader_of_an_unknown_control_plane_is_a_clear_error(ha_lab: tuple[
     result = lab(directory, "chaos", "kill-leader", "zone-9")
     assert result.returncode == 1
     assert "no control plane 'zone-9'; control planes: global, zone-1, zone-2" in result.stderr
+
+
+def test_kill_leader_of_a_zone_kills_its_only_replica_and_the_lab_converges(ha_lab: tuple[Path, Topology]) -> None:
+    directory, topo = ha_lab
+    result = lab(directory, "chaos", "kill-leader", "zone-2", "--for", "2s")
+    assert result.returncode == 0, result.stderr
+    assert "zone-2, the leader of zone-2, killed (SIGKILL)" in result.stdout
+    wait_until(lambda: not failures(topo), timeout=90, what="the lab to converge after zone-2's restart")
