@@ -110,7 +110,11 @@ class Config:
     )
     kds_tls_key_file: str = field(default="", metadata={"help": "KDS server private key (global)"})
     global_address: str = field(
-        default="", metadata={"help": "grpcs://HOST:5685 of the global CP (zone; empty: not federated)"}
+        default="",
+        metadata={
+            "help": "grpcs://HOST:5685 of the global CP (zone; empty: not federated); several global replicas "
+            "comma-separated, grpcs://A:5685,grpcs://B:5685: the zone moves to another when its own dies"
+        },
     )
     zone_token_file: str = field(default="", metadata={"help": "zone token file (zone, with --global-address)"})
     global_ca_file: str = field(
@@ -193,8 +197,11 @@ class Config:
         if self.xds_max_unauthenticated_streams < 1:
             problems.append("xds_max_unauthenticated_streams must be at least 1")
         if self.mode == "zone" and self.global_address:
-            if not self.global_address.startswith("grpcs://"):
-                problems.append("global_address must be grpcs://HOST:PORT (KDS always uses TLS)")
+            addresses = [item.strip() for item in self.global_address.split(",")]
+            if not all(item.startswith("grpcs://") and len(item) > len("grpcs://") for item in addresses):
+                problems.append(
+                    "global_address must be grpcs://HOST:PORT, or several comma-separated (KDS always uses TLS)"
+                )
             if not self.zone_token_file:
                 problems.append("a federated zone needs --zone-token-file (zmctl generate zone-token on global)")
         if self.global_tls_skip_verify:

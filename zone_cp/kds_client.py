@@ -11,7 +11,9 @@ labelled with this zone (both label sets).
 On (re)connect Hello carries what the zone holds from global (key → hash) and Welcome what
 global holds from the zone, so each side sends only differences: nothing is deleted and
 recreated. While global is unreachable the zone keeps serving from its store and retries
-with bounded, jittered exponential backoff.
+with bounded, jittered exponential backoff. --global-address may list several global replicas
+(comma-separated, docs/ha.md): each (re)connect goes to the next address in the list, so a zone
+whose replica died moves to another one; the backoff grows only once every address has failed.
 
 Every connect verifies global's KDS certificate, host name included, before the zone token is
 sent: against --global-ca-file, else the system CA bundle; only --global-tls-skip-verify turns
@@ -133,7 +135,8 @@ def renamed(rtype: ResourceType, res: Resource) -> Resource:
 class ClientState:
     """What GET /status/kds shows on a zone."""
 
-    global_address: str
+    global_address: str  # the address of the current (or last tried) connection
+    global_addresses: list[str] = field(default_factory=list)  # every address the zone may use
     connected: bool = False
     global_instance_id: str = ""
     connect_time: float | None = None
@@ -145,6 +148,7 @@ class ClientState:
     def as_dict(self) -> dict[str, Any]:
         return {
             "globalAddress": self.global_address,
+            "globalAddresses": self.global_addresses,
             "connected": self.connected,
             "globalInstanceId": self.global_instance_id or None,
             "connectTime": self.connect_time,
@@ -161,14 +165,12 @@ class KdsClient:
         self.zone = config.zone
         self.store = store
         self.instance_id = instance_id
-        parts = urlsplit(config.global_address)
-        if parts.scheme != "grpcs" or not parts.hostname:
-            raise ValueError(f"invalid global address {config.global_address!r}: use grpcs://HOST:PORT")
-        self.host = parts.hostname
-        self.port = parts.port or 5685
+        self.addresses = global_addresses(config.global_address)
+        self._current = 0  # index in self.addresses of the connection being made or held
+        self.host, self.port = parse_global_address(self.addresses[0])
         self.target = f"{self.host}:{self.port}"
         self.token_path = Path(config.zone_token_file)
-        self.state = ClientState(config.global_address)
+        self.state = ClientState(self.addresses[0], global_addresses=list(self.addresses))
         self.snapshot = Snapshot(store, upstream_types(), upload_selector(self.zone), debounce=debounce)
         self.synced = asyncio.Event()  # set once the first exchange with global is complete
         self._task: asyncio.Task[None] | None = None
@@ -192,6 +194,14 @@ class KdsClient:
         await cancel_and_wait([self._task])
         await self.snapshot.stop()
 
+    def _use(self, index: int) -> None:
+        """Make ``self.addresses[index]`` the address of the next connection."""
+        self._current = index % len(self.addresses)
+        address = self.addresses[self._current]
+        self.host, self.port = parse_global_address(address)
+        self.target = f"{self.host}:{self.port}"
+        self.state.global_address = address
+
     async def _run(self) -> None:
         attempt = 0
         while True:
@@ -205,7 +215,11 @@ class KdsClient:
                 log.warning("global_connection_failed", zone=self.zone, target=self.target, error=self.state.last_error)
             attempt = 0 if welcomed else attempt + 1
             self.state.attempts = attempt
-            await asyncio.sleep(backoff(attempt))
+            # The next connection goes to the next address: the replica this zone was on has
+            # gone (or refused it), another one may answer. The backoff grows per round of the
+            # whole list, so that a zone tries every replica before it waits longer.
+            self._use(self._current + 1)
+            await asyncio.sleep(backoff(attempt // len(self.addresses)))
 
     def _trust(self) -> tuple[Path | None, str]:
         """The CA file global's KDS certificate must chain to, and how to name it in messages:
@@ -463,6 +477,24 @@ class KdsClient:
         if res.labels.get(ORIGIN_LABEL) != ORIGIN_ZONE or not zone or zone == self.zone:
             raise Refused(OWNERSHIP, f"{rtype.name} comes from a zone: it must carry the labels of another zone")
         return zone
+
+
+def global_addresses(value: str) -> list[str]:
+    """--global-address as a list: one address, or several (global replicas) comma-separated."""
+    addresses = [item.strip() for item in value.split(",") if item.strip()]
+    if not addresses:
+        raise ValueError("no global address: use grpcs://HOST:PORT[,grpcs://HOST:PORT...]")
+    for address in addresses:
+        parse_global_address(address)
+    return addresses
+
+
+def parse_global_address(address: str) -> tuple[str, int]:
+    """grpcs://HOST[:PORT] as (host, port); the port defaults to 5685."""
+    parts = urlsplit(address)
+    if parts.scheme != "grpcs" or not parts.hostname:
+        raise ValueError(f"invalid global address {address!r}: use grpcs://HOST:PORT")
+    return parts.hostname, parts.port or 5685
 
 
 class GlobalNotTrusted(Exception):

@@ -105,3 +105,55 @@ def test_the_shipped_lab_does_not_import_the_test_helpers() -> None:
     loaded = out.stdout
     assert "'zonemesh.lab.supervisor'" in loaded and "'zonemesh.lab.container'" in loaded
     assert "zonemesh.testing" not in loaded
+
+
+def test_replicas_add_global_replicas_an_etcd_cluster_and_a_kds_link_per_replica(tmp_path: Path) -> None:
+    single = plan(tmp_path, port_base=25000)
+    topo = plan(tmp_path, port_base=25000, replicas=2)
+    assert all_ports(topo) == all_ports(single)  # the documented ports stay where they were
+    assert [cp.name for cp in topo.globals] == ["global", "global-2"]
+    assert [m.name for m in topo.etcd] == ["etcd-1", "etcd-2", "etcd-3"]
+    assert all(len(z.more_kds_proxies) == 1 for z in topo.zones) and topo.zone_replicas == 1
+    ports = all_ports(topo) + [p for g in topo.more_globals for p in (g.api, g.diagnostics, g.grpc)]
+    ports += [p for z in topo.zones for p in z.more_kds_proxies] + [
+        p for m in topo.etcd for p in (m.client, m.peer, m.metrics)
+    ]
+    assert len(ports) == len(set(ports))
+    again = Topology.from_json(topo.to_json())
+    assert again == topo
+    assert Topology.from_json(single.to_json()).etcd == []  # a lab of one global has no etcd
+
+
+def test_zone_replicas_beyond_what_the_lab_can_run_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="zone-1 can run 1 replica"):
+        plan(tmp_path, replicas=2, zone_replicas=2)
+    with pytest.raises(ValueError, match="global replicas: 1 to 3"):
+        plan(tmp_path, replicas=4)
+
+
+def test_zone_1_replicas_once_available_share_etcd_token_certificate_and_proxies_list_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `--replicas 2` gives zone-1 once zone replicas exist (topology.ZONE_REPLICAS_AVAILABLE)."""
+    from zonemesh.lab import topology
+    from zonemesh.lab.supervisor import Supervisor
+
+    monkeypatch.setattr(topology, "ZONE_REPLICAS_AVAILABLE", 2)
+    topo = plan(tmp_path, port_base=25000, replicas=2, zone_replicas=2)
+    (replica,) = topo.more_zone_replicas
+    assert (replica.name, replica.zone_name) == ("zone-1-2", "zone-1")
+    assert [cp.name for cp in topo.replicas_of("zone-1")] == ["zone-1", "zone-1-2"]
+    assert Topology.from_json(topo.to_json()) == topo
+    (tmp_path / "global").mkdir()
+    (tmp_path / "global" / "kds-tls.crt").write_text("")
+    sup = Supervisor(topo)
+    argv = " ".join(sup.cp_argv(replica))
+    assert "--zone zone-1 " in argv and "--etcd-prefix /zonemesh-lab-zone-1 " in argv
+    assert f"--xds-tls-cert-file {tmp_path / 'zone-1' / 'xds.crt'}" in argv
+    assert f"--zone-token-file {tmp_path / 'tokens' / 'zone-1.token'}" in argv
+    assert "--store sqlite" in " ".join(sup.cp_argv(topo.zone("zone-2")))  # one replica: its own SQLite
+    frontend = sup.dp_argv(topo.zone("zone-1"), "frontend", tmp_path / "t", 1, {})
+    addresses = frontend[frontend.index("--cp-address") + 1]
+    assert addresses == f"https://127.0.0.1:{topo.zone('zone-1').grpc},https://127.0.0.1:{replica.grpc}"
+    backend2 = sup.dp_argv(topo.zone("zone-2"), "backend-zone-2", tmp_path / "t", 1, {})
+    assert backend2[backend2.index("--cp-address") + 1] == f"https://127.0.0.1:{topo.zone('zone-2').grpc}"

@@ -57,6 +57,10 @@ class AgentError(Exception):
         super().__init__(message)
 
 
+class Unreachable(Exception):
+    """A control plane address did not answer (before any request, with its token, was sent)."""
+
+
 @dataclass
 class AgentOptions:
     cp_address: str
@@ -96,6 +100,15 @@ def parse_cp_address(address: str) -> tuple[str, int]:
     if not parts.hostname:
         raise AgentError(f"--cp-address {address!r} has no host", EXIT_USAGE)
     return parts.hostname, parts.port or 5678
+
+
+def parse_cp_addresses(addresses: str) -> list[tuple[str, int]]:
+    """--cp-address: one address, or several replicas of the zone control plane, comma-separated
+    (the flag may also be repeated: main joins them). Each is https://HOST[:5678]."""
+    items = [item.strip() for item in addresses.split(",")]
+    if not all(items):
+        raise AgentError(f"--cp-address {addresses!r}: an empty address in the list", EXIT_USAGE)
+    return [parse_cp_address(item) for item in items]
 
 
 _VAR = re.compile(r"\{\{\s*([A-Za-z0-9_.-]+)\s*\}\}")
@@ -331,7 +344,7 @@ def prepare(opts: AgentOptions, work_dir: Path) -> Prepared:
         raise AgentError(f"--xds-protocol must be delta or sotw (got {opts.xds_protocol!r})", EXIT_USAGE)
     if opts.proxy_type in ZONE_PROXY_TYPES:
         opts.mesh = ""  # a zone proxy serves every mesh; its Envoy node id is ".<name>"
-    host, port = parse_cp_address(opts.cp_address)
+    host, port = parse_cp_addresses(opts.cp_address)[0]
     dataplane = load_dataplane(opts)
     token = read_token(opts.token_file)
     try:
@@ -369,11 +382,23 @@ class Agent:
         self.opts = opts
         self.prepared = prepared
         self.name, self.mesh = prepared.name, prepared.mesh
-        self.host, self.port = parse_cp_address(opts.cp_address)
+        # Every address of the zone control plane (its replicas); registration uses one at a time
+        # and moves to the next when it does not answer, Envoy's xDS cluster lists them all.
+        self.cps = parse_cp_addresses(opts.cp_address)
+        self._current = 0
+        self.host, self.port = self.cps[0]
         self.stop = asyncio.Event()
         self.registered = False
         self.keep_dataplane = False
         self._channel: grpc.aio.Channel | None = None
+
+    async def _next_cp(self) -> None:
+        """The next call goes to the next control plane address (another replica)."""
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+        self._current = (self._current + 1) % len(self.cps)
+        self.host, self.port = self.cps[self._current]
 
     async def _open_channel(self) -> grpc.aio.Channel:
         """The registration channel, verifying the CP's certificate as Envoy will (same CA file)."""
@@ -388,7 +413,7 @@ class Agent:
             try:
                 pem = await asyncio.to_thread(fetch_server_certificate, self.host, self.port)
             except OSError as exc:
-                raise AgentError(f"cannot reach the control plane at {self.host}:{self.port}: {exc}") from None
+                raise Unreachable(f"cannot reach the control plane at {self.host}:{self.port}: {exc}") from None
             root = pem.encode()
             name = first_dns_name(root)
             if name:
@@ -399,14 +424,20 @@ class Agent:
     # -- registration ---------------------------------------------------------------------
 
     async def _call(self, method: str, request: Any, token: str) -> Any:
-        assert self._channel is not None
-        stub = dataplane_pb2_grpc.DataplaneRegistrationStub(self._channel)
+        """``method`` on the control plane, retried while it is unavailable (up to connect_timeout):
+        with several addresses, each retry goes to the next one, and the delay grows once per round."""
         metadata = (("authorization", f"Bearer {token}"),)
         deadline = asyncio.get_running_loop().time() + self.opts.connect_timeout
         delay = 0.2
+        tried = 0
         while True:
             try:
+                if self._channel is None:
+                    self._channel = await self._open_channel()
+                stub = dataplane_pb2_grpc.DataplaneRegistrationStub(self._channel)
                 return await getattr(stub, method)(request, metadata=metadata, timeout=10)
+            except Unreachable as exc:  # --tls-skip-verify fetches the certificate first: no answer
+                code, details = grpc.StatusCode.UNAVAILABLE, str(exc)
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 reason = verification_failure(exc.details() or "")
@@ -421,11 +452,18 @@ class Agent:
                     grpc.StatusCode.FAILED_PRECONDITION,  # e.g. the mesh's constraints refuse its tags
                 ):
                     raise AgentError(f"the control plane refused the Dataplane: {exc.details()}", EXIT_USAGE) from None
-                if code != grpc.StatusCode.UNAVAILABLE or asyncio.get_running_loop().time() + delay > deadline:
-                    raise AgentError(f"{method} failed: {code.name}: {exc.details()}") from None
-                log.info("cp_unavailable_retrying", method=method, retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 3.0)
+                details = exc.details() or ""
+            if code != grpc.StatusCode.UNAVAILABLE or asyncio.get_running_loop().time() + delay > deadline:
+                raise AgentError(f"{method} failed: {code.name}: {details}") from None
+            tried += 1
+            if len(self.cps) > 1:
+                log.info("cp_unavailable_trying_next", method=method, cp=f"{self.host}:{self.port}", error=details)
+                await self._next_cp()
+                if tried % len(self.cps):
+                    continue  # another address not tried in this round: at once
+            log.info("cp_unavailable_retrying", method=method, retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 3.0)
 
     async def register(self, dataplane: dict[str, Any] | None, token: str, envoy_ver: str) -> dict[str, Any]:
         """Register the proxy's document, or (None) the Dataplane stored under its name; returns
@@ -504,7 +542,6 @@ class Agent:
 
     async def _serve(self) -> int:
         opts, prepared = self.opts, self.prepared
-        self._channel = await self._open_channel()
         try:
             dataplane = await self.register(prepared.dataplane, prepared.token, prepared.envoy_version)
             if prepared.dataplane is None:  # the stored Dataplane, seen only now
@@ -514,8 +551,9 @@ class Agent:
                 mesh=self.mesh,
                 name=self.name,
                 service=first_service(dataplane) if self.mesh else self.name,
-                cp_host=self.host,
-                cp_port=self.port,
+                cp_host=self.cps[0][0],
+                cp_port=self.cps[0][1],
+                more_cps=tuple(self.cps[1:]),
                 ca_cert_file=str(prepared.ca_file) if prepared.ca_file else None,
                 token=prepared.token,
                 admin_port=prepared.admin.port,
@@ -548,7 +586,8 @@ class Agent:
             return code
         finally:
             await self.unregister(prepared.token)
-            await self._channel.close()
+            if self._channel is not None:
+                await self._channel.close()
 
 
 def run(opts: AgentOptions) -> int:

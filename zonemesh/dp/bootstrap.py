@@ -10,6 +10,11 @@ ADS speaks delta (incremental) xDS by default: the control plane sends only the 
 changed. ``--xds-protocol sotw`` writes State of the World instead (every resource of a type on
 every change of it), for comparison or for a control plane that serves only that.
 
+With several control plane addresses (``--cp-address A,B``: replicas of one zone control plane),
+the xDS cluster lists each as an endpoint, with its own TLS settings (SNI, and the name or IP its
+certificate must hold) chosen per endpoint: when the stream to one ends (it died), Envoy reopens
+it to the next endpoint, and meanwhile keeps serving with the configuration it has.
+
 Envoy's admin API listens on a Unix socket, mode 0600, in the agent's work dir (admin.py says
 why: ``/config_dump`` shows that token); on TCP 127.0.0.1 only with ``--admin-port``.
 """
@@ -45,10 +50,16 @@ class BootstrapParams:
     admin_address: str = ADMIN_TCP_ADDRESS
     admin_socket: str | None = None
     xds_protocol: str = DEFAULT_XDS_PROTOCOL  # a key of XDS_PROTOCOLS
+    # More (host, port) of the same control plane (its other replicas), after cp_host:cp_port.
+    more_cps: tuple[tuple[str, int], ...] = ()
 
     @property
     def node_id(self) -> str:
         return f"{self.mesh}.{self.name}"
+
+    @property
+    def control_planes(self) -> tuple[tuple[str, int], ...]:
+        return ((self.cp_host, self.cp_port), *self.more_cps)
 
 
 def _is_ip(host: str) -> bool:
@@ -70,25 +81,80 @@ def admin_config(p: BootstrapParams) -> tuple[dict[str, Any], dict[str, str]]:
     return {"address": address}, {"dataplane.admin.port": str(p.admin_port), "dataplane.admin.address": p.admin_address}
 
 
-def build_bootstrap(p: BootstrapParams) -> dict[str, Any]:
-    admin, admin_metadata = admin_config(p)
-    if p.xds_protocol not in XDS_PROTOCOLS:
-        raise ValueError(f"xDS protocol {p.xds_protocol!r}: choose among {', '.join(XDS_PROTOCOLS)}")
-    ads_source = {"ads": {}, "resource_api_version": "V3"}
-    san_type = "IP_ADDRESS" if _is_ip(p.cp_host) else "DNS"
+def _tls(p: BootstrapParams, host: str) -> dict[str, Any]:
+    """The xDS cluster's transport socket towards ``host``: TLS, its certificate verified against
+    the CA file and required to name ``host`` (DNS or IP SAN)."""
+    san_type = "IP_ADDRESS" if _is_ip(host) else "DNS"
     common: dict[str, Any] = {"alpn_protocols": ["h2"]}
     if p.ca_cert_file is not None:
         # Without a validation context Envoy verifies nothing: only --tls-skip-verify leaves it out.
         common["validation_context"] = {
             "trusted_ca": {"filename": p.ca_cert_file},
-            "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": p.cp_host}}],
+            "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": host}}],
         }
     tls: dict[str, Any] = {
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
         "common_tls_context": common,
     }
-    if not _is_ip(p.cp_host):
-        tls["sni"] = p.cp_host
+    if not _is_ip(host):
+        tls["sni"] = host
+    return {"name": "envoy.transport_sockets.tls", "typed_config": tls}
+
+
+def _endpoint(host: str, port: int) -> dict[str, Any]:
+    return {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+
+
+def _discovery(p: BootstrapParams) -> dict[str, Any]:
+    """How the xDS cluster finds the control plane's addresses: STATIC for IPs. One name: LOGICAL_DNS
+    (kuma-dp's docs write https://localhost:5678, which may resolve to IPv6 and IPv4 while the
+    control plane listens on one: ALL connects to its addresses in turn, Happy Eyeballs, as the
+    agent's own call does). Several addresses with a name among them: STRICT_DNS, every address of
+    every name an endpoint (LOGICAL_DNS takes one endpoint only)."""
+    hosts = [host for host, _ in p.control_planes]
+    if all(_is_ip(host) for host in hosts):
+        return {"type": "STATIC"}
+    if len(hosts) == 1:
+        return {"type": "LOGICAL_DNS", "dns_lookup_family": "ALL"}
+    return {"type": "STRICT_DNS", "dns_lookup_family": "ALL"}
+
+
+def _ads_cluster(p: BootstrapParams) -> dict[str, Any]:
+    endpoints = [_endpoint(host, port) for host, port in p.control_planes]
+    matches: list[dict[str, Any]] = []
+    if len(endpoints) > 1:
+        # Each replica's TLS settings (SNI, the name its certificate must hold) go with its own
+        # endpoint: Envoy picks the transport socket whose match the endpoint's metadata carries.
+        for index, ((host, _), endpoint) in enumerate(zip(p.control_planes, endpoints, strict=True)):
+            endpoint["metadata"] = {"filter_metadata": {"envoy.transport_socket_match": {"cp": str(index)}}}
+            matches.append({"name": f"cp-{index}", "match": {"cp": str(index)}, "transport_socket": _tls(p, host)})
+    cluster: dict[str, Any] = {
+        "name": ADS_CLUSTER,
+        **_discovery(p),
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": ADS_CLUSTER, "endpoints": [{"lb_endpoints": endpoints}]},
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        "connection_keepalive": {"interval": "10s", "timeout": "5s"},
+                    }
+                },
+            }
+        },
+        "transport_socket": _tls(p, p.cp_host),
+    }
+    if matches:
+        cluster["transport_socket_matches"] = matches
+    return cluster
+
+
+def build_bootstrap(p: BootstrapParams) -> dict[str, Any]:
+    admin, admin_metadata = admin_config(p)
+    if p.xds_protocol not in XDS_PROTOCOLS:
+        raise ValueError(f"xDS protocol {p.xds_protocol!r}: choose among {', '.join(XDS_PROTOCOLS)}")
+    ads_source = {"ads": {}, "resource_api_version": "V3"}
     return {
         "node": {
             "id": p.node_id,
@@ -115,45 +181,5 @@ def build_bootstrap(p: BootstrapParams) -> dict[str, Any]:
             "cds_config": ads_source,
             "lds_config": ads_source,
         },
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": ADS_CLUSTER,
-                    # A name (kuma-dp's docs write https://localhost:5678) may resolve to IPv6 and
-                    # IPv4 while the control plane listens on one: LOGICAL_DNS with ALL connects
-                    # to its addresses in turn (Happy Eyeballs), as the agent's own call does.
-                    **(
-                        {"type": "STATIC"} if _is_ip(p.cp_host) else {"type": "LOGICAL_DNS", "dns_lookup_family": "ALL"}
-                    ),
-                    "connect_timeout": "1s",
-                    "load_assignment": {
-                        "cluster_name": ADS_CLUSTER,
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {"address": p.cp_host, "port_value": p.cp_port}
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": {
-                                "http2_protocol_options": {
-                                    "connection_keepalive": {"interval": "10s", "timeout": "5s"},
-                                }
-                            },
-                        }
-                    },
-                    "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
-                }
-            ]
-        },
+        "static_resources": {"clusters": [_ads_cluster(p)]},
     }

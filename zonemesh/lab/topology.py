@@ -6,6 +6,11 @@ The lab is the product's first impression, so its topology mirrors the compose l
     zone-1: ingress, egress, frontend (+ sidecar, outbound to backend), backend (+ sidecar)
     zone-2: ingress, backend (+ sidecar)
 
+With ``replicas`` > 1 (``zonemesh-lab up --replicas 2``), global runs as that many replicas on a
+3-member etcd cluster (etcd-1..3), and each zone is given the KDS address of every replica (one
+chaos proxy per zone and replica). ``zone_replicas`` is the replica count of zone-1: 1 for now,
+since several zone processes on one store are not available yet (docs/ha.md).
+
 Everything listens on 127.0.0.1. The supervisor (supervisor.py) turns this plan into processes;
 keeping the plan pure lets a unit test check ports, order and arguments without starting anything.
 """
@@ -21,6 +26,10 @@ from typing import Any
 
 MESH = "default"
 DEFAULT_PORT_BASE = 25000  # `zonemesh-lab up` without --port-base: the frontend is then on :25xxx
+ETCD_MEMBERS = 3  # the etcd cluster global replicas share: one member may die
+MAX_REPLICAS = 3
+# Replicas of zone-1 the lab can run: 1 until several zone processes may share one store.
+ZONE_REPLICAS_AVAILABLE = 1
 
 
 def _free_ports(count: int) -> Iterator[int]:
@@ -46,10 +55,26 @@ class ControlPlane:
     diagnostics: int
     grpc: int  # KDS port on global, xDS port on zones
     kds_proxy: int = 0  # zones: the chaos proxy in front of global's KDS port
+    more_kds_proxies: list[int] = field(default_factory=list)  # zones: one per further global replica
+    zone: str = ""  # a zone's further replica ("zone-1-2"): the zone it serves ("zone-1")
+
+    @property
+    def zone_name(self) -> str:
+        return self.zone or self.name
 
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api}"
+
+
+@dataclass
+class EtcdMember:
+    """One member of the etcd cluster that global replicas share."""
+
+    name: str  # "etcd-1"
+    client: int
+    peer: int
+    metrics: int  # plain HTTP /health and /metrics
 
 
 @dataclass
@@ -100,6 +125,25 @@ class Topology:
     proxies: list[ZoneProxy]
     workloads: list[Workload]
     control: int  # the supervisor's own HTTP port: status and chaos commands
+    more_globals: list[ControlPlane] = field(default_factory=list)  # global replicas after global_cp
+    etcd: list[EtcdMember] = field(default_factory=list)  # with several global replicas: their store
+    zone_replicas: int = 1  # replicas of zone-1
+    more_zone_replicas: list[ControlPlane] = field(default_factory=list)  # zone-1's replicas after zone-1
+
+    @property
+    def globals(self) -> list[ControlPlane]:
+        """Every global replica, ``global_cp`` first."""
+        return [self.global_cp, *self.more_globals]
+
+    def replicas_of(self, name: str) -> list[ControlPlane]:
+        """The processes of control plane ``name`` ("global" or a zone)."""
+        if name == "global":
+            return self.globals
+        return [self.zone(name), *(cp for cp in self.more_zone_replicas if cp.zone == name)]
+
+    def on_etcd(self, cp: ControlPlane) -> bool:
+        """Whether ``cp`` keeps its store in the lab's etcd: global's replicas, a zone's replicas."""
+        return len(self.replicas_of("global" if cp.mode == "global" else cp.zone_name)) > 1
 
     def zone(self, name: str) -> ControlPlane:
         for zone in self.zones:
@@ -127,15 +171,30 @@ class Topology:
             proxies=[ZoneProxy(**p) for p in raw["proxies"]],
             workloads=[Workload(**{**w, "outbounds": [tuple(o) for o in w["outbounds"]]}) for w in raw["workloads"]],
             control=raw["control"],
+            more_globals=[ControlPlane(**g) for g in raw.get("more_globals", [])],
+            etcd=[EtcdMember(**m) for m in raw.get("etcd", [])],
+            zone_replicas=raw.get("zone_replicas", 1),
+            more_zone_replicas=[ControlPlane(**z) for z in raw.get("more_zone_replicas", [])],
         )
 
 
-def plan(directory: Path, zones: int = 2, port_base: int = 0) -> Topology:
+def plan(directory: Path, zones: int = 2, port_base: int = 0, replicas: int = 1, zone_replicas: int = 1) -> Topology:
     """The lab's processes and ports. ``port_base=0`` takes free ports (tests); otherwise
-    ports are ``port_base + n`` in a fixed order, so a documented lab always has the same ones."""
+    ports are ``port_base + n`` in a fixed order, so a documented lab always has the same ones
+    (the ports of further global replicas and of etcd come after all the others)."""
     if zones < 2:
         raise ValueError("a multi-zone lab needs at least 2 zones")
-    needed = 5 + zones * 5 + 6 * (zones + 1)
+    if not 1 <= replicas <= MAX_REPLICAS:
+        raise ValueError(f"global replicas: 1 to {MAX_REPLICAS} (got {replicas})")
+    if not 1 <= zone_replicas <= ZONE_REPLICAS_AVAILABLE:
+        raise ValueError(
+            f"zone-1 can run {ZONE_REPLICAS_AVAILABLE} replica(s) for now (got {zone_replicas}): several zone "
+            "processes on one store are not available yet"
+        )
+    extra, zone_extra = replicas - 1, zone_replicas - 1
+    etcd = extra or zone_extra  # replicas of global or of zone-1 share the lab's etcd cluster
+    needed = 5 + zones * 5 + 6 * (zones + 1) + extra * (3 + zones) + zone_extra * (4 + extra)
+    needed += 3 * ETCD_MEMBERS if etcd else 0
     ports = _free_ports(needed) if port_base == 0 else iter(range(port_base, port_base + needed))
 
     control = next(ports)
@@ -163,4 +222,27 @@ def plan(directory: Path, zones: int = 2, port_base: int = 0) -> Topology:
             outbounds=[("backend", outbound)],
         ),
     )
-    return Topology(directory, global_cp, zone_cps, proxies, workloads, control)
+    topo = Topology(directory, global_cp, zone_cps, proxies, workloads, control, zone_replicas=zone_replicas)
+    if extra:
+        topo.more_globals = [
+            ControlPlane(f"global-{i}", "global", next(ports), next(ports), next(ports)) for i in range(2, replicas + 1)
+        ]
+        for zone_cp in zone_cps:
+            zone_cp.more_kds_proxies = [next(ports) for _ in range(extra)]
+    first = zone_cps[0]
+    topo.more_zone_replicas = [
+        ControlPlane(
+            f"{first.name}-{i}",
+            "zone",
+            next(ports),
+            next(ports),
+            next(ports),
+            kds_proxy=next(ports),
+            more_kds_proxies=[next(ports) for _ in range(extra)],
+            zone=first.name,
+        )
+        for i in range(2, zone_replicas + 1)
+    ]
+    if etcd:
+        topo.etcd = [EtcdMember(f"etcd-{i}", next(ports), next(ports), next(ports)) for i in range(1, ETCD_MEMBERS + 1)]
+    return topo
