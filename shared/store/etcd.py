@@ -603,6 +603,9 @@ class EtcdStore(Store):
         size: int | None = None,
     ) -> ListResult:
         range_start, range_end = self._range(type, mesh)
+        if filter.name_prefix and mesh is not None:  # keys are {type}/{mesh}{sep}{name}: one key range
+            range_start += filter.name_prefix.encode()
+            range_end = aetcd.utils.prefix_range_end(range_start)
         after = self._offset_key(type, mesh, offset) + b"\0" if offset else range_start
 
         if not filter.is_empty():
