@@ -76,6 +76,7 @@ MAX_TXN_BYTES = 1 << 20
 # Keys per range request when a list needs the whole range (size=None or a filter): bounds
 # the size of one gRPC message however large the collection grows.
 READ_CHUNK = 500
+DECODE_SLICE = 500  # records decoded between two turns of the event loop (_decode_all)
 # Optimistic loops (update, delete, batch) retry only when the key changed between our read
 # and our write while the caller's precondition still holds; a few rounds settle that.
 MAX_ATTEMPTS = 8
@@ -355,6 +356,18 @@ def _decode(value: bytes) -> Resource:
     return Resource.from_record(json.loads(value))
 
 
+async def _decode_all(kvs: Sequence[Any]) -> list[Resource]:
+    """Decode a long read in slices, letting the event loop run in between: 100,000 records take
+    seconds, and a loop held that long misses its lease keepalives (leadership lost) and its KDS
+    heartbeats (bench/global_scale.py, docs/ha.md#sizing)."""
+    resources: list[Resource] = []
+    for start in range(0, len(kvs), DECODE_SLICE):
+        if start:
+            await asyncio.sleep(0)
+        resources.extend(_decode(kv.value) for kv in kvs[start : start + DECODE_SLICE])
+    return resources
+
+
 class EtcdStore(Store):
     """A Store in etcd. Open it with ``await EtcdStore.open(...)``: that checks the cluster
     is reachable and starts the watch that feeds ``watch()``."""
@@ -611,7 +624,8 @@ class EtcdStore(Store):
         if not filter.is_empty():
             # etcd cannot filter values: read the range once, filter, then page by key.
             kvs, _ = await self._range_all(range_start, range_end)
-            matching = [(kv.key, res) for kv in kvs if filter.matches(res := _decode(kv.value))]
+            decoded = zip(kvs, await _decode_all(kvs), strict=True)
+            matching = [(kv.key, res) for kv, res in decoded if filter.matches(res)]
             rest = [(key, res) for key, res in matching if key >= after]
             page = rest if size is None else rest[:size]
             more = size is not None and len(rest) > size
@@ -621,7 +635,7 @@ class EtcdStore(Store):
         if size is None:
             kvs, revision = await self._range_all(after, range_end)
             total = len(kvs) + (await self._count(range_start, after, revision) if offset else 0)
-            return ListResult([_decode(kv.value) for kv in kvs], total, None)
+            return ListResult(await _decode_all(kvs), total, None)
 
         # One read-only txn: the total and the page come from the same revision. A range's
         # count ignores its limit, so the page's count also says whether more follow.

@@ -370,6 +370,42 @@ async def test_etcd_lists_a_name_prefix_of_one_mesh_as_one_key_range(etcd_server
         await store.close()
 
 
+@pytest.mark.etcd
+async def test_etcd_decodes_a_long_list_letting_the_event_loop_run(
+    etcd_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A list of 100,000 records takes seconds to decode: the event loop must get turns meanwhile
+    (lease keepalives, KDS heartbeats), not only between the reads from etcd."""
+    from zonemesh.shared.store import etcd as etcd_module
+
+    store = await EtcdStore.open(etcd_server.endpoint, prefix=f"/test-{uuid.uuid4().hex}")
+    turns = 0
+
+    async def ticker() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    seen: list[int] = []  # the loop's turns so far, at each record decoded
+    decode = etcd_module._decode
+    monkeypatch.setattr(etcd_module, "_decode", lambda value: (seen.append(turns), decode(value))[1])
+    try:
+        count = 1500  # three slices
+        await store.batch(upserts=[mt(f"t{i}") for i in range(count)])
+        for flt in (NO_FILTER, ListFilter(name_contains="t")):
+            seen.clear()
+            task = asyncio.create_task(ticker())
+            try:
+                assert len((await store.list(MT, "default", filter=flt)).items) == count
+            finally:
+                task.cancel()
+            assert len(seen) == count
+            assert seen[-1] > seen[0], "every record was decoded in one turn of the event loop"
+    finally:
+        await store.close()
+
+
 async def test_list_predicate_after_other_filters(store: Store) -> None:
     for i in range(6):
         await store.create(mt(f"t{i}", labels={"parity": "even" if i % 2 == 0 else "odd"}, timeout=f"{i}s"))
