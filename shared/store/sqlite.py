@@ -251,8 +251,8 @@ class SqliteStore(Store):
             where.append("instr(name, ?) > 0")
             params.append(filter.name_contains)
         if filter.name_prefix:
-            where.append("substr(name, 1, ?) = ?")
-            params += [len(filter.name_prefix), filter.name_prefix]
+            where.append(f"substr(name, 1, {len(filter.name_prefix)}) = ?")  # an int: no injection
+            params.append(filter.name_prefix)
         sql_where = " AND ".join(where)
         conn = self._db()
 
