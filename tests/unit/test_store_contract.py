@@ -406,6 +406,39 @@ async def test_etcd_decodes_a_long_list_letting_the_event_loop_run(
         await store.close()
 
 
+@pytest.mark.etcd
+async def test_etcd_read_cancelled_by_its_caller_is_not_cancelled_in_etcd(
+    etcd_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """etcd before 3.5.5 panics when a client cancels a read-only txn (etcd issue 14110): a caller
+    that gives up on a read (a KDS stream or a leader term that ends) must not cancel it in etcd."""
+    import grpc
+
+    store = await EtcdStore.open(etcd_server.endpoint, prefix=f"/test-{uuid.uuid4().hex}")
+    try:
+        await store.batch(upserts=[mt(f"t{i}") for i in range(300)])
+        calls: list[Any] = []
+        txn = store.client.kvstub.Txn
+
+        def recording(*args: Any, **kwargs: Any) -> Any:
+            calls.append(txn(*args, **kwargs))
+            return calls[-1]
+
+        monkeypatch.setattr(store.client.kvstub, "Txn", recording)
+        reader = asyncio.create_task(store.list(MT, "default"))
+        for _ in range(1000):
+            if calls:
+                break
+            await asyncio.sleep(0)
+        assert calls, "the list sent no txn"
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        assert await asyncio.wait_for(calls[0].code(), 10) == grpc.StatusCode.OK
+    finally:
+        await store.close()
+
+
 async def test_list_predicate_after_other_filters(store: Store) -> None:
     for i in range(6):
         await store.create(mt(f"t{i}", labels={"parity": "even" if i % 2 == 0 else "odd"}, timeout=f"{i}s"))
