@@ -683,7 +683,11 @@ class Bench:
                     result["at_end"] = self.sample()
                 except Exception as exc:
                     result["broke"] = f"{type(exc).__name__}: {exc}"
-                    result["at_break"] = self.sample()
+                    try:
+                        result["at_break"] = self.sample()
+                    except (OSError, ValueError) as gone:  # etcd or global no longer there
+                        result["at_break"] = {"error": f"{type(gone).__name__}: {gone}"}
+                    result["etcd_exit_code"] = self.etcd.poll() if self.etcd is not None else None
                     print(json.dumps(result), flush=True)
                     report["broke_first"] = {"step": zones, "error": result["broke"]}
                     return
