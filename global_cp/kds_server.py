@@ -255,10 +255,18 @@ class KdsServer:
         have: dict[str, str] = {}
         labels = {ORIGIN_LABEL: ORIGIN_ZONE, ZONE_LABEL: zone}
         prefix = f"{zone}."
+        # Read this zone's resources only, not every zone's: each connect (a new zone, or every
+        # zone after a restart) would otherwise read and decode all of global's Dataplanes and
+        # insights, which at 100 zones kept global too busy to answer heartbeats (docs/ha.md#sizing).
+        # The types global creates too are stored under hashed names: selected by labels alone.
+        meshes = [mesh.name for mesh in (await self.store.list("Mesh")).items]
         for type in upstream_types():
-            for res in (await self.store.list(type, filter=ListFilter(labels=labels))).items:
-                name = res.labels.get(DISPLAY_NAME_LABEL) or res.name.removeprefix(prefix)
-                have[key_str(res.type, res.mesh, name)] = resource_hash(res, drop_labels=DISPLAY_NAME_LABELS)
+            rtype = REGISTRY.get(type)
+            only = ListFilter(labels=labels, name_prefix=None if rtype.provided_by_both else prefix)
+            for mesh in meshes if rtype.scope is Scope.MESH else [""]:
+                for res in (await self.store.list(type, mesh, filter=only)).items:
+                    name = res.labels.get(DISPLAY_NAME_LABEL) or res.name.removeprefix(prefix)
+                    have[key_str(res.type, res.mesh, name)] = resource_hash(res, drop_labels=DISPLAY_NAME_LABELS)
         return have
 
     async def _apply_upload(self, zone: str, changes: kds_pb2.Changes) -> list[kds_pb2.Rejected]:

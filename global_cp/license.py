@@ -442,7 +442,9 @@ class LicenseAuthority:
 
     async def _load_state(self, store: Store) -> None:
         for type in ("Dataplane", "DataplaneInsight"):
-            for res in (await store.list(type)).items:
+            for i, res in enumerate((await store.list(type)).items):
+                if i % 1000 == 999:  # 100,000 of each: let the loop answer lease keepalives meanwhile
+                    await asyncio.sleep(0)
                 self.count.upsert(res)
                 self._track_uploaded(res, deleted=False)
         for res in (await store.list("LicenseQuota")).items:

@@ -19,6 +19,7 @@ from zonemesh.shared.duration import parse_duration
 
 MODES = ("standalone", "global", "zone")
 STORES = ("sqlite", "etcd", "memory")
+ETCD_COMPACTION_DEFAULT = "5m"  # kube-apiserver's --etcd-compaction-interval
 
 # Names the seeds (Kuma / Kong Mesh) use, honoured as aliases of ours.
 ENV_ALIASES = {
@@ -156,6 +157,16 @@ class Config:
         },
     )
 
+    # etcd keeps every revision until compacted, and does not compact by itself: without this its
+    # database reaches its quota and it refuses every write (shared/store/etcd_compaction.py).
+    etcd_compaction_interval: str = field(
+        default=ETCD_COMPACTION_DEFAULT,
+        metadata={
+            "help": "etcd: the leader compacts etcd's history every this long, keeping one interval of it "
+            "(0s: never, when etcd runs with its own --auto-compaction-*); at least 1s"
+        },
+    )
+
     def validate(self) -> None:
         problems = []
         if self.mode not in MODES:
@@ -189,6 +200,16 @@ class Config:
                 problems.append(f"leader_lease_ttl must be whole seconds from 2s to 60s (got {self.leader_lease_ttl})")
         except ValueError as exc:
             problems.append(f"leader_lease_ttl: {exc}")
+        try:
+            interval = parse_duration(self.etcd_compaction_interval)
+            if interval != 0 and interval < 1:
+                problems.append(
+                    f"etcd_compaction_interval must be 0s (off) or at least 1s (got {self.etcd_compaction_interval})"
+                )
+            if self.store != "etcd" and self.etcd_compaction_interval != ETCD_COMPACTION_DEFAULT:
+                problems.append(f"etcd_compaction_interval: only with store etcd (store is {self.store})")
+        except ValueError as exc:
+            problems.append(f"etcd_compaction_interval: {exc}")
         try:
             if parse_duration(self.auth_timeout) <= 0:
                 problems.append("auth_timeout must be positive, e.g. 10s")

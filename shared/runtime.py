@@ -193,7 +193,10 @@ class ControlPlane:
             "diagnostics",
         )
         components = ComponentManager(
-            self, self.assembly.components, self.elector, single_replica=self.assembly.single_replica
+            self,
+            [*self.assembly.components, *self._store_components()],
+            self.elector,
+            single_replica=self.assembly.single_replica,
         )
         await components.start()
         self.components = components
@@ -211,6 +214,16 @@ class ControlPlane:
             instance=self.instance_id,
             leader=self.elector.is_leader(),
         )
+
+    def _store_components(self) -> list[Component]:
+        """What the store needs done once, by the leader: etcd's history compacted."""
+        from zonemesh.shared.store.etcd import EtcdStore
+        from zonemesh.shared.store.etcd_compaction import compactor
+
+        interval = parse_duration(self.config.etcd_compaction_interval)
+        if isinstance(self.store, EtcdStore) and interval > 0:
+            return [Component("etcd-compactor", compactor(interval), leader=True)]
+        return []
 
     async def _serve(self, app: web.Application, host: str, port: int, name: str) -> None:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)

@@ -99,14 +99,19 @@ class ListFilter:
     labels: Mapping[str, str] | None = None
     name_contains: str | None = None
     predicate: Callable[[Resource], bool] | None = None
+    # Names that start with it; with a mesh given, etcd reads only that key range (what global
+    # holds from one zone, ``{zone}.*``, without reading every zone's resources).
+    name_prefix: str | None = None
 
     def is_empty(self) -> bool:
-        return not self.labels and not self.name_contains and self.predicate is None
+        return not self.labels and not self.name_contains and self.predicate is None and not self.name_prefix
 
     def matches(self, res: Resource) -> bool:
         if self.labels and any(res.labels.get(k) != v for k, v in self.labels.items()):
             return False
         if self.name_contains and self.name_contains not in res.name:
+            return False
+        if self.name_prefix and not res.name.startswith(self.name_prefix):
             return False
         return self.predicate is None or self.predicate(res)
 

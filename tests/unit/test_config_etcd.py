@@ -86,6 +86,12 @@ def test_view_never_shows_the_password() -> None:
             {"store": "etcd", "etcd_username": "u", "etcd_password": "p", "etcd_password_file": "f"},
             "give the etcd password inline or as a file, not both",
         ),
+        ({"etcd_compaction_interval": "1m"}, "etcd_compaction_interval: only with store etcd (store is sqlite)"),
+        (
+            {"store": "etcd", "etcd_compaction_interval": "500ms"},
+            "etcd_compaction_interval must be 0s (off) or at least 1s (got 500ms)",
+        ),
+        ({"store": "etcd", "etcd_compaction_interval": "soon"}, "etcd_compaction_interval: invalid duration 'soon'"),
     ],
 )
 def test_inconsistent_settings_are_refused(settings: dict[str, str], problem: str) -> None:
@@ -98,3 +104,5 @@ def test_consistent_settings_pass() -> None:
     Config(store="etcd", etcd_ca_file="ca", etcd_cert_file="c", etcd_key_file="k").validate()
     Config(store="etcd", etcd_username="u", etcd_password_file="f").validate()
     Config(store="etcd", etcd_ca_file="ca", etcd_username="u", etcd_password="p").validate()
+    Config(store="etcd", etcd_compaction_interval="0s").validate()  # off: etcd compacts itself
+    Config(store="etcd", etcd_compaction_interval="1s").validate()

@@ -335,6 +335,110 @@ async def test_list_name_contains(store: Store) -> None:
     assert await list_names(store, filter=ListFilter(name_contains="_")) == []
 
 
+async def test_list_name_prefix(store: Store) -> None:
+    """One zone's resources at global (``{zone}.{name}``), in one mesh or all, paged, counted."""
+    for name in ["zone-1.a", "zone-1.b", "zone-1.c", "zone-10.a", "zone-1", "xzone-1.a"]:
+        await store.create(mt(name))
+    await store.create(mt("zone-1.d", mesh="other"))
+    prefix = ListFilter(name_prefix="zone-1.")
+    assert await list_names(store, "default", filter=prefix) == ["zone-1.a", "zone-1.b", "zone-1.c"]
+    assert await list_names(store, None, filter=prefix) == ["zone-1.a", "zone-1.b", "zone-1.c", "zone-1.d"]
+    assert await list_names(store, "default", filter=ListFilter(name_prefix="%")) == []
+    first = await store.list(MT, "default", filter=prefix, size=2)
+    assert [r.name for r in first.items] == ["zone-1.a", "zone-1.b"] and first.total == 3
+    rest = await store.list(MT, "default", filter=prefix, size=2, offset=first.next_offset)
+    assert [r.name for r in rest.items] == ["zone-1.c"] and rest.total == 3
+    both = ListFilter(name_prefix="zone-1.", name_contains="b")
+    assert await list_names(store, "default", filter=both) == ["zone-1.b"]
+
+
+@pytest.mark.etcd
+async def test_etcd_lists_a_name_prefix_of_one_mesh_as_one_key_range(etcd_server: Any) -> None:
+    """What is outside the prefix is not even read: a value there that does not decode (as no
+    full read of the type would survive) is not met."""
+    store = await EtcdStore.open(etcd_server.endpoint, prefix=f"/test-{uuid.uuid4().hex}")
+    try:
+        await store.create(mt("zone-1.web"))
+        await store.create(mt("zone-2.web"))
+        other = store._key(ResourceKey(MT, "default", "zone-2.broken"))
+        await store.client.put(other, b"not json")
+        only = ListFilter(name_prefix="zone-1.")
+        assert [r.name for r in (await store.list(MT, "default", filter=only)).items] == ["zone-1.web"]
+        with pytest.raises(ValueError):
+            await store.list(MT, "default", filter=ListFilter(name_contains="zone-1."))  # reads them all
+    finally:
+        await store.close()
+
+
+@pytest.mark.etcd
+async def test_etcd_decodes_a_long_list_letting_the_event_loop_run(
+    etcd_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A list of 100,000 records takes seconds to decode: the event loop must get turns meanwhile
+    (lease keepalives, KDS heartbeats), not only between the reads from etcd."""
+    from zonemesh.shared.store import etcd as etcd_module
+
+    store = await EtcdStore.open(etcd_server.endpoint, prefix=f"/test-{uuid.uuid4().hex}")
+    turns = 0
+
+    async def ticker() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    seen: list[int] = []  # the loop's turns so far, at each record decoded
+    decode = etcd_module._decode
+    monkeypatch.setattr(etcd_module, "_decode", lambda value: (seen.append(turns), decode(value))[1])
+    try:
+        count = 1500  # three slices
+        await store.batch(upserts=[mt(f"t{i}") for i in range(count)])
+        for flt in (NO_FILTER, ListFilter(name_contains="t")):
+            seen.clear()
+            task = asyncio.create_task(ticker())
+            try:
+                assert len((await store.list(MT, "default", filter=flt)).items) == count
+            finally:
+                task.cancel()
+            assert len(seen) == count
+            assert seen[-1] > seen[0], "every record was decoded in one turn of the event loop"
+    finally:
+        await store.close()
+
+
+@pytest.mark.etcd
+async def test_etcd_read_cancelled_by_its_caller_is_not_cancelled_in_etcd(
+    etcd_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """etcd before 3.5.5 panics when a client cancels a read-only txn (etcd issue 14110): a caller
+    that gives up on a read (a KDS stream or a leader term that ends) must not cancel it in etcd."""
+    import grpc
+
+    store = await EtcdStore.open(etcd_server.endpoint, prefix=f"/test-{uuid.uuid4().hex}")
+    try:
+        await store.batch(upserts=[mt(f"t{i}") for i in range(300)])
+        calls: list[Any] = []
+        txn = store.client.kvstub.Txn
+
+        def recording(*args: Any, **kwargs: Any) -> Any:
+            calls.append(txn(*args, **kwargs))
+            return calls[-1]
+
+        monkeypatch.setattr(store.client.kvstub, "Txn", recording)
+        reader = asyncio.create_task(store.list(MT, "default"))
+        for _ in range(1000):
+            if calls:
+                break
+            await asyncio.sleep(0)
+        assert calls, "the list sent no txn"
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        assert await asyncio.wait_for(calls[0].code(), 10) == grpc.StatusCode.OK
+    finally:
+        await store.close()
+
+
 async def test_list_predicate_after_other_filters(store: Store) -> None:
     for i in range(6):
         await store.create(mt(f"t{i}", labels={"parity": "even" if i % 2 == 0 else "odd"}, timeout=f"{i}s"))
