@@ -22,8 +22,9 @@ verification leeway), and checks it again whenever the mesh's signing keys or re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -44,7 +45,7 @@ from zonemesh.shared.store.base import NO_FILTER, ListFilter, ListResult, Watch
 from zonemesh.shared.tokens import dataplane as dptokens
 from zonemesh.shared.tokens.tokens import LEEWAY_SECONDS, InvalidToken
 from zonemesh.zone_cp.insights import InsightRecorder
-from zonemesh.zone_cp.license import LicenseRefused, license_admission, license_connection
+from zonemesh.zone_cp.license import LicenseRefused, ZoneLicense
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity, ProxyType, parse_node_id
 from zonemesh.zone_cp.xds.server import Admission, CredentialRefused
 
@@ -102,8 +103,24 @@ async def constraints_refusal(store: Store, mesh: str, dataplane: Resource | Non
 class DataplaneAuthenticator:
     """The xDS server's Authenticator: the node id names the proxy, the token must admit it."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, license: ZoneLicense | None = None) -> None:
         self.store = store
+        # The zone's license gate (strict quota: zone_cp/license.py); None on a standalone control plane.
+        self.license = license
+
+    async def license_connection(self, mesh: str, name: str) -> None:
+        """A data plane proxy opens its stream: one whose Dataplane holds no slot needs one now."""
+        if self.license is not None:
+            await self.license.connection(mesh, name)
+
+    @contextlib.asynccontextmanager
+    async def license_admission(self, dataplane: Resource) -> AsyncIterator[None]:
+        """Around storing a joining proxy's Dataplane: it holds a slot while stored (LicenseRefused)."""
+        if self.license is None:
+            yield
+            return
+        async with self.license.admission(dataplane):
+            yield
 
     async def check(
         self,
@@ -144,7 +161,7 @@ class DataplaneAuthenticator:
         if proxy_type == ProxyType.DATAPLANE.value:
             await self._meets_constraints(self.store, mesh, name)
             try:  # a Dataplane stored without a license slot (created through the API) needs one to connect
-                await license_connection(self.store, mesh, name)
+                await self.license_connection(mesh, name)
             except LicenseRefused as exc:
                 log.warning("dataplane_license_refused", mesh=mesh, name=name, reason=str(exc))
                 raise AdmissionRefused(str(exc), grpc.StatusCode.RESOURCE_EXHAUSTED) from None
@@ -298,7 +315,7 @@ class RegistrationServicer:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
         try:
             # License: in strict mode a counted proxy joins only within this zone's quota (zone_cp/license.py).
-            async with license_admission(self.manager.store, res):
+            async with self.authenticator.license_admission(res):
                 stored, created = await self.manager.apply(res)
         except LicenseRefused as exc:
             log.warning("dataplane_license_refused", mesh=request.mesh, name=request.name, reason=str(exc))
@@ -336,7 +353,7 @@ class RegistrationServicer:
             )
         assert stored is not None  # context.abort raised otherwise
         try:  # a Dataplane stored without a license slot (created through the API) needs one to run
-            await license_connection(self.manager.store, request.mesh, request.name)
+            await self.authenticator.license_connection(request.mesh, request.name)
         except LicenseRefused as exc:
             log.warning("dataplane_license_refused", mesh=request.mesh, name=request.name, reason=str(exc))
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))

@@ -38,6 +38,7 @@ from zonemesh.shared.tokens import dataplane as dataplane_tokens
 from zonemesh.zone_cp import ingress, insights, inspect_api, zoneproxies
 from zonemesh.zone_cp.admission import DataplaneAuthenticator, ReadOnce
 from zonemesh.zone_cp.certificates import ExpiryWatch, HeldCertificates
+from zonemesh.zone_cp.license import ZoneLicense
 from zonemesh.zone_cp.xds import inspection
 from zonemesh.zone_cp.xds.cache import SnapshotCache
 from zonemesh.zone_cp.xds.context import MeshContext
@@ -66,7 +67,8 @@ def xds_tls_files(config: Config) -> TlsFiles:
 class DataPlaneSide:
     """The zone's data plane component, and the API routes that read from it while it runs."""
 
-    def __init__(self) -> None:
+    def __init__(self, license: ZoneLicense | None = None) -> None:
+        self.license = license  # a federated zone's license gate (strict quota), entered before this side
         self.reconciler: Reconciler | None = None
         self.cache: SnapshotCache | None = None
         self.zone_proxies: zoneproxies.ZoneProxyReconciler | None = None
@@ -83,12 +85,12 @@ class DataPlaneSide:
         )
         expiry = ExpiryWatch(certs, recorder.connected_held)
         zone = cp.config.zone or "default"
-        dataplanes = DataplaneAuthenticator(cp.store)
+        dataplanes = DataplaneAuthenticator(cp.store, self.license)
         zone_proxy_auth = zoneproxies.ZoneProxyAuthenticator(cp.store, zone, federated=federated)
         authenticator = zoneproxies.Authenticator(dataplanes, zone_proxy_auth)
         registration = zoneproxies.Registration(cp.manager, dataplanes, zone_proxy_auth, recorder, cp.instance_id)
+        # Streams that replicas no longer alive left open are closed by the leader (insights.StreamFinalizer).
         zone_insights = zoneproxies.ZoneProxyInsights(cp.store, cp.instance_id, zone)
-        await zone_insights.close_stale()
         registration.zone_insights = zone_insights
         reconciler = Reconciler(cp.store, cache, certs)
         zone_proxies = zoneproxies.ZoneProxyReconciler(
@@ -190,36 +192,38 @@ class DataPlaneSide:
 
 
 def assemble(config: Config) -> Assembly:
-    side = DataPlaneSide()
+    """Every zone replica serves xDS and the API; what must happen once per zone runs on its leader
+    (docs/ha.md): the KDS stream to global, the zone ingresses' availableServices, closing the
+    streams of dead replicas, and without a global the mesh CAs. Leader components write through
+    ``cp.leader_store`` (fenced by the term)."""
     federated = config.mode == "zone" and bool(config.global_address)
+    zone = config.zone or "default"
+    # License (zone_cp/license.py): entered first, so no proxy joins before the quota gate runs; every
+    # replica admits through it (the zone's slots are one etcd key the replicas change in transactions).
+    zone_license = ZoneLicense(config) if federated else None
+    side = DataPlaneSide(zone_license)
     assembly = Assembly(
-        # Without a global, this control plane makes its meshes' CAs and drives their rotations
-        # (leader-only: one replica writes them, fenced by its term).
         components=[
+            *([zone_license.run] if zone_license is not None else []),
+            # Without a global, this control plane makes its meshes' CAs and drives their rotations.
             *([] if federated else [Component("mesh-ca", mesh_ca_keeper.component, leader=True)]),
             side.run,
-            ingress.component,
+            Component("zone-ingress-services", ingress.component, leader=True),
+            Component("zone-insight-finalizer", insights.finalizer_component, leader=True),
         ],
         routes=[
             *dataplane_tokens.routes(),
             *side.routes(),
             *inspect_api.routes(),
-            *zoneproxies.token_routes(
-                config.zone or "default", federated=config.mode == "zone" and bool(config.global_address)
-            ),
+            *zoneproxies.token_routes(zone, federated=federated),
         ],
-        single_replica=True,  # one process per zone for now (docs/ha.md)
     )
-    if federated:  # KDS stream to global (docs/kds.md)
+    if zone_license is not None:
+        assembly.routes += zone_license.routes()
+    if federated:  # one KDS stream per zone to global, from its leader (docs/kds.md); followers read etcd
         from zonemesh.zone_cp.kds_client import ZoneKds
 
         kds = ZoneKds(config)
-        assembly.components.append(kds.run)
+        assembly.components.append(Component("kds-client", kds.run, leader=True))
         assembly.routes += kds.routes()
-        # License (zone_cp/license.py): entered first, so no proxy joins before the quota gate runs.
-        from zonemesh.zone_cp.license import ZoneLicense
-
-        zone_license = ZoneLicense(config)
-        assembly.components.insert(0, zone_license.run)
-        assembly.routes += zone_license.routes()
     return assembly

@@ -139,7 +139,7 @@ class AvailableServicesUpdater:
 
 @contextlib.asynccontextmanager
 async def component(cp: Any) -> AsyncIterator[AvailableServicesUpdater]:
-    """The zone control plane component (``zone_cp/app.py``): runs for the life of the CP."""
+    """The zone's leader component (``zone_cp/app.py``): one replica writes the ingresses, fenced by its term."""
     zone = cp.config.zone or "default"
-    async with AvailableServicesUpdater(cp.store, zone).running() as updater:
+    async with AvailableServicesUpdater(cp.leader_store, zone).running() as updater:
         yield updater

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import time
 import uuid
@@ -36,7 +37,9 @@ from typing import Any
 import structlog
 from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.model import Resource, format_time, now
+from zonemesh.shared.store import Conflict, NotFound
 from zonemesh.zone_cp.certificates import Held, HeldCertificates
+from zonemesh.zone_cp.ingress import is_local
 from zonemesh.zone_cp.xds.resources import SHORT_NAMES
 
 log = structlog.get_logger(__name__)
@@ -419,3 +422,77 @@ def _envoy_version(node: Any) -> str:
     except AttributeError:
         pass
     return ""
+
+
+# -- streams of replicas that died -------------------------------------------------------------
+
+FINALIZE_INTERVAL = 5.0
+# What the streams of a zone's proxies are recorded in (each replica records the streams it holds).
+STREAM_INSIGHTS = ("DataplaneInsight", "ZoneIngressInsight", "ZoneEgressInsight")
+
+
+def close_dead_streams(spec: dict[str, Any], alive: set[str], closed: str) -> dict[str, Any] | None:
+    """The insight with the open subscriptions of control plane instances that are gone closed at
+    ``closed``; None when nothing changes."""
+    subs = spec.get("subscriptions") or []
+    out = [
+        {**s, "disconnectTime": closed}
+        if isinstance(s, dict) and not s.get("disconnectTime") and s.get("controlPlaneInstanceId") not in alive
+        else s
+        for s in subs
+    ]
+    return {**spec, "subscriptions": out} if out != subs else None
+
+
+class StreamFinalizer:
+    """Leader-only on a zone: closes the subscriptions that replicas which are no longer alive (a
+    replica killed, or this one's previous run) left open, so their proxies show offline until they
+    reconnect to a live replica. Live replicas' streams are theirs to record."""
+
+    def __init__(self, store: Any, members: Callable[[], Any], zone: str, interval: float = FINALIZE_INTERVAL) -> None:
+        self.store = store
+        self.members = members
+        self.zone = zone
+        self.interval = interval
+
+    async def sweep(self) -> int:
+        alive = set(await self.members())
+        closed = 0
+        for rtype in STREAM_INSIGHTS:
+            for res in (await self.store.list(rtype)).items:
+                if rtype != "DataplaneInsight" and not is_local(res, self.zone):
+                    continue  # another zone's ingress, as global pushed it
+                spec = close_dead_streams(res.spec, alive, format_time(now()) or "")
+                if spec is None:
+                    continue
+                with contextlib.suppress(Conflict, NotFound):  # changed meanwhile: the next sweep looks again
+                    await self.store.update(dataclasses.replace(res, spec=spec))
+                    closed += 1
+        if closed:
+            log.info("dead_streams_closed", zone=self.zone, insights=closed)
+        return closed
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception as exc:
+                log.warning("stream_insight_sweep_failed", zone=self.zone, error=str(exc))
+            await asyncio.sleep(self.interval)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[StreamFinalizer]:
+        task = asyncio.create_task(self._loop(), name="zone-stream-finalizer")
+        try:
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@contextlib.asynccontextmanager
+async def finalizer_component(cp: Any) -> AsyncIterator[StreamFinalizer]:
+    """The zone's ``zone-insight-finalizer`` leader component (zone_cp/app.py)."""
+    async with StreamFinalizer(cp.leader_store, cp.elector.members, cp.config.zone or "default").running() as fin:
+        yield fin

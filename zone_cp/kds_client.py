@@ -522,7 +522,8 @@ class ZoneKds:
 
     @contextlib.asynccontextmanager
     async def run(self, cp: Any) -> AsyncIterator[KdsClient]:
-        client = KdsClient(cp.config, cp.store, cp.instance_id, debounce=parse_duration(cp.config.kds_debounce))
+        # A leader component: one stream per zone; what it writes is fenced by this replica's term.
+        client = KdsClient(cp.config, cp.leader_store, cp.instance_id, debounce=parse_duration(cp.config.kds_debounce))
         await client.start()
         self.client = client
         try:

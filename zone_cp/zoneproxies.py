@@ -70,7 +70,6 @@ from zonemesh.zone_cp.admission import (
     node_proxy_type,
     signing_key_id,
 )
-from zonemesh.zone_cp.ingress import is_local
 from zonemesh.zone_cp.xds import usable
 from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotCache
 from zonemesh.zone_cp.xds.context import (
@@ -383,21 +382,6 @@ class ZoneProxyInsights:
 
         await self._change(identity.proxy_type.value, identity.name, close)
         log.info("zone_proxy_offline", type=identity.proxy_type.value, name=identity.name)
-
-    async def close_stale(self) -> None:
-        """At start: subscriptions of this zone still open in the store are of streams that died
-        with the previous run of this control plane (the proxies reconnect with new ones)."""
-        closed = format_time(now())
-        for proxy_type, rtype in INSIGHT_TYPES.items():
-            for insight in (await self.store.list(rtype)).items:
-                subs = insight.spec.get("subscriptions") or []
-                if not is_local(insight, self.zone) or not subs or subs[-1].get("disconnectTime"):
-                    continue
-                await self._change(
-                    proxy_type,
-                    insight.name,
-                    lambda subs: [s if s.get("disconnectTime") else {**s, "disconnectTime": closed} for s in subs],
-                )
 
     async def forget(self, proxy_type: str, name: str) -> None:
         """The proxy unregistered: its insight goes with its resource."""

@@ -28,6 +28,7 @@ from zonemesh.shared.tls import ensure_self_signed
 from zonemesh.shared.tokens.zone import ZoneTokenIssuer
 from zonemesh.zone_cp import zoneproxies
 from zonemesh.zone_cp.admission import DataplaneAuthenticator
+from zonemesh.zone_cp.insights import StreamFinalizer
 from zonemesh.zone_cp.xds.cache import SnapshotCache
 from zonemesh.zone_cp.xds.crosszone import is_online
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER
@@ -346,15 +347,30 @@ async def test_zone_proxy_streams_are_tracked_in_its_insight(zone: Zone) -> None
     assert await stored() is None
 
 
-async def test_open_subscriptions_left_by_a_previous_run_are_closed_at_start() -> None:
+async def test_open_subscriptions_of_replicas_no_longer_alive_are_closed_by_the_leader() -> None:
+    """A zone replica killed (or this one's previous run) leaves its streams open in the insights:
+    the leader closes them; a live replica's stay open, another zone's are not this zone's to close."""
     store = MemoryStore()
-    await store.create(insight("ZoneIngressInsight", "ingress-1", online=True))
+    await store.create(insight("ZoneIngressInsight", "ingress-1", online=True))  # of "cp", gone
+    live = insight("ZoneIngressInsight", "ingress-2", online=True)
+    live.spec["subscriptions"][0]["controlPlaneInstanceId"] = "cp-2"
+    await store.create(live)
     remote = insight("ZoneIngressInsight", "zone-2.ingress", online=True)
     remote.labels = {"zonemesh.io/origin": "global", "zonemesh.io/zone": "zone-2"}
     await store.create(remote)
-    await zoneproxies.ZoneProxyInsights(store, "cp-2", ZONE).close_stale()
+    sidecar = insight("DataplaneInsight", "web-1", online=True)
+    sidecar.mesh = "default"
+    await store.create(sidecar)
+
+    async def members() -> set[str]:
+        return {"cp-2"}
+
+    assert await StreamFinalizer(store, members, ZONE).sweep() == 2
     assert not is_online(await store.get("ZoneIngressInsight", "ingress-1"))
-    assert is_online(await store.get("ZoneIngressInsight", "zone-2.ingress"))  # another zone's: not ours to close
+    assert not is_online(await store.get("DataplaneInsight", "web-1", "default"))
+    assert is_online(await store.get("ZoneIngressInsight", "ingress-2"))
+    assert is_online(await store.get("ZoneIngressInsight", "zone-2.ingress"))
+    assert await StreamFinalizer(store, members, ZONE).sweep() == 0
 
 
 # --- issue 15: zone proxy names follow the API's rule ----------------------------------------------
