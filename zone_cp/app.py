@@ -42,10 +42,11 @@ from zonemesh.zone_cp.license import ZoneLicense
 from zonemesh.zone_cp.xds import inspection
 from zonemesh.zone_cp.xds.cache import SnapshotCache
 from zonemesh.zone_cp.xds.context import MeshContext
+from zonemesh.zone_cp.xds.crosszone import CrossZoneViews
 from zonemesh.zone_cp.xds.dump import dump
 from zonemesh.zone_cp.xds.generators import GenerationError
 from zonemesh.zone_cp.xds.nacks import NackAttribution
-from zonemesh.zone_cp.xds.proxy import node_key
+from zonemesh.zone_cp.xds.proxy import ProxyType, node_key
 from zonemesh.zone_cp.xds.reconciler import Reconciler
 from zonemesh.zone_cp.xds.resources import SHORT_NAMES
 from zonemesh.zone_cp.xds.server import Callbacks, TlsFiles, XdsServer
@@ -92,22 +93,15 @@ class DataPlaneSide:
         # Streams that replicas no longer alive left open are closed by the leader (insights.StreamFinalizer).
         zone_insights = zoneproxies.ZoneProxyInsights(cp.store, cp.instance_id, zone)
         registration.zone_insights = zone_insights
-        reconciler = Reconciler(cp.store, cache, certs)
-        zone_proxies = zoneproxies.ZoneProxyReconciler(
-            cp.store,
-            cache,
-            certs,
-            zone,
-            on_cross_zone_change=reconciler.invalidate_mesh,
-            on_remote_services_change=reconciler.invalidate_services,
-        )
-        reconciler.cross_zone = zone_proxies.cross_zone
+        cross_zone = CrossZoneViews()  # computed by the zone-proxy reconciler, read by the dataplane one
+        reconciler = Reconciler(cp.store, cache, certs, cross_zone=cross_zone)
+        zone_proxies = zoneproxies.ZoneProxyReconciler(cp.store, cache, certs, zone, views=cross_zone)
         callbacks = Callbacks()
-        callbacks.stream_open.append(reconciler.on_stream_open)
-        callbacks.stream_close.append(reconciler.on_stream_close)
-        nacks.install(callbacks)  # before the recorder's: an ACK is recorded before anything reads it
-        recorder.install(callbacks)
-        zoneproxies.dataplanes_only(callbacks)  # DataplaneInsights are for dataplanes
+        dataplane_side = callbacks.only(ProxyType.DATAPLANE)  # DataplaneInsights are for dataplanes
+        dataplane_side.stream_open.append(reconciler.on_stream_open)
+        dataplane_side.stream_close.append(reconciler.on_stream_close)
+        nacks.install(dataplane_side)  # before the recorder's: an ACK is recorded before anything reads it
+        recorder.install(dataplane_side)
         callbacks.stream_open.append(zone_proxies.on_stream_open)
         callbacks.stream_close.append(zone_proxies.on_stream_close)
         zone_insights.install(callbacks)  # ZoneIngressInsight/ZoneEgressInsight: liveness of zone proxies

@@ -81,7 +81,14 @@ from zonemesh.zone_cp.xds.context import (
     MeshContext,
     WorkloadCert,
 )
-from zonemesh.zone_cp.xds.crosszone import EGRESS_SERVICE, CrossZone, ZoneContext, online, resolve_hosts
+from zonemesh.zone_cp.xds.crosszone import (
+    EGRESS_SERVICE,
+    CrossZone,
+    CrossZoneViews,
+    ZoneContext,
+    online,
+    resolve_hosts,
+)
 from zonemesh.zone_cp.xds.generators import egress as egress_generator
 from zonemesh.zone_cp.xds.generators import ingress as ingress_generator
 from zonemesh.zone_cp.xds.generators.gateway import MESH_GATEWAY_ROUTE_TYPE
@@ -434,12 +441,11 @@ def token_routes(zone: str, federated: bool = False) -> list[web.RouteDef]:
 
 
 class ZoneProxyReconciler:
-    """Regenerates connected zone proxies from the store, and serves ``cross_zone(mesh)``.
+    """Regenerates connected zone proxies from the store, and computes the zone's per-mesh
+    CrossZone ``views`` (which the dataplane reconciler reads and follows: crosszone.CrossZoneViews).
 
     Reads the store each round (zone proxies are few; rounds are debounced), so it keeps no
-    mirror of its own. When the cross-zone view of a mesh changes, the dataplane side is told:
-    ``on_remote_services_change(mesh, services)`` when only some services' remote endpoints
-    moved (instances coming and going in other zones), else ``on_cross_zone_change(mesh)``.
+    mirror of its own.
     """
 
     def __init__(
@@ -451,8 +457,7 @@ class ZoneProxyReconciler:
         *,
         quiet: float = 0.1,
         dns_ttl: float = 30.0,
-        on_cross_zone_change: Callable[[str], None] | None = None,
-        on_remote_services_change: Callable[[str, set[str]], None] | None = None,
+        views: CrossZoneViews | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -460,10 +465,8 @@ class ZoneProxyReconciler:
         self.zone = zone
         self.quiet = quiet
         self.dns_ttl = dns_ttl
-        self.on_cross_zone_change = on_cross_zone_change
-        self.on_remote_services_change = on_remote_services_change
+        self.views = views if views is not None else CrossZoneViews()
         self._connected: dict[tuple[str, str], int] = {}  # (proxy type, name) -> open streams
-        self._cross: dict[str, CrossZone] = {}
         self._resolved: dict[str, tuple[list[str], float]] = {}  # host -> (addresses, when looked up)
         self._wake = asyncio.Event()
         self._usable = usable.UsableFilter()
@@ -473,7 +476,7 @@ class ZoneProxyReconciler:
         self.rounds = 0
 
     def cross_zone(self, mesh: str) -> CrossZone | None:
-        return self._cross.get(mesh)
+        return self.views.get(mesh)
 
     async def on_stream_open(self, info: StreamInfo) -> None:
         identity = info.identity
@@ -537,8 +540,7 @@ class ZoneProxyReconciler:
         egresses = online(await self._all("ZoneEgress"), await self._all("ZoneEgressInsight"))
         resolved = await self._resolve(externals)
         cross = {m.name: CrossZone.build(self.zone, m.name, ingresses, egresses, resolved) for m in meshes}
-        previous, self._cross = self._cross, cross
-        self._notify(previous, cross)
+        self.views.replace(cross)
         contexts: dict[str, MeshContext] = {}
         if self._connected or with_dataplanes:
             dataplanes = await self._all("Dataplane")
@@ -554,27 +556,6 @@ class ZoneProxyReconciler:
                     cross=cross[mesh.name],
                 )
         return ZoneContext(self.zone, contexts, await self._egress_certs(list(contexts.values())))
-
-    def _notify(self, before: dict[str, CrossZone], after: dict[str, CrossZone]) -> None:
-        """Tell the dataplane side what changed: only the services whose remote endpoints moved
-        when that is all (an instance count in another zone), else the whole mesh."""
-        for mesh in sorted(set(before) | set(after)):
-            old, new = before.get(mesh), after.get(mesh)
-            if old == new:
-                continue
-            if (
-                old is None
-                or new is None
-                or (old.zone, old.egress, old.resolved) != (new.zone, new.egress, new.resolved)
-            ):
-                if self.on_cross_zone_change is not None:
-                    self.on_cross_zone_change(mesh)
-                continue
-            services = {s for s in set(old.remote) | set(new.remote) if old.remote.get(s) != new.remote.get(s)}
-            if self.on_remote_services_change is not None:
-                self.on_remote_services_change(mesh, services)
-            elif self.on_cross_zone_change is not None:
-                self.on_cross_zone_change(mesh)
 
     async def render(self, proxy_type: str, name: str) -> ResourceSet:
         """A zone proxy's config generated now (the ``_config`` API); LookupError when unknown."""
@@ -689,18 +670,3 @@ def config_routes(reconciler: Callable[[], ZoneProxyReconciler | None]) -> list[
 
 def _host(es: Resource) -> str:
     return str((es.spec.get("networking") or {}).get("address") or "").rpartition(":")[0].strip("[]")
-
-
-def dataplanes_only(callbacks: Any) -> None:
-    """Wrap the hooks registered so far so that they see dataplane streams only."""
-
-    def wrap(hook: Callable[..., Any]) -> Callable[..., Any]:
-        async def only_dataplanes(info: StreamInfo, *args: Any) -> None:
-            if info.identity.proxy_type is ProxyType.DATAPLANE:
-                await hook(info, *args)
-
-        return only_dataplanes
-
-    for name in ("stream_open", "stream_close", "ack", "nack"):
-        hooks = getattr(callbacks, name)
-        hooks[:] = [wrap(h) for h in hooks]

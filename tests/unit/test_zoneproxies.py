@@ -213,8 +213,7 @@ async def test_connected_ingress_gets_sni_chains_for_local_services(zone: Zone) 
 async def test_cross_zone_view_follows_remote_ingresses(zone: Zone) -> None:
     changed: list[str] = []
     services: list[tuple[str, set[str]]] = []
-    zone.proxies.on_cross_zone_change = changed.append
-    zone.proxies.on_remote_services_change = lambda mesh, names: services.append((mesh, names))
+    zone.proxies.views.follow(changed.append, lambda mesh, names: services.append((mesh, names)))
     remote = Resource(
         type="ZoneIngress",
         name="zone-2.ingress",
