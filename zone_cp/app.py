@@ -35,7 +35,7 @@ from zonemesh.shared.runtime import Assembly, ControlPlane
 from zonemesh.shared.store import NotFound
 from zonemesh.shared.tls import default_hosts, ensure_self_signed
 from zonemesh.shared.tokens import dataplane as dataplane_tokens
-from zonemesh.zone_cp import ingress, insights, inspect_api, zoneproxies
+from zonemesh.zone_cp import admission, ingress, insights, inspect_api
 from zonemesh.zone_cp.admission import DataplaneAuthenticator, ReadOnce
 from zonemesh.zone_cp.certificates import ExpiryWatch, HeldCertificates
 from zonemesh.zone_cp.license import ZoneLicense
@@ -50,6 +50,8 @@ from zonemesh.zone_cp.xds.proxy import ProxyType, node_key
 from zonemesh.zone_cp.xds.reconciler import Reconciler
 from zonemesh.zone_cp.xds.resources import SHORT_NAMES
 from zonemesh.zone_cp.xds.server import Callbacks, TlsFiles, XdsServer
+from zonemesh.zone_cp.xds.zoneproxies import ZoneProxyReconciler
+from zonemesh.zone_cp.xds.zoneproxies import config_routes as zone_proxy_config_routes
 
 log = structlog.get_logger(__name__)
 
@@ -72,7 +74,7 @@ class DataPlaneSide:
         self.license = license  # a federated zone's license gate (strict quota), entered before this side
         self.reconciler: Reconciler | None = None
         self.cache: SnapshotCache | None = None
-        self.zone_proxies: zoneproxies.ZoneProxyReconciler | None = None
+        self.zone_proxies: ZoneProxyReconciler | None = None
 
     @contextlib.asynccontextmanager
     async def run(self, cp: ControlPlane) -> AsyncIterator[None]:
@@ -87,15 +89,16 @@ class DataPlaneSide:
         expiry = ExpiryWatch(certs, recorder.connected_held)
         zone = cp.config.zone or "default"
         dataplanes = DataplaneAuthenticator(cp.store, self.license)
-        zone_proxy_auth = zoneproxies.ZoneProxyAuthenticator(cp.store, zone, federated=federated)
-        authenticator = zoneproxies.Authenticator(dataplanes, zone_proxy_auth)
-        registration = zoneproxies.Registration(cp.manager, dataplanes, zone_proxy_auth, recorder, cp.instance_id)
+        zone_proxy_auth = admission.ZoneProxyAuthenticator(cp.store, zone, federated=federated)
+        authenticator = admission.Authenticator(dataplanes, zone_proxy_auth)
         # Streams that replicas no longer alive left open are closed by the leader (insights.StreamFinalizer).
-        zone_insights = zoneproxies.ZoneProxyInsights(cp.store, cp.instance_id, zone)
-        registration.zone_insights = zone_insights
+        zone_insights = insights.ZoneProxyInsights(cp.store, cp.instance_id, zone)
+        registration = admission.Registration(
+            cp.manager, dataplanes, zone_proxy_auth, recorder, cp.instance_id, zone_insights=zone_insights
+        )
         cross_zone = CrossZoneViews()  # computed by the zone-proxy reconciler, read by the dataplane one
         reconciler = Reconciler(cp.store, cache, certs, cross_zone=cross_zone)
-        zone_proxies = zoneproxies.ZoneProxyReconciler(cp.store, cache, certs, zone, views=cross_zone)
+        zone_proxies = ZoneProxyReconciler(cp.store, cache, certs, zone, views=cross_zone)
         callbacks = Callbacks()
         dataplane_side = callbacks.only(ProxyType.DATAPLANE)  # DataplaneInsights are for dataplanes
         dataplane_side.stream_open.append(reconciler.on_stream_open)
@@ -108,7 +111,7 @@ class DataPlaneSide:
         server = XdsServer(cp.config, cache, authenticator, tls, [registration.add_to], callbacks)
         # Open streams answer for their tokens: checked again when keys or revocations change,
         # and before a renewed workload certificate goes out.
-        credentials = zoneproxies.CredentialWatch(cp.store, server.servicer)
+        credentials = admission.CredentialWatch(cp.store, server.servicer)
         reconciler.still_admitted = lambda proxies: server.servicer.still_admitted(proxies, ReadOnce(cp.store))
         async with (
             recorder.running(),
@@ -181,7 +184,7 @@ class DataPlaneSide:
             web.get("/meshes/{mesh}/dataplanes/{name}/_config", self.config_handler),
             web.get("/meshes/{mesh}/dataplanes/{name}/_rules", self.rules_handler),
             web.get("/meshes/{mesh}/dataplanes/{name}/_policies", self.policies_handler),
-            *zoneproxies.config_routes(lambda: self.zone_proxies),
+            *zone_proxy_config_routes(lambda: self.zone_proxies),
         ]
 
 
@@ -209,7 +212,7 @@ def assemble(config: Config) -> Assembly:
             *dataplane_tokens.routes(),
             *side.routes(),
             *inspect_api.routes(),
-            *zoneproxies.token_routes(zone, federated=federated),
+            *admission.token_routes(zone, federated=federated),
         ],
     )
     if zone_license is not None:

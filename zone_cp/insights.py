@@ -37,10 +37,12 @@ from typing import Any
 import structlog
 from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.model import Resource, format_time, now
-from zonemesh.shared.store import Conflict, NotFound
+from zonemesh.shared.store import AlreadyExists, Conflict, NotFound, Store
 from zonemesh.zone_cp.certificates import Held, HeldCertificates
 from zonemesh.zone_cp.ingress import is_local
+from zonemesh.zone_cp.xds.proxy import INSIGHT_TYPES, ProxyType
 from zonemesh.zone_cp.xds.resources import SHORT_NAMES
+from zonemesh.zone_cp.xds.server import StreamInfo
 
 log = structlog.get_logger(__name__)
 
@@ -496,3 +498,72 @@ async def finalizer_component(cp: Any) -> AsyncIterator[StreamFinalizer]:
     """The zone's ``zone-insight-finalizer`` leader component (zone_cp/app.py)."""
     async with StreamFinalizer(cp.leader_store, cp.elector.members, cp.config.zone or "default").running() as fin:
         yield fin
+
+
+# --- ZoneIngressInsight / ZoneEgressInsight ------------------------------------------------------
+
+
+class ZoneProxyInsights:
+    """One subscription per ADS stream of a zone proxy, written at once on open and close.
+
+    Zone proxies are few and their streams long-lived, so there is no batching. The insight is
+    uploaded by KDS (ZoneIngressInsight on to the other zones, which use an ingress only while
+    its last subscription is open: ``crosszone.online``).
+    """
+
+    def __init__(self, store: Store, instance_id: str, zone: str) -> None:
+        self.store = store
+        self.instance_id = instance_id
+        self.zone = zone
+        self._ids: dict[int, str] = {}  # xDS stream id -> subscription id
+
+    async def _change(
+        self, proxy_type: str, name: str, change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+    ) -> None:
+        rtype = INSIGHT_TYPES[proxy_type]
+        for _ in range(5):  # bounded: only a concurrent write of the same insight makes it retry
+            current = await self.store.find(rtype, name)
+            subscriptions = change(list((current.spec.get("subscriptions") if current else None) or []))
+            subscriptions = subscriptions[-MAX_SUBSCRIPTIONS:]
+            try:
+                if current is None:
+                    await self.store.create(Resource(type=rtype, name=name, spec={"subscriptions": subscriptions}))
+                else:
+                    spec = {**current.spec, "subscriptions": subscriptions}
+                    await self.store.update(dataclasses.replace(current, spec=spec))
+                return
+            except (AlreadyExists, Conflict):
+                continue
+        log.warning("zone_proxy_insight_not_written", type=rtype, name=name)
+
+    async def stream_open(self, info: StreamInfo) -> None:
+        identity = info.identity
+        if identity.proxy_type is ProxyType.DATAPLANE:
+            return
+        sub_id = str(uuid.uuid4())
+        self._ids[info.stream_id] = sub_id
+        subscription = {"id": sub_id, "controlPlaneInstanceId": self.instance_id, "connectTime": format_time(now())}
+        await self._change(identity.proxy_type.value, identity.name, lambda subs: [*subs, subscription])
+        log.info("zone_proxy_online", type=identity.proxy_type.value, name=identity.name, peer=info.peer)
+
+    async def stream_close(self, info: StreamInfo) -> None:
+        identity = info.identity
+        sub_id = self._ids.pop(info.stream_id, None)
+        if identity.proxy_type is ProxyType.DATAPLANE or sub_id is None:
+            return
+        closed = format_time(now())
+
+        def close(subs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [{**s, "disconnectTime": closed} if s.get("id") == sub_id else s for s in subs]
+
+        await self._change(identity.proxy_type.value, identity.name, close)
+        log.info("zone_proxy_offline", type=identity.proxy_type.value, name=identity.name)
+
+    async def forget(self, proxy_type: str, name: str) -> None:
+        """The proxy unregistered: its insight goes with its resource."""
+        with contextlib.suppress(NotFound):
+            await self.store.delete(INSIGHT_TYPES[proxy_type], name)
+
+    def install(self, callbacks: Any) -> None:
+        callbacks.stream_open.append(self.stream_open)
+        callbacks.stream_close.append(self.stream_close)

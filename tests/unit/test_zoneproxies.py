@@ -26,14 +26,15 @@ from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store.memory import MemoryStore
 from zonemesh.shared.tls import ensure_self_signed
 from zonemesh.shared.tokens.zone import ZoneTokenIssuer
-from zonemesh.zone_cp import zoneproxies
+from zonemesh.zone_cp import admission
 from zonemesh.zone_cp.admission import DataplaneAuthenticator
-from zonemesh.zone_cp.insights import StreamFinalizer
+from zonemesh.zone_cp.insights import StreamFinalizer, ZoneProxyInsights
 from zonemesh.zone_cp.xds.cache import SnapshotCache
 from zonemesh.zone_cp.xds.crosszone import is_online
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER
 from zonemesh.zone_cp.xds.server import Callbacks, TlsFiles, XdsServer
 from zonemesh.zone_cp.xds.testing import TestCA
+from zonemesh.zone_cp.xds.zoneproxies import ZoneProxyReconciler
 
 ZONE = "zone-1"
 INGRESS = {"type": "ZoneIngress", "networking": {"address": "127.0.0.1", "port": 10001}}
@@ -49,7 +50,7 @@ class Zone:
     store: MemoryStore
     channel: grpc.aio.Channel
     cache: SnapshotCache
-    proxies: zoneproxies.ZoneProxyReconciler
+    proxies: ZoneProxyReconciler
 
     async def token(self, scope: list[str], zone: str = ZONE) -> str:
         return await ZoneTokenIssuer(self.store).issue(zone, scope, 3600)
@@ -96,16 +97,16 @@ async def zone(tmp_path: Path) -> AsyncIterator[Zone]:
     cert, key = ensure_self_signed(tmp_path, "xds", ["127.0.0.1"])
     cache = SnapshotCache()
     dataplanes = DataplaneAuthenticator(store)
-    zone_auth = zoneproxies.ZoneProxyAuthenticator(store, ZONE)
-    registration = zoneproxies.Registration(manager, dataplanes, zone_auth, None, "cp-test")
-    registration.zone_insights = zoneproxies.ZoneProxyInsights(store, "cp-test", ZONE)
-    proxies = zoneproxies.ZoneProxyReconciler(store, cache, TestCA(), ZONE, quiet=0.01)
+    zone_auth = admission.ZoneProxyAuthenticator(store, ZONE)
+    zone_insights = ZoneProxyInsights(store, "cp-test", ZONE)
+    registration = admission.Registration(manager, dataplanes, zone_auth, None, "cp-test", zone_insights=zone_insights)
+    proxies = ZoneProxyReconciler(store, cache, TestCA(), ZONE, quiet=0.01)
     callbacks = Callbacks()
     callbacks.stream_open.append(proxies.on_stream_open)
     callbacks.stream_close.append(proxies.on_stream_close)
     registration.zone_insights.install(callbacks)
     config = Config(xds_address="127.0.0.1", xds_port=0)
-    authenticator = zoneproxies.Authenticator(dataplanes, zone_auth)
+    authenticator = admission.Authenticator(dataplanes, zone_auth)
     server = XdsServer(config, cache, authenticator, TlsFiles(cert, key), [registration.add_to], callbacks)
     async with proxies.running(), server:
         creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())

@@ -286,7 +286,7 @@ class Reconciler:
 
     async def on_stream_open(self, info: StreamInfo) -> None:
         if info.identity.proxy_type is not ProxyType.DATAPLANE:
-            return  # zone ingress/egress: zone_cp/zoneproxies.py
+            return  # zone ingress/egress: zone_cp/xds/zoneproxies.py
         key = (info.identity.mesh, info.identity.name)
         self._connected[key] = self._connected.get(key, 0) + 1
         self._mark_nodes([key])
@@ -314,7 +314,7 @@ class Reconciler:
 
     def invalidate_services(self, mesh: str, services: Iterable[str]) -> None:
         """Regenerate the proxies of ``mesh`` calling any of ``services`` (their other-zone
-        endpoints changed: zone_cp/zoneproxies.py), and its builtin gateways."""
+        endpoints changed: zone_cp/xds/zoneproxies.py), and its builtin gateways."""
         consumers = self._consumers.get(mesh, {})
         names = {name for service in services for name in consumers.get(service, ())}
         names |= self._gateways.get(mesh, set())
