@@ -8,12 +8,15 @@
 - kill -9 of the zone leader: the other replica takes the KDS stream within about the lease TTL
   (measured, printed), nothing stored is lost, the limit still holds, and the killed replica started
   again comes back as a follower.
+- kill -9 of the zone leader while proxies join through both replicas: the zone never holds more
+  proxies than the license allows, during and after.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -184,3 +187,44 @@ def test_two_zone_replicas_share_one_kds_stream_one_quota_and_fail_over(
     assert leads(follower) and not leads(leader)
     assert dataplanes(leader) == admitted
     assert len(open_streams(glob)) == 1
+
+
+def test_the_zone_leader_killed_while_proxies_join_through_both_replicas_the_limit_holds(
+    tmp_path: Path, etcd_server: EtcdServer, signer: Issuer, started: list[ControlPlaneProcess]
+) -> None:
+    kds_port = free_port()
+    lic = signer.license(tmp_path / "license.json", LIMIT, strict=True)
+    glob = global_process(tmp_path / "global", signer, "--license-path", str(lic), kds_port=kds_port)
+    started.append(glob.start())
+    prefix = f"/zone-{tmp_path.name[-12:]}-{time.monotonic_ns() % 10**6}"
+    a = zone_replica(tmp_path, "zone-a", glob, kds_port, etcd_server, prefix)
+    b = zone_replica(tmp_path, "zone-b", glob, kds_port, etcd_server, prefix)
+    for replica in (a, b):
+        started.append(replica.cp.start())
+    wait_until(lambda: leads(a) != leads(b), WAIT, what="exactly one leader among the zone's replicas")
+    leader, follower = (a, b) if leads(a) else (b, a)
+    for replica in (a, b):
+        wait_until(lambda r=replica: license_of(r.cp)["enforcement"] == "strict", WAIT, what="the strict license")
+    tokens = {id(a): a.token(), id(b): b.token()}
+
+    outcome: dict[str, str] = {}
+    racing = threading.Thread(
+        target=lambda: outcome.update(joins([(z, tokens[id(z)]) for _ in range(5) for z in (a, b)], "race"))
+    )
+    racing.start()
+    time.sleep(0.3)
+    assert leader.cp.process is not None
+    leader.cp.process.send_signal(signal.SIGKILL)
+    leader.cp.process.wait(10)
+    racing.join(90)
+    assert not racing.is_alive()
+    wait_until(lambda: leads(follower) and kds_connected(follower), 30, what="the other zone replica leading")
+
+    # What is stored counts (a registration cut by the kill may have stored its Dataplane unanswered).
+    stored = dataplanes(follower)
+    assert len(stored) <= LIMIT, (outcome, stored)
+    assert {name for name, refusal in outcome.items() if refusal == ""} <= stored
+    later = joins([(follower, tokens[id(follower)]) for _ in range(LIMIT + 1)], "after")
+    assert len(dataplanes(follower)) == LIMIT, (outcome, later)
+    wait_until(lambda: license_of(glob)["activeDataplaneProxies"] == LIMIT, WAIT, what="global counting the zone")
+    assert sum(q["grantedSlots"] for q in license_of(glob)["quota"].values()) <= LIMIT
