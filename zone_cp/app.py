@@ -39,6 +39,7 @@ from zonemesh.zone_cp import admission, ingress, insights, inspect_api
 from zonemesh.zone_cp.admission import DataplaneAuthenticator, ReadOnce
 from zonemesh.zone_cp.certificates import ExpiryWatch, HeldCertificates
 from zonemesh.zone_cp.license import ZoneLicense
+from zonemesh.zone_cp.view import ZoneView
 from zonemesh.zone_cp.xds import inspection
 from zonemesh.zone_cp.xds.cache import SnapshotCache
 from zonemesh.zone_cp.xds.context import MeshContext
@@ -70,7 +71,8 @@ def xds_tls_files(config: Config) -> TlsFiles:
 class DataPlaneSide:
     """The zone's data plane component, and the API routes that read from it while it runs."""
 
-    def __init__(self, license: ZoneLicense | None = None) -> None:
+    def __init__(self, view: ZoneView, license: ZoneLicense | None = None) -> None:
+        self.view = view  # the zone's resources in memory (zone_cp/view.py), entered before this side
         self.license = license  # a federated zone's license gate (strict quota), entered before this side
         self.reconciler: Reconciler | None = None
         self.cache: SnapshotCache | None = None
@@ -97,8 +99,8 @@ class DataPlaneSide:
             cp.manager, dataplanes, zone_proxy_auth, recorder, cp.instance_id, zone_insights=zone_insights
         )
         cross_zone = CrossZoneViews()  # computed by the zone-proxy reconciler, read by the dataplane one
-        reconciler = Reconciler(cp.store, cache, certs, cross_zone=cross_zone)
-        zone_proxies = ZoneProxyReconciler(cp.store, cache, certs, zone, views=cross_zone)
+        reconciler = Reconciler(self.view, cache, certs, cross_zone=cross_zone)
+        zone_proxies = ZoneProxyReconciler(self.view, cache, certs, zone, views=cross_zone)
         callbacks = Callbacks()
         dataplane_side = callbacks.only(ProxyType.DATAPLANE)  # DataplaneInsights are for dataplanes
         dataplane_side.stream_open.append(reconciler.on_stream_open)
@@ -197,15 +199,19 @@ def assemble(config: Config) -> Assembly:
     zone = config.zone or "default"
     # License (zone_cp/license.py): entered first, so no proxy joins before the quota gate runs; every
     # replica admits through it (the zone's slots are one etcd key the replicas change in transactions).
-    zone_license = ZoneLicense(config) if federated else None
-    side = DataPlaneSide(zone_license)
+    # One in-memory view of the zone's resources (zone_cp/view.py), fed by one store watch: what every
+    # part below reads, on every replica.
+    view = ZoneView()
+    zone_license = ZoneLicense(config, view) if federated else None
+    side = DataPlaneSide(view, zone_license)
     assembly = Assembly(
         components=[
+            Component("zone-view", view.run),
             *([zone_license.run] if zone_license is not None else []),
             # Without a global, this control plane makes its meshes' CAs and drives their rotations.
             *([] if federated else [Component("mesh-ca", mesh_ca_keeper.component, leader=True)]),
             side.run,
-            Component("zone-ingress-services", ingress.component, leader=True),
+            Component("zone-ingress-services", ingress.component(view), leader=True),
             Component("zone-insight-finalizer", insights.finalizer_component, leader=True),
         ],
         routes=[
@@ -220,7 +226,7 @@ def assemble(config: Config) -> Assembly:
     if federated:  # one KDS stream per zone to global, from its leader (docs/kds.md); followers read etcd
         from zonemesh.zone_cp.kds_client import ZoneKds
 
-        kds = ZoneKds(config)
+        kds = ZoneKds(config, view)
         assembly.components.append(Component("kds-client", kds.run, leader=True))
         assembly.routes += kds.routes()
     return assembly

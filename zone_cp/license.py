@@ -131,8 +131,11 @@ def ledger_for(store: Store) -> Ledger:
 
 
 class ZoneLicense:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, view: Store | None = None) -> None:
         self.config = config
+        # Where the license, the grant and the Dataplanes are read and followed: the zone's resources in
+        # memory (zone_cp/view.py); the store itself when None. Writes go to the store.
+        self.resources = view
         self.zone = config.zone
         self.quota_wait = parse_duration(config.license_quota_wait)
         self.store: Store | None = None
@@ -282,9 +285,10 @@ class ZoneLicense:
         self.store = store
         self.ledger = ledger_for(store)
         self.instance = getattr(cp, "instance_id", "local")
-        watch = store.watch(["License", "LicenseQuota", "Dataplane"])  # before loading: no gap
+        reads = self.resources if self.resources is not None else store
+        watch = reads.watch(["License", "LicenseQuota", "Dataplane"])  # before loading: no gap
         try:
-            await self._load(store)
+            await self._load(reads)
         except BaseException:
             watch.close()
             raise
