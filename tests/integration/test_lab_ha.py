@@ -43,7 +43,7 @@ def test_two_global_replicas_on_etcd_and_zones_given_both(ha_lab: tuple[Path, To
     assert status.returncode == 0
     for name in ("etcd-1", "etcd-2", "etcd-3", "global", "global-2", "zone-1", "zone-2"):
         assert f"  {name} " in status.stdout, status.stdout
-    assert topo.zone_replicas == 1  # zone replicas are not available yet
+    assert topo.zone_replicas == 1  # the lab does not start zone replicas yet
     for cp in topo.globals:
         _, config = http("GET", cp.api_url + "/config", timeout=5)
         assert config["store"] == "etcd" and config["etcd_endpoints"].count(",") == 2, config
