@@ -542,9 +542,18 @@ class ZoneKds:
 
     async def status(self, request: web.Request) -> web.Response:
         """GET /status/kds: is this zone connected to global, since when, what was exchanged."""
-        if self.client is None:
-            return web.json_response({"connected": False, "globalAddress": self.config.global_address})
-        return web.json_response({"zone": self.config.zone, **self.client.state.as_dict()})
+        if self.client is None:  # a replica that does not lead its zone: the leader holds the zone's stream
+            addresses = global_addresses(self.config.global_address)
+            return web.json_response(
+                {
+                    "zone": self.config.zone,
+                    "connected": False,
+                    "leader": False,
+                    "globalAddress": addresses[0],
+                    "globalAddresses": addresses,
+                }
+            )
+        return web.json_response({"zone": self.config.zone, "leader": True, **self.client.state.as_dict()})
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/status/kds", self.status)]

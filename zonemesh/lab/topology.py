@@ -8,8 +8,9 @@ The lab is the product's first impression, so its topology mirrors the compose l
 
 With ``replicas`` > 1 (``zonemesh-lab up --replicas 2``), global runs as that many replicas on a
 3-member etcd cluster (etcd-1..3), and each zone is given the KDS address of every replica (one
-chaos proxy per zone and replica). ``zone_replicas`` is the replica count of zone-1: 1 for now,
-since the lab does not start several zone processes yet (zone replicas: docs/ha.md#zone-replicas).
+chaos proxy per zone and replica). ``zone_replicas`` is the replica count of zone-1 (up to
+ZONE_REPLICAS_AVAILABLE): its replicas share an etcd prefix, its token and its xDS certificate, and
+its proxies are given every replica's address (docs/ha.md#zone-replicas).
 
 Everything listens on 127.0.0.1. The supervisor (supervisor.py) turns this plan into processes;
 keeping the plan pure lets a unit test check ports, order and arguments without starting anything.
@@ -29,7 +30,7 @@ DEFAULT_PORT_BASE = 25000  # `zonemesh-lab up` without --port-base: the frontend
 ETCD_MEMBERS = 3  # the etcd cluster global replicas share: one member may die
 MAX_REPLICAS = 3
 # Replicas of zone-1 the lab can run: 1 until several zone processes may share one store.
-ZONE_REPLICAS_AVAILABLE = 1
+ZONE_REPLICAS_AVAILABLE = 2
 
 
 def _free_ports(count: int) -> Iterator[int]:
