@@ -86,7 +86,11 @@ class DataPlaneSide:
         federated = cp.config.mode == "zone" and bool(cp.config.global_address)
         certs = MeshCA(cp.store, generate=not federated)
         recorder = insights.InsightRecorder(
-            cp.manager, cp.instance_id, attribute=nacks.responsible, held=HeldCertificates(cache, certs)
+            cp.manager,
+            cp.instance_id,
+            attribute=nacks.responsible,
+            held=HeldCertificates(cache, certs),
+            stored=lambda mesh, name: self.view.peek("DataplaneInsight", name, mesh),
         )
         expiry = ExpiryWatch(certs, recorder.connected_held)
         zone = cp.config.zone or "default"

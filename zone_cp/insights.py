@@ -162,8 +162,12 @@ class InsightRecorder:
         refresh_interval: float = REFRESH_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         held: HeldCertificates | None = None,
+        stored: Callable[[str, str], Resource | None] | None = None,
     ) -> None:
         self.manager = manager
+        # The DataplaneInsight stored now, read from memory (the zone's view: zone_cp/view.py): the
+        # subscriptions other replicas of the zone recorded in it are kept when this one writes it.
+        self.stored = stored
         self.held_certificates = held  # what a secrets ACK holds (None: no mTLS section)
         self.attribute = attribute  # which policies a NACK is due to (zone_cp/xds/nacks.py)
         self.instance_id = instance_id
@@ -309,9 +313,20 @@ class InsightRecorder:
 
     def document(self, mesh: str, name: str) -> dict[str, Any]:
         state = self._state(mesh, name)
-        spec: dict[str, Any] = {
-            "subscriptions": [s.as_dict(self.instance_id, state.versions) for s in state.subscriptions]
-        }
+        subscriptions = [s.as_dict(self.instance_id, state.versions) for s in state.subscriptions]
+        if self.stored is not None:
+            # A proxy that moved between replicas of the zone: what the other replica recorded stays,
+            # ordered by connect time, so the last subscription is the proxy's latest stream.
+            stored = self.stored(mesh, name)
+            others = [
+                s
+                for s in (stored.spec.get("subscriptions") or [] if stored is not None else [])
+                if isinstance(s, dict) and s.get("controlPlaneInstanceId") != self.instance_id
+            ]
+            if others:
+                subscriptions = sorted([*others, *subscriptions], key=lambda s: str(s.get("connectTime") or ""))
+                subscriptions = subscriptions[-MAX_SUBSCRIPTIONS:]
+        spec: dict[str, Any] = {"subscriptions": subscriptions}
         if state.mtls:
             spec["mTLS"] = state.mtls
         return spec

@@ -99,6 +99,10 @@ class ZoneView(Store):
 
     # -- reading (the Store interface) ------------------------------------------------------
 
+    def peek(self, type: str, name: str, mesh: str = "") -> Resource | None:
+        """What the view holds under that key now (no await: for code that cannot wait)."""
+        return self._items.get(type, {}).get(ResourceKey(type, mesh, name))
+
     async def get(self, type: str, name: str, mesh: str = "") -> Resource:
         key = ResourceKey(type, mesh, name)
         found = self._items.get(type, {}).get(key)

@@ -8,14 +8,20 @@ import uuid
 
 import pytest
 from conftest import EtcdServer
+from envoy.config.core.v3 import base_pb2
 from test_etcd_resync import mesh, revision
+from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store import EventKind
 from zonemesh.shared.store.base import Event, Watch
 from zonemesh.shared.store.etcd import EtcdStore
 from zonemesh.shared.store.memory import MemoryStore
 from zonemesh.zone_cp.ingress import AvailableServicesUpdater
+from zonemesh.zone_cp.insights import InsightRecorder
 from zonemesh.zone_cp.view import ZoneView
+from zonemesh.zone_cp.xds.crosszone import is_online
+from zonemesh.zone_cp.xds.proxy import ProxyIdentity
+from zonemesh.zone_cp.xds.server import StreamInfo
 
 from zonemesh.lab.chaos_proxy import ChaosProxy
 from zonemesh.testing import free_port
@@ -122,3 +128,39 @@ async def test_a_relist_after_a_compaction_rebuilds_the_view_once_for_every_read
         await behind.close()
         await writer.close()
         await proxy.close()
+
+
+async def test_a_proxy_that_moved_between_zone_replicas_stays_online_in_its_insight() -> None:
+    """Two replicas of a zone record one proxy's streams: it connected to A, then to B, then A saw its
+    old stream close. A's write keeps B's subscription (read from the view), so the insight's last
+    subscription is the open one on B: the proxy is online."""
+    store = MemoryStore()
+    manager = ResourceManager(store)
+    await manager.ensure_default_mesh()
+    view = ZoneView()
+    await view.start(store)
+    stored = lambda mesh, name: view.peek("DataplaneInsight", name, mesh)  # noqa: E731
+    a = InsightRecorder(manager, "replica-a", stored=stored)
+    b = InsightRecorder(manager, "replica-b", stored=stored)
+    proxy = ProxyIdentity("default", "web-1")
+
+    async def recorded(recorder: InsightRecorder) -> None:
+        async with view.watch(["DataplaneInsight"]) as changes:
+            await recorder.flush()
+            await asyncio.wait_for(changes.queue.get(), timeout=5)  # the view has taken the write in
+
+    try:
+        await a.stream_open(StreamInfo(1, proxy, base_pb2.Node(), "peer"))
+        await recorded(a)
+        await asyncio.sleep(0.01)  # a later connect time
+        await b.stream_open(StreamInfo(7, proxy, base_pb2.Node(), "peer"))
+        await recorded(b)
+        await a.stream_close(StreamInfo(1, proxy, base_pb2.Node(), "peer"))
+        await recorded(a)
+        insight = await store.get("DataplaneInsight", "web-1", "default")
+        subs = insight.spec["subscriptions"]
+        assert [s["controlPlaneInstanceId"] for s in subs] == ["replica-a", "replica-b"]
+        assert subs[0].get("disconnectTime") and not subs[-1].get("disconnectTime")
+        assert is_online(insight)
+    finally:
+        await view.stop()
