@@ -51,7 +51,8 @@ LICENSE_NAME = "default"
 # The zone's slot ledger in etcd, beside its resources (``<prefix>/zone-license/slots``).
 LEDGER_KEY = "zone-license/slots"
 # A slot taken for a Dataplane that is not stored (yet): a registration in progress on some replica.
-# One whose Dataplane is still missing this long after is given back (its replica died mid-way).
+# One whose Dataplane is still missing this long after is given back (its replica died mid-way),
+# at the latest METRICS_TICK later.
 PENDING_GRACE = 60.0
 # While a proxy waits for a slot: how often the ledger is read again (another replica may free one).
 WAIT_POLL = 0.5
@@ -211,6 +212,10 @@ class ZoneLicense:
             now = time.time()
             state["requests"] = [[s, w] for s, w in state["requests"] if s > self.answered]
             state["waiting"] = {i: [c, until] for i, (c, until) in state["waiting"].items() if c > 0 and until > now}
+            # A slot taken for a registration whose Dataplane never got stored (its replica died mid-way).
+            for slot, reserved in list(state["holders"].items()):
+                if reserved < now - PENDING_GRACE and _key(slot) not in self.stored:
+                    del state["holders"][slot]
             change(state)
             if state == before or await self.ledger.swap(token, state):
                 self._adopt(state)
@@ -328,17 +333,9 @@ class ZoneLicense:
             self.holders = set(self.stored)
             await self._drop_ledger()
             return
-        stored = set(self.stored)
-
-        def settle(state: State) -> None:
-            # Slots of Dataplanes gone while no replica ran, and of registrations that died mid-way.
-            stale = time.time() - PENDING_GRACE
-            for slot, reserved in list(state["holders"].items()):
-                if _key(slot) not in stored and reserved < stale:
-                    del state["holders"][slot]
-            self._asked(state)
-
-        await self._mutate(settle)
+        # _mutate gives back the slots of Dataplanes gone while no replica ran, and of registrations
+        # that died mid-way; and says how many this zone wants now.
+        await self._mutate(self._asked)
 
     async def _drop_ledger(self) -> None:
         """Not strict (any more): the slots kept for strict mode go; a later strict license starts anew."""
@@ -479,10 +476,16 @@ class ZoneLicense:
             metrics.EXPIRY_SECONDS.set((self._expires - datetime.now(UTC)).total_seconds())
 
     async def _metrics_tick(self) -> None:
-        """The expiry countdown moves with time, not only when global sends something."""
+        """The expiry countdown moves with time, not only when global sends something; and slots taken
+        by registrations that died mid-way are given back even when nothing else changes."""
         while True:
             await asyncio.sleep(METRICS_TICK)
             self._update_metrics()
+            if self.strict:
+                try:
+                    await self._mutate(self._asked)
+                except StoreError as exc:
+                    log.warning("license_quota_release_failed", zone=self.zone, error=str(exc))
 
     # -- admission ------------------------------------------------------------------------------
 

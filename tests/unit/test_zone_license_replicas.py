@@ -18,9 +18,9 @@ from conftest import EtcdServer
 from zonemesh.shared.config import Config
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store.etcd import EtcdStore
+from zonemesh.shared.store.memory import MemoryStore
+from zonemesh.zone_cp import license as zone_license
 from zonemesh.zone_cp.license import LicenseRefused, ZoneLicense
-
-pytestmark = pytest.mark.etcd
 
 ZONE = "zone-a"
 GRANT = 3
@@ -28,7 +28,7 @@ GRANT = 3
 
 @dataclass
 class Replica:
-    store: EtcdStore
+    store: EtcdStore | MemoryStore
     instance_id: str
 
 
@@ -57,6 +57,7 @@ async def answer_requests(store: EtcdStore) -> None:
             await store.batch(upserts=[Resource(type="LicenseQuota", name=ZONE, spec=grant)])
 
 
+@pytest.mark.etcd
 async def test_joins_racing_across_two_zone_replicas_never_pass_the_zone_grant(etcd_server: EtcdServer) -> None:
     prefix = f"/zone-license-{time.monotonic_ns()}"
     stores = [await EtcdStore.open(etcd_server.endpoint, prefix=prefix, rpc_timeout=5) for _ in range(2)]
@@ -97,3 +98,24 @@ async def test_joins_racing_across_two_zone_replicas_never_pass_the_zone_grant(e
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_a_slot_taken_by_a_registration_that_died_mid_way_is_given_back() -> None:
+    """A replica killed between taking a slot and storing the Dataplane leaves the slot in the ledger:
+    once PENDING_GRACE has passed without that Dataplane, the next change of the ledger frees it."""
+    store = MemoryStore()
+    await store.batch(
+        upserts=[
+            Resource(type="License", name="default", spec={"enforcement": "strict", "allowedDataplaneProxies": 1}),
+            Resource(type="LicenseQuota", name=ZONE, spec={"slots": 1, "answered": 2**62}),
+        ]
+    )
+    gate = ZoneLicense(Config(mode="zone", zone=ZONE, license_quota_wait="0.2s"))
+    async with gate.run(Replica(store, "replica-0")):
+        state, token = await gate.ledger.load()
+        assert state is not None
+        state["holders"]["default/ghost"] = time.time() - 2 * zone_license.PENDING_GRACE  # its replica died
+        assert await gate.ledger.swap(token, state)
+        async with gate.admission(dataplane(1)):
+            await store.create(dataplane(1))
+        assert gate.holders == {("default", "dp-1")}
