@@ -4,7 +4,7 @@
 (``dataplane-token-global-signing-key-{mesh}-{serial}``) and publishes their public halves at once.
 Leader-only, this component keeps each mesh's DataplaneTokenTrust in line when an operator adds
 or deletes such a key (rotation): KDS carries the trust to every zone of the mesh, which then
-closes the streams of tokens whose key is gone (zone_cp/zoneproxies.py ``CredentialWatch``).
+closes the streams of tokens whose key is gone (zone_cp/admission.py ``CredentialWatch``).
 """
 
 from __future__ import annotations

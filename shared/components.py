@@ -64,15 +64,10 @@ def every_replica(name: str, run: Run) -> Component:
 
 
 class ComponentManager:
-    def __init__(
-        self, cp: ControlPlane, components: Sequence[Component | Run], elector: Elector, *, single_replica: bool = False
-    ) -> None:
+    def __init__(self, cp: ControlPlane, components: Sequence[Component | Run], elector: Elector) -> None:
         self.cp = cp
         self.components = [Component.of(c) for c in components]
         self.elector = elector
-        # Zones run as one process for now: a second replica on the same etcd prefix is refused at
-        # start rather than left to run a second KDS stream and license gate (docs/ha.md).
-        self.single_replica = single_replica
         self._stack = AsyncExitStack()  # every-replica components
         self._leading: AsyncExitStack | None = None  # leader components of the current term
         self._term: Term | None = None
@@ -87,19 +82,15 @@ class ComponentManager:
         # what this replica's components start writing for the work of a dead one.
         await self.elector.start()
         try:
-            claimed = await self._alone() if self.single_replica else None
             for component in self.components:
                 if not component.leader:
                     await self._stack.enter_async_context(component.run(self.cp))
-            if claimed is not None:
-                term = claimed if not claimed.lost.is_set() else None
-            else:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(FIRST_ROUND):
-                        await self.elector.settled()
-                term = self.elector.current()
-                if term is not None:
-                    await self.elector.next_term()  # the same term: taken here, not by the follower
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FIRST_ROUND):
+                    await self.elector.settled()
+            term = self.elector.current()
+            if term is not None:
+                await self.elector.next_term()  # the same term: taken here, not by the follower
             if term is not None:
                 await self._lead(term)
         except BaseException:  # the start is refused: leave what was entered, resign
@@ -108,24 +99,6 @@ class ComponentManager:
             await self._stack.aclose()
             raise
         self._follow = asyncio.create_task(self._follow_leadership(term), name="leader-components")
-
-    async def _alone(self) -> Term | None:
-        """Wait until this replica leads (its first term), refusing the start when another one keeps leading. A replica
-        killed a moment ago holds leadership until its lease expires: two lease periods cover that."""
-        ttl = getattr(self.elector, "ttl", None)
-        if ttl is None:  # one process by construction (SQLite, memory)
-            return None
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2 * ttl + FIRST_ROUND):
-                return await self.elector.next_term()
-        from zonemesh.shared.runtime import StartupRefused  # runtime imports this module
-
-        other = self.elector.describe().get("leaderInstanceId") or "another instance"
-        raise StartupRefused(
-            f"another {self.cp.mode.value} control plane ({other}) is running on the same etcd prefix: "
-            "a zone runs as one process for now (docs/ha.md); stop the other one, or give this one its own "
-            "--etcd-prefix"
-        )
 
     async def stop(self) -> None:
         await cancel_and_wait([self._follow])

@@ -108,9 +108,6 @@ class Assembly:
 
     components: list[Component | ComponentRun] = field(default_factory=list)
     routes: list[web.RouteDef] = field(default_factory=list)
-    # Refuse to start beside another replica of this control plane on the same etcd prefix (zones:
-    # several zone replicas are not supported yet, docs/ha.md).
-    single_replica: bool = False
 
 
 class ControlPlane:
@@ -192,12 +189,7 @@ class ControlPlane:
             config.diagnostics_port,
             "diagnostics",
         )
-        components = ComponentManager(
-            self,
-            [*self.assembly.components, *self._store_components()],
-            self.elector,
-            single_replica=self.assembly.single_replica,
-        )
+        components = ComponentManager(self, [*self.assembly.components, *self._store_components()], self.elector)
         await components.start()
         self.components = components
         self._stack.push_async_callback(components.stop)

@@ -12,41 +12,68 @@ A proxy must also meet its mesh's ``constraints.dataplaneProxy`` (requirements a
 by tags): a registration that does not is refused with FAILED_PRECONDITION (the agent exits and
 says why), an ADS stream with PERMISSION_DENIED; both are logged as ``dataplane_constraints_refused``.
 When a Mesh with constraints changes, the open streams of its proxies are checked again and those
-that no longer qualify are closed (``zoneproxies.CredentialWatch``); they are refused on reconnect.
+that no longer qualify are closed (``CredentialWatch``, below); they are refused on reconnect.
 
 An admitted stream keeps its token: the xDS server closes it at the token's exp (plus the
 verification leeway), and checks it again whenever the mesh's signing keys or revocations change
-(``zoneproxies.CredentialWatch``), closing it when it no longer passes.
+(``CredentialWatch``), closing it when it no longer passes.
+
+Zone ingress and zone egress proxies (below): ``zonemesh-dp run --proxy-type ingress|egress``
+registers a ZoneIngress/ZoneEgress (no mesh: one zone proxy serves every mesh) through the same
+``DataplaneRegistration`` service as dataplanes, and opens ADS with node id ``<name>`` and node
+metadata ``proxyType``. Both carry a **zone token** whose ``Zone`` is this zone and whose ``Scope``
+includes the proxy type (``shared/tokens/zone.py``), validated against the zone-token signing keys
+in this control plane's store. On a federated zone (as in Kuma) they are issued by GLOBAL (``zmctl
+generate zone-token --zone Z --scope ingress`` against global's API) and checked against the public
+keys and revoked jti global publishes (ZoneTokenTrust, synced by KDS); such a zone holds no signing
+key and refuses ``POST /tokens/zone``, pointing to global. A standalone control plane issues them
+itself (``POST /tokens/zone``: admin only, restricted to its zone and to the ingress/egress scopes)
+and checks them with its own keys. Their config: zone_cp/xds/zoneproxies.py; their insights:
+zone_cp/insights.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
 import jwt
 import structlog
+from aiohttp import web
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format
 from zonemesh.proto import dataplane_pb2, dataplane_pb2_grpc
+from zonemesh.shared.api.auth import require_admin
+from zonemesh.shared.api.context import MANAGER
+from zonemesh.shared.api.errors import error_response
+from zonemesh.shared.api.resources import read_document
 from zonemesh.shared.resources.codec import from_universal, parse_json, to_universal
 from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.model import Resource, ResourceKey
 from zonemesh.shared.resources.registry import REGISTRY
-from zonemesh.shared.resources.schema import ValidationError
+from zonemesh.shared.resources.schema import FieldError, ValidationError
 from zonemesh.shared.resources.types.dataplane import dataplane_tags
 from zonemesh.shared.resources.types.mesh import constraint_violation
 from zonemesh.shared.store import NotFound, Store
 from zonemesh.shared.store.base import NO_FILTER, ListFilter, ListResult, Watch
 from zonemesh.shared.tokens import dataplane as dptokens
-from zonemesh.shared.tokens.tokens import LEEWAY_SECONDS, InvalidToken
-from zonemesh.zone_cp.insights import InsightRecorder
-from zonemesh.zone_cp.license import LicenseRefused, license_admission, license_connection
-from zonemesh.zone_cp.xds.proxy import ProxyIdentity, ProxyType, parse_node_id
-from zonemesh.zone_cp.xds.server import Admission, CredentialRefused
+from zonemesh.shared.tokens.tokens import LEEWAY_SECONDS, InvalidToken, TokenValidator
+from zonemesh.shared.tokens.zone import (
+    TRUST_TYPE,
+    ZONE_TOKEN_KEYS,
+    ZONE_TOKEN_REVOCATIONS,
+    ZoneTokenValidator,
+    issue_requested,
+)
+from zonemesh.zone_cp.insights import InsightRecorder, ZoneProxyInsights
+from zonemesh.zone_cp.license import LicenseRefused, ZoneLicense
+from zonemesh.zone_cp.xds.proxy import RESOURCE_TYPES, ProxyIdentity, ProxyType, parse_node_id, parse_zone_proxy_node_id
+from zonemesh.zone_cp.xds.server import Admission, AdsServicer, CredentialRefused
 
 log = structlog.get_logger(__name__)
 
@@ -102,8 +129,24 @@ async def constraints_refusal(store: Store, mesh: str, dataplane: Resource | Non
 class DataplaneAuthenticator:
     """The xDS server's Authenticator: the node id names the proxy, the token must admit it."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, license: ZoneLicense | None = None) -> None:
         self.store = store
+        # The zone's license gate (strict quota: zone_cp/license.py); None on a standalone control plane.
+        self.license = license
+
+    async def license_connection(self, mesh: str, name: str) -> None:
+        """A data plane proxy opens its stream: one whose Dataplane holds no slot needs one now."""
+        if self.license is not None:
+            await self.license.connection(mesh, name)
+
+    @contextlib.asynccontextmanager
+    async def license_admission(self, dataplane: Resource) -> AsyncIterator[None]:
+        """Around storing a joining proxy's Dataplane: it holds a slot while stored (LicenseRefused)."""
+        if self.license is None:
+            yield
+            return
+        async with self.license.admission(dataplane):
+            yield
 
     async def check(
         self,
@@ -144,7 +187,7 @@ class DataplaneAuthenticator:
         if proxy_type == ProxyType.DATAPLANE.value:
             await self._meets_constraints(self.store, mesh, name)
             try:  # a Dataplane stored without a license slot (created through the API) needs one to connect
-                await license_connection(self.store, mesh, name)
+                await self.license_connection(mesh, name)
             except LicenseRefused as exc:
                 log.warning("dataplane_license_refused", mesh=mesh, name=name, reason=str(exc))
                 raise AdmissionRefused(str(exc), grpc.StatusCode.RESOURCE_EXHAUSTED) from None
@@ -298,7 +341,7 @@ class RegistrationServicer:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
         try:
             # License: in strict mode a counted proxy joins only within this zone's quota (zone_cp/license.py).
-            async with license_admission(self.manager.store, res):
+            async with self.authenticator.license_admission(res):
                 stored, created = await self.manager.apply(res)
         except LicenseRefused as exc:
             log.warning("dataplane_license_refused", mesh=request.mesh, name=request.name, reason=str(exc))
@@ -336,7 +379,7 @@ class RegistrationServicer:
             )
         assert stored is not None  # context.abort raised otherwise
         try:  # a Dataplane stored without a license slot (created through the API) needs one to run
-            await license_connection(self.manager.store, request.mesh, request.name)
+            await self.authenticator.license_connection(request.mesh, request.name)
         except LicenseRefused as exc:
             log.warning("dataplane_license_refused", mesh=request.mesh, name=request.name, reason=str(exc))
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
@@ -370,3 +413,262 @@ class RegistrationServicer:
             "dataplane_unregistered", mesh=request.mesh, name=request.name, deleted=deleted, kept=request.keep_dataplane
         )
         return dataplane_pb2.UnregisterResponse(deleted=deleted)
+
+
+# --- zone ingress and zone egress proxies -------------------------------------------------------
+
+
+class ZoneProxyAuthenticator:
+    """A zone token for this zone, with the proxy type in its scope."""
+
+    def __init__(self, store: Store, zone: str, *, federated: bool = False) -> None:
+        self.validator = ZoneTokenValidator(store, published=federated)
+        self.zone = zone
+        self.federated = federated
+
+    async def check(self, token: str, name: str, proxy_type: str, peer: str = "") -> dict[str, Any]:
+        try:
+            if not token:
+                raise InvalidToken("no token: pass a zone token (scope ingress or egress) with --dataplane-token-file")
+            return await self.validator.validate(token, self.zone, scope=proxy_type)
+        except InvalidToken as exc:
+            log.warning("zone_proxy_auth_refused", name=name, proxy_type=proxy_type, peer=peer, reason=exc.reason)
+            raise AdmissionRefused(f"zone token refused: {exc.reason}") from None
+
+    async def recheck(self, store: Store, token: str, proxy_type: str) -> None:
+        """The check of ``check`` again, reading keys and revocations through ``store``."""
+        try:
+            await ZoneTokenValidator(store, published=self.federated).validate(token, self.zone, scope=proxy_type)
+        except InvalidToken as exc:
+            raise AdmissionRefused(f"zone token refused: {exc.reason}") from None
+
+
+def zone_credentials(res: Resource) -> bool:
+    """Does ``res`` carry zone-token keys or revocations: what zone proxies' tokens are checked
+    with (global's published ZoneTokenTrust on a federated zone, this CP's own keys otherwise)?"""
+    if res.type == TRUST_TYPE:
+        return True
+    return res.type == "GlobalSecret" and (
+        res.name == ZONE_TOKEN_REVOCATIONS or res.name.startswith(ZONE_TOKEN_KEYS + "-")
+    )
+
+
+class Authenticator:
+    """The xDS server's authenticator: zone proxies by zone token, dataplanes as before."""
+
+    def __init__(self, dataplanes: DataplaneAuthenticator, zone_proxies: ZoneProxyAuthenticator) -> None:
+        self.dataplanes = dataplanes
+        self.zone_proxies = zone_proxies
+
+    async def __call__(self, metadata: Metadata, node: base_pb2.Node) -> Admission:
+        proxy_type = node_proxy_type(node)
+        if proxy_type not in RESOURCE_TYPES:
+            return await self.dataplanes(metadata, node)
+        try:
+            name = parse_zone_proxy_node_id(node.id)
+        except ValueError as exc:
+            raise AdmissionRefused(str(exc), grpc.StatusCode.INVALID_ARGUMENT) from None
+        token = bearer_token(metadata)
+        claims = await self.zone_proxies.check(token, name, proxy_type)
+
+        async def recheck(store: Store) -> None:
+            await self.zone_proxies.recheck(store, token, proxy_type)
+
+        identity = ProxyIdentity(mesh="", name=name, proxy_type=ProxyType(proxy_type))
+        valid_until = float(claims["exp"]) + LEEWAY_SECONDS
+        return Admission(identity, "zone token", valid_until, recheck, str(claims["jti"]), signing_key_id(token))
+
+
+def _dataplane_of(admission: Admission, *, mesh: str) -> bool:
+    return admission.identity.proxy_type is ProxyType.DATAPLANE and admission.identity.mesh == mesh
+
+
+class CredentialWatch:
+    """Checks open xDS streams again when what their tokens are checked with changes, and the xDS
+    server closes those that no longer pass. Only the streams the change may affect are checked,
+    so that a revocation takes effect within a second however many proxies are connected:
+
+    - a mesh's ``dataplane-token-revocations-<mesh>``: that mesh's streams whose jti is now listed;
+    - a mesh's ``dataplane-token-signing-key-<mesh>-<N>`` (added, changed, deleted): that mesh's
+      streams whose token names key N;
+    - a mesh's DataplaneTokenTrust (global's public keys, synced down): that mesh's streams whose
+      token global issued (kid ``global-<N>``);
+    - zone-token keys or revocations, or the ZoneTokenTrust global publishes: every zone proxy
+      stream (a zone has a few);
+    - a Mesh with ``constraints.dataplaneProxy``: that mesh's dataplane streams (a proxy that no
+      longer meets them is disconnected, and refused when it reconnects: admission.py).
+    """
+
+    WATCHED = ("Secret", "GlobalSecret", TRUST_TYPE, dptokens.TRUST_TYPE, "Mesh")
+
+    def __init__(self, store: Store, servicer: AdsServicer) -> None:
+        self.store = store
+        self.servicer = servicer
+
+    async def _watch(self) -> None:
+        async with self.store.watch(self.WATCHED) as watch:
+            async for event in watch:
+                res = event.resource
+                try:
+                    if res.type == "Mesh":
+                        if (res.spec.get("constraints") or {}).get("dataplaneProxy"):
+                            await self._pass(res, functools.partial(_dataplane_of, mesh=res.name))
+                    elif dataplane_credentials(res):
+                        await self._pass(res, await self._dataplanes_affected(res, ReadOnce(self.store)))
+                    elif res.type == dptokens.TRUST_TYPE:
+                        await self._pass(res, functools.partial(_issued_by_global, mesh=res.mesh))
+                    elif zone_credentials(res):
+                        await self._pass(
+                            res, lambda admission: admission.identity.proxy_type is not ProxyType.DATAPLANE
+                        )
+                except Exception as exc:  # one failed pass must not end the watch: later changes would be missed
+                    log.warning("xds_revalidation_failed", secret=f"{res.type}/{res.mesh}/{res.name}", error=str(exc))
+
+    async def _dataplanes_affected(self, res: Resource, view: Store) -> Callable[[Admission], bool]:
+        mesh = res.mesh
+        keys = dptokens.signing_keys(view, mesh)
+
+        def in_mesh(admission: Admission) -> bool:
+            return admission.identity.proxy_type is ProxyType.DATAPLANE and admission.identity.mesh == mesh
+
+        if res.name == dptokens.revocations_secret(mesh):
+            revoked = await TokenValidator(keys, res.name).revoked_ids()  # as the validator reads it
+            return lambda admission: in_mesh(admission) and admission.token_id in revoked
+
+        def signed_by_it(admission: Admission) -> bool:
+            try:
+                return keys.secret_name(int(admission.key_id)) == res.name
+            except ValueError:
+                return True  # cannot tell: check it
+
+        return lambda admission: in_mesh(admission) and signed_by_it(admission)
+
+    async def _pass(self, res: Resource, affected: Callable[[Admission], bool]) -> None:
+        closed = await self.servicer.revalidate(affected, ReadOnce(self.store))
+        log.info("xds_streams_revalidated", secret=f"{res.type}/{res.mesh}/{res.name}", closed=closed)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[CredentialWatch]:
+        task = asyncio.create_task(self._watch(), name="xds-credential-watch")
+        try:
+            yield self
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def _issued_by_global(admission: Admission, *, mesh: str) -> bool:
+    """A dataplane stream of ``mesh`` whose token global signed (kid ``global-<N>``)."""
+    return (
+        admission.identity.proxy_type is ProxyType.DATAPLANE
+        and admission.identity.mesh == mesh
+        and admission.key_id.startswith(dptokens.GLOBAL_KID_PREFIX)
+    )
+
+
+class Registration(RegistrationServicer):
+    """DataplaneRegistration for every proxy type: zone proxies here, dataplanes as before."""
+
+    def __init__(
+        self,
+        manager: ResourceManager,
+        authenticator: DataplaneAuthenticator,
+        zone_proxies: ZoneProxyAuthenticator,
+        insights: Any,
+        instance_id: str,
+        zone_insights: ZoneProxyInsights | None = None,
+    ) -> None:
+        super().__init__(manager, authenticator, insights, instance_id)
+        self.zone_proxies = zone_proxies
+        self.zone_insights = zone_insights
+
+    async def _admit_zone_proxy(self, context: grpc.aio.ServicerContext[Any, Any], name: str, proxy_type: str) -> None:
+        metadata = tuple((m.key, m.value) for m in (context.invocation_metadata() or ()))
+        try:
+            await self.zone_proxies.check(bearer_token(metadata), name, proxy_type, context.peer())
+        except AdmissionRefused as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+
+    async def Register(
+        self, request: dataplane_pb2.RegisterRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> dataplane_pb2.RegisterResponse:
+        type_name = RESOURCE_TYPES.get(request.proxy_type)
+        if type_name is None:
+            return await super().Register(request, context)
+        await check_names(context, type_name, request.name)
+        await self._admit_zone_proxy(context, request.name, request.proxy_type)
+        try:
+            doc = parse_json(request.dataplane_json, "dataplane_json")
+            if isinstance(doc, dict):
+                doc.pop("mesh", None)
+            res, _ = from_universal(doc, expected_type=REGISTRY.get(type_name), name=request.name)
+        except ValidationError as exc:
+            detail = "; ".join(f"{e.field}: {e.reason}" for e in exc.errors)
+            log.warning("zone_proxy_registration_invalid", name=request.name, type=type_name, errors=detail)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the {type_name} is not valid: {detail}")
+        zone = self.zone_proxies.zone
+        res.spec["zone"] = zone
+        existing = await self.manager.store.find(type_name, request.name)
+        if type_name == "ZoneIngress":
+            # availableServices belong to the zone control plane (zone_cp/ingress.py), not the agent.
+            res.spec["availableServices"] = (existing.spec.get("availableServices") if existing else None) or []
+        stored, created = await self.manager.apply(res)
+        log.info("zone_proxy_registered", type=type_name, name=request.name, zone=zone, created=created)
+        return dataplane_pb2.RegisterResponse(
+            version=stored.version, created=created, control_plane_instance_id=self.instance_id
+        )
+
+    async def Unregister(
+        self, request: dataplane_pb2.UnregisterRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> dataplane_pb2.UnregisterResponse:
+        type_name = RESOURCE_TYPES.get(request.proxy_type)
+        if type_name is None:
+            return await super().Unregister(request, context)
+        await check_names(context, type_name, request.name)
+        await self._admit_zone_proxy(context, request.name, request.proxy_type)
+        try:
+            await self.manager.delete(type_name, request.name)
+            deleted = True
+        except NotFound:
+            deleted = False
+        if self.zone_insights is not None:
+            await self.zone_insights.forget(request.proxy_type, request.name)
+        log.info("zone_proxy_unregistered", type=type_name, name=request.name, deleted=deleted)
+        return dataplane_pb2.UnregisterResponse(deleted=deleted)
+
+
+# --- POST /tokens/zone on a zone control plane -------------------------------------------------
+
+
+def token_routes(zone: str, federated: bool = False) -> list[web.RouteDef]:
+    """Zone tokens for this zone's ingress/egress proxies (admin only); a federated zone refuses:
+    global issues them, since only global's keys are trusted in every zone."""
+
+    async def issue(request: web.Request) -> web.Response:
+        manager = request.app[MANAGER]
+        await require_admin(request, manager.store)
+        if federated:
+            return error_response(
+                400,
+                "Zone tokens are issued by the global control plane",
+                f"zone {zone!r} is federated: its zone proxies' tokens come from global "
+                f"(zmctl --cp-address <global API> generate zone-token --zone {zone} --scope ingress); "
+                "this zone checks them with the public keys global publishes",
+            )
+        doc = await read_document(request)
+        if not isinstance(doc, dict):
+            raise ValidationError([FieldError("<body>", 'must be an object: {"zone": ..., "scope": [...]}')])
+        errors: list[FieldError] = []
+        if doc.get("zone", zone) != zone:
+            errors.append(FieldError("zone", f"this control plane issues tokens for zone {zone!r} only"))
+        scope = doc.get("scope") or list(RESOURCE_TYPES)
+        if (
+            not isinstance(scope, list)
+            or not scope
+            or any(not isinstance(s, str) or s not in RESOURCE_TYPES for s in scope)
+        ):
+            errors.append(FieldError("scope", "a zone control plane issues only the scopes ingress and egress"))
+        token = await issue_requested(manager.store, zone, scope, doc, errors)
+        return web.Response(text=token, content_type="text/plain")
+
+    return [web.post("/tokens/zone", issue), web.post("/tokens/zone/", issue)]

@@ -35,19 +35,24 @@ from zonemesh.shared.runtime import Assembly, ControlPlane
 from zonemesh.shared.store import NotFound
 from zonemesh.shared.tls import default_hosts, ensure_self_signed
 from zonemesh.shared.tokens import dataplane as dataplane_tokens
-from zonemesh.zone_cp import ingress, insights, inspect_api, zoneproxies
+from zonemesh.zone_cp import admission, ingress, insights, inspect_api
 from zonemesh.zone_cp.admission import DataplaneAuthenticator, ReadOnce
 from zonemesh.zone_cp.certificates import ExpiryWatch, HeldCertificates
+from zonemesh.zone_cp.license import ZoneLicense
+from zonemesh.zone_cp.view import ZoneView
 from zonemesh.zone_cp.xds import inspection
 from zonemesh.zone_cp.xds.cache import SnapshotCache
 from zonemesh.zone_cp.xds.context import MeshContext
+from zonemesh.zone_cp.xds.crosszone import CrossZoneViews
 from zonemesh.zone_cp.xds.dump import dump
 from zonemesh.zone_cp.xds.generators import GenerationError
 from zonemesh.zone_cp.xds.nacks import NackAttribution
-from zonemesh.zone_cp.xds.proxy import node_key
+from zonemesh.zone_cp.xds.proxy import ProxyType, node_key
 from zonemesh.zone_cp.xds.reconciler import Reconciler
 from zonemesh.zone_cp.xds.resources import SHORT_NAMES
 from zonemesh.zone_cp.xds.server import Callbacks, TlsFiles, XdsServer
+from zonemesh.zone_cp.xds.zoneproxies import ZoneProxyReconciler
+from zonemesh.zone_cp.xds.zoneproxies import config_routes as zone_proxy_config_routes
 
 log = structlog.get_logger(__name__)
 
@@ -66,10 +71,12 @@ def xds_tls_files(config: Config) -> TlsFiles:
 class DataPlaneSide:
     """The zone's data plane component, and the API routes that read from it while it runs."""
 
-    def __init__(self) -> None:
+    def __init__(self, view: ZoneView, license: ZoneLicense | None = None) -> None:
+        self.view = view  # the zone's resources in memory (zone_cp/view.py), entered before this side
+        self.license = license  # a federated zone's license gate (strict quota), entered before this side
         self.reconciler: Reconciler | None = None
         self.cache: SnapshotCache | None = None
-        self.zone_proxies: zoneproxies.ZoneProxyReconciler | None = None
+        self.zone_proxies: ZoneProxyReconciler | None = None
 
     @contextlib.asynccontextmanager
     async def run(self, cp: ControlPlane) -> AsyncIterator[None]:
@@ -79,40 +86,38 @@ class DataPlaneSide:
         federated = cp.config.mode == "zone" and bool(cp.config.global_address)
         certs = MeshCA(cp.store, generate=not federated)
         recorder = insights.InsightRecorder(
-            cp.manager, cp.instance_id, attribute=nacks.responsible, held=HeldCertificates(cache, certs)
+            cp.manager,
+            cp.instance_id,
+            attribute=nacks.responsible,
+            held=HeldCertificates(cache, certs),
+            stored=lambda mesh, name: self.view.peek("DataplaneInsight", name, mesh),
         )
         expiry = ExpiryWatch(certs, recorder.connected_held)
         zone = cp.config.zone or "default"
-        dataplanes = DataplaneAuthenticator(cp.store)
-        zone_proxy_auth = zoneproxies.ZoneProxyAuthenticator(cp.store, zone, federated=federated)
-        authenticator = zoneproxies.Authenticator(dataplanes, zone_proxy_auth)
-        registration = zoneproxies.Registration(cp.manager, dataplanes, zone_proxy_auth, recorder, cp.instance_id)
-        zone_insights = zoneproxies.ZoneProxyInsights(cp.store, cp.instance_id, zone)
-        await zone_insights.close_stale()
-        registration.zone_insights = zone_insights
-        reconciler = Reconciler(cp.store, cache, certs)
-        zone_proxies = zoneproxies.ZoneProxyReconciler(
-            cp.store,
-            cache,
-            certs,
-            zone,
-            on_cross_zone_change=reconciler.invalidate_mesh,
-            on_remote_services_change=reconciler.invalidate_services,
+        dataplanes = DataplaneAuthenticator(cp.store, self.license)
+        zone_proxy_auth = admission.ZoneProxyAuthenticator(cp.store, zone, federated=federated)
+        authenticator = admission.Authenticator(dataplanes, zone_proxy_auth)
+        # Streams that replicas no longer alive left open are closed by the leader (insights.StreamFinalizer).
+        zone_insights = insights.ZoneProxyInsights(cp.store, cp.instance_id, zone)
+        registration = admission.Registration(
+            cp.manager, dataplanes, zone_proxy_auth, recorder, cp.instance_id, zone_insights=zone_insights
         )
-        reconciler.cross_zone = zone_proxies.cross_zone
+        cross_zone = CrossZoneViews()  # computed by the zone-proxy reconciler, read by the dataplane one
+        reconciler = Reconciler(self.view, cache, certs, cross_zone=cross_zone)
+        zone_proxies = ZoneProxyReconciler(self.view, cache, certs, zone, views=cross_zone)
         callbacks = Callbacks()
-        callbacks.stream_open.append(reconciler.on_stream_open)
-        callbacks.stream_close.append(reconciler.on_stream_close)
-        nacks.install(callbacks)  # before the recorder's: an ACK is recorded before anything reads it
-        recorder.install(callbacks)
-        zoneproxies.dataplanes_only(callbacks)  # DataplaneInsights are for dataplanes
+        dataplane_side = callbacks.only(ProxyType.DATAPLANE)  # DataplaneInsights are for dataplanes
+        dataplane_side.stream_open.append(reconciler.on_stream_open)
+        dataplane_side.stream_close.append(reconciler.on_stream_close)
+        nacks.install(dataplane_side)  # before the recorder's: an ACK is recorded before anything reads it
+        recorder.install(dataplane_side)
         callbacks.stream_open.append(zone_proxies.on_stream_open)
         callbacks.stream_close.append(zone_proxies.on_stream_close)
         zone_insights.install(callbacks)  # ZoneIngressInsight/ZoneEgressInsight: liveness of zone proxies
         server = XdsServer(cp.config, cache, authenticator, tls, [registration.add_to], callbacks)
         # Open streams answer for their tokens: checked again when keys or revocations change,
         # and before a renewed workload certificate goes out.
-        credentials = zoneproxies.CredentialWatch(cp.store, server.servicer)
+        credentials = admission.CredentialWatch(cp.store, server.servicer)
         reconciler.still_admitted = lambda proxies: server.servicer.still_admitted(proxies, ReadOnce(cp.store))
         async with (
             recorder.running(),
@@ -185,41 +190,47 @@ class DataPlaneSide:
             web.get("/meshes/{mesh}/dataplanes/{name}/_config", self.config_handler),
             web.get("/meshes/{mesh}/dataplanes/{name}/_rules", self.rules_handler),
             web.get("/meshes/{mesh}/dataplanes/{name}/_policies", self.policies_handler),
-            *zoneproxies.config_routes(lambda: self.zone_proxies),
+            *zone_proxy_config_routes(lambda: self.zone_proxies),
         ]
 
 
 def assemble(config: Config) -> Assembly:
-    side = DataPlaneSide()
+    """Every zone replica serves xDS and the API; what must happen once per zone runs on its leader
+    (docs/ha.md): the KDS stream to global, the zone ingresses' availableServices, closing the
+    streams of dead replicas, and without a global the mesh CAs. Leader components write through
+    ``cp.leader_store`` (fenced by the term)."""
     federated = config.mode == "zone" and bool(config.global_address)
+    zone = config.zone or "default"
+    # License (zone_cp/license.py): entered first, so no proxy joins before the quota gate runs; every
+    # replica admits through it (the zone's slots are one etcd key the replicas change in transactions).
+    # One in-memory view of the zone's resources (zone_cp/view.py), fed by one store watch: what every
+    # part below reads, on every replica.
+    view = ZoneView()
+    zone_license = ZoneLicense(config, view) if federated else None
+    side = DataPlaneSide(view, zone_license)
     assembly = Assembly(
-        # Without a global, this control plane makes its meshes' CAs and drives their rotations
-        # (leader-only: one replica writes them, fenced by its term).
         components=[
+            Component("zone-view", view.run),
+            *([zone_license.run] if zone_license is not None else []),
+            # Without a global, this control plane makes its meshes' CAs and drives their rotations.
             *([] if federated else [Component("mesh-ca", mesh_ca_keeper.component, leader=True)]),
             side.run,
-            ingress.component,
+            Component("zone-ingress-services", ingress.component(view), leader=True),
+            Component("zone-insight-finalizer", insights.finalizer_component, leader=True),
         ],
         routes=[
             *dataplane_tokens.routes(),
             *side.routes(),
             *inspect_api.routes(),
-            *zoneproxies.token_routes(
-                config.zone or "default", federated=config.mode == "zone" and bool(config.global_address)
-            ),
+            *admission.token_routes(zone, federated=federated),
         ],
-        single_replica=True,  # one process per zone for now (docs/ha.md)
     )
-    if federated:  # KDS stream to global (docs/kds.md)
+    if zone_license is not None:
+        assembly.routes += zone_license.routes()
+    if federated:  # one KDS stream per zone to global, from its leader (docs/kds.md); followers read etcd
         from zonemesh.zone_cp.kds_client import ZoneKds
 
-        kds = ZoneKds(config)
-        assembly.components.append(kds.run)
+        kds = ZoneKds(config, view)
+        assembly.components.append(Component("kds-client", kds.run, leader=True))
         assembly.routes += kds.routes()
-        # License (zone_cp/license.py): entered first, so no proxy joins before the quota gate runs.
-        from zonemesh.zone_cp.license import ZoneLicense
-
-        zone_license = ZoneLicense(config)
-        assembly.components.insert(0, zone_license.run)
-        assembly.routes += zone_license.routes()
     return assembly

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import structlog
@@ -74,8 +75,9 @@ def updated_ingress(ingress: Resource, zone: str, services: list[dict[str, Any]]
 class AvailableServicesUpdater:
     """Writes ``availableServices`` of this zone's ZoneIngresses whenever the dataplanes change."""
 
-    def __init__(self, store: Store, zone: str, *, quiet: float = 0.2) -> None:
-        self.store = store
+    def __init__(self, store: Store, zone: str, *, quiet: float = 0.2, view: Store | None = None) -> None:
+        self.store = store  # written to
+        self.view = view if view is not None else store  # read from (the zone's view: zone_cp/view.py)
         self.zone = zone
         self.quiet = quiet  # batch a burst of dataplane changes into one write
         self.rounds = 0
@@ -84,10 +86,10 @@ class AvailableServicesUpdater:
     async def update_once(self) -> int:
         """One round: recompute and write what changed; returns the number of ingresses written."""
         self.rounds += 1
-        ingresses = [r for r in (await self.store.list(ZONE_INGRESS)).items if is_local(r, self.zone)]
+        ingresses = [r for r in (await self.view.list(ZONE_INGRESS)).items if is_local(r, self.zone)]
         if not ingresses:
             return 0
-        services = available_services((await self.store.list(DATAPLANE)).items)
+        services = available_services((await self.view.list(DATAPLANE)).items)
         written = 0
         for ingress in ingresses:
             res = updated_ingress(ingress, self.zone, services)
@@ -110,7 +112,7 @@ class AvailableServicesUpdater:
         return written
 
     async def _watch(self) -> None:
-        async with self.store.watch([DATAPLANE, ZONE_INGRESS]) as watch:
+        async with self.view.watch([DATAPLANE, ZONE_INGRESS]) as watch:
             async for _ in watch:
                 self._wake.set()
 
@@ -137,9 +139,14 @@ class AvailableServicesUpdater:
             await asyncio.gather(watcher, loop, return_exceptions=True)
 
 
-@contextlib.asynccontextmanager
-async def component(cp: Any) -> AsyncIterator[AvailableServicesUpdater]:
-    """The zone control plane component (``zone_cp/app.py``): runs for the life of the CP."""
-    zone = cp.config.zone or "default"
-    async with AvailableServicesUpdater(cp.store, zone).running() as updater:
-        yield updater
+def component(view: Store) -> Callable[[Any], AbstractAsyncContextManager[AvailableServicesUpdater]]:
+    """The zone's leader component (``zone_cp/app.py``): one replica writes the ingresses, fenced by its
+    term, from what ``view`` (the zone's resources in memory) holds."""
+
+    @contextlib.asynccontextmanager
+    async def run(cp: Any) -> AsyncIterator[AvailableServicesUpdater]:
+        zone = cp.config.zone or "default"
+        async with AvailableServicesUpdater(cp.leader_store, zone, view=view).running() as updater:
+            yield updater
+
+    return run

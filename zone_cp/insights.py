@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import time
 import uuid
@@ -36,8 +37,12 @@ from typing import Any
 import structlog
 from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.model import Resource, format_time, now
+from zonemesh.shared.store import AlreadyExists, Conflict, NotFound, Store
 from zonemesh.zone_cp.certificates import Held, HeldCertificates
+from zonemesh.zone_cp.ingress import is_local
+from zonemesh.zone_cp.xds.proxy import INSIGHT_TYPES, ProxyType
 from zonemesh.zone_cp.xds.resources import SHORT_NAMES
+from zonemesh.zone_cp.xds.server import StreamInfo
 
 log = structlog.get_logger(__name__)
 
@@ -157,8 +162,12 @@ class InsightRecorder:
         refresh_interval: float = REFRESH_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         held: HeldCertificates | None = None,
+        stored: Callable[[str, str], Resource | None] | None = None,
     ) -> None:
         self.manager = manager
+        # The DataplaneInsight stored now, read from memory (the zone's view: zone_cp/view.py): the
+        # subscriptions other replicas of the zone recorded in it are kept when this one writes it.
+        self.stored = stored
         self.held_certificates = held  # what a secrets ACK holds (None: no mTLS section)
         self.attribute = attribute  # which policies a NACK is due to (zone_cp/xds/nacks.py)
         self.instance_id = instance_id
@@ -304,9 +313,20 @@ class InsightRecorder:
 
     def document(self, mesh: str, name: str) -> dict[str, Any]:
         state = self._state(mesh, name)
-        spec: dict[str, Any] = {
-            "subscriptions": [s.as_dict(self.instance_id, state.versions) for s in state.subscriptions]
-        }
+        subscriptions = [s.as_dict(self.instance_id, state.versions) for s in state.subscriptions]
+        if self.stored is not None:
+            # A proxy that moved between replicas of the zone: what the other replica recorded stays,
+            # ordered by connect time, so the last subscription is the proxy's latest stream.
+            stored = self.stored(mesh, name)
+            others = [
+                s
+                for s in (stored.spec.get("subscriptions") or [] if stored is not None else [])
+                if isinstance(s, dict) and s.get("controlPlaneInstanceId") != self.instance_id
+            ]
+            if others:
+                subscriptions = sorted([*others, *subscriptions], key=lambda s: str(s.get("connectTime") or ""))
+                subscriptions = subscriptions[-MAX_SUBSCRIPTIONS:]
+        spec: dict[str, Any] = {"subscriptions": subscriptions}
         if state.mtls:
             spec["mTLS"] = state.mtls
         return spec
@@ -419,3 +439,146 @@ def _envoy_version(node: Any) -> str:
     except AttributeError:
         pass
     return ""
+
+
+# -- streams of replicas that died -------------------------------------------------------------
+
+FINALIZE_INTERVAL = 5.0
+# What the streams of a zone's proxies are recorded in (each replica records the streams it holds).
+STREAM_INSIGHTS = ("DataplaneInsight", "ZoneIngressInsight", "ZoneEgressInsight")
+
+
+def close_dead_streams(spec: dict[str, Any], alive: set[str], closed: str) -> dict[str, Any] | None:
+    """The insight with the open subscriptions of control plane instances that are gone closed at
+    ``closed``; None when nothing changes."""
+    subs = spec.get("subscriptions") or []
+    out = [
+        {**s, "disconnectTime": closed}
+        if isinstance(s, dict) and not s.get("disconnectTime") and s.get("controlPlaneInstanceId") not in alive
+        else s
+        for s in subs
+    ]
+    return {**spec, "subscriptions": out} if out != subs else None
+
+
+class StreamFinalizer:
+    """Leader-only on a zone: closes the subscriptions that replicas which are no longer alive (a
+    replica killed, or this one's previous run) left open, so their proxies show offline until they
+    reconnect to a live replica. Live replicas' streams are theirs to record."""
+
+    def __init__(self, store: Any, members: Callable[[], Any], zone: str, interval: float = FINALIZE_INTERVAL) -> None:
+        self.store = store
+        self.members = members
+        self.zone = zone
+        self.interval = interval
+
+    async def sweep(self) -> int:
+        alive = set(await self.members())
+        closed = 0
+        for rtype in STREAM_INSIGHTS:
+            for res in (await self.store.list(rtype)).items:
+                if rtype != "DataplaneInsight" and not is_local(res, self.zone):
+                    continue  # another zone's ingress, as global pushed it
+                spec = close_dead_streams(res.spec, alive, format_time(now()) or "")
+                if spec is None:
+                    continue
+                with contextlib.suppress(Conflict, NotFound):  # changed meanwhile: the next sweep looks again
+                    await self.store.update(dataclasses.replace(res, spec=spec))
+                    closed += 1
+        if closed:
+            log.info("dead_streams_closed", zone=self.zone, insights=closed)
+        return closed
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception as exc:
+                log.warning("stream_insight_sweep_failed", zone=self.zone, error=str(exc))
+            await asyncio.sleep(self.interval)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[StreamFinalizer]:
+        task = asyncio.create_task(self._loop(), name="zone-stream-finalizer")
+        try:
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@contextlib.asynccontextmanager
+async def finalizer_component(cp: Any) -> AsyncIterator[StreamFinalizer]:
+    """The zone's ``zone-insight-finalizer`` leader component (zone_cp/app.py)."""
+    async with StreamFinalizer(cp.leader_store, cp.elector.members, cp.config.zone or "default").running() as fin:
+        yield fin
+
+
+# --- ZoneIngressInsight / ZoneEgressInsight ------------------------------------------------------
+
+
+class ZoneProxyInsights:
+    """One subscription per ADS stream of a zone proxy, written at once on open and close.
+
+    Zone proxies are few and their streams long-lived, so there is no batching. The insight is
+    uploaded by KDS (ZoneIngressInsight on to the other zones, which use an ingress only while
+    its last subscription is open: ``crosszone.online``).
+    """
+
+    def __init__(self, store: Store, instance_id: str, zone: str) -> None:
+        self.store = store
+        self.instance_id = instance_id
+        self.zone = zone
+        self._ids: dict[int, str] = {}  # xDS stream id -> subscription id
+
+    async def _change(
+        self, proxy_type: str, name: str, change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+    ) -> None:
+        rtype = INSIGHT_TYPES[proxy_type]
+        for _ in range(5):  # bounded: only a concurrent write of the same insight makes it retry
+            current = await self.store.find(rtype, name)
+            subscriptions = change(list((current.spec.get("subscriptions") if current else None) or []))
+            subscriptions = subscriptions[-MAX_SUBSCRIPTIONS:]
+            try:
+                if current is None:
+                    await self.store.create(Resource(type=rtype, name=name, spec={"subscriptions": subscriptions}))
+                else:
+                    spec = {**current.spec, "subscriptions": subscriptions}
+                    await self.store.update(dataclasses.replace(current, spec=spec))
+                return
+            except (AlreadyExists, Conflict):
+                continue
+        log.warning("zone_proxy_insight_not_written", type=rtype, name=name)
+
+    async def stream_open(self, info: StreamInfo) -> None:
+        identity = info.identity
+        if identity.proxy_type is ProxyType.DATAPLANE:
+            return
+        sub_id = str(uuid.uuid4())
+        self._ids[info.stream_id] = sub_id
+        subscription = {"id": sub_id, "controlPlaneInstanceId": self.instance_id, "connectTime": format_time(now())}
+        await self._change(identity.proxy_type.value, identity.name, lambda subs: [*subs, subscription])
+        log.info("zone_proxy_online", type=identity.proxy_type.value, name=identity.name, peer=info.peer)
+
+    async def stream_close(self, info: StreamInfo) -> None:
+        identity = info.identity
+        sub_id = self._ids.pop(info.stream_id, None)
+        if identity.proxy_type is ProxyType.DATAPLANE or sub_id is None:
+            return
+        closed = format_time(now())
+
+        def close(subs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [{**s, "disconnectTime": closed} if s.get("id") == sub_id else s for s in subs]
+
+        await self._change(identity.proxy_type.value, identity.name, close)
+        log.info("zone_proxy_offline", type=identity.proxy_type.value, name=identity.name)
+
+    async def forget(self, proxy_type: str, name: str) -> None:
+        """The proxy unregistered: its insight goes with its resource."""
+        with contextlib.suppress(NotFound):
+            await self.store.delete(INSIGHT_TYPES[proxy_type], name)
+
+    def install(self, callbacks: Any) -> None:
+        callbacks.stream_open.append(self.stream_open)
+        callbacks.stream_close.append(self.stream_close)

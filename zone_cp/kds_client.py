@@ -160,7 +160,9 @@ class ClientState:
 
 
 class KdsClient:
-    def __init__(self, config: Config, store: Store, instance_id: str, debounce: float = 0.01) -> None:
+    def __init__(
+        self, config: Config, store: Store, instance_id: str, debounce: float = 0.01, view: Store | None = None
+    ) -> None:
         self.config = config
         self.zone = config.zone
         self.store = store
@@ -171,7 +173,10 @@ class KdsClient:
         self.target = f"{self.host}:{self.port}"
         self.token_path = Path(config.zone_token_file)
         self.state = ClientState(self.addresses[0], global_addresses=list(self.addresses))
-        self.snapshot = Snapshot(store, upstream_types(), upload_selector(self.zone), debounce=debounce)
+        # What is uploaded is read from the zone's resources in memory (zone_cp/view.py) when given:
+        # a new term of the leader starts its stream without listing the store again.
+        uploads = view if view is not None else store
+        self.snapshot = Snapshot(uploads, upstream_types(), upload_selector(self.zone), debounce=debounce)
         self.synced = asyncio.Event()  # set once the first exchange with global is complete
         self._task: asyncio.Task[None] | None = None
         self._session: Session | None = None
@@ -516,13 +521,17 @@ def _describe(exc: Exception) -> str:
 class ZoneKds:
     """The KDS client component of a federated zone, and the state its API route reads."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, view: Store | None = None) -> None:
         self.config = config
+        self.view = view
         self.client: KdsClient | None = None
 
     @contextlib.asynccontextmanager
     async def run(self, cp: Any) -> AsyncIterator[KdsClient]:
-        client = KdsClient(cp.config, cp.store, cp.instance_id, debounce=parse_duration(cp.config.kds_debounce))
+        # A leader component: one stream per zone; what it writes is fenced by this replica's term.
+        client = KdsClient(
+            cp.config, cp.leader_store, cp.instance_id, debounce=parse_duration(cp.config.kds_debounce), view=self.view
+        )
         await client.start()
         self.client = client
         try:
@@ -533,9 +542,18 @@ class ZoneKds:
 
     async def status(self, request: web.Request) -> web.Response:
         """GET /status/kds: is this zone connected to global, since when, what was exchanged."""
-        if self.client is None:
-            return web.json_response({"connected": False, "globalAddress": self.config.global_address})
-        return web.json_response({"zone": self.config.zone, **self.client.state.as_dict()})
+        if self.client is None:  # a replica that does not lead its zone: the leader holds the zone's stream
+            addresses = global_addresses(self.config.global_address)
+            return web.json_response(
+                {
+                    "zone": self.config.zone,
+                    "connected": False,
+                    "leader": False,
+                    "globalAddress": addresses[0],
+                    "globalAddresses": addresses,
+                }
+            )
+        return web.json_response({"zone": self.config.zone, "leader": True, **self.client.state.as_dict()})
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/status/kds", self.status)]

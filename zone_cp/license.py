@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import dataclasses
+import functools
+import json
 import time
-from collections.abc import AsyncIterator
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
-from weakref import WeakKeyDictionary
 
 import structlog
 from aiohttp import web
@@ -34,7 +38,8 @@ from zonemesh.shared.license import metrics
 from zonemesh.shared.license.counting import counted
 from zonemesh.shared.resources.model import ORIGIN_LABEL, ORIGIN_ZONE, ZONE_LABEL, Resource
 from zonemesh.shared.resources.types.license import QUOTA_REQUEST_NAME
-from zonemesh.shared.store import EventKind, Store
+from zonemesh.shared.store import AlreadyExists, Conflict, EventKind, Store, StoreError
+from zonemesh.shared.store.etcd import EtcdStore
 
 log = structlog.get_logger(__name__)
 
@@ -43,9 +48,15 @@ RELEASE_DELAY = 5.0  # seconds a zone keeps slots it no longer uses before givin
 OVER_QUOTA_LOG_EVERY = 10.0
 METRICS_TICK = 5.0
 LICENSE_NAME = "default"
-
-# The running zone license of each store: how zone_cp/admission.py finds it without extra wiring.
-_GATES: WeakKeyDictionary[Store, ZoneLicense] = WeakKeyDictionary()
+# The zone's slot ledger in etcd, beside its resources (``<prefix>/zone-license/slots``).
+LEDGER_KEY = "zone-license/slots"
+# A slot taken for a Dataplane that is not stored (yet): a registration in progress on some replica.
+# One whose Dataplane is still missing this long after is given back (its replica died mid-way),
+# at the latest METRICS_TICK later.
+PENDING_GRACE = 60.0
+# While a proxy waits for a slot: how often the ledger is read again (another replica may free one).
+WAIT_POLL = 0.5
+MAX_SWAPS = 100
 
 
 class LicenseRefused(Exception):
@@ -56,21 +67,92 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
+Key = tuple[str, str]
+# What the ledger holds (JSON): {"holders": {"mesh/name": reserved at (epoch s)}, "requests": [[seq, want]]
+# not yet answered, "seq", "want": the last request, "waiting": {instance: [proxies waiting, until (epoch s)]}}.
+State = dict[str, Any]
+
+
+def _slot(key: Key) -> str:
+    return f"{key[0]}/{key[1]}"  # mesh names hold no "/"
+
+
+def _key(slot: str) -> Key:
+    mesh, name = slot.split("/", 1)
+    return mesh, name
+
+
+class Ledger(ABC):
+    """Where a strict zone's slots are kept: the one place every replica of the zone admits through."""
+
+    @abstractmethod
+    async def load(self) -> tuple[State | None, int]:
+        """The state and a token for ``swap`` (0 while there is none)."""
+
+    @abstractmethod
+    async def swap(self, token: int, state: State | None) -> bool:
+        """Replace the state (None: remove it) if it is still the one ``token`` was read with."""
+
+
+class LocalLedger(Ledger):
+    """SQLite and memory stores belong to one process: the ledger lives in its memory."""
+
+    def __init__(self) -> None:
+        self._state: State | None = None
+        self._version = 0
+
+    async def load(self) -> tuple[State | None, int]:
+        return copy.deepcopy(self._state), self._version
+
+    async def swap(self, token: int, state: State | None) -> bool:
+        if token != self._version:
+            return False
+        self._state = copy.deepcopy(state)
+        self._version = self._version + 1 if state is not None else 0
+        return True
+
+
+class EtcdLedger(Ledger):
+    """One etcd key changed by transactions that require it unchanged since it was read: the zone
+    replicas' admissions and quota requests serialize on it, so together they never pass the grant."""
+
+    def __init__(self, store: EtcdStore) -> None:
+        self.store = store
+
+    async def load(self) -> tuple[State | None, int]:
+        raw, revision = await self.store.read_raw(LEDGER_KEY)
+        return (json.loads(raw) if raw else None), revision
+
+    async def swap(self, token: int, state: State | None) -> bool:
+        return await self.store.swap_raw(LEDGER_KEY, token, None if state is None else json.dumps(state).encode())
+
+
+def ledger_for(store: Store) -> Ledger:
+    return EtcdLedger(store) if isinstance(store, EtcdStore) else LocalLedger()
+
+
 class ZoneLicense:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, view: Store | None = None) -> None:
         self.config = config
+        # Where the license, the grant and the Dataplanes are read and followed: the zone's resources in
+        # memory (zone_cp/view.py); the store itself when None. Writes go to the store.
+        self.resources = view
         self.zone = config.zone
         self.quota_wait = parse_duration(config.license_quota_wait)
         self.store: Store | None = None
+        self.ledger: Ledger = LocalLedger()
+        self.instance = "local"
         self.synced: dict[str, Any] | None = None  # spec of License/default from global
-        self.holders: set[tuple[str, str]] = set()  # counted proxies of this zone holding a slot (mesh, name)
-        self.unadmitted: set[tuple[str, str]] = set()  # counted Dataplanes stored without a slot (API-created)
+        # Counted proxies of this zone holding a slot (mesh, name): in strict mode, what the ledger
+        # said when this replica last read it; otherwise every counted Dataplane stored or joining.
+        self.holders: set[Key] = set()
+        self.stored: dict[Key, tuple[float, str]] = {}  # counted Dataplanes stored -> creation order
         self.granted = 0
         self.answered = 0
         self.outstanding: list[tuple[int, int]] = []  # (seq, want) sent, not yet answered
         self.last_want = 0
         self.last_seq = 0
-        self.waiting = 0
+        self.waiting = 0  # proxies waiting for a slot, on every replica of the zone
         self._changed = asyncio.Condition()
         self._lower_since: float | None = None
         self._over_logged = -OVER_QUOTA_LOG_EVERY
@@ -85,28 +167,80 @@ class ZoneLicense:
         """Strict until global says otherwise: a zone that never heard from global admits nothing counted."""
         return self.synced is None or self.synced.get("enforcement") == "strict"
 
+    @property
+    def unadmitted(self) -> set[Key]:
+        """Counted Dataplanes stored without a slot (created through the API beyond the quota)."""
+        return set(self.stored) - self.holders
+
     def limit(self) -> int:
         caps = [want for seq, want in self.outstanding if seq > self.answered]
         return min([self.granted, *caps])
 
-    def _next_seq(self) -> int:
-        # Microseconds: increasing across restarts of this zone and roughly first-come-first-served across zones.
-        self.last_seq = max(self.last_seq + 1, time.time_ns() // 1000)
-        return self.last_seq
+    def _limit_of(self, state: State) -> int:
+        caps: list[int] = [want for seq, want in state["requests"] if seq > self.answered]
+        return min([self.granted, *caps])
 
-    def _ask(self) -> None:
-        """Tell global how many slots this zone wants now (strict mode only).
+    def _adopt(self, state: State) -> None:
+        self.holders = {_key(slot) for slot in state["holders"]}
+        self.outstanding = [(seq, want) for seq, want in state["requests"]]
+        self.last_seq, self.last_want = state["seq"], state["want"]
+        self.waiting = sum(count for count, _ in state["waiting"].values())
+
+    def _initial(self, cap: bool) -> State:
+        """The ledger of a zone that has none yet: what this replica sees stored (oldest first, at most
+        the grant when ``cap``: any excess was created through the API beyond the quota)."""
+        stored = sorted(self.stored, key=lambda key: self.stored[key])
+        keep = stored[: self.granted] if cap else stored
+        now = time.time()
+        return {
+            "holders": {_slot(key): now for key in keep},
+            "requests": [[seq, want] for seq, want in self.outstanding],
+            "seq": self.last_seq,
+            "want": self.last_want,
+            "waiting": {},
+        }
+
+    async def _mutate(self, change: Callable[[State], None], *, cap: bool = True) -> State:
+        """Read the ledger, apply ``change`` and write it back unless another replica changed it
+        meanwhile (then again, on what it wrote). The result is what this replica then knows."""
+        for _ in range(MAX_SWAPS):
+            state, token = await self.ledger.load()
+            before = state
+            if state is None:
+                state = self._initial(cap)
+            state = copy.deepcopy(state)
+            now = time.time()
+            state["requests"] = [[s, w] for s, w in state["requests"] if s > self.answered]
+            state["waiting"] = {i: [c, until] for i, (c, until) in state["waiting"].items() if c > 0 and until > now}
+            # A slot taken for a registration whose Dataplane never got stored (its replica died mid-way).
+            for slot, reserved in list(state["holders"].items()):
+                if reserved < now - PENDING_GRACE and _key(slot) not in self.stored:
+                    del state["holders"][slot]
+            change(state)
+            if state == before or await self.ledger.swap(token, state):
+                self._adopt(state)
+                if state["seq"] > (before or {}).get("seq", -1):
+                    self._write.set()
+                return state
+        raise StoreError("the zone's license slots changed too often to be updated; try again")
+
+    def _next_seq(self, last: int) -> int:
+        # Microseconds: increasing across restarts of this zone and roughly first-come-first-served across zones.
+        return max(last + 1, time.time_ns() // 1000)
+
+    def _asked(self, state: State, *, force: bool = False) -> None:
+        """Record in ``state`` how many slots this zone wants now, if that changed (strict mode only).
 
         More: at once. Fewer: only after RELEASE_DELAY, so that a proxy that re-registers (an agent
-        restart) takes its slot back without asking global, even while global is unreachable."""
-        if not self.strict:
-            return
-        want = len(self.holders) + self.waiting
-        if want >= self.last_want:
+        restart) takes its slot back without asking global, even while global is unreachable.
+        Recorded in the same ledger write as the admissions it counts: a replica cannot admit past a
+        release another one asked for."""
+        want = len(state["holders"]) + sum(count for count, _ in state["waiting"].values())
+        if not force and want >= state["want"]:
             self._lower_since = None
-            if want == self.last_want:
+            if want == state["want"]:
                 return
-        else:
+        elif not force:
             now = time.monotonic()
             if self._lower_since is None:
                 self._lower_since = now
@@ -114,10 +248,13 @@ class ZoneLicense:
                 self._schedule_release()
                 return
             self._lower_since = None
-        seq = self._next_seq()
-        self.outstanding.append((seq, want))
-        self.last_want = want
-        self._write.set()
+        seq = self._next_seq(state["seq"])
+        state["requests"].append([seq, want])
+        state["seq"], state["want"] = seq, want
+
+    async def _ask(self) -> None:
+        if self.strict:
+            await self._mutate(self._asked)
 
     def _schedule_release(self) -> None:
         if self._release_timer is None or self._release_timer.done():
@@ -125,7 +262,10 @@ class ZoneLicense:
 
     async def _release_later(self) -> None:
         await asyncio.sleep(RELEASE_DELAY)
-        self._ask()
+        try:
+            await self._ask()
+        except StoreError as exc:
+            log.warning("license_quota_release_failed", zone=self.zone, error=str(exc))
 
     def _apply_grant(self, spec: dict[str, Any]) -> None:
         self.granted = _int(spec.get("slots"))
@@ -148,25 +288,26 @@ class ZoneLicense:
             )
         store: Store = cp.store
         self.store = store
-        watch = store.watch(["License", "LicenseQuota", "Dataplane"])  # before loading: no gap
+        self.ledger = ledger_for(store)
+        self.instance = getattr(cp, "instance_id", "local")
+        reads = self.resources if self.resources is not None else store
+        watch = reads.watch(["License", "LicenseQuota", "Dataplane"])  # before loading: no gap
         try:
-            await self._load(store)
+            await self._load(reads)
         except BaseException:
             watch.close()
             raise
-        self._ask()
         self._update_metrics()
-        _GATES[store] = self
         tasks = [
             asyncio.create_task(self._follow(watch), name="zone-license-watch"),
             asyncio.create_task(self._writer(), name="zone-license-request"),
             asyncio.create_task(self._metrics_tick(), name="zone-license-metrics"),
         ]
+        self._write.set()  # a request recorded in the ledger that did not reach the store yet
         log.info("zone_license_ready", zone=self.zone, synced=self.synced is not None, granted=self.granted)
         try:
             yield self
         finally:
-            _GATES.pop(store, None)
             if self._release_timer is not None:
                 tasks.append(self._release_timer)
             await cancel_and_wait(tasks)
@@ -178,12 +319,7 @@ class ZoneLicense:
         grant = await store.find("LicenseQuota", self.zone)
         if grant is not None:
             self._apply_grant(grant.spec)
-        stored = sorted((r for r in (await store.list("Dataplane")).items if counted(r)), key=_created)
-        # Strict: at most the grant holds slots (oldest first); any excess was created through the API
-        # beyond the quota and stays without a slot, as before the restart.
-        keep = self.granted if self.strict else len(stored)
-        self.holders = {(r.mesh, r.name) for r in stored[:keep]}
-        self.unadmitted = {(r.mesh, r.name) for r in stored[keep:]}
+        self.stored = {(r.mesh, r.name): _created(r) for r in (await store.list("Dataplane")).items if counted(r)}
         mine = await store.find("LicenseQuotaRequest", REQUEST_NAME)
         if mine is not None:
             seq, want = _int(mine.spec.get("seq")), _int(mine.spec.get("want"))
@@ -191,17 +327,32 @@ class ZoneLicense:
             if seq > self.answered:
                 # Requests sent before the restart may still be unanswered and one of them may have released
                 # slots: until global answers, use no more than what is held now (never more than any of them).
-                self.outstanding = [(seq, min(want, len(self.holders)))]
+                held = min(len(self.stored), self.granted) if self.strict else len(self.stored)
+                self.outstanding = [(seq, min(want, held))]
+        if not self.strict:
+            self.holders = set(self.stored)
+            await self._drop_ledger()
+            return
+        # _mutate gives back the slots of Dataplanes gone while no replica ran, and of registrations
+        # that died mid-way; and says how many this zone wants now.
+        await self._mutate(self._asked)
+
+    async def _drop_ledger(self) -> None:
+        """Not strict (any more): the slots kept for strict mode go; a later strict license starts anew."""
+        for _ in range(MAX_SWAPS):
+            state, token = await self.ledger.load()
+            if state is None or await self.ledger.swap(token, None):
+                return
 
     async def _follow(self, watch: Any) -> None:
         async for event in watch:
             try:
-                self._on_event(event)
+                await self._on_event(event)
             except Exception as exc:  # never stop following the license and the quota
                 log.warning("zone_license_event_failed", resource=str(event.resource.key), error=repr(exc))
             await self._notify()
 
-    def _on_event(self, event: Any) -> None:
+    async def _on_event(self, event: Any) -> None:
         res = event.resource
         deleted = event.kind is EventKind.DELETED
         if res.type == "License" and res.name == LICENSE_NAME:
@@ -216,11 +367,12 @@ class ZoneLicense:
                     enforcement=res.spec.get("enforcement"),
                 )
             if self.strict and not before:
-                self.last_want = -1  # now strict: tell global what this zone holds
-                self._ask()
+                # now strict: every proxy that joined meanwhile holds a slot, and global hears what this zone holds
+                await self._mutate(lambda state: self._asked(state, force=True), cap=False)
             if not self.strict:
-                self.holders |= self.unadmitted
-                self.unadmitted.clear()
+                self.holders |= set(self.stored)
+                if before:
+                    await self._drop_ledger()
             self._update_metrics()
         elif res.type == "LicenseQuota" and res.name == self.zone:
             self._apply_grant({} if deleted else res.spec)
@@ -228,46 +380,89 @@ class ZoneLicense:
         elif res.type == "Dataplane":
             key = (res.mesh, res.name)
             if deleted or not counted(res):
-                self.holders.discard(key)
-                self.unadmitted.discard(key)
-            elif key not in self.holders:
-                # Not admitted through registration (created through the API): it holds a slot if one is
-                # free; otherwise its proxy is refused when it connects (see `connection`).
-                if not self.strict or len(self.holders) < self.limit():
-                    self.holders.add(key)
-                    self.unadmitted.discard(key)
-                elif key not in self.unadmitted:
-                    self.unadmitted.add(key)
-                    if time.monotonic() - self._over_logged >= OVER_QUOTA_LOG_EVERY:  # not one line per proxy
-                        self._over_logged = time.monotonic()
-                        log.warning(
-                            "dataplane_over_license_quota",
-                            zone=self.zone,
-                            mesh=res.mesh,
-                            name=res.name,
-                            without_slot=len(self.unadmitted),
-                            reason="created without registration while every slot of this zone is in use: "
-                            "its proxy is refused when it connects unless a slot frees up",
-                        )
-            self._ask()
+                self.stored.pop(key, None)
+                if not self.strict:
+                    self.holders.discard(key)
+                else:
+                    await self._mutate(lambda state: self._released(state, key))
+                return
+            self.stored[key] = _created(res)
+            if not self.strict:
+                self.holders.add(key)
+                return
+            # Admitted through registration on some replica (its slot is in the ledger), or created
+            # through the API: then it holds a slot if one is free; otherwise its proxy is refused when it
+            # connects (see `connection`).
+            await self._mutate(lambda state: self._took(state, key, wait=False))
+            if key not in self.holders and time.monotonic() - self._over_logged >= OVER_QUOTA_LOG_EVERY:
+                self._over_logged = time.monotonic()  # not one line per proxy
+                log.warning(
+                    "dataplane_over_license_quota",
+                    zone=self.zone,
+                    mesh=res.mesh,
+                    name=res.name,
+                    without_slot=len(self.unadmitted),
+                    reason="created without registration while every slot of this zone is in use: "
+                    "its proxy is refused when it connects unless a slot frees up",
+                )
+
+    def _took(self, state: State, key: Key, *, wait: bool) -> None:
+        """Take a slot for ``key`` in ``state`` if it has none and one is free; else, with ``wait``,
+        count this replica's proxy as waiting (global is asked for more)."""
+        slot = _slot(key)
+        if slot not in state["holders"] and len(state["holders"]) < self._limit_of(state):
+            state["holders"][slot] = time.time()
+        elif slot not in state["holders"] and wait:
+            count, _ = state["waiting"].get(self.instance, [0, 0])
+            state["waiting"][self.instance] = [count + 1, time.time() + self.quota_wait + PENDING_GRACE]
+        self._asked(state)
+
+    def _released(self, state: State, key: Key) -> None:
+        state["holders"].pop(_slot(key), None)
+        self._asked(state)
+
+    def _unwaited(self, state: State) -> None:
+        count, until = state["waiting"].get(self.instance, [0, 0])
+        if count > 1:
+            state["waiting"][self.instance] = [count - 1, until]
+        else:
+            state["waiting"].pop(self.instance, None)
+        self._asked(state)
 
     async def _writer(self) -> None:
-        """Writes the latest request; KDS uploads it. Intermediate requests may be coalesced away: safe,
-        since global only ever acts on a request it receives and the zone honours every one it sent."""
+        """Puts the ledger's last request in the store, where KDS uploads it. Intermediate requests may be
+        coalesced away: safe, since global only ever acts on a request it receives and the zone honours every
+        one it recorded. Never replaces a later request with an earlier one (replicas write it in turns)."""
         assert self.store is not None
         while True:
             await self._write.wait()
             self._write.clear()
-            spec = {"zone": self.zone, "want": self.last_want, "seq": self.last_seq, "used": len(self.holders)}
-            labels = {ORIGIN_LABEL: ORIGIN_ZONE, ZONE_LABEL: self.zone}
             try:
-                await self.store.batch(
-                    upserts=[Resource(type="LicenseQuotaRequest", name=REQUEST_NAME, spec=spec, labels=labels)]
-                )
+                if self.strict:
+                    await self._write_request(self.store)
             except Exception as exc:
                 log.warning("license_quota_request_failed", zone=self.zone, error=str(exc))
                 await asyncio.sleep(1)
                 self._write.set()
+
+    async def _write_request(self, store: Store) -> None:
+        state, _ = await self.ledger.load()
+        if state is None or state["seq"] == 0:
+            return
+        spec = {"zone": self.zone, "want": state["want"], "seq": state["seq"], "used": len(state["holders"])}
+        labels = {ORIGIN_LABEL: ORIGIN_ZONE, ZONE_LABEL: self.zone}
+        for _ in range(MAX_SWAPS):
+            stored = await store.find("LicenseQuotaRequest", REQUEST_NAME)
+            try:
+                if stored is None:
+                    await store.create(
+                        Resource(type="LicenseQuotaRequest", name=REQUEST_NAME, spec=spec, labels=labels)
+                    )
+                elif _int(stored.spec.get("seq")) < state["seq"]:
+                    await store.update(dataclasses.replace(stored, spec=spec, labels={**stored.labels, **labels}))
+                return
+            except (AlreadyExists, Conflict):
+                continue  # another replica wrote it meanwhile: look again
 
     def _update_metrics(self) -> None:
         spec = self.synced or {}
@@ -281,10 +476,16 @@ class ZoneLicense:
             metrics.EXPIRY_SECONDS.set((self._expires - datetime.now(UTC)).total_seconds())
 
     async def _metrics_tick(self) -> None:
-        """The expiry countdown moves with time, not only when global sends something."""
+        """The expiry countdown moves with time, not only when global sends something; and slots taken
+        by registrations that died mid-way are given back even when nothing else changes."""
         while True:
             await asyncio.sleep(METRICS_TICK)
             self._update_metrics()
+            if self.strict:
+                try:
+                    await self._mutate(self._asked)
+                except StoreError as exc:
+                    log.warning("license_quota_release_failed", zone=self.zone, error=str(exc))
 
     # -- admission ------------------------------------------------------------------------------
 
@@ -292,20 +493,22 @@ class ZoneLicense:
     async def admission(self, dataplane: Resource) -> AsyncIterator[None]:
         """Hold a slot for ``dataplane`` while it is stored; raises LicenseRefused when none is free."""
         key = (dataplane.mesh, dataplane.name)
-        if not counted(dataplane) or key in self.holders:
-            yield  # a gateway, or a proxy that already holds its slot (re-registration)
+        if not counted(dataplane):
+            yield  # a gateway
             return
         if not self.strict:
             self.holders.add(key)
         else:
-            await self._reserve(key)
+            await self._reserve(key)  # a proxy that already holds its slot (re-registration) keeps it
         try:
             yield
         except BaseException:
             assert self.store is not None
             if await self.store.find("Dataplane", dataplane.name, dataplane.mesh) is None:
-                self.holders.discard(key)
-                self._ask()
+                if self.strict:
+                    await self._mutate(lambda state: self._released(state, key))
+                else:
+                    self.holders.discard(key)
                 await self._notify()
             raise
 
@@ -318,28 +521,28 @@ class ZoneLicense:
             await self._reserve(key)
         else:
             self.holders.add(key)
-        self.unadmitted.discard(key)
 
     async def _reserve(self, key: tuple[str, str]) -> None:
         deadline = time.monotonic() + self.quota_wait
-        self.waiting += 1
+        waiting = False
         try:
-            async with self._changed:
-                while True:
-                    if key in self.holders:
-                        return
-                    if len(self.holders) < self.limit():
-                        self.holders.add(key)  # no await between the check and the add: no overshoot
-                        return
-                    self._ask()
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise LicenseRefused(self._refusal())
+            while True:
+                take = functools.partial(self._took, key=key, wait=not waiting)
+                state = await self._mutate(take)
+                if _slot(key) in state["holders"]:
+                    return
+                waiting = True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise LicenseRefused(self._refusal())
+                # Woken by this replica's watch (a grant, a Dataplane gone); polled for what another
+                # replica changes in the ledger alone (a registration it gave up).
+                async with self._changed:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), timeout=left)
+                        await asyncio.wait_for(self._changed.wait(), timeout=min(left, WAIT_POLL))
         finally:
-            self.waiting -= 1
-            self._ask()
+            if waiting:
+                await self._mutate(self._unwaited)
 
     def _refusal(self) -> str:
         spec = self.synced
@@ -390,26 +593,3 @@ class ZoneLicense:
 
 def _created(res: Resource) -> tuple[float, str]:
     return (res.creation_time.timestamp() if res.creation_time else 0.0, res.name)
-
-
-def license_for(store: Store) -> ZoneLicense | None:
-    return _GATES.get(store)
-
-
-async def license_connection(store: Store, mesh: str, name: str) -> None:
-    """What zone_cp/admission.py calls when a data plane proxy opens its xDS stream; raises LicenseRefused."""
-    gate = license_for(store)
-    if gate is not None:
-        await gate.connection(mesh, name)
-
-
-@contextlib.asynccontextmanager
-async def license_admission(store: Store, dataplane: Resource) -> AsyncIterator[None]:
-    """What zone_cp/admission.py wraps around storing a joining proxy's Dataplane: a no-op
-    on a control plane without a zone license (standalone)."""
-    gate = license_for(store)
-    if gate is None:
-        yield
-        return
-    async with gate.admission(dataplane):
-        yield

@@ -13,8 +13,8 @@ global: global_cp/api.py) is served with it, under Kuma's paths:
 An item is Kuma's ``<Type>Overview``: the resource's meta (``type``, ``mesh``, ``name``, times,
 ``labels``), its fields under ``dataplane`` / ``zoneIngress`` / ... and its insight under
 ``dataplaneInsight`` / ``zoneIngressInsight`` / ... (``{"subscriptions": []}`` when none is
-recorded). A zone holds its own proxies and the insights it records (zone_cp/insights.py,
-zoneproxies.py); global holds the copies zones upload, each resource and its insight under the
+recorded). A zone holds its own proxies and the insights it records (zone_cp/insights.py);
+global holds the copies zones upload, each resource and its insight under the
 same key: the join is the same on both.
 
 Lists take the filters of other lists (``name``, ``tag``, ``filter[labels.<key>]``, ``size`` and

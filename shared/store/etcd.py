@@ -584,6 +584,21 @@ class EtcdStore(Store):
             if not future.done():
                 future.set_result(None)
 
+    # --- keys of the control plane's own, beside the resources (a zone's license slots) -----
+
+    async def read_raw(self, name: str) -> tuple[bytes | None, int]:
+        """The value of ``<prefix>/<name>`` (None when absent) and its mod revision (0 when absent)."""
+        kv = await self._get_kv(f"{self.prefix}/{name}".encode())
+        return (None, 0) if kv is None else (bytes(kv.value), int(kv.mod_revision))
+
+    async def swap_raw(self, name: str, mod_revision: int, value: bytes | None) -> bool:
+        """Put (or delete, ``value`` None) ``<prefix>/<name>`` only if it is still at ``mod_revision``
+        (0: still absent): one etcd transaction, so replicas changing it at once serialize."""
+        key = f"{self.prefix}/{name}".encode()
+        compare = _absent(key) if mod_revision == 0 else _unchanged(key, mod_revision)
+        response = await self._txn([_put(key, value) if value is not None else _delete(key)], [compare])
+        return bool(response.succeeded)
+
     async def _get_kv(self, key: bytes) -> Any | None:
         response = await self._txn([_read(key)])
         kvs = response.responses[0].response_range.kvs

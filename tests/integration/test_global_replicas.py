@@ -305,28 +305,3 @@ def test_etcd_down_refuses_writes_with_a_503_and_the_replica_catches_up_when_it_
     wait_until(lambda: glob.cp.put("/meshes/after-outage", mesh)[0] in (200, 201), WAIT, what="writes again")
     wait_until(lambda: zone.cp.get("/meshes/after-outage")[0] == 200, WAIT, what="the new mesh in zone-1")
     wait_until(glob.leads, WAIT, what="leading again once etcd is back")
-
-
-def test_a_second_zone_replica_on_the_same_etcd_is_refused_and_a_restart_is_not(
-    tmp_path: Path, etcd_server: EtcdServer, started: list[ControlPlaneProcess]
-) -> None:
-    """Zones run as one process for now: a second one on the same etcd prefix would open a second
-    KDS stream and admit proxies on its own, so it is refused at start with the reason; a zone
-    restarted right after kill -9 (its old lease still alive) starts."""
-    prefix = f"/zone-{tmp_path.name[-12:]}-{time.monotonic_ns() % 10**6}"
-    args = ["--mode", "zone", "--zone", "zone-1", "--store", "etcd"]
-    args += ["--etcd-endpoints", etcd_server.endpoint, "--etcd-prefix", prefix]
-    first = ControlPlaneProcess(tmp_path / "zone-a", args=args)
-    started.append(first.start())
-    second = ControlPlaneProcess(tmp_path / "zone-b", args=args)
-    started.append(second.start(wait=False))
-    assert second.process is not None
-    assert second.process.wait(60) == 1
-    assert "is running on the same etcd prefix: a zone runs as one process for now" in second.logs()
-    assert first.process is not None and first.process.poll() is None
-
-    first.process.send_signal(signal.SIGKILL)
-    first.process.wait(10)
-    again = ControlPlaneProcess(tmp_path / "zone-a", args=args)
-    started.append(again.start(timeout=60))
-    assert again.get("/status/leader")[1]["leader"] is True

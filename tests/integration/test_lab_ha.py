@@ -41,15 +41,16 @@ def test_two_global_replicas_on_etcd_and_zones_given_both(ha_lab: tuple[Path, To
     directory, topo = ha_lab
     status = lab(directory, "status")
     assert status.returncode == 0
-    for name in ("etcd-1", "etcd-2", "etcd-3", "global", "global-2", "zone-1", "zone-2"):
+    for name in ("etcd-1", "etcd-2", "etcd-3", "global", "global-2", "zone-1", "zone-1-2", "zone-2"):
         assert f"  {name} " in status.stdout, status.stdout
-    assert topo.zone_replicas == 1  # zone replicas are not available yet
+    assert topo.zone_replicas == 2
     for cp in topo.globals:
         _, config = http("GET", cp.api_url + "/config", timeout=5)
         assert config["store"] == "etcd" and config["etcd_endpoints"].count(",") == 2, config
-    for zone in topo.zones:
-        _, kds = http("GET", zone.api_url + "/status/kds", timeout=5)
-        assert len(kds["globalAddresses"]) == 2 and kds["connected"], kds
+    for zone in topo.zones:  # the replica that leads its zone holds the zone's one KDS stream
+        statuses = [http("GET", cp.api_url + "/status/kds", timeout=5)[1] for cp in topo.replicas_of(zone.name)]
+        assert all(len(kds["globalAddresses"]) == 2 for kds in statuses), statuses
+        assert [kds["leader"] for kds in statuses if kds["connected"]] == [True], statuses
     wait_until(lambda: not failures(topo), timeout=60, what="the lab's check to pass")
     assert [cp.name for cp in topo.globals if leads(cp.api_url)] in (["global"], ["global-2"])
 
@@ -85,3 +86,19 @@ def test_kill_leader_of_a_zone_kills_its_only_replica_and_the_lab_converges(ha_l
     assert result.returncode == 0, result.stderr
     assert "zone-2, the leader of zone-2, killed (SIGKILL)" in result.stdout
     wait_until(lambda: not failures(topo), timeout=90, what="the lab to converge after zone-2's restart")
+
+
+def test_kill_leader_of_zone_1_the_other_zone_replica_leads_and_the_check_passes(
+    ha_lab: tuple[Path, Topology],
+) -> None:
+    directory, topo = ha_lab
+    wait_until(lambda: not failures(topo), timeout=90, what="the lab's check to pass first")
+    replicas = topo.replicas_of("zone-1")
+    wait_until(lambda: sum(leads(cp.api_url) for cp in replicas) == 1, timeout=30, what="one zone-1 leader")
+    (leader,) = [cp for cp in replicas if leads(cp.api_url)]
+    (other,) = [cp for cp in replicas if cp is not leader]
+    result = lab(directory, "chaos", "kill-leader", "zone-1", "--for", "120s")
+    assert result.returncode == 0, result.stderr
+    assert f"{leader.name}, the leader of zone-1, killed" in result.stdout
+    wait_until(lambda: leads(other.api_url), timeout=30, what=f"{other.name} leading zone-1")
+    wait_until(lambda: not failures(topo), timeout=120, what="the lab's check to pass with zone-1's leader down")

@@ -41,6 +41,7 @@ class Zone:
     store: MemoryStore
     channel: grpc.aio.Channel
     recorder: InsightRecorder
+    authenticator: DataplaneAuthenticator
 
     async def token(self, **claims: object) -> str:
         fields = {"mesh": "default", "name": "web-1", **claims}
@@ -93,7 +94,7 @@ async def zone(tmp_path: Path) -> AsyncIterator[Zone]:
     async with recorder.running(), server:
         creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
         async with grpc.aio.secure_channel(f"127.0.0.1:{server.port}", creds) as channel:
-            yield Zone(store, channel, recorder)
+            yield Zone(store, channel, recorder, authenticator)
 
 
 async def test_register_creates_the_dataplane_and_unregister_deletes_it(zone: Zone) -> None:
@@ -237,6 +238,7 @@ async def test_ads_stream_refused_for_the_license_is_resource_exhausted(zone: Zo
     await asyncio.sleep(0.01)  # the older one holds the slot
     await zone.store.create(Resource(type="Dataplane", mesh="default", name="web-1", spec=spec))
     gate = ZoneLicense(Config(mode="zone", zone="zone-a", license_quota_wait="0.1s"))
+    zone.authenticator.license = gate  # as zone_cp/app.py passes the zone's gate to its authenticator
     async with gate.run(_LicenseCP(zone.store)):
         assert ("default", "web-1") in gate.unadmitted
         with structlog.testing.capture_logs() as logs, pytest.raises(grpc.aio.AioRpcError) as err:

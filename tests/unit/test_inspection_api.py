@@ -19,6 +19,7 @@ from zonemesh.shared.resources.manager import Mode, ResourceManager
 from zonemesh.shared.resources.model import DISPLAY_NAME_LABEL, ORIGIN_LABEL, ZONE_LABEL, Resource
 from zonemesh.shared.store.memory import MemoryStore
 from zonemesh.zone_cp.app import DataPlaneSide
+from zonemesh.zone_cp.view import ZoneView
 from zonemesh.zone_cp.xds import inspection
 from zonemesh.zone_cp.xds.cache import SnapshotCache
 from zonemesh.zone_cp.xds.reconciler import Reconciler
@@ -56,7 +57,7 @@ async def zone() -> AsyncIterator[Zone]:
     await ensure_admin_token(store)
     await manager.ensure_default_mesh()  # with the default policies
     web_1 = {**sidecar_dataplane("web", 8080, 8081, outbound=[("backend", 10001)]), "mesh": "default", "name": "web-1"}
-    side = DataPlaneSide()
+    side = DataPlaneSide(ZoneView())  # its routes only: the reconciler is set below
     app = build_api_app(manager, {}, {"mode": "standalone"}, extra_routes=side.routes())
     app[REMOTE_OVERRIDE] = []
     app.middlewares.insert(0, _fake_remote)

@@ -125,20 +125,16 @@ def test_replicas_add_global_replicas_an_etcd_cluster_and_a_kds_link_per_replica
 
 
 def test_zone_replicas_beyond_what_the_lab_can_run_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="zone-1 can run 1 replica"):
-        plan(tmp_path, replicas=2, zone_replicas=2)
+    with pytest.raises(ValueError, match="zone-1 can run 2 replica"):
+        plan(tmp_path, replicas=3, zone_replicas=3)
     with pytest.raises(ValueError, match="global replicas: 1 to 3"):
         plan(tmp_path, replicas=4)
 
 
-def test_zone_1_replicas_once_available_share_etcd_token_certificate_and_proxies_list_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """What `--replicas 2` gives zone-1 once zone replicas exist (topology.ZONE_REPLICAS_AVAILABLE)."""
-    from zonemesh.lab import topology
+def test_zone_1_replicas_share_etcd_token_certificate_and_proxies_list_them(tmp_path: Path) -> None:
+    """What `--replicas 2` gives zone-1 (topology.ZONE_REPLICAS_AVAILABLE)."""
     from zonemesh.lab.supervisor import Supervisor
 
-    monkeypatch.setattr(topology, "ZONE_REPLICAS_AVAILABLE", 2)
     topo = plan(tmp_path, port_base=25000, replicas=2, zone_replicas=2)
     (replica,) = topo.more_zone_replicas
     assert (replica.name, replica.zone_name) == ("zone-1-2", "zone-1")

@@ -22,7 +22,7 @@ from zonemesh.shared.tokens import user
 from zonemesh.shared.tokens.keys import generate_private_key_pem
 from zonemesh.shared.tokens.tokens import ADMIN_TOKEN_SECRET
 from zonemesh.shared.tokens.zone import ZoneTokenIssuer, issue_offline
-from zonemesh.zone_cp import zoneproxies
+from zonemesh.zone_cp import admission
 
 
 def lifetime(token: str) -> tuple[int, int]:
@@ -64,7 +64,7 @@ async def test_zone_tokens_from_global_and_from_a_standalone_zone() -> None:
         resp = await client.post("/tokens/zone", json={"zone": "zone-1"})  # the default: a year
         assert lifetime(await resp.text()) == (8760 * 3600, 0)
 
-    app = build_api_app(ResourceManager(MemoryStore()), {}, {}, zoneproxies.token_routes("zone-1"))
+    app = build_api_app(ResourceManager(MemoryStore()), {}, {}, admission.token_routes("zone-1"))
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         resp = await client.post("/tokens/zone", json={"zone": "zone-1", "scope": ["ingress"], "validFor": "4s"})
         assert resp.status == 200, await resp.text()

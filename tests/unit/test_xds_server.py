@@ -17,7 +17,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from zonemesh.shared.config import Config
 from zonemesh.shared.store import Store
 from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotCache, TypeSnapshot
-from zonemesh.zone_cp.xds.proxy import ProxyIdentity
+from zonemesh.zone_cp.xds.proxy import ProxyIdentity, ProxyType
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, encode_any
 from zonemesh.zone_cp.xds.server import Admission, Callbacks, StreamInfo, XdsServer
 
@@ -161,3 +161,25 @@ async def test_a_stale_nonce_is_ignored(ads: tuple[SnapshotCache, Envoyish, list
     assert nacks == []
     await envoy.send(CLUSTER, second.version_info, second.nonce)
     assert await envoy.nothing()
+
+
+async def test_hooks_registered_for_some_proxy_types_see_only_their_streams() -> None:
+    """The zone registers its dataplane side (reconciler, insights, NACK attribution) for dataplanes
+    only, beside hooks for every stream, in one order (zone_cp/app.py)."""
+    seen: list[tuple[str, str]] = []
+
+    def hook(who: str) -> Any:
+        async def record(info: StreamInfo, *args: Any) -> None:
+            seen.append((who, info.identity.name))
+
+        return record
+
+    callbacks = Callbacks()
+    dataplanes = callbacks.only(ProxyType.DATAPLANE)
+    dataplanes.stream_open.append(hook("dataplanes"))
+    callbacks.stream_open.append(hook("all"))
+    dataplanes.attribute = lambda node, type_url, version: ["MeshTimeout/t"]
+    assert callbacks.attribute is not None and callbacks.attribute("n", "t", "v") == ["MeshTimeout/t"]
+    for identity in (ProxyIdentity("default", "web-1"), ProxyIdentity("", "ingress-1", ProxyType.INGRESS)):
+        await callbacks.run(callbacks.stream_open, StreamInfo(1, identity, base_pb2.Node(), "peer"))
+    assert seen == [("dataplanes", "web-1"), ("all", "web-1"), ("all", "ingress-1")]

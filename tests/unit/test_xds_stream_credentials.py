@@ -28,7 +28,7 @@ from zonemesh.shared.tls import ensure_self_signed
 from zonemesh.shared.tokens import dataplane as dptokens
 from zonemesh.shared.tokens.keys import generate_private_key_pem
 from zonemesh.shared.tokens.tokens import LEEWAY_SECONDS
-from zonemesh.zone_cp import zoneproxies
+from zonemesh.zone_cp import admission
 from zonemesh.zone_cp.admission import DataplaneAuthenticator, ReadOnce, RegistrationServicer
 from zonemesh.zone_cp.xds.cache import SnapshotCache
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity
@@ -107,14 +107,14 @@ async def zone(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[
     await store.create(Resource(type="Mesh", name="other"))
     cert, key = ensure_self_signed(tmp_path, "xds", ["127.0.0.1"])
     dataplanes = DataplaneAuthenticator(store)
-    zone_auth = zoneproxies.ZoneProxyAuthenticator(store, "zone-1")
+    zone_auth = admission.ZoneProxyAuthenticator(store, "zone-1")
     registration = RegistrationServicer(manager, dataplanes, None, "cp-test")
     config = Config(
         xds_address="127.0.0.1", xds_port=0, auth_timeout=f"{AUTH_TIMEOUT}s", xds_max_unauthenticated_streams=LIMIT
     )
-    authenticator = zoneproxies.Authenticator(dataplanes, zone_auth)
+    authenticator = admission.Authenticator(dataplanes, zone_auth)
     server = XdsServer(config, SnapshotCache(), authenticator, TlsFiles(cert, key), [registration.add_to], Callbacks())
-    watch = zoneproxies.CredentialWatch(store, server.servicer)
+    watch = admission.CredentialWatch(store, server.servicer)
     async with server, watch.running():
         creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
         async with grpc.aio.secure_channel(f"127.0.0.1:{server.port}", creds) as channel:

@@ -27,7 +27,7 @@ from zonemesh.shared.tokens.zone import (
     publish_trust,
     zone_token_keys,
 )
-from zonemesh.zone_cp import zoneproxies
+from zonemesh.zone_cp import admission
 
 DAY = 24 * 3600
 
@@ -118,7 +118,7 @@ async def test_global_issued_zone_proxy_tokens_are_checked_in_the_zone(tmp_path:
 
 
 async def _post_zone_token(store: MemoryStore, federated: bool, body: dict[str, object]) -> tuple[int, str]:
-    app = build_api_app(ResourceManager(store), {}, {}, zoneproxies.token_routes("zone-1", federated=federated))
+    app = build_api_app(ResourceManager(store), {}, {}, admission.token_routes("zone-1", federated=federated))
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         resp = await client.post("/tokens/zone", json=body)
         return resp.status, await resp.text()

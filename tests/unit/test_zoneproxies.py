@@ -26,13 +26,15 @@ from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store.memory import MemoryStore
 from zonemesh.shared.tls import ensure_self_signed
 from zonemesh.shared.tokens.zone import ZoneTokenIssuer
-from zonemesh.zone_cp import zoneproxies
+from zonemesh.zone_cp import admission
 from zonemesh.zone_cp.admission import DataplaneAuthenticator
+from zonemesh.zone_cp.insights import StreamFinalizer, ZoneProxyInsights
 from zonemesh.zone_cp.xds.cache import SnapshotCache
 from zonemesh.zone_cp.xds.crosszone import is_online
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER
 from zonemesh.zone_cp.xds.server import Callbacks, TlsFiles, XdsServer
 from zonemesh.zone_cp.xds.testing import TestCA
+from zonemesh.zone_cp.xds.zoneproxies import ZoneProxyReconciler
 
 ZONE = "zone-1"
 INGRESS = {"type": "ZoneIngress", "networking": {"address": "127.0.0.1", "port": 10001}}
@@ -48,7 +50,7 @@ class Zone:
     store: MemoryStore
     channel: grpc.aio.Channel
     cache: SnapshotCache
-    proxies: zoneproxies.ZoneProxyReconciler
+    proxies: ZoneProxyReconciler
 
     async def token(self, scope: list[str], zone: str = ZONE) -> str:
         return await ZoneTokenIssuer(self.store).issue(zone, scope, 3600)
@@ -95,16 +97,16 @@ async def zone(tmp_path: Path) -> AsyncIterator[Zone]:
     cert, key = ensure_self_signed(tmp_path, "xds", ["127.0.0.1"])
     cache = SnapshotCache()
     dataplanes = DataplaneAuthenticator(store)
-    zone_auth = zoneproxies.ZoneProxyAuthenticator(store, ZONE)
-    registration = zoneproxies.Registration(manager, dataplanes, zone_auth, None, "cp-test")
-    registration.zone_insights = zoneproxies.ZoneProxyInsights(store, "cp-test", ZONE)
-    proxies = zoneproxies.ZoneProxyReconciler(store, cache, TestCA(), ZONE, quiet=0.01)
+    zone_auth = admission.ZoneProxyAuthenticator(store, ZONE)
+    zone_insights = ZoneProxyInsights(store, "cp-test", ZONE)
+    registration = admission.Registration(manager, dataplanes, zone_auth, None, "cp-test", zone_insights=zone_insights)
+    proxies = ZoneProxyReconciler(store, cache, TestCA(), ZONE, quiet=0.01)
     callbacks = Callbacks()
     callbacks.stream_open.append(proxies.on_stream_open)
     callbacks.stream_close.append(proxies.on_stream_close)
     registration.zone_insights.install(callbacks)
     config = Config(xds_address="127.0.0.1", xds_port=0)
-    authenticator = zoneproxies.Authenticator(dataplanes, zone_auth)
+    authenticator = admission.Authenticator(dataplanes, zone_auth)
     server = XdsServer(config, cache, authenticator, TlsFiles(cert, key), [registration.add_to], callbacks)
     async with proxies.running(), server:
         creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
@@ -212,8 +214,7 @@ async def test_connected_ingress_gets_sni_chains_for_local_services(zone: Zone) 
 async def test_cross_zone_view_follows_remote_ingresses(zone: Zone) -> None:
     changed: list[str] = []
     services: list[tuple[str, set[str]]] = []
-    zone.proxies.on_cross_zone_change = changed.append
-    zone.proxies.on_remote_services_change = lambda mesh, names: services.append((mesh, names))
+    zone.proxies.views.follow(changed.append, lambda mesh, names: services.append((mesh, names)))
     remote = Resource(
         type="ZoneIngress",
         name="zone-2.ingress",
@@ -346,15 +347,30 @@ async def test_zone_proxy_streams_are_tracked_in_its_insight(zone: Zone) -> None
     assert await stored() is None
 
 
-async def test_open_subscriptions_left_by_a_previous_run_are_closed_at_start() -> None:
+async def test_open_subscriptions_of_replicas_no_longer_alive_are_closed_by_the_leader() -> None:
+    """A zone replica killed (or this one's previous run) leaves its streams open in the insights:
+    the leader closes them; a live replica's stay open, another zone's are not this zone's to close."""
     store = MemoryStore()
-    await store.create(insight("ZoneIngressInsight", "ingress-1", online=True))
+    await store.create(insight("ZoneIngressInsight", "ingress-1", online=True))  # of "cp", gone
+    live = insight("ZoneIngressInsight", "ingress-2", online=True)
+    live.spec["subscriptions"][0]["controlPlaneInstanceId"] = "cp-2"
+    await store.create(live)
     remote = insight("ZoneIngressInsight", "zone-2.ingress", online=True)
     remote.labels = {"zonemesh.io/origin": "global", "zonemesh.io/zone": "zone-2"}
     await store.create(remote)
-    await zoneproxies.ZoneProxyInsights(store, "cp-2", ZONE).close_stale()
+    sidecar = insight("DataplaneInsight", "web-1", online=True)
+    sidecar.mesh = "default"
+    await store.create(sidecar)
+
+    async def members() -> set[str]:
+        return {"cp-2"}
+
+    assert await StreamFinalizer(store, members, ZONE).sweep() == 2
     assert not is_online(await store.get("ZoneIngressInsight", "ingress-1"))
-    assert is_online(await store.get("ZoneIngressInsight", "zone-2.ingress"))  # another zone's: not ours to close
+    assert not is_online(await store.get("DataplaneInsight", "web-1", "default"))
+    assert is_online(await store.get("ZoneIngressInsight", "ingress-2"))
+    assert is_online(await store.get("ZoneIngressInsight", "zone-2.ingress"))
+    assert await StreamFinalizer(store, members, ZONE).sweep() == 0
 
 
 # --- issue 15: zone proxy names follow the API's rule ----------------------------------------------

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -465,6 +465,44 @@ async def resolve_hosts(externals: Iterable[Resource], per_host_seconds: float =
         # IPv4 first, as Envoy's V4_PREFERRED: "localhost" is often also ::1, where a server may not listen.
         result[host] = [a for a in addresses if ":" not in a] or addresses
     return result
+
+
+class CrossZoneViews:
+    """The per-mesh CrossZone views of the zone: the zone-proxy reconciler computes them
+    (``replace``), the dataplane reconciler reads them (``get``) and follows their changes. Both
+    take this object in their constructors: neither is reached into after it was built."""
+
+    def __init__(self) -> None:
+        self._views: dict[str, CrossZone] = {}
+        self._on_mesh: list[Callable[[str], None]] = []
+        self._on_services: list[Callable[[str, set[str]], None]] = []
+
+    def get(self, mesh: str) -> CrossZone | None:
+        return self._views.get(mesh)
+
+    def follow(self, on_mesh: Callable[[str], None], on_services: Callable[[str, set[str]], None]) -> None:
+        """``on_services(mesh, services)`` when only some services' remote endpoints moved (instances
+        coming and going in other zones), else ``on_mesh(mesh)``."""
+        self._on_mesh.append(on_mesh)
+        self._on_services.append(on_services)
+
+    def replace(self, views: dict[str, CrossZone]) -> None:
+        before, self._views = self._views, views
+        for mesh in sorted(set(before) | set(views)):
+            old, new = before.get(mesh), views.get(mesh)
+            if old == new:
+                continue
+            if (
+                old is None
+                or new is None
+                or (old.zone, old.egress, old.resolved) != (new.zone, new.egress, new.resolved)
+            ):
+                for on_mesh in self._on_mesh:
+                    on_mesh(mesh)
+                continue
+            services = {s for s in set(old.remote) | set(new.remote) if old.remote.get(s) != new.remote.get(s)}
+            for on_services in self._on_services:
+                on_services(mesh, services)
 
 
 # --- what zone proxies (ingress, egress) are generated from -----------------------------------

@@ -70,3 +70,8 @@ def _shown(node_id: str) -> str:
 
 def _reasons(errors: list[FieldError]) -> str:
     return "; ".join(f"{e.field}: {e.reason}" for e in errors)
+
+
+# What a zone proxy registers as, and the insight its streams are recorded in.
+RESOURCE_TYPES = {ProxyType.INGRESS.value: "ZoneIngress", ProxyType.EGRESS.value: "ZoneEgress"}
+INSIGHT_TYPES = {ProxyType.INGRESS.value: "ZoneIngressInsight", ProxyType.EGRESS.value: "ZoneEgressInsight"}

@@ -63,7 +63,7 @@ from zonemesh.zone_cp.xds.context import (
     outbound_services,
     services,
 )
-from zonemesh.zone_cp.xds.crosszone import CrossZone
+from zonemesh.zone_cp.xds.crosszone import CrossZoneViews
 from zonemesh.zone_cp.xds.generators import GenerationError, crossmesh, generate
 from zonemesh.zone_cp.xds.generators.gateway import MESH_GATEWAY_ROUTE_TYPE, MESH_GATEWAY_TYPE, is_builtin
 from zonemesh.zone_cp.xds.metrics import XDS_GENERATION
@@ -192,6 +192,7 @@ class Reconciler:
         *,
         debounce: float = 0.05,
         max_delay: float = 0.25,
+        cross_zone: CrossZoneViews | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -219,8 +220,10 @@ class Reconciler:
         self._rounding = False  # a round is generating and pushing
         self._progress = asyncio.Event()  # set each time a change was taken in or a round ended (idle())
         self.rounds = 0
-        # Other zones' ingresses and this zone's egress per mesh (zone_cp/zoneproxies.py sets it).
-        self.cross_zone: Callable[[str], CrossZone | None] = lambda mesh: None
+        # Other zones' ingresses and this zone's egress per mesh, as the zone-proxy reconciler computes
+        # them (zone_cp/xds/zoneproxies.py); a change regenerates what it touches.
+        self.cross_zone = cross_zone if cross_zone is not None else CrossZoneViews()
+        self.cross_zone.follow(self.invalidate_mesh, self.invalidate_services)
         # Of the given proxies, those whose stream credential passes now (zone_cp/app.py sets it to
         # the xDS server's check): a renewed workload certificate goes to those only.
         self.still_admitted: Callable[[list[ProxyIdentity]], Awaitable[set[ProxyIdentity]]] | None = None
@@ -283,7 +286,7 @@ class Reconciler:
 
     async def on_stream_open(self, info: StreamInfo) -> None:
         if info.identity.proxy_type is not ProxyType.DATAPLANE:
-            return  # zone ingress/egress: zone_cp/zoneproxies.py
+            return  # zone ingress/egress: zone_cp/xds/zoneproxies.py
         key = (info.identity.mesh, info.identity.name)
         self._connected[key] = self._connected.get(key, 0) + 1
         self._mark_nodes([key])
@@ -311,7 +314,7 @@ class Reconciler:
 
     def invalidate_services(self, mesh: str, services: Iterable[str]) -> None:
         """Regenerate the proxies of ``mesh`` calling any of ``services`` (their other-zone
-        endpoints changed: zone_cp/zoneproxies.py), and its builtin gateways."""
+        endpoints changed: zone_cp/xds/zoneproxies.py), and its builtin gateways."""
         consumers = self._consumers.get(mesh, {})
         names = {name for service in services for name in consumers.get(service, ())}
         names |= self._gateways.get(mesh, set())
@@ -509,7 +512,7 @@ class Reconciler:
             policies,
             externals,
             certs,
-            cross=self.cross_zone(mesh_name),
+            cross=self.cross_zone.get(mesh_name),
             endpoints=self._local_endpoints(mesh_name),
         )
         # Proxies are pushed in slices of YIELD_EVERY seconds of generation, then the loop runs:
@@ -640,7 +643,7 @@ class Reconciler:
         externals = [r for k, r in self._mirror[EXTERNAL_SERVICE].items() if k.mesh == mesh_name]
         policies += self._cross_mesh(mesh_name)
         return MeshContext.build(
-            mesh, self._dataplanes(mesh_name), policies, externals, certs, cross=self.cross_zone(mesh_name)
+            mesh, self._dataplanes(mesh_name), policies, externals, certs, cross=self.cross_zone.get(mesh_name)
         )
 
     def connected(self) -> list[ProxyIdentity]:

@@ -72,7 +72,7 @@ from zonemesh.zone_cp.xds.metrics import (
     XDS_STREAMS_REVOKED,
     XDS_UNAUTHENTICATED_DROPPED,
 )
-from zonemesh.zone_cp.xds.proxy import ProxyIdentity
+from zonemesh.zone_cp.xds.proxy import ProxyIdentity, ProxyType
 from zonemesh.zone_cp.xds.resources import (
     CLUSTER,
     ENDPOINT,
@@ -236,6 +236,48 @@ class Callbacks:
                 await hook(*args)
             except Exception:
                 log.exception("xds_hook_failed", hook=getattr(hook, "__qualname__", repr(hook)))
+
+    def only(self, *proxy_types: ProxyType) -> ScopedCallbacks:
+        """Where to register hooks that see the streams of ``proxy_types`` only (the dataplane side:
+        its reconciler, insights and NACK attribution): they join these callbacks in order."""
+        return ScopedCallbacks(self, frozenset(proxy_types))
+
+
+class _ScopedHooks:
+    """A hook list that adds each hook to ``target``, run only for streams of ``proxy_types``."""
+
+    def __init__(self, target: list[Any], proxy_types: frozenset[ProxyType]) -> None:
+        self.target = target
+        self.proxy_types = proxy_types
+
+    def append(self, hook: Callable[..., Awaitable[None]]) -> None:
+        proxy_types = self.proxy_types
+
+        async def scoped(info: StreamInfo, *args: Any) -> None:
+            if info.identity.proxy_type in proxy_types:
+                await hook(info, *args)
+
+        scoped.__qualname__ = getattr(hook, "__qualname__", repr(hook))  # as xds_hook_failed names it
+        self.target.append(scoped)
+
+
+class ScopedCallbacks:
+    """``Callbacks.only(...)``: registers on the server's callbacks, for some proxy types."""
+
+    def __init__(self, callbacks: Callbacks, proxy_types: frozenset[ProxyType]) -> None:
+        self.callbacks = callbacks
+        self.stream_open = _ScopedHooks(callbacks.stream_open, proxy_types)
+        self.stream_close = _ScopedHooks(callbacks.stream_close, proxy_types)
+        self.ack = _ScopedHooks(callbacks.ack, proxy_types)
+        self.nack = _ScopedHooks(callbacks.nack, proxy_types)
+
+    @property
+    def attribute(self) -> Attribute | None:
+        return self.callbacks.attribute
+
+    @attribute.setter
+    def attribute(self, attribute: Attribute | None) -> None:
+        self.callbacks.attribute = attribute
 
 
 @dataclass

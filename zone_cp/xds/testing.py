@@ -188,7 +188,7 @@ class RecordingCache(SnapshotCache):
 
 
 class Idle(Protocol):
-    """A reconciler's awaitable idle signal (xds.reconciler.Reconciler, zoneproxies.ZoneProxyReconciler)."""
+    """A reconciler's awaitable idle signal (xds.reconciler.Reconciler, xds.zoneproxies.ZoneProxyReconciler)."""
 
     async def idle(self) -> None: ...
 

@@ -8,8 +8,9 @@ The lab is the product's first impression, so its topology mirrors the compose l
 
 With ``replicas`` > 1 (``zonemesh-lab up --replicas 2``), global runs as that many replicas on a
 3-member etcd cluster (etcd-1..3), and each zone is given the KDS address of every replica (one
-chaos proxy per zone and replica). ``zone_replicas`` is the replica count of zone-1: 1 for now,
-since several zone processes on one store are not available yet (docs/ha.md).
+chaos proxy per zone and replica). ``zone_replicas`` is the replica count of zone-1 (up to
+ZONE_REPLICAS_AVAILABLE): its replicas share an etcd prefix, its token and its xDS certificate, and
+its proxies are given every replica's address (docs/ha.md#zone-replicas).
 
 Everything listens on 127.0.0.1. The supervisor (supervisor.py) turns this plan into processes;
 keeping the plan pure lets a unit test check ports, order and arguments without starting anything.
@@ -29,7 +30,7 @@ DEFAULT_PORT_BASE = 25000  # `zonemesh-lab up` without --port-base: the frontend
 ETCD_MEMBERS = 3  # the etcd cluster global replicas share: one member may die
 MAX_REPLICAS = 3
 # Replicas of zone-1 the lab can run: 1 until several zone processes may share one store.
-ZONE_REPLICAS_AVAILABLE = 1
+ZONE_REPLICAS_AVAILABLE = 2
 
 
 def _free_ports(count: int) -> Iterator[int]:
@@ -188,8 +189,8 @@ def plan(directory: Path, zones: int = 2, port_base: int = 0, replicas: int = 1,
         raise ValueError(f"global replicas: 1 to {MAX_REPLICAS} (got {replicas})")
     if not 1 <= zone_replicas <= ZONE_REPLICAS_AVAILABLE:
         raise ValueError(
-            f"zone-1 can run {ZONE_REPLICAS_AVAILABLE} replica(s) for now (got {zone_replicas}): several zone "
-            "processes on one store are not available yet"
+            f"zone-1 can run {ZONE_REPLICAS_AVAILABLE} replica(s) for now (got {zone_replicas}): the lab does not "
+            "start several zone processes yet"
         )
     extra, zone_extra = replicas - 1, zone_replicas - 1
     etcd = extra or zone_extra  # replicas of global or of zone-1 share the lab's etcd cluster

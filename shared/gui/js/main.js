@@ -112,7 +112,7 @@ function watchBanners(shell) {
     shell.watch("/status/kds", NORMAL, (kds) => {
       showBanner(
         "kds",
-        kds.connected
+        kds.connected || kds.leader === false // a replica that does not lead: its zone's leader holds the stream
           ? null
           : h("div", { class: "banner banner-bad", role: "alert" }, `Not connected to the global control plane (${kds.globalAddress ?? "no address"})`, kds.lastError ? `: ${kds.lastError}` : ""),
       );

@@ -119,7 +119,7 @@ ZONE_EGRESS = register(
 
 # Insights: the xDS subscriptions of each zone proxy (Kuma's shape: ``subscriptions[]`` with
 # id, controlPlaneInstanceId, connectTime, disconnectTime), written by the zone control plane
-# on stream open/close (zone_cp/zoneproxies.py). A proxy is online while its last subscription
+# on stream open/close (zone_cp/insights.py ``ZoneProxyInsights``). A proxy is online while its last subscription
 # has no disconnectTime. Kuma syncs ZoneIngressInsight zone→global only; here it also goes on to
 # the other zones, which send cross-zone traffic only to ingresses that are online (an ingress
 # killed without unregistering would otherwise stay an endpoint for ever).

@@ -93,9 +93,15 @@ function kdsCard(kds) {
     h(
       "p",
       {},
-      kds.connected ? badge("Connected", "ok") : badge("Disconnected", "bad"),
+      kds.connected
+        ? badge("Connected", "ok")
+        : kds.leader === false
+          ? badge("Held by the zone's leader", "muted")
+          : badge("Disconnected", "bad"),
       ` ${kds.globalAddress ?? ""} `,
-      kds.connected ? ["since ", when(kds.connectTime ? new Date(kds.connectTime * 1000).toISOString() : null)] : kds.lastError ? `: ${kds.lastError}` : "",
+      kds.leader === false
+        ? "this replica does not lead its zone: the zone's leader replica holds the zone's one stream to global"
+        : kds.connected ? ["since ", when(kds.connectTime ? new Date(kds.connectTime * 1000).toISOString() : null)] : kds.lastError ? `: ${kds.lastError}` : "",
     ),
     kds.stat ? kdsStats(kds.stat, "Resources exchanged with global on this stream", "global") : null,
   );

@@ -1,0 +1,166 @@
+"""The zone's one view of its resources (zone_cp/view.py): one store watch feeds it, every reader of
+the zone reads through it, and an etcd re-list after a compaction is taken in once and reaches them all."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from conftest import EtcdServer
+from envoy.config.core.v3 import base_pb2
+from test_etcd_resync import mesh, revision
+from zonemesh.shared.resources.manager import ResourceManager
+from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.store import EventKind
+from zonemesh.shared.store.base import Event, Watch
+from zonemesh.shared.store.etcd import EtcdStore
+from zonemesh.shared.store.memory import MemoryStore
+from zonemesh.zone_cp.ingress import AvailableServicesUpdater
+from zonemesh.zone_cp.insights import InsightRecorder
+from zonemesh.zone_cp.view import ZoneView
+from zonemesh.zone_cp.xds.crosszone import is_online
+from zonemesh.zone_cp.xds.proxy import ProxyIdentity
+from zonemesh.zone_cp.xds.server import StreamInfo
+
+from zonemesh.lab.chaos_proxy import ChaosProxy
+from zonemesh.testing import free_port
+
+
+async def names(view: ZoneView, rtype: str) -> set[str]:
+    return {r.name for r in (await view.list(rtype)).items}
+
+
+async def until(view: ZoneView, rtype: str, wanted: set[str]) -> None:
+    """Wait for the view to hold ``wanted``, woken by the view's own watch."""
+    async with view.watch([rtype]) as changes:
+        async with asyncio.timeout(30):
+            while await names(view, rtype) != wanted:
+                await changes.queue.get()
+
+
+async def next_events(watch: Watch, count: int) -> list[Event]:
+    got: list[Event] = []
+    async with asyncio.timeout(30):
+        while len(got) < count:
+            event = await watch.queue.get()
+            assert event is not None
+            got.append(event)
+    return got
+
+
+def dataplane(name: str) -> Resource:
+    spec = {"networking": {"address": "10.0.0.1", "inbound": [{"port": 80, "tags": {"kuma.io/service": "web"}}]}}
+    return Resource(type="Dataplane", mesh="default", name=name, spec=spec)
+
+
+async def test_the_view_holds_what_is_stored_and_its_readers_follow_it() -> None:
+    store = MemoryStore()
+    await store.create(mesh("default"))
+    await store.create(dataplane("web-1"))
+    view = ZoneView()
+    await view.start(store)
+    try:
+        assert await names(view, "Dataplane") == {"web-1"}
+        watch = view.watch(["Dataplane"])
+        await store.create(dataplane("web-2"))
+        await store.delete("Dataplane", "web-1", "default")
+        kinds = [(e.kind, e.resource.name) for e in await next_events(watch, 2)]
+        assert kinds == [(EventKind.CREATED, "web-2"), (EventKind.DELETED, "web-1")]
+        assert await names(view, "Dataplane") == {"web-2"}
+        assert (await view.get("Dataplane", "web-2", "default")).version == 1
+        with pytest.raises(TypeError, match="read-only"):
+            await view.create(dataplane("web-3"))
+
+        # a reader that takes the view instead of the store: the zone ingresses' availableServices
+        ingress = Resource(type="ZoneIngress", name="ingress-1", spec={"networking": {"address": "10.0.0.9"}})
+        await store.create(ingress)
+        await until(view, "ZoneIngress", {"ingress-1"})
+        updater = AvailableServicesUpdater(store, "zone-1", view=view)
+        assert await updater.update_once() == 1
+        written = await store.get("ZoneIngress", "ingress-1")
+        assert written.spec["availableServices"] == [
+            {"tags": {"kuma.io/service": "web"}, "instances": 1, "mesh": "default"}
+        ]
+    finally:
+        await view.stop()
+
+
+@pytest.mark.etcd
+async def test_a_relist_after_a_compaction_rebuilds_the_view_once_for_every_reader(etcd_server: EtcdServer) -> None:
+    prefix = f"/zone-view-{uuid.uuid4().hex[:8]}"
+    proxy = ChaosProxy("etcd", free_port(), etcd_server.port)
+    await proxy.start()
+    writer = await EtcdStore.open(etcd_server.endpoint, prefix=prefix, rpc_timeout=3)
+    behind = await EtcdStore.open(f"127.0.0.1:{proxy.listen_port}", prefix=prefix, rpc_timeout=3)
+    view = ZoneView()
+    await view.start(behind)
+    try:
+        readers = [view.watch(["Mesh"]), view.watch(["Mesh"])]  # two parts of the zone reading the view
+        for name in ("kept", "changed", "deleted"):
+            await writer.create(mesh(name))
+        await until(view, "Mesh", {"kept", "changed", "deleted"})
+
+        proxy.partition(60)  # the zone replica hears nothing from here on
+        changed = await writer.get("Mesh", "changed")
+        changed.spec = {"mtls": {}}
+        await writer.update(changed)
+        await writer.delete("Mesh", "deleted")
+        await writer.create(mesh("created"))
+        await writer.client.compact(await revision(writer), physical=True)
+
+        proxy.heal()
+        await until(view, "Mesh", {"kept", "changed", "created"})
+        assert behind.resyncs == 1
+        assert (await view.get("Mesh", "changed")).spec == {"mtls": {}}
+        for reader in readers:  # each reader got what the one re-list found, once
+            events = await next_events(reader, 6)
+            assert [e.resource.name for e in events[:3]] == ["kept", "changed", "deleted"]
+            missed = {(e.kind, e.resource.name) for e in events[3:]}
+            assert missed == {
+                (EventKind.UPDATED, "changed"),
+                (EventKind.DELETED, "deleted"),
+                (EventKind.CREATED, "created"),
+            }
+            assert reader.queue.empty()
+    finally:
+        await view.stop()
+        await behind.close()
+        await writer.close()
+        await proxy.close()
+
+
+async def test_a_proxy_that_moved_between_zone_replicas_stays_online_in_its_insight() -> None:
+    """Two replicas of a zone record one proxy's streams: it connected to A, then to B, then A saw its
+    old stream close. A's write keeps B's subscription (read from the view), so the insight's last
+    subscription is the open one on B: the proxy is online."""
+    store = MemoryStore()
+    manager = ResourceManager(store)
+    await manager.ensure_default_mesh()
+    view = ZoneView()
+    await view.start(store)
+    stored = lambda mesh, name: view.peek("DataplaneInsight", name, mesh)  # noqa: E731
+    a = InsightRecorder(manager, "replica-a", stored=stored)
+    b = InsightRecorder(manager, "replica-b", stored=stored)
+    proxy = ProxyIdentity("default", "web-1")
+
+    async def recorded(recorder: InsightRecorder) -> None:
+        async with view.watch(["DataplaneInsight"]) as changes:
+            await recorder.flush()
+            await asyncio.wait_for(changes.queue.get(), timeout=5)  # the view has taken the write in
+
+    try:
+        await a.stream_open(StreamInfo(1, proxy, base_pb2.Node(), "peer"))
+        await recorded(a)
+        await asyncio.sleep(0.01)  # a later connect time
+        await b.stream_open(StreamInfo(7, proxy, base_pb2.Node(), "peer"))
+        await recorded(b)
+        await a.stream_close(StreamInfo(1, proxy, base_pb2.Node(), "peer"))
+        await recorded(a)
+        insight = await store.get("DataplaneInsight", "web-1", "default")
+        subs = insight.spec["subscriptions"]
+        assert [s["controlPlaneInstanceId"] for s in subs] == ["replica-a", "replica-b"]
+        assert subs[0].get("disconnectTime") and not subs[-1].get("disconnectTime")
+        assert is_online(insight)
+    finally:
+        await view.stop()
