@@ -10,6 +10,7 @@ flags and the certs role's files takes global's client certificate and refuses a
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import json
@@ -48,13 +49,82 @@ from zonemesh.spawn import python_module
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose" / "docker-compose.yaml"
+COMPOSE_HA = ROOT / "compose" / "docker-compose.ha.yaml"
 DOCKERFILE = ROOT / "compose" / "Dockerfile"
 IMAGE_PATHS = Paths()  # where the roles look inside the containers
+# Each configuration the lab documents: the base file alone, and the HA override over it
+# (`docker compose -f docker-compose.yaml -f docker-compose.ha.yaml`, docs/compose.md).
+CONFIGURATIONS = {"base": [COMPOSE], "ha": [COMPOSE, COMPOSE_HA]}
+REPLACED = {"command", "entrypoint"}  # and healthcheck's test: the override's value, not appended
 
 
-def compose_services() -> dict[str, Any]:
-    services: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())["services"]
-    return services
+def _as_mapping(value: Any, default: Any) -> dict[str, Any]:
+    """networks / depends_on in their long form: compose merges the expanded form."""
+    if isinstance(value, list):
+        return {item: default for item in value}
+    return dict(value or {})
+
+
+def _merge_service(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if key not in merged or key in REPLACED:
+            merged[key] = value
+        elif key == "healthcheck":
+            merged[key] = {**merged[key], **value}  # its `test` replaced as a whole
+        elif key == "volumes":  # unique by mount target: the override's wins
+            by_target = {str(v).split(":")[1]: v for v in [*merged[key], *value]}
+            merged[key] = list(by_target.values())
+        elif key == "ports":
+            merged[key] = list(dict.fromkeys([*merged[key], *value]))
+        elif key in ("networks", "depends_on"):
+            default = None if key == "networks" else {"condition": "service_started"}
+            merged[key] = _as_mapping(merged[key], default) | _as_mapping(value, default)
+        elif isinstance(value, dict):
+            merged[key] = {**merged[key], **value}
+        elif isinstance(value, list):
+            merged[key] = [*merged[key], *value]
+        else:
+            merged[key] = value
+    return merged
+
+
+def merge_compose(files: list[Path]) -> dict[str, Any]:
+    """The configuration compose builds from ``files``, by the compose specification's merge rules
+    (docs.docker.com/reference/compose-file/merge): mappings merged, sequences appended, except
+    command, entrypoint and healthcheck.test (replaced), volumes (unique by target) and ports
+    (unique). No `docker compose config` here: this machine has no docker."""
+    merged: dict[str, Any] = {"services": {}, "networks": {}, "volumes": {}}
+    for path in files:
+        doc = yaml.safe_load(path.read_text())
+        for section in ("networks", "volumes"):
+            merged[section] |= doc.get(section) or {}
+        for name, service in doc["services"].items():
+            known = merged["services"].get(name)
+            merged["services"][name] = _merge_service(known, service) if known else service
+    return merged
+
+
+@pytest.fixture(params=sorted(CONFIGURATIONS))
+def compose(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return merge_compose(CONFIGURATIONS[request.param])
+
+
+def test_compose_merge_follows_the_specification_s_rules() -> None:
+    base = {
+        "command": ["a"],
+        "volumes": ["v:/data", "w:/x:ro"],
+        "networks": ["n"],
+        "depends_on": {"d": {"condition": "service_healthy"}},
+        "healthcheck": {"test": ["CMD", "a"], "retries": 3},
+    }
+    override = {"command": ["b"], "volumes": ["u:/data"], "networks": ["m"], "depends_on": {"e": {}},
+                "healthcheck": {"test": ["CMD", "b"]}}  # fmt: skip
+    assert _merge_service(base, override) == {
+        "command": ["b"], "volumes": ["u:/data", "w:/x:ro"], "networks": {"n": None, "m": None},
+        "depends_on": {"d": {"condition": "service_healthy"}, "e": {}},
+        "healthcheck": {"test": ["CMD", "b"], "retries": 3},
+    }  # fmt: skip
 
 
 def flag(command: list[str], name: str) -> str:
@@ -507,6 +577,19 @@ def token_name(service: dict[str, Any]) -> str:
     return ""
 
 
+def replica(service: dict[str, Any]) -> bool:
+    """A further global replica (the HA file's global-2): it exports nothing."""
+    return "--replica" in service["command"]
+
+
+def shared_kds_cert(service: dict[str, Any]) -> bool:
+    return "--shared-kds-cert" in service["command"]
+
+
+def named(services: dict[str, Any], *roles: str) -> list[str]:
+    return [n for n, s in services.items() if role(s) in roles]
+
+
 def mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
     """target -> (volume, read-only) for each named volume a service mounts."""
     found = {}
@@ -516,21 +599,27 @@ def mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
     return found
 
 
-def expected_mounts(service: dict[str, Any], services: dict[str, Any]) -> dict[str, str]:
+def expected_mounts(name: str, service: dict[str, Any], services: dict[str, Any]) -> dict[str, str]:
     """target -> volume: what each role must mount, and nothing more: its own state, its own
     credentials, the public certificate of the server it verifies. init: every CP's admin token
-    and every token."""
+    and every token. etcd members share etcd's TLS volume, global replicas global's etcd client
+    certificate and the KDS certificate they all serve; only the first replica exports."""
     p, command, zone = IMAGE_PATHS, service["command"], zone_of(service)
     match role(service):
         case "certs":
-            return {flag(command, "--etcd-dir"): "etcd-tls", flag(command, "--client-dir"): "global-etcd-tls"}
+            found = {flag(command, "--etcd-dir"): "etcd-tls", flag(command, "--client-dir"): "global-etcd-tls"}
+            if "--kds-dir" in command:
+                found[flag(command, "--kds-dir")] = "global-kds-tls"
+            return found
         case "etcd":
-            return {str(p.data): "etcd-data", str(p.etcd_tls): "etcd-tls"}
+            return {str(p.data): f"{name}-data", str(p.etcd_tls): "etcd-tls"}
         case "global":
-            return {
-                str(p.data): "global-data", str(p.etcd_tls): "global-etcd-tls",
-                str(p.admin): "global-admin", str(p.export): "global-ca",
-            }  # fmt: skip
+            found = {str(p.data): f"{name}-data", str(p.etcd_tls): "global-etcd-tls"}
+            if shared_kds_cert(service):
+                found[str(p.kds_tls)] = "global-kds-tls"
+            if not replica(service):
+                found |= {str(p.admin): "global-admin", str(p.export): "global-ca"}
+            return found
         case "zone":
             return {
                 str(p.data): f"{zone}-data", str(p.token): f"{zone}-token", str(p.trust): "global-ca",
@@ -547,38 +636,47 @@ def expected_mounts(service: dict[str, Any], services: dict[str, Any]) -> dict[s
     raise AssertionError(f"unknown role {role(service)}")
 
 
-def test_compose_each_service_mounts_only_its_own_credentials() -> None:
+def test_compose_each_service_mounts_only_its_own_credentials(compose: dict[str, Any]) -> None:
     """The finding: one `secrets` volume with every token was mounted into every container."""
-    services = compose_services()
+    services = compose["services"]
     for name, service in services.items():
         actual = {target: volume for target, (volume, _) in mounts(service).items()}
-        assert actual == expected_mounts(service, services), name
+        assert actual == expected_mounts(name, service, services), name
 
 
-def test_compose_every_credential_volume_is_shared_by_its_writer_and_its_consumer_only() -> None:
-    services = compose_services()
+def test_compose_every_credential_volume_is_shared_by_its_writer_and_its_consumer_only(compose: dict[str, Any]) -> None:
+    services = compose["services"]
     mounted_by: dict[str, set[str]] = {}
     for name, service in services.items():
         for volume, _ in mounts(service).values():
             mounted_by.setdefault(volume, set()).add(name)
-    declared = set(yaml.safe_load(COMPOSE.read_text())["volumes"])
+    declared = set(compose["volumes"])
     assert set(mounted_by) == declared
-    cps = [n for n, s in services.items() if role(s) in ("global", "zone")]
+    cps = [n for n, s in services.items() if role(s) in ("global", "zone") and not replica(s)]
     for name, service in services.items():
         if token := token_name(service):
             assert mounted_by.pop(f"{token}-token") == {name, "init"}, f"{token}'s token"
+        if replica(service):
+            assert mounted_by.pop(f"{name}-data") == {name}
     for cp_name in cps:
         assert mounted_by.pop(f"{cp_name}-admin") == {cp_name, "init"}, f"{cp_name}'s admin token"
         assert mounted_by.pop(f"{cp_name}-data") == {cp_name}
         clients = {n for n, s in services.items() if (s is not services[cp_name]) and (
             role(s) == "zone" if cp_name == "global" else zone_of(s) == cp_name)}  # fmt: skip
         assert mounted_by.pop(f"{cp_name}-ca") == {cp_name, *clients}  # a public certificate
-    assert mounted_by == {"etcd-data": {"etcd"}, "etcd-tls": {"certs", "etcd"}, "global-etcd-tls": {"certs", "global"}}
+    members, replicas = named(services, "etcd"), named(services, "global")
+    rest = {f"{m}-data": {m} for m in members} | {
+        "etcd-tls": {"certs", *members}, "global-etcd-tls": {"certs", *replicas}
+    }  # fmt: skip
+    if len(replicas) > 1:  # one KDS certificate for all (a zone verifies whichever it reaches)
+        assert all(shared_kds_cert(services[r]) for r in replicas)
+        rest["global-kds-tls"] = {"certs", *replicas}
+    assert mounted_by == rest
 
 
-def test_compose_a_zone_s_containers_share_no_volume_with_another_zone() -> None:
+def test_compose_a_zone_s_containers_share_no_volume_with_another_zone(compose: dict[str, Any]) -> None:
     """Except global's public KDS certificate, which every zone mounts read-only."""
-    services = compose_services()
+    services = compose["services"]
     zone_services = {n: zone_of(s) for n, s in services.items() if zone_of(s)}
     global_export = mounts(services["global"])[str(IMAGE_PATHS.export)][0]
     for name, zone in zone_services.items():
@@ -590,11 +688,11 @@ def test_compose_a_zone_s_containers_share_no_volume_with_another_zone() -> None
             assert {zone_services.get(n, zone) for n in sharers} == {zone}, (name, volume, sharers)
 
 
-def test_compose_readers_mount_read_only() -> None:
+def test_compose_readers_mount_read_only(compose: dict[str, Any]) -> None:
     """A token, a certificate to trust, etcd's TLS files: the reader cannot change them (a proxy
     replacing its zone's certificate would make its neighbours trust another server)."""
-    readers = {str(IMAGE_PATHS.token), str(IMAGE_PATHS.trust), str(IMAGE_PATHS.etcd_tls)}
-    for name, service in compose_services().items():
+    readers = {str(IMAGE_PATHS.token), str(IMAGE_PATHS.trust), str(IMAGE_PATHS.etcd_tls), str(IMAGE_PATHS.kds_tls)}
+    for name, service in compose["services"].items():
         for target, (volume, read_only) in mounts(service).items():
             is_reader = target in readers or (role(service) == "init" and target.startswith(str(IMAGE_PATHS.admin)))
             assert read_only == is_reader, (name, target, volume)
@@ -606,7 +704,7 @@ def dockerfile_volume_dirs() -> set[str]:
     return set(match.group(1).split())
 
 
-def test_compose_every_new_volume_starts_owned_by_the_zonemesh_user() -> None:
+def test_compose_every_new_volume_starts_owned_by_the_zonemesh_user(compose: dict[str, Any]) -> None:
     """A new named volume takes the owner and mode of the image directory it is first mounted on
     (none: root). Whoever writes a volume mounts it on such a directory, or starts after a
     service that does (init writes under /tokens/<name>, which the image does not have)."""
@@ -614,9 +712,9 @@ def test_compose_every_new_volume_starts_owned_by_the_zonemesh_user() -> None:
     dockerfile = DOCKERFILE.read_text()
     assert "chown zonemesh:zonemesh $VOLUME_DIRS" in dockerfile and "chmod 0700 $VOLUME_DIRS" in dockerfile
     assert {
-        str(getattr(IMAGE_PATHS, f)) for f in ("data", "admin", "export", "trust", "token", "etcd_tls")
+        str(getattr(IMAGE_PATHS, f)) for f in ("data", "admin", "export", "trust", "token", "etcd_tls", "kds_tls")
     } <= image_dirs
-    services = compose_services()
+    services = compose["services"]
     for name, service in services.items():
         for target, (volume, read_only) in mounts(service).items():
             if read_only or target in image_dirs:
@@ -627,7 +725,7 @@ def test_compose_every_new_volume_starts_owned_by_the_zonemesh_user() -> None:
             ), f"{name} writes {volume} at {target}: not an image directory, and no dependency mounts it at one"
 
 
-def test_compose_nothing_runs_as_root_and_one_user_is_enough() -> None:
+def test_compose_nothing_runs_as_root_and_one_user_is_enough(compose: dict[str, Any]) -> None:
     """Every service runs as the image's non-root user. One uid for all is enough because no
     volume is shared beyond its writer and its consumer (the test above): a container never has
     another's credentials to read, whatever its uid."""
@@ -635,7 +733,7 @@ def test_compose_nothing_runs_as_root_and_one_user_is_enough() -> None:
     users = re.findall(r"^USER (\S+)", dockerfile, re.MULTILINE)
     assert users == ["zonemesh"]
     assert "--uid 10001" in dockerfile
-    for name, service in compose_services().items():
+    for name, service in compose["services"].items():
         assert "user" not in service, f"{name} overrides the image's user"
         assert not service.get("privileged") and not service.get("cap_add"), name
 
@@ -651,23 +749,27 @@ def share_a_network(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return bool(networks(a) & networks(b))
 
 
-def test_compose_only_global_reaches_etcd() -> None:
-    services = compose_services()
-    assert {n for n, s in services.items() if share_a_network(s, services["etcd"])} == {"etcd", "global"}
+def test_compose_only_global_reaches_etcd(compose: dict[str, Any]) -> None:
+    """Only the global replicas (and the members, each other's peers) share a network with etcd."""
+    services = compose["services"]
+    members = named(services, "etcd")
+    reach = {n for n, s in services.items() if any(share_a_network(s, services[m]) for m in members)}
+    assert reach == {*members, *named(services, "global")}
     assert services["certs"]["network_mode"] == "none"  # it talks to no one
 
 
-def test_compose_networks_let_each_service_reach_exactly_its_peers() -> None:
+def test_compose_networks_let_each_service_reach_exactly_its_peers(compose: dict[str, Any]) -> None:
     """Who must reach whom: zones -> global KDS; proxies -> their zone's xDS; init -> the APIs;
     a cross-zone caller -> other zones' ingresses; an ingress -> its zone's workloads. And nothing
     else: no proxy or app reaches global, etcd or another zone's control plane; zones do not reach
     each other."""
-    services = compose_services()
+    services = compose["services"]
     cps = {n: s for n, s in services.items() if role(s) in ("global", "zone")}
     zones = [n for n, s in cps.items() if role(s) == "zone"]
     proxies = {n: s for n, s in services.items() if role(s) in ("proxy", "app")}
     for zone in zones:
-        assert share_a_network(services[zone], services["global"]), f"{zone} -> global KDS"
+        for replica_name in named(services, "global"):
+            assert share_a_network(services[zone], services[replica_name]), f"{zone} -> {replica_name} KDS"
         assert share_a_network(services["init"], services[zone]), f"init -> {zone}'s API"
         assert not any(share_a_network(services[zone], services[other]) for other in zones if other != zone)
     assert share_a_network(services["init"], services["global"])
@@ -687,8 +789,8 @@ def test_compose_networks_let_each_service_reach_exactly_its_peers() -> None:
             assert all(share_a_network(proxy, services[n]) for n in local), f"{name}'s zone ingress -> {name}"
 
 
-def test_compose_ingresses_advertise_their_address_on_the_network_between_zones() -> None:
-    services = compose_services()
+def test_compose_ingresses_advertise_their_address_on_the_network_between_zones(compose: dict[str, Any]) -> None:
+    services = compose["services"]
     called_across = 0
     for name, service in services.items():
         if role(service) != "proxy" or flag(service["command"], "--kind") != "ingress":
@@ -704,46 +806,106 @@ def test_compose_ingresses_advertise_their_address_on_the_network_between_zones(
     assert called_across, "the demo calls across zones"
 
 
-def test_compose_etcd_and_global_use_the_certs_role_s_files() -> None:
-    services = compose_services()
+def role_args(service: dict[str, Any]) -> argparse.Namespace:
+    """A service's command as its role parses it (the image's entrypoint is zonemesh.lab.container)."""
+    return container.build_parser().parse_args(service["command"])
+
+
+def test_compose_etcd_and_global_use_the_certs_role_s_files(compose: dict[str, Any]) -> None:
+    services = compose["services"]
     certs = services["certs"]["command"]
-    assert flag(certs, "--etcd-names").split(",") == ["etcd"]  # the host global dials
-    assert flag(container.cp_argv("global", IMAGE_PATHS), "--etcd-endpoints") == "etcd:2379"
-    assert services["etcd"]["hostname"] == "etcd"
-    assert role(services["etcd"]) == "etcd" and services["etcd"]["depends_on"] == {
-        "certs": {"condition": "service_completed_successfully"}
+    members = named(services, "etcd")
+    assert members[0] == "etcd"
+    # Over TLS, global dials one name (shared/config.py refuses several): the member's own name,
+    # or with several members an alias that each carries on the store network (docker's DNS
+    # answers it with every one), and etcd's server certificate holds it.
+    dialled = {
+        flag(container.role_cp_argv(role_args(services[g]), IMAGE_PATHS), "--etcd-endpoints")
+        for g in named(services, "global")
     }
-    health = services["etcd"]["healthcheck"]["test"]
-    assert flag(health, "--url") == f"http://127.0.0.1:{container.ETCD_METRICS_PORT}/health"
+    assert len(dialled) == 1, dialled
+    host, port = dialled.pop().rsplit(":", 1)
+    assert port == str(container.ETCD_PORT)
+    assert host in flag(certs, "--etcd-names").split(",")
+    if len(members) == 1:
+        assert host == members[0]
+    for name in members:
+        if len(members) > 1:
+            assert host in services[name]["networks"]["store"]["aliases"], name
+            assert host not in services  # no service's own name: it would resolve to that one only
+        assert services[name]["hostname"] == name
+        assert services[name]["depends_on"] == {"certs": {"condition": "service_completed_successfully"}}
+        health = services[name]["healthcheck"]["test"]
+        assert flag(health, "--url") == f"http://127.0.0.1:{container.ETCD_METRICS_PORT}/health"
+        args = role_args(services[name])
+        assert args.name == name
+        cluster = container.cluster_members(container.split_names(args.cluster))
+        argv = container.etcd_argv("/bin/etcd", IMAGE_PATHS, advertise_host=args.name, name=args.name, cluster=cluster)
+        assert flag(argv, "--advertise-client-urls") == f"https://{name}:{container.ETCD_PORT}"
+        if len(members) > 1:  # one cluster of every member, TLS between them with the peer certificate
+            assert [m for m, _ in cluster] == members
+            assert flag(certs, "--peer-names").split(",") == members
+            assert flag(argv, "--initial-advertise-peer-urls") == f"https://{name}:{container.ETCD_PEER_PORT}"
+            assert flag(argv, "--peer-cert-file") == str(IMAGE_PATHS.etcd_peer()[0])
+        else:
+            assert not cluster and "--peer-names" not in certs
 
 
-def test_compose_proxy_healthchecks_read_the_agent_s_readiness_port_not_envoy_admin() -> None:
+def test_compose_control_planes_run_with_settings_zonemesh_cp_accepts(compose: dict[str, Any]) -> None:
+    """Each CP service's command, through its role (container.role_cp_argv), parsed by zonemesh-cp
+    and loaded into its Config: a refused flag would only show as a container restarting. Every
+    global replica on the same etcd members and prefix with the same KDS certificate; every zone
+    given every replica's KDS address, at a name that certificate holds."""
+    services = compose["services"]
+    replicas = named(services, "global")
+    configs = {}
+    for name in [*replicas, *named(services, "zone")]:
+        run = container.role_cp_argv(role_args(services[name]), IMAGE_PATHS)
+        configs[name] = cfg.load(cp.build_parser().parse_args(cp_args(run)), env={})
+        assert configs[name].mode == role(services[name])
+    stores = {(configs[r].etcd_endpoints, configs[r].etcd_prefix, configs[r].kds_tls_cert_file) for r in replicas}
+    assert len(stores) == 1, stores
+    kds_hosts = [services[r]["hostname"] for r in replicas]
+    addresses = ",".join(f"grpcs://{host}:{container.KDS_PORT}" for host in kds_hosts)
+    for zone in named(services, "zone"):
+        assert configs[zone].global_address == addresses
+    if len(replicas) > 1:
+        certs = services["certs"]["command"]
+        assert configs[replicas[0]].kds_tls_cert_file == str(IMAGE_PATHS.kds()[0])
+        assert flag(certs, "--kds-names").split(",") == kds_hosts
+        assert [r for r in replicas if not replica(services[r])] == ["global"]  # one exporter
+    else:
+        assert configs["global"].kds_tls_cert_file == ""  # global's own, naming its hostname
+
+
+def test_compose_proxy_healthchecks_read_the_agent_s_readiness_port_not_envoy_admin(compose: dict[str, Any]) -> None:
     """Envoy's admin API is on a socket only its user can open; the healthcheck reads zonemesh-dp's
     GET /ready, on the port every proxy's agent is given."""
     argv = container.dp_argv("zone-1", "backend-zone-1", {}, IMAGE_PATHS)
     assert flag(argv, "--readiness-port") == str(container.READINESS_PORT)
     assert "--admin-port" not in argv
-    proxies = [(name, s) for name, s in compose_services().items() if role(s) in ("proxy", "app")]
+    proxies = [(name, s) for name, s in compose["services"].items() if role(s) in ("proxy", "app")]
     assert proxies
     for name, service in proxies:
         url = flag(service["healthcheck"]["test"], "--url")
         assert url == f"http://127.0.0.1:{container.READINESS_PORT}/ready", name
 
 
-def test_compose_publishes_on_loopback_only() -> None:
-    for name, service in compose_services().items():
+def test_compose_publishes_on_loopback_only(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
 
 
-def test_compose_init_issues_a_token_for_every_proxy_service() -> None:
+def test_compose_init_issues_a_token_for_every_proxy_service(compose: dict[str, Any]) -> None:
     """init's lists and the proxy/app services must name the same proxies, or one waits forever."""
-    services = compose_services()
+    services = compose["services"]
     init = services["init"]["command"]
     zones = flag(init, "--zones").split(",")
     zone_proxies = {f"{kind}-{zone}" for kind, zone in container.parse_pairs(flag(init, "--zone-proxies"))}
     dataplanes = dict(container.parse_pairs(flag(init, "--dataplanes")))
-    assert sorted(n for n, s in services.items() if role(s) in ("global", "zone")) == ["global", *zones]
+    primaries = sorted(n for n, s in services.items() if role(s) in ("global", "zone") and not replica(s))
+    assert primaries == ["global", *zones]
     proxies = {token_name(s) for s in services.values() if role(s) == "proxy"}
     assert proxies == zone_proxies
     apps = {token_name(s): zone_of(s) for s in services.values() if role(s) == "app"}
@@ -752,8 +914,8 @@ def test_compose_init_issues_a_token_for_every_proxy_service() -> None:
     assert {z for n, z in apps.items() if n.startswith("backend")} == set(zones)
 
 
-def test_compose_services_wait_for_what_they_need() -> None:
-    services = compose_services()
+def test_compose_services_wait_for_what_they_need(compose: dict[str, Any]) -> None:
+    services = compose["services"]
     for name, service in services.items():
         if role(service) in ("proxy", "app"):
             assert service["depends_on"] == {zone_of(service): {"condition": "service_started"}}, name
@@ -764,7 +926,11 @@ def test_compose_services_wait_for_what_they_need() -> None:
         if token_name(service):  # created before init, which waits for nothing of theirs
             assert services["init"]["depends_on"][name] == {"condition": "service_started"}, name
     assert services["init"]["depends_on"]["global"] == {"condition": "service_healthy"}
+    healthy = {"condition": "service_healthy"}
+    replicas = named(services, "global")
     for zone in flag(services["init"]["command"], "--zones").split(","):
-        assert services[zone]["depends_on"] == {"global": {"condition": "service_healthy"}}
-    assert services["global"]["depends_on"] == {"etcd": {"condition": "service_healthy"}}
+        assert services[zone]["depends_on"] == dict.fromkeys(replicas, healthy)
+    assert services["global"]["depends_on"] == dict.fromkeys(named(services, "etcd"), healthy)
+    for name in replicas[1:]:  # after global, which fills the store on its first start
+        assert services[name]["depends_on"] == {"global": healthy}
     assert services["init"]["restart"] == services["certs"]["restart"] == "no"
