@@ -583,6 +583,13 @@ async def test_real_etcd_cluster_with_the_ha_flags_replicates_admits_only_its_pe
     # One member down: the two others keep the cluster (quorum) and global's data, and take writes.
     assert members[0].proc is not None
     stop(members[0].proc)
+    # If it led, the two others elect a new leader first (about a second): wait for their /health,
+    # which answers 200 only with a leader, before asking them anything.
+    deadline = time.monotonic() + 30
+    for m in members[1:]:
+        while container.health(f"http://127.0.0.1:{m.metrics}/health", []) != 0:
+            assert time.monotonic() < deadline, f"{m.name} has no leader 30 s after etcd was stopped"
+            await asyncio.sleep(0.2)
     survivor = await open_store(configs[1].store_url(), etcd_access(configs[1]))
     try:
         assert await read_admin_token(survivor) == stored
