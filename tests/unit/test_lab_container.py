@@ -214,6 +214,41 @@ def test_etcd_serves_tls_only_and_requires_client_certificates(tmp_path: Path) -
     assert all(u.startswith(("https://", "http://127.0.0.1:")) for u in urls), urls
 
 
+def test_an_etcd_member_speaks_tls_to_its_peers_and_admits_only_the_peer_certificate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = lab_paths(tmp_path)
+    cluster = container.cluster_members(["etcd", "etcd-2", "etcd-3"])
+    argv = container.etcd_argv("/bin/etcd", paths, advertise_host="etcd-2", name="etcd-2", cluster=cluster)
+    assert flag(argv, "--name") == "etcd-2"
+    assert (
+        flag(argv, "--initial-cluster")
+        == "etcd=https://etcd:2380,etcd-2=https://etcd-2:2380,etcd-3=https://etcd-3:2380"
+    )
+    assert flag(argv, "--initial-advertise-peer-urls") == "https://etcd-2:2380"
+    assert flag(argv, "--listen-peer-urls") == "https://0.0.0.0:2380"
+    assert "--peer-client-cert-auth" in argv and "--client-cert-auth" in argv
+    assert flag(argv, "--peer-trusted-ca-file") == str(paths.etcd_ca())
+    assert (flag(argv, "--peer-cert-file"), flag(argv, "--peer-key-file")) == tuple(map(str, paths.etcd_peer()))
+    assert flag(argv, "--peer-cert-allowed-cn") == etcd_pki.PEER_NAME
+    urls = [u for a in argv if "://" in a for u in re.findall(r"\w+://[^,]+", a)]
+    assert all(u.startswith(("https://", "http://127.0.0.1:")) for u in urls), urls
+    with pytest.raises(ContainerError, match="'etcd-4' is not in its cluster"):
+        container.etcd_argv("/bin/etcd", paths, name="etcd-4", cluster=cluster)
+    # The role refuses to start a member without its peer certificate (the certs role writes it).
+    etcd_tls = tmp_path / "etcd_tls"
+    etcd_tls.mkdir()
+    for name in ("ca.crt", "server.crt", "server.key"):
+        (etcd_tls / name).write_text("x")
+
+    def no_exec(*_: object) -> None:  # a check that let it through must not replace pytest with etcd
+        raise AssertionError("etcd started without its peer certificate")
+
+    monkeypatch.setattr(container.os, "execv", no_exec)
+    with pytest.raises(ContainerError, match=r"peer\.crt"):
+        container.run_etcd(paths, "etcd-2", ["etcd", "etcd-2", "etcd-3"])
+
+
 def test_sidecar_dials_its_zone_by_hostname_with_the_exported_ca(tmp_path: Path) -> None:
     paths = lab_paths(tmp_path)
     resource = container.dataplane_resource("backend-zone-1", "zone-1", "backend", "172.18.0.5")
@@ -373,6 +408,45 @@ def test_certs_role_keeps_a_consistent_set_and_replaces_a_broken_one(tmp_path: P
     # Another name for etcd: a new set that holds it.
     assert etcd_pki.ensure(etcd_dir, client_dir, ["etcd", "etcd.lab"]) is True
     assert etcd_pki.consistent(etcd_dir, client_dir, ["etcd", "etcd.lab"])
+
+
+def test_certs_role_for_the_ha_file_writes_the_peer_and_the_replicas_kds_certificates(tmp_path: Path) -> None:
+    """The HA file's certs: the members' peer certificate (both uses, the one common name the
+    members admit on their peer port) beside etcd's, and the KDS certificate every global
+    replica serves, for the names zones dial, in the replicas' volume; kept on the next run."""
+    etcd_dir, client_dir = make_volumes(tmp_path)
+    kds_dir = tmp_path / "global-kds-tls"
+    kds_dir.mkdir(mode=0o700)
+    argv = ["certs", "--etcd-dir", str(etcd_dir), "--client-dir", str(client_dir),
+            "--etcd-names", "etcd-cluster,etcd,etcd-2,etcd-3", "--peer-names", "etcd,etcd-2,etcd-3",
+            "--kds-dir", str(kds_dir), "--kds-names", "global,global-2"]  # fmt: skip
+    assert run_role(*argv) == 0
+    assert sorted(os.listdir(etcd_dir)) == ["ca.crt", "peer.crt", "peer.key", "server.crt", "server.key"]
+    assert sorted(os.listdir(kds_dir)) == ["kds-tls.crt", "kds-tls.key"]
+    for key in (etcd_dir / "peer.key", kds_dir / "kds-tls.key"):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    ca = x509.load_pem_x509_certificate((etcd_dir / "ca.crt").read_bytes())
+    peer = x509.load_pem_x509_certificate((etcd_dir / "peer.crt").read_bytes())
+    peer.verify_directly_issued_by(ca)
+    assert peer.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == etcd_pki.PEER_NAME
+    assert list(peer.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH,
+    ]  # fmt: skip
+    san = peer.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["etcd", "etcd-2", "etcd-3"]
+    client = x509.load_pem_x509_certificate((client_dir / "client.crt").read_bytes())
+    assert client.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value != etcd_pki.PEER_NAME
+    kds = x509.load_pem_x509_certificate((kds_dir / "kds-tls.crt").read_bytes())
+    kds_san = kds.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert kds_san.get_values_for_type(x509.DNSName) == ["global", "global-2"]
+    before = {p: p.read_bytes() for p in [*etcd_dir.iterdir(), *client_dir.iterdir(), *kds_dir.iterdir()]}
+    assert run_role(*argv) == 0  # every `up` runs it again: everything kept
+    assert {p: p.read_bytes() for p in before} == before
+    # Without the replicas' volume mounted, nothing is written where no replica looks.
+    kds_argv = argv[:]
+    kds_argv[kds_argv.index("--kds-dir") + 1] = str(tmp_path / "nothing")
+    assert run_role(*kds_argv) == 1
+    assert not (tmp_path / "nothing").exists()
 
 
 def test_certs_role_refuses_a_missing_volume(tmp_path: Path) -> None:
