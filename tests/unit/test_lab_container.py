@@ -1065,6 +1065,10 @@ def test_compose_control_planes_run_with_settings_zonemesh_cp_accepts(compose: d
         assert configs[replicas[0]].kds_tls_cert_file == str(IMAGE_PATHS.kds()[0])
         assert flag(certs, "--kds-names").split(",") == kds_hosts
         assert [r for r in replicas if not replica(services[r])] == ["global"]  # one exporter
+        # What global exports to the zones' /trust is the certificate every replica serves.
+        served, exported = container.exported_certificate("global", "", IMAGE_PATHS, shared_kds_cert=True)
+        assert str(served) == configs["global"].kds_tls_cert_file
+        assert exported == IMAGE_PATHS.export / IMAGE_PATHS.global_ca().name
     else:
         assert configs["global"].kds_tls_cert_file == ""  # global's own, naming its hostname
 
