@@ -147,7 +147,7 @@ isolation() {
     $(addresses_of zone-2 5681 5678) <<'EOF'
 import os, socket, sys
 problems = []
-dirs = ("/token", "/trust", "/admin", "/tokens", "/export", "/etcd-tls", "/certs/etcd", "/certs/global")
+dirs = ("/token", "/trust", "/admin", "/tokens", "/export", "/etcd-tls", "/kds-tls", "/certs/etcd", "/certs/global", "/certs/kds")
 found = sorted(os.path.join(d, f) for d in dirs if os.path.isdir(d) for f in os.listdir(d))
 if found != ["/token/token", "/trust/zone-1-xds.crt"]:
     problems.append(f"files: {found}")

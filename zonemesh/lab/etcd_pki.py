@@ -6,6 +6,11 @@ with it, and writes them into two directories, each the volume of one service on
 - etcd's: ``ca.crt`` (to verify clients), ``server.crt``, ``server.key``;
 - global's: ``ca.crt`` (to verify etcd), ``client.crt``, ``client.key``.
 
+With several members (the HA compose file, docs/compose.md) etcd's directory also gets
+``peer.crt`` and ``peer.key``: the certificate the members present to each other on their peer
+port (server and client use, common name ``etcd-peer``, which the members require with
+``--peer-cert-allowed-cn``: global's client certificate, signed by the same CA, is refused there).
+
 The CA's key is never written anywhere: once the two certificates are signed nobody can issue
 another one, so no container holds anything that lets it talk to etcd except global's key.
 Later starts keep what is there while it is complete and consistent; anything else (a volume
@@ -34,6 +39,8 @@ CA_FILE = "ca.crt"
 SERVER_CERT, SERVER_KEY = "server.crt", "server.key"
 CLIENT_CERT, CLIENT_KEY = "client.crt", "client.key"
 CLIENT_NAME = "zonemesh-global"
+PEER_CERT, PEER_KEY = "peer.crt", "peer.key"
+PEER_NAME = "etcd-peer"  # the only common name etcd members accept on their peer port
 
 
 class PkiError(Exception):
@@ -47,6 +54,8 @@ class EtcdPki:
     server_key: bytes
     client_cert: bytes
     client_key: bytes
+    peer_cert: bytes = b""  # only with peer names (several members)
+    peer_key: bytes = b""
 
 
 def _name(common_name: str) -> x509.Name:
@@ -69,7 +78,7 @@ def _leaf(
     ca_key: ec.EllipticCurvePrivateKey,
     ca: x509.Certificate,
     common_name: str,
-    purpose: x509.ObjectIdentifier,
+    purposes: Sequence[x509.ObjectIdentifier],
     names: Sequence[str],
     now: dt.datetime,
 ) -> tuple[bytes, bytes]:
@@ -84,7 +93,7 @@ def _leaf(
         .not_valid_after(now + VALIDITY)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(key_usage(digital_signature=True, key_agreement=True), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([purpose]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(list(purposes)), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
     )
     if names:
@@ -93,18 +102,23 @@ def _leaf(
     return cert.public_bytes(serialization.Encoding.PEM), private_key_pem(key)
 
 
-def generate(server_names: Sequence[str]) -> EtcdPki:
-    """A new CA, etcd's server certificate for ``server_names`` and global's client certificate.
-    The CA's key lives only in this function."""
+def generate(server_names: Sequence[str], peer_names: Sequence[str] = ()) -> EtcdPki:
+    """A new CA, etcd's server certificate for ``server_names`` and global's client certificate;
+    with ``peer_names``, the members' peer certificate for those names too. The CA's key lives
+    only in this function."""
     if not server_names:
         raise PkiError("etcd's server certificate needs at least one name (the host clients dial)")
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     usage = key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True)
     ca = self_signed_ca(ca_key, _name("zonemesh lab etcd CA"), now - dt.timedelta(minutes=5), now + VALIDITY, usage)
-    server = _leaf(ca_key, ca, "etcd", ExtendedKeyUsageOID.SERVER_AUTH, server_names, now)
-    client = _leaf(ca_key, ca, CLIENT_NAME, ExtendedKeyUsageOID.CLIENT_AUTH, (), now)
-    return EtcdPki(ca.public_bytes(serialization.Encoding.PEM), *server, *client)
+    server = _leaf(ca_key, ca, "etcd", [ExtendedKeyUsageOID.SERVER_AUTH], server_names, now)
+    client = _leaf(ca_key, ca, CLIENT_NAME, [ExtendedKeyUsageOID.CLIENT_AUTH], (), now)
+    peer = (b"", b"")
+    if peer_names:  # a member dials its peers and is dialled by them: both uses
+        both = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        peer = _leaf(ca_key, ca, PEER_NAME, both, peer_names, now)
+    return EtcdPki(ca.public_bytes(serialization.Encoding.PEM), *server, *client, *peer)
 
 
 def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
@@ -120,11 +134,14 @@ def _holds_key(cert: x509.Certificate, key_file: Path) -> bool:
     return key.public_key() == cert.public_key()
 
 
-def consistent(etcd_dir: Path, client_dir: Path, server_names: Sequence[str]) -> bool:
+def consistent(etcd_dir: Path, client_dir: Path, server_names: Sequence[str], peer_names: Sequence[str] = ()) -> bool:
     """Every file is there, both directories hold the same CA, it signed both certificates, each
-    key is its certificate's, and the server certificate names every one of ``server_names``."""
+    key is its certificate's, and the server certificate names every one of ``server_names``;
+    with ``peer_names``, the same of the peer certificate."""
     files = [etcd_dir / CA_FILE, etcd_dir / SERVER_CERT, etcd_dir / SERVER_KEY]
     files += [client_dir / CA_FILE, client_dir / CLIENT_CERT, client_dir / CLIENT_KEY]
+    if peer_names:
+        files += [etcd_dir / PEER_CERT, etcd_dir / PEER_KEY]
     if not all(f.is_file() for f in files):
         return False
     try:
@@ -136,13 +153,22 @@ def consistent(etcd_dir: Path, client_dir: Path, server_names: Sequence[str]) ->
         client = x509.load_pem_x509_certificate((client_dir / CLIENT_CERT).read_bytes())
         san = set(server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
         keys = _holds_key(server, etcd_dir / SERVER_KEY) and _holds_key(client, client_dir / CLIENT_KEY)
+        peer_ok = True
+        if peer_names:
+            peer = x509.load_pem_x509_certificate((etcd_dir / PEER_CERT).read_bytes())
+            peer_san = set(peer.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+            peer_ok = (
+                _holds_key(peer, etcd_dir / PEER_KEY)
+                and _signed_by(peer, ca)
+                and {_general_name(n) for n in peer_names} <= peer_san
+            )
     except (ValueError, TypeError, x509.ExtensionNotFound):
         return False
     names = {_general_name(n) for n in server_names}
-    return keys and _signed_by(server, ca) and _signed_by(client, ca) and names <= san
+    return keys and peer_ok and _signed_by(server, ca) and _signed_by(client, ca) and names <= san
 
 
-def ensure(etcd_dir: Path, client_dir: Path, server_names: Sequence[str]) -> bool:
+def ensure(etcd_dir: Path, client_dir: Path, server_names: Sequence[str], peer_names: Sequence[str] = ()) -> bool:
     """Write a new set unless a consistent one is there. True when it wrote one.
 
     The directories must exist (they are the services' volumes): writing into a directory this
@@ -150,13 +176,16 @@ def ensure(etcd_dir: Path, client_dir: Path, server_names: Sequence[str]) -> boo
     for directory in (etcd_dir, client_dir):
         if not directory.is_dir():
             raise PkiError(f"{directory} does not exist: mount the volume it stands for there")
-    if consistent(etcd_dir, client_dir, server_names):
+    if consistent(etcd_dir, client_dir, server_names, peer_names):
         return False
-    pki = generate(server_names)
+    pki = generate(server_names, peer_names)
     # A set interrupted half way is not consistent (a key that is not its certificate's, a CA
     # that did not sign it): the next start makes a new one.
     write_private(etcd_dir / SERVER_KEY, pki.server_key)
     write_private(client_dir / CLIENT_KEY, pki.client_key)
+    if peer_names:
+        write_private(etcd_dir / PEER_KEY, pki.peer_key)
+        write_private(etcd_dir / PEER_CERT, pki.peer_cert, 0o644)
     for path, pem in (
         (etcd_dir / SERVER_CERT, pki.server_cert),
         (client_dir / CLIENT_CERT, pki.client_cert),
