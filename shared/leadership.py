@@ -461,6 +461,7 @@ class LeaseKeeper:
         self._heartbeat = time.monotonic()
         self._trusted_until = confirmed + self.margin
         self._ended = ""  # why the thread stopped renewing
+        self._stopping = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._thread = threading.Thread(target=self._thread_main, name=f"leader-lease-{lease_id:x}", daemon=True)
@@ -472,6 +473,7 @@ class LeaseKeeper:
 
     async def stop(self) -> None:
         """Stop renewing and wait (bounded) for the thread to close its client."""
+        self._stopping.set()  # seen within a tick, even if the thread has not started its loop yet
         loop, task = self._loop, self._task
         if loop is not None and task is not None:
             with contextlib.suppress(RuntimeError):  # its loop has finished already
@@ -534,7 +536,7 @@ class LeaseKeeper:
         """Send a keepalive every ``interval`` on one stream while the main loop beats; stop renewing
         (``_end``) when it has not beaten for ``stall_limit``, when etcd says the lease expired, or
         when no keepalive sent in the last ``margin`` was answered."""
-        while True:
+        while not self._stopping.is_set():
             requests: asyncio.Queue[Any] = asyncio.Queue()
 
             async def outgoing(queue: asyncio.Queue[Any] = requests) -> AsyncIterator[Any]:
@@ -546,7 +548,7 @@ class LeaseKeeper:
                 call = client.leasestub.LeaseKeepAlive(outgoing(), metadata=client.metadata)
                 try:
                     next_send = 0.0
-                    while True:
+                    while not self._stopping.is_set():
                         stalled = self._stalled()
                         if stalled:
                             self._end(
