@@ -86,6 +86,10 @@ log = structlog.get_logger(__name__)
 
 FEATURES = ["zone-token", "zone-ping-health", "resume-by-hash"]
 HELLO_TIMEOUT = 10.0
+# Resources checked (an upload) or hashed (a Welcome) between two turns of the event loop: a zone
+# uploads up to 1,000 per message, and handling them in one go held global's loop for seconds
+# under load, which starved every other zone's stream and the leader's work (docs/ha.md#sizing).
+TURN_EVERY = 100
 # The self-signed pair in the data dir: kds-tls.crt is also the CA file zones are given.
 KDS_TLS_NAME = "kds-tls"
 
@@ -260,11 +264,15 @@ class KdsServer:
         # insights, which at 100 zones kept global too busy to answer heartbeats (docs/ha.md#sizing).
         # The types global creates too are stored under hashed names: selected by labels alone.
         meshes = [mesh.name for mesh in (await self.store.list("Mesh")).items]
+        hashed = 0
         for type in upstream_types():
             rtype = REGISTRY.get(type)
             only = ListFilter(labels=labels, name_prefix=None if rtype.provided_by_both else prefix)
             for mesh in meshes if rtype.scope is Scope.MESH else [""]:
                 for res in (await self.store.list(type, mesh, filter=only)).items:
+                    hashed += 1
+                    if hashed % TURN_EVERY == 0:
+                        await asyncio.sleep(0)
                     name = res.labels.get(DISPLAY_NAME_LABEL) or res.name.removeprefix(prefix)
                     have[key_str(res.type, res.mesh, name)] = resource_hash(res, drop_labels=DISPLAY_NAME_LABELS)
         return have
@@ -313,7 +321,9 @@ class KdsServer:
         meshes: dict[str, Resource | None] = {}
         held: dict[str, dict[str, Resource]] = {}
         upserts: list[Resource] = []
-        for wire in changes.upserts:
+        for index, wire in enumerate(changes.upserts):
+            if index and index % TURN_EVERY == 0:
+                await asyncio.sleep(0)
             try:
                 res = decode(wire, rtype.name)
                 check_received(res, zone)
@@ -331,7 +341,9 @@ class KdsServer:
             res.labels = stamped(res.labels, ORIGIN_ZONE, zone, display_name=original)
             upserts.append(res)
         deletes: list[ResourceKey] = []
-        for key in changes.removals:
+        for index, key in enumerate(changes.removals):
+            if index and index % TURN_EVERY == 0:
+                await asyncio.sleep(0)
             try:
                 check_removal(key, rtype.name)
                 stored_name = name_at_global(rtype, zone, key.mesh, key.name)

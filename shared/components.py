@@ -146,6 +146,7 @@ class ComponentManager:
         finally:
             if self.cp.term is term:
                 self.cp.term = None
+            term.released.set()  # the elector may now let another replica lead at once
         log.info(
             "leader_components_stopped", term=term.number, reason=reason, seconds=round(time.monotonic() - started, 3)
         )

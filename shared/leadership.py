@@ -8,11 +8,15 @@ this replica holds leadership and stops them when it loses it.
 
 - ``SingleProcess``: SQLite and memory stores belong to one process, which always leads.
 - ``EtcdElector``: leadership is an etcd key created only if absent (one transaction) and attached
-  to this replica's lease; the lease is kept alive every ``ttl / 3``. A replica that has not had a
-  keepalive answered for ``ttl / 2`` ends its term (``leadership_lost``) and its leader components
-  are stopped; etcd expires the lease no earlier than ``ttl`` after the last keepalive it received,
-  so they have stopped before another replica can win. Others watch the key and campaign as soon as
-  it is deleted (lease expired or revoked at shutdown). Every write of a leader component goes
+  to this replica's lease; the lease is kept alive every ``ttl / 3`` by ``LeaseKeeper``, from a
+  thread of its own (its own event loop and etcd client), so that keepalives do not wait behind a
+  busy event loop; but only while that loop proves it is alive (a heartbeat every ``ttl / 12``):
+  a loop stuck for ``ttl - ttl / 6`` stops the renewals. A replica that has not had a keepalive
+  answered for ``ttl / 2``, or whose keeper stopped renewing, ends its term (``leadership_lost``,
+  with the reason) and its leader components are stopped; etcd expires the lease no earlier than
+  ``ttl`` after the last keepalive it received, so they have stopped before another replica can
+  win, and the lease is revoked only once they have. Others watch the key and campaign as soon as
+  it is deleted (lease expired or revoked). Every write of a leader component goes
   through ``Term.store``, which on etcd is *fenced*: the transaction also requires that the leader
   key still has the creation revision of this term, so even a replica that has not yet noticed it
   lost cannot write as a leader.
@@ -28,8 +32,10 @@ import contextlib
 import json
 import os
 import socket
+import threading
+import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +70,9 @@ class Term:
     store: Store
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     reason: str = ""
+    # Set by the component manager once the term's leader components have stopped: only then
+    # does the elector revoke the lease (which lets another replica win at once).
+    released: asyncio.Event = field(default_factory=asyncio.Event)
 
     def end(self, reason: str) -> None:
         if not self.lost.is_set():
@@ -179,6 +188,7 @@ class EtcdElector(Elector):
         self._stale_leases: set[int] = set()  # leases of ended sessions, revoked once etcd answers
         self._resign: asyncio.Event = asyncio.Event()
         self.lease_id = 0
+        self._keeper: LeaseKeeper | None = None
 
     # -- life ---------------------------------------------------------------------------------
 
@@ -202,6 +212,13 @@ class EtcdElector(Elector):
 
     def current(self) -> Term | None:
         term = self._term
+        keeper = self._keeper
+        if term is not None and keeper is not None and not term.lost.is_set():
+            # Asked right after the loop comes back from a stall, before the tasks that would
+            # notice run: a lease that cannot be trusted any more is not leading.
+            reason = keeper.lapsed(time.monotonic())
+            if reason:
+                term.end(reason)
         return term if term is not None and not term.lost.is_set() else None
 
     def describe(self) -> dict[str, Any]:
@@ -250,8 +267,11 @@ class EtcdElector(Elector):
     async def _run(self) -> None:
         while True:
             try:
-                await self._session()
-                pause = RESIGNED_PAUSE if self._resign.is_set() else 0.0
+                lost = await self._session()
+                # A term lost (this loop stalled, the lease expired) is given up to the others for
+                # a moment: another replica watching the key wins first, and a replica left alone
+                # leads again after it.
+                pause = RESIGNED_PAUSE if self._resign.is_set() else RETRY if lost else 0.0
             except asyncio.CancelledError:
                 raise
             except (StoreError, SessionOver, aetcd.ClientError, rpc.AioRpcError) as exc:
@@ -261,30 +281,41 @@ class EtcdElector(Elector):
             self._resign.clear()
             await asyncio.sleep(pause)
 
-    async def _session(self) -> None:
+    async def _session(self) -> bool:
         """One lease: register, campaign, lead or wait for the leader to go; ends when the lease
-        cannot be trusted any more (or this replica resigns)."""
+        cannot be trusted any more (or this replica resigns). Whether it ended a term of ours."""
         await self._revoke_stale()
-        asked = asyncio.get_running_loop().time()
+        asked = time.monotonic()
         granted = await self._call(self.client.leasestub.LeaseGrant, rpc.LeaseGrantRequest(TTL=self.ttl, ID=0))
         lease_id, ttl = granted.ID, max(granted.TTL, 2)
         self.lease_id = lease_id
         over = asyncio.Event()
         why: list[str] = []
-        keepalive = asyncio.create_task(self._keepalive(lease_id, ttl, asked, over, why), name="leader-lease")
+
+        def ended(reason: str) -> None:  # the keeper's thread stopped renewing (run on this loop)
+            why.append(reason)
+            over.set()
+
+        keeper = LeaseKeeper(self.store.new_client, lease_id, ttl, asked, ended)
+        keeper.start()
+        self._keeper = keeper
+        keepalive = asyncio.create_task(self._watch_lease(keeper, over, why), name="leader-lease")
         try:
             await self._register(lease_id)
             while not over.is_set() and not self._resign.is_set():
                 won, revision = await self._campaign(lease_id)
                 if won:
                     await self._lead(revision, over, why)
-                    return
+                    return True
                 self._settled.set()
                 await self._wait_for_vacancy(revision, over)
+            return False
         finally:
             keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keepalive
+            self._keeper = None
+            await keeper.stop()
             self._stale_leases.add(lease_id)
             with contextlib.suppress(Exception):
                 await self._revoke(lease_id)  # the keys go at once: another replica may lead now
@@ -345,6 +376,11 @@ class EtcdElector(Elector):
                 log.info("leadership_released", instance=self.instance_id, term=revision)
             else:
                 log.warning("leadership_lost", instance=self.instance_id, term=revision, reason=reason)
+            # The session's end revokes the lease, and another replica may win at once: not before
+            # this term's leader components have stopped (bounded: the lease expires anyway).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.ttl):
+                    await term.released.wait()
 
     async def _wait_for_vacancy(self, revision: int, over: asyncio.Event) -> None:
         """Until the leader key is deleted (its lease expired or was revoked), or our session ends."""
@@ -367,52 +403,196 @@ class EtcdElector(Elector):
             with contextlib.suppress(Exception):
                 await watch.cancel()
 
-    async def _keepalive(self, lease_id: int, ttl: int, confirmed: float, over: asyncio.Event, why: list[str]) -> None:
-        """Refresh the lease every ttl / 3 on one stream; end the session (``over``) when etcd says the
-        lease expired, or when no refresh sent in the last ttl / 2 was answered: from then on another
-        replica may win within ttl / 2, and this one must have stopped leading first. (Times are the
-        event loop's clock, which is monotonic.)"""
-        loop = asyncio.get_running_loop()
-        interval, margin = ttl / 3, ttl / 2
-        deadline = confirmed + margin
+    async def _watch_lease(self, keeper: LeaseKeeper, over: asyncio.Event, why: list[str]) -> None:
+        """The event loop's side of the lease: tick the keeper's heartbeat (the proof that this
+        loop makes progress), and end the session (``over``) once the lease can no longer be
+        trusted (``keeper.lapsed``), whoever notices first: this loop or the keeper's thread."""
+        last = time.monotonic()
         try:
             while True:
-                requests: asyncio.Queue[Any] = asyncio.Queue()
-
-                async def outgoing(queue: asyncio.Queue[Any] = requests) -> AsyncIterator[Any]:
-                    while True:
-                        yield await queue.get()
-
-                try:
-                    async with asyncio.timeout_at(deadline) as budget:
-                        await self.client.connect()
-                        call = self.client.leasestub.LeaseKeepAlive(outgoing(), metadata=self.client.metadata)
-                        try:
-                            while True:
-                                sent = loop.time()
-                                requests.put_nowait(rpc.LeaseKeepAliveRequest(ID=lease_id))
-                                reply = await call.read()
-                                if reply is grpc.aio.EOF:
-                                    raise ConnectionError("the keepalive stream ended")
-                                if reply.TTL <= 0:
-                                    why.append("the lease expired in etcd")
-                                    return
-                                deadline = sent + margin
-                                budget.reschedule(deadline)
-                                await asyncio.sleep(interval)
-                        finally:
-                            call.cancel()
-                except TimeoutError:
-                    why.append(f"no lease keepalive answered for {margin:g}s (etcd unreachable?)")
+                now = time.monotonic()
+                if now - last > self.ttl / 2:
+                    # What lost the lease before keepalives had a thread of their own.
+                    log.warning("event_loop_stalled", instance=self.instance_id, seconds=round(now - last, 2))
+                keeper.beat(now)
+                reason = keeper.lapsed(now, stalled=now - last)
+                if reason:
+                    why.append(reason)
                     return
-                except (aetcd.ClientError, rpc.AioRpcError, ConnectionError) as exc:
-                    if loop.time() >= deadline:
-                        why.append(f"lease keepalive failing: {_details(exc)}")
-                        return
-                    log.debug("leader_keepalive_retry", error=_details(exc))
-                    await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
+                last = now
+                await asyncio.sleep(keeper.tick)
         finally:
             over.set()
+
+
+class LeaseKeeper:
+    """Keeps one lease alive from a thread of its own, while this process's event loop is alive.
+
+    The keepalives do not queue behind the event loop's work (uploads, insight waves, decoding):
+    the thread runs its own event loop and its own etcd client (gRPC channel), and shares nothing
+    with the main loop but a few numbers behind a lock. The main loop proves it is alive by
+    ``beat()`` every ``tick``; once it has not for ``stall_limit`` (TTL - TTL / 6) the thread stops
+    renewing, so a process whose loop is stuck (deadlocked, or busy for that long) still loses
+    leadership and its lease expires.
+
+    ``lapsed()`` says whether the lease can no longer be trusted, and why: the thread stopped
+    renewing (the loop stalled, etcd said the lease expired), or no keepalive sent in the last
+    TTL / 2 was answered. etcd expires a lease no earlier than TTL after the last keepalive it
+    received, so a term ended then has TTL / 2 to stop its leader components before another
+    replica can win. Times are ``time.monotonic()`` (which asyncio's loops use as well)."""
+
+    def __init__(
+        self,
+        new_client: Callable[[], Any],
+        lease_id: int,
+        ttl: int,
+        confirmed: float,
+        on_end: Callable[[str], None],
+    ) -> None:
+        self.lease_id = lease_id
+        self.interval = ttl / 3  # between keepalives
+        self.margin = ttl / 2  # a keepalive answered keeps the lease trusted this long after it was sent
+        self.stall_limit = ttl - ttl / 6  # no heartbeat from the main loop for this long: stop renewing
+        self.tick = ttl / 12  # the main loop's heartbeat, and how often the thread looks at it
+        self._new_client = new_client
+        self._main = asyncio.get_running_loop()
+        self._on_end = on_end
+        self._lock = threading.Lock()
+        self._heartbeat = time.monotonic()
+        self._trusted_until = confirmed + self.margin
+        self._ended = ""  # why the thread stopped renewing
+        self._stopping = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._thread = threading.Thread(target=self._thread_main, name=f"leader-lease-{lease_id:x}", daemon=True)
+
+    # -- the main loop's side ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Stop renewing and wait (bounded) for the thread to close its client."""
+        self._stopping.set()  # seen within a tick, even if the thread has not started its loop yet
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None:
+            with contextlib.suppress(RuntimeError):  # its loop has finished already
+                loop.call_soon_threadsafe(task.cancel)
+        if self._thread.is_alive():
+            await asyncio.to_thread(self._thread.join, REVOKE_TIMEOUT)
+
+    def beat(self, now: float) -> None:
+        with self._lock:
+            self._heartbeat = now
+
+    def lapsed(self, now: float, *, stalled: float = 0.0) -> str:
+        """Why the lease can no longer be trusted, or "" while it can. ``stalled``: how long this
+        loop went without a heartbeat before ``now`` (said in the reason when the loop, not etcd,
+        kept the keepalives from being sent or read)."""
+        with self._lock:
+            if self._ended:
+                return self._ended
+            if now <= self._trusted_until:
+                return ""
+        if stalled > self.margin:
+            return (
+                f"this process's event loop stalled for {stalled:.1f}s and no lease keepalive was answered "
+                f"for {self.margin:g}s meanwhile"
+            )
+        return _unanswered(self.margin)
+
+    # -- the thread's side ------------------------------------------------------------------------
+
+    def _thread_main(self) -> None:
+        asyncio.run(self._run())
+
+    async def _run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        client = self._new_client()
+        try:
+            await self._keep(client)
+        except asyncio.CancelledError:
+            pass  # stopped by the main loop
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close(), REVOKE_TIMEOUT)
+
+    def _end(self, reason: str) -> None:
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = reason
+        with contextlib.suppress(RuntimeError):  # the main loop is closed: nobody to tell
+            self._main.call_soon_threadsafe(self._on_end, reason)
+
+    def _stalled(self) -> float:
+        """How long the main loop has gone without a heartbeat, when longer than the limit; else 0."""
+        with self._lock:
+            age = time.monotonic() - self._heartbeat
+        return age if age > self.stall_limit else 0.0
+
+    async def _keep(self, client: Any) -> None:
+        """Send a keepalive every ``interval`` on one stream while the main loop beats; stop renewing
+        (``_end``) when it has not beaten for ``stall_limit``, when etcd says the lease expired, or
+        when no keepalive sent in the last ``margin`` was answered."""
+        while not self._stopping.is_set():
+            requests: asyncio.Queue[Any] = asyncio.Queue()
+
+            async def outgoing(queue: asyncio.Queue[Any] = requests) -> AsyncIterator[Any]:
+                while True:
+                    yield await queue.get()
+
+            try:
+                await client.connect()
+                call = client.leasestub.LeaseKeepAlive(outgoing(), metadata=client.metadata)
+                try:
+                    next_send = 0.0
+                    while not self._stopping.is_set():
+                        stalled = self._stalled()
+                        if stalled:
+                            self._end(
+                                f"this process's event loop stalled for {stalled:.1f}s (longer than "
+                                f"{self.stall_limit:.2g}s): the lease keepalives stopped"
+                            )
+                            return
+                        sent = time.monotonic()
+                        if sent < next_send:  # between keepalives, the heartbeat is watched every tick
+                            await asyncio.sleep(min(self.tick, next_send - sent))
+                            continue
+                        with self._lock:
+                            deadline = self._trusted_until
+                        if sent >= deadline:
+                            self._end(_unanswered(self.margin))
+                            return
+                        requests.put_nowait(rpc.LeaseKeepAliveRequest(ID=self.lease_id))
+                        async with asyncio.timeout_at(deadline):
+                            reply = await call.read()
+                        if reply is grpc.aio.EOF:
+                            raise ConnectionError("the keepalive stream ended")
+                        if reply.TTL <= 0:
+                            self._end("the lease expired in etcd")
+                            return
+                        with self._lock:
+                            self._trusted_until = max(self._trusted_until, sent + self.margin)
+                        next_send = sent + self.interval
+                finally:
+                    call.cancel()
+            except TimeoutError:
+                self._end(_unanswered(self.margin))
+                return
+            except (aetcd.ClientError, rpc.AioRpcError, ConnectionError) as exc:
+                with self._lock:
+                    deadline = self._trusted_until
+                if time.monotonic() >= deadline:
+                    self._end(f"lease keepalive failing: {_details(exc)}")
+                    return
+                log.debug("leader_keepalive_retry", error=_details(exc))
+                await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+
+def _unanswered(margin: float) -> str:
+    return f"no lease keepalive answered for {margin:g}s (etcd unreachable?)"
 
 
 def _details(exc: BaseException) -> str:

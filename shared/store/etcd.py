@@ -404,7 +404,7 @@ class EtcdStore(Store):
                 f"etcd over TLS takes one endpoint (got {self._where()}): give one DNS name that resolves "
                 "to every member and that every member's certificate holds"
             )
-        token = None
+        token, password = None, ""
         if access.username:
             password = access.password
             if access.password_file:
@@ -412,16 +412,16 @@ class EtcdStore(Store):
             token = _Token(access.username, password, rpc_timeout)
             if tls is None:
                 log.warning("etcd_password_in_clear", endpoints=self._where(), hint="give etcd's CA: etcd_ca_file")
-        self._client = _Client(
-            host,
-            port,
-            tls=tls,
-            token=token,
-            timeout=rpc_timeout,
-            # Pages are bounded by READ_CHUNK, but a chunk of large records (Dataplane
-            # insights, secrets) can pass gRPC's default 4 MiB receive limit.
-            options={"grpc.max_receive_message_length": 64 << 20},
-        )
+        # Pages are bounded by READ_CHUNK, but a chunk of large records (Dataplane insights,
+        # secrets) can pass gRPC's default 4 MiB receive limit.
+        options = {"grpc.max_receive_message_length": 64 << 20}
+        self._client = _Client(host, port, tls=tls, token=token, timeout=rpc_timeout, options=options)
+
+        def another_client() -> _Client:
+            login = _Token(access.username, password, rpc_timeout) if token is not None else None
+            return _Client(host, port, tls=tls, token=login, timeout=rpc_timeout, options=options)
+
+        self._another_client = another_client
         self._hub = EventHub()
         self._watch_task: asyncio.Task[None] | None = None
         self._closed = False
@@ -453,6 +453,12 @@ class EtcdStore(Store):
     def client(self) -> Any:
         """The aetcd client, for components that need more of etcd (leases, leader election)."""
         return self._client
+
+    def new_client(self) -> Any:
+        """Another aetcd client to the same etcd with the same TLS and login, on a gRPC channel of
+        its own: for another thread's event loop (the leader lease keepalive), which must share
+        nothing with this one's."""
+        return self._another_client()
 
     def fenced(self, fence: Fence) -> Store:
         """This store, with every write guarded by ``fence`` (``NotLeader`` once the term ended)."""

@@ -3,6 +3,7 @@ use it: global's upload handler and a zone's download handler, over memory store
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import prometheus_client
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from kds_harness import running_global
+from zonemesh.global_cp.kds_server import TURN_EVERY
 from zonemesh.proto import kds_pb2
 from zonemesh.shared.config import Config
 from zonemesh.shared.kds.codec import to_wire
@@ -341,3 +343,52 @@ def test_an_older_peer_reads_a_nack_naming_resources_as_a_nack() -> None:
     # and today's code reads an older peer's NACK (no rejected: nothing was applied) as such
     from_old = kds_pb2.Ack.FromString(OldAck(nonce="n2", nack=True, error="e").SerializeToString())
     assert (from_old.nonce, from_old.nack, list(from_old.rejected)) == ("n2", True, [])
+
+
+class LoopTurns:
+    """Counts the turns other tasks get on the event loop while it is entered: none means the
+    loop was held from start to end (a zone's whole upload checked in one go)."""
+
+    def __init__(self) -> None:
+        self.turns = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _count(self) -> None:
+        while True:
+            await asyncio.sleep(0)
+            self.turns += 1
+
+    async def __aenter__(self) -> LoopTurns:
+        self._task = asyncio.create_task(self._count())
+        await asyncio.sleep(0)  # started
+        self.turns = 0
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+async def test_a_large_upload_and_its_welcome_let_the_event_loop_run(tmp_path: Path) -> None:
+    """Global's loop also serves every other zone's stream and the leader's work: checking a zone's
+    upload of 1,000 resources, and hashing what it holds from a zone for the Welcome, take turns."""
+    store = MemoryStore()  # answers without a turn of the loop: only the handler's own turns count
+    await ResourceManager(store, mode=Mode.GLOBAL).ensure_default_mesh()
+    async with running_global(tmp_path, store) as (kds, _):
+        assert kds.server is not None
+        upload = changes("Dataplane", *(dataplane(f"dp-{i}") for i in range(1000)))
+        async with LoopTurns() as applying:
+            assert await kds.server._apply_upload("zone-1", upload) == []
+        assert len((await store.list("Dataplane")).items) == 1000
+        assert applying.turns >= 1000 // TURN_EVERY - 1
+
+        removals = tuple(kds_pb2.ResourceKey(type="Dataplane", mesh="default", name=f"dp-{i}") for i in range(500))
+        async with LoopTurns() as removing:
+            assert await kds.server._apply_upload("zone-1", changes("Dataplane", removals=removals)) == []
+        assert len((await store.list("Dataplane")).items) == 500
+        assert removing.turns >= 500 // TURN_EVERY - 1
+
+        async with LoopTurns() as welcoming:
+            have = await kds.server._held_from("zone-1")
+        assert len(have) == 500 and all(key.startswith("Dataplane") for key in have)
+        assert welcoming.turns >= 500 // TURN_EVERY - 1
