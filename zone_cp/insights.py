@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from zonemesh.shared.aio import cancel_and_wait
 from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.model import Resource, format_time, now
 from zonemesh.shared.store import AlreadyExists, Conflict, NotFound, Store
@@ -417,9 +418,7 @@ class InsightRecorder:
         try:
             yield self
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait([task])
             # This instance stops serving: every stream it held is disconnected.
             for state in self._proxies.values():
                 for sub in state.subscriptions:
@@ -503,9 +502,7 @@ class StreamFinalizer:
         try:
             yield self
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait([task])
 
 
 @contextlib.asynccontextmanager
