@@ -41,6 +41,7 @@ import datetime as dt
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from cryptography import x509
@@ -257,6 +258,8 @@ class Reconciler:
         # mesh -> (dataplanes generation, local endpoints): recomputed only after a Dataplane change.
         self._dp_generation: dict[str, int] = {}
         self._endpoints: dict[str, tuple[int, dict[str, list[Endpoint]]]] = {}
+        # mesh -> Dataplane name -> its shape (MeshContext.shapes): serialized once per Dataplane version.
+        self._shapes: dict[str, dict[str, tuple[Resource, Any, str]]] = {}
         self._connected: dict[tuple[str, str], int] = {}  # (mesh, name) -> open streams
         self._pending = _Pending()
         self._wake = asyncio.Event()
@@ -488,6 +491,7 @@ class Reconciler:
         if remove:
             by_name.pop(dp.name, None)
             gateways.discard(dp.name)
+            self._shapes.get(dp.mesh, {}).pop(dp.name, None)
         else:
             by_name[dp.name] = dp
             if is_builtin(dp):
@@ -569,6 +573,7 @@ class Reconciler:
             certs,
             cross=self.cross_zone.get(mesh_name),
             endpoints=self._local_endpoints(mesh_name),
+            shapes=self._shapes.setdefault(mesh_name, {}),
         )
         # Proxies are pushed in slices of YIELD_EVERY seconds of generation, then the loop runs:
         # it starts the slice's writes, then handles the ACKs that came meanwhile. A yield after
