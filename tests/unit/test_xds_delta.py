@@ -400,3 +400,33 @@ async def test_a_stream_that_subscribes_to_too_many_names_is_ended(ads: Ads, mon
     assert status is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "more than 5 resources of endpoints subscribed" in await envoy.call.details()
     assert [e["count"] for e in logs if e["event"] == "xds_too_many_subscriptions"] == [6]
+
+
+def test_a_new_snapshot_looks_only_at_the_types_whose_version_changed() -> None:
+    """An open watch was answered "nothing to send" against the snapshot it waits on; a new
+    snapshot re-examines it only for a type whose version moved (a mesh-wide route change looks
+    at each proxy's routes, not at its clusters and endpoints too), and still answers those."""
+    from zonemesh.zone_cp.xds.cache import DeltaWatchRequest, DeltaWatchResponse
+
+    examined: list[str] = []
+
+    class Counting(SnapshotCache):
+        @staticmethod
+        def _answer_delta(request: DeltaWatchRequest, respond: Any, snap: Snapshot) -> bool:
+            examined.append(request.type_url)
+            return SnapshotCache._answer_delta(request, respond, snap)
+
+    cache = Counting()
+    first = snapshot({"a": 1, "b": 1})
+    cache.set_snapshot(NODE, first)
+    got: list[DeltaWatchResponse] = []
+    for type_url in (CLUSTER, ENDPOINT):
+        known = dict(first.types[type_url].versions)
+        cache.create_delta_watch(DeltaWatchRequest(NODE, type_url, True, frozenset(), known), got.append)
+    assert got == [] and examined == [CLUSTER, ENDPOINT]  # both have everything: both wait
+    examined.clear()
+    cache.set_snapshot(NODE, snapshot({"a": 1, "b": 1}))  # the same resources, another round
+    assert examined == [] and got == []
+    cache.set_snapshot(NODE, snapshot({"a": 1, "b": 2}, eds={"a": 8080, "b": 8080}))  # a cluster changed
+    assert examined == [CLUSTER]
+    assert [(r.type_url, [name for name, _, _ in r.resources]) for r in got] == [(CLUSTER, ["b"])]

@@ -179,6 +179,22 @@ async def test_a_service_policy_regenerates_only_its_proxies(zone: Zone) -> None
     assert sorted(await zone.settle()) == ["default/backend-1", "default/backend-2"]
 
 
+async def test_a_policy_on_requests_to_one_service_regenerates_only_its_callers(zone: Zone) -> None:
+    """Top-level Mesh selects every proxy, but its only entry configures requests to db: the
+    callers of db (web-1, backend-1) are all whose config can change (test_xds_affected.py)."""
+    await zone.connect(*[dp.name for dp in ALL])
+    await zone.settle()
+    to_db = policy("MeshTimeout", "to-db", {"kind": "Mesh"})
+    to_db.spec["to"][0]["targetRef"] = {"kind": "MeshService", "name": "db"}
+    await zone.manager.apply(to_db)
+    assert sorted(await zone.settle()) == ["default/backend-1", "default/web-1"]
+    to_db.spec["to"][0]["targetRef"] = {"kind": "MeshService", "name": "backend"}  # retargeted
+    await zone.manager.apply(to_db)
+    assert sorted(await zone.settle()) == ["default/backend-1", "default/web-1"]  # db's callers, then backend's
+    await zone.manager.delete("MeshTimeout", "to-db", "default")
+    assert sorted(await zone.settle()) == ["default/web-1"]
+
+
 async def test_a_new_instance_regenerates_itself_and_its_consumers_only(zone: Zone) -> None:
     await zone.connect(*[dp.name for dp in ALL], "db-2")
     await zone.settle()

@@ -589,3 +589,57 @@ spec:
     assert [c.connect_timeout.seconds for c in local] == [9, 0, 0]  # type: ignore[union-attr]
     listeners = [r.get(LISTENER, f"inbound:127.0.0.{i}:20000") for i, r in ((1, web0), (2, web1), (3, admin))]
     assert [x.per_connection_buffer_limit_bytes.value for x in listeners] == [1024, 0, 0]  # type: ignore[union-attr]
+
+
+async def test_an_unchanged_proxys_shape_is_kept_across_rounds_and_recomputed_when_it_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reconciler keeps each proxy's shape between rounds (MeshContext.shapes): the next
+    round does not serialize it again unless the Dataplane or what policies select on changed,
+    and the config is what a round without it gives."""
+    import dataclasses
+
+    from zonemesh.zone_cp.xds import generators
+    from zonemesh.zone_cp.xds.context import WorkloadCert, shape
+    from zonemesh.zone_cp.xds.testing import TestCA, load_resources
+
+    computed: list[str] = []
+
+    def counting(dp: Resource, *args: object) -> str:
+        computed.append(dp.name)
+        return shape(dp, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(generators, "shape", counting)
+    mesh = next(r for r in load_resources(PORTS_YAML) if r.type == "Mesh")
+    web = _web("web-1", "127.0.0.1", [8080, 9090])
+    kept: dict[str, tuple[Resource, object, str]] = {}
+    ca = TestCA()
+    certs = {s: WorkloadCert(*await ca.workload_cert("default", s)) for s in ("web", "web-metrics", "api")}
+
+    def round_of(dp: Resource, policies: list[Resource] = []) -> dict[str, dict[str, bytes]]:  # noqa: B006
+        kept_ctx = MeshContext.build(mesh, [dp, _api()], policies, certs=certs, shapes=kept)
+        fresh = MeshContext.build(mesh, [dp, _api()], policies, certs=certs)
+        together = _encoded(generators.generate(kept_ctx, dp))
+        assert together == _encoded(generators.generate(fresh, dp))
+        return together
+
+    round_of(web)
+    assert computed == ["web-1", "web-1"]  # the round keeping shapes, and the fresh one
+    computed.clear()
+    round_of(web)
+    assert computed == ["web-1"]  # only the fresh one
+    computed.clear()
+    moved = dataclasses.replace(web, spec={**web.spec, "networking": {**web.spec["networking"], "outbound": []}})
+    round_of(moved)  # the Dataplane changed: a new object
+    assert computed == ["web-1", "web-1"]
+    computed.clear()
+    subset = load_resources("""
+type: MeshTimeout
+mesh: default
+name: by-pod
+spec:
+  targetRef: {kind: MeshSubset, tags: {pod: web-1}}
+  from: [{targetRef: {kind: Mesh}, default: {idleTimeout: 7s}}]
+""")
+    round_of(moved, subset)  # policies select on another tag: shapes read it
+    assert computed == ["web-1", "web-1"]

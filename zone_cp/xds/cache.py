@@ -283,20 +283,37 @@ class SnapshotCache:
     _next_id: int = 0
 
     def set_snapshot(self, node: str, snapshot: Snapshot) -> None:
+        previous = self._snapshots.get(node)
         self._snapshots[node] = snapshot
+        # An open watch was answered "nothing to send" against the previous snapshot (when it was
+        # opened, or when that snapshot was set): for a type whose version (a hash of its
+        # resources' names and versions) did not change, the answer is the same. A mesh-wide
+        # change of routes thus looks at each proxy's routes only, not at its clusters,
+        # endpoints, listeners and secrets too.
+        unchanged = (
+            frozenset(
+                t
+                for t, typed in snapshot.types.items()
+                if (old := previous.types.get(t)) and old.version == typed.version
+            )
+            if previous is not None
+            else frozenset()
+        )
         watches = self._watches.get(node)
         if watches:
             # Answer in push order (clusters before listeners) so Envoy can warm them.
             for watch_id, watch in sorted(watches.items(), key=_push_rank):
-                if self._answer(watch.request, watch.respond, snapshot):
+                if watch.request.type_url not in unchanged and self._answer(watch.request, watch.respond, snapshot):
                     del watches[watch_id]
         delta = self._delta_watches.get(node)
         if delta:
             # A response may make its stream replace another of its watches (the endpoints a
             # cluster update leaves warming): answer only those still open when their turn comes.
             for delta_id, delta_watch in sorted(delta.items(), key=_push_rank):
-                if delta.get(delta_id) is delta_watch and self._answer_delta(
-                    delta_watch.request, delta_watch.respond, snapshot
+                if (
+                    delta_watch.request.type_url not in unchanged
+                    and delta.get(delta_id) is delta_watch
+                    and self._answer_delta(delta_watch.request, delta_watch.respond, snapshot)
                 ):
                     delta.pop(delta_id, None)
             if not delta and self._delta_watches.get(node) is delta:

@@ -217,6 +217,10 @@ class MeshContext:
     endpoints: Mapping[str, list[Endpoint]] = field(default_factory=dict)  # by service
     memo: dict[Any, Any] = field(default_factory=dict)  # shared pieces within one round
     cross: CrossZone | None = None  # other zones' ingresses, this zone's egress (crosszone.py)
+    # Dataplane name -> (the Dataplane, what policies selected on, its shape): kept by the
+    # reconciler across rounds (its Dataplanes are replaced on change, never changed in place),
+    # so an unchanged proxy's shape is not serialized again each round (generators.generate).
+    shapes: dict[str, tuple[Resource, Any, str]] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -228,8 +232,10 @@ class MeshContext:
         certs: Mapping[str, WorkloadCert] | None = None,
         cross: CrossZone | None = None,
         endpoints: Mapping[str, list[Endpoint]] | None = None,
+        shapes: dict[str, tuple[Resource, Any, str]] | None = None,
     ) -> MeshContext:
-        """``endpoints``: ``local_endpoints(dataplanes)`` when the caller keeps it between rounds."""
+        """``endpoints``: ``local_endpoints(dataplanes)`` when the caller keeps it between rounds;
+        ``shapes``: the proxies' shapes, when the caller keeps them between rounds."""
         dps = {dp.name: dp for dp in dataplanes}
         by_type: dict[str, list[Resource]] = {}
         for policy in sorted(policies, key=lambda p: p.name):
@@ -240,7 +246,16 @@ class MeshContext:
             if service:
                 externals.setdefault(service, es)
         local = local_endpoints(dps.values()) if endpoints is None else endpoints
-        return cls(mesh, dps, by_type, externals, dict(certs or {}), local, cross=cross)
+        return cls(
+            mesh,
+            dps,
+            by_type,
+            externals,
+            dict(certs or {}),
+            local,
+            cross=cross,
+            shapes={} if shapes is None else shapes,
+        )
 
     @property
     def name(self) -> str:

@@ -9,7 +9,9 @@ affected proxies are regenerated:
   says which CA issues the mesh's certificates and which CAs its proxies trust: shared/ca/state.py);
 - a targetRef policy change: the proxies its top-level ``targetRef`` selects, before or after
   the change (``to`` entries configure the selected clients, ``from`` entries the selected
-  servers: either way only the selected proxies' config changes);
+  servers: either way only the selected proxies' config changes); of those, when the policy
+  only configures traffic to named services (``to`` MeshService entries), only the ones that
+  may send traffic there (an outbound to one, a route sending there, the builtin gateways);
 - an ExternalService change: the proxies with an outbound to its service;
 - a Dataplane change: that proxy, plus the proxies whose outbounds target a service it serves
   (before or after the change), whose endpoints changed. Only the outbounds a proxy builds
@@ -39,13 +41,14 @@ import datetime as dt
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from cryptography import x509
 from zonemesh.shared.ca.state import STATE_TYPE
 from zonemesh.shared.resources import REGISTRY
 from zonemesh.shared.resources.model import Resource, ResourceKey
-from zonemesh.shared.resources.types.targetref import MESH_HTTP_ROUTE, top_level
+from zonemesh.shared.resources.types.targetref import MESH_HTTP_ROUTE, MESH_SERVICE, top_level
 from zonemesh.shared.store import Store
 from zonemesh.shared.store.base import Event, EventKind, Watch
 from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotBuilder, SnapshotCache
@@ -132,33 +135,80 @@ def affected_by_dataplane(before: Resource | None, after: Resource | None, consu
     return affected
 
 
-def affected_by_policy(before: Resource | None, after: Resource | None, dataplanes: Iterable[Resource]) -> set[str]:
+def affected_by_policy(
+    before: Resource | None,
+    after: Resource | None,
+    dataplanes: Sequence[Resource],
+    *,
+    consumers: Consumers | None = None,
+    routes: Iterable[Resource] = (),
+) -> set[str]:
     """A targetRef policy changed: the proxies its top-level targetRef selects, before or after
     (a ``MeshGateway`` targetRef: the builtin gateways, which MeshGateway selects them is the
     generator's business; a ``MeshHTTPRoute`` targetRef, a policy for that route's routes: every
-    proxy, which the route selects is the generator's business too)."""
+    proxy, which the route selects is the generator's business too).
+
+    Given ``consumers`` (and the mesh's ``routes``), a policy that only configures traffic to
+    named services (``policy_destinations``) narrows that to the selected proxies that may send
+    traffic there: those with an outbound to one of them, those a route sends to one of them
+    from another outbound (``affected_by_routes``), and the builtin gateways (their routes may
+    lead there). Nothing else in another proxy's config reads such a policy's entries
+    (tests/unit/test_xds_affected.py generates every proxy with and without each golden case's
+    policies and checks it)."""
     refs = [top_level(p.spec) for p in (before, after) if p is not None]
     if any(ref.get("kind") == MESH_HTTP_ROUTE for ref in refs):
         return {dp.name for dp in dataplanes}
-    return {
+    selected = {
         dp.name
         for dp in dataplanes
         if any(selects(ref, dp) or (ref.get("kind") == MESH_GATEWAY_TYPE and is_builtin(dp)) for ref in refs)
     }
+    if consumers is None:
+        return selected
+    destinations: set[str] = set()
+    for policy in (before, after):
+        found = policy_destinations(policy) if policy is not None else frozenset()
+        if found is None:
+            return selected
+        destinations |= found
+    reach = builtin_gateways(dataplanes) | affected_by_routes(destinations, routes, dataplanes, consumers)
+    for service in destinations:
+        reach.update(consumers.get(service, ()))
+    return selected & reach
+
+
+def policy_destinations(policy: Resource) -> frozenset[str] | None:
+    """The services whose outbound traffic is all ``policy`` configures: a spec of a top-level
+    targetRef and ``to`` entries each naming a MeshService (by name). None for anything else (a
+    ``from`` or ``rules`` section configures inbounds; a top-level ``default`` the whole proxy;
+    a ``to`` Mesh every outbound; a MeshService by labels is not matched by name)."""
+    if set(policy.spec) - {"targetRef", "to"}:
+        return None
+    to = policy.spec.get("to")
+    if not isinstance(to, list) or not to:
+        return None
+    names: set[str] = set()
+    for entry in to:
+        ref = entry.get("targetRef") if isinstance(entry, Mapping) else None
+        if not isinstance(ref, Mapping) or ref.get("kind") != MESH_SERVICE or not isinstance(ref.get("name"), str):
+            return None
+        names.add(ref["name"])
+    return frozenset(names)
 
 
 def affected_by_routes(
-    services: Set[str], routes: Iterable[Resource], dataplanes: Sequence[Resource]
+    services: Set[str], routes: Iterable[Resource], dataplanes: Sequence[Resource], consumers: Consumers | None = None
 ) -> set[str]:
     """Where a route (MeshHTTPRoute, MeshTCPRoute) sends traffic to one of ``services`` (a
     backend or mirror whose endpoints or settings changed): the proxies the route applies to,
-    which may have no outbound to that service."""
+    which may have no outbound to that service (given ``consumers``: of those, the ones its
+    ``to`` entries reach, as ``affected_by_policy`` narrows)."""
     affected: set[str] = set()
     for route in routes:
         plugin = ROUTE_PLUGINS.get(route.type)
         sends = plugin.destinations(route) if plugin is not None and plugin.destinations is not None else ()
         if any(dest.service in services for dest in sends):
-            affected |= affected_by_policy(None, route, dataplanes)
+            affected |= affected_by_policy(None, route, dataplanes, consumers=consumers)
     return affected
 
 
@@ -208,6 +258,8 @@ class Reconciler:
         # mesh -> (dataplanes generation, local endpoints): recomputed only after a Dataplane change.
         self._dp_generation: dict[str, int] = {}
         self._endpoints: dict[str, tuple[int, dict[str, list[Endpoint]]]] = {}
+        # mesh -> Dataplane name -> its shape (MeshContext.shapes): serialized once per Dataplane version.
+        self._shapes: dict[str, dict[str, tuple[Resource, Any, str]]] = {}
         self._connected: dict[tuple[str, str], int] = {}  # (mesh, name) -> open streams
         self._pending = _Pending()
         self._wake = asyncio.Event()
@@ -366,7 +418,13 @@ class Reconciler:
                 # Another mesh's proxies may reach it as a cross-mesh gateway.
                 self._mark_nodes(crossmesh.cross_mesh_clients(self._mirror[DATAPLANE].values()))
         elif res.type in POLICY_TYPES:
-            names = affected_by_policy(before, after, self._dataplanes(mesh))
+            names = affected_by_policy(
+                before,
+                after,
+                self._dataplanes(mesh),
+                consumers=self._consumers.get(mesh, {}),
+                routes=self._routes(mesh),
+            )
         elif res.type == EXTERNAL_SERVICE:
             names = affected_by_external_service(before, after, self._consumers.get(mesh, {}))
             names |= self._gateways.get(mesh, set())
@@ -433,6 +491,7 @@ class Reconciler:
         if remove:
             by_name.pop(dp.name, None)
             gateways.discard(dp.name)
+            self._shapes.get(dp.mesh, {}).pop(dp.name, None)
         else:
             by_name[dp.name] = dp
             if is_builtin(dp):
@@ -514,6 +573,7 @@ class Reconciler:
             certs,
             cross=self.cross_zone.get(mesh_name),
             endpoints=self._local_endpoints(mesh_name),
+            shapes=self._shapes.setdefault(mesh_name, {}),
         )
         # Proxies are pushed in slices of YIELD_EVERY seconds of generation, then the loop runs:
         # it starts the slice's writes, then handles the ACKs that came meanwhile. A yield after

@@ -98,9 +98,19 @@ def _generate_shape(ctx: MeshContext, proxy: Resource) -> _Shaped:
     return _Shaped(resources, templates, policies, _applied(ctx, proxy, policies))
 
 
-def generate(ctx: MeshContext, proxy: Resource) -> ResourceSet:
+def _shape(ctx: MeshContext, proxy: Resource) -> str:
+    """The proxy's shape, from ``ctx.shapes`` when neither it nor what policies select on changed."""
     found = policy_selectors(ctx)
-    key = ("shape", shape(proxy, found.tag_keys, found.label_keys, found.names, found.sections))
+    known = ctx.shapes.get(proxy.name)
+    if known is not None and known[0] is proxy and known[1] == found:
+        return known[2]
+    key = shape(proxy, found.tag_keys, found.label_keys, found.names, found.sections)
+    ctx.shapes[proxy.name] = (proxy, found, key)
+    return key
+
+
+def generate(ctx: MeshContext, proxy: Resource) -> ResourceSet:
+    key = ("shape", _shape(ctx, proxy))
     shaped = ctx.memo.get(key)
     if shaped is None:
         shaped = ctx.memo[key] = _generate_shape(ctx, proxy)
