@@ -1095,7 +1095,8 @@ def start_zone(args: argparse.Namespace, tmp: Path, etcd: str | None) -> tuple[l
     the zone's one etcd prefix, all serving one xDS certificate, so a proxy verifies any of them."""
     if etcd is None:
         cp = ControlPlane(tmp / "cp", profile=args.profile)
-        return [cp.start(timeout=60)], tmp / "cp" / "xds.crt"
+        cp.start(timeout=60)
+        return [cp], tmp / "cp" / "xds.crt"
     from zonemesh.zone_cp.xds.testing import self_signed_server_cert
 
     cert, key = self_signed_server_cert("127.0.0.1")
