@@ -434,9 +434,10 @@ def test_a_new_snapshot_looks_only_at_the_types_whose_version_changed() -> None:
 
 async def test_a_stream_keeps_no_per_type_copies_it_could_share(ads: Ads, monkeypatch: pytest.MonkeyPatch) -> None:
     """Per stream and type the server keeps what it needs to diff, and shares the rest: the
-    module's type URL (not each request's copy), one version per resource (``known``, no second
-    dict of what was ACKed), and what it owes and forces as one immutable set, the same object in
-    its state and in the watch it opened (the shared empty one when it owes nothing)."""
+    module's type URL (not each request's copy), the proxy's key (built once), one version per
+    resource (``known``, no second dict of what was ACKed), and what it owes and forces as one
+    immutable set, the same object in its state and in the watch it opened (the shared empty one
+    when it owes nothing)."""
     ads.cache.set_snapshot(NODE, snapshot({"a": 1, "b": 1}))
     envoy = ads.envoy()
     await envoy.send(CLUSTER)
@@ -456,6 +457,7 @@ async def test_a_stream_keeps_no_per_type_copies_it_could_share(ads: Ads, monkey
         assert not hasattr(state, "acked") and not hasattr(state, "__dict__")
         assert state.owed is state.forced is watches[type_url].force is server_module._NOTHING
         assert watches[type_url].type_url is type_url
+    assert watches[CLUSTER].node is watches[ENDPOINT].node  # the proxy's key, built once per stream
 
     # Endpoints owed after a cluster update: the watch forces the very set the state owed.
     opened: list[DeltaWatchRequest] = []
