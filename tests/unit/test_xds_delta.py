@@ -473,3 +473,27 @@ async def test_a_stream_keeps_no_per_type_copies_it_could_share(ads: Ads, monkey
     assert sent(await envoy.receive()) == {"a": sent(eds)["a"]}  # answered at once: forced
     assert [r.force for r in opened] == [{"a"}] and opened[0].force is endpoints_state.forced
     assert endpoints_state.owed is server_module._NOTHING  # sent: owed nothing again
+
+
+async def test_a_stream_outbox_hands_its_writer_every_response_in_order() -> None:
+    """The per-stream outbox (a list and a future, not an asyncio.Queue's deques and Event):
+    what was queued before the writer asked comes first, a waiting writer wakes on the next put,
+    and a writer cancelled while waiting leaves nothing behind."""
+    outbox = server_module._Outbox()
+    outbox.put_nowait(b"1")
+    outbox.put_nowait(b"2")
+    assert [await outbox.get(), await outbox.get()] == [b"1", b"2"]
+    waiting = asyncio.create_task(outbox.get())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    outbox.put_nowait(b"3")
+    outbox.put_nowait(b"4")
+    assert await asyncio.wait_for(waiting, 2.0) == b"3"
+    assert await outbox.get() == b"4" and outbox.qsize() == 0
+    cancelled = asyncio.create_task(outbox.get())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    outbox.put_nowait(b"5")
+    assert await asyncio.wait_for(outbox.get(), 2.0) == b"5"
