@@ -77,6 +77,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -337,12 +338,33 @@ class ControlPlane(ControlPlaneProcess):
 
     profile: Path | None = None
     store_args: list[str] = field(default_factory=list)
+    tracemalloc: Path | None = None  # under bench/cp_tracemalloc.py: SIGUSR1 writes PATH.<k>
 
     def __post_init__(self) -> None:
         store = self.store_args or ["--store", "sqlite"]
         self.args = ["--mode", "standalone", *store, "--log-level", "warning"]
         if self.profile is not None:
             self.python_args = ["-m", "cProfile", "-o", str(self.profile)]
+        elif self.tracemalloc is not None:
+            self.python_args = [str(Path(__file__).with_name("cp_tracemalloc.py")), str(self.tracemalloc)]
+        self._traces = 0
+
+    def trace(self) -> Path | None:
+        """With ``tracemalloc``: the CP's allocation snapshot now (its file), else None."""
+        if self.tracemalloc is None or self.process is None:
+            return None
+        self._traces += 1
+        path = Path(f"{self.tracemalloc}.{self._traces}")
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 120
+        size = -1
+        while time.monotonic() < deadline:  # written when its size stops growing
+            time.sleep(1.0)
+            now = path.stat().st_size if path.exists() else -1
+            if now > 0 and now == size:
+                return path
+            size = now
+        raise RuntimeError(f"no tracemalloc snapshot in {path}")
 
     @property
     def stats(self) -> ProcessStats:
@@ -943,6 +965,24 @@ def wait_until(workers: Workers, key: str, count: int, timeout: float) -> bool:
     return False
 
 
+def print_trace_diff(before: Path | None, after: Path | None, n: int, top: int = 30) -> None:
+    """What the CP allocated between two tracemalloc snapshots, per proxy, biggest first (by
+    source line, then by the last frames of the biggest tracebacks)."""
+    if before is None or after is None:
+        return
+    old, new = tracemalloc.Snapshot.load(str(before)), tracemalloc.Snapshot.load(str(after))
+    total = sum(stat.size_diff for stat in new.compare_to(old, "filename"))
+    print(f"tracemalloc: {total / n / 1024:.1f} KB per proxy traced (Python allocations)")
+    for stat in new.compare_to(old, "lineno")[:top]:
+        frame = stat.traceback[0]
+        print(f"  {stat.size_diff / n:8.0f} B/proxy {stat.count_diff / n:6.1f} blocks  {frame.filename}:{frame.lineno}")
+    print("biggest by traceback:")
+    for stat in new.compare_to(old, "traceback")[:12]:
+        print(f"  {stat.size_diff / n:8.0f} B/proxy {stat.count_diff / n:6.1f} blocks")
+        for line in stat.traceback.format(limit=6):
+            print(f"      {line}")
+
+
 def wait_idle(stats: ProcessStats, args: argparse.Namespace) -> tuple[float, float, bool]:
     """Until the server's CPU grew by at most --idle-share of one core over --idle-window seconds."""
     return stats.wait_idle(args.idle_window, args.idle_window * args.idle_share, args.idle_timeout)
@@ -1094,7 +1134,7 @@ def start_zone(args: argparse.Namespace, tmp: Path, etcd: str | None) -> tuple[l
     one process with its own self-signed xDS certificate. etcd: ``--zone-replicas`` processes on
     the zone's one etcd prefix, all serving one xDS certificate, so a proxy verifies any of them."""
     if etcd is None:
-        cp = ControlPlane(tmp / "cp", profile=args.profile)
+        cp = ControlPlane(tmp / "cp", profile=args.profile, tracemalloc=args.tracemalloc)
         cp.start(timeout=60)
         return [cp], tmp / "cp" / "xds.crt"
     from zonemesh.zone_cp.xds.testing import self_signed_server_cert
@@ -1109,7 +1149,12 @@ def start_zone(args: argparse.Namespace, tmp: Path, etcd: str | None) -> tuple[l
         "--xds-tls-cert-file", str(cert_file), "--xds-tls-key-file", str(key_file),
     ]  # fmt: skip
     cps = [
-        ControlPlane(tmp / f"cp-{r}", profile=args.profile if r == 0 else None, store_args=store)
+        ControlPlane(
+            tmp / f"cp-{r}",
+            profile=args.profile if r == 0 else None,
+            tracemalloc=args.tracemalloc if r == 0 else None,
+            store_args=store,
+        )
         for r in range(args.zone_replicas)
     ]
     for cp in cps:
@@ -1152,6 +1197,7 @@ def run_control_plane(
         register_s = time.monotonic() - started
         wait_idle(stats, args)
         rss_registered = stats.rss_kb()
+        trace_registered = cp.trace()
 
         print(f"connecting {n} {args.protocol} ADS streams at once ...", flush=True)
         spy = start_spy(cp, args.spy, "storm")
@@ -1161,6 +1207,7 @@ def run_control_plane(
             raise RuntimeError(f"connect storm: {storm['configured']}/{n} configured within {args.storm_timeout} s")
         wait_idle(stats, args)  # insight batches, allocator
         rss_connected = stats.rss_kb()
+        print_trace_diff(trace_registered, cp.trace(), n)
         metrics_storm = metrics()
         snapshot = workers.call("snapshot", [None] * args.workers)[0]
 
@@ -1452,6 +1499,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: 50 proxies, 2 changes, 3 s idle window")
     parser.add_argument("--no-floor", action="store_true", help="skip the floor (no ratios)")
     parser.add_argument("--profile", type=Path, help="run the CP under cProfile, writing this file")
+    parser.add_argument(
+        "--tracemalloc", type=Path, help="trace the CP's allocations: print per proxy what its streams allocated"
+    )
     parser.add_argument("--spy", type=Path, help="py-spy the CP (collapsed stacks in PATH.storm, PATH.changes)")
     parser.add_argument("--profile-clients", type=Path, help="cProfile each worker, writing PATH.<pid>")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data dir (CP log)")

@@ -67,7 +67,7 @@ def bounded_error(error: str, limit: int = MAX_ERROR) -> str:
     return error[:head] + marker + error[-tail:]
 
 
-@dataclass
+@dataclass(slots=True)  # one per type per proxy
 class _TypeStats:
     acked: int = 0
     rejected: int = 0

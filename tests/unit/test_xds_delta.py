@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY as METRICS
 from zonemesh.shared.config import Config
 from zonemesh.shared.store import Store
 from zonemesh.zone_cp.xds import server as server_module
-from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotCache, TypeSnapshot, resource_version
+from zonemesh.zone_cp.xds.cache import DeltaWatchRequest, Snapshot, SnapshotCache, TypeSnapshot, resource_version
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, encode_any
 from zonemesh.zone_cp.xds.server import Admission, Callbacks, StreamInfo, XdsServer
@@ -430,3 +430,70 @@ def test_a_new_snapshot_looks_only_at_the_types_whose_version_changed() -> None:
     cache.set_snapshot(NODE, snapshot({"a": 1, "b": 2}, eds={"a": 8080, "b": 8080}))  # a cluster changed
     assert examined == [CLUSTER]
     assert [(r.type_url, [name for name, _, _ in r.resources]) for r in got] == [(CLUSTER, ["b"])]
+
+
+async def test_a_stream_keeps_no_per_type_copies_it_could_share(ads: Ads, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per stream and type the server keeps what it needs to diff, and shares the rest: the
+    module's type URL (not each request's copy), the proxy's key (built once), one version per
+    resource (``known``, no second dict of what was ACKed), and what it owes and forces as one
+    immutable set, the same object in its state and in the watch it opened (the shared empty one
+    when it owes nothing)."""
+    ads.cache.set_snapshot(NODE, snapshot({"a": 1, "b": 1}))
+    envoy = ads.envoy()
+    await envoy.send(CLUSTER)
+    cds = await envoy.receive()
+    await envoy.send(ENDPOINT, subscribe=["a", "b"])
+    eds = await envoy.receive()
+    await envoy.ack(cds)
+    await envoy.ack(eds)
+    assert await envoy.nothing()
+
+    (stream,) = ads.server.servicer._streams.values()
+    assert isinstance(stream, server_module._DeltaStream)
+    assert [t for t in stream.types if t is CLUSTER or t is ENDPOINT] == [CLUSTER, ENDPOINT]
+    watches = {w.request.type_url: w.request for w in ads.cache._delta_watches[NODE].values()}
+    for type_url, state in stream.types.items():
+        assert state.known == sent(cds if type_url == CLUSTER else eds)
+        assert not hasattr(state, "acked") and not hasattr(state, "__dict__")
+        assert state.owed is state.forced is watches[type_url].force is server_module._NOTHING
+        assert watches[type_url].type_url is type_url
+    assert watches[CLUSTER].node is watches[ENDPOINT].node  # the proxy's key, built once per stream
+
+    # Endpoints owed after a cluster update: the watch forces the very set the state owed.
+    opened: list[DeltaWatchRequest] = []
+    create = ads.cache.create_delta_watch
+
+    def recording(request: DeltaWatchRequest, respond: Any) -> Any:
+        opened.append(request)
+        return create(request, respond)
+
+    monkeypatch.setattr(ads.cache, "create_delta_watch", recording)
+    endpoints_state = stream.types[ENDPOINT]
+    stream._owe_endpoints(["a"])
+    assert sent(await envoy.receive()) == {"a": sent(eds)["a"]}  # answered at once: forced
+    assert [r.force for r in opened] == [{"a"}] and opened[0].force is endpoints_state.forced
+    assert endpoints_state.owed is server_module._NOTHING  # sent: owed nothing again
+
+
+async def test_a_stream_outbox_hands_its_writer_every_response_in_order() -> None:
+    """The per-stream outbox (a list and a future, not an asyncio.Queue's deques and Event):
+    what was queued before the writer asked comes first, a waiting writer wakes on the next put,
+    and a writer cancelled while waiting leaves nothing behind."""
+    outbox = server_module._Outbox()
+    outbox.put_nowait(b"1")
+    outbox.put_nowait(b"2")
+    assert [await outbox.get(), await outbox.get()] == [b"1", b"2"]
+    waiting = asyncio.create_task(outbox.get())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    outbox.put_nowait(b"3")
+    outbox.put_nowait(b"4")
+    assert await asyncio.wait_for(waiting, 2.0) == b"3"
+    assert await outbox.get() == b"4" and outbox.qsize() == 0
+    cancelled = asyncio.create_task(outbox.get())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    outbox.put_nowait(b"5")
+    assert await asyncio.wait_for(outbox.get(), 2.0) == b"5"

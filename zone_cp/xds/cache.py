@@ -14,11 +14,12 @@ resources whose version differs, and the names it has that are gone.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
 import structlog
 from google.protobuf.message import Message
@@ -254,17 +255,30 @@ def _noop() -> None:
     return None
 
 
-@dataclass
+def _cancel(by_node: dict[str, dict[int, _W]], node: str, watch_id: int) -> None:
+    """Stop watch ``watch_id`` of ``node``. A partial of this is the cancel function a watch
+    returns: smaller than a closure (with its cells), and there is one per open watch."""
+    watches = by_node.get(node)
+    if watches is not None:
+        watches.pop(watch_id, None)
+        if not watches:
+            del by_node[node]
+
+
+# One per open watch, every type of every stream: slots.
+@dataclass(slots=True)
 class _Watch:
     request: WatchRequest
     respond: Respond
 
 
-@dataclass
+@dataclass(slots=True)
 class _DeltaWatch:
     request: DeltaWatchRequest
     respond: DeltaRespond
 
+
+_W = TypeVar("_W", "_Watch", "_DeltaWatch")
 
 _PUSH_RANK = {type_url: rank for rank, type_url in enumerate(PUSH_ORDER)}
 
@@ -335,15 +349,7 @@ class SnapshotCache:
         self._next_id += 1
         watch_id = self._next_id
         self._watches.setdefault(request.node, {})[watch_id] = _Watch(request, respond)
-
-        def cancel() -> None:
-            watches = self._watches.get(request.node)
-            if watches is not None:
-                watches.pop(watch_id, None)
-                if not watches:
-                    del self._watches[request.node]
-
-        return cancel
+        return functools.partial(_cancel, self._watches, request.node, watch_id)
 
     def create_delta_watch(self, request: DeltaWatchRequest, respond: DeltaRespond) -> Cancel:
         snapshot = self._snapshots.get(request.node)
@@ -352,15 +358,7 @@ class SnapshotCache:
         self._next_id += 1
         watch_id = self._next_id
         self._delta_watches.setdefault(request.node, {})[watch_id] = _DeltaWatch(request, respond)
-
-        def cancel() -> None:
-            watches = self._delta_watches.get(request.node)
-            if watches is not None:
-                watches.pop(watch_id, None)
-                if not watches:
-                    del self._delta_watches[request.node]
-
-        return cancel
+        return functools.partial(_cancel, self._delta_watches, request.node, watch_id)
 
     @staticmethod
     def _answer_delta(request: DeltaWatchRequest, respond: DeltaRespond, snapshot: Snapshot) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 
 from zonemesh.shared.resources.schema import MESH_NAME, FieldError, check_name
 
@@ -22,9 +23,10 @@ class ProxyIdentity:
     name: str
     proxy_type: ProxyType = ProxyType.DATAPLANE
 
-    @property
+    @cached_property
     def key(self) -> str:
-        """The snapshot cache key. Resource names may contain dots but never a slash."""
+        """The snapshot cache key. Resource names may contain dots but never a slash. Built once:
+        a stream names its proxy by it in every watch, ACK and insight it keeps."""
         if self.proxy_type is ProxyType.DATAPLANE:
             return node_key(self.mesh, self.name)
         return zone_proxy_key(self.proxy_type, self.name)

@@ -296,6 +296,34 @@ def _sent_counters(type_url: str, protocol: str) -> tuple[Any, Any]:
     return XDS_RESOURCES_SENT.labels(type_url=type_url, protocol=protocol), XDS_RESPONSE_BYTES.labels(protocol)
 
 
+class _Outbox:
+    """The responses a stream's writer has yet to write, in order. An ``asyncio.Queue`` is three
+    deques and an Event (~3 KB) per stream; this is a list and, while the writer waits, a future."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[bytes] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: bytes) -> None:
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> bytes:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+
 class _StreamBase:
     """What an ADS stream has whichever its protocol: who it is, its outbox, how it ends."""
 
@@ -306,7 +334,7 @@ class _StreamBase:
         self.admission = admission
         self.watcher = watcher
         self.callbacks = callbacks
-        self.outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self.outbox = _Outbox()
         # Set (status, reason) when the stream must end from the outside: its credential no longer holds.
         self.ended: asyncio.Future[tuple[grpc.StatusCode, str]] = asyncio.get_running_loop().create_future()
         self._nonces = itertools.count(1)
@@ -448,9 +476,10 @@ MAX_SUBSCRIBED = 100_000
 
 # Subscribing to this name (or unsubscribing from it) turns the wildcard on (off).
 WILDCARD = "*"
+_TYPE_URLS = {type_url: type_url for type_url in SHORT_NAMES}
 
 
-@dataclass
+@dataclass(slots=True)
 class _Sent:
     """One delta response until the proxy answers it: what it carried."""
 
@@ -460,17 +489,25 @@ class _Sent:
     changed_at: float | None
 
 
-@dataclass
+# What a stream owes or forces when it owes nothing: one object for every stream and type (an
+# empty frozenset built from an empty set is a new 216-byte object each time).
+_NOTHING: frozenset[str] = frozenset()
+
+
+# One per type per stream, thousands of them: slots, and nothing kept that is not read. What the
+# proxy ACKed is not kept apart from ``known`` (no per-stream copy of every resource's version).
+@dataclass(slots=True)
 class _DeltaTypeState:
     wildcard: bool = False
-    names: frozenset[str] = frozenset()  # subscribed by name
+    names: frozenset[str] = _NOTHING  # subscribed by name
     # Per resource, the version the proxy has as far as the server knows: ACKed, sent and not
     # answered yet, or refused (never re-sent at that version). What the diffs are taken against.
     known: dict[str, str] = field(default_factory=dict)
-    acked: dict[str, str] = field(default_factory=dict)  # per resource, the last version the proxy ACKed
     unanswered: dict[str, _Sent] = field(default_factory=dict)  # by nonce
-    owed: set[str] = field(default_factory=set)  # EDS: endpoints to send even unchanged (clusters warm on them)
-    forced: frozenset[str] = frozenset()  # the owed names the open watch was opened with
+    # EDS: endpoints to send even unchanged (clusters warm on them). Immutable, so that the open
+    # watch takes it as it is (``forced``) instead of a copy per watch.
+    owed: frozenset[str] = _NOTHING
+    forced: frozenset[str] = _NOTHING  # the owed names the open watch was opened with
     watching: bool = False  # a watch is open, waiting for a change
     cancel: Cancel | None = None
 
@@ -489,18 +526,19 @@ class _DeltaStream(_StreamBase):
         self._warming: set[str] = set()
 
     async def handle(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
-        type_url = request.type_url
         if self.ended.done():
             return
-        if type_url not in SHORT_NAMES:
-            log.warning("xds_unknown_type", proxy=self.info.identity.key, type_url=type_url)
+        # The module's own string, not the request's copy: the stream keeps it (its states' key,
+        # its watches) for as long as it lives.
+        type_url = _TYPE_URLS.get(request.type_url)
+        if type_url is None:
+            log.warning("xds_unknown_type", proxy=self.info.identity.key, type_url=request.type_url)
             return
         state = self.types.get(type_url)
         fresh = state is None
         if state is None:
             # The first request of a type says what the proxy has (after a reconnect): not re-sent.
-            initial = dict(request.initial_resource_versions)
-            state = self.types[type_url] = _DeltaTypeState(known=initial, acked=dict(initial))
+            state = self.types[type_url] = _DeltaTypeState(known=dict(request.initial_resource_versions))
         if request.response_nonce:
             sent = state.unanswered.pop(request.response_nonce, None)
             if sent is None:
@@ -508,10 +546,6 @@ class _DeltaStream(_StreamBase):
             elif request.HasField("error_detail"):
                 await self._nacked(type_url, sent, request.error_detail.message)
             else:
-                for name, version in sent.versions.items():
-                    state.acked[name] = version
-                for name in sent.removed:
-                    state.acked.pop(name, None)
                 await self._acked(type_url, sent)
             if self.ended.done():
                 return
@@ -525,7 +559,7 @@ class _DeltaStream(_StreamBase):
             )
             return
         if fresh and type_url == ENDPOINT and self._warming:
-            state.owed = {name for name in self._warming if state.wildcard or name in state.names}
+            state.owed = frozenset(name for name in self._warming if state.wildcard or name in state.names) or _NOTHING
             self._warming.clear()
         # A fresh wildcard subscription waits for a first response (Envoy's initialization), even
         # an empty one; one that names what it has (a reconnect) only for what differs.
@@ -556,14 +590,14 @@ class _DeltaStream(_StreamBase):
                 state.known[name] = ""  # still wanted through the wildcard: sent again, or removed
             else:
                 state.known.pop(name, None)
-                state.acked.pop(name, None)
-                state.owed.discard(name)
-        state.names = frozenset(names)
+                if name in state.owed:
+                    state.owed = state.owed - {name} or _NOTHING
+        state.names = frozenset(names) or _NOTHING
 
     def _watch(self, type_url: str, state: _DeltaTypeState, reply_if_empty: bool = False) -> None:
         if state.cancel is not None:
             state.cancel()
-        state.forced = frozenset(state.owed)
+        state.forced = state.owed
         request = DeltaWatchRequest(
             self.info.identity.key, type_url, state.wildcard, state.names, state.known, state.forced, reply_if_empty
         )
@@ -580,7 +614,8 @@ class _DeltaStream(_StreamBase):
         state.known.update(versions)
         for name in resp.removed:
             state.known.pop(name, None)
-        state.owed -= state.forced  # sent now, or no longer in the snapshot
+        if state.forced:  # sent now, or no longer in the snapshot
+            state.owed = state.owed - state.forced or _NOTHING
         if len(state.unanswered) >= MAX_UNANSWERED:
             del state.unanswered[next(iter(state.unanswered))]
         state.unanswered[nonce] = _Sent(versions, tuple(resp.removed), resp.system_version, resp.changed_at)
@@ -598,7 +633,7 @@ class _DeltaStream(_StreamBase):
         owed = {name for name in clusters if state.wildcard or name in state.names}
         if not owed:
             return
-        state.owed |= owed
+        state.owed = state.owed | owed
         if state.watching:  # else the next EDS request (the ACK of the one on its way) opens a watch
             self._watch(ENDPOINT, state)
 
