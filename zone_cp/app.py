@@ -216,7 +216,7 @@ def assemble(config: Config) -> Assembly:
             *([] if federated else [Component("mesh-ca", mesh_ca_keeper.component, leader=True)]),
             side.run,
             Component("zone-ingress-services", ingress.component(view), leader=True),
-            Component("zone-insight-finalizer", insights.finalizer_component, leader=True),
+            Component("zone-insight-finalizer", insights.finalizer_component(view), leader=True),
         ],
         routes=[
             *dataplane_tokens.routes(),

@@ -443,6 +443,8 @@ def _envoy_version(node: Any) -> str:
 # -- streams of replicas that died -------------------------------------------------------------
 
 FINALIZE_INTERVAL = 5.0
+# A sweep when nothing seems to have changed, in case a write of a dying replica landed late.
+FINALIZE_EVERY = 60.0
 # What the streams of a zone's proxies are recorded in (each replica records the streams it holds).
 STREAM_INSIGHTS = ("DataplaneInsight", "ZoneIngressInsight", "ZoneEgressInsight")
 
@@ -463,36 +465,68 @@ def close_dead_streams(spec: dict[str, Any], alive: set[str], closed: str) -> di
 class StreamFinalizer:
     """Leader-only on a zone: closes the subscriptions that replicas which are no longer alive (a
     replica killed, or this one's previous run) left open, so their proxies show offline until they
-    reconnect to a live replica. Live replicas' streams are theirs to record."""
+    reconnect to a live replica. Live replicas' streams are theirs to record.
 
-    def __init__(self, store: Any, members: Callable[[], Any], zone: str, interval: float = FINALIZE_INTERVAL) -> None:
+    It reads the insights from ``view`` (the zone's in-memory view: nothing decoded again) and
+    writes through ``store`` (the leader's fenced store). A sweep reads every insight of the zone,
+    so it runs only when there can be something to close: at start, when the set of live replicas
+    changed, after a sweep whose write lost a race, and every ``FINALIZE_EVERY`` seconds; a zone
+    whose replicas stay up does no work proportional to its proxies."""
+
+    def __init__(
+        self,
+        store: Any,
+        members: Callable[[], Any],
+        zone: str,
+        interval: float = FINALIZE_INTERVAL,
+        *,
+        view: Any = None,
+    ) -> None:
         self.store = store
+        self.view = store if view is None else view
         self.members = members
         self.zone = zone
         self.interval = interval
+        self.sweeps = 0  # (tests, diagnostics)
+        self.incomplete = False  # the last sweep lost a race: the next round looks again
 
-    async def sweep(self) -> int:
-        alive = set(await self.members())
+    async def sweep(self, alive: set[str] | None = None) -> int:
+        """Close what dead replicas left open; the number of insights written. Raises nothing for
+        an insight that changed meanwhile: ``self.incomplete`` says the next round must look again."""
+        if alive is None:
+            alive = set(await self.members())
+        self.sweeps += 1
+        self.incomplete = False
         closed = 0
         for rtype in STREAM_INSIGHTS:
-            for res in (await self.store.list(rtype)).items:
+            for res in (await self.view.list(rtype)).items:
                 if rtype != "DataplaneInsight" and not is_local(res, self.zone):
                     continue  # another zone's ingress, as global pushed it
                 spec = close_dead_streams(res.spec, alive, format_time(now()) or "")
                 if spec is None:
                     continue
-                with contextlib.suppress(Conflict, NotFound):  # changed meanwhile: the next sweep looks again
+                try:
                     await self.store.update(dataclasses.replace(res, spec=spec))
                     closed += 1
+                except (Conflict, NotFound):  # changed meanwhile (or the view is behind): look again
+                    self.incomplete = True
         if closed:
             log.info("dead_streams_closed", zone=self.zone, insights=closed)
         return closed
 
     async def _loop(self) -> None:
+        swept_for: frozenset[str] | None = None
+        last = -FINALIZE_EVERY
         while True:
             try:
-                await self.sweep()
+                alive = frozenset(await self.members())
+                due = time.monotonic() - last >= FINALIZE_EVERY
+                if alive != swept_for or due:
+                    last = time.monotonic()
+                    await self.sweep(set(alive))
+                    swept_for = None if self.incomplete else alive
             except Exception as exc:
+                swept_for = None
                 log.warning("stream_insight_sweep_failed", zone=self.zone, error=str(exc))
             await asyncio.sleep(self.interval)
 
@@ -505,11 +539,16 @@ class StreamFinalizer:
             await cancel_and_wait([task])
 
 
-@contextlib.asynccontextmanager
-async def finalizer_component(cp: Any) -> AsyncIterator[StreamFinalizer]:
-    """The zone's ``zone-insight-finalizer`` leader component (zone_cp/app.py)."""
-    async with StreamFinalizer(cp.leader_store, cp.elector.members, cp.config.zone or "default").running() as fin:
-        yield fin
+def finalizer_component(view: Any) -> Callable[[Any], contextlib.AbstractAsyncContextManager[StreamFinalizer]]:
+    """The zone's ``zone-insight-finalizer`` leader component (zone_cp/app.py), reading ``view``."""
+
+    @contextlib.asynccontextmanager
+    async def component(cp: Any) -> AsyncIterator[StreamFinalizer]:
+        finalizer = StreamFinalizer(cp.leader_store, cp.elector.members, cp.config.zone or "default", view=view)
+        async with finalizer.running():
+            yield finalizer
+
+    return component
 
 
 # --- ZoneIngressInsight / ZoneEgressInsight ------------------------------------------------------

@@ -462,3 +462,43 @@ async def test_the_egress_follows_a_load_balancing_strategy_change(zone: Zone) -
     await zone.idle()
     assert priorities() == [(0, "zone-3"), (1, "zone-2")]
     call.cancel()
+
+
+# --- issue 19: nothing proportional to the proxies while nothing changes -----------------------
+
+
+async def test_the_finalizer_reads_every_insight_only_when_the_live_replicas_change() -> None:
+    """A sweep reads every insight of the zone: it runs at start, when the set of live replicas
+    changes, and after a sweep that lost a race, not every interval while the replicas stay up."""
+    store = MemoryStore()
+    left_open = insight("DataplaneInsight", "web-1", online=True)
+    left_open.mesh = "default"
+    await store.create(left_open)
+    alive = {"cp"}  # the instance that holds web-1's stream
+    calls = 0
+
+    async def members() -> set[str]:
+        nonlocal calls
+        calls += 1
+        return set(alive)
+
+    async def rounds(n: int) -> None:
+        start = calls
+        for _ in range(2000):  # bounded: each round calls members() once
+            if calls >= start + n:
+                return
+            await asyncio.sleep(0.001)
+        raise AssertionError("the finalizer's loop did not run")
+
+    finalizer = StreamFinalizer(store, members, ZONE, interval=0.001)
+    async with finalizer.running():
+        await rounds(5)
+        assert finalizer.sweeps == 1  # at start only
+        alive.add("cp-2")  # a replica joins: the set changed, nothing to close
+        await rounds(5)
+        assert finalizer.sweeps == 2
+        assert is_online(await store.get("DataplaneInsight", "web-1", "default"))
+        alive.discard("cp")  # the replica that held web-1's stream is gone
+        await rounds(5)
+        assert finalizer.sweeps == 3
+    assert not is_online(await store.get("DataplaneInsight", "web-1", "default"))
