@@ -30,10 +30,11 @@ from test_license_processes import (
     Zone,
     license_of,
     metric,
+    new_issuer,
     register,
+    stop_all,
     zone_process,
 )
-from zonemesh.shared.license.keys import generate_keypair, load_private_key
 
 from zonemesh.testing import ControlPlaneProcess, free_port, http, wait_until
 
@@ -66,19 +67,14 @@ class Replica:
 @pytest.fixture
 def signer(tmp_path: Path) -> Issuer:
     """A license issuer whose public key the replicas trust."""
-    private_pem, public_pem = generate_keypair()
-    public_path = tmp_path / "issuer.pub"
-    public_path.write_bytes(public_pem)
-    return Issuer(load_private_key(private_pem, "test"), public_path)
+    return new_issuer(tmp_path)
 
 
 @pytest.fixture
 def started() -> Any:
     processes: list[ControlPlaneProcess] = []
     yield processes
-    for cp in reversed(processes):
-        if cp.process is not None and cp.process.poll() is None:
-            cp.stop()
+    stop_all(processes)
 
 
 def replicas(

@@ -55,12 +55,24 @@ class Issuer:
         return path
 
 
-@pytest.fixture
-def issuer(tmp_path: Path) -> Issuer:
+def new_issuer(tmp_path: Path) -> Issuer:
+    """A license issuer whose public key (in ``tmp_path``) the control planes are given."""
     private_pem, public_pem = generate_keypair()
     public_path = tmp_path / "issuer.pub"
     public_path.write_bytes(public_pem)
     return Issuer(load_private_key(private_pem, "test"), public_path)
+
+
+def stop_all(processes: list[ControlPlaneProcess]) -> None:
+    """Stop the processes still running, last started first (a test's clean-up)."""
+    for cp in reversed(processes):
+        if cp.process is not None and cp.process.poll() is None:
+            cp.stop()
+
+
+@pytest.fixture
+def issuer(tmp_path: Path) -> Issuer:
+    return new_issuer(tmp_path)
 
 
 def global_process(
@@ -223,9 +235,7 @@ def federation(
 
 
 def zmctl(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        python_module("zonemesh.ctl", *args), cwd=cwd, capture_output=True, text=True, timeout=60
-    )
+    return subprocess.run(python_module("zonemesh.ctl", *args), cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
 def wait_exit(cp: ControlPlaneProcess, timeout: float = WAIT) -> int:

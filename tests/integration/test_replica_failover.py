@@ -21,8 +21,7 @@ from typing import Any
 import pytest
 from conftest import EtcdServer, _healthy, find_etcd_binary
 from test_global_replicas import Replica
-from test_license_processes import WAIT, Issuer, Zone, register
-from zonemesh.shared.license.keys import generate_keypair, load_private_key
+from test_license_processes import WAIT, Issuer, Zone, new_issuer, register, stop_all
 from zonemesh.shared.tls import ensure_self_signed
 
 from zonemesh.testing import ControlPlaneProcess, free_port, http, wait_until
@@ -33,19 +32,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.etcd]
 @pytest.fixture
 def signer(tmp_path: Path) -> Issuer:
     """A license issuer whose public key the replicas trust."""
-    private_pem, public_pem = generate_keypair()
-    public_path = tmp_path / "issuer.pub"
-    public_path.write_bytes(public_pem)
-    return Issuer(load_private_key(private_pem, "test"), public_path)
+    return new_issuer(tmp_path)
 
 
 @pytest.fixture
 def started() -> Any:
     processes: list[ControlPlaneProcess] = []
     yield processes
-    for cp in reversed(processes):
-        if cp.process is not None and cp.process.poll() is None:
-            cp.stop()
+    stop_all(processes)
 
 
 @dataclass

@@ -23,8 +23,17 @@ from typing import Any
 
 import pytest
 from conftest import EtcdServer
-from test_license_processes import WAIT, Issuer, Zone, global_process, license_of, metric, register
-from zonemesh.shared.license.keys import generate_keypair, load_private_key
+from test_license_processes import (
+    WAIT,
+    Issuer,
+    Zone,
+    global_process,
+    license_of,
+    metric,
+    new_issuer,
+    register,
+    stop_all,
+)
 
 from zonemesh.testing import ControlPlaneProcess, free_port, http, wait_until
 
@@ -37,19 +46,14 @@ ZONE = "zone-1"
 @pytest.fixture
 def signer(tmp_path: Path) -> Issuer:
     """A license issuer whose public key global trusts."""
-    private_pem, public_pem = generate_keypair()
-    public_path = tmp_path / "issuer.pub"
-    public_path.write_bytes(public_pem)
-    return Issuer(load_private_key(private_pem, "test"), public_path)
+    return new_issuer(tmp_path)
 
 
 @pytest.fixture
 def started() -> Any:
     processes: list[ControlPlaneProcess] = []
     yield processes
-    for cp in reversed(processes):
-        if cp.process is not None and cp.process.poll() is None:
-            cp.stop()
+    stop_all(processes)
 
 
 def zone_replica(
