@@ -680,9 +680,11 @@ class Bench:
                 print(json.dumps(result), flush=True)
 
     def global_log_problems(self) -> dict[str, Any]:
-        """Global's warning and error events (its JSON log), counted by name."""
+        """Global's warning and error events (its JSON log), counted by name; the pauses and
+        stalls that cost a leader its term, each with its time and length."""
         events: dict[str, int] = {}
         first: list[str] = []
+        pauses: list[dict[str, Any]] = []
         for line in self.glob.logs().splitlines():
             try:
                 entry = json.loads(line)
@@ -692,7 +694,10 @@ class Bench:
                 events[entry.get("event", "?")] = events.get(entry.get("event", "?"), 0) + 1
                 if entry.get("level") != "warning" and len(first) < 3:
                     first.append(line[:500])
-        return {"warning_and_error_events": events, "first_errors": first}
+                if entry.get("event") in ("gc_pause", "event_loop_stalled", "leadership_lost") and len(pauses) < 200:
+                    keep = ("timestamp", "event", "seconds", "generation", "tracked", "reason")
+                    pauses.append({k: entry[k] for k in keep if k in entry})
+        return {"warning_and_error_events": events, "first_errors": first, "pauses_and_stalls": pauses}
 
     async def close(self) -> None:
         for n in range(len(self.workers)):
