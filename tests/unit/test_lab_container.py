@@ -777,6 +777,22 @@ def shared_kds_cert(service: dict[str, Any]) -> bool:
     return "--shared-kds-cert" in service["command"]
 
 
+def on_etcd(service: dict[str, Any]) -> bool:
+    """A control plane on etcd: global always, a zone with --etcd-host (the HA file's zone-1)."""
+    return role(service) == "global" or (role(service) == "zone" and "--etcd-host" in service["command"])
+
+
+def etcd_clients(certs_command: list[str]) -> dict[str, str]:
+    """The certs role's further etcd client certificates: etcd user -> directory."""
+    values = [certs_command[i + 1] for i, a in enumerate(certs_command) if a == "--etcd-client"]
+    return dict(container.parse_assignments(values, "USER=DIR"))
+
+
+def client_volume(user: str) -> str:
+    """The volume of an etcd client certificate: etcd root's is etcd-auth's, zonemesh-<zone>'s the zone's."""
+    return "etcd-root-tls" if user == etcd_pki.ROOT_NAME else f"{user.removeprefix('zonemesh-')}-etcd-tls"
+
+
 def named(services: dict[str, Any], *roles: str) -> list[str]:
     return [n for n, s in services.items() if role(s) in roles]
 
@@ -801,7 +817,12 @@ def expected_mounts(name: str, service: dict[str, Any], services: dict[str, Any]
             found = {flag(command, "--etcd-dir"): "etcd-tls", flag(command, "--client-dir"): "global-etcd-tls"}
             if "--kds-dir" in command:
                 found[flag(command, "--kds-dir")] = "global-kds-tls"
+            found |= {directory: client_volume(user) for user, directory in etcd_clients(command).items()}
+            if "--xds-dir" in command:
+                found[flag(command, "--xds-dir")] = f"{flag(command, '--xds-names').split(',')[0]}-xds-tls"
             return found
+        case "etcd-auth":
+            return {str(p.etcd_tls): "etcd-root-tls"}
         case "etcd":
             return {str(p.data): f"{name}-data", str(p.etcd_tls): "etcd-tls"}
         case "global":
@@ -812,10 +833,12 @@ def expected_mounts(name: str, service: dict[str, Any], services: dict[str, Any]
                 found |= {str(p.admin): "global-admin", str(p.export): "global-ca"}
             return found
         case "zone":
-            return {
-                str(p.data): f"{zone}-data", str(p.token): f"{zone}-token", str(p.trust): "global-ca",
-                str(p.admin): f"{zone}-admin", str(p.export): f"{zone}-ca",
-            }  # fmt: skip
+            found = {str(p.data): f"{name}-data", str(p.token): f"{zone}-token", str(p.trust): "global-ca"}
+            if on_etcd(service):  # its own etcd client certificate, the xDS certificate its replicas share
+                found |= {str(p.etcd_tls): f"{zone}-etcd-tls", str(p.xds_tls): f"{zone}-xds-tls"}
+            if not replica(service):
+                found |= {str(p.admin): f"{zone}-admin", str(p.export): f"{zone}-ca"}
+            return found
         case "proxy" | "app":
             return {str(p.token): f"{token_name(service)}-token", str(p.trust): f"{zone}-ca"}
         case "init":
@@ -844,16 +867,19 @@ def test_compose_every_credential_volume_is_shared_by_its_writer_and_its_consume
     declared = set(compose["volumes"])
     assert set(mounted_by) == declared
     cps = [n for n, s in services.items() if role(s) in ("global", "zone") and not replica(s)]
+    holders: dict[str, set[str]] = {}  # a zone's token: each replica of the zone
     for name, service in services.items():
         if token := token_name(service):
-            assert mounted_by.pop(f"{token}-token") == {name, "init"}, f"{token}'s token"
+            holders.setdefault(token, set()).add(name)
         if replica(service):
             assert mounted_by.pop(f"{name}-data") == {name}
+    for token, names in holders.items():
+        assert mounted_by.pop(f"{token}-token") == {*names, "init"}, f"{token}'s token"
     for cp_name in cps:
         assert mounted_by.pop(f"{cp_name}-admin") == {cp_name, "init"}, f"{cp_name}'s admin token"
         assert mounted_by.pop(f"{cp_name}-data") == {cp_name}
         clients = {n for n, s in services.items() if (s is not services[cp_name]) and (
-            role(s) == "zone" if cp_name == "global" else zone_of(s) == cp_name)}  # fmt: skip
+            role(s) == "zone" if cp_name == "global" else zone_of(s) == cp_name and role(s) != "zone")}  # fmt: skip
         assert mounted_by.pop(f"{cp_name}-ca") == {cp_name, *clients}  # a public certificate
     members, replicas = named(services, "etcd"), named(services, "global")
     rest = {f"{m}-data": {m} for m in members} | {
@@ -862,6 +888,12 @@ def test_compose_every_credential_volume_is_shared_by_its_writer_and_its_consume
     if len(replicas) > 1:  # one KDS certificate for all (a zone verifies whichever it reaches)
         assert all(shared_kds_cert(services[r]) for r in replicas)
         rest["global-kds-tls"] = {"certs", *replicas}
+    for zone in {zone_of(s) for s in services.values() if role(s) == "zone" and on_etcd(s)}:
+        # its own etcd certificate and one xDS certificate (a proxy verifies whichever it reaches)
+        zone_replicas = {n for n in named(services, "zone") if zone_of(services[n]) == zone}
+        rest |= {f"{zone}-etcd-tls": {"certs", *zone_replicas}, f"{zone}-xds-tls": {"certs", *zone_replicas}}
+    if "etcd-auth" in services:  # etcd root's certificate: the one-shot that sets up auth, nobody else
+        rest["etcd-root-tls"] = {"certs", "etcd-auth"}
     assert mounted_by == rest
 
 
@@ -882,7 +914,7 @@ def test_compose_a_zone_s_containers_share_no_volume_with_another_zone(compose: 
 def test_compose_readers_mount_read_only(compose: dict[str, Any]) -> None:
     """A token, a certificate to trust, etcd's TLS files: the reader cannot change them (a proxy
     replacing its zone's certificate would make its neighbours trust another server)."""
-    readers = {str(IMAGE_PATHS.token), str(IMAGE_PATHS.trust), str(IMAGE_PATHS.etcd_tls), str(IMAGE_PATHS.kds_tls)}
+    readers = {str(getattr(IMAGE_PATHS, f)) for f in ("token", "trust", "etcd_tls", "kds_tls", "xds_tls")}
     for name, service in compose["services"].items():
         for target, (volume, read_only) in mounts(service).items():
             is_reader = target in readers or (role(service) == "init" and target.startswith(str(IMAGE_PATHS.admin)))
@@ -903,7 +935,8 @@ def test_compose_every_new_volume_starts_owned_by_the_zonemesh_user(compose: dic
     dockerfile = DOCKERFILE.read_text()
     assert "chown zonemesh:zonemesh $VOLUME_DIRS" in dockerfile and "chmod 0700 $VOLUME_DIRS" in dockerfile
     assert {
-        str(getattr(IMAGE_PATHS, f)) for f in ("data", "admin", "export", "trust", "token", "etcd_tls", "kds_tls")
+        str(getattr(IMAGE_PATHS, f))
+        for f in ("data", "admin", "export", "trust", "token", "etcd_tls", "kds_tls", "xds_tls")
     } <= image_dirs
     services = compose["services"]
     for name, service in services.items():
@@ -941,11 +974,19 @@ def share_a_network(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def test_compose_only_global_reaches_etcd(compose: dict[str, Any]) -> None:
-    """Only the global replicas (and the members, each other's peers) share a network with etcd."""
+    """Only the control planes on etcd (the global replicas; in the HA file zone-1's replicas too)
+    and etcd-auth share a network with etcd, and the members, each other's peers. A zone on etcd
+    reaches it on a network of its own: it shares none with global but its KDS one."""
     services = compose["services"]
     members = named(services, "etcd")
     reach = {n for n, s in services.items() if any(share_a_network(s, services[m]) for m in members)}
-    assert reach == {*members, *named(services, "global")}
+    on_etcd_cps = {n for n, s in services.items() if on_etcd(s)}
+    assert reach == {*members, *on_etcd_cps, *named(services, "etcd-auth")}
+    for zone in on_etcd_cps - set(named(services, "global")):
+        for member in members:
+            assert networks(services[zone]) & networks(services[member]) == {f"store-{zone_of(services[zone])}"}
+        for replica_name in named(services, "global"):
+            assert networks(services[zone]) & networks(services[replica_name]) == {f"control-{zone_of(services[zone])}"}
     assert services["certs"]["network_mode"] == "none"  # it talks to no one
 
 
@@ -962,14 +1003,16 @@ def test_compose_networks_let_each_service_reach_exactly_its_peers(compose: dict
         for replica_name in named(services, "global"):
             assert share_a_network(services[zone], services[replica_name]), f"{zone} -> {replica_name} KDS"
         assert share_a_network(services["init"], services[zone]), f"init -> {zone}'s API"
-        assert not any(share_a_network(services[zone], services[other]) for other in zones if other != zone)
+        others = [o for o in zones if zone_of(services[o]) != zone_of(services[zone])]
+        assert not any(share_a_network(services[zone], services[other]) for other in others)
     assert share_a_network(services["init"], services["global"])
     ingresses = {n: s for n, s in proxies.items() if role(s) == "proxy" and flag(s["command"], "--kind") == "ingress"}
     for name, proxy in proxies.items():
         zone = zone_of(proxy)
-        assert share_a_network(proxy, services[zone]), f"{name} -> {zone}'s xDS"
+        own = [n for n in zones if zone_of(services[n]) == zone]  # the zone's replicas
+        assert all(share_a_network(proxy, services[n]) for n in own), f"{name} -> {zone}'s xDS"
         for cp_name in cps:
-            if cp_name != zone:
+            if cp_name not in own:
                 assert not share_a_network(proxy, services[cp_name]), f"{name} reaches {cp_name}"
         if "--upstream-service" in proxy["command"]:
             for ingress_name, ingress in ingresses.items():
@@ -1114,18 +1157,146 @@ def test_compose_services_wait_for_what_they_need(compose: dict[str, Any]) -> No
     for name, service in services.items():
         if role(service) in ("proxy", "app"):
             assert service["depends_on"] == {zone_of(service): {"condition": "service_started"}}, name
-        if role(service) not in ("init", "certs"):
+        if role(service) not in ("init", "certs", "etcd-auth"):  # the one-shots
             assert "healthcheck" in service, f"{name} has no healthcheck"
         if role(service) in ("global", "zone"):
             assert service["hostname"] == name  # the self-signed certificates name the hostname
-        if token_name(service):  # created before init, which waits for nothing of theirs
+        if token_name(service) and not replica(service):  # created before init, which waits for nothing of theirs
             assert services["init"]["depends_on"][name] == {"condition": "service_started"}, name
     assert services["init"]["depends_on"]["global"] == {"condition": "service_healthy"}
     healthy = {"condition": "service_healthy"}
     replicas = named(services, "global")
+    # With etcd auth, a control plane on etcd starts once etcd-auth has set up its user and enabled
+    # auth (before that, its certificate would be taken with no role at all).
+    auth = {"etcd-auth": {"condition": "service_completed_successfully"}} if "etcd-auth" in services else {}
     for zone in flag(services["init"]["command"], "--zones").split(","):
-        assert services[zone]["depends_on"] == dict.fromkeys(replicas, healthy)
-    assert services["global"]["depends_on"] == dict.fromkeys(named(services, "etcd"), healthy)
+        expected = dict.fromkeys(replicas, healthy) | (auth if on_etcd(services[zone]) else {})
+        assert services[zone]["depends_on"] == expected, zone
+    assert services["global"]["depends_on"] == dict.fromkeys(named(services, "etcd"), healthy) | auth
     for name in replicas[1:]:  # after global, which fills the store on its first start
         assert services[name]["depends_on"] == {"global": healthy}
+    for name in named(services, "zone"):  # a zone's further replicas: after its first, likewise
+        if replica(services[name]):
+            assert services[name]["depends_on"] == {zone_of(services[name]): healthy}, name
+    if auth:  # once every member is up: the users and roles are the cluster's
+        assert services["etcd-auth"]["depends_on"] == dict.fromkeys(named(services, "etcd"), healthy)
     assert services["init"]["restart"] == services["certs"]["restart"] == "no"
+    assert services.get("etcd-auth", {"restart": "no"})["restart"] == "no"
+
+
+# --- the HA file's zone-1 replicas and etcd auth -------------------------------------------------
+
+
+def ha_services() -> dict[str, Any]:
+    return merge_compose(CONFIGURATIONS["ha"])["services"]
+
+
+def cp_config(service: dict[str, Any]) -> cfg.Config:
+    run = container.role_cp_argv(role_args(service), IMAGE_PATHS)
+    return cfg.load(cp.build_parser().parse_args(cp_args(run)), env={})
+
+
+def grants_of(service: dict[str, Any]) -> dict[str, str]:
+    command = service["command"]
+    values = [command[i + 1] for i, a in enumerate(command) if a == "--grant"]
+    return dict(container.parse_assignments(values, "USER=PREFIX"))
+
+
+def test_compose_ha_runs_zone_1_as_two_replicas_on_etcd_under_its_own_etcd_user() -> None:
+    """zone-1: two replicas (the same --zone, store, prefix, etcd certificate and xDS certificate,
+    both given both global replicas), on the etcd cluster global uses, at a prefix of its own and as
+    an etcd user of its own (its certificate's common name), whose role etcd-auth limits to that
+    prefix; global's user to global's. zone-2 stays one process on SQLite."""
+    services = ha_services()
+    zone_1 = [n for n in named(services, "zone") if zone_of(services[n]) == "zone-1"]
+    assert zone_1 == ["zone-1", "zone-1-2"]
+    assert [replica(services[n]) for n in zone_1] == [False, True]
+    configs = {n: cp_config(services[n]) for n in [*zone_1, *named(services, "global"), "zone-2"]}
+    assert configs["zone-2"].store == "sqlite"
+    first, second = (configs[n] for n in zone_1)
+    assert first.store == "etcd" and first.mode == "zone" and first.zone == "zone-1"
+    assert dataclasses.replace(first, data_dir="") == dataclasses.replace(second, data_dir="")  # but /data
+    assert first.etcd_prefix == "/zonemesh-zone-1" and configs["global"].etcd_prefix == "/zonemesh"
+    assert first.etcd_endpoints == configs["global"].etcd_endpoints  # the one etcd cluster
+    assert first.global_address == "grpcs://global:5685,grpcs://global-2:5685"
+    assert (first.xds_tls_cert_file, first.xds_tls_key_file) == tuple(map(str, IMAGE_PATHS.xds()))
+    # The etcd users: each CP's certificate's common name, granted exactly its own prefix + "/".
+    certs = services["certs"]["command"]
+    clients = etcd_clients(certs)
+    assert set(clients) == {etcd_pki.zone_client_name("zone-1"), etcd_pki.ROOT_NAME}
+    grants = grants_of(services["etcd-auth"])
+    assert grants == {etcd_pki.CLIENT_NAME: "/zonemesh/", etcd_pki.zone_client_name("zone-1"): "/zonemesh-zone-1/"}
+    assert grants[etcd_pki.CLIENT_NAME] == configs["global"].etcd_prefix + "/"
+    assert grants[etcd_pki.zone_client_name("zone-1")] == first.etcd_prefix + "/"
+    assert not any(a != b and b.startswith(a) for a in grants.values() for b in grants.values())  # disjoint
+    # etcd-auth dials the cluster at the name the CPs dial, as root (its certificate), over TLS.
+    args = role_args(services["etcd-auth"])
+    assert f"{args.etcd_host}:{container.ETCD_PORT}" == first.etcd_endpoints
+    argv = container.etcdctl_argv("/bin/etcdctl", IMAGE_PATHS, first.etcd_endpoints)
+    assert f"--cert={IMAGE_PATHS.etcd_client()[0]}" in argv and argv[1] == f"--endpoints=https://{first.etcd_endpoints}"
+    commands = container.etcd_auth_commands(list(grants.items()))
+    assert commands[:2] == [["user", "add", "root", "--no-password"], ["user", "grant-role", "root", "root"]]
+    assert commands[-1] == ["auth", "enable"]  # last: every user has its role before auth is on
+    for user, prefix in grants.items():
+        assert ["role", "grant-permission", user, "--prefix=true", "readwrite", prefix] in commands
+        assert ["user", "add", user, "--no-password"] in commands  # a certificate, never a password
+    # The xDS certificate both replicas serve names the hosts zone-1's proxies dial; zone-1 exports it.
+    assert flag(certs, "--xds-names").split(",") == [services[n]["hostname"] for n in zone_1]
+    served, exported = container.exported_certificate("zone", "zone-1", IMAGE_PATHS, shared_xds_cert=True)
+    assert str(served) == first.xds_tls_cert_file and exported == IMAGE_PATHS.export / "zone-1-xds.crt"
+
+
+def test_compose_ha_zone_1_proxies_are_given_both_replicas() -> None:
+    services = ha_services()
+    replicas = [services[n]["hostname"] for n in named(services, "zone") if zone_of(services[n]) == "zone-1"]
+    proxies = [n for n, s in services.items() if role(s) in ("proxy", "app") and zone_of(s) == "zone-1"]
+    assert sorted(proxies) == ["backend-zone-1", "egress-zone-1", "frontend", "ingress-zone-1"]
+    for name in proxies:
+        args = role_args(services[name])
+        assert container.split_names(args.cp_hosts) == replicas, name
+        argv = container.dp_argv("zone-1", name, {}, IMAGE_PATHS, cp_hosts=container.split_names(args.cp_hosts))
+        assert flag(argv, "--cp-address") == "https://zone-1:5678,https://zone-1-2:5678"
+    base = merge_compose(CONFIGURATIONS["base"])["services"]
+    for name in proxies:  # the rest of each command as in the base file
+        command = services[name]["command"]
+        assert command[: command.index("--cp-hosts")] == base[name]["command"], name
+
+
+def test_etcd_auth_refuses_a_prefix_that_would_cover_another() -> None:
+    with pytest.raises(ContainerError, match="must start and end with '/'"):
+        container.etcd_auth_commands([("zonemesh-global", "/zonemesh")])  # would cover /zonemesh-zone-1/
+    with pytest.raises(ContainerError, match="given twice, or root"):
+        container.etcd_auth_commands([("root", "/x/")])
+    with pytest.raises(ContainerError, match="expected USER=PREFIX"):
+        container.parse_assignments(["zonemesh-global"], "USER=PREFIX")
+
+
+def test_certs_role_writes_each_etcd_user_its_client_certificate_and_the_zone_s_xds_certificate(
+    tmp_path: Path,
+) -> None:
+    etcd_dir, client_dir = make_volumes(tmp_path)
+    zone_dir, root_dir, xds_dir = (tmp_path / d for d in ("zone-1-etcd-tls", "etcd-root-tls", "zone-1-xds-tls"))
+    for d in (zone_dir, root_dir, xds_dir):
+        d.mkdir(mode=0o700)
+    argv = ["certs", "--etcd-dir", str(etcd_dir), "--client-dir", str(client_dir), "--etcd-names", "etcd",
+            "--etcd-client", f"zonemesh-zone-1={zone_dir}", "--etcd-client", f"root={root_dir}",
+            "--xds-dir", str(xds_dir), "--xds-names", "zone-1,zone-1-2"]  # fmt: skip
+    assert run_role(*argv) == 0
+    ca = x509.load_pem_x509_certificate((etcd_dir / "ca.crt").read_bytes())
+    for directory, user in ((client_dir, "zonemesh-global"), (zone_dir, "zonemesh-zone-1"), (root_dir, "root")):
+        assert sorted(os.listdir(directory)) == ["ca.crt", "client.crt", "client.key"]
+        assert stat.S_IMODE((directory / "client.key").stat().st_mode) == 0o600
+        cert = x509.load_pem_x509_certificate((directory / "client.crt").read_bytes())
+        cert.verify_directly_issued_by(ca)
+        assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == user  # its etcd user
+    xds = x509.load_pem_x509_certificate((xds_dir / "xds.crt").read_bytes())
+    san = xds.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["zone-1", "zone-1-2"]
+    before = {p: p.read_bytes() for d in (etcd_dir, client_dir, zone_dir, root_dir, xds_dir) for p in d.iterdir()}
+    assert run_role(*argv) == 0  # every `up`: kept
+    assert {p: p.read_bytes() for p in before} == before
+    # zone-1's key replaced by root's (an interrupted run): not consistent, a whole new set.
+    (zone_dir / "client.key").write_bytes((root_dir / "client.key").read_bytes())
+    assert not etcd_pki.consistent(etcd_dir, client_dir, ["etcd"], (), {"zonemesh-zone-1": zone_dir, "root": root_dir})
+    with pytest.raises(etcd_pki.PkiError, match="global's client certificate"):
+        etcd_pki.ensure(etcd_dir, client_dir, ["etcd"], (), {"zonemesh-global": zone_dir})
