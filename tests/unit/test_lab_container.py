@@ -1428,6 +1428,12 @@ async def test_real_etcd_cluster_with_the_ha_file_s_auth_runs_two_zone_1_replica
         for paths, prefix in ((zone_paths, "/zonemesh"), (global_paths, "/zonemesh-zone-1")):
             with pytest.raises(StoreError, match="may not read and write the key prefix"):
                 await EtcdStore.open(endpoint, prefix=prefix, rpc_timeout=5.0, access=access(paths))
+        # The members' peer certificate (a client certificate of the same CA too): no etcd user.
+        peer_cert, peer_key = etcd_tls / etcd_pki.PEER_CERT, etcd_tls / etcd_pki.PEER_KEY
+        peer = EtcdAccess(ca_file=str(etcd_tls / etcd_pki.CA_FILE), cert_file=str(peer_cert), key_file=str(peer_key))
+        for prefix in ("/zonemesh", "/zonemesh-zone-1"):
+            with pytest.raises(StoreError, match="may not read and write the key prefix"):
+                await EtcdStore.open(endpoint, prefix=prefix, rpc_timeout=5.0, access=peer)
         store = await EtcdStore.open(endpoint, prefix="/zonemesh", rpc_timeout=5.0, access=access(global_paths))
         try:  # global's own: what global stores on its first start
             assert await ensure_admin_token(store)
