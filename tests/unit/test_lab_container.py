@@ -1507,3 +1507,26 @@ async def test_real_etcd_cluster_with_the_ha_file_s_auth_runs_two_zone_1_replica
             for r in replicas:
                 if r.proc is not None and r.proc.poll() is None:
                     stop(r.proc)
+
+
+def test_compose_test_sh_finds_the_leader_of_each_replicated_control_plane_at_its_published_api() -> None:
+    """compose/test.sh (ZONEMESH_COMPOSE_HA=1) asks each replica's GET /status/leader at the port
+    the HA file publishes its API on, for every replica of global and of zone-1, and kills the one
+    that leads (the service name is what it gives `kill`)."""
+    script = (ROOT / "compose" / "test.sh").read_text()
+    services = ha_services()
+    variables = dict(re.findall(r'^(GLOBAL|ZONE1)="http://127\.0\.0\.1:(\$\{\w+:-\d+\})"', script, re.MULTILINE))
+    for array, control_plane in (("GLOBAL_REPLICAS", "global"), ("ZONE1_REPLICAS", "zone-1")):
+        match = re.search(rf"^{array}=\(([^)]*)\)", script, re.MULTILINE)
+        assert match, array
+        pairs = dict(re.findall(r'"([\w-]+)=([^"]+)"', match.group(1)))
+        replicas = [n for n in named(services, "global", "zone") if (zone_of(services[n]) or "global") == control_plane]
+        assert sorted(pairs) == sorted(replicas), array
+        for name, url in pairs.items():
+            url = re.sub(r"^\$(\w+)$", lambda m: f"http://127.0.0.1:{variables[m.group(1)]}", url)
+            port = url.removeprefix("http://127.0.0.1:")
+            assert f"127.0.0.1:{port}:{container.API_PORT}" in services[name]["ports"], (name, url)
+    assert (
+        'kill_leader zone-1 "${ZONE1_REPLICAS[@]}"' in script and 'kill_leader global "${GLOBAL_REPLICAS[@]}"' in script
+    )
+    assert '"${compose[@]}" kill "$leader"' in script
