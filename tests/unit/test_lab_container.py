@@ -1356,8 +1356,8 @@ class ZoneReplica:
         return None if body is None else bool(body.get("leader"))
 
 
-def run_quietly(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+def run_quietly(argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=cwd)
 
 
 def start_logged(argv: list[str], log_path: Path, cwd: Path) -> subprocess.Popen[bytes]:
@@ -1499,6 +1499,10 @@ async def test_real_etcd_cluster_with_the_ha_file_s_auth_runs_two_zone_1_replica
             leader.proc.wait(timeout=10)
             await asyncio.to_thread(wait_for, "the other zone-1 replica to lead", lambda: other.leads() is True, 30)
             assert container.health(f"http://127.0.0.1:{other.diagnostics}/ready", []) == 0
+            # What zone-1's container exports for init (its healthcheck waits for it): the admin
+            # token, read from the store with zone-1's settings, under zone-1's role.
+            read = await asyncio.to_thread(run_quietly, container.admin_token_argv(replicas[0].argv), tmp_path)
+            assert read.returncode == 0 and len(read.stdout.strip()) > 20, read.stderr[-2000:]
             for r in replicas:
                 text = r.log.read_text()
                 assert "permission denied" not in text.lower(), f"{r.name}: {text[-3000:]}"
