@@ -4,6 +4,10 @@
 #   (offline) -> up -d -> cross-zone traffic + /license
 #   -> isolation (what a container holds and reaches; etcd refuses a client without a certificate)
 #   -> restart global -> kill zone-1 && up -d zone-1 -> down && up -d (volumes kept) -> down -v.
+# ZONEMESH_COMPOSE_HA=1: the same with compose/docker-compose.ha.yaml over the base file (2 global and
+#   2 zone-1 replicas on a 3-member etcd with etcd auth), plus, before the restarts, a leader kill of
+#   zone-1 and of global: the leader found with GET /status/leader, `kill`ed, the other replica leads,
+#   traffic, fail-over and both zones online again, then the killed one back with `up -d`.
 # Every wait is bounded. Needs a working docker daemon and docker compose v2 or docker-compose v1.
 # Env: ZONEMESH_BASE_IMAGE (default: python:3.11-slim if present or pullable, else a debootstrap
 # image built here from ZONEMESH_DEBIAN_MIRROR, default http://deb.debian.org/debian),
@@ -12,11 +16,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-FILE=compose/docker-compose.yaml
+FILES=(-f compose/docker-compose.yaml)
+if [ "${ZONEMESH_COMPOSE_HA:-0}" = 1 ]; then
+  FILES+=(-f compose/docker-compose.ha.yaml)
+fi
 if docker compose version >/dev/null 2>&1; then
-  compose=(docker compose -f "$FILE")
+  compose=(docker compose "${FILES[@]}")
 elif command -v docker-compose >/dev/null 2>&1; then
-  compose=(docker-compose -f "$FILE")
+  compose=(docker-compose "${FILES[@]}")
 else
   echo "compose/test.sh: neither 'docker compose' nor 'docker-compose' is installed" >&2
   exit 1
@@ -25,6 +32,9 @@ FRONTEND="http://127.0.0.1:${ZONEMESH_FRONTEND_PORT:-17080}/"
 GLOBAL="http://127.0.0.1:${ZONEMESH_GLOBAL_API_PORT:-17681}"
 ZONE1="http://127.0.0.1:${ZONEMESH_ZONE1_API_PORT:-17682}"
 ZONE2="http://127.0.0.1:${ZONEMESH_ZONE2_API_PORT:-17683}"
+# The HA file's further replicas (docs/compose.md, Ports): service=API URL, for GET /status/leader.
+GLOBAL_REPLICAS=("global=$GLOBAL" "global-2=http://127.0.0.1:${ZONEMESH_GLOBAL2_API_PORT:-17684}")
+ZONE1_REPLICAS=("zone-1=$ZONE1" "zone-1-2=http://127.0.0.1:${ZONEMESH_ZONE1_2_API_PORT:-17685}")
 PY=${PYTHON:-python3}
 
 log() { printf '[compose/test.sh %s] %s\n' "$(date -u +%T)" "$*"; }
@@ -147,7 +157,8 @@ isolation() {
     $(addresses_of zone-2 5681 5678) <<'EOF'
 import os, socket, sys
 problems = []
-dirs = ("/token", "/trust", "/admin", "/tokens", "/export", "/etcd-tls", "/kds-tls", "/certs/etcd", "/certs/global", "/certs/kds")
+dirs = ("/token", "/trust", "/admin", "/tokens", "/export", "/etcd-tls", "/kds-tls", "/xds-tls", "/certs/etcd",
+        "/certs/global", "/certs/kds", "/certs/zone-etcd", "/certs/etcd-root", "/certs/xds")
 found = sorted(os.path.join(d, f) for d in dirs if os.path.isdir(d) for f in os.listdir(d))
 if found != ["/token/token", "/trust/zone-1-xds.crt"]:
     problems.append(f"files: {found}")
@@ -209,6 +220,60 @@ cross_zone() {
   wait_for 90 "frontend -> backend in zone-1 again" served_by zone-1
 }
 
+# leader_of SERVICE=URL...: the service whose GET /status/leader says "leader": true (exactly one).
+leader_of() {
+  local pair found=()
+  for pair in "$@"; do
+    if curl -fsS --max-time 5 "${pair#*=}/status/leader" 2>/dev/null |
+      "$PY" -c 'import json, sys; sys.exit(json.load(sys.stdin).get("leader") is not True)'; then
+      found+=("${pair%%=*}")
+    fi
+  done
+  [ "${#found[@]}" -eq 1 ] || return 1
+  echo "${found[0]}"
+}
+
+# leads_now SERVICE SERVICE=URL...: SERVICE is the one replica that leads.
+leads_now() {
+  local expected=$1
+  shift
+  [ "$(leader_of "$@")" = "$expected" ]
+}
+
+# kill_leader WHAT SERVICE=URL...: kill -9 the replica that leads (GET /status/leader); the other
+# leads, and the lab's checks pass (traffic, fail-over across zones, zones online); then the
+# killed one comes back (up -d) and the lab checks pass again.
+kill_leader() {
+  local what=$1 leader other pair start
+  shift
+  wait_for 60 "one $what replica leading" leader_of "$@"
+  leader=$(leader_of "$@")
+  for pair in "$@"; do
+    if [ "${pair%%=*}" != "$leader" ]; then other=${pair%%=*}; fi
+  done
+  log "kill the $what leader: $leader (GET /status/leader); $other should lead"
+  start=$(now)
+  timeout 60 "${compose[@]}" kill "$leader"
+  wait_for 60 "$other to lead $what" leads_now "$other" "$@"
+  log "$other leads $what $(since "$start")s after the kill of $leader"
+  wait_for 120 "traffic with $leader killed" served_by any
+  wait_for 120 "zones online at global with $leader killed" zones_online
+  cross_zone
+  timeout 300 "${compose[@]}" up -d "$leader"
+  wait_for 120 "$leader back (ready)" curl -fsS --max-time 5 "$(url_of "$leader" "$@")/license"
+  wait_for 120 "traffic after $leader came back" served_by any
+  wait_for 120 "zones online at global after $leader came back" zones_online
+}
+
+# url_of SERVICE SERVICE=URL...
+url_of() {
+  local name=$1 pair
+  shift
+  for pair in "$@"; do
+    if [ "${pair%%=*}" = "$name" ]; then echo "${pair#*=}"; fi
+  done
+}
+
 if [ -z "${ZONEMESH_BASE_IMAGE:-}" ]; then
   if docker image inspect python:3.11-slim >/dev/null 2>&1 || timeout 60 docker pull -q python:3.11-slim >/dev/null 2>&1; then
     ZONEMESH_BASE_IMAGE=python:3.11-slim
@@ -267,6 +332,13 @@ before=$(snapshot)
 echo "$before"
 if grep -q unavailable <<<"$before"; then exit 1; fi
 
+if [ "${ZONEMESH_COMPOSE_HA:-0}" = 1 ]; then
+  kill_leader zone-1 "${ZONE1_REPLICAS[@]}"
+  kill_leader global "${GLOBAL_REPLICAS[@]}"
+  wait_for 60 "the same resources after the leader kills" test "$(snapshot)" = "$before"
+  log "leader kills (zone-1, global): the other replica led, traffic and both zones online throughout: OK"
+fi
+
 log "restart global"
 start=$(now)
 timeout 120 "${compose[@]}" restart global
@@ -300,4 +372,6 @@ wait_for 120 "zones online at global after down && up -d" zones_online
 cross_zone
 wait_for 60 "the same resources after down && up -d" test "$(snapshot)" = "$before"
 
-log "PASS: compose lab (up, cross-zone traffic, /license, isolation, restart global, kill zone-1, down && up -d)"
+what="up, cross-zone traffic, /license, isolation, restart global, kill zone-1, down && up -d"
+if [ "${ZONEMESH_COMPOSE_HA:-0}" = 1 ]; then what="HA file; $what, leader kills of zone-1 and global"; fi
+log "PASS: compose lab ($what)"

@@ -39,11 +39,14 @@ log = structlog.get_logger(__name__)
 
 
 async def current_revision(store: EtcdStore) -> int:
-    """etcd's revision now (the header of a count-only read of this store's prefix)."""
+    """etcd's revision now (the header of a count-only read of one key under this store's prefix).
+
+    Under the prefix, not the prefix itself: with etcd auth, a control plane's role may read and
+    write ``{prefix}/`` only (docs/deployment.md, "etcd auth"), and ``/zonemesh`` is not in it."""
     client = store.client
     await client.connect()
     response = await client.kvstub.Range(
-        rpc.RangeRequest(key=store.prefix.encode(), count_only=True),
+        rpc.RangeRequest(key=f"{store.prefix}/".encode(), count_only=True),
         timeout=store.rpc_timeout,
         metadata=client.metadata,
     )

