@@ -55,6 +55,7 @@ class ZoneView(Store):
         self._hub = EventHub()
         self._listeners: list[Listener] = []
         self._source_watch: Watch | None = None
+        self._drained = asyncio.Event()  # set when the view has taken in all its store published
         self._task: asyncio.Task[None] | None = None
         self.events = 0  # store events taken in (tests, diagnostics)
 
@@ -82,8 +83,12 @@ class ZoneView(Store):
                 if self._apply(event):
                     self.events += 1
                     self._hub.publish([event])
+                if watch.queue.empty():
+                    self._drained.set()
         finally:
             watch.close()
+            self._source_watch = None  # stopped: nothing more will be taken in, nobody waits for it
+            self._drained.set()
 
     def _apply(self, event: Event) -> bool:
         """Take a store event in; False when it is older than what the view holds (an event queued
@@ -119,6 +124,13 @@ class ZoneView(Store):
         the view's contents and no ``await`` in between, no change is missed or seen twice."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
+
+    async def caught_up(self) -> None:
+        """Return once the view holds every change its store has published so far (a write through
+        the store returns once the store's own watch has published it: read through the view next)."""
+        while self.behind():
+            self._drained.clear()
+            await self._drained.wait()
 
     def behind(self) -> bool:
         """Has the store published changes the view has not taken in yet? (``idle()`` of readers.)"""

@@ -329,7 +329,7 @@ class Reconciler:
         while self._busy():
             self._progress.clear()
             if self.view.behind():
-                await asyncio.sleep(0)  # the view takes them in (and tells _changed) when its task runs
+                await self.view.caught_up()  # it tells _changed of each change as it takes it in
                 continue
             await self._progress.wait()
 

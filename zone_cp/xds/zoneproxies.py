@@ -252,7 +252,7 @@ class ZoneProxyReconciler:
         while self._busy():
             self._progress.clear()
             if self.view.behind() and not self._wake.is_set() and not self._rounding:
-                await asyncio.sleep(0)  # the view takes the store's changes in when its task runs
+                await self.view.caught_up()  # it tells _changed of each change as it takes it in
                 continue
             await self._progress.wait()
 
