@@ -367,8 +367,8 @@ class KdsClient:
             heartbeat_interval=(welcome.heartbeat_interval_ms or 1000) / 1000,
             heartbeat_timeout=(welcome.heartbeat_timeout_ms or 3000) / 1000,
             status=self._status,
+            outbox=lambda send: Outbox(self.snapshot, send, peer_has=dict(welcome.have), stats=stats, zone=self.zone),
         )
-        session.outbox = Outbox(self.snapshot, session.send, peer_has=dict(welcome.have), stats=stats, zone=self.zone)
         self.state.connected, self.state.connect_time = True, time.time()
         self.state.global_instance_id, self.state.last_error = welcome.global_instance_id, ""
         ZONE_ACTIVE_CONNECTIONS.labels(self.zone).inc()
@@ -380,6 +380,7 @@ class KdsClient:
             resumed=len(have),
             held_by_global=len(welcome.have),
         )
+        assert session.outbox is not None
         session.outbox.start()
         self._session = session
         watcher = asyncio.create_task(self._watch_token(session, token))
