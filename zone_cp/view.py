@@ -201,7 +201,13 @@ class ZoneView(Store):
     async def delete(self, type: str, name: str, mesh: str = "", *, version: int | None = None) -> Resource:
         raise TypeError("ZoneView is read-only: write to the store")
 
-    async def batch(self, upserts: Iterable[Resource] = (), deletes: Iterable[ResourceKey] = ()) -> None:
+    async def batch(
+        self,
+        upserts: Iterable[Resource] = (),
+        deletes: Iterable[ResourceKey] = (),
+        *,
+        expected: Mapping[ResourceKey, int] | None = None,
+    ) -> None:
         raise TypeError("ZoneView is read-only: write to the store")
 
     async def close(self) -> None:

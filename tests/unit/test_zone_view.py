@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+import structlog
 from conftest import EtcdServer
 from envoy.config.core.v3 import base_pb2
 from test_etcd_resync import mesh, revision
 from zonemesh.shared.resources.manager import ResourceManager
 from zonemesh.shared.resources.model import Resource
-from zonemesh.shared.store import EventKind
+from zonemesh.shared.store import EventKind, Store
 from zonemesh.shared.store.base import Event, Watch
 from zonemesh.shared.store.etcd import EtcdStore
 from zonemesh.shared.store.memory import MemoryStore
+from zonemesh.shared.store.sqlite import SqliteStore
 from zonemesh.zone_cp.ingress import AvailableServicesUpdater
 from zonemesh.zone_cp.insights import InsightRecorder
 from zonemesh.zone_cp.view import ZoneView
@@ -253,3 +257,52 @@ async def test_a_relist_reaches_the_xds_reconciler_through_the_view_which_is_its
         await behind.close()
         await writer.close()
         await proxy.close()
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
+async def two_replicas(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Store, Store]]:
+    """Two zone replicas' stores over one stored state (memory and SQLite: one store object)."""
+    if request.param == "memory":
+        store: Store = MemoryStore()
+        yield store, store
+    elif request.param == "sqlite":
+        sqlite = await SqliteStore.open(tmp_path / "zone.db")
+        yield sqlite, sqlite
+        await sqlite.close()
+    else:
+        etcd: EtcdServer = request.getfixturevalue("etcd_server")
+        prefix = f"/zone-insights-{uuid.uuid4().hex[:8]}"
+        a = await EtcdStore.open(etcd.endpoint, prefix=prefix, rpc_timeout=3)
+        b = await EtcdStore.open(etcd.endpoint, prefix=prefix, rpc_timeout=3)
+        yield a, b
+        await a.close()
+        await b.close()
+
+
+async def test_two_replicas_writing_one_insight_at_once_both_keep_their_subscriptions(
+    two_replicas: tuple[Store, Store],
+) -> None:
+    """Replicas A and B of a zone both read one proxy's DataplaneInsight (absent), then A writes its
+    subscription and B writes its own merged into what it had read: B's write is conditional on
+    the version it read, fails, and B merges again into what A wrote (it overwrote A's)."""
+    store_a, store_b = two_replicas
+    a_manager, b_manager = ResourceManager(store_a), ResourceManager(store_b)
+    await a_manager.ensure_default_mesh()
+    read_together: dict[tuple[str, str], Resource | None] = {("default", "web-1"): None}  # what both read
+    a = InsightRecorder(a_manager, "replica-a", stored=lambda mesh, name: read_together[(mesh, name)])
+    b = InsightRecorder(b_manager, "replica-b", stored=lambda mesh, name: read_together[(mesh, name)])
+    proxy = ProxyIdentity("default", "web-1")
+
+    await a.stream_open(StreamInfo(1, proxy, base_pb2.Node(), "peer"))
+    await a.flush()
+    await asyncio.sleep(0.01)  # a later connect time
+    await b.stream_open(StreamInfo(7, proxy, base_pb2.Node(), "peer"))
+    with structlog.testing.capture_logs() as logs:
+        await b.flush()
+
+    insight = await store_a.get("DataplaneInsight", "web-1", "default")
+    subs = insight.spec["subscriptions"]
+    assert [s["controlPlaneInstanceId"] for s in subs] == ["replica-a", "replica-b"]
+    assert insight.version == 2
+    retried = [e["event"] for e in logs if e["event"].startswith("dataplane_insight")]
+    assert retried == ["dataplane_insight_merge_retried"]
