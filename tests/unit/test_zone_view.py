@@ -28,6 +28,7 @@ from zonemesh.zone_cp.xds.proxy import ProxyIdentity
 from zonemesh.zone_cp.xds.reconciler import Reconciler
 from zonemesh.zone_cp.xds.server import StreamInfo
 from zonemesh.zone_cp.xds.testing import RecordingCache, stream_infos
+from zonemesh.zone_cp.xds.zoneproxies import ZoneProxyReconciler
 
 from zonemesh.lab.chaos_proxy import ChaosProxy
 from zonemesh.testing import free_port
@@ -213,7 +214,8 @@ async def test_a_relist_reaches_the_xds_reconciler_through_the_view_which_is_its
     await view.start(behind)
     cache = RecordingCache()
     try:
-        async with Reconciler(view, cache, None, debounce=0.01, max_delay=0.05) as reconciler:
+        zone_proxies = ZoneProxyReconciler(view, cache, None, "zone-1", quiet=0.01)
+        async with Reconciler(view, cache, None, debounce=0.01, max_delay=0.05) as reconciler, zone_proxies.running():
             for info in stream_infos("web-1"):
                 await reconciler.on_stream_open(info)
             assert await cache.settle(reconciler) == ["default/web-1"]
@@ -252,6 +254,10 @@ async def test_a_relist_reaches_the_xds_reconciler_through_the_view_which_is_its
             ctx, _ = reconciler.inspection("default", "web-1")
             assert {e.address for e in ctx.endpoints["backend"]} == {"10.0.0.2", "10.0.0.3"}
             assert ctx.dataplanes["backend-2"] is view.peek("Dataplane", "backend-2", "default")
+            # The zone proxies' generation reads the same copy, re-listed once.
+            zctx = await zone_proxies.context(with_dataplanes=True)
+            assert zctx.meshes["default"].dataplanes["backend-2"] is view.peek("Dataplane", "backend-2", "default")
+            assert "gone-1" not in zctx.meshes["default"].dataplanes
     finally:
         await view.stop()
         await behind.close()
