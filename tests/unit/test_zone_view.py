@@ -93,6 +93,33 @@ async def test_the_view_holds_what_is_stored_and_its_readers_follow_it() -> None
         await view.stop()
 
 
+async def test_a_reader_that_fails_on_a_change_stops_neither_the_view_nor_the_others() -> None:
+    store = MemoryStore()
+    view = ZoneView()
+    await view.start(store)
+    seen: list[tuple[str | None, str | None]] = []
+
+    def broken(before: Resource | None, after: Resource | None) -> None:
+        raise RuntimeError("a reader's bug")
+
+    view.follow(broken)
+    stop = view.follow(lambda before, after: seen.append((before and before.name, after and after.name)))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await store.create(dataplane("web-1"))
+            await store.delete("Dataplane", "web-1", "default")
+            await view.caught_up()
+        assert seen == [(None, "web-1"), ("web-1", None)]
+        assert [e["event"] for e in logs if e["log_level"] == "error"] == ["zone_view_listener_failed"] * 2
+        assert await names(view, "Dataplane") == set()
+        stop()
+        await store.create(dataplane("web-2"))
+        await view.caught_up()
+        assert len(seen) == 2 and await names(view, "Dataplane") == {"web-2"}
+    finally:
+        await view.stop()
+
+
 @pytest.mark.etcd
 async def test_a_relist_after_a_compaction_rebuilds_the_view_once_for_every_reader(etcd_server: EtcdServer) -> None:
     prefix = f"/zone-view-{uuid.uuid4().hex[:8]}"
