@@ -428,7 +428,7 @@ class Reconciler:
         if after is not None and not usable(after):
             self._unusable.add(res.key)  # as if absent: one broken document must not break its mesh's rounds
             after = None
-        if res.type == DATAPLANE and before is not after:
+        if res.type == DATAPLANE:
             if before is not None:
                 self._index_dataplane(before, remove=True)
             if after is not None:
