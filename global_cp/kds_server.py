@@ -209,6 +209,9 @@ class KdsServer:
             heartbeat_interval=self.heartbeat_interval,
             heartbeat_timeout=self.heartbeat_timeout,
             on_heartbeat=lambda hb: self.zones.heartbeat(sub, hb.status),
+            outbox=lambda send: Outbox(
+                self.snapshot, send, peer_has=dict(hello.have), accept=_not_from(zone), stats=stats, zone=zone
+            ),
         )
         have = await self._held_from(zone)
         await context.write(
@@ -223,9 +226,6 @@ class KdsServer:
                 )
             )
         )
-        session.outbox = Outbox(
-            self.snapshot, session.send, peer_has=dict(hello.have), accept=_not_from(zone), stats=stats, zone=zone
-        )
         stream = ZoneStream(session, sub, token)
         previous = self.streams.get(zone)
         if previous is not None:
@@ -238,6 +238,7 @@ class KdsServer:
         self.zones.connected(sub)
         ZONE_ACTIVE_CONNECTIONS.labels(zone).inc()
         log.info("zone_connected", zone=zone, peer=peer, version=hello.version, resumed=len(hello.have), held=len(have))
+        assert session.outbox is not None
         session.outbox.start()
         try:
             result = await session.run()

@@ -271,7 +271,13 @@ class ReadOnce(Store):
     async def delete(self, type: str, name: str, mesh: str = "", *, version: int | None = None) -> Resource:
         raise TypeError("ReadOnce is read-only")
 
-    async def batch(self, upserts: Iterable[Resource] = (), deletes: Iterable[ResourceKey] = ()) -> None:
+    async def batch(
+        self,
+        upserts: Iterable[Resource] = (),
+        deletes: Iterable[ResourceKey] = (),
+        *,
+        expected: Mapping[ResourceKey, int] | None = None,
+    ) -> None:
         raise TypeError("ReadOnce is read-only")
 
     def watch(self, types: Iterable[str] | None = None) -> Watch:

@@ -102,10 +102,19 @@ class DataPlaneSide:
         registration = admission.Registration(
             cp.manager, dataplanes, zone_proxy_auth, recorder, cp.instance_id, zone_insights=zone_insights
         )
-        cross_zone = CrossZoneViews()  # computed by the zone-proxy reconciler, read by the dataplane one
-        reconciler = Reconciler(self.view, cache, certs, cross_zone=cross_zone)
-        zone_proxies = ZoneProxyReconciler(self.view, cache, certs, zone, views=cross_zone)
+        # The server holds the callbacks registered below; it runs none before it starts.
         callbacks = Callbacks()
+        server = XdsServer(cp.config, cache, authenticator, tls, [registration.add_to], callbacks)
+        cross_zone = CrossZoneViews()  # computed by the zone-proxy reconciler, read by the dataplane one
+        reconciler = Reconciler(
+            self.view,
+            cache,
+            certs,
+            cross_zone=cross_zone,
+            # Open streams answer for their tokens before a renewed workload certificate goes out.
+            still_admitted=lambda proxies: server.servicer.still_admitted(proxies, ReadOnce(cp.store)),
+        )
+        zone_proxies = ZoneProxyReconciler(self.view, cache, certs, zone, views=cross_zone)
         dataplane_side = callbacks.only(ProxyType.DATAPLANE)  # DataplaneInsights are for dataplanes
         dataplane_side.stream_open.append(reconciler.on_stream_open)
         dataplane_side.stream_close.append(reconciler.on_stream_close)
@@ -114,11 +123,8 @@ class DataPlaneSide:
         callbacks.stream_open.append(zone_proxies.on_stream_open)
         callbacks.stream_close.append(zone_proxies.on_stream_close)
         zone_insights.install(callbacks)  # ZoneIngressInsight/ZoneEgressInsight: liveness of zone proxies
-        server = XdsServer(cp.config, cache, authenticator, tls, [registration.add_to], callbacks)
-        # Open streams answer for their tokens: checked again when keys or revocations change,
-        # and before a renewed workload certificate goes out.
+        # Open streams answer for their tokens: checked again when keys or revocations change.
         credentials = admission.CredentialWatch(cp.store, server.servicer)
-        reconciler.still_admitted = lambda proxies: server.servicer.still_admitted(proxies, ReadOnce(cp.store))
         async with (
             recorder.running(),
             expiry.running(),

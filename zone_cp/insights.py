@@ -37,7 +37,7 @@ from typing import Any
 import structlog
 from zonemesh.shared.aio import cancel_and_wait
 from zonemesh.shared.resources.manager import ResourceManager
-from zonemesh.shared.resources.model import Resource, format_time, now
+from zonemesh.shared.resources.model import Resource, ResourceKey, format_time, now
 from zonemesh.shared.store import AlreadyExists, Conflict, NotFound, Store
 from zonemesh.zone_cp.certificates import Held, HeldCertificates
 from zonemesh.zone_cp.ingress import is_local
@@ -52,6 +52,7 @@ QUIET_SECONDS = 0.2  # no ACK for this long: a burst of pushes is over, insights
 BATCH_SIZE = 100  # insights per store write
 REFRESH_SECONDS = 10.0  # how long an ACK that only moves the counters may wait to be written
 MAX_SUBSCRIPTIONS = 5  # older connections of a proxy are dropped from its insight
+MERGE_ATTEMPTS = 5  # writes of a batch of insights that lost a race to another replica, then deferred
 MAX_ERROR = 1000  # characters of a NACK's error kept in the insight (the log has all of it)
 
 
@@ -313,12 +314,15 @@ class InsightRecorder:
     # -- writing --------------------------------------------------------------------------
 
     def document(self, mesh: str, name: str) -> dict[str, Any]:
+        """The insight to write: this replica's subscriptions merged into the stored one."""
+        return self._merged(mesh, name, self.stored(mesh, name) if self.stored is not None else None)
+
+    def _merged(self, mesh: str, name: str, stored: Resource | None) -> dict[str, Any]:
         state = self._state(mesh, name)
         subscriptions = [s.as_dict(self.instance_id, state.versions) for s in state.subscriptions]
-        if self.stored is not None:
+        if stored is not None:
             # A proxy that moved between replicas of the zone: what the other replica recorded stays,
             # ordered by connect time, so the last subscription is the proxy's latest stream.
-            stored = self.stored(mesh, name)
             others = [
                 s
                 for s in (stored.spec.get("subscriptions") or [] if stored is not None else [])
@@ -353,19 +357,48 @@ class InsightRecorder:
         for key in keys:  # no longer waiting (an unregistration writes at once)
             self._urgent.pop(key, None)
             self._deferred.pop(key, None)
-        resources = []
         for mesh, name in keys:
             state = self._state(mesh, name)
             if state.mtls_stale:  # a certificate ACK: which certificate is on the Dataplane's services
                 await self._record_mtls(state)
-            resources.append(Resource(type="DataplaneInsight", name=name, mesh=mesh, spec=self.document(mesh, name)))
         try:
-            for res in await self.manager.upsert_batch(resources):
-                log.debug("dataplane_insight_mesh_gone", mesh=res.mesh, name=res.name)
+            await self._merge_and_write(keys)
         except Exception as exc:  # a store outage: keep serving, try again when they are due
             log.warning("dataplane_insights_write_failed", count=len(keys), error=str(exc))
             for key in keys:
                 self._defer(key)
+
+    async def _merge_and_write(self, keys: list[Key]) -> None:
+        """Write the insights of ``keys``, merged into what is stored. With other replicas of the
+        zone (``self.stored`` given), each write is conditional on the version the merge read: two
+        replicas writing one proxy's insight at once cannot lose either's subscriptions. The loser
+        reads the stored insights again (from the store: its view may not have the winner's write
+        yet), merges again and retries."""
+        read = self.stored
+        stored = {(mesh, name): read(mesh, name) if read is not None else None for mesh, name in keys}
+        for attempt in range(1, MERGE_ATTEMPTS + 1):
+            resources = [
+                Resource(type="DataplaneInsight", name=name, mesh=mesh, spec=self._merged(mesh, name, stored[key]))
+                for key in keys
+                for mesh, name in (key,)
+            ]
+            # Alone (no ``stored`` to merge into) a replica's write needs no check: nobody else writes.
+            expected = None
+            if read is not None:
+                expected = {
+                    ResourceKey("DataplaneInsight", mesh, name): res.version if res is not None else 0
+                    for (mesh, name), res in stored.items()
+                }
+            try:
+                for res in await self.manager.upsert_batch(resources, expected=expected):
+                    log.debug("dataplane_insight_mesh_gone", mesh=res.mesh, name=res.name)
+                return
+            except Conflict as exc:
+                if attempt == MERGE_ATTEMPTS:
+                    raise
+                log.info("dataplane_insight_merge_retried", insight=str(exc.key), attempt=attempt)
+                store = self.manager.store
+                stored = {(mesh, name): await store.find("DataplaneInsight", name, mesh) for mesh, name in keys}
 
     async def flush_due(self) -> int:
         """Write one batch of what is new or due; how many insights it held."""

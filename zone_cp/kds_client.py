@@ -80,6 +80,7 @@ from zonemesh.shared.resources.registry import (
 )
 from zonemesh.shared.store import Store
 from zonemesh.shared.tls import HOST_NAME_MISMATCH, first_dns_name, system_ca_file, verification_failure
+from zonemesh.zone_cp.view import ZoneView
 
 from zonemesh import __version__
 
@@ -161,7 +162,7 @@ class ClientState:
 
 class KdsClient:
     def __init__(
-        self, config: Config, store: Store, instance_id: str, debounce: float = 0.01, view: Store | None = None
+        self, config: Config, store: Store, instance_id: str, debounce: float = 0.01, view: ZoneView | None = None
     ) -> None:
         self.config = config
         self.zone = config.zone
@@ -173,10 +174,12 @@ class KdsClient:
         self.target = f"{self.host}:{self.port}"
         self.token_path = Path(config.zone_token_file)
         self.state = ClientState(self.addresses[0], global_addresses=list(self.addresses))
-        # What is uploaded is read from the zone's resources in memory (zone_cp/view.py) when given:
-        # a new term of the leader starts its stream without listing the store again.
-        uploads = view if view is not None else store
-        self.snapshot = Snapshot(uploads, upstream_types(), upload_selector(self.zone), debounce=debounce)
+        # What is uploaded, and what the zone holds from global (Hello), are read from the zone's
+        # resources in memory (zone_cp/view.py) when given: neither a new term of the leader nor a
+        # reconnect lists the store. Writes (downloads) go to ``store``, and reach the view by its watch.
+        self.view = view
+        self.reads: Store = view if view is not None else store
+        self.snapshot = Snapshot(self.reads, upstream_types(), upload_selector(self.zone), debounce=debounce)
         self.synced = asyncio.Event()  # set once the first exchange with global is complete
         self._task: asyncio.Task[None] | None = None
         self._session: Session | None = None
@@ -279,12 +282,16 @@ class KdsClient:
         return f"global's KDS certificate at {self.target} did not verify against {source}: {reason}; {fix}"
 
     async def _held(self) -> dict[str, str]:
-        """What this zone holds from global: key (global's names) -> content hash (sent in Hello to resume)."""
+        """What this zone holds from global: key (global's names) -> content hash (sent in Hello to resume).
+
+        Read from the view: a download the view has not taken in yet (written by the last stream just
+        before it broke) is at worst sent again by global, or removed again (global diffs its own
+        snapshot against ``have`` and sends what differs)."""
         have: dict[str, str] = {}
         for type in downstream_types():
             rtype = REGISTRY.get(type)
             drop = DISPLAY_NAME_LABELS if rtype.provided_by_both else ()  # set here, not sent
-            for res in (await self.store.list(type)).items:
+            for res in (await self.reads.list(type)).items:
                 if not owned_by(self.zone, res):
                     key = key_str(res.type, res.mesh, global_key_name(rtype, res))
                     have[key] = resource_hash(res, drop_labels=drop)
@@ -296,7 +303,7 @@ class KdsClient:
         upserts: list[Resource] = []
         deletes: list[ResourceKey] = []
         for rtype in REGISTRY.filter(lambda t: t.provided_by_both):
-            for res in (await self.store.list(rtype.name)).items:
+            for res in (await self.reads.list(rtype.name)).items:
                 earlier = res.name != name_at_zone(rtype, res.mesh, res.display_name)
                 if res.labels.get(ORIGIN_LABEL) == ORIGIN_GLOBAL and earlier:
                     upserts.append(renamed(rtype, dataclasses.replace(res, name=res.display_name)))
@@ -304,6 +311,8 @@ class KdsClient:
         if upserts:
             await self.store.batch(upserts=upserts, deletes=deletes)
             log.info("kds_copies_renamed", zone=self.zone, count=len(upserts))
+            if self.view is not None:
+                await self.view.caught_up()  # Hello's ``have`` (read from the view) names them as renamed
 
     async def _connect_once(self) -> bool:
         token = (await asyncio.to_thread(self.token_path.read_text)).strip()
@@ -358,8 +367,8 @@ class KdsClient:
             heartbeat_interval=(welcome.heartbeat_interval_ms or 1000) / 1000,
             heartbeat_timeout=(welcome.heartbeat_timeout_ms or 3000) / 1000,
             status=self._status,
+            outbox=lambda send: Outbox(self.snapshot, send, peer_has=dict(welcome.have), stats=stats, zone=self.zone),
         )
-        session.outbox = Outbox(self.snapshot, session.send, peer_has=dict(welcome.have), stats=stats, zone=self.zone)
         self.state.connected, self.state.connect_time = True, time.time()
         self.state.global_instance_id, self.state.last_error = welcome.global_instance_id, ""
         ZONE_ACTIVE_CONNECTIONS.labels(self.zone).inc()
@@ -371,6 +380,7 @@ class KdsClient:
             resumed=len(have),
             held_by_global=len(welcome.have),
         )
+        assert session.outbox is not None
         session.outbox.start()
         self._session = session
         watcher = asyncio.create_task(self._watch_token(session, token))
@@ -521,7 +531,7 @@ def _describe(exc: Exception) -> str:
 class ZoneKds:
     """The KDS client component of a federated zone, and the state its API route reads."""
 
-    def __init__(self, config: Config, view: Store | None = None) -> None:
+    def __init__(self, config: Config, view: ZoneView | None = None) -> None:
         self.config = config
         self.view = view
         self.client: KdsClient | None = None

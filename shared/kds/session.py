@@ -291,7 +291,10 @@ class Session:
         heartbeat_timeout: float,
         status: Callable[[], bytes] | None = None,
         on_heartbeat: Callable[[kds_pb2.Heartbeat], None] | None = None,
+        outbox: Callable[[Writer], Outbox] | None = None,
     ) -> None:
+        """``outbox``: makes what this side sends its peer, given the session's ``send`` (started
+        by the caller once the stream is set up; stopped when the session ends)."""
         self.zone = zone
         self._read = read
         self._write = write
@@ -302,7 +305,7 @@ class Session:
         self._status = status
         self._on_heartbeat = on_heartbeat
         self._queue: asyncio.Queue[kds_pb2.Message] = asyncio.Queue()
-        self.outbox: Outbox | None = None
+        self.outbox = outbox(self.send) if outbox is not None else None
         self.last_seen = time.monotonic()
         self._closed: asyncio.Future[StreamClosed] = asyncio.get_running_loop().create_future()
 

@@ -11,7 +11,7 @@ its default policies (seed 002), deleting a mesh deletes everything it owns.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 
 import structlog
@@ -181,10 +181,13 @@ class ResourceManager:
         res.version = existing.version if version is None else version
         return await self.update(res, existing), False
 
-    async def upsert_batch(self, resources: Sequence[Resource]) -> Sequence[Resource]:
-        """Create or update ``resources`` in one store batch, without version checks: for what the
-        control plane alone writes (insights), many at a time. Each mesh is looked up once; the
-        resources whose mesh does not exist are left out and returned."""
+    async def upsert_batch(
+        self, resources: Sequence[Resource], *, expected: Mapping[ResourceKey, int] | None = None
+    ) -> Sequence[Resource]:
+        """Create or update ``resources`` in one store batch: for what the control plane alone writes
+        (insights), many at a time. Without version checks, but for the keys of ``expected`` (the
+        versions the caller read, 0: absent; ``Conflict`` otherwise: ``Store.batch``). Each mesh is
+        looked up once; the resources whose mesh does not exist are left out and returned."""
         meshes: dict[str, Resource | None] = {}
         kept: builtins.list[Resource] = []  # (``list`` is a method of this class)
         homeless: builtins.list[Resource] = []
@@ -207,7 +210,10 @@ class ResourceManager:
             self._stamp(res)
             kept.append(res)
         if kept:
-            await self.store.batch(upserts=kept)
+            checked = {res.key for res in kept}
+            await self.store.batch(
+                upserts=kept, expected={k: v for k, v in (expected or {}).items() if k in checked} or None
+            )
         return homeless
 
     async def delete(self, type: str, name: str, mesh: str = "", *, version: int | None = None) -> Resource:

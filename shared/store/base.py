@@ -202,8 +202,17 @@ class Store(ABC):
         """Delete and return the last stored state."""
 
     @abstractmethod
-    async def batch(self, upserts: Iterable[Resource] = (), deletes: Iterable[ResourceKey] = ()) -> None:
-        """Apply upserts and deletes atomically, without version checks. Missing deletes are ignored."""
+    async def batch(
+        self,
+        upserts: Iterable[Resource] = (),
+        deletes: Iterable[ResourceKey] = (),
+        *,
+        expected: Mapping[ResourceKey, int] | None = None,
+    ) -> None:
+        """Apply upserts and deletes atomically. Missing deletes are ignored. Without version checks,
+        but for the keys in ``expected`` (key -> the version the caller read, 0: absent): if one is
+        stored at another version, ``Conflict`` and nothing of the batch is applied (etcd: nothing
+        of that key's chunk of ``MAX_TXN_OPS``)."""
 
     @abstractmethod
     def watch(self, types: Iterable[str] | None = None) -> Watch: ...

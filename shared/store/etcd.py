@@ -39,7 +39,7 @@ import ipaddress
 import itertools
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -744,18 +744,32 @@ class EtcdStore(Store):
                 return current
         raise Conflict(rkey, version, current.version)
 
-    async def batch(self, upserts: Iterable[Resource] = (), deletes: Iterable[ResourceKey] = ()) -> None:
-        await self._batch(upserts, deletes, None)
+    async def batch(
+        self,
+        upserts: Iterable[Resource] = (),
+        deletes: Iterable[ResourceKey] = (),
+        *,
+        expected: Mapping[ResourceKey, int] | None = None,
+    ) -> None:
+        await self._batch(upserts, deletes, None, expected or {})
 
-    async def _batch(self, upserts: Iterable[Resource], deletes: Iterable[ResourceKey], fence: Fence | None) -> None:
+    async def _batch(
+        self,
+        upserts: Iterable[Resource],
+        deletes: Iterable[ResourceKey],
+        fence: Fence | None,
+        expected: Mapping[ResourceKey, int],
+    ) -> None:
         # etcd rejects a txn that touches one key twice: keep each key's final state only.
         final: dict[ResourceKey, Resource | None] = {res.key: res for res in upserts}
         final.update((key, None) for key in deletes)
         changes = list(final.items())
         for start in range(0, len(changes), MAX_TXN_OPS):
-            await self._batch_chunk(changes[start : start + MAX_TXN_OPS], fence)
+            await self._batch_chunk(changes[start : start + MAX_TXN_OPS], fence, expected)
 
-    async def _batch_chunk(self, chunk: Sequence[_Change], fence: Fence | None) -> None:
+    async def _batch_chunk(
+        self, chunk: Sequence[_Change], fence: Fence | None, expected: Mapping[ResourceKey, int]
+    ) -> None:
         upserts = [(self._key(key), res) for key, res in chunk if res is not None]
         deletes = [self._key(key) for key, res in chunk if res is None]
         for _ in range(MAX_ATTEMPTS):
@@ -771,11 +785,14 @@ class EtcdStore(Store):
                 stored = res.copy()
                 stored.modification_time = ts
                 kv = current.get(key)
-                if kv is None:
+                previous = _decode(kv.value) if kv is not None else None
+                # What was read is what the txn is guarded by: a version checked here holds at the write.
+                if res.key in expected and (previous.version if previous else 0) != expected[res.key]:
+                    raise Conflict(res.key, expected[res.key], previous.version if previous else 0)
+                if kv is None or previous is None:
                     stored.version, stored.creation_time = 1, ts
                     compare.append(_absent(key))
                 else:
-                    previous = _decode(kv.value)
                     stored.version, stored.creation_time = previous.version + 1, previous.creation_time
                     compare.append(_unchanged(key, kv.mod_revision))
                 value = _encode(stored)
@@ -784,8 +801,8 @@ class EtcdStore(Store):
             if size > MAX_TXN_BYTES and len(chunk) > 1:
                 # Too large for one etcd request: halve until each half fits.
                 half = len(chunk) // 2
-                await self._batch_chunk(chunk[:half], fence)
-                await self._batch_chunk(chunk[half:], fence)
+                await self._batch_chunk(chunk[:half], fence, expected)
+                await self._batch_chunk(chunk[half:], fence, expected)
                 return
             # A delete needs no guard: deleting a missing key is a no-op, as batch promises.
             success += [_delete(key) for key in deletes]
@@ -950,8 +967,14 @@ class FencedEtcdStore(Store):
     async def delete(self, type: str, name: str, mesh: str = "", *, version: int | None = None) -> Resource:
         return await self.base._delete(ResourceKey(type, mesh, name), version, self.fence)
 
-    async def batch(self, upserts: Iterable[Resource] = (), deletes: Iterable[ResourceKey] = ()) -> None:
-        await self.base._batch(upserts, deletes, self.fence)
+    async def batch(
+        self,
+        upserts: Iterable[Resource] = (),
+        deletes: Iterable[ResourceKey] = (),
+        *,
+        expected: Mapping[ResourceKey, int] | None = None,
+    ) -> None:
+        await self.base._batch(upserts, deletes, self.fence, expected or {})
 
     def watch(self, types: Iterable[str] | None = None) -> Watch:
         return self.base.watch(types)

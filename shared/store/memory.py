@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from zonemesh.shared.resources.model import Resource, ResourceKey, now
 from zonemesh.shared.store.base import (
@@ -87,7 +87,18 @@ class MemoryStore(Store):
         self._hub.publish([Event(EventKind.DELETED, current.copy())])
         return current
 
-    async def batch(self, upserts: Iterable[Resource] = (), deletes: Iterable[ResourceKey] = ()) -> None:
+    async def batch(
+        self,
+        upserts: Iterable[Resource] = (),
+        deletes: Iterable[ResourceKey] = (),
+        *,
+        expected: Mapping[ResourceKey, int] | None = None,
+    ) -> None:
+        upserts = list(upserts)
+        for key, version in (expected or {}).items():
+            current = self._data.get(key)
+            if (current.version if current else 0) != version:
+                raise Conflict(key, version, current.version if current else 0)
         events: list[Event] = []
         ts = now()
         for res in upserts:

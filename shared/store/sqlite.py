@@ -20,7 +20,7 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -204,10 +204,16 @@ class SqliteStore(Store):
 
         return self._transaction(work)
 
-    def _batch_sync(self, upserts: list[Resource], deletes: list[ResourceKey]) -> list[Event]:
+    def _batch_sync(
+        self, upserts: list[Resource], deletes: list[ResourceKey], expected: dict[ResourceKey, int]
+    ) -> list[Event]:
         ts = now()
 
         def work(conn: sqlite3.Connection) -> list[Event]:
+            for key, version in expected.items():  # in the transaction: a Conflict rolls it back
+                current = self._current(conn, key)
+                if (current[0] if current else 0) != version:
+                    raise Conflict(key, version, current[0] if current else 0)
             events: list[Event] = []
             for res in upserts:
                 current = self._current(conn, res.key)
@@ -312,9 +318,15 @@ class SqliteStore(Store):
         self._hub.publish([Event(EventKind.DELETED, gone.copy())])
         return gone
 
-    async def batch(self, upserts: Iterable[Resource] = (), deletes: Iterable[ResourceKey] = ()) -> None:
+    async def batch(
+        self,
+        upserts: Iterable[Resource] = (),
+        deletes: Iterable[ResourceKey] = (),
+        *,
+        expected: Mapping[ResourceKey, int] | None = None,
+    ) -> None:
         # Materialise here: the iterables may be generators bound to the event loop's thread.
-        events = await self._run(self._batch_sync, list(upserts), list(deletes))
+        events = await self._run(self._batch_sync, list(upserts), list(deletes), dict(expected or {}))
         self._hub.publish(events)
 
     def watch(self, types: Iterable[str] | None = None) -> Watch:

@@ -16,6 +16,7 @@ from zonemesh.shared.config import Config
 from zonemesh.shared.store import Store
 from zonemesh.shared.store.memory import MemoryStore
 from zonemesh.zone_cp.kds_client import KdsClient
+from zonemesh.zone_cp.view import ZoneView
 
 
 @dataclass
@@ -50,9 +51,11 @@ async def running_zone(
     store: Store | None = None,
     ca_file: str | None = None,
     skip_verify: bool = False,
+    view: ZoneView | None = None,
 ) -> AsyncIterator[KdsClient]:
     """``ca_file``: default global's self-signed certificate; "" none (the system CA bundle, or
-    nothing with ``skip_verify``)."""
+    nothing with ``skip_verify``). ``view``: the zone's view of ``store`` (started), read as a zone
+    CP's KDS client reads it."""
     store = store or MemoryStore()
     token_file = tmp_path / f"{zone}.token"
     token_file.write_text(token)
@@ -65,7 +68,7 @@ async def running_zone(
         global_tls_skip_verify=skip_verify,
         data_dir=str(tmp_path / zone),
     )
-    client = KdsClient(config, store, f"{zone}-test", debounce=0.0)
+    client = KdsClient(config, store, f"{zone}-test", debounce=0.0, view=view)
     await client.start()
     try:
         yield client

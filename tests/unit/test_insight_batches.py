@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pytest
@@ -48,10 +48,16 @@ class CountingStore(MemoryStore):
         self._wrote(1)
         return await super().update(res)
 
-    async def batch(self, upserts: Iterable[Resource] = (), deletes: Iterable[ResourceKey] = ()) -> None:
+    async def batch(
+        self,
+        upserts: Iterable[Resource] = (),
+        deletes: Iterable[ResourceKey] = (),
+        *,
+        expected: Mapping[ResourceKey, int] | None = None,
+    ) -> None:
         upserts = list(upserts)
         self._wrote(len(upserts))
-        await super().batch(upserts, deletes)
+        await super().batch(upserts, deletes, expected=expected)
 
     async def get(self, type: str, name: str, mesh: str = "") -> Resource:
         self.reads += 1

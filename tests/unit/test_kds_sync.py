@@ -19,9 +19,14 @@ from zonemesh.shared.kds.snapshot import Snapshot
 from zonemesh.shared.resources.manager import Mode, ResourceManager
 from zonemesh.shared.resources.model import ORIGIN_GLOBAL, ORIGIN_LABEL, Resource
 from zonemesh.shared.store import Store
+from zonemesh.shared.store.base import ListResult
 from zonemesh.shared.store.memory import MemoryStore
 from zonemesh.shared.tokens.zone import ZoneTokenIssuer
 from zonemesh.zone_cp.kds_client import KdsClient
+from zonemesh.zone_cp.view import ZoneView
+
+from zonemesh.lab.chaos_proxy import ChaosProxy
+from zonemesh.testing import free_port
 
 DAY = 24 * 3600
 
@@ -135,6 +140,70 @@ async def test_zone_upload_is_diffed_on_reconnect(tmp_path: Path) -> None:
                 lambda: _port_is(global_store, "zone-1.zi-1", 10002), what="changed ingress updated at global"
             )
         assert (await global_store.get("ZoneIngress", "zone-1.zi-2")).version == untouched
+
+
+class ListingsCounted(MemoryStore):
+    """A memory store that counts how often it is listed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listings = 0
+
+    async def list(self, type: str, mesh: str | None = None, **options: Any) -> ListResult:
+        self.listings += 1
+        return await super().list(type, mesh, **options)
+
+
+def dataplane(name: str) -> Resource:
+    net = {"address": "10.0.0.2", "inbound": [{"port": 80, "tags": {"kuma.io/service": "web"}}]}
+    return Resource(type="Dataplane", mesh="default", name=name, spec={"networking": net})
+
+
+async def test_a_reconnect_uploads_the_zone_view_as_it_is_now_without_listing_the_store(tmp_path: Path) -> None:
+    """The zone's KDS client reads the zone's view (zone_cp/view.py): after a partition during which
+    resources were created, changed and deleted, the same client's next stream leaves global
+    holding exactly the zone's resources, and neither the upload nor Hello listed the store."""
+    global_store, zone_store = MemoryStore(), ListingsCounted()
+    await ResourceManager(global_store, mode=Mode.GLOBAL).ensure_default_mesh()
+    zone = ResourceManager(zone_store, mode=Mode.ZONE, zone="zone-1")
+    view = ZoneView()
+    await view.start(zone_store)
+    async with running_global(tmp_path, global_store) as (kds, _):
+        token = await ZoneTokenIssuer(global_store).issue("zone-1", None, DAY)
+        link = ChaosProxy("kds", free_port(), kds.port)
+        await link.start()
+        try:
+            async with running_zone(tmp_path, "zone-1", link.listen_port, token, zone_store, view=view) as client:
+                for i in range(3):
+                    await zone.create(ingress(f"zi-{i}"))
+                    await zone_store.create(dataplane(f"dp-{i}"))
+                await eventually(lambda: _count(global_store, "ZoneIngress", 3), what="3 ingresses at global")
+                await eventually(lambda: _count(global_store, "Dataplane", 3), what="3 dataplanes at global")
+                listed = zone_store.listings
+
+                link.partition(60)
+                await eventually(lambda: not client.state.connected, what="zone-1 cut off")
+                await zone.delete("ZoneIngress", "zi-0")
+                changed = await zone_store.get("ZoneIngress", "zi-1")
+                changed.spec["networking"]["port"] = 10002
+                await zone.update(changed)
+                await zone.create(ingress("zi-3"))
+                await zone_store.delete("Dataplane", "dp-0", "default")
+                await zone_store.create(dataplane("dp-3"))
+                link.heal()
+
+                await eventually(lambda: client.state.connected, within=20, what="zone-1 reconnected")
+                want = {"zone-1.zi-1", "zone-1.zi-2", "zone-1.zi-3"}
+                await eventually(lambda: _names_are(global_store, "ZoneIngress", want), what="ingresses converged")
+                await eventually(
+                    lambda: _names_are(global_store, "Dataplane", {"zone-1.dp-1", "zone-1.dp-2", "zone-1.dp-3"}),
+                    what="dataplanes converged",
+                )
+                await eventually(lambda: _port_is(global_store, "zone-1.zi-1", 10002), what="zi-1 updated at global")
+                assert zone_store.listings == listed  # the reconnect read the view, not the store
+        finally:
+            await link.close()
+            await view.stop()
 
 
 async def test_disabled_zone_is_refused(tmp_path: Path) -> None:

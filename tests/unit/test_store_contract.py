@@ -258,6 +258,24 @@ async def test_batch_upserts_and_deletes(store: Store) -> None:
     assert await list_names(store) == ["keep", "new"]
 
 
+async def test_a_batch_with_expected_versions_applies_only_if_they_hold(store: Store) -> None:
+    await store.create(mt("read", timeout="1s"))
+    stale = {ResourceKey(MT, "default", "read"): 1, ResourceKey(MT, "default", "absent"): 0}
+    await store.create(mt("absent"))  # created by someone else since it was read as absent
+    with pytest.raises(Conflict) as refused:
+        await store.batch(upserts=[mt("read", timeout="2s"), mt("absent", timeout="2s")], expected=stale)
+    assert (refused.value.key, refused.value.expected, refused.value.actual) == (
+        ResourceKey(MT, "default", "absent"),
+        0,
+        1,
+    )
+    assert (await store.get(MT, "read", "default")).version == 1  # nothing of the batch applied
+
+    current = {ResourceKey(MT, "default", "read"): 1, ResourceKey(MT, "default", "absent"): 1}
+    await store.batch(upserts=[mt("read", timeout="2s"), mt("absent", timeout="2s")], expected=current)
+    assert [(await store.get(MT, n, "default")).version for n in ("read", "absent")] == [2, 2]
+
+
 async def test_batch_of_many_resources(store: Store) -> None:
     # More than etcd's 128 operations per transaction.
     await store.batch(upserts=[mt(f"t{i:03d}") for i in range(300)])

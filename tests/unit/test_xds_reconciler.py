@@ -349,8 +349,9 @@ async def test_a_renewed_certificate_goes_only_to_proxies_still_admitted() -> No
         asked.append(proxies)
         return set(proxies) - {revoked}
 
-    async with Reconciler(store, cache, MeshCA(store), debounce=0.02, max_delay=0.1) as reconciler:
-        reconciler.still_admitted = still_admitted
+    async with Reconciler(
+        store, cache, MeshCA(store), debounce=0.02, max_delay=0.1, still_admitted=still_admitted
+    ) as reconciler:
         await Zone(manager, cache, reconciler).connect("backend-1", "backend-2")
         await cache.settle(reconciler)
         assert not asked  # a service's first certificate: its proxies have just been admitted

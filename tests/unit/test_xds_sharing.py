@@ -10,6 +10,7 @@ from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store.base import Event, EventKind
+from zonemesh.zone_cp.view import ZoneView
 from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotBuilder, SnapshotCache, WatchRequest, WatchResponse
 from zonemesh.zone_cp.xds.context import MeshContext
 from zonemesh.zone_cp.xds.policies import match_all
@@ -107,18 +108,20 @@ def test_policy_matches_are_shared_by_proxies_with_the_same_tags_and_stay_correc
 
 
 def test_the_builtin_gateway_index_follows_dataplane_changes() -> None:
-    reconciler = Reconciler(None, SnapshotCache(), None)  # type: ignore[arg-type]  # _apply reads no store
-    reconciler._apply(Event(EventKind.CREATED, Resource(type="Mesh", name="default", version=1)))
-    reconciler._apply(Event(EventKind.CREATED, _dp("gw", "edge", gateway=True)))
-    reconciler._apply(Event(EventKind.CREATED, _dp("a-1", "a")))
+    view = ZoneView()  # fed by hand: the changes a store watch would bring
+    reconciler = Reconciler(view, SnapshotCache(), None)
+    view.follow(reconciler._changed)  # as start() does
+    view._apply(Event(EventKind.CREATED, Resource(type="Mesh", name="default", version=1)))
+    view._apply(Event(EventKind.CREATED, _dp("gw", "edge", gateway=True)))
+    view._apply(Event(EventKind.CREATED, _dp("a-1", "a")))
     assert reconciler._gateways["default"] == {"gw"}
     assert {dp.name for dp in reconciler._dataplanes("default")} == {"gw", "a-1"}
     assert set(reconciler._local_endpoints("default")) == {"a"}
     # No longer a gateway: out of the index; a new instance shows in the endpoints at once.
-    reconciler._apply(Event(EventKind.UPDATED, _dp("gw", "edge", version=2)))
+    view._apply(Event(EventKind.UPDATED, _dp("gw", "edge", version=2)))
     assert reconciler._gateways["default"] == set()
     assert set(reconciler._local_endpoints("default")) == {"a", "edge"}
-    reconciler._apply(Event(EventKind.DELETED, _dp("gw", "edge", version=2)))
+    view._apply(Event(EventKind.DELETED, _dp("gw", "edge", version=2)))
     assert {dp.name for dp in reconciler._dataplanes("default")} == {"a-1"}
     assert set(reconciler._local_endpoints("default")) == {"a"}
 

@@ -211,6 +211,37 @@ async def test_connected_ingress_gets_sni_chains_for_local_services(zone: Zone) 
     assert zone.cache.snapshot("ingress:/ingress-1") is None
 
 
+def serving(name: str, service: str) -> Resource:
+    net = {"address": "127.0.0.1", "inbound": [{"port": 9000, "tags": {"kuma.io/service": service}}]}
+    return Resource(type="Dataplane", name=name, mesh="default", spec={"networking": net})
+
+
+async def test_dataplane_changes_make_a_zone_proxy_round_only_while_one_is_connected(zone: Zone) -> None:
+    """The reconciler follows the zone's view: a Dataplane is read only by the zone proxies' config
+    (not by the cross-zone views), so with none connected its changes make no round (each one
+    made a round that listed the zone's resources again)."""
+    await zone.idle()
+    quiet = zone.proxies.rounds
+    for i in range(5):
+        await zone.store.create(serving(f"a-{i}", "a"))
+    await zone.idle()
+    assert zone.proxies.rounds == quiet
+
+    token = await zone.token(["ingress"])
+    await zone.register(token)
+    call = zone.ads(token)
+    await call.write(zone.request("ingress", CLUSTER))
+    await asyncio.wait_for(call.read(), timeout=5)
+    await zone.idle()
+    connected = zone.proxies.rounds
+    await zone.store.create(serving("c-1", "c"))
+    await zone.idle()
+    assert zone.proxies.rounds > connected
+    snapshot = zone.cache.snapshot("ingress:/ingress-1")
+    assert snapshot is not None and "c{mesh=default}" in snapshot.types[CLUSTER].resources
+    call.cancel()
+
+
 async def test_cross_zone_view_follows_remote_ingresses(zone: Zone) -> None:
     changed: list[str] = []
     services: list[tuple[str, set[str]]] = []

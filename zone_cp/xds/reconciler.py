@@ -1,9 +1,12 @@
 """Store changes -> regenerate the proxies they affect -> snapshot cache (which pushes).
 
-The reconciler mirrors the types generation reads (Mesh, Dataplane, policies, Secret,
-ExternalService) from the store's watch, and keeps the set of connected proxies (stream hooks
-of the xDS server). Changes are debounced (a burst of writes makes one round), then only the
-affected proxies are regenerated:
+The reconciler reads the types generation reads (Mesh, Dataplane, policies, Secret,
+ExternalService) from the zone's view (zone_cp/view.py: the one in-memory copy of the zone's
+resources), follows the view's changes, and keeps the set of connected proxies (stream hooks
+of the xDS server). Of its own it keeps only indexes of names (which proxies consume a service,
+which are builtin gateways) and the shapes generation reuses, so a re-list of the view (an etcd
+compaction) reaches it as the changes the re-list found. Changes are debounced (a burst of writes
+makes one round), then only the affected proxies are regenerated:
 
 - a Mesh, Secret or MeshCAState change in mesh M: every connected proxy of M (a MeshCAState
   says which CA issues the mesh's certificates and which CAs its proxies trust: shared/ca/state.py);
@@ -25,7 +28,7 @@ A renewed workload certificate goes only to proxies whose token still passes at 
 
 The "which proxies" rules are the pure functions ``affected_by_*`` (unit-tested alone).
 
-A mirrored resource that fails validation is left out, as if absent (``usable.py``): one bad
+A resource of the view that fails validation is left out, as if absent (``usable.py``): one bad
 document never fails a round.
 
 One MeshContext per mesh per round lets proxies share identical pieces; the round pushes its
@@ -50,7 +53,7 @@ from zonemesh.shared.resources import REGISTRY
 from zonemesh.shared.resources.model import Resource, ResourceKey
 from zonemesh.shared.resources.types.targetref import MESH_HTTP_ROUTE, MESH_SERVICE, top_level
 from zonemesh.shared.store import Store
-from zonemesh.shared.store.base import Event, EventKind, Watch
+from zonemesh.zone_cp.view import ZoneView
 from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotBuilder, SnapshotCache
 from zonemesh.zone_cp.xds.context import (
     DATAPLANE,
@@ -85,6 +88,7 @@ MESH_CA_STATE = STATE_TYPE
 # the builtin gateways' MeshGateways and routes, and the policy types that have a plugin
 # (policies/, from the registry).
 WATCHED_TYPES = (MESH, DATAPLANE, SECRET, MESH_CA_STATE, EXTERNAL_SERVICE, *POLICY_TYPES, *GATEWAY_TYPES)
+_WATCHED = frozenset(WATCHED_TYPES)
 # Mesh-scoped types generation reads through MeshContext.policies (by type): policies, the
 # builtin gateways' MeshGateways and routes, and Secrets (gateway listener certificates).
 CONTEXT_TYPES = (*POLICY_TYPES, *GATEWAY_TYPES, SECRET)
@@ -233,27 +237,35 @@ def proxies_serving(dataplanes: Iterable[Resource], wanted: Set[str]) -> set[str
     return {dp.name for dp in dataplanes if any(service in wanted for service in services(dp))}
 
 
+StillAdmitted = Callable[[list[ProxyIdentity]], Awaitable[set[ProxyIdentity]]]
+
+
 class Reconciler:
     def __init__(
         self,
-        store: Store,
+        view: Store,
         cache: SnapshotCache,
         cert_provider: CertProvider | None,
         *,
         debounce: float = 0.05,
         max_delay: float = 0.25,
         cross_zone: CrossZoneViews | None = None,
+        still_admitted: StillAdmitted | None = None,
     ) -> None:
-        self.store = store
+        # The zone's view (zone_cp/app.py starts it before this). Given a plain store (tests,
+        # tools), the reconciler opens a view of it of its own, started and stopped with it.
+        self._own_view = not isinstance(view, ZoneView)
+        self.view = view if isinstance(view, ZoneView) else ZoneView()
+        self._store = view if self._own_view else None
         self.cache = cache
         self.cert_provider = cert_provider
         self.debounce = debounce
         self.max_delay = max_delay
-        self._mirror: dict[str, dict[ResourceKey, Resource]] = {t: {} for t in WATCHED_TYPES}
+        # Keys of resources in the view that fail validation: read as if absent (usable.py).
+        self._unusable: set[ResourceKey] = set()
         self._consumers: dict[str, dict[str, set[str]]] = {}  # mesh -> service -> dataplanes with outbounds to it
-        # mesh -> name -> Dataplane, and mesh -> names of its builtin gateways: a Dataplane event
-        # must not scan every Dataplane of the zone (registering 1,000 proxies was quadratic).
-        self._by_mesh: dict[str, dict[str, Resource]] = {}
+        # mesh -> names of its builtin gateways: a Dataplane event must not scan every Dataplane
+        # of the zone (registering 1,000 proxies was quadratic).
         self._gateways: dict[str, set[str]] = {}
         # mesh -> (dataplanes generation, local endpoints): recomputed only after a Dataplane change.
         self._dp_generation: dict[str, int] = {}
@@ -268,7 +280,7 @@ class Reconciler:
         self._next_rotation: dt.datetime | None = None
         self._rotation_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._watch: Watch | None = None
+        self._unfollow: Callable[[], None] | None = None
         self._rounding = False  # a round is generating and pushing
         self._progress = asyncio.Event()  # set each time a change was taken in or a round ended (idle())
         self.rounds = 0
@@ -276,56 +288,64 @@ class Reconciler:
         # them (zone_cp/xds/zoneproxies.py); a change regenerates what it touches.
         self.cross_zone = cross_zone if cross_zone is not None else CrossZoneViews()
         self.cross_zone.follow(self.invalidate_mesh, self.invalidate_services)
-        # Of the given proxies, those whose stream credential passes now (zone_cp/app.py sets it to
-        # the xDS server's check): a renewed workload certificate goes to those only.
-        self.still_admitted: Callable[[list[ProxyIdentity]], Awaitable[set[ProxyIdentity]]] | None = None
+        # Of the given proxies, those whose stream credential passes now (zone_cp/app.py passes the
+        # xDS server's check): a renewed workload certificate goes to those only.
+        self.still_admitted = still_admitted
         self._last_certs: dict[tuple[str, str], bytes] = {}  # (mesh, service) -> the certificate last handed out
 
     # -- life ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._watch = self.store.watch(WATCHED_TYPES)  # before listing: no change falls in between
+        if self._own_view:
+            assert self._store is not None
+            await self.view.start(self._store)
+        # What the view holds, then its changes: no await in between, so none is missed or seen twice.
         for rtype in WATCHED_TYPES:
-            for res in (await self.store.list(rtype)).items:
-                self._upsert(res)
-        await self._warn_unsupported()
+            for res in self.view.all(rtype):
+                self._take(None, res)
+        self._unfollow = self.view.follow(self._changed)
+        self._warn_unsupported()
         self._tasks = [
-            asyncio.create_task(self._consume(self._watch), name="xds-reconciler-watch"),
             asyncio.create_task(self._loop(), name="xds-reconciler"),
             asyncio.create_task(self._cert_refresh(), name="xds-cert-refresh"),
         ]
-        log.info("xds_reconciler_started", dataplanes=len(self._mirror[DATAPLANE]))
+        log.info("xds_reconciler_started", dataplanes=self.view.count(DATAPLANE))
 
-    async def _warn_unsupported(self) -> None:
+    def _warn_unsupported(self) -> None:
         """Policies of a type zonemesh does not apply (stored before an upgrade refused the type)
         are not read at all: say so once, so that nobody wonders why they do nothing."""
         for rtype in REGISTRY.policies():
             if rtype.name in POLICY_TYPES:
                 continue
-            stored = await self.store.list(rtype.name, size=1)
-            if stored.total:
-                log.warning("xds_policy_type_not_supported", type=rtype.name, stored=stored.total)
+            stored = self.view.count(rtype.name)
+            if stored:
+                log.warning("xds_policy_type_not_supported", type=rtype.name, stored=stored)
 
     async def idle(self) -> None:
         """Return once every change seen so far has been generated and pushed: store events this
-        reconciler has received, proxies that connected, invalidations. (A store whose watch
+        view has received, proxies that connected, invalidations. (A store whose watch
         delivers events after the write returns, as etcd's does, may still hold back a change
         made just before: tests use the memory store, which delivers at once.)"""
         while self._busy():
             self._progress.clear()
+            if self.view.behind():
+                await self.view.caught_up()  # it tells _changed of each change as it takes it in
+                continue
             await self._progress.wait()
 
     def _busy(self) -> bool:
-        queued = self._watch is not None and not self._watch.queue.empty()
-        return queued or bool(self._pending) or self._rounding
+        return self.view.behind() or bool(self._pending) or self._rounding
 
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.close()
+        if self._unfollow is not None:
+            self._unfollow()
+            self._unfollow = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self._own_view:
+            await self.view.stop()
 
     async def __aenter__(self) -> Reconciler:
         await self.start()
@@ -382,32 +402,43 @@ class Reconciler:
             self._pending.mark(time.monotonic())
             self._wake.set()
 
-    # -- the mirror ------------------------------------------------------------------------
+    # -- following the view ---------------------------------------------------------------------
 
-    async def _consume(self, watch: Watch) -> None:
-        async for event in watch:
-            try:
-                self._apply(event)
-            except Exception:  # one bad resource must not end the watch: every later change would be lost
-                res = event.resource
-                log.exception("xds_change_failed", resource=f"{res.type}/{res.mesh}/{res.name}")
-                self.invalidate_mesh(res.mesh or res.name)
-            finally:
-                self._progress.set()
-
-    def _apply(self, event: Event) -> None:
-        res = event.resource
-        if res.type not in self._mirror:
+    def _changed(self, before: Resource | None, after: Resource | None) -> None:
+        """The view took a change in (``ZoneView.follow``): index it, and mark the proxies it affects."""
+        res = after or before
+        assert res is not None
+        if res.type not in _WATCHED:
             return
-        before = self._mirror[res.type].get(res.key)
-        if event.kind is EventKind.DELETED:
-            self._remove(res)
+        try:
+            self._apply(*self._take(before, after))
+        except Exception:  # one bad resource must not stop the view's other changes reaching rounds
+            log.exception("xds_change_failed", resource=f"{res.type}/{res.mesh}/{res.name}")
+            self.invalidate_mesh(res.mesh or res.name)
+        finally:
+            self._progress.set()
+
+    def _take(self, before: Resource | None, after: Resource | None) -> tuple[Resource | None, Resource | None]:
+        """Index a change of the view; returns it as generation sees it (an unusable state as None)."""
+        res = after or before
+        assert res is not None
+        if before is not None and res.key in self._unusable:
+            before = None
+        self._unusable.discard(res.key)
+        if after is not None and not usable(after):
+            self._unusable.add(res.key)  # as if absent: one broken document must not break its mesh's rounds
             after = None
-        else:
-            if before is not None and res.version and before.version > res.version:
-                return  # older than what the initial list already gave
-            self._upsert(res)
-            after = self._mirror[res.type].get(res.key)  # None: an unusable resource, left out
+        if res.type == DATAPLANE:
+            if before is not None:
+                self._index_dataplane(before, remove=True)
+            if after is not None:
+                self._index_dataplane(after, remove=False)
+        return before, after
+
+    def _apply(self, before: Resource | None, after: Resource | None) -> None:
+        res = after or before
+        if res is None:
+            return  # an unusable resource stayed unusable
         mesh = res.mesh or res.name  # a Mesh is named by itself
         if res.type == DATAPLANE:
             names = affected_by_dataplane(before, after, self._consumers.get(mesh, {}))
@@ -416,7 +447,7 @@ class Reconciler:
             names |= affected_by_routes(served, self._routes(mesh), self._dataplanes(mesh))
             if any(is_builtin(dp) for dp in (before, after) if dp is not None):
                 # Another mesh's proxies may reach it as a cross-mesh gateway.
-                self._mark_nodes(crossmesh.cross_mesh_clients(self._mirror[DATAPLANE].values()))
+                self._mark_nodes(crossmesh.cross_mesh_clients(self._all(DATAPLANE)))
         elif res.type in POLICY_TYPES:
             names = affected_by_policy(
                 before,
@@ -432,31 +463,53 @@ class Reconciler:
             names |= affected_by_routes(served, self._routes(mesh), self._dataplanes(mesh))
         elif res.type in GATEWAY_TYPES:
             names = set(self._gateways.get(mesh, ()))
-            self._mark_nodes(crossmesh.cross_mesh_clients(self._mirror[DATAPLANE].values()))
+            self._mark_nodes(crossmesh.cross_mesh_clients(self._all(DATAPLANE)))
         else:
             self.invalidate_mesh(mesh)
             if crossmesh.changes_trust(res):
                 # Cross-mesh listeners of every mesh trust this mesh's CA.
-                self._mark_nodes((dp.mesh, dp.name) for dp in self._mirror[DATAPLANE].values() if is_builtin(dp))
+                self._mark_nodes((dp.mesh, dp.name) for dp in self._all(DATAPLANE) if is_builtin(dp))
             return
         self._mark_nodes((mesh, name) for name in names)
+
+    # -- reading the view ---------------------------------------------------------------------
+
+    def _all(self, rtype: str) -> list[Resource]:
+        """Every usable ``rtype`` of the view."""
+        return [r for r in self.view.all(rtype) if not self._unusable or r.key not in self._unusable]
+
+    def _in_mesh(self, rtype: str, mesh: str) -> list[Resource]:
+        """A mesh's usable resources of ``rtype``."""
+        held = self.view.in_mesh(rtype, mesh).values()
+        return [r for r in held if r.key not in self._unusable] if self._unusable else list(held)
+
+    def _get(self, rtype: str, name: str, mesh: str = "") -> Resource | None:
+        res = self.view.peek(rtype, name, mesh)
+        return None if res is None or res.key in self._unusable else res
 
     def _cross_mesh(self, mesh_name: str) -> list[Resource]:
         """What a mesh's generation needs to know about the others (cross-mesh gateways, CAs)."""
         return crossmesh.context_resources(
             mesh_name,
-            self._mirror[MESH].values(),
-            self._mirror[MESH_GATEWAY_TYPE].values(),
-            self._mirror[DATAPLANE].values(),
-            self._mirror[SECRET].values(),
-            self._mirror[MESH_CA_STATE].values(),
+            self._all(MESH),
+            self._all(MESH_GATEWAY_TYPE),
+            self._all(DATAPLANE),
+            self._all(SECRET),
+            self._all(MESH_CA_STATE),
         )
 
     def _routes(self, mesh: str) -> list[Resource]:
-        return [r for t in ROUTE_PLUGINS for r in self._mirror[t].values() if r.mesh == mesh]
+        return [r for t in ROUTE_PLUGINS for r in self._in_mesh(t, mesh)]
 
     def _dataplanes(self, mesh: str) -> list[Resource]:
-        return list(self._by_mesh.get(mesh, {}).values())
+        return self._in_mesh(DATAPLANE, mesh)
+
+    def _mesh_inputs(self, mesh_name: str) -> tuple[list[Resource], list[Resource]]:
+        """The policies (and other context types, and what other meshes tell it) and the external
+        services a mesh's generation reads."""
+        policies = [r for t in CONTEXT_TYPES for r in self._in_mesh(t, mesh_name)]
+        policies += self._cross_mesh(mesh_name)
+        return policies, self._in_mesh(EXTERNAL_SERVICE, mesh_name)
 
     def _local_endpoints(self, mesh: str) -> dict[str, list[Endpoint]]:
         """The mesh's local endpoints, recomputed only when one of its Dataplanes changed (a
@@ -467,35 +520,15 @@ class Reconciler:
             cached = self._endpoints[mesh] = (generation, local_endpoints(self._dataplanes(mesh)))
         return cached[1]
 
-    def _upsert(self, res: Resource) -> None:
-        if not usable(res):
-            self._remove(res)  # as if absent: one broken document must not break its mesh's rounds
-            return
-        if res.type == DATAPLANE:
-            old = self._mirror[DATAPLANE].get(res.key)
-            if old is not None:
-                self._index_dataplane(old, remove=True)
-            self._index_dataplane(res, remove=False)
-        self._mirror[res.type][res.key] = res
-
-    def _remove(self, res: Resource) -> None:
-        old = self._mirror[res.type].pop(res.key, None)
-        if old is not None and res.type == DATAPLANE:
-            self._index_dataplane(old, remove=True)
-
     def _index_dataplane(self, dp: Resource, *, remove: bool) -> None:
         self._index_consumers(dp, remove=remove)
         self._dp_generation[dp.mesh] = self._dp_generation.get(dp.mesh, 0) + 1
-        by_name = self._by_mesh.setdefault(dp.mesh, {})
         gateways = self._gateways.setdefault(dp.mesh, set())
         if remove:
-            by_name.pop(dp.name, None)
             gateways.discard(dp.name)
             self._shapes.get(dp.mesh, {}).pop(dp.name, None)
-        else:
-            by_name[dp.name] = dp
-            if is_builtin(dp):
-                gateways.add(dp.name)
+        elif is_builtin(dp):
+            gateways.add(dp.name)
 
     def _index_consumers(self, dp: Resource, *, remove: bool) -> None:
         by_service = self._consumers.setdefault(dp.mesh, {})
@@ -551,20 +584,17 @@ class Reconciler:
                 await self._reconcile_mesh(mesh, sorted(names), changed_at)
 
     async def _reconcile_mesh(self, mesh_name: str, names: list[str], changed_at: float | None) -> None:
-        mesh = self._mirror[MESH].get(ResourceKey(MESH, "", mesh_name))
+        mesh = self._get(MESH, mesh_name)
         if mesh is None:
             log.warning("xds_mesh_missing", mesh=mesh_name, proxies=len(names))
             return
         dataplanes = self._dataplanes(mesh_name)
-        by_name = self._by_mesh.get(mesh_name, {})
-        proxies = [dp for dp in (by_name.get(n) for n in names) if dp is not None]
+        proxies = [dp for dp in (self._get(DATAPLANE, n, mesh_name) for n in names) if dp is not None]
         certs = await self._certs(mesh, proxies)
         renewed = self._renewed(mesh_name, certs)
         if renewed:
             proxies = await self._admitted_for(renewed, proxies)
-        policies = [r for t in CONTEXT_TYPES for k, r in self._mirror[t].items() if k.mesh == mesh_name]
-        externals = [r for k, r in self._mirror[EXTERNAL_SERVICE].items() if k.mesh == mesh_name]
-        policies += self._cross_mesh(mesh_name)
+        policies, externals = self._mesh_inputs(mesh_name)
         ctx = MeshContext.build(
             mesh,
             dataplanes,
@@ -680,28 +710,26 @@ class Reconciler:
     # -- for the API -------------------------------------------------------------------------
 
     async def render(self, mesh_name: str, name: str) -> ResourceSet:
-        """Generate a proxy's config now, from the mirror (the ``_config`` API)."""
+        """Generate a proxy's config now, from the view (the ``_config`` API)."""
         mesh, dp = self._proxy(mesh_name, name)
         return generate(self._context(mesh, await self._certs(mesh, [dp])), dp)
 
     def inspection(self, mesh_name: str, name: str) -> tuple[MeshContext, Resource]:
-        """The context generation reads for a proxy, from the mirror, and the proxy (the
+        """The context generation reads for a proxy, from the view, and the proxy (the
         ``_rules`` and ``_policies`` API: which policies set what; no certificates)."""
         mesh, dp = self._proxy(mesh_name, name)
         return self._context(mesh, {}), dp
 
     def _proxy(self, mesh_name: str, name: str) -> tuple[Resource, Resource]:
-        mesh = self._mirror[MESH].get(ResourceKey(MESH, "", mesh_name))
-        dp = self._mirror[DATAPLANE].get(ResourceKey(DATAPLANE, mesh_name, name))
+        mesh = self._get(MESH, mesh_name)
+        dp = self._get(DATAPLANE, name, mesh_name)
         if mesh is None or dp is None:
             raise LookupError(f"dataplane {name!r} in mesh {mesh_name!r} not found")
         return mesh, dp
 
     def _context(self, mesh: Resource, certs: Mapping[str, WorkloadCert]) -> MeshContext:
         mesh_name = mesh.name
-        policies = [r for t in CONTEXT_TYPES for k, r in self._mirror[t].items() if k.mesh == mesh_name]
-        externals = [r for k, r in self._mirror[EXTERNAL_SERVICE].items() if k.mesh == mesh_name]
-        policies += self._cross_mesh(mesh_name)
+        policies, externals = self._mesh_inputs(mesh_name)
         return MeshContext.build(
             mesh, self._dataplanes(mesh_name), policies, externals, certs, cross=self.cross_zone.get(mesh_name)
         )

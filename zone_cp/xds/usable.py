@@ -45,20 +45,22 @@ def usable(res: Resource) -> bool:
 
 class UsableFilter:
     """``usable`` over resources read again every round: only versions not seen before are
-    validated (and a bad one is logged once). Keeps the verdicts of the last list of each type."""
+    validated (and a bad one is logged once). The reader says when a resource is gone (``forget``),
+    so that verdicts are kept for what exists only."""
 
     def __init__(self) -> None:
-        self._verdicts: dict[str, dict[ResourceKey, tuple[int, bool]]] = {}
+        self._verdicts: dict[ResourceKey, tuple[int, bool]] = {}
+
+    def passes(self, res: Resource) -> bool:
+        seen = self._verdicts.get(res.key)
+        if seen is not None and seen[0] == res.version and res.version:
+            return seen[1]
+        ok = usable(res)
+        self._verdicts[res.key] = (res.version, ok)
+        return ok
+
+    def forget(self, key: ResourceKey) -> None:
+        self._verdicts.pop(key, None)
 
     def __call__(self, type: str, resources: Iterable[Resource]) -> list[Resource]:
-        known = self._verdicts.get(type, {})
-        verdicts: dict[ResourceKey, tuple[int, bool]] = {}
-        kept = []
-        for res in resources:
-            seen = known.get(res.key)
-            ok = seen[1] if seen is not None and seen[0] == res.version and res.version else usable(res)
-            verdicts[res.key] = (res.version, ok)
-            if ok:
-                kept.append(res)
-        self._verdicts[type] = verdicts
-        return kept
+        return [res for res in resources if self.passes(res)]

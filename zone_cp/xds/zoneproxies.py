@@ -1,9 +1,12 @@
 """The config of zone ingress and zone egress proxies: ``ZoneProxyReconciler``.
 
-It generates their config (``generators/ingress.py``, ``egress.py``) from the zone's store whenever
-a mesh, dataplane, ExternalService, ZoneIngress or ZoneEgress changes, and computes the per-mesh
-``CrossZone`` views (other zones' ingresses, this zone's egress, resolved ExternalService hosts)
-the dataplane reconciler reads (``crosszone.CrossZoneViews``). What it reads goes through
+It generates their config (``generators/ingress.py``, ``egress.py``) from the zone's view of its
+resources (zone_cp/view.py) whenever a mesh, dataplane, ExternalService, ZoneIngress or ZoneEgress
+changes, and computes the per-mesh ``CrossZone`` views (other zones' ingresses, this zone's egress,
+resolved ExternalService hosts) the dataplane reconciler reads (``crosszone.CrossZoneViews``). It
+follows the view's changes and reads the view in place: a change that only the zone proxies'
+config reads (a Dataplane, a policy) makes a round only while a zone proxy is connected, and a
+round lists nothing from the store. What it reads goes through
 ``UsableFilter`` (zone_cp/xds/usable.py): a resource that fails validation (another zone's
 ZoneIngress with a port that is not one...) is skipped, logged and counted, and the round goes on.
 Who may run a zone proxy and how it registers: zone_cp/admission.py; its insight: zone_cp/insights.py.
@@ -25,7 +28,7 @@ from zonemesh.shared.api.errors import error_response
 from zonemesh.shared.ca.state import STATE_TYPE
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store import Store
-from zonemesh.shared.store.base import Watch
+from zonemesh.zone_cp.view import ZoneView
 from zonemesh.zone_cp.xds import usable
 from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotCache
 from zonemesh.zone_cp.xds.context import (
@@ -69,22 +72,26 @@ log = structlog.get_logger(__name__)
 INPUTS = (MESH, DATAPLANE, EXTERNAL_SERVICE, SECRET, STATE_TYPE, *RESOURCE_TYPES.values(), *INSIGHT_TYPES.values())
 CONTEXT_POLICIES = tuple(dict.fromkeys((*EGRESS_TYPES, *EGRESS_LOCALITY_TYPES, *ROUTE_TYPES, MESH_GATEWAY_ROUTE_TYPE)))
 WATCHED = (*INPUTS, *CONTEXT_POLICIES)
+# Of those, what the per-mesh CrossZone views are computed from: a change of one of them is read
+# by the dataplane side too, so it makes a round even with no zone proxy connected.
+CROSS_ZONE_INPUTS = frozenset((MESH, EXTERNAL_SERVICE, *RESOURCE_TYPES.values(), *INSIGHT_TYPES.values()))
+_WATCHED = frozenset(WATCHED)
 
 
 # --- config of connected zone proxies ------------------------------------------------------------
 
 
 class ZoneProxyReconciler:
-    """Regenerates connected zone proxies from the store, and computes the zone's per-mesh
+    """Regenerates connected zone proxies from the zone's view, and computes the zone's per-mesh
     CrossZone ``views`` (which the dataplane reconciler reads and follows: crosszone.CrossZoneViews).
 
-    Reads the store each round (zone proxies are few; rounds are debounced), so it keeps no
-    mirror of its own.
+    Reads the view in place each round (zone proxies are few; rounds are debounced), so it keeps
+    no copy of its own.
     """
 
     def __init__(
         self,
-        store: Store,
+        view: Store,
         cache: SnapshotCache,
         certs: CertProvider | None,
         zone: str,
@@ -93,7 +100,11 @@ class ZoneProxyReconciler:
         dns_ttl: float = 30.0,
         views: CrossZoneViews | None = None,
     ) -> None:
-        self.store = store
+        # The zone's view (zone_cp/app.py starts it before this); given a plain store (tests), a view
+        # of it of its own, started and stopped with the reconciler.
+        self._own_view = not isinstance(view, ZoneView)
+        self.view = view if isinstance(view, ZoneView) else ZoneView()
+        self._store = view if self._own_view else None
         self.cache = cache
         self.certs = certs
         self.zone = zone
@@ -104,7 +115,7 @@ class ZoneProxyReconciler:
         self._resolved: dict[str, tuple[list[str], float]] = {}  # host -> (addresses, when looked up)
         self._wake = asyncio.Event()
         self._usable = usable.UsableFilter()
-        self._watch_queue: asyncio.Queue[Any] | None = None  # the store watch's, while running
+        self._unfollow: Callable[[], None] | None = None
         self._rounding = False
         self._progress = asyncio.Event()  # set when a round ended (idle())
         self.rounds = 0
@@ -132,9 +143,20 @@ class ZoneProxyReconciler:
         self._connected.pop(key, None)
         self.cache.clear_snapshot(identity.key)
 
-    async def _all(self, rtype: str) -> list[Resource]:
-        """Every stored ``rtype`` that passes validation (the others are skipped and said so once)."""
-        return self._usable(rtype, (await self.store.list(rtype)).items)
+    def _all(self, rtype: str) -> list[Resource]:
+        """Every ``rtype`` of the view that passes validation (the others are skipped and said so
+        once), by mesh and name as a listing gives them (the cross-zone views keep that order)."""
+        return sorted(self._usable(rtype, self.view.all(rtype)), key=lambda r: (r.mesh, r.name))
+
+    def _changed(self, before: Resource | None, after: Resource | None) -> None:
+        """The view took a change in (``ZoneView.follow``): a round if the cross-zone views or a
+        connected zone proxy's config may read it."""
+        res = after or before
+        assert res is not None
+        if after is None:
+            self._usable.forget(res.key)
+        if res.type in CROSS_ZONE_INPUTS or (res.type in _WATCHED and self._connected):
+            self._wake.set()
 
     async def _egress_certs(self, meshes: list[MeshContext]) -> dict[str, WorkloadCert]:
         certs: dict[str, WorkloadCert] = {}
@@ -164,36 +186,39 @@ class ZoneProxyReconciler:
         return {host: addresses for host, (addresses, _) in self._resolved.items() if host in wanted}
 
     async def context(self, *, with_dataplanes: bool = False) -> ZoneContext:
-        """Everything zone proxies are generated from, read from the store now. The per-mesh
+        """Everything zone proxies are generated from, read from the view now. The per-mesh
         cross-zone view is always refreshed; the zone's dataplanes are read only when a zone
         proxy is connected to be generated from them."""
-        meshes = await self._all("Mesh")
-        externals = await self._all("ExternalService")
+        meshes = self._all("Mesh")
+        externals = self._all("ExternalService")
         # Only proxies holding an xDS stream now: a killed ingress/egress stays registered.
-        ingresses = online(await self._all("ZoneIngress"), await self._all("ZoneIngressInsight"))
-        egresses = online(await self._all("ZoneEgress"), await self._all("ZoneEgressInsight"))
+        ingresses = online(self._all("ZoneIngress"), self._all("ZoneIngressInsight"))
+        egresses = online(self._all("ZoneEgress"), self._all("ZoneEgressInsight"))
         resolved = await self._resolve(externals)
         cross = {m.name: CrossZone.build(self.zone, m.name, ingresses, egresses, resolved) for m in meshes}
         self.views.replace(cross)
         contexts: dict[str, MeshContext] = {}
         if self._connected or with_dataplanes:
-            dataplanes = await self._all("Dataplane")
             # The egress runs the egress hooks of policies (MeshTrafficPermission for ExternalServices),
             # and reads the Secrets their TLS settings refer to; both read the routes' subsets.
-            context_types = [r for t in (*CONTEXT_POLICIES, SECRET) for r in await self._all(t)]
             for mesh in meshes:
                 contexts[mesh.name] = MeshContext.build(
                     mesh,
-                    [d for d in dataplanes if d.mesh == mesh.name],
-                    [p for p in context_types if p.mesh == mesh.name],
+                    self._in_mesh(DATAPLANE, mesh.name),
+                    [p for t in (*CONTEXT_POLICIES, SECRET) for p in self._in_mesh(t, mesh.name)],
                     external_services=[e for e in externals if e.mesh == mesh.name],
                     cross=cross[mesh.name],
                 )
         return ZoneContext(self.zone, contexts, await self._egress_certs(list(contexts.values())))
 
+    def _in_mesh(self, rtype: str, mesh: str) -> list[Resource]:
+        """A mesh's ``rtype`` of the view that pass validation, by name (as generation reads them)."""
+        held = self.view.in_mesh(rtype, mesh)
+        return [r for r in (held[name] for name in sorted(held)) if self._usable.passes(r)]
+
     async def render(self, proxy_type: str, name: str) -> ResourceSet:
         """A zone proxy's config generated now (the ``_config`` API); LookupError when unknown."""
-        proxy = await self.store.find(RESOURCE_TYPES[proxy_type], name)
+        proxy = self.view.peek(RESOURCE_TYPES[proxy_type], name)
         if proxy is None:
             raise LookupError(f"{RESOURCE_TYPES[proxy_type]} {name!r} not found")
         return self.generate(await self.context(with_dataplanes=True), proxy)
@@ -208,7 +233,7 @@ class ZoneProxyReconciler:
         started = time.monotonic()
         zctx = await self.context()
         for (proxy_type, name), _ in sorted(self._connected.items()):
-            proxy = await self.store.find(RESOURCE_TYPES[proxy_type], name)
+            proxy = self.view.peek(RESOURCE_TYPES[proxy_type], name)
             if proxy is None:
                 log.warning("zone_proxy_not_registered", type=proxy_type, name=name)
                 continue
@@ -226,16 +251,13 @@ class ZoneProxyReconciler:
         changes (await its own ``idle()`` next). Same caveat as ``Reconciler.idle``."""
         while self._busy():
             self._progress.clear()
+            if self.view.behind() and not self._wake.is_set() and not self._rounding:
+                await self.view.caught_up()  # it tells _changed of each change as it takes it in
+                continue
             await self._progress.wait()
 
     def _busy(self) -> bool:
-        queued = self._watch_queue is not None and not self._watch_queue.empty()
-        return queued or self._wake.is_set() or self._rounding
-
-    async def _watch(self, watch: Watch) -> None:
-        async with watch:
-            async for _ in watch:
-                self._wake.set()
+        return self.view.behind() or self._wake.is_set() or self._rounding
 
     async def _loop(self) -> None:
         while True:
@@ -257,21 +279,21 @@ class ZoneProxyReconciler:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[ZoneProxyReconciler]:
-        watch = self.store.watch(WATCHED)
-        self._watch_queue = watch.queue
-        tasks = [
-            asyncio.create_task(self._watch(watch), name="zone-proxies-watch"),
-            asyncio.create_task(self._loop(), name="zone-proxies"),
-        ]
+        if self._own_view:
+            assert self._store is not None
+            await self.view.start(self._store)
+        self._unfollow = self.view.follow(self._changed)
+        tasks = [asyncio.create_task(self._loop(), name="zone-proxies")]
         try:
             await self.context()  # the cross-zone view is there before the first dataplane is generated
             yield self
         finally:
+            self._unfollow()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            watch.close()
-            self._watch_queue = None
+            if self._own_view:
+                await self.view.stop()
 
 
 def config_routes(reconciler: Callable[[], ZoneProxyReconciler | None]) -> list[web.RouteDef]:
