@@ -427,6 +427,11 @@ class EtcdStore(Store):
         self._closed = False
         # The last revision the watch has published, and the writes waiting for theirs.
         self._seen_revision = 0
+        # Keys a listing returned before this store's watch reached the listing's revision, so
+        # that a reader (the zone's view) may hold them though the watch never published them;
+        # forgotten once the watch passes the newest such listing (_ahead_until).
+        self._ahead: set[bytes] = set()
+        self._ahead_until = 0
         self._index: dict[bytes, int] = {}  # key -> mod revision of what the watch has published
         self.resyncs = 0  # re-lists after a compaction (tests and logs)
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
@@ -585,6 +590,8 @@ class EtcdStore(Store):
 
     def _mark_seen(self, revision: int) -> None:
         self._seen_revision = max(self._seen_revision, revision)
+        if self._ahead and self._seen_revision >= self._ahead_until:
+            self._ahead.clear()  # the watch has published what became of each of them
         while self._waiters and self._waiters[0][0] <= self._seen_revision:
             future = heapq.heappop(self._waiters)[2]
             if not future.done():
@@ -658,7 +665,8 @@ class EtcdStore(Store):
 
         if not filter.is_empty():
             # etcd cannot filter values: read the range once, filter, then page by key.
-            kvs, _ = await self._range_all(range_start, range_end)
+            kvs, revision = await self._range_all(range_start, range_end)
+            self._listed(kvs, revision)
             decoded = zip(kvs, await _decode_all(kvs), strict=True)
             matching = [(kv.key, res) for kv, res in decoded if filter.matches(res)]
             rest = [(key, res) for key, res in matching if key >= after]
@@ -669,6 +677,7 @@ class EtcdStore(Store):
 
         if size is None:
             kvs, revision = await self._range_all(after, range_end)
+            self._listed(kvs, revision)
             total = len(kvs) + (await self._count(range_start, after, revision) if offset else 0)
             return ListResult(await _decode_all(kvs), total, None)
 
@@ -681,6 +690,7 @@ class EtcdStore(Store):
         total = response.responses[0].response_range.count
         page_range = response.responses[1].response_range
         page_kvs = list(page_range.kvs)[:size]
+        self._listed(page_kvs, int(response.header.revision))
         more = page_range.count > size
         next_offset = self._offset_token(type, page_kvs[-1].key) if more and page_kvs else None
         return ListResult([_decode(kv.value) for kv in page_kvs], total, next_offset)
@@ -909,7 +919,9 @@ class EtcdStore(Store):
                 log.warning("etcd_watch_bad_record", key=key.decode(errors="replace"), error=str(exc))
                 continue
             events.append(Event(EventKind.CREATED if known is None else EventKind.UPDATED, res))
-        for key in self._index.keys() - listed.keys():
+        # Deleted: what the watch published, and what a listing ahead of it may have handed out
+        # (created and deleted while the watch lagged: the watch never saw either).
+        for key in (self._index.keys() | self._ahead) - listed.keys():
             type, mesh, name = self._parse_key(key)
             events.append(Event(EventKind.DELETED, Resource(type=type, name=name, mesh=mesh)))
         self._index = {key: kv.mod_revision for key, kv in listed.items()}
@@ -918,6 +930,13 @@ class EtcdStore(Store):
         self.resyncs += 1
         log.warning("etcd_watch_resynced", prefix=self.prefix, revision=revision, changes=len(events))
         return revision
+
+    def _listed(self, kvs: Iterable[Any], revision: int) -> None:
+        """Remember the keys of a listing read ahead of the watch (see ``_ahead``)."""
+        if revision <= self._seen_revision:
+            return
+        self._ahead.update(kv.key for kv in kvs if kv.key not in self._index)
+        self._ahead_until = max(self._ahead_until, revision)
 
     def _to_event(self, etcd_event: Any) -> Event | None:
         kv = etcd_event.kv

@@ -101,3 +101,32 @@ async def test_a_watch_behind_a_compaction_relists_and_publishes_what_it_missed(
         await behind.close()
         await writer.close()
         await proxy.close()
+
+
+async def test_a_resource_listed_ahead_of_the_lagging_watch_then_deleted_and_compacted_is_deleted(
+    etcd_server: EtcdServer,
+) -> None:
+    """A reader (the zone's view) lists while the store's watch lags: it holds a resource the watch
+    never published. Deleted, and etcd compacted, before the watch catches up: the watch's re-list
+    must still say it is gone, or that reader keeps it until a restart."""
+    prefix = f"/resync-ahead-{uuid.uuid4().hex[:8]}"
+    writer = await EtcdStore.open(etcd_server.endpoint, prefix=prefix, rpc_timeout=3)
+    behind = await EtcdStore.open(etcd_server.endpoint, prefix=prefix, rpc_timeout=3)
+    try:
+        watch = behind.watch(["Mesh"])
+        # The watch lags (a slow or starved process): stopped here so that the order is certain.
+        assert behind._watch_task is not None
+        behind._watch_task.cancel()
+        await asyncio.gather(behind._watch_task, return_exceptions=True)
+        await writer.create(mesh("fleeting"))
+        assert [res.name for res in (await behind.list("Mesh")).items] == ["fleeting"]
+        await writer.delete("Mesh", "fleeting")
+        await writer.client.compact(await revision(writer), physical=True)
+
+        behind._watch_task = asyncio.create_task(behind._watch_loop(behind._seen_revision + 1))
+        assert [(e.kind, e.resource.name) for e in await events(watch, 1)] == [(EventKind.DELETED, "fleeting")]
+        assert behind.resyncs == 1
+        watch.close()
+    finally:
+        await behind.close()
+        await writer.close()
