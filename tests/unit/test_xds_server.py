@@ -4,6 +4,7 @@ stale nonces, and the endpoints a warming cluster waits for."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -183,3 +184,73 @@ async def test_hooks_registered_for_some_proxy_types_see_only_their_streams() ->
     for identity in (ProxyIdentity("default", "web-1"), ProxyIdentity("", "ingress-1", ProxyType.INGRESS)):
         await callbacks.run(callbacks.stream_open, StreamInfo(1, identity, base_pb2.Node(), "peer"))
     assert seen == [("dataplanes", "web-1"), ("all", "web-1"), ("all", "ingress-1")]
+
+
+def envoy_node(name: str) -> base_pb2.Node:
+    """A node as Envoy sends it in its first request: its version and every extension it was built
+    with (a real Envoy lists ~500, ~60 KB)."""
+    node = base_pb2.Node(id=name, cluster="web", user_agent_name="envoy")
+    node.user_agent_build_version.version.major_number = 1
+    node.user_agent_build_version.version.minor_number = 34
+    for i in range(500):
+        node.extensions.add(name=f"envoy.filters.http.ext_{i}", category="envoy.filters.http")
+    node.client_features.append("envoy.lb.does_not_support_overprovisioning")
+    return node
+
+
+def live_requests_or_nodes_with_extensions() -> list[object]:
+    """The xDS requests, and the nodes listing extensions, that anything in this process still holds."""
+    gc.collect()
+    kinds = (discovery_pb2.DiscoveryRequest, discovery_pb2.DeltaDiscoveryRequest, base_pb2.Node)
+    return [o for o in gc.get_objects() if isinstance(o, kinds) and (not isinstance(o, base_pb2.Node) or o.extensions)]
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+async def test_an_open_stream_keeps_no_request_alive(delta: bool) -> None:
+    """An Envoy's first request carries its node (every extension it was built with): once the
+    stream is authenticated and answered, neither that request nor any later one stays in memory,
+    and what the hooks see of the node is the part they read (id, version), in a message of its own."""
+    cache = SnapshotCache()
+    cache.set_snapshot(NODE, snapshot(1, 8080))
+    opened: list[StreamInfo] = []
+
+    async def on_open(info: StreamInfo) -> None:
+        opened.append(info)
+
+    server = XdsServer(
+        Config(xds_address="127.0.0.1", xds_port=0), cache, admit, None, (), Callbacks(stream_open=[on_open])
+    )
+    method = "DeltaAggregatedResources" if delta else "StreamAggregatedResources"
+    first: Any = (discovery_pb2.DeltaDiscoveryRequest if delta else discovery_pb2.DiscoveryRequest)(
+        type_url=CLUSTER, node=envoy_node("default.web-1")
+    )
+    hello = first.SerializeToString()  # the client sends bytes: every message object left is the server's
+    del first
+    async with server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = channel.stream_stream(
+            f"/envoy.service.discovery.v3.AggregatedDiscoveryService/{method}",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )()
+        await call.write(hello)
+        async with asyncio.timeout(5):
+            raw = await call.read()
+        response: Any = (discovery_pb2.DeltaDiscoveryResponse if delta else discovery_pb2.DiscoveryResponse).FromString(
+            raw
+        )
+        ack: Any = (
+            discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, response_nonce=response.nonce)
+            if delta
+            else discovery_pb2.DiscoveryRequest(
+                type_url=CLUSTER, version_info=response.version_info, response_nonce=response.nonce
+            )
+        )
+        await call.write(ack.SerializeToString())
+        del ack, response
+        await asyncio.sleep(0.3)  # the server reads the ACK and waits for the next request
+        assert server.servicer.open_streams == 1
+        assert live_requests_or_nodes_with_extensions() == []
+        [info] = opened
+        assert (info.node.id, info.node.user_agent_build_version.version.minor_number) == ("default.web-1", 34)
+        assert not info.node.extensions and not info.node.client_features
+        call.cancel()
