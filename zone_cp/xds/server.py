@@ -856,6 +856,14 @@ class TlsFiles:
 
 ServicerFactory = Callable[[grpc.aio.Server], None]
 
+# The largest TLS record the xDS server writes. Each connection holds a buffer of this size (gRPC's
+# default: 16 KB): with 2 KB, 7 KB less per proxy at 500 proxies (bench/xds_zone.py), for records
+# of at most 2 KB (22 bytes of TLS overhead each; a mesh-wide change sends ~0.8 KB per proxy).
+XDS_TLS_FRAME_SIZE = 2048
+# The server options that bound its memory per connection (bench/xds_zone.py gives its floor the
+# same, and measures the floor without them too).
+XDS_MEMORY_OPTIONS: list[tuple[str, Any]] = [("grpc.tsi.max_frame_size", XDS_TLS_FRAME_SIZE)]
+
 
 class XdsServer:
     """The zone's xDS gRPC server on ``config.xds_address:xds_port`` (TLS), ADS plus whatever
@@ -894,6 +902,9 @@ class XdsServer:
                 # the rest; let all of them wait for the (busy) event loop instead.
                 ("grpc.server.max_pending_requests", 1 << 16),
                 ("grpc.server.max_pending_requests_hard_limit", 1 << 17),
+                # gRPC's TLS writer keeps a buffer of its frame size per connection (16 KB by
+                # default) and cuts what it sends into TLS records that big at most.
+                *XDS_MEMORY_OPTIONS,
             ],
         )
         self.servicer.register(server)
@@ -926,6 +937,8 @@ class XdsServer:
 
 __all__ = [
     "PUSH_ORDER",
+    "XDS_MEMORY_OPTIONS",
+    "XDS_TLS_FRAME_SIZE",
     "Admission",
     "Authenticator",
     "Callbacks",
