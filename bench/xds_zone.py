@@ -1317,7 +1317,23 @@ def run_control_plane(
 
 
 def run_floor(args: argparse.Namespace, tmp: Path, snapshot: Any) -> dict[str, Any]:
-    """The floor: the same clients against one pre-serialized snapshot, mesh-wide changes."""
+    """The floor: the same clients against one pre-serialized snapshot, mesh-wide changes. It
+    runs with the control plane's memory options (XDS_MEMORY_OPTIONS), so that the ratios compare
+    like with like; then once more with gRPC's defaults, for its memory per proxy only."""
+    from zonemesh.zone_cp.xds.server import XDS_MEMORY_OPTIONS
+
+    result = floor_run(args, tmp, snapshot, XDS_MEMORY_OPTIONS, measure=True)
+    defaults = floor_run(args, tmp, snapshot, [], measure=False)
+    result["memory"]["kb_per_proxy_grpc_defaults"] = defaults["memory"]["kb_per_proxy"]
+    result["memory"]["options"] = [list(option) for option in XDS_MEMORY_OPTIONS]
+    return result
+
+
+def floor_run(
+    args: argparse.Namespace, tmp: Path, snapshot: Any, options: list[tuple[str, Any]], measure: bool
+) -> dict[str, Any]:
+    """One floor server with ``options``: its connect storm and memory per proxy, and with
+    ``measure`` its mesh-wide changes."""
     from zonemesh.zone_cp.xds.testing import self_signed_server_cert
 
     n = args.proxies
@@ -1325,11 +1341,12 @@ def run_floor(args: argparse.Namespace, tmp: Path, snapshot: Any) -> dict[str, A
     (tmp / "floor.crt").write_bytes(cert)
     print(
         f"starting the floor ADS server (one pre-serialized snapshot of {sum(map(len, snapshot.values()))} "
-        f"resources) ...",
+        f"resources; options {options or 'gRPC defaults'}) ...",
         flush=True,
     )
-    floor = AdsFloor(snapshot, cert, key)
+    floor = AdsFloor(snapshot, cert, key, options)
     workers: Workers | None = None
+    changes: dict[str, Any] = {}
     try:
         stats = floor.stats
         workers = start_workers(args, [floor.port], tmp / "floor.crt", None)
@@ -1341,8 +1358,11 @@ def run_floor(args: argparse.Namespace, tmp: Path, snapshot: Any) -> dict[str, A
             raise RuntimeError(f"floor connect storm: {storm['configured']}/{n} configured")
         wait_idle(stats, args)
         rss_connected = stats.rss_kb()
-        values = change_values(args.changes, DEFAULT_REQUEST_TIMEOUT)
-        changes = measure_changes(workers, stats, floor.change, values, n, None, args, "floor mesh-wide")
+        if measure:
+            values = change_values(args.changes, DEFAULT_REQUEST_TIMEOUT)
+            changes["mesh-wide"] = measure_changes(
+                workers, stats, floor.change, values, n, None, args, "floor mesh-wide"
+            )
     finally:
         if workers is not None:
             workers.close()
@@ -1354,7 +1374,7 @@ def run_floor(args: argparse.Namespace, tmp: Path, snapshot: Any) -> dict[str, A
             "kb_per_proxy": round((rss_connected - rss_base) / n, 1),
         },
         "connect_storm": storm,
-        "changes": {"mesh-wide": changes},
+        "changes": changes,
     }
 
 
@@ -1433,7 +1453,8 @@ def print_table(report: dict[str, Any]) -> None:
             "memory per proxy",
             f"CP {cp['memory']['kb_per_proxy']} KB (registered {cp['memory']['kb_per_proxy_registered']} KB + "
             f"stream {cp['memory']['kb_per_proxy_stream']} KB), floor {floor['memory']['kb_per_proxy']} KB "
-            f"({r['kb_per_proxy']}x)",
+            f"({r['kb_per_proxy']}x; the floor with the CP's options {floor['memory']['options']}, "
+            f"{floor['memory']['kb_per_proxy_grpc_defaults']} KB with gRPC's defaults)",
         ),
         (
             "connect storm",
