@@ -1165,10 +1165,28 @@ def start_zone(args: argparse.Namespace, tmp: Path, etcd: str | None) -> tuple[l
     """The zone's control plane processes and the CA file its proxies verify them with. SQLite:
     one process with its own self-signed xDS certificate. etcd: ``--zone-replicas`` processes on
     the zone's one etcd prefix, all serving one xDS certificate, so a proxy verifies any of them."""
+    # Under tracemalloc or cProfile a CP starts several times slower (minutes on a busy machine).
+    ready_s = 300.0 if args.tracemalloc or args.profile else 60.0
     if etcd is None:
         cp = ControlPlane(tmp / "cp", profile=args.profile, tracemalloc=args.tracemalloc)
-        cp.start(timeout=60)
-        return [cp], tmp / "cp" / "xds.crt"
+        cps = [cp]
+        cert_file = tmp / "cp" / "xds.crt"
+    else:
+        cps, cert_file = zone_replicas(args, tmp, etcd)
+    try:
+        for cp in cps:
+            cp.start(wait=False)
+        for cp in cps:
+            cp.wait_ready(timeout=ready_s)
+    except BaseException:
+        for cp in cps:  # one that is not ready is stopped too: nothing is left running
+            cp.stop()
+        raise
+    return cps, cert_file
+
+
+def zone_replicas(args: argparse.Namespace, tmp: Path, etcd: str) -> tuple[list[ControlPlane], Path]:
+    """``--zone-replicas`` CPs (not started) on the zone's etcd, sharing one xDS certificate."""
     from zonemesh.zone_cp.xds.testing import self_signed_server_cert
 
     cert, key = self_signed_server_cert("127.0.0.1")
@@ -1189,10 +1207,6 @@ def start_zone(args: argparse.Namespace, tmp: Path, etcd: str | None) -> tuple[l
         )
         for r in range(args.zone_replicas)
     ]
-    for cp in cps:
-        cp.start(wait=False)
-    for cp in cps:
-        cp.wait_ready(timeout=60)
     return cps, cert_file
 
 
