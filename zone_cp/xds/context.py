@@ -43,6 +43,13 @@ class CertProvider(Protocol):
 
     async def workload_cert(self, mesh: str, service: str) -> tuple[bytes, bytes, bytes, dt.datetime]: ...
 
+    async def workload_certs(
+        self, mesh: str, services: Iterable[str]
+    ) -> dict[str, tuple[bytes, bytes, bytes, dt.datetime] | Exception]:
+        """``workload_cert`` of each service (a failed one: its exception), in one call: a round asks
+        for all of a mesh's services at once. Raises when none can be issued (the mesh's CA)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Endpoint:

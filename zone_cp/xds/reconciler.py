@@ -637,11 +637,19 @@ class Reconciler:
         if not (mesh.spec.get("mtls") or {}).get("enabledBackend") or self.cert_provider is None:
             return {}
         certs: dict[str, WorkloadCert] = {}
-        for service in sorted({s for dp in proxies for s in services(dp)}):
-            try:
-                certs[service] = WorkloadCert(*await self.cert_provider.workload_cert(mesh.name, service))
-            except Exception as exc:
-                log.error("xds_workload_cert_failed", mesh=mesh.name, service=service, error=str(exc))
+        wanted = sorted({s for dp in proxies for s in services(dp)})
+        if not wanted:
+            return certs
+        try:
+            # One call for the mesh: its CA is read once, not once per service.
+            issued = await self.cert_provider.workload_certs(mesh.name, wanted)
+        except Exception as exc:
+            issued = dict.fromkeys(wanted, exc)
+        for service, cert in issued.items():
+            if isinstance(cert, Exception):
+                log.error("xds_workload_cert_failed", mesh=mesh.name, service=service, error=str(cert))
+            else:
+                certs[service] = WorkloadCert(*cert)
         for service, cert in certs.items():
             self._track_rotation(mesh.name, service, cert)
         return certs
