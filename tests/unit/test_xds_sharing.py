@@ -732,13 +732,16 @@ async def test_a_listener_placed_in_an_earlier_round_is_reused_only_while_what_i
 def test_the_reconciler_forgets_a_dataplanes_placed_listeners_when_it_changes_or_goes() -> None:
     from zonemesh.zone_cp.xds.context import PlacedListener
 
-    reconciler = Reconciler(None, SnapshotCache(), None)  # type: ignore[arg-type]  # _apply reads no store
-    reconciler._apply(Event(EventKind.CREATED, Resource(type="Mesh", name="default", version=1)))
-    reconciler._apply(Event(EventKind.CREATED, _dp("a-1", "a")))
+    view = ZoneView()  # fed by hand: the changes a store watch would bring
+    reconciler = Reconciler(view, SnapshotCache(), None)
+    view.follow(reconciler._changed)  # as start() does
+    view._apply(Event(EventKind.CREATED, Resource(type="Mesh", name="default", version=1)))
+    view._apply(Event(EventKind.CREATED, _dp("a-1", "a")))
     placed = reconciler._placed.setdefault("default", {})
     placed["a-1"] = {0: PlacedListener((), b"", "", 0)}
-    reconciler._apply(Event(EventKind.UPDATED, _dp("a-1", "a", version=2)))
-    assert "a-1" not in placed
+    placed["a-2"] = {0: PlacedListener((), b"", "", 0)}  # another proxy's stay
+    view._apply(Event(EventKind.UPDATED, _dp("a-1", "a", version=2)))
+    assert "a-1" not in placed and "a-2" in placed
     placed["a-1"] = {0: PlacedListener((), b"", "", 0)}
-    reconciler._apply(Event(EventKind.DELETED, _dp("a-1", "a", version=2)))
+    view._apply(Event(EventKind.DELETED, _dp("a-1", "a", version=2)))
     assert "a-1" not in placed
