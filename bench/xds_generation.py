@@ -11,8 +11,15 @@ generates every proxy from it, as the reconciler does; the first round warms up,
 ``--rounds`` are timed (wall and process CPU time). It also reports what a round serializes:
 how many messages (``encodes``) and how many distinct encoded resources.
 
+``--change mesh-wide``: each round is a mesh-wide change as the control plane makes it (the
+bench/xds_zone.py change: the mesh's default MeshTimeout with a new requestTimeout), and what
+the reconciler keeps between rounds is kept (the proxies' shapes, their placed inbound
+listeners); the garbage collector tuned as the control plane tunes it. Without it (``none``, the
+default) every round starts afresh from the same policies.
+
     python bench/xds_generation.py --proxies 2000
     python bench/xds_generation.py --proxies 2000 --workload addresses
+    python bench/xds_generation.py --proxies 2000 --change mesh-wide
     python bench/xds_generation.py --quick
 """
 
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import hashlib
 import json
 import os
@@ -32,9 +40,11 @@ from typing import Any
 
 from zonemesh.shared.resources.defaults import default_policies
 from zonemesh.shared.resources.model import Resource
+from zonemesh.shared.runtime import GC_THRESHOLDS
 from zonemesh.zone_cp.xds.cache import SnapshotBuilder
 from zonemesh.zone_cp.xds.context import MeshContext, WorkloadCert
 from zonemesh.zone_cp.xds.generators import generate
+from zonemesh.zone_cp.xds.generators.inbound import keep_placed
 from zonemesh.zone_cp.xds.testing import TestCA
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -67,12 +77,19 @@ def dataplane_doc(index: int, services: int, workload: str) -> dict[str, Any]:
     return doc
 
 
-def run(proxies: int, rounds: int, workload: str = "ports") -> dict[str, Any]:
+def run(proxies: int, rounds: int, workload: str = "ports", change: str = "none") -> dict[str, Any]:
     services = max(2, proxies // 10)
     mesh = resource(xds_zone.mesh_doc())
     dataplanes = [resource(dataplane_doc(i, services, workload)) for i in range(proxies)]
     policies = [resource(xds_zone.permission_doc(s, services)) for s in range(services)]
     policies += default_policies(xds_zone.MESH)
+    kept = change == "mesh-wide"
+    shapes: dict[str, Any] = {}
+    placed: dict[str, Any] = {}
+    if kept:
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
     ca = TestCA()
     names = [xds_zone.service_name(s) for s in range(services)]
     certs = {n: WorkloadCert(*asyncio.run(ca.workload_cert(xds_zone.MESH, n))) for n in names}
@@ -83,8 +100,19 @@ def run(proxies: int, rounds: int, workload: str = "ports") -> dict[str, Any]:
     digest = hashlib.blake2b(digest_size=8)
     for r in range(rounds + 1):
         started, started_cpu = time.perf_counter(), time.process_time()
-        ctx = MeshContext.build(mesh, dataplanes, policies, [], certs)
-        builder = SnapshotBuilder()  # as the reconciler: one per round
+        if kept:  # the mesh-wide change: the default MeshTimeout with a new requestTimeout
+            timeout = Resource(
+                type="MeshTimeout",
+                name=xds_zone.TIMEOUT_POLICY,
+                mesh=xds_zone.MESH,
+                spec=xds_zone.mesh_timeout_doc(xds_zone.DEFAULT_REQUEST_TIMEOUT + r + 1)["spec"],
+                version=r + 2,
+            )
+            policies = [p for p in policies if p.name != xds_zone.TIMEOUT_POLICY] + [timeout]
+        ctx = MeshContext.build(
+            mesh, dataplanes, policies, [], certs, shapes=shapes if kept else None, placed=placed if kept else None
+        )
+        builder = SnapshotBuilder(ctx.encoded)  # as the reconciler: one per round
         times = []
         distinct: set[bytes] = set()
         for dp in dataplanes:
@@ -95,6 +123,7 @@ def run(proxies: int, rounds: int, workload: str = "ports") -> dict[str, Any]:
                 for typed in snapshot.types.values():
                     digest.update(typed.version.encode())
                     distinct.update(typed.resources.values())
+        keep_placed(ctx, builder.encoded)
         if r > 0:  # round 0 warms up (imports, caches)
             samples += times
             rounds_s.append(time.perf_counter() - started)
@@ -121,6 +150,9 @@ def main() -> None:
     parser.add_argument("--proxies", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (after one warm-up round)")
     parser.add_argument("--workload", choices=WORKLOADS, default="ports", help="where proxies listen (see above)")
+    parser.add_argument(
+        "--change", choices=("none", "mesh-wide"), default="none", help="what each round is (see above)"
+    )
     parser.add_argument("--quick", action="store_true", help="200 proxies, 1 round")
     parser.add_argument("--out", type=Path, help=f"JSON report (default {RESULTS}; --quick: *.quick.json)")
     args = parser.parse_args()
@@ -140,8 +172,9 @@ def main() -> None:
             "services": max(2, args.proxies // 10),
             "rounds": args.rounds,
             "workload": args.workload,
+            "change": args.change,
         },
-        **run(args.proxies, args.rounds, args.workload),
+        **run(args.proxies, args.rounds, args.workload, args.change),
     }
     per = report["per_proxy_ms"]
     print(

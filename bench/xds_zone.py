@@ -951,7 +951,7 @@ class Workers:
                 proc.join(5)
 
 
-def start_spy(cp: ControlPlane, path: Path | None, phase: str) -> subprocess.Popen[bytes] | None:
+def start_spy(cp: ControlPlane, path: Path | None, phase: str, rate: int = 100) -> subprocess.Popen[bytes] | None:
     """py-spy the CP during one phase (collapsed stacks in PATH.<phase>); None without --spy."""
     if path is None:
         return None
@@ -961,6 +961,7 @@ def start_spy(cp: ControlPlane, path: Path | None, phase: str) -> subprocess.Pop
     beside = Path(sys.executable).parent / "py-spy"
     spy_bin = str(beside) if beside.exists() else shutil.which("py-spy") or "py-spy"
     cmd = [spy_bin, "record", "--pid", str(cp.process.pid), "--format", "raw", "--nonblocking", "--output", out]
+    cmd += ["--rate", str(rate)]
     spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)
     return spy
@@ -1246,7 +1247,7 @@ def run_control_plane(
         trace_registered = cp.trace()
 
         print(f"connecting {n} {args.protocol} ADS streams at once ...", flush=True)
-        spy = start_spy(cp, args.spy, "storm")
+        spy = start_spy(cp, args.spy, "storm", args.spy_rate)
         storm = connect_storm(workers, n, stats, args.storm_timeout)
         stop_spy(spy)
         if not storm["complete"]:
@@ -1257,7 +1258,7 @@ def run_control_plane(
         metrics_storm = metrics()
         snapshot = workers.call("snapshot", [None] * args.workers)[0]
 
-        spy = start_spy(cp, args.spy, "changes")
+        spy = start_spy(cp, args.spy, "changes", args.spy_rate)
         changes: dict[str, Any] = {}
         if "mesh-wide" in args.change:
             print(f"{args.changes} mesh-wide changes (PUT MeshTimeout {TIMEOUT_POLICY}, requestTimeout) ...")
@@ -1570,6 +1571,7 @@ def main() -> None:
         "--tracemalloc", type=Path, help="trace the CP's allocations: print per proxy what its streams allocated"
     )
     parser.add_argument("--spy", type=Path, help="py-spy the CP (collapsed stacks in PATH.storm, PATH.changes)")
+    parser.add_argument("--spy-rate", type=int, default=100, help="py-spy samples per second (--spy)")
     parser.add_argument("--profile-clients", type=Path, help="cProfile each worker, writing PATH.<pid>")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data dir (CP log)")
     parser.add_argument(

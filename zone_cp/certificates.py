@@ -23,6 +23,7 @@ import datetime as dt
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import structlog
@@ -58,6 +59,12 @@ class HeldCert:
     issued_at: dt.datetime
     backend: str  # "" when this control plane did not issue it (it cannot tell)
     ca_fingerprint: str
+
+    @cached_property
+    def warn_at(self) -> dt.datetime:
+        """From when it is in the last PROXY_WARN_FRACTION of its lifetime (``ExpiryWatch``
+        looks at every connected proxy's certificates every interval: computed once)."""
+        return self.not_after - (self.not_after - self.not_before) * PROXY_WARN_FRACTION
 
 
 @dataclass(frozen=True)
@@ -171,11 +178,13 @@ class ExpiryWatch:
         at = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
         soonest: dict[str, dt.datetime] = {}
         expiring: dict[str, int] = {}
-        for (mesh, proxy), held in self.held().items():
+        connected = self.held()
+        for (mesh, proxy), held in connected.items():
             for cert in held.certs:
-                soonest[mesh] = min(soonest.get(mesh, cert.not_after), cert.not_after)
-                lifetime = cert.not_after - cert.not_before
-                if cert.not_after - at < lifetime * PROXY_WARN_FRACTION:
+                first = soonest.get(mesh)
+                if first is None or cert.not_after < first:
+                    soonest[mesh] = cert.not_after
+                if at > cert.warn_at:
                     expiring[mesh] = expiring.get(mesh, 0) + 1
                     if self._first(("proxy", fingerprint(x509.load_pem_x509_certificate(cert.leaf)))):
                         log.warning(
@@ -192,7 +201,7 @@ class ExpiryWatch:
                 PROXY_CERT_EXPIRY.remove(mesh)
         for mesh, when in soonest.items():
             PROXY_CERT_EXPIRY.labels(mesh=mesh).set((when - at).total_seconds())
-        meshes = set(soonest) | {mesh for mesh, _ in self.held()}
+        meshes = set(soonest) | {mesh for mesh, _ in connected}
         for mesh in meshes | self._meshes:
             CERTS_EXPIRING.labels(mesh=mesh, kind="proxy").set(expiring.get(mesh, 0))
             CERTS_EXPIRING.labels(mesh=mesh, kind="ca").set(await self._check_cas(mesh, at) if mesh in meshes else 0)

@@ -186,6 +186,43 @@ async def test_dp_cert_request_timeout_bounds_issuance(monkeypatch: pytest.Monke
     assert (await ca.issue("default", "web")).backend == "ca-1"
 
 
+async def test_workload_certs_of_a_round_are_each_services_workload_cert(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reconciler's one call per mesh gives what asking per service gives; a service whose
+    issuance fails gets its exception, the others their certificates; the mesh's CA failing fails all."""
+    ca, store = await make_ca()
+    finds: list[tuple[str, str]] = []
+    real_find = store.find
+
+    async def counting_find(rtype: str, name: str, mesh: str = "") -> Resource | None:
+        finds.append((rtype, name))
+        return await real_find(rtype, name, mesh)
+
+    monkeypatch.setattr(store, "find", counting_find)
+    batch = await ca.workload_certs("default", ["web", "api", "db"])
+    assert list(batch) == ["web", "api", "db"]
+    for service in ("web", "api", "db"):
+        assert batch[service] == await ca.workload_cert("default", service)
+    before = len(finds)
+    await ca.workload_certs("default", ["web", "api", "db"])
+    assert finds[before:].count(("Mesh", "default")) == 2  # once to issue, once for the trust bundle
+
+    from zonemesh.shared.ca import mesh as mesh_module
+
+    real = mesh_module.issue_workload_cert
+
+    def failing_for_new(ca_: object, mesh: str, service: str, *args: object) -> object:
+        if service == "new":
+            raise RuntimeError("signer down")
+        return real(ca_, mesh, service, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(mesh_module, "issue_workload_cert", failing_for_new)
+    batch = await ca.workload_certs("default", ["web", "new"])
+    assert isinstance(batch["new"], RuntimeError)
+    assert batch["web"] == await ca.workload_cert("default", "web")
+    with pytest.raises(MtlsNotEnabled):
+        await ca.workload_certs("missing", ["web"])
+
+
 async def test_no_builtin_backend_is_refused() -> None:
     store = MemoryStore()
     await store.create(Resource(type="Mesh", name="plain"))

@@ -87,7 +87,7 @@ async def test_an_inbound_placed_from_its_template_is_what_building_it_for_its_a
     for index, template in inbound.templates(ctx, web, {}, ResourceSet()):
         assert not template.direct
         for address, port in PLACES:
-            cluster, filters = inbound._at(ctx, template, address, port)
+            cluster, filters, _ = inbound._at(ctx, template, address, port)
             direct_cluster, direct_listener = inbound._direct(
                 ctx, template.service, template.protocol, address, port, template.policies
             )

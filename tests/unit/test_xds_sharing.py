@@ -485,7 +485,8 @@ async def test_a_template_naming_its_app_where_placing_does_not_look_is_built_fo
     odd.CopyFrom(template.hcm)
     odd.server_name = inbound._ANY_APP  # as a policy reading the cluster's name might
     for tricky in (replace(template, hcm=odd, key=("odd",)), replace(template, direct=True, key=("direct",))):
-        cluster, filters = inbound._at(ctx, tricky, "127.0.0.1", 40000)
+        cluster, filters, from_template = inbound._at(ctx, tricky, "127.0.0.1", 40000)
+        assert not from_template  # never kept for a later round's placing (MeshContext.placed)
         direct_cluster, direct_listener = inbound._direct(ctx, "web", "http", "127.0.0.1", 40000, template.policies)
         assert cluster.SerializeToString() == direct_cluster.SerializeToString()
         assert [f.SerializeToString() for f in filters] == [
@@ -646,3 +647,101 @@ spec:
 """)
     round_of(moved, subset)  # policies select on another tag: shapes read it
     assert computed == ["web-1", "web-1"]
+
+
+TO_API_YAML = """
+type: MeshTimeout
+name: to-api
+mesh: default
+spec:
+  targetRef: {kind: Mesh}
+  to: [{targetRef: {kind: MeshService, name: api}, default: {http: {requestTimeout: %ds}}}]
+"""
+
+
+async def test_a_listener_placed_in_an_earlier_round_is_reused_only_while_what_it_is_placed_from_is_alike() -> None:
+    """The reconciler keeps each proxy's placed inbound listeners between rounds (MeshContext.placed,
+    with the bytes its snapshot holds): a round whose templates have the same content at the same
+    ports takes those bytes instead of building and serializing the listener again. Every round,
+    every proxy gets byte for byte what a round without kept listeners gives, and a listener is
+    never taken from an earlier round once its template (an inbound policy, the mesh's mTLS) or
+    its ports changed."""
+    import dataclasses
+
+    from zonemesh.zone_cp.xds.context import PlacedListener, WorkloadCert
+    from zonemesh.zone_cp.xds.generators import generate, inbound
+    from zonemesh.zone_cp.xds.testing import TestCA, load_resources
+
+    ca = TestCA()
+    certs = {s: WorkloadCert(*await ca.workload_cert("default", s)) for s in ("web", "web-metrics", "api")}
+    shapes: dict[str, tuple[Resource, object, str]] = {}
+    placed: dict[str, dict[int, PlacedListener]] = {}
+    before: dict[str, dict[str, bytes]] = {}
+
+    def round_of(yaml: str, proxies: list[Resource]) -> tuple[int, dict[str, dict[str, bytes]]]:
+        """One round keeping shapes and placed listeners, checked against a fresh one; returns how
+        many listeners it took from earlier rounds and each proxy's listeners."""
+        resources = load_resources(yaml)
+        mesh = next(r for r in resources if r.type == "Mesh")
+        policies = [r for r in resources if r.type != "Mesh"]
+        dataplanes = [*proxies, _api()]
+        kept = MeshContext.build(mesh, dataplanes, policies, certs=certs, shapes=shapes, placed=placed)
+        builder = SnapshotBuilder(kept.encoded)
+        together = {dp.name: builder.build(generate(kept, dp)) for dp in proxies}
+        inbound.keep_placed(kept, builder.encoded)
+        fresh = MeshContext.build(mesh, dataplanes, policies, certs=certs)
+        fresh_builder = SnapshotBuilder()
+        for dp in proxies:
+            alone = fresh_builder.build(generate(fresh, dp))
+            for type_url, typed in together[dp.name].types.items():
+                assert dict(typed.resources) == dict(alone.types[type_url].resources), (dp.name, type_url)
+                assert typed.version == alone.types[type_url].version
+        listeners = {dp.name: dict(together[dp.name].types[LISTENER].resources) for dp in proxies}
+        return len(kept.encoded), listeners
+
+    web1 = _web("web-1", "127.0.0.1", [20000, 20001], service_ports=[40000, 40001])
+    web2 = _web("web-2", "127.0.0.1", [20002, 20003], service_ports=[40002, 40003])
+    assert round_of(PORTS_YAML + "---" + TO_API_YAML % 5, [web1, web2])[0] == 0  # nothing placed before
+    assert placed.keys() == {"web-1", "web-2"} and all(len(by_index) == 2 for by_index in placed.values())
+
+    # An outbound's policy changed: every inbound listener (2 proxies x 2 inbounds) is taken as it was.
+    reused, before = round_of(PORTS_YAML + "---" + TO_API_YAML % 6, [web1, web2])
+    assert reused == 4
+
+    # web's inbound policy changed: its HTTP inbounds are placed anew, web-metrics' stay.
+    slower = PORTS_YAML.replace("requestTimeout: 7s", "requestTimeout: 8s")
+    reused, after = round_of(slower + "---" + TO_API_YAML % 6, [web1, web2])
+    assert reused == 2
+    for name in ("web-1", "web-2"):
+        changed = {n for n in after[name] if after[name][n] != before[name][n]}
+        assert changed == {f"inbound:127.0.0.1:{2 * int(name[-1]) + 19998}"}
+
+    # web-2's metrics inbound moved to another port: that listener is placed anew.
+    ports = {**web2.spec["networking"]}
+    ports["inbound"] = [ports["inbound"][0], {**ports["inbound"][1], "port": 20013}]
+    moved = dataclasses.replace(web2, spec={"networking": ports}, version=2)
+    reused, after = round_of(slower + "---" + TO_API_YAML % 6, [web1, moved])
+    assert reused == 3 and "inbound:127.0.0.1:20013" in after["web-2"]
+
+    # The mesh's mTLS mode changed: every template's listener differs, none is taken.
+    permissive = slower.replace("type: builtin}", "type: builtin, mode: PERMISSIVE}")
+    assert permissive != slower
+    assert round_of(permissive + "---" + TO_API_YAML % 6, [web1, moved])[0] == 0
+
+
+def test_the_reconciler_forgets_a_dataplanes_placed_listeners_when_it_changes_or_goes() -> None:
+    from zonemesh.zone_cp.xds.context import PlacedListener
+
+    view = ZoneView()  # fed by hand: the changes a store watch would bring
+    reconciler = Reconciler(view, SnapshotCache(), None)
+    view.follow(reconciler._changed)  # as start() does
+    view._apply(Event(EventKind.CREATED, Resource(type="Mesh", name="default", version=1)))
+    view._apply(Event(EventKind.CREATED, _dp("a-1", "a")))
+    placed = reconciler._placed.setdefault("default", {})
+    placed["a-1"] = {0: PlacedListener((), b"", "", 0)}
+    placed["a-2"] = {0: PlacedListener((), b"", "", 0)}  # another proxy's stay
+    view._apply(Event(EventKind.UPDATED, _dp("a-1", "a", version=2)))
+    assert "a-1" not in placed and "a-2" in placed
+    placed["a-1"] = {0: PlacedListener((), b"", "", 0)}
+    view._apply(Event(EventKind.DELETED, _dp("a-1", "a", version=2)))
+    assert "a-1" not in placed

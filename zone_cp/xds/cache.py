@@ -150,10 +150,12 @@ class SnapshotBuilder:
     type whose resources are the very same objects as another proxy's gets the same
     ``TypeSnapshot`` (no re-hashing, and one copy in memory); replicas of a shape even share the
     very dicts (``ResourceSet.copy``), recognized without looking inside. Messages and dicts are
-    held for the round so that their ids stay unique."""
+    held for the round so that their ids stay unique. ``known``: messages whose encoding is known
+    already (parsed from bytes an earlier round made: ``MeshContext.encoded``), not serialized again."""
 
-    def __init__(self) -> None:
+    def __init__(self, known: Mapping[int, tuple[Message, bytes, str]] | None = None) -> None:
         self._encoded: dict[int, tuple[Message, bytes, str]] = {}  # id -> (message, Any bytes, version)
+        self._known = known if known is not None else {}
         self._typed: dict[tuple[str, tuple[str, ...], tuple[int, ...]], TypeSnapshot] = {}
         self._by_dict: dict[tuple[str, int], tuple[dict[str, Message], TypeSnapshot]] = {}
         self.encodes = 0  # messages serialized this round (bench/xds_generation.py, tests)
@@ -162,13 +164,21 @@ class SnapshotBuilder:
     def _encoded_once(self, type_url: str, message: Message) -> tuple[Message, bytes, str]:
         hit = self._encoded.get(id(message))
         if hit is None:
-            data = encode_any(type_url, message)
-            self.encodes += 1
-            hit = self._encoded[id(message)] = (message, data, resource_version(data))
+            hit = self._known.get(id(message))
+            if hit is None or hit[0] is not message:
+                data = encode_any(type_url, message)
+                self.encodes += 1
+                hit = (message, data, resource_version(data))
+            self._encoded[id(message)] = hit
         return hit
 
     def encode(self, type_url: str, message: Message) -> bytes:
         return self._encoded_once(type_url, message)[1]
+
+    def encoded(self, type_url: str, message: Message) -> tuple[bytes, str]:
+        """``message``'s encoded ``Any`` and its version (serialized once per round)."""
+        _, data, version = self._encoded_once(type_url, message)
+        return data, version
 
     def _typed_snapshot(self, type_url: str, by_name: dict[str, Message]) -> TypeSnapshot:
         shared = self._by_dict.get((type_url, id(by_name)))

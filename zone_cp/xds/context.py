@@ -43,6 +43,23 @@ class CertProvider(Protocol):
 
     async def workload_cert(self, mesh: str, service: str) -> tuple[bytes, bytes, bytes, dt.datetime]: ...
 
+    async def workload_certs(
+        self, mesh: str, services: Iterable[str]
+    ) -> dict[str, tuple[bytes, bytes, bytes, dt.datetime] | Exception]:
+        """``workload_cert`` of each service (a failed one: its exception), in one call: a round asks
+        for all of a mesh's services at once. Raises when none can be issued (the mesh's CA)."""
+        ...
+
+
+class PlacedListener(NamedTuple):
+    """An inbound listener as placed in an earlier round (inbound.place): what it was placed from
+    (its template's content, its app's and its own address and port), its encoded ``Any`` and version."""
+
+    key: tuple[object, ...]
+    data: bytes
+    version: str
+    offset: int  # where the Listener's own bytes start in ``data``
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -221,6 +238,14 @@ class MeshContext:
     # reconciler across rounds (its Dataplanes are replaced on change, never changed in place),
     # so an unchanged proxy's shape is not serialized again each round (generators.generate).
     shapes: dict[str, tuple[Resource, Any, str]] = field(default_factory=dict)
+    # Dataplane name -> inbound index -> its listener as placed in an earlier round (inbound.place):
+    # kept by the reconciler across rounds, so that an inbound placed from a template of the same
+    # content at the same addresses and ports is not built and serialized again.
+    placed: dict[str, dict[int, PlacedListener]] = field(default_factory=dict)
+    # This round's: listeners placed anew, recorded in ``placed`` once serialized
+    # (inbound.keep_placed); and messages whose encoding is known already (SnapshotBuilder).
+    placing: list[tuple[str, int, tuple[object, ...], Any]] = field(default_factory=list)
+    encoded: dict[int, tuple[Any, bytes, str]] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -233,9 +258,11 @@ class MeshContext:
         cross: CrossZone | None = None,
         endpoints: Mapping[str, list[Endpoint]] | None = None,
         shapes: dict[str, tuple[Resource, Any, str]] | None = None,
+        placed: dict[str, dict[int, PlacedListener]] | None = None,
     ) -> MeshContext:
         """``endpoints``: ``local_endpoints(dataplanes)`` when the caller keeps it between rounds;
-        ``shapes``: the proxies' shapes, when the caller keeps them between rounds."""
+        ``shapes`` and ``placed``: the proxies' shapes and placed inbound listeners, when the caller
+        keeps them between rounds."""
         dps = {dp.name: dp for dp in dataplanes}
         by_type: dict[str, list[Resource]] = {}
         for policy in sorted(policies, key=lambda p: p.name):
@@ -255,6 +282,7 @@ class MeshContext:
             local,
             cross=cross,
             shapes={} if shapes is None else shapes,
+            placed={} if placed is None else placed,
         )
 
     @property

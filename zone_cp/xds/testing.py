@@ -133,6 +133,11 @@ class TestCA:
             self._certs[(mesh, service)] = self.issue(mesh, service)
         return self._certs[(mesh, service)]
 
+    async def workload_certs(
+        self, mesh: str, services: Iterable[str]
+    ) -> dict[str, tuple[bytes, bytes, bytes, dt.datetime] | Exception]:
+        return {service: await self.workload_cert(mesh, service) for service in services}
+
 
 def self_signed_server_cert(host: str = "127.0.0.1", *more_hosts: str) -> tuple[bytes, bytes]:
     """(cert PEM, key PEM) for a TLS server on ``host`` (and ``more_hosts``): IP addresses (then

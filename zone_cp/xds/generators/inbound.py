@@ -11,7 +11,8 @@ included: a plaintext client is a client without identity, not one that skips th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -24,6 +25,7 @@ from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from google.protobuf.message import Message
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds import policies as policy_plugins
 from zonemesh.zone_cp.xds.context import (
@@ -33,6 +35,7 @@ from zonemesh.zone_cp.xds.context import (
     SERVICE_TAG,
     MeshContext,
     Mtls,
+    PlacedListener,
     inbound_address,
     inbounds,
 )
@@ -198,6 +201,10 @@ class Template:
     key: tuple[object, ...]
     cluster_bytes: bytes  # ``cluster`` serialized: the same for every service whose policies leave it alike
     direct: bool  # a policy named the local cluster where placing does not look: build it per app
+    # A digest of all placing reads of it (cluster, listener, filters, terminal message): a
+    # listener placed in an earlier round from a template of the same content at the same
+    # addresses and ports is the same (``place``, ``MeshContext.placed``).
+    fingerprint: bytes
 
 
 def _template(ctx: MeshContext, service: str, protocol: str, policies: MatchedPolicies) -> Template:
@@ -215,6 +222,9 @@ def _template(ctx: MeshContext, service: str, protocol: str, policies: MatchedPo
         listener = _listener("", "", 0, [], pieces.mtls, ctx.name, service, pieces.tls_params)
         listener.ClearField("address")
         network = tuple(filters[:-1])
+        cluster_bytes = cluster.SerializeToString(deterministic=True)
+        terminal_message = pieces.hcm if pieces.hcm is not None else pieces.tcp_proxy
+        assert terminal_message is not None
         built = ctx.memo[key] = Template(
             service,
             protocol,
@@ -225,11 +235,26 @@ def _template(ctx: MeshContext, service: str, protocol: str, policies: MatchedPo
             pieces.hcm,
             pieces.tcp_proxy,
             key,
-            cluster_bytes=cluster.SerializeToString(deterministic=True),
+            cluster_bytes=cluster_bytes,
             direct=_names_any_app(network),
+            fingerprint=_fingerprint(
+                cluster_bytes,
+                listener.SerializeToString(deterministic=True),
+                *(f.SerializeToString(deterministic=True) for f in network),
+                HCM.encode() if pieces.hcm is not None else TCP_PROXY.encode(),
+                terminal_message.SerializeToString(deterministic=True),
+            ),
         )
     assert isinstance(built, Template)
     return built
+
+
+def _fingerprint(*parts: bytes) -> bytes:
+    digest = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.digest()
 
 
 def _terminal(template: Template, cluster_name: str) -> listener_components_pb2.Filter:
@@ -278,10 +303,11 @@ def _local_cluster_at(
 
 def _at(
     ctx: MeshContext, template: Template, service_address: str, service_port: int
-) -> tuple[cluster_pb2.Cluster, list[listener_components_pb2.Filter]]:
+) -> tuple[cluster_pb2.Cluster, list[listener_components_pb2.Filter], bool]:
     """The template's local cluster and its listener's filters for an app at
     ``service_address:service_port``: the very same as ``_direct`` builds, shared by the proxies
-    whose app is there (``ctx.memo``)."""
+    whose app is there (``ctx.memo``); and whether they were placed from the template (False:
+    built for the app directly)."""
     key = ("inbound-at", template.key, service_address, service_port)
     placed = ctx.memo.get(key)
     if placed is None:
@@ -293,11 +319,12 @@ def _at(
             cluster, listener = _direct(
                 ctx, template.service, template.protocol, service_address, service_port, template.policies
             )
-            placed = (cluster, list(listener.filter_chains[0].filters))
+            placed = (cluster, list(listener.filter_chains[0].filters), False)
         else:
             placed = (
                 _local_cluster_at(ctx, template, name, service_address, service_port),
                 [*template.network_filters, terminal],
+                True,
             )
         ctx.memo[key] = placed
     assert isinstance(placed, tuple)
@@ -328,20 +355,48 @@ def templates(
 
 def place(ctx: MeshContext, proxy: Resource, found: Sequence[tuple[int, Template]], resources: ResourceSet) -> None:
     """The proxy's own inbounds: each template's local cluster at the inbound's app
-    (``serviceAddress:servicePort``) and its listener at the inbound's address:port."""
+    (``serviceAddress:servicePort``) and its listener at the inbound's address:port.
+
+    A listener placed in an earlier round from a template of the same content (its fingerprint)
+    at the same addresses and ports is that round's bytes (``ctx.placed``, kept by the
+    reconciler): a change of what the inbounds do not read (an outbound's policy) builds and
+    serializes no proxy's listener again."""
     own = inbounds(proxy)
+    held = ctx.placed.get(proxy.name)
     for index, template in found:
         inbound = own[index]
         service_address = str(inbound.get("serviceAddress") or LOCALHOST)
         service_port = int(inbound.get("servicePort") or inbound["port"])
-        cluster, filters = _at(ctx, template, service_address, service_port)
-        resources.add(CLUSTER, cluster.name, cluster)
         address, port = inbound_address(proxy, inbound), int(inbound["port"])
         name = f"inbound:{address}:{port}"
-        listener = listener_pb2.Listener()
-        listener.CopyFrom(template.listener)  # a C-level copy of the shared filter chains
-        for chain in listener.filter_chains:
-            chain.filters.extend(filters)
-        listener.name = name
-        listener.address.CopyFrom(socket_address(address, port))
+        key = (template.fingerprint, service_address, service_port, address, port)
+        before = held.get(index) if held is not None else None
+        if before is not None and before.key == key:
+            # Only templates placed from (not built directly) are kept: so is this one.
+            cluster_name = local_cluster_name(service_address, service_port)
+            cluster = _local_cluster_at(ctx, template, cluster_name, service_address, service_port)
+            listener = listener_pb2.Listener.FromString(before.data[before.offset :])
+            ctx.encoded[id(listener)] = (listener, before.data, before.version)
+        else:
+            cluster, filters, from_template = _at(ctx, template, service_address, service_port)
+            listener = listener_pb2.Listener()
+            listener.CopyFrom(template.listener)  # a C-level copy of the shared filter chains
+            for chain in listener.filter_chains:
+                chain.filters.extend(filters)
+            listener.name = name
+            listener.address.CopyFrom(socket_address(address, port))
+            if from_template:
+                ctx.placing.append((proxy.name, index, key, listener))
+        resources.add(CLUSTER, cluster.name, cluster)
         resources.add(LISTENER, name, listener)
+
+
+def keep_placed(ctx: MeshContext, encoded: Callable[[str, Message], tuple[bytes, str]]) -> None:
+    """Record the listeners this round placed anew in ``ctx.placed``, each with its encoding as the
+    round's SnapshotBuilder made it (``encoded``: the same bytes its snapshot holds, so keeping
+    them costs no memory of their own), for the next rounds' ``place``."""
+    for proxy_name, index, key, listener in ctx.placing:
+        data, version = encoded(LISTENER, listener)
+        offset = len(data) - listener.ByteSize()
+        ctx.placed.setdefault(proxy_name, {})[index] = PlacedListener(key, data, version, offset)
+    ctx.placing.clear()
