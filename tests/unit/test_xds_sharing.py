@@ -745,3 +745,72 @@ def test_the_reconciler_forgets_a_dataplanes_placed_listeners_when_it_changes_or
     placed["a-1"] = {0: PlacedListener((), b"", "", 0)}
     view._apply(Event(EventKind.DELETED, _dp("a-1", "a", version=2)))
     assert "a-1" not in placed
+
+
+async def test_an_inbound_template_is_kept_across_rounds_only_while_what_it_is_built_from_is_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reconciler keeps inbound templates between rounds (MeshContext.templates), by what they
+    are built from: the mesh's name and mTLS, the service, its protocol and every part but `to` of
+    the inbound policies matched. A change of an outbound's policy (even the `to` of a policy that
+    also has a `from`) builds no template again; any change an inbound reads (its policy's `from`,
+    a MeshTrafficPermission, the mesh's mTLS mode) builds it anew. Every round, every proxy gets
+    byte for byte what a round with nothing kept gives."""
+    from zonemesh.zone_cp.xds.context import WorkloadCert
+    from zonemesh.zone_cp.xds.generators import generate, inbound
+    from zonemesh.zone_cp.xds.testing import TestCA, load_resources
+
+    ca = TestCA()
+    certs = {s: WorkloadCert(*await ca.workload_cert("default", s)) for s in ("web", "web-metrics", "api")}
+    templates: dict[object, object] = {}
+    built: list[str] = []
+    real_build = inbound._build_template
+
+    def counting(ctx: MeshContext, service: str, *args: object) -> inbound.Template:
+        if ctx.templates is templates:  # the kept round's, not the fresh one's
+            built.append(service)
+        return real_build(ctx, service, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(inbound, "_build_template", counting)
+
+    def round_of(yaml: str) -> list[str]:
+        """One round keeping templates, checked against a fresh one; the services whose templates
+        it built."""
+        built.clear()
+        resources = load_resources(yaml)
+        mesh = next(r for r in resources if r.type == "Mesh")
+        policies = [r for r in resources if r.type != "Mesh"]
+        proxies = [_web("web-1", "127.0.0.1", [20000, 20001]), _web("web-2", "127.0.0.1", [20002, 20003])]
+        dataplanes = [*proxies, _api()]
+        kept = MeshContext.build(mesh, dataplanes, policies, certs=certs, templates=templates)
+        together = {dp.name: SnapshotBuilder().build(generate(kept, dp)) for dp in [*proxies, _api()]}
+        inbound.forget_templates(kept)
+        fresh = MeshContext.build(mesh, dataplanes, policies, certs=certs)
+        for dp in [*proxies, _api()]:
+            alone = SnapshotBuilder().build(generate(fresh, dp))
+            for type_url, typed in together[dp.name].types.items():
+                assert dict(typed.resources) == dict(alone.types[type_url].resources), (dp.name, type_url)
+        return sorted(built)
+
+    both_ways = PORTS_YAML.replace(
+        "  from: [{targetRef: {kind: Mesh}, default: {http: {requestTimeout: 7s}, connectionTimeout: 3s}}]",
+        "  from: [{targetRef: {kind: Mesh}, default: {http: {requestTimeout: 7s}, connectionTimeout: 3s}}]\n"
+        "  to: [{targetRef: {kind: Mesh}, default: {http: {requestTimeout: %ds}}}]",
+    ).replace(
+        "targetRef: {kind: MeshService, name: web}\n  from: [{targetRef: {kind: Mesh}, default: {http",
+        "targetRef: {kind: Mesh}\n  from: [{targetRef: {kind: Mesh}, default: {http",
+    )
+    assert "to: [{targetRef: {kind: Mesh}" in both_ways
+    assert round_of(both_ways % 5) == ["api", "web", "web-metrics"]  # nothing kept before
+    # the `to` of the policy that also has the inbound's `from`: no template built again
+    assert round_of(both_ways % 6) == []
+    # its `from`: the templates it selects are built again
+    slower = (both_ways % 6).replace("requestTimeout: 7s", "requestTimeout: 8s")
+    assert round_of(slower) == ["api", "web", "web-metrics"]
+    # a MeshTrafficPermission of web: web's template only
+    denied = slower.replace("action: Allow", "action: Deny")
+    assert round_of(denied) == ["web"]
+    # the mesh's mTLS mode: every template
+    permissive = denied.replace("type: builtin}", "type: builtin, mode: PERMISSIVE}")
+    assert permissive != denied
+    assert round_of(permissive) == ["api", "web", "web-metrics"]

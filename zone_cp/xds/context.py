@@ -242,6 +242,11 @@ class MeshContext:
     # kept by the reconciler across rounds, so that an inbound placed from a template of the same
     # content at the same addresses and ports is not built and serialized again.
     placed: dict[str, dict[int, PlacedListener]] = field(default_factory=dict)
+    # What an inbound's template is built from -> the template (inbound._template): kept by the
+    # reconciler across rounds; and the keys this round used (the reconciler drops the others
+    # once there are many).
+    templates: dict[Any, Any] = field(default_factory=dict)
+    templates_used: set[Any] = field(default_factory=set)
     # This round's: listeners placed anew, recorded in ``placed`` once serialized
     # (inbound.keep_placed); and messages whose encoding is known already (SnapshotBuilder).
     placing: list[tuple[str, int, tuple[object, ...], Any]] = field(default_factory=list)
@@ -259,10 +264,11 @@ class MeshContext:
         endpoints: Mapping[str, list[Endpoint]] | None = None,
         shapes: dict[str, tuple[Resource, Any, str]] | None = None,
         placed: dict[str, dict[int, PlacedListener]] | None = None,
+        templates: dict[Any, Any] | None = None,
     ) -> MeshContext:
         """``endpoints``: ``local_endpoints(dataplanes)`` when the caller keeps it between rounds;
-        ``shapes`` and ``placed``: the proxies' shapes and placed inbound listeners, when the caller
-        keeps them between rounds."""
+        ``shapes``, ``placed`` and ``templates``: the proxies' shapes, placed inbound listeners and
+        inbound templates, when the caller keeps them between rounds."""
         dps = {dp.name: dp for dp in dataplanes}
         by_type: dict[str, list[Resource]] = {}
         for policy in sorted(policies, key=lambda p: p.name):
@@ -283,6 +289,7 @@ class MeshContext:
             cross=cross,
             shapes={} if shapes is None else shapes,
             placed={} if placed is None else placed,
+            templates={} if templates is None else templates,
         )
 
     @property

@@ -276,6 +276,8 @@ class Reconciler:
         # mesh -> Dataplane name -> its inbound listeners as placed (MeshContext.placed): an inbound
         # placed from a template of the same content at the same ports is not built again.
         self._placed: dict[str, dict[str, dict[int, PlacedListener]]] = {}
+        # mesh -> inbound templates by what they are built from (MeshContext.templates)
+        self._templates: dict[str, dict[Any, Any]] = {}
         self._connected: dict[tuple[str, str], int] = {}  # (mesh, name) -> open streams
         self._pending = _Pending()
         self._wake = asyncio.Event()
@@ -610,6 +612,7 @@ class Reconciler:
             endpoints=self._local_endpoints(mesh_name),
             shapes=self._shapes.setdefault(mesh_name, {}),
             placed=self._placed.setdefault(mesh_name, {}),
+            templates=self._templates.setdefault(mesh_name, {}),
         )
         # Proxies are pushed in slices of YIELD_EVERY seconds of generation, then the loop runs:
         # it starts the slice's writes, then handles the ACKs that came meanwhile. A yield after
@@ -634,6 +637,7 @@ class Reconciler:
                 slice_started = time.perf_counter()
         self._publish(ready)
         inbound.keep_placed(ctx, builder.encoded)
+        inbound.forget_templates(ctx)
 
     def _publish(self, ready: list[tuple[str, Snapshot]]) -> None:
         for node, snapshot in ready:

@@ -48,7 +48,7 @@ from zonemesh.zone_cp.xds.envoy import (
     socket_address,
 )
 from zonemesh.zone_cp.xds.generators.common import http_protocol_options
-from zonemesh.zone_cp.xds.policies import MatchedPolicies, match_inbound, policy_signature
+from zonemesh.zone_cp.xds.policies import MatchedPolicies, inbound_content, match_inbound, policy_signature
 from zonemesh.zone_cp.xds.resources import CLUSTER, LISTENER, SECRET, ResourceSet
 
 HCM = "envoy.filters.network.http_connection_manager"
@@ -188,7 +188,8 @@ class Template:
     selecting it applied, at ``_ANY_APP``: its local cluster; its listener's filter chains without
     filters; the network filters policies add (they name no cluster); the terminal filter's
     message, whose route(s) and stat prefix name the local cluster. Built once per (service,
-    protocol, matched policies) per round; ``place`` puts it at a proxy's ports."""
+    protocol, matched policies), kept across rounds while what it is built from is alike
+    (``_template``); ``place`` puts it at a proxy's ports. Never changed once built: placing copies."""
 
     service: str
     protocol: str
@@ -211,42 +212,57 @@ def _template(ctx: MeshContext, service: str, protocol: str, policies: MatchedPo
     key = ("inbound-template", service, protocol, policy_signature(policies))
     built = ctx.memo.get(key)
     if built is None:
-        cluster = _local_cluster(_ANY_APP, "", 0)
-        pieces = _pieces(ctx, service, protocol, cluster)
-        policy_plugins.configure_inbound(pieces, policies)
-        options = http_protocol_options(protocol, None)
-        if options is not None:
-            cluster.typed_extension_protocol_options[options[0]].CopyFrom(options[1])
-        filters = _filters(pieces)  # completes pieces.hcm: its route configuration and HTTP filters
-        # Its filter chains without filters: placing adds the filters naming the app's cluster.
-        listener = _listener("", "", 0, [], pieces.mtls, ctx.name, service, pieces.tls_params)
-        listener.ClearField("address")
-        network = tuple(filters[:-1])
-        cluster_bytes = cluster.SerializeToString(deterministic=True)
-        terminal_message = pieces.hcm if pieces.hcm is not None else pieces.tcp_proxy
-        assert terminal_message is not None
-        built = ctx.memo[key] = Template(
-            service,
-            protocol,
-            policies,
-            cluster,
-            listener,
-            network,
-            pieces.hcm,
-            pieces.tcp_proxy,
-            key,
-            cluster_bytes=cluster_bytes,
-            direct=_names_any_app(network),
-            fingerprint=_fingerprint(
-                cluster_bytes,
-                listener.SerializeToString(deterministic=True),
-                *(f.SerializeToString(deterministic=True) for f in network),
-                HCM.encode() if pieces.hcm is not None else TCP_PROXY.encode(),
-                terminal_message.SerializeToString(deterministic=True),
-            ),
-        )
+        # Kept across rounds by what it is built from (``ctx.templates``, kept by the reconciler):
+        # its mesh's name and mTLS, the service, its protocol and what the inbound hooks read of
+        # the policies. A change of what inbounds do not read (a mesh-wide outbound timeout)
+        # builds no template again.
+        content = (ctx.name, ctx.mtls, service, protocol, inbound_content(policies, ctx.memo))
+        built = ctx.templates.get(content)
+        if built is None:
+            built = ctx.templates[content] = _build_template(ctx, service, protocol, policies, key)
+        ctx.templates_used.add(content)
+        ctx.memo[key] = built
     assert isinstance(built, Template)
     return built
+
+
+def _build_template(
+    ctx: MeshContext, service: str, protocol: str, policies: MatchedPolicies, key: tuple[object, ...]
+) -> Template:
+    cluster = _local_cluster(_ANY_APP, "", 0)
+    pieces = _pieces(ctx, service, protocol, cluster)
+    policy_plugins.configure_inbound(pieces, policies)
+    options = http_protocol_options(protocol, None)
+    if options is not None:
+        cluster.typed_extension_protocol_options[options[0]].CopyFrom(options[1])
+    filters = _filters(pieces)  # completes pieces.hcm: its route configuration and HTTP filters
+    # Its filter chains without filters: placing adds the filters naming the app's cluster.
+    listener = _listener("", "", 0, [], pieces.mtls, ctx.name, service, pieces.tls_params)
+    listener.ClearField("address")
+    network = tuple(filters[:-1])
+    cluster_bytes = cluster.SerializeToString(deterministic=True)
+    terminal_message = pieces.hcm if pieces.hcm is not None else pieces.tcp_proxy
+    assert terminal_message is not None
+    return Template(
+        service,
+        protocol,
+        policies,
+        cluster,
+        listener,
+        network,
+        pieces.hcm,
+        pieces.tcp_proxy,
+        key,
+        cluster_bytes=cluster_bytes,
+        direct=_names_any_app(network),
+        fingerprint=_fingerprint(
+            cluster_bytes,
+            listener.SerializeToString(deterministic=True),
+            *(f.SerializeToString(deterministic=True) for f in network),
+            HCM.encode() if pieces.hcm is not None else TCP_PROXY.encode(),
+            terminal_message.SerializeToString(deterministic=True),
+        ),
+    )
 
 
 def _fingerprint(*parts: bytes) -> bytes:
@@ -400,3 +416,18 @@ def keep_placed(ctx: MeshContext, encoded: Callable[[str, Message], tuple[bytes,
         offset = len(data) - listener.ByteSize()
         ctx.placed.setdefault(proxy_name, {})[index] = PlacedListener(key, data, version, offset)
     ctx.placing.clear()
+
+
+# Templates kept across rounds beyond those the last round used: the stale ones (built from
+# policies since changed) are dropped once there are more than this, or than four times as many
+# as the round used.
+TEMPLATES_KEPT = 1024
+
+
+def forget_templates(ctx: MeshContext) -> None:
+    """After a round: drop the kept templates it did not use, once they are many. A round of some
+    proxies only (one service's callers) uses few, so the others stay until the bound."""
+    if len(ctx.templates) > max(TEMPLATES_KEPT, 4 * len(ctx.templates_used)):
+        for content in [c for c in ctx.templates if c not in ctx.templates_used]:
+            del ctx.templates[content]
+    ctx.templates_used.clear()

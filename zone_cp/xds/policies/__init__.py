@@ -54,6 +54,8 @@ some meshes says why in ``Plugin.inert`` (shown as a warning).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -103,6 +105,7 @@ __all__ = [
     "configure_upstream_tls",
     "destinations",
     "egress_locality",
+    "inbound_content",
     "match_all",
     "match_inbound",
     "outbound_signature",
@@ -117,6 +120,8 @@ POLICY_TYPES = tuple(p.type for p in PLUGINS)
 # What an outbound's pieces depend on: its `to` conf, and the client end of its mesh mTLS.
 OUTBOUND_TYPES = tuple(p.type for p in PLUGINS if p.outbound is not None or p.upstream_tls is not None)
 EGRESS_TYPES = tuple(p.type for p in PLUGINS if p.egress is not None)
+# What an inbound's pieces depend on (configure_inbound's types).
+INBOUND_TYPES = tuple(p.type for p in PLUGINS if p.inbound is not None)
 EGRESS_LOCALITY_TYPES = tuple(p.type for p in PLUGINS if p.egress_locality)
 # The route types: they say where traffic goes (Plugin.destinations).
 ROUTE_TYPES = tuple(p.type for p in PLUGINS if p.destinations is not None)
@@ -191,6 +196,27 @@ def policy_selectors(ctx: MeshContext) -> Selectors:
 
 def policy_signature(policies: MatchedPolicies) -> tuple[tuple[str, ...], ...]:
     return tuple(signature(policies.get(t, ())) for t in POLICY_TYPES)
+
+
+def inbound_content(policies: MatchedPolicies, memo: dict[Any, Any]) -> tuple[tuple[bytes, ...], ...]:
+    """What ``configure_inbound`` reads of the matched policies, by content rather than by name:
+    per type with an inbound hook, a digest of each policy but its ``to`` (which only outbounds
+    read). Equal from one round to the next when only outbound parts changed, so an inbound's
+    template can be kept across rounds (generators/inbound.py). ``memo``: the round's."""
+    return tuple(tuple(_inbound_digest(p, memo) for p in policies.get(t, ())) for t in INBOUND_TYPES)
+
+
+def _inbound_digest(policy: Resource, memo: dict[Any, Any]) -> bytes:
+    key = ("inbound-digest", id(policy))
+    found = memo.get(key)
+    if found is not None and found[0] is policy:  # the same object, not another at the same id
+        return bytes(found[1])
+    spec = {k: v for k, v in policy.spec.items() if k != "to"}
+    parts = [policy.type, policy.name, policy.labels, spec]
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
+    memo[key] = (policy, digest)
+    return digest
 
 
 def outbound_signature(policies: MatchedPolicies) -> tuple[tuple[str, ...], ...]:
