@@ -14,7 +14,7 @@ how many messages (``encodes``) and how many distinct encoded resources.
 ``--change mesh-wide``: each round is a mesh-wide change as the control plane makes it (the
 bench/xds_zone.py change: the mesh's default MeshTimeout with a new requestTimeout), and what
 the reconciler keeps between rounds is kept (the proxies' shapes, their placed inbound
-listeners); the garbage collector tuned as the control plane tunes it. Without it (``none``, the
+listeners, the inbound templates); the garbage collector tuned as the control plane tunes it. Without it (``none``, the
 default) every round starts afresh from the same policies.
 
     python bench/xds_generation.py --proxies 2000
@@ -43,8 +43,7 @@ from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.runtime import GC_THRESHOLDS
 from zonemesh.zone_cp.xds.cache import SnapshotBuilder
 from zonemesh.zone_cp.xds.context import MeshContext, WorkloadCert
-from zonemesh.zone_cp.xds.generators import generate
-from zonemesh.zone_cp.xds.generators.inbound import keep_placed
+from zonemesh.zone_cp.xds.generators import generate, inbound
 from zonemesh.zone_cp.xds.testing import TestCA
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -86,6 +85,7 @@ def run(proxies: int, rounds: int, workload: str = "ports", change: str = "none"
     kept = change == "mesh-wide"
     shapes: dict[str, Any] = {}
     placed: dict[str, Any] = {}
+    templates: dict[Any, Any] = {}
     if kept:
         gc.collect()
         gc.freeze()
@@ -110,7 +110,14 @@ def run(proxies: int, rounds: int, workload: str = "ports", change: str = "none"
             )
             policies = [p for p in policies if p.name != xds_zone.TIMEOUT_POLICY] + [timeout]
         ctx = MeshContext.build(
-            mesh, dataplanes, policies, [], certs, shapes=shapes if kept else None, placed=placed if kept else None
+            mesh,
+            dataplanes,
+            policies,
+            [],
+            certs,
+            shapes=shapes if kept else None,
+            placed=placed if kept else None,
+            templates=templates if kept else None,
         )
         builder = SnapshotBuilder(ctx.encoded)  # as the reconciler: one per round
         times = []
@@ -123,7 +130,8 @@ def run(proxies: int, rounds: int, workload: str = "ports", change: str = "none"
                 for typed in snapshot.types.values():
                     digest.update(typed.version.encode())
                     distinct.update(typed.resources.values())
-        keep_placed(ctx, builder.encoded)
+        inbound.keep_placed(ctx, builder.encoded)
+        inbound.forget_templates(ctx)
         if r > 0:  # round 0 warms up (imports, caches)
             samples += times
             rounds_s.append(time.perf_counter() - started)
