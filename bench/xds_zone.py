@@ -258,6 +258,12 @@ def summary_s(samples: list[float]) -> dict[str, float]:
 _SAMPLE = re.compile(r'^(\w+)_bucket\{le="([^"]+)"\} ([0-9.e+-]+)$')
 
 
+def scrape_value(text: str, name: str) -> float:
+    """The value of a metric without labels in one /metrics text (0 when absent)."""
+    found = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 def scrape_histogram(text: str, name: str) -> tuple[list[tuple[float, float]], float, float]:
     """(cumulative buckets [(le, count)], sum, count) of a histogram without labels."""
     buckets: list[tuple[float, float]] = []
@@ -1056,12 +1062,17 @@ def measure_changes(
     args: argparse.Namespace,
     label: str,
     etcd: ProcessStats | None = None,
+    settled: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Time each change (old -> new request timeout) from just before ``change`` is called until
     ``must_receive`` proxies received the new value, then until the server is idle again.
     ``allowed``: the proxies that may receive anything at all (None: every proxy). A server of
     several processes (zone replicas): CPU summed over them, and also given per process; with
-    ``etcd``, etcd's CPU over the same span (not in the server's)."""
+    ``etcd``, etcd's CPU over the same span (not in the server's).
+    ``settled``: whether the server has nothing left to write (the CP: no DataplaneInsight
+    pending). After the last change the bench waits for it, then for idle, and spreads that
+    trailing CPU over the changes (``cpu_s_amortized``): work a change causes later than the idle
+    window (insight counters are written up to a minute after the ACKs) is counted too."""
     members = stats.members if isinstance(stats, ProcessGroupStats) and len(stats.members) > 1 else []
     per_change: list[dict[str, Any]] = []
     samples: list[float] = []
@@ -1125,12 +1136,25 @@ def measure_changes(
             flush=True,
         )
     cpu = [c["cpu_s"] for c in per_change]
+    trailing = 0.0
+    if settled is not None and per_change:
+        cpu_last = stats.cpu_s()
+        deadline = time.monotonic() + args.settle_timeout
+        while not settled() and time.monotonic() < deadline:
+            time.sleep(5.0)  # each look is a /metrics scrape, CPU of the server's counted here
+        _, cpu_settled, _ = wait_idle(stats, args)
+        trailing = cpu_settled - cpu_last
+        print(f"  {label}: {trailing:.3f} s of CPU after the last change's idle window until nothing was left to write")
     return {
+        # Every change's CPU until idle, plus what came after the last one until the server had
+        # nothing left to write, over the changes: the figure the target is checked against.
+        "cpu_s_amortized": round((sum(cpu) + trailing) / len(cpu), 3) if cpu else None,
+        "cpu_trailing_s": round(trailing, 3),
         "per_proxy": summary_s(samples),
         "all_received": summary_s([c["all_received_s"] for c in per_change if c["all_received_s"] is not None]),
         "cpu_s_median": round(statistics.median(cpu), 3) if cpu else None,
-        # Insight counters are written up to 10 s after the ACKs that moved them: that CPU may fall
-        # in the next change's count (every other change, at one change per ~12 s): the mean spreads it.
+        # Insight counters are written up to a minute after the ACKs that moved them: that CPU falls
+        # in whichever change's count it lands in, or after the last (cpu_s_amortized has it all).
         "cpu_s_mean": round(statistics.mean(cpu), 3) if cpu else None,
         "cpu_until_last_received_s_mean": round(statistics.mean(c["cpu_until_last_received_s"] for c in per_change), 3),
         "cpu_after_last_received_s_mean": round(statistics.mean(c["cpu_after_last_received_s"] for c in per_change), 3),
@@ -1228,6 +1252,10 @@ def run_control_plane(
     def metrics() -> list[str]:
         return [replica.metrics() for replica in cps]
 
+    def settled() -> bool:
+        """Nothing left for the zone to write: no DataplaneInsight pending on any replica."""
+        return sum(scrape_value(text, "dataplane_insights_pending") for text in metrics()) == 0
+
     try:
         stats = ProcessGroupStats([replica.stats.pid for replica in cps])
         cp.apply(f"/meshes/{MESH}", mesh_doc())
@@ -1268,7 +1296,7 @@ def run_control_plane(
 
             values = change_values(args.changes, DEFAULT_REQUEST_TIMEOUT)
             changes["mesh-wide"] = measure_changes(
-                workers, stats, mesh_wide, values, n, None, args, "CP mesh-wide", etcd
+                workers, stats, mesh_wide, values, n, None, args, "CP mesh-wide", etcd, settled
             )
         if "one-service" in args.change:
             callers, own = affected_by_one_service(n, args.services, args.outbounds)
@@ -1283,7 +1311,16 @@ def run_control_plane(
             one_service(0, 100)  # created first (not timed): each timed change then modifies it
             values = change_values(args.changes, 100)
             result = measure_changes(
-                workers, stats, one_service, values, len(callers), callers | own, args, "CP one-service", etcd
+                workers,
+                stats,
+                one_service,
+                values,
+                len(callers),
+                callers | own,
+                args,
+                "CP one-service",
+                etcd,
+                settled,
             )
             changes["one-service"] = {"callers": len(callers), "own_proxies": len(own), **result}
         stop_spy(spy)
@@ -1406,7 +1443,7 @@ def ratios(cp: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
                 "received_p50": ratio(mine["per_proxy"].get("p50_s"), base["per_proxy"].get("p50_s")),
                 "received_p99": ratio(mine["per_proxy"].get("p99_s"), base["per_proxy"].get("p99_s")),
                 "all_received_p50": ratio(mine["all_received"].get("p50_s"), base["all_received"].get("p50_s")),
-                "cpu_per_change": ratio(mine["cpu_s_mean"], base["cpu_s_mean"]),
+                "cpu_per_change": ratio(mine["cpu_s_amortized"], base["cpu_s_amortized"]),
                 "bytes_per_change": ratio(mine["bytes_median"], base["bytes_median"]),
             }
         )
@@ -1424,7 +1461,7 @@ def verdicts(report: dict[str, Any]) -> dict[str, Any]:
             "target": f"<= {TARGETS['p99_ratio']}",
             "ok": r["received_p99"] is not None and r["received_p99"] <= TARGETS["p99_ratio"] and mesh_wide["complete"],
         }
-        result["CP CPU per change (until idle, mean) / floor"] = {
+        result["CP CPU per change (until idle, and all it wrote later, amortized) / floor"] = {
             "measured": r["cpu_per_change"],
             "target": f"<= {TARGETS['cpu_ratio']}",
             "ok": r["cpu_per_change"] is not None and r["cpu_per_change"] <= TARGETS["cpu_ratio"],
@@ -1502,9 +1539,10 @@ def print_table(report: dict[str, Any]) -> None:
         rows.append(
             (
                 f"{kind}: server CPU per change",
-                f"CP mean {mine['cpu_s_mean']} s, median {mine['cpu_s_median']} s (until last received "
-                f"{mine['cpu_until_last_received_s_mean']} s, after {mine['cpu_after_last_received_s_mean']} s, "
-                f"means); floor mean {base['cpu_s_mean']} s"
+                f"CP {mine['cpu_s_amortized']} s amortized (mean until idle {mine['cpu_s_mean']} s, median "
+                f"{mine['cpu_s_median']} s; until last received {mine['cpu_until_last_received_s_mean']} s, after "
+                f"{mine['cpu_after_last_received_s_mean']} s, means; {mine['cpu_trailing_s']} s after the last "
+                f"change until nothing was left to write); floor {base['cpu_s_amortized']} s"
                 + (f"  ({r['cpu_per_change']}x)" if kind == "mesh-wide" else ""),
             )
         )
@@ -1555,8 +1593,14 @@ def main() -> None:
         "--idle-window",
         type=float,
         default=12.0,
-        help="seconds the server's CPU must stay flat to call it idle (longer than the 10 s within which "
-        "the CP writes the insight counters an ACK moved)",
+        help="seconds the server's CPU must stay flat to call it idle (work a change causes later, such as "
+        "the insight counters the CP writes up to a minute after the ACKs, is in cpu_s_amortized)",
+    )
+    parser.add_argument(
+        "--settle-timeout",
+        type=float,
+        default=120.0,
+        help="after the last change, longest wait until the CP has no DataplaneInsight left to write",
     )
     parser.add_argument(
         "--idle-share", type=float, default=0.01, help="share of one core the server may use in that window"

@@ -22,10 +22,11 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-from zonemesh.shared.resources.model import Resource, ResourceKey, now
+from zonemesh.shared.resources.model import Resource, ResourceKey, now, parse_time
 from zonemesh.shared.store.base import (
     NO_FILTER,
     AlreadyExists,
@@ -67,6 +68,22 @@ def _dumps(value: Any) -> str:
 
 def _decode(record: str) -> Resource:
     return Resource.from_record(json.loads(record))
+
+
+_CREATED_PREFIX = '{"creationTime":'
+
+
+def _creation_time(record: str) -> datetime | None:
+    """A stored record's creation time, read without decoding the whole record (an update keeps
+    it: decoding every insight a batch rewrites cost more than writing it). Records are dumped
+    with sorted keys (``_dumps``), so ``creationTime`` is the first key of the top-level object."""
+    if record.startswith(_CREATED_PREFIX):
+        value = record[len(_CREATED_PREFIX) : record.find(",", len(_CREATED_PREFIX))]
+        if value == "null":
+            return None
+        if len(value) >= 2 and value[0] == value[-1] == '"' and "\\" not in value:
+            return parse_time(value[1:-1])
+    return _decode(record).creation_time  # written some other way: read it whole
 
 
 class SqliteStore(Store):
@@ -177,7 +194,7 @@ class SqliteStore(Store):
                 raise Conflict(res.key, res.version, version)
             stored = res.copy()
             stored.version = version + 1
-            stored.creation_time = _decode(record).creation_time
+            stored.creation_time = _creation_time(record)
             stored.modification_time = now()
             # The version guard is redundant under BEGIN IMMEDIATE, and kept so that this
             # statement stays correct on its own if the read above ever moves out of the txn.
@@ -225,7 +242,7 @@ class SqliteStore(Store):
                     events.append(Event(EventKind.CREATED, stored))
                 else:
                     stored.version = current[0] + 1
-                    stored.creation_time = _decode(current[1]).creation_time
+                    stored.creation_time = _creation_time(current[1])
                     conn.execute(
                         "UPDATE resources SET version = ?, labels = ?, record = ? "
                         "WHERE type = ? AND mesh = ? AND name = ?",

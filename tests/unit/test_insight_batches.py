@@ -129,6 +129,42 @@ async def test_a_mesh_wide_change_causes_no_insight_write_of_its_own(proxies: in
     assert recorder.pending == 0
 
 
+async def test_changes_seconds_apart_cost_one_insight_write_per_proxy_per_minute_not_per_change() -> None:
+    """With the default refresh, mesh-wide changes 15 s apart (each every proxy ACKs) write each
+    proxy's insight once in the minute, not once per change (issue 19: nothing proportional to
+    the number of proxies per change; on a federated zone each write is also an upload to global)."""
+    clock = Clock()
+    store, recorder, streams = await recorder_with(200, clock=clock)
+    await connect(recorder, streams)
+    while await recorder.flush_due():
+        pass
+    written = sum(store.writes)
+    for round in range(4):  # four changes in one minute, at 0, 15, 30 and 45 s
+        await change(recorder, streams, f"v{round + 2}")
+        while await recorder.flush_due():
+            pass
+        assert sum(store.writes) == written  # nothing written for any of them yet
+        clock.now += 15.0
+    while await recorder.flush_due():  # a minute after the first change
+        pass
+    assert sum(store.writes) - written == 200  # one write per proxy for the four changes
+    assert await acked(store, "web-199") == 4 + 4 * 4
+
+
+async def test_the_pending_gauge_tells_what_waits_to_be_written() -> None:
+    from prometheus_client import REGISTRY
+
+    clock = Clock()
+    _store, recorder, streams = await recorder_with(30, clock=clock)
+    async with recorder.running():
+        await connect(recorder, streams)
+        assert REGISTRY.get_sample_value("dataplane_insights_pending") == 30
+        written = REGISTRY.get_sample_value("dataplane_insights_written_total") or 0.0
+        await recorder.flush()
+        assert REGISTRY.get_sample_value("dataplane_insights_pending") == 0
+        assert REGISTRY.get_sample_value("dataplane_insights_written_total") == written + 30
+
+
 async def test_the_ack_hook_never_touches_the_store() -> None:
     store = CountingStore()
     await ResourceManager(store).ensure_default_mesh()
