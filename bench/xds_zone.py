@@ -308,6 +308,16 @@ def gc_collections(texts: list[str]) -> dict[str, float]:
     return out
 
 
+def gc_seconds(texts: list[str]) -> dict[str, float]:
+    """Seconds the zone spent in garbage collections by generation (``gc_pause_seconds``, which the
+    control plane times), summed over its replicas."""
+    out: dict[str, float] = {}
+    for text in texts:
+        for gen, total in re.findall(r'^gc_pause_seconds_sum\{generation="(\d)"\} ([0-9.e+-]+)$', text, re.M):
+            out[gen] = out.get(gen, 0.0) + float(total)
+    return out
+
+
 def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
     """Prometheus' histogram_quantile: linear interpolation inside the bucket holding rank q."""
     if not buckets or buckets[-1][1] <= 0:
@@ -1363,6 +1373,9 @@ def run_control_plane(
             "buckets": [[le, int(count)] for le, count in delivery_metric[0]],
         },
         "gc_collections_during_changes": {g: gc_after[g] - gc_before.get(g, 0.0) for g in gc_after},
+        "gc_seconds_during_changes": {
+            g: round(t - gc_seconds(metrics_storm).get(g, 0.0), 3) for g, t in gc_seconds(metrics_end).items()
+        },
         "connect_storm": storm,
         "changes": changes,
     }, snapshot
@@ -1517,6 +1530,11 @@ def print_table(report: dict[str, Any]) -> None:
         (
             "generation per proxy (changes)",
             f"p50 {cp['generation']['changes']['p50_ms']} ms  p99 {cp['generation']['changes']['p99_ms']} ms",
+        ),
+        (
+            "CP garbage collections (changes)",
+            f"{cp['gc_collections_during_changes']} by generation, "
+            f"{cp.get('gc_seconds_during_changes')} s",
         ),
     ]
     base = floor["changes"]["mesh-wide"]
