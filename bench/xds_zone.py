@@ -1151,7 +1151,7 @@ def measure_changes(
         cpu_last = stats.cpu_s()
         deadline = time.monotonic() + args.settle_timeout
         while not settled() and time.monotonic() < deadline:
-            time.sleep(5.0)  # each look is a /metrics scrape, CPU of the server's counted here
+            time.sleep(10.0)  # each look is a /metrics scrape, the server's CPU counted here
         _, cpu_settled, _ = wait_idle(stats, args)
         trailing = cpu_settled - cpu_last
         print(f"  {label}: {trailing:.3f} s of CPU after the last change's idle window until nothing was left to write")
