@@ -311,8 +311,8 @@ class InsightRecorder:
         held = await self.held_certificates.acked(state.mesh, node, version)
         if held is None:  # the snapshot moved on: a newer secrets version is on its way, its ACK tells
             return
-        before = {c.leaf for c in state.held.certs} if state.held is not None else set()
-        if before and before != {c.leaf for c in held.certs}:
+        before = {c.fingerprint for c in state.held.certs} if state.held is not None else set()
+        if before and before != {c.fingerprint for c in held.certs}:
             state.regenerations += 1
         state.held = held
         state.mtls = held.mtls(state.regenerations)
