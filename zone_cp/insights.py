@@ -110,7 +110,6 @@ class _Subscription:
     disconnect_time: dt.datetime | None = None
     last_update: float | None = None  # time.time(): an ACK stores a float, the document formats it
     stats: dict[str, _TypeStats] = field(default_factory=dict)
-    acked_versions: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self, instance_id: str, versions: dict[str, Any]) -> dict[str, Any]:
         total = _TypeStats(
@@ -254,7 +253,6 @@ class InsightRecorder:
             stats = sub.stats[type_url] = _TypeStats()
         stats.acked += 1
         stats.last_rejected = False
-        sub.acked_versions[type_url] = version
         sub.last_update = self._last_touch = time.time()
         if type_url == SECRET_TYPE_URL and self.held_certificates is not None:
             state.mtls_stale = True

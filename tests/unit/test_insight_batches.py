@@ -7,6 +7,7 @@ writer stores at most ``batch_size`` insights per store write, one write per flu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import math
 import time
@@ -176,6 +177,9 @@ async def test_the_ack_hook_never_touches_the_store() -> None:
     for info in streams:  # a certificate ACK too: which certificate is read when it is written
         await recorder.ack(info, SECRET_TYPE_URL, "s2")
     assert (store.reads, len(store.writes)) == (reads, writes)
+    # Nor keeps more per proxy than what the insight shows: per type its counters, no ACKed versions.
+    sub = recorder._proxies[("default", "web-0")].subscriptions[-1]
+    assert [f.name for f in dataclasses.fields(sub) if isinstance(getattr(sub, f.name), dict)] == ["stats"]
 
 
 async def test_a_nack_and_the_ack_that_ends_it_are_written_in_the_next_batch() -> None:
