@@ -78,6 +78,23 @@ def bounded_error(error: str, limit: int = MAX_ERROR) -> str:
     return error[:head] + marker + error[-tail:]
 
 
+# Counters up to this are written as one shared string per value (``_count``).
+MAX_SHARED_COUNT = 10_000
+_COUNT_TEXT: dict[int, str] = {}
+
+
+def _count(n: int) -> str:
+    """``str(n)``, the same string object for every insight that shows that count: the zone's view
+    holds every proxy's insight, 18 counters each, mostly the same small numbers (``str`` makes a
+    new 50-byte string each time, even of one digit)."""
+    text = _COUNT_TEXT.get(n)
+    if text is None:
+        text = str(n)
+        if n <= MAX_SHARED_COUNT:
+            _COUNT_TEXT[n] = text
+    return text
+
+
 @dataclass(slots=True)  # one per type per proxy
 class _TypeStats:
     acked: int = 0
@@ -90,9 +107,9 @@ class _TypeStats:
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "responsesSent": str(self.acked + self.rejected),
-            "responsesAcknowledged": str(self.acked),
-            "responsesRejected": str(self.rejected),
+            "responsesSent": _count(self.acked + self.rejected),
+            "responsesAcknowledged": _count(self.acked),
+            "responsesRejected": _count(self.rejected),
         }
         if self.acked or self.rejected:
             out["lastResponse"] = "NACK" if self.last_rejected else "ACK"

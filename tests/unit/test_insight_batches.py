@@ -237,3 +237,20 @@ async def test_an_insight_whose_mesh_is_gone_is_left_out_of_its_batch() -> None:
     assert len((await store.list("DataplaneInsight", "default")).items) == 2
     assert await store.find("DataplaneInsight", "web-x", "deleted-mesh") is None
     assert store.writes == [2]  # one batch, without the homeless insight
+
+
+async def test_insights_showing_the_same_counts_share_their_strings() -> None:
+    """The zone's view holds every proxy's insight: a counter's text is one string per value for
+    all of them (18 counters per proxy, mostly the same), not a new one per proxy and write."""
+    store, recorder, streams = await recorder_with(2)
+    await connect(recorder, streams)
+    await change(recorder, streams, "v2")
+    await recorder.flush()
+    first, second = [
+        (await store.get("DataplaneInsight", f"web-{i}", "default")).spec["subscriptions"][-1]["status"]
+        for i in range(2)
+    ]
+    assert first["total"]["responsesAcknowledged"] == "8"
+    for section in ("total", "clusters", "listeners"):
+        for counter in ("responsesSent", "responsesAcknowledged", "responsesRejected"):
+            assert first[section][counter] is second[section][counter]
