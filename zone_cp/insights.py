@@ -119,7 +119,7 @@ class _TypeStats:
         return out
 
 
-@dataclass
+@dataclass(slots=True)  # one per stream of every proxy (the last MAX_SUBSCRIPTIONS)
 class _Subscription:
     id: str
     stream_id: int
@@ -150,7 +150,7 @@ class _Subscription:
         return out
 
 
-@dataclass
+@dataclass(slots=True)  # one per proxy
 class _ProxyState:
     mesh: str
     name: str

@@ -178,8 +178,11 @@ async def test_the_ack_hook_never_touches_the_store() -> None:
         await recorder.ack(info, SECRET_TYPE_URL, "s2")
     assert (store.reads, len(store.writes)) == (reads, writes)
     # Nor keeps more per proxy than what the insight shows: per type its counters, no ACKed versions.
-    sub = recorder._proxies[("default", "web-0")].subscriptions[-1]
+    # (slots: no instance dict per proxy and stream either).
+    state = recorder._proxies[("default", "web-0")]
+    sub = state.subscriptions[-1]
     assert [f.name for f in dataclasses.fields(sub) if isinstance(getattr(sub, f.name), dict)] == ["stats"]
+    assert not hasattr(sub, "__dict__") and not hasattr(state, "__dict__")
 
 
 async def test_a_nack_and_the_ack_that_ends_it_are_written_in_the_next_batch() -> None:
