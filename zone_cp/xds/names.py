@@ -29,12 +29,15 @@ class SharedNames:
 
     def of(self, names: Iterable[str]) -> frozenset[str]:
         """The frozenset of ``names``: the one already held by another stream if any."""
-        wanted = frozenset(map(sys.intern, names))
+        wanted = frozenset(names)
         if not wanted:
             return NOTHING
-        shared = self._sets.setdefault(wanted, wanted)
-        if len(self._sets) >= self._sweep_at:
-            self._sweep()
+        shared = self._sets.get(wanted)  # a State of the World stream asks this on every request
+        if shared is None:
+            shared = frozenset(map(sys.intern, wanted))
+            self._sets[shared] = shared  # its own key: the table holds no second copy
+            if len(self._sets) >= self._sweep_at:
+                self._sweep()
         return shared
 
     def __len__(self) -> int:
