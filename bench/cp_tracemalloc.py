@@ -3,9 +3,9 @@
     python -P bench/cp_tracemalloc.py OUT -m zonemesh.cp run ...
 
 Each SIGUSR1 writes ``OUT.<k>`` (k = 1, 2, ...), a ``tracemalloc.Snapshot`` dump, for
-``bench/xds_zone.py --tracemalloc OUT``: it signals once with every proxy registered and once with
-every stream connected, and prints the difference. Only the bench uses it: the control plane
-itself never traces its allocations.
+``bench/xds_zone.py --tracemalloc OUT``: it signals once before any proxy registers, once with
+every proxy registered and once with every stream connected, and prints the differences. Only
+the bench uses it: the control plane itself never traces its allocations.
 """
 
 from __future__ import annotations

@@ -1014,14 +1014,14 @@ def wait_until(workers: Workers, key: str, count: int, timeout: float) -> bool:
     return False
 
 
-def print_trace_diff(before: Path | None, after: Path | None, n: int, top: int = 30) -> None:
+def print_trace_diff(before: Path | None, after: Path | None, n: int, top: int = 30, what: str = "") -> None:
     """What the CP allocated between two tracemalloc snapshots, per proxy, biggest first (by
     source line, then by the last frames of the biggest tracebacks)."""
     if before is None or after is None:
         return
     old, new = tracemalloc.Snapshot.load(str(before)), tracemalloc.Snapshot.load(str(after))
     total = sum(stat.size_diff for stat in new.compare_to(old, "filename"))
-    print(f"tracemalloc: {total / n / 1024:.1f} KB per proxy traced (Python allocations)")
+    print(f"tracemalloc ({what}): {total / n / 1024:.1f} KB per proxy traced (Python allocations)")
     for stat in new.compare_to(old, "lineno")[:top]:
         frame = stat.traceback[0]
         print(f"  {stat.size_diff / n:8.0f} B/proxy {stat.count_diff / n:6.1f} blocks  {frame.filename}:{frame.lineno}")
@@ -1275,6 +1275,7 @@ def run_control_plane(
         wait_idle(stats, args)
         workers = start_workers(args, [replica.xds_port for replica in cps], ca_file, cp.api)
         rss_base = stats.rss_kb()
+        trace_base = cp.trace()
         metrics_start = metrics()
         print(f"registering {n} dataplanes (token + Register over gRPC) ...", flush=True)
         started = time.monotonic()
@@ -1283,6 +1284,7 @@ def run_control_plane(
         wait_idle(stats, args)
         rss_registered = stats.rss_kb()
         trace_registered = cp.trace()
+        print_trace_diff(trace_base, trace_registered, n, what="registered, not connected")
 
         print(f"connecting {n} {args.protocol} ADS streams at once ...", flush=True)
         spy = start_spy(cp, args.spy, "storm", args.spy_rate)
@@ -1292,7 +1294,7 @@ def run_control_plane(
             raise RuntimeError(f"connect storm: {storm['configured']}/{n} configured within {args.storm_timeout} s")
         wait_idle(stats, args)  # insight batches, allocator
         rss_connected = stats.rss_kb()
-        print_trace_diff(trace_registered, cp.trace(), n)
+        print_trace_diff(trace_registered, cp.trace(), n, what="streams")
         metrics_storm = metrics()
         snapshot = workers.call("snapshot", [None] * args.workers)[0]
 

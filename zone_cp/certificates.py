@@ -50,10 +50,11 @@ CHECK_INTERVAL = 10.0
 
 @dataclass(frozen=True)
 class HeldCert:
-    """One identity certificate a proxy holds."""
+    """One identity certificate a proxy holds: what the insight and the expiry watch read of it.
+    Not the certificate itself (1.1 KB of PEM per proxy): its fingerprint tells one from another."""
 
     service: str
-    leaf: bytes
+    fingerprint: str  # SHA-256 of the leaf's DER, hex (shared/ca/material.fingerprint)
     not_before: dt.datetime
     not_after: dt.datetime
     issued_at: dt.datetime
@@ -112,7 +113,7 @@ def _held_cert(ca: MeshCA, service: str, chain: bytes) -> HeldCert | None:
     if issued is not None:
         return HeldCert(
             service,
-            leaf_pem,
+            fingerprint(leaf),
             issued.not_before,
             issued.not_after,
             issued.issued_at,
@@ -122,7 +123,13 @@ def _held_cert(ca: MeshCA, service: str, chain: bytes) -> HeldCert | None:
     # Not one of ours (issued before a restart): what the certificate itself says.
     issuer = fingerprint(certs[1]) if len(certs) > 1 else ""
     return HeldCert(
-        service, leaf_pem, leaf.not_valid_before_utc, leaf.not_valid_after_utc, leaf.not_valid_before_utc, "", issuer
+        service,
+        fingerprint(leaf),
+        leaf.not_valid_before_utc,
+        leaf.not_valid_after_utc,
+        leaf.not_valid_before_utc,
+        "",
+        issuer,
     )
 
 
@@ -186,7 +193,7 @@ class ExpiryWatch:
                     soonest[mesh] = cert.not_after
                 if at > cert.warn_at:
                     expiring[mesh] = expiring.get(mesh, 0) + 1
-                    if self._first(("proxy", fingerprint(x509.load_pem_x509_certificate(cert.leaf)))):
+                    if self._first(("proxy", cert.fingerprint)):
                         log.warning(
                             "proxy_certificate_expiring",
                             mesh=mesh,

@@ -78,6 +78,23 @@ def bounded_error(error: str, limit: int = MAX_ERROR) -> str:
     return error[:head] + marker + error[-tail:]
 
 
+# Counters up to this are written as one shared string per value (``_count``).
+MAX_SHARED_COUNT = 10_000
+_COUNT_TEXT: dict[int, str] = {}
+
+
+def _count(n: int) -> str:
+    """``str(n)``, the same string object for every insight that shows that count: the zone's view
+    holds every proxy's insight, 18 counters each, mostly the same small numbers (``str`` makes a
+    new 50-byte string each time, even of one digit)."""
+    text = _COUNT_TEXT.get(n)
+    if text is None:
+        text = str(n)
+        if n <= MAX_SHARED_COUNT:
+            _COUNT_TEXT[n] = text
+    return text
+
+
 @dataclass(slots=True)  # one per type per proxy
 class _TypeStats:
     acked: int = 0
@@ -90,9 +107,9 @@ class _TypeStats:
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "responsesSent": str(self.acked + self.rejected),
-            "responsesAcknowledged": str(self.acked),
-            "responsesRejected": str(self.rejected),
+            "responsesSent": _count(self.acked + self.rejected),
+            "responsesAcknowledged": _count(self.acked),
+            "responsesRejected": _count(self.rejected),
         }
         if self.acked or self.rejected:
             out["lastResponse"] = "NACK" if self.last_rejected else "ACK"
@@ -102,7 +119,7 @@ class _TypeStats:
         return out
 
 
-@dataclass
+@dataclass(slots=True)  # one per stream of every proxy (the last MAX_SUBSCRIPTIONS)
 class _Subscription:
     id: str
     stream_id: int
@@ -110,7 +127,6 @@ class _Subscription:
     disconnect_time: dt.datetime | None = None
     last_update: float | None = None  # time.time(): an ACK stores a float, the document formats it
     stats: dict[str, _TypeStats] = field(default_factory=dict)
-    acked_versions: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self, instance_id: str, versions: dict[str, Any]) -> dict[str, Any]:
         total = _TypeStats(
@@ -134,7 +150,7 @@ class _Subscription:
         return out
 
 
-@dataclass
+@dataclass(slots=True)  # one per proxy
 class _ProxyState:
     mesh: str
     name: str
@@ -254,7 +270,6 @@ class InsightRecorder:
             stats = sub.stats[type_url] = _TypeStats()
         stats.acked += 1
         stats.last_rejected = False
-        sub.acked_versions[type_url] = version
         sub.last_update = self._last_touch = time.time()
         if type_url == SECRET_TYPE_URL and self.held_certificates is not None:
             state.mtls_stale = True
@@ -311,8 +326,8 @@ class InsightRecorder:
         held = await self.held_certificates.acked(state.mesh, node, version)
         if held is None:  # the snapshot moved on: a newer secrets version is on its way, its ACK tells
             return
-        before = {c.leaf for c in state.held.certs} if state.held is not None else set()
-        if before and before != {c.leaf for c in held.certs}:
+        before = {c.fingerprint for c in state.held.certs} if state.held is not None else set()
+        if before and before != {c.fingerprint for c in held.certs}:
             state.regenerations += 1
         state.held = held
         state.mtls = held.mtls(state.regenerations)

@@ -113,6 +113,21 @@ async def test_register_creates_the_dataplane_and_unregister_deletes_it(zone: Zo
     assert await zone.store.find("Dataplane", "web-1", "default") is None
 
 
+async def test_replicas_registered_alike_share_their_documents_strings(zone: Zone) -> None:
+    """The zone keeps every registered Dataplane in memory: two replicas' documents share their
+    keys and the strings they have alike (service, protocol, address), not a copy per proxy."""
+    for name in ("web-1", "web-2"):
+        doc = {**DATAPLANE, "name": name}
+        await zone.register(await zone.token(name=name), name=name, dataplane_json=json.dumps(doc))
+    first, second = [(await zone.store.get("Dataplane", name, "default")).spec for name in ("web-1", "web-2")]
+    assert first == second
+    for one, other in ((first, second), (first["networking"], second["networking"])):
+        assert [id(k) for k in one] == [id(k) for k in other]
+    tags = [spec["networking"]["inbound"][0]["tags"] for spec in (first, second)]
+    assert tags[0]["kuma.io/service"] is tags[1]["kuma.io/service"]
+    assert first["networking"]["address"] is second["networking"]["address"]
+
+
 async def test_register_by_name_runs_the_stored_dataplane_and_leaves_it_stored(zone: Zone) -> None:
     """kuma-dp's --name/--mesh form (seed 002): no document; the Dataplane was created beforehand,
     the CP sends it back, and it stays when the proxy goes (its insight goes offline)."""

@@ -7,6 +7,7 @@ writer stores at most ``batch_size`` insights per store write, one write per flu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import math
 import time
@@ -176,6 +177,12 @@ async def test_the_ack_hook_never_touches_the_store() -> None:
     for info in streams:  # a certificate ACK too: which certificate is read when it is written
         await recorder.ack(info, SECRET_TYPE_URL, "s2")
     assert (store.reads, len(store.writes)) == (reads, writes)
+    # Nor keeps more per proxy than what the insight shows: per type its counters, no ACKed versions.
+    # (slots: no instance dict per proxy and stream either).
+    state = recorder._proxies[("default", "web-0")]
+    sub = state.subscriptions[-1]
+    assert [f.name for f in dataclasses.fields(sub) if isinstance(getattr(sub, f.name), dict)] == ["stats"]
+    assert not hasattr(sub, "__dict__") and not hasattr(state, "__dict__")
 
 
 async def test_a_nack_and_the_ack_that_ends_it_are_written_in_the_next_batch() -> None:
@@ -233,3 +240,20 @@ async def test_an_insight_whose_mesh_is_gone_is_left_out_of_its_batch() -> None:
     assert len((await store.list("DataplaneInsight", "default")).items) == 2
     assert await store.find("DataplaneInsight", "web-x", "deleted-mesh") is None
     assert store.writes == [2]  # one batch, without the homeless insight
+
+
+async def test_insights_showing_the_same_counts_share_their_strings() -> None:
+    """The zone's view holds every proxy's insight: a counter's text is one string per value for
+    all of them (18 counters per proxy, mostly the same), not a new one per proxy and write."""
+    store, recorder, streams = await recorder_with(2)
+    await connect(recorder, streams)
+    await change(recorder, streams, "v2")
+    await recorder.flush()
+    first, second = [
+        (await store.get("DataplaneInsight", f"web-{i}", "default")).spec["subscriptions"][-1]["status"]
+        for i in range(2)
+    ]
+    assert first["total"]["responsesAcknowledged"] == "8"
+    for section in ("total", "clusters", "listeners"):
+        for counter in ("responsesSent", "responsesAcknowledged", "responsesRejected"):
+            assert first[section][counter] is second[section][counter]

@@ -434,3 +434,17 @@ async def test_a_nack_is_attributed_to_the_patch_that_changed_that_type_else_to_
     ]
     # A version the snapshot has moved past is not attributed.
     assert nacks.responsible(node, CLUSTER, first.version(CLUSTER)) == []
+    # Its stream closed: what it accepted is forgotten (its next stream starts from its first
+    # config: every policy selecting it), and only its own.
+    other, other_info = node_key("default", "web-2"), _info("web-2")
+    cache.set_snapshot(other, first)
+    await nacks.ack(other_info, CLUSTER, first.version(CLUSTER))
+    cache.set_snapshot(other, second)
+    await nacks.stream_close(info)
+    everything = sorted({f"{kind}/{name}" for kind, name, _ in second.applied})
+    assert nacks.responsible(node, CLUSTER, second.version(CLUSTER)) == everything
+    assert nacks.responsible(other, CLUSTER, second.version(CLUSTER)) == [
+        "MeshProxyPatch/bad-listener",
+        "MeshTimeout/short",
+    ]
+    assert list(nacks._accepted) == [other]  # one entry per proxy, by its key

@@ -6,6 +6,7 @@ nothing that the proxy already has."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from prometheus_client import REGISTRY as METRICS
 from zonemesh.shared.config import Config
 from zonemesh.shared.store import Store
+from zonemesh.zone_cp.xds import names as names_module
 from zonemesh.zone_cp.xds import server as server_module
 from zonemesh.zone_cp.xds.cache import DeltaWatchRequest, Snapshot, SnapshotCache, TypeSnapshot, resource_version
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity
@@ -497,3 +499,29 @@ async def test_a_stream_outbox_hands_its_writer_every_response_in_order() -> Non
         await cancelled
     outbox.put_nowait(b"5")
     assert await asyncio.wait_for(outbox.get(), 2.0) == b"5"
+
+
+async def test_streams_subscribing_to_the_same_names_share_one_set_of_them(ads: Ads) -> None:
+    """Every proxy of a shape subscribes to the same endpoints by name, each request with strings
+    of its own: the streams keep one frozenset of those names, of interned strings, not a copy each."""
+    ads.cache.set_snapshot(NODE, snapshot({"a": 1, "b": 1}))
+    for names in (["a", "b"], ["b", "a"]):
+        envoy = ads.envoy()
+        await envoy.send(CLUSTER)
+        await envoy.receive()
+        await envoy.send(ENDPOINT, subscribe=names)
+        await envoy.receive()
+    first, second = (stream.types[ENDPOINT] for stream in ads.server.servicer._streams.values())  # type: ignore[attr-defined]
+    assert first.names == {"a", "b"} and first.names is second.names
+    assert all(name is sys.intern(name) for name in first.names)
+
+
+def test_shared_names_forget_the_sets_no_stream_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(names_module, "MIN_SWEEP", 4)
+    shared = names_module.SharedNames()
+    held = shared.of(["a", "b"])
+    for i in range(20):
+        shared.of([f"gone-{i}"])  # subscribed, then closed or changed: nobody holds it
+    assert len(shared) <= 4  # swept as it grew, not 21 sets
+    assert shared.of(iter(["b", "a"])) is held  # what a stream holds is kept
+    assert shared.of([]) is names_module.NOTHING

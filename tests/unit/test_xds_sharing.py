@@ -814,3 +814,11 @@ async def test_an_inbound_template_is_kept_across_rounds_only_while_what_it_is_b
     permissive = denied.replace("type: builtin}", "type: builtin, mode: PERMISSIVE}")
     assert permissive != denied
     assert round_of(permissive) == ["api", "web", "web-metrics"]
+
+
+def test_replicas_share_one_copy_of_their_shape() -> None:
+    """The reconciler keeps every proxy's shape between rounds: replicas hold the same string."""
+    from zonemesh.zone_cp.xds.context import shape
+
+    first, second = shape(_replica("web-1", "10.0.0.1", "v1")), shape(_replica("web-2", "10.0.0.2", "v1"))
+    assert first == second and first is second

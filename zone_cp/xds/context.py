@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -188,8 +189,11 @@ def shape(
         "name": dp.name if dp.name in names else "",
         "labels": {k: v for k, v in dp.labels.items() if k in label_keys},
     }
-    return json.dumps(
-        {**dp.spec, "networking": net, "selected": selected}, sort_keys=True, separators=(",", ":"), default=str
+    # Interned: the reconciler keeps every proxy's shape between rounds, and replicas have the same.
+    return sys.intern(
+        json.dumps(
+            {**dp.spec, "networking": net, "selected": selected}, sort_keys=True, separators=(",", ":"), default=str
+        )
     )
 
 

@@ -25,20 +25,23 @@ Applied = frozenset[tuple[str, str, int]]
 class NackAttribution:
     def __init__(self, cache: SnapshotCache) -> None:
         self.cache = cache
-        # (node key, type URL) -> the policies of the config of that type the proxy last accepted
-        self._accepted: dict[tuple[str, str], Applied] = {}
+        # node key -> type URL -> the policies of the config of that type the proxy last accepted.
+        # By node first: one small dict per proxy rather than a (node, type) key per type, and a
+        # stream's close drops its proxy's entries without going over every proxy's.
+        self._accepted: dict[str, dict[str, Applied]] = {}
 
     async def ack(self, info: Any, type_url: str, version: str) -> None:
         node = info.identity.key
         snapshot = self.cache.snapshot(node)
         typed = snapshot.types.get(type_url) if snapshot is not None else None
         if snapshot is not None and typed is not None and typed.version == version:
-            self._accepted[(node, type_url)] = snapshot.applied
+            accepted = self._accepted.get(node)
+            if accepted is None:
+                accepted = self._accepted[node] = {}
+            accepted[type_url] = snapshot.applied
 
     async def stream_close(self, info: Any) -> None:
-        node = info.identity.key
-        for key in [k for k in self._accepted if k[0] == node]:
-            del self._accepted[key]
+        self._accepted.pop(info.identity.key, None)
 
     def install(self, callbacks: Any) -> None:
         """Register on the xDS server's ``Callbacks`` (its ACK hook, and ``attribute``)."""
@@ -55,5 +58,5 @@ class NackAttribution:
         patched = snapshot.patched_by.get(type_url)
         if patched:
             return list(patched)
-        before = self._accepted.get((node, type_url), frozenset())
+        before = self._accepted.get(node, {}).get(type_url, frozenset())
         return sorted({f"{kind}/{name}" for kind, name, _ in snapshot.applied - before})

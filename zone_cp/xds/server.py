@@ -72,6 +72,7 @@ from zonemesh.zone_cp.xds.metrics import (
     XDS_STREAMS_REVOKED,
     XDS_UNAUTHENTICATED_DROPPED,
 )
+from zonemesh.zone_cp.xds.names import NOTHING, SharedNames
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity, ProxyType
 from zonemesh.zone_cp.xds.resources import (
     CLUSTER,
@@ -435,7 +436,7 @@ class _Stream(_StreamBase):
                 await self._acked(type_url, state, version)
         if state.cancel is not None:
             state.cancel()
-        names = frozenset(request.resource_names)
+        names = _NAMES.of(request.resource_names)
         if type_url == ENDPOINT and self._endpoints_owed:
             version = ""  # answer even an unchanged version: updated clusters are warming on it
         watch = WatchRequest(self.info.identity.key, type_url, version, names, state.sent_names)
@@ -509,7 +510,9 @@ class _Sent:
 
 # What a stream owes or forces when it owes nothing: one object for every stream and type (an
 # empty frozenset built from an empty set is a new 216-byte object each time).
-_NOTHING: frozenset[str] = frozenset()
+_NOTHING: frozenset[str] = NOTHING
+# The names streams subscribe to, one frozenset for all the streams subscribing to the same.
+_NAMES = SharedNames()
 
 
 # One per type per stream, thousands of them: slots, and nothing kept that is not read. What the
@@ -610,7 +613,7 @@ class _DeltaStream(_StreamBase):
                 state.known.pop(name, None)
                 if name in state.owed:
                     state.owed = state.owed - {name} or _NOTHING
-        state.names = frozenset(names) or _NOTHING
+        state.names = _NAMES.of(names)
 
     def _watch(self, type_url: str, state: _DeltaTypeState, reply_if_empty: bool = False) -> None:
         if state.cancel is not None:
