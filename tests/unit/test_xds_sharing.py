@@ -11,7 +11,15 @@ from envoy.service.discovery.v3 import discovery_pb2
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store.base import Event, EventKind
 from zonemesh.zone_cp.view import ZoneView
-from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotBuilder, SnapshotCache, WatchRequest, WatchResponse
+from zonemesh.zone_cp.xds.cache import (
+    DeltaWatchRequest,
+    DeltaWatchResponse,
+    Snapshot,
+    SnapshotBuilder,
+    SnapshotCache,
+    WatchRequest,
+    WatchResponse,
+)
 from zonemesh.zone_cp.xds.context import MeshContext
 from zonemesh.zone_cp.xds.policies import match_all
 from zonemesh.zone_cp.xds.policies.matching import matched
@@ -58,6 +66,72 @@ def test_proxies_with_the_same_messages_share_a_type_snapshot() -> None:
     for type_url, typed in three.types.items():
         assert typed.version == alone.version(type_url)
         assert dict(typed.resources) == dict(alone.types[type_url].resources)
+
+
+def test_a_proxy_keeps_its_type_snapshot_while_the_types_resources_are_exactly_what_they_were() -> None:
+    """SnapshotBuilder.build(previous=...): a type whose resources encode to what the proxy's
+    current snapshot holds (same names, same order, same bytes; new message objects, as every
+    round builds) keeps that TypeSnapshot object, and set_snapshot then sends nothing of it. A
+    resource changed, added or removed, or the same ones in another order, gets a new one, with
+    the very versions and bytes of a snapshot built without ``previous``."""
+
+    def listeners(*specs: tuple[str, int]) -> ResourceSet:
+        resources = ResourceSet()
+        for name, port in specs:
+            listener = listener_pb2.Listener(name=name)
+            listener.address.socket_address.port_value = port
+            resources.add(LISTENER, name, listener)
+        resources.add(ROUTE, "r", route_pb2.RouteConfiguration(name="r"))
+        return resources
+
+    cache = SnapshotCache()
+    sent: list[list[str]] = []
+    first = SnapshotBuilder().build(listeners(("a", 1), ("b", 2)))
+    cache.set_snapshot("default/p", first)
+    known = {name: first.types[LISTENER].versions[name] for name in ("a", "b")}
+
+    def respond(resp: DeltaWatchResponse) -> None:
+        sent.append([name for name, _, _ in resp.resources] + [f"-{name}" for name in resp.removed])
+        known.update((name, version) for name, version, _ in resp.resources)
+        for name in resp.removed:
+            known.pop(name)
+
+    def watch() -> None:
+        cache.create_delta_watch(DeltaWatchRequest("default/p", LISTENER, True, frozenset(), dict(known)), respond)
+
+    watch()
+    current = first
+    for specs, expect_kept, expect_sent in [
+        ([("a", 1), ("b", 2)], True, []),  # new messages, the same bytes
+        ([("a", 1), ("b", 3)], False, [["b"]]),  # one changed
+        ([("a", 1), ("b", 3), ("c", 4)], False, [["c"]]),  # one added
+        ([("a", 1), ("c", 4)], False, [["-b"]]),  # one removed
+        ([("c", 4), ("a", 1)], False, []),  # the same ones in another order
+        ([("c", 4), ("a", 1)], True, []),
+    ]:
+        sent.clear()
+        resources = listeners(*specs)
+        snapshot = SnapshotBuilder().build(resources, None, current)
+        alone = SnapshotBuilder().build(listeners(*specs))
+        assert (snapshot.types[LISTENER] is current.types[LISTENER]) is expect_kept, specs
+        assert snapshot.types[ROUTE] is current.types[ROUTE]
+        for type_url, typed in snapshot.types.items():
+            assert list(typed.resources.items()) == list(alone.types[type_url].resources.items())
+            assert typed.versions == alone.types[type_url].versions
+            assert typed.version == alone.types[type_url].version
+        cache.set_snapshot("default/p", snapshot)
+        assert sent == expect_sent, specs
+        if sent:
+            watch()
+        current = snapshot
+    # A kept TypeSnapshot still answers a proxy that has nothing (a reconnect) with every
+    # resource, each with its own head.
+    sent.clear()
+    known.clear()
+    watch()
+    assert sent == [["c", "a"]]
+    typed = current.types[LISTENER]
+    assert [typed.head(n) for n in ("c", "a")] == [alone.types[LISTENER].head(n) for n in ("c", "a")]
 
 
 def test_a_full_type_response_is_the_shared_body_and_a_subset_is_assembled() -> None:
@@ -535,7 +609,6 @@ async def test_a_round_serializes_each_distinct_resource_once_and_per_proxy_only
 def test_delta_responses_reuse_each_resources_encoded_head_across_proxies() -> None:
     """A delta response is a join of pre-encoded pieces: per resource its head (name, version,
     lengths), encoded once per round for every proxy holding it, and its shared body."""
-    from zonemesh.zone_cp.xds.cache import DeltaWatchRequest, DeltaWatchResponse
     from zonemesh.zone_cp.xds.resources import encode_delta_response
 
     shared = route_pb2.RouteConfiguration(name="shared", validate_clusters={"value": True})
@@ -677,6 +750,7 @@ async def test_a_listener_placed_in_an_earlier_round_is_reused_only_while_what_i
     shapes: dict[str, tuple[Resource, object, str]] = {}
     placed: dict[str, dict[int, PlacedListener]] = {}
     before: dict[str, dict[str, bytes]] = {}
+    snapshots: dict[str, Snapshot] = {}
 
     def round_of(yaml: str, proxies: list[Resource]) -> tuple[int, dict[str, dict[str, bytes]]]:
         """One round keeping shapes and placed listeners, checked against a fresh one; returns how
@@ -687,7 +761,9 @@ async def test_a_listener_placed_in_an_earlier_round_is_reused_only_while_what_i
         dataplanes = [*proxies, _api()]
         kept = MeshContext.build(mesh, dataplanes, policies, certs=certs, shapes=shapes, placed=placed)
         builder = SnapshotBuilder(kept.encoded)
-        together = {dp.name: builder.build(generate(kept, dp)) for dp in proxies}
+        # As the reconciler, with each proxy's snapshot of the round before (TypeSnapshots kept).
+        together = {dp.name: builder.build(generate(kept, dp), None, snapshots.get(dp.name)) for dp in proxies}
+        snapshots.update(together)
         inbound.keep_placed(kept, builder.encoded)
         fresh = MeshContext.build(mesh, dataplanes, policies, certs=certs)
         fresh_builder = SnapshotBuilder()
