@@ -188,7 +188,11 @@ def run(
             "max": round(max(samples_ms), 4),
         },
         "round_s": {"min": round(min(rounds_s), 3), "max": round(max(rounds_s), 3)},
-        "round_cpu_s": {"min": round(min(rounds_cpu_s), 3), "max": round(max(rounds_cpu_s), 3)},
+        "round_cpu_s": {
+            "min": round(min(rounds_cpu_s), 3),
+            "p50": round(xds_zone.percentile(rounds_cpu_s, 50), 3),
+            "max": round(max(rounds_cpu_s), 3),
+        },
         "serialized_per_round": serialized,
         "config_digest": digest.hexdigest(),  # the same workload gives the same versions
         **({"delta_sent_per_round": sent[-1]} if watches else {}),

@@ -754,7 +754,8 @@ async def test_a_listener_placed_in_an_earlier_round_is_reused_only_while_what_i
 
     def round_of(yaml: str, proxies: list[Resource]) -> tuple[int, dict[str, dict[str, bytes]]]:
         """One round keeping shapes and placed listeners, checked against a fresh one; returns how
-        many listeners it took from earlier rounds and each proxy's listeners."""
+        many listeners it took from earlier rounds (each with its local cluster: the proxies'
+        apps are at ports of their own) and each proxy's listeners."""
         resources = load_resources(yaml)
         mesh = next(r for r in resources if r.type == "Mesh")
         policies = [r for r in resources if r.type != "Mesh"]
@@ -773,7 +774,11 @@ async def test_a_listener_placed_in_an_earlier_round_is_reused_only_while_what_i
                 assert dict(typed.resources) == dict(alone.types[type_url].resources), (dp.name, type_url)
                 assert typed.version == alone.types[type_url].version
         listeners = {dp.name: dict(together[dp.name].types[LISTENER].resources) for dp in proxies}
-        return len(kept.encoded), listeners
+        # Taken from earlier rounds: listeners, and the local clusters placed with them.
+        taken = [message for message, _, _ in kept.encoded.values()]
+        reused = sum(isinstance(m, listener_pb2.Listener) for m in taken)
+        assert sum(isinstance(m, cluster_pb2.Cluster) for m in taken) == reused == len(taken) - reused
+        return reused, listeners
 
     web1 = _web("web-1", "127.0.0.1", [20000, 20001], service_ports=[40000, 40001])
     web2 = _web("web-2", "127.0.0.1", [20002, 20003], service_ports=[40002, 40003])
@@ -805,6 +810,54 @@ async def test_a_listener_placed_in_an_earlier_round_is_reused_only_while_what_i
     assert round_of(permissive + "---" + TO_API_YAML % 6, [web1, moved])[0] == 0
 
 
+async def test_a_kept_listeners_local_cluster_is_taken_with_it_and_shared_by_the_apps_at_one_place() -> None:
+    """The local cluster placed with a kept listener is its earlier round's bytes too (parsed back,
+    not built nor serialized again), one message for the proxies whose apps are at the same place
+    (as when built), and every proxy gets byte for byte what a round without kept listeners gives."""
+    from zonemesh.zone_cp.xds.context import PlacedListener, WorkloadCert
+    from zonemesh.zone_cp.xds.generators import generate, inbound
+    from zonemesh.zone_cp.xds.testing import TestCA, load_resources
+
+    ca = TestCA()
+    certs = {s: WorkloadCert(*await ca.workload_cert("default", s)) for s in ("web", "web-metrics", "api")}
+    shapes: dict[str, tuple[Resource, object, str]] = {}
+    placed: dict[str, dict[int, PlacedListener]] = {}
+    snapshots: dict[str, Snapshot] = {}
+    # As pods: each at its own address, both apps of each on the inbounds' ports.
+    proxies = [_web("web-1", "10.0.0.1", [8080, 9090]), _web("web-2", "10.0.0.2", [8080, 9090])]
+    for timeout in (5, 6, 7):
+        resources = load_resources(PORTS_YAML + "---" + TO_API_YAML % timeout)
+        mesh = next(r for r in resources if r.type == "Mesh")
+        policies = [r for r in resources if r.type != "Mesh"]
+        kept = MeshContext.build(mesh, [*proxies, _api()], policies, certs=certs, shapes=shapes, placed=placed)
+        builder = SnapshotBuilder(kept.encoded)
+        sets = {dp.name: generate(kept, dp) for dp in proxies}
+        together = {name: builder.build(rs, None, snapshots.get(name)) for name, rs in sets.items()}
+        snapshots.update(together)
+        inbound.keep_placed(kept, builder.encoded)
+        fresh = MeshContext.build(mesh, [*proxies, _api()], policies, certs=certs)
+        for dp in proxies:
+            alone = SnapshotBuilder().build(generate(fresh, dp))
+            for type_url, typed in together[dp.name].types.items():
+                assert list(typed.resources.items()) == list(alone.types[type_url].resources.items())
+        taken = [m for m, _, _ in kept.encoded.values() if isinstance(m, cluster_pb2.Cluster)]
+        if timeout == 5:
+            assert taken == []  # nothing placed before
+            continue
+        # web's and web-metrics' local clusters, each one message both proxies hold.
+        assert sorted(c.name for c in taken) == ["localhost:8080", "localhost:9090"]
+        for cluster in taken:
+            assert all(rs.by_type[CLUSTER][cluster.name] is cluster for rs in sets.values())
+        # Their bytes are those kept (what the snapshots held), not serialized again.
+        for by_index in placed.values():
+            for listener in by_index.values():
+                assert any(
+                    listener.cluster_data is typed.resources[name]
+                    for typed in (s.types[CLUSTER] for s in together.values())
+                    for name in ("localhost:8080", "localhost:9090")
+                )
+
+
 def test_the_reconciler_forgets_a_dataplanes_placed_listeners_when_it_changes_or_goes() -> None:
     from zonemesh.zone_cp.xds.context import PlacedListener
 
@@ -814,11 +867,11 @@ def test_the_reconciler_forgets_a_dataplanes_placed_listeners_when_it_changes_or
     view._apply(Event(EventKind.CREATED, Resource(type="Mesh", name="default", version=1)))
     view._apply(Event(EventKind.CREATED, _dp("a-1", "a")))
     placed = reconciler._placed.setdefault("default", {})
-    placed["a-1"] = {0: PlacedListener((), b"", "", 0)}
-    placed["a-2"] = {0: PlacedListener((), b"", "", 0)}  # another proxy's stay
+    placed["a-1"] = {0: PlacedListener((), b"", "", 0, b"", "", 0)}
+    placed["a-2"] = {0: PlacedListener((), b"", "", 0, b"", "", 0)}  # another proxy's stay
     view._apply(Event(EventKind.UPDATED, _dp("a-1", "a", version=2)))
     assert "a-1" not in placed and "a-2" in placed
-    placed["a-1"] = {0: PlacedListener((), b"", "", 0)}
+    placed["a-1"] = {0: PlacedListener((), b"", "", 0, b"", "", 0)}
     view._apply(Event(EventKind.DELETED, _dp("a-1", "a", version=2)))
     assert "a-1" not in placed
 
