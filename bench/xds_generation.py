@@ -15,10 +15,11 @@ how many messages (``encodes``) and how many distinct encoded resources.
 bench/xds_zone.py change: the mesh's default MeshTimeout with a new requestTimeout), and what
 the reconciler keeps between rounds is kept (the proxies' shapes, their placed inbound
 listeners, the inbound templates, each proxy's snapshot); the garbage collector tuned as the
-control plane tunes it. Without it (``none``, the default) every round starts afresh from the
-same policies. ``--watches`` also hands each snapshot to a SnapshotCache in which every proxy has
-a delta watch open per type, answered and opened again as a stream does on its ACK (what the
-round costs the cache, without gRPC), and reports how many responses and resources it sent.
+control plane tunes it (and paused during each round, ``gc_paused``). Without it (``none``, the
+default) every round starts afresh from the same policies. ``--watches`` also hands each
+snapshot to a SnapshotCache in which every proxy has a delta watch open per type, answered and
+opened again as a stream does on its ACK (what the round costs the cache, without gRPC), and
+reports how many responses and resources it sent.
 
     python bench/xds_generation.py --proxies 2000
     python bench/xds_generation.py --proxies 2000 --workload addresses
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import hashlib
 import json
@@ -42,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from zonemesh.shared.aio import gc_paused
 from zonemesh.shared.resources.defaults import default_policies
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.runtime import GC_THRESHOLDS
@@ -131,47 +134,49 @@ def run(
     digest = hashlib.blake2b(digest_size=8)
     for r in range(rounds + 1):
         started, started_cpu = time.perf_counter(), time.process_time()
-        if kept:  # the mesh-wide change: the default MeshTimeout with a new requestTimeout
-            timeout = Resource(
-                type="MeshTimeout",
-                name=xds_zone.TIMEOUT_POLICY,
-                mesh=xds_zone.MESH,
-                spec=xds_zone.mesh_timeout_doc(xds_zone.DEFAULT_REQUEST_TIMEOUT + r + 1)["spec"],
-                version=r + 2,
+        # As the control plane: no automatic collection during a round, one young collection after it.
+        with gc_paused() if kept else contextlib.nullcontext():
+            if kept:  # the mesh-wide change: the default MeshTimeout with a new requestTimeout
+                timeout = Resource(
+                    type="MeshTimeout",
+                    name=xds_zone.TIMEOUT_POLICY,
+                    mesh=xds_zone.MESH,
+                    spec=xds_zone.mesh_timeout_doc(xds_zone.DEFAULT_REQUEST_TIMEOUT + r + 1)["spec"],
+                    version=r + 2,
+                )
+                policies = [p for p in policies if p.name != xds_zone.TIMEOUT_POLICY] + [timeout]
+            ctx = MeshContext.build(
+                mesh,
+                dataplanes,
+                policies,
+                [],
+                certs,
+                shapes=shapes if kept else None,
+                placed=placed if kept else None,
+                templates=templates if kept else None,
             )
-            policies = [p for p in policies if p.name != xds_zone.TIMEOUT_POLICY] + [timeout]
-        ctx = MeshContext.build(
-            mesh,
-            dataplanes,
-            policies,
-            [],
-            certs,
-            shapes=shapes if kept else None,
-            placed=placed if kept else None,
-            templates=templates if kept else None,
-        )
-        builder = SnapshotBuilder(ctx.encoded)  # as the reconciler: one per round
-        times = []
-        distinct: set[bytes] = set()
-        watching.responses = watching.resources = 0
-        for dp in dataplanes:
-            t = time.perf_counter()
-            snapshot = builder.build(generate(ctx, dp), None, previous.get(dp.name))
-            times.append(time.perf_counter() - t)
-            if kept:
-                previous[dp.name] = snapshot
-            if watches:
-                fresh = cache.snapshot(dp.name) is None
-                cache.set_snapshot(dp.name, snapshot)
-                if fresh:
-                    for type_url in snapshot.types:
-                        watching.open(dp.name, type_url, {})
-            if r == 0:
-                for typed in snapshot.types.values():
-                    digest.update(typed.version.encode())
-                    distinct.update(typed.resources.values())
-        inbound.keep_placed(ctx, builder.encoded)
-        inbound.forget_templates(ctx)
+            builder = SnapshotBuilder(ctx.encoded)  # as the reconciler: one per round
+            times = []
+            distinct: set[bytes] = set()
+            watching.responses = watching.resources = 0
+            for dp in dataplanes:
+                t = time.perf_counter()
+                snapshot = builder.build(generate(ctx, dp), None, previous.get(dp.name))
+                times.append(time.perf_counter() - t)
+                if kept:
+                    previous[dp.name] = snapshot
+                if watches:
+                    fresh = cache.snapshot(dp.name) is None
+                    cache.set_snapshot(dp.name, snapshot)
+                    if fresh:
+                        for type_url in snapshot.types:
+                            watching.open(dp.name, type_url, {})
+                if r == 0:
+                    for typed in snapshot.types.values():
+                        digest.update(typed.version.encode())
+                        distinct.update(typed.resources.values())
+            inbound.keep_placed(ctx, builder.encoded)
+            inbound.forget_templates(ctx)
         if r > 0:  # round 0 warms up (imports, caches)
             samples += times
             rounds_s.append(time.perf_counter() - started)
