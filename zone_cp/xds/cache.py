@@ -456,14 +456,23 @@ class SnapshotCache:
         # A wildcard subscription wants every resource (its by-name subscriptions are among them).
         wanted: Iterable[str] = resources if request.wildcard else request.names
         changed = []
+        held = 0  # of the wanted resources, how many the proxy has (at whatever version)
         for name in wanted:
             data = resources.get(name)
             if data is not None:
                 version = versions[name]
-                if known.get(name) != version or name in force:
+                has = known.get(name)
+                if has is not None:
+                    held += 1
+                if has != version or name in force:
                     changed.append((name, version, data))
-        # What it has that is gone, or that it no longer subscribes to (go-control-plane does the same).
-        removed = [name for name in known if name not in resources or not (request.wildcard or name in request.names)]
+        # What it has that is gone, or that it no longer subscribes to (go-control-plane does the
+        # same): none when all it has is among the wanted resources (an ACK's new watch).
+        removed = (
+            [name for name in known if name not in resources or not (request.wildcard or name in request.names)]
+            if len(known) > held
+            else []
+        )
         if not changed and not removed and not request.reply_if_empty:
             return False
         heads = [typed.head(name) for name, _, _ in changed]
