@@ -188,7 +188,8 @@ class SnapshotBuilder:
     ``TypeSnapshot`` (no re-hashing, and one copy in memory); replicas of a shape even share the
     very dicts (``ResourceSet.copy``), recognized without looking inside. Messages and dicts are
     held for the round so that their ids stay unique. ``known``: messages whose encoding is known
-    already (parsed from bytes an earlier round made: ``MeshContext.encoded``), not serialized again."""
+    already (parsed from bytes an earlier round made: ``MeshContext.encoded``), not serialized again.
+    Across rounds, a proxy whose type holds exactly what it held keeps its ``TypeSnapshot`` (``build``)."""
 
     def __init__(self, known: Mapping[int, tuple[Message, bytes, str]] | None = None) -> None:
         self._encoded: dict[int, tuple[Message, bytes, str]] = {}  # id -> (message, Any bytes, version)
