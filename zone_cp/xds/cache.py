@@ -222,10 +222,11 @@ class SnapshotBuilder:
         shared = self._by_dict.get((type_url, id(by_name)))
         if shared is not None:
             return shared[1]
-        key = (type_url, tuple(by_name), tuple(map(id, by_name.values())))
+        names = tuple(by_name)
+        key = (type_url, names, tuple(map(id, by_name.values())))
         typed = self._typed.get(key)
         if typed is None:
-            if kept is not None and self._holds(kept, type_url, by_name):
+            if kept is not None and self._holds(kept, type_url, names, by_name):
                 # What the proxy had: the same object, so no version to hash again, nothing new to
                 # hold, and set_snapshot sees at once that nothing of this type is to be sent.
                 # Its delta heads are looked up in this round's (those of its round may go).
@@ -240,18 +241,18 @@ class SnapshotBuilder:
         self._by_dict[(type_url, id(by_name))] = (by_name, typed)
         return typed
 
-    def _holds(self, kept: TypeSnapshot, type_url: str, by_name: dict[str, Message]) -> bool:
-        """Whether ``kept`` holds exactly what ``by_name`` encodes to: the same names in the same
-        order, each with the same bytes (so the same version)."""
+    def _holds(self, kept: TypeSnapshot, type_url: str, names: tuple[str, ...], by_name: dict[str, Message]) -> bool:
+        """Whether ``kept`` holds exactly what ``by_name`` (whose keys are ``names``) encodes to:
+        the same names in the same order, each with the same bytes (so the same version)."""
         resources = kept.resources
-        if len(resources) != len(by_name):
+        if len(resources) != len(names) or tuple(resources) != names:
             return False
         encoded = self._encoded
-        for (name, msg), (kept_name, data) in zip(by_name.items(), resources.items(), strict=True):
+        for msg, data in zip(by_name.values(), resources.values(), strict=True):
             hit = encoded.get(id(msg))
             if hit is None:
                 hit = self._encoded_once(type_url, msg)
-            if name != kept_name or hit[1] != data:
+            if hit[1] != data:
                 return False
         return True
 
