@@ -668,6 +668,59 @@ spec:
     assert [x.per_connection_buffer_limit_bytes.value for x in listeners] == [1024, 0, 0]  # type: ignore[union-attr]
 
 
+async def test_a_patched_local_cluster_and_listener_stay_that_proxys_own_round_after_round() -> None:
+    """With listeners, their local clusters and TypeSnapshots kept across rounds, a MeshProxyPatch
+    of one proxy's local cluster and listener still changes its own only, once, every round: each
+    proxy gets byte for byte what a round with nothing kept gives."""
+    from zonemesh.zone_cp.xds.context import PlacedListener, WorkloadCert
+    from zonemesh.zone_cp.xds.generators import generate, inbound
+    from zonemesh.zone_cp.xds.testing import TestCA, load_resources
+
+    patch = """
+type: MeshProxyPatch
+name: only-web-0
+mesh: default
+spec:
+  targetRef: {kind: Dataplane, name: web-0}
+  default:
+    appendModifications:
+      - cluster: {operation: Patch, match: {name: "localhost:40000"}, value: "connectTimeout: 9s"}
+      - listener:
+          operation: Patch
+          match: {name: "inbound:127.0.0.1:20000"}
+          value: "perConnectionBufferLimitBytes: 1024"
+"""
+    proxies = [
+        _web("web-0", "127.0.0.1", [20000], service_ports=[40000]),
+        _web("web-1", "127.0.0.2", [20000], service_ports=[40000]),
+    ]
+    ca = TestCA()
+    certs = {s: WorkloadCert(*await ca.workload_cert("default", s)) for s in ("web", "api")}
+    shapes: dict[str, tuple[Resource, object, str]] = {}
+    placed: dict[str, dict[int, PlacedListener]] = {}
+    snapshots: dict[str, Snapshot] = {}
+    for timeout in (5, 6, 7):
+        resources = load_resources(PORTS_YAML + "---" + patch + "---" + TO_API_YAML % timeout)
+        mesh = next(r for r in resources if r.type == "Mesh")
+        policies = [r for r in resources if r.type != "Mesh"]
+        dataplanes = [*proxies, _api()]
+        kept = MeshContext.build(mesh, dataplanes, policies, certs=certs, shapes=shapes, placed=placed)
+        builder = SnapshotBuilder(kept.encoded)
+        sets = {dp.name: generate(kept, dp) for dp in proxies}
+        together = {name: builder.build(rs, None, snapshots.get(name)) for name, rs in sets.items()}
+        snapshots.update(together)
+        inbound.keep_placed(kept, builder.encoded)
+        if timeout > 5:
+            assert len(kept.encoded) == 3  # both listeners and the one local cluster, as placed before
+        local = [rs.get(CLUSTER, "localhost:40000") for rs in sets.values()]
+        assert [c.connect_timeout.seconds for c in local] == [9, 3]  # type: ignore[union-attr]  # 3: web-inbound
+        fresh = MeshContext.build(mesh, dataplanes, policies, certs=certs)
+        for dp in proxies:
+            alone = SnapshotBuilder().build(generate(fresh, dp))
+            for type_url, typed in together[dp.name].types.items():
+                assert list(typed.resources.items()) == list(alone.types[type_url].resources.items())
+
+
 async def test_an_unchanged_proxys_shape_is_kept_across_rounds_and_recomputed_when_it_changes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
