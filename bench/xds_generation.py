@@ -14,12 +14,17 @@ how many messages (``encodes``) and how many distinct encoded resources.
 ``--change mesh-wide``: each round is a mesh-wide change as the control plane makes it (the
 bench/xds_zone.py change: the mesh's default MeshTimeout with a new requestTimeout), and what
 the reconciler keeps between rounds is kept (the proxies' shapes, their placed inbound
-listeners, the inbound templates); the garbage collector tuned as the control plane tunes it. Without it (``none``, the
-default) every round starts afresh from the same policies.
+listeners, the inbound templates, each proxy's snapshot); the garbage collector tuned as the
+control plane tunes it (and paused during each round, ``gc_paused``). Without it (``none``, the
+default) every round starts afresh from the same policies. ``--watches`` also hands each
+snapshot to a SnapshotCache in which every proxy has a delta watch open per type, answered and
+opened again as a stream does on its ACK (what the round costs the cache, without gRPC), and
+reports how many responses and resources it sent.
 
     python bench/xds_generation.py --proxies 2000
     python bench/xds_generation.py --proxies 2000 --workload addresses
     python bench/xds_generation.py --proxies 2000 --change mesh-wide
+    python bench/xds_generation.py --proxies 2000 --change mesh-wide --watches
     python bench/xds_generation.py --quick
 """
 
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import hashlib
 import json
@@ -38,10 +44,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from zonemesh.shared.aio import gc_paused
 from zonemesh.shared.resources.defaults import default_policies
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.runtime import GC_THRESHOLDS
-from zonemesh.zone_cp.xds.cache import SnapshotBuilder
+from zonemesh.zone_cp.xds.cache import DeltaWatchRequest, DeltaWatchResponse, Snapshot, SnapshotBuilder, SnapshotCache
 from zonemesh.zone_cp.xds.context import MeshContext, WorkloadCert
 from zonemesh.zone_cp.xds.generators import generate, inbound
 from zonemesh.zone_cp.xds.testing import TestCA
@@ -76,7 +83,30 @@ def dataplane_doc(index: int, services: int, workload: str) -> dict[str, Any]:
     return doc
 
 
-def run(proxies: int, rounds: int, workload: str = "ports", change: str = "none") -> dict[str, Any]:
+class Watching:
+    """Every proxy's delta watches on a SnapshotCache, one per type (wildcard), each answered and
+    opened again with what it then has, as a delta stream does when the proxy ACKs."""
+
+    def __init__(self, cache: SnapshotCache) -> None:
+        self.cache = cache
+        self.responses = 0
+        self.resources = 0
+
+    def open(self, node: str, type_url: str, known: dict[str, str]) -> None:
+        def respond(resp: DeltaWatchResponse) -> None:
+            self.responses += 1
+            self.resources += len(resp.resources)
+            known.update((name, version) for name, version, _ in resp.resources)
+            for name in resp.removed:
+                known.pop(name, None)
+            self.open(node, type_url, known)
+
+        self.cache.create_delta_watch(DeltaWatchRequest(node, type_url, True, frozenset(), known), respond)
+
+
+def run(
+    proxies: int, rounds: int, workload: str = "ports", change: str = "none", watches: bool = False
+) -> dict[str, Any]:
     services = max(2, proxies // 10)
     mesh = resource(xds_zone.mesh_doc())
     dataplanes = [resource(dataplane_doc(i, services, workload)) for i in range(proxies)]
@@ -94,48 +124,64 @@ def run(proxies: int, rounds: int, workload: str = "ports", change: str = "none"
     names = [xds_zone.service_name(s) for s in range(services)]
     certs = {n: WorkloadCert(*asyncio.run(ca.workload_cert(xds_zone.MESH, n))) for n in names}
 
+    cache = SnapshotCache()
+    watching = Watching(cache)
+    previous: dict[str, Snapshot] = {}  # kept as the reconciler has them (in its SnapshotCache)
+    sent: list[dict[str, int]] = []
     samples: list[float] = []
     rounds_s: list[float] = []
     rounds_cpu_s: list[float] = []  # the process's CPU: less sensitive than wall time to other load
     digest = hashlib.blake2b(digest_size=8)
     for r in range(rounds + 1):
         started, started_cpu = time.perf_counter(), time.process_time()
-        if kept:  # the mesh-wide change: the default MeshTimeout with a new requestTimeout
-            timeout = Resource(
-                type="MeshTimeout",
-                name=xds_zone.TIMEOUT_POLICY,
-                mesh=xds_zone.MESH,
-                spec=xds_zone.mesh_timeout_doc(xds_zone.DEFAULT_REQUEST_TIMEOUT + r + 1)["spec"],
-                version=r + 2,
+        # As the control plane: no automatic collection during a round, one young collection after it.
+        with gc_paused() if kept else contextlib.nullcontext():
+            if kept:  # the mesh-wide change: the default MeshTimeout with a new requestTimeout
+                timeout = Resource(
+                    type="MeshTimeout",
+                    name=xds_zone.TIMEOUT_POLICY,
+                    mesh=xds_zone.MESH,
+                    spec=xds_zone.mesh_timeout_doc(xds_zone.DEFAULT_REQUEST_TIMEOUT + r + 1)["spec"],
+                    version=r + 2,
+                )
+                policies = [p for p in policies if p.name != xds_zone.TIMEOUT_POLICY] + [timeout]
+            ctx = MeshContext.build(
+                mesh,
+                dataplanes,
+                policies,
+                [],
+                certs,
+                shapes=shapes if kept else None,
+                placed=placed if kept else None,
+                templates=templates if kept else None,
             )
-            policies = [p for p in policies if p.name != xds_zone.TIMEOUT_POLICY] + [timeout]
-        ctx = MeshContext.build(
-            mesh,
-            dataplanes,
-            policies,
-            [],
-            certs,
-            shapes=shapes if kept else None,
-            placed=placed if kept else None,
-            templates=templates if kept else None,
-        )
-        builder = SnapshotBuilder(ctx.encoded)  # as the reconciler: one per round
-        times = []
-        distinct: set[bytes] = set()
-        for dp in dataplanes:
-            t = time.perf_counter()
-            snapshot = builder.build(generate(ctx, dp))
-            times.append(time.perf_counter() - t)
-            if r == 0:
-                for typed in snapshot.types.values():
-                    digest.update(typed.version.encode())
-                    distinct.update(typed.resources.values())
-        inbound.keep_placed(ctx, builder.encoded)
-        inbound.forget_templates(ctx)
+            builder = SnapshotBuilder(ctx.encoded)  # as the reconciler: one per round
+            times = []
+            distinct: set[bytes] = set()
+            watching.responses = watching.resources = 0
+            for dp in dataplanes:
+                t = time.perf_counter()
+                snapshot = builder.build(generate(ctx, dp), None, previous.get(dp.name))
+                times.append(time.perf_counter() - t)
+                if kept:
+                    previous[dp.name] = snapshot
+                if watches:
+                    fresh = cache.snapshot(dp.name) is None
+                    cache.set_snapshot(dp.name, snapshot)
+                    if fresh:
+                        for type_url in snapshot.types:
+                            watching.open(dp.name, type_url, {})
+                if r == 0:
+                    for typed in snapshot.types.values():
+                        digest.update(typed.version.encode())
+                        distinct.update(typed.resources.values())
+            inbound.keep_placed(ctx, builder.encoded)
+            inbound.forget_templates(ctx)
         if r > 0:  # round 0 warms up (imports, caches)
             samples += times
             rounds_s.append(time.perf_counter() - started)
             rounds_cpu_s.append(time.process_time() - started_cpu)
+            sent.append({"responses": watching.responses, "resources": watching.resources})
         else:
             serialized = {"encodes": builder.encodes, "distinct_resources": len(distinct)}
     samples_ms = [s * 1000 for s in samples]
@@ -147,9 +193,14 @@ def run(proxies: int, rounds: int, workload: str = "ports", change: str = "none"
             "max": round(max(samples_ms), 4),
         },
         "round_s": {"min": round(min(rounds_s), 3), "max": round(max(rounds_s), 3)},
-        "round_cpu_s": {"min": round(min(rounds_cpu_s), 3), "max": round(max(rounds_cpu_s), 3)},
+        "round_cpu_s": {
+            "min": round(min(rounds_cpu_s), 3),
+            "p50": round(xds_zone.percentile(rounds_cpu_s, 50), 3),
+            "max": round(max(rounds_cpu_s), 3),
+        },
         "serialized_per_round": serialized,
         "config_digest": digest.hexdigest(),  # the same workload gives the same versions
+        **({"delta_sent_per_round": sent[-1]} if watches else {}),
     }
 
 
@@ -160,6 +211,9 @@ def main() -> None:
     parser.add_argument("--workload", choices=WORKLOADS, default="ports", help="where proxies listen (see above)")
     parser.add_argument(
         "--change", choices=("none", "mesh-wide"), default="none", help="what each round is (see above)"
+    )
+    parser.add_argument(
+        "--watches", action="store_true", help="also set each snapshot in a SnapshotCache with delta watches"
     )
     parser.add_argument("--quick", action="store_true", help="200 proxies, 1 round")
     parser.add_argument("--out", type=Path, help=f"JSON report (default {RESULTS}; --quick: *.quick.json)")
@@ -181,8 +235,9 @@ def main() -> None:
             "rounds": args.rounds,
             "workload": args.workload,
             "change": args.change,
+            "watches": args.watches,
         },
-        **run(args.proxies, args.rounds, args.workload, args.change),
+        **run(args.proxies, args.rounds, args.workload, args.change, args.watches),
     }
     per = report["per_proxy_ms"]
     print(
@@ -192,6 +247,12 @@ def main() -> None:
         f"(CPU {report['round_cpu_s']['min']}-{report['round_cpu_s']['max']} s); "
         f"per round {report['serialized_per_round']['encodes']} messages serialized, "
         f"{report['serialized_per_round']['distinct_resources']} distinct resources"
+        + (
+            f"; delta watches answered per round: {report['delta_sent_per_round']['responses']} responses, "
+            f"{report['delta_sent_per_round']['resources']} resources"
+            if args.watches
+            else ""
+        )
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

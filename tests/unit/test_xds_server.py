@@ -180,6 +180,11 @@ async def test_hooks_registered_for_some_proxy_types_see_only_their_streams() ->
     callbacks = Callbacks()
     dataplanes = callbacks.only(ProxyType.DATAPLANE)
     dataplanes.stream_open.append(hook("dataplanes"))
+
+    async def failing(info: StreamInfo) -> None:
+        raise RuntimeError("a hook's own failure")
+
+    dataplanes.stream_open.append(failing)  # logged (xds_hook_failed); the hooks after it still run
     callbacks.stream_open.append(hook("all"))
     dataplanes.attribute = lambda node, type_url, version: ["MeshTimeout/t"]
     assert callbacks.attribute is not None and callbacks.attribute("n", "t", "v") == ["MeshTimeout/t"]

@@ -11,7 +11,15 @@ from envoy.service.discovery.v3 import discovery_pb2
 from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.store.base import Event, EventKind
 from zonemesh.zone_cp.view import ZoneView
-from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotBuilder, SnapshotCache, WatchRequest, WatchResponse
+from zonemesh.zone_cp.xds.cache import (
+    DeltaWatchRequest,
+    DeltaWatchResponse,
+    Snapshot,
+    SnapshotBuilder,
+    SnapshotCache,
+    WatchRequest,
+    WatchResponse,
+)
 from zonemesh.zone_cp.xds.context import MeshContext
 from zonemesh.zone_cp.xds.policies import match_all
 from zonemesh.zone_cp.xds.policies.matching import matched
@@ -58,6 +66,72 @@ def test_proxies_with_the_same_messages_share_a_type_snapshot() -> None:
     for type_url, typed in three.types.items():
         assert typed.version == alone.version(type_url)
         assert dict(typed.resources) == dict(alone.types[type_url].resources)
+
+
+def test_a_proxy_keeps_its_type_snapshot_while_the_types_resources_are_exactly_what_they_were() -> None:
+    """SnapshotBuilder.build(previous=...): a type whose resources encode to what the proxy's
+    current snapshot holds (same names, same order, same bytes; new message objects, as every
+    round builds) keeps that TypeSnapshot object, and set_snapshot then sends nothing of it. A
+    resource changed, added or removed, or the same ones in another order, gets a new one, with
+    the very versions and bytes of a snapshot built without ``previous``."""
+
+    def listeners(*specs: tuple[str, int]) -> ResourceSet:
+        resources = ResourceSet()
+        for name, port in specs:
+            listener = listener_pb2.Listener(name=name)
+            listener.address.socket_address.port_value = port
+            resources.add(LISTENER, name, listener)
+        resources.add(ROUTE, "r", route_pb2.RouteConfiguration(name="r"))
+        return resources
+
+    cache = SnapshotCache()
+    sent: list[list[str]] = []
+    first = SnapshotBuilder().build(listeners(("a", 1), ("b", 2)))
+    cache.set_snapshot("default/p", first)
+    known = {name: first.types[LISTENER].versions[name] for name in ("a", "b")}
+
+    def respond(resp: DeltaWatchResponse) -> None:
+        sent.append([name for name, _, _ in resp.resources] + [f"-{name}" for name in resp.removed])
+        known.update((name, version) for name, version, _ in resp.resources)
+        for name in resp.removed:
+            known.pop(name)
+
+    def watch() -> None:
+        cache.create_delta_watch(DeltaWatchRequest("default/p", LISTENER, True, frozenset(), dict(known)), respond)
+
+    watch()
+    current = first
+    for specs, expect_kept, expect_sent in [
+        ([("a", 1), ("b", 2)], True, []),  # new messages, the same bytes
+        ([("a", 1), ("b", 3)], False, [["b"]]),  # one changed
+        ([("a", 1), ("b", 3), ("c", 4)], False, [["c"]]),  # one added
+        ([("a", 1), ("c", 4)], False, [["-b"]]),  # one removed
+        ([("c", 4), ("a", 1)], False, []),  # the same ones in another order
+        ([("c", 4), ("a", 1)], True, []),
+    ]:
+        sent.clear()
+        resources = listeners(*specs)
+        snapshot = SnapshotBuilder().build(resources, None, current)
+        alone = SnapshotBuilder().build(listeners(*specs))
+        assert (snapshot.types[LISTENER] is current.types[LISTENER]) is expect_kept, specs
+        assert snapshot.types[ROUTE] is current.types[ROUTE]
+        for type_url, typed in snapshot.types.items():
+            assert list(typed.resources.items()) == list(alone.types[type_url].resources.items())
+            assert typed.versions == alone.types[type_url].versions
+            assert typed.version == alone.types[type_url].version
+        cache.set_snapshot("default/p", snapshot)
+        assert sent == expect_sent, specs
+        if sent:
+            watch()
+        current = snapshot
+    # A kept TypeSnapshot still answers a proxy that has nothing (a reconnect) with every
+    # resource, each with its own head.
+    sent.clear()
+    known.clear()
+    watch()
+    assert sent == [["c", "a"]]
+    typed = current.types[LISTENER]
+    assert [typed.head(n) for n in ("c", "a")] == [alone.types[LISTENER].head(n) for n in ("c", "a")]
 
 
 def test_a_full_type_response_is_the_shared_body_and_a_subset_is_assembled() -> None:
@@ -535,7 +609,6 @@ async def test_a_round_serializes_each_distinct_resource_once_and_per_proxy_only
 def test_delta_responses_reuse_each_resources_encoded_head_across_proxies() -> None:
     """A delta response is a join of pre-encoded pieces: per resource its head (name, version,
     lengths), encoded once per round for every proxy holding it, and its shared body."""
-    from zonemesh.zone_cp.xds.cache import DeltaWatchRequest, DeltaWatchResponse
     from zonemesh.zone_cp.xds.resources import encode_delta_response
 
     shared = route_pb2.RouteConfiguration(name="shared", validate_clusters={"value": True})
@@ -593,6 +666,59 @@ spec:
     assert [c.connect_timeout.seconds for c in local] == [9, 0, 0]  # type: ignore[union-attr]
     listeners = [r.get(LISTENER, f"inbound:127.0.0.{i}:20000") for i, r in ((1, web0), (2, web1), (3, admin))]
     assert [x.per_connection_buffer_limit_bytes.value for x in listeners] == [1024, 0, 0]  # type: ignore[union-attr]
+
+
+async def test_a_patched_local_cluster_and_listener_stay_that_proxys_own_round_after_round() -> None:
+    """With listeners, their local clusters and TypeSnapshots kept across rounds, a MeshProxyPatch
+    of one proxy's local cluster and listener still changes its own only, once, every round: each
+    proxy gets byte for byte what a round with nothing kept gives."""
+    from zonemesh.zone_cp.xds.context import PlacedListener, WorkloadCert
+    from zonemesh.zone_cp.xds.generators import generate, inbound
+    from zonemesh.zone_cp.xds.testing import TestCA, load_resources
+
+    patch = """
+type: MeshProxyPatch
+name: only-web-0
+mesh: default
+spec:
+  targetRef: {kind: Dataplane, name: web-0}
+  default:
+    appendModifications:
+      - cluster: {operation: Patch, match: {name: "localhost:40000"}, value: "connectTimeout: 9s"}
+      - listener:
+          operation: Patch
+          match: {name: "inbound:127.0.0.1:20000"}
+          value: "perConnectionBufferLimitBytes: 1024"
+"""
+    proxies = [
+        _web("web-0", "127.0.0.1", [20000], service_ports=[40000]),
+        _web("web-1", "127.0.0.2", [20000], service_ports=[40000]),
+    ]
+    ca = TestCA()
+    certs = {s: WorkloadCert(*await ca.workload_cert("default", s)) for s in ("web", "api")}
+    shapes: dict[str, tuple[Resource, object, str]] = {}
+    placed: dict[str, dict[int, PlacedListener]] = {}
+    snapshots: dict[str, Snapshot] = {}
+    for timeout in (5, 6, 7):
+        resources = load_resources(PORTS_YAML + "---" + patch + "---" + TO_API_YAML % timeout)
+        mesh = next(r for r in resources if r.type == "Mesh")
+        policies = [r for r in resources if r.type != "Mesh"]
+        dataplanes = [*proxies, _api()]
+        kept = MeshContext.build(mesh, dataplanes, policies, certs=certs, shapes=shapes, placed=placed)
+        builder = SnapshotBuilder(kept.encoded)
+        sets = {dp.name: generate(kept, dp) for dp in proxies}
+        together = {name: builder.build(rs, None, snapshots.get(name)) for name, rs in sets.items()}
+        snapshots.update(together)
+        inbound.keep_placed(kept, builder.encoded)
+        if timeout > 5:
+            assert len(kept.encoded) == 3  # both listeners and the one local cluster, as placed before
+        local = [rs.get(CLUSTER, "localhost:40000") for rs in sets.values()]
+        assert [c.connect_timeout.seconds for c in local] == [9, 3]  # type: ignore[union-attr]  # 3: web-inbound
+        fresh = MeshContext.build(mesh, dataplanes, policies, certs=certs)
+        for dp in proxies:
+            alone = SnapshotBuilder().build(generate(fresh, dp))
+            for type_url, typed in together[dp.name].types.items():
+                assert list(typed.resources.items()) == list(alone.types[type_url].resources.items())
 
 
 async def test_an_unchanged_proxys_shape_is_kept_across_rounds_and_recomputed_when_it_changes(
@@ -677,17 +803,21 @@ async def test_a_listener_placed_in_an_earlier_round_is_reused_only_while_what_i
     shapes: dict[str, tuple[Resource, object, str]] = {}
     placed: dict[str, dict[int, PlacedListener]] = {}
     before: dict[str, dict[str, bytes]] = {}
+    snapshots: dict[str, Snapshot] = {}
 
     def round_of(yaml: str, proxies: list[Resource]) -> tuple[int, dict[str, dict[str, bytes]]]:
         """One round keeping shapes and placed listeners, checked against a fresh one; returns how
-        many listeners it took from earlier rounds and each proxy's listeners."""
+        many listeners it took from earlier rounds (each with its local cluster: the proxies'
+        apps are at ports of their own) and each proxy's listeners."""
         resources = load_resources(yaml)
         mesh = next(r for r in resources if r.type == "Mesh")
         policies = [r for r in resources if r.type != "Mesh"]
         dataplanes = [*proxies, _api()]
         kept = MeshContext.build(mesh, dataplanes, policies, certs=certs, shapes=shapes, placed=placed)
         builder = SnapshotBuilder(kept.encoded)
-        together = {dp.name: builder.build(generate(kept, dp)) for dp in proxies}
+        # As the reconciler, with each proxy's snapshot of the round before (TypeSnapshots kept).
+        together = {dp.name: builder.build(generate(kept, dp), None, snapshots.get(dp.name)) for dp in proxies}
+        snapshots.update(together)
         inbound.keep_placed(kept, builder.encoded)
         fresh = MeshContext.build(mesh, dataplanes, policies, certs=certs)
         fresh_builder = SnapshotBuilder()
@@ -697,7 +827,11 @@ async def test_a_listener_placed_in_an_earlier_round_is_reused_only_while_what_i
                 assert dict(typed.resources) == dict(alone.types[type_url].resources), (dp.name, type_url)
                 assert typed.version == alone.types[type_url].version
         listeners = {dp.name: dict(together[dp.name].types[LISTENER].resources) for dp in proxies}
-        return len(kept.encoded), listeners
+        # Taken from earlier rounds: listeners, and the local clusters placed with them.
+        taken = [message for message, _, _ in kept.encoded.values()]
+        reused = sum(isinstance(m, listener_pb2.Listener) for m in taken)
+        assert sum(isinstance(m, cluster_pb2.Cluster) for m in taken) == reused == len(taken) - reused
+        return reused, listeners
 
     web1 = _web("web-1", "127.0.0.1", [20000, 20001], service_ports=[40000, 40001])
     web2 = _web("web-2", "127.0.0.1", [20002, 20003], service_ports=[40002, 40003])
@@ -729,6 +863,54 @@ async def test_a_listener_placed_in_an_earlier_round_is_reused_only_while_what_i
     assert round_of(permissive + "---" + TO_API_YAML % 6, [web1, moved])[0] == 0
 
 
+async def test_a_kept_listeners_local_cluster_is_taken_with_it_and_shared_by_the_apps_at_one_place() -> None:
+    """The local cluster placed with a kept listener is its earlier round's bytes too (parsed back,
+    not built nor serialized again), one message for the proxies whose apps are at the same place
+    (as when built), and every proxy gets byte for byte what a round without kept listeners gives."""
+    from zonemesh.zone_cp.xds.context import PlacedListener, WorkloadCert
+    from zonemesh.zone_cp.xds.generators import generate, inbound
+    from zonemesh.zone_cp.xds.testing import TestCA, load_resources
+
+    ca = TestCA()
+    certs = {s: WorkloadCert(*await ca.workload_cert("default", s)) for s in ("web", "web-metrics", "api")}
+    shapes: dict[str, tuple[Resource, object, str]] = {}
+    placed: dict[str, dict[int, PlacedListener]] = {}
+    snapshots: dict[str, Snapshot] = {}
+    # As pods: each at its own address, both apps of each on the inbounds' ports.
+    proxies = [_web("web-1", "10.0.0.1", [8080, 9090]), _web("web-2", "10.0.0.2", [8080, 9090])]
+    for timeout in (5, 6, 7):
+        resources = load_resources(PORTS_YAML + "---" + TO_API_YAML % timeout)
+        mesh = next(r for r in resources if r.type == "Mesh")
+        policies = [r for r in resources if r.type != "Mesh"]
+        kept = MeshContext.build(mesh, [*proxies, _api()], policies, certs=certs, shapes=shapes, placed=placed)
+        builder = SnapshotBuilder(kept.encoded)
+        sets = {dp.name: generate(kept, dp) for dp in proxies}
+        together = {name: builder.build(rs, None, snapshots.get(name)) for name, rs in sets.items()}
+        snapshots.update(together)
+        inbound.keep_placed(kept, builder.encoded)
+        fresh = MeshContext.build(mesh, [*proxies, _api()], policies, certs=certs)
+        for dp in proxies:
+            alone = SnapshotBuilder().build(generate(fresh, dp))
+            for type_url, typed in together[dp.name].types.items():
+                assert list(typed.resources.items()) == list(alone.types[type_url].resources.items())
+        taken = [m for m, _, _ in kept.encoded.values() if isinstance(m, cluster_pb2.Cluster)]
+        if timeout == 5:
+            assert taken == []  # nothing placed before
+            continue
+        # web's and web-metrics' local clusters, each one message both proxies hold.
+        assert sorted(c.name for c in taken) == ["localhost:8080", "localhost:9090"]
+        for cluster in taken:
+            assert all(rs.by_type[CLUSTER][cluster.name] is cluster for rs in sets.values())
+        # Their bytes are those kept (what the snapshots held), not serialized again.
+        for by_index in placed.values():
+            for listener in by_index.values():
+                assert any(
+                    listener.cluster_data is typed.resources[name]
+                    for typed in (s.types[CLUSTER] for s in together.values())
+                    for name in ("localhost:8080", "localhost:9090")
+                )
+
+
 def test_the_reconciler_forgets_a_dataplanes_placed_listeners_when_it_changes_or_goes() -> None:
     from zonemesh.zone_cp.xds.context import PlacedListener
 
@@ -738,11 +920,11 @@ def test_the_reconciler_forgets_a_dataplanes_placed_listeners_when_it_changes_or
     view._apply(Event(EventKind.CREATED, Resource(type="Mesh", name="default", version=1)))
     view._apply(Event(EventKind.CREATED, _dp("a-1", "a")))
     placed = reconciler._placed.setdefault("default", {})
-    placed["a-1"] = {0: PlacedListener((), b"", "", 0)}
-    placed["a-2"] = {0: PlacedListener((), b"", "", 0)}  # another proxy's stay
+    placed["a-1"] = {0: PlacedListener((), b"", "", 0, b"", "", 0)}
+    placed["a-2"] = {0: PlacedListener((), b"", "", 0, b"", "", 0)}  # another proxy's stay
     view._apply(Event(EventKind.UPDATED, _dp("a-1", "a", version=2)))
     assert "a-1" not in placed and "a-2" in placed
-    placed["a-1"] = {0: PlacedListener((), b"", "", 0)}
+    placed["a-1"] = {0: PlacedListener((), b"", "", 0, b"", "", 0)}
     view._apply(Event(EventKind.DELETED, _dp("a-1", "a", version=2)))
     assert "a-1" not in placed
 

@@ -18,7 +18,6 @@ import functools
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import NamedTuple, Protocol, TypeVar
 
 import structlog
@@ -40,15 +39,33 @@ def resource_version(encoded: bytes) -> str:
     return hashlib.blake2b(encoded, digest_size=8).hexdigest()
 
 
-@dataclass(frozen=True)
 class TypeSnapshot:
+    """One type of a proxy's snapshot: its resources (name -> encoded ``google.protobuf.Any``)
+    and a version derived from theirs. Proxies share them (``SnapshotBuilder``), and one is made
+    per proxy per round for what is its own (its listeners): a plain class with slots, what it
+    derives computed on first use, costs a fraction of a frozen dataclass with factories."""
+
+    __slots__ = ("_bodies", "_heads", "_names", "_ordered", "_versions", "resources", "version")
+
     version: str
-    resources: Mapping[str, bytes]  # name -> encoded google.protobuf.Any
-    _bodies: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
-    # name -> resource_version(bytes), when whoever built this already knows them (SnapshotBuilder)
-    _versions: Mapping[str, str] | None = field(default=None, compare=False, repr=False)
-    # (name, version) -> delta_head: shared by the TypeSnapshots of one round (SnapshotBuilder)
-    _heads: dict[tuple[str, str], bytes] = field(default_factory=dict, compare=False, repr=False)
+    resources: Mapping[str, bytes]
+
+    def __init__(
+        self,
+        version: str,
+        resources: Mapping[str, bytes],
+        versions: Mapping[str, str] | None = None,
+        heads: dict[tuple[str, str], bytes] | None = None,
+    ) -> None:
+        self.version = version
+        self.resources = resources
+        # name -> resource_version(bytes), when whoever built this already knows them (SnapshotBuilder)
+        self._versions = versions
+        # (name, version) -> delta_head: shared by the TypeSnapshots of one round (SnapshotBuilder)
+        self._heads = {} if heads is None else heads
+        self._bodies: dict[str, bytes] | None = None
+        self._ordered: tuple[bytes, ...] | None = None
+        self._names: frozenset[str] | None = None
 
     @classmethod
     def of(
@@ -60,7 +77,17 @@ class TypeSnapshot:
         """The snapshot of ``resources``, its version derived from theirs (``versions``, if known)."""
         if versions is None:
             versions = {name: resource_version(data) for name, data in resources.items()}
-        return cls(_version(versions), resources, _versions=versions, _heads={} if heads is None else heads)
+        return cls(_version(versions), resources, versions, heads)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TypeSnapshot):
+            return NotImplemented
+        return self.version == other.version and self.resources == other.resources
+
+    __hash__ = None  # type: ignore[assignment]  # equal by content, and the content is a dict
+
+    def __repr__(self) -> str:
+        return f"TypeSnapshot(version={self.version!r}, resources={self.resources!r})"
 
     def head(self, name: str) -> bytes:
         """What precedes resource ``name`` in a delta response (``resources.delta_head``): encoded
@@ -71,29 +98,39 @@ class TypeSnapshot:
             head = self._heads[key] = delta_head(name, key[1], self.resources[name])
         return head
 
-    @cached_property
+    @property
     def versions(self) -> Mapping[str, str]:
         """Per resource name, its version (delta xDS). Computed once; proxies share TypeSnapshots."""
-        if self._versions is not None:
-            return self._versions
-        return {name: resource_version(data) for name, data in self.resources.items()}
+        versions = self._versions
+        if versions is None:
+            versions = self._versions = {name: resource_version(data) for name, data in self.resources.items()}
+        return versions
 
     def response_body(self, type_url: str) -> bytes:
         """A DiscoveryResponse with all the resources, but for its nonce, encoded once: proxies
         share TypeSnapshots, so a push to the next proxy is this plus its nonce."""
-        body = self._bodies.get(type_url)
+        bodies = self._bodies
+        if bodies is None:
+            bodies = self._bodies = {}
+        body = bodies.get(type_url)
         if body is None:
-            body = self._bodies[type_url] = encode_response(self.version, self.ordered, type_url, None)
+            body = bodies[type_url] = encode_response(self.version, self.ordered, type_url, None)
         return body
 
-    @cached_property
+    @property
     def ordered(self) -> tuple[bytes, ...]:
         """All resources by name: a wildcard response. Computed once; proxies share TypeSnapshots."""
-        return tuple(self.resources[name] for name in sorted(self.resources))
+        ordered = self._ordered
+        if ordered is None:
+            ordered = self._ordered = tuple(self.resources[name] for name in sorted(self.resources))
+        return ordered
 
-    @cached_property
+    @property
     def names(self) -> frozenset[str]:
-        return frozenset(self.resources)
+        names = self._names
+        if names is None:
+            names = self._names = frozenset(self.resources)
+        return names
 
 
 def _version(versions: Mapping[str, str]) -> str:
@@ -151,7 +188,8 @@ class SnapshotBuilder:
     ``TypeSnapshot`` (no re-hashing, and one copy in memory); replicas of a shape even share the
     very dicts (``ResourceSet.copy``), recognized without looking inside. Messages and dicts are
     held for the round so that their ids stay unique. ``known``: messages whose encoding is known
-    already (parsed from bytes an earlier round made: ``MeshContext.encoded``), not serialized again."""
+    already (parsed from bytes an earlier round made: ``MeshContext.encoded``), not serialized again.
+    Across rounds, a proxy whose type holds exactly what it held keeps its ``TypeSnapshot`` (``build``)."""
 
     def __init__(self, known: Mapping[int, tuple[Message, bytes, str]] | None = None) -> None:
         self._encoded: dict[int, tuple[Message, bytes, str]] = {}  # id -> (message, Any bytes, version)
@@ -180,23 +218,52 @@ class SnapshotBuilder:
         _, data, version = self._encoded_once(type_url, message)
         return data, version
 
-    def _typed_snapshot(self, type_url: str, by_name: dict[str, Message]) -> TypeSnapshot:
+    def _typed_snapshot(self, type_url: str, by_name: dict[str, Message], kept: TypeSnapshot | None) -> TypeSnapshot:
         shared = self._by_dict.get((type_url, id(by_name)))
         if shared is not None:
             return shared[1]
-        key = (type_url, tuple(by_name), tuple(map(id, by_name.values())))
+        names = tuple(by_name)
+        key = (type_url, names, tuple(map(id, by_name.values())))
         typed = self._typed.get(key)
         if typed is None:
-            items, versions = {}, {}
-            for name, msg in by_name.items():
-                _, items[name], versions[name] = self._encoded_once(type_url, msg)
-            typed = self._typed[key] = TypeSnapshot.of(items, versions, self._heads)
+            if kept is not None and self._holds(kept, type_url, names, by_name):
+                # What the proxy had: the same object, so no version to hash again, nothing new to
+                # hold, and set_snapshot sees at once that nothing of this type is to be sent.
+                # Its delta heads are looked up in this round's (those of its round may go).
+                kept._heads = self._heads
+                typed = kept
+            else:
+                items, versions = {}, {}
+                for name, msg in by_name.items():
+                    _, items[name], versions[name] = self._encoded_once(type_url, msg)
+                typed = TypeSnapshot.of(items, versions, self._heads)
+            self._typed[key] = typed
         self._by_dict[(type_url, id(by_name))] = (by_name, typed)
         return typed
 
-    def build(self, resources: ResourceSet, changed_at: float | None = None) -> Snapshot:
+    def _holds(self, kept: TypeSnapshot, type_url: str, names: tuple[str, ...], by_name: dict[str, Message]) -> bool:
+        """Whether ``kept`` holds exactly what ``by_name`` (whose keys are ``names``) encodes to:
+        the same names in the same order, each with the same bytes (so the same version)."""
+        resources = kept.resources
+        if len(resources) != len(names) or tuple(resources) != names:
+            return False
+        encoded = self._encoded
+        for msg, data in zip(by_name.values(), resources.values(), strict=True):
+            hit = encoded.get(id(msg))
+            if hit is None:
+                hit = self._encoded_once(type_url, msg)
+            if hit[1] != data:
+                return False
+        return True
+
+    def build(
+        self, resources: ResourceSet, changed_at: float | None = None, previous: Snapshot | None = None
+    ) -> Snapshot:
+        """The snapshot of ``resources``. ``previous``: the proxy's current snapshot, whose
+        TypeSnapshots are kept for the types whose resources are exactly what they were."""
         by_type = resources.by_type
-        types = {t: self._typed_snapshot(t, by_type[t]) for t in PUSH_ORDER}
+        kept = previous.types if previous is not None else {}
+        types = {t: self._typed_snapshot(t, by_type[t], kept.get(t)) for t in PUSH_ORDER}
         return Snapshot(types, changed_at, resources.applied, _patched_by(resources))
 
 
@@ -297,6 +364,27 @@ def _push_rank(item: tuple[int, _Watch | _DeltaWatch]) -> int:
     return _PUSH_RANK.get(item[1].request.type_url, len(PUSH_ORDER))
 
 
+def _changed(
+    watches: dict[int, _W], before: Mapping[str, TypeSnapshot], after: Mapping[str, TypeSnapshot]
+) -> list[tuple[int, _W]]:
+    """The open watches on the types whose version differs from ``before``'s. An open watch was
+    answered "nothing to send" against the previous snapshot (when it was opened, or when that
+    snapshot was set): for a type whose version (a hash of its resources' names and versions)
+    did not change, the answer is the same. A mesh-wide change of routes thus looks at each
+    proxy's routes only, not at its clusters, endpoints, listeners and secrets too; a type whose
+    TypeSnapshot the proxy kept (SnapshotBuilder) is passed over without even that comparison."""
+    changed = []
+    for item in watches.items():
+        type_url = item[1].request.type_url
+        old = before.get(type_url)
+        if old is not None:
+            new = after.get(type_url)
+            if new is old or (new is not None and new.version == old.version):
+                continue
+        changed.append(item)
+    return changed
+
+
 @dataclass
 class SnapshotCache:
     """Snapshots by node key, plus open watches. Single event loop: no locking."""
@@ -309,35 +397,25 @@ class SnapshotCache:
     def set_snapshot(self, node: str, snapshot: Snapshot) -> None:
         previous = self._snapshots.get(node)
         self._snapshots[node] = snapshot
-        # An open watch was answered "nothing to send" against the previous snapshot (when it was
-        # opened, or when that snapshot was set): for a type whose version (a hash of its
-        # resources' names and versions) did not change, the answer is the same. A mesh-wide
-        # change of routes thus looks at each proxy's routes only, not at its clusters,
-        # endpoints, listeners and secrets too.
-        unchanged = (
-            frozenset(
-                t
-                for t, typed in snapshot.types.items()
-                if (old := previous.types.get(t)) and old.version == typed.version
-            )
-            if previous is not None
-            else frozenset()
-        )
+        # Only the watches on types whose version changed are looked at (``_changed``).
+        kept = previous.types if previous is not None else {}
+        types = snapshot.types
         watches = self._watches.get(node)
         if watches:
             # Answer in push order (clusters before listeners) so Envoy can warm them.
-            for watch_id, watch in sorted(watches.items(), key=_push_rank):
-                if watch.request.type_url not in unchanged and self._answer(watch.request, watch.respond, snapshot):
+            for watch_id, watch in sorted(_changed(watches, kept, types), key=_push_rank):
+                if self._answer(watch.request, watch.respond, snapshot):
                     del watches[watch_id]
         delta = self._delta_watches.get(node)
         if delta:
             # A response may make its stream replace another of its watches (the endpoints a
             # cluster update leaves warming): answer only those still open when their turn comes.
-            for delta_id, delta_watch in sorted(delta.items(), key=_push_rank):
-                if (
-                    delta_watch.request.type_url not in unchanged
-                    and delta.get(delta_id) is delta_watch
-                    and self._answer_delta(delta_watch.request, delta_watch.respond, snapshot)
+            changed = _changed(delta, kept, types)
+            if len(changed) > 1:
+                changed.sort(key=_push_rank)
+            for delta_id, delta_watch in changed:
+                if delta.get(delta_id) is delta_watch and self._answer_delta(
+                    delta_watch.request, delta_watch.respond, snapshot
                 ):
                     delta.pop(delta_id, None)
             if not delta and self._delta_watches.get(node) is delta:
@@ -380,14 +458,23 @@ class SnapshotCache:
         # A wildcard subscription wants every resource (its by-name subscriptions are among them).
         wanted: Iterable[str] = resources if request.wildcard else request.names
         changed = []
+        held = 0  # of the wanted resources, how many the proxy has (at whatever version)
         for name in wanted:
             data = resources.get(name)
             if data is not None:
                 version = versions[name]
-                if known.get(name) != version or name in force:
+                has = known.get(name)
+                if has is not None:
+                    held += 1
+                if has != version or name in force:
                     changed.append((name, version, data))
-        # What it has that is gone, or that it no longer subscribes to (go-control-plane does the same).
-        removed = [name for name in known if name not in resources or not (request.wildcard or name in request.names)]
+        # What it has that is gone, or that it no longer subscribes to (go-control-plane does the
+        # same): none when all it has is among the wanted resources (an ACK's new watch).
+        removed = (
+            [name for name in known if name not in resources or not (request.wildcard or name in request.names)]
+            if len(known) > held
+            else []
+        )
         if not changed and not removed and not request.reply_if_empty:
             return False
         heads = [typed.head(name) for name, _, _ in changed]

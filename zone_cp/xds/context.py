@@ -54,12 +54,16 @@ class CertProvider(Protocol):
 
 class PlacedListener(NamedTuple):
     """An inbound listener as placed in an earlier round (inbound.place): what it was placed from
-    (its template's content, its app's and its own address and port), its encoded ``Any`` and version."""
+    (its template's content, its app's and its own address and port), its encoded ``Any`` and
+    version; and the same of the local cluster placed with it (at its app's address and port)."""
 
     key: tuple[object, ...]
     data: bytes
     version: str
     offset: int  # where the Listener's own bytes start in ``data``
+    cluster_data: bytes
+    cluster_version: str
+    cluster_offset: int  # where the Cluster's own bytes start in ``cluster_data``
 
 
 @dataclass(frozen=True)
@@ -251,9 +255,10 @@ class MeshContext:
     # once there are many).
     templates: dict[Any, Any] = field(default_factory=dict)
     templates_used: set[Any] = field(default_factory=set)
-    # This round's: listeners placed anew, recorded in ``placed`` once serialized
-    # (inbound.keep_placed); and messages whose encoding is known already (SnapshotBuilder).
-    placing: list[tuple[str, int, tuple[object, ...], Any]] = field(default_factory=list)
+    # This round's: listeners (with their local clusters) placed anew, recorded in ``placed``
+    # once serialized (inbound.keep_placed); and messages whose encoding is known already
+    # (SnapshotBuilder).
+    placing: list[tuple[str, int, tuple[object, ...], Any, Any]] = field(default_factory=list)
     encoded: dict[int, tuple[Any, bytes, str]] = field(default_factory=dict)
 
     @classmethod

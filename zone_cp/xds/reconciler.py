@@ -626,13 +626,14 @@ class Reconciler:
         slice_started = time.perf_counter()
         for dp in proxies:
             started = time.perf_counter()
+            node = node_key(dp.mesh, dp.name)
             try:
-                snapshot = builder.build(generate(ctx, dp), changed_at)
+                snapshot = builder.build(generate(ctx, dp), changed_at, self.cache.snapshot(node))
             except GenerationError as exc:
                 log.error("xds_generation_failed", proxy=f"{dp.mesh}/{dp.name}", error=str(exc))
                 continue
             XDS_GENERATION.observe(time.perf_counter() - started)
-            ready.append((node_key(dp.mesh, dp.name), snapshot))
+            ready.append((node, snapshot))
             if started - slice_started >= YIELD_EVERY:
                 self._publish(ready)
                 await asyncio.sleep(0)  # the API, KDS and other streams keep being served

@@ -249,10 +249,12 @@ class Callbacks:
     nack: list[NackHook] = field(default_factory=list)
     attribute: Attribute | None = None  # names the policies a NACK is due to in its log line
 
-    async def run(self, hooks: Sequence[Callable[..., Awaitable[None]]], *args: Any) -> None:
+    async def run(self, hooks: Sequence[Callable[..., Awaitable[None] | None]], *args: Any) -> None:
         for hook in hooks:
             try:
-                await hook(*args)
+                pending = hook(*args)  # None: a scoped hook for other proxy types (_ScopedHooks)
+                if pending is not None:
+                    await pending
             except Exception:
                 log.exception("xds_hook_failed", hook=getattr(hook, "__qualname__", repr(hook)))
 
@@ -272,9 +274,12 @@ class _ScopedHooks:
     def append(self, hook: Callable[..., Awaitable[None]]) -> None:
         proxy_types = self.proxy_types
 
-        async def scoped(info: StreamInfo, *args: Any) -> None:
+        # Not a coroutine of its own around the hook's: every ACK of every proxy runs the ACK
+        # hooks, and ``Callbacks.run`` awaits what this returns.
+        def scoped(info: StreamInfo, *args: Any) -> Awaitable[None] | None:
             if info.identity.proxy_type in proxy_types:
-                await hook(info, *args)
+                return hook(info, *args)
+            return None
 
         scoped.__qualname__ = getattr(hook, "__qualname__", repr(hook))  # as xds_hook_failed names it
         self.target.append(scoped)
@@ -668,9 +673,12 @@ class _DeltaStream(_StreamBase):
         await self.callbacks.run(self.callbacks.ack, self.info, type_url, sent.system_version)
 
     def _awaiting(self, stamp: float | None) -> bool:
-        for state in self.types.values():
-            if state.owed or any(sent.changed_at == stamp for sent in state.unanswered.values()):
+        for state in self.types.values():  # loops, not a generator per type: once per ACK
+            if state.owed:
                 return True
+            for sent in state.unanswered.values():
+                if sent.changed_at == stamp:
+                    return True
         return False
 
     async def _nacked(self, type_url: str, sent: _Sent, error: str) -> None:

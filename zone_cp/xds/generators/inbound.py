@@ -317,6 +317,21 @@ def _local_cluster_at(
     return cluster
 
 
+def _kept_local_cluster(
+    ctx: MeshContext, template: Template, before: PlacedListener, service_address: str, service_port: int
+) -> cluster_pb2.Cluster:
+    """The local cluster ``_local_cluster_at`` gives, as placed in an earlier round with the kept
+    listener ``before``: its bytes parsed back (not built nor serialized again), unless this round
+    has it already (another proxy whose app is at the same place)."""
+    key = ("inbound-cluster", template.cluster_bytes, service_address, service_port)
+    cluster = ctx.memo.get(key)
+    if cluster is None:
+        cluster = ctx.memo[key] = cluster_pb2.Cluster.FromString(before.cluster_data[before.cluster_offset :])
+        ctx.encoded[id(cluster)] = (cluster, before.cluster_data, before.cluster_version)
+    assert isinstance(cluster, cluster_pb2.Cluster)
+    return cluster
+
+
 def _at(
     ctx: MeshContext, template: Template, service_address: str, service_port: int
 ) -> tuple[cluster_pb2.Cluster, list[listener_components_pb2.Filter], bool]:
@@ -388,9 +403,9 @@ def place(ctx: MeshContext, proxy: Resource, found: Sequence[tuple[int, Template
         key = (template.fingerprint, service_address, service_port, address, port)
         before = held.get(index) if held is not None else None
         if before is not None and before.key == key:
-            # Only templates placed from (not built directly) are kept: so is this one.
-            cluster_name = local_cluster_name(service_address, service_port)
-            cluster = _local_cluster_at(ctx, template, cluster_name, service_address, service_port)
+            # Only templates placed from (not built directly) are kept: so is this one, and its
+            # local cluster is the one placed with it then (the key covers the template's cluster).
+            cluster = _kept_local_cluster(ctx, template, before, service_address, service_port)
             listener = listener_pb2.Listener.FromString(before.data[before.offset :])
             ctx.encoded[id(listener)] = (listener, before.data, before.version)
         else:
@@ -402,7 +417,7 @@ def place(ctx: MeshContext, proxy: Resource, found: Sequence[tuple[int, Template
             listener.name = name
             listener.address.CopyFrom(socket_address(address, port))
             if from_template:
-                ctx.placing.append((proxy.name, index, key, listener))
+                ctx.placing.append((proxy.name, index, key, listener, cluster))
         resources.add(CLUSTER, cluster.name, cluster)
         resources.add(LISTENER, name, listener)
 
@@ -411,10 +426,18 @@ def keep_placed(ctx: MeshContext, encoded: Callable[[str, Message], tuple[bytes,
     """Record the listeners this round placed anew in ``ctx.placed``, each with its encoding as the
     round's SnapshotBuilder made it (``encoded``: the same bytes its snapshot holds, so keeping
     them costs no memory of their own), for the next rounds' ``place``."""
-    for proxy_name, index, key, listener in ctx.placing:
+    for proxy_name, index, key, listener, cluster in ctx.placing:
         data, version = encoded(LISTENER, listener)
-        offset = len(data) - listener.ByteSize()
-        ctx.placed.setdefault(proxy_name, {})[index] = PlacedListener(key, data, version, offset)
+        cluster_data, cluster_version = encoded(CLUSTER, cluster)
+        ctx.placed.setdefault(proxy_name, {})[index] = PlacedListener(
+            key,
+            data,
+            version,
+            len(data) - listener.ByteSize(),
+            cluster_data,
+            cluster_version,
+            len(cluster_data) - cluster.ByteSize(),
+        )
     ctx.placing.clear()
 
 
