@@ -1004,3 +1004,132 @@ def test_replicas_share_one_copy_of_their_shape() -> None:
 
     first, second = shape(_replica("web-1", "10.0.0.1", "v1")), shape(_replica("web-2", "10.0.0.2", "v1"))
     assert first == second and first is second
+
+
+def _api_at(name: str, address: str, port: int, version: str = "v1") -> Resource:
+    spec = {
+        "networking": {
+            "address": address,
+            "inbound": [
+                {"port": port, "tags": {"kuma.io/service": "api", "kuma.io/protocol": "http", "version": version}}
+            ],
+        }
+    }
+    return Resource(type="Dataplane", name=name, mesh="default", spec=spec, version=1)
+
+
+LOCALITY_YAML = """
+type: MeshLoadBalancingStrategy
+mesh: default
+name: api-same-version
+spec:
+  targetRef: {kind: Mesh}
+  to:
+    - targetRef: {kind: MeshService, name: api}
+      default:
+        localityAwareness: {localZone: {affinityTags: [{key: version, weight: 90}]}}
+"""
+
+MESH_TLS_YAML = """
+type: MeshTLS
+mesh: default
+name: tls13
+spec:
+  targetRef: {kind: Mesh}
+  rules: [{default: {tlsVersion: {min: TLS13}}}]
+"""
+
+
+async def test_pieces_are_kept_across_rounds_only_while_what_they_are_built_from_is_alike() -> None:
+    """The reconciler keeps pieces between rounds by what they are built from (MeshContext.kept,
+    kept.py: as their encoding): a destination's endpoints, a caller identity's mTLS cluster, an
+    outbound listener, a secret, an app's local cluster. A mesh-wide outbound policy change builds
+    and serializes only the routes again; a Dataplane added, moved or gone rebuilds its service's
+    endpoints; a MeshLoadBalancingStrategy the endpoints it lays out; a MeshTLS the clusters; a new
+    certificate its secret; mTLS off and on everything it touches. Every round, every proxy gets
+    byte for byte what a round with nothing kept gives."""
+    import dataclasses
+
+    from zonemesh.zone_cp.xds.context import PlacedListener, WorkloadCert
+    from zonemesh.zone_cp.xds.generators import generate, inbound
+    from zonemesh.zone_cp.xds.kept import Kept
+    from zonemesh.zone_cp.xds.resources import ENDPOINT, SECRET
+    from zonemesh.zone_cp.xds.testing import TestCA, load_resources
+
+    ca = TestCA()
+    certs = {s: WorkloadCert(*await ca.workload_cert("default", s)) for s in ("web", "web-metrics", "api")}
+    shapes: dict[str, tuple[Resource, object, str]] = {}
+    placed: dict[str, dict[int, PlacedListener]] = {}
+    templates: dict[object, object] = {}
+    kept = Kept()
+    webs = [_web("web-1", "127.0.0.1", [20000, 20001], service_ports=[40000, 40001])]
+    webs.append(_web("web-2", "127.0.0.1", [20002, 20003], service_ports=[40002, 40003]))
+
+    def round_of(yaml: str, apis: list[Resource], round_certs: dict[str, WorkloadCert] = certs) -> set[tuple[str, str]]:
+        """One round keeping everything the reconciler keeps, checked against a round with nothing
+        kept; returns what it built anew (the web proxies' resources whose encoding was not known)."""
+        resources = load_resources(yaml)
+        mesh = next(r for r in resources if r.type == "Mesh")
+        policies = [r for r in resources if r.type != "Mesh"]
+        dataplanes = [*webs, *apis]
+        ctx = MeshContext.build(
+            mesh, dataplanes, policies, certs=round_certs, shapes=shapes, placed=placed, templates=templates, kept=kept
+        )
+        builder = SnapshotBuilder(ctx.encoded)
+        configs = {dp.name: generate(ctx, dp) for dp in dataplanes}
+        together = {name: builder.build(config) for name, config in configs.items()}
+        inbound.keep_placed(ctx, builder.encoded)
+        inbound.forget_templates(ctx)
+        kept.after_round(builder.encoded)
+        fresh = MeshContext.build(mesh, dataplanes, policies, certs=round_certs)
+        for dp in dataplanes:
+            alone = SnapshotBuilder().build(generate(fresh, dp))
+            for type_url, typed in together[dp.name].types.items():
+                assert dict(typed.resources) == dict(alone.types[type_url].resources), (dp.name, type_url)
+                assert typed.version == alone.types[type_url].version
+        anew = {(t, n) for dp in webs for t, n, m in configs[dp.name].items() if id(m) not in ctx.encoded}
+        return anew - {(ROUTE, "outbound:api")}  # routes are built every round: never kept
+
+    apis = [_api_at("api-1", "10.0.1.1", 80)]
+    base = PORTS_YAML + "---" + TO_API_YAML
+    first = round_of(base % 5, apis)
+    assert {(ENDPOINT, "api"), (CLUSTER, "api"), (LISTENER, "outbound:127.0.0.1:30001")} <= first
+    assert {(SECRET, "identity_cert:secret:web"), (CLUSTER, "localhost:40000")} <= first
+
+    # A mesh-wide change of an outbound policy: nothing but the route is built again.
+    assert round_of(base % 6, apis) == set()
+
+    # A Dataplane of api added, moved, gone: api's endpoints, and nothing else.
+    apis = [*apis, _api_at("api-2", "10.0.1.2", 80)]
+    assert round_of(base % 6, apis) == {(ENDPOINT, "api")}
+    apis[1] = dataclasses.replace(apis[1], spec=_api_at("api-2", "10.0.1.2", 81).spec, version=2)
+    assert round_of(base % 6, apis) == {(ENDPOINT, "api")}
+    apis = apis[:1]
+    assert round_of(base % 6, apis) == {(ENDPOINT, "api")}
+    # back to what an earlier round had: taken from that round again
+    assert round_of(base % 6, apis) == set()
+
+    # A policy laying the endpoints out (by the callers' version tag): the endpoints again.
+    apis = [_api_at("api-1", "10.0.1.1", 80), _api_at("api-2", "10.0.1.2", 80, version="v2")]
+    round_of(base % 6, apis)
+    locality = base % 6 + "---" + LOCALITY_YAML
+    assert (ENDPOINT, "api") in round_of(locality, apis)
+
+    # MeshTLS: the clients' clusters to api (their TLS), and the inbound listeners.
+    tls = round_of(locality + "---" + MESH_TLS_YAML, apis)
+    assert (CLUSTER, "api") in tls and (ENDPOINT, "api") not in tls
+
+    # A renewed certificate: that service's secret.
+    renewed = {**certs, "web": WorkloadCert(*ca.issue("default", "web"))}
+    assert round_of(locality + "---" + MESH_TLS_YAML, apis, renewed) == {(SECRET, "identity_cert:secret:web")}
+
+    # mTLS off, then on again: what it touches is built again; back on, the pieces of the last
+    # round with mTLS are alike again and taken from it (byte for byte what a fresh round gives).
+    plain = (locality + "---" + MESH_TLS_YAML).replace(
+        "mtls: {enabledBackend: ca-1, backends: [{name: ca-1, type: builtin}]}", "mtls: {}"
+    )
+    assert plain != locality + "---" + MESH_TLS_YAML
+    off = round_of(plain, apis, renewed)
+    assert (CLUSTER, "api") in off and (LISTENER, "outbound:127.0.0.1:30001") not in off
+    on = round_of(locality + "---" + MESH_TLS_YAML, apis, renewed)
+    assert (CLUSTER, "api") not in on and (LISTENER, "inbound:127.0.0.1:20000") in on

@@ -113,6 +113,7 @@ __all__ = [
     "policy_selectors",
     "policy_signature",
     "route_policies",
+    "upstream_tls_content",
 ]
 
 PLUGINS = plugin_table(REGISTRY)
@@ -122,6 +123,8 @@ OUTBOUND_TYPES = tuple(p.type for p in PLUGINS if p.outbound is not None or p.up
 EGRESS_TYPES = tuple(p.type for p in PLUGINS if p.egress is not None)
 # What an inbound's pieces depend on (configure_inbound's types).
 INBOUND_TYPES = tuple(p.type for p in PLUGINS if p.inbound is not None)
+# What the client end of an outbound's mesh mTLS depends on (configure_upstream_tls's types).
+UPSTREAM_TLS_TYPES = tuple(p.type for p in PLUGINS if p.upstream_tls is not None)
 EGRESS_LOCALITY_TYPES = tuple(p.type for p in PLUGINS if p.egress_locality)
 # The route types: they say where traffic goes (Plugin.destinations).
 ROUTE_TYPES = tuple(p.type for p in PLUGINS if p.destinations is not None)
@@ -206,12 +209,24 @@ def inbound_content(policies: MatchedPolicies, memo: dict[Any, Any]) -> tuple[tu
     return tuple(tuple(_inbound_digest(p, memo) for p in policies.get(t, ())) for t in INBOUND_TYPES)
 
 
+def upstream_tls_content(policies: MatchedPolicies, memo: dict[Any, Any]) -> tuple[tuple[bytes, ...], ...]:
+    """What ``configure_upstream_tls`` reads of the matched policies, by content: per type with an
+    ``upstream_tls`` hook, a digest of each policy (an outbound's mTLS cluster is kept across
+    rounds by it, generators/outbound.py). ``memo``: the round's."""
+    return tuple(tuple(_digest(p, memo) for p in policies.get(t, ())) for t in UPSTREAM_TLS_TYPES)
+
+
 def _inbound_digest(policy: Resource, memo: dict[Any, Any]) -> bytes:
-    key = ("inbound-digest", id(policy))
+    return _digest(policy, memo, without="to")
+
+
+def _digest(policy: Resource, memo: dict[Any, Any], without: str = "") -> bytes:
+    """A digest of ``policy``'s type, name, labels and spec but its ``without`` section."""
+    key = ("policy-digest", id(policy), without)
     found = memo.get(key)
     if found is not None and found[0] is policy:  # the same object, not another at the same id
         return bytes(found[1])
-    spec = {k: v for k, v in policy.spec.items() if k != "to"}
+    spec = {k: v for k, v in policy.spec.items() if k != without}
     parts = [policy.type, policy.name, policy.labels, spec]
     text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
     digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
