@@ -1133,3 +1133,68 @@ async def test_pieces_are_kept_across_rounds_only_while_what_they_are_built_from
     assert (CLUSTER, "api") in off and (LISTENER, "outbound:127.0.0.1:30001") not in off
     on = round_of(locality + "---" + MESH_TLS_YAML, apis, renewed)
     assert (CLUSTER, "api") not in on and (LISTENER, "inbound:127.0.0.1:20000") in on
+
+
+@pytest.mark.parametrize("protocol", ["http", "tcp"])
+def test_no_inbound_hook_reads_a_policy_of_only_a_target_ref_and_to(protocol: str) -> None:
+    """``inbound_content`` leaves such policies out of what an inbound template is kept by: for
+    every policy type with an inbound hook, a template built with one is the template built
+    without it (mTLS on and off)."""
+    from zonemesh.zone_cp.xds.generators import inbound
+    from zonemesh.zone_cp.xds.policies import PLUGINS
+    from zonemesh.zone_cp.xds.testing import load_resources
+
+    to_api = [{"targetRef": {"kind": "MeshService", "name": "api"}, "default": {}}]
+    for mesh_yaml in (PORTS_YAML.split("---")[0], "type: Mesh\nname: default\n"):
+        mesh = next(r for r in load_resources(mesh_yaml) if r.type == "Mesh")
+        ctx = MeshContext.build(mesh, [], [])
+        for plugin in (p for p in PLUGINS if p.inbound is not None):
+            policy = Resource(
+                type=plugin.type, name="to-only", mesh="default", spec={"targetRef": {"kind": "Mesh"}, "to": to_api}
+            )
+            alone = inbound._build_template(ctx, "web", protocol, {}, ("without",))
+            with_it = inbound._build_template(ctx, "web", protocol, {plugin.type: [policy]}, ("with",))
+            assert with_it.fingerprint == alone.fingerprint, plugin.type
+
+
+async def test_a_policy_on_requests_only_builds_no_inbound_template_again() -> None:
+    """Creating, changing or deleting a policy of only a targetRef and ``to`` entries (requests to
+    a service; its targetRef selects every proxy) builds no inbound template again: before, its
+    creation changed what every selected inbound's template is kept by, and the next round
+    regenerating each shape (the next mesh-wide change) built all of them again. Every round,
+    every proxy gets byte for byte what a round with nothing kept gives."""
+    from zonemesh.zone_cp.xds.context import WorkloadCert
+    from zonemesh.zone_cp.xds.generators import generate, inbound
+    from zonemesh.zone_cp.xds.testing import TestCA, load_resources
+
+    ca = TestCA()
+    certs = {s: WorkloadCert(*await ca.workload_cert("default", s)) for s in ("web", "web-metrics", "api")}
+    templates: dict[object, object] = {}
+    proxies = [_web("web-1", "127.0.0.1", [20000, 20001]), _api()]
+
+    def round_of(yaml: str) -> int:
+        """One round keeping templates, checked against a fresh one; how many templates it built."""
+        resources = load_resources(yaml)
+        mesh = next(r for r in resources if r.type == "Mesh")
+        policies = [r for r in resources if r.type != "Mesh"]
+        kept = MeshContext.build(mesh, proxies, policies, certs=certs, templates=templates)
+        before = set(templates)
+        together = {dp.name: SnapshotBuilder().build(generate(kept, dp)) for dp in proxies}
+        inbound.forget_templates(kept)
+        fresh = MeshContext.build(mesh, proxies, policies, certs=certs)
+        for dp in proxies:
+            alone = SnapshotBuilder().build(generate(fresh, dp))
+            for type_url, typed in together[dp.name].types.items():
+                assert dict(typed.resources) == dict(alone.types[type_url].resources), (dp.name, type_url)
+        return len(set(templates) - before)
+
+    assert round_of(PORTS_YAML) == 3  # web, web-metrics, api
+    with_policy = PORTS_YAML + "---" + TO_API_YAML
+    assert round_of(with_policy % 5) == 0  # created
+    assert round_of(with_policy % 6) == 0  # changed
+    assert round_of(PORTS_YAML) == 0  # deleted
+    # a `from` does concern inbounds: the templates of what it selects are built again
+    from_too = (with_policy % 6).replace(
+        "  to: [", "  from: [{targetRef: {kind: Mesh}, default: {idleTimeout: 9s}}]\n  to: ["
+    )
+    assert round_of(from_too) == 3

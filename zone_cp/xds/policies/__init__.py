@@ -205,8 +205,19 @@ def inbound_content(policies: MatchedPolicies, memo: dict[Any, Any]) -> tuple[tu
     """What ``configure_inbound`` reads of the matched policies, by content rather than by name:
     per type with an inbound hook, a digest of each policy but its ``to`` (which only outbounds
     read). Equal from one round to the next when only outbound parts changed, so an inbound's
-    template can be kept across rounds (generators/inbound.py). ``memo``: the round's."""
-    return tuple(tuple(_inbound_digest(p, memo) for p in policies.get(t, ())) for t in INBOUND_TYPES)
+    template can be kept across rounds (generators/inbound.py). ``memo``: the round's.
+
+    A policy with nothing but its targetRef and ``to`` is left out: the inbound hooks read a
+    policy's ``from`` and ``rules`` only (tests/unit/test_xds_sharing.py checks each), so creating
+    or deleting a policy on requests to some service (every proxy selected, its ``to`` naming
+    the service) builds no proxy's inbound template again."""
+    return tuple(
+        tuple(_inbound_digest(p, memo) for p in policies.get(t, ()) if not _outbound_only(p)) for t in INBOUND_TYPES
+    )
+
+
+def _outbound_only(policy: Resource) -> bool:
+    return policy.spec.keys() <= {"targetRef", "to"}
 
 
 def upstream_tls_content(policies: MatchedPolicies, memo: dict[Any, Any]) -> tuple[tuple[bytes, ...], ...]:
