@@ -1198,3 +1198,71 @@ async def test_a_policy_on_requests_only_builds_no_inbound_template_again() -> N
         "  to: [", "  from: [{targetRef: {kind: Mesh}, default: {idleTimeout: 9s}}]\n  to: ["
     )
     assert round_of(from_too) == 3
+
+
+SUBSET_YAML = """
+type: MeshTimeout
+mesh: default
+name: canary-inbound
+spec:
+  targetRef: {kind: MeshSubset, tags: {pod: canary}}
+  from: [{targetRef: {kind: Mesh}, default: {idleTimeout: 9s}}]
+"""
+
+
+async def test_policy_matches_are_kept_across_rounds_per_type_while_its_policies_are_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The matches of a policy type are kept across rounds (Kept.matches) while that type's
+    policies are the very same objects: a mesh-wide change of one MeshTimeout matches MeshTimeouts
+    again and no other type; a Dataplane whose tags changed is matched anew (its tags are part of
+    what matches are kept by). Every round, every proxy gets byte for byte what a round with
+    nothing kept gives."""
+    import dataclasses
+
+    from zonemesh.zone_cp.xds import policies as policy_plugins
+    from zonemesh.zone_cp.xds.context import WorkloadCert
+    from zonemesh.zone_cp.xds.generators import generate
+    from zonemesh.zone_cp.xds.kept import Kept
+    from zonemesh.zone_cp.xds.testing import TestCA, load_resources
+
+    matched_types: list[str] = []
+    real = policy_plugins.matched
+
+    def counting(ctx: MeshContext, dp: Resource, policy_type: str) -> list[Resource]:
+        if ctx.kept is kept:
+            matched_types.append(policy_type)
+        return real(ctx, dp, policy_type)
+
+    monkeypatch.setattr(policy_plugins, "matched", counting)
+    ca = TestCA()
+    certs = {s: WorkloadCert(*await ca.workload_cert("default", s)) for s in ("web", "web-metrics", "api")}
+    kept = Kept()
+    held = {r.name: r for r in load_resources(PORTS_YAML + "---" + SUBSET_YAML) if r.type != "Mesh"}
+    mesh = next(r for r in load_resources(PORTS_YAML) if r.type == "Mesh")
+
+    def round_of(proxies: list[Resource], *changed: Resource) -> set[str]:
+        """One round keeping matches, checked against a fresh one; the types it matched again."""
+        matched_types.clear()
+        held.update((r.name, r) for r in changed)  # the view: a changed policy is a new object
+        ctx = MeshContext.build(mesh, proxies, held.values(), certs=certs, kept=kept)
+        fresh = MeshContext.build(mesh, proxies, held.values(), certs=certs)
+        for dp in proxies:
+            assert _encoded(generate(ctx, dp)) == _encoded(generate(fresh, dp)), dp.name
+        return set(matched_types)
+
+    proxies = [_web("web-1", "127.0.0.1", [20000, 20001]), _api()]
+    assert round_of(proxies) == set(policy_plugins.POLICY_TYPES)
+    assert round_of(proxies) == set()
+    timeout = held["web-inbound"]
+    slower = dataclasses.replace(
+        timeout, spec={**timeout.spec, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "8s"}}]}
+    )
+    assert round_of(proxies, slower) == {"MeshTimeout"}
+    # the same content in a new object (a re-listed view): matched again, correct either way
+    assert round_of(proxies, dataclasses.replace(held["web-from-api"])) == {"MeshTrafficPermission"}
+    # web-1 becomes a canary: the unchanged MeshSubset policy now selects it
+    tags = proxies[0].spec["networking"]["inbound"][0]["tags"]
+    canary = _web("web-1", "127.0.0.1", [20000, 20001])
+    canary.spec["networking"]["inbound"][0]["tags"] = {**tags, "pod": "canary"}
+    assert round_of([canary, proxies[1]]) == set(policy_plugins.POLICY_TYPES)

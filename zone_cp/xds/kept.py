@@ -52,6 +52,12 @@ class Kept:
     peak: int = 0  # the most entries one round used
     # This round's entries built anew, with their message: ``after_round`` records their encoding.
     _built: list[tuple[_Entry, Message]] = field(default_factory=list)
+    # Not messages, also kept across rounds (policies/__init__.py): the digests of policies' content,
+    # by the policy object (which an entry holds, so its id stays its own); and per policy type,
+    # the policies of that type in a round and the matches found with them, by what matching
+    # reads of a proxy: while a type's policies are the very same objects, so are its matches.
+    digests: dict[Any, tuple[Any, bytes]] = field(default_factory=dict)
+    matches: dict[str, tuple[tuple[Any, ...], dict[Any, Any]]] = field(default_factory=dict)
 
     def message(
         self,
@@ -92,3 +98,12 @@ class Kept:
                 del self.entries[key]
         self.round += 1
         self.used = 0
+
+    def forget_unless(self, policies: int, proxies: int) -> None:
+        """Drop the kept digests and matches once they are many more than a mesh of ``policies``
+        policies and ``proxies`` proxies needs (policies replaced, proxies gone)."""
+        if len(self.digests) > 4 * policies + KEPT_MIN:
+            self.digests.clear()
+        for _, found in self.matches.values():
+            if len(found) > 4 * proxies + KEPT_MIN:
+                found.clear()

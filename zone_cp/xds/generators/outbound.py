@@ -167,7 +167,7 @@ def _build(ctx: MeshContext, service: str, identity: str | None, policies: Match
     # Kept across rounds by what it is built from: the shared cluster's content and what _mesh_tls
     # reads (mesh, destination, identity, SNI, the client-TLS policies' content).
     external = service in ctx.external_services
-    tls = upstream_tls_content(policies, ctx.memo)
+    tls = upstream_tls_content(policies, ctx.kept.digests)
     key = ("outbound-cluster", ctx.name, service, identity, server_name, _cluster_bytes(ctx, shared), external, tls)
     return replace(shared, cluster=ctx.keep(key, CLUSTER, build))
 
