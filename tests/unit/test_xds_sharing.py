@@ -1266,3 +1266,64 @@ async def test_policy_matches_are_kept_across_rounds_per_type_while_its_policies
     canary = _web("web-1", "127.0.0.1", [20000, 20001])
     canary.spec["networking"]["inbound"][0]["tags"] = {**tags, "pod": "canary"}
     assert round_of([canary, proxies[1]]) == set(policy_plugins.POLICY_TYPES)
+
+
+async def test_the_reconciler_keeps_pieces_across_its_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the real reconciler (a store written as the API writes, the zone view, connected
+    proxies): a mesh-wide change of an outbound policy builds no ClusterLoadAssignment, outbound
+    cluster or secret again and matches only the changed type; a Dataplane added builds its
+    service's endpoints again. What each proxy gets is what a round with nothing kept gives."""
+    from zonemesh.shared.resources.manager import ResourceManager
+    from zonemesh.shared.store.memory import MemoryStore
+    from zonemesh.zone_cp.xds.generators import outbound
+    from zonemesh.zone_cp.xds.proxy import node_key
+    from zonemesh.zone_cp.xds.testing import RecordingCache, TestCA, load_resources, stream_infos
+
+    built: list[str] = []
+    real_assignment = outbound.load_assignment
+    real_tls = outbound._mesh_tls
+
+    def assignment(name: str, *args: object, **kwargs: object) -> object:
+        built.append(f"endpoints:{name}")
+        return real_assignment(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    def tls(ctx: MeshContext, service: str, *args: object) -> object:
+        built.append(f"tls:{service}")
+        return real_tls(ctx, service, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(outbound, "load_assignment", assignment)
+    monkeypatch.setattr(outbound, "_mesh_tls", tls)
+    store = MemoryStore()
+    manager = ResourceManager(store)
+    proxies = [_web("web-1", "127.0.0.1", [20000, 20001]), _web("web-2", "127.0.0.1", [20002, 20003]), _api()]
+    for res in [*load_resources(PORTS_YAML + "---" + TO_API_YAML % 5), *proxies]:
+        await manager.apply(res)
+    cache = RecordingCache()
+    ca = TestCA()
+    reconciler = Reconciler(store, cache, ca)
+
+    async def check() -> None:
+        """Each connected proxy's snapshot is what generating it alone from the store gives."""
+        for dp in proxies:
+            alone = await reconciler.render("default", dp.name)
+            snapshot = cache.snapshot(node_key("default", dp.name))
+            assert snapshot is not None
+            for type_url, typed in SnapshotBuilder().build(alone).types.items():
+                assert dict(typed.resources) == dict(snapshot.types[type_url].resources), (dp.name, type_url)
+        built.clear()  # what rendering alone built
+
+    async with reconciler:
+        for info in stream_infos(*(dp.name for dp in proxies)):
+            await reconciler.on_stream_open(info)
+        await cache.settle(reconciler)
+        assert "endpoints:api" in built and "tls:api" in built
+        built.clear()
+        await manager.apply(load_resources(TO_API_YAML % 6)[0])  # every proxy's route to api changes
+        assert len(await cache.settle(reconciler)) == 2  # web-1 and web-2
+        assert built == []
+        await check()
+        api2 = Resource(type="Dataplane", name="api-2", mesh="default", spec=_api_at("api-2", "10.0.1.2", 80).spec)
+        await manager.apply(api2)
+        await cache.settle(reconciler)
+        assert built == ["endpoints:api"]
+        await check()
