@@ -75,6 +75,7 @@ class Kept:
         if entry is not None and entry.data and entry.type_url == type_url and entry.inputs == inputs:
             message = entry.kind.FromString(entry.data[entry.offset :])
             encoded[id(message)] = (message, entry.data, entry.version)
+            entry.inputs = inputs  # equal: hold this round's objects, not an older round's copies
         else:
             message = build()
             entry = self.entries[key] = _Entry(type(message), type_url, inputs)
@@ -102,7 +103,7 @@ class Kept:
     def forget_unless(self, policies: int, proxies: int) -> None:
         """Drop the kept digests and matches once they are many more than a mesh of ``policies``
         policies and ``proxies`` proxies needs (policies replaced, proxies gone)."""
-        if len(self.digests) > 4 * policies + KEPT_MIN:
+        if len(self.digests) > 2 * policies + 64:  # two per policy at most (with and without `to`)
             self.digests.clear()
         for _, found in self.matches.values():
             if len(found) > 4 * proxies + KEPT_MIN:
