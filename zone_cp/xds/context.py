@@ -265,7 +265,7 @@ class MeshContext:
     placing: list[tuple[str, int, tuple[object, ...], Any, Any]] = field(default_factory=list)
     encoded: dict[int, tuple[Any, bytes, str]] = field(default_factory=dict)
     # Messages kept across rounds by what they are built from (kept.py; the reconciler keeps one
-    # per mesh): endpoints, outbound clusters and listeners, secrets, local clusters.
+    # per mesh): endpoints, outbound clusters and listeners, secrets.
     kept: Kept = field(default_factory=Kept)
 
     @classmethod

@@ -3,7 +3,8 @@
 A mesh-wide change of one policy (the default MeshTimeout's ``to``) changes every proxy's routes
 and nothing else, yet a round built every other piece anew and serialized it again: each
 destination's ClusterLoadAssignment, each caller identity's mTLS cluster, each outbound listener,
-each workload certificate's secret, each app's local cluster. ``Kept`` holds such a piece across
+each workload certificate's secret (an app's local cluster is kept with its inbound listener:
+``MeshContext.placed``). ``Kept`` holds such a piece across
 rounds under a key made of everything it is built from (content, never a name or a version
 alone: a wrong reuse would give a proxy stale config), plus ``inputs`` compared by equality when
 they are not hashable (the endpoints of a service). It holds the piece's encoded ``Any`` as the

@@ -306,19 +306,13 @@ def _local_cluster_at(
     key = ("inbound-cluster", template.cluster_bytes, service_address, service_port)
     cluster = ctx.memo.get(key)
     if cluster is None:
-
-        def build() -> cluster_pb2.Cluster:
-            built = cluster_pb2.Cluster()
-            built.CopyFrom(template.cluster)
-            built.name = name
-            assignment = built.load_assignment
-            assignment.cluster_name = name
-            app = assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
-            app.address, app.port_value = service_address, service_port
-            return built
-
-        # Kept across rounds by the same key (the name derives from the app's address and port).
-        cluster = ctx.memo[key] = ctx.keep(key, CLUSTER, build)
+        cluster = ctx.memo[key] = cluster_pb2.Cluster()
+        cluster.CopyFrom(template.cluster)
+        cluster.name = name
+        assignment = cluster.load_assignment
+        assignment.cluster_name = name
+        app = assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
+        app.address, app.port_value = service_address, service_port
     assert isinstance(cluster, cluster_pb2.Cluster)
     return cluster
 
