@@ -14,7 +14,8 @@ how many messages (``encodes``) and how many distinct encoded resources.
 ``--change mesh-wide``: each round is a mesh-wide change as the control plane makes it (the
 bench/xds_zone.py change: the mesh's default MeshTimeout with a new requestTimeout), and what
 the reconciler keeps between rounds is kept (the proxies' shapes, their placed inbound
-listeners, the inbound templates, each proxy's snapshot); the garbage collector tuned as the
+listeners, the inbound templates, each proxy's snapshot, the pieces and policy matches of
+``MeshContext.kept``); the garbage collector tuned as the
 control plane tunes it (and paused during each round, ``gc_paused``). Without it (``none``, the
 default) every round starts afresh from the same policies. ``--watches`` also hands each
 snapshot to a SnapshotCache in which every proxy has a delta watch open per type, answered and
@@ -51,6 +52,7 @@ from zonemesh.shared.runtime import GC_THRESHOLDS
 from zonemesh.zone_cp.xds.cache import DeltaWatchRequest, DeltaWatchResponse, Snapshot, SnapshotBuilder, SnapshotCache
 from zonemesh.zone_cp.xds.context import MeshContext, WorkloadCert
 from zonemesh.zone_cp.xds.generators import generate, inbound
+from zonemesh.zone_cp.xds.kept import Kept
 from zonemesh.zone_cp.xds.testing import TestCA
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -116,6 +118,7 @@ def run(
     shapes: dict[str, Any] = {}
     placed: dict[str, Any] = {}
     templates: dict[Any, Any] = {}
+    kept_messages = Kept()
     if kept:
         gc.collect()
         gc.freeze()
@@ -154,6 +157,7 @@ def run(
                 shapes=shapes if kept else None,
                 placed=placed if kept else None,
                 templates=templates if kept else None,
+                kept=kept_messages if kept else None,
             )
             builder = SnapshotBuilder(ctx.encoded)  # as the reconciler: one per round
             times = []
@@ -177,6 +181,7 @@ def run(
                         distinct.update(typed.resources.values())
             inbound.keep_placed(ctx, builder.encoded)
             inbound.forget_templates(ctx)
+            ctx.kept.after_round(builder.encoded)
         if r > 0:  # round 0 warms up (imports, caches)
             samples += times
             rounds_s.append(time.perf_counter() - started)
@@ -196,6 +201,7 @@ def run(
         "round_cpu_s": {
             "min": round(min(rounds_cpu_s), 3),
             "p50": round(xds_zone.percentile(rounds_cpu_s, 50), 3),
+            "mean": round(sum(rounds_cpu_s) / len(rounds_cpu_s), 3),
             "max": round(max(rounds_cpu_s), 3),
         },
         "serialized_per_round": serialized,

@@ -1004,3 +1004,326 @@ def test_replicas_share_one_copy_of_their_shape() -> None:
 
     first, second = shape(_replica("web-1", "10.0.0.1", "v1")), shape(_replica("web-2", "10.0.0.2", "v1"))
     assert first == second and first is second
+
+
+def _api_at(name: str, address: str, port: int, version: str = "v1") -> Resource:
+    spec = {
+        "networking": {
+            "address": address,
+            "inbound": [
+                {"port": port, "tags": {"kuma.io/service": "api", "kuma.io/protocol": "http", "version": version}}
+            ],
+        }
+    }
+    return Resource(type="Dataplane", name=name, mesh="default", spec=spec, version=1)
+
+
+LOCALITY_YAML = """
+type: MeshLoadBalancingStrategy
+mesh: default
+name: api-same-version
+spec:
+  targetRef: {kind: Mesh}
+  to:
+    - targetRef: {kind: MeshService, name: api}
+      default:
+        localityAwareness: {localZone: {affinityTags: [{key: version, weight: 90}]}}
+"""
+
+MESH_TLS_YAML = """
+type: MeshTLS
+mesh: default
+name: tls13
+spec:
+  targetRef: {kind: Mesh}
+  rules: [{default: {tlsVersion: {min: TLS13}}}]
+"""
+
+
+async def test_pieces_are_kept_across_rounds_only_while_what_they_are_built_from_is_alike() -> None:
+    """The reconciler keeps pieces between rounds by what they are built from (MeshContext.kept,
+    kept.py: as their encoding): a destination's endpoints, a caller identity's mTLS cluster, an
+    outbound listener, a secret, an app's local cluster. A mesh-wide outbound policy change builds
+    and serializes only the routes again; a Dataplane added, moved or gone rebuilds its service's
+    endpoints; a MeshLoadBalancingStrategy the endpoints it lays out; a MeshTLS the clusters; a new
+    certificate its secret; mTLS off and on everything it touches. Every round, every proxy gets
+    byte for byte what a round with nothing kept gives."""
+    import dataclasses
+
+    from zonemesh.zone_cp.xds.context import PlacedListener, WorkloadCert
+    from zonemesh.zone_cp.xds.generators import generate, inbound
+    from zonemesh.zone_cp.xds.kept import Kept
+    from zonemesh.zone_cp.xds.resources import ENDPOINT, SECRET
+    from zonemesh.zone_cp.xds.testing import TestCA, load_resources
+
+    ca = TestCA()
+    certs = {s: WorkloadCert(*await ca.workload_cert("default", s)) for s in ("web", "web-metrics", "api")}
+    shapes: dict[str, tuple[Resource, object, str]] = {}
+    placed: dict[str, dict[int, PlacedListener]] = {}
+    templates: dict[object, object] = {}
+    kept = Kept()
+    webs = [_web("web-1", "127.0.0.1", [20000, 20001], service_ports=[40000, 40001])]
+    webs.append(_web("web-2", "127.0.0.1", [20002, 20003], service_ports=[40002, 40003]))
+
+    def round_of(yaml: str, apis: list[Resource], round_certs: dict[str, WorkloadCert] = certs) -> set[tuple[str, str]]:
+        """One round keeping everything the reconciler keeps, checked against a round with nothing
+        kept; returns what it built anew (the web proxies' resources whose encoding was not known)."""
+        resources = load_resources(yaml)
+        mesh = next(r for r in resources if r.type == "Mesh")
+        policies = [r for r in resources if r.type != "Mesh"]
+        dataplanes = [*webs, *apis]
+        ctx = MeshContext.build(
+            mesh, dataplanes, policies, certs=round_certs, shapes=shapes, placed=placed, templates=templates, kept=kept
+        )
+        builder = SnapshotBuilder(ctx.encoded)
+        configs = {dp.name: generate(ctx, dp) for dp in dataplanes}
+        together = {name: builder.build(config) for name, config in configs.items()}
+        inbound.keep_placed(ctx, builder.encoded)
+        inbound.forget_templates(ctx)
+        kept.after_round(builder.encoded)
+        fresh = MeshContext.build(mesh, dataplanes, policies, certs=round_certs)
+        for dp in dataplanes:
+            alone = SnapshotBuilder().build(generate(fresh, dp))
+            for type_url, typed in together[dp.name].types.items():
+                assert dict(typed.resources) == dict(alone.types[type_url].resources), (dp.name, type_url)
+                assert typed.version == alone.types[type_url].version
+        anew = {(t, n) for dp in webs for t, n, m in configs[dp.name].items() if id(m) not in ctx.encoded}
+        return anew - {(ROUTE, "outbound:api")}  # routes are built every round: never kept
+
+    apis = [_api_at("api-1", "10.0.1.1", 80)]
+    base = PORTS_YAML + "---" + TO_API_YAML
+    first = round_of(base % 5, apis)
+    assert {(ENDPOINT, "api"), (CLUSTER, "api"), (LISTENER, "outbound:127.0.0.1:30001")} <= first
+    assert {(SECRET, "identity_cert:secret:web"), (CLUSTER, "localhost:40000")} <= first
+
+    # A mesh-wide change of an outbound policy: nothing but the route is built again.
+    assert round_of(base % 6, apis) == set()
+
+    # A Dataplane of api added, moved, gone: api's endpoints, and nothing else.
+    apis = [*apis, _api_at("api-2", "10.0.1.2", 80)]
+    assert round_of(base % 6, apis) == {(ENDPOINT, "api")}
+    apis[1] = dataclasses.replace(apis[1], spec=_api_at("api-2", "10.0.1.2", 81).spec, version=2)
+    assert round_of(base % 6, apis) == {(ENDPOINT, "api")}
+    apis = apis[:1]
+    assert round_of(base % 6, apis) == {(ENDPOINT, "api")}
+    # back to what an earlier round had: taken from that round again
+    assert round_of(base % 6, apis) == set()
+
+    # A policy laying the endpoints out (by the callers' version tag): the endpoints again.
+    apis = [_api_at("api-1", "10.0.1.1", 80), _api_at("api-2", "10.0.1.2", 80, version="v2")]
+    round_of(base % 6, apis)
+    locality = base % 6 + "---" + LOCALITY_YAML
+    assert (ENDPOINT, "api") in round_of(locality, apis)
+
+    # MeshTLS: the clients' clusters to api (their TLS), and the inbound listeners.
+    tls = round_of(locality + "---" + MESH_TLS_YAML, apis)
+    assert (CLUSTER, "api") in tls and (ENDPOINT, "api") not in tls
+
+    # A renewed certificate: that service's secret.
+    renewed = {**certs, "web": WorkloadCert(*ca.issue("default", "web"))}
+    assert round_of(locality + "---" + MESH_TLS_YAML, apis, renewed) == {(SECRET, "identity_cert:secret:web")}
+
+    # mTLS off, then on again: what it touches is built again; back on, the pieces of the last
+    # round with mTLS are alike again and taken from it (byte for byte what a fresh round gives).
+    plain = (locality + "---" + MESH_TLS_YAML).replace(
+        "mtls: {enabledBackend: ca-1, backends: [{name: ca-1, type: builtin}]}", "mtls: {}"
+    )
+    assert plain != locality + "---" + MESH_TLS_YAML
+    off = round_of(plain, apis, renewed)
+    assert (CLUSTER, "api") in off and (LISTENER, "outbound:127.0.0.1:30001") not in off
+    on = round_of(locality + "---" + MESH_TLS_YAML, apis, renewed)
+    assert (CLUSTER, "api") not in on and (LISTENER, "inbound:127.0.0.1:20000") in on
+
+
+@pytest.mark.parametrize("protocol", ["http", "tcp"])
+def test_no_inbound_hook_reads_a_policy_of_only_a_target_ref_and_to(protocol: str) -> None:
+    """``inbound_content`` leaves such policies out of what an inbound template is kept by: for
+    every policy type with an inbound hook, a template built with one is the template built
+    without it (mTLS on and off)."""
+    from zonemesh.zone_cp.xds.generators import inbound
+    from zonemesh.zone_cp.xds.policies import PLUGINS
+    from zonemesh.zone_cp.xds.testing import load_resources
+
+    to_api = [{"targetRef": {"kind": "MeshService", "name": "api"}, "default": {}}]
+    for mesh_yaml in (PORTS_YAML.split("---")[0], "type: Mesh\nname: default\n"):
+        mesh = next(r for r in load_resources(mesh_yaml) if r.type == "Mesh")
+        ctx = MeshContext.build(mesh, [], [])
+        for plugin in (p for p in PLUGINS if p.inbound is not None):
+            policy = Resource(
+                type=plugin.type, name="to-only", mesh="default", spec={"targetRef": {"kind": "Mesh"}, "to": to_api}
+            )
+            alone = inbound._build_template(ctx, "web", protocol, {}, ("without",))
+            with_it = inbound._build_template(ctx, "web", protocol, {plugin.type: [policy]}, ("with",))
+            assert with_it.fingerprint == alone.fingerprint, plugin.type
+
+
+async def test_a_policy_on_requests_only_builds_no_inbound_template_again() -> None:
+    """Creating, changing or deleting a policy of only a targetRef and ``to`` entries (requests to
+    a service; its targetRef selects every proxy) builds no inbound template again: before, its
+    creation changed what every selected inbound's template is kept by, and the next round
+    regenerating each shape (the next mesh-wide change) built all of them again. Every round,
+    every proxy gets byte for byte what a round with nothing kept gives."""
+    from zonemesh.zone_cp.xds.context import WorkloadCert
+    from zonemesh.zone_cp.xds.generators import generate, inbound
+    from zonemesh.zone_cp.xds.testing import TestCA, load_resources
+
+    ca = TestCA()
+    certs = {s: WorkloadCert(*await ca.workload_cert("default", s)) for s in ("web", "web-metrics", "api")}
+    templates: dict[object, object] = {}
+    proxies = [_web("web-1", "127.0.0.1", [20000, 20001]), _api()]
+
+    def round_of(yaml: str) -> int:
+        """One round keeping templates, checked against a fresh one; how many templates it built."""
+        resources = load_resources(yaml)
+        mesh = next(r for r in resources if r.type == "Mesh")
+        policies = [r for r in resources if r.type != "Mesh"]
+        kept = MeshContext.build(mesh, proxies, policies, certs=certs, templates=templates)
+        before = set(templates)
+        together = {dp.name: SnapshotBuilder().build(generate(kept, dp)) for dp in proxies}
+        inbound.forget_templates(kept)
+        fresh = MeshContext.build(mesh, proxies, policies, certs=certs)
+        for dp in proxies:
+            alone = SnapshotBuilder().build(generate(fresh, dp))
+            for type_url, typed in together[dp.name].types.items():
+                assert dict(typed.resources) == dict(alone.types[type_url].resources), (dp.name, type_url)
+        return len(set(templates) - before)
+
+    assert round_of(PORTS_YAML) == 3  # web, web-metrics, api
+    with_policy = PORTS_YAML + "---" + TO_API_YAML
+    assert round_of(with_policy % 5) == 0  # created
+    assert round_of(with_policy % 6) == 0  # changed
+    assert round_of(PORTS_YAML) == 0  # deleted
+    # a `from` does concern inbounds: the templates of what it selects are built again
+    from_too = (with_policy % 6).replace(
+        "  to: [", "  from: [{targetRef: {kind: Mesh}, default: {idleTimeout: 9s}}]\n  to: ["
+    )
+    assert round_of(from_too) == 3
+
+
+SUBSET_YAML = """
+type: MeshTimeout
+mesh: default
+name: canary-inbound
+spec:
+  targetRef: {kind: MeshSubset, tags: {pod: canary}}
+  from: [{targetRef: {kind: Mesh}, default: {idleTimeout: 9s}}]
+"""
+
+
+async def test_policy_matches_are_kept_across_rounds_per_type_while_its_policies_are_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The matches of a policy type are kept across rounds (Kept.matches) while that type's
+    policies are the very same objects: a mesh-wide change of one MeshTimeout matches MeshTimeouts
+    again and no other type; a Dataplane whose tags changed is matched anew (its tags are part of
+    what matches are kept by). Every round, every proxy gets byte for byte what a round with
+    nothing kept gives."""
+    import dataclasses
+
+    from zonemesh.zone_cp.xds import policies as policy_plugins
+    from zonemesh.zone_cp.xds.context import WorkloadCert
+    from zonemesh.zone_cp.xds.generators import generate
+    from zonemesh.zone_cp.xds.kept import Kept
+    from zonemesh.zone_cp.xds.testing import TestCA, load_resources
+
+    matched_types: list[str] = []
+    real = policy_plugins.matched
+
+    def counting(ctx: MeshContext, dp: Resource, policy_type: str) -> list[Resource]:
+        if ctx.kept is kept:
+            matched_types.append(policy_type)
+        return real(ctx, dp, policy_type)
+
+    monkeypatch.setattr(policy_plugins, "matched", counting)
+    ca = TestCA()
+    certs = {s: WorkloadCert(*await ca.workload_cert("default", s)) for s in ("web", "web-metrics", "api")}
+    kept = Kept()
+    held = {r.name: r for r in load_resources(PORTS_YAML + "---" + SUBSET_YAML) if r.type != "Mesh"}
+    mesh = next(r for r in load_resources(PORTS_YAML) if r.type == "Mesh")
+
+    def round_of(proxies: list[Resource], *changed: Resource) -> set[str]:
+        """One round keeping matches, checked against a fresh one; the types it matched again."""
+        matched_types.clear()
+        held.update((r.name, r) for r in changed)  # the view: a changed policy is a new object
+        ctx = MeshContext.build(mesh, proxies, held.values(), certs=certs, kept=kept)
+        fresh = MeshContext.build(mesh, proxies, held.values(), certs=certs)
+        for dp in proxies:
+            assert _encoded(generate(ctx, dp)) == _encoded(generate(fresh, dp)), dp.name
+        return set(matched_types)
+
+    proxies = [_web("web-1", "127.0.0.1", [20000, 20001]), _api()]
+    assert round_of(proxies) == set(policy_plugins.POLICY_TYPES)
+    assert round_of(proxies) == set()
+    timeout = held["web-inbound"]
+    slower = dataclasses.replace(
+        timeout, spec={**timeout.spec, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "8s"}}]}
+    )
+    assert round_of(proxies, slower) == {"MeshTimeout"}
+    # the same content in a new object (a re-listed view): matched again, correct either way
+    assert round_of(proxies, dataclasses.replace(held["web-from-api"])) == {"MeshTrafficPermission"}
+    # web-1 becomes a canary: the unchanged MeshSubset policy now selects it
+    tags = proxies[0].spec["networking"]["inbound"][0]["tags"]
+    canary = _web("web-1", "127.0.0.1", [20000, 20001])
+    canary.spec["networking"]["inbound"][0]["tags"] = {**tags, "pod": "canary"}
+    assert round_of([canary, proxies[1]]) == set(policy_plugins.POLICY_TYPES)
+
+
+async def test_the_reconciler_keeps_pieces_across_its_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the real reconciler (a store written as the API writes, the zone view, connected
+    proxies): a mesh-wide change of an outbound policy builds no ClusterLoadAssignment, outbound
+    cluster or secret again and matches only the changed type; a Dataplane added builds its
+    service's endpoints again. What each proxy gets is what a round with nothing kept gives."""
+    from zonemesh.shared.resources.manager import ResourceManager
+    from zonemesh.shared.store.memory import MemoryStore
+    from zonemesh.zone_cp.xds.generators import outbound
+    from zonemesh.zone_cp.xds.proxy import node_key
+    from zonemesh.zone_cp.xds.testing import RecordingCache, TestCA, load_resources, stream_infos
+
+    built: list[str] = []
+    real_assignment = outbound.load_assignment
+    real_tls = outbound._mesh_tls
+
+    def assignment(name: str, *args: object, **kwargs: object) -> object:
+        built.append(f"endpoints:{name}")
+        return real_assignment(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    def tls(ctx: MeshContext, service: str, *args: object) -> object:
+        built.append(f"tls:{service}")
+        return real_tls(ctx, service, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(outbound, "load_assignment", assignment)
+    monkeypatch.setattr(outbound, "_mesh_tls", tls)
+    store = MemoryStore()
+    manager = ResourceManager(store)
+    proxies = [_web("web-1", "127.0.0.1", [20000, 20001]), _web("web-2", "127.0.0.1", [20002, 20003]), _api()]
+    for res in [*load_resources(PORTS_YAML + "---" + TO_API_YAML % 5), *proxies]:
+        await manager.apply(res)
+    cache = RecordingCache()
+    ca = TestCA()
+    reconciler = Reconciler(store, cache, ca)
+
+    async def check() -> None:
+        """Each connected proxy's snapshot is what generating it alone from the store gives."""
+        for dp in proxies:
+            alone = await reconciler.render("default", dp.name)
+            snapshot = cache.snapshot(node_key("default", dp.name))
+            assert snapshot is not None
+            for type_url, typed in SnapshotBuilder().build(alone).types.items():
+                assert dict(typed.resources) == dict(snapshot.types[type_url].resources), (dp.name, type_url)
+        built.clear()  # what rendering alone built
+
+    async with reconciler:
+        for info in stream_infos(*(dp.name for dp in proxies)):
+            await reconciler.on_stream_open(info)
+        await cache.settle(reconciler)
+        assert "endpoints:api" in built and "tls:api" in built
+        built.clear()
+        await manager.apply(load_resources(TO_API_YAML % 6)[0])  # every proxy's route to api changes
+        assert len(await cache.settle(reconciler)) == 2  # web-1 and web-2
+        assert built == []
+        await check()
+        api2 = Resource(type="Dataplane", name="api-2", mesh="default", spec=_api_at("api-2", "10.0.1.2", 80).spec)
+        await manager.apply(api2)
+        await cache.settle(reconciler)
+        assert built == ["endpoints:api"]
+        await check()

@@ -11,11 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Callable, Hashable, Iterable, Mapping, Set
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
+from google.protobuf.message import Message
 from zonemesh.shared.resources.model import Resource
+from zonemesh.zone_cp.xds.kept import Kept
 
 if TYPE_CHECKING:
     from zonemesh.zone_cp.xds.crosszone import CrossZone
@@ -30,6 +32,8 @@ MESH = "Mesh"
 DATAPLANE = "Dataplane"
 EXTERNAL_SERVICE = "ExternalService"
 SECRET = "Secret"
+
+M = TypeVar("M", bound=Message)
 
 
 class WorkloadCert(NamedTuple):
@@ -260,6 +264,9 @@ class MeshContext:
     # (SnapshotBuilder).
     placing: list[tuple[str, int, tuple[object, ...], Any, Any]] = field(default_factory=list)
     encoded: dict[int, tuple[Any, bytes, str]] = field(default_factory=dict)
+    # Messages kept across rounds by what they are built from (kept.py; the reconciler keeps one
+    # per mesh): endpoints, outbound clusters and listeners, secrets.
+    kept: Kept = field(default_factory=Kept)
 
     @classmethod
     def build(
@@ -274,10 +281,11 @@ class MeshContext:
         shapes: dict[str, tuple[Resource, Any, str]] | None = None,
         placed: dict[str, dict[int, PlacedListener]] | None = None,
         templates: dict[Any, Any] | None = None,
+        kept: Kept | None = None,
     ) -> MeshContext:
         """``endpoints``: ``local_endpoints(dataplanes)`` when the caller keeps it between rounds;
-        ``shapes``, ``placed`` and ``templates``: the proxies' shapes, placed inbound listeners and
-        inbound templates, when the caller keeps them between rounds."""
+        ``shapes``, ``placed``, ``templates`` and ``kept``: the proxies' shapes, placed inbound
+        listeners, inbound templates and kept messages, when the caller keeps them between rounds."""
         dps = {dp.name: dp for dp in dataplanes}
         by_type: dict[str, list[Resource]] = {}
         for policy in sorted(policies, key=lambda p: p.name):
@@ -299,11 +307,17 @@ class MeshContext:
             shapes={} if shapes is None else shapes,
             placed={} if placed is None else placed,
             templates={} if templates is None else templates,
+            kept=Kept() if kept is None else kept,
         )
 
     @property
     def name(self) -> str:
         return self.mesh.name
+
+    def keep(self, key: Hashable, type_url: str, build: Callable[[], M], inputs: Any = None) -> M:
+        """The message ``build`` makes, kept across rounds under ``key`` and ``inputs`` (``Kept.message``):
+        they must name everything ``build`` reads."""
+        return self.kept.message(key, type_url, build, self.encoded, inputs)
 
     @property
     def mtls(self) -> Mtls | None:

@@ -74,6 +74,7 @@ from zonemesh.zone_cp.xds.context import (
 from zonemesh.zone_cp.xds.crosszone import CrossZoneViews
 from zonemesh.zone_cp.xds.generators import GenerationError, crossmesh, generate, inbound
 from zonemesh.zone_cp.xds.generators.gateway import MESH_GATEWAY_ROUTE_TYPE, MESH_GATEWAY_TYPE, is_builtin
+from zonemesh.zone_cp.xds.kept import Kept
 from zonemesh.zone_cp.xds.metrics import XDS_GENERATION
 from zonemesh.zone_cp.xds.policies import PLUGINS, POLICY_TYPES
 from zonemesh.zone_cp.xds.policies.matching import selects
@@ -279,6 +280,8 @@ class Reconciler:
         self._placed: dict[str, dict[str, dict[int, PlacedListener]]] = {}
         # mesh -> inbound templates by what they are built from (MeshContext.templates)
         self._templates: dict[str, dict[Any, Any]] = {}
+        # mesh -> messages kept across rounds by what they are built from (MeshContext.kept)
+        self._kept: dict[str, Kept] = {}
         self._connected: dict[tuple[str, str], int] = {}  # (mesh, name) -> open streams
         self._pending = _Pending()
         self._wake = asyncio.Event()
@@ -615,6 +618,7 @@ class Reconciler:
             shapes=self._shapes.setdefault(mesh_name, {}),
             placed=self._placed.setdefault(mesh_name, {}),
             templates=self._templates.setdefault(mesh_name, {}),
+            kept=self._kept.setdefault(mesh_name, Kept()),
         )
         # Proxies are pushed in slices of YIELD_EVERY seconds of generation, then the loop runs:
         # it starts the slice's writes, then handles the ACKs that came meanwhile. A yield after
@@ -641,6 +645,7 @@ class Reconciler:
         self._publish(ready)
         inbound.keep_placed(ctx, builder.encoded)
         inbound.forget_templates(ctx)
+        ctx.kept.after_round(builder.encoded)
 
     def _publish(self, ready: list[tuple[str, Snapshot]]) -> None:
         for node, snapshot in ready:

@@ -216,7 +216,7 @@ def _template(ctx: MeshContext, service: str, protocol: str, policies: MatchedPo
         # its mesh's name and mTLS, the service, its protocol and what the inbound hooks read of
         # the policies. A change of what inbounds do not read (a mesh-wide outbound timeout)
         # builds no template again.
-        content = (ctx.name, ctx.mtls, service, protocol, inbound_content(policies, ctx.memo))
+        content = (ctx.name, ctx.mtls, service, protocol, inbound_content(policies, ctx.kept.digests))
         built = ctx.templates.get(content)
         if built is None:
             built = ctx.templates[content] = _build_template(ctx, service, protocol, policies, key)

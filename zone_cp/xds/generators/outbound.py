@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -78,7 +79,7 @@ from zonemesh.zone_cp.xds.envoy import (
 from zonemesh.zone_cp.xds.generators.common import http_protocol_options
 from zonemesh.zone_cp.xds.generators.inbound import ROUTER
 from zonemesh.zone_cp.xds.locality import LocalityPlan
-from zonemesh.zone_cp.xds.policies import MatchedPolicies, meshhttproute, outbound_signature
+from zonemesh.zone_cp.xds.policies import MatchedPolicies, meshhttproute, outbound_signature, upstream_tls_content
 from zonemesh.zone_cp.xds.policies.meshretry import TYPE as MESH_RETRY
 from zonemesh.zone_cp.xds.policies.meshretry import omit_host_tag_keys
 from zonemesh.zone_cp.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, ResourceSet
@@ -155,10 +156,29 @@ def _build(ctx: MeshContext, service: str, identity: str | None, policies: Match
     shared = _shared(ctx, service, policies)
     if ctx.mtls is None or not shared.endpoints:  # no mTLS, or an ExternalService reached directly
         return shared
-    cluster = cluster_pb2.Cluster()
-    cluster.CopyFrom(shared.cluster)
-    cluster.transport_socket.CopyFrom(_mesh_tls(ctx, service, identity, sni(ctx.name, service), policies))
-    return replace(shared, cluster=cluster)
+    server_name = sni(ctx.name, service)
+
+    def build() -> cluster_pb2.Cluster:
+        cluster = cluster_pb2.Cluster()
+        cluster.CopyFrom(shared.cluster)
+        cluster.transport_socket.CopyFrom(_mesh_tls(ctx, service, identity, server_name, policies))
+        return cluster
+
+    # Kept across rounds by what it is built from: the shared cluster's content and what _mesh_tls
+    # reads (mesh, destination, identity, SNI, the client-TLS policies' content).
+    external = service in ctx.external_services
+    tls = upstream_tls_content(policies, ctx.kept.digests)
+    key = ("outbound-cluster", ctx.name, service, identity, server_name, _cluster_bytes(ctx, shared), external, tls)
+    return replace(shared, cluster=ctx.keep(key, CLUSTER, build))
+
+
+def _cluster_bytes(ctx: MeshContext, shared: _Built) -> bytes:
+    """The shared cluster serialized, once per round (``_build`` keys its callers' clusters by it)."""
+    key = ("shared-cluster-bytes", id(shared.cluster))
+    found = ctx.memo.get(key)
+    if found is None or found[0] is not shared.cluster:
+        found = ctx.memo[key] = (shared.cluster, shared.cluster.SerializeToString(deterministic=True))
+    return bytes(found[1])
 
 
 def _mesh_tls(
@@ -310,8 +330,15 @@ def endpoints(
         prefer_local = (ctx.mesh.spec.get("routing") or {}).get("localityAwareLoadBalancing") is not False
         zone = cross.zone if cross else ""
         tag_keys = host_tag_keys(ctx)
-        cached = ctx.memo[key] = load_assignment(
-            service, local, remote, zone, prefer_local, tag_keys, plan=plan, behind_egress=behind_egress
+        # Kept across rounds while what it is built from is alike (the endpoints by equality): a
+        # change that moves no endpoint builds and serializes no ClusterLoadAssignment again.
+        cached = ctx.memo[key] = ctx.keep(
+            ("endpoints", service, zone, prefer_local, tag_keys, plan, tuple(behind_egress)),
+            ENDPOINT,
+            lambda: load_assignment(
+                service, local, remote, zone, prefer_local, tag_keys, plan=plan, behind_egress=behind_egress
+            ),
+            inputs=(local, remote),
         )
     assert isinstance(cached, endpoint_pb2.ClusterLoadAssignment)
     return cached
@@ -341,8 +368,14 @@ def subset_endpoints(
             behind_egress = sorted({e.zone or "" for e in remote})
             remote = list(cross.egress)  # the egress forwards the subset's SNI to those ingresses
         prefer_local = (ctx.mesh.spec.get("routing") or {}).get("localityAwareLoadBalancing") is not False
-        cached = ctx.memo[key] = load_assignment(
-            name, local, remote, zone, prefer_local, host_tag_keys(ctx), plan=plan, behind_egress=behind_egress
+        tag_keys = host_tag_keys(ctx)
+        cached = ctx.memo[key] = ctx.keep(  # kept across rounds as ``endpoints`` keeps a service's
+            ("subset-endpoints", name, zone, prefer_local, tag_keys, plan, tuple(behind_egress)),
+            ENDPOINT,
+            lambda: load_assignment(
+                name, local, remote, zone, prefer_local, tag_keys, plan=plan, behind_egress=behind_egress
+            ),
+            inputs=(local, remote),
         )
     assert isinstance(cached, endpoint_pb2.ClusterLoadAssignment)
     return cached
@@ -400,6 +433,17 @@ def destination_cluster(
     return name
 
 
+def _outbound_listener(
+    name: str, address: str, port: int, terminal: listener_components_pb2.Filter
+) -> listener_pb2.Listener:
+    return listener_pb2.Listener(
+        name=name,
+        address=socket_address(address, port),
+        traffic_direction=base_pb2.OUTBOUND,
+        filter_chains=[listener_components_pb2.FilterChain(filters=[terminal])],
+    )
+
+
 def generate(ctx: MeshContext, proxy: Resource, policies: MatchedPolicies, resources: ResourceSet) -> None:
     own = services(proxy)
     identity = own[0] if own else None
@@ -421,11 +465,13 @@ def generate(ctx: MeshContext, proxy: Resource, policies: MatchedPolicies, resou
         listener_key = ("listener", listener_name, service, signature)  # no identity in it: shared
         listener = ctx.memo.get(listener_key)
         if listener is None:
-            listener = ctx.memo[listener_key] = listener_pb2.Listener(
-                name=listener_name,
-                address=socket_address(address, port),
-                traffic_direction=base_pb2.OUTBOUND,
-                filter_chains=[listener_components_pb2.FilterChain(filters=[built.terminal])],
+            terminal = built.terminal
+            # Kept across rounds by its whole content: its name, address and port, and its filter.
+            content = (listener_name, address, port, terminal.name, terminal.typed_config.type_url)
+            listener = ctx.memo[listener_key] = ctx.keep(
+                ("outbound-listener", *content, terminal.typed_config.value),
+                LISTENER,
+                partial(_outbound_listener, listener_name, address, port, terminal),
             )
         resources.add(LISTENER, listener_name, listener)
         resources.add(CLUSTER, service, built.cluster)

@@ -15,11 +15,17 @@ def _identity(ctx: MeshContext, service: str) -> secret_pb2.Secret:
     cert = ctx.certs.get(service)
     if cert is None:
         raise ValueError(f"no workload certificate for service {service!r} in mesh {ctx.name!r}")
-    return secret_pb2.Secret(
-        name=identity_secret_name(service),
-        tls_certificate=common_pb2.TlsCertificate(
-            certificate_chain=base_pb2.DataSource(inline_bytes=cert.cert_pem),
-            private_key=base_pb2.DataSource(inline_bytes=cert.key_pem),
+    name = identity_secret_name(service)
+    # Kept across rounds while the certificate and key are the same (kept.py).
+    return ctx.keep(
+        ("identity-secret", name, cert.cert_pem, cert.key_pem),
+        SECRET,
+        lambda: secret_pb2.Secret(
+            name=name,
+            tls_certificate=common_pb2.TlsCertificate(
+                certificate_chain=base_pb2.DataSource(inline_bytes=cert.cert_pem),
+                private_key=base_pb2.DataSource(inline_bytes=cert.key_pem),
+            ),
         ),
     )
 
@@ -40,10 +46,15 @@ def generate(ctx: MeshContext, proxy: Resource, policies: MatchedPolicies, resou
     ca = ctx.memo.get(ca_key)
     if ca is None:
         ca_pem = ctx.certs[own[0]].ca_pem
-        ca = ctx.memo[ca_key] = secret_pb2.Secret(
-            name=ca_secret_name(ctx.name),
-            validation_context=common_pb2.CertificateValidationContext(
-                trusted_ca=base_pb2.DataSource(inline_bytes=ca_pem)
+        name = ca_secret_name(ctx.name)
+        ca = ctx.memo[ca_key] = ctx.keep(
+            ("ca-secret", name, ca_pem),
+            SECRET,
+            lambda: secret_pb2.Secret(
+                name=name,
+                validation_context=common_pb2.CertificateValidationContext(
+                    trusted_ca=base_pb2.DataSource(inline_bytes=ca_pem)
+                ),
             ),
         )
     resources.add(SECRET, ca_secret_name(ctx.name), ca)

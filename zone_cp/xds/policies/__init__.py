@@ -113,6 +113,7 @@ __all__ = [
     "policy_selectors",
     "policy_signature",
     "route_policies",
+    "upstream_tls_content",
 ]
 
 PLUGINS = plugin_table(REGISTRY)
@@ -122,6 +123,8 @@ OUTBOUND_TYPES = tuple(p.type for p in PLUGINS if p.outbound is not None or p.up
 EGRESS_TYPES = tuple(p.type for p in PLUGINS if p.egress is not None)
 # What an inbound's pieces depend on (configure_inbound's types).
 INBOUND_TYPES = tuple(p.type for p in PLUGINS if p.inbound is not None)
+# What the client end of an outbound's mesh mTLS depends on (configure_upstream_tls's types).
+UPSTREAM_TLS_TYPES = tuple(p.type for p in PLUGINS if p.upstream_tls is not None)
 EGRESS_LOCALITY_TYPES = tuple(p.type for p in PLUGINS if p.egress_locality)
 # The route types: they say where traffic goes (Plugin.destinations).
 ROUTE_TYPES = tuple(p.type for p in PLUGINS if p.destinations is not None)
@@ -155,24 +158,59 @@ def _memo_key(ctx: MeshContext, proxy: Resource) -> tuple[Any, ...]:
     )
 
 
-def match_all(ctx: MeshContext, proxy: Resource) -> dict[str, list[Resource]]:
-    """The policies of every type selecting ``proxy`` (its ``to`` and gateway config), shared
-    within a round by proxies alike in what matching reads; the caller gets its own dict (the
-    lists are shared: read them, do not change them)."""
-    key = ("match-all", _memo_key(ctx, proxy))
+def _kept_matches(ctx: MeshContext) -> list[tuple[str, dict[Any, Any]]]:
+    """Per policy type, the matches kept from earlier rounds (``Kept.matches``) while the type's
+    policies are the very same objects as then (the view replaces a changed resource, never
+    changes it in place), else none: a mesh-wide change of one policy matches again only for
+    that policy's type. Looked at once per round."""
+    key = ("kept-matches",)
     found = ctx.memo.get(key)
     if found is None:
-        found = ctx.memo[key] = {t: matched(ctx, proxy, t) for t in POLICY_TYPES}
+        found = ctx.memo[key] = []
+        kept = ctx.kept.matches
+        for policy_type in POLICY_TYPES:
+            policies = tuple(ctx.policies.get(policy_type, ()))
+            held = kept.get(policy_type)
+            same = held is not None and len(held[0]) == len(policies)
+            if held is None or not same or any(a is not b for a, b in zip(held[0], policies, strict=True)):
+                held = kept[policy_type] = (policies, {})
+            found.append((policy_type, held[1]))
+        ctx.kept.forget_unless(sum(len(p) for p in ctx.policies.values()), len(ctx.dataplanes))
+    assert isinstance(found, list)
+    return found
+
+
+def match_all(ctx: MeshContext, proxy: Resource) -> dict[str, list[Resource]]:
+    """The policies of every type selecting ``proxy`` (its ``to`` and gateway config), shared
+    within a round by proxies alike in what matching reads, and across rounds while the type's
+    policies are the same (``_kept_matches``); the caller gets its own dict (the lists are
+    shared: read them, do not change them)."""
+    memo_key = _memo_key(ctx, proxy)
+    key = ("match-all", memo_key)
+    found = ctx.memo.get(key)
+    if found is None:
+        found = ctx.memo[key] = {}
+        for policy_type, kept in _kept_matches(ctx):
+            matches = kept.get(key)
+            if matches is None:
+                matches = kept[key] = matched(ctx, proxy, policy_type)
+            found[policy_type] = matches
     return dict(found)
 
 
 def match_inbound(ctx: MeshContext, proxy: Resource, index: int) -> dict[str, list[Resource]]:
-    """The policies of every type selecting inbound ``index`` of ``proxy`` (its ``from`` config)."""
+    """The policies of every type selecting inbound ``index`` of ``proxy`` (its ``from`` config),
+    shared as ``match_all``'s."""
     key = ("match-inbound", _memo_key(ctx, proxy), index)
     found = ctx.memo.get(key)
     if found is None:
         inbound = inbounds(proxy)[index]
-        found = ctx.memo[key] = {t: matched_inbound(ctx, proxy, inbound, t) for t in POLICY_TYPES}
+        found = ctx.memo[key] = {}
+        for policy_type, kept in _kept_matches(ctx):
+            matches = kept.get(key)
+            if matches is None:
+                matches = kept[key] = matched_inbound(ctx, proxy, inbound, policy_type)
+            found[policy_type] = matches
     return dict(found)
 
 
@@ -202,16 +240,40 @@ def inbound_content(policies: MatchedPolicies, memo: dict[Any, Any]) -> tuple[tu
     """What ``configure_inbound`` reads of the matched policies, by content rather than by name:
     per type with an inbound hook, a digest of each policy but its ``to`` (which only outbounds
     read). Equal from one round to the next when only outbound parts changed, so an inbound's
-    template can be kept across rounds (generators/inbound.py). ``memo``: the round's."""
-    return tuple(tuple(_inbound_digest(p, memo) for p in policies.get(t, ())) for t in INBOUND_TYPES)
+    template can be kept across rounds (generators/inbound.py). ``memo``: where digests are kept
+    by policy object (``Kept.digests``).
+
+    A policy with nothing but its targetRef and ``to`` is left out: the inbound hooks read a
+    policy's ``from`` and ``rules`` only (tests/unit/test_xds_sharing.py checks each), so creating
+    or deleting a policy on requests to some service (every proxy selected, its ``to`` naming
+    the service) builds no proxy's inbound template again."""
+    return tuple(
+        tuple(_inbound_digest(p, memo) for p in policies.get(t, ()) if not _outbound_only(p)) for t in INBOUND_TYPES
+    )
+
+
+def _outbound_only(policy: Resource) -> bool:
+    return policy.spec.keys() <= {"targetRef", "to"}
+
+
+def upstream_tls_content(policies: MatchedPolicies, memo: dict[Any, Any]) -> tuple[tuple[bytes, ...], ...]:
+    """What ``configure_upstream_tls`` reads of the matched policies, by content: per type with an
+    ``upstream_tls`` hook, a digest of each policy (an outbound's mTLS cluster is kept across
+    rounds by it, generators/outbound.py). ``memo``: as ``inbound_content``'s."""
+    return tuple(tuple(_digest(p, memo) for p in policies.get(t, ())) for t in UPSTREAM_TLS_TYPES)
 
 
 def _inbound_digest(policy: Resource, memo: dict[Any, Any]) -> bytes:
-    key = ("inbound-digest", id(policy))
+    return _digest(policy, memo, without="to")
+
+
+def _digest(policy: Resource, memo: dict[Any, Any], without: str = "") -> bytes:
+    """A digest of ``policy``'s type, name, labels and spec but its ``without`` section."""
+    key = (id(policy), without)
     found = memo.get(key)
     if found is not None and found[0] is policy:  # the same object, not another at the same id
         return bytes(found[1])
-    spec = {k: v for k, v in policy.spec.items() if k != "to"}
+    spec = {k: v for k, v in policy.spec.items() if k != without}
     parts = [policy.type, policy.name, policy.labels, spec]
     text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
     digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
