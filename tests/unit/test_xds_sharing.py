@@ -1327,3 +1327,102 @@ async def test_the_reconciler_keeps_pieces_across_its_rounds(monkeypatch: pytest
         await cache.settle(reconciler)
         assert built == ["endpoints:api"]
         await check()
+
+
+PATCH_WEB_1_YAML = """
+type: MeshProxyPatch
+name: only-web-1
+mesh: default
+spec:
+  targetRef: {kind: Dataplane, name: web-1}
+  default:
+    appendModifications:
+      - listener:
+          operation: Patch
+          match: {name: "inbound:127.0.0.1:20002"}
+          value: "perConnectionBufferLimitBytes: 1024"
+"""
+
+
+async def test_a_replica_whose_own_config_is_what_it_was_takes_the_rest_from_its_shape(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through the real reconciler: once a replica's shape is generated in a round, another
+    replica made from what it was made from (the same Dataplane, inbound templates and shape's
+    clusters and listeners) keeps its clusters and listeners and takes its other types from its
+    shape, generating nothing (``generators.MadeFrom``). Every round, every proxy gets byte for
+    byte what generating it alone gives: through a change of routes only, a change of the shape's
+    clusters, a Dataplane moved, a MeshProxyPatch of one replica (its own config is more than its
+    inbounds: generated, and its replicas with it while it shares their shape) and its removal."""
+    from zonemesh.shared.resources.manager import ResourceManager
+    from zonemesh.shared.store.memory import MemoryStore
+    from zonemesh.zone_cp.xds import reconciler as reconciler_module
+    from zonemesh.zone_cp.xds.proxy import node_key
+    from zonemesh.zone_cp.xds.testing import RecordingCache, TestCA, load_resources, stream_infos
+
+    generated: list[str] = []
+    carried: list[int] = []
+    real_generate = reconciler_module.generate
+    real_carried = SnapshotBuilder.carried
+
+    def counting_generate(ctx: MeshContext, dp: Resource) -> object:
+        generated.append(dp.name)
+        return real_generate(ctx, dp)
+
+    def counting_carried(self: SnapshotBuilder, *args: object, **kwargs: object) -> object:
+        carried.append(1)
+        return real_carried(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reconciler_module, "generate", counting_generate)
+    monkeypatch.setattr(SnapshotBuilder, "carried", counting_carried)
+    store = MemoryStore()
+    manager = ResourceManager(store)
+    webs = [_web(f"web-{i}", "127.0.0.1", [20000 + 2 * i, 20001 + 2 * i]) for i in range(1, 4)]
+    proxies = [*webs, _api()]
+    for res in [*load_resources(PORTS_YAML + "---" + TO_API_YAML % 5), *proxies]:
+        await manager.apply(res)
+    cache = RecordingCache()
+    reconciler = Reconciler(store, cache, TestCA())
+
+    async def round_of(change: Resource | None = None, delete: tuple[str, str] | None = None) -> tuple[int, int]:
+        """Apply a change, let the reconciler push it; (proxies generated, proxies carried)."""
+        generated.clear()
+        carried.clear()
+        if change is not None:
+            await manager.apply(change)
+        if delete is not None:
+            await manager.delete(delete[0], delete[1], "default")
+        await cache.settle(reconciler)
+        counts = len(generated), len(carried)
+        for dp in proxies:
+            alone = await reconciler.render("default", dp.name)
+            snapshot = cache.snapshot(node_key("default", dp.name))
+            assert snapshot is not None
+            for type_url, typed in SnapshotBuilder().build(alone).types.items():
+                assert dict(typed.resources) == dict(snapshot.types[type_url].resources), (dp.name, type_url)
+                assert typed.version == snapshot.types[type_url].version, (dp.name, type_url)
+        return counts
+
+    def timeout_to_api(yaml: str) -> Resource:
+        return load_resources(yaml)[0]
+
+    async with reconciler:
+        for info in stream_infos(*(dp.name for dp in proxies)):
+            await reconciler.on_stream_open(info)
+        assert (await round_of())[1] == 0  # nothing to carry from yet
+        # Routes only: the first replica generates the shape, the two others take it.
+        assert await round_of(timeout_to_api(TO_API_YAML % 6)) == (1, 2)
+        # The shape's clusters change (an outbound connection timeout): every replica is generated.
+        with_clusters = TO_API_YAML.replace("{http:", "{connectionTimeout: 4s, http:")
+        assert await round_of(timeout_to_api(with_clusters % 7)) == (3, 0)
+        assert await round_of(timeout_to_api(with_clusters % 8)) == (1, 2)
+        # A replica moved: only it is regenerated (nobody calls web), then it is carried again.
+        moved = _web("web-2", "127.0.0.1", [21000, 21001])
+        proxies[1] = moved
+        assert await round_of(moved) == (1, 0)
+        assert await round_of(timeout_to_api(with_clusters % 9)) == (1, 2)
+        # A MeshProxyPatch of web-1 (selected by name: a shape of its own, more than its inbounds).
+        assert (await round_of(load_resources(PORTS_YAML.split("---")[0] + "---" + PATCH_WEB_1_YAML)[1]))[1] == 0
+        assert await round_of(timeout_to_api(with_clusters % 10)) == (2, 1)  # web-1, and one of web-2 and web-3
+        await round_of(delete=("MeshProxyPatch", "only-web-1"))
+        assert await round_of(timeout_to_api(with_clusters % 11)) == (1, 2)

@@ -256,6 +256,28 @@ class SnapshotBuilder:
                 return False
         return True
 
+    def carried(
+        self,
+        previous: Snapshot,
+        shape: ResourceSet,
+        own: Iterable[str],
+        applied: frozenset[tuple[str, str, int]],
+        changed_at: float | None = None,
+    ) -> Snapshot:
+        """A proxy's snapshot when what is its own has not changed (``generators.MadeFrom``): its
+        ``own`` types as in ``previous``, its other types its shape's (``shape``: this round's, the
+        very dicts its replicas' copies share, so the same TypeSnapshots as theirs, or its previous
+        ones where they hold the same). Nothing of it is generated, copied or compared again."""
+        types: dict[str, TypeSnapshot] = {}
+        for type_url in PUSH_ORDER:
+            if type_url in own:
+                typed = previous.types[type_url]
+                typed._heads = self._heads  # as a kept one (_typed_snapshot): this round's heads
+            else:
+                typed = self._typed_snapshot(type_url, shape.by_type[type_url], previous.types.get(type_url))
+            types[type_url] = typed
+        return Snapshot(types, changed_at, applied, {})
+
     def build(
         self, resources: ResourceSet, changed_at: float | None = None, previous: Snapshot | None = None
     ) -> Snapshot:

@@ -27,17 +27,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from google.protobuf.message import Message
 from zonemesh.shared.resources.model import Resource
 from zonemesh.zone_cp.xds.context import MeshContext, inbounds, shape
 from zonemesh.zone_cp.xds.generators import crossmesh, gateway, inbound, outbound, secrets
 from zonemesh.zone_cp.xds.policies import (
+    PLUGINS,
     MatchedPolicies,
     configure_proxy,
     match_all,
     match_inbound,
     policy_selectors,
 )
-from zonemesh.zone_cp.xds.resources import ResourceSet
+from zonemesh.zone_cp.xds.resources import CLUSTER, LISTENER, ResourceSet
 
 T = TypeVar("T")
 Generator = Callable[[MeshContext, Resource, MatchedPolicies, ResourceSet], None]
@@ -67,6 +69,10 @@ class _Shaped:
     inbound_templates: list[tuple[int, inbound.Template]]  # placed per proxy (inbound.place)
     policies: MatchedPolicies  # those configuring the whole proxy (a builtin gateway's: with MeshGateway ones)
     applied: frozenset[tuple[str, str, int]]  # every policy selecting the proxy or one of its inbounds
+    # A proxy of this shape adds nothing of its own but its inbounds placed from templates: no
+    # policy changes its whole config (MeshProxyPatch), it is no builtin gateway, and no inbound is
+    # built for its app directly. Its config is then its shape's plus what ``MadeFrom`` says.
+    placed_only: bool
 
 
 def _step(name: str, proxy: Resource, run: Callable[[], T]) -> T:
@@ -93,9 +99,16 @@ def _generate_shape(ctx: MeshContext, proxy: Resource) -> _Shaped:
     missing = resources.missing()  # placed inbounds refer to nothing their templates do not
     if missing:
         raise GenerationError(f"inconsistent config for {proxy.mesh}/{proxy.name}: missing {', '.join(missing)}")
-    if gateway.is_builtin(proxy):
+    builtin = gateway.is_builtin(proxy)
+    if builtin:
         policies = gateway.gateway_policies(ctx, proxy, policies)
-    return _Shaped(resources, templates, policies, _applied(ctx, proxy, policies))
+    placed_only = not builtin and not any(t.direct for _, t in templates) and not _whole_proxy(policies)
+    return _Shaped(resources, templates, policies, _applied(ctx, proxy, policies), placed_only)
+
+
+def _whole_proxy(policies: MatchedPolicies) -> bool:
+    """Whether a matched policy configures the whole proxy (``Plugin.proxy``: MeshProxyPatch)."""
+    return any(plugin.proxy is not None and policies.get(plugin.type) for plugin in PLUGINS)
 
 
 def _shape(ctx: MeshContext, proxy: Resource) -> str:
@@ -121,3 +134,50 @@ def generate(ctx: MeshContext, proxy: Resource) -> ResourceSet:
     resources.applied = shaped.applied
     _step("proxy policies", proxy, lambda: configure_proxy(ctx, proxy, resources, shaped.policies))
     return resources
+
+
+# The types a proxy's inbounds are placed in; the others are its shape's alone.
+OWN_TYPES = (CLUSTER, LISTENER)
+
+
+@dataclass(frozen=True, slots=True)
+class MadeFrom:
+    """What a proxy's config was made from, for a proxy whose own config is only its placed
+    inbounds (``_Shaped.placed_only``): the Dataplane (the very object), its shape, the templates
+    its inbounds are placed from (the very objects: kept across rounds by content) and what its
+    shape holds of ``OWN_TYPES`` (names and versions). While all of it is the same, so are the
+    proxy's clusters and listeners, and its other types are its shape's (``shaped``)."""
+
+    proxy: Resource
+    shape: str
+    templates: tuple[tuple[int, inbound.Template], ...]
+    shape_part: tuple[tuple[str, str, str], ...]  # (type URL, name, version) of the shape's OWN_TYPES
+
+    def same(self, other: MadeFrom) -> bool:
+        return (
+            self.proxy is other.proxy
+            and self.shape == other.shape
+            and self.shape_part == other.shape_part
+            and len(self.templates) == len(other.templates)
+            and all(i == j and t is u for (i, t), (j, u) in zip(self.templates, other.templates, strict=True))
+        )
+
+
+def made_from(
+    ctx: MeshContext, proxy: Resource, encoded: Callable[[str, Message], tuple[bytes, str]]
+) -> tuple[MadeFrom, ResourceSet, frozenset[tuple[str, str, int]]] | None:
+    """Once ``proxy``'s shape is generated this round: what its config is made from, its shape's
+    resources and the policies applied; None when its shape is not generated yet this round or
+    its config is more than its shape's and its placed inbounds. ``encoded``: the round's
+    SnapshotBuilder's (a resource's version), so the shape's part costs no serialization of its own."""
+    key = _shape(ctx, proxy)
+    shaped = ctx.memo.get(("shape", key))
+    if not isinstance(shaped, _Shaped) or not shaped.placed_only:
+        return None
+    part = ctx.memo.get(("shape-part", key))
+    if part is None:
+        by_type = shaped.resources.by_type
+        part = ctx.memo[("shape-part", key)] = tuple(
+            (t, name, encoded(t, msg)[1]) for t in OWN_TYPES for name, msg in by_type[t].items()
+        )
+    return MadeFrom(proxy, key, tuple(shaped.inbound_templates), part), shaped.resources, shaped.applied
