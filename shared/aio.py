@@ -44,13 +44,14 @@ _gc_pauses = 0  # blocks inside gc_paused() now (rounds of two reconcilers may o
 
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
-    """No automatic garbage collection while the block runs, one young collection after it.
+    """No automatic garbage collection while the block runs; after it, the young generation is
+    collected at the next allocation if it grew past its threshold meanwhile.
 
     For a round of config generation: it allocates ~100,000 tracked objects at 2,000 proxies,
     most of them alive until the round ends (its MeshContext, SnapshotBuilder, the snapshots on
-    their way). Collecting the young generation every 10,000 allocations (shared/runtime.py)
+    their way). Collecting the young generation every 10,000 allocations (as shared/runtime.py did)
     walked them again and again while they were all still alive, ~6 collections per mesh-wide
-    change; paused, the first allocation after the round collects once, what survives. The event
+    change; paused, what the round leaves is walked at most once. The event
     loop keeps running meanwhile (the round yields between slices), so other work allocates
     uncollected too, for as long as the round lasts. A process whose collector is off already
     (tests, tools) is left as it is."""

@@ -676,15 +676,15 @@ class Reconciler:
         previous = self.cache.snapshot(node)
         before = made.get(dp.name)
         if previous is not None and before is not None and before.proxy is dp:
-            found = made_from(ctx, dp, builder.encoded)
-            if found is not None and found[0].same(before):
-                return builder.carried(previous, found[1], OWN_TYPES, found[2], changed_at)
+            shape = made_from(ctx, dp, builder.encoded)
+            if shape is not None and shape.makes(before, dp):
+                return builder.carried(previous, shape.resources, OWN_TYPES, shape.applied, changed_at)
         snapshot = builder.build(generate(ctx, dp), changed_at, previous)
-        found = made_from(ctx, dp, builder.encoded)
-        if found is None:
+        shape = made_from(ctx, dp, builder.encoded)
+        if shape is None:
             made.pop(dp.name, None)
         else:
-            made[dp.name] = found[0]
+            made[dp.name] = shape.made(dp)
         return snapshot
 
     def _publish(self, ready: list[tuple[str, Snapshot]]) -> None:

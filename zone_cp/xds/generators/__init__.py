@@ -144,40 +144,59 @@ OWN_TYPES = (CLUSTER, LISTENER)
 class MadeFrom:
     """What a proxy's config was made from, for a proxy whose own config is only its placed
     inbounds (``_Shaped.placed_only``): the Dataplane (the very object), its shape, the templates
-    its inbounds are placed from (the very objects: kept across rounds by content) and what its
-    shape holds of ``OWN_TYPES`` (names and versions). While all of it is the same, so are the
-    proxy's clusters and listeners, and its other types are its shape's (``shaped``)."""
+    its inbounds are placed from (kept across rounds by content, so the very objects while alike)
+    and what its shape holds of ``OWN_TYPES`` (names and versions). While all of it is the same,
+    so are the proxy's clusters and listeners, and its other types are its shape's."""
 
     proxy: Resource
     shape: str
     templates: tuple[tuple[int, inbound.Template], ...]
     shape_part: tuple[tuple[str, str, str], ...]  # (type URL, name, version) of the shape's OWN_TYPES
 
-    def same(self, other: MadeFrom) -> bool:
+
+@dataclass(frozen=True, slots=True)
+class ShapeMade:
+    """What a shape generated this round makes its proxies from (``made_from``), and gives them."""
+
+    shape: str
+    templates: tuple[tuple[int, inbound.Template], ...]
+    shape_part: tuple[tuple[str, str, str], ...]
+    resources: ResourceSet  # the shape's (this round's: never kept)
+    applied: frozenset[tuple[str, str, int]]
+
+    def made(self, proxy: Resource) -> MadeFrom:
+        return MadeFrom(proxy, self.shape, self.templates, self.shape_part)
+
+    def makes(self, before: MadeFrom, proxy: Resource) -> bool:
+        """Whether ``proxy``, whose current config was made from ``before``, would be made from
+        the same now. (Tuples compare their items by identity first: the templates, kept across
+        rounds, are the very objects while alike, so this compares no message.)"""
         return (
-            self.proxy is other.proxy
-            and self.shape == other.shape
-            and self.shape_part == other.shape_part
-            and len(self.templates) == len(other.templates)
-            and all(i == j and t is u for (i, t), (j, u) in zip(self.templates, other.templates, strict=True))
+            before.proxy is proxy
+            and before.shape == self.shape
+            and before.shape_part == self.shape_part
+            and before.templates == self.templates
         )
 
 
 def made_from(
     ctx: MeshContext, proxy: Resource, encoded: Callable[[str, Message], tuple[bytes, str]]
-) -> tuple[MadeFrom, ResourceSet, frozenset[tuple[str, str, int]]] | None:
-    """Once ``proxy``'s shape is generated this round: what its config is made from, its shape's
-    resources and the policies applied; None when its shape is not generated yet this round or
-    its config is more than its shape's and its placed inbounds. ``encoded``: the round's
-    SnapshotBuilder's (a resource's version), so the shape's part costs no serialization of its own."""
+) -> ShapeMade | None:
+    """Once ``proxy``'s shape is generated this round: what its proxies are made from (once per
+    shape per round); None when its shape is not generated yet this round or a proxy of it has
+    config of its own beyond its placed inbounds. ``encoded``: the round's SnapshotBuilder's (a
+    resource's version), so the shape's part costs no serialization of its own."""
     key = _shape(ctx, proxy)
-    shaped = ctx.memo.get(("shape", key))
-    if not isinstance(shaped, _Shaped) or not shaped.placed_only:
-        return None
-    part = ctx.memo.get(("shape-part", key))
-    if part is None:
-        by_type = shaped.resources.by_type
-        part = ctx.memo[("shape-part", key)] = tuple(
-            (t, name, encoded(t, msg)[1]) for t in OWN_TYPES for name, msg in by_type[t].items()
-        )
-    return MadeFrom(proxy, key, tuple(shaped.inbound_templates), part), shaped.resources, shaped.applied
+    found = ctx.memo.get(("made-from", key))
+    if found is None:
+        shaped = ctx.memo.get(("shape", key))
+        if not isinstance(shaped, _Shaped):
+            return None  # not generated yet this round: not remembered either
+        found = False
+        if shaped.placed_only:
+            by_type = shaped.resources.by_type
+            part = tuple((t, name, encoded(t, msg)[1]) for t in OWN_TYPES for name, msg in by_type[t].items())
+            templates = tuple(shaped.inbound_templates)
+            found = ShapeMade(key, templates, part, shaped.resources, shaped.applied)
+        ctx.memo[("made-from", key)] = found
+    return found if isinstance(found, ShapeMade) else None
