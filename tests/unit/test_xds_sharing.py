@@ -633,13 +633,8 @@ def test_delta_responses_reuse_each_resources_encoded_head_across_proxies() -> N
             assert (item.name, item.version, item.resource.SerializeToString()) == (name, version, data)
 
 
-async def test_a_patch_of_one_proxys_local_cluster_does_not_leak_to_those_sharing_it() -> None:
-    """Proxies whose apps are at the same address and port share their local cluster, across
-    replicas and across services alike; a MeshProxyPatch of one proxy changes its own only."""
-    from zonemesh.zone_cp.xds.generators import generate
-    from zonemesh.zone_cp.xds.testing import load_resources, mesh_context
-
-    patch = """
+# A MeshProxyPatch of web-0's local cluster and inbound listener (``_two_apps_at_one_place``).
+PATCH_WEB_0_YAML = """
 type: MeshProxyPatch
 name: only-web-0
 mesh: default
@@ -653,10 +648,23 @@ spec:
           match: {name: "inbound:127.0.0.1:20000"}
           value: "perConnectionBufferLimitBytes: 1024"
 """
-    proxies = [
+
+
+def _two_apps_at_one_place() -> list[Resource]:
+    """Two web replicas whose apps listen at the same place (localhost:40000)."""
+    return [
         _web("web-0", "127.0.0.1", [20000], service_ports=[40000]),
         _web("web-1", "127.0.0.2", [20000], service_ports=[40000]),
     ]
+
+
+async def test_a_patch_of_one_proxys_local_cluster_does_not_leak_to_those_sharing_it() -> None:
+    """Proxies whose apps are at the same address and port share their local cluster, across
+    replicas and across services alike; a MeshProxyPatch of one proxy changes its own only."""
+    from zonemesh.zone_cp.xds.generators import generate
+    from zonemesh.zone_cp.xds.testing import load_resources, mesh_context
+
+    patch, proxies = PATCH_WEB_0_YAML, _two_apps_at_one_place()
     other = _web("admin-0", "127.0.0.3", [20000], service_ports=[40000])
     other.spec["networking"]["inbound"][0]["tags"]["kuma.io/service"] = "admin"
     ctx = await mesh_context([*load_resources(PORTS_YAML.split("---")[0] + "---" + patch), *proxies, other, _api()])
@@ -676,24 +684,7 @@ async def test_a_patched_local_cluster_and_listener_stay_that_proxys_own_round_a
     from zonemesh.zone_cp.xds.generators import generate, inbound
     from zonemesh.zone_cp.xds.testing import TestCA, load_resources
 
-    patch = """
-type: MeshProxyPatch
-name: only-web-0
-mesh: default
-spec:
-  targetRef: {kind: Dataplane, name: web-0}
-  default:
-    appendModifications:
-      - cluster: {operation: Patch, match: {name: "localhost:40000"}, value: "connectTimeout: 9s"}
-      - listener:
-          operation: Patch
-          match: {name: "inbound:127.0.0.1:20000"}
-          value: "perConnectionBufferLimitBytes: 1024"
-"""
-    proxies = [
-        _web("web-0", "127.0.0.1", [20000], service_ports=[40000]),
-        _web("web-1", "127.0.0.2", [20000], service_ports=[40000]),
-    ]
+    patch, proxies = PATCH_WEB_0_YAML, _two_apps_at_one_place()
     ca = TestCA()
     certs = {s: WorkloadCert(*await ca.workload_cert("default", s)) for s in ("web", "api")}
     shapes: dict[str, tuple[Resource, object, str]] = {}
@@ -1268,6 +1259,20 @@ async def test_policy_matches_are_kept_across_rounds_per_type_while_its_policies
     assert round_of([canary, proxies[1]]) == set(policy_plugins.POLICY_TYPES)
 
 
+async def assert_each_as_alone(reconciler: Reconciler, cache: SnapshotCache, proxies: list[Resource]) -> None:
+    """Each connected proxy's snapshot is, byte for byte and version for version, what generating
+    it alone from the reconciler's view gives."""
+    from zonemesh.zone_cp.xds.proxy import node_key
+
+    for dp in proxies:
+        alone = await reconciler.render("default", dp.name)
+        snapshot = cache.snapshot(node_key("default", dp.name))
+        assert snapshot is not None
+        for type_url, typed in SnapshotBuilder().build(alone).types.items():
+            assert dict(typed.resources) == dict(snapshot.types[type_url].resources), (dp.name, type_url)
+            assert typed.version == snapshot.types[type_url].version, (dp.name, type_url)
+
+
 async def test_the_reconciler_keeps_pieces_across_its_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
     """Through the real reconciler (a store written as the API writes, the zone view, connected
     proxies): a mesh-wide change of an outbound policy builds no ClusterLoadAssignment, outbound
@@ -1276,7 +1281,6 @@ async def test_the_reconciler_keeps_pieces_across_its_rounds(monkeypatch: pytest
     from zonemesh.shared.resources.manager import ResourceManager
     from zonemesh.shared.store.memory import MemoryStore
     from zonemesh.zone_cp.xds.generators import outbound
-    from zonemesh.zone_cp.xds.proxy import node_key
     from zonemesh.zone_cp.xds.testing import RecordingCache, TestCA, load_resources, stream_infos
 
     built: list[str] = []
@@ -1303,13 +1307,7 @@ async def test_the_reconciler_keeps_pieces_across_its_rounds(monkeypatch: pytest
     reconciler = Reconciler(store, cache, ca)
 
     async def check() -> None:
-        """Each connected proxy's snapshot is what generating it alone from the store gives."""
-        for dp in proxies:
-            alone = await reconciler.render("default", dp.name)
-            snapshot = cache.snapshot(node_key("default", dp.name))
-            assert snapshot is not None
-            for type_url, typed in SnapshotBuilder().build(alone).types.items():
-                assert dict(typed.resources) == dict(snapshot.types[type_url].resources), (dp.name, type_url)
+        await assert_each_as_alone(reconciler, cache, proxies)
         built.clear()  # what rendering alone built
 
     async with reconciler:
@@ -1357,7 +1355,6 @@ async def test_a_replica_whose_own_config_is_what_it_was_takes_the_rest_from_its
     from zonemesh.shared.resources.manager import ResourceManager
     from zonemesh.shared.store.memory import MemoryStore
     from zonemesh.zone_cp.xds import reconciler as reconciler_module
-    from zonemesh.zone_cp.xds.proxy import node_key
     from zonemesh.zone_cp.xds.testing import RecordingCache, TestCA, load_resources, stream_infos
 
     generated: list[str] = []
@@ -1394,13 +1391,7 @@ async def test_a_replica_whose_own_config_is_what_it_was_takes_the_rest_from_its
             await manager.delete(delete[0], delete[1], "default")
         await cache.settle(reconciler)
         counts = len(generated), len(carried)
-        for dp in proxies:
-            alone = await reconciler.render("default", dp.name)
-            snapshot = cache.snapshot(node_key("default", dp.name))
-            assert snapshot is not None
-            for type_url, typed in SnapshotBuilder().build(alone).types.items():
-                assert dict(typed.resources) == dict(snapshot.types[type_url].resources), (dp.name, type_url)
-                assert typed.version == snapshot.types[type_url].version, (dp.name, type_url)
+        await assert_each_as_alone(reconciler, cache, proxies)
         return counts
 
     def timeout_to_api(yaml: str) -> Resource:
