@@ -601,7 +601,7 @@ class Reconciler:
         for mesh, name in nodes:
             by_mesh.setdefault(mesh, set()).add(name)
         self.rounds += 1
-        with gc_paused():  # one young collection after the round, not one per 10,000 allocations in it
+        with gc_paused():  # what the round leaves is walked at most once, not again and again during it
             for mesh, names in sorted(by_mesh.items()):
                 if names:
                     await self._reconcile_mesh(mesh, sorted(names), changed_at)
