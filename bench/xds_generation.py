@@ -51,8 +51,9 @@ from zonemesh.shared.resources.model import Resource
 from zonemesh.shared.runtime import GC_THRESHOLDS
 from zonemesh.zone_cp.xds.cache import DeltaWatchRequest, DeltaWatchResponse, Snapshot, SnapshotBuilder, SnapshotCache
 from zonemesh.zone_cp.xds.context import MeshContext, WorkloadCert
-from zonemesh.zone_cp.xds.generators import generate, inbound
+from zonemesh.zone_cp.xds.generators import MadeFrom, generate, inbound
 from zonemesh.zone_cp.xds.kept import Kept
+from zonemesh.zone_cp.xds.reconciler import next_snapshot
 from zonemesh.zone_cp.xds.testing import TestCA
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -130,6 +131,7 @@ def run(
     cache = SnapshotCache()
     watching = Watching(cache)
     previous: dict[str, Snapshot] = {}  # kept as the reconciler has them (in its SnapshotCache)
+    made: dict[str, MadeFrom] = {}  # what each proxy was made from (the reconciler's, per mesh)
     sent: list[dict[str, int]] = []
     samples: list[float] = []
     rounds_s: list[float] = []
@@ -165,7 +167,10 @@ def run(
             watching.responses = watching.resources = 0
             for dp in dataplanes:
                 t = time.perf_counter()
-                snapshot = builder.build(generate(ctx, dp), None, previous.get(dp.name))
+                if kept:  # as the reconciler: a replica made from what it was made from takes its shape's
+                    snapshot = next_snapshot(ctx, builder, dp, previous.get(dp.name), made)
+                else:
+                    snapshot = builder.build(generate(ctx, dp))
                 times.append(time.perf_counter() - t)
                 if kept:
                     previous[dp.name] = snapshot

@@ -133,6 +133,34 @@ class _Pending:
         return bool(self.meshes or self.nodes)
 
 
+def next_snapshot(
+    ctx: MeshContext,
+    builder: SnapshotBuilder,
+    dp: Resource,
+    previous: Snapshot | None,
+    made: dict[str, MadeFrom],
+    changed_at: float | None = None,
+) -> Snapshot:
+    """A proxy's new snapshot in a round (``previous``: its current one; ``made``: what each proxy
+    of the mesh was made from, updated here). Once its shape is generated this round (by a replica
+    before it), a proxy whose own config is made from what it was made from (``MadeFrom``: the same
+    Dataplane, templates and shape's clusters and listeners) keeps its clusters and listeners and
+    takes the rest from its shape: a mesh-wide change of routes then costs each replica no copy,
+    placing or comparison, only its shape's. Any other proxy is generated."""
+    before = made.get(dp.name)
+    if previous is not None and before is not None and before.proxy is dp:
+        shape = made_from(ctx, dp, builder.encoded)
+        if shape is not None and shape.makes(before, dp):
+            return builder.carried(previous, shape.resources, OWN_TYPES, shape.applied, changed_at)
+    snapshot = builder.build(generate(ctx, dp), changed_at, previous)
+    shape = made_from(ctx, dp, builder.encoded)
+    if shape is None:
+        made.pop(dp.name, None)
+    else:
+        made[dp.name] = shape.made(dp)
+    return snapshot
+
+
 # -- which proxies a change affects (pure) ------------------------------------------------------
 
 Consumers = Mapping[str, Set[str]]  # service -> names of the dataplanes with an outbound to it
@@ -644,7 +672,7 @@ class Reconciler:
             started = time.perf_counter()
             node = node_key(dp.mesh, dp.name)
             try:
-                snapshot = self._snapshot(ctx, builder, dp, node, made, changed_at)
+                snapshot = next_snapshot(ctx, builder, dp, self.cache.snapshot(node), made, changed_at)
             except GenerationError as exc:
                 log.error("xds_generation_failed", proxy=f"{dp.mesh}/{dp.name}", error=str(exc))
                 continue
@@ -658,34 +686,6 @@ class Reconciler:
         inbound.keep_placed(ctx, builder.encoded)
         inbound.forget_templates(ctx)
         ctx.kept.after_round(builder.encoded)
-
-    def _snapshot(
-        self,
-        ctx: MeshContext,
-        builder: SnapshotBuilder,
-        dp: Resource,
-        node: str,
-        made: dict[str, MadeFrom],
-        changed_at: float | None,
-    ) -> Snapshot:
-        """A proxy's new snapshot. Once its shape is generated this round (by a replica before it),
-        a proxy whose own config is made from what it was made from (``MadeFrom``: the same
-        Dataplane, templates and shape's clusters and listeners) keeps its clusters and listeners
-        and takes the rest from its shape: a mesh-wide change of routes then costs each replica no
-        copy, placing or comparison, only its shape's. Any other proxy is generated."""
-        previous = self.cache.snapshot(node)
-        before = made.get(dp.name)
-        if previous is not None and before is not None and before.proxy is dp:
-            shape = made_from(ctx, dp, builder.encoded)
-            if shape is not None and shape.makes(before, dp):
-                return builder.carried(previous, shape.resources, OWN_TYPES, shape.applied, changed_at)
-        snapshot = builder.build(generate(ctx, dp), changed_at, previous)
-        shape = made_from(ctx, dp, builder.encoded)
-        if shape is None:
-            made.pop(dp.name, None)
-        else:
-            made[dp.name] = shape.made(dp)
-        return snapshot
 
     def _publish(self, ready: list[tuple[str, Snapshot]]) -> None:
         for node, snapshot in ready:
@@ -805,4 +805,4 @@ class Reconciler:
         return [ProxyIdentity(mesh, name) for mesh, name in sorted(self._connected)]
 
 
-__all__ = ["WATCHED_TYPES", "Reconciler", "StreamInfo"]
+__all__ = ["WATCHED_TYPES", "Reconciler", "StreamInfo", "next_snapshot"]
