@@ -14,8 +14,10 @@ how many messages (``encodes``) and how many distinct encoded resources.
 ``--change mesh-wide``: each round is a mesh-wide change as the control plane makes it (the
 bench/xds_zone.py change: the mesh's default MeshTimeout with a new requestTimeout), and what
 the reconciler keeps between rounds is kept (the proxies' shapes, their placed inbound
-listeners, the inbound templates, each proxy's snapshot, the pieces and policy matches of
-``MeshContext.kept``); the garbage collector tuned as the
+listeners, the inbound templates, each proxy's snapshot and what it was made from, the pieces
+and policy matches of ``MeshContext.kept``), each proxy's snapshot made as the reconciler makes it
+(``reconciler.next_snapshot``: a replica made from what it was made from takes its shape's); the
+garbage collector tuned as the
 control plane tunes it (and paused during each round, ``gc_paused``). Without it (``none``, the
 default) every round starts afresh from the same policies. ``--watches`` also hands each
 snapshot to a SnapshotCache in which every proxy has a delta watch open per type, answered and
