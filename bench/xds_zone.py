@@ -1062,6 +1062,17 @@ def connect_storm(workers: Workers, n: int, stats: ProcessStats, timeout: float)
     }
 
 
+def wait_settled(settled: Callable[[], bool], timeout: float) -> bool:
+    """Until ``settled()`` (the CP: no DataplaneInsight left to write), looking every 10 s, at most
+    ``timeout`` seconds; whether it is."""
+    deadline = time.monotonic() + timeout
+    while not settled():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(10.0)
+    return True
+
+
 def measure_changes(
     workers: Workers,
     stats: ProcessStats,
@@ -1080,12 +1091,18 @@ def measure_changes(
     several processes (zone replicas): CPU summed over them, and also given per process; with
     ``etcd``, etcd's CPU over the same span (not in the server's).
     ``settled``: whether the server has nothing left to write (the CP: no DataplaneInsight
-    pending). After the last change the bench waits for it, then for idle, and spreads that
+    pending). Before the first change the bench waits for it (what the connect storm left to write
+    is no change's work); after the last change it waits for it, then for idle, and spreads that
     trailing CPU over the changes (``cpu_s_amortized``): work a change causes later than the idle
     window (insight counters are written up to a minute after the ACKs) is counted too."""
     members = stats.members if isinstance(stats, ProcessGroupStats) and len(stats.members) > 1 else []
     per_change: list[dict[str, Any]] = []
     samples: list[float] = []
+    settled_before = None
+    if settled is not None:
+        # What came before (the connect storm's insights, written up to a minute after its ACKs) is
+        # written first, so that no change's CPU counts it.
+        settled_before = wait_settled(settled, args.settle_timeout)
     _, _, idle_before = wait_idle(stats, args)  # each change then ends with the server idle again
     for k, (old, new) in enumerate(values):
         workers.broadcast("mark", new)
@@ -1149,9 +1166,7 @@ def measure_changes(
     trailing = 0.0
     if settled is not None and per_change:
         cpu_last = stats.cpu_s()
-        deadline = time.monotonic() + args.settle_timeout
-        while not settled() and time.monotonic() < deadline:
-            time.sleep(10.0)  # each look is a /metrics scrape, the server's CPU counted here
+        wait_settled(settled, args.settle_timeout)  # each look is a /metrics scrape, the server's CPU counted here
         _, cpu_settled, _ = wait_idle(stats, args)
         trailing = cpu_settled - cpu_last
         print(f"  {label}: {trailing:.3f} s of CPU after the last change's idle window until nothing was left to write")
@@ -1175,6 +1190,8 @@ def measure_changes(
         ),
         "bytes_median": statistics.median(c["bytes"] for c in per_change),
         "complete": all(c["complete"] and c["idle"] for c in per_change),
+        # Whether the CP had written everything the connect storm left to write before the first change.
+        **({"settled_before": settled_before} if settled_before is not None else {}),
         "changes": per_change,
     }
 
