@@ -1552,8 +1552,7 @@ def print_table(report: dict[str, Any]) -> None:
         ),
         (
             "CP garbage collections (changes)",
-            f"{cp['gc_collections_during_changes']} by generation, "
-            f"{cp.get('gc_seconds_during_changes')} s",
+            f"{cp['gc_collections_during_changes']} by generation, {cp.get('gc_seconds_during_changes')} s",
         ),
     ]
     base = floor["changes"]["mesh-wide"]

@@ -50,14 +50,9 @@ def types_table() -> str:
         "|---|---|---|---|---|---|",
     ]
     for rtype in sorted(REGISTRY, key=lambda t: (t.scope.value, not t.policy, t.name)):
-        names = ", ".join(
-            dict.fromkeys(n for n in (rtype.plural, rtype.short_name, *rtype.paths, *rtype.aliases) if n)
-        )
+        names = ", ".join(dict.fromkeys(n for n in (rtype.plural, rtype.short_name, *rtype.paths, *rtype.aliases) if n))
         path = f"`{rtype.collection_path('{mesh}')}`" + "".join(f", `{alias}`" for alias in rtype.path_aliases)
-        rows.append(
-            f"| {rtype.name} | {path} | {rtype.scope.value} | {_sync(rtype)} "
-            f"| {names} | {_notes(rtype)} |"
-        )
+        rows.append(f"| {rtype.name} | {path} | {rtype.scope.value} | {_sync(rtype)} | {names} | {_notes(rtype)} |")
     return "\n".join(rows)
 
 

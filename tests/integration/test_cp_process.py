@@ -92,9 +92,7 @@ def test_bad_configuration_is_refused_clearly(
         config = tmp_path / "config.yaml"
         config.write_text(config_text)
         args = [*args, "--config", str(config)]
-    result = subprocess.run(
-        python_module("zonemesh.cp", "run", *args), capture_output=True, text=True, timeout=30
-    )
+    result = subprocess.run(python_module("zonemesh.cp", "run", *args), capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert message in result.stderr
 

@@ -124,9 +124,7 @@ def test_loopback_admin_off_user_tokens_revocation_and_rotation(cp: ControlPlane
 
 def zmctl(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HOME": str(home), "ZMCTL_CONFIG": str(home / "zmctl.yaml")}
-    proc = subprocess.run(
-        python_module("zonemesh.ctl", *args), capture_output=True, text=True, env=env, timeout=60
-    )
+    proc = subprocess.run(python_module("zonemesh.ctl", *args), capture_output=True, text=True, env=env, timeout=60)
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc
 

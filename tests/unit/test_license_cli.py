@@ -21,9 +21,7 @@ def doc_commands() -> list[str]:
 
 
 def zmctl(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        python_module("zonemesh.ctl", *args), cwd=cwd, capture_output=True, text=True, timeout=60
-    )
+    return subprocess.run(python_module("zonemesh.ctl", *args), cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
 def test_documented_commands_work_as_written(tmp_path: Path) -> None:

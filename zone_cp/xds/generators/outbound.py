@@ -256,7 +256,11 @@ def _build_shared(ctx: MeshContext, service: str, policies: MatchedPolicies) -> 
             name="envoy.filters.network.tcp_proxy", typed_config=pack(pieces.tcp_proxy)
         )
     return _Built(
-        cluster, terminal, route, endpoints=external is None or ctx.via_egress, destinations=tuple(pieces.destinations),
+        cluster,
+        terminal,
+        route,
+        endpoints=external is None or ctx.via_egress,
+        destinations=tuple(pieces.destinations),
         locality=pieces.locality,
     )
 
