@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from typing import Any
 import grpc
 import pytest
 import structlog
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from zonemesh.proto import dataplane_pb2
 from zonemesh.shared.config import Config
@@ -30,9 +32,9 @@ from zonemesh.shared.tokens.keys import generate_private_key_pem
 from zonemesh.shared.tokens.tokens import LEEWAY_SECONDS
 from zonemesh.zone_cp import admission
 from zonemesh.zone_cp.admission import DataplaneAuthenticator, ReadOnce, RegistrationServicer
-from zonemesh.zone_cp.xds.cache import SnapshotCache
+from zonemesh.zone_cp.xds.cache import Snapshot, SnapshotCache, TypeSnapshot
 from zonemesh.zone_cp.xds.proxy import ProxyIdentity
-from zonemesh.zone_cp.xds.resources import CLUSTER
+from zonemesh.zone_cp.xds.resources import CLUSTER, PUSH_ORDER, encode_any
 from zonemesh.zone_cp.xds.server import Callbacks, TlsFiles, XdsServer
 
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
@@ -165,6 +167,41 @@ async def test_revocation_closes_that_stream_only(zone: Zone) -> None:
     await call.write(zone.first_request("default.web-1"))
     assert (await ended(call, within=2))[0] is grpc.StatusCode.UNAUTHENTICATED
     calls["web-2"].cancel()
+
+
+async def test_a_response_queued_as_the_stream_ends_is_not_sent_and_the_stream_ends(zone: Zone) -> None:
+    # A config push and the token's expiry in one step of the event loop: the stream's first
+    # response is queued, then the stream is found invalid before its writer runs. Nothing may be
+    # sent after that moment, and the call must end with the reason. Before, the writer started
+    # that write and the stream's end cancelled the wait for it: gRPC then refused the status that
+    # ends the call (TOO_MANY_OPERATIONS) and the call stayed open, as a real Envoy revoked 56 ms
+    # after its stream opened once did in CI.
+    token = await zone.token("web-1")
+    call = await zone.open(token, "default.web-1")  # it asks for clusters: a watch waits (no snapshot yet)
+    (stream,) = zone.server.servicer._streams.values()
+    cache = zone.server.servicer.watcher
+    assert isinstance(cache, SnapshotCache)
+    node = stream.info.identity.key
+    for _ in range(200):  # until its first request is handled: its watch is open
+        if node in cache._watches or node in cache._delta_watches:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the stream's first request opened no watch within 2 s")
+    types = {t: TypeSnapshot.of({}) for t in PUSH_ORDER}
+    types[CLUSTER] = TypeSnapshot.of({"web": encode_any(CLUSTER, cluster_pb2.Cluster(name="web"))})
+    cache.set_snapshot(node, Snapshot(types))
+    assert stream.outbox.qsize() == 1  # the response is queued
+    zone.server.servicer._expired(stream)
+    received = []
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        async with asyncio.timeout(5):
+            while (message := await call.read()) is not grpc.aio.EOF:
+                received.append(message)
+    assert received == []
+    code, details, _ = await ended(call, within=5.0)
+    assert code is grpc.StatusCode.UNAUTHENTICATED
+    assert details.startswith("dataplane token expired"), details
 
 
 async def test_removing_a_signing_key_closes_the_streams_it_signed(zone: Zone) -> None:

@@ -363,6 +363,10 @@ class _StreamBase:
         self.ended: asyncio.Future[tuple[grpc.StatusCode, str]] = asyncio.get_running_loop().create_future()
         self._nonces = itertools.count(1)
         self._delivered_stamp: float | None = None
+        # gRPC's write of a response is under way (``AdsServicer._write``), and whether the stream is
+        # closing (the writer then stops after that write).
+        self.writing = False
+        self.closing = False
 
     def end(self, code: grpc.StatusCode, reason: str) -> None:
         """Close the stream with ``code``; nothing more is sent on it from now on."""
@@ -487,6 +491,9 @@ class _Stream(_StreamBase):
                 state.cancel()
                 state.cancel = None
 
+
+# How long a stream's end waits for a response gRPC is writing (a client that reads nothing holds it).
+WRITE_GRACE = 1.0
 
 # A delta stream answers each request with at most one response; a proxy that never answers
 # them could still make them pile up (subscribing and unsubscribing). Beyond this many
@@ -830,8 +837,14 @@ class AdsServicer:
     async def _closed(
         self, info: StreamInfo, stream: _StreamBase, reader: asyncio.Task[None], writer: asyncio.Task[None]
     ) -> None:
-        for task in (reader, writer):
-            task.cancel()
+        reader.cancel()
+        stream.closing = True
+        if stream.writing and not writer.done():
+            # A write gRPC has started is let finish (bounded): cancelling the wait for it leaves
+            # the write pending in gRPC, and the status that ends the call (abort) was then refused
+            # (TOO_MANY_OPERATIONS): a revoked stream stayed open. The writer stops after it.
+            await asyncio.wait((writer,), timeout=WRITE_GRACE)
+        writer.cancel()
         await asyncio.gather(reader, writer, return_exceptions=True)
         stream.close()
         self._streams.pop(info.stream_id, None)
@@ -851,8 +864,15 @@ class AdsServicer:
 
     @staticmethod
     async def _write(context: grpc.aio.ServicerContext[Any, Any], stream: _StreamBase) -> None:
-        while True:
-            await context.write(await stream.outbox.get())
+        while not stream.closing:
+            body = await stream.outbox.get()
+            if stream.ended.done():
+                return  # found invalid meanwhile: nothing more is sent on it
+            stream.writing = True
+            try:
+                await context.write(body)
+            finally:
+                stream.writing = False
 
 
 def _identity(data: bytes) -> bytes:
