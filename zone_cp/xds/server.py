@@ -839,7 +839,7 @@ class AdsServicer:
     ) -> None:
         reader.cancel()
         stream.closing = True
-        if stream.writing and not writer.done():
+        if stream.writing:  # only while the writer is inside a write, so it is not done
             # A write gRPC has started is let finish (bounded): cancelling the wait for it leaves
             # the write pending in gRPC, and the status that ends the call (abort) was then refused
             # (TOO_MANY_OPERATIONS): a revoked stream stayed open. The writer stops after it.
