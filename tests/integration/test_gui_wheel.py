@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 IGNORED = shutil.ignore_patterns(
-    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "results", "*.db*"
+    ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "results", "*.db*"
 )
 
 SERVE_EVERY_ASSET = textwrap.dedent(
