@@ -74,7 +74,10 @@ def _secret(name: str, pem: bytes) -> dict[str, Any]:
 
 
 def _serial(pem: bytes) -> str:
-    return format(x509.load_pem_x509_certificate(pem).serial_number, "x")
+    """As Envoy's admin shows a serial number: its bytes in hex (BoringSSL's BN_bn2hex), so a
+    leading zero nibble stays (format(n, "x") dropped it: one random serial in 16 failed)."""
+    number = x509.load_pem_x509_certificate(pem).serial_number
+    return number.to_bytes((number.bit_length() + 7) // 8, "big").hex()
 
 
 @dataclass
