@@ -545,17 +545,25 @@ def etcd_version(endpoint: str, ca: str, client: tuple[Path, Path] | None, serve
     context = ssl.create_default_context(cafile=ca)
     if client:
         context.load_cert_chain(*client)
+    # Read until the response is whole (its Content-Length), not until etcd closes: a member busy
+    # forming its cluster on a loaded machine once kept the connection open past the timeout.
     with (
-        socket.create_connection((host, int(port)), timeout=5) as raw,
+        socket.create_connection((host, int(port)), timeout=15) as raw,
         context.wrap_socket(raw, server_hostname=server_name) as tls,
     ):
         tls.sendall(b"GET /version HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
         answer = b""
-        while len(answer) < 65536 and (chunk := tls.recv(4096)):  # until etcd closes (bounded)
+        while len(answer) < 65536 and not _whole_response(answer) and (chunk := tls.recv(4096)):  # bounded
             answer += chunk
     if not answer:
         raise ConnectionError("etcd closed the connection")
     return answer
+
+
+def _whole_response(answer: bytes) -> bool:
+    head, sep, body = answer.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
+    return bool(sep) and length is not None and len(body) >= int(length.group(1))
 
 
 @dataclasses.dataclass
