@@ -231,9 +231,19 @@ def zone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zone]:
 
 @pytest.fixture(autouse=True)
 def logs_on_failure(request: pytest.FixtureRequest, zone: Zone) -> None:
-    """A failed test shows what the control plane logged while it ran (tests/conftest.py)."""
+    """A failed test shows what the control plane logged while it ran (tests/conftest.py), and the
+    log of each agent it started: Envoy writes there too (a crash's backtrace among it)."""
     since = len(zone.cp.logs())
-    request.node.failure_logs = lambda: log_excerpt("control plane", zone.cp.logs()[since:])
+    before = set(zone.work.glob("*-dp.log"))
+
+    def logs() -> str:
+        agents = sorted(set(zone.work.glob("*-dp.log")) - before)
+        return "\n".join(
+            [log_excerpt("control plane", zone.cp.logs()[since:])]
+            + [f"--- agent {p.name}: log tail\n{p.read_text(errors='replace')[-6000:]}" for p in agents]
+        )
+
+    request.node.failure_logs = logs
 
 
 def test_request_crosses_two_envoys_over_mtls(zone: Zone) -> None:
