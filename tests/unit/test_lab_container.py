@@ -545,8 +545,8 @@ def etcd_version(endpoint: str, ca: str, client: tuple[Path, Path] | None, serve
     context = ssl.create_default_context(cafile=ca)
     if client:
         context.load_cert_chain(*client)
-    # Read until the response is whole (its Content-Length), not until etcd closes: a member busy
-    # forming its cluster on a loaded machine once kept the connection open past the timeout.
+    # Read until the response is whole (etcd sends a Content-Length), not until etcd closes, and
+    # allow 15 s per read: CI once timed out at 5 s reading a peer port (not reproduced here).
     with (
         socket.create_connection((host, int(port)), timeout=15) as raw,
         context.wrap_socket(raw, server_hostname=server_name) as tls,
