@@ -527,6 +527,12 @@ def log_excerpt(name: str, text: str, tail: int = 4000) -> str:
     return f"--- {name}: warnings and errors\n" + "\n".join(notable[-200:]) + f"\n--- {name}: log tail\n{text[-tail:]}"
 
 
+def log_tails(paths: Iterable[Path], tail: int = 3000) -> list[str]:
+    """The last ``tail`` characters of each log file (an agent's, which Envoy writes to as well),
+    headed by its name, for a failure report beside ``log_excerpt``."""
+    return [f"--- {p.name}: log tail\n{p.read_text(errors='replace')[-tail:]}" for p in paths]
+
+
 # --- CA certificates for provided mesh CAs --------------------------------------------------------
 
 

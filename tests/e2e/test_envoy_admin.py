@@ -55,6 +55,7 @@ from zonemesh.testing import (
     free_port,
     http,
     log_excerpt,
+    log_tails,
     sidecar_dataplane,
     stop_process,
     wait_until,
@@ -169,7 +170,7 @@ def agents(cp: ControlPlaneProcess, tmp_path: Path, request: pytest.FixtureReque
     since = len(cp.logs())
 
     def logs() -> str:
-        own = [f"--- {a.name}\n{a.log.read_text(errors='replace')[-3000:]}" for a in started.started]
+        own = log_tails((a.log for a in started.started), 3000)
         return "\n".join([*own, log_excerpt("control plane", cp.logs()[since:])])
 
     request.node.failure_logs = logs

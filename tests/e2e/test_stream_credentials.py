@@ -48,6 +48,7 @@ from zonemesh.testing import (
     free_port,
     http,
     log_excerpt,
+    log_tails,
     sidecar_dataplane,
     stop_process,
     stop_processes,
@@ -216,7 +217,7 @@ def logs_on_failure(request: pytest.FixtureRequest, zone: Zone) -> None:
     since = len(zone.cp.logs())
 
     def logs() -> str:
-        agents = [f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}" for p in sorted(zone.work.glob("*-dp.log"))]
+        agents = log_tails(sorted(zone.work.glob("*-dp.log")), 2000)
         return "\n".join([*agents, log_excerpt("control plane", zone.cp.logs()[since:])])
 
     request.node.failure_logs = logs

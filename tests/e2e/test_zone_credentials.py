@@ -33,6 +33,7 @@ from zonemesh.testing import (
     free_port,
     http,
     log_excerpt,
+    log_tails,
     stop_processes,
     wait_until,
 )
@@ -183,7 +184,7 @@ def logs_on_failure(request: pytest.FixtureRequest, world: World) -> None:
     since = {name: len(cp.logs()) for name, cp in cps.items() if cp is not None}
 
     def logs() -> str:
-        agents = [f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}" for p in sorted(world.work.glob("*.log"))]
+        agents = log_tails(sorted(world.work.glob("*.log")), 2000)
         excerpts = [log_excerpt(n, cp.logs()[since[n] :]) for n, cp in cps.items() if cp is not None]
         return "\n".join(agents + excerpts)
 

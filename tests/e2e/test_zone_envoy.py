@@ -41,6 +41,7 @@ from zonemesh.testing import (
     free_port,
     http,
     log_excerpt,
+    log_tails,
     sidecar_dataplane,
     start_http_app,
     stop_process,
@@ -237,11 +238,8 @@ def logs_on_failure(request: pytest.FixtureRequest, zone: Zone) -> None:
     before = set(zone.work.glob("*-dp.log"))
 
     def logs() -> str:
-        agents = sorted(set(zone.work.glob("*-dp.log")) - before)
-        return "\n".join(
-            [log_excerpt("control plane", zone.cp.logs()[since:])]
-            + [f"--- agent {p.name}: log tail\n{p.read_text(errors='replace')[-6000:]}" for p in agents]
-        )
+        agents = log_tails(sorted(set(zone.work.glob("*-dp.log")) - before), 6000)
+        return "\n".join([log_excerpt("control plane", zone.cp.logs()[since:]), *agents])
 
     request.node.failure_logs = logs
 
