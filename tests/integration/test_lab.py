@@ -35,6 +35,15 @@ def failures(topo: Topology) -> list[str]:
     return [f"{what}: {detail}" for what, ok, detail in check(topo) if not ok]
 
 
+def passes(topo: Topology) -> bool:
+    """True when the lab's check passes; else raises with its failing lines, which a timed-out
+    ``wait_until`` then reports."""
+    failed = failures(topo)
+    if failed:
+        raise AssertionError("; ".join(failed))
+    return True
+
+
 @pytest.fixture(scope="module")
 def running_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Topology]]:
     directory = tmp_path_factory.mktemp("lab")
@@ -88,7 +97,7 @@ def test_partition_shows_the_zone_offline_then_back(running_lab: tuple[Path, Top
     )
     # Traffic inside zone-1 does not depend on global.
     assert not [f for f in failures(topo) if f.startswith("traffic")]
-    wait_until(lambda: not failures(topo), timeout=40, what="the lab to converge after the partition")
+    wait_until(lambda: passes(topo), timeout=40, what="the lab to converge after the partition")
 
 
 def test_killed_global_comes_back_and_the_lab_converges(running_lab: tuple[Path, Topology]) -> None:
@@ -96,7 +105,7 @@ def test_killed_global_comes_back_and_the_lab_converges(running_lab: tuple[Path,
     result = lab(directory, "chaos", "kill", "global", "--for", "2s")
     assert result.returncode == 0, result.stderr
     assert not [f for f in failures(topo) if f.startswith("traffic")]  # proxies keep their config
-    wait_until(lambda: not failures(topo), timeout=60, what="the lab to converge after global's restart")
+    wait_until(lambda: passes(topo), timeout=60, what="the lab to converge after global's restart")
 
 
 def test_unknown_chaos_target_is_a_clear_error(running_lab: tuple[Path, Topology]) -> None:
@@ -121,4 +130,4 @@ def test_expired_zone_token_is_refused_and_a_renewed_one_reconnects(running_lab:
     wait_until(refused_as_expired, timeout=20, what="global to refuse zone-2's expired token")
     assert "zone-2 online at global: " in " ".join(failures(topo))  # still out while its token is expired
     assert lab(directory, "chaos", "renew-token", "zone-2").returncode == 0
-    wait_until(lambda: not failures(topo), timeout=40, what="zone-2 back online with its renewed token")
+    wait_until(lambda: passes(topo), timeout=40, what="zone-2 back online with its renewed token")

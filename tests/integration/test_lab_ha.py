@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_lab import _alive, _logs, failures, lab
+from test_lab import _alive, _logs, lab, passes
 
 from zonemesh.jsonhttp import http
 from zonemesh.lab.topology import Topology
@@ -51,20 +51,20 @@ def test_two_global_replicas_on_etcd_and_zones_given_both(ha_lab: tuple[Path, To
         statuses = [http("GET", cp.api_url + "/status/kds", timeout=5)[1] for cp in topo.replicas_of(zone.name)]
         assert all(len(kds["globalAddresses"]) == 2 for kds in statuses), statuses
         assert [kds["leader"] for kds in statuses if kds["connected"]] == [True], statuses
-    wait_until(lambda: not failures(topo), timeout=60, what="the lab's check to pass")
+    wait_until(lambda: passes(topo), timeout=60, what="the lab's check to pass")
     assert [cp.name for cp in topo.globals if leads(cp.api_url)] in (["global"], ["global-2"])
 
 
 def test_check_passes_through_a_leader_kill(ha_lab: tuple[Path, Topology]) -> None:
     directory, topo = ha_lab
-    wait_until(lambda: not failures(topo), timeout=60, what="the lab's check to pass first")
+    wait_until(lambda: passes(topo), timeout=60, what="the lab's check to pass first")
     (leader,) = [cp for cp in topo.globals if leads(cp.api_url)]
     (other,) = [cp for cp in topo.globals if cp is not leader]
     result = lab(directory, "chaos", "kill-leader", "global", "--for", "120s")
     assert result.returncode == 0, result.stderr
     assert f"{leader.name}, the leader of global, killed" in result.stdout
     wait_until(lambda: leads(other.api_url), timeout=30, what=f"{other.name} leading")
-    wait_until(lambda: not failures(topo), timeout=90, what="the lab's check to pass with the leader down")
+    wait_until(lambda: passes(topo), timeout=90, what="the lab's check to pass with the leader down")
     state = json.loads((directory / "state.json").read_text())
     killed = next(p for p in state["processes"] if p["name"] == leader.name)
     assert killed["state"] == "held down", killed  # the check passed without it
@@ -85,14 +85,14 @@ def test_kill_leader_of_a_zone_kills_its_only_replica_and_the_lab_converges(ha_l
     result = lab(directory, "chaos", "kill-leader", "zone-2", "--for", "2s")
     assert result.returncode == 0, result.stderr
     assert "zone-2, the leader of zone-2, killed (SIGKILL)" in result.stdout
-    wait_until(lambda: not failures(topo), timeout=90, what="the lab to converge after zone-2's restart")
+    wait_until(lambda: passes(topo), timeout=90, what="the lab to converge after zone-2's restart")
 
 
 def test_kill_leader_of_zone_1_the_other_zone_replica_leads_and_the_check_passes(
     ha_lab: tuple[Path, Topology],
 ) -> None:
     directory, topo = ha_lab
-    wait_until(lambda: not failures(topo), timeout=90, what="the lab's check to pass first")
+    wait_until(lambda: passes(topo), timeout=90, what="the lab's check to pass first")
     replicas = topo.replicas_of("zone-1")
     wait_until(lambda: sum(leads(cp.api_url) for cp in replicas) == 1, timeout=30, what="one zone-1 leader")
     (leader,) = [cp for cp in replicas if leads(cp.api_url)]
@@ -101,4 +101,4 @@ def test_kill_leader_of_zone_1_the_other_zone_replica_leads_and_the_check_passes
     assert result.returncode == 0, result.stderr
     assert f"{leader.name}, the leader of zone-1, killed" in result.stdout
     wait_until(lambda: leads(other.api_url), timeout=30, what=f"{other.name} leading zone-1")
-    wait_until(lambda: not failures(topo), timeout=120, what="the lab's check to pass with zone-1's leader down")
+    wait_until(lambda: passes(topo), timeout=120, what="the lab's check to pass with zone-1's leader down")

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from zonemesh.shared.resources.codec import from_universal
 
+from zonemesh.lab.main import check
 from zonemesh.lab.supervisor import ALLOW_ALL, MESH_DOC
 from zonemesh.lab.topology import Topology, plan
 
@@ -153,3 +157,59 @@ def test_zone_1_replicas_share_etcd_token_certificate_and_proxies_list_them(tmp_
     assert addresses == f"https://127.0.0.1:{topo.zone('zone-1').grpc},https://127.0.0.1:{replica.grpc}"
     backend2 = sup.dp_argv(topo.zone("zone-2"), "backend-zone-2", tmp_path / "t", 1, {})
     assert backend2[backend2.index("--cp-address") + 1] == f"https://127.0.0.1:{topo.zone('zone-2').grpc}"
+
+
+class _Answers(BaseHTTPRequestHandler):
+    """A stand-in for one process of the lab: answers GET paths from ``self.server.answers``."""
+
+    def do_GET(self) -> None:
+        body = self.server.answers.get(self.path)  # type: ignore[attr-defined]
+        raw = json.dumps(body).encode()
+        self.send_response(200 if body is not None else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[int, dict[str, object]], None]]:
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(port: int, answers: dict[str, object]) -> None:
+        server = ThreadingHTTPServer(("127.0.0.1", port), _Answers)
+        server.answers = answers  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_check_asks_the_replica_of_a_zone_that_answers_when_the_first_one_is_down(
+    tmp_path: Path, serve: Callable[[int, dict[str, object]], None]
+) -> None:
+    """`chaos kill-leader zone-1` may kill `zone-1` itself: the license is then asked of zone-1-2."""
+    topo = plan(tmp_path, replicas=2, zone_replicas=2)
+    zone_1, zone_1_2 = topo.replicas_of("zone-1")
+    license_doc = {"activeDataplaneProxies": 3, "allowedDataplaneProxies": 5, "demo": True}
+    insights = {"items": [{"name": z.name, "zoneInsight": {"online": True}} for z in topo.zones]}
+    for cp, leads in ((topo.global_cp, True), (topo.more_globals[0], False)):
+        answers = {"/": {}, "/status/leader": {"leader": leads}, "/zones+insights": insights, "/license": license_doc}
+        serve(cp.api, answers)
+    for cp in (zone_1_2, topo.zone("zone-2")):  # zone-1, the first replica, is down
+        serve(cp.api, {"/": {}, "/license": license_doc})
+    serve(topo.frontend().app_port, {"/": {"upstream": {"zone": "zone-2"}}})
+
+    results = {what: (ok, detail) for what, ok, detail in check(topo)}
+
+    assert [what for what, (ok, _) in results.items() if not ok] == []
+    assert results["license visible on zone-1"] == (True, "3/5 proxies, demo=True (asked zone-1-2)")
+    assert results["license visible on zone-2"] == (True, "3/5 proxies, demo=True")
+    assert results["one global replica leads"] == (True, "leader: global")
+    assert zone_1.name == "zone-1"

@@ -224,7 +224,9 @@ def check(topo: Topology) -> list[tuple[str, bool, str]]:
     for zone_cp in topo.zones:
         detail = "" if status == 200 else f"HTTP {status}"
         results.append((f"{zone_cp.name} online at global", online.get(zone_cp.name, False), detail))
-    for cp in (g, *topo.zones):
+    for name in ("global", *(zone.name for zone in topo.zones)):
+        replicas = topo.replicas_of(name)
+        cp = g if name == "global" else _answering(replicas)
         try:
             status, body = http("GET", cp.api_url + "/license", timeout=5)
         except OSError as exc:
@@ -234,7 +236,9 @@ def check(topo: Topology) -> list[tuple[str, bool, str]]:
         if ok:
             active, allowed = body.get("activeDataplaneProxies"), body.get("allowedDataplaneProxies")
             detail = f"{active}/{allowed} proxies, demo={body.get('demo')}"
-        results.append((f"license visible on {cp.name}", ok, detail))
+        if len(replicas) > 1:
+            detail += f" (asked {cp.name})"
+        results.append((f"license visible on {name}", ok, detail))
     return results
 
 
