@@ -592,10 +592,16 @@ def test_zone_proxy_with_a_dataplane_token_is_refused(zone: Zone) -> None:
     assert "zone token refused" in log.read_text()
 
 
+def _envoy_shared_memory() -> set[str]:
+    """The hot-restart shared memory segments of Envoys on this host (Linux: /dev/shm)."""
+    return {path.name for path in Path("/dev/shm").glob("envoy_shared_memory_*")}
+
+
 def test_agent_restarts_crashed_envoy_then_drains_and_unregisters_on_sigterm(zone: Zone) -> None:
     name = "short-lived"
     admin = Proxy(name, free_port(), free_port(), free_port(), None)
     dataplane = sidecar_dataplane(name, admin.inbound, admin.app_port)
+    segments = _envoy_shared_memory()
     proc, log = zone.start_dp(name, dataplane, zone.token(name), admin.admin_port, as_file=True)
     wait_until(lambda: zone.cp.get(f"/meshes/default/dataplanes/{name}")[0] == 200, timeout=20, what="registration")
     wait_until(lambda: admin.stat("listener_manager.total_listeners_active") >= 1, timeout=20, what="Envoy configured")
@@ -610,6 +616,8 @@ def test_agent_restarts_crashed_envoy_then_drains_and_unregisters_on_sigterm(zon
     assert exited["exit_code"] == -signal.SIGKILL and exited["crashes_in_a_row"] == 1
     wait_until(lambda: admin.stat("listener_manager.total_listeners_active") >= 1, timeout=20, what="reconfigured")
     assert proc.poll() is None
+    # Hot restart is off: neither Envoy made a shared memory segment, so the killed one left none.
+    assert _envoy_shared_memory() <= segments
 
     # SIGTERM: drain, stop Envoy, unregister, exit 0.
     assert stop_process(proc) == 0, log.read_text()

@@ -129,7 +129,10 @@ class EnvoySupervisor:
             self.binary,
             "--config-path",
             str(self.bootstrap),
-            "--use-dynamic-base-id",  # several Envoys on one host must not share shared memory
+            # The agent starts a fresh Envoy, never a hot restart (as kuma-dp). With hot restart on,
+            # each Envoy holds a shared memory segment that a killed one leaves in /dev/shm for ever,
+            # and Envoys sharing a host must each find a free base id.
+            "--disable-hot-restart",
             "--concurrency",
             str(self.concurrency),
             "--log-level",
