@@ -208,7 +208,10 @@ def check(topo: Topology) -> list[tuple[str, bool, str]]:
     remote = sorted(z for z in zones_seen if z != front.zone)
     detail = f"answered from {remote or 'no other zone'}"
     results.append(("cross-zone: a backend in another zone", bool(remote), detail))
-    g = _answering(topo.globals)  # with replicas: any one that answers (another may be killed)
+    # With replicas, each control plane is asked through any replica that answers (another may be killed).
+    names = ["global", *(zone.name for zone in topo.zones)]
+    asked = {name: _answering(topo.replicas_of(name)) for name in names}
+    g = asked["global"]
     if len(topo.globals) > 1:
         leaders = [cp.name for cp in topo.globals if _leads(cp)]
         results.append(("one global replica leads", len(leaders) == 1, f"leader: {', '.join(leaders) or 'none'}"))
@@ -224,9 +227,7 @@ def check(topo: Topology) -> list[tuple[str, bool, str]]:
     for zone_cp in topo.zones:
         detail = "" if status == 200 else f"HTTP {status}"
         results.append((f"{zone_cp.name} online at global", online.get(zone_cp.name, False), detail))
-    for name in ("global", *(zone.name for zone in topo.zones)):
-        replicas = topo.replicas_of(name)
-        cp = g if name == "global" else _answering(replicas)
+    for name, cp in asked.items():
         try:
             status, body = http("GET", cp.api_url + "/license", timeout=5)
         except OSError as exc:
@@ -236,7 +237,7 @@ def check(topo: Topology) -> list[tuple[str, bool, str]]:
         if ok:
             active, allowed = body.get("activeDataplaneProxies"), body.get("allowedDataplaneProxies")
             detail = f"{active}/{allowed} proxies, demo={body.get('demo')}"
-        if len(replicas) > 1:
+        if len(topo.replicas_of(name)) > 1:
             detail += f" (asked {cp.name})"
         results.append((f"license visible on {name}", ok, detail))
     return results
@@ -244,6 +245,8 @@ def check(topo: Topology) -> list[tuple[str, bool, str]]:
 
 def _answering(replicas: list[ControlPlane]) -> ControlPlane:
     """The first replica whose API answers; the first one if none does (its failure is reported)."""
+    if len(replicas) == 1:
+        return replicas[0]  # asking would not change the answer
     for cp in replicas:
         with contextlib.suppress(OSError):
             if http("GET", cp.api_url + "/", timeout=3)[0] == 200:
