@@ -22,11 +22,10 @@ import socket
 import ssl
 import stat
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ from zonemesh import cp
 from zonemesh.lab import container, etcd_pki
 from zonemesh.lab.container import ContainerError, Paths
 from zonemesh.spawn import python_module
+from zonemesh.testing import serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose" / "docker-compose.yaml"
@@ -713,12 +713,8 @@ class _Status(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def status_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Status)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serve_in_thread(_Status) as server:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def test_health(status_server: str, tmp_path: Path) -> None:

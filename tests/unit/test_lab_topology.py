@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from zonemesh.shared.resources.codec import from_universal
 from zonemesh.lab.main import check
 from zonemesh.lab.supervisor import ALLOW_ALL, MESH_DOC
 from zonemesh.lab.topology import Topology, plan
+from zonemesh.testing import serve_in_thread
 
 
 def all_ports(topo: Topology) -> list[int]:
@@ -177,18 +178,13 @@ class _Answers(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def serve() -> Iterator[Callable[[int, dict[str, object]], None]]:
-    servers: list[ThreadingHTTPServer] = []
+    with contextlib.ExitStack() as servers:
 
-    def start(port: int, answers: dict[str, object]) -> None:
-        server = ThreadingHTTPServer(("127.0.0.1", port), _Answers)
-        server.answers = answers  # type: ignore[attr-defined]
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
+        def start(port: int, answers: dict[str, object]) -> None:
+            server = servers.enter_context(serve_in_thread(_Answers, port))
+            server.answers = answers  # type: ignore[attr-defined]
 
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+        yield start
 
 
 def test_check_asks_the_replica_of_a_zone_that_answers_when_the_first_one_is_down(
